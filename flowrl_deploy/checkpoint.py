@@ -1,0 +1,247 @@
+"""The one checkpoint format: safetensors tensors plus a JSON document, written atomically.
+
+A run directory looks like this::
+
+    runs/cheetah/
+        config.json                    # the TrainConfig, written before step 0
+        metrics.jsonl, metrics.csv     # one row per log/eval
+        checkpoints/
+            step_000050000/            # one checkpoint (a directory)
+                checkpoint.json        # format tag, policy spec, config, counters, versions
+                model.safetensors      # the actor (velocity field); spec repeated in __metadata__
+                training_state.safetensors  # critics, targets, optimizer moments, RNG states
+                training_state.json    # optimizer hyper-state, numpy/python RNG states
+                replay.safetensors     # the replay buffer, when saved
+            last -> step_000050000     # symlinks, swapped atomically
+            best -> step_000040000
+
+A checkpoint directory is written under a temporary name and renamed into place, so a crash
+while saving never leaves a half-written checkpoint under a name a reader trusts. This module
+imports numpy and safetensors only: serving machines read specs without torch.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import tempfile
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from safetensors import SafetensorError
+from safetensors.numpy import load_file, save_file
+
+from flowrl_deploy.errors import CheckpointError, SpecError
+from flowrl_deploy.spec import PolicySpec
+from flowrl_deploy.versions import library_versions
+
+FORMAT = "flowrl-deploy.checkpoint"
+FORMAT_VERSION = 1
+DOCUMENT_FILE = "checkpoint.json"
+MODEL_FILE = "model.safetensors"
+TRAINING_TENSORS_FILE = "training_state.safetensors"
+TRAINING_JSON_FILE = "training_state.json"
+REPLAY_FILE = "replay.safetensors"
+CHECKPOINTS_DIR = "checkpoints"
+LAST = "last"
+BEST = "best"
+
+
+@dataclass
+class Checkpoint:
+    """A loaded checkpoint. Tensors are numpy arrays keyed by their module path."""
+
+    path: Path
+    spec: PolicySpec
+    document: dict[str, Any]
+    actor: dict[str, np.ndarray]
+    training_tensors: dict[str, np.ndarray] = field(default_factory=dict)
+    training_json: dict[str, Any] = field(default_factory=dict)
+    replay: dict[str, np.ndarray] = field(default_factory=dict)
+
+    @property
+    def config(self) -> dict[str, Any]:
+        return self.document.get("config", {})
+
+    @property
+    def counters(self) -> dict[str, int]:
+        return self.document.get("counters", {})
+
+
+def save_checkpoint(
+    path: str | os.PathLike[str],
+    *,
+    spec: PolicySpec,
+    actor: dict[str, np.ndarray],
+    config: dict[str, Any] | None = None,
+    counters: dict[str, int] | None = None,
+    extra: dict[str, Any] | None = None,
+    training_tensors: dict[str, np.ndarray] | None = None,
+    training_json: dict[str, Any] | None = None,
+    replay: dict[str, np.ndarray] | None = None,
+) -> Path:
+    """Write a checkpoint directory at ``path`` atomically and return its path.
+
+    An existing checkpoint at ``path`` is replaced only once the new one is complete.
+    """
+    final = Path(path)
+    final.parent.mkdir(parents=True, exist_ok=True)
+    document = {
+        "format": FORMAT,
+        "format_version": FORMAT_VERSION,
+        "spec": spec.to_dict(),
+        "env_id": spec.env_id,
+        "config": config or {},
+        "counters": counters or {},
+        "versions": library_versions(),
+        **(extra or {}),
+    }
+    tmp = Path(tempfile.mkdtemp(prefix=f".{final.name}.tmp-", dir=final.parent))
+    try:
+        save_file(
+            _contiguous(actor),
+            str(tmp / MODEL_FILE),
+            metadata={"format": FORMAT, "spec": json.dumps(spec.to_dict())},
+        )
+        if training_tensors:
+            save_file(_contiguous(training_tensors), str(tmp / TRAINING_TENSORS_FILE))
+        if training_json:
+            _write_json(tmp / TRAINING_JSON_FILE, training_json)
+        if replay:
+            save_file(_contiguous(replay), str(tmp / REPLAY_FILE))
+        _write_json(tmp / DOCUMENT_FILE, document)  # last: its presence marks a complete checkpoint
+        _fsync_tree(tmp)
+        if final.exists() and not final.is_symlink():
+            aside = final.with_name(f".{final.name}.old-{os.getpid()}")
+            os.replace(final, aside)
+            os.replace(tmp, final)
+            shutil.rmtree(aside, ignore_errors=True)
+        else:
+            os.replace(tmp, final)
+        _fsync_dir(final.parent)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    return final
+
+
+def link_checkpoint(checkpoints_dir: str | os.PathLike[str], name: str, target: str | os.PathLike[str]) -> None:
+    """Point ``checkpoints_dir/name`` (e.g. ``last``) at ``target`` with an atomic symlink swap."""
+    directory = Path(checkpoints_dir)
+    tmp_link = directory / f".{name}.link-{os.getpid()}"
+    if tmp_link.is_symlink() or tmp_link.exists():
+        tmp_link.unlink()
+    os.symlink(Path(target).name, tmp_link)
+    os.replace(tmp_link, directory / name)
+
+
+def resolve_checkpoint(path: str | os.PathLike[str]) -> Path:
+    """Find the checkpoint directory meant by ``path``.
+
+    Accepts a checkpoint directory, its ``model.safetensors``, a run directory (its ``last``
+    checkpoint) or a run's ``checkpoints/`` directory.
+    """
+    p = Path(path)
+    if not p.exists():
+        raise CheckpointError(f"checkpoint not found: {p}")
+    if p.is_file():
+        if p.name in (MODEL_FILE, DOCUMENT_FILE):
+            return p.parent
+        raise CheckpointError(
+            f"{p} is a file, not a flowrl-deploy checkpoint; pass a checkpoint directory "
+            f"(holding {DOCUMENT_FILE} and {MODEL_FILE}) or a run directory"
+        )
+    for candidate in (p, p / LAST, p / CHECKPOINTS_DIR / LAST):
+        if (candidate / DOCUMENT_FILE).is_file() or (candidate / MODEL_FILE).is_file():
+            return candidate.resolve()
+    raise CheckpointError(
+        f"{p} holds no flowrl-deploy checkpoint (no {DOCUMENT_FILE}, no {LAST}/ or {CHECKPOINTS_DIR}/{LAST}/)"
+    )
+
+
+def read_document(path: str | os.PathLike[str]) -> dict[str, Any]:
+    """Read and validate a checkpoint's JSON document without loading any tensor."""
+    directory = resolve_checkpoint(path)
+    doc_path = directory / DOCUMENT_FILE
+    if not doc_path.is_file():
+        raise CheckpointError(f"{directory} lacks {DOCUMENT_FILE}: it is incomplete or not a flowrl-deploy checkpoint")
+    try:
+        document = json.loads(doc_path.read_text())
+    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise CheckpointError(f"{doc_path} is corrupt (not valid JSON: {exc})") from exc
+    if not isinstance(document, dict) or document.get("format") != FORMAT:
+        raise CheckpointError(f"{doc_path} is not a flowrl-deploy checkpoint (format tag missing or foreign)")
+    if document.get("format_version", 0) > FORMAT_VERSION:
+        raise CheckpointError(
+            f"{doc_path} has format version {document['format_version']}, newer than this "
+            f"flowrl-deploy reads ({FORMAT_VERSION}); upgrade flowrl-deploy"
+        )
+    return document
+
+
+def read_spec(path: str | os.PathLike[str]) -> PolicySpec:
+    """The policy spec of a checkpoint, read without loading tensors."""
+    document = read_document(path)
+    try:
+        return PolicySpec.from_dict(document.get("spec"))
+    except SpecError as exc:
+        raise CheckpointError(f"{resolve_checkpoint(path)}: {exc}") from exc
+
+
+def load_checkpoint(path: str | os.PathLike[str], *, training_state: bool = False) -> Checkpoint:
+    """Load a checkpoint; with ``training_state`` also critics, optimizers, RNG and replay."""
+    directory = resolve_checkpoint(path)
+    document = read_document(directory)
+    spec = read_spec(directory)
+    checkpoint = Checkpoint(directory, spec, document, _load_tensors(directory / MODEL_FILE, required=True))
+    if training_state:
+        checkpoint.training_tensors = _load_tensors(directory / TRAINING_TENSORS_FILE, required=True)
+        json_path = directory / TRAINING_JSON_FILE
+        if json_path.is_file():
+            try:
+                checkpoint.training_json = json.loads(json_path.read_text())
+            except (UnicodeDecodeError, json.JSONDecodeError) as exc:
+                raise CheckpointError(f"{json_path} is corrupt (not valid JSON: {exc})") from exc
+        checkpoint.replay = _load_tensors(directory / REPLAY_FILE, required=False)
+    return checkpoint
+
+
+def _load_tensors(path: Path, *, required: bool) -> dict[str, np.ndarray]:
+    if not path.is_file():
+        if required:
+            raise CheckpointError(f"{path} is missing: the checkpoint is incomplete")
+        return {}
+    try:
+        return load_file(str(path))
+    except (SafetensorError, OSError, ValueError) as exc:
+        raise CheckpointError(f"{path} is corrupt or not a safetensors file ({exc})") from exc
+
+
+def _contiguous(tensors: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+    return {k: np.ascontiguousarray(v) for k, v in tensors.items()}
+
+
+def _write_json(path: Path, data: dict[str, Any]) -> None:
+    with open(path, "w") as f:
+        json.dump(data, f, indent=2, sort_keys=True)
+        f.flush()
+        os.fsync(f.fileno())
+
+
+def _fsync_tree(path: Path) -> None:
+    """Flush every file of a freshly written checkpoint, then the directory itself."""
+    for child in path.iterdir():
+        with open(child, "rb") as f:
+            os.fsync(f.fileno())
+    _fsync_dir(path)
+
+
+def _fsync_dir(path: Path) -> None:
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)

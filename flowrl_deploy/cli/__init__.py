@@ -1,0 +1,21 @@
+"""The ``flowrl`` command line: one module per command, each a thin layer over a library call.
+
+Command modules import their heavy stage (torch, dm_control, onnx) inside the command body,
+so ``flowrl serve`` and ``flowrl query`` run on a robot computer without torch.
+"""
+
+import typer
+
+app = typer.Typer(
+    name="flowrl",
+    help=(
+        "FlowRL from training to a robot's control loop.\n\n"
+        "train → checkpoint → export → policy.onnx → serve → a controller asks for actions.\n"
+        "Start with `flowrl demo`, which runs every stage on a small task in a few minutes."
+    ),
+    no_args_is_help=True,
+    add_completion=False,
+    pretty_exceptions_enable=False,
+)
+
+# --- command registrations (one line per command module) ---

@@ -1,0 +1,128 @@
+"""The policy contract: what a controller must agree on with an exported policy.
+
+Robot users most often get these wrong: joint order, units, a dropped normalizer, an action
+scale applied twice. The exporter writes the contract into the ONNX file's ``metadata_props``;
+``flowrl inspect`` prints it; the server refuses clients that pinned a different hash.
+
+The hash covers only what a client depends on (tensor names, shapes, layout, bounds, whether
+the output is rescaled, normalization, control period, noise input): a model exported with
+another number of flow steps or another solver keeps the hash, so it can be hot-swapped.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from dataclasses import asdict, dataclass, fields
+from typing import Any
+
+from flowrl_deploy.errors import SpecError
+
+CONTRACT_KEY = "flowrl.contract"
+CONTRACT_HASH_KEY = "flowrl.contract_hash"
+PROVENANCE_KEY = "flowrl.provenance"
+OBS_INPUT = "obs"
+NOISE_INPUT = "noise"
+ACTION_OUTPUT = "action"
+
+# Fields a client depends on; changing any of them changes the hash.
+_HASHED = (
+    "obs_dim",
+    "act_dim",
+    "obs_layout",
+    "action_names",
+    "action_low",
+    "action_high",
+    "action_rescaled",
+    "obs_normalization",
+    "control_period_s",
+    "deterministic",
+    "input_names",
+    "output_name",
+)
+
+
+@dataclass(frozen=True)
+class PolicyContract:
+    """The interface and sampling convention of one exported policy graph."""
+
+    obs_dim: int
+    act_dim: int
+    action_low: tuple[float, ...]
+    action_high: tuple[float, ...]
+    obs_layout: tuple[tuple[str, int], ...] = ()
+    action_names: tuple[str, ...] = ()
+    action_rescaled: bool = True
+    """True: the graph's output is already in [action_low, action_high]; apply it as is."""
+    obs_normalization: str = "none"
+    """'none', or 'inside' when the graph normalizes raw observations itself."""
+    control_period_s: float = 0.0
+    flow_steps: int = 10
+    solver: str = "midpoint"
+    t_schedule: str = "uniform"
+    """t_k = k/N for k = 0..N-1; the midpoint solver also evaluates at t_k + 1/(2N)."""
+    noise_convention: str = "a0 = clamp(noise, -1, 1) at t = 0; noise ~ N(0, I)"
+    deterministic: bool = False
+    """True: the graph has no noise input and starts from a0 = 0."""
+    env_id: str = ""
+    input_names: tuple[str, ...] = (OBS_INPUT, NOISE_INPUT)
+    output_name: str = ACTION_OUTPUT
+
+    def hash(self) -> str:
+        """sha256 (hex, first 16 chars) of the client-facing fields, in canonical JSON."""
+        data = self.to_dict()
+        canonical = json.dumps({k: data[k] for k in _HASHED}, sort_keys=True, separators=(",", ":"))
+        return hashlib.sha256(canonical.encode()).hexdigest()[:16]
+
+    def differences(self, other: PolicyContract) -> list[str]:
+        """Names and values of the client-facing fields that differ from ``other``."""
+        mine, theirs = self.to_dict(), other.to_dict()
+        return [f"{k}: {mine[k]!r} != {theirs[k]!r}" for k in _HASHED if mine[k] != theirs[k]]
+
+    def to_dict(self) -> dict[str, Any]:
+        data = asdict(self)
+        data["obs_layout"] = [list(x) for x in self.obs_layout]
+        data["action_low"] = list(self.action_low)
+        data["action_high"] = list(self.action_high)
+        data["action_names"] = list(self.action_names)
+        data["input_names"] = list(self.input_names)
+        return data
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> PolicyContract:
+        known = {f.name for f in fields(cls)}
+        try:
+            kwargs = {k: v for k, v in data.items() if k in known}
+            for key in ("action_low", "action_high"):
+                kwargs[key] = tuple(float(x) for x in kwargs[key])
+            kwargs["obs_layout"] = tuple((str(n), int(s)) for n, s in kwargs.get("obs_layout", ()))
+            for key in ("action_names", "input_names"):
+                if key in kwargs:
+                    kwargs[key] = tuple(str(x) for x in kwargs[key])
+            return cls(**kwargs)
+        except (KeyError, TypeError, ValueError) as exc:
+            raise SpecError(f"malformed policy contract: {exc}") from exc
+
+
+def contract_to_metadata(contract: PolicyContract, provenance: dict[str, Any]) -> dict[str, str]:
+    """The ONNX ``metadata_props`` entries that carry a contract and its provenance."""
+    return {
+        CONTRACT_KEY: json.dumps(contract.to_dict(), sort_keys=True),
+        CONTRACT_HASH_KEY: contract.hash(),
+        PROVENANCE_KEY: json.dumps(provenance, sort_keys=True),
+    }
+
+
+def contract_from_metadata(metadata: dict[str, str]) -> tuple[PolicyContract, dict[str, Any]]:
+    """Read back what :func:`contract_to_metadata` wrote; raise :class:`SpecError` if absent or altered."""
+    if CONTRACT_KEY not in metadata:
+        raise SpecError("the model carries no flowrl policy contract: was it exported by `flowrl export`?")
+    try:
+        contract = PolicyContract.from_dict(json.loads(metadata[CONTRACT_KEY]))
+        provenance = json.loads(metadata.get(PROVENANCE_KEY, "{}"))
+    except json.JSONDecodeError as exc:
+        raise SpecError(f"the model's policy contract is not valid JSON: {exc}") from exc
+    stored = metadata.get(CONTRACT_HASH_KEY)
+    if stored != contract.hash():
+        raise SpecError(f"the model's contract hash {stored!r} does not match its contract ({contract.hash()})")
+    return contract, provenance

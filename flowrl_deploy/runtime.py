@@ -1,0 +1,94 @@
+"""Running an exported policy graph with onnxruntime, without torch.
+
+Shared by export verification, the server, and the client's local fallback policy. Session
+settings favour batch-1 latency on a control computer: one intra-op thread, sequential
+execution, no spinning threads; CUDA is used when onnxruntime offers it.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import numpy as np
+
+from flowrl_deploy.contract import NOISE_INPUT, OBS_INPUT, PolicyContract, contract_from_metadata
+from flowrl_deploy.errors import FlowRLError, SpecError
+
+
+def default_providers() -> list[str]:
+    """CUDA first when this onnxruntime build and machine offer it, CPU always."""
+    import onnxruntime as ort
+
+    available = ort.get_available_providers()
+    return [p for p in ("CUDAExecutionProvider", "CPUExecutionProvider") if p in available]
+
+
+def make_session(
+    model: str | os.PathLike[str] | bytes,
+    *,
+    providers: list[str] | None = None,
+    threads: int = 1,
+    optimized_model_path: str | None = None,
+):
+    """An ``onnxruntime.InferenceSession`` tuned for low-latency, small-batch inference."""
+    import onnxruntime as ort
+
+    options = ort.SessionOptions()
+    options.intra_op_num_threads = threads
+    options.inter_op_num_threads = 1
+    options.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
+    options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+    options.add_session_config_entry("session.intra_op.allow_spinning", "0")
+    options.log_severity_level = 3
+    if optimized_model_path:
+        options.optimized_model_filepath = optimized_model_path
+    source = model if isinstance(model, bytes) else str(model)
+    try:
+        return ort.InferenceSession(source, sess_options=options, providers=providers or default_providers())
+    except Exception as exc:  # onnxruntime raises its own untyped errors for unreadable models
+        name = "<bytes>" if isinstance(model, bytes) else str(model)
+        raise FlowRLError(f"cannot load ONNX model {name}: {exc}") from exc
+
+
+class OnnxPolicy:
+    """An exported FlowRL policy: ``act(obs, noise)`` → actions already in the env's bounds."""
+
+    def __init__(
+        self,
+        model: str | os.PathLike[str] | bytes,
+        *,
+        providers: list[str] | None = None,
+        threads: int = 1,
+    ) -> None:
+        if not isinstance(model, bytes) and not Path(model).is_file():
+            raise FlowRLError(f"ONNX model not found: {model}")
+        self.session = make_session(model, providers=providers, threads=threads)
+        metadata = self.session.get_modelmeta().custom_metadata_map
+        try:
+            self.contract, self.provenance = contract_from_metadata(metadata)
+        except SpecError as exc:
+            raise FlowRLError(f"{model if not isinstance(model, bytes) else 'model'}: {exc}") from exc
+        self.input_names = [i.name for i in self.session.get_inputs()]
+        self.output_name = self.session.get_outputs()[0].name
+
+    @property
+    def contract_hash(self) -> str:
+        return self.contract.hash()
+
+    @property
+    def takes_noise(self) -> bool:
+        return NOISE_INPUT in self.input_names
+
+    def act(self, obs: np.ndarray, noise: np.ndarray | None = None) -> np.ndarray:
+        """Actions [B, act_dim] for observations [B, obs_dim] (and noise [B, act_dim] if stochastic)."""
+        obs = np.ascontiguousarray(obs, dtype=np.float32)
+        feeds = {OBS_INPUT: obs}
+        if self.takes_noise:
+            if noise is None:
+                raise FlowRLError("this policy graph takes a noise input; pass noise [B, act_dim]")
+            feeds[NOISE_INPUT] = np.ascontiguousarray(noise, dtype=np.float32)
+        return self.session.run([self.output_name], feeds)[0]
+
+
+__all__ = ["OnnxPolicy", "PolicyContract", "default_providers", "make_session"]

@@ -1,0 +1,60 @@
+"""The flow actor: noise → ODE over the velocity field → tanh → rescale to the action bounds."""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+from flowrl_deploy.spec import PolicySpec
+from flowrl_deploy.train.ode import integrate
+from flowrl_deploy.train.velocity import VelocityField
+
+
+class FlowActor(nn.Module):
+    """π(s): a0 ~ N(0, I) clamped to [-c, c], integrated by the solver, squashed and rescaled.
+
+    ``num_steps`` and ``solver`` default to the spec's (training uses N = 1, as in the paper);
+    the same network samples with any N afterwards, since v is continuous in t.
+    """
+
+    def __init__(self, spec: PolicySpec) -> None:
+        super().__init__()
+        self.spec = spec
+        self.velocity = VelocityField(spec.obs_dim, spec.act_dim, spec.hidden)
+        low = torch.tensor(spec.action_low, dtype=torch.float32)
+        high = torch.tensor(spec.action_high, dtype=torch.float32)
+        self.register_buffer("action_scale", (high - low) / 2, persistent=False)
+        self.register_buffer("action_bias", (high + low) / 2, persistent=False)
+
+    def sample_noise(self, batch: int, generator: torch.Generator | None = None) -> torch.Tensor:
+        device = self.action_scale.device
+        return torch.randn(batch, self.spec.act_dim, generator=generator, device=device)
+
+    def pre_tanh(
+        self, obs: torch.Tensor, noise: torch.Tensor, num_steps: int | None = None, solver: str | None = None
+    ) -> torch.Tensor:
+        """The ODE's value at t = 1, before the squashing; ``noise`` is the unclamped a0."""
+        a0 = noise.clamp(-self.spec.noise_clip, self.spec.noise_clip)
+        return integrate(
+            self.velocity, obs, a0, num_steps or self.spec.flow_steps, solver or self.spec.solver
+        )
+
+    def squash(self, pre_tanh: torch.Tensor) -> torch.Tensor:
+        """tanh, then the affine map from [-1, 1] to [action_low, action_high]."""
+        return torch.tanh(pre_tanh) * self.action_scale + self.action_bias
+
+    def forward(
+        self,
+        obs: torch.Tensor,
+        noise: torch.Tensor | None = None,
+        num_steps: int | None = None,
+        solver: str | None = None,
+    ) -> torch.Tensor:
+        """Actions for ``obs``; draws fresh noise unless ``noise`` pins it."""
+        if noise is None:
+            noise = self.sample_noise(obs.shape[0])
+        return self.squash(self.pre_tanh(obs, noise, num_steps, solver))
+
+    def to_normalized(self, action: torch.Tensor) -> torch.Tensor:
+        """Map env-scale actions back to [-1, 1] (the tanh range), e.g. buffer actions for flow matching."""
+        return (action - self.action_bias) / self.action_scale
