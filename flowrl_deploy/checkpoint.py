@@ -198,6 +198,11 @@ def load_checkpoint(path: str | os.PathLike[str], *, training_state: bool = Fals
     spec = read_spec(directory)
     checkpoint = Checkpoint(directory, spec, document, _load_tensors(directory / MODEL_FILE, required=True))
     if training_state:
+        if not (directory / TRAINING_TENSORS_FILE).is_file():
+            raise CheckpointError(
+                f"{directory} holds only the policy (no {TRAINING_TENSORS_FILE}): it can be evaluated "
+                "and exported, not resumed"
+            )
         checkpoint.training_tensors = _load_tensors(directory / TRAINING_TENSORS_FILE, required=True)
         json_path = directory / TRAINING_JSON_FILE
         if json_path.is_file():

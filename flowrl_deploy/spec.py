@@ -56,7 +56,7 @@ class PolicySpec:
                 raise SpecError(f"{name} has {len(bounds)} entries, expected act_dim={self.act_dim}")
             if not all(math.isfinite(b) for b in bounds):
                 raise SpecError(f"{name} must be finite, got {bounds}")
-        if any(lo >= hi for lo, hi in zip(self.action_low, self.action_high)):
+        if any(lo >= hi for lo, hi in zip(self.action_low, self.action_high, strict=True)):
             raise SpecError("every action_low must be below its action_high")
         if self.solver not in SOLVERS:
             raise SpecError(f"unknown solver {self.solver!r}; choose one of {', '.join(SOLVERS)}")

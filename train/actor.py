@@ -35,9 +35,7 @@ class FlowActor(nn.Module):
     ) -> torch.Tensor:
         """The ODE's value at t = 1, before the squashing; ``noise`` is the unclamped a0."""
         a0 = noise.clamp(-self.spec.noise_clip, self.spec.noise_clip)
-        return integrate(
-            self.velocity, obs, a0, num_steps or self.spec.flow_steps, solver or self.spec.solver
-        )
+        return integrate(self.velocity, obs, a0, num_steps or self.spec.flow_steps, solver or self.spec.solver)
 
     def squash(self, pre_tanh: torch.Tensor) -> torch.Tensor:
         """tanh, then the affine map from [-1, 1] to [action_low, action_high]."""

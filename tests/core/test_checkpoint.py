@@ -1,0 +1,121 @@
+import json
+import os
+
+import numpy as np
+import pytest
+
+from flowrl_deploy import __version__
+from flowrl_deploy import checkpoint as ckpt
+from flowrl_deploy.errors import CheckpointError
+from flowrl_deploy.spec import PolicySpec
+
+SPEC = PolicySpec(obs_dim=3, act_dim=2, action_low=(-1.0, -1.0), action_high=(1.0, 1.0), hidden=4, env_id="dmc:x-y")
+
+
+def actor_tensors(value: float = 1.0) -> dict[str, np.ndarray]:
+    return {"velocity.net.0.weight": np.full((4, 6), value, np.float32), "velocity.net.0.bias": np.zeros(4, np.float32)}
+
+
+def save(path, value=1.0, **kwargs):
+    return ckpt.save_checkpoint(path, spec=SPEC, actor=actor_tensors(value), counters={"step": 7}, **kwargs)
+
+
+class TestRoundTrip:
+    def test_actor_spec_and_counters_come_back(self, tmp_path):
+        path = save(tmp_path / "step_1", config={"lr": 3e-4})
+        loaded = ckpt.load_checkpoint(path)
+        assert loaded.spec == SPEC
+        assert loaded.counters == {"step": 7}
+        assert loaded.config == {"lr": 3e-4}
+        np.testing.assert_array_equal(loaded.actor["velocity.net.0.weight"], actor_tensors()["velocity.net.0.weight"])
+        assert loaded.document["versions"]["flowrl-deploy"] == __version__
+
+    def test_training_state_and_replay_are_optional_extras(self, tmp_path):
+        path = save(
+            tmp_path / "c",
+            training_tensors={"critic.w": np.ones(3, np.float32)},
+            training_json={"rng": [1, 2]},
+            replay={"obs": np.arange(6, dtype=np.float32).reshape(2, 3)},
+        )
+        assert ckpt.load_checkpoint(path).training_tensors == {}
+        full = ckpt.load_checkpoint(path, training_state=True)
+        assert full.training_json == {"rng": [1, 2]}
+        np.testing.assert_array_equal(full.replay["obs"][1], [3, 4, 5])
+
+    def test_overwrite_replaces_whole_checkpoint(self, tmp_path):
+        state = {"critic.w": np.ones(3, np.float32)}
+        save(tmp_path / "c", value=1.0, training_tensors=state, replay={"obs": np.zeros(2, np.float32)})
+        save(tmp_path / "c", value=2.0, training_tensors=state)
+        loaded = ckpt.load_checkpoint(tmp_path / "c", training_state=True)
+        assert loaded.actor["velocity.net.0.weight"][0, 0] == 2.0
+        assert loaded.replay == {}
+        assert [p.name for p in tmp_path.iterdir()] == ["c"]
+
+    def test_run_dir_resolves_to_last_link(self, tmp_path):
+        checkpoints = tmp_path / "run" / ckpt.CHECKPOINTS_DIR
+        first, second = save(checkpoints / "step_1", 1.0), save(checkpoints / "step_2", 2.0)
+        ckpt.link_checkpoint(checkpoints, ckpt.LAST, first)
+        ckpt.link_checkpoint(checkpoints, ckpt.LAST, second)
+        assert ckpt.resolve_checkpoint(tmp_path / "run") == second.resolve()
+        assert ckpt.read_spec(checkpoints / "step_2" / ckpt.MODEL_FILE) == SPEC
+
+
+class TestAtomicity:
+    def test_failed_write_leaves_previous_checkpoint_intact(self, tmp_path, monkeypatch):
+        save(tmp_path / "last", value=1.0)
+
+        def crash(*args, **kwargs):
+            raise OSError("disk full")
+
+        monkeypatch.setattr(ckpt, "_write_json", crash)
+        with pytest.raises(OSError, match="disk full"):
+            save(tmp_path / "last", value=2.0)
+        monkeypatch.undo()
+        assert ckpt.load_checkpoint(tmp_path / "last").actor["velocity.net.0.weight"][0, 0] == 1.0
+        assert [p.name for p in tmp_path.iterdir()] == ["last"]
+
+
+class TestCorruptOrForeign:
+    def test_missing_path(self, tmp_path):
+        with pytest.raises(CheckpointError, match="checkpoint not found"):
+            ckpt.load_checkpoint(tmp_path / "nope")
+
+    def test_foreign_directory(self, tmp_path):
+        (tmp_path / "notes.txt").write_text("hello")
+        with pytest.raises(CheckpointError, match="holds no flowrl-deploy checkpoint"):
+            ckpt.load_checkpoint(tmp_path)
+
+    def test_foreign_file(self, tmp_path):
+        (tmp_path / "model.pt").write_bytes(b"\x80\x04pickle")
+        with pytest.raises(CheckpointError, match="not a flowrl-deploy checkpoint"):
+            ckpt.load_checkpoint(tmp_path / "model.pt")
+
+    def test_truncated_tensors(self, tmp_path):
+        path = save(tmp_path / "c")
+        model = path / ckpt.MODEL_FILE
+        model.write_bytes(model.read_bytes()[:40])
+        with pytest.raises(CheckpointError, match="corrupt or not a safetensors file"):
+            ckpt.load_checkpoint(path)
+
+    def test_garbled_document(self, tmp_path):
+        path = save(tmp_path / "c")
+        (path / ckpt.DOCUMENT_FILE).write_text("{not json")
+        with pytest.raises(CheckpointError, match="corrupt"):
+            ckpt.read_spec(path)
+
+    def test_other_format_tag(self, tmp_path):
+        path = save(tmp_path / "c")
+        (path / ckpt.DOCUMENT_FILE).write_text(json.dumps({"format": "something-else"}))
+        with pytest.raises(CheckpointError, match="not a flowrl-deploy checkpoint"):
+            ckpt.load_checkpoint(path)
+
+    def test_policy_only_checkpoint_cannot_resume(self, tmp_path):
+        path = save(tmp_path / "c")
+        with pytest.raises(CheckpointError, match="not resumed"):
+            ckpt.load_checkpoint(path, training_state=True)
+
+    def test_missing_model_file(self, tmp_path):
+        path = save(tmp_path / "c")
+        os.remove(path / ckpt.MODEL_FILE)
+        with pytest.raises(CheckpointError, match="is missing"):
+            ckpt.load_checkpoint(path)

@@ -1,0 +1,40 @@
+import pytest
+
+from flowrl_deploy.errors import SpecError
+from flowrl_deploy.spec import PolicySpec
+
+
+def make_spec(**overrides):
+    fields = dict(obs_dim=3, act_dim=2, action_low=(-1.0, -2.0), action_high=(1.0, 2.0), hidden=8)
+    fields.update(overrides)
+    return PolicySpec(**fields)
+
+
+class TestPolicySpec:
+    def test_json_round_trip(self):
+        spec = make_spec(obs_layout=(("position", 2), ("velocity", 1)), action_names=("a", "b"), flow_steps=3)
+        assert PolicySpec.from_dict(spec.to_dict()) == spec
+
+    @pytest.mark.parametrize(
+        ("overrides", "message"),
+        [
+            ({"action_low": (-1.0,)}, "action_low has 1 entries"),
+            ({"action_high": (1.0, -3.0)}, "below its action_high"),
+            ({"solver": "rk4"}, "unknown solver 'rk4'"),
+            ({"flow_steps": 0}, "flow_steps must be >= 1"),
+            ({"obs_layout": (("x", 5),)}, "do not add up to obs_dim"),
+            ({"action_high": (1.0, float("inf"))}, "must be finite"),
+        ],
+    )
+    def test_impossible_values_are_named(self, overrides, message):
+        with pytest.raises(SpecError, match=message):
+            make_spec(**overrides)
+
+    def test_missing_fields_are_named(self):
+        with pytest.raises(SpecError, match="lacks act_dim"):
+            PolicySpec.from_dict({"obs_dim": 3, "action_low": [0], "action_high": [1]})
+
+    def test_newer_version_asks_for_upgrade(self):
+        data = make_spec().to_dict() | {"spec_version": 99}
+        with pytest.raises(SpecError, match="upgrade flowrl-deploy"):
+            PolicySpec.from_dict(data)
