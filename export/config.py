@@ -1,0 +1,60 @@
+"""The export stage's one config: every field maps 1:1 to a `flowrl export` flag and is saved
+in the ONNX file's provenance, so a policy file says how it was made."""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass
+from typing import Any
+
+from flowrl_deploy.errors import FlowRLError
+from flowrl_deploy.spec import SOLVERS
+
+DTYPES = ("fp32", "int8")
+
+
+@dataclass(frozen=True)
+class ExportConfig:
+    """How to unroll and verify the sampler."""
+
+    steps: int = 10
+    """Flow steps N unrolled into the graph; may differ from the training steps (v is continuous in t)."""
+    solver: str | None = None
+    """'midpoint' or 'euler'; None takes the checkpoint's solver."""
+    opset: int = 18
+    """ONNX opset of the main domain (>= 17, for LayerNormalization)."""
+    batch: int | str = "dynamic"
+    """'dynamic' for a free batch axis, or a fixed batch size."""
+    deterministic: bool = False
+    """Export a graph without the noise input that starts from a0 = 0."""
+    dtype: str = "fp32"
+    """'fp32', or 'int8' (dynamic quantization of the wide hidden layer; looser parity)."""
+    optimize: bool = True
+    """Structural optimizations (observation share of layer 1 computed once, t folded into constants)."""
+    verify: bool = True
+    """Check the file (onnx.checker, shape inference) and its actions against the torch sampler."""
+    samples: int = 100
+    """Random (obs, noise) pairs per verified batch size."""
+    seed: int = 0
+    """Seed of the verification inputs."""
+
+    def __post_init__(self) -> None:
+        if self.steps < 1:
+            raise FlowRLError(f"--steps must be >= 1, got {self.steps}")
+        if self.solver is not None and self.solver not in SOLVERS:
+            raise FlowRLError(f"unknown solver {self.solver!r}; choose one of {', '.join(SOLVERS)}")
+        if self.opset < 17:
+            raise FlowRLError(f"--opset must be >= 17 (LayerNormalization), got {self.opset}")
+        if self.batch != "dynamic" and not (isinstance(self.batch, int) and self.batch >= 1):
+            raise FlowRLError(f"--batch must be 'dynamic' or a positive integer, got {self.batch!r}")
+        if self.dtype not in DTYPES:
+            raise FlowRLError(f"unknown dtype {self.dtype!r}; choose one of {', '.join(DTYPES)}")
+        if self.samples < 1:
+            raise FlowRLError(f"samples must be >= 1, got {self.samples}")
+
+    @property
+    def batch_dim(self) -> int | None:
+        """The fixed batch size, or None for a dynamic batch axis."""
+        return None if self.batch == "dynamic" else int(self.batch)
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)

@@ -1,0 +1,171 @@
+"""`export_checkpoint`: checkpoint → verified, self-describing policy.onnx.
+
+The file is written (atomically) only after verification passes, so a path that exists holds a
+graph that matched the torch sampler.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import tempfile
+from dataclasses import dataclass, replace
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from flowrl_deploy.checkpoint import MODEL_FILE, load_checkpoint
+from flowrl_deploy.contract import NOISE_INPUT, OBS_INPUT, PolicyContract, contract_to_metadata
+from flowrl_deploy.errors import FlowRLError
+from flowrl_deploy.export.config import ExportConfig
+from flowrl_deploy.spec import PolicySpec
+from flowrl_deploy.versions import library_versions
+
+if TYPE_CHECKING:  # onnx and torch load only when exporting, not for `flowrl inspect`
+    from flowrl_deploy.export.verify import ParityReport
+
+
+@dataclass(frozen=True)
+class ExportReport:
+    """What `export_checkpoint` wrote and how well it matched the torch sampler."""
+
+    path: Path
+    contract: PolicyContract
+    contract_hash: str
+    sha256: str
+    """sha256 of the written ONNX file."""
+    provenance: dict[str, Any]
+    parity: ParityReport | None
+    """None when verification was switched off."""
+
+    def summary(self) -> str:
+        c = self.contract
+        inputs = f"{OBS_INPUT}[B,{c.obs_dim}]" + ("" if c.deterministic else f", {NOISE_INPUT}[B,{c.act_dim}]")
+        lines = [
+            f"wrote {self.path} ({self.provenance['dtype']}, {c.solver} × {c.flow_steps} steps, "
+            f"{'optimized' if self.provenance['export_config']['optimize'] else 'plain'} graph)",
+            f"  inputs {inputs} -> {c.output_name}[B,{c.act_dim}] (rescaled to the action bounds)",
+            f"  contract hash {self.contract_hash}, file sha256 {self.sha256[:16]}…",
+            "  " + (self.parity.summary() if self.parity else "verification SKIPPED (--no-verify)"),
+        ]
+        return "\n".join(lines)
+
+
+def export_checkpoint(
+    checkpoint_path: str | os.PathLike[str],
+    out_path: str | os.PathLike[str],
+    config: ExportConfig | None = None,
+) -> ExportReport:
+    """Unroll the checkpoint's sampler into ``out_path``, verify it, and return the report.
+
+    Raises :class:`FlowRLError` (a ``CheckpointError`` for unreadable checkpoints, a
+    ``VerificationError`` for a graph that fails its checks); nothing is written then.
+    """
+    from flowrl_deploy.export.graph import VelocityWeights, build_policy_graph
+    from flowrl_deploy.export.verify import check_structure, verify_parity
+
+    config = config or ExportConfig()
+    checkpoint = load_checkpoint(checkpoint_path)
+    spec = checkpoint.spec
+    config = replace(config, solver=config.solver or spec.solver)
+    weights = VelocityWeights.from_actor(checkpoint.actor, spec)
+    model = build_policy_graph(
+        weights,
+        spec,
+        steps=config.steps,
+        solver=config.solver,
+        deterministic=config.deterministic,
+        optimize=config.optimize,
+        batch=config.batch_dim,
+        opset=config.opset,
+        wide_matmul=config.dtype == "int8",
+    )
+    if config.dtype == "int8":
+        from flowrl_deploy.export.quantize import quantize_wide_layers
+
+        model = quantize_wide_layers(model)
+    contract = policy_contract(spec, config)
+    provenance = {
+        "source_checkpoint": str(checkpoint.path),
+        "source_sha256": file_sha256(checkpoint.path / MODEL_FILE),
+        "source_counters": checkpoint.counters,
+        "versions": library_versions(),
+        "opset": config.opset,
+        "dtype": config.dtype,
+        "export_config": config.to_dict(),
+    }
+    parity = None
+    if config.verify:
+        check_structure(model)
+        parity = verify_parity(
+            model,
+            checkpoint.actor,
+            spec,
+            steps=config.steps,
+            solver=config.solver,
+            deterministic=config.deterministic,
+            batch=config.batch_dim,
+            dtype=config.dtype,
+            samples=config.samples,
+            seed=config.seed,
+        )
+        provenance["verification"] = parity.to_dict()
+    model.producer_name = "flowrl-deploy"
+    model.producer_version = provenance["versions"]["flowrl-deploy"]
+    model.doc_string = f"FlowRL policy for {spec.env_id or 'an unnamed env'}: obs (+ noise) -> action"
+    del model.metadata_props[:]
+    for key, value in contract_to_metadata(contract, provenance).items():
+        model.metadata_props.add(key=key, value=value)
+    out = _write_atomically(Path(out_path), model.SerializeToString())
+    return ExportReport(out, contract, contract.hash(), file_sha256(out), provenance, parity)
+
+
+def policy_contract(spec: PolicySpec, config: ExportConfig) -> PolicyContract:
+    """The contract of a graph exported from ``spec`` with ``config`` (solver resolved)."""
+    clip = f"{spec.noise_clip:g}"
+    if config.deterministic:
+        noise_convention = "no noise input: a0 = 0 at t = 0"
+    else:
+        noise_convention = f"a0 = clamp(noise, -{clip}, {clip}) at t = 0; noise ~ N(0, I)"
+    return PolicyContract(
+        obs_dim=spec.obs_dim,
+        act_dim=spec.act_dim,
+        action_low=spec.action_low,
+        action_high=spec.action_high,
+        obs_layout=spec.obs_layout,
+        action_names=spec.action_names,
+        action_rescaled=True,
+        obs_normalization="none",
+        control_period_s=spec.control_period_s,
+        flow_steps=config.steps,
+        solver=config.solver or spec.solver,
+        t_schedule="uniform",
+        noise_convention=noise_convention,
+        deterministic=config.deterministic,
+        env_id=spec.env_id,
+        input_names=(OBS_INPUT,) if config.deterministic else (OBS_INPUT, NOISE_INPUT),
+    )
+
+
+def file_sha256(path: Path) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
+def _write_atomically(path: Path, data: bytes) -> Path:
+    if path.is_dir():
+        raise FlowRLError(f"--out {path} is a directory; give a file path such as {path / 'policy.onnx'}")
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.tmp-", dir=path.parent)
+    try:
+        with os.fdopen(fd, "wb") as f:
+            f.write(data)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+    return path

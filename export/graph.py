@@ -1,0 +1,239 @@
+"""The unrolled ODE sampler as one ONNX graph, built node by node from the actor's weights.
+
+Both variants compute π(s, noise) = rescale(tanh(a_N)) with a_N from N fixed solver steps of
+the velocity field (see :mod:`flowrl_deploy.train.ode`), with t and dt as constants, no Loop op
+and every weight stored once. They differ in structure:
+
+- ``plain`` mirrors the torch module op for op: each velocity evaluation concatenates
+  [s, a_t, t] and runs the full first layer.
+- ``optimized`` exploits what does not change between evaluations. The first layer splits as
+  W·[s, a, t] + b = (W_s·s + b) + W_a·a + t·w_t, so the observation's share is computed once
+  per call and t·w_t is a constant per evaluation. The state is carried shifted,
+  ã_k = a_k − k·dt·b_out, so that each solver update is a single Gemm with the state as its
+  C input (ã + dt·W_out·h); the shift's effect on the next first layer, (k·dt)·W_a·b_out, is
+  folded into the same per-evaluation constant, and a_N = ã_N + b_out.
+
+The pre-tanh value a_N is the named tensor ``pre_tanh``, which verification reads as an extra
+output.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass
+
+import numpy as np
+import onnx
+from onnx import TensorProto, helper, numpy_helper
+
+from flowrl_deploy.contract import ACTION_OUTPUT, NOISE_INPUT, OBS_INPUT
+from flowrl_deploy.errors import CheckpointError
+from flowrl_deploy.spec import PolicySpec
+
+PRE_TANH = "pre_tanh"
+LAYER_NORM_EPS = 1e-5  # torch.nn.LayerNorm's default
+_PREFIX = "velocity.net."
+_SHAPES = {  # state_dict key suffix -> shape as a function of (obs_dim, act_dim, hidden)
+    "0.weight": lambda o, a, h: (h, o + a + 1),
+    "0.bias": lambda o, a, h: (h,),
+    "1.weight": lambda o, a, h: (h,),
+    "1.bias": lambda o, a, h: (h,),
+    "3.weight": lambda o, a, h: (h, h),
+    "3.bias": lambda o, a, h: (h,),
+    "4.weight": lambda o, a, h: (h,),
+    "4.bias": lambda o, a, h: (h,),
+    "6.weight": lambda o, a, h: (a, h),
+    "6.bias": lambda o, a, h: (a,),
+}
+
+
+@dataclass(frozen=True)
+class VelocityWeights:
+    """The velocity field's tensors (float32), named after the layers of v(s, a, t)."""
+
+    w1: np.ndarray
+    b1: np.ndarray
+    ln1_gamma: np.ndarray
+    ln1_beta: np.ndarray
+    w2: np.ndarray
+    b2: np.ndarray
+    ln2_gamma: np.ndarray
+    ln2_beta: np.ndarray
+    w_out: np.ndarray
+    b_out: np.ndarray
+
+    @classmethod
+    def from_actor(cls, actor: Mapping[str, np.ndarray], spec: PolicySpec) -> VelocityWeights:
+        """Check a FlowActor state_dict against the spec; raise :class:`CheckpointError` on any mismatch."""
+        expected = {_PREFIX + k: f(spec.obs_dim, spec.act_dim, spec.hidden) for k, f in _SHAPES.items()}
+        unknown = sorted(set(actor) - set(expected))
+        if unknown:
+            raise CheckpointError(
+                f"the checkpoint's actor holds tensors the exporter cannot place in the graph: {unknown}"
+            )
+        missing = sorted(set(expected) - set(actor))
+        if missing:
+            raise CheckpointError(f"the checkpoint's actor lacks {missing}")
+        for key, shape in expected.items():
+            if tuple(actor[key].shape) != shape:
+                found = tuple(actor[key].shape)
+                raise CheckpointError(f"actor tensor {key} has shape {found}, the spec implies {shape}")
+            if not np.all(np.isfinite(actor[key])):
+                raise CheckpointError(f"actor tensor {key} holds NaN or infinite values")
+        t = {k[len(_PREFIX) :]: np.asarray(v, dtype=np.float32) for k, v in actor.items()}
+        return cls(
+            t["0.weight"], t["0.bias"], t["1.weight"], t["1.bias"], t["3.weight"], t["3.bias"],
+            t["4.weight"], t["4.bias"], t["6.weight"], t["6.bias"],
+        )  # fmt: skip
+
+
+@dataclass(frozen=True)
+class Evaluation:
+    """One velocity evaluation of the unrolled solver."""
+
+    t: np.float32
+    """The evaluation time, computed in float32 exactly as the torch solver does."""
+    step_size: np.float32
+    """How far the result moves the step's start state: dt/2 (midpoint's first half) or dt."""
+    shift: float
+    """k·dt or k·dt + dt/2: the multiple of b_out accumulated in the state fed to this evaluation."""
+    from_step_start: bool
+    """True when this evaluation's input state is the step's start state a_k."""
+
+
+def schedule(steps: int, solver: str) -> list[Evaluation]:
+    """The velocity evaluations of ``steps`` fixed steps of ``solver`` from t = 0 to t = 1."""
+    dt = 1.0 / steps
+    half, full = np.float32(0.5 * dt), np.float32(dt)
+    evaluations = []
+    for k in range(steps):
+        t_k = np.float32(k * dt)
+        if solver == "midpoint":
+            evaluations.append(Evaluation(t_k, half, k * dt, True))
+            evaluations.append(Evaluation(np.float32(t_k + half), full, k * dt + 0.5 * dt, False))
+        else:
+            evaluations.append(Evaluation(t_k, full, k * dt, True))
+    return evaluations
+
+
+class _Graph:
+    """Accumulates nodes and initializers with unique names."""
+
+    def __init__(self) -> None:
+        self.nodes: list[onnx.NodeProto] = []
+        self.initializers: list[onnx.TensorProto] = []
+        self._count = 0
+
+    def const(self, name: str, value: np.ndarray) -> str:
+        self.initializers.append(numpy_helper.from_array(np.ascontiguousarray(value), name))
+        return name
+
+    def op(self, op_type: str, inputs: list[str], output: str | None = None, **attrs) -> str:
+        self._count += 1
+        output = output or f"{op_type.lower()}_{self._count}"
+        self.nodes.append(helper.make_node(op_type, inputs, [output], name=f"{op_type}_{self._count}", **attrs))
+        return output
+
+
+def build_policy_graph(
+    weights: VelocityWeights,
+    spec: PolicySpec,
+    *,
+    steps: int,
+    solver: str,
+    deterministic: bool = False,
+    optimize: bool = True,
+    batch: int | None = None,
+    opset: int = 18,
+    wide_matmul: bool = False,
+) -> onnx.ModelProto:
+    """The N-step sampler as an ONNX model: ``obs`` (+ ``noise``) → ``action`` in the spec's bounds.
+
+    ``wide_matmul`` writes the hidden×hidden layer as MatMul + Add, the form onnxruntime's
+    dynamic quantization rewrites to int8.
+    """
+    g = _Graph()
+    batch_dim: int | str = batch if batch is not None else "batch"
+    inputs = [helper.make_tensor_value_info(OBS_INPUT, TensorProto.FLOAT, [batch_dim, spec.obs_dim])]
+    if not deterministic:
+        inputs.append(helper.make_tensor_value_info(NOISE_INPUT, TensorProto.FLOAT, [batch_dim, spec.act_dim]))
+    ln1 = (g.const("ln1.gamma", weights.ln1_gamma), g.const("ln1.beta", weights.ln1_beta))
+    ln2 = (g.const("ln2.gamma", weights.ln2_gamma), g.const("ln2.beta", weights.ln2_beta))
+    if wide_matmul:
+        w2, b2 = g.const("w2.T", weights.w2.T), g.const("b2", weights.b2)
+    else:
+        w2, b2 = g.const("w2", weights.w2), g.const("b2", weights.b2)
+    w_out, b_out = g.const("w_out", weights.w_out), g.const("b_out", weights.b_out)
+
+    def hidden(z: str) -> str:
+        """LayerNorm → ELU → Linear → LayerNorm → ELU: the part of v shared by both variants."""
+        h = g.op("Elu", [g.op("LayerNormalization", [z, *ln1], epsilon=LAYER_NORM_EPS)], alpha=1.0)
+        z2 = g.op("Add", [g.op("MatMul", [h, w2]), b2]) if wide_matmul else g.op("Gemm", [h, w2, b2], transB=1)
+        return g.op("Elu", [g.op("LayerNormalization", [z2, *ln2], epsilon=LAYER_NORM_EPS)], alpha=1.0)
+
+    a0 = None
+    if not deterministic:
+        clip = spec.noise_clip
+        a0 = g.op("Clip", [NOISE_INPUT, g.const("clip.min", np.float32(-clip)), g.const("clip.max", np.float32(clip))])
+    build = _optimized_sampler if optimize else _plain_sampler
+    a_n = build(g, weights, spec, schedule(steps, solver), a0, hidden, w_out, b_out)
+
+    low = np.asarray(spec.action_low, dtype=np.float32)
+    high = np.asarray(spec.action_high, dtype=np.float32)
+    scale = g.const("action.scale", (high - low) / 2)
+    bias = g.const("action.bias", (high + low) / 2)
+    g.op("Add", [g.op("Mul", [g.op("Tanh", [a_n]), scale]), bias], ACTION_OUTPUT)
+
+    variant = "optimized" if optimize else "plain"
+    graph = helper.make_graph(
+        g.nodes,
+        f"flowrl_policy_{variant}_{solver}_{steps}",
+        inputs,
+        [helper.make_tensor_value_info(ACTION_OUTPUT, TensorProto.FLOAT, [batch_dim, spec.act_dim])],
+        g.initializers,
+    )
+    opsets = [helper.make_opsetid("", opset)]
+    return helper.make_model(graph, opset_imports=opsets, ir_version=helper.find_min_ir_version_for(opsets))
+
+
+def _plain_sampler(g, weights, spec, evaluations, a0, hidden, w_out, b_out) -> str:
+    """v(concat[s, a, t]) at every evaluation, updates a ← a_k + step·v, as the torch solver does."""
+    w1, b1 = g.const("w1", weights.w1), g.const("b1", weights.b1)
+    one = g.const("one", np.array([1]))
+    batch = g.op("Slice", [g.op("Shape", [OBS_INPUT]), g.const("zero", np.array([0])), one])
+    if a0 is None:
+        a_shape = g.op("Concat", [batch, g.const("act_dim", np.array([spec.act_dim]))], axis=0)
+        a0 = g.op("Expand", [g.const("a0.zero", np.zeros((1, spec.act_dim), np.float32)), a_shape])
+    t_shape = g.op("Concat", [batch, one], axis=0)
+    a_k = a_t = a0
+    for i, ev in enumerate(evaluations):
+        t_col = g.op("Expand", [g.const(f"t.{i}", np.full((1, 1), ev.t, np.float32)), t_shape])
+        z = g.op("Gemm", [g.op("Concat", [OBS_INPUT, a_t, t_col], axis=1), w1, b1], transB=1)
+        v = g.op("Gemm", [hidden(z), w_out, b_out], transB=1)
+        if ev.from_step_start:
+            a_k = a_t
+        a_t = g.op("Add", [a_k, g.op("Mul", [v, g.const(f"step.{i}", ev.step_size)])])
+    return g.op("Identity", [a_t], PRE_TANH)
+
+
+def _optimized_sampler(g, weights, spec, evaluations, a0, hidden, w_out, b_out) -> str:
+    """The observation's share of layer 1 once per call; one Gemm per solver update (see module doc)."""
+    o = spec.obs_dim
+    w_s, w_a, w_t = weights.w1[:, :o], weights.w1[:, o : o + spec.act_dim], weights.w1[:, -1]
+    h_s = g.op("Gemm", [OBS_INPUT, g.const("w1.obs", w_s), g.const("b1", weights.b1)], transB=1)
+    w_a_name = g.const("w1.action", w_a)
+    w_a_b_out = w_a.astype(np.float64) @ weights.b_out.astype(np.float64)
+    a_k = a_t = a0  # shifted states ã; None means exactly zero (the deterministic a0)
+    for i, ev in enumerate(evaluations):
+        c = (float(ev.t) * w_t.astype(np.float64) + ev.shift * w_a_b_out).astype(np.float32)
+        c_name = g.const(f"layer1.const.{i}", c)
+        if a_t is None:
+            z = g.op("Add", [h_s, c_name])
+        else:
+            z = g.op("Add", [g.op("Gemm", [a_t, w_a_name, c_name], transB=1), h_s])
+        h = hidden(z)
+        if ev.from_step_start:
+            a_k = a_t
+        start = [] if a_k is None else [a_k]
+        a_t = g.op("Gemm", [h, w_out, *start], transB=1, alpha=float(ev.step_size), beta=1.0)
+    return g.op("Add", [a_t, b_out], PRE_TANH)

@@ -1,0 +1,172 @@
+"""Verification of an exported policy graph, run on every export: fail loudly, never ship a wrong file.
+
+1. Structure: ``onnx.checker`` full check and strict shape inference; no Loop or If op.
+2. Parity: onnxruntime against the torch FlowActor sampler (same noise, steps and solver) on
+   random (obs, noise) pairs at several batch sizes, large noise and large observations included,
+   on the action and on the pre-tanh value.
+3. Determinism: the same input twice gives bit-identical actions.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Mapping
+from dataclasses import asdict, dataclass
+from typing import Any
+
+import numpy as np
+import onnx
+from onnx import TensorProto, helper
+
+from flowrl_deploy.contract import NOISE_INPUT, OBS_INPUT
+from flowrl_deploy.errors import FlowRLError
+from flowrl_deploy.export.graph import PRE_TANH
+from flowrl_deploy.runtime import make_session
+from flowrl_deploy.spec import PolicySpec
+
+BATCH_SIZES = (1, 2, 7, 64)
+FP32_ATOL, FP32_RTOL = 1e-5, 1e-4
+INT8_ACTION_ATOL = 0.05
+"""int8 tolerance on the action, as a fraction of each action's half-range; pre-tanh is only reported."""
+OBS_SCALES = (1.0, 1.0, 10.0, 1000.0)
+NOISE_SCALES = (1.0, 1.0, 5.0)
+_UNROLLED_ONLY = ("Loop", "If", "Scan")
+
+
+class VerificationError(FlowRLError):
+    """An exported graph failed a structural, parity or determinism check."""
+
+
+@dataclass(frozen=True)
+class ParityReport:
+    """Max errors of onnxruntime against the torch sampler over every verified input."""
+
+    dtype: str
+    batch_sizes: tuple[int, ...]
+    pairs_per_batch_size: int
+    action_atol: float
+    rtol: float
+    max_abs_error_action: float
+    max_abs_error_pre_tanh: float
+    pre_tanh_checked: bool
+    bit_identical_repeat: bool
+    passed: bool
+
+    def summary(self) -> str:
+        tolerance = f"atol {self.action_atol:g}, rtol {self.rtol:g}"
+        pre_tanh = "" if self.pre_tanh_checked else " (reported only)"
+        return (
+            f"parity vs torch ({self.dtype}, batch sizes {', '.join(map(str, self.batch_sizes))}, "
+            f"{self.pairs_per_batch_size} pairs each, {tolerance}): "
+            f"max |Δaction| = {self.max_abs_error_action:.3g}, "
+            f"max |Δpre_tanh| = {self.max_abs_error_pre_tanh:.3g}{pre_tanh}; "
+            f"repeat bit-identical: {'yes' if self.bit_identical_repeat else 'NO'}; "
+            f"{'PASSED' if self.passed else 'FAILED'}"
+        )
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+def check_structure(model: onnx.ModelProto) -> None:
+    """onnx.checker (full) and strict shape inference; the sampler must be unrolled."""
+    try:
+        onnx.checker.check_model(model, full_check=True)
+        onnx.shape_inference.infer_shapes(model, check_type=True, strict_mode=True, data_prop=True)
+    except (onnx.checker.ValidationError, onnx.shape_inference.InferenceError) as exc:
+        raise VerificationError(f"the exported graph is not valid ONNX: {exc}") from exc
+    loops = sorted({n.op_type for n in model.graph.node if n.op_type in _UNROLLED_ONLY})
+    if loops:
+        raise VerificationError(f"the exported graph holds control flow ({', '.join(loops)}); it must be unrolled")
+
+
+def with_pre_tanh_output(model: onnx.ModelProto) -> onnx.ModelProto:
+    """A copy of ``model`` that also outputs its ``pre_tanh`` tensor."""
+    debug = onnx.ModelProto()
+    debug.CopyFrom(model)
+    action = debug.graph.output[0].type.tensor_type.shape.dim
+    dims = [d.dim_param or d.dim_value for d in action]
+    debug.graph.output.append(helper.make_tensor_value_info(PRE_TANH, TensorProto.FLOAT, dims))
+    return debug
+
+
+def reference_actor(actor: Mapping[str, np.ndarray], spec: PolicySpec):
+    """An eval-mode CPU float32 FlowActor holding the checkpoint's weights: the torch sampler."""
+    import torch
+
+    from flowrl_deploy.train.actor import FlowActor
+
+    module = FlowActor(spec)
+    module.load_state_dict({k: torch.from_numpy(np.array(v, dtype=np.float32)) for k, v in actor.items()})
+    return module.eval().to("cpu", torch.float32)
+
+
+def verification_inputs(
+    spec: PolicySpec, batch: int, count: int, rng: np.random.Generator
+) -> list[tuple[np.ndarray, np.ndarray]]:
+    """``count`` (obs, noise) pairs in batches of ``batch``, rows scaled up to 1000× (obs) and 5× (noise)."""
+    calls = []
+    for _ in range(math.ceil(count / batch)):
+        obs = rng.normal(size=(batch, spec.obs_dim)) * rng.choice(OBS_SCALES, size=(batch, 1))
+        noise = rng.normal(size=(batch, spec.act_dim)) * rng.choice(NOISE_SCALES, size=(batch, 1))
+        calls.append((obs.astype(np.float32), noise.astype(np.float32)))
+    return calls
+
+
+def verify_parity(
+    model: onnx.ModelProto,
+    actor: Mapping[str, np.ndarray],
+    spec: PolicySpec,
+    *,
+    steps: int,
+    solver: str,
+    deterministic: bool,
+    batch: int | None,
+    dtype: str = "fp32",
+    samples: int = 100,
+    seed: int = 0,
+) -> ParityReport:
+    """Compare onnxruntime with the torch sampler; raise :class:`VerificationError` on any miss."""
+    import torch
+
+    reference = reference_actor(actor, spec)
+    session = make_session(with_pre_tanh_output(model).SerializeToString(), providers=["CPUExecutionProvider"])
+    half_range = (np.asarray(spec.action_high) - np.asarray(spec.action_low)) / 2
+    action_atol = FP32_ATOL if dtype == "fp32" else INT8_ACTION_ATOL
+    atol_per_action = action_atol * (half_range if dtype != "fp32" else 1.0)
+    rng = np.random.default_rng(seed)
+    batch_sizes = (batch,) if batch is not None else BATCH_SIZES
+    err_action = err_pre_tanh = 0.0
+    within, repeat_identical = True, True
+    for size in batch_sizes:
+        for i, (obs, noise) in enumerate(verification_inputs(spec, size, samples, rng)):
+            if deterministic:
+                noise = np.zeros_like(noise)
+            feeds = {OBS_INPUT: obs} if deterministic else {OBS_INPUT: obs, NOISE_INPUT: noise}
+            action, pre_tanh = session.run(None, feeds)
+            with torch.no_grad():
+                ref_pre = reference.pre_tanh(torch.from_numpy(obs), torch.from_numpy(noise), steps, solver)
+                ref_action = reference.squash(ref_pre).numpy()
+                ref_pre = ref_pre.numpy()
+            err_action = max(err_action, float(np.abs(action - ref_action).max()))
+            err_pre_tanh = max(err_pre_tanh, float(np.abs(pre_tanh - ref_pre).max()))
+            within &= bool(np.all(np.abs(action - ref_action) <= atol_per_action + FP32_RTOL * np.abs(ref_action)))
+            if dtype == "fp32":
+                within &= bool(np.allclose(pre_tanh, ref_pre, atol=FP32_ATOL, rtol=FP32_RTOL))
+            if i == 0:
+                repeat_identical &= bool(np.array_equal(session.run(None, feeds)[0], action))
+    report = ParityReport(
+        dtype=dtype,
+        batch_sizes=tuple(batch_sizes),
+        pairs_per_batch_size=samples,
+        action_atol=action_atol,
+        rtol=FP32_RTOL,
+        max_abs_error_action=err_action,
+        max_abs_error_pre_tanh=err_pre_tanh,
+        pre_tanh_checked=dtype == "fp32",
+        bit_identical_repeat=repeat_identical,
+        passed=within and repeat_identical,
+    )
+    if not report.passed:
+        raise VerificationError(f"the exported graph does not match the torch sampler: {report.summary()}")
+    return report

@@ -1,0 +1,134 @@
+"""export_checkpoint: contract and provenance, verification, clear errors for bad checkpoints."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from dataclasses import replace
+
+import numpy as np
+import onnx
+import pytest
+from export_fixtures import SPEC, actor_tensors
+
+from flowrl_deploy.checkpoint import save_checkpoint
+from flowrl_deploy.errors import CheckpointError, FlowRLError
+from flowrl_deploy.export import ExportConfig, export_checkpoint
+from flowrl_deploy.export import graph as graph_module
+from flowrl_deploy.export.verify import VerificationError, check_structure, verify_parity
+from flowrl_deploy.runtime import OnnxPolicy
+
+
+def test_contract_and_provenance_round_trip(checkpoint, tmp_path):
+    config = ExportConfig(steps=3, solver="euler", samples=10)
+    report = export_checkpoint(checkpoint, tmp_path / "policy.onnx", config)
+    policy = OnnxPolicy(report.path, providers=["CPUExecutionProvider"])
+    contract = policy.contract
+    assert policy.contract_hash == report.contract_hash == contract.hash()
+    assert (contract.obs_dim, contract.act_dim) == (5, 3)
+    assert contract.obs_layout == SPEC.obs_layout and contract.action_names == SPEC.action_names
+    assert contract.action_low == SPEC.action_low and contract.action_high == SPEC.action_high
+    assert contract.action_rescaled and contract.obs_normalization == "none"
+    assert (contract.flow_steps, contract.solver, contract.env_id) == (3, "euler", "dmc:test-task")
+    assert contract.control_period_s == 0.02 and not contract.deterministic
+    assert "clamp(noise, -1, 1)" in contract.noise_convention
+    model_bytes = (checkpoint / "model.safetensors").read_bytes()
+    assert policy.provenance["source_sha256"] == hashlib.sha256(model_bytes).hexdigest()
+    assert policy.provenance["export_config"]["steps"] == 3
+    assert policy.provenance["opset"] == 18 and policy.provenance["dtype"] == "fp32"
+    assert policy.provenance["verification"]["passed"]
+    assert {"torch", "onnx", "flowrl-deploy"} <= policy.provenance["versions"].keys()
+    assert report.sha256 == hashlib.sha256(report.path.read_bytes()).hexdigest()
+    assert onnx.load(report.path).opset_import[0].version == 18
+
+
+def test_solver_defaults_to_the_checkpoint_and_steps_do_not_change_the_hash(checkpoint, tmp_path):
+    ten = export_checkpoint(checkpoint, tmp_path / "a.onnx", ExportConfig(steps=10, samples=5))
+    two = export_checkpoint(checkpoint, tmp_path / "b.onnx", ExportConfig(steps=2, samples=5))
+    assert ten.contract.solver == SPEC.solver
+    assert ten.contract_hash == two.contract_hash
+    deterministic = export_checkpoint(checkpoint, tmp_path / "c.onnx", ExportConfig(deterministic=True, samples=5))
+    assert deterministic.contract_hash != ten.contract_hash
+    assert deterministic.contract.input_names == ("obs",)
+
+
+def test_report_covers_every_batch_size_and_prints_errors(checkpoint, tmp_path):
+    report = export_checkpoint(checkpoint, tmp_path / "p.onnx", ExportConfig(samples=100))
+    assert report.parity.batch_sizes == (1, 2, 7, 64)
+    assert report.parity.max_abs_error_action < 1e-5 and report.parity.bit_identical_repeat
+    assert "max |Δaction|" in report.summary() and "PASSED" in report.summary()
+
+
+def test_fixed_batch_is_verified_at_that_size(checkpoint, tmp_path):
+    report = export_checkpoint(checkpoint, tmp_path / "p.onnx", ExportConfig(batch=5, samples=10))
+    assert report.parity.batch_sizes == (5,)
+    dims = onnx.load(report.path).graph.input[0].type.tensor_type.shape.dim
+    assert [d.dim_value for d in dims] == [5, SPEC.obs_dim]
+
+
+def test_wrong_graph_fails_verification_and_writes_nothing(checkpoint, tmp_path, monkeypatch):
+    build = graph_module.build_policy_graph
+
+    def off_by_a_little(weights, *args, **kwargs):
+        return build(replace(weights, b_out=weights.b_out + 1e-3), *args, **kwargs)
+
+    monkeypatch.setattr(graph_module, "build_policy_graph", off_by_a_little)
+    out = tmp_path / "policy.onnx"
+    with pytest.raises(VerificationError, match="does not match the torch sampler"):
+        export_checkpoint(checkpoint, out, ExportConfig(samples=5))
+    assert not out.exists()
+
+
+def test_pre_tanh_is_checked_even_where_tanh_saturates():
+    weights = graph_module.VelocityWeights.from_actor(actor_tensors(), SPEC)
+    saturated = replace(weights, b_out=weights.b_out + 50.0)
+    model = graph_module.build_policy_graph(saturated, SPEC, steps=2, solver="midpoint")
+    exact = {**actor_tensors(), "velocity.net.6.bias": actor_tensors()["velocity.net.6.bias"] + 50.0}
+    verify_parity(model, exact, SPEC, steps=2, solver="midpoint", deterministic=False, batch=None, samples=5)
+    bumped = {**exact, "velocity.net.6.bias": exact["velocity.net.6.bias"] + 1e-2}
+    with pytest.raises(VerificationError, match=r"max \|Δaction\| = 0,"):  # only pre-tanh differs: tanh is flat at 50
+        verify_parity(model, bumped, SPEC, steps=2, solver="midpoint", deterministic=False, batch=None, samples=5)
+
+
+def test_invalid_graph_fails_the_structural_check():
+    model = graph_module.build_policy_graph(
+        graph_module.VelocityWeights.from_actor(actor_tensors(), SPEC), SPEC, steps=1, solver="euler"
+    )
+    model.graph.node[0].input[0] = "no_such_tensor"
+    with pytest.raises(VerificationError, match="not valid ONNX"):
+        check_structure(model)
+
+
+def test_missing_checkpoint(tmp_path):
+    with pytest.raises(CheckpointError, match="not found"):
+        export_checkpoint(tmp_path / "nothing", tmp_path / "p.onnx")
+
+
+def test_foreign_checkpoint(tmp_path):
+    (tmp_path / "checkpoint.json").write_text(json.dumps({"format": "something-else"}))
+    with pytest.raises(CheckpointError, match="not a flowrl-deploy checkpoint"):
+        export_checkpoint(tmp_path, tmp_path / "p.onnx")
+
+
+def test_corrupt_weights(tmp_path):
+    path = save_checkpoint(tmp_path / "ck", spec=SPEC, actor=actor_tensors())
+    (path / "model.safetensors").write_bytes(b"\x00garbage")
+    with pytest.raises(CheckpointError, match="corrupt"):
+        export_checkpoint(path, tmp_path / "p.onnx")
+
+
+def test_weights_that_do_not_fit_the_spec(tmp_path):
+    tensors = actor_tensors()
+    tensors["velocity.net.3.weight"] = np.zeros((32, 16), np.float32)
+    path = save_checkpoint(tmp_path / "ck", spec=SPEC, actor=tensors)
+    with pytest.raises(CheckpointError, match=r"velocity\.net\.3\.weight has shape \(32, 16\)"):
+        export_checkpoint(path, tmp_path / "p.onnx")
+    extra = save_checkpoint(tmp_path / "ck2", spec=SPEC, actor={**actor_tensors(), "obs_norm.mean": np.zeros(5)})
+    with pytest.raises(CheckpointError, match="cannot place"):
+        export_checkpoint(extra, tmp_path / "p.onnx")
+
+
+def test_bad_config_values():
+    for kwargs in ({"steps": 0}, {"solver": "rk4"}, {"opset": 13}, {"batch": 0}, {"dtype": "int4"}):
+        with pytest.raises(FlowRLError):
+            ExportConfig(**kwargs)
