@@ -1,0 +1,193 @@
+"""FlowRL (Lv et al., 2025, arXiv 2506.12811): the networks, their optimizers, and one update.
+
+Per gradient update, top to bottom:
+
+1. Q^π (twin): toward r + γ·mask·min Q̄^π(s', a'), a' ~ π(s') from the current flow policy.
+2. V: expectile regression toward min Q̄^β(s, a) at buffer actions.
+3. Q^β (twin, behavior-optimal critic): toward r + γ·mask·V(s').
+4. Every ``policy_delay`` updates: the actor, −min Q^π(s, π(s)) plus flow matching on buffer
+   actions weighted by the advantage Q^β(s, a) − Q^π(s, π(s)); then both target critics move
+   toward their online weights at rate ``tau``.
+"""
+
+from __future__ import annotations
+
+import copy
+from contextlib import AbstractContextManager
+
+import numpy as np
+import torch
+from torch import nn
+
+from flowrl_deploy.errors import CheckpointError
+from flowrl_deploy.spec import PolicySpec
+from flowrl_deploy.train.actor import FlowActor
+from flowrl_deploy.train.config import TrainConfig
+from flowrl_deploy.train.critics import TwinQ, ValueNet
+from flowrl_deploy.train.losses import (
+    actor_loss,
+    buffer_q_loss,
+    critic_td_loss,
+    expectile_value_loss,
+    flow_weights,
+    weighted_flow_matching_loss,
+)
+from flowrl_deploy.train.replay import Batch
+
+
+def resolve_device(name: str) -> torch.device:
+    """'auto' → CUDA when available, else CPU."""
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if name == "cuda" and not torch.cuda.is_available():
+        from flowrl_deploy.train.config import ConfigError
+
+        raise ConfigError("--device cuda was asked for, but torch sees no CUDA device; use --device auto or cpu")
+    return torch.device(name)
+
+
+def soft_update(target: nn.Module, online: nn.Module, tau: float) -> None:
+    """θ̄ ← θ̄ + tau·(θ − θ̄) = tau·θ + (1 − tau)·θ̄, for all parameters at once."""
+    with torch.no_grad():
+        torch._foreach_lerp_(list(target.parameters()), list(online.parameters()), tau)
+
+
+class FlowRL:
+    """The FlowRL agent: flow actor, Q^π and Q^β twin critics with targets, value V, Adam for each."""
+
+    NETWORKS = ("actor", "q_pi", "q_pi_target", "q_beta", "q_beta_target", "value")
+    OPTIMIZERS = ("actor_opt", "q_pi_opt", "q_beta_opt", "value_opt")
+
+    def __init__(self, spec: PolicySpec, cfg: TrainConfig, device: torch.device | str = "cpu") -> None:
+        self.spec, self.cfg, self.device = spec, cfg, torch.device(device)
+        self.actor = FlowActor(spec).to(self.device)
+        self.q_pi = TwinQ(spec.obs_dim, spec.act_dim, spec.hidden).to(self.device)
+        self.q_beta = TwinQ(spec.obs_dim, spec.act_dim, spec.hidden).to(self.device)
+        self.value = ValueNet(spec.obs_dim, spec.hidden).to(self.device)
+        self.q_pi_target = copy.deepcopy(self.q_pi).requires_grad_(False)
+        self.q_beta_target = copy.deepcopy(self.q_beta).requires_grad_(False)
+        fused = {"foreach": True}
+        self.actor_opt = torch.optim.Adam(self.actor.parameters(), lr=cfg.lr, **fused)
+        self.q_pi_opt = torch.optim.Adam(self.q_pi.parameters(), lr=cfg.lr, **fused)
+        self.q_beta_opt = torch.optim.Adam(self.q_beta.parameters(), lr=cfg.lr, **fused)
+        self.value_opt = torch.optim.Adam(self.value.parameters(), lr=cfg.lr, **fused)
+        self.updates = 0
+        if cfg.compile:
+            for name in self.NETWORKS:
+                getattr(self, name).compile()
+
+    def _autocast(self) -> AbstractContextManager:
+        return torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=self.cfg.bf16)
+
+    @staticmethod
+    def _step(optimizer: torch.optim.Optimizer, loss: torch.Tensor) -> None:
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        optimizer.step()
+
+    def update(self, batch: Batch) -> dict[str, torch.Tensor]:
+        """One gradient update; returns detached 0-d tensors (call float() only when logging,
+        which keeps a GPU free of a host sync per update)."""
+        cfg = self.cfg
+        obs, action, reward, next_obs, mask = (torch.as_tensor(x, device=self.device) for x in batch)
+        metrics: dict[str, torch.Tensor] = {}
+        with self._autocast():
+            # ALGO LOGIC: Q^π toward r + γ·mask·min Q̄^π(s', a'), a' from the current flow policy
+            with torch.no_grad():
+                next_action = self.actor(next_obs)
+                next_min_q = self.q_pi_target.min_q(next_obs, next_action)
+            q_pi = self.q_pi(obs, action)
+            q_pi_loss = critic_td_loss(q_pi, reward, mask, next_min_q, cfg.gamma)
+            self._step(self.q_pi_opt, q_pi_loss)
+
+            # ALGO LOGIC: V by expectile regression toward min Q̄^β(s, a) at buffer actions
+            with torch.no_grad():
+                min_q_beta_target = self.q_beta_target.min_q(obs, action)
+            value_loss = expectile_value_loss(self.value(obs), min_q_beta_target, cfg.expectile)
+            self._step(self.value_opt, value_loss)
+
+            # ALGO LOGIC: Q^β toward r + γ·mask·V(s')
+            with torch.no_grad():
+                next_v = self.value(next_obs)
+            q_beta = self.q_beta(obs, action)
+            q_beta_loss = buffer_q_loss(q_beta, reward, mask, next_v, cfg.gamma)
+            self._step(self.q_beta_opt, q_beta_loss)
+
+            metrics.update(
+                {"q_pi_loss": q_pi_loss, "q_beta_loss": q_beta_loss, "value_loss": value_loss, "q_pi": q_pi.mean()}
+            )
+            if self.updates % cfg.policy_delay == 0:
+                metrics.update(self._update_actor(obs, action))
+                soft_update(self.q_pi_target, self.q_pi, cfg.tau)
+                soft_update(self.q_beta_target, self.q_beta, cfg.tau)
+        self.updates += 1
+        return {k: v.detach() for k, v in metrics.items()}
+
+    def _update_actor(self, obs: torch.Tensor, action: torch.Tensor) -> dict[str, torch.Tensor]:
+        # ALGO LOGIC: actor = −min Q^π(s, π(s)) + flow matching weighted by Q^β(s, a) − Q^π(s, π(s))
+        cfg = self.cfg
+        self.q_pi.requires_grad_(False)  # gradients flow through Q^π into π, not into Q^π's weights
+        min_q_pi = self.q_pi.min_q(obs, self.actor(obs))
+        self.q_pi.requires_grad_(True)
+        with torch.no_grad():
+            weights = flow_weights(self.q_beta.min_q(obs, action), min_q_pi, cfg.lam)
+        a0 = self.actor.sample_noise(obs.shape[0]).clamp(-self.spec.noise_clip, self.spec.noise_clip)
+        t = torch.rand(obs.shape[0], 1, device=self.device)
+        target_action = self.actor.to_normalized(action).clamp(-1.0, 1.0)
+        fm_loss = weighted_flow_matching_loss(
+            self.actor.velocity, obs, target_action, a0, t, weights, cfg.cfm_weighting
+        )
+        loss = actor_loss(min_q_pi, fm_loss)
+        self._step(self.actor_opt, loss)
+        return {"actor_loss": loss, "flow_matching_loss": fm_loss, "flow_weight": weights.mean()}
+
+    @torch.no_grad()
+    def act(self, obs: np.ndarray) -> np.ndarray:
+        """One action for one observation [obs_dim], sampled with the training flow steps."""
+        obs_t = torch.as_tensor(obs, dtype=torch.float32, device=self.device).unsqueeze(0)
+        return self.actor(obs_t)[0].float().cpu().numpy()
+
+    # --- checkpoint state: flat numpy tensors plus JSON ---
+
+    def state_tensors(self) -> dict[str, np.ndarray]:
+        """Every network (but the actor, stored as the model), Adam moments and torch RNG states."""
+        tensors: dict[str, torch.Tensor] = {}
+        for name in self.NETWORKS[1:]:
+            tensors.update({f"{name}.{k}": v for k, v in getattr(self, name).state_dict().items()})
+        for name in self.OPTIMIZERS:
+            for index, state in getattr(self, name).state_dict()["state"].items():
+                tensors.update({f"{name}.{index}.{k}": v for k, v in state.items()})
+        tensors["rng.torch_cpu"] = torch.get_rng_state()
+        if self.device.type == "cuda":
+            tensors["rng.torch_cuda"] = torch.cuda.get_rng_state(self.device)
+        return {k: v.detach().cpu().numpy() for k, v in tensors.items()}
+
+    def state_json(self) -> dict:
+        return {
+            "updates": self.updates,
+            "param_groups": {name: getattr(self, name).state_dict()["param_groups"] for name in self.OPTIMIZERS},
+        }
+
+    def load_state(self, actor: dict[str, np.ndarray], tensors: dict[str, np.ndarray], state: dict) -> None:
+        """Restore what :meth:`state_tensors` / :meth:`state_json` saved (and the actor's weights)."""
+        try:
+            self.actor.load_state_dict(_to_torch(actor, ""))
+            for name in self.NETWORKS[1:]:
+                getattr(self, name).load_state_dict(_to_torch(tensors, f"{name}."))
+            for name in self.OPTIMIZERS:
+                optimizer = getattr(self, name)
+                moments: dict[int, dict[str, torch.Tensor]] = {}
+                for key, value in _to_torch(tensors, f"{name}.").items():
+                    index, field = key.split(".", 1)
+                    moments.setdefault(int(index), {})[field] = value
+                optimizer.load_state_dict({"state": moments, "param_groups": state["param_groups"][name]})
+            torch.set_rng_state(torch.as_tensor(tensors["rng.torch_cpu"]))
+            if self.device.type == "cuda" and "rng.torch_cuda" in tensors:
+                torch.cuda.set_rng_state(torch.as_tensor(tensors["rng.torch_cuda"]), self.device)
+            self.updates = int(state["updates"])
+        except (KeyError, RuntimeError, ValueError) as exc:
+            raise CheckpointError(f"training state does not match this run's networks: {exc}") from exc
+
+
+def _to_torch(tensors: dict[str, np.ndarray], prefix: str) -> dict[str, torch.Tensor]:
+    return {k[len(prefix) :]: torch.from_numpy(np.array(v)) for k, v in tensors.items() if k.startswith(prefix)}

@@ -1,0 +1,66 @@
+"""Training's side of the one checkpoint format (``flowrl_deploy.checkpoint``): which checkpoints a
+run keeps, and rebuilding a flow actor from one."""
+
+from __future__ import annotations
+
+import shutil
+from collections.abc import Callable
+from pathlib import Path
+
+import torch
+
+from flowrl_deploy.checkpoint import BEST, CHECKPOINTS_DIR, LAST, link_checkpoint, load_checkpoint
+from flowrl_deploy.errors import CheckpointError
+from flowrl_deploy.train.actor import FlowActor
+
+
+def step_name(step: int) -> str:
+    return f"step_{step:09d}"
+
+
+class RunCheckpoints:
+    """The ``checkpoints/`` directory of a run.
+
+    Every save writes ``step_XXXXXXXXX`` and points ``last`` at it, and ``best``
+    too when it holds the best evaluation so far. Periodic checkpoints (multiples of
+    ``save_every``) are kept; any other step directory is removed once neither link names it.
+    """
+
+    def __init__(self, run_dir: str | Path, save_every: int) -> None:
+        self.dir = Path(run_dir) / CHECKPOINTS_DIR
+        self.save_every = save_every
+        self._written: int | None = None
+
+    def save(self, step: int, write: Callable[[Path], object], *, best: bool = False) -> Path:
+        """Write the checkpoint of ``step`` with ``write(path)`` (once, if asked twice at one step)
+        and move the links."""
+        path = self.dir / step_name(step)
+        if self._written != step:
+            write(path)
+            self._written = step
+        link_checkpoint(self.dir, LAST, path)
+        if best:
+            link_checkpoint(self.dir, BEST, path)
+        self._prune()
+        return path
+
+    def _is_periodic(self, path: Path) -> bool:
+        step = int(path.name.removeprefix("step_"))
+        return self.save_every > 0 and step % self.save_every == 0
+
+    def _prune(self) -> None:
+        linked = {(self.dir / name).resolve() for name in (LAST, BEST) if (self.dir / name).exists()}
+        for path in self.dir.glob("step_*"):
+            if path.resolve() not in linked and not self._is_periodic(path):
+                shutil.rmtree(path, ignore_errors=True)
+
+
+def load_actor(path: str | Path, device: torch.device | str = "cpu") -> FlowActor:
+    """The flow actor of a checkpoint, in eval mode, on ``device``."""
+    checkpoint = load_checkpoint(path)
+    actor = FlowActor(checkpoint.spec)
+    try:
+        actor.load_state_dict({k: torch.from_numpy(v.copy()) for k, v in checkpoint.actor.items()})
+    except RuntimeError as exc:
+        raise CheckpointError(f"{checkpoint.path}: the actor weights do not match its spec ({exc})") from exc
+    return actor.to(device).eval()

@@ -1,0 +1,171 @@
+"""Environments behind one tiny interface: dm_control suite tasks and any gymnasium id.
+
+This module never imports torch: the serve-side `flowrl control` command uses it too.
+
+Every environment offers ``reset(seed) -> obs`` and ``step(action) -> (obs, reward, terminated,
+truncated)``. ``terminated`` means the task ended (a fall in HumanoidBench): the bootstrap is
+masked. ``truncated`` means only that the time limit was hit: the episode stops, but the value of
+the last state still counts. dm_control episodes end only by their time limit.
+"""
+
+from __future__ import annotations
+
+import importlib
+import os
+from dataclasses import dataclass, field
+from typing import Any, Protocol
+
+import numpy as np
+
+from flowrl_deploy.envid import ENV_ID_HELP, EnvId, parse_env_id
+from flowrl_deploy.errors import EnvIdError
+
+HUMANOIDBENCH_INSTALL = (
+    "HumanoidBench is optional and not on PyPI: install it in a venv of its own with "
+    "`pip install 'flowrl-deploy[train,humanoidbench]'` and then "
+    "`pip install --no-deps -e <clone of github.com/carlosferrazza/humanoid-bench>` (see the README)"
+)
+
+
+@dataclass(frozen=True)
+class EnvInfo:
+    """What a policy needs to know about an environment."""
+
+    env_id: str
+    obs_dim: int
+    act_dim: int
+    action_low: np.ndarray
+    action_high: np.ndarray
+    obs_layout: tuple[tuple[str, int], ...] = ()
+    action_names: tuple[str, ...] = ()
+    control_period_s: float = 0.0
+    extra: dict[str, Any] = field(default_factory=dict)
+
+
+class Env(Protocol):
+    info: EnvInfo
+
+    def reset(self, seed: int | None = None) -> np.ndarray: ...
+
+    def step(self, action: np.ndarray) -> tuple[np.ndarray, float, bool, bool]: ...
+
+    def close(self) -> None: ...
+
+
+class DMCEnv:
+    """A dm_control suite task with observations flattened to float32.
+
+    Observation blocks are concatenated in the order of the task's ``observation_spec()`` (a
+    fixed, ordered mapping), recorded as ``info.obs_layout``. ``reset(seed)`` reseeds the task's
+    randomness (initial states, targets), so an episode is a function of its seed.
+    """
+
+    def __init__(self, env_id: EnvId, seed: int) -> None:
+        os.environ.setdefault("MUJOCO_GL", "disable")  # no OpenGL context is ever needed
+        from dm_control import suite
+
+        if (env_id.domain, env_id.task) not in suite.ALL_TASKS:
+            raise EnvIdError(
+                f"dm_control has no task {env_id.domain}-{env_id.task}; {ENV_ID_HELP}. "
+                f"Domains: {', '.join(sorted({d for d, _ in suite.ALL_TASKS}))}"
+            )
+        self._env = suite.load(env_id.domain, env_id.task, task_kwargs={"random": seed})
+        spec = self._env.action_spec()
+        layout = tuple((k, int(np.prod(v.shape))) for k, v in self._env.observation_spec().items())
+        self.info = EnvInfo(
+            env_id=str(env_id),
+            obs_dim=sum(size for _, size in layout),
+            act_dim=int(spec.shape[0]),
+            action_low=np.asarray(spec.minimum, dtype=np.float32).reshape(spec.shape),
+            action_high=np.asarray(spec.maximum, dtype=np.float32).reshape(spec.shape),
+            obs_layout=layout,
+            action_names=tuple(self._env.physics.model.id2name(i, "actuator") or f"a{i}" for i in range(spec.shape[0])),
+            control_period_s=float(self._env.control_timestep()),
+        )
+
+    def _flatten(self, observation: dict[str, np.ndarray]) -> np.ndarray:
+        return np.concatenate([np.asarray(observation[k], dtype=np.float32).ravel() for k, _ in self.info.obs_layout])
+
+    def reset(self, seed: int | None = None) -> np.ndarray:
+        if seed is not None:
+            self._env.task._random = np.random.RandomState(seed)  # the suite offers no public reseed
+        return self._flatten(self._env.reset().observation)
+
+    def step(self, action: np.ndarray) -> tuple[np.ndarray, float, bool, bool]:
+        time_step = self._env.step(action)
+        # The suite ends episodes by its time limit only (discount stays 1.0); a discount of 0
+        # would mark a true termination.
+        terminated = time_step.last() and time_step.discount == 0.0
+        truncated = time_step.last() and not terminated
+        return self._flatten(time_step.observation), float(time_step.reward or 0.0), terminated, truncated
+
+    def close(self) -> None:
+        self._env.close()
+
+
+class GymEnv:
+    """A gymnasium environment with a Box action space (HumanoidBench's h1-* ids included)."""
+
+    def __init__(self, env_id: EnvId, seed: int) -> None:
+        try:
+            import gymnasium as gym
+        except ImportError as exc:
+            raise EnvIdError(f"gymnasium is not installed, so {env_id} cannot be made: pip install gymnasium") from exc
+        humanoidbench_error = _import_humanoidbench()
+        try:
+            self._env = gym.make(env_id.name, render_mode=None)
+        except gym.error.Error as exc:
+            hint = f" {HUMANOIDBENCH_INSTALL}." if env_id.name.startswith("h1") and humanoidbench_error else ""
+            raise EnvIdError(
+                f"unknown environment {env_id.name!r} ({exc}).{hint} How to name tasks: {ENV_ID_HELP}"
+            ) from exc
+        space = self._env.action_space
+        if not isinstance(space, gym.spaces.Box) or len(space.shape) != 1:
+            raise EnvIdError(f"{env_id.name} has action space {space}; FlowRL needs a 1-D continuous Box")
+        obs_shape = self._env.observation_space.shape
+        if obs_shape is None or len(obs_shape) != 1:
+            raise EnvIdError(f"{env_id.name} has observations of shape {obs_shape}; FlowRL needs a flat vector")
+        dt = getattr(self._env.unwrapped, "dt", 0.0)
+        self.info = EnvInfo(
+            env_id=str(env_id),
+            obs_dim=int(obs_shape[0]),
+            act_dim=int(space.shape[0]),
+            action_low=space.low.astype(np.float32),
+            action_high=space.high.astype(np.float32),
+            obs_layout=(("observation", int(obs_shape[0])),),
+            control_period_s=float(dt) if isinstance(dt, (int, float)) else 0.0,
+        )
+        self._env.action_space.seed(seed)
+        self._seed = seed
+
+    def reset(self, seed: int | None = None) -> np.ndarray:
+        obs, _ = self._env.reset(seed=seed)
+        return np.asarray(obs, dtype=np.float32)
+
+    def step(self, action: np.ndarray) -> tuple[np.ndarray, float, bool, bool]:
+        obs, reward, terminated, truncated, _ = self._env.step(action)
+        return np.asarray(obs, dtype=np.float32), float(reward), bool(terminated), bool(truncated)
+
+    def close(self) -> None:
+        self._env.close()
+
+
+def _import_humanoidbench() -> Exception | None:
+    """Import HumanoidBench when present, so that its h1-* ids register; return the import error if not."""
+    try:
+        importlib.import_module("humanoid_bench")
+    except Exception as exc:
+        return exc
+    return None
+
+
+def make_env(env_id: str, seed: int = 0) -> Env:
+    """Make the environment named ``env_id``, seeded; raise :class:`EnvIdError` for an unknown id."""
+    parsed = parse_env_id(env_id)
+    return DMCEnv(parsed, seed) if parsed.kind == "dmc" else GymEnv(parsed, seed)
+
+
+def episode_seed(seed: int, episode: int, stream: int = 0) -> int:
+    """The reset seed of episode ``episode`` of a run seeded ``seed``; ``stream`` keeps training (0)
+    and evaluation (1) episodes apart. A pure function, so a resumed run sees the same episodes."""
+    return int(np.random.SeedSequence([seed, stream, episode]).generate_state(1)[0])

@@ -1,0 +1,121 @@
+"""Where training writes its numbers: TensorBoard scalars, metrics.jsonl and metrics.csv, and a live
+progress line.
+
+Scalar names are namespaced like CleanRL's: ``losses/…`` for the update's losses, ``charts/…``
+for returns and rates.
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import sys
+import time
+from pathlib import Path
+from typing import TextIO
+
+METRICS_JSONL = "metrics.jsonl"
+METRICS_CSV = "metrics.csv"
+CSV_COLUMNS = (
+    "step",
+    "charts/episode_return",
+    "charts/eval_return",
+    "charts/eval_return_std",
+    "charts/env_steps_per_s",
+    "charts/updates_per_s",
+    "losses/q_pi_loss",
+    "losses/q_beta_loss",
+    "losses/value_loss",
+    "losses/actor_loss",
+    "losses/flow_matching_loss",
+    "losses/flow_weight",
+    "losses/q_pi",
+)
+
+
+class MetricsLogger:
+    """Appends every logged row to TensorBoard, ``metrics.jsonl`` (all keys) and ``metrics.csv``
+    (the fixed :data:`CSV_COLUMNS`; empty where a row lacks one)."""
+
+    def __init__(self, run_dir: str | Path, tensorboard: bool = True) -> None:
+        run_dir = Path(run_dir)
+        run_dir.mkdir(parents=True, exist_ok=True)
+        self._jsonl = open(run_dir / METRICS_JSONL, "a")  # noqa: SIM115 - closed in close()
+        csv_path = run_dir / METRICS_CSV
+        new_csv = not csv_path.exists() or csv_path.stat().st_size == 0
+        self._csv_file = open(csv_path, "a", newline="")  # noqa: SIM115
+        self._csv = csv.DictWriter(self._csv_file, fieldnames=CSV_COLUMNS, extrasaction="ignore")
+        if new_csv:
+            self._csv.writeheader()
+        self._tb = None
+        if tensorboard:
+            from torch.utils.tensorboard import SummaryWriter
+
+            self._tb = SummaryWriter(str(run_dir / "tensorboard"))
+
+    def log(self, step: int, scalars: dict[str, float]) -> None:
+        row = {"step": step, **scalars}
+        self._jsonl.write(json.dumps(row) + "\n")
+        self._jsonl.flush()
+        self._csv.writerow(row)
+        self._csv_file.flush()
+        if self._tb is not None:
+            for key, value in scalars.items():
+                self._tb.add_scalar(key, value, step)
+
+    def close(self) -> None:
+        self._jsonl.close()
+        self._csv_file.close()
+        if self._tb is not None:
+            self._tb.close()
+
+
+class Progress:
+    """A one-line live status: step, env steps/s, updates/s, last episode and eval return.
+
+    On a terminal the line is redrawn in place (at most every ``interval_s``); otherwise one line
+    is printed every ``interval_s`` so that logs stay readable.
+    """
+
+    def __init__(
+        self,
+        total: int,
+        start_steps: int = 0,
+        start_updates: int = 0,
+        stream: TextIO = sys.stderr,
+        interval_s: float = 1.0,
+        enabled: bool = True,
+    ) -> None:
+        self.total, self.stream, self.interval_s, self.enabled = total, stream, interval_s, enabled
+        self.tty = stream.isatty()
+        self._t0 = self._last_draw = time.perf_counter()
+        self._steps0, self._updates0 = start_steps, start_updates
+        self.episode_return: float | None = None
+        self.eval_return: float | None = None
+
+    def rates(self, steps: int, updates: int) -> tuple[float, float]:
+        """Env steps/s and updates/s since this run (or resume) started."""
+        elapsed = max(time.perf_counter() - self._t0, 1e-9)
+        return (steps - self._steps0) / elapsed, (updates - self._updates0) / elapsed
+
+    def update(self, steps: int, updates: int, force: bool = False) -> None:
+        now = time.perf_counter()
+        if not self.enabled or (not force and now - self._last_draw < (self.interval_s if self.tty else 30.0)):
+            return
+        self._last_draw = now
+        sps, ups = self.rates(steps, updates)
+
+        def fmt(x: float | None) -> str:
+            return "—" if x is None else f"{x:.1f}"
+
+        line = (
+            f"step {steps}/{self.total} ({100 * steps / self.total:.0f}%) | {sps:.0f} env steps/s | "
+            f"{ups:.1f} updates/s | episode return {fmt(self.episode_return)} | eval return {fmt(self.eval_return)}"
+        )
+        self.stream.write(f"\r{line}\033[K" if self.tty else line + "\n")
+        self.stream.flush()
+
+    def close(self) -> None:
+        if self.enabled and self.tty:
+            self.stream.write("\n")
+            self.stream.flush()

@@ -1,0 +1,230 @@
+"""The training loop of `flowrl train`: act, store, update, evaluate, log, checkpoint.
+
+One gradient update per environment step once ``start_steps`` uniformly random warm-up steps have
+filled the buffer. A time-limit truncation ends the episode but keeps the bootstrap (mask 1); only
+a true termination masks it. Evaluation runs on its own environment instance.
+
+Resuming restores the networks, optimizers, RNG states, counters and (when it was saved) the
+replay buffer; the episode that was running at the save restarts from its reset, so a run
+resumed from a checkpoint taken at an episode boundary continues exactly as if never stopped.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from flowrl_deploy.checkpoint import load_checkpoint, resolve_checkpoint, save_checkpoint
+from flowrl_deploy.errors import CheckpointError
+from flowrl_deploy.spec import PolicySpec
+from flowrl_deploy.train.algorithm import FlowRL, resolve_device
+from flowrl_deploy.train.checkpointing import RunCheckpoints
+from flowrl_deploy.train.config import TrainConfig
+from flowrl_deploy.train.envs import EnvInfo, episode_seed, make_env
+from flowrl_deploy.train.evaluate import EvalResult, evaluate
+from flowrl_deploy.train.logger import MetricsLogger, Progress
+from flowrl_deploy.train.replay import ReplayBuffer
+
+
+@dataclass
+class Counters:
+    env_steps: int = 0
+    episodes: int = 0
+    best_eval_return: float = -math.inf
+    last_eval_return: float | None = None
+
+
+@dataclass(frozen=True)
+class TrainResult:
+    run_dir: Path
+    last_checkpoint: Path
+    counters: Counters
+
+
+def policy_spec(info: EnvInfo, cfg: TrainConfig) -> PolicySpec:
+    """The policy spec of a run on an environment."""
+    return PolicySpec(
+        obs_dim=info.obs_dim,
+        act_dim=info.act_dim,
+        action_low=tuple(float(x) for x in info.action_low),
+        action_high=tuple(float(x) for x in info.action_high),
+        hidden=cfg.hidden,
+        solver=cfg.solver,
+        flow_steps=cfg.flow_steps,
+        env_id=info.env_id,
+        obs_layout=info.obs_layout,
+        action_names=info.action_names,
+        control_period_s=info.control_period_s,
+    )
+
+
+def resume_config(checkpoint: str | Path, steps: int | None = None) -> TrainConfig:
+    """The saved config of the run a checkpoint belongs to; ``steps`` may extend its budget."""
+    directory = resolve_checkpoint(checkpoint)
+    saved = load_checkpoint(directory).config
+    if not saved:
+        raise CheckpointError(f"{directory} holds no training config, so it cannot be resumed")
+    cfg = TrainConfig.from_dict(saved)
+    return cfg if steps is None else cfg.override(steps=steps)
+
+
+def train(cfg: TrainConfig, resume: str | Path | None = None, progress: bool = True) -> TrainResult:
+    """Run FlowRL as ``cfg`` says, into ``cfg.out``.
+
+    With ``resume`` (a checkpoint or run directory), continue that run in its own directory; pass
+    its config, ``resume_config(resume)``, as ``cfg``.
+    """
+    run_dir = Path(cfg.out) if resume is None else resolve_checkpoint(resume).parent.parent
+    if cfg.threads:
+        torch.set_num_threads(cfg.threads)
+    device = resolve_device(cfg.device)
+    torch.manual_seed(cfg.seed)
+    env = make_env(cfg.env, cfg.seed)
+    eval_env = make_env(cfg.env, cfg.seed + 1)
+    spec = policy_spec(env.info, cfg)
+    agent = FlowRL(spec, cfg, device)
+    replay = ReplayBuffer(spec.obs_dim, spec.act_dim, cfg.buffer_size, cfg.seed, cfg.recent_fraction, cfg.recent_window)
+    action_rng = np.random.default_rng(cfg.seed)  # warm-up actions
+    counters = Counters()
+    if resume is not None:
+        counters = _restore(resume, agent, replay, action_rng)
+    cfg.save(run_dir)  # before step 0 (or the first step after a resume)
+
+    checkpoints = RunCheckpoints(run_dir, cfg.save_every)
+    logger = MetricsLogger(run_dir)
+    bar = Progress(cfg.steps, counters.env_steps, agent.updates, enabled=progress)
+    low, high = env.info.action_low, env.info.action_high
+
+    def save(best: bool = False) -> Path:
+        return checkpoints.save(
+            counters.env_steps, lambda path: _write(path, cfg, spec, agent, replay, action_rng, counters), best=best
+        )
+
+    obs, episode_return = env.reset(episode_seed(cfg.seed, counters.episodes)), 0.0
+    last_checkpoint = None
+    metrics: dict[str, torch.Tensor] = {}
+    try:
+        while counters.env_steps < cfg.steps:
+            # ALGO LOGIC: act (uniform random during the warm-up), store, update once
+            if counters.env_steps < cfg.start_steps:
+                action = action_rng.uniform(low, high).astype(np.float32)
+            else:
+                action = agent.act(obs)
+            next_obs, reward, terminated, truncated = env.step(action)
+            replay.add(obs, action, reward, next_obs, terminated)
+            counters.env_steps += 1
+            episode_return += reward
+            obs = next_obs
+            if terminated or truncated:
+                counters.episodes += 1
+                bar.episode_return = episode_return
+                logger.log(counters.env_steps, {"charts/episode_return": episode_return})
+                obs, episode_return = env.reset(episode_seed(cfg.seed, counters.episodes)), 0.0
+            if counters.env_steps >= cfg.start_steps and replay.size >= cfg.batch_size:
+                metrics = agent.update(replay.sample(cfg.batch_size))
+
+            step = counters.env_steps
+            if step % cfg.log_every == 0 and metrics:
+                sps, ups = bar.rates(step, agent.updates)
+                logger.log(
+                    step,
+                    {
+                        **{f"losses/{k}": float(v) for k, v in metrics.items()},
+                        "charts/env_steps_per_s": sps,
+                        "charts/updates_per_s": ups,
+                    },
+                )
+            if cfg.eval_every and step % cfg.eval_every == 0:
+                result = _evaluate(agent, eval_env, cfg, step)
+                counters.last_eval_return = bar.eval_return = result.mean
+                logger.log(step, {"charts/eval_return": result.mean, "charts/eval_return_std": result.std})
+                is_best = result.mean >= counters.best_eval_return
+                counters.best_eval_return = max(counters.best_eval_return, result.mean)
+                if is_best:
+                    last_checkpoint = save(best=True)
+            if cfg.save_every and step % cfg.save_every == 0:
+                last_checkpoint = save()
+            bar.update(step, agent.updates)
+        last_checkpoint = save()
+    finally:
+        bar.update(counters.env_steps, agent.updates, force=True)
+        bar.close()
+        logger.close()
+        env.close()
+        eval_env.close()
+    return TrainResult(run_dir, last_checkpoint, counters)
+
+
+def _evaluate(agent: FlowRL, eval_env, cfg: TrainConfig, step: int) -> EvalResult:
+    """Evaluate the current policy; its noise comes from a generator of its own, so evaluating
+    never shifts the training RNG."""
+    generator = torch.Generator(device=agent.device).manual_seed(episode_seed(cfg.seed, step, stream=2))
+
+    @torch.no_grad()
+    def act(obs: np.ndarray) -> np.ndarray:
+        obs_t = torch.as_tensor(obs, dtype=torch.float32, device=agent.device).unsqueeze(0)
+        noise = torch.randn(1, agent.spec.act_dim, generator=generator, device=agent.device)
+        return agent.actor(obs_t, noise)[0].cpu().numpy()
+
+    return evaluate(act, eval_env, cfg.eval_episodes, seed=cfg.seed)
+
+
+def _write(
+    path: Path,
+    cfg: TrainConfig,
+    spec: PolicySpec,
+    agent: FlowRL,
+    replay: ReplayBuffer,
+    action_rng: np.random.Generator,
+    counters: Counters,
+) -> Path:
+    replay_arrays, replay_state = replay.state_dict()
+    return save_checkpoint(
+        path,
+        spec=spec,
+        actor={k: v.detach().cpu().numpy() for k, v in agent.actor.state_dict().items()},
+        config=cfg.to_dict(),
+        counters={"env_steps": counters.env_steps, "episodes": counters.episodes, "updates": agent.updates},
+        extra={
+            "eval": {
+                "best_return": _finite_or_none(counters.best_eval_return),
+                "last_return": counters.last_eval_return,
+            }
+        },
+        training_tensors=agent.state_tensors(),
+        training_json={
+            "agent": agent.state_json(),
+            "action_rng": action_rng.bit_generator.state,
+            "replay_rng": replay.rng_state(),
+            "replay": replay_state if cfg.save_replay else None,
+        },
+        replay=replay_arrays if cfg.save_replay and replay.size else None,
+    )
+
+
+def _restore(path: str | Path, agent: FlowRL, replay: ReplayBuffer, action_rng: np.random.Generator) -> Counters:
+    checkpoint = load_checkpoint(path, training_state=True)
+    state = checkpoint.training_json
+    try:
+        agent.load_state(checkpoint.actor, checkpoint.training_tensors, state["agent"])
+        action_rng.bit_generator.state = state["action_rng"]
+        replay.set_rng_state(state["replay_rng"])
+        if checkpoint.replay and state.get("replay"):
+            replay.load_state_dict(checkpoint.replay, state["replay"])
+        best = checkpoint.document.get("eval", {}).get("best_return")
+        return Counters(
+            env_steps=int(checkpoint.counters["env_steps"]),
+            episodes=int(checkpoint.counters["episodes"]),
+            best_eval_return=-math.inf if best is None else float(best),
+            last_eval_return=checkpoint.document.get("eval", {}).get("last_return"),
+        )
+    except (KeyError, TypeError, ValueError) as exc:
+        raise CheckpointError(f"{checkpoint.path}: training state is incomplete or malformed ({exc})") from exc
+
+
+def _finite_or_none(x: float) -> float | None:
+    return x if math.isfinite(x) else None
