@@ -1,0 +1,138 @@
+"""Dynamic micro-batching: concurrent requests from many robots share one onnxruntime call.
+
+Like Ray Serve's ``_BatchQueue``: one future per request, a bounded wait (``window_us``) after
+the first request for more to arrive, at most ``max_batch`` rows per call, one result slice per
+request, and an error goes to every waiter of its batch. With ``max_batch == 1`` requests run
+in the caller's thread (no hand-off), which gives the lowest latency for a single robot.
+"""
+
+from __future__ import annotations
+
+import queue
+import threading
+import time
+from collections.abc import Callable
+from concurrent.futures import Future
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from flowrl_deploy.serve.errors import DeadlineExpired
+
+# (obs [B, obs_dim], noise [B, act_dim] | None) -> (actions [B, act_dim], version, inference µs)
+RunBatch = Callable[[np.ndarray, "np.ndarray | None"], tuple[np.ndarray, str, int]]
+
+
+@dataclass
+class BatchResult:
+    action: np.ndarray
+    model_version: str
+    inference_us: int
+    batch_size: int
+
+
+@dataclass
+class _Request:
+    obs: np.ndarray
+    noise: np.ndarray | None
+    deadline: float | None
+    """time.monotonic() after which the request is not worth running."""
+    future: Future = field(default_factory=Future)
+
+
+_STOP = object()
+
+
+class MicroBatcher:
+    """Groups concurrent :meth:`submit` calls into batches for ``run``."""
+
+    def __init__(
+        self,
+        run: RunBatch,
+        *,
+        max_batch: int = 1,
+        window_us: int = 0,
+    ) -> None:
+        if max_batch < 1:
+            raise ValueError("max_batch must be >= 1")
+        self._run = run
+        self.max_batch = max_batch
+        self.window_s = window_us / 1e6
+        self._queue: queue.SimpleQueue = queue.SimpleQueue()
+        self._carry: _Request | None = None
+        self._worker: threading.Thread | None = None
+        if max_batch > 1:
+            self._worker = threading.Thread(target=self._loop, name="flowrl-batcher", daemon=True)
+            self._worker.start()
+
+    def submit(self, obs: np.ndarray, noise: np.ndarray | None, deadline: float | None = None) -> Future:
+        """A future of the :class:`BatchResult` for these rows."""
+        request = _Request(obs, noise, deadline)
+        if self._worker is None:
+            self._execute([request])
+        else:
+            self._queue.put(request)
+        return request.future
+
+    def close(self) -> None:
+        """Finish the queued requests, then stop the worker."""
+        if self._worker is not None:
+            self._queue.put(_STOP)
+            self._worker.join(timeout=10)
+            self._worker = None
+
+    def _loop(self) -> None:
+        while True:
+            first, self._carry = (self._carry, None) if self._carry else (self._queue.get(), None)
+            if first is _STOP:
+                return
+            batch, stop = self._collect(first)
+            self._execute(batch)
+            if stop:
+                return
+
+    def _collect(self, first: _Request) -> tuple[list[_Request], bool]:
+        batch, rows = [first], len(first.obs)
+        until = time.monotonic() + self.window_s
+        while rows < self.max_batch:
+            try:
+                remaining = until - time.monotonic()
+                item = self._queue.get(timeout=remaining) if remaining > 0 else self._queue.get_nowait()
+            except queue.Empty:
+                break
+            if item is _STOP:
+                return batch, True
+            if rows + len(item.obs) > self.max_batch:
+                self._carry = item  # opens the next batch, keeping arrival order
+                break
+            batch.append(item)
+            rows += len(item.obs)
+        return batch, False
+
+    def _execute(self, batch: list[_Request]) -> None:
+        now = time.monotonic()
+        live = []
+        for request in batch:
+            if request.deadline is not None and now > request.deadline:
+                request.future.set_exception(DeadlineExpired("deadline passed before inference started"))
+            else:
+                live.append(request)
+        if not live:
+            return
+        try:
+            obs = live[0].obs if len(live) == 1 else np.concatenate([r.obs for r in live])
+            noise = None
+            if live[0].noise is not None:
+                noise = live[0].noise if len(live) == 1 else np.concatenate([r.noise for r in live])
+            action, version, inference_us = self._run(obs, noise)
+            if len(action) != len(obs):
+                raise RuntimeError(f"model returned {len(action)} actions for {len(obs)} observations")
+        except BaseException as exc:
+            for request in live:
+                request.future.set_exception(exc)
+            return
+        start = 0
+        for request in live:
+            end = start + len(request.obs)
+            request.future.set_result(BatchResult(action[start:end], version, inference_us, len(obs)))
+            start = end

@@ -1,0 +1,44 @@
+"""The server's configuration; ``flowrl serve`` flags map 1:1 to these fields."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+
+@dataclass(frozen=True)
+class ServeConfig:
+    """How to serve one policy file."""
+
+    model: str
+    """An exported ONNX file, or a checkpoint (exported on the fly; needs the export extra)."""
+    host: str = "127.0.0.1"
+    port: int = 50051
+    """0 picks a free port; :attr:`PolicyServer.port` tells which."""
+    providers: tuple[str, ...] = ()
+    """onnxruntime execution providers; empty: CUDA when present, else CPU."""
+    threads: int = 1
+    """onnxruntime intra-op threads per inference call."""
+    max_batch: int = 1
+    """Most observations one onnxruntime call runs; 1 disables micro-batching."""
+    batch_window_us: int = 0
+    """How long the batcher waits for more requests after the first; 0: take what is queued."""
+    workers: int = 128
+    """gRPC handler threads; each open StreamAct holds one."""
+    max_sessions: int = 4096
+    max_message_bytes: int = 1 << 20
+    """Larger requests are refused with RESOURCE_EXCEEDED."""
+    max_request_batch: int = 1024
+    """Most observations one Act request may carry."""
+    token: str = ""
+    """Shared secret: every call must send ``authorization: Bearer <token>``."""
+    tls_cert: str = ""
+    tls_key: str = ""
+    client_ca: str = ""
+    """With TLS: require client certificates signed by this CA (mTLS)."""
+    metrics_port: int | None = None
+    """Serve Prometheus metrics on this port (0: a free one); None: off."""
+    watch: bool = False
+    """Reload the model when its file changes."""
+    watch_interval_s: float = 1.0
+    grace_s: float = 5.0
+    """On stop, how long requests in flight may take to finish."""

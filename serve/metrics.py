@@ -1,0 +1,154 @@
+"""Request counts, errors, latency and batch-size figures: ``GetStats`` and Prometheus text.
+
+Hand-written exposition (text format 0.0.4) keeps the base install free of extra packages.
+"""
+
+from __future__ import annotations
+
+import bisect
+import threading
+import time
+from collections import defaultdict, deque
+from collections.abc import Callable
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+import numpy as np
+
+LATENCY_BUCKETS_S = (5e-5, 1e-4, 2e-4, 3e-4, 5e-4, 7.5e-4, 1e-3, 2e-3, 5e-3, 1e-2, 2.5e-2, 5e-2, 0.1, 0.5)
+BATCH_BUCKETS = (1, 2, 4, 8, 16, 32, 64, 128, 256, 512, 1024)
+RECENT = 10_000
+"""Latencies kept per method for the percentiles of ``GetStats``."""
+
+
+class Histogram:
+    """Cumulative-bucket histogram, as Prometheus defines it."""
+
+    def __init__(self, buckets: tuple[float, ...]) -> None:
+        self.buckets = buckets
+        self.counts = [0] * (len(buckets) + 1)
+        self.total = 0.0
+        self.count = 0
+
+    def observe(self, value: float) -> None:
+        self.counts[bisect.bisect_left(self.buckets, value)] += 1
+        self.total += value
+        self.count += 1
+
+    def lines(self, name: str, labels: str) -> list[str]:
+        sep = "," if labels else ""
+        out, running = [], 0
+        for bound, count in zip((*self.buckets, float("inf")), self.counts, strict=True):
+            running += count
+            le = "+Inf" if bound == float("inf") else repr(bound)
+            out.append(f'{name}_bucket{{{labels}{sep}le="{le}"}} {running}')
+        out.append(f"{name}_sum{{{labels}}} {self.total}")
+        out.append(f"{name}_count{{{labels}}} {self.count}")
+        return out
+
+
+class Metrics:
+    """Thread-safe counters of one server."""
+
+    def __init__(self, sessions: Callable[[], int], version: Callable[[], str]) -> None:
+        self._lock = threading.Lock()
+        self._sessions = sessions
+        self._version = version
+        self.started = time.monotonic()
+        self.requests: dict[tuple[str, str], int] = defaultdict(int)
+        self.latency: dict[str, Histogram] = {}
+        self.recent: dict[str, deque] = defaultdict(lambda: deque(maxlen=RECENT))
+        self.batch_size = Histogram(BATCH_BUCKETS)
+        self.inference = Histogram(LATENCY_BUCKETS_S)
+        self.reloads = 0
+
+    def record(self, method: str, code: str, seconds: float) -> None:
+        with self._lock:
+            self.requests[(method, code)] += 1
+            self.latency.setdefault(method, Histogram(LATENCY_BUCKETS_S)).observe(seconds)
+            self.recent[method].append(seconds)
+
+    def record_batch(self, size: int, inference_s: float) -> None:
+        with self._lock:
+            self.batch_size.observe(size)
+            self.inference.observe(inference_s)
+
+    def record_reload(self) -> None:
+        with self._lock:
+            self.reloads += 1
+
+    def summary(self) -> dict:
+        """Per-method counts, errors and p50/p99 (µs) of recent calls, plus batch figures."""
+        with self._lock:
+            methods = {}
+            for method, samples in self.recent.items():
+                total = sum(n for (m, _), n in self.requests.items() if m == method)
+                errors = sum(n for (m, c), n in self.requests.items() if m == method and c != "OK")
+                p50, p99 = np.percentile(np.asarray(samples) * 1e6, [50, 99]) if samples else (0.0, 0.0)
+                methods[method] = {"requests": total, "errors": errors, "p50_us": p50, "p99_us": p99}
+            batches = self.batch_size.count
+            mean_batch = self.batch_size.total / batches if batches else 0.0
+            return {
+                "uptime_s": time.monotonic() - self.started,
+                "methods": methods,
+                "batches": batches,
+                "mean_batch_size": mean_batch,
+                "reloads": self.reloads,
+            }
+
+    def exposition(self) -> str:
+        """All figures in the Prometheus text format."""
+        with self._lock:
+            lines = [
+                "# HELP flowrl_requests_total Requests handled, by method and gRPC status code.",
+                "# TYPE flowrl_requests_total counter",
+            ]
+            for (method, code), n in sorted(self.requests.items()):
+                lines.append(f'flowrl_requests_total{{method="{method}",code="{code}"}} {n}')
+            lines += [
+                "# HELP flowrl_request_latency_seconds Server-side time per request.",
+                "# TYPE flowrl_request_latency_seconds histogram",
+            ]
+            for method, hist in sorted(self.latency.items()):
+                lines += hist.lines("flowrl_request_latency_seconds", f'method="{method}"')
+            lines += [
+                "# HELP flowrl_batch_size Observations per onnxruntime call.",
+                "# TYPE flowrl_batch_size histogram",
+                *self.batch_size.lines("flowrl_batch_size", ""),
+                "# HELP flowrl_inference_seconds onnxruntime time per call.",
+                "# TYPE flowrl_inference_seconds histogram",
+                *self.inference.lines("flowrl_inference_seconds", ""),
+                "# HELP flowrl_sessions Open sessions.",
+                "# TYPE flowrl_sessions gauge",
+                f"flowrl_sessions {self._sessions()}",
+                "# HELP flowrl_reloads_total Models swapped in since start.",
+                "# TYPE flowrl_reloads_total counter",
+                f"flowrl_reloads_total {self.reloads}",
+                "# HELP flowrl_model_info The served model version.",
+                "# TYPE flowrl_model_info gauge",
+                f'flowrl_model_info{{version="{self._version()}"}} 1',
+            ]
+        return "\n".join(lines) + "\n"
+
+
+def start_metrics_http(metrics: Metrics, host: str, port: int) -> ThreadingHTTPServer:
+    """Serve ``GET /metrics`` in a daemon thread; the caller calls ``shutdown()``."""
+
+    class Handler(BaseHTTPRequestHandler):
+        def do_GET(self) -> None:
+            if self.path.split("?")[0] not in ("/metrics", "/"):
+                self.send_error(404)
+                return
+            body = metrics.exposition().encode()
+            self.send_response(200)
+            self.send_header("Content-Type", "text/plain; version=0.0.4; charset=utf-8")
+            self.send_header("Content-Length", str(len(body)))
+            self.end_headers()
+            self.wfile.write(body)
+
+        def log_message(self, format: str, *args: object) -> None:  # quiet
+            return
+
+    httpd = ThreadingHTTPServer((host, port), Handler)
+    httpd.daemon_threads = True
+    threading.Thread(target=httpd.serve_forever, name="flowrl-metrics", daemon=True).start()
+    return httpd

@@ -1,0 +1,74 @@
+"""The served model: an :class:`OnnxPolicy` with a version, loaded, checked and warmed up."""
+
+from __future__ import annotations
+
+import hashlib
+import time
+from pathlib import Path
+
+import numpy as np
+
+from flowrl_deploy.errors import FlowRLError
+from flowrl_deploy.runtime import OnnxPolicy
+from flowrl_deploy.serve.errors import ContractMismatch
+
+WARMUP_RUNS = 5
+
+
+class ServedModel:
+    """One immutable loaded model; a reload builds a new one and swaps the reference."""
+
+    def __init__(self, path: Path, policy: OnnxPolicy, version: str) -> None:
+        self.path = path
+        self.policy = policy
+        self.version = version
+        self.contract = policy.contract
+        self.act_dim = policy.contract.act_dim
+        self.obs_dim = policy.contract.obs_dim
+
+    def run(self, obs: np.ndarray, noise: np.ndarray | None) -> tuple[np.ndarray, int]:
+        """Actions for a batch and the onnxruntime time in microseconds."""
+        start = time.perf_counter_ns()
+        action = self.policy.act(obs, noise)
+        return action, (time.perf_counter_ns() - start) // 1000
+
+    def warm_up(self, batches: tuple[int, ...]) -> None:
+        """Run every batch size once or more so that the first client call is not the slow one."""
+        for batch in batches:
+            for _ in range(WARMUP_RUNS):
+                noise = np.zeros((batch, self.act_dim), np.float32) if self.policy.takes_noise else None
+                self.run(np.zeros((batch, self.obs_dim), np.float32), noise)
+
+
+def resolve_onnx(model: str, workdir: Path) -> Path:
+    """``model`` itself if it is an ONNX file; a checkpoint is exported into ``workdir`` first."""
+    path = Path(model)
+    if not path.exists():
+        raise FlowRLError(f"model not found: {model}")
+    if path.is_file() and path.suffix == ".onnx":
+        return path
+    try:
+        from flowrl_deploy.export import ExportConfig, export_checkpoint
+    except ImportError as exc:
+        raise FlowRLError(
+            f"{model} is not an .onnx file; serving a checkpoint exports it first, which needs the "
+            f"export extra (pip install 'flowrl-deploy[export]'), or run `flowrl export` yourself ({exc})"
+        ) from exc
+    out = workdir / "policy.onnx"
+    export_checkpoint(path, out, ExportConfig())
+    return out
+
+
+def load_model(path: Path, generation: int, *, providers: list[str] | None, threads: int) -> ServedModel:
+    """Load ``path``; its version is ``v<generation>-<sha256 prefix of the file>``."""
+    data = path.read_bytes()
+    policy = OnnxPolicy(data, providers=providers, threads=threads)
+    digest = hashlib.sha256(data).hexdigest()[:10]
+    return ServedModel(path, policy, f"v{generation}-{digest}")
+
+
+def check_compatible(current: ServedModel, new: ServedModel) -> None:
+    """Refuse a replacement whose client-facing contract differs from the served one."""
+    if new.contract.hash() != current.contract.hash():
+        diff = "; ".join(current.contract.differences(new.contract))
+        raise ContractMismatch(f"{new.path} does not match the served policy contract ({diff})")

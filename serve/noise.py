@@ -1,0 +1,39 @@
+"""Per-session policy noise, drawn on the server so that a seeded episode is reproducible.
+
+The draw is public on purpose: a client (or a test) reproduces a session's noise with
+``session_noise(seed)`` and ``draw_noise``: numpy ``Generator(PCG64(seed)).standard_normal``
+in float32, one [B, act_dim] block per request, in request order.
+"""
+
+from __future__ import annotations
+
+import threading
+
+import numpy as np
+
+
+def session_noise(seed: int | None) -> np.random.Generator:
+    """The generator a session seeded with ``seed`` draws from (``None``: OS entropy)."""
+    return np.random.Generator(np.random.PCG64(seed))
+
+
+def draw_noise(generator: np.random.Generator, batch: int, act_dim: int) -> np.ndarray:
+    """The next noise block a0 ~ N(0, I), shape [batch, act_dim], float32."""
+    return generator.standard_normal((batch, act_dim), dtype=np.float32)
+
+
+class Session:
+    """One client's episode: its noise generator, reseeded by ``Reset``."""
+
+    def __init__(self, session_id: str, seed: int | None) -> None:
+        self.session_id = session_id
+        self._lock = threading.Lock()
+        self._generator = session_noise(seed)
+
+    def reseed(self, seed: int | None) -> None:
+        with self._lock:
+            self._generator = session_noise(seed)
+
+    def noise(self, batch: int, act_dim: int) -> np.ndarray:
+        with self._lock:
+            return draw_noise(self._generator, batch, act_dim)

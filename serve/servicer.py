@@ -1,0 +1,299 @@
+"""``flowrl.v1.PolicyService`` handlers: decode → noise → (micro-batched) model → encode.
+
+Every handler reports failures as a gRPC status with a client-safe message (see
+:func:`status_of`); ``StreamAct`` reports them per request in ``status`` and keeps streaming.
+"""
+
+from __future__ import annotations
+
+import functools
+import json
+import logging
+import threading
+import time
+import uuid
+from concurrent.futures import TimeoutError as FutureTimeout
+from pathlib import Path
+
+import grpc
+import numpy as np
+
+from flowrl_deploy.codec import TensorError, as_batch, decode, encode
+from flowrl_deploy.contract import PolicyContract
+from flowrl_deploy.errors import FlowRLError, SpecError
+from flowrl_deploy.proto.flowrl.v1 import policy_pb2 as pb
+from flowrl_deploy.proto.flowrl.v1 import policy_pb2_grpc as pb_grpc
+from flowrl_deploy.serve.batcher import BatchResult, MicroBatcher
+from flowrl_deploy.serve.config import ServeConfig
+from flowrl_deploy.serve.errors import (
+    ContractMismatch,
+    DeadlineExpired,
+    NotReady,
+    ServeError,
+    SessionNotFound,
+    status_of,
+)
+from flowrl_deploy.serve.metrics import Metrics
+from flowrl_deploy.serve.model import ServedModel, check_compatible, load_model, resolve_onnx
+from flowrl_deploy.serve.noise import Session, draw_noise, session_noise
+
+log = logging.getLogger("flowrl.serve")
+
+
+def _unary(method: str):
+    """Time a unary handler, count it, and turn its exceptions into statuses."""
+
+    def wrap(handler):
+        @functools.wraps(handler)
+        def run(self: PolicyServicer, request, context: grpc.ServicerContext):
+            start = time.perf_counter()
+            try:
+                reply = handler(self, request, context)
+            except Exception as exc:
+                code, message = status_of(exc)
+                if code == grpc.StatusCode.INTERNAL:
+                    log.exception("%s failed", method)
+                self.metrics.record(method, code.name, time.perf_counter() - start)
+                context.abort(code, message)
+            self.metrics.record(method, "OK", time.perf_counter() - start)
+            return reply
+
+        return run
+
+    return wrap
+
+
+def _status(exc: BaseException) -> pb.Status:
+    code, message = status_of(exc)
+    if code == grpc.StatusCode.INTERNAL:
+        log.error("StreamAct request failed", exc_info=exc)
+    return pb.Status(code=code.value[0], message=message)
+
+
+class PolicyServicer(pb_grpc.PolicyServiceServicer):
+    """The service state: the current model (swapped atomically on reload), sessions, batcher."""
+
+    def __init__(self, config: ServeConfig, workdir: Path) -> None:
+        self.config = config
+        self._workdir = workdir
+        self._providers = list(config.providers) or None
+        self.model: ServedModel | None = None
+        self._generation = 0
+        self._reload_lock = threading.Lock()
+        self._sessions: dict[str, Session] = {}
+        self._sessions_lock = threading.Lock()
+        self._anonymous = Session("", None)
+        self.metrics = Metrics(lambda: len(self._sessions), lambda: self.model.version if self.model else "")
+        self.batcher = MicroBatcher(
+            self._run_batch,
+            max_batch=config.max_batch,
+            window_us=config.batch_window_us,
+        )
+
+    # --- model ------------------------------------------------------------------------------
+    def load(self, source: str | None = None) -> tuple[str, str]:
+        """Load, check, warm up and swap in a model; return (new version, previous version)."""
+        with self._reload_lock:
+            path = resolve_onnx(source or self.config.model, self._workdir / f"gen{self._generation + 1}")
+            new = load_model(path, self._generation + 1, providers=self._providers, threads=self.config.threads)
+            previous = self.model
+            if previous is not None:
+                check_compatible(previous, new)
+            new.warm_up(tuple(sorted({1, self.config.max_batch})))
+            self._generation += 1
+            self.model = new  # atomic reference swap: calls in flight keep the model they hold
+            if previous is not None:
+                self.metrics.record_reload()
+                log.info("reloaded %s: %s -> %s", path, previous.version, new.version)
+            return new.version, previous.version if previous else ""
+
+    def _current(self) -> ServedModel:
+        model = self.model
+        if model is None:
+            raise NotReady("the model is still loading; retry when health reports SERVING")
+        return model
+
+    def _run_batch(self, obs: np.ndarray, noise: np.ndarray | None) -> tuple[np.ndarray, str, int]:
+        model = self._current()
+        action, inference_us = model.run(obs, noise)
+        self.metrics.record_batch(len(obs), inference_us / 1e6)
+        return action, model.version, inference_us
+
+    def _infer(self, obs: np.ndarray, noise: np.ndarray | None, deadline: float | None) -> BatchResult:
+        future = self.batcher.submit(obs, noise, deadline)
+        timeout = None if deadline is None else max(0.0, deadline - time.monotonic())
+        try:
+            result = future.result(timeout=timeout)
+        except FutureTimeout:
+            raise DeadlineExpired("deadline passed before the action was ready") from None
+        if deadline is not None and time.monotonic() > deadline:
+            raise DeadlineExpired("deadline passed before the action was ready")
+        return result
+
+    # --- sessions and contracts ---------------------------------------------------------------
+    def _check_contract(self, model: ServedModel, pinned: str, contract_json: str) -> None:
+        if not pinned and not contract_json:
+            return
+        theirs = None
+        if contract_json:
+            try:
+                theirs = PolicyContract.from_dict(json.loads(contract_json))
+            except (json.JSONDecodeError, SpecError, AttributeError) as exc:
+                message = f"contract_json is not a policy contract: {exc}"
+                raise ServeError(message, grpc.StatusCode.INVALID_ARGUMENT) from None
+        wanted = pinned or theirs.hash()
+        served = model.contract.hash()
+        if wanted == served:
+            return
+        detail = "; ".join(model.contract.differences(theirs)) if theirs else "send contract_json for the fields"
+        raise ContractMismatch(
+            f"client pinned policy contract {wanted}, the server serves {served} (server != client: {detail})"
+        )
+
+    def _open(self, session_id: str, seed: int | None) -> Session:
+        with self._sessions_lock:
+            session = self._sessions.get(session_id)
+            if session is None:
+                if len(self._sessions) >= self.config.max_sessions:
+                    raise ServeError(
+                        f"session limit of {self.config.max_sessions} reached", grpc.StatusCode.RESOURCE_EXHAUSTED
+                    )
+                session = self._sessions[session_id] = Session(session_id, seed)
+                return session
+        session.reseed(seed)
+        return session
+
+    def _evict(self, session_ids: list[str]) -> None:
+        with self._sessions_lock:
+            for session_id in session_ids:
+                self._sessions.pop(session_id, None)
+
+    def _session(self, session_id: str) -> Session:
+        session = self._sessions.get(session_id)
+        if session is None:
+            raise SessionNotFound(f"unknown session {session_id!r}: open it with Reset or StreamAct")
+        return session
+
+    def _obs(self, tensor: pb.Tensor, model: ServedModel) -> np.ndarray:
+        return as_batch(decode(tensor, name="obs"), model.obs_dim, max_batch=self.config.max_request_batch)
+
+    # --- RPCs ---------------------------------------------------------------------------------
+    @_unary("GetSpec")
+    def GetSpec(self, request: pb.GetSpecRequest, context) -> pb.GetSpecReply:
+        model = self._current()
+        c = model.contract
+        return pb.GetSpecReply(
+            obs_dim=c.obs_dim,
+            act_dim=c.act_dim,
+            obs_names=[f"{name}[{i}]" for name, size in c.obs_layout for i in range(size)],
+            action_names=c.action_names,
+            action_low=c.action_low,
+            action_high=c.action_high,
+            flow_steps=c.flow_steps,
+            solver=c.solver,
+            takes_noise=model.policy.takes_noise,
+            control_period_s=c.control_period_s,
+            env_id=c.env_id,
+            model_version=model.version,
+            contract_hash=c.hash(),
+            contract_json=json.dumps(c.to_dict(), sort_keys=True),
+            max_batch=self.config.max_request_batch,
+        )
+
+    @_unary("Act")
+    def Act(self, request: pb.ActRequest, context: grpc.ServicerContext) -> pb.ActReply:
+        received = time.time_ns()
+        remaining = context.time_remaining()
+        deadline = None if remaining is None else time.monotonic() + remaining
+        model = self._current()
+        self._check_contract(model, request.contract_hash, "")
+        obs = self._obs(request.obs, model)
+        noise = None
+        if model.policy.takes_noise:
+            if request.session_id:
+                noise = self._session(request.session_id).noise(len(obs), model.act_dim)
+            elif request.HasField("seed"):
+                noise = draw_noise(session_noise(request.seed), len(obs), model.act_dim)
+            else:
+                noise = self._anonymous.noise(len(obs), model.act_dim)
+        result = self._infer(obs, noise, deadline)
+        action = result.action if len(request.obs.shape) == 2 else result.action[0]
+        return pb.ActReply(
+            action=encode(action),
+            model_version=result.model_version,
+            inference_us=result.inference_us,
+            server_recv_unix_ns=received,
+            server_send_unix_ns=time.time_ns(),
+        )
+
+    def StreamAct(self, request_iterator, context: grpc.ServicerContext):
+        opened: list[str] = []
+        context.add_callback(lambda: self._evict(opened))
+        for request in request_iterator:
+            received = time.time_ns()
+            start = time.perf_counter()
+            deadline = time.monotonic() + request.timeout_us / 1e6 if request.timeout_us > 0 else None
+            reply = pb.StreamActReply(
+                seq=request.seq, client_send_unix_ns=request.client_send_unix_ns, server_recv_unix_ns=received
+            )
+            try:
+                self._stream_step(request, deadline, opened, reply)
+                code = "OK"
+            except Exception as exc:
+                reply.status.CopyFrom(_status(exc))
+                code = status_of(exc)[0].name
+            reply.server_send_unix_ns = time.time_ns()
+            self.metrics.record("StreamAct", code, time.perf_counter() - start)
+            yield reply
+
+    def _stream_step(
+        self, request: pb.StreamActRequest, deadline: float | None, opened: list[str], reply: pb.StreamActReply
+    ) -> None:
+        model = self._current()
+        session_id = request.session_id or (opened[0] if opened else f"stream-{uuid.uuid4().hex}")
+        if session_id not in opened:
+            self._check_contract(model, request.contract_hash, request.contract_json)
+            self._open(session_id, request.seed if request.HasField("seed") else None)
+            opened.append(session_id)
+        obs = self._obs(request.obs, model)
+        if len(obs) != 1:
+            raise TensorError(f"obs: StreamAct takes one observation per request, got {len(obs)}")
+        noise = self._session(session_id).noise(1, model.act_dim) if model.policy.takes_noise else None
+        result = self._infer(obs, noise, deadline)
+        reply.action.CopyFrom(encode(result.action[0]))
+        reply.model_version = result.model_version
+        reply.inference_us = result.inference_us
+
+    @_unary("Reset")
+    def Reset(self, request: pb.ResetRequest, context) -> pb.ResetReply:
+        model = self._current()
+        if not request.session_id:
+            raise ServeError("Reset needs a session_id", grpc.StatusCode.INVALID_ARGUMENT)
+        self._check_contract(model, request.contract_hash, request.contract_json)
+        self._open(request.session_id, request.seed if request.HasField("seed") else None)
+        return pb.ResetReply(model_version=model.version)
+
+    @_unary("GetStats")
+    def GetStats(self, request: pb.GetStatsRequest, context) -> pb.GetStatsReply:
+        summary = self.metrics.summary()
+        return pb.GetStatsReply(
+            model_version=self.model.version if self.model else "",
+            uptime_s=summary["uptime_s"],
+            sessions=len(self._sessions),
+            methods=[pb.MethodStats(method=m, **figures) for m, figures in sorted(summary["methods"].items())],
+            batches=summary["batches"],
+            mean_batch_size=summary["mean_batch_size"],
+            reloads=summary["reloads"],
+        )
+
+    @_unary("Reload")
+    def Reload(self, request: pb.ReloadRequest, context) -> pb.ReloadReply:
+        try:
+            version, previous = self.load(request.path or None)
+        except ContractMismatch:
+            raise
+        except FlowRLError as exc:
+            raise ServeError(
+                f"reload refused, still serving {self._current().version}: {exc}", grpc.StatusCode.FAILED_PRECONDITION
+            ) from exc
+        return pb.ReloadReply(model_version=version, previous_version=previous)

@@ -1,0 +1,46 @@
+import numpy as np
+import pytest
+
+from flowrl_deploy.codec import TensorError, as_batch, decode, encode
+from flowrl_deploy.proto.flowrl.v1 import policy_pb2 as pb
+
+
+def test_round_trip_is_exact_little_endian_float32():
+    array = np.arange(6, dtype=np.float32).reshape(2, 3) / 7
+    tensor = encode(array)
+    assert tensor.data == array.astype("<f4").tobytes()
+    assert list(tensor.shape) == [2, 3]
+    np.testing.assert_array_equal(decode(tensor), array)
+
+
+def test_repeated_values_are_accepted():
+    tensor = pb.Tensor(shape=[2], values=[1.5, -2.0])
+    np.testing.assert_array_equal(decode(tensor), np.array([1.5, -2.0], np.float32))
+
+
+@pytest.mark.parametrize(
+    ("tensor", "message"),
+    [
+        (pb.Tensor(dtype=pb.DTYPE_FLOAT64, shape=[1], data=b"\0" * 8), "DTYPE_FLOAT64"),
+        (pb.Tensor(shape=[2, 2], data=b"\0" * 12), "12 bytes"),
+        (pb.Tensor(data=b"\0" * 4), "missing shape"),
+        (pb.Tensor(shape=[0, 3]), "empty"),
+        (pb.Tensor(shape=[3], values=[1.0, 2.0]), "2 values"),
+        (pb.Tensor(shape=[2], values=[1.0, float("nan")]), "NaN"),
+        (pb.Tensor(shape=[1], values=[float("inf")]), "NaN or Inf"),
+        (pb.Tensor(shape=[1], values=[1.0], data=b"\0" * 4), "not both"),
+        (pb.Tensor(shape=[-1], data=b""), "negative"),
+    ],
+)
+def test_malformed_tensors_name_the_mistake(tensor, message):
+    with pytest.raises(TensorError, match=message):
+        decode(tensor, name="obs")
+
+
+def test_as_batch_shapes():
+    assert as_batch(np.zeros(3, np.float32), 3).shape == (1, 3)
+    assert as_batch(np.zeros((4, 3), np.float32), 3).shape == (4, 3)
+    with pytest.raises(TensorError, match=r"\[2, 4\] does not match \[3\]"):
+        as_batch(np.zeros((2, 4), np.float32), 3)
+    with pytest.raises(TensorError, match="exceeds the limit of 2"):
+        as_batch(np.zeros((3, 3), np.float32), 3, max_batch=2)

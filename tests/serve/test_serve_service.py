@@ -1,0 +1,202 @@
+"""A real server on a free port: health, parity with in-process onnxruntime, every bad input."""
+
+from __future__ import annotations
+
+import json
+import time
+
+import grpc
+import numpy as np
+import pytest
+from conftest import ACT_DIM, OBS_DIM, tiny_contract
+from grpc_health.v1 import health_pb2, health_pb2_grpc
+
+from flowrl_deploy.client import PolicyClient, ServiceError
+from flowrl_deploy.codec import decode, encode
+from flowrl_deploy.proto.flowrl.v1 import policy_pb2 as pb
+from flowrl_deploy.runtime import OnnxPolicy
+from flowrl_deploy.serve.noise import draw_noise, session_noise
+
+
+@pytest.fixture(scope="module")
+def client(server):
+    with PolicyClient(server.address) as connected:
+        yield connected
+
+
+@pytest.fixture(scope="module")
+def local(policy_path):
+    return OnnxPolicy(policy_path)
+
+
+def _obs(batch: int, seed: int = 0) -> np.ndarray:
+    return np.random.default_rng(seed).standard_normal((batch, OBS_DIM)).astype(np.float32)
+
+
+def test_health_is_serving_after_warm_up(server):
+    stub = health_pb2_grpc.HealthStub(grpc.insecure_channel(server.address))
+    for service in ("", "flowrl.v1.PolicyService"):
+        reply = stub.Check(health_pb2.HealthCheckRequest(service=service), timeout=2)
+        assert reply.status == health_pb2.HealthCheckResponse.SERVING
+
+
+def test_reflection_lists_the_services(server):
+    from grpc_reflection.v1alpha import reflection_pb2, reflection_pb2_grpc
+
+    stub = reflection_pb2_grpc.ServerReflectionStub(grpc.insecure_channel(server.address))
+    replies = stub.ServerReflectionInfo(iter([reflection_pb2.ServerReflectionRequest(list_services="")]), timeout=2)
+    names = {s.name for s in next(replies).list_services_response.service}
+    assert {"flowrl.v1.PolicyService", "grpc.health.v1.Health"} <= names
+
+
+def test_spec_describes_the_served_policy(client, local):
+    info = client.spec()
+    assert (info.obs_dim, info.act_dim) == (OBS_DIM, ACT_DIM)
+    assert info.obs_names == ("position[0]", "position[1]", "velocity[0]")
+    assert info.action_names == ("left", "right")
+    np.testing.assert_array_equal(info.action_high, [1.0, 2.0])
+    assert info.takes_noise
+    assert info.contract_hash == local.contract_hash
+    assert info.model_version.startswith("v1-")
+
+
+def test_act_with_seed_equals_onnxruntime_with_that_noise(client, local):
+    obs = _obs(4)
+    reply = client.act_reply(obs, seed=123)
+    expected = local.act(obs, draw_noise(session_noise(123), 4, ACT_DIM))
+
+    np.testing.assert_allclose(decode(reply.action), expected, rtol=1e-6, atol=1e-6)
+    assert reply.model_version == client.spec().model_version
+    assert reply.inference_us > 0
+    assert reply.server_send_unix_ns >= reply.server_recv_unix_ns
+
+
+def test_one_dimensional_obs_gives_one_action(client, local):
+    obs = _obs(1)[0]
+    action = client.act(obs, seed=5)
+    assert action.shape == (ACT_DIM,)
+    np.testing.assert_allclose(action, local.act(obs[None], draw_noise(session_noise(5), 1, ACT_DIM))[0], atol=1e-6)
+
+
+def test_session_noise_continues_and_reset_reseeds(client, local):
+    client.reset("robot-a", seed=9)
+    generator = session_noise(9)
+    obs = _obs(2, seed=1)
+    for _ in range(3):
+        expected = local.act(obs, draw_noise(generator, 2, ACT_DIM))
+        np.testing.assert_allclose(client.act(obs, session_id="robot-a"), expected, atol=1e-6)
+    client.reset("robot-a", seed=9)
+    np.testing.assert_allclose(
+        client.act(obs, session_id="robot-a"), local.act(obs, draw_noise(session_noise(9), 2, ACT_DIM)), atol=1e-6
+    )
+
+
+def test_stream_act_equals_onnxruntime_and_echoes_seq(server, client, local):
+    stub = client.stub
+    generator = session_noise(42)
+    observations = [_obs(1, seed=s)[0] for s in range(5)]
+
+    requests = [
+        pb.StreamActRequest(session_id="s1", seq=10 + i, obs=encode(o), seed=42 if i == 0 else None)
+        for i, o in enumerate(observations)
+    ]
+    replies = list(stub.StreamAct(iter(requests), timeout=5))
+    assert [r.seq for r in replies] == [10, 11, 12, 13, 14]
+    for obs, reply in zip(observations, replies, strict=True):
+        assert reply.status.code == 0
+        expected = local.act(obs[None], draw_noise(generator, 1, ACT_DIM))[0]
+        np.testing.assert_allclose(decode(reply.action), expected, atol=1e-6)
+        assert reply.model_version.startswith("v1-")
+
+
+BAD_OBS = [
+    (pb.Tensor(shape=[OBS_DIM + 1], values=[0.0] * (OBS_DIM + 1)), "does not match"),
+    (pb.Tensor(dtype=pb.DTYPE_FLOAT64, shape=[OBS_DIM], data=b"\0" * 8 * OBS_DIM), "DTYPE_FLOAT64"),
+    (pb.Tensor(shape=[OBS_DIM], values=[0.0, float("nan"), 0.0]), "NaN"),
+    (pb.Tensor(shape=[OBS_DIM], values=[0.0, float("inf"), 0.0]), "NaN or Inf"),
+    (pb.Tensor(), "missing shape"),
+    (pb.Tensor(shape=[0, OBS_DIM]), "empty"),
+    (pb.Tensor(shape=[2000, OBS_DIM], data=b"\0" * 4 * 2000 * OBS_DIM), "exceeds the limit"),
+]
+
+
+@pytest.mark.parametrize(("tensor", "message"), BAD_OBS)
+def test_bad_obs_is_invalid_argument_and_the_next_call_succeeds(client, tensor, message):
+    with pytest.raises(grpc.RpcError) as info:
+        client.stub.Act(pb.ActRequest(obs=tensor), timeout=2)
+    assert info.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+    assert message in info.value.details()
+    assert "Traceback" not in info.value.details()
+    assert client.act(_obs(1)[0]).shape == (ACT_DIM,)
+
+
+def test_oversized_message_is_resource_exhausted(client):
+    big = np.zeros((1, 400_000), np.float32)  # 1.6 MB > the 1 MiB default limit
+    with pytest.raises(ServiceError) as info:
+        client.act(big)
+    assert info.value.code == grpc.StatusCode.RESOURCE_EXHAUSTED
+    assert client.act(_obs(1)[0]).shape == (ACT_DIM,)
+
+
+def test_bad_obs_on_a_stream_keeps_the_stream_open(client):
+
+    requests = [
+        pb.StreamActRequest(session_id="s2", seq=1, obs=pb.Tensor(shape=[OBS_DIM], values=[0.0, float("nan"), 0.0])),
+        pb.StreamActRequest(session_id="s2", seq=2, obs=encode(_obs(1)[0])),
+    ]
+    first, second = client.stub.StreamAct(iter(requests), timeout=5)
+    assert first.status.code == grpc.StatusCode.INVALID_ARGUMENT.value[0]
+    assert "NaN" in first.status.message
+    assert second.status.code == 0 and second.seq == 2
+
+
+def test_unknown_session_is_not_found(client):
+    with pytest.raises(ServiceError) as info:
+        client.act(_obs(1), session_id="nobody")
+    assert info.value.code == grpc.StatusCode.NOT_FOUND
+    assert "nobody" in info.value.details
+
+
+def test_stream_session_is_evicted_when_the_stream_ends(client):
+
+    list(
+        client.stub.StreamAct(iter([pb.StreamActRequest(session_id="brief", seq=1, obs=encode(_obs(1)[0]))]), timeout=5)
+    )
+    deadline = time.monotonic() + 2
+    while time.monotonic() < deadline:
+        try:
+            client.act(_obs(1), session_id="brief")
+        except ServiceError as exc:
+            assert exc.code == grpc.StatusCode.NOT_FOUND
+            return
+        time.sleep(0.02)
+    pytest.fail("the stream's session outlived its stream")
+
+
+def test_expired_stream_deadline_is_deadline_exceeded_not_a_late_answer(client):
+
+    reply = next(
+        client.stub.StreamAct(iter([pb.StreamActRequest(session_id="d", seq=1, obs=encode(_obs(1)[0]), timeout_us=1)]))
+    )
+    assert reply.status.code == grpc.StatusCode.DEADLINE_EXCEEDED.value[0]
+    assert not reply.HasField("action")
+
+
+def test_pinned_contract_mismatch_names_the_difference(client, local):
+    other = tiny_contract(action_high=(1.0, 3.0))
+    with pytest.raises(grpc.RpcError) as info:
+        client.stub.Reset(pb.ResetRequest(session_id="pinned", contract_json=json.dumps(other.to_dict())), timeout=2)
+    assert info.value.code() == grpc.StatusCode.FAILED_PRECONDITION
+    assert "action_high" in info.value.details()
+    with pytest.raises(ServiceError, match="deadbeef"):
+        client.act(_obs(1), contract_hash="deadbeef")
+    client.reset("pinned", contract_hash=local.contract_hash)  # the right hash is accepted
+
+
+def test_stats_count_calls_and_errors(client):
+    client.act(_obs(1))
+    stats = client.stats()
+    methods = {m.method: m for m in stats.methods}
+    assert methods["Act"].requests >= 1
+    assert methods["Act"].errors >= 1  # the bad inputs above
+    assert stats.batches >= 1 and stats.model_version.startswith("v1-")
