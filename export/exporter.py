@@ -37,6 +37,16 @@ class ExportReport:
     parity: ParityReport | None
     """None when verification was switched off."""
 
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "path": str(self.path),
+            "contract_hash": self.contract_hash,
+            "sha256": self.sha256,
+            "contract": self.contract.to_dict(),
+            "provenance": self.provenance,
+            "parity": self.parity.to_dict() if self.parity else None,
+        }
+
     def summary(self) -> str:
         c = self.contract
         inputs = f"{OBS_INPUT}[B,{c.obs_dim}]" + ("" if c.deterministic else f", {NOISE_INPUT}[B,{c.act_dim}]")

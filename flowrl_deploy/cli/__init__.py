@@ -19,3 +19,9 @@ app = typer.Typer(
 )
 
 # --- command registrations (one line per command module) ---
+from flowrl_deploy.cli.export import export  # noqa: E402
+
+app.command()(export)
+from flowrl_deploy.cli.inspect import inspect  # noqa: E402
+
+app.command()(inspect)

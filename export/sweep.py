@@ -1,0 +1,85 @@
+"""The steps sweep: export one graph per N and tabulate latency (and return, when an env is given),
+so a user can pick the cheapest N that keeps the return."""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass, replace
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from flowrl_deploy.contract import NOISE_INPUT, OBS_INPUT
+from flowrl_deploy.export.config import ExportConfig
+from flowrl_deploy.export.exporter import ExportReport, export_checkpoint
+from flowrl_deploy.export.timing import Timing, time_calls
+from flowrl_deploy.runtime import OnnxPolicy
+
+
+@dataclass(frozen=True)
+class SweepRow:
+    steps: int
+    report: ExportReport
+    latency: Timing
+    """Batch-1 latency with the serving session settings (one thread)."""
+    mean_return: float | None = None
+    std_return: float | None = None
+
+    def to_dict(self) -> dict[str, Any]:
+        return self.report.to_dict() | {
+            "p50_ms": self.latency.p50_ms,
+            "p99_ms": self.latency.p99_ms,
+            "mean_return": self.mean_return,
+            "std_return": self.std_return,
+        }
+
+
+def sweep_path(out: Path, steps: int) -> Path:
+    """policy.onnx → policy.n10.onnx"""
+    return out.with_name(f"{out.stem}.n{steps}{out.suffix or '.onnx'}")
+
+
+def sweep_steps(
+    checkpoint: str | os.PathLike[str],
+    out: str | os.PathLike[str],
+    config: ExportConfig,
+    steps: list[int],
+    *,
+    env_id: str | None = None,
+    episodes: int = 0,
+    seed: int = 0,
+    timing_budget_s: float = 0.5,
+) -> list[SweepRow]:
+    """Export ``checkpoint`` once per N in ``steps`` next to ``out``; time each, evaluate if ``episodes``."""
+    rows = []
+    for n in steps:
+        report = export_checkpoint(checkpoint, sweep_path(Path(out), n), replace(config, steps=n))
+        policy = OnnxPolicy(report.path, providers=["CPUExecutionProvider"])
+        c = policy.contract
+        feeds = {OBS_INPUT: np.zeros((1, c.obs_dim), np.float32)}
+        if policy.takes_noise:
+            feeds[NOISE_INPUT] = np.zeros((1, c.act_dim), np.float32)
+        run = policy.session.run
+        latency = time_calls(lambda run=run, feeds=feeds: run(None, feeds), budget_s=timing_budget_s)
+        row = SweepRow(n, report, latency)
+        if episodes > 0:
+            from flowrl_deploy.export.act import onnx_act_fn
+            from flowrl_deploy.train.evaluate import evaluate
+
+            result = evaluate(onnx_act_fn(policy, seed), env_id or c.env_id, episodes, seed)
+            row = replace(row, mean_return=result.mean, std_return=result.std)
+        rows.append(row)
+    return rows
+
+
+def format_sweep(rows: list[SweepRow]) -> str:
+    """A table: N, batch-1 p50/p99 latency, parity error, return."""
+    lines = [f"{'N':>4}  {'p50 ms':>8}  {'p99 ms':>8}  {'max |Δaction|':>13}  {'return':>16}  file"]
+    for r in rows:
+        error = f"{r.report.parity.max_abs_error_action:.2e}" if r.report.parity else "unverified"
+        ret = "-" if r.mean_return is None else f"{r.mean_return:.1f} ± {r.std_return:.1f}"
+        lines.append(
+            f"{r.steps:>4}  {r.latency.p50_ms:>8.3f}  {r.latency.p99_ms:>8.3f}  {error:>13}  {ret:>16}  {r.report.path}"
+        )
+    return "\n".join(lines)

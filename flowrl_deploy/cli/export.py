@@ -1,0 +1,103 @@
+"""`flowrl export`: a checkpoint's N-step sampler → one verified ONNX graph (or a sweep over N)."""
+
+from __future__ import annotations
+
+import json
+from enum import Enum
+from pathlib import Path
+from typing import Annotated
+
+import typer
+
+from flowrl_deploy.cli._common import user_errors
+from flowrl_deploy.errors import FlowRLError
+
+
+class Solver(str, Enum):
+    midpoint = "midpoint"
+    euler = "euler"
+
+
+class DType(str, Enum):
+    fp32 = "fp32"
+    int8 = "int8"
+
+
+def parse_steps(text: str) -> list[int]:
+    """'10' → [10]; '1,2,5,10,20' → [1, 2, 5, 10, 20]."""
+    try:
+        steps = [int(part) for part in text.split(",") if part.strip()]
+    except ValueError:
+        raise FlowRLError(f"--steps takes a number or a comma list such as 1,2,5,10,20, got {text!r}") from None
+    if not steps or min(steps) < 1:
+        raise FlowRLError(f"--steps must be positive integers, got {text!r}")
+    return steps
+
+
+def parse_batch(text: str) -> int | str:
+    if text == "dynamic":
+        return text
+    if text.isdigit() and int(text) > 0:
+        return int(text)
+    raise FlowRLError(f"--batch takes 'dynamic' or a positive integer, got {text!r}")
+
+
+@user_errors
+def export(
+    checkpoint: Annotated[Path, typer.Argument(help="Checkpoint directory, or a run directory (its last checkpoint).")],
+    out: Annotated[Path, typer.Option("--out", "-o", help="The ONNX file to write.")] = Path("policy.onnx"),
+    steps: Annotated[
+        str, typer.Option(help="Flow steps N unrolled in the graph; a comma list (1,2,5,10,20) exports one file per N.")
+    ] = "10",
+    solver: Annotated[Solver | None, typer.Option(help="ODE solver; default: the checkpoint's.")] = None,
+    opset: Annotated[int, typer.Option(help="ONNX opset (>= 17).")] = 18,
+    batch: Annotated[str, typer.Option(help="'dynamic' batch axis, or a fixed batch size.")] = "dynamic",
+    deterministic: Annotated[
+        bool, typer.Option("--deterministic", help="No noise input: start from a0 = 0 (one action per observation).")
+    ] = False,
+    dtype: Annotated[
+        DType, typer.Option(help="fp32, or int8 (dynamic quantization of the wide layer; looser parity, reported).")
+    ] = DType.fp32,
+    optimize: Annotated[
+        bool, typer.Option("--optimize/--no-optimize", help="Structural optimizations (obs share of layer 1 once).")
+    ] = True,
+    verify: Annotated[
+        bool, typer.Option("--verify/--no-verify", help="Check the graph against the torch sampler (default on).")
+    ] = True,
+    report: Annotated[
+        bool, typer.Option("--report", help="Tabulate batch-1 latency (and return with --episodes) for each N.")
+    ] = False,
+    episodes: Annotated[int, typer.Option(help="With --report: evaluation episodes per N (0: latency only).")] = 0,
+    env: Annotated[str | None, typer.Option(help="With --report: env id (default: the policy's).")] = None,
+    seed: Annotated[int, typer.Option(help="Seed of the verification inputs and the evaluation.")] = 0,
+    json_out: Annotated[Path | None, typer.Option("--json", help="Also write the report(s) as JSON here.")] = None,
+) -> None:
+    """Export CHECKPOINT's flow policy as policy.onnx: obs (+ noise) → action in the env's bounds."""
+    from flowrl_deploy.export import ExportConfig, export_checkpoint
+
+    step_list = parse_steps(steps)
+    config = ExportConfig(
+        steps=step_list[0],
+        solver=solver.value if solver else None,
+        opset=opset,
+        batch=parse_batch(batch),
+        deterministic=deterministic,
+        dtype=dtype.value,
+        optimize=optimize,
+        verify=verify,
+        seed=seed,
+    )
+    if report or len(step_list) > 1:
+        from flowrl_deploy.export.sweep import format_sweep, sweep_steps
+
+        rows = sweep_steps(checkpoint, out, config, step_list, env_id=env, episodes=episodes, seed=seed)
+        for row in rows:
+            typer.echo(row.report.summary())
+        typer.echo(format_sweep(rows))
+        records = [row.to_dict() for row in rows]
+    else:
+        result = export_checkpoint(checkpoint, out, config)
+        typer.echo(result.summary())
+        records = [result.to_dict()]
+    if json_out:
+        json_out.write_text(json.dumps(records, indent=2))

@@ -1,0 +1,108 @@
+"""`flowrl export` and `flowrl inspect` through Typer's CliRunner."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+from export_fixtures import SPEC
+from typer.testing import CliRunner
+
+from flowrl_deploy.cli import app
+from flowrl_deploy.runtime import OnnxPolicy
+
+runner = CliRunner()
+
+
+def test_export_then_inspect(checkpoint, tmp_path):
+    out = tmp_path / "policy.onnx"
+    result = runner.invoke(app, ["export", str(checkpoint), "--steps", "4", "--solver", "euler", "--out", str(out)])
+    assert result.exit_code == 0, result.output
+    assert "PASSED" in result.output and "max |Δaction|" in result.output
+    policy = OnnxPolicy(out, providers=["CPUExecutionProvider"])
+    assert (policy.contract.flow_steps, policy.contract.solver) == (4, "euler")
+
+    text = runner.invoke(app, ["inspect", str(out)])
+    assert text.exit_code == 0, text.output
+    for expected in (policy.contract_hash, "hip, knee, ankle", "position[3], velocity[2]", "euler × 4 steps",
+                     "obs ['batch', 5]", "noise ['batch', 3]", "action ['batch', 3]", "[0, 4]"):  # fmt: skip
+        assert expected in text.output
+
+    info = json.loads(runner.invoke(app, ["inspect", str(out), "--json"]).output)
+    assert info["contract_hash"] == policy.contract_hash
+    assert info["contract"]["action_names"] == list(SPEC.action_names)
+    assert [i["name"] for i in info["inputs"]] == ["obs", "noise"]
+    assert info["provenance"]["export_config"]["steps"] == 4
+
+
+def test_export_options_reach_the_config(checkpoint, tmp_path, monkeypatch):
+    seen = {}
+
+    def fake_export(checkpoint_path, out_path, config):
+        seen.update(config=config, out=out_path)
+        raise SystemExit(0)
+
+    monkeypatch.setattr("flowrl_deploy.export.export_checkpoint", fake_export)
+    args = ["export", str(checkpoint), "--out", str(tmp_path / "p.onnx"), "--steps", "7", "--opset", "19",
+            "--batch", "8", "--deterministic", "--no-optimize", "--solver", "midpoint"]  # fmt: skip
+    runner.invoke(app, args)
+    config = seen["config"]
+    assert (config.steps, config.opset, config.batch, config.deterministic) == (7, 19, 8, True)
+    assert (config.optimize, config.solver, config.dtype) == (False, "midpoint", "fp32")
+
+
+def test_deterministic_export_has_no_noise_input(checkpoint, tmp_path):
+    out = tmp_path / "det.onnx"
+    assert runner.invoke(app, ["export", str(checkpoint), "--deterministic", "--out", str(out)]).exit_code == 0
+    policy = OnnxPolicy(out, providers=["CPUExecutionProvider"])
+    assert not policy.takes_noise
+    obs = np.ones((2, SPEC.obs_dim), np.float32)
+    np.testing.assert_array_equal(policy.act(obs)[0], policy.act(obs)[1])
+
+
+def test_steps_sweep_writes_one_file_per_n_and_a_table(checkpoint, tmp_path):
+    out = tmp_path / "policy.onnx"
+    report = tmp_path / "sweep.json"
+    args = ["export", str(checkpoint), "--steps", "1,3", "--report", "--out", str(out), "--json", str(report)]
+    result = runner.invoke(app, args)
+    assert result.exit_code == 0, result.output
+    assert (tmp_path / "policy.n1.onnx").is_file() and (tmp_path / "policy.n3.onnx").is_file()
+    assert "p50 ms" in result.output
+    rows = json.loads(report.read_text())
+    assert [r["contract"]["flow_steps"] for r in rows] == [1, 3]
+    assert all(r["p50_ms"] > 0 and r["mean_return"] is None for r in rows)
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (["export", "{tmp}/missing"], "checkpoint not found"),
+        (["export", "{tmp}", "--out", "{tmp}/p.onnx"], "holds no flowrl-deploy checkpoint"),
+        (["export", "{ckpt}", "--steps", "ten"], "--steps takes a number"),
+        (["export", "{ckpt}", "--steps", "0"], "--steps must be positive"),
+        (["export", "{ckpt}", "--batch", "many"], "--batch takes 'dynamic'"),
+        (["export", "{ckpt}", "--opset", "13"], "--opset must be >= 17"),
+        (["inspect", "{tmp}/missing.onnx"], "ONNX model not found"),
+        (["inspect", "{ckpt}/model.safetensors"], "cannot load ONNX model"),
+    ],
+)
+def test_user_errors_exit_1_with_a_message(checkpoint, tmp_path, args, message):
+    args = [a.format(tmp=tmp_path, ckpt=checkpoint) for a in args]
+    result = runner.invoke(app, args)
+    assert result.exit_code == 1
+    assert message in result.output
+    assert "Traceback" not in result.output
+
+
+def test_inspect_refuses_an_onnx_file_without_a_contract(tmp_path, checkpoint):
+    import onnx
+
+    from flowrl_deploy.export import ExportConfig, export_checkpoint
+
+    report = export_checkpoint(checkpoint, tmp_path / "p.onnx", ExportConfig(steps=1, samples=3))
+    model = onnx.load(report.path)
+    del model.metadata_props[:]
+    onnx.save(model, tmp_path / "bare.onnx")
+    result = runner.invoke(app, ["inspect", str(tmp_path / "bare.onnx")])
+    assert result.exit_code == 1 and "no flowrl policy contract" in result.output
