@@ -365,7 +365,7 @@ class ControlSession:
             seq=self._seq,
             obs=encode(obs),
             client_send_unix_ns=time.time_ns(),
-            timeout_us=int(max(0.0, until - time.perf_counter()) * 1e6),
+            timeout_us=max(1, int((until - time.perf_counter()) * 1e6)),
         )
         if not self._opened:
             if self.seed is not None:

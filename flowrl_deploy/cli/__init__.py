@@ -25,3 +25,12 @@ app.command()(export)
 from flowrl_deploy.cli.inspect import inspect  # noqa: E402
 
 app.command()(inspect)
+from flowrl_deploy.cli.serve import serve  # noqa: E402
+
+app.command()(serve)
+from flowrl_deploy.cli.query import query  # noqa: E402
+
+app.command()(query)
+from flowrl_deploy.cli.control import control  # noqa: E402
+
+app.command()(control)

@@ -1,80 +1,13 @@
-"""Tiny policy graphs with a real contract, and a real server on a free local port."""
+"""A tiny policy file and a real server on a free local port, shared by a test module."""
 
 from __future__ import annotations
 
-from dataclasses import replace
 from pathlib import Path
 
-import numpy as np
-import onnx
 import pytest
-from onnx import TensorProto, helper, numpy_helper
+from tiny_policy import write_policy
 
-from flowrl_deploy.contract import PolicyContract, contract_to_metadata
 from flowrl_deploy.serve import PolicyServer, ServeConfig
-
-OBS_DIM, ACT_DIM = 3, 2
-
-
-def tiny_contract(deterministic: bool = False, **overrides) -> PolicyContract:
-    contract = PolicyContract(
-        obs_dim=OBS_DIM,
-        act_dim=ACT_DIM,
-        action_low=(-1.0, -2.0),
-        action_high=(1.0, 2.0),
-        obs_layout=(("position", 2), ("velocity", 1)),
-        action_names=("left", "right"),
-        control_period_s=0.02,
-        deterministic=deterministic,
-        input_names=("obs",) if deterministic else ("obs", "noise"),
-    )
-    return replace(contract, **overrides)
-
-
-def write_policy(path: Path, *, scale: float = 1.0, deterministic: bool = False, **overrides) -> Path:
-    """action = low + (tanh(scale·(obs·W + clip(noise, -1, 1)·U)) + 1)/2 · (high - low)."""
-    contract = tiny_contract(deterministic, **overrides)
-    obs_dim, act_dim = contract.obs_dim, contract.act_dim
-    rng = np.random.default_rng(7)
-    low = np.asarray(contract.action_low, np.float32)
-    high = np.asarray(contract.action_high, np.float32)
-    inits = [
-        numpy_helper.from_array(rng.standard_normal((obs_dim, act_dim)).astype(np.float32) * scale, "W"),
-        numpy_helper.from_array(rng.standard_normal((act_dim, act_dim)).astype(np.float32) * scale, "U"),
-        numpy_helper.from_array(np.float32(-1.0), "lo_clip"),
-        numpy_helper.from_array(np.float32(1.0), "hi_clip"),
-        numpy_helper.from_array((high - low) / 2, "half_range"),
-        numpy_helper.from_array((high + low) / 2, "center"),
-    ]
-    nodes = [helper.make_node("MatMul", ["obs", "W"], ["h"])]
-    inputs = [helper.make_tensor_value_info("obs", TensorProto.FLOAT, ["B", obs_dim])]
-    if not deterministic:
-        inputs.append(helper.make_tensor_value_info("noise", TensorProto.FLOAT, ["B", act_dim]))
-        nodes += [
-            helper.make_node("Clip", ["noise", "lo_clip", "hi_clip"], ["a0"]),
-            helper.make_node("MatMul", ["a0", "U"], ["n"]),
-            helper.make_node("Add", ["h", "n"], ["z"]),
-        ]
-    else:
-        nodes.append(helper.make_node("Identity", ["h"], ["z"]))
-    nodes += [
-        helper.make_node("Tanh", ["z"], ["t"]),
-        helper.make_node("Mul", ["t", "half_range"], ["s"]),
-        helper.make_node("Add", ["s", "center"], ["action"]),
-    ]
-    graph = helper.make_graph(
-        nodes,
-        "tiny_policy",
-        inputs,
-        [helper.make_tensor_value_info("action", TensorProto.FLOAT, ["B", act_dim])],
-        inits,
-    )
-    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
-    model.ir_version = 8
-    helper.set_model_props(model, contract_to_metadata(contract, {"source": "test"}))
-    onnx.checker.check_model(model)
-    onnx.save(model, path)
-    return path
 
 
 @pytest.fixture(scope="module")

@@ -8,8 +8,8 @@ import time
 import grpc
 import numpy as np
 import pytest
-from conftest import ACT_DIM, OBS_DIM, tiny_contract
 from grpc_health.v1 import health_pb2, health_pb2_grpc
+from tiny_policy import ACT_DIM, OBS_DIM, tiny_contract
 
 from flowrl_deploy.client import PolicyClient, ServiceError
 from flowrl_deploy.codec import decode, encode

@@ -1,0 +1,52 @@
+"""`flowrl control`: a simulated robot driven by a running server at a fixed rate."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Annotated
+
+import typer
+
+from flowrl_deploy.cli._common import user_errors
+
+
+@user_errors
+def control(
+    server: Annotated[str, typer.Option(help="host:port of `flowrl serve`.")] = "localhost:50051",
+    env: Annotated[str | None, typer.Option(help="Env id [default: the served policy's].")] = None,
+    hz: Annotated[float, typer.Option(help="Control rate.")] = 50.0,
+    episodes: Annotated[int, typer.Option(help="Episodes to run.")] = 1,
+    seed: Annotated[int, typer.Option(help="Seed of the episodes and of the session's noise (as `flowrl eval`).")] = 0,
+    deadline_ms: Annotated[
+        float | None, typer.Option(help="Wait this long for an action [default: half the period].")
+    ] = None,
+    fallback: Annotated[str, typer.Option(help="Action when none arrives in time: hold, zeros or local.")] = "hold",
+    local_model: Annotated[str, typer.Option(help="ONNX file for --fallback local.")] = "",
+    max_steps: Annotated[int | None, typer.Option(help="Cap each episode at this many steps.")] = None,
+    token: Annotated[str, typer.Option(help="The server's shared secret.", envvar="FLOWRL_TOKEN")] = "",
+    tls_ca: Annotated[str, typer.Option(help="PEM CA of the server's TLS certificate.")] = "",
+    json_path: Annotated[
+        Path | None, typer.Option("--json", help="Write the report (with raw latencies) here.")
+    ] = None,
+) -> None:
+    """Step a simulator at --hz with served actions; print return, latency percentiles, jitter and misses."""
+    from flowrl_deploy.control import run_control
+
+    report = run_control(
+        server,
+        env,
+        hz,
+        episodes,
+        seed,
+        token=token,
+        tls_ca=tls_ca,
+        deadline_s=None if deadline_ms is None else deadline_ms / 1e3,
+        fallback=fallback,
+        local_model=local_model,
+        max_steps=max_steps,
+    )
+    typer.echo(report.summary())
+    if json_path is not None:
+        json_path.parent.mkdir(parents=True, exist_ok=True)
+        json_path.write_text(json.dumps(report.to_dict(), indent=1))

@@ -1,0 +1,48 @@
+"""`flowrl query`: ask a running server for the action of one observation (or a batch)."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Annotated
+
+import typer
+
+from flowrl_deploy.cli._common import user_errors
+
+
+@user_errors
+def query(
+    server: Annotated[str, typer.Option(help="host:port of `flowrl serve`.")] = "localhost:50051",
+    obs: Annotated[str, typer.Option(help="Observation as JSON: [..] or a batch [[..], ..].")] = "",
+    obs_file: Annotated[Path | None, typer.Option(help="A JSON file holding the observation(s), or .npy.")] = None,
+    seed: Annotated[int | None, typer.Option(help="Seed of the policy noise.")] = None,
+    token: Annotated[str, typer.Option(help="The server's shared secret.", envvar="FLOWRL_TOKEN")] = "",
+    tls_ca: Annotated[str, typer.Option(help="PEM CA of the server's TLS certificate.")] = "",
+    timeout: Annotated[float, typer.Option(help="Seconds to wait.")] = 5.0,
+) -> None:
+    """Print the served policy's action(s) for an observation, as JSON."""
+    import numpy as np
+
+    from flowrl_deploy.client import PolicyClient
+    from flowrl_deploy.codec import decode
+    from flowrl_deploy.errors import FlowRLError
+
+    if bool(obs) == (obs_file is not None):
+        raise FlowRLError("pass exactly one of --obs or --obs-file")
+    try:
+        if obs_file is not None and obs_file.suffix == ".npy":
+            values = np.load(obs_file, allow_pickle=False)
+        else:
+            values = json.loads(obs_file.read_text() if obs_file is not None else obs)
+        array = np.asarray(values, dtype=np.float32)
+    except (OSError, ValueError, TypeError) as exc:
+        raise FlowRLError(f"cannot read the observation: {exc}") from exc
+    with PolicyClient(server, token=token, tls_ca=tls_ca, timeout_s=timeout) as client:
+        reply = client.act_reply(array, seed=seed)
+    action = decode(reply.action, name="action")
+    typer.echo(
+        json.dumps(
+            {"action": action.tolist(), "model_version": reply.model_version, "inference_us": reply.inference_us}
+        )
+    )

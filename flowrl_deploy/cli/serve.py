@@ -1,0 +1,81 @@
+"""`flowrl serve`: the gRPC action service for an exported policy (no torch needed)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated
+
+import typer
+
+from flowrl_deploy.cli._common import user_errors
+
+PROVIDER_NAMES = {
+    "cpu": "CPUExecutionProvider",
+    "cuda": "CUDAExecutionProvider",
+    "tensorrt": "TensorrtExecutionProvider",
+}
+
+
+def parse_providers(text: str) -> tuple[str, ...]:
+    """'cuda,cpu' or full onnxruntime names → provider names, in order."""
+    return tuple(PROVIDER_NAMES.get(p.strip().lower(), p.strip()) for p in text.split(",") if p.strip())
+
+
+@user_errors
+def serve(
+    model: Annotated[
+        Path, typer.Argument(help="policy.onnx from `flowrl export` (or a checkpoint: exported on the fly).")
+    ],
+    port: Annotated[int, typer.Option(help="TCP port; 0 picks a free one (printed).")] = 50051,
+    host: Annotated[str, typer.Option(help="Address to listen on; 0.0.0.0 for every interface.")] = "127.0.0.1",
+    providers: Annotated[
+        str, typer.Option(help="onnxruntime providers, e.g. 'cuda,cpu' [default: CUDA when present, else CPU].")
+    ] = "",
+    threads: Annotated[int, typer.Option(help="onnxruntime intra-op threads per call.")] = 1,
+    max_batch: Annotated[
+        int, typer.Option(help="Micro-batch up to this many concurrent observations per call; 1 = off.")
+    ] = 1,
+    batch_window_us: Annotated[int, typer.Option(help="Wait this long for more requests after the first (µs).")] = 0,
+    workers: Annotated[int, typer.Option(help="gRPC handler threads (each open StreamAct holds one).")] = 128,
+    token: Annotated[str, typer.Option(help="Shared secret every call must send.", envvar="FLOWRL_TOKEN")] = "",
+    tls_cert: Annotated[str, typer.Option(help="PEM certificate chain for TLS.")] = "",
+    tls_key: Annotated[str, typer.Option(help="PEM private key for TLS.")] = "",
+    client_ca: Annotated[str, typer.Option(help="PEM CA: require client certificates (mTLS).")] = "",
+    metrics_port: Annotated[
+        int | None, typer.Option(help="Serve Prometheus metrics on this port (0: a free one).")
+    ] = None,
+    watch: Annotated[bool, typer.Option(help="Reload the model when the file changes.")] = False,
+    max_message_bytes: Annotated[int, typer.Option(help="Refuse larger requests (RESOURCE_EXHAUSTED).")] = 1 << 20,
+) -> None:
+    """Serve MODEL's actions over gRPC (flowrl.v1.PolicyService) until SIGTERM or Ctrl-C."""
+    import logging
+
+    from flowrl_deploy.errors import FlowRLError
+    from flowrl_deploy.serve import ServeConfig, serve_forever
+
+    if max_batch < 1 or threads < 1 or workers < 1 or batch_window_us < 0:
+        raise FlowRLError("--max-batch, --threads and --workers must be >= 1, --batch-window-us >= 0")
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    config = ServeConfig(
+        model=str(model),
+        host=host,
+        port=port,
+        providers=parse_providers(providers),
+        threads=threads,
+        max_batch=max_batch,
+        batch_window_us=batch_window_us,
+        workers=workers,
+        max_message_bytes=max_message_bytes,
+        token=token,
+        tls_cert=tls_cert,
+        tls_key=tls_key,
+        client_ca=client_ca,
+        metrics_port=metrics_port,
+        watch=watch,
+    )
+
+    def ready(server) -> None:
+        metrics = f", metrics on :{server.metrics_port}" if server.metrics_port is not None else ""
+        typer.echo(f"serving {server.servicer.model.version} on {server.address}{metrics}")
+
+    serve_forever(config, on_ready=ready)

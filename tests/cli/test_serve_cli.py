@@ -1,0 +1,134 @@
+"""`flowrl serve` as a process (port 0, SIGTERM → exit 0), `flowrl query`, `flowrl control`."""
+
+from __future__ import annotations
+
+import json
+import signal
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+from typer.testing import CliRunner
+
+from flowrl_deploy.cli import app
+from flowrl_deploy.client import PolicyClient
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "serve"))
+from tiny_policy import write_policy
+
+FLOWRL = [sys.executable, "-c", "from flowrl_deploy.cli import app; app()"]
+runner = CliRunner()
+
+
+@pytest.fixture(scope="module")
+def served(tmp_path_factory):
+    """A `flowrl serve --port 0` process, its address, and the policy file."""
+    path = write_policy(tmp_path_factory.mktemp("cli") / "policy.onnx")
+    process = subprocess.Popen(
+        [*FLOWRL, "serve", str(path), "--port", "0", "--metrics-port", "0"],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        line = process.stdout.readline()
+        assert line.startswith("serving v1-"), line if line else process.stderr.read()
+        address = line.split(" on ")[1].split(",")[0].strip()
+        yield process, address, path
+    finally:
+        if process.poll() is None:
+            process.kill()
+            process.wait(10)
+
+
+def test_query_prints_the_action(served):
+    _, address, _ = served
+    result = runner.invoke(app, ["query", "--server", address, "--obs", "[0.1, 0.2, 0.3]", "--seed", "1"])
+    assert result.exit_code == 0, result.output
+    reply = json.loads(result.output)
+    with PolicyClient(address) as client:
+        expected = client.act(np.array([0.1, 0.2, 0.3], np.float32), seed=1)
+    np.testing.assert_allclose(reply["action"], expected, atol=1e-6)
+    assert reply["model_version"].startswith("v1-")
+
+
+def test_query_reads_a_batch_from_a_file(served, tmp_path):
+    _, address, _ = served
+    obs_file = tmp_path / "obs.json"
+    obs_file.write_text("[[0, 0, 0], [1, 1, 1]]")
+    result = runner.invoke(app, ["query", "--server", address, "--obs-file", str(obs_file)])
+    assert result.exit_code == 0, result.output
+    assert np.asarray(json.loads(result.output)["action"]).shape == (2, 2)
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (["--obs", "[1, 2]"], "does not match"),
+        (["--obs", "not json"], "cannot read the observation"),
+        ([], "exactly one of --obs or --obs-file"),
+    ],
+)
+def test_query_mistakes_are_one_line_errors(served, args, message):
+    _, address, _ = served
+    result = runner.invoke(app, ["query", "--server", address, *args])
+    assert result.exit_code == 1
+    assert message in result.output and "Traceback" not in result.output
+
+
+def test_serve_refuses_a_missing_model(tmp_path):
+    result = runner.invoke(app, ["serve", str(tmp_path / "nope.onnx"), "--port", "0"])
+    assert result.exit_code == 1
+    assert "model not found" in result.output
+
+
+def test_sigterm_stops_the_server_with_exit_0(served):
+    process, address, _ = served
+    with PolicyClient(address) as client:
+        assert client.act(np.zeros(3, np.float32)).shape == (2,)
+    process.send_signal(signal.SIGTERM)
+    assert process.wait(15) == 0
+
+
+def test_control_drives_a_simulator(tmp_path):
+    pytest.importorskip("dm_control")
+    from flowrl_deploy.serve import PolicyServer, ServeConfig
+
+    path = write_policy(
+        tmp_path / "cartpole.onnx",
+        obs_dim=5,
+        act_dim=1,
+        action_low=(-1.0,),
+        action_high=(1.0,),
+        obs_layout=(),
+        action_names=(),
+        env_id="dmc:cartpole-swingup",
+    )
+    with PolicyServer(ServeConfig(str(path), port=0, grace_s=0)).start() as server:
+        out = tmp_path / "control.json"
+        result = runner.invoke(
+            app,
+            [
+                "control",
+                "--server",
+                server.address,
+                "--hz",
+                "500",
+                "--episodes",
+                "2",
+                "--max-steps",
+                "40",
+                "--deadline-ms",
+                "1000",
+                "--json",
+                str(out),
+            ],
+        )
+    assert result.exit_code == 0, result.output
+    assert "dmc:cartpole-swingup at 500 Hz" in result.output
+    report = json.loads(out.read_text())
+    assert report["steps"] == 80 and len(report["returns"]) == 2
+    assert report["deadline_misses"] == 0 and len(report["round_trip_us"]) == 80
+    assert report["round_trip_p50_us"] <= report["round_trip_p99_us"]

@@ -1,0 +1,96 @@
+"""MicroBatcher: one future per request, bounded batches, errors to every waiter; and on a server."""
+
+from __future__ import annotations
+
+import threading
+import time
+import urllib.request
+from concurrent.futures import ThreadPoolExecutor
+
+import grpc
+import numpy as np
+import pytest
+
+from flowrl_deploy.client import PolicyClient, ServiceError
+from flowrl_deploy.runtime import OnnxPolicy
+from flowrl_deploy.serve import PolicyServer, ServeConfig
+from flowrl_deploy.serve.batcher import MicroBatcher
+from flowrl_deploy.serve.errors import DeadlineExpired
+from flowrl_deploy.serve.noise import draw_noise, session_noise
+
+
+class Recorder:
+    """run(obs, noise) = obs * 2 + noise; blocks the first call until released."""
+
+    def __init__(self) -> None:
+        self.sizes: list[int] = []
+        self.release = threading.Event()
+
+    def __call__(self, obs, noise):
+        if not self.sizes:
+            self.release.wait(5)
+        self.sizes.append(len(obs))
+        return obs * 2 + noise, "v", 1
+
+
+def _rows(i: int, n: int = 1) -> tuple[np.ndarray, np.ndarray]:
+    return np.full((n, 2), i, np.float32), np.full((n, 2), 0.5, np.float32)
+
+
+def test_queued_requests_share_one_call_and_each_gets_its_rows():
+    run = Recorder()
+    batcher = MicroBatcher(run, max_batch=4, window_us=0)
+    first = batcher.submit(*_rows(0))
+    time.sleep(0.05)  # the worker is now blocked inside the first call
+    futures = [batcher.submit(*_rows(i, n)) for i, n in ((1, 1), (2, 2), (3, 1), (4, 1))]
+    run.release.set()
+    results = [f.result(timeout=5) for f in (first, *futures)]
+    batcher.close()
+    assert run.sizes == [1, 4, 1]  # 1+2+1 rows fit in max_batch=4; the next request opens a batch
+    for i, (n, result) in enumerate(zip((1, 1, 2, 1, 1), results, strict=True)):
+        np.testing.assert_array_equal(result.action, np.full((n, 2), 2 * i + 0.5, np.float32))
+
+
+def test_an_error_reaches_every_waiter_of_the_batch():
+    def failing(obs, noise):
+        time.sleep(0.02)
+        raise RuntimeError("boom")
+
+    batcher = MicroBatcher(failing, max_batch=8, window_us=20_000)
+    futures = [batcher.submit(*_rows(i)) for i in range(3)]
+    for future in futures:
+        with pytest.raises(RuntimeError, match="boom"):
+            future.result(timeout=5)
+    batcher.close()
+
+
+def test_expired_requests_are_not_run():
+    run = Recorder()
+    run.release.set()
+    batcher = MicroBatcher(run, max_batch=1)
+    future = batcher.submit(*_rows(1), deadline=time.monotonic() - 1)
+    with pytest.raises(DeadlineExpired):
+        future.result(timeout=1)
+    assert run.sizes == []
+
+
+def test_batched_server_matches_onnxruntime_and_reports_metrics(policy_path):
+    config = ServeConfig(str(policy_path), port=0, max_batch=8, batch_window_us=20_000, metrics_port=0, grace_s=0)
+    local = OnnxPolicy(policy_path)
+    obs = np.random.default_rng(0).standard_normal((16, 3)).astype(np.float32)
+    with PolicyServer(config).start() as server, PolicyClient(server.address) as client:
+        with ThreadPoolExecutor(8) as pool:
+            actions = list(pool.map(lambda i: client.act(obs[i], seed=i), range(16)))
+        for i, action in enumerate(actions):
+            expected = local.act(obs[i : i + 1], draw_noise(session_noise(i), 1, 2))[0]
+            np.testing.assert_allclose(action, expected, atol=1e-6)
+        # a deadline shorter than the batching window: DEADLINE_EXCEEDED, not a late answer
+        with pytest.raises(ServiceError) as info:
+            client.act(obs[0], timeout_s=0.005)
+        assert info.value.code == grpc.StatusCode.DEADLINE_EXCEEDED
+        assert client.act(obs[0]).shape == (2,)
+        text = urllib.request.urlopen(f"http://127.0.0.1:{server.metrics_port}/metrics", timeout=2).read().decode()
+    assert 'flowrl_requests_total{method="Act",code="OK"} 17' in text
+    assert 'flowrl_requests_total{method="Act",code="DEADLINE_EXCEEDED"} 1' in text
+    assert "flowrl_batch_size_count" in text and "flowrl_request_latency_seconds_bucket" in text
+    assert 'flowrl_model_info{version="v1-' in text

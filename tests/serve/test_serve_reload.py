@@ -1,0 +1,90 @@
+"""Hot reload: versions swap without a failed call; a mismatched or broken model is refused."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import threading
+import time
+
+import grpc
+import numpy as np
+import pytest
+from tiny_policy import write_policy
+
+from flowrl_deploy.client import PolicyClient, ServiceError
+from flowrl_deploy.runtime import OnnxPolicy
+from flowrl_deploy.serve import PolicyServer, ServeConfig
+
+OBS = np.array([[0.5, -0.3, 0.2]], np.float32)
+
+
+@pytest.fixture
+def served(tmp_path):
+    path = write_policy(tmp_path / "policy.onnx")
+    config = ServeConfig(str(path), port=0, watch=True, watch_interval_s=0.05, grace_s=0)
+    with PolicyServer(config).start() as server, PolicyClient(server.address) as client:
+        yield server, client, tmp_path
+
+
+def test_reload_swaps_versions_without_a_failed_call(served):
+    _server, client, tmp = served
+    new = write_policy(tmp / "v2.onnx", scale=2.0)
+    old_version = client.spec().model_version
+    versions, failures, stop = [], [], threading.Event()
+
+    def hammer() -> None:
+        while not stop.is_set():
+            try:
+                versions.append(client.act_reply(OBS, seed=0).model_version)
+            except ServiceError as exc:  # pragma: no cover - the assertion below reports it
+                failures.append(exc)
+
+    worker = threading.Thread(target=hammer)
+    worker.start()
+    time.sleep(0.05)
+    new_version, previous = client.reload(str(new))
+    time.sleep(0.05)
+    stop.set()
+    worker.join()
+    assert not failures
+    assert previous == old_version and new_version != old_version and new_version.startswith("v2-")
+    assert versions[0] == old_version and versions[-1] == new_version
+    assert set(versions) == {old_version, new_version}
+    swap = versions.index(new_version)
+    assert all(v == new_version for v in versions[swap:])  # no request ran on the old model after the swap
+    from flowrl_deploy.serve.noise import draw_noise, session_noise
+
+    expected = OnnxPolicy(new).act(OBS, draw_noise(session_noise(0), 1, 2))
+    np.testing.assert_allclose(client.act(OBS, seed=0), expected, atol=1e-6)
+
+
+def test_mismatched_model_is_refused_and_the_old_keeps_serving(served):
+    _, client, tmp = served
+    version = client.spec().model_version
+    other = write_policy(tmp / "other.onnx", action_high=(1.0, 5.0))
+    with pytest.raises(ServiceError) as info:
+        client.reload(str(other))
+    assert info.value.code == grpc.StatusCode.FAILED_PRECONDITION
+    assert "action_high" in info.value.details
+    broken = tmp / "broken.onnx"
+    broken.write_bytes(b"not an onnx file")
+    with pytest.raises(ServiceError) as info:
+        client.reload(str(broken))
+    assert info.value.code == grpc.StatusCode.FAILED_PRECONDITION
+    assert "reload refused" in info.value.details and version in info.value.details
+    assert client.act_reply(OBS).model_version == version
+
+
+def test_watch_reloads_when_the_file_changes(served):
+    server, client, tmp = served
+    version = client.spec().model_version
+    staged = write_policy(tmp / "staged.onnx", scale=3.0)
+    target = tmp / "policy.onnx"
+    shutil.copy(staged, tmp / "incoming.onnx")
+    os.replace(tmp / "incoming.onnx", target)  # atomic, as a deploy script should
+    until = time.monotonic() + 5
+    while client.spec().model_version == version and time.monotonic() < until:
+        time.sleep(0.05)
+    assert client.spec().model_version.startswith("v2-")
+    assert server.servicer.metrics.reloads == 1

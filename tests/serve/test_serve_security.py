@@ -1,0 +1,133 @@
+"""Token and TLS/mTLS: what they should refuse, they refuse; health probes need no token."""
+
+from __future__ import annotations
+
+import datetime
+import ipaddress
+from pathlib import Path
+
+import grpc
+import numpy as np
+import pytest
+from grpc_health.v1 import health_pb2, health_pb2_grpc
+
+from flowrl_deploy.client import PolicyClient, ServiceError
+from flowrl_deploy.serve import PolicyServer, ServeConfig
+
+x509 = pytest.importorskip("cryptography.x509")
+from cryptography.hazmat.primitives import hashes, serialization  # noqa: E402
+from cryptography.hazmat.primitives.asymmetric import ec  # noqa: E402
+from cryptography.x509.oid import NameOID  # noqa: E402
+
+OBS = np.zeros(3, np.float32)
+
+
+def _issue(name: str, issuer_key=None, issuer_name=None, *, ca: bool = False):
+    key = ec.generate_private_key(ec.SECP256R1())
+    subject = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, name)])
+    now = datetime.datetime.now(datetime.timezone.utc)
+    builder = (
+        x509.CertificateBuilder()
+        .subject_name(subject)
+        .issuer_name(issuer_name or subject)
+        .public_key(key.public_key())
+        .serial_number(x509.random_serial_number())
+        .not_valid_before(now - datetime.timedelta(minutes=1))
+        .not_valid_after(now + datetime.timedelta(days=1))
+        .add_extension(x509.BasicConstraints(ca=ca, path_length=None), critical=True)
+    )
+    if not ca:
+        builder = builder.add_extension(
+            x509.SubjectAlternativeName([x509.DNSName("localhost"), x509.IPAddress(ipaddress.ip_address("127.0.0.1"))]),
+            critical=False,
+        )
+    cert = builder.sign(issuer_key or key, hashes.SHA256())
+    return key, cert
+
+
+def _write(directory: Path, stem: str, key, cert) -> tuple[str, str]:
+    key_path, cert_path = directory / f"{stem}.key", directory / f"{stem}.pem"
+    key_path.write_bytes(
+        key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption())
+    )
+    cert_path.write_bytes(cert.public_bytes(serialization.Encoding.PEM))
+    return str(cert_path), str(key_path)
+
+
+@pytest.fixture(scope="module")
+def pki(tmp_path_factory):
+    directory = tmp_path_factory.mktemp("pki")
+    ca_key, ca_cert = _issue("flowrl test CA", ca=True)
+    rogue_key, rogue_cert = _issue("rogue CA", ca=True)
+    files = {"ca": _write(directory, "ca", ca_key, ca_cert)}
+    files["server"] = _write(directory, "server", *_issue("localhost", ca_key, ca_cert.subject))
+    files["client"] = _write(directory, "client", *_issue("robot", ca_key, ca_cert.subject))
+    files["rogue"] = _write(directory, "rogue", *_issue("intruder", rogue_key, rogue_cert.subject))
+    return files
+
+
+def test_token_is_required_except_for_health(policy_path):
+    with PolicyServer(ServeConfig(str(policy_path), port=0, token="s3cret", grace_s=0)).start() as server:
+        for token in ("", "wrong"):
+            with PolicyClient(server.address, token=token) as client, pytest.raises(ServiceError) as info:
+                client.act(OBS)
+            assert info.value.code == grpc.StatusCode.UNAUTHENTICATED
+        with PolicyClient(server.address, token="wrong") as client, pytest.raises(ServiceError) as info:
+            client.session(period_s=0.02)  # GetSpec
+        assert info.value.code == grpc.StatusCode.UNAUTHENTICATED
+        with PolicyClient(server.address, token="s3cret") as client:
+            assert client.act(OBS).shape == (2,)
+            with client.session(period_s=0.5, seed=0) as control:
+                control.act(OBS)
+                assert control.timings[-1].source == "server"
+        probe = health_pb2_grpc.HealthStub(grpc.insecure_channel(server.address))
+        assert probe.Check(health_pb2.HealthCheckRequest(), timeout=2).status == health_pb2.HealthCheckResponse.SERVING
+
+
+def test_stream_with_a_wrong_token_raises_instead_of_falling_back(policy_path):
+    config = ServeConfig(str(policy_path), port=0, token="s3cret", grace_s=0)
+    with PolicyServer(config).start() as server, PolicyClient(server.address, token="s3cret") as client:
+        control = client.session(period_s=0.5)  # GetSpec passes; then the secret changes
+        client.metadata = (("authorization", "Bearer wrong"),)
+        control.close()
+        with pytest.raises(ServiceError) as info:
+            control.act(OBS)
+        assert info.value.code == grpc.StatusCode.UNAUTHENTICATED
+
+
+def test_tls_serves_trusted_clients_and_refuses_plaintext(policy_path, pki):
+    cert, key = pki["server"]
+    with PolicyServer(
+        ServeConfig(str(policy_path), host="localhost", port=0, tls_cert=cert, tls_key=key)
+    ).start() as server:
+        target = f"localhost:{server.port}"
+        with PolicyClient(target, tls_ca=pki["ca"][0]) as client:
+            assert client.act(OBS).shape == (2,)
+        with PolicyClient(target, timeout_s=2) as plain, pytest.raises(ServiceError) as info:
+            plain.act(OBS)
+        assert info.value.code == grpc.StatusCode.UNAVAILABLE
+
+
+def test_mtls_refuses_clients_without_a_certificate_from_the_ca(policy_path, pki):
+    cert, key = pki["server"]
+    config = ServeConfig(str(policy_path), host="localhost", port=0, tls_cert=cert, tls_key=key, client_ca=pki["ca"][0])
+    with PolicyServer(config).start() as server:
+        target = f"localhost:{server.port}"
+        client_cert, client_key = pki["client"]
+        with PolicyClient(target, tls_ca=pki["ca"][0], tls_cert=client_cert, tls_key=client_key) as client:
+            assert client.act(OBS).shape == (2,)
+        rogue_cert, rogue_key = pki["rogue"]
+        for kwargs in ({}, {"tls_cert": rogue_cert, "tls_key": rogue_key}):
+            with (
+                PolicyClient(target, tls_ca=pki["ca"][0], timeout_s=2, **kwargs) as client,
+                pytest.raises(ServiceError) as info,
+            ):
+                client.act(OBS)
+            assert info.value.code == grpc.StatusCode.UNAVAILABLE
+
+
+def test_tls_needs_both_cert_and_key(policy_path, pki):
+    from flowrl_deploy.errors import FlowRLError
+
+    with pytest.raises(FlowRLError, match="both --tls-cert and --tls-key"):
+        PolicyServer(ServeConfig(str(policy_path), port=0, tls_cert=pki["server"][0])).start()
