@@ -1,0 +1,66 @@
+"""With the real exporter: a random FlowActor checkpoint served directly and as ONNX, and a
+closed-loop `run_control` whose return equals `flowrl eval`-style evaluation of the same file."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from flowrl_deploy.client import PolicyClient
+from flowrl_deploy.serve import PolicyServer, ServeConfig
+
+torch = pytest.importorskip("torch")
+pytest.importorskip("dm_control")
+
+ENV_ID = "dmc:cartpole-swingup"
+
+
+@pytest.fixture(scope="module")
+def checkpoint(tmp_path_factory):
+    from flowrl_deploy.checkpoint import save_checkpoint
+    from flowrl_deploy.spec import PolicySpec
+    from flowrl_deploy.train.actor import FlowActor
+
+    torch.manual_seed(0)
+    spec = PolicySpec(obs_dim=5, act_dim=1, action_low=(-1.0,), action_high=(1.0,), hidden=32, env_id=ENV_ID)
+    actor = FlowActor(spec)
+    tensors = {k: v.detach().numpy() for k, v in actor.state_dict().items()}
+    return save_checkpoint(tmp_path_factory.mktemp("ckpt") / "step_1", spec=spec, actor=tensors)
+
+
+@pytest.fixture(scope="module")
+def onnx_file(checkpoint, tmp_path_factory):
+    from flowrl_deploy.export import ExportConfig, export_checkpoint
+
+    out = tmp_path_factory.mktemp("onnx") / "policy.onnx"
+    export_checkpoint(checkpoint, out, ExportConfig(steps=10, samples=8))
+    return out
+
+
+@pytest.mark.slow  # the export verifies against torch (~10 s)
+def test_a_checkpoint_is_exported_on_the_fly(checkpoint, onnx_file):
+    from flowrl_deploy.runtime import OnnxPolicy
+    from flowrl_deploy.serve.noise import draw_noise, session_noise
+
+    obs = np.linspace(-1, 1, 5, dtype=np.float32)
+    with (
+        PolicyServer(ServeConfig(str(checkpoint), port=0, grace_s=0)).start() as server,
+        PolicyClient(server.address) as client,
+    ):
+        info = client.spec()
+        action = client.act(obs, seed=4)
+    assert info.flow_steps == 10 and info.env_id == ENV_ID and info.takes_noise
+    expected = OnnxPolicy(onnx_file).act(obs[None], draw_noise(session_noise(4), 1, 1))[0]
+    np.testing.assert_allclose(action, expected, atol=1e-5)
+
+
+def test_control_return_matches_evaluation_of_the_same_onnx_file(onnx_file):
+    from flowrl_deploy.control import run_control
+    from flowrl_deploy.export.act import onnx_act_fn
+    from flowrl_deploy.train.evaluate import evaluate
+
+    with PolicyServer(ServeConfig(str(onnx_file), port=0, grace_s=0)).start() as server:
+        report = run_control(server.address, None, hz=2000, episodes=1, seed=3, deadline_s=2.0)
+    assert report.deadline_misses == 0 and report.steps == 1000
+    expected = evaluate(onnx_act_fn(onnx_file, seed=3), ENV_ID, 1, seed=3)
+    assert report.returns == pytest.approx(list(expected.returns), rel=1e-5)
