@@ -160,7 +160,7 @@ class FlowRL:
         tensors["rng.torch_cpu"] = torch.get_rng_state()
         if self.device.type == "cuda":
             tensors["rng.torch_cuda"] = torch.cuda.get_rng_state(self.device)
-        return {k: v.detach().cpu().numpy() for k, v in tensors.items()}
+        return {k: v.detach().cpu().numpy().copy() for k, v in tensors.items()}  # a snapshot, not a view
 
     def state_json(self) -> dict:
         return {

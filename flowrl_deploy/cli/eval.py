@@ -1,0 +1,44 @@
+"""`flowrl eval`: mean ± std episode return of a policy."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated
+
+import typer
+
+from flowrl_deploy.cli._common import user_errors
+from flowrl_deploy.errors import FlowRLError
+
+
+@user_errors
+def eval_command(
+    policy: Annotated[Path, typer.Argument(help="A checkpoint directory, or a run directory (its last checkpoint).")],
+    episodes: Annotated[int, typer.Option(help="Episodes to run.")] = 10,
+    flow_steps: Annotated[int | None, typer.Option(help="ODE steps N for sampling [default: the policy's].")] = None,
+    env: Annotated[str | None, typer.Option(help="Env id [default: the one the policy was trained on].")] = None,
+    seed: Annotated[int, typer.Option(help="Seed of the episodes and of the policy's noise.")] = 0,
+    device: Annotated[str, typer.Option(help="auto, cpu or cuda (checkpoints).")] = "auto",
+) -> None:
+    """Run POLICY for some episodes on its task and print the mean ± std return."""
+    from flowrl_deploy.train.evaluate import evaluate
+
+    if episodes < 1:
+        raise FlowRLError(f"--episodes must be >= 1, got {episodes}")
+    if flow_steps is not None and flow_steps < 1:
+        raise FlowRLError(f"--flow-steps must be >= 1, got {flow_steps}")
+    act_fn, env_id = _checkpoint_policy(policy, flow_steps, device, seed)
+    env_id = env or env_id
+    if not env_id:
+        raise FlowRLError(f"{policy} does not record its env id; pass --env")
+    result = evaluate(act_fn, env_id, episodes, seed)
+    typer.echo(f"{env_id}: return {result.mean:.2f} ± {result.std:.2f} over {episodes} episodes")
+
+
+def _checkpoint_policy(path: Path, flow_steps: int | None, device: str, seed: int):
+    """(act_fn, env id) of a training checkpoint."""
+    from flowrl_deploy.checkpoint import read_spec
+    from flowrl_deploy.train.evaluate import checkpoint_act_fn
+
+    spec = read_spec(path)
+    return checkpoint_act_fn(path, flow_steps, device, seed), spec.env_id

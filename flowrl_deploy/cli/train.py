@@ -1,0 +1,115 @@
+"""`flowrl train`: every option is one field of `TrainConfig` (same name, same default)."""
+
+from __future__ import annotations
+
+from enum import Enum
+from pathlib import Path
+from typing import Annotated
+
+import typer
+
+from flowrl_deploy.cli._common import user_errors
+from flowrl_deploy.train.config import TrainConfig
+
+DEFAULT = TrainConfig()  # the single source of every default below
+
+
+class Weighting(str, Enum):
+    batch = "batch"
+    sample = "sample"
+
+
+class Device(str, Enum):
+    auto = "auto"
+    cpu = "cpu"
+    cuda = "cuda"
+
+
+class Solver(str, Enum):
+    midpoint = "midpoint"
+    euler = "euler"
+
+
+DEFAULT_SOLVER, DEFAULT_WEIGHTING, DEFAULT_DEVICE = (
+    Solver(DEFAULT.solver),
+    Weighting(DEFAULT.cfm_weighting),
+    Device(DEFAULT.device),
+)
+
+
+@user_errors
+def train(
+    env: Annotated[str, typer.Option(help="Task: dmc:<domain>-<task> (dm_control) or a gymnasium id (h1-walk-v0).")] = (
+        DEFAULT.env
+    ),
+    steps: Annotated[
+        int | None, typer.Option(help=f"Environment steps [default: {DEFAULT.steps}; with --resume: the run's].")
+    ] = None,
+    seed: Annotated[int, typer.Option(help="Seed of torch, numpy, replay sampling and env randomness.")] = DEFAULT.seed,
+    out: Annotated[Path, typer.Option(help="Run directory (config, metrics, TensorBoard, checkpoints).")] = Path(
+        DEFAULT.out
+    ),
+    hidden: Annotated[int, typer.Option(help="Width of every hidden layer.")] = DEFAULT.hidden,
+    flow_steps: Annotated[int, typer.Option(help="ODE steps N of the policy while training.")] = DEFAULT.flow_steps,
+    solver: Annotated[Solver, typer.Option(help="ODE solver of the policy.")] = DEFAULT_SOLVER,
+    gamma: Annotated[float, typer.Option(help="Discount γ.")] = DEFAULT.gamma,
+    lr: Annotated[float, typer.Option(help="Adam learning rate.")] = DEFAULT.lr,
+    tau: Annotated[
+        float, typer.Option(help="Target update rate: θ̄ ← tau·θ + (1−tau)·θ̄ every policy-delay updates (reference).")
+    ] = DEFAULT.tau,
+    policy_delay: Annotated[int, typer.Option(help="Critic updates per actor/target update.")] = DEFAULT.policy_delay,
+    lam: Annotated[float, typer.Option(help="λ of the flow-matching weight.")] = DEFAULT.lam,
+    expectile: Annotated[float, typer.Option(help="Expectile τ of the value regression.")] = DEFAULT.expectile,
+    cfm_weighting: Annotated[
+        Weighting, typer.Option(help="batch: reference code (default); sample: the paper's per-sample weights.")
+    ] = DEFAULT_WEIGHTING,
+    batch_size: Annotated[int, typer.Option(help="Transitions per update.")] = DEFAULT.batch_size,
+    buffer_size: Annotated[int, typer.Option(help="Replay capacity.")] = DEFAULT.buffer_size,
+    start_steps: Annotated[int, typer.Option(help="Random warm-up steps before updates.")] = DEFAULT.start_steps,
+    recent_fraction: Annotated[
+        float, typer.Option(help="Share of a batch from the newest transitions.")
+    ] = DEFAULT.recent_fraction,
+    recent_window: Annotated[int, typer.Option(help="Size of the 'newest' window.")] = DEFAULT.recent_window,
+    eval_every: Annotated[int, typer.Option(help="Evaluate every N env steps (0: never).")] = DEFAULT.eval_every,
+    eval_episodes: Annotated[int, typer.Option(help="Episodes per evaluation.")] = DEFAULT.eval_episodes,
+    log_every: Annotated[int, typer.Option(help="Log training scalars every N env steps.")] = DEFAULT.log_every,
+    save_every: Annotated[int, typer.Option(help="Periodic checkpoint every N env steps (0: off).")] = (
+        DEFAULT.save_every
+    ),
+    save_replay: Annotated[
+        bool, typer.Option("--save-replay/--no-save-replay", help="Store the replay buffer in checkpoints.")
+    ] = DEFAULT.save_replay,
+    device: Annotated[Device, typer.Option(help="auto: CUDA when available.")] = DEFAULT_DEVICE,
+    bf16: Annotated[bool, typer.Option("--bf16/--no-bf16", help="bfloat16 autocast.")] = DEFAULT.bf16,
+    compile: Annotated[bool, typer.Option("--compile/--no-compile", help="torch.compile the networks.")] = (
+        DEFAULT.compile
+    ),
+    threads: Annotated[int, typer.Option(help="torch CPU threads (0: torch's default).")] = DEFAULT.threads,
+    resume: Annotated[
+        Path | None,
+        typer.Option(help="Continue the run of this checkpoint (or run directory) with its saved settings."),
+    ] = None,
+    progress: Annotated[bool, typer.Option("--progress/--no-progress", help="Live progress line.")] = True,
+) -> None:
+    """Train a FlowRL flow policy; writes checkpoints (last, best, periodic) under OUT/checkpoints."""
+    from flowrl_deploy.train.loop import resume_config
+    from flowrl_deploy.train.loop import train as run_training
+
+    if resume is not None:
+        cfg = resume_config(resume, steps)
+    else:
+        cfg = TrainConfig(
+            env=env, steps=DEFAULT.steps if steps is None else steps, seed=seed, out=str(out), hidden=hidden,
+            flow_steps=flow_steps, solver=solver.value, gamma=gamma, lr=lr, tau=tau, policy_delay=policy_delay,
+            lam=lam, expectile=expectile, cfm_weighting=cfm_weighting.value, batch_size=batch_size,
+            buffer_size=buffer_size, start_steps=start_steps, recent_fraction=recent_fraction,
+            recent_window=recent_window, eval_every=eval_every, eval_episodes=eval_episodes, log_every=log_every,
+            save_every=save_every, save_replay=save_replay, device=device.value, bf16=bf16, compile=compile,
+            threads=threads,
+        )  # fmt: skip
+    result = run_training(cfg, resume=resume, progress=progress)
+    best = result.counters.best_eval_return
+    typer.echo(
+        f"trained {result.counters.env_steps} env steps; last checkpoint {result.last_checkpoint}"
+        + (f"; best eval return {best:.1f}" if best > float("-inf") else "")
+    )

@@ -1,0 +1,84 @@
+"""`flowrl train` and `flowrl eval` through Typer's CliRunner."""
+
+import dataclasses
+
+import pytest
+import typer
+from typer.testing import CliRunner
+
+from flowrl_deploy.checkpoint import read_document
+from flowrl_deploy.cli import app
+from flowrl_deploy.train import loop
+from flowrl_deploy.train.config import TrainConfig
+
+runner = CliRunner()
+TINY = ["--env", "Pendulum-v1", "--hidden", "16", "--batch-size", "16", "--start-steps", "100",
+        "--eval-every", "200", "--eval-episodes", "1", "--save-every", "200", "--threads", "1", "--no-progress"]  # fmt: skip
+
+
+def test_every_config_field_is_an_option_of_the_same_name():
+    command = typer.main.get_command(app).commands["train"]
+    options = {name for param in command.params for name in param.opts}
+    for field in dataclasses.fields(TrainConfig):
+        assert f"--{field.name.replace('_', '-')}" in options, field.name
+
+
+def test_options_reach_the_config(monkeypatch, tmp_path):
+    seen = {}
+
+    def fake_train(cfg, resume=None, progress=True):
+        seen.update(cfg=cfg, resume=resume)
+        return loop.TrainResult(tmp_path, tmp_path / "ckpt", loop.Counters(env_steps=cfg.steps))
+
+    monkeypatch.setattr(loop, "train", fake_train)
+    args = ["train", "--env", "dmc:dog-run", "--steps", "123", "--out", str(tmp_path), "--lam", "0.2",
+            "--expectile", "0.8", "--cfm-weighting", "sample", "--flow-steps", "3", "--device", "cpu", "--bf16"]  # fmt: skip
+    result = runner.invoke(app, args)
+    assert result.exit_code == 0, result.output
+    assert seen["cfg"] == TrainConfig(
+        env="dmc:dog-run", steps=123, out=str(tmp_path), lam=0.2, expectile=0.8, cfm_weighting="sample",
+        flow_steps=3, device="cpu", bf16=True,
+    )  # fmt: skip
+    assert seen["resume"] is None
+
+
+def test_train_then_eval_then_resume(tmp_path):
+    out = tmp_path / "run"
+    result = runner.invoke(app, ["train", *TINY, "--steps", "200", "--out", str(out)])
+    assert result.exit_code == 0, result.output
+    assert "last checkpoint" in result.output
+
+    result = runner.invoke(app, ["eval", str(out), "--episodes", "2", "--flow-steps", "4"])
+    assert result.exit_code == 0, result.output
+    assert "Pendulum-v1: return" in result.output and "±" in result.output and "2 episodes" in result.output
+
+    result = runner.invoke(app, ["train", "--resume", str(out), "--steps", "400", "--no-progress"])
+    assert result.exit_code == 0, result.output
+    assert read_document(out / "checkpoints" / "last")["counters"]["env_steps"] == 400
+
+
+@pytest.mark.parametrize(
+    ("setup", "message"),
+    [
+        (lambda p: (p / "checkpoint.json").write_text("{oops"), "corrupt"),
+        (lambda p: (p / "checkpoint.json").write_text('{"format": "someone-else"}'), "not a flowrl-deploy checkpoint"),
+        (lambda p: None, "no flowrl-deploy checkpoint"),
+    ],
+)
+def test_eval_of_a_bad_checkpoint_is_one_clear_line(tmp_path, setup, message):
+    setup(tmp_path)
+    result = runner.invoke(app, ["eval", str(tmp_path)])
+    assert result.exit_code == 1
+    assert message in result.output and "Traceback" not in result.output
+
+
+def test_an_unknown_env_fails_at_once(tmp_path):
+    result = runner.invoke(app, ["train", "--env", "dmc:cartpole-fly", "--out", str(tmp_path), "--no-progress"])
+    assert result.exit_code == 1
+    assert "dmc:<domain>-<task>" in result.output and "Traceback" not in result.output
+
+
+def test_an_out_of_range_setting_is_one_clear_line(tmp_path):
+    result = runner.invoke(app, ["train", "--expectile", "1.5", "--out", str(tmp_path)])
+    assert result.exit_code == 1
+    assert "expectile must lie in [0, 1]" in result.output

@@ -1,0 +1,94 @@
+"""The FlowRL update: which networks move when, target updates, and the checkpoint state round trip."""
+
+import dataclasses
+
+import numpy as np
+import pytest
+import torch
+
+from flowrl_deploy.errors import CheckpointError
+from flowrl_deploy.spec import PolicySpec
+from flowrl_deploy.train.algorithm import FlowRL, soft_update
+from flowrl_deploy.train.config import TrainConfig
+from flowrl_deploy.train.replay import Batch
+
+SPEC = PolicySpec(obs_dim=3, act_dim=2, action_low=(-1.0, -2.0), action_high=(1.0, 2.0), hidden=16)
+
+
+def make_agent(seed: int = 0, **overrides) -> FlowRL:
+    torch.manual_seed(seed)
+    return FlowRL(SPEC, TrainConfig(hidden=16, batch_size=8, **overrides))
+
+
+def batch(seed: int = 0) -> Batch:
+    rng = np.random.default_rng(seed)
+    return Batch(
+        obs=rng.standard_normal((8, 3), dtype=np.float32),
+        action=rng.uniform(-1, 1, (8, 2)).astype(np.float32),
+        reward=rng.standard_normal(8, dtype=np.float32),
+        next_obs=rng.standard_normal((8, 3), dtype=np.float32),
+        mask=np.array([1, 1, 1, 0, 1, 1, 1, 1], np.float32),
+    )
+
+
+def snapshot(module: torch.nn.Module) -> list[torch.Tensor]:
+    return [p.detach().clone() for p in module.parameters()]
+
+
+def moved(before: list[torch.Tensor], module: torch.nn.Module) -> bool:
+    return any(not torch.equal(a, b) for a, b in zip(before, module.parameters(), strict=True))
+
+
+def test_soft_update_moves_targets_tau_of_the_way_to_the_online_weights():
+    target, online = torch.nn.Linear(2, 2), torch.nn.Linear(2, 2)
+    expected = [
+        0.95 * o.detach() + 0.05 * t.detach() for t, o in zip(target.parameters(), online.parameters(), strict=True)
+    ]
+    soft_update(target, online, 0.95)
+    for got, want in zip(target.parameters(), expected, strict=True):
+        torch.testing.assert_close(got, want)
+
+
+def test_critics_update_every_step_actor_and_targets_every_policy_delay():
+    agent = make_agent(policy_delay=2)
+    modules = {name: getattr(agent, name) for name in FlowRL.NETWORKS}
+    for update in range(3):
+        before = {name: snapshot(m) for name, m in modules.items()}
+        metrics = agent.update(batch(update))
+        delayed = update % 2 == 0
+        assert moved(before["q_pi"], agent.q_pi) and moved(before["q_beta"], agent.q_beta)
+        assert moved(before["value"], agent.value)
+        for name in ("actor", "q_pi_target", "q_beta_target"):
+            assert moved(before[name], modules[name]) == delayed, (update, name)
+        assert ("actor_loss" in metrics) == delayed
+        assert all(v.dim() == 0 and torch.isfinite(v) for v in metrics.values())
+    assert agent.updates == 3
+
+
+def test_actor_sampling_respects_the_bounds():
+    action = make_agent().act(np.zeros(3, np.float32))
+    assert action.shape == (2,) and (np.abs(action) <= [1.0, 2.0]).all()
+
+
+def test_restored_state_continues_with_identical_updates():
+    agent = make_agent(seed=0)
+    for i in range(3):
+        agent.update(batch(i))
+    actor = {k: v.numpy().copy() for k, v in agent.actor.state_dict().items()}
+    tensors, state = agent.state_tensors(), agent.state_json()
+    a = agent.update(batch(9))
+    clone = make_agent(seed=123)
+    clone.load_state(actor, tensors, state)  # also rewinds torch's RNG (shared in this process)
+    assert clone.updates == 3
+    b = clone.update(batch(9))
+    assert {k: v.item() for k, v in a.items()} == {k: v.item() for k, v in b.items()}
+    for p, q in zip(agent.actor.parameters(), clone.actor.parameters(), strict=True):
+        torch.testing.assert_close(p, q, rtol=0, atol=0)
+
+
+def test_state_of_another_architecture_is_a_clear_error():
+    agent = make_agent()
+    tensors, state = agent.state_tensors(), agent.state_json()
+    other = FlowRL(dataclasses.replace(SPEC, hidden=8), TrainConfig(hidden=8))
+    with pytest.raises(CheckpointError, match="does not match"):
+        other.load_state({k: v.numpy() for k, v in agent.actor.state_dict().items()}, tensors, state)

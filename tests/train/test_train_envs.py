@@ -1,0 +1,113 @@
+"""Environment adapters: shapes, dtypes, seeding, and truncation versus termination."""
+
+import dm_env
+import gymnasium as gym
+import numpy as np
+import pytest
+
+from flowrl_deploy.errors import EnvIdError
+from flowrl_deploy.train.envs import DMCEnv, episode_seed, make_env
+
+
+@pytest.fixture(scope="module")
+def cartpole():
+    return make_env("dmc:cartpole-swingup", seed=0)
+
+
+def test_dmc_observations_are_flat_float32_in_the_spec_order(cartpole):
+    info = cartpole.info
+    assert info.obs_layout == (("position", 3), ("velocity", 2))
+    assert (info.obs_dim, info.act_dim) == (5, 1)
+    obs = cartpole.reset(seed=1)
+    assert obs.shape == (5,) and obs.dtype == np.float32
+    np.testing.assert_array_equal(info.action_low, [-1.0])
+    np.testing.assert_array_equal(info.action_high, [1.0])
+    assert info.control_period_s == pytest.approx(0.01)  # physics dt × substeps
+    assert info.action_names == ("slide",)
+
+
+def test_dmc_reset_seed_fixes_the_initial_state(cartpole):
+    first = cartpole.reset(seed=7)
+    cartpole.reset(seed=8)
+    np.testing.assert_array_equal(cartpole.reset(seed=7), first)
+    assert not np.array_equal(make_env("dmc:cartpole-swingup", seed=0).reset(seed=8), first)
+
+
+def test_dmc_time_limit_is_a_truncation_not_a_termination(cartpole):
+    cartpole.reset(seed=0)
+    steps, truncated = 0, False
+    while not truncated and steps < 2000:
+        obs, reward, terminated, truncated = cartpole.step(np.zeros(1, np.float32))
+        assert obs.dtype == np.float32 and isinstance(reward, float)
+        assert not terminated
+        steps += 1
+    assert steps == 1000 and truncated
+
+
+def test_dmc_discount_zero_is_a_termination(cartpole, monkeypatch):
+    obs = {"position": np.zeros(3), "velocity": np.zeros(2)}
+    monkeypatch.setattr(cartpole._env, "step", lambda action: dm_env.termination(reward=1.0, observation=obs))
+    assert cartpole.step(np.zeros(1))[2:] == (True, False)
+
+
+class FallingEnv(gym.Env):
+    """Terminates (falls) at step 3, else truncates at 5 by its TimeLimit."""
+
+    observation_space = gym.spaces.Box(-1, 1, (2,), np.float64)
+    action_space = gym.spaces.Box(-0.5, 0.5, (1,), np.float32)
+
+    def __init__(self, render_mode=None):
+        self.render_mode = render_mode
+
+    def reset(self, seed=None, options=None):
+        super().reset(seed=seed)
+        self.t = 0
+        return np.zeros(2), {}
+
+    def step(self, action):
+        self.t += 1
+        fall = float(action[0]) > 0.25 and self.t == 3
+        return np.ones(2), 1.0, fall, False, {}
+
+
+gym.register("FlowRLTestFalling-v0", entry_point=FallingEnv, max_episode_steps=5)
+
+
+def run(env, action):
+    env.reset(seed=0)
+    for _ in range(10):
+        result = env.step(np.array([action], np.float32))
+        if result[2] or result[3]:
+            return result
+
+
+def test_gym_adapter_separates_falls_from_time_limits():
+    env = make_env("FlowRLTestFalling-v0", seed=0)
+    assert (env.info.obs_dim, env.info.act_dim) == (2, 1)
+    np.testing.assert_array_equal(env.info.action_high, [0.5])
+    obs, _, terminated, truncated = run(env, 0.4)
+    assert obs.dtype == np.float32 and (terminated, truncated) == (True, False)
+    assert run(env, 0.0)[2:] == (False, True)
+
+
+@pytest.mark.parametrize("env_id", ["dmc:cartpole-nope", "dmc:nodomain-run", "NoSuchEnv-v3", "dmc:", "walker"])
+def test_unknown_ids_fail_at_once_saying_how_to_name_tasks(env_id):
+    with pytest.raises(EnvIdError, match="dmc:<domain>-<task>"):
+        make_env(env_id)
+
+
+def test_missing_humanoidbench_says_how_to_install_it():
+    pytest.importorskip("gymnasium")
+    try:
+        import humanoid_bench  # noqa: F401
+    except ImportError:
+        with pytest.raises(EnvIdError, match="HumanoidBench is optional"):
+            make_env("h1-walk-v0")
+    else:
+        pytest.skip("humanoid_bench is installed here, so h1-walk-v0 exists")
+
+
+def test_episode_seeds_are_stable_and_distinct():
+    assert episode_seed(0, 5) == episode_seed(0, 5)
+    assert len({episode_seed(0, i) for i in range(100)} | {episode_seed(0, i, stream=1) for i in range(100)}) == 200
+    assert isinstance(make_env("dmc:cartpole-swingup"), DMCEnv)

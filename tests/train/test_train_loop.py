@@ -1,0 +1,89 @@
+"""End to end: a short run writes metrics and checkpoints that load, evaluate and resume exactly."""
+
+import json
+
+import numpy as np
+import pytest
+
+from flowrl_deploy.checkpoint import load_checkpoint, read_document
+from flowrl_deploy.errors import CheckpointError
+from flowrl_deploy.train.config import TrainConfig
+from flowrl_deploy.train.evaluate import checkpoint_act_fn, evaluate
+from flowrl_deploy.train.loop import resume_config, train
+
+# Pendulum: 200-step episodes, so saves every 200 steps fall on episode boundaries.
+TINY = dict(env="Pendulum-v1", hidden=16, batch_size=16, start_steps=100, eval_every=200, eval_episodes=1,
+            save_every=200, log_every=100, threads=1)  # fmt: skip
+
+
+@pytest.fixture(scope="module")
+def run(tmp_path_factory):
+    out = tmp_path_factory.mktemp("run")
+    return train(TrainConfig(steps=400, out=str(out), **TINY), progress=False)
+
+
+def test_a_run_writes_config_metrics_and_checkpoints(run):
+    assert TrainConfig.load(run.run_dir / "config.json") == TrainConfig(steps=400, out=str(run.run_dir), **TINY)
+    rows = [json.loads(line) for line in (run.run_dir / "metrics.jsonl").read_text().splitlines()]
+    assert [r["step"] for r in rows if "charts/eval_return" in r] == [200, 400]
+    assert any("losses/q_pi_loss" in r and "losses/actor_loss" in r for r in rows)
+    assert (run.run_dir / "metrics.csv").read_text().startswith("step,charts/episode_return")
+    assert any((run.run_dir / "tensorboard").iterdir())
+    checkpoints = run.run_dir / "checkpoints"
+    assert sorted(p.name for p in checkpoints.glob("step_*")) == ["step_000000200", "step_000000400"]
+    assert (checkpoints / "last").resolve().name == "step_000000400"
+    assert (checkpoints / "best").resolve().name in ("step_000000200", "step_000000400")
+
+
+def test_the_checkpoint_records_spec_config_and_counters(run):
+    checkpoint = load_checkpoint(run.last_checkpoint, training_state=True)
+    assert checkpoint.counters == {"env_steps": 400, "episodes": 2, "updates": 301}  # updates from step 100
+    assert checkpoint.spec.env_id == "Pendulum-v1" and checkpoint.spec.hidden == 16
+    assert checkpoint.spec.action_low == (-2.0,) and checkpoint.spec.flow_steps == 1
+    assert checkpoint.config["cfm_weighting"] == "batch" and checkpoint.config["steps"] == 400
+    assert "q_pi_target.net.0.weight" in checkpoint.training_tensors
+    assert not checkpoint.replay  # not asked for
+
+
+@pytest.mark.parametrize("flow_steps", [None, 5])
+def test_the_checkpoint_loads_and_evaluates_with_any_flow_steps(run, flow_steps):
+    act = checkpoint_act_fn(run.run_dir, flow_steps=flow_steps, device="cpu")
+    action = act(np.zeros(3, np.float32))
+    assert action.shape == (1,) and -2.0 <= action[0] <= 2.0
+    result = evaluate(act, "Pendulum-v1", episodes=2, seed=0)
+    assert len(result.returns) == 2 and np.isfinite(result.mean) and result.mean < 0
+
+
+def test_resume_continues_exactly_like_an_uninterrupted_run(run, tmp_path):
+    half = train(TrainConfig(steps=200, out=str(tmp_path / "half"), save_replay=True, **TINY), progress=False)
+    whole = train(TrainConfig(steps=400, out=str(tmp_path / "whole"), save_replay=True, **TINY), progress=False)
+    resumed = train(resume_config(half.run_dir, steps=400), resume=half.run_dir, progress=False)
+    assert resumed.run_dir == half.run_dir
+    a, b = (load_checkpoint(r.last_checkpoint, training_state=True) for r in (whole, resumed))
+    assert a.counters == b.counters == {"env_steps": 400, "episodes": 2, "updates": 301}
+    for key in a.actor:
+        np.testing.assert_array_equal(a.actor[key], b.actor[key])
+    for key in a.training_tensors:
+        np.testing.assert_array_equal(a.training_tensors[key], b.training_tensors[key])
+    assert a.document["eval"] == b.document["eval"]
+
+
+def test_resume_without_a_saved_buffer_keeps_the_counters(run, tmp_path):
+    half = train(TrainConfig(steps=200, out=str(tmp_path / "half"), **TINY), progress=False)
+    resumed = train(resume_config(half.last_checkpoint, steps=300), resume=half.last_checkpoint, progress=False)
+    counters = read_document(resumed.last_checkpoint)["counters"]
+    assert counters["env_steps"] == 300 and counters["episodes"] == 1
+    assert counters["updates"] == 101 + (100 - 15)  # refills 16 transitions before updating again
+
+
+def test_a_corrupt_checkpoint_is_a_clear_error(run, tmp_path):
+    import shutil
+
+    broken = shutil.copytree(run.last_checkpoint, tmp_path / "broken")
+    (broken / "model.safetensors").write_bytes(b"\x00garbage")
+    with pytest.raises(CheckpointError, match="corrupt"):
+        checkpoint_act_fn(broken, device="cpu")
+    (broken / "model.safetensors").unlink()
+    (broken / "checkpoint.json").write_text("{not json")
+    with pytest.raises(CheckpointError, match="corrupt"):
+        resume_config(broken)
