@@ -34,3 +34,9 @@ app.command()(query)
 from flowrl_deploy.cli.control import control  # noqa: E402
 
 app.command()(control)
+from flowrl_deploy.cli.train import train  # noqa: E402
+
+app.command()(train)
+from flowrl_deploy.cli.eval import eval_command  # noqa: E402
+
+app.command(name="eval")(eval_command)
