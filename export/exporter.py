@@ -87,12 +87,8 @@ def export_checkpoint(
         optimize=config.optimize,
         batch=config.batch_dim,
         opset=config.opset,
-        wide_matmul=config.dtype == "int8",
+        dtype=config.dtype,
     )
-    if config.dtype == "int8":
-        from flowrl_deploy.export.quantize import quantize_wide_layers
-
-        model = quantize_wide_layers(model)
     contract = policy_contract(spec, config)
     provenance = {
         "source_checkpoint": str(checkpoint.path),

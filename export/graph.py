@@ -129,10 +129,14 @@ class _Graph:
         return name
 
     def op(self, op_type: str, inputs: list[str], output: str | None = None, **attrs) -> str:
+        return self.op_multi(op_type, inputs, [output or ""], **attrs)[0]
+
+    def op_multi(self, op_type: str, inputs: list[str], outputs: list[str], **attrs) -> list[str]:
+        """A node with several outputs; empty names are made unique."""
         self._count += 1
-        output = output or f"{op_type.lower()}_{self._count}"
-        self.nodes.append(helper.make_node(op_type, inputs, [output], name=f"{op_type}_{self._count}", **attrs))
-        return output
+        outputs = [name or f"{op_type.lower()}_{self._count}_{i}" for i, name in enumerate(outputs)]
+        self.nodes.append(helper.make_node(op_type, inputs, outputs, name=f"{op_type}_{self._count}", **attrs))
+        return outputs
 
 
 def build_policy_graph(
@@ -145,12 +149,11 @@ def build_policy_graph(
     optimize: bool = True,
     batch: int | None = None,
     opset: int = 18,
-    wide_matmul: bool = False,
+    dtype: str = "fp32",
 ) -> onnx.ModelProto:
     """The N-step sampler as an ONNX model: ``obs`` (+ ``noise``) → ``action`` in the spec's bounds.
 
-    ``wide_matmul`` writes the hidden×hidden layer as MatMul + Add, the form onnxruntime's
-    dynamic quantization rewrites to int8.
+    ``dtype="int8"`` quantizes the hidden×hidden layer (see :func:`_int8_linear`); the rest stays fp32.
     """
     g = _Graph()
     batch_dim: int | str = batch if batch is not None else "batch"
@@ -159,16 +162,18 @@ def build_policy_graph(
         inputs.append(helper.make_tensor_value_info(NOISE_INPUT, TensorProto.FLOAT, [batch_dim, spec.act_dim]))
     ln1 = (g.const("ln1.gamma", weights.ln1_gamma), g.const("ln1.beta", weights.ln1_beta))
     ln2 = (g.const("ln2.gamma", weights.ln2_gamma), g.const("ln2.beta", weights.ln2_beta))
-    if wide_matmul:
-        w2, b2 = g.const("w2.T", weights.w2.T), g.const("b2", weights.b2)
+    b2 = g.const("b2", weights.b2)
+    if dtype == "int8":
+        w2_q, w2_scale = quantize_columns(weights.w2.T)
+        w2 = (g.const("w2.T.int8", w2_q), g.const("w2.scale", w2_scale))
     else:
-        w2, b2 = g.const("w2", weights.w2), g.const("b2", weights.b2)
+        w2 = g.const("w2", weights.w2)
     w_out, b_out = g.const("w_out", weights.w_out), g.const("b_out", weights.b_out)
 
     def hidden(z: str) -> str:
         """LayerNorm → ELU → Linear → LayerNorm → ELU: the part of v shared by both variants."""
         h = g.op("Elu", [g.op("LayerNormalization", [z, *ln1], epsilon=LAYER_NORM_EPS)], alpha=1.0)
-        z2 = g.op("Add", [g.op("MatMul", [h, w2]), b2]) if wide_matmul else g.op("Gemm", [h, w2, b2], transB=1)
+        z2 = _int8_linear(g, h, *w2, b2) if dtype == "int8" else g.op("Gemm", [h, w2, b2], transB=1)
         return g.op("Elu", [g.op("LayerNormalization", [z2, *ln2], epsilon=LAYER_NORM_EPS)], alpha=1.0)
 
     a0 = None
@@ -237,3 +242,19 @@ def _optimized_sampler(g, weights, spec, evaluations, a0, hidden, w_out, b_out) 
         start = [] if a_k is None else [a_k]
         a_t = g.op("Gemm", [h, w_out, *start], transB=1, alpha=float(ev.step_size), beta=1.0)
     return g.op("Add", [a_t, b_out], PRE_TANH)
+
+
+def quantize_columns(w: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Symmetric per-output-column int8 weights of ``w`` [in, out] and their float32 scales."""
+    scale = np.maximum(np.abs(w).max(axis=0), np.finfo(np.float32).tiny) / 127.0
+    return np.clip(np.round(w / scale), -127, 127).astype(np.int8), scale.astype(np.float32)
+
+
+def _int8_linear(g: _Graph, x: str, w_q: str, w_scale: str, bias: str) -> str:
+    """x·W + b with x quantized per call (uint8, asymmetric) and W per column (int8, symmetric).
+
+    onnxruntime fuses this chain into one DynamicQuantizeMatMul kernel.
+    """
+    x_q, x_scale, x_zero = g.op_multi("DynamicQuantizeLinear", [x], ["", "", ""])
+    product = g.op("Cast", [g.op("MatMulInteger", [x_q, w_q, x_zero])], to=TensorProto.FLOAT)
+    return g.op("Add", [g.op("Mul", [product, g.op("Mul", [x_scale, w_scale])]), bias])

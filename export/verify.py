@@ -53,7 +53,8 @@ class ParityReport:
     passed: bool
 
     def summary(self) -> str:
-        tolerance = f"atol {self.action_atol:g}, rtol {self.rtol:g}"
+        scale = "" if self.dtype == "fp32" else " × half-range"
+        tolerance = f"atol {self.action_atol:g}{scale}, rtol {self.rtol:g}"
         pre_tanh = "" if self.pre_tanh_checked else " (reported only)"
         return (
             f"parity vs torch ({self.dtype}, batch sizes {', '.join(map(str, self.batch_sizes))}, "
