@@ -22,6 +22,8 @@ class ServeConfig:
     """Most observations one onnxruntime call runs; 1 disables micro-batching."""
     batch_window_us: int = 0
     """How long the batcher waits for more requests after the first; 0: take what is queued."""
+    batch_workers: int = 2
+    """Batches formed and run concurrently (about one per core)."""
     workers: int = 128
     """gRPC handler threads; each open StreamAct holds one."""
     max_sessions: int = 4096

@@ -88,6 +88,7 @@ class PolicyServicer(pb_grpc.PolicyServiceServicer):
             self._run_batch,
             max_batch=config.max_batch,
             window_us=config.batch_window_us,
+            workers=config.batch_workers,
         )
 
     # --- model ------------------------------------------------------------------------------

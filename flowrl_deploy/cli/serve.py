@@ -36,6 +36,7 @@ def serve(
         int, typer.Option(help="Micro-batch up to this many concurrent observations per call; 1 = off.")
     ] = 1,
     batch_window_us: Annotated[int, typer.Option(help="Wait this long for more requests after the first (µs).")] = 0,
+    batch_workers: Annotated[int, typer.Option(help="Batches run concurrently (about one per core).")] = 2,
     workers: Annotated[int, typer.Option(help="gRPC handler threads (each open StreamAct holds one).")] = 128,
     token: Annotated[str, typer.Option(help="Shared secret every call must send.", envvar="FLOWRL_TOKEN")] = "",
     tls_cert: Annotated[str, typer.Option(help="PEM certificate chain for TLS.")] = "",
@@ -53,8 +54,8 @@ def serve(
     from flowrl_deploy.errors import FlowRLError
     from flowrl_deploy.serve import ServeConfig, serve_forever
 
-    if max_batch < 1 or threads < 1 or workers < 1 or batch_window_us < 0:
-        raise FlowRLError("--max-batch, --threads and --workers must be >= 1, --batch-window-us >= 0")
+    if min(max_batch, threads, workers, batch_workers) < 1 or batch_window_us < 0:
+        raise FlowRLError("--max-batch, --threads, --workers and --batch-workers must be >= 1, --batch-window-us >= 0")
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     config = ServeConfig(
         model=str(model),
@@ -64,6 +65,7 @@ def serve(
         threads=threads,
         max_batch=max_batch,
         batch_window_us=batch_window_us,
+        batch_workers=batch_workers,
         workers=workers,
         max_message_bytes=max_message_bytes,
         token=token,

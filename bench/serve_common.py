@@ -1,0 +1,96 @@
+"""Shared by the serve benchmarks: a dog-run-shaped policy file, a `flowrl serve` process, figures."""
+
+from __future__ import annotations
+
+import os
+import platform
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+
+DOG_RUN = {"obs_dim": 223, "act_dim": 38, "hidden": 512}
+FLOWRL = [sys.executable, "-c", "from flowrl_deploy.cli import app; app()"]
+
+
+def dog_run_model(out_dir: Path, steps: int = 10) -> Path:
+    """Export a random (untrained) dog-run-shaped FlowActor with ``steps`` flow steps; cached."""
+    out = out_dir / f"dog_run_random_{steps}steps.onnx"
+    if out.exists():
+        return out
+    import torch
+
+    from flowrl_deploy.checkpoint import save_checkpoint
+    from flowrl_deploy.export import ExportConfig, export_checkpoint
+    from flowrl_deploy.spec import PolicySpec
+    from flowrl_deploy.train.actor import FlowActor
+
+    torch.set_num_threads(1)
+    torch.manual_seed(0)
+    act_dim = DOG_RUN["act_dim"]
+    spec = PolicySpec(
+        obs_dim=DOG_RUN["obs_dim"],
+        act_dim=act_dim,
+        action_low=(-1.0,) * act_dim,
+        action_high=(1.0,) * act_dim,
+        hidden=DOG_RUN["hidden"],
+        env_id="dmc:dog-run",
+    )
+    actor = {k: v.detach().numpy() for k, v in FlowActor(spec).state_dict().items()}
+    checkpoint = save_checkpoint(out_dir / "dog_run_random_ckpt", spec=spec, actor=actor)
+    export_checkpoint(checkpoint, out, ExportConfig(steps=steps, samples=8))
+    return out
+
+
+class ServeProcess:
+    """``flowrl serve MODEL --port 0 ARGS`` in a subprocess; ``address`` once it is SERVING."""
+
+    def __init__(self, model: Path, *args: str) -> None:
+        env = {**os.environ, "OMP_NUM_THREADS": "1"}
+        self.process = subprocess.Popen(
+            [*FLOWRL, "serve", str(model), "--port", "0", "--providers", "cpu", *args],
+            stdout=subprocess.PIPE,
+            stderr=subprocess.DEVNULL,
+            text=True,
+            env=env,
+        )
+        line = self.process.stdout.readline()
+        if not line.startswith("serving"):
+            self.stop()
+            raise SystemExit(f"flowrl serve did not start: {line!r}")
+        self.address = line.split(" on ")[1].split(",")[0].strip()
+
+    def stop(self) -> None:
+        if self.process.poll() is None:
+            self.process.terminate()
+            try:
+                self.process.wait(15)
+            except subprocess.TimeoutExpired:
+                self.process.kill()
+                self.process.wait()
+
+    def __enter__(self) -> ServeProcess:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()
+
+
+def figures(samples_us: list[float]) -> dict[str, float]:
+    """p50, p99, p99.9 and mean of latencies in µs."""
+    a = np.asarray(samples_us, dtype=np.float64)
+    p50, p99, p999 = np.percentile(a, [50, 99, 99.9])
+    return {"p50_us": float(p50), "p99_us": float(p99), "p999_us": float(p999), "mean_us": float(a.mean()), "n": len(a)}
+
+
+def machine() -> dict[str, str]:
+    cpu = platform.processor() or ""
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                cpu = line.split(":", 1)[1].strip()
+                break
+    except OSError:
+        pass
+    return {"cpu": cpu, "cores": str(os.cpu_count()), "python": platform.python_version()}

@@ -1,0 +1,182 @@
+"""How many 50 Hz robots one `flowrl serve` process can serve: with and without micro-batching.
+
+K simulated robots each hold their own StreamAct stream and send a dog-run observation every
+20 ms (open loop, random phases), with the period as the server-side deadline. A fleet size
+passes when the round-trip p99 stays under 10 ms and no request misses its deadline. The
+search doubles K until a failure, then bisects. Once with `--max-batch 1`, once batched.
+
+    .venv/bin/python bench/serve_fleet.py [--quick] [--json bench/results/serve_fleet.json]
+
+Target: micro-batching serves >= 2x as many robots as --max-batch 1.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import random
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import grpc
+import numpy as np
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from serve_common import DOG_RUN, ServeProcess, dog_run_model, figures, machine
+
+from flowrl_deploy.codec import encode
+from flowrl_deploy.proto.flowrl.v1 import policy_pb2 as pb
+from flowrl_deploy.proto.flowrl.v1 import policy_pb2_grpc as pb_grpc
+
+HZ = 50.0
+P99_LIMIT_US = 10_000.0
+
+
+async def robot(stub, index: int, duration_s: float, warmup_s: float, rtts: list[float], counts: dict) -> None:
+    """One robot: a stream, a request every period, replies matched by seq."""
+    period = 1.0 / HZ
+    obs = encode(np.random.default_rng(index).standard_normal(DOG_RUN["obs_dim"]).astype(np.float32))
+    sent: dict[int, float] = {}
+    queue: asyncio.Queue = asyncio.Queue()
+
+    async def requests():
+        while True:
+            item = await queue.get()
+            if item is None:
+                return
+            yield item
+
+    call = stub.StreamAct(requests())
+
+    async def read() -> None:
+        async for reply in call:
+            start = sent.pop(reply.seq, None)
+            if start is None:
+                continue
+            measured = start >= warmup_at
+            rtt = (time.perf_counter() - start) * 1e6
+            if reply.status.code != 0 or rtt > period * 1e6:
+                counts["misses"] += measured
+            elif measured:
+                rtts.append(rtt)
+
+    begin = time.perf_counter() + random.random() * period
+    warmup_at = begin + warmup_s
+    reader = asyncio.create_task(read())
+    seq = 0
+    while True:
+        now = time.perf_counter()
+        at = begin + seq * period
+        if at > warmup_at + duration_s:
+            break
+        if at > now:
+            await asyncio.sleep(at - now)
+        seq += 1
+        sent[seq] = time.perf_counter()
+        counts["sent"] += sent[seq] >= warmup_at
+        await queue.put(
+            pb.StreamActRequest(session_id=f"robot-{index}", seq=seq, obs=obs, timeout_us=int(period * 1e6))
+        )
+    await asyncio.sleep(period)
+    counts["misses"] += sum(1 for start in sent.values() if start >= warmup_at)  # never answered
+    await queue.put(None)
+    try:
+        await asyncio.wait_for(reader, timeout=2)
+    except (asyncio.TimeoutError, grpc.aio.AioRpcError):
+        reader.cancel()
+
+
+async def fleet(address: str, k: int, duration_s: float, warmup_s: float) -> dict:
+    rtts: list[float] = []
+    counts = {"sent": 0, "misses": 0}
+    async with grpc.aio.insecure_channel(address) as channel:
+        stub = pb_grpc.PolicyServiceStub(channel)
+        await asyncio.gather(*(robot(stub, i, duration_s, warmup_s, rtts, counts) for i in range(k)))
+    row = figures(rtts) if rtts else {"p50_us": float("inf"), "p99_us": float("inf")}
+    row.update(k=k, sent=counts["sent"], misses=counts["misses"], actions_per_s=len(rtts) / duration_s)
+    row["ok"] = row["p99_us"] < P99_LIMIT_US and counts["misses"] == 0
+    return row
+
+
+def search(address: str, duration_s: float, warmup_s: float, k_max: int) -> tuple[int, list[dict]]:
+    """Largest passing K: double until a failure, then bisect."""
+    trials: list[dict] = []
+
+    def trial(k: int) -> bool:
+        row = asyncio.run(fleet(address, k, duration_s, warmup_s))
+        trials.append(row)
+        print(
+            f"  K={k:4d}  p50 {row['p50_us']:8.0f} µs  p99 {row['p99_us']:8.0f} µs  misses {row['misses']:5d}"
+            f"  {row['actions_per_s']:7.0f} actions/s  {'ok' if row['ok'] else 'FAIL'}",
+            flush=True,
+        )
+        return row["ok"]
+
+    good, bad, k = 0, None, 1
+    while k <= k_max:
+        if not trial(k):
+            bad = k
+            break
+        good, k = k, k * 2
+    while bad is not None and bad - good > max(1, good // 8):
+        mid = (good + bad) // 2
+        if trial(mid):
+            good = mid
+        else:
+            bad = mid
+    return good, trials
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--quick", action="store_true", help="short trials (finishes within about a minute)")
+    parser.add_argument("--json", type=Path, help="write the figures here")
+    parser.add_argument("--max-batch", type=int, default=64, help="micro-batch size of the batched server")
+    parser.add_argument("--batch-window-us", type=int, default=0, help="its batching window")
+    parser.add_argument("--k-max", type=int, default=512)
+    parser.add_argument("--work", type=Path, default=Path(tempfile.gettempdir()) / "flowrl-bench")
+    args = parser.parse_args()
+    duration_s, warmup_s = (1.5, 0.3) if args.quick else (5.0, 1.0)
+    args.work.mkdir(parents=True, exist_ok=True)
+    model = dog_run_model(args.work)
+    configs = {
+        "max-batch 1": ["--max-batch", "1"],
+        f"max-batch {args.max_batch}": [
+            "--max-batch",
+            str(args.max_batch),
+            "--batch-window-us",
+            str(args.batch_window_us),
+        ],
+    }
+    results = {}
+    for name, flags in configs.items():
+        print(f"{name}:", flush=True)
+        with ServeProcess(model, *flags) as served:
+            k, trials = search(served.address, duration_s, warmup_s, args.k_max)
+        best = next((t for t in trials if t["k"] == k), None)
+        results[name] = {"k": k, "actions_per_s": best["actions_per_s"] if best else 0.0, "trials": trials}
+    base, batched = results["max-batch 1"], results[f"max-batch {args.max_batch}"]
+    ratio = batched["k"] / base["k"] if base["k"] else float("inf")
+    print(f"\n{machine()['cpu']} ({machine()['cores']} cores), dog-run shapes, 10 flow steps, {HZ:g} Hz per robot")
+    print(f"{'server':16s} {'robots K':>9s} {'actions/s':>10s}")
+    for name, row in results.items():
+        print(f"{name:16s} {row['k']:9d} {row['actions_per_s']:10.0f}")
+    print(
+        f"micro-batching serves {ratio:.2f}x the robots of --max-batch 1 (target >= 2x): "
+        f"{'OK' if ratio >= 2 else 'MISSED'}"
+    )
+    if args.json:
+        args.json.parent.mkdir(parents=True, exist_ok=True)
+        args.json.write_text(
+            json.dumps(
+                {"machine": machine(), "hz": HZ, "p99_limit_us": P99_LIMIT_US, "results": results, "ratio": ratio},
+                indent=1,
+            )
+        )
+
+
+if __name__ == "__main__":
+    main()

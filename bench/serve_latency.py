@@ -1,0 +1,190 @@
+"""Batch-1 round trip of `flowrl serve` against its floors, dog-run shapes (obs 223, act 38, width 512).
+
+All in one run on one machine, each server in its own process:
+  echo unary / echo stream   a gRPC echo of the same message sizes (the transport floor)
+  onnxruntime in-process     the same graph, no network
+  serve unary (Act)          PolicyClient.act_reply
+  serve stream (StreamAct)   ControlSession.act, the control-loop path
+
+Targets: StreamAct p50 <= echo-stream p50 + in-process p50 + 150 µs; StreamAct p99 < 2 x its p50.
+
+    .venv/bin/python bench/serve_latency.py [--quick] [--json bench/results/serve_latency.json]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import queue
+import sys
+import tempfile
+import threading
+import time
+from concurrent import futures
+from pathlib import Path
+
+import grpc
+import numpy as np
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from serve_common import DOG_RUN, ServeProcess, dog_run_model, figures, machine
+
+from flowrl_deploy.client import PolicyClient
+from flowrl_deploy.codec import encode
+from flowrl_deploy.proto.flowrl.v1 import policy_pb2 as pb
+
+
+def message_sizes() -> tuple[int, int]:
+    """Serialized sizes of a dog-run StreamAct request and reply."""
+    request = pb.StreamActRequest(
+        session_id="control-0123456789ab", seq=1000, obs=encode(np.zeros(DOG_RUN["obs_dim"])), timeout_us=10_000
+    )
+    request.client_send_unix_ns = time.time_ns()
+    reply = pb.StreamActReply(seq=1000, action=encode(np.zeros(DOG_RUN["act_dim"])), model_version="v1-0123456789")
+    reply.inference_us, reply.client_send_unix_ns = 1000, time.time_ns()
+    reply.server_recv_unix_ns = reply.server_send_unix_ns = time.time_ns()
+    return len(request.SerializeToString()), len(reply.SerializeToString())
+
+
+def echo_server(reply_size: int) -> None:
+    """Serve /bench.Echo/{Unary,Stream} answering every message with ``reply_size`` bytes."""
+    payload = b"\1" * reply_size
+    handlers = {
+        "Unary": grpc.unary_unary_rpc_method_handler(lambda request, context: payload),
+        "Stream": grpc.stream_stream_rpc_method_handler(lambda requests, context: (payload for _ in requests)),
+    }
+    server = grpc.server(futures.ThreadPoolExecutor(16), options=[("grpc.so_reuseport", 0)])
+    server.add_generic_rpc_handlers((grpc.method_handlers_generic_handler("bench.Echo", handlers),))
+    port = server.add_insecure_port("127.0.0.1:0")
+    server.start()
+    print(f"serving echo on 127.0.0.1:{port}", flush=True)
+    server.wait_for_termination()
+
+
+def time_calls(call, n: int, warmup: int) -> list[float]:
+    for _ in range(warmup):
+        call()
+    samples = []
+    for _ in range(n):
+        start = time.perf_counter()
+        call()
+        samples.append((time.perf_counter() - start) * 1e6)
+    return samples
+
+
+def bench_echo(address: str, request_size: int, n: int, warmup: int) -> dict:
+    channel = grpc.insecure_channel(address)
+    payload = b"\2" * request_size
+    unary = channel.unary_unary("/bench.Echo/Unary")
+    unary_samples = time_calls(lambda: unary(payload, timeout=5), n, warmup)
+    # the same stream pattern as ControlSession: a request queue and a reader thread
+    requests: queue.SimpleQueue = queue.SimpleQueue()
+    replies: queue.SimpleQueue = queue.SimpleQueue()
+    call = channel.stream_stream("/bench.Echo/Stream")(iter(requests.get, None))
+    reader = threading.Thread(target=lambda: [replies.put(r) for r in call], daemon=True)
+    reader.start()
+
+    def exchange() -> None:
+        requests.put(payload)
+        replies.get(timeout=5)
+
+    stream_samples = time_calls(exchange, n, warmup)
+    requests.put(None)
+    channel.close()
+    return {"echo unary": figures(unary_samples), "echo stream": figures(stream_samples)}
+
+
+def bench_serve(address: str, n: int, warmup: int) -> dict:
+    obs = np.random.default_rng(0).standard_normal(DOG_RUN["obs_dim"]).astype(np.float32)
+    with PolicyClient(address, timeout_s=5) as client:
+        unary = time_calls(lambda: client.act_reply(obs), n, warmup)
+        with client.session(period_s=1.0, deadline_s=1.0, seed=0) as control:
+            stream = time_calls(lambda: control.act(obs), n, warmup)
+            server_us = [t.server_us for t in control.timings[warmup:]]
+            inference_us = [t.inference_us for t in control.timings[warmup:]]
+            misses = control.health.misses
+    return {
+        "serve unary (Act)": figures(unary),
+        "serve stream (StreamAct)": figures(stream),
+        "StreamAct server time": figures(server_us),
+        "StreamAct inference (server)": figures(inference_us),
+        "stream_misses": misses,
+    }
+
+
+def bench_in_process(model: Path, n: int, warmup: int) -> dict:
+    from flowrl_deploy.runtime import OnnxPolicy
+
+    policy = OnnxPolicy(model, providers=["CPUExecutionProvider"])
+    obs = np.random.default_rng(0).standard_normal((1, DOG_RUN["obs_dim"])).astype(np.float32)
+    noise = np.zeros((1, DOG_RUN["act_dim"]), np.float32)
+    return {"onnxruntime in-process": figures(time_calls(lambda: policy.act(obs, noise), n, warmup))}
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--quick", action="store_true", help="fewer calls (finishes within a minute)")
+    parser.add_argument("--json", type=Path, help="write the figures here")
+    parser.add_argument("--steps", type=int, default=10, help="flow steps of the exported graph")
+    parser.add_argument("--work", type=Path, default=Path(tempfile.gettempdir()) / "flowrl-bench")
+    parser.add_argument("--echo-server", type=int, metavar="REPLY_BYTES", help=argparse.SUPPRESS)
+    args = parser.parse_args()
+    if args.echo_server is not None:
+        echo_server(args.echo_server)
+        return
+    n, warmup = (1500, 200) if args.quick else (10_000, 500)
+    args.work.mkdir(parents=True, exist_ok=True)
+    model = dog_run_model(args.work, args.steps)
+    request_size, reply_size = message_sizes()
+
+    import subprocess
+
+    echo = subprocess.Popen(
+        [sys.executable, __file__, "--echo-server", str(reply_size)], stdout=subprocess.PIPE, text=True
+    )
+    try:
+        echo_address = echo.stdout.readline().split(" on ")[1].strip()
+        rows = bench_echo(echo_address, request_size, n, warmup)
+    finally:
+        echo.terminate()
+        echo.wait(10)
+    rows.update(bench_in_process(model, n, warmup))
+    with ServeProcess(model) as served:
+        rows.update(bench_serve(served.address, n, warmup))
+    misses = rows.pop("stream_misses")
+
+    floor = rows["echo stream"]["p50_us"] + rows["onnxruntime in-process"]["p50_us"] + 150
+    stream = rows["serve stream (StreamAct)"]
+    targets = {
+        "stream_p50_us": stream["p50_us"],
+        "stream_p50_limit_us": floor,
+        "stream_p50_ok": stream["p50_us"] <= floor,
+        "stream_p99_over_p50": stream["p99_us"] / stream["p50_us"],
+        "stream_p99_ok": stream["p99_us"] < 2 * stream["p50_us"],
+        "stream_misses": misses,
+    }
+    print(f"batch 1, dog-run shapes {DOG_RUN}, {args.steps} flow steps, {n} calls each; {machine()['cpu']}")
+    print(f"messages: request {request_size} B, reply {reply_size} B")
+    print(f"{'path':32s} {'p50 µs':>9s} {'p99 µs':>9s} {'p99.9 µs':>9s} {'mean µs':>9s}")
+    for name, row in rows.items():
+        print(f"{name:32s} {row['p50_us']:9.0f} {row['p99_us']:9.0f} {row['p999_us']:9.0f} {row['mean_us']:9.0f}")
+    print(
+        f"StreamAct p50 {stream['p50_us']:.0f} µs vs limit (echo stream + in-process + 150) {floor:.0f} µs: "
+        f"{'OK' if targets['stream_p50_ok'] else 'MISSED'}; p99/p50 = {targets['stream_p99_over_p50']:.2f} "
+        f"({'OK' if targets['stream_p99_ok'] else 'MISSED'})"
+    )
+    if args.json:
+        args.json.parent.mkdir(parents=True, exist_ok=True)
+        result = {
+            "machine": machine(),
+            "shapes": DOG_RUN,
+            "steps": args.steps,
+            "calls": n,
+            "rows": rows,
+            "targets": targets,
+        }
+        args.json.write_text(json.dumps(result, indent=1))
+
+
+if __name__ == "__main__":
+    main()
