@@ -12,9 +12,7 @@ from flowrl_deploy.train.evaluate import checkpoint_act_fn, evaluate
 from flowrl_deploy.train.loop import train
 
 pytestmark = pytest.mark.humanoidbench
-pytest.importorskip(
-    "humanoid_bench", reason="HumanoidBench is not installed (optional; CI runs this in its own venv)"
-)
+pytest.importorskip("humanoid_bench", reason="HumanoidBench is not installed (optional; CI runs this in its own venv)")
 
 
 def test_h1_walk_shapes_and_a_fall_is_a_termination():
@@ -24,7 +22,7 @@ def test_h1_walk_shapes_and_a_fall_is_a_termination():
     assert obs.dtype == np.float32 and obs.shape == (51,)
     rng = np.random.default_rng(0)
     for _ in range(1000):
-        obs, reward, terminated, truncated = env.step(rng.uniform(env.info.action_low, env.info.action_high))
+        obs, _, terminated, truncated = env.step(rng.uniform(env.info.action_low, env.info.action_high))
         if terminated or truncated:
             break
     assert terminated and not truncated  # random actions make the robot fall long before the time limit
