@@ -13,7 +13,9 @@ from flowrl_deploy.errors import FlowRLError
 
 @user_errors
 def eval_command(
-    policy: Annotated[Path, typer.Argument(help="A checkpoint directory, or a run directory (its last checkpoint).")],
+    policy: Annotated[
+        Path, typer.Argument(help="A checkpoint directory, a run directory (its last checkpoint), or a policy.onnx.")
+    ],
     episodes: Annotated[int, typer.Option(help="Episodes to run.")] = 10,
     flow_steps: Annotated[int | None, typer.Option(help="ODE steps N for sampling [default: the policy's].")] = None,
     env: Annotated[str | None, typer.Option(help="Env id [default: the one the policy was trained on].")] = None,
@@ -27,7 +29,12 @@ def eval_command(
         raise FlowRLError(f"--episodes must be >= 1, got {episodes}")
     if flow_steps is not None and flow_steps < 1:
         raise FlowRLError(f"--flow-steps must be >= 1, got {flow_steps}")
-    act_fn, env_id = _checkpoint_policy(policy, flow_steps, device, seed)
+    if policy.suffix == ".onnx":
+        if flow_steps is not None:
+            raise FlowRLError("--flow-steps does not apply to an ONNX policy; re-export with `flowrl export --steps`")
+        act_fn, env_id = _onnx_policy(policy, seed)
+    else:
+        act_fn, env_id = _checkpoint_policy(policy, flow_steps, device, seed)
     env_id = env or env_id
     if not env_id:
         raise FlowRLError(f"{policy} does not record its env id; pass --env")
@@ -42,3 +49,12 @@ def _checkpoint_policy(path: Path, flow_steps: int | None, device: str, seed: in
 
     spec = read_spec(path)
     return checkpoint_act_fn(path, flow_steps, device, seed), spec.env_id
+
+
+def _onnx_policy(path: Path, seed: int):
+    """(act_fn, env id) of an exported ONNX graph, exactly what will be deployed, with seeded noise."""
+    from flowrl_deploy.export.act import onnx_act_fn
+    from flowrl_deploy.runtime import OnnxPolicy
+
+    policy = OnnxPolicy(path, providers=["CPUExecutionProvider"])
+    return onnx_act_fn(policy, seed), policy.contract.env_id
