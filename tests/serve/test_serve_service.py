@@ -14,6 +14,7 @@ from tiny_policy import ACT_DIM, OBS_DIM, tiny_contract
 from flowrl_deploy.client import PolicyClient, ServiceError
 from flowrl_deploy.codec import decode, encode
 from flowrl_deploy.proto.flowrl.v1 import policy_pb2 as pb
+from flowrl_deploy.proto.flowrl.v1 import policy_pb2_grpc as pb_grpc
 from flowrl_deploy.runtime import OnnxPolicy
 from flowrl_deploy.serve.noise import draw_noise, session_noise
 
@@ -200,3 +201,40 @@ def test_stats_count_calls_and_errors(client):
     assert methods["Act"].requests >= 1
     assert methods["Act"].errors >= 1  # the bad inputs above
     assert stats.batches >= 1 and stats.model_version.startswith("v1-")
+
+
+def test_health_is_not_serving_until_the_model_is_warm(policy_path, monkeypatch):
+    import threading
+
+    from flowrl_deploy.serve import PolicyServer, ServeConfig
+    from flowrl_deploy.serve.model import ServedModel
+
+    warming, release = threading.Event(), threading.Event()
+    original = ServedModel.warm_up
+
+    def slow_warm_up(self, batches):
+        warming.set()
+        release.wait(10)
+        original(self, batches)
+
+    monkeypatch.setattr(ServedModel, "warm_up", slow_warm_up)
+    server = PolicyServer(ServeConfig(str(policy_path), port=0, grace_s=0))
+    starter = threading.Thread(target=server.start)
+    starter.start()
+    try:
+        assert warming.wait(10)
+        channel = grpc.insecure_channel(f"127.0.0.1:{server.port}")
+        probe = health_pb2_grpc.HealthStub(channel)
+        assert (
+            probe.Check(health_pb2.HealthCheckRequest(), timeout=2).status == health_pb2.HealthCheckResponse.NOT_SERVING
+        )
+        with pytest.raises(grpc.RpcError) as info:
+            pb_grpc.PolicyServiceStub(channel).GetSpec(pb.GetSpecRequest(), timeout=2)
+        assert info.value.code() == grpc.StatusCode.UNAVAILABLE
+        release.set()
+        starter.join(10)
+        assert probe.Check(health_pb2.HealthCheckRequest(), timeout=2).status == health_pb2.HealthCheckResponse.SERVING
+    finally:
+        release.set()
+        starter.join(10)
+        server.stop(grace=0)
