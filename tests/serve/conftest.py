@@ -1,4 +1,4 @@
-"""A tiny policy file and a real server on a free local port, shared by a test module."""
+"""A tiny policy file, a real server on a free local port and a client, per test module."""
 
 from __future__ import annotations
 
@@ -7,6 +7,8 @@ from pathlib import Path
 import pytest
 from tiny_policy import write_policy
 
+from flowrl_deploy.client import PolicyClient
+from flowrl_deploy.runtime import OnnxPolicy
 from flowrl_deploy.serve import PolicyServer, ServeConfig
 
 
@@ -19,3 +21,14 @@ def policy_path(tmp_path_factory) -> Path:
 def server(policy_path):
     with PolicyServer(ServeConfig(str(policy_path), port=0, grace_s=0.5)).start() as running:
         yield running
+
+
+@pytest.fixture(scope="module")
+def client(server):
+    with PolicyClient(server.address) as connected:
+        yield connected
+
+
+@pytest.fixture(scope="module")
+def local(policy_path):
+    return OnnxPolicy(policy_path)

@@ -10,22 +10,10 @@ import pytest
 from tiny_policy import ACT_DIM, OBS_DIM, tiny_contract
 
 from flowrl_deploy.client import PolicyClient, ServiceError, WatchdogError
-from flowrl_deploy.runtime import OnnxPolicy
 from flowrl_deploy.serve import PolicyServer, ServeConfig
 from flowrl_deploy.serve.noise import draw_noise, session_noise
 
 OBS = np.array([0.3, -0.2, 0.1], np.float32)
-
-
-@pytest.fixture(scope="module")
-def client(server):
-    with PolicyClient(server.address) as connected:
-        yield connected
-
-
-@pytest.fixture(scope="module")
-def local(policy_path):
-    return OnnxPolicy(policy_path)
 
 
 def test_stream_actions_follow_the_seeded_session_noise(client, local):

@@ -11,23 +11,11 @@ import pytest
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 from tiny_policy import ACT_DIM, OBS_DIM, tiny_contract
 
-from flowrl_deploy.client import PolicyClient, ServiceError
+from flowrl_deploy.client import ServiceError
 from flowrl_deploy.codec import decode, encode
 from flowrl_deploy.proto.flowrl.v1 import policy_pb2 as pb
 from flowrl_deploy.proto.flowrl.v1 import policy_pb2_grpc as pb_grpc
-from flowrl_deploy.runtime import OnnxPolicy
 from flowrl_deploy.serve.noise import draw_noise, session_noise
-
-
-@pytest.fixture(scope="module")
-def client(server):
-    with PolicyClient(server.address) as connected:
-        yield connected
-
-
-@pytest.fixture(scope="module")
-def local(policy_path):
-    return OnnxPolicy(policy_path)
 
 
 def _obs(batch: int, seed: int = 0) -> np.ndarray:
