@@ -74,6 +74,9 @@ def export_checkpoint(
     from flowrl_deploy.export.verify import check_structure, verify_parity
 
     config = config or ExportConfig()
+    out = Path(out_path)
+    if out.is_dir():
+        raise FlowRLError(f"--out {out} is a directory; give a file path such as {out / 'policy.onnx'}")
     checkpoint = load_checkpoint(checkpoint_path)
     spec = checkpoint.spec
     config = replace(config, solver=config.solver or spec.solver)
@@ -121,7 +124,7 @@ def export_checkpoint(
     del model.metadata_props[:]
     for key, value in contract_to_metadata(contract, provenance).items():
         model.metadata_props.add(key=key, value=value)
-    out = _write_atomically(Path(out_path), model.SerializeToString())
+    _write_atomically(out, model.SerializeToString())
     return ExportReport(out, contract, contract.hash(), file_sha256(out), provenance, parity)
 
 
@@ -160,9 +163,7 @@ def file_sha256(path: Path) -> str:
     return digest.hexdigest()
 
 
-def _write_atomically(path: Path, data: bytes) -> Path:
-    if path.is_dir():
-        raise FlowRLError(f"--out {path} is a directory; give a file path such as {path / 'policy.onnx'}")
+def _write_atomically(path: Path, data: bytes) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.tmp-", dir=path.parent)
     try:
@@ -174,4 +175,3 @@ def _write_atomically(path: Path, data: bytes) -> Path:
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
         raise
-    return path

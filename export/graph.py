@@ -27,7 +27,7 @@ import onnx
 from onnx import TensorProto, helper, numpy_helper
 
 from flowrl_deploy.contract import ACTION_OUTPUT, NOISE_INPUT, OBS_INPUT
-from flowrl_deploy.errors import CheckpointError
+from flowrl_deploy.errors import CheckpointError, FlowRLError
 from flowrl_deploy.spec import PolicySpec
 
 PRE_TANH = "pre_tanh"
@@ -155,6 +155,9 @@ def build_policy_graph(
 
     ``dtype="int8"`` quantizes the hidden×hidden layer (see :func:`_int8_linear`); the rest stays fp32.
     """
+    newest = onnx.defs.onnx_opset_version()
+    if opset > newest:
+        raise FlowRLError(f"opset {opset} is newer than this onnx ({onnx.__version__}) knows; use <= {newest}")
     g = _Graph()
     batch_dim: int | str = batch if batch is not None else "batch"
     inputs = [helper.make_tensor_value_info(OBS_INPUT, TensorProto.FLOAT, [batch_dim, spec.obs_dim])]

@@ -83,6 +83,8 @@ def test_steps_sweep_writes_one_file_per_n_and_a_table(checkpoint, tmp_path):
         (["export", "{ckpt}", "--steps", "0"], "--steps must be positive"),
         (["export", "{ckpt}", "--batch", "many"], "--batch takes 'dynamic'"),
         (["export", "{ckpt}", "--opset", "13"], "--opset must be >= 17"),
+        (["export", "{ckpt}", "--opset", "99", "--out", "{tmp}/p.onnx"], "opset 99 is newer than this onnx"),
+        (["export", "{ckpt}", "--out", "{tmp}"], "is a directory"),
         (["inspect", "{tmp}/missing.onnx"], "ONNX model not found"),
         (["inspect", "{ckpt}/model.safetensors"], "cannot load ONNX model"),
     ],
