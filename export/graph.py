@@ -19,7 +19,7 @@ output.
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 
 import numpy as np
@@ -204,7 +204,16 @@ def build_policy_graph(
     return helper.make_model(graph, opset_imports=opsets, ir_version=helper.find_min_ir_version_for(opsets))
 
 
-def _plain_sampler(g, weights, spec, evaluations, a0, hidden, w_out, b_out) -> str:
+def _plain_sampler(
+    g: _Graph,
+    weights: VelocityWeights,
+    spec: PolicySpec,
+    evaluations: list[Evaluation],
+    a0: str | None,
+    hidden: Callable[[str], str],
+    w_out: str,
+    b_out: str,
+) -> str:
     """v(concat[s, a, t]) at every evaluation, updates a ← a_k + step·v, as the torch solver does."""
     w1, b1 = g.const("w1", weights.w1), g.const("b1", weights.b1)
     one = g.const("one", np.array([1]))
@@ -224,7 +233,16 @@ def _plain_sampler(g, weights, spec, evaluations, a0, hidden, w_out, b_out) -> s
     return g.op("Identity", [a_t], PRE_TANH)
 
 
-def _optimized_sampler(g, weights, spec, evaluations, a0, hidden, w_out, b_out) -> str:
+def _optimized_sampler(
+    g: _Graph,
+    weights: VelocityWeights,
+    spec: PolicySpec,
+    evaluations: list[Evaluation],
+    a0: str | None,
+    hidden: Callable[[str], str],
+    w_out: str,
+    b_out: str,
+) -> str:
     """The observation's share of layer 1 once per call; one Gemm per solver update (see module doc)."""
     o = spec.obs_dim
     w_s, w_a, w_t = weights.w1[:, :o], weights.w1[:, o : o + spec.act_dim], weights.w1[:, -1]
