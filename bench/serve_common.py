@@ -1,17 +1,14 @@
-"""Shared by the serve benchmarks: a dog-run-shaped policy file, a `flowrl serve` process, figures."""
+"""Shared by the serve benchmarks: a dog-run-shaped policy file, latency figures, the machine."""
 
 from __future__ import annotations
 
 import os
 import platform
-import subprocess
-import sys
 from pathlib import Path
 
 import numpy as np
 
 DOG_RUN = {"obs_dim": 223, "act_dim": 38, "hidden": 512}
-FLOWRL = [sys.executable, "-c", "from flowrl_deploy.cli import app; app()"]
 
 
 def dog_run_model(out_dir: Path, steps: int = 10) -> Path:
@@ -41,40 +38,6 @@ def dog_run_model(out_dir: Path, steps: int = 10) -> Path:
     checkpoint = save_checkpoint(out_dir / "dog_run_random_ckpt", spec=spec, actor=actor)
     export_checkpoint(checkpoint, out, ExportConfig(steps=steps, samples=8))
     return out
-
-
-class ServeProcess:
-    """``flowrl serve MODEL --port 0 ARGS`` in a subprocess; ``address`` once it is SERVING."""
-
-    def __init__(self, model: Path, *args: str) -> None:
-        env = {**os.environ, "OMP_NUM_THREADS": "1"}
-        self.process = subprocess.Popen(
-            [*FLOWRL, "serve", str(model), "--port", "0", "--providers", "cpu", *args],
-            stdout=subprocess.PIPE,
-            stderr=subprocess.DEVNULL,
-            text=True,
-            env=env,
-        )
-        line = self.process.stdout.readline()
-        if not line.startswith("serving"):
-            self.stop()
-            raise SystemExit(f"flowrl serve did not start: {line!r}")
-        self.address = line.split(" on ")[1].split(",")[0].strip()
-
-    def stop(self) -> None:
-        if self.process.poll() is None:
-            self.process.terminate()
-            try:
-                self.process.wait(15)
-            except subprocess.TimeoutExpired:
-                self.process.kill()
-                self.process.wait()
-
-    def __enter__(self) -> ServeProcess:
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self.stop()
 
 
 def figures(samples_us: list[float]) -> dict[str, float]:

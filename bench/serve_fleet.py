@@ -25,11 +25,12 @@ import grpc
 import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from serve_common import DOG_RUN, ServeProcess, dog_run_model, figures, machine
+from serve_common import DOG_RUN, dog_run_model, figures, machine
 
 from flowrl_deploy.codec import encode
 from flowrl_deploy.proto.flowrl.v1 import policy_pb2 as pb
 from flowrl_deploy.proto.flowrl.v1 import policy_pb2_grpc as pb_grpc
+from flowrl_deploy.serve.process import ServerProcess
 
 HZ = 50.0
 P99_LIMIT_US = 10_000.0
@@ -154,7 +155,7 @@ def main() -> None:
     results = {}
     for name, flags in configs.items():
         print(f"{name}:", flush=True)
-        with ServeProcess(model, *flags) as served:
+        with ServerProcess(model, "--providers", "cpu", *flags) as served:
             k, trials = search(served.address, duration_s, warmup_s, args.k_max)
         best = next((t for t in trials if t["k"] == k), None)
         results[name] = {"k": k, "actions_per_s": best["actions_per_s"] if best else 0.0, "trials": trials}

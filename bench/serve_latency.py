@@ -27,11 +27,12 @@ import grpc
 import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from serve_common import DOG_RUN, ServeProcess, dog_run_model, figures, machine
+from serve_common import DOG_RUN, dog_run_model, figures, machine
 
 from flowrl_deploy.client import PolicyClient
 from flowrl_deploy.codec import encode
 from flowrl_deploy.proto.flowrl.v1 import policy_pb2 as pb
+from flowrl_deploy.serve.process import ServerProcess
 
 
 def message_sizes() -> tuple[int, int]:
@@ -81,8 +82,15 @@ def bench_echo(address: str, request_size: int, n: int, warmup: int) -> dict:
     requests: queue.SimpleQueue = queue.SimpleQueue()
     replies: queue.SimpleQueue = queue.SimpleQueue()
     call = channel.stream_stream("/bench.Echo/Stream")(iter(requests.get, None))
-    reader = threading.Thread(target=lambda: [replies.put(r) for r in call], daemon=True)
-    reader.start()
+
+    def read() -> None:
+        try:
+            for reply in call:
+                replies.put(reply)
+        except grpc.RpcError:  # the channel closes at the end
+            pass
+
+    threading.Thread(target=read, daemon=True).start()
 
     def exchange() -> None:
         requests.put(payload)
@@ -149,7 +157,7 @@ def main() -> None:
         echo.terminate()
         echo.wait(10)
     rows.update(bench_in_process(model, n, warmup))
-    with ServeProcess(model) as served:
+    with ServerProcess(model, "--providers", "cpu") as served:
         rows.update(bench_serve(served.address, n, warmup))
     misses = rows.pop("stream_misses")
 

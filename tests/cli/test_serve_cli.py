@@ -1,10 +1,8 @@
-"""`flowrl serve` as a process (port 0, SIGTERM → exit 0), `flowrl query`, `flowrl control`."""
+"""`flowrl serve` as a process (ServerProcess: port 0, SIGTERM → exit 0), `flowrl query`, `flowrl control`."""
 
 from __future__ import annotations
 
 import json
-import signal
-import subprocess
 import sys
 from pathlib import Path
 
@@ -14,33 +12,21 @@ from typer.testing import CliRunner
 
 from flowrl_deploy.cli import app
 from flowrl_deploy.client import PolicyClient
+from flowrl_deploy.errors import FlowRLError
+from flowrl_deploy.serve.process import ServerProcess
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "serve"))
 from tiny_policy import write_policy
 
-FLOWRL = [sys.executable, "-c", "from flowrl_deploy.cli import app; app()"]
 runner = CliRunner()
 
 
 @pytest.fixture(scope="module")
 def served(tmp_path_factory):
-    """A `flowrl serve --port 0` process, its address, and the policy file."""
+    """A `flowrl serve --port 0` process (ServerProcess), its address, and the policy file."""
     path = write_policy(tmp_path_factory.mktemp("cli") / "policy.onnx")
-    process = subprocess.Popen(
-        [*FLOWRL, "serve", str(path), "--port", "0", "--metrics-port", "0"],
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        text=True,
-    )
-    try:
-        line = process.stdout.readline()
-        assert line.startswith("serving v1-"), line if line else process.stderr.read()
-        address = line.split(" on ")[1].split(",")[0].strip()
-        yield process, address, path
-    finally:
-        if process.poll() is None:
-            process.kill()
-            process.wait(10)
+    with ServerProcess(path, "--metrics-port", "0") as process:
+        yield process, process.address, path
 
 
 def test_query_prints_the_action(served):
@@ -86,10 +72,15 @@ def test_serve_refuses_a_missing_model(tmp_path):
 
 def test_sigterm_stops_the_server_with_exit_0(served):
     process, address, _ = served
+    assert process.version.startswith("v1-")
     with PolicyClient(address) as client:
         assert client.act(np.zeros(3, np.float32)).shape == (2,)
-    process.send_signal(signal.SIGTERM)
-    assert process.wait(15) == 0
+    assert process.stop() == 0  # SIGTERM
+
+
+def test_server_process_reports_why_it_did_not_start(tmp_path):
+    with pytest.raises(FlowRLError, match="model not found"):
+        ServerProcess(tmp_path / "missing.onnx")
 
 
 def test_control_drives_a_simulator(tmp_path):

@@ -1,0 +1,71 @@
+"""``flowrl serve`` in a child process, for scripts that need a server in the background (the demo, benches).
+
+    with ServerProcess("policy.onnx") as server:   # returns once health is SERVING
+        report = run_control(server.address, ...)
+    # leaving the block (also on Ctrl-C or an error) sends SIGTERM and waits for exit
+
+A separate process keeps the server's inference off the caller's GIL.
+"""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import threading
+from pathlib import Path
+
+from flowrl_deploy.errors import FlowRLError
+
+FLOWRL = (sys.executable, "-c", "from flowrl_deploy.cli import app; app()")
+
+
+class ServerProcess:
+    """Start ``flowrl serve MODEL --port 0 *args``; ``address`` is its ``host:port``."""
+
+    def __init__(self, model: str | os.PathLike[str], *args: str, timeout_s: float = 120.0) -> None:
+        self.process = subprocess.Popen(
+            [*FLOWRL, "serve", str(model), "--port", "0", *args],
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+            env={**os.environ, "OMP_NUM_THREADS": os.environ.get("OMP_NUM_THREADS", "1")},
+        )
+        line = self._first_line(timeout_s)
+        if not line.startswith("serving "):
+            error = self._stop_and_read_error()
+            raise FlowRLError(f"flowrl serve {Path(model).name} did not start: {error or line.strip() or 'no output'}")
+        # "serving <version> on <host:port>[, metrics on :<port>]"
+        self.version = line.split()[1]
+        self.address = line.split(" on ")[1].split(",")[0].strip()
+        self._stderr_drain = threading.Thread(target=self.process.stderr.read, daemon=True)
+        self._stderr_drain.start()
+
+    def _first_line(self, timeout_s: float) -> str:
+        lines: list[str] = []
+        reader = threading.Thread(target=lambda: lines.append(self.process.stdout.readline()), daemon=True)
+        reader.start()
+        reader.join(timeout_s)
+        return lines[0] if lines else ""
+
+    def _stop_and_read_error(self) -> str:
+        self.stop()
+        lines = [line for line in (self.process.stderr.read() or "").splitlines() if line.startswith("error:")]
+        return lines[-1].removeprefix("error: ") if lines else ""
+
+    def stop(self, timeout_s: float = 15.0) -> int:
+        """SIGTERM (graceful), then SIGKILL after ``timeout_s``; returns the exit status."""
+        if self.process.poll() is None:
+            self.process.terminate()
+            try:
+                self.process.wait(timeout_s)
+            except subprocess.TimeoutExpired:
+                self.process.kill()
+                self.process.wait()
+        return self.process.returncode
+
+    def __enter__(self) -> ServerProcess:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()
