@@ -17,6 +17,7 @@ import argparse
 import json
 import multiprocessing as mp
 import platform
+import shutil
 import statistics
 import time
 from pathlib import Path
@@ -111,6 +112,8 @@ def main() -> None:
         for weighting in args.cfm_weighting
         for seed in args.seeds
     ]
+    for cfg in configs:
+        shutil.rmtree(cfg["out"], ignore_errors=True)  # each bench run starts from scratch
     start = time.perf_counter()
     with mp.get_context("spawn").Pool(len(configs)) as pool:
         runs = pool.map(run_one, configs)

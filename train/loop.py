@@ -18,8 +18,8 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from flowrl_deploy.checkpoint import load_checkpoint, resolve_checkpoint, save_checkpoint
-from flowrl_deploy.errors import CheckpointError
+from flowrl_deploy.checkpoint import CHECKPOINTS_DIR, load_checkpoint, resolve_checkpoint, save_checkpoint
+from flowrl_deploy.errors import CheckpointError, FlowRLError
 from flowrl_deploy.spec import PolicySpec
 from flowrl_deploy.train.algorithm import FlowRL, resolve_device
 from flowrl_deploy.train.checkpointing import RunCheckpoints
@@ -79,6 +79,10 @@ def train(cfg: TrainConfig, resume: str | Path | None = None, progress: bool = T
     its config, ``resume_config(resume)``, as ``cfg``.
     """
     run_dir = Path(cfg.out) if resume is None else resolve_checkpoint(resume).parent.parent
+    if resume is None and any((run_dir / CHECKPOINTS_DIR).glob("step_*")):
+        raise FlowRLError(
+            f"{run_dir} already holds a run's checkpoints; continue it with --resume {run_dir} or choose another --out"
+        )
     if cfg.threads:
         torch.set_num_threads(cfg.threads)
     device = resolve_device(cfg.device)

@@ -12,8 +12,36 @@ from flowrl_deploy.train import loop
 from flowrl_deploy.train.config import TrainConfig
 
 runner = CliRunner()
-TINY = ["--env", "Pendulum-v1", "--hidden", "16", "--batch-size", "16", "--start-steps", "100",
-        "--eval-every", "200", "--eval-episodes", "1", "--save-every", "200", "--threads", "1", "--no-progress"]  # fmt: skip
+TINY = [
+    "--env",
+    "Pendulum-v1",
+    "--hidden",
+    "16",
+    "--batch-size",
+    "16",
+    "--start-steps",
+    "100",
+    "--eval-every",
+    "200",
+    "--eval-episodes",
+    "1",
+    "--save-every",
+    "200",
+    "--threads",
+    "1",
+    "--no-progress",
+]
+
+
+@pytest.fixture(autouse=True)
+def one_torch_thread():
+    """Tiny networks: more intra-op threads only contend on a busy machine (see tests/train/conftest.py)."""
+    import torch
+
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
 
 
 def test_every_config_field_is_an_option_of_the_same_name():
@@ -31,14 +59,39 @@ def test_options_reach_the_config(monkeypatch, tmp_path):
         return loop.TrainResult(tmp_path, tmp_path / "ckpt", loop.Counters(env_steps=cfg.steps))
 
     monkeypatch.setattr(loop, "train", fake_train)
-    args = ["train", "--env", "dmc:dog-run", "--steps", "123", "--out", str(tmp_path), "--lam", "0.2",
-            "--expectile", "0.8", "--cfm-weighting", "sample", "--flow-steps", "3", "--device", "cpu", "--bf16"]  # fmt: skip
+    args = [
+        "train",
+        "--env",
+        "dmc:dog-run",
+        "--steps",
+        "123",
+        "--out",
+        str(tmp_path),
+        "--lam",
+        "0.2",
+        "--expectile",
+        "0.8",
+        "--cfm-weighting",
+        "sample",
+        "--flow-steps",
+        "3",
+        "--device",
+        "cpu",
+        "--bf16",
+    ]
     result = runner.invoke(app, args)
     assert result.exit_code == 0, result.output
     assert seen["cfg"] == TrainConfig(
-        env="dmc:dog-run", steps=123, out=str(tmp_path), lam=0.2, expectile=0.8, cfm_weighting="sample",
-        flow_steps=3, device="cpu", bf16=True,
-    )  # fmt: skip
+        env="dmc:dog-run",
+        steps=123,
+        out=str(tmp_path),
+        lam=0.2,
+        expectile=0.8,
+        cfm_weighting="sample",
+        flow_steps=3,
+        device="cpu",
+        bf16=True,
+    )
     assert seen["resume"] is None
 
 

@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 
 from flowrl_deploy.checkpoint import load_checkpoint, read_document
-from flowrl_deploy.errors import CheckpointError
+from flowrl_deploy.errors import CheckpointError, FlowRLError
 from flowrl_deploy.train.config import TrainConfig
 from flowrl_deploy.train.evaluate import checkpoint_act_fn, evaluate
 from flowrl_deploy.train.loop import resume_config, train
@@ -87,3 +87,8 @@ def test_a_corrupt_checkpoint_is_a_clear_error(run, tmp_path):
     (broken / "checkpoint.json").write_text("{not json")
     with pytest.raises(CheckpointError, match="corrupt"):
         resume_config(broken)
+
+
+def test_a_new_run_refuses_to_mix_into_an_existing_one(run):
+    with pytest.raises(FlowRLError, match="--resume"):
+        train(TrainConfig(steps=10, out=str(run.run_dir), **TINY), progress=False)
