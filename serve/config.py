@@ -25,7 +25,7 @@ class ServeConfig:
     batch_workers: int = 2
     """Batches formed and run concurrently (about one per core)."""
     workers: int = 128
-    """gRPC handler threads; each open StreamAct holds one."""
+    """gRPC handler threads; each open StreamAct holds one, and calls beyond get RESOURCE_EXHAUSTED."""
     max_sessions: int = 4096
     max_message_bytes: int = 1 << 20
     """Larger requests are refused with RESOURCE_EXCEEDED."""

@@ -93,6 +93,7 @@ class PolicyServer:
         self._server = grpc.server(
             futures.ThreadPoolExecutor(max_workers=config.workers, thread_name_prefix="flowrl-rpc"),
             interceptors=[TokenInterceptor(config.token)] if config.token else [],
+            maximum_concurrent_rpcs=config.workers,  # beyond: RESOURCE_EXHAUSTED, not a silent wait
             options=[
                 ("grpc.max_receive_message_length", config.max_message_bytes),
                 ("grpc.max_send_message_length", config.max_message_bytes),

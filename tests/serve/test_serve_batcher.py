@@ -12,6 +12,9 @@ import numpy as np
 import pytest
 
 from flowrl_deploy.client import PolicyClient, ServiceError
+from flowrl_deploy.codec import encode
+from flowrl_deploy.proto.flowrl.v1 import policy_pb2 as pb
+from flowrl_deploy.proto.flowrl.v1 import policy_pb2_grpc as pb_grpc
 from flowrl_deploy.runtime import OnnxPolicy
 from flowrl_deploy.serve import PolicyServer, ServeConfig
 from flowrl_deploy.serve.batcher import MicroBatcher
@@ -94,3 +97,25 @@ def test_batched_server_matches_onnxruntime_and_reports_metrics(policy_path):
     assert 'flowrl_requests_total{method="Act",code="DEADLINE_EXCEEDED"} 1' in text
     assert "flowrl_batch_size_count" in text and "flowrl_request_latency_seconds_bucket" in text
     assert 'flowrl_model_info{version="v1-' in text
+
+
+def test_streams_beyond_the_worker_pool_are_refused_not_left_waiting(policy_path):
+    with PolicyServer(ServeConfig(str(policy_path), port=0, workers=2, grace_s=0)).start() as server:
+        channel = grpc.insecure_channel(server.address)
+        stub = pb_grpc.PolicyServiceStub(channel)
+        held = [threading.Event() for _ in range(2)]
+        request = pb.StreamActRequest(obs=encode(np.zeros(3, np.float32)))
+
+        def requests(stop):
+            yield request
+            stop.wait(5)
+
+        streams = [stub.StreamAct(requests(stop)) for stop in held]
+        for stream in streams:
+            assert next(stream).status.code == 0
+        with pytest.raises(grpc.RpcError) as info:
+            next(stub.StreamAct(iter([request]), timeout=5))
+        assert info.value.code() == grpc.StatusCode.RESOURCE_EXHAUSTED
+        for stop in held:
+            stop.set()
+        channel.close()
