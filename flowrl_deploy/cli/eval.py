@@ -17,8 +17,10 @@ def eval_command(
         Path, typer.Argument(help="A checkpoint directory, a run directory (its last checkpoint), or a policy.onnx.")
     ],
     episodes: Annotated[int, typer.Option(help="Episodes to run.")] = 10,
-    flow_steps: Annotated[int | None, typer.Option(help="ODE steps N for sampling [default: the policy's].")] = None,
-    env: Annotated[str | None, typer.Option(help="Env id [default: the one the policy was trained on].")] = None,
+    flow_steps: Annotated[
+        int | None, typer.Option(help="ODE steps N for sampling (default: the policy's own).")
+    ] = None,
+    env: Annotated[str | None, typer.Option(help="Env id (default: the one the policy was trained on).")] = None,
     seed: Annotated[int, typer.Option(help="Seed of the episodes and of the policy's noise.")] = 0,
     device: Annotated[str, typer.Option(help="auto, cpu or cuda (checkpoints).")] = "auto",
 ) -> None:

@@ -43,7 +43,7 @@ def train(
         DEFAULT.env
     ),
     steps: Annotated[
-        int | None, typer.Option(help=f"Environment steps [default: {DEFAULT.steps}; with --resume: the run's].")
+        int | None, typer.Option(help=f"Environment steps (default {DEFAULT.steps}; with --resume: the run's own).")
     ] = None,
     seed: Annotated[int, typer.Option(help="Seed of torch, numpy, replay sampling and env randomness.")] = DEFAULT.seed,
     out: Annotated[Path, typer.Option(help="Run directory (config, metrics, TensorBoard, checkpoints).")] = Path(
