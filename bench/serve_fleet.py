@@ -61,6 +61,7 @@ async def robot(stub, index: int, duration_s: float, warmup_s: float, rtts: list
             rtt = (time.perf_counter() - start) * 1e6
             if reply.status.code != 0 or rtt > period * 1e6:
                 counts["misses"] += measured
+                counts["errors"] += measured and reply.status.code != 0
             elif measured:
                 rtts.append(rtt)
 
@@ -92,12 +93,12 @@ async def robot(stub, index: int, duration_s: float, warmup_s: float, rtts: list
 
 async def fleet(address: str, k: int, duration_s: float, warmup_s: float) -> dict:
     rtts: list[float] = []
-    counts = {"sent": 0, "misses": 0}
+    counts = {"sent": 0, "misses": 0, "errors": 0}
     async with grpc.aio.insecure_channel(address) as channel:
         stub = pb_grpc.PolicyServiceStub(channel)
         await asyncio.gather(*(robot(stub, i, duration_s, warmup_s, rtts, counts) for i in range(k)))
     row = figures(rtts) if rtts else {"p50_us": float("inf"), "p99_us": float("inf")}
-    row.update(k=k, sent=counts["sent"], misses=counts["misses"], actions_per_s=len(rtts) / duration_s)
+    row.update(k=k, actions_per_s=len(rtts) / duration_s, **counts)
     row["ok"] = row["p99_us"] < P99_LIMIT_US and counts["misses"] == 0
     return row
 
@@ -111,6 +112,7 @@ def search(address: str, duration_s: float, warmup_s: float, k_max: int) -> tupl
         trials.append(row)
         print(
             f"  K={k:4d}  p50 {row['p50_us']:8.0f} µs  p99 {row['p99_us']:8.0f} µs  misses {row['misses']:5d}"
+            f" (errors {row['errors']})"
             f"  {row['actions_per_s']:7.0f} actions/s  {'ok' if row['ok'] else 'FAIL'}",
             flush=True,
         )

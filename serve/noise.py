@@ -27,6 +27,8 @@ class Session:
 
     def __init__(self, session_id: str, seed: int | None) -> None:
         self.session_id = session_id
+        self.owner: object = None
+        """The stream that evicts this session when it ends; None for sessions opened by Reset."""
         self._lock = threading.Lock()
         self._generator = session_noise(seed)
 

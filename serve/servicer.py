@@ -151,7 +151,8 @@ class PolicyServicer(pb_grpc.PolicyServiceServicer):
             f"client pinned policy contract {wanted}, the server serves {served} (server != client: {detail})"
         )
 
-    def _open(self, session_id: str, seed: int | None) -> Session:
+    def _open(self, session_id: str, seed: int | None, owner: object = None) -> Session:
+        """Create or reseed a session; a stream ``owner`` takes it over (and evicts it when it ends)."""
         with self._sessions_lock:
             session = self._sessions.get(session_id)
             if session is None:
@@ -160,14 +161,18 @@ class PolicyServicer(pb_grpc.PolicyServiceServicer):
                         f"session limit of {self.config.max_sessions} reached", grpc.StatusCode.RESOURCE_EXHAUSTED
                     )
                 session = self._sessions[session_id] = Session(session_id, seed)
-                return session
-        session.reseed(seed)
-        return session
+            else:
+                session.reseed(seed)
+            if owner is not None:
+                session.owner = owner
+            return session
 
-    def _evict(self, session_ids: list[str]) -> None:
+    def _evict(self, owner: dict[str, Session]) -> None:
+        """Drop the sessions a finished stream still owns (not those another stream took over)."""
         with self._sessions_lock:
-            for session_id in session_ids:
-                self._sessions.pop(session_id, None)
+            for session_id, session in owner.items():
+                if self._sessions.get(session_id) is session and session.owner is owner:
+                    del self._sessions[session_id]
 
     def _session(self, session_id: str) -> Session:
         session = self._sessions.get(session_id)
@@ -228,7 +233,7 @@ class PolicyServicer(pb_grpc.PolicyServiceServicer):
         )
 
     def StreamAct(self, request_iterator, context: grpc.ServicerContext):
-        opened: list[str] = []
+        opened: dict[str, Session] = {}
         context.add_callback(lambda: self._evict(opened))
         for request in request_iterator:
             received = time.time_ns()
@@ -248,18 +253,23 @@ class PolicyServicer(pb_grpc.PolicyServiceServicer):
             yield reply
 
     def _stream_step(
-        self, request: pb.StreamActRequest, deadline: float | None, opened: list[str], reply: pb.StreamActReply
+        self,
+        request: pb.StreamActRequest,
+        deadline: float | None,
+        opened: dict[str, Session],
+        reply: pb.StreamActReply,
     ) -> None:
         model = self._current()
-        session_id = request.session_id or (opened[0] if opened else f"stream-{uuid.uuid4().hex}")
-        if session_id not in opened:
+        session_id = request.session_id or (next(iter(opened)) if opened else f"stream-{uuid.uuid4().hex}")
+        session = opened.get(session_id)
+        if session is None:
             self._check_contract(model, request.contract_hash, request.contract_json)
-            self._open(session_id, request.seed if request.HasField("seed") else None)
-            opened.append(session_id)
+            session = self._open(session_id, request.seed if request.HasField("seed") else None, owner=opened)
+            opened[session_id] = session
         obs = self._obs(request.obs, model)
         if len(obs) != 1:
             raise TensorError(f"obs: StreamAct takes one observation per request, got {len(obs)}")
-        noise = self._session(session_id).noise(1, model.act_dim) if model.policy.takes_noise else None
+        noise = session.noise(1, model.act_dim) if model.policy.takes_noise else None
         result = self._infer(obs, noise, deadline)
         reply.action.CopyFrom(encode(result.action[0]))
         reply.model_version = result.model_version

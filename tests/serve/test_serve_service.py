@@ -226,3 +226,28 @@ def test_health_is_not_serving_until_the_model_is_warm(policy_path, monkeypatch)
         release.set()
         starter.join(10)
         server.stop(grace=0)
+
+
+def test_a_reconnected_stream_keeps_its_session_when_the_old_stream_ends(client):
+    import queue
+
+    def open_stream():
+        requests: queue.SimpleQueue = queue.SimpleQueue()
+        replies = client.stub.StreamAct(iter(requests.get, None), timeout=10)
+        return requests, replies
+
+    def tick(stream, seq):
+        requests, replies = stream
+        requests.put(pb.StreamActRequest(session_id="shared", seq=seq, obs=encode(_obs(1)[0])))
+        return next(replies)
+
+    old, new = open_stream(), open_stream()
+    assert tick(old, 1).status.code == 0
+    assert tick(new, 1).status.code == 0  # the robot reconnected: the new stream takes the session over
+    old[0].put(None)
+    list(old[1])  # the old stream ends; its eviction must spare the taken-over session
+    time.sleep(0.1)
+    assert tick(new, 2).status.code == 0
+    assert client.act(_obs(1), session_id="shared").shape == (1, ACT_DIM)
+    new[0].put(None)
+    list(new[1])
