@@ -62,6 +62,9 @@ class MicroBatcher:
         self.max_batch = max_batch
         self.window_s = window_us / 1e6
         self._queue: queue.SimpleQueue = queue.SimpleQueue()
+        self._collecting = threading.Lock()
+        self._carry: object = None
+        """A request that did not fit the last batch: it opens the next one."""
         self._workers = [
             threading.Thread(target=self._loop, name=f"flowrl-batcher-{i}", daemon=True)
             for i in range(max(1, workers) if max_batch > 1 else 0)
@@ -87,12 +90,14 @@ class MicroBatcher:
         self._workers = []
 
     def _loop(self) -> None:
-        carry = None  # a request that did not fit the last batch opens the next one
         while True:
-            first = carry or self._queue.get()
-            if first is _STOP:
-                return
-            batch, carry = self._collect(first)
+            # One worker collects at a time, so batches fill up instead of splitting between
+            # workers; the others run their batch meanwhile.
+            with self._collecting:
+                first, self._carry = self._carry or self._queue.get(), None
+                if first is _STOP:
+                    return
+                batch, self._carry = self._collect(first)
             self._execute(batch)
 
     def _collect(self, first: _Request) -> tuple[list[_Request], object]:

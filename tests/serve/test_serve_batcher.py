@@ -54,6 +54,20 @@ def test_queued_requests_share_one_call_and_each_gets_its_rows():
         np.testing.assert_array_equal(result.action, np.full((n, 2), 2 * i + 0.5, np.float32))
 
 
+def test_idle_workers_do_not_split_a_batch():
+    run = Recorder()
+    run.release.set()
+    batcher = MicroBatcher(run, max_batch=4, window_us=100_000, workers=2)
+    futures = []
+    for i in range(4):  # arriving one by one while both workers wait on the queue
+        futures.append(batcher.submit(*_rows(i)))
+        time.sleep(0.01)
+    for i, future in enumerate(futures):
+        np.testing.assert_array_equal(future.result(timeout=5).action, np.full((1, 2), 2 * i + 0.5, np.float32))
+    batcher.close()
+    assert run.sizes == [4]  # one worker collects while the other waits its turn
+
+
 def test_an_error_reaches_every_waiter_of_the_batch():
     def failing(obs, noise):
         time.sleep(0.02)
