@@ -7,6 +7,7 @@ import shutil
 from collections.abc import Callable
 from pathlib import Path
 
+import numpy as np
 import torch
 
 from flowrl_deploy.checkpoint import BEST, CHECKPOINTS_DIR, LAST, link_checkpoint, load_checkpoint
@@ -64,3 +65,19 @@ def load_actor(path: str | Path, device: torch.device | str = "cpu") -> FlowActo
     except RuntimeError as exc:
         raise CheckpointError(f"{checkpoint.path}: the actor weights do not match its spec ({exc})") from exc
     return actor.to(device).eval()
+
+
+def actor_act_fn(actor: FlowActor, seed: int = 0, num_steps: int | None = None) -> Callable[[np.ndarray], np.ndarray]:
+    """``act(obs [obs_dim]) -> action`` sampling ``actor`` with ``num_steps`` (default: its spec's),
+    its noise drawn from a generator of its own (seeded ``seed``), so acting never shifts torch's
+    global RNG."""
+    device = next(actor.parameters()).device
+    generator = torch.Generator(device=device).manual_seed(seed)
+
+    @torch.no_grad()
+    def act(obs: np.ndarray) -> np.ndarray:
+        obs_t = torch.as_tensor(obs, dtype=torch.float32, device=device).unsqueeze(0)
+        noise = torch.randn(1, actor.spec.act_dim, generator=generator, device=device)
+        return actor(obs_t, noise, num_steps=num_steps)[0].float().cpu().numpy()
+
+    return act

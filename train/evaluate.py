@@ -58,19 +58,7 @@ def evaluate(act_fn: ActFn, env: str | Env, episodes: int, seed: int = 0) -> Eva
 def checkpoint_act_fn(path: str | Path, flow_steps: int | None = None, device: str = "auto", seed: int = 0) -> ActFn:
     """An ``act_fn`` sampling the checkpoint's flow policy with ``flow_steps`` (default: its own N),
     drawing the noise from a generator seeded ``seed``."""
-    import torch
-
     from flowrl_deploy.train.algorithm import resolve_device
-    from flowrl_deploy.train.checkpointing import load_actor
+    from flowrl_deploy.train.checkpointing import actor_act_fn, load_actor
 
-    torch_device = resolve_device(device)
-    actor = load_actor(path, torch_device)
-    generator = torch.Generator(device=torch_device).manual_seed(seed)
-
-    @torch.no_grad()
-    def act(obs: np.ndarray) -> np.ndarray:
-        obs_t = torch.as_tensor(obs, dtype=torch.float32, device=torch_device).unsqueeze(0)
-        noise = torch.randn(1, actor.spec.act_dim, generator=generator, device=torch_device)
-        return actor(obs_t, noise, num_steps=flow_steps)[0].cpu().numpy()
-
-    return act
+    return actor_act_fn(load_actor(path, resolve_device(device)), seed, flow_steps)

@@ -22,9 +22,9 @@ from flowrl_deploy.checkpoint import CHECKPOINTS_DIR, load_checkpoint, resolve_c
 from flowrl_deploy.errors import CheckpointError, FlowRLError
 from flowrl_deploy.spec import PolicySpec
 from flowrl_deploy.train.algorithm import FlowRL, resolve_device
-from flowrl_deploy.train.checkpointing import RunCheckpoints
+from flowrl_deploy.train.checkpointing import RunCheckpoints, actor_act_fn
 from flowrl_deploy.train.config import TrainConfig
-from flowrl_deploy.train.envs import EnvInfo, episode_seed, make_env
+from flowrl_deploy.train.envs import Env, EnvInfo, episode_seed, make_env
 from flowrl_deploy.train.evaluate import EvalResult, evaluate
 from flowrl_deploy.train.logger import MetricsLogger, Progress
 from flowrl_deploy.train.replay import ReplayBuffer
@@ -163,17 +163,9 @@ def train(cfg: TrainConfig, resume: str | Path | None = None, progress: bool = T
     return TrainResult(run_dir, last_checkpoint, counters)
 
 
-def _evaluate(agent: FlowRL, eval_env, cfg: TrainConfig, step: int) -> EvalResult:
-    """Evaluate the current policy; its noise comes from a generator of its own, so evaluating
-    never shifts the training RNG."""
-    generator = torch.Generator(device=agent.device).manual_seed(episode_seed(cfg.seed, step, stream=2))
-
-    @torch.no_grad()
-    def act(obs: np.ndarray) -> np.ndarray:
-        obs_t = torch.as_tensor(obs, dtype=torch.float32, device=agent.device).unsqueeze(0)
-        noise = torch.randn(1, agent.spec.act_dim, generator=generator, device=agent.device)
-        return agent.actor(obs_t, noise)[0].cpu().numpy()
-
+def _evaluate(agent: FlowRL, eval_env: Env, cfg: TrainConfig, step: int) -> EvalResult:
+    """Evaluate the current policy on the evaluation env, with noise of its own (training's RNG is untouched)."""
+    act = actor_act_fn(agent.actor, seed=episode_seed(cfg.seed, step, stream=2))
     return evaluate(act, eval_env, cfg.eval_episodes, seed=cfg.seed)
 
 
