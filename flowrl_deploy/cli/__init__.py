@@ -40,3 +40,6 @@ app.command()(train)
 from flowrl_deploy.cli.eval import eval_command  # noqa: E402
 
 app.command(name="eval")(eval_command)
+from flowrl_deploy.cli.demo import demo  # noqa: E402
+
+app.command()(demo)

@@ -1,0 +1,48 @@
+"""`flowrl demo`: the README's main job, end to end, with a tiny budget."""
+
+import json
+
+import pytest
+from typer.testing import CliRunner
+
+from flowrl_deploy.cli import app
+from flowrl_deploy.cli.demo import ChildServer
+
+pytestmark = pytest.mark.slow
+
+
+def test_demo_writes_a_report_folder_and_stops_its_server(tmp_path):
+    out = tmp_path / "demo"
+    result = CliRunner().invoke(
+        app, ["demo", "--out", str(out), "--steps", "300", "--hidden", "16", "--episodes", "1", "--hz", "1000"]
+    )
+    assert result.exit_code == 0, result.output
+    summary = json.loads((out / "summary.json").read_text())
+    assert summary["control"]["steps"] == 1000  # one full cartpole episode, closed loop through the server
+    assert summary["served_return"] > 0
+    for name in ("training_curve.png", "latency_histogram.png", "policy.onnx", "server.log"):
+        assert (out / name).stat().st_size > 0
+    assert "return via the server" in result.output
+
+
+def test_child_server_is_stopped_on_interrupt(tmp_path):
+    from flowrl_deploy.checkpoint import save_checkpoint
+    from flowrl_deploy.export import ExportConfig, export_checkpoint
+    from flowrl_deploy.spec import PolicySpec
+    from flowrl_deploy.train.actor import FlowActor
+
+    spec = PolicySpec(obs_dim=3, act_dim=1, action_low=(-1.0,), action_high=(1.0,), hidden=8, env_id="dmc:x-y")
+    actor = {k: v.numpy() for k, v in FlowActor(spec).state_dict().items()}
+    checkpoint = save_checkpoint(tmp_path / "ckpt", spec=spec, actor=actor)
+    policy = export_checkpoint(checkpoint, tmp_path / "policy.onnx", ExportConfig(steps=2)).path
+    server = ChildServer(policy, tmp_path / "server.log")
+    with pytest.raises(KeyboardInterrupt), server:
+        assert server.address.startswith("127.0.0.1:")
+        raise KeyboardInterrupt
+    assert server.process is not None and server.process.poll() is not None
+
+
+def test_bad_budget_is_refused_without_traceback(tmp_path):
+    result = CliRunner().invoke(app, ["demo", "--out", str(tmp_path), "--steps", "0"])
+    assert result.exit_code == 1
+    assert "--steps and --episodes must be >= 1" in result.output
