@@ -111,3 +111,15 @@ def test_episode_seeds_are_stable_and_distinct():
     assert episode_seed(0, 5) == episode_seed(0, 5)
     assert len({episode_seed(0, i) for i in range(100)} | {episode_seed(0, i, stream=1) for i in range(100)}) == 200
     assert isinstance(make_env("dmc:cartpole-swingup"), DMCEnv)
+
+
+def test_envs_evaluate_and_config_import_without_torch():
+    """`flowrl control` (serve side) and the ONNX evaluation use these modules on machines without torch."""
+    import subprocess
+    import sys
+
+    code = (
+        "import sys; import flowrl_deploy.train.envs, flowrl_deploy.train.evaluate, flowrl_deploy.train.config; "
+        "sys.exit('torch' in sys.modules)"
+    )
+    assert subprocess.run([sys.executable, "-c", code], timeout=60).returncode == 0
