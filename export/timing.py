@@ -32,5 +32,33 @@ def time_calls(call: Callable[[], object], *, budget_s: float = 1.0, min_calls: 
         start = time.perf_counter()
         call()
         durations.append(time.perf_counter() - start)
+    return _summary(durations)
+
+
+def time_interleaved(
+    calls: dict[str, Callable[[], object]], *, budget_s: float = 1.0, block_s: float = 0.05, min_calls: int = 20
+) -> dict[str, Timing]:
+    """Time several calls in alternating blocks of about ``block_s`` seconds each.
+
+    Load from other processes on a shared machine then falls on all of them alike, so their
+    ratios stay meaningful; within a block the call runs back to back, as in a control loop,
+    and the block's first call (cold caches after the other calls) is not counted.
+    """
+    durations: dict[str, list[float]] = {name: [] for name in calls}
+    deadline = time.perf_counter() + budget_s
+    while min(len(d) for d in durations.values()) < min_calls or time.perf_counter() < deadline:
+        for name, call in calls.items():
+            call()
+            block_end = time.perf_counter() + block_s
+            while True:
+                start = time.perf_counter()
+                call()
+                durations[name].append(time.perf_counter() - start)
+                if start >= block_end:
+                    break
+    return {name: _summary(d) for name, d in durations.items()}
+
+
+def _summary(durations: list[float]) -> Timing:
     ms = np.asarray(durations) * 1e3
     return Timing(float(np.percentile(ms, 50)), float(np.percentile(ms, 99)), len(durations))
