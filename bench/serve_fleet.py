@@ -104,10 +104,10 @@ async def fleet(address: str, k: int, duration_s: float, warmup_s: float) -> dic
 
 
 def search(address: str, duration_s: float, warmup_s: float, k_max: int) -> tuple[int, list[dict]]:
-    """Largest passing K: double until a failure, then bisect."""
+    """Largest passing K (a failure is retried once): double until a failure, then bisect."""
     trials: list[dict] = []
 
-    def trial(k: int) -> bool:
+    def trial(k: int, retry: bool = True) -> bool:
         row = asyncio.run(fleet(address, k, duration_s, warmup_s))
         trials.append(row)
         print(
@@ -116,6 +116,8 @@ def search(address: str, duration_s: float, warmup_s: float, k_max: int) -> tupl
             f"  {row['actions_per_s']:7.0f} actions/s  {'ok' if row['ok'] else 'FAIL'}",
             flush=True,
         )
+        if not row["ok"] and retry:  # one retry, so that a single hiccup of a shared machine does not end the search
+            return trial(k, retry=False)
         return row["ok"]
 
     good, bad, k = 0, None, 1

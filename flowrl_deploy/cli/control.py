@@ -14,12 +14,12 @@ from flowrl_deploy.cli._common import user_errors
 @user_errors
 def control(
     server: Annotated[str, typer.Option(help="host:port of `flowrl serve`.")] = "localhost:50051",
-    env: Annotated[str | None, typer.Option(help="Env id [default: the served policy's].")] = None,
+    env: Annotated[str | None, typer.Option(help="Env id; default: the served policy's.")] = None,
     hz: Annotated[float, typer.Option(help="Control rate.")] = 50.0,
     episodes: Annotated[int, typer.Option(help="Episodes to run.")] = 1,
     seed: Annotated[int, typer.Option(help="Seed of the episodes and of the session's noise (as `flowrl eval`).")] = 0,
     deadline_ms: Annotated[
-        float | None, typer.Option(help="Wait this long for an action [default: half the period].")
+        float | None, typer.Option(help="Wait this long for an action; default: half the period.")
     ] = None,
     fallback: Annotated[str, typer.Option(help="Action when none arrives in time: hold, zeros or local.")] = "hold",
     local_model: Annotated[str, typer.Option(help="ONNX file for --fallback local.")] = "",

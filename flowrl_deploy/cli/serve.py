@@ -29,7 +29,7 @@ def serve(
     port: Annotated[int, typer.Option(help="TCP port; 0 picks a free one (printed).")] = 50051,
     host: Annotated[str, typer.Option(help="Address to listen on; 0.0.0.0 for every interface.")] = "127.0.0.1",
     providers: Annotated[
-        str, typer.Option(help="onnxruntime providers, e.g. 'cuda,cpu' [default: CUDA when present, else CPU].")
+        str, typer.Option(help="onnxruntime providers, e.g. 'cuda,cpu'; default: CUDA when present, else CPU.")
     ] = "",
     threads: Annotated[int, typer.Option(help="onnxruntime intra-op threads per call.")] = 1,
     max_batch: Annotated[
