@@ -37,16 +37,17 @@ def decode(tensor: pb.Tensor, *, name: str = "tensor") -> np.ndarray:
     if any(d < 0 for d in shape):
         raise TensorError(f"{name}: negative dimension in shape {list(shape)}")
     count = math.prod(shape)
-    if tensor.data and len(tensor.values):
+    data = tensor.data  # a copy on every access: read it once
+    if data and len(tensor.values):
         raise TensorError(f"{name}: set either data or values, not both")
     if tensor.values:
         array = np.asarray(tensor.values, dtype=np.float32)
     else:
-        if len(tensor.data) != 4 * count:
+        if len(data) != 4 * count:
             raise TensorError(
-                f"{name}: {len(tensor.data)} bytes do not hold shape {list(shape)} of float32 ({4 * count} bytes)"
+                f"{name}: {len(data)} bytes do not hold shape {list(shape)} of float32 ({4 * count} bytes)"
             )
-        array = np.frombuffer(tensor.data, dtype=_LE_FLOAT32).astype(np.float32, copy=False)
+        array = np.frombuffer(data, dtype=_LE_FLOAT32).astype(np.float32, copy=False)
     if array.size != count:
         raise TensorError(f"{name}: {array.size} values do not fill shape {list(shape)}")
     if count == 0:
