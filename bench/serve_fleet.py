@@ -96,9 +96,13 @@ async def fleet(address: str, k: int, duration_s: float, warmup_s: float) -> dic
     counts = {"sent": 0, "misses": 0, "errors": 0}
     async with grpc.aio.insecure_channel(address) as channel:
         stub = pb_grpc.PolicyServiceStub(channel)
+        before = await stub.GetStats(pb.GetStatsRequest())
         await asyncio.gather(*(robot(stub, i, duration_s, warmup_s, rtts, counts) for i in range(k)))
+        after = await stub.GetStats(pb.GetStatsRequest())
+    rows = after.batches * after.mean_batch_size - before.batches * before.mean_batch_size
+    mean_batch = rows / max(1, after.batches - before.batches)
     row = figures(rtts) if rtts else {"p50_us": float("inf"), "p99_us": float("inf")}
-    row.update(k=k, actions_per_s=len(rtts) / duration_s, **counts)
+    row.update(k=k, actions_per_s=len(rtts) / duration_s, mean_batch=mean_batch, **counts)
     row["ok"] = row["p99_us"] < P99_LIMIT_US and counts["misses"] == 0
     return row
 
@@ -112,7 +116,7 @@ def search(address: str, duration_s: float, warmup_s: float, k_max: int) -> tupl
         trials.append(row)
         print(
             f"  K={k:4d}  p50 {row['p50_us']:8.0f} µs  p99 {row['p99_us']:8.0f} µs  misses {row['misses']:5d}"
-            f" (errors {row['errors']})"
+            f" (errors {row['errors']})  mean batch {row['mean_batch']:4.1f}"
             f"  {row['actions_per_s']:7.0f} actions/s  {'ok' if row['ok'] else 'FAIL'}",
             flush=True,
         )
