@@ -46,12 +46,20 @@ THROUGHPUT_BATCHES = (64, 256)
 
 
 def floor_graph(weights: VelocityWeights, spec: PolicySpec, steps: int, solver: str) -> onnx.ModelProto:
-    """a → a·W_aᵀ → ·W2ᵀ → ·W_outᵀ → a, once per velocity evaluation: nothing but the unavoidable matmuls."""
+    """a → a·W_aᵀ → ·W2ᵀ → ·W_outᵀ → a, once per velocity evaluation: nothing but the unavoidable matmuls.
+
+    Each matrix is rescaled to keep a random vector's norm, so that 3·2N chained products neither
+    overflow nor sink into (slow) denormals; the shapes, and so the work, are the policy's.
+    """
     o, a = spec.obs_dim, spec.act_dim
+
+    def norm_keeping(w: np.ndarray) -> np.ndarray:  # w: [out, in]; E‖x·wᵀ‖ = ‖x‖ for x ~ N(0, I)
+        return np.ascontiguousarray((w * np.sqrt(w.shape[1]) / np.linalg.norm(w)).T, dtype=np.float32)
+
     initializers = [
-        numpy_helper.from_array(np.ascontiguousarray(weights.w1[:, o : o + a].T), "w_a"),
-        numpy_helper.from_array(np.ascontiguousarray(weights.w2.T), "w2"),
-        numpy_helper.from_array(np.ascontiguousarray(weights.w_out.T), "w_out"),
+        numpy_helper.from_array(norm_keeping(weights.w1[:, o : o + a]), "w_a"),
+        numpy_helper.from_array(norm_keeping(weights.w2), "w2"),
+        numpy_helper.from_array(norm_keeping(weights.w_out), "w_out"),
     ]
     nodes, x = [], "noise"
     for i in range(len(schedule(steps, solver))):
