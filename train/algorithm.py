@@ -22,7 +22,7 @@ from torch import nn
 from flowrl_deploy.errors import CheckpointError
 from flowrl_deploy.spec import PolicySpec
 from flowrl_deploy.train.actor import FlowActor
-from flowrl_deploy.train.config import TrainConfig
+from flowrl_deploy.train.config import ConfigError, TrainConfig
 from flowrl_deploy.train.critics import TwinQ, ValueNet
 from flowrl_deploy.train.losses import (
     actor_loss,
@@ -40,8 +40,6 @@ def resolve_device(name: str) -> torch.device:
     if name == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
     if name == "cuda" and not torch.cuda.is_available():
-        from flowrl_deploy.train.config import ConfigError
-
         raise ConfigError("--device cuda was asked for, but torch sees no CUDA device; use --device auto or cpu")
     return torch.device(name)
 
