@@ -108,3 +108,22 @@ def test_inspect_refuses_an_onnx_file_without_a_contract(tmp_path, checkpoint):
     onnx.save(model, tmp_path / "bare.onnx")
     result = runner.invoke(app, ["inspect", str(tmp_path / "bare.onnx")])
     assert result.exit_code == 1 and "no flowrl policy contract" in result.output
+
+
+def test_inspect_needs_neither_torch_nor_onnx(checkpoint, tmp_path):
+    """A robot computer has onnxruntime but no torch or onnx; `flowrl inspect` must still work there."""
+    import subprocess
+    import sys
+
+    from flowrl_deploy.export import ExportConfig, export_checkpoint
+
+    report = export_checkpoint(checkpoint, tmp_path / "p.onnx", ExportConfig(steps=1, samples=3))
+    code = (
+        "import sys; sys.modules.update(torch=None, onnx=None)\n"
+        "from typer.testing import CliRunner\n"
+        "from flowrl_deploy.cli import app\n"
+        f"print(CliRunner().invoke(app, ['inspect', {str(report.path)!r}]).output)"
+    )
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert result.returncode == 0, result.stderr
+    assert f"contract     {report.contract_hash}" in result.stdout
