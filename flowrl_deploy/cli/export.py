@@ -62,7 +62,7 @@ def export(
         bool, typer.Option("--optimize/--no-optimize", help="Structural optimizations (obs share of layer 1 once).")
     ] = True,
     verify: Annotated[
-        bool, typer.Option("--verify/--no-verify", help="Check the graph against the torch sampler (default on).")
+        bool, typer.Option("--verify/--no-verify", help="Check the graph against the torch sampler before writing it.")
     ] = True,
     report: Annotated[
         bool, typer.Option("--report", help="Tabulate batch-1 latency (and return with --episodes) for each N.")
