@@ -49,11 +49,12 @@ class ExportReport:
 
     def summary(self) -> str:
         c = self.contract
-        inputs = f"{OBS_INPUT}[B,{c.obs_dim}]" + ("" if c.deterministic else f", {NOISE_INPUT}[B,{c.act_dim}]")
+        b = "B" if self.provenance["export_config"]["batch"] == "dynamic" else self.provenance["export_config"]["batch"]
+        inputs = f"{OBS_INPUT}[{b},{c.obs_dim}]" + ("" if c.deterministic else f", {NOISE_INPUT}[{b},{c.act_dim}]")
         lines = [
             f"wrote {self.path} ({self.provenance['dtype']}, {c.solver} × {c.flow_steps} steps, "
             f"{'optimized' if self.provenance['export_config']['optimize'] else 'plain'} graph)",
-            f"  inputs {inputs} -> {c.output_name}[B,{c.act_dim}] (rescaled to the action bounds)",
+            f"  inputs {inputs} -> {c.output_name}[{b},{c.act_dim}] (rescaled to the action bounds)",
             f"  contract hash {self.contract_hash}, file sha256 {self.sha256[:16]}…",
             "  " + (self.parity.summary() if self.parity else "verification SKIPPED (--no-verify)"),
         ]
