@@ -11,9 +11,8 @@ import numpy as np
 DOG_RUN = {"obs_dim": 223, "act_dim": 38, "hidden": 512}
 
 
-def dog_run_model(out_dir: Path, steps: int = 10) -> Path:
-    """Export a random (untrained) dog-run-shaped FlowActor with ``steps`` flow steps; cached."""
-    out = out_dir / f"dog_run_random_{steps}steps.onnx"
+def random_policy(out: Path, obs_dim: int, act_dim: int, hidden: int, env_id: str, steps: int = 10) -> Path:
+    """Export a random (untrained) FlowActor of these shapes with ``steps`` flow steps to ``out``; cached."""
     if out.exists():
         return out
     import torch
@@ -25,19 +24,17 @@ def dog_run_model(out_dir: Path, steps: int = 10) -> Path:
 
     torch.set_num_threads(1)
     torch.manual_seed(0)
-    act_dim = DOG_RUN["act_dim"]
-    spec = PolicySpec(
-        obs_dim=DOG_RUN["obs_dim"],
-        act_dim=act_dim,
-        action_low=(-1.0,) * act_dim,
-        action_high=(1.0,) * act_dim,
-        hidden=DOG_RUN["hidden"],
-        env_id="dmc:dog-run",
-    )
+    bounds = (-1.0,) * act_dim, (1.0,) * act_dim
+    spec = PolicySpec(obs_dim, act_dim, *bounds, hidden=hidden, env_id=env_id)
     actor = {k: v.detach().numpy() for k, v in FlowActor(spec).state_dict().items()}
-    checkpoint = save_checkpoint(out_dir / "dog_run_random_ckpt", spec=spec, actor=actor)
+    checkpoint = save_checkpoint(out.with_suffix(".ckpt"), spec=spec, actor=actor)
     export_checkpoint(checkpoint, out, ExportConfig(steps=steps, samples=8))
     return out
+
+
+def dog_run_model(out_dir: Path, steps: int = 10) -> Path:
+    """A random dog-run-shaped policy (obs 223, act 38, width 512)."""
+    return random_policy(out_dir / f"dog_run_random_{steps}steps.onnx", env_id="dmc:dog-run", steps=steps, **DOG_RUN)
 
 
 def figures(samples_us: list[float]) -> dict[str, float]:

@@ -1,0 +1,44 @@
+"""A 200 Hz `flowrl control` run against `flowrl serve`: deadline misses, round trip and jitter.
+
+A random (untrained) cartpole policy, width 256, 10 flow steps, exported and served in a child
+process; 10 episodes of dmc:cartpole-swingup = 10,000 control ticks. Target: < 0.1% misses.
+
+    .venv/bin/python bench/serve_control.py [--quick] [--json bench/results/serve_control.json]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import tempfile
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from serve_common import machine, random_policy
+
+from flowrl_deploy.control import run_control
+from flowrl_deploy.serve import ServerProcess
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--quick", action="store_true", help="2 episodes (2,000 ticks)")
+    parser.add_argument("--json", type=Path, help="write the report here (raw round trips included)")
+    parser.add_argument("--hz", type=float, default=200.0)
+    parser.add_argument("--work", type=Path, default=Path(tempfile.gettempdir()) / "flowrl-bench")
+    args = parser.parse_args()
+    args.work.mkdir(parents=True, exist_ok=True)
+    model = random_policy(args.work / "cartpole_random.onnx", 5, 1, 256, "dmc:cartpole-swingup")
+    with ServerProcess(model, "--providers", "cpu") as server:
+        report = run_control(server.address, None, hz=args.hz, episodes=2 if args.quick else 10, seed=0)
+    print(f"{machine()['cpu']} ({machine()['cores']} cores)")
+    print(report.summary())
+    print(f"target < 0.1% misses: {'OK' if report.miss_rate < 0.001 else 'MISSED'}")
+    if args.json:
+        args.json.parent.mkdir(parents=True, exist_ok=True)
+        args.json.write_text(json.dumps({"machine": machine(), **report.to_dict()}, indent=1))
+
+
+if __name__ == "__main__":
+    main()
