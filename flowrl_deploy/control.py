@@ -81,11 +81,13 @@ def run_control(
     fallback: str = "hold",
     local_model: str = "",
     max_steps: int | None = None,
+    contract_hash: str = "",
 ) -> ControlReport:
     """Run ``episodes`` episodes of ``env_id`` (default: the served policy's) at ``hz``.
 
     Each tick: read the observation, ask the server (deadline ``deadline_s``, default half the
-    period), step the simulator, sleep until the next tick. ``max_steps`` caps each episode.
+    period), step the simulator, sleep until the next tick. ``max_steps`` caps each episode;
+    ``contract_hash`` pins the policy contract (the server then refuses any other).
     """
     from flowrl_deploy.train.envs import episode_seed, make_env
     from flowrl_deploy.train.evaluate import EVAL_STREAM
@@ -106,7 +108,12 @@ def run_control(
                 f"{info.obs_dim}/{info.act_dim}"
             )
         session = client.session(
-            period_s=period, deadline_s=deadline_s, seed=seed, fallback=fallback, local_model=local_model
+            period_s=period,
+            deadline_s=deadline_s,
+            seed=seed,
+            fallback=fallback,
+            local_model=local_model,
+            contract_hash=contract_hash,
         )
         returns, lateness, overruns = [], [], 0
         try:

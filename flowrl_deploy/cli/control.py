@@ -24,6 +24,7 @@ def control(
     fallback: Annotated[str, typer.Option(help="Action when none arrives in time: hold, zeros or local.")] = "hold",
     local_model: Annotated[str, typer.Option(help="ONNX file for --fallback local.")] = "",
     max_steps: Annotated[int | None, typer.Option(help="Cap each episode at this many steps.")] = None,
+    contract_hash: Annotated[str, typer.Option(help="Pin the policy contract (hash from `flowrl inspect`).")] = "",
     token: Annotated[str, typer.Option(help="The server's shared secret.", envvar="FLOWRL_TOKEN")] = "",
     tls_ca: Annotated[str, typer.Option(help="PEM CA of the server's TLS certificate.")] = "",
     json_path: Annotated[
@@ -45,6 +46,7 @@ def control(
         fallback=fallback,
         local_model=local_model,
         max_steps=max_steps,
+        contract_hash=contract_hash,
     )
     typer.echo(report.summary())
     if json_path is not None:

@@ -17,6 +17,7 @@ def query(
     obs: Annotated[str, typer.Option(help="Observation as JSON: [..] or a batch [[..], ..].")] = "",
     obs_file: Annotated[Path | None, typer.Option(help="A JSON file holding the observation(s), or .npy.")] = None,
     seed: Annotated[int | None, typer.Option(help="Seed of the policy noise.")] = None,
+    contract_hash: Annotated[str, typer.Option(help="Pin the policy contract (hash from `flowrl inspect`).")] = "",
     token: Annotated[str, typer.Option(help="The server's shared secret.", envvar="FLOWRL_TOKEN")] = "",
     tls_ca: Annotated[str, typer.Option(help="PEM CA of the server's TLS certificate.")] = "",
     timeout: Annotated[float, typer.Option(help="Seconds to wait.")] = 5.0,
@@ -39,7 +40,7 @@ def query(
     except (OSError, ValueError, TypeError) as exc:
         raise FlowRLError(f"cannot read the observation: {exc}") from exc
     with PolicyClient(server, token=token, tls_ca=tls_ca, timeout_s=timeout) as client:
-        reply = client.act_reply(array, seed=seed)
+        reply = client.act_reply(array, seed=seed, contract_hash=contract_hash)
     action = decode(reply.action, name="action")
     typer.echo(
         json.dumps(

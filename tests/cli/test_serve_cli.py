@@ -49,6 +49,13 @@ def test_query_reads_a_batch_from_a_file(served, tmp_path):
     assert np.asarray(json.loads(result.output)["action"]).shape == (2, 2)
 
 
+def test_query_with_a_wrong_pinned_contract_is_refused(served):
+    _, address, _ = served
+    result = runner.invoke(app, ["query", "--server", address, "--obs", "[0, 0, 0]", "--contract-hash", "0" * 16])
+    assert result.exit_code == 1
+    assert "FAILED_PRECONDITION" in result.output and "0000000000000000" in result.output
+
+
 @pytest.mark.parametrize(
     ("args", "message"),
     [
