@@ -3,18 +3,22 @@
 from __future__ import annotations
 
 import json
+import queue
+import threading
 import time
 
 import grpc
 import numpy as np
 import pytest
 from grpc_health.v1 import health_pb2, health_pb2_grpc
-from tiny_policy import ACT_DIM, OBS_DIM, tiny_contract
+from tiny_policy import ACT_DIM, OBS_DIM, tiny_contract, write_policy
 
-from flowrl_deploy.client import ServiceError
+from flowrl_deploy.client import PolicyClient, ServiceError
 from flowrl_deploy.codec import decode, encode
 from flowrl_deploy.proto.flowrl.v1 import policy_pb2 as pb
 from flowrl_deploy.proto.flowrl.v1 import policy_pb2_grpc as pb_grpc
+from flowrl_deploy.runtime import OnnxPolicy
+from flowrl_deploy.serve import PolicyServer, ServeConfig
 from flowrl_deploy.serve.noise import draw_noise, session_noise
 
 
@@ -192,9 +196,6 @@ def test_stats_count_calls_and_errors(client):
 
 
 def test_health_is_not_serving_until_the_model_is_warm(policy_path, monkeypatch):
-    import threading
-
-    from flowrl_deploy.serve import PolicyServer, ServeConfig
     from flowrl_deploy.serve.model import ServedModel
 
     warming, release = threading.Event(), threading.Event()
@@ -229,8 +230,6 @@ def test_health_is_not_serving_until_the_model_is_warm(policy_path, monkeypatch)
 
 
 def test_a_reconnected_stream_keeps_its_session_when_the_old_stream_ends(client):
-    import queue
-
     def open_stream():
         requests: queue.SimpleQueue = queue.SimpleQueue()
         replies = client.stub.StreamAct(iter(requests.get, None), timeout=10)
@@ -251,3 +250,15 @@ def test_a_reconnected_stream_keeps_its_session_when_the_old_stream_ends(client)
     assert client.act(_obs(1), session_id="shared").shape == (1, ACT_DIM)
     new[0].put(None)
     list(new[1])
+
+
+def test_the_deterministic_graph_is_served_without_noise(tmp_path):
+    path = write_policy(tmp_path / "deterministic.onnx", deterministic=True)
+    obs = _obs(3)
+    with PolicyServer(ServeConfig(str(path), port=0, grace_s=0)).start() as server, PolicyClient(server.address) as c:
+        assert not c.spec().takes_noise
+        expected = OnnxPolicy(path).act(obs)
+        np.testing.assert_allclose(c.act(obs, seed=1), expected, atol=1e-6)
+        np.testing.assert_allclose(c.act(obs, seed=2), expected, atol=1e-6)
+        with c.session(period_s=0.5) as control:
+            np.testing.assert_allclose(control.act(obs[0]), expected[0], atol=1e-6)
