@@ -7,6 +7,7 @@ execution, no spinning threads; CUDA is used when onnxruntime offers it.
 
 from __future__ import annotations
 
+import ctypes
 import os
 from pathlib import Path
 
@@ -16,12 +17,26 @@ from flowrl_deploy.contract import NOISE_INPUT, OBS_INPUT, PolicyContract, contr
 from flowrl_deploy.errors import FlowRLError, SpecError
 
 
+def cuda_device_present() -> bool:
+    """Whether the NVIDIA driver loads and reports at least one GPU.
+
+    onnxruntime-gpu lists its CUDA provider on every machine, GPU or not, and logs an error at
+    each session start where it cannot load; asking the driver first keeps CPU machines quiet.
+    """
+    try:
+        driver = ctypes.CDLL("libcuda.so.1")
+    except OSError:
+        return False
+    count = ctypes.c_int(0)
+    return driver.cuInit(0) == 0 and driver.cuDeviceGetCount(ctypes.byref(count)) == 0 and count.value > 0
+
+
 def default_providers() -> list[str]:
-    """CUDA first when this onnxruntime build and machine offer it, CPU always."""
+    """CUDA first when this onnxruntime build offers it and a GPU is present, CPU always."""
     import onnxruntime as ort
 
-    available = ort.get_available_providers()
-    return [p for p in ("CUDAExecutionProvider", "CPUExecutionProvider") if p in available]
+    wanted = ["CUDAExecutionProvider"] if cuda_device_present() else []
+    return [p for p in ort.get_available_providers() if p in wanted] + ["CPUExecutionProvider"]
 
 
 def make_session(

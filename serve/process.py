@@ -10,6 +10,7 @@ A separate process keeps the server's inference off the caller's GIL.
 from __future__ import annotations
 
 import os
+import shutil
 import subprocess
 import sys
 import threading
@@ -17,13 +18,22 @@ from pathlib import Path
 
 from flowrl_deploy.errors import FlowRLError
 
-FLOWRL = (sys.executable, "-c", "from flowrl_deploy.cli import app; app()")
+FLOWRL = (sys.executable, "-m", "flowrl_deploy.cli")
 
 
 class ServerProcess:
-    """Start ``flowrl serve MODEL --port 0 *args``; ``address`` is its ``host:port``."""
+    """Start ``flowrl serve MODEL --port 0 *args``; ``address`` is its ``host:port``.
 
-    def __init__(self, model: str | os.PathLike[str], *args: str, timeout_s: float = 120.0) -> None:
+    With ``log``, the server's stderr (its log) is copied to that file.
+    """
+
+    def __init__(
+        self,
+        model: str | os.PathLike[str],
+        *args: str,
+        timeout_s: float = 120.0,
+        log: str | os.PathLike[str] | None = None,
+    ) -> None:
         self.process = subprocess.Popen(
             [*FLOWRL, "serve", str(model), "--port", "0", *args],
             stdout=subprocess.PIPE,
@@ -38,8 +48,15 @@ class ServerProcess:
         # "serving <version> on <host:port>[, metrics on :<port>]"
         self.version = line.split()[1]
         self.address = line.split(" on ")[1].split(",")[0].strip()
-        self._stderr_drain = threading.Thread(target=self.process.stderr.read, daemon=True)
+        self._stderr_drain = threading.Thread(target=self._drain_stderr, args=(log,), daemon=True)
         self._stderr_drain.start()
+
+    def _drain_stderr(self, log: str | os.PathLike[str] | None) -> None:
+        if log is None:
+            self.process.stderr.read()
+            return
+        with open(log, "w") as f:
+            shutil.copyfileobj(self.process.stderr, f)
 
     def _first_line(self, timeout_s: float) -> str:
         lines: list[str] = []

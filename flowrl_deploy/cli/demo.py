@@ -2,16 +2,13 @@
 
 train → checkpoint → export (10 steps) → `flowrl serve` in a child process → a simulated robot
 in a fixed-rate closed loop against it → a report folder with plots, artifacts and figures.
-The child server is stopped on every exit path, Ctrl-C included.
+The child server is stopped on every exit path, Ctrl-C included (``ServerProcess``).
 """
 
 from __future__ import annotations
 
 import json
 import math
-import signal
-import subprocess
-import sys
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -21,8 +18,6 @@ import typer
 
 from flowrl_deploy.cli._common import user_errors
 from flowrl_deploy.errors import FlowRLError
-
-SERVER_START_TIMEOUT_S = 120.0
 
 
 @dataclass(frozen=True)
@@ -41,49 +36,12 @@ class DemoConfig:
     seed: int = 0
 
 
-class ChildServer:
-    """`flowrl serve` in a child process on a free port; a context manager that always stops it."""
-
-    def __init__(self, model: Path, log_path: Path) -> None:
-        self.model, self.log_path = model, log_path
-        self.process: subprocess.Popen[str] | None = None
-        self.address = ""
-
-    def __enter__(self) -> ChildServer:
-        command = [sys.executable, "-m", "flowrl_deploy.cli", "serve", str(self.model), "--port", "0"]
-        self._log = open(self.log_path, "w")
-        self.process = subprocess.Popen(
-            command, stdout=subprocess.PIPE, stderr=self._log, text=True, start_new_session=True
-        )
-        deadline = time.monotonic() + SERVER_START_TIMEOUT_S
-        assert self.process.stdout is not None
-        while time.monotonic() < deadline:
-            line = self.process.stdout.readline()
-            if not line:
-                break
-            self._log.write(line)
-            if line.startswith("serving ") and " on " in line:
-                self.address = line.split(" on ")[1].split(",")[0].strip()
-                return self
-        self.__exit__()
-        raise FlowRLError(f"the policy server did not start; its log is in {self.log_path}")
-
-    def __exit__(self, *exc: object) -> None:
-        if self.process is not None and self.process.poll() is None:
-            self.process.send_signal(signal.SIGTERM)
-            try:
-                self.process.wait(timeout=15)
-            except subprocess.TimeoutExpired:
-                self.process.kill()
-                self.process.wait()
-        self._log.close()
-
-
 def run_demo(cfg: DemoConfig, echo=typer.echo) -> dict[str, Any]:
     """Run every stage into ``cfg.out`` and return the summary that is also written to summary.json."""
     from flowrl_deploy.control import run_control
     from flowrl_deploy.export import ExportConfig, export_checkpoint
     from flowrl_deploy.export.act import onnx_act_fn
+    from flowrl_deploy.serve import ServerProcess
     from flowrl_deploy.train.config import TrainConfig
     from flowrl_deploy.train.evaluate import evaluate
     from flowrl_deploy.train.loop import train
@@ -113,7 +71,7 @@ def run_demo(cfg: DemoConfig, echo=typer.echo) -> dict[str, Any]:
     offline = evaluate(onnx_act_fn(report.path, seed=cfg.seed), cfg.env, cfg.episodes, seed=cfg.seed)
 
     echo("[3/4] start `flowrl serve` in the background")
-    with ChildServer(report.path, out / "server.log") as server:
+    with ServerProcess(report.path, log=out / "server.log") as server:
         hz = cfg.hz or 1.0 / report.contract.control_period_s
         echo(f"[4/4] closed-loop control at {hz:g} Hz against {server.address}")
         control = run_control(server.address, cfg.env, hz=hz, episodes=cfg.episodes, seed=cfg.seed)

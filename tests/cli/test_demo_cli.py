@@ -6,7 +6,7 @@ import pytest
 from typer.testing import CliRunner
 
 from flowrl_deploy.cli import app
-from flowrl_deploy.cli.demo import ChildServer
+from flowrl_deploy.serve import ServerProcess
 
 pytestmark = pytest.mark.slow
 
@@ -35,11 +35,10 @@ def test_child_server_is_stopped_on_interrupt(tmp_path):
     actor = {k: v.numpy() for k, v in FlowActor(spec).state_dict().items()}
     checkpoint = save_checkpoint(tmp_path / "ckpt", spec=spec, actor=actor)
     policy = export_checkpoint(checkpoint, tmp_path / "policy.onnx", ExportConfig(steps=2)).path
-    server = ChildServer(policy, tmp_path / "server.log")
-    with pytest.raises(KeyboardInterrupt), server:
+    with pytest.raises(KeyboardInterrupt), ServerProcess(policy, log=tmp_path / "server.log") as server:
         assert server.address.startswith("127.0.0.1:")
         raise KeyboardInterrupt
-    assert server.process is not None and server.process.poll() is not None
+    assert server.process.poll() is not None
 
 
 def test_bad_budget_is_refused_without_traceback(tmp_path):
