@@ -12,6 +12,8 @@ resumed from a checkpoint taken at an episode boundary continues exactly as if n
 from __future__ import annotations
 
 import math
+import signal
+import threading
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -41,8 +43,31 @@ class Counters:
 @dataclass(frozen=True)
 class TrainResult:
     run_dir: Path
-    last_checkpoint: Path
+    last_checkpoint: Path | None
     counters: Counters
+    interrupted: bool = False
+    """Ctrl-C (SIGINT) stopped the run early; ``last_checkpoint`` holds the state at the stop."""
+
+
+class _StopOnSigint:
+    """Set by the first Ctrl-C, so the loop stops between two steps and saves a consistent ``last``
+    checkpoint; a second Ctrl-C interrupts at once. Installed only on the main thread."""
+
+    def __init__(self) -> None:
+        self.requested = False
+        self._previous = None
+        if threading.current_thread() is threading.main_thread():
+            self._previous = signal.signal(signal.SIGINT, self._handler)
+
+    def _handler(self, signum, frame) -> None:
+        if self.requested:
+            raise KeyboardInterrupt
+        self.requested = True
+
+    def restore(self) -> None:
+        if self._previous is not None:
+            signal.signal(signal.SIGINT, self._previous)
+            self._previous = None
 
 
 def policy_spec(info: EnvInfo, cfg: TrainConfig) -> PolicySpec:
@@ -79,6 +104,8 @@ def train(cfg: TrainConfig, resume: str | Path | None = None, progress: bool = T
     its config, ``resume_config(resume)``, as ``cfg``.
     """
     run_dir = Path(cfg.out) if resume is None else resolve_checkpoint(resume).parent.parent
+    if run_dir.exists() and not run_dir.is_dir():
+        raise FlowRLError(f"--out {run_dir} is a file, not a directory; choose a directory for the run")
     if resume is None and any((run_dir / CHECKPOINTS_DIR).glob("step_*")):
         raise FlowRLError(
             f"{run_dir} already holds a run's checkpoints; continue it with --resume {run_dir} or choose another --out"
@@ -96,6 +123,10 @@ def train(cfg: TrainConfig, resume: str | Path | None = None, progress: bool = T
     counters = Counters()
     if resume is not None:
         counters = _restore(resume, agent, replay, action_rng)
+    try:
+        run_dir.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise FlowRLError(f"cannot create the run directory {run_dir}: {exc.strerror or exc}") from None
     cfg.save(run_dir)  # before step 0 (or the first step after a resume)
 
     checkpoints = RunCheckpoints(run_dir, cfg.save_every)
@@ -109,10 +140,12 @@ def train(cfg: TrainConfig, resume: str | Path | None = None, progress: bool = T
         )
 
     obs, episode_return = env.reset(episode_seed(cfg.seed, counters.episodes)), 0.0
-    last_checkpoint = None
+    last_checkpoint = resolve_checkpoint(resume) if resume is not None else None
+    first_step = counters.env_steps
     metrics: dict[str, torch.Tensor] = {}
+    stop = _StopOnSigint()
     try:
-        while counters.env_steps < cfg.steps:
+        while counters.env_steps < cfg.steps and not stop.requested:
             # ALGO LOGIC: act (uniform random during the warm-up), store, update once
             if counters.env_steps < cfg.start_steps:
                 action = action_rng.uniform(low, high).astype(np.float32)
@@ -153,14 +186,16 @@ def train(cfg: TrainConfig, resume: str | Path | None = None, progress: bool = T
             if cfg.save_every and step % cfg.save_every == 0:
                 last_checkpoint = save()
             bar.update(step, agent.updates)
-        last_checkpoint = save()
+        if not stop.requested or counters.env_steps > first_step:  # a stop before any step saves nothing
+            last_checkpoint = save()
     finally:
+        stop.restore()
         bar.update(counters.env_steps, agent.updates, force=True)
         bar.close()
         logger.close()
         env.close()
         eval_env.close()
-    return TrainResult(run_dir, last_checkpoint, counters)
+    return TrainResult(run_dir, last_checkpoint, counters, interrupted=stop.requested)
 
 
 def _evaluate(agent: FlowRL, eval_env: Env, cfg: TrainConfig, step: int) -> EvalResult:

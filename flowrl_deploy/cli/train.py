@@ -108,6 +108,14 @@ def train(
             threads=threads,
         )  # fmt: skip
     result = run_training(cfg, resume=resume, progress=progress)
+    if result.interrupted:
+        saved = f"saved {result.last_checkpoint}; " if result.last_checkpoint else ""
+        typer.secho(
+            f"interrupted at env step {result.counters.env_steps}; {saved}continue with --resume {result.run_dir}",
+            err=True,
+            fg=typer.colors.YELLOW,
+        )
+        raise typer.Exit(130)
     best = result.counters.best_eval_return
     typer.echo(
         f"trained {result.counters.env_steps} env steps; last checkpoint {result.last_checkpoint}"

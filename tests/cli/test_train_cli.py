@@ -135,3 +135,38 @@ def test_an_out_of_range_setting_is_one_clear_line(tmp_path):
     result = runner.invoke(app, ["train", "--expectile", "1.5", "--out", str(tmp_path)])
     assert result.exit_code == 1
     assert "expectile must lie in [0, 1]" in result.output
+
+
+def test_out_pointing_at_a_file_is_one_clear_line(tmp_path):
+    target = tmp_path / "notes.txt"
+    target.write_text("keep me")
+    result = runner.invoke(app, ["train", *TINY, "--steps", "50", "--out", str(target)])
+    assert result.exit_code == 1
+    assert "is a file, not a directory" in result.output and "Traceback" not in result.output
+    assert target.read_text() == "keep me"
+
+
+def test_ctrl_c_saves_last_and_exits_with_a_message(monkeypatch, tmp_path):
+    """The first SIGINT stops the loop between two steps, saves a resumable `last`, and says so."""
+    import os
+    import signal
+
+    class InterruptAt150(loop.Progress):
+        def update(self, steps, updates, force=False):
+            if steps == 150 and not force:
+                os.kill(os.getpid(), signal.SIGINT)
+            super().update(steps, updates, force=force)
+
+    monkeypatch.setattr(loop, "Progress", InterruptAt150)
+    out = tmp_path / "run"
+    result = runner.invoke(app, ["train", *TINY, "--steps", "100000", "--out", str(out)])
+    assert result.exit_code == 130, result.output
+    assert "interrupted at env step 150" in result.output and "--resume" in result.output
+    assert "Traceback" not in result.output
+    assert read_document(out / "checkpoints" / "last")["counters"]["env_steps"] == 150
+    assert signal.getsignal(signal.SIGINT) is signal.default_int_handler
+
+    monkeypatch.undo()
+    result = runner.invoke(app, ["train", "--resume", str(out), "--steps", "200", "--no-progress"])
+    assert result.exit_code == 0, result.output
+    assert read_document(out / "checkpoints" / "last")["counters"]["env_steps"] == 200
