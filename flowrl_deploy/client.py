@@ -56,6 +56,13 @@ class WatchdogError(FlowRLError):
     """No fresh action for too long or too many times in a row: the robot should stop."""
 
 
+def _checked_seed(seed: int | None) -> int | None:
+    """A noise seed travels as a uint64: refuse others with a clear error, not protobuf's ValueError."""
+    if seed is not None and not 0 <= seed < 2**64:
+        raise FlowRLError(f"seed must lie in [0, 2**64), got {seed}")
+    return seed
+
+
 def _service_error(exc: grpc.RpcError) -> ServiceError:
     return ServiceError(exc.code(), exc.details() or "")
 
@@ -152,15 +159,25 @@ class PolicyClient:
 
         stub = health_pb2_grpc.HealthStub(self.channel)
         until = time.monotonic() + timeout_s
+        why = ""
         while True:
             try:
-                reply = stub.Check(health_pb2.HealthCheckRequest(), timeout=1.0, wait_for_ready=True)
+                check_s = max(0.05, min(1.0, until - time.monotonic()))
+                reply = stub.Check(health_pb2.HealthCheckRequest(), timeout=check_s, wait_for_ready=True)
                 if reply.status == health_pb2.HealthCheckResponse.SERVING:
                     return
-            except grpc.RpcError:
-                pass
+                why = f"health {health_pb2.HealthCheckResponse.ServingStatus.Name(reply.status)}"
+            except grpc.RpcError as exc:
+                why = f"{exc.code().name}: {exc.details() or ''}"
             if time.monotonic() > until:
-                raise FlowRLError(f"server {self.target} not SERVING after {timeout_s:.0f} s")
+                if why.startswith("DEADLINE_EXCEEDED"):  # waiting for the channel hides why: ask once more
+                    try:
+                        stub.Check(health_pb2.HealthCheckRequest(), timeout=1.0)
+                    except grpc.RpcError as exc:
+                        why = f"{exc.code().name}: {exc.details() or ''}"
+                raise FlowRLError(
+                    f"server {self.target} not SERVING after {timeout_s:g} s ({why}); is `flowrl serve` running there?"
+                )
             time.sleep(0.05)
 
     def spec(self, timeout_s: float | None = None) -> PolicyInfo:
@@ -194,7 +211,7 @@ class PolicyClient:
     ) -> pb.ActReply:
         """The full ``Act`` reply (action tensor, model version, server timing)."""
         request = pb.ActRequest(obs=encode(obs), session_id=session_id, contract_hash=contract_hash)
-        if seed is not None:
+        if _checked_seed(seed) is not None:
             request.seed = seed
         return self._call(self.stub.Act, request, timeout_s)
 
@@ -205,7 +222,7 @@ class PolicyClient:
     def reset(self, session_id: str, seed: int | None = None, *, contract_hash: str = "") -> str:
         """Open or restart a session (reseeding its noise); returns the model version."""
         request = pb.ResetRequest(session_id=session_id, contract_hash=contract_hash)
-        if seed is not None:
+        if _checked_seed(seed) is not None:
             request.seed = seed
         return self._call(self.stub.Reset, request, None).model_version
 
@@ -309,7 +326,7 @@ class ControlSession:
         self.period_s = period_s
         self.deadline_s = deadline_s if deadline_s is not None else period_s / 2
         self.session_id = session_id or f"control-{uuid.uuid4().hex[:12]}"
-        self.seed = seed
+        self.seed = _checked_seed(seed)
         self.fallback = fallback
         self.max_consecutive_misses = max_consecutive_misses
         self.max_staleness_s = max_staleness_s
@@ -445,7 +462,7 @@ class ControlSession:
     # --- episodes and lifetime -------------------------------------------------------------------
     def reset(self, seed: int | None = None) -> None:
         """A new episode: reseed the session's noise (and the local fallback's) and forget the last action."""
-        self.seed = seed
+        self.seed = _checked_seed(seed)
         self.last_action = None
         if self.local is not None:
             self.local.reseed(seed)

@@ -82,21 +82,29 @@ def run_control(
     local_model: str = "",
     max_steps: int | None = None,
     contract_hash: str = "",
+    connect_timeout_s: float = 30.0,
 ) -> ControlReport:
     """Run ``episodes`` episodes of ``env_id`` (default: the served policy's) at ``hz``.
 
     Each tick: read the observation, ask the server (deadline ``deadline_s``, default half the
     period), step the simulator, sleep until the next tick. ``max_steps`` caps each episode;
-    ``contract_hash`` pins the policy contract (the server then refuses any other).
+    ``contract_hash`` pins the policy contract (the server then refuses any other);
+    ``connect_timeout_s`` bounds the wait for the server to be SERVING.
     """
     from flowrl_deploy.train.envs import episode_seed, make_env
     from flowrl_deploy.train.evaluate import EVAL_STREAM
 
     if hz <= 0 or episodes < 1:
         raise FlowRLError(f"need hz > 0 and episodes >= 1, got hz={hz}, episodes={episodes}")
+    if max_steps is not None and max_steps < 1:
+        raise FlowRLError(f"max steps must be >= 1, got {max_steps}")
+    if deadline_s is not None and deadline_s <= 0:
+        raise FlowRLError(f"the deadline must be > 0, got {deadline_s * 1e3:g} ms")
+    if not 0 <= seed < 2**32:
+        raise FlowRLError(f"seed must lie in [0, 2**32), got {seed}")
     period = 1.0 / hz
     with PolicyClient(server, token=token, tls_ca=tls_ca) as client:
-        client.wait_ready(timeout_s=30)
+        client.wait_ready(timeout_s=connect_timeout_s)
         info = client.spec()
         env_id = env_id or info.env_id
         if not env_id:

@@ -27,13 +27,21 @@ def control(
     contract_hash: Annotated[str, typer.Option(help="Pin the policy contract (hash from `flowrl inspect`).")] = "",
     token: Annotated[str, typer.Option(help="The server's shared secret.", envvar="FLOWRL_TOKEN")] = "",
     tls_ca: Annotated[str, typer.Option(help="PEM CA of the server's TLS certificate.")] = "",
+    connect_timeout: Annotated[
+        float, typer.Option(help="Seconds to wait for the server to be SERVING before giving up.")
+    ] = 5.0,
     json_path: Annotated[
         Path | None, typer.Option("--json", help="Write the report (with raw latencies) here.")
     ] = None,
 ) -> None:
     """Step a simulator at --hz with served actions; print return, latency percentiles, jitter and misses."""
     from flowrl_deploy.control import run_control
+    from flowrl_deploy.errors import FlowRLError
 
+    if connect_timeout <= 0:
+        raise FlowRLError(f"--connect-timeout must be > 0, got {connect_timeout:g}")
+    if json_path is not None and json_path.is_dir():
+        raise FlowRLError(f"--json {json_path} is a directory; give a file path such as {json_path / 'control.json'}")
     report = run_control(
         server,
         env,
@@ -47,8 +55,12 @@ def control(
         local_model=local_model,
         max_steps=max_steps,
         contract_hash=contract_hash,
+        connect_timeout_s=connect_timeout,
     )
     typer.echo(report.summary())
     if json_path is not None:
-        json_path.parent.mkdir(parents=True, exist_ok=True)
-        json_path.write_text(json.dumps(report.to_dict(), indent=1))
+        try:
+            json_path.parent.mkdir(parents=True, exist_ok=True)
+            json_path.write_text(json.dumps(report.to_dict(), indent=1))
+        except OSError as exc:
+            raise FlowRLError(f"cannot write the report to {json_path}: {exc.strerror or exc}") from None

@@ -31,6 +31,8 @@ def query(
 
     if bool(obs) == (obs_file is not None):
         raise FlowRLError("pass exactly one of --obs or --obs-file")
+    if not timeout > 0:
+        raise FlowRLError(f"--timeout must be > 0, got {timeout:g}")
     try:
         if obs_file is not None and obs_file.suffix == ".npy":
             values = np.load(obs_file, allow_pickle=False)

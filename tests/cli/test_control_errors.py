@@ -1,0 +1,51 @@
+"""`flowrl control` mistakes: one clear line and exit status 1, never a traceback or a long hang."""
+
+from __future__ import annotations
+
+import socket
+import time
+
+import pytest
+from typer.testing import CliRunner
+
+from flowrl_deploy.cli import app
+
+runner = CliRunner()
+
+
+def _closed_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def test_control_against_no_server_fails_fast_and_says_why():
+    start = time.monotonic()
+    result = runner.invoke(
+        app, ["control", "--server", f"127.0.0.1:{_closed_port()}", "--connect-timeout", "1", "--episodes", "1"]
+    )
+    assert time.monotonic() - start < 10
+    assert result.exit_code == 1
+    assert "not SERVING after 1 s" in result.output and "UNAVAILABLE" in result.output
+    assert "Traceback" not in result.output
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (["--max-steps", "0"], "max steps must be >= 1"),
+        (["--deadline-ms", "-1"], "the deadline must be > 0"),
+        (["--seed", "-1"], "seed must lie in [0, 2**32)"),
+        (["--connect-timeout", "0"], "--connect-timeout must be > 0"),
+    ],
+)
+def test_control_mistakes_are_one_line_errors(args, message):
+    result = runner.invoke(app, ["control", "--server", f"127.0.0.1:{_closed_port()}", *args])
+    assert result.exit_code == 1
+    assert message in result.output and "Traceback" not in result.output
+
+
+def test_control_json_into_a_directory_is_refused_before_running(tmp_path):
+    result = runner.invoke(app, ["control", "--server", f"127.0.0.1:{_closed_port()}", "--json", str(tmp_path)])
+    assert result.exit_code == 1
+    assert "is a directory" in result.output and "Traceback" not in result.output
