@@ -89,6 +89,9 @@ class PolicyServer:
     def start(self) -> PolicyServer:
         """Bind (health NOT_SERVING), load and warm up the model, then report SERVING."""
         config = self.config
+        for flag, port in (("--port", config.port), ("--metrics-port", config.metrics_port)):
+            if port is not None and not 0 <= port <= 65535:
+                raise FlowRLError(f"{flag} must lie in [0, 65535] (0: a free port), got {port}")
         credentials = server_credentials(config)
         self._server = grpc.server(
             futures.ThreadPoolExecutor(max_workers=config.workers, thread_name_prefix="flowrl-rpc"),
@@ -118,7 +121,11 @@ class PolicyServer:
         try:
             self.servicer.load()
             if config.metrics_port is not None:
-                self._metrics_http = start_metrics_http(self.servicer.metrics, config.host, config.metrics_port)
+                try:
+                    self._metrics_http = start_metrics_http(self.servicer.metrics, config.host, config.metrics_port)
+                except OSError as exc:
+                    where = host_port(config.host, config.metrics_port)
+                    raise FlowRLError(f"cannot serve metrics on {where}: {exc.strerror or exc}") from None
                 self.metrics_port = self._metrics_http.server_address[1]
             if config.watch:
                 self._watcher = FileWatcher(Path(config.model), self.servicer.load, config.watch_interval_s).start()

@@ -17,8 +17,19 @@ PROVIDER_NAMES = {
 
 
 def parse_providers(text: str) -> tuple[str, ...]:
-    """'cuda,cpu' or full onnxruntime names → provider names, in order."""
-    return tuple(PROVIDER_NAMES.get(p.strip().lower(), p.strip()) for p in text.split(",") if p.strip())
+    """'cuda,cpu' or full onnxruntime names → provider names, in order; an unknown name is an error."""
+    import onnxruntime as ort
+
+    from flowrl_deploy.errors import FlowRLError
+
+    names = tuple(PROVIDER_NAMES.get(p.strip().lower(), p.strip()) for p in text.split(",") if p.strip())
+    unknown = [name for name in names if name not in ort.get_all_providers()]
+    if unknown:
+        raise FlowRLError(
+            f"unknown onnxruntime provider {unknown[0]!r}; use {', '.join(PROVIDER_NAMES)} or a full name "
+            f"(available here: {', '.join(ort.get_available_providers())})"
+        )
+    return names
 
 
 @user_errors

@@ -1,0 +1,47 @@
+"""`flowrl serve` mistakes: one clear line and exit status 1, never a traceback or a server on the wrong port."""
+
+from __future__ import annotations
+
+import socket
+import sys
+from pathlib import Path
+
+import pytest
+from typer.testing import CliRunner
+
+from flowrl_deploy.cli import app
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "serve"))
+from tiny_policy import write_policy
+
+runner = CliRunner()
+
+
+@pytest.fixture(scope="module")
+def policy(tmp_path_factory):
+    return write_policy(tmp_path_factory.mktemp("serve-errors") / "policy.onnx")
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (["--port", "99999"], "--port must lie in [0, 65535]"),
+        (["--port", "-5"], "--port must lie in [0, 65535]"),
+        (["--port", "0", "--metrics-port", "70000"], "--metrics-port must lie in [0, 65535]"),
+        (["--port", "0", "--providers", "foo"], "unknown onnxruntime provider 'foo'"),
+    ],
+)
+def test_serve_option_mistakes_are_one_line_errors(policy, args, message):
+    result = runner.invoke(app, ["serve", str(policy), *args])
+    assert result.exit_code == 1, result.output
+    assert message in result.output and "Traceback" not in result.output
+
+
+def test_serve_with_its_metrics_port_in_use_is_one_line_error(policy):
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        result = runner.invoke(app, ["serve", str(policy), "--port", "0", "--metrics-port", str(port)])
+    assert result.exit_code == 1, result.output
+    assert f"cannot serve metrics on 127.0.0.1:{port}" in result.output and "Traceback" not in result.output
