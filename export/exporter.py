@@ -165,14 +165,21 @@ def file_sha256(path: Path) -> str:
 
 
 def _write_atomically(path: Path, data: bytes) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.tmp-", dir=path.parent)
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.tmp-", dir=path.parent)
+    except (FileExistsError, NotADirectoryError):
+        raise FlowRLError(f"cannot write {path}: part of its folder {path.parent} is a file") from None
+    except OSError as exc:
+        raise FlowRLError(f"cannot write {path}: {exc.strerror or exc}") from None
     try:
         with os.fdopen(fd, "wb") as f:
             f.write(data)
             f.flush()
             os.fsync(f.fileno())
         os.replace(tmp, path)
-    except BaseException:
+    except BaseException as exc:
         Path(tmp).unlink(missing_ok=True)
+        if isinstance(exc, OSError):
+            raise FlowRLError(f"cannot write {path}: {exc.strerror or exc}") from None
         raise

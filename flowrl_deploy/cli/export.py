@@ -76,6 +76,8 @@ def export(
     from flowrl_deploy.export import ExportConfig, export_checkpoint
 
     step_list = parse_steps(steps)
+    if json_out is not None and json_out.is_dir():
+        raise FlowRLError(f"--json {json_out} is a directory; give a file path such as {json_out / 'export.json'}")
     config = ExportConfig(
         steps=step_list[0],
         solver=solver.value if solver else None,
@@ -100,4 +102,8 @@ def export(
         typer.echo(result.summary())
         records = [result.to_dict()]
     if json_out:
-        json_out.write_text(json.dumps(records, indent=2))
+        try:
+            json_out.parent.mkdir(parents=True, exist_ok=True)
+            json_out.write_text(json.dumps(records, indent=2))
+        except OSError as exc:
+            raise FlowRLError(f"cannot write the report to {json_out}: {exc.strerror or exc}") from None

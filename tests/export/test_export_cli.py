@@ -85,6 +85,7 @@ def test_steps_sweep_writes_one_file_per_n_and_a_table(checkpoint, tmp_path):
         (["export", "{ckpt}", "--opset", "13"], "--opset must be >= 17"),
         (["export", "{ckpt}", "--opset", "99", "--out", "{tmp}/p.onnx"], "opset 99 is newer than this onnx"),
         (["export", "{ckpt}", "--out", "{tmp}"], "is a directory"),
+        (["export", "{ckpt}", "--out", "{tmp}/p.onnx", "--json", "{tmp}"], "--json {tmp} is a directory"),
         (["inspect", "{tmp}/missing.onnx"], "ONNX model not found"),
         (["inspect", "{ckpt}/model.safetensors"], "cannot load ONNX model"),
     ],
@@ -93,7 +94,7 @@ def test_user_errors_exit_1_with_a_message(checkpoint, tmp_path, args, message):
     args = [a.format(tmp=tmp_path, ckpt=checkpoint) for a in args]
     result = runner.invoke(app, args)
     assert result.exit_code == 1
-    assert message in result.output
+    assert message.format(tmp=tmp_path) in result.output
     assert "Traceback" not in result.output
 
 
@@ -127,3 +128,30 @@ def test_inspect_needs_neither_torch_nor_onnx(checkpoint, tmp_path):
     result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
     assert result.returncode == 0, result.stderr
     assert f"contract     {report.contract_hash}" in result.stdout
+
+
+def test_out_under_a_file_is_one_clear_line(checkpoint, tmp_path):
+    (tmp_path / "notes.txt").write_text("keep me")
+    result = runner.invoke(
+        app, ["export", str(checkpoint), "--steps", "2", "--out", str(tmp_path / "notes.txt/p.onnx")]
+    )
+    assert result.exit_code == 1
+    assert "is a file" in result.output and "Traceback" not in result.output
+    assert (tmp_path / "notes.txt").read_text() == "keep me"
+
+
+def test_a_failed_verification_keeps_the_old_file(checkpoint, tmp_path, monkeypatch):
+    from flowrl_deploy.export import verify
+
+    out = tmp_path / "policy.onnx"
+    out.write_bytes(b"the policy on the robot")
+
+    def fail(*args, **kwargs):
+        raise verify.VerificationError("the exported graph does not match the torch sampler")
+
+    monkeypatch.setattr(verify, "verify_parity", fail)
+    result = runner.invoke(app, ["export", str(checkpoint), "--steps", "2", "--out", str(out)])
+    assert result.exit_code == 1
+    assert "does not match the torch sampler" in result.output and "Traceback" not in result.output
+    assert out.read_bytes() == b"the policy on the robot"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["policy.onnx"]
