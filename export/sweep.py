@@ -67,7 +67,9 @@ def sweep_steps(
             from flowrl_deploy.export.act import onnx_act_fn
             from flowrl_deploy.train.evaluate import evaluate
 
-            result = evaluate(onnx_act_fn(policy, seed), env_id or c.env_id, episodes, seed)
+            result = evaluate(
+                onnx_act_fn(policy, seed), env_id or c.env_id, episodes, seed, dims=(c.obs_dim, c.act_dim)
+            )
             row = replace(row, mean_return=result.mean, std_return=result.std)
         rows.append(row)
     return rows

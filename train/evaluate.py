@@ -12,6 +12,7 @@ from pathlib import Path
 
 import numpy as np
 
+from flowrl_deploy.errors import FlowRLError
 from flowrl_deploy.train.envs import Env, episode_seed, make_env
 
 ActFn = Callable[[np.ndarray], np.ndarray]
@@ -38,14 +39,22 @@ def run_episode(act_fn: ActFn, env: Env, seed: int) -> float:
     return total
 
 
-def evaluate(act_fn: ActFn, env: str | Env, episodes: int, seed: int = 0) -> EvalResult:
+def evaluate(
+    act_fn: ActFn, env: str | Env, episodes: int, seed: int = 0, *, dims: tuple[int, int] | None = None
+) -> EvalResult:
     """Run ``episodes`` episodes of ``act_fn`` on ``env`` (an id, or an environment instance).
 
     Episode i resets with a seed derived from (seed, i), so two evaluations with the same seed
-    see the same initial states.
+    see the same initial states. ``dims``, the policy's (obs_dim, act_dim), refuses an environment
+    of other sizes with a :class:`FlowRLError` before any step.
     """
     instance = make_env(env, seed) if isinstance(env, str) else env
     try:
+        if dims is not None and (instance.info.obs_dim, instance.info.act_dim) != tuple(dims):
+            raise FlowRLError(
+                f"{instance.info.env_id or env} has obs/act dims {instance.info.obs_dim}/{instance.info.act_dim}, "
+                f"the policy {dims[0]}/{dims[1]}: pass the --env it was trained on"
+            )
         returns = tuple(
             run_episode(act_fn, instance, episode_seed(seed, i, stream=EVAL_STREAM)) for i in range(episodes)
         )

@@ -31,32 +31,36 @@ def eval_command(
         raise FlowRLError(f"--episodes must be >= 1, got {episodes}")
     if flow_steps is not None and flow_steps < 1:
         raise FlowRLError(f"--flow-steps must be >= 1, got {flow_steps}")
+    if not 0 <= seed < 2**32:
+        raise FlowRLError(f"--seed must lie in [0, 2**32), got {seed}")
     if policy.suffix == ".onnx":
         if flow_steps is not None:
             raise FlowRLError("--flow-steps does not apply to an ONNX policy; re-export with `flowrl export --steps`")
-        act_fn, env_id = _onnx_policy(policy, seed)
+        act_fn, env_id, dims = _onnx_policy(policy, seed)
     else:
-        act_fn, env_id = _checkpoint_policy(policy, flow_steps, device, seed)
+        act_fn, env_id, dims = _checkpoint_policy(policy, flow_steps, device, seed)
     env_id = env or env_id
     if not env_id:
         raise FlowRLError(f"{policy} does not record its env id; pass --env")
-    result = evaluate(act_fn, env_id, episodes, seed)
+    result = evaluate(act_fn, env_id, episodes, seed, dims=dims)
     typer.echo(f"{env_id}: return {result.mean:.2f} ± {result.std:.2f} over {episodes} episodes")
 
 
 def _checkpoint_policy(path: Path, flow_steps: int | None, device: str, seed: int):
-    """(act_fn, env id) of a training checkpoint."""
+    """(act_fn, env id, (obs_dim, act_dim)) of a training checkpoint."""
     from flowrl_deploy.checkpoint import read_spec
     from flowrl_deploy.train.evaluate import checkpoint_act_fn
 
     spec = read_spec(path)
-    return checkpoint_act_fn(path, flow_steps, device, seed), spec.env_id
+    return checkpoint_act_fn(path, flow_steps, device, seed), spec.env_id, (spec.obs_dim, spec.act_dim)
 
 
 def _onnx_policy(path: Path, seed: int):
-    """(act_fn, env id) of an exported ONNX graph, exactly what will be deployed, with seeded noise."""
+    """(act_fn, env id, (obs_dim, act_dim)) of an exported ONNX graph, exactly what will be deployed, with
+    seeded noise."""
     from flowrl_deploy.export.act import onnx_act_fn
     from flowrl_deploy.runtime import OnnxPolicy
 
     policy = OnnxPolicy(path, providers=["CPUExecutionProvider"])
-    return onnx_act_fn(policy, seed), policy.contract.env_id
+    c = policy.contract
+    return onnx_act_fn(policy, seed), c.env_id, (c.obs_dim, c.act_dim)

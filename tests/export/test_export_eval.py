@@ -43,3 +43,34 @@ def test_flowrl_eval_runs_the_onnx_policy(tmp_path):
     assert sweep.exit_code == 0, sweep.output
     rows = [line.split() for line in sweep.output.splitlines() if line.strip().startswith(("1 ", "2 "))]
     assert [r[0] for r in rows] == ["1", "2"] and all("±" in r for r in rows)
+
+
+def test_eval_on_an_env_of_other_sizes_is_one_clear_line(tmp_path):
+    """A cartpole policy (obs 5) evaluated on Pendulum (obs 3): refused before any step, no onnxruntime traceback."""
+    spec = PolicySpec(obs_dim=5, act_dim=1, action_low=(-1.0,), action_high=(1.0,), hidden=32,
+                      env_id="dmc:cartpole-swingup")  # fmt: skip
+    checkpoint = save_checkpoint(tmp_path / "ck", spec=spec, actor=actor_tensors(spec))
+    path = export_checkpoint(checkpoint, tmp_path / "cartpole.onnx", ExportConfig(steps=2, samples=3)).path
+    runner = CliRunner()
+    for policy in (path, checkpoint):
+        result = runner.invoke(app, ["eval", str(policy), "--env", "Pendulum-v1", "--episodes", "1"])
+        assert result.exit_code == 1, result.output
+        assert "Pendulum-v1 has obs/act dims 3/1, the policy 5/1" in result.output
+        assert "Traceback" not in result.output
+    sweep = runner.invoke(app, ["export", str(checkpoint), "--steps", "2", "--report", "--episodes", "1",
+                                "--env", "Pendulum-v1", "--out", str(tmp_path / "s.onnx")])  # fmt: skip
+    assert sweep.exit_code == 1 and "obs/act dims 3/1" in sweep.output
+
+
+def test_eval_seed_and_device_mistakes_are_one_clear_line(tmp_path):
+    spec = PolicySpec(obs_dim=5, act_dim=1, action_low=(-1.0,), action_high=(1.0,), hidden=32,
+                      env_id="dmc:cartpole-swingup")  # fmt: skip
+    checkpoint = save_checkpoint(tmp_path / "ck", spec=spec, actor=actor_tensors(spec))
+    runner = CliRunner()
+    for args, message in (
+        (["--seed", "-1"], "--seed must lie in [0, 2**32)"),
+        (["--device", "tpu"], "unknown --device 'tpu'"),
+    ):
+        result = runner.invoke(app, ["eval", str(checkpoint), "--episodes", "1", *args])
+        assert result.exit_code == 1, result.output
+        assert message in result.output and "Traceback" not in result.output
