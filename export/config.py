@@ -50,6 +50,8 @@ class ExportConfig:
             raise FlowRLError(f"unknown dtype {self.dtype!r}; choose one of {', '.join(DTYPES)}")
         if self.samples < 1:
             raise FlowRLError(f"samples must be >= 1, got {self.samples}")
+        if not 0 <= self.seed < 2**32:
+            raise FlowRLError(f"--seed must lie in [0, 2**32), got {self.seed}")
 
     @property
     def batch_dim(self) -> int | None:

@@ -76,6 +76,8 @@ def export(
     from flowrl_deploy.export import ExportConfig, export_checkpoint
 
     step_list = parse_steps(steps)
+    if episodes < 0:
+        raise FlowRLError(f"--episodes must be >= 0 (0: latency only), got {episodes}")
     if json_out is not None and json_out.is_dir():
         raise FlowRLError(f"--json {json_out} is a directory; give a file path such as {json_out / 'export.json'}")
     config = ExportConfig(

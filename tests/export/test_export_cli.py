@@ -85,6 +85,8 @@ def test_steps_sweep_writes_one_file_per_n_and_a_table(checkpoint, tmp_path):
         (["export", "{ckpt}", "--opset", "13"], "--opset must be >= 17"),
         (["export", "{ckpt}", "--opset", "99", "--out", "{tmp}/p.onnx"], "opset 99 is newer than this onnx"),
         (["export", "{ckpt}", "--out", "{tmp}"], "is a directory"),
+        (["export", "{ckpt}", "--out", "{tmp}/p.onnx", "--seed", "-1"], "--seed must lie in [0, 2**32)"),
+        (["export", "{ckpt}", "--out", "{tmp}/p.onnx", "--report", "--episodes", "-1"], "--episodes must be >= 0"),
         (["export", "{ckpt}", "--out", "{tmp}/p.onnx", "--json", "{tmp}"], "--json {tmp} is a directory"),
         (["inspect", "{tmp}/missing.onnx"], "ONNX model not found"),
         (["inspect", "{ckpt}/model.safetensors"], "cannot load ONNX model"),
