@@ -53,10 +53,10 @@ class _StopOnSigint:
     """Set by the first Ctrl-C, so the loop stops between two steps and saves a consistent ``last``
     checkpoint; a second Ctrl-C interrupts at once. Installed only on the main thread."""
 
-    def __init__(self) -> None:
+    def __init__(self, enabled: bool) -> None:
         self.requested = False
         self._previous = None
-        if threading.current_thread() is threading.main_thread():
+        if enabled and threading.current_thread() is threading.main_thread():
             self._previous = signal.signal(signal.SIGINT, self._handler)
 
     def _handler(self, signum, frame) -> None:
@@ -97,11 +97,15 @@ def resume_config(checkpoint: str | Path, steps: int | None = None) -> TrainConf
     return cfg if steps is None else cfg.override(steps=steps)
 
 
-def train(cfg: TrainConfig, resume: str | Path | None = None, progress: bool = True) -> TrainResult:
+def train(
+    cfg: TrainConfig, resume: str | Path | None = None, progress: bool = True, *, stop_on_sigint: bool = False
+) -> TrainResult:
     """Run FlowRL as ``cfg`` says, into ``cfg.out``.
 
     With ``resume`` (a checkpoint or run directory), continue that run in its own directory; pass
-    its config, ``resume_config(resume)``, as ``cfg``.
+    its config, ``resume_config(resume)``, as ``cfg``. With ``stop_on_sigint`` (``flowrl train``),
+    the first Ctrl-C ends the run after the current step with a saved ``last`` checkpoint and
+    ``TrainResult.interrupted``; otherwise Ctrl-C raises ``KeyboardInterrupt`` as usual.
     """
     run_dir = Path(cfg.out) if resume is None else resolve_checkpoint(resume).parent.parent
     if run_dir.exists() and not run_dir.is_dir():
@@ -143,7 +147,7 @@ def train(cfg: TrainConfig, resume: str | Path | None = None, progress: bool = T
     last_checkpoint = resolve_checkpoint(resume) if resume is not None else None
     first_step = counters.env_steps
     metrics: dict[str, torch.Tensor] = {}
-    stop = _StopOnSigint()
+    stop = _StopOnSigint(stop_on_sigint)
     try:
         while counters.env_steps < cfg.steps and not stop.requested:
             # ALGO LOGIC: act (uniform random during the warm-up), store, update once

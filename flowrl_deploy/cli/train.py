@@ -107,7 +107,7 @@ def train(
             save_every=save_every, save_replay=save_replay, device=device.value, bf16=bf16, compile=compile,
             threads=threads,
         )  # fmt: skip
-    result = run_training(cfg, resume=resume, progress=progress)
+    result = run_training(cfg, resume=resume, progress=progress, stop_on_sigint=True)
     if result.interrupted:
         saved = f"saved {result.last_checkpoint}; " if result.last_checkpoint else ""
         typer.secho(

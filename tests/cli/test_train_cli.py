@@ -54,7 +54,7 @@ def test_every_config_field_is_an_option_of_the_same_name():
 def test_options_reach_the_config(monkeypatch, tmp_path):
     seen = {}
 
-    def fake_train(cfg, resume=None, progress=True):
+    def fake_train(cfg, resume=None, progress=True, **kwargs):
         seen.update(cfg=cfg, resume=resume)
         return loop.TrainResult(tmp_path, tmp_path / "ckpt", loop.Counters(env_steps=cfg.steps))
 
