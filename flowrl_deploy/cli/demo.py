@@ -47,7 +47,12 @@ def run_demo(cfg: DemoConfig, echo=typer.echo) -> dict[str, Any]:
     from flowrl_deploy.train.loop import train
 
     out = cfg.out
-    out.mkdir(parents=True, exist_ok=True)
+    if out.exists() and not out.is_dir():
+        raise FlowRLError(f"--out {out} is a file, not a directory; choose a folder for the report")
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise FlowRLError(f"cannot create the report folder {out}: {exc.strerror or exc}") from None
     echo(f"[1/4] train FlowRL on {cfg.env} for {cfg.steps} steps → {out / 'run'}")
     t0 = time.perf_counter()
     train_cfg = TrainConfig(
@@ -181,4 +186,8 @@ def demo(
         seed=seed,
         start_steps=min(DemoConfig.start_steps, steps // 2),
     )
-    run_demo(cfg)
+    try:
+        run_demo(cfg)
+    except KeyboardInterrupt:
+        typer.secho(f"interrupted; the server is stopped, and what was written is in {out}", err=True)
+        raise typer.Exit(130) from None

@@ -45,3 +45,26 @@ def test_bad_budget_is_refused_without_traceback(tmp_path):
     result = CliRunner().invoke(app, ["demo", "--out", str(tmp_path), "--steps", "0"])
     assert result.exit_code == 1
     assert "--steps and --episodes must be >= 1" in result.output
+
+
+def test_out_pointing_at_a_file_is_refused_without_traceback(tmp_path):
+    target = tmp_path / "notes.txt"
+    target.write_text("keep me")
+    result = CliRunner().invoke(app, ["demo", "--out", str(target), "--steps", "10"])
+    assert result.exit_code == 1
+    assert "is a file, not a directory" in result.output and "Traceback" not in result.output
+    assert target.read_text() == "keep me"
+
+
+def test_ctrl_c_is_a_message_and_exit_130(tmp_path, monkeypatch):
+    import importlib
+
+    demo = importlib.import_module("flowrl_deploy.cli.demo")  # the module, not the command function
+
+    def interrupted(cfg, echo=None):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(demo, "run_demo", interrupted)
+    result = CliRunner().invoke(app, ["demo", "--out", str(tmp_path), "--steps", "10"])
+    assert result.exit_code == 130
+    assert "interrupted" in result.output and "Traceback" not in result.output
