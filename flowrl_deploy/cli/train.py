@@ -9,6 +9,7 @@ from typing import Annotated
 import typer
 
 from flowrl_deploy.cli._common import user_errors
+from flowrl_deploy.errors import FlowRLError
 from flowrl_deploy.train.config import TrainConfig
 
 DEFAULT = TrainConfig()  # the single source of every default below
@@ -37,8 +38,19 @@ DEFAULT_SOLVER, DEFAULT_WEIGHTING, DEFAULT_DEVICE = (
 )
 
 
+def _given(ctx: typer.Context, name: str) -> bool:
+    """Whether the user passed option ``name`` (command line or environment), not its default."""
+    source = ctx.get_parameter_source(name)
+    return source is not None and source.name not in ("DEFAULT", "DEFAULT_MAP")
+
+
+RESUME_OVERRIDES = ("steps", "device", "threads")
+"""Settings a resumed run may change (the budget and where it runs); the rest are the run's own."""
+
+
 @user_errors
 def train(
+    ctx: typer.Context,
     env: Annotated[str, typer.Option(help="Task: dmc:<domain>-<task> (dm_control) or a gymnasium id (h1-walk-v0).")] = (
         DEFAULT.env
     ),
@@ -96,7 +108,23 @@ def train(
     from flowrl_deploy.train.loop import train as run_training
 
     if resume is not None:
+        given = [
+            name for name in ctx.params if name not in (*RESUME_OVERRIDES, "resume", "progress") and _given(ctx, name)
+        ]
+        if given:
+            flags = ", ".join("--" + name.replace("_", "-") for name in given)
+            raise FlowRLError(
+                f"{flags} cannot change when resuming: the run keeps its saved settings "
+                f"(only --steps, --device and --threads may be given with --resume)"
+            )
         cfg = resume_config(resume, steps)
+        overrides = {
+            name: (value.value if isinstance(value, Enum) else value)
+            for name, value in ((n, ctx.params[n]) for n in ("device", "threads"))
+            if _given(ctx, name)
+        }
+        if overrides:
+            cfg = cfg.override(**overrides)
     else:
         cfg = TrainConfig(
             env=env, steps=DEFAULT.steps if steps is None else steps, seed=seed, out=str(out), hidden=hidden,

@@ -170,3 +170,20 @@ def test_ctrl_c_saves_last_and_exits_with_a_message(monkeypatch, tmp_path):
     result = runner.invoke(app, ["train", "--resume", str(out), "--steps", "200", "--no-progress"])
     assert result.exit_code == 0, result.output
     assert read_document(out / "checkpoints" / "last")["counters"]["env_steps"] == 200
+
+
+def test_resume_refuses_settings_it_would_ignore_and_takes_device_and_threads(tmp_path):
+    out = tmp_path / "run"
+    assert runner.invoke(app, ["train", *TINY, "--steps", "120", "--out", str(out)]).exit_code == 0
+
+    result = runner.invoke(app, ["train", "--resume", str(out), "--steps", "150", "--hidden", "999", "--no-progress"])
+    assert result.exit_code == 1
+    assert "--hidden cannot change when resuming" in result.output and "Traceback" not in result.output
+    assert read_document(out / "checkpoints" / "last")["counters"]["env_steps"] == 120
+
+    result = runner.invoke(
+        app, ["train", "--resume", str(out), "--steps", "150", "--device", "cpu", "--threads", "1", "--no-progress"]
+    )
+    assert result.exit_code == 0, result.output
+    document = read_document(out / "checkpoints" / "last")
+    assert document["counters"]["env_steps"] == 150 and document["config"]["device"] == "cpu"
