@@ -111,9 +111,12 @@ def channel_credentials(tls_ca: str = "", tls_cert: str = "", tls_key: str = "")
         if not path:
             return None
         try:
-            return Path(path).read_bytes()
+            data = Path(path).read_bytes()
         except OSError as exc:
             raise FlowRLError(f"cannot read {path}: {exc}") from exc
+        if b"-----BEGIN " not in data:
+            raise FlowRLError(f"{path} is not a PEM file (no '-----BEGIN ...' line)")
+        return data
 
     return grpc.ssl_channel_credentials(read(tls_ca), read(tls_key), read(tls_cert))
 

@@ -41,10 +41,14 @@ SERVICE_NAME = pb.DESCRIPTOR.services_by_name["PolicyService"].full_name
 
 
 def _read(path: str, what: str) -> bytes:
+    """A PEM file's bytes; a file that is no PEM is refused here, not as a puzzling bind failure."""
     try:
-        return Path(path).read_bytes()
+        data = Path(path).read_bytes()
     except OSError as exc:
         raise FlowRLError(f"cannot read {what} {path}: {exc}") from exc
+    if b"-----BEGIN " not in data:
+        raise FlowRLError(f"{what} {path} is not a PEM file (no '-----BEGIN ...' line)")
+    return data
 
 
 def host_port(host: str, port: int) -> str:

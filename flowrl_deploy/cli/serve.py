@@ -67,6 +67,8 @@ def serve(
 
     if min(max_batch, threads, workers, batch_workers) < 1 or batch_window_us < 0:
         raise FlowRLError("--max-batch, --threads, --workers and --batch-workers must be >= 1, --batch-window-us >= 0")
+    if max_message_bytes < 1:
+        raise FlowRLError(f"--max-message-bytes must be >= 1, got {max_message_bytes}")
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     config = ServeConfig(
         model=str(model),

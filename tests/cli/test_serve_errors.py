@@ -29,10 +29,12 @@ def policy(tmp_path_factory):
         (["--port", "-5"], "--port must lie in [0, 65535]"),
         (["--port", "0", "--metrics-port", "70000"], "--metrics-port must lie in [0, 65535]"),
         (["--port", "0", "--providers", "foo"], "unknown onnxruntime provider 'foo'"),
+        (["--port", "0", "--max-message-bytes", "0"], "--max-message-bytes must be >= 1"),
+        (["--port", "0", "--tls-cert", "{policy}", "--tls-key", "{policy}"], "is not a PEM file"),
     ],
 )
 def test_serve_option_mistakes_are_one_line_errors(policy, args, message):
-    result = runner.invoke(app, ["serve", str(policy), *args])
+    result = runner.invoke(app, ["serve", str(policy), *(a.format(policy=policy) for a in args)])
     assert result.exit_code == 1, result.output
     assert message in result.output and "Traceback" not in result.output
 
@@ -45,3 +47,9 @@ def test_serve_with_its_metrics_port_in_use_is_one_line_error(policy):
         result = runner.invoke(app, ["serve", str(policy), "--port", "0", "--metrics-port", str(port)])
     assert result.exit_code == 1, result.output
     assert f"cannot serve metrics on 127.0.0.1:{port}" in result.output and "Traceback" not in result.output
+
+
+def test_query_with_a_ca_that_is_not_pem_is_one_line_error(policy):
+    result = runner.invoke(app, ["query", "--server", "127.0.0.1:1", "--obs", "[0, 0, 0]", "--tls-ca", str(policy)])
+    assert result.exit_code == 1, result.output
+    assert "is not a PEM file" in result.output and "Traceback" not in result.output
