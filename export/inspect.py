@@ -15,6 +15,8 @@ from flowrl_deploy.runtime import OnnxPolicy
 def inspect_policy(path: str | os.PathLike[str]) -> dict[str, Any]:
     """The policy file's contract, contract hash, file sha256, provenance and tensor shapes."""
     path = Path(path)
+    if path.is_dir():
+        raise FlowRLError(f"{path} is a directory, not an ONNX file (a checkpoint? `flowrl export {path}` makes one)")
     if not path.is_file():
         raise FlowRLError(f"ONNX model not found: {path}")
     policy = OnnxPolicy(path, providers=["CPUExecutionProvider"])

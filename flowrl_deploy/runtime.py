@@ -76,6 +76,10 @@ class OnnxPolicy:
         providers: list[str] | None = None,
         threads: int = 1,
     ) -> None:
+        if not isinstance(model, bytes) and Path(model).is_dir():
+            raise FlowRLError(
+                f"{model} is a directory, not an ONNX file (a checkpoint? `flowrl export {model}` makes one)"
+            )
         if not isinstance(model, bytes) and not Path(model).is_file():
             raise FlowRLError(f"ONNX model not found: {model}")
         self.session = make_session(model, providers=providers, threads=threads)

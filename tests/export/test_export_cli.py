@@ -89,6 +89,7 @@ def test_steps_sweep_writes_one_file_per_n_and_a_table(checkpoint, tmp_path):
         (["export", "{ckpt}", "--out", "{tmp}/p.onnx", "--report", "--episodes", "-1"], "--episodes must be >= 0"),
         (["export", "{ckpt}", "--out", "{tmp}/p.onnx", "--json", "{tmp}"], "--json {tmp} is a directory"),
         (["inspect", "{tmp}/missing.onnx"], "ONNX model not found"),
+        (["inspect", "{ckpt}"], "is a directory, not an ONNX file"),
         (["inspect", "{ckpt}/model.safetensors"], "cannot load ONNX model"),
     ],
 )
