@@ -59,6 +59,11 @@ class RunCheckpoints:
 def load_actor(path: str | Path, device: torch.device | str = "cpu") -> FlowActor:
     """The flow actor of a checkpoint, in eval mode, on ``device``."""
     checkpoint = load_checkpoint(path)
+    for key, value in checkpoint.actor.items():
+        if not np.isfinite(value).all():
+            raise CheckpointError(
+                f"{checkpoint.path}: actor tensor {key} holds NaN or infinite values (training diverged?)"
+            )
     actor = FlowActor(checkpoint.spec)
     try:
         actor.load_state_dict({k: torch.from_numpy(v.copy()) for k, v in checkpoint.actor.items()})

@@ -33,7 +33,10 @@ def run_episode(act_fn: ActFn, env: Env, seed: int) -> float:
     """The return of one episode, until termination or the time limit."""
     obs, total, done = env.reset(seed), 0.0, False
     while not done:
-        obs, reward, terminated, truncated = env.step(act_fn(obs))
+        action = act_fn(obs)
+        if not np.isfinite(action).all():
+            raise FlowRLError(f"the policy returned a NaN/infinite action on {env.info.env_id}: its weights are broken")
+        obs, reward, terminated, truncated = env.step(action)
         total += reward
         done = terminated or truncated
     return total

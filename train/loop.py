@@ -155,6 +155,11 @@ def train(
                 action = action_rng.uniform(low, high).astype(np.float32)
             else:
                 action = agent.act(obs)
+                if not np.isfinite(action).all():
+                    raise FlowRLError(
+                        f"the policy returned a NaN/infinite action at env step {counters.env_steps}: training "
+                        f"diverged (lower --lr?); the last checkpoint saved is {last_checkpoint or 'none'}"
+                    )
             next_obs, reward, terminated, truncated = env.step(action)
             replay.add(obs, action, reward, next_obs, terminated)
             counters.env_steps += 1

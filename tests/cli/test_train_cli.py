@@ -187,3 +187,13 @@ def test_resume_refuses_settings_it_would_ignore_and_takes_device_and_threads(tm
     assert result.exit_code == 0, result.output
     document = read_document(out / "checkpoints" / "last")
     assert document["counters"]["env_steps"] == 150 and document["config"]["device"] == "cpu"
+
+
+def test_a_diverged_policy_stops_training_with_one_clear_line(monkeypatch, tmp_path):
+    """NaN actions would reach the simulator (dm_control raises PhysicsError); stop with a message instead."""
+    import numpy as np
+
+    monkeypatch.setattr(loop.FlowRL, "act", lambda self, obs: np.full(1, np.nan, np.float32))
+    result = runner.invoke(app, ["train", *TINY, "--steps", "150", "--out", str(tmp_path / "run")])
+    assert result.exit_code == 1
+    assert "NaN/infinite action at env step 100" in result.output and "Traceback" not in result.output

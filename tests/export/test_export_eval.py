@@ -74,3 +74,26 @@ def test_eval_seed_and_device_mistakes_are_one_clear_line(tmp_path):
         result = runner.invoke(app, ["eval", str(checkpoint), "--episodes", "1", *args])
         assert result.exit_code == 1, result.output
         assert message in result.output and "Traceback" not in result.output
+
+
+def test_eval_of_a_diverged_checkpoint_is_one_clear_line(tmp_path):
+    """NaN weights (a diverged run) are named, not a dm_control PhysicsError traceback."""
+    spec = PolicySpec(obs_dim=5, act_dim=1, action_low=(-1.0,), action_high=(1.0,), hidden=32,
+                      env_id="dmc:cartpole-swingup")  # fmt: skip
+    actor = actor_tensors(spec)
+    first = sorted(actor)[0]
+    actor[first] = np.full_like(actor[first], np.nan)
+    checkpoint = save_checkpoint(tmp_path / "ck", spec=spec, actor=actor)
+    result = CliRunner().invoke(app, ["eval", str(checkpoint), "--episodes", "1"])
+    assert result.exit_code == 1, result.output
+    assert "NaN or infinite values" in result.output and "Traceback" not in result.output
+
+
+def test_evaluate_refuses_a_non_finite_action():
+    import pytest
+
+    from flowrl_deploy.errors import FlowRLError
+    from flowrl_deploy.train.evaluate import evaluate
+
+    with pytest.raises(FlowRLError, match="NaN/infinite action"):
+        evaluate(lambda obs: np.array([np.nan], np.float32), "dmc:cartpole-swingup", 1)
