@@ -157,6 +157,9 @@ def resolve_checkpoint(path: str | os.PathLike[str]) -> Path:
     for candidate in (p, p / LAST, p / CHECKPOINTS_DIR / LAST):
         if (candidate / DOCUMENT_FILE).is_file() or (candidate / MODEL_FILE).is_file():
             return candidate.resolve()
+    for link in (p / LAST, p / CHECKPOINTS_DIR / LAST):
+        if link.is_symlink() and not link.exists():
+            raise CheckpointError(f"{link} points at {os.readlink(link)}, which is missing; pass a step_* checkpoint")
     raise CheckpointError(
         f"{p} holds no flowrl-deploy checkpoint (no {DOCUMENT_FILE}, no {LAST}/ or {CHECKPOINTS_DIR}/{LAST}/)"
     )

@@ -85,6 +85,12 @@ class TestCorruptOrForeign:
         with pytest.raises(CheckpointError, match="holds no flowrl-deploy checkpoint"):
             ckpt.load_checkpoint(tmp_path)
 
+    def test_dangling_last_link_is_named(self, tmp_path):
+        (tmp_path / ckpt.CHECKPOINTS_DIR).mkdir()
+        os.symlink("step_999", tmp_path / ckpt.CHECKPOINTS_DIR / ckpt.LAST)
+        with pytest.raises(CheckpointError, match="points at step_999, which is missing"):
+            ckpt.load_checkpoint(tmp_path)
+
     def test_foreign_file(self, tmp_path):
         (tmp_path / "model.pt").write_bytes(b"\x80\x04pickle")
         with pytest.raises(CheckpointError, match="not a flowrl-deploy checkpoint"):
