@@ -42,6 +42,8 @@ class ControlReport:
     model_versions: list[str]
     round_trip_us: list[float] = field(repr=False)
     """Every fresh reply's round trip, for a histogram."""
+    interrupted: bool = False
+    """Ctrl-C ended the run early (``stop_on_interrupt``); the figures cover the ticks that ran."""
 
     @property
     def mean_return(self) -> float:
@@ -83,13 +85,15 @@ def run_control(
     max_steps: int | None = None,
     contract_hash: str = "",
     connect_timeout_s: float = 30.0,
+    stop_on_interrupt: bool = False,
 ) -> ControlReport:
     """Run ``episodes`` episodes of ``env_id`` (default: the served policy's) at ``hz``.
 
     Each tick: read the observation, ask the server (deadline ``deadline_s``, default half the
     period), step the simulator, sleep until the next tick. ``max_steps`` caps each episode;
     ``contract_hash`` pins the policy contract (the server then refuses any other);
-    ``connect_timeout_s`` bounds the wait for the server to be SERVING.
+    ``connect_timeout_s`` bounds the wait for the server to be SERVING. With ``stop_on_interrupt``,
+    Ctrl-C ends the run and the report covers what ran (``interrupted``).
     """
     from flowrl_deploy.train.envs import episode_seed, make_env
     from flowrl_deploy.train.evaluate import EVAL_STREAM
@@ -123,7 +127,7 @@ def run_control(
             local_model=local_model,
             contract_hash=contract_hash,
         )
-        returns, lateness, overruns = [], [], 0
+        returns, lateness, overruns, interrupted = [], [], 0, False
         try:
             for episode in range(episodes):
                 obs, total, done, steps = env.reset(episode_seed(seed, episode, stream=EVAL_STREAM)), 0.0, False, 0
@@ -141,6 +145,10 @@ def run_control(
                     done = terminated or truncated
                     steps += 1
                 returns.append(total)
+        except KeyboardInterrupt:
+            if not stop_on_interrupt:
+                raise
+            interrupted = True
         finally:
             session.close()
             env.close()
@@ -165,4 +173,5 @@ def run_control(
         clock_offset_us=_percentiles([t.clock_offset_us for t in fresh], (50,))[0],
         model_versions=sorted({t.model_version for t in fresh}),
         round_trip_us=rtt,
+        interrupted=interrupted,
     )

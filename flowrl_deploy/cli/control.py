@@ -56,6 +56,7 @@ def control(
         max_steps=max_steps,
         contract_hash=contract_hash,
         connect_timeout_s=connect_timeout,
+        stop_on_interrupt=True,
     )
     typer.echo(report.summary())
     if json_path is not None:
@@ -64,3 +65,6 @@ def control(
             json_path.write_text(json.dumps(report.to_dict(), indent=1))
         except OSError as exc:
             raise FlowRLError(f"cannot write the report to {json_path}: {exc.strerror or exc}") from None
+    if report.interrupted:
+        typer.secho("interrupted: the figures above cover the completed episodes and ticks", err=True)
+        raise typer.Exit(130)

@@ -49,3 +49,40 @@ def test_control_json_into_a_directory_is_refused_before_running(tmp_path):
     result = runner.invoke(app, ["control", "--server", f"127.0.0.1:{_closed_port()}", "--json", str(tmp_path)])
     assert result.exit_code == 1
     assert "is a directory" in result.output and "Traceback" not in result.output
+
+
+def test_ctrl_c_prints_the_figures_so_far_and_exits_130(tmp_path, monkeypatch):
+    import json
+    import sys
+    from pathlib import Path
+
+    pytest.importorskip("dm_control")
+    from flowrl_deploy import client
+    from flowrl_deploy.serve import PolicyServer, ServeConfig
+
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "serve"))
+    from tiny_policy import write_policy
+
+    path = write_policy(
+        tmp_path / "cartpole.onnx", obs_dim=5, act_dim=1, action_low=(-1.0,), action_high=(1.0,),
+        obs_layout=(), action_names=(), env_id="dmc:cartpole-swingup",
+    )  # fmt: skip
+    act = client.ControlSession.act
+    calls = []
+
+    def act_then_ctrl_c(self, obs):
+        calls.append(1)
+        if len(calls) > 5:
+            raise KeyboardInterrupt
+        return act(self, obs)
+
+    monkeypatch.setattr(client.ControlSession, "act", act_then_ctrl_c)
+    out = tmp_path / "control.json"
+    with PolicyServer(ServeConfig(str(path), port=0, grace_s=0)).start() as server:
+        result = runner.invoke(
+            app, ["control", "--server", server.address, "--hz", "500", "--deadline-ms", "1000", "--json", str(out)]
+        )
+    assert result.exit_code == 130, result.output
+    assert "(5 steps)" in result.output and "interrupted" in result.output and "Traceback" not in result.output
+    report = json.loads(out.read_text())
+    assert report["interrupted"] is True and report["steps"] == 5
