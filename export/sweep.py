@@ -57,9 +57,10 @@ def sweep_steps(
         report = export_checkpoint(checkpoint, sweep_path(Path(out), n), replace(config, steps=n))
         policy = OnnxPolicy(report.path, providers=["CPUExecutionProvider"])
         c = policy.contract
-        feeds = {OBS_INPUT: np.zeros((1, c.obs_dim), np.float32)}
+        batch = policy.fixed_batch or 1  # a --batch N graph only takes N rows
+        feeds = {OBS_INPUT: np.zeros((batch, c.obs_dim), np.float32)}
         if policy.takes_noise:
-            feeds[NOISE_INPUT] = np.zeros((1, c.act_dim), np.float32)
+            feeds[NOISE_INPUT] = np.zeros((batch, c.act_dim), np.float32)
         run = policy.session.run
         latency = time_calls(lambda run=run, feeds=feeds: run(None, feeds), budget_s=timing_budget_s)
         row = SweepRow(n, report, latency)

@@ -90,6 +90,9 @@ class OnnxPolicy:
             raise FlowRLError(f"{model if not isinstance(model, bytes) else 'model'}: {exc}") from exc
         self.input_names = [i.name for i in self.session.get_inputs()]
         self.output_name = self.session.get_outputs()[0].name
+        obs_batch = next((i.shape[0] for i in self.session.get_inputs() if i.name == OBS_INPUT and i.shape), None)
+        self.fixed_batch: int | None = obs_batch if isinstance(obs_batch, int) and obs_batch > 0 else None
+        """The batch size of a graph exported with ``--batch N`` (``act`` pads and splits to it); None: dynamic."""
 
     @property
     def contract_hash(self) -> str:
@@ -107,7 +110,20 @@ class OnnxPolicy:
             if noise is None:
                 raise FlowRLError("this policy graph takes a noise input; pass noise [B, act_dim]")
             feeds[NOISE_INPUT] = np.ascontiguousarray(noise, dtype=np.float32)
+        if self.fixed_batch is not None and obs.ndim == 2 and obs.shape[0] != self.fixed_batch:
+            return self._act_in_fixed_batches(feeds)
         return self.session.run([self.output_name], feeds)[0]
+
+    def _act_in_fixed_batches(self, feeds: dict[str, np.ndarray]) -> np.ndarray:
+        """Run a fixed-batch graph on any number of rows: chunks of ``fixed_batch``, the last zero-padded."""
+        b, n = self.fixed_batch, feeds[OBS_INPUT].shape[0]
+        padded = -(-n // b) * b
+        feeds = {k: np.concatenate([v, np.zeros((padded - n, *v.shape[1:]), np.float32)]) for k, v in feeds.items()}
+        chunks = [
+            self.session.run([self.output_name], {k: v[i : i + b] for k, v in feeds.items()})[0]
+            for i in range(0, padded, b)
+        ]
+        return np.concatenate(chunks)[:n]
 
 
 __all__ = ["OnnxPolicy", "PolicyContract", "default_providers", "make_session"]

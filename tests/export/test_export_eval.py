@@ -97,3 +97,35 @@ def test_evaluate_refuses_a_non_finite_action():
 
     with pytest.raises(FlowRLError, match="NaN/infinite action"):
         evaluate(lambda obs: np.array([np.nan], np.float32), "dmc:cartpole-swingup", 1)
+
+
+def test_a_fixed_batch_export_can_be_evaluated_swept_and_served(tmp_path):
+    """`flowrl export --batch 3` used to crash eval (batch 1), the --report sweep and serve's warm-up."""
+    from flowrl_deploy.client import PolicyClient
+    from flowrl_deploy.runtime import OnnxPolicy
+    from flowrl_deploy.serve import PolicyServer, ServeConfig
+
+    spec = PolicySpec(obs_dim=5, act_dim=1, action_low=(-1.0,), action_high=(1.0,), hidden=32,
+                      env_id="dmc:cartpole-swingup")  # fmt: skip
+    checkpoint = save_checkpoint(tmp_path / "ck", spec=spec, actor=actor_tensors(spec))
+    fixed = export_checkpoint(checkpoint, tmp_path / "b3.onnx", ExportConfig(steps=2, samples=3, batch=3)).path
+    dynamic = export_checkpoint(checkpoint, tmp_path / "dyn.onnx", ExportConfig(steps=2, samples=3)).path
+
+    policy = OnnxPolicy(fixed)
+    assert policy.fixed_batch == 3 and OnnxPolicy(dynamic).fixed_batch is None
+    rng = np.random.default_rng(0)
+    obs, noise = rng.standard_normal((5, 5), dtype=np.float32), rng.standard_normal((5, 1), dtype=np.float32)
+    np.testing.assert_allclose(policy.act(obs, noise), OnnxPolicy(dynamic).act(obs, noise), atol=1e-6)
+    assert policy.act(obs[:1], noise[:1]).shape == (1, 1)
+
+    runner = CliRunner()
+    result = runner.invoke(app, ["eval", str(fixed), "--episodes", "1"])
+    assert result.exit_code == 0, result.output
+    sweep = runner.invoke(
+        app, ["export", str(checkpoint), "--steps", "1,2", "--batch", "3", "--out", str(tmp_path / "s.onnx")]
+    )
+    assert sweep.exit_code == 0, sweep.output
+
+    with PolicyServer(ServeConfig(str(fixed), port=0, grace_s=0)).start() as server, PolicyClient(server.address) as c:
+        assert c.act(obs[0], seed=1).shape == (1,)
+        assert c.act(obs, seed=1).shape == (5, 1)
