@@ -6,8 +6,8 @@ Per gradient update, top to bottom:
 2. V: expectile regression toward min Q̄^β(s, a) at buffer actions.
 3. Q^β (twin, behavior-optimal critic): toward r + γ·mask·V(s').
 4. Every ``policy_delay`` updates: the actor, −min Q^π(s, π(s)) plus flow matching on buffer
-   actions weighted by the advantage Q^β(s, a) − Q^π(s, π(s)); then both target critics move
-   toward their online weights at rate ``tau``.
+   actions weighted by the advantage Q^β(s, a) − Q^π(s, π(s)); then both target critics take
+   the EMA step θ̄ ← tau·θ̄ + (1 − tau)·θ.
 """
 
 from __future__ import annotations
@@ -47,10 +47,10 @@ def resolve_device(name: str) -> torch.device:
         raise ConfigError(f"unknown --device {name!r}; use auto, cpu or cuda") from None
 
 
-def soft_update(target: nn.Module, online: nn.Module, tau: float) -> None:
-    """θ̄ ← θ̄ + tau·(θ − θ̄) = tau·θ + (1 − tau)·θ̄, for all parameters at once."""
+def soft_update(target: nn.Module, online: nn.Module, rate: float) -> None:
+    """Move ``target`` a share ``rate`` of the way to ``online``: θ̄ ← (1 − rate)·θ̄ + rate·θ, all at once."""
     with torch.no_grad():
-        torch._foreach_lerp_(list(target.parameters()), list(online.parameters()), tau)
+        torch._foreach_lerp_(list(target.parameters()), list(online.parameters()), rate)
 
 
 class FlowRL:
@@ -119,8 +119,8 @@ class FlowRL:
             )
             if self.updates % cfg.policy_delay == 0:
                 metrics.update(self._update_actor(obs, action))
-                soft_update(self.q_pi_target, self.q_pi, cfg.tau)
-                soft_update(self.q_beta_target, self.q_beta, cfg.tau)
+                soft_update(self.q_pi_target, self.q_pi, 1.0 - cfg.tau)  # tau: the share of θ̄ kept
+                soft_update(self.q_beta_target, self.q_beta, 1.0 - cfg.tau)
         self.updates += 1
         return {k: v.detach() for k, v in metrics.items()}
 

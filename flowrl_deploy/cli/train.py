@@ -67,7 +67,8 @@ def train(
     gamma: Annotated[float, typer.Option(help="Discount γ.")] = DEFAULT.gamma,
     lr: Annotated[float, typer.Option(help="Adam learning rate.")] = DEFAULT.lr,
     tau: Annotated[
-        float, typer.Option(help="Target update rate: θ̄ ← tau·θ + (1−tau)·θ̄ every policy-delay updates (reference).")
+        float,
+        typer.Option(help="Share of the target critics kept per target update: θ̄ ← tau·θ̄ + (1−tau)·θ (reference)."),
     ] = DEFAULT.tau,
     policy_delay: Annotated[int, typer.Option(help="Critic updates per actor/target update.")] = DEFAULT.policy_delay,
     lam: Annotated[float, typer.Option(help="λ of the flow-matching weight.")] = DEFAULT.lam,

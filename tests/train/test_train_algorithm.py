@@ -39,7 +39,7 @@ def moved(before: list[torch.Tensor], module: torch.nn.Module) -> bool:
     return any(not torch.equal(a, b) for a, b in zip(before, module.parameters(), strict=True))
 
 
-def test_soft_update_moves_targets_tau_of_the_way_to_the_online_weights():
+def test_soft_update_moves_targets_rate_of_the_way_to_the_online_weights():
     target, online = torch.nn.Linear(2, 2), torch.nn.Linear(2, 2)
     expected = [
         0.95 * o.detach() + 0.05 * t.detach() for t, o in zip(target.parameters(), online.parameters(), strict=True)
@@ -63,6 +63,17 @@ def test_critics_update_every_step_actor_and_targets_every_policy_delay():
         assert ("actor_loss" in metrics) == delayed
         assert all(v.dim() == 0 and torch.isfinite(v) for v in metrics.values())
     assert agent.updates == 3
+
+
+def test_target_critics_keep_tau_of_their_weights_at_each_target_update():
+    agent = make_agent(tau=0.95)
+    agent.update(batch(0))
+    agent.update(batch(1))  # no target update (policy_delay 2)
+    old_target = snapshot(agent.q_pi_target)
+    agent.update(batch(2))  # critic step, then actor and target updates
+    online = snapshot(agent.q_pi)
+    for got, old, new in zip(agent.q_pi_target.parameters(), old_target, online, strict=True):
+        torch.testing.assert_close(got, 0.95 * old + 0.05 * new)
 
 
 def test_actor_sampling_respects_the_bounds():
