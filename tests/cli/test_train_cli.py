@@ -131,10 +131,18 @@ def test_an_unknown_env_fails_at_once(tmp_path):
     assert "dmc:<domain>-<task>" in result.output and "Traceback" not in result.output
 
 
-def test_an_out_of_range_setting_is_one_clear_line(tmp_path):
-    result = runner.invoke(app, ["train", "--expectile", "1.5", "--out", str(tmp_path)])
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (["--expectile", "1.5"], "expectile must lie in [0, 1]"),
+        (["--batch-size", "64", "--buffer-size", "32"], "batch_size (64) cannot exceed buffer_size (32)"),
+        (["--steps", "0"], "steps must be >= 1"),
+    ],
+)
+def test_an_out_of_range_setting_is_one_clear_line(tmp_path, args, message):
+    result = runner.invoke(app, ["train", *args, "--out", str(tmp_path)])
     assert result.exit_code == 1
-    assert "expectile must lie in [0, 1]" in result.output
+    assert message in result.output
 
 
 def test_out_pointing_at_a_file_is_one_clear_line(tmp_path):
