@@ -38,9 +38,12 @@ def query(
             values = np.load(obs_file, allow_pickle=False)
         else:
             values = json.loads(obs_file.read_text() if obs_file is not None else obs)
-        array = np.asarray(values, dtype=np.float32)
+        with np.errstate(over="ignore"):
+            array = np.asarray(values, dtype=np.float32)
     except (OSError, ValueError, TypeError) as exc:
         raise FlowRLError(f"cannot read the observation: {exc}") from exc
+    if not np.isfinite(array).all():
+        raise FlowRLError("the observation holds NaN, infinite or beyond-float32 values")
     with PolicyClient(server, token=token, tls_ca=tls_ca, timeout_s=timeout) as client:
         reply = client.act_reply(array, seed=seed, contract_hash=contract_hash)
     action = decode(reply.action, name="action")

@@ -64,6 +64,8 @@ def test_query_with_a_wrong_pinned_contract_is_refused(served):
         ([], "exactly one of --obs or --obs-file"),
         (["--obs", "[1, 2, 3]", "--seed", "-1"], "seed must lie in [0, 2**64)"),
         (["--obs", "[1, 2, 3]", "--timeout", "0"], "--timeout must be > 0"),
+        (["--obs", "[1e39, 2, 3]"], "NaN, infinite or beyond-float32"),
+        (["--obs", "[NaN, 2, 3]"], "NaN, infinite or beyond-float32"),
     ],
 )
 def test_query_mistakes_are_one_line_errors(served, args, message):
