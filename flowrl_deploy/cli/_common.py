@@ -4,11 +4,20 @@ from __future__ import annotations
 
 import functools
 from collections.abc import Callable
+from enum import Enum
 from typing import ParamSpec, TypeVar
 
 import typer
 
 from flowrl_deploy.errors import FlowRLError
+
+
+class Solver(str, Enum):
+    """ODE solver choices (flowrl_deploy.spec.SOLVERS) as a Typer choice list."""
+
+    midpoint = "midpoint"
+    euler = "euler"
+
 
 P = ParamSpec("P")
 R = TypeVar("R")

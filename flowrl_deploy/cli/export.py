@@ -9,13 +9,8 @@ from typing import Annotated
 
 import typer
 
-from flowrl_deploy.cli._common import user_errors
+from flowrl_deploy.cli._common import Solver, user_errors
 from flowrl_deploy.errors import FlowRLError
-
-
-class Solver(str, Enum):
-    midpoint = "midpoint"
-    euler = "euler"
 
 
 class DType(str, Enum):

@@ -8,7 +8,7 @@ from typing import Annotated
 
 import typer
 
-from flowrl_deploy.cli._common import user_errors
+from flowrl_deploy.cli._common import Solver, user_errors
 from flowrl_deploy.errors import FlowRLError
 from flowrl_deploy.train.config import TrainConfig
 
@@ -24,11 +24,6 @@ class Device(str, Enum):
     auto = "auto"
     cpu = "cpu"
     cuda = "cuda"
-
-
-class Solver(str, Enum):
-    midpoint = "midpoint"
-    euler = "euler"
 
 
 DEFAULT_SOLVER, DEFAULT_WEIGHTING, DEFAULT_DEVICE = (

@@ -38,3 +38,10 @@ class TestPolicySpec:
         data = make_spec().to_dict() | {"spec_version": 99}
         with pytest.raises(SpecError, match="upgrade flowrl-deploy"):
             PolicySpec.from_dict(data)
+
+
+def test_cli_solver_choices_are_the_spec_solvers():
+    from flowrl_deploy.cli._common import Solver
+    from flowrl_deploy.spec import SOLVERS
+
+    assert tuple(s.value for s in Solver) == SOLVERS
