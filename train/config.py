@@ -122,6 +122,8 @@ class TrainConfig:
         for name in ("gamma", "tau", "expectile", "recent_fraction"):
             if not 0.0 <= getattr(self, name) <= 1.0:
                 raise ConfigError(f"{name} must lie in [0, 1], got {getattr(self, name)}")
+        if self.tau == 1.0:
+            raise ConfigError("tau must be < 1: it is the share of the target critics kept, and at 1 they never move")
         if self.batch_size > self.buffer_size:
             raise ConfigError(f"batch_size ({self.batch_size}) cannot exceed buffer_size ({self.buffer_size})")
         if self.lr <= 0 or self.lam <= 0:

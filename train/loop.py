@@ -50,14 +50,17 @@ class TrainResult:
 
 
 class _StopOnSigint:
-    """Set by the first Ctrl-C, so the loop stops between two steps and saves a consistent ``last``
-    checkpoint; a second Ctrl-C interrupts at once. Installed only on the main thread."""
+    """Set by the first Ctrl-C or SIGTERM (a job scheduler's stop), so the loop stops between two
+    steps and saves a consistent ``last`` checkpoint; a second signal interrupts at once.
+    Installed only on the main thread."""
+
+    SIGNALS = (signal.SIGINT, signal.SIGTERM)
 
     def __init__(self, enabled: bool) -> None:
         self.requested = False
-        self._previous = None
+        self._previous: dict[int, object] = {}
         if enabled and threading.current_thread() is threading.main_thread():
-            self._previous = signal.signal(signal.SIGINT, self._handler)
+            self._previous = {sig: signal.signal(sig, self._handler) for sig in self.SIGNALS}
 
     def _handler(self, signum, frame) -> None:
         if self.requested:
@@ -65,9 +68,9 @@ class _StopOnSigint:
         self.requested = True
 
     def restore(self) -> None:
-        if self._previous is not None:
-            signal.signal(signal.SIGINT, self._previous)
-            self._previous = None
+        for sig, previous in self._previous.items():
+            signal.signal(sig, previous)
+        self._previous = {}
 
 
 def policy_spec(info: EnvInfo, cfg: TrainConfig) -> PolicySpec:

@@ -137,6 +137,7 @@ def test_an_unknown_env_fails_at_once(tmp_path):
         (["--expectile", "1.5"], "expectile must lie in [0, 1]"),
         (["--batch-size", "64", "--buffer-size", "32"], "batch_size (64) cannot exceed buffer_size (32)"),
         (["--steps", "0"], "steps must be >= 1"),
+        (["--tau", "1"], "tau must be < 1"),
     ],
 )
 def test_an_out_of_range_setting_is_one_clear_line(tmp_path, args, message):
@@ -154,15 +155,17 @@ def test_out_pointing_at_a_file_is_one_clear_line(tmp_path):
     assert target.read_text() == "keep me"
 
 
-def test_ctrl_c_saves_last_and_exits_with_a_message(monkeypatch, tmp_path):
-    """The first SIGINT stops the loop between two steps, saves a resumable `last`, and says so."""
+@pytest.mark.parametrize("signum", ["SIGINT", "SIGTERM"])
+def test_ctrl_c_or_sigterm_saves_last_and_exits_with_a_message(monkeypatch, tmp_path, signum):
+    """The first SIGINT (Ctrl-C) or SIGTERM (a scheduler's stop) stops the loop between two steps,
+    saves a resumable `last`, and says so."""
     import os
     import signal
 
     class InterruptAt150(loop.Progress):
         def update(self, steps, updates, force=False):
             if steps == 150 and not force:
-                os.kill(os.getpid(), signal.SIGINT)
+                os.kill(os.getpid(), getattr(signal, signum))
             super().update(steps, updates, force=force)
 
     monkeypatch.setattr(loop, "Progress", InterruptAt150)
@@ -173,6 +176,7 @@ def test_ctrl_c_saves_last_and_exits_with_a_message(monkeypatch, tmp_path):
     assert "Traceback" not in result.output
     assert read_document(out / "checkpoints" / "last")["counters"]["env_steps"] == 150
     assert signal.getsignal(signal.SIGINT) is signal.default_int_handler
+    assert signal.getsignal(signal.SIGTERM) is signal.SIG_DFL
 
     monkeypatch.undo()
     result = runner.invoke(app, ["train", "--resume", str(out), "--steps", "200", "--no-progress"])
