@@ -46,13 +46,9 @@ def run_demo(cfg: DemoConfig, echo=typer.echo) -> dict[str, Any]:
     from flowrl_deploy.train.evaluate import evaluate
     from flowrl_deploy.train.loop import train
 
-    out = cfg.out
-    if out.exists() and not out.is_dir():
-        raise FlowRLError(f"--out {out} is a file, not a directory; choose a folder for the report")
-    try:
-        out.mkdir(parents=True, exist_ok=True)
-    except OSError as exc:
-        raise FlowRLError(f"cannot create the report folder {out}: {exc.strerror or exc}") from None
+    if cfg.out.exists() and not cfg.out.is_dir():
+        raise FlowRLError(f"--out {cfg.out} is a file, not a directory; choose a folder for the report")
+    out = _new_report_folder(cfg.out)
     echo(f"[1/4] train FlowRL on {cfg.env} for {cfg.steps} steps → {out / 'run'}")
     t0 = time.perf_counter()
     train_cfg = TrainConfig(
@@ -102,6 +98,21 @@ def run_demo(cfg: DemoConfig, echo=typer.echo) -> dict[str, Any]:
     _plot_latency(control.round_trip_us, hz, out / "latency_histogram.png")
     echo(_table(summary, control))
     return summary
+
+
+def _new_report_folder(parent: Path) -> Path:
+    """A fresh, time-stamped folder under ``parent``: a second demo never touches the first's report."""
+    stamp = time.strftime("%Y%m%d-%H%M%S")
+    for attempt in range(100):
+        folder = parent / (stamp if attempt == 0 else f"{stamp}-{attempt}")
+        try:
+            folder.mkdir(parents=True)
+            return folder
+        except FileExistsError:
+            continue
+        except OSError as exc:
+            raise FlowRLError(f"cannot create the report folder {folder}: {exc.strerror or exc}") from None
+    raise FlowRLError(f"cannot find a free report folder name under {parent}")
 
 
 def _finite(x: float) -> float | None:
@@ -165,7 +176,9 @@ def _plot_latency(round_trip_us: list[float], hz: float, png: Path) -> None:
 
 @user_errors
 def demo(
-    out: Annotated[Path, typer.Option(help="Report folder (artifacts, plots, summary.json).")] = DemoConfig.out,
+    out: Annotated[
+        Path, typer.Option(help="Parent folder: each run writes a new time-stamped report folder here.")
+    ] = DemoConfig.out,
     env: Annotated[str, typer.Option(help="Task to train and control.")] = DemoConfig.env,
     steps: Annotated[int, typer.Option(help="Training steps.")] = DemoConfig.steps,
     hidden: Annotated[int, typer.Option(help="Network width.")] = DemoConfig.hidden,

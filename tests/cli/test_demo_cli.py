@@ -17,11 +17,12 @@ def test_demo_writes_a_report_folder_and_stops_its_server(tmp_path):
         app, ["demo", "--out", str(out), "--steps", "300", "--hidden", "16", "--episodes", "1", "--hz", "1000"]
     )
     assert result.exit_code == 0, result.output
-    summary = json.loads((out / "summary.json").read_text())
+    (report,) = out.iterdir()  # one time-stamped report folder per run
+    summary = json.loads((report / "summary.json").read_text())
     assert summary["control"]["steps"] == 1000  # one full cartpole episode, closed loop through the server
     assert summary["served_return"] > 0
     for name in ("training_curve.png", "latency_histogram.png", "policy.onnx", "server.log"):
-        assert (out / name).stat().st_size > 0
+        assert (report / name).stat().st_size > 0
     assert "return via the server" in result.output
 
 
@@ -68,3 +69,11 @@ def test_ctrl_c_is_a_message_and_exit_130(tmp_path, monkeypatch):
     result = CliRunner().invoke(app, ["demo", "--out", str(tmp_path), "--steps", "10"])
     assert result.exit_code == 130
     assert "interrupted" in result.output and "Traceback" not in result.output
+
+
+def test_each_demo_run_gets_its_own_report_folder(tmp_path):
+    from flowrl_deploy.cli.demo import _new_report_folder
+
+    first, second = _new_report_folder(tmp_path), _new_report_folder(tmp_path)
+    assert first != second and first.is_dir() and second.is_dir()
+    assert first.parent == second.parent == tmp_path
