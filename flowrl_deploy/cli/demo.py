@@ -26,10 +26,11 @@ class DemoConfig:
 
     out: Path = Path("runs/demo")
     env: str = "dmc:cartpole-balance"
-    steps: int = 6000
+    steps: int = 15000
     hidden: int = 128
     start_steps: int = 1000
-    export_steps: int = 10
+    export_steps: int = 0
+    """Flow steps N of the exported sampler; 0 uses the training N (1), where a FlowRL policy acts best."""
     episodes: int = 2
     hz: float = 0.0
     """Control rate of the closed loop; 0 runs at the task's own control rate."""
@@ -66,8 +67,9 @@ def run_demo(cfg: DemoConfig, echo=typer.echo) -> dict[str, Any]:
     result = train(train_cfg)
     train_s = time.perf_counter() - t0
 
-    echo(f"[2/4] export the {cfg.export_steps}-step sampler → {out / 'policy.onnx'}")
-    report = export_checkpoint(result.last_checkpoint, out / "policy.onnx", ExportConfig(steps=cfg.export_steps))
+    export_steps = cfg.export_steps or train_cfg.flow_steps
+    echo(f"[2/4] export the {export_steps}-step sampler → {out / 'policy.onnx'}")
+    report = export_checkpoint(result.last_checkpoint, out / "policy.onnx", ExportConfig(steps=export_steps))
     echo(report.summary())
     offline = evaluate(onnx_act_fn(report.path, seed=cfg.seed), cfg.env, cfg.episodes, seed=cfg.seed)
 
@@ -184,11 +186,14 @@ def demo(
     hidden: Annotated[int, typer.Option(help="Network width.")] = DemoConfig.hidden,
     episodes: Annotated[int, typer.Option(help="Closed-loop episodes against the server.")] = DemoConfig.episodes,
     hz: Annotated[float, typer.Option(help="Control rate (0: the task's own).")] = DemoConfig.hz,
+    export_steps: Annotated[
+        int, typer.Option(help="Flow steps N of the exported sampler (0: the training N).")
+    ] = DemoConfig.export_steps,
     seed: Annotated[int, typer.Option(help="Seed of training, noise and episodes.")] = DemoConfig.seed,
 ) -> None:
     """Train → export → serve → closed-loop control on a small task, with a report folder."""
-    if steps < 1 or episodes < 1 or hz < 0:
-        raise FlowRLError("--steps and --episodes must be >= 1 and --hz >= 0")
+    if steps < 1 or episodes < 1 or hz < 0 or export_steps < 0:
+        raise FlowRLError("--steps and --episodes must be >= 1, --hz and --export-steps >= 0")
     cfg = DemoConfig(
         out=out,
         env=env,
@@ -196,6 +201,7 @@ def demo(
         hidden=hidden,
         episodes=episodes,
         hz=hz,
+        export_steps=export_steps,
         seed=seed,
         start_steps=min(DemoConfig.start_steps, steps // 2),
     )
