@@ -14,7 +14,6 @@ import threading
 import time
 import uuid
 from dataclasses import dataclass, field
-from pathlib import Path
 
 import grpc
 import numpy as np
@@ -24,6 +23,7 @@ from flowrl_deploy.contract import PolicyContract
 from flowrl_deploy.errors import FlowRLError
 from flowrl_deploy.proto.flowrl.v1 import policy_pb2 as pb
 from flowrl_deploy.proto.flowrl.v1 import policy_pb2_grpc as pb_grpc
+from flowrl_deploy.tls import read_pem
 
 # Reconnect quickly after a server restart (gRPC's default first backoff is 1 s).
 CHANNEL_OPTIONS = (
@@ -107,18 +107,12 @@ class CallTiming:
 def channel_credentials(tls_ca: str = "", tls_cert: str = "", tls_key: str = "") -> grpc.ChannelCredentials:
     """TLS credentials from PEM files: the server's CA, and for mTLS the client's cert and key."""
 
-    def read(path: str) -> bytes | None:
-        if not path:
-            return None
-        try:
-            data = Path(path).read_bytes()
-        except OSError as exc:
-            raise FlowRLError(f"cannot read {path}: {exc}") from exc
-        if b"-----BEGIN " not in data:
-            raise FlowRLError(f"{path} is not a PEM file (no '-----BEGIN ...' line)")
-        return data
+    def read(path: str, what: str) -> bytes | None:
+        return read_pem(path, what) if path else None
 
-    return grpc.ssl_channel_credentials(read(tls_ca), read(tls_key), read(tls_cert))
+    return grpc.ssl_channel_credentials(
+        read(tls_ca, "TLS CA"), read(tls_key, "TLS key"), read(tls_cert, "TLS certificate")
+    )
 
 
 class PolicyClient:

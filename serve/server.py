@@ -35,20 +35,10 @@ from flowrl_deploy.serve.interceptors import TokenInterceptor
 from flowrl_deploy.serve.metrics import start_metrics_http
 from flowrl_deploy.serve.reload import FileWatcher
 from flowrl_deploy.serve.servicer import PolicyServicer
+from flowrl_deploy.tls import read_pem
 
 log = logging.getLogger("flowrl.serve")
 SERVICE_NAME = pb.DESCRIPTOR.services_by_name["PolicyService"].full_name
-
-
-def _read(path: str, what: str) -> bytes:
-    """A PEM file's bytes; a file that is no PEM is refused here, not as a puzzling bind failure."""
-    try:
-        data = Path(path).read_bytes()
-    except OSError as exc:
-        raise FlowRLError(f"cannot read {what} {path}: {exc}") from exc
-    if b"-----BEGIN " not in data:
-        raise FlowRLError(f"{what} {path} is not a PEM file (no '-----BEGIN ...' line)")
-    return data
 
 
 def host_port(host: str, port: int) -> str:
@@ -62,8 +52,8 @@ def server_credentials(config: ServeConfig) -> grpc.ServerCredentials | None:
         return None
     if not (config.tls_cert and config.tls_key):
         raise FlowRLError("TLS needs both --tls-cert and --tls-key")
-    pair = (_read(config.tls_key, "TLS key"), _read(config.tls_cert, "TLS certificate"))
-    ca = _read(config.client_ca, "client CA") if config.client_ca else None
+    pair = (read_pem(config.tls_key, "TLS key"), read_pem(config.tls_cert, "TLS certificate"))
+    ca = read_pem(config.client_ca, "client CA") if config.client_ca else None
     return grpc.ssl_server_credentials([pair], root_certificates=ca, require_client_auth=ca is not None)
 
 
