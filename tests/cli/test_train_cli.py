@@ -33,15 +33,7 @@ TINY = [
 ]
 
 
-@pytest.fixture(autouse=True)
-def one_torch_thread():
-    """Tiny networks: more intra-op threads only contend on a busy machine (see tests/train/conftest.py)."""
-    import torch
-
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")  # tiny networks (see tests/conftest.py)
 
 
 def test_every_config_field_is_an_option_of_the_same_name():
