@@ -33,17 +33,19 @@ def run_one(cfg_dict: dict) -> dict:
     start = time.perf_counter()
     train(cfg, progress=False)
     wall_s = time.perf_counter() - start
-    steps, returns = [], []
+    steps, returns, zero_noise_returns = [], [], []
     for line in (Path(cfg.out) / "metrics.jsonl").read_text().splitlines():
         row = json.loads(line)
         if "charts/eval_return" in row:
             steps.append(row["step"])
             returns.append(row["charts/eval_return"])
+            zero_noise_returns.append(row["charts/eval_return_deterministic"])
     return {
         "seed": cfg.seed,
         "cfm_weighting": cfg.cfm_weighting,
         "steps": steps,
         "eval_return": returns,
+        "eval_return_deterministic": zero_noise_returns,
         "wall_s": wall_s,
     }
 
@@ -57,15 +59,17 @@ def plot(runs: list[dict], title: str, path: Path) -> None:
     fig, ax = plt.subplots(figsize=(7, 4.5))
     colors = {"batch": "tab:blue", "sample": "tab:orange"}
     for run in runs:
-        ax.plot(
-            run["steps"],
-            run["eval_return"],
-            marker="o",
-            ms=3,
-            color=colors[run["cfm_weighting"]],
-            alpha=0.5 + 0.5 * (run["seed"] == runs[0]["seed"]),
-            label=f"{run['cfm_weighting']} weighting, seed {run['seed']}",
-        )
+        for key, style, noise in (("eval_return", "-", "sampled a0"), ("eval_return_deterministic", ":", "a0 = 0")):
+            ax.plot(
+                run["steps"],
+                run[key],
+                style,
+                marker="o",
+                ms=3,
+                color=colors[run["cfm_weighting"]],
+                alpha=0.5 + 0.5 * (run["seed"] == runs[0]["seed"]),
+                label=f"{run['cfm_weighting']} weighting, seed {run['seed']}, {noise}",
+            )
     ax.set_xlabel("environment steps")
     ax.set_ylabel("eval return")
     ax.set_title(title)
@@ -124,19 +128,25 @@ def main() -> None:
         f"{len(configs)} runs side by side, 1 thread each · {platform.processor() or platform.machine()}"
     )
     all_steps = sorted({s for run in runs for s in run["steps"]})
-    header = f"{'step':>7} " + " ".join(f"{r['cfm_weighting'][:5]}/s{r['seed']:<3}" for r in runs)
+    print("eval return with sampled noise / from a0 = 0 (deterministic)")
+    header = f"{'step':>7} " + " ".join(f"{r['cfm_weighting'][:5] + '/s' + str(r['seed']):>15}" for r in runs)
     print(header)
     for step in all_steps:
         cells = []
         for run in runs:
-            value = dict(zip(run["steps"], run["eval_return"], strict=True)).get(step)
-            cells.append(f"{value:>9.1f}" if value is not None else f"{'':>9}")
+            pairs = zip(run["eval_return"], run["eval_return_deterministic"], strict=True)
+            by_step = dict(zip(run["steps"], pairs, strict=True))
+            value = by_step.get(step)
+            cells.append(f"{value[0]:>7.1f}/{value[1]:<7.1f}" if value is not None else f"{'':>15}")
         print(f"{step:>7} " + " ".join(cells))
     summary = {}
     for weighting in args.cfm_weighting:
-        finals = [r["eval_return"][-1] for r in runs if r["cfm_weighting"] == weighting and r["eval_return"]]
-        summary[weighting] = {"final_mean": statistics.mean(finals) if finals else None, "finals": finals}
-        print(f"{weighting} weighting: final eval return mean {summary[weighting]['final_mean']} (per seed {finals})")
+        summary[weighting] = {}
+        for key in ("eval_return", "eval_return_deterministic"):
+            finals = [r[key][-1] for r in runs if r["cfm_weighting"] == weighting and r[key]]
+            final_mean = statistics.mean(finals) if finals else None
+            summary[weighting][key] = {"final_mean": final_mean, "finals": finals}
+            print(f"{weighting} weighting, {key}: final mean {final_mean} (per seed {finals})")
     print(f"wall-clock {wall_s:.0f} s")
 
     document = {

@@ -72,17 +72,22 @@ def load_actor(path: str | Path, device: torch.device | str = "cpu") -> FlowActo
     return actor.to(device).eval()
 
 
-def actor_act_fn(actor: FlowActor, seed: int = 0, num_steps: int | None = None) -> Callable[[np.ndarray], np.ndarray]:
+def actor_act_fn(
+    actor: FlowActor, seed: int = 0, num_steps: int | None = None, deterministic: bool = False
+) -> Callable[[np.ndarray], np.ndarray]:
     """``act(obs [obs_dim]) -> action`` sampling ``actor`` with ``num_steps`` (default: its spec's),
     its noise drawn from a generator of its own (seeded ``seed``), so acting never shifts torch's
-    global RNG."""
+    global RNG. ``deterministic`` starts every ODE from a0 = 0 instead (the deterministic export)."""
     device = next(actor.parameters()).device
     generator = torch.Generator(device=device).manual_seed(seed)
 
     @torch.no_grad()
     def act(obs: np.ndarray) -> np.ndarray:
         obs_t = torch.as_tensor(obs, dtype=torch.float32, device=device).unsqueeze(0)
-        noise = torch.randn(1, actor.spec.act_dim, generator=generator, device=device)
+        if deterministic:
+            noise = torch.zeros(1, actor.spec.act_dim, device=device)
+        else:
+            noise = torch.randn(1, actor.spec.act_dim, generator=generator, device=device)
         return actor(obs_t, noise, num_steps=num_steps)[0].float().cpu().numpy()
 
     return act

@@ -67,10 +67,12 @@ def evaluate(
     return EvalResult(float(np.mean(returns)), float(np.std(returns)), returns)
 
 
-def checkpoint_act_fn(path: str | Path, flow_steps: int | None = None, device: str = "auto", seed: int = 0) -> ActFn:
+def checkpoint_act_fn(
+    path: str | Path, flow_steps: int | None = None, device: str = "auto", seed: int = 0, deterministic: bool = False
+) -> ActFn:
     """An ``act_fn`` sampling the checkpoint's flow policy with ``flow_steps`` (default: its own N),
-    drawing the noise from a generator seeded ``seed``."""
+    drawing the noise from a generator seeded ``seed`` (or from a0 = 0 when ``deterministic``)."""
     from flowrl_deploy.train.algorithm import resolve_device
     from flowrl_deploy.train.checkpointing import actor_act_fn, load_actor
 
-    return actor_act_fn(load_actor(path, resolve_device(device)), seed, flow_steps)
+    return actor_act_fn(load_actor(path, resolve_device(device)), seed, flow_steps, deterministic)

@@ -189,8 +189,16 @@ def train(
                 )
             if cfg.eval_every and step % cfg.eval_every == 0:
                 result = _evaluate(agent, eval_env, cfg, step)
+                zero_noise = _evaluate(agent, eval_env, cfg, step, deterministic=True)
                 counters.last_eval_return = bar.eval_return = result.mean
-                logger.log(step, {"charts/eval_return": result.mean, "charts/eval_return_std": result.std})
+                logger.log(
+                    step,
+                    {
+                        "charts/eval_return": result.mean,
+                        "charts/eval_return_std": result.std,
+                        "charts/eval_return_deterministic": zero_noise.mean,
+                    },
+                )
                 is_best = result.mean >= counters.best_eval_return
                 counters.best_eval_return = max(counters.best_eval_return, result.mean)
                 if is_best:
@@ -210,9 +218,10 @@ def train(
     return TrainResult(run_dir, last_checkpoint, counters, interrupted=stop.requested)
 
 
-def _evaluate(agent: FlowRL, eval_env: Env, cfg: TrainConfig, step: int) -> EvalResult:
-    """Evaluate the current policy on the evaluation env, with noise of its own (training's RNG is untouched)."""
-    act = actor_act_fn(agent.actor, seed=episode_seed(cfg.seed, step, stream=2))
+def _evaluate(agent: FlowRL, eval_env: Env, cfg: TrainConfig, step: int, deterministic: bool = False) -> EvalResult:
+    """Evaluate the current policy on the evaluation env, with noise of its own (training's RNG is
+    untouched), or from a0 = 0 when ``deterministic`` (what a ``--deterministic`` export serves)."""
+    act = actor_act_fn(agent.actor, seed=episode_seed(cfg.seed, step, stream=2), deterministic=deterministic)
     return evaluate(act, eval_env, cfg.eval_episodes, seed=cfg.seed)
 
 
