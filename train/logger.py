@@ -8,7 +8,9 @@ for returns and rates.
 from __future__ import annotations
 
 import csv
+import io
 import json
+import os
 import sys
 import time
 from pathlib import Path
@@ -21,6 +23,7 @@ CSV_COLUMNS = (
     "charts/episode_return",
     "charts/eval_return",
     "charts/eval_return_std",
+    "charts/eval_return_deterministic",
     "charts/env_steps_per_s",
     "charts/updates_per_s",
     "losses/q_pi_loss",
@@ -34,19 +37,26 @@ CSV_COLUMNS = (
 
 
 class MetricsLogger:
-    """Appends every logged row to TensorBoard, ``metrics.jsonl`` (all keys) and ``metrics.csv``
-    (the fixed :data:`CSV_COLUMNS`; empty where a row lacks one)."""
+    """Writes every logged row to TensorBoard, ``metrics.jsonl`` (all keys) and ``metrics.csv``
+    (the fixed :data:`CSV_COLUMNS`; empty where a row lacks one).
 
-    def __init__(self, run_dir: str | Path, tensorboard: bool = True) -> None:
+    A new run (``resume_step`` None) starts both files afresh, so the leftovers of a run that
+    crashed before its first checkpoint do not mix in. A resumed run keeps the rows up to its
+    checkpoint's ``resume_step`` and drops the later ones, which its steps are about to redo.
+    """
+
+    def __init__(self, run_dir: str | Path, tensorboard: bool = True, resume_step: int | None = None) -> None:
         run_dir = Path(run_dir)
         run_dir.mkdir(parents=True, exist_ok=True)
-        self._jsonl = open(run_dir / METRICS_JSONL, "a")  # noqa: SIM115 - closed in close()
-        csv_path = run_dir / METRICS_CSV
-        new_csv = not csv_path.exists() or csv_path.stat().st_size == 0
+        jsonl_path, csv_path = run_dir / METRICS_JSONL, run_dir / METRICS_CSV
+        kept = [] if resume_step is None else _rows_up_to(jsonl_path, resume_step)
+        for path, text in ((jsonl_path, _jsonl_text(kept)), (csv_path, _csv_text(kept))):
+            tmp = path.with_name(path.name + ".tmp")
+            tmp.write_text(text)
+            os.replace(tmp, path)  # atomic: a crash here leaves the old file or the new one
+        self._jsonl = open(jsonl_path, "a")  # noqa: SIM115 - closed in close()
         self._csv_file = open(csv_path, "a", newline="")  # noqa: SIM115
         self._csv = csv.DictWriter(self._csv_file, fieldnames=CSV_COLUMNS, extrasaction="ignore")
-        if new_csv:
-            self._csv.writeheader()
         self._tb = None
         if tensorboard:
             from torch.utils.tensorboard import SummaryWriter
@@ -68,6 +78,33 @@ class MetricsLogger:
         self._csv_file.close()
         if self._tb is not None:
             self._tb.close()
+
+
+def _jsonl_text(rows: list[dict]) -> str:
+    return "".join(json.dumps(row) + "\n" for row in rows)
+
+
+def _csv_text(rows: list[dict]) -> str:
+    buffer = io.StringIO()
+    writer = csv.DictWriter(buffer, fieldnames=CSV_COLUMNS, extrasaction="ignore")
+    writer.writeheader()
+    writer.writerows(rows)
+    return buffer.getvalue()
+
+
+def _rows_up_to(path: Path, step: int) -> list[dict]:
+    """The rows of a metrics.jsonl logged at or before ``step`` (a torn last line is dropped)."""
+    if not path.exists():
+        return []
+    rows = []
+    for line in path.read_text().splitlines():
+        try:
+            row = json.loads(line)
+        except json.JSONDecodeError:
+            continue
+        if isinstance(row, dict) and isinstance(row.get("step"), int) and row["step"] <= step:
+            rows.append(row)
+    return rows
 
 
 class Progress:

@@ -137,7 +137,7 @@ def train(
     cfg.save(run_dir)  # before step 0 (or the first step after a resume)
 
     checkpoints = RunCheckpoints(run_dir, cfg.save_every)
-    logger = MetricsLogger(run_dir)
+    logger = MetricsLogger(run_dir, resume_step=None if resume is None else counters.env_steps)
     bar = Progress(cfg.steps, counters.env_steps, agent.updates, enabled=progress)
     low, high = env.info.action_low, env.info.action_high
 

@@ -23,6 +23,9 @@ def eval_command(
     env: Annotated[str | None, typer.Option(help="Env id (default: the one the policy was trained on).")] = None,
     seed: Annotated[int, typer.Option(help="Seed of the episodes and of the policy's noise.")] = 0,
     device: Annotated[str, typer.Option(help="auto, cpu or cuda (checkpoints).")] = "auto",
+    deterministic: Annotated[
+        bool, typer.Option(help="Start every ODE from a0 = 0, not sampled noise (as a --deterministic export does).")
+    ] = False,
 ) -> None:
     """Run POLICY for some episodes on its task and print the mean ± std return."""
     from flowrl_deploy.train.evaluate import evaluate
@@ -36,26 +39,28 @@ def eval_command(
     if policy.suffix == ".onnx":
         if flow_steps is not None:
             raise FlowRLError("--flow-steps does not apply to an ONNX policy; re-export with `flowrl export --steps`")
-        act_fn, env_id, dims = _onnx_policy(policy, seed)
+        act_fn, env_id, dims = _onnx_policy(policy, seed, deterministic)
     else:
-        act_fn, env_id, dims = _checkpoint_policy(policy, flow_steps, device, seed)
+        act_fn, env_id, dims = _checkpoint_policy(policy, flow_steps, device, seed, deterministic)
     env_id = env or env_id
     if not env_id:
         raise FlowRLError(f"{policy} does not record its env id; pass --env")
     result = evaluate(act_fn, env_id, episodes, seed, dims=dims)
-    typer.echo(f"{env_id}: return {result.mean:.2f} ± {result.std:.2f} over {episodes} episodes")
+    noise = " from a0 = 0" if deterministic else ""
+    typer.echo(f"{env_id}: return {result.mean:.2f} ± {result.std:.2f} over {episodes} episodes{noise}")
 
 
-def _checkpoint_policy(path: Path, flow_steps: int | None, device: str, seed: int):
+def _checkpoint_policy(path: Path, flow_steps: int | None, device: str, seed: int, deterministic: bool):
     """(act_fn, env id, (obs_dim, act_dim)) of a training checkpoint."""
     from flowrl_deploy.checkpoint import read_spec
     from flowrl_deploy.train.evaluate import checkpoint_act_fn
 
     spec = read_spec(path)
-    return checkpoint_act_fn(path, flow_steps, device, seed), spec.env_id, (spec.obs_dim, spec.act_dim)
+    act_fn = checkpoint_act_fn(path, flow_steps, device, seed, deterministic)
+    return act_fn, spec.env_id, (spec.obs_dim, spec.act_dim)
 
 
-def _onnx_policy(path: Path, seed: int):
+def _onnx_policy(path: Path, seed: int, deterministic: bool):
     """(act_fn, env id, (obs_dim, act_dim)) of an exported ONNX graph, exactly what will be deployed, with
     seeded noise."""
     from flowrl_deploy.export.act import onnx_act_fn
@@ -63,4 +68,4 @@ def _onnx_policy(path: Path, seed: int):
 
     policy = OnnxPolicy(path, providers=["CPUExecutionProvider"])
     c = policy.contract
-    return onnx_act_fn(policy, seed), c.env_id, (c.obs_dim, c.act_dim)
+    return onnx_act_fn(policy, seed, deterministic), c.env_id, (c.obs_dim, c.act_dim)

@@ -45,6 +45,24 @@ def test_flowrl_eval_runs_the_onnx_policy(tmp_path):
     assert [r[0] for r in rows] == ["1", "2"] and all("±" in r for r in rows)
 
 
+def test_deterministic_eval_is_the_same_for_the_checkpoint_and_both_onnx_graphs(tmp_path):
+    spec = PolicySpec(obs_dim=5, act_dim=1, action_low=(-1.0,), action_high=(1.0,), hidden=32,
+                      env_id="dmc:cartpole-swingup")  # fmt: skip
+    checkpoint = save_checkpoint(tmp_path / "ck", spec=spec, actor=actor_tensors(spec))
+    noisy = export_checkpoint(checkpoint, tmp_path / "noisy.onnx", ExportConfig(steps=1, samples=3)).path
+    zero = export_checkpoint(checkpoint, tmp_path / "zero.onnx", ExportConfig(steps=1, samples=3, deterministic=True))
+    runner = CliRunner()
+    returns = []
+    for policy in (checkpoint, noisy, zero.path):
+        result = runner.invoke(app, ["eval", str(policy), "--episodes", "1", "--deterministic", "--device", "cpu"])
+        assert result.exit_code == 0, result.output
+        assert result.output.strip().endswith("over 1 episodes from a0 = 0")
+        returns.append(float(result.output.split("return ")[1].split(" ±")[0]))
+    assert max(returns) - min(returns) < 0.5, returns  # equal up to float32 parity (1e-5 per action)
+    stochastic = runner.invoke(app, ["eval", str(noisy), "--episodes", "1"])
+    assert "from a0 = 0" not in stochastic.output
+
+
 def test_eval_on_an_env_of_other_sizes_is_one_clear_line(tmp_path):
     """A cartpole policy (obs 5) evaluated on Pendulum (obs 3): refused before any step, no onnxruntime traceback."""
     spec = PolicySpec(obs_dim=5, act_dim=1, action_low=(-1.0,), action_high=(1.0,), hidden=32,

@@ -4,9 +4,11 @@ import json
 
 import numpy as np
 import pytest
+import torch
 
 from flowrl_deploy.checkpoint import load_checkpoint, read_document
 from flowrl_deploy.errors import CheckpointError, FlowRLError
+from flowrl_deploy.train.checkpointing import load_actor
 from flowrl_deploy.train.config import TrainConfig
 from flowrl_deploy.train.evaluate import checkpoint_act_fn, evaluate
 from flowrl_deploy.train.loop import resume_config, train
@@ -26,6 +28,7 @@ def test_a_run_writes_config_metrics_and_checkpoints(run):
     assert TrainConfig.load(run.run_dir / "config.json") == TrainConfig(steps=400, out=str(run.run_dir), **TINY)
     rows = [json.loads(line) for line in (run.run_dir / "metrics.jsonl").read_text().splitlines()]
     assert [r["step"] for r in rows if "charts/eval_return" in r] == [200, 400]
+    assert all(np.isfinite(r["charts/eval_return_deterministic"]) for r in rows if "charts/eval_return" in r)
     assert any("losses/q_pi_loss" in r and "losses/actor_loss" in r for r in rows)
     assert (run.run_dir / "metrics.csv").read_text().startswith("step,charts/episode_return")
     assert any((run.run_dir / "tensorboard").iterdir())
@@ -43,6 +46,19 @@ def test_the_checkpoint_records_spec_config_and_counters(run):
     assert checkpoint.config["cfm_weighting"] == "batch" and checkpoint.config["steps"] == 400
     assert "q_pi_target.net.0.weight" in checkpoint.training_tensors
     assert not checkpoint.replay  # not asked for
+
+
+def test_deterministic_acting_starts_from_zero_noise(run):
+    act = checkpoint_act_fn(run.run_dir, device="cpu", deterministic=True)
+    obs = np.array([1.0, 0.0, 0.5], np.float32)
+    first = act(obs)
+    np.testing.assert_array_equal(first, act(obs))  # no noise drawn: the same action every time
+    actor = load_actor(run.run_dir, "cpu")
+    with torch.no_grad():
+        expected = actor(torch.as_tensor(obs)[None], torch.zeros(1, 1))[0].numpy()
+    np.testing.assert_allclose(first, expected, rtol=1e-6)
+    sampled = checkpoint_act_fn(run.run_dir, device="cpu", seed=3)
+    assert not np.array_equal(sampled(obs), sampled(obs))
 
 
 @pytest.mark.parametrize("flow_steps", [None, 5])
@@ -66,6 +82,12 @@ def test_resume_continues_exactly_like_an_uninterrupted_run(run, tmp_path):
     for key in a.training_tensors:
         np.testing.assert_array_equal(a.training_tensors[key], b.training_tensors[key])
     assert a.document["eval"] == b.document["eval"]
+    assert eval_rows(resumed.run_dir) == eval_rows(whole.run_dir)  # the half's rows kept, none twice
+
+
+def eval_rows(run_dir) -> list[dict]:
+    rows = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
+    return [r for r in rows if "charts/eval_return" in r]
 
 
 def test_resume_without_a_saved_buffer_keeps_the_counters(run, tmp_path):

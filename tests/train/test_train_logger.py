@@ -1,0 +1,36 @@
+"""metrics.jsonl / metrics.csv: a new run starts afresh, a resumed run keeps its rows up to the checkpoint."""
+
+import csv
+import json
+
+from flowrl_deploy.train.logger import MetricsLogger
+
+
+def read_rows(run_dir) -> list[dict]:
+    return [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
+
+
+def log_steps(run_dir, steps, **kwargs) -> None:
+    logger = MetricsLogger(run_dir, tensorboard=False, **kwargs)
+    for step in steps:
+        logger.log(step, {"charts/eval_return": float(step)})
+    logger.close()
+
+
+def test_a_new_run_does_not_append_to_the_metrics_of_a_crashed_one(tmp_path):
+    log_steps(tmp_path, [100, 200])  # crashed before its first checkpoint
+    log_steps(tmp_path, [100])
+    assert [r["step"] for r in read_rows(tmp_path)] == [100]
+    with open(tmp_path / "metrics.csv", newline="") as f:
+        assert [(r["step"], r["charts/eval_return"]) for r in csv.DictReader(f)] == [("100", "100.0")]
+
+
+def test_a_resumed_run_keeps_the_rows_up_to_its_checkpoint_and_redoes_the_rest(tmp_path):
+    log_steps(tmp_path, [100, 200, 300])
+    with open(tmp_path / "metrics.jsonl", "a") as torn:
+        torn.write('{"step": 4')  # a crash in the middle of a line
+    log_steps(tmp_path, [300, 400], resume_step=200)
+    assert [r["step"] for r in read_rows(tmp_path)] == [100, 200, 300, 400]
+    csv_steps = [line.split(",")[0] for line in (tmp_path / "metrics.csv").read_text().splitlines()]
+    assert csv_steps == ["step", "100", "200", "300", "400"]
+    assert not list(tmp_path.glob("*.tmp"))
