@@ -27,6 +27,8 @@ class ServeConfig:
     workers: int = 128
     """gRPC handler threads; each open StreamAct holds one, and calls beyond get RESOURCE_EXHAUSTED."""
     max_sessions: int = 4096
+    session_idle_s: float = 600.0
+    """A session opened by Reset (no stream owns it) is dropped after this long unused."""
     max_message_bytes: int = 1 << 20
     """Larger requests are refused with RESOURCE_EXCEEDED."""
     max_request_batch: int = 1024

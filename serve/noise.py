@@ -8,6 +8,7 @@ in float32, one [B, act_dim] block per request, in request order.
 from __future__ import annotations
 
 import threading
+import time
 
 import numpy as np
 
@@ -31,11 +32,14 @@ class Session:
         """The stream that evicts this session when it ends; None for sessions opened by Reset."""
         self._lock = threading.Lock()
         self._generator = session_noise(seed)
+        self.last_used = time.monotonic()
 
     def reseed(self, seed: int | None) -> None:
         with self._lock:
             self._generator = session_noise(seed)
+            self.last_used = time.monotonic()
 
     def noise(self, batch: int, act_dim: int) -> np.ndarray:
         with self._lock:
+            self.last_used = time.monotonic()
             return draw_noise(self._generator, batch, act_dim)

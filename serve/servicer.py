@@ -156,6 +156,7 @@ class PolicyServicer(pb_grpc.PolicyServiceServicer):
         with self._sessions_lock:
             session = self._sessions.get(session_id)
             if session is None:
+                self._drop_idle_sessions()
                 if len(self._sessions) >= self.config.max_sessions:
                     raise ServeError(
                         f"session limit of {self.config.max_sessions} reached", grpc.StatusCode.RESOURCE_EXHAUSTED
@@ -166,6 +167,13 @@ class PolicyServicer(pb_grpc.PolicyServiceServicer):
             if owner is not None:
                 session.owner = owner
             return session
+
+    def _drop_idle_sessions(self) -> None:
+        """Forget the sessions no stream owns (opened by Reset) that went unused for ``session_idle_s``;
+        called with the sessions lock held, whenever a new session opens."""
+        stale = time.monotonic() - self.config.session_idle_s
+        for session_id in [k for k, s in self._sessions.items() if s.owner is None and s.last_used < stale]:
+            del self._sessions[session_id]
 
     def _evict(self, owner: dict[str, Session]) -> None:
         """Drop the sessions a finished stream still owns (not those another stream took over)."""
@@ -182,6 +190,16 @@ class PolicyServicer(pb_grpc.PolicyServiceServicer):
 
     def _obs(self, tensor: pb.Tensor, model: ServedModel) -> np.ndarray:
         return as_batch(decode(tensor, name="obs"), model.obs_dim, max_batch=self.config.max_request_batch)
+
+    def _check_reload_path(self, path: str) -> None:
+        """A client may name only files beside the served model: Reload must not become a way to
+        make the server read any file it can reach."""
+        allowed = Path(self.config.model).resolve().parent
+        if not Path(path).resolve().is_relative_to(allowed):
+            raise ServeError(
+                f"reload refused: {path} is outside {allowed}, the served model's directory; put the new model there",
+                grpc.StatusCode.PERMISSION_DENIED,
+            )
 
     # --- RPCs ---------------------------------------------------------------------------------
     @_unary("GetSpec")
@@ -299,6 +317,8 @@ class PolicyServicer(pb_grpc.PolicyServiceServicer):
 
     @_unary("Reload")
     def Reload(self, request: pb.ReloadRequest, context) -> pb.ReloadReply:
+        if request.path:
+            self._check_reload_path(request.path)
         try:
             version, previous = self.load(request.path or None)
         except ContractMismatch:

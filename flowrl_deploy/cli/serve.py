@@ -58,6 +58,10 @@ def serve(
     ] = None,
     watch: Annotated[bool, typer.Option(help="Reload the model when the file changes.")] = False,
     max_message_bytes: Annotated[int, typer.Option(help="Refuse larger requests (RESOURCE_EXHAUSTED).")] = 1 << 20,
+    max_sessions: Annotated[int, typer.Option(help="Most sessions at once (RESOURCE_EXHAUSTED beyond).")] = 4096,
+    session_idle_s: Annotated[
+        float, typer.Option(help="Drop a session opened by Reset after this long unused (s).")
+    ] = 600.0,
 ) -> None:
     """Serve MODEL's actions over gRPC (flowrl.v1.PolicyService) until SIGTERM or Ctrl-C."""
     import logging
@@ -67,8 +71,10 @@ def serve(
 
     if min(max_batch, threads, workers, batch_workers) < 1 or batch_window_us < 0:
         raise FlowRLError("--max-batch, --threads, --workers and --batch-workers must be >= 1, --batch-window-us >= 0")
-    if max_message_bytes < 1:
-        raise FlowRLError(f"--max-message-bytes must be >= 1, got {max_message_bytes}")
+    if max_message_bytes < 1 or max_sessions < 1:
+        raise FlowRLError("--max-message-bytes and --max-sessions must be >= 1")
+    if not session_idle_s > 0:
+        raise FlowRLError(f"--session-idle-s must be > 0, got {session_idle_s}")
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     config = ServeConfig(
         model=str(model),
@@ -81,6 +87,8 @@ def serve(
         batch_workers=batch_workers,
         workers=workers,
         max_message_bytes=max_message_bytes,
+        max_sessions=max_sessions,
+        session_idle_s=session_idle_s,
         token=token,
         tls_cert=tls_cert,
         tls_key=tls_key,

@@ -76,6 +76,22 @@ def test_mismatched_model_is_refused_and_the_old_keeps_serving(served):
     assert client.act_reply(OBS).model_version == version
 
 
+def test_reload_of_a_file_outside_the_model_directory_is_permission_denied(served, tmp_path_factory):
+    _, client, tmp = served
+    version = client.spec().model_version
+    elsewhere = write_policy(tmp_path_factory.mktemp("elsewhere") / "policy.onnx", scale=2.0)
+    sneaky = tmp / ".." / elsewhere.parent.name / "policy.onnx"  # escapes by '..'
+    for path in (elsewhere, sneaky, "/etc/passwd"):
+        with pytest.raises(ServiceError) as info:
+            client.reload(str(path))
+        assert info.value.code == grpc.StatusCode.PERMISSION_DENIED
+        assert "outside" in info.value.details and str(tmp.resolve()) in info.value.details
+    assert client.act_reply(OBS).model_version == version
+    (tmp / "sub").mkdir()
+    beside = write_policy(tmp / "sub" / "v2.onnx", scale=2.0)  # inside the directory is fine
+    assert client.reload(str(beside))[0].startswith("v2-")
+
+
 def test_watch_reloads_when_the_file_changes(served):
     server, client, tmp = served
     version = client.spec().model_version

@@ -166,6 +166,29 @@ def test_stream_session_is_evicted_when_the_stream_ends(client):
     pytest.fail("the stream's session outlived its stream")
 
 
+def test_sessions_opened_by_reset_are_dropped_when_idle_but_stream_sessions_are_not(tmp_path):
+    path = write_policy(tmp_path / "policy.onnx")
+    config = ServeConfig(str(path), port=0, grace_s=0, session_idle_s=0.2)
+    with PolicyServer(config).start() as server, PolicyClient(server.address) as client:
+        requests: queue.SimpleQueue = queue.SimpleQueue()
+        stream = client.stub.StreamAct(iter(requests.get, None), timeout=10)
+        requests.put(pb.StreamActRequest(session_id="streamed", seq=1, obs=encode(_obs(1)[0])))
+        assert next(stream).status.code == 0
+        client.reset("idle", seed=1)
+        client.reset("busy", seed=1)
+        for _ in range(4):  # "busy" is used every 0.1 s, "idle" not at all
+            time.sleep(0.1)
+            client.act(_obs(1), session_id="busy")
+        client.reset("newcomer", seed=2)  # opening a session sweeps the idle ones
+        with pytest.raises(ServiceError) as info:
+            client.act(_obs(1), session_id="idle")
+        assert info.value.code == grpc.StatusCode.NOT_FOUND
+        client.act(_obs(1), session_id="busy")
+        client.act(_obs(1), session_id="streamed")  # its stream is open: never dropped for idleness
+        requests.put(None)
+        list(stream)
+
+
 def test_expired_stream_deadline_is_deadline_exceeded_not_a_late_answer(client):
 
     reply = next(
