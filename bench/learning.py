@@ -88,6 +88,7 @@ def main() -> None:
     parser.add_argument("--hidden", type=int, default=256)
     parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1])
     parser.add_argument("--cfm-weighting", nargs="+", default=["batch"], choices=CFM_WEIGHTINGS)
+    parser.add_argument("--tau", type=float, default=TrainConfig.tau, help="flowrl train --tau")
     parser.add_argument("--start-steps", type=int, default=5000)
     parser.add_argument("--eval-every", type=int, default=2500)
     parser.add_argument("--eval-episodes", type=int, default=5)
@@ -105,6 +106,7 @@ def main() -> None:
             steps=args.steps,
             seed=seed,
             hidden=args.hidden,
+            tau=args.tau,
             start_steps=args.start_steps,
             eval_every=args.eval_every,
             eval_episodes=args.eval_episodes,
@@ -153,6 +155,7 @@ def main() -> None:
         "env": args.env,
         "steps": args.steps,
         "hidden": args.hidden,
+        "tau": args.tau,
         "seeds": args.seeds,
         "cfm_weightings": args.cfm_weighting,
         "wall_s": wall_s,

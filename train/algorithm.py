@@ -1,13 +1,13 @@
 """FlowRL (Lv et al., 2025, arXiv 2506.12811): the networks, their optimizers, and one update.
 
-Per gradient update, top to bottom:
+Per gradient update, top to bottom, in the reference code's order:
 
 1. Q^π (twin): toward r + γ·mask·min Q̄^π(s', a'), a' ~ π(s') from the current flow policy.
-2. V: expectile regression toward min Q̄^β(s, a) at buffer actions.
-3. Q^β (twin, behavior-optimal critic): toward r + γ·mask·V(s').
+2. Q^β (twin, behavior-optimal critic): toward r + γ·mask·V(s').
+3. V: expectile regression toward min Q̄^β(s, a) at buffer actions.
 4. Every ``policy_delay`` updates: the actor, −min Q^π(s, π(s)) plus flow matching on buffer
-   actions weighted by the advantage Q^β(s, a) − Q^π(s, π(s)); then both target critics take
-   the EMA step θ̄ ← tau·θ̄ + (1 − tau)·θ.
+   actions weighted by the advantage Q^β(s, a) − Q^π(s, π(s)), with Q^β(s, a) from step 2's
+   forward pass; then both target critics take the EMA step θ̄ ← tau·θ̄ + (1 − tau)·θ.
 """
 
 from __future__ import annotations
@@ -101,12 +101,6 @@ class FlowRL:
             q_pi_loss = critic_td_loss(q_pi, reward, mask, next_min_q, cfg.gamma)
             self._step(self.q_pi_opt, q_pi_loss)
 
-            # ALGO LOGIC: V by expectile regression toward min Q̄^β(s, a) at buffer actions
-            with torch.no_grad():
-                min_q_beta_target = self.q_beta_target.min_q(obs, action)
-            value_loss = expectile_value_loss(self.value(obs), min_q_beta_target, cfg.expectile)
-            self._step(self.value_opt, value_loss)
-
             # ALGO LOGIC: Q^β toward r + γ·mask·V(s')
             with torch.no_grad():
                 next_v = self.value(next_obs)
@@ -114,24 +108,32 @@ class FlowRL:
             q_beta_loss = buffer_q_loss(q_beta, reward, mask, next_v, cfg.gamma)
             self._step(self.q_beta_opt, q_beta_loss)
 
+            # ALGO LOGIC: V by expectile regression toward min Q̄^β(s, a) at buffer actions
+            with torch.no_grad():
+                min_q_beta_target = self.q_beta_target.min_q(obs, action)
+            value_loss = expectile_value_loss(self.value(obs), min_q_beta_target, cfg.expectile)
+            self._step(self.value_opt, value_loss)
+
             metrics.update(
                 {"q_pi_loss": q_pi_loss, "q_beta_loss": q_beta_loss, "value_loss": value_loss, "q_pi": q_pi.mean()}
             )
             if self.updates % cfg.policy_delay == 0:
-                metrics.update(self._update_actor(obs, action))
+                metrics.update(self._update_actor(obs, action, q_beta.detach().min(dim=0).values))
                 soft_update(self.q_pi_target, self.q_pi, 1.0 - cfg.tau)  # tau: the share of θ̄ kept
                 soft_update(self.q_beta_target, self.q_beta, 1.0 - cfg.tau)
         self.updates += 1
         return {k: v.detach() for k, v in metrics.items()}
 
-    def _update_actor(self, obs: torch.Tensor, action: torch.Tensor) -> dict[str, torch.Tensor]:
+    def _update_actor(
+        self, obs: torch.Tensor, action: torch.Tensor, min_q_beta: torch.Tensor
+    ) -> dict[str, torch.Tensor]:
         # ALGO LOGIC: actor = −min Q^π(s, π(s)) + flow matching weighted by Q^β(s, a) − Q^π(s, π(s))
         cfg = self.cfg
         self.q_pi.requires_grad_(False)  # gradients flow through Q^π into π, not into Q^π's weights
         min_q_pi = self.q_pi.min_q(obs, self.actor(obs))
         self.q_pi.requires_grad_(True)
         with torch.no_grad():
-            weights = flow_weights(self.q_beta.min_q(obs, action), min_q_pi, cfg.lam)
+            weights = flow_weights(min_q_beta, min_q_pi, cfg.lam)
         a0 = self.actor.sample_noise(obs.shape[0]).clamp(-self.spec.noise_clip, self.spec.noise_clip)
         t = torch.rand(obs.shape[0], 1, device=self.device)
         target_action = self.actor.to_normalized(action).clamp(-1.0, 1.0)

@@ -1,9 +1,11 @@
 """Critics of FlowRL: the twin Q heads (for Q^π and Q^β) and the state value V.
 
-Each is an ensemble of MLPs, (Linear → LayerNorm → GELU) × 2 → Linear, as in the reference code.
-The members of an ensemble are evaluated together: their weights are stacked along a leading
-member axis and every layer is one batched matmul, so the twin heads cost one kernel per layer
-instead of two (the main CPU overhead at batch 256).
+Each is an ensemble of MLPs laid out as in the reference code: an input Linear, then a block
+LayerNorm → Linear → LayerNorm → GELU → Linear → LayerNorm → GELU → Linear → LayerNorm, then a
+Linear to one value; Xavier-uniform weights and zero biases. The members of an ensemble are
+evaluated together: their weights are stacked along a leading member axis and every layer is one
+batched matmul, so the twin heads cost one kernel per layer instead of two (the main CPU overhead
+at batch 256).
 """
 
 from __future__ import annotations
@@ -19,14 +21,14 @@ class EnsembleLinear(nn.Module):
     """``members`` independent linear layers applied as one batched matmul.
 
     Input [B, in] (shared by all members) or [members, B, in]; output [members, B, out].
-    Initialised like :class:`torch.nn.Linear` (uniform in ±1/√in), member by member.
+    Xavier-uniform weights (±√(6 / (in + out))) and zero biases, as the reference code initialises.
     """
 
     def __init__(self, members: int, in_features: int, out_features: int) -> None:
         super().__init__()
-        bound = 1.0 / math.sqrt(in_features)
+        bound = math.sqrt(6.0 / (in_features + out_features))
         self.weight = nn.Parameter(torch.empty(members, in_features, out_features).uniform_(-bound, bound))
-        self.bias = nn.Parameter(torch.empty(members, 1, out_features).uniform_(-bound, bound))
+        self.bias = nn.Parameter(torch.zeros(members, 1, out_features))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if x.dim() == 2:
@@ -47,17 +49,21 @@ class EnsembleLayerNorm(nn.Module):
 
 
 class EnsembleMLP(nn.Module):
-    """``members`` MLPs in → hidden → hidden → 1 with LayerNorm and GELU; output [members, B]."""
+    """``members`` MLPs in → hidden (×4 Linear, with LayerNorm and GELU) → 1; output [members, B]."""
 
     def __init__(self, members: int, in_features: int, hidden: int) -> None:
         super().__init__()
         self.net = nn.Sequential(
-            EnsembleLinear(members, in_features, hidden),
+            EnsembleLinear(members, in_features, hidden),  # the reference's input layer
+            EnsembleLayerNorm(members, hidden),  # its value block, from here
+            EnsembleLinear(members, hidden, hidden),
             EnsembleLayerNorm(members, hidden),
             nn.GELU(),
             EnsembleLinear(members, hidden, hidden),
             EnsembleLayerNorm(members, hidden),
             nn.GELU(),
+            EnsembleLinear(members, hidden, hidden),
+            EnsembleLayerNorm(members, hidden),  # to here
             EnsembleLinear(members, hidden, 1),
         )
 

@@ -7,7 +7,8 @@ from torch import nn
 
 
 class VelocityField(nn.Module):
-    """MLP on concat[s, a_t, t]: (Linear → LayerNorm → ELU) × 2 → Linear, as in FlowRL's reference code.
+    """MLP on concat[s, a_t, t]: (Linear → LayerNorm → ELU) × 2 → Linear, as in FlowRL's reference code,
+    with its initialisation (Xavier-uniform weights, zero biases).
 
     The first layer's input columns are ordered [obs | action | t]; the exporter relies on that
     order to split the observation's share of the first layer out of the ODE loop.
@@ -25,6 +26,10 @@ class VelocityField(nn.Module):
             nn.ELU(),
             nn.Linear(hidden, act_dim),
         )
+        for layer in self.net:
+            if isinstance(layer, nn.Linear):
+                nn.init.xavier_uniform_(layer.weight)
+                nn.init.zeros_(layer.bias)
 
     def forward(self, obs: torch.Tensor, a_t: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
         """Velocity at (obs [B, obs_dim], a_t [B, act_dim], t [B, 1] or scalar)."""

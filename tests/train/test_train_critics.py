@@ -3,18 +3,27 @@
 import torch
 import torch.nn.functional as F
 
-from flowrl_deploy.train.critics import TwinQ, ValueNet
+from flowrl_deploy.train.critics import EnsembleLayerNorm, EnsembleLinear, TwinQ, ValueNet
 
 
 def separate_mlp(critic, member: int, x: torch.Tensor) -> torch.Tensor:
-    """Member ``member`` of an ensemble, evaluated on its own with plain torch ops."""
-    layers = critic.net
-    h = x
-    for linear, norm in ((layers[0], layers[1]), (layers[3], layers[4])):
-        h = h @ linear.weight[member] + linear.bias[member, 0]
-        h = F.layer_norm(h, h.shape[-1:]) * norm.weight[member, 0] + norm.bias[member, 0]
-        h = F.gelu(h)
-    return (h @ layers[6].weight[member] + layers[6].bias[member, 0]).squeeze(-1)
+    """Member ``member`` of an ensemble, evaluated on its own with plain torch ops, in the reference
+    code's order: Linear, then LN → Linear → LN → GELU → Linear → LN → GELU → Linear → LN, then Linear."""
+    linears = [m for m in critic.net if isinstance(m, EnsembleLinear)]
+    norms = [m for m in critic.net if isinstance(m, EnsembleLayerNorm)]
+    assert len(linears) == 5 and len(norms) == 4
+
+    def linear(i: int, h: torch.Tensor) -> torch.Tensor:
+        return h @ linears[i].weight[member] + linears[i].bias[member, 0]
+
+    def norm(i: int, h: torch.Tensor) -> torch.Tensor:
+        return F.layer_norm(h, h.shape[-1:]) * norms[i].weight[member, 0] + norms[i].bias[member, 0]
+
+    h = norm(0, linear(0, x))
+    h = F.gelu(norm(1, linear(1, h)))
+    h = F.gelu(norm(2, linear(2, h)))
+    h = norm(3, linear(3, h))
+    return linear(4, h).squeeze(-1)
 
 
 def test_twin_heads_equal_two_independent_mlps():
@@ -38,6 +47,14 @@ def test_heads_get_gradients_only_from_their_own_loss():
     critic(torch.randn(4, 3), torch.randn(4, 1))[0].sum().backward()
     first_layer = critic.net[0].weight.grad
     assert first_layer[0].abs().sum() > 0 and first_layer[1].abs().sum() == 0
+
+
+def test_initialisation_is_xavier_uniform_with_zero_biases():
+    critic = TwinQ(obs_dim=30, act_dim=2, hidden=64)
+    first = critic.net[0]
+    bound = (6 / (32 + 64)) ** 0.5
+    assert first.weight.abs().max() <= bound and first.weight.abs().max() > 0.9 * bound
+    assert all(m.bias.abs().sum() == 0 for m in critic.net if isinstance(m, EnsembleLinear))
 
 
 def test_value_net_shape():
