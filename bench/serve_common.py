@@ -1,9 +1,14 @@
-"""Shared by the serve benchmarks: a dog-run-shaped policy file, latency figures, the machine."""
+"""Shared by the serve benchmarks: a dog-run-shaped policy file, the echo floor, latency figures, the machine."""
 
 from __future__ import annotations
 
 import os
 import platform
+import subprocess
+import sys
+from collections.abc import Callable, Iterator
+from concurrent import futures
+from contextlib import contextmanager
 from pathlib import Path
 
 import numpy as np
@@ -35,6 +40,34 @@ def random_policy(out: Path, obs_dim: int, act_dim: int, hidden: int, env_id: st
 def dog_run_model(out_dir: Path, steps: int = 10) -> Path:
     """A random dog-run-shaped policy (obs 223, act 38, width 512)."""
     return random_policy(out_dir / f"dog_run_random_{steps}steps.onnx", env_id="dmc:dog-run", steps=steps, **DOG_RUN)
+
+
+def serve_echo(reply_for: Callable[[bytes], bytes]) -> None:
+    """Serve /bench.Echo/{Unary,Stream} (raw bytes, no policy), answering each request with
+    ``reply_for(request)``, until killed; prints its address first. The transport floor."""
+    import grpc
+
+    handlers = {
+        "Unary": grpc.unary_unary_rpc_method_handler(lambda request, context: reply_for(request)),
+        "Stream": grpc.stream_stream_rpc_method_handler(lambda requests, context: map(reply_for, requests)),
+    }
+    server = grpc.server(futures.ThreadPoolExecutor(128), options=[("grpc.so_reuseport", 0)])
+    server.add_generic_rpc_handlers((grpc.method_handlers_generic_handler("bench.Echo", handlers),))
+    port = server.add_insecure_port("127.0.0.1:0")
+    server.start()
+    print(f"serving echo on 127.0.0.1:{port}", flush=True)
+    server.wait_for_termination()
+
+
+@contextmanager
+def echo_process(script: str, *args: str) -> Iterator[str]:
+    """Run ``script --echo-server *args`` (which calls :func:`serve_echo`) in a child; yield its address."""
+    child = subprocess.Popen([sys.executable, script, "--echo-server", *args], stdout=subprocess.PIPE, text=True)
+    try:
+        yield child.stdout.readline().split(" on ")[1].strip()
+    finally:
+        child.terminate()
+        child.wait(10)
 
 
 def figures(samples_us: list[float]) -> dict[str, float]:

@@ -8,6 +8,9 @@ search doubles K until a failure, then bisects. Once with `--max-batch 1`, once 
     .venv/bin/python bench/serve_fleet.py [--quick] [--json bench/results/serve_fleet.json]
 
 Target: micro-batching serves >= 2x as many robots as --max-batch 1.
+
+A third search runs the same robots against an echo service (same messages, no policy, no
+inference): the fleet size the transport and the machine allow before any inference at all.
 """
 
 from __future__ import annotations
@@ -25,7 +28,7 @@ import grpc
 import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from serve_common import DOG_RUN, dog_run_model, figures, machine
+from serve_common import DOG_RUN, dog_run_model, echo_process, figures, machine, serve_echo
 
 from flowrl_deploy.codec import encode
 from flowrl_deploy.proto.flowrl.v1 import policy_pb2 as pb
@@ -36,7 +39,7 @@ HZ = 50.0
 P99_LIMIT_US = 10_000.0
 
 
-async def robot(stub, index: int, duration_s: float, warmup_s: float, rtts: list[float], counts: dict) -> None:
+async def robot(open_stream, index: int, duration_s: float, warmup_s: float, rtts: list[float], counts: dict) -> None:
     """One robot: a stream, a request every period, replies matched by seq."""
     period = 1.0 / HZ
     obs = encode(np.random.default_rng(index).standard_normal(DOG_RUN["obs_dim"]).astype(np.float32))
@@ -50,7 +53,7 @@ async def robot(stub, index: int, duration_s: float, warmup_s: float, rtts: list
                 return
             yield item
 
-    call = stub.StreamAct(requests())
+    call = open_stream(requests())
 
     async def read() -> None:
         async for reply in call:
@@ -91,28 +94,47 @@ async def robot(stub, index: int, duration_s: float, warmup_s: float, rtts: list
         reader.cancel()
 
 
-async def fleet(address: str, k: int, duration_s: float, warmup_s: float) -> dict:
+def echo_reply(request: bytes) -> bytes:
+    """The echo floor's answer: a dog-run-sized StreamActReply with the request's seq, no inference."""
+    seq = pb.StreamActRequest.FromString(request).seq
+    return pb.StreamActReply(seq=seq, action=ECHO_ACTION, model_version="echo").SerializeToString()
+
+
+ECHO_ACTION = encode(np.zeros(DOG_RUN["act_dim"], np.float32))
+
+
+async def fleet(address: str, k: int, duration_s: float, warmup_s: float, echo: bool = False) -> dict:
     rtts: list[float] = []
     counts = {"sent": 0, "misses": 0, "errors": 0}
     async with grpc.aio.insecure_channel(address) as channel:
-        stub = pb_grpc.PolicyServiceStub(channel)
-        before = await stub.GetStats(pb.GetStatsRequest())
-        await asyncio.gather(*(robot(stub, i, duration_s, warmup_s, rtts, counts) for i in range(k)))
-        after = await stub.GetStats(pb.GetStatsRequest())
-    rows = after.batches * after.mean_batch_size - before.batches * before.mean_batch_size
-    mean_batch = rows / max(1, after.batches - before.batches)
+        if echo:
+            open_stream = channel.stream_stream(
+                "/bench.Echo/Stream",
+                request_serializer=pb.StreamActRequest.SerializeToString,
+                response_deserializer=pb.StreamActReply.FromString,
+            )
+        else:
+            stub = pb_grpc.PolicyServiceStub(channel)
+            open_stream = stub.StreamAct
+            before = await stub.GetStats(pb.GetStatsRequest())
+        await asyncio.gather(*(robot(open_stream, i, duration_s, warmup_s, rtts, counts) for i in range(k)))
+        mean_batch = 0.0
+        if not echo:
+            after = await stub.GetStats(pb.GetStatsRequest())
+            rows = after.batches * after.mean_batch_size - before.batches * before.mean_batch_size
+            mean_batch = rows / max(1, after.batches - before.batches)
     row = figures(rtts) if rtts else {"p50_us": float("inf"), "p99_us": float("inf")}
     row.update(k=k, actions_per_s=len(rtts) / duration_s, mean_batch=mean_batch, **counts)
     row["ok"] = row["p99_us"] < P99_LIMIT_US and counts["misses"] == 0
     return row
 
 
-def search(address: str, duration_s: float, warmup_s: float, k_max: int) -> tuple[int, list[dict]]:
+def search(address: str, duration_s: float, warmup_s: float, k_max: int, echo: bool = False) -> tuple[int, list[dict]]:
     """Largest passing K (a failure is retried once): double until a failure, then bisect."""
     trials: list[dict] = []
 
     def trial(k: int, retry: bool = True) -> bool:
-        row = asyncio.run(fleet(address, k, duration_s, warmup_s))
+        row = asyncio.run(fleet(address, k, duration_s, warmup_s, echo))
         trials.append(row)
         print(
             f"  K={k:4d}  p50 {row['p50_us']:8.0f} µs  p99 {row['p99_us']:8.0f} µs  misses {row['misses']:5d}"
@@ -147,7 +169,12 @@ def main() -> None:
     parser.add_argument("--batch-window-us", type=int, default=0, help="its batching window")
     parser.add_argument("--k-max", type=int, default=512)
     parser.add_argument("--work", type=Path, default=Path(tempfile.gettempdir()) / "flowrl-bench")
+    parser.add_argument("--no-echo", action="store_true", help="skip the echo-floor fleet")
+    parser.add_argument("--echo-server", action="store_true", help=argparse.SUPPRESS)
     args = parser.parse_args()
+    if args.echo_server:
+        serve_echo(echo_reply)
+        return
     duration_s, warmup_s = (1.5, 0.3) if args.quick else (5.0, 1.0)
     args.work.mkdir(parents=True, exist_ok=True)
     model = dog_run_model(args.work)
@@ -167,15 +194,21 @@ def main() -> None:
             k, trials = search(served.address, duration_s, warmup_s, args.k_max)
         best = next((t for t in trials if t["k"] == k), None)
         results[name] = {"k": k, "actions_per_s": best["actions_per_s"] if best else 0.0, "trials": trials}
+    if not args.no_echo:
+        print("echo floor (no inference):", flush=True)
+        with echo_process(__file__) as address:
+            k, trials = search(address, duration_s, warmup_s, args.k_max, echo=True)
+        best = next((t for t in trials if t["k"] == k), None)
+        results["echo floor"] = {"k": k, "actions_per_s": best["actions_per_s"] if best else 0.0, "trials": trials}
     base, batched = results["max-batch 1"], results[f"max-batch {args.max_batch}"]
-    ratio = batched["k"] / base["k"] if base["k"] else float("inf")
+    ratio = batched["k"] / base["k"] if base["k"] else 0.0  # no fleet at all passed: no ratio to claim
     print(f"\n{machine()['cpu']} ({machine()['cores']} cores), dog-run shapes, 10 flow steps, {HZ:g} Hz per robot")
     print(f"{'server':16s} {'robots K':>9s} {'actions/s':>10s}")
     for name, row in results.items():
         print(f"{name:16s} {row['k']:9d} {row['actions_per_s']:10.0f}")
     print(
         f"micro-batching serves {ratio:.2f}x the robots of --max-batch 1 (target >= 2x): "
-        f"{'OK' if ratio >= 2 else 'MISSED'}"
+        f"{'OK' if ratio >= 2 else 'MISSED'}" + ("" if base["k"] else " (no fleet passed with --max-batch 1)")
     )
     if args.json:
         args.json.parent.mkdir(parents=True, exist_ok=True)

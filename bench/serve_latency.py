@@ -20,14 +20,13 @@ import sys
 import tempfile
 import threading
 import time
-from concurrent import futures
 from pathlib import Path
 
 import grpc
 import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from serve_common import DOG_RUN, dog_run_model, figures, machine
+from serve_common import DOG_RUN, dog_run_model, echo_process, figures, machine, serve_echo
 
 from flowrl_deploy.client import PolicyClient
 from flowrl_deploy.codec import encode
@@ -45,21 +44,6 @@ def message_sizes() -> tuple[int, int]:
     reply.inference_us, reply.client_send_unix_ns = 1000, time.time_ns()
     reply.server_recv_unix_ns = reply.server_send_unix_ns = time.time_ns()
     return len(request.SerializeToString()), len(reply.SerializeToString())
-
-
-def echo_server(reply_size: int) -> None:
-    """Serve /bench.Echo/{Unary,Stream} answering every message with ``reply_size`` bytes."""
-    payload = b"\1" * reply_size
-    handlers = {
-        "Unary": grpc.unary_unary_rpc_method_handler(lambda request, context: payload),
-        "Stream": grpc.stream_stream_rpc_method_handler(lambda requests, context: (payload for _ in requests)),
-    }
-    server = grpc.server(futures.ThreadPoolExecutor(16), options=[("grpc.so_reuseport", 0)])
-    server.add_generic_rpc_handlers((grpc.method_handlers_generic_handler("bench.Echo", handlers),))
-    port = server.add_insecure_port("127.0.0.1:0")
-    server.start()
-    print(f"serving echo on 127.0.0.1:{port}", flush=True)
-    server.wait_for_termination()
 
 
 def time_calls(call, n: int, warmup: int) -> list[float]:
@@ -138,24 +122,16 @@ def main() -> None:
     parser.add_argument("--echo-server", type=int, metavar="REPLY_BYTES", help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.echo_server is not None:
-        echo_server(args.echo_server)
+        payload = b"\1" * args.echo_server
+        serve_echo(lambda request: payload)
         return
     n, warmup = (1500, 200) if args.quick else (10_000, 500)
     args.work.mkdir(parents=True, exist_ok=True)
     model = dog_run_model(args.work, args.steps)
     request_size, reply_size = message_sizes()
 
-    import subprocess
-
-    echo = subprocess.Popen(
-        [sys.executable, __file__, "--echo-server", str(reply_size)], stdout=subprocess.PIPE, text=True
-    )
-    try:
-        echo_address = echo.stdout.readline().split(" on ")[1].strip()
+    with echo_process(__file__, str(reply_size)) as echo_address:
         rows = bench_echo(echo_address, request_size, n, warmup)
-    finally:
-        echo.terminate()
-        echo.wait(10)
     rows.update(bench_in_process(model, n, warmup))
     with ServerProcess(model, "--providers", "cpu") as served:
         rows.update(bench_serve(served.address, n, warmup))
