@@ -1,7 +1,8 @@
 """Learning curves of `flowrl train`: one task, a step budget, several seeds run side by side (one
 process and one torch thread each), optionally both flow-matching weightings.
 
-Writes the eval-return curves as JSON and a PNG plot. The issue's run (about an hour on 2 cores):
+Writes the eval-return curves (sampled noise, and from a0 = 0) as JSON and a PNG plot. The issue's
+run (about 28 minutes on 2 cores):
 
     .venv/bin/python bench/learning.py --env dmc:cartpole-swingup --steps 40000 --hidden 256 \\
         --seeds 0 1 --out runs/learning --json bench/results/learning.json --plot bench/results/learning.png
