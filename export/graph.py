@@ -249,33 +249,20 @@ def _optimized_sampler(
     h_s = g.op("Gemm", [OBS_INPUT, g.const("w1.obs", w_s), g.const("b1", weights.b1)], transB=1)
     w_a_name = g.const("w1.action", w_a)
     w_a_b_out = w_a.astype(np.float64) @ weights.b_out.astype(np.float64)
-    consts = [(float(ev.t) * w_t.astype(np.float64) + ev.shift * w_a_b_out).astype(np.float32) for ev in evaluations]
-    bases = _per_evaluation_bases(g, h_s, consts)
     a_k = a_t = a0  # shifted states ã; None means exactly zero (the deterministic a0)
-    for ev, base in zip(evaluations, bases, strict=True):
-        z = base if a_t is None else g.op("Gemm", [a_t, w_a_name, base], transB=1)
+    for i, ev in enumerate(evaluations):
+        c = (float(ev.t) * w_t.astype(np.float64) + ev.shift * w_a_b_out).astype(np.float32)
+        c_name = g.const(f"layer1.const.{i}", c)
+        if a_t is None:
+            z = g.op("Add", [h_s, c_name])
+        else:
+            z = g.op("Add", [g.op("Gemm", [a_t, w_a_name, c_name], transB=1), h_s])
         h = hidden(z)
         if ev.from_step_start:
             a_k = a_t
         start = [] if a_k is None else [a_k]
         a_t = g.op("Gemm", [h, w_out, *start], transB=1, alpha=float(ev.step_size), beta=1.0)
     return g.op("Add", [a_t, b_out], PRE_TANH)
-
-
-def _per_evaluation_bases(g: _Graph, h_s: str, consts: list[np.ndarray]) -> list[str]:
-    """(W_s·s + b) + c_i for every evaluation i, the first layer's input but the action part.
-
-    Three nodes whatever the number of evaluations E (tile h_s E times, add all constants at once,
-    split), instead of one Add per evaluation: at batch 1 each node costs about a microsecond of
-    dispatch, as much as the addition itself.
-    """
-    if len(consts) == 1:
-        return [g.op("Add", [h_s, g.const("layer1.const.0", consts[0])])]
-    hidden, count = len(consts[0]), len(consts)
-    tiled = g.op("Tile", [h_s, g.const("layer1.tile", np.array([1, count], np.int64))])
-    summed = g.op("Add", [tiled, g.const("layer1.consts", np.concatenate(consts)[None, :])])
-    sizes = g.const("layer1.split", np.full(count, hidden, np.int64))
-    return g.op_multi("Split", [summed, sizes], [""] * count, axis=1)
 
 
 def quantize_columns(w: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
