@@ -44,5 +44,7 @@ class ServeConfig:
     watch: bool = False
     """Reload the model when its file changes."""
     watch_interval_s: float = 1.0
+    cpus: tuple[int, ...] = ()
+    """Cores to pin the server process to (Linux); empty: any. Applied by :func:`serve_forever`."""
     grace_s: float = 5.0
     """On stop, how long requests in flight may take to finish."""

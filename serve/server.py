@@ -27,6 +27,7 @@ import grpc
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 
+from flowrl_deploy.affinity import pin_to_cpus
 from flowrl_deploy.errors import FlowRLError
 from flowrl_deploy.proto.flowrl.v1 import policy_pb2 as pb
 from flowrl_deploy.proto.flowrl.v1 import policy_pb2_grpc as pb_grpc
@@ -153,6 +154,7 @@ class PolicyServer:
 
 def serve_forever(config: ServeConfig, on_ready: Callable[[PolicyServer], None] | None = None) -> None:
     """Run until SIGTERM or SIGINT, then stop gracefully (call from the main thread)."""
+    pin_to_cpus(config.cpus)
     stop = threading.Event()
     previous = {sig: signal.signal(sig, lambda *_: stop.set()) for sig in (signal.SIGTERM, signal.SIGINT)}
     server = PolicyServer(config)

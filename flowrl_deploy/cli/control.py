@@ -33,13 +33,18 @@ def control(
     json_path: Annotated[
         Path | None, typer.Option("--json", help="Write the report (with raw latencies) here.")
     ] = None,
+    cpus: Annotated[
+        str, typer.Option(help="Pin the control loop to these cores, e.g. '0' (Linux); default: any.")
+    ] = "",
 ) -> None:
     """Step a simulator at --hz with served actions; print return, latency percentiles, jitter and misses."""
+    from flowrl_deploy.affinity import parse_cpus, pin_to_cpus
     from flowrl_deploy.control import run_control
     from flowrl_deploy.errors import FlowRLError
 
     if connect_timeout <= 0:
         raise FlowRLError(f"--connect-timeout must be > 0, got {connect_timeout:g}")
+    pin_to_cpus(parse_cpus(cpus) if cpus else ())
     if json_path is not None and json_path.is_dir():
         raise FlowRLError(f"--json {json_path} is a directory; give a file path such as {json_path / 'control.json'}")
     report = run_control(

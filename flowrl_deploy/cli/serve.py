@@ -62,10 +62,14 @@ def serve(
     session_idle_s: Annotated[
         float, typer.Option(help="Drop a session opened by Reset after this long unused (s).")
     ] = 600.0,
+    cpus: Annotated[
+        str, typer.Option(help="Pin the server to these cores, e.g. '1' or '2,3' (Linux); default: any.")
+    ] = "",
 ) -> None:
     """Serve MODEL's actions over gRPC (flowrl.v1.PolicyService) until SIGTERM or Ctrl-C."""
     import logging
 
+    from flowrl_deploy.affinity import parse_cpus
     from flowrl_deploy.errors import FlowRLError
     from flowrl_deploy.serve import ServeConfig, serve_forever
 
@@ -95,6 +99,7 @@ def serve(
         client_ca=client_ca,
         metrics_port=metrics_port,
         watch=watch,
+        cpus=parse_cpus(cpus) if cpus else (),
     )
 
     def ready(server) -> None:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import sys
 from pathlib import Path
 
@@ -87,6 +88,20 @@ def test_sigterm_stops_the_server_with_exit_0(served):
     with PolicyClient(address) as client:
         assert client.act(np.zeros(3, np.float32)).shape == (2,)
     assert process.stop() == 0  # SIGTERM
+
+
+@pytest.mark.skipif(not hasattr(os, "sched_setaffinity"), reason="CPU affinity is Linux-only")
+def test_serve_cpus_pins_every_thread_of_the_server(tmp_path):
+    core = max(os.sched_getaffinity(0))
+    path = write_policy(tmp_path / "policy.onnx")
+    with ServerProcess(path, "--cpus", str(core)) as process:
+        with PolicyClient(process.address) as client:
+            client.act(np.zeros(3, np.float32))  # every thread the server needs has started by now
+        tasks = Path(f"/proc/{process.process.pid}/task")
+        allowed = {(t / "status").read_text().split("Cpus_allowed_list:")[1].split()[0] for t in tasks.iterdir()}
+    assert allowed == {str(core)}
+    refused = runner.invoke(app, ["serve", str(path), "--port", "0", "--cpus", "9999"])
+    assert refused.exit_code == 1 and "not available to this process" in refused.output
 
 
 def test_server_process_reports_why_it_did_not_start(tmp_path):

@@ -1,0 +1,48 @@
+"""Pinning a process to CPU cores (``--cpus``), as robot computers do to keep a control path's
+latency steady: the policy server on cores of its own, the control loop on others.
+
+Linux keeps an affinity per thread: :func:`pin_to_cpus` sets it on every thread the process has
+(numpy's BLAS pool starts at import), and threads started later (gRPC, onnxruntime) inherit it.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+from pathlib import Path
+
+from flowrl_deploy.errors import FlowRLError
+
+
+def parse_cpus(text: str) -> tuple[int, ...]:
+    """'1', '2,3' or '0-3,6' → sorted core ids; a malformed list is a :class:`FlowRLError`."""
+    cpus: set[int] = set()
+    for part in (p.strip() for p in text.split(",")):
+        try:
+            low, _, high = part.partition("-")
+            first, last = int(low), int(high or low)
+        except ValueError:
+            raise FlowRLError(f"--cpus {text!r}: use core ids such as 1, 2,3 or 0-3") from None
+        if first < 0 or last < first:
+            raise FlowRLError(f"--cpus {text!r}: {part!r} is not a core id or an ascending range")
+        cpus.update(range(first, last + 1))
+    return tuple(sorted(cpus))
+
+
+def pin_to_cpus(cpus: tuple[int, ...]) -> None:
+    """Restrict this process (its threads now and every thread it starts later) to ``cpus``."""
+    if not cpus:
+        return
+    if not hasattr(os, "sched_setaffinity"):
+        raise FlowRLError("--cpus needs Linux (os.sched_setaffinity); leave it out on this system")
+    allowed = os.sched_getaffinity(0)
+    outside = sorted(set(cpus) - allowed)
+    if outside:
+        raise FlowRLError(
+            f"--cpus {','.join(map(str, cpus))}: core(s) {','.join(map(str, outside))} are not available to this "
+            f"process (available: {','.join(map(str, sorted(allowed)))})"
+        )
+    tasks = Path("/proc/self/task")
+    for thread_id in [int(t.name) for t in tasks.iterdir()] if tasks.is_dir() else [0]:
+        with contextlib.suppress(ProcessLookupError):  # a thread that ended meanwhile
+            os.sched_setaffinity(thread_id, cpus)

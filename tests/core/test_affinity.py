@@ -1,0 +1,49 @@
+"""--cpus: parsing core lists and pinning a process (Linux)."""
+
+import os
+import subprocess
+import sys
+
+import pytest
+
+from flowrl_deploy.affinity import parse_cpus, pin_to_cpus
+from flowrl_deploy.errors import FlowRLError
+
+
+@pytest.mark.parametrize(("text", "cpus"), [("1", (1,)), ("3,2", (2, 3)), ("0-2,5", (0, 1, 2, 5)), (" 4 ", (4,))])
+def test_core_lists_parse(text, cpus):
+    assert parse_cpus(text) == cpus
+
+
+@pytest.mark.parametrize("text", ["a", "3-1", "-1", "1,,2", "1.5"])
+def test_malformed_core_lists_are_clear_errors(text):
+    with pytest.raises(FlowRLError, match="--cpus"):
+        parse_cpus(text)
+
+
+needs_affinity = pytest.mark.skipif(not hasattr(os, "sched_setaffinity"), reason="CPU affinity is Linux-only")
+
+
+@needs_affinity
+def test_a_core_this_process_may_not_use_is_refused_with_the_available_ones():
+    missing = max(os.sched_getaffinity(0)) + 1000
+    with pytest.raises(FlowRLError, match="not available to this process") as info:
+        pin_to_cpus((missing,))
+    assert str(min(os.sched_getaffinity(0))) in str(info.value)
+
+
+@needs_affinity
+def test_pinning_covers_the_threads_running_before_and_started_after():
+    core = min(os.sched_getaffinity(0))
+    script = (
+        "import os, threading\n"
+        "from flowrl_deploy.affinity import pin_to_cpus\n"
+        "seen, go = [], threading.Event()\n"
+        "early = threading.Thread(target=lambda: (go.wait(), seen.append(os.sched_getaffinity(0)))); early.start()\n"
+        f"pin_to_cpus(({core},))\n"
+        "go.set(); early.join()\n"
+        "late = threading.Thread(target=lambda: seen.append(os.sched_getaffinity(0))); late.start(); late.join()\n"
+        "print(sorted(os.sched_getaffinity(0)), [sorted(s) for s in seen])\n"
+    )
+    out = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, check=True).stdout
+    assert out.strip() == f"[{core}] [[{core}], [{core}]]"
