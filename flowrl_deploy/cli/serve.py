@@ -75,8 +75,10 @@ def serve(
 
     if min(max_batch, threads, workers, batch_workers) < 1 or batch_window_us < 0:
         raise FlowRLError("--max-batch, --threads, --workers and --batch-workers must be >= 1, --batch-window-us >= 0")
-    if max_message_bytes < 1 or max_sessions < 1:
-        raise FlowRLError("--max-message-bytes and --max-sessions must be >= 1")
+    if max_message_bytes < 1:
+        raise FlowRLError(f"--max-message-bytes must be >= 1, got {max_message_bytes}")
+    if max_sessions < 1:
+        raise FlowRLError(f"--max-sessions must be >= 1, got {max_sessions}")
     if not session_idle_s > 0:
         raise FlowRLError(f"--session-idle-s must be > 0, got {session_idle_s}")
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")

@@ -30,6 +30,9 @@ def policy(tmp_path_factory):
         (["--port", "0", "--metrics-port", "70000"], "--metrics-port must lie in [0, 65535]"),
         (["--port", "0", "--providers", "foo"], "unknown onnxruntime provider 'foo'"),
         (["--port", "0", "--max-message-bytes", "0"], "--max-message-bytes must be >= 1"),
+        (["--port", "0", "--max-sessions", "0"], "--max-sessions must be >= 1"),
+        (["--port", "0", "--session-idle-s", "0"], "--session-idle-s must be > 0"),
+        (["--port", "0", "--cpus", "x"], "--cpus 'x': use core ids"),
         (["--port", "0", "--tls-cert", "{policy}", "--tls-key", "{policy}"], "is not a PEM file"),
     ],
 )
