@@ -26,10 +26,17 @@ def test_act_fn_is_the_torch_sampler_with_seeded_noise(checkpoint, tmp_path, ref
     np.testing.assert_allclose(actions, np.stack(expected), atol=1e-5)
 
 
-def test_flowrl_eval_runs_the_onnx_policy(tmp_path):
-    spec = PolicySpec(obs_dim=5, act_dim=1, action_low=(-1.0,), action_high=(1.0,), hidden=32,
+CARTPOLE = PolicySpec(obs_dim=5, act_dim=1, action_low=(-1.0,), action_high=(1.0,), hidden=32,
                       env_id="dmc:cartpole-swingup")  # fmt: skip
-    checkpoint = save_checkpoint(tmp_path / "ck", spec=spec, actor=actor_tensors(spec))
+
+
+def cartpole_checkpoint(tmp_path):
+    """A random cartpole-swingup-shaped actor saved as a checkpoint."""
+    return save_checkpoint(tmp_path / "ck", spec=CARTPOLE, actor=actor_tensors(CARTPOLE))
+
+
+def test_flowrl_eval_runs_the_onnx_policy(tmp_path):
+    checkpoint = cartpole_checkpoint(tmp_path)
     path = export_checkpoint(checkpoint, tmp_path / "cartpole.onnx", ExportConfig(steps=2, samples=3)).path
     runner = CliRunner()
     result = runner.invoke(app, ["eval", str(path), "--episodes", "1"])
@@ -46,9 +53,7 @@ def test_flowrl_eval_runs_the_onnx_policy(tmp_path):
 
 
 def test_deterministic_eval_is_the_same_for_the_checkpoint_and_both_onnx_graphs(tmp_path):
-    spec = PolicySpec(obs_dim=5, act_dim=1, action_low=(-1.0,), action_high=(1.0,), hidden=32,
-                      env_id="dmc:cartpole-swingup")  # fmt: skip
-    checkpoint = save_checkpoint(tmp_path / "ck", spec=spec, actor=actor_tensors(spec))
+    checkpoint = cartpole_checkpoint(tmp_path)
     noisy = export_checkpoint(checkpoint, tmp_path / "noisy.onnx", ExportConfig(steps=1, samples=3)).path
     zero = export_checkpoint(checkpoint, tmp_path / "zero.onnx", ExportConfig(steps=1, samples=3, deterministic=True))
     runner = CliRunner()
@@ -65,9 +70,7 @@ def test_deterministic_eval_is_the_same_for_the_checkpoint_and_both_onnx_graphs(
 
 def test_eval_on_an_env_of_other_sizes_is_one_clear_line(tmp_path):
     """A cartpole policy (obs 5) evaluated on Pendulum (obs 3): refused before any step, no onnxruntime traceback."""
-    spec = PolicySpec(obs_dim=5, act_dim=1, action_low=(-1.0,), action_high=(1.0,), hidden=32,
-                      env_id="dmc:cartpole-swingup")  # fmt: skip
-    checkpoint = save_checkpoint(tmp_path / "ck", spec=spec, actor=actor_tensors(spec))
+    checkpoint = cartpole_checkpoint(tmp_path)
     path = export_checkpoint(checkpoint, tmp_path / "cartpole.onnx", ExportConfig(steps=2, samples=3)).path
     runner = CliRunner()
     for policy in (path, checkpoint):
@@ -81,9 +84,7 @@ def test_eval_on_an_env_of_other_sizes_is_one_clear_line(tmp_path):
 
 
 def test_eval_seed_and_device_mistakes_are_one_clear_line(tmp_path):
-    spec = PolicySpec(obs_dim=5, act_dim=1, action_low=(-1.0,), action_high=(1.0,), hidden=32,
-                      env_id="dmc:cartpole-swingup")  # fmt: skip
-    checkpoint = save_checkpoint(tmp_path / "ck", spec=spec, actor=actor_tensors(spec))
+    checkpoint = cartpole_checkpoint(tmp_path)
     runner = CliRunner()
     for args, message in (
         (["--seed", "-1"], "--seed must lie in [0, 2**32)"),
@@ -96,12 +97,10 @@ def test_eval_seed_and_device_mistakes_are_one_clear_line(tmp_path):
 
 def test_eval_of_a_diverged_checkpoint_is_one_clear_line(tmp_path):
     """NaN weights (a diverged run) are named, not a dm_control PhysicsError traceback."""
-    spec = PolicySpec(obs_dim=5, act_dim=1, action_low=(-1.0,), action_high=(1.0,), hidden=32,
-                      env_id="dmc:cartpole-swingup")  # fmt: skip
-    actor = actor_tensors(spec)
+    actor = actor_tensors(CARTPOLE)
     first = sorted(actor)[0]
     actor[first] = np.full_like(actor[first], np.nan)
-    checkpoint = save_checkpoint(tmp_path / "ck", spec=spec, actor=actor)
+    checkpoint = save_checkpoint(tmp_path / "ck", spec=CARTPOLE, actor=actor)
     result = CliRunner().invoke(app, ["eval", str(checkpoint), "--episodes", "1"])
     assert result.exit_code == 1, result.output
     assert "NaN or infinite values" in result.output and "Traceback" not in result.output
@@ -123,9 +122,7 @@ def test_a_fixed_batch_export_can_be_evaluated_swept_and_served(tmp_path):
     from flowrl_deploy.runtime import OnnxPolicy
     from flowrl_deploy.serve import PolicyServer, ServeConfig
 
-    spec = PolicySpec(obs_dim=5, act_dim=1, action_low=(-1.0,), action_high=(1.0,), hidden=32,
-                      env_id="dmc:cartpole-swingup")  # fmt: skip
-    checkpoint = save_checkpoint(tmp_path / "ck", spec=spec, actor=actor_tensors(spec))
+    checkpoint = cartpole_checkpoint(tmp_path)
     fixed = export_checkpoint(checkpoint, tmp_path / "b3.onnx", ExportConfig(steps=2, samples=3, batch=3)).path
     dynamic = export_checkpoint(checkpoint, tmp_path / "dyn.onnx", ExportConfig(steps=2, samples=3)).path
 
