@@ -90,6 +90,9 @@ def main() -> None:
     parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1])
     parser.add_argument("--cfm-weighting", nargs="+", default=["batch"], choices=CFM_WEIGHTINGS)
     parser.add_argument("--tau", type=float, default=TrainConfig.tau, help="flowrl train --tau")
+    parser.add_argument(
+        "--recent-fraction", type=float, default=TrainConfig.recent_fraction, help="flowrl train --recent-fraction"
+    )
     parser.add_argument("--start-steps", type=int, default=5000)
     parser.add_argument("--eval-every", type=int, default=2500)
     parser.add_argument("--eval-episodes", type=int, default=5)
@@ -108,6 +111,7 @@ def main() -> None:
             seed=seed,
             hidden=args.hidden,
             tau=args.tau,
+            recent_fraction=args.recent_fraction,
             start_steps=args.start_steps,
             eval_every=args.eval_every,
             eval_episodes=args.eval_episodes,
@@ -157,6 +161,7 @@ def main() -> None:
         "steps": args.steps,
         "hidden": args.hidden,
         "tau": args.tau,
+        "recent_fraction": args.recent_fraction,
         "seeds": args.seeds,
         "cfm_weightings": args.cfm_weighting,
         "wall_s": wall_s,
