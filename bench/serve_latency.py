@@ -7,6 +7,7 @@ All in one run on one machine, each server in its own process:
   serve stream (StreamAct)   ControlSession.act, the control-loop path
 
 Targets: StreamAct p50 <= echo-stream p50 + in-process p50 + 150 µs; StreamAct p99 < 2 x its p50.
+``--pin 1 0`` runs the servers on core 1 and this client (and the in-process row) on core 0.
 
     .venv/bin/python bench/serve_latency.py [--quick] [--json bench/results/serve_latency.json]
 """
@@ -28,6 +29,7 @@ import numpy as np
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from serve_common import DOG_RUN, dog_run_model, echo_process, figures, machine, serve_echo
 
+from flowrl_deploy.affinity import pin_to_cpus
 from flowrl_deploy.client import PolicyClient
 from flowrl_deploy.codec import encode
 from flowrl_deploy.proto.flowrl.v1 import policy_pb2 as pb
@@ -119,21 +121,33 @@ def main() -> None:
     parser.add_argument("--json", type=Path, help="write the figures here")
     parser.add_argument("--steps", type=int, default=10, help="flow steps of the exported graph")
     parser.add_argument("--work", type=Path, default=Path(tempfile.gettempdir()) / "flowrl-bench")
+    parser.add_argument(
+        "--pin",
+        nargs=2,
+        type=int,
+        metavar=("SERVER_CPU", "CLIENT_CPU"),
+        help="pin the servers (flowrl serve --cpus, and the echo) to one core and this client to another",
+    )
     parser.add_argument("--echo-server", type=int, metavar="REPLY_BYTES", help=argparse.SUPPRESS)
     args = parser.parse_args()
+    server_cpus = () if args.pin is None else (args.pin[0],)
     if args.echo_server is not None:
+        pin_to_cpus(server_cpus)
         payload = b"\1" * args.echo_server
         serve_echo(lambda request: payload)
         return
+    pin_to_cpus(() if args.pin is None else (args.pin[1],))
     n, warmup = (1500, 200) if args.quick else (10_000, 500)
     args.work.mkdir(parents=True, exist_ok=True)
     model = dog_run_model(args.work, args.steps)
     request_size, reply_size = message_sizes()
 
-    with echo_process(__file__, str(reply_size)) as echo_address:
+    pin_flags = [] if args.pin is None else ["--pin", *map(str, args.pin)]
+    with echo_process(__file__, str(reply_size), *pin_flags) as echo_address:
         rows = bench_echo(echo_address, request_size, n, warmup)
     rows.update(bench_in_process(model, n, warmup))
-    with ServerProcess(model, "--providers", "cpu") as served:
+    cpus_flag = [] if args.pin is None else ["--cpus", str(args.pin[0])]
+    with ServerProcess(model, "--providers", "cpu", *cpus_flag) as served:
         rows.update(bench_serve(served.address, n, warmup))
     misses = rows.pop("stream_misses")
 
@@ -148,7 +162,7 @@ def main() -> None:
         "stream_misses": misses,
     }
     print(f"batch 1, dog-run shapes {DOG_RUN}, {args.steps} flow steps, {n} calls each; {machine()['cpu']}")
-    print(f"messages: request {request_size} B, reply {reply_size} B")
+    print(f"messages: request {request_size} B, reply {reply_size} B; pinned (server, client cores): {args.pin}")
     print(f"{'path':32s} {'p50 µs':>9s} {'p99 µs':>9s} {'p99.9 µs':>9s} {'mean µs':>9s}")
     for name, row in rows.items():
         print(f"{name:32s} {row['p50_us']:9.0f} {row['p99_us']:9.0f} {row['p999_us']:9.0f} {row['mean_us']:9.0f}")
@@ -164,6 +178,7 @@ def main() -> None:
             "shapes": DOG_RUN,
             "steps": args.steps,
             "calls": n,
+            "pin": args.pin,
             "rows": rows,
             "targets": targets,
         }

@@ -35,14 +35,20 @@ def pin_to_cpus(cpus: tuple[int, ...]) -> None:
         return
     if not hasattr(os, "sched_setaffinity"):
         raise FlowRLError("--cpus needs Linux (os.sched_setaffinity); leave it out on this system")
-    allowed = os.sched_getaffinity(0)
-    outside = sorted(set(cpus) - allowed)
-    if outside:
+    count = os.cpu_count() or 1
+    missing = [c for c in cpus if c >= count]
+    if missing:
         raise FlowRLError(
-            f"--cpus {','.join(map(str, cpus))}: core(s) {','.join(map(str, outside))} are not available to this "
-            f"process (available: {','.join(map(str, sorted(allowed)))})"
+            f"--cpus {_cores(cpus)}: no core {_cores(missing)} on this machine (its cores are 0-{count - 1})"
         )
     tasks = Path("/proc/self/task")
-    for thread_id in [int(t.name) for t in tasks.iterdir()] if tasks.is_dir() else [0]:
-        with contextlib.suppress(ProcessLookupError):  # a thread that ended meanwhile
-            os.sched_setaffinity(thread_id, cpus)
+    try:
+        for thread_id in [int(t.name) for t in tasks.iterdir()] if tasks.is_dir() else [0]:
+            with contextlib.suppress(ProcessLookupError):  # a thread that ended meanwhile
+                os.sched_setaffinity(thread_id, cpus)
+    except OSError as exc:  # e.g. the cores lie outside this container's cpuset
+        raise FlowRLError(f"--cpus {_cores(cpus)}: this process may not run there ({exc.strerror})") from None
+
+
+def _cores(cpus) -> str:
+    return ",".join(map(str, cpus))

@@ -101,7 +101,7 @@ def test_serve_cpus_pins_every_thread_of_the_server(tmp_path):
         allowed = {(t / "status").read_text().split("Cpus_allowed_list:")[1].split()[0] for t in tasks.iterdir()}
     assert allowed == {str(core)}
     refused = runner.invoke(app, ["serve", str(path), "--port", "0", "--cpus", "9999"])
-    assert refused.exit_code == 1 and "not available to this process" in refused.output
+    assert refused.exit_code == 1 and "no core 9999 on this machine" in refused.output
 
 
 def test_server_process_reports_why_it_did_not_start(tmp_path):
