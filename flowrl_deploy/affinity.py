@@ -15,7 +15,10 @@ from flowrl_deploy.errors import FlowRLError
 
 
 def parse_cpus(text: str) -> tuple[int, ...]:
-    """'1', '2,3' or '0-3,6' → sorted core ids; a malformed list is a :class:`FlowRLError`."""
+    """'1', '2,3' or '0-3,6' → sorted core ids ('' → none: any core); a malformed list is a
+    :class:`FlowRLError`."""
+    if not text.strip():
+        return ()
     cpus: set[int] = set()
     for part in (p.strip() for p in text.split(",")):
         try:

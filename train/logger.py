@@ -56,7 +56,7 @@ class MetricsLogger:
             os.replace(tmp, path)  # atomic: a crash here leaves the old file or the new one
         self._jsonl = open(jsonl_path, "a")  # noqa: SIM115 - closed in close()
         self._csv_file = open(csv_path, "a", newline="")  # noqa: SIM115
-        self._csv = csv.DictWriter(self._csv_file, fieldnames=CSV_COLUMNS, extrasaction="ignore")
+        self._csv = _csv_writer(self._csv_file)
         self._tb = None
         if tensorboard:
             from torch.utils.tensorboard import SummaryWriter
@@ -84,9 +84,14 @@ def _jsonl_text(rows: list[dict]) -> str:
     return "".join(json.dumps(row) + "\n" for row in rows)
 
 
+def _csv_writer(stream: TextIO) -> csv.DictWriter:
+    """Rows as :data:`CSV_COLUMNS`, empty where a row lacks one, other keys left out."""
+    return csv.DictWriter(stream, fieldnames=CSV_COLUMNS, extrasaction="ignore")
+
+
 def _csv_text(rows: list[dict]) -> str:
     buffer = io.StringIO()
-    writer = csv.DictWriter(buffer, fieldnames=CSV_COLUMNS, extrasaction="ignore")
+    writer = _csv_writer(buffer)
     writer.writeheader()
     writer.writerows(rows)
     return buffer.getvalue()

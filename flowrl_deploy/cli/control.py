@@ -44,7 +44,7 @@ def control(
 
     if connect_timeout <= 0:
         raise FlowRLError(f"--connect-timeout must be > 0, got {connect_timeout:g}")
-    pin_to_cpus(parse_cpus(cpus) if cpus else ())
+    pin_to_cpus(parse_cpus(cpus))
     if json_path is not None and json_path.is_dir():
         raise FlowRLError(f"--json {json_path} is a directory; give a file path such as {json_path / 'control.json'}")
     report = run_control(

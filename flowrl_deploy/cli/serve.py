@@ -101,7 +101,7 @@ def serve(
         client_ca=client_ca,
         metrics_port=metrics_port,
         watch=watch,
-        cpus=parse_cpus(cpus) if cpus else (),
+        cpus=parse_cpus(cpus),
     )
 
     def ready(server) -> None:

@@ -10,7 +10,9 @@ from flowrl_deploy.affinity import parse_cpus, pin_to_cpus
 from flowrl_deploy.errors import FlowRLError
 
 
-@pytest.mark.parametrize(("text", "cpus"), [("1", (1,)), ("3,2", (2, 3)), ("0-2,5", (0, 1, 2, 5)), (" 4 ", (4,))])
+@pytest.mark.parametrize(
+    ("text", "cpus"), [("1", (1,)), ("3,2", (2, 3)), ("0-2,5", (0, 1, 2, 5)), (" 4 ", (4,)), ("", ())]
+)
 def test_core_lists_parse(text, cpus):
     assert parse_cpus(text) == cpus
 
