@@ -27,7 +27,7 @@ class ExportConfig:
     deterministic: bool = False
     """Export a graph without the noise input that starts from a0 = 0."""
     dtype: str = "fp32"
-    """'fp32', or 'int8' (dynamic quantization of the wide hidden layer; looser parity)."""
+    """'fp32', or 'int8' (the wide hidden layer as 8-bit blocks in one MatMulNBits node; looser parity)."""
     optimize: bool = True
     """Structural optimizations (observation share of layer 1 computed once, t folded into constants)."""
     verify: bool = True

@@ -31,6 +31,9 @@ from flowrl_deploy.errors import CheckpointError, FlowRLError
 from flowrl_deploy.spec import PolicySpec
 
 PRE_TANH = "pre_tanh"
+MS_DOMAIN = "com.microsoft"
+INT8_BLOCK = 128
+"""Inputs per quantization block of the int8 layer (MatMulNBits takes 16, 32, 64, 128 or 256)."""
 LAYER_NORM_EPS = 1e-5  # torch.nn.LayerNorm's default
 _PREFIX = "velocity.net."
 _SHAPES = {  # state_dict key suffix -> shape as a function of (obs_dim, act_dim, hidden)
@@ -129,14 +132,11 @@ class _Graph:
         return name
 
     def op(self, op_type: str, inputs: list[str], output: str | None = None, **attrs) -> str:
-        return self.op_multi(op_type, inputs, [output or ""], **attrs)[0]
-
-    def op_multi(self, op_type: str, inputs: list[str], outputs: list[str], **attrs) -> list[str]:
-        """A node with several outputs; empty names are made unique."""
+        """A node with one output; no ``output`` name means a unique one."""
         self._count += 1
-        outputs = [name or f"{op_type.lower()}_{self._count}_{i}" for i, name in enumerate(outputs)]
-        self.nodes.append(helper.make_node(op_type, inputs, outputs, name=f"{op_type}_{self._count}", **attrs))
-        return outputs
+        output = output or f"{op_type.lower()}_{self._count}"
+        self.nodes.append(helper.make_node(op_type, inputs, [output], name=f"{op_type}_{self._count}", **attrs))
+        return output
 
 
 def build_policy_graph(
@@ -153,7 +153,7 @@ def build_policy_graph(
 ) -> onnx.ModelProto:
     """The N-step sampler as an ONNX model: ``obs`` (+ ``noise``) → ``action`` in the spec's bounds.
 
-    ``dtype="int8"`` quantizes the hidden×hidden layer (see :func:`_int8_linear`); the rest stays fp32.
+    ``dtype="int8"`` quantizes the hidden×hidden layer (see :func:`int8_blocks`); the rest stays fp32.
     """
     newest = onnx.defs.onnx_opset_version()
     if opset > newest:
@@ -167,8 +167,8 @@ def build_policy_graph(
     ln2 = (g.const("ln2.gamma", weights.ln2_gamma), g.const("ln2.beta", weights.ln2_beta))
     b2 = g.const("b2", weights.b2)
     if dtype == "int8":
-        w2_q, w2_scale = quantize_columns(weights.w2.T)
-        w2 = (g.const("w2.T.int8", w2_q), g.const("w2.scale", w2_scale))
+        w2_q, w2_scales = int8_blocks(weights.w2)
+        w2 = (g.const("w2.int8", w2_q), g.const("w2.scales", w2_scales))
     else:
         w2 = g.const("w2", weights.w2)
     w_out, b_out = g.const("w_out", weights.w_out), g.const("b_out", weights.b_out)
@@ -176,7 +176,7 @@ def build_policy_graph(
     def hidden(z: str) -> str:
         """LayerNorm → ELU → Linear → LayerNorm → ELU: the part of v shared by both variants."""
         h = g.op("Elu", [g.op("LayerNormalization", [z, *ln1], epsilon=LAYER_NORM_EPS)], alpha=1.0)
-        z2 = _int8_linear(g, h, *w2, b2) if dtype == "int8" else g.op("Gemm", [h, w2, b2], transB=1)
+        z2 = _int8_linear(g, h, *w2, b2, weights.w2.shape) if dtype == "int8" else g.op("Gemm", [h, w2, b2], transB=1)
         return g.op("Elu", [g.op("LayerNormalization", [z2, *ln2], epsilon=LAYER_NORM_EPS)], alpha=1.0)
 
     a0 = None
@@ -201,7 +201,10 @@ def build_policy_graph(
         g.initializers,
     )
     opsets = [helper.make_opsetid("", opset)]
-    return helper.make_model(graph, opset_imports=opsets, ir_version=helper.find_min_ir_version_for(opsets))
+    ir_version = helper.find_min_ir_version_for(opsets)
+    if dtype == "int8":
+        opsets.append(helper.make_opsetid(MS_DOMAIN, 1))
+    return helper.make_model(graph, opset_imports=opsets, ir_version=ir_version)
 
 
 def _plain_sampler(
@@ -265,17 +268,31 @@ def _optimized_sampler(
     return g.op("Add", [a_t, b_out], PRE_TANH)
 
 
-def quantize_columns(w: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """Symmetric per-output-column int8 weights of ``w`` [in, out] and their float32 scales."""
-    scale = np.maximum(np.abs(w).max(axis=0), np.finfo(np.float32).tiny) / 127.0
-    return np.clip(np.round(w / scale), -127, 127).astype(np.int8), scale.astype(np.float32)
+def int8_blocks(w: np.ndarray, block: int = INT8_BLOCK) -> tuple[np.ndarray, np.ndarray]:
+    """``w`` [out, in] as MatMulNBits' 8-bit weights: symmetric per block of ``block`` inputs.
 
-
-def _int8_linear(g: _Graph, x: str, w_q: str, w_scale: str, bias: str) -> str:
-    """x·W + b with x quantized per call (uint8, asymmetric) and W per column (int8, symmetric).
-
-    onnxruntime fuses this chain into one DynamicQuantizeMatMul kernel.
+    Returns the codes [out, blocks, block] (uint8, zero point 128; the last block zero-padded)
+    and the float32 scales [out, blocks], so that w[o, i] ≈ (code − 128) · scale[o, i // block].
     """
-    x_q, x_scale, x_zero = g.op_multi("DynamicQuantizeLinear", [x], ["", "", ""])
-    product = g.op("Cast", [g.op("MatMulInteger", [x_q, w_q, x_zero])], to=TensorProto.FLOAT)
-    return g.op("Add", [g.op("Mul", [product, g.op("Mul", [x_scale, w_scale])]), bias])
+    out_dim, in_dim = w.shape
+    padded = np.pad(w, ((0, 0), (0, -in_dim % block))).reshape(out_dim, -1, block)
+    scale = np.maximum(np.abs(padded).max(axis=2), np.finfo(np.float32).tiny) / 127.0
+    codes = np.clip(np.round(padded / scale[..., None]), -127, 127) + 128
+    return codes.astype(np.uint8), scale.astype(np.float32)
+
+
+def _int8_linear(g: _Graph, x: str, w_q: str, w_scales: str, bias: str, shape: tuple[int, int]) -> str:
+    """x·Wᵀ + b as one onnxruntime MatMulNBits node (com.microsoft): 8-bit weights streamed at
+    a quarter of fp32's bytes, x quantized per block to int8 for the product (accuracy level 4).
+    """
+    out_dim, in_dim = shape
+    return g.op(
+        "MatMulNBits",
+        [x, w_q, w_scales, "", "", bias],
+        domain=MS_DOMAIN,
+        K=in_dim,
+        N=out_dim,
+        bits=8,
+        block_size=INT8_BLOCK,
+        accuracy_level=4,
+    )

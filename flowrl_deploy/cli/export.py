@@ -51,7 +51,7 @@ def export(
         bool, typer.Option("--deterministic", help="No noise input: start from a0 = 0 (one action per observation).")
     ] = False,
     dtype: Annotated[
-        DType, typer.Option(help="fp32, or int8 (dynamic quantization of the wide layer; looser parity, reported).")
+        DType, typer.Option(help="fp32, or int8 (the wide layer in 8-bit blocks; looser parity, reported).")
     ] = DType.fp32,
     optimize: Annotated[
         bool, typer.Option("--optimize/--no-optimize", help="Structural optimizations (obs share of layer 1 once).")
