@@ -26,8 +26,13 @@ from flowrl_deploy.spec import PolicySpec
 
 BATCH_SIZES = (1, 2, 7, 64)
 FP32_ATOL, FP32_RTOL = 1e-5, 1e-4
-INT8_ACTION_ATOL = 0.05
-"""int8 tolerance on the action, as a fraction of each action's half-range; pre-tanh is only reported."""
+INT8_ACTION_ATOL = 0.25
+INT8_MEAN_ATOL = 0.02
+"""int8 bounds on the action error as fractions of each action's half-range: every element within
+INT8_ACTION_ATOL, and their mean within INT8_MEAN_ATOL. Rounding a trained N = 1 policy's weights
+alone moves single actions by up to about 0.07 (measured on dmc:cartpole-swingup; 0.1-0.2 with its
+input rounded too) while the mean stays near 0.01 and the return holds; a broken graph moves the
+mean. Pre-tanh is only reported."""
 OBS_SCALES = (1.0, 1.0, 10.0, 1000.0)
 NOISE_SCALES = (1.0, 1.0, 5.0)
 _UNROLLED_ONLY = ("Loop", "If", "Scan")
@@ -47,6 +52,8 @@ class ParityReport:
     action_atol: float
     rtol: float
     max_abs_error_action: float
+    mean_abs_error_action: float
+    """Mean over every element, as a fraction of the half-range for int8 (absolute for fp32)."""
     max_abs_error_pre_tanh: float
     pre_tanh_checked: bool
     bit_identical_repeat: bool
@@ -55,11 +62,13 @@ class ParityReport:
     def summary(self) -> str:
         scale = "" if self.dtype == "fp32" else " × half-range"
         tolerance = f"atol {self.action_atol:g}{scale}, rtol {self.rtol:g}"
+        if self.dtype != "fp32":
+            tolerance += f", mean within {INT8_MEAN_ATOL:g}{scale}"
         pre_tanh = "" if self.pre_tanh_checked else " (reported only)"
         return (
             f"parity vs torch ({self.dtype}, batch sizes {', '.join(map(str, self.batch_sizes))}, "
             f"{self.pairs_per_batch_size} pairs each, {tolerance}): "
-            f"max |Δaction| = {self.max_abs_error_action:.3g}, "
+            f"max |Δaction| = {self.max_abs_error_action:.3g}, mean {self.mean_abs_error_action:.3g}{scale}, "
             f"max |Δpre_tanh| = {self.max_abs_error_pre_tanh:.3g}{pre_tanh}; "
             f"repeat bit-identical: {'yes' if self.bit_identical_repeat else 'NO'}; "
             f"{'PASSED' if self.passed else 'FAILED'}"
@@ -134,10 +143,11 @@ def verify_parity(
     session = make_session(with_pre_tanh_output(model).SerializeToString(), providers=["CPUExecutionProvider"])
     half_range = (np.asarray(spec.action_high) - np.asarray(spec.action_low)) / 2
     action_atol = FP32_ATOL if dtype == "fp32" else INT8_ACTION_ATOL
-    atol_per_action = action_atol * (half_range if dtype != "fp32" else 1.0)
+    error_unit = 1.0 if dtype == "fp32" else half_range  # int8 errors count in half-ranges
     rng = np.random.default_rng(seed)
     batch_sizes = (batch,) if batch is not None else BATCH_SIZES
     err_action = err_pre_tanh = 0.0
+    err_sum, err_count = 0.0, 0
     within, repeat_identical = True, True
     for size in batch_sizes:
         for i, (obs, noise) in enumerate(verification_inputs(spec, size, samples, rng)):
@@ -149,13 +159,18 @@ def verify_parity(
                 ref_pre = reference.pre_tanh(torch.from_numpy(obs), torch.from_numpy(noise), steps, solver)
                 ref_action = reference.squash(ref_pre).numpy()
                 ref_pre = ref_pre.numpy()
-            err_action = max(err_action, float(np.abs(action - ref_action).max()))
+            diff = np.abs(action - ref_action)
+            err_action = max(err_action, float(diff.max()))
+            err_sum, err_count = err_sum + float((diff / error_unit).sum()), err_count + diff.size
             err_pre_tanh = max(err_pre_tanh, float(np.abs(pre_tanh - ref_pre).max()))
-            within &= bool(np.all(np.abs(action - ref_action) <= atol_per_action + FP32_RTOL * np.abs(ref_action)))
+            within &= bool(np.all(diff <= action_atol * error_unit + FP32_RTOL * np.abs(ref_action)))
             if dtype == "fp32":
                 within &= bool(np.allclose(pre_tanh, ref_pre, atol=FP32_ATOL, rtol=FP32_RTOL))
             if i == 0:
                 repeat_identical &= bool(np.array_equal(session.run(None, feeds)[0], action))
+    err_mean = err_sum / err_count
+    if dtype != "fp32":
+        within &= err_mean <= INT8_MEAN_ATOL
     report = ParityReport(
         dtype=dtype,
         batch_sizes=tuple(batch_sizes),
@@ -163,6 +178,7 @@ def verify_parity(
         action_atol=action_atol,
         rtol=FP32_RTOL,
         max_abs_error_action=err_action,
+        mean_abs_error_action=err_mean,
         max_abs_error_pre_tanh=err_pre_tanh,
         pre_tanh_checked=dtype == "fp32",
         bit_identical_repeat=repeat_identical,

@@ -4,11 +4,13 @@ from __future__ import annotations
 
 import numpy as np
 import onnx
+import pytest
 from export_fixtures import SPEC, actor_tensors
+from onnx import numpy_helper
 
 from flowrl_deploy.export import ExportConfig, export_checkpoint
 from flowrl_deploy.export.graph import VelocityWeights, build_policy_graph, int8_blocks
-from flowrl_deploy.export.verify import check_structure
+from flowrl_deploy.export.verify import VerificationError, check_structure, verify_parity
 from flowrl_deploy.runtime import make_session
 
 
@@ -61,3 +63,17 @@ def test_the_quantized_layer_is_one_matmulnbits_node_per_evaluation(tmp_path):
     ops = [n.op_type for n in onnx.load(dump).graph.node]
     assert ops.count("MatMulNBits") == 6
     assert ops.count("Gemm") == 1 + 2 * 6  # layer 1's observation share once; W_a and W_out per evaluation
+
+
+def test_int8_verification_refuses_a_graph_whose_weights_are_off():
+    """The int8 bounds are loose for rounding, not for a wrong layer: scales of the wrong sign fail them.
+
+    (Not a wrong magnitude: the LayerNorm after the layer undoes any common factor.)"""
+    actor = actor_tensors()
+    model = build_policy_graph(VelocityWeights.from_actor(actor, SPEC), SPEC, steps=3, solver="midpoint", dtype="int8")
+    kwargs = dict(steps=3, solver="midpoint", deterministic=False, batch=None, dtype="int8", samples=20)
+    assert verify_parity(model, actor, SPEC, **kwargs).passed
+    scales = next(t for t in model.graph.initializer if t.name == "w2.scales")
+    scales.CopyFrom(numpy_helper.from_array(-numpy_helper.to_array(scales), "w2.scales"))
+    with pytest.raises(VerificationError, match=r"mean .* FAILED"):
+        verify_parity(model, actor, SPEC, **kwargs)
