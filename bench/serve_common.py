@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import argparse
 import os
 import platform
 import subprocess
@@ -40,6 +41,25 @@ def random_policy(out: Path, obs_dim: int, act_dim: int, hidden: int, env_id: st
 def dog_run_model(out_dir: Path, steps: int = 10) -> Path:
     """A random dog-run-shaped policy (obs 223, act 38, width 512)."""
     return random_policy(out_dir / f"dog_run_random_{steps}steps.onnx", env_id="dmc:dog-run", steps=steps, **DOG_RUN)
+
+
+def add_pin_option(parser: argparse.ArgumentParser) -> None:
+    """``--pin SERVER_CPU CLIENT_CPU``: see :func:`pinned`."""
+    parser.add_argument(
+        "--pin",
+        nargs=2,
+        type=int,
+        metavar=("SERVER_CPU", "CLIENT_CPU"),
+        help="pin the servers (flowrl serve --cpus, and any echo) to one core and this client to another",
+    )
+
+
+def pinned(pin: list[int] | None) -> list[str]:
+    """Pin this process to the client core of ``--pin``; return the ``flowrl serve`` flags for the server core."""
+    from flowrl_deploy.affinity import pin_to_cpus
+
+    pin_to_cpus(() if pin is None else (pin[1],))
+    return [] if pin is None else ["--cpus", str(pin[0])]
 
 
 def serve_echo(reply_for: Callable[[bytes], bytes]) -> None:

@@ -15,7 +15,7 @@ import tempfile
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from serve_common import machine, random_policy
+from serve_common import add_pin_option, machine, pinned, random_policy
 
 from flowrl_deploy.control import run_control
 from flowrl_deploy.serve import ServerProcess
@@ -26,18 +26,23 @@ def main() -> None:
     parser.add_argument("--quick", action="store_true", help="2 episodes (2,000 ticks)")
     parser.add_argument("--json", type=Path, help="write the report here (raw round trips included)")
     parser.add_argument("--hz", type=float, default=200.0)
+    add_pin_option(parser)
+    parser.add_argument(
+        "--spin", action="store_true", help="flowrl control --spin: wait in short slices, keeping the core awake"
+    )
     parser.add_argument("--work", type=Path, default=Path(tempfile.gettempdir()) / "flowrl-bench")
     args = parser.parse_args()
     args.work.mkdir(parents=True, exist_ok=True)
     model = random_policy(args.work / "cartpole_random.onnx", 5, 1, 256, "dmc:cartpole-swingup")
-    with ServerProcess(model, "--providers", "cpu") as server:
-        report = run_control(server.address, None, hz=args.hz, episodes=2 if args.quick else 10, seed=0)
-    print(f"{machine()['cpu']} ({machine()['cores']} cores)")
+    with ServerProcess(model, "--providers", "cpu", *pinned(args.pin)) as server:
+        report = run_control(server.address, None, hz=args.hz, episodes=2 if args.quick else 10, seed=0, spin=args.spin)
+    print(f"{machine()['cpu']} ({machine()['cores']} cores); pinned (server, client): {args.pin}; spin: {args.spin}")
     print(report.summary())
     print(f"target < 0.1% misses: {'OK' if report.miss_rate < 0.001 else 'MISSED'}")
     if args.json:
         args.json.parent.mkdir(parents=True, exist_ok=True)
-        args.json.write_text(json.dumps({"machine": machine(), **report.to_dict()}, indent=1))
+        settings = {"pin": args.pin, "spin": args.spin}
+        args.json.write_text(json.dumps({"machine": machine(), **settings, **report.to_dict()}, indent=1))
 
 
 if __name__ == "__main__":

@@ -2,12 +2,15 @@
 
 All in one run on one machine, each server in its own process:
   echo unary / echo stream   a gRPC echo of the same message sizes (the transport floor)
+  echo stream + inference    the same echo stream, its handler running the graph before it replies:
+                             transport and inference with none of the service's own work
   onnxruntime in-process     the same graph, no network
   serve unary (Act)          PolicyClient.act_reply
   serve stream (StreamAct)   ControlSession.act, the control-loop path
 
 Targets: StreamAct p50 <= echo-stream p50 + in-process p50 + 150 µs; StreamAct p99 < 2 x its p50.
-``--pin 1 0`` runs the servers on core 1 and this client (and the in-process row) on core 0.
+``--pin 1 0`` runs the servers on core 1 and this client (and the in-process row) on core 0;
+``--spin`` makes the client wait for stream replies in short slices (ControlSession(spin=True)).
 
     .venv/bin/python bench/serve_latency.py [--quick] [--json bench/results/serve_latency.json]
 """
@@ -16,6 +19,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import queue
 import sys
 import tempfile
@@ -27,10 +31,10 @@ import grpc
 import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from serve_common import DOG_RUN, dog_run_model, echo_process, figures, machine, serve_echo
+from serve_common import DOG_RUN, add_pin_option, dog_run_model, echo_process, figures, machine, pinned, serve_echo
 
 from flowrl_deploy.affinity import pin_to_cpus
-from flowrl_deploy.client import PolicyClient
+from flowrl_deploy.client import SPIN_SLICE_S, PolicyClient, get_until
 from flowrl_deploy.codec import encode
 from flowrl_deploy.proto.flowrl.v1 import policy_pb2 as pb
 from flowrl_deploy.serve.process import ServerProcess
@@ -59,11 +63,14 @@ def time_calls(call, n: int, warmup: int) -> list[float]:
     return samples
 
 
-def bench_echo(address: str, request_size: int, n: int, warmup: int) -> dict:
+def bench_echo(address: str, request_size: int, n: int, warmup: int, *, unary: bool = True, spin: bool = False) -> dict:
+    """Round trips of the echo service: unary (if ``unary``) and over one stream."""
     channel = grpc.insecure_channel(address)
     payload = b"\2" * request_size
-    unary = channel.unary_unary("/bench.Echo/Unary")
-    unary_samples = time_calls(lambda: unary(payload, timeout=5), n, warmup)
+    rows = {}
+    if unary:
+        call_unary = channel.unary_unary("/bench.Echo/Unary")
+        rows["echo unary"] = figures(time_calls(lambda: call_unary(payload, timeout=5), n, warmup))
     # the same stream pattern as ControlSession: a request queue and a reader thread
     requests: queue.SimpleQueue = queue.SimpleQueue()
     replies: queue.SimpleQueue = queue.SimpleQueue()
@@ -80,19 +87,36 @@ def bench_echo(address: str, request_size: int, n: int, warmup: int) -> dict:
 
     def exchange() -> None:
         requests.put(payload)
-        replies.get(timeout=5)
+        if get_until(replies, time.perf_counter() + 5, SPIN_SLICE_S if spin else math.inf) is None:
+            raise TimeoutError("the echo server sent no reply within 5 s")
 
-    stream_samples = time_calls(exchange, n, warmup)
+    rows["echo stream"] = figures(time_calls(exchange, n, warmup))
     requests.put(None)
     channel.close()
-    return {"echo unary": figures(unary_samples), "echo stream": figures(stream_samples)}
+    return rows
 
 
-def bench_serve(address: str, n: int, warmup: int) -> dict:
+def inference_reply(model: Path, reply_size: int):
+    """An echo handler that runs ``model`` at batch 1 before it replies (the service minus its own work)."""
+    from flowrl_deploy.runtime import OnnxPolicy
+
+    policy = OnnxPolicy(model, providers=["CPUExecutionProvider"])
+    obs = np.zeros((1, DOG_RUN["obs_dim"]), np.float32)
+    noise = np.zeros((1, DOG_RUN["act_dim"]), np.float32)
+    payload = b"\1" * reply_size
+
+    def reply(request: bytes) -> bytes:
+        policy.act(obs, noise)
+        return payload
+
+    return reply
+
+
+def bench_serve(address: str, n: int, warmup: int, spin: bool) -> dict:
     obs = np.random.default_rng(0).standard_normal(DOG_RUN["obs_dim"]).astype(np.float32)
     with PolicyClient(address, timeout_s=5) as client:
         unary = time_calls(lambda: client.act_reply(obs), n, warmup)
-        with client.session(period_s=1.0, deadline_s=1.0, seed=0) as control:
+        with client.session(period_s=1.0, deadline_s=1.0, seed=0, spin=spin) as control:
             stream = time_calls(lambda: control.act(obs), n, warmup)
             server_us = [t.server_us for t in control.timings[warmup:]]
             inference_us = [t.inference_us for t in control.timings[warmup:]]
@@ -121,22 +145,22 @@ def main() -> None:
     parser.add_argument("--json", type=Path, help="write the figures here")
     parser.add_argument("--steps", type=int, default=10, help="flow steps of the exported graph")
     parser.add_argument("--work", type=Path, default=Path(tempfile.gettempdir()) / "flowrl-bench")
+    add_pin_option(parser)
     parser.add_argument(
-        "--pin",
-        nargs=2,
-        type=int,
-        metavar=("SERVER_CPU", "CLIENT_CPU"),
-        help="pin the servers (flowrl serve --cpus, and the echo) to one core and this client to another",
+        "--spin",
+        action="store_true",
+        help="the client waits for stream replies in short slices (ControlSession(spin=True))",
     )
     parser.add_argument("--echo-server", type=int, metavar="REPLY_BYTES", help=argparse.SUPPRESS)
+    parser.add_argument("--echo-model", type=Path, help=argparse.SUPPRESS)
     args = parser.parse_args()
     server_cpus = () if args.pin is None else (args.pin[0],)
     if args.echo_server is not None:
         pin_to_cpus(server_cpus)
         payload = b"\1" * args.echo_server
-        serve_echo(lambda request: payload)
+        serve_echo(inference_reply(args.echo_model, args.echo_server) if args.echo_model else lambda request: payload)
         return
-    pin_to_cpus(() if args.pin is None else (args.pin[1],))
+    cpus_flag = pinned(args.pin)
     n, warmup = (1500, 200) if args.quick else (10_000, 500)
     args.work.mkdir(parents=True, exist_ok=True)
     model = dog_run_model(args.work, args.steps)
@@ -144,11 +168,13 @@ def main() -> None:
 
     pin_flags = [] if args.pin is None else ["--pin", *map(str, args.pin)]
     with echo_process(__file__, str(reply_size), *pin_flags) as echo_address:
-        rows = bench_echo(echo_address, request_size, n, warmup)
+        rows = bench_echo(echo_address, request_size, n, warmup, spin=args.spin)
+    with echo_process(__file__, str(reply_size), "--echo-model", str(model), *pin_flags) as echo_address:
+        inferring = bench_echo(echo_address, request_size, n, warmup, unary=False, spin=args.spin)
+    rows["echo stream + inference"] = inferring["echo stream"]
     rows.update(bench_in_process(model, n, warmup))
-    cpus_flag = [] if args.pin is None else ["--cpus", str(args.pin[0])]
     with ServerProcess(model, "--providers", "cpu", *cpus_flag) as served:
-        rows.update(bench_serve(served.address, n, warmup))
+        rows.update(bench_serve(served.address, n, warmup, args.spin))
     misses = rows.pop("stream_misses")
 
     floor = rows["echo stream"]["p50_us"] + rows["onnxruntime in-process"]["p50_us"] + 150
@@ -162,7 +188,10 @@ def main() -> None:
         "stream_misses": misses,
     }
     print(f"batch 1, dog-run shapes {DOG_RUN}, {args.steps} flow steps, {n} calls each; {machine()['cpu']}")
-    print(f"messages: request {request_size} B, reply {reply_size} B; pinned (server, client cores): {args.pin}")
+    print(
+        f"messages: request {request_size} B, reply {reply_size} B; "
+        f"pinned (server, client): {args.pin}; spin: {args.spin}"
+    )
     print(f"{'path':32s} {'p50 µs':>9s} {'p99 µs':>9s} {'p99.9 µs':>9s} {'mean µs':>9s}")
     for name, row in rows.items():
         print(f"{name:32s} {row['p50_us']:9.0f} {row['p99_us']:9.0f} {row['p999_us']:9.0f} {row['mean_us']:9.0f}")
@@ -179,6 +208,7 @@ def main() -> None:
             "steps": args.steps,
             "calls": n,
             "pin": args.pin,
+            "spin": args.spin,
             "rows": rows,
             "targets": targets,
         }
