@@ -2,8 +2,9 @@
 
 A random (untrained) cartpole policy, width 256, 10 flow steps, exported and served in a child
 process; 10 episodes of dmc:cartpole-swingup = 10,000 control ticks. Target: < 0.1% misses.
+``--pin 1 0`` runs the server on core 1 and the control loop on core 0.
 
-    .venv/bin/python bench/serve_control.py [--quick] [--json bench/results/serve_control.json]
+    .venv/bin/python bench/serve_control.py [--quick] [--pin 1 0] [--json bench/results/serve_control.json]
 """
 
 from __future__ import annotations
@@ -27,22 +28,18 @@ def main() -> None:
     parser.add_argument("--json", type=Path, help="write the report here (raw round trips included)")
     parser.add_argument("--hz", type=float, default=200.0)
     add_pin_option(parser)
-    parser.add_argument(
-        "--spin", action="store_true", help="flowrl control --spin: wait in short slices, keeping the core awake"
-    )
     parser.add_argument("--work", type=Path, default=Path(tempfile.gettempdir()) / "flowrl-bench")
     args = parser.parse_args()
     args.work.mkdir(parents=True, exist_ok=True)
     model = random_policy(args.work / "cartpole_random.onnx", 5, 1, 256, "dmc:cartpole-swingup")
     with ServerProcess(model, "--providers", "cpu", *pinned(args.pin)) as server:
-        report = run_control(server.address, None, hz=args.hz, episodes=2 if args.quick else 10, seed=0, spin=args.spin)
-    print(f"{machine()['cpu']} ({machine()['cores']} cores); pinned (server, client): {args.pin}; spin: {args.spin}")
+        report = run_control(server.address, None, hz=args.hz, episodes=2 if args.quick else 10, seed=0)
+    print(f"{machine()['cpu']} ({machine()['cores']} cores); pinned (server, client): {args.pin}")
     print(report.summary())
     print(f"target < 0.1% misses: {'OK' if report.miss_rate < 0.001 else 'MISSED'}")
     if args.json:
         args.json.parent.mkdir(parents=True, exist_ok=True)
-        settings = {"pin": args.pin, "spin": args.spin}
-        args.json.write_text(json.dumps({"machine": machine(), **settings, **report.to_dict()}, indent=1))
+        args.json.write_text(json.dumps({"machine": machine(), "pin": args.pin, **report.to_dict()}, indent=1))
 
 
 if __name__ == "__main__":

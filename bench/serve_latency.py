@@ -9,8 +9,7 @@ All in one run on one machine, each server in its own process:
   serve stream (StreamAct)   ControlSession.act, the control-loop path
 
 Targets: StreamAct p50 <= echo-stream p50 + in-process p50 + 150 µs; StreamAct p99 < 2 x its p50.
-``--pin 1 0`` runs the servers on core 1 and this client (and the in-process row) on core 0;
-``--spin`` makes the client wait for stream replies in short slices (ControlSession(spin=True)).
+``--pin 1 0`` runs the servers on core 1 and this client (and the in-process row) on core 0.
 
     .venv/bin/python bench/serve_latency.py [--quick] [--json bench/results/serve_latency.json]
 """
@@ -19,7 +18,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import math
 import queue
 import sys
 import tempfile
@@ -34,7 +32,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from serve_common import DOG_RUN, add_pin_option, dog_run_model, echo_process, figures, machine, pinned, serve_echo
 
 from flowrl_deploy.affinity import pin_to_cpus
-from flowrl_deploy.client import SPIN_SLICE_S, PolicyClient, get_until
+from flowrl_deploy.client import PolicyClient
 from flowrl_deploy.codec import encode
 from flowrl_deploy.proto.flowrl.v1 import policy_pb2 as pb
 from flowrl_deploy.serve.process import ServerProcess
@@ -63,7 +61,7 @@ def time_calls(call, n: int, warmup: int) -> list[float]:
     return samples
 
 
-def bench_echo(address: str, request_size: int, n: int, warmup: int, *, unary: bool = True, spin: bool = False) -> dict:
+def bench_echo(address: str, request_size: int, n: int, warmup: int, *, unary: bool = True) -> dict:
     """Round trips of the echo service: unary (if ``unary``) and over one stream."""
     channel = grpc.insecure_channel(address)
     payload = b"\2" * request_size
@@ -87,8 +85,7 @@ def bench_echo(address: str, request_size: int, n: int, warmup: int, *, unary: b
 
     def exchange() -> None:
         requests.put(payload)
-        if get_until(replies, time.perf_counter() + 5, SPIN_SLICE_S if spin else math.inf) is None:
-            raise TimeoutError("the echo server sent no reply within 5 s")
+        replies.get(timeout=5)
 
     rows["echo stream"] = figures(time_calls(exchange, n, warmup))
     requests.put(None)
@@ -112,11 +109,11 @@ def inference_reply(model: Path, reply_size: int):
     return reply
 
 
-def bench_serve(address: str, n: int, warmup: int, spin: bool) -> dict:
+def bench_serve(address: str, n: int, warmup: int) -> dict:
     obs = np.random.default_rng(0).standard_normal(DOG_RUN["obs_dim"]).astype(np.float32)
     with PolicyClient(address, timeout_s=5) as client:
         unary = time_calls(lambda: client.act_reply(obs), n, warmup)
-        with client.session(period_s=1.0, deadline_s=1.0, seed=0, spin=spin) as control:
+        with client.session(period_s=1.0, deadline_s=1.0, seed=0) as control:
             stream = time_calls(lambda: control.act(obs), n, warmup)
             server_us = [t.server_us for t in control.timings[warmup:]]
             inference_us = [t.inference_us for t in control.timings[warmup:]]
@@ -146,11 +143,6 @@ def main() -> None:
     parser.add_argument("--steps", type=int, default=10, help="flow steps of the exported graph")
     parser.add_argument("--work", type=Path, default=Path(tempfile.gettempdir()) / "flowrl-bench")
     add_pin_option(parser)
-    parser.add_argument(
-        "--spin",
-        action="store_true",
-        help="the client waits for stream replies in short slices (ControlSession(spin=True))",
-    )
     parser.add_argument("--echo-server", type=int, metavar="REPLY_BYTES", help=argparse.SUPPRESS)
     parser.add_argument("--echo-model", type=Path, help=argparse.SUPPRESS)
     args = parser.parse_args()
@@ -168,13 +160,13 @@ def main() -> None:
 
     pin_flags = [] if args.pin is None else ["--pin", *map(str, args.pin)]
     with echo_process(__file__, str(reply_size), *pin_flags) as echo_address:
-        rows = bench_echo(echo_address, request_size, n, warmup, spin=args.spin)
+        rows = bench_echo(echo_address, request_size, n, warmup)
     with echo_process(__file__, str(reply_size), "--echo-model", str(model), *pin_flags) as echo_address:
-        inferring = bench_echo(echo_address, request_size, n, warmup, unary=False, spin=args.spin)
+        inferring = bench_echo(echo_address, request_size, n, warmup, unary=False)
     rows["echo stream + inference"] = inferring["echo stream"]
     rows.update(bench_in_process(model, n, warmup))
     with ServerProcess(model, "--providers", "cpu", *cpus_flag) as served:
-        rows.update(bench_serve(served.address, n, warmup, args.spin))
+        rows.update(bench_serve(served.address, n, warmup))
     misses = rows.pop("stream_misses")
 
     floor = rows["echo stream"]["p50_us"] + rows["onnxruntime in-process"]["p50_us"] + 150
@@ -188,10 +180,7 @@ def main() -> None:
         "stream_misses": misses,
     }
     print(f"batch 1, dog-run shapes {DOG_RUN}, {args.steps} flow steps, {n} calls each; {machine()['cpu']}")
-    print(
-        f"messages: request {request_size} B, reply {reply_size} B; "
-        f"pinned (server, client): {args.pin}; spin: {args.spin}"
-    )
+    print(f"messages: request {request_size} B, reply {reply_size} B; pinned (server, client): {args.pin}")
     print(f"{'path':32s} {'p50 µs':>9s} {'p99 µs':>9s} {'p99.9 µs':>9s} {'mean µs':>9s}")
     for name, row in rows.items():
         print(f"{name:32s} {row['p50_us']:9.0f} {row['p99_us']:9.0f} {row['p999_us']:9.0f} {row['mean_us']:9.0f}")
@@ -208,7 +197,6 @@ def main() -> None:
             "steps": args.steps,
             "calls": n,
             "pin": args.pin,
-            "spin": args.spin,
             "rows": rows,
             "targets": targets,
         }

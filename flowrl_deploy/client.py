@@ -9,7 +9,6 @@ with client.session(period_s=0.02, seed=0, fallback="hold") as control:
 from __future__ import annotations
 
 import json
-import math
 import queue
 import threading
 import time
@@ -247,22 +246,6 @@ class PolicyClient:
 
 
 _END = object()
-SPIN_SLICE_S = 50e-6
-"""With ``spin``, the longest a control loop sleeps at once while it waits."""
-
-
-def get_until(items: queue.SimpleQueue, until: float, slice_s: float = math.inf) -> object | None:
-    """The next item of ``items`` before ``until`` (time.perf_counter()), waiting at most ``slice_s``
-    at a time, or None. Each wait releases the GIL."""
-    while (remaining := until - time.perf_counter()) > 0:
-        try:
-            return items.get(timeout=min(remaining, slice_s))
-        except queue.Empty:
-            continue
-    try:
-        return items.get_nowait()
-    except queue.Empty:
-        return None
 
 
 class _Stream:
@@ -311,10 +294,6 @@ class ControlSession:
 
     Args:
         period_s: the control period; the default deadline is half of it.
-        spin: wait for each reply in slices of ``SPIN_SLICE_S`` instead of one long sleep. A
-            core that sleeps longer can take hundreds of µs to wake (a VM's halted vCPU, a deep
-            C-state); short slices keep it awake at the cost of that core. The waits release
-            the GIL, so the stream's reader thread is never held up.
         max_rate: optional clamp of each action component's change, in units per second.
         contract_hash / contract: pin the policy contract; the server refuses a different one.
     """
@@ -335,7 +314,6 @@ class ControlSession:
         contract_hash: str = "",
         contract: PolicyContract | None = None,
         backoff_s: tuple[float, float] = (0.05, 1.0),
-        spin: bool = False,
     ) -> None:
         if fallback not in ("hold", "zeros", "local"):
             raise FlowRLError(f"unknown fallback {fallback!r}; choose hold, zeros or local")
@@ -344,7 +322,6 @@ class ControlSession:
         self.client = client
         self.period_s = period_s
         self.deadline_s = deadline_s if deadline_s is not None else period_s / 2
-        self.spin = spin
         self.session_id = session_id or f"control-{uuid.uuid4().hex[:12]}"
         self.seed = _checked_seed(seed)
         self.fallback = fallback
@@ -411,8 +388,10 @@ class ControlSession:
             request.contract_json = self.contract_json
         stream.requests.put(request)
         while True:
-            reply = get_until(stream.replies, until, SPIN_SLICE_S if self.spin else math.inf)
-            if reply is None:
+            remaining = until - time.perf_counter()
+            try:
+                reply = stream.replies.get(timeout=remaining) if remaining > 0 else stream.replies.get_nowait()
+            except queue.Empty:
                 return None
             if reply is _END:
                 self._broken()

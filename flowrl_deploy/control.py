@@ -12,7 +12,7 @@ from dataclasses import asdict, dataclass, field
 
 import numpy as np
 
-from flowrl_deploy.client import SPIN_SLICE_S, PolicyClient
+from flowrl_deploy.client import PolicyClient
 from flowrl_deploy.errors import FlowRLError
 
 
@@ -70,13 +70,6 @@ def _percentiles(samples: list[float], qs: tuple[float, ...]) -> list[float]:
     return [float(x) for x in np.percentile(samples, qs)] if samples else [0.0] * len(qs)
 
 
-def _wait_until(moment: float, spin: bool) -> None:
-    """Sleep until ``moment`` (time.perf_counter()); with ``spin`` in slices of SPIN_SLICE_S."""
-    slice_s = SPIN_SLICE_S if spin else float("inf")
-    while (wait := moment - time.perf_counter()) > 0:
-        time.sleep(min(wait, slice_s))
-
-
 def run_control(
     server: str,
     env_id: str | None = None,
@@ -93,7 +86,6 @@ def run_control(
     contract_hash: str = "",
     connect_timeout_s: float = 30.0,
     stop_on_interrupt: bool = False,
-    spin: bool = False,
 ) -> ControlReport:
     """Run ``episodes`` episodes of ``env_id`` (default: the served policy's) at ``hz``.
 
@@ -101,8 +93,7 @@ def run_control(
     period), step the simulator, sleep until the next tick. ``max_steps`` caps each episode;
     ``contract_hash`` pins the policy contract (the server then refuses any other);
     ``connect_timeout_s`` bounds the wait for the server to be SERVING. With ``stop_on_interrupt``,
-    Ctrl-C ends the run and the report covers what ran (``interrupted``). With ``spin`` the loop
-    waits for each tick and each reply in short slices, keeping its core awake (see :class:`ControlSession`).
+    Ctrl-C ends the run and the report covers what ran (``interrupted``).
     """
     from flowrl_deploy.train.envs import episode_seed, make_env
     from flowrl_deploy.train.evaluate import EVAL_STREAM
@@ -135,7 +126,6 @@ def run_control(
             fallback=fallback,
             local_model=local_model,
             contract_hash=contract_hash,
-            spin=spin,
         )
         returns, lateness, overruns, interrupted = [], [], 0, False
         try:
@@ -144,7 +134,9 @@ def run_control(
                 start = time.perf_counter()
                 while not done and (max_steps is None or steps < max_steps):
                     scheduled = start + steps * period
-                    _wait_until(scheduled, spin)
+                    wait = scheduled - time.perf_counter()
+                    if wait > 0:
+                        time.sleep(wait)
                     late = time.perf_counter() - scheduled
                     lateness.append(late)
                     overruns += late > period

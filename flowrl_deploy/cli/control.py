@@ -36,10 +36,6 @@ def control(
     cpus: Annotated[
         str, typer.Option(help="Pin the control loop to these cores, e.g. '0' (Linux); default: any.")
     ] = "",
-    spin: Annotated[
-        bool,
-        typer.Option(help="Wait for ticks and replies in 50 µs slices: less wake-up latency, one busy core."),
-    ] = False,
 ) -> None:
     """Step a simulator at --hz with served actions; print return, latency percentiles, jitter and misses."""
     from flowrl_deploy.affinity import parse_cpus, pin_to_cpus
@@ -66,7 +62,6 @@ def control(
         contract_hash=contract_hash,
         connect_timeout_s=connect_timeout,
         stop_on_interrupt=True,
-        spin=spin,
     )
     typer.echo(report.summary())
     if json_path is not None:

@@ -16,10 +16,9 @@ from flowrl_deploy.serve.noise import draw_noise, session_noise
 OBS = np.array([0.3, -0.2, 0.1], np.float32)
 
 
-@pytest.mark.parametrize("spin", [False, True], ids=["sleep", "spin"])
-def test_stream_actions_follow_the_seeded_session_noise(client, local, spin):
+def test_stream_actions_follow_the_seeded_session_noise(client, local):
     generator = session_noise(3)
-    with client.session(period_s=0.5, seed=3, spin=spin) as control:
+    with client.session(period_s=0.5, seed=3) as control:
         for _ in range(4):
             expected = local.act(OBS[None], draw_noise(generator, 1, ACT_DIM))[0]
             np.testing.assert_allclose(control.act(OBS), expected, atol=1e-6)
@@ -32,10 +31,9 @@ def test_stream_actions_follow_the_seeded_session_noise(client, local, spin):
         )
 
 
-@pytest.mark.parametrize("spin", [False, True], ids=["sleep", "spin"])
-def test_a_late_reply_is_dropped_and_the_fallback_used(client, local, spin):
+def test_a_late_reply_is_dropped_and_the_fallback_used(client, local):
     generator = session_noise(11)
-    with client.session(period_s=0.5, deadline_s=1e-7, seed=11, fallback="zeros", spin=spin) as control:
+    with client.session(period_s=0.5, deadline_s=1e-7, seed=11, fallback="zeros") as control:
         np.testing.assert_array_equal(control.act(OBS), np.zeros(ACT_DIM))
         assert control.timings[-1].source == "zeros"
         control.deadline_s = 2.0

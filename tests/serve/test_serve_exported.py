@@ -54,14 +54,13 @@ def test_a_checkpoint_is_exported_on_the_fly(checkpoint, onnx_file):
     np.testing.assert_allclose(action, expected, atol=1e-5)
 
 
-@pytest.mark.parametrize("spin", [False, True], ids=["sleep", "spin"])
-def test_control_return_matches_evaluation_of_the_same_onnx_file(onnx_file, spin):
+def test_control_return_matches_evaluation_of_the_same_onnx_file(onnx_file):
     from flowrl_deploy.control import run_control
     from flowrl_deploy.export.act import onnx_act_fn
     from flowrl_deploy.train.evaluate import evaluate
 
     with PolicyServer(ServeConfig(str(onnx_file), port=0, grace_s=0)).start() as server:
-        report = run_control(server.address, None, hz=2000, episodes=1, seed=3, deadline_s=2.0, spin=spin)
+        report = run_control(server.address, None, hz=2000, episodes=1, seed=3, deadline_s=2.0)
     assert report.deadline_misses == 0 and report.steps == 1000
     expected = evaluate(onnx_act_fn(onnx_file, seed=3), ENV_ID, 1, seed=3)
     assert report.returns == pytest.approx(list(expected.returns), rel=1e-5)
