@@ -10,6 +10,7 @@ import sys
 from collections.abc import Callable, Iterator
 from concurrent import futures
 from contextlib import contextmanager
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -79,15 +80,30 @@ def serve_echo(reply_for: Callable[[bytes], bytes]) -> None:
     server.wait_for_termination()
 
 
+@dataclass(frozen=True)
+class EchoServer:
+    address: str
+    pid: int
+
+
 @contextmanager
-def echo_process(script: str, *args: str) -> Iterator[str]:
-    """Run ``script --echo-server *args`` (which calls :func:`serve_echo`) in a child; yield its address."""
+def echo_process(script: str, *args: str) -> Iterator[EchoServer]:
+    """Run ``script --echo-server *args`` (which calls :func:`serve_echo`) in a child; yield its address and pid."""
     child = subprocess.Popen([sys.executable, script, "--echo-server", *args], stdout=subprocess.PIPE, text=True)
     try:
-        yield child.stdout.readline().split(" on ")[1].strip()
+        yield EchoServer(child.stdout.readline().split(" on ")[1].strip(), child.pid)
     finally:
         child.terminate()
         child.wait(10)
+
+
+def cpu_seconds(pid: int | None = None) -> float:
+    """User + system CPU time of process ``pid`` (Linux /proc; 10 ms resolution), or of this process."""
+    if pid is None:
+        times = os.times()
+        return times.user + times.system
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
 def figures(samples_us: list[float]) -> dict[str, float]:

@@ -11,6 +11,9 @@ Target: micro-batching serves >= 2x as many robots as --max-batch 1.
 
 A third search runs the same robots against an echo service (same messages, no policy, no
 inference): the fleet size the transport and the machine allow before any inference at all.
+Each trial also reports the CPU time per action of the server process and of this client (which
+shares the machine), so that the cost of the transport, of inference and of batching can be
+read off directly.
 """
 
 from __future__ import annotations
@@ -28,7 +31,7 @@ import grpc
 import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from serve_common import DOG_RUN, dog_run_model, echo_process, figures, machine, serve_echo
+from serve_common import DOG_RUN, cpu_seconds, dog_run_model, echo_process, figures, machine, serve_echo
 
 from flowrl_deploy.codec import encode
 from flowrl_deploy.proto.flowrl.v1 import policy_pb2 as pb
@@ -82,6 +85,7 @@ async def robot(open_stream, index: int, duration_s: float, warmup_s: float, rtt
         seq += 1
         sent[seq] = time.perf_counter()
         counts["sent"] += sent[seq] >= warmup_at
+        counts["all_sent"] += 1
         await queue.put(
             pb.StreamActRequest(session_id=f"robot-{index}", seq=seq, obs=obs, timeout_us=int(period * 1e6))
         )
@@ -103,9 +107,10 @@ def echo_reply(request: bytes) -> bytes:
 ECHO_ACTION = encode(np.zeros(DOG_RUN["act_dim"], np.float32))
 
 
-async def fleet(address: str, k: int, duration_s: float, warmup_s: float, echo: bool = False) -> dict:
+async def fleet(address: str, server_pid: int, k: int, duration_s: float, warmup_s: float, echo: bool = False) -> dict:
     rtts: list[float] = []
-    counts = {"sent": 0, "misses": 0, "errors": 0}
+    counts = {"sent": 0, "all_sent": 0, "misses": 0, "errors": 0}
+    cpu_start = cpu_seconds(server_pid), cpu_seconds()
     async with grpc.aio.insecure_channel(address) as channel:
         if echo:
             open_stream = channel.stream_stream(
@@ -118,28 +123,34 @@ async def fleet(address: str, k: int, duration_s: float, warmup_s: float, echo: 
             open_stream = stub.StreamAct
             before = await stub.GetStats(pb.GetStatsRequest())
         await asyncio.gather(*(robot(open_stream, i, duration_s, warmup_s, rtts, counts) for i in range(k)))
+        server_cpu, client_cpu = cpu_seconds(server_pid) - cpu_start[0], cpu_seconds() - cpu_start[1]
         mean_batch = 0.0
         if not echo:
             after = await stub.GetStats(pb.GetStatsRequest())
             rows = after.batches * after.mean_batch_size - before.batches * before.mean_batch_size
             mean_batch = rows / max(1, after.batches - before.batches)
     row = figures(rtts) if rtts else {"p50_us": float("inf"), "p99_us": float("inf")}
+    per_action = 1e6 / max(1, counts.pop("all_sent"))
     row.update(k=k, actions_per_s=len(rtts) / duration_s, mean_batch=mean_batch, **counts)
+    row.update(server_cpu_us_per_action=server_cpu * per_action, client_cpu_us_per_action=client_cpu * per_action)
     row["ok"] = row["p99_us"] < P99_LIMIT_US and counts["misses"] == 0
     return row
 
 
-def search(address: str, duration_s: float, warmup_s: float, k_max: int, echo: bool = False) -> tuple[int, list[dict]]:
+def search(
+    address: str, server_pid: int, duration_s: float, warmup_s: float, k_max: int, echo: bool = False
+) -> tuple[int, list[dict]]:
     """Largest passing K (a failure is retried once): double until a failure, then bisect."""
     trials: list[dict] = []
 
     def trial(k: int, retry: bool = True) -> bool:
-        row = asyncio.run(fleet(address, k, duration_s, warmup_s, echo))
+        row = asyncio.run(fleet(address, server_pid, k, duration_s, warmup_s, echo))
         trials.append(row)
         print(
             f"  K={k:4d}  p50 {row['p50_us']:8.0f} µs  p99 {row['p99_us']:8.0f} µs  misses {row['misses']:5d}"
             f" (errors {row['errors']})  mean batch {row['mean_batch']:4.1f}"
-            f"  {row['actions_per_s']:7.0f} actions/s  {'ok' if row['ok'] else 'FAIL'}",
+            f"  {row['actions_per_s']:7.0f} actions/s  CPU µs/action server {row['server_cpu_us_per_action']:5.0f}"
+            f" client {row['client_cpu_us_per_action']:4.0f}  {'ok' if row['ok'] else 'FAIL'}",
             flush=True,
         )
         if not row["ok"] and retry:  # one retry, so that a single hiccup of a shared machine does not end the search
@@ -159,6 +170,16 @@ def search(address: str, duration_s: float, warmup_s: float, k_max: int, echo: b
         else:
             bad = mid
     return good, trials
+
+
+def summarize(k: int, trials: list[dict]) -> dict:
+    """The search's result: the largest passing K and the figures of its trial (zeros if none passed)."""
+    best = next((t for t in trials if t["k"] == k and t["ok"]), None)
+    figures_of_best = {
+        key: best[key] if best else 0.0
+        for key in ("actions_per_s", "server_cpu_us_per_action", "client_cpu_us_per_action")
+    }
+    return {"k": k, **figures_of_best, "trials": trials}
 
 
 def main() -> None:
@@ -191,21 +212,22 @@ def main() -> None:
     for name, flags in configs.items():
         print(f"{name}:", flush=True)
         with ServerProcess(model, "--providers", "cpu", *flags) as served:
-            k, trials = search(served.address, duration_s, warmup_s, args.k_max)
-        best = next((t for t in trials if t["k"] == k), None)
-        results[name] = {"k": k, "actions_per_s": best["actions_per_s"] if best else 0.0, "trials": trials}
+            k, trials = search(served.address, served.process.pid, duration_s, warmup_s, args.k_max)
+        results[name] = summarize(k, trials)
     if not args.no_echo:
         print("echo floor (no inference):", flush=True)
-        with echo_process(__file__) as address:
-            k, trials = search(address, duration_s, warmup_s, args.k_max, echo=True)
-        best = next((t for t in trials if t["k"] == k), None)
-        results["echo floor"] = {"k": k, "actions_per_s": best["actions_per_s"] if best else 0.0, "trials": trials}
+        with echo_process(__file__) as echo:
+            k, trials = search(echo.address, echo.pid, duration_s, warmup_s, args.k_max, echo=True)
+        results["echo floor"] = summarize(k, trials)
     base, batched = results["max-batch 1"], results[f"max-batch {args.max_batch}"]
     ratio = batched["k"] / base["k"] if base["k"] else 0.0  # no fleet at all passed: no ratio to claim
     print(f"\n{machine()['cpu']} ({machine()['cores']} cores), dog-run shapes, 10 flow steps, {HZ:g} Hz per robot")
-    print(f"{'server':16s} {'robots K':>9s} {'actions/s':>10s}")
+    print(f"{'server':16s} {'robots K':>9s} {'actions/s':>10s} {'server CPU µs/action':>21s} {'client':>7s}")
     for name, row in results.items():
-        print(f"{name:16s} {row['k']:9d} {row['actions_per_s']:10.0f}")
+        print(
+            f"{name:16s} {row['k']:9d} {row['actions_per_s']:10.0f}"
+            f" {row['server_cpu_us_per_action']:21.0f} {row['client_cpu_us_per_action']:7.0f}"
+        )
     print(
         f"micro-batching serves {ratio:.2f}x the robots of --max-batch 1 (target >= 2x): "
         f"{'OK' if ratio >= 2 else 'MISSED'}" + ("" if base["k"] else " (no fleet passed with --max-batch 1)")

@@ -159,10 +159,10 @@ def main() -> None:
     request_size, reply_size = message_sizes()
 
     pin_flags = [] if args.pin is None else ["--pin", *map(str, args.pin)]
-    with echo_process(__file__, str(reply_size), *pin_flags) as echo_address:
-        rows = bench_echo(echo_address, request_size, n, warmup)
-    with echo_process(__file__, str(reply_size), "--echo-model", str(model), *pin_flags) as echo_address:
-        inferring = bench_echo(echo_address, request_size, n, warmup, unary=False)
+    with echo_process(__file__, str(reply_size), *pin_flags) as echo:
+        rows = bench_echo(echo.address, request_size, n, warmup)
+    with echo_process(__file__, str(reply_size), "--echo-model", str(model), *pin_flags) as echo:
+        inferring = bench_echo(echo.address, request_size, n, warmup, unary=False)
     rows["echo stream + inference"] = inferring["echo stream"]
     rows.update(bench_in_process(model, n, warmup))
     with ServerProcess(model, "--providers", "cpu", *cpus_flag) as served:
