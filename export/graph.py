@@ -169,6 +169,7 @@ def build_policy_graph(
     if dtype == "int8":
         w2_q, w2_scales = int8_blocks(weights.w2)
         w2 = (g.const("w2.int8", w2_q), g.const("w2.scales", w2_scales))
+        int8_layout = {"in_dim": weights.w2.shape[1], "codes_shape": w2_q.shape}
     else:
         w2 = g.const("w2", weights.w2)
     w_out, b_out = g.const("w_out", weights.w_out), g.const("b_out", weights.b_out)
@@ -176,7 +177,7 @@ def build_policy_graph(
     def hidden(z: str) -> str:
         """LayerNorm → ELU → Linear → LayerNorm → ELU: the part of v shared by both variants."""
         h = g.op("Elu", [g.op("LayerNormalization", [z, *ln1], epsilon=LAYER_NORM_EPS)], alpha=1.0)
-        z2 = _int8_linear(g, h, *w2, b2, weights.w2.shape) if dtype == "int8" else g.op("Gemm", [h, w2, b2], transB=1)
+        z2 = _int8_linear(g, h, *w2, b2, **int8_layout) if dtype == "int8" else g.op("Gemm", [h, w2, b2], transB=1)
         return g.op("Elu", [g.op("LayerNormalization", [z2, *ln2], epsilon=LAYER_NORM_EPS)], alpha=1.0)
 
     a0 = None
@@ -281,11 +282,14 @@ def int8_blocks(w: np.ndarray, block: int = INT8_BLOCK) -> tuple[np.ndarray, np.
     return codes.astype(np.uint8), scale.astype(np.float32)
 
 
-def _int8_linear(g: _Graph, x: str, w_q: str, w_scales: str, bias: str, shape: tuple[int, int]) -> str:
+def _int8_linear(
+    g: _Graph, x: str, w_q: str, w_scales: str, bias: str, *, in_dim: int, codes_shape: tuple[int, int, int]
+) -> str:
     """x·Wᵀ + b as one onnxruntime MatMulNBits node (com.microsoft): 8-bit weights streamed at
     a quarter of fp32's bytes, x quantized per block to int8 for the product (accuracy level 4).
+    The output width and block size are read off the codes of :func:`int8_blocks`.
     """
-    out_dim, in_dim = shape
+    out_dim, _, block = codes_shape
     return g.op(
         "MatMulNBits",
         [x, w_q, w_scales, "", "", bias],
@@ -293,6 +297,6 @@ def _int8_linear(g: _Graph, x: str, w_q: str, w_scales: str, bias: str, shape: t
         K=in_dim,
         N=out_dim,
         bits=8,
-        block_size=INT8_BLOCK,
+        block_size=block,
         accuracy_level=4,
     )
