@@ -76,10 +76,11 @@ def actor_act_fn(
     actor: FlowActor, seed: int = 0, num_steps: int | None = None, deterministic: bool = False
 ) -> Callable[[np.ndarray], np.ndarray]:
     """``act(obs [obs_dim]) -> action`` sampling ``actor`` with ``num_steps`` (default: its spec's),
-    its noise drawn from a generator of its own (seeded ``seed``), so acting never shifts torch's
-    global RNG. ``deterministic`` starts every ODE from a0 = 0 instead (the deterministic export)."""
+    its noise drawn from a CPU generator of its own (seeded ``seed``), so acting never shifts torch's
+    global RNG and a seed gives the same noise on a GPU as on the CPU. ``deterministic`` starts every
+    ODE from a0 = 0 instead (the deterministic export)."""
     device = next(actor.parameters()).device
-    generator = torch.Generator(device=device).manual_seed(seed)
+    generator = torch.Generator().manual_seed(seed)
 
     @torch.no_grad()
     def act(obs: np.ndarray) -> np.ndarray:
@@ -87,7 +88,7 @@ def actor_act_fn(
         if deterministic:
             noise = torch.zeros(1, actor.spec.act_dim, device=device)
         else:
-            noise = torch.randn(1, actor.spec.act_dim, generator=generator, device=device)
+            noise = torch.randn(1, actor.spec.act_dim, generator=generator).to(device)
         return actor(obs_t, noise, num_steps=num_steps)[0].float().cpu().numpy()
 
     return act
