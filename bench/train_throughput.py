@@ -66,6 +66,9 @@ def main() -> None:
     parser.add_argument("--device", default="cpu", choices=("auto", "cpu", "cuda"))
     parser.add_argument("--bf16", action="store_true")
     parser.add_argument("--compile", action="store_true")
+    parser.add_argument(
+        "--no-cuda-graphs", dest="cuda_graphs", action="store_false", help="on a GPU, launch every kernel eagerly"
+    )
     parser.add_argument("--shapes", nargs="+", default=list(SHAPES), choices=list(SHAPES))
     parser.add_argument("--quick", action="store_true", help="short windows (finishes within a minute)")
     parser.add_argument("--json", type=Path, help="write the figures here")
@@ -73,9 +76,14 @@ def main() -> None:
 
     torch.set_num_threads(args.threads)
     cfg = TrainConfig(
-        hidden=args.hidden, batch_size=args.batch_size, device=args.device, bf16=args.bf16, compile=args.compile
+        hidden=args.hidden,
+        batch_size=args.batch_size,
+        device=args.device,
+        bf16=args.bf16,
+        compile=args.compile,
+        cuda_graphs=args.cuda_graphs,
     )
-    warmup, windows, per_window = (4, 3, 6) if args.quick else (20, 5, 30)
+    warmup, windows, per_window = (8, 3, 6) if args.quick else (20, 5, 30)  # warm-up covers graph capture
     if args.compile:
         warmup = max(warmup, 10)
     rows = []
@@ -92,10 +100,13 @@ def main() -> None:
             }
         )
 
-    device = torch.cuda.get_device_name() if resolve_device(args.device).type == "cuda" else platform.processor()
+    on_gpu = resolve_device(args.device).type == "cuda"
+    device = torch.cuda.get_device_name() if on_gpu else platform.processor()
+    graphs = on_gpu and args.cuda_graphs and not args.compile
     print(
         f"FlowRL updates/s · batch {args.batch_size} · width {args.hidden} · {args.threads} threads · "
-        f"device {args.device} ({device or platform.machine()}) · bf16 {args.bf16} · compile {args.compile}"
+        f"device {args.device} ({device or platform.machine()}) · bf16 {args.bf16} · compile {args.compile} · "
+        f"CUDA graphs {graphs}"
     )
     print(f"{'shape':<12} {'obs':>4} {'act':>4} {'updates/s':>10} {'vs reference':>13}")
     for row in rows:
@@ -119,6 +130,7 @@ def main() -> None:
                     "device_name": device,
                     "bf16": args.bf16,
                     "compile": args.compile,
+                    "cuda_graphs": graphs,
                     "torch": torch.__version__,
                     "reference_cheetah_updates_per_s": REFERENCE_CHEETAH,
                     "results": rows,

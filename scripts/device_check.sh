@@ -5,9 +5,10 @@
 #   scripts/device_check.sh --wheels .whl     (on this machine; .whl is git-ignored)
 #   scripts/device_check.sh [PART ...]        (on the GPU machine, with .whl carried)
 #
-# PART is any of cuda-tests, bench, train, suite (default: all four, in that order).
+# PART is any of install (only that), cuda-tests, bench, bench-compile, train, suite (default: all but bench-compile, in
+# that order; bench-compile adds the torch.compile variants to bench).
 # It installs the wheels and this package, runs the CUDA tests first, then times training updates
-# on the GPU (fp32, bf16, torch.compile), trains → evaluates → exports a short cartpole run on CUDA,
+# on the GPU (CUDA graphs or eager launches, fp32 or bf16, torch.compile), trains → evaluates → exports a short cartpole run on CUDA,
 # and last runs the train, export and core tests there. Logs and JSON go to $OUT.
 set -uo pipefail
 
@@ -58,7 +59,9 @@ fi
 
 if wants bench; then
     step "training updates/s on the GPU (batch 256, width 512)"
-    for variant in "" "--bf16" "--compile" "--bf16 --compile"; do
+    variants=("--no-cuda-graphs" "" "--bf16")
+    wants bench-compile && variants+=("--compile" "--bf16 --compile")
+    for variant in "${variants[@]}"; do
         name=$(echo "fp32 $variant" | tr -d '-' | tr ' ' '_')
         shapes=$([[ $variant == *compile* ]] && echo dog-run || echo cheetah-run dog-run)
         # shellcheck disable=SC2086

@@ -24,6 +24,7 @@ from flowrl_deploy.spec import PolicySpec
 from flowrl_deploy.train.actor import FlowActor
 from flowrl_deploy.train.config import ConfigError, TrainConfig
 from flowrl_deploy.train.critics import TwinQ, ValueNet
+from flowrl_deploy.train.cuda_graphs import CudaGraphUpdate
 from flowrl_deploy.train.losses import (
     actor_loss,
     buffer_q_loss,
@@ -76,9 +77,18 @@ class FlowRL:
         if cfg.compile:
             for name in self.NETWORKS:
                 getattr(self, name).compile()
+        self._graphed = self._cuda_graphs()
+
+    def _cuda_graphs(self) -> CudaGraphUpdate | None:
+        use = self.cfg.cuda_graphs and self.device.type == "cuda" and not self.cfg.compile
+        return CudaGraphUpdate(self) if use else None
 
     def _autocast(self) -> AbstractContextManager:
-        return torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=self.cfg.bf16)
+        capturing = self.device.type == "cuda" and torch.cuda.is_current_stream_capturing()
+        # autocast's cache of cast weights must not outlive a CUDA graph capture
+        return torch.autocast(
+            self.device.type, dtype=torch.bfloat16, enabled=self.cfg.bf16, cache_enabled=not capturing
+        )
 
     @staticmethod
     def _step(optimizer: torch.optim.Optimizer, loss: torch.Tensor) -> None:
@@ -88,10 +98,23 @@ class FlowRL:
 
     def update(self, batch: Batch) -> dict[str, torch.Tensor]:
         """One gradient update; returns detached 0-d tensors (call float() only when logging,
-        which keeps a GPU free of a host sync per update)."""
-        cfg = self.cfg
+        which keeps a GPU free of a host sync per update). On a GPU it is replayed from CUDA
+        graphs (``cuda_graphs``), which run the same steps as :meth:`eager_update`."""
+        return self._graphed(batch) if self._graphed is not None else self.eager_update(batch)
+
+    def eager_update(self, batch: Batch) -> dict[str, torch.Tensor]:
         obs, action, reward, next_obs, mask = (torch.as_tensor(x, device=self.device) for x in batch)
-        metrics: dict[str, torch.Tensor] = {}
+        metrics, min_q_beta = self.critic_step(obs, action, reward, next_obs, mask)
+        if self.updates % self.cfg.policy_delay == 0:
+            metrics.update(self.actor_step(obs, action, min_q_beta))
+        self.updates += 1
+        return metrics
+
+    def critic_step(
+        self, obs: torch.Tensor, action: torch.Tensor, reward: torch.Tensor, next_obs: torch.Tensor, mask: torch.Tensor
+    ) -> tuple[dict[str, torch.Tensor], torch.Tensor]:
+        """Steps 1–3 (Q^π, Q^β, V); returns their metrics and min Q^β(s, a) for the actor step."""
+        cfg = self.cfg
         with self._autocast():
             # ALGO LOGIC: Q^π toward r + γ·mask·min Q̄^π(s', a'), a' from the current flow policy
             with torch.no_grad():
@@ -113,36 +136,31 @@ class FlowRL:
                 min_q_beta_target = self.q_beta_target.min_q(obs, action)
             value_loss = expectile_value_loss(self.value(obs), min_q_beta_target, cfg.expectile)
             self._step(self.value_opt, value_loss)
+        metrics = {"q_pi_loss": q_pi_loss, "q_beta_loss": q_beta_loss, "value_loss": value_loss, "q_pi": q_pi.mean()}
+        return {k: v.detach() for k, v in metrics.items()}, q_beta.detach().min(dim=0).values
 
-            metrics.update(
-                {"q_pi_loss": q_pi_loss, "q_beta_loss": q_beta_loss, "value_loss": value_loss, "q_pi": q_pi.mean()}
-            )
-            if self.updates % cfg.policy_delay == 0:
-                metrics.update(self._update_actor(obs, action, q_beta.detach().min(dim=0).values))
-                soft_update(self.q_pi_target, self.q_pi, 1.0 - cfg.tau)  # tau: the share of θ̄ kept
-                soft_update(self.q_beta_target, self.q_beta, 1.0 - cfg.tau)
-        self.updates += 1
-        return {k: v.detach() for k, v in metrics.items()}
-
-    def _update_actor(
-        self, obs: torch.Tensor, action: torch.Tensor, min_q_beta: torch.Tensor
-    ) -> dict[str, torch.Tensor]:
+    def actor_step(self, obs: torch.Tensor, action: torch.Tensor, min_q_beta: torch.Tensor) -> dict[str, torch.Tensor]:
+        """Step 4 (every ``policy_delay`` updates): the actor, then both target critics."""
         # ALGO LOGIC: actor = −min Q^π(s, π(s)) + flow matching weighted by Q^β(s, a) − Q^π(s, π(s))
         cfg = self.cfg
-        self.q_pi.requires_grad_(False)  # gradients flow through Q^π into π, not into Q^π's weights
-        min_q_pi = self.q_pi.min_q(obs, self.actor(obs))
-        self.q_pi.requires_grad_(True)
-        with torch.no_grad():
-            weights = flow_weights(min_q_beta, min_q_pi, cfg.lam)
-        a0 = self.actor.sample_noise(obs.shape[0]).clamp(-self.spec.noise_clip, self.spec.noise_clip)
-        t = torch.rand(obs.shape[0], 1, device=self.device)
-        target_action = self.actor.to_normalized(action).clamp(-1.0, 1.0)
-        fm_loss = weighted_flow_matching_loss(
-            self.actor.velocity, obs, target_action, a0, t, weights, cfg.cfm_weighting
-        )
-        loss = actor_loss(min_q_pi, fm_loss)
-        self._step(self.actor_opt, loss)
-        return {"actor_loss": loss, "flow_matching_loss": fm_loss, "flow_weight": weights.mean()}
+        with self._autocast():
+            self.q_pi.requires_grad_(False)  # gradients flow through Q^π into π, not into Q^π's weights
+            min_q_pi = self.q_pi.min_q(obs, self.actor(obs))
+            self.q_pi.requires_grad_(True)
+            with torch.no_grad():
+                weights = flow_weights(min_q_beta, min_q_pi, cfg.lam)
+            a0 = self.actor.sample_noise(obs.shape[0]).clamp(-self.spec.noise_clip, self.spec.noise_clip)
+            t = torch.rand(obs.shape[0], 1, device=self.device)
+            target_action = self.actor.to_normalized(action).clamp(-1.0, 1.0)
+            fm_loss = weighted_flow_matching_loss(
+                self.actor.velocity, obs, target_action, a0, t, weights, cfg.cfm_weighting
+            )
+            loss = actor_loss(min_q_pi, fm_loss)
+            self._step(self.actor_opt, loss)
+        soft_update(self.q_pi_target, self.q_pi, 1.0 - cfg.tau)  # tau: the share of θ̄ kept
+        soft_update(self.q_beta_target, self.q_beta, 1.0 - cfg.tau)
+        metrics = {"actor_loss": loss, "flow_matching_loss": fm_loss, "flow_weight": weights.mean()}
+        return {k: v.detach() for k, v in metrics.items()}
 
     @torch.no_grad()
     def act(self, obs: np.ndarray) -> np.ndarray:
@@ -188,6 +206,7 @@ class FlowRL:
             if self.device.type == "cuda" and "rng.torch_cuda" in tensors:
                 torch.cuda.set_rng_state(torch.as_tensor(tensors["rng.torch_cuda"]), self.device)
             self.updates = int(state["updates"])
+            self._graphed = self._cuda_graphs()  # Adam's state tensors are new: capture again
         except (KeyError, RuntimeError, ValueError) as exc:
             raise CheckpointError(f"training state does not match this run's networks: {exc}") from exc
 

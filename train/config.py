@@ -93,7 +93,9 @@ class TrainConfig:
     bf16: bool = False
     """Run network forward passes under bfloat16 autocast."""
     compile: bool = False
-    """torch.compile the networks (slower start, faster updates on GPU)."""
+    """torch.compile the networks (slower start; no faster at the default sizes, see the README)."""
+    cuda_graphs: bool = True
+    """On a GPU, replay each update from CUDA graphs (one launch instead of hundreds); not with compile."""
     threads: int = 0
     """torch CPU threads (0: torch's default)."""
 

@@ -92,6 +92,9 @@ def train(
     compile: Annotated[bool, typer.Option("--compile/--no-compile", help="torch.compile the networks.")] = (
         DEFAULT.compile
     ),
+    cuda_graphs: Annotated[
+        bool, typer.Option("--cuda-graphs/--no-cuda-graphs", help="On a GPU, replay updates from CUDA graphs.")
+    ] = DEFAULT.cuda_graphs,
     threads: Annotated[int, typer.Option(help="torch CPU threads (0: torch's default).")] = DEFAULT.threads,
     resume: Annotated[
         Path | None,
@@ -129,7 +132,7 @@ def train(
             buffer_size=buffer_size, start_steps=start_steps, recent_fraction=recent_fraction,
             recent_window=recent_window, eval_every=eval_every, eval_episodes=eval_episodes, log_every=log_every,
             save_every=save_every, save_replay=save_replay, device=device.value, bf16=bf16, compile=compile,
-            threads=threads,
+            cuda_graphs=cuda_graphs, threads=threads,
         )  # fmt: skip
     result = run_training(cfg, resume=resume, progress=progress, stop_on_sigint=True)
     if result.interrupted:

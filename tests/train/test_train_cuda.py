@@ -61,7 +61,7 @@ def test_networks_on_the_gpu_compute_what_they_compute_on_the_cpu():
 def test_updates_keep_every_tensor_on_their_device(device):
     agent = make_agent(device)
     before = [p.detach().clone() for p in agent.actor.parameters()]
-    for i in range(3):
+    for i in range(7):  # on a GPU: eager warm-up, then CUDA graph replays
         metrics = agent.update(random_batch(i))
     assert all(v.device.type == device and torch.isfinite(v) for v in metrics.values())  # no host sync per update
     assert any(not torch.equal(a, b) for a, b in zip(before, agent.actor.parameters(), strict=True))
@@ -138,3 +138,45 @@ def test_evaluation_noise_is_the_same_on_the_gpu_as_on_the_cpu():
     for _ in range(5):
         obs = rng.standard_normal(SPEC.obs_dim).astype(np.float32)
         np.testing.assert_allclose(act_gpu(obs), act_cpu(obs), atol=1e-5, rtol=1e-4)
+
+
+@needs_cuda
+@pytest.mark.parametrize("bf16", [False, True], ids=["fp32", "bf16"])
+def test_cuda_graphs_take_the_same_updates_as_eager_execution(bf16):
+    graphed, eager = make_agent("cuda", bf16=bf16), make_agent("cuda", bf16=bf16, cuda_graphs=False)
+    batches = [random_batch(i) for i in range(10)]
+    results = {}
+    for name, agent in (("graphed", graphed), ("eager", eager)):
+        torch.manual_seed(1)  # the same CUDA generator state: graph replays draw the same noise
+        results[name] = [agent.update(b) for b in batches]
+    assert graphed._graphed.critic_graph is not None and eager._graphed is None  # the last updates were replays
+    # fp32: the same numbers. bf16: the graph's cuBLAS stream may pick another summation order, and
+    # bf16's 8-bit mantissa turns that into differences of ~1e-3 (seen 1.1e-3 on an H100).
+    tolerance = {"atol": 1e-2, "rtol": 1e-2} if bf16 else {"atol": 1e-5, "rtol": 1e-4}
+    for got, want in zip(results["graphed"], results["eager"], strict=True):
+        assert got.keys() == want.keys()
+        for key in want:
+            torch.testing.assert_close(got[key], want[key], **tolerance)
+    assert_same_networks(graphed, eager, **tolerance)
+    groups = [g for name in FlowRL.OPTIMIZERS for g in graphed.state_json()["param_groups"][name]]
+    assert not any(g["capturable"] for g in groups)  # its checkpoints load on a CPU
+
+    # a resumed agent captures its graphs again, around the optimizer state it loaded
+    actor = {k: v.cpu().numpy().copy() for k, v in graphed.actor.state_dict().items()}
+    tensors, state = graphed.state_tensors(), graphed.state_json()
+    resumed = make_agent("cuda", seed=5, bf16=bf16)
+    resumed.load_state(actor, tensors, state)
+    eager.load_state(actor, tensors, state)
+    for agent in (resumed, eager):
+        torch.manual_seed(2)
+        for b in batches[:8]:
+            agent.update(b)
+    assert resumed._graphed.critic_graph is not None
+    assert_same_networks(resumed, eager, **tolerance)
+
+
+def assert_same_networks(a: FlowRL, b: FlowRL, atol: float, rtol: float) -> None:
+    for name in FlowRL.NETWORKS:
+        for p, q in zip(getattr(a, name).parameters(), getattr(b, name).parameters(), strict=True):
+            torch.testing.assert_close(p, q, atol=atol, rtol=rtol)
+    assert a.updates == b.updates
