@@ -60,10 +60,18 @@ def make_session(
         options.optimized_model_filepath = optimized_model_path
     source = model if isinstance(model, bytes) else str(model)
     try:
-        return ort.InferenceSession(source, sess_options=options, providers=providers or default_providers())
+        session = ort.InferenceSession(source, sess_options=options, providers=providers or default_providers())
     except Exception as exc:  # onnxruntime raises its own untyped errors for unreadable models
         name = "<bytes>" if isinstance(model, bytes) else str(model)
         raise FlowRLError(f"cannot load ONNX model {name}: {exc}") from exc
+    missing = [p for p in providers or () if p not in session.get_providers()]
+    if missing:  # onnxruntime falls back to the CPU quietly; a provider asked for by name must run
+        raise FlowRLError(
+            f"onnxruntime could not start {', '.join(missing)} here (this build offers "
+            f"{', '.join(ort.get_available_providers())}; a GPU provider also needs its CUDA libraries and a GPU); "
+            f"leave the providers at their default or ask for CPUExecutionProvider"
+        )
+    return session
 
 
 class OnnxPolicy:

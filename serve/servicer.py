@@ -103,9 +103,12 @@ class PolicyServicer(pb_grpc.PolicyServiceServicer):
             new.warm_up(tuple(sorted({1, self.config.max_batch})))
             self._generation += 1
             self.model = new  # atomic reference swap: calls in flight keep the model they hold
+            providers = ", ".join(new.policy.session.get_providers())
             if previous is not None:
                 self.metrics.record_reload()
-                log.info("reloaded %s: %s -> %s", path, previous.version, new.version)
+                log.info("reloaded %s: %s -> %s (%s)", path, previous.version, new.version, providers)
+            else:
+                log.info("loaded %s as %s (%s)", path, new.version, providers)
             return new.version, previous.version if previous else ""
 
     def _current(self) -> ServedModel:

@@ -14,6 +14,7 @@ from typer.testing import CliRunner
 from flowrl_deploy.cli import app
 from flowrl_deploy.client import PolicyClient
 from flowrl_deploy.errors import FlowRLError
+from flowrl_deploy.runtime import cuda_device_present
 from flowrl_deploy.serve.process import ServerProcess
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "serve"))
@@ -80,6 +81,17 @@ def test_serve_refuses_a_missing_model(tmp_path):
     result = runner.invoke(app, ["serve", str(tmp_path / "nope.onnx"), "--port", "0"])
     assert result.exit_code == 1
     assert "model not found" in result.output
+
+
+@pytest.mark.skipif(cuda_device_present(), reason="a GPU is present, so onnxruntime's CUDA provider may start")
+def test_serve_refuses_a_provider_that_cannot_start(tmp_path):
+    """onnxruntime quietly runs on the CPU when CUDA cannot start; a provider named on the command line must run."""
+    path = write_policy(tmp_path / "policy.onnx")
+    result = runner.invoke(app, ["serve", str(path), "--port", "0", "--providers", "cuda,cpu"])
+    assert result.exit_code == 1 and "Traceback" not in result.output
+    assert "could not start CUDAExecutionProvider" in result.output
+    with ServerProcess(path, "--providers", "cpu") as process, PolicyClient(process.address) as client:
+        assert client.act(np.zeros(3, np.float32)).shape == (2,)
 
 
 def test_sigterm_stops_the_server_with_exit_0(served):
