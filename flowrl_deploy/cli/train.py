@@ -39,8 +39,8 @@ def _given(ctx: typer.Context, name: str) -> bool:
     return source is not None and source.name not in ("DEFAULT", "DEFAULT_MAP")
 
 
-RESUME_OVERRIDES = ("steps", "device", "threads")
-"""Settings a resumed run may change (the budget and where it runs); the rest are the run's own."""
+RESUME_OVERRIDES = ("steps", "device", "threads", "cuda_graphs")
+"""Settings a resumed run may change (the budget and where and how it runs); the rest are the run's own."""
 
 
 @user_errors
@@ -111,15 +111,17 @@ def train(
             name for name in ctx.params if name not in (*RESUME_OVERRIDES, "resume", "progress") and _given(ctx, name)
         ]
         if given:
-            flags = ", ".join("--" + name.replace("_", "-") for name in given)
+            flags, allowed = (
+                ", ".join("--" + name.replace("_", "-") for name in names) for names in (given, RESUME_OVERRIDES)
+            )
             raise FlowRLError(
                 f"{flags} cannot change when resuming: the run keeps its saved settings "
-                f"(only --steps, --device and --threads may be given with --resume)"
+                f"(only {allowed} may be given with --resume)"
             )
         cfg = resume_config(resume, steps)
         overrides = {
             name: (value.value if isinstance(value, Enum) else value)
-            for name, value in ((n, ctx.params[n]) for n in ("device", "threads"))
+            for name, value in ((n, ctx.params[n]) for n in RESUME_OVERRIDES if n != "steps")
             if _given(ctx, name)
         }
         if overrides:

@@ -176,7 +176,7 @@ def test_ctrl_c_or_sigterm_saves_last_and_exits_with_a_message(monkeypatch, tmp_
     assert read_document(out / "checkpoints" / "last")["counters"]["env_steps"] == 200
 
 
-def test_resume_refuses_settings_it_would_ignore_and_takes_device_and_threads(tmp_path):
+def test_resume_refuses_settings_it_would_ignore_and_takes_where_and_how_it_runs(tmp_path):
     out = tmp_path / "run"
     assert runner.invoke(app, ["train", *TINY, "--steps", "120", "--out", str(out)]).exit_code == 0
 
@@ -186,11 +186,16 @@ def test_resume_refuses_settings_it_would_ignore_and_takes_device_and_threads(tm
     assert read_document(out / "checkpoints" / "last")["counters"]["env_steps"] == 120
 
     result = runner.invoke(
-        app, ["train", "--resume", str(out), "--steps", "150", "--device", "cpu", "--threads", "1", "--no-progress"]
-    )
+        app,
+        [
+            "train", "--resume", str(out), "--steps", "150", "--device", "cpu", "--threads", "1", "--no-cuda-graphs",
+            "--no-progress",
+        ],
+    )  # fmt: skip
     assert result.exit_code == 0, result.output
     document = read_document(out / "checkpoints" / "last")
     assert document["counters"]["env_steps"] == 150 and document["config"]["device"] == "cpu"
+    assert document["config"]["cuda_graphs"] is False
 
 
 def test_a_diverged_policy_stops_training_with_one_clear_line(monkeypatch, tmp_path):
