@@ -97,9 +97,9 @@ class FlowRL:
         optimizer.step()
 
     def update(self, batch: Batch) -> dict[str, torch.Tensor]:
-        """One gradient update; returns detached 0-d tensors (call float() only when logging,
-        which keeps a GPU free of a host sync per update). On a GPU it is replayed from CUDA
-        graphs (``cuda_graphs``), which run the same steps as :meth:`eager_update`."""
+        """One gradient update; returns detached 0-d tensors (call float() only when logging:
+        reading one waits for the GPU). On a GPU it is replayed from CUDA graphs
+        (``cuda_graphs``), which run the same steps as :meth:`eager_update`."""
         return self._graphed(batch) if self._graphed is not None else self.eager_update(batch)
 
     def eager_update(self, batch: Batch) -> dict[str, torch.Tensor]:

@@ -8,8 +8,10 @@ moments, torch's CUDA generator), so training is unchanged; only the batch is co
 input tensors first.
 
 The recipe is PyTorch's whole-network capture: a few eager updates on a side stream first (they
-create Adam's state and the cuBLAS workspaces), then capture with gradients set to None, so that
-backward writes fresh gradient buffers that belong to the graph.
+create Adam's state and do the other lazy set-up outside the capture), then capture with gradients
+set to None, so that backward writes fresh gradient buffers that belong to the graphs. Between
+replays those buffers may hold the other graph's scratch data: read gradients inside a step only.
+Copying a batch in waits for the previous replay to finish, as the eager update's copy does.
 """
 
 from __future__ import annotations
@@ -39,6 +41,7 @@ class CudaGraphUpdate:
         self.actor_graph: torch.cuda.CUDAGraph | None = None
         self.critic_metrics: dict[str, torch.Tensor] = {}
         self.actor_metrics: dict[str, torch.Tensor] = {}
+        self.min_q_beta: torch.Tensor | None = None  # the critic graph's output that the actor graph reads
 
     def __call__(self, batch: Batch) -> dict[str, torch.Tensor]:
         if self.eager_left > 0:
@@ -72,12 +75,15 @@ class CudaGraphUpdate:
         groups = [group for name in agent.OPTIMIZERS for group in getattr(agent, name).param_groups]
         for group in groups:
             group["capturable"] = True  # only checked at capture (fused Adam keeps its step count on the GPU)
+        critic_graph, actor_graph = torch.cuda.CUDAGraph(), torch.cuda.CUDAGraph()
         try:
-            self.critic_graph, self.actor_graph = torch.cuda.CUDAGraph(), torch.cuda.CUDAGraph()
-            with torch.cuda.graph(self.critic_graph):
-                self.critic_metrics, min_q_beta = agent.critic_step(obs, action, reward, next_obs, mask)
-            with torch.cuda.graph(self.actor_graph, pool=self.critic_graph.pool()):
-                self.actor_metrics = agent.actor_step(obs, action, min_q_beta)
+            with torch.cuda.device(agent.device):  # capture runs on a stream of the current device
+                with torch.cuda.graph(critic_graph):
+                    self.critic_metrics, self.min_q_beta = agent.critic_step(obs, action, reward, next_obs, mask)
+                # the actor graph reads min_q_beta from the critic graph's memory pool, which it shares
+                with torch.cuda.graph(actor_graph, pool=critic_graph.pool()):
+                    self.actor_metrics = agent.actor_step(obs, action, self.min_q_beta)
         finally:
             for group in groups:
                 group["capturable"] = False  # checkpoints stay loadable on a CPU
+        self.critic_graph, self.actor_graph = critic_graph, actor_graph  # only once both are captured
