@@ -32,6 +32,15 @@ def parse_cpus(text: str) -> tuple[int, ...]:
     return tuple(sorted(cpus))
 
 
+def check_thread_count(flag: str, threads: int, per_core: int = 1) -> None:
+    """Refuse a thread count beyond ``per_core`` threads per core of this machine: more only
+    competes for the same cores, and a typo such as 100000 would start that many threads."""
+    cores = os.cpu_count() or 1
+    if threads > per_core * cores:
+        per = f"{per_core} per core, " if per_core > 1 else ""
+        raise FlowRLError(f"{flag} {threads} is more than this machine can run ({per}{cores} cores)")
+
+
 def pin_to_cpus(cpus: tuple[int, ...]) -> None:
     """Restrict this process (its threads now and every thread it starts later) to ``cpus``."""
     if not cpus:

@@ -98,11 +98,11 @@ def run_control(
     from flowrl_deploy.train.envs import episode_seed, make_env
     from flowrl_deploy.train.evaluate import EVAL_STREAM
 
-    if hz <= 0 or episodes < 1:
+    if not hz > 0 or episodes < 1:  # `not >` also refuses NaN
         raise FlowRLError(f"need hz > 0 and episodes >= 1, got hz={hz}, episodes={episodes}")
     if max_steps is not None and max_steps < 1:
         raise FlowRLError(f"max steps must be >= 1, got {max_steps}")
-    if deadline_s is not None and deadline_s <= 0:
+    if deadline_s is not None and not deadline_s > 0:
         raise FlowRLError(f"the deadline must be > 0, got {deadline_s * 1e3:g} ms")
     if not 0 <= seed < 2**32:
         raise FlowRLError(f"seed must lie in [0, 2**32), got {seed}")

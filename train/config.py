@@ -7,6 +7,7 @@ Defaults follow the paper (arXiv 2506.12811) and its reference code. The config 
 from __future__ import annotations
 
 import json
+import math
 from dataclasses import asdict, dataclass, fields, replace
 from pathlib import Path
 from typing import Any
@@ -14,6 +15,8 @@ from typing import Any
 from flowrl_deploy.errors import FlowRLError
 from flowrl_deploy.spec import SOLVERS
 
+_TYPES = {"str": str, "int": int, "float": (int, float), "bool": bool}  # the fields' annotations
+_TYPE_NAMES = {str: "a string", int: "an integer", (int, float): "a number", bool: "true or false"}
 CFM_WEIGHTINGS = ("batch", "sample")
 DEVICES = ("auto", "cpu", "cuda")
 CONFIG_FILE = "config.json"
@@ -103,7 +106,13 @@ class TrainConfig:
         self.validate()
 
     def validate(self) -> None:
-        """Raise :class:`ConfigError` naming the first out-of-range setting."""
+        """Raise :class:`ConfigError` naming the first setting of the wrong type or out of range."""
+        for field in fields(self):
+            value, kind = getattr(self, field.name), _TYPES[field.type]
+            if (isinstance(value, bool) and kind is not bool) or not isinstance(value, kind):
+                raise ConfigError(f"{field.name} must be {_TYPE_NAMES[kind]}, got {value!r}")
+            if kind == (int, float) and not math.isfinite(value):
+                raise ConfigError(f"{field.name} must be a finite number, got {value!r}")
         positive = (
             "steps",
             "hidden",

@@ -20,6 +20,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from flowrl_deploy.affinity import check_thread_count
 from flowrl_deploy.checkpoint import CHECKPOINTS_DIR, load_checkpoint, resolve_checkpoint, save_checkpoint
 from flowrl_deploy.errors import CheckpointError, FlowRLError
 from flowrl_deploy.spec import PolicySpec
@@ -118,6 +119,7 @@ def train(
             f"{run_dir} already holds a run's checkpoints; continue it with --resume {run_dir} or choose another --out"
         )
     if cfg.threads:
+        check_thread_count("--threads", cfg.threads)
         torch.set_num_threads(cfg.threads)
     device = resolve_device(cfg.device)
     torch.manual_seed(cfg.seed)

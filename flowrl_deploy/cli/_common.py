@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import functools
+import math
 from collections.abc import Callable
 from enum import Enum
 from typing import ParamSpec, TypeVar
@@ -17,6 +18,17 @@ class Solver(str, Enum):
 
     midpoint = "midpoint"
     euler = "euler"
+
+
+def finite(text: str) -> float:
+    """Parser of every float option: a number, never NaN or infinity (Python's float() takes both)."""
+    try:
+        value = float(text)
+    except ValueError:
+        raise typer.BadParameter(f"{text!r} is not a number") from None
+    if not math.isfinite(value):
+        raise typer.BadParameter(f"must be a finite number, got {text!r}")
+    return value
 
 
 P = ParamSpec("P")

@@ -8,18 +8,18 @@ from typing import Annotated
 
 import typer
 
-from flowrl_deploy.cli._common import user_errors
+from flowrl_deploy.cli._common import finite, user_errors
 
 
 @user_errors
 def control(
     server: Annotated[str, typer.Option(help="host:port of `flowrl serve`.")] = "localhost:50051",
     env: Annotated[str | None, typer.Option(help="Env id; default: the served policy's.")] = None,
-    hz: Annotated[float, typer.Option(help="Control rate.")] = 50.0,
+    hz: Annotated[float, typer.Option(parser=finite, help="Control rate.")] = 50.0,
     episodes: Annotated[int, typer.Option(help="Episodes to run.")] = 1,
     seed: Annotated[int, typer.Option(help="Seed of the episodes and of the session's noise (as `flowrl eval`).")] = 0,
     deadline_ms: Annotated[
-        float | None, typer.Option(help="Wait this long for an action; default: half the period.")
+        float | None, typer.Option(parser=finite, help="Wait this long for an action; default: half the period.")
     ] = None,
     fallback: Annotated[str, typer.Option(help="Action when none arrives in time: hold, zeros or local.")] = "hold",
     local_model: Annotated[str, typer.Option(help="ONNX file for --fallback local.")] = "",
@@ -28,7 +28,7 @@ def control(
     token: Annotated[str, typer.Option(help="The server's shared secret.", envvar="FLOWRL_TOKEN")] = "",
     tls_ca: Annotated[str, typer.Option(help="PEM CA of the server's TLS certificate.")] = "",
     connect_timeout: Annotated[
-        float, typer.Option(help="Seconds to wait for the server to be SERVING before giving up.")
+        float, typer.Option(parser=finite, help="Seconds to wait for the server to be SERVING before giving up.")
     ] = 5.0,
     json_path: Annotated[
         Path | None, typer.Option("--json", help="Write the report (with raw latencies) here.")

@@ -16,7 +16,7 @@ from typing import Annotated, Any
 
 import typer
 
-from flowrl_deploy.cli._common import user_errors
+from flowrl_deploy.cli._common import finite, user_errors
 from flowrl_deploy.errors import FlowRLError
 
 
@@ -185,7 +185,7 @@ def demo(
     steps: Annotated[int, typer.Option(help="Training steps.")] = DemoConfig.steps,
     hidden: Annotated[int, typer.Option(help="Network width.")] = DemoConfig.hidden,
     episodes: Annotated[int, typer.Option(help="Closed-loop episodes against the server.")] = DemoConfig.episodes,
-    hz: Annotated[float, typer.Option(help="Control rate (0: the task's own).")] = DemoConfig.hz,
+    hz: Annotated[float, typer.Option(parser=finite, help="Control rate (0: the task's own).")] = DemoConfig.hz,
     export_steps: Annotated[
         int, typer.Option(help="Flow steps N of the exported sampler (0: the training N).")
     ] = DemoConfig.export_steps,

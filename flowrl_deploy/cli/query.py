@@ -8,7 +8,7 @@ from typing import Annotated
 
 import typer
 
-from flowrl_deploy.cli._common import user_errors
+from flowrl_deploy.cli._common import finite, user_errors
 
 
 @user_errors
@@ -20,7 +20,7 @@ def query(
     contract_hash: Annotated[str, typer.Option(help="Pin the policy contract (hash from `flowrl inspect`).")] = "",
     token: Annotated[str, typer.Option(help="The server's shared secret.", envvar="FLOWRL_TOKEN")] = "",
     tls_ca: Annotated[str, typer.Option(help="PEM CA of the server's TLS certificate.")] = "",
-    timeout: Annotated[float, typer.Option(help="Seconds to wait.")] = 5.0,
+    timeout: Annotated[float, typer.Option(parser=finite, help="Seconds to wait.")] = 5.0,
 ) -> None:
     """Print the served policy's action(s) for an observation, as JSON."""
     import numpy as np

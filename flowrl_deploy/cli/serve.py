@@ -7,7 +7,7 @@ from typing import Annotated
 
 import typer
 
-from flowrl_deploy.cli._common import user_errors
+from flowrl_deploy.cli._common import finite, user_errors
 
 PROVIDER_NAMES = {
     "cpu": "CPUExecutionProvider",
@@ -60,7 +60,7 @@ def serve(
     max_message_bytes: Annotated[int, typer.Option(help="Refuse larger requests (RESOURCE_EXHAUSTED).")] = 1 << 20,
     max_sessions: Annotated[int, typer.Option(help="Most sessions at once (RESOURCE_EXHAUSTED beyond).")] = 4096,
     session_idle_s: Annotated[
-        float, typer.Option(help="Drop a session opened by Reset after this long unused (s).")
+        float, typer.Option(parser=finite, help="Drop a session opened by Reset after this long unused (s).")
     ] = 600.0,
     cpus: Annotated[
         str, typer.Option(help="Pin the server to these cores, e.g. '1' or '2,3' (Linux); default: any.")
@@ -69,12 +69,14 @@ def serve(
     """Serve MODEL's actions over gRPC (flowrl.v1.PolicyService) until SIGTERM or Ctrl-C."""
     import logging
 
-    from flowrl_deploy.affinity import parse_cpus
+    from flowrl_deploy.affinity import check_thread_count, parse_cpus
     from flowrl_deploy.errors import FlowRLError
     from flowrl_deploy.serve import ServeConfig, serve_forever
 
     if min(max_batch, threads, workers, batch_workers) < 1 or batch_window_us < 0:
         raise FlowRLError("--max-batch, --threads, --workers and --batch-workers must be >= 1, --batch-window-us >= 0")
+    check_thread_count("--threads", threads)
+    check_thread_count("--batch-workers", batch_workers, per_core=4)
     if max_message_bytes < 1:
         raise FlowRLError(f"--max-message-bytes must be >= 1, got {max_message_bytes}")
     if max_sessions < 1:

@@ -8,7 +8,7 @@ from typing import Annotated
 
 import typer
 
-from flowrl_deploy.cli._common import Solver, user_errors
+from flowrl_deploy.cli._common import Solver, finite, user_errors
 from flowrl_deploy.errors import FlowRLError
 from flowrl_deploy.train.config import TrainConfig
 
@@ -59,15 +59,19 @@ def train(
     hidden: Annotated[int, typer.Option(help="Width of every hidden layer.")] = DEFAULT.hidden,
     flow_steps: Annotated[int, typer.Option(help="ODE steps N of the policy while training.")] = DEFAULT.flow_steps,
     solver: Annotated[Solver, typer.Option(help="ODE solver of the policy.")] = DEFAULT_SOLVER,
-    gamma: Annotated[float, typer.Option(help="Discount γ.")] = DEFAULT.gamma,
-    lr: Annotated[float, typer.Option(help="Adam learning rate.")] = DEFAULT.lr,
+    gamma: Annotated[float, typer.Option(parser=finite, help="Discount γ.")] = DEFAULT.gamma,
+    lr: Annotated[float, typer.Option(parser=finite, help="Adam learning rate.")] = DEFAULT.lr,
     tau: Annotated[
         float,
-        typer.Option(help="Share of the target critics kept per target update: θ̄ ← tau·θ̄ + (1−tau)·θ (reference)."),
+        typer.Option(
+            parser=finite, help="Share of the target critics kept per target update: θ̄ ← tau·θ̄ + (1−tau)·θ (reference)."
+        ),
     ] = DEFAULT.tau,
     policy_delay: Annotated[int, typer.Option(help="Critic updates per actor/target update.")] = DEFAULT.policy_delay,
-    lam: Annotated[float, typer.Option(help="λ of the flow-matching weight.")] = DEFAULT.lam,
-    expectile: Annotated[float, typer.Option(help="Expectile τ of the value regression.")] = DEFAULT.expectile,
+    lam: Annotated[float, typer.Option(parser=finite, help="λ of the flow-matching weight.")] = DEFAULT.lam,
+    expectile: Annotated[
+        float, typer.Option(parser=finite, help="Expectile τ of the value regression.")
+    ] = DEFAULT.expectile,
     cfm_weighting: Annotated[
         Weighting, typer.Option(help="batch: reference code (default); sample: the paper's per-sample weights.")
     ] = DEFAULT_WEIGHTING,
@@ -75,7 +79,7 @@ def train(
     buffer_size: Annotated[int, typer.Option(help="Replay capacity.")] = DEFAULT.buffer_size,
     start_steps: Annotated[int, typer.Option(help="Random warm-up steps before updates.")] = DEFAULT.start_steps,
     recent_fraction: Annotated[
-        float, typer.Option(help="Share of a batch from the newest transitions.")
+        float, typer.Option(parser=finite, help="Share of a batch from the newest transitions.")
     ] = DEFAULT.recent_fraction,
     recent_window: Annotated[int, typer.Option(help="Size of the 'newest' window.")] = DEFAULT.recent_window,
     eval_every: Annotated[int, typer.Option(help="Evaluate every N env steps (0: never).")] = DEFAULT.eval_every,

@@ -94,6 +94,21 @@ def test_serve_refuses_a_provider_that_cannot_start(tmp_path):
         assert client.act(np.zeros(3, np.float32)).shape == (2,)
 
 
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (["--threads", "100000"], "--threads 100000 is more than this machine can run"),
+        (["--batch-workers", "100000"], "--batch-workers 100000 is more than this machine can run"),
+        (["--session-idle-s", "nan"], "must be a finite number"),
+    ],
+)
+def test_serve_refuses_settings_it_cannot_run(tmp_path, args, message):
+    """A typo such as --threads 100000 would start that many threads before failing."""
+    path = write_policy(tmp_path / "policy.onnx")
+    result = runner.invoke(app, ["serve", str(path), "--port", "0", *args])
+    assert result.exit_code in (1, 2) and message in result.output and "Traceback" not in result.output
+
+
 def test_sigterm_stops_the_server_with_exit_0(served):
     process, address, _ = served
     assert process.version.startswith("v1-")

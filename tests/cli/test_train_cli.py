@@ -1,6 +1,7 @@
 """`flowrl train` and `flowrl eval` through Typer's CliRunner."""
 
 import dataclasses
+import json
 
 import pytest
 import typer
@@ -136,6 +137,32 @@ def test_an_out_of_range_setting_is_one_clear_line(tmp_path, args, message):
     result = runner.invoke(app, ["train", *args, "--out", str(tmp_path)])
     assert result.exit_code == 1
     assert message in result.output
+
+
+@pytest.mark.parametrize("value", ["nan", "inf", "-inf", "fast"])
+def test_a_float_option_takes_only_finite_numbers(tmp_path, value):
+    result = runner.invoke(app, ["train", "--lr", value, "--out", str(tmp_path)])
+    assert result.exit_code == 2 and "Traceback" not in result.output  # a usage error, before anything runs
+    assert "Invalid value for '--lr'" in result.output
+    assert "finite number" in result.output or "is not a number" in result.output
+
+
+def test_more_threads_than_cores_is_one_clear_line(tmp_path):
+    result = runner.invoke(app, ["train", *TINY, "--threads", "100000", "--out", str(tmp_path / "run")])
+    assert result.exit_code == 1 and "--threads 100000 is more than this machine can run" in result.output
+    assert not (tmp_path / "run").exists()
+
+
+def test_a_config_file_with_a_wrong_type_is_one_clear_line(tmp_path):
+    out = tmp_path / "run"
+    assert runner.invoke(app, ["train", *TINY, "--steps", "120", "--out", str(out)]).exit_code == 0
+    document = out / "checkpoints" / "last" / "checkpoint.json"  # resume reads the checkpoint's own config
+    saved = json.loads(document.read_text())
+    saved["config"]["hidden"] = "64"
+    document.write_text(json.dumps(saved))
+    result = runner.invoke(app, ["train", "--resume", str(out), "--steps", "150", "--no-progress"])
+    assert result.exit_code == 1 and "Traceback" not in result.output
+    assert "hidden must be an integer, got '64'" in result.output
 
 
 def test_out_pointing_at_a_file_is_one_clear_line(tmp_path):
