@@ -46,8 +46,10 @@ def format_inspection(info: dict[str, Any]) -> str:
     layout = ", ".join(f"{name}[{size}]" for name, size in c["obs_layout"]) or "(not recorded)"
     pairs = [f"[{lo:g}, {hi:g}]" for lo, hi in zip(c["action_low"], c["action_high"], strict=True)]
     bounds = f"{pairs[0]} for every action" if len(set(pairs)) == 1 else ", ".join(pairs)
-    config = p.get("export_config", {})
-    verification = p.get("verification")
+    config, verification, versions = (
+        value if isinstance(value, dict) else {}  # provenance is not hashed: show what is there, as it is
+        for value in (p.get("export_config"), p.get("verification"), p.get("versions"))
+    )
     lines = [
         f"policy       {info['path']} ({info['size_bytes']} bytes)",
         f"sha256       {info['sha256']}",
@@ -64,14 +66,16 @@ def format_inspection(info: dict[str, Any]) -> str:
         f"source       {p.get('source_checkpoint', '?')} (model.safetensors sha256 {p.get('source_sha256', '?')})",
         f"exported     dtype {p.get('dtype', '?')}, opset {p.get('opset', '?')}, "
         f"{'optimized' if config.get('optimize') else 'plain'} graph, with "
-        + ", ".join(f"{k} {v}" for k, v in sorted(p.get("versions", {}).items())),
+        + ", ".join(f"{k} {v}" for k, v in sorted(versions.items())),
     ]
-    if verification:
+    errors = [verification.get(key) for key in ("max_abs_error_action", "max_abs_error_pre_tanh")]
+    if all(isinstance(e, int | float) for e in errors):
         lines.append(
-            f"verified     max |Δaction| {verification['max_abs_error_action']:.2e}, "
-            f"max |Δpre_tanh| {verification['max_abs_error_pre_tanh']:.2e} vs torch "
-            f"({'passed' if verification['passed'] else 'FAILED'})"
+            f"verified     max |Δaction| {errors[0]:.2e}, max |Δpre_tanh| {errors[1]:.2e} vs torch "
+            f"({'passed' if verification.get('passed') else 'FAILED'})"
         )
+    elif verification:
+        lines.append(f"verified     {json.dumps(verification, sort_keys=True)}")
     else:
         lines.append("verified     no (exported with --no-verify)")
     lines.append(f"config       {json.dumps(config, sort_keys=True)}")

@@ -336,6 +336,9 @@ class ControlSession:
             if not local_model:
                 raise FlowRLError("fallback='local' needs local_model, the ONNX file the server serves")
             self.local = _LocalPolicy(local_model, seed)
+            if self.local.policy.contract_hash != self.info.contract_hash:
+                diff = "; ".join(self.info.contract.differences(self.local.policy.contract))
+                raise FlowRLError(f"the local fallback model {local_model} is not the served policy ({diff})")
         self.timings: list[CallTiming] = []
         self.health = _Health()
         self.last_action: np.ndarray | None = None

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import math
 from dataclasses import asdict, dataclass, fields
 from typing import Any
 
@@ -42,6 +43,27 @@ _HASHED = (
 )
 
 
+_FIELD_TYPES: dict[str, type | tuple[type, ...]] = {
+    "obs_dim": int,
+    "act_dim": int,
+    "action_low": tuple,
+    "action_high": tuple,
+    "obs_layout": tuple,
+    "action_names": tuple,
+    "action_rescaled": bool,
+    "obs_normalization": str,
+    "control_period_s": (int, float),
+    "flow_steps": int,
+    "solver": str,
+    "t_schedule": str,
+    "noise_convention": str,
+    "deterministic": bool,
+    "env_id": str,
+    "input_names": tuple,
+    "output_name": str,
+}
+
+
 @dataclass(frozen=True)
 class PolicyContract:
     """The interface and sampling convention of one exported policy graph."""
@@ -68,6 +90,25 @@ class PolicyContract:
     input_names: tuple[str, ...] = (OBS_INPUT, NOISE_INPUT)
     output_name: str = ACTION_OUTPUT
 
+    def __post_init__(self) -> None:
+        """Refuse a contract no exported graph can have (a hand-edited or corrupt file)."""
+        for field in fields(self):
+            value, kind = getattr(self, field.name), _FIELD_TYPES[field.name]
+            if kind is tuple:
+                if not isinstance(value, tuple):
+                    raise SpecError(f"policy contract field {field.name} must be a list, got {value!r}")
+            elif (isinstance(value, bool) and kind is not bool) or not isinstance(value, kind):
+                raise SpecError(f"policy contract field {field.name} has the wrong type: {value!r}")
+        if self.obs_dim < 1 or self.act_dim < 1 or self.flow_steps < 1:
+            raise SpecError("policy contract: obs_dim, act_dim and flow_steps must be >= 1")
+        if len(self.action_low) != self.act_dim or len(self.action_high) != self.act_dim:
+            raise SpecError(f"policy contract: the action bounds must hold act_dim = {self.act_dim} values each")
+        bounds = (*self.action_low, *self.action_high, self.control_period_s)
+        if not all(math.isfinite(x) for x in bounds) or self.control_period_s < 0:
+            raise SpecError("policy contract: bounds and control period must be finite (the period >= 0)")
+        if any(lo > hi for lo, hi in zip(self.action_low, self.action_high, strict=True)):
+            raise SpecError("policy contract: an action's low bound lies above its high bound")
+
     def hash(self) -> str:
         """sha256 (hex, first 16 chars) of the client-facing fields, in canonical JSON."""
         data = self.to_dict()
@@ -90,6 +131,8 @@ class PolicyContract:
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> PolicyContract:
+        if not isinstance(data, dict):
+            raise SpecError(f"malformed policy contract: a JSON object was expected, got {type(data).__name__}")
         known = {f.name for f in fields(cls)}
         try:
             kwargs = {k: v for k, v in data.items() if k in known}
@@ -122,6 +165,8 @@ def contract_from_metadata(metadata: dict[str, str]) -> tuple[PolicyContract, di
         provenance = json.loads(metadata.get(PROVENANCE_KEY, "{}"))
     except json.JSONDecodeError as exc:
         raise SpecError(f"the model's policy contract is not valid JSON: {exc}") from exc
+    if not isinstance(provenance, dict):
+        raise SpecError("the model's provenance record is not a JSON object")
     stored = metadata.get(CONTRACT_HASH_KEY)
     if stored != contract.hash():
         raise SpecError(f"the model's contract hash {stored!r} does not match its contract ({contract.hash()})")

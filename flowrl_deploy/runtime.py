@@ -98,9 +98,26 @@ class OnnxPolicy:
             raise FlowRLError(f"{model if not isinstance(model, bytes) else 'model'}: {exc}") from exc
         self.input_names = [i.name for i in self.session.get_inputs()]
         self.output_name = self.session.get_outputs()[0].name
+        self._check_graph_matches_contract(model if not isinstance(model, bytes) else "model")
         obs_batch = next((i.shape[0] for i in self.session.get_inputs() if i.name == OBS_INPUT and i.shape), None)
         self.fixed_batch: int | None = obs_batch if isinstance(obs_batch, int) and obs_batch > 0 else None
         """The batch size of a graph exported with ``--batch N`` (``act`` pads and splits to it); None: dynamic."""
+
+    def _check_graph_matches_contract(self, name: object) -> None:
+        """The graph's tensors must be the ones its contract promises (a hand-edited file may differ)."""
+        c = self.contract
+        if sorted(self.input_names) != sorted(c.input_names) or self.output_name != c.output_name:
+            raise FlowRLError(
+                f"{name}: its graph has inputs {self.input_names} and output {self.output_name!r}, "
+                f"but its contract promises {list(c.input_names)} and {c.output_name!r}"
+            )
+        widths = {OBS_INPUT: c.obs_dim, NOISE_INPUT: c.act_dim, c.output_name: c.act_dim}
+        for tensor in (*self.session.get_inputs(), *self.session.get_outputs()):
+            width = tensor.shape[-1] if tensor.shape else None
+            if isinstance(width, int) and width != widths[tensor.name]:
+                raise FlowRLError(
+                    f"{name}: its {tensor.name} tensor has {width} columns, but its contract says {widths[tensor.name]}"
+                )
 
     @property
     def contract_hash(self) -> str:

@@ -1,0 +1,46 @@
+"""Hand-edited policy files: a contract that its graph does not keep, or an odd provenance record,
+gives one clear line from every command that reads the file, never a traceback at warm-up."""
+
+from __future__ import annotations
+
+import json
+from dataclasses import replace
+
+import onnx
+import pytest
+from tiny_policy import tiny_contract, write_policy
+from typer.testing import CliRunner
+
+from flowrl_deploy.cli import app
+from flowrl_deploy.contract import PROVENANCE_KEY, contract_to_metadata
+from flowrl_deploy.errors import FlowRLError
+from flowrl_deploy.runtime import OnnxPolicy
+
+runner = CliRunner()
+
+
+def rewrite_metadata(path, entries: dict[str, str]) -> None:
+    model = onnx.load(str(path))
+    kept = {p.key: p.value for p in model.metadata_props}
+    del model.metadata_props[:]
+    onnx.helper.set_model_props(model, {**kept, **entries})
+    onnx.save(model, str(path))
+
+
+def test_a_contract_that_its_graph_does_not_keep_is_refused(tmp_path):
+    path = write_policy(tmp_path / "policy.onnx")
+    wrong = replace(tiny_contract(), obs_dim=9)  # the graph's obs input has 3 columns
+    rewrite_metadata(path, contract_to_metadata(wrong, {}))  # with a hash recomputed over the edit
+    with pytest.raises(FlowRLError, match="obs tensor has 3 columns, but its contract says 9"):
+        OnnxPolicy(path)
+    result = runner.invoke(app, ["serve", str(path), "--port", "0"])
+    assert result.exit_code == 1 and "Traceback" not in result.output
+    assert "obs tensor has 3 columns, but its contract says 9" in result.output
+
+
+def test_inspect_shows_an_odd_provenance_record_as_it_is(tmp_path):
+    path = write_policy(tmp_path / "policy.onnx")
+    rewrite_metadata(path, {PROVENANCE_KEY: json.dumps({"export_config": [1, 2], "verification": {"passed": 1}})})
+    result = runner.invoke(app, ["inspect", str(path)])
+    assert result.exit_code == 0 and "Traceback" not in result.output, result.output
+    assert 'verified     {"passed": 1}' in result.output
