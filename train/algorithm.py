@@ -48,6 +48,16 @@ def resolve_device(name: str) -> torch.device:
         raise ConfigError(f"unknown --device {name!r}; use auto, cpu or cuda") from None
 
 
+def training_bytes(spec: PolicySpec) -> int:
+    """Memory of the networks while training: the weights of all six, plus gradients and Adam's
+    two moments of the four trained ones (counted on the meta device, which allocates nothing)."""
+    with torch.device("meta"):
+        trained = [FlowActor(spec), TwinQ(spec.obs_dim, spec.act_dim, spec.hidden), ValueNet(spec.obs_dim, spec.hidden)]
+        trained.append(TwinQ(spec.obs_dim, spec.act_dim, spec.hidden))
+    counts = [sum(p.numel() for p in module.parameters()) for module in trained]
+    return 4 * (4 * sum(counts) + 2 * counts[1])  # + the two target critics
+
+
 def soft_update(target: nn.Module, online: nn.Module, rate: float) -> None:
     """Move ``target`` a share ``rate`` of the way to ``online``: θ̄ ← (1 − rate)·θ̄ + rate·θ, all at once."""
     with torch.no_grad():

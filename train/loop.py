@@ -12,6 +12,7 @@ resumed from a checkpoint taken at an episode boundary continues exactly as if n
 from __future__ import annotations
 
 import math
+import os
 import signal
 import threading
 from dataclasses import dataclass
@@ -24,9 +25,9 @@ from flowrl_deploy.affinity import check_thread_count
 from flowrl_deploy.checkpoint import CHECKPOINTS_DIR, load_checkpoint, resolve_checkpoint, save_checkpoint
 from flowrl_deploy.errors import CheckpointError, FlowRLError
 from flowrl_deploy.spec import PolicySpec
-from flowrl_deploy.train.algorithm import FlowRL, resolve_device
+from flowrl_deploy.train.algorithm import FlowRL, resolve_device, training_bytes
 from flowrl_deploy.train.checkpointing import RunCheckpoints, actor_act_fn
-from flowrl_deploy.train.config import TrainConfig
+from flowrl_deploy.train.config import ConfigError, TrainConfig
 from flowrl_deploy.train.envs import Env, EnvInfo, episode_seed, make_env
 from flowrl_deploy.train.evaluate import EvalResult, evaluate
 from flowrl_deploy.train.logger import MetricsLogger, Progress
@@ -91,6 +92,23 @@ def policy_spec(info: EnvInfo, cfg: TrainConfig) -> PolicySpec:
     )
 
 
+def _check_memory(spec: PolicySpec, cfg: TrainConfig, device: torch.device) -> None:
+    """Refuse a buffer or networks this machine cannot hold, before allocating them (a typo such as
+    --hidden 100000 would otherwise fail deep inside torch, or be killed for memory hours later)."""
+    replay, networks = ReplayBuffer.bytes_needed(spec.obs_dim, spec.act_dim, cfg.buffer_size), training_bytes(spec)
+    ram = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+    needs = [(replay + (networks if device.type == "cpu" else 0), ram, "memory")]
+    if device.type == "cuda":
+        needs.append((networks, torch.cuda.get_device_properties(device).total_memory, "GPU memory"))
+    for needed, total, what in needs:
+        if needed > total:
+            raise ConfigError(
+                f"--buffer-size {cfg.buffer_size} and --hidden {cfg.hidden} need about {needed / 2**30:.1f} GiB of "
+                f"{what} for {cfg.env} ({replay / 2**30:.1f} GiB replay, {networks / 2**30:.1f} GiB networks); "
+                f"this machine has {total / 2**30:.1f} GiB"
+            )
+
+
 def resume_config(checkpoint: str | Path, steps: int | None = None) -> TrainConfig:
     """The saved config of the run a checkpoint belongs to; ``steps`` may extend its budget."""
     directory = resolve_checkpoint(checkpoint)
@@ -126,6 +144,7 @@ def train(
     env = make_env(cfg.env, cfg.seed)
     eval_env = make_env(cfg.env, cfg.seed + 1)
     spec = policy_spec(env.info, cfg)
+    _check_memory(spec, cfg, device)
     agent = FlowRL(spec, cfg, device)
     replay = ReplayBuffer(spec.obs_dim, spec.act_dim, cfg.buffer_size, cfg.seed, cfg.recent_fraction, cfg.recent_window)
     action_rng = np.random.default_rng(cfg.seed)  # warm-up actions

@@ -23,6 +23,11 @@ class Batch(NamedTuple):
 
 
 class ReplayBuffer:
+    @staticmethod
+    def bytes_needed(obs_dim: int, act_dim: int, capacity: int) -> int:
+        """Memory of a full buffer: float32 obs, action, reward, next obs and mask per transition."""
+        return 4 * capacity * (2 * obs_dim + act_dim + 2)
+
     def __init__(
         self,
         obs_dim: int,

@@ -147,6 +147,14 @@ def test_a_float_option_takes_only_finite_numbers(tmp_path, value):
     assert "finite number" in result.output or "is not a number" in result.output
 
 
+@pytest.mark.parametrize("args", [["--hidden", "100000"], ["--buffer-size", "100000000000"]])
+def test_sizes_beyond_the_machines_memory_are_refused_before_allocating(tmp_path, args):
+    result = runner.invoke(app, ["train", *TINY, *args, "--out", str(tmp_path / "run")])
+    assert result.exit_code == 1 and "Traceback" not in result.output
+    assert "GiB of memory for Pendulum-v1" in result.output and "this machine has" in result.output
+    assert not (tmp_path / "run").exists()
+
+
 def test_more_threads_than_cores_is_one_clear_line(tmp_path):
     result = runner.invoke(app, ["train", *TINY, "--threads", "100000", "--out", str(tmp_path / "run")])
     assert result.exit_code == 1 and "--threads 100000 is more than this machine can run" in result.output

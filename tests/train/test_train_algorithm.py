@@ -8,7 +8,7 @@ import torch
 
 from flowrl_deploy.errors import CheckpointError
 from flowrl_deploy.spec import PolicySpec
-from flowrl_deploy.train.algorithm import FlowRL, soft_update
+from flowrl_deploy.train.algorithm import FlowRL, soft_update, training_bytes
 from flowrl_deploy.train.config import TrainConfig
 from flowrl_deploy.train.replay import Batch
 
@@ -103,3 +103,20 @@ def test_state_of_another_architecture_is_a_clear_error():
     other = FlowRL(dataclasses.replace(SPEC, hidden=8), TrainConfig(hidden=8))
     with pytest.raises(CheckpointError, match="does not match"):
         other.load_state({k: v.numpy() for k, v in agent.actor.state_dict().items()}, tensors, state)
+
+
+def test_training_bytes_counts_the_networks_their_gradients_and_adam_moments():
+    agent = make_agent()
+    for i in range(2):  # Adam's moments exist after the first actor step
+        agent.update(batch(i))
+    params = [p for name in FlowRL.NETWORKS for p in getattr(agent, name).parameters()]
+    weights = sum(p.numel() for p in params)
+    grads = sum(p.grad.numel() for p in params if p.grad is not None)  # the trained networks' only
+    moments = sum(
+        v.numel()
+        for name in FlowRL.OPTIMIZERS
+        for state in getattr(agent, name).state.values()
+        for key, v in state.items()
+        if key != "step"
+    )
+    assert training_bytes(SPEC) == 4 * (weights + grads + moments)
