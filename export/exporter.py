@@ -13,7 +13,7 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from flowrl_deploy.checkpoint import MODEL_FILE, load_checkpoint
+from flowrl_deploy.checkpoint import MODEL_FILE, check_output_path, load_checkpoint
 from flowrl_deploy.contract import NOISE_INPUT, OBS_INPUT, PolicyContract, contract_to_metadata
 from flowrl_deploy.errors import FlowRLError
 from flowrl_deploy.export.config import ExportConfig
@@ -79,6 +79,7 @@ def export_checkpoint(
     if out.is_dir():
         raise FlowRLError(f"--out {out} is a directory; give a file path such as {out / 'policy.onnx'}")
     checkpoint = load_checkpoint(checkpoint_path)
+    check_output_path("--out", out)
     spec = checkpoint.spec
     config = replace(config, solver=config.solver or spec.solver)
     weights = VelocityWeights.from_actor(checkpoint.actor, spec)

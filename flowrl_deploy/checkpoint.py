@@ -34,7 +34,7 @@ import numpy as np
 from safetensors import SafetensorError
 from safetensors.numpy import load_file, save_file
 
-from flowrl_deploy.errors import CheckpointError, SpecError
+from flowrl_deploy.errors import CheckpointError, FlowRLError, SpecError
 from flowrl_deploy.spec import PolicySpec
 from flowrl_deploy.versions import library_versions
 
@@ -136,6 +136,17 @@ def link_checkpoint(checkpoints_dir: str | os.PathLike[str], name: str, target: 
         tmp_link.unlink()
     os.symlink(Path(target).name, tmp_link)
     os.replace(tmp_link, directory / name)
+
+
+def check_output_path(flag: str, path: str | os.PathLike[str]) -> None:
+    """Refuse an output file that would destroy something: a file inside a checkpoint directory
+    (its weights or document), or an existing path that is not a regular file (``/dev/null``
+    would be replaced by the atomic rename)."""
+    p = Path(path)
+    if p.exists() and not p.is_file():
+        raise FlowRLError(f"{flag} {p} exists and is not a regular file; give a file path")
+    if (p.parent / DOCUMENT_FILE).is_file():
+        raise FlowRLError(f"{flag} {p} lies inside the checkpoint {p.parent}; write it elsewhere")
 
 
 def resolve_checkpoint(path: str | os.PathLike[str]) -> Path:

@@ -9,8 +9,14 @@ from typing import Annotated
 
 import typer
 
+from flowrl_deploy.checkpoint import check_output_path
 from flowrl_deploy.cli._common import Solver, user_errors
 from flowrl_deploy.errors import FlowRLError
+
+MAX_STEPS = 1000
+"""Beyond this the unrolled graph (2 evaluations per midpoint step) takes minutes to build and verify."""
+MAX_BATCH = 65536
+"""A fixed batch larger than this is verified with that many rows per call: gigabytes for nothing."""
 
 
 class DType(str, Enum):
@@ -24,17 +30,19 @@ def parse_steps(text: str) -> list[int]:
         steps = [int(part) for part in text.split(",") if part.strip()]
     except ValueError:
         raise FlowRLError(f"--steps takes a number or a comma list such as 1,2,5,10,20, got {text!r}") from None
-    if not steps or min(steps) < 1:
-        raise FlowRLError(f"--steps must be positive integers, got {text!r}")
+    if not steps or min(steps) < 1 or max(steps) > MAX_STEPS:
+        raise FlowRLError(f"--steps must be integers from 1 to {MAX_STEPS}, got {text!r}")
+    if len(set(steps)) < len(steps):
+        raise FlowRLError(f"--steps lists a value twice: {text!r}")
     return steps
 
 
 def parse_batch(text: str) -> int | str:
     if text == "dynamic":
         return text
-    if text.isdigit() and int(text) > 0:
+    if text.isdigit() and 0 < int(text) <= MAX_BATCH:
         return int(text)
-    raise FlowRLError(f"--batch takes 'dynamic' or a positive integer, got {text!r}")
+    raise FlowRLError(f"--batch takes 'dynamic' or an integer from 1 to {MAX_BATCH}, got {text!r}")
 
 
 @user_errors
@@ -69,12 +77,20 @@ def export(
 ) -> None:
     """Export CHECKPOINT's flow policy as policy.onnx: obs (+ noise) → action in the env's bounds."""
     from flowrl_deploy.export import ExportConfig, export_checkpoint
+    from flowrl_deploy.export.sweep import sweep_path
 
     step_list = parse_steps(steps)
     if episodes < 0:
         raise FlowRLError(f"--episodes must be >= 0 (0: latency only), got {episodes}")
-    if json_out is not None and json_out.is_dir():
-        raise FlowRLError(f"--json {json_out} is a directory; give a file path such as {json_out / 'export.json'}")
+    if json_out is not None:
+        if json_out.is_dir():
+            raise FlowRLError(f"--json {json_out} is a directory; give a file path such as {json_out / 'export.json'}")
+        check_output_path("--json", json_out)
+        onnx_files = [out] if len(step_list) == 1 and not report else [sweep_path(out, n) for n in step_list]
+        if json_out.resolve() in [f.resolve() for f in onnx_files]:
+            raise FlowRLError(f"--json {json_out} is also the ONNX file to write; give the report another name")
+    if not report and (episodes or env is not None):
+        raise FlowRLError("--episodes and --env apply to the --report table only; add --report or leave them out")
     config = ExportConfig(
         steps=step_list[0],
         solver=solver.value if solver else None,

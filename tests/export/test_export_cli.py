@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 
 import numpy as np
 import pytest
@@ -80,7 +81,18 @@ def test_steps_sweep_writes_one_file_per_n_and_a_table(checkpoint, tmp_path):
         (["export", "{tmp}/missing"], "checkpoint not found"),
         (["export", "{tmp}", "--out", "{tmp}/p.onnx"], "holds no flowrl-deploy checkpoint"),
         (["export", "{ckpt}", "--steps", "ten"], "--steps takes a number"),
-        (["export", "{ckpt}", "--steps", "0"], "--steps must be positive"),
+        (["export", "{ckpt}", "--steps", "0"], "--steps must be integers from 1 to 1000"),
+        (["export", "{ckpt}", "--steps", "100000"], "--steps must be integers from 1 to 1000"),
+        (["export", "{ckpt}", "--steps", "1,5,1"], "--steps lists a value twice"),
+        (["export", "{ckpt}", "--batch", "100000000"], "an integer from 1 to 65536"),
+        (["export", "{ckpt}", "--out", "{tmp}/p.onnx", "--episodes", "3"], "apply to the --report table only"),
+        (["export", "{ckpt}", "--out", "{ckpt}/model.safetensors"], "lies inside the checkpoint"),
+        (["export", "{ckpt}", "--out", "{tmp}/fifo"], "fifo exists and is not a regular file"),  # as /dev/null
+        (["export", "{ckpt}", "--out", "{tmp}/p.onnx", "--json", "{tmp}/p.onnx"], "is also the ONNX file to write"),
+        (
+            ["export", "{ckpt}", "--out", "{tmp}/p.onnx", "--json", "{ckpt}/checkpoint.json"],
+            "lies inside the checkpoint",
+        ),
         (["export", "{ckpt}", "--batch", "many"], "--batch takes 'dynamic'"),
         (["export", "{ckpt}", "--opset", "13"], "--opset must be >= 17"),
         (["export", "{ckpt}", "--opset", "99", "--out", "{tmp}/p.onnx"], "opset 99 is newer than this onnx"),
@@ -95,9 +107,13 @@ def test_steps_sweep_writes_one_file_per_n_and_a_table(checkpoint, tmp_path):
 )
 def test_user_errors_exit_1_with_a_message(checkpoint, tmp_path, args, message):
     args = [a.format(tmp=tmp_path, ckpt=checkpoint) for a in args]
+    os.mkfifo(tmp_path / "fifo")
+    before = {p.name: p.read_bytes() for p in checkpoint.iterdir() if p.is_file()}
     result = runner.invoke(app, args)
     assert result.exit_code == 1
     assert message.format(tmp=tmp_path) in result.output
+    assert {p.name: p.read_bytes() for p in checkpoint.iterdir() if p.is_file()} == before  # nothing lost
+    assert (tmp_path / "fifo").is_fifo()
     assert "Traceback" not in result.output
 
 
