@@ -18,7 +18,7 @@ from __future__ import annotations
 import logging
 import signal
 import tempfile
-import threading
+import time
 from collections.abc import Callable
 from concurrent import futures
 from pathlib import Path
@@ -155,15 +155,17 @@ class PolicyServer:
 def serve_forever(config: ServeConfig, on_ready: Callable[[PolicyServer], None] | None = None) -> None:
     """Run until SIGTERM or SIGINT, then stop gracefully (call from the main thread)."""
     pin_to_cpus(config.cpus)
-    stop = threading.Event()
-    previous = {sig: signal.signal(sig, lambda *_: stop.set()) for sig in (signal.SIGTERM, signal.SIGINT)}
+    # The handler takes no lock: Event.set() in a handler deadlocked when the signal arrived while
+    # this thread held the Event's lock (inside its own wait, or a first handler's set()).
+    signals: list[int] = []
+    previous = {sig: signal.signal(sig, lambda sig, _: signals.append(sig)) for sig in (signal.SIGTERM, signal.SIGINT)}
     server = PolicyServer(config)
     try:
         server.start()
         if on_ready is not None:
             on_ready(server)
-        while not stop.wait(0.2):
-            pass
+        while not signals:
+            time.sleep(0.1)
         log.info("stopping: finishing calls in flight")
     finally:
         server.stop()

@@ -136,6 +136,14 @@ def train(
         raise FlowRLError(
             f"{run_dir} already holds a run's checkpoints; continue it with --resume {run_dir} or choose another --out"
         )
+    if resume is not None:
+        start = resolve_checkpoint(resume)
+        later = sorted(p.name for p in start.parent.glob("step_*") if p.name > start.name)
+        if later:
+            raise FlowRLError(
+                f"{start.parent} holds checkpoints after {start.name} ({', '.join(later)}), which resuming from it "
+                f"would overwrite; resume from the last one, or copy the run directory and resume the copy"
+            )
     if cfg.threads:
         check_thread_count("--threads", cfg.threads)
         torch.set_num_threads(cfg.threads)

@@ -103,6 +103,18 @@ def test_train_then_eval_then_resume(tmp_path):
     assert read_document(out / "checkpoints" / "last")["counters"]["env_steps"] == 400
 
 
+def test_resuming_from_an_older_checkpoint_refuses_to_overwrite_later_ones(tmp_path):
+    out = tmp_path / "run"
+    args = ["train", *TINY, "--steps", "300", "--save-every", "100", "--out", str(out)]
+    assert runner.invoke(app, args).exit_code == 0
+    later = out / "checkpoints" / "step_000000300" / "model.safetensors"
+    before = later.read_bytes()
+    result = runner.invoke(app, ["train", "--resume", str(out / "checkpoints" / "step_000000100"), "--no-progress"])
+    assert result.exit_code == 1 and "Traceback" not in result.output
+    assert "checkpoints after step_000000100 (step_000000200, step_000000300)" in result.output
+    assert later.read_bytes() == before
+
+
 @pytest.mark.parametrize(
     ("setup", "message"),
     [
