@@ -135,6 +135,9 @@ class PolicyClient:
         tls_key: str = "",
         timeout_s: float = 1.0,
     ) -> None:
+        port = target.rpartition(":")[2]
+        if port.isdigit() and not 0 < int(port) < 65536:  # gRPC would quietly wrap it to another port
+            raise FlowRLError(f"server address {target!r}: port {port} is not in 1-65535")
         self.target = target
         self.timeout_s = timeout_s
         self.metadata = (("authorization", f"Bearer {token}"),) if token else ()

@@ -17,3 +17,17 @@ def read_pem(path: str, what: str) -> bytes:
     if b"-----BEGIN " not in data:
         raise FlowRLError(f"{what} {path} is not a PEM file (no '-----BEGIN ...' line)")
     return data
+
+
+def check_key_pair(cert_path: str, key_path: str) -> None:
+    """Refuse a certificate and key that do not belong together (or are swapped): gRPC would only
+    fail to bind, with the cause in its log."""
+    import ssl
+
+    try:
+        ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER).load_cert_chain(cert_path, key_path)
+    except ssl.SSLError as exc:
+        raise FlowRLError(
+            f"--tls-cert {cert_path} and --tls-key {key_path} are not a certificate and its private key "
+            f"({exc.reason or exc})"
+        ) from None

@@ -113,6 +113,8 @@ class TrainConfig:
                 raise ConfigError(f"{field.name} must be {_TYPE_NAMES[kind]}, got {value!r}")
             if kind == (int, float) and not math.isfinite(value):
                 raise ConfigError(f"{field.name} must be a finite number, got {value!r}")
+        if not self.out.strip():
+            raise ConfigError("out must name a directory for the run, got an empty string")
         positive = (
             "steps",
             "hidden",

@@ -6,10 +6,12 @@ import functools
 import math
 from collections.abc import Callable
 from enum import Enum
+from pathlib import Path
 from typing import ParamSpec, TypeVar
 
 import typer
 
+from flowrl_deploy.checkpoint import check_output_path
 from flowrl_deploy.errors import FlowRLError
 
 
@@ -29,6 +31,24 @@ def finite(text: str) -> float:
     if not math.isfinite(value):
         raise typer.BadParameter(f"must be a finite number, got {text!r}")
     return value
+
+
+def check_writable(flag: str, path: Path) -> None:
+    """Fail now, rather than after the work, when a report file cannot be written at ``path``."""
+    if path.is_dir():
+        raise FlowRLError(f"{flag} {path} is a directory; give a file path such as {path / 'report.json'}")
+    check_output_path(flag, path)
+    existed = path.exists()
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        with open(path, "a"):
+            pass
+    except (FileExistsError, NotADirectoryError):
+        raise FlowRLError(f"cannot write {flag} {path}: part of its folder {path.parent} is a file") from None
+    except OSError as exc:
+        raise FlowRLError(f"cannot write {flag} {path}: {exc.strerror or exc}") from None
+    if not existed:
+        path.unlink()
 
 
 P = ParamSpec("P")

@@ -8,7 +8,7 @@ from typing import Annotated
 
 import typer
 
-from flowrl_deploy.cli._common import finite, user_errors
+from flowrl_deploy.cli._common import check_writable, finite, user_errors
 
 
 @user_errors
@@ -45,8 +45,8 @@ def control(
     if connect_timeout <= 0:
         raise FlowRLError(f"--connect-timeout must be > 0, got {connect_timeout:g}")
     pin_to_cpus(parse_cpus(cpus))
-    if json_path is not None and json_path.is_dir():
-        raise FlowRLError(f"--json {json_path} is a directory; give a file path such as {json_path / 'control.json'}")
+    if json_path is not None:
+        check_writable("--json", json_path)
     report = run_control(
         server,
         env,

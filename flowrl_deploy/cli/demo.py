@@ -44,19 +44,18 @@ def run_demo(cfg: DemoConfig, echo=typer.echo) -> dict[str, Any]:
     from flowrl_deploy.export.act import onnx_act_fn
     from flowrl_deploy.serve import ServerProcess
     from flowrl_deploy.train.config import TrainConfig
+    from flowrl_deploy.train.envs import make_env
     from flowrl_deploy.train.evaluate import evaluate
     from flowrl_deploy.train.loop import train
 
     if cfg.out.exists() and not cfg.out.is_dir():
         raise FlowRLError(f"--out {cfg.out} is a file, not a directory; choose a folder for the report")
-    out = _new_report_folder(cfg.out)
-    echo(f"[1/4] train FlowRL on {cfg.env} for {cfg.steps} steps → {out / 'run'}")
-    t0 = time.perf_counter()
-    train_cfg = TrainConfig(
+    make_env(cfg.env, cfg.seed)  # an unknown task fails here, before the report folder exists
+    train_cfg = TrainConfig(  # checked before the report folder exists, so a mistake leaves none behind
         env=cfg.env,
         steps=cfg.steps,
         seed=cfg.seed,
-        out=str(out / "run"),
+        out=str(cfg.out / "run"),
         hidden=cfg.hidden,
         start_steps=cfg.start_steps,
         eval_every=max(cfg.steps // 4, 1),
@@ -64,6 +63,10 @@ def run_demo(cfg: DemoConfig, echo=typer.echo) -> dict[str, Any]:
         log_every=250,
         save_every=0,
     )
+    out = _new_report_folder(cfg.out)
+    train_cfg = train_cfg.override(out=str(out / "run"))
+    echo(f"[1/4] train FlowRL on {cfg.env} for {cfg.steps} steps → {out / 'run'}")
+    t0 = time.perf_counter()
     result = train(train_cfg)
     train_s = time.perf_counter() - t0
 
@@ -192,8 +195,11 @@ def demo(
     seed: Annotated[int, typer.Option(help="Seed of training, noise and episodes.")] = DemoConfig.seed,
 ) -> None:
     """Train → export → serve → closed-loop control on a small task, with a report folder."""
-    if steps < 1 or episodes < 1 or hz < 0 or export_steps < 0:
-        raise FlowRLError("--steps and --episodes must be >= 1, --hz and --export-steps >= 0")
+    for flag, value, least in (("--steps", steps, 1), ("--episodes", episodes, 1), ("--hz", hz, 0)):
+        if value < least:
+            raise FlowRLError(f"{flag} must be >= {least}, got {value:g}")
+    if export_steps < 0:
+        raise FlowRLError(f"--export-steps must be >= 0 (0: the training N), got {export_steps}")
     cfg = DemoConfig(
         out=out,
         env=env,

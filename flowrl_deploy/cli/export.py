@@ -9,8 +9,7 @@ from typing import Annotated
 
 import typer
 
-from flowrl_deploy.checkpoint import check_output_path
-from flowrl_deploy.cli._common import Solver, user_errors
+from flowrl_deploy.cli._common import Solver, check_writable, user_errors
 from flowrl_deploy.errors import FlowRLError
 
 MAX_STEPS = 1000
@@ -83,9 +82,7 @@ def export(
     if episodes < 0:
         raise FlowRLError(f"--episodes must be >= 0 (0: latency only), got {episodes}")
     if json_out is not None:
-        if json_out.is_dir():
-            raise FlowRLError(f"--json {json_out} is a directory; give a file path such as {json_out / 'export.json'}")
-        check_output_path("--json", json_out)
+        check_writable("--json", json_out)
         onnx_files = [out] if len(step_list) == 1 and not report else [sweep_path(out, n) for n in step_list]
         if json_out.resolve() in [f.resolve() for f in onnx_files]:
             raise FlowRLError(f"--json {json_out} is also the ONNX file to write; give the report another name")

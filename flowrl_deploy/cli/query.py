@@ -10,6 +10,8 @@ import typer
 
 from flowrl_deploy.cli._common import finite, user_errors
 
+MAX_TIMEOUT_S = 86400
+
 
 @user_errors
 def query(
@@ -31,8 +33,8 @@ def query(
 
     if bool(obs) == (obs_file is not None):
         raise FlowRLError("pass exactly one of --obs or --obs-file")
-    if not timeout > 0:
-        raise FlowRLError(f"--timeout must be > 0, got {timeout:g}")
+    if not 0 < timeout <= MAX_TIMEOUT_S:  # gRPC treats a deadline beyond ~300 years as already past
+        raise FlowRLError(f"--timeout must lie in (0, {MAX_TIMEOUT_S}] seconds, got {timeout:g}")
     try:
         if obs_file is not None and obs_file.suffix == ".npy":
             values = np.load(obs_file, allow_pickle=False)

@@ -32,6 +32,10 @@ def parse_providers(text: str) -> tuple[str, ...]:
     return names
 
 
+MAX_BATCH = 4096
+"""Rows of one micro-batch at most: the server warms the model up at this size, and more only adds latency."""
+
+
 @user_errors
 def serve(
     model: Annotated[
@@ -73,8 +77,14 @@ def serve(
     from flowrl_deploy.errors import FlowRLError
     from flowrl_deploy.serve import ServeConfig, serve_forever
 
-    if min(max_batch, threads, workers, batch_workers) < 1 or batch_window_us < 0:
-        raise FlowRLError("--max-batch, --threads, --workers and --batch-workers must be >= 1, --batch-window-us >= 0")
+    counts = {"--max-batch": max_batch, "--threads": threads, "--workers": workers, "--batch-workers": batch_workers}
+    for flag, value in counts.items():
+        if value < 1:
+            raise FlowRLError(f"{flag} must be >= 1, got {value}")
+    if batch_window_us < 0:
+        raise FlowRLError(f"--batch-window-us must be >= 0, got {batch_window_us}")
+    if max_batch > MAX_BATCH:
+        raise FlowRLError(f"--max-batch must be at most {MAX_BATCH} (the server warms up at it), got {max_batch}")
     check_thread_count("--threads", threads)
     check_thread_count("--batch-workers", batch_workers, per_core=4)
     if max_message_bytes < 1:

@@ -45,10 +45,20 @@ def test_child_server_is_stopped_on_interrupt(tmp_path):
     assert server.process.poll() is not None
 
 
-def test_bad_budget_is_refused_without_traceback(tmp_path):
-    result = CliRunner().invoke(app, ["demo", "--out", str(tmp_path), "--steps", "0"])
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (["--steps", "0"], "--steps must be >= 1, got 0"),
+        (["--hz", "-1"], "--hz must be >= 0, got -1"),
+        (["--hidden", "0"], "hidden must be >= 1"),
+        (["--env", "dmc:nope-nope"], "dm_control has no task nope-nope"),
+    ],
+)
+def test_bad_settings_are_refused_before_a_report_folder_is_made(tmp_path, args, message):
+    result = CliRunner().invoke(app, ["demo", "--out", str(tmp_path / "reports"), *args])
     assert result.exit_code == 1
-    assert "--steps and --episodes must be >= 1" in result.output and "Traceback" not in result.output
+    assert message in result.output and "Traceback" not in result.output
+    assert not (tmp_path / "reports").exists()
 
 
 def test_out_pointing_at_a_file_is_refused_without_traceback(tmp_path):

@@ -65,7 +65,8 @@ def test_query_with_a_wrong_pinned_contract_is_refused(served):
         (["--obs", "not json"], "cannot read the observation"),
         ([], "exactly one of --obs or --obs-file"),
         (["--obs", "[1, 2, 3]", "--seed", "-1"], "seed must lie in [0, 2**64)"),
-        (["--obs", "[1, 2, 3]", "--timeout", "0"], "--timeout must be > 0"),
+        (["--obs", "[1, 2, 3]", "--timeout", "0"], "--timeout must lie in (0, 86400] seconds"),
+        (["--obs", "[1, 2, 3]", "--timeout", "1e10"], "--timeout must lie in (0, 86400] seconds"),
         (["--obs", "[1e39, 2, 3]"], "NaN, infinite or beyond-float32"),
         (["--obs", "[NaN, 2, 3]"], "NaN, infinite or beyond-float32"),
     ],
@@ -176,3 +177,8 @@ def test_control_drives_a_simulator(tmp_path):
     assert report["steps"] == 80 and len(report["returns"]) == 2
     assert report["deadline_misses"] == 0 and len(report["round_trip_us"]) == 80
     assert report["round_trip_p50_us"] <= report["round_trip_p99_us"]
+
+
+def test_a_server_port_out_of_range_is_named_not_wrapped():
+    result = runner.invoke(app, ["query", "--server", "localhost:99999", "--obs", "[0, 0, 0]"])
+    assert result.exit_code == 1 and "port 99999 is not in 1-65535" in result.output

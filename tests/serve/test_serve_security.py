@@ -131,3 +131,13 @@ def test_tls_needs_both_cert_and_key(policy_path, pki):
 
     with pytest.raises(FlowRLError, match="both --tls-cert and --tls-key"):
         PolicyServer(ServeConfig(str(policy_path), port=0, tls_cert=pki["server"][0])).start()
+
+
+@pytest.mark.parametrize("pair", ["swapped", "mismatched"])
+def test_a_certificate_and_a_key_that_do_not_belong_together_are_named(policy_path, pki, pair):
+    from flowrl_deploy.errors import FlowRLError
+
+    cert, key = pki["server"]
+    cert, key = (key, cert) if pair == "swapped" else (cert, pki["client"][1])
+    with pytest.raises(FlowRLError, match="are not a certificate and its private key"):
+        PolicyServer(ServeConfig(str(policy_path), port=0, tls_cert=cert, tls_key=key)).start()
