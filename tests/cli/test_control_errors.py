@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import socket
 import time
 
@@ -45,10 +46,19 @@ def test_control_mistakes_are_one_line_errors(args, message):
     assert message in result.output and "Traceback" not in result.output
 
 
-def test_control_json_into_a_directory_is_refused_before_running(tmp_path):
-    result = runner.invoke(app, ["control", "--server", f"127.0.0.1:{_closed_port()}", "--json", str(tmp_path)])
+@pytest.mark.parametrize(
+    ("json_path", "message"),
+    [("", "is a directory"), ("afile/report.json", "part of its folder"), ("fifo", "is not a regular file")],
+)
+def test_an_unwritable_report_is_refused_before_running(tmp_path, json_path, message):
+    """Not after every episode has run (the report was lost then)."""
+    (tmp_path / "afile").write_text("keep")
+    os.mkfifo(tmp_path / "fifo")
+    args = ["control", "--server", f"127.0.0.1:{_closed_port()}", "--json", str(tmp_path / json_path)]
+    result = runner.invoke(app, args)
     assert result.exit_code == 1
-    assert "is a directory" in result.output and "Traceback" not in result.output
+    assert message in result.output and "Traceback" not in result.output
+    assert "not SERVING" not in result.output  # refused before connecting
 
 
 def test_ctrl_c_prints_the_figures_so_far_and_exits_130(tmp_path, monkeypatch):

@@ -143,10 +143,11 @@ def test_an_unknown_env_fails_at_once(tmp_path):
         (["--batch-size", "64", "--buffer-size", "32"], "batch_size (64) cannot exceed buffer_size (32)"),
         (["--steps", "0"], "steps must be >= 1"),
         (["--tau", "1"], "tau must be < 1"),
+        (["--out", ""], "out must name a directory"),
     ],
 )
 def test_an_out_of_range_setting_is_one_clear_line(tmp_path, args, message):
-    result = runner.invoke(app, ["train", *args, "--out", str(tmp_path)])
+    result = runner.invoke(app, ["train", "--out", str(tmp_path), *args])
     assert result.exit_code == 1
     assert message in result.output
 
