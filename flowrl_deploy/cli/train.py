@@ -53,9 +53,9 @@ def train(
         int | None, typer.Option(help=f"Environment steps (default {DEFAULT.steps}; with --resume: the run's own).")
     ] = None,
     seed: Annotated[int, typer.Option(help="Seed of torch, numpy, replay sampling and env randomness.")] = DEFAULT.seed,
-    out: Annotated[Path, typer.Option(help="Run directory (config, metrics, TensorBoard, checkpoints).")] = Path(
-        DEFAULT.out
-    ),
+    out: Annotated[
+        str, typer.Option(help="Run directory (config, metrics, TensorBoard, checkpoints).")  # str: '' stays ''
+    ] = DEFAULT.out,
     hidden: Annotated[int, typer.Option(help="Width of every hidden layer.")] = DEFAULT.hidden,
     flow_steps: Annotated[int, typer.Option(help="ODE steps N of the policy while training.")] = DEFAULT.flow_steps,
     solver: Annotated[Solver, typer.Option(help="ODE solver of the policy.")] = DEFAULT_SOLVER,
@@ -132,7 +132,7 @@ def train(
             cfg = cfg.override(**overrides)
     else:
         cfg = TrainConfig(
-            env=env, steps=DEFAULT.steps if steps is None else steps, seed=seed, out=str(out), hidden=hidden,
+            env=env, steps=DEFAULT.steps if steps is None else steps, seed=seed, out=out, hidden=hidden,
             flow_steps=flow_steps, solver=solver.value, gamma=gamma, lr=lr, tau=tau, policy_delay=policy_delay,
             lam=lam, expectile=expectile, cfm_weighting=cfm_weighting.value, batch_size=batch_size,
             buffer_size=buffer_size, start_steps=start_steps, recent_fraction=recent_fraction,
