@@ -160,11 +160,13 @@ def contract_from_metadata(metadata: dict[str, str]) -> tuple[PolicyContract, di
     """Read back what :func:`contract_to_metadata` wrote; raise :class:`SpecError` if absent or altered."""
     if CONTRACT_KEY not in metadata:
         raise SpecError("the model carries no flowrl policy contract: was it exported by `flowrl export`?")
-    try:
-        contract = PolicyContract.from_dict(json.loads(metadata[CONTRACT_KEY]))
-        provenance = json.loads(metadata.get(PROVENANCE_KEY, "{}"))
-    except json.JSONDecodeError as exc:
-        raise SpecError(f"the model's policy contract is not valid JSON: {exc}") from exc
+    records = {}
+    for key, what in ((CONTRACT_KEY, "policy contract"), (PROVENANCE_KEY, "provenance record")):
+        try:
+            records[key] = json.loads(metadata.get(key, "{}"))
+        except json.JSONDecodeError as exc:
+            raise SpecError(f"the model's {what} is not valid JSON: {exc}") from exc
+    contract, provenance = PolicyContract.from_dict(records[CONTRACT_KEY]), records[PROVENANCE_KEY]
     if not isinstance(provenance, dict):
         raise SpecError("the model's provenance record is not a JSON object")
     stored = metadata.get(CONTRACT_HASH_KEY)

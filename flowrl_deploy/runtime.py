@@ -45,8 +45,10 @@ def make_session(
     providers: list[str] | None = None,
     threads: int = 1,
     optimized_model_path: str | None = None,
+    name: str | None = None,
 ):
-    """An ``onnxruntime.InferenceSession`` tuned for low-latency, small-batch inference."""
+    """An ``onnxruntime.InferenceSession`` tuned for low-latency, small-batch inference; ``name``
+    is what errors call the model (default: its path)."""
     import onnxruntime as ort
 
     options = ort.SessionOptions()
@@ -62,7 +64,7 @@ def make_session(
     try:
         session = ort.InferenceSession(source, sess_options=options, providers=providers or default_providers())
     except Exception as exc:  # onnxruntime raises its own untyped errors for unreadable models
-        name = "<bytes>" if isinstance(model, bytes) else str(model)
+        name = name or ("<bytes>" if isinstance(model, bytes) else str(model))
         raise FlowRLError(f"cannot load ONNX model {name}: {exc}") from exc
     missing = [p for p in providers or () if p not in session.get_providers()]
     if missing:  # onnxruntime falls back to the CPU quietly; a provider asked for by name must run
@@ -83,27 +85,30 @@ class OnnxPolicy:
         *,
         providers: list[str] | None = None,
         threads: int = 1,
+        name: str | None = None,
     ) -> None:
+        """``model``: a path, or the file's bytes (then ``name`` names it in errors)."""
         if not isinstance(model, bytes) and Path(model).is_dir():
             raise FlowRLError(
                 f"{model} is a directory, not an ONNX file (a checkpoint? `flowrl export {model}` makes one)"
             )
         if not isinstance(model, bytes) and not Path(model).is_file():
             raise FlowRLError(f"ONNX model not found: {model}")
-        self.session = make_session(model, providers=providers, threads=threads)
+        name = name or ("model" if isinstance(model, bytes) else str(model))
+        self.session = make_session(model, providers=providers, threads=threads, name=name)
         metadata = self.session.get_modelmeta().custom_metadata_map
         try:
             self.contract, self.provenance = contract_from_metadata(metadata)
         except SpecError as exc:
-            raise FlowRLError(f"{model if not isinstance(model, bytes) else 'model'}: {exc}") from exc
+            raise FlowRLError(f"{name}: {exc}") from exc
         self.input_names = [i.name for i in self.session.get_inputs()]
         self.output_name = self.session.get_outputs()[0].name
-        self._check_graph_matches_contract(model if not isinstance(model, bytes) else "model")
+        self._check_graph_matches_contract(name)
         obs_batch = next((i.shape[0] for i in self.session.get_inputs() if i.name == OBS_INPUT and i.shape), None)
         self.fixed_batch: int | None = obs_batch if isinstance(obs_batch, int) and obs_batch > 0 else None
         """The batch size of a graph exported with ``--batch N`` (``act`` pads and splits to it); None: dynamic."""
 
-    def _check_graph_matches_contract(self, name: object) -> None:
+    def _check_graph_matches_contract(self, name: str) -> None:
         """The graph's tensors must be the ones its contract promises (a hand-edited file may differ)."""
         c = self.contract
         if sorted(self.input_names) != sorted(c.input_names) or self.output_name != c.output_name:

@@ -62,7 +62,7 @@ def resolve_onnx(model: str, workdir: Path) -> Path:
 def load_model(path: Path, generation: int, *, providers: list[str] | None, threads: int) -> ServedModel:
     """Load ``path``; its version is ``v<generation>-<sha256 prefix of the file>``."""
     data = path.read_bytes()
-    policy = OnnxPolicy(data, providers=providers, threads=threads)
+    policy = OnnxPolicy(data, providers=providers, threads=threads, name=str(path))
     digest = hashlib.sha256(data).hexdigest()[:10]
     return ServedModel(path, policy, f"v{generation}-{digest}")
 

@@ -44,3 +44,18 @@ def test_inspect_shows_an_odd_provenance_record_as_it_is(tmp_path):
     result = runner.invoke(app, ["inspect", str(path)])
     assert result.exit_code == 0 and "Traceback" not in result.output, result.output
     assert 'verified     {"passed": 1}' in result.output
+
+
+def test_serving_a_file_that_is_not_onnx_names_the_file(tmp_path):
+    path = tmp_path / "garbage.onnx"
+    path.write_bytes(b"\x00not a model")
+    result = runner.invoke(app, ["serve", str(path), "--port", "0"])
+    assert result.exit_code == 1 and "Traceback" not in result.output
+    assert f"cannot load ONNX model {path}" in result.output
+
+
+def test_a_provenance_record_that_is_not_json_is_called_so(tmp_path):
+    path = write_policy(tmp_path / "policy.onnx")
+    rewrite_metadata(path, {PROVENANCE_KEY: "{oops"})
+    with pytest.raises(FlowRLError, match="provenance record is not valid JSON"):
+        OnnxPolicy(path)
