@@ -119,7 +119,7 @@ class OnnxPolicy:
         widths = {OBS_INPUT: c.obs_dim, NOISE_INPUT: c.act_dim, c.output_name: c.act_dim}
         for tensor in (*self.session.get_inputs(), *self.session.get_outputs()):
             width = tensor.shape[-1] if tensor.shape else None
-            if isinstance(width, int) and width != widths[tensor.name]:
+            if isinstance(width, int) and tensor.name in widths and width != widths[tensor.name]:
                 raise FlowRLError(
                     f"{name}: its {tensor.name} tensor has {width} columns, but its contract says {widths[tensor.name]}"
                 )

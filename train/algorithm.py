@@ -52,10 +52,14 @@ def training_bytes(spec: PolicySpec) -> int:
     """Memory of the networks while training: the weights of all six, plus gradients and Adam's
     two moments of the four trained ones (counted on the meta device, which allocates nothing)."""
     with torch.device("meta"):
-        trained = [FlowActor(spec), TwinQ(spec.obs_dim, spec.act_dim, spec.hidden), ValueNet(spec.obs_dim, spec.hidden)]
-        trained.append(TwinQ(spec.obs_dim, spec.act_dim, spec.hidden))
-    counts = [sum(p.numel() for p in module.parameters()) for module in trained]
-    return 4 * (4 * sum(counts) + 2 * counts[1])  # + the two target critics
+        actor, twin_q, value = (
+            FlowActor(spec),
+            TwinQ(spec.obs_dim, spec.act_dim, spec.hidden),
+            ValueNet(spec.obs_dim, spec.hidden),
+        )
+    actor_n, q_n, value_n = (sum(p.numel() for p in m.parameters()) for m in (actor, twin_q, value))
+    trained = actor_n + 2 * q_n + value_n  # actor, Q^π, Q^β, V: weights, gradients, two Adam moments
+    return 4 * (4 * trained + 2 * q_n)  # + the two target critics' weights
 
 
 def soft_update(target: nn.Module, online: nn.Module, rate: float) -> None:
