@@ -53,7 +53,9 @@ def serve(
     batch_window_us: Annotated[int, typer.Option(help="Wait this long for more requests after the first (µs).")] = 0,
     batch_workers: Annotated[int, typer.Option(help="Batches run concurrently (about one per core).")] = 2,
     workers: Annotated[int, typer.Option(help="gRPC handler threads (each open StreamAct holds one).")] = 128,
-    token: Annotated[str, typer.Option(help="Shared secret every call must send.", envvar="FLOWRL_TOKEN")] = "",
+    token: Annotated[
+        str | None, typer.Option(help="Shared secret every call must send.", envvar="FLOWRL_TOKEN")
+    ] = None,
     tls_cert: Annotated[str, typer.Option(help="PEM certificate chain for TLS.")] = "",
     tls_key: Annotated[str, typer.Option(help="PEM private key for TLS.")] = "",
     client_ca: Annotated[str, typer.Option(help="PEM CA: require client certificates (mTLS).")] = "",
@@ -81,6 +83,10 @@ def serve(
     for flag, value in counts.items():
         if value < 1:
             raise FlowRLError(f"{flag} must be >= 1, got {value}")
+    if token is not None and not token.strip():  # e.g. --token "$SECRET" with SECRET unset: no auth at all
+        raise FlowRLError(
+            "--token is empty (an unset variable?); give the secret, or leave --token out to serve without one"
+        )
     if batch_window_us < 0:
         raise FlowRLError(f"--batch-window-us must be >= 0, got {batch_window_us}")
     if max_batch > MAX_BATCH:
@@ -107,7 +113,7 @@ def serve(
         max_message_bytes=max_message_bytes,
         max_sessions=max_sessions,
         session_idle_s=session_idle_s,
-        token=token,
+        token=token or "",
         tls_cert=tls_cert,
         tls_key=tls_key,
         client_ca=client_ca,

@@ -35,6 +35,7 @@ def policy(tmp_path_factory):
         (["--port", "0", "--workers", "0"], "--workers must be >= 1, got 0"),
         (["--port", "0", "--batch-window-us", "-1"], "--batch-window-us must be >= 0"),
         (["--port", "0", "--max-batch", "100000000"], "--max-batch must be at most 4096"),
+        (["--port", "0", "--token", ""], "--token is empty (an unset variable?)"),
         (["--port", "0", "--cpus", "x"], "--cpus 'x': use core ids"),
         (["--port", "0", "--tls-cert", "{policy}", "--tls-key", "{policy}"], "is not a PEM file"),
     ],
