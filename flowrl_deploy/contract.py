@@ -18,6 +18,7 @@ from dataclasses import asdict, dataclass, fields
 from typing import Any
 
 from flowrl_deploy.errors import SpecError
+from flowrl_deploy.fieldtypes import wrong_type
 
 CONTRACT_KEY = "flowrl.contract"
 CONTRACT_HASH_KEY = "flowrl.contract_hash"
@@ -41,27 +42,6 @@ _HASHED = (
     "input_names",
     "output_name",
 )
-
-
-_FIELD_TYPES: dict[str, type | tuple[type, ...]] = {
-    "obs_dim": int,
-    "act_dim": int,
-    "action_low": tuple,
-    "action_high": tuple,
-    "obs_layout": tuple,
-    "action_names": tuple,
-    "action_rescaled": bool,
-    "obs_normalization": str,
-    "control_period_s": (int, float),
-    "flow_steps": int,
-    "solver": str,
-    "t_schedule": str,
-    "noise_convention": str,
-    "deterministic": bool,
-    "env_id": str,
-    "input_names": tuple,
-    "output_name": str,
-}
 
 
 @dataclass(frozen=True)
@@ -92,13 +72,12 @@ class PolicyContract:
 
     def __post_init__(self) -> None:
         """Refuse a contract no exported graph can have (a hand-edited or corrupt file)."""
-        for field in fields(self):
-            value, kind = getattr(self, field.name), _FIELD_TYPES[field.name]
-            if kind is tuple:
-                if not isinstance(value, tuple):
-                    raise SpecError(f"policy contract field {field.name} must be a list, got {value!r}")
-            elif (isinstance(value, bool) and kind is not bool) or not isinstance(value, kind):
-                raise SpecError(f"policy contract field {field.name} has the wrong type: {value!r}")
+        wrong = wrong_type(self)
+        if wrong is not None:
+            name, expected = wrong
+            raise SpecError(
+                f"policy contract field {name} has the wrong type: {getattr(self, name)!r} ({expected} wanted)"
+            )
         if self.obs_dim < 1 or self.act_dim < 1 or self.flow_steps < 1:
             raise SpecError("policy contract: obs_dim, act_dim and flow_steps must be >= 1")
         if len(self.action_low) != self.act_dim or len(self.action_high) != self.act_dim:

@@ -13,10 +13,9 @@ from pathlib import Path
 from typing import Any
 
 from flowrl_deploy.errors import FlowRLError
+from flowrl_deploy.fieldtypes import wrong_type
 from flowrl_deploy.spec import SOLVERS
 
-_TYPES = {"str": str, "int": int, "float": (int, float), "bool": bool}  # the fields' annotations
-_TYPE_NAMES = {str: "a string", int: "an integer", (int, float): "a number", bool: "true or false"}
 CFM_WEIGHTINGS = ("batch", "sample")
 DEVICES = ("auto", "cpu", "cuda")
 CONFIG_FILE = "config.json"
@@ -107,12 +106,13 @@ class TrainConfig:
 
     def validate(self) -> None:
         """Raise :class:`ConfigError` naming the first setting of the wrong type or out of range."""
+        wrong = wrong_type(self)
+        if wrong is not None:
+            name, expected = wrong
+            raise ConfigError(f"{name} must be {expected}, got {getattr(self, name)!r}")
         for field in fields(self):
-            value, kind = getattr(self, field.name), _TYPES[field.type]
-            if (isinstance(value, bool) and kind is not bool) or not isinstance(value, kind):
-                raise ConfigError(f"{field.name} must be {_TYPE_NAMES[kind]}, got {value!r}")
-            if kind == (int, float) and not math.isfinite(value):
-                raise ConfigError(f"{field.name} must be a finite number, got {value!r}")
+            if field.type == "float" and not math.isfinite(getattr(self, field.name)):
+                raise ConfigError(f"{field.name} must be a finite number, got {getattr(self, field.name)!r}")
         if not self.out.strip():
             raise ConfigError("out must name a directory for the run, got an empty string")
         positive = (
