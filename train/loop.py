@@ -129,15 +129,15 @@ def train(
     the first Ctrl-C ends the run after the current step with a saved ``last`` checkpoint and
     ``TrainResult.interrupted``; otherwise Ctrl-C raises ``KeyboardInterrupt`` as usual.
     """
-    run_dir = Path(cfg.out) if resume is None else resolve_checkpoint(resume).parent.parent
+    start = None if resume is None else resolve_checkpoint(resume)
+    run_dir = Path(cfg.out) if start is None else start.parent.parent
     if run_dir.exists() and not run_dir.is_dir():
         raise FlowRLError(f"--out {run_dir} is a file, not a directory; choose a directory for the run")
     if resume is None and any((run_dir / CHECKPOINTS_DIR).glob("step_*")):
         raise FlowRLError(
             f"{run_dir} already holds a run's checkpoints; continue it with --resume {run_dir} or choose another --out"
         )
-    if resume is not None:
-        start = resolve_checkpoint(resume)
+    if start is not None:
         later = sorted(p.name for p in start.parent.glob("step_*") if p.name > start.name)
         if later:
             raise FlowRLError(
@@ -176,7 +176,7 @@ def train(
         )
 
     obs, episode_return = env.reset(episode_seed(cfg.seed, counters.episodes)), 0.0
-    last_checkpoint = resolve_checkpoint(resume) if resume is not None else None
+    last_checkpoint = start
     first_step = counters.env_steps
     metrics: dict[str, torch.Tensor] = {}
     stop = _StopOnSigint(stop_on_sigint)

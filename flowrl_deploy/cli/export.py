@@ -79,11 +79,12 @@ def export(
     from flowrl_deploy.export.sweep import sweep_path
 
     step_list = parse_steps(steps)
+    sweep = report or len(step_list) > 1  # one file per N (policy.n10.onnx), or just --out
     if episodes < 0:
         raise FlowRLError(f"--episodes must be >= 0 (0: latency only), got {episodes}")
     if json_out is not None:
         check_writable("--json", json_out)
-        onnx_files = [out] if len(step_list) == 1 and not report else [sweep_path(out, n) for n in step_list]
+        onnx_files = [sweep_path(out, n) for n in step_list] if sweep else [out]
         if json_out.resolve() in [f.resolve() for f in onnx_files]:
             raise FlowRLError(f"--json {json_out} is also the ONNX file to write; give the report another name")
     if not report and (episodes or env is not None):
@@ -99,7 +100,7 @@ def export(
         verify=verify,
         seed=seed,
     )
-    if report or len(step_list) > 1:
+    if sweep:
         from flowrl_deploy.export.sweep import format_sweep, sweep_steps
 
         rows = sweep_steps(checkpoint, out, config, step_list, env_id=env, episodes=episodes, seed=seed)
