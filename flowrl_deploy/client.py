@@ -404,8 +404,8 @@ class ControlSession:
                 return None
             if reply.seq != self._seq:
                 continue  # the late answer to an earlier tick
-            self._opened = True
             if reply.status.code == 0:
+                self._opened = True  # only now: a refused opening is sent again with the seed and pin
                 self._retry_in = self._backoff_s[0]
                 return reply
             code = grpc.StatusCode[_code_name(reply.status.code)]
