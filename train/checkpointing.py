@@ -24,7 +24,8 @@ class RunCheckpoints:
 
     Every save writes ``step_XXXXXXXXX`` and points ``last`` at it, and ``best``
     too when it holds the best evaluation so far. Periodic checkpoints (multiples of
-    ``save_every``) are kept; any other step directory is removed once neither link names it.
+    ``save_every``) are kept; any other step directory is removed once neither link names it,
+    and so is what a save cut short by a crash left behind (``.step_*.tmp-*``).
     """
 
     def __init__(self, run_dir: str | Path, save_every: int) -> None:
@@ -54,6 +55,8 @@ class RunCheckpoints:
         for path in self.dir.glob("step_*"):
             if path.resolve() not in linked and not self._is_periodic(path):
                 shutil.rmtree(path, ignore_errors=True)
+        for partial in self.dir.glob(".step_*.tmp-*"):
+            shutil.rmtree(partial, ignore_errors=True)
 
 
 def load_actor(path: str | Path, device: torch.device | str = "cpu") -> FlowActor:

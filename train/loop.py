@@ -235,7 +235,7 @@ def train(
             if cfg.save_every and step % cfg.save_every == 0:
                 last_checkpoint = save()
             bar.update(step, agent.updates)
-        if not stop.requested or counters.env_steps > first_step:  # a stop before any step saves nothing
+        if counters.env_steps > first_step:  # no step taken (a stop, or a finished run resumed): nothing new to save
             last_checkpoint = save()
     finally:
         stop.restore()

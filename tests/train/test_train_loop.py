@@ -98,6 +98,32 @@ def test_resume_without_a_saved_buffer_keeps_the_counters(run, tmp_path):
     assert counters["updates"] == 101 + (100 - 15)  # refills 16 transitions before updating again
 
 
+def test_resuming_a_finished_run_rewrites_nothing(run, tmp_path):
+    import shutil
+
+    copy = shutil.copytree(run.run_dir, tmp_path / "copy", symlinks=True)
+    last = copy / "checkpoints" / "step_000000400"
+    before = {p.name: p.stat().st_mtime_ns for p in last.iterdir()}
+    resumed = train(resume_config(copy, steps=400), resume=copy, progress=False)
+    assert resumed.last_checkpoint == last.resolve()
+    assert {p.name: p.stat().st_mtime_ns for p in last.iterdir()} == before  # not written again
+    assert sorted(p.name for p in (copy / "checkpoints").iterdir()) == sorted(
+        p.name for p in (run.run_dir / "checkpoints").iterdir()
+    )
+
+
+def test_a_save_cut_short_by_a_crash_is_cleaned_up_by_the_next(run, tmp_path):
+    import shutil
+
+    copy = shutil.copytree(run.run_dir, tmp_path / "copy", symlinks=True)
+    partial = copy / "checkpoints" / ".step_000000500.tmp-crashed"
+    partial.mkdir()
+    (partial / "model.safetensors").write_bytes(b"half written")
+    train(resume_config(copy, steps=500), resume=copy, progress=False)
+    assert not partial.exists()
+    assert (copy / "checkpoints" / "last").resolve().name == "step_000000500"
+
+
 def test_a_corrupt_checkpoint_is_a_clear_error(run, tmp_path):
     import shutil
 
