@@ -7,7 +7,7 @@ import time
 import grpc
 import numpy as np
 import pytest
-from tiny_policy import ACT_DIM, OBS_DIM, tiny_contract, write_policy
+from tiny_policy import ACT_DIM, tiny_contract, write_policy
 
 from flowrl_deploy.client import PolicyClient, ServiceError, WatchdogError
 from flowrl_deploy.serve import PolicyServer, ServeConfig
@@ -109,4 +109,3 @@ def test_local_fallback_must_be_the_served_policy(client, tmp_path):
     other = write_policy(tmp_path / "other.onnx", action_names=("up", "down"))
     with pytest.raises(FlowRLError, match=r"is not the served policy \(action_names"):
         client.session(period_s=0.02, fallback="local", local_model=str(other))
-    assert OBS.shape == (OBS_DIM,)

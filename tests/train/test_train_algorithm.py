@@ -76,9 +76,57 @@ def test_target_critics_keep_tau_of_their_weights_at_each_target_update():
         torch.testing.assert_close(got, 0.95 * old + 0.05 * new)
 
 
-def test_actor_sampling_respects_the_bounds():
-    action = make_agent().act(np.zeros(3, np.float32))
-    assert action.shape == (2,) and (np.abs(action) <= [1.0, 2.0]).all()
+def test_the_critic_step_regresses_each_critic_on_its_own_target():
+    """Written out from the algorithm's text, not from the loss module: Q^π toward the *target*
+    Q^π at a' ~ π(s'), Q^β toward V(s'), V toward the *target* Q^β at the buffer action."""
+    agent = make_agent(gamma=0.9, expectile=0.7)
+    with torch.no_grad():  # targets that differ from their online critics, as after training a while
+        agent.q_pi_target.net[-1].bias += 3.0
+        agent.q_beta_target.net[-1].bias -= 3.0
+    obs, action, reward, next_obs, mask = (torch.as_tensor(x) for x in batch(0))
+    torch.manual_seed(5)
+    with torch.no_grad():
+        next_action = agent.actor(next_obs)
+        y_pi = reward + 0.9 * mask * agent.q_pi_target(next_obs, next_action).min(dim=0).values
+        y_beta = reward + 0.9 * mask * agent.value(next_obs)
+        q_beta = agent.q_beta(obs, action)
+        u = agent.q_beta_target(obs, action).min(dim=0).values - agent.value(obs)
+        expected = {
+            "q_pi_loss": ((agent.q_pi(obs, action) - y_pi) ** 2).mean(dim=1).sum(),
+            "q_beta_loss": ((q_beta - y_beta) ** 2).mean(dim=1).sum(),
+            "value_loss": (torch.where(u > 0, 0.7, 0.3) * u**2).mean(),
+        }
+    torch.manual_seed(5)
+    metrics, min_q_beta = agent.critic_step(obs, action, reward, next_obs, mask)
+    for name, value in expected.items():
+        torch.testing.assert_close(metrics[name], value, msg=name)
+    torch.testing.assert_close(min_q_beta, q_beta.min(dim=0).values)  # before Q^β's own step
+
+
+@pytest.mark.parametrize("weighting", ["batch", "sample"])
+def test_the_actor_step_maximises_q_pi_plus_advantage_weighted_flow_matching(weighting):
+    """−min Q^π(s, π(s)) + flow matching toward the buffer action from clamped noise, weighted by
+    clamp(λ·exp(A⁺ − mean A⁺), 1e-3, 1) with A = Q^β(s, a) − Q^π(s, π(s))."""
+    agent = make_agent(lam=0.5, cfm_weighting=weighting)
+    obs, action, *_ = (torch.as_tensor(x) for x in batch(0))
+    min_q_beta = torch.linspace(-2.0, 6.0, 8)  # advantages of both signs
+    torch.manual_seed(7)
+    with torch.no_grad():
+        min_q_pi = agent.q_pi(obs, agent.actor(obs)).min(dim=0).values
+        positive = (min_q_beta - min_q_pi).clamp(min=0)
+        weights = (0.5 * torch.exp(positive - positive.mean())).clamp(1e-3, 1.0)
+        a0 = torch.randn(8, 2).clamp(-1.0, 1.0)
+        t = torch.rand(8, 1)
+        target = action / torch.tensor([1.0, 2.0])  # the buffer action in [-1, 1] (bounds ±1, ±2)
+        a_t = t * target + (1 - t) * a0
+        error = ((agent.actor.velocity(obs, a_t, t) - (target - a0)) ** 2).mean(dim=-1)
+        flow_matching = weights.mean() * error.mean() if weighting == "batch" else (weights * error).mean()
+    assert 0 < (weights < 1).sum() < 8  # the clamp binds on some samples, not all
+    torch.manual_seed(7)
+    metrics = agent.actor_step(obs, action, min_q_beta)
+    torch.testing.assert_close(metrics["flow_weight"], weights.mean())
+    torch.testing.assert_close(metrics["flow_matching_loss"], flow_matching)
+    torch.testing.assert_close(metrics["actor_loss"], -min_q_pi.mean() + flow_matching)
 
 
 def test_restored_state_continues_with_identical_updates():

@@ -73,6 +73,25 @@ class FallingEnv(gym.Env):
 gym.register("FlowRLTestFalling-v0", entry_point=FallingEnv, max_episode_steps=5)
 
 
+def test_training_masks_the_bootstrap_after_a_fall_but_not_after_a_time_limit(tmp_path):
+    from flowrl_deploy.checkpoint import load_checkpoint
+    from flowrl_deploy.train.config import TrainConfig
+    from flowrl_deploy.train.loop import train
+
+    cfg = TrainConfig(env="FlowRLTestFalling-v0", steps=80, start_steps=80, hidden=8, batch_size=8, eval_every=0,
+                      save_replay=True, out=str(tmp_path / "run"), threads=1)  # fmt: skip
+    replay = load_checkpoint(train(cfg, progress=False).last_checkpoint, training_state=True).replay
+    t, ends = 0, {"fall": 0, "time limit": 0}
+    for action, mask in zip(replay["action"][:, 0], replay["mask"], strict=True):
+        t += 1
+        fell = t == 3 and action > 0.25
+        assert mask == (0.0 if fell else 1.0), (t, action)
+        if fell or t == 5:
+            ends["fall" if fell else "time limit"] += 1
+            t = 0
+    assert ends["fall"] > 0 and ends["time limit"] > 0
+
+
 def run(env, action):
     env.reset(seed=0)
     for _ in range(10):
