@@ -10,7 +10,7 @@ A run directory looks like this::
                 checkpoint.json        # format tag, policy spec, config, counters, versions
                 model.safetensors      # the actor (velocity field); spec repeated in __metadata__
                 training_state.safetensors  # critics, targets, optimizer moments, RNG states
-                training_state.json    # optimizer hyper-state, numpy/python RNG states
+                training_state.json    # update count, optimizer hyper-state, warm-up and replay RNG states
                 replay.safetensors     # the replay buffer, when saved
             last -> step_000050000     # symlinks, swapped atomically
             best -> step_000040000

@@ -1,4 +1,5 @@
-"""The server's configuration; ``flowrl serve`` flags map 1:1 to these fields."""
+"""The server's configuration: one field per ``flowrl serve`` flag, plus a few settings
+(grace period, watch interval, rows per request) that only code sets."""
 
 from __future__ import annotations
 
@@ -30,7 +31,7 @@ class ServeConfig:
     session_idle_s: float = 600.0
     """A session opened by Reset (no stream owns it) is dropped after this long unused."""
     max_message_bytes: int = 1 << 20
-    """Larger requests are refused with RESOURCE_EXCEEDED."""
+    """Larger requests are refused with RESOURCE_EXHAUSTED."""
     max_request_batch: int = 1024
     """Most observations one Act request may carry."""
     token: str = ""

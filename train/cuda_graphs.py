@@ -30,7 +30,7 @@ if TYPE_CHECKING:
 class CudaGraphUpdate:
     """``update(batch)`` for a FlowRL agent on a CUDA device; see the module docstring."""
 
-    EAGER_WARMUP = 4  # eager updates before capture; covers both steps when policy_delay ≤ 4
+    EAGER_WARMUP = 4  # eager updates before capture (at least policy_delay, so both steps have run)
 
     def __init__(self, agent: FlowRL) -> None:
         self.agent = agent

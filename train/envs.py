@@ -12,8 +12,8 @@ from __future__ import annotations
 
 import importlib
 import os
-from dataclasses import dataclass, field
-from typing import Any, Protocol
+from dataclasses import dataclass
+from typing import Protocol
 
 import numpy as np
 
@@ -39,7 +39,6 @@ class EnvInfo:
     obs_layout: tuple[tuple[str, int], ...] = ()
     action_names: tuple[str, ...] = ()
     control_period_s: float = 0.0
-    extra: dict[str, Any] = field(default_factory=dict)
 
 
 class Env(Protocol):
@@ -104,9 +103,10 @@ class DMCEnv:
 
 
 class GymEnv:
-    """A gymnasium environment with a Box action space (HumanoidBench's h1-* ids included)."""
+    """A gymnasium environment with a Box action space (HumanoidBench's h1-* ids included).
+    Episodes are seeded by ``reset(seed)``; gymnasium keeps no other seed worth setting."""
 
-    def __init__(self, env_id: EnvId, seed: int) -> None:
+    def __init__(self, env_id: EnvId) -> None:
         try:
             import gymnasium as gym
         except ImportError as exc:
@@ -135,8 +135,6 @@ class GymEnv:
             obs_layout=(("observation", int(obs_shape[0])),),
             control_period_s=float(dt) if isinstance(dt, (int, float)) else 0.0,
         )
-        self._env.action_space.seed(seed)
-        self._seed = seed
 
     def reset(self, seed: int | None = None) -> np.ndarray:
         obs, _ = self._env.reset(seed=seed)
@@ -162,10 +160,11 @@ def _import_humanoidbench() -> Exception | None:
 def make_env(env_id: str, seed: int = 0) -> Env:
     """Make the environment named ``env_id``, seeded; raise :class:`EnvIdError` for an unknown id."""
     parsed = parse_env_id(env_id)
-    return DMCEnv(parsed, seed) if parsed.kind == "dmc" else GymEnv(parsed, seed)
+    return DMCEnv(parsed, seed) if parsed.kind == "dmc" else GymEnv(parsed)
 
 
 def episode_seed(seed: int, episode: int, stream: int = 0) -> int:
-    """The reset seed of episode ``episode`` of a run seeded ``seed``; ``stream`` keeps training (0)
-    and evaluation (1) episodes apart. A pure function, so a resumed run sees the same episodes."""
+    """The reset seed of episode ``episode`` of a run seeded ``seed``; ``stream`` keeps training
+    (0), evaluation episodes (1) and the evaluation policy's noise (2) apart. A pure function, so
+    a resumed run sees the same episodes."""
     return int(np.random.SeedSequence([seed, stream, episode]).generate_state(1)[0])

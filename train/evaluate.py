@@ -17,6 +17,7 @@ from flowrl_deploy.train.envs import Env, episode_seed, make_env
 
 ActFn = Callable[[np.ndarray], np.ndarray]
 EVAL_STREAM = 1  # evaluation episodes draw their seeds from their own stream, apart from training's
+EVAL_NOISE_STREAM = 2  # and the policy's noise during evaluations in training, apart from both
 
 
 @dataclass(frozen=True)

@@ -115,8 +115,8 @@ def _rows_up_to(path: Path, step: int) -> list[dict]:
 class Progress:
     """A one-line live status: step, env steps/s, updates/s, last episode and eval return.
 
-    On a terminal the line is redrawn in place (at most every ``interval_s``); otherwise one line
-    is printed every ``interval_s`` so that logs stay readable.
+    On a terminal the line is redrawn in place (at most every ``interval_s``); otherwise (a log
+    file) one line is printed every 30 s so that logs stay readable.
     """
 
     def __init__(

@@ -29,7 +29,7 @@ from flowrl_deploy.train.algorithm import FlowRL, resolve_device, training_bytes
 from flowrl_deploy.train.checkpointing import RunCheckpoints, actor_act_fn
 from flowrl_deploy.train.config import ConfigError, TrainConfig
 from flowrl_deploy.train.envs import Env, EnvInfo, episode_seed, make_env
-from flowrl_deploy.train.evaluate import EvalResult, evaluate
+from flowrl_deploy.train.evaluate import EVAL_NOISE_STREAM, EvalResult, evaluate
 from flowrl_deploy.train.logger import MetricsLogger, Progress
 from flowrl_deploy.train.replay import ReplayBuffer
 
@@ -250,7 +250,8 @@ def train(
 def _evaluate(agent: FlowRL, eval_env: Env, cfg: TrainConfig, step: int, deterministic: bool = False) -> EvalResult:
     """Evaluate the current policy on the evaluation env, with noise of its own (training's RNG is
     untouched), or from a0 = 0 when ``deterministic`` (what a ``--deterministic`` export serves)."""
-    act = actor_act_fn(agent.actor, seed=episode_seed(cfg.seed, step, stream=2), deterministic=deterministic)
+    noise_seed = episode_seed(cfg.seed, step, stream=EVAL_NOISE_STREAM)
+    act = actor_act_fn(agent.actor, seed=noise_seed, deterministic=deterministic)
     return evaluate(act, eval_env, cfg.eval_episodes, seed=cfg.seed)
 
 

@@ -69,7 +69,7 @@ class ReplayBuffer:
         return Batch(*(getattr(self, name)[idx] for name in FIELDS))
 
     def state_dict(self) -> tuple[dict[str, np.ndarray], dict]:
-        """(arrays of the filled part, JSON state: position, size, sampler RNG)."""
+        """(arrays of the filled part, JSON state: position, size, capacity); the sampler's RNG is :meth:`rng_state`."""
         arrays = {name: getattr(self, name)[: self.size] for name in FIELDS}
         return arrays, {"pos": self.pos, "size": self.size, "capacity": self.capacity}
 
