@@ -65,6 +65,9 @@ class MicroBatcher:
         self._collecting = threading.Lock()
         self._carry: object = None
         """A request that did not fit the last batch: it opens the next one."""
+        self._closing = False
+        self._admission = threading.Lock()
+        """Orders :meth:`submit` against :meth:`close`: nothing is queued behind the workers' stop."""
         self._workers = [
             threading.Thread(target=self._loop, name=f"flowrl-batcher-{i}", daemon=True)
             for i in range(max(1, workers) if max_batch > 1 else 0)
@@ -75,16 +78,20 @@ class MicroBatcher:
     def submit(self, obs: np.ndarray, noise: np.ndarray | None, deadline: float | None = None) -> Future:
         """A future of the :class:`BatchResult` for these rows."""
         request = _Request(obs, noise, deadline)
-        if not self._workers:
+        with self._admission:
+            queued = bool(self._workers) and not self._closing
+            if queued:
+                self._queue.put(request)
+        if not queued:  # no workers, or closing: run in the caller's thread
             self._execute([request])
-        else:
-            self._queue.put(request)
         return request.future
 
     def close(self) -> None:
-        """Finish the queued requests, then stop the worker."""
-        for _ in self._workers:
-            self._queue.put(_STOP)
+        """Finish the queued requests, then stop the workers; later requests run in their caller."""
+        with self._admission:
+            self._closing = True
+            for _ in self._workers:
+                self._queue.put(_STOP)
         for worker in self._workers:
             worker.join(timeout=10)
         self._workers = []

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import functools
+import json
 import math
 from collections.abc import Callable
 from enum import Enum
@@ -49,6 +50,15 @@ def check_writable(flag: str, path: Path) -> None:
         raise FlowRLError(f"cannot write {flag} {path}: {exc.strerror or exc}") from None
     if not existed:
         path.unlink()
+
+
+def write_report(flag: str, path: Path, report: object) -> None:
+    """Write a command's JSON report to ``path`` (checked earlier by :func:`check_writable`)."""
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(json.dumps(report, indent=2) + "\n")
+    except OSError as exc:
+        raise FlowRLError(f"cannot write {flag} {path}: {exc.strerror or exc}") from None
 
 
 P = ParamSpec("P")

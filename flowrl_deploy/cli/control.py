@@ -2,13 +2,12 @@
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 from typing import Annotated
 
 import typer
 
-from flowrl_deploy.cli._common import check_writable, finite, user_errors
+from flowrl_deploy.cli._common import check_writable, finite, user_errors, write_report
 
 
 @user_errors
@@ -65,11 +64,7 @@ def control(
     )
     typer.echo(report.summary())
     if json_path is not None:
-        try:
-            json_path.parent.mkdir(parents=True, exist_ok=True)
-            json_path.write_text(json.dumps(report.to_dict(), indent=1))
-        except OSError as exc:
-            raise FlowRLError(f"cannot write the report to {json_path}: {exc.strerror or exc}") from None
+        write_report("--json", json_path, report.to_dict())
     if report.interrupted:
         typer.secho("interrupted: the figures above cover the completed episodes and ticks", err=True)
         raise typer.Exit(130)

@@ -2,14 +2,13 @@
 
 from __future__ import annotations
 
-import json
 from enum import Enum
 from pathlib import Path
 from typing import Annotated
 
 import typer
 
-from flowrl_deploy.cli._common import Solver, check_writable, user_errors
+from flowrl_deploy.cli._common import Solver, check_writable, user_errors, write_report
 from flowrl_deploy.errors import FlowRLError
 
 MAX_STEPS = 1000
@@ -113,8 +112,4 @@ def export(
         typer.echo(result.summary())
         records = [result.to_dict()]
     if json_out:
-        try:
-            json_out.parent.mkdir(parents=True, exist_ok=True)
-            json_out.write_text(json.dumps(records, indent=2))
-        except OSError as exc:
-            raise FlowRLError(f"cannot write the report to {json_out}: {exc.strerror or exc}") from None
+        write_report("--json", json_out, records)

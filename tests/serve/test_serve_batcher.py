@@ -68,6 +68,29 @@ def test_idle_workers_do_not_split_a_batch():
     assert run.sizes == [4]  # one worker collects while the other waits its turn
 
 
+def test_a_request_submitted_while_the_batcher_closes_is_still_answered():
+    release = threading.Event()
+
+    def run(obs, noise):
+        if obs[0, 0] == 0:
+            release.wait(5)  # the first request holds the worker
+        return obs * 2 + noise, "v", 1
+
+    batcher = MicroBatcher(run, max_batch=4, window_us=0)
+    busy = batcher.submit(*_rows(0))
+    time.sleep(0.05)
+    closing = threading.Thread(target=batcher.close)
+    closing.start()
+    time.sleep(0.05)  # close() has queued the worker's stop and waits for it
+    late = batcher.submit(*_rows(1))
+    try:
+        np.testing.assert_array_equal(late.result(timeout=1).action, np.full((1, 2), 2.5, np.float32))
+    finally:
+        release.set()
+        closing.join(timeout=10)
+    assert busy.result(timeout=5).batch_size == 1
+
+
 def test_an_error_reaches_every_waiter_of_the_batch():
     def failing(obs, noise):
         time.sleep(0.02)
