@@ -13,7 +13,7 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from flowrl_deploy.checkpoint import MODEL_FILE, check_output_path, load_checkpoint
+from flowrl_deploy.checkpoint import MODEL_FILE, apply_umask, check_output_path, load_checkpoint
 from flowrl_deploy.contract import NOISE_INPUT, OBS_INPUT, PolicyContract, contract_to_metadata
 from flowrl_deploy.errors import FlowRLError
 from flowrl_deploy.export.config import ExportConfig
@@ -178,6 +178,7 @@ def _write_atomically(path: Path, data: bytes) -> None:
             f.write(data)
             f.flush()
             os.fsync(f.fileno())
+        apply_umask(Path(tmp))
         os.replace(tmp, path)
     except BaseException as exc:
         Path(tmp).unlink(missing_ok=True)

@@ -113,6 +113,8 @@ def save_checkpoint(
         if replay:
             save_file(_contiguous(replay), str(tmp / REPLAY_FILE))
         _write_json(tmp / DOCUMENT_FILE, document)  # last: its presence marks a complete checkpoint
+        for child in (*tmp.iterdir(), tmp):
+            apply_umask(child)
         _fsync_tree(tmp)
         if final.exists() and not final.is_symlink():
             aside = final.with_name(f".{final.name}.old-{os.getpid()}")
@@ -248,6 +250,25 @@ def _write_json(path: Path, data: dict[str, Any]) -> None:
         json.dump(data, f, indent=2, sort_keys=True)
         f.flush()
         os.fsync(f.fileno())
+
+
+def apply_umask(path: Path) -> None:
+    """Give ``path`` the permissions a plain ``open``/``mkdir`` would: 0666 (0777 for a directory)
+    less the umask. ``mkstemp``/``mkdtemp`` and safetensors create owner-only files, which a
+    server running as another user could not read."""
+    os.chmod(path, (0o777 if path.is_dir() else 0o666) & ~_umask())
+
+
+def _umask() -> int:
+    try:  # Linux: read it without the set-and-restore below, which other threads could observe
+        for line in Path("/proc/self/status").read_text().splitlines():
+            if line.startswith("Umask:"):
+                return int(line.split()[1], 8)
+    except (OSError, ValueError, IndexError):
+        pass
+    mask = os.umask(0o022)
+    os.umask(mask)
+    return mask
 
 
 def _fsync_tree(path: Path) -> None:

@@ -51,6 +51,19 @@ class TestRoundTrip:
         assert loaded.replay == {}
         assert [p.name for p in tmp_path.iterdir()] == ["c"]
 
+    @pytest.mark.parametrize("umask", [0o022, 0o077])
+    def test_files_get_the_permissions_of_the_umask(self, tmp_path, umask):
+        old = os.umask(umask)
+        try:
+            path = save(tmp_path / "c", training_tensors={"critic.w": np.ones(3, np.float32)}, training_json={"a": 1})
+        finally:
+            os.umask(old)
+        assert path.stat().st_mode & 0o777 == 0o777 & ~umask
+        assert {p.name: p.stat().st_mode & 0o777 for p in path.iterdir()} == {
+            name: 0o666 & ~umask
+            for name in (ckpt.DOCUMENT_FILE, ckpt.MODEL_FILE, ckpt.TRAINING_TENSORS_FILE, ckpt.TRAINING_JSON_FILE)
+        }
+
     def test_run_dir_resolves_to_last_link(self, tmp_path):
         checkpoints = tmp_path / "run" / ckpt.CHECKPOINTS_DIR
         first, second = save(checkpoints / "step_1", 1.0), save(checkpoints / "step_2", 2.0)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import os
 from dataclasses import replace
 
 import numpy as np
@@ -40,6 +41,15 @@ def test_contract_and_provenance_round_trip(checkpoint, tmp_path):
     assert {"torch", "onnx", "flowrl-deploy"} <= policy.provenance["versions"].keys()
     assert report.sha256 == hashlib.sha256(report.path.read_bytes()).hexdigest()
     assert onnx.load(report.path).opset_import[0].version == 18
+
+
+def test_the_onnx_file_gets_the_permissions_of_the_umask(checkpoint, tmp_path):
+    old = os.umask(0o022)
+    try:
+        report = export_checkpoint(checkpoint, tmp_path / "policy.onnx", ExportConfig(steps=1, samples=10))
+    finally:
+        os.umask(old)
+    assert report.path.stat().st_mode & 0o777 == 0o644  # readable by a server running as another user
 
 
 def test_solver_defaults_to_the_checkpoint_and_steps_do_not_change_the_hash(checkpoint, tmp_path):
