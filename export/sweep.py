@@ -6,15 +6,19 @@ from __future__ import annotations
 import os
 from dataclasses import dataclass, replace
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
+from flowrl_deploy.checkpoint import read_spec, resolve_checkpoint
 from flowrl_deploy.contract import NOISE_INPUT, OBS_INPUT
 from flowrl_deploy.export.config import ExportConfig
 from flowrl_deploy.export.exporter import ExportReport, export_checkpoint
 from flowrl_deploy.export.timing import Timing, time_calls
 from flowrl_deploy.runtime import OnnxPolicy
+
+if TYPE_CHECKING:
+    from flowrl_deploy.train.envs import Env
 
 
 @dataclass(frozen=True)
@@ -35,9 +39,11 @@ class SweepRow:
         }
 
 
-def sweep_path(out: Path, steps: int) -> Path:
-    """policy.onnx → policy.n10.onnx"""
-    return out.with_name(f"{out.stem}.n{steps}{out.suffix or '.onnx'}")
+def sweep_paths(out: Path, steps: list[int]) -> list[Path]:
+    """The file of each N: ``out`` itself for one N, else policy.onnx → policy.n1.onnx, policy.n10.onnx, …"""
+    if len(steps) == 1:
+        return [out]
+    return [out.with_name(f"{out.stem}.n{n}{out.suffix or '.onnx'}") for n in steps]
 
 
 def sweep_steps(
@@ -51,29 +57,50 @@ def sweep_steps(
     seed: int = 0,
     timing_budget_s: float = 0.5,
 ) -> list[SweepRow]:
-    """Export ``checkpoint`` once per N in ``steps`` next to ``out``; time each, evaluate if ``episodes``."""
-    rows = []
-    for n in steps:
-        report = export_checkpoint(checkpoint, sweep_path(Path(out), n), replace(config, steps=n))
-        policy = OnnxPolicy(report.path, providers=["CPUExecutionProvider"])
-        c = policy.contract
-        batch = policy.fixed_batch or 1  # a --batch N graph only takes N rows
-        feeds = {OBS_INPUT: np.zeros((batch, c.obs_dim), np.float32)}
-        if policy.takes_noise:
-            feeds[NOISE_INPUT] = np.zeros((batch, c.act_dim), np.float32)
-        run = policy.session.run
-        latency = time_calls(lambda run=run, feeds=feeds: run(None, feeds), budget_s=timing_budget_s)
-        row = SweepRow(n, report, latency)
-        if episodes > 0:
-            from flowrl_deploy.export.act import onnx_act_fn
-            from flowrl_deploy.train.evaluate import evaluate
+    """Export ``checkpoint`` once per N in ``steps`` next to ``out``; time each, evaluate if ``episodes``.
+    The evaluation env is made and checked against the policy before anything is written."""
+    env = None
+    if episodes > 0:
+        from flowrl_deploy.train.envs import make_env
+        from flowrl_deploy.train.evaluate import check_env_fits
 
-            result = evaluate(
-                onnx_act_fn(policy, seed), env_id or c.env_id, episodes, seed, dims=(c.obs_dim, c.act_dim)
-            )
-            row = replace(row, mean_return=result.mean, std_return=result.std)
-        rows.append(row)
-    return rows
+        spec = read_spec(resolve_checkpoint(checkpoint))
+        env = make_env(env_id or spec.env_id, seed)
+        check_env_fits(env, (spec.obs_dim, spec.act_dim))
+    try:
+        return [_sweep_row(checkpoint, path, replace(config, steps=n), env, episodes, seed, timing_budget_s)
+                for n, path in zip(steps, sweep_paths(Path(out), steps), strict=True)]  # fmt: skip
+    finally:
+        if env is not None:
+            env.close()
+
+
+def _sweep_row(
+    checkpoint: str | os.PathLike[str],
+    path: Path,
+    config: ExportConfig,
+    env: Env | None,
+    episodes: int,
+    seed: int,
+    timing_budget_s: float,
+) -> SweepRow:
+    report = export_checkpoint(checkpoint, path, config)
+    policy = OnnxPolicy(report.path, providers=["CPUExecutionProvider"])
+    c = policy.contract
+    batch = policy.fixed_batch or 1  # a --batch N graph only takes N rows
+    feeds = {OBS_INPUT: np.zeros((batch, c.obs_dim), np.float32)}
+    if policy.takes_noise:
+        feeds[NOISE_INPUT] = np.zeros((batch, c.act_dim), np.float32)
+    run = policy.session.run
+    latency = time_calls(lambda: run(None, feeds), budget_s=timing_budget_s)
+    row = SweepRow(config.steps, report, latency)
+    if env is not None:
+        from flowrl_deploy.export.act import onnx_act_fn
+        from flowrl_deploy.train.evaluate import evaluate
+
+        result = evaluate(onnx_act_fn(policy, seed), env, episodes, seed)
+        row = replace(row, mean_return=result.mean, std_return=result.std)
+    return row
 
 
 def format_sweep(rows: list[SweepRow]) -> str:

@@ -54,11 +54,8 @@ def evaluate(
     """
     instance = make_env(env, seed) if isinstance(env, str) else env
     try:
-        if dims is not None and (instance.info.obs_dim, instance.info.act_dim) != tuple(dims):
-            raise FlowRLError(
-                f"{instance.info.env_id or env} has obs/act dims {instance.info.obs_dim}/{instance.info.act_dim}, "
-                f"the policy {dims[0]}/{dims[1]}: pass the --env it was trained on"
-            )
+        if dims is not None:
+            check_env_fits(instance, dims)
         returns = tuple(
             run_episode(act_fn, instance, episode_seed(seed, i, stream=EVAL_STREAM)) for i in range(episodes)
         )
@@ -66,6 +63,15 @@ def evaluate(
         if isinstance(env, str):
             instance.close()
     return EvalResult(float(np.mean(returns)), float(np.std(returns)), returns)
+
+
+def check_env_fits(env: Env, dims: tuple[int, int]) -> None:
+    """Refuse an environment whose (obs_dim, act_dim) differ from the policy's ``dims``."""
+    if (env.info.obs_dim, env.info.act_dim) != tuple(dims):
+        raise FlowRLError(
+            f"{env.info.env_id} has obs/act dims {env.info.obs_dim}/{env.info.act_dim}, "
+            f"the policy {dims[0]}/{dims[1]}: pass the --env it was trained on"
+        )
 
 
 def checkpoint_act_fn(

@@ -75,15 +75,15 @@ def export(
 ) -> None:
     """Export CHECKPOINT's flow policy as policy.onnx: obs (+ noise) → action in the env's bounds."""
     from flowrl_deploy.export import ExportConfig, export_checkpoint
-    from flowrl_deploy.export.sweep import sweep_path
+    from flowrl_deploy.export.sweep import sweep_paths
 
     step_list = parse_steps(steps)
-    sweep = report or len(step_list) > 1  # one file per N (policy.n10.onnx), or just --out
+    sweep = report or len(step_list) > 1  # a table; several N write one file each (policy.n10.onnx)
     if episodes < 0:
         raise FlowRLError(f"--episodes must be >= 0 (0: latency only), got {episodes}")
     if json_out is not None:
         check_writable("--json", json_out)
-        onnx_files = [sweep_path(out, n) for n in step_list] if sweep else [out]
+        onnx_files = sweep_paths(out, step_list)
         if json_out.resolve() in [f.resolve() for f in onnx_files]:
             raise FlowRLError(f"--json {json_out} is also the ONNX file to write; give the report another name")
     if not report and (episodes or env is not None):

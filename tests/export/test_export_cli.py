@@ -75,6 +75,13 @@ def test_steps_sweep_writes_one_file_per_n_and_a_table(checkpoint, tmp_path):
     assert all(r["p50_ms"] > 0 and r["mean_return"] is None for r in rows)
 
 
+def test_a_report_of_one_n_writes_the_out_file_itself(checkpoint, tmp_path):
+    out = tmp_path / "policy.onnx"
+    result = runner.invoke(app, ["export", str(checkpoint), "--steps", "2", "--report", "--out", str(out)])
+    assert result.exit_code == 0, result.output
+    assert [p.name for p in tmp_path.iterdir()] == ["policy.onnx"] and "p50 ms" in result.output
+
+
 @pytest.mark.parametrize(
     ("args", "message"),
     [

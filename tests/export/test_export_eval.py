@@ -81,6 +81,7 @@ def test_eval_on_an_env_of_other_sizes_is_one_clear_line(tmp_path):
     sweep = runner.invoke(app, ["export", str(checkpoint), "--steps", "2", "--report", "--episodes", "1",
                                 "--env", "Pendulum-v1", "--out", str(tmp_path / "s.onnx")])  # fmt: skip
     assert sweep.exit_code == 1 and "obs/act dims 3/1" in sweep.output
+    assert not list(tmp_path.glob("s*.onnx"))  # refused before anything was written
 
 
 def test_eval_seed_and_device_mistakes_are_one_clear_line(tmp_path):
