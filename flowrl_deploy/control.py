@@ -8,12 +8,17 @@ with ``seed`` and episode i resets with ``episode_seed(seed, i, stream=EVAL_STRE
 from __future__ import annotations
 
 import time
+from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 
 import numpy as np
 
-from flowrl_deploy.client import PolicyClient
+from flowrl_deploy.client import PolicyClient, WatchdogError
 from flowrl_deploy.errors import FlowRLError
+
+DEFAULT_HZ = 50.0
+"""The control rate when none is given and the served policy's contract has no control period."""
+FALLBACKS = ("hold", "zeros", "local")
 
 
 @dataclass
@@ -23,27 +28,35 @@ class ControlReport:
     server: str
     env_id: str
     hz: float
+    contract_hz: float | None
+    """The served policy's own rate (1 / its contract's control period); None if the contract has none."""
     seed: int
+    deadline_ms: float
     returns: list[float]
     steps: int
+    fresh_replies: int
+    """Ticks that got a fresh served action in time; the latency figures cover these only."""
     deadline_misses: int
     """Ticks whose action was a fallback (no fresh reply within the deadline)."""
     overruns: int
     """Ticks that started later than one full period after their schedule."""
-    round_trip_p50_us: float
-    round_trip_p99_us: float
-    round_trip_p999_us: float
+    round_trip_p50_us: float | None
+    """None (as are the other latency figures) when no tick got a fresh reply."""
+    round_trip_p99_us: float | None
+    round_trip_p999_us: float | None
     jitter_us: float
     """Standard deviation of the tick start times around their schedule."""
-    server_p50_us: float
-    inference_p50_us: float
-    clock_offset_us: float
+    server_p50_us: float | None
+    inference_p50_us: float | None
+    clock_offset_us: float | None
     """Median estimated server-minus-client clock offset."""
     model_versions: list[str]
     round_trip_us: list[float] = field(repr=False)
     """Every fresh reply's round trip, for a histogram."""
     interrupted: bool = False
     """Ctrl-C ended the run early (``stop_on_interrupt``); the figures cover the ticks that ran."""
+    watchdog: str = ""
+    """Why the session's watchdog stopped the run (``max_misses`` misses in a row); empty if it did not."""
 
     @property
     def mean_return(self) -> float:
@@ -57,59 +70,107 @@ class ControlReport:
         return {**asdict(self), "mean_return": self.mean_return, "miss_rate": self.miss_rate}
 
     def summary(self) -> str:
+        if self.fresh_replies:
+            latency = (
+                f"round trip p50 {self.round_trip_p50_us:.0f} µs, p99 {self.round_trip_p99_us:.0f} µs, "
+                f"p99.9 {self.round_trip_p999_us:.0f} µs (over {self.fresh_replies} fresh replies)"
+            )
+        else:
+            latency = "round trip: no fresh replies, so no latency figures"
         return (
             f"{self.env_id} at {self.hz:g} Hz via {self.server}: return {self.mean_return:.2f} over "
             f"{len(self.returns)} episodes ({self.steps} steps)\n"
-            f"round trip p50 {self.round_trip_p50_us:.0f} µs, p99 {self.round_trip_p99_us:.0f} µs, "
-            f"p99.9 {self.round_trip_p999_us:.0f} µs; jitter {self.jitter_us:.0f} µs; "
+            f"{latency}; jitter {self.jitter_us:.0f} µs; "
             f"deadline misses {self.deadline_misses} ({100 * self.miss_rate:.3f}%), overruns {self.overruns}"
         )
 
 
-def _percentiles(samples: list[float], qs: tuple[float, ...]) -> list[float]:
-    return [float(x) for x in np.percentile(samples, qs)] if samples else [0.0] * len(qs)
+def _percentiles(samples: list[float], qs: tuple[float, ...]) -> list[float | None]:
+    """Percentiles of ``samples``; None for each when there are none (never a made-up 0)."""
+    return [float(x) for x in np.percentile(samples, qs)] if samples else [None] * len(qs)
+
+
+def check_tls_files(tls_cert: str, tls_key: str) -> None:
+    """A client certificate needs its key and the other way round (mutual TLS)."""
+    if bool(tls_cert) != bool(tls_key):
+        given, missing = ("--tls-cert", "--tls-key") if tls_cert else ("--tls-key", "--tls-cert")
+        raise FlowRLError(f"--tls-cert and --tls-key go together: {given} was given without {missing}")
+
+
+def connection_hint(tls_ca: str, tls_cert: str) -> str:
+    """What to try after a failed connection, given the TLS files the user passed ('' if none fits)."""
+    if not tls_ca and not tls_cert:
+        return "if the server uses TLS, pass --tls-ca"
+    if not tls_cert:
+        return "if the server asks for client certificates (--client-ca), pass --tls-cert and --tls-key"
+    return ""
 
 
 def run_control(
     server: str,
     env_id: str | None = None,
-    hz: float = 50.0,
+    hz: float | None = None,
     episodes: int = 1,
     seed: int = 0,
     *,
     token: str = "",
     tls_ca: str = "",
+    tls_cert: str = "",
+    tls_key: str = "",
     deadline_s: float | None = None,
     fallback: str = "hold",
     local_model: str = "",
     max_steps: int | None = None,
+    max_misses: int | None = None,
     contract_hash: str = "",
     connect_timeout_s: float = 30.0,
     stop_on_interrupt: bool = False,
+    on_rate: Callable[[float, float | None], None] | None = None,
 ) -> ControlReport:
     """Run ``episodes`` episodes of ``env_id`` (default: the served policy's) at ``hz``.
 
     Each tick: read the observation, ask the server (deadline ``deadline_s``, default half the
-    period), step the simulator, sleep until the next tick. ``max_steps`` caps each episode;
-    ``contract_hash`` pins the policy contract (the server then refuses any other);
-    ``connect_timeout_s`` bounds the wait for the server to be SERVING. With ``stop_on_interrupt``,
-    Ctrl-C ends the run and the report covers what ran (``interrupted``).
+    period), step the simulator, sleep until the next tick. ``hz`` defaults to the served
+    policy's rate (its contract's control period), else :data:`DEFAULT_HZ`; once connected,
+    ``on_rate(hz, contract_hz)`` hears the rate used and the contract's (None if it has none).
+    ``max_steps`` caps each episode; ``max_misses`` misses in a row stop the run through the
+    session's watchdog (``watchdog`` in the report says why). ``contract_hash`` pins the policy
+    contract (the server then refuses any other); ``connect_timeout_s`` bounds the wait for the
+    server to be SERVING. With ``stop_on_interrupt``, Ctrl-C ends the run and the report covers
+    what ran (``interrupted``). Error messages name the ``flowrl control`` flags.
     """
     from flowrl_deploy.train.envs import episode_seed, make_env
     from flowrl_deploy.train.evaluate import EVAL_STREAM
 
-    if not hz > 0 or episodes < 1:  # `not >` also refuses NaN
-        raise FlowRLError(f"need hz > 0 and episodes >= 1, got hz={hz}, episodes={episodes}")
+    if hz is not None and not hz > 0:  # `not >` also refuses NaN
+        raise FlowRLError(f"--hz must be > 0, got {hz:g}")
+    if episodes < 1:
+        raise FlowRLError(f"--episodes must be >= 1, got {episodes}")
     if max_steps is not None and max_steps < 1:
-        raise FlowRLError(f"max steps must be >= 1, got {max_steps}")
+        raise FlowRLError(f"--max-steps must be >= 1, got {max_steps}")
+    if max_misses is not None and max_misses < 1:
+        raise FlowRLError(f"--max-misses must be >= 1, got {max_misses}")
     if deadline_s is not None and not deadline_s > 0:
-        raise FlowRLError(f"the deadline must be > 0, got {deadline_s * 1e3:g} ms")
+        raise FlowRLError(f"--deadline-ms must be > 0, got {deadline_s * 1e3:g}")
     if not 0 <= seed < 2**32:
-        raise FlowRLError(f"seed must lie in [0, 2**32), got {seed}")
-    period = 1.0 / hz
-    with PolicyClient(server, token=token, tls_ca=tls_ca) as client:
-        client.wait_ready(timeout_s=connect_timeout_s)
+        raise FlowRLError(f"--seed must lie in [0, 2**32), got {seed}")
+    if fallback not in FALLBACKS:
+        raise FlowRLError(f"--fallback must be {', '.join(FALLBACKS[:-1])} or {FALLBACKS[-1]}, got {fallback!r}")
+    if fallback == "local" and not local_model:
+        raise FlowRLError("--fallback local needs --local-model (the ONNX file the server serves)")
+    check_tls_files(tls_cert, tls_key)
+    with PolicyClient(server, token=token, tls_ca=tls_ca, tls_cert=tls_cert, tls_key=tls_key) as client:
+        try:
+            client.wait_ready(timeout_s=connect_timeout_s)
+        except FlowRLError as exc:
+            hint = connection_hint(tls_ca, tls_cert)
+            raise FlowRLError(f"{exc} ({hint})" if hint else str(exc)) from None
         info = client.spec()
+        contract_hz = 1.0 / info.control_period_s if info.control_period_s > 0 else None
+        hz = hz or contract_hz or DEFAULT_HZ
+        if on_rate is not None:
+            on_rate(hz, contract_hz)
+        period = 1.0 / hz
         env_id = env_id or info.env_id
         if not env_id:
             raise FlowRLError("the served policy does not name its environment; pass --env")
@@ -125,9 +186,10 @@ def run_control(
             seed=seed,
             fallback=fallback,
             local_model=local_model,
+            max_consecutive_misses=max_misses,
             contract_hash=contract_hash,
         )
-        returns, lateness, overruns, interrupted = [], [], 0, False
+        returns, lateness, overruns, interrupted, watchdog = [], [], 0, False, ""
         try:
             for episode in range(episodes):
                 obs, total, done, steps = env.reset(episode_seed(seed, episode, stream=EVAL_STREAM)), 0.0, False, 0
@@ -145,6 +207,8 @@ def run_control(
                     done = terminated or truncated
                     steps += 1
                 returns.append(total)
+        except WatchdogError as exc:
+            watchdog = str(exc)
         except KeyboardInterrupt:
             if not stop_on_interrupt:
                 raise
@@ -159,9 +223,12 @@ def run_control(
         server=server,
         env_id=env_id,
         hz=hz,
+        contract_hz=contract_hz,
         seed=seed,
+        deadline_ms=session.deadline_s * 1e3,
         returns=returns,
         steps=len(session.timings),
+        fresh_replies=len(fresh),
         deadline_misses=session.health.misses,
         overruns=int(overruns),
         round_trip_p50_us=p50,
@@ -174,4 +241,5 @@ def run_control(
         model_versions=sorted({t.model_version for t in fresh}),
         round_trip_us=rtt,
         interrupted=interrupted,
+        watchdog=watchdog,
     )

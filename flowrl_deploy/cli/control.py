@@ -8,13 +8,41 @@ from typing import Annotated
 import typer
 
 from flowrl_deploy.cli._common import check_writable, finite, user_errors, write_report
+from flowrl_deploy.cli.query import TlsCa, TlsCert, TlsKey
+
+
+def _announce_rate(explicit: bool):
+    """Say which rate the run uses; warn (stderr) when an explicit --hz is not the policy's own."""
+
+    def on_rate(hz: float, contract_hz: float | None) -> None:
+        if not explicit:
+            why = (
+                f"the served policy's control period {1 / contract_hz:g} s"
+                if contract_hz
+                else "the served policy's contract has no control period"
+            )
+            typer.echo(f"control at {hz:g} Hz ({why})")
+            return
+        typer.echo(f"control at {hz:g} Hz (--hz)")
+        if contract_hz and abs(hz - contract_hz) > 1e-6 * contract_hz:
+            typer.secho(
+                f"warning: --hz {hz:g} differs from the served policy's rate, {contract_hz:g} Hz "
+                f"(control period {1 / contract_hz:g} s)",
+                err=True,
+                fg=typer.colors.YELLOW,
+            )
+
+    return on_rate
 
 
 @user_errors
 def control(
     server: Annotated[str, typer.Option(help="host:port of `flowrl serve`.")] = "localhost:50051",
     env: Annotated[str | None, typer.Option(help="Env id; default: the served policy's.")] = None,
-    hz: Annotated[float, typer.Option(parser=finite, help="Control rate.")] = 50.0,
+    hz: Annotated[
+        float | None,
+        typer.Option(parser=finite, help="Control rate; default: the served policy's (its control period), else 50."),
+    ] = None,
     episodes: Annotated[int, typer.Option(help="Episodes to run.")] = 1,
     seed: Annotated[int, typer.Option(help="Seed of the episodes and of the session's noise (as `flowrl eval`).")] = 0,
     deadline_ms: Annotated[
@@ -23,9 +51,14 @@ def control(
     fallback: Annotated[str, typer.Option(help="Action when none arrives in time: hold, zeros or local.")] = "hold",
     local_model: Annotated[str, typer.Option(help="ONNX file for --fallback local.")] = "",
     max_steps: Annotated[int | None, typer.Option(help="Cap each episode at this many steps.")] = None,
+    max_misses: Annotated[
+        int | None, typer.Option(help="Stop the run (exit 1) after this many deadline misses in a row; default: never.")
+    ] = None,
     contract_hash: Annotated[str, typer.Option(help="Pin the policy contract (hash from `flowrl inspect`).")] = "",
     token: Annotated[str, typer.Option(help="The server's shared secret.", envvar="FLOWRL_TOKEN")] = "",
-    tls_ca: Annotated[str, typer.Option(help="PEM CA of the server's TLS certificate.")] = "",
+    tls_ca: TlsCa = "",
+    tls_cert: TlsCert = "",
+    tls_key: TlsKey = "",
     connect_timeout: Annotated[
         float, typer.Option(parser=finite, help="Seconds to wait for the server to be SERVING before giving up.")
     ] = 5.0,
@@ -36,7 +69,10 @@ def control(
         str, typer.Option(help="Pin the control loop to these cores, e.g. '0' (Linux); default: any.")
     ] = "",
 ) -> None:
-    """Step a simulator at --hz with served actions; print return, latency percentiles, jitter and misses."""
+    """Step a simulator at --hz with served actions; print return, latency percentiles, jitter and misses.
+
+    Exits 1 when no tick got a fresh action or --max-misses stopped the run, 130 on Ctrl-C.
+    """
     from flowrl_deploy.affinity import parse_cpus, pin_to_cpus
     from flowrl_deploy.control import run_control
     from flowrl_deploy.errors import FlowRLError
@@ -54,13 +90,17 @@ def control(
         seed,
         token=token,
         tls_ca=tls_ca,
+        tls_cert=tls_cert,
+        tls_key=tls_key,
         deadline_s=None if deadline_ms is None else deadline_ms / 1e3,
         fallback=fallback,
         local_model=local_model,
         max_steps=max_steps,
+        max_misses=max_misses,
         contract_hash=contract_hash,
         connect_timeout_s=connect_timeout,
         stop_on_interrupt=True,
+        on_rate=_announce_rate(explicit=hz is not None),
     )
     typer.echo(report.summary())
     if json_path is not None:
@@ -68,3 +108,10 @@ def control(
     if report.interrupted:
         typer.secho("interrupted: the figures above cover the completed episodes and ticks", err=True)
         raise typer.Exit(130)
+    if report.watchdog:
+        raise FlowRLError(f"the watchdog stopped the run: {report.watchdog} (--max-misses {max_misses})")
+    if report.steps and not report.fresh_replies:
+        raise FlowRLError(
+            f"no tick got a fresh action: all {report.steps} fell back (deadline {report.deadline_ms:g} ms); "
+            "raise --deadline-ms or check the server"
+        )

@@ -34,9 +34,15 @@ def test_control_against_no_server_fails_fast_and_says_why():
 @pytest.mark.parametrize(
     ("args", "message"),
     [
-        (["--max-steps", "0"], "max steps must be >= 1"),
-        (["--deadline-ms", "-1"], "the deadline must be > 0"),
-        (["--seed", "-1"], "seed must lie in [0, 2**32)"),
+        (["--max-steps", "0"], "--max-steps must be >= 1, got 0"),
+        (["--deadline-ms", "-1"], "--deadline-ms must be > 0, got -1"),
+        (["--seed", "-1"], "--seed must lie in [0, 2**32), got -1"),
+        (["--hz", "0"], "--hz must be > 0, got 0"),
+        (["--hz", "-5"], "--hz must be > 0, got -5"),
+        (["--episodes", "0"], "--episodes must be >= 1, got 0"),
+        (["--max-misses", "0"], "--max-misses must be >= 1, got 0"),
+        (["--fallback", "local"], "--fallback local needs --local-model (the ONNX file the server serves)"),
+        (["--fallback", "later"], "--fallback must be hold, zeros or local, got 'later'"),
         (["--connect-timeout", "0"], "--connect-timeout must be > 0"),
         (["--hz", "nan"], "must be a finite number"),
         (["--connect-timeout", "nan"], "must be a finite number"),  # it had waited forever
@@ -46,6 +52,7 @@ def test_control_mistakes_are_one_line_errors(args, message):
     result = runner.invoke(app, ["control", "--server", f"127.0.0.1:{_closed_port()}", *args])
     assert result.exit_code in (1, 2)  # 2: a usage error, found while parsing
     assert message in result.output and "Traceback" not in result.output
+    assert "not SERVING" not in result.output  # refused before connecting
 
 
 @pytest.mark.parametrize(

@@ -1,0 +1,182 @@
+"""`flowrl query` and `flowrl control` against real in-process servers: mutual TLS, the control rate
+taken from the served contract, honest figures when no fresh action arrived, the watchdog, hints."""
+
+from __future__ import annotations
+
+import json
+import socket
+import sys
+from pathlib import Path
+
+import pytest
+from typer.testing import CliRunner
+
+from flowrl_deploy.cli import app
+from flowrl_deploy.serve import PolicyServer, ServeConfig
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "serve"))
+from tiny_policy import write_policy
+
+runner = CliRunner()
+OBS = "[0.1, 0.2, 0.3, 0.4, 0.5]"
+SHORT_RUN = ["--max-steps", "5", "--deadline-ms", "1000"]
+NO_REPLY_IN_TIME = ["--deadline-ms", "0.001"]  # 1 µs: shorter than any round trip
+
+
+def _cartpole_policy(path: Path, control_period_s: float) -> Path:
+    return write_policy(
+        path, obs_dim=5, act_dim=1, action_low=(-1.0,), action_high=(1.0,), obs_layout=(), action_names=(),
+        env_id="dmc:cartpole-swingup", control_period_s=control_period_s,
+    )  # fmt: skip
+
+
+def _closed_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.fixture(scope="module")
+def pki(tmp_path_factory):
+    """A CA, a server certificate (localhost, 127.0.0.1) and a client certificate it issued."""
+    pytest.importorskip("cryptography.x509")
+    from test_serve_security import _issue, _write
+
+    directory = tmp_path_factory.mktemp("pki")
+    ca_key, ca_cert = _issue("flowrl test CA", ca=True)
+    files = {"ca": _write(directory, "ca", ca_key, ca_cert)[0]}
+    files["server"] = _write(directory, "server", *_issue("localhost", ca_key, ca_cert.subject))
+    files["client"] = _write(directory, "client", *_issue("robot", ca_key, ca_cert.subject))
+    return files
+
+
+@pytest.fixture(scope="module")
+def mtls_server(tmp_path_factory, pki):
+    """A server with --client-ca: it serves only clients holding a certificate from the CA."""
+    path = _cartpole_policy(tmp_path_factory.mktemp("mtls") / "policy.onnx", 0.01)
+    cert, key = pki["server"]
+    config = ServeConfig(
+        str(path), host="localhost", port=0, tls_cert=cert, tls_key=key, client_ca=pki["ca"], grace_s=0
+    )
+    with PolicyServer(config).start() as running:
+        yield f"localhost:{running.port}"
+
+
+@pytest.fixture(scope="module")
+def server_100hz(tmp_path_factory):
+    """A plain server whose policy's contract says a control period of 0.01 s."""
+    path = _cartpole_policy(tmp_path_factory.mktemp("hz100") / "policy.onnx", 0.01)
+    with PolicyServer(ServeConfig(str(path), port=0, grace_s=0)).start() as running:
+        yield running.address
+
+
+def _mtls_args(pki, *, cert: bool = True, key: bool = True) -> list[str]:
+    args = ["--tls-ca", pki["ca"]]
+    if cert:
+        args += ["--tls-cert", pki["client"][0]]
+    if key:
+        args += ["--tls-key", pki["client"][1]]
+    return args
+
+
+class TestMutualTLS:
+    def test_query_presents_a_client_certificate(self, mtls_server, pki):
+        result = runner.invoke(app, ["query", "--server", mtls_server, "--obs", OBS, *_mtls_args(pki)])
+        assert result.exit_code == 0, result.output
+        assert len(json.loads(result.output)["action"]) == 1
+
+    def test_control_presents_a_client_certificate(self, mtls_server, pki):
+        pytest.importorskip("dm_control")
+        result = runner.invoke(app, ["control", "--server", mtls_server, *SHORT_RUN, *_mtls_args(pki)])
+        assert result.exit_code == 0, result.output
+        assert "(5 steps)" in result.output and "deadline misses 0 " in result.output
+
+    @pytest.mark.parametrize("command", ["query", "control"])
+    def test_without_a_client_certificate_the_hint_names_it(self, mtls_server, pki, command):
+        args = ["--obs", OBS, "--timeout", "2"] if command == "query" else ["--connect-timeout", "1"]
+        result = runner.invoke(app, [command, "--server", mtls_server, *args, "--tls-ca", pki["ca"]])
+        assert result.exit_code == 1
+        assert "pass --tls-cert and --tls-key" in result.output and "Traceback" not in result.output
+
+    @pytest.mark.parametrize("command", ["query", "control"])
+    @pytest.mark.parametrize("given", ["cert", "key"])
+    def test_a_certificate_without_its_key_is_refused_before_connecting(self, pki, command, given):
+        args = ["--obs", OBS] if command == "query" else []
+        tls = _mtls_args(pki, cert=given == "cert", key=given == "key")
+        result = runner.invoke(app, [command, "--server", f"127.0.0.1:{_closed_port()}", *args, *tls])
+        assert result.exit_code == 1, result.output
+        assert "--tls-cert and --tls-key go together" in result.output
+        assert "Traceback" not in result.output and "not SERVING" not in result.output
+        assert len(result.output.strip().splitlines()) == 1
+
+    @pytest.mark.parametrize("command", ["query", "control"])
+    def test_plaintext_to_a_tls_server_hints_at_tls(self, mtls_server, command):
+        args = ["--obs", OBS, "--timeout", "2"] if command == "query" else ["--connect-timeout", "1"]
+        result = runner.invoke(app, [command, "--server", mtls_server, *args])
+        assert result.exit_code == 1
+        assert "UNAVAILABLE" in result.output and "if the server uses TLS, pass --tls-ca" in result.output
+        assert "Traceback" not in result.output and len(result.output.strip().splitlines()) == 1
+
+
+class TestControlRate:
+    def test_the_default_rate_is_the_served_policys(self, server_100hz, tmp_path):
+        pytest.importorskip("dm_control")
+        out = tmp_path / "report.json"
+        result = runner.invoke(app, ["control", "--server", server_100hz, *SHORT_RUN, "--json", str(out)])
+        assert result.exit_code == 0, result.output
+        assert "control at 100 Hz (the served policy's control period 0.01 s)" in result.output
+        assert "warning" not in result.output
+        report = json.loads(out.read_text())
+        assert report["hz"] == 100 and report["contract_hz"] == 100
+
+    def test_without_a_contract_rate_the_default_is_50_hz(self, tmp_path):
+        pytest.importorskip("dm_control")
+        path = _cartpole_policy(tmp_path / "policy.onnx", 0.0)
+        with PolicyServer(ServeConfig(str(path), port=0, grace_s=0)).start() as server:
+            result = runner.invoke(app, ["control", "--server", server.address, *SHORT_RUN])
+        assert result.exit_code == 0, result.output
+        assert "control at 50 Hz (the served policy's contract has no control period)" in result.output
+
+    def test_an_explicit_rate_that_differs_from_the_contract_is_warned_about(self, server_100hz):
+        pytest.importorskip("dm_control")
+        result = runner.invoke(app, ["control", "--server", server_100hz, *SHORT_RUN, "--hz", "50"])
+        assert result.exit_code == 0, result.output
+        assert "control at 50 Hz (--hz)" in result.output
+        warnings = [line for line in result.output.splitlines() if line.startswith("warning:")]
+        assert warnings == ["warning: --hz 50 differs from the served policy's rate, 100 Hz (control period 0.01 s)"]
+
+    def test_an_explicit_rate_equal_to_the_contract_is_not_warned_about(self, server_100hz):
+        pytest.importorskip("dm_control")
+        result = runner.invoke(app, ["control", "--server", server_100hz, *SHORT_RUN, "--hz", "100"])
+        assert result.exit_code == 0, result.output
+        assert "control at 100 Hz (--hz)" in result.output and "warning" not in result.output
+
+
+class TestNoFreshAction:
+    def test_a_run_without_any_fresh_action_fails_and_shows_no_latency(self, server_100hz, tmp_path):
+        pytest.importorskip("dm_control")
+        out = tmp_path / "report.json"
+        args = ["control", "--server", server_100hz, "--max-steps", "20", *NO_REPLY_IN_TIME, "--json", str(out)]
+        result = runner.invoke(app, args)
+        assert result.exit_code == 1, result.output
+        assert " 0 µs" not in result.output
+        assert "round trip: no fresh replies" in result.output
+        errors = [line for line in result.output.splitlines() if line.startswith("error:")]
+        assert errors == [
+            "error: no tick got a fresh action: all 20 fell back (deadline 0.001 ms); "
+            "raise --deadline-ms or check the server"
+        ]
+        report = json.loads(out.read_text())
+        assert report["fresh_replies"] == 0 and report["deadline_misses"] == 20
+        assert report["round_trip_p50_us"] is None and report["round_trip_us"] == []
+
+    def test_max_misses_stops_the_run_through_the_watchdog(self, server_100hz):
+        pytest.importorskip("dm_control")
+        args = ["control", "--server", server_100hz, "--max-steps", "50", *NO_REPLY_IN_TIME, "--max-misses", "3"]
+        result = runner.invoke(app, args)
+        assert result.exit_code == 1, result.output
+        assert "(3 steps)" in result.output and "Traceback" not in result.output
+        errors = [line for line in result.output.splitlines() if line.startswith("error:")]
+        assert errors == [
+            "error: the watchdog stopped the run: 3 control ticks in a row without a fresh action (--max-misses 3)"
+        ]
