@@ -112,11 +112,17 @@ def _check_memory(spec: PolicySpec, cfg: TrainConfig, device: torch.device) -> N
 def resume_config(checkpoint: str | Path, steps: int | None = None) -> TrainConfig:
     """The saved config of the run a checkpoint belongs to; ``steps`` may extend its budget."""
     directory = resolve_checkpoint(checkpoint)
-    saved = load_checkpoint(directory).config
-    if not saved:
+    saved = load_checkpoint(directory)
+    if not saved.config:
         raise CheckpointError(f"{directory} holds no training config, so it cannot be resumed")
-    cfg = TrainConfig.from_dict(saved)
-    return cfg if steps is None else cfg.override(steps=steps)
+    cfg = TrainConfig.from_dict(saved.config)
+    if steps is None:
+        return cfg
+    done = saved.counters.get("env_steps", 0)
+    if steps < done:
+        raise FlowRLError(f"--steps {steps} is less than the {done} env steps {directory.name} has taken; "
+                          f"give the run's new total, at least {done}")  # fmt: skip
+    return cfg.override(steps=steps)
 
 
 def train(

@@ -112,6 +112,11 @@ def test_resuming_a_finished_run_rewrites_nothing(run, tmp_path):
     )
 
 
+def test_resuming_with_fewer_steps_than_taken_is_refused(run):
+    with pytest.raises(FlowRLError, match="--steps 300 is less than the 400 env steps step_000000400 has taken"):
+        resume_config(run.run_dir, steps=300)
+
+
 def test_a_save_cut_short_by_a_crash_is_cleaned_up_by_the_next(run, tmp_path):
     import shutil
 
