@@ -149,10 +149,15 @@ class PolicyServicer(pb_grpc.PolicyServiceServicer):
         served = model.contract.hash()
         if wanted == served:
             return
-        detail = "; ".join(model.contract.differences(theirs)) if theirs else "send contract_json for the fields"
-        raise ContractMismatch(
-            f"client pinned policy contract {wanted}, the server serves {served} (server != client: {detail})"
-        )
+        mismatch = f"client pinned policy contract {wanted}, the server serves {served}"
+        if theirs is None:
+            raise ContractMismatch(
+                f"{mismatch}; the client pinned only the hash, so the fields that differ cannot be named: "
+                "compare `flowrl inspect` of the policy file the client expects with the served policy "
+                "(GetSpec), or pin the contract itself (e.g. from that ONNX file) to see them"
+            )
+        detail = "; ".join(model.contract.differences(theirs))
+        raise ContractMismatch(f"{mismatch} (server != client: {detail})")
 
     def _open(self, session_id: str, seed: int | None, owner: object = None) -> Session:
         """Create or reseed a session; a stream ``owner`` takes it over (and evicts it when it ends)."""
