@@ -118,6 +118,7 @@ def test_sigterm_stops_the_server_with_exit_0(served):
     assert process.stop() == 0  # SIGTERM
 
 
+@pytest.mark.skipif(not hasattr(os, "sched_setaffinity"), reason="CPU affinity is Linux-only")
 def test_serve_cpus_pins_every_thread_of_the_server(tmp_path):
     core = max(os.sched_getaffinity(0))
     path = write_policy(tmp_path / "policy.onnx")
