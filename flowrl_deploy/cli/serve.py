@@ -32,6 +32,8 @@ def parse_providers(text: str) -> tuple[str, ...]:
     return names
 
 
+TOKEN_ENV = "FLOWRL_TOKEN"
+
 MAX_BATCH = 4096
 """Rows of one micro-batch at most: the server warms the model up at this size, and more only adds latency."""
 
@@ -53,9 +55,7 @@ def serve(
     batch_window_us: Annotated[int, typer.Option(help="Wait this long for more requests after the first (µs).")] = 0,
     batch_workers: Annotated[int, typer.Option(help="Batches run concurrently (about one per core).")] = 2,
     workers: Annotated[int, typer.Option(help="gRPC handler threads (each open StreamAct holds one).")] = 128,
-    token: Annotated[
-        str | None, typer.Option(help="Shared secret every call must send.", envvar="FLOWRL_TOKEN")
-    ] = None,
+    token: Annotated[str | None, typer.Option(help="Shared secret every call must send.", envvar=TOKEN_ENV)] = None,
     tls_cert: Annotated[str, typer.Option(help="PEM certificate chain for TLS.")] = "",
     tls_key: Annotated[str, typer.Option(help="PEM private key for TLS.")] = "",
     client_ca: Annotated[str, typer.Option(help="PEM CA: require client certificates (mTLS).")] = "",
@@ -74,6 +74,7 @@ def serve(
 ) -> None:
     """Serve MODEL's actions over gRPC (flowrl.v1.PolicyService) until SIGTERM or Ctrl-C."""
     import logging
+    import os
 
     from flowrl_deploy.affinity import check_thread_count, parse_cpus
     from flowrl_deploy.errors import FlowRLError
@@ -83,6 +84,10 @@ def serve(
     for flag, value in counts.items():
         if value < 1:
             raise FlowRLError(f"{flag} must be >= 1, got {value}")
+    env_token = os.environ.get(TOKEN_ENV)
+    if env_token is not None and not env_token.strip() and (token is None or token == env_token):
+        # click takes an empty variable for an unset one: FLOWRL_TOKEN= would serve with no auth at all
+        raise FlowRLError(f"{TOKEN_ENV} is set but empty; give the secret, or unset {TOKEN_ENV} to serve without one")
     if token is not None and not token.strip():  # e.g. --token "$SECRET" with SECRET unset: no auth at all
         raise FlowRLError(
             "--token is empty (an unset variable?); give the secret, or leave --token out to serve without one"

@@ -60,3 +60,27 @@ def test_query_with_a_ca_that_is_not_pem_is_one_line_error(policy):
     result = runner.invoke(app, ["query", "--server", "127.0.0.1:1", "--obs", "[0, 0, 0]", "--tls-ca", str(policy)])
     assert result.exit_code == 1, result.output
     assert "is not a PEM file" in result.output and "Traceback" not in result.output
+
+
+@pytest.fixture
+def serve_call(monkeypatch):
+    """Patch the server out of `flowrl serve`: the dict gets the ServeConfig it would have served."""
+    import flowrl_deploy.serve
+
+    called: dict = {}
+    monkeypatch.setattr(
+        flowrl_deploy.serve, "serve_forever", lambda config, on_ready=None: called.update(config=config)
+    )
+    return called
+
+
+@pytest.mark.parametrize("value", ["", "  "])
+def test_an_empty_flowrl_token_variable_is_refused(policy, serve_call, value):
+    """click ignores an empty environment variable, so FLOWRL_TOKEN= arrived as no token: no authentication."""
+    result = runner.invoke(app, ["serve", str(policy), "--port", "0"], env={"FLOWRL_TOKEN": value})
+    assert result.exit_code == 1, result.output
+    assert "FLOWRL_TOKEN is set but empty" in result.output and "Traceback" not in result.output
+    assert not serve_call
+    served = runner.invoke(app, ["serve", str(policy), "--port", "0"], env={"FLOWRL_TOKEN": "s3cret"})
+    assert served.exit_code == 0, served.output
+    assert serve_call["config"].token == "s3cret"
