@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import hmac
+from collections.abc import Callable
 
 import grpc
 
@@ -23,10 +24,12 @@ _DENY = {
 
 
 class TokenInterceptor(grpc.ServerInterceptor):
-    """Refuse calls without the right token with UNAUTHENTICATED (constant-time comparison)."""
+    """Refuse calls without the right token with UNAUTHENTICATED (constant-time comparison);
+    ``on_refused(method)`` is told of each, with the method's short name (e.g. ``Act``)."""
 
-    def __init__(self, token: str) -> None:
+    def __init__(self, token: str, on_refused: Callable[[str], None] | None = None) -> None:
         self._expected = f"Bearer {token}".encode()
+        self._on_refused = on_refused
 
     def intercept_service(self, continuation, handler_call_details):
         handler = continuation(handler_call_details)
@@ -35,4 +38,6 @@ class TokenInterceptor(grpc.ServerInterceptor):
         sent = dict(handler_call_details.invocation_metadata or ()).get("authorization", "")
         if hmac.compare_digest(str(sent).encode(), self._expected):
             return handler
+        if self._on_refused is not None:
+            self._on_refused(handler_call_details.method.rsplit("/", 1)[-1])
         return _DENY[(handler.request_streaming, handler.response_streaming)]

@@ -67,6 +67,11 @@ class Metrics:
             self.latency.setdefault(method, Histogram(LATENCY_BUCKETS_S)).observe(seconds)
             self.recent[method].append(seconds)
 
+    def record_refused(self, method: str, code: str) -> None:
+        """A call refused before its handler ran (e.g. UNAUTHENTICATED): counted, not timed."""
+        with self._lock:
+            self.requests[(method, code)] += 1
+
     def record_batch(self, size: int, inference_s: float) -> None:
         with self._lock:
             self.batch_size.observe(size)
@@ -80,7 +85,8 @@ class Metrics:
         """Per-method counts, errors and p50/p99 (µs) of recent calls, plus batch figures."""
         with self._lock:
             methods = {}
-            for method, samples in self.recent.items():
+            for method in sorted({m for m, _ in self.requests} | set(self.recent)):
+                samples = self.recent.get(method, ())
                 total = sum(n for (m, _), n in self.requests.items() if m == method)
                 errors = sum(n for (m, c), n in self.requests.items() if m == method and c != "OK")
                 p50, p99 = np.percentile(np.asarray(samples) * 1e6, [50, 99]) if samples else (0.0, 0.0)

@@ -89,9 +89,12 @@ class PolicyServer:
             if port is not None and not 0 <= port <= 65535:
                 raise FlowRLError(f"{flag} must lie in [0, 65535] (0: a free port), got {port}")
         credentials = server_credentials(config)
+        refused = self.servicer.metrics.record_refused
         self._server = grpc.server(
             futures.ThreadPoolExecutor(max_workers=config.workers, thread_name_prefix="flowrl-rpc"),
-            interceptors=[TokenInterceptor(config.token)] if config.token else [],
+            interceptors=[TokenInterceptor(config.token, lambda method: refused(method, "UNAUTHENTICATED"))]
+            if config.token
+            else [],
             maximum_concurrent_rpcs=config.workers,  # beyond: RESOURCE_EXHAUSTED, not a silent wait
             options=[
                 ("grpc.max_receive_message_length", config.max_message_bytes),

@@ -325,14 +325,19 @@ class PolicyServicer(pb_grpc.PolicyServiceServicer):
 
     @_unary("Reload")
     def Reload(self, request: pb.ReloadRequest, context) -> pb.ReloadReply:
-        if request.path:
-            self._check_reload_path(request.path)
         try:
-            version, previous = self.load(request.path or None)
-        except ContractMismatch:
+            if request.path:
+                self._check_reload_path(request.path)
+            try:
+                version, previous = self.load(request.path or None)
+            except ServeError:  # ContractMismatch
+                raise
+            except FlowRLError as exc:
+                raise ServeError(
+                    f"reload refused, still serving {self._current().version}: {exc}",
+                    grpc.StatusCode.FAILED_PRECONDITION,
+                ) from exc
+        except ServeError as exc:
+            log.warning("Reload of %s refused (%s): %s", request.path or self.config.model, exc.code.name, exc)
             raise
-        except FlowRLError as exc:
-            raise ServeError(
-                f"reload refused, still serving {self._current().version}: {exc}", grpc.StatusCode.FAILED_PRECONDITION
-            ) from exc
         return pb.ReloadReply(model_version=version, previous_version=previous)

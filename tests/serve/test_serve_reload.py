@@ -104,3 +104,23 @@ def test_watch_reloads_when_the_file_changes(served):
         time.sleep(0.05)
     assert client.spec().model_version.startswith("v2-")
     assert server.servicer.metrics.reloads == 1
+
+
+def test_refused_reloads_are_logged_with_their_reason(served, caplog, tmp_path_factory):
+    _, client, tmp = served
+    broken = tmp / "broken.onnx"
+    broken.write_bytes(b"not an onnx file")
+    refused = {
+        str(tmp_path_factory.mktemp("elsewhere") / "policy.onnx"): "outside",
+        str(tmp / "missing.onnx"): "model not found",
+        str(write_policy(tmp / "other.onnx", action_high=(1.0, 5.0))): "action_high",
+        str(broken): "cannot load ONNX model",
+    }
+    with caplog.at_level("WARNING", logger="flowrl.serve"):
+        for path in refused:
+            with pytest.raises(ServiceError):
+                client.reload(path)
+    warnings = [r.getMessage() for r in caplog.records if r.levelname == "WARNING"]
+    assert len(warnings) == len(refused)
+    for line, (path, reason) in zip(warnings, refused.items(), strict=True):
+        assert "Reload" in line and path in line and reason in line

@@ -84,6 +84,18 @@ def test_token_is_required_except_for_health(policy_path):
         assert probe.Check(health_pb2.HealthCheckRequest(), timeout=2).status == health_pb2.HealthCheckResponse.SERVING
 
 
+def test_calls_refused_for_their_token_are_counted(policy_path):
+    with PolicyServer(ServeConfig(str(policy_path), port=0, token="s3cret", grace_s=0)).start() as server:
+        for token in ("", "wrong"):
+            with PolicyClient(server.address, token=token) as client, pytest.raises(ServiceError):
+                client.act(OBS)
+        with PolicyClient(server.address, token="s3cret") as client:
+            client.act(OBS)
+        exposition = server.servicer.metrics.exposition()
+    assert 'flowrl_requests_total{method="Act",code="UNAUTHENTICATED"} 2' in exposition
+    assert 'flowrl_requests_total{method="Act",code="OK"} 1' in exposition
+
+
 def test_stream_with_a_wrong_token_raises_instead_of_falling_back(policy_path):
     config = ServeConfig(str(policy_path), port=0, token="s3cret", grace_s=0)
     with PolicyServer(config).start() as server, PolicyClient(server.address, token="s3cret") as client:
