@@ -43,7 +43,8 @@ class ServeConfig:
     metrics_port: int | None = None
     """Serve Prometheus metrics on this port (0: a free one); None: off."""
     watch: bool = False
-    """Reload the model when its file changes."""
+    """Reload the model when what it serves changes: an ONNX file, or the checkpoint (and its
+    ``checkpoint.json``) that a run or checkpoint directory resolves to."""
     watch_interval_s: float = 1.0
     cpus: tuple[int, ...] = ()
     """Cores to pin the server process to (Linux); empty: any. Applied by :func:`serve_forever`."""

@@ -1,33 +1,62 @@
-"""``--watch``: reload the model when its file changes (the ``Reload`` RPC does the same on demand)."""
+"""``--watch``: reload the model when what is served changes (the ``Reload`` RPC does the same on demand).
+
+What is watched follows what is served: for an ONNX file, the file; for a run or checkpoint
+directory, the checkpoint it resolves to (``checkpoints/last`` moves as training saves) and that
+checkpoint's ``checkpoint.json``, written last by every save. Other files in the directory
+(``config.json`` when a resume starts, logs, metrics) never trigger a reload.
+"""
 
 from __future__ import annotations
 
 import logging
 import threading
-from collections.abc import Callable
+from collections.abc import Callable, Hashable
 from pathlib import Path
+
+from flowrl_deploy.checkpoint import DOCUMENT_FILE, resolve_checkpoint
+from flowrl_deploy.errors import FlowRLError
 
 log = logging.getLogger("flowrl.serve")
 
 
-def _stamp(path: Path) -> tuple[float, int] | None:
+def _file_stamp(path: Path) -> tuple[int, int, int] | None:
     try:
         stat = path.stat()
     except OSError:
         return None
-    return stat.st_mtime, stat.st_size
+    return stat.st_ino, stat.st_mtime_ns, stat.st_size
+
+
+def served_stamp(model: Path) -> Hashable | None:
+    """What changes when ``model`` would load as another model; None while it cannot be read.
+
+    An ONNX file: the file itself. Anything else is a checkpoint: the directory it resolves to
+    and the stamp of its ``checkpoint.json``.
+    """
+    if model.suffix == ".onnx" and not model.is_dir():
+        return _file_stamp(model)
+    try:
+        checkpoint = resolve_checkpoint(model)
+    except (FlowRLError, OSError):  # e.g. 'last' swapped mid-poll: look again next time
+        return None
+    document = _file_stamp(checkpoint / DOCUMENT_FILE)
+    return None if document is None else (str(checkpoint), document)
 
 
 class FileWatcher:
-    """Poll ``path``; once a change has settled for one interval, call ``reload()``.
+    """Poll what ``path`` serves (:func:`served_stamp`); once a change has settled for one
+    interval, call ``reload()``.
 
-    A failed reload is logged and the old model keeps serving; the next change tries again.
+    The stamp of the served model is taken when the watcher is built: build it before the first
+    load, so that a checkpoint saved during that load is not missed. A failed reload is logged
+    and the old model keeps serving; the next change tries again.
     """
 
     def __init__(self, path: Path, reload: Callable[[], object], interval_s: float = 1.0) -> None:
         self._path = path
         self._reload = reload
         self._interval = interval_s
+        self._served = served_stamp(path)
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._loop, name="flowrl-watch", daemon=True)
 
@@ -37,13 +66,14 @@ class FileWatcher:
 
     def stop(self) -> None:
         self._stop.set()
-        self._thread.join(timeout=5)
+        if self._thread.is_alive():
+            self._thread.join(timeout=5)
 
     def _loop(self) -> None:
-        served = _stamp(self._path)
+        served = self._served
         seen = served
         while not self._stop.wait(self._interval):
-            now = _stamp(self._path)
+            now = served_stamp(self._path)
             if now is None or now == served:
                 seen = now
                 continue
@@ -54,4 +84,4 @@ class FileWatcher:
             try:
                 self._reload()
             except Exception as exc:  # keep serving the old model
-                log.error("reload of %s refused: %s", self._path, exc)
+                log.warning("reload of %s (--watch) refused, still serving the old model: %s", self._path, exc)

@@ -118,6 +118,8 @@ class PolicyServer:
             raise FlowRLError(f"cannot listen on {address} (in use?)")
         self._server.start()
         try:
+            if config.watch:  # its stamp is taken now: a checkpoint saved while loading is not missed
+                self._watcher = FileWatcher(Path(config.model), self.servicer.load, config.watch_interval_s)
             self.servicer.load()
             if config.metrics_port is not None:
                 try:
@@ -126,8 +128,8 @@ class PolicyServer:
                     where = host_port(config.host, config.metrics_port)
                     raise FlowRLError(f"cannot serve metrics on {where}: {exc.strerror or exc}") from None
                 self.metrics_port = self._metrics_http.server_address[1]
-            if config.watch:
-                self._watcher = FileWatcher(Path(config.model), self.servicer.load, config.watch_interval_s).start()
+            if self._watcher is not None:
+                self._watcher.start()
         except BaseException:
             self.stop(grace=0)
             raise

@@ -10,6 +10,7 @@ import time
 import grpc
 import numpy as np
 import pytest
+from fake_checkpoints import patch_exporter, save_step
 from tiny_policy import write_policy
 
 from flowrl_deploy.client import PolicyClient, ServiceError
@@ -104,6 +105,48 @@ def test_watch_reloads_when_the_file_changes(served):
         time.sleep(0.05)
     assert client.spec().model_version.startswith("v2-")
     assert server.servicer.metrics.reloads == 1
+
+
+def _wait_for(condition, timeout_s: float = 5.0) -> bool:
+    until = time.monotonic() + timeout_s
+    while not condition() and time.monotonic() < until:
+        time.sleep(0.02)
+    return condition()
+
+
+def test_watch_of_a_run_directory_follows_last_and_ignores_other_files(tmp_path, monkeypatch):
+    exporter = patch_exporter(monkeypatch)
+    run = tmp_path / "run"
+    first = save_step(run, 1)
+    config = ServeConfig(str(run), port=0, watch=True, watch_interval_s=0.02, grace_s=0)
+    with PolicyServer(config).start() as server, PolicyClient(server.address) as client:
+        version = client.spec().model_version
+        # a resume starts: config.json rewritten, a new log file; the served checkpoint is the same
+        (run / "config.json.tmp").write_text("{}")
+        os.replace(run / "config.json.tmp", run / "config.json")
+        (run / "metrics.jsonl").write_text("{}\n")
+        time.sleep(0.3)
+        assert server.servicer.metrics.reloads == 0 and client.spec().model_version == version
+        second = save_step(run, 2)  # training moves checkpoints/last
+        assert _wait_for(lambda: client.spec().model_version != version)
+        assert client.spec().model_version.startswith("v2-")
+        time.sleep(0.2)
+        assert server.servicer.metrics.reloads == 1
+    assert [c for c, _ in exporter.calls] == [first.resolve(), second.resolve()]
+
+
+def test_watch_of_a_checkpoint_reloads_when_it_is_saved_again(tmp_path, monkeypatch):
+    patch_exporter(monkeypatch)
+    step = save_step(tmp_path / "run", 1, link=False)
+    config = ServeConfig(str(step), port=0, watch=True, watch_interval_s=0.02, grace_s=0)
+    with PolicyServer(config).start() as server, PolicyClient(server.address) as client:
+        version = client.spec().model_version
+        (step / "eval.json").write_text("{}")  # a file beside the checkpoint's own
+        (step.parent / "unrelated.txt").write_text("x")
+        time.sleep(0.2)
+        assert server.servicer.metrics.reloads == 0
+        save_step(tmp_path / "run", 1, link=False)  # the same step rewritten (a new checkpoint.json)
+        assert _wait_for(lambda: client.spec().model_version != version)
 
 
 def test_refused_reloads_are_logged_with_their_reason(served, caplog, tmp_path_factory):

@@ -1,0 +1,53 @@
+"""Checkpoint directories with a stand-in exporter: serving a run directory without torch.
+
+The stand-in writes the tiny policy (``tiny_policy.write_policy``) with the requested flow steps
+and a weight scale equal to the checkpoint's step counter, so each checkpoint serves a distinct
+model version, and it records which checkpoint it exported at which N.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+from tiny_policy import write_policy
+
+from flowrl_deploy.checkpoint import CHECKPOINTS_DIR, LAST, link_checkpoint, read_document, resolve_checkpoint
+from flowrl_deploy.checkpoint import save_checkpoint as _save
+from flowrl_deploy.spec import PolicySpec
+
+TRAINED_STEPS = 2
+"""The checkpoints' training flow steps (spec.flow_steps)."""
+
+
+def save_step(run: Path, step: int, *, link: bool = True) -> Path:
+    """Write ``run/checkpoints/step_<step>`` and (with ``link``) point ``last`` at it."""
+    spec = PolicySpec(obs_dim=3, act_dim=2, action_low=(-1.0, -2.0), action_high=(1.0, 2.0), flow_steps=TRAINED_STEPS)
+    checkpoints = run / CHECKPOINTS_DIR
+    path = _save(
+        checkpoints / f"step_{step:09d}", spec=spec, actor={"w": np.zeros(1, np.float32)}, counters={"step": step}
+    )
+    if link:
+        link_checkpoint(checkpoints, LAST, path)
+    return path
+
+
+class FakeExporter:
+    """Stands in for ``flowrl_deploy.export.export_checkpoint``; ``calls`` holds (checkpoint, steps)."""
+
+    def __init__(self) -> None:
+        self.calls: list[tuple[Path, int]] = []
+
+    def __call__(self, checkpoint, out, config) -> None:
+        step = read_document(checkpoint)["counters"]["step"]
+        Path(out).parent.mkdir(parents=True, exist_ok=True)
+        write_policy(Path(out), scale=float(step), flow_steps=config.steps)
+        self.calls.append((resolve_checkpoint(checkpoint), config.steps))
+
+
+def patch_exporter(monkeypatch) -> FakeExporter:
+    import flowrl_deploy.export
+
+    fake = FakeExporter()
+    monkeypatch.setattr(flowrl_deploy.export, "export_checkpoint", fake)
+    return fake
