@@ -200,12 +200,16 @@ class PolicyServicer(pb_grpc.PolicyServiceServicer):
         return as_batch(decode(tensor, name="obs"), model.obs_dim, max_batch=self.config.max_request_batch)
 
     def _check_reload_path(self, path: str) -> None:
-        """A client may name only files beside the served model: Reload must not become a way to
-        make the server read any file it can reach."""
-        allowed = Path(self.config.model).resolve().parent
+        """A client may name only files under the served directory (a run or checkpoint directory)
+        or beside the served file: Reload must not become a way to make the server read any file
+        it can reach."""
+        served = Path(self.config.model).resolve()
+        allowed, what = (
+            (served, "the served directory") if served.is_dir() else (served.parent, "the served file's directory")
+        )
         if not Path(path).resolve().is_relative_to(allowed):
             raise ServeError(
-                f"reload refused: {path} is outside {allowed}, the served model's directory; put the new model there",
+                f"reload refused: {path} is outside {allowed}, {what}; put the new model there",
                 grpc.StatusCode.PERMISSION_DENIED,
             )
 

@@ -149,6 +149,20 @@ def test_watch_of_a_checkpoint_reloads_when_it_is_saved_again(tmp_path, monkeypa
         assert _wait_for(lambda: client.spec().model_version != version)
 
 
+def test_reload_of_a_served_directory_is_confined_to_that_directory(tmp_path, monkeypatch):
+    patch_exporter(monkeypatch)
+    run = tmp_path / "run"
+    save_step(run, 1)
+    beside = write_policy(tmp_path / "beside.onnx", scale=2.0)  # under the run's parent, not the run
+    with PolicyServer(ServeConfig(str(run), port=0, grace_s=0)).start() as server:
+        with PolicyClient(server.address) as client, pytest.raises(ServiceError) as info:
+            client.reload(str(beside))
+        assert info.value.code == grpc.StatusCode.PERMISSION_DENIED
+        assert f"outside {run.resolve()}, the served directory" in info.value.details
+        with PolicyClient(server.address) as client:
+            assert client.reload(str(save_step(run, 2, link=False)))[0].startswith("v2-")
+
+
 def test_refused_reloads_are_logged_with_their_reason(served, caplog, tmp_path_factory):
     _, client, tmp = served
     broken = tmp / "broken.onnx"
