@@ -42,6 +42,9 @@ class ServeConfig:
     """With TLS: require client certificates signed by this CA (mTLS)."""
     metrics_port: int | None = None
     """Serve Prometheus metrics on this port (0: a free one); None: off."""
+    steps: int | None = None
+    """Flow steps N of a checkpoint exported on the fly (and re-exported by Reload and ``watch``);
+    None: the checkpoint's training flow steps. An ONNX file's N is fixed: setting it is an error."""
     watch: bool = False
     """Reload the model when what it serves changes: an ONNX file, or the checkpoint (and its
     ``checkpoint.json``) that a run or checkpoint directory resolves to."""

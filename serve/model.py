@@ -8,6 +8,7 @@ from pathlib import Path
 
 import numpy as np
 
+from flowrl_deploy.checkpoint import read_spec
 from flowrl_deploy.errors import FlowRLError
 from flowrl_deploy.runtime import OnnxPolicy
 from flowrl_deploy.serve.errors import ContractMismatch
@@ -40,12 +41,19 @@ class ServedModel:
                 self.run(np.zeros((batch, self.obs_dim), np.float32), noise)
 
 
-def resolve_onnx(model: str, workdir: Path) -> Path:
-    """``model`` itself if it is an ONNX file; a checkpoint is exported into ``workdir`` first."""
+def is_onnx_file(model: str | Path) -> bool:
+    """An exported ONNX file (its flow steps are fixed), rather than a checkpoint to export."""
+    path = Path(model)
+    return path.is_file() and path.suffix == ".onnx"
+
+
+def resolve_onnx(model: str, workdir: Path, steps: int | None = None) -> Path:
+    """``model`` itself if it is an ONNX file; a checkpoint is exported into ``workdir`` first,
+    at ``steps`` flow steps (None: the checkpoint's training flow steps, ``spec.flow_steps``)."""
     path = Path(model)
     if not path.exists():
         raise FlowRLError(f"model not found: {model}")
-    if path.is_file() and path.suffix == ".onnx":
+    if is_onnx_file(path):
         return path
     try:
         from flowrl_deploy.export import ExportConfig, export_checkpoint
@@ -54,8 +62,10 @@ def resolve_onnx(model: str, workdir: Path) -> Path:
             f"{model} is not an .onnx file; serving a checkpoint exports it first, which needs the "
             f"export extra (pip install 'flowrl-deploy[export]'), or run `flowrl export` yourself ({exc})"
         ) from exc
+    if steps is None:
+        steps = read_spec(path).flow_steps
     out = workdir / "policy.onnx"
-    export_checkpoint(path, out, ExportConfig())
+    export_checkpoint(path, out, ExportConfig(steps=steps))
     return out
 
 

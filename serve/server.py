@@ -34,6 +34,7 @@ from flowrl_deploy.proto.flowrl.v1 import policy_pb2_grpc as pb_grpc
 from flowrl_deploy.serve.config import ServeConfig
 from flowrl_deploy.serve.interceptors import TokenInterceptor
 from flowrl_deploy.serve.metrics import start_metrics_http
+from flowrl_deploy.serve.model import is_onnx_file
 from flowrl_deploy.serve.reload import FileWatcher
 from flowrl_deploy.serve.servicer import PolicyServicer
 from flowrl_deploy.tls import check_key_pair, read_pem
@@ -88,6 +89,14 @@ class PolicyServer:
         for flag, port in (("--port", config.port), ("--metrics-port", config.metrics_port)):
             if port is not None and not 0 <= port <= 65535:
                 raise FlowRLError(f"{flag} must lie in [0, 65535] (0: a free port), got {port}")
+        if config.steps is not None:
+            if config.steps < 1:
+                raise FlowRLError(f"--steps must be >= 1, got {config.steps}")
+            if is_onnx_file(config.model):
+                raise FlowRLError(
+                    f"--steps applies to a checkpoint (exported on the fly); {config.model} is an ONNX file, "
+                    "whose flow steps were fixed by `flowrl export --steps`: export it again, or serve the checkpoint"
+                )
         credentials = server_credentials(config)
         refused = self.servicer.metrics.record_refused
         self._server = grpc.server(

@@ -79,6 +79,8 @@ class PolicyServicer(pb_grpc.PolicyServiceServicer):
         self._providers = list(config.providers) or None
         self.model: ServedModel | None = None
         self._generation = 0
+        self._steps = config.steps
+        """The N checkpoints are exported at: ``--steps``, else pinned by the first model loaded."""
         self._reload_lock = threading.Lock()
         self._sessions: dict[str, Session] = {}
         self._sessions_lock = threading.Lock()
@@ -95,7 +97,8 @@ class PolicyServicer(pb_grpc.PolicyServiceServicer):
     def load(self, source: str | None = None) -> tuple[str, str]:
         """Load, check, warm up and swap in a model; return (new version, previous version)."""
         with self._reload_lock:
-            path = resolve_onnx(source or self.config.model, self._workdir / f"gen{self._generation + 1}")
+            source = source or self.config.model
+            path = resolve_onnx(source, self._workdir / f"gen{self._generation + 1}", self._steps)
             new = load_model(path, self._generation + 1, providers=self._providers, threads=self.config.threads)
             previous = self.model
             if previous is not None:
@@ -103,12 +106,15 @@ class PolicyServicer(pb_grpc.PolicyServiceServicer):
             new.warm_up(tuple(sorted({1, self.config.max_batch})))
             self._generation += 1
             self.model = new  # atomic reference swap: calls in flight keep the model they hold
+            if self._steps is None:  # checkpoints exported by later reloads keep the served N
+                self._steps = new.contract.flow_steps
             providers = ", ".join(new.policy.session.get_providers())
+            steps = f"N={new.contract.flow_steps} flow steps"
             if previous is not None:
                 self.metrics.record_reload()
-                log.info("reloaded %s: %s -> %s (%s)", path, previous.version, new.version, providers)
+                log.info("reloaded %s: %s -> %s (%s, %s)", source, previous.version, new.version, steps, providers)
             else:
-                log.info("loaded %s as %s (%s)", path, new.version, providers)
+                log.info("loaded %s as %s (%s, %s)", source, new.version, steps, providers)
             return new.version, previous.version if previous else ""
 
     def _current(self) -> ServedModel:

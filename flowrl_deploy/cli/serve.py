@@ -62,7 +62,20 @@ def serve(
     metrics_port: Annotated[
         int | None, typer.Option(help="Serve Prometheus metrics on this port (0: a free one).")
     ] = None,
-    watch: Annotated[bool, typer.Option(help="Reload the model when the file changes.")] = False,
+    steps: Annotated[
+        int | None,
+        typer.Option(
+            help="Flow steps N when MODEL is a checkpoint (exported on the fly; Reload and --watch keep N); "
+            "default: its training flow steps. An .onnx file's N is fixed."
+        ),
+    ] = None,
+    watch: Annotated[
+        bool,
+        typer.Option(
+            help="Reload when what is served changes: the .onnx file, or the checkpoint a run or "
+            "checkpoint directory resolves to (checkpoints/last) and its checkpoint.json."
+        ),
+    ] = False,
     max_message_bytes: Annotated[int, typer.Option(help="Refuse larger requests (RESOURCE_EXHAUSTED).")] = 1 << 20,
     max_sessions: Annotated[int, typer.Option(help="Most sessions at once (RESOURCE_EXHAUSTED beyond).")] = 4096,
     session_idle_s: Annotated[
@@ -77,6 +90,7 @@ def serve(
     import os
 
     from flowrl_deploy.affinity import check_thread_count, parse_cpus
+    from flowrl_deploy.cli.export import MAX_STEPS
     from flowrl_deploy.errors import FlowRLError
     from flowrl_deploy.serve import ServeConfig, serve_forever
 
@@ -92,6 +106,8 @@ def serve(
         raise FlowRLError(
             "--token is empty (an unset variable?); give the secret, or leave --token out to serve without one"
         )
+    if steps is not None and not 1 <= steps <= MAX_STEPS:
+        raise FlowRLError(f"--steps must lie in [1, {MAX_STEPS}], got {steps}")
     if batch_window_us < 0:
         raise FlowRLError(f"--batch-window-us must be >= 0, got {batch_window_us}")
     if max_batch > MAX_BATCH:
@@ -123,6 +139,7 @@ def serve(
         tls_key=tls_key,
         client_ca=client_ca,
         metrics_port=metrics_port,
+        steps=steps,
         watch=watch,
         cpus=parse_cpus(cpus),
     )

@@ -36,6 +36,8 @@ def policy(tmp_path_factory):
         (["--port", "0", "--batch-window-us", "-1"], "--batch-window-us must be >= 0"),
         (["--port", "0", "--max-batch", "100000000"], "--max-batch must be at most 4096"),
         (["--port", "0", "--token", ""], "--token is empty (an unset variable?)"),
+        (["--port", "0", "--steps", "3"], "--steps applies to a checkpoint"),
+        (["--port", "0", "--steps", "0"], "--steps must lie in [1, 1000]"),
         (["--port", "0", "--cpus", "x"], "--cpus 'x': use core ids"),
         (["--port", "0", "--tls-cert", "{policy}", "--tls-key", "{policy}"], "is not a PEM file"),
     ],
@@ -84,3 +86,11 @@ def test_an_empty_flowrl_token_variable_is_refused(policy, serve_call, value):
     served = runner.invoke(app, ["serve", str(policy), "--port", "0"], env={"FLOWRL_TOKEN": "s3cret"})
     assert served.exit_code == 0, served.output
     assert serve_call["config"].token == "s3cret"
+
+
+def test_steps_reaches_the_server_for_a_checkpoint(tmp_path, serve_call):
+    result = runner.invoke(app, ["serve", str(tmp_path), "--port", "0", "--steps", "1"])
+    assert result.exit_code == 0, result.output
+    assert serve_call["config"].steps == 1
+    runner.invoke(app, ["serve", str(tmp_path), "--port", "0"])
+    assert serve_call["config"].steps is None  # the checkpoint's training steps

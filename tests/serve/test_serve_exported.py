@@ -44,7 +44,7 @@ def test_a_checkpoint_is_exported_on_the_fly(checkpoint, onnx_file):
 
     obs = np.linspace(-1, 1, 5, dtype=np.float32)
     with (
-        PolicyServer(ServeConfig(str(checkpoint), port=0, grace_s=0)).start() as server,
+        PolicyServer(ServeConfig(str(checkpoint), port=0, steps=10, grace_s=0)).start() as server,
         PolicyClient(server.address) as client,
     ):
         info = client.spec()

@@ -10,10 +10,11 @@ import time
 import grpc
 import numpy as np
 import pytest
-from fake_checkpoints import patch_exporter, save_step
+from fake_checkpoints import TRAINED_STEPS, patch_exporter, save_step
 from tiny_policy import write_policy
 
 from flowrl_deploy.client import PolicyClient, ServiceError
+from flowrl_deploy.errors import FlowRLError
 from flowrl_deploy.runtime import OnnxPolicy
 from flowrl_deploy.serve import PolicyServer, ServeConfig
 
@@ -147,6 +148,29 @@ def test_watch_of_a_checkpoint_reloads_when_it_is_saved_again(tmp_path, monkeypa
         assert server.servicer.metrics.reloads == 0
         save_step(tmp_path / "run", 1, link=False)  # the same step rewritten (a new checkpoint.json)
         assert _wait_for(lambda: client.spec().model_version != version)
+
+
+def test_served_checkpoints_are_exported_at_their_training_steps_or_steps(tmp_path, monkeypatch):
+    exporter = patch_exporter(monkeypatch)
+    run = tmp_path / "run"
+    save_step(run, 1)
+    with PolicyServer(ServeConfig(str(run), port=0, grace_s=0)).start() as server:
+        assert server.servicer.model.contract.flow_steps == TRAINED_STEPS
+    config = ServeConfig(str(run), port=0, steps=1, watch=True, watch_interval_s=0.02, grace_s=0)
+    with PolicyServer(config).start() as server, PolicyClient(server.address) as client:
+        assert client.spec().flow_steps == 1
+        save_step(run, 2)
+        assert _wait_for(lambda: client.spec().model_version.startswith("v2-"))
+        assert client.spec().flow_steps == 1
+        client.reload(str(run / "checkpoints" / "step_000000001"))  # Reload re-exports at the same N
+        assert client.spec().flow_steps == 1
+    assert [steps for _, steps in exporter.calls] == [TRAINED_STEPS, 1, 1, 1]
+
+
+def test_steps_with_an_onnx_file_is_refused(tmp_path):
+    path = write_policy(tmp_path / "policy.onnx")
+    with pytest.raises(FlowRLError, match="applies to a checkpoint"):
+        PolicyServer(ServeConfig(str(path), port=0, steps=3)).start()
 
 
 def test_reload_of_a_served_directory_is_confined_to_that_directory(tmp_path, monkeypatch):
