@@ -21,8 +21,18 @@ from flowrl_deploy.errors import FlowRLError
 FLOWRL = (sys.executable, "-m", "flowrl_deploy.cli")
 
 
+EVERY_INTERFACE = {"0.0.0.0": "127.0.0.1", "[::]": "[::1]", "": "127.0.0.1"}
+
+
+def connectable(address: str) -> str:
+    """A bound ``host:port`` as a client on this machine reaches it: every interface → loopback."""
+    host, _, port = address.rpartition(":")
+    return f"{EVERY_INTERFACE.get(host, host)}:{port}"
+
+
 class ServerProcess:
-    """Start ``flowrl serve MODEL --port 0 *args``; ``address`` is its ``host:port``.
+    """Start ``flowrl serve MODEL --port 0 *args``; ``address`` is the ``host:port`` to connect to,
+    ``banner`` the line it printed once serving.
 
     With ``log``, the server's stderr (its log) is copied to that file.
     """
@@ -45,9 +55,10 @@ class ServerProcess:
         if not line.startswith("serving "):
             error = self._stop_and_read_error()
             raise FlowRLError(f"flowrl serve {Path(model).name} did not start: {error or line.strip() or 'no output'}")
-        # "serving <version> on <host:port>[, metrics on :<port>]"
+        # "serving <version> (N=<steps> flow steps) on <host:port>[, metrics on <host:port>]"
+        self.banner = line.strip()
         self.version = line.split()[1]
-        self.address = line.split(" on ")[1].split(",")[0].strip()
+        self.address = connectable(line.split(" on ")[1].split(",")[0].strip())
         self._stderr_drain = threading.Thread(target=self._drain_stderr, args=(log,), daemon=True)
         self._stderr_drain.start()
 

@@ -15,6 +15,7 @@ which measured the lowest batch-1 latency.
 
 from __future__ import annotations
 
+import ipaddress
 import logging
 import signal
 import tempfile
@@ -48,6 +49,17 @@ def host_port(host: str, port: int) -> str:
     return f"[{host}]:{port}" if ":" in host and not host.startswith("[") else f"{host}:{port}"
 
 
+def is_loopback(host: str) -> bool:
+    """Only this machine can reach ``host`` (``localhost``, 127.0.0.0/8, ``::1``)."""
+    name = host.strip("[]")
+    if name == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(name).is_loopback
+    except ValueError:  # a host name, or '' (every interface)
+        return False
+
+
 def server_credentials(config: ServeConfig) -> grpc.ServerCredentials | None:
     """TLS (and mTLS with ``client_ca``) credentials, or None for plaintext."""
     if not (config.tls_cert or config.tls_key or config.client_ca):
@@ -76,8 +88,19 @@ class PolicyServer:
 
     @property
     def address(self) -> str:
+        """Where a client on this machine connects (``0.0.0.0`` becomes 127.0.0.1)."""
         host = "127.0.0.1" if self.config.host in ("0.0.0.0", "") else self.config.host
         return host_port("::1" if host == "::" else host, self.port)
+
+    @property
+    def bound_address(self) -> str:
+        """The address the server listens on, as bound: ``--host`` and the real port."""
+        return host_port(self.config.host, self.port)
+
+    @property
+    def metrics_address(self) -> str | None:
+        """Where Prometheus metrics are served (``--host`` and the real port), or None."""
+        return None if self.metrics_port is None else host_port(self.config.host, self.metrics_port)
 
     def _set_health(self, status: int) -> None:
         for name in ("", SERVICE_NAME):
@@ -125,6 +148,12 @@ class PolicyServer:
             raise FlowRLError(f"cannot listen on {address}: {exc}") from exc
         if not self.port:
             raise FlowRLError(f"cannot listen on {address} (in use?)")
+        if not is_loopback(config.host) and not config.token and credentials is None:
+            log.warning(
+                "listening on %s with neither --token nor TLS: anyone who can reach it on the network can "
+                "call it (Act, Reload); give --token (and --tls-cert/--tls-key), or listen on 127.0.0.1",
+                self.bound_address,
+            )
         self._server.start()
         try:
             if config.watch:  # its stamp is taken now: a checkpoint saved while loading is not missed

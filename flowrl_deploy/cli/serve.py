@@ -145,7 +145,9 @@ def serve(
     )
 
     def ready(server) -> None:
-        metrics = f", metrics on :{server.metrics_port}" if server.metrics_port is not None else ""
-        typer.echo(f"serving {server.servicer.model.version} on {server.address}{metrics}")
+        model = server.servicer.model
+        metrics = f", metrics on {server.metrics_address}" if server.metrics_address is not None else ""
+        steps = f"N={model.contract.flow_steps} flow steps"
+        typer.echo(f"serving {model.version} ({steps}) on {server.bound_address}{metrics}")
 
     serve_forever(config, on_ready=ready)

@@ -118,6 +118,21 @@ def test_sigterm_stops_the_server_with_exit_0(served):
     assert process.stop() == 0  # SIGTERM
 
 
+def test_banner_names_the_bound_address_and_flow_steps_and_warns_on_an_open_address(tmp_path):
+    path = write_policy(tmp_path / "policy.onnx", flow_steps=4)
+    log = tmp_path / "serve.log"
+    with ServerProcess(path, "--host", "0.0.0.0", "--metrics-port", "0", log=log) as process:
+        port = int(process.address.rsplit(":", 1)[1])
+        assert process.banner.startswith(
+            f"serving {process.version} (N=4 flow steps) on 0.0.0.0:{port}, metrics on 0.0.0.0:"
+        )
+        with PolicyClient(process.address) as client:  # the connectable address: 127.0.0.1
+            assert client.act(np.zeros(3, np.float32)).shape == (2,)
+        assert process.stop() == 0
+    warnings = [line for line in log.read_text().splitlines() if "WARNING" in line]
+    assert len(warnings) == 1 and f"0.0.0.0:{port}" in warnings[0] and "--token" in warnings[0]
+
+
 @pytest.mark.skipif(not hasattr(os, "sched_setaffinity"), reason="CPU affinity is Linux-only")
 def test_serve_cpus_pins_every_thread_of_the_server(tmp_path):
     core = max(os.sched_getaffinity(0))

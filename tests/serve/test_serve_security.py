@@ -96,6 +96,22 @@ def test_calls_refused_for_their_token_are_counted(policy_path):
     assert 'flowrl_requests_total{method="Act",code="OK"} 1' in exposition
 
 
+@pytest.mark.parametrize(
+    ("host", "secured", "warned"),
+    [("0.0.0.0", {}, True), ("0.0.0.0", {"token": "s3cret"}, False), ("127.0.0.1", {}, False)],
+)
+def test_an_open_network_address_without_token_or_tls_is_warned_about(policy_path, caplog, host, secured, warned):
+    config = ServeConfig(str(policy_path), host=host, port=0, grace_s=0, **secured)
+    with caplog.at_level("WARNING", logger="flowrl.serve"), PolicyServer(config).start() as server:
+        bound = server.bound_address
+    warnings = [r.getMessage() for r in caplog.records if r.levelname == "WARNING"]
+    assert bound == f"{host}:{server.port}"
+    if warned:
+        assert len(warnings) == 1 and bound in warnings[0] and "anyone" in warnings[0]
+    else:
+        assert not warnings
+
+
 def test_stream_with_a_wrong_token_raises_instead_of_falling_back(policy_path):
     config = ServeConfig(str(policy_path), port=0, token="s3cret", grace_s=0)
     with PolicyServer(config).start() as server, PolicyClient(server.address, token="s3cret") as client:
