@@ -87,6 +87,7 @@ def run_demo(cfg: DemoConfig, echo=typer.echo) -> dict[str, Any]:
         "train_steps": cfg.steps,
         "train_seconds": round(train_s, 1),
         "best_eval_return": _finite(result.counters.best_eval_return),
+        "last_eval_return": result.counters.last_eval_return,
         "onnx_eval_return": offline.mean,
         "served_return": control.mean_return,
         "control": {k: v for k, v in control.to_dict().items() if k != "round_trip_us"},
@@ -124,17 +125,20 @@ def _finite(x: float) -> float | None:
     return x if math.isfinite(x) else None
 
 
+def _latencies(control: Any) -> str:
+    if not control.fresh_replies:
+        return "no fresh replies (every tick fell back)"
+    return f"{control.round_trip_p50_us:.0f} / {control.round_trip_p99_us:.0f} / {control.round_trip_p999_us:.0f} µs"
+
+
 def _table(summary: dict[str, Any], control: Any) -> str:
     rows = [
         ("task", summary["env"]),
         ("training", f"{summary['train_steps']} steps in {summary['train_seconds']:.0f} s"),
-        ("best eval return (torch)", f"{summary['best_eval_return'] or float('nan'):.1f}"),
+        ("last eval return in training (torch)", f"{summary['last_eval_return'] or float('nan'):.1f}"),
         ("return of policy.onnx (in process)", f"{summary['onnx_eval_return']:.1f}"),
         ("return via the server (closed loop)", f"{summary['served_return']:.1f}"),
-        (
-            "round trip p50 / p99 / p99.9",
-            f"{control.round_trip_p50_us:.0f} / {control.round_trip_p99_us:.0f} / {control.round_trip_p999_us:.0f} µs",
-        ),
+        ("round trip p50 / p99 / p99.9", _latencies(control)),
         ("deadline misses", f"{control.deadline_misses} of {control.steps} ({100 * control.miss_rate:.2f}%)"),
         ("report", str(Path(summary["artifacts"]["onnx"]).parent)),
     ]
@@ -214,5 +218,8 @@ def demo(
     try:
         run_demo(cfg)
     except KeyboardInterrupt:
-        typer.secho(f"interrupted; the server is stopped, and what was written is in {out}", err=True)
+        typer.secho(
+            f"interrupted; the server is stopped, and what was written is in the report folder under {out} named above",
+            err=True,
+        )
         raise typer.Exit(130) from None

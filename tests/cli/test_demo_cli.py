@@ -27,6 +27,18 @@ def test_demo_writes_a_report_folder_and_stops_its_server(tmp_path):
     for name in ("training_curve.png", "latency_histogram.png", "policy.onnx", "server.log"):
         assert (report / name).stat().st_size > 0
     assert "return via the server" in result.output
+    assert summary["last_eval_return"] is not None and "last eval return in training (torch)" in result.output
+
+
+def test_a_run_without_fresh_replies_is_said_so_not_formatted_as_numbers():
+    from types import SimpleNamespace
+
+    from flowrl_deploy.cli.demo import _latencies
+
+    none = SimpleNamespace(fresh_replies=0, round_trip_p50_us=None, round_trip_p99_us=None, round_trip_p999_us=None)
+    assert _latencies(none) == "no fresh replies (every tick fell back)"
+    some = SimpleNamespace(fresh_replies=3, round_trip_p50_us=900.4, round_trip_p99_us=1500.0, round_trip_p999_us=2e3)
+    assert _latencies(some) == "900 / 1500 / 2000 µs"
 
 
 def test_child_server_is_stopped_on_interrupt(tmp_path):
