@@ -140,6 +140,13 @@ def train(
             save_every=save_every, save_replay=save_replay, device=device.value, bf16=bf16, compile=compile,
             cuda_graphs=cuda_graphs, threads=threads,
         )  # fmt: skip
+    if cfg.start_steps >= cfg.steps:
+        typer.secho(
+            f"warning: --start-steps {cfg.start_steps} >= --steps {cfg.steps}: every step is random warm-up, "
+            "so no gradient update will run and the checkpoint holds the untrained policy",
+            err=True,
+            fg=typer.colors.YELLOW,
+        )
     result = run_training(cfg, resume=resume, progress=progress, stop_on_sigint=True)
     if result.interrupted:
         saved = f"saved {result.last_checkpoint}; " if result.last_checkpoint else ""
