@@ -43,3 +43,9 @@ app.command(name="eval")(eval_command)
 from flowrl_deploy.cli.demo import demo  # noqa: E402
 
 app.command()(demo)
+from flowrl_deploy.cli.stats import stats  # noqa: E402
+
+app.command()(stats)
+from flowrl_deploy.cli.reload import reload  # noqa: E402
+
+app.command()(reload)

@@ -2,18 +2,31 @@
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import json
 import math
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from enum import Enum
 from pathlib import Path
-from typing import ParamSpec, TypeVar
+from typing import TYPE_CHECKING, Annotated, ParamSpec, TypeVar
 
 import typer
 
 from flowrl_deploy.checkpoint import check_output_path
 from flowrl_deploy.errors import FlowRLError
+
+if TYPE_CHECKING:
+    from flowrl_deploy.client import PolicyClient
+
+MAX_TIMEOUT_S = 86400
+
+# The connection options of the commands that call a running server (query, control, stats, reload).
+Server = Annotated[str, typer.Option(help="host:port of `flowrl serve`.")]
+Token = Annotated[str, typer.Option(help="The server's shared secret.", envvar="FLOWRL_TOKEN")]
+TlsCa = Annotated[str, typer.Option(help="PEM CA of the server's TLS certificate.")]
+TlsCert = Annotated[str, typer.Option(help="PEM client certificate, for a server with --client-ca (mTLS).")]
+TlsKey = Annotated[str, typer.Option(help="PEM private key of --tls-cert.")]
 
 
 class Solver(str, Enum):
@@ -59,6 +72,30 @@ def write_report(flag: str, path: Path, report: object) -> None:
         path.write_text(json.dumps(report, indent=2) + "\n")
     except OSError as exc:
         raise FlowRLError(f"cannot write {flag} {path}: {exc.strerror or exc}") from None
+
+
+@contextlib.contextmanager
+def server_client(
+    server: str, token: str, tls_ca: str, tls_cert: str, tls_key: str, timeout_s: float | None = None
+) -> Iterator[PolicyClient]:
+    """A client for one command; a failed call is one line, and a failed connection says which
+    TLS option may be missing."""
+    import grpc
+
+    from flowrl_deploy.client import PolicyClient, ServiceError
+    from flowrl_deploy.control import check_tls_files, connection_hint
+
+    if timeout_s is not None and not 0 < timeout_s <= MAX_TIMEOUT_S:  # gRPC takes ~300 years as already past
+        raise FlowRLError(f"--timeout must lie in (0, {MAX_TIMEOUT_S}] seconds, got {timeout_s:g}")
+    check_tls_files(tls_cert, tls_key)
+    with PolicyClient(
+        server, token=token, tls_ca=tls_ca, tls_cert=tls_cert, tls_key=tls_key, timeout_s=timeout_s
+    ) as client:
+        try:
+            yield client
+        except ServiceError as exc:
+            hint = connection_hint(tls_ca, tls_cert) if exc.code == grpc.StatusCode.UNAVAILABLE else ""
+            raise FlowRLError(f"{exc} ({hint})" if hint else str(exc)) from None
 
 
 P = ParamSpec("P")

@@ -7,8 +7,17 @@ from typing import Annotated
 
 import typer
 
-from flowrl_deploy.cli._common import check_writable, finite, user_errors, write_report
-from flowrl_deploy.cli.query import TlsCa, TlsCert, TlsKey
+from flowrl_deploy.cli._common import (
+    Server,
+    TlsCa,
+    TlsCert,
+    TlsKey,
+    Token,
+    check_writable,
+    finite,
+    user_errors,
+    write_report,
+)
 
 
 def _announce_rate(explicit: bool):
@@ -37,7 +46,7 @@ def _announce_rate(explicit: bool):
 
 @user_errors
 def control(
-    server: Annotated[str, typer.Option(help="host:port of `flowrl serve`.")] = "localhost:50051",
+    server: Server = "localhost:50051",
     env: Annotated[str | None, typer.Option(help="Env id; default: the served policy's.")] = None,
     hz: Annotated[
         float | None,
@@ -55,7 +64,7 @@ def control(
         int | None, typer.Option(help="Stop the run (exit 1) after this many deadline misses in a row; default: never.")
     ] = None,
     contract_hash: Annotated[str, typer.Option(help="Pin the policy contract (hash from `flowrl inspect`).")] = "",
-    token: Annotated[str, typer.Option(help="The server's shared secret.", envvar="FLOWRL_TOKEN")] = "",
+    token: Token = "",
     tls_ca: TlsCa = "",
     tls_cert: TlsCert = "",
     tls_key: TlsKey = "",

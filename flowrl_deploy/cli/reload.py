@@ -1,0 +1,31 @@
+"""`flowrl reload`: ask a running server to swap in a model (the Reload call), as `--watch` does."""
+
+from __future__ import annotations
+
+from typing import Annotated
+
+import typer
+
+from flowrl_deploy.cli._common import Server, TlsCa, TlsCert, TlsKey, Token, finite, server_client, user_errors
+
+
+@user_errors
+def reload(
+    path: Annotated[
+        str,
+        typer.Argument(
+            help="The new model as the server sees it: an .onnx file beside the served one, or a checkpoint "
+            "under the served run directory (default: read the served path again)."
+        ),
+    ] = "",
+    server: Server = "localhost:50051",
+    token: Token = "",
+    tls_ca: TlsCa = "",
+    tls_cert: TlsCert = "",
+    tls_key: TlsKey = "",
+    timeout: Annotated[float, typer.Option(parser=finite, help="Seconds to wait (loading warms the model up).")] = 60.0,
+) -> None:
+    """Swap PATH in atomically once the server has checked its contract (in-flight calls finish on the old model)."""
+    with server_client(server, token, tls_ca, tls_cert, tls_key, timeout) as client:
+        new, previous = client.reload(path, timeout_s=timeout)
+    typer.echo(f"reloaded: {previous} -> {new}")

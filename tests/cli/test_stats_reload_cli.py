@@ -1,0 +1,80 @@
+"""`flowrl stats` and `flowrl reload` against a real in-process server with a token."""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+
+import pytest
+from typer.testing import CliRunner
+
+from flowrl_deploy.cli import app
+from flowrl_deploy.serve import PolicyServer, ServeConfig
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "serve"))
+from tiny_policy import write_policy
+
+runner = CliRunner()
+TOKEN = "s3cret"
+
+
+@pytest.fixture()
+def served(tmp_path):
+    path = write_policy(tmp_path / "policy.onnx")
+    with PolicyServer(ServeConfig(str(path), port=0, token=TOKEN, grace_s=0)).start() as server:
+        yield server, tmp_path
+
+
+def call(server, *args, token=TOKEN):
+    return runner.invoke(app, [*args, "--server", server.address, "--token", token])
+
+
+def test_stats_counts_the_calls_made(served):
+    server, _ = served
+    assert call(server, "query", "--obs", "[0.1, 0.2, 0.3]").exit_code == 0
+    result = call(server, "stats")
+    assert result.exit_code == 0, result.output
+    assert result.output.startswith("model v1-") and "0 reloads" in result.output
+    act = next(line.split() for line in result.output.splitlines() if line.startswith("Act "))
+    assert int(act[1]) == 1 and int(act[2]) == 0  # one request, no error
+    figures = json.loads(call(server, "stats", "--json").output)
+    assert figures["modelVersion"].startswith("v1-") and figures["reloads"] == "0"
+
+
+def test_reload_swaps_in_a_file_beside_the_served_one(served):
+    server, folder = served
+    write_policy(folder / "next.onnx", scale=2.0)  # same contract, other weights
+    result = call(server, "reload", str(folder / "next.onnx"))
+    assert result.exit_code == 0, result.output
+    assert result.output.startswith("reloaded: v1-") and " -> v2-" in result.output
+    assert "1 reloads" in call(server, "stats").output
+
+
+def test_reload_mistakes_are_one_line_and_the_old_model_keeps_serving(served, tmp_path_factory):
+    server, folder = served
+    elsewhere = write_policy(tmp_path_factory.mktemp("elsewhere") / "policy.onnx")
+    other = write_policy(folder / "other.onnx", action_names=("up", "down"))
+    for args, message in (
+        (["reload", str(elsewhere)], "PERMISSION_DENIED"),
+        (["reload", str(other)], "action_names"),
+        (["reload", str(folder / "missing.onnx")], "missing.onnx"),
+    ):
+        result = call(server, *args)
+        assert result.exit_code == 1 and message in result.output, result.output
+        assert len(result.output.strip().splitlines()) == 1 and "Traceback" not in result.output
+    assert call(server, "stats").output.startswith("model v1-")
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (["stats"], "UNAUTHENTICATED"),
+        (["stats", "--timeout", "0"], "--timeout must lie in (0, 86400]"),
+        (["reload", "--tls-cert", "client.pem"], "--tls-cert and --tls-key go together"),
+    ],
+)
+def test_connection_mistakes_are_one_line(served, args, message):
+    server, _ = served
+    result = call(server, *args, token="wrong")
+    assert result.exit_code == 1 and message in result.output, result.output
