@@ -41,8 +41,9 @@ class Histogram:
             running += count
             le = "+Inf" if bound == float("inf") else repr(bound)
             out.append(f'{name}_bucket{{{labels}{sep}le="{le}"}} {running}')
-        out.append(f"{name}_sum{{{labels}}} {self.total}")
-        out.append(f"{name}_count{{{labels}}} {self.count}")
+        label_set = f"{{{labels}}}" if labels else ""  # no empty braces on an unlabelled series
+        out.append(f"{name}_sum{label_set} {self.total}")
+        out.append(f"{name}_count{label_set} {self.count}")
         return out
 
 

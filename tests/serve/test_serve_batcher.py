@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 import threading
 import time
 import urllib.request
@@ -132,7 +133,8 @@ def test_batched_server_matches_onnxruntime_and_reports_metrics(policy_path):
         text = urllib.request.urlopen(f"http://127.0.0.1:{server.metrics_port}/metrics", timeout=2).read().decode()
     assert 'flowrl_requests_total{method="Act",code="OK"} 17' in text
     assert 'flowrl_requests_total{method="Act",code="DEADLINE_EXCEEDED"} 1' in text
-    assert "flowrl_batch_size_count" in text and "flowrl_request_latency_seconds_bucket" in text
+    assert re.search(r"^flowrl_batch_size_count \d+$", text, re.M)  # unlabelled: no empty braces
+    assert "flowrl_request_latency_seconds_bucket" in text
     assert 'flowrl_model_info{version="v1-' in text
 
 
