@@ -39,33 +39,33 @@ def eval_command(
     if policy.suffix == ".onnx":
         if flow_steps is not None:
             raise FlowRLError("--flow-steps does not apply to an ONNX policy; re-export with `flowrl export --steps`")
-        act_fn, env_id, dims = _onnx_policy(policy, seed, deterministic)
+        act_fn, env_id, dims, sampler = _onnx_policy(policy, seed, deterministic)
     else:
-        act_fn, env_id, dims = _checkpoint_policy(policy, flow_steps, device, seed, deterministic)
+        act_fn, env_id, dims, sampler = _checkpoint_policy(policy, flow_steps, device, seed, deterministic)
     env_id = env or env_id
     if not env_id:
         raise FlowRLError(f"{policy} does not record its env id; pass --env")
     result = evaluate(act_fn, env_id, episodes, seed, dims=dims)
-    noise = " from a0 = 0" if deterministic else ""
-    typer.echo(f"{env_id}: return {result.mean:.2f} ± {result.std:.2f} over {episodes} episodes{noise}")
+    noise = ", from a0 = 0" if deterministic else ""
+    typer.echo(f"{env_id}: return {result.mean:.2f} ± {result.std:.2f} over {episodes} episodes ({sampler}{noise})")
 
 
 def _checkpoint_policy(path: Path, flow_steps: int | None, device: str, seed: int, deterministic: bool):
-    """(act_fn, env id, (obs_dim, act_dim)) of a training checkpoint."""
+    """(act_fn, env id, (obs_dim, act_dim), sampler) of a training checkpoint."""
     from flowrl_deploy.checkpoint import read_spec
     from flowrl_deploy.train.evaluate import checkpoint_act_fn
 
     spec = read_spec(path)
     act_fn = checkpoint_act_fn(path, flow_steps, device, seed, deterministic)
-    return act_fn, spec.env_id, (spec.obs_dim, spec.act_dim)
+    return act_fn, spec.env_id, (spec.obs_dim, spec.act_dim), f"N={flow_steps or spec.flow_steps} {spec.solver}"
 
 
 def _onnx_policy(path: Path, seed: int, deterministic: bool):
-    """(act_fn, env id, (obs_dim, act_dim)) of an exported ONNX graph, exactly what will be deployed, with
-    seeded noise."""
+    """(act_fn, env id, (obs_dim, act_dim), sampler) of an exported ONNX graph, exactly what will be
+    deployed, with seeded noise."""
     from flowrl_deploy.export.act import onnx_act_fn
     from flowrl_deploy.runtime import OnnxPolicy
 
     policy = OnnxPolicy(path, providers=["CPUExecutionProvider"])
     c = policy.contract
-    return onnx_act_fn(policy, seed, deterministic), c.env_id, (c.obs_dim, c.act_dim)
+    return onnx_act_fn(policy, seed, deterministic), c.env_id, (c.obs_dim, c.act_dim), f"N={c.flow_steps} {c.solver}"
