@@ -18,6 +18,7 @@ from pathlib import Path
 import grpc
 import numpy as np
 
+from flowrl_deploy.checkpoint import DOCUMENT_FILE
 from flowrl_deploy.codec import TensorError, as_batch, decode, encode
 from flowrl_deploy.contract import PolicyContract
 from flowrl_deploy.errors import FlowRLError, SpecError
@@ -206,13 +207,16 @@ class PolicyServicer(pb_grpc.PolicyServiceServicer):
         return as_batch(decode(tensor, name="obs"), model.obs_dim, max_batch=self.config.max_request_batch)
 
     def _check_reload_path(self, path: str) -> None:
-        """A client may name only files under the served directory (a run or checkpoint directory)
-        or beside the served file: Reload must not become a way to make the server read any file
-        it can reach."""
-        served = Path(self.config.model).resolve()
-        allowed, what = (
-            (served, "the served directory") if served.is_dir() else (served.parent, "the served file's directory")
-        )
+        """A client may name only files beside the served file or checkpoint (a later checkpoint
+        of the same run), or under the served run directory: Reload must not become a way to make
+        the server read any file it can reach."""
+        served = Path(self.config.model).resolve()  # checkpoints/last → the step directory
+        if served.is_file():
+            allowed, what = served.parent, "the served file's directory"
+        elif (served / DOCUMENT_FILE).is_file():
+            allowed, what = served.parent, "the served checkpoint's run"
+        else:
+            allowed, what = served, "the served run directory"
         if not Path(path).resolve().is_relative_to(allowed):
             raise ServeError(
                 f"reload refused: {path} is outside {allowed}, {what}; put the new model there",

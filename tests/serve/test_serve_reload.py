@@ -182,9 +182,22 @@ def test_reload_of_a_served_directory_is_confined_to_that_directory(tmp_path, mo
         with PolicyClient(server.address) as client, pytest.raises(ServiceError) as info:
             client.reload(str(beside))
         assert info.value.code == grpc.StatusCode.PERMISSION_DENIED
-        assert f"outside {run.resolve()}, the served directory" in info.value.details
+        assert f"outside {run.resolve()}, the served run directory" in info.value.details
         with PolicyClient(server.address) as client:
             assert client.reload(str(save_step(run, 2, link=False)))[0].startswith("v2-")
+
+
+def test_a_served_checkpoint_may_reload_a_later_one_of_its_run(tmp_path, monkeypatch):
+    patch_exporter(monkeypatch)
+    run = tmp_path / "run"
+    save_step(run, 1)
+    server = PolicyServer(ServeConfig(str(run / "checkpoints" / "last"), port=0, grace_s=0)).start()
+    with server, PolicyClient(server.address) as client:
+        assert client.reload(str(save_step(run, 2)))[0].startswith("v2-")  # a sibling of step 1
+        with pytest.raises(ServiceError) as info:
+            client.reload(str(write_policy(tmp_path / "beside_the_run.onnx")))
+    assert info.value.code == grpc.StatusCode.PERMISSION_DENIED
+    assert f"outside {(run / 'checkpoints').resolve()}, the served checkpoint's run" in info.value.details
 
 
 def test_refused_reloads_are_logged_with_their_reason(served, caplog, tmp_path_factory):
