@@ -16,8 +16,9 @@ DTYPES = ("fp32", "int8")
 class ExportConfig:
     """How to unroll and verify the sampler."""
 
-    steps: int = 10
-    """Flow steps N unrolled into the graph; may differ from the training steps (v is continuous in t)."""
+    steps: int | None = None
+    """Flow steps N unrolled into the graph; None takes the checkpoint's training N. Any N ≥ 1
+    integrates the velocity field (continuous in t), but a policy acts best at the N it was trained with."""
     solver: str | None = None
     """'midpoint' or 'euler'; None takes the checkpoint's solver."""
     opset: int = 18
@@ -38,7 +39,7 @@ class ExportConfig:
     """Seed of the verification inputs."""
 
     def __post_init__(self) -> None:
-        if self.steps < 1:
+        if self.steps is not None and self.steps < 1:
             raise FlowRLError(f"--steps must be >= 1, got {self.steps}")
         if self.solver is not None and self.solver not in SOLVERS:
             raise FlowRLError(f"unknown solver {self.solver!r}; choose one of {', '.join(SOLVERS)}")

@@ -81,7 +81,7 @@ def export_checkpoint(
     checkpoint = load_checkpoint(checkpoint_path)
     check_output_path("--out", out)
     spec = checkpoint.spec
-    config = replace(config, solver=config.solver or spec.solver)
+    config = replace(config, steps=config.steps or spec.flow_steps, solver=config.solver or spec.solver)
     weights = VelocityWeights.from_actor(checkpoint.actor, spec)
     model = build_policy_graph(
         weights,

@@ -8,7 +8,6 @@ from pathlib import Path
 
 import numpy as np
 
-from flowrl_deploy.checkpoint import read_spec
 from flowrl_deploy.errors import FlowRLError
 from flowrl_deploy.runtime import OnnxPolicy
 from flowrl_deploy.serve.errors import ContractMismatch
@@ -62,8 +61,6 @@ def resolve_onnx(model: str, workdir: Path, steps: int | None = None) -> Path:
             f"{model} is not an .onnx file; serving a checkpoint exports it first, which needs the "
             f"export extra (pip install 'flowrl-deploy[export]'), or run `flowrl export` yourself ({exc})"
         ) from exc
-    if steps is None:
-        steps = read_spec(path).flow_steps
     out = workdir / "policy.onnx"
     export_checkpoint(path, out, ExportConfig(steps=steps))
     return out

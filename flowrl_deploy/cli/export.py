@@ -8,6 +8,7 @@ from typing import Annotated
 
 import typer
 
+from flowrl_deploy.checkpoint import read_spec, resolve_checkpoint
 from flowrl_deploy.cli._common import Solver, check_writable, user_errors, write_report
 from flowrl_deploy.errors import FlowRLError
 
@@ -48,8 +49,12 @@ def export(
     checkpoint: Annotated[Path, typer.Argument(help="Checkpoint directory, or a run directory (its last checkpoint).")],
     out: Annotated[Path, typer.Option("--out", "-o", help="The ONNX file to write.")] = Path("policy.onnx"),
     steps: Annotated[
-        str, typer.Option(help="Flow steps N unrolled in the graph; a comma list (1,2,5,10,20) exports one file per N.")
-    ] = "10",
+        str | None,
+        typer.Option(
+            help="Flow steps N unrolled in the graph (default: the checkpoint's training N); "
+            "a comma list (1,2,5,10,20) exports one file per N."
+        ),
+    ] = None,
     solver: Annotated[Solver | None, typer.Option(help="ODE solver; default: the checkpoint's.")] = None,
     opset: Annotated[int, typer.Option(help="ONNX opset (>= 17).")] = 18,
     batch: Annotated[str, typer.Option(help="'dynamic' batch axis, or a fixed batch size.")] = "dynamic",
@@ -77,7 +82,7 @@ def export(
     from flowrl_deploy.export import ExportConfig, export_checkpoint
     from flowrl_deploy.export.sweep import sweep_paths
 
-    step_list = parse_steps(steps)
+    step_list = parse_steps(steps) if steps is not None else [read_spec(resolve_checkpoint(checkpoint)).flow_steps]
     sweep = report or len(step_list) > 1  # a table; several N write one file each (policy.n10.onnx)
     if episodes < 0:
         raise FlowRLError(f"--episodes must be >= 0 (0: latency only), got {episodes}")

@@ -37,6 +37,14 @@ def test_export_then_inspect(checkpoint, tmp_path):
     assert info["provenance"]["export_config"]["steps"] == 4
 
 
+def test_without_steps_or_solver_the_checkpoints_own_are_exported(checkpoint, tmp_path):
+    out = tmp_path / "policy.onnx"
+    result = runner.invoke(app, ["export", str(checkpoint), "--out", str(out)])
+    assert result.exit_code == 0, result.output
+    contract = OnnxPolicy(out, providers=["CPUExecutionProvider"]).contract
+    assert (contract.flow_steps, contract.solver) == (SPEC.flow_steps, SPEC.solver) == (1, "midpoint")
+
+
 def test_export_options_reach_the_config(checkpoint, tmp_path, monkeypatch):
     seen = {}
 

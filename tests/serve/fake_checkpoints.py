@@ -39,10 +39,11 @@ class FakeExporter:
         self.calls: list[tuple[Path, int]] = []
 
     def __call__(self, checkpoint, out, config) -> None:
-        step = read_document(checkpoint)["counters"]["step"]
+        document = read_document(checkpoint)
+        steps = config.steps or document["spec"]["flow_steps"]  # None: the training N, as the exporter does
         Path(out).parent.mkdir(parents=True, exist_ok=True)
-        write_policy(Path(out), scale=float(step), flow_steps=config.steps)
-        self.calls.append((resolve_checkpoint(checkpoint), config.steps))
+        write_policy(Path(out), scale=float(document["counters"]["step"]), flow_steps=steps)
+        self.calls.append((resolve_checkpoint(checkpoint), steps))
 
 
 def patch_exporter(monkeypatch) -> FakeExporter:
