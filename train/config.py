@@ -25,6 +25,11 @@ class ConfigError(FlowRLError):
     """A training setting is out of range or a config file cannot be read."""
 
 
+def flag(name: str) -> str:
+    """The ``flowrl train`` flag of a config field: ``batch_size`` → ``--batch-size``."""
+    return "--" + name.replace("_", "-")
+
+
 @dataclass(frozen=True)
 class TrainConfig:
     # --- run ---
@@ -105,16 +110,17 @@ class TrainConfig:
         self.validate()
 
     def validate(self) -> None:
-        """Raise :class:`ConfigError` naming the first setting of the wrong type or out of range."""
+        """Raise :class:`ConfigError` naming (as its ``flowrl train`` flag) the first setting of the
+        wrong type or out of range."""
         wrong = wrong_type(self)
         if wrong is not None:
             name, expected = wrong
-            raise ConfigError(f"{name} must be {expected}, got {getattr(self, name)!r}")
+            raise ConfigError(f"{flag(name)} must be {expected}, got {getattr(self, name)!r}")
         for field in fields(self):
             if field.type == "float" and not math.isfinite(getattr(self, field.name)):
-                raise ConfigError(f"{field.name} must be a finite number, got {getattr(self, field.name)!r}")
+                raise ConfigError(f"{flag(field.name)} must be a finite number, got {getattr(self, field.name)!r}")
         if not self.out.strip():
-            raise ConfigError("out must name a directory for the run, got an empty string")
+            raise ConfigError("--out must name a directory for the run, got an empty string")
         positive = (
             "steps",
             "hidden",
@@ -128,25 +134,23 @@ class TrainConfig:
         )
         for name in positive:
             if getattr(self, name) < 1:
-                raise ConfigError(f"{name} must be >= 1, got {getattr(self, name)}")
+                raise ConfigError(f"{flag(name)} must be >= 1, got {getattr(self, name)}")
         for name in ("seed", "start_steps", "eval_every", "save_every", "threads"):
             if getattr(self, name) < 0:
-                raise ConfigError(f"{name} must be >= 0, got {getattr(self, name)}")
+                raise ConfigError(f"{flag(name)} must be >= 0, got {getattr(self, name)}")
         for name in ("gamma", "tau", "expectile", "recent_fraction"):
             if not 0.0 <= getattr(self, name) <= 1.0:
-                raise ConfigError(f"{name} must lie in [0, 1], got {getattr(self, name)}")
+                raise ConfigError(f"{flag(name)} must lie in [0, 1], got {getattr(self, name)}")
         if self.tau == 1.0:
-            raise ConfigError("tau must be < 1: it is the share of the target critics kept, and at 1 they never move")
+            raise ConfigError("--tau must be < 1: it is the share of the target critics kept, and at 1 they never move")
         if self.batch_size > self.buffer_size:
-            raise ConfigError(f"batch_size ({self.batch_size}) cannot exceed buffer_size ({self.buffer_size})")
-        if self.lr <= 0 or self.lam <= 0:
-            raise ConfigError("lr and lam must be > 0")
-        if self.solver not in SOLVERS:
-            raise ConfigError(f"solver must be one of {', '.join(SOLVERS)}, got {self.solver!r}")
-        if self.cfm_weighting not in CFM_WEIGHTINGS:
-            raise ConfigError(f"cfm_weighting must be one of {', '.join(CFM_WEIGHTINGS)}, got {self.cfm_weighting!r}")
-        if self.device not in DEVICES:
-            raise ConfigError(f"device must be one of {', '.join(DEVICES)}, got {self.device!r}")
+            raise ConfigError(f"--batch-size ({self.batch_size}) cannot exceed --buffer-size ({self.buffer_size})")
+        for name in ("lr", "lam"):
+            if getattr(self, name) <= 0:
+                raise ConfigError(f"{flag(name)} must be > 0, got {getattr(self, name)}")
+        for name, allowed in (("solver", SOLVERS), ("cfm_weighting", CFM_WEIGHTINGS), ("device", DEVICES)):
+            if getattr(self, name) not in allowed:
+                raise ConfigError(f"{flag(name)} must be one of {', '.join(allowed)}, got {getattr(self, name)!r}")
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)

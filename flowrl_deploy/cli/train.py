@@ -10,7 +10,7 @@ import typer
 
 from flowrl_deploy.cli._common import Solver, finite, user_errors
 from flowrl_deploy.errors import FlowRLError
-from flowrl_deploy.train.config import TrainConfig
+from flowrl_deploy.train.config import TrainConfig, flag
 
 DEFAULT = TrainConfig()  # the single source of every default below
 
@@ -115,9 +115,7 @@ def train(
             name for name in ctx.params if name not in (*RESUME_OVERRIDES, "resume", "progress") and _given(ctx, name)
         ]
         if given:
-            flags, allowed = (
-                ", ".join("--" + name.replace("_", "-") for name in names) for names in (given, RESUME_OVERRIDES)
-            )
+            flags, allowed = (", ".join(flag(name) for name in names) for names in (given, RESUME_OVERRIDES))
             raise FlowRLError(
                 f"{flags} cannot change when resuming: the run keeps its saved settings "
                 f"(only {allowed} may be given with --resume)"

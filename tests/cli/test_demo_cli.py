@@ -62,7 +62,7 @@ def test_child_server_is_stopped_on_interrupt(tmp_path):
     [
         (["--steps", "0"], "--steps must be >= 1, got 0"),
         (["--hz", "-1"], "--hz must be >= 0, got -1"),
-        (["--hidden", "0"], "hidden must be >= 1"),
+        (["--hidden", "0"], "--hidden must be >= 1"),
         (["--env", "dmc:nope-nope"], "dm_control has no task nope-nope"),
     ],
 )

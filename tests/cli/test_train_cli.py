@@ -152,10 +152,10 @@ def test_an_unknown_env_fails_at_once(tmp_path):
 @pytest.mark.parametrize(
     ("args", "message"),
     [
-        (["--expectile", "1.5"], "expectile must lie in [0, 1]"),
-        (["--batch-size", "64", "--buffer-size", "32"], "batch_size (64) cannot exceed buffer_size (32)"),
-        (["--steps", "0"], "steps must be >= 1"),
-        (["--tau", "1"], "tau must be < 1"),
+        (["--expectile", "1.5"], "--expectile must lie in [0, 1]"),
+        (["--batch-size", "64", "--buffer-size", "32"], "--batch-size (64) cannot exceed --buffer-size (32)"),
+        (["--steps", "0"], "--steps must be >= 1"),
+        (["--tau", "1"], "--tau must be < 1"),
         (["--out", ""], "out must name a directory"),
     ],
 )
@@ -196,7 +196,7 @@ def test_a_config_file_with_a_wrong_type_is_one_clear_line(tmp_path):
     document.write_text(json.dumps(saved))
     result = runner.invoke(app, ["train", "--resume", str(out), "--steps", "150", "--no-progress"])
     assert result.exit_code == 1 and "Traceback" not in result.output
-    assert "hidden must be an integer, got '64'" in result.output
+    assert "--hidden must be an integer, got '64'" in result.output
 
 
 def test_out_pointing_at_a_file_is_one_clear_line(tmp_path):
