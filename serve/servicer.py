@@ -18,7 +18,7 @@ from pathlib import Path
 import grpc
 import numpy as np
 
-from flowrl_deploy.checkpoint import DOCUMENT_FILE
+from flowrl_deploy.checkpoint import resolve_checkpoint
 from flowrl_deploy.codec import TensorError, as_batch, decode, encode
 from flowrl_deploy.contract import PolicyContract
 from flowrl_deploy.errors import FlowRLError, SpecError
@@ -35,7 +35,7 @@ from flowrl_deploy.serve.errors import (
     status_of,
 )
 from flowrl_deploy.serve.metrics import Metrics
-from flowrl_deploy.serve.model import ServedModel, check_compatible, load_model, resolve_onnx
+from flowrl_deploy.serve.model import ServedModel, check_compatible, is_onnx_file, load_model, resolve_onnx
 from flowrl_deploy.serve.noise import Session, draw_noise, session_noise
 
 log = logging.getLogger("flowrl.serve")
@@ -206,22 +206,37 @@ class PolicyServicer(pb_grpc.PolicyServiceServicer):
     def _obs(self, tensor: pb.Tensor, model: ServedModel) -> np.ndarray:
         return as_batch(decode(tensor, name="obs"), model.obs_dim, max_batch=self.config.max_request_batch)
 
-    def _check_reload_path(self, path: str) -> None:
-        """A client may name only files beside the served file or checkpoint (a later checkpoint
-        of the same run), or under the served run directory: Reload must not become a way to make
-        the server read any file it can reach."""
-        served = Path(self.config.model).resolve()  # checkpoints/last → the step directory
-        if served.is_file():
-            allowed, what = served.parent, "the served file's directory"
-        elif (served / DOCUMENT_FILE).is_file():
-            allowed, what = served.parent, "the served checkpoint's run"
-        else:
-            allowed, what = served, "the served run directory"
-        if not Path(path).resolve().is_relative_to(allowed):
-            raise ServeError(
-                f"reload refused: {path} is outside {allowed}, {what}; put the new model there",
-                grpc.StatusCode.PERMISSION_DENIED,
-            )
+    def _reload_root(self) -> tuple[Path, str]:
+        """Where Reload may load from: beside the served file (its own folder, even if it is a
+        link), the run of a served checkpoint (so a later checkpoint of it), or a served run
+        directory itself."""
+        model = Path(self.config.model)
+        if is_onnx_file(model):
+            return model.absolute().parent.resolve(), "the served file's directory"
+        checkpoint = resolve_checkpoint(model).resolve()  # checkpoints/last, or model.safetensors → step_…
+        if model.is_file() or model.resolve() == checkpoint:
+            return checkpoint.parent, "the served checkpoint's run"
+        return model.resolve(), "the served run directory"
+
+    def _reload_target(self, path: str) -> Path:
+        """What Reload of ``path`` would load, resolved once, checked to lie in :meth:`_reload_root`
+        (before and after following links such as a checkpoint directory's ``last``): Reload must
+        not become a way to make the server read any file it can reach."""
+        allowed, what = self._reload_root()
+
+        def check(candidate: Path) -> None:
+            if not candidate.resolve().is_relative_to(allowed):
+                raise ServeError(
+                    f"reload refused: {path} is outside {allowed}, {what}; put the new model there",
+                    grpc.StatusCode.PERMISSION_DENIED,
+                )
+
+        check(Path(path))
+        if not Path(path).exists():
+            raise FlowRLError(f"model not found: {path}")
+        target = Path(path).resolve() if is_onnx_file(path) else resolve_checkpoint(path).resolve()
+        check(target)
+        return target
 
     # --- RPCs ---------------------------------------------------------------------------------
     @_unary("GetSpec")
@@ -340,11 +355,10 @@ class PolicyServicer(pb_grpc.PolicyServiceServicer):
     @_unary("Reload")
     def Reload(self, request: pb.ReloadRequest, context) -> pb.ReloadReply:
         try:
-            if request.path:
-                self._check_reload_path(request.path)
             try:
-                version, previous = self.load(request.path or None)
-            except ServeError:  # ContractMismatch
+                target = self._reload_target(request.path) if request.path else None
+                version, previous = self.load(None if target is None else str(target))
+            except ServeError:  # PERMISSION_DENIED, ContractMismatch
                 raise
             except FlowRLError as exc:
                 raise ServeError(

@@ -57,20 +57,22 @@ def test_solver_defaults_to_the_checkpoint_and_steps_do_not_change_the_hash(chec
     two = export_checkpoint(checkpoint, tmp_path / "b.onnx", ExportConfig(steps=2, samples=5))
     assert ten.contract.solver == SPEC.solver
     assert ten.contract_hash == two.contract_hash
-    deterministic = export_checkpoint(checkpoint, tmp_path / "c.onnx", ExportConfig(deterministic=True, samples=5))
+    deterministic = export_checkpoint(
+        checkpoint, tmp_path / "c.onnx", ExportConfig(steps=10, deterministic=True, samples=5)
+    )
     assert deterministic.contract_hash != ten.contract_hash
     assert deterministic.contract.input_names == ("obs",)
 
 
 def test_report_covers_every_batch_size_and_prints_errors(checkpoint, tmp_path):
-    report = export_checkpoint(checkpoint, tmp_path / "p.onnx", ExportConfig(samples=100))
+    report = export_checkpoint(checkpoint, tmp_path / "p.onnx", ExportConfig(steps=10, samples=100))
     assert report.parity.batch_sizes == (1, 2, 7, 64)
     assert report.parity.max_abs_error_action < 1e-5 and report.parity.bit_identical_repeat
     assert "max |Δaction|" in report.summary() and "PASSED" in report.summary()
 
 
 def test_fixed_batch_is_verified_at_that_size(checkpoint, tmp_path):
-    report = export_checkpoint(checkpoint, tmp_path / "p.onnx", ExportConfig(batch=5, samples=10))
+    report = export_checkpoint(checkpoint, tmp_path / "p.onnx", ExportConfig(steps=10, batch=5, samples=10))
     assert report.parity.batch_sizes == (5,)
     dims = onnx.load(report.path).graph.input[0].type.tensor_type.shape.dim
     assert [d.dim_value for d in dims] == [5, SPEC.obs_dim]
@@ -85,7 +87,7 @@ def test_wrong_graph_fails_verification_and_writes_nothing(checkpoint, tmp_path,
     monkeypatch.setattr(graph_module, "build_policy_graph", off_by_a_little)
     out = tmp_path / "policy.onnx"
     with pytest.raises(VerificationError, match="does not match the torch sampler"):
-        export_checkpoint(checkpoint, out, ExportConfig(samples=5))
+        export_checkpoint(checkpoint, out, ExportConfig(steps=10, samples=5))
     assert not out.exists()
 
 

@@ -44,8 +44,8 @@ def test_int8_layer_matches_its_dequantized_weights_in_onnxruntime():
 
 
 def test_int8_export_reports_its_error_and_keeps_the_contract(checkpoint, tmp_path):
-    fp32 = export_checkpoint(checkpoint, tmp_path / "fp32.onnx", ExportConfig(samples=20))
-    int8 = export_checkpoint(checkpoint, tmp_path / "int8.onnx", ExportConfig(dtype="int8", samples=20))
+    fp32 = export_checkpoint(checkpoint, tmp_path / "fp32.onnx", ExportConfig(steps=10, samples=20))
+    int8 = export_checkpoint(checkpoint, tmp_path / "int8.onnx", ExportConfig(steps=10, dtype="int8", samples=20))
     assert int8.contract_hash == fp32.contract_hash
     assert int8.provenance["dtype"] == "int8"
     assert 0 < int8.parity.max_abs_error_action < 0.05

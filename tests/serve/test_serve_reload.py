@@ -218,3 +218,30 @@ def test_refused_reloads_are_logged_with_their_reason(served, caplog, tmp_path_f
     assert len(warnings) == len(refused)
     for line, (path, reason) in zip(warnings, refused.items(), strict=True):
         assert "Reload" in line and path in line and reason in line
+
+
+def test_a_link_inside_the_allowed_area_cannot_reload_a_checkpoint_outside_it(tmp_path, monkeypatch):
+    exporter = patch_exporter(monkeypatch)
+    run, secret = tmp_path / "run", save_step(tmp_path / "secret", 7)
+    save_step(run, 1)
+    (run / "evil").mkdir()
+    (run / "evil" / "last").symlink_to(secret)  # resolve_checkpoint follows a directory's 'last'
+    server = PolicyServer(ServeConfig(str(run), port=0, grace_s=0)).start()
+    with server, PolicyClient(server.address) as client, pytest.raises(ServiceError) as info:
+        client.reload(str(run / "evil"))
+    assert info.value.code == grpc.StatusCode.PERMISSION_DENIED
+    assert secret.resolve() not in [c for c, _ in exporter.calls]
+
+
+def test_a_served_link_allows_files_beside_the_link_not_beside_its_target(tmp_path):
+    (tmp_path / "deploy").mkdir()
+    (tmp_path / "models").mkdir()
+    current = tmp_path / "deploy" / "current.onnx"
+    current.symlink_to(write_policy(tmp_path / "models" / "v1.onnx"))
+    beside_link, beside_target = (write_policy(tmp_path / d / "v2.onnx", scale=2.0) for d in ("deploy", "models"))
+    server = PolicyServer(ServeConfig(str(current), port=0, grace_s=0)).start()
+    with server, PolicyClient(server.address) as client:
+        assert client.reload(str(beside_link))[0].startswith("v2-")
+        with pytest.raises(ServiceError) as info:
+            client.reload(str(beside_target))
+    assert info.value.code == grpc.StatusCode.PERMISSION_DENIED
