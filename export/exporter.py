@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import hashlib
 import os
+import stat
 import tempfile
 from dataclasses import dataclass, replace
 from pathlib import Path
@@ -178,7 +179,10 @@ def _write_atomically(path: Path, data: bytes) -> None:
             f.write(data)
             f.flush()
             os.fsync(f.fileno())
-        apply_umask(Path(tmp))
+        if path.is_file():  # an overwrite keeps the file's permissions, as writing into it would
+            os.chmod(tmp, stat.S_IMODE(path.stat().st_mode))
+        else:
+            apply_umask(Path(tmp))
         os.replace(tmp, path)
     except BaseException as exc:
         Path(tmp).unlink(missing_ok=True)

@@ -50,6 +50,10 @@ def test_the_onnx_file_gets_the_permissions_of_the_umask(checkpoint, tmp_path):
     finally:
         os.umask(old)
     assert report.path.stat().st_mode & 0o777 == 0o644  # readable by a server running as another user
+    for mode in (0o600, 0o644):  # an overwrite keeps the file's own permissions
+        report.path.chmod(mode)
+        export_checkpoint(checkpoint, report.path, ExportConfig(steps=1, samples=10))
+        assert report.path.stat().st_mode & 0o777 == mode
 
 
 def test_solver_defaults_to_the_checkpoint_and_steps_do_not_change_the_hash(checkpoint, tmp_path):
