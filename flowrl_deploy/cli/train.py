@@ -138,9 +138,9 @@ def train(
             save_every=save_every, save_replay=save_replay, device=device.value, bf16=bf16, compile=compile,
             cuda_graphs=cuda_graphs, threads=threads,
         )  # fmt: skip
-    if cfg.start_steps >= cfg.steps:
+    if cfg.start_steps > cfg.steps:  # updates start at step --start-steps
         typer.secho(
-            f"warning: --start-steps {cfg.start_steps} >= --steps {cfg.steps}: every step is random warm-up, "
+            f"warning: --start-steps {cfg.start_steps} > --steps {cfg.steps}: every step is random warm-up, "
             "so no gradient update will run and the checkpoint holds the untrained policy",
             err=True,
             fg=typer.colors.YELLOW,

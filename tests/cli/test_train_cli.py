@@ -88,16 +88,14 @@ def test_options_reach_the_config(monkeypatch, tmp_path):
     assert seen["resume"] is None
 
 
-def test_a_run_that_is_all_warm_up_is_warned_about(monkeypatch, tmp_path):
-    def fake_train(cfg, resume=None, progress=True, **kwargs):
-        return loop.TrainResult(tmp_path, tmp_path / "ckpt", loop.Counters(env_steps=cfg.steps))
-
-    monkeypatch.setattr(loop, "train", fake_train)
-    for start, warned in ((1000, True), (999, False)):
-        args = ["train", "--env", "Pendulum-v1", "--steps", "1000", "--start-steps", str(start), "--out", str(tmp_path)]
+def test_a_run_that_is_all_warm_up_is_warned_about(tmp_path):
+    for start, updates in ((41, 0), (40, 1)):  # updates begin at step --start-steps
+        out = tmp_path / str(start)
+        args = ["train", *TINY, "--steps", "40", "--start-steps", str(start), "--eval-every", "0", "--out", str(out)]
         result = runner.invoke(app, args)
         assert result.exit_code == 0, result.output
-        assert ("no gradient update will run" in result.output) == warned
+        assert read_document(out / "checkpoints" / "last")["counters"]["updates"] == updates
+        assert ("no gradient update will run" in result.output) == (updates == 0)
 
 
 def test_train_then_eval_then_resume(tmp_path):
