@@ -91,7 +91,13 @@ class Metrics:
                 total = sum(n for (m, _), n in self.requests.items() if m == method)
                 errors = sum(n for (m, c), n in self.requests.items() if m == method and c != "OK")
                 p50, p99 = np.percentile(np.asarray(samples) * 1e6, [50, 99]) if samples else (0.0, 0.0)
-                methods[method] = {"requests": total, "errors": errors, "p50_us": p50, "p99_us": p99}
+                methods[method] = {
+                    "requests": total,
+                    "errors": errors,
+                    "p50_us": p50,
+                    "p99_us": p99,
+                    "timed_calls": len(samples),
+                }
             batches = self.batch_size.count
             mean_batch = self.batch_size.total / batches if batches else 0.0
             return {

@@ -34,4 +34,5 @@ def stats(
     )
     typer.echo(f"{'method':<10} {'requests':>9} {'errors':>7} {'p50 µs':>8} {'p99 µs':>8}")
     for m in reply.methods:
-        typer.echo(f"{m.method:<10} {m.requests:>9} {m.errors:>7} {m.p50_us:>8.0f} {m.p99_us:>8.0f}")
+        p50, p99 = (f"{m.p50_us:>8.0f}", f"{m.p99_us:>8.0f}") if m.timed_calls else (f"{'-':>8}", f"{'-':>8}")
+        typer.echo(f"{m.method:<10} {m.requests:>9} {m.errors:>7} {p50} {p99}")

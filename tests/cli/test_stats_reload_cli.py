@@ -37,9 +37,18 @@ def test_stats_counts_the_calls_made(served):
     assert result.exit_code == 0, result.output
     assert result.output.startswith("model v1-") and "0 reloads" in result.output
     act = next(line.split() for line in result.output.splitlines() if line.startswith("Act "))
-    assert int(act[1]) == 1 and int(act[2]) == 0  # one request, no error
+    assert int(act[1]) == 1 and int(act[2]) == 0 and float(act[3]) > 0  # one request, no error, timed
     figures = json.loads(call(server, "stats", "--json").output)
     assert figures["modelVersion"].startswith("v1-") and figures["reloads"] == "0"
+
+
+def test_calls_refused_for_their_token_are_counted_but_not_timed(served):
+    server, _ = served
+    assert call(server, "stats", token="wrong").exit_code == 1
+    result = call(server, "stats")
+    assert result.exit_code == 0, result.output
+    row = next(line.split() for line in result.output.splitlines() if line.startswith("GetStats "))
+    assert row == ["GetStats", "1", "1", "-", "-"]  # no latency made up for a call that never ran
 
 
 def test_reload_swaps_in_a_file_beside_the_served_one(served):

@@ -165,18 +165,20 @@ class GetStatsRequest(_message.Message):
     def __init__(self) -> None: ...
 
 class MethodStats(_message.Message):
-    __slots__ = ("method", "requests", "errors", "p50_us", "p99_us")
+    __slots__ = ("method", "requests", "errors", "p50_us", "p99_us", "timed_calls")
     METHOD_FIELD_NUMBER: _ClassVar[int]
     REQUESTS_FIELD_NUMBER: _ClassVar[int]
     ERRORS_FIELD_NUMBER: _ClassVar[int]
     P50_US_FIELD_NUMBER: _ClassVar[int]
     P99_US_FIELD_NUMBER: _ClassVar[int]
+    TIMED_CALLS_FIELD_NUMBER: _ClassVar[int]
     method: str
     requests: int
     errors: int
     p50_us: float
     p99_us: float
-    def __init__(self, method: _Optional[str] = ..., requests: _Optional[int] = ..., errors: _Optional[int] = ..., p50_us: _Optional[float] = ..., p99_us: _Optional[float] = ...) -> None: ...
+    timed_calls: int
+    def __init__(self, method: _Optional[str] = ..., requests: _Optional[int] = ..., errors: _Optional[int] = ..., p50_us: _Optional[float] = ..., p99_us: _Optional[float] = ..., timed_calls: _Optional[int] = ...) -> None: ...
 
 class GetStatsReply(_message.Message):
     __slots__ = ("model_version", "uptime_s", "sessions", "methods", "batches", "mean_batch_size", "reloads")
