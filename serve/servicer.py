@@ -81,7 +81,7 @@ class PolicyServicer(pb_grpc.PolicyServiceServicer):
         self.model: ServedModel | None = None
         self._generation = 0
         self._steps = config.steps
-        """The N checkpoints are exported at: ``--steps``, else pinned by the first model loaded."""
+        """The N checkpoints are exported at: ``--steps``, else the N of the model served now."""
         self._reload_lock = threading.Lock()
         self._sessions: dict[str, Session] = {}
         self._sessions_lock = threading.Lock()
@@ -107,7 +107,7 @@ class PolicyServicer(pb_grpc.PolicyServiceServicer):
             new.warm_up(tuple(sorted({1, self.config.max_batch})))
             self._generation += 1
             self.model = new  # atomic reference swap: calls in flight keep the model they hold
-            if self._steps is None:  # checkpoints exported by later reloads keep the served N
+            if self.config.steps is None:  # checkpoints exported by later reloads keep the served N
                 self._steps = new.contract.flow_steps
             providers = ", ".join(new.policy.session.get_providers())
             steps = f"N={new.contract.flow_steps} flow steps"

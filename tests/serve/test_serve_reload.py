@@ -245,3 +245,14 @@ def test_a_served_link_allows_files_beside_the_link_not_beside_its_target(tmp_pa
         with pytest.raises(ServiceError) as info:
             client.reload(str(beside_target))
     assert info.value.code == grpc.StatusCode.PERMISSION_DENIED
+
+
+def test_a_reloaded_checkpoint_is_exported_at_the_n_served_now(tmp_path, monkeypatch):
+    exporter = patch_exporter(monkeypatch)
+    first = write_policy(tmp_path / "policy.onnx", flow_steps=10)
+    server = PolicyServer(ServeConfig(str(first), port=0, grace_s=0)).start()
+    with server, PolicyClient(server.address) as client:
+        client.reload(str(write_policy(tmp_path / "one_step.onnx", flow_steps=1)))  # same contract hash
+        client.reload(str(save_step(tmp_path / "run", 2)))
+        assert client.spec().flow_steps == 1
+    assert [steps for _, steps in exporter.calls] == [1]
