@@ -59,8 +59,9 @@ class ControlReport:
     """Why the session's watchdog stopped the run (``max_misses`` misses in a row); empty if it did not."""
 
     @property
-    def mean_return(self) -> float:
-        return float(np.mean(self.returns)) if self.returns else 0.0
+    def mean_return(self) -> float | None:
+        """None when the run stopped before its first episode ended (no return to report)."""
+        return float(np.mean(self.returns)) if self.returns else None
 
     @property
     def miss_rate(self) -> float:
@@ -77,9 +78,13 @@ class ControlReport:
             )
         else:
             latency = "round trip: no fresh replies, so no latency figures"
+        returns = (
+            f"return {self.mean_return:.2f} over {len(self.returns)} episodes"
+            if self.returns
+            else "no episode completed"
+        )
         return (
-            f"{self.env_id} at {self.hz:g} Hz via {self.server}: return {self.mean_return:.2f} over "
-            f"{len(self.returns)} episodes ({self.steps} steps)\n"
+            f"{self.env_id} at {self.hz:g} Hz via {self.server}: {returns} ({self.steps} steps)\n"
             f"{latency}; jitter {self.jitter_us:.0f} µs; "
             f"deadline misses {self.deadline_misses} ({100 * self.miss_rate:.3f}%), overruns {self.overruns}"
         )

@@ -125,6 +125,10 @@ def _finite(x: float) -> float | None:
     return x if math.isfinite(x) else None
 
 
+def _return(value: float | None) -> str:
+    return "n/a" if value is None else f"{value:.1f}"
+
+
 def _latencies(control: Any) -> str:
     if not control.fresh_replies:
         return "no fresh replies (every tick fell back)"
@@ -135,9 +139,9 @@ def _table(summary: dict[str, Any], control: Any) -> str:
     rows = [
         ("task", summary["env"]),
         ("training", f"{summary['train_steps']} steps in {summary['train_seconds']:.0f} s"),
-        ("last eval return in training (torch)", f"{summary['last_eval_return'] or float('nan'):.1f}"),
+        ("last eval return in training (torch)", _return(summary["last_eval_return"])),
         ("return of policy.onnx (in process)", f"{summary['onnx_eval_return']:.1f}"),
-        ("return via the server (closed loop)", f"{summary['served_return']:.1f}"),
+        ("return via the server (closed loop)", _return(summary["served_return"])),
         ("round trip p50 / p99 / p99.9", _latencies(control)),
         ("deadline misses", f"{control.deadline_misses} of {control.steps} ({100 * control.miss_rate:.2f}%)"),
         ("report", str(Path(summary["artifacts"]["onnx"]).parent)),

@@ -147,7 +147,7 @@ def train(
         )
     result = run_training(cfg, resume=resume, progress=progress, stop_on_sigint=True)
     if result.interrupted:
-        saved = f"saved {result.last_checkpoint}; " if result.last_checkpoint else ""
+        saved = f"last checkpoint {result.last_checkpoint}; " if result.last_checkpoint else ""
         typer.secho(
             f"interrupted at env step {result.counters.env_steps}; {saved}continue with --resume {result.run_dir}",
             err=True,

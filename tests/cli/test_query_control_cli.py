@@ -175,7 +175,7 @@ class TestNoFreshAction:
         args = ["control", "--server", server_100hz, "--max-steps", "50", *NO_REPLY_IN_TIME, "--max-misses", "3"]
         result = runner.invoke(app, args)
         assert result.exit_code == 1, result.output
-        assert "(3 steps)" in result.output and "Traceback" not in result.output
+        assert "no episode completed (3 steps)" in result.output and "Traceback" not in result.output
         errors = [line for line in result.output.splitlines() if line.startswith("error:")]
         assert errors == [
             "error: the watchdog stopped the run: 3 control ticks in a row without a fresh action (--max-misses 3)"
