@@ -67,7 +67,7 @@ def test_reload_mistakes_are_one_line_and_the_old_model_keeps_serving(served, tm
     for args, message in (
         (["reload", str(elsewhere)], "PERMISSION_DENIED"),
         (["reload", str(other)], "action_names"),
-        (["reload", str(folder / "missing.onnx")], "missing.onnx"),
+        (["reload", str(folder / "missing.onnx")], "model not found"),
     ):
         result = call(server, *args)
         assert result.exit_code == 1 and message in result.output, result.output
