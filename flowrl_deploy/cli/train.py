@@ -39,8 +39,10 @@ def _given(ctx: typer.Context, name: str) -> bool:
     return source is not None and source.name not in ("DEFAULT", "DEFAULT_MAP")
 
 
-RESUME_OVERRIDES = ("steps", "device", "threads", "cuda_graphs")
-"""Settings a resumed run may change (the budget and where and how it runs); the rest are the run's own."""
+RESUME_OVERRIDES = ("steps", "device", "threads", "cuda_graphs", "eval_every", "eval_episodes", "log_every")
+"""Settings a resumed run may change: the budget, where and how it runs, and how often it evaluates
+and logs (evaluation has its own env and noise, so none of these changes the training itself). The
+rest are the run's own; --save-every too, since the run's periodic checkpoints are kept by it."""
 
 
 @user_errors

@@ -248,13 +248,18 @@ def test_resume_refuses_settings_it_would_ignore_and_takes_where_and_how_it_runs
         app,
         [
             "train", "--resume", str(out), "--steps", "150", "--device", "cpu", "--threads", "1", "--no-cuda-graphs",
-            "--no-progress",
+            "--eval-every", "15", "--eval-episodes", "1", "--log-every", "5", "--no-progress",
         ],
     )  # fmt: skip
     assert result.exit_code == 0, result.output
     document = read_document(out / "checkpoints" / "last")
     assert document["counters"]["env_steps"] == 150 and document["config"]["device"] == "cpu"
-    assert document["config"]["cuda_graphs"] is False
+    assert document["config"]["cuda_graphs"] is False and document["config"]["eval_every"] == 15
+    rows = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
+    assert [r["step"] for r in rows if "charts/eval_return" in r and r["step"] > 120] == [135, 150]
+
+    result = runner.invoke(app, ["train", "--resume", str(out), "--steps", "160", "--save-every", "10"])
+    assert result.exit_code == 1 and "--save-every cannot change when resuming" in result.output
 
 
 def test_a_diverged_policy_stops_training_with_one_clear_line(monkeypatch, tmp_path):
