@@ -15,6 +15,7 @@ from pathlib import Path
 
 from flowrl_deploy.checkpoint import DOCUMENT_FILE, resolve_checkpoint
 from flowrl_deploy.errors import FlowRLError
+from flowrl_deploy.serve.model import is_onnx_file
 
 log = logging.getLogger("flowrl.serve")
 
@@ -33,7 +34,7 @@ def served_stamp(model: Path) -> Hashable | None:
     An ONNX file: the file itself. Anything else is a checkpoint: the directory it resolves to
     and the stamp of its ``checkpoint.json``.
     """
-    if model.suffix == ".onnx" and not model.is_dir():
+    if is_onnx_file(model):
         return _file_stamp(model)
     try:
         checkpoint = resolve_checkpoint(model)
