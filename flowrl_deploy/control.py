@@ -15,6 +15,7 @@ import numpy as np
 
 from flowrl_deploy.client import PolicyClient, WatchdogError
 from flowrl_deploy.errors import FlowRLError
+from flowrl_deploy.gc_freeze import gc_frozen
 
 DEFAULT_HZ = 50.0
 """The control rate when none is given and the served policy's contract has no control period."""
@@ -196,22 +197,23 @@ def run_control(
         )
         returns, lateness, overruns, interrupted, watchdog = [], [], 0, False, ""
         try:
-            for episode in range(episodes):
-                obs, total, done, steps = env.reset(episode_seed(seed, episode, stream=EVAL_STREAM)), 0.0, False, 0
-                start = time.perf_counter()
-                while not done and (max_steps is None or steps < max_steps):
-                    scheduled = start + steps * period
-                    wait = scheduled - time.perf_counter()
-                    if wait > 0:
-                        time.sleep(wait)
-                    late = time.perf_counter() - scheduled
-                    lateness.append(late)
-                    overruns += late > period
-                    obs, reward, terminated, truncated = env.step(session.act(obs))
-                    total += reward
-                    done = terminated or truncated
-                    steps += 1
-                returns.append(total)
+            with gc_frozen():  # no full garbage collection walks the setup's objects mid-run
+                for episode in range(episodes):
+                    obs, total, done, steps = env.reset(episode_seed(seed, episode, stream=EVAL_STREAM)), 0.0, False, 0
+                    start = time.perf_counter()
+                    while not done and (max_steps is None or steps < max_steps):
+                        scheduled = start + steps * period
+                        wait = scheduled - time.perf_counter()
+                        if wait > 0:
+                            time.sleep(wait)
+                        late = time.perf_counter() - scheduled
+                        lateness.append(late)
+                        overruns += late > period
+                        obs, reward, terminated, truncated = env.step(session.act(obs))
+                        total += reward
+                        done = terminated or truncated
+                        steps += 1
+                    returns.append(total)
         except WatchdogError as exc:
             watchdog = str(exc)
         except KeyboardInterrupt:

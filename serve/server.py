@@ -30,6 +30,7 @@ from grpc_reflection.v1alpha import reflection
 
 from flowrl_deploy.affinity import pin_to_cpus
 from flowrl_deploy.errors import FlowRLError
+from flowrl_deploy.gc_freeze import gc_frozen
 from flowrl_deploy.proto.flowrl.v1 import policy_pb2 as pb
 from flowrl_deploy.proto.flowrl.v1 import policy_pb2_grpc as pb_grpc
 from flowrl_deploy.serve.config import ServeConfig
@@ -208,8 +209,9 @@ def serve_forever(config: ServeConfig, on_ready: Callable[[PolicyServer], None] 
         server.start()
         if on_ready is not None:
             on_ready(server)
-        while not signals:
-            time.sleep(0.1)
+        with gc_frozen():  # the loaded libraries' objects stay out of every later garbage collection
+            while not signals:
+                time.sleep(0.1)
         log.info("stopping: finishing calls in flight")
     finally:
         server.stop()

@@ -3,6 +3,8 @@ closed-loop `run_control` whose return equals `flowrl eval`-style evaluation of 
 
 from __future__ import annotations
 
+import gc
+
 import numpy as np
 import pytest
 
@@ -64,3 +66,29 @@ def test_control_return_matches_evaluation_of_the_same_onnx_file(onnx_file):
     assert report.deadline_misses == 0 and report.steps == 1000
     expected = evaluate(onnx_act_fn(onnx_file, seed=3), ENV_ID, 1, seed=3)
     assert report.returns == pytest.approx(list(expected.returns), rel=1e-5)
+
+
+def test_the_control_loop_runs_with_the_setup_frozen_out_of_garbage_collection(onnx_file, monkeypatch):
+    """A full collection over the simulator's and gRPC's objects took 20-30 ms: longer than a tick."""
+    from flowrl_deploy.control import run_control
+    from flowrl_deploy.train import envs
+
+    frozen_at_steps: list[bool] = []
+    make_env = envs.make_env
+
+    def recording_env(*args, **kwargs):
+        env = make_env(*args, **kwargs)
+        step = env.step
+
+        def recording_step(action):
+            frozen_at_steps.append(gc.get_freeze_count() > 0)
+            return step(action)
+
+        env.step = recording_step
+        return env
+
+    monkeypatch.setattr(envs, "make_env", recording_env)
+    with PolicyServer(ServeConfig(str(onnx_file), port=0, grace_s=0)).start() as server:
+        report = run_control(server.address, None, hz=2000, episodes=2, seed=3, max_steps=20)
+    assert report.steps == 40 and frozen_at_steps == [True] * 40
+    assert gc.get_freeze_count() == 0, "run_control left objects frozen after it returned"
