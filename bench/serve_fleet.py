@@ -188,6 +188,7 @@ def main() -> None:
     parser.add_argument("--json", type=Path, help="write the figures here")
     parser.add_argument("--max-batch", type=int, default=64, help="micro-batch size of the batched server")
     parser.add_argument("--batch-window-us", type=int, default=0, help="its batching window")
+    parser.add_argument("--batch-workers", type=int, default=2, help="its batches run concurrently")
     parser.add_argument("--k-max", type=int, default=512)
     parser.add_argument("--work", type=Path, default=Path(tempfile.gettempdir()) / "flowrl-bench")
     parser.add_argument("--no-echo", action="store_true", help="skip the echo-floor fleet")
@@ -206,6 +207,8 @@ def main() -> None:
             str(args.max_batch),
             "--batch-window-us",
             str(args.batch_window_us),
+            "--batch-workers",
+            str(args.batch_workers),
         ],
     }
     results = {}
@@ -236,7 +239,14 @@ def main() -> None:
         args.json.parent.mkdir(parents=True, exist_ok=True)
         args.json.write_text(
             json.dumps(
-                {"machine": machine(), "hz": HZ, "p99_limit_us": P99_LIMIT_US, "results": results, "ratio": ratio},
+                {
+                    "machine": machine(),
+                    "hz": HZ,
+                    "p99_limit_us": P99_LIMIT_US,
+                    "batched_server_flags": configs[f"max-batch {args.max_batch}"],
+                    "results": results,
+                    "ratio": ratio,
+                },
                 indent=1,
             )
         )

@@ -79,11 +79,8 @@ class ControlReport:
             )
         else:
             latency = "round trip: no fresh replies, so no latency figures"
-        returns = (
-            f"return {self.mean_return:.2f} over {len(self.returns)} episodes"
-            if self.returns
-            else "no episode completed"
-        )
+        n = len(self.returns)
+        returns = f"return {self.mean_return:.2f} over {n} episode{'s' * (n != 1)}" if n else "no episode completed"
         return (
             f"{self.env_id} at {self.hz:g} Hz via {self.server}: {returns} ({self.steps} steps)\n"
             f"{latency}; jitter {self.jitter_us:.0f} µs; "

@@ -27,7 +27,8 @@ class EvalResult:
     returns: tuple[float, ...]
 
     def __str__(self) -> str:
-        return f"{self.mean:.2f} ± {self.std:.2f} over {len(self.returns)} episodes"
+        n = len(self.returns)
+        return f"{self.mean:.2f} ± {self.std:.2f} over {n} episode{'s' * (n != 1)}"
 
 
 def run_episode(act_fn: ActFn, env: Env, seed: int) -> float:

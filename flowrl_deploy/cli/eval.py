@@ -47,7 +47,7 @@ def eval_command(
         raise FlowRLError(f"{policy} does not record its env id; pass --env")
     result = evaluate(act_fn, env_id, episodes, seed, dims=dims)
     noise = ", from a0 = 0" if deterministic else ""
-    typer.echo(f"{env_id}: return {result.mean:.2f} ± {result.std:.2f} over {episodes} episodes ({sampler}{noise})")
+    typer.echo(f"{env_id}: return {result} ({sampler}{noise})")
 
 
 def _checkpoint_policy(path: Path, flow_steps: int | None, device: str, seed: int, deterministic: bool):

@@ -61,7 +61,7 @@ def test_deterministic_eval_is_the_same_for_the_checkpoint_and_both_onnx_graphs(
     for policy in (checkpoint, noisy, zero.path):
         result = runner.invoke(app, ["eval", str(policy), "--episodes", "1", "--deterministic", "--device", "cpu"])
         assert result.exit_code == 0, result.output
-        assert result.output.strip().endswith("over 1 episodes (N=1 midpoint, from a0 = 0)")
+        assert result.output.strip().endswith("over 1 episode (N=1 midpoint, from a0 = 0)")
         returns.append(float(result.output.split("return ")[1].split(" ±")[0]))
     assert max(returns) - min(returns) < 0.5, returns  # equal up to float32 parity (1e-5 per action)
     stochastic = runner.invoke(app, ["eval", str(noisy), "--episodes", "1"])
