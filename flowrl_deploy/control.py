@@ -13,7 +13,7 @@ from dataclasses import asdict, dataclass, field
 
 import numpy as np
 
-from flowrl_deploy.client import PolicyClient, WatchdogError
+from flowrl_deploy.client import CallTiming, PolicyClient, WatchdogError
 from flowrl_deploy.errors import FlowRLError
 from flowrl_deploy.gc_freeze import gc_frozen
 
@@ -91,6 +91,26 @@ class ControlReport:
 def _percentiles(samples: list[float], qs: tuple[float, ...]) -> list[float | None]:
     """Percentiles of ``samples``; None for each when there are none (never a made-up 0)."""
     return [float(x) for x in np.percentile(samples, qs)] if samples else [None] * len(qs)
+
+
+def _tick_figures(timings: list[CallTiming], lateness: list[float]) -> dict[str, object]:
+    """The report's tick, latency and jitter fields from a session's timings and each tick's lateness (s)."""
+    fresh = [t for t in timings if t.source == "server"]
+    rtt = [t.round_trip_us for t in fresh]
+    p50, p99, p999 = _percentiles(rtt, (50, 99, 99.9))
+    return {
+        "steps": len(timings),
+        "fresh_replies": len(fresh),
+        "round_trip_p50_us": p50,
+        "round_trip_p99_us": p99,
+        "round_trip_p999_us": p999,
+        "jitter_us": float(np.std(lateness) * 1e6) if lateness else 0.0,
+        "server_p50_us": _percentiles([t.server_us for t in fresh], (50,))[0],
+        "inference_p50_us": _percentiles([t.inference_us for t in fresh], (50,))[0],
+        "clock_offset_us": _percentiles([t.clock_offset_us for t in fresh], (50,))[0],
+        "model_versions": sorted({t.model_version for t in fresh}),
+        "round_trip_us": rtt,
+    }
 
 
 def check_tls_files(tls_cert: str, tls_key: str) -> None:
@@ -220,9 +240,6 @@ def run_control(
         finally:
             session.close()
             env.close()
-    fresh = [t for t in session.timings if t.source == "server"]
-    rtt = [t.round_trip_us for t in fresh]
-    p50, p99, p999 = _percentiles(rtt, (50, 99, 99.9))
     return ControlReport(
         server=server,
         env_id=env_id,
@@ -231,19 +248,9 @@ def run_control(
         seed=seed,
         deadline_ms=session.deadline_s * 1e3,
         returns=returns,
-        steps=len(session.timings),
-        fresh_replies=len(fresh),
         deadline_misses=session.health.misses,
         overruns=int(overruns),
-        round_trip_p50_us=p50,
-        round_trip_p99_us=p99,
-        round_trip_p999_us=p999,
-        jitter_us=float(np.std(lateness) * 1e6) if lateness else 0.0,
-        server_p50_us=_percentiles([t.server_us for t in fresh], (50,))[0],
-        inference_p50_us=_percentiles([t.inference_us for t in fresh], (50,))[0],
-        clock_offset_us=_percentiles([t.clock_offset_us for t in fresh], (50,))[0],
-        model_versions=sorted({t.model_version for t in fresh}),
-        round_trip_us=rtt,
         interrupted=interrupted,
         watchdog=watchdog,
+        **_tick_figures(session.timings, lateness),
     )

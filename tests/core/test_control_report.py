@@ -1,0 +1,68 @@
+"""The control report's figures from synthetic tick timings: percentiles, jitter, what counts as fresh."""
+
+from __future__ import annotations
+
+import pytest
+
+from flowrl_deploy.client import CallTiming
+from flowrl_deploy.control import ControlReport, _tick_figures
+
+
+def fresh(seq: int, round_trip_us: float, version: str = "v1-a") -> CallTiming:
+    return CallTiming(
+        seq,
+        "server",
+        round_trip_us,
+        server_us=round_trip_us / 10,
+        inference_us=round_trip_us / 20,
+        clock_offset_us=-seq,
+        model_version=version,
+    )
+
+
+def test_round_trip_percentiles_cover_fresh_replies_only():
+    # 1001 fresh round trips of 1..1001 µs: the q-th percentile is exactly 1 + 10·q µs.
+    timings = [fresh(seq, float(seq), "v2-b" if seq > 500 else "v1-a") for seq in range(1, 1002)]
+    timings += [CallTiming(1002 + i, source, 1e9) for i, source in enumerate(("hold", "zeros", "local"))]
+    figures = _tick_figures(timings, [0.0])
+    assert figures["steps"] == 1004
+    assert figures["fresh_replies"] == 1001
+    assert figures["round_trip_p50_us"] == pytest.approx(501.0)
+    assert figures["round_trip_p99_us"] == pytest.approx(991.0)
+    assert figures["round_trip_p999_us"] == pytest.approx(1000.0)
+    assert figures["round_trip_us"] == [float(seq) for seq in range(1, 1002)]
+    assert figures["server_p50_us"] == pytest.approx(50.1)
+    assert figures["inference_p50_us"] == pytest.approx(25.05)
+    assert figures["clock_offset_us"] == pytest.approx(-501.0)
+    assert figures["model_versions"] == ["v1-a", "v2-b"]
+
+
+def test_jitter_is_the_standard_deviation_of_the_tick_lateness():
+    # Ticks 1 ms and 3 ms late: mean 2 ms, standard deviation 1 ms.
+    figures = _tick_figures([fresh(1, 100.0)], [1e-3, 3e-3, 1e-3, 3e-3])
+    assert figures["jitter_us"] == pytest.approx(1000.0)
+    # Constant lateness is late but has no jitter.
+    assert _tick_figures([fresh(1, 100.0)], [5e-3] * 4)["jitter_us"] == pytest.approx(0.0, abs=1e-9)
+
+
+def test_without_fresh_replies_the_latency_figures_are_none_not_zero():
+    figures = _tick_figures([CallTiming(1, "hold", 50.0), CallTiming(2, "zeros", 60.0)], [])
+    assert figures["steps"] == 2 and figures["fresh_replies"] == 0
+    for name in ("round_trip_p50_us", "round_trip_p99_us", "round_trip_p999_us", "server_p50_us", "clock_offset_us"):
+        assert figures[name] is None
+    assert figures["jitter_us"] == 0.0
+    assert figures["model_versions"] == [] and figures["round_trip_us"] == []
+    report = ControlReport(
+        server="localhost:1",
+        env_id="dmc:cartpole-balance",
+        hz=50.0,
+        contract_hz=None,
+        seed=0,
+        deadline_ms=10.0,
+        returns=[],
+        deadline_misses=2,
+        overruns=0,
+        **figures,
+    )
+    assert report.miss_rate == 1.0
+    assert "no fresh replies, so no latency figures" in report.summary()
