@@ -10,10 +10,18 @@ import pytest
 from tiny_policy import ACT_DIM, tiny_contract, write_policy
 
 from flowrl_deploy.client import PolicyClient, ServiceError, WatchdogError
+from flowrl_deploy.proto.flowrl.v1 import policy_pb2 as pb
 from flowrl_deploy.serve import PolicyServer, ServeConfig
 from flowrl_deploy.serve.noise import draw_noise, session_noise
 
 OBS = np.array([0.3, -0.2, 0.1], np.float32)
+MISS_S = 1e-7
+"""A deadline no reply can meet: the tick is a miss, so the session acts on its fallback."""
+
+
+def documented_noise(seed: int) -> np.random.Generator:
+    """The session noise as the README documents it, built here rather than through serve.noise."""
+    return np.random.Generator(np.random.PCG64(seed))
 
 
 def test_stream_actions_follow_the_seeded_session_noise(client, local):
@@ -41,6 +49,79 @@ def test_a_late_reply_is_dropped_and_the_fallback_used(client, local):
         expected = local.act(OBS[None], draw_noise(generator, 1, ACT_DIM))[0]
         np.testing.assert_allclose(control.act(OBS), expected, atol=1e-6)
         assert control.timings[-1].seq == 2
+
+
+def test_the_default_deadline_is_half_the_period(client):
+    with client.session(period_s=0.5) as control:
+        assert control.deadline_s == 0.25
+    with client.session(period_s=0.5, deadline_s=0.1) as control:
+        assert control.deadline_s == 0.1
+
+
+def test_hold_is_the_default_fallback_and_repeats_the_last_action(client):
+    with client.session(period_s=0.5, seed=4) as control:
+        fresh = control.act(OBS)
+        assert control.timings[-1].source == "server"
+        control.deadline_s = MISS_S
+        held = control.act(-OBS)
+        assert control.timings[-1].source == "hold"
+        np.testing.assert_array_equal(held, fresh)
+        assert control.health.misses == 1
+        control.reset(seed=4)  # a new episode forgets the last action: nothing to hold yet
+        np.testing.assert_array_equal(control.act(OBS), np.zeros(ACT_DIM))
+        assert control.timings[-1].source == "hold"
+
+
+def test_local_fallback_runs_the_served_policy_with_the_seeded_noise(client, policy_path, local):
+    seed = 5
+    zero_noise = local.act(OBS[None], np.zeros((1, ACT_DIM), np.float32))[0]
+    noise = documented_noise(seed)
+    with client.session(
+        period_s=0.5, deadline_s=MISS_S, seed=seed, fallback="local", local_model=str(policy_path)
+    ) as control:
+        for _ in range(3):  # each miss draws the next noise block
+            expected = local.act(OBS[None], noise.standard_normal((1, ACT_DIM), dtype=np.float32))[0]
+            action = control.act(OBS)
+            assert control.timings[-1].source == "local"
+            np.testing.assert_allclose(action, expected, atol=1e-6)
+            assert not np.allclose(action, zero_noise, atol=1e-3)
+        control.reset(seed=seed)  # a new episode restarts the local noise from the seed too
+        first = documented_noise(seed).standard_normal((1, ACT_DIM), dtype=np.float32)
+        np.testing.assert_allclose(control.act(OBS), local.act(OBS[None], first)[0], atol=1e-6)
+
+
+def test_watchdog_raises_when_the_last_fresh_action_is_too_old(client):
+    with client.session(period_s=0.5, seed=0, max_staleness_s=0.01) as control:
+        control.act(OBS)
+        assert control.timings[-1].source == "server"
+        time.sleep(0.02)
+        control.deadline_s = MISS_S
+        with pytest.raises(WatchdogError, match="no fresh action for"):
+            control.act(OBS)
+
+
+def test_clock_offset_on_loopback_is_within_the_round_trip(client):
+    with client.session(period_s=0.5, seed=0) as control:
+        for _ in range(5):
+            control.act(OBS)
+        for timing in control.timings:
+            assert timing.source == "server"
+            assert abs(timing.clock_offset_us) < timing.round_trip_us
+
+
+def test_clock_offset_is_server_minus_client_time(client):
+    # A server clock 5 s ahead, 0.25 ms on the wire each way and 0.5 ms on the server: offset +5 s.
+    # (On loopback both clocks agree, so a flipped sign would only flip a near-zero offset.)
+    with client.session(period_s=0.5) as control:
+        sent = time.time_ns() - 1_000_000
+        received = sent + 5_000_000_000 + 250_000
+        reply = pb.StreamActReply(
+            seq=1, client_send_unix_ns=sent, server_recv_unix_ns=received, server_send_unix_ns=received + 500_000
+        )
+        timing = control._timing(reply, time.perf_counter() - 1e-3)
+    assert timing.clock_offset_us == pytest.approx(5e6, abs=5e4)
+    assert timing.server_us == 500.0
+    assert timing.round_trip_us >= 1e3
 
 
 def test_watchdog_raises_after_consecutive_misses(client):
@@ -80,7 +161,8 @@ def test_local_fallback_then_reconnect_after_a_server_restart(policy_path, local
             control.act(OBS)
             assert control.timings[-1].source == "server"
             first.stop(grace=0)
-            control.act(OBS)
+            first_local = documented_noise(1).standard_normal((1, ACT_DIM), dtype=np.float32)
+            np.testing.assert_allclose(control.act(OBS), local.act(OBS[None], first_local)[0], atol=1e-6)
             assert control.timings[-1].source == "local"
             restarted = PolicyServer(ServeConfig(str(policy_path), port=port, grace_s=0.1)).start()
             until = time.monotonic() + 10
