@@ -19,11 +19,20 @@ from flowrl_deploy.proto.flowrl.v1 import policy_pb2 as pb
 from flowrl_deploy.proto.flowrl.v1 import policy_pb2_grpc as pb_grpc
 from flowrl_deploy.runtime import OnnxPolicy
 from flowrl_deploy.serve import PolicyServer, ServeConfig
-from flowrl_deploy.serve.noise import draw_noise, session_noise
 
 
 def _obs(batch: int, seed: int = 0) -> np.ndarray:
     return np.random.default_rng(seed).standard_normal((batch, OBS_DIM)).astype(np.float32)
+
+
+def _noise_source(seed: int) -> np.random.Generator:
+    """The documented noise of a session seeded with ``seed``, written out here rather than taken
+    from the server's own serve.noise: one ``standard_normal((B, act_dim), float32)`` block per request."""
+    return np.random.Generator(np.random.PCG64(seed))
+
+
+def _noise(generator: np.random.Generator, batch: int) -> np.ndarray:
+    return generator.standard_normal((batch, ACT_DIM), dtype=np.float32)
 
 
 def test_health_is_serving_after_warm_up(server):
@@ -56,37 +65,38 @@ def test_spec_describes_the_served_policy(client, local):
 def test_act_with_seed_equals_onnxruntime_with_that_noise(client, local):
     obs = _obs(4)
     reply = client.act_reply(obs, seed=123)
-    expected = local.act(obs, draw_noise(session_noise(123), 4, ACT_DIM))
+    expected = local.act(obs, _noise(_noise_source(123), 4))
 
     np.testing.assert_allclose(decode(reply.action), expected, rtol=1e-6, atol=1e-6)
     assert reply.model_version == client.spec().model_version
     assert reply.inference_us > 0
     assert reply.server_send_unix_ns >= reply.server_recv_unix_ns
+    assert not np.allclose(client.act(obs, seed=1), client.act(obs, seed=2), atol=1e-3)  # the noise matters
 
 
 def test_one_dimensional_obs_gives_one_action(client, local):
     obs = _obs(1)[0]
     action = client.act(obs, seed=5)
     assert action.shape == (ACT_DIM,)
-    np.testing.assert_allclose(action, local.act(obs[None], draw_noise(session_noise(5), 1, ACT_DIM))[0], atol=1e-6)
+    np.testing.assert_allclose(action, local.act(obs[None], _noise(_noise_source(5), 1))[0], atol=1e-6)
 
 
 def test_session_noise_continues_and_reset_reseeds(client, local):
     client.reset("robot-a", seed=9)
-    generator = session_noise(9)
+    generator = _noise_source(9)
     obs = _obs(2, seed=1)
     for _ in range(3):
-        expected = local.act(obs, draw_noise(generator, 2, ACT_DIM))
+        expected = local.act(obs, _noise(generator, 2))
         np.testing.assert_allclose(client.act(obs, session_id="robot-a"), expected, atol=1e-6)
     client.reset("robot-a", seed=9)
     np.testing.assert_allclose(
-        client.act(obs, session_id="robot-a"), local.act(obs, draw_noise(session_noise(9), 2, ACT_DIM)), atol=1e-6
+        client.act(obs, session_id="robot-a"), local.act(obs, _noise(_noise_source(9), 2)), atol=1e-6
     )
 
 
 def test_stream_act_equals_onnxruntime_and_echoes_seq(server, client, local):
     stub = client.stub
-    generator = session_noise(42)
+    generator = _noise_source(42)
     observations = [_obs(1, seed=s)[0] for s in range(5)]
 
     requests = [
@@ -97,7 +107,7 @@ def test_stream_act_equals_onnxruntime_and_echoes_seq(server, client, local):
     assert [r.seq for r in replies] == [10, 11, 12, 13, 14]
     for obs, reply in zip(observations, replies, strict=True):
         assert reply.status.code == 0
-        expected = local.act(obs[None], draw_noise(generator, 1, ACT_DIM))[0]
+        expected = local.act(obs[None], _noise(generator, 1))[0]
         np.testing.assert_allclose(decode(reply.action), expected, atol=1e-6)
         assert reply.model_version.startswith("v1-")
 
@@ -211,13 +221,82 @@ def test_pinned_contract_mismatch_names_the_difference(client, local):
     client.reset("pinned", contract_hash=local.contract_hash)  # the right hash is accepted
 
 
+def _act_counts(stats: pb.GetStatsReply) -> tuple[int, int]:
+    """(requests, errors) of Act in ``stats``; (0, 0) before the first Act call."""
+    act = next((m for m in stats.methods if m.method == "Act"), None)
+    return (act.requests, act.errors) if act else (0, 0)
+
+
 def test_stats_count_calls_and_errors(client):
+    before = client.stats()
+    with pytest.raises(ServiceError):
+        client.act(np.zeros(OBS_DIM + 1, np.float32))  # refused before inference: no batch
     client.act(_obs(1))
-    stats = client.stats()
-    methods = {m.method: m for m in stats.methods}
-    assert methods["Act"].requests >= 1
-    assert methods["Act"].errors >= 1  # the bad inputs above
-    assert stats.batches >= 1 and stats.model_version.startswith("v1-")
+    after = client.stats()
+    (requests, errors), (requests_after, errors_after) = _act_counts(before), _act_counts(after)
+    assert (requests_after - requests, errors_after - errors) == (2, 1)
+    assert after.batches - before.batches == 1
+    assert after.model_version.startswith("v1-")
+
+
+def _wait_for_act_counts(client: PolicyClient, requests: int) -> tuple[int, int]:
+    """Act's (requests, errors) once the server has counted ``requests`` Act calls (it counts a call
+    when its handler ends, which may be after the client gave up on it)."""
+    until = time.monotonic() + 5
+    counts = _act_counts(client.stats())
+    while counts[0] < requests and time.monotonic() < until:
+        time.sleep(0.02)
+        counts = _act_counts(client.stats())
+    return counts
+
+
+def test_an_action_ready_after_its_deadline_is_deadline_exceeded_not_sent(server, client, monkeypatch):
+    model = server.servicer.model
+    original = model.run
+
+    def slow_run(obs: np.ndarray, noise: np.ndarray | None) -> tuple[np.ndarray, int]:
+        time.sleep(0.05)  # starts well before the deadline, ends after it
+        return original(obs, noise)
+
+    monkeypatch.setattr(model, "run", slow_run)
+    request = pb.StreamActRequest(session_id="late", seq=1, obs=encode(_obs(1)[0]), timeout_us=10_000)
+    reply = next(client.stub.StreamAct(iter([request]), timeout=5))
+    assert reply.status.code == grpc.StatusCode.DEADLINE_EXCEEDED.value[0]
+    assert not reply.HasField("action") and not reply.model_version
+    # unary: the client gives up by itself; the server must count the late answer as DEADLINE_EXCEEDED
+    requests, errors = _act_counts(client.stats())
+    with pytest.raises(ServiceError) as info:
+        client.act(_obs(1), timeout_s=0.01)
+    assert info.value.code == grpc.StatusCode.DEADLINE_EXCEEDED
+    assert _wait_for_act_counts(client, requests + 1) == (requests + 1, errors + 1)
+
+
+def test_an_internal_error_sends_no_traceback_and_the_next_call_succeeds(server, client, monkeypatch):
+    model = server.servicer.model
+    original = model.run
+    poison = np.full(OBS_DIM, 99.0, np.float32)
+
+    def failing_run(obs: np.ndarray, noise: np.ndarray | None) -> tuple[np.ndarray, int]:
+        if (obs == poison).all(axis=1).any():
+            raise RuntimeError("secret /srv/keys/robot.pem")
+        return original(obs, noise)
+
+    monkeypatch.setattr(model, "run", failing_run)
+    with pytest.raises(ServiceError) as info:
+        client.act(poison)
+    assert info.value.code == grpc.StatusCode.INTERNAL
+    for leak in ("secret", "Traceback", "robot.pem", "RuntimeError"):
+        assert leak not in info.value.details
+    assert client.act(_obs(1)[0]).shape == (ACT_DIM,)
+    requests = [
+        pb.StreamActRequest(session_id="internal", seq=1, obs=encode(poison)),
+        pb.StreamActRequest(session_id="internal", seq=2, obs=encode(_obs(1)[0])),
+    ]
+    failed, answered = client.stub.StreamAct(iter(requests), timeout=5)
+    assert failed.status.code == grpc.StatusCode.INTERNAL.value[0]
+    for leak in ("secret", "Traceback", "robot.pem", "RuntimeError"):
+        assert leak not in failed.status.message
+    assert answered.status.code == 0 and decode(answered.action).shape == (ACT_DIM,)
 
 
 def test_health_is_not_serving_until_the_model_is_warm(policy_path, monkeypatch):

@@ -1,0 +1,66 @@
+"""Graceful stop of a real server: calls in flight finish, health turns NOT_SERVING, new calls are refused."""
+
+from __future__ import annotations
+
+import threading
+import time
+
+import grpc
+import numpy as np
+from grpc_health.v1 import health_pb2, health_pb2_grpc
+from tiny_policy import ACT_DIM, OBS_DIM, write_policy
+
+from flowrl_deploy.client import PolicyClient, ServiceError
+from flowrl_deploy.serve import PolicyServer, ServeConfig
+
+
+def test_stop_finishes_the_call_in_flight_reports_not_serving_and_refuses_new_calls(tmp_path, monkeypatch):
+    path = write_policy(tmp_path / "policy.onnx")
+    server = PolicyServer(ServeConfig(str(path), port=0, grace_s=2)).start()
+    model = server.servicer.model
+    original = model.run
+    running, release = threading.Event(), threading.Event()
+
+    def held_run(obs: np.ndarray, noise: np.ndarray | None) -> tuple[np.ndarray, int]:
+        running.set()
+        release.wait(5)  # the call stays in flight until the test has seen the grace period
+        return original(obs, noise)
+
+    monkeypatch.setattr(model, "run", held_run)
+    client = PolicyClient(server.address, timeout_s=5)
+    watch = health_pb2_grpc.HealthStub(client.channel).Watch(health_pb2.HealthCheckRequest(), timeout=5)
+    stopper = threading.Thread(target=server.stop)  # grace None: the configured grace_s
+    in_flight: list[np.ndarray | ServiceError] = []
+
+    def act() -> None:
+        try:
+            in_flight.append(client.act(np.zeros(OBS_DIM, np.float32)))
+        except ServiceError as exc:
+            in_flight.append(exc)
+
+    caller = threading.Thread(target=act)
+    try:
+        assert next(watch).status == health_pb2.HealthCheckResponse.SERVING
+        caller.start()
+        assert running.wait(5)
+        stopper.start()
+        assert next(watch).status == health_pb2.HealthCheckResponse.NOT_SERVING
+        watch.cancel()
+        refused = None
+        until = time.monotonic() + 2
+        while refused is None and time.monotonic() < until:  # stop() turns health NOT_SERVING first
+            try:
+                client.spec(timeout_s=1)
+            except ServiceError as exc:
+                refused = exc
+        # refused, not served: gRPC says UNAVAILABLE (GOAWAY) or CANCELLED (the call met the shutdown)
+        assert refused is not None and refused.code in (grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.CANCELLED)
+        assert caller.is_alive() and not in_flight  # all of the above happened during the grace period
+    finally:
+        release.set()
+        caller.join(5)
+        stopper.join(5)
+        client.close()
+    assert not stopper.is_alive()
+    assert len(in_flight) == 1 and not isinstance(in_flight[0], ServiceError), in_flight
+    assert in_flight[0].shape == (ACT_DIM,)
