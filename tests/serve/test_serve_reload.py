@@ -6,12 +6,13 @@ import os
 import shutil
 import threading
 import time
+from pathlib import Path
 
 import grpc
 import numpy as np
 import pytest
 from fake_checkpoints import TRAINED_STEPS, patch_exporter, save_step
-from tiny_policy import write_policy
+from tiny_policy import ACT_DIM, tiny_contract, write_policy
 
 from flowrl_deploy.client import PolicyClient, ServiceError
 from flowrl_deploy.errors import FlowRLError
@@ -19,6 +20,11 @@ from flowrl_deploy.runtime import OnnxPolicy
 from flowrl_deploy.serve import PolicyServer, ServeConfig
 
 OBS = np.array([[0.5, -0.3, 0.2]], np.float32)
+
+
+def _documented_noise(seed: int) -> np.ndarray:
+    """A request's noise under the documented convention, written out rather than taken from serve.noise."""
+    return np.random.Generator(np.random.PCG64(seed)).standard_normal((len(OBS), ACT_DIM), dtype=np.float32)
 
 
 @pytest.fixture
@@ -55,10 +61,7 @@ def test_reload_swaps_versions_without_a_failed_call(served):
     assert set(versions) == {old_version, new_version}
     swap = versions.index(new_version)
     assert all(v == new_version for v in versions[swap:])  # no request ran on the old model after the swap
-    from flowrl_deploy.serve.noise import draw_noise, session_noise
-
-    expected = OnnxPolicy(new).act(OBS, draw_noise(session_noise(0), 1, 2))
-    np.testing.assert_allclose(client.act(OBS, seed=0), expected, atol=1e-6)
+    np.testing.assert_allclose(client.act(OBS, seed=0), OnnxPolicy(new).act(OBS, _documented_noise(0)), atol=1e-6)
 
 
 def test_mismatched_model_is_refused_and_the_old_keeps_serving(served):
@@ -76,6 +79,20 @@ def test_mismatched_model_is_refused_and_the_old_keeps_serving(served):
     assert info.value.code == grpc.StatusCode.FAILED_PRECONDITION
     assert "reload refused" in info.value.details and version in info.value.details
     assert client.act_reply(OBS).model_version == version
+
+
+def test_a_model_whose_observation_layout_differs_is_refused_and_the_old_keeps_serving(served):
+    _, client, tmp = served
+    reordered = (("velocity", 1), ("position", 2))  # the same obs_dim: only the meaning of each input changes
+    assert [d.split(":")[0] for d in tiny_contract().differences(tiny_contract(obs_layout=reordered))] == ["obs_layout"]
+    spec = client.spec()
+    with pytest.raises(ServiceError) as info:
+        client.reload(str(write_policy(tmp / "reordered.onnx", obs_layout=reordered)))
+    assert info.value.code == grpc.StatusCode.FAILED_PRECONDITION
+    assert "obs_layout" in info.value.details and "velocity" in info.value.details
+    after = client.spec()
+    assert (after.model_version, after.obs_names) == (spec.model_version, spec.obs_names)
+    assert client.act_reply(OBS).model_version == spec.model_version
 
 
 def test_reload_of_a_file_outside_the_model_directory_is_permission_denied(served, tmp_path_factory):
@@ -113,6 +130,30 @@ def _wait_for(condition, timeout_s: float = 5.0) -> bool:
     while not condition() and time.monotonic() < until:
         time.sleep(0.02)
     return condition()
+
+
+def _deploy(source: Path, target: Path) -> None:
+    """Replace ``target`` by a copy of ``source`` atomically, as a deploy script should."""
+    incoming = target.with_name("incoming.tmp")
+    shutil.copy(source, incoming)
+    os.replace(incoming, target)
+
+
+def test_watch_survives_a_bad_file_and_loads_the_good_one_after_it(served, caplog):
+    server, client, tmp = served
+    version = client.spec().model_version
+    target = tmp / "policy.onnx"
+    garbage = tmp / "garbage.bin"
+    garbage.write_bytes(b"not an onnx file")
+    with caplog.at_level("WARNING", logger="flowrl.serve"):
+        _deploy(garbage, target)
+        assert _wait_for(lambda: any("(--watch) refused" in r.getMessage() for r in caplog.records))
+    assert client.act_reply(OBS).model_version == version  # the old model keeps serving
+    good = write_policy(tmp / "staged.onnx", scale=2.0)  # the same contract, other weights
+    _deploy(good, target)
+    assert _wait_for(lambda: client.spec().model_version != version)
+    assert client.spec().model_version.startswith("v2-") and server.servicer.metrics.reloads == 1
+    np.testing.assert_allclose(client.act(OBS, seed=3), OnnxPolicy(good).act(OBS, _documented_noise(3)), atol=1e-6)
 
 
 def test_watch_of_a_run_directory_follows_last_and_ignores_other_files(tmp_path, monkeypatch):
