@@ -20,7 +20,6 @@ from flowrl_deploy.runtime import OnnxPolicy
 from flowrl_deploy.serve import PolicyServer, ServeConfig
 from flowrl_deploy.serve.batcher import MicroBatcher
 from flowrl_deploy.serve.errors import DeadlineExpired
-from flowrl_deploy.serve.noise import draw_noise, session_noise
 
 
 class Recorder:
@@ -123,7 +122,8 @@ def test_batched_server_matches_onnxruntime_and_reports_metrics(policy_path):
         with ThreadPoolExecutor(8) as pool:
             actions = list(pool.map(lambda i: client.act(obs[i], seed=i), range(16)))
         for i, action in enumerate(actions):
-            expected = local.act(obs[i : i + 1], draw_noise(session_noise(i), 1, 2))[0]
+            noise = np.random.Generator(np.random.PCG64(i)).standard_normal((1, 2), dtype=np.float32)  # documented
+            expected = local.act(obs[i : i + 1], noise)[0]
             np.testing.assert_allclose(action, expected, atol=1e-6)
         # a deadline shorter than the batching window: DEADLINE_EXCEEDED, not a late answer
         with pytest.raises(ServiceError) as info:
@@ -136,6 +136,33 @@ def test_batched_server_matches_onnxruntime_and_reports_metrics(policy_path):
     assert re.search(r"^flowrl_batch_size_count \d+$", text, re.M)  # unlabelled: no empty braces
     assert "flowrl_request_latency_seconds_bucket" in text
     assert 'flowrl_model_info{version="v1-' in text
+
+
+def _histogram(text: str, name: str, labels: str = "") -> tuple[list[int], int]:
+    """The bucket counts of one Prometheus histogram in exposition order, ending with le="+Inf", and its _count."""
+    prefix = f"{labels}," if labels else ""
+    buckets = re.findall(rf'^{name}_bucket\{{{re.escape(prefix)}le="([^"]+)"\}} (\d+)$', text, re.M)
+    assert buckets and buckets[-1][0] == "+Inf", text
+    count = re.search(rf"^{name}_count(?:\{{{re.escape(labels)}\}})? (\d+)$", text, re.M)
+    assert count, text
+    return [int(n) for _, n in buckets], int(count.group(1))
+
+
+def test_prometheus_histogram_buckets_are_cumulative(policy_path):
+    calls = 6
+    with PolicyServer(ServeConfig(str(policy_path), port=0, metrics_port=0, grace_s=0)).start() as server:
+        with PolicyClient(server.address) as client:
+            for i in range(calls):
+                client.act(np.full(3, i, np.float32))
+        text = urllib.request.urlopen(f"http://127.0.0.1:{server.metrics_port}/metrics", timeout=2).read().decode()
+    for name, labels in (
+        ("flowrl_request_latency_seconds", 'method="Act"'),
+        ("flowrl_batch_size", ""),  # one batch per call: max_batch is 1
+        ("flowrl_inference_seconds", ""),
+    ):
+        counts, count = _histogram(text, name, labels)
+        assert counts == sorted(counts), f"{name}: a bucket counts fewer than the one below it: {counts}"
+        assert counts[-1] == count == calls, (name, counts, count)
 
 
 def test_streams_beyond_the_worker_pool_are_refused_not_left_waiting(policy_path):
