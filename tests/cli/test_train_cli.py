@@ -11,6 +11,7 @@ from flowrl_deploy.checkpoint import read_document
 from flowrl_deploy.cli import app
 from flowrl_deploy.train import loop
 from flowrl_deploy.train.config import TrainConfig
+from flowrl_deploy.train.evaluate import EvalResult, checkpoint_act_fn, evaluate
 
 runner = CliRunner()
 TINY = [
@@ -108,6 +109,14 @@ def test_train_then_eval_then_resume(tmp_path):
     assert result.exit_code == 0, result.output
     assert "Pendulum-v1: return" in result.output and "±" in result.output
     assert result.output.strip().endswith("over 2 episodes (N=4 midpoint)")  # --flow-steps 4
+
+    returns: dict[int, EvalResult] = {}  # --flow-steps reaches the sampler, not only the label
+    for n in (1, 4):
+        result = runner.invoke(app, ["eval", str(out), "--episodes", "2", "--flow-steps", str(n), "--device", "cpu"])
+        assert result.exit_code == 0, result.output
+        returns[n] = evaluate(checkpoint_act_fn(out, n, "cpu"), "Pendulum-v1", 2)
+        assert f"return {returns[n]} (N={n} midpoint)" in result.output
+    assert returns[1].returns != returns[4].returns
 
     result = runner.invoke(app, ["train", "--resume", str(out), "--steps", "400", "--no-progress"])
     assert result.exit_code == 0, result.output

@@ -8,10 +8,12 @@ import torch
 
 from flowrl_deploy.checkpoint import load_checkpoint, read_document
 from flowrl_deploy.errors import CheckpointError, FlowRLError
+from flowrl_deploy.train import loop
 from flowrl_deploy.train.checkpointing import load_actor
 from flowrl_deploy.train.config import TrainConfig
-from flowrl_deploy.train.evaluate import checkpoint_act_fn, evaluate
+from flowrl_deploy.train.evaluate import EvalResult, checkpoint_act_fn, evaluate
 from flowrl_deploy.train.loop import resume_config, train
+from flowrl_deploy.train.replay import ReplayBuffer
 
 # Pendulum: 200-step episodes, so saves every 200 steps fall on episode boundaries.
 TINY = dict(env="Pendulum-v1", hidden=16, batch_size=16, start_steps=100, eval_every=200, eval_episodes=1,
@@ -35,7 +37,32 @@ def test_a_run_writes_config_metrics_and_checkpoints(run):
     checkpoints = run.run_dir / "checkpoints"
     assert sorted(p.name for p in checkpoints.glob("step_*")) == ["step_000000200", "step_000000400"]
     assert (checkpoints / "last").resolve().name == "step_000000400"
-    assert (checkpoints / "best").resolve().name in ("step_000000200", "step_000000400")
+    returns = {r["step"]: r["charts/eval_return"] for r in rows if "charts/eval_return" in r}
+    best_step = max(returns, key=returns.__getitem__)
+    assert (checkpoints / "best").resolve().name == f"step_{best_step:09d}"
+    assert read_document(checkpoints / "best")["eval"]["best_return"] == returns[best_step]
+
+
+def test_best_points_at_the_highest_evaluation_even_across_a_resume(monkeypatch, tmp_path):
+    """Scripted evaluation returns: ``best`` follows the highest, not the latest, and a resumed run
+    keeps comparing against the best it had before the stop."""
+    scripted = {100: -5.0, 200: -1.0, 300: -3.0, 400: -2.0, 500: -4.0}
+
+    def fake_evaluate(
+        agent: object, eval_env: object, cfg: TrainConfig, step: int, deterministic: bool = False
+    ) -> EvalResult:
+        return EvalResult(scripted[step], 0.0, (scripted[step],))
+
+    monkeypatch.setattr(loop, "_evaluate", fake_evaluate)
+    config = {**TINY, "eval_every": 100}
+    first = train(TrainConfig(steps=400, out=str(tmp_path / "run"), **config), progress=False)
+    checkpoints = first.run_dir / "checkpoints"
+    assert (checkpoints / "best").resolve().name == "step_000000200"
+    assert read_document(checkpoints / "last")["eval"] == {"best_return": -1.0, "last_return": -2.0}
+    resumed = train(resume_config(first.run_dir, steps=500), resume=first.run_dir, progress=False)
+    assert resumed.counters.best_eval_return == -1.0
+    assert (checkpoints / "best").resolve().name == "step_000000200"  # -4 at step 500 is no better
+    assert (checkpoints / "last").resolve().name == "step_000000500"
 
 
 def test_the_checkpoint_records_spec_config_and_counters(run):
@@ -46,6 +73,38 @@ def test_the_checkpoint_records_spec_config_and_counters(run):
     assert checkpoint.config["cfm_weighting"] == "batch" and checkpoint.config["steps"] == 400
     assert "q_pi_target.net.0.weight" in checkpoint.training_tensors
     assert not checkpoint.replay  # not asked for
+
+
+def sampled_ages(monkeypatch, cfg: TrainConfig) -> np.ndarray:
+    """Train ``cfg``; the age (0 = the newest transition) of every transition its batches drew."""
+    ages: list[np.ndarray] = []
+
+    class Recording(ReplayBuffer):
+        def sample_indices(self, batch_size: int) -> np.ndarray:
+            idx = super().sample_indices(batch_size)
+            ages.append((self.pos - 1 - idx) % self.capacity)
+            return idx
+
+    monkeypatch.setattr(loop, "ReplayBuffer", Recording)
+    train(cfg, progress=False)
+    return np.concatenate(ages)
+
+
+def test_recent_fraction_one_draws_every_batch_from_the_recent_window(monkeypatch, tmp_path):
+    config = {**TINY, "eval_every": 0, "save_every": 0}
+    cfg = TrainConfig(steps=200, out=str(tmp_path), recent_fraction=1.0, recent_window=8, **config)
+    ages = sampled_ages(monkeypatch, cfg)
+    assert len(ages) == 101 * 16 and ages.max() < 8
+
+
+def test_recent_fraction_zero_samples_the_whole_buffer_uniformly(monkeypatch, tmp_path):
+    """4,000 transitions, updates only at the end: the newest 2,048 (the default window) get their
+    share of the batches, 51 %, not the 61 % that 20 % recent sampling would give them."""
+    config = {**TINY, "batch_size": 256, "start_steps": 3990, "eval_every": 0, "save_every": 0}
+    ages = sampled_ages(monkeypatch, TrainConfig(steps=4000, out=str(tmp_path), recent_fraction=0.0, **config))
+    assert len(ages) == 11 * 256
+    assert abs((ages < 2048).mean() - 2048 / 3995) < 0.04
+    assert ages.max() > 3900  # the oldest transitions are drawn too
 
 
 def test_deterministic_acting_starts_from_zero_noise(run):
@@ -59,6 +118,19 @@ def test_deterministic_acting_starts_from_zero_noise(run):
     np.testing.assert_allclose(first, expected, rtol=1e-6)
     sampled = checkpoint_act_fn(run.run_dir, device="cpu", seed=3)
     assert not np.array_equal(sampled(obs), sampled(obs))
+
+
+def test_acting_integrates_the_seeded_noise_with_the_asked_flow_steps(run):
+    """What ``flowrl eval --flow-steps N`` acts with: the actor at N steps from the seed's noise."""
+    obs = np.array([1.0, 0.0, 0.5], np.float32)
+    actor = load_actor(run.run_dir, "cpu")
+    noise = torch.randn(1, 1, generator=torch.Generator().manual_seed(3))
+    with torch.no_grad():
+        expected = {n: actor(torch.as_tensor(obs)[None], noise, num_steps=n)[0].numpy() for n in (1, 5)}
+    assert not np.allclose(expected[1], expected[5], rtol=0, atol=1e-4)  # N matters for this policy
+    for flow_steps, n in ((None, 1), (1, 1), (5, 5)):  # None: the checkpoint's own N = 1
+        act = checkpoint_act_fn(run.run_dir, flow_steps=flow_steps, device="cpu", seed=3)
+        np.testing.assert_allclose(act(obs), expected[n], rtol=1e-6, err_msg=f"flow_steps={flow_steps}")
 
 
 @pytest.mark.parametrize("flow_steps", [None, 5])
