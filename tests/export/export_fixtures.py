@@ -21,8 +21,17 @@ SPEC = PolicySpec(
     action_names=("hip", "knee", "ankle"),
     control_period_s=0.02,
 )
+PERTURBATION = 0.2
+"""Standard deviation of the noise added to every tensor: torch's initialisation has zero biases,
+LayerNorm gains of 1 and shifts of 0, so a graph that dropped or swapped one of them would still match."""
 
 
-def actor_tensors(spec: PolicySpec = SPEC, seed: int = 0) -> dict[str, np.ndarray]:
+def actor_tensors(spec: PolicySpec = SPEC, seed: int = 0, *, perturbed: bool = True) -> dict[str, np.ndarray]:
+    """A FlowActor's state_dict, each tensor (biases and LayerNorm weights included) moved by
+    PERTURBATION × N(0, 1) unless ``perturbed`` is False (then torch's initialisation as is)."""
     torch.manual_seed(seed)
-    return {k: v.numpy() for k, v in FlowActor(spec).state_dict().items()}
+    tensors = {k: v.numpy() for k, v in FlowActor(spec).state_dict().items()}
+    if not perturbed:
+        return tensors
+    rng = np.random.default_rng(seed)
+    return {k: (v + PERTURBATION * rng.standard_normal(v.shape)).astype(np.float32) for k, v in sorted(tensors.items())}

@@ -8,6 +8,7 @@ import torch
 from export_fixtures import SPEC, actor_tensors
 
 from flowrl_deploy.export.graph import VelocityWeights, build_policy_graph, schedule
+from flowrl_deploy.export.verify import reference_actor
 from flowrl_deploy.runtime import make_session
 
 
@@ -39,6 +40,19 @@ def test_matches_torch_sampler(reference, optimize, solver, steps, batch):
     with torch.no_grad():
         expected = reference(torch.from_numpy(obs), torch.from_numpy(noise), steps, solver).numpy()
     np.testing.assert_allclose(action, expected, atol=1e-5, rtol=1e-4)
+
+
+@pytest.mark.parametrize("optimize", [True, False])
+def test_matches_torch_sampler_at_initialisation(optimize):
+    """torch's own initialisation (zero biases, LayerNorm gain 1 and shift 0), as a fresh run exports it."""
+    actor = actor_tensors(perturbed=False)
+    model = build_policy_graph(
+        VelocityWeights.from_actor(actor, SPEC), SPEC, steps=3, solver="midpoint", optimize=optimize
+    )
+    obs, noise = inputs(7, obs_scale=3.0, noise_scale=2.0)
+    with torch.no_grad():
+        expected = reference_actor(actor, SPEC)(torch.from_numpy(obs), torch.from_numpy(noise), 3, "midpoint").numpy()
+    np.testing.assert_allclose(run(model, obs, noise), expected, atol=1e-5, rtol=1e-4)
 
 
 def test_constant_velocity_integrates_exactly():

@@ -26,7 +26,11 @@ def checkpoint(tmp_path_factory):
     torch.manual_seed(0)
     spec = PolicySpec(obs_dim=5, act_dim=1, action_low=(-1.0,), action_high=(1.0,), hidden=32, env_id=ENV_ID)
     actor = FlowActor(spec)
-    tensors = {k: v.detach().numpy() for k, v in actor.state_dict().items()}
+    rng = np.random.default_rng(0)  # every tensor moved off its initialisation (zero biases, LayerNorm 1 and 0)
+    tensors = {
+        k: (v.detach().numpy() + 0.2 * rng.standard_normal(v.shape)).astype(np.float32)
+        for k, v in sorted(actor.state_dict().items())
+    }
     return save_checkpoint(tmp_path_factory.mktemp("ckpt") / "step_1", spec=spec, actor=tensors)
 
 
