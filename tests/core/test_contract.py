@@ -1,3 +1,5 @@
+from dataclasses import fields, replace
+
 import pytest
 
 from flowrl_deploy.contract import PolicyContract, contract_from_metadata, contract_to_metadata
@@ -13,12 +15,57 @@ def test_metadata_round_trip():
 
 
 def test_hash_ignores_sampler_settings_but_not_interface():
-    from dataclasses import replace
-
     assert replace(BASE, flow_steps=5, solver="euler").hash() == BASE.hash()
     changed = replace(BASE, action_high=(2.0, 1.0))
     assert changed.hash() != BASE.hash()
     assert changed.differences(BASE) == ["action_high: [2.0, 1.0] != [1.0, 1.0]"]
+
+
+LABELLED = replace(BASE, obs_layout=(("position", 2), ("velocity", 2)), action_names=("hip", "knee"))
+CLIENT_FACING = {  # field -> a change of it (act_dim cannot change without its bounds)
+    "obs_dim": {"obs_dim": 5},
+    "act_dim": {"act_dim": 1, "action_low": (-1.0,), "action_high": (1.0,)},
+    "obs_layout": {"obs_layout": (("velocity", 2), ("position", 2))},
+    "action_names": {"action_names": ("knee", "hip")},
+    "action_low": {"action_low": (-2.0, -1.0)},
+    "action_high": {"action_high": (1.0, 2.0)},
+    "action_rescaled": {"action_rescaled": False},
+    "obs_normalization": {"obs_normalization": "inside"},
+    "control_period_s": {"control_period_s": 0.02},
+    "deterministic": {"deterministic": True},
+    "input_names": {"input_names": ("obs",)},
+    "output_name": {"output_name": "actions"},
+}
+SAMPLER_SETTINGS = {
+    "flow_steps": 5,
+    "solver": "euler",
+    "t_schedule": "cosine",
+    "noise_convention": "a0 = noise",
+    "env_id": "dmc:other-task",
+}
+
+
+def test_every_contract_field_is_either_client_facing_or_a_sampler_setting():
+    assert CLIENT_FACING.keys() | SAMPLER_SETTINGS.keys() == {f.name for f in fields(PolicyContract)}
+    assert not CLIENT_FACING.keys() & SAMPLER_SETTINGS.keys()
+
+
+@pytest.mark.parametrize("field", CLIENT_FACING)
+def test_a_change_of_any_client_facing_field_changes_the_hash_and_is_named(field):
+    """A client pinned to the old hash must be refused, with the field named in the message."""
+    changed = replace(LABELLED, **CLIENT_FACING[field])
+    assert changed.hash() != LABELLED.hash()
+    named = {line.split(":")[0] for line in changed.differences(LABELLED)}
+    assert named == set(CLIENT_FACING[field])
+
+
+@pytest.mark.parametrize("field", SAMPLER_SETTINGS)
+def test_a_sampler_setting_keeps_the_hash(field):
+    """Another N, solver or schedule can be hot-swapped in: clients see the same interface."""
+    changed = replace(LABELLED, **{field: SAMPLER_SETTINGS[field]})
+    assert changed != LABELLED
+    assert changed.hash() == LABELLED.hash()
+    assert changed.differences(LABELLED) == []
 
 
 def test_tampered_contract_is_refused():
