@@ -185,5 +185,6 @@ def verify_parity(
         passed=within and repeat_identical,
     )
     if not report.passed:
-        raise VerificationError(f"the exported graph does not match the torch sampler: {report.summary()}")
+        failure = "does not match the torch sampler" if not within else "gives different actions for the same input"
+        raise VerificationError(f"the exported graph {failure}: {report.summary()}")
     return report

@@ -6,6 +6,7 @@ import hashlib
 import json
 import os
 from dataclasses import replace
+from typing import Any
 
 import numpy as np
 import onnx
@@ -16,6 +17,7 @@ from flowrl_deploy.checkpoint import save_checkpoint
 from flowrl_deploy.errors import CheckpointError, FlowRLError
 from flowrl_deploy.export import ExportConfig, export_checkpoint
 from flowrl_deploy.export import graph as graph_module
+from flowrl_deploy.export import verify as verify_module
 from flowrl_deploy.export.verify import VerificationError, check_structure, verify_parity
 from flowrl_deploy.runtime import OnnxPolicy
 
@@ -92,6 +94,30 @@ def test_wrong_graph_fails_verification_and_writes_nothing(checkpoint, tmp_path,
     out = tmp_path / "policy.onnx"
     with pytest.raises(VerificationError, match="does not match the torch sampler"):
         export_checkpoint(checkpoint, out, ExportConfig(steps=10, samples=5))
+    assert not out.exists()
+
+
+class DriftingSession:
+    """An onnxruntime session whose second run returns the action one ulp higher."""
+
+    def __init__(self, session: Any) -> None:
+        self._session, self._runs = session, 0
+
+    def run(self, output_names: list[str] | None, feeds: dict[str, np.ndarray]) -> list[np.ndarray]:
+        outputs = self._session.run(output_names, feeds)
+        self._runs += 1
+        if self._runs == 2:
+            outputs[0] = np.nextafter(outputs[0], np.float32(np.inf))
+        return outputs
+
+
+def test_a_repeat_that_differs_by_one_ulp_fails_verification_and_writes_nothing(checkpoint, tmp_path, monkeypatch):
+    """The repeat is the first input run again, well within parity's tolerance: only bit-equality sees it."""
+    make_session = verify_module.make_session
+    monkeypatch.setattr(verify_module, "make_session", lambda *a, **k: DriftingSession(make_session(*a, **k)))
+    out = tmp_path / "policy.onnx"
+    with pytest.raises(VerificationError, match=r"different actions for the same input: .*repeat bit-identical: NO"):
+        export_checkpoint(checkpoint, out, ExportConfig(steps=2, samples=5))
     assert not out.exists()
 
 
