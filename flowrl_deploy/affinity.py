@@ -9,16 +9,19 @@ from __future__ import annotations
 
 import contextlib
 import os
+from collections.abc import Iterable
 from pathlib import Path
 
 from flowrl_deploy.errors import FlowRLError
 
 
 def parse_cpus(text: str) -> tuple[int, ...]:
-    """'1', '2,3' or '0-3,6' → sorted core ids ('' → none: any core); a malformed list is a
-    :class:`FlowRLError`."""
+    """'1', '2,3' or '0-3,6' → sorted core ids ('' → none: any core); a malformed list, or a core
+    this machine lacks, is a :class:`FlowRLError` (checked before a range is expanded, so that
+    '0-999999999' is refused rather than built)."""
     if not text.strip():
         return ()
+    count = os.cpu_count() or 1
     cpus: set[int] = set()
     for part in (p.strip() for p in text.split(",")):
         try:
@@ -28,6 +31,9 @@ def parse_cpus(text: str) -> tuple[int, ...]:
             raise FlowRLError(f"--cpus {text!r}: use core ids such as 1, 2,3 or 0-3") from None
         if first < 0 or last < first:
             raise FlowRLError(f"--cpus {text!r}: {part!r} is not a core id or an ascending range")
+        if last >= count:
+            missing = str(last) if max(first, count) == last else f"{max(first, count)}-{last}"
+            raise FlowRLError(f"--cpus {text!r}: {_no_core(missing, count)}")
         cpus.update(range(first, last + 1))
     return tuple(sorted(cpus))
 
@@ -50,9 +56,7 @@ def pin_to_cpus(cpus: tuple[int, ...]) -> None:
     count = os.cpu_count() or 1
     missing = [c for c in cpus if c >= count]
     if missing:
-        raise FlowRLError(
-            f"--cpus {_cores(cpus)}: no core {_cores(missing)} on this machine (its cores are 0-{count - 1})"
-        )
+        raise FlowRLError(f"--cpus {_cores(cpus)}: {_no_core(_cores(missing), count)}")
     tasks = Path("/proc/self/task")
     try:
         for thread_id in [int(t.name) for t in tasks.iterdir()] if tasks.is_dir() else [0]:
@@ -62,5 +66,9 @@ def pin_to_cpus(cpus: tuple[int, ...]) -> None:
         raise FlowRLError(f"--cpus {_cores(cpus)}: this process may not run there ({exc.strerror})") from None
 
 
-def _cores(cpus) -> str:
+def _cores(cpus: Iterable[int]) -> str:
     return ",".join(map(str, cpus))
+
+
+def _no_core(cores: str, count: int) -> str:
+    return f"no core {cores} on this machine (its cores are 0-{count - 1})"

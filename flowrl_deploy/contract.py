@@ -19,6 +19,7 @@ from typing import Any
 
 from flowrl_deploy.errors import SpecError
 from flowrl_deploy.fieldtypes import wrong_type
+from flowrl_deploy.spec import SOLVERS
 
 CONTRACT_KEY = "flowrl.contract"
 CONTRACT_HASH_KEY = "flowrl.contract_hash"
@@ -26,6 +27,10 @@ PROVENANCE_KEY = "flowrl.provenance"
 OBS_INPUT = "obs"
 NOISE_INPUT = "noise"
 ACTION_OUTPUT = "action"
+# The control periods a contract may state besides 0 (none): 10 kHz to 0.1 Hz. Beyond either, a
+# control loop at the policy's rate (`flowrl control` by default) would spin or seem to hang.
+MIN_CONTROL_PERIOD_S = 1e-4
+MAX_CONTROL_PERIOD_S = 10.0
 
 # Fields a client depends on; changing any of them changes the hash.
 _HASHED = (
@@ -71,7 +76,8 @@ class PolicyContract:
     output_name: str = ACTION_OUTPUT
 
     def __post_init__(self) -> None:
-        """Refuse a contract no exported graph can have (a hand-edited or corrupt file)."""
+        """Refuse a contract no exported graph can have (a hand-edited or corrupt file); each
+        message names the field and starts with "policy contract"."""
         wrong = wrong_type(self)
         if wrong is not None:
             name, expected = wrong
@@ -82,11 +88,34 @@ class PolicyContract:
             raise SpecError("policy contract: obs_dim, act_dim and flow_steps must be >= 1")
         if len(self.action_low) != self.act_dim or len(self.action_high) != self.act_dim:
             raise SpecError(f"policy contract: the action bounds must hold act_dim = {self.act_dim} values each")
-        bounds = (*self.action_low, *self.action_high, self.control_period_s)
-        if not all(math.isfinite(x) for x in bounds) or self.control_period_s < 0:
-            raise SpecError("policy contract: bounds and control period must be finite (the period >= 0)")
-        if any(lo > hi for lo, hi in zip(self.action_low, self.action_high, strict=True)):
-            raise SpecError("policy contract: an action's low bound lies above its high bound")
+        if not all(math.isfinite(x) for x in (*self.action_low, *self.action_high, self.control_period_s)):
+            raise SpecError("policy contract: bounds and control period must be finite")
+        for i, (lo, hi) in enumerate(zip(self.action_low, self.action_high, strict=True)):
+            if not lo < hi:
+                raise SpecError(
+                    f"policy contract field action_low must lie below action_high: action {i} has {lo:g} >= {hi:g}"
+                )
+        period = self.control_period_s
+        if period != 0 and not MIN_CONTROL_PERIOD_S <= period <= MAX_CONTROL_PERIOD_S:
+            raise SpecError(
+                f"policy contract field control_period_s is {period:g} s; it must be 0 (none) or lie in "
+                f"[{MIN_CONTROL_PERIOD_S:g}, {MAX_CONTROL_PERIOD_S:g}] s (a control rate of "
+                f"{1 / MAX_CONTROL_PERIOD_S:g} to {1 / MIN_CONTROL_PERIOD_S:g} Hz)"
+            )
+        if self.action_names and len(self.action_names) != self.act_dim:
+            raise SpecError(
+                f"policy contract field action_names holds {len(self.action_names)} names for act_dim = {self.act_dim}"
+            )
+        sizes = [size for _, size in self.obs_layout]
+        if self.obs_layout and (min(sizes) < 1 or sum(sizes) != self.obs_dim):
+            raise SpecError(
+                f"policy contract field obs_layout has block sizes {sizes}: each must be >= 1 and together "
+                f"they must add up to obs_dim = {self.obs_dim}"
+            )
+        if self.solver not in SOLVERS:
+            raise SpecError(
+                f"policy contract field solver is {self.solver!r}; an exported graph uses {' or '.join(SOLVERS)}"
+            )
 
     def hash(self) -> str:
         """sha256 (hex, first 16 chars) of the client-facing fields, in canonical JSON."""
@@ -111,7 +140,7 @@ class PolicyContract:
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> PolicyContract:
         if not isinstance(data, dict):
-            raise SpecError(f"malformed policy contract: a JSON object was expected, got {type(data).__name__}")
+            raise SpecError(f"policy contract is malformed: a JSON object was expected, got {type(data).__name__}")
         known = {f.name for f in fields(cls)}
         try:
             kwargs = {k: v for k, v in data.items() if k in known}
@@ -123,7 +152,7 @@ class PolicyContract:
                     kwargs[key] = tuple(str(x) for x in kwargs[key])
             return cls(**kwargs)
         except (KeyError, TypeError, ValueError) as exc:
-            raise SpecError(f"malformed policy contract: {exc}") from exc
+            raise SpecError(f"policy contract is malformed: {exc}") from exc
 
 
 def contract_to_metadata(contract: PolicyContract, provenance: dict[str, Any]) -> dict[str, str]:
@@ -145,7 +174,11 @@ def contract_from_metadata(metadata: dict[str, str]) -> tuple[PolicyContract, di
             records[key] = json.loads(metadata.get(key, "{}"))
         except json.JSONDecodeError as exc:
             raise SpecError(f"the model's {what} is not valid JSON: {exc}") from exc
-    contract, provenance = PolicyContract.from_dict(records[CONTRACT_KEY]), records[PROVENANCE_KEY]
+    try:
+        contract = PolicyContract.from_dict(records[CONTRACT_KEY])
+    except SpecError as exc:  # its message starts with "policy contract"
+        raise SpecError(f"the model file's {exc}") from exc
+    provenance = records[PROVENANCE_KEY]
     if not isinstance(provenance, dict):
         raise SpecError("the model's provenance record is not a JSON object")
     stored = metadata.get(CONTRACT_HASH_KEY)

@@ -10,10 +10,15 @@ from flowrl_deploy.affinity import parse_cpus, pin_to_cpus
 from flowrl_deploy.errors import FlowRLError
 
 
+@pytest.fixture
+def eight_cores(monkeypatch):
+    monkeypatch.setattr(os, "cpu_count", lambda: 8)
+
+
 @pytest.mark.parametrize(
     ("text", "cpus"), [("1", (1,)), ("3,2", (2, 3)), ("0-2,5", (0, 1, 2, 5)), (" 4 ", (4,)), ("", ())]
 )
-def test_core_lists_parse(text, cpus):
+def test_core_lists_parse(eight_cores, text, cpus):
     assert parse_cpus(text) == cpus
 
 
@@ -21,6 +26,16 @@ def test_core_lists_parse(text, cpus):
 def test_malformed_core_lists_are_clear_errors(text):
     with pytest.raises(FlowRLError, match="--cpus"):
         parse_cpus(text)
+
+
+@pytest.mark.parametrize(
+    ("text", "missing"), [("8", "no core 8 "), ("0-999999999", "no core 8-999999999 "), ("9-12", "no core 9-12 ")]
+)
+def test_a_core_list_beyond_the_machine_is_refused_before_it_is_expanded(eight_cores, text, missing):
+    """'0-999999999' built a set of a billion ints (MemoryError, or all the RAM) before the cores were checked."""
+    with pytest.raises(FlowRLError, match="--cpus") as info:
+        parse_cpus(text)
+    assert missing in str(info.value) and "(its cores are 0-7)" in str(info.value)
 
 
 needs_affinity = pytest.mark.skipif(not hasattr(os, "sched_setaffinity"), reason="CPU affinity is Linux-only")

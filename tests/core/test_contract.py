@@ -1,3 +1,4 @@
+import json
 from dataclasses import fields, replace
 
 import pytest
@@ -22,9 +23,9 @@ def test_hash_ignores_sampler_settings_but_not_interface():
 
 
 LABELLED = replace(BASE, obs_layout=(("position", 2), ("velocity", 2)), action_names=("hip", "knee"))
-CLIENT_FACING = {  # field -> a change of it (act_dim cannot change without its bounds)
-    "obs_dim": {"obs_dim": 5},
-    "act_dim": {"act_dim": 1, "action_low": (-1.0,), "action_high": (1.0,)},
+CLIENT_FACING = {  # field -> a change of it (the dims cannot change without their layout, names and bounds)
+    "obs_dim": {"obs_dim": 5, "obs_layout": (("position", 2), ("velocity", 3))},
+    "act_dim": {"act_dim": 1, "action_low": (-1.0,), "action_high": (1.0,), "action_names": ("hip",)},
     "obs_layout": {"obs_layout": (("velocity", 2), ("position", 2))},
     "action_names": {"action_names": ("knee", "hip")},
     "action_low": {"action_low": (-2.0, -1.0)},
@@ -89,7 +90,15 @@ def test_missing_contract_names_the_exporter():
         ({"act_dim": 0}, "must be >= 1"),
         ({"action_low": [-1.0]}, "must hold act_dim = 2 values"),
         ({"action_high": [1.0, float("nan")]}, "must be finite"),
-        ({"action_low": [2.0, -1.0]}, "low bound lies above its high bound"),
+        ({"action_low": [2.0, -1.0]}, "action_low must lie below action_high: action 0 has 2 >= 1"),
+        ({"action_low": [-1.0, 1.0]}, "action_low must lie below action_high: action 1 has 1 >= 1"),
+        ({"action_names": ["a", "b", "c"]}, "action_names holds 3 names for act_dim = 2"),
+        ({"obs_layout": [["x", 2]]}, r"obs_layout has block sizes \[2\]: .* add up to obs_dim = 4"),
+        ({"obs_layout": [["x", 5], ["y", -1]]}, "obs_layout has block sizes"),
+        ({"solver": "rk4"}, "solver is 'rk4'; an exported graph uses midpoint or euler"),
+        ({"control_period_s": 1e9}, r"control_period_s is 1e\+09 s; it must be 0 \(none\) or lie in \[0.0001, 10\]"),
+        ({"control_period_s": 1e-9}, "control_period_s is 1e-09 s"),
+        ({"control_period_s": -0.02}, "control_period_s is -0.02 s"),
     ],
 )
 def test_a_contract_no_export_can_have_is_refused_even_with_a_matching_hash(change, message):
@@ -97,6 +106,23 @@ def test_a_contract_no_export_can_have_is_refused_even_with_a_matching_hash(chan
     data = {**BASE.to_dict(), **change}
     with pytest.raises(SpecError, match=message):
         PolicyContract.from_dict(data)
+
+
+@pytest.mark.parametrize("period", [0.0, 1e-4, 0.02, 10.0])
+def test_no_control_period_or_one_from_10_khz_to_0_1_hz_is_accepted(period):
+    assert replace(BASE, control_period_s=period).control_period_s == period
+
+
+def test_an_impossible_contract_in_a_model_file_says_it_comes_from_the_file():
+    """A hand-edited contract with its hash recomputed: the error points at the file's metadata."""
+    bad = {**BASE.to_dict(), "solver": "rk4"}
+    metadata = {**contract_to_metadata(BASE, {}), "flowrl.contract": json.dumps(bad)}
+    with pytest.raises(SpecError) as info:
+        contract_from_metadata(metadata)
+    assert (
+        str(info.value)
+        == "the model file's policy contract field solver is 'rk4'; an exported graph uses midpoint or euler"
+    )
 
 
 def test_contract_and_provenance_must_be_json_objects():
