@@ -11,10 +11,14 @@ from dataclasses import asdict, dataclass, field, fields
 from typing import Any
 
 from flowrl_deploy.errors import SpecError
+from flowrl_deploy.fieldtypes import wrong_type
 
 SOLVERS = ("midpoint", "euler")
 ACTIVATIONS = ("elu",)
 SPEC_VERSION = 1
+MAX_FLOW_STEPS = 1000
+"""The most ODE steps N a policy may sample with, in training, export and serving alike (a typo such
+as 100000 would otherwise build and run a graph for ages)."""
 
 
 @dataclass(frozen=True)
@@ -47,7 +51,11 @@ class PolicySpec:
         self.validate()
 
     def validate(self) -> None:
-        """Raise :class:`SpecError` naming the first impossible field."""
+        """Raise :class:`SpecError` naming the first field of the wrong type or with an impossible value."""
+        wrong = wrong_type(self)
+        if wrong is not None:
+            name, expected = wrong
+            raise SpecError(f"{name} must be {expected}, got {getattr(self, name)!r}")
         if self.obs_dim < 1 or self.act_dim < 1:
             raise SpecError(f"obs_dim and act_dim must be >= 1, got {self.obs_dim} and {self.act_dim}")
         for name in ("action_low", "action_high"):
@@ -62,8 +70,10 @@ class PolicySpec:
             raise SpecError(f"unknown solver {self.solver!r}; choose one of {', '.join(SOLVERS)}")
         if self.activation not in ACTIVATIONS:
             raise SpecError(f"unknown activation {self.activation!r}; supported: {', '.join(ACTIVATIONS)}")
-        if self.flow_steps < 1:
-            raise SpecError(f"flow_steps must be >= 1, got {self.flow_steps}")
+        if not 1 <= self.flow_steps <= MAX_FLOW_STEPS:
+            raise SpecError(f"flow_steps must lie in [1, {MAX_FLOW_STEPS}], got {self.flow_steps}")
+        if not (math.isfinite(self.noise_clip) and self.noise_clip > 0):
+            raise SpecError(f"noise_clip must be a finite number > 0, got {self.noise_clip!r}")
         if self.hidden < 1:
             raise SpecError(f"hidden must be >= 1, got {self.hidden}")
         if self.obs_layout and sum(size for _, size in self.obs_layout) != self.obs_dim:
@@ -81,7 +91,10 @@ class PolicySpec:
         """Build a spec from JSON data, with a clear error for missing or unknown fields."""
         if not isinstance(data, dict):
             raise SpecError(f"a policy spec must be a JSON object, got {type(data).__name__}")
-        if data.get("spec_version", SPEC_VERSION) > SPEC_VERSION:
+        version = data.get("spec_version", SPEC_VERSION)
+        if isinstance(version, bool) or not isinstance(version, int):
+            raise SpecError(f"spec_version must be an integer, got {version!r}")
+        if version > SPEC_VERSION:
             raise SpecError(
                 f"policy spec version {data['spec_version']} is newer than this flowrl-deploy "
                 f"understands ({SPEC_VERSION}); upgrade flowrl-deploy"

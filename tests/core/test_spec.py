@@ -1,7 +1,9 @@
+import re
+
 import pytest
 
 from flowrl_deploy.errors import SpecError
-from flowrl_deploy.spec import PolicySpec
+from flowrl_deploy.spec import MAX_FLOW_STEPS, PolicySpec
 
 
 def make_spec(**overrides):
@@ -21,14 +23,35 @@ class TestPolicySpec:
             ({"action_low": (-1.0,)}, "action_low has 1 entries"),
             ({"action_high": (1.0, -3.0)}, "below its action_high"),
             ({"solver": "rk4"}, "unknown solver 'rk4'"),
-            ({"flow_steps": 0}, "flow_steps must be >= 1"),
+            ({"flow_steps": 0}, "flow_steps must lie in [1, 1000], got 0"),
+            ({"flow_steps": MAX_FLOW_STEPS + 1}, "flow_steps must lie in [1, 1000], got 1001"),
+            ({"noise_clip": -1.0}, "noise_clip must be a finite number > 0, got -1.0"),
+            ({"noise_clip": 0.0}, "noise_clip must be a finite number > 0, got 0.0"),
+            ({"noise_clip": float("inf")}, "noise_clip must be a finite number > 0, got inf"),
             ({"obs_layout": (("x", 5),)}, "do not add up to obs_dim"),
             ({"action_high": (1.0, float("inf"))}, "must be finite"),
         ],
     )
     def test_impossible_values_are_named(self, overrides, message):
-        with pytest.raises(SpecError, match=message):
+        with pytest.raises(SpecError, match=re.escape(message)):
             make_spec(**overrides)
+
+    @pytest.mark.parametrize(
+        ("field", "value", "message"),
+        [
+            ("hidden", 32.0, "hidden must be an integer, got 32.0"),
+            ("flow_steps", 1.5, "flow_steps must be an integer, got 1.5"),
+            ("obs_dim", "3", "obs_dim must be an integer, got '3'"),
+            ("act_dim", True, "act_dim must be an integer, got True"),
+            ("noise_clip", "x", "noise_clip must be a number, got 'x'"),
+            ("solver", 3, "solver must be a string, got 3"),
+            ("control_period_s", None, "control_period_s must be a number, got None"),
+            ("spec_version", "2", "spec_version must be an integer, got '2'"),
+        ],
+    )
+    def test_a_hand_edited_field_of_the_wrong_type_is_named(self, field, value, message):
+        with pytest.raises(SpecError, match=re.escape(message)):
+            PolicySpec.from_dict(make_spec().to_dict() | {field: value})
 
     def test_missing_fields_are_named(self):
         with pytest.raises(SpecError, match="lacks act_dim"):
