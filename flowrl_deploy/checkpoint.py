@@ -22,6 +22,7 @@ imports numpy and safetensors only: serving machines read specs without torch.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import shutil
@@ -88,7 +89,6 @@ def save_checkpoint(
     An existing checkpoint at ``path`` is replaced only once the new one is complete.
     """
     final = Path(path)
-    final.parent.mkdir(parents=True, exist_ok=True)
     document = {
         "format": FORMAT,
         "format_version": FORMAT_VERSION,
@@ -99,8 +99,10 @@ def save_checkpoint(
         "versions": library_versions(),
         **(extra or {}),
     }
-    tmp = Path(tempfile.mkdtemp(prefix=f".{final.name}.tmp-", dir=final.parent))
+    tmp: Path | None = None
     try:
+        final.parent.mkdir(parents=True, exist_ok=True)
+        tmp = Path(tempfile.mkdtemp(prefix=f".{final.name}.tmp-", dir=final.parent))
         save_file(
             _contiguous(actor),
             str(tmp / MODEL_FILE),
@@ -116,28 +118,52 @@ def save_checkpoint(
         for child in (*tmp.iterdir(), tmp):
             apply_umask(child)
         _fsync_tree(tmp)
-        if final.exists() and not final.is_symlink():
-            aside = final.with_name(f".{final.name}.old-{os.getpid()}")
-            os.replace(final, aside)
-            os.replace(tmp, final)
-            shutil.rmtree(aside, ignore_errors=True)
-        else:
-            os.replace(tmp, final)
+        _replace_directory(tmp, final)
         _fsync_dir(final.parent)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
+    except BaseException as exc:
+        if tmp is not None:
+            shutil.rmtree(tmp, ignore_errors=True)
+        if isinstance(exc, (OSError, SafetensorError)):
+            raise CheckpointError(f"cannot write the checkpoint {final}: {_reason(exc)}") from exc
         raise
     return final
+
+
+def _replace_directory(new: Path, final: Path) -> None:
+    """Rename ``new`` to ``final``; an existing ``final`` is removed only once ``new`` is in its place."""
+    if not final.exists() or final.is_symlink():
+        os.replace(new, final)
+        return
+    aside = final.with_name(f".{final.name}.old-{os.getpid()}")
+    os.replace(final, aside)
+    try:
+        os.replace(new, final)
+    except OSError:
+        os.replace(aside, final)
+        raise
+    shutil.rmtree(aside, ignore_errors=True)
+
+
+def _reason(exc: OSError | SafetensorError) -> str:
+    """What went wrong, without Python's errno prefix: 'File exists (/runs/x/checkpoints)'."""
+    if isinstance(exc, OSError) and exc.strerror:
+        return f"{exc.strerror} ({exc.filename})" if exc.filename else exc.strerror
+    return str(exc)
 
 
 def link_checkpoint(checkpoints_dir: str | os.PathLike[str], name: str, target: str | os.PathLike[str]) -> None:
     """Point ``checkpoints_dir/name`` (e.g. ``last``) at ``target`` with an atomic symlink swap."""
     directory = Path(checkpoints_dir)
     tmp_link = directory / f".{name}.link-{os.getpid()}"
-    if tmp_link.is_symlink() or tmp_link.exists():
-        tmp_link.unlink()
-    os.symlink(Path(target).name, tmp_link)
-    os.replace(tmp_link, directory / name)
+    try:
+        if tmp_link.is_symlink() or tmp_link.exists():
+            tmp_link.unlink()
+        os.symlink(Path(target).name, tmp_link)
+        os.replace(tmp_link, directory / name)
+    except OSError as exc:
+        with contextlib.suppress(OSError):
+            tmp_link.unlink()
+        raise CheckpointError(f"cannot point {directory / name} at {Path(target).name}: {_reason(exc)}") from exc
 
 
 def check_output_path(flag: str, path: str | os.PathLike[str]) -> None:
@@ -190,12 +216,21 @@ def read_document(path: str | os.PathLike[str]) -> dict[str, Any]:
         raise CheckpointError(f"{doc_path} is corrupt (not valid JSON: {exc})") from exc
     if not isinstance(document, dict) or document.get("format") != FORMAT:
         raise CheckpointError(f"{doc_path} is not a flowrl-deploy checkpoint (format tag missing or foreign)")
-    if document.get("format_version", 0) > FORMAT_VERSION:
+    version, counters = document.get("format_version", 0), document.get("counters", {})
+    if not _is_int(version):
+        raise CheckpointError(f"{doc_path}: format_version must be an integer, got {version!r}")
+    if version > FORMAT_VERSION:
         raise CheckpointError(
-            f"{doc_path} has format version {document['format_version']}, newer than this "
+            f"{doc_path} has format version {version}, newer than this "
             f"flowrl-deploy reads ({FORMAT_VERSION}); upgrade flowrl-deploy"
         )
+    if not (isinstance(counters, dict) and all(_is_int(v) for v in counters.values())):
+        raise CheckpointError(f"{doc_path}: counters must be a JSON object of integers, got {counters!r:.200}")
     return document
+
+
+def _is_int(value: object) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool)
 
 
 def read_spec(path: str | os.PathLike[str]) -> PolicySpec:

@@ -1,5 +1,7 @@
 import json
 import os
+import re
+import resource
 
 import numpy as np
 import pytest
@@ -81,11 +83,35 @@ class TestAtomicity:
             raise OSError("disk full")
 
         monkeypatch.setattr(ckpt, "_write_json", crash)
-        with pytest.raises(OSError, match="disk full"):
+        with pytest.raises(CheckpointError, match=f"cannot write the checkpoint {tmp_path / 'last'}: disk full"):
             save(tmp_path / "last", value=2.0)
         monkeypatch.undo()
         assert ckpt.load_checkpoint(tmp_path / "last").actor["velocity.net.0.weight"][0, 0] == 1.0
         assert [p.name for p in tmp_path.iterdir()] == ["last"]
+
+    def test_a_file_size_limit_is_a_checkpoint_error_that_leaves_nothing_behind(self, tmp_path):
+        """`ulimit -f` (or a full disk): safetensors raises its own SafetensorError, not an OSError."""
+        soft, hard = resource.getrlimit(resource.RLIMIT_FSIZE)
+        resource.setrlimit(resource.RLIMIT_FSIZE, (4096, hard))
+        try:
+            with pytest.raises(CheckpointError, match=f"cannot write the checkpoint {tmp_path / 'c'}: .*too large"):
+                save(tmp_path / "c", replay={"obs": np.zeros(10_000, np.float32)})
+        finally:
+            resource.setrlimit(resource.RLIMIT_FSIZE, (soft, hard))
+        assert list(tmp_path.iterdir()) == []
+
+    def test_a_file_where_the_folder_should_be_is_a_checkpoint_error(self, tmp_path):
+        (tmp_path / "checkpoints").write_text("not a folder")
+        with pytest.raises(CheckpointError, match=r"cannot write the checkpoint .*checkpoints/step_1: File exists"):
+            save(tmp_path / "checkpoints" / "step_1")
+        assert (tmp_path / "checkpoints").read_text() == "not a folder"
+
+    def test_a_link_that_cannot_be_made_is_a_checkpoint_error(self, tmp_path):
+        path = save(tmp_path / "c")
+        (tmp_path / ckpt.LAST).mkdir()  # os.replace cannot put a link over a directory
+        with pytest.raises(CheckpointError, match=f"cannot point {tmp_path / ckpt.LAST} at c"):
+            ckpt.link_checkpoint(tmp_path, ckpt.LAST, path)
+        assert sorted(p.name for p in tmp_path.iterdir()) == ["c", ckpt.LAST]
 
 
 class TestCorruptOrForeign:
@@ -127,6 +153,31 @@ class TestCorruptOrForeign:
         (path / ckpt.DOCUMENT_FILE).write_text(json.dumps({"format": "something-else"}))
         with pytest.raises(CheckpointError, match="not a flowrl-deploy checkpoint"):
             ckpt.load_checkpoint(path)
+
+    @pytest.mark.parametrize(
+        ("field", "value", "message"),
+        [
+            ("format_version", "x", "format_version must be an integer, got 'x'"),
+            ("format_version", None, "format_version must be an integer, got None"),
+            ("counters", "x", "counters must be a JSON object of integers, got 'x'"),
+            ("counters", {"env_steps": "x"}, "counters must be a JSON object of integers, got {'env_steps': 'x'}"),
+            ("counters", {"env_steps": 1.5}, "counters must be a JSON object of integers"),
+        ],
+    )
+    def test_a_hand_edited_document_field_is_named_with_the_file(self, tmp_path, field, value, message):
+        path = save(tmp_path / "c")
+        document = json.loads((path / ckpt.DOCUMENT_FILE).read_text())
+        (path / ckpt.DOCUMENT_FILE).write_text(json.dumps(document | {field: value}))
+        with pytest.raises(CheckpointError, match=f"^{re.escape(f'{path.resolve() / ckpt.DOCUMENT_FILE}: {message}')}"):
+            ckpt.load_checkpoint(path)
+
+    def test_a_hand_edited_spec_is_named_with_the_checkpoint(self, tmp_path):
+        path = save(tmp_path / "c")
+        document = json.loads((path / ckpt.DOCUMENT_FILE).read_text())
+        document["spec"]["hidden"] = 4.0
+        (path / ckpt.DOCUMENT_FILE).write_text(json.dumps(document))
+        with pytest.raises(CheckpointError, match=f"^{path.resolve()}: hidden must be an integer, got 4.0$"):
+            ckpt.read_spec(path)
 
     def test_policy_only_checkpoint_cannot_resume(self, tmp_path):
         path = save(tmp_path / "c")
