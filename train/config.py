@@ -6,15 +6,18 @@ Defaults follow the paper (arXiv 2506.12811) and its reference code. The config 
 
 from __future__ import annotations
 
+import contextlib
 import json
 import math
+import os
+from collections.abc import Callable
 from dataclasses import asdict, dataclass, fields, replace
 from pathlib import Path
 from typing import Any
 
 from flowrl_deploy.errors import FlowRLError
 from flowrl_deploy.fieldtypes import wrong_type
-from flowrl_deploy.spec import SOLVERS
+from flowrl_deploy.spec import MAX_FLOW_STEPS, SOLVERS
 
 CFM_WEIGHTINGS = ("batch", "sample")
 DEVICES = ("auto", "cpu", "cuda")
@@ -109,22 +112,25 @@ class TrainConfig:
     def __post_init__(self) -> None:
         self.validate()
 
-    def validate(self) -> None:
-        """Raise :class:`ConfigError` naming (as its ``flowrl train`` flag) the first setting of the
-        wrong type or out of range."""
+    def validate(self, name: Callable[[str], str] = flag) -> None:
+        """Raise :class:`ConfigError` naming the first setting of the wrong type or out of range, as
+        ``name`` calls it (by default its ``flowrl train`` flag)."""
         wrong = wrong_type(self)
         if wrong is not None:
-            name, expected = wrong
-            raise ConfigError(f"{flag(name)} must be {expected}, got {getattr(self, name)!r}")
+            field, expected = wrong
+            raise ConfigError(f"{name(field)} must be {expected}, got {getattr(self, field)!r}")
         for field in fields(self):
             if field.type == "float" and not math.isfinite(getattr(self, field.name)):
-                raise ConfigError(f"{flag(field.name)} must be a finite number, got {getattr(self, field.name)!r}")
+                raise ConfigError(f"{name(field.name)} must be a finite number, got {getattr(self, field.name)!r}")
         if not self.out.strip():
-            raise ConfigError("--out must name a directory for the run, got an empty string")
+            raise ConfigError(f"{name('out')} must name a directory for the run, got an empty string")
+        if not 0 <= self.seed < 2**32:
+            raise ConfigError(f"{name('seed')} must lie in [0, 2**32), got {self.seed}")
+        if not 1 <= self.flow_steps <= MAX_FLOW_STEPS:
+            raise ConfigError(f"{name('flow_steps')} must lie in [1, {MAX_FLOW_STEPS}], got {self.flow_steps}")
         positive = (
             "steps",
             "hidden",
-            "flow_steps",
             "batch_size",
             "buffer_size",
             "policy_delay",
@@ -132,51 +138,81 @@ class TrainConfig:
             "eval_episodes",
             "log_every",
         )
-        for name in positive:
-            if getattr(self, name) < 1:
-                raise ConfigError(f"{flag(name)} must be >= 1, got {getattr(self, name)}")
-        for name in ("seed", "start_steps", "eval_every", "save_every", "threads"):
-            if getattr(self, name) < 0:
-                raise ConfigError(f"{flag(name)} must be >= 0, got {getattr(self, name)}")
-        for name in ("gamma", "tau", "expectile", "recent_fraction"):
-            if not 0.0 <= getattr(self, name) <= 1.0:
-                raise ConfigError(f"{flag(name)} must lie in [0, 1], got {getattr(self, name)}")
+        for field in positive:
+            if getattr(self, field) < 1:
+                raise ConfigError(f"{name(field)} must be >= 1, got {getattr(self, field)}")
+        for field in ("start_steps", "eval_every", "save_every", "threads"):
+            if getattr(self, field) < 0:
+                raise ConfigError(f"{name(field)} must be >= 0, got {getattr(self, field)}")
+        for field in ("gamma", "tau", "expectile", "recent_fraction"):
+            if not 0.0 <= getattr(self, field) <= 1.0:
+                raise ConfigError(f"{name(field)} must lie in [0, 1], got {getattr(self, field)}")
         if self.tau == 1.0:
-            raise ConfigError("--tau must be < 1: it is the share of the target critics kept, and at 1 they never move")
+            raise ConfigError(
+                f"{name('tau')} must be < 1: it is the share of the target critics kept, and at 1 they never move"
+            )
         if self.batch_size > self.buffer_size:
-            raise ConfigError(f"--batch-size ({self.batch_size}) cannot exceed --buffer-size ({self.buffer_size})")
-        for name in ("lr", "lam"):
-            if getattr(self, name) <= 0:
-                raise ConfigError(f"{flag(name)} must be > 0, got {getattr(self, name)}")
-        for name, allowed in (("solver", SOLVERS), ("cfm_weighting", CFM_WEIGHTINGS), ("device", DEVICES)):
-            if getattr(self, name) not in allowed:
-                raise ConfigError(f"{flag(name)} must be one of {', '.join(allowed)}, got {getattr(self, name)!r}")
+            raise ConfigError(
+                f"{name('batch_size')} ({self.batch_size}) cannot exceed {name('buffer_size')} ({self.buffer_size})"
+            )
+        for field in ("lr", "lam"):
+            if getattr(self, field) <= 0:
+                raise ConfigError(f"{name(field)} must be > 0, got {getattr(self, field)}")
+        for field, allowed in (("solver", SOLVERS), ("cfm_weighting", CFM_WEIGHTINGS), ("device", DEVICES)):
+            if getattr(self, field) not in allowed:
+                raise ConfigError(f"{name(field)} must be one of {', '.join(allowed)}, got {getattr(self, field)!r}")
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
 
     @classmethod
-    def from_dict(cls, data: dict[str, Any]) -> TrainConfig:
-        """Rebuild a config from JSON, refusing unknown fields (a typo must not pass silently)."""
+    def from_dict(cls, data: Any, source: str = "", key: str = "") -> TrainConfig:
+        """Rebuild a config from JSON (missing fields take their defaults), refusing unknown fields (a
+        typo must not pass silently). Given ``source``, the file the JSON came from, and ``key``, where
+        the config lies in it, an error names that file and field (``run/config.json: hidden`` or
+        ``…/checkpoint.json: config.hidden``) rather than a flag the user never gave."""
+        where, what = (f"{source}: " if source else ""), key or "config"
+        if not isinstance(data, dict):
+            raise ConfigError(f"{where}{what} must be a JSON object, got {type(data).__name__}")
         known = {f.name for f in fields(cls)}
-        unknown = set(data) - known
+        unknown = sorted(str(field) for field in data if field not in known)
         if unknown:
-            raise ConfigError(f"unknown config fields: {', '.join(sorted(unknown))}")
-        return cls(**data)
+            raise ConfigError(f"{where}unknown {what} fields: {', '.join(unknown)}")
+
+        def name(field: str) -> str:
+            return f"{key}.{field}" if key else field
+
+        config = cls()  # the defaults, overwritten with the file's values, then checked as a whole
+        for field, value in data.items():
+            object.__setattr__(config, field, value)
+        try:
+            config.validate(name if source else flag)
+        except ConfigError as exc:
+            raise ConfigError(f"{where}{exc}") from None
+        return config
 
     def save(self, run_dir: str | Path) -> Path:
+        """Write ``run_dir/config.json`` atomically (a crash leaves the old file or the new one)."""
         path = Path(run_dir) / CONFIG_FILE
-        path.parent.mkdir(parents=True, exist_ok=True)
-        path.write_text(json.dumps(self.to_dict(), indent=2) + "\n")
+        tmp = path.with_name(f".{CONFIG_FILE}.tmp-{os.getpid()}")
+        try:
+            path.parent.mkdir(parents=True, exist_ok=True)
+            tmp.write_text(json.dumps(self.to_dict(), indent=2) + "\n")
+            os.replace(tmp, path)
+        except OSError as exc:
+            with contextlib.suppress(OSError):
+                tmp.unlink()
+            raise ConfigError(f"cannot write {path}: {exc.strerror or exc}") from None
         return path
 
     @classmethod
     def load(cls, path: str | Path) -> TrainConfig:
         path = Path(path)
         try:
-            return cls.from_dict(json.loads(path.read_text()))
-        except (OSError, json.JSONDecodeError, TypeError) as exc:
+            data = json.loads(path.read_text())
+        except (OSError, ValueError) as exc:  # ValueError: not JSON, or not UTF-8
             raise ConfigError(f"cannot read a training config from {path}: {exc}") from exc
+        return cls.from_dict(data, source=str(path))
 
     def override(self, **changes: Any) -> TrainConfig:
         """A copy with ``changes`` applied (and validated)."""
