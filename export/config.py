@@ -7,7 +7,7 @@ from dataclasses import asdict, dataclass
 from typing import Any
 
 from flowrl_deploy.errors import FlowRLError
-from flowrl_deploy.spec import SOLVERS
+from flowrl_deploy.spec import MAX_FLOW_STEPS, SOLVERS
 
 DTYPES = ("fp32", "int8")
 
@@ -39,8 +39,8 @@ class ExportConfig:
     """Seed of the verification inputs."""
 
     def __post_init__(self) -> None:
-        if self.steps is not None and self.steps < 1:
-            raise FlowRLError(f"--steps must be >= 1, got {self.steps}")
+        if self.steps is not None and not 1 <= self.steps <= MAX_FLOW_STEPS:
+            raise FlowRLError(f"--steps must lie in [1, {MAX_FLOW_STEPS}], got {self.steps}")
         if self.solver is not None and self.solver not in SOLVERS:
             raise FlowRLError(f"unknown solver {self.solver!r}; choose one of {', '.join(SOLVERS)}")
         if self.opset < 17:

@@ -14,7 +14,7 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from flowrl_deploy.checkpoint import MODEL_FILE, apply_umask, check_output_path, load_checkpoint
+from flowrl_deploy.checkpoint import CHECKPOINTS_DIR, MODEL_FILE, apply_umask, check_output_path, load_checkpoint
 from flowrl_deploy.contract import NOISE_INPUT, OBS_INPUT, PolicyContract, contract_to_metadata
 from flowrl_deploy.errors import FlowRLError
 from flowrl_deploy.export.config import ExportConfig
@@ -81,6 +81,7 @@ def export_checkpoint(
         raise FlowRLError(f"--out {out} is a directory; give a file path such as {out / 'policy.onnx'}")
     checkpoint = load_checkpoint(checkpoint_path)
     check_output_path("--out", out)
+    check_run_output("--out", out, checkpoint.path)
     spec = checkpoint.spec
     config = replace(config, steps=config.steps or spec.flow_steps, solver=config.solver or spec.solver)
     weights = VelocityWeights.from_actor(checkpoint.actor, spec)
@@ -129,6 +130,18 @@ def export_checkpoint(
         model.metadata_props.add(key=key, value=value)
     _write_atomically(out, model.SerializeToString())
     return ExportReport(out, contract, contract.hash(), file_sha256(out), provenance, parity)
+
+
+def check_run_output(flag: str, path: Path, checkpoint_dir: Path) -> None:
+    """Refuse an output that is an existing file of the run being exported (its config.json,
+    metrics, TensorBoard events, checkpoints), links followed; a loose checkpoint is its own run."""
+    checkpoint_dir = checkpoint_dir.resolve()
+    run = checkpoint_dir.parent.parent if checkpoint_dir.parent.name == CHECKPOINTS_DIR else checkpoint_dir
+    target = path.resolve()
+    if target.is_file() and target.is_relative_to(run):
+        raise FlowRLError(
+            f"{flag} {path} is {target.relative_to(run)} of the run {run} being exported; write it elsewhere"
+        )
 
 
 def policy_contract(spec: PolicySpec, config: ExportConfig) -> PolicyContract:

@@ -12,13 +12,20 @@ from flowrl_deploy.export.exporter import file_sha256
 from flowrl_deploy.runtime import OnnxPolicy
 
 
+def check_policy_file(path: Path) -> None:
+    """Refuse a ``path`` that is no file to read as an ONNX policy, saying what it is instead."""
+    if path.is_dir():
+        raise FlowRLError(f"{path} is a directory, not an ONNX file (a checkpoint? `flowrl export {path}` makes one)")
+    if not path.exists():
+        raise FlowRLError(f"ONNX model not found: {path}")
+    if not path.is_file():
+        raise FlowRLError(f"{path} is not a regular file (a device, pipe or socket), so not an ONNX model")
+
+
 def inspect_policy(path: str | os.PathLike[str]) -> dict[str, Any]:
     """The policy file's contract, contract hash, file sha256, provenance and tensor shapes."""
     path = Path(path)
-    if path.is_dir():
-        raise FlowRLError(f"{path} is a directory, not an ONNX file (a checkpoint? `flowrl export {path}` makes one)")
-    if not path.is_file():
-        raise FlowRLError(f"ONNX model not found: {path}")
+    check_policy_file(path)
     policy = OnnxPolicy(path, providers=["CPUExecutionProvider"])
 
     def io(tensors) -> list[dict[str, Any]]:

@@ -58,21 +58,31 @@ def sweep_steps(
     timing_budget_s: float = 0.5,
 ) -> list[SweepRow]:
     """Export ``checkpoint`` once per N in ``steps`` next to ``out``; time each, evaluate if ``episodes``.
-    The evaluation env is made and checked against the policy before anything is written."""
-    env = None
-    if episodes > 0:
-        from flowrl_deploy.train.envs import make_env
-        from flowrl_deploy.train.evaluate import check_env_fits
-
-        spec = read_spec(resolve_checkpoint(checkpoint))
-        env = make_env(env_id or spec.env_id, seed)
-        check_env_fits(env, (spec.obs_dim, spec.act_dim))
+    The env (``env_id``, or the policy's when evaluating) is made and checked against the policy
+    before anything is written, also when only latency is asked for."""
+    env = _checked_env(checkpoint, env_id, seed) if episodes > 0 or env_id is not None else None
     try:
-        return [_sweep_row(checkpoint, path, replace(config, steps=n), env, episodes, seed, timing_budget_s)
+        return [_sweep_row(checkpoint, path, replace(config, steps=n), env if episodes else None, episodes, seed,
+                           timing_budget_s)
                 for n, path in zip(steps, sweep_paths(Path(out), steps), strict=True)]  # fmt: skip
     finally:
         if env is not None:
             env.close()
+
+
+def _checked_env(checkpoint: str | os.PathLike[str], env_id: str | None, seed: int) -> Env:
+    """``env_id`` (default: the policy's own), made and refused, closed, if its sizes are not the policy's."""
+    from flowrl_deploy.train.envs import make_env
+    from flowrl_deploy.train.evaluate import check_env_fits
+
+    spec = read_spec(resolve_checkpoint(checkpoint))
+    env = make_env(env_id or spec.env_id, seed)
+    try:
+        check_env_fits(env, (spec.obs_dim, spec.act_dim))
+    except BaseException:
+        env.close()
+        raise
+    return env
 
 
 def _sweep_row(

@@ -7,8 +7,13 @@ from typing import Annotated
 
 import typer
 
+from flowrl_deploy.checkpoint import DOCUMENT_FILE, MODEL_FILE
 from flowrl_deploy.cli._common import user_errors
 from flowrl_deploy.errors import FlowRLError
+from flowrl_deploy.spec import MAX_FLOW_STEPS
+
+ONNX_DEVICES = ("auto", "cpu")
+"""The --device values an ONNX policy takes: `flowrl eval` runs it with onnxruntime on the CPU."""
 
 
 @user_errors
@@ -32,13 +37,20 @@ def eval_command(
 
     if episodes < 1:
         raise FlowRLError(f"--episodes must be >= 1, got {episodes}")
-    if flow_steps is not None and flow_steps < 1:
-        raise FlowRLError(f"--flow-steps must be >= 1, got {flow_steps}")
+    if flow_steps is not None and not 1 <= flow_steps <= MAX_FLOW_STEPS:
+        raise FlowRLError(f"--flow-steps must lie in [1, {MAX_FLOW_STEPS}], got {flow_steps}")
     if not 0 <= seed < 2**32:
         raise FlowRLError(f"--seed must lie in [0, 2**32), got {seed}")
-    if policy.suffix == ".onnx":
+    if not policy.exists():
+        raise FlowRLError(f"policy not found: {policy} (give a checkpoint or run directory, or an ONNX file)")
+    if is_onnx_policy(policy):
         if flow_steps is not None:
             raise FlowRLError("--flow-steps does not apply to an ONNX policy; re-export with `flowrl export --steps`")
+        if device not in ONNX_DEVICES:
+            raise FlowRLError(
+                f"--device {device} does not apply to an ONNX policy, which is evaluated with onnxruntime on the CPU; "
+                "leave --device out"
+            )
         act_fn, env_id, dims, sampler = _onnx_policy(policy, seed, deterministic)
     else:
         act_fn, env_id, dims, sampler = _checkpoint_policy(policy, flow_steps, device, seed, deterministic)
@@ -48,6 +60,13 @@ def eval_command(
     result = evaluate(act_fn, env_id, episodes, seed, dims=dims)
     noise = ", from a0 = 0" if deterministic else ""
     typer.echo(f"{env_id}: return {result} ({sampler}{noise})")
+
+
+def is_onnx_policy(path: Path) -> bool:
+    """Whether ``path`` is read as an exported graph: a checkpoint is a directory (or its
+    checkpoint.json or model.safetensors), so any other file is one, whatever its suffix
+    (policy.ONNX, policy.bin)."""
+    return not path.is_dir() and path.name not in (DOCUMENT_FILE, MODEL_FILE)
 
 
 def _checkpoint_policy(path: Path, flow_steps: int | None, device: str, seed: int, deterministic: bool):
@@ -64,8 +83,10 @@ def _onnx_policy(path: Path, seed: int, deterministic: bool):
     """(act_fn, env id, (obs_dim, act_dim), sampler) of an exported ONNX graph, exactly what will be
     deployed, with seeded noise."""
     from flowrl_deploy.export.act import onnx_act_fn
+    from flowrl_deploy.export.inspect import check_policy_file
     from flowrl_deploy.runtime import OnnxPolicy
 
+    check_policy_file(path)
     policy = OnnxPolicy(path, providers=["CPUExecutionProvider"])
     c = policy.contract
     return onnx_act_fn(policy, seed, deterministic), c.env_id, (c.obs_dim, c.act_dim), f"N={c.flow_steps} {c.solver}"

@@ -11,9 +11,9 @@ import typer
 from flowrl_deploy.checkpoint import read_spec, resolve_checkpoint
 from flowrl_deploy.cli._common import Solver, check_writable, user_errors, write_report
 from flowrl_deploy.errors import FlowRLError
+from flowrl_deploy.export.exporter import check_run_output
+from flowrl_deploy.spec import MAX_FLOW_STEPS as MAX_STEPS
 
-MAX_STEPS = 1000
-"""Beyond this the unrolled graph (2 evaluations per midpoint step) takes minutes to build and verify."""
 MAX_BATCH = 65536
 """A fixed batch larger than this is verified with that many rows per call: gigabytes for nothing."""
 
@@ -42,6 +42,22 @@ def parse_batch(text: str) -> int | str:
     if text.isdigit() and 0 < int(text) <= MAX_BATCH:
         return int(text)
     raise FlowRLError(f"--batch takes 'dynamic' or an integer from 1 to {MAX_BATCH}, got {text!r}")
+
+
+def check_outputs(out: Path, onnx_files: list[Path], json_out: Path | None, checkpoint_dir: Path) -> None:
+    """Refuse, before the first export, every output that cannot be written or would destroy
+    something: each file of a sweep (not only the first), and the --json report."""
+    for path in onnx_files:
+        flag = "--out" if path == out else f"the sweep's file (from --out {out})"
+        if path.is_dir():
+            raise FlowRLError(f"{flag} {path} is a directory; give --out another file name")
+        check_writable(flag, path)
+        check_run_output(flag, path, checkpoint_dir)
+    if json_out is not None:
+        check_writable("--json", json_out)
+        check_run_output("--json", json_out, checkpoint_dir)
+        if json_out.resolve() in [f.resolve() for f in onnx_files]:
+            raise FlowRLError(f"--json {json_out} is also the ONNX file to write; give the report another name")
 
 
 @user_errors
@@ -82,17 +98,14 @@ def export(
     from flowrl_deploy.export import ExportConfig, export_checkpoint
     from flowrl_deploy.export.sweep import sweep_paths
 
-    step_list = parse_steps(steps) if steps is not None else [read_spec(resolve_checkpoint(checkpoint)).flow_steps]
+    checkpoint_dir = resolve_checkpoint(checkpoint)
+    step_list = parse_steps(steps) if steps is not None else [read_spec(checkpoint_dir).flow_steps]
     sweep = report or len(step_list) > 1  # a table; several N write one file each (policy.n10.onnx)
     if episodes < 0:
         raise FlowRLError(f"--episodes must be >= 0 (0: latency only), got {episodes}")
-    if json_out is not None:
-        check_writable("--json", json_out)
-        onnx_files = sweep_paths(out, step_list)
-        if json_out.resolve() in [f.resolve() for f in onnx_files]:
-            raise FlowRLError(f"--json {json_out} is also the ONNX file to write; give the report another name")
     if not report and (episodes or env is not None):
         raise FlowRLError("--episodes and --env apply to the --report table only; add --report or leave them out")
+    check_outputs(out, sweep_paths(out, step_list), json_out, checkpoint_dir)
     config = ExportConfig(
         steps=step_list[0],
         solver=solver.value if solver else None,

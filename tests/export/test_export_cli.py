@@ -118,6 +118,10 @@ def test_a_report_of_one_n_writes_the_out_file_itself(checkpoint, tmp_path):
         (["inspect", "{tmp}/missing.onnx"], "ONNX model not found"),
         (["inspect", "{ckpt}"], "is a directory, not an ONNX file"),
         (["inspect", "{ckpt}/model.safetensors"], "cannot load ONNX model"),
+        (["inspect", "/dev/null"], "/dev/null is not a regular file (a device, pipe or socket), so not an ONNX model"),
+        (["inspect", "{tmp}/fifo"], "fifo is not a regular file"),
+        (["eval", "{tmp}/fifo"], "fifo is not a regular file"),  # read as an ONNX file, never opened (it would block)
+        (["eval", "{tmp}/missing.onnx"], "policy not found: {tmp}/missing.onnx"),
     ],
 )
 def test_user_errors_exit_1_with_a_message(checkpoint, tmp_path, args, message):

@@ -96,6 +96,41 @@ def test_eval_seed_and_device_mistakes_are_one_clear_line(tmp_path):
         assert message in result.output and "Traceback" not in result.output
 
 
+def test_eval_tells_an_onnx_file_from_a_checkpoint_by_kind_not_suffix(tmp_path):
+    """policy.ONNX and policy.bin were refused as 'a file, not a flowrl-deploy checkpoint'."""
+    import shutil
+
+    checkpoint = cartpole_checkpoint(tmp_path)
+    path = export_checkpoint(checkpoint, tmp_path / "cartpole.onnx", ExportConfig(steps=1, samples=3)).path
+    runner = CliRunner()
+    for name in ("policy.ONNX", "policy.bin"):
+        shutil.copyfile(path, tmp_path / name)
+        result = runner.invoke(app, ["eval", str(tmp_path / name), "--episodes", "1"])
+        assert result.exit_code == 0, result.output
+        assert "dmc:cartpole-swingup: return" in result.output
+    for policy in (checkpoint / "checkpoint.json", checkpoint / "model.safetensors"):  # a checkpoint's own files
+        result = runner.invoke(app, ["eval", str(policy), "--episodes", "1", "--flow-steps", "2", "--device", "cpu"])
+        assert result.exit_code == 0, result.output
+        assert "(N=2 midpoint)" in result.output
+    (tmp_path / "notes.txt").write_text("not a policy")
+    result = runner.invoke(app, ["eval", str(tmp_path / "notes.txt")])
+    assert result.exit_code == 1 and "cannot load ONNX model" in result.output and "Traceback" not in result.output
+
+
+def test_eval_device_of_an_onnx_policy_is_refused_unless_it_is_the_cpu(tmp_path):
+    """`--device gpu` (or cuda) was silently ignored: onnxruntime runs the graph on the CPU."""
+    checkpoint = cartpole_checkpoint(tmp_path)
+    path = export_checkpoint(checkpoint, tmp_path / "cartpole.onnx", ExportConfig(steps=1, samples=3)).path
+    runner = CliRunner()
+    for device in ("gpu", "cuda"):
+        result = runner.invoke(app, ["eval", str(path), "--episodes", "1", "--device", device])
+        assert result.exit_code == 1, result.output
+        assert f"--device {device} does not apply to an ONNX policy" in result.output
+        assert "Traceback" not in result.output
+    for device in ("auto", "cpu"):
+        assert runner.invoke(app, ["eval", str(path), "--episodes", "1", "--device", device]).exit_code == 0
+
+
 def test_eval_of_a_diverged_checkpoint_is_one_clear_line(tmp_path):
     """NaN weights (a diverged run) are named, not a dm_control PhysicsError traceback."""
     actor = actor_tensors(CARTPOLE)

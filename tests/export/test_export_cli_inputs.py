@@ -1,0 +1,145 @@
+"""`flowrl export` and `flowrl eval` refuse bad input before any work: an N out of range (given or
+the checkpoint's own), an output of a sweep or a run that cannot or must not be written, an --env
+that does not fit the policy."""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import shutil
+from pathlib import Path
+
+import pytest
+from export_fixtures import SPEC, actor_tensors
+from typer.testing import CliRunner
+
+from flowrl_deploy.checkpoint import DOCUMENT_FILE, link_checkpoint, save_checkpoint
+from flowrl_deploy.cli import app
+from flowrl_deploy.errors import FlowRLError
+from flowrl_deploy.export import ExportConfig, export_checkpoint
+from flowrl_deploy.spec import MAX_FLOW_STEPS
+
+runner = CliRunner()
+HUGE_N = 100_000
+"""A flow step count a checkpoint may carry (hand-edited, or trained before the cap): minutes to unroll."""
+
+
+@pytest.fixture
+def huge_n_checkpoint(checkpoint: Path, tmp_path: Path) -> Path:
+    """A copy of the fixture checkpoint whose checkpoint.json says N = HUGE_N."""
+    huge = Path(shutil.copytree(checkpoint, tmp_path / "huge"))
+    document = json.loads((huge / DOCUMENT_FILE).read_text())
+    document["spec"]["flow_steps"] = HUGE_N
+    (huge / DOCUMENT_FILE).write_text(json.dumps(document))
+    return huge
+
+
+def refuse(*args, **kwargs):
+    raise AssertionError("work began on a refused N")
+
+
+def refused(args: list[str], message: str) -> None:
+    result = runner.invoke(app, args)
+    assert result.exit_code == 1, result.output
+    assert message in result.output and "Traceback" not in result.output, result.output
+
+
+def test_a_checkpoint_n_beyond_the_limit_is_refused_before_building(huge_n_checkpoint, tmp_path, monkeypatch):
+    """`flowrl export RUN` and `flowrl serve RUN` (no --steps: the checkpoint's N) built for minutes."""
+    from flowrl_deploy.serve.model import resolve_onnx
+
+    monkeypatch.setattr("flowrl_deploy.export.graph.build_policy_graph", refuse)
+    monkeypatch.setattr("flowrl_deploy.train.evaluate.checkpoint_act_fn", refuse)
+    out = tmp_path / "p.onnx"
+    message = f"flow_steps must lie in [1, {MAX_FLOW_STEPS}], got {HUGE_N}"
+    refused(["export", str(huge_n_checkpoint), "--out", str(out)], message)
+    refused(["eval", str(huge_n_checkpoint), "--episodes", "1"], message)
+    with pytest.raises(FlowRLError, match=re.escape(message)):  # the library call `flowrl serve RUN` makes
+        resolve_onnx(str(huge_n_checkpoint), tmp_path)
+    assert not out.exists()
+
+
+def test_a_given_n_beyond_the_limit_is_refused_in_export_and_eval(checkpoint, monkeypatch):
+    monkeypatch.setattr("flowrl_deploy.train.evaluate.checkpoint_act_fn", refuse)
+    with pytest.raises(FlowRLError, match=re.escape(f"--steps must lie in [1, {MAX_FLOW_STEPS}], got 1001")):
+        ExportConfig(steps=MAX_FLOW_STEPS + 1)
+    assert ExportConfig(steps=MAX_FLOW_STEPS).steps == MAX_FLOW_STEPS
+    refused(
+        ["eval", str(checkpoint), "--flow-steps", str(MAX_FLOW_STEPS + 1)],
+        f"--flow-steps must lie in [1, {MAX_FLOW_STEPS}], got 1001",
+    )
+
+
+@pytest.mark.parametrize("blocker", ["directory", "fifo"])
+def test_a_sweep_checks_every_file_before_the_first_export(checkpoint, tmp_path, blocker):
+    """With ex/c.n2.onnx unwritable, `--steps 1,2` used to write ex/c.n1.onnx and then fail."""
+    folder = tmp_path / "ex"
+    folder.mkdir()
+    if blocker == "directory":
+        (folder / "c.n2.onnx").mkdir()
+    else:
+        os.mkfifo(folder / "c.n2.onnx")
+    out, report = folder / "c.onnx", folder / "c.json"
+    args = ["export", str(checkpoint), "--out", str(out), "--steps", "1,2", "--json", str(report)]
+    message = "is a directory" if blocker == "directory" else "exists and is not a regular file"
+    refused(args, f"the sweep's file (from --out {out}) {folder / 'c.n2.onnx'} {message}")
+    assert [p.name for p in folder.iterdir()] == ["c.n2.onnx"]
+
+
+@pytest.fixture
+def run_dir(tmp_path: Path) -> Path:
+    """A training run's directory: config, metrics, checkpoints/step_1 and checkpoints/last."""
+    run = tmp_path / "run"
+    save_checkpoint(run / "checkpoints" / "step_1", spec=SPEC, actor=actor_tensors())
+    link_checkpoint(run / "checkpoints", "last", run / "checkpoints" / "step_1")
+    for name in ("config.json", "metrics.jsonl", "metrics.csv"):
+        (run / name).write_text(f"the run's {name}\n")
+    return run
+
+
+def run_files(run: Path) -> dict[str, bytes]:
+    return {str(p.relative_to(run)): p.read_bytes() for p in sorted(run.rglob("*")) if p.is_file()}
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (["--out", "{run}/config.json"], "--out {run}/config.json is config.json of the run {run}"),
+        (["--out", "{tmp}/p.onnx", "--json", "{run}/metrics.jsonl"], "--json {run}/metrics.jsonl is metrics.jsonl"),
+        (["--out", "{tmp}/link.onnx"], "is metrics.csv of the run"),  # a link into the run is followed
+        (["--out", "{run}/metrics.onnx", "--steps", "1,2"], "{run}/metrics.n1.onnx is metrics.n1.onnx of the run"),
+    ],
+)
+def test_outputs_that_are_files_of_the_run_are_refused(run_dir, tmp_path, args, message):
+    """`--out run/config.json` used to replace the run's config with ONNX bytes, `--json
+    run/metrics.jsonl` its training metrics."""
+    (tmp_path / "link.onnx").symlink_to(run_dir / "metrics.csv")
+    (run_dir / "metrics.n1.onnx").write_text("the run's own file\n")
+    before = run_files(run_dir)
+    fill = {"run": run_dir, "tmp": tmp_path}
+    refused(["export", str(run_dir), *(a.format(**fill) for a in args)], message.format(**fill))
+    assert run_files(run_dir) == before
+    assert not (tmp_path / "p.onnx").exists()
+
+
+def test_a_new_file_in_the_run_directory_may_be_written(run_dir):
+    out = run_dir / "policy.onnx"
+    result = runner.invoke(app, ["export", str(run_dir), "--out", str(out)])
+    assert result.exit_code == 0, result.output
+    assert out.is_file()
+    with pytest.raises(FlowRLError, match=re.escape("is config.json of the run")):  # the library call refuses the same
+        export_checkpoint(run_dir, run_dir / "config.json", ExportConfig(samples=3))
+
+
+@pytest.mark.parametrize(
+    ("env", "message"),
+    [
+        ("garbage", "cannot parse env id 'garbage'"),
+        ("Pendulum-v1", "Pendulum-v1 has obs/act dims 3/1, the policy 5/3"),
+    ],
+)
+def test_an_env_given_to_report_is_checked_without_episodes(checkpoint, tmp_path, env, message):
+    """A latency-only --report (no --episodes) used to ignore its --env."""
+    refused(["export", str(checkpoint), "--out", str(tmp_path / "p.onnx"), "--report", "--env", env], message)
+    assert list(tmp_path.iterdir()) == []
