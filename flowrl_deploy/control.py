@@ -14,11 +14,15 @@ from dataclasses import asdict, dataclass, field
 import numpy as np
 
 from flowrl_deploy.client import CallTiming, PolicyClient, WatchdogError
+from flowrl_deploy.contract import MAX_CONTROL_PERIOD_S, MIN_CONTROL_PERIOD_S
 from flowrl_deploy.errors import FlowRLError
 from flowrl_deploy.gc_freeze import gc_frozen
 
 DEFAULT_HZ = 50.0
 """The control rate when none is given and the served policy's contract has no control period."""
+MIN_HZ, MAX_HZ = 1 / MAX_CONTROL_PERIOD_S, 1 / MIN_CONTROL_PERIOD_S
+"""The rates ``--hz`` may ask for (0.1 Hz to 10 kHz), as a policy contract's control period: a
+slower loop seems to hang (each tick sleeps a period), a faster one only spins."""
 FALLBACKS = ("hold", "zeros", "local")
 
 
@@ -167,6 +171,8 @@ def run_control(
 
     if hz is not None and not hz > 0:  # `not >` also refuses NaN
         raise FlowRLError(f"--hz must be > 0, got {hz:g}")
+    if hz is not None and not MIN_HZ <= hz <= MAX_HZ:
+        raise FlowRLError(f"--hz {hz:g} is out of range: a control rate lies in [{MIN_HZ:g}, {MAX_HZ:g}] Hz")
     if episodes < 1:
         raise FlowRLError(f"--episodes must be >= 1, got {episodes}")
     if max_steps is not None and max_steps < 1:
@@ -181,6 +187,10 @@ def run_control(
         raise FlowRLError(f"--fallback must be {', '.join(FALLBACKS[:-1])} or {FALLBACKS[-1]}, got {fallback!r}")
     if fallback == "local" and not local_model:
         raise FlowRLError("--fallback local needs --local-model (the ONNX file the server serves)")
+    if local_model and fallback != "local":
+        raise FlowRLError(
+            f"--local-model is used only with --fallback local (--fallback is {fallback!r}); add one or drop the other"
+        )
     check_tls_files(tls_cert, tls_key)
     with PolicyClient(server, token=token, tls_ca=tls_ca, tls_cert=tls_cert, tls_key=tls_key) as client:
         try:
@@ -194,6 +204,11 @@ def run_control(
         if on_rate is not None:
             on_rate(hz, contract_hz)
         period = 1.0 / hz
+        if deadline_s is not None and deadline_s > period:
+            raise FlowRLError(
+                f"--deadline-ms {deadline_s * 1e3:g} is longer than the control period, {period * 1e3:g} ms at "
+                f"{hz:g} Hz: a tick would wait past the next one; give at most the period"
+            )
         env_id = env_id or info.env_id
         if not env_id:
             raise FlowRLError("the served policy does not name its environment; pass --env")

@@ -8,6 +8,7 @@ from typing import Annotated
 import typer
 
 from flowrl_deploy.cli._common import (
+    MAX_TIMEOUT_S,
     Server,
     TlsCa,
     TlsCert,
@@ -86,8 +87,8 @@ def control(
     from flowrl_deploy.control import run_control
     from flowrl_deploy.errors import FlowRLError
 
-    if connect_timeout <= 0:
-        raise FlowRLError(f"--connect-timeout must be > 0, got {connect_timeout:g}")
+    if not 0 < connect_timeout <= MAX_TIMEOUT_S:  # gRPC waits forever on a deadline years away
+        raise FlowRLError(f"--connect-timeout must be > 0 and at most {MAX_TIMEOUT_S} s, got {connect_timeout:g}")
     pin_to_cpus(parse_cpus(cpus))
     if json_path is not None:
         check_writable("--json", json_path)

@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 import socket
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -19,7 +20,7 @@ from tiny_policy import write_policy
 
 runner = CliRunner()
 OBS = "[0.1, 0.2, 0.3, 0.4, 0.5]"
-SHORT_RUN = ["--max-steps", "5", "--deadline-ms", "1000"]
+SHORT_RUN = ["--max-steps", "5", "--deadline-ms", "20"]  # at most the period of every rate below
 NO_REPLY_IN_TIME = ["--deadline-ms", "0.001"]  # 1 µs: shorter than any round trip
 
 
@@ -53,7 +54,7 @@ def pki(tmp_path_factory):
 @pytest.fixture(scope="module")
 def mtls_server(tmp_path_factory, pki):
     """A server with --client-ca: it serves only clients holding a certificate from the CA."""
-    path = _cartpole_policy(tmp_path_factory.mktemp("mtls") / "policy.onnx", 0.01)
+    path = _cartpole_policy(tmp_path_factory.mktemp("mtls") / "policy.onnx", 0.05)
     cert, key = pki["server"]
     config = ServeConfig(
         str(path), host="localhost", port=0, tls_cert=cert, tls_key=key, client_ca=pki["ca"], grace_s=0
@@ -63,9 +64,9 @@ def mtls_server(tmp_path_factory, pki):
 
 
 @pytest.fixture(scope="module")
-def server_100hz(tmp_path_factory):
-    """A plain server whose policy's contract says a control period of 0.01 s."""
-    path = _cartpole_policy(tmp_path_factory.mktemp("hz100") / "policy.onnx", 0.01)
+def server_20hz(tmp_path_factory):
+    """A plain server whose policy's contract says a control period of 0.05 s."""
+    path = _cartpole_policy(tmp_path_factory.mktemp("hz20") / "policy.onnx", 0.05)
     with PolicyServer(ServeConfig(str(path), port=0, grace_s=0)).start() as running:
         yield running.address
 
@@ -119,15 +120,15 @@ class TestMutualTLS:
 
 
 class TestControlRate:
-    def test_the_default_rate_is_the_served_policys(self, server_100hz, tmp_path):
+    def test_the_default_rate_is_the_served_policys(self, server_20hz, tmp_path):
         pytest.importorskip("dm_control")
         out = tmp_path / "report.json"
-        result = runner.invoke(app, ["control", "--server", server_100hz, *SHORT_RUN, "--json", str(out)])
+        result = runner.invoke(app, ["control", "--server", server_20hz, *SHORT_RUN, "--json", str(out)])
         assert result.exit_code == 0, result.output
-        assert "control at 100 Hz (the served policy's control period 0.01 s)" in result.output
+        assert "control at 20 Hz (the served policy's control period 0.05 s)" in result.output
         assert "warning" not in result.output
         report = json.loads(out.read_text())
-        assert report["hz"] == 100 and report["contract_hz"] == 100
+        assert report["hz"] == 20 and report["contract_hz"] == 20
 
     def test_without_a_contract_rate_the_default_is_50_hz(self, tmp_path):
         pytest.importorskip("dm_control")
@@ -137,26 +138,26 @@ class TestControlRate:
         assert result.exit_code == 0, result.output
         assert "control at 50 Hz (the served policy's contract has no control period)" in result.output
 
-    def test_an_explicit_rate_that_differs_from_the_contract_is_warned_about(self, server_100hz):
+    def test_an_explicit_rate_that_differs_from_the_contract_is_warned_about(self, server_20hz):
         pytest.importorskip("dm_control")
-        result = runner.invoke(app, ["control", "--server", server_100hz, *SHORT_RUN, "--hz", "50"])
+        result = runner.invoke(app, ["control", "--server", server_20hz, *SHORT_RUN, "--hz", "50"])
         assert result.exit_code == 0, result.output
         assert "control at 50 Hz (--hz)" in result.output
         warnings = [line for line in result.output.splitlines() if line.startswith("warning:")]
-        assert warnings == ["warning: --hz 50 differs from the served policy's rate, 100 Hz (control period 0.01 s)"]
+        assert warnings == ["warning: --hz 50 differs from the served policy's rate, 20 Hz (control period 0.05 s)"]
 
-    def test_an_explicit_rate_equal_to_the_contract_is_not_warned_about(self, server_100hz):
+    def test_an_explicit_rate_equal_to_the_contract_is_not_warned_about(self, server_20hz):
         pytest.importorskip("dm_control")
-        result = runner.invoke(app, ["control", "--server", server_100hz, *SHORT_RUN, "--hz", "100"])
+        result = runner.invoke(app, ["control", "--server", server_20hz, *SHORT_RUN, "--hz", "20"])
         assert result.exit_code == 0, result.output
-        assert "control at 100 Hz (--hz)" in result.output and "warning" not in result.output
+        assert "control at 20 Hz (--hz)" in result.output and "warning" not in result.output
 
 
 class TestNoFreshAction:
-    def test_a_run_without_any_fresh_action_fails_and_shows_no_latency(self, server_100hz, tmp_path):
+    def test_a_run_without_any_fresh_action_fails_and_shows_no_latency(self, server_20hz, tmp_path):
         pytest.importorskip("dm_control")
         out = tmp_path / "report.json"
-        args = ["control", "--server", server_100hz, "--max-steps", "20", *NO_REPLY_IN_TIME, "--json", str(out)]
+        args = ["control", "--server", server_20hz, "--max-steps", "20", *NO_REPLY_IN_TIME, "--json", str(out)]
         result = runner.invoke(app, args)
         assert result.exit_code == 1, result.output
         assert " 0 µs" not in result.output
@@ -170,9 +171,9 @@ class TestNoFreshAction:
         assert report["fresh_replies"] == 0 and report["deadline_misses"] == 20
         assert report["round_trip_p50_us"] is None and report["round_trip_us"] == []
 
-    def test_max_misses_stops_the_run_through_the_watchdog(self, server_100hz):
+    def test_max_misses_stops_the_run_through_the_watchdog(self, server_20hz):
         pytest.importorskip("dm_control")
-        args = ["control", "--server", server_100hz, "--max-steps", "50", *NO_REPLY_IN_TIME, "--max-misses", "3"]
+        args = ["control", "--server", server_20hz, "--max-steps", "50", *NO_REPLY_IN_TIME, "--max-misses", "3"]
         result = runner.invoke(app, args)
         assert result.exit_code == 1, result.output
         assert "no episode completed (3 steps)" in result.output and "Traceback" not in result.output
@@ -180,3 +181,40 @@ class TestNoFreshAction:
         assert errors == [
             "error: the watchdog stopped the run: 3 control ticks in a row without a fresh action (--max-misses 3)"
         ]
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (["--hz", "1e-9"], "--hz 1e-09 is out of range: a control rate lies in [0.1, 10000] Hz"),
+        (["--hz", "1e5"], "--hz 100000 is out of range"),
+        (["--connect-timeout", "1e12"], "--connect-timeout must be > 0 and at most 86400 s, got 1e+12"),
+        (["--local-model", "policy.onnx"], "--local-model is used only with --fallback local (--fallback is 'hold')"),
+        (["--cpus", "0-999999999"], "--cpus '0-999999999': no core"),
+    ],
+)
+def test_control_settings_that_would_hang_or_be_ignored_are_refused_before_connecting(args, message):
+    """--hz 1e-9 slept 1e9 s a tick, --connect-timeout 1e12 waited for ever, --local-model without
+    --fallback local was silently ignored, and --cpus 0-999999999 built a billion-int set."""
+    start = time.monotonic()
+    result = runner.invoke(app, ["control", "--server", f"127.0.0.1:{_closed_port()}", "--max-steps", "20", *args])
+    assert result.exit_code == 1, result.output
+    assert message in result.output and "Traceback" not in result.output
+    assert "not SERVING" not in result.output and time.monotonic() - start < 5
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (["--deadline-ms", "1e9"], "--deadline-ms 1e+09 is longer than the control period, 50 ms at 20 Hz"),
+        (
+            ["--hz", "500", "--deadline-ms", "2.5"],
+            "--deadline-ms 2.5 is longer than the control period, 2 ms at 500 Hz",
+        ),
+    ],
+)
+def test_a_deadline_longer_than_the_period_is_refused_naming_both(server_20hz, args, message):
+    pytest.importorskip("dm_control")
+    result = runner.invoke(app, ["control", "--server", server_20hz, "--max-steps", "5", *args])
+    assert result.exit_code == 1, result.output
+    assert message in result.output and "Traceback" not in result.output

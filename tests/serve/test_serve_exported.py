@@ -4,6 +4,8 @@ closed-loop `run_control` whose return equals `flowrl eval`-style evaluation of 
 from __future__ import annotations
 
 import gc
+import time
+from types import SimpleNamespace
 
 import numpy as np
 import pytest
@@ -60,13 +62,16 @@ def test_a_checkpoint_is_exported_on_the_fly(checkpoint, onnx_file):
     np.testing.assert_allclose(action, expected, atol=1e-5)
 
 
-def test_control_return_matches_evaluation_of_the_same_onnx_file(onnx_file):
-    from flowrl_deploy.control import run_control
+def test_control_return_matches_evaluation_of_the_same_onnx_file(onnx_file, monkeypatch):
+    from flowrl_deploy import control
     from flowrl_deploy.export.act import onnx_act_fn
     from flowrl_deploy.train.evaluate import evaluate
 
+    # A 2 s deadline, never missed even on a busy machine (a miss would act on the fallback), needs
+    # a period as long; the loop's pacing sleeps are skipped, so its 1000 ticks run back to back.
+    monkeypatch.setattr(control, "time", SimpleNamespace(perf_counter=time.perf_counter, sleep=lambda _: None))
     with PolicyServer(ServeConfig(str(onnx_file), port=0, grace_s=0)).start() as server:
-        report = run_control(server.address, None, hz=2000, episodes=1, seed=3, deadline_s=2.0)
+        report = control.run_control(server.address, None, hz=0.5, episodes=1, seed=3, deadline_s=2.0)
     assert report.deadline_misses == 0 and report.steps == 1000
     expected = evaluate(onnx_act_fn(onnx_file, seed=3), ENV_ID, 1, seed=3)
     assert report.returns == pytest.approx(list(expected.returns), rel=1e-5)
