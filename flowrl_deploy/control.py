@@ -189,7 +189,8 @@ def run_control(
         raise FlowRLError("--fallback local needs --local-model (the ONNX file the server serves)")
     if local_model and fallback != "local":
         raise FlowRLError(
-            f"--local-model is used only with --fallback local (--fallback is {fallback!r}); add one or drop the other"
+            f"--local-model is used only with --fallback local (--fallback is {fallback!r}); "
+            "add --fallback local, or drop --local-model"
         )
     check_tls_files(tls_cert, tls_key)
     with PolicyClient(server, token=token, tls_ca=tls_ca, tls_cert=tls_cert, tls_key=tls_key) as client:

@@ -51,12 +51,16 @@ def control(
     env: Annotated[str | None, typer.Option(help="Env id; default: the served policy's.")] = None,
     hz: Annotated[
         float | None,
-        typer.Option(parser=finite, help="Control rate; default: the served policy's (its control period), else 50."),
+        typer.Option(
+            parser=finite,
+            help="Control rate, 0.1-10000 Hz; default: the served policy's (its control period), else 50.",
+        ),
     ] = None,
     episodes: Annotated[int, typer.Option(help="Episodes to run.")] = 1,
     seed: Annotated[int, typer.Option(help="Seed of the episodes and of the session's noise (as `flowrl eval`).")] = 0,
     deadline_ms: Annotated[
-        float | None, typer.Option(parser=finite, help="Wait this long for an action; default: half the period.")
+        float | None,
+        typer.Option(parser=finite, help="Wait this long for an action, at most the period; default: half the period."),
     ] = None,
     fallback: Annotated[str, typer.Option(help="Action when none arrives in time: hold, zeros or local.")] = "hold",
     local_model: Annotated[str, typer.Option(help="ONNX file for --fallback local.")] = "",
@@ -70,7 +74,11 @@ def control(
     tls_cert: TlsCert = "",
     tls_key: TlsKey = "",
     connect_timeout: Annotated[
-        float, typer.Option(parser=finite, help="Seconds to wait for the server to be SERVING before giving up.")
+        float,
+        typer.Option(
+            parser=finite,
+            help=f"Seconds to wait for the server to be SERVING before giving up (at most {MAX_TIMEOUT_S}).",
+        ),
     ] = 5.0,
     json_path: Annotated[
         Path | None, typer.Option("--json", help="Write the report (with raw latencies) here.")
