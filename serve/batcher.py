@@ -21,6 +21,11 @@ import numpy as np
 
 from flowrl_deploy.serve.errors import DeadlineExpired
 
+MAX_WINDOW_US = 1_000_000
+"""The longest batching window, 1 s. A request alone in its batch waits the whole window, so the
+window is latency every caller may pay: a control loop (50-1000 Hz) misses every deadline long
+before 1 s, and a window of 10**21 µs overflowed the workers' timer, which killed them."""
+
 # (obs [B, obs_dim], noise [B, act_dim] | None) -> (actions [B, act_dim], version, inference µs)
 RunBatch = Callable[[np.ndarray, "np.ndarray | None"], tuple[np.ndarray, str, int]]
 
@@ -58,6 +63,8 @@ class MicroBatcher:
     ) -> None:
         if max_batch < 1:
             raise ValueError("max_batch must be >= 1")
+        if not 0 <= window_us <= MAX_WINDOW_US:
+            raise ValueError(f"window_us must lie in [0, {MAX_WINDOW_US}], got {window_us}")
         self._run = run
         self.max_batch = max_batch
         self.window_s = window_us / 1e6

@@ -5,6 +5,9 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+MAX_MESSAGE_BYTES = 2**31 - 1
+"""gRPC's message size limits are C ints: a larger ``max_message_bytes`` fails the server's start."""
+
 
 @dataclass(frozen=True)
 class ServeConfig:

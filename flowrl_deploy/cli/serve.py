@@ -52,7 +52,9 @@ def serve(
     max_batch: Annotated[
         int, typer.Option(help="Micro-batch up to this many concurrent observations per call; 1 = off.")
     ] = 1,
-    batch_window_us: Annotated[int, typer.Option(help="Wait this long for more requests after the first (µs).")] = 0,
+    batch_window_us: Annotated[
+        int, typer.Option(help="Wait this long for more requests after the first (µs, at most 1000000).")
+    ] = 0,
     batch_workers: Annotated[int, typer.Option(help="Batches run concurrently (about one per core).")] = 2,
     workers: Annotated[int, typer.Option(help="gRPC handler threads (each open StreamAct holds one).")] = 128,
     token: Annotated[str | None, typer.Option(help="Shared secret every call must send.", envvar=TOKEN_ENV)] = None,
@@ -76,7 +78,9 @@ def serve(
             "checkpoint directory resolves to (checkpoints/last) and its checkpoint.json."
         ),
     ] = False,
-    max_message_bytes: Annotated[int, typer.Option(help="Refuse larger requests (RESOURCE_EXHAUSTED).")] = 1 << 20,
+    max_message_bytes: Annotated[
+        int, typer.Option(help="Refuse larger requests (RESOURCE_EXHAUSTED); at most 2**31 - 1.")
+    ] = 1 << 20,
     max_sessions: Annotated[int, typer.Option(help="Most sessions at once (RESOURCE_EXHAUSTED beyond).")] = 4096,
     session_idle_s: Annotated[
         float, typer.Option(parser=finite, help="Drop a session opened by Reset after this long unused (s).")
@@ -93,6 +97,8 @@ def serve(
     from flowrl_deploy.cli.export import MAX_STEPS
     from flowrl_deploy.errors import FlowRLError
     from flowrl_deploy.serve import ServeConfig, serve_forever
+    from flowrl_deploy.serve.batcher import MAX_WINDOW_US
+    from flowrl_deploy.serve.config import MAX_MESSAGE_BYTES
 
     counts = {"--max-batch": max_batch, "--threads": threads, "--workers": workers, "--batch-workers": batch_workers}
     for flag, value in counts.items():
@@ -108,14 +114,19 @@ def serve(
         )
     if steps is not None and not 1 <= steps <= MAX_STEPS:
         raise FlowRLError(f"--steps must lie in [1, {MAX_STEPS}], got {steps}")
-    if batch_window_us < 0:
-        raise FlowRLError(f"--batch-window-us must be >= 0, got {batch_window_us}")
+    if not 0 <= batch_window_us <= MAX_WINDOW_US:
+        raise FlowRLError(
+            f"--batch-window-us must lie in [0, {MAX_WINDOW_US}] µs (a request alone in its batch waits "
+            f"the whole window), got {batch_window_us}"
+        )
     if max_batch > MAX_BATCH:
         raise FlowRLError(f"--max-batch must be at most {MAX_BATCH} (the server warms up at it), got {max_batch}")
     check_thread_count("--threads", threads)
     check_thread_count("--batch-workers", batch_workers, per_core=4)
-    if max_message_bytes < 1:
-        raise FlowRLError(f"--max-message-bytes must be >= 1, got {max_message_bytes}")
+    if not 1 <= max_message_bytes <= MAX_MESSAGE_BYTES:
+        raise FlowRLError(
+            f"--max-message-bytes must lie in [1, {MAX_MESSAGE_BYTES}] (gRPC's limit), got {max_message_bytes}"
+        )
     if max_sessions < 1:
         raise FlowRLError(f"--max-sessions must be >= 1, got {max_sessions}")
     if not session_idle_s > 0:

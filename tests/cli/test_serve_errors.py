@@ -29,16 +29,17 @@ def policy(tmp_path_factory):
         (["--port", "-5"], "--port must lie in [0, 65535]"),
         (["--port", "0", "--metrics-port", "70000"], "--metrics-port must lie in [0, 65535]"),
         (["--port", "0", "--providers", "foo"], "unknown onnxruntime provider 'foo'"),
-        (["--port", "0", "--max-message-bytes", "0"], "--max-message-bytes must be >= 1"),
+        (["--port", "0", "--max-message-bytes", "0"], "--max-message-bytes must lie in [1, 2147483647]"),
         (["--port", "0", "--max-sessions", "0"], "--max-sessions must be >= 1"),
         (["--port", "0", "--session-idle-s", "0"], "--session-idle-s must be > 0"),
         (["--port", "0", "--workers", "0"], "--workers must be >= 1, got 0"),
-        (["--port", "0", "--batch-window-us", "-1"], "--batch-window-us must be >= 0"),
+        (["--port", "0", "--batch-window-us", "-1"], "--batch-window-us must lie in [0, 1000000] µs"),
         (["--port", "0", "--max-batch", "100000000"], "--max-batch must be at most 4096"),
         (["--port", "0", "--token", ""], "--token is empty (an unset variable?)"),
         (["--port", "0", "--steps", "3"], "--steps applies to a checkpoint"),
         (["--port", "0", "--steps", "0"], "--steps must lie in [1, 1000]"),
         (["--port", "0", "--cpus", "x"], "--cpus 'x': use core ids"),
+        (["--port", "0", "--cpus", "0-999999999"], "--cpus '0-999999999': no core"),
         (["--port", "0", "--tls-cert", "{policy}", "--tls-key", "{policy}"], "is not a PEM file"),
     ],
 )
@@ -74,6 +75,23 @@ def serve_call(monkeypatch):
         flowrl_deploy.serve, "serve_forever", lambda config, on_ready=None: called.update(config=config)
     )
     return called
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (["--batch-window-us", "1000000000000000000000"], "--batch-window-us must lie in [0, 1000000] µs"),
+        (["--batch-window-us", "100000000000"], "--batch-window-us must lie in [0, 1000000] µs"),
+        (["--max-message-bytes", "4294967296"], "--max-message-bytes must lie in [1, 2147483647] (gRPC's limit)"),
+    ],
+)
+def test_serve_settings_that_would_break_the_server_are_refused_before_it_starts(serve_call, policy, args, message):
+    """A window of 1e21 µs killed the batcher's workers (OverflowError) and 1e11 µs timed out every
+    Act, both while health said SERVING; 2**32 message bytes was an OverflowError from gRPC."""
+    result = runner.invoke(app, ["serve", str(policy), "--port", "0", "--max-batch", "4", *args])
+    assert result.exit_code == 1, result.output
+    assert message in result.output and "Traceback" not in result.output
+    assert not serve_call
 
 
 @pytest.mark.parametrize("value", ["", "  "])

@@ -54,6 +54,13 @@ def test_queued_requests_share_one_call_and_each_gets_its_rows():
         np.testing.assert_array_equal(result.action, np.full((n, 2), 2 * i + 0.5, np.float32))
 
 
+@pytest.mark.parametrize("window_us", [-1, 1_000_001, 10**21])
+def test_a_window_beyond_a_second_is_refused(window_us):
+    """10**21 µs overflowed the workers' queue timeout: they died, and every request timed out."""
+    with pytest.raises(ValueError, match=r"window_us must lie in \[0, 1000000\]"):
+        MicroBatcher(Recorder(), max_batch=4, window_us=window_us)
+
+
 def test_idle_workers_do_not_split_a_batch():
     run = Recorder()
     run.release.set()
