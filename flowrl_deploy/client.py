@@ -8,8 +8,10 @@ with client.session(period_s=0.02, seed=0, fallback="hold") as control:
 
 from __future__ import annotations
 
+import ipaddress
 import json
 import queue
+import re
 import threading
 import time
 import uuid
@@ -23,7 +25,7 @@ from flowrl_deploy.contract import PolicyContract
 from flowrl_deploy.errors import FlowRLError
 from flowrl_deploy.proto.flowrl.v1 import policy_pb2 as pb
 from flowrl_deploy.proto.flowrl.v1 import policy_pb2_grpc as pb_grpc
-from flowrl_deploy.tls import read_pem
+from flowrl_deploy.tls import check_key_pair, read_certificates
 
 # Reconnect quickly after a server restart (gRPC's default first backoff is 1 s).
 CHANNEL_OPTIONS = (
@@ -56,11 +58,54 @@ class WatchdogError(FlowRLError):
     """No fresh action for too long or too many times in a row: the robot should stop."""
 
 
-def _checked_seed(seed: int | None) -> int | None:
-    """A noise seed travels as a uint64: refuse others with a clear error, not protobuf's ValueError."""
+def checked_seed(seed: int | None, name: str = "seed") -> int | None:
+    """A noise seed travels as a uint64: refuse others with a clear error naming ``name`` (the
+    argument or the flag), not protobuf's ValueError."""
     if seed is not None and not 0 <= seed < 2**64:
-        raise FlowRLError(f"seed must lie in [0, 2**64), got {seed}")
+        raise FlowRLError(f"{name} must lie in [0, 2**64), got {seed}")
     return seed
+
+
+_HOST = re.compile(r"[A-Za-z0-9._-]+")  # a host name or an IPv4 address
+_PORT = re.compile(r"[0-9]{1,5}")
+
+
+def checked_target(target: str) -> str:
+    """``target`` when it is a server address gRPC reads as meant: ``host:port``, ``[IPv6]:port``
+    or ``unix:PATH``. Anything else is refused naming --server: gRPC would wrap a negative port
+    round to another one, take 443 for a missing port, or log its parser's trace."""
+
+    def refused(why: str) -> FlowRLError:
+        return FlowRLError(
+            f"--server {target!r}: {why}; give host:port such as localhost:50051 (or [::1]:50051, unix:/path/to/socket)"
+        )
+
+    if not target:
+        raise refused("empty")
+    if target.startswith("unix:"):
+        if not target.removeprefix("unix:").strip("/"):
+            raise refused("no socket path after 'unix:'")
+        return target
+    if target.startswith("["):
+        host, bracket, port = target[1:].partition("]")
+        if not port.startswith(":"):
+            raise refused("no ':port' after the bracketed IPv6 address" if bracket else "the '[' is not closed")
+        port = port[1:]
+        try:
+            ipaddress.IPv6Address(host)
+        except ValueError:
+            raise refused(f"{host!r} in brackets is not an IPv6 address") from None
+    else:
+        host, colon, port = target.rpartition(":")
+        if not colon:
+            raise refused("no port")
+        if ":" in host:
+            raise refused("more than one ':' (an IPv6 address goes in brackets)")
+        if not _HOST.fullmatch(host):
+            raise refused(f"{host!r} is not a host name or an IP address" if host else "no host")
+    if not (_PORT.fullmatch(port) and 0 < int(port) < 65536):
+        raise refused(f"port {port} is not in 1-65535")
+    return target
 
 
 def _service_error(exc: grpc.RpcError) -> ServiceError:
@@ -105,21 +150,22 @@ class CallTiming:
 
 
 def channel_credentials(tls_ca: str = "", tls_cert: str = "", tls_key: str = "") -> grpc.ChannelCredentials:
-    """TLS credentials from PEM files: the server's CA, and for mTLS the client's cert and key."""
+    """TLS credentials from PEM files: the server's CA, and for mTLS the client's cert and key.
 
-    def read(path: str, what: str) -> bytes | None:
-        return read_pem(path, what) if path else None
-
-    return grpc.ssl_channel_credentials(
-        read(tls_ca, "TLS CA"), read(tls_key, "TLS key"), read(tls_cert, "TLS certificate")
-    )
+    The files are checked here, each error naming its flag and file: gRPC would only fail the
+    handshake (UNAVAILABLE), or abort the process for a certificate without its key."""
+    ca = read_certificates(tls_ca, "--tls-ca") if tls_ca else None
+    if not (tls_cert or tls_key):
+        return grpc.ssl_channel_credentials(ca)
+    cert, key = check_key_pair(tls_cert, tls_key)
+    return grpc.ssl_channel_credentials(ca, key, cert)
 
 
 class PolicyClient:
     """A connection to a ``flowrl serve`` server.
 
     Args:
-        target: ``host:port``.
+        target: ``host:port``, ``[IPv6]:port`` or ``unix:PATH``.
         token: the server's shared secret, if it has one.
         tls_ca / tls_cert / tls_key: PEM paths for TLS (CA) and mTLS (client cert and key).
         timeout_s: default deadline of each unary call.
@@ -135,10 +181,7 @@ class PolicyClient:
         tls_key: str = "",
         timeout_s: float = 1.0,
     ) -> None:
-        port = target.rpartition(":")[2]
-        if port.isdigit() and not 0 < int(port) < 65536:  # gRPC would quietly wrap it to another port
-            raise FlowRLError(f"server address {target!r}: port {port} is not in 1-65535")
-        self.target = target
+        self.target = checked_target(target)
         self.timeout_s = timeout_s
         self.metadata = (("authorization", f"Bearer {token}"),) if token else ()
         if tls_ca or tls_cert or tls_key:
@@ -211,7 +254,7 @@ class PolicyClient:
     ) -> pb.ActReply:
         """The full ``Act`` reply (action tensor, model version, server timing)."""
         request = pb.ActRequest(obs=encode(obs), session_id=session_id, contract_hash=contract_hash)
-        if _checked_seed(seed) is not None:
+        if checked_seed(seed) is not None:
             request.seed = seed
         return self._call(self.stub.Act, request, timeout_s)
 
@@ -222,7 +265,7 @@ class PolicyClient:
     def reset(self, session_id: str, seed: int | None = None, *, contract_hash: str = "") -> str:
         """Open or restart a session (reseeding its noise); returns the model version."""
         request = pb.ResetRequest(session_id=session_id, contract_hash=contract_hash)
-        if _checked_seed(seed) is not None:
+        if checked_seed(seed) is not None:
             request.seed = seed
         return self._call(self.stub.Reset, request, None).model_version
 
@@ -326,7 +369,7 @@ class ControlSession:
         self.period_s = period_s
         self.deadline_s = deadline_s if deadline_s is not None else period_s / 2
         self.session_id = session_id or f"control-{uuid.uuid4().hex[:12]}"
-        self.seed = _checked_seed(seed)
+        self.seed = checked_seed(seed)
         self.fallback = fallback
         self.max_consecutive_misses = max_consecutive_misses
         self.max_staleness_s = max_staleness_s
@@ -465,7 +508,7 @@ class ControlSession:
     # --- episodes and lifetime -------------------------------------------------------------------
     def reset(self, seed: int | None = None) -> None:
         """A new episode: reseed the session's noise (and the local fallback's) and forget the last action."""
-        self.seed = _checked_seed(seed)
+        self.seed = checked_seed(seed)
         self.last_action = None
         if self.local is not None:
             self.local.reseed(seed)

@@ -1,7 +1,14 @@
-"""Reading the PEM files of TLS and mTLS, shared by the client and the server."""
+"""Reading and checking the PEM files of TLS and mTLS, shared by the client and the server.
+
+Every check runs before gRPC sees the files: gRPC reports a bad file only as a failed handshake
+or bind, with the cause in its log, and never names the file or the flag.
+"""
 
 from __future__ import annotations
 
+import os
+import ssl
+import stat
 from pathlib import Path
 
 from flowrl_deploy.errors import FlowRLError
@@ -11,23 +18,67 @@ def read_pem(path: str, what: str) -> bytes:
     """A PEM file's bytes; a file that is not PEM is refused here, naming ``what`` it should be,
     rather than surfacing later as a puzzling handshake or bind failure."""
     try:
+        if not stat.S_ISREG(os.stat(path).st_mode):  # a FIFO or a device would block or never end
+            raise FlowRLError(f"{what} {path} is not a regular file")
         data = Path(path).read_bytes()
     except OSError as exc:
-        raise FlowRLError(f"cannot read {what} {path}: {exc}") from exc
+        raise FlowRLError(f"cannot read {what} {path}: {exc.strerror or exc}") from None
     if b"-----BEGIN " not in data:
         raise FlowRLError(f"{what} {path} is not a PEM file (no '-----BEGIN ...' line)")
     return data
 
 
-def check_key_pair(cert_path: str, key_path: str) -> None:
-    """Refuse a certificate and key that do not belong together (or are swapped): gRPC would only
-    fail to bind, with the cause in its log."""
-    import ssl
-
+def _no_certificate(data: bytes) -> str:
+    """Why PEM ``data`` holds no certificate that OpenSSL reads ('' when it holds one or more)."""
     try:
-        ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER).load_cert_chain(cert_path, key_path)
+        ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT).load_verify_locations(cadata=data.decode("ascii"))
+    except (ssl.SSLError, ValueError):  # a UnicodeDecodeError is a ValueError
+        if b"PRIVATE KEY-----" in data:
+            return "holds a private key, not a certificate"
+        return "holds no valid PEM certificate"
+    return ""
+
+
+def read_certificates(path: str, flag: str) -> bytes:
+    """The bytes of a PEM file of one or more certificates (a CA, or a certificate chain); a file
+    that holds none (garbage, a private key, a truncated certificate) is refused, naming ``flag``
+    (the client's --tls-ca, the server's --client-ca)."""
+    data = read_pem(path, flag)
+    if why := _no_certificate(data):
+        raise FlowRLError(f"{flag} {path} {why}")
+    return data
+
+
+class _EncryptedKey(Exception):
+    """Raised by the password callback: a key that needs a passphrase."""
+
+
+def _no_passphrase() -> str:
+    raise _EncryptedKey
+
+
+def check_key_pair(cert_path: str, key_path: str) -> tuple[bytes, bytes]:
+    """The bytes of a certificate and its private key; refuse one without the other, files that
+    are not PEM, a swapped pair and a key of another certificate, naming the flags, the files and
+    which is at fault (gRPC would fail the handshake or the bind, or abort the process)."""
+    if not (cert_path and key_path):
+        given, missing = ("--tls-cert", "--tls-key") if cert_path else ("--tls-key", "--tls-cert")
+        raise FlowRLError(f"--tls-cert and --tls-key go together: {given} was given without {missing}")
+    cert, key = read_pem(cert_path, "--tls-cert"), read_pem(key_path, "--tls-key")
+
+    def refused(why: str) -> FlowRLError:
+        return FlowRLError(
+            f"--tls-cert {cert_path} and --tls-key {key_path} are not a certificate and its private key: {why}"
+        )
+
+    if why := _no_certificate(cert):
+        raise refused("they are swapped" if b"CERTIFICATE-----" in key else f"--tls-cert {why}")
+    try:  # the password callback stops OpenSSL from prompting on the terminal for an encrypted key
+        ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER).load_cert_chain(cert_path, key_path, password=_no_passphrase)
+    except _EncryptedKey:
+        raise refused("--tls-key is encrypted, and gRPC needs an unencrypted key") from None
     except ssl.SSLError as exc:
-        raise FlowRLError(
-            f"--tls-cert {cert_path} and --tls-key {key_path} are not a certificate and its private key "
-            f"({exc.reason or exc})"
-        ) from None
+        if exc.reason == "KEY_VALUES_MISMATCH":
+            raise refused("the key is another certificate's") from None
+        raise refused("--tls-key holds no valid PEM private key") from None
+    return cert, key

@@ -1,0 +1,133 @@
+"""TLS files are checked before gRPC sees them, and a bad one is named with its flag: gRPC would
+only report a failed handshake or bind (or abort the process for a certificate without its key)."""
+
+from __future__ import annotations
+
+import os
+import re
+import sys
+from pathlib import Path
+
+import pytest
+
+from flowrl_deploy.client import PolicyClient
+from flowrl_deploy.errors import FlowRLError
+from flowrl_deploy.tls import check_key_pair, read_certificates
+
+pytest.importorskip("cryptography.x509")
+from cryptography.hazmat.primitives import serialization
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "serve"))
+from test_serve_security import _issue, _write
+
+
+@pytest.fixture(scope="module")
+def pem(tmp_path_factory) -> dict[str, str]:
+    """A CA, a certificate it issued with its key, another key, garbage, a truncated certificate,
+    an encrypted key, and the CA and certificate in one bundle."""
+    directory = tmp_path_factory.mktemp("tls")
+    ca_key, ca_cert = _issue("flowrl test CA", ca=True)
+    key, cert = _issue("robot", ca_key, ca_cert.subject)
+    files = dict(zip(("cert", "key"), _write(directory, "robot", key, cert), strict=True))
+    files["ca"] = _write(directory, "ca", ca_key, ca_cert)[0]
+    files["other_key"] = _write(directory, "other", *_issue("other"))[1]
+    text = Path(files["cert"]).read_text()
+    for name, content in {
+        "garbage": "-----BEGIN CERTIFICATE-----\ngarbage\n-----END CERTIFICATE-----\n",
+        "truncated": text[: len(text) // 2],
+        "bundle": Path(files["ca"]).read_text() + text,
+    }.items():
+        (directory / f"{name}.pem").write_text(content)
+        files[name] = str(directory / f"{name}.pem")
+    encrypted = key.private_bytes(
+        serialization.Encoding.PEM,
+        serialization.PrivateFormat.PKCS8,
+        serialization.BestAvailableEncryption(b"passphrase"),
+    )
+    (directory / "encrypted.key").write_bytes(encrypted)
+    files["encrypted"] = str(directory / "encrypted.key")
+    return files
+
+
+class TestCertificates:
+    @pytest.mark.parametrize("name", ["ca", "cert", "bundle"])
+    def test_certificates_and_bundles_are_read(self, pem, name):
+        assert read_certificates(pem[name], "--tls-ca") == Path(pem[name]).read_bytes()
+
+    @pytest.mark.parametrize(
+        ("name", "message"),
+        [
+            ("garbage", "holds no valid PEM certificate"),
+            ("truncated", "holds no valid PEM certificate"),
+            ("key", "holds a private key, not a certificate"),
+        ],
+    )
+    def test_a_file_without_a_certificate_is_named_with_its_flag(self, pem, name, message):
+        with pytest.raises(FlowRLError, match=f"^{re.escape(f'--client-ca {pem[name]} {message}')}$"):
+            read_certificates(pem[name], "--client-ca")
+
+    def test_a_device_is_refused_rather_than_read_forever(self):
+        with pytest.raises(FlowRLError, match=r"^--tls-ca /dev/zero is not a regular file$"):
+            read_certificates("/dev/zero", "--tls-ca")
+
+    def test_a_fifo_is_refused_rather_than_waited_on(self, tmp_path):
+        os.mkfifo(tmp_path / "fifo")
+        with pytest.raises(FlowRLError, match="is not a regular file"):
+            read_certificates(str(tmp_path / "fifo"), "--tls-ca")
+
+
+class TestKeyPair:
+    def test_a_matching_pair_gives_its_bytes(self, pem):
+        assert check_key_pair(pem["cert"], pem["key"]) == (
+            Path(pem["cert"]).read_bytes(),
+            Path(pem["key"]).read_bytes(),
+        )
+
+    @pytest.mark.parametrize(
+        ("cert", "key", "why"),
+        [
+            ("cert", "other_key", "the key is another certificate's"),
+            ("key", "cert", "they are swapped"),
+            ("key", "other_key", "--tls-cert holds a private key, not a certificate"),
+            ("garbage", "key", "--tls-cert holds no valid PEM certificate"),
+            ("truncated", "key", "--tls-cert holds no valid PEM certificate"),
+            ("cert", "garbage", "--tls-key holds no valid PEM private key"),
+            ("cert", "encrypted", "--tls-key is encrypted, and gRPC needs an unencrypted key"),  # OpenSSL prompted
+        ],
+    )
+    def test_a_bad_pair_names_the_flags_files_and_fault(self, pem, cert, key, why):
+        with pytest.raises(FlowRLError) as info:
+            check_key_pair(pem[cert], pem[key])
+        assert str(info.value) == (
+            f"--tls-cert {pem[cert]} and --tls-key {pem[key]} are not a certificate and its private key: {why}"
+        )
+
+    @pytest.mark.parametrize("given", ["cert", "key"])
+    def test_one_without_the_other_is_refused(self, pem, given):
+        cert, key = (pem["cert"], "") if given == "cert" else ("", pem["key"])
+        with pytest.raises(FlowRLError, match="--tls-cert and --tls-key go together"):
+            check_key_pair(cert, key)
+
+
+class TestClientCredentials:
+    """The SDK checks the files when it opens the channel, before any call."""
+
+    @pytest.mark.parametrize(
+        ("kwargs", "message"),
+        [
+            ({"tls_ca": "garbage"}, "--tls-ca {garbage} holds no valid PEM certificate"),
+            ({"tls_ca": "key"}, "--tls-ca {key} holds a private key, not a certificate"),
+            ({"tls_cert": "cert", "tls_key": "other_key"}, "--tls-key {other_key} are not a certificate and its"),
+            ({"tls_cert": "key", "tls_key": "cert"}, "private key: they are swapped"),
+            ({"tls_cert": "cert"}, "--tls-cert was given without --tls-key"),  # gRPC aborts the process
+            ({"tls_key": "key"}, "--tls-key was given without --tls-cert"),
+        ],
+    )
+    def test_a_bad_file_is_refused_when_the_client_is_made(self, pem, kwargs, message):
+        with pytest.raises(FlowRLError) as info:
+            PolicyClient("127.0.0.1:1", **{flag: pem[name] for flag, name in kwargs.items()})
+        assert message.format(**pem) in str(info.value)
+
+    def test_good_files_make_a_client(self, pem):
+        with PolicyClient("127.0.0.1:1", tls_ca=pem["ca"], tls_cert=pem["cert"], tls_key=pem["key"]) as client:
+            assert client.target == "127.0.0.1:1"
