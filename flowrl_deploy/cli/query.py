@@ -2,20 +2,113 @@
 
 from __future__ import annotations
 
+import io
 import json
 from pathlib import Path
-from typing import Annotated
+from typing import TYPE_CHECKING, Annotated
 
 import typer
 
 from flowrl_deploy.cli._common import Server, TlsCa, TlsCert, TlsKey, Token, finite, server_client, user_errors
+from flowrl_deploy.errors import FlowRLError
+
+if TYPE_CHECKING:
+    import numpy as np
+
+NPY_MAGIC = b"\x93NUMPY"
+ZIP_MAGIC = b"PK\x03\x04"  # np.savez writes a zip archive
+NOT_NUMBERS = {
+    "b": "booleans",
+    "c": "complex numbers",
+    "U": "strings",
+    "S": "byte strings",
+    "V": "structured records",
+    "M": "dates",
+    "m": "time spans",
+}
+"""What an array of each refused dtype kind holds; integers and floats ("iuf") are taken."""
+
+
+def read_observation(obs: str, obs_file: Path | None) -> np.ndarray:
+    """The float32 observation(s) of ``--obs`` (JSON) or ``--obs-file`` (JSON, or one array saved
+    with ``np.save``). Only real numbers are taken: booleans, strings, complex numbers (whose
+    imaginary part a cast would drop), structured records, NaN, infinity and numbers beyond float32
+    are refused, naming the flag and file."""
+    if obs_file is None:
+        return _finite_float32(_from_json(obs, "--obs"), "--obs")
+    source = f"--obs-file {obs_file}"
+    if not obs_file.is_file():  # a folder, a FIFO or a device (which might never end)
+        raise FlowRLError(f"{source} {'is not a regular file' if obs_file.exists() else 'does not exist'}")
+    try:
+        data = obs_file.read_bytes()
+    except OSError as exc:
+        raise FlowRLError(f"cannot read {source}: {exc.strerror or exc}") from None
+    if data.startswith(NPY_MAGIC):
+        values = _from_npy(data, source)
+    elif data.startswith(ZIP_MAGIC):
+        raise FlowRLError(f"{source} is a zip archive (an .npz?); save one array with np.save (.npy), or write JSON")
+    elif obs_file.suffix.lower() == ".npy":
+        raise FlowRLError(f"{source} is not a .npy file (no NumPy header); a JSON observation needs another name")
+    else:
+        values = _from_json(data, source)
+    return _finite_float32(values, source)
+
+
+def _from_npy(data: bytes, source: str) -> np.ndarray:
+    import numpy as np
+
+    try:
+        array = np.load(io.BytesIO(data), allow_pickle=False)
+    except (ValueError, OSError, EOFError) as exc:  # object arrays, a truncated file
+        raise FlowRLError(f"{source} is not a readable .npy array ({exc})") from None
+    if array.dtype.kind not in "iuf":
+        what = NOT_NUMBERS.get(array.dtype.kind, "values that are not numbers")
+        raise FlowRLError(f"{source} holds {what} (dtype {array.dtype}); an observation is integers or floats")
+    return array
+
+
+def _from_json(text: str | bytes, source: str) -> np.ndarray:
+    import numpy as np
+
+    try:
+        values = json.loads(text)
+    except RecursionError:
+        raise FlowRLError(f"cannot read the observation: {source} nests its lists too deeply") from None
+    except ValueError as exc:  # a JSONDecodeError or a UnicodeDecodeError
+        raise FlowRLError(f"cannot read the observation: {source} is not JSON ({exc})") from None
+    try:
+        leaves = np.asarray(values, dtype=object)  # rows of different lengths stay lists
+    except ValueError as exc:  # more dimensions than numpy takes
+        raise FlowRLError(f"{source} is not an observation or a batch of them ({exc})") from None
+    for leaf in leaves.flat:
+        if isinstance(leaf, list):
+            raise FlowRLError(f"{source} has rows of different lengths; a batch is [[..], [..]] of equal rows")
+        if isinstance(leaf, bool) or not isinstance(leaf, (int, float)):
+            raise FlowRLError(f"{source} holds {json.dumps(leaf)[:40]}, not a number")
+    return leaves
+
+
+def _finite_float32(values: np.ndarray, source: str) -> np.ndarray:
+    import numpy as np
+
+    try:
+        with np.errstate(over="ignore"):
+            array = values.astype(np.float32)
+        finite = bool(np.isfinite(array).all())
+    except OverflowError:  # a JSON integer too large for any float
+        finite = False
+    if not finite:
+        raise FlowRLError(f"{source} holds NaN, infinite or beyond-float32 values")
+    return array
 
 
 @user_errors
 def query(
     server: Server = "localhost:50051",
     obs: Annotated[str, typer.Option(help="Observation as JSON: [..] or a batch [[..], ..].")] = "",
-    obs_file: Annotated[Path | None, typer.Option(help="A JSON file holding the observation(s), or .npy.")] = None,
+    obs_file: Annotated[
+        Path | None, typer.Option(help="A JSON file holding the observation(s), or a .npy array (np.save).")
+    ] = None,
     seed: Annotated[int | None, typer.Option(help="Seed of the policy noise.")] = None,
     contract_hash: Annotated[str, typer.Option(help="Pin the policy contract (hash from `flowrl inspect`).")] = "",
     token: Token = "",
@@ -25,24 +118,13 @@ def query(
     timeout: Annotated[float, typer.Option(parser=finite, help="Seconds to wait.")] = 5.0,
 ) -> None:
     """Print the served policy's action(s) for an observation, as JSON."""
-    import numpy as np
-
+    from flowrl_deploy.client import checked_seed
     from flowrl_deploy.codec import decode
-    from flowrl_deploy.errors import FlowRLError
 
     if bool(obs) == (obs_file is not None):
         raise FlowRLError("pass exactly one of --obs or --obs-file")
-    try:
-        if obs_file is not None and obs_file.suffix == ".npy":
-            values = np.load(obs_file, allow_pickle=False)
-        else:
-            values = json.loads(obs_file.read_text() if obs_file is not None else obs)
-        with np.errstate(over="ignore"):
-            array = np.asarray(values, dtype=np.float32)
-    except (OSError, ValueError, TypeError) as exc:
-        raise FlowRLError(f"cannot read the observation: {exc}") from exc
-    if not np.isfinite(array).all():
-        raise FlowRLError("the observation holds NaN, infinite or beyond-float32 values")
+    array = read_observation(obs, obs_file)
+    checked_seed(seed, "--seed")
     with server_client(server, token, tls_ca, tls_cert, tls_key, timeout) as client:
         reply = client.act_reply(array, seed=seed, contract_hash=contract_hash)
     action = decode(reply.action, name="action")

@@ -26,6 +26,19 @@ def reload(
     timeout: Annotated[float, typer.Option(parser=finite, help="Seconds to wait (loading warms the model up).")] = 60.0,
 ) -> None:
     """Swap PATH in atomically once the server has checked its contract (in-flight calls finish on the old model)."""
+    import grpc
+
+    from flowrl_deploy.client import ServiceError
+    from flowrl_deploy.errors import FlowRLError
+
     with server_client(server, token, tls_ca, tls_cert, tls_key, timeout) as client:
-        new, previous = client.reload(path, timeout_s=timeout)
+        try:
+            new, previous = client.reload(path, timeout_s=timeout)
+        except ServiceError as exc:
+            if exc.code != grpc.StatusCode.DEADLINE_EXCEEDED:
+                raise
+            raise FlowRLError(  # the server goes on loading after the client has stopped waiting
+                f"{exc}: no answer within --timeout {timeout:g} s, but the reload may still have happened; "
+                f"check the model version with `flowrl stats --server {server}`"
+            ) from None
     typer.echo(f"reloaded: {previous} -> {new}")
