@@ -12,6 +12,7 @@ import logging
 import threading
 import time
 import uuid
+from collections.abc import Callable
 from concurrent.futures import TimeoutError as FutureTimeout
 from pathlib import Path
 
@@ -64,6 +65,12 @@ def _unary(method: str):
     return wrap
 
 
+def _waiting(context: grpc.ServicerContext) -> bool:
+    """The caller still waits for this call's answer: not cancelled, its deadline not passed."""
+    remaining = context.time_remaining()
+    return context.is_active() and (remaining is None or remaining > 0)
+
+
 def _status(exc: BaseException) -> pb.Status:
     code, message = status_of(exc)
     if code == grpc.StatusCode.INTERNAL:
@@ -95,8 +102,13 @@ class PolicyServicer(pb_grpc.PolicyServiceServicer):
         )
 
     # --- model ------------------------------------------------------------------------------
-    def load(self, source: str | None = None) -> tuple[str, str]:
-        """Load, check, warm up and swap in a model; return (new version, previous version)."""
+    def load(self, source: str | None = None, still_wanted: Callable[[], bool] | None = None) -> tuple[str, str]:
+        """Load, check, warm up and swap in a model; return (new version, previous version).
+
+        ``still_wanted`` (a Reload's caller still waiting for the answer) is asked once the new
+        model is ready: if it says no, the reload is abandoned (:class:`DeadlineExpired`) and the
+        old model keeps serving, so that a caller told DEADLINE_EXCEEDED was not silently obeyed.
+        """
         with self._reload_lock:
             source = source or self.config.model
             path = resolve_onnx(source, self._workdir / f"gen{self._generation + 1}", self._steps)
@@ -105,6 +117,11 @@ class PolicyServicer(pb_grpc.PolicyServiceServicer):
             if previous is not None:
                 check_compatible(previous, new)
             new.warm_up(tuple(sorted({1, self.config.max_batch})))
+            if previous is not None and still_wanted is not None and not still_wanted():
+                raise DeadlineExpired(
+                    f"reload abandoned, still serving {previous.version}: the caller stopped waiting (its "
+                    f"deadline passed, or it cancelled) before {source} was loaded and warmed up"
+                )
             self._generation += 1
             self.model = new  # atomic reference swap: calls in flight keep the model they hold
             if self.config.steps is None:  # checkpoints exported by later reloads keep the served N
@@ -357,8 +374,10 @@ class PolicyServicer(pb_grpc.PolicyServiceServicer):
         try:
             try:
                 target = self._reload_target(request.path) if request.path else None
-                version, previous = self.load(None if target is None else str(target))
-            except ServeError:  # PERMISSION_DENIED, ContractMismatch
+                version, previous = self.load(
+                    None if target is None else str(target), functools.partial(_waiting, context)
+                )
+            except ServeError:  # PERMISSION_DENIED, ContractMismatch, DeadlineExpired (abandoned)
                 raise
             except FlowRLError as exc:
                 raise ServeError(

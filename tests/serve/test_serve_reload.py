@@ -81,6 +81,32 @@ def test_mismatched_model_is_refused_and_the_old_keeps_serving(served):
     assert client.act_reply(OBS).model_version == version
 
 
+def test_a_reload_whose_caller_stopped_waiting_is_abandoned_and_the_old_keeps_serving(served, monkeypatch, caplog):
+    """`flowrl reload --timeout 0.001` printed DEADLINE_EXCEEDED while the server swapped the model anyway."""
+    from flowrl_deploy.serve.model import ServedModel
+
+    _, client, tmp = served
+    version = client.spec().model_version
+    new = write_policy(tmp / "v2.onnx", scale=2.0)
+    warm_up = ServedModel.warm_up
+
+    def slow_warm_up(self, batches):
+        warm_up(self, batches)
+        time.sleep(0.5)
+
+    monkeypatch.setattr(ServedModel, "warm_up", slow_warm_up)
+    with pytest.raises(ServiceError) as info:
+        client.reload(str(new), timeout_s=0.1)
+    assert info.value.code == grpc.StatusCode.DEADLINE_EXCEEDED
+    until = time.monotonic() + 5
+    while "reload abandoned" not in caplog.text and time.monotonic() < until:
+        time.sleep(0.05)
+    assert f"reload abandoned, still serving {version}: the caller stopped waiting" in caplog.text
+    assert client.spec().model_version == version
+    new_version, previous = client.reload(str(new))  # a caller that waits gets it
+    assert previous == version and new_version.startswith("v2-")
+
+
 def test_a_model_whose_observation_layout_differs_is_refused_and_the_old_keeps_serving(served):
     _, client, tmp = served
     reordered = (("velocity", 1), ("position", 2))  # the same obs_dim: only the meaning of each input changes
