@@ -207,7 +207,7 @@ def serve_forever(config: ServeConfig, on_ready: Callable[[PolicyServer], None] 
     server = PolicyServer(config)
     try:
         server.start()
-        if on_ready is not None:
+        if on_ready is not None and not signals:  # not "serving …" after a Ctrl-C during start-up
             on_ready(server)
         with gc_frozen():  # the loaded libraries' objects stay out of every later garbage collection
             while not signals:

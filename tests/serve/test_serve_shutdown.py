@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import os
+import signal
 import threading
 import time
 
@@ -11,7 +13,7 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 from tiny_policy import ACT_DIM, OBS_DIM, write_policy
 
 from flowrl_deploy.client import PolicyClient, ServiceError
-from flowrl_deploy.serve import PolicyServer, ServeConfig
+from flowrl_deploy.serve import PolicyServer, ServeConfig, serve_forever
 
 
 def test_stop_finishes_the_call_in_flight_reports_not_serving_and_refuses_new_calls(tmp_path, monkeypatch):
@@ -64,3 +66,19 @@ def test_stop_finishes_the_call_in_flight_reports_not_serving_and_refuses_new_ca
     assert not stopper.is_alive()
     assert len(in_flight) == 1 and not isinstance(in_flight[0], ServiceError), in_flight
     assert in_flight[0].shape == (ACT_DIM,)
+
+
+def test_a_signal_during_start_up_stops_the_server_without_announcing_it(tmp_path, monkeypatch):
+    """Ctrl-C while the model loaded still printed "serving … on …", then exited."""
+    path = write_policy(tmp_path / "policy.onnx")
+    start = PolicyServer.start
+
+    def start_then_ctrl_c(self: PolicyServer) -> PolicyServer:
+        started = start(self)
+        os.kill(os.getpid(), signal.SIGINT)  # handled by serve_forever's handler, in this (main) thread
+        return started
+
+    monkeypatch.setattr(PolicyServer, "start", start_then_ctrl_c)
+    announced: list[PolicyServer] = []
+    serve_forever(ServeConfig(str(path), port=0, grace_s=0), on_ready=announced.append)
+    assert not announced
