@@ -29,7 +29,7 @@ def rewrite_metadata(path, entries: dict[str, str]) -> None:
 
 def test_a_contract_that_its_graph_does_not_keep_is_refused(tmp_path):
     path = write_policy(tmp_path / "policy.onnx")
-    wrong = replace(tiny_contract(), obs_dim=9)  # the graph's obs input has 3 columns
+    wrong = replace(tiny_contract(), obs_dim=9, obs_layout=(("position", 8), ("velocity", 1)))  # the graph has 3
     rewrite_metadata(path, contract_to_metadata(wrong, {}))  # with a hash recomputed over the edit
     with pytest.raises(FlowRLError, match="obs tensor has 3 columns, but its contract says 9"):
         OnnxPolicy(path)
