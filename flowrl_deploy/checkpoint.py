@@ -166,6 +166,21 @@ def link_checkpoint(checkpoints_dir: str | os.PathLike[str], name: str, target: 
         raise CheckpointError(f"cannot point {directory / name} at {Path(target).name}: {_reason(exc)}") from exc
 
 
+def write_text_atomic(path: str | os.PathLike[str], text: str) -> None:
+    """Write ``path`` (and its folder) so that a crash leaves the old file or the new one; a failure
+    is a :class:`FlowRLError` naming ``path`` and leaves no temporary file."""
+    path = Path(path)
+    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp.write_text(text)
+        os.replace(tmp, path)
+    except OSError as exc:
+        with contextlib.suppress(OSError):
+            tmp.unlink()
+        raise FlowRLError(f"cannot write {path}: {_reason(exc)}") from exc
+
+
 def check_output_path(flag: str, path: str | os.PathLike[str]) -> None:
     """Refuse an output file that would destroy something: a file inside a checkpoint directory
     (its weights or document), or an existing path that is not a regular file (``/dev/null``

@@ -26,12 +26,17 @@ class RunCheckpoints:
     too when it holds the best evaluation so far. Periodic checkpoints (multiples of
     ``save_every``) are kept; any other step directory is removed once neither link names it,
     and so is what a save cut short by a crash left behind (``.step_*.tmp-*``).
+    The directory is made at once, so that a file in its way fails before training, not at the first save.
     """
 
     def __init__(self, run_dir: str | Path, save_every: int) -> None:
         self.dir = Path(run_dir) / CHECKPOINTS_DIR
         self.save_every = save_every
         self._written: int | None = None
+        try:
+            self.dir.mkdir(parents=True, exist_ok=True)
+        except OSError as exc:
+            raise CheckpointError(f"cannot create the checkpoints folder {self.dir}: {exc.strerror or exc}") from exc
 
     def save(self, step: int, write: Callable[[Path], object], *, best: bool = False) -> Path:
         """Write the checkpoint of ``step`` with ``write(path)`` (once, if asked twice at one step)

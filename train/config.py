@@ -6,15 +6,14 @@ Defaults follow the paper (arXiv 2506.12811) and its reference code. The config 
 
 from __future__ import annotations
 
-import contextlib
 import json
 import math
-import os
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, fields, replace
 from pathlib import Path
 from typing import Any
 
+from flowrl_deploy.checkpoint import write_text_atomic
 from flowrl_deploy.errors import FlowRLError
 from flowrl_deploy.fieldtypes import wrong_type
 from flowrl_deploy.spec import MAX_FLOW_STEPS, SOLVERS
@@ -192,17 +191,9 @@ class TrainConfig:
         return config
 
     def save(self, run_dir: str | Path) -> Path:
-        """Write ``run_dir/config.json`` atomically (a crash leaves the old file or the new one)."""
+        """Write ``run_dir/config.json`` atomically; a failure is a :class:`FlowRLError` naming it."""
         path = Path(run_dir) / CONFIG_FILE
-        tmp = path.with_name(f".{CONFIG_FILE}.tmp-{os.getpid()}")
-        try:
-            path.parent.mkdir(parents=True, exist_ok=True)
-            tmp.write_text(json.dumps(self.to_dict(), indent=2) + "\n")
-            os.replace(tmp, path)
-        except OSError as exc:
-            with contextlib.suppress(OSError):
-                tmp.unlink()
-            raise ConfigError(f"cannot write {path}: {exc.strerror or exc}") from None
+        write_text_atomic(path, json.dumps(self.to_dict(), indent=2) + "\n")
         return path
 
     @classmethod

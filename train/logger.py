@@ -7,14 +7,18 @@ for returns and rates.
 
 from __future__ import annotations
 
+import contextlib
 import csv
 import io
 import json
-import os
 import sys
 import time
+from collections.abc import Iterator
 from pathlib import Path
 from typing import TextIO
+
+from flowrl_deploy.checkpoint import write_text_atomic
+from flowrl_deploy.errors import FlowRLError
 
 METRICS_JSONL = "metrics.jsonl"
 METRICS_CSV = "metrics.csv"
@@ -43,41 +47,57 @@ class MetricsLogger:
     A new run (``resume_step`` None) starts both files afresh, so the leftovers of a run that
     crashed before its first checkpoint do not mix in. A resumed run keeps the rows up to its
     checkpoint's ``resume_step`` and drops the later ones, which its steps are about to redo.
+
+    A file that cannot be written is a :class:`FlowRLError` naming it, at once or at the row that fails.
     """
 
     def __init__(self, run_dir: str | Path, tensorboard: bool = True, resume_step: int | None = None) -> None:
         run_dir = Path(run_dir)
-        run_dir.mkdir(parents=True, exist_ok=True)
-        jsonl_path, csv_path = run_dir / METRICS_JSONL, run_dir / METRICS_CSV
-        kept = [] if resume_step is None else _rows_up_to(jsonl_path, resume_step)
-        for path, text in ((jsonl_path, _jsonl_text(kept)), (csv_path, _csv_text(kept))):
-            tmp = path.with_name(path.name + ".tmp")
-            tmp.write_text(text)
-            os.replace(tmp, path)  # atomic: a crash here leaves the old file or the new one
-        self._jsonl = open(jsonl_path, "a")  # noqa: SIM115 - closed in close()
-        self._csv_file = open(csv_path, "a", newline="")  # noqa: SIM115
-        self._csv = _csv_writer(self._csv_file)
+        self._jsonl_path, self._csv_path = run_dir / METRICS_JSONL, run_dir / METRICS_CSV
+        kept = [] if resume_step is None else _rows_up_to(self._jsonl_path, resume_step)
+        for path, text in ((self._jsonl_path, _jsonl_text(kept)), (self._csv_path, _csv_text(kept))):
+            write_text_atomic(path, text)  # a crash here leaves the old file or the new one
         self._tb = None
         if tensorboard:
             from torch.utils.tensorboard import SummaryWriter
 
-            self._tb = SummaryWriter(str(run_dir / "tensorboard"))
+            with _naming(run_dir / "tensorboard"):
+                self._tb = SummaryWriter(str(run_dir / "tensorboard"))
+        with _naming(self._jsonl_path):
+            self._jsonl = open(self._jsonl_path, "a")  # noqa: SIM115 - closed in close()
+        with _naming(self._csv_path):
+            self._csv_file = open(self._csv_path, "a", newline="")  # noqa: SIM115
+        self._csv = _csv_writer(self._csv_file)
 
     def log(self, step: int, scalars: dict[str, float]) -> None:
         row = {"step": step, **scalars}
-        self._jsonl.write(json.dumps(row) + "\n")
-        self._jsonl.flush()
-        self._csv.writerow(row)
-        self._csv_file.flush()
+        with _naming(self._jsonl_path):
+            self._jsonl.write(json.dumps(row) + "\n")
+            self._jsonl.flush()
+        with _naming(self._csv_path):
+            self._csv.writerow(row)
+            self._csv_file.flush()
         if self._tb is not None:
             for key, value in scalars.items():
                 self._tb.add_scalar(key, value, step)
 
     def close(self) -> None:
-        self._jsonl.close()
-        self._csv_file.close()
+        """Close the files. Every row was flushed as it was logged, so closing fails only where a row
+        already failed and raised; that repeat is not raised over the first error."""
+        for file in (self._jsonl, self._csv_file):
+            with contextlib.suppress(OSError):
+                file.close()
         if self._tb is not None:
             self._tb.close()
+
+
+@contextlib.contextmanager
+def _naming(path: Path) -> Iterator[None]:
+    """Turn an OSError while writing ``path`` into a :class:`FlowRLError` that names it."""
+    try:
+        yield
+    except OSError as exc:
+        raise FlowRLError(f"cannot write {path}: {exc.strerror or exc}") from exc
 
 
 def _jsonl_text(rows: list[dict]) -> str:
@@ -99,10 +119,10 @@ def _csv_text(rows: list[dict]) -> str:
 
 def _rows_up_to(path: Path, step: int) -> list[dict]:
     """The rows of a metrics.jsonl logged at or before ``step`` (a torn last line is dropped)."""
-    if not path.exists():
+    if not path.is_file():
         return []
     rows = []
-    for line in path.read_text().splitlines():
+    for line in path.read_text(errors="replace").splitlines():
         try:
             row = json.loads(line)
         except json.JSONDecodeError:

@@ -22,12 +22,19 @@ import numpy as np
 import torch
 
 from flowrl_deploy.affinity import check_thread_count
-from flowrl_deploy.checkpoint import CHECKPOINTS_DIR, load_checkpoint, resolve_checkpoint, save_checkpoint
+from flowrl_deploy.checkpoint import (
+    CHECKPOINTS_DIR,
+    DOCUMENT_FILE,
+    Checkpoint,
+    load_checkpoint,
+    resolve_checkpoint,
+    save_checkpoint,
+)
 from flowrl_deploy.errors import CheckpointError, FlowRLError
 from flowrl_deploy.spec import PolicySpec
 from flowrl_deploy.train.algorithm import FlowRL, resolve_device, training_bytes
 from flowrl_deploy.train.checkpointing import RunCheckpoints, actor_act_fn
-from flowrl_deploy.train.config import ConfigError, TrainConfig
+from flowrl_deploy.train.config import CONFIG_FILE, ConfigError, TrainConfig
 from flowrl_deploy.train.envs import Env, EnvInfo, episode_seed, make_env
 from flowrl_deploy.train.evaluate import EVAL_NOISE_STREAM, EvalResult, evaluate
 from flowrl_deploy.train.logger import MetricsLogger, Progress
@@ -92,9 +99,10 @@ def policy_spec(info: EnvInfo, cfg: TrainConfig) -> PolicySpec:
     )
 
 
-def _check_memory(spec: PolicySpec, cfg: TrainConfig, device: torch.device) -> None:
-    """Refuse a buffer or networks this machine cannot hold, before allocating them (a typo such as
-    --hidden 100000 would otherwise fail deep inside torch, or be killed for memory hours later)."""
+def memory_shortfall(spec: PolicySpec, cfg: TrainConfig, device: torch.device) -> str | None:
+    """What a run of ``cfg`` needs beyond this machine ('about 9.1 GiB of memory for dmc:dog-run (…);
+    this machine has 8.0 GiB'), or None when it fits: checked before allocating, since a typo such as
+    --hidden 100000 would otherwise fail deep inside torch, or be killed for memory hours later."""
     replay, networks = ReplayBuffer.bytes_needed(spec.obs_dim, spec.act_dim, cfg.buffer_size), training_bytes(spec)
     ram = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
     needs = [(replay + (networks if device.type == "cpu" else 0), ram, "memory")]
@@ -102,11 +110,11 @@ def _check_memory(spec: PolicySpec, cfg: TrainConfig, device: torch.device) -> N
         needs.append((networks, torch.cuda.get_device_properties(device).total_memory, "GPU memory"))
     for needed, total, what in needs:
         if needed > total:
-            raise ConfigError(
-                f"--buffer-size {cfg.buffer_size} and --hidden {cfg.hidden} need about {needed / 2**30:.1f} GiB of "
-                f"{what} for {cfg.env} ({replay / 2**30:.1f} GiB replay, {networks / 2**30:.1f} GiB networks); "
-                f"this machine has {total / 2**30:.1f} GiB"
+            return (
+                f"about {needed / 2**30:.1f} GiB of {what} for {cfg.env} ({replay / 2**30:.1f} GiB replay, "
+                f"{networks / 2**30:.1f} GiB networks); this machine has {total / 2**30:.1f} GiB"
             )
+    return None
 
 
 def resume_config(checkpoint: str | Path, steps: int | None = None) -> TrainConfig:
@@ -115,7 +123,7 @@ def resume_config(checkpoint: str | Path, steps: int | None = None) -> TrainConf
     saved = load_checkpoint(directory)
     if not saved.config:
         raise CheckpointError(f"{directory} holds no training config, so it cannot be resumed")
-    cfg = TrainConfig.from_dict(saved.config)
+    cfg = TrainConfig.from_dict(saved.config, source=str(directory / DOCUMENT_FILE), key="config")
     if steps is None:
         return cfg
     done = saved.counters.get("env_steps", 0)
@@ -135,30 +143,25 @@ def train(
     the first Ctrl-C ends the run after the current step with a saved ``last`` checkpoint and
     ``TrainResult.interrupted``; otherwise Ctrl-C raises ``KeyboardInterrupt`` as usual.
     """
-    start = None if resume is None else resolve_checkpoint(resume)
-    run_dir = Path(cfg.out) if start is None else start.parent.parent
+    start = None if resume is None else resolve_checkpoint(resume).resolve()
+    run_dir = Path(cfg.out) if start is None else _run_to_resume(start)
     if run_dir.exists() and not run_dir.is_dir():
         raise FlowRLError(f"--out {run_dir} is a file, not a directory; choose a directory for the run")
     if resume is None and any((run_dir / CHECKPOINTS_DIR).glob("step_*")):
         raise FlowRLError(
             f"{run_dir} already holds a run's checkpoints; continue it with --resume {run_dir} or choose another --out"
         )
-    if start is not None:
-        later = sorted(p.name for p in start.parent.glob("step_*") if p.name > start.name)
-        if later:
-            raise FlowRLError(
-                f"{start.parent} holds checkpoints after {start.name} ({', '.join(later)}), which resuming from it "
-                f"would overwrite; resume from the last one, or copy the run directory and resume the copy"
-            )
     if cfg.threads:
         check_thread_count("--threads", cfg.threads)
         torch.set_num_threads(cfg.threads)
     device = resolve_device(cfg.device)
     torch.manual_seed(cfg.seed)
     env = make_env(cfg.env, cfg.seed)
-    eval_env = make_env(cfg.env, cfg.seed + 1)
+    eval_env = make_env(cfg.env, (cfg.seed + 1) % 2**32)
     spec = policy_spec(env.info, cfg)
-    _check_memory(spec, cfg, device)
+    shortfall = memory_shortfall(spec, cfg, device)
+    if shortfall:
+        raise ConfigError(f"--buffer-size {cfg.buffer_size} and --hidden {cfg.hidden} need {shortfall}")
     agent = FlowRL(spec, cfg, device)
     replay = ReplayBuffer(spec.obs_dim, spec.act_dim, cfg.buffer_size, cfg.seed, cfg.recent_fraction, cfg.recent_window)
     action_rng = np.random.default_rng(cfg.seed)  # warm-up actions
@@ -169,9 +172,9 @@ def train(
         run_dir.mkdir(parents=True, exist_ok=True)
     except OSError as exc:
         raise FlowRLError(f"cannot create the run directory {run_dir}: {exc.strerror or exc}") from None
-    cfg.save(run_dir)  # before step 0 (or the first step after a resume)
-
+    # every output is made (or found unwritable) before step 0, or the first step after a resume
     checkpoints = RunCheckpoints(run_dir, cfg.save_every)
+    cfg.save(run_dir)
     logger = MetricsLogger(run_dir, resume_step=None if resume is None else counters.env_steps)
     bar = Progress(cfg.steps, counters.env_steps, agent.updates, enabled=progress)
     low, high = env.info.action_low, env.info.action_high
@@ -196,7 +199,7 @@ def train(
                 if not np.isfinite(action).all():
                     raise FlowRLError(
                         f"the policy returned a NaN/infinite action at env step {counters.env_steps}: training "
-                        f"diverged (lower --lr?); the last checkpoint saved is {last_checkpoint or 'none'}"
+                        "diverged (lower --lr?)"
                     )
             next_obs, reward, terminated, truncated = env.step(action)
             replay.add(obs, action, reward, next_obs, terminated)
@@ -243,6 +246,11 @@ def train(
             bar.update(step, agent.updates)
         if counters.env_steps > first_step:  # no step taken (a stop, or a finished run resumed): nothing new to save
             last_checkpoint = save()
+    except FlowRLError as exc:  # the policy diverged, or a checkpoint or metrics file could not be written
+        raise FlowRLError(
+            f"{exc}; training stopped at env step {counters.env_steps}, "
+            f"and the last checkpoint saved is {last_checkpoint or 'none'}"
+        ) from exc
     finally:
         stop.restore()
         bar.update(counters.env_steps, agent.updates, force=True)
@@ -251,6 +259,27 @@ def train(
         env.close()
         eval_env.close()
     return TrainResult(run_dir, last_checkpoint, counters, interrupted=stop.requested)
+
+
+def _run_to_resume(checkpoint: Path) -> Path:
+    """The run directory that resuming ``checkpoint`` continues: a checkpoint is resumed only inside
+    its run, ``<run>/checkpoints/<checkpoint>`` next to ``<run>/config.json``, and only when no later
+    ``step_*`` checkpoint lies beside it (the resumed run would overwrite or prune those)."""
+    folder = checkpoint.parent
+    run_dir = folder.parent
+    if folder.name != CHECKPOINTS_DIR or not (run_dir / CONFIG_FILE).is_file():
+        raise FlowRLError(
+            f"--resume {checkpoint}: it does not lie in the checkpoints/ folder of a run directory (one holding "
+            f"{CONFIG_FILE}), so there is no run to continue; resume the run it came from (copy that whole run "
+            "directory to branch it)"
+        )
+    later = sorted(p.name for p in folder.glob("step_*") if p.name > checkpoint.name)
+    if later:
+        raise FlowRLError(
+            f"{folder} holds checkpoints after {checkpoint.name} ({', '.join(later)}), which resuming from it "
+            f"would overwrite; resume from the last one, or copy the run directory and resume the copy"
+        )
+    return run_dir
 
 
 def _evaluate(agent: FlowRL, eval_env: Env, cfg: TrainConfig, step: int, deterministic: bool = False) -> EvalResult:
@@ -296,6 +325,7 @@ def _write(
 
 def _restore(path: str | Path, agent: FlowRL, replay: ReplayBuffer, action_rng: np.random.Generator) -> Counters:
     checkpoint = load_checkpoint(path, training_state=True)
+    best, last = _eval_returns(checkpoint)
     state = checkpoint.training_json
     try:
         agent.load_state(checkpoint.actor, checkpoint.training_tensors, state["agent"])
@@ -303,15 +333,27 @@ def _restore(path: str | Path, agent: FlowRL, replay: ReplayBuffer, action_rng: 
         replay.set_rng_state(state["replay_rng"])
         if checkpoint.replay and state.get("replay"):
             replay.load_state_dict(checkpoint.replay, state["replay"])
-        best = checkpoint.document.get("eval", {}).get("best_return")
         return Counters(
-            env_steps=int(checkpoint.counters["env_steps"]),
-            episodes=int(checkpoint.counters["episodes"]),
-            best_eval_return=-math.inf if best is None else float(best),
-            last_eval_return=checkpoint.document.get("eval", {}).get("last_return"),
+            env_steps=checkpoint.counters["env_steps"],
+            episodes=checkpoint.counters["episodes"],
+            best_eval_return=-math.inf if best is None else best,
+            last_eval_return=last,
         )
     except (KeyError, TypeError, ValueError) as exc:
         raise CheckpointError(f"{checkpoint.path}: training state is incomplete or malformed ({exc})") from exc
+
+
+def _eval_returns(checkpoint: Checkpoint) -> tuple[float | None, float | None]:
+    """The best and the last evaluation return a checkpoint records (None: no evaluation yet)."""
+    evaluation = checkpoint.document.get("eval", {})
+    if isinstance(evaluation, dict):
+        returns = evaluation.get("best_return"), evaluation.get("last_return")
+        if all(x is None or (type(x) in (int, float) and math.isfinite(x)) for x in returns):
+            return returns
+    raise CheckpointError(
+        f"{checkpoint.path / DOCUMENT_FILE}: eval must be a JSON object of finite numbers or null "
+        f"(best_return, last_return), got {evaluation!r:.200}"
+    )
 
 
 def _finite_or_none(x: float) -> float | None:

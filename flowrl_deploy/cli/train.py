@@ -45,6 +45,16 @@ and logs (evaluation has its own env and noise, so none of these changes the tra
 rest are the run's own; --save-every too, since the run's periodic checkpoints are kept by it."""
 
 
+def _why_no_update(cfg: TrainConfig) -> str | None:
+    """Why a run of ``cfg`` makes no gradient update (they need the warm-up over and a batch in the
+    buffer), or None when it makes some."""
+    if cfg.start_steps > cfg.steps:
+        return f"--start-steps {cfg.start_steps} > --steps {cfg.steps}: every step is random warm-up"
+    if cfg.batch_size > cfg.steps:
+        return f"--batch-size {cfg.batch_size} > --steps {cfg.steps}: the buffer never holds a batch"
+    return None
+
+
 @user_errors
 def train(
     ctx: typer.Context,
@@ -140,10 +150,10 @@ def train(
             save_every=save_every, save_replay=save_replay, device=device.value, bf16=bf16, compile=compile,
             cuda_graphs=cuda_graphs, threads=threads,
         )  # fmt: skip
-    if cfg.start_steps > cfg.steps:  # updates start at step --start-steps
+    why = _why_no_update(cfg)
+    if why:
         typer.secho(
-            f"warning: --start-steps {cfg.start_steps} > --steps {cfg.steps}: every step is random warm-up, "
-            "so no gradient update will run and the checkpoint holds the untrained policy",
+            f"warning: {why}, so no gradient update will run and the checkpoint holds the untrained policy",
             err=True,
             fg=typer.colors.YELLOW,
         )

@@ -2,6 +2,10 @@
 
 import dataclasses
 import json
+import resource
+import shutil
+import subprocess
+import sys
 
 import pytest
 import typer
@@ -99,6 +103,19 @@ def test_a_run_that_is_all_warm_up_is_warned_about(tmp_path):
         assert ("no gradient update will run" in result.output) == (updates == 0)
 
 
+def test_no_update_at_all_is_warned_about_whatever_the_reason(tmp_path):
+    """Updates need the warm-up over and a batch in the buffer: --batch-size above --steps means none."""
+    for batch, updates in ((41, 0), (40, 1)):
+        out = tmp_path / str(batch)
+        args = ["train", *TINY, "--steps", "40", "--start-steps", "10", "--batch-size", str(batch), "--eval-every",
+                "0", "--out", str(out)]  # fmt: skip
+        result = runner.invoke(app, args)
+        assert result.exit_code == 0, result.output
+        assert read_document(out / "checkpoints" / "last")["counters"]["updates"] == updates
+        warning = f"warning: --batch-size {batch} > --steps 40: the buffer never holds a batch, so no gradient update"
+        assert (warning in result.output) == (updates == 0)
+
+
 def test_train_then_eval_then_resume(tmp_path):
     out = tmp_path / "run"
     result = runner.invoke(app, ["train", *TINY, "--steps", "200", "--out", str(out)])
@@ -135,6 +152,45 @@ def test_resuming_from_an_older_checkpoint_refuses_to_overwrite_later_ones(tmp_p
     assert later.read_bytes() == before
 
 
+def test_resuming_a_copy_of_a_checkpoint_outside_its_run_is_refused_and_deletes_nothing(tmp_path):
+    out = tmp_path / "run"
+    args = ["train", *TINY, "--steps", "200", "--save-every", "100", "--out", str(out)]
+    assert runner.invoke(app, args).exit_code == 0
+    before = sorted(p.name for p in (out / "checkpoints").iterdir())
+    backup = shutil.copytree(out / "checkpoints" / "step_000000100", out / "backup" / "step_000000100")
+    result = runner.invoke(app, ["train", "--resume", str(backup), "--steps", "150", "--no-progress"])
+    assert result.exit_code == 1 and "Traceback" not in result.output
+    assert "does not lie in the checkpoints/ folder of a run directory" in result.output
+    assert sorted(p.name for p in (out / "checkpoints").iterdir()) == before
+    assert "step_000000200" in before
+
+
+def test_a_file_in_place_of_the_checkpoints_folder_fails_before_training(tmp_path):
+    out = tmp_path / "run"
+    out.mkdir()
+    (out / "checkpoints").write_text("")
+    result = runner.invoke(app, ["train", *TINY, "--steps", "100000", "--out", str(out)])  # would take minutes
+    assert result.exit_code == 1
+    assert result.output == f"error: cannot create the checkpoints folder {out}/checkpoints: File exists\n"
+
+
+def test_a_checkpoint_too_large_to_write_stops_with_one_line_not_a_traceback(tmp_path):
+    """The review's `ulimit -f 200` run: the checkpoint at the end cannot be written."""
+    limit = resource.RLIMIT_FSIZE, (200 * 1024, resource.getrlimit(resource.RLIMIT_FSIZE)[1])
+    args = ["train", "--env", "dmc:cartpole-balance", "--steps", "300", "--start-steps", "200", "--hidden", "32",
+            "--eval-every", "0", "--threads", "1", "--no-progress", "--out", str(tmp_path / "run")]  # fmt: skip
+    result = subprocess.run(
+        [sys.executable, "-m", "flowrl_deploy.cli", *args],
+        capture_output=True, text=True, timeout=300, preexec_fn=lambda: resource.setrlimit(*limit),
+    )  # fmt: skip
+    assert result.returncode == 1 and "Traceback" not in result.stderr, result.stderr
+    assert result.stderr.startswith(f"error: cannot write the checkpoint {tmp_path}/run/checkpoints/step_000000300:")
+    assert result.stderr.endswith(
+        "File too large (os error 27); training stopped at env step 300, and the last checkpoint saved is none\n"
+    )
+    assert list((tmp_path / "run" / "checkpoints").iterdir()) == []  # no partial checkpoint
+
+
 @pytest.mark.parametrize(
     ("setup", "message"),
     [
@@ -163,13 +219,16 @@ def test_an_unknown_env_fails_at_once(tmp_path):
         (["--batch-size", "64", "--buffer-size", "32"], "--batch-size (64) cannot exceed --buffer-size (32)"),
         (["--steps", "0"], "--steps must be >= 1"),
         (["--tau", "1"], "--tau must be < 1"),
-        (["--out", ""], "out must name a directory"),
+        (["--out", ""], "--out must name a directory"),
+        (["--seed", "4294967296"], "--seed must lie in [0, 2**32), got 4294967296"),
+        (["--seed", "99999999999999999999"], "--seed must lie in [0, 2**32), got 99999999999999999999"),
+        (["--flow-steps", "100000"], "--flow-steps must lie in [1, 1000], got 100000"),
     ],
 )
 def test_an_out_of_range_setting_is_one_clear_line(tmp_path, args, message):
     result = runner.invoke(app, ["train", "--out", str(tmp_path), *args])
     assert result.exit_code == 1
-    assert message in result.output
+    assert result.output.startswith(f"error: {message}") and result.output.count("\n") == 1
 
 
 @pytest.mark.parametrize("value", ["nan", "inf", "-inf", "fast"])
@@ -203,7 +262,7 @@ def test_a_config_file_with_a_wrong_type_is_one_clear_line(tmp_path):
     document.write_text(json.dumps(saved))
     result = runner.invoke(app, ["train", "--resume", str(out), "--steps", "150", "--no-progress"])
     assert result.exit_code == 1 and "Traceback" not in result.output
-    assert "--hidden must be an integer, got '64'" in result.output
+    assert result.output == f"error: {document.resolve()}: config.hidden must be an integer, got '64'\n"  # no flag
 
 
 def test_out_pointing_at_a_file_is_one_clear_line(tmp_path):

@@ -6,8 +6,10 @@ import re
 
 import pytest
 
+from flowrl_deploy.errors import FlowRLError
 from flowrl_deploy.spec import MAX_FLOW_STEPS
 from flowrl_deploy.train.config import ConfigError, TrainConfig
+from flowrl_deploy.train.loop import train
 
 
 @pytest.mark.parametrize(
@@ -27,8 +29,12 @@ def test_a_setting_out_of_range_names_its_flag(changes, message):
         TrainConfig(**changes)
 
 
-def test_the_extreme_settings_are_accepted():
-    assert TrainConfig(seed=2**32 - 1, flow_steps=MAX_FLOW_STEPS).seed == 2**32 - 1
+def test_the_largest_seed_trains_on_dm_control(tmp_path):
+    """dm_control takes seeds below 2**32 only: the evaluation env's seed (the run's + 1) wraps round."""
+    cfg = TrainConfig(env="dmc:cartpole-balance", steps=20, seed=2**32 - 1, out=str(tmp_path), hidden=8,
+                      batch_size=4, start_steps=10, eval_every=0, threads=1)  # fmt: skip
+    assert train(cfg, progress=False).counters.env_steps == 20
+    assert TrainConfig(flow_steps=MAX_FLOW_STEPS).flow_steps == MAX_FLOW_STEPS
 
 
 @pytest.mark.parametrize(
@@ -73,7 +79,7 @@ def test_a_bad_config_json_is_one_clear_error(tmp_path, text, message):
 
 def test_a_config_that_cannot_be_written_is_a_clear_error_and_keeps_the_old_one(tmp_path):
     (tmp_path / "config.json").mkdir()
-    with pytest.raises(ConfigError, match=f"cannot write {re.escape(str(tmp_path / 'config.json'))}: Is a directory"):
+    with pytest.raises(FlowRLError, match=f"cannot write {re.escape(str(tmp_path / 'config.json'))}: Is a directory"):
         TrainConfig().save(tmp_path)
     assert sorted(p.name for p in tmp_path.iterdir()) == ["config.json"]  # no temporary file left
     (tmp_path / "config.json").rmdir()

@@ -1,0 +1,125 @@
+"""Where a run writes: a resume continues only the run a checkpoint lies in and never deletes its later
+checkpoints; outputs that cannot be written fail before the first step; a save that fails mid-run
+stops training with one clear error naming the last good checkpoint."""
+
+import re
+import shutil
+from pathlib import Path
+
+import pytest
+from safetensors import SafetensorError
+
+from flowrl_deploy import checkpoint as ckpt
+from flowrl_deploy.errors import FlowRLError
+from flowrl_deploy.train import loop
+from flowrl_deploy.train.config import TrainConfig
+from flowrl_deploy.train.loop import resume_config, train
+
+TINY = dict(env="Pendulum-v1", hidden=8, batch_size=8, start_steps=50, eval_every=0, save_every=100,
+            log_every=50, threads=1)  # fmt: skip
+
+
+@pytest.fixture(scope="module")
+def run(tmp_path_factory):
+    """A run with checkpoints at steps 100 and 200 (last)."""
+    return train(TrainConfig(steps=200, out=str(tmp_path_factory.mktemp("run")), **TINY), progress=False)
+
+
+def resume(checkpoint: Path, steps: int) -> loop.TrainResult:
+    return train(resume_config(checkpoint, steps=steps), resume=checkpoint, progress=False)
+
+
+def tree(folder: Path) -> list[str]:
+    return sorted(str(p.relative_to(folder)) for p in folder.rglob("*"))
+
+
+@pytest.fixture
+def no_steps(monkeypatch):
+    """Fail the test if training takes a single environment step."""
+
+    def step(*args: object) -> None:
+        raise AssertionError("a training step was taken")
+
+    monkeypatch.setattr(loop.ReplayBuffer, "add", step)
+
+
+def test_a_checkpoint_copied_out_of_its_run_is_not_resumed_into_the_run_above_it(run, tmp_path):
+    """The review's case: resuming backup/step_100 of a run wrote step_150 into that run and deleted
+    its newer step_200. A checkpoint must lie in <run>/checkpoints/, next to <run>/config.json."""
+    victim = shutil.copytree(run.run_dir, tmp_path / "victim", symlinks=True)
+    backup = shutil.copytree(victim / "checkpoints" / "step_000000100", victim / "backup" / "step_000000100")
+    loose = shutil.copytree(backup, tmp_path / "loose" / "a" / "myck")
+    bare = shutil.copytree(victim / "checkpoints", tmp_path / "bare" / "checkpoints", symlinks=True)  # no config.json
+    before = tree(tmp_path)
+    for checkpoint in (backup, loose, bare / "step_000000100", bare):
+        with pytest.raises(FlowRLError, match="does not lie in the checkpoints/ folder of a run directory"):
+            resume(checkpoint, steps=250)
+    assert tree(tmp_path) == before  # nothing written, nothing deleted
+
+
+def test_later_checkpoints_of_the_run_are_refused_however_the_checkpoint_is_named(run, tmp_path):
+    copy = shutil.copytree(run.run_dir, tmp_path / "copy", symlinks=True)
+    before = tree(copy)
+    older = copy / "checkpoints" / "step_000000100"
+    for checkpoint in (older, older / ckpt.MODEL_FILE, older / ckpt.DOCUMENT_FILE):
+        with pytest.raises(FlowRLError, match=re.escape("checkpoints after step_000000100 (step_000000200)")):
+            resume(checkpoint, steps=150)
+    assert tree(copy) == before
+    resumed = resume(copy / "checkpoints" / "last" / ckpt.MODEL_FILE, steps=250)  # `last` is the newest
+    assert resumed.run_dir == copy.resolve() and resumed.counters.env_steps == 250
+
+
+@pytest.mark.parametrize(
+    ("in_the_way", "message"),
+    [
+        ("checkpoints", "cannot create the checkpoints folder {out}/checkpoints: File exists"),
+        ("config.json", "cannot write {out}/config.json: Is a directory"),
+        ("metrics.jsonl", "cannot write {out}/metrics.jsonl: Is a directory"),
+        ("metrics.csv", "cannot write {out}/metrics.csv: Is a directory"),
+        ("tensorboard", "cannot write {out}/tensorboard: File exists"),
+    ],
+)
+def test_an_output_that_cannot_be_written_fails_before_the_first_step(tmp_path, no_steps, in_the_way, message):
+    out = tmp_path / "run"
+    out.mkdir()
+    if in_the_way in ("checkpoints", "tensorboard"):
+        (out / in_the_way).write_text("a file where a folder goes")
+    else:
+        (out / in_the_way).mkdir()  # a folder where a file goes
+    with pytest.raises(FlowRLError, match=f"^{re.escape(message.format(out=out))}"):
+        train(TrainConfig(steps=200, out=str(out), **TINY), progress=False)
+    assert not [p.name for p in out.iterdir() if ".tmp" in p.name]  # no temporary file left behind
+
+
+def failing_save_file(monkeypatch, after: int) -> None:
+    """Let the first ``after`` tensor files be written, then fail as `ulimit -f` or a full disk does."""
+    real, calls = ckpt.save_file, []
+
+    def save_file(*args: object, **kwargs: object) -> None:
+        calls.append(args)
+        if len(calls) > after:
+            raise SafetensorError("Error while serializing: I/O error: File too large (os error 27)")
+        real(*args, **kwargs)
+
+    monkeypatch.setattr(ckpt, "save_file", save_file)
+
+
+def test_a_failed_save_stops_training_and_names_the_last_good_checkpoint(monkeypatch, tmp_path):
+    failing_save_file(monkeypatch, after=2)  # the step-100 checkpoint: model + training state
+    out = tmp_path / "run"
+    with pytest.raises(FlowRLError) as error:
+        train(TrainConfig(steps=300, out=str(out), **TINY), progress=False)
+    good = out / "checkpoints" / "step_000000100"
+    assert str(error.value) == (
+        f"cannot write the checkpoint {out}/checkpoints/step_000000200: Error while serializing: I/O error: "
+        f"File too large (os error 27); training stopped at env step 200, and the last checkpoint saved is {good}"
+    )
+    assert sorted(p.name for p in (out / "checkpoints").iterdir()) == ["last", "step_000000100"]  # no partial one
+    monkeypatch.undo()
+    assert resume(out, steps=300).counters.env_steps == 300  # the run goes on from its last good checkpoint
+
+
+def test_a_run_whose_first_save_fails_says_no_checkpoint_was_saved(monkeypatch, tmp_path):
+    failing_save_file(monkeypatch, after=0)
+    with pytest.raises(FlowRLError, match="training stopped at env step 100, and the last checkpoint saved is none"):
+        train(TrainConfig(steps=300, out=str(tmp_path / "run"), **TINY), progress=False)
