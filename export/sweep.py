@@ -71,7 +71,7 @@ def sweep_steps(
 
 
 def _checked_env(checkpoint: str | os.PathLike[str], env_id: str | None, seed: int) -> Env:
-    """``env_id`` (default: the policy's own), made and refused, closed, if its sizes are not the policy's."""
+    """The env ``env_id`` (default: the policy's own), made; closed and refused if its sizes are not the policy's."""
     from flowrl_deploy.train.envs import make_env
     from flowrl_deploy.train.evaluate import check_env_fits
 

@@ -105,7 +105,6 @@ def export(
         raise FlowRLError(f"--episodes must be >= 0 (0: latency only), got {episodes}")
     if not report and (episodes or env is not None):
         raise FlowRLError("--episodes and --env apply to the --report table only; add --report or leave them out")
-    check_outputs(out, sweep_paths(out, step_list), json_out, checkpoint_dir)
     config = ExportConfig(
         steps=step_list[0],
         solver=solver.value if solver else None,
@@ -117,6 +116,7 @@ def export(
         verify=verify,
         seed=seed,
     )
+    check_outputs(out, sweep_paths(out, step_list), json_out, checkpoint_dir)
     if sweep:
         from flowrl_deploy.export.sweep import format_sweep, sweep_steps
 
