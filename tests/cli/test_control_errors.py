@@ -99,7 +99,7 @@ def test_ctrl_c_prints_the_figures_so_far_and_exits_130(tmp_path, monkeypatch):
     out = tmp_path / "control.json"
     with PolicyServer(ServeConfig(str(path), port=0, grace_s=0)).start() as server:
         result = runner.invoke(
-            app, ["control", "--server", server.address, "--hz", "500", "--deadline-ms", "1000", "--json", str(out)]
+            app, ["control", "--server", server.address, "--hz", "500", "--deadline-ms", "2", "--json", str(out)]
         )
     assert result.exit_code == 130, result.output
     assert "(5 steps)" in result.output and "interrupted" in result.output and "Traceback" not in result.output
