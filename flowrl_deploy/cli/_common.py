@@ -6,6 +6,7 @@ import contextlib
 import functools
 import json
 import math
+import tempfile
 from collections.abc import Callable, Iterator
 from enum import Enum
 from pathlib import Path
@@ -13,7 +14,7 @@ from typing import TYPE_CHECKING, Annotated, ParamSpec, TypeVar
 
 import typer
 
-from flowrl_deploy.checkpoint import check_output_path
+from flowrl_deploy.checkpoint import check_output_path, write_text_atomic
 from flowrl_deploy.errors import FlowRLError
 
 if TYPE_CHECKING:
@@ -48,30 +49,29 @@ def finite(text: str) -> float:
 
 
 def check_writable(flag: str, path: Path) -> None:
-    """Fail now, rather than after the work, when a report file cannot be written at ``path``."""
+    """Fail now, rather than after the work, when a report file cannot be written at ``path``: its
+    folder must take a new file, which :func:`write_report` renames onto ``path``."""
     if path.is_dir():
         raise FlowRLError(f"{flag} {path} is a directory; give a file path such as {path / 'report.json'}")
     check_output_path(flag, path)
-    existed = path.exists()
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
-        with open(path, "a"):
+        with tempfile.TemporaryFile(dir=path.parent):  # nameless where the system allows: nothing left behind
             pass
     except (FileExistsError, NotADirectoryError):
         raise FlowRLError(f"cannot write {flag} {path}: part of its folder {path.parent} is a file") from None
     except OSError as exc:
         raise FlowRLError(f"cannot write {flag} {path}: {exc.strerror or exc}") from None
-    if not existed:
-        path.unlink()
 
 
 def write_report(flag: str, path: Path, report: object) -> None:
-    """Write a command's JSON report to ``path`` (checked earlier by :func:`check_writable`)."""
+    """Write a command's JSON report to ``path`` (checked earlier by :func:`check_writable`), as a new
+    file renamed onto it: a symlink at ``path`` is replaced, never written through (it may point at
+    a checkpoint's weights), and a failed write leaves ``path`` as it was."""
     try:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        path.write_text(json.dumps(report, indent=2) + "\n")
-    except OSError as exc:
-        raise FlowRLError(f"cannot write {flag} {path}: {exc.strerror or exc}") from None
+        write_text_atomic(path, json.dumps(report, indent=2) + "\n")
+    except FlowRLError as exc:
+        raise FlowRLError(f"{flag}: {exc}") from None
 
 
 @contextlib.contextmanager
@@ -79,15 +79,15 @@ def server_client(
     server: str, token: str, tls_ca: str, tls_cert: str, tls_key: str, timeout_s: float | None = None
 ) -> Iterator[PolicyClient]:
     """A client for one command; a failed call is one line, and a failed connection says which
-    TLS option may be missing."""
+    TLS option may be missing. A bad --server or TLS file is refused before connecting (by
+    :class:`PolicyClient`), naming the flag and the file."""
     import grpc
 
     from flowrl_deploy.client import PolicyClient, ServiceError
-    from flowrl_deploy.control import check_tls_files, connection_hint
+    from flowrl_deploy.control import connection_hint
 
     if timeout_s is not None and not 0 < timeout_s <= MAX_TIMEOUT_S:  # gRPC takes ~300 years as already past
         raise FlowRLError(f"--timeout must lie in (0, {MAX_TIMEOUT_S}] seconds, got {timeout_s:g}")
-    check_tls_files(tls_cert, tls_key)
     with PolicyClient(
         server, token=token, tls_ca=tls_ca, tls_cert=tls_cert, tls_key=tls_key, timeout_s=timeout_s
     ) as client:

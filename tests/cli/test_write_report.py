@@ -1,0 +1,84 @@
+"""`--json` reports (flowrl export, flowrl control) are written beside the path and renamed onto it:
+a symlink at the path is replaced, never written through, and a failed write changes nothing."""
+
+from __future__ import annotations
+
+import json
+import os
+import stat
+from pathlib import Path
+
+import pytest
+
+from flowrl_deploy.cli._common import check_writable, write_report
+from flowrl_deploy.errors import FlowRLError
+
+REPORT = {"return": 1.5, "steps": [1, 2]}
+
+
+@pytest.fixture
+def weights(tmp_path) -> Path:
+    """A checkpoint's weights, which a link named like a report may point at."""
+    path = tmp_path / "ck" / "model.safetensors"
+    path.parent.mkdir()
+    path.write_bytes(b"precious weights")
+    return path
+
+
+@pytest.fixture
+def umask_027():
+    previous = os.umask(0o027)
+    yield
+    os.umask(previous)
+
+
+def _leftovers(folder: Path) -> list[str]:
+    return sorted(p.name for p in folder.iterdir() if ".tmp-" in p.name)
+
+
+def test_a_link_at_the_path_is_replaced_not_written_through(tmp_path, weights):
+    report = tmp_path / "ex" / "rep.json"
+    report.parent.mkdir()
+    report.symlink_to(weights)
+    check_writable("--json", report)
+    write_report("--json", report, REPORT)
+    assert weights.read_bytes() == b"precious weights"
+    assert not report.is_symlink() and json.loads(report.read_text()) == REPORT
+    assert _leftovers(report.parent) == []
+
+
+def test_a_dangling_link_is_neither_followed_nor_removed_by_the_check(tmp_path):
+    report = tmp_path / "rep.json"
+    report.symlink_to(tmp_path / "elsewhere.json")
+    check_writable("--json", report)
+    assert report.is_symlink() and not (tmp_path / "elsewhere.json").exists()
+    assert _leftovers(tmp_path) == []
+
+
+def test_a_new_report_gets_the_umasks_permissions(tmp_path, umask_027):
+    report = tmp_path / "new" / "rep.json"
+    write_report("--json", report, REPORT)
+    assert stat.S_IMODE(report.stat().st_mode) == 0o640
+    assert json.loads(report.read_text()) == REPORT
+
+
+def test_a_failed_write_leaves_the_old_report_and_no_temporary_file(tmp_path):
+    report = tmp_path / "rep.json"
+    report.write_text("old")
+    with pytest.raises(TypeError):
+        write_report("--json", report, {"not json": object()})
+    assert report.read_text() == "old" and _leftovers(tmp_path) == []
+
+
+def test_a_failed_rename_is_one_line_naming_the_flag_and_leaves_no_temporary_file(tmp_path):
+    report = tmp_path / "rep.json"
+    (report / "inside").mkdir(parents=True)  # made a directory after the check: the rename fails
+    with pytest.raises(FlowRLError, match=r"^--json: cannot write .*rep\.json: "):
+        write_report("--json", report, REPORT)
+    assert _leftovers(tmp_path) == []
+
+
+def test_a_folder_that_is_a_file_is_named(tmp_path):
+    (tmp_path / "file").write_text("")
+    with pytest.raises(FlowRLError, match=r"part of its folder .* is a file"):
+        check_writable("--json", tmp_path / "file" / "rep.json")
