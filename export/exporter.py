@@ -19,6 +19,7 @@ from flowrl_deploy.contract import NOISE_INPUT, OBS_INPUT, PolicyContract, contr
 from flowrl_deploy.errors import FlowRLError
 from flowrl_deploy.export.config import ExportConfig
 from flowrl_deploy.spec import PolicySpec
+from flowrl_deploy.train.config import CONFIG_FILE
 from flowrl_deploy.versions import library_versions
 
 if TYPE_CHECKING:  # onnx and torch load only when exporting, not for `flowrl inspect`
@@ -134,9 +135,12 @@ def export_checkpoint(
 
 def check_run_output(flag: str, path: Path, checkpoint_dir: Path) -> None:
     """Refuse an output that is an existing file of the run being exported (its config.json,
-    metrics, TensorBoard events, checkpoints), links followed; a loose checkpoint is its own run."""
+    metrics, TensorBoard events, checkpoints), links followed. The run is the directory holding
+    checkpoints/ and config.json; a checkpoint outside one is its own run."""
     checkpoint_dir = checkpoint_dir.resolve()
-    run = checkpoint_dir.parent.parent if checkpoint_dir.parent.name == CHECKPOINTS_DIR else checkpoint_dir
+    folder = checkpoint_dir.parent
+    in_run = folder.name == CHECKPOINTS_DIR and (folder.parent / CONFIG_FILE).is_file()
+    run = folder.parent if in_run else checkpoint_dir
     target = path.resolve()
     if target.is_file() and target.is_relative_to(run):
         raise FlowRLError(

@@ -130,6 +130,8 @@ def test_a_new_file_in_the_run_directory_may_be_written(run_dir):
     assert out.is_file()
     with pytest.raises(FlowRLError, match=re.escape("is config.json of the run")):  # the library call refuses the same
         export_checkpoint(run_dir, run_dir / "config.json", ExportConfig(samples=3))
+    (run_dir / "config.json").unlink()  # checkpoints/ without config.json: a folder of checkpoints, not a run
+    export_checkpoint(run_dir, run_dir / "metrics.csv", ExportConfig(samples=3))
 
 
 @pytest.mark.parametrize(
