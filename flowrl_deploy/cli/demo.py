@@ -18,6 +18,10 @@ import typer
 
 from flowrl_deploy.cli._common import finite, user_errors
 from flowrl_deploy.errors import FlowRLError
+from flowrl_deploy.spec import MAX_FLOW_STEPS
+
+MAX_HZ = 10_000
+"""Control rates above this are refused, as are rates below 1 Hz (at 0.001 Hz one tick lasts 17 minutes)."""
 
 
 @dataclass(frozen=True)
@@ -36,6 +40,18 @@ class DemoConfig:
     """Control rate of the closed loop; 0 runs at the task's own control rate."""
     seed: int = 0
 
+    def __post_init__(self) -> None:
+        """Refuse, by its flag, a setting that would fail (or never end) only after the training."""
+        for flag, value in (("--steps", self.steps), ("--episodes", self.episodes)):
+            if value < 1:
+                raise FlowRLError(f"{flag} must be >= 1, got {value}")
+        if self.hz != 0 and not 1 <= self.hz <= MAX_HZ:
+            raise FlowRLError(f"--hz must be 0 (the task's own rate) or lie in [1, {MAX_HZ}], got {self.hz:g}")
+        if self.export_steps != 0 and not 1 <= self.export_steps <= MAX_FLOW_STEPS:
+            raise FlowRLError(
+                f"--export-steps must be 0 (the training N) or lie in [1, {MAX_FLOW_STEPS}], got {self.export_steps}"
+            )
+
 
 def run_demo(cfg: DemoConfig, echo=typer.echo) -> dict[str, Any]:
     """Run every stage into ``cfg.out`` and return the summary that is also written to summary.json."""
@@ -43,15 +59,17 @@ def run_demo(cfg: DemoConfig, echo=typer.echo) -> dict[str, Any]:
     from flowrl_deploy.export import ExportConfig, export_checkpoint
     from flowrl_deploy.export.act import onnx_act_fn
     from flowrl_deploy.serve import ServerProcess
+    from flowrl_deploy.train.algorithm import resolve_device
     from flowrl_deploy.train.config import TrainConfig
     from flowrl_deploy.train.envs import make_env
     from flowrl_deploy.train.evaluate import evaluate
-    from flowrl_deploy.train.loop import train
+    from flowrl_deploy.train.loop import memory_shortfall, policy_spec, train
 
     if cfg.out.exists() and not cfg.out.is_dir():
         raise FlowRLError(f"--out {cfg.out} is a file, not a directory; choose a folder for the report")
-    make_env(cfg.env, cfg.seed)  # an unknown task fails here, before the report folder exists
-    train_cfg = TrainConfig(  # checked before the report folder exists, so a mistake leaves none behind
+    # Everything is checked before the report folder exists, so that a mistake leaves none behind:
+    # the settings (--seed, --hidden, --steps), the task, and the memory training needs.
+    train_cfg = TrainConfig(
         env=cfg.env,
         steps=cfg.steps,
         seed=cfg.seed,
@@ -63,6 +81,12 @@ def run_demo(cfg: DemoConfig, echo=typer.echo) -> dict[str, Any]:
         log_every=250,
         save_every=0,
     )
+    env = make_env(cfg.env, cfg.seed)
+    spec = policy_spec(env.info, train_cfg)
+    env.close()
+    shortfall = memory_shortfall(spec, train_cfg, resolve_device(train_cfg.device))
+    if shortfall:
+        raise FlowRLError(f"--hidden {cfg.hidden} needs {shortfall}")
     out = _new_report_folder(cfg.out)
     train_cfg = train_cfg.override(out=str(out / "run"))
     echo(f"[1/4] train FlowRL on {cfg.env} for {cfg.steps} steps → {out / 'run'}")
@@ -196,18 +220,15 @@ def demo(
     steps: Annotated[int, typer.Option(help="Training steps.")] = DemoConfig.steps,
     hidden: Annotated[int, typer.Option(help="Network width.")] = DemoConfig.hidden,
     episodes: Annotated[int, typer.Option(help="Closed-loop episodes against the server.")] = DemoConfig.episodes,
-    hz: Annotated[float, typer.Option(parser=finite, help="Control rate (0: the task's own).")] = DemoConfig.hz,
+    hz: Annotated[
+        float, typer.Option(parser=finite, help=f"Control rate, 1 to {MAX_HZ} Hz (0: the task's own).")
+    ] = DemoConfig.hz,
     export_steps: Annotated[
         int, typer.Option(help="Flow steps N of the exported sampler (0: the training N).")
     ] = DemoConfig.export_steps,
     seed: Annotated[int, typer.Option(help="Seed of training, noise and episodes.")] = DemoConfig.seed,
 ) -> None:
     """Train → export → serve → closed-loop control on a small task, with a report folder."""
-    for flag, value, least in (("--steps", steps, 1), ("--episodes", episodes, 1), ("--hz", hz, 0)):
-        if value < least:
-            raise FlowRLError(f"{flag} must be >= {least}, got {value:g}")
-    if export_steps < 0:
-        raise FlowRLError(f"--export-steps must be >= 0 (0: the training N), got {export_steps}")
     cfg = DemoConfig(
         out=out,
         env=env,

@@ -61,15 +61,23 @@ def test_child_server_is_stopped_on_interrupt(tmp_path):
     ("args", "message"),
     [
         (["--steps", "0"], "--steps must be >= 1, got 0"),
-        (["--hz", "-1"], "--hz must be >= 0, got -1"),
+        (["--hz", "-1"], "--hz must be 0 (the task's own rate) or lie in [1, 10000], got -1"),
+        (["--hz", "0.001"], "--hz must be 0 (the task's own rate) or lie in [1, 10000], got 0.001"),
+        (["--hz", "1e6"], "--hz must be 0 (the task's own rate) or lie in [1, 10000], got 1e+06"),
+        (["--export-steps", "-1"], "--export-steps must be 0 (the training N) or lie in [1, 1000], got -1"),
+        (["--export-steps", "100000"], "--export-steps must be 0 (the training N) or lie in [1, 1000], got 100000"),
         (["--hidden", "0"], "--hidden must be >= 1"),
+        (["--seed", "-1"], "--seed must lie in [0, 2**32), got -1"),
+        (["--seed", "4294967296"], "--seed must lie in [0, 2**32), got 4294967296"),
         (["--env", "dmc:nope-nope"], "dm_control has no task nope-nope"),
+        (["--hidden", "10000000"], "--hidden 10000000 needs about"),
     ],
 )
 def test_bad_settings_are_refused_before_a_report_folder_is_made(tmp_path, args, message):
     result = CliRunner().invoke(app, ["demo", "--out", str(tmp_path / "reports"), *args])
     assert result.exit_code == 1
-    assert message in result.output and "Traceback" not in result.output
+    assert result.output.startswith(f"error: {message}") and result.output.count("\n") == 1, result.output
+    assert "--buffer-size" not in result.output  # a flag of `flowrl train`, not of `flowrl demo`
     assert not (tmp_path / "reports").exists()
 
 
