@@ -22,6 +22,7 @@ from flowrl_deploy.errors import FlowRLError
 
 METRICS_JSONL = "metrics.jsonl"
 METRICS_CSV = "metrics.csv"
+TENSORBOARD_DIR = "tensorboard"
 CSV_COLUMNS = (
     "step",
     "charts/episode_return",
@@ -61,8 +62,8 @@ class MetricsLogger:
         if tensorboard:
             from torch.utils.tensorboard import SummaryWriter
 
-            with _naming(run_dir / "tensorboard"):
-                self._tb = SummaryWriter(str(run_dir / "tensorboard"))
+            with _naming(run_dir / TENSORBOARD_DIR):
+                self._tb = SummaryWriter(str(run_dir / TENSORBOARD_DIR))
         with _naming(self._jsonl_path):
             self._jsonl = open(self._jsonl_path, "a")  # noqa: SIM115 - closed in close()
         with _naming(self._csv_path):

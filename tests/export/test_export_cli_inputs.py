@@ -108,14 +108,15 @@ def run_files(run: Path) -> dict[str, bytes]:
         (["--out", "{run}/config.json"], "--out {run}/config.json is config.json of the run {run}"),
         (["--out", "{tmp}/p.onnx", "--json", "{run}/metrics.jsonl"], "--json {run}/metrics.jsonl is metrics.jsonl"),
         (["--out", "{tmp}/link.onnx"], "is metrics.csv of the run"),  # a link into the run is followed
-        (["--out", "{run}/metrics.onnx", "--steps", "1,2"], "{run}/metrics.n1.onnx is metrics.n1.onnx of the run"),
+        (["--out", "{run}/tensorboard/events.onnx"], "is tensorboard/events.onnx of the run"),
     ],
 )
 def test_outputs_that_are_files_of_the_run_are_refused(run_dir, tmp_path, args, message):
     """`--out run/config.json` used to replace the run's config with ONNX bytes, `--json
     run/metrics.jsonl` its training metrics."""
     (tmp_path / "link.onnx").symlink_to(run_dir / "metrics.csv")
-    (run_dir / "metrics.n1.onnx").write_text("the run's own file\n")
+    (run_dir / "tensorboard").mkdir()
+    (run_dir / "tensorboard" / "events.onnx").write_text("the run's own file\n")
     before = run_files(run_dir)
     fill = {"run": run_dir, "tmp": tmp_path}
     refused(["export", str(run_dir), *(a.format(**fill) for a in args)], message.format(**fill))
@@ -123,11 +124,12 @@ def test_outputs_that_are_files_of_the_run_are_refused(run_dir, tmp_path, args, 
     assert not (tmp_path / "p.onnx").exists()
 
 
-def test_a_new_file_in_the_run_directory_may_be_written(run_dir):
+def test_a_new_file_in_the_run_directory_may_be_written_and_written_again(run_dir):
     out = run_dir / "policy.onnx"
-    result = runner.invoke(app, ["export", str(run_dir), "--out", str(out)])
-    assert result.exit_code == 0, result.output
-    assert out.is_file()
+    for _ in range(2):  # an earlier export beside the run's files is the user's to replace
+        result = runner.invoke(app, ["export", str(run_dir), "--out", str(out)])
+        assert result.exit_code == 0, result.output
+        assert out.is_file()
     with pytest.raises(FlowRLError, match=re.escape("is config.json of the run")):  # the library call refuses the same
         export_checkpoint(run_dir, run_dir / "config.json", ExportConfig(samples=3))
     (run_dir / "config.json").unlink()  # checkpoints/ without config.json: a folder of checkpoints, not a run
