@@ -13,8 +13,17 @@ from pathlib import Path
 
 import numpy as np
 
+from flowrl_deploy.checkpoint import DOCUMENT_FILE, MODEL_FILE
 from flowrl_deploy.contract import NOISE_INPUT, OBS_INPUT, PolicyContract, contract_from_metadata
 from flowrl_deploy.errors import FlowRLError, SpecError
+
+
+def is_onnx_path(path: str | Path) -> bool:
+    """Whether ``path`` is read as an exported graph rather than a checkpoint. A checkpoint is a
+    directory (or its checkpoint.json or model.safetensors), so any other file is a graph,
+    whatever its suffix (policy.ONNX, policy.bin)."""
+    path = Path(path)
+    return not path.is_dir() and path.name not in (DOCUMENT_FILE, MODEL_FILE)
 
 
 def cuda_device_present() -> bool:

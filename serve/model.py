@@ -9,7 +9,7 @@ from pathlib import Path
 import numpy as np
 
 from flowrl_deploy.errors import FlowRLError
-from flowrl_deploy.runtime import OnnxPolicy
+from flowrl_deploy.runtime import OnnxPolicy, is_onnx_path
 from flowrl_deploy.serve.errors import ContractMismatch
 
 WARMUP_RUNS = 5
@@ -40,19 +40,13 @@ class ServedModel:
                 self.run(np.zeros((batch, self.obs_dim), np.float32), noise)
 
 
-def is_onnx_file(model: str | Path) -> bool:
-    """An exported ONNX file (its flow steps are fixed), rather than a checkpoint to export."""
-    path = Path(model)
-    return path.is_file() and path.suffix == ".onnx"
-
-
 def resolve_onnx(model: str, workdir: Path, steps: int | None = None) -> Path:
     """``model`` itself if it is an ONNX file; a checkpoint is exported into ``workdir`` first,
     at ``steps`` flow steps (None: the checkpoint's training flow steps, ``spec.flow_steps``)."""
     path = Path(model)
     if not path.exists():
         raise FlowRLError(f"model not found: {model}")
-    if is_onnx_file(path):
+    if is_onnx_path(path):
         return path
     try:
         from flowrl_deploy.export import ExportConfig, export_checkpoint

@@ -15,7 +15,7 @@ from pathlib import Path
 
 from flowrl_deploy.checkpoint import DOCUMENT_FILE, resolve_checkpoint
 from flowrl_deploy.errors import FlowRLError
-from flowrl_deploy.serve.model import is_onnx_file
+from flowrl_deploy.runtime import is_onnx_path
 
 log = logging.getLogger("flowrl.serve")
 
@@ -34,7 +34,7 @@ def served_stamp(model: Path) -> Hashable | None:
     An ONNX file: the file itself. Anything else is a checkpoint: the directory it resolves to
     and the stamp of its ``checkpoint.json``.
     """
-    if is_onnx_file(model):
+    if is_onnx_path(model):
         return _file_stamp(model)
     try:
         checkpoint = resolve_checkpoint(model)

@@ -33,10 +33,10 @@ from flowrl_deploy.errors import FlowRLError
 from flowrl_deploy.gc_freeze import gc_frozen
 from flowrl_deploy.proto.flowrl.v1 import policy_pb2 as pb
 from flowrl_deploy.proto.flowrl.v1 import policy_pb2_grpc as pb_grpc
+from flowrl_deploy.runtime import is_onnx_path
 from flowrl_deploy.serve.config import ServeConfig
 from flowrl_deploy.serve.interceptors import TokenInterceptor
 from flowrl_deploy.serve.metrics import start_metrics_http
-from flowrl_deploy.serve.model import is_onnx_file
 from flowrl_deploy.serve.reload import FileWatcher
 from flowrl_deploy.serve.servicer import PolicyServicer
 from flowrl_deploy.tls import check_key_pair, read_pem
@@ -116,7 +116,7 @@ class PolicyServer:
         if config.steps is not None:
             if config.steps < 1:
                 raise FlowRLError(f"--steps must be >= 1, got {config.steps}")
-            if is_onnx_file(config.model):
+            if is_onnx_path(config.model):
                 raise FlowRLError(
                     f"--steps applies to a checkpoint (exported on the fly); {config.model} is an ONNX file, "
                     "whose flow steps were fixed by `flowrl export --steps`: export it again, or serve the checkpoint"

@@ -25,6 +25,7 @@ from flowrl_deploy.contract import PolicyContract
 from flowrl_deploy.errors import FlowRLError, SpecError
 from flowrl_deploy.proto.flowrl.v1 import policy_pb2 as pb
 from flowrl_deploy.proto.flowrl.v1 import policy_pb2_grpc as pb_grpc
+from flowrl_deploy.runtime import is_onnx_path
 from flowrl_deploy.serve.batcher import BatchResult, MicroBatcher
 from flowrl_deploy.serve.config import ServeConfig
 from flowrl_deploy.serve.errors import (
@@ -36,7 +37,7 @@ from flowrl_deploy.serve.errors import (
     status_of,
 )
 from flowrl_deploy.serve.metrics import Metrics
-from flowrl_deploy.serve.model import ServedModel, check_compatible, is_onnx_file, load_model, resolve_onnx
+from flowrl_deploy.serve.model import ServedModel, check_compatible, load_model, resolve_onnx
 from flowrl_deploy.serve.noise import Session, draw_noise, session_noise
 
 log = logging.getLogger("flowrl.serve")
@@ -228,7 +229,7 @@ class PolicyServicer(pb_grpc.PolicyServiceServicer):
         link), the run of a served checkpoint (so a later checkpoint of it), or a served run
         directory itself."""
         model = Path(self.config.model)
-        if is_onnx_file(model):
+        if is_onnx_path(model):
             return model.absolute().parent.resolve(), "the served file's directory"
         checkpoint = resolve_checkpoint(model).resolve()  # checkpoints/last, or model.safetensors → step_…
         if model.is_file() or model.resolve() == checkpoint:
@@ -251,7 +252,7 @@ class PolicyServicer(pb_grpc.PolicyServiceServicer):
         check(Path(path))
         if not Path(path).exists():
             raise FlowRLError(f"model not found: {path}")
-        target = Path(path).resolve() if is_onnx_file(path) else resolve_checkpoint(path).resolve()
+        target = Path(path).resolve() if is_onnx_path(path) else resolve_checkpoint(path).resolve()
         check(target)
         return target
 

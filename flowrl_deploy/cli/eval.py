@@ -7,9 +7,9 @@ from typing import Annotated
 
 import typer
 
-from flowrl_deploy.checkpoint import DOCUMENT_FILE, MODEL_FILE
 from flowrl_deploy.cli._common import user_errors
 from flowrl_deploy.errors import FlowRLError
+from flowrl_deploy.runtime import is_onnx_path
 from flowrl_deploy.spec import MAX_FLOW_STEPS
 
 ONNX_DEVICES = ("auto", "cpu")
@@ -43,7 +43,7 @@ def eval_command(
         raise FlowRLError(f"--seed must lie in [0, 2**32), got {seed}")
     if not policy.exists():
         raise FlowRLError(f"policy not found: {policy} (give a checkpoint or run directory, or an ONNX file)")
-    if is_onnx_policy(policy):
+    if is_onnx_path(policy):
         if flow_steps is not None:
             raise FlowRLError("--flow-steps does not apply to an ONNX policy; re-export with `flowrl export --steps`")
         if device not in ONNX_DEVICES:
@@ -60,13 +60,6 @@ def eval_command(
     result = evaluate(act_fn, env_id, episodes, seed, dims=dims)
     noise = ", from a0 = 0" if deterministic else ""
     typer.echo(f"{env_id}: return {result} ({sampler}{noise})")
-
-
-def is_onnx_policy(path: Path) -> bool:
-    """Whether ``path`` is read as an exported graph: a checkpoint is a directory (or its
-    checkpoint.json or model.safetensors), so any other file is one, whatever its suffix
-    (policy.ONNX, policy.bin)."""
-    return not path.is_dir() and path.name not in (DOCUMENT_FILE, MODEL_FILE)
 
 
 def _checkpoint_policy(path: Path, flow_steps: int | None, device: str, seed: int, deterministic: bool):

@@ -59,3 +59,15 @@ def test_a_provenance_record_that_is_not_json_is_called_so(tmp_path):
     rewrite_metadata(path, {PROVENANCE_KEY: "{oops"})
     with pytest.raises(FlowRLError, match="provenance record is not valid JSON"):
         OnnxPolicy(path)
+
+
+@pytest.mark.parametrize("name", ["policy.ONNX", "policy.bin"])
+def test_a_graph_is_served_whatever_its_suffix(tmp_path, name):
+    """Serve tells a graph from a checkpoint as eval does: by kind, not by the .onnx suffix (it
+    used to try exporting policy.ONNX as a checkpoint)."""
+    from flowrl_deploy.client import PolicyClient
+    from flowrl_deploy.serve import PolicyServer, ServeConfig
+
+    path = write_policy(tmp_path / name)
+    with PolicyServer(ServeConfig(str(path), port=0, grace_s=0)).start() as server, PolicyClient(server.address) as c:
+        assert c.spec().obs_dim == tiny_contract().obs_dim
