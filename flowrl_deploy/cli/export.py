@@ -12,7 +12,7 @@ from flowrl_deploy.checkpoint import read_spec, resolve_checkpoint
 from flowrl_deploy.cli._common import Solver, check_writable, user_errors, write_report
 from flowrl_deploy.errors import FlowRLError
 from flowrl_deploy.export.exporter import check_run_output
-from flowrl_deploy.spec import MAX_FLOW_STEPS as MAX_STEPS
+from flowrl_deploy.spec import MAX_FLOW_STEPS
 
 MAX_BATCH = 65536
 """A fixed batch larger than this is verified with that many rows per call: gigabytes for nothing."""
@@ -29,8 +29,8 @@ def parse_steps(text: str) -> list[int]:
         steps = [int(part) for part in text.split(",") if part.strip()]
     except ValueError:
         raise FlowRLError(f"--steps takes a number or a comma list such as 1,2,5,10,20, got {text!r}") from None
-    if not steps or min(steps) < 1 or max(steps) > MAX_STEPS:
-        raise FlowRLError(f"--steps must be integers from 1 to {MAX_STEPS}, got {text!r}")
+    if not steps or min(steps) < 1 or max(steps) > MAX_FLOW_STEPS:
+        raise FlowRLError(f"--steps must be integers from 1 to {MAX_FLOW_STEPS}, got {text!r}")
     if len(set(steps)) < len(steps):
         raise FlowRLError(f"--steps lists a value twice: {text!r}")
     return steps

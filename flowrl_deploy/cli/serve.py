@@ -94,11 +94,11 @@ def serve(
     import os
 
     from flowrl_deploy.affinity import check_thread_count, parse_cpus
-    from flowrl_deploy.cli.export import MAX_STEPS
     from flowrl_deploy.errors import FlowRLError
     from flowrl_deploy.serve import ServeConfig, serve_forever
     from flowrl_deploy.serve.batcher import MAX_WINDOW_US
     from flowrl_deploy.serve.config import MAX_MESSAGE_BYTES
+    from flowrl_deploy.spec import MAX_FLOW_STEPS
 
     counts = {"--max-batch": max_batch, "--threads": threads, "--workers": workers, "--batch-workers": batch_workers}
     for flag, value in counts.items():
@@ -112,8 +112,8 @@ def serve(
         raise FlowRLError(
             "--token is empty (an unset variable?); give the secret, or leave --token out to serve without one"
         )
-    if steps is not None and not 1 <= steps <= MAX_STEPS:
-        raise FlowRLError(f"--steps must lie in [1, {MAX_STEPS}], got {steps}")
+    if steps is not None and not 1 <= steps <= MAX_FLOW_STEPS:
+        raise FlowRLError(f"--steps must lie in [1, {MAX_FLOW_STEPS}], got {steps}")
     if not 0 <= batch_window_us <= MAX_WINDOW_US:
         raise FlowRLError(
             f"--batch-window-us must lie in [0, {MAX_WINDOW_US}] µs (a request alone in its batch waits "
