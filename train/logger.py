@@ -55,6 +55,7 @@ class MetricsLogger:
     def __init__(self, run_dir: str | Path, tensorboard: bool = True, resume_step: int | None = None) -> None:
         run_dir = Path(run_dir)
         self._jsonl_path, self._csv_path = run_dir / METRICS_JSONL, run_dir / METRICS_CSV
+        self._tb_path = run_dir / TENSORBOARD_DIR
         kept = [] if resume_step is None else _rows_up_to(self._jsonl_path, resume_step)
         for path, text in ((self._jsonl_path, _jsonl_text(kept)), (self._csv_path, _csv_text(kept))):
             write_text_atomic(path, text)  # a crash here leaves the old file or the new one
@@ -62,8 +63,8 @@ class MetricsLogger:
         if tensorboard:
             from torch.utils.tensorboard import SummaryWriter
 
-            with _naming(run_dir / TENSORBOARD_DIR):
-                self._tb = SummaryWriter(str(run_dir / TENSORBOARD_DIR))
+            with _naming(self._tb_path):
+                self._tb = SummaryWriter(str(self._tb_path))
         with _naming(self._jsonl_path):
             self._jsonl = open(self._jsonl_path, "a")  # noqa: SIM115 - closed in close()
         with _naming(self._csv_path):
@@ -79,17 +80,20 @@ class MetricsLogger:
             self._csv.writerow(row)
             self._csv_file.flush()
         if self._tb is not None:
-            for key, value in scalars.items():
-                self._tb.add_scalar(key, value, step)
+            with _naming(self._tb_path):
+                for key, value in scalars.items():
+                    self._tb.add_scalar(key, value, step)
 
     def close(self) -> None:
-        """Close the files. Every row was flushed as it was logged, so closing fails only where a row
-        already failed and raised; that repeat is not raised over the first error."""
+        """Close the files. Every row was flushed as it was logged, so closing them fails only where a
+        row already failed and raised; that repeat is not raised over the first error. TensorBoard
+        writes its events in the background, so its last ones may fail only here."""
         for file in (self._jsonl, self._csv_file):
             with contextlib.suppress(OSError):
                 file.close()
         if self._tb is not None:
-            self._tb.close()
+            with _naming(self._tb_path):
+                self._tb.close()
 
 
 @contextlib.contextmanager

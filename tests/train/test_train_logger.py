@@ -2,7 +2,11 @@
 
 import csv
 import json
+import re
 
+import pytest
+
+from flowrl_deploy.errors import FlowRLError
 from flowrl_deploy.train.logger import MetricsLogger
 
 
@@ -34,3 +38,23 @@ def test_a_resumed_run_keeps_the_rows_up_to_its_checkpoint_and_redoes_the_rest(t
     csv_steps = [line.split(",")[0] for line in (tmp_path / "metrics.csv").read_text().splitlines()]
     assert csv_steps == ["step", "100", "200", "300", "400"]
     assert not list(tmp_path.glob("*.tmp"))
+
+
+def test_a_metrics_file_that_fails_mid_run_is_named_and_closing_does_not_raise_again(tmp_path):
+    logger = MetricsLogger(tmp_path, tensorboard=False)
+    logger._jsonl.close()
+    logger._jsonl = open("/dev/full", "a")  # noqa: SIM115 - every write fails: No space left on device
+    with pytest.raises(FlowRLError, match=f"^cannot write {re.escape(str(tmp_path / 'metrics.jsonl'))}: No space"):
+        logger.log(100, {"charts/eval_return": 1.0})
+    logger.close()
+
+
+def test_tensorboard_events_that_cannot_be_written_are_named(tmp_path, monkeypatch):
+    logger = MetricsLogger(tmp_path)
+
+    def disk_full() -> None:
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr(logger._tb, "close", disk_full)
+    with pytest.raises(FlowRLError, match=f"^cannot write {re.escape(str(tmp_path / 'tensorboard'))}: No space"):
+        logger.close()
