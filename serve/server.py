@@ -39,7 +39,7 @@ from flowrl_deploy.serve.interceptors import TokenInterceptor
 from flowrl_deploy.serve.metrics import start_metrics_http
 from flowrl_deploy.serve.reload import FileWatcher
 from flowrl_deploy.serve.servicer import PolicyServicer
-from flowrl_deploy.tls import check_key_pair, read_pem
+from flowrl_deploy.tls import check_key_pair, read_certificates
 
 log = logging.getLogger("flowrl.serve")
 SERVICE_NAME = pb.DESCRIPTOR.services_by_name["PolicyService"].full_name
@@ -67,10 +67,9 @@ def server_credentials(config: ServeConfig) -> grpc.ServerCredentials | None:
         return None
     if not (config.tls_cert and config.tls_key):
         raise FlowRLError("TLS needs both --tls-cert and --tls-key")
-    pair = (read_pem(config.tls_key, "TLS key"), read_pem(config.tls_cert, "TLS certificate"))
-    check_key_pair(config.tls_cert, config.tls_key)
-    ca = read_pem(config.client_ca, "client CA") if config.client_ca else None
-    return grpc.ssl_server_credentials([pair], root_certificates=ca, require_client_auth=ca is not None)
+    cert, key = check_key_pair(config.tls_cert, config.tls_key)
+    ca = read_certificates(config.client_ca, "--client-ca") if config.client_ca else None
+    return grpc.ssl_server_credentials([(key, cert)], root_certificates=ca, require_client_auth=ca is not None)
 
 
 class PolicyServer:

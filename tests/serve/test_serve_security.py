@@ -169,3 +169,19 @@ def test_a_certificate_and_a_key_that_do_not_belong_together_are_named(policy_pa
     cert, key = (key, cert) if pair == "swapped" else (cert, pki["client"][1])
     with pytest.raises(FlowRLError, match="are not a certificate and its private key"):
         PolicyServer(ServeConfig(str(policy_path), port=0, tls_cert=cert, tls_key=key)).start()
+
+
+NOT_A_CA = (b"not a certificate\n", b"-----BEGIN PRIVATE KEY-----\nAAAA\n-----END PRIVATE KEY-----\n")
+
+
+@pytest.mark.parametrize("content", NOT_A_CA)
+def test_a_client_ca_that_holds_no_certificate_is_named_not_blamed_on_the_port(policy_path, pki, tmp_path, content):
+    from flowrl_deploy.errors import FlowRLError
+
+    cert, key = pki["server"]
+    bad_ca = tmp_path / "ca.pem"
+    bad_ca.write_bytes(content)
+    config = ServeConfig(str(policy_path), host="localhost", port=0, tls_cert=cert, tls_key=key, client_ca=str(bad_ca))
+    with pytest.raises(FlowRLError, match=f"--client-ca {bad_ca}") as info:
+        PolicyServer(config).start()
+    assert "bind" not in str(info.value) and "listen" not in str(info.value)
