@@ -8,13 +8,11 @@ from __future__ import annotations
 
 import hashlib
 import os
-import stat
-import tempfile
 from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from flowrl_deploy.checkpoint import CHECKPOINTS_DIR, MODEL_FILE, apply_umask, check_output_path, load_checkpoint
+from flowrl_deploy.checkpoint import CHECKPOINTS_DIR, MODEL_FILE, check_output_path, load_checkpoint, write_atomic
 from flowrl_deploy.contract import NOISE_INPUT, OBS_INPUT, PolicyContract, contract_to_metadata
 from flowrl_deploy.errors import FlowRLError
 from flowrl_deploy.export.config import ExportConfig
@@ -133,7 +131,7 @@ def export_checkpoint(
     del model.metadata_props[:]
     for key, value in contract_to_metadata(contract, provenance).items():
         model.metadata_props.add(key=key, value=value)
-    _write_atomically(out, model.SerializeToString())
+    write_atomic(out, model.SerializeToString())
     return ExportReport(out, contract, contract.hash(), file_sha256(out), provenance, parity)
 
 
@@ -188,28 +186,3 @@ def file_sha256(path: Path) -> str:
         for chunk in iter(lambda: f.read(1 << 20), b""):
             digest.update(chunk)
     return digest.hexdigest()
-
-
-def _write_atomically(path: Path, data: bytes) -> None:
-    try:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.tmp-", dir=path.parent)
-    except (FileExistsError, NotADirectoryError):
-        raise FlowRLError(f"cannot write {path}: part of its folder {path.parent} is a file") from None
-    except OSError as exc:
-        raise FlowRLError(f"cannot write {path}: {exc.strerror or exc}") from None
-    try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(data)
-            f.flush()
-            os.fsync(f.fileno())
-        if path.is_file():  # an overwrite keeps the file's permissions, as writing into it would
-            os.chmod(tmp, stat.S_IMODE(path.stat().st_mode))
-        else:
-            apply_umask(Path(tmp))
-        os.replace(tmp, path)
-    except BaseException as exc:
-        Path(tmp).unlink(missing_ok=True)
-        if isinstance(exc, OSError):
-            raise FlowRLError(f"cannot write {path}: {exc.strerror or exc}") from None
-        raise

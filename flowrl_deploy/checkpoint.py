@@ -26,6 +26,7 @@ import contextlib
 import json
 import os
 import shutil
+import stat
 import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -166,19 +167,39 @@ def link_checkpoint(checkpoints_dir: str | os.PathLike[str], name: str, target: 
         raise CheckpointError(f"cannot point {directory / name} at {Path(target).name}: {_reason(exc)}") from exc
 
 
-def write_text_atomic(path: str | os.PathLike[str], text: str) -> None:
-    """Write ``path`` (and its folder) so that a crash leaves the old file or the new one; a failure
-    is a :class:`FlowRLError` naming ``path`` and leaves no temporary file."""
+def write_atomic(path: str | os.PathLike[str], data: bytes) -> None:
+    """Write ``path`` (and its folder) so that a crash leaves the old file or the new one: a
+    temporary file beside it, synced, renamed onto it (a link at ``path`` is replaced, never
+    written through). A new file gets the umask's permissions, an overwritten one keeps its own.
+    A failure is a :class:`FlowRLError` naming ``path`` and leaves no temporary file."""
     path = Path(path)
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
-        tmp.write_text(text)
-        os.replace(tmp, path)
+        fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.tmp-", dir=path.parent)
+    except (FileExistsError, NotADirectoryError):
+        raise FlowRLError(f"cannot write {path}: part of its folder {path.parent} is a file") from None
     except OSError as exc:
-        with contextlib.suppress(OSError):
-            tmp.unlink()
-        raise FlowRLError(f"cannot write {path}: {_reason(exc)}") from exc
+        raise FlowRLError(f"cannot write {path}: {_reason(exc)}") from None
+    try:
+        with os.fdopen(fd, "wb") as f:
+            f.write(data)
+            f.flush()
+            os.fsync(f.fileno())
+        if path.is_file():  # an overwrite keeps the file's permissions, as writing into it would
+            os.chmod(tmp, stat.S_IMODE(path.stat().st_mode))
+        else:
+            apply_umask(Path(tmp))
+        os.replace(tmp, path)
+    except BaseException as exc:
+        Path(tmp).unlink(missing_ok=True)
+        if isinstance(exc, OSError):
+            raise FlowRLError(f"cannot write {path}: {_reason(exc)}") from None
+        raise
+
+
+def write_text_atomic(path: str | os.PathLike[str], text: str) -> None:
+    """:func:`write_atomic` of ``text`` (UTF-8)."""
+    write_atomic(path, text.encode())
 
 
 def check_output_path(flag: str, path: str | os.PathLike[str]) -> None:

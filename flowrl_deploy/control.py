@@ -117,13 +117,6 @@ def _tick_figures(timings: list[CallTiming], lateness: list[float]) -> dict[str,
     }
 
 
-def check_tls_files(tls_cert: str, tls_key: str) -> None:
-    """A client certificate needs its key and the other way round (mutual TLS)."""
-    if bool(tls_cert) != bool(tls_key):
-        given, missing = ("--tls-cert", "--tls-key") if tls_cert else ("--tls-key", "--tls-cert")
-        raise FlowRLError(f"--tls-cert and --tls-key go together: {given} was given without {missing}")
-
-
 def connection_hint(tls_ca: str, tls_cert: str) -> str:
     """What to try after a failed connection, given the TLS files the user passed ('' if none fits)."""
     if not tls_ca and not tls_cert:
@@ -192,7 +185,6 @@ def run_control(
             f"--local-model is used only with --fallback local (--fallback is {fallback!r}); "
             "add --fallback local, or drop --local-model"
         )
-    check_tls_files(tls_cert, tls_key)
     with PolicyClient(server, token=token, tls_ca=tls_ca, tls_cert=tls_cert, tls_key=tls_key) as client:
         try:
             client.wait_ready(timeout_s=connect_timeout_s)
