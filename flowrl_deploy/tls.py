@@ -31,8 +31,9 @@ def read_pem(path: str, what: str) -> bytes:
 def _no_certificate(data: bytes) -> str:
     """Why PEM ``data`` holds no certificate that OpenSSL reads ('' when it holds one or more)."""
     try:
-        ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT).load_verify_locations(cadata=data.decode("ascii"))
-    except (ssl.SSLError, ValueError):  # a UnicodeDecodeError is a ValueError
+        text = data.decode("ascii", "ignore")  # the PEM blocks are ASCII; comments around them may not be
+        ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT).load_verify_locations(cadata=text)
+    except (ssl.SSLError, ValueError):
         if b"PRIVATE KEY-----" in data:
             return "holds a private key, not a certificate"
         return "holds no valid PEM certificate"

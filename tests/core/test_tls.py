@@ -36,6 +36,7 @@ def pem(tmp_path_factory) -> dict[str, str]:
         "garbage": "-----BEGIN CERTIFICATE-----\ngarbage\n-----END CERTIFICATE-----\n",
         "truncated": text[: len(text) // 2],
         "bundle": Path(files["ca"]).read_text() + text,
+        "annotated": "# Issuer: O=Zürich Robotics\n" + Path(files["ca"]).read_text(),  # text outside the block
     }.items():
         (directory / f"{name}.pem").write_text(content)
         files[name] = str(directory / f"{name}.pem")
@@ -50,7 +51,7 @@ def pem(tmp_path_factory) -> dict[str, str]:
 
 
 class TestCertificates:
-    @pytest.mark.parametrize("name", ["ca", "cert", "bundle"])
+    @pytest.mark.parametrize("name", ["ca", "cert", "bundle", "annotated"])
     def test_certificates_and_bundles_are_read(self, pem, name):
         assert read_certificates(pem[name], "--tls-ca") == Path(pem[name]).read_bytes()
 
