@@ -17,12 +17,7 @@ from flowrl_deploy.contract import NOISE_INPUT, OBS_INPUT, PolicyContract, contr
 from flowrl_deploy.errors import FlowRLError
 from flowrl_deploy.export.config import ExportConfig
 from flowrl_deploy.spec import PolicySpec
-from flowrl_deploy.train.config import CONFIG_FILE
-from flowrl_deploy.train.logger import METRICS_CSV, METRICS_JSONL, TENSORBOARD_DIR
 from flowrl_deploy.versions import library_versions
-
-TRAINING_OUTPUTS = (CONFIG_FILE, CHECKPOINTS_DIR, METRICS_JSONL, METRICS_CSV, TENSORBOARD_DIR)
-"""What `flowrl train` writes in a run directory: never an export's output."""
 
 if TYPE_CHECKING:  # onnx and torch load only when exporting, not for `flowrl inspect`
     from flowrl_deploy.export.verify import ParityReport
@@ -140,6 +135,10 @@ def check_run_output(flag: str, path: Path, checkpoint_dir: Path) -> None:
     config.json, metrics, TensorBoard events, checkpoints), links followed. The run is the
     directory holding checkpoints/ and config.json; a checkpoint outside one is its own run.
     Other files in a run directory, such as an earlier export, may be overwritten."""
+    from flowrl_deploy.train.config import CONFIG_FILE  # here: `flowrl` loads this module for every command
+    from flowrl_deploy.train.logger import METRICS_CSV, METRICS_JSONL, TENSORBOARD_DIR
+
+    training_outputs = (CONFIG_FILE, CHECKPOINTS_DIR, METRICS_JSONL, METRICS_CSV, TENSORBOARD_DIR)
     checkpoint_dir = checkpoint_dir.resolve()
     folder = checkpoint_dir.parent
     in_run = folder.name == CHECKPOINTS_DIR and (folder.parent / CONFIG_FILE).is_file()
@@ -147,7 +146,7 @@ def check_run_output(flag: str, path: Path, checkpoint_dir: Path) -> None:
     target = path.resolve()
     if not (target.is_file() and target.is_relative_to(run)):
         return
-    if not in_run or target.relative_to(run).parts[0] in TRAINING_OUTPUTS:
+    if not in_run or target.relative_to(run).parts[0] in training_outputs:
         raise FlowRLError(
             f"{flag} {path} is {target.relative_to(run)} of the run {run} being exported; write it elsewhere"
         )

@@ -20,10 +20,10 @@ from flowrl_deploy.errors import FlowRLError, SpecError
 
 def is_onnx_path(path: str | Path) -> bool:
     """Whether ``path`` is read as an exported graph rather than a checkpoint. A checkpoint is a
-    directory (or its checkpoint.json or model.safetensors), so any other file is a graph,
-    whatever its suffix (policy.ONNX, policy.bin)."""
+    directory (or its checkpoint.json or model.safetensors), so any other existing file is a graph,
+    whatever its suffix (policy.ONNX, policy.bin); a missing path is neither."""
     path = Path(path)
-    return not path.is_dir() and path.name not in (DOCUMENT_FILE, MODEL_FILE)
+    return path.exists() and not path.is_dir() and path.name not in (DOCUMENT_FILE, MODEL_FILE)
 
 
 def cuda_device_present() -> bool:

@@ -37,8 +37,9 @@ def reload(
         except ServiceError as exc:
             if exc.code != grpc.StatusCode.DEADLINE_EXCEEDED:
                 raise
-            raise FlowRLError(  # the server goes on loading after the client has stopped waiting
-                f"{exc}: no answer within --timeout {timeout:g} s, but the reload may still have happened; "
-                f"check the model version with `flowrl stats --server {server}`"
+            raise FlowRLError(  # the server drops a reload whose caller has stopped waiting
+                f"{exc}: no answer within --timeout {timeout:g} s, so the server abandons the reload and keeps "
+                f"the model it serves (unless it had just swapped: `flowrl stats --server {server}` tells); "
+                "give a longer --timeout to a model that takes longer to load"
             ) from None
     typer.echo(f"reloaded: {previous} -> {new}")

@@ -1,6 +1,6 @@
 """What a client command is given is checked before it connects, and a mistake is one line naming
 the flag (and file): --server, --obs/--obs-file, --seed, the TLS files; and a reload that outlives
---timeout says it may still have happened."""
+--timeout says the server abandons it."""
 
 from __future__ import annotations
 
@@ -196,9 +196,9 @@ class TestTlsFiles:
         assert message.format(**pem) in output and "handshaker" not in output
 
 
-def test_a_reload_that_outlives_the_timeout_may_still_have_happened(server):
+def test_a_reload_that_outlives_the_timeout_is_abandoned(server):
     result = runner.invoke(app, ["reload", "--server", server, "--timeout", "0.001"])
     assert result.exit_code == 1, result.output
-    assert "DEADLINE_EXCEEDED" in result.output and "the reload may still have happened" in result.output
-    assert f"check the model version with `flowrl stats --server {server}`" in result.output
+    assert "DEADLINE_EXCEEDED" in result.output and "the server abandons the reload" in result.output
+    assert f"`flowrl stats --server {server}` tells" in result.output and "longer --timeout" in result.output
     assert "Traceback" not in result.output

@@ -30,3 +30,4 @@ def test_a_checkpoint_is_a_directory_or_its_files_and_anything_else_is_a_graph(t
     assert not is_onnx_path(tmp_path / "run")
     assert not is_onnx_path(tmp_path / DOCUMENT_FILE) and not is_onnx_path(tmp_path / MODEL_FILE)
     assert all(is_onnx_path(tmp_path / n) for n in ("policy.onnx", "policy.ONNX", "policy.bin"))
+    assert not is_onnx_path(tmp_path / "typo")  # `flowrl serve runs/typo --steps 5` called it an ONNX file

@@ -18,18 +18,18 @@ from flowrl_deploy.serve import PolicyServer, ServeConfig, serve_forever
 
 def test_stop_finishes_the_call_in_flight_reports_not_serving_and_refuses_new_calls(tmp_path, monkeypatch):
     path = write_policy(tmp_path / "policy.onnx")
-    server = PolicyServer(ServeConfig(str(path), port=0, grace_s=2)).start()
+    server = PolicyServer(ServeConfig(str(path), port=0, grace_s=30)).start()
     model = server.servicer.model
     original = model.run
     running, release = threading.Event(), threading.Event()
 
     def held_run(obs: np.ndarray, noise: np.ndarray | None) -> tuple[np.ndarray, int]:
         running.set()
-        release.wait(5)  # the call stays in flight until the test has seen the grace period
+        release.wait(30)  # the call stays in flight until the test has seen the grace period
         return original(obs, noise)
 
     monkeypatch.setattr(model, "run", held_run)
-    client = PolicyClient(server.address, timeout_s=5)
+    client = PolicyClient(server.address, timeout_s=30)  # generous: a loaded CI machine may stall
     watch = health_pb2_grpc.HealthStub(client.channel).Watch(health_pb2.HealthCheckRequest(), timeout=5)
     stopper = threading.Thread(target=server.stop)  # grace None: the configured grace_s
     in_flight: list[np.ndarray | ServiceError] = []
@@ -60,8 +60,8 @@ def test_stop_finishes_the_call_in_flight_reports_not_serving_and_refuses_new_ca
         assert caller.is_alive() and not in_flight  # all of the above happened during the grace period
     finally:
         release.set()
-        caller.join(5)
-        stopper.join(5)
+        caller.join(30)
+        stopper.join(30)
         client.close()
     assert not stopper.is_alive()
     assert len(in_flight) == 1 and not isinstance(in_flight[0], ServiceError), in_flight
