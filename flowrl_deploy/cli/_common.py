@@ -6,7 +6,7 @@ import contextlib
 import functools
 import json
 import math
-import tempfile
+import os
 from collections.abc import Callable, Iterator
 from enum import Enum
 from pathlib import Path
@@ -49,19 +49,19 @@ def finite(text: str) -> float:
 
 
 def check_writable(flag: str, path: Path) -> None:
-    """Fail now, rather than after the work, when a report file cannot be written at ``path``: its
-    folder must take a new file, which :func:`write_report` renames onto ``path``."""
+    """Fail now, rather than after the work, when a report file cannot be written at ``path``: the
+    nearest existing folder on its way must take new entries (the rest is made when writing, by
+    :func:`write_report`). Nothing is created, so a command refused later leaves no folder behind."""
     if path.is_dir():
         raise FlowRLError(f"{flag} {path} is a directory; give a file path such as {path / 'report.json'}")
     check_output_path(flag, path)
-    try:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        with tempfile.TemporaryFile(dir=path.parent):  # nameless where the system allows: nothing left behind
-            pass
-    except (FileExistsError, NotADirectoryError):
-        raise FlowRLError(f"cannot write {flag} {path}: part of its folder {path.parent} is a file") from None
-    except OSError as exc:
-        raise FlowRLError(f"cannot write {flag} {path}: {exc.strerror or exc}") from None
+    folder = path.parent
+    while not folder.exists() and folder != folder.parent:
+        folder = folder.parent
+    if not folder.is_dir():
+        raise FlowRLError(f"cannot write {flag} {path}: part of its folder {path.parent} is a file")
+    if not os.access(folder, os.W_OK | os.X_OK):
+        raise FlowRLError(f"cannot write {flag} {path}: {folder} does not take new files")
 
 
 def write_report(flag: str, path: Path, report: object) -> None:

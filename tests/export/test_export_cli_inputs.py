@@ -145,5 +145,8 @@ def test_a_new_file_in_the_run_directory_may_be_written_and_written_again(run_di
 )
 def test_an_env_given_to_report_is_checked_without_episodes(checkpoint, tmp_path, env, message):
     """A latency-only --report (no --episodes) used to ignore its --env."""
-    refused(["export", str(checkpoint), "--out", str(tmp_path / "p.onnx"), "--report", "--env", env], message)
+    out = tmp_path / "new" / "sub" / "p.onnx"  # checking the outputs made no folder either
+    refused(
+        ["export", str(checkpoint), "--out", str(out), "--report", "--env", env, "--json", str(out) + ".json"], message
+    )
     assert list(tmp_path.iterdir()) == []
