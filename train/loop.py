@@ -158,25 +158,32 @@ def train(
     torch.manual_seed(cfg.seed)
     env = make_env(cfg.env, cfg.seed)
     eval_env = make_env(cfg.env, (cfg.seed + 1) % 2**32)
-    spec = policy_spec(env.info, cfg)
-    shortfall = memory_shortfall(spec, cfg, device)
-    if shortfall:
-        raise ConfigError(f"--buffer-size {cfg.buffer_size} and --hidden {cfg.hidden} need {shortfall}")
-    agent = FlowRL(spec, cfg, device)
-    replay = ReplayBuffer(spec.obs_dim, spec.act_dim, cfg.buffer_size, cfg.seed, cfg.recent_fraction, cfg.recent_window)
-    action_rng = np.random.default_rng(cfg.seed)  # warm-up actions
-    counters = Counters()
-    if resume is not None:
-        counters = _restore(resume, agent, replay, action_rng)
-    try:
-        run_dir.mkdir(parents=True, exist_ok=True)
-    except OSError as exc:
-        raise FlowRLError(f"cannot create the run directory {run_dir}: {exc.strerror or exc}") from None
-    # every output is made (or found unwritable) before step 0, or the first step after a resume
-    checkpoints = RunCheckpoints(run_dir, cfg.save_every)
-    cfg.save(run_dir)
-    logger = MetricsLogger(run_dir, resume_step=None if resume is None else counters.env_steps)
-    bar = Progress(cfg.steps, counters.env_steps, agent.updates, enabled=progress)
+    try:  # until the loop's own try/finally closes them, a refusal below must close the envs
+        spec = policy_spec(env.info, cfg)
+        shortfall = memory_shortfall(spec, cfg, device)
+        if shortfall:
+            raise ConfigError(f"--buffer-size {cfg.buffer_size} and --hidden {cfg.hidden} need {shortfall}")
+        agent = FlowRL(spec, cfg, device)
+        replay = ReplayBuffer(
+            spec.obs_dim, spec.act_dim, cfg.buffer_size, cfg.seed, cfg.recent_fraction, cfg.recent_window
+        )
+        action_rng = np.random.default_rng(cfg.seed)  # warm-up actions
+        counters = Counters()
+        if resume is not None:
+            counters = _restore(resume, agent, replay, action_rng)
+        try:
+            run_dir.mkdir(parents=True, exist_ok=True)
+        except OSError as exc:
+            raise FlowRLError(f"cannot create the run directory {run_dir}: {exc.strerror or exc}") from None
+        # every output is made (or found unwritable) before step 0, or the first step after a resume
+        checkpoints = RunCheckpoints(run_dir, cfg.save_every)
+        cfg.save(run_dir)
+        logger = MetricsLogger(run_dir, resume_step=None if resume is None else counters.env_steps)
+        bar = Progress(cfg.steps, counters.env_steps, agent.updates, enabled=progress)
+    except BaseException:
+        env.close()
+        eval_env.close()
+        raise
     low, high = env.info.action_low, env.info.action_high
 
     def save(best: bool = False) -> Path:
@@ -255,9 +262,9 @@ def train(
         stop.restore()
         bar.update(counters.env_steps, agent.updates, force=True)
         bar.close()
-        logger.close()
         env.close()
         eval_env.close()
+        logger.close()  # last: a failed flush of its files must not keep the envs open
     return TrainResult(run_dir, last_checkpoint, counters, interrupted=stop.requested)
 
 
