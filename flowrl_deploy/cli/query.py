@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import io
 import json
+import stat
 from pathlib import Path
 from typing import TYPE_CHECKING, Annotated
 
@@ -17,6 +18,8 @@ if TYPE_CHECKING:
 
 NPY_MAGIC = b"\x93NUMPY"
 ZIP_MAGIC = b"PK\x03\x04"  # np.savez writes a zip archive
+MAX_OBS_FILE_BYTES = 16 << 20
+"""More than any observation batch a server takes (its messages are 1 MiB by default)."""
 NOT_NUMBERS = {
     "b": "booleans",
     "c": "complex numbers",
@@ -37,12 +40,18 @@ def read_observation(obs: str, obs_file: Path | None) -> np.ndarray:
     if obs_file is None:
         return _finite_float32(_from_json(obs, "--obs"), "--obs")
     source = f"--obs-file {obs_file}"
-    if not obs_file.is_file():  # a folder, a FIFO or a device (which might never end)
-        raise FlowRLError(f"{source} {'is not a regular file' if obs_file.exists() else 'does not exist'}")
+    if not obs_file.exists():
+        raise FlowRLError(f"{source} does not exist")
+    mode = obs_file.stat().st_mode
+    if not (stat.S_ISREG(mode) or stat.S_ISFIFO(mode)):  # a pipe (`--obs-file /dev/stdin`) is fine
+        raise FlowRLError(f"{source} is not a regular file or a pipe")
     try:
-        data = obs_file.read_bytes()
+        with open(obs_file, "rb") as f:
+            data = f.read(MAX_OBS_FILE_BYTES + 1)  # bounded: a pipe may never end
     except OSError as exc:
         raise FlowRLError(f"cannot read {source}: {exc.strerror or exc}") from None
+    if len(data) > MAX_OBS_FILE_BYTES:
+        raise FlowRLError(f"{source} holds more than {MAX_OBS_FILE_BYTES >> 20} MiB, far more than observations")
     if data.startswith(NPY_MAGIC):
         values = _from_npy(data, source)
     elif data.startswith(ZIP_MAGIC):

@@ -159,6 +159,23 @@ class TestObservation:
         output = _refused("query", "--server", f"127.0.0.1:{_closed_port()}", "--obs-file", path)
         assert f"--obs-file {path} " in output
 
+    def test_a_pipe_is_read_and_an_endless_one_is_cut_off(self, tmp_path):
+        """`echo '[…]' | flowrl query --obs-file /dev/stdin` reads a pipe; `yes |` would never end."""
+        import os
+        import threading
+
+        outputs = []
+        for content in (b"[0.1, 0.2, 0.3]", b"1" * (17 << 20)):
+            fifo = tmp_path / f"obs{len(content)}"
+            os.mkfifo(fifo)
+            writer = threading.Thread(target=_write_ignoring_close, args=(fifo, content))
+            writer.start()
+            args = ["query", "--server", f"127.0.0.1:{_closed_port()}", "--obs-file", str(fifo), "--timeout", "1"]
+            outputs.append(runner.invoke(app, args).output)
+            writer.join(10)
+        assert "UNAVAILABLE" in outputs[0] and "--obs-file" not in outputs[0]  # read; then no server answered
+        assert "holds more than 16 MiB" in outputs[1] and "Traceback" not in outputs[1]
+
     def test_a_negative_seed_names_the_flag(self):
         output = _refused("query", "--server", f"127.0.0.1:{_closed_port()}", "--obs", OBS, "--seed", "-1")
         assert "--seed must lie in [0, 2**64), got -1" in output
@@ -202,3 +219,12 @@ def test_a_reload_that_outlives_the_timeout_is_abandoned(server):
     assert "DEADLINE_EXCEEDED" in result.output and "the server abandons the reload" in result.output
     assert f"`flowrl stats --server {server}` tells" in result.output and "longer --timeout" in result.output
     assert "Traceback" not in result.output
+
+
+def _write_ignoring_close(path: Path, data: bytes) -> None:
+    """Write ``data`` into the FIFO ``path``; the reader may stop early (a broken pipe)."""
+    try:
+        with open(path, "wb") as f:
+            f.write(data)
+    except BrokenPipeError:
+        pass
