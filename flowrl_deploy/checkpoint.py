@@ -37,6 +37,7 @@ from safetensors import SafetensorError
 from safetensors.numpy import load_file, save_file
 
 from flowrl_deploy.errors import CheckpointError, FlowRLError, SpecError
+from flowrl_deploy.fieldtypes import is_int
 from flowrl_deploy.spec import PolicySpec
 from flowrl_deploy.versions import library_versions
 
@@ -253,20 +254,16 @@ def read_document(path: str | os.PathLike[str]) -> dict[str, Any]:
     if not isinstance(document, dict) or document.get("format") != FORMAT:
         raise CheckpointError(f"{doc_path} is not a flowrl-deploy checkpoint (format tag missing or foreign)")
     version, counters = document.get("format_version", 0), document.get("counters", {})
-    if not _is_int(version):
+    if not is_int(version):
         raise CheckpointError(f"{doc_path}: format_version must be an integer, got {version!r}")
     if version > FORMAT_VERSION:
         raise CheckpointError(
             f"{doc_path} has format version {version}, newer than this "
             f"flowrl-deploy reads ({FORMAT_VERSION}); upgrade flowrl-deploy"
         )
-    if not (isinstance(counters, dict) and all(_is_int(v) for v in counters.values())):
+    if not (isinstance(counters, dict) and all(is_int(v) for v in counters.values())):
         raise CheckpointError(f"{doc_path}: counters must be a JSON object of integers, got {counters!r:.200}")
     return document
-
-
-def _is_int(value: object) -> bool:
-    return isinstance(value, int) and not isinstance(value, bool)
 
 
 def read_spec(path: str | os.PathLike[str]) -> PolicySpec:

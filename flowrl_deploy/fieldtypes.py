@@ -14,6 +14,11 @@ _KINDS: dict[str, tuple[type | tuple[type, ...], str]] = {
 }
 
 
+def is_int(value: object) -> bool:
+    """An integer, and not a bool (which JSON's true/false become, and Python counts as an int)."""
+    return isinstance(value, int) and not isinstance(value, bool)
+
+
 def wrong_type(instance: Any) -> tuple[str, str] | None:
     """The first field whose value its annotation does not allow, and what it must be ('an integer');
     None when every field fits. ``tuple[...]`` fields must hold tuples (their items are not checked)."""

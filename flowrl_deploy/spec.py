@@ -11,7 +11,7 @@ from dataclasses import asdict, dataclass, field, fields
 from typing import Any
 
 from flowrl_deploy.errors import SpecError
-from flowrl_deploy.fieldtypes import wrong_type
+from flowrl_deploy.fieldtypes import is_int, wrong_type
 
 SOLVERS = ("midpoint", "euler")
 ACTIVATIONS = ("elu",)
@@ -92,7 +92,7 @@ class PolicySpec:
         if not isinstance(data, dict):
             raise SpecError(f"a policy spec must be a JSON object, got {type(data).__name__}")
         version = data.get("spec_version", SPEC_VERSION)
-        if isinstance(version, bool) or not isinstance(version, int):
+        if not is_int(version):
             raise SpecError(f"spec_version must be an integer, got {version!r}")
         if version > SPEC_VERSION:
             raise SpecError(
