@@ -31,6 +31,7 @@ ACTION_OUTPUT = "action"
 # control loop at the policy's rate (`flowrl control` by default) would spin or seem to hang.
 MIN_CONTROL_PERIOD_S = 1e-4
 MAX_CONTROL_PERIOD_S = 10.0
+MIN_HZ, MAX_HZ = 1 / MAX_CONTROL_PERIOD_S, 1 / MIN_CONTROL_PERIOD_S  # the rates a control loop may run at
 
 # Fields a client depends on; changing any of them changes the hash.
 _HASHED = (

@@ -14,15 +14,12 @@ from dataclasses import asdict, dataclass, field
 import numpy as np
 
 from flowrl_deploy.client import CallTiming, PolicyClient, WatchdogError
-from flowrl_deploy.contract import MAX_CONTROL_PERIOD_S, MIN_CONTROL_PERIOD_S
+from flowrl_deploy.contract import MAX_HZ, MIN_HZ
 from flowrl_deploy.errors import FlowRLError
 from flowrl_deploy.gc_freeze import gc_frozen
 
 DEFAULT_HZ = 50.0
 """The control rate when none is given and the served policy's contract has no control period."""
-MIN_HZ, MAX_HZ = 1 / MAX_CONTROL_PERIOD_S, 1 / MIN_CONTROL_PERIOD_S
-"""The rates ``--hz`` may ask for (0.1 Hz to 10 kHz), as a policy contract's control period: a
-slower loop seems to hang (each tick sleeps a period), a faster one only spins."""
 FALLBACKS = ("hold", "zeros", "local")
 
 
