@@ -11,6 +11,7 @@ from concurrent.futures import ThreadPoolExecutor
 import grpc
 import numpy as np
 import pytest
+from tiny_policy import documented_noise
 
 from flowrl_deploy.client import PolicyClient, ServiceError
 from flowrl_deploy.codec import encode
@@ -129,7 +130,7 @@ def test_batched_server_matches_onnxruntime_and_reports_metrics(policy_path):
         with ThreadPoolExecutor(8) as pool:
             actions = list(pool.map(lambda i: client.act(obs[i], seed=i), range(16)))
         for i, action in enumerate(actions):
-            noise = np.random.Generator(np.random.PCG64(i)).standard_normal((1, 2), dtype=np.float32)  # documented
+            noise = documented_noise(i).standard_normal((1, 2), dtype=np.float32)
             expected = local.act(obs[i : i + 1], noise)[0]
             np.testing.assert_allclose(action, expected, atol=1e-6)
         # a deadline shorter than the batching window: DEADLINE_EXCEEDED, not a late answer

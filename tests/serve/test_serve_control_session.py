@@ -7,7 +7,7 @@ import time
 import grpc
 import numpy as np
 import pytest
-from tiny_policy import ACT_DIM, tiny_contract, write_policy
+from tiny_policy import ACT_DIM, documented_noise, tiny_contract, write_policy
 
 from flowrl_deploy.client import PolicyClient, ServiceError, WatchdogError
 from flowrl_deploy.proto.flowrl.v1 import policy_pb2 as pb
@@ -17,11 +17,6 @@ from flowrl_deploy.serve.noise import draw_noise, session_noise
 OBS = np.array([0.3, -0.2, 0.1], np.float32)
 MISS_S = 1e-7
 """A deadline no reply can meet: the tick is a miss, so the session acts on its fallback."""
-
-
-def documented_noise(seed: int) -> np.random.Generator:
-    """The session noise as the README documents it, built here rather than through serve.noise."""
-    return np.random.Generator(np.random.PCG64(seed))
 
 
 def test_stream_actions_follow_the_seeded_session_noise(client, local):

@@ -12,7 +12,7 @@ import grpc
 import numpy as np
 import pytest
 from fake_checkpoints import TRAINED_STEPS, patch_exporter, save_step
-from tiny_policy import ACT_DIM, tiny_contract, write_policy
+from tiny_policy import ACT_DIM, documented_noise, tiny_contract, write_policy
 
 from flowrl_deploy.client import PolicyClient, ServiceError
 from flowrl_deploy.errors import FlowRLError
@@ -23,8 +23,8 @@ OBS = np.array([[0.5, -0.3, 0.2]], np.float32)
 
 
 def _documented_noise(seed: int) -> np.ndarray:
-    """A request's noise under the documented convention, written out rather than taken from serve.noise."""
-    return np.random.Generator(np.random.PCG64(seed)).standard_normal((len(OBS), ACT_DIM), dtype=np.float32)
+    """The noise of one request of OBS in a session seeded with ``seed``."""
+    return documented_noise(seed).standard_normal((len(OBS), ACT_DIM), dtype=np.float32)
 
 
 @pytest.fixture

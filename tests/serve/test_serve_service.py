@@ -11,7 +11,7 @@ import grpc
 import numpy as np
 import pytest
 from grpc_health.v1 import health_pb2, health_pb2_grpc
-from tiny_policy import ACT_DIM, OBS_DIM, tiny_contract, write_policy
+from tiny_policy import ACT_DIM, OBS_DIM, documented_noise, tiny_contract, write_policy
 
 from flowrl_deploy.client import PolicyClient, ServiceError
 from flowrl_deploy.codec import decode, encode
@@ -23,12 +23,6 @@ from flowrl_deploy.serve import PolicyServer, ServeConfig
 
 def _obs(batch: int, seed: int = 0) -> np.ndarray:
     return np.random.default_rng(seed).standard_normal((batch, OBS_DIM)).astype(np.float32)
-
-
-def _noise_source(seed: int) -> np.random.Generator:
-    """The documented noise of a session seeded with ``seed``, written out here rather than taken
-    from the server's own serve.noise: one ``standard_normal((B, act_dim), float32)`` block per request."""
-    return np.random.Generator(np.random.PCG64(seed))
 
 
 def _noise(generator: np.random.Generator, batch: int) -> np.ndarray:
@@ -65,7 +59,7 @@ def test_spec_describes_the_served_policy(client, local):
 def test_act_with_seed_equals_onnxruntime_with_that_noise(client, local):
     obs = _obs(4)
     reply = client.act_reply(obs, seed=123)
-    expected = local.act(obs, _noise(_noise_source(123), 4))
+    expected = local.act(obs, _noise(documented_noise(123), 4))
 
     np.testing.assert_allclose(decode(reply.action), expected, rtol=1e-6, atol=1e-6)
     assert reply.model_version == client.spec().model_version
@@ -78,25 +72,25 @@ def test_one_dimensional_obs_gives_one_action(client, local):
     obs = _obs(1)[0]
     action = client.act(obs, seed=5)
     assert action.shape == (ACT_DIM,)
-    np.testing.assert_allclose(action, local.act(obs[None], _noise(_noise_source(5), 1))[0], atol=1e-6)
+    np.testing.assert_allclose(action, local.act(obs[None], _noise(documented_noise(5), 1))[0], atol=1e-6)
 
 
 def test_session_noise_continues_and_reset_reseeds(client, local):
     client.reset("robot-a", seed=9)
-    generator = _noise_source(9)
+    generator = documented_noise(9)
     obs = _obs(2, seed=1)
     for _ in range(3):
         expected = local.act(obs, _noise(generator, 2))
         np.testing.assert_allclose(client.act(obs, session_id="robot-a"), expected, atol=1e-6)
     client.reset("robot-a", seed=9)
     np.testing.assert_allclose(
-        client.act(obs, session_id="robot-a"), local.act(obs, _noise(_noise_source(9), 2)), atol=1e-6
+        client.act(obs, session_id="robot-a"), local.act(obs, _noise(documented_noise(9), 2)), atol=1e-6
     )
 
 
 def test_stream_act_equals_onnxruntime_and_echoes_seq(server, client, local):
     stub = client.stub
-    generator = _noise_source(42)
+    generator = documented_noise(42)
     observations = [_obs(1, seed=s)[0] for s in range(5)]
 
     requests = [
