@@ -80,6 +80,35 @@ def serve_echo(reply_for: Callable[[bytes], bytes]) -> None:
     server.wait_for_termination()
 
 
+def serve_echo_aio(reply_for: Callable[[bytes], bytes]) -> None:
+    """:func:`serve_echo` on a ``grpc.aio`` server (one event loop instead of a thread per call):
+    the floor an asyncio port of ``flowrl serve`` would start from."""
+    import asyncio
+
+    import grpc
+
+    async def unary(request, context):
+        return reply_for(request)
+
+    async def stream(requests, context):
+        async for request in requests:
+            yield reply_for(request)
+
+    async def run() -> None:
+        handlers = {
+            "Unary": grpc.unary_unary_rpc_method_handler(unary),
+            "Stream": grpc.stream_stream_rpc_method_handler(stream),
+        }
+        server = grpc.aio.server(options=[("grpc.so_reuseport", 0)])
+        server.add_generic_rpc_handlers((grpc.method_handlers_generic_handler("bench.Echo", handlers),))
+        port = server.add_insecure_port("127.0.0.1:0")
+        await server.start()
+        print(f"serving echo on 127.0.0.1:{port}", flush=True)
+        await server.wait_for_termination()
+
+    asyncio.run(run())
+
+
 @dataclass(frozen=True)
 class EchoServer:
     address: str

@@ -4,6 +4,8 @@ All in one run on one machine, each server in its own process:
   echo unary / echo stream   a gRPC echo of the same message sizes (the transport floor)
   echo stream + inference    the same echo stream, its handler running the graph before it replies:
                              transport and inference with none of the service's own work
+  aio echo ...               the same three echo rows on a grpc.aio (asyncio) server: what an
+                             asyncio port of the service would start from
   onnxruntime in-process     the same graph, no network
   serve unary (Act)          PolicyClient.act_reply
   serve stream (StreamAct)   ControlSession.act, the control-loop path
@@ -29,7 +31,17 @@ import grpc
 import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from serve_common import DOG_RUN, add_pin_option, dog_run_model, echo_process, figures, machine, pinned, serve_echo
+from serve_common import (
+    DOG_RUN,
+    add_pin_option,
+    dog_run_model,
+    echo_process,
+    figures,
+    machine,
+    pinned,
+    serve_echo,
+    serve_echo_aio,
+)
 
 from flowrl_deploy.affinity import pin_to_cpus
 from flowrl_deploy.client import PolicyClient
@@ -145,12 +157,14 @@ def main() -> None:
     add_pin_option(parser)
     parser.add_argument("--echo-server", type=int, metavar="REPLY_BYTES", help=argparse.SUPPRESS)
     parser.add_argument("--echo-model", type=Path, help=argparse.SUPPRESS)
+    parser.add_argument("--echo-aio", action="store_true", help=argparse.SUPPRESS)
     args = parser.parse_args()
     server_cpus = () if args.pin is None else (args.pin[0],)
     if args.echo_server is not None:
         pin_to_cpus(server_cpus)
         payload = b"\1" * args.echo_server
-        serve_echo(inference_reply(args.echo_model, args.echo_server) if args.echo_model else lambda request: payload)
+        reply = inference_reply(args.echo_model, args.echo_server) if args.echo_model else lambda request: payload
+        (serve_echo_aio if args.echo_aio else serve_echo)(reply)
         return
     cpus_flag = pinned(args.pin)
     n, warmup = (1500, 200) if args.quick else (10_000, 500)
@@ -164,6 +178,11 @@ def main() -> None:
     with echo_process(__file__, str(reply_size), "--echo-model", str(model), *pin_flags) as echo:
         inferring = bench_echo(echo.address, request_size, n, warmup, unary=False)
     rows["echo stream + inference"] = inferring["echo stream"]
+    with echo_process(__file__, str(reply_size), "--echo-aio", *pin_flags) as echo:
+        rows.update({f"aio {name}": row for name, row in bench_echo(echo.address, request_size, n, warmup).items()})
+    with echo_process(__file__, str(reply_size), "--echo-aio", "--echo-model", str(model), *pin_flags) as echo:
+        aio_inferring = bench_echo(echo.address, request_size, n, warmup, unary=False)
+    rows["aio echo stream + inference"] = aio_inferring["echo stream"]
     rows.update(bench_in_process(model, n, warmup))
     with ServerProcess(model, "--providers", "cpu", *cpus_flag) as served:
         rows.update(bench_serve(served.address, n, warmup))
