@@ -261,8 +261,10 @@ def read_document(path: str | os.PathLike[str]) -> dict[str, Any]:
             f"{doc_path} has format version {version}, newer than this "
             f"flowrl-deploy reads ({FORMAT_VERSION}); upgrade flowrl-deploy"
         )
-    if not (isinstance(counters, dict) and all(is_int(v) for v in counters.values())):
-        raise CheckpointError(f"{doc_path}: counters must be a JSON object of integers, got {counters!r:.200}")
+    if not (isinstance(counters, dict) and all(is_int(v) and v >= 0 for v in counters.values())):
+        raise CheckpointError(
+            f"{doc_path}: counters must be a JSON object of non-negative integers, got {counters!r:.200}"
+        )
     return document
 
 

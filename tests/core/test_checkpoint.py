@@ -159,9 +159,14 @@ class TestCorruptOrForeign:
         [
             ("format_version", "x", "format_version must be an integer, got 'x'"),
             ("format_version", None, "format_version must be an integer, got None"),
-            ("counters", "x", "counters must be a JSON object of integers, got 'x'"),
-            ("counters", {"env_steps": "x"}, "counters must be a JSON object of integers, got {'env_steps': 'x'}"),
-            ("counters", {"env_steps": 1.5}, "counters must be a JSON object of integers"),
+            ("counters", "x", "counters must be a JSON object of non-negative integers, got 'x'"),
+            (
+                "counters",
+                {"env_steps": "x"},
+                "counters must be a JSON object of non-negative integers, got {'env_steps': 'x'}",
+            ),
+            ("counters", {"env_steps": 1.5}, "counters must be a JSON object of non-negative integers"),
+            ("counters", {"env_steps": -5}, "counters must be a JSON object of non-negative integers"),
         ],
     )
     def test_a_hand_edited_document_field_is_named_with_the_file(self, tmp_path, field, value, message):

@@ -45,8 +45,14 @@ DOCUMENT = "{checkpoint}/checkpoint.json: "
     ("edit", "message"),
     [
         (lambda d: d.update(format_version="x"), DOCUMENT + "format_version must be an integer, got 'x'"),
-        (lambda d: d.update(counters="x"), DOCUMENT + "counters must be a JSON object of integers, got 'x'"),
-        (lambda d: d["counters"].update(env_steps="x"), DOCUMENT + "counters must be a JSON object of integers"),
+        (
+            lambda d: d.update(counters="x"),
+            DOCUMENT + "counters must be a JSON object of non-negative integers, got 'x'",
+        ),
+        (
+            lambda d: d["counters"].update(env_steps="x"),
+            DOCUMENT + "counters must be a JSON object of non-negative integers",
+        ),
         (lambda d: d.update(config=[1]), DOCUMENT + "config must be a JSON object, got list"),
         (lambda d: d["config"].update(foo=1), DOCUMENT + "unknown config fields: foo"),
         (lambda d: d["config"].update(hidden="8"), DOCUMENT + "config.hidden must be an integer, got '8'"),
