@@ -81,5 +81,7 @@ def check_key_pair(cert_path: str, key_path: str) -> tuple[bytes, bytes]:
     except ssl.SSLError as exc:
         if exc.reason == "KEY_VALUES_MISMATCH":
             raise refused("the key is another certificate's") from None
+        if exc.reason == "NO_CERTIFICATE_ASSIGNED":  # OpenSSL's word for a key of another type (RSA vs EC)
+            raise refused("the key is another certificate's (its key type differs from the certificate's)") from None
         raise refused("--tls-key holds no valid PEM private key") from None
     return cert, key

@@ -16,6 +16,7 @@ from flowrl_deploy.tls import check_key_pair, read_certificates
 
 pytest.importorskip("cryptography.x509")
 from cryptography.hazmat.primitives import serialization
+from cryptography.hazmat.primitives.asymmetric import rsa
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "serve"))
 from test_serve_security import _issue, _write
@@ -23,8 +24,8 @@ from test_serve_security import _issue, _write
 
 @pytest.fixture(scope="module")
 def pem(tmp_path_factory) -> dict[str, str]:
-    """A CA, a certificate it issued with its key, another key, garbage, a truncated certificate,
-    an encrypted key, and the CA and certificate in one bundle."""
+    """A CA, a certificate it issued with its key, another key (EC, and RSA for the EC certificate),
+    garbage, a truncated certificate, an encrypted key, and the CA and certificate in one bundle."""
     directory = tmp_path_factory.mktemp("tls")
     ca_key, ca_cert = _issue("flowrl test CA", ca=True)
     key, cert = _issue("robot", ca_key, ca_cert.subject)
@@ -47,6 +48,13 @@ def pem(tmp_path_factory) -> dict[str, str]:
     )
     (directory / "encrypted.key").write_bytes(encrypted)
     files["encrypted"] = str(directory / "encrypted.key")
+    rsa_key = rsa.generate_private_key(public_exponent=65537, key_size=2048)
+    (directory / "rsa.key").write_bytes(
+        rsa_key.private_bytes(
+            serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()
+        )
+    )
+    files["rsa_key"] = str(directory / "rsa.key")
     return files
 
 
@@ -88,6 +96,7 @@ class TestKeyPair:
         ("cert", "key", "why"),
         [
             ("cert", "other_key", "the key is another certificate's"),
+            ("cert", "rsa_key", "the key is another certificate's (its key type differs from the certificate's)"),
             ("key", "cert", "they are swapped"),
             ("key", "other_key", "--tls-cert holds a private key, not a certificate"),
             ("garbage", "key", "--tls-cert holds no valid PEM certificate"),
