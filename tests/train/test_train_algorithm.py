@@ -8,6 +8,7 @@ import torch
 
 from flowrl_deploy.errors import CheckpointError
 from flowrl_deploy.spec import PolicySpec
+from flowrl_deploy.train import algorithm
 from flowrl_deploy.train.algorithm import FlowRL, soft_update, training_bytes
 from flowrl_deploy.train.config import TrainConfig
 from flowrl_deploy.train.replay import Batch
@@ -15,9 +16,9 @@ from flowrl_deploy.train.replay import Batch
 SPEC = PolicySpec(obs_dim=3, act_dim=2, action_low=(-1.0, -2.0), action_high=(1.0, 2.0), hidden=16)
 
 
-def make_agent(seed: int = 0, **overrides) -> FlowRL:
+def make_agent(seed: int = 0, spec: PolicySpec = SPEC, **overrides) -> FlowRL:
     torch.manual_seed(seed)
-    return FlowRL(SPEC, TrainConfig(hidden=16, batch_size=8, **overrides))
+    return FlowRL(spec, TrainConfig(hidden=16, batch_size=8, **overrides))
 
 
 def batch(seed: int = 0) -> Batch:
@@ -65,14 +66,17 @@ def test_critics_update_every_step_actor_and_targets_every_policy_delay():
     assert agent.updates == 3
 
 
-def test_target_critics_keep_tau_of_their_weights_at_each_target_update():
+@pytest.mark.parametrize("target, online", [("q_pi_target", "q_pi"), ("q_beta_target", "q_beta")])
+def test_target_critics_keep_tau_of_their_weights_at_each_target_update(target, online):
+    """Each target moves 5 % of the way to its *own* online critic (Q^π and Q^β start from
+    different draws and train toward different targets, so the two pairs are told apart)."""
     agent = make_agent(tau=0.95)
     agent.update(batch(0))
     agent.update(batch(1))  # no target update (policy_delay 2)
-    old_target = snapshot(agent.q_pi_target)
+    old_target = snapshot(getattr(agent, target))
     agent.update(batch(2))  # critic step, then actor and target updates
-    online = snapshot(agent.q_pi)
-    for got, old, new in zip(agent.q_pi_target.parameters(), old_target, online, strict=True):
+    new_online = snapshot(getattr(agent, online))
+    for got, old, new in zip(getattr(agent, target).parameters(), old_target, new_online, strict=True):
         torch.testing.assert_close(got, 0.95 * old + 0.05 * new)
 
 
@@ -107,17 +111,18 @@ def test_the_critic_step_regresses_each_critic_on_its_own_target():
 def test_the_actor_step_maximises_q_pi_plus_advantage_weighted_flow_matching(weighting):
     """−min Q^π(s, π(s)) + flow matching toward the buffer action from clamped noise, weighted by
     clamp(λ·exp(A⁺ − mean A⁺), 1e-3, 1) with A = Q^β(s, a) − Q^π(s, π(s))."""
-    agent = make_agent(lam=0.5, cfm_weighting=weighting)
+    agent = make_agent(spec=dataclasses.replace(SPEC, noise_clip=0.5), lam=0.5, cfm_weighting=weighting)
     obs, action, *_ = (torch.as_tensor(x) for x in batch(0))
+    action[0] = torch.tensor([1.5, -3.0])  # outside the bounds ±1, ±2 (rounding, or a hand-filled buffer)
     min_q_beta = torch.linspace(-2.0, 6.0, 8)  # advantages of both signs
     torch.manual_seed(7)
     with torch.no_grad():
         min_q_pi = agent.q_pi(obs, agent.actor(obs)).min(dim=0).values
         positive = (min_q_beta - min_q_pi).clamp(min=0)
         weights = (0.5 * torch.exp(positive - positive.mean())).clamp(1e-3, 1.0)
-        a0 = torch.randn(8, 2).clamp(-1.0, 1.0)
+        a0 = torch.randn(8, 2).clamp(-0.5, 0.5)  # the spec's noise clip
         t = torch.rand(8, 1)
-        target = action / torch.tensor([1.0, 2.0])  # the buffer action in [-1, 1] (bounds ±1, ±2)
+        target = (action / torch.tensor([1.0, 2.0])).clamp(-1.0, 1.0)  # the buffer action in [-1, 1]
         a_t = t * target + (1 - t) * a0
         error = ((agent.actor.velocity(obs, a_t, t) - (target - a0)) ** 2).mean(dim=-1)
         flow_matching = weights.mean() * error.mean() if weighting == "batch" else (weights * error).mean()
@@ -127,6 +132,24 @@ def test_the_actor_step_maximises_q_pi_plus_advantage_weighted_flow_matching(wei
     torch.testing.assert_close(metrics["flow_weight"], weights.mean())
     torch.testing.assert_close(metrics["flow_matching_loss"], flow_matching)
     torch.testing.assert_close(metrics["actor_loss"], -min_q_pi.mean() + flow_matching)
+
+
+def test_the_q_pi_gradient_reaches_the_actor_through_its_sampled_action(monkeypatch):
+    """With the flow-matching term zeroed, the actor's gradient is that of −min Q^π(s, π(s)),
+    backpropagated through the sampled action into the velocity field (not into Q^π's weights)."""
+    monkeypatch.setattr(algorithm, "weighted_flow_matching_loss", lambda *args: torch.zeros(()))
+    agent = make_agent()
+    obs, action, *_ = (torch.as_tensor(x) for x in batch(0))
+    q_pi = snapshot(agent.q_pi)
+    torch.manual_seed(7)
+    loss = -agent.q_pi(obs, agent.actor(obs)).min(dim=0).values.mean()
+    expected = torch.autograd.grad(loss, list(agent.actor.parameters()))
+    assert all(g.abs().sum() > 0 for g in expected)
+    torch.manual_seed(7)
+    agent.actor_step(obs, action, torch.zeros(8))
+    for param, grad in zip(agent.actor.parameters(), expected, strict=True):
+        torch.testing.assert_close(param.grad, grad)
+    assert not moved(q_pi, agent.q_pi) and all(p.grad is None for p in agent.q_pi.parameters())
 
 
 def test_restored_state_continues_with_identical_updates():

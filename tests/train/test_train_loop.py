@@ -11,7 +11,8 @@ from flowrl_deploy.errors import CheckpointError, FlowRLError
 from flowrl_deploy.train import loop
 from flowrl_deploy.train.checkpointing import load_actor
 from flowrl_deploy.train.config import TrainConfig
-from flowrl_deploy.train.evaluate import EvalResult, checkpoint_act_fn, evaluate
+from flowrl_deploy.train.envs import episode_seed
+from flowrl_deploy.train.evaluate import EVAL_NOISE_STREAM, EVAL_STREAM, EvalResult, checkpoint_act_fn, evaluate
 from flowrl_deploy.train.loop import resume_config, train
 from flowrl_deploy.train.replay import ReplayBuffer
 
@@ -75,19 +76,45 @@ def test_the_checkpoint_records_spec_config_and_counters(run):
     assert not checkpoint.replay  # not asked for
 
 
-def sampled_ages(monkeypatch, cfg: TrainConfig) -> np.ndarray:
-    """Train ``cfg``; the age (0 = the newest transition) of every transition its batches drew."""
-    ages: list[np.ndarray] = []
+def recording_replay(monkeypatch) -> dict[str, list]:
+    """Make training's replay buffer record each transition it stores (``added``: copies of the
+    arguments of ``add``) and the age (0 = the newest transition) of each one its batches draw."""
+    seen: dict[str, list] = {"added": [], "ages": []}
 
     class Recording(ReplayBuffer):
+        def add(self, *transition) -> None:
+            seen["added"].append(tuple(np.array(x, copy=True) for x in transition))
+            super().add(*transition)
+
         def sample_indices(self, batch_size: int) -> np.ndarray:
             idx = super().sample_indices(batch_size)
-            ages.append((self.pos - 1 - idx) % self.capacity)
+            seen["ages"].append((self.pos - 1 - idx) % self.capacity)
             return idx
 
     monkeypatch.setattr(loop, "ReplayBuffer", Recording)
+    return seen
+
+
+def sampled_ages(monkeypatch, cfg: TrainConfig) -> np.ndarray:
+    """Train ``cfg``; the age (0 = the newest transition) of every transition its batches drew."""
+    seen = recording_replay(monkeypatch)
     train(cfg, progress=False)
-    return np.concatenate(ages)
+    return np.concatenate(seen["ages"])
+
+
+def test_consecutive_transitions_chain_within_an_episode(monkeypatch, tmp_path):
+    """Each step acts on and stores the observation the previous step ended in (the policy's own
+    steps too, from step 190); after the time limit (Pendulum: 200) the next episode starts from its reset."""
+    seen = recording_replay(monkeypatch)
+    config = {**TINY, "start_steps": 190, "eval_every": 0, "save_every": 0}
+    train(TrainConfig(steps=210, out=str(tmp_path), **config), progress=False)
+    obs, next_obs = (np.stack([transition[i] for transition in seen["added"]]) for i in (0, 3))
+    assert len(obs) == 210
+    for i in range(209):
+        if i != 199:
+            np.testing.assert_array_equal(obs[i + 1], next_obs[i], err_msg=f"step {i + 1}")
+    assert not np.array_equal(obs[200], next_obs[199])  # a new episode, from its own reset
+    assert len({row.tobytes() for row in obs[:200]}) == 200  # the pendulum moves: no observation repeats
 
 
 def test_recent_fraction_one_draws_every_batch_from_the_recent_window(monkeypatch, tmp_path):
@@ -105,6 +132,27 @@ def test_recent_fraction_zero_samples_the_whole_buffer_uniformly(monkeypatch, tm
     assert len(ages) == 11 * 256
     assert abs((ages < 2048).mean() - 2048 / 3995) < 0.04
     assert ages.max() > 3900  # the oldest transitions are drawn too
+
+
+def test_each_evaluation_runs_a_zero_noise_and_a_freshly_seeded_stochastic_policy(monkeypatch, tmp_path):
+    """``charts/eval_return_deterministic`` comes from a0 = 0 (what a ``--deterministic`` export
+    serves); the stochastic evaluation at step s draws its noise from episode_seed(seed, s, stream 2),
+    new at every evaluation and apart from the episodes' own seeds."""
+    calls: list[tuple[int, bool]] = []
+    original = loop.actor_act_fn
+
+    def recording(actor, seed=0, num_steps=None, deterministic=False):
+        calls.append((seed, deterministic))
+        return original(actor, seed, num_steps, deterministic)
+
+    monkeypatch.setattr(loop, "actor_act_fn", recording)
+    cfg = TrainConfig(steps=100, out=str(tmp_path), **{**TINY, "seed": 4, "eval_every": 50, "save_every": 0})
+    train(cfg, progress=False)
+    evaluations = [sorted(calls[:2], key=lambda call: call[1]), sorted(calls[2:], key=lambda call: call[1])]
+    assert len(calls) == 4 and [[d for _, d in pair] for pair in evaluations] == [[False, True]] * 2
+    stochastic = [pair[0][0] for pair in evaluations]
+    assert stochastic == [episode_seed(4, step, stream=EVAL_NOISE_STREAM) for step in (50, 100)]
+    assert len(set(stochastic)) == 2 and EVAL_NOISE_STREAM not in (0, EVAL_STREAM)
 
 
 def test_deterministic_acting_starts_from_zero_noise(run):

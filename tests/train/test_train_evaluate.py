@@ -1,0 +1,41 @@
+"""Evaluation: which initial states the episodes of an evaluation start from."""
+
+import numpy as np
+
+from flowrl_deploy.train.envs import EnvInfo, episode_seed
+from flowrl_deploy.train.evaluate import EVAL_STREAM, evaluate
+
+
+class SeedRecordingEnv:
+    """Two-step episodes whose reward is the reset seed's last digit, recording every reset seed."""
+
+    info = EnvInfo("FlowRLTestSeeds-v0", 1, 1, np.array([-1.0], np.float32), np.array([1.0], np.float32))
+
+    def __init__(self) -> None:
+        self.seeds: list[int] = []
+
+    def reset(self, seed: int | None = None) -> np.ndarray:
+        self.seeds.append(seed)
+        self.t = 0
+        return np.zeros(1, np.float32)
+
+    def step(self, action: np.ndarray) -> tuple[np.ndarray, float, bool, bool]:
+        self.t += 1
+        return np.zeros(1, np.float32), float(self.seeds[-1] % 10), False, self.t == 2
+
+    def close(self) -> None:
+        pass
+
+
+def test_each_evaluation_episode_starts_from_its_own_seed_of_the_evaluation_stream():
+    """Episode i resets with episode_seed(seed, i, stream=EVAL_STREAM): distinct initial states per
+    episode (mean ± std over several starts, not one start repeated), apart from training's
+    episodes (stream 0), and the same ones in every evaluation with the same seed."""
+    env = SeedRecordingEnv()
+    result = evaluate(lambda obs: np.zeros(1, np.float32), env, episodes=3, seed=4)
+    expected = [episode_seed(4, i, stream=EVAL_STREAM) for i in range(3)]
+    assert env.seeds == expected and len(set(expected)) == 3
+    assert not set(expected) & {episode_seed(4, i) for i in range(3)}
+    assert result.returns == tuple(2.0 * (s % 10) for s in expected)
+    assert evaluate(lambda obs: np.ones(1, np.float32), env, episodes=3, seed=4) == result
+    assert env.seeds[3:] == expected
