@@ -75,7 +75,47 @@ class TestRoundTrip:
         assert ckpt.read_spec(checkpoints / "step_2" / ckpt.MODEL_FILE) == SPEC
 
 
+def record_syncs(monkeypatch) -> list[tuple]:
+    """Log, in order, each ``os.fsync`` (the synced path and its size then) and ``os.replace`` (source, target)."""
+    events: list[tuple] = []
+    fsync, replace = os.fsync, os.replace
+
+    def logged_fsync(fd):
+        synced = os.readlink(f"/proc/self/fd/{fd}")
+        events.append(("fsync", synced, os.fstat(fd).st_size))
+        fsync(fd)
+
+    def logged_replace(src, dst):
+        events.append(("replace", str(src), str(dst)))
+        replace(src, dst)
+
+    monkeypatch.setattr(ckpt.os, "fsync", logged_fsync)
+    monkeypatch.setattr(ckpt.os, "replace", logged_replace)
+    return events
+
+
 class TestAtomicity:
+    def test_an_atomic_write_reaches_the_disk_before_its_name_does(self, tmp_path, monkeypatch):
+        """A power cut after the rename must not leave an empty or partial file (config.json, an .onnx)."""
+        events = record_syncs(monkeypatch)
+        ckpt.write_atomic(tmp_path / "config.json", b"{}" * 100)
+        assert [e[0] for e in events] == ["fsync", "replace"]
+        (_, synced, size), (_, source, target) = events
+        assert (source, target) == (synced, str(tmp_path / "config.json"))
+        assert synced.startswith(str(tmp_path / ".config.json.tmp-")) and size == 200  # all of it
+
+    def test_a_checkpoint_is_synced_file_by_file_before_it_is_renamed_into_place(self, tmp_path, monkeypatch):
+        events = record_syncs(monkeypatch)
+        path = save(tmp_path / "c", training_tensors={"critic.w": np.ones(3, np.float32)}, training_json={"a": 1})
+        renames = [e for e in events if e[0] == "replace"]
+        assert len(renames) == 1 and renames[0][2] == str(path)
+        written = renames[0][1]
+        before = {e[1]: e[2] for e in events[: events.index(renames[0])]}
+        for child in path.iterdir():
+            assert before.get(os.path.join(written, child.name)) == child.stat().st_size, child.name
+        assert written in before  # the directory's entries too
+        assert events[-1][:2] == ("fsync", str(tmp_path))  # and then the rename itself
+
     def test_failed_write_leaves_previous_checkpoint_intact(self, tmp_path, monkeypatch):
         save(tmp_path / "last", value=1.0)
 

@@ -5,13 +5,23 @@ from __future__ import annotations
 import numpy as np
 import onnx
 import pytest
+import torch
 from export_fixtures import SPEC, actor_tensors
 from onnx import numpy_helper
 
-from flowrl_deploy.export import ExportConfig, export_checkpoint
+from flowrl_deploy.export import ExportConfig, export_checkpoint, verify
 from flowrl_deploy.export.graph import VelocityWeights, build_policy_graph, int8_blocks
-from flowrl_deploy.export.verify import VerificationError, check_structure, verify_parity
+from flowrl_deploy.export.verify import VerificationError, check_structure, verify_parity, with_pre_tanh_output
 from flowrl_deploy.runtime import make_session
+
+INT8_CHECK = dict(steps=3, solver="midpoint", deterministic=False, batch=None, dtype="int8", samples=20)
+"""verify_parity's arguments for the graphs of :func:`int8_graph`."""
+
+
+def int8_graph(actor: dict[str, np.ndarray]) -> onnx.ModelProto:
+    """The int8 policy graph of ``actor``'s weights, sampled as INT8_CHECK verifies it."""
+    weights = VelocityWeights.from_actor(actor, SPEC)
+    return build_policy_graph(weights, SPEC, steps=INT8_CHECK["steps"], solver=INT8_CHECK["solver"], dtype="int8")
 
 
 def test_int8_blocks_round_trip_within_half_a_step_per_block():
@@ -54,9 +64,7 @@ def test_int8_export_reports_its_error_and_keeps_the_contract(checkpoint, tmp_pa
 
 
 def test_the_quantized_layer_is_one_matmulnbits_node_per_evaluation(tmp_path):
-    model = build_policy_graph(
-        VelocityWeights.from_actor(actor_tensors(), SPEC), SPEC, steps=3, solver="midpoint", dtype="int8"
-    )
+    model = int8_graph(actor_tensors())
     check_structure(model)
     dump = tmp_path / "optimized.onnx"
     make_session(model.SerializeToString(), providers=["CPUExecutionProvider"], optimized_model_path=str(dump))
@@ -70,10 +78,40 @@ def test_int8_verification_refuses_a_graph_whose_weights_are_off():
 
     (Not a wrong magnitude: the LayerNorm after the layer undoes any common factor.)"""
     actor = actor_tensors()
-    model = build_policy_graph(VelocityWeights.from_actor(actor, SPEC), SPEC, steps=3, solver="midpoint", dtype="int8")
-    kwargs = dict(steps=3, solver="midpoint", deterministic=False, batch=None, dtype="int8", samples=20)
-    assert verify_parity(model, actor, SPEC, **kwargs).passed
+    model = int8_graph(actor)
+    assert verify_parity(model, actor, SPEC, **INT8_CHECK).passed
     scales = next(t for t in model.graph.initializer if t.name == "w2.scales")
     scales.CopyFrom(numpy_helper.from_array(-numpy_helper.to_array(scales), "w2.scales"))
     with pytest.raises(VerificationError, match=r"mean .* FAILED"):
-        verify_parity(model, actor, SPEC, **kwargs)
+        verify_parity(model, actor, SPEC, **INT8_CHECK)
+
+
+def test_int8_verification_refuses_a_small_systematic_bias(monkeypatch):
+    """Every action within its own bound (0.25 half-range) but all moved the same way: the mean
+    bound (0.02 half-range) is what catches it."""
+    actor = actor_tensors()
+    biased = {**actor, "velocity.net.6.bias": actor["velocity.net.6.bias"] + np.float32(0.08)}
+    model = int8_graph(biased)
+    with monkeypatch.context() as per_action_only:
+        per_action_only.setattr(verify, "INT8_MEAN_ATOL", np.inf)
+        report = verify_parity(model, actor, SPEC, **INT8_CHECK)
+    assert report.passed and report.mean_abs_error_action > 1.5 * verify.INT8_MEAN_ATOL
+    with pytest.raises(VerificationError, match=r"mean 0\.0[3-9]\d* × half-range.*FAILED"):
+        verify_parity(model, actor, SPEC, **INT8_CHECK)
+
+
+def test_the_reported_int8_mean_error_is_in_half_ranges(reference):
+    """|Δaction| / half-range averaged over every element: the half-ranges here are 1, 2 and 0.25."""
+    model = int8_graph(actor_tensors())
+    check = {**INT8_CHECK, "batch": 7, "samples": 4}
+    report = verify_parity(model, actor_tensors(), SPEC, **check, seed=3)
+    session = make_session(with_pre_tanh_output(model).SerializeToString(), providers=["CPUExecutionProvider"])
+    half_range = (np.asarray(SPEC.action_high) - np.asarray(SPEC.action_low)) / 2
+    errors = []
+    for obs, noise in verify.verification_inputs(SPEC, 7, 4, np.random.default_rng(3)):
+        action = session.run(None, {"obs": obs, "noise": noise})[0]
+        with torch.no_grad():
+            pre_tanh = reference.pre_tanh(torch.from_numpy(obs), torch.from_numpy(noise), 3, "midpoint")
+            expected = reference.squash(pre_tanh).numpy()
+        errors.append(np.abs(action - expected) / half_range)
+    assert report.mean_abs_error_action == pytest.approx(np.mean(errors), rel=1e-5)

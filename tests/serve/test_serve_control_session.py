@@ -2,14 +2,18 @@
 
 from __future__ import annotations
 
+import queue
 import time
+from types import SimpleNamespace
 
 import grpc
 import numpy as np
 import pytest
 from tiny_policy import ACT_DIM, documented_noise, tiny_contract, write_policy
 
+from flowrl_deploy import client as client_module
 from flowrl_deploy.client import PolicyClient, ServiceError, WatchdogError
+from flowrl_deploy.codec import encode
 from flowrl_deploy.proto.flowrl.v1 import policy_pb2 as pb
 from flowrl_deploy.serve import PolicyServer, ServeConfig
 from flowrl_deploy.serve.noise import draw_noise, session_noise
@@ -186,3 +190,64 @@ def test_local_fallback_must_be_the_served_policy(client, tmp_path):
     other = write_policy(tmp_path / "other.onnx", action_names=("up", "down"))
     with pytest.raises(FlowRLError, match=r"is not the served policy \(action_names"):
         client.session(period_s=0.02, fallback="local", local_model=str(other))
+
+
+class FlakyServer:
+    """Stands in for the StreamAct streams of a server that goes down and up, on a clock the test moves.
+
+    ``opened`` holds the clock time of every stream the session opened (each reconnection try).
+    A stream of the server while down breaks at its first request; while up it answers every request.
+    """
+
+    def __init__(self, monkeypatch) -> None:
+        self.up = False
+        self.now = 1000.0
+        self.opened: list[float] = []
+        monkeypatch.setattr(client_module, "_Stream", self.stream)
+        clock = SimpleNamespace(
+            monotonic=lambda: self.now, perf_counter=time.perf_counter, time_ns=time.time_ns, sleep=time.sleep
+        )
+        monkeypatch.setattr(client_module, "time", clock)
+
+    def stream(self, _client: PolicyClient) -> SimpleNamespace:
+        self.opened.append(self.now)
+        replies = queue.SimpleQueue()
+
+        def put(request: pb.StreamActRequest) -> None:
+            if self.up:
+                replies.put(pb.StreamActReply(seq=request.seq, action=encode(np.zeros(ACT_DIM, np.float32))))
+            else:
+                replies.put(client_module._END)
+
+        error = ServiceError(grpc.StatusCode.UNAVAILABLE, "the server closed the stream")
+        return SimpleNamespace(requests=SimpleNamespace(put=put), replies=replies, error=error, close=lambda: None)
+
+    def run(self, control, seconds: float, tick_s: float = 0.002) -> list[float]:
+        """Tick ``control`` for ``seconds``; the times of the reconnection tries, from the start of the run."""
+        start, tries = self.now, len(self.opened)
+        for _ in range(round(seconds / tick_s)):
+            control.act(OBS)
+            self.now += tick_s
+        return [t - start for t in self.opened[tries:]]
+
+
+RECONNECT_WAITS = [0.05, 0.05, 0.1, 0.2, 0.4, 0.8, 1.0, 1.0]
+"""The default backoff (0.05 s, 1.0 s) after a break: a first try after 0.05 s, then tries 0.05, 0.1, 0.2 …
+up to 1 s apart."""
+
+
+def test_reconnect_backoff_doubles_up_to_its_cap_and_restarts_after_a_fresh_reply(client, monkeypatch):
+    """While the server is down the tries space out; once a reply came through, the next outage is
+    retried as quickly as the first, not after the grown interval (1 s of fallback actions)."""
+    server = FlakyServer(monkeypatch)
+    control = client.session(period_s=0.002, fallback="zeros")
+    outage = server.run(control, 4.0)  # the session's first stream breaks at once
+    assert np.diff([0.0, *outage]) == pytest.approx(RECONNECT_WAITS, abs=0.0025)
+    assert {t.source for t in control.timings} == {"zeros"}
+    server.up = True
+    assert len(server.run(control, 2.0)) == 1  # the next try reconnects and the stream stays open
+    assert control.timings[-1].source == "server"
+    server.up = False
+    second = server.run(control, 1.0)
+    assert np.diff([0.0, *second]) == pytest.approx(RECONNECT_WAITS[:5], abs=0.0025)
+    control.close()

@@ -18,6 +18,7 @@ from flowrl_deploy.client import PolicyClient, ServiceError
 from flowrl_deploy.errors import FlowRLError
 from flowrl_deploy.runtime import OnnxPolicy
 from flowrl_deploy.serve import PolicyServer, ServeConfig
+from flowrl_deploy.serve import reload as watch
 
 OBS = np.array([[0.5, -0.3, 0.2]], np.float32)
 
@@ -323,3 +324,24 @@ def test_a_reloaded_checkpoint_is_exported_at_the_n_served_now(tmp_path, monkeyp
         client.reload(str(save_step(tmp_path / "run", 2)))
         assert client.spec().flow_steps == 1
     assert [steps for _, steps in exporter.calls] == [1]
+
+
+def test_watch_reloads_only_once_the_file_has_stayed_the_same_for_one_interval(tmp_path, monkeypatch):
+    """A file still being copied in (its stamp changing at every poll) is not loaded half-written."""
+    served, copying, copied = "v1", ("v2", 1000), ("v2", 2000)
+    stamps = [served, copying, copied]  # then `copied` for good
+    polls: list = []
+
+    def stamp(_path):
+        polls.append(stamps[min(len(polls), len(stamps) - 1)])
+        return polls[-1]
+
+    monkeypatch.setattr(watch, "served_stamp", stamp)
+    loads: list = []
+    watcher = watch.FileWatcher(tmp_path / "policy.onnx", lambda: loads.append(list(polls)), interval_s=0.005)
+    watcher.start()
+    try:
+        assert _wait_for(lambda: len(polls) >= 10)
+    finally:
+        watcher.stop()
+    assert loads == [[served, copying, copied, copied]]  # once, at the second poll that saw it unchanged

@@ -1,0 +1,47 @@
+"""Metrics: the figures of GetStats and the Prometheus buckets, checked on known samples."""
+
+from __future__ import annotations
+
+import pytest
+
+from flowrl_deploy.serve.metrics import Metrics
+
+
+@pytest.fixture
+def metrics() -> Metrics:
+    return Metrics(sessions=lambda: 0, version=lambda: "v1-test")
+
+
+def test_get_stats_reports_the_median_and_99th_percentile_of_recent_latencies(metrics):
+    for us in range(1, 101):  # 1 µs … 100 µs, one call each
+        metrics.record("Act", "OK", us * 1e-6)
+    act = metrics.summary()["methods"]["Act"]
+    assert act["requests"] == act["timed_calls"] == 100 and act["errors"] == 0
+    assert act["p50_us"] == pytest.approx(50.5)
+    assert act["p99_us"] == pytest.approx(99.01)  # numpy's linear interpolation of the 99th percentile
+
+
+def test_get_stats_mean_batch_size_is_rows_per_batch(metrics):
+    for rows in (1, 3, 8):
+        metrics.record_batch(rows, 1e-4)
+    summary = metrics.summary()
+    assert summary["batches"] == 3
+    assert summary["mean_batch_size"] == pytest.approx(4.0)
+
+
+def test_a_value_on_a_bucket_bound_counts_in_that_bucket(metrics):
+    """Prometheus' ``le`` is "less or equal": a batch of 1 row is in le="1", a 1 ms call in le="0.001"."""
+    metrics.record_batch(1, 1e-3)
+    metrics.record_batch(4, 2e-3)
+    metrics.record("Act", "OK", 1e-3)
+    text = metrics.exposition().splitlines()
+    for line in (
+        'flowrl_batch_size_bucket{le="1"} 1',
+        'flowrl_batch_size_bucket{le="2"} 1',
+        'flowrl_batch_size_bucket{le="4"} 2',
+        'flowrl_inference_seconds_bucket{le="0.00075"} 0',
+        'flowrl_inference_seconds_bucket{le="0.001"} 1',
+        'flowrl_inference_seconds_bucket{le="0.002"} 2',
+        'flowrl_request_latency_seconds_bucket{method="Act",le="0.001"} 1',
+    ):
+        assert line in text
