@@ -14,7 +14,7 @@ from typer.testing import CliRunner
 from flowrl_deploy.checkpoint import read_document
 from flowrl_deploy.cli import app
 from flowrl_deploy.train import loop
-from flowrl_deploy.train.config import TrainConfig
+from flowrl_deploy.train.config import TrainConfig, flag
 from flowrl_deploy.train.evaluate import EvalResult, checkpoint_act_fn, evaluate
 
 runner = CliRunner()
@@ -49,7 +49,10 @@ def test_every_config_field_is_an_option_of_the_same_name():
         assert f"--{field.name.replace('_', '-')}" in options, field.name
 
 
-def test_options_reach_the_config(monkeypatch, tmp_path):
+@pytest.fixture
+def fake_training(monkeypatch, tmp_path):
+    """`loop.train` replaced by a recorder that returns at once: a bug that lets a setting through
+    to training fails fast instead of starting a real (default: 1,000,000-step) run."""
     seen = {}
 
     def fake_train(cfg, resume=None, progress=True, **kwargs):
@@ -57,40 +60,29 @@ def test_options_reach_the_config(monkeypatch, tmp_path):
         return loop.TrainResult(tmp_path, tmp_path / "ckpt", loop.Counters(env_steps=cfg.steps))
 
     monkeypatch.setattr(loop, "train", fake_train)
-    args = [
-        "train",
-        "--env",
-        "dmc:dog-run",
-        "--steps",
-        "123",
-        "--out",
-        str(tmp_path),
-        "--lam",
-        "0.2",
-        "--expectile",
-        "0.8",
-        "--cfm-weighting",
-        "sample",
-        "--flow-steps",
-        "3",
-        "--device",
-        "cpu",
-        "--bf16",
-    ]
+    return seen
+
+
+def test_options_reach_the_config(fake_training, tmp_path):
+    """Every option, each given a valid value other than its default, lands in the config as given."""
+    values = dict(
+        env="dmc:dog-run", steps=123, seed=7, out=str(tmp_path), hidden=64, flow_steps=3, solver="euler",
+        gamma=0.98, lr=1e-3, tau=0.9, policy_delay=3, lam=0.2, expectile=0.8, cfm_weighting="sample",
+        batch_size=64, buffer_size=5000, start_steps=100, recent_fraction=0.3, recent_window=512, eval_every=500,
+        eval_episodes=2, log_every=50, save_every=1000, save_replay=True, device="cpu", bf16=True, compile=True,
+        cuda_graphs=False, threads=1,
+    )  # fmt: skip
+    default = TrainConfig()
+    assert list(values) == [field.name for field in dataclasses.fields(TrainConfig)]  # a new field joins the table
+    args = ["train"]
+    for name, value in values.items():
+        assert value != getattr(default, name), name  # else a dropped option would pass unseen
+        option = flag(name)
+        args += [option if value else f"--no-{option[2:]}"] if isinstance(value, bool) else [option, str(value)]
     result = runner.invoke(app, args)
     assert result.exit_code == 0, result.output
-    assert seen["cfg"] == TrainConfig(
-        env="dmc:dog-run",
-        steps=123,
-        out=str(tmp_path),
-        lam=0.2,
-        expectile=0.8,
-        cfm_weighting="sample",
-        flow_steps=3,
-        device="cpu",
-        bf16=True,
-    )
-    assert seen["resume"] is None
+    assert fake_training["cfg"] == TrainConfig(**values)
+    assert fake_training["resume"] is None
 
 
 def test_a_run_that_is_all_warm_up_is_warned_about(tmp_path):
@@ -225,8 +217,9 @@ def test_an_unknown_env_fails_at_once(tmp_path):
         (["--flow-steps", "100000"], "--flow-steps must lie in [1, 1000], got 100000"),
     ],
 )
-def test_an_out_of_range_setting_is_one_clear_line(tmp_path, args, message):
+def test_an_out_of_range_setting_is_one_clear_line(fake_training, tmp_path, args, message):
     result = runner.invoke(app, ["train", "--out", str(tmp_path), *args])
+    assert "cfg" not in fake_training, "training started"
     assert result.exit_code == 1
     assert result.output.startswith(f"error: {message}") and result.output.count("\n") == 1
 

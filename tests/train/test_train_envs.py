@@ -26,6 +26,28 @@ def test_dmc_observations_are_flat_float32_in_the_spec_order(cartpole):
     assert info.action_names == ("slide",)
 
 
+@pytest.fixture(scope="module")
+def walker():
+    return make_env("dmc:walker-walk", seed=3)
+
+
+def test_dmc_control_period_is_the_agent_step_not_the_physics_step(walker):
+    """Walker steps its physics 10 times per action (0.0025 s each): a contract runs it at 40 Hz."""
+    assert walker.info.control_period_s == pytest.approx(0.025)
+
+
+def test_dmc_observations_follow_the_advertised_layout_not_sorted_keys(walker):
+    """Walker's spec order (orientations, height, velocity) is not alphabetical: a client that
+    assembles observations by the contract's obs_layout must get what training saw."""
+    from dm_control import suite
+
+    assert walker.info.obs_layout == (("orientations", 14), ("height", 1), ("velocity", 9))
+    observation = suite.load("walker", "walk", task_kwargs={"random": 3}).reset().observation
+    obs = walker.reset(seed=3)  # the same initial state as the bare suite's
+    np.testing.assert_array_equal(obs[:14], observation["orientations"].astype(np.float32))
+    np.testing.assert_array_equal(obs, np.concatenate([np.ravel(v) for v in observation.values()]).astype(np.float32))
+
+
 def test_dmc_reset_seed_fixes_the_initial_state(cartpole):
     first = cartpole.reset(seed=7)
     cartpole.reset(seed=8)
@@ -107,6 +129,11 @@ def test_gym_adapter_separates_falls_from_time_limits():
     obs, _, terminated, truncated = run(env, 0.4)
     assert obs.dtype == np.float32 and (terminated, truncated) == (True, False)
     assert run(env, 0.0)[2:] == (False, True)
+
+
+def test_gym_control_period_is_the_env_dt():
+    """Pendulum-v1 steps at 20 Hz: its contract must carry that rate (0.0 would mean "unknown")."""
+    assert make_env("Pendulum-v1").info.control_period_s == pytest.approx(0.05)
 
 
 @pytest.mark.parametrize("env_id", ["dmc:cartpole-nope", "dmc:nodomain-run", "NoSuchEnv-v3", "dmc:", "walker"])

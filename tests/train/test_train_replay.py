@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 
 from flowrl_deploy.errors import CheckpointError
-from flowrl_deploy.train.replay import ReplayBuffer
+from flowrl_deploy.train.replay import FIELDS, ReplayBuffer
 
 
 def filled(capacity: int, n: int, **kwargs) -> ReplayBuffer:
@@ -40,6 +40,15 @@ def test_the_recent_window_follows_the_write_position_across_the_wrap():
     assert set(recent.tolist()) <= {25, 26, 27, 28, 29}
 
 
+def test_a_buffer_smaller_than_the_recent_window_samples_only_stored_transitions():
+    """Early in a run (or after a resume without --save-replay) the recent share must not read empty,
+    zero-filled slots: each would be a fake termination (mask 0) with obs 0."""
+    buffer = filled(capacity=10_000, n=30, recent_window=2048, recent_fraction=1.0)
+    assert (buffer.sample_indices(64) < 30).all()
+    batch = buffer.sample(64)
+    np.testing.assert_array_equal(batch.next_obs[:, 0], batch.obs[:, 0] + 1)  # never an unwritten slot
+
+
 def test_batches_hold_consistent_transitions():
     batch = filled(capacity=50, n=50).sample(16)
     np.testing.assert_array_equal(batch.next_obs[:, 0], batch.obs[:, 0] + 1)
@@ -56,6 +65,19 @@ def test_state_round_trip_resumes_the_same_samples():
     restored.set_rng_state(rng_state)
     np.testing.assert_array_equal(restored.sample_indices(32), expected)
     np.testing.assert_array_equal(restored.obs[:40], buffer.obs[:40])
+
+
+def test_state_round_trip_of_a_wrapped_buffer_keeps_the_write_position():
+    """After the ring wrapped, a resumed --save-replay run must go on overwriting the oldest slot."""
+    buffer = filled(capacity=64, n=100)  # the oldest transition now sits at index 36
+    restored = ReplayBuffer(1, 1, 64)
+    restored.load_state_dict(*buffer.state_dict())
+    assert restored.pos == buffer.pos == 36
+    for b in (buffer, restored):
+        b.add(np.array([-1.0]), np.array([0.0]), -1.0, np.array([0.0]), terminated=False)
+    assert restored.reward[36] == buffer.reward[36] == -1.0
+    for name in FIELDS:
+        np.testing.assert_array_equal(getattr(restored, name), getattr(buffer, name), err_msg=name)
 
 
 def test_a_mismatched_buffer_is_a_clear_error():
