@@ -11,6 +11,7 @@ resumed from a checkpoint taken at an episode boundary continues exactly as if n
 
 from __future__ import annotations
 
+import json
 import math
 import os
 import signal
@@ -30,6 +31,7 @@ from flowrl_deploy.checkpoint import (
     resolve_checkpoint,
     save_checkpoint,
 )
+from flowrl_deploy.envid import parse_env_id
 from flowrl_deploy.errors import CheckpointError, FlowRLError
 from flowrl_deploy.spec import PolicySpec
 from flowrl_deploy.train.algorithm import FlowRL, resolve_device, training_bytes
@@ -37,7 +39,7 @@ from flowrl_deploy.train.checkpointing import RunCheckpoints, actor_act_fn
 from flowrl_deploy.train.config import CONFIG_FILE, ConfigError, TrainConfig
 from flowrl_deploy.train.envs import Env, EnvInfo, episode_seed, make_env
 from flowrl_deploy.train.evaluate import EVAL_NOISE_STREAM, EvalResult, evaluate
-from flowrl_deploy.train.logger import MetricsLogger, Progress
+from flowrl_deploy.train.logger import METRICS_CSV, METRICS_JSONL, TENSORBOARD_DIR, MetricsLogger, Progress
 from flowrl_deploy.train.replay import ReplayBuffer
 
 
@@ -123,7 +125,17 @@ def resume_config(checkpoint: str | Path, steps: int | None = None) -> TrainConf
     saved = load_checkpoint(directory)
     if not saved.config:
         raise CheckpointError(f"{directory} holds no training config, so it cannot be resumed")
-    cfg = TrainConfig.from_dict(saved.config, source=str(directory / DOCUMENT_FILE), key="config")
+    source = directory / DOCUMENT_FILE
+    cfg = TrainConfig.from_dict(saved.config, source=str(source), key="config")
+    for field, configured, saved_value in (
+        ("hidden", cfg.hidden, saved.spec.hidden),
+        ("env", str(parse_env_id(cfg.env)), saved.spec.env_id),
+    ):
+        if saved_value and configured != saved_value:  # checked here: torch's own error is a page of shapes
+            raise CheckpointError(
+                f"{source}: config.{field} {configured} does not match the saved policy ({field} {saved_value}); "
+                "the weights cannot be resumed under another config"
+            )
     if steps is None:
         return cfg
     done = saved.counters.get("env_steps", 0)
@@ -131,6 +143,37 @@ def resume_config(checkpoint: str | Path, steps: int | None = None) -> TrainConf
         raise FlowRLError(f"--steps {steps} is less than the {done} env steps {directory.name} has taken; "
                           f"give the run's new total, at least {done}")  # fmt: skip
     return cfg.override(steps=steps)
+
+
+RUN_OUTPUTS = frozenset({CONFIG_FILE, METRICS_CSV, METRICS_JSONL, TENSORBOARD_DIR, CHECKPOINTS_DIR})
+
+
+def _check_new_run_dir(run_dir: Path) -> None:
+    """A new run goes into a new or empty directory, or one holding only the outputs of a run that
+    never saved a checkpoint (a retry): the run replaces config.json and the metrics files, so a
+    folder of anything else (or a checkpoint) must not be taken for a run directory."""
+    if not run_dir.is_dir():
+        return
+    if any((run_dir / CHECKPOINTS_DIR).glob("step_*")):
+        raise FlowRLError(
+            f"{run_dir} already holds a run's checkpoints; continue it with --resume {run_dir} or choose another --out"
+        )
+    if (run_dir / DOCUMENT_FILE).exists():
+        raise FlowRLError(f"--out {run_dir} is a checkpoint, not a run directory; choose a new or empty folder")
+    entries = sorted(entry.name for entry in run_dir.iterdir())
+    foreign = [name for name in entries if name not in RUN_OUTPUTS]
+    config = run_dir / CONFIG_FILE
+    if not foreign and entries:
+        try:
+            TrainConfig.from_dict(json.loads(config.read_text()))
+        except (OSError, UnicodeDecodeError, json.JSONDecodeError, ConfigError):
+            foreign = [CONFIG_FILE if config.exists() else entries[0]]
+    if foreign:
+        shown = ", ".join(foreign[:5]) + (", ..." if len(foreign) > 5 else "")
+        raise FlowRLError(
+            f"--out {run_dir} is not empty and is not a flowrl run directory (it holds {shown}), and a run would "
+            "replace its config.json and metrics files; choose a new or empty folder"
+        )
 
 
 def train(
@@ -147,10 +190,8 @@ def train(
     run_dir = Path(cfg.out) if start is None else _run_to_resume(start)
     if run_dir.exists() and not run_dir.is_dir():
         raise FlowRLError(f"--out {run_dir} is a file, not a directory; choose a directory for the run")
-    if resume is None and any((run_dir / CHECKPOINTS_DIR).glob("step_*")):
-        raise FlowRLError(
-            f"{run_dir} already holds a run's checkpoints; continue it with --resume {run_dir} or choose another --out"
-        )
+    if resume is None:
+        _check_new_run_dir(run_dir)
     if cfg.threads:
         check_thread_count("--threads", cfg.threads)
         torch.set_num_threads(cfg.threads)

@@ -163,7 +163,10 @@ def test_a_file_in_place_of_the_checkpoints_folder_fails_before_training(tmp_pat
     (out / "checkpoints").write_text("")
     result = runner.invoke(app, ["train", *TINY, "--steps", "100000", "--out", str(out)])  # would take minutes
     assert result.exit_code == 1
-    assert result.output == f"error: cannot create the checkpoints folder {out}/checkpoints: File exists\n"
+    assert result.output == (
+        f"error: --out {out} is not empty and is not a flowrl run directory (it holds checkpoints), and a run "
+        "would replace its config.json and metrics files; choose a new or empty folder\n"
+    )
 
 
 def test_a_checkpoint_too_large_to_write_stops_with_one_line_not_a_traceback(tmp_path):

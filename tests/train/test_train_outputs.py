@@ -2,6 +2,7 @@
 checkpoints; outputs that cannot be written fail before the first step; a save that fails mid-run
 stops training with one clear error naming the last good checkpoint."""
 
+import json
 import re
 import shutil
 from pathlib import Path
@@ -10,7 +11,7 @@ import pytest
 from safetensors import SafetensorError
 
 from flowrl_deploy import checkpoint as ckpt
-from flowrl_deploy.errors import FlowRLError
+from flowrl_deploy.errors import CheckpointError, FlowRLError
 from flowrl_deploy.train import loop
 from flowrl_deploy.train.config import TrainConfig
 from flowrl_deploy.train.loop import resume_config, train
@@ -73,7 +74,7 @@ def test_later_checkpoints_of_the_run_are_refused_however_the_checkpoint_is_name
     ("in_the_way", "message"),
     [
         ("checkpoints", "cannot create the checkpoints folder {out}/checkpoints: File exists"),
-        ("config.json", "cannot write {out}/config.json: Is a directory"),
+        ("config.json", "--out {out} is not empty and is not a flowrl run directory (it holds config.json)"),
         ("metrics.jsonl", "cannot write {out}/metrics.jsonl: Is a directory"),
         ("metrics.csv", "cannot write {out}/metrics.csv: Is a directory"),
         ("tensorboard", "cannot write {out}/tensorboard: File exists"),
@@ -82,12 +83,15 @@ def test_later_checkpoints_of_the_run_are_refused_however_the_checkpoint_is_name
 def test_an_output_that_cannot_be_written_fails_before_the_first_step(tmp_path, no_steps, in_the_way, message):
     out = tmp_path / "run"
     out.mkdir()
+    cfg = TrainConfig(steps=200, out=str(out), **TINY)
+    if in_the_way != "config.json":
+        cfg.save(out)  # the folder of a run that stopped before its first checkpoint: a retry may reuse it
     if in_the_way in ("checkpoints", "tensorboard"):
         (out / in_the_way).write_text("a file where a folder goes")
     else:
         (out / in_the_way).mkdir()  # a folder where a file goes
     with pytest.raises(FlowRLError, match=f"^{re.escape(message.format(out=out))}"):
-        train(TrainConfig(steps=200, out=str(out), **TINY), progress=False)
+        train(cfg, progress=False)
     assert not [p.name for p in out.iterdir() if ".tmp" in p.name]  # no temporary file left behind
 
 
@@ -123,3 +127,54 @@ def test_a_run_whose_first_save_fails_says_no_checkpoint_was_saved(monkeypatch, 
     failing_save_file(monkeypatch, after=0)
     with pytest.raises(FlowRLError, match="training stopped at env step 100, and the last checkpoint saved is none"):
         train(TrainConfig(steps=300, out=str(tmp_path / "run"), **TINY), progress=False)
+
+
+@pytest.mark.parametrize(
+    "foreign",
+    [
+        {"config.json": '{"mine": 1}\n', "metrics.csv": "my,important,csv\n"},  # the sweep's case
+        {"notes.txt": "keep me\n"},
+        {"config.json": "not json"},
+    ],
+)
+def test_a_folder_that_is_not_a_run_is_refused_before_anything_is_replaced(tmp_path, no_steps, foreign):
+    """--out . in a project folder replaced its config.json and metrics.csv without a word."""
+    for name, text in foreign.items():
+        (tmp_path / name).write_text(text)
+    with pytest.raises(FlowRLError, match=f"^--out {re.escape(str(tmp_path))} is not empty and is not a flowrl run"):
+        train(TrainConfig(steps=100, out=str(tmp_path), **TINY), progress=False)
+    assert {p.name: p.read_text() for p in tmp_path.iterdir()} == foreign
+
+
+def test_a_checkpoint_is_refused_as_the_folder_of_a_new_run(run, no_steps):
+    checkpoint = run.run_dir / "checkpoints" / "step_000000100"
+    before = tree(checkpoint)
+    with pytest.raises(FlowRLError, match="is a checkpoint, not a run directory"):
+        train(TrainConfig(steps=100, out=str(checkpoint), **TINY), progress=False)
+    assert tree(checkpoint) == before
+
+
+def test_a_run_that_never_saved_a_checkpoint_may_be_started_again_in_its_folder(tmp_path, monkeypatch):
+    """Its leftovers (config.json, metrics, tensorboard/) are the run's own: a retry replaces them."""
+    first = TrainConfig(steps=100, out=str(tmp_path), **TINY)
+    first.save(tmp_path)
+    (tmp_path / "metrics.csv").write_text("step\n")
+    (tmp_path / "tensorboard").mkdir()
+    result = train(first.override(seed=3), progress=False)
+    assert json.loads((tmp_path / "config.json").read_text())["seed"] == 3
+    assert result.last_checkpoint.parent == tmp_path / "checkpoints"
+
+
+def test_a_resume_whose_config_no_longer_matches_the_weights_names_the_field(run, tmp_path):
+    """A hand-edited config.hidden used to dump torch's page of state_dict size mismatches."""
+    copy = shutil.copytree(run.run_dir, tmp_path / "copy", symlinks=True)
+    checkpoint = copy / "checkpoints" / "step_000000200"
+    document = json.loads((checkpoint / ckpt.DOCUMENT_FILE).read_text())
+    document["config"]["hidden"] = 16
+    (checkpoint / ckpt.DOCUMENT_FILE).write_text(json.dumps(document))
+    with pytest.raises(CheckpointError) as info:
+        resume(checkpoint, steps=250)
+    assert str(info.value) == (
+        f"{checkpoint.resolve() / ckpt.DOCUMENT_FILE}: config.hidden 16 does not match the saved policy (hidden 8); "
+        "the weights cannot be resumed under another config"
+    )
