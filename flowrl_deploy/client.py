@@ -449,7 +449,7 @@ class ControlSession:
                 continue  # the late answer to an earlier tick
             if reply.status.code == 0:
                 self._opened = True  # only now: a refused opening is sent again with the seed and pin
-                self._retry_in = self._backoff_s[0]
+                self._retry_in, self._retry_at = self._backoff_s[0], 0.0  # a later break retries soon again
                 return reply
             code = grpc.StatusCode[_code_name(reply.status.code)]
             if code not in TRANSIENT:
