@@ -282,7 +282,14 @@ def load_checkpoint(path: str | os.PathLike[str], *, training_state: bool = Fals
     directory = resolve_checkpoint(path)
     document = read_document(directory)
     spec = read_spec(directory)
-    checkpoint = Checkpoint(directory, spec, document, _load_tensors(directory / MODEL_FILE, required=True))
+    actor = _load_tensors(directory / MODEL_FILE, required=True)
+    for name, tensor in actor.items():  # an integer or bool weight is corruption, not a quantized model
+        if tensor.dtype.kind != "f":
+            raise CheckpointError(
+                f"{directory / MODEL_FILE}: actor tensor {name} has dtype {tensor.dtype}; "
+                "weights must be floating point"
+            )
+    checkpoint = Checkpoint(directory, spec, document, actor)
     if training_state:
         if not (directory / TRAINING_TENSORS_FILE).is_file():
             raise CheckpointError(

@@ -155,6 +155,15 @@ class TestAtomicity:
 
 
 class TestCorruptOrForeign:
+    @pytest.mark.parametrize("dtype", [np.int32, np.bool_])
+    def test_integer_or_bool_weights_are_refused_by_name(self, tmp_path, dtype):
+        """The sweep's case: every weight cast to int32 (or bool) exported and evaluated without a word."""
+        path = save(tmp_path / "c")
+        model = path / ckpt.MODEL_FILE
+        ckpt.save_file({k: v.astype(dtype) for k, v in ckpt.load_file(str(model)).items()}, str(model))
+        with pytest.raises(CheckpointError, match=r"actor tensor \S+ has dtype (int32|bool); weights must be floating"):
+            ckpt.load_checkpoint(path)
+
     def test_missing_path(self, tmp_path):
         with pytest.raises(CheckpointError, match="checkpoint not found"):
             ckpt.load_checkpoint(tmp_path / "nope")
