@@ -19,6 +19,7 @@ output.
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 
@@ -35,6 +36,8 @@ MS_DOMAIN = "com.microsoft"
 INT8_BLOCK = 128
 """Inputs per quantization block of the int8 layer (MatMulNBits takes 16, 32, 64, 128 or 256)."""
 LAYER_NORM_EPS = 1e-5  # torch.nn.LayerNorm's default
+MIN_OPSET = 17
+"""The oldest opset with LayerNormalization (ExportConfig refuses older ones)."""
 _PREFIX = "velocity.net."
 _SHAPES = {  # state_dict key suffix -> shape as a function of (obs_dim, act_dim, hidden)
     "0.weight": lambda o, a, h: (h, o + a + 1),
@@ -155,9 +158,7 @@ def build_policy_graph(
 
     ``dtype="int8"`` quantizes the hidden×hidden layer (see :func:`int8_blocks`); the rest stays fp32.
     """
-    newest = onnx.defs.onnx_opset_version()
-    if opset > newest:
-        raise FlowRLError(f"opset {opset} is newer than this onnx ({onnx.__version__}) knows; use <= {newest}")
+    check_opset(opset)
     g = _Graph()
     batch_dim: int | str = batch if batch is not None else "batch"
     inputs = [helper.make_tensor_value_info(OBS_INPUT, TensorProto.FLOAT, [batch_dim, spec.obs_dim])]
@@ -201,11 +202,59 @@ def build_policy_graph(
         [helper.make_tensor_value_info(ACTION_OUTPUT, TensorProto.FLOAT, [batch_dim, spec.act_dim])],
         g.initializers,
     )
+    return _stamped(graph, opset, int8=dtype == "int8")
+
+
+def _stamped(graph: onnx.GraphProto, opset: int, *, int8: bool = False) -> onnx.ModelProto:
+    """``graph`` as a model of ``opset`` (+ com.microsoft for the int8 layer), with the oldest IR
+    version that opset allows."""
     opsets = [helper.make_opsetid("", opset)]
     ir_version = helper.find_min_ir_version_for(opsets)
-    if dtype == "int8":
+    if int8:
         opsets.append(helper.make_opsetid(MS_DOMAIN, 1))
     return helper.make_model(graph, opset_imports=opsets, ir_version=ir_version)
+
+
+@functools.cache
+def newest_opset() -> int:
+    """The newest opset an exported graph may be stamped with: the newest that this onnx knows and the
+    installed onnxruntime loads. onnxruntime refuses a newer IR version than its own and an opset
+    still under development, though onnx may know both, and has no call that names its newest
+    (microsoft/onnxruntime#14932): opsets are tried newest first on a one-node model stamped as an
+    export is (a few milliseconds). Without onnxruntime, or if it loads none, onnx's newest."""
+    newest = onnx.defs.onnx_opset_version()
+    try:
+        import onnxruntime as ort
+    except ImportError:
+        return newest
+    options = ort.SessionOptions()
+    options.log_severity_level = 4  # the refusals are the answer, not errors to log
+    io = [helper.make_tensor_value_info(name, TensorProto.FLOAT, [1]) for name in ("x", "y")]
+    probe = helper.make_graph([helper.make_node("Identity", ["x"], ["y"])], "opset_probe", io[:1], io[1:])
+    for opset in range(newest, MIN_OPSET - 1, -1):
+        try:
+            model = _stamped(probe, opset).SerializeToString()
+            ort.InferenceSession(model, sess_options=options, providers=["CPUExecutionProvider"])
+        except Exception:  # onnxruntime's own untyped error: it does not run this opset
+            continue
+        return opset
+    return newest
+
+
+def check_opset(opset: int) -> None:
+    """Raise :class:`FlowRLError` for an opset newer than this onnx and onnxruntime support together,
+    naming the range that works (before any work: onnxruntime would refuse the graph only at its
+    verification, or at a server's start with --no-verify)."""
+    newest = newest_opset()
+    if opset <= newest:
+        return
+    try:
+        import onnxruntime as ort
+
+        libraries = f"this onnx ({onnx.__version__}) and onnxruntime ({ort.__version__}) both support"
+    except ImportError:
+        libraries = f"this onnx ({onnx.__version__}) knows"
+    raise FlowRLError(f"--opset {opset} is newer than {libraries}; use {MIN_OPSET}..{newest}")
 
 
 def _plain_sampler(

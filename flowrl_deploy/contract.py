@@ -18,8 +18,8 @@ from dataclasses import asdict, dataclass, fields
 from typing import Any
 
 from flowrl_deploy.errors import SpecError
-from flowrl_deploy.fieldtypes import wrong_type
-from flowrl_deploy.spec import SOLVERS
+from flowrl_deploy.fieldtypes import is_int, wrong_type
+from flowrl_deploy.spec import MAX_FLOW_STEPS, SOLVERS, float32_bounds_problem
 
 CONTRACT_KEY = "flowrl.contract"
 CONTRACT_HASH_KEY = "flowrl.contract_hash"
@@ -87,6 +87,10 @@ class PolicyContract:
             )
         if self.obs_dim < 1 or self.act_dim < 1 or self.flow_steps < 1:
             raise SpecError("policy contract: obs_dim, act_dim and flow_steps must be >= 1")
+        if self.flow_steps > MAX_FLOW_STEPS:
+            raise SpecError(
+                f"policy contract field flow_steps must lie in [1, {MAX_FLOW_STEPS}], got {self.flow_steps}"
+            )
         if len(self.action_low) != self.act_dim or len(self.action_high) != self.act_dim:
             raise SpecError(f"policy contract: the action bounds must hold act_dim = {self.act_dim} values each")
         if not all(math.isfinite(x) for x in (*self.action_low, *self.action_high, self.control_period_s)):
@@ -96,6 +100,9 @@ class PolicyContract:
                 raise SpecError(
                     f"policy contract field action_low must lie below action_high: action {i} has {lo:g} >= {hi:g}"
                 )
+        problem = float32_bounds_problem(self.action_low, self.action_high)
+        if problem is not None:
+            raise SpecError(f"policy contract field {problem}")
         period = self.control_period_s
         if period != 0 and not MIN_CONTROL_PERIOD_S <= period <= MAX_CONTROL_PERIOD_S:
             raise SpecError(
@@ -108,10 +115,10 @@ class PolicyContract:
                 f"policy contract field action_names holds {len(self.action_names)} names for act_dim = {self.act_dim}"
             )
         sizes = [size for _, size in self.obs_layout]
-        if self.obs_layout and (min(sizes) < 1 or sum(sizes) != self.obs_dim):
+        if sizes and (not all(is_int(size) for size in sizes) or min(sizes) < 1 or sum(sizes) != self.obs_dim):
             raise SpecError(
-                f"policy contract field obs_layout has block sizes {sizes}: each must be >= 1 and together "
-                f"they must add up to obs_dim = {self.obs_dim}"
+                f"policy contract field obs_layout has block sizes {sizes}: each must be an integer >= 1 and "
+                f"together they must add up to obs_dim = {self.obs_dim}"
             )
         if self.solver not in SOLVERS:
             raise SpecError(
@@ -147,7 +154,7 @@ class PolicyContract:
             kwargs = {k: v for k, v in data.items() if k in known}
             for key in ("action_low", "action_high"):
                 kwargs[key] = tuple(float(x) for x in kwargs[key])
-            kwargs["obs_layout"] = tuple((str(n), int(s)) for n, s in kwargs.get("obs_layout", ()))
+            kwargs["obs_layout"] = tuple((str(n), s) for n, s in kwargs.get("obs_layout", ()))
             for key in ("action_names", "input_names"):
                 if key in kwargs:
                     kwargs[key] = tuple(str(x) for x in kwargs[key])

@@ -7,6 +7,7 @@ file, so that each stage reads the previous stage's artifact, never its in-memor
 from __future__ import annotations
 
 import math
+import struct
 from dataclasses import asdict, dataclass, field, fields
 from typing import Any
 
@@ -19,6 +20,33 @@ SPEC_VERSION = 1
 MAX_FLOW_STEPS = 1000
 """The most ODE steps N a policy may sample with, in training, export and serving alike (a typo such
 as 100000 would otherwise build and run a graph for ages)."""
+FLOAT32_MAX = 3.4028234663852886e38
+"""The largest float32. The sampler runs in float32 (torch and the exported graph alike), so a bound,
+its range and midpoint, and the noise clip must fit: beyond, the graph outputs only NaN."""
+
+
+def float32_bounds_problem(low: tuple[float, ...], high: tuple[float, ...]) -> str | None:
+    """What float32 cannot hold in finite action bounds with low < high (the first found), as
+    "action_high[0] = 1e+39 does not fit float32 ..."; None when they all fit. The graph rescales
+    tanh's output by (high - low)/2 and (high + low)/2, computed in float32."""
+    for name, bounds in (("action_low", low), ("action_high", high)):
+        for i, bound in enumerate(bounds):
+            if abs(bound) > FLOAT32_MAX:
+                return (
+                    f"{name}[{i}] = {bound:g} does not fit float32 (|x| <= {FLOAT32_MAX:.4g}), which the policy runs in"
+                )
+    for i, (lo, hi) in enumerate(zip(low, high, strict=True)):
+        if hi - lo > FLOAT32_MAX or abs(hi + lo) > FLOAT32_MAX:
+            return (
+                f"action_low[{i}] = {lo:g} and action_high[{i}] = {hi:g} have a range or sum beyond float32 "
+                f"(|x| <= {FLOAT32_MAX:.4g}), in which the policy rescales its actions"
+            )
+        if struct.pack("f", lo) == struct.pack("f", hi):
+            return (
+                f"action_low[{i}] = {lo!r} and action_high[{i}] = {hi!r} are the same float32, in which the "
+                f"policy rescales its actions: every action would be that value"
+            )
+    return None
 
 
 @dataclass(frozen=True)
@@ -66,6 +94,9 @@ class PolicySpec:
                 raise SpecError(f"{name} must be finite, got {bounds}")
         if any(lo >= hi for lo, hi in zip(self.action_low, self.action_high, strict=True)):
             raise SpecError("every action_low must be below its action_high")
+        problem = float32_bounds_problem(self.action_low, self.action_high)
+        if problem is not None:
+            raise SpecError(problem)
         if self.solver not in SOLVERS:
             raise SpecError(f"unknown solver {self.solver!r}; choose one of {', '.join(SOLVERS)}")
         if self.activation not in ACTIVATIONS:
@@ -74,10 +105,19 @@ class PolicySpec:
             raise SpecError(f"flow_steps must lie in [1, {MAX_FLOW_STEPS}], got {self.flow_steps}")
         if not (math.isfinite(self.noise_clip) and self.noise_clip > 0):
             raise SpecError(f"noise_clip must be a finite number > 0, got {self.noise_clip!r}")
+        if self.noise_clip > FLOAT32_MAX:
+            raise SpecError(
+                f"noise_clip must fit float32 (<= {FLOAT32_MAX:.4g}), in which the noise is clamped, "
+                f"got {self.noise_clip:g}"
+            )
         if self.hidden < 1:
             raise SpecError(f"hidden must be >= 1, got {self.hidden}")
-        if self.obs_layout and sum(size for _, size in self.obs_layout) != self.obs_dim:
-            raise SpecError("obs_layout sizes do not add up to obs_dim")
+        sizes = [size for _, size in self.obs_layout]
+        if sizes and (not all(is_int(size) for size in sizes) or min(sizes) < 1 or sum(sizes) != self.obs_dim):
+            raise SpecError(
+                f"obs_layout has block sizes {sizes}: each must be an integer >= 1 and together they must "
+                f"add up to obs_dim = {self.obs_dim}"
+            )
         if self.action_names and len(self.action_names) != self.act_dim:
             raise SpecError(f"{len(self.action_names)} action_names for act_dim={self.act_dim}")
 
@@ -107,7 +147,7 @@ class PolicySpec:
         try:
             kwargs["action_low"] = tuple(float(x) for x in kwargs["action_low"])
             kwargs["action_high"] = tuple(float(x) for x in kwargs["action_high"])
-            kwargs["obs_layout"] = tuple((str(n), int(s)) for n, s in kwargs.get("obs_layout", ()))
+            kwargs["obs_layout"] = tuple((str(n), s) for n, s in kwargs.get("obs_layout", ()))
             kwargs["action_names"] = tuple(str(n) for n in kwargs.get("action_names", ()))
             return cls(**kwargs)
         except (TypeError, ValueError) as exc:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from enum import Enum
 from pathlib import Path
 from typing import Annotated
@@ -44,6 +45,17 @@ def parse_batch(text: str) -> int | str:
     raise FlowRLError(f"--batch takes 'dynamic' or an integer from 1 to {MAX_BATCH}, got {text!r}")
 
 
+def file_path(flag: str, text: str, example: str) -> Path:
+    """``text`` as the path of a file to write. One that ends in a slash names a folder, though
+    ``Path`` drops the slash (``j/`` becomes the file ``j``): it is refused, also where the folder
+    does not exist yet."""
+    if text.endswith(tuple(filter(None, (os.sep, os.altsep)))):
+        raise FlowRLError(
+            f"{flag} {text} ends in a slash, so it names a folder; give a file path such as {text}{example}"
+        )
+    return Path(text)
+
+
 def check_outputs(out: Path, onnx_files: list[Path], json_out: Path | None, checkpoint_dir: Path) -> None:
     """Refuse, before the first export, every output that cannot be written or would destroy
     something: each file of a sweep (not only the first), and the --json report."""
@@ -63,7 +75,7 @@ def check_outputs(out: Path, onnx_files: list[Path], json_out: Path | None, chec
 @user_errors
 def export(
     checkpoint: Annotated[Path, typer.Argument(help="Checkpoint directory, or a run directory (its last checkpoint).")],
-    out: Annotated[Path, typer.Option("--out", "-o", help="The ONNX file to write.")] = Path("policy.onnx"),
+    out: Annotated[str, typer.Option("--out", "-o", metavar="<path>", help="The ONNX file to write.")] = "policy.onnx",
     steps: Annotated[
         str | None,
         typer.Option(
@@ -92,12 +104,17 @@ def export(
     episodes: Annotated[int, typer.Option(help="With --report: evaluation episodes per N (0: latency only).")] = 0,
     env: Annotated[str | None, typer.Option(help="With --report: env id (default: the policy's).")] = None,
     seed: Annotated[int, typer.Option(help="Seed of the verification inputs and the evaluation.")] = 0,
-    json_out: Annotated[Path | None, typer.Option("--json", help="Also write the report(s) as JSON here.")] = None,
+    json_out: Annotated[
+        str | None, typer.Option("--json", metavar="<path>", help="Also write the report(s) as JSON here.")
+    ] = None,
 ) -> None:
     """Export CHECKPOINT's flow policy as policy.onnx: obs (+ noise) → action in the env's bounds."""
     from flowrl_deploy.export import ExportConfig, export_checkpoint
+    from flowrl_deploy.export.graph import check_opset
     from flowrl_deploy.export.sweep import sweep_paths
 
+    onnx_path = file_path("--out", out, "policy.onnx")
+    json_path = None if json_out is None else file_path("--json", json_out, "report.json")
     checkpoint_dir = resolve_checkpoint(checkpoint)
     step_list = parse_steps(steps) if steps is not None else [read_spec(checkpoint_dir).flow_steps]
     sweep = report or len(step_list) > 1  # a table; several N write one file each (policy.n10.onnx)
@@ -116,18 +133,19 @@ def export(
         verify=verify,
         seed=seed,
     )
-    check_outputs(out, sweep_paths(out, step_list), json_out, checkpoint_dir)
+    check_opset(config.opset)
+    check_outputs(onnx_path, sweep_paths(onnx_path, step_list), json_path, checkpoint_dir)
     if sweep:
         from flowrl_deploy.export.sweep import format_sweep, sweep_steps
 
-        rows = sweep_steps(checkpoint, out, config, step_list, env_id=env, episodes=episodes, seed=seed)
+        rows = sweep_steps(checkpoint, onnx_path, config, step_list, env_id=env, episodes=episodes, seed=seed)
         for row in rows:
             typer.echo(row.report.summary())
         typer.echo(format_sweep(rows))
         records = [row.to_dict() for row in rows]
     else:
-        result = export_checkpoint(checkpoint, out, config)
+        result = export_checkpoint(checkpoint, onnx_path, config)
         typer.echo(result.summary())
         records = [result.to_dict()]
-    if json_out:
-        write_report("--json", json_out, records)
+    if json_path is not None:
+        write_report("--json", json_path, records)

@@ -95,6 +95,12 @@ def test_missing_contract_names_the_exporter():
         ({"action_names": ["a", "b", "c"]}, "action_names holds 3 names for act_dim = 2"),
         ({"obs_layout": [["x", 2]]}, r"obs_layout has block sizes \[2\]: .* add up to obs_dim = 4"),
         ({"obs_layout": [["x", 5], ["y", -1]]}, "obs_layout has block sizes"),
+        ({"obs_layout": [["x", 2.5], ["y", 1.5]]}, r"obs_layout has block sizes \[2.5, 1.5\]: each must be an integer"),
+        ({"obs_layout": [["x", 2.9], ["y", 2]]}, r"obs_layout has block sizes \[2.9, 2\]"),  # int(): 2 + 2 = 4
+        ({"flow_steps": 10**9}, r"flow_steps must lie in \[1, 1000\], got 1000000000"),
+        ({"action_high": [1e39, 1.0]}, r"field action_high\[0\] = 1e\+39 does not fit float32"),
+        ({"action_low": [-1e308, -1.0], "action_high": [1e308, 1.0]}, r"field action_low\[0\] = -1e\+308 does not"),
+        ({"action_low": [-3e38, -1.0], "action_high": [3e38, 1.0]}, r"action_high\[0\] = 3e\+38 have a range or sum"),
         ({"solver": "rk4"}, "solver is 'rk4'; an exported graph uses midpoint or euler"),
         ({"control_period_s": 1e9}, r"control_period_s is 1e\+09 s; it must be 0 \(none\) or lie in \[0.0001, 10\]"),
         ({"control_period_s": 1e-9}, "control_period_s is 1e-09 s"),

@@ -28,8 +28,23 @@ class TestPolicySpec:
             ({"noise_clip": -1.0}, "noise_clip must be a finite number > 0, got -1.0"),
             ({"noise_clip": 0.0}, "noise_clip must be a finite number > 0, got 0.0"),
             ({"noise_clip": float("inf")}, "noise_clip must be a finite number > 0, got inf"),
-            ({"obs_layout": (("x", 5),)}, "do not add up to obs_dim"),
+            ({"obs_layout": (("x", 5),)}, "obs_layout has block sizes [5]: each must be an integer >= 1"),
+            ({"obs_layout": (("x", 4), ("y", -1))}, "obs_layout has block sizes [4, -1]"),
             ({"action_high": (1.0, float("inf"))}, "must be finite"),
+            # finite in float64, but the float32 sampler would output only NaN
+            ({"action_high": (1e39, 2.0)}, "action_high[0] = 1e+39 does not fit float32 (|x| <= 3.403e+38)"),
+            ({"action_low": (-1.0, -1e308)}, "action_low[1] = -1e+308 does not fit float32"),
+            ({"action_low": (-3e38, -2.0), "action_high": (3e38, 2.0)}, "action_high[0] = 3e+38 have a range or sum"),
+            ({"action_low": (-1.0, 2e38), "action_high": (1.0, 3e38)}, "action_low[1] = 2e+38 and action_high[1]"),
+            ({"action_high": (1.0, -2.0 + 1e-9)}, "action_high[1] = -1.999999999 are the same float32"),
+            (
+                {"noise_clip": 1e39},
+                "noise_clip must fit float32 (<= 3.403e+38), in which the noise is clamped, got 1e+39",
+            ),
+            (
+                {"noise_clip": 1e300},
+                "noise_clip must fit float32 (<= 3.403e+38), in which the noise is clamped, got 1e+300",
+            ),
         ],
     )
     def test_impossible_values_are_named(self, overrides, message):
@@ -47,6 +62,16 @@ class TestPolicySpec:
             ("solver", 3, "solver must be a string, got 3"),
             ("control_period_s", None, "control_period_s must be a number, got None"),
             ("spec_version", "2", "spec_version must be an integer, got '2'"),
+            (
+                "obs_layout",
+                [["position", 2.5], ["velocity", 0.5]],
+                "obs_layout has block sizes [2.5, 0.5]: each must be an integer",
+            ),
+            (
+                "obs_layout",
+                [["position", 2.9], ["velocity", 1]],
+                "obs_layout has block sizes [2.9, 1]",
+            ),  # int(): 2 + 1 = 3
         ],
     )
     def test_a_hand_edited_field_of_the_wrong_type_is_named(self, field, value, message):

@@ -25,18 +25,23 @@ HUGE_N = 100_000
 """A flow step count a checkpoint may carry (hand-edited, or trained before the cap): minutes to unroll."""
 
 
+def edited_checkpoint(checkpoint: Path, copy: Path, **spec) -> Path:
+    """A copy of ``checkpoint`` at ``copy`` whose checkpoint.json has the ``spec`` fields changed (by hand)."""
+    edited = Path(shutil.copytree(checkpoint, copy))
+    document = json.loads((edited / DOCUMENT_FILE).read_text())
+    document["spec"].update(spec)
+    (edited / DOCUMENT_FILE).write_text(json.dumps(document))
+    return edited
+
+
 @pytest.fixture
 def huge_n_checkpoint(checkpoint: Path, tmp_path: Path) -> Path:
     """A copy of the fixture checkpoint whose checkpoint.json says N = HUGE_N."""
-    huge = Path(shutil.copytree(checkpoint, tmp_path / "huge"))
-    document = json.loads((huge / DOCUMENT_FILE).read_text())
-    document["spec"]["flow_steps"] = HUGE_N
-    (huge / DOCUMENT_FILE).write_text(json.dumps(document))
-    return huge
+    return edited_checkpoint(checkpoint, tmp_path / "huge", flow_steps=HUGE_N)
 
 
 def refuse(*args, **kwargs):
-    raise AssertionError("work began on a refused N")
+    raise AssertionError("work began on refused input")
 
 
 def refused(args: list[str], message: str) -> None:
@@ -69,6 +74,64 @@ def test_a_given_n_beyond_the_limit_is_refused_in_export_and_eval(checkpoint, mo
         ["eval", str(checkpoint), "--flow-steps", str(MAX_FLOW_STEPS + 1)],
         f"--flow-steps must lie in [1, {MAX_FLOW_STEPS}], got 1001",
     )
+
+
+@pytest.mark.parametrize(
+    ("spec", "message"),
+    [
+        ({"action_low": [-1e39, 0.0, -2.0], "action_high": [1e39, 4.0, -1.5]}, "action_low[0] = -1e+39 does not fit"),
+        ({"action_low": [-1e308, 0.0, -2.0], "action_high": [1e308, 4.0, -1.5]}, "action_low[0] = -1e+308 does not"),
+        (
+            {"noise_clip": 1e300},
+            "noise_clip must fit float32 (<= 3.403e+38), in which the noise is clamped, got 1e+300",
+        ),
+    ],
+)
+def test_a_checkpoint_float32_cannot_run_is_refused_before_building(checkpoint, tmp_path, monkeypatch, spec, message):
+    """Bounds of ±1e39 exported with --no-verify to a graph that outputs only NaN; a noise_clip of
+    1e300 crashed export (and eval, serve) with torch's RuntimeError traceback."""
+    monkeypatch.setattr("flowrl_deploy.export.graph.build_policy_graph", refuse)
+    edited, out = edited_checkpoint(checkpoint, tmp_path / "edited", **spec), tmp_path / "p.onnx"
+    refused(["export", str(edited), "--out", str(out), "--no-verify"], message)
+    assert not out.exists()
+
+
+def test_an_opset_onnxruntime_cannot_run_is_refused_before_building(checkpoint, tmp_path, monkeypatch):
+    """onnx 1.23 knows opsets 27 and 28, which onnxruntime 1.31 does not run (28 needs IR version
+    14, 27 is still under development): they failed only at verification, with onnxruntime's raw
+    error, and --no-verify wrote a file no server could load. The newest that both run exports."""
+    import onnx
+    import onnxruntime
+
+    from flowrl_deploy.export.graph import MIN_OPSET, newest_opset
+    from flowrl_deploy.runtime import make_session
+
+    newest, out = newest_opset(), tmp_path / "p.onnx"
+    assert MIN_OPSET < newest <= onnx.defs.onnx_opset_version()
+    result = runner.invoke(app, ["export", str(checkpoint), "--out", str(out), "--opset", str(newest)])
+    assert result.exit_code == 0 and "PASSED" in result.output, result.output
+    make_session(out, providers=["CPUExecutionProvider"])
+    out.unlink()
+    monkeypatch.setattr("flowrl_deploy.export.graph.build_policy_graph", refuse)
+    for opset in range(newest + 1, onnx.defs.onnx_opset_version() + 2):
+        args = ["export", str(checkpoint), "--out", str(out), "--opset", str(opset), "--no-verify"]
+        libraries = f"this onnx ({onnx.__version__}) and onnxruntime ({onnxruntime.__version__}) both support"
+        refused(args, f"--opset {opset} is newer than {libraries}; use {MIN_OPSET}..{newest}")
+    assert not out.exists()
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (["--out", "{tmp}/j/y.onnx", "--json", "{tmp}/j/"], "--json {tmp}/j/ ends in a slash, so it names a folder"),
+        (["--out", "{tmp}/j/"], "--out {tmp}/j/ ends in a slash, so it names a folder; give a file path such as"),
+    ],
+)
+def test_an_output_ending_in_a_slash_is_refused_as_a_folder(checkpoint, tmp_path, args, message):
+    """`--json j/` (j made by `--out j/y.onnx`) passed the early check, as Path drops the slash, and
+    failed after the export; `--out j/` wrote the file j."""
+    refused(["export", str(checkpoint), *(a.format(tmp=tmp_path) for a in args)], message.format(tmp=tmp_path))
+    assert list(tmp_path.iterdir()) == []
 
 
 @pytest.mark.parametrize("blocker", ["directory", "fifo"])
