@@ -16,7 +16,7 @@ import math
 import os
 import signal
 import threading
-from dataclasses import dataclass
+from dataclasses import dataclass, fields
 from pathlib import Path
 
 import numpy as np
@@ -28,6 +28,7 @@ from flowrl_deploy.checkpoint import (
     DOCUMENT_FILE,
     Checkpoint,
     load_checkpoint,
+    read_document,
     resolve_checkpoint,
     save_checkpoint,
 )
@@ -174,6 +175,12 @@ def _check_new_run_dir(run_dir: Path) -> None:
             f"--out {run_dir} is not empty and is not a flowrl run directory (it holds {shown}), and a run would "
             "replace its config.json and metrics files; choose a new or empty folder"
         )
+
+
+def missing_config_fields(checkpoint: str | Path) -> list[str]:
+    """The config fields a checkpoint's saved config lacks: a resume gives them their defaults."""
+    saved = read_document(checkpoint).get("config", {})
+    return [field.name for field in fields(TrainConfig) if field.name not in saved]
 
 
 def train(

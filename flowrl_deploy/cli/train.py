@@ -119,7 +119,7 @@ def train(
     progress: Annotated[bool, typer.Option("--progress/--no-progress", help="Live progress line.")] = True,
 ) -> None:
     """Train a FlowRL flow policy; writes checkpoints (last, best, periodic) under OUT/checkpoints."""
-    from flowrl_deploy.train.loop import resume_config
+    from flowrl_deploy.train.loop import missing_config_fields, resume_config
     from flowrl_deploy.train.loop import train as run_training
 
     if resume is not None:
@@ -133,6 +133,15 @@ def train(
                 f"(only {allowed} may be given with --resume)"
             )
         cfg = resume_config(resume, steps)
+        missing = missing_config_fields(resume)
+        if missing:
+            typer.secho(
+                f"warning: the checkpoint's config has no {', '.join(missing)} (saved by an older version or edited "
+                "by hand); the resumed run uses the defaults: "
+                + ", ".join(f"{name} {getattr(cfg, name)}" for name in missing),
+                err=True,
+                fg=typer.colors.YELLOW,
+            )
         overrides = {
             name: (value.value if isinstance(value, Enum) else value)
             for name, value in ((n, ctx.params[n]) for n in RESUME_OVERRIDES if n != "steps")

@@ -334,3 +334,19 @@ def test_a_diverged_policy_stops_training_with_one_clear_line(monkeypatch, tmp_p
     result = runner.invoke(app, ["train", *TINY, "--steps", "150", "--out", str(tmp_path / "run")])
     assert result.exit_code == 1
     assert "NaN/infinite action at env step 100" in result.output and "Traceback" not in result.output
+
+
+def test_resuming_a_config_without_some_fields_warns_and_names_their_defaults(tmp_path):
+    """A checkpoint config without a field (older version, or edited) resumes with the default: say so."""
+    out = tmp_path / "run"
+    assert runner.invoke(app, ["train", *TINY, "--steps", "120", "--out", str(out)]).exit_code == 0
+    document = out / "checkpoints" / "last" / "checkpoint.json"
+    saved = json.loads(document.read_text())
+    del saved["config"]["lr"], saved["config"]["gamma"]
+    document.write_text(json.dumps(saved))
+    result = runner.invoke(app, ["train", "--resume", str(out), "--steps", "130", "--no-progress"])
+    assert result.exit_code == 0, result.output
+    assert (
+        "warning: the checkpoint's config has no gamma, lr (saved by an older version or edited by hand); "
+        f"the resumed run uses the defaults: gamma {TrainConfig.gamma}, lr {TrainConfig.lr}"
+    ) in " ".join(result.output.split())
