@@ -10,6 +10,8 @@ from flowrl_deploy.errors import FlowRLError
 from flowrl_deploy.spec import MAX_FLOW_STEPS, SOLVERS
 
 DTYPES = ("fp32", "int8")
+MIN_OPSET = 17
+"""The oldest opset with LayerNormalization."""
 
 
 @dataclass(frozen=True)
@@ -22,7 +24,7 @@ class ExportConfig:
     solver: str | None = None
     """'midpoint' or 'euler'; None takes the checkpoint's solver."""
     opset: int = 18
-    """ONNX opset of the main domain (>= 17, for LayerNormalization)."""
+    """ONNX opset of the main domain (>= MIN_OPSET, for LayerNormalization)."""
     batch: int | str = "dynamic"
     """'dynamic' for a free batch axis, or a fixed batch size."""
     deterministic: bool = False
@@ -43,8 +45,8 @@ class ExportConfig:
             raise FlowRLError(f"--steps must lie in [1, {MAX_FLOW_STEPS}], got {self.steps}")
         if self.solver is not None and self.solver not in SOLVERS:
             raise FlowRLError(f"unknown solver {self.solver!r}; choose one of {', '.join(SOLVERS)}")
-        if self.opset < 17:
-            raise FlowRLError(f"--opset must be >= 17 (LayerNormalization), got {self.opset}")
+        if self.opset < MIN_OPSET:
+            raise FlowRLError(f"--opset must be >= {MIN_OPSET} (LayerNormalization), got {self.opset}")
         if self.batch != "dynamic" and not (isinstance(self.batch, int) and self.batch >= 1):
             raise FlowRLError(f"--batch must be 'dynamic' or a positive integer, got {self.batch!r}")
         if self.dtype not in DTYPES:

@@ -29,6 +29,7 @@ from onnx import TensorProto, helper, numpy_helper
 
 from flowrl_deploy.contract import ACTION_OUTPUT, NOISE_INPUT, OBS_INPUT
 from flowrl_deploy.errors import CheckpointError, FlowRLError
+from flowrl_deploy.export.config import MIN_OPSET
 from flowrl_deploy.spec import PolicySpec
 
 PRE_TANH = "pre_tanh"
@@ -36,8 +37,6 @@ MS_DOMAIN = "com.microsoft"
 INT8_BLOCK = 128
 """Inputs per quantization block of the int8 layer (MatMulNBits takes 16, 32, 64, 128 or 256)."""
 LAYER_NORM_EPS = 1e-5  # torch.nn.LayerNorm's default
-MIN_OPSET = 17
-"""The oldest opset with LayerNormalization (ExportConfig refuses older ones)."""
 _PREFIX = "velocity.net."
 _SHAPES = {  # state_dict key suffix -> shape as a function of (obs_dim, act_dim, hidden)
     "0.weight": lambda o, a, h: (h, o + a + 1),
