@@ -15,9 +15,11 @@ which measured the lowest batch-1 latency.
 
 from __future__ import annotations
 
+import errno
 import ipaddress
 import logging
 import signal
+import socket
 import tempfile
 import time
 from collections.abc import Callable
@@ -59,6 +61,38 @@ def is_loopback(host: str) -> bool:
         return ipaddress.ip_address(name).is_loopback
     except ValueError:  # a host name, or '' (every interface)
         return False
+
+
+BIND_REASONS = {
+    errno.EADDRINUSE: "address already in use (another server? give another --port, or --port 0 for a free one)",
+    errno.EADDRNOTAVAIL: "no interface of this machine has that address (give one of its addresses, or 0.0.0.0)",
+    errno.EACCES: "permission denied (ports below 1024 need privileges)",
+}
+
+
+def check_can_listen(host: str, port: int) -> None:
+    """Refuse, naming the reason, an address gRPC could not listen on: gRPC logs a C-core line and
+    says only "Failed to bind ...; set GRPC_VERBOSITY=debug". A plain socket is bound (not listened
+    on) and closed at once, with SO_REUSEADDR as gRPC sets it (a port left in TIME_WAIT is free) and
+    without SO_REUSEPORT, which the server turns off (a port another server holds is not free).
+    One address of the host that binds is enough, as for gRPC (``localhost`` on a machine without IPv6)."""
+    where = host_port(host, port)
+    try:
+        addresses = socket.getaddrinfo(host.strip("[]") or None, port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE)
+    except socket.gaierror as exc:
+        raise FlowRLError(f"cannot listen on {where}: cannot resolve host {host!r} ({exc.strerror})") from None
+    failures: list[OSError] = []
+    for family, kind, proto, _, address in addresses:
+        try:
+            with socket.socket(family, kind, proto) as probe:
+                probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+                probe.bind(address)
+                return
+        except OSError as exc:
+            failures.append(exc)
+    if failures:
+        exc = failures[0]
+        raise FlowRLError(f"cannot listen on {where}: {BIND_REASONS.get(exc.errno, exc.strerror or exc)}")
 
 
 def server_credentials(config: ServeConfig) -> grpc.ServerCredentials | None:
@@ -139,6 +173,7 @@ class PolicyServer:
         reflection.enable_server_reflection((SERVICE_NAME, health.SERVICE_NAME, reflection.SERVICE_NAME), self._server)
         self._set_health(health_pb2.HealthCheckResponse.NOT_SERVING)
         address = host_port(config.host, config.port)
+        check_can_listen(config.host, config.port)
         try:
             if credentials is None:
                 self.port = self._server.add_insecure_port(address)

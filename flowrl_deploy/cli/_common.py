@@ -21,6 +21,8 @@ if TYPE_CHECKING:
     from flowrl_deploy.client import PolicyClient
 
 MAX_TIMEOUT_S = 86400
+MAX_PARSED_REPORT_BYTES = 64 << 20
+"""An existing --json file up to this size is parsed to tell whether it is a report (it may be replaced)."""
 
 # The connection options of the commands that call a running server (query, control, stats, reload).
 Server = Annotated[str, typer.Option(help="host:port of `flowrl serve`.")]
@@ -64,10 +66,56 @@ def check_writable(flag: str, path: Path) -> None:
         raise FlowRLError(f"cannot write {flag} {path}: {folder} does not take new files")
 
 
+NOT_A_REPORT = "exists and is not a JSON document: a report may replace an earlier report, never another file"
+
+
+def _not_a_report(path: Path) -> bool:
+    """``path`` is an existing file (not a link) holding something other than one JSON document: a
+    model, a certificate, a CSV, a run's metrics.jsonl. An empty file holds nothing to lose. A file
+    beyond :data:`MAX_PARSED_REPORT_BYTES` is judged by its first and last characters."""
+    if path.is_symlink() or not path.is_file():
+        return False  # a link is replaced, never written through; a missing file loses nothing
+    try:
+        with open(path, "rb") as f:
+            data = f.read(MAX_PARSED_REPORT_BYTES + 1)
+            if len(data) > MAX_PARSED_REPORT_BYTES:
+                f.seek(-64, os.SEEK_END)
+                ends = (data[:64].lstrip()[:1], f.read().rstrip()[-1:])
+                return ends not in ((b"{", b"}"), (b"[", b"]"))
+    except OSError:
+        return False  # unreadable here: the write says why, if it fails too
+    if not data.strip():
+        return False
+    try:
+        json.loads(data)
+    except RecursionError:
+        return False  # deeply nested, but JSON
+    except ValueError:  # not JSON, or not UTF-8
+        return True
+    return False
+
+
+def check_report(flag: str, path: Path, inputs: dict[str, str | Path] | None = None) -> None:
+    """:func:`check_writable` for a JSON report, and refuse a ``path`` whose writing would destroy
+    data: a file among the command's ``inputs`` ({flag: path}, e.g. the --local-model it runs) or
+    an existing file that is not a JSON document. A report may replace an earlier report, never a
+    model or any other file."""
+    check_writable(flag, path)
+    target = path.parent.resolve() / path.name  # a link at ``path`` is replaced, not its target
+    for name, given in (inputs or {}).items():
+        if given and Path(given).resolve() == target:
+            raise FlowRLError(f"{flag} {path} is also the {name} file; give the report another name")
+    if _not_a_report(path):
+        raise FlowRLError(f"{flag} {path} {NOT_A_REPORT}; give the report another name")
+
+
 def write_report(flag: str, path: Path, report: object) -> None:
-    """Write a command's JSON report to ``path`` (checked earlier by :func:`check_writable`), as a new
+    """Write a command's JSON report to ``path`` (checked earlier by :func:`check_report`), as a new
     file renamed onto it: a symlink at ``path`` is replaced, never written through (it may point at
-    a checkpoint's weights), and a failed write leaves ``path`` as it was."""
+    a checkpoint's weights), a file that is not a JSON document is never replaced, and a failed
+    write leaves ``path`` as it was."""
+    if _not_a_report(path):  # e.g. made after the check, or a command that checked with check_writable
+        raise FlowRLError(f"{flag} {path} {NOT_A_REPORT}; the report was not written")
     try:
         write_text_atomic(path, json.dumps(report, indent=2) + "\n")
     except FlowRLError as exc:
@@ -103,7 +151,9 @@ R = TypeVar("R")
 
 
 def user_errors(command: Callable[P, R]) -> Callable[P, R]:
-    """Turn a :class:`FlowRLError` into a one-line message on stderr and exit status 1."""
+    """Turn a :class:`FlowRLError` into a one-line message on stderr and exit status 1, and Ctrl-C
+    into one line saying so and exit status 130 (typer's own handling exits 130 silently)."""
+    command_name = command.__name__.removesuffix("_command")
 
     @functools.wraps(command)
     def wrapper(*args: P.args, **kwargs: P.kwargs) -> R:
@@ -112,5 +162,8 @@ def user_errors(command: Callable[P, R]) -> Callable[P, R]:
         except FlowRLError as exc:
             typer.secho(f"error: {exc}", err=True, fg=typer.colors.RED)
             raise typer.Exit(1) from None
+        except KeyboardInterrupt:  # a command that has more to say (what was done) catches it first
+            typer.secho(f"interrupted (Ctrl-C): flowrl {command_name} stopped before it finished", err=True)
+            raise typer.Exit(130) from None
 
     return wrapper

@@ -14,7 +14,7 @@ from flowrl_deploy.cli._common import (
     TlsCert,
     TlsKey,
     Token,
-    check_writable,
+    check_report,
     finite,
     user_errors,
     write_report,
@@ -99,7 +99,8 @@ def control(
         raise FlowRLError(f"--connect-timeout must be > 0 and at most {MAX_TIMEOUT_S} s, got {connect_timeout:g}")
     pin_to_cpus(parse_cpus(cpus))
     if json_path is not None:
-        check_writable("--json", json_path)
+        inputs = {"--local-model": local_model, "--tls-ca": tls_ca, "--tls-cert": tls_cert, "--tls-key": tls_key}
+        check_report("--json", json_path, inputs)
     report = run_control(
         server,
         env,

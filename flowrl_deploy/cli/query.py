@@ -30,6 +30,7 @@ NOT_NUMBERS = {
     "m": "time spans",
 }
 """What an array of each refused dtype kind holds; integers and floats ("iuf") are taken."""
+NOT_A_LIST = "must be a list [..] or a batch [[..], ..]"
 
 
 def read_observation(obs: str, obs_file: Path | None) -> np.ndarray:
@@ -73,7 +74,17 @@ def _from_npy(data: bytes, source: str) -> np.ndarray:
     if array.dtype.kind not in "iuf":
         what = NOT_NUMBERS.get(array.dtype.kind, "values that are not numbers")
         raise FlowRLError(f"{source} holds {what} (dtype {array.dtype}); an observation is integers or floats")
+    if array.ndim == 0:
+        raise FlowRLError(f"{source} {NOT_A_LIST}, got a number (an array of shape ())")
     return array
+
+
+def _json_kind(value: object) -> str:
+    if isinstance(value, bool) or value is None:
+        return json.dumps(value)
+    if isinstance(value, (int, float)):
+        return "a number"
+    return "a string" if isinstance(value, str) else "an object {..}"
 
 
 def _from_json(text: str | bytes, source: str) -> np.ndarray:
@@ -85,6 +96,8 @@ def _from_json(text: str | bytes, source: str) -> np.ndarray:
         raise FlowRLError(f"cannot read the observation: {source} nests its lists too deeply") from None
     except ValueError as exc:  # a JSONDecodeError or a UnicodeDecodeError
         raise FlowRLError(f"cannot read the observation: {source} is not JSON ({exc})") from None
+    if not isinstance(values, list):  # the server would answer only "obs: missing shape"
+        raise FlowRLError(f"{source} {NOT_A_LIST}, got {_json_kind(values)}")
     try:
         leaves = np.asarray(values, dtype=object)  # rows of different lengths stay lists
     except ValueError as exc:  # more dimensions than numpy takes

@@ -3,11 +3,30 @@
 from __future__ import annotations
 
 import json
-from typing import Annotated
+from typing import TYPE_CHECKING, Annotated
 
 import typer
 
 from flowrl_deploy.cli._common import Server, TlsCa, TlsCert, TlsKey, Token, finite, server_client, user_errors
+
+if TYPE_CHECKING:
+    from google.protobuf.message import Message
+
+
+def as_dict(message: Message) -> dict:
+    """A reply's fields under their proto names (snake_case, as `flowrl control --json` writes),
+    every number a JSON number: protobuf's own JSON mapping (MessageToDict) writes 64-bit counters
+    as strings and renames the fields in camelCase."""
+
+    def plain(field, value):
+        return as_dict(value) if field.message_type is not None else value
+
+    return {
+        field.name: [plain(field, v) for v in getattr(message, field.name)]
+        if field.is_repeated
+        else plain(field, getattr(message, field.name))
+        for field in message.DESCRIPTOR.fields
+    }
 
 
 @user_errors
@@ -21,12 +40,10 @@ def stats(
     timeout: Annotated[float, typer.Option(parser=finite, help="Seconds to wait.")] = 5.0,
 ) -> None:
     """Print a running server's model version, uptime, sessions, per-method calls and latency, batches and reloads."""
-    from google.protobuf.json_format import MessageToDict
-
     with server_client(server, token, tls_ca, tls_cert, tls_key, timeout) as client:
         reply = client.stats()
     if as_json:
-        typer.echo(json.dumps(MessageToDict(reply, always_print_fields_with_no_presence=True), indent=2))
+        typer.echo(json.dumps(as_dict(reply), indent=2))
         return
     typer.echo(
         f"model {reply.model_version}, up {reply.uptime_s:.0f} s, {reply.sessions} sessions, "

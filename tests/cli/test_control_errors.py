@@ -55,19 +55,37 @@ def test_control_mistakes_are_one_line_errors(args, message):
     assert "not SERVING" not in result.output  # refused before connecting
 
 
+LOCAL = ["--fallback", "local", "--local-model"]
+
+
 @pytest.mark.parametrize(
-    ("json_path", "message"),
-    [("", "is a directory"), ("afile/report.json", "part of its folder"), ("fifo", "is not a regular file")],
+    ("json_path", "args", "message"),
+    [
+        ("", [], "is a directory"),
+        ("afile/report.json", [], "part of its folder"),
+        ("fifo", [], "is not a regular file"),
+        ("local.onnx", [*LOCAL, "local.onnx"], "--json {tmp}/local.onnx is also the --local-model file"),
+        ("local.onnx", [*LOCAL, "sub/../local.onnx"], "is also the --local-model file"),  # resolved paths
+        ("local.onnx", [], "--json {tmp}/local.onnx exists and is not a JSON document: a report may replace"),
+        ("afile", [], "exists and is not a JSON document"),
+    ],
 )
-def test_an_unwritable_report_is_refused_before_running(tmp_path, json_path, message):
-    """Not after every episode has run (the report was lost then)."""
+def test_an_unwritable_or_destructive_report_is_refused_before_running(tmp_path, monkeypatch, json_path, args, message):
+    """Not after every episode has run (the report was lost then); and never over the robot's
+    fallback policy (--json onto --local-model replaced the ONNX file with the report) or any file
+    that is not an earlier report."""
+    monkeypatch.chdir(tmp_path)
     (tmp_path / "afile").write_text("keep")
+    (tmp_path / "sub").mkdir()
+    (tmp_path / "local.onnx").write_bytes(b"\x08\x07onnx graph")
     os.mkfifo(tmp_path / "fifo")
-    args = ["control", "--server", f"127.0.0.1:{_closed_port()}", "--json", str(tmp_path / json_path)]
-    result = runner.invoke(app, args)
+    command = ["control", "--server", f"127.0.0.1:{_closed_port()}", *args, "--json", str(tmp_path / json_path)]
+    result = runner.invoke(app, command)
     assert result.exit_code == 1
-    assert message in result.output and "Traceback" not in result.output
+    assert message.format(tmp=tmp_path) in result.output and "Traceback" not in result.output
     assert "not SERVING" not in result.output  # refused before connecting
+    assert (tmp_path / "local.onnx").read_bytes() == b"\x08\x07onnx graph"
+    assert (tmp_path / "afile").read_text() == "keep"
 
 
 def test_ctrl_c_prints_the_figures_so_far_and_exits_130(tmp_path, monkeypatch):

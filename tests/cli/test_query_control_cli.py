@@ -218,3 +218,25 @@ def test_a_deadline_longer_than_the_period_is_refused_naming_both(server_20hz, a
     result = runner.invoke(app, ["control", "--server", server_20hz, "--max-steps", "5", *args])
     assert result.exit_code == 1, result.output
     assert message in result.output and "Traceback" not in result.output
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (["--obs", "5"], "--obs must be a list [..] or a batch [[..], ..], got a number"),
+        (["--obs", '"5"'], "--obs must be a list [..] or a batch [[..], ..], got a string"),
+        (["--obs", '{"obs": [1]}'], "--obs must be a list [..] or a batch [[..], ..], got an object {..}"),
+        (["--obs", "null"], "--obs must be a list [..] or a batch [[..], ..], got null"),
+        (["--obs-file", "{tmp}/obs.npy"], "--obs-file {tmp}/obs.npy must be a list [..] or a batch [[..], ..], "
+         "got a number (an array of shape ())"),
+    ],
+)  # fmt: skip
+def test_an_observation_that_is_not_a_list_is_refused_before_connecting(tmp_path, args, message):
+    """`--obs 5` reached the server, which answered only "INVALID_ARGUMENT: obs: missing shape"."""
+    import numpy as np
+
+    np.save(tmp_path / "obs.npy", np.float32(5))
+    args = [a.replace("{tmp}", str(tmp_path)) for a in args]
+    result = runner.invoke(app, ["query", "--server", f"127.0.0.1:{_closed_port()}", *args])
+    assert result.exit_code == 1, result.output
+    assert result.output.strip().splitlines() == [f"error: {message.replace('{tmp}', str(tmp_path))}"]

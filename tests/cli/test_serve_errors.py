@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import os
 import socket
+import subprocess
 import sys
 from pathlib import Path
 
@@ -49,14 +51,38 @@ def test_serve_option_mistakes_are_one_line_errors(policy, args, message):
     assert message in result.output and "Traceback" not in result.output
 
 
-def test_serve_with_its_metrics_port_in_use_is_one_line_error(policy):
+@pytest.fixture
+def taken_port():
+    """A port another server listens on (127.0.0.1)."""
     with socket.socket() as taken:
         taken.bind(("127.0.0.1", 0))
         taken.listen()
-        port = taken.getsockname()[1]
-        result = runner.invoke(app, ["serve", str(policy), "--port", "0", "--metrics-port", str(port)])
+        yield taken.getsockname()[1]
+
+
+def test_serve_with_its_metrics_port_in_use_is_one_line_error(policy, taken_port):
+    result = runner.invoke(app, ["serve", str(policy), "--port", "0", "--metrics-port", str(taken_port)])
     assert result.exit_code == 1, result.output
-    assert f"cannot serve metrics on 127.0.0.1:{port}" in result.output and "Traceback" not in result.output
+    assert f"cannot serve metrics on 127.0.0.1:{taken_port}" in result.output and "Traceback" not in result.output
+
+
+@pytest.mark.parametrize(
+    ("host", "reason"),
+    [
+        ("127.0.0.1", "address already in use (another server? give another --port, or --port 0 for a free one)"),
+        ("192.0.2.1", "no interface of this machine has that address (give one of its addresses, or 0.0.0.0)"),
+        ("not_a_host", "cannot resolve host 'not_a_host' ("),
+    ],
+)
+def test_serve_where_it_cannot_listen_says_why_in_one_line(policy, taken_port, host, reason):
+    """gRPC logged its C-core line ("E1126 ... add_port.cc:83] Failed to add port to server ...") and
+    then "Failed to bind to address ...; set GRPC_VERBOSITY=debug ..." instead of the reason. A child
+    process: gRPC's log goes to the process's stderr, and a server that did start is stopped by the timeout."""
+    args = [sys.executable, "-m", "flowrl_deploy.cli", "serve", str(policy), "--host", host, "--port", str(taken_port)]
+    done = subprocess.run(args, capture_output=True, text=True, timeout=60, env={**os.environ, "OMP_NUM_THREADS": "1"})
+    assert done.returncode == 1, done.stderr
+    lines = done.stderr.splitlines()
+    assert len(lines) == 1 and lines[0].startswith(f"error: cannot listen on {host}:{taken_port}: {reason}"), lines
 
 
 def test_query_with_a_ca_that_is_not_pem_is_one_line_error(policy):

@@ -39,7 +39,11 @@ def test_stats_counts_the_calls_made(served):
     act = next(line.split() for line in result.output.splitlines() if line.startswith("Act "))
     assert int(act[1]) == 1 and int(act[2]) == 0 and float(act[3]) > 0  # one request, no error, timed
     figures = json.loads(call(server, "stats", "--json").output)
-    assert figures["modelVersion"].startswith("v1-") and figures["reloads"] == "0"
+    assert figures["model_version"].startswith("v1-") and figures["uptime_s"] > 0
+    act = next(m for m in figures["methods"] if m["method"] == "Act")
+    # numbers as numbers (protobuf's JSON mapping wrote 64-bit counters as strings), snake_case as control --json
+    assert (act["requests"], act["errors"], act["timed_calls"]) == (1, 0, 1) and act["p50_us"] > 0
+    assert (figures["sessions"], figures["batches"], figures["reloads"]) == (0, 1, 0)
 
 
 def test_calls_refused_for_their_token_are_counted_but_not_timed(served):

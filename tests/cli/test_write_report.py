@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from flowrl_deploy.cli._common import check_writable, write_report
+from flowrl_deploy.cli._common import check_report, check_writable, write_report
 from flowrl_deploy.errors import FlowRLError
 
 REPORT = {"return": 1.5, "steps": [1, 2]}
@@ -64,10 +64,10 @@ def test_a_new_report_gets_the_umasks_permissions(tmp_path, umask_027):
 
 def test_a_failed_write_leaves_the_old_report_and_no_temporary_file(tmp_path):
     report = tmp_path / "rep.json"
-    report.write_text("old")
+    report.write_text('{"old": 1}')
     with pytest.raises(TypeError):
         write_report("--json", report, {"not json": object()})
-    assert report.read_text() == "old" and _leftovers(tmp_path) == []
+    assert report.read_text() == '{"old": 1}' and _leftovers(tmp_path) == []
 
 
 def test_a_failed_rename_is_one_line_naming_the_flag_and_leaves_no_temporary_file(tmp_path):
@@ -82,3 +82,36 @@ def test_a_folder_that_is_a_file_is_named(tmp_path):
     (tmp_path / "file").write_text("")
     with pytest.raises(FlowRLError, match=r"part of its folder .* is a file"):
         check_writable("--json", tmp_path / "file" / "rep.json")
+
+
+@pytest.mark.parametrize("old", ['{"return": 0.5}\n', "[1, 2]", "", "\n"])
+def test_a_report_replaces_an_earlier_report_or_an_empty_file(tmp_path, old):
+    report = tmp_path / "rep.json"
+    report.write_text(old)
+    check_report("--json", report)
+    write_report("--json", report, REPORT)
+    assert json.loads(report.read_text()) == REPORT
+
+
+@pytest.mark.parametrize("old", [b"\x08\x07onnx graph", b"step,return\n1,2\n", b'{"a": 1}\n{"a": 2}\n', b"{\xff}"])
+def test_a_file_that_is_not_a_report_is_never_replaced(tmp_path, old):
+    """An ONNX model, a CSV, a run's metrics.jsonl, bytes that are not UTF-8: checked before the
+    work (check_report), and again by write_report for a command that checked only check_writable."""
+    path = tmp_path / "policy.onnx"
+    path.write_bytes(old)
+    message = r"--json .*policy\.onnx exists and is not a JSON document: a report may replace an earlier report"
+    with pytest.raises(FlowRLError, match=message + r".*give the report another name"):
+        check_report("--json", path)
+    with pytest.raises(FlowRLError, match=message + r".*the report was not written"):
+        write_report("--json", path, REPORT)
+    assert path.read_bytes() == old and _leftovers(tmp_path) == []
+
+
+def test_a_report_named_like_an_input_is_refused_but_a_link_to_it_is_replaced(tmp_path, weights):
+    with pytest.raises(FlowRLError, match=r"^--json .*model\.safetensors is also the --local-model file; give"):
+        check_report("--json", tmp_path / "ck" / ".." / "ck" / "model.safetensors", {"--local-model": weights})
+    link = tmp_path / "rep.json"
+    link.symlink_to(weights)
+    check_report("--json", link, {"--local-model": weights, "--tls-ca": ""})
+    write_report("--json", link, REPORT)
+    assert weights.read_bytes() == b"precious weights" and json.loads(link.read_text()) == REPORT

@@ -1,0 +1,81 @@
+"""Ctrl-C during `flowrl eval` (and any command that does not handle it itself, e.g. `flowrl export`):
+one line saying so, with the episodes completed so far, and exit status 130, never a traceback or
+silence (typer's own handling exits 130 without a word)."""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+import pytest
+from typer.testing import CliRunner
+
+from flowrl_deploy.cli import app
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "serve"))
+from fake_checkpoints import save_step
+from tiny_policy import write_policy
+
+runner = CliRunner()
+ENV = "gym:Pendulum-v1"  # 200 steps an episode, no physics engine: fast
+
+
+@pytest.fixture(scope="module")
+def pendulum_policy(tmp_path_factory) -> Path:
+    pytest.importorskip("gymnasium")
+    return write_policy(
+        tmp_path_factory.mktemp("eval") / "pendulum.onnx", obs_dim=3, act_dim=1, action_low=(-2.0,),
+        action_high=(2.0,), obs_layout=(), action_names=(), env_id=ENV,
+    )  # fmt: skip
+
+
+def _ctrl_c_after(monkeypatch, actions: int) -> None:
+    """Ctrl-C once the policy has given ``actions`` actions."""
+    from flowrl_deploy.export import act
+
+    onnx_act_fn = act.onnx_act_fn
+
+    def counting(*args, **kwargs):
+        act_fn, calls = onnx_act_fn(*args, **kwargs), []
+
+        def interrupted_act_fn(obs):
+            calls.append(1)
+            if len(calls) > actions:
+                raise KeyboardInterrupt
+            return act_fn(obs)
+
+        return interrupted_act_fn
+
+    monkeypatch.setattr(act, "onnx_act_fn", counting)
+
+
+def test_ctrl_c_during_eval_prints_the_completed_episodes_and_exits_130(pendulum_policy, monkeypatch):
+    finished = runner.invoke(app, ["eval", str(pendulum_policy), "--episodes", "2"])
+    assert finished.exit_code == 0, finished.output
+    two_episodes = finished.output.strip().removeprefix(f"{ENV}: return ")  # "-1234.56 ± 7.89 over 2 episodes (...)"
+    _ctrl_c_after(monkeypatch, 2 * 200 + 50)
+    result = runner.invoke(app, ["eval", str(pendulum_policy), "--episodes", "1000"])
+    assert result.exit_code == 130, result.output
+    assert result.output.strip().splitlines() == [
+        f"interrupted (Ctrl-C) after 2 of 1000 episodes on {ENV}: return {two_episodes}"
+    ]
+
+
+def test_ctrl_c_during_the_first_episode_says_none_completed(pendulum_policy, monkeypatch):
+    _ctrl_c_after(monkeypatch, 10)
+    result = runner.invoke(app, ["eval", str(pendulum_policy), "--episodes", "3"])
+    assert result.exit_code == 130, result.output
+    assert result.output.strip().splitlines() == [f"interrupted (Ctrl-C) after 0 of 3 episodes on {ENV}"]
+
+
+def test_ctrl_c_in_a_command_that_does_not_handle_it_is_one_line(tmp_path, monkeypatch):
+    """`flowrl export` (a sweep of several N takes minutes) exited 130 with no output at all."""
+    import flowrl_deploy.export
+
+    def ctrl_c(*args, **kwargs):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(flowrl_deploy.export, "export_checkpoint", ctrl_c)
+    result = runner.invoke(app, ["export", str(save_step(tmp_path / "run", 1)), "--out", str(tmp_path / "p.onnx")])
+    assert result.exit_code == 130, result.output
+    assert result.output.strip().splitlines() == ["interrupted (Ctrl-C): flowrl export stopped before it finished"]
