@@ -10,7 +10,7 @@ from typing import Annotated
 import typer
 
 from flowrl_deploy.checkpoint import read_spec, resolve_checkpoint
-from flowrl_deploy.cli._common import Solver, check_writable, user_errors, write_report
+from flowrl_deploy.cli._common import Solver, check_report, check_writable, user_errors, write_report
 from flowrl_deploy.errors import FlowRLError
 from flowrl_deploy.export.exporter import check_run_output
 from flowrl_deploy.spec import MAX_FLOW_STEPS
@@ -66,10 +66,10 @@ def check_outputs(out: Path, onnx_files: list[Path], json_out: Path | None, chec
         check_writable(flag, path)
         check_run_output(flag, path, checkpoint_dir)
     if json_out is not None:
-        check_writable("--json", json_out)
         check_run_output("--json", json_out, checkpoint_dir)
         if json_out.resolve() in [f.resolve() for f in onnx_files]:
             raise FlowRLError(f"--json {json_out} is also the ONNX file to write; give the report another name")
+        check_report("--json", json_out)
 
 
 @user_errors

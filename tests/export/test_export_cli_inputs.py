@@ -16,6 +16,7 @@ from typer.testing import CliRunner
 
 from flowrl_deploy.checkpoint import DOCUMENT_FILE, link_checkpoint, save_checkpoint
 from flowrl_deploy.cli import app
+from flowrl_deploy.cli._common import NOT_A_REPORT
 from flowrl_deploy.errors import FlowRLError
 from flowrl_deploy.export import ExportConfig, export_checkpoint
 from flowrl_deploy.spec import MAX_FLOW_STEPS
@@ -213,3 +214,12 @@ def test_an_env_given_to_report_is_checked_without_episodes(checkpoint, tmp_path
         ["export", str(checkpoint), "--out", str(out), "--report", "--env", env, "--json", str(out) + ".json"], message
     )
     assert list(tmp_path.iterdir()) == []
+
+
+def test_a_report_onto_a_file_that_is_not_a_report_is_refused_before_exporting(run_dir, tmp_path):
+    """`--json other.onnx` replaced another policy file with the report, after the export's work."""
+    other = tmp_path / "other.onnx"
+    other.write_bytes(b"\x08\x09an onnx model")
+    out = tmp_path / "p.onnx"
+    refused(["export", str(run_dir), "--out", str(out), "--json", str(other)], f"--json {other} {NOT_A_REPORT}")
+    assert other.read_bytes() == b"\x08\x09an onnx model" and not out.exists()
