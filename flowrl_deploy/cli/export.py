@@ -66,6 +66,7 @@ def check_outputs(out: Path, onnx_files: list[Path], json_out: Path | None, chec
         check_writable(flag, path)
         check_run_output(flag, path, checkpoint_dir)
     if json_out is not None:
+        check_writable("--json", json_out)
         check_run_output("--json", json_out, checkpoint_dir)
         if json_out.resolve() in [f.resolve() for f in onnx_files]:
             raise FlowRLError(f"--json {json_out} is also the ONNX file to write; give the report another name")
