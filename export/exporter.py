@@ -12,7 +12,15 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from flowrl_deploy.checkpoint import CHECKPOINTS_DIR, MODEL_FILE, check_output_path, load_checkpoint, write_atomic
+from flowrl_deploy.checkpoint import (
+    CHECKPOINTS_DIR,
+    MODEL_FILE,
+    RUN_CONFIG_FILE,
+    RUN_OUTPUTS,
+    check_output_path,
+    load_checkpoint,
+    write_atomic,
+)
 from flowrl_deploy.contract import NOISE_INPUT, OBS_INPUT, PolicyContract, contract_to_metadata
 from flowrl_deploy.errors import FlowRLError
 from flowrl_deploy.export.config import ExportConfig
@@ -135,18 +143,14 @@ def check_run_output(flag: str, path: Path, checkpoint_dir: Path) -> None:
     config.json, metrics, TensorBoard events, checkpoints), links followed. The run is the
     directory holding checkpoints/ and config.json; a checkpoint outside one is its own run.
     Other files in a run directory, such as an earlier export, may be overwritten."""
-    from flowrl_deploy.train.config import CONFIG_FILE  # here: `flowrl` loads this module for every command
-    from flowrl_deploy.train.logger import METRICS_CSV, METRICS_JSONL, TENSORBOARD_DIR
-
-    training_outputs = (CONFIG_FILE, CHECKPOINTS_DIR, METRICS_JSONL, METRICS_CSV, TENSORBOARD_DIR)
     checkpoint_dir = checkpoint_dir.resolve()
     folder = checkpoint_dir.parent
-    in_run = folder.name == CHECKPOINTS_DIR and (folder.parent / CONFIG_FILE).is_file()
+    in_run = folder.name == CHECKPOINTS_DIR and (folder.parent / RUN_CONFIG_FILE).is_file()
     run = folder.parent if in_run else checkpoint_dir
     target = path.resolve()
     if not (target.is_file() and target.is_relative_to(run)):
         return
-    if not in_run or target.relative_to(run).parts[0] in training_outputs:
+    if not in_run or target.relative_to(run).parts[0] in RUN_OUTPUTS:
         raise FlowRLError(
             f"{flag} {path} is {target.relative_to(run)} of the run {run} being exported; write it elsewhere"
         )

@@ -49,6 +49,13 @@ TRAINING_TENSORS_FILE = "training_state.safetensors"
 TRAINING_JSON_FILE = "training_state.json"
 REPLAY_FILE = "replay.safetensors"
 CHECKPOINTS_DIR = "checkpoints"
+RUN_CONFIG_FILE = "config.json"
+METRICS_JSONL = "metrics.jsonl"
+METRICS_CSV = "metrics.csv"
+TENSORBOARD_DIR = "tensorboard"
+RUN_OUTPUTS = frozenset({RUN_CONFIG_FILE, METRICS_JSONL, METRICS_CSV, TENSORBOARD_DIR, CHECKPOINTS_DIR})
+"""What a training run directory holds (written by flowrl_deploy.train): a new run may replace
+only these, export must never overwrite them, and a report must never replace their JSON files."""
 LAST = "last"
 BEST = "best"
 

@@ -81,6 +81,8 @@ def check_can_listen(host: str, port: int) -> None:
         addresses = socket.getaddrinfo(host.strip("[]") or None, port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE)
     except socket.gaierror as exc:
         raise FlowRLError(f"cannot listen on {where}: cannot resolve host {host!r} ({exc.strerror})") from None
+    except UnicodeError:  # an empty or over-long label (x..y): the IDNA codec refuses it
+        raise FlowRLError(f"cannot listen on {where}: {host!r} is not a valid host name") from None
     failures: list[OSError] = []
     for family, kind, proto, _, address in addresses:
         try:
@@ -89,7 +91,8 @@ def check_can_listen(host: str, port: int) -> None:
                 probe.bind(address)
                 return
         except OSError as exc:
-            failures.append(exc)
+            if exc.errno != errno.EAFNOSUPPORT:  # no IPv6 in this kernel: gRPC falls back, so let it try
+                failures.append(exc)
     if failures:
         exc = failures[0]
         raise FlowRLError(f"cannot listen on {where}: {BIND_REASONS.get(exc.errno, exc.strerror or exc)}")

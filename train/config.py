@@ -13,14 +13,13 @@ from dataclasses import asdict, dataclass, fields, replace
 from pathlib import Path
 from typing import Any
 
-from flowrl_deploy.checkpoint import write_text_atomic
+from flowrl_deploy.checkpoint import RUN_CONFIG_FILE, write_text_atomic
 from flowrl_deploy.errors import FlowRLError
 from flowrl_deploy.fieldtypes import wrong_type
 from flowrl_deploy.spec import MAX_FLOW_STEPS, SOLVERS
 
 CFM_WEIGHTINGS = ("batch", "sample")
 DEVICES = ("auto", "cpu", "cuda")
-CONFIG_FILE = "config.json"
 
 
 class ConfigError(FlowRLError):
@@ -192,7 +191,7 @@ class TrainConfig:
 
     def save(self, run_dir: str | Path) -> Path:
         """Write ``run_dir/config.json`` atomically; a failure is a :class:`FlowRLError` naming it."""
-        path = Path(run_dir) / CONFIG_FILE
+        path = Path(run_dir) / RUN_CONFIG_FILE
         write_text_atomic(path, json.dumps(self.to_dict(), indent=2) + "\n")
         return path
 

@@ -17,12 +17,9 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import TextIO
 
-from flowrl_deploy.checkpoint import write_text_atomic
+from flowrl_deploy.checkpoint import METRICS_CSV, METRICS_JSONL, TENSORBOARD_DIR, write_text_atomic
 from flowrl_deploy.errors import FlowRLError
 
-METRICS_JSONL = "metrics.jsonl"
-METRICS_CSV = "metrics.csv"
-TENSORBOARD_DIR = "tensorboard"
 CSV_COLUMNS = (
     "step",
     "charts/episode_return",

@@ -26,6 +26,8 @@ from flowrl_deploy.affinity import check_thread_count
 from flowrl_deploy.checkpoint import (
     CHECKPOINTS_DIR,
     DOCUMENT_FILE,
+    RUN_CONFIG_FILE,
+    RUN_OUTPUTS,
     Checkpoint,
     load_checkpoint,
     read_document,
@@ -37,10 +39,10 @@ from flowrl_deploy.errors import CheckpointError, FlowRLError
 from flowrl_deploy.spec import PolicySpec
 from flowrl_deploy.train.algorithm import FlowRL, resolve_device, training_bytes
 from flowrl_deploy.train.checkpointing import RunCheckpoints, actor_act_fn
-from flowrl_deploy.train.config import CONFIG_FILE, ConfigError, TrainConfig
+from flowrl_deploy.train.config import ConfigError, TrainConfig
 from flowrl_deploy.train.envs import Env, EnvInfo, episode_seed, make_env
 from flowrl_deploy.train.evaluate import EVAL_NOISE_STREAM, EvalResult, evaluate
-from flowrl_deploy.train.logger import METRICS_CSV, METRICS_JSONL, TENSORBOARD_DIR, MetricsLogger, Progress
+from flowrl_deploy.train.logger import MetricsLogger, Progress
 from flowrl_deploy.train.replay import ReplayBuffer
 
 
@@ -146,9 +148,6 @@ def resume_config(checkpoint: str | Path, steps: int | None = None) -> TrainConf
     return cfg.override(steps=steps)
 
 
-RUN_OUTPUTS = frozenset({CONFIG_FILE, METRICS_CSV, METRICS_JSONL, TENSORBOARD_DIR, CHECKPOINTS_DIR})
-
-
 def _check_new_run_dir(run_dir: Path) -> None:
     """A new run goes into a new or empty directory, or one holding only the outputs of a run that
     never saved a checkpoint (a retry): the run replaces config.json and the metrics files, so a
@@ -163,12 +162,12 @@ def _check_new_run_dir(run_dir: Path) -> None:
         raise FlowRLError(f"--out {run_dir} is a checkpoint, not a run directory; choose a new or empty folder")
     entries = sorted(entry.name for entry in run_dir.iterdir())
     foreign = [name for name in entries if name not in RUN_OUTPUTS]
-    config = run_dir / CONFIG_FILE
+    config = run_dir / RUN_CONFIG_FILE
     if not foreign and entries:
         try:
             TrainConfig.from_dict(json.loads(config.read_text()))
         except (OSError, UnicodeDecodeError, json.JSONDecodeError, ConfigError):
-            foreign = [CONFIG_FILE if config.exists() else entries[0]]
+            foreign = [RUN_CONFIG_FILE if config.exists() else entries[0]]
     if foreign:
         shown = ", ".join(foreign[:5]) + (", ..." if len(foreign) > 5 else "")
         raise FlowRLError(
@@ -322,10 +321,10 @@ def _run_to_resume(checkpoint: Path) -> Path:
     ``step_*`` checkpoint lies beside it (the resumed run would overwrite or prune those)."""
     folder = checkpoint.parent
     run_dir = folder.parent
-    if folder.name != CHECKPOINTS_DIR or not (run_dir / CONFIG_FILE).is_file():
+    if folder.name != CHECKPOINTS_DIR or not (run_dir / RUN_CONFIG_FILE).is_file():
         raise FlowRLError(
             f"--resume {checkpoint}: it does not lie in the checkpoints/ folder of a run directory (one holding "
-            f"{CONFIG_FILE}), so there is no run to continue; resume the run it came from (copy that whole run "
+            f"{RUN_CONFIG_FILE}), so there is no run to continue; resume the run it came from (copy that whole run "
             "directory to branch it)"
         )
     later = sorted(p.name for p in folder.glob("step_*") if p.name > checkpoint.name)

@@ -14,7 +14,14 @@ from typing import TYPE_CHECKING, Annotated, ParamSpec, TypeVar
 
 import typer
 
-from flowrl_deploy.checkpoint import check_output_path, write_text_atomic
+from flowrl_deploy.checkpoint import (
+    DOCUMENT_FILE,
+    METRICS_JSONL,
+    RUN_CONFIG_FILE,
+    TRAINING_JSON_FILE,
+    check_output_path,
+    write_text_atomic,
+)
 from flowrl_deploy.errors import FlowRLError
 
 if TYPE_CHECKING:
@@ -66,33 +73,39 @@ def check_writable(flag: str, path: Path) -> None:
         raise FlowRLError(f"cannot write {flag} {path}: {folder} does not take new files")
 
 
-NOT_A_REPORT = "exists and is not a JSON document: a report may replace an earlier report, never another file"
+REPORT_RULE = "a report may replace an earlier report, never another file"
+NOT_A_REPORT = f"exists and is not a JSON document: {REPORT_RULE}"
+RUN_JSON_FILES = frozenset({RUN_CONFIG_FILE, METRICS_JSONL, DOCUMENT_FILE, TRAINING_JSON_FILE})
+"""JSON files of a training run or a checkpoint: a report never replaces them, whatever folder they are in."""
 
 
-def _not_a_report(path: Path) -> bool:
-    """``path`` is an existing file (not a link) holding something other than one JSON document: a
-    model, a certificate, a CSV, a run's metrics.jsonl. An empty file holds nothing to lose. A file
+def _replace_refusal(path: Path) -> str:
+    """Why a report must not replace ``path`` ('' when it may): an existing file (not a link) that is
+    a run's or checkpoint's JSON file by name, or holds something other than one JSON document (a
+    model, a certificate, a CSV, a run's metrics.jsonl). An empty file holds nothing to lose. A file
     beyond :data:`MAX_PARSED_REPORT_BYTES` is judged by its first and last characters."""
     if path.is_symlink() or not path.is_file():
-        return False  # a link is replaced, never written through; a missing file loses nothing
+        return ""  # a link is replaced, never written through; a missing file loses nothing
+    if path.name in RUN_JSON_FILES:
+        return f"is the name of a training run's or checkpoint's own file ({path.name}): {REPORT_RULE}"
     try:
         with open(path, "rb") as f:
             data = f.read(MAX_PARSED_REPORT_BYTES + 1)
             if len(data) > MAX_PARSED_REPORT_BYTES:
                 f.seek(-64, os.SEEK_END)
                 ends = (data[:64].lstrip()[:1], f.read().rstrip()[-1:])
-                return ends not in ((b"{", b"}"), (b"[", b"]"))
+                return "" if ends in ((b"{", b"}"), (b"[", b"]")) else NOT_A_REPORT
     except OSError:
-        return False  # unreadable here: the write says why, if it fails too
+        return ""  # unreadable here: the write says why, if it fails too
     if not data.strip():
-        return False
+        return ""
     try:
         json.loads(data)
     except RecursionError:
-        return False  # deeply nested, but JSON
+        return ""  # deeply nested, but JSON
     except ValueError:  # not JSON, or not UTF-8
-        return True
-    return False
+        return NOT_A_REPORT
+    return ""
 
 
 def check_report(flag: str, path: Path, inputs: dict[str, str | Path] | None = None) -> None:
@@ -105,17 +118,17 @@ def check_report(flag: str, path: Path, inputs: dict[str, str | Path] | None = N
     for name, given in (inputs or {}).items():
         if given and Path(given).resolve() == target:
             raise FlowRLError(f"{flag} {path} is also the {name} file; give the report another name")
-    if _not_a_report(path):
-        raise FlowRLError(f"{flag} {path} {NOT_A_REPORT}; give the report another name")
+    if why := _replace_refusal(path):
+        raise FlowRLError(f"{flag} {path} {why}; give the report another name")
 
 
 def write_report(flag: str, path: Path, report: object) -> None:
     """Write a command's JSON report to ``path`` (checked earlier by :func:`check_report`), as a new
     file renamed onto it: a symlink at ``path`` is replaced, never written through (it may point at
-    a checkpoint's weights), a file that is not a JSON document is never replaced, and a failed
-    write leaves ``path`` as it was."""
-    if _not_a_report(path):  # e.g. made after the check, or a command that checked with check_writable
-        raise FlowRLError(f"{flag} {path} {NOT_A_REPORT}; the report was not written")
+    a checkpoint's weights), a file that is not a report (:func:`_replace_refusal`) is never
+    replaced, and a failed write leaves ``path`` as it was."""
+    if why := _replace_refusal(path):  # e.g. made after the check, or a command that checked with check_writable
+        raise FlowRLError(f"{flag} {path} {why}; the report was not written")
     try:
         write_text_atomic(path, json.dumps(report, indent=2) + "\n")
     except FlowRLError as exc:

@@ -72,6 +72,7 @@ def test_serve_with_its_metrics_port_in_use_is_one_line_error(policy, taken_port
         ("127.0.0.1", "address already in use (another server? give another --port, or --port 0 for a free one)"),
         ("192.0.2.1", "no interface of this machine has that address (give one of its addresses, or 0.0.0.0)"),
         ("not_a_host", "cannot resolve host 'not_a_host' ("),
+        ("x..y", "'x..y' is not a valid host name"),  # the IDNA codec's UnicodeError was a traceback
     ],
 )
 def test_serve_where_it_cannot_listen_says_why_in_one_line(policy, taken_port, host, reason):

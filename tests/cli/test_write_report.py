@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import stat
 from pathlib import Path
 
@@ -105,6 +106,19 @@ def test_a_file_that_is_not_a_report_is_never_replaced(tmp_path, old):
     with pytest.raises(FlowRLError, match=message + r".*the report was not written"):
         write_report("--json", path, REPORT)
     assert path.read_bytes() == old and _leftovers(tmp_path) == []
+
+
+@pytest.mark.parametrize("name", ["config.json", "metrics.jsonl"])  # a checkpoint's own: check_writable refuses
+def test_a_run_or_checkpoint_json_file_is_never_replaced_though_it_is_json(tmp_path, name):
+    """`flowrl control --json run/config.json` replaced a run's config: JSON, but not a report."""
+    path = tmp_path / name
+    path.write_text('{"hidden": 256}\n')
+    message = rf"--json .*{re.escape(name)} is the name of a training run's or checkpoint's own file \({name}\)"
+    with pytest.raises(FlowRLError, match=message + r": a report may replace an earlier report"):
+        check_report("--json", path)
+    with pytest.raises(FlowRLError, match=message + r".*the report was not written"):
+        write_report("--json", path, REPORT)
+    assert path.read_text() == '{"hidden": 256}\n'
 
 
 def test_a_report_named_like_an_input_is_refused_but_a_link_to_it_is_replaced(tmp_path, weights):
