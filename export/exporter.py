@@ -78,7 +78,7 @@ def export_checkpoint(
     Raises :class:`FlowRLError` (a ``CheckpointError`` for unreadable checkpoints, a
     ``VerificationError`` for a graph that fails its checks); nothing is written then.
     """
-    from flowrl_deploy.export.graph import VelocityWeights, build_policy_graph
+    from flowrl_deploy.export.graph import VelocityWeights, build_policy_graph, check_opset
     from flowrl_deploy.export.verify import check_structure, verify_parity
 
     config = config or ExportConfig()
@@ -91,6 +91,7 @@ def export_checkpoint(
     spec = checkpoint.spec
     config = replace(config, steps=config.steps or spec.flow_steps, solver=config.solver or spec.solver)
     weights = VelocityWeights.from_actor(checkpoint.actor, spec)
+    check_opset(config.opset, runtime=config.verify)
     model = build_policy_graph(
         weights,
         spec,

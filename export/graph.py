@@ -157,7 +157,7 @@ def build_policy_graph(
 
     ``dtype="int8"`` quantizes the hidden×hidden layer (see :func:`int8_blocks`); the rest stays fp32.
     """
-    check_opset(opset)
+    check_opset(opset, runtime=False)  # what onnxruntime runs is checked where the graph is verified
     g = _Graph()
     batch_dim: int | str = batch if batch is not None else "batch"
     inputs = [helper.make_tensor_value_info(OBS_INPUT, TensorProto.FLOAT, [batch_dim, spec.obs_dim])]
@@ -240,14 +240,17 @@ def newest_opset() -> int:
     return newest
 
 
-def check_opset(opset: int) -> None:
-    """Raise :class:`FlowRLError` for an opset newer than this onnx and onnxruntime support together,
-    naming the range that works (before any work: onnxruntime would refuse the graph only at its
-    verification, or at a server's start with --no-verify)."""
-    newest = newest_opset()
+def check_opset(opset: int, *, runtime: bool = True) -> None:
+    """Raise :class:`FlowRLError` for an opset newer than this onnx knows or, with ``runtime`` (the
+    graph is verified here), than the installed onnxruntime runs, naming the range that works
+    (before any work: onnxruntime would refuse the graph only at its verification). Without
+    ``runtime`` (--no-verify) a graph may target a newer onnxruntime on the deployment machine."""
+    newest = newest_opset() if runtime else onnx.defs.onnx_opset_version()
     if opset <= newest:
         return
     try:
+        if not runtime:
+            raise ImportError
         import onnxruntime as ort
 
         libraries = f"this onnx ({onnx.__version__}) and onnxruntime ({ort.__version__}) both support"

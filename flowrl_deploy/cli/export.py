@@ -85,7 +85,10 @@ def export(
         ),
     ] = None,
     solver: Annotated[Solver | None, typer.Option(help="ODE solver; default: the checkpoint's.")] = None,
-    opset: Annotated[int, typer.Option(help="ONNX opset (>= 17).")] = 18,
+    opset: Annotated[
+        int,
+        typer.Option(help="ONNX opset: 17 to the newest onnx and onnxruntime both run (--no-verify: onnx's newest)."),
+    ] = 18,
     batch: Annotated[str, typer.Option(help="'dynamic' batch axis, or a fixed batch size.")] = "dynamic",
     deterministic: Annotated[
         bool, typer.Option("--deterministic", help="No noise input: start from a0 = 0 (one action per observation).")
@@ -134,7 +137,7 @@ def export(
         verify=verify,
         seed=seed,
     )
-    check_opset(config.opset)
+    check_opset(config.opset, runtime=config.verify)
     check_outputs(onnx_path, sweep_paths(onnx_path, step_list), json_path, checkpoint_dir)
     if sweep:
         from flowrl_deploy.export.sweep import format_sweep, sweep_steps

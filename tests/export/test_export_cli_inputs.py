@@ -100,24 +100,33 @@ def test_a_checkpoint_float32_cannot_run_is_refused_before_building(checkpoint, 
 def test_an_opset_onnxruntime_cannot_run_is_refused_before_building(checkpoint, tmp_path, monkeypatch):
     """onnx 1.23 knows opsets 27 and 28, which onnxruntime 1.31 does not run (28 needs IR version
     14, 27 is still under development): they failed only at verification, with onnxruntime's raw
-    error, and --no-verify wrote a file no server could load. The newest that both run exports."""
+    error. The newest that both run exports; with --no-verify (a graph for a newer onnxruntime on
+    the robot) only onnx's own limit holds."""
     import onnx
     import onnxruntime
 
-    from flowrl_deploy.export.graph import MIN_OPSET, newest_opset
+    from flowrl_deploy.export.config import MIN_OPSET
+    from flowrl_deploy.export.graph import newest_opset
     from flowrl_deploy.runtime import make_session
 
-    newest, out = newest_opset(), tmp_path / "p.onnx"
-    assert MIN_OPSET < newest <= onnx.defs.onnx_opset_version()
+    newest, known, out = newest_opset(), onnx.defs.onnx_opset_version(), tmp_path / "p.onnx"
+    assert MIN_OPSET < newest <= known
     result = runner.invoke(app, ["export", str(checkpoint), "--out", str(out), "--opset", str(newest)])
     assert result.exit_code == 0 and "PASSED" in result.output, result.output
     make_session(out, providers=["CPUExecutionProvider"])
     out.unlink()
+    if newest < known:
+        args = ["export", str(checkpoint), "--out", str(out), "--opset", str(known), "--no-verify"]
+        result = runner.invoke(app, args)
+        assert result.exit_code == 0 and onnx.load(out).opset_import[0].version == known, result.output
+        out.unlink()
     monkeypatch.setattr("flowrl_deploy.export.graph.build_policy_graph", refuse)
-    for opset in range(newest + 1, onnx.defs.onnx_opset_version() + 2):
-        args = ["export", str(checkpoint), "--out", str(out), "--opset", str(opset), "--no-verify"]
-        libraries = f"this onnx ({onnx.__version__}) and onnxruntime ({onnxruntime.__version__}) both support"
-        refused(args, f"--opset {opset} is newer than {libraries}; use {MIN_OPSET}..{newest}")
+    both = f"this onnx ({onnx.__version__}) and onnxruntime ({onnxruntime.__version__}) both support"
+    for opset in range(newest + 1, known + 2):
+        args = ["export", str(checkpoint), "--out", str(out), "--opset", str(opset)]
+        refused(args, f"--opset {opset} is newer than {both}; use {MIN_OPSET}..{newest}")
+    args = ["export", str(checkpoint), "--out", str(out), "--opset", str(known + 1), "--no-verify"]
+    refused(args, f"--opset {known + 1} is newer than this onnx ({onnx.__version__}) knows; use {MIN_OPSET}..{known}")
     assert not out.exists()
 
 
