@@ -26,6 +26,8 @@ from flowrl_deploy.affinity import check_thread_count
 from flowrl_deploy.checkpoint import (
     CHECKPOINTS_DIR,
     DOCUMENT_FILE,
+    METRICS_CSV,
+    METRICS_JSONL,
     RUN_CONFIG_FILE,
     RUN_OUTPUTS,
     Checkpoint,
@@ -149,9 +151,10 @@ def resume_config(checkpoint: str | Path, steps: int | None = None) -> TrainConf
 
 
 def _check_new_run_dir(run_dir: Path) -> None:
-    """A new run goes into a new or empty directory, or one holding only the outputs of a run that
-    never saved a checkpoint (a retry): the run replaces config.json and the metrics files, so a
-    folder of anything else (or a checkpoint) must not be taken for a run directory."""
+    """A new run goes into a new or empty directory, or one a run that never saved a checkpoint
+    left behind (a retry). The run replaces config.json and the metrics files: with them there, a
+    valid config.json must say they are a run's; anything else but hidden files (.gitkeep, a
+    failed write's temporary file), or a checkpoint, means the folder is not a run directory."""
     if not run_dir.is_dir():
         return
     if any((run_dir / CHECKPOINTS_DIR).glob("step_*")):
@@ -160,14 +163,15 @@ def _check_new_run_dir(run_dir: Path) -> None:
         )
     if (run_dir / DOCUMENT_FILE).exists():
         raise FlowRLError(f"--out {run_dir} is a checkpoint, not a run directory; choose a new or empty folder")
-    entries = sorted(entry.name for entry in run_dir.iterdir())
+    entries = sorted(entry.name for entry in run_dir.iterdir() if not entry.name.startswith("."))
     foreign = [name for name in entries if name not in RUN_OUTPUTS]
     config = run_dir / RUN_CONFIG_FILE
-    if not foreign and entries:
+    replaced = [name for name in entries if name in (RUN_CONFIG_FILE, METRICS_JSONL, METRICS_CSV)]
+    if not foreign and replaced:
         try:
             TrainConfig.from_dict(json.loads(config.read_text()))
         except (OSError, UnicodeDecodeError, json.JSONDecodeError, ConfigError):
-            foreign = [RUN_CONFIG_FILE if config.exists() else entries[0]]
+            foreign = replaced  # metrics without the config of their run, or a config.json of something else
     if foreign:
         shown = ", ".join(foreign[:5]) + (", ..." if len(foreign) > 5 else "")
         raise FlowRLError(

@@ -133,15 +133,6 @@ def train(
                 f"(only {allowed} may be given with --resume)"
             )
         cfg = resume_config(resume, steps)
-        missing = missing_config_fields(resume)
-        if missing:
-            typer.secho(
-                f"warning: the checkpoint's config has no {', '.join(missing)} (saved by an older version or edited "
-                "by hand); the resumed run uses the defaults: "
-                + ", ".join(f"{name} {getattr(cfg, name)}" for name in missing),
-                err=True,
-                fg=typer.colors.YELLOW,
-            )
         overrides = {
             name: (value.value if isinstance(value, Enum) else value)
             for name, value in ((n, ctx.params[n]) for n in RESUME_OVERRIDES if n != "steps")
@@ -149,6 +140,16 @@ def train(
         }
         if overrides:
             cfg = cfg.override(**overrides)
+        given = {*overrides, *(["steps"] if steps is not None else []), "out"}  # a resume runs in its own run
+        defaulted = [name for name in missing_config_fields(resume) if name not in given]
+        if defaulted:
+            typer.secho(
+                f"warning: the checkpoint's config has no {', '.join(defaulted)} (saved by an older version or "
+                "edited by hand); the resumed run uses the defaults: "
+                + ", ".join(f"{name} {getattr(cfg, name)}" for name in defaulted),
+                err=True,
+                fg=typer.colors.YELLOW,
+            )
     else:
         cfg = TrainConfig(
             env=env, steps=DEFAULT.steps if steps is None else steps, seed=seed, out=out, hidden=hidden,

@@ -135,6 +135,7 @@ def test_a_run_whose_first_save_fails_says_no_checkpoint_was_saved(monkeypatch, 
         {"config.json": '{"mine": 1}\n', "metrics.csv": "my,important,csv\n"},  # the sweep's case
         {"notes.txt": "keep me\n"},
         {"config.json": "not json"},
+        {"metrics.csv": "my,important,csv\n"},  # metrics without the config.json of a run
     ],
 )
 def test_a_folder_that_is_not_a_run_is_refused_before_anything_is_replaced(tmp_path, no_steps, foreign):
@@ -155,11 +156,14 @@ def test_a_checkpoint_is_refused_as_the_folder_of_a_new_run(run, no_steps):
 
 
 def test_a_run_that_never_saved_a_checkpoint_may_be_started_again_in_its_folder(tmp_path, monkeypatch):
-    """Its leftovers (config.json, metrics, tensorboard/) are the run's own: a retry replaces them."""
+    """Its leftovers (config.json, metrics, tensorboard/, a failed write's temporary file) are the
+    run's own: a retry replaces config.json and the metrics, and adds to tensorboard/."""
     first = TrainConfig(steps=100, out=str(tmp_path), **TINY)
     first.save(tmp_path)
     (tmp_path / "metrics.csv").write_text("step\n")
     (tmp_path / "tensorboard").mkdir()
+    (tmp_path / ".config.json.tmp-x1y2").write_text("{")
+    (tmp_path / ".gitkeep").touch()
     result = train(first.override(seed=3), progress=False)
     assert json.loads((tmp_path / "config.json").read_text())["seed"] == 3
     assert result.last_checkpoint.parent == tmp_path / "checkpoints"
