@@ -18,8 +18,8 @@ from dataclasses import asdict, dataclass, fields
 from typing import Any
 
 from flowrl_deploy.errors import SpecError
-from flowrl_deploy.fieldtypes import is_int, wrong_type
-from flowrl_deploy.spec import MAX_FLOW_STEPS, SOLVERS, float32_bounds_problem
+from flowrl_deploy.fieldtypes import wrong_type
+from flowrl_deploy.spec import MAX_FLOW_STEPS, SOLVERS, float32_bounds_problem, obs_layout_problem
 
 CONTRACT_KEY = "flowrl.contract"
 CONTRACT_HASH_KEY = "flowrl.contract_hash"
@@ -114,12 +114,9 @@ class PolicyContract:
             raise SpecError(
                 f"policy contract field action_names holds {len(self.action_names)} names for act_dim = {self.act_dim}"
             )
-        sizes = [size for _, size in self.obs_layout]
-        if sizes and (not all(is_int(size) for size in sizes) or min(sizes) < 1 or sum(sizes) != self.obs_dim):
-            raise SpecError(
-                f"policy contract field obs_layout has block sizes {sizes}: each must be an integer >= 1 and "
-                f"together they must add up to obs_dim = {self.obs_dim}"
-            )
+        problem = obs_layout_problem(self.obs_layout, self.obs_dim)
+        if problem is not None:
+            raise SpecError(f"policy contract field {problem}")
         if self.solver not in SOLVERS:
             raise SpecError(
                 f"policy contract field solver is {self.solver!r}; an exported graph uses {' or '.join(SOLVERS)}"

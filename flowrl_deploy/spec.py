@@ -25,6 +25,18 @@ FLOAT32_MAX = 3.4028234663852886e38
 its range and midpoint, and the noise clip must fit: beyond, the graph outputs only NaN."""
 
 
+def obs_layout_problem(layout: tuple[tuple[str, int], ...], obs_dim: int) -> str | None:
+    """What is wrong with an observation layout ((name, size) blocks in order), or None: every size
+    an integer >= 1, and together obs_dim (an empty layout says nothing, and is fine)."""
+    sizes = [size for _, size in layout]
+    if sizes and (not all(is_int(size) for size in sizes) or min(sizes) < 1 or sum(sizes) != obs_dim):
+        return (
+            f"obs_layout has block sizes {sizes}: each must be an integer >= 1 and together they must "
+            f"add up to obs_dim = {obs_dim}"
+        )
+    return None
+
+
 def float32_bounds_problem(low: tuple[float, ...], high: tuple[float, ...]) -> str | None:
     """What float32 cannot hold in finite action bounds with low < high (the first found), as
     "action_high[0] = 1e+39 does not fit float32 ..."; None when they all fit. The graph rescales
@@ -112,12 +124,9 @@ class PolicySpec:
             )
         if self.hidden < 1:
             raise SpecError(f"hidden must be >= 1, got {self.hidden}")
-        sizes = [size for _, size in self.obs_layout]
-        if sizes and (not all(is_int(size) for size in sizes) or min(sizes) < 1 or sum(sizes) != self.obs_dim):
-            raise SpecError(
-                f"obs_layout has block sizes {sizes}: each must be an integer >= 1 and together they must "
-                f"add up to obs_dim = {self.obs_dim}"
-            )
+        problem = obs_layout_problem(self.obs_layout, self.obs_dim)
+        if problem is not None:
+            raise SpecError(problem)
         if self.action_names and len(self.action_names) != self.act_dim:
             raise SpecError(f"{len(self.action_names)} action_names for act_dim={self.act_dim}")
 
