@@ -45,25 +45,34 @@ def run_episode(act_fn: ActFn, env: Env, seed: int) -> float:
 
 
 def evaluate(
-    act_fn: ActFn, env: str | Env, episodes: int, seed: int = 0, *, dims: tuple[int, int] | None = None
+    act_fn: ActFn,
+    env: str | Env,
+    episodes: int,
+    seed: int = 0,
+    *,
+    dims: tuple[int, int] | None = None,
+    on_episode: Callable[[float], object] | None = None,
 ) -> EvalResult:
     """Run ``episodes`` episodes of ``act_fn`` on ``env`` (an id, or an environment instance).
 
     Episode i resets with a seed derived from (seed, i), so two evaluations with the same seed
     see the same initial states. ``dims``, the policy's (obs_dim, act_dim), refuses an environment
-    of other sizes with a :class:`FlowRLError` before any step.
+    of other sizes with a :class:`FlowRLError` before any step. ``on_episode`` is given each
+    return as its episode ends (so a caller stopped by Ctrl-C still has the finished ones).
     """
     instance = make_env(env, seed) if isinstance(env, str) else env
+    returns: list[float] = []
     try:
         if dims is not None:
             check_env_fits(instance, dims)
-        returns = tuple(
-            run_episode(act_fn, instance, episode_seed(seed, i, stream=EVAL_STREAM)) for i in range(episodes)
-        )
+        for i in range(episodes):
+            returns.append(run_episode(act_fn, instance, episode_seed(seed, i, stream=EVAL_STREAM)))
+            if on_episode is not None:
+                on_episode(returns[-1])
     finally:
         if isinstance(env, str):
             instance.close()
-    return EvalResult(float(np.mean(returns)), float(np.std(returns)), returns)
+    return EvalResult(float(np.mean(returns)), float(np.std(returns)), tuple(returns))
 
 
 def check_env_fits(env: Env, dims: tuple[int, int]) -> None:

@@ -13,9 +13,7 @@ from flowrl_deploy.runtime import is_onnx_path
 from flowrl_deploy.spec import MAX_FLOW_STEPS
 
 if TYPE_CHECKING:
-    import numpy as np
-
-    from flowrl_deploy.train.envs import Env
+    pass
 
 ONNX_DEVICES = ("auto", "cpu")
 """The --device values an ONNX policy takes: `flowrl eval` runs it with onnxruntime on the CPU."""
@@ -40,7 +38,6 @@ def eval_command(
     """Run POLICY for some episodes on its task and print the mean ± std return."""
     import numpy as np
 
-    from flowrl_deploy.train.envs import make_env
     from flowrl_deploy.train.evaluate import EvalResult, evaluate
 
     if episodes < 1:
@@ -66,42 +63,15 @@ def eval_command(
     if not env_id:
         raise FlowRLError(f"{policy} does not record its env id; pass --env")
     noise = ", from a0 = 0" if deterministic else ""
-    env_instance = _Tally(make_env(env_id, seed))  # as evaluate() makes it
+    done: list[float] = []
     try:
-        result = evaluate(act_fn, env_instance, episodes, seed, dims=dims)
+        result = evaluate(act_fn, env_id, episodes, seed, dims=dims, on_episode=done.append)
     except KeyboardInterrupt:
-        done = env_instance.returns
         partial = EvalResult(float(np.mean(done)), float(np.std(done)), tuple(done)) if done else None
         figures = f": return {partial} ({sampler}{noise})" if partial else ""
         typer.secho(f"interrupted (Ctrl-C) after {len(done)} of {episodes} episodes on {env_id}{figures}", err=True)
         raise typer.Exit(130) from None
-    finally:
-        env_instance.close()
     typer.echo(f"{env_id}: return {result} ({sampler}{noise})")
-
-
-class _Tally:
-    """An environment that keeps the return of every episode it completes, for a run stopped with
-    Ctrl-C (evaluate() returns them only at the end)."""
-
-    def __init__(self, env: Env) -> None:
-        self._env, self.info = env, env.info
-        self.returns: list[float] = []
-        self._total = 0.0
-
-    def reset(self, seed: int | None = None) -> np.ndarray:
-        self._total = 0.0
-        return self._env.reset(seed)
-
-    def step(self, action: np.ndarray) -> tuple[np.ndarray, float, bool, bool]:
-        obs, reward, terminated, truncated = self._env.step(action)
-        self._total += reward
-        if terminated or truncated:
-            self.returns.append(self._total)
-        return obs, reward, terminated, truncated
-
-    def close(self) -> None:
-        self._env.close()
 
 
 def _checkpoint_policy(path: Path, flow_steps: int | None, device: str, seed: int, deterministic: bool):
