@@ -8,20 +8,22 @@ with client.session(period_s=0.02, seed=0, fallback="hold") as control:
 
 from __future__ import annotations
 
+import collections
 import ipaddress
 import json
+import math
 import queue
 import re
 import threading
 import time
 import uuid
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 import grpc
 import numpy as np
 
-from flowrl_deploy.codec import decode, encode
-from flowrl_deploy.contract import PolicyContract
+from flowrl_deploy.codec import TensorError, decode, encode
+from flowrl_deploy.contract import MAX_CONTROL_PERIOD_S, MAX_HZ, MIN_CONTROL_PERIOD_S, MIN_HZ, PolicyContract
 from flowrl_deploy.errors import FlowRLError
 from flowrl_deploy.proto.flowrl.v1 import policy_pb2 as pb
 from flowrl_deploy.proto.flowrl.v1 import policy_pb2_grpc as pb_grpc
@@ -43,6 +45,12 @@ TRANSIENT = {
     grpc.StatusCode.INTERNAL,
     grpc.StatusCode.UNKNOWN,
 }
+MAX_TIMEOUT_S = 86400.0
+"""The longest call deadline accepted (a day): gRPC takes one centuries away as already past."""
+DEFAULT_MAX_TIMINGS = 100_000
+"""How many ticks a :class:`ControlSession` keeps in ``timings`` by default (about 30 MB)."""
+MIN_RESET_TIMEOUT_S = 0.01
+"""The shortest default wait of :meth:`ControlSession.reset` (its default is the control period)."""
 
 
 class ServiceError(FlowRLError):
@@ -58,10 +66,42 @@ class WatchdogError(FlowRLError):
     """No fresh action for too long or too many times in a row: the robot should stop."""
 
 
+def _is_number(value: object) -> bool:
+    return isinstance(value, (int, float, np.integer, np.floating)) and not isinstance(value, (bool, np.bool_))
+
+
+def _is_integer(value: object) -> bool:
+    return isinstance(value, (int, np.integer)) and not isinstance(value, (bool, np.bool_))
+
+
+def _shown(value: object) -> str:
+    return f"{value:g}" if _is_number(value) else repr(value)
+
+
+def _positive(value: object, name: str) -> float:
+    """``value`` as a float when it is a finite number > 0; else a :class:`FlowRLError` naming ``name``
+    (NaN would pass every ``<`` check and turn a clamp or the watchdog off)."""
+    if not (_is_number(value) and math.isfinite(value) and value > 0):
+        raise FlowRLError(f"{name} must be a finite number > 0, got {_shown(value)}")
+    return float(value)
+
+
+def checked_timeout(timeout_s: object, name: str = "timeout_s") -> float:
+    """A call deadline in seconds: a finite number in (0, :data:`MAX_TIMEOUT_S`]. gRPC takes 0 or less
+    as already past and fails every call with a bare DEADLINE_EXCEEDED."""
+    if not (_is_number(timeout_s) and 0 < timeout_s <= MAX_TIMEOUT_S):
+        raise FlowRLError(f"{name} must be a number of seconds in (0, {MAX_TIMEOUT_S:g}], got {_shown(timeout_s)}")
+    return float(timeout_s)
+
+
 def checked_seed(seed: int | None, name: str = "seed") -> int | None:
     """A noise seed travels as a uint64: refuse others with a clear error naming ``name`` (the
-    argument or the flag), not protobuf's ValueError."""
-    if seed is not None and not 0 <= seed < 2**64:
+    argument or the flag), not protobuf's ValueError or TypeError."""
+    if seed is None:
+        return None
+    if not _is_integer(seed):
+        raise FlowRLError(f"{name} must be an integer in [0, 2**64), got {_shown(seed)}")
+    if not 0 <= seed < 2**64:
         raise FlowRLError(f"{name} must lie in [0, 2**64), got {seed}")
     return seed
 
@@ -70,16 +110,19 @@ _HOST = re.compile(r"[A-Za-z0-9._-]+")  # a host name or an IPv4 address
 _PORT = re.compile(r"[0-9]{1,5}")
 
 
-def checked_target(target: str) -> str:
+def checked_target(target: str, name: str = "--server") -> str:
     """``target`` when it is a server address gRPC reads as meant: ``host:port``, ``[IPv6]:port``
-    or ``unix:PATH``. Anything else is refused naming --server: gRPC would wrap a negative port
-    round to another one, take 443 for a missing port, or log its parser's trace."""
+    or ``unix:PATH``. Anything else is refused naming ``name`` (the flag or the argument): gRPC
+    would wrap a negative port round to another one, take 443 for a missing port, or log its
+    parser's trace."""
 
     def refused(why: str) -> FlowRLError:
         return FlowRLError(
-            f"--server {target!r}: {why}; give host:port such as localhost:50051 (or [::1]:50051, unix:/path/to/socket)"
+            f"{name} {target!r}: {why}; give host:port such as localhost:50051 (or [::1]:50051, unix:/path/to/socket)"
         )
 
+    if not isinstance(target, str):
+        raise refused("not a string")
     if not target:
         raise refused("empty")
     if target.startswith("unix:"):
@@ -168,7 +211,9 @@ class PolicyClient:
         target: ``host:port``, ``[IPv6]:port`` or ``unix:PATH``.
         token: the server's shared secret, if it has one.
         tls_ca / tls_cert / tls_key: PEM paths for TLS (CA) and mTLS (client cert and key).
-        timeout_s: default deadline of each unary call.
+        timeout_s: default deadline of each unary call, in (0, 86400] s; None: no deadline. A
+            method's own ``timeout_s`` (None: this default) is checked the same way.
+        target_name: how errors about ``target`` name it (``flowrl`` commands pass their flag).
     """
 
     def __init__(
@@ -179,10 +224,11 @@ class PolicyClient:
         tls_ca: str = "",
         tls_cert: str = "",
         tls_key: str = "",
-        timeout_s: float = 1.0,
+        timeout_s: float | None = 1.0,
+        target_name: str = "--server",
     ) -> None:
-        self.target = checked_target(target)
-        self.timeout_s = timeout_s
+        self.target = checked_target(target, target_name)
+        self.timeout_s = None if timeout_s is None else checked_timeout(timeout_s)
         self.metadata = (("authorization", f"Bearer {token}"),) if token else ()
         if tls_ca or tls_cert or tls_key:
             self.channel = grpc.secure_channel(target, channel_credentials(tls_ca, tls_cert, tls_key), CHANNEL_OPTIONS)
@@ -192,7 +238,8 @@ class PolicyClient:
 
     def _call(self, method, request, timeout_s: float | None):
         try:
-            return method(request, timeout=timeout_s or self.timeout_s, metadata=self.metadata)
+            timeout = self.timeout_s if timeout_s is None else checked_timeout(timeout_s)
+            return method(request, timeout=timeout, metadata=self.metadata)
         except grpc.RpcError as exc:
             raise _service_error(exc) from None
 
@@ -200,6 +247,7 @@ class PolicyClient:
         """Block until the server's health is SERVING; raise :class:`FlowRLError` after ``timeout_s``."""
         from grpc_health.v1 import health_pb2, health_pb2_grpc
 
+        timeout_s = checked_timeout(timeout_s)
         stub = health_pb2_grpc.HealthStub(self.channel)
         until = time.monotonic() + timeout_s
         why = ""
@@ -262,12 +310,14 @@ class PolicyClient:
         """Actions for ``obs`` ([obs_dim] → [act_dim], [B, obs_dim] → [B, act_dim])."""
         return decode(self.act_reply(obs, **kwargs).action, name="action")
 
-    def reset(self, session_id: str, seed: int | None = None, *, contract_hash: str = "") -> str:
+    def reset(
+        self, session_id: str, seed: int | None = None, *, contract_hash: str = "", timeout_s: float | None = None
+    ) -> str:
         """Open or restart a session (reseeding its noise); returns the model version."""
         request = pb.ResetRequest(session_id=session_id, contract_hash=contract_hash)
         if checked_seed(seed) is not None:
             request.seed = seed
-        return self._call(self.stub.Reset, request, None).model_version
+        return self._call(self.stub.Reset, request, timeout_s).model_version
 
     def stats(self) -> pb.GetStatsReply:
         return self._call(self.stub.GetStats, pb.GetStatsRequest(), None)
@@ -323,8 +373,12 @@ class _Stream:
 @dataclass
 class _Health:
     consecutive_misses: int = 0
-    last_fresh: float = field(default_factory=time.monotonic)
+    last_fresh: float | None = None
+    """When the last fresh action came (time.monotonic); None until the first tick after the
+    session opened or reset, whose start then counts as fresh: an idle session never trips."""
     misses: int = 0
+    ticks: int = 0
+    """Every tick since the session opened (``timings`` keeps only the most recent ones)."""
 
 
 class ControlSession:
@@ -332,16 +386,33 @@ class ControlSession:
 
     ``act(obs)`` sends the observation and waits at most ``deadline_s`` for the reply to this
     tick (replies to earlier ticks are dropped by sequence number). Without a fresh action in
-    time it returns the fallback: ``hold`` (the last action), ``zeros``, or ``local`` (the same
-    ONNX policy run here with onnxruntime; pass ``local_model``). The watchdog raises
-    :class:`WatchdogError` after ``max_consecutive_misses`` misses in a row or when the last
-    fresh action is older than ``max_staleness_s``. A broken stream is reopened with
-    exponential backoff (the server then restarts the session's noise from ``seed``).
+    time it returns the fallback: ``hold`` (the last action), ``zeros`` (clipped into the action
+    bounds), or ``local`` (the same ONNX policy run here with onnxruntime; pass ``local_model``).
+    The watchdog raises :class:`WatchdogError` after ``max_consecutive_misses`` misses in a row
+    or when the last fresh action is older than ``max_staleness_s`` (counted from the first tick,
+    and again after each :meth:`reset`). A broken stream is reopened with exponential backoff
+    (the server then restarts the session's noise from ``seed``).
+
+    A session serves one control loop: ``act`` or ``reset`` called while another is running (from
+    a second thread) raises :class:`FlowRLError`, as does either after :meth:`close`.
+    Every setting is checked here, each bad one refused with a :class:`FlowRLError` naming it.
 
     Args:
-        period_s: the control period; the default deadline is half of it.
-        max_rate: optional clamp of each action component's change, in units per second.
+        period_s: the control period, in [1e-4, 10] s (0.1 to 10 kHz, as ``flowrl control --hz``).
+        deadline_s: how long a tick waits for its action, in (0, period_s]; default: half the period.
+        session_id: the server session's name; default: a fresh unique one.
+        seed: the session's noise seed (an integer in [0, 2**64)); default: unseeded.
+        fallback: ``hold``, ``zeros`` or ``local``.
+        local_model: the served ONNX file, for ``fallback="local"``.
+        max_consecutive_misses: raise after this many (>= 1) misses in a row; None: never.
+        max_staleness_s: raise when no fresh action came for this long (finite, > 0); None: never.
+        max_rate: optional clamp of each action component's change, in units per second (finite, > 0).
         contract_hash / contract: pin the policy contract; the server refuses a different one.
+        backoff_s: (first, longest) wait between reconnection tries, 0 < first <= longest.
+        reset_timeout_s: how long :meth:`reset` waits for the server (finite, > 0); default: the
+            period, at least 10 ms.
+        max_timings: how many ticks ``timings`` keeps, the most recent (>= 1); None: all of them
+            (about 300 bytes a tick: only for bounded runs).
     """
 
     def __init__(
@@ -360,20 +431,49 @@ class ControlSession:
         contract_hash: str = "",
         contract: PolicyContract | None = None,
         backoff_s: tuple[float, float] = (0.05, 1.0),
+        reset_timeout_s: float | None = None,
+        max_timings: int | None = DEFAULT_MAX_TIMINGS,
     ) -> None:
         if fallback not in ("hold", "zeros", "local"):
             raise FlowRLError(f"unknown fallback {fallback!r}; choose hold, zeros or local")
-        if period_s <= 0:
-            raise FlowRLError(f"period_s must be > 0, got {period_s}")
+        if not (_is_number(period_s) and MIN_CONTROL_PERIOD_S <= period_s <= MAX_CONTROL_PERIOD_S):
+            raise FlowRLError(
+                f"period_s must lie in [{MIN_CONTROL_PERIOD_S:g}, {MAX_CONTROL_PERIOD_S:g}] s (a control rate "
+                f"of {MIN_HZ:g} to {MAX_HZ:g} Hz), got {_shown(period_s)}"
+            )
+        deadline_s = period_s / 2 if deadline_s is None else _positive(deadline_s, "deadline_s")
+        if deadline_s > period_s:
+            raise FlowRLError(
+                f"deadline_s {deadline_s:g} is longer than period_s {period_s:g}: a tick would wait past "
+                "the next one; give at most the period"
+            )
+        if max_consecutive_misses is not None and not (
+            _is_integer(max_consecutive_misses) and max_consecutive_misses >= 1
+        ):
+            raise FlowRLError(
+                f"max_consecutive_misses must be an integer >= 1 or None, got {_shown(max_consecutive_misses)}"
+            )
+        if max_timings is not None and not (_is_integer(max_timings) and max_timings >= 1):
+            raise FlowRLError(f"max_timings must be an integer >= 1 or None (all), got {_shown(max_timings)}")
+        if not (isinstance(backoff_s, (tuple, list)) and len(backoff_s) == 2 and all(map(_is_number, backoff_s))):
+            raise FlowRLError(f"backoff_s must be two numbers of seconds (first, longest), got {backoff_s!r}")
+        first, longest = (_positive(b, "backoff_s") for b in backoff_s)
+        if first > longest:
+            raise FlowRLError(f"backoff_s must have first <= longest, got ({first:g}, {longest:g})")
         self.client = client
-        self.period_s = period_s
-        self.deadline_s = deadline_s if deadline_s is not None else period_s / 2
+        self.period_s = float(period_s)
+        self.deadline_s = deadline_s
         self.session_id = session_id or f"control-{uuid.uuid4().hex[:12]}"
         self.seed = checked_seed(seed)
         self.fallback = fallback
         self.max_consecutive_misses = max_consecutive_misses
-        self.max_staleness_s = max_staleness_s
-        self.max_delta = None if max_rate is None else max_rate * period_s
+        self.max_staleness_s = None if max_staleness_s is None else _positive(max_staleness_s, "max_staleness_s")
+        self.max_delta = None if max_rate is None else _positive(max_rate, "max_rate") * self.period_s
+        self.reset_timeout_s = (
+            max(self.period_s, MIN_RESET_TIMEOUT_S)
+            if reset_timeout_s is None
+            else checked_timeout(reset_timeout_s, "reset_timeout_s")
+        )
         self.contract_hash = contract_hash or (contract.hash() if contract else "")
         self.contract_json = json.dumps(contract.to_dict(), sort_keys=True) if contract else ""
         self.info = client.spec()
@@ -385,47 +485,82 @@ class ControlSession:
             if self.local.policy.contract_hash != self.info.contract_hash:
                 diff = "; ".join(self.info.contract.differences(self.local.policy.contract))
                 raise FlowRLError(f"the local fallback model {local_model} is not the served policy ({diff})")
-        self.timings: list[CallTiming] = []
+        zeros = np.zeros(self.info.act_dim, np.float32)
+        if len(self.info.action_low) == len(self.info.action_high) == self.info.act_dim:
+            zeros = np.clip(zeros, self.info.action_low, self.info.action_high)  # bounds may exclude 0
+        self._zeros = zeros
+        self._obs_shapes = ((self.info.obs_dim,), (1, self.info.obs_dim))
+        self.timings: collections.deque[CallTiming] = collections.deque(maxlen=max_timings)
         self.health = _Health()
         self.last_action: np.ndarray | None = None
         self._seq = 0
-        self._backoff_s = backoff_s
-        self._retry_in = backoff_s[0]
+        self._busy = threading.Lock()
+        self._closed = False
+        self._backoff_s = (first, longest)
+        self._retry_in = first
         self._retry_at = 0.0
         self._opened = False
         self._stream: _Stream | None = _Stream(client)
 
     # --- the tick ------------------------------------------------------------------------------
     def act(self, obs: np.ndarray) -> np.ndarray:
-        """The action for this tick, fresh or fallback; raises :class:`WatchdogError` when unsafe."""
+        """The action for this tick, fresh or fallback; raises :class:`WatchdogError` when unsafe.
+
+        ``obs`` is one observation, [obs_dim] or [1, obs_dim], of finite numbers; another shape or
+        NaN/Inf raises :class:`~flowrl_deploy.codec.TensorError` (also while the server is away)."""
+        if not self._busy.acquire(blocking=False):
+            raise self._in_use("act")
+        try:
+            self._check_open("act")
+            return self._tick(self._checked_obs(obs))
+        finally:
+            self._busy.release()
+
+    def _checked_obs(self, obs: np.ndarray) -> np.ndarray:
+        try:
+            array = np.asarray(obs, np.float32)
+        except (TypeError, ValueError) as exc:
+            raise TensorError(f"obs: not an array of numbers ({exc})") from None
+        if array.shape not in self._obs_shapes:
+            dim = self.info.obs_dim
+            raise TensorError(f"obs: shape {list(array.shape)} does not match [{dim}] or [1, {dim}] (one per tick)")
+        array = array.reshape(-1)
+        if not np.isfinite(array).all():
+            raise TensorError("obs: contains NaN or Inf")
+        return array
+
+    def _tick(self, obs: np.ndarray) -> np.ndarray:
         self._seq += 1
-        obs = np.asarray(obs, np.float32).reshape(-1)
+        seq = self._seq
         start = time.perf_counter()
-        until = start + self.deadline_s
-        reply = self._exchange(obs, until)
+        health = self.health
+        health.ticks += 1
+        if health.last_fresh is None:
+            health.last_fresh = time.monotonic()
+        reply = self._exchange(obs, seq, start + self.deadline_s)
         if reply is not None:
             action = decode(reply.action, name="action")
             self.timings.append(self._timing(reply, start))
-            self.health.consecutive_misses = 0
-            self.health.last_fresh = time.monotonic()
+            health.consecutive_misses = 0
+            health.last_fresh = time.monotonic()
         else:
             action = self._fallback(obs)
-            self.timings.append(CallTiming(self._seq, self.fallback, (time.perf_counter() - start) * 1e6))
-            self.health.consecutive_misses += 1
-            self.health.misses += 1
+            self.timings.append(CallTiming(seq, self.fallback, (time.perf_counter() - start) * 1e6))
+            health.consecutive_misses += 1
+            health.misses += 1
             self._watchdog()
         if self.max_delta is not None and self.last_action is not None:
             action = np.clip(action, self.last_action - self.max_delta, self.last_action + self.max_delta)
         self.last_action = action
         return action
 
-    def _exchange(self, obs: np.ndarray, until: float) -> pb.StreamActReply | None:
+    def _exchange(self, obs: np.ndarray, seq: int, until: float) -> pb.StreamActReply | None:
         stream = self._live_stream()
         if stream is None:
             return None
         request = pb.StreamActRequest(
             session_id=self.session_id,
-            seq=self._seq,
+            seq=seq,
             obs=encode(obs),
             client_send_unix_ns=time.time_ns(),
             timeout_us=max(1, int((until - time.perf_counter()) * 1e6)),
@@ -445,7 +580,7 @@ class ControlSession:
             if reply is _END:
                 self._broken()
                 return None
-            if reply.seq != self._seq:
+            if reply.seq != seq:
                 continue  # the late answer to an earlier tick
             if reply.status.code == 0:
                 self._opened = True  # only now: a refused opening is sent again with the seed and pin
@@ -465,8 +600,11 @@ class ControlSession:
         self._retry_at = now + self._retry_in
         self._retry_in = min(self._retry_in * 2, self._backoff_s[1])
         self._opened = False
-        self._stream = _Stream(self.client)
-        return self._stream
+        self._stream = stream = _Stream(self.client)
+        if self._closed:  # close() ran meanwhile (from another thread) and saw no stream to close
+            self.close()
+            raise self._closed_error("act")
+        return stream
 
     def _broken(self) -> None:
         stream, self._stream = self._stream, None
@@ -482,7 +620,7 @@ class ControlSession:
             return self.local.act(obs)
         if self.fallback == "hold" and self.last_action is not None:
             return self.last_action
-        return np.zeros(self.info.act_dim, np.float32)
+        return self._zeros.copy()
 
     def _watchdog(self) -> None:
         misses = self.health.consecutive_misses
@@ -505,19 +643,48 @@ class ControlSession:
             model_version=reply.model_version,
         )
 
+    def _in_use(self, method: str) -> FlowRLError:
+        return FlowRLError(
+            f"ControlSession.{method} called while another act or reset of this session runs: a ControlSession "
+            "serves one control loop; use one session per thread"
+        )
+
+    def _closed_error(self, method: str) -> FlowRLError:
+        return FlowRLError(f"ControlSession.{method} after close(): open a new session with client.session(...)")
+
+    def _check_open(self, method: str) -> None:
+        if self._closed:
+            raise self._closed_error(method)
+
     # --- episodes and lifetime -------------------------------------------------------------------
     def reset(self, seed: int | None = None) -> None:
-        """A new episode: reseed the session's noise (and the local fallback's) and forget the last action."""
-        self.seed = checked_seed(seed)
-        self.last_action = None
-        if self.local is not None:
-            self.local.reseed(seed)
-        self.client.reset(self.session_id, seed, contract_hash=self.contract_hash)
+        """A new episode: reseed the session's noise (and the local fallback's), forget the last
+        action and restart the staleness clock.
+
+        The server's ``Reset`` is waited for at most ``reset_timeout_s``. If it fails (the server
+        is down, frozen or refuses) this raises :class:`ServiceError` and the session is left as it
+        was (seed, last action, local fallback noise), so the loop may carry on or try again; a
+        reset that timed out may still have reached the server."""
+        seed = checked_seed(seed)
+        if not self._busy.acquire(blocking=False):
+            raise self._in_use("reset")
+        try:
+            self._check_open("reset")
+            self.client.reset(self.session_id, seed, contract_hash=self.contract_hash, timeout_s=self.reset_timeout_s)
+            self.seed = seed
+            self.last_action = None
+            self.health.last_fresh = None
+            if self.local is not None:
+                self.local.reseed(seed)
+        finally:
+            self._busy.release()
 
     def close(self) -> None:
-        if self._stream is not None:
-            self._stream.close()
-            self._stream = None
+        """End the stream; a closed session refuses ``act`` and ``reset``. Closing again does nothing."""
+        self._closed = True
+        stream, self._stream = self._stream, None
+        if stream is not None:
+            stream.close()
 
     def __enter__(self) -> ControlSession:
         return self

@@ -1,8 +1,13 @@
-"""ControlSession: fresh actions, stale replies dropped, fallbacks, watchdog, clamps, reconnect."""
+"""ControlSession: fresh actions, stale replies dropped, fallbacks, watchdog, clamps, reconnect;
+settings checked at construction, one control loop per session, reset, close."""
 
 from __future__ import annotations
 
+import dataclasses
+import math
 import queue
+import re
+import threading
 import time
 from types import SimpleNamespace
 
@@ -13,7 +18,8 @@ from tiny_policy import ACT_DIM, documented_noise, tiny_contract, write_policy
 
 from flowrl_deploy import client as client_module
 from flowrl_deploy.client import PolicyClient, ServiceError, WatchdogError
-from flowrl_deploy.codec import encode
+from flowrl_deploy.codec import TensorError, encode
+from flowrl_deploy.errors import FlowRLError
 from flowrl_deploy.proto.flowrl.v1 import policy_pb2 as pb
 from flowrl_deploy.serve import PolicyServer, ServeConfig
 from flowrl_deploy.serve.noise import draw_noise, session_noise
@@ -178,15 +184,11 @@ def test_local_fallback_then_reconnect_after_a_server_restart(policy_path, local
 
 
 def test_local_fallback_needs_the_model(client):
-    from flowrl_deploy.errors import FlowRLError
-
     with pytest.raises(FlowRLError, match="local_model"):
         client.session(period_s=0.02, fallback="local")
 
 
 def test_local_fallback_must_be_the_served_policy(client, tmp_path):
-    from flowrl_deploy.errors import FlowRLError
-
     other = write_policy(tmp_path / "other.onnx", action_names=("up", "down"))
     with pytest.raises(FlowRLError, match=r"is not the served policy \(action_names"):
         client.session(period_s=0.02, fallback="local", local_model=str(other))
@@ -250,4 +252,169 @@ def test_reconnect_backoff_doubles_up_to_its_cap_and_restarts_after_a_fresh_repl
     server.up = False  # a second outage soon after: the try that reconnected left no 1 s wait behind
     second = server.run(control, 1.0)
     assert np.diff([0.0, *second]) == pytest.approx(RECONNECT_WAITS[:5], abs=0.0025)
+    control.close()
+
+
+NAN, INF = math.nan, math.inf
+
+
+@pytest.mark.parametrize(
+    ("settings", "why"),
+    [
+        # NaN made every action NaN; a negative rate dragged the action down by it every tick
+        *[({"max_rate": v}, f"max_rate must be a finite number > 0, got {v:g}") for v in (NAN, -1.0, 0, INF)],
+        *[
+            ({"period_s": v}, f"period_s must lie in [0.0001, 10] s (a control rate of 0.1 to 10000 Hz), got {w}")
+            for v, w in ((NAN, "nan"), (INF, "inf"), (1e-9, "1e-09"), (0, "0"), (11, "11"), ("0.02", "'0.02'"))
+        ],
+        # 0 or less: a fallback on every tick from a healthy server; NaN/inf: a bare ValueError in act
+        *[({"deadline_s": v}, f"deadline_s must be a finite number > 0, got {v:g}") for v in (0, -1, NAN, INF)],
+        ({"deadline_s": 0.6}, "deadline_s 0.6 is longer than period_s 0.5: a tick would wait past the next one"),
+        # NaN turned the watchdog off
+        *[({"max_staleness_s": v}, f"max_staleness_s must be a finite number > 0, got {v:g}") for v in (NAN, 0, -1)],
+        *[
+            ({"max_consecutive_misses": v}, f"max_consecutive_misses must be an integer >= 1 or None, got {v:g}")
+            for v in (0, -1, 1.5)
+        ],
+        # a wrong length raised IndexError on every tick of an outage
+        ({"backoff_s": (0.05,)}, "backoff_s must be two numbers of seconds (first, longest), got (0.05,)"),
+        ({"backoff_s": (0, 0)}, "backoff_s must be a finite number > 0, got 0"),
+        ({"backoff_s": (-1, -1)}, "backoff_s must be a finite number > 0, got -1"),
+        ({"backoff_s": (0.05, INF)}, "backoff_s must be a finite number > 0, got inf"),
+        ({"backoff_s": (1.0, 0.5)}, "backoff_s must have first <= longest, got (1, 0.5)"),
+        *[
+            ({"reset_timeout_s": v}, f"reset_timeout_s must be a number of seconds in (0, 86400], got {v:g}")
+            for v in (0, NAN)
+        ],
+        ({"max_timings": 0}, "max_timings must be an integer >= 1 or None (all), got 0"),
+    ],
+)
+def test_a_bad_setting_is_refused_at_construction(client, settings, why):
+    with pytest.raises(FlowRLError, match=re.escape(why)):
+        client.session(**{"period_s": 0.5, **settings})
+
+
+def test_settings_at_their_limits_are_accepted(client):
+    with client.session(
+        period_s=1e-4, deadline_s=1e-4, max_consecutive_misses=1, max_staleness_s=1e-3, backoff_s=(0.1, 0.1)
+    ) as control:
+        assert control.deadline_s == control.period_s == 1e-4
+        assert control.reset_timeout_s == 0.01  # the default: the period, at least 10 ms
+    with client.session(period_s=10.0, max_rate=1e-9, max_timings=None) as control:
+        assert control.reset_timeout_s == 10.0 and control.timings.maxlen is None
+
+
+@pytest.mark.parametrize(
+    ("obs", "why"),
+    [
+        (np.zeros((2, 3)), r"obs: shape \[2, 3\] does not match \[3\] or \[1, 3\]"),  # was named [1, 6]
+        (np.zeros((3, 1)), r"obs: shape \[3, 1\]"),
+        (1.0, r"obs: shape \[\]"),
+        ([0.1, NAN, 0.2], "obs: contains NaN or Inf"),
+        (["a", "b", "c"], "obs: not an array of numbers"),
+    ],
+)
+def test_a_bad_observation_is_refused_naming_its_shape_even_on_a_missed_tick(client, obs, why):
+    with client.session(period_s=0.5, deadline_s=MISS_S) as control:  # was a silent fallback
+        with pytest.raises(TensorError, match=why):
+            control.act(obs)
+        control.act(OBS[None])  # [1, obs_dim] is one observation too
+
+
+def test_zeros_fallback_is_clipped_into_bounds_that_exclude_zero(client, monkeypatch):
+    info = client.spec()
+    bounds = {"action_low": np.array([0.5, -2.0], np.float32), "action_high": np.array([1.0, -1.0], np.float32)}
+    monkeypatch.setattr(client, "spec", lambda: dataclasses.replace(info, **bounds))
+    for fallback in ("zeros", "hold"):  # hold has nothing to hold yet on the first tick
+        with client.session(period_s=0.5, deadline_s=MISS_S, fallback=fallback) as control:
+            np.testing.assert_array_equal(control.act(OBS), [0.5, -1.0])
+            assert control.timings[-1].source == fallback
+
+
+def test_a_second_caller_is_refused_while_a_tick_waits_and_the_tick_gets_its_own_action(client, monkeypatch):
+    """Two threads on one session used to swap actions (the sequence number was shared)."""
+    sent, replies = queue.SimpleQueue(), queue.SimpleQueue()
+    stream = SimpleNamespace(requests=SimpleNamespace(put=sent.put), replies=replies, error=None, close=lambda: None)
+    monkeypatch.setattr(client_module, "_Stream", lambda _client: stream)
+    control = client.session(period_s=5.0, deadline_s=5.0)
+    got = {}
+    loop = threading.Thread(target=lambda: got.update(action=control.act(OBS)))
+    loop.start()
+    request = sent.get(timeout=5)  # the loop's tick now waits for its reply
+    for other_call in (lambda: control.act(-OBS), lambda: control.reset(seed=1)):
+        with pytest.raises(FlowRLError, match="a ControlSession serves one control loop; use one session per thread"):
+            other_call()
+    mine = np.full(ACT_DIM, 0.5, np.float32)
+    replies.put(pb.StreamActReply(seq=request.seq, action=encode(mine)))
+    loop.join(timeout=5)
+    np.testing.assert_array_equal(got["action"], mine)
+    assert [t.source for t in control.timings] == ["server"] and sent.empty()
+    control.close()
+
+
+def test_act_and_reset_after_close_are_refused(client):
+    control = client.session(period_s=0.5, seed=0)
+    control.act(OBS)
+    control.close()
+    control.close()  # twice is fine
+    for method in ("act", "reset"):
+        with pytest.raises(FlowRLError, match=rf"ControlSession.{method} after close\(\)"):
+            control.act(OBS) if method == "act" else control.reset(seed=0)
+    assert control._stream is None  # no stream was opened again
+
+
+class _Frozen(grpc.RpcError):
+    """What a call to a frozen server ends with."""
+
+    def code(self) -> grpc.StatusCode:
+        return grpc.StatusCode.DEADLINE_EXCEEDED
+
+    def details(self) -> str:
+        return "Deadline Exceeded"
+
+
+def test_a_failed_reset_waits_at_most_reset_timeout_and_changes_nothing(client, policy_path, local, monkeypatch):
+    waits = []
+
+    def frozen(request, timeout, metadata):
+        waits.append(timeout)
+        raise _Frozen()
+
+    seed, noise = 5, documented_noise(5)
+    with client.session(
+        period_s=0.02, deadline_s=MISS_S, seed=seed, fallback="local", local_model=str(policy_path)
+    ) as control:
+        first = control.act(OBS)
+        monkeypatch.setattr(client.stub, "Reset", frozen)
+        with pytest.raises(ServiceError, match="DEADLINE_EXCEEDED"):
+            control.reset(seed=9)
+        assert waits == [0.02]  # the period (was the client's 1 s: 50 ticks)
+        assert control.seed == seed and control.last_action is first
+        noise.standard_normal((1, ACT_DIM), dtype=np.float32)  # the first tick's draw
+        expected = local.act(OBS[None], noise.standard_normal((1, ACT_DIM), dtype=np.float32))[0]
+        np.testing.assert_allclose(control.act(OBS), expected, atol=1e-6)  # the local noise was not restarted
+    with client.session(period_s=0.02, reset_timeout_s=0.005) as control, pytest.raises(ServiceError):
+        control.reset(seed=9)
+    assert waits[-1] == 0.005
+
+
+def test_timings_keep_the_most_recent_ticks(client):
+    with client.session(period_s=0.5, deadline_s=MISS_S) as control:
+        assert control.timings.maxlen == 100_000  # was a list growing by 329 B a tick
+    with client.session(period_s=0.5, deadline_s=MISS_S, max_timings=3) as control:
+        for _ in range(5):
+            control.act(OBS)
+        assert [t.seq for t in control.timings] == [3, 4, 5]
+        assert control.health.ticks == control.health.misses == 5
+
+
+def test_the_staleness_clock_starts_at_the_first_tick_and_again_after_a_reset(client, monkeypatch):
+    server = FlakyServer(monkeypatch)  # down: every tick a miss
+    control = client.session(period_s=0.002, max_staleness_s=0.1, fallback="zeros")
+    for _ in range(2):
+        server.now += 60.0  # idle (homing, between episodes): no tick, no watchdog
+        server.run(control, 0.09)
+        with pytest.raises(WatchdogError, match=r"no fresh action for 10\d\.\d ms"):
+            server.run(control, 0.02)
+        control.reset(seed=1)
     control.close()

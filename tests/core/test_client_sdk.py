@@ -1,0 +1,57 @@
+"""PolicyClient's own arguments are checked where they are given, each mistake one FlowRLError
+naming it: call deadlines, the server address (named as the caller calls it) and seeds. No server
+is needed: every case is refused before a call goes out."""
+
+from __future__ import annotations
+
+import math
+import re
+
+import numpy as np
+import pytest
+
+from flowrl_deploy.client import PolicyClient, checked_seed, checked_target
+from flowrl_deploy.errors import FlowRLError
+
+UNUSED = "127.0.0.1:1"  # nothing listens; a call that went out would fail UNAVAILABLE
+
+
+@pytest.mark.parametrize(
+    ("timeout_s", "shown"),
+    [(0, "0"), (-1, "-1"), (math.nan, "nan"), (math.inf, "inf"), (1e10, "1e+10"), ("1", "'1'")],
+)
+def test_a_bad_timeout_is_refused_naming_it(timeout_s, shown):
+    why = f"timeout_s must be a number of seconds in (0, 86400], got {shown}"
+    with pytest.raises(FlowRLError, match=f"^{re.escape(why)}$"):
+        PolicyClient(UNUSED, timeout_s=timeout_s)  # every call then failed with a bare DEADLINE_EXCEEDED
+    with PolicyClient(UNUSED) as client, pytest.raises(FlowRLError, match="timeout_s must be a number of seconds"):
+        client.act(np.zeros(3, np.float32), timeout_s=timeout_s)  # 0 silently meant the default 1 s
+    with PolicyClient(UNUSED) as client, pytest.raises(FlowRLError, match="timeout_s must be a number of seconds"):
+        client.wait_ready(timeout_s=timeout_s)
+
+
+def test_no_timeout_means_no_deadline():
+    with PolicyClient(UNUSED, timeout_s=None) as client:
+        assert client.timeout_s is None
+
+
+@pytest.mark.parametrize(("target", "why"), [(None, "not a string"), (5, "not a string"), ("localhost", "no port")])
+def test_an_address_is_refused_under_the_name_it_was_given_as(target, why):
+    with pytest.raises(FlowRLError, match=f"^target {target!r}: {why}; give host:port"):
+        checked_target(target, "target")
+    with pytest.raises(FlowRLError, match=f"^address {target!r}: {why};"):
+        PolicyClient(target, target_name="address")
+    with pytest.raises(FlowRLError, match=f"^--server {target!r}: {why};"):  # the flowrl commands' default
+        PolicyClient(target)
+
+
+@pytest.mark.parametrize(("seed", "shown"), [(1.5, "1.5"), ("1", "'1'"), (True, "True"), (np.float32(2), "2")])
+def test_a_seed_that_is_not_an_integer_is_refused(seed, shown):
+    with pytest.raises(FlowRLError, match=rf"^seed must be an integer in \[0, 2\*\*64\), got {shown}$"):
+        checked_seed(seed)
+
+
+def test_integer_seeds_in_range_pass():
+    assert checked_seed(np.uint64(2**64 - 1)) == 2**64 - 1 and checked_seed(0) == 0 and checked_seed(None) is None
+    with pytest.raises(FlowRLError, match=r"seed must lie in \[0, 2\*\*64\), got -1"):
+        checked_seed(-1)
