@@ -110,7 +110,7 @@ _HOST = re.compile(r"[A-Za-z0-9._-]+")  # a host name or an IPv4 address
 _PORT = re.compile(r"[0-9]{1,5}")
 
 
-def checked_target(target: str, name: str = "--server") -> str:
+def checked_target(target: str, name: str = "target") -> str:
     """``target`` when it is a server address gRPC reads as meant: ``host:port``, ``[IPv6]:port``
     or ``unix:PATH``. Anything else is refused naming ``name`` (the flag or the argument): gRPC
     would wrap a negative port round to another one, take 443 for a missing port, or log its
@@ -225,7 +225,7 @@ class PolicyClient:
         tls_cert: str = "",
         tls_key: str = "",
         timeout_s: float | None = 1.0,
-        target_name: str = "--server",
+        target_name: str = "target",
     ) -> None:
         self.target = checked_target(target, target_name)
         self.timeout_s = None if timeout_s is None else checked_timeout(timeout_s)

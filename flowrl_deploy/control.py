@@ -182,7 +182,9 @@ def run_control(
             f"--local-model is used only with --fallback local (--fallback is {fallback!r}); "
             "add --fallback local, or drop --local-model"
         )
-    with PolicyClient(server, token=token, tls_ca=tls_ca, tls_cert=tls_cert, tls_key=tls_key) as client:
+    with PolicyClient(
+        server, token=token, tls_ca=tls_ca, tls_cert=tls_cert, tls_key=tls_key, target_name="--server"
+    ) as client:
         try:
             client.wait_ready(timeout_s=connect_timeout_s)
         except FlowRLError as exc:
@@ -216,6 +218,7 @@ def run_control(
             local_model=local_model,
             max_consecutive_misses=max_misses,
             contract_hash=contract_hash,
+            max_timings=None,  # the report covers every tick of the run, which its episodes bound
         )
         returns, lateness, overruns, interrupted, watchdog = [], [], 0, False, ""
         try:

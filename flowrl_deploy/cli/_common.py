@@ -150,7 +150,13 @@ def server_client(
     if timeout_s is not None and not 0 < timeout_s <= MAX_TIMEOUT_S:  # gRPC takes ~300 years as already past
         raise FlowRLError(f"--timeout must lie in (0, {MAX_TIMEOUT_S}] seconds, got {timeout_s:g}")
     with PolicyClient(
-        server, token=token, tls_ca=tls_ca, tls_cert=tls_cert, tls_key=tls_key, timeout_s=timeout_s
+        server,
+        token=token,
+        tls_ca=tls_ca,
+        tls_cert=tls_cert,
+        tls_key=tls_key,
+        timeout_s=timeout_s,
+        target_name="--server",
     ) as client:
         try:
             yield client

@@ -5,6 +5,7 @@ the flag (and file): --server, --obs/--obs-file, --seed, the TLS files; and a re
 from __future__ import annotations
 
 import json
+import re
 import socket
 import sys
 from pathlib import Path
@@ -70,9 +71,11 @@ class TestServerAddress:
     )
     def test_a_bad_address_is_refused_naming_server(self, target, why):
         with pytest.raises(FlowRLError) as info:
-            PolicyClient(target)
+            PolicyClient(target, target_name="--server")  # as the commands do
         assert str(info.value).startswith(f"--server {target!r}: {why};")
         assert "give host:port such as localhost:50051" in str(info.value)
+        with pytest.raises(FlowRLError, match=f"^target {re.escape(repr(target))}: "):
+            PolicyClient(target)  # the Python API names no command-line flag
 
     @pytest.mark.parametrize(
         "target",

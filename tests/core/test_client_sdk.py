@@ -41,7 +41,7 @@ def test_an_address_is_refused_under_the_name_it_was_given_as(target, why):
         checked_target(target, "target")
     with pytest.raises(FlowRLError, match=f"^address {target!r}: {why};"):
         PolicyClient(target, target_name="address")
-    with pytest.raises(FlowRLError, match=f"^--server {target!r}: {why};"):  # the flowrl commands' default
+    with pytest.raises(FlowRLError, match=f"^target {target!r}: {why};"):  # no command-line flag by default
         PolicyClient(target)
 
 

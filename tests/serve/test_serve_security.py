@@ -112,15 +112,17 @@ def test_an_open_network_address_without_token_or_tls_is_warned_about(policy_pat
         assert not warnings
 
 
-def test_stream_with_a_wrong_token_raises_instead_of_falling_back(policy_path):
+def test_stream_with_a_wrong_token_raises_instead_of_falling_back(policy_path, monkeypatch):
     config = ServeConfig(str(policy_path), port=0, token="s3cret", grace_s=0)
     with PolicyServer(config).start() as server, PolicyClient(server.address, token="s3cret") as client:
-        control = client.session(period_s=0.5)  # GetSpec passes; then the secret changes
+        spec = client.spec()  # GetSpec passes; then the secret changes before the stream opens
+        monkeypatch.setattr(client, "spec", lambda *args, **kwargs: spec)
         client.metadata = (("authorization", "Bearer wrong"),)
-        control.close()
+        control = client.session(period_s=0.5)
         with pytest.raises(ServiceError) as info:
             control.act(OBS)
         assert info.value.code == grpc.StatusCode.UNAUTHENTICATED
+        control.close()
 
 
 def test_tls_serves_trusted_clients_and_refuses_plaintext(policy_path, pki):
