@@ -1,17 +1,54 @@
 """The server's configuration: one field per ``flowrl serve`` flag, plus a few settings
-(grace period, watch interval, rows per request) that only code sets."""
+(grace period, watch interval, rows per request) that only code sets.
+
+Every value is checked once, when the config is built (:meth:`ServeConfig.__post_init__`): the
+library and ``flowrl serve`` refuse the same values with the same :class:`FlowRLError`. A field
+is named by its flag (``max_batch`` → ``--max-batch``); those only code sets by their field name.
+"""
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+import math
+from dataclasses import dataclass, fields
+
+from flowrl_deploy.affinity import check_thread_count
+from flowrl_deploy.errors import FlowRLError
+from flowrl_deploy.fieldtypes import is_int
+from flowrl_deploy.serve.batcher import MAX_WINDOW_US
+from flowrl_deploy.spec import MAX_FLOW_STEPS
 
 MAX_MESSAGE_BYTES = 2**31 - 1
 """gRPC's message size limits are C ints: a larger ``max_message_bytes`` fails the server's start."""
+MAX_BATCH = 4096
+"""Rows of one micro-batch at most: the server warms the model up at this size, and more only adds latency."""
+MAX_WAIT_S = 86400.0
+"""The longest ``grace_s`` and ``watch_interval_s``, a day: gRPC's and threading's timers overflow
+near 1e10 s, and an infinite grace made ``stop()`` hang with an OverflowError inside gRPC."""
+MIN_WATCH_INTERVAL_S = 0.01
+"""Shorter polls only burn a core (0 busy-looped) and call a file settled that is still being written."""
+CODE_ONLY = frozenset({"max_request_batch", "grace_s", "watch_interval_s"})
+"""Fields without a ``flowrl serve`` flag: errors name them as they are spelled in code."""
+
+
+def setting_name(field: str) -> str:
+    """How errors name a field: by its ``flowrl serve`` flag, or as in code when it has none."""
+    return field if field in CODE_ONLY else "--" + field.replace("_", "-")
+
+
+def check_grace(name: str, grace: object) -> float:
+    """A grace period of stop: seconds in [0, MAX_WAIT_S] (NaN and infinity are refused)."""
+    if isinstance(grace, bool) or not isinstance(grace, int | float):
+        raise FlowRLError(f"{name} must be a number of seconds, got {grace!r}")
+    if not 0 <= grace <= MAX_WAIT_S:
+        raise FlowRLError(f"{name} must lie in [0, {MAX_WAIT_S:g}] s, got {grace}")
+    return float(grace)
 
 
 @dataclass(frozen=True)
 class ServeConfig:
-    """How to serve one policy file."""
+    """How to serve one policy file. A value the server could not run with (a count below 1, a
+    port beyond 65535, a NaN or infinite time, a float or bool where an integer goes) raises
+    :class:`FlowRLError` here, naming the setting."""
 
     model: str
     """An exported ONNX file, or a checkpoint (exported on the fly; needs the export extra)."""
@@ -56,3 +93,47 @@ class ServeConfig:
     """Cores to pin the server process to (Linux); empty: any. Applied by :func:`serve_forever`."""
     grace_s: float = 5.0
     """On stop, how long requests in flight may take to finish."""
+
+    def __post_init__(self) -> None:
+        for field in fields(self):
+            value = getattr(self, field.name)
+            kind = str(field.type)
+            if kind == "str" and not isinstance(value, str):
+                raise FlowRLError(f"{setting_name(field.name)} must be a string, got {value!r}")
+            if kind == "bool" and not isinstance(value, bool):
+                raise FlowRLError(f"{setting_name(field.name)} must be True or False, got {value!r}")
+            if kind.startswith("int") and not (is_int(value) or (value is None and kind.endswith("None"))):
+                raise FlowRLError(f"{setting_name(field.name)} must be an integer, got {value!r}")
+            if kind == "float" and (isinstance(value, bool) or not isinstance(value, int | float)):
+                raise FlowRLError(f"{setting_name(field.name)} must be a number, got {value!r}")
+        for field in ("port", "metrics_port"):
+            port = getattr(self, field)
+            if port is not None and not 0 <= port <= 65535:
+                raise FlowRLError(f"{setting_name(field)} must lie in [0, 65535] (0: a free port), got {port}")
+        for field in ("max_batch", "threads", "workers", "batch_workers", "max_sessions", "max_request_batch"):
+            if getattr(self, field) < 1:
+                raise FlowRLError(f"{setting_name(field)} must be >= 1, got {getattr(self, field)}")
+        if self.max_batch > MAX_BATCH:
+            raise FlowRLError(
+                f"--max-batch must be at most {MAX_BATCH} (the server warms up at it), got {self.max_batch}"
+            )
+        if not 0 <= self.batch_window_us <= MAX_WINDOW_US:
+            raise FlowRLError(
+                f"--batch-window-us must lie in [0, {MAX_WINDOW_US}] µs (a request alone in its batch waits "
+                f"the whole window), got {self.batch_window_us}"
+            )
+        check_thread_count("--threads", self.threads)
+        check_thread_count("--batch-workers", self.batch_workers, per_core=4)
+        if not 1 <= self.max_message_bytes <= MAX_MESSAGE_BYTES:
+            raise FlowRLError(
+                f"--max-message-bytes must lie in [1, {MAX_MESSAGE_BYTES}] (gRPC's limit), got {self.max_message_bytes}"
+            )
+        if not (self.session_idle_s > 0 and math.isfinite(self.session_idle_s)):
+            raise FlowRLError(f"--session-idle-s must be > 0 and finite, got {self.session_idle_s}")
+        if self.steps is not None and not 1 <= self.steps <= MAX_FLOW_STEPS:
+            raise FlowRLError(f"--steps must lie in [1, {MAX_FLOW_STEPS}], got {self.steps}")
+        if not MIN_WATCH_INTERVAL_S <= self.watch_interval_s <= MAX_WAIT_S:
+            raise FlowRLError(
+                f"watch_interval_s must lie in [{MIN_WATCH_INTERVAL_S}, {MAX_WAIT_S:g}] s, got {self.watch_interval_s}"
+            )
+        check_grace("grace_s", self.grace_s)

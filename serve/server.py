@@ -8,6 +8,9 @@ In-process::
 As a process: ``flowrl serve policy.onnx --port 0`` prints ``serving <version> on HOST:PORT``
 once health is SERVING; SIGTERM or SIGINT stops it gracefully (exit 0).
 
+A :class:`PolicyServer` serves once: :meth:`~PolicyServer.start` a second time, or after
+:meth:`~PolicyServer.stop`, raises :class:`FlowRLError` (build a new one to serve again).
+
 A synchronous server with a thread pool: each call runs on a pool thread (never on gRPC's
 I/O pollers), and with ``max_batch == 1`` inference runs in that thread with no hand-off,
 which measured the lowest batch-1 latency.
@@ -21,6 +24,7 @@ import logging
 import signal
 import socket
 import tempfile
+import threading
 import time
 from collections.abc import Callable
 from concurrent import futures
@@ -36,7 +40,7 @@ from flowrl_deploy.gc_freeze import gc_frozen
 from flowrl_deploy.proto.flowrl.v1 import policy_pb2 as pb
 from flowrl_deploy.proto.flowrl.v1 import policy_pb2_grpc as pb_grpc
 from flowrl_deploy.runtime import is_onnx_path
-from flowrl_deploy.serve.config import ServeConfig
+from flowrl_deploy.serve.config import ServeConfig, check_grace
 from flowrl_deploy.serve.interceptors import TokenInterceptor
 from flowrl_deploy.serve.metrics import start_metrics_http
 from flowrl_deploy.serve.reload import FileWatcher
@@ -45,6 +49,7 @@ from flowrl_deploy.tls import check_key_pair, read_certificates
 
 log = logging.getLogger("flowrl.serve")
 SERVICE_NAME = pb.DESCRIPTOR.services_by_name["PolicyService"].full_name
+STREAM_ACT = f"/{SERVICE_NAME}/StreamAct"
 
 
 def host_port(host: str, port: int) -> str:
@@ -109,8 +114,69 @@ def server_credentials(config: ServeConfig) -> grpc.ServerCredentials | None:
     return grpc.ssl_server_credentials([(key, cert)], root_certificates=ca, require_client_auth=ca is not None)
 
 
+class OpenStreams(grpc.ServerInterceptor):
+    """The open StreamAct calls, each idle (waiting for its next request) or busy (a request read,
+    its reply not yet sent), so that :meth:`close` ends them without waiting out the grace period:
+    gRPC's stop lets an open stream take requests until the grace period ends, and a connected
+    robot's stream always stayed that long. After :meth:`close` an idle stream is cancelled at once
+    (its client sees CANCELLED, as it would at the end of the grace period) and a busy one ends
+    (status OK) as soon as its reply is sent: the request in flight is finished, no new one is taken."""
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._busy: dict[grpc.ServicerContext, bool] = {}
+        self._closing = False
+
+    def intercept_service(self, continuation, handler_call_details):
+        handler = continuation(handler_call_details)
+        if handler is None or handler_call_details.method != STREAM_ACT or handler.stream_stream is None:
+            return handler
+        behavior = handler.stream_stream
+        return grpc.stream_stream_rpc_method_handler(
+            lambda requests, context: self._tracked(behavior, requests, context),
+            request_deserializer=handler.request_deserializer,
+            response_serializer=handler.response_serializer,
+        )
+
+    def _tracked(self, behavior, requests, context: grpc.ServicerContext):
+        with self._lock:
+            if self._closing:  # accepted just before the stop: end it like an idle one
+                context.cancel()
+                return
+            self._busy[context] = False
+        replies = behavior(self._counted(requests, context), context)
+        try:
+            for reply in replies:
+                yield reply  # gRPC resumes this generator once the reply has been sent
+                with self._lock:
+                    self._busy[context] = False
+                    if self._closing:
+                        return
+        finally:
+            replies.close()
+            with self._lock:
+                del self._busy[context]
+
+    def _counted(self, requests, context: grpc.ServicerContext):
+        for request in requests:
+            with self._lock:
+                if self._closing:  # idle when the stop came: close() cancelled it
+                    return
+                self._busy[context] = True
+            yield request
+
+    def close(self) -> None:
+        """Cancel the idle streams; a busy one ends once its reply is sent; new ones are cancelled."""
+        with self._lock:
+            self._closing = True
+            idle = [context for context, busy in self._busy.items() if not busy]
+        for context in idle:
+            context.cancel()
+
+
 class PolicyServer:
-    """One served policy; :meth:`start` returns once health is SERVING (or raises)."""
+    """One served policy; :meth:`start` returns once health is SERVING (or raises). A server
+    starts once: a second :meth:`start`, or one after :meth:`stop`, raises :class:`FlowRLError`."""
 
     def __init__(self, config: ServeConfig) -> None:
         self.config = config
@@ -118,6 +184,8 @@ class PolicyServer:
         self.servicer = PolicyServicer(config, Path(self._workdir.name))
         self.health = health.HealthServicer()
         self._server: grpc.Server | None = None
+        self._streams = OpenStreams()
+        self._stopped = False
         self._metrics_http = None
         self._watcher: FileWatcher | None = None
         self.port = 0
@@ -145,25 +213,24 @@ class PolicyServer:
 
     def start(self) -> PolicyServer:
         """Bind (health NOT_SERVING), load and warm up the model, then report SERVING."""
-        config = self.config
-        for flag, port in (("--port", config.port), ("--metrics-port", config.metrics_port)):
-            if port is not None and not 0 <= port <= 65535:
-                raise FlowRLError(f"{flag} must lie in [0, 65535] (0: a free port), got {port}")
-        if config.steps is not None:
-            if config.steps < 1:
-                raise FlowRLError(f"--steps must be >= 1, got {config.steps}")
-            if is_onnx_path(config.model):
-                raise FlowRLError(
-                    f"--steps applies to a checkpoint (exported on the fly); {config.model} is an ONNX file, "
-                    "whose flow steps were fixed by `flowrl export --steps`: export it again, or serve the checkpoint"
-                )
+        config = self.config  # its values were checked when it was built
+        if self._stopped:
+            raise FlowRLError("this PolicyServer was stopped; build a new PolicyServer to serve again")
+        if self._server is not None:
+            raise FlowRLError(f"this PolicyServer is already started, on {self.bound_address}")
+        if config.steps is not None and is_onnx_path(config.model):
+            raise FlowRLError(
+                f"--steps applies to a checkpoint (exported on the fly); {config.model} is an ONNX file, "
+                "whose flow steps were fixed by `flowrl export --steps`: export it again, or serve the checkpoint"
+            )
         credentials = server_credentials(config)
         refused = self.servicer.metrics.record_refused
-        self._server = grpc.server(
+        token = (
+            [TokenInterceptor(config.token, lambda method: refused(method, "UNAUTHENTICATED"))] if config.token else []
+        )
+        server = grpc.server(
             futures.ThreadPoolExecutor(max_workers=config.workers, thread_name_prefix="flowrl-rpc"),
-            interceptors=[TokenInterceptor(config.token, lambda method: refused(method, "UNAUTHENTICATED"))]
-            if config.token
-            else [],
+            interceptors=[*token, self._streams],  # the token is checked first
             maximum_concurrent_rpcs=config.workers,  # beyond: RESOURCE_EXHAUSTED, not a silent wait
             options=[
                 ("grpc.max_receive_message_length", config.max_message_bytes),
@@ -171,28 +238,31 @@ class PolicyServer:
                 ("grpc.so_reuseport", 0),
             ],
         )
-        pb_grpc.add_PolicyServiceServicer_to_server(self.servicer, self._server)
-        health_pb2_grpc.add_HealthServicer_to_server(self.health, self._server)
-        reflection.enable_server_reflection((SERVICE_NAME, health.SERVICE_NAME, reflection.SERVICE_NAME), self._server)
+        pb_grpc.add_PolicyServiceServicer_to_server(self.servicer, server)
+        health_pb2_grpc.add_HealthServicer_to_server(self.health, server)
+        reflection.enable_server_reflection((SERVICE_NAME, health.SERVICE_NAME, reflection.SERVICE_NAME), server)
         self._set_health(health_pb2.HealthCheckResponse.NOT_SERVING)
         address = host_port(config.host, config.port)
-        check_can_listen(config.host, config.port)
+        check_can_listen(config.host, config.port)  # a failure up to server.start() leaves this one unstarted
         try:
-            if credentials is None:
-                self.port = self._server.add_insecure_port(address)
-            else:
-                self.port = self._server.add_secure_port(address, credentials)
+            port = (
+                server.add_insecure_port(address)
+                if credentials is None
+                else server.add_secure_port(address, credentials)
+            )
         except RuntimeError as exc:
             raise FlowRLError(f"cannot listen on {address}: {exc}") from exc
-        if not self.port:
+        if not port:
             raise FlowRLError(f"cannot listen on {address} (in use?)")
+        self.port = port
         if not is_loopback(config.host) and not config.token and credentials is None:
             log.warning(
                 "listening on %s with neither --token nor TLS: anyone who can reach it on the network can "
                 "call it (Act, Reload); give --token (and --tls-cert/--tls-key), or listen on 127.0.0.1",
                 self.bound_address,
             )
-        self._server.start()
+        self._server = server
+        server.start()
         try:
             if config.watch:  # its stamp is taken now: a checkpoint saved while loading is not missed
                 self._watcher = FileWatcher(Path(config.model), self.servicer.load, config.watch_interval_s)
@@ -213,13 +283,19 @@ class PolicyServer:
         return self
 
     def stop(self, grace: float | None = None) -> None:
-        """Refuse new calls, let calls in flight finish (up to ``grace`` s), then release everything."""
+        """Refuse new calls, let calls in flight finish (up to ``grace`` s; None: ``grace_s``), then
+        release everything. An open StreamAct ends once its request in flight, if any, has its reply
+        (:class:`OpenStreams`); a health Watch stream stays open until the grace period ends."""
+        grace = self.config.grace_s if grace is None else check_grace("grace", grace)
         if self._server is None:
             return
+        self._stopped = True
         self._set_health(health_pb2.HealthCheckResponse.NOT_SERVING)
         if self._watcher is not None:
             self._watcher.stop()
-        self._server.stop(self.config.grace_s if grace is None else grace).wait()
+        stopped = self._server.stop(grace)  # no new call is accepted from here on
+        self._streams.close()
+        stopped.wait()
         self.servicer.batcher.close()
         if self._metrics_http is not None:
             self._metrics_http.shutdown()

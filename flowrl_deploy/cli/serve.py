@@ -34,9 +34,6 @@ def parse_providers(text: str) -> tuple[str, ...]:
 
 TOKEN_ENV = "FLOWRL_TOKEN"
 
-MAX_BATCH = 4096
-"""Rows of one micro-batch at most: the server warms the model up at this size, and more only adds latency."""
-
 
 @user_errors
 def serve(
@@ -93,17 +90,10 @@ def serve(
     import logging
     import os
 
-    from flowrl_deploy.affinity import check_thread_count, parse_cpus
+    from flowrl_deploy.affinity import parse_cpus
     from flowrl_deploy.errors import FlowRLError
     from flowrl_deploy.serve import ServeConfig, serve_forever
-    from flowrl_deploy.serve.batcher import MAX_WINDOW_US
-    from flowrl_deploy.serve.config import MAX_MESSAGE_BYTES
-    from flowrl_deploy.spec import MAX_FLOW_STEPS
 
-    counts = {"--max-batch": max_batch, "--threads": threads, "--workers": workers, "--batch-workers": batch_workers}
-    for flag, value in counts.items():
-        if value < 1:
-            raise FlowRLError(f"{flag} must be >= 1, got {value}")
     env_token = os.environ.get(TOKEN_ENV)
     if env_token is not None and not env_token.strip() and (token is None or token == env_token):
         # click takes an empty variable for an unset one: FLOWRL_TOKEN= would serve with no auth at all
@@ -112,27 +102,7 @@ def serve(
         raise FlowRLError(
             "--token is empty (an unset variable?); give the secret, or leave --token out to serve without one"
         )
-    if steps is not None and not 1 <= steps <= MAX_FLOW_STEPS:
-        raise FlowRLError(f"--steps must lie in [1, {MAX_FLOW_STEPS}], got {steps}")
-    if not 0 <= batch_window_us <= MAX_WINDOW_US:
-        raise FlowRLError(
-            f"--batch-window-us must lie in [0, {MAX_WINDOW_US}] µs (a request alone in its batch waits "
-            f"the whole window), got {batch_window_us}"
-        )
-    if max_batch > MAX_BATCH:
-        raise FlowRLError(f"--max-batch must be at most {MAX_BATCH} (the server warms up at it), got {max_batch}")
-    check_thread_count("--threads", threads)
-    check_thread_count("--batch-workers", batch_workers, per_core=4)
-    if not 1 <= max_message_bytes <= MAX_MESSAGE_BYTES:
-        raise FlowRLError(
-            f"--max-message-bytes must lie in [1, {MAX_MESSAGE_BYTES}] (gRPC's limit), got {max_message_bytes}"
-        )
-    if max_sessions < 1:
-        raise FlowRLError(f"--max-sessions must be >= 1, got {max_sessions}")
-    if not session_idle_s > 0:
-        raise FlowRLError(f"--session-idle-s must be > 0, got {session_idle_s}")
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    config = ServeConfig(
+    config = ServeConfig(  # checks every setting (ports, counts, limits) as the library does
         model=str(model),
         host=host,
         port=port,
@@ -154,6 +124,7 @@ def serve(
         watch=watch,
         cpus=parse_cpus(cpus),
     )
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
 
     def ready(server) -> None:
         model = server.servicer.model

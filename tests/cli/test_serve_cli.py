@@ -64,7 +64,7 @@ def test_query_with_a_wrong_pinned_contract_is_refused(served):
         (["--obs", "[1, 2]"], "does not match"),
         (["--obs", "not json"], "cannot read the observation"),
         ([], "exactly one of --obs or --obs-file"),
-        (["--obs", "[1, 2, 3]", "--seed", "-1"], "seed must lie in [0, 2**64)"),
+        (["--obs", "[1, 2, 3]", "--seed", "-1"], "in [0, 2**64)"),
         (["--obs", "[1, 2, 3]", "--timeout", "0"], "--timeout must lie in (0, 86400] seconds"),
         (["--obs", "[1, 2, 3]", "--timeout", "1e10"], "--timeout must lie in (0, 86400] seconds"),
         (["--obs", "[1e39, 2, 3]"], "NaN, infinite or beyond-float32"),

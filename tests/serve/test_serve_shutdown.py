@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import queue
 import signal
 import threading
 import time
@@ -13,6 +14,8 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 from tiny_policy import ACT_DIM, OBS_DIM, write_policy
 
 from flowrl_deploy.client import PolicyClient, ServiceError
+from flowrl_deploy.codec import decode, encode
+from flowrl_deploy.proto.flowrl.v1 import policy_pb2 as pb
 from flowrl_deploy.serve import PolicyServer, ServeConfig, serve_forever
 
 
@@ -66,6 +69,52 @@ def test_stop_finishes_the_call_in_flight_reports_not_serving_and_refuses_new_ca
     assert not stopper.is_alive()
     assert len(in_flight) == 1 and not isinstance(in_flight[0], ServiceError), in_flight
     assert in_flight[0].shape == (ACT_DIM,)
+
+
+def test_stop_ends_open_streams_once_their_request_in_flight_has_its_reply(tmp_path, monkeypatch):
+    """A connected robot's StreamAct kept stop() waiting for the whole grace period (5 s on every
+    SIGTERM; with grace_s=inf it never returned): an idle stream now ends at once, and a stream
+    with a request in flight ends (status OK) as soon as that request has its reply."""
+    path = write_policy(tmp_path / "policy.onnx")
+    server = PolicyServer(ServeConfig(str(path), port=0, grace_s=30)).start()
+    model = server.servicer.model
+    original = model.run
+    hold, running, release, closed = threading.Event(), threading.Event(), threading.Event(), threading.Event()
+
+    def held_run(obs: np.ndarray, noise: np.ndarray | None) -> tuple[np.ndarray, int]:
+        if hold.is_set():
+            running.set()
+            release.wait(30)
+        return original(obs, noise)
+
+    close = server._streams.close
+    monkeypatch.setattr(model, "run", held_run)
+    monkeypatch.setattr(server._streams, "close", lambda: (close(), closed.set()))
+    client = PolicyClient(server.address, timeout_s=30)
+    idle = client.session(period_s=1.0)
+    idle.act(np.zeros(OBS_DIM, np.float32))  # its stream stays open, with nothing in flight
+    requests: queue.Queue = queue.Queue()
+    busy = client.stub.StreamAct(iter(requests.get, None), timeout=30)
+    stopper = threading.Thread(target=server.stop)  # grace None: the configured 30 s
+    try:
+        hold.set()
+        requests.put(pb.StreamActRequest(seq=1, obs=encode(np.zeros(OBS_DIM, np.float32))))
+        assert running.wait(5)
+        started = time.monotonic()
+        stopper.start()
+        assert closed.wait(5)
+        release.set()
+        reply = next(busy)
+        assert reply.seq == 1 and not reply.status.code and decode(reply.action).shape == (ACT_DIM,)
+        assert next(busy, None) is None  # ended with OK, not cancelled
+        stopper.join(10)
+        assert not stopper.is_alive() and time.monotonic() - started < 10
+    finally:
+        release.set()
+        requests.put(None)
+        stopper.join(30)
+        idle.close()
+        client.close()
 
 
 def test_a_signal_during_start_up_stops_the_server_without_announcing_it(tmp_path, monkeypatch):

@@ -1,0 +1,84 @@
+"""ServeConfig checks every setting when it is built, as `flowrl serve` does; a PolicyServer serves once."""
+
+from __future__ import annotations
+
+import pytest
+from tiny_policy import write_policy
+
+from flowrl_deploy.errors import FlowRLError
+from flowrl_deploy.serve import PolicyServer, ServeConfig
+
+NAN, INF = float("nan"), float("inf")
+
+
+@pytest.mark.parametrize(
+    ("setting", "message"),
+    [
+        # a hang: stop() never returned with a stream open, and gRPC printed an OverflowError
+        ({"grace_s": INF}, "grace_s must lie in [0, 86400] s, got inf"),
+        ({"grace_s": NAN}, "grace_s must lie in [0, 86400] s, got nan"),
+        ({"grace_s": -1}, "grace_s must lie in [0, 86400] s, got -1"),
+        # bare errors from concurrent.futures, gRPC, pybind11, the batcher
+        ({"workers": 0}, "--workers must be >= 1, got 0"),
+        ({"max_message_bytes": 2**40}, "--max-message-bytes must lie in [1, 2147483647] (gRPC's limit)"),
+        ({"threads": 1.5}, "--threads must be an integer, got 1.5"),
+        ({"port": "0"}, "--port must be an integer, got '0'"),
+        ({"port": True}, "--port must be an integer, got True"),
+        ({"max_batch": 0}, "--max-batch must be >= 1, got 0"),
+        ({"max_batch": 5000}, "--max-batch must be at most 4096"),
+        ({"batch_window_us": -1}, "--batch-window-us must lie in [0, 1000000] µs"),
+        ({"port": 70000}, "--port must lie in [0, 65535] (0: a free port), got 70000"),
+        ({"metrics_port": -5}, "--metrics-port must lie in [0, 65535]"),
+        ({"steps": 0}, "--steps must lie in [1, 1000], got 0"),
+        ({"threads": 100000}, "--threads 100000 is more than this machine can run"),
+        # the file watcher busy-looped on a full core
+        ({"watch_interval_s": 0}, "watch_interval_s must lie in [0.01, 86400] s, got 0"),
+        ({"watch_interval_s": -1}, "watch_interval_s must lie in [0.01, 86400] s, got -1"),
+        ({"watch_interval_s": NAN}, "watch_interval_s must lie in [0.01, 86400] s, got nan"),
+        # a server that refused every call
+        ({"max_message_bytes": 0}, "--max-message-bytes must lie in [1, 2147483647]"),
+        ({"max_message_bytes": -1}, "--max-message-bytes must lie in [1, 2147483647]"),
+        ({"max_request_batch": 0}, "max_request_batch must be >= 1, got 0"),
+        ({"max_sessions": 0}, "--max-sessions must be >= 1, got 0"),
+        ({"session_idle_s": -1}, "--session-idle-s must be > 0 and finite, got -1"),
+        ({"session_idle_s": INF}, "--session-idle-s must be > 0 and finite, got inf"),
+        ({"watch": "yes"}, "--watch must be True or False, got 'yes'"),
+        ({"token": None}, "--token must be a string, got None"),
+    ],
+)
+def test_a_setting_the_server_cannot_run_with_is_refused_when_the_config_is_built(setting, message):
+    with pytest.raises(FlowRLError) as info:
+        ServeConfig("policy.onnx", **setting)
+    assert message in str(info.value)
+
+
+def test_the_bounds_themselves_are_accepted():
+    ServeConfig("policy.onnx", port=65535, metrics_port=0, max_batch=4096, batch_window_us=1_000_000, grace_s=0)
+    ServeConfig("policy.onnx", max_message_bytes=2**31 - 1, watch_interval_s=0.01, session_idle_s=0.2, steps=1000)
+
+
+@pytest.fixture
+def server(tmp_path):
+    server = PolicyServer(ServeConfig(str(write_policy(tmp_path / "policy.onnx")), port=0, grace_s=0))
+    yield server
+    server.stop()
+
+
+def test_a_server_starts_once(server):
+    """A second start() bound a second port and orphaned the first server; a start() after stop()
+    ran against the temporary directory stop() had deleted."""
+    server.start()
+    first = server.port
+    with pytest.raises(FlowRLError, match=rf"already started, on 127\.0\.0\.1:{first}"):
+        server.start()
+    assert server.port == first
+    server.stop()
+    with pytest.raises(FlowRLError, match="was stopped; build a new PolicyServer"):
+        server.start()
+
+
+def test_stop_refuses_a_grace_period_it_could_not_wait(server):
+    server.start()
+    with pytest.raises(FlowRLError, match="grace must lie in"):
+        server.stop(grace=INF)
+    server.stop(grace=0)
