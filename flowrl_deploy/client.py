@@ -23,7 +23,14 @@ import grpc
 import numpy as np
 
 from flowrl_deploy.codec import TensorError, decode, encode
-from flowrl_deploy.contract import MAX_CONTROL_PERIOD_S, MAX_HZ, MIN_CONTROL_PERIOD_S, MIN_HZ, PolicyContract
+from flowrl_deploy.contract import (
+    MAX_CONTROL_PERIOD_S,
+    MAX_HZ,
+    MAX_TIMEOUT_S,
+    MIN_CONTROL_PERIOD_S,
+    MIN_HZ,
+    PolicyContract,
+)
 from flowrl_deploy.errors import FlowRLError
 from flowrl_deploy.proto.flowrl.v1 import policy_pb2 as pb
 from flowrl_deploy.proto.flowrl.v1 import policy_pb2_grpc as pb_grpc
@@ -45,8 +52,6 @@ TRANSIENT = {
     grpc.StatusCode.INTERNAL,
     grpc.StatusCode.UNKNOWN,
 }
-MAX_TIMEOUT_S = 86400.0
-"""The longest call deadline accepted (a day): gRPC takes one centuries away as already past."""
 DEFAULT_MAX_TIMINGS = 100_000
 """How many ticks a :class:`ControlSession` keeps in ``timings`` by default (about 30 MB)."""
 MIN_RESET_TIMEOUT_S = 0.01

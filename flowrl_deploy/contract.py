@@ -32,6 +32,8 @@ ACTION_OUTPUT = "action"
 MIN_CONTROL_PERIOD_S = 1e-4
 MAX_CONTROL_PERIOD_S = 10.0
 MIN_HZ, MAX_HZ = 1 / MAX_CONTROL_PERIOD_S, 1 / MIN_CONTROL_PERIOD_S  # the rates a control loop may run at
+MAX_TIMEOUT_S = 86_400
+"""The longest call deadline or wait a client accepts (a day): gRPC takes one centuries away as already past."""
 
 # Fields a client depends on; changing any of them changes the hash.
 _HASHED = (

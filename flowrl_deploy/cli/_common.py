@@ -22,12 +22,12 @@ from flowrl_deploy.checkpoint import (
     check_output_path,
     write_text_atomic,
 )
+from flowrl_deploy.contract import MAX_TIMEOUT_S
 from flowrl_deploy.errors import FlowRLError
 
 if TYPE_CHECKING:
     from flowrl_deploy.client import PolicyClient
 
-MAX_TIMEOUT_S = 86400
 MAX_PARSED_REPORT_BYTES = 64 << 20
 """An existing --json file up to this size is parsed to tell whether it is a report (it may be replaced)."""
 
