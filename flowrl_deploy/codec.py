@@ -2,7 +2,8 @@
 
 Decoding checks everything a remote sender can get wrong (dtype, shape, byte count, NaN/Inf)
 and raises :class:`TensorError` with a message that names the mistake; the server turns it
-into INVALID_ARGUMENT.
+into INVALID_ARGUMENT. Encoding and :func:`policy_batch` (the local runtime's input check)
+refuse what is not an array of real numbers the same way.
 """
 
 from __future__ import annotations
@@ -21,14 +22,45 @@ class TensorError(FlowRLError):
     """A tensor message is malformed or holds values a policy cannot take."""
 
 
-def encode(array: np.ndarray) -> pb.Tensor:
-    """A ``Tensor`` holding ``array`` as packed little-endian float32 bytes."""
-    array = np.asarray(array, dtype=_LE_FLOAT32)
+_NUMBERS = "; pass float or integer numbers"
+_DTYPE_REFUSALS = {  # what follows "dtype X is not accepted", by dtype kind
+    "b": f"{_NUMBERS} (x.astype(np.float32) if the flags are meant as 0 and 1)",
+    "c": "; float32 has no imaginary part (pass x.real if it is zero)",
+    "O": f" (None, or objects that are not numbers){_NUMBERS}",
+    "U": f" (text){_NUMBERS}",
+    "S": f" (bytes){_NUMBERS}",
+}
+
+
+def as_float32(array: np.ndarray, *, name: str = "tensor") -> np.ndarray:
+    """``array`` as C-contiguous float32: float and integer dtypes convert; booleans, complex
+    numbers, text, objects and ragged sequences raise :class:`TensorError`."""
+    if not isinstance(array, np.ndarray):
+        try:
+            array = np.asarray(array)
+        except (ValueError, TypeError):
+            raise TensorError(
+                f"{name}: not a rectangular array of numbers (rows of different lengths, or nested objects?)"
+            ) from None
+    kind = array.dtype.kind
+    if kind not in "fiu":
+        raise TensorError(f"{name}: dtype {array.dtype} is not accepted{_DTYPE_REFUSALS.get(kind, _NUMBERS)}")
+    return np.asarray(array, dtype=np.float32, order="C")
+
+
+def encode(array: np.ndarray, *, name: str = "tensor") -> pb.Tensor:
+    """A ``Tensor`` holding ``array`` as packed little-endian float32 bytes; raise :class:`TensorError`
+    for what is not real numbers (see :func:`as_float32`)."""
+    array = as_float32(array, name=name).astype(_LE_FLOAT32, copy=False)
     return pb.Tensor(dtype=pb.DTYPE_FLOAT32, shape=array.shape, data=array.tobytes())
 
 
 def decode(tensor: pb.Tensor, *, name: str = "tensor") -> np.ndarray:
-    """The float32 array a ``Tensor`` carries; raise :class:`TensorError` if it is malformed."""
+    """The float32 array a ``Tensor`` carries; raise :class:`TensorError` if it is malformed.
+
+    From packed ``data`` (what :func:`encode` writes) it is a read-only view of the message's
+    bytes, with no copy on the server's hot path: ``a = a * 2`` works, ``a *= 2`` raises, and
+    ``np.array(a)`` is a writable copy."""
     if tensor.dtype not in (pb.DTYPE_UNSPECIFIED, pb.DTYPE_FLOAT32):
         raise TensorError(f"{name}: dtype {pb.DType.Name(tensor.dtype)} is not accepted; send float32")
     shape = tuple(tensor.shape)
@@ -52,17 +84,32 @@ def decode(tensor: pb.Tensor, *, name: str = "tensor") -> np.ndarray:
         raise TensorError(f"{name}: {array.size} values do not fill shape {list(shape)}")
     if count == 0:
         raise TensorError(f"{name}: empty tensor (shape {list(shape)})")
-    if not np.isfinite(array).all():
-        raise TensorError(f"{name}: contains NaN or Inf")
+    check_finite(array, name=name)
     return array.reshape(shape)
 
 
+def check_finite(array: np.ndarray, *, name: str = "tensor") -> None:
+    """Raise :class:`TensorError` if ``array`` holds NaN or Inf (about 1 µs for a few hundred floats)."""
+    if not np.isfinite(array).all():
+        raise TensorError(f"{name}: contains NaN or Inf")
+
+
 def as_batch(array: np.ndarray, width: int, *, name: str = "obs", max_batch: int | None = None) -> np.ndarray:
-    """``array`` as [B, width] (a 1-D [width] becomes B = 1); raise if its shape cannot be."""
+    """``array`` as [B, width] with B >= 1 (a 1-D [width] becomes B = 1); raise if its shape cannot be."""
     if array.ndim == 1:
         array = array[None, :]
     if array.ndim != 2 or array.shape[1] != width:
         raise TensorError(f"{name}: shape {list(array.shape)} does not match [{width}] or [B, {width}]")
+    if array.shape[0] == 0:
+        raise TensorError(f"{name}: empty batch (shape {list(array.shape)})")
     if max_batch is not None and array.shape[0] > max_batch:
         raise TensorError(f"{name}: batch of {array.shape[0]} exceeds the limit of {max_batch}")
     return array
+
+
+def policy_batch(array: np.ndarray, width: int, *, name: str) -> np.ndarray:
+    """``array`` as a float32 [B, width] batch of finite numbers, as a policy graph takes it
+    (a 1-D [width] is B = 1); raise :class:`TensorError` naming ``name`` otherwise."""
+    batch = as_batch(as_float32(array, name=name), width, name=name)
+    check_finite(batch, name=name)
+    return batch

@@ -8,11 +8,13 @@ execution, no spinning threads; CUDA is used when onnxruntime offers it.
 from __future__ import annotations
 
 import ctypes
+import numbers
 import os
 from pathlib import Path
 
 import numpy as np
 
+from flowrl_deploy.affinity import check_thread_count
 from flowrl_deploy.checkpoint import DOCUMENT_FILE, MODEL_FILE
 from flowrl_deploy.contract import NOISE_INPUT, OBS_INPUT, PolicyContract, contract_from_metadata
 from flowrl_deploy.errors import FlowRLError, SpecError
@@ -57,11 +59,16 @@ def make_session(
     name: str | None = None,
 ):
     """An ``onnxruntime.InferenceSession`` tuned for low-latency, small-batch inference; ``name``
-    is what errors call the model (default: its path)."""
+    is what errors call the model (default: its path). ``threads``: a whole number from 1 to the
+    number of cores (onnxruntime reads 0 as "one per core" and starts as many as it is told)."""
     import onnxruntime as ort
 
+    if isinstance(threads, bool) or not isinstance(threads, numbers.Integral) or threads < 1:
+        raise FlowRLError(f"threads must be a whole number >= 1, got {threads!r}")
+    check_thread_count("threads", int(threads))
+
     options = ort.SessionOptions()
-    options.intra_op_num_threads = threads
+    options.intra_op_num_threads = int(threads)
     options.inter_op_num_threads = 1
     options.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
     options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
@@ -86,7 +93,13 @@ def make_session(
 
 
 class OnnxPolicy:
-    """An exported FlowRL policy: ``act(obs, noise)`` → actions already in the env's bounds."""
+    """An exported FlowRL policy: ``act(obs, noise)`` → actions already in the env's bounds.
+
+    ``act`` checks its inputs against the policy contract before onnxruntime sees them and raises
+    :class:`~flowrl_deploy.codec.TensorError` (a :class:`FlowRLError`) in the server's words for the
+    same mistakes: a shape other than [obs_dim] or [B >= 1, obs_dim], NaN or Inf, or values that are
+    not real numbers (booleans, complex, text, ragged sequences); likewise for the noise.
+    """
 
     def __init__(
         self,
@@ -97,6 +110,8 @@ class OnnxPolicy:
         name: str | None = None,
     ) -> None:
         """``model``: a path, or the file's bytes (then ``name`` names it in errors)."""
+        if not isinstance(model, (str, os.PathLike, bytes)):
+            raise FlowRLError(f"model must be an ONNX file's path or its bytes, got {type(model).__name__}")
         if not isinstance(model, bytes) and Path(model).is_dir():
             raise FlowRLError(
                 f"{model} is a directory, not an ONNX file (a checkpoint? `flowrl export {model}` makes one)"
@@ -104,6 +119,9 @@ class OnnxPolicy:
         if not isinstance(model, bytes) and not Path(model).is_file():
             raise FlowRLError(f"ONNX model not found: {model}")
         name = name or ("model" if isinstance(model, bytes) else str(model))
+        from flowrl_deploy import codec  # here, not at the top: the CLI imports this module and starts without protobuf
+
+        self._codec = codec
         self.session = make_session(model, providers=providers, threads=threads, name=name)
         metadata = self.session.get_modelmeta().custom_metadata_map
         try:
@@ -142,16 +160,24 @@ class OnnxPolicy:
         return NOISE_INPUT in self.input_names
 
     def act(self, obs: np.ndarray, noise: np.ndarray | None = None) -> np.ndarray:
-        """Actions [B, act_dim] for observations [B, obs_dim] (and noise [B, act_dim] if stochastic)."""
-        obs = np.ascontiguousarray(obs, dtype=np.float32)
-        feeds = {OBS_INPUT: obs}
+        """Actions [B, act_dim] for observations [B, obs_dim] (and noise [B, act_dim] if stochastic);
+        one observation [obs_dim] (noise [act_dim]) gives one action [act_dim], as ``PolicyClient.act`` does."""
+        codec, c = self._codec, self.contract
+        feeds = {OBS_INPUT: codec.policy_batch(obs, c.obs_dim, name="obs")}
+        rows = len(feeds[OBS_INPUT])
         if self.takes_noise:
             if noise is None:
                 raise FlowRLError("this policy graph takes a noise input; pass noise [B, act_dim]")
-            feeds[NOISE_INPUT] = np.ascontiguousarray(noise, dtype=np.float32)
-        if self.fixed_batch is not None and obs.ndim == 2 and obs.shape[0] != self.fixed_batch:
-            return self._act_in_fixed_batches(feeds)
-        return self.session.run([self.output_name], feeds)[0]
+            feeds[NOISE_INPUT] = noise_batch = codec.policy_batch(noise, c.act_dim, name="noise")
+            if len(noise_batch) != rows:
+                raise codec.TensorError(f"noise: batch of {len(noise_batch)} does not match obs's batch of {rows}")
+        elif noise is not None:
+            raise FlowRLError("this policy is deterministic (no noise input); pass noise=None")
+        if self.fixed_batch is not None and rows != self.fixed_batch:
+            action = self._act_in_fixed_batches(feeds)
+        else:
+            action = self.session.run([self.output_name], feeds)[0]
+        return action[0] if np.ndim(obs) == 1 else action
 
     def _act_in_fixed_batches(self, feeds: dict[str, np.ndarray]) -> np.ndarray:
         """Run a fixed-batch graph on any number of rows: chunks of ``fixed_batch``, the last zero-padded."""

@@ -37,6 +37,30 @@ def test_malformed_tensors_name_the_mistake(tensor, message):
         decode(tensor, name="obs")
 
 
+@pytest.mark.parametrize(
+    ("value", "message"),
+    [
+        (np.array(["a"] * 3), r"obs: dtype <U1 is not accepted \(text\)"),
+        (["1", "2"], "dtype <U1 is not accepted"),  # numeric text is not converted either
+        ({"a": 1}, "dtype object is not accepted"),
+        (np.array([None] * 3), "dtype object is not accepted"),  # was NaN on the wire
+        ([[1, 2], [3]], "obs: not a rectangular array of numbers"),
+        (np.array([1 + 2j]), "dtype complex128 is not accepted; float32 has no imaginary part"),  # was dropped
+        (np.array([True, False]), r"dtype bool is not accepted; pass float or integer numbers \(x.astype"),
+        (np.array([1], "datetime64[s]"), r"dtype datetime64\[s\] is not accepted"),
+    ],
+)
+def test_encode_refuses_what_is_not_real_numbers(value, message):
+    with pytest.raises(TensorError, match=message):
+        encode(value, name="obs")
+
+
+def test_encode_converts_integers_and_any_float_layout_exactly():
+    ints = np.arange(-3, 3).reshape(2, 3)
+    for value in (ints, ints.astype(np.int8), np.arange(6, dtype=np.uint16), ints.tolist(), ints.astype(">f8"), ints.T):
+        np.testing.assert_array_equal(decode(encode(value)), np.asarray(value, np.float32))
+
+
 def test_as_batch_shapes():
     assert as_batch(np.zeros(3, np.float32), 3).shape == (1, 3)
     assert as_batch(np.zeros((4, 3), np.float32), 3).shape == (4, 3)
@@ -44,3 +68,5 @@ def test_as_batch_shapes():
         as_batch(np.zeros((2, 4), np.float32), 3)
     with pytest.raises(TensorError, match="exceeds the limit of 2"):
         as_batch(np.zeros((3, 3), np.float32), 3, max_batch=2)
+    with pytest.raises(TensorError, match=r"empty batch \(shape \[0, 3\]\)"):
+        as_batch(np.zeros((0, 3), np.float32), 3)
