@@ -306,7 +306,7 @@ class PolicyClient:
         timeout_s: float | None = None,
     ) -> pb.ActReply:
         """The full ``Act`` reply (action tensor, model version, server timing)."""
-        request = pb.ActRequest(obs=encode(obs), session_id=session_id, contract_hash=contract_hash)
+        request = pb.ActRequest(obs=encode(obs, name="obs"), session_id=session_id, contract_hash=contract_hash)
         if checked_seed(seed) is not None:
             request.seed = seed
         return self._call(self.stub.Act, request, timeout_s)
@@ -566,7 +566,7 @@ class ControlSession:
         request = pb.StreamActRequest(
             session_id=self.session_id,
             seq=seq,
-            obs=encode(obs),
+            obs=encode(obs, name="obs"),
             client_send_unix_ns=time.time_ns(),
             timeout_us=max(1, int((until - time.perf_counter()) * 1e6)),
         )

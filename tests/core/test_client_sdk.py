@@ -55,3 +55,9 @@ def test_integer_seeds_in_range_pass():
     assert checked_seed(np.uint64(2**64 - 1)) == 2**64 - 1 and checked_seed(0) == 0 and checked_seed(None) is None
     with pytest.raises(FlowRLError, match=r"seed must lie in \[0, 2\*\*64\), got -1"):
         checked_seed(-1)
+
+
+@pytest.mark.parametrize("obs", [["a", "b"], np.array([True, False]), np.array([1 + 2j])])
+def test_an_observation_that_is_not_real_numbers_is_refused_as_obs(obs):
+    with PolicyClient(UNUSED) as client, pytest.raises(FlowRLError, match="^obs: "):
+        client.act(obs)  # named as the caller knows it, not as the codec's generic 'tensor'
