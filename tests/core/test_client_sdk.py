@@ -59,5 +59,5 @@ def test_integer_seeds_in_range_pass():
 
 @pytest.mark.parametrize("obs", [["a", "b"], np.array([True, False]), np.array([1 + 2j])])
 def test_an_observation_that_is_not_real_numbers_is_refused_as_obs(obs):
-    with PolicyClient(UNUSED) as client, pytest.raises(FlowRLError, match="^obs: "):
+    with PolicyClient(UNUSED) as client, pytest.raises(FlowRLError, match=r"^obs: "):
         client.act(obs)  # named as the caller knows it, not as the codec's generic 'tensor'
