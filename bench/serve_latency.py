@@ -127,8 +127,9 @@ def bench_serve(address: str, n: int, warmup: int) -> dict:
         unary = time_calls(lambda: client.act_reply(obs), n, warmup)
         with client.session(period_s=1.0, deadline_s=1.0, seed=0) as control:
             stream = time_calls(lambda: control.act(obs), n, warmup)
-            server_us = [t.server_us for t in control.timings[warmup:]]
-            inference_us = [t.inference_us for t in control.timings[warmup:]]
+            timed = list(control.timings)[warmup:]
+            server_us = [t.server_us for t in timed]
+            inference_us = [t.inference_us for t in timed]
             misses = control.health.misses
     return {
         "serve unary (Act)": figures(unary),
