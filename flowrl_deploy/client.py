@@ -22,7 +22,7 @@ from dataclasses import dataclass
 import grpc
 import numpy as np
 
-from flowrl_deploy.codec import TensorError, decode, encode
+from flowrl_deploy.codec import TensorError, as_float32, decode, encode
 from flowrl_deploy.contract import (
     MAX_CONTROL_PERIOD_S,
     MAX_HZ,
@@ -54,8 +54,9 @@ TRANSIENT = {
 }
 DEFAULT_MAX_TIMINGS = 100_000
 """How many ticks a :class:`ControlSession` keeps in ``timings`` by default (about 30 MB)."""
-MIN_RESET_TIMEOUT_S = 0.01
-"""The shortest default wait of :meth:`ControlSession.reset` (its default is the control period)."""
+DEFAULT_RESET_TIMEOUT_S = 1.0
+"""How long :meth:`ControlSession.reset` waits by default: a reset comes between episodes, not in a
+tick, and a second rides out a network spike or a garbage-collection pause."""
 
 
 class ServiceError(FlowRLError):
@@ -403,7 +404,7 @@ class ControlSession:
     Every setting is checked here, each bad one refused with a :class:`FlowRLError` naming it.
 
     Args:
-        period_s: the control period, in [1e-4, 10] s (0.1 to 10 kHz, as ``flowrl control --hz``).
+        period_s: the control period, in [1e-4, 10] s (0.1 Hz to 10 kHz, as ``flowrl control --hz``).
         deadline_s: how long a tick waits for its action, in (0, period_s]; default: half the period.
         session_id: the server session's name; default: a fresh unique one.
         seed: the session's noise seed (an integer in [0, 2**64)); default: unseeded.
@@ -414,8 +415,7 @@ class ControlSession:
         max_rate: optional clamp of each action component's change, in units per second (finite, > 0).
         contract_hash / contract: pin the policy contract; the server refuses a different one.
         backoff_s: (first, longest) wait between reconnection tries, 0 < first <= longest.
-        reset_timeout_s: how long :meth:`reset` waits for the server (finite, > 0); default: the
-            period, at least 10 ms.
+        reset_timeout_s: how long :meth:`reset` waits for the server (finite, > 0); default 1 s.
         max_timings: how many ticks ``timings`` keeps, the most recent (>= 1); None: all of them
             (about 300 bytes a tick: only for bounded runs).
     """
@@ -474,10 +474,8 @@ class ControlSession:
         self.max_consecutive_misses = max_consecutive_misses
         self.max_staleness_s = None if max_staleness_s is None else _positive(max_staleness_s, "max_staleness_s")
         self.max_delta = None if max_rate is None else _positive(max_rate, "max_rate") * self.period_s
-        self.reset_timeout_s = (
-            max(self.period_s, MIN_RESET_TIMEOUT_S)
-            if reset_timeout_s is None
-            else checked_timeout(reset_timeout_s, "reset_timeout_s")
+        self.reset_timeout_s = checked_timeout(
+            DEFAULT_RESET_TIMEOUT_S if reset_timeout_s is None else reset_timeout_s, "reset_timeout_s"
         )
         self.contract_hash = contract_hash or (contract.hash() if contract else "")
         self.contract_json = json.dumps(contract.to_dict(), sort_keys=True) if contract else ""
@@ -522,10 +520,7 @@ class ControlSession:
             self._busy.release()
 
     def _checked_obs(self, obs: np.ndarray) -> np.ndarray:
-        try:
-            array = np.asarray(obs, np.float32)
-        except (TypeError, ValueError) as exc:
-            raise TensorError(f"obs: not an array of numbers ({exc})") from None
+        array = as_float32(obs, name="obs")  # bool, text and complex are refused, as encode refuses them
         if array.shape not in self._obs_shapes:
             dim = self.info.obs_dim
             raise TensorError(f"obs: shape {list(array.shape)} does not match [{dim}] or [1, {dim}] (one per tick)")
@@ -679,6 +674,7 @@ class ControlSession:
             self.seed = seed
             self.last_action = None
             self.health.last_fresh = None
+            self.health.consecutive_misses = 0  # the server answered: a new episode starts with no misses
             if self.local is not None:
                 self.local.reseed(seed)
         finally:

@@ -299,9 +299,9 @@ def test_settings_at_their_limits_are_accepted(client):
         period_s=1e-4, deadline_s=1e-4, max_consecutive_misses=1, max_staleness_s=1e-3, backoff_s=(0.1, 0.1)
     ) as control:
         assert control.deadline_s == control.period_s == 1e-4
-        assert control.reset_timeout_s == 0.01  # the default: the period, at least 10 ms
+        assert control.reset_timeout_s == 1.0  # the default: a reset is between episodes, not in a tick
     with client.session(period_s=10.0, max_rate=1e-9, max_timings=None) as control:
-        assert control.reset_timeout_s == 10.0 and control.timings.maxlen is None
+        assert control.reset_timeout_s == 1.0 and control.timings.maxlen is None
 
 
 @pytest.mark.parametrize(
@@ -311,7 +311,9 @@ def test_settings_at_their_limits_are_accepted(client):
         (np.zeros((3, 1)), r"obs: shape \[3, 1\]"),
         (1.0, r"obs: shape \[\]"),
         ([0.1, NAN, 0.2], "obs: contains NaN or Inf"),
-        (["a", "b", "c"], "obs: not an array of numbers"),
+        (["a", "b", "c"], "obs: dtype <U1 is not accepted"),
+        (np.array([True, False, True]), "obs: dtype bool is not accepted"),  # were sent as 1.0 / 0.0
+        (np.array([1 + 2j, 0, 0]), "obs: dtype complex128 is not accepted"),  # lost its imaginary part
     ],
 )
 def test_a_bad_observation_is_refused_naming_its_shape_even_on_a_missed_tick(client, obs, why):
@@ -388,7 +390,7 @@ def test_a_failed_reset_waits_at_most_reset_timeout_and_changes_nothing(client, 
         monkeypatch.setattr(client.stub, "Reset", frozen)
         with pytest.raises(ServiceError, match="DEADLINE_EXCEEDED"):
             control.reset(seed=9)
-        assert waits == [0.02]  # the period (was the client's 1 s: 50 ticks)
+        assert waits == [1.0]  # bounded (a frozen server held reset for the client's whole deadline)
         assert control.seed == seed and control.last_action is first
         noise.standard_normal((1, ACT_DIM), dtype=np.float32)  # the first tick's draw
         expected = local.act(OBS[None], noise.standard_normal((1, ACT_DIM), dtype=np.float32))[0]
@@ -418,3 +420,13 @@ def test_the_staleness_clock_starts_at_the_first_tick_and_again_after_a_reset(cl
             server.run(control, 0.02)
         control.reset(seed=1)
     control.close()
+
+
+def test_a_reset_clears_the_misses_so_a_new_episode_starts_with_the_whole_watchdog_budget(client):
+    with client.session(period_s=0.5, deadline_s=MISS_S, max_consecutive_misses=3) as control:
+        control.act(OBS)
+        control.act(OBS)  # two misses in a row (the deadline is too short to answer)
+        control.reset(seed=1)
+        assert control.health.consecutive_misses == 0
+        control.act(OBS)
+        control.act(OBS)  # would be the third and fourth miss in a row without the reset
