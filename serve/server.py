@@ -287,15 +287,17 @@ class PolicyServer:
         release everything. An open StreamAct ends once its request in flight, if any, has its reply
         (:class:`OpenStreams`); a health Watch stream stays open until the grace period ends."""
         grace = self.config.grace_s if grace is None else check_grace("grace", grace)
-        if self._server is None:
+        if self._stopped:
             return
         self._stopped = True
-        self._set_health(health_pb2.HealthCheckResponse.NOT_SERVING)
-        if self._watcher is not None:
-            self._watcher.stop()
-        stopped = self._server.stop(grace)  # no new call is accepted from here on
-        self._streams.close()
-        stopped.wait()
+        if self._server is not None:
+            self._set_health(health_pb2.HealthCheckResponse.NOT_SERVING)
+            if self._watcher is not None:
+                self._watcher.stop()
+            stopped = self._server.stop(grace)  # no new call is accepted from here on
+            self._streams.close()
+            stopped.wait()
+        # also for a server whose start() failed before gRPC ran: its batcher threads and work folder
         self.servicer.batcher.close()
         if self._metrics_http is not None:
             self._metrics_http.shutdown()

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import os
+
 import pytest
 from tiny_policy import write_policy
 
@@ -82,3 +84,26 @@ def test_stop_refuses_a_grace_period_it_could_not_wait(server):
     with pytest.raises(FlowRLError, match="grace must lie in"):
         server.stop(grace=INF)
     server.stop(grace=0)
+
+
+def test_stop_releases_a_server_whose_start_failed_before_grpc_ran(tmp_path):
+    """A start() refused at the port check left the batcher's threads and the work folder behind:
+    stop() did nothing for a server that had not started."""
+    import socket
+    import threading
+
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        config = ServeConfig(
+            str(write_policy(tmp_path / "policy.onnx")), port=taken.getsockname()[1], max_batch=4, grace_s=0
+        )
+        server = PolicyServer(config)
+        batchers = [t for t in threading.enumerate() if t.name.startswith("flowrl-batcher")]
+        assert batchers
+        with pytest.raises(FlowRLError, match="address already in use"):
+            server.start()
+    workdir = server._workdir.name
+    server.stop()
+    assert not any(t.is_alive() for t in batchers)
+    assert not os.path.exists(workdir)
