@@ -12,6 +12,7 @@ import math
 from dataclasses import dataclass, fields
 
 from flowrl_deploy.affinity import check_thread_count
+from flowrl_deploy.contract import MAX_TIMEOUT_S
 from flowrl_deploy.errors import FlowRLError
 from flowrl_deploy.fieldtypes import is_int
 from flowrl_deploy.serve.batcher import MAX_WINDOW_US
@@ -21,9 +22,6 @@ MAX_MESSAGE_BYTES = 2**31 - 1
 """gRPC's message size limits are C ints: a larger ``max_message_bytes`` fails the server's start."""
 MAX_BATCH = 4096
 """Rows of one micro-batch at most: the server warms the model up at this size, and more only adds latency."""
-MAX_WAIT_S = 86400.0
-"""The longest ``grace_s`` and ``watch_interval_s``, a day: gRPC's and threading's timers overflow
-near 1e10 s, and an infinite grace made ``stop()`` hang with an OverflowError inside gRPC."""
 MIN_WATCH_INTERVAL_S = 0.01
 """Shorter polls only burn a core (0 busy-looped) and call a file settled that is still being written."""
 CODE_ONLY = frozenset({"max_request_batch", "grace_s", "watch_interval_s"})
@@ -36,11 +34,12 @@ def setting_name(field: str) -> str:
 
 
 def check_grace(name: str, grace: object) -> float:
-    """A grace period of stop: seconds in [0, MAX_WAIT_S] (NaN and infinity are refused)."""
+    """A grace period of stop: seconds in [0, MAX_TIMEOUT_S], a day (NaN and infinity are refused:
+    an infinite grace made ``stop()`` hang with an OverflowError inside gRPC)."""
     if isinstance(grace, bool) or not isinstance(grace, int | float):
         raise FlowRLError(f"{name} must be a number of seconds, got {grace!r}")
-    if not 0 <= grace <= MAX_WAIT_S:
-        raise FlowRLError(f"{name} must lie in [0, {MAX_WAIT_S:g}] s, got {grace}")
+    if not 0 <= grace <= MAX_TIMEOUT_S:
+        raise FlowRLError(f"{name} must lie in [0, {MAX_TIMEOUT_S:g}] s, got {grace}")
     return float(grace)
 
 
@@ -132,8 +131,9 @@ class ServeConfig:
             raise FlowRLError(f"--session-idle-s must be > 0 and finite, got {self.session_idle_s}")
         if self.steps is not None and not 1 <= self.steps <= MAX_FLOW_STEPS:
             raise FlowRLError(f"--steps must lie in [1, {MAX_FLOW_STEPS}], got {self.steps}")
-        if not MIN_WATCH_INTERVAL_S <= self.watch_interval_s <= MAX_WAIT_S:
+        if not MIN_WATCH_INTERVAL_S <= self.watch_interval_s <= MAX_TIMEOUT_S:
             raise FlowRLError(
-                f"watch_interval_s must lie in [{MIN_WATCH_INTERVAL_S}, {MAX_WAIT_S:g}] s, got {self.watch_interval_s}"
+                f"watch_interval_s must lie in [{MIN_WATCH_INTERVAL_S}, {MAX_TIMEOUT_S:g}] s, "
+                f"got {self.watch_interval_s}"
             )
         check_grace("grace_s", self.grace_s)
