@@ -29,7 +29,7 @@ class ServedModel:
     def run(self, obs: np.ndarray, noise: np.ndarray | None) -> tuple[np.ndarray, int]:
         """Actions for a batch and the onnxruntime time in microseconds."""
         start = time.perf_counter_ns()
-        action = self.policy.act(obs, noise)
+        action = self.policy.run(obs, noise)  # checked when decoded (obs) and drawn (noise)
         return action, (time.perf_counter_ns() - start) // 1000
 
     def warm_up(self, batches: tuple[int, ...]) -> None:
