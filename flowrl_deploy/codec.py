@@ -29,6 +29,9 @@ _DTYPE_REFUSALS = {  # what follows "dtype X is not accepted", by dtype kind
     "O": f" (None, or objects that are not numbers){_NUMBERS}",
     "U": f" (text){_NUMBERS}",
     "S": f" (bytes){_NUMBERS}",
+    "V": f" (structured records){_NUMBERS}",
+    "M": f" (dates){_NUMBERS}",
+    "m": f" (time spans){_NUMBERS}",
 }
 
 
@@ -42,10 +45,14 @@ def as_float32(array: np.ndarray, *, name: str = "tensor") -> np.ndarray:
             raise TensorError(
                 f"{name}: not a rectangular array of numbers (rows of different lengths, or nested objects?)"
             ) from None
-    kind = array.dtype.kind
-    if kind not in "fiu":
-        raise TensorError(f"{name}: dtype {array.dtype} is not accepted{_DTYPE_REFUSALS.get(kind, _NUMBERS)}")
+    check_number_dtype(array.dtype, name=name)
     return np.asarray(array, dtype=np.float32, order="C")
+
+
+def check_number_dtype(dtype: np.dtype, *, name: str = "tensor") -> None:
+    """Raise :class:`TensorError` for a dtype that does not hold real numbers, saying what it holds."""
+    if dtype.kind not in "fiu":
+        raise TensorError(f"{name}: dtype {dtype} is not accepted{_DTYPE_REFUSALS.get(dtype.kind, _NUMBERS)}")
 
 
 def encode(array: np.ndarray, *, name: str = "tensor") -> pb.Tensor:

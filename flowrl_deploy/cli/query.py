@@ -20,16 +20,6 @@ NPY_MAGIC = b"\x93NUMPY"
 ZIP_MAGIC = b"PK\x03\x04"  # np.savez writes a zip archive
 MAX_OBS_FILE_BYTES = 16 << 20
 """More than any observation batch a server takes (its messages are 1 MiB by default)."""
-NOT_NUMBERS = {
-    "b": "booleans",
-    "c": "complex numbers",
-    "U": "strings",
-    "S": "byte strings",
-    "V": "structured records",
-    "M": "dates",
-    "m": "time spans",
-}
-"""What an array of each refused dtype kind holds; integers and floats ("iuf") are taken."""
 NOT_A_LIST = "must be a list [..] or a batch [[..], ..]"
 
 
@@ -67,13 +57,13 @@ def read_observation(obs: str, obs_file: Path | None) -> np.ndarray:
 def _from_npy(data: bytes, source: str) -> np.ndarray:
     import numpy as np
 
+    from flowrl_deploy.codec import check_number_dtype
+
     try:
         array = np.load(io.BytesIO(data), allow_pickle=False)
     except (ValueError, OSError, EOFError) as exc:  # object arrays, a truncated file
         raise FlowRLError(f"{source} is not a readable .npy array ({exc})") from None
-    if array.dtype.kind not in "iuf":
-        what = NOT_NUMBERS.get(array.dtype.kind, "values that are not numbers")
-        raise FlowRLError(f"{source} holds {what} (dtype {array.dtype}); an observation is integers or floats")
+    check_number_dtype(array.dtype, name=source)
     if array.ndim == 0:
         raise FlowRLError(f"{source} {NOT_A_LIST}, got a number (an array of shape ())")
     return array

@@ -107,16 +107,17 @@ class TestObservation:
     @pytest.mark.parametrize(
         ("array", "what"),
         [
-            (np.array([1 + 2j, 3, 4]), "holds complex numbers (dtype complex128)"),  # the imaginary part was lost
-            (np.array(["1", "2", "3"]), "holds strings (dtype <U1)"),
-            (np.zeros(3, dtype=[("a", "<f4")]), "holds structured records"),
-            (np.array([True, False, True]), "holds booleans (dtype bool)"),
+            (np.array([1 + 2j, 3, 4]), "dtype complex128 is not accepted; float32 has no imaginary part"),
+            (np.array(["1", "2", "3"]), "dtype <U1 is not accepted (text)"),
+            (np.zeros(3, dtype=[("a", "<f4")]), "dtype [('a', '<f4')] is not accepted (structured records)"),
+            (np.array([True, False, True]), "dtype bool is not accepted; pass float or integer numbers"),
+            (np.array(["2026-11-26"], dtype="datetime64[D]"), "dtype datetime64[D] is not accepted (dates)"),
         ],
     )
     def test_an_npy_of_other_than_real_numbers_is_refused(self, tmp_path, array, what):
         np.save(tmp_path / "obs.npy", array)
         output = _refused("query", "--server", f"127.0.0.1:{_closed_port()}", "--obs-file", str(tmp_path / "obs.npy"))
-        assert f"--obs-file {tmp_path / 'obs.npy'} {what}" in output
+        assert f"--obs-file {tmp_path / 'obs.npy'}: {what}" in output
 
     def test_an_npz_is_named_as_an_archive(self, tmp_path):
         np.savez(tmp_path / "obs.npz", obs=np.zeros(3))

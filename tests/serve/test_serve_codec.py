@@ -47,7 +47,9 @@ def test_malformed_tensors_name_the_mistake(tensor, message):
         ([[1, 2], [3]], "obs: not a rectangular array of numbers"),
         (np.array([1 + 2j]), "dtype complex128 is not accepted; float32 has no imaginary part"),  # was dropped
         (np.array([True, False]), r"dtype bool is not accepted; pass float or integer numbers \(x.astype"),
-        (np.array([1], "datetime64[s]"), r"dtype datetime64\[s\] is not accepted"),
+        (np.array([1], "datetime64[s]"), r"dtype datetime64\[s\] is not accepted \(dates\)"),
+        (np.array([1], "timedelta64[s]"), r"dtype timedelta64\[s\] is not accepted \(time spans\)"),
+        (np.zeros(2, [("x", "<f4")]), r"is not accepted \(structured records\)"),
     ],
 )
 def test_encode_refuses_what_is_not_real_numbers(value, message):
