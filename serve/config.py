@@ -11,6 +11,8 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass, fields
 
+import numpy as np
+
 from flowrl_deploy.affinity import check_thread_count
 from flowrl_deploy.contract import MAX_TIMEOUT_S
 from flowrl_deploy.errors import FlowRLError
@@ -47,7 +49,7 @@ def check_grace(name: str, grace: object) -> float:
 class ServeConfig:
     """How to serve one policy file. A value the server could not run with (a count below 1, a
     port beyond 65535, a NaN or infinite time, a float or bool where an integer goes) raises
-    :class:`FlowRLError` here, naming the setting."""
+    :class:`FlowRLError` here, naming the setting. NumPy scalars are taken as their Python values."""
 
     model: str
     """An exported ONNX file, or a checkpoint (exported on the fly; needs the export extra)."""
@@ -96,6 +98,9 @@ class ServeConfig:
     def __post_init__(self) -> None:
         for field in fields(self):
             value = getattr(self, field.name)
+            if isinstance(value, np.generic):  # np.int64(50051) from a config array: the Python value
+                value = value.item()
+                object.__setattr__(self, field.name, value)
             kind = str(field.type)
             if kind == "str" and not isinstance(value, str):
                 raise FlowRLError(f"{setting_name(field.name)} must be a string, got {value!r}")

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 
+import numpy as np
 import pytest
 from tiny_policy import write_policy
 
@@ -46,6 +47,10 @@ NAN, INF = float("nan"), float("inf")
         ({"session_idle_s": INF}, "--session-idle-s must be > 0 and finite, got inf"),
         ({"watch": "yes"}, "--watch must be True or False, got 'yes'"),
         ({"token": None}, "--token must be a string, got None"),
+        # NumPy scalars are checked as their Python values
+        ({"port": np.float64(50051.0)}, "--port must be an integer, got 50051.0"),
+        ({"port": np.True_}, "--port must be an integer, got True"),
+        ({"max_batch": np.int64(0)}, "--max-batch must be >= 1, got 0"),
     ],
 )
 def test_a_setting_the_server_cannot_run_with_is_refused_when_the_config_is_built(setting, message):
@@ -57,6 +62,12 @@ def test_a_setting_the_server_cannot_run_with_is_refused_when_the_config_is_buil
 def test_the_bounds_themselves_are_accepted():
     ServeConfig("policy.onnx", port=65535, metrics_port=0, max_batch=4096, batch_window_us=1_000_000, grace_s=0)
     ServeConfig("policy.onnx", max_message_bytes=2**31 - 1, watch_interval_s=0.01, session_idle_s=0.2, steps=1000)
+
+
+def test_numpy_scalars_are_taken_as_their_python_values():
+    config = ServeConfig("policy.onnx", port=np.int64(50051), grace_s=np.float32(0.5), watch=np.True_)
+    assert (config.port, config.grace_s, config.watch) == (50051, 0.5, True)
+    assert (type(config.port), type(config.grace_s), type(config.watch)) == (int, float, bool)
 
 
 @pytest.fixture
