@@ -50,6 +50,8 @@ from flowrl_deploy.tls import check_key_pair, read_certificates
 log = logging.getLogger("flowrl.serve")
 SERVICE_NAME = pb.DESCRIPTOR.services_by_name["PolicyService"].full_name
 STREAM_ACT = f"/{SERVICE_NAME}/StreamAct"
+HEALTH_WATCH = f"/{health.SERVICE_NAME}/Watch"
+SERVING = health_pb2.HealthCheckResponse.SERVING
 
 
 def host_port(host: str, port: int) -> str:
@@ -116,27 +118,57 @@ def server_credentials(config: ServeConfig) -> grpc.ServerCredentials | None:
 
 class OpenStreams(grpc.ServerInterceptor):
     """The open StreamAct calls, each idle (waiting for its next request) or busy (a request read,
-    its reply not yet sent), so that :meth:`close` ends them without waiting out the grace period:
-    gRPC's stop lets an open stream take requests until the grace period ends, and a connected
-    robot's stream always stayed that long. After :meth:`close` an idle stream is cancelled at once
-    (its client sees CANCELLED, as it would at the end of the grace period) and a busy one ends
-    (status OK) as soon as its reply is sent: the request in flight is finished, no new one is taken."""
+    its reply not yet sent), and the open health Watch calls, so that :meth:`close` ends them
+    without waiting out the grace period: gRPC's stop lets an open stream run until the grace
+    period ends, and a connected robot's stream (or a gRPC client's health check, which holds a
+    Watch per connection) always stayed that long. After :meth:`close` an idle stream is cancelled
+    at once (its client sees CANCELLED, as it would at the end of the grace period), a busy one
+    ends (status OK) as soon as its reply is sent (the request in flight is finished, no new one is
+    taken), and a Watch ends (OK) once it has sent the NOT_SERVING of the stop."""
 
     def __init__(self) -> None:
         self._lock = threading.Lock()
         self._busy: dict[grpc.ServicerContext, bool] = {}
+        self._watches: dict[grpc.ServicerContext, int] = {}  # the last health status each sent
         self._closing = False
 
     def intercept_service(self, continuation, handler_call_details):
         handler = continuation(handler_call_details)
-        if handler is None or handler_call_details.method != STREAM_ACT or handler.stream_stream is None:
-            return handler
-        behavior = handler.stream_stream
-        return grpc.stream_stream_rpc_method_handler(
-            lambda requests, context: self._tracked(behavior, requests, context),
-            request_deserializer=handler.request_deserializer,
-            response_serializer=handler.response_serializer,
-        )
+        method = handler_call_details.method
+        if handler is not None and method == STREAM_ACT and handler.stream_stream is not None:
+            behavior = handler.stream_stream
+            return grpc.stream_stream_rpc_method_handler(
+                lambda requests, context: self._tracked(behavior, requests, context),
+                request_deserializer=handler.request_deserializer,
+                response_serializer=handler.response_serializer,
+            )
+        if handler is not None and method == HEALTH_WATCH and handler.unary_stream is not None:
+            behavior = handler.unary_stream
+            return grpc.unary_stream_rpc_method_handler(
+                lambda request, context: self._watched(behavior, request, context),
+                request_deserializer=handler.request_deserializer,
+                response_serializer=handler.response_serializer,
+            )
+        return handler
+
+    def _watched(self, behavior, request, context: grpc.ServicerContext):
+        """The health servicer's Watch (its blocking form, a reply iterator), tracked with the last
+        status it sent: once closing, it ends (OK) after sending NOT_SERVING."""
+        with self._lock:
+            if self._closing:
+                context.cancel()
+                return
+            self._watches[context] = SERVING
+        try:
+            for reply in behavior(request, context):
+                yield reply
+                with self._lock:
+                    self._watches[context] = reply.status
+                    if self._closing and reply.status != SERVING:
+                        return
+        finally:
+            with self._lock:
+                del self._watches[context]
 
     def _tracked(self, behavior, requests, context: grpc.ServicerContext):
         with self._lock:
@@ -166,11 +198,14 @@ class OpenStreams(grpc.ServerInterceptor):
             yield request
 
     def close(self) -> None:
-        """Cancel the idle streams; a busy one ends once its reply is sent; new ones are cancelled."""
+        """Cancel the idle streams and the Watches that have nothing more to send; the others end
+        once their reply is sent; new ones are cancelled."""
         with self._lock:
             self._closing = True
-            idle = [context for context, busy in self._busy.items() if not busy]
-        for context in idle:
+            ending = [context for context, busy in self._busy.items() if not busy]
+            # stop() sends NOT_SERVING next: a Watch that shows SERVING ends once it has sent it
+            ending += [context for context, status in self._watches.items() if status != SERVING]
+        for context in ending:
             context.cancel()
 
 
@@ -284,19 +319,18 @@ class PolicyServer:
 
     def stop(self, grace: float | None = None) -> None:
         """Refuse new calls, let calls in flight finish (up to ``grace`` s; None: ``grace_s``), then
-        release everything. An open StreamAct ends once its request in flight, if any, has its reply
-        (:class:`OpenStreams`); a health Watch stream stays open until the grace period ends."""
+        release everything. An open StreamAct ends once its request in flight, if any, has its reply,
+        and a health Watch once it has sent NOT_SERVING (:class:`OpenStreams`)."""
         grace = self.config.grace_s if grace is None else check_grace("grace", grace)
         if self._stopped:
             return
         self._stopped = True
         if self._server is not None:
+            self._streams.close()  # first: each Watch then ends right after the NOT_SERVING below
             self._set_health(health_pb2.HealthCheckResponse.NOT_SERVING)
             if self._watcher is not None:
                 self._watcher.stop()
-            stopped = self._server.stop(grace)  # no new call is accepted from here on
-            self._streams.close()
-            stopped.wait()
+            self._server.stop(grace).wait()  # no new call is accepted from here on
         # also for a server whose start() failed before gRPC ran: its batcher threads and work folder
         self.servicer.batcher.close()
         if self._metrics_http is not None:

@@ -117,6 +117,37 @@ def test_stop_ends_open_streams_once_their_request_in_flight_has_its_reply(tmp_p
         client.close()
 
 
+def test_stop_ends_health_watches_once_they_have_sent_not_serving(tmp_path):
+    """A health Watch (gRPC clients' health checking holds one per connection) kept stop() waiting
+    for the whole grace period: it now ends with OK right after its NOT_SERVING, and a Watch of a
+    service the server does not know (nothing more to send) ends too."""
+    path = write_policy(tmp_path / "policy.onnx")
+    server = PolicyServer(ServeConfig(str(path), port=0, grace_s=30)).start()
+    client = PolicyClient(server.address, timeout_s=30)
+    stub = health_pb2_grpc.HealthStub(client.channel)
+    watches = [
+        stub.Watch(health_pb2.HealthCheckRequest(service=name), timeout=30) for name in ("", "flowrl.v1.PolicyService")
+    ]
+    unknown = stub.Watch(health_pb2.HealthCheckRequest(service="no.such.Service"), timeout=30)
+    stopper = threading.Thread(target=server.stop)  # grace None: the configured 30 s
+    try:
+        assert [next(watch).status for watch in watches] == [health_pb2.HealthCheckResponse.SERVING] * 2
+        assert next(unknown).status == health_pb2.HealthCheckResponse.SERVICE_UNKNOWN
+        stopper.start()
+        for watch in watches:
+            assert next(watch).status == health_pb2.HealthCheckResponse.NOT_SERVING
+            assert next(watch, None) is None  # ended with OK
+        try:  # cancelled, or ended with OK if the stop came before its first reply was sent
+            assert next(unknown, None) is None
+        except grpc.RpcError as exc:
+            assert exc.code() == grpc.StatusCode.CANCELLED
+        stopper.join(10)
+        assert not stopper.is_alive()  # long before the 30 s grace period
+    finally:
+        stopper.join(30)
+        client.close()
+
+
 def test_a_signal_during_start_up_stops_the_server_without_announcing_it(tmp_path, monkeypatch):
     """Ctrl-C while the model loaded still printed "serving … on …", then exited."""
     path = write_policy(tmp_path / "policy.onnx")
