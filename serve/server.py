@@ -131,25 +131,23 @@ class OpenStreams(grpc.ServerInterceptor):
         self._busy: dict[grpc.ServicerContext, bool] = {}
         self._watches: dict[grpc.ServicerContext, int] = {}  # the last health status each sent
         self._closing = False
+        self._tracking = {  # method: its handler's kind, how to rebuild one, the tracking wrapper
+            STREAM_ACT: ("stream_stream", grpc.stream_stream_rpc_method_handler, self._tracked),
+            HEALTH_WATCH: ("unary_stream", grpc.unary_stream_rpc_method_handler, self._watched),
+        }
 
     def intercept_service(self, continuation, handler_call_details):
         handler = continuation(handler_call_details)
-        method = handler_call_details.method
-        if handler is not None and method == STREAM_ACT and handler.stream_stream is not None:
-            behavior = handler.stream_stream
-            return grpc.stream_stream_rpc_method_handler(
-                lambda requests, context: self._tracked(behavior, requests, context),
-                request_deserializer=handler.request_deserializer,
-                response_serializer=handler.response_serializer,
-            )
-        if handler is not None and method == HEALTH_WATCH and handler.unary_stream is not None:
-            behavior = handler.unary_stream
-            return grpc.unary_stream_rpc_method_handler(
-                lambda request, context: self._watched(behavior, request, context),
-                request_deserializer=handler.request_deserializer,
-                response_serializer=handler.response_serializer,
-            )
-        return handler
+        tracked = self._tracking.get(handler_call_details.method)
+        if handler is None or tracked is None or getattr(handler, tracked[0]) is None:
+            return handler
+        kind, make_handler, track = tracked
+        behavior = getattr(handler, kind)
+        return make_handler(
+            lambda request, context: track(behavior, request, context),
+            request_deserializer=handler.request_deserializer,
+            response_serializer=handler.response_serializer,
+        )
 
     def _watched(self, behavior, request, context: grpc.ServicerContext):
         """The health servicer's Watch (its blocking form, a reply iterator), tracked with the last
