@@ -1,8 +1,9 @@
 """Dynamic micro-batching: concurrent requests from many robots share one onnxruntime call.
 
 Like Ray Serve's ``_BatchQueue``: one future per request, a bounded wait (``window_us``) after
-the first request for more to arrive, at most ``max_batch`` rows per call, one result slice per
-request, and an error goes to every waiter of its batch. ``workers`` threads form and run
+the first request for more to arrive, concurrent requests combined up to ``max_batch`` rows per
+call (a request is never split: one of more rows than ``max_batch`` runs alone, as one call), one
+result slice per request, and an error goes to every waiter of its batch. ``workers`` threads form and run
 batches concurrently (one per core keeps every core busy: onnxruntime's per-row cost at batch
 8-16 is only about half its batch-1 cost on a small CPU). With ``max_batch == 1`` requests run
 in the caller's thread (no hand-off), which gives the lowest latency for a single robot.

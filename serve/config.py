@@ -61,7 +61,9 @@ class ServeConfig:
     threads: int = 1
     """onnxruntime intra-op threads per inference call."""
     max_batch: int = 1
-    """Most observations one onnxruntime call runs; 1 disables micro-batching."""
+    """Concurrent requests are combined into one onnxruntime call up to this many observations;
+    1 disables micro-batching. A request is never split: one with more rows (up to
+    ``max_request_batch``) runs alone, as one call."""
     batch_window_us: int = 0
     """How long the batcher waits for more requests after the first; 0: take what is queued."""
     batch_workers: int = 2

@@ -47,7 +47,11 @@ def serve(
     ] = "",
     threads: Annotated[int, typer.Option(help="onnxruntime intra-op threads per call.")] = 1,
     max_batch: Annotated[
-        int, typer.Option(help="Micro-batch up to this many concurrent observations per call; 1 = off.")
+        int,
+        typer.Option(
+            help="Combine concurrent requests into one call up to this many observations; 1 = off. "
+            "A request is never split (one with more rows runs alone)."
+        ),
     ] = 1,
     batch_window_us: Annotated[
         int, typer.Option(help="Wait this long for more requests after the first (µs, at most 1000000).")
