@@ -1,6 +1,6 @@
 """`flowrl demo`: every stage on a small task, end to end, in a few minutes on two CPU cores.
 
-train → checkpoint → export (10 steps) → `flowrl serve` in a child process → a simulated robot
+train → checkpoint → export (the training N, or --export-steps) → `flowrl serve` in a child process → a simulated robot
 in a fixed-rate closed loop against it → a report folder with plots, artifacts and figures.
 The child server is stopped on every exit path, Ctrl-C included (``ServerProcess``).
 """
@@ -100,9 +100,14 @@ def run_demo(cfg: DemoConfig, echo=typer.echo) -> dict[str, Any]:
 
     echo("[3/4] start `flowrl serve` in the background")
     with ServerProcess(report.path, log=out / "server.log") as server:
-        hz = cfg.hz or 1.0 / report.contract.control_period_s
-        echo(f"[4/4] closed-loop control at {hz:g} Hz against {server.address}")
-        control = run_control(server.address, cfg.env, hz=hz, episodes=cfg.episodes, seed=cfg.seed)
+
+        def announce(hz: float, contract_hz: float | None) -> None:
+            echo(f"[4/4] closed-loop control at {hz:g} Hz against {server.address}")
+
+        # no --hz: the task's own rate, or DEFAULT_HZ for a task without a control period
+        control = run_control(
+            server.address, cfg.env, hz=cfg.hz or None, episodes=cfg.episodes, seed=cfg.seed, on_rate=announce
+        )
 
     summary = {
         "env": cfg.env,
@@ -123,7 +128,7 @@ def run_demo(cfg: DemoConfig, echo=typer.echo) -> dict[str, Any]:
     }
     (out / "summary.json").write_text(json.dumps(summary, indent=2, default=str) + "\n")
     _plot_training_curve(out / "run" / "metrics.jsonl", out / "training_curve.png")
-    _plot_latency(control.round_trip_us, hz, out / "latency_histogram.png")
+    _plot_latency(control.round_trip_us, control.hz, out / "latency_histogram.png")
     echo(_table(summary, control))
     return summary
 

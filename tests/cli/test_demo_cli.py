@@ -30,6 +30,27 @@ def test_demo_writes_a_report_folder_and_stops_its_server(tmp_path):
     assert summary["last_eval_return"] is not None and "last eval return in training (torch)" in result.output
 
 
+def test_a_task_without_a_control_period_runs_at_the_default_rate(tmp_path, monkeypatch):
+    """A gymnasium task without ``dt`` (contract control period 0) crashed the demo after training
+    with a ZeroDivisionError; the loop now runs at run_control's DEFAULT_HZ (patched to 1000 Hz here,
+    so that MountainCar's 999-step episode takes a second)."""
+    import flowrl_deploy.control
+
+    monkeypatch.setattr(flowrl_deploy.control, "DEFAULT_HZ", 1000.0)
+    out = tmp_path / "demo"
+    result = CliRunner().invoke(
+        app,
+        ["demo", "--out", str(out), "--env", "MountainCarContinuous-v0", "--steps", "300", "--hidden", "16",
+         "--episodes", "1"],
+    )  # fmt: skip
+    assert result.exit_code == 0, result.output
+    (report,) = out.iterdir()
+    summary = json.loads((report / "summary.json").read_text())
+    assert summary["export"]["contract"]["control_period_s"] == 0
+    assert summary["control"]["hz"] == 1000.0 and summary["control"]["contract_hz"] is None
+    assert "closed-loop control at 1000 Hz" in result.output
+
+
 def test_a_run_without_fresh_replies_is_said_so_not_formatted_as_numbers():
     from types import SimpleNamespace
 
