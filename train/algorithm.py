@@ -22,7 +22,7 @@ from torch import nn
 from flowrl_deploy.errors import CheckpointError
 from flowrl_deploy.spec import PolicySpec
 from flowrl_deploy.train.actor import FlowActor
-from flowrl_deploy.train.config import ConfigError, TrainConfig
+from flowrl_deploy.train.config import DEVICES, ConfigError, TrainConfig
 from flowrl_deploy.train.critics import TwinQ, ValueNet
 from flowrl_deploy.train.cuda_graphs import CudaGraphUpdate
 from flowrl_deploy.train.losses import (
@@ -37,15 +37,18 @@ from flowrl_deploy.train.replay import Batch
 
 
 def resolve_device(name: str) -> torch.device:
-    """'auto' → CUDA when available, else CPU."""
+    """'auto' → CUDA when available, else CPU; 'cpu' or 'cuda' as named. Other torch devices
+    ('cuda:1', 'mps', 'meta') are refused: pick a GPU with CUDA_VISIBLE_DEVICES."""
+    if name not in DEVICES:
+        raise ConfigError(
+            f"unknown --device {name!r}; use {', '.join(DEVICES[:-1])} or {DEVICES[-1]} "
+            "(to pick one of several GPUs, set CUDA_VISIBLE_DEVICES)"
+        )
     if name == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
     if name == "cuda" and not torch.cuda.is_available():
         raise ConfigError("--device cuda was asked for, but torch sees no CUDA device; use --device auto or cpu")
-    try:
-        return torch.device(name)
-    except RuntimeError:
-        raise ConfigError(f"unknown --device {name!r}; use auto, cpu or cuda") from None
+    return torch.device(name)
 
 
 def training_bytes(spec: PolicySpec) -> int:

@@ -90,6 +90,10 @@ def test_eval_seed_and_device_mistakes_are_one_clear_line(tmp_path):
     for args, message in (
         (["--seed", "-1"], "--seed must lie in [0, 2**32)"),
         (["--device", "tpu"], "unknown --device 'tpu'"),
+        # tracebacks from torch: not compiled with CUDA, no MPS, meta tensors cannot be copied out
+        (["--device", "cuda:0"], "unknown --device 'cuda:0'; use auto, cpu or cuda (to pick one of several GPUs"),
+        (["--device", "mps"], "unknown --device 'mps'"),
+        (["--device", "meta"], "unknown --device 'meta'"),
     ):
         result = runner.invoke(app, ["eval", str(checkpoint), "--episodes", "1", *args])
         assert result.exit_code == 1, result.output
