@@ -17,17 +17,11 @@ import threading
 from pathlib import Path
 
 from flowrl_deploy.errors import FlowRLError
+from flowrl_deploy.serve.server import connectable
 
 FLOWRL = (sys.executable, "-m", "flowrl_deploy.cli")
-
-
-EVERY_INTERFACE = {"0.0.0.0": "127.0.0.1", "[::]": "[::1]", "": "127.0.0.1"}
-
-
-def connectable(address: str) -> str:
-    """A bound ``host:port`` as a client on this machine reaches it: every interface → loopback."""
-    host, _, port = address.rpartition(":")
-    return f"{EVERY_INTERFACE.get(host, host)}:{port}"
+START_TIMEOUT_S = 120.0
+"""How long the server may take to print its banner (load, export a checkpoint, warm up)."""
 
 
 class ServerProcess:
@@ -41,7 +35,6 @@ class ServerProcess:
         self,
         model: str | os.PathLike[str],
         *args: str,
-        timeout_s: float = 120.0,
         log: str | os.PathLike[str] | None = None,
     ) -> None:
         self.process = subprocess.Popen(
@@ -51,14 +44,15 @@ class ServerProcess:
             text=True,
             env={**os.environ, "OMP_NUM_THREADS": os.environ.get("OMP_NUM_THREADS", "1")},
         )
-        line = self._first_line(timeout_s)
+        line = self._first_line(START_TIMEOUT_S)
         if not line.startswith("serving "):
             error = self._stop_and_read_error()
             raise FlowRLError(f"flowrl serve {Path(model).name} did not start: {error or line.strip() or 'no output'}")
         # "serving <version> (N=<steps> flow steps) on <host:port>[, metrics on <host:port>]"
         self.banner = line.strip()
         self.version = line.split()[1]
-        self.address = connectable(line.split(" on ")[1].split(",")[0].strip())
+        host, _, port = line.split(" on ")[1].split(",")[0].strip().rpartition(":")
+        self.address = connectable(host, int(port))
         self._stderr_drain = threading.Thread(target=self._drain_stderr, args=(log,), daemon=True)
         self._stderr_drain.start()
 

@@ -5,8 +5,9 @@ In-process::
     with PolicyServer(ServeConfig("policy.onnx", port=0)).start() as server:
         client = PolicyClient(server.address)
 
-As a process: ``flowrl serve policy.onnx --port 0`` prints ``serving <version> on HOST:PORT``
-once health is SERVING; SIGTERM or SIGINT stops it gracefully (exit 0).
+As a process: ``flowrl serve policy.onnx --port 0`` prints
+``serving <version> (N=<steps> flow steps) on HOST:PORT`` (with ``, metrics on HOST:PORT`` when
+``--metrics-port`` is set) once health is SERVING; SIGTERM or SIGINT stops it gracefully (exit 0).
 
 A :class:`PolicyServer` serves once: :meth:`~PolicyServer.start` a second time, or after
 :meth:`~PolicyServer.stop`, raises :class:`FlowRLError` (build a new one to serve again).
@@ -57,6 +58,16 @@ SERVING = health_pb2.HealthCheckResponse.SERVING
 def host_port(host: str, port: int) -> str:
     """``host:port``, bracketing IPv6 literals."""
     return f"[{host}]:{port}" if ":" in host and not host.startswith("[") else f"{host}:{port}"
+
+
+EVERY_INTERFACE = {"0.0.0.0": "127.0.0.1", "": "127.0.0.1", "::": "::1"}
+"""Hosts that bind every interface, and the loopback address a client on this machine reaches them at."""
+
+
+def connectable(host: str, port: int) -> str:
+    """``host:port`` as a client on this machine reaches a server bound to ``host`` (bare or
+    bracketed): every interface → loopback, any other host as it is."""
+    return host_port(EVERY_INTERFACE.get(host.strip("[]"), host), port)
 
 
 def is_loopback(host: str) -> bool:
@@ -226,9 +237,8 @@ class PolicyServer:
 
     @property
     def address(self) -> str:
-        """Where a client on this machine connects (``0.0.0.0`` becomes 127.0.0.1)."""
-        host = "127.0.0.1" if self.config.host in ("0.0.0.0", "") else self.config.host
-        return host_port("::1" if host == "::" else host, self.port)
+        """Where a client on this machine connects (``0.0.0.0`` becomes 127.0.0.1, ``::`` ::1)."""
+        return connectable(self.config.host, self.port)
 
     @property
     def bound_address(self) -> str:

@@ -13,6 +13,7 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from flowrl_deploy.client import PolicyClient, ServiceError
 from flowrl_deploy.serve import PolicyServer, ServeConfig
+from flowrl_deploy.serve.server import connectable
 
 x509 = pytest.importorskip("cryptography.x509")
 from cryptography.hazmat.primitives import hashes, serialization  # noqa: E402
@@ -106,10 +107,27 @@ def test_an_open_network_address_without_token_or_tls_is_warned_about(policy_pat
         bound = server.bound_address
     warnings = [r.getMessage() for r in caplog.records if r.levelname == "WARNING"]
     assert bound == f"{host}:{server.port}"
+    assert server.address == f"127.0.0.1:{server.port}"  # where a client on this machine connects
     if warned:
         assert len(warnings) == 1 and bound in warnings[0] and "anyone" in warnings[0]
     else:
         assert not warnings
+
+
+@pytest.mark.parametrize(
+    ("host", "address"),
+    [
+        ("0.0.0.0", "127.0.0.1:9"),
+        ("", "127.0.0.1:9"),
+        ("::", "[::1]:9"),
+        ("[::]", "[::1]:9"),  # a bound address prints IPv6 bracketed
+        ("::1", "[::1]:9"),
+        ("10.0.0.7", "10.0.0.7:9"),
+        ("robot-brain", "robot-brain:9"),
+    ],
+)
+def test_connectable_maps_every_interface_to_loopback_and_keeps_other_hosts(host, address):
+    assert connectable(host, 9) == address
 
 
 def test_stream_with_a_wrong_token_raises_instead_of_falling_back(policy_path, monkeypatch):
