@@ -167,7 +167,7 @@ class PolicyServicer(pb_grpc.PolicyServiceServicer):
         if contract_json:
             try:
                 theirs = PolicyContract.from_dict(json.loads(contract_json))
-            except (json.JSONDecodeError, SpecError, AttributeError) as exc:
+            except (json.JSONDecodeError, SpecError) as exc:  # from_dict refuses a non-object with SpecError
                 message = f"contract_json is not a policy contract: {exc}"
                 raise ServeError(message, grpc.StatusCode.INVALID_ARGUMENT) from None
         wanted = pinned or theirs.hash()

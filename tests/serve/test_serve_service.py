@@ -215,6 +215,14 @@ def test_pinned_contract_mismatch_names_the_difference(client, local):
     client.reset("pinned", contract_hash=local.contract_hash)  # the right hash is accepted
 
 
+@pytest.mark.parametrize("contract_json", ["[1, 2]", "3", '"text"', "null", "{", "{}", '{"obs_dim": "3"}'])
+def test_a_contract_json_that_is_no_contract_is_invalid_argument(client, contract_json):
+    with pytest.raises(grpc.RpcError) as info:
+        client.stub.Reset(pb.ResetRequest(session_id="pinned", contract_json=contract_json), timeout=2)
+    assert info.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+    assert info.value.details().startswith("contract_json is not a policy contract: ")
+
+
 def _act_counts(stats: pb.GetStatsReply) -> tuple[int, int]:
     """(requests, errors) of Act in ``stats``; (0, 0) before the first Act call."""
     act = next((m for m in stats.methods if m.method == "Act"), None)
