@@ -1,5 +1,6 @@
-"""The export stage's one config: every field maps 1:1 to a `flowrl export` flag and is saved
-in the ONNX file's provenance, so a policy file says how it was made."""
+"""The export stage's one config, saved in the ONNX file's provenance so a policy file says how it
+was made. Every field but ``samples`` (the verification's size, set from Python only) is a
+`flowrl export` flag."""
 
 from __future__ import annotations
 
@@ -7,6 +8,7 @@ from dataclasses import asdict, dataclass
 from typing import Any
 
 from flowrl_deploy.errors import FlowRLError
+from flowrl_deploy.fieldtypes import is_int, wrong_type
 from flowrl_deploy.spec import MAX_FLOW_STEPS, SOLVERS
 
 DTYPES = ("fp32", "int8")
@@ -41,14 +43,18 @@ class ExportConfig:
     """Seed of the verification inputs."""
 
     def __post_init__(self) -> None:
+        if self.batch != "dynamic" and not (is_int(self.batch) and self.batch >= 1):
+            raise FlowRLError(f"--batch must be 'dynamic' or a positive integer, got {self.batch!r}")
+        wrong = wrong_type(self)
+        if wrong is not None:
+            name, expected = wrong
+            raise FlowRLError(f"ExportConfig.{name} must be {expected}, got {getattr(self, name)!r}")
         if self.steps is not None and not 1 <= self.steps <= MAX_FLOW_STEPS:
             raise FlowRLError(f"--steps must lie in [1, {MAX_FLOW_STEPS}], got {self.steps}")
         if self.solver is not None and self.solver not in SOLVERS:
             raise FlowRLError(f"unknown solver {self.solver!r}; choose one of {', '.join(SOLVERS)}")
         if self.opset < MIN_OPSET:
             raise FlowRLError(f"--opset must be >= {MIN_OPSET} (LayerNormalization), got {self.opset}")
-        if self.batch != "dynamic" and not (isinstance(self.batch, int) and self.batch >= 1):
-            raise FlowRLError(f"--batch must be 'dynamic' or a positive integer, got {self.batch!r}")
         if self.dtype not in DTYPES:
             raise FlowRLError(f"unknown dtype {self.dtype!r}; choose one of {', '.join(DTYPES)}")
         if self.samples < 1:

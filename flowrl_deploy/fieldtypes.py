@@ -1,5 +1,6 @@
-"""Type checks of frozen dataclasses read back from JSON (a training config, a policy contract):
-each field's annotation says what it must hold, so a hand-edited file gets a clear error."""
+"""Type checks of frozen dataclasses read back from JSON (a training config, a policy contract) or
+built by library callers (an export config): each field's annotation says what it must hold, so a
+hand-edited file or a wrong argument gets a clear error."""
 
 from __future__ import annotations
 
@@ -11,6 +12,7 @@ _KINDS: dict[str, tuple[type | tuple[type, ...], str]] = {
     "int": (int, "an integer"),
     "float": ((int, float), "a number"),
     "bool": (bool, "true or false"),
+    "None": (type(None), "None"),
 }
 
 
@@ -21,11 +23,17 @@ def is_int(value: object) -> bool:
 
 def wrong_type(instance: Any) -> tuple[str, str] | None:
     """The first field whose value its annotation does not allow, and what it must be ('an integer');
-    None when every field fits. ``tuple[...]`` fields must hold tuples (their items are not checked)."""
+    None when every field fits. ``tuple[...]`` fields must hold tuples (their items are not checked);
+    a union such as ``int | None`` allows any of its members ('an integer or None')."""
     for field in fields(instance):
         annotation = str(field.type)
-        kind, description = (tuple, "a list") if annotation.startswith("tuple[") else _KINDS[annotation]
+        if annotation.startswith("tuple["):
+            kinds, description = (tuple,), "a list"
+        else:
+            members = [_KINDS[member] for member in annotation.split(" | ")]
+            kinds = tuple(t for kind, _ in members for t in (kind if isinstance(kind, tuple) else (kind,)))
+            description = " or ".join(words for _, words in members)
         value = getattr(instance, field.name)
-        if (isinstance(value, bool) and kind is not bool) or not isinstance(value, kind):
+        if (isinstance(value, bool) and bool not in kinds) or not isinstance(value, kinds):
             return field.name, description
     return None

@@ -5,6 +5,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import re
 from dataclasses import replace
 from typing import Any
 
@@ -174,3 +175,32 @@ def test_bad_config_values():
     for kwargs in ({"steps": 0}, {"solver": "rk4"}, {"opset": 13}, {"batch": 0}, {"dtype": "int4"}):
         with pytest.raises(FlowRLError):
             ExportConfig(**kwargs)
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "message"),
+    [
+        ({"batch": True}, "--batch must be 'dynamic' or a positive integer, got True"),  # not batch 1
+        ({"batch": 2.0}, "--batch must be 'dynamic' or a positive integer, got 2.0"),
+        ({"deterministic": "no"}, "ExportConfig.deterministic must be true or false, got 'no'"),  # not truthy
+        ({"optimize": 0}, "ExportConfig.optimize must be true or false, got 0"),
+        ({"verify": None}, "ExportConfig.verify must be true or false, got None"),
+        ({"steps": 2.5}, "ExportConfig.steps must be an integer or None, got 2.5"),
+        ({"steps": "10"}, "ExportConfig.steps must be an integer or None, got '10'"),
+        ({"steps": True}, "ExportConfig.steps must be an integer or None, got True"),
+        ({"solver": 1}, "ExportConfig.solver must be a string or None, got 1"),
+        ({"opset": "18"}, "ExportConfig.opset must be an integer, got '18'"),
+        ({"dtype": None}, "ExportConfig.dtype must be a string, got None"),
+        ({"samples": 10.0}, "ExportConfig.samples must be an integer, got 10.0"),
+        ({"seed": False}, "ExportConfig.seed must be an integer, got False"),
+    ],
+)
+def test_config_values_of_the_wrong_type_are_named(kwargs, message):
+    with pytest.raises(FlowRLError, match=f"^{re.escape(message)}$"):
+        ExportConfig(**kwargs)
+
+
+def test_config_fields_of_the_right_type_are_taken():
+    config = ExportConfig(steps=None, solver=None, batch=3, deterministic=True, samples=1)
+    assert (config.batch_dim, config.deterministic) == (3, True)
+    assert ExportConfig(steps=7, solver="euler").steps == 7
