@@ -152,7 +152,10 @@ class PolicySpec:
         missing = {"obs_dim", "act_dim", "action_low", "action_high"} - data.keys()
         if missing:
             raise SpecError(f"policy spec lacks {', '.join(sorted(missing))}")
-        kwargs = {k: v for k, v in data.items() if k in known}
+        unknown = sorted(set(data) - known)
+        if unknown:  # a misspelt field ("hiden") would otherwise fall back to its default unseen
+            raise SpecError(f"policy spec has unknown fields {', '.join(unknown)} (known: {', '.join(sorted(known))})")
+        kwargs = dict(data)
         try:
             kwargs["action_low"] = tuple(float(x) for x in kwargs["action_low"])
             kwargs["action_high"] = tuple(float(x) for x in kwargs["action_high"])

@@ -82,6 +82,12 @@ class TestPolicySpec:
         with pytest.raises(SpecError, match="lacks act_dim"):
             PolicySpec.from_dict({"obs_dim": 3, "action_low": [0], "action_high": [1]})
 
+    def test_unknown_fields_are_named_not_dropped(self):
+        """A misspelt field (a hand-edited checkpoint.json) silently fell back to its default: hidden 512."""
+        data = make_spec().to_dict() | {"hiden": 64, "flowsteps": 10}
+        with pytest.raises(SpecError, match=r"policy spec has unknown fields flowsteps, hiden \(known: "):
+            PolicySpec.from_dict(data)
+
     def test_newer_version_asks_for_upgrade(self):
         data = make_spec().to_dict() | {"spec_version": 99}
         with pytest.raises(SpecError, match="upgrade flowrl-deploy"):
