@@ -12,8 +12,8 @@ at N = 1, 5, 10, 20 midpoint steps, one thread, the serving session settings
   (e) int8       the optimized graph with the hidden×hidden layer quantized (``--dtype int8``)
 
 It prints batch-1 p50/p99 latency, batch 64/256 throughput, the max action error against torch,
-and the issue's ratios. The variants are timed interleaved (one call of each in turn), so that
-load from other processes on a shared machine falls on all of them alike.
+and the issue's ratios. The variants are timed interleaved (in turn, each for a block of about 50 ms
+of back-to-back calls), so that load from other processes on a shared machine falls on all of them alike.
 
     .venv/bin/python bench/infer_latency.py --json bench/results/infer_latency.json
     .venv/bin/python bench/infer_latency.py --quick

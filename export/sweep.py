@@ -26,7 +26,7 @@ class SweepRow:
     steps: int
     report: ExportReport
     latency: Timing
-    """Batch-1 latency with the serving session settings (one thread)."""
+    """Latency of one call (batch 1, or the graph's fixed batch) with the serving session settings (one thread)."""
     mean_return: float | None = None
     std_return: float | None = None
 
@@ -114,7 +114,7 @@ def _sweep_row(
 
 
 def format_sweep(rows: list[SweepRow]) -> str:
-    """A table: N, batch-1 p50/p99 latency, parity error, return."""
+    """A table: N, p50/p99 latency of one call (batch 1, or the graph's fixed batch), parity error, return."""
     lines = [f"{'N':>4}  {'p50 ms':>8}  {'p99 ms':>8}  {'max |Δaction|':>13}  {'return':>16}  file"]
     for r in rows:
         error = f"{r.report.parity.max_abs_error_action:.2e}" if r.report.parity else "unverified"

@@ -103,7 +103,12 @@ def export(
         bool, typer.Option("--verify/--no-verify", help="Check the graph against the torch sampler before writing it.")
     ] = True,
     report: Annotated[
-        bool, typer.Option("--report", help="Tabulate batch-1 latency (and return with --episodes) for each N.")
+        bool,
+        typer.Option(
+            "--report",
+            help="Tabulate the latency of one call (batch 1, or the graph's fixed batch), and the return "
+            "with --episodes, for each N.",
+        ),
     ] = False,
     episodes: Annotated[int, typer.Option(help="With --report: evaluation episodes per N (0: latency only).")] = 0,
     env: Annotated[str | None, typer.Option(help="With --report: env id (default: the policy's).")] = None,
