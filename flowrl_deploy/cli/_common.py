@@ -22,7 +22,6 @@ from flowrl_deploy.checkpoint import (
     check_output_path,
     write_text_atomic,
 )
-from flowrl_deploy.contract import MAX_TIMEOUT_S
 from flowrl_deploy.errors import FlowRLError
 
 if TYPE_CHECKING:
@@ -144,11 +143,11 @@ def server_client(
     :class:`PolicyClient`), naming the flag and the file."""
     import grpc
 
-    from flowrl_deploy.client import PolicyClient, ServiceError
+    from flowrl_deploy.client import PolicyClient, ServiceError, checked_timeout
     from flowrl_deploy.control import connection_hint
 
-    if timeout_s is not None and not 0 < timeout_s <= MAX_TIMEOUT_S:  # gRPC takes ~300 years as already past
-        raise FlowRLError(f"--timeout must lie in (0, {MAX_TIMEOUT_S}] seconds, got {timeout_s:g}")
+    if timeout_s is not None:  # named by its flag here; PolicyClient would call it timeout_s
+        checked_timeout(timeout_s, "--timeout")
     with PolicyClient(
         server,
         token=token,

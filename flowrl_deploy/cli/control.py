@@ -8,7 +8,6 @@ from typing import Annotated
 import typer
 
 from flowrl_deploy.cli._common import (
-    MAX_TIMEOUT_S,
     Server,
     TlsCa,
     TlsCert,
@@ -19,6 +18,7 @@ from flowrl_deploy.cli._common import (
     user_errors,
     write_report,
 )
+from flowrl_deploy.contract import MAX_TIMEOUT_S
 
 
 def _announce_rate(explicit: bool):
@@ -92,11 +92,11 @@ def control(
     Exits 1 when no tick got a fresh action or --max-misses stopped the run, 130 on Ctrl-C.
     """
     from flowrl_deploy.affinity import parse_cpus, pin_to_cpus
+    from flowrl_deploy.client import checked_timeout
     from flowrl_deploy.control import run_control
     from flowrl_deploy.errors import FlowRLError
 
-    if not 0 < connect_timeout <= MAX_TIMEOUT_S:  # gRPC waits forever on a deadline years away
-        raise FlowRLError(f"--connect-timeout must be > 0 and at most {MAX_TIMEOUT_S} s, got {connect_timeout:g}")
+    checked_timeout(connect_timeout, "--connect-timeout")  # gRPC waits forever on a deadline years away
     pin_to_cpus(parse_cpus(cpus))
     if json_path is not None:
         inputs = {"--local-model": local_model, "--tls-ca": tls_ca, "--tls-cert": tls_cert, "--tls-key": tls_key}

@@ -43,7 +43,7 @@ def test_control_against_no_server_fails_fast_and_says_why():
         (["--max-misses", "0"], "--max-misses must be >= 1, got 0"),
         (["--fallback", "local"], "--fallback local needs --local-model (the ONNX file the server serves)"),
         (["--fallback", "later"], "--fallback must be hold, zeros or local, got 'later'"),
-        (["--connect-timeout", "0"], "--connect-timeout must be > 0"),
+        (["--connect-timeout", "0"], "--connect-timeout must be a number of seconds in (0, 86400], got 0"),
         (["--hz", "nan"], "must be a finite number"),
         (["--connect-timeout", "nan"], "must be a finite number"),  # it had waited forever
     ],

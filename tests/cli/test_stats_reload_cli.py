@@ -83,7 +83,7 @@ def test_reload_mistakes_are_one_line_and_the_old_model_keeps_serving(served, tm
     ("args", "message"),
     [
         (["stats"], "UNAUTHENTICATED"),
-        (["stats", "--timeout", "0"], "--timeout must lie in (0, 86400]"),
+        (["stats", "--timeout", "0"], "--timeout must be a number of seconds in (0, 86400], got 0"),
         (["reload", "--tls-cert", "client.pem"], "--tls-cert and --tls-key go together"),
     ],
 )
