@@ -54,6 +54,9 @@ TRANSIENT = {
 }
 DEFAULT_MAX_TIMINGS = 100_000
 """How many ticks a :class:`ControlSession` keeps in ``timings`` by default (about 30 MB)."""
+FALLBACKS = ("hold", "zeros", "local")
+"""What a :class:`ControlSession` applies when no fresh action arrives in time: the last action,
+zeros, or a local ONNX copy of the policy."""
 DEFAULT_RESET_TIMEOUT_S = 1.0
 """How long :meth:`ControlSession.reset` waits by default: a reset comes between episodes, not in a
 tick, and a second rides out a network spike or a garbage-collection pause."""
@@ -439,8 +442,8 @@ class ControlSession:
         reset_timeout_s: float | None = None,
         max_timings: int | None = DEFAULT_MAX_TIMINGS,
     ) -> None:
-        if fallback not in ("hold", "zeros", "local"):
-            raise FlowRLError(f"unknown fallback {fallback!r}; choose hold, zeros or local")
+        if fallback not in FALLBACKS:
+            raise FlowRLError(f"unknown fallback {fallback!r}; choose {', '.join(FALLBACKS[:-1])} or {FALLBACKS[-1]}")
         if not (_is_number(period_s) and MIN_CONTROL_PERIOD_S <= period_s <= MAX_CONTROL_PERIOD_S):
             raise FlowRLError(
                 f"period_s must lie in [{MIN_CONTROL_PERIOD_S:g}, {MAX_CONTROL_PERIOD_S:g}] s (a control rate "

@@ -13,14 +13,13 @@ from dataclasses import asdict, dataclass, field
 
 import numpy as np
 
-from flowrl_deploy.client import CallTiming, PolicyClient, WatchdogError
+from flowrl_deploy.client import FALLBACKS, CallTiming, PolicyClient, WatchdogError
 from flowrl_deploy.contract import MAX_HZ, MIN_HZ
 from flowrl_deploy.errors import FlowRLError
 from flowrl_deploy.gc_freeze import gc_frozen
 
 DEFAULT_HZ = 50.0
 """The control rate when none is given and the served policy's contract has no control period."""
-FALLBACKS = ("hold", "zeros", "local")
 
 
 @dataclass

@@ -287,6 +287,7 @@ NAN, INF = math.nan, math.inf
             for v in (0, NAN)
         ],
         ({"max_timings": 0}, "max_timings must be an integer >= 1 or None (all), got 0"),
+        ({"fallback": "later"}, "unknown fallback 'later'; choose hold, zeros or local"),
     ],
 )
 def test_a_bad_setting_is_refused_at_construction(client, settings, why):
