@@ -20,6 +20,9 @@ from flowrl_deploy.runtime import OnnxPolicy
 if TYPE_CHECKING:
     from flowrl_deploy.train.envs import Env
 
+TIMING_BUDGET_S = 0.5
+"""Seconds of timed calls per N."""
+
 
 @dataclass(frozen=True)
 class SweepRow:
@@ -55,15 +58,13 @@ def sweep_steps(
     env_id: str | None = None,
     episodes: int = 0,
     seed: int = 0,
-    timing_budget_s: float = 0.5,
 ) -> list[SweepRow]:
     """Export ``checkpoint`` once per N in ``steps`` next to ``out``; time each, evaluate if ``episodes``.
     The env (``env_id``, or the policy's when evaluating) is made and checked against the policy
     before anything is written, also when only latency is asked for."""
     env = _checked_env(checkpoint, env_id, seed) if episodes > 0 or env_id is not None else None
     try:
-        return [_sweep_row(checkpoint, path, replace(config, steps=n), env if episodes else None, episodes, seed,
-                           timing_budget_s)
+        return [_sweep_row(checkpoint, path, replace(config, steps=n), env if episodes else None, episodes, seed)
                 for n, path in zip(steps, sweep_paths(Path(out), steps), strict=True)]  # fmt: skip
     finally:
         if env is not None:
@@ -92,7 +93,6 @@ def _sweep_row(
     env: Env | None,
     episodes: int,
     seed: int,
-    timing_budget_s: float,
 ) -> SweepRow:
     report = export_checkpoint(checkpoint, path, config)
     policy = OnnxPolicy(report.path, providers=["CPUExecutionProvider"])
@@ -102,7 +102,7 @@ def _sweep_row(
     if policy.takes_noise:
         feeds[NOISE_INPUT] = np.zeros((batch, c.act_dim), np.float32)
     run = policy.session.run
-    latency = time_calls(lambda: run(None, feeds), budget_s=timing_budget_s)
+    latency = time_calls(lambda: run(None, feeds), budget_s=TIMING_BUDGET_S)
     row = SweepRow(config.steps, report, latency)
     if env is not None:
         from flowrl_deploy.export.act import onnx_act_fn

@@ -8,6 +8,9 @@ from dataclasses import dataclass
 
 import numpy as np
 
+BLOCK_S = 0.05
+"""Seconds each call of :func:`time_interleaved` runs back to back before the next one's turn."""
+
 
 @dataclass(frozen=True)
 class Timing:
@@ -36,9 +39,9 @@ def time_calls(call: Callable[[], object], *, budget_s: float = 1.0, min_calls: 
 
 
 def time_interleaved(
-    calls: dict[str, Callable[[], object]], *, budget_s: float = 1.0, block_s: float = 0.05, min_calls: int = 20
+    calls: dict[str, Callable[[], object]], *, budget_s: float = 1.0, min_calls: int = 20
 ) -> dict[str, Timing]:
-    """Time several calls in alternating blocks of about ``block_s`` seconds each.
+    """Time several calls in alternating blocks of about :data:`BLOCK_S` seconds each.
 
     Load from other processes on a shared machine then falls on all of them alike, so their
     ratios stay meaningful; within a block the call runs back to back, as in a control loop,
@@ -49,7 +52,7 @@ def time_interleaved(
     while min(len(d) for d in durations.values()) < min_calls or time.perf_counter() < deadline:
         for name, call in calls.items():
             call()
-            block_end = time.perf_counter() + block_s
+            block_end = time.perf_counter() + BLOCK_S
             while True:
                 start = time.perf_counter()
                 call()
