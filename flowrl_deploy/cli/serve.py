@@ -35,6 +35,8 @@ def parse_providers(text: str) -> tuple[str, ...]:
 TOKEN_ENV = "FLOWRL_TOKEN"
 
 
+# Every option is a ServeConfig field, its default written out so that --help shows it (importing
+# ServeConfig here would load the server package for every `flowrl` command): a test checks they agree.
 @user_errors
 def serve(
     model: Annotated[

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import os
 import socket
 import subprocess
@@ -9,9 +10,12 @@ import sys
 from pathlib import Path
 
 import pytest
+import typer
 from typer.testing import CliRunner
 
 from flowrl_deploy.cli import app
+from flowrl_deploy.serve import ServeConfig
+from flowrl_deploy.serve.config import CODE_ONLY
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "serve"))
 from tiny_policy import write_policy
@@ -102,6 +106,26 @@ def serve_call(monkeypatch):
         flowrl_deploy.serve, "serve_forever", lambda config, on_ready=None: called.update(config=config)
     )
     return called
+
+
+def test_flowrl_serve_with_no_options_serves_the_serve_config_defaults(policy, serve_call):
+    """The CLI's defaults are literal copies of ServeConfig's (so --help shows them): they must agree."""
+    result = runner.invoke(app, ["serve", str(policy)], env={"FLOWRL_TOKEN": None})
+    assert result.exit_code == 0, result.output
+    assert serve_call["config"] == ServeConfig(str(policy))
+
+
+PARSED = {"providers": "", "cpus": "", "token": None}
+"""Options whose text becomes the field's value (--providers 'cuda,cpu', --cpus '2,3'; no --token: "")."""
+
+
+def test_every_flowrl_serve_option_is_a_serve_config_field_with_its_default():
+    command = typer.main.get_command(app).commands["serve"]
+    defaults = {field.name: field.default for field in dataclasses.fields(ServeConfig)}
+    options = {param.name: param.default for param in command.params if param.name != "model"}
+    assert set(options) == set(defaults) - CODE_ONLY - {"model"}
+    for name, default in options.items():
+        assert default == PARSED.get(name, defaults[name]), name
 
 
 @pytest.mark.parametrize(
