@@ -1,8 +1,9 @@
 """Verification of an exported policy graph, run on every export: fail loudly, never ship a wrong file.
 
-1. Structure: ``onnx.checker`` full check and strict shape inference; no Loop or If op.
+1. Structure: ``onnx.checker`` full check and strict shape inference; no Loop, If or Scan op.
 2. Parity: onnxruntime against the torch FlowActor sampler (same noise, steps and solver) on
-   random (obs, noise) pairs at several batch sizes, large noise and large observations included,
+   random (obs, noise) pairs at several batch sizes (at least ``samples`` at each, in whole
+   batches), large noise and large observations included,
    on the action and on the pre-tanh value.
 3. Determinism: the same input twice gives bit-identical actions.
 """
@@ -48,7 +49,9 @@ class ParityReport:
 
     dtype: str
     batch_sizes: tuple[int, ...]
-    pairs_per_batch_size: int
+    pairs_per_batch_size: tuple[int, ...]
+    """(obs, noise) pairs verified at each of ``batch_sizes``: whole batches, so ``samples`` rounded up
+    to a multiple of the batch size (100 gives 100, 100, 105 and 128 at batch sizes 1, 2, 7 and 64)."""
     action_atol: float
     rtol: float
     max_abs_error_action: float
@@ -66,8 +69,8 @@ class ParityReport:
             tolerance += f", mean within {INT8_MEAN_ATOL:g}{scale}"
         pre_tanh = "" if self.pre_tanh_checked else " (reported only)"
         return (
-            f"parity vs torch ({self.dtype}, batch sizes {', '.join(map(str, self.batch_sizes))}, "
-            f"{self.pairs_per_batch_size} pairs each, {tolerance}): "
+            f"parity vs torch ({self.dtype}, batch sizes {', '.join(map(str, self.batch_sizes))} "
+            f"with {', '.join(map(str, self.pairs_per_batch_size))} pairs, {tolerance}): "
             f"max |Δaction| = {self.max_abs_error_action:.3g}, mean {self.mean_abs_error_action:.3g}{scale}, "
             f"max |Δpre_tanh| = {self.max_abs_error_pre_tanh:.3g}{pre_tanh}; "
             f"repeat bit-identical: {'yes' if self.bit_identical_repeat else 'NO'}; "
@@ -114,7 +117,8 @@ def reference_actor(actor: Mapping[str, np.ndarray], spec: PolicySpec):
 def verification_inputs(
     spec: PolicySpec, batch: int, count: int, rng: np.random.Generator
 ) -> list[tuple[np.ndarray, np.ndarray]]:
-    """``count`` (obs, noise) pairs in batches of ``batch``, rows scaled up to 1000× (obs) and 5× (noise)."""
+    """At least ``count`` (obs, noise) pairs, as ceil(count / batch) whole batches of ``batch`` rows;
+    rows scaled up to 1000× (obs) and 5× (noise)."""
     calls = []
     for _ in range(math.ceil(count / batch)):
         obs = rng.normal(size=(batch, spec.obs_dim)) * rng.choice(OBS_SCALES, size=(batch, 1))
@@ -149,8 +153,11 @@ def verify_parity(
     err_action = err_pre_tanh = 0.0
     err_sum, err_count = 0.0, 0
     within, repeat_identical = True, True
+    pairs = []
     for size in batch_sizes:
-        for i, (obs, noise) in enumerate(verification_inputs(spec, size, samples, rng)):
+        inputs = verification_inputs(spec, size, samples, rng)
+        pairs.append(len(inputs) * size)
+        for i, (obs, noise) in enumerate(inputs):
             if deterministic:
                 noise = np.zeros_like(noise)
             feeds = {OBS_INPUT: obs} if deterministic else {OBS_INPUT: obs, NOISE_INPUT: noise}
@@ -174,7 +181,7 @@ def verify_parity(
     report = ParityReport(
         dtype=dtype,
         batch_sizes=tuple(batch_sizes),
-        pairs_per_batch_size=samples,
+        pairs_per_batch_size=tuple(pairs),
         action_atol=action_atol,
         rtol=FP32_RTOL,
         max_abs_error_action=err_action,

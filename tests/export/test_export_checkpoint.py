@@ -74,13 +74,18 @@ def test_solver_defaults_to_the_checkpoint_and_steps_do_not_change_the_hash(chec
 def test_report_covers_every_batch_size_and_prints_errors(checkpoint, tmp_path):
     report = export_checkpoint(checkpoint, tmp_path / "p.onnx", ExportConfig(steps=10, samples=100))
     assert report.parity.batch_sizes == (1, 2, 7, 64)
+    assert report.parity.pairs_per_batch_size == (100, 100, 105, 128)  # whole batches: at least 100 each
     assert report.parity.max_abs_error_action < 1e-5 and report.parity.bit_identical_repeat
+    assert "batch sizes 1, 2, 7, 64 with 100, 100, 105, 128 pairs" in report.summary()
     assert "max |Δaction|" in report.summary() and "PASSED" in report.summary()
 
 
 def test_fixed_batch_is_verified_at_that_size(checkpoint, tmp_path):
     report = export_checkpoint(checkpoint, tmp_path / "p.onnx", ExportConfig(steps=10, batch=5, samples=10))
-    assert report.parity.batch_sizes == (5,)
+    assert (report.parity.batch_sizes, report.parity.pairs_per_batch_size) == ((5,), (10,))
+    assert export_checkpoint(
+        checkpoint, tmp_path / "q.onnx", ExportConfig(steps=10, batch=64, samples=100)
+    ).parity.pairs_per_batch_size == (128,)
     dims = onnx.load(report.path).graph.input[0].type.tensor_type.shape.dim
     assert [d.dim_value for d in dims] == [5, SPEC.obs_dim]
 
