@@ -67,7 +67,7 @@ class PolicyContract:
     obs_normalization: str = "none"
     """'none', or 'inside' when the graph normalizes raw observations itself."""
     control_period_s: float = 0.0
-    flow_steps: int = 10
+    flow_steps: int = 1
     solver: str = "midpoint"
     t_schedule: str = "uniform"
     """t_k = k/N for k = 0..N-1; the midpoint solver also evaluates at t_k + 1/(2N)."""

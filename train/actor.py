@@ -26,9 +26,8 @@ class FlowActor(nn.Module):
         self.register_buffer("action_scale", (high - low) / 2, persistent=False)
         self.register_buffer("action_bias", (high + low) / 2, persistent=False)
 
-    def sample_noise(self, batch: int, generator: torch.Generator | None = None) -> torch.Tensor:
-        device = self.action_scale.device
-        return torch.randn(batch, self.spec.act_dim, generator=generator, device=device)
+    def sample_noise(self, batch: int) -> torch.Tensor:
+        return torch.randn(batch, self.spec.act_dim, device=self.action_scale.device)
 
     def pre_tanh(
         self, obs: torch.Tensor, noise: torch.Tensor, num_steps: int | None = None, solver: str | None = None

@@ -137,21 +137,14 @@ def _rows_up_to(path: Path, step: int) -> list[dict]:
 class Progress:
     """A one-line live status: step, env steps/s, updates/s, last episode and eval return.
 
-    On a terminal the line is redrawn in place (at most every ``interval_s``); otherwise (a log
+    On a terminal (stderr) the line is redrawn in place at most once a second; otherwise (a log
     file) one line is printed every 30 s so that logs stay readable.
     """
 
-    def __init__(
-        self,
-        total: int,
-        start_steps: int = 0,
-        start_updates: int = 0,
-        stream: TextIO = sys.stderr,
-        interval_s: float = 1.0,
-        enabled: bool = True,
-    ) -> None:
-        self.total, self.stream, self.interval_s, self.enabled = total, stream, interval_s, enabled
-        self.tty = stream.isatty()
+    def __init__(self, total: int, start_steps: int = 0, start_updates: int = 0, enabled: bool = True) -> None:
+        self.total, self.enabled = total, enabled
+        self.stream: TextIO = sys.stderr
+        self.tty = self.stream.isatty()
         self._t0 = self._last_draw = time.perf_counter()
         self._steps0, self._updates0 = start_steps, start_updates
         self.episode_return: float | None = None
@@ -164,7 +157,7 @@ class Progress:
 
     def update(self, steps: int, updates: int, force: bool = False) -> None:
         now = time.perf_counter()
-        if not self.enabled or (not force and now - self._last_draw < (self.interval_s if self.tty else 30.0)):
+        if not self.enabled or (not force and now - self._last_draw < (1.0 if self.tty else 30.0)):
             return
         self._last_draw = now
         sps, ups = self.rates(steps, updates)

@@ -62,7 +62,7 @@ class TrainResult:
     last_checkpoint: Path | None
     counters: Counters
     interrupted: bool = False
-    """Ctrl-C (SIGINT) stopped the run early; ``last_checkpoint`` holds the state at the stop."""
+    """Ctrl-C (SIGINT) or SIGTERM stopped the run early; ``last_checkpoint`` holds the state at the stop."""
 
 
 class _StopOnSigint:
@@ -193,8 +193,8 @@ def train(
 
     With ``resume`` (a checkpoint or run directory), continue that run in its own directory; pass
     its config, ``resume_config(resume)``, as ``cfg``. With ``stop_on_sigint`` (``flowrl train``),
-    the first Ctrl-C ends the run after the current step with a saved ``last`` checkpoint and
-    ``TrainResult.interrupted``; otherwise Ctrl-C raises ``KeyboardInterrupt`` as usual.
+    the first Ctrl-C or SIGTERM ends the run after the current step with a saved ``last`` checkpoint
+    and ``TrainResult.interrupted``; otherwise Ctrl-C raises ``KeyboardInterrupt`` as usual.
     """
     start = None if resume is None else resolve_checkpoint(resume).resolve()
     run_dir = Path(cfg.out) if start is None else _run_to_resume(start)

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import TYPE_CHECKING, Annotated
+from typing import Annotated
 
 import typer
 
@@ -11,9 +11,6 @@ from flowrl_deploy.cli._common import user_errors
 from flowrl_deploy.errors import FlowRLError
 from flowrl_deploy.runtime import is_onnx_path
 from flowrl_deploy.spec import MAX_FLOW_STEPS
-
-if TYPE_CHECKING:
-    pass
 
 ONNX_DEVICES = ("auto", "cpu")
 """The --device values an ONNX policy takes: `flowrl eval` runs it with onnxruntime on the CPU."""
