@@ -158,7 +158,8 @@ def check_run_output(flag: str, path: Path, checkpoint_dir: Path) -> None:
 
 
 def policy_contract(spec: PolicySpec, config: ExportConfig) -> PolicyContract:
-    """The contract of a graph exported from ``spec`` with ``config`` (solver resolved)."""
+    """The contract of a graph exported from ``spec`` with ``config``, its steps and solver resolved
+    (:func:`export_checkpoint` fills them in from the checkpoint)."""
     clip = f"{spec.noise_clip:g}"
     if config.deterministic:
         noise_convention = "no noise input: a0 = 0 at t = 0"
@@ -175,7 +176,7 @@ def policy_contract(spec: PolicySpec, config: ExportConfig) -> PolicyContract:
         obs_normalization="none",
         control_period_s=spec.control_period_s,
         flow_steps=config.steps,
-        solver=config.solver or spec.solver,
+        solver=config.solver,
         t_schedule="uniform",
         noise_convention=noise_convention,
         deterministic=config.deterministic,
