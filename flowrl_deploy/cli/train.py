@@ -10,20 +10,14 @@ import typer
 
 from flowrl_deploy.cli._common import Solver, finite, user_errors
 from flowrl_deploy.errors import FlowRLError
-from flowrl_deploy.train.config import TrainConfig, flag
+from flowrl_deploy.train.config import CFM_WEIGHTINGS, DEVICES, TrainConfig, flag
 
 DEFAULT = TrainConfig()  # the single source of every default below
 
 
-class Weighting(str, Enum):
-    batch = "batch"
-    sample = "sample"
-
-
-class Device(str, Enum):
-    auto = "auto"
-    cpu = "cpu"
-    cuda = "cuda"
+# Typer choice lists built from the config's own tuples, so that the two cannot drift apart
+Weighting = Enum("Weighting", {name: name for name in CFM_WEIGHTINGS}, type=str)
+Device = Enum("Device", {name: name for name in DEVICES}, type=str)
 
 
 DEFAULT_SOLVER, DEFAULT_WEIGHTING, DEFAULT_DEVICE = (
