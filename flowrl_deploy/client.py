@@ -32,6 +32,7 @@ from flowrl_deploy.contract import (
     PolicyContract,
 )
 from flowrl_deploy.errors import FlowRLError
+from flowrl_deploy.noise import Session
 from flowrl_deploy.proto.flowrl.v1 import policy_pb2 as pb
 from flowrl_deploy.proto.flowrl.v1 import policy_pb2_grpc as pb_grpc
 from flowrl_deploy.tls import check_key_pair, read_certificates
@@ -709,7 +710,6 @@ class _LocalPolicy:
 
     def __init__(self, path: str, seed: int | None) -> None:
         from flowrl_deploy.runtime import OnnxPolicy
-        from flowrl_deploy.serve.noise import Session
 
         self.policy = OnnxPolicy(path)
         self.noise = Session("local", seed)

@@ -23,6 +23,7 @@ from flowrl_deploy.checkpoint import resolve_checkpoint
 from flowrl_deploy.codec import TensorError, as_batch, decode, encode
 from flowrl_deploy.contract import PolicyContract
 from flowrl_deploy.errors import FlowRLError, SpecError
+from flowrl_deploy.noise import Session, draw_noise, session_noise
 from flowrl_deploy.proto.flowrl.v1 import policy_pb2 as pb
 from flowrl_deploy.proto.flowrl.v1 import policy_pb2_grpc as pb_grpc
 from flowrl_deploy.runtime import is_onnx_path
@@ -38,7 +39,6 @@ from flowrl_deploy.serve.errors import (
 )
 from flowrl_deploy.serve.metrics import Metrics
 from flowrl_deploy.serve.model import ServedModel, check_compatible, load_model, resolve_onnx
-from flowrl_deploy.serve.noise import Session, draw_noise, session_noise
 
 log = logging.getLogger("flowrl.serve")
 

@@ -20,9 +20,9 @@ from flowrl_deploy import client as client_module
 from flowrl_deploy.client import PolicyClient, ServiceError, WatchdogError
 from flowrl_deploy.codec import TensorError, encode
 from flowrl_deploy.errors import FlowRLError
+from flowrl_deploy.noise import draw_noise, session_noise
 from flowrl_deploy.proto.flowrl.v1 import policy_pb2 as pb
 from flowrl_deploy.serve import PolicyServer, ServeConfig
-from flowrl_deploy.serve.noise import draw_noise, session_noise
 
 OBS = np.array([0.3, -0.2, 0.1], np.float32)
 MISS_S = 1e-7

@@ -47,8 +47,8 @@ def onnx_file(checkpoint, tmp_path_factory):
 
 @pytest.mark.slow  # the export verifies against torch (~10 s)
 def test_a_checkpoint_is_exported_on_the_fly(checkpoint, onnx_file):
+    from flowrl_deploy.noise import draw_noise, session_noise
     from flowrl_deploy.runtime import OnnxPolicy
-    from flowrl_deploy.serve.noise import draw_noise, session_noise
 
     obs = np.linspace(-1, 1, 5, dtype=np.float32)
     with (

@@ -1,4 +1,5 @@
-"""A robot computer without torch: the client and the server import and serve."""
+"""A robot computer without torch: the client and the server import and serve; the client's local
+fallback runs without the server package."""
 
 import subprocess
 import sys
@@ -35,3 +36,32 @@ def test_client_and_server_work_without_torch(policy_path: Path):
     )
     assert result.returncode == 0, result.stderr[-2000:]
     assert result.stdout.strip().endswith("(2,)")
+
+
+LOCAL_FALLBACK = textwrap.dedent(
+    """
+    import sys
+    import numpy as np
+    from flowrl_deploy.client import PolicyClient
+
+    with PolicyClient(sys.argv[1]) as client, client.session(
+        period_s=0.5, deadline_s=1e-7, seed=5, fallback="local", local_model=sys.argv[2]
+    ) as control:
+        control.act(np.zeros(3, np.float32))
+        print(control.timings[-1].source)
+    print(sorted(m for m in sys.modules if m == "flowrl_deploy.serve" or m.startswith("flowrl_deploy.serve.")))
+    """
+)
+
+
+def test_the_local_fallback_does_not_load_the_server_package(server, policy_path: Path):
+    """A robot running the served policy locally when a reply is late needs onnxruntime and the
+    noise draw, not the server (grpc_health, reflection, http.server, the batcher)."""
+    result = subprocess.run(
+        [sys.executable, "-c", LOCAL_FALLBACK, server.address, str(policy_path)],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert result.returncode == 0, result.stderr[-2000:]
+    assert result.stdout.split() == ["local", "[]"]

@@ -2,7 +2,8 @@
 
 The draw is public on purpose: a client (or a test) reproduces a session's noise with
 ``session_noise(seed)`` and ``draw_noise``: numpy ``Generator(PCG64(seed)).standard_normal``
-in float32, one [B, act_dim] block per request, in request order.
+in float32, one [B, act_dim] block per request, in request order. It lives in the core package,
+not the server's: a client's local fallback draws its noise the same way without loading the server.
 """
 
 from __future__ import annotations
