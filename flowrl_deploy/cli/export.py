@@ -66,8 +66,12 @@ def check_outputs(out: Path, onnx_files: list[Path], json_out: Path | None, chec
         check_writable(flag, path)
         check_run_output(flag, path, checkpoint_dir)
     if json_out is not None:
+        # check_report (last) repeats check_writable, but the order of the refusals matters: a path in
+        # the checkpoint, then a file of the run, then the ONNX file, then a file that is not a report.
         check_writable("--json", json_out)
         check_run_output("--json", json_out, checkpoint_dir)
+        # Not check_report's ``inputs``: it resolves them as files to read, through links, while an
+        # ONNX output, like the report, replaces a link at its path (--out x --json x, x a link).
         if json_out.resolve() in [f.resolve() for f in onnx_files]:
             raise FlowRLError(f"--json {json_out} is also the ONNX file to write; give the report another name")
         check_report("--json", json_out)

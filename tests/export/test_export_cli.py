@@ -90,6 +90,15 @@ def test_a_report_of_one_n_writes_the_out_file_itself(checkpoint, tmp_path):
     assert [p.name for p in tmp_path.iterdir()] == ["policy.onnx"] and "p50 ms" in result.output
 
 
+def test_a_json_report_on_the_onnx_file_is_refused_through_a_link(checkpoint, tmp_path):
+    """Both files replace a link at their path, so the report would replace the graph just written."""
+    (tmp_path / "x.onnx").symlink_to("y.onnx")
+    args = ["export", str(checkpoint), "--out", str(tmp_path / "x.onnx"), "--json", str(tmp_path / "x.onnx")]
+    result = runner.invoke(app, args)
+    assert result.exit_code == 1 and "is also the ONNX file to write" in result.output
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["x.onnx"] and (tmp_path / "x.onnx").is_symlink()
+
+
 @pytest.mark.parametrize(
     ("args", "message"),
     [
