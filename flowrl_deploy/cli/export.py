@@ -12,16 +12,15 @@ import typer
 from flowrl_deploy.checkpoint import read_spec, resolve_checkpoint
 from flowrl_deploy.cli._common import Solver, check_report, check_writable, user_errors, write_report
 from flowrl_deploy.errors import FlowRLError
+from flowrl_deploy.export.config import DTYPES, ExportConfig
 from flowrl_deploy.export.exporter import check_run_output
 from flowrl_deploy.spec import MAX_FLOW_STEPS
 
 MAX_BATCH = 65536
 """A fixed batch larger than this is verified with that many rows per call: gigabytes for nothing."""
-
-
-class DType(str, Enum):
-    fp32 = "fp32"
-    int8 = "int8"
+DEFAULT = ExportConfig()  # the single source of the defaults below
+DType = Enum("DType", {dtype: dtype for dtype in DTYPES}, type=str)  # the --dtype choices, from export's own tuple
+DEFAULT_DTYPE = DType(DEFAULT.dtype)
 
 
 def parse_steps(text: str) -> list[int]:
@@ -92,20 +91,20 @@ def export(
     opset: Annotated[
         int,
         typer.Option(help="ONNX opset: 17 to the newest onnx and onnxruntime both run (--no-verify: onnx's newest)."),
-    ] = 18,
-    batch: Annotated[str, typer.Option(help="'dynamic' batch axis, or a fixed batch size.")] = "dynamic",
+    ] = DEFAULT.opset,
+    batch: Annotated[str, typer.Option(help="'dynamic' batch axis, or a fixed batch size.")] = str(DEFAULT.batch),
     deterministic: Annotated[
         bool, typer.Option("--deterministic", help="No noise input: start from a0 = 0 (one action per observation).")
-    ] = False,
+    ] = DEFAULT.deterministic,
     dtype: Annotated[
         DType, typer.Option(help="fp32, or int8 (the wide layer in 8-bit blocks; looser parity, reported).")
-    ] = DType.fp32,
+    ] = DEFAULT_DTYPE,
     optimize: Annotated[
         bool, typer.Option("--optimize/--no-optimize", help="Structural optimizations (obs share of layer 1 once).")
-    ] = True,
+    ] = DEFAULT.optimize,
     verify: Annotated[
         bool, typer.Option("--verify/--no-verify", help="Check the graph against the torch sampler before writing it.")
-    ] = True,
+    ] = DEFAULT.verify,
     report: Annotated[
         bool,
         typer.Option(
@@ -116,13 +115,13 @@ def export(
     ] = False,
     episodes: Annotated[int, typer.Option(help="With --report: evaluation episodes per N (0: latency only).")] = 0,
     env: Annotated[str | None, typer.Option(help="With --report: env id (default: the policy's).")] = None,
-    seed: Annotated[int, typer.Option(help="Seed of the verification inputs and the evaluation.")] = 0,
+    seed: Annotated[int, typer.Option(help="Seed of the verification inputs and the evaluation.")] = DEFAULT.seed,
     json_out: Annotated[
         str | None, typer.Option("--json", metavar="<path>", help="Also write the report(s) as JSON here.")
     ] = None,
 ) -> None:
     """Export CHECKPOINT's flow policy as policy.onnx: obs (+ noise) → action in the env's bounds."""
-    from flowrl_deploy.export import ExportConfig, export_checkpoint
+    from flowrl_deploy.export import export_checkpoint
     from flowrl_deploy.export.graph import check_opset
     from flowrl_deploy.export.sweep import sweep_paths
 

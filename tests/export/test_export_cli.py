@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+from dataclasses import replace
 
 import numpy as np
 import pytest
@@ -43,6 +44,25 @@ def test_without_steps_or_solver_the_checkpoints_own_are_exported(checkpoint, tm
     assert result.exit_code == 0, result.output
     contract = OnnxPolicy(out, providers=["CPUExecutionProvider"]).contract
     assert (contract.flow_steps, contract.solver) == (SPEC.flow_steps, SPEC.solver) == (1, "midpoint")
+
+
+def test_export_option_defaults_are_the_configs(checkpoint, tmp_path, monkeypatch):
+    """`flowrl export` without options exports what ExportConfig() does (steps: the checkpoint's N)."""
+    from flowrl_deploy.cli.export import DType
+    from flowrl_deploy.export import ExportConfig
+    from flowrl_deploy.export.config import DTYPES
+
+    seen = {}
+
+    def fake_export(checkpoint_path, out_path, config):
+        seen.update(config=config)
+        raise SystemExit(0)
+
+    monkeypatch.setattr("flowrl_deploy.export.export_checkpoint", fake_export)
+    result = runner.invoke(app, ["export", str(checkpoint), "--out", str(tmp_path / "p.onnx")])
+    assert result.exit_code == 0, result.output
+    assert seen["config"] == replace(ExportConfig(), steps=SPEC.flow_steps)
+    assert tuple(d.value for d in DType) == DTYPES
 
 
 def test_export_options_reach_the_config(checkpoint, tmp_path, monkeypatch):
