@@ -7,25 +7,15 @@ import os
 from pathlib import Path
 from typing import Any
 
-from flowrl_deploy.errors import FlowRLError
 from flowrl_deploy.export.exporter import file_sha256
 from flowrl_deploy.runtime import OnnxPolicy
-
-
-def check_policy_file(path: Path) -> None:
-    """Refuse a ``path`` that is no file to read as an ONNX policy, saying what it is instead."""
-    if path.is_dir():
-        raise FlowRLError(f"{path} is a directory, not an ONNX file (a checkpoint? `flowrl export {path}` makes one)")
-    if not path.exists():
-        raise FlowRLError(f"ONNX model not found: {path}")
-    if not path.is_file():
-        raise FlowRLError(f"{path} is not a regular file (a device, pipe or socket), so not an ONNX model")
+from flowrl_deploy.runtime import check_policy_file as check_policy_file  # re-exported: `flowrl eval` imports it here
 
 
 def inspect_policy(path: str | os.PathLike[str]) -> dict[str, Any]:
-    """The policy file's contract, contract hash, file sha256, provenance and tensor shapes."""
+    """The policy file's contract, contract hash, file sha256, provenance and tensor shapes (a path
+    that is no ONNX file is refused as :func:`~flowrl_deploy.runtime.check_policy_file` says)."""
     path = Path(path)
-    check_policy_file(path)
     policy = OnnxPolicy(path, providers=["CPUExecutionProvider"])
 
     def io(tensors) -> list[dict[str, Any]]:

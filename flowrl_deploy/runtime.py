@@ -28,6 +28,18 @@ def is_onnx_path(path: str | Path) -> bool:
     return path.exists() and not path.is_dir() and path.name not in (DOCUMENT_FILE, MODEL_FILE)
 
 
+def check_policy_file(path: str | os.PathLike[str]) -> None:
+    """Refuse a ``path`` that is no file to read as an ONNX policy, saying what it is instead; a pipe
+    or device is never opened (reading one could block)."""
+    path = Path(path)
+    if path.is_dir():
+        raise FlowRLError(f"{path} is a directory, not an ONNX file (a checkpoint? `flowrl export {path}` makes one)")
+    if not path.exists():
+        raise FlowRLError(f"ONNX model not found: {path}")
+    if not path.is_file():
+        raise FlowRLError(f"{path} is not a regular file (a device, pipe or socket), so not an ONNX model")
+
+
 def cuda_device_present() -> bool:
     """Whether the NVIDIA driver loads and reports at least one GPU.
 
@@ -112,12 +124,8 @@ class OnnxPolicy:
         """``model``: a path, or the file's bytes (then ``name`` names it in errors)."""
         if not isinstance(model, (str, os.PathLike, bytes)):
             raise FlowRLError(f"model must be an ONNX file's path or its bytes, got {type(model).__name__}")
-        if not isinstance(model, bytes) and Path(model).is_dir():
-            raise FlowRLError(
-                f"{model} is a directory, not an ONNX file (a checkpoint? `flowrl export {model}` makes one)"
-            )
-        if not isinstance(model, bytes) and not Path(model).is_file():
-            raise FlowRLError(f"ONNX model not found: {model}")
+        if not isinstance(model, bytes):
+            check_policy_file(model)
         name = name or ("model" if isinstance(model, bytes) else str(model))
         from flowrl_deploy import codec  # here, not at the top: the CLI imports this module and starts without protobuf
 

@@ -1,5 +1,6 @@
 import ctypes
 import os
+import re
 import sys
 from pathlib import Path
 
@@ -131,3 +132,23 @@ def test_thread_counts_onnxruntime_would_misread_are_refused(tmp_path, threads, 
 def test_a_model_that_is_neither_a_path_nor_bytes_is_named():
     with pytest.raises(FlowRLError, match="model must be an ONNX file's path or its bytes, got NoneType"):
         OnnxPolicy(None)
+
+
+@pytest.mark.parametrize(
+    ("name", "message"),
+    [
+        ("run", "{path} is a directory, not an ONNX file (a checkpoint? `flowrl export {path}` makes one)"),
+        ("missing.onnx", "ONNX model not found: {path}"),
+        ("fifo", "{path} is not a regular file (a device, pipe or socket), so not an ONNX model"),  # never opened
+        ("dangling", "ONNX model not found: {path}"),
+    ],
+)
+def test_a_path_that_is_no_onnx_file_says_what_it_is(tmp_path, name, message):
+    (tmp_path / "run").mkdir()
+    os.mkfifo(tmp_path / "fifo")
+    (tmp_path / "dangling").symlink_to("gone.onnx")
+    path = tmp_path / name
+    with pytest.raises(FlowRLError, match=f"^{re.escape(message.format(path=path))}$"):
+        OnnxPolicy(path, providers=CPU)
+    with pytest.raises(FlowRLError, match=f"^{re.escape(message.format(path=path))}$"):
+        runtime.check_policy_file(str(path))
