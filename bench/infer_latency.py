@@ -24,13 +24,16 @@ from __future__ import annotations
 import argparse
 import functools
 import json
-import platform
+import sys
 from pathlib import Path
 
 import numpy as np
 import onnx
 import torch
 from onnx import TensorProto, helper, numpy_helper
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from serve_common import machine
 
 from flowrl_deploy.export.graph import VelocityWeights, build_policy_graph, schedule
 from flowrl_deploy.export.timing import time_interleaved
@@ -159,18 +162,6 @@ def target_verdicts(rows: list[dict]) -> list[str]:
     return lines
 
 
-def device() -> dict:
-    cpu = platform.processor()
-    cpuinfo = Path("/proc/cpuinfo")
-    if cpuinfo.is_file():
-        names = [line.split(":", 1)[1].strip() for line in cpuinfo.read_text().splitlines() if "model name" in line]
-        cpu = names[0] if names else cpu
-        logical = sum(1 for line in cpuinfo.read_text().splitlines() if line.startswith("processor"))
-    else:
-        logical = None
-    return {"cpu": cpu, "logical_cpus": logical, "threads": 1, "versions": library_versions()}
-
-
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--quick", action="store_true", help="N = 1 and 10 only, short timings (under a minute)")
@@ -213,7 +204,8 @@ def main() -> None:
             print(f"  {line}")
     if args.json:
         args.json.parent.mkdir(parents=True, exist_ok=True)
-        figures = {"device": device(), "quick": args.quick, "rows": rows, "targets": targets}
+        device = {**machine(), "threads": 1, "versions": library_versions()}
+        figures = {"device": device, "quick": args.quick, "rows": rows, "targets": targets}
         args.json.write_text(json.dumps(figures, indent=2))
         print(f"wrote {args.json}")
 

@@ -1,4 +1,5 @@
-"""Shared by the serve benchmarks: a dog-run-shaped policy file, the echo floor, latency figures, the machine."""
+"""Shared by the serve benchmarks: a dog-run-shaped policy file, the echo floor, latency figures; and by
+every benchmark: the machine."""
 
 from __future__ import annotations
 
@@ -143,6 +144,7 @@ def figures(samples_us: list[float]) -> dict[str, float]:
 
 
 def machine() -> dict[str, str]:
+    """The CPU model (from /proc/cpuinfo where there is one), the logical core count and Python's version."""
     cpu = platform.processor() or ""
     try:
         for line in Path("/proc/cpuinfo").read_text().splitlines():
