@@ -9,7 +9,6 @@ from typing import Any
 
 from flowrl_deploy.export.exporter import file_sha256
 from flowrl_deploy.runtime import OnnxPolicy
-from flowrl_deploy.runtime import check_policy_file as check_policy_file  # re-exported: `flowrl eval` imports it here
 
 
 def inspect_policy(path: str | os.PathLike[str]) -> dict[str, Any]:

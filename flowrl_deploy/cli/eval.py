@@ -85,10 +85,8 @@ def _onnx_policy(path: Path, seed: int, deterministic: bool):
     """(act_fn, env id, (obs_dim, act_dim), sampler) of an exported ONNX graph, exactly what will be
     deployed, with seeded noise."""
     from flowrl_deploy.export.act import onnx_act_fn
-    from flowrl_deploy.export.inspect import check_policy_file
     from flowrl_deploy.runtime import OnnxPolicy
 
-    check_policy_file(path)
     policy = OnnxPolicy(path, providers=["CPUExecutionProvider"])
     c = policy.contract
     return onnx_act_fn(policy, seed, deterministic), c.env_id, (c.obs_dim, c.act_dim), f"N={c.flow_steps} {c.solver}"
