@@ -193,3 +193,26 @@ def test_streams_beyond_the_worker_pool_are_refused_not_left_waiting(policy_path
         for stop in held:
             stop.set()
         channel.close()
+
+
+def test_each_request_of_a_shared_batch_reports_the_batch_size():
+    run = Recorder()
+    batcher = MicroBatcher(run, max_batch=4, window_us=0)
+    first = batcher.submit(*_rows(0))
+    time.sleep(0.05)  # the worker is now blocked inside the first call
+    futures = [batcher.submit(*_rows(i, n)) for i, n in ((1, 1), (2, 2), (3, 1))]
+    run.release.set()
+    sizes = [f.result(timeout=5).batch_size for f in (first, *futures)]
+    batcher.close()
+    assert run.sizes == [1, 4]
+    assert sizes == [1, 4, 4, 4]  # the rows of the onnxruntime call, not of the request
+
+
+@pytest.mark.parametrize("max_batch", [1, 4])
+def test_a_model_that_returns_too_few_actions_fails_every_waiter_of_its_batch(max_batch):
+    """Slicing a short answer would hand one robot another's action, or an empty one."""
+    batcher = MicroBatcher(lambda obs, noise: (obs[:1] * 2, "v", 1), max_batch=max_batch, window_us=0)
+    future = batcher.submit(*_rows(1, n=2))
+    with pytest.raises(RuntimeError, match="model returned 1 actions for 2 observations"):
+        future.result(timeout=5)
+    batcher.close()

@@ -345,3 +345,37 @@ def test_watch_reloads_only_once_the_file_has_stayed_the_same_for_one_interval(t
     finally:
         watcher.stop()
     assert loads == [[served, copying, copied, copied]]  # once, at the second poll that saw it unchanged
+
+
+def test_reload_of_a_missing_file_outside_the_model_directory_is_refused_not_looked_up(served, tmp_path_factory):
+    """'..' and links are resolved before the existence check: Reload must not tell a caller
+    which files exist outside the served directory."""
+    _, client, tmp = served
+    elsewhere = tmp_path_factory.mktemp("elsewhere")
+    (tmp / "link").symlink_to(elsewhere, target_is_directory=True)
+    for path in (tmp / ".." / elsewhere.name / "missing.onnx", tmp / "link" / "missing.onnx"):
+        with pytest.raises(ServiceError) as info:
+            client.reload(str(path))
+        assert info.value.code == grpc.StatusCode.PERMISSION_DENIED, info.value.details
+        assert "outside" in info.value.details and "not found" not in info.value.details
+
+
+def test_watch_does_not_reload_while_the_served_file_is_missing(tmp_path, monkeypatch):
+    """A file removed before its new copy lands (rm, then cp) is not a model to load: only the copy is."""
+    served, replaced = "v1", "v2"
+    stamps = [served, None, None, None, None, replaced]  # then `replaced` for good
+    polls: list = []
+
+    def stamp(_path):
+        polls.append(stamps[min(len(polls), len(stamps) - 1)])
+        return polls[-1]
+
+    monkeypatch.setattr(watch, "served_stamp", stamp)
+    loads: list = []
+    watcher = watch.FileWatcher(tmp_path / "policy.onnx", lambda: loads.append(polls[-1]), interval_s=0.005)
+    watcher.start()
+    try:
+        assert _wait_for(lambda: len(polls) >= 12)
+    finally:
+        watcher.stop()
+    assert loads == [replaced]

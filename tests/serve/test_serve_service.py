@@ -6,6 +6,7 @@ import json
 import queue
 import threading
 import time
+from types import SimpleNamespace
 
 import grpc
 import numpy as np
@@ -368,3 +369,57 @@ def test_the_deterministic_graph_is_served_without_noise(tmp_path):
         np.testing.assert_allclose(c.act(obs, seed=2), expected, atol=1e-6)
         with c.session(period_s=0.5) as control:
             np.testing.assert_allclose(control.act(obs[0]), expected[0], atol=1e-6)
+
+
+def test_the_session_limit_admits_exactly_max_sessions(tmp_path):
+    path = write_policy(tmp_path / "policy.onnx")
+    config = ServeConfig(str(path), port=0, grace_s=0, max_sessions=2)
+    with PolicyServer(config).start() as server, PolicyClient(server.address) as client:
+        client.reset("a", seed=1)
+        client.reset("b", seed=1)
+        with pytest.raises(ServiceError) as info:
+            client.reset("c", seed=1)
+        assert info.value.code == grpc.StatusCode.RESOURCE_EXHAUSTED
+        assert "session limit of 2" in info.value.details
+        client.reset("a", seed=2)  # reseeding an open session is no new session
+
+
+def test_a_stream_without_session_id_keeps_one_seeded_session(client, local):
+    """The first request's seed seeds the stream's session; later requests continue its noise."""
+    generator = documented_noise(77)
+    observations = [_obs(1, seed=s)[0] for s in range(4)]
+    requests = [
+        pb.StreamActRequest(seq=i, obs=encode(o), seed=77 if i == 0 else None) for i, o in enumerate(observations)
+    ]
+    replies = list(client.stub.StreamAct(iter(requests), timeout=5))
+    for obs, reply in zip(observations, replies, strict=True):
+        assert reply.status.code == 0
+        np.testing.assert_allclose(decode(reply.action), local.act(obs[None], _noise(generator, 1))[0], atol=1e-6)
+
+
+def test_spec_reports_the_request_batch_limit_not_the_batching_size(tmp_path):
+    path = write_policy(tmp_path / "policy.onnx")
+    config = ServeConfig(str(path), port=0, grace_s=0, max_batch=2, max_request_batch=5)
+    with PolicyServer(config).start() as server, PolicyClient(server.address) as client:
+        assert client.spec().max_batch == 5
+        assert client.act(_obs(5)).shape == (5, ACT_DIM)  # as many rows as the spec allows
+        with pytest.raises(ServiceError, match="exceeds the limit of 5"):
+            client.act(_obs(6))
+
+
+def test_act_stamps_its_reply_after_the_inference(server, client, monkeypatch):
+    """server_send_unix_ns - server_recv_unix_ns is the time the server held the call."""
+    from flowrl_deploy.serve import servicer as servicer_module
+
+    clock = [1_000_000]
+    monkeypatch.setattr(servicer_module, "time", SimpleNamespace(**{**vars(time), "time_ns": lambda: clock[0]}))
+    model = server.servicer.model
+    original = model.run
+
+    def run_for_5_us(obs: np.ndarray, noise: np.ndarray | None) -> tuple[np.ndarray, int]:
+        clock[0] += 5_000
+        return original(obs, noise)
+
+    monkeypatch.setattr(model, "run", run_for_5_us)
+    reply = client.act_reply(_obs(1), seed=3)
+    assert (reply.server_recv_unix_ns, reply.server_send_unix_ns) == (1_000_000, 1_005_000)
