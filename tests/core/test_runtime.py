@@ -152,3 +152,19 @@ def test_a_path_that_is_no_onnx_file_says_what_it_is(tmp_path, name, message):
         OnnxPolicy(path, providers=CPU)
     with pytest.raises(FlowRLError, match=f"^{re.escape(message.format(path=path))}$"):
         runtime.check_policy_file(str(path))
+
+
+def test_a_named_provider_that_onnxruntime_quietly_drops_is_refused(tmp_path, monkeypatch):
+    """onnxruntime falls back to the CPU when a provider cannot start; one asked for by name must run."""
+    import onnxruntime
+
+    real = onnxruntime.InferenceSession
+
+    def falling_back(source, sess_options=None, providers=None):
+        return real(source, sess_options=sess_options, providers=CPU)  # as without CUDA libraries or a GPU
+
+    monkeypatch.setattr(onnxruntime, "InferenceSession", falling_back)
+    path = write_policy(tmp_path / "policy.onnx")
+    with pytest.raises(FlowRLError, match="could not start CUDAExecutionProvider here"):
+        runtime.make_session(path, providers=["CUDAExecutionProvider", "CPUExecutionProvider"])
+    assert runtime.make_session(path, providers=CPU).get_providers() == CPU

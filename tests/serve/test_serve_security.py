@@ -13,7 +13,7 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from flowrl_deploy.client import PolicyClient, ServiceError
 from flowrl_deploy.serve import PolicyServer, ServeConfig
-from flowrl_deploy.serve.server import connectable
+from flowrl_deploy.serve.server import connectable, is_loopback
 
 x509 = pytest.importorskip("cryptography.x509")
 from cryptography.hazmat.primitives import hashes, serialization  # noqa: E402
@@ -128,6 +128,32 @@ def test_an_open_network_address_without_token_or_tls_is_warned_about(policy_pat
 )
 def test_connectable_maps_every_interface_to_loopback_and_keeps_other_hosts(host, address):
     assert connectable(host, 9) == address
+
+
+@pytest.mark.parametrize(
+    ("host", "loopback"),
+    [
+        ("localhost", True),
+        ("127.0.0.1", True),
+        ("127.8.9.10", True),
+        ("::1", True),
+        ("[::1]", True),
+        ("0.0.0.0", False),
+        ("", False),
+        ("::", False),
+        ("10.0.0.1", False),
+        ("robot.example.com", False),
+    ],
+)
+def test_only_addresses_this_machine_alone_reaches_are_loopback(host, loopback):
+    assert is_loopback(host) is loopback
+
+
+def test_localhost_without_token_or_tls_is_not_warned_about(policy_path, caplog):
+    config = ServeConfig(str(policy_path), host="localhost", port=0, grace_s=0)
+    with caplog.at_level("WARNING", logger="flowrl.serve"), PolicyServer(config).start():
+        pass
+    assert not [r for r in caplog.records if r.levelname == "WARNING"]
 
 
 def test_stream_with_a_wrong_token_raises_instead_of_falling_back(policy_path, monkeypatch):
