@@ -30,6 +30,7 @@ class TestPolicySpec:
             ({"noise_clip": float("inf")}, "noise_clip must be a finite number > 0, got inf"),
             ({"obs_layout": (("x", 5),)}, "obs_layout has block sizes [5]: each must be an integer >= 1"),
             ({"obs_layout": (("x", 4), ("y", -1))}, "obs_layout has block sizes [4, -1]"),
+            ({"obs_layout": (("x", 3), ("empty", 0))}, "obs_layout has block sizes [3, 0]: each must be an integer"),
             ({"action_high": (1.0, float("inf"))}, "must be finite"),
             # finite in float64, but the float32 sampler would output only NaN
             ({"action_high": (1e39, 2.0)}, "action_high[0] = 1e+39 does not fit float32 (|x| <= 3.403e+38)"),

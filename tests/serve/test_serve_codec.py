@@ -72,3 +72,9 @@ def test_as_batch_shapes():
         as_batch(np.zeros((3, 3), np.float32), 3, max_batch=2)
     with pytest.raises(TensorError, match=r"empty batch \(shape \[0, 3\]\)"):
         as_batch(np.zeros((0, 3), np.float32), 3)
+
+
+def test_as_batch_takes_up_to_exactly_max_batch_rows():
+    assert as_batch(np.zeros((2, 3), np.float32), 3, max_batch=2).shape == (2, 3)
+    with pytest.raises(TensorError, match="batch of 3 exceeds the limit of 2"):
+        as_batch(np.zeros((3, 3), np.float32), 3, max_batch=2)
