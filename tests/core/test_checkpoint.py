@@ -129,6 +129,24 @@ class TestAtomicity:
         assert ckpt.load_checkpoint(tmp_path / "last").actor["velocity.net.0.weight"][0, 0] == 1.0
         assert [p.name for p in tmp_path.iterdir()] == ["last"]
 
+    def test_a_failed_rename_into_place_puts_the_previous_checkpoint_back(self, tmp_path, monkeypatch):
+        """The old checkpoint is moved aside before the new one is renamed in; if that rename fails,
+        the old one must return to its name, not stay hidden under a temporary one."""
+        save(tmp_path / "last", value=1.0)
+        replace = os.replace
+
+        def failing_rename_of_the_new_one(src, dst):
+            if os.path.basename(src).startswith(".last.tmp-"):
+                raise OSError(28, "No space left on device", str(dst))
+            replace(src, dst)
+
+        monkeypatch.setattr(ckpt.os, "replace", failing_rename_of_the_new_one)
+        with pytest.raises(CheckpointError, match="No space left on device"):
+            save(tmp_path / "last", value=2.0)
+        monkeypatch.undo()
+        assert ckpt.load_checkpoint(tmp_path / "last").actor["velocity.net.0.weight"][0, 0] == 1.0
+        assert [p.name for p in tmp_path.iterdir()] == ["last"]
+
     def test_a_file_size_limit_is_a_checkpoint_error_that_leaves_nothing_behind(self, tmp_path):
         """`ulimit -f` (or a full disk): safetensors raises its own SafetensorError, not an OSError."""
         soft, hard = resource.getrlimit(resource.RLIMIT_FSIZE)

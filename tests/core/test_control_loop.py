@@ -1,0 +1,79 @@
+"""run_control's loop against a real tiny server and a recording stand-in simulator: which seeds
+its episodes reset with, and which ticks count as overruns (on a fake clock)."""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+from types import SimpleNamespace
+
+import numpy as np
+import pytest
+
+from flowrl_deploy import control
+from flowrl_deploy.serve import PolicyServer, ServeConfig
+from flowrl_deploy.train import envs
+from flowrl_deploy.train.envs import EnvInfo, episode_seed
+from flowrl_deploy.train.evaluate import EVAL_STREAM
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "serve"))
+from tiny_policy import ACT_DIM, OBS_DIM, write_policy
+
+
+class RecordingEnv:
+    """Episodes of ``length`` steps; records each reset's seed, and runs ``on_step(step)`` in every step."""
+
+    def __init__(self, length: int, on_step=lambda step: None) -> None:
+        self.info = EnvInfo("fake:recorder", OBS_DIM, ACT_DIM, -np.ones(ACT_DIM), np.ones(ACT_DIM))
+        self.length, self.on_step = length, on_step
+        self.seeds: list[int | None] = []
+        self.steps = 0
+
+    def reset(self, seed: int | None = None) -> np.ndarray:
+        self.seeds.append(seed)
+        self.steps = 0
+        return np.zeros(OBS_DIM, np.float32)
+
+    def step(self, action: np.ndarray) -> tuple[np.ndarray, float, bool, bool]:
+        self.on_step(self.steps)
+        self.steps += 1
+        return np.zeros(OBS_DIM, np.float32), 1.0, False, self.steps >= self.length
+
+    def close(self) -> None:
+        pass
+
+
+@pytest.fixture(scope="module")
+def server(tmp_path_factory):
+    path = write_policy(tmp_path_factory.mktemp("control") / "policy.onnx")
+    with PolicyServer(ServeConfig(str(path), port=0, grace_s=0)).start() as running:
+        yield running
+
+
+def _run(server, env: RecordingEnv, monkeypatch, **kwargs) -> control.ControlReport:
+    monkeypatch.setattr(envs, "make_env", lambda env_id, seed=0: env)
+    return control.run_control(server.address, env_id="fake:recorder", **kwargs)
+
+
+def test_control_episodes_reset_with_the_seeds_of_flowrl_eval(server, monkeypatch):
+    """So that `flowrl control --seed S` replays the episodes `flowrl eval --seed S` scores."""
+    env = RecordingEnv(length=2)
+    report = _run(server, env, monkeypatch, hz=1000, episodes=3, seed=5)
+    assert env.seeds == [episode_seed(5, i, stream=EVAL_STREAM) for i in range(3)]
+    assert report.returns == [2.0, 2.0, 2.0] and report.steps == 6
+
+
+def test_a_tick_that_starts_more_than_one_period_late_is_an_overrun(server, monkeypatch):
+    """At 10 Hz (ticks due at 0, 100, 200 ms) a first step that takes 250 ms starts tick 1 150 ms
+    late (an overrun) and tick 2 50 ms late (not one)."""
+    clock = [0.0]
+
+    def sleep(seconds: float) -> None:
+        clock[0] += seconds
+
+    monkeypatch.setattr(control, "time", SimpleNamespace(perf_counter=lambda: clock[0], sleep=sleep))
+    env = RecordingEnv(length=3, on_step=lambda step: sleep(0.25 if step == 0 else 0.0))
+    report = _run(server, env, monkeypatch, hz=10, episodes=1)
+    assert report.steps == 3
+    assert report.overruns == 1
+    assert report.jitter_us == pytest.approx(float(np.std([0.0, 0.15, 0.05]) * 1e6))
