@@ -147,6 +147,39 @@ def test_invalid_graph_fails_the_structural_check():
         check_structure(model)
 
 
+def test_a_graph_with_control_flow_fails_the_structural_check():
+    """The sampler must be unrolled: an If (or Loop) node is refused even in a valid graph."""
+    from onnx import TensorProto, helper
+
+    def branch(name: str, value: float) -> onnx.GraphProto:
+        constant = helper.make_node("Constant", [], [f"{name}_out"], value_float=value)
+        return helper.make_graph(
+            [constant], name, [], [helper.make_tensor_value_info(f"{name}_out", TensorProto.FLOAT, [])]
+        )
+
+    graph = helper.make_graph(
+        [helper.make_node("If", ["cond"], ["y"], then_branch=branch("then", 1.0), else_branch=branch("else", 0.0))],
+        "branching",
+        [helper.make_tensor_value_info("cond", TensorProto.BOOL, [])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, [])],
+    )
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 18)])
+    with pytest.raises(VerificationError, match=r"holds control flow \(If\); it must be unrolled"):
+        check_structure(model)
+
+
+def test_an_existing_file_inside_a_checkpoint_outside_any_run_is_no_export_target(tmp_path):
+    """A checkpoint outside a run is its own run: none of its files (even nested) is replaced."""
+    from flowrl_deploy.export.exporter import check_run_output
+
+    checkpoint = save_checkpoint(tmp_path / "step_1", spec=SPEC, actor=actor_tensors())
+    (checkpoint / "notes").mkdir()
+    (checkpoint / "notes" / "old.onnx").write_bytes(b"earlier export")
+    with pytest.raises(FlowRLError, match=r"notes/old.onnx of the run .*step_1 being exported"):
+        check_run_output("--out", checkpoint / "notes" / "old.onnx", checkpoint)
+    check_run_output("--out", tmp_path / "beside.onnx", checkpoint)  # outside it: fine
+
+
 def test_missing_checkpoint(tmp_path):
     with pytest.raises(CheckpointError, match="not found"):
         export_checkpoint(tmp_path / "nothing", tmp_path / "p.onnx")

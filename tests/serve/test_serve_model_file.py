@@ -71,3 +71,17 @@ def test_a_graph_is_served_whatever_its_suffix(tmp_path, name):
     path = write_policy(tmp_path / name)
     with PolicyServer(ServeConfig(str(path), port=0, grace_s=0)).start() as server, PolicyClient(server.address) as c:
         assert c.spec().obs_dim == tiny_contract().obs_dim
+
+
+@pytest.mark.parametrize(
+    ("bounds", "shown"),
+    [
+        ({"action_low": (-1.0, -1.0), "action_high": (1.0, 1.0)}, "bounds       [-1, 1] for every action;"),
+        ({"action_low": (-1.0, -2.0), "action_high": (1.0, 2.0)}, "bounds       [-1, 1], [-2, 2];"),
+    ],
+)
+def test_inspect_shows_shared_action_bounds_once(tmp_path, bounds, shown):
+    path = write_policy(tmp_path / "policy.onnx", **bounds)
+    result = runner.invoke(app, ["inspect", str(path)])
+    assert result.exit_code == 0, result.output
+    assert shown in result.output
