@@ -44,17 +44,19 @@ def test_a_run_writes_config_metrics_and_checkpoints(run):
     assert read_document(checkpoints / "best")["eval"]["best_return"] == returns[best_step]
 
 
-def test_best_points_at_the_highest_evaluation_even_across_a_resume(monkeypatch, tmp_path):
-    """Scripted evaluation returns: ``best`` follows the highest, not the latest, and a resumed run
-    keeps comparing against the best it had before the stop."""
-    scripted = {100: -5.0, 200: -1.0, 300: -3.0, 400: -2.0, 500: -4.0}
-
+def _scripted_evaluations(monkeypatch, scripted: dict[int, float]) -> None:
     def fake_evaluate(
         agent: object, eval_env: object, cfg: TrainConfig, step: int, deterministic: bool = False
     ) -> EvalResult:
         return EvalResult(scripted[step], 0.0, (scripted[step],))
 
     monkeypatch.setattr(loop, "_evaluate", fake_evaluate)
+
+
+def test_best_points_at_the_highest_evaluation_even_across_a_resume(monkeypatch, tmp_path):
+    """Scripted evaluation returns: ``best`` follows the highest, not the latest, and a resumed run
+    keeps comparing against the best it had before the stop."""
+    _scripted_evaluations(monkeypatch, {100: -5.0, 200: -1.0, 300: -3.0, 400: -2.0, 500: -4.0})
     config = {**TINY, "eval_every": 100}
     first = train(TrainConfig(steps=400, out=str(tmp_path / "run"), **config), progress=False)
     checkpoints = first.run_dir / "checkpoints"
@@ -64,6 +66,47 @@ def test_best_points_at_the_highest_evaluation_even_across_a_resume(monkeypatch,
     assert resumed.counters.best_eval_return == -1.0
     assert (checkpoints / "best").resolve().name == "step_000000200"  # -4 at step 500 is no better
     assert (checkpoints / "last").resolve().name == "step_000000500"
+
+
+def test_a_best_checkpoint_between_periodic_saves_is_kept(monkeypatch, tmp_path):
+    """Step 100 is no multiple of save_every, but ``best`` names it: pruning must spare it."""
+    _scripted_evaluations(monkeypatch, {100: -1.0, 200: -5.0, 300: -3.0})
+    result = train(TrainConfig(steps=300, out=str(tmp_path / "run"), **{**TINY, "eval_every": 100}), progress=False)
+    checkpoints = result.run_dir / "checkpoints"
+    assert sorted(p.name for p in checkpoints.glob("step_*")) == ["step_000000100", "step_000000200", "step_000000300"]
+    assert (checkpoints / "best").resolve().name == "step_000000100"
+    assert load_checkpoint(checkpoints / "best").counters["env_steps"] == 100
+
+
+def test_an_evaluation_that_ties_the_best_moves_best_to_the_newer_policy(monkeypatch, tmp_path):
+    _scripted_evaluations(monkeypatch, {100: -2.0, 200: -2.0})
+    result = train(TrainConfig(steps=200, out=str(tmp_path / "run"), **{**TINY, "eval_every": 100}), progress=False)
+    assert (result.run_dir / "checkpoints" / "best").resolve().name == "step_000000200"
+
+
+def test_every_evaluation_replays_the_episodes_flowrl_eval_scores_with_the_run_seed(monkeypatch, tmp_path):
+    """Evaluations at different steps start from the same states (so their returns compare), those
+    of ``flowrl eval --seed <run seed>``: episode i resets with episode_seed(seed, i, stream 1)."""
+    resets: list[int] = []
+    original = loop.evaluate
+
+    def recording(act_fn, env, episodes, seed=0, **kwargs):
+        reset = env.reset
+
+        def recorded_reset(seed=None):
+            resets.append(seed)
+            return reset(seed)
+
+        env.reset = recorded_reset
+        try:
+            return original(act_fn, env, episodes, seed, **kwargs)
+        finally:
+            del env.reset  # the class's own again
+
+    monkeypatch.setattr(loop, "evaluate", recording)
+    cfg = TrainConfig(steps=100, out=str(tmp_path), **{**TINY, "seed": 4, "eval_every": 50, "save_every": 0})
+    train(cfg, progress=False)
+    assert resets == [episode_seed(4, 0, stream=EVAL_STREAM)] * 4  # 2 evaluations × (stochastic, zero noise)
 
 
 def test_the_checkpoint_records_spec_config_and_counters(run):
