@@ -239,20 +239,24 @@ class PolicyServicer(pb_grpc.PolicyServiceServicer):
     def _reload_target(self, path: str) -> Path:
         """What Reload of ``path`` would load, resolved once, checked to lie in :meth:`_reload_root`
         (before and after following links such as a checkpoint directory's ``last``): Reload must
-        not become a way to make the server read any file it can reach."""
+        not become a way to make the server read any file it can reach. A relative ``path`` is
+        taken from that root (``new.onnx``: beside the served file), never from the server's
+        working directory, which its clients cannot know."""
         allowed, what = self._reload_root()
+        given = Path(path) if Path(path).is_absolute() else allowed / path
+        named = path if given == Path(path) else f"{path} ({given})"
 
         def check(candidate: Path) -> None:
             if not candidate.resolve().is_relative_to(allowed):
                 raise ServeError(
-                    f"reload refused: {path} is outside {allowed}, {what}; put the new model there",
+                    f"reload refused: {named} is outside {allowed}, {what}; put the new model there",
                     grpc.StatusCode.PERMISSION_DENIED,
                 )
 
-        check(Path(path))
-        if not Path(path).exists():
-            raise FlowRLError(f"model not found: {path}")
-        target = Path(path).resolve() if is_onnx_path(path) else resolve_checkpoint(path).resolve()
+        check(given)
+        if not given.exists():
+            raise FlowRLError(f"model not found: {named}")
+        target = given.resolve() if is_onnx_path(given) else resolve_checkpoint(given).resolve()
         check(target)
         return target
 

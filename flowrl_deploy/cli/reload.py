@@ -14,8 +14,9 @@ def reload(
     path: Annotated[
         str,
         typer.Argument(
-            help="The new model as the server sees it: an .onnx file beside the served one, or a checkpoint "
-            "under the served run directory (default: read the served path again)."
+            help="The new model: an .onnx file beside the served one, or a checkpoint of the served run; a "
+            "relative path is taken from there (new.onnx, checkpoints/best), an absolute one is read on the "
+            "server's machine (default: read the served path again)."
         ),
     ] = "",
     server: Server = "localhost:50051",

@@ -138,6 +138,32 @@ def test_reload_of_a_file_outside_the_model_directory_is_permission_denied(serve
     assert client.reload(str(beside))[0].startswith("v2-")
 
 
+def test_a_relative_reload_path_is_taken_from_beside_the_served_file_not_the_servers_cwd(
+    served, tmp_path_factory, monkeypatch
+):
+    """`flowrl reload new.onnx` (the README's example) was looked up in the server's working
+    directory, which its clients cannot know, and refused as "outside" the served file's folder."""
+    _, client, tmp = served
+    monkeypatch.chdir(tmp_path_factory.mktemp("elsewhere"))  # the server's cwd is not the model's folder
+    write_policy(tmp / "new.onnx", scale=2.0)
+    version, _ = client.reload("new.onnx")
+    assert version == client.spec().model_version and version.startswith("v2-")
+    with pytest.raises(ServiceError) as info:
+        client.reload("../escape.onnx")
+    assert info.value.code == grpc.StatusCode.PERMISSION_DENIED
+    assert f"../escape.onnx ({tmp.resolve() / '..' / 'escape.onnx'}) is outside {tmp.resolve()}" in info.value.details
+
+
+def test_a_relative_reload_path_of_a_served_run_is_taken_from_the_run(tmp_path, monkeypatch):
+    patch_exporter(monkeypatch)
+    run = tmp_path / "run"
+    save_step(run, 1)
+    save_step(run, 2, link=False)
+    server = PolicyServer(ServeConfig(str(run), port=0, grace_s=0)).start()
+    with server, PolicyClient(server.address) as client:
+        assert client.reload(f"checkpoints/step_{2:09d}")[0].startswith("v2-")
+
+
 def test_watch_reloads_when_the_file_changes(served):
     server, client, tmp = served
     version = client.spec().model_version
