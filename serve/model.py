@@ -3,12 +3,14 @@
 from __future__ import annotations
 
 import hashlib
+import importlib.util
 import time
 from pathlib import Path
 
 import numpy as np
 
 from flowrl_deploy.errors import FlowRLError
+from flowrl_deploy.extras import install_command, modules_of
 from flowrl_deploy.runtime import OnnxPolicy, is_onnx_path
 from flowrl_deploy.serve.errors import ContractMismatch
 
@@ -48,13 +50,14 @@ def resolve_onnx(model: str, workdir: Path, steps: int | None = None) -> Path:
         raise FlowRLError(f"model not found: {model}")
     if is_onnx_path(path):
         return path
-    try:
-        from flowrl_deploy.export import ExportConfig, export_checkpoint
-    except ImportError as exc:
+    if missing := [name for name in modules_of("export") if importlib.util.find_spec(name) is None]:
         raise FlowRLError(
-            f"{model} is not an .onnx file; serving a checkpoint exports it first, which needs the "
-            f"export extra (pip install 'flowrl-deploy[export]'), or run `flowrl export` yourself ({exc})"
-        ) from exc
+            f"{model} is not an .onnx file; serving a checkpoint exports it first, which needs "
+            f"{' and '.join(missing)}, not installed here: {install_command('export')}, "
+            "or serve the .onnx file that `flowrl export` writes"
+        )
+    from flowrl_deploy.export import ExportConfig, export_checkpoint
+
     out = workdir / "policy.onnx"
     export_checkpoint(path, out, ExportConfig(steps=steps))
     return out

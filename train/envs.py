@@ -19,6 +19,7 @@ import numpy as np
 
 from flowrl_deploy.envid import ENV_ID_HELP, EnvId, parse_env_id
 from flowrl_deploy.errors import EnvIdError
+from flowrl_deploy.extras import install_command
 
 HUMANOIDBENCH_INSTALL = (
     "HumanoidBench is optional and not on PyPI: install it in a venv of its own with "
@@ -61,7 +62,12 @@ class DMCEnv:
 
     def __init__(self, env_id: EnvId, seed: int) -> None:
         os.environ.setdefault("MUJOCO_GL", "disable")  # no OpenGL context is ever needed
-        from dm_control import suite
+        try:
+            from dm_control import suite
+        except ModuleNotFoundError as exc:  # dm_control, or the mujoco it runs on
+            raise EnvIdError(
+                f"{exc.name} is not installed, so {env_id} cannot be made: {install_command('train')}"
+            ) from exc
 
         if (env_id.domain, env_id.task) not in suite.ALL_TASKS:
             raise EnvIdError(

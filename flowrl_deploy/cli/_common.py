@@ -23,6 +23,7 @@ from flowrl_deploy.checkpoint import (
     write_text_atomic,
 )
 from flowrl_deploy.errors import FlowRLError
+from flowrl_deploy.extras import missing_extra_message
 
 if TYPE_CHECKING:
     from flowrl_deploy.client import PolicyClient
@@ -169,8 +170,10 @@ R = TypeVar("R")
 
 
 def user_errors(command: Callable[P, R]) -> Callable[P, R]:
-    """Turn a :class:`FlowRLError` into a one-line message on stderr and exit status 1, and Ctrl-C
-    into one line saying so and exit status 130 (typer's own handling exits 130 silently)."""
+    """Turn a :class:`FlowRLError`, or a missing module of an optional extra (torch on a robot
+    computer's base install), into a one-line message on stderr and exit status 1, and Ctrl-C into
+    one line saying so and exit status 130 (typer's own handling exits 130 silently). Any other
+    missing module is a bug and keeps its traceback."""
     command_name = command.__name__.removesuffix("_command")
 
     @functools.wraps(command)
@@ -179,6 +182,12 @@ def user_errors(command: Callable[P, R]) -> Callable[P, R]:
             return command(*args, **kwargs)
         except FlowRLError as exc:
             typer.secho(f"error: {exc}", err=True, fg=typer.colors.RED)
+            raise typer.Exit(1) from None
+        except ModuleNotFoundError as exc:
+            message = missing_extra_message(exc, command_name)
+            if message is None:
+                raise
+            typer.secho(f"error: {message}", err=True, fg=typer.colors.RED)
             raise typer.Exit(1) from None
         except KeyboardInterrupt:  # a command that has more to say (what was done) catches it first
             typer.secho(f"interrupted (Ctrl-C): flowrl {command_name} stopped before it finished", err=True)
