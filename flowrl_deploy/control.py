@@ -113,8 +113,14 @@ def _tick_figures(timings: list[CallTiming], lateness: list[float]) -> dict[str,
     }
 
 
-def connection_hint(tls_ca: str, tls_cert: str) -> str:
-    """What to try after a failed connection, given the TLS files the user passed ('' if none fits)."""
+def connection_hint(error: str, tls_ca: str, tls_cert: str) -> str:
+    """What to try after a failed connection, given its error and the TLS files the user passed
+    ('' if none fits)."""
+    if "Connection refused" in error:  # nothing listens at that address: TLS is not the question
+        return (
+            "nothing listens at that port; to be reached from another machine, `flowrl serve` needs "
+            "--host 0.0.0.0 (its default, 127.0.0.1, takes local connections only)"
+        )
     if not tls_ca and not tls_cert:
         return "if the server uses TLS, pass --tls-ca"
     if not tls_cert:
@@ -187,7 +193,7 @@ def run_control(
         try:
             client.wait_ready(timeout_s=connect_timeout_s)
         except FlowRLError as exc:
-            hint = connection_hint(tls_ca, tls_cert)
+            hint = connection_hint(str(exc), tls_ca, tls_cert)
             raise FlowRLError(f"{exc} ({hint})" if hint else str(exc)) from None
         info = client.spec()
         contract_hz = 1.0 / info.control_period_s if info.control_period_s > 0 else None

@@ -161,7 +161,7 @@ def server_client(
         try:
             yield client
         except ServiceError as exc:
-            hint = connection_hint(tls_ca, tls_cert) if exc.code == grpc.StatusCode.UNAVAILABLE else ""
+            hint = connection_hint(exc.details, tls_ca, tls_cert) if exc.code == grpc.StatusCode.UNAVAILABLE else ""
             raise FlowRLError(f"{exc} ({hint})" if hint else str(exc)) from None
 
 

@@ -111,6 +111,16 @@ class TestMutualTLS:
         assert len(result.output.strip().splitlines()) == 1
 
     @pytest.mark.parametrize("command", ["query", "control"])
+    def test_a_refused_connection_hints_at_the_servers_host_not_at_tls(self, command):
+        """'Connection refused' (nothing listens there, e.g. a server on its default 127.0.0.1 asked
+        from another machine) used to suggest --tls-ca."""
+        args = ["--obs", OBS, "--timeout", "2"] if command == "query" else ["--connect-timeout", "1"]
+        result = runner.invoke(app, [command, "--server", f"127.0.0.1:{_closed_port()}", *args])
+        assert result.exit_code == 1
+        assert "Connection refused" in result.output and "nothing listens at that port" in result.output
+        assert "--host 0.0.0.0" in result.output and "--tls-ca" not in result.output
+
+    @pytest.mark.parametrize("command", ["query", "control"])
     def test_plaintext_to_a_tls_server_hints_at_tls(self, mtls_server, command):
         args = ["--obs", OBS, "--timeout", "2"] if command == "query" else ["--connect-timeout", "1"]
         result = runner.invoke(app, [command, "--server", mtls_server, *args])
