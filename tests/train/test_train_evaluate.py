@@ -13,6 +13,7 @@ class SeedRecordingEnv:
 
     def __init__(self) -> None:
         self.seeds: list[int] = []
+        self.closed = False
 
     def reset(self, seed: int | None = None) -> np.ndarray:
         self.seeds.append(seed)
@@ -24,7 +25,7 @@ class SeedRecordingEnv:
         return np.zeros(1, np.float32), float(self.seeds[-1] % 10), False, self.t == 2
 
     def close(self) -> None:
-        pass
+        self.closed = True
 
 
 def test_each_evaluation_episode_starts_from_its_own_seed_of_the_evaluation_stream():
@@ -39,3 +40,12 @@ def test_each_evaluation_episode_starts_from_its_own_seed_of_the_evaluation_stre
     assert result.returns == tuple(2.0 * (s % 10) for s in expected)
     assert evaluate(lambda obs: np.ones(1, np.float32), env, episodes=3, seed=4) == result
     assert env.seeds[3:] == expected
+
+
+def test_evaluate_leaves_an_environment_it_was_given_open():
+    """Training evaluates on one env for the whole run: evaluate closes only an env it made itself."""
+    env = SeedRecordingEnv()
+    evaluate(lambda obs: np.zeros(1, np.float32), env, episodes=1)
+    assert not env.closed
+    evaluate(lambda obs: np.zeros(1, np.float32), env, episodes=1)
+    assert env.seeds == [episode_seed(0, 0, stream=EVAL_STREAM)] * 2

@@ -3,11 +3,13 @@
 import csv
 import json
 import re
+from types import SimpleNamespace
 
 import pytest
 
 from flowrl_deploy.errors import FlowRLError
-from flowrl_deploy.train.logger import MetricsLogger
+from flowrl_deploy.train import logger as logger_module
+from flowrl_deploy.train.logger import MetricsLogger, Progress
 
 
 def read_rows(run_dir) -> list[dict]:
@@ -58,3 +60,13 @@ def test_tensorboard_events_that_cannot_be_written_are_named(tmp_path, monkeypat
     monkeypatch.setattr(logger._tb, "close", disk_full)
     with pytest.raises(FlowRLError, match=f"^cannot write {re.escape(str(tmp_path / 'tensorboard'))}: No space"):
         logger.close()
+
+
+def test_rates_count_only_the_steps_and_updates_since_this_run_or_resume_started(monkeypatch):
+    """A run resumed at env step 500 (400 updates) that reaches 600 (450) 2 s later runs 50 env
+    steps/s and 25 updates/s, not 300 and 225."""
+    clock = [10.0]
+    monkeypatch.setattr(logger_module, "time", SimpleNamespace(perf_counter=lambda: clock[0]))
+    progress = Progress(1000, start_steps=500, start_updates=400, enabled=False)
+    clock[0] = 12.0
+    assert progress.rates(600, 450) == (50.0, 25.0)
