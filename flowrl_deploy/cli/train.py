@@ -27,6 +27,11 @@ DEFAULT_SOLVER, DEFAULT_WEIGHTING, DEFAULT_DEVICE = (
 )
 
 
+def _plain(value: object) -> object:
+    """An option's value as TrainConfig holds it (a choice as its text, a path as a string)."""
+    return value.value if isinstance(value, Enum) else str(value) if isinstance(value, Path) else value
+
+
 def _given(ctx: typer.Context, name: str) -> bool:
     """Whether the user passed option ``name`` (command line or environment), not its default."""
     source = ctx.get_parameter_source(name)
@@ -117,20 +122,22 @@ def train(
     from flowrl_deploy.train.loop import train as run_training
 
     if resume is not None:
-        given = [
-            name for name in ctx.params if name not in (*RESUME_OVERRIDES, "resume", "progress") and _given(ctx, name)
+        cfg = resume_config(resume, steps)
+        changed = [  # the run's own settings; repeating a saved value changes nothing and is taken
+            name
+            for name in ctx.params
+            if name not in (*RESUME_OVERRIDES, "resume", "progress")
+            and _given(ctx, name)
+            and _plain(ctx.params[name]) != getattr(cfg, name)
         ]
-        if given:
-            flags, allowed = (", ".join(flag(name) for name in names) for names in (given, RESUME_OVERRIDES))
+        if changed:
+            flags, allowed = (", ".join(flag(name) for name in names) for names in (changed, RESUME_OVERRIDES))
             raise FlowRLError(
                 f"{flags} cannot change when resuming: the run keeps its saved settings "
                 f"(only {allowed} may be given with --resume)"
             )
-        cfg = resume_config(resume, steps)
         overrides = {
-            name: (value.value if isinstance(value, Enum) else value)
-            for name, value in ((n, ctx.params[n]) for n in RESUME_OVERRIDES if n != "steps")
-            if _given(ctx, name)
+            name: _plain(ctx.params[name]) for name in RESUME_OVERRIDES if name != "steps" and _given(ctx, name)
         }
         if overrides:
             cfg = cfg.override(**overrides)

@@ -303,7 +303,14 @@ def test_resume_refuses_settings_it_would_ignore_and_takes_where_and_how_it_runs
     result = runner.invoke(app, ["train", "--resume", str(out), "--steps", "150", "--hidden", "999", "--no-progress"])
     assert result.exit_code == 1
     assert "--hidden cannot change when resuming" in result.output and "Traceback" not in result.output
+    assert "--env" not in result.output  # only the changed setting is named
     assert read_document(out / "checkpoints" / "last")["counters"]["env_steps"] == 120
+
+    # the saved values themselves ("--save-replay cannot change" refused the value the run already had)
+    same = ["--env", "Pendulum-v1", "--hidden", "16", "--no-save-replay", "--lam", "0.1", "--solver", "midpoint"]
+    result = runner.invoke(app, ["train", "--resume", str(out), "--steps", "130", *same, "--no-progress"])
+    assert result.exit_code == 0, result.output
+    assert read_document(out / "checkpoints" / "last")["counters"]["env_steps"] == 130
 
     result = runner.invoke(
         app,
@@ -317,7 +324,7 @@ def test_resume_refuses_settings_it_would_ignore_and_takes_where_and_how_it_runs
     assert document["counters"]["env_steps"] == 150 and document["config"]["device"] == "cpu"
     assert document["config"]["cuda_graphs"] is False and document["config"]["eval_every"] == 15
     rows = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
-    assert [r["step"] for r in rows if "charts/eval_return" in r and r["step"] > 120] == [135, 150]
+    assert [r["step"] for r in rows if "charts/eval_return" in r and r["step"] > 130] == [135, 150]
 
     result = runner.invoke(app, ["train", "--resume", str(out), "--steps", "160", "--save-every", "10"])
     assert result.exit_code == 1 and "--save-every cannot change when resuming" in result.output
