@@ -12,6 +12,8 @@ from flowrl_deploy.errors import FlowRLError
 from flowrl_deploy.runtime import is_onnx_path
 from flowrl_deploy.spec import MAX_FLOW_STEPS
 
+FROM_ZERO = ", from a0 = 0"
+"""How the report names a sampler that starts every ODE at zero (--deterministic, or a deterministic graph)."""
 ONNX_DEVICES = ("auto", "cpu")
 """The --device values an ONNX policy takes: `flowrl eval` runs it with onnxruntime on the CPU."""
 
@@ -59,16 +61,15 @@ def eval_command(
     env_id = env or env_id
     if not env_id:
         raise FlowRLError(f"{policy} does not record its env id; pass --env")
-    noise = ", from a0 = 0" if deterministic else ""
     done: list[float] = []
     try:
         result = evaluate(act_fn, env_id, episodes, seed, dims=dims, on_episode=done.append)
     except KeyboardInterrupt:
         partial = EvalResult(float(np.mean(done)), float(np.std(done)), tuple(done)) if done else None
-        figures = f": return {partial} ({sampler}{noise})" if partial else ""
+        figures = f": return {partial} ({sampler})" if partial else ""
         typer.secho(f"interrupted (Ctrl-C) after {len(done)} of {episodes} episodes on {env_id}{figures}", err=True)
         raise typer.Exit(130) from None
-    typer.echo(f"{env_id}: return {result} ({sampler}{noise})")
+    typer.echo(f"{env_id}: return {result} ({sampler})")
 
 
 def _checkpoint_policy(path: Path, flow_steps: int | None, device: str, seed: int, deterministic: bool):
@@ -78,7 +79,8 @@ def _checkpoint_policy(path: Path, flow_steps: int | None, device: str, seed: in
 
     spec = read_spec(path)
     act_fn = checkpoint_act_fn(path, flow_steps, device, seed, deterministic)
-    return act_fn, spec.env_id, (spec.obs_dim, spec.act_dim), f"N={flow_steps or spec.flow_steps} {spec.solver}"
+    sampler = f"N={flow_steps or spec.flow_steps} {spec.solver}{FROM_ZERO if deterministic else ''}"
+    return act_fn, spec.env_id, (spec.obs_dim, spec.act_dim), sampler
 
 
 def _onnx_policy(path: Path, seed: int, deterministic: bool):
@@ -89,4 +91,5 @@ def _onnx_policy(path: Path, seed: int, deterministic: bool):
 
     policy = OnnxPolicy(path, providers=["CPUExecutionProvider"])
     c = policy.contract
-    return onnx_act_fn(policy, seed, deterministic), c.env_id, (c.obs_dim, c.act_dim), f"N={c.flow_steps} {c.solver}"
+    sampler = f"N={c.flow_steps} {c.solver}{FROM_ZERO if deterministic or not policy.takes_noise else ''}"
+    return onnx_act_fn(policy, seed, deterministic), c.env_id, (c.obs_dim, c.act_dim), sampler

@@ -66,6 +66,9 @@ def test_deterministic_eval_is_the_same_for_the_checkpoint_and_both_onnx_graphs(
     assert max(returns) - min(returns) < 0.5, returns  # equal up to float32 parity (1e-5 per action)
     stochastic = runner.invoke(app, ["eval", str(noisy), "--episodes", "1"])
     assert "from a0 = 0" not in stochastic.output
+    # a deterministic graph starts from zero without --deterministic, and the report said nothing of it
+    without_flag = runner.invoke(app, ["eval", str(zero.path), "--episodes", "1"])
+    assert without_flag.output.strip().endswith("over 1 episode (N=1 midpoint, from a0 = 0)"), without_flag.output
 
 
 def test_eval_on_an_env_of_other_sizes_is_one_clear_line(tmp_path):
