@@ -18,6 +18,9 @@ from flowrl_deploy.contract import MAX_HZ, MIN_HZ
 from flowrl_deploy.errors import FlowRLError
 from flowrl_deploy.gc_freeze import gc_frozen
 
+MISS_WARNING_RATE = 0.01
+"""A run with more of its ticks on the fallback than this says so in its summary: the robot mostly
+held or guessed its actions (the server was away or too slow), which a return alone does not show."""
 DEFAULT_HZ = 50.0
 """The control rate when none is given and the served policy's contract has no control period."""
 
@@ -81,10 +84,16 @@ class ControlReport:
             latency = "round trip: no fresh replies, so no latency figures"
         n = len(self.returns)
         returns = f"return {self.mean_return:.2f} over {n} episode{'s' * (n != 1)}" if n else "no episode completed"
+        warning = (
+            f"\nwarning: {100 * self.miss_rate:.1f}% of the ticks acted on the fallback, not a served action "
+            "(the server was away or slower than the deadline; --max-misses stops a run after that many in a row)"
+            if self.miss_rate > MISS_WARNING_RATE
+            else ""
+        )
         return (
             f"{self.env_id} at {self.hz:g} Hz via {self.server}: {returns} ({self.steps} steps)\n"
             f"{latency}; jitter {self.jitter_us:.0f} µs; "
-            f"deadline misses {self.deadline_misses} ({100 * self.miss_rate:.3f}%), overruns {self.overruns}"
+            f"deadline misses {self.deadline_misses} ({100 * self.miss_rate:.3f}%), overruns {self.overruns}{warning}"
         )
 
 

@@ -66,3 +66,25 @@ def test_without_fresh_replies_the_latency_figures_are_none_not_zero():
     )
     assert report.miss_rate == 1.0
     assert "no fresh replies, so no latency figures" in report.summary()
+
+
+@pytest.mark.parametrize(("misses", "warned"), [(0, False), (10, False), (11, True), (1000, True)])
+def test_a_run_mostly_on_the_fallback_says_so(misses, warned):
+    """A control run against a stopped server went on holding its last action and exited 0 with
+    '88.467%' misses buried in the figures; above 1 % the summary now warns."""
+    timings = [fresh(seq, 500.0) for seq in range(1000 - misses)] + [CallTiming(0, "hold", 1e4)] * misses
+    report = ControlReport(
+        server="localhost:1",
+        env_id="dmc:cartpole-balance",
+        hz=50.0,
+        contract_hz=50.0,
+        seed=0,
+        deadline_ms=10.0,
+        returns=[1.0],
+        deadline_misses=misses,
+        overruns=0,
+        **_tick_figures(timings, [0.0]),
+    )
+    assert ("warning: " in report.summary()) is warned
+    if warned:
+        assert f"{100 * misses / 1000:.1f}% of the ticks acted on the fallback" in report.summary()
