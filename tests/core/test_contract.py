@@ -89,6 +89,7 @@ def test_missing_contract_names_the_exporter():
         ({"deterministic": 1}, "deterministic has the wrong type"),
         ({"act_dim": 0}, "must be >= 1"),
         ({"action_low": [-1.0]}, "must hold act_dim = 2 values"),
+        ({"action_high": [1.0]}, "must hold act_dim = 2 values"),
         ({"action_high": [1.0, float("nan")]}, "must be finite"),
         ({"action_low": [2.0, -1.0]}, "action_low must lie below action_high: action 0 has 2 >= 1"),
         ({"action_low": [-1.0, 1.0]}, "action_low must lie below action_high: action 1 has 1 >= 1"),

@@ -16,6 +16,7 @@ from tiny_policy import ACT_DIM, documented_noise, tiny_contract, write_policy
 
 from flowrl_deploy.client import PolicyClient, ServiceError
 from flowrl_deploy.errors import FlowRLError
+from flowrl_deploy.proto.flowrl.v1 import policy_pb2 as pb
 from flowrl_deploy.runtime import OnnxPolicy
 from flowrl_deploy.serve import PolicyServer, ServeConfig
 from flowrl_deploy.serve import reload as watch
@@ -106,6 +107,31 @@ def test_a_reload_whose_caller_stopped_waiting_is_abandoned_and_the_old_keeps_se
     assert client.spec().model_version == version
     new_version, previous = client.reload(str(new))  # a caller that waits gets it
     assert previous == version and new_version.startswith("v2-")
+
+
+def test_a_reload_whose_caller_cancelled_is_abandoned_and_the_old_keeps_serving(served, monkeypatch, caplog):
+    """A caller without a deadline that cancels (Ctrl-C on `flowrl reload`) is no longer waiting either."""
+    from flowrl_deploy.serve.model import ServedModel
+
+    _, client, tmp = served
+    version = client.spec().model_version
+    new = write_policy(tmp / "v2.onnx", scale=2.0)
+    warm_up, warmed = ServedModel.warm_up, threading.Event()
+
+    def slow_warm_up(self, batches):
+        warm_up(self, batches)
+        warmed.set()
+        time.sleep(0.5)
+
+    monkeypatch.setattr(ServedModel, "warm_up", slow_warm_up)
+    call = client.stub.Reload.future(pb.ReloadRequest(path=str(new)))
+    assert warmed.wait(10)
+    call.cancel()
+    until = time.monotonic() + 5
+    while "reload abandoned" not in caplog.text and time.monotonic() < until:
+        time.sleep(0.05)
+    assert f"reload abandoned, still serving {version}: the caller stopped waiting" in caplog.text
+    assert client.spec().model_version == version
 
 
 def test_a_model_whose_observation_layout_differs_is_refused_and_the_old_keeps_serving(served):

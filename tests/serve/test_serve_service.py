@@ -423,3 +423,28 @@ def test_act_stamps_its_reply_after_the_inference(server, client, monkeypatch):
     monkeypatch.setattr(model, "run", run_for_5_us)
     reply = client.act_reply(_obs(1), seed=3)
     assert (reply.server_recv_unix_ns, reply.server_send_unix_ns) == (1_000_000, 1_005_000)
+
+
+def test_a_reset_keeps_a_reseeded_session_for_another_idle_period(tmp_path, monkeypatch):
+    """Idleness counts from the last Reset or Act (fake clock): a session reset 7 s ago survives
+    the sweep of a 10 s idle limit even though it was opened 15 s ago."""
+    from flowrl_deploy import noise as noise_module
+    from flowrl_deploy.serve import servicer as servicer_module
+
+    clock = [time.monotonic()]
+    fake = SimpleNamespace(**{**vars(time), "monotonic": lambda: clock[0]})
+    monkeypatch.setattr(noise_module, "time", fake)
+    monkeypatch.setattr(servicer_module, "time", fake)
+    path = write_policy(tmp_path / "policy.onnx")
+    config = ServeConfig(str(path), port=0, grace_s=0, session_idle_s=10)
+    with PolicyServer(config).start() as server, PolicyClient(server.address) as client:
+        client.reset("robot", seed=1)
+        clock[0] += 8
+        client.reset("robot", seed=2)
+        clock[0] += 7
+        client.reset("newcomer", seed=3)  # opening a session sweeps those idle for 10 s
+        np.testing.assert_allclose(
+            client.act(_obs(1), session_id="robot"),
+            OnnxPolicy(path).act(_obs(1), _noise(documented_noise(2), 1)),
+            atol=1e-6,
+        )

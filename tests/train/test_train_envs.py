@@ -55,6 +55,13 @@ def test_dmc_reset_seed_fixes_the_initial_state(cartpole):
     assert not np.array_equal(make_env("dmc:cartpole-swingup", seed=0).reset(seed=8), first)
 
 
+def test_dmc_reset_seed_zero_is_a_seed_like_any_other():
+    """reset(seed=0) fixes the initial state too, whatever seed the env was made with."""
+    np.testing.assert_array_equal(
+        make_env("dmc:cartpole-swingup", seed=1).reset(seed=0), make_env("dmc:cartpole-swingup", seed=2).reset(seed=0)
+    )
+
+
 def test_dmc_time_limit_is_a_truncation_not_a_termination(cartpole):
     cartpole.reset(seed=0)
     steps, truncated = 0, False

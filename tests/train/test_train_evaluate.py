@@ -49,3 +49,17 @@ def test_evaluate_leaves_an_environment_it_was_given_open():
     assert not env.closed
     evaluate(lambda obs: np.zeros(1, np.float32), env, episodes=1)
     assert env.seeds == [episode_seed(0, 0, stream=EVAL_STREAM)] * 2
+
+
+class FallingEnv(SeedRecordingEnv):
+    """Falls (terminated, not truncated) at its third step; stepping on after a fall is an error."""
+
+    def step(self, action: np.ndarray) -> tuple[np.ndarray, float, bool, bool]:
+        assert self.t < 3, "stepped after the episode terminated"
+        self.t += 1
+        return np.zeros(1, np.float32), 1.0, self.t == 3, False
+
+
+def test_an_episode_ends_when_the_task_terminates_not_only_at_its_time_limit():
+    result = evaluate(lambda obs: np.zeros(1, np.float32), FallingEnv(), episodes=2)
+    assert result.returns == (3.0, 3.0)

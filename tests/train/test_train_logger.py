@@ -70,3 +70,15 @@ def test_rates_count_only_the_steps_and_updates_since_this_run_or_resume_started
     progress = Progress(1000, start_steps=500, start_updates=400, enabled=False)
     clock[0] = 12.0
     assert progress.rates(600, 450) == (50.0, 25.0)
+
+
+def test_each_row_reaches_both_files_as_it_is_logged(tmp_path):
+    """A dashboard (or tail -f) reads metrics.jsonl and metrics.csv while training runs."""
+    logger = MetricsLogger(tmp_path, tensorboard=False)
+    logger.log(100, {"charts/eval_return": -3.5})
+    try:
+        assert read_rows(tmp_path) == [{"step": 100, "charts/eval_return": -3.5}]
+        with open(tmp_path / "metrics.csv", newline="") as f:
+            assert [(r["step"], r["charts/eval_return"]) for r in csv.DictReader(f)] == [("100", "-3.5")]
+    finally:
+        logger.close()
