@@ -256,6 +256,13 @@ class TestCorruptOrForeign:
         with pytest.raises(CheckpointError, match="not resumed"):
             ckpt.load_checkpoint(path, training_state=True)
 
+    def test_a_checkpoint_without_its_document_is_called_incomplete(self, tmp_path):
+        """Weights without checkpoint.json are a checkpoint whose save did not finish, not a foreign folder."""
+        path = save(tmp_path / "c")
+        os.remove(path / ckpt.DOCUMENT_FILE)
+        with pytest.raises(CheckpointError, match=f"{re.escape(str(path))} lacks checkpoint.json: it is incomplete"):
+            ckpt.load_checkpoint(path)
+
     def test_missing_model_file(self, tmp_path):
         path = save(tmp_path / "c")
         os.remove(path / ckpt.MODEL_FILE)

@@ -46,6 +46,21 @@ def test_contract_and_provenance_round_trip(checkpoint, tmp_path):
     assert onnx.load(report.path).opset_import[0].version == 18
 
 
+def test_without_steps_the_export_samples_with_the_checkpoints_own_n(tmp_path):
+    three_step = save_checkpoint(tmp_path / "step_1", spec=replace(SPEC, flow_steps=3), actor=actor_tensors())
+    report = export_checkpoint(three_step, tmp_path / "policy.onnx", ExportConfig(samples=10))
+    assert report.contract.flow_steps == 3
+    assert OnnxPolicy(report.path, providers=["CPUExecutionProvider"]).contract.flow_steps == 3
+
+
+def test_a_sweep_names_each_file_after_its_n_with_an_onnx_suffix(tmp_path):
+    from flowrl_deploy.export.sweep import sweep_paths
+
+    assert sweep_paths(tmp_path / "policy.onnx", [4]) == [tmp_path / "policy.onnx"]
+    assert sweep_paths(tmp_path / "policy.onnx", [1, 10]) == [tmp_path / "policy.n1.onnx", tmp_path / "policy.n10.onnx"]
+    assert sweep_paths(tmp_path / "policy", [1, 10]) == [tmp_path / "policy.n1.onnx", tmp_path / "policy.n10.onnx"]
+
+
 def test_the_onnx_file_gets_the_permissions_of_the_umask(checkpoint, tmp_path):
     old = os.umask(0o022)
     try:

@@ -109,6 +109,17 @@ def test_every_evaluation_replays_the_episodes_flowrl_eval_scores_with_the_run_s
     assert resets == [episode_seed(4, 0, stream=EVAL_STREAM)] * 4  # 2 evaluations × (stochastic, zero noise)
 
 
+def test_rows_of_rates_and_losses_start_with_the_first_update(tmp_path):
+    """The warm-up (uniform random actions, no update) logs no loss-less rows; from the first update
+    (step 150) every log_every-th step logs the losses and the rates."""
+    config = {**TINY, "start_steps": 150, "log_every": 50, "eval_every": 0, "save_every": 0}
+    result = train(TrainConfig(steps=250, out=str(tmp_path), **config), progress=False)
+    rows = [json.loads(line) for line in (result.run_dir / "metrics.jsonl").read_text().splitlines()]
+    logged = [r for r in rows if "charts/env_steps_per_s" in r]
+    assert [r["step"] for r in logged] == [150, 200, 250]
+    assert all("losses/q_pi_loss" in r and "losses/actor_loss" in r for r in logged)
+
+
 def test_the_checkpoint_records_spec_config_and_counters(run):
     checkpoint = load_checkpoint(run.last_checkpoint, training_state=True)
     assert checkpoint.counters == {"env_steps": 400, "episodes": 2, "updates": 301}  # updates from step 100
