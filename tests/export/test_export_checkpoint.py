@@ -195,6 +195,11 @@ def test_an_existing_file_inside_a_checkpoint_outside_any_run_is_no_export_targe
     check_run_output("--out", tmp_path / "beside.onnx", checkpoint)  # outside it: fine
 
 
+def test_an_out_that_is_a_directory_suggests_a_file_in_it(checkpoint, tmp_path):
+    with pytest.raises(FlowRLError, match=f"--out {re.escape(str(tmp_path))} is a directory; give a file path such as"):
+        export_checkpoint(checkpoint, tmp_path)
+
+
 def test_missing_checkpoint(tmp_path):
     with pytest.raises(CheckpointError, match="not found"):
         export_checkpoint(tmp_path / "nothing", tmp_path / "p.onnx")

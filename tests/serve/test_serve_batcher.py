@@ -208,6 +208,21 @@ def test_each_request_of_a_shared_batch_reports_the_batch_size():
     assert sizes == [1, 4, 4, 4]  # the rows of the onnxruntime call, not of the request
 
 
+def test_a_request_that_does_not_fit_the_batch_opens_the_next_one():
+    """1 + 2 rows are queued, then 2 more, beyond max_batch = 4: that request is run next, not lost."""
+    run = Recorder()
+    batcher = MicroBatcher(run, max_batch=4, window_us=0)
+    first = batcher.submit(*_rows(0))
+    time.sleep(0.05)  # the worker is now blocked inside the first call
+    futures = [batcher.submit(*_rows(i, n)) for i, n in ((1, 1), (2, 2), (3, 2))]
+    run.release.set()
+    results = [f.result(timeout=5) for f in (first, *futures)]
+    batcher.close()
+    assert run.sizes == [1, 3, 2]
+    for i, (n, result) in enumerate(zip((1, 1, 2, 2), results, strict=True)):
+        np.testing.assert_array_equal(result.action, np.full((n, 2), 2 * i + 0.5, np.float32))
+
+
 @pytest.mark.parametrize("max_batch", [1, 4])
 def test_a_model_that_returns_too_few_actions_fails_every_waiter_of_its_batch(max_batch):
     """Slicing a short answer would hand one robot another's action, or an empty one."""

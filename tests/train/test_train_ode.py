@@ -1,6 +1,7 @@
 """The fixed-step solvers against velocity fields with known flows, and the sampler's bounds."""
 
 import math
+import re
 
 import pytest
 import torch
@@ -62,3 +63,12 @@ def test_sampled_actions_stay_inside_the_action_bounds(num_steps, solver):
         actions = actor(torch.randn(256, 4) * 10, num_steps=num_steps, solver=solver)
     low, high = torch.tensor(spec.action_low), torch.tensor(spec.action_high)
     assert ((actions >= low) & (actions <= high)).all()
+
+
+@pytest.mark.parametrize(
+    ("num_steps", "solver", "message"),
+    [(0, "euler", "num_steps must be >= 1, got 0"), (2, "rk4", "unknown solver 'rk4'; choose 'midpoint' or 'euler'")],
+)
+def test_an_impossible_step_count_or_solver_is_refused_by_name(num_steps, solver, message):
+    with pytest.raises(ValueError, match=re.escape(message)):
+        integrate(lambda obs, a, t: a, OBS, A0, num_steps, solver)

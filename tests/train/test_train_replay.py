@@ -84,3 +84,10 @@ def test_a_mismatched_buffer_is_a_clear_error():
     arrays, state = filled(capacity=64, n=10).state_dict()
     with pytest.raises(CheckpointError, match="buffer-size"):
         ReplayBuffer(1, 1, 32).load_state_dict(arrays, state)
+
+
+def test_a_saved_buffer_missing_a_field_is_named():
+    arrays, state = filled(capacity=64, n=10).state_dict()
+    del arrays["mask"], arrays["reward"]
+    with pytest.raises(CheckpointError, match="saved replay buffer lacks reward, mask"):
+        ReplayBuffer(1, 1, 64).load_state_dict(arrays, state)
