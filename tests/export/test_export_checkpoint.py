@@ -153,6 +153,22 @@ def test_pre_tanh_is_checked_even_where_tanh_saturates():
         verify_parity(model, bumped, SPEC, steps=2, solver="midpoint", deterministic=False, batch=None, samples=5)
 
 
+def test_fp32_parity_allows_one_float32_step_of_a_large_action():
+    """The fp32 action tolerance is 1e-5 plus 1e-4 of the action: with bounds [999, 1001], actions
+    one float32 step (6.1e-5) off, the spacing of floats near 1000, pass."""
+    from onnx import numpy_helper
+
+    spec = replace(SPEC, action_low=(999.0,) * 3, action_high=(1001.0,) * 3)
+    actor = actor_tensors(spec)
+    model = graph_module.build_policy_graph(
+        graph_module.VelocityWeights.from_actor(actor, spec), spec, steps=1, solver="euler"
+    )
+    bias = next(t for t in model.graph.initializer if t.name == "action.bias")
+    bias.CopyFrom(numpy_helper.from_array(np.nextafter(numpy_helper.to_array(bias), np.float32(np.inf)), bias.name))
+    report = verify_parity(model, actor, spec, steps=1, solver="euler", deterministic=False, batch=None, samples=5)
+    assert report.passed and report.max_abs_error_action > verify_module.FP32_ATOL
+
+
 def test_invalid_graph_fails_the_structural_check():
     model = graph_module.build_policy_graph(
         graph_module.VelocityWeights.from_actor(actor_tensors(), SPEC), SPEC, steps=1, solver="euler"
