@@ -19,7 +19,7 @@ from pathlib import Path
 import grpc
 import numpy as np
 
-from flowrl_deploy.checkpoint import resolve_checkpoint
+from flowrl_deploy.checkpoint import CHECKPOINTS_DIR, resolve_checkpoint
 from flowrl_deploy.codec import TensorError, as_batch, decode, encode
 from flowrl_deploy.contract import PolicyContract
 from flowrl_deploy.errors import FlowRLError, SpecError
@@ -224,26 +224,29 @@ class PolicyServicer(pb_grpc.PolicyServiceServicer):
     def _obs(self, tensor: pb.Tensor, model: ServedModel) -> np.ndarray:
         return as_batch(decode(tensor, name="obs"), model.obs_dim, max_batch=self.config.max_request_batch)
 
-    def _reload_root(self) -> tuple[Path, str]:
+    def _reload_root(self) -> tuple[Path, str, Path]:
         """Where Reload may load from: beside the served file (its own folder, even if it is a
         link), the run of a served checkpoint (so a later checkpoint of it), or a served run
-        directory itself."""
+        directory itself; with what to call it and the folder a relative path starts from (the
+        served file's folder, or the run: ``checkpoints/step_…`` names a checkpoint of either)."""
         model = Path(self.config.model)
         if is_onnx_path(model):
-            return model.absolute().parent.resolve(), "the served file's directory"
+            folder = model.absolute().parent.resolve()
+            return folder, "the served file's directory", folder
         checkpoint = resolve_checkpoint(model).resolve()  # checkpoints/last, or model.safetensors → step_…
         if model.is_file() or model.resolve() == checkpoint:
-            return checkpoint.parent, "the served checkpoint's run"
-        return model.resolve(), "the served run directory"
+            run = checkpoint.parent.parent if checkpoint.parent.name == CHECKPOINTS_DIR else checkpoint.parent
+            return checkpoint.parent, "the served checkpoint's run", run
+        return model.resolve(), "the served run directory", model.resolve()
 
     def _reload_target(self, path: str) -> Path:
         """What Reload of ``path`` would load, resolved once, checked to lie in :meth:`_reload_root`
         (before and after following links such as a checkpoint directory's ``last``): Reload must
         not become a way to make the server read any file it can reach. A relative ``path`` is
-        taken from that root (``new.onnx``: beside the served file), never from the server's
-        working directory, which its clients cannot know."""
-        allowed, what = self._reload_root()
-        given = Path(path) if Path(path).is_absolute() else allowed / path
+        taken from the root's starting folder (``new.onnx``: beside the served file), never from
+        the server's working directory, which its clients cannot know."""
+        allowed, what, start = self._reload_root()
+        given = Path(path) if Path(path).is_absolute() else start / path
         named = path if given == Path(path) else f"{path} ({given})"
 
         def check(candidate: Path) -> None:
@@ -253,10 +256,17 @@ class PolicyServicer(pb_grpc.PolicyServiceServicer):
                     grpc.StatusCode.PERMISSION_DENIED,
                 )
 
-        check(given)
-        if not given.exists():
-            raise FlowRLError(f"model not found: {named}")
-        target = given.resolve() if is_onnx_path(given) else resolve_checkpoint(given).resolve()
+        try:
+            check(given)
+            if not given.exists():
+                raise FlowRLError(f"model not found: {named}")
+            target = given.resolve() if is_onnx_path(given) else resolve_checkpoint(given).resolve()
+        except (OSError, RuntimeError, ValueError) as exc:  # a NUL byte, a name too long, a link loop
+            shown = repr(path if len(path) <= 200 else path[:200] + "…")
+            why = exc.strerror if isinstance(exc, OSError) and exc.strerror else str(exc).split(":")[0]
+            raise ServeError(
+                f"reload refused: {shown} is no usable path ({why})", grpc.StatusCode.INVALID_ARGUMENT
+            ) from None
         check(target)
         return target
 

@@ -180,14 +180,33 @@ def test_a_relative_reload_path_is_taken_from_beside_the_served_file_not_the_ser
     assert f"../escape.onnx ({tmp.resolve() / '..' / 'escape.onnx'}) is outside {tmp.resolve()}" in info.value.details
 
 
-def test_a_relative_reload_path_of_a_served_run_is_taken_from_the_run(tmp_path, monkeypatch):
+@pytest.mark.parametrize("served", ["run", "run/checkpoints/last", f"run/checkpoints/step_{1:09d}"])
+def test_a_relative_reload_path_of_a_served_run_or_checkpoint_is_taken_from_the_run(tmp_path, monkeypatch, served):
+    """For a served checkpoint it was taken from checkpoints/, so `checkpoints/step_…` (the README's
+    and --help's example) was looked up in checkpoints/checkpoints/."""
     patch_exporter(monkeypatch)
     run = tmp_path / "run"
     save_step(run, 1)
     save_step(run, 2, link=False)
-    server = PolicyServer(ServeConfig(str(run), port=0, grace_s=0)).start()
+    server = PolicyServer(ServeConfig(str(tmp_path / served), port=0, grace_s=0)).start()
     with server, PolicyClient(server.address) as client:
         assert client.reload(f"checkpoints/step_{2:09d}")[0].startswith("v2-")
+
+
+@pytest.mark.parametrize(
+    ("path", "reason"),
+    [("a\x00b", "(embedded null byte)"), ("x" * 300, "(File name too long)"), ("loop", "(Symlink loop")],
+)
+def test_a_reload_path_that_is_no_usable_path_is_invalid_argument_not_internal(served, path, reason):
+    """A NUL byte, an over-long name or a link loop ended as INTERNAL with a traceback in the log."""
+    _, client, tmp = served
+    (tmp / "loop").symlink_to(tmp / "loop")
+    version = client.spec().model_version
+    with pytest.raises(ServiceError) as info:
+        client.reload(path)
+    assert info.value.code == grpc.StatusCode.INVALID_ARGUMENT
+    assert "is no usable path" in info.value.details and reason in info.value.details
+    assert client.spec().model_version == version
 
 
 def test_watch_reloads_when_the_file_changes(served):
