@@ -3,6 +3,8 @@ that a missing one's error message names. The base install (a robot computer) ha
 
 from __future__ import annotations
 
+import importlib.util
+
 EXTRAS_OF: dict[str, tuple[str, ...]] = {
     "torch": ("train", "export"),
     "dm_control": ("train",),
@@ -19,9 +21,10 @@ def install_command(extra: str) -> str:
     return f'pip install "flowrl-deploy[{extra}]"'
 
 
-def modules_of(extra: str) -> tuple[str, ...]:
-    """The optional modules that ``extra`` installs."""
-    return tuple(module for module, extras in EXTRAS_OF.items() if extra in extras)
+def missing_modules(*extras: str) -> list[str]:
+    """The optional modules of ``extras`` that are not installed here (found, not imported)."""
+    wanted = [module for module, of in EXTRAS_OF.items() if set(of) & set(extras)]
+    return [module for module in wanted if importlib.util.find_spec(module) is None]
 
 
 def missing_extra_message(exc: ModuleNotFoundError, command: str) -> str | None:

@@ -3,14 +3,13 @@
 from __future__ import annotations
 
 import hashlib
-import importlib.util
 import time
 from pathlib import Path
 
 import numpy as np
 
 from flowrl_deploy.errors import FlowRLError
-from flowrl_deploy.extras import install_command, modules_of
+from flowrl_deploy.extras import install_command, missing_modules
 from flowrl_deploy.runtime import OnnxPolicy, is_onnx_path
 from flowrl_deploy.serve.errors import ContractMismatch
 
@@ -50,7 +49,7 @@ def resolve_onnx(model: str, workdir: Path, steps: int | None = None) -> Path:
         raise FlowRLError(f"model not found: {model}")
     if is_onnx_path(path):
         return path
-    if missing := [name for name in modules_of("export") if importlib.util.find_spec(name) is None]:
+    if missing := missing_modules("export"):
         raise FlowRLError(
             f"{model} is not an .onnx file; serving a checkpoint exports it first, which needs "
             f"{' and '.join(missing)}, not installed here: {install_command('export')}, "

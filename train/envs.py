@@ -116,7 +116,9 @@ class GymEnv:
         try:
             import gymnasium as gym
         except ImportError as exc:
-            raise EnvIdError(f"gymnasium is not installed, so {env_id} cannot be made: pip install gymnasium") from exc
+            raise EnvIdError(
+                f"gymnasium is not installed, so {env_id} cannot be made: {install_command('train')}"
+            ) from exc
         humanoidbench_error = _import_humanoidbench()
         try:
             self._env = gym.make(env_id.name, render_mode=None)

@@ -19,6 +19,7 @@ import typer
 from flowrl_deploy.cli._common import finite, user_errors
 from flowrl_deploy.contract import MAX_HZ
 from flowrl_deploy.errors import FlowRLError
+from flowrl_deploy.extras import install_command, missing_modules
 from flowrl_deploy.spec import MAX_FLOW_STEPS
 
 
@@ -53,6 +54,11 @@ class DemoConfig:
 
 def run_demo(cfg: DemoConfig, echo=typer.echo) -> dict[str, Any]:
     """Run every stage into ``cfg.out`` and return the summary that is also written to summary.json."""
+    if missing := missing_modules("train", "export"):  # before minutes of training, not after
+        raise FlowRLError(
+            f"flowrl demo trains, exports and plots: it needs {', '.join(missing)}, not installed here: "
+            f"{install_command('train,export')}"
+        )
     from flowrl_deploy.control import run_control
     from flowrl_deploy.export import ExportConfig, export_checkpoint
     from flowrl_deploy.export.act import onnx_act_fn

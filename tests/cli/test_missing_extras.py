@@ -106,3 +106,22 @@ def test_a_missing_module_of_no_extra_is_a_bug_and_still_raises():
 
     with pytest.raises(ModuleNotFoundError, match="no_such_module"):
         broken_command()
+
+
+def test_demo_without_onnx_or_matplotlib_says_so_before_training(tmp_path):
+    """It trained for minutes, then stopped at the export (or at the plots) with half a report folder."""
+    result = run_without("onnx,matplotlib", "demo", "--out", str(tmp_path / "demo"), "--steps", "300")
+    assert_one_line_error(
+        result,
+        "flowrl demo trains, exports and plots: it needs matplotlib, onnx, not installed here: "
+        'pip install "flowrl-deploy[train,export]"',
+    )
+    assert not (tmp_path / "demo").exists()
+
+
+def test_eval_on_a_gymnasium_task_without_gymnasium_names_the_train_extra(tmp_path):
+    policy = write_policy(tmp_path / "policy.onnx")
+    result = run_without("gymnasium", "eval", str(policy), "--env", "Pendulum-v1", "--episodes", "1")
+    assert_one_line_error(
+        result, 'gymnasium is not installed, so Pendulum-v1 cannot be made: pip install "flowrl-deploy[train]"'
+    )
