@@ -120,6 +120,17 @@ _HOST = re.compile(r"[A-Za-z0-9._-]+")  # a host name or an IPv4 address
 _PORT = re.compile(r"[0-9]{1,5}")
 
 
+def is_loopback(host: str) -> bool:
+    """Only this machine can reach ``host`` (``localhost``, 127.0.0.0/8, ``::1``)."""
+    name = host.strip("[]")
+    if name == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(name).is_loopback
+    except ValueError:  # a host name, or '' (every interface)
+        return False
+
+
 def checked_target(target: str, name: str = "target") -> str:
     """``target`` when it is a server address gRPC reads as meant: ``host:port``, ``[IPv6]:port``
     or ``unix:PATH``. Anything else is refused naming ``name`` (the flag or the argument): gRPC

@@ -13,7 +13,7 @@ from dataclasses import asdict, dataclass, field
 
 import numpy as np
 
-from flowrl_deploy.client import FALLBACKS, CallTiming, PolicyClient, WatchdogError
+from flowrl_deploy.client import FALLBACKS, CallTiming, PolicyClient, WatchdogError, is_loopback
 from flowrl_deploy.contract import MAX_HZ, MIN_HZ
 from flowrl_deploy.errors import FlowRLError
 from flowrl_deploy.gc_freeze import gc_frozen
@@ -122,10 +122,13 @@ def _tick_figures(timings: list[CallTiming], lateness: list[float]) -> dict[str,
     }
 
 
-def connection_hint(error: str, tls_ca: str, tls_cert: str) -> str:
-    """What to try after a failed connection, given its error and the TLS files the user passed
-    ('' if none fits)."""
+def connection_hint(error: str, target: str, tls_ca: str, tls_cert: str) -> str:
+    """What to try after a failed connection to ``target``, given its error and the TLS files the
+    user passed ('' if none fits)."""
     if "Connection refused" in error:  # nothing listens at that address: TLS is not the question
+        host = target[1:].partition("]")[0] if target.startswith("[") else target.rpartition(":")[0]
+        if target.startswith("unix:") or is_loopback(host):
+            return "nothing listens at that port on this machine: is `flowrl serve` running, with that --port?"
         return (
             "nothing listens at that port; to be reached from another machine, `flowrl serve` needs "
             "--host 0.0.0.0 (its default, 127.0.0.1, takes local connections only)"
@@ -202,7 +205,7 @@ def run_control(
         try:
             client.wait_ready(timeout_s=connect_timeout_s)
         except FlowRLError as exc:
-            hint = connection_hint(str(exc), tls_ca, tls_cert)
+            hint = connection_hint(str(exc), server, tls_ca, tls_cert)
             raise FlowRLError(f"{exc} ({hint})" if hint else str(exc)) from None
         info = client.spec()
         contract_hz = 1.0 / info.control_period_s if info.control_period_s > 0 else None

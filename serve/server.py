@@ -20,7 +20,6 @@ which measured the lowest batch-1 latency.
 from __future__ import annotations
 
 import errno
-import ipaddress
 import logging
 import signal
 import socket
@@ -36,6 +35,7 @@ from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 
 from flowrl_deploy.affinity import pin_to_cpus
+from flowrl_deploy.client import is_loopback
 from flowrl_deploy.errors import FlowRLError
 from flowrl_deploy.gc_freeze import gc_frozen
 from flowrl_deploy.proto.flowrl.v1 import policy_pb2 as pb
@@ -68,17 +68,6 @@ def connectable(host: str, port: int) -> str:
     """``host:port`` as a client on this machine reaches a server bound to ``host`` (bare or
     bracketed): every interface → loopback, any other host as it is."""
     return host_port(EVERY_INTERFACE.get(host.strip("[]"), host), port)
-
-
-def is_loopback(host: str) -> bool:
-    """Only this machine can reach ``host`` (``localhost``, 127.0.0.0/8, ``::1``)."""
-    name = host.strip("[]")
-    if name == "localhost":
-        return True
-    try:
-        return ipaddress.ip_address(name).is_loopback
-    except ValueError:  # a host name, or '' (every interface)
-        return False
 
 
 BIND_REASONS = {

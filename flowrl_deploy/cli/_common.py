@@ -161,7 +161,8 @@ def server_client(
         try:
             yield client
         except ServiceError as exc:
-            hint = connection_hint(exc.details, tls_ca, tls_cert) if exc.code == grpc.StatusCode.UNAVAILABLE else ""
+            unavailable = exc.code == grpc.StatusCode.UNAVAILABLE
+            hint = connection_hint(exc.details, server, tls_ca, tls_cert) if unavailable else ""
             raise FlowRLError(f"{exc} ({hint})" if hint else str(exc)) from None
 
 

@@ -111,14 +111,27 @@ class TestMutualTLS:
         assert len(result.output.strip().splitlines()) == 1
 
     @pytest.mark.parametrize("command", ["query", "control"])
-    def test_a_refused_connection_hints_at_the_servers_host_not_at_tls(self, command):
-        """'Connection refused' (nothing listens there, e.g. a server on its default 127.0.0.1 asked
-        from another machine) used to suggest --tls-ca."""
+    def test_a_refused_connection_hints_at_the_server_not_at_tls(self, command):
+        """'Connection refused' (nothing listens there) used to suggest --tls-ca."""
         args = ["--obs", OBS, "--timeout", "2"] if command == "query" else ["--connect-timeout", "1"]
         result = runner.invoke(app, [command, "--server", f"127.0.0.1:{_closed_port()}", *args])
         assert result.exit_code == 1
-        assert "Connection refused" in result.output and "nothing listens at that port" in result.output
-        assert "--host 0.0.0.0" in result.output and "--tls-ca" not in result.output
+        assert "Connection refused" in result.output and "--tls-ca" not in result.output
+        assert "nothing listens at that port on this machine: is `flowrl serve` running" in result.output
+
+    def test_a_refused_connection_to_another_machine_names_the_servers_host(self):
+        """From another machine, the usual cause is a server on its default --host 127.0.0.1."""
+        from flowrl_deploy.control import connection_hint
+
+        error = "UNAVAILABLE: ... ipv4:192.0.2.2:50051: Failed to connect to remote host: Connection refused"
+        for target in ("192.0.2.2:50051", "robot-brain:50051", "[2001:db8::1]:50051"):
+            hint = connection_hint(error, target, "", "")
+            assert "needs --host 0.0.0.0 (its default, 127.0.0.1, takes local connections only)" in hint
+        for target in ("localhost:50051", "[::1]:50051", "unix:/tmp/flowrl.sock"):
+            assert "on this machine" in connection_hint(error, target, "", "")
+        assert connection_hint("UNAVAILABLE: Socket closed", "192.0.2.2:50051", "", "") == (
+            "if the server uses TLS, pass --tls-ca"
+        )
 
     @pytest.mark.parametrize("command", ["query", "control"])
     def test_plaintext_to_a_tls_server_hints_at_tls(self, mtls_server, command):

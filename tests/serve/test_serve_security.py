@@ -11,9 +11,9 @@ import numpy as np
 import pytest
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
-from flowrl_deploy.client import PolicyClient, ServiceError
+from flowrl_deploy.client import PolicyClient, ServiceError, is_loopback
 from flowrl_deploy.serve import PolicyServer, ServeConfig
-from flowrl_deploy.serve.server import connectable, is_loopback
+from flowrl_deploy.serve.server import connectable
 
 x509 = pytest.importorskip("cryptography.x509")
 from cryptography.hazmat.primitives import hashes, serialization  # noqa: E402
