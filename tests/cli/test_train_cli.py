@@ -2,7 +2,6 @@
 
 import dataclasses
 import json
-import resource
 import shutil
 import subprocess
 import sys
@@ -168,12 +167,17 @@ def test_a_file_in_place_of_the_checkpoints_folder_fails_before_training(tmp_pat
 
 def test_a_checkpoint_too_large_to_write_stops_with_one_line_not_a_traceback(tmp_path):
     """The review's `ulimit -f 200` run: the checkpoint at the end cannot be written."""
-    limit = resource.RLIMIT_FSIZE, (200 * 1024, resource.getrlimit(resource.RLIMIT_FSIZE)[1])
     args = ["train", "--env", "dmc:cartpole-balance", "--steps", "300", "--start-steps", "200", "--hidden", "32",
             "--eval-every", "0", "--threads", "1", "--no-progress", "--out", str(tmp_path / "run")]  # fmt: skip
+    # the limit is set in the child itself: a preexec_fn runs between fork and exec, where gRPC's fork
+    # handlers (gRPC is loaded by earlier tests) once aborted the child
+    limited = (
+        "import resource, runpy; "
+        "resource.setrlimit(resource.RLIMIT_FSIZE, (200 * 1024, resource.getrlimit(resource.RLIMIT_FSIZE)[1])); "
+    )
     result = subprocess.run(
-        [sys.executable, "-m", "flowrl_deploy.cli", *args],
-        capture_output=True, text=True, timeout=300, preexec_fn=lambda: resource.setrlimit(*limit),
+        [sys.executable, "-c", limited + "runpy.run_module('flowrl_deploy.cli', run_name='__main__')", *args],
+        capture_output=True, text=True, timeout=300,
     )  # fmt: skip
     assert result.returncode == 1 and "Traceback" not in result.stderr, result.stderr
     assert result.stderr.startswith(f"error: cannot write the checkpoint {tmp_path}/run/checkpoints/step_000000300:")

@@ -55,16 +55,11 @@ def test_a_pinned_process_can_still_pin_a_child_elsewhere():
     """A child inherits its parent's mask; pinning it to another core of the machine must work."""
     if os.cpu_count() < 2:
         pytest.skip("needs two cores")
-    script = (
-        "from flowrl_deploy.affinity import pin_to_cpus; import os; pin_to_cpus((1,)); print(os.sched_getaffinity(0))"
+    script = (  # the child starts on core 0 alone (set in the child: a preexec_fn runs between fork and exec)
+        "import os; os.sched_setaffinity(0, {0}); from flowrl_deploy.affinity import pin_to_cpus; "
+        "pin_to_cpus((1,)); print(os.sched_getaffinity(0))"
     )
-    out = subprocess.run(
-        [sys.executable, "-c", script],
-        capture_output=True,
-        text=True,
-        check=True,
-        preexec_fn=lambda: os.sched_setaffinity(0, {0}),
-    ).stdout
+    out = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, check=True).stdout
     assert out.strip() == "{1}"
 
 
