@@ -24,14 +24,15 @@ from flowrl_deploy.serve.errors import DeadlineExpired
 
 
 class Recorder:
-    """run(obs, noise) = obs * 2 + noise; blocks the first call until released."""
+    """run(obs, noise) = obs * 2 + noise; blocks the first call (``entered`` is set) until released."""
 
     def __init__(self) -> None:
         self.sizes: list[int] = []
-        self.release = threading.Event()
+        self.entered, self.release = threading.Event(), threading.Event()
 
     def __call__(self, obs, noise):
         if not self.sizes:
+            self.entered.set()
             self.release.wait(5)
         self.sizes.append(len(obs))
         return obs * 2 + noise, "v", 1
@@ -42,16 +43,21 @@ def _rows(i: int, n: int = 1) -> tuple[np.ndarray, np.ndarray]:
 
 
 def test_queued_requests_share_one_call_and_each_gets_its_rows():
+    """Queued requests of 1 + 2 rows share a call; the next (2 rows, beyond max_batch = 4) opens the
+    next batch with the one after it (it is carried, not lost: its caller would wait out its
+    deadline); each result reports the rows of its onnxruntime call."""
     run = Recorder()
     batcher = MicroBatcher(run, max_batch=4, window_us=0)
     first = batcher.submit(*_rows(0))
-    time.sleep(0.05)  # the worker is now blocked inside the first call
-    futures = [batcher.submit(*_rows(i, n)) for i, n in ((1, 1), (2, 2), (3, 1), (4, 1))]
+    assert run.entered.wait(5)  # the worker is now blocked inside the first call
+    rows = (1, 1, 2, 2, 1)
+    futures = [batcher.submit(*_rows(i, n)) for i, n in enumerate(rows[1:], start=1)]
     run.release.set()
     results = [f.result(timeout=5) for f in (first, *futures)]
     batcher.close()
-    assert run.sizes == [1, 4, 1]  # 1+2+1 rows fit in max_batch=4; the next request opens a batch
-    for i, (n, result) in enumerate(zip((1, 1, 2, 1, 1), results, strict=True)):
+    assert run.sizes == [1, 3, 3]
+    assert [r.batch_size for r in results] == [1, 3, 3, 3, 3]
+    for i, (n, result) in enumerate(zip(rows, results, strict=True)):
         np.testing.assert_array_equal(result.action, np.full((n, 2), 2 * i + 0.5, np.float32))
 
 
@@ -77,16 +83,17 @@ def test_idle_workers_do_not_split_a_batch():
 
 
 def test_a_request_submitted_while_the_batcher_closes_is_still_answered():
-    release = threading.Event()
+    entered, release = threading.Event(), threading.Event()
 
     def run(obs, noise):
         if obs[0, 0] == 0:
+            entered.set()
             release.wait(5)  # the first request holds the worker
         return obs * 2 + noise, "v", 1
 
     batcher = MicroBatcher(run, max_batch=4, window_us=0)
     busy = batcher.submit(*_rows(0))
-    time.sleep(0.05)
+    assert entered.wait(5)
     closing = threading.Thread(target=batcher.close)
     closing.start()
     time.sleep(0.05)  # close() has queued the worker's stop and waits for it
@@ -193,34 +200,6 @@ def test_streams_beyond_the_worker_pool_are_refused_not_left_waiting(policy_path
         for stop in held:
             stop.set()
         channel.close()
-
-
-def test_each_request_of_a_shared_batch_reports_the_batch_size():
-    run = Recorder()
-    batcher = MicroBatcher(run, max_batch=4, window_us=0)
-    first = batcher.submit(*_rows(0))
-    time.sleep(0.05)  # the worker is now blocked inside the first call
-    futures = [batcher.submit(*_rows(i, n)) for i, n in ((1, 1), (2, 2), (3, 1))]
-    run.release.set()
-    sizes = [f.result(timeout=5).batch_size for f in (first, *futures)]
-    batcher.close()
-    assert run.sizes == [1, 4]
-    assert sizes == [1, 4, 4, 4]  # the rows of the onnxruntime call, not of the request
-
-
-def test_a_request_that_does_not_fit_the_batch_opens_the_next_one():
-    """1 + 2 rows are queued, then 2 more, beyond max_batch = 4: that request is run next, not lost."""
-    run = Recorder()
-    batcher = MicroBatcher(run, max_batch=4, window_us=0)
-    first = batcher.submit(*_rows(0))
-    time.sleep(0.05)  # the worker is now blocked inside the first call
-    futures = [batcher.submit(*_rows(i, n)) for i, n in ((1, 1), (2, 2), (3, 2))]
-    run.release.set()
-    results = [f.result(timeout=5) for f in (first, *futures)]
-    batcher.close()
-    assert run.sizes == [1, 3, 2]
-    for i, (n, result) in enumerate(zip((1, 1, 2, 2), results, strict=True)):
-        np.testing.assert_array_equal(result.action, np.full((n, 2), 2 * i + 0.5, np.float32))
 
 
 @pytest.mark.parametrize("max_batch", [1, 4])
