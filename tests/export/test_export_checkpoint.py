@@ -169,6 +169,18 @@ def test_fp32_parity_allows_one_float32_step_of_a_large_action():
     assert report.passed and report.max_abs_error_action > verify_module.FP32_ATOL
 
 
+@pytest.mark.parametrize("bound", [100.0, 1000.0])
+@pytest.mark.parametrize("weights_seed", [0, 1, 2])
+def test_a_correct_graph_with_large_action_bounds_passes_verification(tmp_path, bound, weights_seed):
+    """Raw torque limits of ±100: float32 rounding of tanh (about 1e-7) times the half-range put a
+    correct graph's actions near 0 beyond an absolute 1e-5, and the export was refused; the action's
+    atol now counts in half-ranges."""
+    spec = replace(SPEC, action_low=(-bound,) * 3, action_high=(bound,) * 3)
+    checkpoint = save_checkpoint(tmp_path / "step_1", spec=spec, actor=actor_tensors(spec, seed=weights_seed))
+    report = export_checkpoint(checkpoint, tmp_path / "policy.onnx", ExportConfig(steps=1, solver="euler"))
+    assert report.parity.passed and report.parity.max_abs_error_action <= verify_module.FP32_ATOL * bound
+
+
 def test_invalid_graph_fails_the_structural_check():
     model = graph_module.build_policy_graph(
         graph_module.VelocityWeights.from_actor(actor_tensors(), SPEC), SPEC, steps=1, solver="euler"
