@@ -112,6 +112,10 @@ class ServeConfig:
                 raise FlowRLError(f"{setting_name(field.name)} must be an integer, got {value!r}")
             if kind == "float" and (isinstance(value, bool) or not isinstance(value, int | float)):
                 raise FlowRLError(f"{setting_name(field.name)} must be a number, got {value!r}")
+        if not self.host.strip("[]"):  # gRPC refuses it with a C-core log line after the checks passed
+            raise FlowRLError(
+                f"--host must name an interface, got {self.host!r}: 0.0.0.0 for every one, 127.0.0.1 for this machine"
+            )
         for field in ("port", "metrics_port"):
             port = getattr(self, field)
             if port is not None and not 0 <= port <= 65535:

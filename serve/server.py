@@ -60,7 +60,7 @@ def host_port(host: str, port: int) -> str:
     return f"[{host}]:{port}" if ":" in host and not host.startswith("[") else f"{host}:{port}"
 
 
-EVERY_INTERFACE = {"0.0.0.0": "127.0.0.1", "": "127.0.0.1", "::": "::1"}
+EVERY_INTERFACE = {"0.0.0.0": "127.0.0.1", "::": "::1"}
 """Hosts that bind every interface, and the loopback address a client on this machine reaches them at."""
 
 

@@ -47,6 +47,9 @@ NAN, INF = float("nan"), float("inf")
         ({"session_idle_s": INF}, "--session-idle-s must be > 0 and finite, got inf"),
         ({"watch": "yes"}, "--watch must be True or False, got 'yes'"),
         ({"token": None}, "--token must be a string, got None"),
+        # gRPC's own "host must not be empty" log line and "Failed to bind", after our checks passed
+        ({"host": ""}, "--host must name an interface, got '': 0.0.0.0 for every one, 127.0.0.1 for this machine"),
+        ({"host": "[]"}, "--host must name an interface, got '[]'"),
         # NumPy scalars are checked as their Python values
         ({"port": np.float64(50051.0)}, "--port must be an integer, got 50051.0"),
         ({"port": np.True_}, "--port must be an integer, got True"),

@@ -118,7 +118,6 @@ def test_an_open_network_address_without_token_or_tls_is_warned_about(policy_pat
     ("host", "address"),
     [
         ("0.0.0.0", "127.0.0.1:9"),
-        ("", "127.0.0.1:9"),
         ("::", "[::1]:9"),
         ("[::]", "[::1]:9"),  # a bound address prints IPv6 bracketed
         ("::1", "[::1]:9"),
