@@ -397,10 +397,9 @@ def test_a_reloaded_checkpoint_is_exported_at_the_n_served_now(tmp_path, monkeyp
     assert [steps for _, steps in exporter.calls] == [1]
 
 
-def test_watch_reloads_only_once_the_file_has_stayed_the_same_for_one_interval(tmp_path, monkeypatch):
-    """A file still being copied in (its stamp changing at every poll) is not loaded half-written."""
-    served, copying, copied = "v1", ("v2", 1000), ("v2", 2000)
-    stamps = [served, copying, copied]  # then `copied` for good
+def _watch_scripted_stamps(tmp_path, monkeypatch, stamps: list, polls_wanted: int) -> list:
+    """Run a FileWatcher whose polls see ``stamps`` in turn (then the last one for good) until it
+    has polled ``polls_wanted`` times; returns, for each load, the stamps seen up to it."""
     polls: list = []
 
     def stamp(_path):
@@ -412,9 +411,16 @@ def test_watch_reloads_only_once_the_file_has_stayed_the_same_for_one_interval(t
     watcher = watch.FileWatcher(tmp_path / "policy.onnx", lambda: loads.append(list(polls)), interval_s=0.005)
     watcher.start()
     try:
-        assert _wait_for(lambda: len(polls) >= 10)
+        assert _wait_for(lambda: len(polls) >= polls_wanted)
     finally:
         watcher.stop()
+    return loads
+
+
+def test_watch_reloads_only_once_the_file_has_stayed_the_same_for_one_interval(tmp_path, monkeypatch):
+    """A file still being copied in (its stamp changing at every poll) is not loaded half-written."""
+    served, copying, copied = "v1", ("v2", 1000), ("v2", 2000)
+    loads = _watch_scripted_stamps(tmp_path, monkeypatch, [served, copying, copied], 10)
     assert loads == [[served, copying, copied, copied]]  # once, at the second poll that saw it unchanged
 
 
@@ -434,19 +440,5 @@ def test_reload_of_a_missing_file_outside_the_model_directory_is_refused_not_loo
 def test_watch_does_not_reload_while_the_served_file_is_missing(tmp_path, monkeypatch):
     """A file removed before its new copy lands (rm, then cp) is not a model to load: only the copy is."""
     served, replaced = "v1", "v2"
-    stamps = [served, None, None, None, None, replaced]  # then `replaced` for good
-    polls: list = []
-
-    def stamp(_path):
-        polls.append(stamps[min(len(polls), len(stamps) - 1)])
-        return polls[-1]
-
-    monkeypatch.setattr(watch, "served_stamp", stamp)
-    loads: list = []
-    watcher = watch.FileWatcher(tmp_path / "policy.onnx", lambda: loads.append(polls[-1]), interval_s=0.005)
-    watcher.start()
-    try:
-        assert _wait_for(lambda: len(polls) >= 12)
-    finally:
-        watcher.stop()
-    assert loads == [replaced]
+    loads = _watch_scripted_stamps(tmp_path, monkeypatch, [served, None, None, None, None, replaced], 12)
+    assert [seen[-1] for seen in loads] == [replaced]
