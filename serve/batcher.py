@@ -36,7 +36,6 @@ class BatchResult:
     action: np.ndarray
     model_version: str
     inference_us: int
-    batch_size: int
 
 
 @dataclass
@@ -155,5 +154,5 @@ class MicroBatcher:
         start = 0
         for request in live:
             end = start + len(request.obs)
-            request.future.set_result(BatchResult(action[start:end], version, inference_us, len(obs)))
+            request.future.set_result(BatchResult(action[start:end], version, inference_us))
             start = end
