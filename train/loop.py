@@ -16,6 +16,7 @@ import math
 import os
 import signal
 import threading
+from collections.abc import Callable
 from dataclasses import dataclass, fields
 from pathlib import Path
 
@@ -187,12 +188,19 @@ def missing_config_fields(checkpoint: str | Path) -> list[str]:
 
 
 def train(
-    cfg: TrainConfig, resume: str | Path | None = None, progress: bool = True, *, stop_on_sigint: bool = False
+    cfg: TrainConfig,
+    resume: str | Path | None = None,
+    progress: bool = True,
+    *,
+    stop_on_sigint: bool = False,
+    on_start: Callable[[], None] | None = None,
 ) -> TrainResult:
     """Run FlowRL as ``cfg`` says, into ``cfg.out``.
 
     With ``resume`` (a checkpoint or run directory), continue that run in its own directory; pass
-    its config, ``resume_config(resume)``, as ``cfg``. With ``stop_on_sigint`` (``flowrl train``),
+    its config, ``resume_config(resume)``, as ``cfg``. ``on_start()`` is called once every check
+    has passed and every output is made, before the first step (a caller's warnings then never
+    precede a refusal). With ``stop_on_sigint`` (``flowrl train``),
     the first Ctrl-C or SIGTERM ends the run after the current step with a saved ``last`` checkpoint
     and ``TrainResult.interrupted``; otherwise Ctrl-C raises ``KeyboardInterrupt`` as usual.
     """
@@ -235,6 +243,8 @@ def train(
         env.close()
         eval_env.close()
         raise
+    if on_start is not None:
+        on_start()
     low, high = env.info.action_low, env.info.action_high
 
     def save(best: bool = False) -> Path:

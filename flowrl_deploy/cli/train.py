@@ -161,14 +161,17 @@ def train(
             save_every=save_every, save_replay=save_replay, device=device.value, bf16=bf16, compile=compile,
             cuda_graphs=cuda_graphs, threads=threads,
         )  # fmt: skip
-    why = _why_no_update(cfg)
-    if why:
-        typer.secho(
-            f"warning: {why}, so no gradient update will run and the checkpoint holds the untrained policy",
-            err=True,
-            fg=typer.colors.YELLOW,
-        )
-    result = run_training(cfg, resume=resume, progress=progress, stop_on_sigint=True)
+
+    def warn_if_no_update() -> None:  # once training starts: a refusal of the run comes first
+        why = _why_no_update(cfg)
+        if why:
+            typer.secho(
+                f"warning: {why}, so no gradient update will run and the checkpoint holds the untrained policy",
+                err=True,
+                fg=typer.colors.YELLOW,
+            )
+
+    result = run_training(cfg, resume=resume, progress=progress, stop_on_sigint=True, on_start=warn_if_no_update)
     if result.interrupted:
         saved = f"last checkpoint {result.last_checkpoint}; " if result.last_checkpoint else ""
         typer.secho(

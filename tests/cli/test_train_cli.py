@@ -94,6 +94,15 @@ def test_a_run_that_is_all_warm_up_is_warned_about(tmp_path):
         assert ("no gradient update will run" in result.output) == (updates == 0)
 
 
+def test_a_refused_run_is_one_error_line_without_the_no_update_warning_before_it(tmp_path):
+    """`--out` an existing run printed the warm-up warning first, then the real error."""
+    out = tmp_path / "run"
+    assert runner.invoke(app, ["train", *TINY, "--steps", "40", "--eval-every", "0", "--out", str(out)]).exit_code == 0
+    result = runner.invoke(app, ["train", *TINY, "--steps", "40", "--start-steps", "41", "--out", str(out)])
+    assert result.exit_code == 1
+    assert "warning" not in result.output and result.output.startswith("error: ")
+
+
 def test_no_update_at_all_is_warned_about_whatever_the_reason(tmp_path):
     """Updates need the warm-up over and a batch in the buffer: --batch-size above --steps means none."""
     for batch, updates in ((41, 0), (40, 1)):
