@@ -6,6 +6,7 @@ Every handler reports failures as a gRPC status with a client-safe message (see
 
 from __future__ import annotations
 
+import errno
 import functools
 import json
 import logging
@@ -224,46 +225,52 @@ class PolicyServicer(pb_grpc.PolicyServiceServicer):
     def _obs(self, tensor: pb.Tensor, model: ServedModel) -> np.ndarray:
         return as_batch(decode(tensor, name="obs"), model.obs_dim, max_batch=self.config.max_request_batch)
 
-    def _reload_root(self) -> tuple[Path, str, Path]:
+    def _reload_root(self) -> tuple[Path, str]:
         """Where Reload may load from: beside the served file (its own folder, even if it is a
         link), the run of a served checkpoint (so a later checkpoint of it), or a served run
-        directory itself; with what to call it and the folder a relative path starts from (the
-        served file's folder, or the run: ``checkpoints/step_…`` names a checkpoint of either)."""
+        directory itself."""
         model = Path(self.config.model)
         if is_onnx_path(model):
-            folder = model.absolute().parent.resolve()
-            return folder, "the served file's directory", folder
+            return model.absolute().parent.resolve(), "the served file's directory"
         checkpoint = resolve_checkpoint(model).resolve()  # checkpoints/last, or model.safetensors → step_…
         if model.is_file() or model.resolve() == checkpoint:
-            run = checkpoint.parent.parent if checkpoint.parent.name == CHECKPOINTS_DIR else checkpoint.parent
-            return checkpoint.parent, "the served checkpoint's run", run
-        return model.resolve(), "the served run directory", model.resolve()
+            return checkpoint.parent, "the served checkpoint's run"
+        return model.resolve(), "the served run directory"
 
     def _reload_target(self, path: str) -> Path:
         """What Reload of ``path`` would load, resolved once, checked to lie in :meth:`_reload_root`
         (before and after following links such as a checkpoint directory's ``last``): Reload must
         not become a way to make the server read any file it can reach. A relative ``path`` is
-        taken from the root's starting folder (``new.onnx``: beside the served file), never from
-        the server's working directory, which its clients cannot know."""
-        allowed, what, start = self._reload_root()
-        given = Path(path) if Path(path).is_absolute() else start / path
-        named = path if given == Path(path) else f"{path} ({given})"
+        looked up in that root and, for a run's ``checkpoints/`` folder, in the run above it
+        (``step_…`` and ``checkpoints/step_…`` both name a checkpoint), never in the server's
+        working directory, which its clients cannot know."""
+        allowed, what = self._reload_root()
+        if "\0" in path:
+            raise ServeError(f"reload refused: {path!r} contains a NUL byte", grpc.StatusCode.INVALID_ARGUMENT)
+        starts = [allowed, allowed.parent] if allowed.name == CHECKPOINTS_DIR else [allowed]
+        candidates = [Path(path)] if Path(path).is_absolute() else [start / path for start in starts]
+        shown = repr(path if len(path) <= 200 else path[:200] + "…")
+
+        def named(candidate: Path) -> str:
+            return shown if candidate == Path(path) else f"{shown} ({candidate})"
 
         def check(candidate: Path) -> None:
             if not candidate.resolve().is_relative_to(allowed):
                 raise ServeError(
-                    f"reload refused: {named} is outside {allowed}, {what}; put the new model there",
+                    f"reload refused: {named(candidate)} is outside {allowed}, {what}; put the new model there",
                     grpc.StatusCode.PERMISSION_DENIED,
                 )
 
         try:
+            given = next((c for c in candidates if c.exists()), candidates[0])
             check(given)
-            if not given.exists():
-                raise FlowRLError(f"model not found: {named}")
+            given.stat()  # a missing file, or one no path can reach: a link loop, a name too long
             target = given.resolve() if is_onnx_path(given) else resolve_checkpoint(given).resolve()
-        except (OSError, RuntimeError, ValueError) as exc:  # a NUL byte, a name too long, a link loop
-            shown = repr(path if len(path) <= 200 else path[:200] + "…")
-            why = exc.strerror if isinstance(exc, OSError) and exc.strerror else str(exc).split(":")[0]
+        except FileNotFoundError:
+            raise FlowRLError(f"model not found: {named(given)}") from None
+        except (OSError, RuntimeError) as exc:  # RuntimeError: Path.resolve's link loop before Python 3.13
+            loop = isinstance(exc, RuntimeError) or exc.errno == errno.ELOOP
+            why = "a symbolic link loop" if loop else exc.strerror or str(exc)
             raise ServeError(
                 f"reload refused: {shown} is no usable path ({why})", grpc.StatusCode.INVALID_ARGUMENT
             ) from None

@@ -177,25 +177,44 @@ def test_a_relative_reload_path_is_taken_from_beside_the_served_file_not_the_ser
     with pytest.raises(ServiceError) as info:
         client.reload("../escape.onnx")
     assert info.value.code == grpc.StatusCode.PERMISSION_DENIED
-    assert f"../escape.onnx ({tmp.resolve() / '..' / 'escape.onnx'}) is outside {tmp.resolve()}" in info.value.details
+    assert f"'../escape.onnx' ({tmp.resolve() / '..' / 'escape.onnx'}) is outside {tmp.resolve()}" in info.value.details
 
 
-@pytest.mark.parametrize("served", ["run", "run/checkpoints/last", f"run/checkpoints/step_{1:09d}"])
-def test_a_relative_reload_path_of_a_served_run_or_checkpoint_is_taken_from_the_run(tmp_path, monkeypatch, served):
-    """For a served checkpoint it was taken from checkpoints/, so `checkpoints/step_…` (the README's
-    and --help's example) was looked up in checkpoints/checkpoints/."""
+@pytest.mark.parametrize(
+    ("served", "paths"),
+    [
+        ("run", ["checkpoints/step_000000002"]),
+        ("run/checkpoints", ["checkpoints/step_000000002", "step_000000002"]),
+        ("run/checkpoints/last", ["checkpoints/step_000000002", "step_000000002"]),
+        ("run/checkpoints/step_000000001", ["checkpoints/step_000000002", "step_000000002"]),
+    ],
+)
+def test_a_relative_reload_path_of_a_served_run_or_checkpoint_names_a_checkpoint_of_the_run(
+    tmp_path, monkeypatch, served, paths
+):
+    """`checkpoints/step_…` (the README's and --help's example) was looked up in
+    checkpoints/checkpoints/ for a served checkpoint; beside one, `step_…` works too."""
     patch_exporter(monkeypatch)
     run = tmp_path / "run"
     save_step(run, 1)
     save_step(run, 2, link=False)
     server = PolicyServer(ServeConfig(str(tmp_path / served), port=0, grace_s=0)).start()
     with server, PolicyClient(server.address) as client:
-        assert client.reload(f"checkpoints/step_{2:09d}")[0].startswith("v2-")
+        for path in paths:
+            version, previous = client.reload(path)
+            assert version != previous and version == client.spec().model_version
+        with pytest.raises(ServiceError) as info:  # the run's config.json is not a checkpoint of it
+            client.reload("config.json")
+        assert info.value.code in (grpc.StatusCode.PERMISSION_DENIED, grpc.StatusCode.FAILED_PRECONDITION)
 
 
 @pytest.mark.parametrize(
     ("path", "reason"),
-    [("a\x00b", "(embedded null byte)"), ("x" * 300, "(File name too long)"), ("loop", "(Symlink loop")],
+    [
+        ("a\x00b", "'a\\x00b' contains a NUL byte"),
+        ("x" * 300, "is no usable path (File name too long)"),
+        ("loop", "'loop' is no usable path (a symbolic link loop)"),
+    ],
 )
 def test_a_reload_path_that_is_no_usable_path_is_invalid_argument_not_internal(served, path, reason):
     """A NUL byte, an over-long name or a link loop ended as INTERNAL with a traceback in the log."""
@@ -205,7 +224,7 @@ def test_a_reload_path_that_is_no_usable_path_is_invalid_argument_not_internal(s
     with pytest.raises(ServiceError) as info:
         client.reload(path)
     assert info.value.code == grpc.StatusCode.INVALID_ARGUMENT
-    assert "is no usable path" in info.value.details and reason in info.value.details
+    assert reason in info.value.details
     assert client.spec().model_version == version
 
 
