@@ -127,7 +127,7 @@ def is_loopback(host: str) -> bool:
         return True
     try:
         return ipaddress.ip_address(name).is_loopback
-    except ValueError:  # a host name, or '' (every interface)
+    except ValueError:  # a host name
         return False
 
 

@@ -127,7 +127,7 @@ def connection_hint(error: str, target: str, tls_ca: str, tls_cert: str) -> str:
     user passed ('' if none fits)."""
     if "Connection refused" in error:  # nothing listens at that address: TLS is not the question
         host = target[1:].partition("]")[0] if target.startswith("[") else target.rpartition(":")[0]
-        if target.startswith("unix:") or is_loopback(host):
+        if target.startswith("unix:") or is_loopback(host) or host.strip("[]") in ("0.0.0.0", "::"):
             return "nothing listens at that port on this machine: is `flowrl serve` running, with that --port?"
         return (
             "nothing listens at that port; to be reached from another machine, `flowrl serve` needs "

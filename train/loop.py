@@ -243,8 +243,6 @@ def train(
         env.close()
         eval_env.close()
         raise
-    if on_start is not None:
-        on_start()
     low, high = env.info.action_low, env.info.action_high
 
     def save(best: bool = False) -> Path:
@@ -258,6 +256,8 @@ def train(
     metrics: dict[str, torch.Tensor] = {}
     stop = _StopOnSigint(stop_on_sigint)
     try:
+        if on_start is not None:  # inside: the finally below closes the envs and files if it raises
+            on_start()
         while counters.env_steps < cfg.steps and not stop.requested:
             # ALGO LOGIC: act (uniform random during the warm-up), store, update once
             if counters.env_steps < cfg.start_steps:

@@ -18,6 +18,7 @@ import typer
 
 from flowrl_deploy.cli._common import finite, user_errors
 from flowrl_deploy.contract import MAX_HZ
+from flowrl_deploy.envid import parse_env_id
 from flowrl_deploy.errors import FlowRLError
 from flowrl_deploy.extras import install_command, missing_modules
 from flowrl_deploy.spec import MAX_FLOW_STEPS
@@ -54,7 +55,8 @@ class DemoConfig:
 
 def run_demo(cfg: DemoConfig, echo=typer.echo) -> dict[str, Any]:
     """Run every stage into ``cfg.out`` and return the summary that is also written to summary.json."""
-    if missing := missing_modules("train", "export"):  # before minutes of training, not after
+    gym_task = parse_env_id(cfg.env).kind == "gym"  # gymnasium is needed for its tasks only
+    if missing := [m for m in missing_modules("train", "export") if m != "gymnasium" or gym_task]:  # before training
         raise FlowRLError(
             f"flowrl demo trains, exports and plots: it needs {', '.join(missing)}, not installed here: "
             f"{install_command('train,export')}"

@@ -125,3 +125,10 @@ def test_eval_on_a_gymnasium_task_without_gymnasium_names_the_train_extra(tmp_pa
     assert_one_line_error(
         result, 'gymnasium is not installed, so Pendulum-v1 cannot be made: pip install "flowrl-deploy[train]"'
     )
+
+
+def test_demo_of_a_dmc_task_does_not_ask_for_gymnasium(tmp_path):
+    """gymnasium is needed for gymnasium tasks only: without it the default dmc demo gets past the check
+    (stopped here by an impossible --hidden, which is checked next)."""
+    result = run_without("gymnasium", "demo", "--out", str(tmp_path / "demo"), "--hidden", "0")
+    assert result.returncode == 1 and "gymnasium" not in result.stderr and "--hidden" in result.stderr

@@ -127,7 +127,7 @@ class TestMutualTLS:
         for target in ("192.0.2.2:50051", "robot-brain:50051", "[2001:db8::1]:50051"):
             hint = connection_hint(error, target, "", "")
             assert "needs --host 0.0.0.0 (its default, 127.0.0.1, takes local connections only)" in hint
-        for target in ("localhost:50051", "[::1]:50051", "unix:/tmp/flowrl.sock"):
+        for target in ("localhost:50051", "[::1]:50051", "unix:/tmp/flowrl.sock", "0.0.0.0:50051", "[::]:50051"):
             assert "on this machine" in connection_hint(error, target, "", "")
         assert connection_hint("UNAVAILABLE: Socket closed", "192.0.2.2:50051", "", "") == (
             "if the server uses TLS, pass --tls-ca"

@@ -95,7 +95,9 @@ def test_a_request_submitted_while_the_batcher_closes_is_still_answered():
     assert entered.wait(5)
     closing = threading.Thread(target=batcher.close)
     closing.start()
-    time.sleep(0.05)  # close() has queued the worker's stop and waits for it
+    until = time.monotonic() + 5
+    while not batcher._closing and time.monotonic() < until:  # close() has begun: it queues the stop
+        time.sleep(0.001)
     late = batcher.submit(*_rows(1))
     try:
         np.testing.assert_array_equal(late.result(timeout=1).action, np.full((1, 2), 2.5, np.float32))
