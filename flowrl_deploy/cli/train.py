@@ -121,6 +121,7 @@ def train(
     from flowrl_deploy.train.loop import missing_config_fields, resume_config
     from flowrl_deploy.train.loop import train as run_training
 
+    warnings: list[str] = []
     if resume is not None:
         cfg = resume_config(resume, steps)
         changed = [  # the run's own settings; repeating a saved value changes nothing and is taken
@@ -144,12 +145,10 @@ def train(
         given = {*overrides, *(["steps"] if steps is not None else []), "out"}  # a resume runs in its own run
         defaulted = [name for name in missing_config_fields(resume) if name not in given]
         if defaulted:
-            typer.secho(
-                f"warning: the checkpoint's config has no {', '.join(defaulted)} (saved by an older version or "
-                "edited by hand); the resumed run uses the defaults: "
-                + ", ".join(f"{name} {getattr(cfg, name)}" for name in defaulted),
-                err=True,
-                fg=typer.colors.YELLOW,
+            warnings.append(
+                f"the checkpoint's config has no {', '.join(defaulted)} (saved by an older version or edited by "
+                "hand); the resumed run uses the defaults: "
+                + ", ".join(f"{name} {getattr(cfg, name)}" for name in defaulted)
             )
     else:
         cfg = TrainConfig(
@@ -162,16 +161,15 @@ def train(
             cuda_graphs=cuda_graphs, threads=threads,
         )  # fmt: skip
 
-    def warn_if_no_update() -> None:  # once training starts: a refusal of the run comes first
-        why = _why_no_update(cfg)
-        if why:
-            typer.secho(
-                f"warning: {why}, so no gradient update will run and the checkpoint holds the untrained policy",
-                err=True,
-                fg=typer.colors.YELLOW,
-            )
+    why = _why_no_update(cfg)
+    if why:
+        warnings.append(f"{why}, so no gradient update will run and the checkpoint holds the untrained policy")
 
-    result = run_training(cfg, resume=resume, progress=progress, stop_on_sigint=True, on_start=warn_if_no_update)
+    def warn() -> None:  # once training starts: a refusal of the run comes first, alone
+        for text in warnings:
+            typer.secho(f"warning: {text}", err=True, fg=typer.colors.YELLOW)
+
+    result = run_training(cfg, resume=resume, progress=progress, stop_on_sigint=True, on_start=warn)
     if result.interrupted:
         saved = f"last checkpoint {result.last_checkpoint}; " if result.last_checkpoint else ""
         typer.secho(
