@@ -120,6 +120,10 @@ _HOST = re.compile(r"[A-Za-z0-9._-]+")  # a host name or an IPv4 address
 _PORT = re.compile(r"[0-9]{1,5}")
 
 
+EVERY_INTERFACE = {"0.0.0.0": "127.0.0.1", "::": "::1"}
+"""Hosts that bind every interface, and the loopback address a client on this machine reaches them at."""
+
+
 def is_loopback(host: str) -> bool:
     """Only this machine can reach ``host`` (``localhost``, 127.0.0.0/8, ``::1``)."""
     name = host.strip("[]")

@@ -13,7 +13,7 @@ from dataclasses import asdict, dataclass, field
 
 import numpy as np
 
-from flowrl_deploy.client import FALLBACKS, CallTiming, PolicyClient, WatchdogError, is_loopback
+from flowrl_deploy.client import EVERY_INTERFACE, FALLBACKS, CallTiming, PolicyClient, WatchdogError, is_loopback
 from flowrl_deploy.contract import MAX_HZ, MIN_HZ
 from flowrl_deploy.errors import FlowRLError
 from flowrl_deploy.gc_freeze import gc_frozen
@@ -127,7 +127,7 @@ def connection_hint(error: str, target: str, tls_ca: str, tls_cert: str) -> str:
     user passed ('' if none fits)."""
     if "Connection refused" in error:  # nothing listens at that address: TLS is not the question
         host = target[1:].partition("]")[0] if target.startswith("[") else target.rpartition(":")[0]
-        if target.startswith("unix:") or is_loopback(host) or host.strip("[]") in ("0.0.0.0", "::"):
+        if target.startswith("unix:") or is_loopback(host) or host.strip("[]") in EVERY_INTERFACE:
             return "nothing listens at that port on this machine: is `flowrl serve` running, with that --port?"
         return (
             "nothing listens at that port; to be reached from another machine, `flowrl serve` needs "

@@ -35,7 +35,7 @@ from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 
 from flowrl_deploy.affinity import pin_to_cpus
-from flowrl_deploy.client import is_loopback
+from flowrl_deploy.client import EVERY_INTERFACE, is_loopback
 from flowrl_deploy.errors import FlowRLError
 from flowrl_deploy.gc_freeze import gc_frozen
 from flowrl_deploy.proto.flowrl.v1 import policy_pb2 as pb
@@ -58,10 +58,6 @@ SERVING = health_pb2.HealthCheckResponse.SERVING
 def host_port(host: str, port: int) -> str:
     """``host:port``, bracketing IPv6 literals."""
     return f"[{host}]:{port}" if ":" in host and not host.startswith("[") else f"{host}:{port}"
-
-
-EVERY_INTERFACE = {"0.0.0.0": "127.0.0.1", "::": "::1"}
-"""Hosts that bind every interface, and the loopback address a client on this machine reaches them at."""
 
 
 def connectable(host: str, port: int) -> str:
