@@ -16,6 +16,7 @@ import threading
 import time
 from collections.abc import Callable
 from concurrent.futures import Future
+from concurrent.futures import TimeoutError as FutureTimeout
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -82,6 +83,25 @@ class MicroBatcher:
         for worker in self._workers:
             worker.start()
 
+    def call(self, obs: np.ndarray, noise: np.ndarray | None, deadline: float | None = None) -> BatchResult:
+        """Run these rows and wait for them; raise :class:`DeadlineExpired` once ``deadline`` passes.
+
+        With ``max_batch == 1`` they run right here, with no future or queue between the caller and
+        onnxruntime: on a 1-core server that hand-off cost 25-40 µs of a 560 µs request."""
+        if self.max_batch == 1:
+            if _expired(deadline):
+                raise DeadlineExpired("deadline passed before inference started")
+            result = BatchResult(*self._checked_run(obs, noise))
+        else:
+            future = self.submit(obs, noise, deadline)
+            try:
+                result = future.result(timeout=None if deadline is None else max(0.0, deadline - time.monotonic()))
+            except FutureTimeout:
+                raise DeadlineExpired("deadline passed before the action was ready") from None
+        if _expired(deadline):
+            raise DeadlineExpired("deadline passed before the action was ready")
+        return result
+
     def submit(self, obs: np.ndarray, noise: np.ndarray | None, deadline: float | None = None) -> Future:
         """A future of the :class:`BatchResult` for these rows."""
         request = _Request(obs, noise, deadline)
@@ -129,11 +149,17 @@ class MicroBatcher:
             rows += len(item.obs)
         return batch, None
 
+    def _checked_run(self, obs: np.ndarray, noise: np.ndarray | None) -> tuple[np.ndarray, str, int]:
+        action, version, inference_us = self._run(obs, noise)
+        if len(action) != len(obs):
+            raise RuntimeError(f"model returned {len(action)} actions for {len(obs)} observations")
+        return action, version, inference_us
+
     def _execute(self, batch: list[_Request]) -> None:
         now = time.monotonic()
         live = []
         for request in batch:
-            if request.deadline is not None and now > request.deadline:
+            if _expired(request.deadline, now):
                 request.future.set_exception(DeadlineExpired("deadline passed before inference started"))
             else:
                 live.append(request)
@@ -144,9 +170,7 @@ class MicroBatcher:
             noise = None
             if live[0].noise is not None:
                 noise = live[0].noise if len(live) == 1 else np.concatenate([r.noise for r in live])
-            action, version, inference_us = self._run(obs, noise)
-            if len(action) != len(obs):
-                raise RuntimeError(f"model returned {len(action)} actions for {len(obs)} observations")
+            action, version, inference_us = self._checked_run(obs, noise)
         except BaseException as exc:
             for request in live:
                 request.future.set_exception(exc)
@@ -156,3 +180,7 @@ class MicroBatcher:
             end = start + len(request.obs)
             request.future.set_result(BatchResult(action[start:end], version, inference_us))
             start = end
+
+
+def _expired(deadline: float | None, now: float | None = None) -> bool:
+    return deadline is not None and (time.monotonic() if now is None else now) > deadline

@@ -14,7 +14,6 @@ import threading
 import time
 import uuid
 from collections.abc import Callable
-from concurrent.futures import TimeoutError as FutureTimeout
 from pathlib import Path
 
 import grpc
@@ -28,7 +27,7 @@ from flowrl_deploy.noise import Session, draw_noise, session_noise
 from flowrl_deploy.proto.flowrl.v1 import policy_pb2 as pb
 from flowrl_deploy.proto.flowrl.v1 import policy_pb2_grpc as pb_grpc
 from flowrl_deploy.runtime import is_onnx_path
-from flowrl_deploy.serve.batcher import BatchResult, MicroBatcher
+from flowrl_deploy.serve.batcher import MicroBatcher
 from flowrl_deploy.serve.config import ServeConfig
 from flowrl_deploy.serve.errors import (
     ContractMismatch,
@@ -148,17 +147,6 @@ class PolicyServicer(pb_grpc.PolicyServiceServicer):
         action, inference_us = model.run(obs, noise)
         self.metrics.record_batch(len(obs), inference_us / 1e6)
         return action, model.version, inference_us
-
-    def _infer(self, obs: np.ndarray, noise: np.ndarray | None, deadline: float | None) -> BatchResult:
-        future = self.batcher.submit(obs, noise, deadline)
-        timeout = None if deadline is None else max(0.0, deadline - time.monotonic())
-        try:
-            result = future.result(timeout=timeout)
-        except FutureTimeout:
-            raise DeadlineExpired("deadline passed before the action was ready") from None
-        if deadline is not None and time.monotonic() > deadline:
-            raise DeadlineExpired("deadline passed before the action was ready")
-        return result
 
     # --- sessions and contracts ---------------------------------------------------------------
     def _check_contract(self, model: ServedModel, pinned: str, contract_json: str) -> None:
@@ -316,7 +304,7 @@ class PolicyServicer(pb_grpc.PolicyServiceServicer):
                 noise = draw_noise(session_noise(request.seed), len(obs), model.act_dim)
             else:
                 noise = self._anonymous.noise(len(obs), model.act_dim)
-        result = self._infer(obs, noise, deadline)
+        result = self.batcher.call(obs, noise, deadline)
         action = result.action if len(request.obs.shape) == 2 else result.action[0]
         return pb.ActReply(
             action=encode(action),
@@ -364,7 +352,7 @@ class PolicyServicer(pb_grpc.PolicyServiceServicer):
         if len(obs) != 1:
             raise TensorError(f"obs: StreamAct takes one observation per request, got {len(obs)}")
         noise = session.noise(1, model.act_dim) if model.policy.takes_noise else None
-        result = self._infer(obs, noise, deadline)
+        result = self.batcher.call(obs, noise, deadline)
         reply.action.CopyFrom(encode(result.action[0]))
         reply.model_version = result.model_version
         reply.inference_us = result.inference_us

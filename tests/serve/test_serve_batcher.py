@@ -130,6 +130,48 @@ def test_expired_requests_are_not_run():
     assert run.sizes == []
 
 
+@pytest.mark.parametrize("max_batch", [1, 4])
+def test_call_returns_its_rows_and_does_not_run_an_expired_request(max_batch):
+    run = Recorder()
+    run.release.set()
+    batcher = MicroBatcher(run, max_batch=max_batch, window_us=0)
+    result = batcher.call(*_rows(3, n=2), deadline=time.monotonic() + 5)
+    np.testing.assert_array_equal(result.action, np.full((2, 2), 6.5, np.float32))
+    with pytest.raises(DeadlineExpired, match="deadline passed before"):
+        batcher.call(*_rows(1), deadline=time.monotonic() - 1)
+    batcher.close()
+    assert run.sizes == [2]
+
+
+def test_call_without_workers_runs_in_the_callers_thread():
+    threads = []
+
+    def run(obs, noise):
+        threads.append(threading.current_thread())
+        return obs, "v", 1
+
+    MicroBatcher(run, max_batch=1).call(*_rows(1))
+    assert threads == [threading.current_thread()]
+
+
+def test_call_stops_waiting_at_the_deadline_while_the_worker_is_busy():
+    run = Recorder()  # holds the first call until released
+    batcher = MicroBatcher(run, max_batch=4, window_us=0)
+    with pytest.raises(DeadlineExpired, match="before the action was ready"):
+        batcher.call(*_rows(1), deadline=time.monotonic() + 0.05)
+    run.release.set()
+    batcher.close()
+
+
+def test_call_refuses_an_answer_that_came_after_the_deadline():
+    def slow(obs, noise):
+        time.sleep(0.05)
+        return obs, "v", 1
+
+    with pytest.raises(DeadlineExpired, match="before the action was ready"):
+        MicroBatcher(slow, max_batch=1).call(*_rows(1), deadline=time.monotonic() + 0.01)
+
+
 def test_batched_server_matches_onnxruntime_and_reports_metrics(policy_path):
     config = ServeConfig(str(policy_path), port=0, max_batch=8, batch_window_us=20_000, metrics_port=0, grace_s=0)
     local = OnnxPolicy(policy_path)
@@ -210,4 +252,6 @@ def test_a_model_that_returns_too_few_actions_fails_every_waiter_of_its_batch(ma
     future = batcher.submit(*_rows(1, n=2))
     with pytest.raises(RuntimeError, match="model returned 1 actions for 2 observations"):
         future.result(timeout=5)
+    with pytest.raises(RuntimeError, match="model returned 1 actions for 2 observations"):
+        batcher.call(*_rows(1, n=2))
     batcher.close()
