@@ -9,6 +9,7 @@ is named by its flag (``max_batch`` → ``--max-batch``); those only code sets b
 from __future__ import annotations
 
 import math
+import os
 from dataclasses import dataclass, fields
 
 import numpy as np
@@ -16,7 +17,7 @@ import numpy as np
 from flowrl_deploy.affinity import check_thread_count
 from flowrl_deploy.contract import MAX_TIMEOUT_S
 from flowrl_deploy.errors import FlowRLError
-from flowrl_deploy.fieldtypes import is_int
+from flowrl_deploy.fieldtypes import wrong_type
 from flowrl_deploy.serve.batcher import MAX_WINDOW_US
 from flowrl_deploy.spec import MAX_FLOW_STEPS
 
@@ -49,7 +50,8 @@ def check_grace(name: str, grace: object) -> float:
 class ServeConfig:
     """How to serve one policy file. A value the server could not run with (a count below 1, a
     port beyond 65535, a NaN or infinite time, a float or bool where an integer goes) raises
-    :class:`FlowRLError` here, naming the setting. NumPy scalars are taken as their Python values."""
+    :class:`FlowRLError` here, naming the setting. NumPy scalars are taken as their Python values,
+    paths as strings and lists as tuples."""
 
     model: str
     """An exported ONNX file, or a checkpoint (exported on the fly; needs the export extra)."""
@@ -101,17 +103,14 @@ class ServeConfig:
         for field in fields(self):
             value = getattr(self, field.name)
             if isinstance(value, np.generic):  # np.int64(50051) from a config array: the Python value
-                value = value.item()
-                object.__setattr__(self, field.name, value)
-            kind = str(field.type)
-            if kind == "str" and not isinstance(value, str):
-                raise FlowRLError(f"{setting_name(field.name)} must be a string, got {value!r}")
-            if kind == "bool" and not isinstance(value, bool):
-                raise FlowRLError(f"{setting_name(field.name)} must be True or False, got {value!r}")
-            if kind.startswith("int") and not (is_int(value) or (value is None and kind.endswith("None"))):
-                raise FlowRLError(f"{setting_name(field.name)} must be an integer, got {value!r}")
-            if kind == "float" and (isinstance(value, bool) or not isinstance(value, int | float)):
-                raise FlowRLError(f"{setting_name(field.name)} must be a number, got {value!r}")
+                object.__setattr__(self, field.name, value.item())
+            elif isinstance(value, os.PathLike) and field.type == "str":  # a file given as a Path
+                object.__setattr__(self, field.name, os.fspath(value))
+            elif isinstance(value, list) and field.type.startswith("tuple["):
+                object.__setattr__(self, field.name, tuple(value))
+        if wrong := wrong_type(self):
+            name, kind = wrong
+            raise FlowRLError(f"{setting_name(name)} must be {kind}, got {getattr(self, name)!r}")
         if not self.host.strip("[]"):  # gRPC refuses it with a C-core log line after the checks passed
             raise FlowRLError(
                 f"--host must name an interface, got {self.host!r}: 0.0.0.0 for every one, 127.0.0.1 for this machine"

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -45,8 +46,11 @@ NAN, INF = float("nan"), float("inf")
         ({"max_sessions": 0}, "--max-sessions must be >= 1, got 0"),
         ({"session_idle_s": -1}, "--session-idle-s must be > 0 and finite, got -1"),
         ({"session_idle_s": INF}, "--session-idle-s must be > 0 and finite, got inf"),
-        ({"watch": "yes"}, "--watch must be True or False, got 'yes'"),
+        ({"watch": "yes"}, "--watch must be true or false, got 'yes'"),
         ({"token": None}, "--token must be a string, got None"),
+        ({"metrics_port": "9100"}, "--metrics-port must be an integer or None, got '9100'"),
+        # a string of providers was taken letter by letter
+        ({"providers": "CPUExecutionProvider"}, "--providers must be a list, got 'CPUExecutionProvider'"),
         # gRPC's own "host must not be empty" log line and "Failed to bind", after our checks passed
         ({"host": ""}, "--host must name an interface, got '': 0.0.0.0 for every one, 127.0.0.1 for this machine"),
         ({"host": "[]"}, "--host must name an interface, got '[]'"),
@@ -71,6 +75,16 @@ def test_numpy_scalars_are_taken_as_their_python_values():
     config = ServeConfig("policy.onnx", port=np.int64(50051), grace_s=np.float32(0.5), watch=np.True_)
     assert (config.port, config.grace_s, config.watch) == (50051, 0.5, True)
     assert (type(config.port), type(config.grace_s), type(config.watch)) == (int, float, bool)
+
+
+def test_a_path_is_taken_as_a_string_and_a_list_as_a_tuple():
+    config = ServeConfig(Path("policy.onnx"), providers=["CPUExecutionProvider"], cpus=[0], tls_cert=Path("c.pem"))
+    assert (config.model, config.providers, config.cpus, config.tls_cert) == (
+        "policy.onnx",
+        ("CPUExecutionProvider",),
+        (0,),
+        "c.pem",
+    )
 
 
 @pytest.fixture
