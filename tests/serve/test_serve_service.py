@@ -4,13 +4,16 @@ from __future__ import annotations
 
 import json
 import queue
+import re
 import threading
 import time
+from pathlib import Path
 from types import SimpleNamespace
 
 import grpc
 import numpy as np
 import pytest
+from google.protobuf import json_format
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 from tiny_policy import ACT_DIM, OBS_DIM, documented_noise, tiny_contract, write_policy
 
@@ -448,3 +451,21 @@ def test_a_reset_keeps_a_reseeded_session_for_another_idle_period(tmp_path, monk
             OnnxPolicy(path).act(_obs(1), _noise(documented_noise(2), 1)),
             atol=1e-6,
         )
+
+
+def test_the_readmes_grpcurl_example_is_an_act_request_the_server_answers(tmp_path):
+    """README "From C++, ROS 2 or another language": its JSON body and method name, sent as they stand."""
+    readme = (Path(__file__).parents[2] / "README.md").read_text()
+    example = re.search(r"<!-- grpcurl-example -->(.*?)<!-- /grpcurl-example -->", readme, re.S).group(1)
+    body = re.search(r"-d '(.*?)'", example).group(1)
+    service, method = re.search(r"(flowrl\.v1\.PolicyService)/(\w+)", example).groups()
+    assert service == pb.DESCRIPTOR.services_by_name["PolicyService"].full_name
+    request = json_format.Parse(body, pb.ActRequest())
+    obs_dim = len(request.obs.values)
+    path = write_policy(tmp_path / "policy.onnx", obs_dim=obs_dim, obs_layout=(("x", obs_dim),))
+    with PolicyServer(ServeConfig(str(path), port=0, grace_s=0)).start() as server:
+        reply = getattr(pb_grpc.PolicyServiceStub(grpc.insecure_channel(server.address)), method)(request, timeout=5)
+    action = decode(reply.action, name="action")
+    assert action.shape == (ACT_DIM,)
+    contract = tiny_contract()
+    assert np.all(action >= contract.action_low) and np.all(action <= contract.action_high)
