@@ -11,7 +11,7 @@ from flowrl_deploy.train.velocity import VelocityField
 
 
 class FlowActor(nn.Module):
-    """π(s): a0 ~ N(0, I) clamped to [-c, c], integrated by the solver, squashed and rescaled.
+    """π(s): a0 = :meth:`initial_state` of N(0, I) noise, integrated by the solver, squashed and rescaled.
 
     ``num_steps`` and ``solver`` default to the spec's (training uses N = 1, as in the paper);
     the same network samples with any N afterwards, since v is continuous in t.
@@ -29,11 +29,15 @@ class FlowActor(nn.Module):
     def sample_noise(self, batch: int) -> torch.Tensor:
         return torch.randn(batch, self.spec.act_dim, device=self.action_scale.device)
 
+    def initial_state(self, noise: torch.Tensor) -> torch.Tensor:
+        """The ODE's a0 at t = 0: ``noise`` clamped to [-noise_clip, noise_clip]."""
+        return noise.clamp(-self.spec.noise_clip, self.spec.noise_clip)
+
     def pre_tanh(
         self, obs: torch.Tensor, noise: torch.Tensor, num_steps: int | None = None, solver: str | None = None
     ) -> torch.Tensor:
-        """The ODE's value at t = 1, before the squashing; ``noise`` is the unclamped a0."""
-        a0 = noise.clamp(-self.spec.noise_clip, self.spec.noise_clip)
+        """The ODE's value at t = 1, before the squashing; ``noise`` is unclamped (see :meth:`initial_state`)."""
+        a0 = self.initial_state(noise)
         return integrate(self.velocity, obs, a0, num_steps or self.spec.flow_steps, solver or self.spec.solver)
 
     def squash(self, pre_tanh: torch.Tensor) -> torch.Tensor:

@@ -166,7 +166,7 @@ class FlowRL:
             self.q_pi.requires_grad_(True)
             with torch.no_grad():
                 weights = flow_weights(min_q_beta, min_q_pi, cfg.lam)
-            a0 = self.actor.sample_noise(obs.shape[0]).clamp(-self.spec.noise_clip, self.spec.noise_clip)
+            a0 = self.actor.initial_state(self.actor.sample_noise(obs.shape[0]))
             t = torch.rand(obs.shape[0], 1, device=self.device)
             target_action = self.actor.to_normalized(action).clamp(-1.0, 1.0)
             fm_loss = weighted_flow_matching_loss(

@@ -1,8 +1,8 @@
 """The fixed-step ODE solver that turns noise into an action; one code path for training
 (N = 1), evaluation, and the torch reference that the ONNX export is verified against.
 
-Time runs forward: t = 0 is the noise a0, t = 1 the pre-tanh action. With N steps,
-dt = 1/N and t_k = k·dt.
+Time runs forward: t = 0 is the noise a0 (``FlowActor.initial_state``: N(0, I) clamped to
+±noise_clip), t = 1 the pre-tanh action. With N steps, dt = 1/N and t_k = k·dt.
 
 - Euler:    a_{k+1} = a_k + dt · v(s, a_k, t_k)
 - Midpoint: a_{k+1} = a_k + dt · v(s, a_k + dt/2 · v(s, a_k, t_k), t_k + dt/2)
