@@ -122,10 +122,16 @@ class FlowRL:
     def eager_update(self, batch: Batch) -> dict[str, torch.Tensor]:
         obs, action, reward, next_obs, mask = (torch.as_tensor(x, device=self.device) for x in batch)
         metrics, min_q_beta = self.critic_step(obs, action, reward, next_obs, mask)
-        if self.updates % self.cfg.policy_delay == 0:
+        if self.count_update():
             metrics.update(self.actor_step(obs, action, min_q_beta))
-        self.updates += 1
         return metrics
+
+    def count_update(self) -> bool:
+        """Count one update; True when it is one of every ``policy_delay`` (the first included) that
+        also takes the actor step. The eager and the CUDA-graph updates both follow this schedule."""
+        due = self.updates % self.cfg.policy_delay == 0
+        self.updates += 1
+        return due
 
     def critic_step(
         self, obs: torch.Tensor, action: torch.Tensor, reward: torch.Tensor, next_obs: torch.Tensor, mask: torch.Tensor

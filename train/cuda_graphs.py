@@ -51,13 +51,11 @@ class CudaGraphUpdate:
             self._capture(batch)
         for static, array in zip(self.inputs, batch, strict=True):
             static.copy_(torch.from_numpy(np.asarray(array, dtype=np.float32)))
-        agent = self.agent
         self.critic_graph.replay()
         metrics = dict(self.critic_metrics)
-        if agent.updates % agent.cfg.policy_delay == 0:
+        if self.agent.count_update():
             self.actor_graph.replay()
             metrics.update(self.actor_metrics)
-        agent.updates += 1
         return {k: v.clone() for k, v in metrics.items()}  # the next replay overwrites the graph's outputs
 
     def _on_side_stream(self, batch: Batch) -> dict[str, torch.Tensor]:
