@@ -18,8 +18,8 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from serve_common import add_pin_option, machine, pinned, random_policy
 
-from flowrl_deploy.control import run_control
 from flowrl_deploy.serve import ServerProcess
+from flowrl_deploy.train.control import run_control
 
 
 def main() -> None:

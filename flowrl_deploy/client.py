@@ -135,6 +135,24 @@ def is_loopback(host: str) -> bool:
         return False
 
 
+def connection_hint(error: str, target: str, tls_ca: str, tls_cert: str) -> str:
+    """What to try after a failed connection to ``target``, given its error and the TLS files the
+    user passed ('' if none fits)."""
+    if "Connection refused" in error:  # nothing listens at that address: TLS is not the question
+        host = target[1:].partition("]")[0] if target.startswith("[") else target.rpartition(":")[0]
+        if target.startswith("unix:") or is_loopback(host) or host.strip("[]") in EVERY_INTERFACE:
+            return "nothing listens at that port on this machine: is `flowrl serve` running, with that --port?"
+        return (
+            "nothing listens at that port; to be reached from another machine, `flowrl serve` needs "
+            "--host 0.0.0.0 (its default, 127.0.0.1, takes local connections only)"
+        )
+    if not tls_ca and not tls_cert:
+        return "if the server uses TLS, pass --tls-ca"
+    if not tls_cert:
+        return "if the server asks for client certificates (--client-ca), pass --tls-cert and --tls-key"
+    return ""
+
+
 def checked_target(target: str, name: str = "target") -> str:
     """``target`` when it is a server address gRPC reads as meant: ``host:port``, ``[IPv6]:port``
     or ``unix:PATH``. Anything else is refused naming ``name`` (the flag or the argument): gRPC

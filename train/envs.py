@@ -1,6 +1,6 @@
 """Environments behind one tiny interface: dm_control suite tasks and any gymnasium id.
 
-This module never imports torch: the serve-side `flowrl control` command uses it too.
+This module never imports torch: `flowrl control`, the client-side simulated robot, uses it too.
 
 Every environment offers ``reset(seed) -> obs`` and ``step(action) -> (obs, reward, terminated,
 truncated)``. ``terminated`` means the task ended (a fall in HumanoidBench): the bootstrap is

@@ -93,8 +93,8 @@ def control(
     """
     from flowrl_deploy.affinity import parse_cpus, pin_to_cpus
     from flowrl_deploy.client import checked_timeout
-    from flowrl_deploy.control import run_control
     from flowrl_deploy.errors import FlowRLError
+    from flowrl_deploy.train.control import run_control
 
     checked_timeout(connect_timeout, "--connect-timeout")  # gRPC waits forever on a deadline years away
     pin_to_cpus(parse_cpus(cpus))

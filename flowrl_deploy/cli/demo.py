@@ -61,12 +61,12 @@ def run_demo(cfg: DemoConfig, echo=typer.echo) -> dict[str, Any]:
             f"flowrl demo trains, exports and plots: it needs {', '.join(missing)}, not installed here: "
             f"{install_command('train,export')}"
         )
-    from flowrl_deploy.control import run_control
     from flowrl_deploy.export import ExportConfig, export_checkpoint
     from flowrl_deploy.export.act import onnx_act_fn
     from flowrl_deploy.serve import ServerProcess
     from flowrl_deploy.train.algorithm import resolve_device
     from flowrl_deploy.train.config import TrainConfig
+    from flowrl_deploy.train.control import run_control
     from flowrl_deploy.train.envs import make_env
     from flowrl_deploy.train.evaluate import evaluate
     from flowrl_deploy.train.loop import memory_shortfall, policy_spec, train

@@ -34,9 +34,9 @@ def test_a_task_without_a_control_period_runs_at_the_default_rate(tmp_path, monk
     """A gymnasium task without ``dt`` (contract control period 0) crashed the demo after training
     with a ZeroDivisionError; the loop now runs at run_control's DEFAULT_HZ (patched to 1000 Hz here,
     so that MountainCar's 999-step episode takes a second)."""
-    import flowrl_deploy.control
+    from flowrl_deploy.train import control
 
-    monkeypatch.setattr(flowrl_deploy.control, "DEFAULT_HZ", 1000.0)
+    monkeypatch.setattr(control, "DEFAULT_HZ", 1000.0)
     out = tmp_path / "demo"
     result = CliRunner().invoke(
         app,

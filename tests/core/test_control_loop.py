@@ -10,9 +10,8 @@ from types import SimpleNamespace
 import numpy as np
 import pytest
 
-from flowrl_deploy import control
 from flowrl_deploy.serve import PolicyServer, ServeConfig
-from flowrl_deploy.train import envs
+from flowrl_deploy.train import control
 from flowrl_deploy.train.envs import EnvInfo, episode_seed
 from flowrl_deploy.train.evaluate import EVAL_STREAM
 
@@ -51,7 +50,7 @@ def server(tmp_path_factory):
 
 
 def _run(server, env: RecordingEnv, monkeypatch, **kwargs) -> control.ControlReport:
-    monkeypatch.setattr(envs, "make_env", lambda env_id, seed=0: env)
+    monkeypatch.setattr(control, "make_env", lambda env_id, seed=0: env)
     return control.run_control(server.address, env_id="fake:recorder", **kwargs)
 
 

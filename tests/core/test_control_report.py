@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 
 from flowrl_deploy.client import CallTiming
-from flowrl_deploy.control import ControlReport, _tick_figures
+from flowrl_deploy.train.control import ControlReport, _tick_figures
 
 
 def fresh(seq: int, round_trip_us: float, version: str = "v1-a") -> CallTiming:

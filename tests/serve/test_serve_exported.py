@@ -63,8 +63,8 @@ def test_a_checkpoint_is_exported_on_the_fly(checkpoint, onnx_file):
 
 
 def test_control_return_matches_evaluation_of_the_same_onnx_file(onnx_file, monkeypatch):
-    from flowrl_deploy import control
     from flowrl_deploy.export.act import onnx_act_fn
+    from flowrl_deploy.train import control
     from flowrl_deploy.train.evaluate import evaluate
 
     # A 2 s deadline, never missed even on a busy machine (a miss would act on the fallback), needs
@@ -79,11 +79,10 @@ def test_control_return_matches_evaluation_of_the_same_onnx_file(onnx_file, monk
 
 def test_the_control_loop_runs_with_the_setup_frozen_out_of_garbage_collection(onnx_file, monkeypatch):
     """A full collection over the simulator's and gRPC's objects took 20-30 ms: longer than a tick."""
-    from flowrl_deploy.control import run_control
-    from flowrl_deploy.train import envs
+    from flowrl_deploy.train import control
 
     frozen_at_steps: list[bool] = []
-    make_env = envs.make_env
+    make_env = control.make_env
 
     def recording_env(*args, **kwargs):
         env = make_env(*args, **kwargs)
@@ -96,8 +95,8 @@ def test_the_control_loop_runs_with_the_setup_frozen_out_of_garbage_collection(o
         env.step = recording_step
         return env
 
-    monkeypatch.setattr(envs, "make_env", recording_env)
+    monkeypatch.setattr(control, "make_env", recording_env)
     with PolicyServer(ServeConfig(str(onnx_file), port=0, grace_s=0)).start() as server:
-        report = run_control(server.address, None, hz=2000, episodes=2, seed=3, max_steps=20)
+        report = control.run_control(server.address, None, hz=2000, episodes=2, seed=3, max_steps=20)
     assert report.steps == 40 and frozen_at_steps == [True] * 40
     assert gc.get_freeze_count() == 0, "run_control left objects frozen after it returned"

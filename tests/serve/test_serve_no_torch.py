@@ -20,7 +20,7 @@ SCRIPT = textwrap.dedent(
     import numpy as np
     from flowrl_deploy.client import PolicyClient
     from flowrl_deploy.serve import PolicyServer, ServeConfig
-    import flowrl_deploy.control, flowrl_deploy.cli.serve, flowrl_deploy.cli.query
+    import flowrl_deploy.cli.serve, flowrl_deploy.cli.query
 
     with PolicyServer(ServeConfig(sys.argv[1], port=0, grace_s=0)).start() as server:
         with PolicyClient(server.address) as client:

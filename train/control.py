@@ -2,7 +2,8 @@
 
 ``run_control`` is what ``flowrl control`` and ``flowrl demo`` call. With the same seed it
 reproduces ``flowrl eval`` of the served ONNX file: the session's noise generator is seeded
-with ``seed`` and episode i resets with ``episode_seed(seed, i, stream=EVAL_STREAM)``.
+with ``seed`` and episode i resets with ``episode_seed(seed, i, stream=EVAL_STREAM)``. It lives
+in train, not in the core package: a simulator (dm_control) is no part of a robot computer's install.
 """
 
 from __future__ import annotations
@@ -13,10 +14,12 @@ from dataclasses import asdict, dataclass, field
 
 import numpy as np
 
-from flowrl_deploy.client import EVERY_INTERFACE, FALLBACKS, CallTiming, PolicyClient, WatchdogError, is_loopback
+from flowrl_deploy.client import FALLBACKS, CallTiming, PolicyClient, WatchdogError, connection_hint
 from flowrl_deploy.contract import MAX_HZ, MIN_HZ
 from flowrl_deploy.errors import FlowRLError
 from flowrl_deploy.gc_freeze import gc_frozen
+from flowrl_deploy.train.envs import episode_seed, make_env
+from flowrl_deploy.train.evaluate import EVAL_STREAM
 
 MISS_WARNING_RATE = 0.01
 """A run with more of its ticks on the fallback than this says so in its summary: the robot mostly
@@ -122,24 +125,6 @@ def _tick_figures(timings: list[CallTiming], lateness: list[float]) -> dict[str,
     }
 
 
-def connection_hint(error: str, target: str, tls_ca: str, tls_cert: str) -> str:
-    """What to try after a failed connection to ``target``, given its error and the TLS files the
-    user passed ('' if none fits)."""
-    if "Connection refused" in error:  # nothing listens at that address: TLS is not the question
-        host = target[1:].partition("]")[0] if target.startswith("[") else target.rpartition(":")[0]
-        if target.startswith("unix:") or is_loopback(host) or host.strip("[]") in EVERY_INTERFACE:
-            return "nothing listens at that port on this machine: is `flowrl serve` running, with that --port?"
-        return (
-            "nothing listens at that port; to be reached from another machine, `flowrl serve` needs "
-            "--host 0.0.0.0 (its default, 127.0.0.1, takes local connections only)"
-        )
-    if not tls_ca and not tls_cert:
-        return "if the server uses TLS, pass --tls-ca"
-    if not tls_cert:
-        return "if the server asks for client certificates (--client-ca), pass --tls-cert and --tls-key"
-    return ""
-
-
 def run_control(
     server: str,
     env_id: str | None = None,
@@ -173,9 +158,6 @@ def run_control(
     server to be SERVING. With ``stop_on_interrupt``, Ctrl-C ends the run and the report covers
     what ran (``interrupted``). Error messages name the ``flowrl control`` flags.
     """
-    from flowrl_deploy.train.envs import episode_seed, make_env
-    from flowrl_deploy.train.evaluate import EVAL_STREAM
-
     if hz is not None and not hz > 0:  # `not >` also refuses NaN
         raise FlowRLError(f"--hz must be > 0, got {hz:g}")
     if hz is not None and not MIN_HZ <= hz <= MAX_HZ:
