@@ -108,13 +108,9 @@ def with_pre_tanh_output(model: onnx.ModelProto) -> onnx.ModelProto:
 
 def reference_actor(actor: Mapping[str, np.ndarray], spec: PolicySpec):
     """An eval-mode CPU float32 FlowActor holding the checkpoint's weights: the torch sampler."""
-    import torch
-
     from flowrl_deploy.train.actor import FlowActor
 
-    module = FlowActor(spec)
-    module.load_state_dict({k: torch.from_numpy(np.array(v, dtype=np.float32)) for k, v in actor.items()})
-    return module.eval().to("cpu", torch.float32)
+    return FlowActor.from_numpy(spec, actor).eval()
 
 
 def verification_inputs(

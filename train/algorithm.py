@@ -215,7 +215,7 @@ class FlowRL:
     def load_state(self, actor: dict[str, np.ndarray], tensors: dict[str, np.ndarray], state: dict) -> None:
         """Restore what :meth:`state_tensors` / :meth:`state_json` saved (and the actor's weights)."""
         try:
-            self.actor.load_state_dict(_to_torch(actor, ""))
+            self.actor.load_numpy(actor)
             for name in self.NETWORKS[1:]:
                 getattr(self, name).load_state_dict(_to_torch(tensors, f"{name}."))
             for name in self.OPTIMIZERS:

@@ -72,11 +72,10 @@ def load_actor(path: str | Path, device: torch.device | str = "cpu") -> FlowActo
             raise CheckpointError(
                 f"{checkpoint.path}: actor tensor {key} holds NaN or infinite values (training diverged?)"
             )
-    actor = FlowActor(checkpoint.spec)
     try:
-        actor.load_state_dict({k: torch.from_numpy(v.copy()) for k, v in checkpoint.actor.items()})
-    except RuntimeError as exc:
-        raise CheckpointError(f"{checkpoint.path}: the actor weights do not match its spec ({exc})") from exc
+        actor = FlowActor.from_numpy(checkpoint.spec, checkpoint.actor)
+    except CheckpointError as exc:
+        raise CheckpointError(f"{checkpoint.path}: {exc}") from exc
     return actor.to(device).eval()
 
 

@@ -172,7 +172,7 @@ def test_state_of_another_architecture_is_a_clear_error():
     agent = make_agent()
     tensors, state = agent.state_tensors(), agent.state_json()
     other = FlowRL(dataclasses.replace(SPEC, hidden=8), TrainConfig(hidden=8))
-    with pytest.raises(CheckpointError, match="does not match"):
+    with pytest.raises(CheckpointError, match="the actor weights do not match its spec"):
         other.load_state({k: v.numpy() for k, v in agent.actor.state_dict().items()}, tensors, state)
 
 

@@ -1,11 +1,15 @@
-"""The fixed-step solvers against velocity fields with known flows, and the sampler's bounds."""
+"""The fixed-step solvers against velocity fields with known flows, the sampler's bounds, and the
+actor rebuilt from saved weights."""
 
+import dataclasses
 import math
 import re
 
 import pytest
 import torch
 
+from flowrl_deploy.errors import CheckpointError
+from flowrl_deploy.export.verify import reference_actor
 from flowrl_deploy.spec import PolicySpec
 from flowrl_deploy.train.actor import FlowActor
 from flowrl_deploy.train.ode import integrate
@@ -72,3 +76,24 @@ def test_sampled_actions_stay_inside_the_action_bounds(num_steps, solver):
 def test_an_impossible_step_count_or_solver_is_refused_by_name(num_steps, solver, message):
     with pytest.raises(ValueError, match=re.escape(message)):
         integrate(lambda obs, a, t: a, OBS, A0, num_steps, solver)
+
+
+SMALL = PolicySpec(obs_dim=2, act_dim=1, action_low=(-1.0,), action_high=(1.0,), hidden=8)
+
+
+@pytest.mark.parametrize(
+    "rebuild", [FlowActor.from_numpy, lambda spec, weights: reference_actor(weights, spec)], ids=["actor", "verify"]
+)
+def test_an_actor_rebuilt_from_numpy_weights_holds_them_or_names_the_mismatch(rebuild):
+    """The training, evaluation and export-verification actors are all built by FlowActor.from_numpy:
+    the weights come back exactly, and weights of another width are a CheckpointError, not torch's RuntimeError."""
+    torch.manual_seed(0)
+    saved = {k: v.numpy().copy() for k, v in FlowActor(SMALL).state_dict().items()}
+    rebuilt = rebuild(SMALL, saved)
+    for key, value in rebuilt.state_dict().items():
+        assert value.dtype == torch.float32 and torch.equal(value, torch.from_numpy(saved[key])), key
+    wider = "the actor weights do not match its spec: velocity.net.0.weight has shape (8, 4), the spec implies (16, 4)"
+    with pytest.raises(CheckpointError, match=re.escape(wider) + r" \(and 8 more\)$"):
+        rebuild(dataclasses.replace(SMALL, hidden=16), saved)
+    with pytest.raises(CheckpointError, match=r"do not match its spec: missing \['velocity.net.6.bias'\]$"):
+        rebuild(SMALL, {k: v for k, v in saved.items() if k != "velocity.net.6.bias"})
