@@ -277,18 +277,22 @@ def read_document(path: str | os.PathLike[str]) -> dict[str, Any]:
 
 def read_spec(path: str | os.PathLike[str]) -> PolicySpec:
     """The policy spec of a checkpoint, read without loading tensors."""
-    document = read_document(path)
+    directory = resolve_checkpoint(path)
+    return _spec_of(read_document(directory), directory)
+
+
+def _spec_of(document: dict[str, Any], directory: Path) -> PolicySpec:
     try:
         return PolicySpec.from_dict(document.get("spec"))
     except SpecError as exc:
-        raise CheckpointError(f"{resolve_checkpoint(path)}: {exc}") from exc
+        raise CheckpointError(f"{directory}: {exc}") from exc
 
 
 def load_checkpoint(path: str | os.PathLike[str], *, training_state: bool = False) -> Checkpoint:
     """Load a checkpoint; with ``training_state`` also critics, optimizers, RNG and replay."""
     directory = resolve_checkpoint(path)
     document = read_document(directory)
-    spec = read_spec(directory)
+    spec = _spec_of(document, directory)
     actor = _load_tensors(directory / MODEL_FILE, required=True)
     for name, tensor in actor.items():  # an integer or bool weight is corruption, not a quantized model
         if tensor.dtype.kind != "f":
