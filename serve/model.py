@@ -10,7 +10,7 @@ import numpy as np
 
 from flowrl_deploy.errors import FlowRLError
 from flowrl_deploy.extras import install_command, missing_modules
-from flowrl_deploy.runtime import OnnxPolicy, is_onnx_path
+from flowrl_deploy.runtime import OnnxPolicy, check_policy_file, is_onnx_path
 from flowrl_deploy.serve.errors import ContractMismatch
 
 WARMUP_RUNS = 5
@@ -64,6 +64,7 @@ def resolve_onnx(model: str, workdir: Path, steps: int | None = None) -> Path:
 
 def load_model(path: Path, generation: int, *, providers: list[str] | None, threads: int) -> ServedModel:
     """Load ``path``; its version is ``v<generation>-<sha256 prefix of the file>``."""
+    check_policy_file(path)  # a pipe or device is refused, never read: reading one blocks
     data = path.read_bytes()
     policy = OnnxPolicy(data, providers=providers, threads=threads, name=str(path))
     digest = hashlib.sha256(data).hexdigest()[:10]

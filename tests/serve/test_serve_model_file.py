@@ -4,6 +4,9 @@ gives one clear line from every command that reads the file, never a traceback a
 from __future__ import annotations
 
 import json
+import os
+import subprocess
+import sys
 from dataclasses import replace
 
 import onnx
@@ -85,3 +88,18 @@ def test_inspect_shows_shared_action_bounds_once(tmp_path, bounds, shown):
     result = runner.invoke(app, ["inspect", str(path)])
     assert result.exit_code == 0, result.output
     assert shown in result.output
+
+
+def test_serving_a_pipe_is_refused_at_once_not_read(tmp_path):
+    """Reading a FIFO named like a policy blocked forever, deaf to SIGTERM (the bound here)."""
+    fifo = tmp_path / "policy.onnx"
+    os.mkfifo(fifo)
+    result = subprocess.run(
+        [sys.executable, "-m", "flowrl_deploy.cli", "serve", str(fifo), "--port", "0"],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert result.returncode == 1 and "Traceback" not in result.stderr
+    refusal = f"error: {fifo} is not a regular file (a device, pipe or socket), so not an ONNX model"
+    assert result.stderr.strip() == refusal

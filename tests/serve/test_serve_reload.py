@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 import shutil
 import threading
@@ -225,6 +226,23 @@ def test_a_reload_path_that_is_no_usable_path_is_invalid_argument_not_internal(s
         client.reload(path)
     assert info.value.code == grpc.StatusCode.INVALID_ARGUMENT
     assert reason in info.value.details
+    assert client.spec().model_version == version
+
+
+def test_a_reload_of_a_pipe_is_refused_at_once_and_the_old_keeps_serving(served):
+    """Reading a FIFO blocked the reload forever, holding the reload lock."""
+    _, client, tmp = served
+    fifo = tmp / "next.onnx"
+    os.mkfifo(fifo)
+    version = client.spec().model_version
+    try:
+        with pytest.raises(ServiceError) as info:
+            client.reload("next.onnx", timeout_s=30)
+    finally:  # a reader blocked on the pipe (the bug) gets end-of-file, so the server can stop
+        with contextlib.suppress(OSError):  # ENXIO: no reader
+            os.close(os.open(fifo, os.O_WRONLY | os.O_NONBLOCK))
+    assert info.value.code == grpc.StatusCode.FAILED_PRECONDITION
+    assert "is not a regular file (a device, pipe or socket)" in info.value.details
     assert client.spec().model_version == version
 
 
