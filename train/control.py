@@ -8,6 +8,7 @@ in train, not in the core package: a simulator (dm_control) is no part of a robo
 
 from __future__ import annotations
 
+import contextlib
 import time
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
@@ -19,7 +20,7 @@ from flowrl_deploy.contract import MAX_HZ, MIN_HZ
 from flowrl_deploy.errors import FlowRLError
 from flowrl_deploy.gc_freeze import gc_frozen
 from flowrl_deploy.train.envs import episode_seed, make_env
-from flowrl_deploy.train.evaluate import EVAL_STREAM
+from flowrl_deploy.train.evaluate import EVAL_STREAM, check_env_fits
 
 MISS_WARNING_RATE = 0.01
 """A run with more of its ticks on the fallback than this says so in its summary: the robot mostly
@@ -203,50 +204,48 @@ def run_control(
         env_id = env_id or info.env_id
         if not env_id:
             raise FlowRLError("the served policy does not name its environment; pass --env")
-        env = make_env(env_id, seed)
-        if env.info.obs_dim != info.obs_dim or env.info.act_dim != info.act_dim:
-            raise FlowRLError(
-                f"{env_id} has obs/act dims {env.info.obs_dim}/{env.info.act_dim}, the served policy "
-                f"{info.obs_dim}/{info.act_dim}"
+        with contextlib.ExitStack() as closing:  # a refusal below closes what opened before it
+            env = make_env(env_id, seed)
+            closing.callback(env.close)
+            check_env_fits(env, (info.obs_dim, info.act_dim))
+            session = closing.enter_context(
+                client.session(
+                    period_s=period,
+                    deadline_s=deadline_s,
+                    seed=seed,
+                    fallback=fallback,
+                    local_model=local_model,
+                    max_consecutive_misses=max_misses,
+                    contract_hash=contract_hash,
+                    max_timings=None,  # the report covers every tick of the run, which its episodes bound
+                )
             )
-        session = client.session(
-            period_s=period,
-            deadline_s=deadline_s,
-            seed=seed,
-            fallback=fallback,
-            local_model=local_model,
-            max_consecutive_misses=max_misses,
-            contract_hash=contract_hash,
-            max_timings=None,  # the report covers every tick of the run, which its episodes bound
-        )
-        returns, lateness, overruns, interrupted, watchdog = [], [], 0, False, ""
-        try:
-            with gc_frozen():  # no full garbage collection walks the setup's objects mid-run
-                for episode in range(episodes):
-                    obs, total, done, steps = env.reset(episode_seed(seed, episode, stream=EVAL_STREAM)), 0.0, False, 0
-                    start = time.perf_counter()
-                    while not done and (max_steps is None or steps < max_steps):
-                        scheduled = start + steps * period
-                        wait = scheduled - time.perf_counter()
-                        if wait > 0:
-                            time.sleep(wait)
-                        late = time.perf_counter() - scheduled
-                        lateness.append(late)
-                        overruns += late > period
-                        obs, reward, terminated, truncated = env.step(session.act(obs))
-                        total += reward
-                        done = terminated or truncated
-                        steps += 1
-                    returns.append(total)
-        except WatchdogError as exc:
-            watchdog = str(exc)
-        except KeyboardInterrupt:
-            if not stop_on_interrupt:
-                raise
-            interrupted = True
-        finally:
-            session.close()
-            env.close()
+            returns, lateness, overruns, interrupted, watchdog = [], [], 0, False, ""
+            try:
+                with gc_frozen():  # no full garbage collection walks the setup's objects mid-run
+                    for episode in range(episodes):
+                        obs = env.reset(episode_seed(seed, episode, stream=EVAL_STREAM))
+                        total, done, steps = 0.0, False, 0
+                        start = time.perf_counter()
+                        while not done and (max_steps is None or steps < max_steps):
+                            scheduled = start + steps * period
+                            wait = scheduled - time.perf_counter()
+                            if wait > 0:
+                                time.sleep(wait)
+                            late = time.perf_counter() - scheduled
+                            lateness.append(late)
+                            overruns += late > period
+                            obs, reward, terminated, truncated = env.step(session.act(obs))
+                            total += reward
+                            done = terminated or truncated
+                            steps += 1
+                        returns.append(total)
+            except WatchdogError as exc:
+                watchdog = str(exc)
+            except KeyboardInterrupt:
+                if not stop_on_interrupt:
+                    raise
+                interrupted = True
     return ControlReport(
         server=server,
         env_id=env_id,

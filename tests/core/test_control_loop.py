@@ -3,6 +3,7 @@ its episodes reset with, and which ticks count as overruns (on a fake clock)."""
 
 from __future__ import annotations
 
+import re
 import sys
 from pathlib import Path
 from types import SimpleNamespace
@@ -10,6 +11,7 @@ from types import SimpleNamespace
 import numpy as np
 import pytest
 
+from flowrl_deploy.errors import FlowRLError
 from flowrl_deploy.serve import PolicyServer, ServeConfig
 from flowrl_deploy.train import control
 from flowrl_deploy.train.envs import EnvInfo, episode_seed
@@ -22,11 +24,12 @@ from tiny_policy import ACT_DIM, OBS_DIM, write_policy
 class RecordingEnv:
     """Episodes of ``length`` steps; records each reset's seed, and runs ``on_step(step)`` in every step."""
 
-    def __init__(self, length: int, on_step=lambda step: None) -> None:
-        self.info = EnvInfo("fake:recorder", OBS_DIM, ACT_DIM, -np.ones(ACT_DIM), np.ones(ACT_DIM))
+    def __init__(self, length: int, on_step=lambda step: None, obs_dim: int = OBS_DIM) -> None:
+        self.info = EnvInfo("fake:recorder", obs_dim, ACT_DIM, -np.ones(ACT_DIM), np.ones(ACT_DIM))
         self.length, self.on_step = length, on_step
         self.seeds: list[int | None] = []
         self.steps = 0
+        self.closed = False
 
     def reset(self, seed: int | None = None) -> np.ndarray:
         self.seeds.append(seed)
@@ -39,7 +42,7 @@ class RecordingEnv:
         return np.zeros(OBS_DIM, np.float32), 1.0, False, self.steps >= self.length
 
     def close(self) -> None:
-        pass
+        self.closed = True
 
 
 @pytest.fixture(scope="module")
@@ -76,3 +79,24 @@ def test_a_tick_that_starts_more_than_one_period_late_is_an_overrun(server, monk
     assert report.steps == 3
     assert report.overruns == 1
     assert report.jitter_us == pytest.approx(float(np.std([0.0, 0.15, 0.05]) * 1e6))
+
+
+@pytest.mark.parametrize(
+    ("obs_dim", "settings", "why"),
+    [
+        (OBS_DIM + 1, {}, f"fake:recorder has obs/act dims {OBS_DIM + 1}/{ACT_DIM}, the policy {OBS_DIM}/{ACT_DIM}"),
+        (OBS_DIM, {"fallback": "local", "local_model": "missing.onnx"}, "ONNX model not found: missing.onnx"),
+    ],
+)
+def test_a_run_refused_after_the_simulator_opened_closes_it(server, monkeypatch, obs_dim, settings, why):
+    """The dims refusal and a refused session left the simulator (a MuJoCo model) open."""
+    env = RecordingEnv(length=2, obs_dim=obs_dim)
+    with pytest.raises(FlowRLError, match=re.escape(why)):
+        _run(server, env, monkeypatch, hz=1000, **settings)
+    assert env.closed and env.seeds == []
+
+
+def test_a_finished_run_closes_the_simulator(server, monkeypatch):
+    env = RecordingEnv(length=2)
+    _run(server, env, monkeypatch, hz=1000)
+    assert env.closed
