@@ -48,7 +48,9 @@ class VerificationError(FlowRLError):
 
 @dataclass(frozen=True)
 class ParityReport:
-    """Max errors of onnxruntime against the torch sampler over every verified input."""
+    """Errors of onnxruntime against the torch sampler over every verified input: maxima, and the
+    action's mean. Action errors count in each action's half-range, as the tolerances do, except
+    ``max_abs_error_action``, which is absolute (in the action's own units)."""
 
     dtype: str
     batch_sizes: tuple[int, ...]
@@ -58,6 +60,9 @@ class ParityReport:
     action_atol: float
     rtol: float
     max_abs_error_action: float
+    """Absolute: the largest |Δaction| in the action's own units."""
+    max_abs_error_action_half_ranges: float
+    """The largest |Δaction| as a fraction of its action's half-range (the unit of ``action_atol``)."""
     mean_abs_error_action: float
     """Mean over every element, as a fraction of each action's half-range."""
     max_abs_error_pre_tanh: float
@@ -74,7 +79,8 @@ class ParityReport:
         return (
             f"parity vs torch ({self.dtype}, batch sizes {', '.join(map(str, self.batch_sizes))} "
             f"with {', '.join(map(str, self.pairs_per_batch_size))} pairs, {tolerance}): "
-            f"max |Δaction| = {self.max_abs_error_action:.3g}, mean {self.mean_abs_error_action:.3g}{scale}, "
+            f"max |Δaction| = {self.max_abs_error_action_half_ranges:.3g}{scale} "
+            f"({self.max_abs_error_action:.3g} absolute), mean {self.mean_abs_error_action:.3g}{scale}, "
             f"max |Δpre_tanh| = {self.max_abs_error_pre_tanh:.3g}{pre_tanh}; "
             f"repeat bit-identical: {'yes' if self.bit_identical_repeat else 'NO'}; "
             f"{'PASSED' if self.passed else 'FAILED'}"
@@ -146,10 +152,9 @@ def verify_parity(
     session = make_session(with_pre_tanh_output(model).SerializeToString(), providers=["CPUExecutionProvider"])
     half_range = (np.asarray(spec.action_high) - np.asarray(spec.action_low)) / 2
     action_atol = FP32_ATOL if dtype == "fp32" else INT8_ACTION_ATOL
-    error_unit = half_range  # action errors count in half-ranges (see FP32_ATOL, INT8_ACTION_ATOL)
     rng = np.random.default_rng(seed)
     batch_sizes = (batch,) if batch is not None else BATCH_SIZES
-    err_action = err_pre_tanh = 0.0
+    err_action = err_action_half_ranges = err_pre_tanh = 0.0  # action errors in half-ranges: see FP32_ATOL
     err_sum, err_count = 0.0, 0
     within, repeat_identical = True, True
     pairs = []
@@ -166,10 +171,12 @@ def verify_parity(
                 ref_action = reference.squash(ref_pre).numpy()
                 ref_pre = ref_pre.numpy()
             diff = np.abs(action - ref_action)
+            diff_half_ranges = diff / half_range
             err_action = max(err_action, float(diff.max()))
-            err_sum, err_count = err_sum + float((diff / error_unit).sum()), err_count + diff.size
+            err_action_half_ranges = max(err_action_half_ranges, float(diff_half_ranges.max()))
+            err_sum, err_count = err_sum + float(diff_half_ranges.sum()), err_count + diff.size
             err_pre_tanh = max(err_pre_tanh, float(np.abs(pre_tanh - ref_pre).max()))
-            within &= bool(np.all(diff <= action_atol * error_unit + FP32_RTOL * np.abs(ref_action)))
+            within &= bool(np.all(diff <= action_atol * half_range + FP32_RTOL * np.abs(ref_action)))
             if dtype == "fp32":
                 within &= bool(np.allclose(pre_tanh, ref_pre, atol=FP32_ATOL, rtol=FP32_RTOL))
             if i == 0:
@@ -184,6 +191,7 @@ def verify_parity(
         action_atol=action_atol,
         rtol=FP32_RTOL,
         max_abs_error_action=err_action,
+        max_abs_error_action_half_ranges=err_action_half_ranges,
         mean_abs_error_action=err_mean,
         max_abs_error_pre_tanh=err_pre_tanh,
         pre_tanh_checked=dtype == "fp32",

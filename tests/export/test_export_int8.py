@@ -100,8 +100,9 @@ def test_int8_verification_refuses_a_small_systematic_bias(monkeypatch):
         verify_parity(model, actor, SPEC, **INT8_CHECK)
 
 
-def test_the_reported_int8_mean_error_is_in_half_ranges(reference):
-    """|Δaction| / half-range averaged over every element: the half-ranges here are 1, 2 and 0.25."""
+def test_the_reported_int8_errors_are_in_half_ranges_but_the_absolute_max(reference):
+    """|Δaction| / half-range, averaged and maximised over every element (the half-ranges here are 1,
+    2 and 0.25), beside the absolute max; the summary names each unit."""
     model = int8_graph(actor_tensors())
     check = {**INT8_CHECK, "batch": 7, "samples": 4}
     report = verify_parity(model, actor_tensors(), SPEC, **check, seed=3)
@@ -115,3 +116,7 @@ def test_the_reported_int8_mean_error_is_in_half_ranges(reference):
             expected = reference.squash(pre_tanh).numpy()
         errors.append(np.abs(action - expected) / half_range)
     assert report.mean_abs_error_action == pytest.approx(np.mean(errors), rel=1e-5)
+    assert report.max_abs_error_action_half_ranges == pytest.approx(np.max(errors), rel=1e-5)
+    assert report.max_abs_error_action == pytest.approx(np.max(np.array(errors) * half_range), rel=1e-5)
+    max_half_ranges, max_absolute = report.max_abs_error_action_half_ranges, report.max_abs_error_action
+    assert f"max |Δaction| = {max_half_ranges:.3g} × half-range ({max_absolute:.3g} absolute), mean" in report.summary()
