@@ -36,6 +36,8 @@ CSV_COLUMNS = (
     "losses/flow_weight",
     "losses/q_pi",
 )
+"""metrics.csv's columns: every key the loop (``charts/…``) and FlowRL's update (``losses/…``) log;
+a key missing here would be dropped from the CSV (tests/train/test_train_loop.py checks they agree)."""
 
 
 class MetricsLogger:

@@ -1,5 +1,6 @@
 """End to end: a short run writes metrics and checkpoints that load, evaluate and resume exactly."""
 
+import csv
 import json
 
 import numpy as np
@@ -8,13 +9,16 @@ import torch
 
 from flowrl_deploy.checkpoint import load_checkpoint, read_document
 from flowrl_deploy.errors import CheckpointError, FlowRLError
+from flowrl_deploy.spec import PolicySpec
 from flowrl_deploy.train import loop
+from flowrl_deploy.train.algorithm import FlowRL
 from flowrl_deploy.train.checkpointing import load_actor
 from flowrl_deploy.train.config import TrainConfig
 from flowrl_deploy.train.envs import episode_seed
 from flowrl_deploy.train.evaluate import EVAL_NOISE_STREAM, EVAL_STREAM, EvalResult, checkpoint_act_fn, evaluate
+from flowrl_deploy.train.logger import CSV_COLUMNS
 from flowrl_deploy.train.loop import resume_config, train
-from flowrl_deploy.train.replay import ReplayBuffer
+from flowrl_deploy.train.replay import Batch, ReplayBuffer
 
 # Pendulum: 200-step episodes, so saves every 200 steps fall on episode boundaries.
 TINY = dict(env="Pendulum-v1", hidden=16, batch_size=16, start_steps=100, eval_every=200, eval_episodes=1,
@@ -42,6 +46,29 @@ def test_a_run_writes_config_metrics_and_checkpoints(run):
     best_step = max(returns, key=returns.__getitem__)
     assert (checkpoints / "best").resolve().name == f"step_{best_step:09d}"
     assert read_document(checkpoints / "best")["eval"]["best_return"] == returns[best_step]
+
+
+def test_every_logged_metric_is_a_csv_column_and_reaches_metrics_csv(run):
+    """CSV_COLUMNS is written by hand and the CSV writer drops other keys: a metric added to the
+    update or the loop without its column would vanish from metrics.csv (metrics.jsonl keeps all)."""
+    rows = [json.loads(line) for line in (run.run_dir / "metrics.jsonl").read_text().splitlines()]
+    assert set().union(*rows) == set(CSV_COLUMNS)  # every key a column, and no column that nothing fills
+    with open(run.run_dir / "metrics.csv", newline="") as f:
+        csv_rows = list(csv.DictReader(f))
+    assert [{k: v for k, v in r.items() if v != ""} for r in csv_rows] == [
+        {k: str(v) for k, v in r.items()} for r in rows
+    ]
+
+
+def test_an_update_logs_only_csv_columns():
+    """Both halves of an update (policy_delay 1: every update also steps the actor), as the loop logs them."""
+    spec = PolicySpec(obs_dim=3, act_dim=1, action_low=(-1.0,), action_high=(1.0,), hidden=8)
+    agent = FlowRL(spec, TrainConfig(hidden=8, batch_size=4, policy_delay=1))
+    rng = np.random.default_rng(0)
+    obs, action, next_obs = (rng.standard_normal((4, n), dtype=np.float32) for n in (3, 1, 3))
+    metrics = agent.update(Batch(obs, action, np.ones(4, np.float32), next_obs, np.ones(4, np.float32)))
+    assert {"q_pi_loss", "actor_loss"} <= set(metrics)
+    assert {f"losses/{k}" for k in metrics} <= set(CSV_COLUMNS)
 
 
 def _scripted_evaluations(monkeypatch, scripted: dict[int, float]) -> None:
