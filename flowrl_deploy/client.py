@@ -96,6 +96,69 @@ def _positive(value: object, name: str) -> float:
     return float(value)
 
 
+SESSION_ARGUMENTS = {name: name for name in ("deadline_s", "fallback", "local_model", "max_consecutive_misses")}
+"""How errors name a :class:`ControlSession`'s settings: by its own arguments. A command passes its
+flags instead (``flowrl control``: ``--fallback``, ``--deadline-ms`` and so on)."""
+
+
+def _flag(name: str) -> bool:
+    return name.startswith("--")
+
+
+def _setting(name: str, value: object) -> str:
+    """``name`` set to ``value`` as its user writes it: ``--fallback local`` or ``fallback='local'``."""
+    return f"{name} {value}" if _flag(name) else f"{name}={value!r}"
+
+
+def _duration(name: str, seconds: object) -> str:
+    """``seconds`` in the unit ``name`` is given in: ms for a flag such as ``--deadline-ms``, else seconds."""
+    return _shown(seconds * 1e3 if name.endswith("-ms") and _is_number(seconds) else seconds)
+
+
+def check_session_settings(
+    *,
+    fallback: str,
+    local_model: str,
+    max_consecutive_misses: int | None,
+    deadline_s: float | None,
+    names: dict[str, str] = SESSION_ARGUMENTS,
+) -> None:
+    """Refuse :class:`ControlSession` settings that cannot work, before any connection: an unknown
+    fallback, a local fallback without its model (or a model without it), a miss limit below 1, a
+    deadline that is no finite number > 0. Errors name each setting as ``names`` maps it (keys as
+    :data:`SESSION_ARGUMENTS`)."""
+    fb, model, misses, deadline = (
+        names[k] for k in ("fallback", "local_model", "max_consecutive_misses", "deadline_s")
+    )
+    if fallback not in FALLBACKS:
+        raise FlowRLError(f"{fb} must be {', '.join(FALLBACKS[:-1])} or {FALLBACKS[-1]}, got {fallback!r}")
+    if fallback == "local" and not local_model:
+        raise FlowRLError(f"{_setting(fb, 'local')} needs {model} (the ONNX file the server serves)")
+    if local_model and fallback != "local":
+        raise FlowRLError(
+            f"{model} is used only with {_setting(fb, 'local')} ({fb} is {fallback!r}); "
+            f"add {_setting(fb, 'local')}, or drop {model}"
+        )
+    if max_consecutive_misses is not None and not (_is_integer(max_consecutive_misses) and max_consecutive_misses >= 1):
+        unset = "" if _flag(misses) else " or None"
+        raise FlowRLError(f"{misses} must be an integer >= 1{unset}, got {_shown(max_consecutive_misses)}")
+    if deadline_s is not None and not (_is_number(deadline_s) and math.isfinite(deadline_s) and deadline_s > 0):
+        raise FlowRLError(f"{deadline} must be a finite number > 0, got {_duration(deadline, deadline_s)}")
+
+
+def session_deadline(period_s: float, deadline_s: float | None, name: str = "deadline_s") -> float:
+    """A tick's deadline: ``deadline_s`` (checked by :func:`check_session_settings`) or half the
+    period; a deadline longer than the period is refused, naming it ``name``."""
+    if deadline_s is None:
+        return period_s / 2
+    if deadline_s > period_s:
+        raise FlowRLError(
+            f"{name} {_duration(name, deadline_s)} is longer than the control period, {period_s * 1e3:g} ms at "
+            f"{1 / period_s:g} Hz: a tick would wait past the next one; give at most the period"
+        )
+    return float(deadline_s)
+
+
 def checked_timeout(timeout_s: object, name: str = "timeout_s") -> float:
     """A call deadline in seconds: a finite number in (0, :data:`MAX_TIMEOUT_S`]. gRPC takes 0 or less
     as already past and fails every call with a bare DEADLINE_EXCEEDED."""
@@ -446,7 +509,7 @@ class ControlSession:
         session_id: the server session's name; default: a fresh unique one.
         seed: the session's noise seed (an integer in [0, 2**64)); default: unseeded.
         fallback: ``hold``, ``zeros`` or ``local``.
-        local_model: the served ONNX file, for ``fallback="local"``.
+        local_model: the served ONNX file, for ``fallback="local"`` (and only for it).
         max_consecutive_misses: raise after this many (>= 1) misses in a row; None: never.
         max_staleness_s: raise when no fresh action came for this long (finite, > 0); None: never.
         max_rate: optional clamp of each action component's change, in units per second (finite, > 0).
@@ -476,25 +539,18 @@ class ControlSession:
         reset_timeout_s: float | None = None,
         max_timings: int | None = DEFAULT_MAX_TIMINGS,
     ) -> None:
-        if fallback not in FALLBACKS:
-            raise FlowRLError(f"unknown fallback {fallback!r}; choose {', '.join(FALLBACKS[:-1])} or {FALLBACKS[-1]}")
+        check_session_settings(
+            fallback=fallback,
+            local_model=local_model,
+            max_consecutive_misses=max_consecutive_misses,
+            deadline_s=deadline_s,
+        )
         if not (_is_number(period_s) and MIN_CONTROL_PERIOD_S <= period_s <= MAX_CONTROL_PERIOD_S):
             raise FlowRLError(
                 f"period_s must lie in [{MIN_CONTROL_PERIOD_S:g}, {MAX_CONTROL_PERIOD_S:g}] s (a control rate "
                 f"of {MIN_HZ:g} to {MAX_HZ:g} Hz), got {_shown(period_s)}"
             )
-        deadline_s = period_s / 2 if deadline_s is None else _positive(deadline_s, "deadline_s")
-        if deadline_s > period_s:
-            raise FlowRLError(
-                f"deadline_s {deadline_s:g} is longer than period_s {period_s:g}: a tick would wait past "
-                "the next one; give at most the period"
-            )
-        if max_consecutive_misses is not None and not (
-            _is_integer(max_consecutive_misses) and max_consecutive_misses >= 1
-        ):
-            raise FlowRLError(
-                f"max_consecutive_misses must be an integer >= 1 or None, got {_shown(max_consecutive_misses)}"
-            )
+        deadline_s = session_deadline(period_s, deadline_s)
         if max_timings is not None and not (_is_integer(max_timings) and max_timings >= 1):
             raise FlowRLError(f"max_timings must be an integer >= 1 or None (all), got {_shown(max_timings)}")
         if not (isinstance(backoff_s, (tuple, list)) and len(backoff_s) == 2 and all(map(_is_number, backoff_s))):
@@ -519,8 +575,6 @@ class ControlSession:
         self.info = client.spec()
         self.local = None
         if fallback == "local":
-            if not local_model:
-                raise FlowRLError("fallback='local' needs local_model, the ONNX file the server serves")
             self.local = _LocalPolicy(local_model, seed)
             if self.local.policy.contract_hash != self.info.contract_hash:
                 diff = "; ".join(self.info.contract.differences(self.local.policy.contract))

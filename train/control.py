@@ -15,7 +15,14 @@ from dataclasses import asdict, dataclass, field
 
 import numpy as np
 
-from flowrl_deploy.client import FALLBACKS, CallTiming, PolicyClient, WatchdogError, connection_hint
+from flowrl_deploy.client import (
+    CallTiming,
+    PolicyClient,
+    WatchdogError,
+    check_session_settings,
+    connection_hint,
+    session_deadline,
+)
 from flowrl_deploy.contract import MAX_HZ, MIN_HZ
 from flowrl_deploy.errors import FlowRLError
 from flowrl_deploy.gc_freeze import gc_frozen
@@ -27,6 +34,13 @@ MISS_WARNING_RATE = 0.01
 held or guessed its actions (the server was away or too slow), which a return alone does not show."""
 DEFAULT_HZ = 50.0
 """The control rate when none is given and the served policy's contract has no control period."""
+CONTROL_FLAGS = {
+    "deadline_s": "--deadline-ms",
+    "fallback": "--fallback",
+    "local_model": "--local-model",
+    "max_consecutive_misses": "--max-misses",
+}
+"""The ``flowrl control`` flags of the session settings, for the errors of ``check_session_settings``."""
 
 
 @dataclass
@@ -167,21 +181,15 @@ def run_control(
         raise FlowRLError(f"--episodes must be >= 1, got {episodes}")
     if max_steps is not None and max_steps < 1:
         raise FlowRLError(f"--max-steps must be >= 1, got {max_steps}")
-    if max_misses is not None and max_misses < 1:
-        raise FlowRLError(f"--max-misses must be >= 1, got {max_misses}")
-    if deadline_s is not None and not deadline_s > 0:
-        raise FlowRLError(f"--deadline-ms must be > 0, got {deadline_s * 1e3:g}")
     if not 0 <= seed < 2**32:
         raise FlowRLError(f"--seed must lie in [0, 2**32), got {seed}")
-    if fallback not in FALLBACKS:
-        raise FlowRLError(f"--fallback must be {', '.join(FALLBACKS[:-1])} or {FALLBACKS[-1]}, got {fallback!r}")
-    if fallback == "local" and not local_model:
-        raise FlowRLError("--fallback local needs --local-model (the ONNX file the server serves)")
-    if local_model and fallback != "local":
-        raise FlowRLError(
-            f"--local-model is used only with --fallback local (--fallback is {fallback!r}); "
-            "add --fallback local, or drop --local-model"
-        )
+    check_session_settings(
+        fallback=fallback,
+        local_model=local_model,
+        max_consecutive_misses=max_misses,
+        deadline_s=deadline_s,
+        names=CONTROL_FLAGS,
+    )
     with PolicyClient(
         server, token=token, tls_ca=tls_ca, tls_cert=tls_cert, tls_key=tls_key, target_name="--server"
     ) as client:
@@ -196,11 +204,7 @@ def run_control(
         if on_rate is not None:
             on_rate(hz, contract_hz)
         period = 1.0 / hz
-        if deadline_s is not None and deadline_s > period:
-            raise FlowRLError(
-                f"--deadline-ms {deadline_s * 1e3:g} is longer than the control period, {period * 1e3:g} ms at "
-                f"{hz:g} Hz: a tick would wait past the next one; give at most the period"
-            )
+        deadline_s = session_deadline(period, deadline_s, CONTROL_FLAGS["deadline_s"])
         env_id = env_id or info.env_id
         if not env_id:
             raise FlowRLError("the served policy does not name its environment; pass --env")

@@ -269,7 +269,10 @@ NAN, INF = math.nan, math.inf
         ],
         # 0 or less: a fallback on every tick from a healthy server; NaN/inf: a bare ValueError in act
         *[({"deadline_s": v}, f"deadline_s must be a finite number > 0, got {v:g}") for v in (0, -1, NAN, INF)],
-        ({"deadline_s": 0.6}, "deadline_s 0.6 is longer than period_s 0.5: a tick would wait past the next one"),
+        (
+            {"deadline_s": 0.6},
+            "deadline_s 0.6 is longer than the control period, 500 ms at 2 Hz: a tick would wait past the next one",
+        ),
         # NaN turned the watchdog off
         *[({"max_staleness_s": v}, f"max_staleness_s must be a finite number > 0, got {v:g}") for v in (NAN, 0, -1)],
         *[
@@ -287,7 +290,12 @@ NAN, INF = math.nan, math.inf
             for v in (0, NAN)
         ],
         ({"max_timings": 0}, "max_timings must be an integer >= 1 or None (all), got 0"),
-        ({"fallback": "later"}, "unknown fallback 'later'; choose hold, zeros or local"),
+        ({"fallback": "later"}, "fallback must be hold, zeros or local, got 'later'"),
+        ({"fallback": "local"}, "fallback='local' needs local_model (the ONNX file the server serves)"),
+        (
+            {"local_model": "policy.onnx"},
+            "local_model is used only with fallback='local' (fallback is 'hold'); add fallback='local', or drop",
+        ),
     ],
 )
 def test_a_bad_setting_is_refused_at_construction(client, settings, why):
