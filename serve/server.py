@@ -246,52 +246,54 @@ class PolicyServer:
             raise FlowRLError("this PolicyServer was stopped; build a new PolicyServer to serve again")
         if self._server is not None:
             raise FlowRLError(f"this PolicyServer is already started, on {self.bound_address}")
-        if config.steps is not None and is_onnx_path(config.model):
-            raise FlowRLError(
-                f"--steps applies to a checkpoint (exported on the fly); {config.model} is an ONNX file, "
-                "whose flow steps were fixed by `flowrl export --steps`: export it again, or serve the checkpoint"
+        try:  # from here a refusal also stops the batcher threads the servicer started
+            if config.steps is not None and is_onnx_path(config.model):
+                raise FlowRLError(
+                    f"--steps applies to a checkpoint (exported on the fly); {config.model} is an ONNX file, "
+                    "whose flow steps were fixed by `flowrl export --steps`: export it again, or serve the checkpoint"
+                )
+            credentials = server_credentials(config)
+            refused = self.servicer.metrics.record_refused
+            token = (
+                [TokenInterceptor(config.token, lambda method: refused(method, "UNAUTHENTICATED"))]
+                if config.token
+                else []
             )
-        credentials = server_credentials(config)
-        refused = self.servicer.metrics.record_refused
-        token = (
-            [TokenInterceptor(config.token, lambda method: refused(method, "UNAUTHENTICATED"))] if config.token else []
-        )
-        server = grpc.server(
-            futures.ThreadPoolExecutor(max_workers=config.workers, thread_name_prefix="flowrl-rpc"),
-            interceptors=[*token, self._streams],  # the token is checked first
-            maximum_concurrent_rpcs=config.workers,  # beyond: RESOURCE_EXHAUSTED, not a silent wait
-            options=[
-                ("grpc.max_receive_message_length", config.max_message_bytes),
-                ("grpc.max_send_message_length", config.max_message_bytes),
-                ("grpc.so_reuseport", 0),
-            ],
-        )
-        pb_grpc.add_PolicyServiceServicer_to_server(self.servicer, server)
-        health_pb2_grpc.add_HealthServicer_to_server(self.health, server)
-        reflection.enable_server_reflection((SERVICE_NAME, health.SERVICE_NAME, reflection.SERVICE_NAME), server)
-        self._set_health(health_pb2.HealthCheckResponse.NOT_SERVING)
-        address = host_port(config.host, config.port)
-        check_can_listen(config.host, config.port)  # a failure up to server.start() leaves this one unstarted
-        try:
-            port = (
-                server.add_insecure_port(address)
-                if credentials is None
-                else server.add_secure_port(address, credentials)
+            server = grpc.server(
+                futures.ThreadPoolExecutor(max_workers=config.workers, thread_name_prefix="flowrl-rpc"),
+                interceptors=[*token, self._streams],  # the token is checked first
+                maximum_concurrent_rpcs=config.workers,  # beyond: RESOURCE_EXHAUSTED, not a silent wait
+                options=[
+                    ("grpc.max_receive_message_length", config.max_message_bytes),
+                    ("grpc.max_send_message_length", config.max_message_bytes),
+                    ("grpc.so_reuseport", 0),
+                ],
             )
-        except RuntimeError as exc:
-            raise FlowRLError(f"cannot listen on {address}: {exc}") from exc
-        if not port:
-            raise FlowRLError(f"cannot listen on {address} (in use?)")
-        self.port = port
-        if not is_loopback(config.host) and not config.token and credentials is None:
-            log.warning(
-                "listening on %s with neither --token nor TLS: anyone who can reach it on the network can "
-                "call it (Act, Reload); give --token (and --tls-cert/--tls-key), or listen on 127.0.0.1",
-                self.bound_address,
-            )
-        self._server = server
-        server.start()
-        try:
+            pb_grpc.add_PolicyServiceServicer_to_server(self.servicer, server)
+            health_pb2_grpc.add_HealthServicer_to_server(self.health, server)
+            reflection.enable_server_reflection((SERVICE_NAME, health.SERVICE_NAME, reflection.SERVICE_NAME), server)
+            self._set_health(health_pb2.HealthCheckResponse.NOT_SERVING)
+            address = host_port(config.host, config.port)
+            check_can_listen(config.host, config.port)  # a failure up to server.start() leaves this one unstarted
+            try:
+                port = (
+                    server.add_insecure_port(address)
+                    if credentials is None
+                    else server.add_secure_port(address, credentials)
+                )
+            except RuntimeError as exc:
+                raise FlowRLError(f"cannot listen on {address}: {exc}") from exc
+            if not port:
+                raise FlowRLError(f"cannot listen on {address} (in use?)")
+            self.port = port
+            if not is_loopback(config.host) and not config.token and credentials is None:
+                log.warning(
+                    "listening on %s with neither --token nor TLS: anyone who can reach it on the network can "
+                    "call it (Act, Reload); give --token (and --tls-cert/--tls-key), or listen on 127.0.0.1",
+                    self.bound_address,
+                )
+            self._server = server
+            server.start()
             if config.watch:  # its stamp is taken now: a checkpoint saved while loading is not missed
                 self._watcher = FileWatcher(Path(config.model), self.servicer.load, config.watch_interval_s)
             self.servicer.load()

@@ -114,25 +114,34 @@ def test_stop_refuses_a_grace_period_it_could_not_wait(server):
     server.stop(grace=0)
 
 
-def test_stop_releases_a_server_whose_start_failed_before_grpc_ran(tmp_path):
-    """A start() refused at the port check left the batcher's threads and the work folder behind:
-    stop() did nothing for a server that had not started."""
+@pytest.mark.parametrize(
+    ("setting", "message"),
+    [
+        ({"port": "taken"}, "address already in use"),
+        ({"tls_cert": "x.pem"}, "TLS needs both --tls-cert and --tls-key"),
+        ({"steps": 3}, "--steps applies to a checkpoint"),
+    ],
+)
+def test_a_refused_start_leaves_no_thread_or_folder_behind(tmp_path, setting, message):
+    """A start() refused before gRPC ran (its settings, the port) left the batcher's threads, which
+    the servicer starts when the server is built, and the work folder behind until stop()."""
     import socket
     import threading
 
     with socket.socket() as taken:
         taken.bind(("127.0.0.1", 0))
         taken.listen()
-        config = ServeConfig(
-            str(write_policy(tmp_path / "policy.onnx")), port=taken.getsockname()[1], max_batch=4, grace_s=0
-        )
+        if setting.get("port") == "taken":
+            setting = {"port": taken.getsockname()[1]}
+        settings = {"port": 0, "max_batch": 4, "batch_workers": 2, "grace_s": 0, **setting}
+        config = ServeConfig(str(write_policy(tmp_path / "policy.onnx")), **settings)
         before = set(threading.enumerate())
         server = PolicyServer(config)
         batchers = [t for t in set(threading.enumerate()) - before if t.name.startswith("flowrl-batcher")]
-        assert batchers  # this server's own, not those of a server another test left running
-        with pytest.raises(FlowRLError, match="address already in use"):
+        assert len(batchers) == 2  # this server's own, not those of a server another test left running
+        with pytest.raises(FlowRLError, match=message):
             server.start()
-    workdir = server._workdir.name
-    server.stop()
+    for thread in batchers:
+        thread.join(timeout=10)
     assert not any(t.is_alive() for t in batchers)
-    assert not os.path.exists(workdir)
+    assert not os.path.exists(server._workdir.name)
