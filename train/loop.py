@@ -66,7 +66,7 @@ class TrainResult:
     """Ctrl-C (SIGINT) or SIGTERM stopped the run early; ``last_checkpoint`` holds the state at the stop."""
 
 
-class _StopOnSigint:
+class _StopOnSignal:
     """Set by the first Ctrl-C or SIGTERM (a job scheduler's stop), so the loop stops between two
     steps and saves a consistent ``last`` checkpoint; a second signal interrupts at once.
     Installed only on the main thread."""
@@ -192,7 +192,7 @@ def train(
     resume: str | Path | None = None,
     progress: bool = True,
     *,
-    stop_on_sigint: bool = False,
+    stop_on_signal: bool = False,
     on_start: Callable[[], None] | None = None,
 ) -> TrainResult:
     """Run FlowRL as ``cfg`` says, into ``cfg.out``.
@@ -200,7 +200,7 @@ def train(
     With ``resume`` (a checkpoint or run directory), continue that run in its own directory; pass
     its config, ``resume_config(resume)``, as ``cfg``. ``on_start()`` is called once every check
     has passed and every output is made, before the first step (a caller's warnings then never
-    precede a refusal). With ``stop_on_sigint`` (``flowrl train``),
+    precede a refusal). With ``stop_on_signal`` (``flowrl train``),
     the first Ctrl-C or SIGTERM ends the run after the current step with a saved ``last`` checkpoint
     and ``TrainResult.interrupted``; otherwise Ctrl-C raises ``KeyboardInterrupt`` as usual.
     """
@@ -254,7 +254,7 @@ def train(
     last_checkpoint = start
     first_step = counters.env_steps
     metrics: dict[str, torch.Tensor] = {}
-    stop = _StopOnSigint(stop_on_sigint)
+    stop = _StopOnSignal(stop_on_signal)
     try:
         if on_start is not None:  # inside: the finally below closes the envs and files if it raises
             on_start()

@@ -169,7 +169,7 @@ def train(
         for text in warnings:
             typer.secho(f"warning: {text}", err=True, fg=typer.colors.YELLOW)
 
-    result = run_training(cfg, resume=resume, progress=progress, stop_on_sigint=True, on_start=warn)
+    result = run_training(cfg, resume=resume, progress=progress, stop_on_signal=True, on_start=warn)
     if result.interrupted:
         saved = f"last checkpoint {result.last_checkpoint}; " if result.last_checkpoint else ""
         typer.secho(
