@@ -17,7 +17,7 @@ import threading
 from pathlib import Path
 
 from flowrl_deploy.errors import FlowRLError
-from flowrl_deploy.serve.server import connectable
+from flowrl_deploy.serve.server import parse_banner
 
 FLOWRL = (sys.executable, "-m", "flowrl_deploy.cli")
 START_TIMEOUT_S = 120.0
@@ -44,17 +44,22 @@ class ServerProcess:
             text=True,
             env={**os.environ, "OMP_NUM_THREADS": os.environ.get("OMP_NUM_THREADS", "1")},
         )
-        line = self._first_line(START_TIMEOUT_S)
-        if not line.startswith("serving "):
-            error = self._stop_and_read_error()
-            raise FlowRLError(f"flowrl serve {Path(model).name} did not start: {error or line.strip() or 'no output'}")
-        # "serving <version> (N=<steps> flow steps) on <host:port>[, metrics on <host:port>]"
-        self.banner = line.strip()
-        self.version = line.split()[1]
-        host, _, port = line.split(" on ")[1].split(",")[0].strip().rpartition(":")
-        self.address = connectable(host, int(port))
-        self._stderr_drain = threading.Thread(target=self._drain_stderr, args=(log,), daemon=True)
-        self._stderr_drain.start()
+        try:  # from here on, whatever goes wrong (Ctrl-C during the wait included) stops the child
+            line = self._first_line(START_TIMEOUT_S)
+            try:
+                self.version, self.address = parse_banner(line)
+            except FlowRLError:
+                error = self._stop_and_read_error()
+                name = Path(model).name
+                raise FlowRLError(
+                    f"flowrl serve {name} did not start: {error or line.strip() or 'no output'}"
+                ) from None
+            self.banner = line.strip()
+            self._stderr_drain = threading.Thread(target=self._drain_stderr, args=(log,), daemon=True)
+            self._stderr_drain.start()
+        except BaseException:
+            self.stop()
+            raise
 
     def _drain_stderr(self, log: str | os.PathLike[str] | None) -> None:
         if log is None:

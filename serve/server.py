@@ -5,9 +5,8 @@ In-process::
     with PolicyServer(ServeConfig("policy.onnx", port=0)).start() as server:
         client = PolicyClient(server.address)
 
-As a process: ``flowrl serve policy.onnx --port 0`` prints
-``serving <version> (N=<steps> flow steps) on HOST:PORT`` (with ``, metrics on HOST:PORT`` when
-``--metrics-port`` is set) once health is SERVING; SIGTERM or SIGINT stops it gracefully (exit 0).
+As a process: ``flowrl serve policy.onnx --port 0`` prints its :func:`banner` once health is
+SERVING; SIGTERM or SIGINT stops it gracefully (exit 0).
 
 A :class:`PolicyServer` serves once: :meth:`~PolicyServer.start` a second time, or after
 :meth:`~PolicyServer.stop`, raises :class:`FlowRLError` (build a new one to serve again).
@@ -21,6 +20,7 @@ from __future__ import annotations
 
 import errno
 import logging
+import re
 import signal
 import socket
 import tempfile
@@ -64,6 +64,26 @@ def connectable(host: str, port: int) -> str:
     """``host:port`` as a client on this machine reaches a server bound to ``host`` (bare or
     bracketed): every interface → loopback, any other host as it is."""
     return host_port(EVERY_INTERFACE.get(host.strip("[]"), host), port)
+
+
+BANNER = re.compile(r"serving (?P<version>\S+) \(N=\d+ flow steps\) on (?P<host>\S+):(?P<port>\d+)(, metrics on \S+)?")
+
+
+def banner(server: PolicyServer) -> str:
+    """The line ``flowrl serve`` prints once serving (:func:`parse_banner` reads it back):
+    ``serving <version> (N=<steps> flow steps) on HOST:PORT``, with ``, metrics on HOST:PORT``
+    when metrics are served."""
+    model = server.servicer.model
+    metrics = f", metrics on {server.metrics_address}" if server.metrics_address is not None else ""
+    return f"serving {model.version} (N={model.contract.flow_steps} flow steps) on {server.bound_address}{metrics}"
+
+
+def parse_banner(line: str) -> tuple[str, str]:
+    """The served version and the address to connect to (:func:`connectable`) of a :func:`banner`."""
+    match = BANNER.fullmatch(line.strip())
+    if match is None:
+        raise FlowRLError(f"not the start-up line of flowrl serve: {line.strip()!r}")
+    return match["version"], connectable(match["host"], int(match["port"]))
 
 
 BIND_REASONS = {

@@ -99,6 +99,7 @@ def serve(
     from flowrl_deploy.affinity import parse_cpus
     from flowrl_deploy.errors import FlowRLError
     from flowrl_deploy.serve import ServeConfig, serve_forever
+    from flowrl_deploy.serve.server import banner
 
     env_token = os.environ.get(TOKEN_ENV)
     if env_token is not None and not env_token.strip() and (token is None or token == env_token):
@@ -132,10 +133,4 @@ def serve(
     )
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
 
-    def ready(server) -> None:
-        model = server.servicer.model
-        metrics = f", metrics on {server.metrics_address}" if server.metrics_address is not None else ""
-        steps = f"N={model.contract.flow_steps} flow steps"
-        typer.echo(f"serving {model.version} ({steps}) on {server.bound_address}{metrics}")
-
-    serve_forever(config, on_ready=ready)
+    serve_forever(config, on_ready=lambda server: typer.echo(banner(server)))
