@@ -15,7 +15,7 @@ from flowrl_deploy.contract import NOISE_INPUT, OBS_INPUT
 from flowrl_deploy.export.config import ExportConfig
 from flowrl_deploy.export.exporter import ExportReport, export_checkpoint
 from flowrl_deploy.export.timing import Timing, time_calls
-from flowrl_deploy.runtime import OnnxPolicy
+from flowrl_deploy.runtime import OnnxPolicy, SeededPolicy
 
 if TYPE_CHECKING:
     from flowrl_deploy.train.envs import Env
@@ -105,10 +105,9 @@ def _sweep_row(
     latency = time_calls(lambda: run(None, feeds), budget_s=TIMING_BUDGET_S)
     row = SweepRow(config.steps, report, latency)
     if env is not None:
-        from flowrl_deploy.export.act import onnx_act_fn
         from flowrl_deploy.train.evaluate import evaluate
 
-        result = evaluate(onnx_act_fn(policy, seed), env, episodes, seed)
+        result = evaluate(SeededPolicy(policy, seed), env, episodes, seed)
         row = replace(row, mean_return=result.mean, std_return=result.std)
     return row
 

@@ -32,7 +32,6 @@ from flowrl_deploy.contract import (
     PolicyContract,
 )
 from flowrl_deploy.errors import FlowRLError
-from flowrl_deploy.noise import Session
 from flowrl_deploy.proto.flowrl.v1 import policy_pb2 as pb
 from flowrl_deploy.proto.flowrl.v1 import policy_pb2_grpc as pb_grpc
 from flowrl_deploy.tls import check_key_pair, read_certificates
@@ -575,7 +574,9 @@ class ControlSession:
         self.info = client.spec()
         self.local = None
         if fallback == "local":
-            self.local = _LocalPolicy(local_model, seed)
+            from flowrl_deploy.runtime import SeededPolicy  # onnxruntime, loaded only for a local fallback
+
+            self.local = SeededPolicy(local_model, seed)
             if self.local.policy.contract_hash != self.info.contract_hash:
                 diff = "; ".join(self.info.contract.differences(self.local.policy.contract))
                 raise FlowRLError(f"the local fallback model {local_model} is not the served policy ({diff})")
@@ -790,20 +791,3 @@ def _code_name(value: int) -> str:
         if code.value[0] == value:
             return code.name
     return "UNKNOWN"
-
-
-class _LocalPolicy:
-    """The served ONNX policy run in-process, drawing noise the way a server session does."""
-
-    def __init__(self, path: str, seed: int | None) -> None:
-        from flowrl_deploy.runtime import OnnxPolicy
-
-        self.policy = OnnxPolicy(path)
-        self.noise = Session("local", seed)
-
-    def reseed(self, seed: int | None) -> None:
-        self.noise.reseed(seed)
-
-    def act(self, obs: np.ndarray) -> np.ndarray:
-        noise = self.noise.noise(1, self.policy.contract.act_dim) if self.policy.takes_noise else None
-        return self.policy.act(obs[None, :], noise)[0]

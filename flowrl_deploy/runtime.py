@@ -1,6 +1,6 @@
 """Running an exported policy graph with onnxruntime, without torch.
 
-Shared by export verification, the server, and the client's local fallback policy. Session
+Shared by export verification, the server, evaluation and the client's local fallback policy. Session
 settings favour batch-1 latency on a control computer: one intra-op thread, sequential
 execution, no spinning threads; CUDA is used when onnxruntime offers it.
 """
@@ -18,6 +18,7 @@ from flowrl_deploy.affinity import check_thread_count
 from flowrl_deploy.checkpoint import DOCUMENT_FILE, MODEL_FILE
 from flowrl_deploy.contract import NOISE_INPUT, OBS_INPUT, PolicyContract, contract_from_metadata
 from flowrl_deploy.errors import FlowRLError, SpecError
+from flowrl_deploy.noise import draw_noise, session_noise
 
 
 def is_onnx_path(path: str | Path) -> bool:
@@ -205,4 +206,45 @@ class OnnxPolicy:
         return np.concatenate(chunks)[:n]
 
 
-__all__ = ["OnnxPolicy", "PolicyContract", "default_providers", "make_session"]
+class SeededPolicy:
+    """An exported policy as ``act(obs) -> action`` for one observation, its noise drawn as a server
+    session seeded ``seed`` draws it (:func:`~flowrl_deploy.noise.session_noise`, one
+    :func:`~flowrl_deploy.noise.draw_noise` block per action). ``flowrl eval`` and a client's local
+    fallback both act through it, so a seeded ``flowrl control`` run reproduces ``flowrl eval``.
+
+    ``deterministic``: a0 = 0 instead of a draw (a graph exported with ``--deterministic`` takes no
+    noise at all). ``providers`` applies when ``model`` is a path, not an :class:`OnnxPolicy`.
+    """
+
+    def __init__(
+        self,
+        model: str | os.PathLike[str] | OnnxPolicy,
+        seed: int | None = 0,
+        *,
+        deterministic: bool = False,
+        providers: list[str] | None = None,
+    ) -> None:
+        self.policy = model if isinstance(model, OnnxPolicy) else OnnxPolicy(model, providers=providers)
+        self.deterministic = deterministic
+        self.reseed(seed)
+
+    def reseed(self, seed: int | None) -> None:
+        """Restart the noise as a session seeded ``seed`` (None: OS entropy)."""
+        self._noise = session_noise(seed)
+
+    def act(self, obs: np.ndarray) -> np.ndarray:
+        """The action [act_dim] for one observation [obs_dim]."""
+        act_dim = self.policy.contract.act_dim
+        if not self.policy.takes_noise:
+            noise = None
+        elif self.deterministic:
+            noise = np.zeros((1, act_dim), np.float32)
+        else:
+            noise = draw_noise(self._noise, 1, act_dim)
+        return self.policy.act(np.asarray(obs, dtype=np.float32)[None], noise)[0]
+
+    def __call__(self, obs: np.ndarray) -> np.ndarray:
+        return self.act(obs)
+
+
+__all__ = ["OnnxPolicy", "PolicyContract", "SeededPolicy", "default_providers", "make_session"]

@@ -62,7 +62,7 @@ def run_demo(cfg: DemoConfig, echo=typer.echo) -> dict[str, Any]:
             f"{install_command('train,export')}"
         )
     from flowrl_deploy.export import ExportConfig, export_checkpoint
-    from flowrl_deploy.export.act import onnx_act_fn
+    from flowrl_deploy.runtime import SeededPolicy
     from flowrl_deploy.serve import ServerProcess
     from flowrl_deploy.train.algorithm import resolve_device
     from flowrl_deploy.train.config import TrainConfig
@@ -104,7 +104,9 @@ def run_demo(cfg: DemoConfig, echo=typer.echo) -> dict[str, Any]:
     echo(f"[2/4] export the {export_steps}-step sampler → {out / 'policy.onnx'}")
     report = export_checkpoint(result.last_checkpoint, out / "policy.onnx", ExportConfig(steps=export_steps))
     echo(report.summary())
-    offline = evaluate(onnx_act_fn(report.path, seed=cfg.seed), cfg.env, cfg.episodes, seed=cfg.seed)
+    offline = evaluate(
+        SeededPolicy(report.path, cfg.seed, providers=["CPUExecutionProvider"]), cfg.env, cfg.episodes, seed=cfg.seed
+    )
 
     echo("[3/4] start `flowrl serve` in the background")
     with ServerProcess(report.path, log=out / "server.log") as server:

@@ -86,10 +86,9 @@ def _checkpoint_policy(path: Path, flow_steps: int | None, device: str, seed: in
 def _onnx_policy(path: Path, seed: int, deterministic: bool):
     """(act_fn, env id, (obs_dim, act_dim), sampler) of an exported ONNX graph, exactly what will be
     deployed, with seeded noise."""
-    from flowrl_deploy.export.act import onnx_act_fn
-    from flowrl_deploy.runtime import OnnxPolicy
+    from flowrl_deploy.runtime import OnnxPolicy, SeededPolicy
 
     policy = OnnxPolicy(path, providers=["CPUExecutionProvider"])
     c = policy.contract
     sampler = f"N={c.flow_steps} {c.solver}{FROM_ZERO if deterministic or not policy.takes_noise else ''}"
-    return onnx_act_fn(policy, seed, deterministic), c.env_id, (c.obs_dim, c.act_dim), sampler
+    return SeededPolicy(policy, seed, deterministic=deterministic), c.env_id, (c.obs_dim, c.act_dim), sampler

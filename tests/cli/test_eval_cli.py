@@ -31,22 +31,17 @@ def pendulum_policy(tmp_path_factory) -> Path:
 
 def _ctrl_c_after(monkeypatch, actions: int) -> None:
     """Ctrl-C once the policy has given ``actions`` actions."""
-    from flowrl_deploy.export import act
+    from flowrl_deploy.runtime import SeededPolicy
 
-    onnx_act_fn = act.onnx_act_fn
+    act, calls = SeededPolicy.act, []
 
-    def counting(*args, **kwargs):
-        act_fn, calls = onnx_act_fn(*args, **kwargs), []
+    def interrupted_act(self, obs):
+        calls.append(1)
+        if len(calls) > actions:
+            raise KeyboardInterrupt
+        return act(self, obs)
 
-        def interrupted_act_fn(obs):
-            calls.append(1)
-            if len(calls) > actions:
-                raise KeyboardInterrupt
-            return act_fn(obs)
-
-        return interrupted_act_fn
-
-    monkeypatch.setattr(act, "onnx_act_fn", counting)
+    monkeypatch.setattr(SeededPolicy, "act", interrupted_act)
 
 
 def test_ctrl_c_during_eval_prints_the_completed_episodes_and_exits_130(pendulum_policy, monkeypatch):

@@ -10,14 +10,14 @@ from typer.testing import CliRunner
 from flowrl_deploy.checkpoint import save_checkpoint
 from flowrl_deploy.cli import app
 from flowrl_deploy.export import ExportConfig, export_checkpoint
-from flowrl_deploy.export.act import onnx_act_fn
+from flowrl_deploy.runtime import SeededPolicy
 from flowrl_deploy.spec import PolicySpec
 
 
 def test_act_fn_is_the_torch_sampler_with_seeded_noise(checkpoint, tmp_path, reference):
     path = export_checkpoint(checkpoint, tmp_path / "p.onnx", ExportConfig(steps=3, samples=3)).path
     obs = np.linspace(-1, 1, SPEC.obs_dim)
-    first, again = onnx_act_fn(path, seed=7), onnx_act_fn(path, seed=7)
+    first, again = SeededPolicy(path, 7), SeededPolicy(path, 7)
     actions = [first(obs) for _ in range(3)]
     np.testing.assert_array_equal(actions, [again(obs) for _ in range(3)])
     noise = np.random.default_rng(7).standard_normal((3, 1, SPEC.act_dim), dtype=np.float32)

@@ -95,6 +95,20 @@ def test_local_fallback_runs_the_served_policy_with_the_seeded_noise(client, pol
         np.testing.assert_allclose(control.act(OBS), local.act(OBS[None], first)[0], atol=1e-6)
 
 
+def test_the_local_fallback_acts_as_flowrl_eval_of_the_same_file(client, policy_path):
+    """`flowrl control --seed S` reproduces `flowrl eval --seed S`: both act through one seeded policy."""
+    from flowrl_deploy.cli.eval import _onnx_policy
+
+    eval_act, *_ = _onnx_policy(policy_path, 9, False)
+    observations = np.random.default_rng(0).uniform(-1, 1, (5, OBS.size)).astype(np.float32)
+    with client.session(
+        period_s=0.5, deadline_s=MISS_S, seed=9, fallback="local", local_model=str(policy_path)
+    ) as control:
+        actions = [control.act(obs) for obs in observations]
+        assert [t.source for t in control.timings] == ["local"] * len(observations)
+    np.testing.assert_allclose(actions, [eval_act(obs) for obs in observations], atol=1e-6)
+
+
 def test_watchdog_raises_when_the_last_fresh_action_is_too_old(client):
     with client.session(period_s=0.5, seed=0, max_staleness_s=0.01) as control:
         control.act(OBS)

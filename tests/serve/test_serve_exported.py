@@ -63,7 +63,7 @@ def test_a_checkpoint_is_exported_on_the_fly(checkpoint, onnx_file):
 
 
 def test_control_return_matches_evaluation_of_the_same_onnx_file(onnx_file, monkeypatch):
-    from flowrl_deploy.export.act import onnx_act_fn
+    from flowrl_deploy.runtime import SeededPolicy
     from flowrl_deploy.train import control
     from flowrl_deploy.train.evaluate import evaluate
 
@@ -73,7 +73,7 @@ def test_control_return_matches_evaluation_of_the_same_onnx_file(onnx_file, monk
     with PolicyServer(ServeConfig(str(onnx_file), port=0, grace_s=0)).start() as server:
         report = control.run_control(server.address, None, hz=0.5, episodes=1, seed=3, deadline_s=2.0)
     assert report.deadline_misses == 0 and report.steps == 1000
-    expected = evaluate(onnx_act_fn(onnx_file, seed=3), ENV_ID, 1, seed=3)
+    expected = evaluate(SeededPolicy(onnx_file, 3), ENV_ID, 1, seed=3)
     assert report.returns == pytest.approx(list(expected.returns), rel=1e-5)
 
 
