@@ -207,3 +207,23 @@ class TrainConfig:
     def override(self, **changes: Any) -> TrainConfig:
         """A copy with ``changes`` applied (and validated)."""
         return replace(self, **changes)
+
+
+RESUME_OVERRIDES = ("steps", "device", "threads", "cuda_graphs", "eval_every", "eval_episodes", "log_every")
+"""Settings a resumed run may change: the budget, where and how it runs, and how often it evaluates
+and logs (evaluation has its own env and noise, so none of these changes the training itself). The
+rest are the run's own; --save-every too, since the run's periodic checkpoints are kept by it."""
+
+
+def check_resume_settings(settings: dict[str, Any], saved: TrainConfig) -> None:
+    """Refuse to resume the run whose saved config is ``saved`` with ``settings`` (config field → value)
+    that change anything but :data:`RESUME_OVERRIDES`; the :class:`ConfigError` names every changed
+    field by its flag. Repeating a saved value changes nothing and is taken."""
+    own = {name: value for name, value in settings.items() if name not in RESUME_OVERRIDES}
+    changed = [name for name, value in own.items() if value != getattr(saved, name)]
+    if changed:
+        flags, allowed = (", ".join(flag(name) for name in names) for names in (changed, RESUME_OVERRIDES))
+        raise ConfigError(
+            f"{flags} cannot change when resuming: the run keeps its saved settings "
+            f"(only {allowed} may be given with --resume)"
+        )

@@ -42,7 +42,7 @@ from flowrl_deploy.errors import CheckpointError, FlowRLError
 from flowrl_deploy.spec import PolicySpec
 from flowrl_deploy.train.algorithm import FlowRL, resolve_device, training_bytes
 from flowrl_deploy.train.checkpointing import RunCheckpoints, actor_act_fn
-from flowrl_deploy.train.config import ConfigError, TrainConfig
+from flowrl_deploy.train.config import ConfigError, TrainConfig, check_resume_settings
 from flowrl_deploy.train.envs import Env, EnvInfo, episode_seed, make_env
 from flowrl_deploy.train.evaluate import EVAL_NOISE_STREAM, EvalResult, evaluate
 from flowrl_deploy.train.logger import MetricsLogger, Progress
@@ -198,14 +198,19 @@ def train(
     """Run FlowRL as ``cfg`` says, into ``cfg.out``.
 
     With ``resume`` (a checkpoint or run directory), continue that run in its own directory; pass
-    its config, ``resume_config(resume)``, as ``cfg``. ``on_start()`` is called once every check
-    has passed and every output is made, before the first step (a caller's warnings then never
-    precede a refusal). With ``stop_on_signal`` (``flowrl train``),
-    the first Ctrl-C or SIGTERM ends the run after the current step with a saved ``last`` checkpoint
-    and ``TrainResult.interrupted``; otherwise Ctrl-C raises ``KeyboardInterrupt`` as usual.
+    its config, ``resume_config(resume)``, as ``cfg``, changed at most in ``RESUME_OVERRIDES``
+    (another change is a :class:`ConfigError` raised before any file is touched). ``on_start()`` is
+    called once every check has passed and every output is made, before the first step (a caller's
+    warnings then never precede a refusal). With ``stop_on_signal`` (``flowrl train``), the first
+    Ctrl-C or SIGTERM ends the run after the current step with a saved ``last`` checkpoint and
+    ``TrainResult.interrupted``; otherwise Ctrl-C raises ``KeyboardInterrupt`` as usual.
     """
     start = None if resume is None else resolve_checkpoint(resume).resolve()
     run_dir = Path(cfg.out) if start is None else _run_to_resume(start)
+    if start is not None:  # cfg.out aside: a resumed run stays in its own directory
+        check_resume_settings(
+            {f.name: getattr(cfg, f.name) for f in fields(cfg) if f.name != "out"}, resume_config(start)
+        )
     if run_dir.exists() and not run_dir.is_dir():
         raise FlowRLError(f"--out {run_dir} is a file, not a directory; choose a directory for the run")
     if resume is None:

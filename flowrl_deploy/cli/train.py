@@ -9,8 +9,7 @@ from typing import Annotated
 import typer
 
 from flowrl_deploy.cli._common import Solver, finite, user_errors
-from flowrl_deploy.errors import FlowRLError
-from flowrl_deploy.train.config import CFM_WEIGHTINGS, DEVICES, TrainConfig, flag
+from flowrl_deploy.train.config import CFM_WEIGHTINGS, DEVICES, RESUME_OVERRIDES, TrainConfig, check_resume_settings
 
 DEFAULT = TrainConfig()  # the single source of every default below
 
@@ -36,12 +35,6 @@ def _given(ctx: typer.Context, name: str) -> bool:
     """Whether the user passed option ``name`` (command line or environment), not its default."""
     source = ctx.get_parameter_source(name)
     return source is not None and source.name not in ("DEFAULT", "DEFAULT_MAP")
-
-
-RESUME_OVERRIDES = ("steps", "device", "threads", "cuda_graphs", "eval_every", "eval_episodes", "log_every")
-"""Settings a resumed run may change: the budget, where and how it runs, and how often it evaluates
-and logs (evaluation has its own env and noise, so none of these changes the training itself). The
-rest are the run's own; --save-every too, since the run's periodic checkpoints are kept by it."""
 
 
 def _why_no_update(cfg: TrainConfig) -> str | None:
@@ -124,19 +117,8 @@ def train(
     warnings: list[str] = []
     if resume is not None:
         cfg = resume_config(resume, steps)
-        changed = [  # the run's own settings; repeating a saved value changes nothing and is taken
-            name
-            for name in ctx.params
-            if name not in (*RESUME_OVERRIDES, "resume", "progress")
-            and _given(ctx, name)
-            and _plain(ctx.params[name]) != getattr(cfg, name)
-        ]
-        if changed:
-            flags, allowed = (", ".join(flag(name) for name in names) for names in (changed, RESUME_OVERRIDES))
-            raise FlowRLError(
-                f"{flags} cannot change when resuming: the run keeps its saved settings "
-                f"(only {allowed} may be given with --resume)"
-            )
+        given = [name for name in ctx.params if name not in ("resume", "progress") and _given(ctx, name)]
+        check_resume_settings({name: _plain(ctx.params[name]) for name in given}, cfg)  # --out too: it stays
         overrides = {
             name: _plain(ctx.params[name]) for name in RESUME_OVERRIDES if name != "steps" and _given(ctx, name)
         }

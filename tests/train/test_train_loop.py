@@ -13,7 +13,7 @@ from flowrl_deploy.spec import PolicySpec
 from flowrl_deploy.train import loop
 from flowrl_deploy.train.algorithm import FlowRL
 from flowrl_deploy.train.checkpointing import load_actor
-from flowrl_deploy.train.config import TrainConfig
+from flowrl_deploy.train.config import ConfigError, TrainConfig
 from flowrl_deploy.train.envs import episode_seed
 from flowrl_deploy.train.evaluate import EVAL_NOISE_STREAM, EVAL_STREAM, EvalResult, checkpoint_act_fn, evaluate
 from flowrl_deploy.train.logger import CSV_COLUMNS
@@ -311,6 +311,25 @@ def test_resuming_a_finished_run_rewrites_nothing(run, tmp_path):
     assert sorted(p.name for p in (copy / "checkpoints").iterdir()) == sorted(
         p.name for p in (run.run_dir / "checkpoints").iterdir()
     )
+
+
+def test_resuming_under_another_config_is_refused_by_field_before_any_file_changes(run, tmp_path):
+    """A library caller resuming with a config of its own (another width, learning rate or save period)
+    trained under it and overwrote the run's config.json: train() refuses it, naming the fields as
+    flowrl train does, and takes the RESUME_OVERRIDES and any cfg.out (the run stays in its directory)."""
+    import shutil
+
+    copy = shutil.copytree(run.run_dir, tmp_path / "copy", symlinks=True)
+    files = {p: p.read_bytes() for p in copy.rglob("*") if p.is_file()}
+    saved = resume_config(copy, steps=400)
+    for changes, named in (({"lr": 1e-3}, "--lr"), ({"hidden": 8, "save_every": 100}, "--hidden, --save-every")):
+        with pytest.raises(ConfigError, match=f"^{named} cannot change when resuming: the run keeps its saved"):
+            train(saved.override(**changes), resume=copy, progress=False)
+        assert {p: p.read_bytes() for p in copy.rglob("*") if p.is_file()} == files
+    elsewhere = tmp_path / "elsewhere"
+    allowed = saved.override(steps=420, log_every=10, eval_every=0, device="cpu", out=str(elsewhere))
+    resumed = train(allowed, resume=copy, progress=False)
+    assert resumed.run_dir == copy and resumed.counters.env_steps == 420 and not elsewhere.exists()
 
 
 def test_resuming_with_fewer_steps_than_taken_is_refused(run):
