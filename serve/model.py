@@ -4,16 +4,21 @@ from __future__ import annotations
 
 import hashlib
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
 
 from flowrl_deploy.errors import FlowRLError
-from flowrl_deploy.extras import install_command, missing_modules
 from flowrl_deploy.runtime import OnnxPolicy, check_policy_file, is_onnx_path
 from flowrl_deploy.serve.errors import ContractMismatch
 
 WARMUP_RUNS = 5
+
+Exporter = Callable[[Path, Path, int | None], Path]
+"""Exports a checkpoint for serving: ``(checkpoint, out, steps)`` writes ``out`` at ``steps`` flow
+steps (None: the checkpoint's training flow steps) and returns the file to load. Serve never
+imports the exporter (torch) itself: whoever builds the server passes one (``flowrl serve`` does)."""
 
 
 class ServedModel:
@@ -41,25 +46,21 @@ class ServedModel:
                 self.run(np.zeros((batch, self.obs_dim), np.float32), noise)
 
 
-def resolve_onnx(model: str, workdir: Path, steps: int | None = None) -> Path:
-    """``model`` itself if it is an ONNX file; a checkpoint is exported into ``workdir`` first,
-    at ``steps`` flow steps (None: the checkpoint's training flow steps, ``spec.flow_steps``)."""
+def resolve_onnx(model: str, workdir: Path, steps: int | None, export_checkpoint: Exporter | None) -> Path:
+    """``model`` itself if it is an ONNX file; a checkpoint is exported into ``workdir`` first with
+    ``export_checkpoint``, at ``steps`` flow steps (None: the checkpoint's training flow steps)."""
     path = Path(model)
     if not path.exists():
         raise FlowRLError(f"model not found: {model}")
     if is_onnx_path(path):
         return path
-    if missing := missing_modules("export"):
+    if export_checkpoint is None:
         raise FlowRLError(
-            f"{model} is not an .onnx file; serving a checkpoint exports it first, which needs "
-            f"{' and '.join(missing)}, not installed here: {install_command('export')}, "
-            "or serve the .onnx file that `flowrl export` writes"
+            f"{model} is not an .onnx file; serving a checkpoint exports it first, and this server was built "
+            "without an exporter (PolicyServer(config, export_checkpoint=...), as `flowrl serve` does): "
+            "serve the .onnx file that `flowrl export` writes"
         )
-    from flowrl_deploy.export import ExportConfig, export_checkpoint
-
-    out = workdir / "policy.onnx"
-    export_checkpoint(path, out, ExportConfig(steps=steps))
-    return out
+    return export_checkpoint(path, workdir / "policy.onnx", steps)
 
 
 def load_model(path: Path, generation: int, *, providers: list[str] | None, threads: int) -> ServedModel:

@@ -8,6 +8,10 @@ In-process::
 As a process: ``flowrl serve policy.onnx --port 0`` prints its :func:`banner` once health is
 SERVING; SIGTERM or SIGINT stops it gracefully (exit 0).
 
+A checkpoint (rather than an ONNX file) is served only with an ``export_checkpoint``
+(:data:`~flowrl_deploy.serve.model.Exporter`): serve never imports the exporter, and with it torch,
+itself; ``flowrl serve`` passes one.
+
 A :class:`PolicyServer` serves once: :meth:`~PolicyServer.start` a second time, or after
 :meth:`~PolicyServer.stop`, raises :class:`FlowRLError` (build a new one to serve again).
 
@@ -44,6 +48,7 @@ from flowrl_deploy.runtime import is_onnx_path
 from flowrl_deploy.serve.config import ServeConfig, check_grace
 from flowrl_deploy.serve.interceptors import TokenInterceptor
 from flowrl_deploy.serve.metrics import start_metrics_http
+from flowrl_deploy.serve.model import Exporter
 from flowrl_deploy.serve.reload import FileWatcher
 from flowrl_deploy.serve.servicer import PolicyServicer
 from flowrl_deploy.tls import check_key_pair, read_certificates
@@ -227,10 +232,10 @@ class PolicyServer:
     """One served policy; :meth:`start` returns once health is SERVING (or raises). A server
     starts once: a second :meth:`start`, or one after :meth:`stop`, raises :class:`FlowRLError`."""
 
-    def __init__(self, config: ServeConfig) -> None:
+    def __init__(self, config: ServeConfig, export_checkpoint: Exporter | None = None) -> None:
         self.config = config
         self._workdir = tempfile.TemporaryDirectory(prefix="flowrl-serve-")
-        self.servicer = PolicyServicer(config, Path(self._workdir.name))
+        self.servicer = PolicyServicer(config, Path(self._workdir.name), export_checkpoint)
         self.health = health.HealthServicer()
         self._server: grpc.Server | None = None
         self._streams = OpenStreams()
@@ -361,14 +366,18 @@ class PolicyServer:
         self.stop()
 
 
-def serve_forever(config: ServeConfig, on_ready: Callable[[PolicyServer], None] | None = None) -> None:
+def serve_forever(
+    config: ServeConfig,
+    on_ready: Callable[[PolicyServer], None] | None = None,
+    export_checkpoint: Exporter | None = None,
+) -> None:
     """Run until SIGTERM or SIGINT, then stop gracefully (call from the main thread)."""
     pin_to_cpus(config.cpus)
     # The handler takes no lock: Event.set() in a handler deadlocked when the signal arrived while
     # this thread held the Event's lock (inside its own wait, or a first handler's set()).
     signals: list[int] = []
     previous = {sig: signal.signal(sig, lambda sig, _: signals.append(sig)) for sig in (signal.SIGTERM, signal.SIGINT)}
-    server = PolicyServer(config)
+    server = PolicyServer(config, export_checkpoint)
     try:
         server.start()
         if on_ready is not None and not signals:  # not "serving …" after a Ctrl-C during start-up

@@ -38,7 +38,7 @@ from flowrl_deploy.serve.errors import (
     status_of,
 )
 from flowrl_deploy.serve.metrics import Metrics
-from flowrl_deploy.serve.model import ServedModel, check_compatible, load_model, resolve_onnx
+from flowrl_deploy.serve.model import Exporter, ServedModel, check_compatible, load_model, resolve_onnx
 
 log = logging.getLogger("flowrl.serve")
 
@@ -82,9 +82,10 @@ def _status(exc: BaseException) -> pb.Status:
 class PolicyServicer(pb_grpc.PolicyServiceServicer):
     """The service state: the current model (swapped atomically on reload), sessions, batcher."""
 
-    def __init__(self, config: ServeConfig, workdir: Path) -> None:
+    def __init__(self, config: ServeConfig, workdir: Path, export_checkpoint: Exporter | None = None) -> None:
         self.config = config
         self._workdir = workdir
+        self._export_checkpoint = export_checkpoint
         self._providers = list(config.providers) or None
         self.model: ServedModel | None = None
         self._generation = 0
@@ -112,7 +113,8 @@ class PolicyServicer(pb_grpc.PolicyServiceServicer):
         """
         with self._reload_lock:
             source = source or self.config.model
-            path = resolve_onnx(source, self._workdir / f"gen{self._generation + 1}", self._steps)
+            workdir = self._workdir / f"gen{self._generation + 1}"
+            path = resolve_onnx(source, workdir, self._steps, self._export_checkpoint)
             new = load_model(path, self._generation + 1, providers=self._providers, threads=self.config.threads)
             previous = self.model
             if previous is not None:

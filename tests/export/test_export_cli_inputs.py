@@ -53,7 +53,7 @@ def refused(args: list[str], message: str) -> None:
 
 def test_a_checkpoint_n_beyond_the_limit_is_refused_before_building(huge_n_checkpoint, tmp_path, monkeypatch):
     """`flowrl export RUN` and `flowrl serve RUN` (no --steps: the checkpoint's N) built for minutes."""
-    from flowrl_deploy.serve.model import resolve_onnx
+    from flowrl_deploy.cli.serve import export_for_serving
 
     monkeypatch.setattr("flowrl_deploy.export.graph.build_policy_graph", refuse)
     monkeypatch.setattr("flowrl_deploy.train.evaluate.checkpoint_act_fn", refuse)
@@ -62,7 +62,7 @@ def test_a_checkpoint_n_beyond_the_limit_is_refused_before_building(huge_n_check
     refused(["export", str(huge_n_checkpoint), "--out", str(out)], message)
     refused(["eval", str(huge_n_checkpoint), "--episodes", "1"], message)
     with pytest.raises(FlowRLError, match=re.escape(message)):  # the library call `flowrl serve RUN` makes
-        resolve_onnx(str(huge_n_checkpoint), tmp_path)
+        export_for_serving(huge_n_checkpoint, tmp_path / "served.onnx", None)
     assert not out.exists()
 
 

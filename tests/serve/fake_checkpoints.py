@@ -33,22 +33,16 @@ def save_step(run: Path, step: int, *, link: bool = True) -> Path:
 
 
 class FakeExporter:
-    """Stands in for ``flowrl_deploy.export.export_checkpoint``; ``calls`` holds (checkpoint, steps)."""
+    """An exporter for ``PolicyServer(config, export_checkpoint=...)`` that needs no torch; ``calls``
+    holds (checkpoint, steps)."""
 
     def __init__(self) -> None:
         self.calls: list[tuple[Path, int]] = []
 
-    def __call__(self, checkpoint, out, config) -> None:
+    def __call__(self, checkpoint: Path, out: Path, steps: int | None) -> Path:
         document = read_document(checkpoint)
-        steps = config.steps or document["spec"]["flow_steps"]  # None: the training N, as the exporter does
-        Path(out).parent.mkdir(parents=True, exist_ok=True)
-        write_policy(Path(out), scale=float(document["counters"]["step"]), flow_steps=steps)
+        steps = steps or document["spec"]["flow_steps"]  # None: the training N, as the exporter does
+        out.parent.mkdir(parents=True, exist_ok=True)
+        write_policy(out, scale=float(document["counters"]["step"]), flow_steps=steps)
         self.calls.append((resolve_checkpoint(checkpoint), steps))
-
-
-def patch_exporter(monkeypatch) -> FakeExporter:
-    import flowrl_deploy.export
-
-    fake = FakeExporter()
-    monkeypatch.setattr(flowrl_deploy.export, "export_checkpoint", fake)
-    return fake
+        return out

@@ -6,6 +6,8 @@ import sys
 import textwrap
 from pathlib import Path
 
+from fake_checkpoints import save_step
+
 SCRIPT = textwrap.dedent(
     """
     import sys
@@ -65,3 +67,36 @@ def test_the_local_fallback_does_not_load_the_server_package(server, policy_path
     )
     assert result.returncode == 0, result.stderr[-2000:]
     assert result.stdout.split() == ["local", "[]"]
+
+
+CHECKPOINT_WITHOUT_EXPORTER = textwrap.dedent(
+    """
+    import sys
+    import flowrl_deploy.serve.model, flowrl_deploy.serve.server, flowrl_deploy.serve.servicer
+    from flowrl_deploy.errors import FlowRLError
+    from flowrl_deploy.serve import PolicyServer, ServeConfig
+
+    try:
+        PolicyServer(ServeConfig(sys.argv[1], port=0, grace_s=0)).start()
+    except FlowRLError as exc:
+        print(exc)
+    print(sorted(m for m in sys.modules if m.split(".")[0] == "torch" or m.startswith("flowrl_deploy.export")))
+    """
+)
+
+
+def test_serve_never_imports_the_exporter_a_checkpoint_needs_one_given(tmp_path):
+    """Serve imported flowrl_deploy.export (and torch) to export a served checkpoint; now whoever
+    builds the server passes the exporter (`flowrl serve` does), and without one it is refused."""
+    save_step(tmp_path / "run", 1)
+    result = subprocess.run(
+        [sys.executable, "-c", CHECKPOINT_WITHOUT_EXPORTER, str(tmp_path / "run")],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert result.returncode == 0, result.stderr[-2000:]
+    refusal, imported = result.stdout.strip().splitlines()
+    assert "this server was built without an exporter" in refusal
+    assert refusal.endswith("serve the .onnx file that `flowrl export` writes")
+    assert imported == "[]"

@@ -12,7 +12,7 @@ from pathlib import Path
 import grpc
 import numpy as np
 import pytest
-from fake_checkpoints import TRAINED_STEPS, patch_exporter, save_step
+from fake_checkpoints import TRAINED_STEPS, FakeExporter, save_step
 from tiny_policy import ACT_DIM, documented_noise, tiny_contract, write_policy
 
 from flowrl_deploy.client import PolicyClient, ServiceError
@@ -190,16 +190,14 @@ def test_a_relative_reload_path_is_taken_from_beside_the_served_file_not_the_ser
         ("run/checkpoints/step_000000001", ["checkpoints/step_000000002", "step_000000002"]),
     ],
 )
-def test_a_relative_reload_path_of_a_served_run_or_checkpoint_names_a_checkpoint_of_the_run(
-    tmp_path, monkeypatch, served, paths
-):
+def test_a_relative_reload_path_of_a_served_run_or_checkpoint_names_a_checkpoint_of_the_run(tmp_path, served, paths):
     """`checkpoints/step_…` (the README's and --help's example) was looked up in
     checkpoints/checkpoints/ for a served checkpoint; beside one, `step_…` works too."""
-    patch_exporter(monkeypatch)
+    exporter = FakeExporter()
     run = tmp_path / "run"
     save_step(run, 1)
     save_step(run, 2, link=False)
-    server = PolicyServer(ServeConfig(str(tmp_path / served), port=0, grace_s=0)).start()
+    server = PolicyServer(ServeConfig(str(tmp_path / served), port=0, grace_s=0), export_checkpoint=exporter).start()
     with server, PolicyClient(server.address) as client:
         for path in paths:
             version, previous = client.reload(path)
@@ -291,12 +289,12 @@ def test_watch_survives_a_bad_file_and_loads_the_good_one_after_it(served, caplo
     np.testing.assert_allclose(client.act(OBS, seed=3), OnnxPolicy(good).act(OBS, _documented_noise(3)), atol=1e-6)
 
 
-def test_watch_of_a_run_directory_follows_last_and_ignores_other_files(tmp_path, monkeypatch):
-    exporter = patch_exporter(monkeypatch)
+def test_watch_of_a_run_directory_follows_last_and_ignores_other_files(tmp_path):
+    exporter = FakeExporter()
     run = tmp_path / "run"
     first = save_step(run, 1)
     config = ServeConfig(str(run), port=0, watch=True, watch_interval_s=0.02, grace_s=0)
-    with PolicyServer(config).start() as server, PolicyClient(server.address) as client:
+    with PolicyServer(config, export_checkpoint=exporter).start() as server, PolicyClient(server.address) as client:
         version = client.spec().model_version
         # a resume starts: config.json rewritten, a new log file; the served checkpoint is the same
         (run / "config.json.tmp").write_text("{}")
@@ -312,11 +310,11 @@ def test_watch_of_a_run_directory_follows_last_and_ignores_other_files(tmp_path,
     assert [c for c, _ in exporter.calls] == [first.resolve(), second.resolve()]
 
 
-def test_watch_of_a_checkpoint_reloads_when_it_is_saved_again(tmp_path, monkeypatch):
-    patch_exporter(monkeypatch)
+def test_watch_of_a_checkpoint_reloads_when_it_is_saved_again(tmp_path):
+    exporter = FakeExporter()
     step = save_step(tmp_path / "run", 1, link=False)
     config = ServeConfig(str(step), port=0, watch=True, watch_interval_s=0.02, grace_s=0)
-    with PolicyServer(config).start() as server, PolicyClient(server.address) as client:
+    with PolicyServer(config, export_checkpoint=exporter).start() as server, PolicyClient(server.address) as client:
         version = client.spec().model_version
         (step / "eval.json").write_text("{}")  # a file beside the checkpoint's own
         (step.parent / "unrelated.txt").write_text("x")
@@ -326,14 +324,14 @@ def test_watch_of_a_checkpoint_reloads_when_it_is_saved_again(tmp_path, monkeypa
         assert _wait_for(lambda: client.spec().model_version != version)
 
 
-def test_served_checkpoints_are_exported_at_their_training_steps_or_steps(tmp_path, monkeypatch):
-    exporter = patch_exporter(monkeypatch)
+def test_served_checkpoints_are_exported_at_their_training_steps_or_steps(tmp_path):
+    exporter = FakeExporter()
     run = tmp_path / "run"
     save_step(run, 1)
-    with PolicyServer(ServeConfig(str(run), port=0, grace_s=0)).start() as server:
+    with PolicyServer(ServeConfig(str(run), port=0, grace_s=0), export_checkpoint=exporter).start() as server:
         assert server.servicer.model.contract.flow_steps == TRAINED_STEPS
     config = ServeConfig(str(run), port=0, steps=1, watch=True, watch_interval_s=0.02, grace_s=0)
-    with PolicyServer(config).start() as server, PolicyClient(server.address) as client:
+    with PolicyServer(config, export_checkpoint=exporter).start() as server, PolicyClient(server.address) as client:
         assert client.spec().flow_steps == 1
         save_step(run, 2)
         assert _wait_for(lambda: client.spec().model_version.startswith("v2-"))
@@ -349,12 +347,12 @@ def test_steps_with_an_onnx_file_is_refused(tmp_path):
         PolicyServer(ServeConfig(str(path), port=0, steps=3)).start()
 
 
-def test_reload_of_a_served_directory_is_confined_to_that_directory(tmp_path, monkeypatch):
-    patch_exporter(monkeypatch)
+def test_reload_of_a_served_directory_is_confined_to_that_directory(tmp_path):
+    exporter = FakeExporter()
     run = tmp_path / "run"
     save_step(run, 1)
     beside = write_policy(tmp_path / "beside.onnx", scale=2.0)  # under the run's parent, not the run
-    with PolicyServer(ServeConfig(str(run), port=0, grace_s=0)).start() as server:
+    with PolicyServer(ServeConfig(str(run), port=0, grace_s=0), export_checkpoint=exporter).start() as server:
         with PolicyClient(server.address) as client, pytest.raises(ServiceError) as info:
             client.reload(str(beside))
         assert info.value.code == grpc.StatusCode.PERMISSION_DENIED
@@ -363,11 +361,13 @@ def test_reload_of_a_served_directory_is_confined_to_that_directory(tmp_path, mo
             assert client.reload(str(save_step(run, 2, link=False)))[0].startswith("v2-")
 
 
-def test_a_served_checkpoint_may_reload_a_later_one_of_its_run(tmp_path, monkeypatch):
-    patch_exporter(monkeypatch)
+def test_a_served_checkpoint_may_reload_a_later_one_of_its_run(tmp_path):
+    exporter = FakeExporter()
     run = tmp_path / "run"
     save_step(run, 1)
-    server = PolicyServer(ServeConfig(str(run / "checkpoints" / "last"), port=0, grace_s=0)).start()
+    server = PolicyServer(
+        ServeConfig(str(run / "checkpoints" / "last"), port=0, grace_s=0), export_checkpoint=exporter
+    ).start()
     with server, PolicyClient(server.address) as client:
         assert client.reload(str(save_step(run, 2)))[0].startswith("v2-")  # a sibling of step 1
         with pytest.raises(ServiceError) as info:
@@ -396,13 +396,13 @@ def test_refused_reloads_are_logged_with_their_reason(served, caplog, tmp_path_f
         assert "Reload" in line and path in line and reason in line
 
 
-def test_a_link_inside_the_allowed_area_cannot_reload_a_checkpoint_outside_it(tmp_path, monkeypatch):
-    exporter = patch_exporter(monkeypatch)
+def test_a_link_inside_the_allowed_area_cannot_reload_a_checkpoint_outside_it(tmp_path):
+    exporter = FakeExporter()
     run, secret = tmp_path / "run", save_step(tmp_path / "secret", 7)
     save_step(run, 1)
     (run / "evil").mkdir()
     (run / "evil" / "last").symlink_to(secret)  # resolve_checkpoint follows a directory's 'last'
-    server = PolicyServer(ServeConfig(str(run), port=0, grace_s=0)).start()
+    server = PolicyServer(ServeConfig(str(run), port=0, grace_s=0), export_checkpoint=exporter).start()
     with server, PolicyClient(server.address) as client, pytest.raises(ServiceError) as info:
         client.reload(str(run / "evil"))
     assert info.value.code == grpc.StatusCode.PERMISSION_DENIED
@@ -423,10 +423,10 @@ def test_a_served_link_allows_files_beside_the_link_not_beside_its_target(tmp_pa
     assert info.value.code == grpc.StatusCode.PERMISSION_DENIED
 
 
-def test_a_reloaded_checkpoint_is_exported_at_the_n_served_now(tmp_path, monkeypatch):
-    exporter = patch_exporter(monkeypatch)
+def test_a_reloaded_checkpoint_is_exported_at_the_n_served_now(tmp_path):
+    exporter = FakeExporter()
     first = write_policy(tmp_path / "policy.onnx", flow_steps=10)
-    server = PolicyServer(ServeConfig(str(first), port=0, grace_s=0)).start()
+    server = PolicyServer(ServeConfig(str(first), port=0, grace_s=0), export_checkpoint=exporter).start()
     with server, PolicyClient(server.address) as client:
         client.reload(str(write_policy(tmp_path / "one_step.onnx", flow_steps=1)))  # same contract hash
         client.reload(str(save_step(tmp_path / "run", 2)))
