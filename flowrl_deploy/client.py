@@ -491,8 +491,10 @@ class ControlSession:
 
     ``act(obs)`` sends the observation and waits at most ``deadline_s`` for the reply to this
     tick (replies to earlier ticks are dropped by sequence number). Without a fresh action in
-    time it returns the fallback: ``hold`` (the last action), ``zeros`` (clipped into the action
-    bounds), or ``local`` (the same ONNX policy run here with onnxruntime; pass ``local_model``).
+    time it returns the fallback: ``hold`` (the last action; before any, the zeros), ``zeros``
+    (clipped into the action bounds), or ``local`` (the same ONNX policy run here with onnxruntime;
+    pass ``local_model``). Every action returned is the caller's own writable array: editing it
+    in place (``a *= 0.5``) never changes what the session holds or returns later.
     The watchdog raises :class:`WatchdogError` after ``max_consecutive_misses`` misses in a row
     or when the last fresh action is older than ``max_staleness_s`` (counted from the first tick,
     and again after each :meth:`reset`). A broken stream is reopened with exponential backoff
@@ -643,8 +645,8 @@ class ControlSession:
             self._watchdog()
         if self.max_delta is not None and self.last_action is not None:
             action = np.clip(action, self.last_action - self.max_delta, self.last_action + self.max_delta)
-        self.last_action = action
-        return action
+        self.last_action = action  # the session's own: never handed out, so "hold" repeats what was returned
+        return action.copy()
 
     def _exchange(self, obs: np.ndarray, seq: int, until: float) -> pb.StreamActReply | None:
         stream = self._live_stream()
@@ -712,7 +714,7 @@ class ControlSession:
             return self.local.act(obs)
         if self.fallback == "hold" and self.last_action is not None:
             return self.last_action
-        return self._zeros.copy()
+        return self._zeros
 
     def _watchdog(self) -> None:
         misses = self.health.consecutive_misses

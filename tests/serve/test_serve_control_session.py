@@ -77,6 +77,22 @@ def test_hold_is_the_default_fallback_and_repeats_the_last_action(client):
         assert control.timings[-1].source == "hold"
 
 
+def test_returned_actions_are_the_callers_own_so_editing_them_never_changes_what_is_held(client):
+    """A caller scaling its action in place (``a *= 0.5``) must not scale the action held afterwards."""
+    with client.session(period_s=0.01, seed=4, max_rate=100.0) as control:
+        for _ in range(2):  # the first is the server's own reply; the second went through the rate clamp
+            action = control.act(OBS)
+            assert control.timings[-1].source == "server" and action.flags.writeable
+            returned = action.copy()
+            action *= 0.5
+        control.deadline_s = MISS_S
+        for _ in range(3):
+            held = control.act(OBS)
+            assert control.timings[-1].source == "hold"
+            np.testing.assert_array_equal(held, returned)
+            held *= 0.5
+
+
 def test_local_fallback_runs_the_served_policy_with_the_seeded_noise(client, policy_path, local):
     seed = 5
     zero_noise = local.act(OBS[None], np.zeros((1, ACT_DIM), np.float32))[0]
@@ -414,7 +430,8 @@ def test_a_failed_reset_waits_at_most_reset_timeout_and_changes_nothing(client, 
         with pytest.raises(ServiceError, match="DEADLINE_EXCEEDED"):
             control.reset(seed=9)
         assert waits == [1.0]  # bounded (a frozen server held reset for the client's whole deadline)
-        assert control.seed == seed and control.last_action is first
+        assert control.seed == seed
+        np.testing.assert_array_equal(control.last_action, first)
         noise.standard_normal((1, ACT_DIM), dtype=np.float32)  # the first tick's draw
         expected = local.act(OBS[None], noise.standard_normal((1, ACT_DIM), dtype=np.float32))[0]
         np.testing.assert_allclose(control.act(OBS), expected, atol=1e-6)  # the local noise was not restarted
