@@ -256,6 +256,27 @@ def checked_target(target: str, name: str = "target") -> str:
     return target
 
 
+def checked_token(token: str, name: str = "token") -> str:
+    """``token`` when gRPC can send it in the ``authorization`` header: printable ASCII (an HTTP/2
+    header value) without whitespace at either end. Anything else is refused naming ``name`` (the
+    flag or the argument), never echoing the secret: gRPC would fail every call with ``INTERNAL:
+    Invalid metadata`` and log its C core's complaint. The client and the server check alike."""
+    if not isinstance(token, str):
+        raise FlowRLError(f"{name} must be a string, got {type(token).__name__}")
+    if token[-1:] in ("\r", "\n"):
+        raise FlowRLError(f"{name} ends with a newline (\\r or \\n): a token read from a file keeps it; strip it")
+    if token != token.strip():
+        raise FlowRLError(f"{name} begins or ends with whitespace, which a header cannot carry; strip it")
+    for position, char in enumerate(token, 1):
+        if not " " <= char <= "~":
+            kind = "a control character" if char.isascii() or not char.isprintable() else "a non-ASCII character"
+            raise FlowRLError(
+                f"{name} holds {kind} at position {position}: it travels in an HTTP/2 header, which takes "
+                "printable ASCII only (letters, digits, punctuation, space)"
+            )
+    return token
+
+
 def _service_error(exc: grpc.RpcError) -> ServiceError:
     return ServiceError(exc.code(), exc.details() or "")
 
@@ -334,7 +355,7 @@ class PolicyClient:
     ) -> None:
         self.target = checked_target(target, target_name)
         self.timeout_s = None if timeout_s is None else checked_timeout(timeout_s)
-        self.metadata = (("authorization", f"Bearer {token}"),) if token else ()
+        self.metadata = (("authorization", f"Bearer {checked_token(token)}"),) if token else ()
         if tls_ca or tls_cert or tls_key:
             self.channel = grpc.secure_channel(target, channel_credentials(tls_ca, tls_cert, tls_key), CHANNEL_OPTIONS)
         else:

@@ -15,6 +15,7 @@ from dataclasses import dataclass, fields
 import numpy as np
 
 from flowrl_deploy.affinity import check_thread_count
+from flowrl_deploy.client import checked_token
 from flowrl_deploy.contract import MAX_TIMEOUT_S
 from flowrl_deploy.errors import FlowRLError
 from flowrl_deploy.fieldtypes import wrong_type
@@ -80,7 +81,8 @@ class ServeConfig:
     max_request_batch: int = 1024
     """Most observations one Act request may carry."""
     token: str = ""
-    """Shared secret: every call must send ``authorization: Bearer <token>``."""
+    """Shared secret: every call must send ``authorization: Bearer <token>`` (printable ASCII
+    without whitespace at either end, as a header value must be)."""
     tls_cert: str = ""
     tls_key: str = ""
     client_ca: str = ""
@@ -115,6 +117,8 @@ class ServeConfig:
             raise FlowRLError(
                 f"--host must name an interface, got {self.host!r}: 0.0.0.0 for every one, 127.0.0.1 for this machine"
             )
+        if self.token:
+            checked_token(self.token, "--token")
         for field in ("port", "metrics_port"):
             port = getattr(self, field)
             if port is not None and not 0 <= port <= 65535:

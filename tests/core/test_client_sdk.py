@@ -1,5 +1,5 @@
 """PolicyClient's own arguments are checked where they are given, each mistake one FlowRLError
-naming it: call deadlines, the server address (named as the caller calls it) and seeds. No server
+naming it: call deadlines, the server address (named as the caller calls it), the token and seeds. No server
 is needed: every case is refused before a call goes out."""
 
 from __future__ import annotations
@@ -10,7 +10,7 @@ import re
 import numpy as np
 import pytest
 
-from flowrl_deploy.client import PolicyClient, checked_seed, checked_target
+from flowrl_deploy.client import PolicyClient, checked_seed, checked_target, checked_token
 from flowrl_deploy.errors import FlowRLError
 
 UNUSED = "127.0.0.1:1"  # nothing listens; a call that went out would fail UNAVAILABLE
@@ -61,3 +61,28 @@ def test_integer_seeds_in_range_pass():
 def test_an_observation_that_is_not_real_numbers_is_refused_as_obs(obs):
     with PolicyClient(UNUSED) as client, pytest.raises(FlowRLError, match=r"^obs: "):
         client.act(obs)  # named as the caller knows it, not as the codec's generic 'tensor'
+
+
+UNSENDABLE_TOKENS = [
+    ("tok123\r", "token ends with a newline (\\r or \\n): a token read from a file keeps it; strip it"),
+    ("tok123\n", "token ends with a newline"),
+    (" tok123", "token begins or ends with whitespace, which a header cannot carry; strip it"),
+    ("tok123\t", "token begins or ends with whitespace"),
+    ("tok\x00123", "token holds a control character at position 4: it travels in an HTTP/2 header"),
+    ("pässwörd", "token holds a non-ASCII character at position 2: it travels in an HTTP/2 header"),
+]
+
+
+@pytest.mark.parametrize(("token", "why"), UNSENDABLE_TOKENS)
+def test_a_token_no_header_can_carry_is_refused_without_echoing_it(token, why):
+    """gRPC failed every call with INTERNAL: Invalid metadata (transient to a ControlSession) and logged its C core."""
+    with pytest.raises(FlowRLError, match=f"^{re.escape(why)}") as info:
+        PolicyClient(UNUSED, token=token)
+    assert token.strip() not in str(info.value)
+    with pytest.raises(FlowRLError, match=f"^--token {re.escape(why.removeprefix('token '))}"):
+        checked_token(token, "--token")
+
+
+def test_a_printable_ascii_token_is_sent_as_given():
+    with PolicyClient(UNUSED, token="s3cr:et with/inner spaces~") as client:
+        assert client.metadata == (("authorization", "Bearer s3cr:et with/inner spaces~"),)

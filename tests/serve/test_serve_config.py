@@ -48,6 +48,10 @@ NAN, INF = float("nan"), float("inf")
         ({"session_idle_s": INF}, "--session-idle-s must be > 0 and finite, got inf"),
         ({"watch": "yes"}, "--watch must be true or false, got 'yes'"),
         ({"token": None}, "--token must be a string, got None"),
+        # the client then failed every call with INTERNAL: Invalid metadata (checked_token, shared with it)
+        ({"token": "tok123\r"}, "--token ends with a newline (\\r or \\n): a token read from a file keeps it"),
+        ({"token": "pässwörd"}, "--token holds a non-ASCII character at position 2"),
+        ({"token": "tok 123 "}, "--token begins or ends with whitespace"),
         ({"metrics_port": "9100"}, "--metrics-port must be an integer or None, got '9100'"),
         # a string of providers was taken letter by letter
         ({"providers": "CPUExecutionProvider"}, "--providers must be a list, got 'CPUExecutionProvider'"),
