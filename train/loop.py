@@ -205,6 +205,88 @@ def train(
     Ctrl-C or SIGTERM ends the run after the current step with a saved ``last`` checkpoint and
     ``TrainResult.interrupted``; otherwise Ctrl-C raises ``KeyboardInterrupt`` as usual.
     """
+    run = _prepare_run(cfg, resume, progress)
+    env, agent, replay, counters = run.env, run.agent, run.replay, run.counters
+    low, high = env.info.action_low, env.info.action_high
+    obs, episode_return = env.reset(episode_seed(cfg.seed, counters.episodes)), 0.0
+    first_step = counters.env_steps
+    metrics: dict[str, torch.Tensor] = {}
+    stop = _StopOnSignal(stop_on_signal)
+    try:
+        if on_start is not None:  # inside: the finally below closes the envs and files if it raises
+            on_start()
+        while counters.env_steps < cfg.steps and not stop.requested:
+            # ALGO LOGIC: act (uniform random during the warm-up), store, update once
+            if counters.env_steps < cfg.start_steps:
+                action = run.action_rng.uniform(low, high).astype(np.float32)
+            else:
+                action = agent.act(obs)
+                if not np.isfinite(action).all():
+                    raise FlowRLError(
+                        f"the policy returned a NaN/infinite action at env step {counters.env_steps}: training "
+                        "diverged (lower --lr?)"
+                    )
+            next_obs, reward, terminated, truncated = env.step(action)
+            replay.add(obs, action, reward, next_obs, terminated)
+            counters.env_steps += 1
+            episode_return += reward
+            obs = next_obs
+            if terminated or truncated:
+                counters.episodes += 1
+                run.bar.episode_return = episode_return
+                run.logger.log(counters.env_steps, {"charts/episode_return": episode_return})
+                obs, episode_return = env.reset(episode_seed(cfg.seed, counters.episodes)), 0.0
+            if counters.env_steps >= cfg.start_steps and replay.size >= cfg.batch_size:
+                metrics = agent.update(replay.sample(cfg.batch_size))
+            _after_step(run, metrics)
+        if counters.env_steps > first_step:  # no step taken (a stop, or a finished run resumed): nothing new to save
+            run.save()
+    except FlowRLError as exc:  # the policy diverged, or a checkpoint or metrics file could not be written
+        raise FlowRLError(
+            f"{exc}; training stopped at env step {counters.env_steps}, "
+            f"and the last checkpoint saved is {run.last_checkpoint or 'none'}"
+        ) from exc
+    finally:
+        stop.restore()
+        run.close()
+    return TrainResult(run.run_dir, run.last_checkpoint, counters, interrupted=stop.requested)
+
+
+@dataclass
+class _Run:
+    """What a run's loop works on, made ready by :func:`_prepare_run`."""
+
+    cfg: TrainConfig
+    run_dir: Path
+    spec: PolicySpec
+    env: Env
+    eval_env: Env
+    agent: FlowRL
+    replay: ReplayBuffer
+    action_rng: np.random.Generator  # warm-up actions
+    counters: Counters
+    checkpoints: RunCheckpoints
+    logger: MetricsLogger
+    bar: Progress
+    last_checkpoint: Path | None
+    """The last checkpoint saved, or resumed from."""
+
+    def save(self, best: bool = False) -> None:
+        self.last_checkpoint = self.checkpoints.save(
+            self.counters.env_steps, lambda path: _write(path, self), best=best
+        )
+
+    def close(self) -> None:
+        self.bar.update(self.counters.env_steps, self.agent.updates, force=True)
+        self.bar.close()
+        self.env.close()
+        self.eval_env.close()
+        self.logger.close()  # last: a failed flush of its files must not keep the envs open
+
+
+def _prepare_run(cfg: TrainConfig, resume: str | Path | None, progress: bool) -> _Run:
+    """Check the run's outputs and settings, make its envs and networks, restore a resumed run's
+    state, and make every output (or find it unwritable) before step 0, or the first step after a resume."""
     start = None if resume is None else resolve_checkpoint(resume).resolve()
     run_dir = Path(cfg.out) if start is None else _run_to_resume(start)
     if start is not None:  # cfg.out aside: a resumed run stays in its own directory
@@ -222,7 +304,7 @@ def train(
     torch.manual_seed(cfg.seed)
     env = make_env(cfg.env, cfg.seed)
     eval_env = make_env(cfg.env, (cfg.seed + 1) % 2**32)
-    try:  # until the loop's own try/finally closes them, a refusal below must close the envs
+    try:  # until the run owns them, a refusal below must close the envs
         spec = policy_spec(env.info, cfg)
         shortfall = memory_shortfall(spec, cfg, device)
         if shortfall:
@@ -231,7 +313,7 @@ def train(
         replay = ReplayBuffer(
             spec.obs_dim, spec.act_dim, cfg.buffer_size, cfg.seed, cfg.recent_fraction, cfg.recent_window
         )
-        action_rng = np.random.default_rng(cfg.seed)  # warm-up actions
+        action_rng = np.random.default_rng(cfg.seed)
         counters = Counters()
         if resume is not None:
             counters = _restore(resume, agent, replay, action_rng)
@@ -239,7 +321,6 @@ def train(
             run_dir.mkdir(parents=True, exist_ok=True)
         except OSError as exc:
             raise FlowRLError(f"cannot create the run directory {run_dir}: {exc.strerror or exc}") from None
-        # every output is made (or found unwritable) before step 0, or the first step after a resume
         checkpoints = RunCheckpoints(run_dir, cfg.save_every)
         cfg.save(run_dir)
         logger = MetricsLogger(run_dir, resume_step=None if resume is None else counters.env_steps)
@@ -248,90 +329,43 @@ def train(
         env.close()
         eval_env.close()
         raise
-    low, high = env.info.action_low, env.info.action_high
+    return _Run(cfg, run_dir, spec, env, eval_env, agent, replay, action_rng, counters, checkpoints, logger, bar, start)
 
-    def save(best: bool = False) -> Path:
-        return checkpoints.save(
-            counters.env_steps, lambda path: _write(path, cfg, spec, agent, replay, action_rng, counters), best=best
+
+def _after_step(run: _Run, metrics: dict[str, torch.Tensor]) -> None:
+    """What follows an env step: log the last update's metrics, evaluate (a new best is saved as
+    ``best``), save a periodic checkpoint, redraw the progress line."""
+    cfg, agent, counters, logger, bar = run.cfg, run.agent, run.counters, run.logger, run.bar
+    step = counters.env_steps
+    if step % cfg.log_every == 0 and metrics:
+        sps, ups = bar.rates(step, agent.updates)
+        logger.log(
+            step,
+            {
+                **{f"losses/{k}": float(v) for k, v in metrics.items()},
+                "charts/env_steps_per_s": sps,
+                "charts/updates_per_s": ups,
+            },
         )
-
-    obs, episode_return = env.reset(episode_seed(cfg.seed, counters.episodes)), 0.0
-    last_checkpoint = start
-    first_step = counters.env_steps
-    metrics: dict[str, torch.Tensor] = {}
-    stop = _StopOnSignal(stop_on_signal)
-    try:
-        if on_start is not None:  # inside: the finally below closes the envs and files if it raises
-            on_start()
-        while counters.env_steps < cfg.steps and not stop.requested:
-            # ALGO LOGIC: act (uniform random during the warm-up), store, update once
-            if counters.env_steps < cfg.start_steps:
-                action = action_rng.uniform(low, high).astype(np.float32)
-            else:
-                action = agent.act(obs)
-                if not np.isfinite(action).all():
-                    raise FlowRLError(
-                        f"the policy returned a NaN/infinite action at env step {counters.env_steps}: training "
-                        "diverged (lower --lr?)"
-                    )
-            next_obs, reward, terminated, truncated = env.step(action)
-            replay.add(obs, action, reward, next_obs, terminated)
-            counters.env_steps += 1
-            episode_return += reward
-            obs = next_obs
-            if terminated or truncated:
-                counters.episodes += 1
-                bar.episode_return = episode_return
-                logger.log(counters.env_steps, {"charts/episode_return": episode_return})
-                obs, episode_return = env.reset(episode_seed(cfg.seed, counters.episodes)), 0.0
-            if counters.env_steps >= cfg.start_steps and replay.size >= cfg.batch_size:
-                metrics = agent.update(replay.sample(cfg.batch_size))
-
-            step = counters.env_steps
-            if step % cfg.log_every == 0 and metrics:
-                sps, ups = bar.rates(step, agent.updates)
-                logger.log(
-                    step,
-                    {
-                        **{f"losses/{k}": float(v) for k, v in metrics.items()},
-                        "charts/env_steps_per_s": sps,
-                        "charts/updates_per_s": ups,
-                    },
-                )
-            if cfg.eval_every and step % cfg.eval_every == 0:
-                result = _evaluate(agent, eval_env, cfg, step)
-                zero_noise = _evaluate(agent, eval_env, cfg, step, deterministic=True)
-                counters.last_eval_return = bar.eval_return = result.mean
-                logger.log(
-                    step,
-                    {
-                        "charts/eval_return": result.mean,
-                        "charts/eval_return_std": result.std,
-                        "charts/eval_return_deterministic": zero_noise.mean,
-                    },
-                )
-                is_best = result.mean >= counters.best_eval_return
-                counters.best_eval_return = max(counters.best_eval_return, result.mean)
-                if is_best:
-                    last_checkpoint = save(best=True)
-            if cfg.save_every and step % cfg.save_every == 0:
-                last_checkpoint = save()
-            bar.update(step, agent.updates)
-        if counters.env_steps > first_step:  # no step taken (a stop, or a finished run resumed): nothing new to save
-            last_checkpoint = save()
-    except FlowRLError as exc:  # the policy diverged, or a checkpoint or metrics file could not be written
-        raise FlowRLError(
-            f"{exc}; training stopped at env step {counters.env_steps}, "
-            f"and the last checkpoint saved is {last_checkpoint or 'none'}"
-        ) from exc
-    finally:
-        stop.restore()
-        bar.update(counters.env_steps, agent.updates, force=True)
-        bar.close()
-        env.close()
-        eval_env.close()
-        logger.close()  # last: a failed flush of its files must not keep the envs open
-    return TrainResult(run_dir, last_checkpoint, counters, interrupted=stop.requested)
+    if cfg.eval_every and step % cfg.eval_every == 0:
+        result = _evaluate(agent, run.eval_env, cfg, step)
+        zero_noise = _evaluate(agent, run.eval_env, cfg, step, deterministic=True)
+        counters.last_eval_return = bar.eval_return = result.mean
+        logger.log(
+            step,
+            {
+                "charts/eval_return": result.mean,
+                "charts/eval_return_std": result.std,
+                "charts/eval_return_deterministic": zero_noise.mean,
+            },
+        )
+        is_best = result.mean >= counters.best_eval_return
+        counters.best_eval_return = max(counters.best_eval_return, result.mean)
+        if is_best:
+            run.save(best=True)
+    if cfg.save_every and step % cfg.save_every == 0:
+        run.save()
+    bar.update(step, agent.updates)
 
 
 def _run_to_resume(checkpoint: Path) -> Path:
@@ -363,19 +397,12 @@ def _evaluate(agent: FlowRL, eval_env: Env, cfg: TrainConfig, step: int, determi
     return evaluate(act, eval_env, cfg.eval_episodes, seed=cfg.seed)
 
 
-def _write(
-    path: Path,
-    cfg: TrainConfig,
-    spec: PolicySpec,
-    agent: FlowRL,
-    replay: ReplayBuffer,
-    action_rng: np.random.Generator,
-    counters: Counters,
-) -> Path:
+def _write(path: Path, run: _Run) -> Path:
+    cfg, agent, replay, counters = run.cfg, run.agent, run.replay, run.counters
     replay_arrays, replay_state = replay.state_dict()
     return save_checkpoint(
         path,
-        spec=spec,
+        spec=run.spec,
         actor={k: v.detach().cpu().numpy() for k, v in agent.actor.state_dict().items()},
         config=cfg.to_dict(),
         counters={"env_steps": counters.env_steps, "episodes": counters.episodes, "updates": agent.updates},
@@ -388,7 +415,7 @@ def _write(
         training_tensors=agent.state_tensors(),
         training_json={
             "agent": agent.state_json(),
-            "action_rng": action_rng.bit_generator.state,
+            "action_rng": run.action_rng.bit_generator.state,
             "replay_rng": replay.rng_state(),
             "replay": replay_state if cfg.save_replay else None,
         },
