@@ -318,15 +318,24 @@ class CallTiming:
     model_version: str = ""
 
 
-def channel_credentials(tls_ca: str = "", tls_cert: str = "", tls_key: str = "") -> grpc.ChannelCredentials:
+TLS_ARGUMENTS = ("tls_ca", "tls_cert", "tls_key")
+TLS_FLAGS = ("--tls-ca", "--tls-cert", "--tls-key")
+"""How errors name the TLS files: by :class:`PolicyClient`'s arguments, or by the commands' flags."""
+
+
+def channel_credentials(
+    tls_ca: str = "", tls_cert: str = "", tls_key: str = "", names: tuple[str, str, str] = TLS_ARGUMENTS
+) -> grpc.ChannelCredentials:
     """TLS credentials from PEM files: the server's CA, and for mTLS the client's cert and key.
 
-    The files are checked here, each error naming its flag and file: gRPC would only fail the
-    handshake (UNAVAILABLE), or abort the process for a certificate without its key."""
-    ca = read_certificates(tls_ca, "--tls-ca") if tls_ca else None
+    The files are checked here, each error naming its file and setting as ``names`` gives them
+    (:data:`TLS_ARGUMENTS` or :data:`TLS_FLAGS`): gRPC would only fail the handshake
+    (UNAVAILABLE), or abort the process for a certificate without its key."""
+    ca_name, *pair_names = names
+    ca = read_certificates(tls_ca, ca_name) if tls_ca else None
     if not (tls_cert or tls_key):
         return grpc.ssl_channel_credentials(ca)
-    cert, key = check_key_pair(tls_cert, tls_key)
+    cert, key = check_key_pair(tls_cert, tls_key, tuple(pair_names))
     return grpc.ssl_channel_credentials(ca, key, cert)
 
 
@@ -339,7 +348,9 @@ class PolicyClient:
         tls_ca / tls_cert / tls_key: PEM paths for TLS (CA) and mTLS (client cert and key).
         timeout_s: default deadline of each unary call, in (0, 86400] s; None: no deadline. A
             method's own ``timeout_s`` (None: this default) is checked the same way.
-        target_name: how errors about ``target`` name it (``flowrl`` commands pass their flag).
+        target_name: how errors about ``target`` name it. ``flowrl`` commands pass their flag,
+            ``--server``; errors about the token and the TLS files then name their flags too
+            (``--token``, ``--tls-ca`` ...), else these arguments (``token``, ``tls_ca`` ...).
     """
 
     def __init__(
@@ -355,9 +366,12 @@ class PolicyClient:
     ) -> None:
         self.target = checked_target(target, target_name)
         self.timeout_s = None if timeout_s is None else checked_timeout(timeout_s)
-        self.metadata = (("authorization", f"Bearer {checked_token(token)}"),) if token else ()
+        flags = _flag(target_name)
+        token = checked_token(token, "--token" if flags else "token")
+        self.metadata = (("authorization", f"Bearer {token}"),) if token else ()
         if tls_ca or tls_cert or tls_key:
-            self.channel = grpc.secure_channel(target, channel_credentials(tls_ca, tls_cert, tls_key), CHANNEL_OPTIONS)
+            credentials = channel_credentials(tls_ca, tls_cert, tls_key, TLS_FLAGS if flags else TLS_ARGUMENTS)
+            self.channel = grpc.secure_channel(target, credentials, CHANNEL_OPTIONS)
         else:
             self.channel = grpc.insecure_channel(target, CHANNEL_OPTIONS)
         self.stub = pb_grpc.PolicyServiceStub(self.channel)

@@ -43,7 +43,7 @@ def _no_certificate(data: bytes) -> str:
 def read_certificates(path: str, flag: str) -> bytes:
     """The bytes of a PEM file of one or more certificates (a CA, or a certificate chain); a file
     that holds none (garbage, a private key, a truncated certificate) is refused, naming ``flag``
-    (the client's --tls-ca, the server's --client-ca)."""
+    (the client's --tls-ca or tls_ca, the server's --client-ca)."""
     data = read_pem(path, flag)
     if why := _no_certificate(data):
         raise FlowRLError(f"{flag} {path} {why}")
@@ -58,30 +58,34 @@ def _no_passphrase() -> str:
     raise _EncryptedKey
 
 
-def check_key_pair(cert_path: str, key_path: str) -> tuple[bytes, bytes]:
+def check_key_pair(
+    cert_path: str, key_path: str, names: tuple[str, str] = ("--tls-cert", "--tls-key")
+) -> tuple[bytes, bytes]:
     """The bytes of a certificate and its private key; refuse one without the other, files that
-    are not PEM, a swapped pair and a key of another certificate, naming the flags, the files and
-    which is at fault (gRPC would fail the handshake or the bind, or abort the process)."""
+    are not PEM, a swapped pair and a key of another certificate, naming the files, which is at
+    fault and each as ``names`` gives them (the flags, or a Python API's arguments): gRPC would
+    fail the handshake or the bind, or abort the process."""
+    cert_name, key_name = names
     if not (cert_path and key_path):
-        given, missing = ("--tls-cert", "--tls-key") if cert_path else ("--tls-key", "--tls-cert")
-        raise FlowRLError(f"--tls-cert and --tls-key go together: {given} was given without {missing}")
-    cert, key = read_pem(cert_path, "--tls-cert"), read_pem(key_path, "--tls-key")
+        given, missing = names if cert_path else names[::-1]
+        raise FlowRLError(f"{cert_name} and {key_name} go together: {given} was given without {missing}")
+    cert, key = read_pem(cert_path, cert_name), read_pem(key_path, key_name)
 
     def refused(why: str) -> FlowRLError:
         return FlowRLError(
-            f"--tls-cert {cert_path} and --tls-key {key_path} are not a certificate and its private key: {why}"
+            f"{cert_name} {cert_path} and {key_name} {key_path} are not a certificate and its private key: {why}"
         )
 
     if why := _no_certificate(cert):
-        raise refused("they are swapped" if b"CERTIFICATE-----" in key else f"--tls-cert {why}")
+        raise refused("they are swapped" if b"CERTIFICATE-----" in key else f"{cert_name} {why}")
     try:  # the password callback stops OpenSSL from prompting on the terminal for an encrypted key
         ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER).load_cert_chain(cert_path, key_path, password=_no_passphrase)
     except _EncryptedKey:
-        raise refused("--tls-key is encrypted, and gRPC needs an unencrypted key") from None
+        raise refused(f"{key_name} is encrypted, and gRPC needs an unencrypted key") from None
     except ssl.SSLError as exc:
         if exc.reason == "KEY_VALUES_MISMATCH":
             raise refused("the key is another certificate's") from None
         if exc.reason == "NO_CERTIFICATE_ASSIGNED":  # OpenSSL's word for a key of another type (RSA vs EC)
             raise refused("the key is another certificate's (its key type differs from the certificate's)") from None
-        raise refused("--tls-key holds no valid PEM private key") from None
+        raise refused(f"{key_name} holds no valid PEM private key") from None
     return cert, key

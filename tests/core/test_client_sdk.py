@@ -79,8 +79,11 @@ def test_a_token_no_header_can_carry_is_refused_without_echoing_it(token, why):
     with pytest.raises(FlowRLError, match=f"^{re.escape(why)}") as info:
         PolicyClient(UNUSED, token=token)
     assert token.strip() not in str(info.value)
-    with pytest.raises(FlowRLError, match=f"^--token {re.escape(why.removeprefix('token '))}"):
-        checked_token(token, "--token")
+    as_flag = f"^--token {re.escape(why.removeprefix('token '))}"
+    with pytest.raises(FlowRLError, match=as_flag):
+        checked_token(token, "--token")  # as ServeConfig names it
+    with pytest.raises(FlowRLError, match=as_flag):
+        PolicyClient(UNUSED, token=token, target_name="--server")  # as the commands make it
 
 
 def test_a_printable_ascii_token_is_sent_as_given():

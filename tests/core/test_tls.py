@@ -120,23 +120,31 @@ class TestKeyPair:
 
 
 class TestClientCredentials:
-    """The SDK checks the files when it opens the channel, before any call."""
+    """The SDK checks the files when it opens the channel, before any call, naming its arguments
+    (the commands, which pass target_name="--server", their flags)."""
 
     @pytest.mark.parametrize(
         ("kwargs", "message"),
         [
-            ({"tls_ca": "garbage"}, "--tls-ca {garbage} holds no valid PEM certificate"),
-            ({"tls_ca": "key"}, "--tls-ca {key} holds a private key, not a certificate"),
-            ({"tls_cert": "cert", "tls_key": "other_key"}, "--tls-key {other_key} are not a certificate and its"),
+            ({"tls_ca": "garbage"}, "tls_ca {garbage} holds no valid PEM certificate"),
+            ({"tls_ca": "key"}, "tls_ca {key} holds a private key, not a certificate"),
+            ({"tls_ca": "missing"}, "cannot read tls_ca {missing}: No such file or directory"),
+            ({"tls_cert": "cert", "tls_key": "other_key"}, "tls_key {other_key} are not a certificate and its"),
             ({"tls_cert": "key", "tls_key": "cert"}, "private key: they are swapped"),
-            ({"tls_cert": "cert"}, "--tls-cert was given without --tls-key"),  # gRPC aborts the process
-            ({"tls_key": "key"}, "--tls-key was given without --tls-cert"),
+            ({"tls_cert": "cert", "tls_key": "garbage"}, "private key: tls_key holds no valid PEM private key"),
+            ({"tls_cert": "cert"}, "tls_cert and tls_key go together: tls_cert was given without tls_key"),
+            ({"tls_key": "key"}, "tls_key was given without tls_cert"),  # gRPC aborts the process
         ],
     )
     def test_a_bad_file_is_refused_when_the_client_is_made(self, pem, kwargs, message):
+        pem = {**pem, "missing": "/nonexistent/ca.pem"}
         with pytest.raises(FlowRLError) as info:
-            PolicyClient("127.0.0.1:1", **{flag: pem[name] for flag, name in kwargs.items()})
-        assert message.format(**pem) in str(info.value)
+            PolicyClient("127.0.0.1:1", **{arg: pem[name] for arg, name in kwargs.items()})
+        assert message.format(**pem) in str(info.value) and "--tls" not in str(info.value)
+        with pytest.raises(FlowRLError) as info:  # as the commands make it
+            PolicyClient("127.0.0.1:1", target_name="--server", **{arg: pem[name] for arg, name in kwargs.items()})
+        flags = message.replace("tls_ca", "--tls-ca").replace("tls_cert", "--tls-cert").replace("tls_key", "--tls-key")
+        assert flags.format(**pem) in str(info.value)
 
     def test_good_files_make_a_client(self, pem):
         with PolicyClient("127.0.0.1:1", tls_ca=pem["ca"], tls_cert=pem["cert"], tls_key=pem["key"]) as client:
