@@ -1,18 +1,36 @@
-"""Training's side of the one checkpoint format (``flowrl_deploy.checkpoint``): which checkpoints a
+"""Training's side of the one checkpoint format (``flowrl_deploy.checkpoint``): which run directory
+a new run may write and which run a resume continues (with its saved config), which checkpoints a
 run keeps, and rebuilding a flow actor from one."""
 
 from __future__ import annotations
 
+import json
 import shutil
 from collections.abc import Callable
+from dataclasses import fields
 from pathlib import Path
 
 import numpy as np
 import torch
 
-from flowrl_deploy.checkpoint import BEST, CHECKPOINTS_DIR, LAST, link_checkpoint, load_checkpoint
-from flowrl_deploy.errors import CheckpointError
+from flowrl_deploy.checkpoint import (
+    BEST,
+    CHECKPOINTS_DIR,
+    DOCUMENT_FILE,
+    LAST,
+    METRICS_CSV,
+    METRICS_JSONL,
+    RUN_CONFIG_FILE,
+    RUN_OUTPUTS,
+    link_checkpoint,
+    load_checkpoint,
+    read_document,
+    resolve_checkpoint,
+)
+from flowrl_deploy.envid import parse_env_id
+from flowrl_deploy.errors import CheckpointError, FlowRLError
 from flowrl_deploy.train.actor import FlowActor
+from flowrl_deploy.train.config import ConfigError, TrainConfig
 
 
 def step_name(step: int) -> str:
@@ -62,6 +80,89 @@ class RunCheckpoints:
                 shutil.rmtree(path, ignore_errors=True)
         for partial in self.dir.glob(".step_*.tmp-*"):
             shutil.rmtree(partial, ignore_errors=True)
+
+
+def resume_config(checkpoint: str | Path, steps: int | None = None) -> TrainConfig:
+    """The saved config of the run a checkpoint belongs to; ``steps`` may extend its budget."""
+    directory = resolve_checkpoint(checkpoint)
+    saved = load_checkpoint(directory)
+    if not saved.config:
+        raise CheckpointError(f"{directory} holds no training config, so it cannot be resumed")
+    source = directory / DOCUMENT_FILE
+    cfg = TrainConfig.from_dict(saved.config, source=str(source), key="config")
+    for field, configured, saved_value in (
+        ("hidden", cfg.hidden, saved.spec.hidden),
+        ("env", str(parse_env_id(cfg.env)), saved.spec.env_id),
+    ):
+        if saved_value and configured != saved_value:  # checked here: torch's own error is a page of shapes
+            raise CheckpointError(
+                f"{source}: config.{field} {configured} does not match the saved policy ({field} {saved_value}); "
+                "the weights cannot be resumed under another config"
+            )
+    if steps is None:
+        return cfg
+    done = saved.counters.get("env_steps", 0)
+    if steps < done:
+        raise FlowRLError(f"--steps {steps} is less than the {done} env steps {directory.name} has taken; "
+                          f"give the run's new total, at least {done}")  # fmt: skip
+    return cfg.override(steps=steps)
+
+
+def check_new_run_dir(run_dir: Path) -> None:
+    """A new run goes into a new or empty directory, or one a run that never saved a checkpoint
+    left behind (a retry). The run replaces config.json and the metrics files: with them there, a
+    valid config.json must say they are a run's; anything else but hidden files (.gitkeep, a
+    failed write's temporary file), or a checkpoint, means the folder is not a run directory."""
+    if not run_dir.is_dir():
+        return
+    if any((run_dir / CHECKPOINTS_DIR).glob("step_*")):
+        raise FlowRLError(
+            f"{run_dir} already holds a run's checkpoints; continue it with --resume {run_dir} or choose another --out"
+        )
+    if (run_dir / DOCUMENT_FILE).exists():
+        raise FlowRLError(f"--out {run_dir} is a checkpoint, not a run directory; choose a new or empty folder")
+    entries = sorted(entry.name for entry in run_dir.iterdir() if not entry.name.startswith("."))
+    foreign = [name for name in entries if name not in RUN_OUTPUTS]
+    config = run_dir / RUN_CONFIG_FILE
+    replaced = [name for name in entries if name in (RUN_CONFIG_FILE, METRICS_JSONL, METRICS_CSV)]
+    if not foreign and replaced:
+        try:
+            TrainConfig.from_dict(json.loads(config.read_text()))
+        except (OSError, UnicodeDecodeError, json.JSONDecodeError, ConfigError):
+            foreign = replaced  # metrics without the config of their run, or a config.json of something else
+    if foreign:
+        shown = ", ".join(foreign[:5]) + (", ..." if len(foreign) > 5 else "")
+        raise FlowRLError(
+            f"--out {run_dir} is not empty and is not a flowrl run directory (it holds {shown}), and a run would "
+            "replace its config.json and metrics files; choose a new or empty folder"
+        )
+
+
+def missing_config_fields(checkpoint: str | Path) -> list[str]:
+    """The config fields a checkpoint's saved config lacks: a resume gives them their defaults."""
+    saved = read_document(checkpoint).get("config", {})
+    return [field.name for field in fields(TrainConfig) if field.name not in saved]
+
+
+def run_to_resume(checkpoint: Path) -> Path:
+    """The run directory that resuming ``checkpoint`` continues: a checkpoint is resumed only inside
+    its run, ``<run>/checkpoints/<checkpoint>`` next to ``<run>/config.json``, and only when no later
+    ``step_*`` checkpoint lies beside it (the resumed run would overwrite or prune those)."""
+    folder = checkpoint.parent
+    run_dir = folder.parent
+    if folder.name != CHECKPOINTS_DIR or not (run_dir / RUN_CONFIG_FILE).is_file():
+        raise FlowRLError(
+            f"--resume {checkpoint}: it does not lie in the checkpoints/ folder of a run directory (one holding "
+            f"{RUN_CONFIG_FILE}), so there is no run to continue; resume the run it came from (copy that whole run "
+            "directory to branch it)"
+        )
+    later = sorted(p.name for p in folder.glob("step_*") if p.name > checkpoint.name)
+    if later:
+        raise FlowRLError(
+            f"{folder} holds checkpoints after {checkpoint.name} ({', '.join(later)}), which resuming from it "
+            f"would overwrite; resume from the last one, or copy the run directory and resume the copy"
+        )
+    return run_dir
 
 
 def load_actor(path: str | Path, device: torch.device | str = "cpu") -> FlowActor:

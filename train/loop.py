@@ -11,7 +11,6 @@ resumed from a checkpoint taken at an episode boundary continues exactly as if n
 
 from __future__ import annotations
 
-import json
 import math
 import os
 import signal
@@ -25,23 +24,22 @@ import torch
 
 from flowrl_deploy.affinity import check_thread_count
 from flowrl_deploy.checkpoint import (
-    CHECKPOINTS_DIR,
     DOCUMENT_FILE,
-    METRICS_CSV,
-    METRICS_JSONL,
-    RUN_CONFIG_FILE,
-    RUN_OUTPUTS,
     Checkpoint,
     load_checkpoint,
-    read_document,
     resolve_checkpoint,
     save_checkpoint,
 )
-from flowrl_deploy.envid import parse_env_id
 from flowrl_deploy.errors import CheckpointError, FlowRLError
 from flowrl_deploy.spec import PolicySpec
 from flowrl_deploy.train.algorithm import FlowRL, resolve_device, training_bytes
-from flowrl_deploy.train.checkpointing import RunCheckpoints, actor_act_fn
+from flowrl_deploy.train.checkpointing import (
+    RunCheckpoints,
+    actor_act_fn,
+    check_new_run_dir,
+    resume_config,
+    run_to_resume,
+)
 from flowrl_deploy.train.config import ConfigError, TrainConfig, check_resume_settings
 from flowrl_deploy.train.envs import Env, EnvInfo, episode_seed, make_env
 from flowrl_deploy.train.evaluate import EVAL_NOISE_STREAM, EvalResult, evaluate
@@ -123,68 +121,6 @@ def memory_shortfall(spec: PolicySpec, cfg: TrainConfig, device: torch.device) -
                 f"{networks / 2**30:.1f} GiB networks); this machine has {total / 2**30:.1f} GiB"
             )
     return None
-
-
-def resume_config(checkpoint: str | Path, steps: int | None = None) -> TrainConfig:
-    """The saved config of the run a checkpoint belongs to; ``steps`` may extend its budget."""
-    directory = resolve_checkpoint(checkpoint)
-    saved = load_checkpoint(directory)
-    if not saved.config:
-        raise CheckpointError(f"{directory} holds no training config, so it cannot be resumed")
-    source = directory / DOCUMENT_FILE
-    cfg = TrainConfig.from_dict(saved.config, source=str(source), key="config")
-    for field, configured, saved_value in (
-        ("hidden", cfg.hidden, saved.spec.hidden),
-        ("env", str(parse_env_id(cfg.env)), saved.spec.env_id),
-    ):
-        if saved_value and configured != saved_value:  # checked here: torch's own error is a page of shapes
-            raise CheckpointError(
-                f"{source}: config.{field} {configured} does not match the saved policy ({field} {saved_value}); "
-                "the weights cannot be resumed under another config"
-            )
-    if steps is None:
-        return cfg
-    done = saved.counters.get("env_steps", 0)
-    if steps < done:
-        raise FlowRLError(f"--steps {steps} is less than the {done} env steps {directory.name} has taken; "
-                          f"give the run's new total, at least {done}")  # fmt: skip
-    return cfg.override(steps=steps)
-
-
-def _check_new_run_dir(run_dir: Path) -> None:
-    """A new run goes into a new or empty directory, or one a run that never saved a checkpoint
-    left behind (a retry). The run replaces config.json and the metrics files: with them there, a
-    valid config.json must say they are a run's; anything else but hidden files (.gitkeep, a
-    failed write's temporary file), or a checkpoint, means the folder is not a run directory."""
-    if not run_dir.is_dir():
-        return
-    if any((run_dir / CHECKPOINTS_DIR).glob("step_*")):
-        raise FlowRLError(
-            f"{run_dir} already holds a run's checkpoints; continue it with --resume {run_dir} or choose another --out"
-        )
-    if (run_dir / DOCUMENT_FILE).exists():
-        raise FlowRLError(f"--out {run_dir} is a checkpoint, not a run directory; choose a new or empty folder")
-    entries = sorted(entry.name for entry in run_dir.iterdir() if not entry.name.startswith("."))
-    foreign = [name for name in entries if name not in RUN_OUTPUTS]
-    config = run_dir / RUN_CONFIG_FILE
-    replaced = [name for name in entries if name in (RUN_CONFIG_FILE, METRICS_JSONL, METRICS_CSV)]
-    if not foreign and replaced:
-        try:
-            TrainConfig.from_dict(json.loads(config.read_text()))
-        except (OSError, UnicodeDecodeError, json.JSONDecodeError, ConfigError):
-            foreign = replaced  # metrics without the config of their run, or a config.json of something else
-    if foreign:
-        shown = ", ".join(foreign[:5]) + (", ..." if len(foreign) > 5 else "")
-        raise FlowRLError(
-            f"--out {run_dir} is not empty and is not a flowrl run directory (it holds {shown}), and a run would "
-            "replace its config.json and metrics files; choose a new or empty folder"
-        )
-
-
-def missing_config_fields(checkpoint: str | Path) -> list[str]:
-    """The config fields a checkpoint's saved config lacks: a resume gives them their defaults."""
-    saved = read_document(checkpoint).get("config", {})
-    return [field.name for field in fields(TrainConfig) if field.name not in saved]
 
 
 def train(
@@ -288,7 +224,7 @@ def _prepare_run(cfg: TrainConfig, resume: str | Path | None, progress: bool) ->
     """Check the run's outputs and settings, make its envs and networks, restore a resumed run's
     state, and make every output (or find it unwritable) before step 0, or the first step after a resume."""
     start = None if resume is None else resolve_checkpoint(resume).resolve()
-    run_dir = Path(cfg.out) if start is None else _run_to_resume(start)
+    run_dir = Path(cfg.out) if start is None else run_to_resume(start)
     if start is not None:  # cfg.out aside: a resumed run stays in its own directory
         check_resume_settings(
             {f.name: getattr(cfg, f.name) for f in fields(cfg) if f.name != "out"}, resume_config(start)
@@ -296,7 +232,7 @@ def _prepare_run(cfg: TrainConfig, resume: str | Path | None, progress: bool) ->
     if run_dir.exists() and not run_dir.is_dir():
         raise FlowRLError(f"--out {run_dir} is a file, not a directory; choose a directory for the run")
     if resume is None:
-        _check_new_run_dir(run_dir)
+        check_new_run_dir(run_dir)
     if cfg.threads:
         check_thread_count("--threads", cfg.threads)
         torch.set_num_threads(cfg.threads)
@@ -366,27 +302,6 @@ def _after_step(run: _Run, metrics: dict[str, torch.Tensor]) -> None:
     if cfg.save_every and step % cfg.save_every == 0:
         run.save()
     bar.update(step, agent.updates)
-
-
-def _run_to_resume(checkpoint: Path) -> Path:
-    """The run directory that resuming ``checkpoint`` continues: a checkpoint is resumed only inside
-    its run, ``<run>/checkpoints/<checkpoint>`` next to ``<run>/config.json``, and only when no later
-    ``step_*`` checkpoint lies beside it (the resumed run would overwrite or prune those)."""
-    folder = checkpoint.parent
-    run_dir = folder.parent
-    if folder.name != CHECKPOINTS_DIR or not (run_dir / RUN_CONFIG_FILE).is_file():
-        raise FlowRLError(
-            f"--resume {checkpoint}: it does not lie in the checkpoints/ folder of a run directory (one holding "
-            f"{RUN_CONFIG_FILE}), so there is no run to continue; resume the run it came from (copy that whole run "
-            "directory to branch it)"
-        )
-    later = sorted(p.name for p in folder.glob("step_*") if p.name > checkpoint.name)
-    if later:
-        raise FlowRLError(
-            f"{folder} holds checkpoints after {checkpoint.name} ({', '.join(later)}), which resuming from it "
-            f"would overwrite; resume from the last one, or copy the run directory and resume the copy"
-        )
-    return run_dir
 
 
 def _evaluate(agent: FlowRL, eval_env: Env, cfg: TrainConfig, step: int, deterministic: bool = False) -> EvalResult:

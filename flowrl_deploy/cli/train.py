@@ -111,7 +111,7 @@ def train(
     progress: Annotated[bool, typer.Option("--progress/--no-progress", help="Live progress line.")] = True,
 ) -> None:
     """Train a FlowRL flow policy; writes checkpoints (last, best, periodic) under OUT/checkpoints."""
-    from flowrl_deploy.train.loop import missing_config_fields, resume_config
+    from flowrl_deploy.train.checkpointing import missing_config_fields, resume_config
     from flowrl_deploy.train.loop import train as run_training
 
     warnings: list[str] = []

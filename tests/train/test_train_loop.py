@@ -12,12 +12,12 @@ from flowrl_deploy.errors import CheckpointError, FlowRLError
 from flowrl_deploy.spec import PolicySpec
 from flowrl_deploy.train import loop
 from flowrl_deploy.train.algorithm import FlowRL
-from flowrl_deploy.train.checkpointing import load_actor
+from flowrl_deploy.train.checkpointing import load_actor, resume_config
 from flowrl_deploy.train.config import ConfigError, TrainConfig
 from flowrl_deploy.train.envs import episode_seed
 from flowrl_deploy.train.evaluate import EVAL_NOISE_STREAM, EVAL_STREAM, EvalResult, checkpoint_act_fn, evaluate
 from flowrl_deploy.train.logger import CSV_COLUMNS
-from flowrl_deploy.train.loop import resume_config, train
+from flowrl_deploy.train.loop import train
 from flowrl_deploy.train.replay import Batch, ReplayBuffer
 
 # Pendulum: 200-step episodes, so saves every 200 steps fall on episode boundaries.
