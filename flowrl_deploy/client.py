@@ -22,7 +22,7 @@ from dataclasses import dataclass
 import grpc
 import numpy as np
 
-from flowrl_deploy.codec import TensorError, as_float32, decode, encode
+from flowrl_deploy.codec import TensorError, as_float32, check_finite, decode, encode
 from flowrl_deploy.contract import (
     MAX_CONTROL_PERIOD_S,
     MAX_HZ,
@@ -638,8 +638,9 @@ class ControlSession:
     def act(self, obs: np.ndarray) -> np.ndarray:
         """The action for this tick, fresh or fallback; raises :class:`WatchdogError` when unsafe.
 
-        ``obs`` is one observation, [obs_dim] or [1, obs_dim], of finite numbers; another shape or
-        NaN/Inf raises :class:`~flowrl_deploy.codec.TensorError` (also while the server is away)."""
+        ``obs`` is one observation, [obs_dim] or [1, obs_dim], of finite numbers; another shape,
+        NaN, Inf or a value beyond float32's range raises :class:`~flowrl_deploy.codec.TensorError`
+        (also while the server is away)."""
         if not self._busy.acquire(blocking=False):
             raise self._in_use("act")
         try:
@@ -654,8 +655,7 @@ class ControlSession:
             dim = self.info.obs_dim
             raise TensorError(f"obs: shape {list(array.shape)} does not match [{dim}] or [1, {dim}] (one per tick)")
         array = array.reshape(-1)
-        if not np.isfinite(array).all():
-            raise TensorError("obs: contains NaN or Inf")
+        check_finite(array, name="obs")
         return array
 
     def _tick(self, obs: np.ndarray) -> np.ndarray:

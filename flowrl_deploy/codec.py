@@ -36,8 +36,9 @@ _DTYPE_REFUSALS = {  # what follows "dtype X is not accepted", by dtype kind
 
 
 def as_float32(array: np.ndarray, *, name: str = "tensor") -> np.ndarray:
-    """``array`` as C-contiguous float32: float and integer dtypes convert; booleans, complex
-    numbers, text, objects and ragged sequences raise :class:`TensorError`."""
+    """``array`` as C-contiguous float32: float and integer dtypes convert (silently: a value beyond
+    float32's range becomes Inf, for :func:`check_finite` to refuse); booleans, complex numbers,
+    text, objects and ragged sequences raise :class:`TensorError`."""
     if not isinstance(array, np.ndarray):
         try:
             array = np.asarray(array)
@@ -46,7 +47,8 @@ def as_float32(array: np.ndarray, *, name: str = "tensor") -> np.ndarray:
                 f"{name}: not a rectangular array of numbers (rows of different lengths, or nested objects?)"
             ) from None
     check_number_dtype(array.dtype, name=name)
-    return np.asarray(array, dtype=np.float32, order="C")
+    with np.errstate(over="ignore"):  # a float64 beyond float32's range becomes Inf, which check_finite names
+        return np.asarray(array, dtype=np.float32, order="C")
 
 
 def check_number_dtype(dtype: np.dtype, *, name: str = "tensor") -> None:
@@ -96,9 +98,12 @@ def decode(tensor: pb.Tensor, *, name: str = "tensor") -> np.ndarray:
 
 
 def check_finite(array: np.ndarray, *, name: str = "tensor") -> None:
-    """Raise :class:`TensorError` if ``array`` holds NaN or Inf (about 1 µs for a few hundred floats)."""
+    """Raise :class:`TensorError` if ``array`` holds NaN or Inf (about 1 µs for a few hundred floats).
+
+    The message also names values beyond float32's range (as ``flowrl query`` does): cast to
+    float32 by :func:`as_float32` or :func:`encode`, they arrive here as Inf."""
     if not np.isfinite(array).all():
-        raise TensorError(f"{name}: contains NaN or Inf")
+        raise TensorError(f"{name}: holds NaN, infinite or beyond-float32 values")
 
 
 def as_batch(array: np.ndarray, width: int, *, name: str = "obs", max_batch: int | None = None) -> np.ndarray:

@@ -1,7 +1,9 @@
+import warnings
+
 import numpy as np
 import pytest
 
-from flowrl_deploy.codec import TensorError, as_batch, decode, encode
+from flowrl_deploy.codec import TensorError, as_batch, as_float32, decode, encode, policy_batch
 from flowrl_deploy.proto.flowrl.v1 import policy_pb2 as pb
 
 
@@ -27,7 +29,7 @@ def test_repeated_values_are_accepted():
         (pb.Tensor(shape=[0, 3]), "empty"),
         (pb.Tensor(shape=[3], values=[1.0, 2.0]), "2 values"),
         (pb.Tensor(shape=[2], values=[1.0, float("nan")]), "NaN"),
-        (pb.Tensor(shape=[1], values=[float("inf")]), "NaN or Inf"),
+        (pb.Tensor(shape=[1], values=[float("inf")]), "NaN, infinite or beyond-float32 values"),
         (pb.Tensor(shape=[1], values=[1.0], data=b"\0" * 4), "not both"),
         (pb.Tensor(shape=[-1], data=b""), "negative"),
     ],
@@ -55,6 +57,16 @@ def test_malformed_tensors_name_the_mistake(tensor, message):
 def test_encode_refuses_what_is_not_real_numbers(value, message):
     with pytest.raises(TensorError, match=message):
         encode(value, name="obs")
+
+
+def test_a_value_beyond_float32_is_cast_to_inf_silently_and_named_by_check_finite():
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # numpy's "overflow encountered in cast" was printed on every call
+        assert np.isinf(as_float32(np.array([0.0, 1e39]))).tolist() == [False, True]
+        with pytest.raises(TensorError, match=r"^obs: holds NaN, infinite or beyond-float32 values$"):
+            decode(encode(np.array([0.0, 1e39])), name="obs")  # the server's words for what the client cast
+        with pytest.raises(TensorError, match=r"^obs: holds NaN, infinite or beyond-float32 values$"):
+            policy_batch(np.array([0.0, -1e39, 0.0]), 3, name="obs")
 
 
 def test_encode_converts_integers_and_any_float_layout_exactly():

@@ -114,7 +114,7 @@ BAD_OBS = [
     (pb.Tensor(shape=[OBS_DIM + 1], values=[0.0] * (OBS_DIM + 1)), "does not match"),
     (pb.Tensor(dtype=pb.DTYPE_FLOAT64, shape=[OBS_DIM], data=b"\0" * 8 * OBS_DIM), "DTYPE_FLOAT64"),
     (pb.Tensor(shape=[OBS_DIM], values=[0.0, float("nan"), 0.0]), "NaN"),
-    (pb.Tensor(shape=[OBS_DIM], values=[0.0, float("inf"), 0.0]), "NaN or Inf"),
+    (pb.Tensor(shape=[OBS_DIM], values=[0.0, float("inf"), 0.0]), "NaN, infinite or beyond-float32 values"),
     (pb.Tensor(), "missing shape"),
     (pb.Tensor(shape=[0, OBS_DIM]), "empty"),
     (pb.Tensor(shape=[2000, OBS_DIM], data=b"\0" * 4 * 2000 * OBS_DIM), "exceeds the limit"),
