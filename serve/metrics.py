@@ -6,6 +6,8 @@ Hand-written exposition (text format 0.0.4) keeps the base install free of extra
 from __future__ import annotations
 
 import bisect
+import ipaddress
+import socket
 import threading
 import time
 from collections import defaultdict, deque
@@ -143,8 +145,20 @@ class Metrics:
         return "\n".join(lines) + "\n"
 
 
+class _IPv6HTTPServer(ThreadingHTTPServer):
+    address_family = socket.AF_INET6
+
+
+def _is_ipv6(host: str) -> bool:
+    try:
+        return ipaddress.ip_address(host).version == 6
+    except ValueError:  # a host name: resolved as IPv4, as http.server does
+        return False
+
+
 def start_metrics_http(metrics: Metrics, host: str, port: int) -> ThreadingHTTPServer:
-    """Serve ``GET /metrics`` in a daemon thread; the caller calls ``shutdown()``."""
+    """Serve ``GET /metrics`` in a daemon thread on ``host`` (a name, an IPv4 or an IPv6 address,
+    bracketed or not, as ``--host`` takes it); the caller calls ``shutdown()``."""
 
     class Handler(BaseHTTPRequestHandler):
         def do_GET(self) -> None:
@@ -161,7 +175,8 @@ def start_metrics_http(metrics: Metrics, host: str, port: int) -> ThreadingHTTPS
         def log_message(self, format: str, *args: object) -> None:  # quiet
             return
 
-    httpd = ThreadingHTTPServer((host, port), Handler)
+    host = host.strip("[]")
+    httpd = (_IPv6HTTPServer if _is_ipv6(host) else ThreadingHTTPServer)((host, port), Handler)
     httpd.daemon_threads = True
     threading.Thread(target=httpd.serve_forever, name="flowrl-metrics", daemon=True).start()
     return httpd

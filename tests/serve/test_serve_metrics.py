@@ -1,10 +1,14 @@
-"""Metrics: the figures of GetStats and the Prometheus buckets, checked on known samples."""
+"""Metrics: the figures of GetStats and the Prometheus buckets, checked on known samples; the
+/metrics endpoint on IPv4 and IPv6 hosts."""
 
 from __future__ import annotations
 
+import socket
+import urllib.request
+
 import pytest
 
-from flowrl_deploy.serve.metrics import Metrics
+from flowrl_deploy.serve.metrics import Metrics, start_metrics_http
 
 
 @pytest.fixture
@@ -45,3 +49,27 @@ def test_a_value_on_a_bucket_bound_counts_in_that_bucket(metrics):
         'flowrl_request_latency_seconds_bucket{method="Act",le="0.001"} 1',
     ):
         assert line in text
+
+
+def _has_ipv6_loopback() -> bool:
+    try:
+        with socket.socket(socket.AF_INET6) as probe:
+            probe.bind(("::1", 0))
+    except OSError:
+        return False
+    return True
+
+
+@pytest.mark.parametrize("host", ["127.0.0.1", "::1", "[::1]", "::"])
+def test_metrics_are_served_on_the_host_the_server_listens_on(metrics, host):
+    """`flowrl serve --host ::1 --metrics-port 0` failed: 'Address family for hostname not supported'."""
+    if ":" in host and not _has_ipv6_loopback():
+        pytest.skip("this machine has no IPv6 loopback (::1)")
+    httpd = start_metrics_http(metrics, host, 0)
+    try:
+        reach = "127.0.0.1" if "." in host else "[::1]"  # '::' listens on every IPv6 interface
+        with urllib.request.urlopen(f"http://{reach}:{httpd.server_address[1]}/metrics", timeout=5) as reply:
+            assert 'flowrl_model_info{version="v1-test"} 1' in reply.read().decode()
+    finally:
+        httpd.shutdown()
+        httpd.server_close()
