@@ -9,8 +9,10 @@ with client.session(period_s=0.02, seed=0, fallback="hold") as control:
 from __future__ import annotations
 
 import collections
+import hashlib
 import ipaddress
 import json
+import logging
 import math
 import queue
 import re
@@ -18,6 +20,7 @@ import threading
 import time
 import uuid
 from dataclasses import dataclass
+from pathlib import Path
 
 import grpc
 import numpy as np
@@ -35,6 +38,8 @@ from flowrl_deploy.errors import FlowRLError
 from flowrl_deploy.proto.flowrl.v1 import policy_pb2 as pb
 from flowrl_deploy.proto.flowrl.v1 import policy_pb2_grpc as pb_grpc
 from flowrl_deploy.tls import check_key_pair, read_certificates
+
+log = logging.getLogger("flowrl.client")
 
 # Reconnect quickly after a server restart (gRPC's default first backoff is 1 s).
 CHANNEL_OPTIONS = (
@@ -521,6 +526,24 @@ class _Health:
     """Every tick since the session opened (``timings`` keeps only the most recent ones)."""
 
 
+def _check_local_file(local_model: str, model_version: str) -> None:
+    """Warn when the local fallback's file is not the served one: the served ``model_version`` is
+    ``v<generation>-<sha256 prefix of the served file>``. Matching contracts say only that the
+    shapes, bounds and names agree; another seed's or checkpoint's weights have them too. Not an
+    error: a server serving a checkpoint exports its own file, whose bytes may differ from yours."""
+    served = model_version.partition("-")[2]
+    local = hashlib.sha256(Path(local_model).read_bytes()).hexdigest()  # a policy file: a few MB at most
+    if served and not local.startswith(served):
+        log.warning(
+            "the local fallback model %s (sha256 %s) is not the file the server serves (model version %s): "
+            "the contracts match, but a fallback action may come from other weights than the server's; "
+            "pass the served .onnx file",
+            local_model,
+            local[: len(served)],
+            model_version,
+        )
+
+
 class ControlSession:
     """A control loop's connection: one ``StreamAct`` stream, a deadline per tick, fallbacks.
 
@@ -530,6 +553,11 @@ class ControlSession:
     (clipped into the action bounds), or ``local`` (the same ONNX policy run here with onnxruntime;
     pass ``local_model``). Every action returned is the caller's own writable array: editing it
     in place (``a *= 0.5``) never changes what the session holds or returns later.
+
+    The local fallback keeps the file loaded when the session was made: a server ``Reload`` does
+    not change it (open a new session after one). Its contract must be the served one (else
+    :class:`FlowRLError`); a file other than the served one (its sha256 is not the one in the
+    served ``model_version``) is logged as a warning (logger ``flowrl.client``), not refused.
     The watchdog raises :class:`WatchdogError` after ``max_consecutive_misses`` misses in a row
     or when the last fresh action is older than ``max_staleness_s`` (counted from the first tick,
     and again after each :meth:`reset`). A broken stream is reopened with exponential backoff
@@ -617,6 +645,7 @@ class ControlSession:
             if self.local.policy.contract_hash != self.info.contract_hash:
                 diff = "; ".join(self.info.contract.differences(self.local.policy.contract))
                 raise FlowRLError(f"the local fallback model {local_model} is not the served policy ({diff})")
+            _check_local_file(local_model, self.info.model_version)
         zeros = np.zeros(self.info.act_dim, np.float32)
         if len(self.info.action_low) == len(self.info.action_high) == self.info.act_dim:
             zeros = np.clip(zeros, self.info.action_low, self.info.action_high)  # bounds may exclude 0

@@ -4,9 +4,12 @@ settings checked at construction, one control loop per session, reset, close."""
 from __future__ import annotations
 
 import dataclasses
+import hashlib
+import logging
 import math
 import queue
 import re
+import shutil
 import threading
 import time
 import warnings
@@ -223,6 +226,23 @@ def test_local_fallback_must_be_the_served_policy(client, tmp_path):
     other = write_policy(tmp_path / "other.onnx", action_names=("up", "down"))
     with pytest.raises(FlowRLError, match=r"is not the served policy \(action_names"):
         client.session(period_s=0.02, fallback="local", local_model=str(other))
+
+
+def test_a_local_fallback_of_other_weights_is_accepted_with_a_warning(client, policy_path, tmp_path, caplog):
+    """Another seed's weights share the contract: the fallback would silently act on another policy."""
+    other = write_policy(tmp_path / "other.onnx", scale=2.0)  # the same contract, other weights
+    copy = shutil.copy(policy_path, tmp_path / "copy.onnx")  # the served file under another name
+    version = client.spec().model_version
+    with caplog.at_level(logging.WARNING, logger="flowrl.client"):
+        client.session(period_s=0.02, fallback="local", local_model=str(copy)).close()
+        assert caplog.records == []
+        client.session(period_s=0.02, fallback="local", local_model=str(other)).close()
+    (record,) = caplog.records
+    assert record.name == "flowrl.client" and record.levelno == logging.WARNING
+    assert record.getMessage().startswith(
+        f"the local fallback model {other} (sha256 {hashlib.sha256(other.read_bytes()).hexdigest()[:10]}) is not "
+        f"the file the server serves (model version {version}): the contracts match"
+    )
 
 
 class FlakyServer:
