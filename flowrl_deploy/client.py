@@ -557,7 +557,8 @@ class ControlSession:
     The local fallback keeps the file loaded when the session was made: a server ``Reload`` does
     not change it (open a new session after one). Its contract must be the served one (else
     :class:`FlowRLError`); a file other than the served one (its sha256 is not the one in the
-    served ``model_version``) is logged as a warning (logger ``flowrl.client``), not refused.
+    served ``model_version``) and a ``period_s`` other than the served policy's control period
+    are logged as warnings (logger ``flowrl.client``), not refused.
     The watchdog raises :class:`WatchdogError` after ``max_consecutive_misses`` misses in a row
     or when the last fresh action is older than ``max_staleness_s`` (counted from the first tick,
     and again after each :meth:`reset`). A broken stream is reopened with exponential backoff
@@ -637,6 +638,15 @@ class ControlSession:
         self.contract_hash = contract_hash or (contract.hash() if contract else "")
         self.contract_json = json.dumps(contract.to_dict(), sort_keys=True) if contract else ""
         self.info = client.spec()
+        served_period_s = self.info.control_period_s
+        if served_period_s > 0 and not math.isclose(self.period_s, served_period_s, rel_tol=1e-6):
+            log.warning(
+                "period_s %g s (%g Hz) differs from the served policy's control period, %g s (%g Hz)",
+                self.period_s,
+                1 / self.period_s,
+                served_period_s,
+                1 / served_period_s,
+            )
         self.local = None
         if fallback == "local":
             from flowrl_deploy.runtime import SeededPolicy  # onnxruntime, loaded only for a local fallback

@@ -245,6 +245,19 @@ def test_a_local_fallback_of_other_weights_is_accepted_with_a_warning(client, po
     )
 
 
+def test_a_period_other_than_the_served_control_period_is_accepted_with_a_warning(client, caplog):
+    assert client.spec().control_period_s == pytest.approx(0.02)
+    with caplog.at_level(logging.WARNING, logger="flowrl.client"):
+        client.session(period_s=0.02).close()
+        assert caplog.records == []
+        with client.session(period_s=0.01) as control:
+            control.act(OBS)  # a warning, not a refusal
+    (record,) = caplog.records
+    assert record.getMessage() == (
+        "period_s 0.01 s (100 Hz) differs from the served policy's control period, 0.02 s (50 Hz)"
+    )
+
+
 class FlakyServer:
     """Stands in for the StreamAct streams of a server that goes down and up, on a clock the test moves.
 
