@@ -16,7 +16,8 @@ def inspect(
     model: Annotated[Path, typer.Argument(help="An ONNX policy written by `flowrl export`.")],
     as_json: Annotated[bool, typer.Option("--json", help="Print JSON instead of text.")] = False,
 ) -> None:
-    """Show what a controller must agree on with MODEL (layout, bounds, units, noise) and where it came from."""
+    """Show what a controller must agree on with MODEL (observation layout, action names and bounds, control
+    period, noise) and where it came from."""
     from flowrl_deploy.export.inspect import format_inspection, inspect_policy
 
     info = inspect_policy(model)

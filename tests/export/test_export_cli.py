@@ -31,6 +31,11 @@ def test_export_then_inspect(checkpoint, tmp_path):
                      "obs ['batch', 5]", "noise ['batch', 3]", "action ['batch', 3]", "[0, 4]"):  # fmt: skip
         assert expected in text.output
 
+    help_text = " ".join(runner.invoke(app, ["inspect", "--help"]).output.split())
+    assert "units" not in help_text  # it promised units, which a contract does not record
+    for shown in ("observation", "action", "bounds", "control period", "noise"):  # what the help promises
+        assert shown in help_text and shown in text.output
+
     info = json.loads(runner.invoke(app, ["inspect", str(out), "--json"]).output)
     assert info["contract_hash"] == policy.contract_hash
     assert info["contract"]["action_names"] == list(SPEC.action_names)
