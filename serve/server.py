@@ -23,6 +23,7 @@ which measured the lowest batch-1 latency.
 from __future__ import annotations
 
 import errno
+import functools
 import logging
 import re
 import signal
@@ -58,6 +59,12 @@ SERVICE_NAME = pb.DESCRIPTOR.services_by_name["PolicyService"].full_name
 STREAM_ACT = f"/{SERVICE_NAME}/StreamAct"
 HEALTH_WATCH = f"/{health.SERVICE_NAME}/Watch"
 SERVING = health_pb2.HealthCheckResponse.SERVING
+KINDS = {  # (request streaming, response streaming): the handler's field for its behaviour
+    (False, False): "unary_unary",
+    (False, True): "unary_stream",
+    (True, False): "stream_unary",
+    (True, True): "stream_stream",
+}
 
 
 def host_port(host: str, port: int) -> str:
@@ -145,30 +152,59 @@ class OpenStreams(grpc.ServerInterceptor):
     Watch per connection) always stayed that long. After :meth:`close` an idle stream is cancelled
     at once (its client sees CANCELLED, as it would at the end of the grace period), a busy one
     ends (status OK) as soon as its reply is sent (the request in flight is finished, no new one is
-    taken), and a Watch ends (OK) once it has sent the NOT_SERVING of the stop."""
+    taken), and a Watch ends (OK) once it has sent the NOT_SERVING of the stop.
+
+    It also counts every call whose handler runs until gRPC has finished it (its status sent, or
+    cancelled), so that :meth:`wait_idle` tells when no call is left in flight."""
 
     def __init__(self) -> None:
         self._lock = threading.Lock()
+        self._idle = threading.Condition(self._lock)
+        self._in_flight = 0
         self._busy: dict[grpc.ServicerContext, bool] = {}
         self._watches: dict[grpc.ServicerContext, int] = {}  # the last health status each sent
         self._closing = False
-        self._tracking = {  # method: its handler's kind, how to rebuild one, the tracking wrapper
-            STREAM_ACT: ("stream_stream", grpc.stream_stream_rpc_method_handler, self._tracked),
-            HEALTH_WATCH: ("unary_stream", grpc.unary_stream_rpc_method_handler, self._watched),
+        self._tracking = {  # (method, its handler's kind): the tracking wrapper
+            (STREAM_ACT, "stream_stream"): self._tracked,
+            (HEALTH_WATCH, "unary_stream"): self._watched,
         }
 
     def intercept_service(self, continuation, handler_call_details):
         handler = continuation(handler_call_details)
-        tracked = self._tracking.get(handler_call_details.method)
-        if handler is None or tracked is None or getattr(handler, tracked[0]) is None:
+        if handler is None:
             return handler
-        kind, make_handler, track = tracked
+        kind = KINDS[handler.request_streaming, handler.response_streaming]
         behavior = getattr(handler, kind)
-        return make_handler(
-            lambda request, context: track(behavior, request, context),
+        track = self._tracking.get((handler_call_details.method, kind))
+        if track is not None:
+            behavior = functools.partial(track, behavior)
+
+        def counted(request, context: grpc.ServicerContext):
+            self._started(context)
+            return behavior(request, context)
+
+        return getattr(grpc, f"{kind}_rpc_method_handler")(
+            counted,
             request_deserializer=handler.request_deserializer,
             response_serializer=handler.response_serializer,
         )
+
+    def _started(self, context: grpc.ServicerContext) -> None:
+        with self._lock:
+            self._in_flight += 1
+        if not context.add_callback(self._finished):  # False: the call has already ended
+            self._finished()
+
+    def _finished(self) -> None:
+        with self._lock:
+            self._in_flight -= 1
+            if not self._in_flight:
+                self._idle.notify_all()
+
+    def wait_idle(self, timeout: float) -> bool:
+        """Whether every call that ran has finished, waiting up to ``timeout`` s for it."""
+        with self._lock:
+            return self._idle.wait_for(lambda: not self._in_flight, timeout)
 
     def _watched(self, behavior, request, context: grpc.ServicerContext):
         """The health servicer's Watch (its blocking form, a reply iterator), tracked with the last
@@ -340,7 +376,10 @@ class PolicyServer:
     def stop(self, grace: float | None = None) -> None:
         """Refuse new calls, let calls in flight finish (up to ``grace`` s; None: ``grace_s``), then
         release everything. An open StreamAct ends once its request in flight, if any, has its reply,
-        and a health Watch once it has sent NOT_SERVING (:class:`OpenStreams`)."""
+        and a health Watch once it has sent NOT_SERVING (:class:`OpenStreams`). Once no call is left
+        in flight the connections are closed at once: gRPC's own stop also waits, up to the grace
+        period, for each client to answer its GOAWAY, which a frozen peer (a stopped process, a cut
+        cable) never does."""
         grace = self.config.grace_s if grace is None else check_grace("grace", grace)
         if self._stopped:
             return
@@ -350,7 +389,10 @@ class PolicyServer:
             self._set_health(health_pb2.HealthCheckResponse.NOT_SERVING)
             if self._watcher is not None:
                 self._watcher.stop()
-            self._server.stop(grace).wait()  # no new call is accepted from here on
+            stopped = self._server.stop(grace)  # no new call is accepted from here on
+            if self._streams.wait_idle(grace):
+                self._server.stop(0)  # close the connections left open: nothing is in flight on them
+            stopped.wait()
         # also for a server whose start() failed before gRPC ran: its batcher threads and work folder
         self.servicer.batcher.close()
         if self._metrics_http is not None:

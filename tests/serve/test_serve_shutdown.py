@@ -4,7 +4,10 @@ from __future__ import annotations
 
 import os
 import queue
+import select
 import signal
+import subprocess
+import sys
 import threading
 import time
 
@@ -115,6 +118,45 @@ def test_stop_ends_open_streams_once_their_request_in_flight_has_its_reply(tmp_p
         stopper.join(30)
         idle.close()
         client.close()
+
+
+FROZEN_ROBOT = """
+import sys, time
+import numpy as np
+from flowrl_deploy.client import PolicyClient
+session = PolicyClient(sys.argv[1], timeout_s=30).session(period_s=0.02)
+session.act(np.zeros({obs_dim}, np.float32))
+print("streaming", flush=True)
+for _ in range(3000):  # a 50 Hz robot, for at most a minute
+    session.act(np.zeros({obs_dim}, np.float32))
+    time.sleep(0.02)
+"""
+
+
+def test_stop_is_prompt_when_a_frozen_peer_holds_an_idle_stream(tmp_path):
+    """A robot whose process was stopped (kill -STOP) while its StreamAct was open kept stop()
+    waiting out the whole grace period: its stream was ended at once, but gRPC's stop also waits
+    for every client to answer its GOAWAY, which a frozen peer never does."""
+    path = write_policy(tmp_path / "policy.onnx")
+    grace = 30
+    server = PolicyServer(ServeConfig(str(path), port=0, grace_s=grace)).start()
+    robot = subprocess.Popen(
+        [sys.executable, "-c", FROZEN_ROBOT.format(obs_dim=OBS_DIM), server.address],
+        stdout=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        assert select.select([robot.stdout], [], [], 60)[0], "the robot never started streaming"
+        assert robot.stdout.readline() == "streaming\n"
+        os.kill(robot.pid, signal.SIGSTOP)
+        started = time.monotonic()
+        server.stop()  # grace None: the configured 30 s
+        assert time.monotonic() - started < grace / 3
+    finally:
+        robot.kill()  # SIGKILL ends a stopped process too
+        robot.wait(30)
+        robot.stdout.close()
+        server.stop()
 
 
 def test_stop_ends_health_watches_once_they_have_sent_not_serving(tmp_path):
