@@ -4,13 +4,17 @@ is needed: every case is refused before a call goes out."""
 
 from __future__ import annotations
 
+import ast
+import importlib
+import inspect
 import math
 import re
+from pathlib import Path
 
 import numpy as np
 import pytest
 
-from flowrl_deploy.client import PolicyClient, checked_seed, checked_target, checked_token
+from flowrl_deploy.client import ControlSession, PolicyClient, PolicyInfo, checked_seed, checked_target, checked_token
 from flowrl_deploy.errors import FlowRLError
 
 UNUSED = "127.0.0.1:1"  # nothing listens; a call that went out would fail UNAVAILABLE
@@ -89,3 +93,48 @@ def test_a_token_no_header_can_carry_is_refused_without_echoing_it(token, why):
 def test_a_printable_ascii_token_is_sent_as_given():
     with PolicyClient(UNUSED, token="s3cr:et with/inner spaces~") as client:
         assert client.metadata == (("authorization", "Bearer s3cr:et with/inner spaces~"),)
+
+
+def _robot_example() -> str:
+    readme = (Path(__file__).parents[2] / "README.md").read_text()
+    section = readme.split("#### In the robot's control loop (Python, no torch needed)\n", 1)[1]
+    return section.split("```python\n", 1)[1].split("```", 1)[0]
+
+
+EXAMPLE_OBJECTS = {"client": PolicyClient, "session": ControlSession}
+"""The README example's variables, by what they hold."""
+
+
+def _callee(call: ast.Call):
+    """What a call of the example runs, when it is the client's (else None)."""
+    func = call.func
+    if isinstance(func, ast.Name) and func.id == "PolicyClient":
+        return PolicyClient
+    if isinstance(func, ast.Attribute) and isinstance(func.value, ast.Name) and func.value.id in EXAMPLE_OBJECTS:
+        return ControlSession if func.attr == "session" else getattr(EXAMPLE_OBJECTS[func.value.id], func.attr)
+    return None
+
+
+def test_the_readme_control_loop_example_compiles_and_uses_only_names_the_client_has():
+    """The example a robot engineer copies: every import, method, argument and field it uses exists,
+    and it shows the whole loop: wait for the server, its period, a pinned contract, the watchdog."""
+    code = _robot_example()
+    tree = ast.parse(compile(code, "README.md", "exec", ast.PyCF_ONLY_AST))
+    used, keywords = set(), set()
+    for node in ast.walk(tree):
+        if isinstance(node, ast.ImportFrom):
+            module = importlib.import_module(node.module)
+            assert all(hasattr(module, alias.name) for alias in node.names), node.module
+        elif isinstance(node, ast.Attribute) and isinstance(node.value, ast.Name) and node.value.id in EXAMPLE_OBJECTS:
+            assert hasattr(EXAMPLE_OBJECTS[node.value.id], node.attr), f"{node.value.id}.{node.attr}"
+            used.add(node.attr)
+        elif isinstance(node, ast.Attribute) and ast.unparse(node.value) == "client.spec()":
+            assert node.attr in PolicyInfo.__dataclass_fields__, f"client.spec().{node.attr}"
+            used.add(node.attr)
+        elif isinstance(node, ast.Call) and (callee := _callee(node)) is not None:
+            given = {keyword.arg for keyword in node.keywords}
+            assert given <= set(inspect.signature(callee).parameters), (ast.unparse(node.func), given)
+            keywords |= given
+    assert {"wait_ready", "spec", "control_period_s", "session", "act"} <= used and "contract" in keywords
+    handlers = [ast.unparse(n.type) for n in ast.walk(tree) if isinstance(n, ast.ExceptHandler)]
+    assert "WatchdogError" in handlers and "gc.freeze()" in code
