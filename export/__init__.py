@@ -5,6 +5,6 @@ report = export_checkpoint("runs/cheetah", "policy.onnx", ExportConfig(steps=10)
 """
 
 from flowrl_deploy.export.config import ExportConfig
-from flowrl_deploy.export.exporter import ExportReport, export_checkpoint
+from flowrl_deploy.export.exporter import ExportReport, export_checkpoint, export_for_serving
 
-__all__ = ["ExportConfig", "ExportReport", "export_checkpoint"]
+__all__ = ["ExportConfig", "ExportReport", "export_checkpoint", "export_for_serving"]

@@ -24,6 +24,7 @@ from flowrl_deploy.checkpoint import (
 from flowrl_deploy.contract import NOISE_INPUT, OBS_INPUT, PolicyContract, contract_to_metadata
 from flowrl_deploy.errors import FlowRLError
 from flowrl_deploy.export.config import ExportConfig
+from flowrl_deploy.extras import install_command, missing_modules
 from flowrl_deploy.spec import PolicySpec
 from flowrl_deploy.versions import library_versions
 
@@ -66,6 +67,21 @@ class ExportReport:
             "  " + (self.parity.summary() if self.parity else "verification SKIPPED (--no-verify)"),
         ]
         return "\n".join(lines)
+
+
+def export_for_serving(checkpoint: Path, out: Path, steps: int | None) -> Path:
+    """A server's exporter (:data:`flowrl_deploy.serve.model.Exporter`, which ``flowrl serve``
+    passes; serve never imports torch itself): ``checkpoint`` to ``out`` at ``steps`` flow steps
+    (None: its training flow steps). Without the export extra, a one-line :class:`FlowRLError`
+    says what to install."""
+    if missing := missing_modules("export"):
+        raise FlowRLError(
+            f"{checkpoint} is not an .onnx file; serving a checkpoint exports it first, which needs "
+            f"{' and '.join(missing)}, not installed here: {install_command('export')}, "
+            "or serve the .onnx file that `flowrl export` writes"
+        )
+    export_checkpoint(checkpoint, out, ExportConfig(steps=steps))
+    return out
 
 
 def export_checkpoint(

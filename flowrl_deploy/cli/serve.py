@@ -32,24 +32,6 @@ def parse_providers(text: str) -> tuple[str, ...]:
     return names
 
 
-def export_for_serving(checkpoint: Path, out: Path, steps: int | None) -> Path:
-    """The server's exporter (serve never imports torch itself): ``checkpoint`` to ``out`` at
-    ``steps`` flow steps (None: its training flow steps)."""
-    from flowrl_deploy.errors import FlowRLError
-    from flowrl_deploy.extras import install_command, missing_modules
-
-    if missing := missing_modules("export"):
-        raise FlowRLError(
-            f"{checkpoint} is not an .onnx file; serving a checkpoint exports it first, which needs "
-            f"{' and '.join(missing)}, not installed here: {install_command('export')}, "
-            "or serve the .onnx file that `flowrl export` writes"
-        )
-    from flowrl_deploy.export import ExportConfig, export_checkpoint
-
-    export_checkpoint(checkpoint, out, ExportConfig(steps=steps))
-    return out
-
-
 TOKEN_ENV = "FLOWRL_TOKEN"
 
 
@@ -116,6 +98,7 @@ def serve(
 
     from flowrl_deploy.affinity import parse_cpus
     from flowrl_deploy.errors import FlowRLError
+    from flowrl_deploy.export import export_for_serving
     from flowrl_deploy.serve import ServeConfig, serve_forever
     from flowrl_deploy.serve.server import banner
 

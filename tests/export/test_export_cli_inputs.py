@@ -53,7 +53,7 @@ def refused(args: list[str], message: str) -> None:
 
 def test_a_checkpoint_n_beyond_the_limit_is_refused_before_building(huge_n_checkpoint, tmp_path, monkeypatch):
     """`flowrl export RUN` and `flowrl serve RUN` (no --steps: the checkpoint's N) built for minutes."""
-    from flowrl_deploy.cli.serve import export_for_serving
+    from flowrl_deploy.export import export_for_serving
 
     monkeypatch.setattr("flowrl_deploy.export.graph.build_policy_graph", refuse)
     monkeypatch.setattr("flowrl_deploy.train.evaluate.checkpoint_act_fn", refuse)

@@ -48,7 +48,7 @@ def onnx_file(checkpoint, tmp_path_factory):
 @pytest.mark.slow  # the export verifies against torch (~10 s)
 def test_a_checkpoint_is_exported_on_the_fly(checkpoint, onnx_file):
     """With the exporter `flowrl serve` gives the server (serve itself never imports it)."""
-    from flowrl_deploy.cli.serve import export_for_serving
+    from flowrl_deploy.export import export_for_serving
     from flowrl_deploy.noise import draw_noise, session_noise
     from flowrl_deploy.runtime import OnnxPolicy
 
