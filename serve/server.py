@@ -379,7 +379,8 @@ class PolicyServer:
         and a health Watch once it has sent NOT_SERVING (:class:`OpenStreams`). Once no call is left
         in flight the connections are closed at once: gRPC's own stop also waits, up to the grace
         period, for each client to answer its GOAWAY, which a frozen peer (a stopped process, a cut
-        cable) never does."""
+        cable) never does. A call that reaches the server as the stop begins, before its handler has
+        started, may then be cancelled, as at the end of the grace period."""
         grace = self.config.grace_s if grace is None else check_grace("grace", grace)
         if self._stopped:
             return
