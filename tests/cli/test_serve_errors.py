@@ -98,13 +98,16 @@ def test_query_with_a_ca_that_is_not_pem_is_one_line_error(policy):
 
 @pytest.fixture
 def serve_call(monkeypatch):
-    """Patch the server out of `flowrl serve`: the dict gets the ServeConfig it would have served."""
+    """Patch the server out of `flowrl serve`: the dict gets the ServeConfig it would have served
+    and the exporter it would have been given for a checkpoint."""
     import flowrl_deploy.serve
 
     called: dict = {}
-    monkeypatch.setattr(
-        flowrl_deploy.serve, "serve_forever", lambda config, on_ready=None: called.update(config=config)
-    )
+
+    def serve_forever(config, on_ready=None, export_checkpoint=None):
+        called.update(config=config, export_checkpoint=export_checkpoint)
+
+    monkeypatch.setattr(flowrl_deploy.serve, "serve_forever", serve_forever)
     return called
 
 
@@ -161,5 +164,6 @@ def test_steps_reaches_the_server_for_a_checkpoint(tmp_path, serve_call):
     result = runner.invoke(app, ["serve", str(tmp_path), "--port", "0", "--steps", "1"])
     assert result.exit_code == 0, result.output
     assert serve_call["config"].steps == 1
+    assert callable(serve_call["export_checkpoint"])  # a checkpoint is served by exporting it
     runner.invoke(app, ["serve", str(tmp_path), "--port", "0"])
     assert serve_call["config"].steps is None  # the checkpoint's training steps
