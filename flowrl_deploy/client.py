@@ -40,6 +40,8 @@ from flowrl_deploy.proto.flowrl.v1 import policy_pb2_grpc as pb_grpc
 from flowrl_deploy.tls import check_key_pair, read_certificates
 
 log = logging.getLogger("flowrl.client")
+PERIOD_MISMATCH = "period_s %g s (%g Hz) differs from the served policy's control period, %g s (%g Hz)"
+"""The warning of a session whose period is not the served policy's (a caller that already warned filters it)."""
 
 # Reconnect quickly after a server restart (gRPC's default first backoff is 1 s).
 CHANNEL_OPTIONS = (
@@ -641,7 +643,7 @@ class ControlSession:
         served_period_s = self.info.control_period_s
         if served_period_s > 0 and not math.isclose(self.period_s, served_period_s, rel_tol=1e-6):
             log.warning(
-                "period_s %g s (%g Hz) differs from the served policy's control period, %g s (%g Hz)",
+                PERIOD_MISMATCH,
                 self.period_s,
                 1 / self.period_s,
                 served_period_s,

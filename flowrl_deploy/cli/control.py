@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 from pathlib import Path
 from typing import Annotated
 
@@ -19,6 +20,13 @@ from flowrl_deploy.cli._common import (
     write_report,
 )
 from flowrl_deploy.contract import MAX_TIMEOUT_S
+
+
+def _not_the_period_warning(record: logging.LogRecord) -> bool:
+    """The session's period warning repeats the one `_announce_rate` gave, which names --hz."""
+    from flowrl_deploy.client import PERIOD_MISMATCH
+
+    return record.msg is not PERIOD_MISMATCH
 
 
 def _announce_rate(explicit: bool):
@@ -92,7 +100,7 @@ def control(
     Exits 1 when no tick got a fresh action or --max-misses stopped the run, 130 on Ctrl-C.
     """
     from flowrl_deploy.affinity import parse_cpus, pin_to_cpus
-    from flowrl_deploy.client import checked_timeout
+    from flowrl_deploy.client import checked_timeout, log
     from flowrl_deploy.errors import FlowRLError
     from flowrl_deploy.train.control import run_control
 
@@ -101,26 +109,30 @@ def control(
     if json_path is not None:
         inputs = {"--local-model": local_model, "--tls-ca": tls_ca, "--tls-cert": tls_cert, "--tls-key": tls_key}
         check_report("--json", json_path, inputs)
-    report = run_control(
-        server,
-        env,
-        hz,
-        episodes,
-        seed,
-        token=token,
-        tls_ca=tls_ca,
-        tls_cert=tls_cert,
-        tls_key=tls_key,
-        deadline_s=None if deadline_ms is None else deadline_ms / 1e3,
-        fallback=fallback,
-        local_model=local_model,
-        max_steps=max_steps,
-        max_misses=max_misses,
-        contract_hash=contract_hash,
-        connect_timeout_s=connect_timeout,
-        stop_on_interrupt=True,
-        on_rate=_announce_rate(explicit=hz is not None),
-    )
+    log.addFilter(_not_the_period_warning)
+    try:
+        report = run_control(
+            server,
+            env,
+            hz,
+            episodes,
+            seed,
+            token=token,
+            tls_ca=tls_ca,
+            tls_cert=tls_cert,
+            tls_key=tls_key,
+            deadline_s=None if deadline_ms is None else deadline_ms / 1e3,
+            fallback=fallback,
+            local_model=local_model,
+            max_steps=max_steps,
+            max_misses=max_misses,
+            contract_hash=contract_hash,
+            connect_timeout_s=connect_timeout,
+            stop_on_interrupt=True,
+            on_rate=_announce_rate(explicit=hz is not None),
+        )
+    finally:
+        log.removeFilter(_not_the_period_warning)
     typer.echo(report.summary())
     if json_path is not None:
         write_report("--json", json_path, report.to_dict())
