@@ -103,3 +103,23 @@ def test_serving_a_pipe_is_refused_at_once_not_read(tmp_path):
     assert result.returncode == 1 and "Traceback" not in result.stderr
     refusal = f"error: {fifo} is not a regular file (a device, pipe or socket), so not an ONNX model"
     assert result.stderr.strip() == refusal
+
+
+@pytest.mark.parametrize("name", ["checkpoint.json", "model.safetensors"])
+def test_serving_a_checkpoint_holding_a_pipe_is_refused_not_read(tmp_path, name):
+    """The checkpoint readers take only regular files, so the exporter of `flowrl serve RUN` never
+    opens a FIFO in the checkpoint (reading one blocks, deaf to SIGTERM: the bound here)."""
+    from fake_checkpoints import save_step
+
+    checkpoint = save_step(tmp_path / "run", 1)
+    (checkpoint / name).unlink()
+    os.mkfifo(checkpoint / name)
+    result = subprocess.run(
+        [sys.executable, "-m", "flowrl_deploy.cli", "serve", str(tmp_path / "run"), "--port", "0"],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        env={**os.environ, "OMP_NUM_THREADS": "1"},
+    )
+    assert result.returncode == 1 and "Traceback" not in result.stderr, result.stderr[-2000:]
+    assert result.stderr.startswith("error: ") and result.stderr.count("\n") == 1 and name in result.stderr
