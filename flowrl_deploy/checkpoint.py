@@ -252,7 +252,7 @@ def read_document(path: str | os.PathLike[str]) -> dict[str, Any]:
     """Read and validate a checkpoint's JSON document without loading any tensor."""
     directory = resolve_checkpoint(path)
     doc_path = directory / DOCUMENT_FILE
-    if not doc_path.is_file():
+    if not _present(doc_path):
         raise CheckpointError(f"{directory} lacks {DOCUMENT_FILE}: it is incomplete or not a flowrl-deploy checkpoint")
     try:
         document = json.loads(doc_path.read_text())
@@ -302,14 +302,14 @@ def load_checkpoint(path: str | os.PathLike[str], *, training_state: bool = Fals
             )
     checkpoint = Checkpoint(directory, spec, document, actor)
     if training_state:
-        if not (directory / TRAINING_TENSORS_FILE).is_file():
+        if not _present(directory / TRAINING_TENSORS_FILE):
             raise CheckpointError(
                 f"{directory} holds only the policy (no {TRAINING_TENSORS_FILE}): it can be evaluated "
                 "and exported, not resumed"
             )
         checkpoint.training_tensors = _load_tensors(directory / TRAINING_TENSORS_FILE, required=True)
         json_path = directory / TRAINING_JSON_FILE
-        if json_path.is_file():
+        if _present(json_path):
             try:
                 checkpoint.training_json = json.loads(json_path.read_text())
             except (UnicodeDecodeError, json.JSONDecodeError) as exc:
@@ -318,8 +318,18 @@ def load_checkpoint(path: str | os.PathLike[str], *, training_state: bool = Fals
     return checkpoint
 
 
+def _present(path: Path) -> bool:
+    """Whether a checkpoint file is there. One that exists but is no regular file is refused by name
+    (reading a pipe blocks, deaf to SIGTERM), not taken as absent."""
+    if path.is_file():
+        return True
+    if path.exists():
+        raise CheckpointError(f"{path} is not a regular file (a directory, device, pipe or socket)")
+    return False
+
+
 def _load_tensors(path: Path, *, required: bool) -> dict[str, np.ndarray]:
-    if not path.is_file():
+    if not _present(path):
         if required:
             raise CheckpointError(f"{path} is missing: the checkpoint is incomplete")
         return {}

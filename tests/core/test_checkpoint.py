@@ -66,6 +66,23 @@ class TestRoundTrip:
             for name in (ckpt.DOCUMENT_FILE, ckpt.MODEL_FILE, ckpt.TRAINING_TENSORS_FILE, ckpt.TRAINING_JSON_FILE)
         }
 
+    @pytest.mark.parametrize(
+        "name", ["DOCUMENT_FILE", "MODEL_FILE", "TRAINING_TENSORS_FILE", "TRAINING_JSON_FILE", "REPLAY_FILE"]
+    )
+    def test_a_checkpoint_file_that_is_no_regular_file_is_refused_by_name_not_taken_as_absent(self, tmp_path, name):
+        """A directory here; a pipe is refused the same way, before anything opens it (its read would block)."""
+        path = save(
+            tmp_path / "c",
+            training_tensors={"critic.w": np.ones(3, np.float32)},
+            training_json={"a": 1},
+            replay={"obs": np.zeros(2, np.float32)},
+        )
+        target = path / getattr(ckpt, name)
+        target.unlink()
+        target.mkdir()
+        with pytest.raises(ckpt.CheckpointError, match=f"^{target} is not a regular file"):
+            ckpt.load_checkpoint(path, training_state=True)
+
     def test_run_dir_resolves_to_last_link(self, tmp_path):
         checkpoints = tmp_path / "run" / ckpt.CHECKPOINTS_DIR
         first, second = save(checkpoints / "step_1", 1.0), save(checkpoints / "step_2", 2.0)
