@@ -2,6 +2,7 @@
 
 import csv
 import json
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -12,7 +13,7 @@ from flowrl_deploy.errors import CheckpointError, FlowRLError
 from flowrl_deploy.spec import PolicySpec
 from flowrl_deploy.train import loop
 from flowrl_deploy.train.algorithm import FlowRL
-from flowrl_deploy.train.checkpointing import load_actor, resume_config
+from flowrl_deploy.train.checkpointing import RunCheckpoints, load_actor, resume_config
 from flowrl_deploy.train.config import ConfigError, TrainConfig
 from flowrl_deploy.train.envs import episode_seed
 from flowrl_deploy.train.evaluate import EVAL_NOISE_STREAM, EVAL_STREAM, EvalResult, checkpoint_act_fn, evaluate
@@ -103,6 +104,38 @@ def test_a_best_checkpoint_between_periodic_saves_is_kept(monkeypatch, tmp_path)
     assert sorted(p.name for p in checkpoints.glob("step_*")) == ["step_000000100", "step_000000200", "step_000000300"]
     assert (checkpoints / "best").resolve().name == "step_000000100"
     assert load_checkpoint(checkpoints / "best").counters["env_steps"] == 100
+
+
+def _save_steps(checkpoints: RunCheckpoints, steps: list[tuple[int, bool]]) -> list[str]:
+    """Save each (step, best) with a write that records the folder it writes; returns those names."""
+    written: list[str] = []
+
+    def write(path: Path) -> None:
+        written.append(path.name)
+        path.mkdir(exist_ok=True)
+
+    for step, best in steps:
+        checkpoints.save(step, write, best=best)
+    return written
+
+
+def test_without_periodic_saves_only_the_best_and_last_checkpoints_are_kept(tmp_path):
+    """--save-every 0 turns periodic checkpoints off: an evaluation's checkpoint is removed once
+    neither ``best`` nor ``last`` names it, not kept forever."""
+    checkpoints = RunCheckpoints(tmp_path, save_every=0)
+    _save_steps(checkpoints, [(10, True), (20, False), (30, False)])
+    assert sorted(p.name for p in checkpoints.dir.glob("step_*")) == ["step_000000010", "step_000000030"]
+    assert (checkpoints.dir / "best").resolve().name == "step_000000010"
+    assert (checkpoints.dir / "last").resolve().name == "step_000000030"
+
+
+def test_a_step_saved_twice_is_written_once(tmp_path):
+    """The loop saves at an evaluation and again at a periodic or the final step: when two fall on one
+    step, the second only moves the links (a rewrite would redo a whole checkpoint, replay included)."""
+    checkpoints = RunCheckpoints(tmp_path, save_every=0)
+    written = _save_steps(checkpoints, [(20, False), (20, True), (30, False)])
+    assert written == ["step_000000020", "step_000000030"]
+    assert (checkpoints.dir / "best").resolve().name == "step_000000020"
 
 
 def test_an_evaluation_that_ties_the_best_moves_best_to_the_newer_policy(monkeypatch, tmp_path):
