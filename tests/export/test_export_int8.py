@@ -100,6 +100,35 @@ def test_int8_verification_refuses_a_small_systematic_bias(monkeypatch):
         verify_parity(model, actor, SPEC, **INT8_CHECK)
 
 
+def test_int8_verification_refuses_one_action_far_off_on_one_input(monkeypatch):
+    """One action of one input off by half its half-range, every other one right: the mean stays
+    within its bound (0.02 half-range), so the per-element bound (0.25) is what catches it."""
+    actor = actor_tensors()
+    model = int8_graph(actor)
+    first_obs = verify.verification_inputs(SPEC, 1, 1, np.random.default_rng(0))[0][0]  # verify_parity's seed 0
+    half_range = (SPEC.action_high[0] - SPEC.action_low[0]) / 2
+    real_session = verify.make_session
+
+    class OneActionOff:
+        def __init__(self, *args, **kwargs):
+            self.session = real_session(*args, **kwargs)
+
+        def run(self, names, feeds):
+            action, *rest = self.session.run(names, feeds)
+            if np.array_equal(feeds["obs"], first_obs):  # the same input gives the same (wrong) action
+                action[0, 0] -= np.sign(action[0, 0]) * 0.5 * half_range
+            return [action, *rest]
+
+    monkeypatch.setattr(verify, "make_session", OneActionOff)
+    with monkeypatch.context() as mean_only:
+        mean_only.setattr(verify, "INT8_ACTION_ATOL", np.inf)
+        report = verify_parity(model, actor, SPEC, **INT8_CHECK)
+    assert report.passed and report.mean_abs_error_action <= verify.INT8_MEAN_ATOL
+    assert report.max_abs_error_action_half_ranges > 0.45
+    with pytest.raises(VerificationError, match=r"does not match.*max \|Δaction\| = 0\.5\d* × half-range.*FAILED"):
+        verify_parity(model, actor, SPEC, **INT8_CHECK)
+
+
 def test_the_reported_int8_errors_are_in_half_ranges_but_the_absolute_max(reference):
     """|Δaction| / half-range, averaged and maximised over every element (the half-ranges here are 1,
     2 and 0.25), beside the absolute max; the summary names each unit."""
