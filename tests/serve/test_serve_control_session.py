@@ -261,14 +261,16 @@ def test_a_period_other_than_the_served_control_period_is_accepted_with_a_warnin
 class FlakyServer:
     """Stands in for the StreamAct streams of a server that goes down and up, on a clock the test moves.
 
-    ``opened`` holds the clock time of every stream the session opened (each reconnection try).
-    A stream of the server while down breaks at its first request; while up it answers every request.
+    ``opened`` holds the clock time of every stream the session opened (each reconnection try), and
+    ``sent`` the requests each of those streams was sent. A stream of the server while down breaks at
+    its first request; while up it answers every request.
     """
 
     def __init__(self, monkeypatch) -> None:
         self.up = False
         self.now = 1000.0
         self.opened: list[float] = []
+        self.sent: list[list[pb.StreamActRequest]] = []
         monkeypatch.setattr(client_module, "_Stream", self.stream)
         clock = SimpleNamespace(
             monotonic=lambda: self.now, perf_counter=time.perf_counter, time_ns=time.time_ns, sleep=time.sleep
@@ -277,9 +279,11 @@ class FlakyServer:
 
     def stream(self, _client: PolicyClient) -> SimpleNamespace:
         self.opened.append(self.now)
+        self.sent.append(sent := [])
         replies = queue.SimpleQueue()
 
         def put(request: pb.StreamActRequest) -> None:
+            sent.append(request)
             if self.up:
                 replies.put(pb.StreamActReply(seq=request.seq, action=encode(np.zeros(ACT_DIM, np.float32))))
             else:
@@ -317,6 +321,84 @@ def test_reconnect_backoff_doubles_up_to_its_cap_and_restarts_after_a_fresh_repl
     second = server.run(control, 1.0)
     assert np.diff([0.0, *second]) == pytest.approx(RECONNECT_WAITS[:5], abs=0.0025)
     control.close()
+
+
+def test_a_reopened_stream_sends_the_seed_of_the_latest_reset_and_the_pin_with_its_first_request(client, monkeypatch):
+    """The server restarts a reconnected session's noise from its seed, and checks its pin, only
+    when the new stream's first request carries them; later requests of a stream carry neither."""
+    server = FlakyServer(monkeypatch)
+    server.up = True
+    pin = client.spec().contract_hash
+    control = client.session(period_s=0.02, seed=5, fallback="zeros", contract_hash=pin)
+    server.run(control, 0.004)  # two ticks on one stream
+    first, second = server.sent[-1]
+    assert (first.seed, first.contract_hash) == (5, pin)
+    assert not second.HasField("seed") and not second.contract_hash
+    for seed in (5, 6):
+        server.up = False
+        server.run(control, 0.002)  # the stream breaks
+        server.up = True
+        server.run(control, 0.1)  # the session reconnects (after 0.05 s)
+        assert control.timings[-1].source == "server"
+        first, second, *_ = server.sent[-1]
+        assert (first.seed, first.contract_hash) == (seed, pin)
+        assert not second.HasField("seed")
+        control.reset(seed=6)  # the server's own Reset; a stream opened later restarts the noise from 6
+    control.close()
+
+
+def test_each_request_gives_the_server_the_time_left_until_the_ticks_deadline(client, monkeypatch):
+    server = FlakyServer(monkeypatch)
+    server.up = True
+    with client.session(period_s=0.5, deadline_s=0.2) as control:
+        control.act(OBS)
+    (request,) = server.sent[-1]
+    assert 0 < request.timeout_us <= 0.2e6  # 0 would be no deadline: the server would run a late request
+
+
+def test_a_fresh_action_restarts_the_count_of_misses_in_a_row(client):
+    with client.session(period_s=0.5, seed=0, max_consecutive_misses=2) as control:
+        control.deadline_s = MISS_S
+        control.act(OBS)
+        control.deadline_s = 0.25
+        control.act(OBS)
+        assert control.health.consecutive_misses == 0
+        control.deadline_s = MISS_S
+        control.act(OBS)  # one miss since the fresh action: no WatchdogError
+        assert [t.source for t in control.timings] == ["hold", "server", "hold"]
+        assert (control.health.consecutive_misses, control.health.misses) == (1, 2)
+
+
+def test_the_zeros_fallback_after_a_fresh_action_is_zeros_not_the_last_action(client):
+    with client.session(period_s=0.5, seed=0, fallback="zeros") as control:
+        assert np.any(control.act(OBS) != 0) and control.timings[-1].source == "server"
+        control.deadline_s = MISS_S
+        for _ in range(2):
+            action = control.act(OBS)
+            assert control.timings[-1].source == "zeros"
+            np.testing.assert_array_equal(action, np.zeros(ACT_DIM))
+            action += 1.0  # the caller's own copy: the next fallback is zeros still
+
+
+def test_the_rate_clamp_applies_to_fallback_actions_too(client):
+    """A zeros fallback after a large action would jump the actuators by the whole action at once."""
+    with client.session(period_s=0.5, seed=0, fallback="zeros", max_rate=0.02) as control:
+        first = control.act(OBS * 50)
+        assert control.timings[-1].source == "server" and np.any(np.abs(first) > 0.1)
+        control.deadline_s = MISS_S
+        second = control.act(OBS)
+        assert control.timings[-1].source == "zeros"
+        assert np.all(np.abs(second - first) <= 0.01 + 1e-6)  # max_rate * period_s
+        assert np.all(np.abs(second) < np.abs(first))  # moving towards zeros
+
+
+def test_a_session_pinning_a_contract_pins_its_hash_for_reset_too(client):
+    other = tiny_contract(control_period_s=0.05)
+    with client.session(period_s=0.5, contract=other) as control:
+        assert control.contract_hash == other.hash()
+        with pytest.raises(ServiceError) as info:
+            control.reset(seed=1)
+        assert info.value.code == grpc.StatusCode.FAILED_PRECONDITION
 
 
 NAN, INF = math.nan, math.inf
