@@ -37,6 +37,7 @@ def test_control_against_no_server_fails_fast_and_says_why():
         (["--max-steps", "0"], "--max-steps must be >= 1, got 0"),
         (["--deadline-ms", "-1"], "--deadline-ms must be a finite number > 0, got -1"),
         (["--seed", "-1"], "--seed must lie in [0, 2**32), got -1"),
+        (["--seed", str(2**32)], f"--seed must lie in [0, 2**32), got {2**32}"),  # one past the last seed
         (["--hz", "0"], "--hz must be > 0, got 0"),
         (["--hz", "-5"], "--hz must be > 0, got -5"),
         (["--episodes", "0"], "--episodes must be >= 1, got 0"),
