@@ -100,3 +100,27 @@ def test_a_finished_run_closes_the_simulator(server, monkeypatch):
     env = RecordingEnv(length=2)
     _run(server, env, monkeypatch, hz=1000)
     assert env.closed
+
+
+def test_ctrl_c_propagates_unless_the_caller_stops_on_it(server, monkeypatch):
+    """flowrl demo runs without stop_on_interrupt: Ctrl-C must reach it (it stops its server and says
+    the run was interrupted), not end the run as if it had finished and have a partial run written up
+    as its result; the simulator is closed either way."""
+    from flowrl_deploy.client import ControlSession
+
+    act, calls = ControlSession.act, []
+
+    def ctrl_c_at_the_third_tick(self, obs):
+        calls.append(1)
+        if len(calls) == 3:
+            raise KeyboardInterrupt
+        return act(self, obs)
+
+    monkeypatch.setattr(ControlSession, "act", ctrl_c_at_the_third_tick)
+    env = RecordingEnv(length=10)
+    with pytest.raises(KeyboardInterrupt):
+        _run(server, env, monkeypatch, hz=1000, stop_on_interrupt=False)
+    assert env.closed and env.steps == 2
+    calls.clear()
+    report = _run(server, RecordingEnv(length=10), monkeypatch, hz=1000, stop_on_interrupt=True)
+    assert report.interrupted and report.steps == 2 and report.returns == []
