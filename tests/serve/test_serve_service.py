@@ -151,6 +151,21 @@ def test_bad_obs_on_a_stream_keeps_the_stream_open(client):
     assert second.status.code == 0 and second.seq == 2
 
 
+def test_a_stream_request_of_more_than_one_observation_is_invalid_argument(client):
+    requests = [pb.StreamActRequest(session_id="pair", seq=1, obs=encode(_obs(2)))]
+    (reply,) = client.stub.StreamAct(iter(requests), timeout=5)
+    assert reply.status.code == grpc.StatusCode.INVALID_ARGUMENT.value[0]
+    assert reply.status.message == "obs: StreamAct takes one observation per request, got 2"
+    assert not reply.HasField("action")
+
+
+def test_reset_without_a_session_id_is_invalid_argument(client):
+    with pytest.raises(ServiceError) as info:
+        client.reset("", seed=1)
+    assert info.value.code == grpc.StatusCode.INVALID_ARGUMENT
+    assert info.value.details == "Reset needs a session_id"
+
+
 def test_unknown_session_is_not_found(client):
     with pytest.raises(ServiceError) as info:
         client.act(_obs(1), session_id="nobody")
@@ -158,20 +173,36 @@ def test_unknown_session_is_not_found(client):
     assert "nobody" in info.value.details
 
 
-def test_stream_session_is_evicted_when_the_stream_ends(client):
-
-    list(
-        client.stub.StreamAct(iter([pb.StreamActRequest(session_id="brief", seq=1, obs=encode(_obs(1)[0]))]), timeout=5)
-    )
+def _assert_dropped_soon(client: PolicyClient, session_id: str) -> None:
+    """The session is dropped within 2 s (a stream's eviction runs after its end, in gRPC's thread)."""
     deadline = time.monotonic() + 2
     while time.monotonic() < deadline:
         try:
-            client.act(_obs(1), session_id="brief")
+            client.act(_obs(1), session_id=session_id)
         except ServiceError as exc:
             assert exc.code == grpc.StatusCode.NOT_FOUND
             return
         time.sleep(0.02)
     pytest.fail("the stream's session outlived its stream")
+
+
+def test_stream_session_is_evicted_when_the_stream_ends(client):
+
+    list(
+        client.stub.StreamAct(iter([pb.StreamActRequest(session_id="brief", seq=1, obs=encode(_obs(1)[0]))]), timeout=5)
+    )
+    _assert_dropped_soon(client, "brief")
+
+
+def test_a_stream_session_reset_by_its_own_robot_is_still_evicted_when_the_stream_ends(client):
+    """ControlSession.reset calls Reset on its stream's session: that must not take the session from
+    the stream (a session no stream owns outlives it until the idle sweep)."""
+    with client.session(period_s=0.5, seed=1) as control:
+        control.act(_obs(1)[0])
+        control.reset(seed=2)
+        control.act(_obs(1)[0])
+        assert [t.source for t in control.timings] == ["server", "server"]
+    _assert_dropped_soon(client, control.session_id)
 
 
 def test_sessions_opened_by_reset_are_dropped_when_idle_but_stream_sessions_are_not(tmp_path):
