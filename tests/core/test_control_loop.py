@@ -24,8 +24,8 @@ from tiny_policy import ACT_DIM, OBS_DIM, write_policy
 class RecordingEnv:
     """Episodes of ``length`` steps; records each reset's seed, and runs ``on_step(step)`` in every step."""
 
-    def __init__(self, length: int, on_step=lambda step: None, obs_dim: int = OBS_DIM) -> None:
-        self.info = EnvInfo("fake:recorder", obs_dim, ACT_DIM, -np.ones(ACT_DIM), np.ones(ACT_DIM))
+    def __init__(self, length: int, on_step=lambda step: None, obs_dim: int = OBS_DIM, act_dim: int = ACT_DIM) -> None:
+        self.info = EnvInfo("fake:recorder", obs_dim, act_dim, -np.ones(act_dim), np.ones(act_dim))
         self.length, self.on_step = length, on_step
         self.seeds: list[int | None] = []
         self.steps = 0
@@ -81,16 +81,25 @@ def test_a_tick_that_starts_more_than_one_period_late_is_an_overrun(server, monk
     assert report.jitter_us == pytest.approx(float(np.std([0.0, 0.15, 0.05]) * 1e6))
 
 
+MISFIT = "fake:recorder has obs/act dims {}/{}, the policy " + f"{OBS_DIM}/{ACT_DIM}"
+
+
 @pytest.mark.parametrize(
-    ("obs_dim", "settings", "why"),
+    ("dims", "settings", "why"),
     [
-        (OBS_DIM + 1, {}, f"fake:recorder has obs/act dims {OBS_DIM + 1}/{ACT_DIM}, the policy {OBS_DIM}/{ACT_DIM}"),
-        (OBS_DIM, {"fallback": "local", "local_model": "missing.onnx"}, "ONNX model not found: missing.onnx"),
+        ((OBS_DIM + 1, ACT_DIM), {}, MISFIT.format(OBS_DIM + 1, ACT_DIM)),
+        ((OBS_DIM, ACT_DIM + 1), {}, MISFIT.format(OBS_DIM, ACT_DIM + 1)),
+        (
+            (OBS_DIM, ACT_DIM),
+            {"fallback": "local", "local_model": "missing.onnx"},
+            "ONNX model not found: missing.onnx",
+        ),
     ],
 )
-def test_a_run_refused_after_the_simulator_opened_closes_it(server, monkeypatch, obs_dim, settings, why):
-    """The dims refusal and a refused session left the simulator (a MuJoCo model) open."""
-    env = RecordingEnv(length=2, obs_dim=obs_dim)
+def test_a_run_refused_after_the_simulator_opened_closes_it(server, monkeypatch, dims, settings, why):
+    """An environment that differs from the policy in either dim is refused (the policy would read or
+    act on the wrong numbers); that refusal and a refused session left the simulator (a MuJoCo model) open."""
+    env = RecordingEnv(length=2, obs_dim=dims[0], act_dim=dims[1])
     with pytest.raises(FlowRLError, match=re.escape(why)):
         _run(server, env, monkeypatch, hz=1000, **settings)
     assert env.closed and env.seeds == []
