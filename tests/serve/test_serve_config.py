@@ -124,11 +124,13 @@ def test_stop_refuses_a_grace_period_it_could_not_wait(server):
         ({"port": "taken"}, "address already in use"),
         ({"tls_cert": "x.pem"}, "TLS needs both --tls-cert and --tls-key"),
         ({"steps": 3}, "--steps applies to a checkpoint"),
+        ({"model": "garbage"}, "cannot load ONNX model"),  # refused after gRPC bound its port and started
     ],
 )
 def test_a_refused_start_leaves_no_thread_or_folder_behind(tmp_path, setting, message):
     """A start() refused before gRPC ran (its settings, the port) left the batcher's threads, which
-    the servicer starts when the server is built, and the work folder behind until stop()."""
+    the servicer starts when the server is built, and the work folder behind until stop(); one refused
+    after (the model) also left gRPC serving on its port."""
     import socket
     import threading
 
@@ -137,8 +139,11 @@ def test_a_refused_start_leaves_no_thread_or_folder_behind(tmp_path, setting, me
         taken.listen()
         if setting.get("port") == "taken":
             setting = {"port": taken.getsockname()[1]}
-        settings = {"port": 0, "max_batch": 4, "batch_workers": 2, "grace_s": 0, **setting}
-        config = ServeConfig(str(write_policy(tmp_path / "policy.onnx")), **settings)
+        if setting.get("model") == "garbage":
+            (tmp_path / "garbage.onnx").write_bytes(b"not an ONNX model")
+            setting = {"model": str(tmp_path / "garbage.onnx")}
+        settings = {"model": str(write_policy(tmp_path / "policy.onnx")), "port": 0, **setting}
+        config = ServeConfig(**settings, max_batch=4, batch_workers=2, grace_s=0)
         before = set(threading.enumerate())
         server = PolicyServer(config)
         batchers = [t for t in set(threading.enumerate()) - before if t.name.startswith("flowrl-batcher")]
@@ -149,3 +154,6 @@ def test_a_refused_start_leaves_no_thread_or_folder_behind(tmp_path, setting, me
         thread.join(timeout=10)
     assert not any(t.is_alive() for t in batchers)
     assert not os.path.exists(server._workdir.name)
+    if server.port:  # a port gRPC had bound is free again
+        with socket.socket() as again:
+            again.bind(("127.0.0.1", server.port))

@@ -121,6 +121,7 @@ def test_an_open_network_address_without_token_or_tls_is_warned_about(policy_pat
         ("::", "[::1]:9"),
         ("[::]", "[::1]:9"),  # a bound address prints IPv6 bracketed
         ("::1", "[::1]:9"),
+        ("[::1]", "[::1]:9"),  # bracketed once, not twice
         ("10.0.0.7", "10.0.0.7:9"),
         ("robot-brain", "robot-brain:9"),
     ],
