@@ -1,12 +1,16 @@
 """The wheel installs one import namespace, and the robot-side install needs no torch."""
 
+import importlib.metadata
 import re
 import subprocess
 import sys
 import zipfile
+from collections import defaultdict
 from pathlib import Path
 
 import pytest
+
+from flowrl_deploy.extras import EXTRAS_OF
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -45,3 +49,28 @@ def test_console_script_and_extras(wheel):
     assert any("torch" in r and 'extra == "train"' in r for r in requires)
     (entry,) = [n for n in wheel.namelist() if n.endswith("entry_points.txt")]
     assert "flowrl = flowrl_deploy.cli:app" in wheel.read(entry).decode()
+
+
+def _distribution(requirement: str) -> str:
+    """The normalized distribution name of a requirement ("dm_control>=1.0" -> "dm-control")."""
+    return re.sub(r"[-_.]+", "-", re.split(r"[ ;<>=!~\[]", requirement)[0]).lower()
+
+
+@pytest.mark.parametrize("extra", ["train", "export"])
+def test_every_distribution_of_an_extra_has_a_module_that_names_its_install(wheel, extra):
+    """A missing module that EXTRAS_OF does not name is a traceback, not the install hint (flowrl
+    train without tensorboard fails in torch.utils.tensorboard): each distribution of the extra must
+    provide a module EXTRAS_OF maps to it, and EXTRAS_OF maps to it no module that it does not install."""
+    (meta,) = [n for n in wheel.namelist() if n.endswith("dist-info/METADATA")]
+    requires = [line.removeprefix("Requires-Dist: ") for line in wheel.read(meta).decode().splitlines()]
+    distributions = {_distribution(r) for r in requires if f'extra == "{extra}"' in r}
+    assert distributions
+    modules_of = defaultdict(set)  # distribution -> its top-level modules, as installed here
+    for module, installed_by in importlib.metadata.packages_distributions().items():
+        for distribution in installed_by:
+            modules_of[_distribution(distribution)].add(module)
+    if not_installed := sorted(distributions - set(modules_of)):
+        pytest.skip(f"{', '.join(not_installed)} not installed here, so their modules are unknown")
+    mapped = {module for module, extras in EXTRAS_OF.items() if extra in extras}
+    assert sorted(d for d in distributions if not modules_of[d] & mapped) == []
+    assert mapped <= set().union(*(modules_of[d] for d in distributions))
