@@ -62,7 +62,8 @@ def test_every_distribution_of_an_extra_has_a_module_that_names_its_install(whee
     train without tensorboard fails in torch.utils.tensorboard): each distribution of the extra must
     provide a module EXTRAS_OF maps to it, and EXTRAS_OF maps to it no module that it does not install."""
     (meta,) = [n for n in wheel.namelist() if n.endswith("dist-info/METADATA")]
-    requires = [line.removeprefix("Requires-Dist: ") for line in wheel.read(meta).decode().splitlines()]
+    lines = wheel.read(meta).decode().splitlines()
+    requires = [line.removeprefix("Requires-Dist: ") for line in lines if line.startswith("Requires-Dist:")]
     distributions = {_distribution(r) for r in requires if f'extra == "{extra}"' in r}
     assert distributions
     modules_of = defaultdict(set)  # distribution -> its top-level modules, as installed here
