@@ -81,6 +81,21 @@ def test_a_tick_that_starts_more_than_one_period_late_is_an_overrun(server, monk
     assert report.jitter_us == pytest.approx(float(np.std([0.0, 0.15, 0.05]) * 1e6))
 
 
+def test_each_episode_starts_its_first_tick_at_once_and_then_keeps_the_period(server, monkeypatch):
+    """On a fake clock where acting and stepping take no time, at 10 Hz: no wait before the first tick
+    of either episode (the reset is the start of its schedule), one period before each later tick."""
+    clock, sleeps = [0.0], []
+
+    def sleep(seconds: float) -> None:
+        sleeps.append(seconds)
+        clock[0] += seconds
+
+    monkeypatch.setattr(control, "time", SimpleNamespace(perf_counter=lambda: clock[0], sleep=sleep))
+    report = _run(server, RecordingEnv(length=3), monkeypatch, hz=10, episodes=2)
+    assert report.steps == 6 and report.overruns == 0 and report.jitter_us == pytest.approx(0.0, abs=1e-3)
+    assert sleeps == pytest.approx([0.1, 0.1] * 2)
+
+
 MISFIT = "fake:recorder has obs/act dims {}/{}, the policy " + f"{OBS_DIM}/{ACT_DIM}"
 
 
