@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import queue
 import re
 import threading
 import time
@@ -19,7 +20,7 @@ from flowrl_deploy.proto.flowrl.v1 import policy_pb2 as pb
 from flowrl_deploy.proto.flowrl.v1 import policy_pb2_grpc as pb_grpc
 from flowrl_deploy.runtime import OnnxPolicy
 from flowrl_deploy.serve import PolicyServer, ServeConfig
-from flowrl_deploy.serve.batcher import MicroBatcher
+from flowrl_deploy.serve.batcher import MicroBatcher, _Request
 from flowrl_deploy.serve.errors import DeadlineExpired
 
 
@@ -105,6 +106,49 @@ def test_a_request_submitted_while_the_batcher_closes_is_still_answered():
         release.set()
         closing.join(timeout=10)
     np.testing.assert_array_equal(busy.result(timeout=5).action, np.full((1, 2), 0.5, np.float32))
+
+
+def test_close_returns_once_the_requests_queued_before_it_are_answered():
+    """The server's stop closes the batcher and then releases the model: a queued request must not
+    be left to a worker still running after close() returned."""
+    run = Recorder()
+    batcher = MicroBatcher(run, max_batch=4, window_us=0)
+    busy = batcher.submit(*_rows(0))
+    assert run.entered.wait(5)  # the worker is held inside the first call
+    queued = batcher.submit(*_rows(1))
+
+    def release_once_closing() -> None:
+        until = time.monotonic() + 5
+        while not batcher._closing and time.monotonic() < until:
+            time.sleep(0.001)
+        run.release.set()
+
+    releasing = threading.Thread(target=release_once_closing)
+    releasing.start()
+    batcher.close()
+    assert busy.done() and queued.done()
+    releasing.join(timeout=10)
+    np.testing.assert_array_equal(queued.result().action, np.full((1, 2), 2.5, np.float32))
+
+
+def test_a_request_that_fills_the_batch_does_not_wait_for_the_window():
+    waits = []
+
+    class WaitsRecorded(queue.SimpleQueue):
+        def get(self, block=True, timeout=None):
+            waits.append(timeout)
+            return super().get(block, timeout)
+
+        def get_nowait(self):
+            waits.append(0)
+            return super().get_nowait()
+
+    batcher = MicroBatcher(Recorder(), max_batch=2, window_us=1_000_000)
+    batcher.close()  # its workers stopped: _collect runs here, on a queue that records its waits
+    batcher._queue = WaitsRecorded()
+    full = _Request(*_rows(0, n=2), deadline=None)
+    assert batcher._collect(full) == ([full], None)
+    assert waits == []  # a full batch runs at once: no 1 s wait for a row that cannot fit
 
 
 def test_an_error_reaches_every_waiter_of_the_batch():
