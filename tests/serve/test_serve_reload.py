@@ -434,6 +434,20 @@ def test_a_reloaded_checkpoint_is_exported_at_the_n_served_now(tmp_path):
     assert [steps for _, steps in exporter.calls] == [1]
 
 
+def test_steps_stays_the_n_of_checkpoints_reloaded_after_an_onnx_file_of_another_n(tmp_path):
+    """An .onnx file reloaded in between serves its own N; --steps still names the N of checkpoints."""
+    exporter = FakeExporter()
+    run = tmp_path / "run"
+    save_step(run, 1)
+    config = ServeConfig(str(run), port=0, steps=1, grace_s=0)
+    with PolicyServer(config, export_checkpoint=exporter).start() as server, PolicyClient(server.address) as client:
+        client.reload(str(write_policy(run / "three_steps.onnx", flow_steps=3)))
+        assert client.spec().flow_steps == 3
+        client.reload(str(save_step(run, 2)))
+        assert client.spec().flow_steps == 1
+    assert [steps for _, steps in exporter.calls] == [1, 1]
+
+
 def _watch_scripted_stamps(tmp_path, monkeypatch, stamps: list, polls_wanted: int) -> list:
     """Run a FileWatcher whose polls see ``stamps`` in turn (then the last one for good) until it
     has polled ``polls_wanted`` times; returns, for each load, the stamps seen up to it."""
