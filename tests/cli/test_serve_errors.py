@@ -42,6 +42,7 @@ def policy(tmp_path_factory):
         (["--port", "0", "--batch-window-us", "-1"], "--batch-window-us must lie in [0, 1000000] µs"),
         (["--port", "0", "--max-batch", "100000000"], "--max-batch must be at most 4096"),
         (["--port", "0", "--token", ""], "--token is empty (an unset variable?)"),
+        (["--port", "0", "--token", "   "], "--token is empty (an unset variable?)"),
         (["--port", "0", "--steps", "3"], "--steps applies to a checkpoint"),
         (["--port", "0", "--steps", "0"], "--steps must lie in [1, 1000]"),
         (["--port", "0", "--cpus", "x"], "--cpus 'x': use core ids"),
@@ -158,6 +159,10 @@ def test_an_empty_flowrl_token_variable_is_refused(policy, serve_call, value):
     served = runner.invoke(app, ["serve", str(policy), "--port", "0"], env={"FLOWRL_TOKEN": "s3cret"})
     assert served.exit_code == 0, served.output
     assert serve_call["config"].token == "s3cret"
+    serve_call.clear()
+    given = runner.invoke(app, ["serve", str(policy), "--port", "0", "--token", "0ther"], env={"FLOWRL_TOKEN": value})
+    assert given.exit_code == 0, given.output  # an explicit --token overrides the empty variable
+    assert serve_call["config"].token == "0ther"
 
 
 def test_steps_reaches_the_server_for_a_checkpoint(tmp_path, serve_call):

@@ -55,6 +55,14 @@ def test_calls_refused_for_their_token_are_counted_but_not_timed(served):
     assert row == ["GetStats", "1", "1", "-", "-"]  # no latency made up for a call that never ran
 
 
+def test_a_wrong_token_is_named_without_a_hint_at_tls(served):
+    """The TLS hint fits a failed connection (UNAVAILABLE), not a refusal by a server that was reached."""
+    server, _ = served
+    result = call(server, "stats", token="wrong")
+    assert result.exit_code == 1, result.output
+    assert "UNAUTHENTICATED" in result.output and "--tls-ca" not in result.output
+
+
 def test_reload_swaps_in_a_file_beside_the_served_one(served):
     server, folder = served
     write_policy(folder / "next.onnx", scale=2.0)  # same contract, other weights

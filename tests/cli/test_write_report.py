@@ -85,7 +85,11 @@ def test_a_folder_that_is_a_file_is_named(tmp_path):
         check_writable("--json", tmp_path / "file" / "rep.json")
 
 
-@pytest.mark.parametrize("old", ['{"return": 0.5}\n', "[1, 2]", "", "\n"])
+@pytest.mark.parametrize(
+    "old",
+    ['{"return": 0.5}\n', "[1, 2]", "", "\n", "[" * 100_000 + "]" * 100_000],  # JSON too deep for json.loads
+    ids=["object", "list", "empty", "newline", "deep"],
+)
 def test_a_report_replaces_an_earlier_report_or_an_empty_file(tmp_path, old):
     report = tmp_path / "rep.json"
     report.write_text(old)
