@@ -144,6 +144,7 @@ def test_a_json_report_on_the_onnx_file_is_refused_through_a_link(checkpoint, tm
         (["export", "{ckpt}", "--opset", "99", "--out", "{tmp}/p.onnx"], "opset 99 is newer than this onnx"),
         (["export", "{ckpt}", "--out", "{tmp}"], "is a directory"),
         (["export", "{ckpt}", "--out", "{tmp}/p.onnx", "--seed", "-1"], "--seed must lie in [0, 2**32)"),
+        (["export", "{ckpt}", "--out", "{tmp}/p.onnx", "--seed", "4294967296"], "2**32), got 4294967296"),
         (["export", "{ckpt}", "--out", "{tmp}/p.onnx", "--report", "--episodes", "-1"], "--episodes must be >= 0"),
         (["export", "{ckpt}", "--out", "{tmp}/p.onnx", "--json", "{tmp}"], "--json {tmp} is a directory"),
         (["inspect", "{tmp}/missing.onnx"], "ONNX model not found"),

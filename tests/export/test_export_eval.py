@@ -92,6 +92,7 @@ def test_eval_seed_and_device_mistakes_are_one_clear_line(tmp_path):
     runner = CliRunner()
     for args, message in (
         (["--seed", "-1"], "--seed must lie in [0, 2**32)"),
+        (["--seed", str(2**32)], f"--seed must lie in [0, 2**32), got {2**32}"),  # one past the last seed
         (["--device", "tpu"], "unknown --device 'tpu'"),
         # tracebacks from torch: not compiled with CUDA, no MPS, meta tensors cannot be copied out
         (["--device", "cuda:0"], "unknown --device 'cuda:0'; use auto, cpu or cuda (to pick one of several GPUs"),
