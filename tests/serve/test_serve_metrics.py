@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 import socket
+import urllib.error
 import urllib.request
 
 import pytest
@@ -70,6 +71,23 @@ def test_metrics_are_served_on_the_host_the_server_listens_on(metrics, host):
         reach = "127.0.0.1" if "." in host else "[::1]"  # '::' listens on every IPv6 interface
         with urllib.request.urlopen(f"http://{reach}:{httpd.server_address[1]}/metrics", timeout=5) as reply:
             assert 'flowrl_model_info{version="v1-test"} 1' in reply.read().decode()
+    finally:
+        httpd.shutdown()
+        httpd.server_close()
+
+
+@pytest.mark.parametrize(("path", "status"), [("/metrics", 200), ("/", 200), ("/metrics?name[]=x", 200), ("/x", 404)])
+def test_metrics_are_served_at_metrics_and_the_root_only(metrics, path, status):
+    httpd = start_metrics_http(metrics, "127.0.0.1", 0)
+    try:
+        url = f"http://127.0.0.1:{httpd.server_address[1]}{path}"
+        try:
+            with urllib.request.urlopen(url, timeout=5) as reply:
+                got, body = reply.status, reply.read().decode()
+        except urllib.error.HTTPError as exc:
+            got, body = exc.code, ""
+        assert got == status
+        assert ('flowrl_model_info{version="v1-test"} 1' in body) == (status == 200)
     finally:
         httpd.shutdown()
         httpd.server_close()

@@ -258,6 +258,21 @@ def test_watch_reloads_when_the_file_changes(served):
     assert server.servicer.metrics.reloads == 1
 
 
+def test_a_file_replaced_by_one_of_the_same_size_and_time_is_a_change(tmp_path):
+    """A deploy that keeps the modification time (cp -p, rsync -t) may bring a file of the same
+    size: it is another file (inode) all the same, and --watch must load it."""
+    served = tmp_path / "policy.onnx"
+    served.write_bytes(b"a" * 64)
+    before = watch.served_stamp(served)
+    incoming = tmp_path / "incoming.onnx"
+    incoming.write_bytes(b"b" * 64)
+    times = served.stat()
+    os.utime(incoming, ns=(times.st_atime_ns, times.st_mtime_ns))
+    os.replace(incoming, served)
+    assert served.stat().st_mtime_ns == times.st_mtime_ns
+    assert watch.served_stamp(served) != before
+
+
 def _wait_for(condition, timeout_s: float = 5.0) -> bool:
     until = time.monotonic() + timeout_s
     while not condition() and time.monotonic() < until:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import logging
 import queue
 import re
 import threading
@@ -308,7 +309,8 @@ def test_an_action_ready_after_its_deadline_is_deadline_exceeded_not_sent(server
     assert _wait_for_act_counts(client, requests + 1) == (requests + 1, errors + 1)
 
 
-def test_an_internal_error_sends_no_traceback_and_the_next_call_succeeds(server, client, monkeypatch):
+def test_an_internal_error_sends_no_traceback_and_the_next_call_succeeds(server, client, monkeypatch, caplog):
+    """The client gets a bare INTERNAL; the server's log keeps the traceback, to find the bug."""
     model = server.servicer.model
     original = model.run
     poison = np.full(OBS_DIM, 99.0, np.float32)
@@ -319,6 +321,7 @@ def test_an_internal_error_sends_no_traceback_and_the_next_call_succeeds(server,
         return original(obs, noise)
 
     monkeypatch.setattr(model, "run", failing_run)
+    caplog.set_level(logging.ERROR, logger="flowrl.serve")
     with pytest.raises(ServiceError) as info:
         client.act(poison)
     assert info.value.code == grpc.StatusCode.INTERNAL
@@ -334,6 +337,9 @@ def test_an_internal_error_sends_no_traceback_and_the_next_call_succeeds(server,
     for leak in ("secret", "Traceback", "robot.pem", "RuntimeError"):
         assert leak not in failed.status.message
     assert answered.status.code == 0 and decode(answered.action).shape == (ACT_DIM,)
+    logged = [(r.getMessage(), r.exc_info and str(r.exc_info[1])) for r in caplog.records if r.name == "flowrl.serve"]
+    secret = "secret /srv/keys/robot.pem"
+    assert logged == [("Act failed", secret), ("StreamAct request failed", secret)]
 
 
 def test_health_is_not_serving_until_the_model_is_warm(policy_path, monkeypatch):
