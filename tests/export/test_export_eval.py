@@ -3,15 +3,19 @@
 from __future__ import annotations
 
 import numpy as np
+import pytest
 import torch
 from export_fixtures import SPEC, actor_tensors
 from typer.testing import CliRunner
 
 from flowrl_deploy.checkpoint import save_checkpoint
 from flowrl_deploy.cli import app
-from flowrl_deploy.export import ExportConfig, export_checkpoint
+from flowrl_deploy.errors import FlowRLError
+from flowrl_deploy.export import ExportConfig, export_checkpoint, sweep
 from flowrl_deploy.runtime import SeededPolicy
 from flowrl_deploy.spec import PolicySpec
+from flowrl_deploy.train import envs
+from flowrl_deploy.train.evaluate import EVAL_STREAM
 
 
 def test_act_fn_is_the_torch_sampler_with_seeded_noise(checkpoint, tmp_path, reference):
@@ -188,3 +192,64 @@ def test_a_fixed_batch_export_can_be_evaluated_swept_and_served(tmp_path):
     with PolicyServer(ServeConfig(str(fixed), port=0, grace_s=0)).start() as server, PolicyClient(server.address) as c:
         assert c.act(obs[0], seed=1).shape == (1,)
         assert c.act(obs, seed=1).shape == (5, 1)
+
+
+class CountingEnv:
+    """An environment of SPEC's sizes whose episodes last 2 steps of reward 1; counts resets and closes."""
+
+    def __init__(self) -> None:
+        self.info = envs.EnvInfo("fake:counter", SPEC.obs_dim, SPEC.act_dim,
+                                 np.array(SPEC.action_low), np.array(SPEC.action_high))  # fmt: skip
+        self.seeds: list[int | None] = []
+        self.closes = 0
+        self.steps = 0
+
+    def reset(self, seed: int | None = None) -> np.ndarray:
+        self.seeds.append(seed)
+        self.steps = 0
+        return np.zeros(SPEC.obs_dim, np.float32)
+
+    def step(self, action: np.ndarray) -> tuple[np.ndarray, float, bool, bool]:
+        self.steps += 1
+        return np.zeros(SPEC.obs_dim, np.float32), 1.0, False, self.steps >= 2
+
+    def close(self) -> None:
+        self.closes += 1
+
+
+@pytest.fixture
+def counting_env(monkeypatch) -> CountingEnv:
+    """The one environment make_env gives; sweeps time each N briefly."""
+    env = CountingEnv()
+    monkeypatch.setattr(envs, "make_env", lambda env_id, seed=0: env)
+    monkeypatch.setattr(sweep, "TIMING_BUDGET_S", 0.01)
+    return env
+
+
+def test_a_sweep_evaluates_every_n_on_the_same_episodes_and_closes_its_env(checkpoint, tmp_path, counting_env):
+    """One environment for the whole sweep, every N scored on the episodes `flowrl eval --seed` plays
+    (so the returns compare), and closed at the end."""
+    rows = sweep.sweep_steps(checkpoint, tmp_path / "p.onnx", ExportConfig(samples=3), [1, 2], episodes=2, seed=7)
+    assert [(r.steps, r.mean_return) for r in rows] == [(1, 2.0), (2, 2.0)]
+    assert counting_env.seeds == [envs.episode_seed(7, i, stream=EVAL_STREAM) for i in range(2)] * 2
+    assert counting_env.closes == 1
+
+
+def test_a_latency_only_sweep_checks_its_env_but_plays_no_episode(checkpoint, tmp_path, counting_env):
+    (row,) = sweep.sweep_steps(checkpoint, tmp_path / "p.onnx", ExportConfig(samples=3), [1], env_id="fake:counter")
+    assert row.mean_return is None and counting_env.seeds == [] and counting_env.closes == 1
+
+
+def test_a_sweep_stopped_by_a_failed_export_closes_its_env(checkpoint, tmp_path, counting_env, monkeypatch):
+    export, exports = sweep.export_checkpoint, []
+
+    def second_fails(*args, **kwargs):
+        exports.append(1)
+        if len(exports) == 2:
+            raise FlowRLError("disk full")
+        return export(*args, **kwargs)
+
+    monkeypatch.setattr(sweep, "export_checkpoint", second_fails)
+    with pytest.raises(FlowRLError, match="disk full"):
+        sweep.sweep_steps(checkpoint, tmp_path / "p.onnx", ExportConfig(samples=3), [1, 2], episodes=1)
+    assert counting_env.closes == 1
