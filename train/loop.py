@@ -144,13 +144,13 @@ def train(
     run = _prepare_run(cfg, resume, progress)
     env, agent, replay, counters = run.env, run.agent, run.replay, run.counters
     low, high = env.info.action_low, env.info.action_high
-    obs, episode_return = env.reset(episode_seed(cfg.seed, counters.episodes)), 0.0
     first_step = counters.env_steps
     metrics: dict[str, torch.Tensor] = {}
     stop = _StopOnSignal(stop_on_signal)
-    try:
-        if on_start is not None:  # inside: the finally below closes the envs and files if it raises
+    try:  # from here the finally below closes the envs and files, whatever raises
+        if on_start is not None:
             on_start()
+        obs, episode_return = env.reset(episode_seed(cfg.seed, counters.episodes)), 0.0
         while counters.env_steps < cfg.steps and not stop.requested:
             # ALGO LOGIC: act (uniform random during the warm-up), store, update once
             if counters.env_steps < cfg.start_steps:
@@ -225,10 +225,10 @@ def _prepare_run(cfg: TrainConfig, resume: str | Path | None, progress: bool) ->
     state, and make every output (or find it unwritable) before step 0, or the first step after a resume."""
     start = None if resume is None else resolve_checkpoint(resume).resolve()
     run_dir = Path(cfg.out) if start is None else run_to_resume(start)
-    if start is not None:  # cfg.out aside: a resumed run stays in its own directory
-        check_resume_settings(
-            {f.name: getattr(cfg, f.name) for f in fields(cfg) if f.name != "out"}, resume_config(start)
-        )
+    if start is not None:  # cfg.out aside: a resumed run stays in its own directory, and keeps its record of it
+        saved = resume_config(start)
+        check_resume_settings({f.name: getattr(cfg, f.name) for f in fields(cfg) if f.name != "out"}, saved)
+        cfg = cfg.override(out=saved.out)
     if run_dir.exists() and not run_dir.is_dir():
         raise FlowRLError(f"--out {run_dir} is a file, not a directory; choose a directory for the run")
     if resume is None:
@@ -354,6 +354,8 @@ def _restore(path: str | Path, agent: FlowRL, replay: ReplayBuffer, action_rng: 
             best_eval_return=-math.inf if best is None else best,
             last_eval_return=last,
         )
+    except CheckpointError as exc:  # e.g. actor weights that do not fit the spec: say which checkpoint
+        raise CheckpointError(f"{checkpoint.path}: {exc}") from exc
     except (KeyError, TypeError, ValueError) as exc:
         raise CheckpointError(f"{checkpoint.path}: training state is incomplete or malformed ({exc})") from exc
 

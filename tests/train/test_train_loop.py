@@ -363,6 +363,25 @@ def test_resuming_under_another_config_is_refused_by_field_before_any_file_chang
     allowed = saved.override(steps=420, log_every=10, eval_every=0, device="cpu", out=str(elsewhere))
     resumed = train(allowed, resume=copy, progress=False)
     assert resumed.run_dir == copy and resumed.counters.env_steps == 420 and not elsewhere.exists()
+    # the run keeps its own out on record, so a later `flowrl train --resume RUN --out RUN` is not refused
+    assert json.loads((copy / "config.json").read_text())["out"] == saved.out
+    assert read_document(resumed.last_checkpoint)["config"]["out"] == saved.out
+
+
+def test_a_resume_whose_actor_weights_do_not_fit_names_the_checkpoint(run, tmp_path):
+    import shutil
+
+    from safetensors.numpy import load_file, save_file
+
+    copy = shutil.copytree(run.run_dir, tmp_path / "copy", symlinks=True)
+    model = copy / "checkpoints" / "last" / "model.safetensors"
+    tensors = load_file(str(model))
+    dropped = sorted(tensors)[-1]
+    del tensors[dropped]
+    save_file(tensors, str(model))
+    last = (copy / "checkpoints" / "last").resolve()
+    with pytest.raises(CheckpointError, match=f"^{last}: the actor weights do not match its spec: .*{dropped}"):
+        train(resume_config(copy, steps=500), resume=copy, progress=False)
 
 
 def test_resuming_with_fewer_steps_than_taken_is_refused(run):
@@ -398,3 +417,27 @@ def test_a_corrupt_checkpoint_is_a_clear_error(run, tmp_path):
 def test_a_new_run_refuses_to_mix_into_an_existing_one(run):
     with pytest.raises(FlowRLError, match="--resume"):
         train(TrainConfig(steps=10, out=str(run.run_dir), **TINY), progress=False)
+
+
+def test_envs_are_closed_when_the_first_reset_fails(tmp_path, monkeypatch):
+    made = []
+
+    def failing_make_env(env_id, seed):
+        env = real_make_env(env_id, seed)
+        made.append(env)
+        close, env.closed = env.close, False
+
+        def recorded_close():
+            env.closed = True
+            close()
+
+        env.close = recorded_close
+        if len(made) == 1:  # the training env: its first reset fails (a simulator that cannot load its model)
+            env.reset = lambda seed=None: (_ for _ in ()).throw(FlowRLError("the simulator failed to reset"))
+        return env
+
+    real_make_env = loop.make_env
+    monkeypatch.setattr(loop, "make_env", failing_make_env)
+    with pytest.raises(FlowRLError, match="the simulator failed to reset"):
+        train(TrainConfig(steps=10, out=str(tmp_path / "run"), **TINY), progress=False)
+    assert [env.closed for env in made] == [True, True]
