@@ -351,7 +351,7 @@ class PolicyClient:
 
     Args:
         target: ``host:port``, ``[IPv6]:port`` or ``unix:PATH``.
-        token: the server's shared secret, if it has one.
+        token: the server's shared secret, if it has one ("" or None: none, so ``os.environ.get(...)`` fits).
         tls_ca / tls_cert / tls_key: PEM paths for TLS (CA) and mTLS (client cert and key).
         timeout_s: default deadline of each unary call, in (0, 86400] s; None: no deadline. A
             method's own ``timeout_s`` (None: this default) is checked the same way.
@@ -364,7 +364,7 @@ class PolicyClient:
         self,
         target: str,
         *,
-        token: str = "",
+        token: str | None = "",
         tls_ca: str = "",
         tls_cert: str = "",
         tls_key: str = "",
@@ -374,7 +374,7 @@ class PolicyClient:
         self.target = checked_target(target, target_name)
         self.timeout_s = None if timeout_s is None else checked_timeout(timeout_s)
         flags = _flag(target_name)
-        token = checked_token(token, "--token" if flags else "token")
+        token = checked_token(token or "", "--token" if flags else "token")  # None: os.environ.get of an unset one
         self.metadata = (("authorization", f"Bearer {token}"),) if token else ()
         if tls_ca or tls_cert or tls_key:
             credentials = channel_credentials(tls_ca, tls_cert, tls_key, TLS_FLAGS if flags else TLS_ARGUMENTS)

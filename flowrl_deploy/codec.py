@@ -47,6 +47,8 @@ def as_float32(array: np.ndarray, *, name: str = "tensor") -> np.ndarray:
                 f"{name}: not a rectangular array of numbers (rows of different lengths, or nested objects?)"
             ) from None
     check_number_dtype(array.dtype, name=name)
+    if array.dtype.itemsize <= 4:  # float32 already, or an integer float32 holds (the hot path: no errstate)
+        return np.asarray(array, dtype=np.float32, order="C")
     with np.errstate(over="ignore"):  # a float64 beyond float32's range becomes Inf, which check_finite names
         return np.asarray(array, dtype=np.float32, order="C")
 

@@ -55,7 +55,9 @@ class ServeConfig:
     paths as strings and lists as tuples."""
 
     model: str
-    """An exported ONNX file, or a checkpoint (exported on the fly; needs the export extra)."""
+    """An exported ONNX file, or a checkpoint: exported on the fly by the exporter the server is given
+    (``PolicyServer(config, export_checkpoint=flowrl_deploy.export.export_for_serving)``, as
+    ``flowrl serve`` does; it needs the export extra), and refused without one."""
     host: str = "127.0.0.1"
     port: int = 50051
     """0 picks a free port; :attr:`PolicyServer.port` tells which."""

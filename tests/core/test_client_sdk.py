@@ -95,6 +95,13 @@ def test_a_printable_ascii_token_is_sent_as_given():
         assert client.metadata == (("authorization", "Bearer s3cr:et with/inner spaces~"),)
 
 
+@pytest.mark.parametrize("token", ["", None])
+def test_no_token_sends_no_header(token):
+    """None too: ``token=os.environ.get("FLOWRL_TOKEN")`` with the variable unset."""
+    with PolicyClient(UNUSED, token=token) as client:
+        assert client.metadata == ()
+
+
 def _robot_example() -> str:
     readme = (Path(__file__).parents[2] / "README.md").read_text()
     section = readme.split("#### In the robot's control loop (Python, no torch needed)\n", 1)[1]
