@@ -5,6 +5,7 @@ from __future__ import annotations
 import contextlib
 import functools
 import json
+import logging
 import math
 import os
 from collections.abc import Callable, Iterator
@@ -194,3 +195,25 @@ def user_errors(command: Callable[P, R]) -> Callable[P, R]:
             raise typer.Exit(130) from None
 
     return wrapper
+
+
+@contextlib.contextmanager
+def client_warnings(*, skip: tuple[str, ...] = ()) -> Iterator[None]:
+    """Within the block, the client library's warnings (logger ``flowrl.client``) reach the user as
+    a command's own do, ``warning: …`` on stderr, instead of as bare lines from Python's last-resort
+    handler; ``skip`` drops those whose format string is one of these (said already, naming a flag)."""
+    from flowrl_deploy.client import log
+
+    class Echo(logging.Handler):
+        def emit(self, record: logging.LogRecord) -> None:
+            if record.msg not in skip:
+                typer.secho(f"warning: {record.getMessage()}", err=True, fg=typer.colors.YELLOW)
+
+    handler, propagate = Echo(logging.WARNING), log.propagate
+    log.addHandler(handler)
+    log.propagate = False
+    try:
+        yield
+    finally:
+        log.removeHandler(handler)
+        log.propagate = propagate

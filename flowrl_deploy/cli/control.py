@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import logging
 from pathlib import Path
 from typing import Annotated
 
@@ -15,18 +14,12 @@ from flowrl_deploy.cli._common import (
     TlsKey,
     Token,
     check_report,
+    client_warnings,
     finite,
     user_errors,
     write_report,
 )
 from flowrl_deploy.contract import MAX_TIMEOUT_S
-
-
-def _not_the_period_warning(record: logging.LogRecord) -> bool:
-    """The session's period warning repeats the one `_announce_rate` gave, which names --hz."""
-    from flowrl_deploy.client import PERIOD_MISMATCH
-
-    return record.msg is not PERIOD_MISMATCH
 
 
 def _announce_rate(explicit: bool):
@@ -100,7 +93,7 @@ def control(
     Exits 1 when no tick got a fresh action or --max-misses stopped the run, 130 on Ctrl-C.
     """
     from flowrl_deploy.affinity import parse_cpus, pin_to_cpus
-    from flowrl_deploy.client import checked_timeout, log
+    from flowrl_deploy.client import PERIOD_MISMATCH, checked_timeout
     from flowrl_deploy.errors import FlowRLError
     from flowrl_deploy.train.control import run_control
 
@@ -109,8 +102,7 @@ def control(
     if json_path is not None:
         inputs = {"--local-model": local_model, "--tls-ca": tls_ca, "--tls-cert": tls_cert, "--tls-key": tls_key}
         check_report("--json", json_path, inputs)
-    log.addFilter(_not_the_period_warning)
-    try:
+    with client_warnings(skip=(PERIOD_MISMATCH,)):  # _announce_rate warns of an --hz that differs, naming it
         report = run_control(
             server,
             env,
@@ -131,8 +123,6 @@ def control(
             stop_on_interrupt=True,
             on_rate=_announce_rate(explicit=hz is not None),
         )
-    finally:
-        log.removeFilter(_not_the_period_warning)
     typer.echo(report.summary())
     if json_path is not None:
         write_report("--json", json_path, report.to_dict())

@@ -16,7 +16,7 @@ from typing import Annotated, Any
 
 import typer
 
-from flowrl_deploy.cli._common import finite, user_errors
+from flowrl_deploy.cli._common import client_warnings, finite, user_errors
 from flowrl_deploy.contract import MAX_HZ
 from flowrl_deploy.envid import parse_env_id
 from flowrl_deploy.errors import FlowRLError
@@ -115,9 +115,10 @@ def run_demo(cfg: DemoConfig, echo=typer.echo) -> dict[str, Any]:
             echo(f"[4/4] closed-loop control at {hz:g} Hz against {server.address}")
 
         # no --hz: the task's own rate, or DEFAULT_HZ for a task without a control period
-        control = run_control(
-            server.address, cfg.env, hz=cfg.hz or None, episodes=cfg.episodes, seed=cfg.seed, on_rate=announce
-        )
+        with client_warnings():
+            control = run_control(
+                server.address, cfg.env, hz=cfg.hz or None, episodes=cfg.episodes, seed=cfg.seed, on_rate=announce
+            )
 
     summary = {
         "env": cfg.env,
