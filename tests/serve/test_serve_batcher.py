@@ -8,6 +8,7 @@ import threading
 import time
 import urllib.request
 from concurrent.futures import ThreadPoolExecutor
+from types import SimpleNamespace
 
 import grpc
 import numpy as np
@@ -20,6 +21,7 @@ from flowrl_deploy.proto.flowrl.v1 import policy_pb2 as pb
 from flowrl_deploy.proto.flowrl.v1 import policy_pb2_grpc as pb_grpc
 from flowrl_deploy.runtime import OnnxPolicy
 from flowrl_deploy.serve import PolicyServer, ServeConfig
+from flowrl_deploy.serve import batcher as batcher_module
 from flowrl_deploy.serve.batcher import MicroBatcher, _Request
 from flowrl_deploy.serve.errors import DeadlineExpired
 
@@ -187,33 +189,41 @@ def test_call_returns_its_rows_and_does_not_run_an_expired_request(max_batch):
     assert run.sizes == [2]
 
 
-def test_call_without_workers_runs_in_the_callers_thread():
+def test_call_without_workers_runs_in_the_callers_thread_with_no_future(monkeypatch):
     threads = []
 
     def run(obs, noise):
         threads.append(threading.current_thread())
         return obs, "v", 1
 
-    MicroBatcher(run, max_batch=1).call(*_rows(1))
+    batcher = MicroBatcher(run, max_batch=1)
+    monkeypatch.setattr(batcher, "submit", lambda *args, **kwargs: pytest.fail("max_batch 1 went through a Future"))
+    batcher.call(*_rows(1))
     assert threads == [threading.current_thread()]
 
 
 def test_call_stops_waiting_at_the_deadline_while_the_worker_is_busy():
     run = Recorder()  # holds the first call until released
-    batcher = MicroBatcher(run, max_batch=4, window_us=0)
+    batcher = MicroBatcher(run, max_batch=2, window_us=0)
+    busy = batcher.submit(*_rows(0, n=2))  # a full batch: the worker runs it alone, and is held there
+    assert run.entered.wait(5)
     with pytest.raises(DeadlineExpired, match="before the action was ready"):
-        batcher.call(*_rows(1), deadline=time.monotonic() + 0.05)
+        batcher.call(*_rows(1), deadline=time.monotonic() + 0.05)  # queued behind the held batch
     run.release.set()
+    busy.result(timeout=5)
     batcher.close()
 
 
-def test_call_refuses_an_answer_that_came_after_the_deadline():
+def test_call_refuses_an_answer_that_came_after_the_deadline(monkeypatch):
+    clock = [100.0]  # the batcher's time.monotonic, moved on by the model's run
+    monkeypatch.setattr(batcher_module, "time", SimpleNamespace(monotonic=lambda: clock[0]))
+
     def slow(obs, noise):
-        time.sleep(0.05)
+        clock[0] += 1.0
         return obs, "v", 1
 
     with pytest.raises(DeadlineExpired, match="before the action was ready"):
-        MicroBatcher(slow, max_batch=1).call(*_rows(1), deadline=time.monotonic() + 0.01)
+        MicroBatcher(slow, max_batch=1).call(*_rows(1), deadline=100.5)
 
 
 def test_batched_server_matches_onnxruntime_and_reports_metrics(policy_path):
