@@ -67,7 +67,7 @@ def format_inspection(info: dict[str, Any]) -> str:
     errors = [verification.get(key) for key in ("max_abs_error_action", "max_abs_error_pre_tanh")]
     if all(isinstance(e, int | float) for e in errors):
         lines.append(
-            f"verified     max |Δaction| {errors[0]:.2e}, max |Δpre_tanh| {errors[1]:.2e} vs torch "
+            f"verified     max |Δaction| {errors[0]:.2e} (absolute), max |Δpre_tanh| {errors[1]:.2e} vs torch "
             f"({'passed' if verification.get('passed') else 'FAILED'})"
         )
     elif verification:

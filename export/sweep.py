@@ -113,12 +113,13 @@ def _sweep_row(
 
 
 def format_sweep(rows: list[SweepRow]) -> str:
-    """A table: N, p50/p99 latency of one call (batch 1, or the graph's fixed batch), parity error, return."""
-    lines = [f"{'N':>4}  {'p50 ms':>8}  {'p99 ms':>8}  {'max |Δaction|':>13}  {'return':>16}  file"]
+    """A table: N, p50/p99 latency of one call (batch 1, or the graph's fixed batch), parity error
+    (absolute, in the action's units), return."""
+    lines = [f"{'N':>4}  {'p50 ms':>8}  {'p99 ms':>8}  {'max |Δaction| abs':>17}  {'return':>16}  file"]
     for r in rows:
         error = f"{r.report.parity.max_abs_error_action:.2e}" if r.report.parity else "unverified"
         ret = "-" if r.mean_return is None else f"{r.mean_return:.1f} ± {r.std_return:.1f}"
         lines.append(
-            f"{r.steps:>4}  {r.latency.p50_ms:>8.3f}  {r.latency.p99_ms:>8.3f}  {error:>13}  {ret:>16}  {r.report.path}"
+            f"{r.steps:>4}  {r.latency.p50_ms:>8.3f}  {r.latency.p99_ms:>8.3f}  {error:>17}  {ret:>16}  {r.report.path}"
         )
     return "\n".join(lines)

@@ -28,7 +28,8 @@ def test_export_then_inspect(checkpoint, tmp_path):
     text = runner.invoke(app, ["inspect", str(out)])
     assert text.exit_code == 0, text.output
     for expected in (policy.contract_hash, "hip, knee, ankle", "position[3], velocity[2]", "euler × 4 steps",
-                     "obs ['batch', 5]", "noise ['batch', 3]", "action ['batch', 3]", "[0, 4]"):  # fmt: skip
+                     "obs ['batch', 5]", "noise ['batch', 3]", "action ['batch', 3]", "[0, 4]",
+                     "(absolute), max |Δpre_tanh|"):  # fmt: skip
         assert expected in text.output
 
     help_text = " ".join(runner.invoke(app, ["inspect", "--help"]).output.split())
@@ -99,7 +100,7 @@ def test_steps_sweep_writes_one_file_per_n_and_a_table(checkpoint, tmp_path):
     result = runner.invoke(app, args)
     assert result.exit_code == 0, result.output
     assert (tmp_path / "policy.n1.onnx").is_file() and (tmp_path / "policy.n3.onnx").is_file()
-    assert "p50 ms" in result.output
+    assert "p50 ms" in result.output and "max |Δaction| abs" in result.output
     rows = json.loads(report.read_text())
     assert [r["contract"]["flow_steps"] for r in rows] == [1, 3]
     assert all(r["p50_ms"] > 0 and r["mean_return"] is None for r in rows)
