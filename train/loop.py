@@ -323,7 +323,7 @@ def _write(path: Path, run: _Run) -> Path:
         counters={"env_steps": counters.env_steps, "episodes": counters.episodes, "updates": agent.updates},
         extra={
             "eval": {
-                "best_return": _finite_or_none(counters.best_eval_return),
+                "best_return": finite_or_none(counters.best_eval_return),
                 "last_return": counters.last_eval_return,
             }
         },
@@ -373,5 +373,5 @@ def _eval_returns(checkpoint: Checkpoint) -> tuple[float | None, float | None]:
     )
 
 
-def _finite_or_none(x: float) -> float | None:
+def finite_or_none(x: float) -> float | None:
     return x if math.isfinite(x) else None

@@ -8,7 +8,6 @@ The child server is stopped on every exit path, Ctrl-C included (``ServerProcess
 from __future__ import annotations
 
 import json
-import math
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -69,7 +68,7 @@ def run_demo(cfg: DemoConfig, echo=typer.echo) -> dict[str, Any]:
     from flowrl_deploy.train.control import run_control
     from flowrl_deploy.train.envs import make_env
     from flowrl_deploy.train.evaluate import evaluate
-    from flowrl_deploy.train.loop import memory_shortfall, policy_spec, train
+    from flowrl_deploy.train.loop import finite_or_none, memory_shortfall, policy_spec, train
 
     if cfg.out.exists() and not cfg.out.is_dir():
         raise FlowRLError(f"--out {cfg.out} is a file, not a directory; choose a folder for the report")
@@ -124,7 +123,7 @@ def run_demo(cfg: DemoConfig, echo=typer.echo) -> dict[str, Any]:
         "env": cfg.env,
         "train_steps": cfg.steps,
         "train_seconds": round(train_s, 1),
-        "best_eval_return": _finite(result.counters.best_eval_return),
+        "best_eval_return": finite_or_none(result.counters.best_eval_return),
         "last_eval_return": result.counters.last_eval_return,
         "onnx_eval_return": offline.mean,
         "served_return": control.mean_return,
@@ -157,10 +156,6 @@ def _new_report_folder(parent: Path) -> Path:
         except OSError as exc:
             raise FlowRLError(f"cannot create the report folder {folder}: {exc.strerror or exc}") from None
     raise FlowRLError(f"cannot find a free report folder name under {parent}")
-
-
-def _finite(x: float) -> float | None:
-    return x if math.isfinite(x) else None
 
 
 def _return(value: float | None) -> str:
