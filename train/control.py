@@ -15,17 +15,11 @@ from dataclasses import asdict, dataclass, field
 
 import numpy as np
 
-from flowrl_deploy.client import (
-    CallTiming,
-    PolicyClient,
-    WatchdogError,
-    check_session_settings,
-    connection_hint,
-    session_deadline,
-)
+from flowrl_deploy.client import PolicyClient, connection_hint
 from flowrl_deploy.contract import MAX_HZ, MIN_HZ
 from flowrl_deploy.errors import FlowRLError
 from flowrl_deploy.gc_freeze import gc_frozen
+from flowrl_deploy.session import CallTiming, WatchdogError, check_session_settings, session_deadline
 from flowrl_deploy.train.envs import episode_seed, make_env
 from flowrl_deploy.train.evaluate import EVAL_STREAM, check_env_fits
 

@@ -202,7 +202,7 @@ def client_warnings(*, skip: tuple[str, ...] = ()) -> Iterator[None]:
     """Within the block, the client library's warnings (logger ``flowrl.client``) reach the user as
     a command's own do, ``warning: …`` on stderr, instead of as bare lines from Python's last-resort
     handler; ``skip`` drops those whose format string is one of these (said already, naming a flag)."""
-    from flowrl_deploy.client import log
+    from flowrl_deploy.session import log
 
     class Echo(logging.Handler):
         def emit(self, record: logging.LogRecord) -> None:

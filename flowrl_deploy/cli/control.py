@@ -93,8 +93,9 @@ def control(
     Exits 1 when no tick got a fresh action or --max-misses stopped the run, 130 on Ctrl-C.
     """
     from flowrl_deploy.affinity import parse_cpus, pin_to_cpus
-    from flowrl_deploy.client import PERIOD_MISMATCH, checked_timeout
+    from flowrl_deploy.client import checked_timeout
     from flowrl_deploy.errors import FlowRLError
+    from flowrl_deploy.session import PERIOD_MISMATCH
     from flowrl_deploy.train.control import run_control
 
     checked_timeout(connect_timeout, "--connect-timeout")  # gRPC waits forever on a deadline years away

@@ -5,7 +5,7 @@ from __future__ import annotations
 import logging
 
 from flowrl_deploy.cli._common import client_warnings
-from flowrl_deploy.client import PERIOD_MISMATCH, log
+from flowrl_deploy.session import PERIOD_MISMATCH, log
 
 
 def test_client_warnings_are_command_warnings_within_the_block_only(capsys):

@@ -95,7 +95,7 @@ def test_ctrl_c_prints_the_figures_so_far_and_exits_130(tmp_path, monkeypatch):
     from pathlib import Path
 
     pytest.importorskip("dm_control")
-    from flowrl_deploy import client
+    from flowrl_deploy import session
     from flowrl_deploy.serve import PolicyServer, ServeConfig
 
     sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "serve"))
@@ -105,7 +105,7 @@ def test_ctrl_c_prints_the_figures_so_far_and_exits_130(tmp_path, monkeypatch):
         tmp_path / "cartpole.onnx", obs_dim=5, act_dim=1, action_low=(-1.0,), action_high=(1.0,),
         obs_layout=(), action_names=(), env_id="dmc:cartpole-swingup",
     )  # fmt: skip
-    act = client.ControlSession.act
+    act = session.ControlSession.act
     calls = []
 
     def act_then_ctrl_c(self, obs):
@@ -114,7 +114,7 @@ def test_ctrl_c_prints_the_figures_so_far_and_exits_130(tmp_path, monkeypatch):
             raise KeyboardInterrupt
         return act(self, obs)
 
-    monkeypatch.setattr(client.ControlSession, "act", act_then_ctrl_c)
+    monkeypatch.setattr(session.ControlSession, "act", act_then_ctrl_c)
     out = tmp_path / "control.json"
     with PolicyServer(ServeConfig(str(path), port=0, grace_s=0)).start() as server:
         result = runner.invoke(

@@ -14,8 +14,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from flowrl_deploy.client import ControlSession, PolicyClient, PolicyInfo, checked_seed, checked_target, checked_token
+from flowrl_deploy.client import PolicyClient, PolicyInfo, checked_seed, checked_target, checked_token
 from flowrl_deploy.errors import FlowRLError
+from flowrl_deploy.session import ControlSession
 
 UNUSED = "127.0.0.1:1"  # nothing listens; a call that went out would fail UNAVAILABLE
 

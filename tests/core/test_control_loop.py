@@ -130,7 +130,7 @@ def test_ctrl_c_propagates_unless_the_caller_stops_on_it(server, monkeypatch):
     """flowrl demo runs without stop_on_interrupt: Ctrl-C must reach it (it stops its server and says
     the run was interrupted), not end the run as if it had finished and have a partial run written up
     as its result; the simulator is closed either way."""
-    from flowrl_deploy.client import ControlSession
+    from flowrl_deploy.session import ControlSession
 
     act, calls = ControlSession.act, []
 

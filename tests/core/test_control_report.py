@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from flowrl_deploy.client import CallTiming
+from flowrl_deploy.session import CallTiming
 from flowrl_deploy.train.control import ControlReport, _tick_figures
 
 

@@ -1,4 +1,4 @@
-"""The core package (flowrl_deploy/*.py, the client among them) never reaches into torch or the
+"""The core package (flowrl_deploy/*.py, the client and its control session among them) never reaches into torch or the
 train, export and serve stages, not even inside a function: a robot computer installs it alone."""
 
 import ast
@@ -54,7 +54,7 @@ BLOCKED_IMPORTS = textwrap.dedent(
 
 def test_every_core_module_imports_with_torch_and_the_stages_blocked():
     modules = [f"flowrl_deploy.{path.stem}" for path in sorted(CORE.glob("*.py")) if path.stem != "__init__"]
-    assert "flowrl_deploy.client" in modules
+    assert {"flowrl_deploy.client", "flowrl_deploy.session"} <= set(modules)
     script = BLOCKED_IMPORTS.format(forbidden=FORBIDDEN, modules=modules)
     result = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=60)
     assert result.returncode == 0, result.stderr[-2000:]

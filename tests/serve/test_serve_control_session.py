@@ -20,13 +20,14 @@ import numpy as np
 import pytest
 from tiny_policy import ACT_DIM, documented_noise, tiny_contract, write_policy
 
-from flowrl_deploy import client as client_module
-from flowrl_deploy.client import PolicyClient, ServiceError, WatchdogError
+from flowrl_deploy import session as session_module
+from flowrl_deploy.client import PolicyClient, ServiceError
 from flowrl_deploy.codec import TensorError, encode
 from flowrl_deploy.errors import FlowRLError
 from flowrl_deploy.noise import draw_noise, session_noise
 from flowrl_deploy.proto.flowrl.v1 import policy_pb2 as pb
 from flowrl_deploy.serve import PolicyServer, ServeConfig
+from flowrl_deploy.session import WatchdogError
 
 OBS = np.array([0.3, -0.2, 0.1], np.float32)
 MISS_S = 1e-7
@@ -271,11 +272,11 @@ class FlakyServer:
         self.now = 1000.0
         self.opened: list[float] = []
         self.sent: list[list[pb.StreamActRequest]] = []
-        monkeypatch.setattr(client_module, "_Stream", self.stream)
+        monkeypatch.setattr(session_module, "_Stream", self.stream)
         clock = SimpleNamespace(
             monotonic=lambda: self.now, perf_counter=time.perf_counter, time_ns=time.time_ns, sleep=time.sleep
         )
-        monkeypatch.setattr(client_module, "time", clock)
+        monkeypatch.setattr(session_module, "time", clock)
 
     def stream(self, _client: PolicyClient) -> SimpleNamespace:
         self.opened.append(self.now)
@@ -287,7 +288,7 @@ class FlakyServer:
             if self.up:
                 replies.put(pb.StreamActReply(seq=request.seq, action=encode(np.zeros(ACT_DIM, np.float32))))
             else:
-                replies.put(client_module._END)
+                replies.put(session_module._END)
 
         error = ServiceError(grpc.StatusCode.UNAVAILABLE, "the server closed the stream")
         return SimpleNamespace(requests=SimpleNamespace(put=put), replies=replies, error=error, close=lambda: None)
@@ -494,7 +495,7 @@ def test_a_second_caller_is_refused_while_a_tick_waits_and_the_tick_gets_its_own
     """Two threads on one session used to swap actions (the sequence number was shared)."""
     sent, replies = queue.SimpleQueue(), queue.SimpleQueue()
     stream = SimpleNamespace(requests=SimpleNamespace(put=sent.put), replies=replies, error=None, close=lambda: None)
-    monkeypatch.setattr(client_module, "_Stream", lambda _client: stream)
+    monkeypatch.setattr(session_module, "_Stream", lambda _client: stream)
     control = client.session(period_s=5.0, deadline_s=5.0)
     got = {}
     loop = threading.Thread(target=lambda: got.update(action=control.act(OBS)))

@@ -1,0 +1,534 @@
+"""The control loop's session (no torch): :class:`ControlSession`, one ``StreamAct`` stream with a
+deadline per tick, fallbacks and a watchdog (:class:`WatchdogError`); and the checks of its settings,
+which ``flowrl control`` shares (:func:`check_session_settings`, :func:`session_deadline`).
+
+with PolicyClient("localhost:50051") as client, client.session(period_s=0.02, seed=0, fallback="hold") as control:
+    action = control.act(obs)                  # every control tick; never later than the deadline
+
+Its warnings go to the logger ``flowrl.client``, the client library's.
+"""
+
+from __future__ import annotations
+
+import collections
+import hashlib
+import json
+import logging
+import math
+import queue
+import threading
+import time
+import uuid
+from dataclasses import dataclass
+from pathlib import Path
+
+import grpc
+import numpy as np
+
+from flowrl_deploy.client import (
+    PolicyClient,
+    ServiceError,
+    _flag,
+    _is_integer,
+    _is_number,
+    _service_error,
+    _shown,
+    checked_seed,
+    checked_timeout,
+)
+from flowrl_deploy.codec import TensorError, as_float32, check_finite, decode, encode
+from flowrl_deploy.contract import MAX_CONTROL_PERIOD_S, MAX_HZ, MIN_CONTROL_PERIOD_S, MIN_HZ, PolicyContract
+from flowrl_deploy.errors import FlowRLError
+from flowrl_deploy.proto.flowrl.v1 import policy_pb2 as pb
+
+log = logging.getLogger("flowrl.client")
+PERIOD_MISMATCH = "period_s %g s (%g Hz) differs from the served policy's control period, %g s (%g Hz)"
+"""The warning of a session whose period is not the served policy's (a caller that already warned filters it)."""
+
+# Codes after which a control loop may carry on with its fallback; the others are mistakes to fix.
+TRANSIENT = {
+    grpc.StatusCode.UNAVAILABLE,
+    grpc.StatusCode.DEADLINE_EXCEEDED,
+    grpc.StatusCode.CANCELLED,
+    grpc.StatusCode.RESOURCE_EXHAUSTED,
+    grpc.StatusCode.INTERNAL,
+    grpc.StatusCode.UNKNOWN,
+}
+DEFAULT_MAX_TIMINGS = 100_000
+"""How many ticks a :class:`ControlSession` keeps in ``timings`` by default (about 30 MB)."""
+FALLBACKS = ("hold", "zeros", "local")
+"""What a :class:`ControlSession` applies when no fresh action arrives in time: the last action,
+zeros, or a local ONNX copy of the policy."""
+DEFAULT_RESET_TIMEOUT_S = 1.0
+"""How long :meth:`ControlSession.reset` waits by default: a reset comes between episodes, not in a
+tick, and a second rides out a network spike or a garbage-collection pause."""
+
+
+class WatchdogError(FlowRLError):
+    """No fresh action for too long or too many times in a row: the robot should stop."""
+
+
+def _positive(value: object, name: str) -> float:
+    """``value`` as a float when it is a finite number > 0; else a :class:`FlowRLError` naming ``name``
+    (NaN would pass every ``<`` check and turn a clamp or the watchdog off)."""
+    if not (_is_number(value) and math.isfinite(value) and value > 0):
+        raise FlowRLError(f"{name} must be a finite number > 0, got {_shown(value)}")
+    return float(value)
+
+
+SESSION_ARGUMENTS = {name: name for name in ("deadline_s", "fallback", "local_model", "max_consecutive_misses")}
+"""How errors name a :class:`ControlSession`'s settings: by its own arguments. A command passes its
+flags instead (``flowrl control``: ``--fallback``, ``--deadline-ms`` and so on)."""
+
+
+def _setting(name: str, value: object) -> str:
+    """``name`` set to ``value`` as its user writes it: ``--fallback local`` or ``fallback='local'``."""
+    return f"{name} {value}" if _flag(name) else f"{name}={value!r}"
+
+
+def _duration(name: str, seconds: object) -> str:
+    """``seconds`` in the unit ``name`` is given in: ms for a flag such as ``--deadline-ms``, else seconds."""
+    return _shown(seconds * 1e3 if name.endswith("-ms") and _is_number(seconds) else seconds)
+
+
+def check_session_settings(
+    *,
+    fallback: str,
+    local_model: str,
+    max_consecutive_misses: int | None,
+    deadline_s: float | None,
+    names: dict[str, str] = SESSION_ARGUMENTS,
+) -> None:
+    """Refuse :class:`ControlSession` settings that cannot work, before any connection: an unknown
+    fallback, a local fallback without its model (or a model without it), a miss limit below 1, a
+    deadline that is no finite number > 0. Errors name each setting as ``names`` maps it (keys as
+    :data:`SESSION_ARGUMENTS`)."""
+    fb, model, misses, deadline = (
+        names[k] for k in ("fallback", "local_model", "max_consecutive_misses", "deadline_s")
+    )
+    if fallback not in FALLBACKS:
+        raise FlowRLError(f"{fb} must be {', '.join(FALLBACKS[:-1])} or {FALLBACKS[-1]}, got {fallback!r}")
+    if fallback == "local" and not local_model:
+        raise FlowRLError(f"{_setting(fb, 'local')} needs {model} (the ONNX file the server serves)")
+    if local_model and fallback != "local":
+        raise FlowRLError(
+            f"{model} is used only with {_setting(fb, 'local')} ({fb} is {fallback!r}); "
+            f"add {_setting(fb, 'local')}, or drop {model}"
+        )
+    if max_consecutive_misses is not None and not (_is_integer(max_consecutive_misses) and max_consecutive_misses >= 1):
+        unset = "" if _flag(misses) else " or None"
+        raise FlowRLError(f"{misses} must be an integer >= 1{unset}, got {_shown(max_consecutive_misses)}")
+    if deadline_s is not None and not (_is_number(deadline_s) and math.isfinite(deadline_s) and deadline_s > 0):
+        raise FlowRLError(f"{deadline} must be a finite number > 0, got {_duration(deadline, deadline_s)}")
+
+
+def session_deadline(period_s: float, deadline_s: float | None, name: str = "deadline_s") -> float:
+    """A tick's deadline: ``deadline_s`` (checked by :func:`check_session_settings`) or half the
+    period; a deadline longer than the period is refused, naming it ``name``."""
+    if deadline_s is None:
+        return period_s / 2
+    if deadline_s > period_s:
+        raise FlowRLError(
+            f"{name} {_duration(name, deadline_s)} is longer than the control period, {period_s * 1e3:g} ms at "
+            f"{1 / period_s:g} Hz: a tick would wait past the next one; give at most the period"
+        )
+    return float(deadline_s)
+
+
+@dataclass(frozen=True)
+class CallTiming:
+    """One control tick, as the client saw it."""
+
+    seq: int
+    source: str
+    """'server' for a fresh served action, else the fallback used: 'hold', 'zeros' or 'local'."""
+    round_trip_us: float
+    server_us: float = 0.0
+    """Receipt to reply on the server."""
+    inference_us: float = 0.0
+    clock_offset_us: float = 0.0
+    """Server clock minus client clock, NTP-style: ((t1 - t0) + (t2 - t3)) / 2."""
+    model_version: str = ""
+
+
+_END = object()
+
+
+class _Stream:
+    """One open ``StreamAct`` call: requests go through a queue, a reader thread collects replies."""
+
+    def __init__(self, client: PolicyClient) -> None:
+        self.requests: queue.SimpleQueue = queue.SimpleQueue()
+        self.replies: queue.SimpleQueue = queue.SimpleQueue()
+        self.error: ServiceError | None = None
+        self.call = client.stub.StreamAct(iter(self.requests.get, _END), metadata=client.metadata)
+        self._reader = threading.Thread(target=self._read, name="flowrl-stream", daemon=True)
+        self._reader.start()
+
+    def _read(self) -> None:
+        try:
+            for reply in self.call:
+                self.replies.put(reply)
+            self.error = ServiceError(grpc.StatusCode.UNAVAILABLE, "the server closed the stream")
+        except grpc.RpcError as exc:
+            self.error = _service_error(exc)
+        self.replies.put(_END)
+
+    def close(self) -> None:
+        self.requests.put(_END)
+        self.call.cancel()
+        self._reader.join(timeout=1.0)
+
+
+@dataclass
+class _Health:
+    consecutive_misses: int = 0
+    last_fresh: float | None = None
+    """When the last fresh action came (time.monotonic); None until the first tick after the
+    session opened or reset, whose start then counts as fresh: an idle session never trips."""
+    misses: int = 0
+    ticks: int = 0
+    """Every tick since the session opened (``timings`` keeps only the most recent ones)."""
+
+
+def _check_local_file(local_model: str, model_version: str) -> None:
+    """Warn when the local fallback's file is not the served one: the served ``model_version`` is
+    ``v<generation>-<sha256 prefix of the served file>``. Matching contracts say only that the
+    shapes, bounds and names agree; another seed's or checkpoint's weights have them too. Not an
+    error: a server serving a checkpoint exports its own file, whose bytes may differ from yours."""
+    served = model_version.partition("-")[2]
+    local = hashlib.sha256(Path(local_model).read_bytes()).hexdigest()  # a policy file: a few MB at most
+    if served and not local.startswith(served):
+        log.warning(
+            "the local fallback model %s (sha256 %s) is not the file the server serves (model version %s): "
+            "the contracts match, but a fallback action may come from other weights than the server's; "
+            "pass the served .onnx file",
+            local_model,
+            local[: len(served)],
+            model_version,
+        )
+
+
+class ControlSession:
+    """A control loop's connection: one ``StreamAct`` stream, a deadline per tick, fallbacks.
+
+    ``act(obs)`` sends the observation and waits at most ``deadline_s`` for the reply to this
+    tick (replies to earlier ticks are dropped by sequence number). Without a fresh action in
+    time it returns the fallback: ``hold`` (the last action; before any, the zeros), ``zeros``
+    (clipped into the action bounds), or ``local`` (the same ONNX policy run here with onnxruntime;
+    pass ``local_model``). Every action returned is the caller's own writable array: editing it
+    in place (``a *= 0.5``) never changes what the session holds or returns later.
+
+    The local fallback keeps the file loaded when the session was made: a server ``Reload`` does
+    not change it (open a new session after one). Its contract must be the served one (else
+    :class:`FlowRLError`); a file other than the served one (its sha256 is not the one in the
+    served ``model_version``) and a ``period_s`` other than the served policy's control period
+    are logged as warnings (logger ``flowrl.client``), not refused.
+    The watchdog raises :class:`WatchdogError` after ``max_consecutive_misses`` misses in a row
+    or when the last fresh action is older than ``max_staleness_s`` (counted from the first tick,
+    and again after each :meth:`reset`). A broken stream is reopened with exponential backoff
+    (the server then restarts the session's noise from ``seed``).
+
+    A session serves one control loop: ``act`` or ``reset`` called while another is running (from
+    a second thread) raises :class:`FlowRLError`, as does either after :meth:`close`.
+    Every setting is checked here, each bad one refused with a :class:`FlowRLError` naming it.
+
+    Args:
+        period_s: the control period, in [1e-4, 10] s (0.1 Hz to 10 kHz, as ``flowrl control --hz``).
+        deadline_s: how long a tick waits for its action, in (0, period_s]; default: half the period.
+        session_id: the server session's name; default: a fresh unique one.
+        seed: the session's noise seed (an integer in [0, 2**64)); default: unseeded.
+        fallback: ``hold``, ``zeros`` or ``local``.
+        local_model: the served ONNX file, for ``fallback="local"`` (and only for it).
+        max_consecutive_misses: raise after this many (>= 1) misses in a row; None: never.
+        max_staleness_s: raise when no fresh action came for this long (finite, > 0); None: never.
+        max_rate: optional clamp of each action component's change, in units per second (finite, > 0).
+        contract_hash / contract: pin the policy contract; the server refuses a different one.
+        backoff_s: (first, longest) wait between reconnection tries, 0 < first <= longest.
+        reset_timeout_s: how long :meth:`reset` waits for the server (finite, > 0); default 1 s.
+        max_timings: how many ticks ``timings`` keeps, the most recent (>= 1); None: all of them
+            (about 300 bytes a tick: only for bounded runs).
+    """
+
+    def __init__(
+        self,
+        client: PolicyClient,
+        *,
+        period_s: float,
+        deadline_s: float | None = None,
+        session_id: str = "",
+        seed: int | None = None,
+        fallback: str = "hold",
+        local_model: str = "",
+        max_consecutive_misses: int | None = None,
+        max_staleness_s: float | None = None,
+        max_rate: float | None = None,
+        contract_hash: str = "",
+        contract: PolicyContract | None = None,
+        backoff_s: tuple[float, float] = (0.05, 1.0),
+        reset_timeout_s: float | None = None,
+        max_timings: int | None = DEFAULT_MAX_TIMINGS,
+    ) -> None:
+        check_session_settings(
+            fallback=fallback,
+            local_model=local_model,
+            max_consecutive_misses=max_consecutive_misses,
+            deadline_s=deadline_s,
+        )
+        if not (_is_number(period_s) and MIN_CONTROL_PERIOD_S <= period_s <= MAX_CONTROL_PERIOD_S):
+            raise FlowRLError(
+                f"period_s must lie in [{MIN_CONTROL_PERIOD_S:g}, {MAX_CONTROL_PERIOD_S:g}] s (a control rate "
+                f"of {MIN_HZ:g} to {MAX_HZ:g} Hz), got {_shown(period_s)}"
+            )
+        deadline_s = session_deadline(period_s, deadline_s)
+        if max_timings is not None and not (_is_integer(max_timings) and max_timings >= 1):
+            raise FlowRLError(f"max_timings must be an integer >= 1 or None (all), got {_shown(max_timings)}")
+        if not (isinstance(backoff_s, (tuple, list)) and len(backoff_s) == 2 and all(map(_is_number, backoff_s))):
+            raise FlowRLError(f"backoff_s must be two numbers of seconds (first, longest), got {backoff_s!r}")
+        first, longest = (_positive(b, "backoff_s") for b in backoff_s)
+        if first > longest:
+            raise FlowRLError(f"backoff_s must have first <= longest, got ({first:g}, {longest:g})")
+        self.client = client
+        self.period_s = float(period_s)
+        self.deadline_s = deadline_s
+        self.session_id = session_id or f"control-{uuid.uuid4().hex[:12]}"
+        self.seed = checked_seed(seed)
+        self.fallback = fallback
+        self.max_consecutive_misses = max_consecutive_misses
+        self.max_staleness_s = None if max_staleness_s is None else _positive(max_staleness_s, "max_staleness_s")
+        self.max_delta = None if max_rate is None else _positive(max_rate, "max_rate") * self.period_s
+        self.reset_timeout_s = checked_timeout(
+            DEFAULT_RESET_TIMEOUT_S if reset_timeout_s is None else reset_timeout_s, "reset_timeout_s"
+        )
+        self.contract_hash = contract_hash or (contract.hash() if contract else "")
+        self.contract_json = json.dumps(contract.to_dict(), sort_keys=True) if contract else ""
+        self.info = client.spec()
+        served_period_s = self.info.control_period_s
+        if served_period_s > 0 and not math.isclose(self.period_s, served_period_s, rel_tol=1e-6):
+            log.warning(
+                PERIOD_MISMATCH,
+                self.period_s,
+                1 / self.period_s,
+                served_period_s,
+                1 / served_period_s,
+            )
+        self.local = None
+        if fallback == "local":
+            from flowrl_deploy.runtime import SeededPolicy  # onnxruntime, loaded only for a local fallback
+
+            self.local = SeededPolicy(local_model, seed)
+            if self.local.policy.contract_hash != self.info.contract_hash:
+                diff = "; ".join(self.info.contract.differences(self.local.policy.contract))
+                raise FlowRLError(f"the local fallback model {local_model} is not the served policy ({diff})")
+            _check_local_file(local_model, self.info.model_version)
+        zeros = np.zeros(self.info.act_dim, np.float32)
+        if len(self.info.action_low) == len(self.info.action_high) == self.info.act_dim:
+            zeros = np.clip(zeros, self.info.action_low, self.info.action_high)  # bounds may exclude 0
+        self._zeros = zeros
+        self._obs_shapes = ((self.info.obs_dim,), (1, self.info.obs_dim))
+        self.timings: collections.deque[CallTiming] = collections.deque(maxlen=max_timings)
+        self.health = _Health()
+        self.last_action: np.ndarray | None = None
+        self._seq = 0
+        self._busy = threading.Lock()
+        self._closed = False
+        self._backoff_s = (first, longest)
+        self._retry_in = first
+        self._retry_at = 0.0
+        self._opened = False
+        self._stream: _Stream | None = _Stream(client)
+
+    # --- the tick ------------------------------------------------------------------------------
+    def act(self, obs: np.ndarray) -> np.ndarray:
+        """The action for this tick, fresh or fallback; raises :class:`WatchdogError` when unsafe.
+
+        ``obs`` is one observation, [obs_dim] or [1, obs_dim], of finite numbers; another shape,
+        NaN, Inf or a value beyond float32's range raises :class:`~flowrl_deploy.codec.TensorError`
+        (also while the server is away)."""
+        if not self._busy.acquire(blocking=False):
+            raise self._in_use("act")
+        try:
+            self._check_open("act")
+            return self._tick(self._checked_obs(obs))
+        finally:
+            self._busy.release()
+
+    def _checked_obs(self, obs: np.ndarray) -> np.ndarray:
+        array = as_float32(obs, name="obs")  # bool, text and complex are refused, as encode refuses them
+        if array.shape not in self._obs_shapes:
+            dim = self.info.obs_dim
+            raise TensorError(f"obs: shape {list(array.shape)} does not match [{dim}] or [1, {dim}] (one per tick)")
+        array = array.reshape(-1)
+        check_finite(array, name="obs")
+        return array
+
+    def _tick(self, obs: np.ndarray) -> np.ndarray:
+        self._seq += 1
+        seq = self._seq
+        start = time.perf_counter()
+        health = self.health
+        health.ticks += 1
+        if health.last_fresh is None:
+            health.last_fresh = time.monotonic()
+        reply = self._exchange(obs, seq, start + self.deadline_s)
+        if reply is not None:
+            action = decode(reply.action, name="action")
+            self.timings.append(self._timing(reply, start))
+            health.consecutive_misses = 0
+            health.last_fresh = time.monotonic()
+        else:
+            action = self._fallback(obs)
+            self.timings.append(CallTiming(seq, self.fallback, (time.perf_counter() - start) * 1e6))
+            health.consecutive_misses += 1
+            health.misses += 1
+            self._watchdog()
+        if self.max_delta is not None and self.last_action is not None:
+            action = np.clip(action, self.last_action - self.max_delta, self.last_action + self.max_delta)
+        self.last_action = action  # the session's own: never handed out, so "hold" repeats what was returned
+        return action.copy()
+
+    def _exchange(self, obs: np.ndarray, seq: int, until: float) -> pb.StreamActReply | None:
+        stream = self._live_stream()
+        if stream is None:
+            return None
+        request = pb.StreamActRequest(
+            session_id=self.session_id,
+            seq=seq,
+            obs=encode(obs, name="obs"),
+            client_send_unix_ns=time.time_ns(),
+            timeout_us=max(1, int((until - time.perf_counter()) * 1e6)),
+        )
+        if not self._opened:
+            if self.seed is not None:
+                request.seed = self.seed
+            request.contract_hash = self.contract_hash
+            request.contract_json = self.contract_json
+        stream.requests.put(request)
+        while True:
+            remaining = until - time.perf_counter()
+            try:
+                reply = stream.replies.get(timeout=remaining) if remaining > 0 else stream.replies.get_nowait()
+            except queue.Empty:
+                return None
+            if reply is _END:
+                self._broken()
+                return None
+            if reply.seq != seq:
+                continue  # the late answer to an earlier tick
+            if reply.status.code == 0:
+                self._opened = True  # only now: a refused opening is sent again with the seed and pin
+                self._retry_in, self._retry_at = self._backoff_s[0], 0.0  # a later break retries soon again
+                return reply
+            code = grpc.StatusCode[_code_name(reply.status.code)]
+            if code not in TRANSIENT:
+                raise ServiceError(code, reply.status.message)
+            return None
+
+    def _live_stream(self) -> _Stream | None:
+        if self._stream is not None:
+            return self._stream
+        now = time.monotonic()
+        if now < self._retry_at:
+            return None
+        self._retry_at = now + self._retry_in
+        self._retry_in = min(self._retry_in * 2, self._backoff_s[1])
+        self._opened = False
+        self._stream = stream = _Stream(self.client)
+        if self._closed:  # close() ran meanwhile (from another thread) and saw no stream to close
+            self.close()
+            raise self._closed_error("act")
+        return stream
+
+    def _broken(self) -> None:
+        stream, self._stream = self._stream, None
+        if stream is not None:
+            if stream.error is not None and stream.error.code not in TRANSIENT:
+                raise stream.error
+            stream.close()
+        if not self._retry_at or time.monotonic() >= self._retry_at:
+            self._retry_at = time.monotonic() + self._retry_in
+
+    def _fallback(self, obs: np.ndarray) -> np.ndarray:
+        if self.local is not None:
+            return self.local.act(obs)
+        if self.fallback == "hold" and self.last_action is not None:
+            return self.last_action
+        return self._zeros
+
+    def _watchdog(self) -> None:
+        misses = self.health.consecutive_misses
+        if self.max_consecutive_misses is not None and misses >= self.max_consecutive_misses:
+            raise WatchdogError(f"{misses} control ticks in a row without a fresh action")
+        stale = time.monotonic() - self.health.last_fresh
+        if self.max_staleness_s is not None and stale > self.max_staleness_s:
+            raise WatchdogError(f"no fresh action for {stale * 1e3:.1f} ms (limit {self.max_staleness_s * 1e3:.1f} ms)")
+
+    def _timing(self, reply: pb.StreamActReply, start: float) -> CallTiming:
+        t3 = time.time_ns()
+        t0, t1, t2 = reply.client_send_unix_ns, reply.server_recv_unix_ns, reply.server_send_unix_ns
+        return CallTiming(
+            seq=reply.seq,
+            source="server",
+            round_trip_us=(time.perf_counter() - start) * 1e6,
+            server_us=(t2 - t1) / 1e3,
+            inference_us=float(reply.inference_us),
+            clock_offset_us=((t1 - t0) + (t2 - t3)) / 2e3,
+            model_version=reply.model_version,
+        )
+
+    def _in_use(self, method: str) -> FlowRLError:
+        return FlowRLError(
+            f"ControlSession.{method} called while another act or reset of this session runs: a ControlSession "
+            "serves one control loop; use one session per thread"
+        )
+
+    def _closed_error(self, method: str) -> FlowRLError:
+        return FlowRLError(f"ControlSession.{method} after close(): open a new session with client.session(...)")
+
+    def _check_open(self, method: str) -> None:
+        if self._closed:
+            raise self._closed_error(method)
+
+    # --- episodes and lifetime -------------------------------------------------------------------
+    def reset(self, seed: int | None = None) -> None:
+        """A new episode: reseed the session's noise (and the local fallback's), forget the last
+        action and restart the staleness clock.
+
+        The server's ``Reset`` is waited for at most ``reset_timeout_s``. If it fails (the server
+        is down, frozen or refuses) this raises :class:`ServiceError` and the session is left as it
+        was (seed, last action, local fallback noise), so the loop may carry on or try again; a
+        reset that timed out may still have reached the server."""
+        seed = checked_seed(seed)
+        if not self._busy.acquire(blocking=False):
+            raise self._in_use("reset")
+        try:
+            self._check_open("reset")
+            self.client.reset(self.session_id, seed, contract_hash=self.contract_hash, timeout_s=self.reset_timeout_s)
+            self.seed = seed
+            self.last_action = None
+            self.health.last_fresh = None
+            self.health.consecutive_misses = 0  # the server answered: a new episode starts with no misses
+            if self.local is not None:
+                self.local.reseed(seed)
+        finally:
+            self._busy.release()
+
+    def close(self) -> None:
+        """End the stream; a closed session refuses ``act`` and ``reset``. Closing again does nothing."""
+        self._closed = True
+        stream, self._stream = self._stream, None
+        if stream is not None:
+            stream.close()
+
+    def __enter__(self) -> ControlSession:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+
+def _code_name(value: int) -> str:
+    for code in grpc.StatusCode:
+        if code.value[0] == value:
+            return code.name
+    return "UNKNOWN"
