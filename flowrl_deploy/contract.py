@@ -13,13 +13,11 @@ from __future__ import annotations
 
 import hashlib
 import json
-import math
-from dataclasses import asdict, dataclass, fields
+from dataclasses import asdict, dataclass
 from typing import Any
 
 from flowrl_deploy.errors import SpecError
-from flowrl_deploy.fieldtypes import wrong_type
-from flowrl_deploy.spec import MAX_FLOW_STEPS, SOLVERS, float32_bounds_problem, obs_layout_problem
+from flowrl_deploy.spec import policy_from_json, policy_problem
 
 CONTRACT_KEY = "flowrl.contract"
 CONTRACT_HASH_KEY = "flowrl.contract_hash"
@@ -81,47 +79,15 @@ class PolicyContract:
     def __post_init__(self) -> None:
         """Refuse a contract no exported graph can have (a hand-edited or corrupt file); each
         message names the field and starts with "policy contract"."""
-        wrong = wrong_type(self)
-        if wrong is not None:
-            name, expected = wrong
-            raise SpecError(
-                f"policy contract field {name} has the wrong type: {getattr(self, name)!r} ({expected} wanted)"
-            )
-        if self.obs_dim < 1 or self.act_dim < 1 or self.flow_steps < 1:
-            raise SpecError("policy contract: obs_dim, act_dim and flow_steps must be >= 1")
-        if self.flow_steps > MAX_FLOW_STEPS:
-            raise SpecError(
-                f"policy contract field flow_steps must lie in [1, {MAX_FLOW_STEPS}], got {self.flow_steps}"
-            )
-        if len(self.action_low) != self.act_dim or len(self.action_high) != self.act_dim:
-            raise SpecError(f"policy contract: the action bounds must hold act_dim = {self.act_dim} values each")
-        if not all(math.isfinite(x) for x in (*self.action_low, *self.action_high, self.control_period_s)):
-            raise SpecError("policy contract: bounds and control period must be finite")
-        for i, (lo, hi) in enumerate(zip(self.action_low, self.action_high, strict=True)):
-            if not lo < hi:
-                raise SpecError(
-                    f"policy contract field action_low must lie below action_high: action {i} has {lo:g} >= {hi:g}"
-                )
-        problem = float32_bounds_problem(self.action_low, self.action_high)
+        problem = policy_problem(self)
         if problem is not None:
             raise SpecError(f"policy contract field {problem}")
         period = self.control_period_s
-        if period != 0 and not MIN_CONTROL_PERIOD_S <= period <= MAX_CONTROL_PERIOD_S:
+        if period != 0 and not MIN_CONTROL_PERIOD_S <= period <= MAX_CONTROL_PERIOD_S:  # NaN too
             raise SpecError(
                 f"policy contract field control_period_s is {period:g} s; it must be 0 (none) or lie in "
                 f"[{MIN_CONTROL_PERIOD_S:g}, {MAX_CONTROL_PERIOD_S:g}] s (a control rate of "
                 f"{1 / MAX_CONTROL_PERIOD_S:g} to {1 / MIN_CONTROL_PERIOD_S:g} Hz)"
-            )
-        if self.action_names and len(self.action_names) != self.act_dim:
-            raise SpecError(
-                f"policy contract field action_names holds {len(self.action_names)} names for act_dim = {self.act_dim}"
-            )
-        problem = obs_layout_problem(self.obs_layout, self.obs_dim)
-        if problem is not None:
-            raise SpecError(f"policy contract field {problem}")
-        if self.solver not in SOLVERS:
-            raise SpecError(
-                f"policy contract field solver is {self.solver!r}; an exported graph uses {' or '.join(SOLVERS)}"
             )
 
     def hash(self) -> str:
@@ -145,21 +111,16 @@ class PolicyContract:
         return data
 
     @classmethod
-    def from_dict(cls, data: dict[str, Any]) -> PolicyContract:
-        if not isinstance(data, dict):
-            raise SpecError(f"policy contract is malformed: a JSON object was expected, got {type(data).__name__}")
-        known = {f.name for f in fields(cls)}
-        try:
-            kwargs = {k: v for k, v in data.items() if k in known}
-            for key in ("action_low", "action_high"):
-                kwargs[key] = tuple(float(x) for x in kwargs[key])
-            kwargs["obs_layout"] = tuple((str(n), s) for n, s in kwargs.get("obs_layout", ()))
-            for key in ("action_names", "input_names"):
-                if key in kwargs:
-                    kwargs[key] = tuple(str(x) for x in kwargs[key])
-            return cls(**kwargs)
-        except (KeyError, TypeError, ValueError) as exc:
-            raise SpecError(f"policy contract is malformed: {exc}") from exc
+    def from_dict(cls, data: Any) -> PolicyContract:
+        """Build a contract from JSON data (an ONNX file's metadata, or a client's contract_json),
+        with a clear error for a missing or impossible field.
+
+        Fields this version does not know are ignored, unlike in a checkpoint's spec (our own file,
+        where one is a misspelling): a contract may come from a newer flowrl-deploy (the exporter,
+        the server or the client of another version), and a robot with an older client must still
+        read a newer export's contract. Ignoring one cannot mislead a client: a new client-facing
+        field would enter the hash, which :func:`contract_from_metadata` then finds unmatched."""
+        return policy_from_json(cls, data, "policy contract", ignore_unknown=True)
 
 
 def contract_to_metadata(contract: PolicyContract, provenance: dict[str, Any]) -> dict[str, str]:

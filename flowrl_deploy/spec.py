@@ -8,11 +8,15 @@ from __future__ import annotations
 
 import math
 import struct
-from dataclasses import asdict, dataclass, field, fields
-from typing import Any
+from collections.abc import Callable
+from dataclasses import MISSING, asdict, dataclass, field, fields
+from typing import TYPE_CHECKING, Any, TypeVar
 
 from flowrl_deploy.errors import SpecError
 from flowrl_deploy.fieldtypes import is_int, wrong_type
+
+if TYPE_CHECKING:
+    from flowrl_deploy.contract import PolicyContract
 
 SOLVERS = ("midpoint", "euler")
 ACTIVATIONS = ("elu",)
@@ -92,29 +96,11 @@ class PolicySpec:
 
     def validate(self) -> None:
         """Raise :class:`SpecError` naming the first field of the wrong type or with an impossible value."""
-        wrong = wrong_type(self)
-        if wrong is not None:
-            name, expected = wrong
-            raise SpecError(f"{name} must be {expected}, got {getattr(self, name)!r}")
-        if self.obs_dim < 1 or self.act_dim < 1:
-            raise SpecError(f"obs_dim and act_dim must be >= 1, got {self.obs_dim} and {self.act_dim}")
-        for name in ("action_low", "action_high"):
-            bounds = getattr(self, name)
-            if len(bounds) != self.act_dim:
-                raise SpecError(f"{name} has {len(bounds)} entries, expected act_dim={self.act_dim}")
-            if not all(math.isfinite(b) for b in bounds):
-                raise SpecError(f"{name} must be finite, got {bounds}")
-        if any(lo >= hi for lo, hi in zip(self.action_low, self.action_high, strict=True)):
-            raise SpecError("every action_low must be below its action_high")
-        problem = float32_bounds_problem(self.action_low, self.action_high)
+        problem = policy_problem(self)
         if problem is not None:
             raise SpecError(problem)
-        if self.solver not in SOLVERS:
-            raise SpecError(f"unknown solver {self.solver!r}; choose one of {', '.join(SOLVERS)}")
         if self.activation not in ACTIVATIONS:
             raise SpecError(f"unknown activation {self.activation!r}; supported: {', '.join(ACTIVATIONS)}")
-        if not 1 <= self.flow_steps <= MAX_FLOW_STEPS:
-            raise SpecError(f"flow_steps must lie in [1, {MAX_FLOW_STEPS}], got {self.flow_steps}")
         if not (math.isfinite(self.noise_clip) and self.noise_clip > 0):
             raise SpecError(f"noise_clip must be a finite number > 0, got {self.noise_clip!r}")
         if self.noise_clip > FLOAT32_MAX:
@@ -124,11 +110,6 @@ class PolicySpec:
             )
         if self.hidden < 1:
             raise SpecError(f"hidden must be >= 1, got {self.hidden}")
-        problem = obs_layout_problem(self.obs_layout, self.obs_dim)
-        if problem is not None:
-            raise SpecError(problem)
-        if self.action_names and len(self.action_names) != self.act_dim:
-            raise SpecError(f"{len(self.action_names)} action_names for act_dim={self.act_dim}")
 
     def to_dict(self) -> dict[str, Any]:
         out = asdict(self)
@@ -136,31 +117,83 @@ class PolicySpec:
         return out
 
     @classmethod
-    def from_dict(cls, data: dict[str, Any]) -> PolicySpec:
-        """Build a spec from JSON data, with a clear error for missing or unknown fields."""
-        if not isinstance(data, dict):
-            raise SpecError(f"a policy spec must be a JSON object, got {type(data).__name__}")
-        version = data.get("spec_version", SPEC_VERSION)
-        if not is_int(version):
-            raise SpecError(f"spec_version must be an integer, got {version!r}")
-        if version > SPEC_VERSION:
+    def from_dict(cls, data: Any) -> PolicySpec:
+        """Build a spec from JSON data (a checkpoint's), with a clear error for a missing, unknown or
+        impossible field. An unknown field is refused: a checkpoint's spec is our own file, where one
+        is a misspelling ("hiden") that would otherwise fall back to its default unseen. A spec a newer
+        flowrl-deploy wrote says so by its spec_version, and is refused first with a request to upgrade."""
+        version = data.get("spec_version", SPEC_VERSION) if isinstance(data, dict) else SPEC_VERSION
+        if is_int(version) and version > SPEC_VERSION:  # one of another type: validate names it
             raise SpecError(
-                f"policy spec version {data['spec_version']} is newer than this flowrl-deploy "
-                f"understands ({SPEC_VERSION}); upgrade flowrl-deploy"
+                f"policy spec version {version} is newer than this flowrl-deploy understands ({SPEC_VERSION}); "
+                "upgrade flowrl-deploy"
             )
-        known = {f.name for f in fields(cls)}
-        missing = {"obs_dim", "act_dim", "action_low", "action_high"} - data.keys()
-        if missing:
-            raise SpecError(f"policy spec lacks {', '.join(sorted(missing))}")
-        unknown = sorted(set(data) - known)
-        if unknown:  # a misspelt field ("hiden") would otherwise fall back to its default unseen
-            raise SpecError(f"policy spec has unknown fields {', '.join(unknown)} (known: {', '.join(sorted(known))})")
-        kwargs = dict(data)
-        try:
-            kwargs["action_low"] = tuple(float(x) for x in kwargs["action_low"])
-            kwargs["action_high"] = tuple(float(x) for x in kwargs["action_high"])
-            kwargs["obs_layout"] = tuple((str(n), s) for n, s in kwargs.get("obs_layout", ()))
-            kwargs["action_names"] = tuple(str(n) for n in kwargs.get("action_names", ()))
-            return cls(**kwargs)
-        except (TypeError, ValueError) as exc:
-            raise SpecError(f"malformed policy spec: {exc}") from exc
+        return policy_from_json(cls, data, "policy spec", ignore_unknown=False)
+
+
+def policy_problem(policy: PolicySpec | PolicyContract) -> str | None:
+    """The first thing wrong in what a policy spec and its contract both state, or None: each field's
+    type, obs_dim and act_dim, the action bounds (one per action, finite, low < high, fitting
+    float32), the solver, flow_steps, action_names and obs_layout. The message starts with the
+    field's name ("flow_steps must lie in ..."), so that a contract can say "policy contract field …"."""
+    wrong = wrong_type(policy)
+    if wrong is not None:
+        name, expected = wrong
+        return f"{name} must be {expected}, got {getattr(policy, name)!r}"
+    for name in ("obs_dim", "act_dim"):
+        if getattr(policy, name) < 1:
+            return f"{name} must be >= 1, got {getattr(policy, name)}"
+    for name in ("action_low", "action_high"):
+        bounds = getattr(policy, name)
+        if len(bounds) != policy.act_dim:
+            return f"{name} must hold act_dim = {policy.act_dim} values, got {len(bounds)}"
+        if not all(math.isfinite(b) for b in bounds):
+            return f"{name} must be finite, got {bounds}"
+    for i, (lo, hi) in enumerate(zip(policy.action_low, policy.action_high, strict=True)):
+        if not lo < hi:
+            return f"action_low must lie below action_high: action {i} has {lo:g} >= {hi:g}"
+    problem = float32_bounds_problem(policy.action_low, policy.action_high)
+    if problem is not None:
+        return problem
+    if policy.solver not in SOLVERS:
+        return f"solver must be {' or '.join(SOLVERS)}, got {policy.solver!r}"
+    if not 1 <= policy.flow_steps <= MAX_FLOW_STEPS:
+        return f"flow_steps must lie in [1, {MAX_FLOW_STEPS}], got {policy.flow_steps}"
+    if policy.action_names and len(policy.action_names) != policy.act_dim:
+        return f"action_names holds {len(policy.action_names)} names for act_dim = {policy.act_dim}"
+    return obs_layout_problem(policy.obs_layout, policy.obs_dim)
+
+
+_FROM_JSON: dict[str, Callable[[Any], tuple[Any, ...]]] = {
+    "tuple[float, ...]": lambda items: tuple(float(x) for x in items),
+    "tuple[str, ...]": lambda items: tuple(str(x) for x in items),
+    "tuple[tuple[str, int], ...]": lambda items: tuple((str(name), size) for name, size in items),
+}
+"""How a JSON list becomes the value of a tuple field, by the field's annotation."""
+Policy = TypeVar("Policy", "PolicySpec", "PolicyContract")
+
+
+def policy_from_json(cls: type[Policy], data: Any, what: str, *, ignore_unknown: bool) -> Policy:
+    """Build ``cls`` (PolicySpec or PolicyContract) from a JSON object, its lists made tuples; raise
+    :class:`SpecError` starting with ``what`` ("policy spec") if data is no object, lacks a field
+    without a default, or cannot be converted; an unknown field is refused unless ``ignore_unknown``.
+    The instance then checks its values itself."""
+    if not isinstance(data, dict):
+        raise SpecError(f"{what} must be a JSON object, got {type(data).__name__}")
+    known = {f.name: f for f in fields(cls)}
+    required = [name for name, f in known.items() if f.default is MISSING and f.default_factory is MISSING]
+    missing = [name for name in required if name not in data]
+    if missing:
+        raise SpecError(f"{what} lacks {', '.join(missing)}")
+    unknown = sorted(set(data) - known.keys())
+    if unknown and not ignore_unknown:
+        raise SpecError(f"{what} has unknown fields {', '.join(unknown)} (known: {', '.join(sorted(known))})")
+    try:
+        kwargs = {
+            name: _FROM_JSON.get(str(known[name].type), lambda read: read)(value)
+            for name, value in data.items()
+            if name in known
+        }
+        return cls(**kwargs)
+    except (TypeError, ValueError) as exc:
+        raise SpecError(f"{what} is malformed: {exc}") from exc

@@ -5,6 +5,7 @@ import pytest
 
 from flowrl_deploy.contract import PolicyContract, contract_from_metadata, contract_to_metadata
 from flowrl_deploy.errors import SpecError
+from flowrl_deploy.spec import PolicySpec
 
 BASE = PolicyContract(obs_dim=4, act_dim=2, action_low=(-1.0, -1.0), action_high=(1.0, 1.0), flow_steps=10)
 
@@ -84,10 +85,11 @@ def test_missing_contract_names_the_exporter():
 @pytest.mark.parametrize(
     ("change", "message"),
     [
-        ({"obs_dim": "4"}, "obs_dim has the wrong type"),
-        ({"control_period_s": "0.02"}, "control_period_s has the wrong type"),
-        ({"deterministic": 1}, "deterministic has the wrong type"),
-        ({"act_dim": 0}, "must be >= 1"),
+        ({"obs_dim": "4"}, "obs_dim must be an integer, got '4'"),
+        ({"control_period_s": "0.02"}, "control_period_s must be a number, got '0.02'"),
+        ({"deterministic": 1}, "deterministic must be true or false, got 1"),
+        ({"act_dim": 0}, "act_dim must be >= 1, got 0"),
+        ({"flow_steps": 0}, r"flow_steps must lie in \[1, 1000\], got 0"),
         ({"action_low": [-1.0]}, "must hold act_dim = 2 values"),
         ({"action_high": [1.0]}, "must hold act_dim = 2 values"),
         ({"action_high": [1.0, float("nan")]}, "must be finite"),
@@ -102,10 +104,12 @@ def test_missing_contract_names_the_exporter():
         ({"action_high": [1e39, 1.0]}, r"field action_high\[0\] = 1e\+39 does not fit float32"),
         ({"action_low": [-1e308, -1.0], "action_high": [1e308, 1.0]}, r"field action_low\[0\] = -1e\+308 does not"),
         ({"action_low": [-3e38, -1.0], "action_high": [3e38, 1.0]}, r"action_high\[0\] = 3e\+38 have a range or sum"),
-        ({"solver": "rk4"}, "solver is 'rk4'; an exported graph uses midpoint or euler"),
+        ({"solver": "rk4"}, "solver must be midpoint or euler, got 'rk4'"),
         ({"control_period_s": 1e9}, r"control_period_s is 1e\+09 s; it must be 0 \(none\) or lie in \[0.0001, 10\]"),
         ({"control_period_s": 1e-9}, "control_period_s is 1e-09 s"),
         ({"control_period_s": -0.02}, "control_period_s is -0.02 s"),
+        ({"control_period_s": float("nan")}, "control_period_s is nan s"),
+        ({"control_period_s": float("inf")}, "control_period_s is inf s"),
     ],
 )
 def test_a_contract_no_export_can_have_is_refused_even_with_a_matching_hash(change, message):
@@ -126,15 +130,54 @@ def test_an_impossible_contract_in_a_model_file_says_it_comes_from_the_file():
     metadata = {**contract_to_metadata(BASE, {}), "flowrl.contract": json.dumps(bad)}
     with pytest.raises(SpecError) as info:
         contract_from_metadata(metadata)
-    assert (
-        str(info.value)
-        == "the model file's policy contract field solver is 'rk4'; an exported graph uses midpoint or euler"
-    )
+    assert str(info.value) == "the model file's policy contract field solver must be midpoint or euler, got 'rk4'"
 
 
 def test_contract_and_provenance_must_be_json_objects():
     metadata = contract_to_metadata(BASE, {})
-    with pytest.raises(SpecError, match="JSON object was expected, got list"):
+    with pytest.raises(SpecError, match="policy contract must be a JSON object, got list"):
         contract_from_metadata({**metadata, "flowrl.contract": "[1, 2]"})
     with pytest.raises(SpecError, match="provenance record is not a JSON object"):
         contract_from_metadata({**metadata, "flowrl.provenance": "[]"})
+
+
+def test_a_missing_field_is_named():
+    data = BASE.to_dict()
+    del data["action_low"]
+    with pytest.raises(SpecError, match=r"^policy contract lacks action_low$"):
+        PolicyContract.from_dict(data)
+
+
+def test_fields_a_newer_flowrl_deploy_adds_are_ignored_unlike_in_a_spec():
+    """A robot's older client must read a newer export's contract (from_dict's docstring says why);
+    a checkpoint's spec is our own file, where an unknown field is a misspelling and refused."""
+    newer = {**BASE.to_dict(), "sampler_seed": 7}
+    metadata = {**contract_to_metadata(BASE, {}), "flowrl.contract": json.dumps(newer)}
+    assert contract_from_metadata(metadata)[0] == BASE
+    spec = PolicySpec(obs_dim=4, act_dim=2, action_low=(-1.0, -1.0), action_high=(1.0, 1.0))
+    with pytest.raises(SpecError, match="policy spec has unknown fields sampler_seed"):
+        PolicySpec.from_dict({**spec.to_dict(), "sampler_seed": 7})
+
+
+SHARED_MISTAKES = [  # what a spec and a contract both state, and so check alike
+    {"obs_dim": 0},
+    {"action_low": (-1.0,)},
+    {"action_high": (1.0, float("nan"))},
+    {"action_low": (2.0, -1.0)},
+    {"action_high": (1e39, 1.0)},
+    {"solver": "rk4"},
+    {"flow_steps": 10**9},
+    {"action_names": ("a", "b", "c")},
+    {"obs_layout": (("x", 5),)},
+    {"act_dim": 2.0},
+]
+
+
+@pytest.mark.parametrize("mistake", SHARED_MISTAKES)
+def test_a_spec_and_a_contract_name_the_same_mistake_alike(mistake):
+    base = {name: getattr(BASE, name) for name in ("obs_dim", "act_dim", "action_low", "action_high", "flow_steps")}
+    with pytest.raises(SpecError) as spec_error:
+        PolicySpec(**{**base, **mistake})
+    with pytest.raises(SpecError) as contract_error:
+        replace(BASE, **mistake)
+    assert str(contract_error.value) == f"policy contract field {spec_error.value}"

@@ -20,9 +20,9 @@ class TestPolicySpec:
     @pytest.mark.parametrize(
         ("overrides", "message"),
         [
-            ({"action_low": (-1.0,)}, "action_low has 1 entries"),
-            ({"action_high": (1.0, -3.0)}, "below its action_high"),
-            ({"solver": "rk4"}, "unknown solver 'rk4'"),
+            ({"action_low": (-1.0,)}, "action_low must hold act_dim = 2 values, got 1"),
+            ({"action_high": (1.0, -3.0)}, "action_low must lie below action_high: action 1 has -2 >= -3"),
+            ({"solver": "rk4"}, "solver must be midpoint or euler, got 'rk4'"),
             ({"flow_steps": 0}, "flow_steps must lie in [1, 1000], got 0"),
             ({"flow_steps": MAX_FLOW_STEPS + 1}, "flow_steps must lie in [1, 1000], got 1001"),
             ({"noise_clip": -1.0}, "noise_clip must be a finite number > 0, got -1.0"),
@@ -32,6 +32,10 @@ class TestPolicySpec:
             ({"obs_layout": (("x", 4), ("y", -1))}, "obs_layout has block sizes [4, -1]"),
             ({"obs_layout": (("x", 3), ("empty", 0))}, "obs_layout has block sizes [3, 0]: each must be an integer"),
             ({"action_high": (1.0, float("inf"))}, "must be finite"),
+            ({"obs_dim": 0}, "obs_dim must be >= 1, got 0"),
+            ({"action_names": ("a",)}, "action_names holds 1 names for act_dim = 2"),
+            ({"hidden": 0}, "hidden must be >= 1, got 0"),
+            ({"activation": "relu"}, "unknown activation 'relu'; supported: elu"),
             # finite in float64, but the float32 sampler would output only NaN
             ({"action_high": (1e39, 2.0)}, "action_high[0] = 1e+39 does not fit float32 (|x| <= 3.403e+38)"),
             ({"action_low": (-1.0, -1e308)}, "action_low[1] = -1e+308 does not fit float32"),
@@ -82,6 +86,19 @@ class TestPolicySpec:
     def test_missing_fields_are_named(self):
         with pytest.raises(SpecError, match="lacks act_dim"):
             PolicySpec.from_dict({"obs_dim": 3, "action_low": [0], "action_high": [1]})
+
+    @pytest.mark.parametrize(
+        ("data", "message"),
+        [
+            ([1], "policy spec must be a JSON object, got list"),
+            (None, "policy spec must be a JSON object, got NoneType"),  # a checkpoint.json without "spec"
+            ({"obs_dim": 3, "act_dim": 1, "action_low": 0, "action_high": [1]}, "policy spec is malformed: "),
+            ({"obs_dim": 3, "act_dim": 1, "action_low": ["x"], "action_high": [1]}, "policy spec is malformed: "),
+        ],
+    )
+    def test_malformed_json_is_a_clear_error(self, data, message):
+        with pytest.raises(SpecError, match=re.escape(message)):
+            PolicySpec.from_dict(data)
 
     def test_unknown_fields_are_named_not_dropped(self):
         """A misspelt field (a hand-edited checkpoint.json) silently fell back to its default: hidden 512."""
