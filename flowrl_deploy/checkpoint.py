@@ -150,7 +150,11 @@ def _replace_directory(new: Path, final: Path) -> None:
     except OSError:
         os.replace(aside, final)
         raise
-    shutil.rmtree(aside, ignore_errors=True)
+    if aside.is_dir():
+        shutil.rmtree(aside, ignore_errors=True)
+    else:  # a regular file stood at the checkpoint's path
+        with contextlib.suppress(OSError):
+            aside.unlink()
 
 
 def _reason(exc: OSError | SafetensorError) -> str:

@@ -53,6 +53,12 @@ class TestRoundTrip:
         assert loaded.replay == {}
         assert [p.name for p in tmp_path.iterdir()] == ["c"]
 
+    def test_a_file_at_the_checkpoint_path_is_replaced_and_leaves_no_leftover(self, tmp_path):
+        (tmp_path / "c").write_text("a stray file")
+        save(tmp_path / "c")
+        assert ckpt.load_checkpoint(tmp_path / "c").counters == {"step": 7}
+        assert [p.name for p in tmp_path.iterdir()] == ["c"]
+
     @pytest.mark.parametrize("umask", [0o022, 0o077])
     def test_files_get_the_permissions_of_the_umask(self, tmp_path, umask):
         old = os.umask(umask)
