@@ -62,6 +62,8 @@ class TrainResult:
     counters: Counters
     interrupted: bool = False
     """Ctrl-C (SIGINT) or SIGTERM stopped the run early; ``last_checkpoint`` holds the state at the stop."""
+    stop_signal: int | None = None
+    """The signal that stopped it (``signal.SIGINT`` or ``signal.SIGTERM``), or None."""
 
 
 class _StopOnSignal:
@@ -73,6 +75,7 @@ class _StopOnSignal:
 
     def __init__(self, enabled: bool) -> None:
         self.requested = False
+        self.signum: int | None = None
         self._previous: dict[int, object] = {}
         if enabled and threading.current_thread() is threading.main_thread():
             self._previous = {sig: signal.signal(sig, self._handler) for sig in self.SIGNALS}
@@ -80,7 +83,7 @@ class _StopOnSignal:
     def _handler(self, signum, frame) -> None:
         if self.requested:
             raise KeyboardInterrupt
-        self.requested = True
+        self.requested, self.signum = True, signum
 
     def restore(self) -> None:
         for sig, previous in self._previous.items():
@@ -185,7 +188,7 @@ def train(
     finally:
         stop.restore()
         run.close()
-    return TrainResult(run.run_dir, run.last_checkpoint, counters, interrupted=stop.requested)
+    return TrainResult(run.run_dir, run.last_checkpoint, counters, interrupted=stop.requested, stop_signal=stop.signum)
 
 
 @dataclass

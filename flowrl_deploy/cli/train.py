@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import signal
 from enum import Enum
 from pathlib import Path
 from typing import Annotated
@@ -159,7 +160,7 @@ def train(
             err=True,
             fg=typer.colors.YELLOW,
         )
-        raise typer.Exit(130)
+        raise typer.Exit(128 + (result.stop_signal or signal.SIGINT))  # the shell's code: 130 Ctrl-C, 143 SIGTERM
     best = result.counters.best_eval_return
     typer.echo(
         f"trained {result.counters.env_steps} env steps; last checkpoint {result.last_checkpoint}"

@@ -283,7 +283,7 @@ def test_out_pointing_at_a_file_is_one_clear_line(tmp_path):
 @pytest.mark.parametrize("signum", ["SIGINT", "SIGTERM"])
 def test_ctrl_c_or_sigterm_saves_last_and_exits_with_a_message(monkeypatch, tmp_path, signum):
     """The first SIGINT (Ctrl-C) or SIGTERM (a scheduler's stop) stops the loop between two steps,
-    saves a resumable `last`, and says so."""
+    saves a resumable `last`, says so, and exits with the shell's code for the signal (128 + its number)."""
     import os
     import signal
 
@@ -296,7 +296,7 @@ def test_ctrl_c_or_sigterm_saves_last_and_exits_with_a_message(monkeypatch, tmp_
     monkeypatch.setattr(loop, "Progress", InterruptAt150)
     out = tmp_path / "run"
     result = runner.invoke(app, ["train", *TINY, "--steps", "100000", "--out", str(out)])
-    assert result.exit_code == 130, result.output
+    assert result.exit_code == 128 + getattr(signal, signum), result.output  # 130 for Ctrl-C, 143 for SIGTERM
     assert "interrupted at env step 150" in result.output and "--resume" in result.output
     assert "Traceback" not in result.output
     assert read_document(out / "checkpoints" / "last")["counters"]["env_steps"] == 150
