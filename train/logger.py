@@ -1,7 +1,8 @@
 """Where training writes its numbers: TensorBoard scalars, metrics.jsonl and metrics.csv, and a live
 progress line.
 
-Scalar names are namespaced like CleanRL's: ``losses/…`` for the update's losses, ``charts/…``
+Scalar names are namespaced like CleanRL's: ``losses/…`` for the latest value of each of FlowRL's
+losses (the actor's from its last step, which comes every ``policy_delay``-th update), ``charts/…``
 for returns and rates.
 """
 

@@ -176,7 +176,8 @@ def train(
                 run.logger.log(counters.env_steps, {"charts/episode_return": episode_return})
                 obs, episode_return = env.reset(episode_seed(cfg.seed, counters.episodes)), 0.0
             if counters.env_steps >= cfg.start_steps and replay.size >= cfg.batch_size:
-                metrics = agent.update(replay.sample(cfg.batch_size))
+                # merged: the actor's losses come only every policy_delay-th update, and stay until the next
+                metrics.update(agent.update(replay.sample(cfg.batch_size)))
             _after_step(run, metrics)
         if counters.env_steps > first_step:  # no step taken (a stop, or a finished run resumed): nothing new to save
             run.save()
@@ -272,8 +273,10 @@ def _prepare_run(cfg: TrainConfig, resume: str | Path | None, progress: bool) ->
 
 
 def _after_step(run: _Run, metrics: dict[str, torch.Tensor]) -> None:
-    """What follows an env step: log the last update's metrics, evaluate (a new best is saved as
-    ``best``), save a periodic checkpoint, redraw the progress line."""
+    """What follows an env step: log the latest value of every loss (the critics' from the last
+    update, the actor's from the last actor step, which comes only every ``policy_delay``-th update,
+    so that no alignment of ``log_every`` leaves them out), evaluate (a new best is saved as ``best``),
+    save a periodic checkpoint, redraw the progress line."""
     cfg, agent, counters, logger, bar = run.cfg, run.agent, run.counters, run.logger, run.bar
     step = counters.env_steps
     if step % cfg.log_every == 0 and metrics:

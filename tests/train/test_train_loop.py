@@ -10,6 +10,7 @@ import torch
 
 from flowrl_deploy.checkpoint import load_checkpoint, read_document
 from flowrl_deploy.errors import CheckpointError, FlowRLError
+from flowrl_deploy.noise import draw_noise, session_noise
 from flowrl_deploy.spec import PolicySpec
 from flowrl_deploy.train import loop
 from flowrl_deploy.train.algorithm import FlowRL
@@ -180,6 +181,19 @@ def test_rows_of_rates_and_losses_start_with_the_first_update(tmp_path):
     assert all("losses/q_pi_loss" in r and "losses/actor_loss" in r for r in logged)
 
 
+def test_every_row_logged_after_the_first_actor_step_carries_the_actor_losses(tmp_path):
+    """The actor steps on every 2nd update (policy_delay 2), the first at step 101; logging every
+    50 steps from there falls on critic-only updates (steps 150, 200, 250), yet each row carries the
+    latest actor losses."""
+    config = {**TINY, "start_steps": 101, "log_every": 50, "eval_every": 0, "save_every": 0}
+    result = train(TrainConfig(steps=250, out=str(tmp_path), **config), progress=False)
+    rows = [json.loads(line) for line in (result.run_dir / "metrics.jsonl").read_text().splitlines()]
+    logged = [r for r in rows if "charts/env_steps_per_s" in r]
+    assert [r["step"] for r in logged] == [150, 200, 250]
+    for key in ("losses/actor_loss", "losses/flow_matching_loss", "losses/flow_weight", "losses/q_pi_loss"):
+        assert all(np.isfinite(r.get(key, np.nan)) for r in logged), key
+
+
 def test_the_checkpoint_records_spec_config_and_counters(run):
     checkpoint = load_checkpoint(run.last_checkpoint, training_state=True)
     assert checkpoint.counters == {"env_steps": 400, "episodes": 2, "updates": 301}  # updates from step 100
@@ -286,7 +300,7 @@ def test_acting_integrates_the_seeded_noise_with_the_asked_flow_steps(run):
     """What ``flowrl eval --flow-steps N`` acts with: the actor at N steps from the seed's noise."""
     obs = np.array([1.0, 0.0, 0.5], np.float32)
     actor = load_actor(run.run_dir, "cpu")
-    noise = torch.randn(1, 1, generator=torch.Generator().manual_seed(3))
+    noise = torch.from_numpy(draw_noise(session_noise(3), 1, 1))  # SeededPolicy's draw, as an export's eval
     with torch.no_grad():
         expected = {n: actor(torch.as_tensor(obs)[None], noise, num_steps=n)[0].numpy() for n in (1, 5)}
     assert not np.allclose(expected[1], expected[5], rtol=0, atol=1e-4)  # N matters for this policy
