@@ -215,15 +215,17 @@ and logs (evaluation has its own env and noise, so none of these changes the tra
 rest are the run's own; --save-every too, since the run's periodic checkpoints are kept by it."""
 
 
-def check_resume_settings(settings: dict[str, Any], saved: TrainConfig) -> None:
+def check_resume_settings(settings: dict[str, Any], saved: TrainConfig, *, flags: bool = True) -> None:
     """Refuse to resume the run whose saved config is ``saved`` with ``settings`` (config field → value)
     that change anything but :data:`RESUME_OVERRIDES`; the :class:`ConfigError` names every changed
-    field by its flag. Repeating a saved value changes nothing and is taken."""
+    setting by its ``flowrl train`` flag, or with ``flags`` False (a library caller) by its field.
+    Repeating a saved value changes nothing and is taken."""
     own = {name: value for name, value in settings.items() if name not in RESUME_OVERRIDES}
     changed = [name for name, value in own.items() if value != getattr(saved, name)]
     if changed:
-        flags, allowed = (", ".join(flag(name) for name in names) for names in (changed, RESUME_OVERRIDES))
+        name = flag if flags else str
+        named, allowed = (", ".join(name(field) for field in names) for names in (changed, RESUME_OVERRIDES))
+        given = "may be given with --resume" if flags else "may differ from the run's resume_config()"
         raise ConfigError(
-            f"{flags} cannot change when resuming: the run keeps its saved settings "
-            f"(only {allowed} may be given with --resume)"
+            f"{named} cannot change when resuming: the run keeps its saved settings (only {allowed} {given})"
         )

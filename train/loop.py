@@ -231,7 +231,8 @@ def _prepare_run(cfg: TrainConfig, resume: str | Path | None, progress: bool) ->
     run_dir = Path(cfg.out) if start is None else run_to_resume(start)
     if start is not None:  # cfg.out aside: a resumed run stays in its own directory, and keeps its record of it
         saved = resume_config(start)
-        check_resume_settings({f.name: getattr(cfg, f.name) for f in fields(cfg) if f.name != "out"}, saved)
+        settings = {f.name: getattr(cfg, f.name) for f in fields(cfg) if f.name != "out"}
+        check_resume_settings(settings, saved, flags=False)
         cfg = cfg.override(out=saved.out)
     if run_dir.exists() and not run_dir.is_dir():
         raise FlowRLError(f"--out {run_dir} is a file, not a directory; choose a directory for the run")
