@@ -29,6 +29,7 @@ from flowrl_deploy.checkpoint import (
 )
 from flowrl_deploy.envid import parse_env_id
 from flowrl_deploy.errors import CheckpointError, FlowRLError
+from flowrl_deploy.noise import draw_noise, session_noise
 from flowrl_deploy.train.actor import FlowActor
 from flowrl_deploy.train.config import ConfigError, TrainConfig
 
@@ -183,12 +184,17 @@ def load_actor(path: str | Path, device: torch.device | str = "cpu") -> FlowActo
 def actor_act_fn(
     actor: FlowActor, seed: int = 0, num_steps: int | None = None, deterministic: bool = False
 ) -> Callable[[np.ndarray], np.ndarray]:
-    """``act(obs [obs_dim]) -> action`` sampling ``actor`` with ``num_steps`` (default: its spec's),
-    its noise drawn from a CPU generator of its own (seeded ``seed``), so acting never shifts torch's
-    global RNG and a seed gives the same noise on a GPU as on the CPU. ``deterministic`` starts every
-    ODE from a0 = 0 instead (the deterministic export)."""
+    """``act(obs [obs_dim]) -> action`` sampling ``actor`` with ``num_steps`` (default: its spec's).
+
+    Its noise is drawn as :class:`~flowrl_deploy.runtime.SeededPolicy` (and so ``flowrl eval`` of
+    an ONNX export, a server session, a client's local fallback) draws it: numpy
+    ``session_noise(seed)``, one float32 ``draw_noise`` block [1, act_dim] per action, moved to the
+    actor's device. So a checkpoint and its export with the same seed play the same episodes (their
+    actions equal to the export's parity tolerance), acting never shifts torch's global RNG, and a
+    seed gives the same noise on a GPU as on the CPU. ``deterministic`` starts every ODE from
+    a0 = 0 instead (the deterministic export)."""
     device = next(actor.parameters()).device
-    generator = torch.Generator().manual_seed(seed)
+    generator = session_noise(seed)
 
     @torch.no_grad()
     def act(obs: np.ndarray) -> np.ndarray:
@@ -196,7 +202,7 @@ def actor_act_fn(
         if deterministic:
             noise = torch.zeros(1, actor.spec.act_dim, device=device)
         else:
-            noise = torch.randn(1, actor.spec.act_dim, generator=generator).to(device)
+            noise = torch.from_numpy(draw_noise(generator, 1, actor.spec.act_dim)).to(device)
         return actor(obs_t, noise, num_steps=num_steps)[0].float().cpu().numpy()
 
     return act

@@ -15,7 +15,7 @@ from flowrl_deploy.export import ExportConfig, export_checkpoint, sweep
 from flowrl_deploy.runtime import SeededPolicy
 from flowrl_deploy.spec import PolicySpec
 from flowrl_deploy.train import envs
-from flowrl_deploy.train.evaluate import EVAL_STREAM
+from flowrl_deploy.train.evaluate import EVAL_STREAM, EvalResult, checkpoint_act_fn, evaluate
 
 
 def test_act_fn_is_the_torch_sampler_with_seeded_noise(checkpoint, tmp_path, reference):
@@ -73,6 +73,38 @@ def test_deterministic_eval_is_the_same_for_the_checkpoint_and_both_onnx_graphs(
     # a deterministic graph starts from zero without --deterministic, and the report said nothing of it
     without_flag = runner.invoke(app, ["eval", str(zero.path), "--episodes", "1"])
     assert without_flag.output.strip().endswith("over 1 episode (N=1 midpoint, from a0 = 0)"), without_flag.output
+
+
+PENDULUM = PolicySpec(obs_dim=3, act_dim=1, action_low=(-2.0,), action_high=(2.0,), hidden=32, env_id="Pendulum-v1")
+
+
+def test_a_checkpoint_and_its_export_play_the_same_seeded_episodes(tmp_path):
+    """`flowrl eval CHECKPOINT --seed S` and `flowrl eval EXPORT.onnx --seed S` draw the same noise
+    (SeededPolicy's numpy stream, one block per action): the same actions to the export's parity
+    tolerance, so the same returns, stochastic as well as from a0 = 0. The checkpoint used to draw
+    from a torch generator: a 40-point gap that looked like a broken export."""
+    checkpoint = save_checkpoint(tmp_path / "ck", spec=PENDULUM, actor=actor_tensors(PENDULUM))
+    path = export_checkpoint(checkpoint, tmp_path / "p.onnx", ExportConfig(samples=3)).path  # the checkpoint's N
+    played: dict[tuple[str, bool], tuple[list[np.ndarray], EvalResult]] = {}
+    for deterministic in (False, True):
+        for name, act_fn in (
+            ("checkpoint", checkpoint_act_fn(checkpoint, device="cpu", seed=3, deterministic=deterministic)),
+            ("onnx", SeededPolicy(path, 3, deterministic=deterministic)),
+        ):
+            actions: list[np.ndarray] = []
+
+            def recorded(obs, act_fn=act_fn, actions=actions):
+                actions.append(act_fn(obs))
+                return actions[-1]
+
+            played[name, deterministic] = actions, evaluate(recorded, "Pendulum-v1", episodes=2, seed=3)
+    for deterministic in (False, True):
+        (torch_actions, torch_result), (onnx_actions, onnx_result) = (
+            played[name, deterministic] for name in ("checkpoint", "onnx")
+        )
+        np.testing.assert_allclose(torch_actions[:5], onnx_actions[:5], rtol=0, atol=1e-5)
+        np.testing.assert_allclose(torch_result.returns, onnx_result.returns, rtol=1e-3)
+    assert not np.allclose(played["onnx", False][0][:5], played["onnx", True][0][:5], atol=1e-3)  # noise matters
 
 
 def test_eval_on_an_env_of_other_sizes_is_one_clear_line(tmp_path):
