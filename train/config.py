@@ -209,10 +209,20 @@ class TrainConfig:
         return replace(self, **changes)
 
 
-RESUME_OVERRIDES = ("steps", "device", "threads", "cuda_graphs", "eval_every", "eval_episodes", "log_every")
-"""Settings a resumed run may change: the budget, where and how it runs, and how often it evaluates
-and logs (evaluation has its own env and noise, so none of these changes the training itself). The
-rest are the run's own; --save-every too, since the run's periodic checkpoints are kept by it."""
+RESUME_OVERRIDES = (
+    "steps",
+    "device",
+    "threads",
+    "cuda_graphs",
+    "eval_every",
+    "eval_episodes",
+    "log_every",
+    "save_replay",
+)
+"""Settings a resumed run may change: the budget, where and how it runs, how often it evaluates
+and logs (evaluation has its own env and noise, so none of these changes the training itself), and
+whether later checkpoints store the replay buffer. The rest are the run's own; --save-every too,
+since the run's periodic checkpoints are kept by it."""
 
 
 def check_resume_settings(settings: dict[str, Any], saved: TrainConfig, *, flags: bool = True) -> None:

@@ -118,6 +118,11 @@ def train(
     warnings: list[str] = []
     if resume is not None:
         cfg = resume_config(resume, steps)
+        if not cfg.save_replay:  # the checkpoint was saved without its buffer
+            warnings.append(
+                "the replay buffer was not saved (--save-replay): it restarts empty, and updates wait for "
+                "--batch-size transitions"
+            )
         given = [name for name in ctx.params if name not in ("resume", "progress") and _given(ctx, name)]
         check_resume_settings({name: _plain(ctx.params[name]) for name in given}, cfg)  # --out too: it stays
         overrides = {

@@ -343,6 +343,23 @@ def test_resume_refuses_settings_it_would_ignore_and_takes_where_and_how_it_runs
     assert result.exit_code == 1 and "--save-every cannot change when resuming" in result.output
 
 
+def test_a_resume_without_a_saved_buffer_warns_and_save_replay_may_be_turned_on(tmp_path):
+    """A checkpoint saved without --save-replay resumes with an empty buffer: say so once training
+    starts; --save-replay may be given with --resume (it only changes what later checkpoints store)."""
+    out = tmp_path / "run"
+    assert runner.invoke(app, ["train", *TINY, "--steps", "120", "--out", str(out)]).exit_code == 0
+    result = runner.invoke(app, ["train", "--resume", str(out), "--steps", "130", "--save-replay", "--no-progress"])
+    assert result.exit_code == 0, result.output
+    assert (
+        "warning: the replay buffer was not saved (--save-replay): it restarts empty, and updates wait for "
+        "--batch-size transitions"
+    ) in " ".join(result.output.split())
+    last = out / "checkpoints" / "last"
+    assert read_document(last)["config"]["save_replay"] is True and (last / "replay.safetensors").is_file()
+    result = runner.invoke(app, ["train", "--resume", str(out), "--steps", "140", "--no-progress"])
+    assert result.exit_code == 0 and "warning" not in result.output, result.output  # the buffer was saved
+
+
 def test_a_diverged_policy_stops_training_with_one_clear_line(monkeypatch, tmp_path):
     """NaN actions would reach the simulator (dm_control raises PhysicsError); stop with a message instead."""
     import numpy as np
