@@ -1,9 +1,12 @@
-"""Per-session policy noise, drawn on the server so that a seeded episode is reproducible.
+"""Policy noise: one seeded convention for every place a stochastic policy acts, so that a seeded
+episode is reproducible and the same wherever it runs.
 
-The draw is public on purpose: a client (or a test) reproduces a session's noise with
-``session_noise(seed)`` and ``draw_noise``: numpy ``Generator(PCG64(seed)).standard_normal``
-in float32, one [B, act_dim] block per request, in request order. It lives in the core package,
-not the server's: a client's local fallback draws its noise the same way without loading the server.
+``session_noise(seed)`` and ``draw_noise``: numpy ``Generator(PCG64(seed)).standard_normal`` in
+float32, one [B, act_dim] block per call, in call order. A server session draws its requests'
+noise this way, and so do a client's local fallback, ``flowrl eval`` of an ONNX file
+(``runtime.SeededPolicy``) and of a checkpoint (``train.checkpointing.actor_act_fn``): the same
+seed plays the same episodes through each. It lives in the core package, so none of them needs
+the server.
 """
 
 from __future__ import annotations
