@@ -14,7 +14,8 @@ from pathlib import Path
 from typing import Any
 
 from flowrl_deploy.checkpoint import RUN_CONFIG_FILE, write_text_atomic
-from flowrl_deploy.errors import FlowRLError
+from flowrl_deploy.envid import parse_env_id
+from flowrl_deploy.errors import EnvIdError, FlowRLError
 from flowrl_deploy.fieldtypes import wrong_type
 from flowrl_deploy.spec import MAX_FLOW_STEPS, SOLVERS
 
@@ -225,13 +226,24 @@ whether later checkpoints store the replay buffer. The rest are the run's own; -
 since the run's periodic checkpoints are kept by it."""
 
 
-def check_resume_settings(settings: dict[str, Any], saved: TrainConfig, *, flags: bool = True) -> None:
+def check_resume_settings(
+    settings: dict[str, Any], saved: TrainConfig, *, flags: bool = True, run_dir: Path | None = None
+) -> None:
     """Refuse to resume the run whose saved config is ``saved`` with ``settings`` (config field → value)
     that change anything but :data:`RESUME_OVERRIDES`; the :class:`ConfigError` names every changed
     setting by its ``flowrl train`` flag, or with ``flags`` False (a library caller) by its field.
-    Repeating a saved value changes nothing and is taken."""
-    own = {name: value for name, value in settings.items() if name not in RESUME_OVERRIDES}
-    changed = [name for name, value in own.items() if value != getattr(saved, name)]
+    Repeating a saved value changes nothing and is taken, in any spelling: an env id as parsed
+    (``gym:Pendulum-v1`` is ``Pendulum-v1``), and ``out`` as the path it resolves to, compared with
+    ``run_dir``, the folder being resumed (so a copied run takes ``out`` of the copy)."""
+
+    def same(name: str, value: Any) -> bool:
+        if name == "env":
+            return _canonical_env(value) == _canonical_env(saved.env)
+        if name == "out" and run_dir is not None:
+            return Path(value).resolve() == run_dir.resolve()
+        return value == getattr(saved, name)
+
+    changed = [name for name, value in settings.items() if name not in RESUME_OVERRIDES and not same(name, value)]
     if changed:
         name = flag if flags else str
         named, allowed = (", ".join(name(field) for field in names) for names in (changed, RESUME_OVERRIDES))
@@ -239,3 +251,11 @@ def check_resume_settings(settings: dict[str, Any], saved: TrainConfig, *, flags
         raise ConfigError(
             f"{named} cannot change when resuming: the run keeps its saved settings (only {allowed} {given})"
         )
+
+
+def _canonical_env(text: Any) -> Any:
+    """An env id as parsed (``gym:Pendulum-v1`` → ``Pendulum-v1``); one that does not parse, as given."""
+    try:
+        return str(parse_env_id(text))
+    except (EnvIdError, AttributeError):
+        return text

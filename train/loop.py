@@ -229,11 +229,11 @@ def _prepare_run(cfg: TrainConfig, resume: str | Path | None, progress: bool) ->
     state, and make every output (or find it unwritable) before step 0, or the first step after a resume."""
     start = None if resume is None else resolve_checkpoint(resume).resolve()
     run_dir = Path(cfg.out) if start is None else run_to_resume(start)
-    if start is not None:  # cfg.out aside: a resumed run stays in its own directory, and keeps its record of it
+    if start is not None:  # cfg.out aside: a resumed run stays in its own directory, and records where it lies
         saved = resume_config(start)
         settings = {f.name: getattr(cfg, f.name) for f in fields(cfg) if f.name != "out"}
         check_resume_settings(settings, saved, flags=False)
-        cfg = cfg.override(out=saved.out)
+        cfg = cfg.override(out=str(run_dir), env=saved.env)  # env: the same id, maybe spelled otherwise
     if run_dir.exists() and not run_dir.is_dir():
         raise FlowRLError(f"--out {run_dir} is a file, not a directory; choose a directory for the run")
     if resume is None:

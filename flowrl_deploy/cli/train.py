@@ -112,7 +112,8 @@ def train(
     progress: Annotated[bool, typer.Option("--progress/--no-progress", help="Live progress line.")] = True,
 ) -> None:
     """Train a FlowRL flow policy; writes checkpoints (last, best, periodic) under OUT/checkpoints."""
-    from flowrl_deploy.train.checkpointing import missing_config_fields, resume_config
+    from flowrl_deploy.checkpoint import resolve_checkpoint
+    from flowrl_deploy.train.checkpointing import missing_config_fields, resume_config, run_to_resume
     from flowrl_deploy.train.loop import train as run_training
 
     warnings: list[str] = []
@@ -124,7 +125,9 @@ def train(
                 "--batch-size transitions"
             )
         given = [name for name in ctx.params if name not in ("resume", "progress") and _given(ctx, name)]
-        check_resume_settings({name: _plain(ctx.params[name]) for name in given}, cfg)  # --out too: it stays
+        run_dir = run_to_resume(resolve_checkpoint(resume).resolve())
+        settings = {name: _plain(ctx.params[name]) for name in given}
+        check_resume_settings(settings, cfg, run_dir=run_dir)  # --out too: the run stays in its folder
         overrides = {
             name: _plain(ctx.params[name]) for name in RESUME_OVERRIDES if name != "steps" and _given(ctx, name)
         }

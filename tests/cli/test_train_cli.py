@@ -360,6 +360,27 @@ def test_a_resume_without_a_saved_buffer_warns_and_save_replay_may_be_turned_on(
     assert result.exit_code == 0 and "warning" not in result.output, result.output  # the buffer was saved
 
 
+def test_resume_takes_another_spelling_of_the_run_folder_and_env_id(tmp_path, monkeypatch):
+    """--out as a relative, ./ or absolute path of the folder being resumed (a copy: its own folder,
+    not the original's) and --env as gym:<id> repeat the run's own values; another folder is refused."""
+    monkeypatch.chdir(tmp_path)
+    assert runner.invoke(app, ["train", *TINY, "--steps", "120", "--out", "runs/orig"]).exit_code == 0
+    shutil.copytree(tmp_path / "runs" / "orig", tmp_path / "runs" / "copy", symlinks=True)
+    for steps, out, env in (
+        (130, "./runs/copy", "gym:Pendulum-v1"),
+        (140, str(tmp_path / "runs" / "copy"), "Pendulum-v1"),
+    ):
+        args = ["train", "--resume", "runs/copy", "--steps", str(steps), "--out", out, "--env", env, "--no-progress"]
+        result = runner.invoke(app, args)
+        assert result.exit_code == 0, result.output
+        assert read_document(tmp_path / "runs" / "copy" / "checkpoints" / "last")["counters"]["env_steps"] == steps
+    assert json.loads((tmp_path / "runs" / "copy" / "config.json").read_text())["out"] == str(
+        tmp_path / "runs" / "copy"
+    )
+    result = runner.invoke(app, ["train", "--resume", "runs/copy", "--steps", "150", "--out", "runs/orig"])
+    assert result.exit_code == 1 and "--out cannot change when resuming" in result.output, result.output
+
+
 def test_a_diverged_policy_stops_training_with_one_clear_line(monkeypatch, tmp_path):
     """NaN actions would reach the simulator (dm_control raises PhysicsError); stop with a message instead."""
     import numpy as np

@@ -363,7 +363,8 @@ def test_resuming_a_finished_run_rewrites_nothing(run, tmp_path):
 def test_resuming_under_another_config_is_refused_by_field_before_any_file_changes(run, tmp_path):
     """A library caller resuming with a config of its own (another width, learning rate or save period)
     trained under it and overwrote the run's config.json: train() refuses it, naming the fields (not
-    flowrl train's flags), and takes the RESUME_OVERRIDES and any cfg.out (the run stays in its directory)."""
+    flowrl train's flags), and takes the RESUME_OVERRIDES, another spelling of its env id and any cfg.out
+    (the run stays in its directory)."""
     import shutil
 
     copy = shutil.copytree(run.run_dir, tmp_path / "copy", symlinks=True)
@@ -375,12 +376,14 @@ def test_resuming_under_another_config_is_refused_by_field_before_any_file_chang
         assert "--" not in str(err.value)  # a library caller gave fields, not flags
         assert {p: p.read_bytes() for p in copy.rglob("*") if p.is_file()} == files
     elsewhere = tmp_path / "elsewhere"
-    allowed = saved.override(steps=420, log_every=10, eval_every=0, device="cpu", out=str(elsewhere))
+    allowed = saved.override(
+        steps=420, log_every=10, eval_every=0, device="cpu", out=str(elsewhere), env="gym:Pendulum-v1"
+    )
     resumed = train(allowed, resume=copy, progress=False)
     assert resumed.run_dir == copy and resumed.counters.env_steps == 420 and not elsewhere.exists()
-    # the run keeps its own out on record, so a later `flowrl train --resume RUN --out RUN` is not refused
-    assert json.loads((copy / "config.json").read_text())["out"] == saved.out
-    assert read_document(resumed.last_checkpoint)["config"]["out"] == saved.out
+    # the copy records where it lies (not the original's out, nor cfg.out), and the env id as saved
+    for config in (json.loads((copy / "config.json").read_text()), read_document(resumed.last_checkpoint)["config"]):
+        assert (config["out"], config["env"]) == (str(copy.resolve()), "Pendulum-v1")
 
 
 def test_a_resume_whose_actor_weights_do_not_fit_names_the_checkpoint(run, tmp_path):
