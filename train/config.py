@@ -13,7 +13,7 @@ from dataclasses import asdict, dataclass, fields, replace
 from pathlib import Path
 from typing import Any
 
-from flowrl_deploy.checkpoint import RUN_CONFIG_FILE, write_text_atomic
+from flowrl_deploy.checkpoint import RUN_CONFIG_FILE, read_document, write_text_atomic
 from flowrl_deploy.envid import parse_env_id
 from flowrl_deploy.errors import EnvIdError, FlowRLError
 from flowrl_deploy.fieldtypes import wrong_type
@@ -250,6 +250,18 @@ def check_resume_settings(
         given = "may be given with --resume" if flags else "may differ from the run's resume_config()"
         raise ConfigError(
             f"{named} cannot change when resuming: the run keeps its saved settings (only {allowed} {given})"
+        )
+
+
+def check_unfinished(resume: str | Path, steps: int, *, flags: bool = True) -> None:
+    """Refuse to resume the checkpoint (or run) ``resume`` when it has already taken ``steps`` env
+    steps: the run is finished, and resuming it would only rewrite its config and metrics. Named as
+    :func:`check_resume_settings` names settings."""
+    done = read_document(resume)["counters"].get("env_steps", 0)
+    if done >= steps:
+        name = flag("steps") if flags else "steps"
+        raise ConfigError(
+            f"{resume} already finished at {done} env steps ({name} {steps}); pass a larger {name} to extend it"
         )
 
 

@@ -40,7 +40,7 @@ from flowrl_deploy.train.checkpointing import (
     resume_config,
     run_to_resume,
 )
-from flowrl_deploy.train.config import ConfigError, TrainConfig, check_resume_settings
+from flowrl_deploy.train.config import ConfigError, TrainConfig, check_resume_settings, check_unfinished
 from flowrl_deploy.train.envs import Env, EnvInfo, episode_seed, make_env
 from flowrl_deploy.train.evaluate import EVAL_NOISE_STREAM, EvalResult, evaluate
 from flowrl_deploy.train.logger import MetricsLogger, Progress
@@ -179,7 +179,7 @@ def train(
                 # merged: the actor's losses come only every policy_delay-th update, and stay until the next
                 metrics.update(agent.update(replay.sample(cfg.batch_size)))
             _after_step(run, metrics)
-        if counters.env_steps > first_step:  # no step taken (a stop, or a finished run resumed): nothing new to save
+        if counters.env_steps > first_step:  # no step taken (a stop before the first): nothing new to save
             run.save()
     except FlowRLError as exc:  # the policy diverged, or a checkpoint or metrics file could not be written
         raise FlowRLError(
@@ -233,6 +233,7 @@ def _prepare_run(cfg: TrainConfig, resume: str | Path | None, progress: bool) ->
         saved = resume_config(start)
         settings = {f.name: getattr(cfg, f.name) for f in fields(cfg) if f.name != "out"}
         check_resume_settings(settings, saved, flags=False)
+        check_unfinished(resume, cfg.steps, flags=False)
         cfg = cfg.override(out=str(run_dir), env=saved.env)  # env: the same id, maybe spelled otherwise
     if run_dir.exists() and not run_dir.is_dir():
         raise FlowRLError(f"--out {run_dir} is a file, not a directory; choose a directory for the run")

@@ -10,7 +10,14 @@ from typing import Annotated
 import typer
 
 from flowrl_deploy.cli._common import Solver, finite, user_errors
-from flowrl_deploy.train.config import CFM_WEIGHTINGS, DEVICES, RESUME_OVERRIDES, TrainConfig, check_resume_settings
+from flowrl_deploy.train.config import (
+    CFM_WEIGHTINGS,
+    DEVICES,
+    RESUME_OVERRIDES,
+    TrainConfig,
+    check_resume_settings,
+    check_unfinished,
+)
 
 DEFAULT = TrainConfig()  # the single source of every default below
 
@@ -133,6 +140,7 @@ def train(
         }
         if overrides:
             cfg = cfg.override(**overrides)
+        check_unfinished(resume, cfg.steps)
         given = {*overrides, *(["steps"] if steps is not None else []), "out"}  # a resume runs in its own run
         defaulted = [name for name in missing_config_fields(resume) if name not in given]
         if defaulted:

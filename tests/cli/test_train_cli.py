@@ -381,6 +381,19 @@ def test_resume_takes_another_spelling_of_the_run_folder_and_env_id(tmp_path, mo
     assert result.exit_code == 1 and "--out cannot change when resuming" in result.output, result.output
 
 
+def test_resuming_a_finished_run_is_refused_in_one_line_and_changes_no_file(tmp_path):
+    out = tmp_path / "run"
+    assert runner.invoke(app, ["train", *TINY, "--steps", "120", "--out", str(out)]).exit_code == 0
+    files = {p: (p.read_bytes(), p.stat().st_mtime_ns) for p in out.rglob("*") if p.is_file()}
+    for steps in ([], ["--steps", "120"]):
+        result = runner.invoke(app, ["train", "--resume", str(out), *steps, "--no-progress"])
+        assert result.exit_code == 1
+        assert result.output == (
+            f"error: {out} already finished at 120 env steps (--steps 120); pass a larger --steps to extend it\n"
+        )
+    assert {p: (p.read_bytes(), p.stat().st_mtime_ns) for p in out.rglob("*") if p.is_file()} == files
+
+
 def test_a_diverged_policy_stops_training_with_one_clear_line(monkeypatch, tmp_path):
     """NaN actions would reach the simulator (dm_control raises PhysicsError); stop with a message instead."""
     import numpy as np

@@ -2,6 +2,7 @@
 
 import csv
 import json
+import re
 from pathlib import Path
 
 import numpy as np
@@ -346,18 +347,17 @@ def test_resume_without_a_saved_buffer_keeps_the_counters(run, tmp_path):
     assert counters["updates"] == 101 + (100 - 15)  # refills 16 transitions before updating again
 
 
-def test_resuming_a_finished_run_rewrites_nothing(run, tmp_path):
+def test_resuming_a_finished_run_is_refused_before_any_file_changes(run, tmp_path):
+    """A run resumed at its own --steps took no step but rewrote config.json and the metrics files and
+    added an empty TensorBoard event file: refused instead, naming the field (a library caller)."""
     import shutil
 
     copy = shutil.copytree(run.run_dir, tmp_path / "copy", symlinks=True)
-    last = copy / "checkpoints" / "step_000000400"
-    before = {p.name: p.stat().st_mtime_ns for p in last.iterdir()}
-    resumed = train(resume_config(copy, steps=400), resume=copy, progress=False)
-    assert resumed.last_checkpoint == last.resolve()
-    assert {p.name: p.stat().st_mtime_ns for p in last.iterdir()} == before  # not written again
-    assert sorted(p.name for p in (copy / "checkpoints").iterdir()) == sorted(
-        p.name for p in (run.run_dir / "checkpoints").iterdir()
-    )
+    files = {p: (p.read_bytes(), p.stat().st_mtime_ns) for p in copy.rglob("*") if p.is_file()}
+    message = f"{copy} already finished at 400 env steps (steps 400); pass a larger steps to extend it"
+    with pytest.raises(ConfigError, match=f"^{re.escape(message)}$"):
+        train(resume_config(copy, steps=400), resume=copy, progress=False)
+    assert {p: (p.read_bytes(), p.stat().st_mtime_ns) for p in copy.rglob("*") if p.is_file()} == files
 
 
 def test_resuming_under_another_config_is_refused_by_field_before_any_file_changes(run, tmp_path):
