@@ -45,9 +45,11 @@ class MetricsLogger:
     """Writes every logged row to TensorBoard, ``metrics.jsonl`` (all keys) and ``metrics.csv``
     (the fixed :data:`CSV_COLUMNS`; empty where a row lacks one).
 
-    A new run (``resume_step`` None) starts both files afresh, so the leftovers of a run that
-    crashed before its first checkpoint do not mix in. A resumed run keeps the rows up to its
-    checkpoint's ``resume_step`` and drops the later ones, which its steps are about to redo.
+    A new run (``resume_step`` None) starts both files and TensorBoard afresh (older event files
+    removed), so the leftovers of a run that crashed before its first checkpoint do not mix in. A
+    resumed run keeps the rows up to its checkpoint's ``resume_step`` and drops the later ones, which
+    its steps are about to redo; in TensorBoard, which keeps the old event file, a purge from
+    ``resume_step + 1`` in the new one hides them.
 
     A file that cannot be written is a :class:`FlowRLError` naming it, at once or at the row that fails.
     """
@@ -64,7 +66,11 @@ class MetricsLogger:
             from torch.utils.tensorboard import SummaryWriter
 
             with _naming(self._tb_path):
-                self._tb = SummaryWriter(str(self._tb_path))
+                if resume_step is None:
+                    for old in self._tb_path.glob("events.out.tfevents.*"):
+                        old.unlink()
+                purge_step = None if resume_step is None else resume_step + 1
+                self._tb = SummaryWriter(str(self._tb_path), purge_step=purge_step)
         with _naming(self._jsonl_path):
             self._jsonl = open(self._jsonl_path, "a")  # noqa: SIM115 - closed in close()
         with _naming(self._csv_path):

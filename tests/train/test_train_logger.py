@@ -42,6 +42,37 @@ def test_a_resumed_run_keeps_the_rows_up_to_its_checkpoint_and_redoes_the_rest(t
     assert not list(tmp_path.glob("*.tmp"))
 
 
+def tensorboard_points(run_dir) -> list[tuple[int, float]]:
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    events = EventAccumulator(str(run_dir / "tensorboard"))
+    events.Reload()
+    return [(event.step, event.value) for event in events.Scalars("charts/eval_return")]
+
+
+def log_tensorboard(run_dir, steps, offset, **kwargs) -> None:
+    logger = MetricsLogger(run_dir, **kwargs)
+    for step in steps:
+        logger.log(step, {"charts/eval_return": step + offset})
+    logger.close()
+
+
+def test_tensorboard_drops_the_points_a_resumed_run_redoes(tmp_path):
+    """The old event file stays; the resumed run's purge hides its points after the checkpoint's step."""
+    log_tensorboard(tmp_path, [100, 200, 300], 0.0)  # killed at 300, resumed from its checkpoint at 200
+    (old,) = (tmp_path / "tensorboard").iterdir()  # dated earlier: files of the same second sort by a counter
+    old.rename(old.with_name("events.out.tfevents.0000000001.host.1.0"))
+    log_tensorboard(tmp_path, [300, 400], 0.5, resume_step=200)
+    assert tensorboard_points(tmp_path) == [(100, 100.0), (200, 200.0), (300, 300.5), (400, 400.5)]
+
+
+def test_a_new_run_removes_the_tensorboard_events_of_a_crashed_one(tmp_path):
+    log_tensorboard(tmp_path, [100, 200], 0.0)  # crashed before its first checkpoint
+    log_tensorboard(tmp_path, [100], 0.5)
+    assert tensorboard_points(tmp_path) == [(100, 100.5)]
+    assert len(list((tmp_path / "tensorboard").glob("events.out.tfevents.*"))) == 1
+
+
 def test_a_metrics_file_that_fails_mid_run_is_named_and_closing_does_not_raise_again(tmp_path):
     logger = MetricsLogger(tmp_path, tensorboard=False)
     logger._jsonl.close()
