@@ -1,1 +1,33 @@
-"""FlowRL training (Lv et al., 2025, arXiv 2506.12811): flow policy, critics, losses and loop."""
+"""FlowRL training (Lv et al., 2025, arXiv 2506.12811): flow policy, critics, losses and loop.
+
+The researcher-facing API, importable from here (``from flowrl_deploy.train import TrainConfig, train``):
+:class:`TrainConfig`, :func:`train` and its :class:`TrainResult`, :func:`resume_config`, and
+:func:`checkpoint_act_fn` with its :class:`EvalResult`. They are loaded on first use, so the modules
+that work without torch (``config``, ``envs``, ``evaluate``) still do. The function ``evaluate`` is
+imported from its module, ``flowrl_deploy.train.evaluate``, whose name it would shadow here.
+"""
+
+from __future__ import annotations
+
+import importlib
+from typing import Any
+
+_EXPORTS = {
+    "TrainConfig": "config",
+    "train": "loop",
+    "TrainResult": "loop",
+    "resume_config": "checkpointing",
+    "EvalResult": "evaluate",
+    "checkpoint_act_fn": "evaluate",
+}
+__all__ = sorted(_EXPORTS)
+
+
+def __getattr__(name: str) -> Any:
+    if name not in _EXPORTS:
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    return getattr(importlib.import_module(f"{__name__}.{_EXPORTS[name]}"), name)
+
+
+def __dir__() -> list[str]:
+    return sorted({*globals(), *_EXPORTS})

@@ -1,0 +1,39 @@
+"""The training API a researcher imports, as README's "Training from Python" shows it."""
+
+import ast
+import importlib
+import re
+from pathlib import Path
+
+import flowrl_deploy.train
+
+README = Path(__file__).resolve().parents[2] / "README.md"
+
+
+def readme_snippet() -> str:
+    section = README.read_text().split("#### Training from Python", 1)[1]
+    return re.search(r"```python\n(.*?)```", section, re.DOTALL).group(1)
+
+
+def test_the_readme_snippet_compiles_and_every_name_it_imports_exists():
+    tree = ast.parse(compile(readme_snippet(), "README.md", "exec", ast.PyCF_ONLY_AST))
+    imports = [node for node in ast.walk(tree) if isinstance(node, ast.ImportFrom)]
+    assert {node.module for node in imports} == {"flowrl_deploy.train", "flowrl_deploy.train.evaluate"}
+    for node in imports:
+        module = importlib.import_module(node.module)
+        for alias in node.names:
+            assert callable(getattr(module, alias.name)), f"{node.module}.{alias.name}"
+
+
+def test_the_package_exports_the_api_by_name_and_the_evaluate_module_stays_a_module():
+    from flowrl_deploy.train import EvalResult, TrainConfig, TrainResult, checkpoint_act_fn, resume_config, train
+    from flowrl_deploy.train.checkpointing import resume_config as from_checkpointing
+    from flowrl_deploy.train.loop import TrainResult as from_loop
+    from flowrl_deploy.train.loop import train as from_loop_train
+
+    assert (train, TrainResult, resume_config) == (from_loop_train, from_loop, from_checkpointing)
+    assert TrainConfig().steps > 0 and EvalResult.__name__ == "EvalResult" and callable(checkpoint_act_fn)
+    assert set(flowrl_deploy.train.__all__) <= set(dir(flowrl_deploy.train))
+    import flowrl_deploy.train.evaluate as evaluate_module
+
+    assert callable(evaluate_module.evaluate)  # the module, not shadowed by a function of its name
