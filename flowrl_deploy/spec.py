@@ -195,5 +195,5 @@ def policy_from_json(cls: type[Policy], data: Any, what: str, *, ignore_unknown:
             if name in known
         }
         return cls(**kwargs)
-    except (TypeError, ValueError) as exc:
+    except (TypeError, ValueError, OverflowError) as exc:  # OverflowError: an integer no float holds (-10**400)
         raise SpecError(f"{what} is malformed: {exc}") from exc

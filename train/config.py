@@ -257,7 +257,7 @@ def check_unfinished(resume: str | Path, steps: int, *, flags: bool = True) -> N
     """Refuse to resume the checkpoint (or run) ``resume`` when it has already taken ``steps`` env
     steps: the run is finished, and resuming it would only rewrite its config and metrics. Named as
     :func:`check_resume_settings` names settings."""
-    done = read_document(resume)["counters"].get("env_steps", 0)
+    done = read_document(resume).get("counters", {}).get("env_steps", 0)  # none recorded: resuming reports it
     if done >= steps:
         name = flag("steps") if flags else "steps"
         raise ConfigError(

@@ -148,6 +148,12 @@ def test_a_missing_field_is_named():
         PolicyContract.from_dict(data)
 
 
+def test_a_bound_no_float_holds_is_malformed_not_a_traceback():
+    """A server's contract_json (or an edited file) with -10**400: OverflowError escaped before."""
+    with pytest.raises(SpecError, match=r"^policy contract is malformed: "):
+        PolicyContract.from_dict({**BASE.to_dict(), "action_low": [-(10**400), -1.0]})
+
+
 def test_fields_a_newer_flowrl_deploy_adds_are_ignored_unlike_in_a_spec():
     """A robot's older client must read a newer export's contract (from_dict's docstring says why);
     a checkpoint's spec is our own file, where an unknown field is a misspelling and refused."""

@@ -94,6 +94,8 @@ class TestPolicySpec:
             (None, "policy spec must be a JSON object, got NoneType"),  # a checkpoint.json without "spec"
             ({"obs_dim": 3, "act_dim": 1, "action_low": 0, "action_high": [1]}, "policy spec is malformed: "),
             ({"obs_dim": 3, "act_dim": 1, "action_low": ["x"], "action_high": [1]}, "policy spec is malformed: "),
+            # an integer no float holds: OverflowError escaped as a traceback
+            ({"obs_dim": 3, "act_dim": 1, "action_low": [-(10**400)], "action_high": [1]}, "spec is malformed: "),
         ],
     )
     def test_malformed_json_is_a_clear_error(self, data, message):

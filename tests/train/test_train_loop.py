@@ -459,3 +459,16 @@ def test_envs_are_closed_when_the_first_reset_fails(tmp_path, monkeypatch):
     with pytest.raises(FlowRLError, match="the simulator failed to reset"):
         train(TrainConfig(steps=10, out=str(tmp_path / "run"), **TINY), progress=False)
     assert [env.closed for env in made] == [True, True]
+
+
+def test_a_checkpoint_without_counters_is_a_clear_error_on_resume(run, tmp_path):
+    """The finished-run check read counters["env_steps"] and raised KeyError (a traceback in flowrl train)."""
+    import shutil
+
+    copy = shutil.copytree(run.run_dir, tmp_path / "copy", symlinks=True)
+    document = (copy / "checkpoints" / "last").resolve() / "checkpoint.json"
+    data = json.loads(document.read_text())
+    del data["counters"]
+    document.write_text(json.dumps(data))
+    with pytest.raises(CheckpointError, match="training state is incomplete or malformed"):
+        train(resume_config(copy, steps=500), resume=copy, progress=False)
