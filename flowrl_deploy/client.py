@@ -16,6 +16,7 @@ import ipaddress
 import json
 import re
 import time
+import warnings
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
@@ -25,6 +26,7 @@ import numpy as np
 from flowrl_deploy.codec import decode, encode
 from flowrl_deploy.contract import MAX_TIMEOUT_S, PolicyContract
 from flowrl_deploy.errors import FlowRLError
+from flowrl_deploy.fieldtypes import is_integer, is_number, shown
 from flowrl_deploy.proto.flowrl.v1 import policy_pb2 as pb
 from flowrl_deploy.proto.flowrl.v1 import policy_pb2_grpc as pb_grpc
 from flowrl_deploy.tls import check_key_pair, read_certificates
@@ -50,27 +52,16 @@ class ServiceError(FlowRLError):
         self.details = message
 
 
-def _is_number(value: object) -> bool:
-    return isinstance(value, (int, float, np.integer, np.floating)) and not isinstance(value, (bool, np.bool_))
-
-
-def _is_integer(value: object) -> bool:
-    return isinstance(value, (int, np.integer)) and not isinstance(value, (bool, np.bool_))
-
-
-def _shown(value: object) -> str:
-    return f"{value:g}" if _is_number(value) else repr(value)
-
-
-def _flag(name: str) -> bool:
+def is_flag(name: str) -> bool:
+    """Whether an error names a setting by its command-line flag (``--server``) or as in code."""
     return name.startswith("--")
 
 
 def checked_timeout(timeout_s: object, name: str = "timeout_s") -> float:
     """A call deadline in seconds: a finite number in (0, :data:`MAX_TIMEOUT_S`]. gRPC takes 0 or less
     as already past and fails every call with a bare DEADLINE_EXCEEDED."""
-    if not (_is_number(timeout_s) and 0 < timeout_s <= MAX_TIMEOUT_S):
-        raise FlowRLError(f"{name} must be a number of seconds in (0, {MAX_TIMEOUT_S:g}], got {_shown(timeout_s)}")
+    if not (is_number(timeout_s) and 0 < timeout_s <= MAX_TIMEOUT_S):
+        raise FlowRLError(f"{name} must be a number of seconds in (0, {MAX_TIMEOUT_S:g}], got {shown(timeout_s)}")
     return float(timeout_s)
 
 
@@ -79,8 +70,8 @@ def checked_seed(seed: int | None, name: str = "seed") -> int | None:
     argument or the flag), not protobuf's ValueError or TypeError."""
     if seed is None:
         return None
-    if not _is_integer(seed):
-        raise FlowRLError(f"{name} must be an integer in [0, 2**64), got {_shown(seed)}")
+    if not is_integer(seed):
+        raise FlowRLError(f"{name} must be an integer in [0, 2**64), got {shown(seed)}")
     if not 0 <= seed < 2**64:
         raise FlowRLError(f"{name} must lie in [0, 2**64), got {seed}")
     return seed
@@ -185,7 +176,7 @@ def checked_token(token: str, name: str = "token") -> str:
     return token
 
 
-def _service_error(exc: grpc.RpcError) -> ServiceError:
+def service_error(exc: grpc.RpcError) -> ServiceError:
     return ServiceError(exc.code(), exc.details() or "")
 
 
@@ -258,8 +249,8 @@ class PolicyClient:
     ) -> None:
         self.target = checked_target(target, target_name)
         self.timeout_s = None if timeout_s is None else checked_timeout(timeout_s)
-        flags = _flag(target_name)
-        token = checked_token(token or "", "--token" if flags else "token")  # None: os.environ.get of an unset one
+        flags = is_flag(target_name)
+        token = checked_token("" if token is None else token, "--token" if flags else "token")
         self.metadata = (("authorization", f"Bearer {token}"),) if token else ()
         if tls_ca or tls_cert or tls_key:
             credentials = channel_credentials(tls_ca, tls_cert, tls_key, TLS_FLAGS if flags else TLS_ARGUMENTS)
@@ -273,7 +264,7 @@ class PolicyClient:
             timeout = self.timeout_s if timeout_s is None else checked_timeout(timeout_s)
             return method(request, timeout=timeout, metadata=self.metadata)
         except grpc.RpcError as exc:
-            raise _service_error(exc) from None
+            raise service_error(exc) from None
 
     def wait_ready(self, timeout_s: float = 30.0) -> None:
         """Block until the server's health is SERVING; raise :class:`FlowRLError` after ``timeout_s``."""
@@ -373,3 +364,25 @@ class PolicyClient:
 
     def __exit__(self, *exc: object) -> None:
         self.close()
+
+
+MOVED_TO_SESSION = frozenset(
+    {"ControlSession", "WatchdogError", "CallTiming", "FALLBACKS", "TRANSIENT", "DEFAULT_MAX_TIMINGS",
+     "DEFAULT_RESET_TIMEOUT_S"}
+)  # fmt: skip
+"""Names this module held until the control-loop session moved to :mod:`flowrl_deploy.session`."""
+
+
+def __getattr__(name: str) -> object:
+    """Robot code written against earlier releases (``from flowrl_deploy.client import WatchdogError``)
+    keeps working, with a DeprecationWarning naming the new home."""
+    if name in MOVED_TO_SESSION:
+        warnings.warn(
+            f"flowrl_deploy.client.{name} moved to flowrl_deploy.session: import it from there",
+            DeprecationWarning,
+            stacklevel=2,
+        )
+        from flowrl_deploy import session
+
+        return getattr(session, name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

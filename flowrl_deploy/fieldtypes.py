@@ -7,6 +7,8 @@ from __future__ import annotations
 from dataclasses import fields
 from typing import Any
 
+import numpy as np
+
 _KINDS: dict[str, tuple[type | tuple[type, ...], str]] = {
     "str": (str, "a string"),
     "int": (int, "an integer"),
@@ -19,6 +21,21 @@ _KINDS: dict[str, tuple[type | tuple[type, ...], str]] = {
 def is_int(value: object) -> bool:
     """An integer, and not a bool (which JSON's true/false become, and Python counts as an int)."""
     return isinstance(value, int) and not isinstance(value, bool)
+
+
+def is_number(value: object) -> bool:
+    """A Python or NumPy real number, and not a bool: what a setting given in code may be."""
+    return isinstance(value, (int, float, np.integer, np.floating)) and not isinstance(value, (bool, np.bool_))
+
+
+def is_integer(value: object) -> bool:
+    """A Python or NumPy integer, and not a bool."""
+    return isinstance(value, (int, np.integer)) and not isinstance(value, (bool, np.bool_))
+
+
+def shown(value: object) -> str:
+    """How an error message shows a value it refuses: numbers as ``%g``, anything else as its repr."""
+    return f"{value:g}" if is_number(value) else repr(value)
 
 
 def wrong_type(instance: Any) -> tuple[str, str] | None:

@@ -28,17 +28,15 @@ import numpy as np
 from flowrl_deploy.client import (
     PolicyClient,
     ServiceError,
-    _flag,
-    _is_integer,
-    _is_number,
-    _service_error,
-    _shown,
     checked_seed,
     checked_timeout,
+    is_flag,
+    service_error,
 )
 from flowrl_deploy.codec import TensorError, as_float32, check_finite, decode, encode
 from flowrl_deploy.contract import MAX_CONTROL_PERIOD_S, MAX_HZ, MIN_CONTROL_PERIOD_S, MIN_HZ, PolicyContract
 from flowrl_deploy.errors import FlowRLError
+from flowrl_deploy.fieldtypes import is_integer, is_number, shown
 from flowrl_deploy.proto.flowrl.v1 import policy_pb2 as pb
 
 log = logging.getLogger("flowrl.client")
@@ -71,8 +69,8 @@ class WatchdogError(FlowRLError):
 def _positive(value: object, name: str) -> float:
     """``value`` as a float when it is a finite number > 0; else a :class:`FlowRLError` naming ``name``
     (NaN would pass every ``<`` check and turn a clamp or the watchdog off)."""
-    if not (_is_number(value) and math.isfinite(value) and value > 0):
-        raise FlowRLError(f"{name} must be a finite number > 0, got {_shown(value)}")
+    if not (is_number(value) and math.isfinite(value) and value > 0):
+        raise FlowRLError(f"{name} must be a finite number > 0, got {shown(value)}")
     return float(value)
 
 
@@ -83,12 +81,12 @@ flags instead (``flowrl control``: ``--fallback``, ``--deadline-ms`` and so on).
 
 def _setting(name: str, value: object) -> str:
     """``name`` set to ``value`` as its user writes it: ``--fallback local`` or ``fallback='local'``."""
-    return f"{name} {value}" if _flag(name) else f"{name}={value!r}"
+    return f"{name} {value}" if is_flag(name) else f"{name}={value!r}"
 
 
 def _duration(name: str, seconds: object) -> str:
     """``seconds`` in the unit ``name`` is given in: ms for a flag such as ``--deadline-ms``, else seconds."""
-    return _shown(seconds * 1e3 if name.endswith("-ms") and _is_number(seconds) else seconds)
+    return shown(seconds * 1e3 if name.endswith("-ms") and is_number(seconds) else seconds)
 
 
 def check_session_settings(
@@ -115,10 +113,10 @@ def check_session_settings(
             f"{model} is used only with {_setting(fb, 'local')} ({fb} is {fallback!r}); "
             f"add {_setting(fb, 'local')}, or drop {model}"
         )
-    if max_consecutive_misses is not None and not (_is_integer(max_consecutive_misses) and max_consecutive_misses >= 1):
-        unset = "" if _flag(misses) else " or None"
-        raise FlowRLError(f"{misses} must be an integer >= 1{unset}, got {_shown(max_consecutive_misses)}")
-    if deadline_s is not None and not (_is_number(deadline_s) and math.isfinite(deadline_s) and deadline_s > 0):
+    if max_consecutive_misses is not None and not (is_integer(max_consecutive_misses) and max_consecutive_misses >= 1):
+        unset = "" if is_flag(misses) else " or None"
+        raise FlowRLError(f"{misses} must be an integer >= 1{unset}, got {shown(max_consecutive_misses)}")
+    if deadline_s is not None and not (is_number(deadline_s) and math.isfinite(deadline_s) and deadline_s > 0):
         raise FlowRLError(f"{deadline} must be a finite number > 0, got {_duration(deadline, deadline_s)}")
 
 
@@ -171,7 +169,7 @@ class _Stream:
                 self.replies.put(reply)
             self.error = ServiceError(grpc.StatusCode.UNAVAILABLE, "the server closed the stream")
         except grpc.RpcError as exc:
-            self.error = _service_error(exc)
+            self.error = service_error(exc)
         self.replies.put(_END)
 
     def close(self) -> None:
@@ -275,15 +273,15 @@ class ControlSession:
             max_consecutive_misses=max_consecutive_misses,
             deadline_s=deadline_s,
         )
-        if not (_is_number(period_s) and MIN_CONTROL_PERIOD_S <= period_s <= MAX_CONTROL_PERIOD_S):
+        if not (is_number(period_s) and MIN_CONTROL_PERIOD_S <= period_s <= MAX_CONTROL_PERIOD_S):
             raise FlowRLError(
                 f"period_s must lie in [{MIN_CONTROL_PERIOD_S:g}, {MAX_CONTROL_PERIOD_S:g}] s (a control rate "
-                f"of {MIN_HZ:g} to {MAX_HZ:g} Hz), got {_shown(period_s)}"
+                f"of {MIN_HZ:g} to {MAX_HZ:g} Hz), got {shown(period_s)}"
             )
         deadline_s = session_deadline(period_s, deadline_s)
-        if max_timings is not None and not (_is_integer(max_timings) and max_timings >= 1):
-            raise FlowRLError(f"max_timings must be an integer >= 1 or None (all), got {_shown(max_timings)}")
-        if not (isinstance(backoff_s, (tuple, list)) and len(backoff_s) == 2 and all(map(_is_number, backoff_s))):
+        if max_timings is not None and not (is_integer(max_timings) and max_timings >= 1):
+            raise FlowRLError(f"max_timings must be an integer >= 1 or None (all), got {shown(max_timings)}")
+        if not (isinstance(backoff_s, (tuple, list)) and len(backoff_s) == 2 and all(map(is_number, backoff_s))):
             raise FlowRLError(f"backoff_s must be two numbers of seconds (first, longest), got {backoff_s!r}")
         first, longest = (_positive(b, "backoff_s") for b in backoff_s)
         if first > longest:

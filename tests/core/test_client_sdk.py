@@ -14,6 +14,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from flowrl_deploy import client as client_module
 from flowrl_deploy.client import PolicyClient, PolicyInfo, checked_seed, checked_target, checked_token
 from flowrl_deploy.errors import FlowRLError
 from flowrl_deploy.session import ControlSession
@@ -103,6 +104,12 @@ def test_no_token_sends_no_header(token):
         assert client.metadata == ()
 
 
+@pytest.mark.parametrize("token", [False, 0, b"s3cret"])
+def test_a_token_that_is_no_string_is_refused(token):
+    with pytest.raises(FlowRLError, match=f"^token must be a string, got {type(token).__name__}$"):
+        PolicyClient(UNUSED, token=token)
+
+
 def _robot_example() -> str:
     readme = (Path(__file__).parents[2] / "README.md").read_text()
     section = readme.split("#### In the robot's control loop (Python, no torch needed)\n", 1)[1]
@@ -146,3 +153,17 @@ def test_the_readme_control_loop_example_compiles_and_uses_only_names_the_client
     assert {"wait_ready", "spec", "control_period_s", "session", "act"} <= used and "contract" in keywords
     handlers = [ast.unparse(n.type) for n in ast.walk(tree) if isinstance(n, ast.ExceptHandler)]
     assert "WatchdogError" in handlers and "gc.freeze()" in code
+
+
+@pytest.mark.parametrize("name", sorted(client_module.MOVED_TO_SESSION))
+def test_a_name_that_moved_to_the_session_module_still_imports_with_a_deprecation_warning(name):
+    from flowrl_deploy import session
+
+    with pytest.warns(DeprecationWarning, match=f"flowrl_deploy.client.{name} moved to flowrl_deploy.session"):
+        moved = getattr(client_module, name)
+    assert moved is getattr(session, name)
+
+
+def test_an_unknown_name_is_still_an_attribute_error():
+    with pytest.raises(AttributeError, match="has no attribute 'NoSuchName'"):
+        client_module.NoSuchName  # noqa: B018
