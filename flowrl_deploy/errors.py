@@ -15,3 +15,13 @@ class CheckpointError(FlowRLError):
 
 class EnvIdError(FlowRLError):
     """An environment id cannot be parsed or names no known task."""
+
+
+class Interrupted(KeyboardInterrupt):
+    """A stop signal that interrupts at once (``flowrl train``'s second Ctrl-C or SIGTERM): like
+    Ctrl-C's KeyboardInterrupt, but it says which signal came (``signum``), so that the command's
+    exit status is the shell's 128 + signal (130 for SIGINT, 143 for SIGTERM)."""
+
+    def __init__(self, signum: int) -> None:
+        super().__init__()
+        self.signum = signum

@@ -30,7 +30,7 @@ from flowrl_deploy.checkpoint import (
     resolve_checkpoint,
     save_checkpoint,
 )
-from flowrl_deploy.errors import CheckpointError, FlowRLError
+from flowrl_deploy.errors import CheckpointError, FlowRLError, Interrupted
 from flowrl_deploy.spec import PolicySpec
 from flowrl_deploy.train.algorithm import FlowRL, resolve_device, training_bytes
 from flowrl_deploy.train.checkpointing import (
@@ -82,7 +82,7 @@ class _StopOnSignal:
 
     def _handler(self, signum, frame) -> None:
         if self.requested:
-            raise KeyboardInterrupt
+            raise Interrupted(signum)
         self.requested, self.signum = True, signum
 
     def restore(self) -> None:

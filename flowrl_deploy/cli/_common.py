@@ -8,6 +8,7 @@ import json
 import logging
 import math
 import os
+import signal
 from collections.abc import Callable, Iterator
 from enum import Enum
 from pathlib import Path
@@ -23,7 +24,7 @@ from flowrl_deploy.checkpoint import (
     check_output_path,
     write_text_atomic,
 )
-from flowrl_deploy.errors import FlowRLError
+from flowrl_deploy.errors import FlowRLError, Interrupted
 from flowrl_deploy.extras import missing_extra_message
 
 if TYPE_CHECKING:
@@ -172,8 +173,9 @@ R = TypeVar("R")
 
 def user_errors(command: Callable[P, R]) -> Callable[P, R]:
     """Turn a :class:`FlowRLError`, or a missing module of an optional extra (torch on a robot
-    computer's base install), into a one-line message on stderr and exit status 1, and Ctrl-C into
-    one line saying so and exit status 130 (typer's own handling exits 130 silently). Any other
+    computer's base install), into a one-line message on stderr and exit status 1, and Ctrl-C (or an
+    :class:`Interrupted` stop signal) into one line saying so and the shell's 128 + signal: 130 for
+    Ctrl-C, 143 for SIGTERM (typer's own handling exits 130 silently). Any other
     missing module is a bug and keeps its traceback."""
     command_name = command.__name__.removesuffix("_command")
 
@@ -190,9 +192,11 @@ def user_errors(command: Callable[P, R]) -> Callable[P, R]:
                 raise
             typer.secho(f"error: {message}", err=True, fg=typer.colors.RED)
             raise typer.Exit(1) from None
-        except KeyboardInterrupt:  # a command that has more to say (what was done) catches it first
-            typer.secho(f"interrupted (Ctrl-C): flowrl {command_name} stopped before it finished", err=True)
-            raise typer.Exit(130) from None
+        except KeyboardInterrupt as exc:  # a command that has more to say (what was done) catches it first
+            signum = exc.signum if isinstance(exc, Interrupted) else signal.SIGINT
+            how = "Ctrl-C" if signum == signal.SIGINT else signal.Signals(signum).name
+            typer.secho(f"interrupted ({how}): flowrl {command_name} stopped before it finished", err=True)
+            raise typer.Exit(128 + signum) from None
 
     return wrapper
 

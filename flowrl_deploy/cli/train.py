@@ -119,14 +119,14 @@ def train(
     progress: Annotated[bool, typer.Option("--progress/--no-progress", help="Live progress line.")] = True,
 ) -> None:
     """Train a FlowRL flow policy; writes checkpoints (last, best, periodic) under OUT/checkpoints."""
-    from flowrl_deploy.checkpoint import resolve_checkpoint
+    from flowrl_deploy.checkpoint import REPLAY_FILE, resolve_checkpoint
     from flowrl_deploy.train.checkpointing import missing_config_fields, resume_config, run_to_resume
     from flowrl_deploy.train.loop import train as run_training
 
     warnings: list[str] = []
     if resume is not None:
         cfg = resume_config(resume, steps)
-        if not cfg.save_replay:  # the checkpoint was saved without its buffer
+        if not (resolve_checkpoint(resume) / REPLAY_FILE).is_file():  # saved without its buffer, or it was deleted
             warnings.append(
                 "the replay buffer was not saved (--save-replay): it restarts empty, and updates wait for "
                 "--batch-size transitions"

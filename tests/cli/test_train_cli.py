@@ -280,6 +280,27 @@ def test_out_pointing_at_a_file_is_one_clear_line(tmp_path):
     assert target.read_text() == "keep me"
 
 
+@pytest.mark.parametrize(("signum", "said"), [("SIGINT", "Ctrl-C"), ("SIGTERM", "SIGTERM")])
+def test_a_second_signal_interrupts_at_once_with_its_own_exit_status(monkeypatch, tmp_path, signum, said):
+    """The second Ctrl-C or SIGTERM does not wait for the step to end; it is named, and the exit status
+    is still the shell's 128 + signal (a second SIGTERM said "Ctrl-C" and exited 130)."""
+    import os
+    import signal
+
+    class SignalTwiceAt150(loop.Progress):
+        def update(self, steps, updates, force=False):
+            if steps == 150 and not force:
+                os.kill(os.getpid(), getattr(signal, signum))
+                os.kill(os.getpid(), getattr(signal, signum))
+            super().update(steps, updates, force=force)
+
+    monkeypatch.setattr(loop, "Progress", SignalTwiceAt150)
+    result = runner.invoke(app, ["train", *TINY, "--steps", "100000", "--out", str(tmp_path / "run")])
+    assert result.exit_code == 128 + getattr(signal, signum), result.output
+    assert f"interrupted ({said}): flowrl train stopped before it finished" in result.output
+    assert "Traceback" not in result.output
+
+
 @pytest.mark.parametrize("signum", ["SIGINT", "SIGTERM"])
 def test_ctrl_c_or_sigterm_saves_last_and_exits_with_a_message(monkeypatch, tmp_path, signum):
     """The first SIGINT (Ctrl-C) or SIGTERM (a scheduler's stop) stops the loop between two steps,
@@ -358,6 +379,9 @@ def test_a_resume_without_a_saved_buffer_warns_and_save_replay_may_be_turned_on(
     assert read_document(last)["config"]["save_replay"] is True and (last / "replay.safetensors").is_file()
     result = runner.invoke(app, ["train", "--resume", str(out), "--steps", "140", "--no-progress"])
     assert result.exit_code == 0 and "warning" not in result.output, result.output  # the buffer was saved
+    (out / "checkpoints" / "last" / "replay.safetensors").unlink()  # deleted to save disk: said, not silent
+    result = runner.invoke(app, ["train", "--resume", str(out), "--steps", "150", "--no-progress"])
+    assert result.exit_code == 0 and "warning: the replay buffer was not saved" in result.output, result.output
 
 
 def test_resume_takes_another_spelling_of_the_run_folder_and_env_id(tmp_path, monkeypatch):
@@ -375,7 +399,7 @@ def test_resume_takes_another_spelling_of_the_run_folder_and_env_id(tmp_path, mo
         assert result.exit_code == 0, result.output
         assert read_document(tmp_path / "runs" / "copy" / "checkpoints" / "last")["counters"]["env_steps"] == steps
     assert json.loads((tmp_path / "runs" / "copy" / "config.json").read_text())["out"] == str(
-        tmp_path / "runs" / "copy"
+        (tmp_path / "runs" / "copy").resolve()
     )
     result = runner.invoke(app, ["train", "--resume", "runs/copy", "--steps", "150", "--out", "runs/orig"])
     assert result.exit_code == 1 and "--out cannot change when resuming" in result.output, result.output
