@@ -33,7 +33,8 @@ def test_the_package_exports_the_api_by_name_and_the_evaluate_module_stays_a_mod
 
     assert (train, TrainResult, resume_config) == (from_loop_train, from_loop, from_checkpointing)
     assert TrainConfig().steps > 0 and EvalResult.__name__ == "EvalResult" and callable(checkpoint_act_fn)
-    assert set(flowrl_deploy.train.__all__) <= set(dir(flowrl_deploy.train))
+    for name in flowrl_deploy.train.__all__:  # each lazy export loads (a stale table entry raises here)
+        assert getattr(flowrl_deploy.train, name) is not None, name
     import flowrl_deploy.train.evaluate as evaluate_module
 
     assert callable(evaluate_module.evaluate)  # the module, not shadowed by a function of its name
