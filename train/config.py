@@ -267,7 +267,9 @@ def check_unfinished(resume: str | Path, steps: int, *, flags: bool = True) -> N
 
 def _canonical_env(text: Any) -> Any:
     """An env id as parsed (``gym:Pendulum-v1`` → ``Pendulum-v1``); one that does not parse, as given."""
+    if not isinstance(text, str):
+        return text
     try:
         return str(parse_env_id(text))
-    except (EnvIdError, AttributeError):
+    except EnvIdError:
         return text
