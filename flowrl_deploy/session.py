@@ -52,6 +52,10 @@ TRANSIENT = {
     grpc.StatusCode.INTERNAL,
     grpc.StatusCode.UNKNOWN,
 }
+DISCONNECTED = "disconnected"
+"""The fallback reason of a tick without an open stream: the server is down, or the reconnection backs off."""
+DEADLINE = "deadline"
+"""The fallback reason of a tick whose reply did not come within its deadline."""
 DEFAULT_MAX_TIMINGS = 100_000
 """How many ticks a :class:`ControlSession` keeps in ``timings`` by default (about 30 MB)."""
 FALLBACKS = ("hold", "zeros", "local")
@@ -147,6 +151,11 @@ class CallTiming:
     clock_offset_us: float = 0.0
     """Server clock minus client clock, NTP-style: ((t1 - t0) + (t2 - t3)) / 2."""
     model_version: str = ""
+    reason: str = ""
+    """Why the tick fell back: '' for a fresh action; 'deadline' (no reply to this tick in time),
+    'disconnected' (no open stream: the server is down or the reconnection backs off), or the code
+    name of the server's refusal of the tick or stream ('RESOURCE_EXHAUSTED', 'UNAVAILABLE',
+    'DEADLINE_EXCEEDED' from the server's own deadline check, ...)."""
 
 
 _END = object()
@@ -187,6 +196,8 @@ class _Health:
     misses: int = 0
     ticks: int = 0
     """Every tick since the session opened (``timings`` keeps only the most recent ones)."""
+    last_fallback_reason: str = ""
+    """The latest fallback tick's ``CallTiming.reason``; '' until the first fallback (kept after fresh actions)."""
 
 
 def _check_local_file(local_model: str, model_version: str) -> None:
@@ -226,6 +237,9 @@ class ControlSession:
     or when the last fresh action is older than ``max_staleness_s`` (counted from the first tick,
     and again after each :meth:`reset`). A broken stream is reopened with exponential backoff
     (the server then restarts the session's noise from ``seed``).
+    Each fallback tick's ``CallTiming.reason`` says why (also ``health.last_fallback_reason``); a
+    change to a server refusal or to ``disconnected`` is logged once as a warning (logger
+    ``flowrl.client``), and the first fresh action after it at INFO: not once per tick.
 
     A session serves one control loop: ``act`` or ``reset`` called while another is running (from
     a second thread) raises :class:`FlowRLError`, as does either after :meth:`close`.
@@ -334,6 +348,8 @@ class ControlSession:
         self._retry_in = first
         self._retry_at = 0.0
         self._opened = False
+        self._down = DISCONNECTED  # the reason of the ticks while no stream is open
+        self._warned = ""  # the fallback reason last logged since the last fresh action
         self._stream: _Stream | None = _Stream(client)
 
     # --- the tick ------------------------------------------------------------------------------
@@ -369,14 +385,17 @@ class ControlSession:
         if health.last_fresh is None:
             health.last_fresh = time.monotonic()
         reply = self._exchange(obs, seq, start + self.deadline_s)
-        if reply is not None:
+        if not isinstance(reply, str):
             action = decode(reply.action, name="action")
             self.timings.append(self._timing(reply, start))
+            if self._warned:
+                self._recovered()
             health.consecutive_misses = 0
             health.last_fresh = time.monotonic()
         else:
             action = self._fallback(obs)
-            self.timings.append(CallTiming(seq, self.fallback, (time.perf_counter() - start) * 1e6))
+            self.timings.append(CallTiming(seq, self.fallback, (time.perf_counter() - start) * 1e6, reason=reply))
+            health.last_fallback_reason = reply
             health.consecutive_misses += 1
             health.misses += 1
             self._watchdog()
@@ -385,10 +404,11 @@ class ControlSession:
         self.last_action = action  # the session's own: never handed out, so "hold" repeats what was returned
         return action.copy()
 
-    def _exchange(self, obs: np.ndarray, seq: int, until: float) -> pb.StreamActReply | None:
+    def _exchange(self, obs: np.ndarray, seq: int, until: float) -> pb.StreamActReply | str:
+        """The fresh reply to tick ``seq``, or why there is none (a :attr:`CallTiming.reason`)."""
         stream = self._live_stream()
         if stream is None:
-            return None
+            return self._down
         request = pb.StreamActRequest(
             session_id=self.session_id,
             seq=seq,
@@ -407,10 +427,9 @@ class ControlSession:
             try:
                 reply = stream.replies.get(timeout=remaining) if remaining > 0 else stream.replies.get_nowait()
             except queue.Empty:
-                return None
+                return DEADLINE
             if reply is _END:
-                self._broken()
-                return None
+                return self._broken()
             if reply.seq != seq:
                 continue  # the late answer to an earlier tick
             if reply.status.code == 0:
@@ -420,7 +439,9 @@ class ControlSession:
             code = grpc.StatusCode[_code_name(reply.status.code)]
             if code not in TRANSIENT:
                 raise ServiceError(code, reply.status.message)
-            return None
+            if code == grpc.StatusCode.DEADLINE_EXCEEDED:  # the server found the tick late: not logged, as "deadline"
+                return code.name
+            return self._noted(code.name, f"the server refuses its ticks ({code.name}: {reply.status.message})")
 
     def _live_stream(self) -> _Stream | None:
         if self._stream is not None:
@@ -437,14 +458,40 @@ class ControlSession:
             raise self._closed_error("act")
         return stream
 
-    def _broken(self) -> None:
+    def _broken(self) -> str:
+        """Drop the stream that ended; the reason of the ticks until one is open again."""
         stream, self._stream = self._stream, None
         if stream is not None:
-            if stream.error is not None and stream.error.code not in TRANSIENT:
-                raise stream.error
+            error = stream.error
+            if error.code not in TRANSIENT:
+                raise error
             stream.close()
+            if error.code in (grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.CANCELLED):
+                self._down = self._noted(DISCONNECTED, f"no stream to the server, reconnecting with backoff ({error})")
+            else:  # the server refused the stream itself (RESOURCE_EXHAUSTED: all its workers busy)
+                self._down = self._noted(error.code.name, f"the server refuses its stream ({error})")
         if not self._retry_at or time.monotonic() >= self._retry_at:
             self._retry_at = time.monotonic() + self._retry_in
+        return self._down
+
+    def _noted(self, reason: str, why: str) -> str:
+        """``reason``, a server refusal or ``disconnected``, logged as a warning when it is not the one
+        last logged since the last fresh action: a robot at 1 kHz logs once per cause, not once per tick
+        (slow ticks in between, ``deadline``, are the watchdog's business and change nothing)."""
+        if reason != self._warned:
+            self._warned = reason
+            log.warning("control session %s acts on its %s fallback: %s", self.session_id, self.fallback, why)
+        return reason
+
+    def _recovered(self) -> None:
+        log.info(
+            "control session %s has fresh actions again after %d ticks on its %s fallback (%s)",
+            self.session_id,
+            self.health.consecutive_misses,
+            self.fallback,
+            self._warned,
+        )
+        self._warned = ""
 
     def _fallback(self, obs: np.ndarray) -> np.ndarray:
         if self.local is not None:

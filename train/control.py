@@ -8,6 +8,7 @@ in train, not in the core package: a simulator (dm_control) is no part of a robo
 
 from __future__ import annotations
 
+import collections
 import contextlib
 import time
 from collections.abc import Callable
@@ -54,6 +55,9 @@ class ControlReport:
     """Ticks that got a fresh served action in time; the latency figures cover these only."""
     deadline_misses: int
     """Ticks whose action was a fallback (no fresh reply within the deadline)."""
+    fallbacks: dict[str, int]
+    """The fallback ticks by ``CallTiming.reason`` ('deadline', 'disconnected', a server refusal's
+    code such as 'RESOURCE_EXHAUSTED'), the most frequent first; empty when every tick was fresh."""
     overruns: int
     """Ticks that started later than one full period after their schedule."""
     round_trip_p50_us: float | None
@@ -98,14 +102,17 @@ class ControlReport:
         returns = f"return {self.mean_return:.2f} over {n} episode{'s' * (n != 1)}" if n else "no episode completed"
         warning = (
             f"\nwarning: {100 * self.miss_rate:.1f}% of the ticks acted on the fallback, not a served action "
-            "(the server was away or slower than the deadline; --max-misses stops a run after that many in a row)"
+            "(the server was away, refused or slower than the deadline: see the fallbacks' reasons; --max-misses "
+            "stops a run after that many in a row)"
             if self.miss_rate > MISS_WARNING_RATE
             else ""
         )
+        reasons = ", ".join(f"{reason} {n}" for reason, n in self.fallbacks.items())
         return (
             f"{self.env_id} at {self.hz:g} Hz via {self.server}: {returns} ({self.steps} steps)\n"
             f"{latency}; jitter {self.jitter_us:.0f} µs; "
-            f"deadline misses {self.deadline_misses} ({100 * self.miss_rate:.3f}%), overruns {self.overruns}{warning}"
+            f"deadline misses {self.deadline_misses} ({100 * self.miss_rate:.3f}%), overruns {self.overruns}"
+            f"{f'; fallbacks: {reasons}' if reasons else ''}{warning}"
         )
 
 
@@ -122,6 +129,7 @@ def _tick_figures(timings: list[CallTiming], lateness: list[float]) -> dict[str,
     return {
         "steps": len(timings),
         "fresh_replies": len(fresh),
+        "fallbacks": dict(collections.Counter(t.reason for t in timings if t.source != "server").most_common()),
         "round_trip_p50_us": p50,
         "round_trip_p99_us": p99,
         "round_trip_p999_us": p999,

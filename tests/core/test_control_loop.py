@@ -11,6 +11,7 @@ from types import SimpleNamespace
 import numpy as np
 import pytest
 
+from flowrl_deploy.client import PolicyClient
 from flowrl_deploy.errors import FlowRLError
 from flowrl_deploy.serve import PolicyServer, ServeConfig
 from flowrl_deploy.train import control
@@ -63,6 +64,21 @@ def test_control_episodes_reset_with_the_seeds_of_flowrl_eval(server, monkeypatc
     report = _run(server, env, monkeypatch, hz=1000, episodes=3, seed=5)
     assert env.seeds == [episode_seed(5, i, stream=EVAL_STREAM) for i in range(3)]
     assert report.returns == [2.0, 2.0, 2.0] and report.steps == 6
+
+
+def test_a_run_refused_by_a_server_at_its_session_limit_reports_why_it_fell_back(tmp_path, monkeypatch):
+    """A second robot on `flowrl serve --max-sessions 1` ran on zeros every tick; the report said only
+    'deadline misses'."""
+    config = ServeConfig(str(write_policy(tmp_path / "policy.onnx")), port=0, grace_s=0, max_sessions=1)
+    with (
+        PolicyServer(config).start() as full,
+        PolicyClient(full.address) as client,
+        client.session(period_s=0.02) as first,
+    ):
+        first.act(np.zeros(OBS_DIM, np.float32))  # the server's one session
+        report = _run(full, RecordingEnv(length=5), monkeypatch, hz=10, episodes=1, fallback="zeros")
+    assert (report.steps, report.fresh_replies, report.fallbacks) == (5, 0, {"RESOURCE_EXHAUSTED": 5})
+    assert "; fallbacks: RESOURCE_EXHAUSTED 5\n" in report.summary()
 
 
 def test_a_tick_that_starts_more_than_one_period_late_is_an_overrun(server, monkeypatch):

@@ -1,6 +1,9 @@
-"""The control report's figures from synthetic tick timings: percentiles, jitter, what counts as fresh."""
+"""The control report's figures from synthetic tick timings: percentiles, jitter, what counts as fresh,
+the fallbacks by reason."""
 
 from __future__ import annotations
+
+import json
 
 import pytest
 
@@ -20,10 +23,28 @@ def fresh(seq: int, round_trip_us: float, version: str = "v1-a") -> CallTiming:
     )
 
 
+def _report(timings: list[CallTiming]) -> ControlReport:
+    misses = sum(t.source != "server" for t in timings)
+    return ControlReport(
+        server="localhost:1",
+        env_id="dmc:cartpole-balance",
+        hz=50.0,
+        contract_hz=50.0,
+        seed=0,
+        deadline_ms=10.0,
+        returns=[1.0],
+        deadline_misses=misses,
+        overruns=0,
+        **_tick_figures(timings, [0.0]),
+    )
+
+
 def test_round_trip_percentiles_cover_fresh_replies_only():
     # 1001 fresh round trips of 1..1001 µs: the q-th percentile is exactly 1 + 10·q µs.
     timings = [fresh(seq, float(seq), "v2-b" if seq > 500 else "v1-a") for seq in range(1, 1002)]
-    timings += [CallTiming(1002 + i, source, 1e9) for i, source in enumerate(("hold", "zeros", "local"))]
+    timings += [
+        CallTiming(1002 + i, source, 1e9, reason="deadline") for i, source in enumerate(("hold", "zeros", "local"))
+    ]
     figures = _tick_figures(timings, [0.0])
     assert figures["steps"] == 1004
     assert figures["fresh_replies"] == 1001
@@ -35,6 +56,7 @@ def test_round_trip_percentiles_cover_fresh_replies_only():
     assert figures["inference_p50_us"] == pytest.approx(25.05)
     assert figures["clock_offset_us"] == pytest.approx(-501.0)
     assert figures["model_versions"] == ["v1-a", "v2-b"]
+    assert figures["fallbacks"] == {"deadline": 3}
 
 
 def test_jitter_is_the_standard_deviation_of_the_tick_lateness():
@@ -46,7 +68,7 @@ def test_jitter_is_the_standard_deviation_of_the_tick_lateness():
 
 
 def test_without_fresh_replies_the_latency_figures_are_none_not_zero():
-    figures = _tick_figures([CallTiming(1, "hold", 50.0), CallTiming(2, "zeros", 60.0)], [])
+    figures = _tick_figures([CallTiming(1, "hold", 50.0, reason="disconnected")] * 2, [])
     assert figures["steps"] == 2 and figures["fresh_replies"] == 0
     for name in ("round_trip_p50_us", "round_trip_p99_us", "round_trip_p999_us", "server_p50_us", "clock_offset_us"):
         assert figures[name] is None
@@ -72,19 +94,27 @@ def test_without_fresh_replies_the_latency_figures_are_none_not_zero():
 def test_a_run_mostly_on_the_fallback_says_so(misses, warned):
     """A control run against a stopped server went on holding its last action and exited 0 with
     '88.467%' misses buried in the figures; above 1 % the summary now warns."""
-    timings = [fresh(seq, 500.0) for seq in range(1000 - misses)] + [CallTiming(0, "hold", 1e4)] * misses
-    report = ControlReport(
-        server="localhost:1",
-        env_id="dmc:cartpole-balance",
-        hz=50.0,
-        contract_hz=50.0,
-        seed=0,
-        deadline_ms=10.0,
-        returns=[1.0],
-        deadline_misses=misses,
-        overruns=0,
-        **_tick_figures(timings, [0.0]),
-    )
+    timings = [fresh(seq, 500.0) for seq in range(1000 - misses)] + [
+        CallTiming(0, "hold", 1e4, reason="deadline")
+    ] * misses
+    report = _report(timings)
     assert ("warning: " in report.summary()) is warned
     if warned:
         assert f"{100 * misses / 1000:.1f}% of the ticks acted on the fallback" in report.summary()
+
+
+def test_the_report_counts_the_fallbacks_by_reason_the_most_frequent_first():
+    """A second robot on a server at its session limit got 100 % zeros, and the report said only
+    'deadline misses': now it says the server refused them."""
+    reasons = ["deadline"] * 3 + ["RESOURCE_EXHAUSTED"] * 97 + ["disconnected"]
+    timings = [fresh(0, 500.0)] + [CallTiming(i, "zeros", 1e4, reason=r) for i, r in enumerate(reasons)]
+    report = _report(timings)
+    assert report.fallbacks == {"RESOURCE_EXHAUSTED": 97, "deadline": 3, "disconnected": 1}
+    assert list(json.loads(json.dumps(report.to_dict()))["fallbacks"].items()) == list(report.fallbacks.items())
+    assert "overruns 0; fallbacks: RESOURCE_EXHAUSTED 97, deadline 3, disconnected 1\nwarning: " in report.summary()
+
+
+def test_a_run_without_fallbacks_lists_none():
+    report = _report([fresh(seq, 500.0) for seq in range(5)])
+    assert report.fallbacks == {} and report.to_dict()["fallbacks"] == {}
+    assert "fallbacks" not in report.summary()

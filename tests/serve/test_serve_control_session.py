@@ -49,16 +49,56 @@ def test_stream_actions_follow_the_seeded_session_noise(client, local):
         )
 
 
-def test_a_late_reply_is_dropped_and_the_fallback_used(client, local):
+def test_a_late_reply_is_dropped_and_the_fallback_used(client, local, caplog):
     generator = session_noise(11)
     with client.session(period_s=0.5, deadline_s=1e-7, seed=11, fallback="zeros") as control:
+        caplog.clear()  # the period's warning
         np.testing.assert_array_equal(control.act(OBS), np.zeros(ACT_DIM))
-        assert control.timings[-1].source == "zeros"
+        assert (control.timings[-1].source, control.timings[-1].reason) == ("zeros", "deadline")
         control.deadline_s = 2.0
         draw_noise(generator, 1, ACT_DIM)  # the first tick consumed one draw on the server
         expected = local.act(OBS[None], draw_noise(generator, 1, ACT_DIM))[0]
         np.testing.assert_allclose(control.act(OBS), expected, atol=1e-6)
         assert control.timings[-1].seq == 2
+        assert (control.timings[-1].source, control.timings[-1].reason) == ("server", "")
+        assert control.health.last_fallback_reason == "deadline"  # the latest fallback's, kept
+    assert caplog.records == []  # a slow tick is the watchdog's business, not logged
+
+
+def test_a_session_over_the_servers_limit_says_why_it_falls_back_and_logs_it_once(policy_path, caplog):
+    """A second robot on `flowrl serve --max-sessions 1` acted on zeros every tick and nothing,
+    on the client or the server, said why."""
+    config = ServeConfig(str(policy_path), port=0, grace_s=0, max_sessions=1)
+    with PolicyServer(config).start() as server, PolicyClient(server.address) as client:
+        first = client.session(period_s=0.5, seed=0)
+        second = client.session(period_s=0.5, fallback="zeros")
+        first.act(OBS)  # the server's one session
+        caplog.clear()  # the period's warnings
+        with caplog.at_level(logging.INFO, logger="flowrl.client"):
+            for _ in range(50):
+                np.testing.assert_array_equal(second.act(OBS), np.zeros(ACT_DIM))
+            assert {(t.source, t.reason) for t in second.timings} == {("zeros", "RESOURCE_EXHAUSTED")}
+            assert second.health.last_fallback_reason == "RESOURCE_EXHAUSTED"
+            first.act(OBS)
+            assert first.timings[-1].reason == "" and first.health.last_fallback_reason == ""
+            (warning,) = caplog.records  # once, not once per tick
+            assert warning.name == "flowrl.client" and warning.levelno == logging.WARNING
+            assert warning.getMessage() == (
+                f"control session {second.session_id} acts on its zeros fallback: the server refuses its ticks "
+                "(RESOURCE_EXHAUSTED: session limit of 1 reached)"
+            )
+            first.close()  # the end of its stream frees the server's one session
+            until = time.monotonic() + 10
+            while second.timings[-1].source != "server" and time.monotonic() < until:
+                second.act(OBS)
+            assert second.timings[-1].reason == ""
+            misses = second.health.misses
+        second.close()
+    assert [r.levelno for r in caplog.records] == [logging.WARNING, logging.INFO]
+    assert caplog.records[1].getMessage() == (
+        f"control session {second.session_id} has fresh actions again after {misses} ticks on its zeros "
+        "fallback (RESOURCE_EXHAUSTED)"
+    )
 
 
 def test_the_default_deadline_is_half_the_period(client):
@@ -188,7 +228,7 @@ def test_pinned_contract_mismatch_is_raised_with_the_difference(client):
             assert "control_period_s" in str(info.value)
 
 
-def test_local_fallback_then_reconnect_after_a_server_restart(policy_path, local):
+def test_local_fallback_then_reconnect_after_a_server_restart(policy_path, local, caplog):
     config = ServeConfig(str(policy_path), port=0, grace_s=0.1)
     first = PolicyServer(config).start()
     port = first.port
@@ -200,17 +240,29 @@ def test_local_fallback_then_reconnect_after_a_server_restart(policy_path, local
             )
             control.act(OBS)
             assert control.timings[-1].source == "server"
+            caplog.clear()  # the period's warning
             first.stop(grace=0)
             first_local = documented_noise(1).standard_normal((1, ACT_DIM), dtype=np.float32)
-            np.testing.assert_allclose(control.act(OBS), local.act(OBS[None], first_local)[0], atol=1e-6)
+            with caplog.at_level(logging.INFO, logger="flowrl.client"):
+                np.testing.assert_allclose(control.act(OBS), local.act(OBS[None], first_local)[0], atol=1e-6)
             assert control.timings[-1].source == "local"
+            assert control.health.last_fallback_reason == "disconnected"
             restarted = PolicyServer(ServeConfig(str(policy_path), port=port, grace_s=0.1)).start()
             until = time.monotonic() + 10
-            while control.timings[-1].source != "server" and time.monotonic() < until:
-                control.act(OBS)
-                time.sleep(0.02)
+            with caplog.at_level(logging.INFO, logger="flowrl.client"):
+                while control.timings[-1].source != "server" and time.monotonic() < until:
+                    control.act(OBS)
+                    time.sleep(0.02)
             assert control.timings[-1].source == "server"
             assert control.health.misses >= 1
+            down = [t.reason for t in control.timings if t.source == "local"]
+            assert down[0] == "disconnected" and set(down) <= {"disconnected", "deadline"}  # a retry may time out
+            warning, back = caplog.records  # the outage once, and the return
+            assert warning.levelno == logging.WARNING and warning.getMessage().startswith(
+                f"control session {control.session_id} acts on its local fallback: no stream to the server, "
+                "reconnecting with backoff ("  # CANCELLED: a stopped server cancels its streams
+            )
+            assert back.levelno == logging.INFO and back.getMessage().endswith("on its local fallback (disconnected)")
             control.close()
     finally:
         first.stop(grace=0)
@@ -264,11 +316,14 @@ class FlakyServer:
 
     ``opened`` holds the clock time of every stream the session opened (each reconnection try), and
     ``sent`` the requests each of those streams was sent. A stream of the server while down breaks at
-    its first request; while up it answers every request.
+    its first request (with ``error``); while up it answers every request, with an action or, when
+    ``refusal`` is set, that status.
     """
 
     def __init__(self, monkeypatch) -> None:
         self.up = False
+        self.error = ServiceError(grpc.StatusCode.UNAVAILABLE, "the server closed the stream")
+        self.refusal: grpc.StatusCode | None = None
         self.now = 1000.0
         self.opened: list[float] = []
         self.sent: list[list[pb.StreamActRequest]] = []
@@ -285,13 +340,17 @@ class FlakyServer:
 
         def put(request: pb.StreamActRequest) -> None:
             sent.append(request)
-            if self.up:
-                replies.put(pb.StreamActReply(seq=request.seq, action=encode(np.zeros(ACT_DIM, np.float32))))
-            else:
+            if not self.up:
+                stream.error = self.error  # as the reader thread sets it when a stream ends
                 replies.put(session_module._END)
+            elif self.refusal is not None:
+                status = pb.Status(code=self.refusal.value[0], message="refused")
+                replies.put(pb.StreamActReply(seq=request.seq, status=status))
+            else:
+                replies.put(pb.StreamActReply(seq=request.seq, action=encode(np.zeros(ACT_DIM, np.float32))))
 
-        error = ServiceError(grpc.StatusCode.UNAVAILABLE, "the server closed the stream")
-        return SimpleNamespace(requests=SimpleNamespace(put=put), replies=replies, error=error, close=lambda: None)
+        stream = SimpleNamespace(requests=SimpleNamespace(put=put), replies=replies, error=None, close=lambda: None)
+        return stream
 
     def run(self, control, seconds: float, tick_s: float = 0.002) -> list[float]:
         """Tick ``control`` for ``seconds``; the times of the reconnection tries, from the start of the run."""
@@ -322,6 +381,56 @@ def test_reconnect_backoff_doubles_up_to_its_cap_and_restarts_after_a_fresh_repl
     second = server.run(control, 1.0)
     assert np.diff([0.0, *second]) == pytest.approx(RECONNECT_WAITS[:5], abs=0.0025)
     control.close()
+
+
+@pytest.mark.parametrize(
+    ("error", "refusal", "reason", "why"),
+    [
+        ("UNAVAILABLE", None, "disconnected", "no stream to the server, reconnecting with backoff (UNAVAILABLE: "),
+        ("CANCELLED", None, "disconnected", "no stream to the server, reconnecting with backoff (CANCELLED: "),
+        # a stream beyond the server's --workers is refused as a whole
+        ("RESOURCE_EXHAUSTED", None, "RESOURCE_EXHAUSTED", "the server refuses its stream (RESOURCE_EXHAUSTED: "),
+        (None, "RESOURCE_EXHAUSTED", "RESOURCE_EXHAUSTED", "the server refuses its ticks (RESOURCE_EXHAUSTED: "),
+        (None, "UNAVAILABLE", "UNAVAILABLE", "the server refuses its ticks (UNAVAILABLE: "),
+        (None, "DEADLINE_EXCEEDED", "DEADLINE_EXCEEDED", None),  # the server's deadline check: a slow tick
+    ],
+)
+def test_every_fallback_tick_says_why_and_an_outage_or_refusal_is_logged_once(
+    client, monkeypatch, caplog, error, refusal, reason, why
+):
+    """A robot at 500 Hz logs a 1 s outage once and its end once, not 500 times; a new outage after
+    fresh actions is logged again."""
+    server = FlakyServer(monkeypatch)
+    if error is not None:
+        server.error = ServiceError(grpc.StatusCode[error], "gone")
+    else:
+        server.up, server.refusal = True, grpc.StatusCode[refusal]
+    control = client.session(period_s=0.02, fallback="zeros")
+    with caplog.at_level(logging.INFO, logger="flowrl.client"):
+        server.run(control, 1.0)
+        assert {(t.source, t.reason) for t in control.timings} == {("zeros", reason)}
+        assert control.health.last_fallback_reason == reason
+        server.up, server.refusal = True, None
+        server.run(control, 1.0)  # the next reconnection try gets fresh actions
+        assert control.timings[-1].reason == ""
+        server.up, server.error = False, ServiceError(grpc.StatusCode.UNAVAILABLE, "gone")
+        server.run(control, 0.01)
+    control.close()
+    name = f"control session {control.session_id}"
+    messages = [(r.levelno, r.getMessage()) for r in caplog.records]
+    again = (
+        logging.WARNING,
+        f"{name} acts on its zeros fallback: no stream to the server, reconnecting with backoff (UNAVAILABLE: gone)",
+    )
+    if why is None:
+        assert messages == [again]
+        return
+    misses = next(i for i, t in enumerate(control.timings) if t.source == "server")  # ticks before the first fresh
+    assert messages == [
+        (logging.WARNING, f"{name} acts on its zeros fallback: {why}{'gone' if error else 'refused'})"),
+        (logging.INFO, f"{name} has fresh actions again after {misses} ticks on its zeros fallback ({reason})"),
+        again,
+    ]
 
 
 def test_a_reopened_stream_sends_the_seed_of_the_latest_reset_and_the_pin_with_its_first_request(client, monkeypatch):
