@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import io
 import logging
 
 from flowrl_deploy.cli._common import client_warnings
@@ -24,3 +25,16 @@ def test_without_skip_every_warning_is_shown(capsys):
         log.warning(PERIOD_MISMATCH, 0.01, 100, 0.02, 50)
     err = capsys.readouterr().err
     assert err.startswith("warning: period_s 0.01 s (100 Hz) differs from the served policy's control period")
+
+
+def test_a_warning_shown_by_the_command_does_not_also_reach_root_handlers(capsys):
+    stream = io.StringIO()
+    root_handler = logging.StreamHandler(stream)
+    logging.getLogger().addHandler(root_handler)
+    try:
+        with client_warnings():
+            log.warning("the local fallback %s runs other weights", "other.onnx")
+    finally:
+        logging.getLogger().removeHandler(root_handler)
+    assert capsys.readouterr().err == "warning: the local fallback other.onnx runs other weights\n"
+    assert stream.getvalue() == ""

@@ -9,13 +9,15 @@ import importlib
 import inspect
 import math
 import re
+import warnings
 from pathlib import Path
 
 import numpy as np
 import pytest
 
 from flowrl_deploy import client as client_module
-from flowrl_deploy.client import PolicyClient, PolicyInfo, checked_seed, checked_target, checked_token
+from flowrl_deploy.client import PolicyClient, PolicyInfo, checked_seed, checked_target, checked_timeout, checked_token
+from flowrl_deploy.contract import MAX_TIMEOUT_S
 from flowrl_deploy.errors import FlowRLError
 from flowrl_deploy.session import ControlSession
 
@@ -164,6 +166,28 @@ def test_a_name_that_moved_to_the_session_module_still_imports_with_a_deprecatio
     assert moved is getattr(session, name)
 
 
-def test_an_unknown_name_is_still_an_attribute_error():
-    with pytest.raises(AttributeError, match="has no attribute 'NoSuchName'"):
-        client_module.NoSuchName  # noqa: B018
+def test_a_timeout_of_exactly_the_maximum_is_taken():
+    assert checked_timeout(MAX_TIMEOUT_S) == MAX_TIMEOUT_S
+
+
+def test_a_non_printable_non_ascii_character_is_named_a_control_character():
+    with pytest.raises(FlowRLError, match=r"^token holds a control character at position 4"):
+        checked_token("tok\x85123")  # NEL, a C1 control character
+
+
+def test_every_moved_name_is_listed():
+    assert {"ControlSession", "WatchdogError", "CallTiming", "FALLBACKS", "TRANSIENT", "DEFAULT_MAX_TIMINGS",
+            "DEFAULT_RESET_TIMEOUT_S"} == client_module.MOVED_TO_SESSION  # fmt: skip
+
+
+def test_an_unknown_name_raises_without_a_deprecation_warning_and_names_the_client_module():
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        with pytest.raises(AttributeError, match=r"^module 'flowrl_deploy.client' has no attribute 'NoSuchName'$"):
+            client_module.NoSuchName  # noqa: B018
+
+
+def test_the_deprecation_warning_points_at_the_importing_line():
+    with pytest.warns(DeprecationWarning) as record:
+        client_module.WatchdogError  # noqa: B018
+    assert record[0].filename == __file__

@@ -119,3 +119,8 @@ def test_cli_solver_choices_are_the_spec_solvers():
     from flowrl_deploy.spec import SOLVERS
 
     assert tuple(s.value for s in Solver) == SOLVERS
+
+
+def test_flow_steps_at_the_maximum_is_a_valid_spec():
+    spec = PolicySpec(obs_dim=3, act_dim=1, action_low=(-1.0,), action_high=(1.0,), flow_steps=MAX_FLOW_STEPS)
+    assert PolicySpec.from_dict(spec.to_dict()).flow_steps == MAX_FLOW_STEPS

@@ -698,3 +698,11 @@ def test_a_reset_clears_the_misses_so_a_new_episode_starts_with_the_whole_watchd
         assert control.health.consecutive_misses == 0
         control.act(OBS)
         control.act(OBS)  # would be the third and fourth miss in a row without the reset
+
+
+def test_a_period_equal_to_the_served_one_up_to_float_rounding_is_not_warned_about(client, caplog):
+    served = client.spec().control_period_s
+    assert served == pytest.approx(0.02)
+    with caplog.at_level(logging.WARNING, logger="flowrl.client"):
+        client.session(period_s=served * (1 + 1e-9)).close()  # e.g. --hz 50 computed another way
+    assert caplog.records == []

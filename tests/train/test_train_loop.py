@@ -3,6 +3,7 @@
 import csv
 import json
 import re
+import signal
 from pathlib import Path
 
 import numpy as np
@@ -472,3 +473,11 @@ def test_a_checkpoint_without_counters_is_a_clear_error_on_resume(run, tmp_path)
     document.write_text(json.dumps(data))
     with pytest.raises(CheckpointError, match="training state is incomplete or malformed"):
         train(resume_config(copy, steps=500), resume=copy, progress=False)
+
+
+def test_a_stop_before_the_first_step_writes_no_checkpoint(tmp_path):
+    cfg = TrainConfig(steps=200, out=str(tmp_path / "run"), **TINY)
+    result = train(cfg, progress=False, stop_on_signal=True, on_start=lambda: signal.raise_signal(signal.SIGINT))
+    assert result.interrupted and result.counters.env_steps == 0
+    assert result.last_checkpoint is None
+    assert not list((tmp_path / "run" / "checkpoints").glob("step_*"))
