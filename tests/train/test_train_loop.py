@@ -438,28 +438,51 @@ def test_a_new_run_refuses_to_mix_into_an_existing_one(run):
         train(TrainConfig(steps=10, out=str(run.run_dir), **TINY), progress=False)
 
 
-def test_envs_are_closed_when_the_first_reset_fails(tmp_path, monkeypatch):
+@pytest.fixture
+def recorded_envs(monkeypatch):
+    """The envs a run makes, in order, each recording its seed and whether it was closed."""
     made = []
+    real_make_env = loop.make_env
 
-    def failing_make_env(env_id, seed):
+    def make_env(env_id, seed):
         env = real_make_env(env_id, seed)
-        made.append(env)
-        close, env.closed = env.close, False
+        env.seed, env.closed, close = seed, False, env.close
 
         def recorded_close():
             env.closed = True
             close()
 
         env.close = recorded_close
-        if len(made) == 1:  # the training env: its first reset fails (a simulator that cannot load its model)
-            env.reset = lambda seed=None: (_ for _ in ()).throw(FlowRLError("the simulator failed to reset"))
+        made.append(env)
         return env
 
-    real_make_env = loop.make_env
-    monkeypatch.setattr(loop, "make_env", failing_make_env)
+    monkeypatch.setattr(loop, "make_env", make_env)
+    return made
+
+
+def test_envs_are_closed_when_the_first_reset_fails(tmp_path, monkeypatch, recorded_envs):
+    def failing_reset(seed=None):  # a simulator that cannot load its model
+        raise FlowRLError("the simulator failed to reset")
+
+    recording = loop.make_env
+
+    def make_env(env_id, seed):
+        env = recording(env_id, seed)
+        if len(recorded_envs) == 1:  # the training env
+            env.reset = failing_reset
+        return env
+
+    monkeypatch.setattr(loop, "make_env", make_env)
     with pytest.raises(FlowRLError, match="the simulator failed to reset"):
         train(TrainConfig(steps=10, out=str(tmp_path / "run"), **TINY), progress=False)
-    assert [env.closed for env in made] == [True, True]
+    assert [env.closed for env in recorded_envs] == [True, True]
+
+
+def test_a_refusal_after_the_envs_are_made_closes_both(tmp_path, monkeypatch, recorded_envs):
+    monkeypatch.setattr(loop, "memory_shortfall", lambda spec, cfg, device: "more than this machine has")
+    with pytest.raises(ConfigError, match="need more than this machine has"):
+        train(TrainConfig(steps=10, seed=7, out=str(tmp_path / "run"), **TINY), progress=False)
+    assert [(env.seed, env.closed) for env in recorded_envs] == [(7, True), (8, True)]  # evaluation: seed + 1
 
 
 def test_a_checkpoint_without_counters_is_a_clear_error_on_resume(run, tmp_path):
