@@ -9,7 +9,7 @@ from typing import Any
 
 from flowrl_deploy.errors import FlowRLError
 from flowrl_deploy.fieldtypes import is_int, wrong_type
-from flowrl_deploy.spec import MAX_FLOW_STEPS, SOLVERS
+from flowrl_deploy.spec import SOLVERS, flow_steps_problem
 
 DTYPES = ("fp32", "int8")
 MIN_OPSET = 17
@@ -50,8 +50,9 @@ class ExportConfig:
         if wrong is not None:
             name, expected = wrong
             raise FlowRLError(f"ExportConfig.{name} must be {expected}, got {getattr(self, name)!r}")
-        if self.steps is not None and not 1 <= self.steps <= MAX_FLOW_STEPS:
-            raise FlowRLError(f"--steps must lie in [1, {MAX_FLOW_STEPS}], got {self.steps}")
+        problem = None if self.steps is None else flow_steps_problem("--steps", self.steps)
+        if problem is not None:
+            raise FlowRLError(problem)
         if self.solver is not None and self.solver not in SOLVERS:
             raise FlowRLError(f"unknown solver {self.solver!r}; choose one of {', '.join(SOLVERS)}")
         if self.opset < MIN_OPSET:

@@ -131,6 +131,13 @@ class PolicySpec:
         return policy_from_json(cls, data, "policy spec", ignore_unknown=False)
 
 
+def flow_steps_problem(name: str, steps: int) -> str | None:
+    """The one range rule for a number of ODE steps N, wherever a user names it."""
+    if not 1 <= steps <= MAX_FLOW_STEPS:
+        return f"{name} must lie in [1, {MAX_FLOW_STEPS}], got {steps}"
+    return None
+
+
 def policy_problem(policy: PolicySpec | PolicyContract) -> str | None:
     """The first thing wrong in what a policy spec and its contract both state, or None: each field's
     type, obs_dim and act_dim, the action bounds (one per action, finite, low < high, fitting
@@ -157,8 +164,9 @@ def policy_problem(policy: PolicySpec | PolicyContract) -> str | None:
         return problem
     if policy.solver not in SOLVERS:
         return f"solver must be {' or '.join(SOLVERS)}, got {policy.solver!r}"
-    if not 1 <= policy.flow_steps <= MAX_FLOW_STEPS:
-        return f"flow_steps must lie in [1, {MAX_FLOW_STEPS}], got {policy.flow_steps}"
+    problem = flow_steps_problem("flow_steps", policy.flow_steps)
+    if problem is not None:
+        return problem
     if policy.action_names and len(policy.action_names) != policy.act_dim:
         return f"action_names holds {len(policy.action_names)} names for act_dim = {policy.act_dim}"
     return obs_layout_problem(policy.obs_layout, policy.obs_dim)

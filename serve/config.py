@@ -20,7 +20,7 @@ from flowrl_deploy.contract import MAX_TIMEOUT_S
 from flowrl_deploy.errors import FlowRLError
 from flowrl_deploy.fieldtypes import wrong_type
 from flowrl_deploy.serve.batcher import MAX_WINDOW_US
-from flowrl_deploy.spec import MAX_FLOW_STEPS
+from flowrl_deploy.spec import flow_steps_problem
 
 MAX_MESSAGE_BYTES = 2**31 - 1
 """gRPC's message size limits are C ints: a larger ``max_message_bytes`` fails the server's start."""
@@ -145,8 +145,9 @@ class ServeConfig:
             )
         if not (self.session_idle_s > 0 and math.isfinite(self.session_idle_s)):
             raise FlowRLError(f"--session-idle-s must be > 0 and finite, got {self.session_idle_s}")
-        if self.steps is not None and not 1 <= self.steps <= MAX_FLOW_STEPS:
-            raise FlowRLError(f"--steps must lie in [1, {MAX_FLOW_STEPS}], got {self.steps}")
+        problem = None if self.steps is None else flow_steps_problem("--steps", self.steps)
+        if problem is not None:
+            raise FlowRLError(problem)
         if not MIN_WATCH_INTERVAL_S <= self.watch_interval_s <= MAX_TIMEOUT_S:
             raise FlowRLError(
                 f"watch_interval_s must lie in [{MIN_WATCH_INTERVAL_S}, {MAX_TIMEOUT_S:g}] s, "

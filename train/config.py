@@ -17,7 +17,7 @@ from flowrl_deploy.checkpoint import RUN_CONFIG_FILE, read_document, write_text_
 from flowrl_deploy.envid import parse_env_id
 from flowrl_deploy.errors import EnvIdError, FlowRLError
 from flowrl_deploy.fieldtypes import wrong_type
-from flowrl_deploy.spec import MAX_FLOW_STEPS, SOLVERS
+from flowrl_deploy.spec import SOLVERS, flow_steps_problem
 
 CFM_WEIGHTINGS = ("batch", "sample")
 DEVICES = ("auto", "cpu", "cuda")
@@ -125,8 +125,9 @@ class TrainConfig:
             raise ConfigError(f"{name('out')} must name a directory for the run, got an empty string")
         if not 0 <= self.seed < 2**32:
             raise ConfigError(f"{name('seed')} must lie in [0, 2**32), got {self.seed}")
-        if not 1 <= self.flow_steps <= MAX_FLOW_STEPS:
-            raise ConfigError(f"{name('flow_steps')} must lie in [1, {MAX_FLOW_STEPS}], got {self.flow_steps}")
+        problem = flow_steps_problem(name("flow_steps"), self.flow_steps)
+        if problem is not None:
+            raise ConfigError(problem)
         positive = (
             "steps",
             "hidden",

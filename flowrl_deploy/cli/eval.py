@@ -10,7 +10,7 @@ import typer
 from flowrl_deploy.cli._common import user_errors
 from flowrl_deploy.errors import FlowRLError
 from flowrl_deploy.runtime import is_onnx_path
-from flowrl_deploy.spec import MAX_FLOW_STEPS
+from flowrl_deploy.spec import flow_steps_problem
 
 FROM_ZERO = ", from a0 = 0"
 """How the report names a sampler that starts every ODE at zero (--deterministic, or a deterministic graph)."""
@@ -41,8 +41,9 @@ def eval_command(
 
     if episodes < 1:
         raise FlowRLError(f"--episodes must be >= 1, got {episodes}")
-    if flow_steps is not None and not 1 <= flow_steps <= MAX_FLOW_STEPS:
-        raise FlowRLError(f"--flow-steps must lie in [1, {MAX_FLOW_STEPS}], got {flow_steps}")
+    problem = None if flow_steps is None else flow_steps_problem("--flow-steps", flow_steps)
+    if problem is not None:
+        raise FlowRLError(problem)
     if not 0 <= seed < 2**32:
         raise FlowRLError(f"--seed must lie in [0, 2**32), got {seed}")
     if not policy.exists():
