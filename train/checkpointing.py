@@ -25,6 +25,7 @@ from flowrl_deploy.checkpoint import (
     link_checkpoint,
     load_checkpoint,
     read_document,
+    read_spec,
     resolve_checkpoint,
 )
 from flowrl_deploy.envid import parse_env_id
@@ -86,14 +87,14 @@ class RunCheckpoints:
 def resume_config(checkpoint: str | Path, steps: int | None = None) -> TrainConfig:
     """The saved config of the run a checkpoint belongs to; ``steps`` may extend its budget."""
     directory = resolve_checkpoint(checkpoint)
-    saved = load_checkpoint(directory)
-    if not saved.config:
+    document, spec = read_document(directory), read_spec(directory)  # the JSON only: no tensor is needed here
+    if not document.get("config"):
         raise CheckpointError(f"{directory} holds no training config, so it cannot be resumed")
     source = directory / DOCUMENT_FILE
-    cfg = TrainConfig.from_dict(saved.config, source=str(source), key="config")
+    cfg = TrainConfig.from_dict(document["config"], source=str(source), key="config")
     for field, configured, saved_value in (
-        ("hidden", cfg.hidden, saved.spec.hidden),
-        ("env", str(parse_env_id(cfg.env)), saved.spec.env_id),
+        ("hidden", cfg.hidden, spec.hidden),
+        ("env", str(parse_env_id(cfg.env)), spec.env_id),
     ):
         if saved_value and configured != saved_value:  # checked here: torch's own error is a page of shapes
             raise CheckpointError(
@@ -102,7 +103,7 @@ def resume_config(checkpoint: str | Path, steps: int | None = None) -> TrainConf
             )
     if steps is None:
         return cfg
-    done = saved.counters.get("env_steps", 0)
+    done = document.get("counters", {}).get("env_steps", 0)
     if steps < done:
         raise FlowRLError(f"--steps {steps} is less than the {done} env steps {directory.name} has taken; "
                           f"give the run's new total, at least {done}")  # fmt: skip

@@ -433,6 +433,19 @@ def test_a_corrupt_checkpoint_is_a_clear_error(run, tmp_path):
         resume_config(broken)
 
 
+def test_resuming_corrupt_actor_weights_is_a_clear_error_that_changes_no_file(run, tmp_path):
+    import shutil
+
+    copy = shutil.copytree(run.run_dir, tmp_path / "copy", symlinks=True)
+    weights = copy / "checkpoints" / "last" / "model.safetensors"
+    weights.write_bytes(b"\x00garbage")
+    before = {p: p.read_bytes() for p in copy.rglob("*") if p.is_file()}
+    cfg = resume_config(copy, steps=500)  # the config is read from the JSON alone
+    with pytest.raises(CheckpointError, match="model.safetensors.*corrupt"):
+        train(cfg, resume=copy, progress=False)
+    assert {p: p.read_bytes() for p in copy.rglob("*") if p.is_file()} == before
+
+
 def test_a_new_run_refuses_to_mix_into_an_existing_one(run):
     with pytest.raises(FlowRLError, match="--resume"):
         train(TrainConfig(steps=10, out=str(run.run_dir), **TINY), progress=False)
