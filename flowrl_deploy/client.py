@@ -107,6 +107,22 @@ def connection_hint(error: str, target: str, tls_ca: str, tls_cert: str) -> str:
             "nothing listens at that port; to be reached from another machine, `flowrl serve` needs "
             "--host 0.0.0.0 (its default, 127.0.0.1, takes local connections only)"
         )
+    if "certificate has expired" in error:
+        return (
+            "the server's certificate has expired (or this machine's clock is wrong): the server needs a "
+            "renewed --tls-cert"
+        )
+    if "CERTIFICATE_VERIFY_FAILED" in error:
+        if tls_ca:
+            return (
+                "the server's certificate is not signed by the CA given with --tls-ca: pass the CA that "
+                "issued the server's --tls-cert"
+            )
+        return "the server's certificate is not signed by a CA this machine trusts: pass that CA with --tls-ca"
+    if "WRONG_VERSION_NUMBER" in error:  # the server answered the TLS hello in plaintext
+        return "the server does not use TLS: drop --tls-ca, --tls-cert and --tls-key"
+    if "Failed parsing HTTP/2" in error:  # e.g. 'HTTP/1.0 400' from the metrics port
+        return "that port does not answer gRPC (is it the server's --metrics-port?): give the server's --port"
     if not tls_ca and not tls_cert:
         return "if the server uses TLS, pass --tls-ca"
     if not tls_cert:

@@ -1,0 +1,97 @@
+"""A failed connection's hint names its cause: a CA that did not sign the server's certificate, an
+expired certificate, TLS against a plaintext server, or a port that does not speak gRPC (the
+metrics port). Each used to suggest client certificates or --tls-ca whatever the cause."""
+
+from __future__ import annotations
+
+import datetime
+import sys
+from pathlib import Path
+
+import pytest
+from typer.testing import CliRunner
+
+from flowrl_deploy.cli import app
+from flowrl_deploy.serve import PolicyServer, ServeConfig
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "serve"))
+from tiny_policy import write_policy
+
+x509 = pytest.importorskip("cryptography.x509")
+from test_serve_security import _issue, _write  # noqa: E402
+
+runner = CliRunner()
+OBS = "[0.1, 0.2, 0.3]"
+
+
+def _expired(issued):
+    """``issued`` (key, certificate) re-signed by ``ca_key`` with a validity that ended yesterday."""
+    from cryptography.hazmat.primitives import hashes
+
+    key, cert, ca_key = issued
+    now = datetime.datetime.now(datetime.timezone.utc)
+    builder = (
+        x509.CertificateBuilder()
+        .subject_name(cert.subject)
+        .issuer_name(cert.issuer)
+        .public_key(key.public_key())
+        .serial_number(x509.random_serial_number())
+        .not_valid_before(now - datetime.timedelta(days=2))
+        .not_valid_after(now - datetime.timedelta(days=1))
+    )
+    for extension in cert.extensions:
+        builder = builder.add_extension(extension.value, extension.critical)
+    return key, builder.sign(ca_key, hashes.SHA256())
+
+
+@pytest.fixture(scope="module")
+def pki(tmp_path_factory):
+    directory = tmp_path_factory.mktemp("pki")
+    ca_key, ca_cert = _issue("flowrl test CA", ca=True)
+    files = {"ca": _write(directory, "ca", ca_key, ca_cert)[0]}
+    files["rogue_ca"] = _write(directory, "rogue", *_issue("rogue CA", ca=True))[0]
+    files["server"] = _write(directory, "server", *_issue("localhost", ca_key, ca_cert.subject))
+    files["expired"] = _write(directory, "expired", *_expired((*_issue("localhost", ca_key, ca_cert.subject), ca_key)))
+    files["policy"] = str(write_policy(directory / "policy.onnx"))
+    return files
+
+
+def _query(server: str, *tls: str):
+    result = runner.invoke(app, ["query", "--server", server, "--obs", OBS, "--timeout", "2", *tls])
+    assert result.exit_code == 1, result.output
+    assert "UNAVAILABLE" in result.output and "Traceback" not in result.output
+    return result.output
+
+
+def _tls_server(pki, certificate: str):
+    cert, key = pki[certificate]
+    config = ServeConfig(pki["policy"], host="localhost", port=0, tls_cert=cert, tls_key=key, grace_s=0)
+    return PolicyServer(config).start()
+
+
+def test_a_ca_that_did_not_sign_the_servers_certificate_is_named(pki):
+    with _tls_server(pki, "server") as server:
+        output = _query(f"localhost:{server.port}", "--tls-ca", pki["rogue_ca"])
+    assert "CERTIFICATE_VERIFY_FAILED" in output and "client certificates" not in output
+    assert "the server's certificate is not signed by the CA given with --tls-ca" in output
+
+
+def test_an_expired_server_certificate_is_named(pki):
+    with _tls_server(pki, "expired") as server:
+        output = _query(f"localhost:{server.port}", "--tls-ca", pki["ca"])
+    assert "client certificates" not in output and "not signed" not in output
+    assert "the server's certificate has expired" in output
+
+
+def test_tls_against_a_plaintext_server_says_to_drop_tls(pki):
+    with PolicyServer(ServeConfig(pki["policy"], port=0, grace_s=0)).start() as server:
+        output = _query(server.address, "--tls-ca", pki["ca"])
+    assert "client certificates" not in output
+    assert "the server does not use TLS: drop --tls-ca" in output
+
+
+def test_the_metrics_port_is_named_not_tls(pki):
+    with PolicyServer(ServeConfig(pki["policy"], port=0, metrics_port=0, grace_s=0)).start() as server:
+        output = _query(f"127.0.0.1:{server.metrics_port}")
+    assert "pass --tls-ca" not in output
+    assert "that port does not answer gRPC (is it the server's --metrics-port?)" in output
