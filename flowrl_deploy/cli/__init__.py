@@ -4,6 +4,13 @@ Command modules import their heavy stage (torch, dm_control, onnx) inside the co
 so ``flowrl serve`` and ``flowrl query`` run on a robot computer without torch.
 """
 
+import os
+
+# gRPC's C core prints INFO lines on stderr (``I1126 14:29:01.299581 11489 ssl_transport_security.cc:2563]
+# Handshake failed ...``) that repeat the one-line error a command prints; its ERROR lines stay. It
+# reads GRPC_VERBOSITY when grpc is imported, so this comes before any import; the user's own wins.
+os.environ.setdefault("GRPC_VERBOSITY", "ERROR")
+
 import typer
 
 app = typer.Typer(

@@ -5,7 +5,10 @@ metrics port). Each used to suggest client certificates or --tls-ca whatever the
 from __future__ import annotations
 
 import datetime
+import os
+import subprocess
 import sys
+import threading
 from pathlib import Path
 
 import pytest
@@ -95,3 +98,33 @@ def test_the_metrics_port_is_named_not_tls(pki):
         output = _query(f"127.0.0.1:{server.metrics_port}")
     assert "pass --tls-ca" not in output
     assert "that port does not answer gRPC (is it the server's --metrics-port?)" in output
+
+
+@pytest.fixture
+def http_server():
+    """A real HTTP server: a TLS client's hello gets 'HTTP/1.0 400' back, a failed handshake."""
+    from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+    httpd = ThreadingHTTPServer(("127.0.0.1", 0), BaseHTTPRequestHandler)
+    thread = threading.Thread(target=httpd.serve_forever, daemon=True)
+    thread.start()
+    yield f"127.0.0.1:{httpd.server_address[1]}"
+    httpd.shutdown()
+    thread.join(timeout=5)
+
+
+@pytest.mark.parametrize("verbosity", [None, "INFO"])
+def test_grpc_core_info_lines_stay_off_the_clis_stderr_unless_the_user_asks(pki, http_server, verbosity):
+    """gRPC's 'I1126 ... ssl_transport_security.cc:2563] Handshake failed ...' repeated the error line
+    and broke log parsing; a GRPC_VERBOSITY of the user's own still shows it."""
+    env = {k: v for k, v in os.environ.items() if k not in ("GRPC_VERBOSITY", "GRPC_TRACE")}
+    if verbosity is not None:
+        env["GRPC_VERBOSITY"] = verbosity
+    command = ["query", "--server", http_server, "--obs", OBS, "--timeout", "2", "--tls-ca", pki["ca"]]
+    result = subprocess.run(
+        [sys.executable, "-m", "flowrl_deploy.cli", *command], capture_output=True, text=True, env=env, timeout=60
+    )
+    assert result.returncode == 1 and "WRONG_VERSION_NUMBER" in result.stderr, result.stderr
+    assert ("Handshake failed" in result.stderr) == (verbosity == "INFO"), result.stderr
+    if verbosity is None:
+        assert result.stderr.startswith("error: UNAVAILABLE") and len(result.stderr.splitlines()) == 1
