@@ -21,6 +21,7 @@ ZIP_MAGIC = b"PK\x03\x04"  # np.savez writes a zip archive
 MAX_OBS_FILE_BYTES = 16 << 20
 """More than any observation batch a server takes (its messages are 1 MiB by default)."""
 NOT_A_LIST = "must be a list [..] or a batch [[..], ..]"
+TOO_DEEP = "got lists nested deeper than a batch"
 
 
 def read_observation(obs: str, obs_file: Path | None) -> np.ndarray:
@@ -66,6 +67,8 @@ def _from_npy(data: bytes, source: str) -> np.ndarray:
     check_number_dtype(array.dtype, name=source)
     if array.ndim == 0:
         raise FlowRLError(f"{source} {NOT_A_LIST}, got a number (an array of shape ())")
+    if array.ndim > 2:
+        raise FlowRLError(f"{source} {NOT_A_LIST}, {TOO_DEEP} (an array of shape {list(array.shape)})")
     return array
 
 
@@ -88,10 +91,10 @@ def _from_json(text: str | bytes, source: str) -> np.ndarray:
         raise FlowRLError(f"cannot read the observation: {source} is not JSON ({exc})") from None
     if not isinstance(values, list):  # the server would answer only "obs: missing shape"
         raise FlowRLError(f"{source} {NOT_A_LIST}, got {_json_kind(values)}")
-    try:
-        leaves = np.asarray(values, dtype=object)  # rows of different lengths stay lists
-    except ValueError as exc:  # more dimensions than numpy takes
-        raise FlowRLError(f"{source} is not an observation or a batch of them ({exc})") from None
+    # Refused before numpy sees it: NumPy 2 nests up to 64 dimensions and then fails past 32 in `.flat`.
+    if any(isinstance(row, list) and any(isinstance(leaf, list) for leaf in row) for row in values):
+        raise FlowRLError(f"{source} {NOT_A_LIST}, {TOO_DEEP}")
+    leaves = np.asarray(values, dtype=object)  # at most 2-D; rows of different lengths stay lists
     for leaf in leaves.flat:
         if isinstance(leaf, list):
             raise FlowRLError(f"{source} has rows of different lengths; a batch is [[..], [..]] of equal rows")
