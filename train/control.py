@@ -20,9 +20,9 @@ from flowrl_deploy.client import PolicyClient, connection_hint
 from flowrl_deploy.contract import MAX_HZ, MIN_HZ
 from flowrl_deploy.errors import FlowRLError
 from flowrl_deploy.gc_freeze import gc_frozen
-from flowrl_deploy.session import CallTiming, WatchdogError, check_session_settings, session_deadline
+from flowrl_deploy.session import CallTiming, WatchdogError, check_session_settings, log, session_deadline
 from flowrl_deploy.train.envs import episode_seed, make_env
-from flowrl_deploy.train.evaluate import EVAL_STREAM, check_env_fits
+from flowrl_deploy.train.evaluate import EVAL_STREAM, check_env_fits, other_task_warning
 
 MISS_WARNING_RATE = 0.01
 """A run with more of its ticks on the fallback than this says so in its summary: the robot mostly
@@ -77,6 +77,10 @@ class ControlReport:
     """Ctrl-C ended the run early (``stop_on_interrupt``); the figures cover the ticks that ran."""
     watchdog: str = ""
     """Why the session's watchdog stopped the run (``max_misses`` misses in a row); empty if it did not."""
+    lengths: list[int] = field(default_factory=list)
+    """Each completed episode's steps, as ``returns``."""
+    terminated: list[bool] = field(default_factory=list)
+    """Whether the task ended each completed episode (a fall in HumanoidBench), not its time limit or --max-steps."""
 
     @property
     def mean_return(self) -> float | None:
@@ -173,7 +177,8 @@ def run_control(
     session's watchdog (``watchdog`` in the report says why). ``contract_hash`` pins the policy
     contract (the server then refuses any other); ``connect_timeout_s`` bounds the wait for the
     server to be SERVING. With ``stop_on_interrupt``, Ctrl-C ends the run and the report covers
-    what ran (``interrupted``). Error messages name the ``flowrl control`` flags.
+    what ran (``interrupted``). An ``env_id`` of another task than the served policy's is run, but
+    warned about (logger ``flowrl.client``). Error messages name the ``flowrl control`` flags.
     """
     if hz is not None and not hz > 0:  # `not >` also refuses NaN
         raise FlowRLError(f"--hz must be > 0, got {hz:g}")
@@ -214,6 +219,9 @@ def run_control(
             env = make_env(env_id, seed)
             closing.callback(env.close)
             check_env_fits(env, (info.obs_dim, info.act_dim))
+            warning = other_task_warning(env_id, info.env_id)
+            if warning:
+                log.warning("%s", warning)
             session = closing.enter_context(
                 client.session(
                     period_s=period,
@@ -226,14 +234,14 @@ def run_control(
                     max_timings=None,  # the report covers every tick of the run, which its episodes bound
                 )
             )
-            returns, lateness, overruns, interrupted, watchdog = [], [], 0, False, ""
+            returns, lengths, ended, lateness, overruns, interrupted, watchdog = [], [], [], [], 0, False, ""
             try:
                 with gc_frozen():  # no full garbage collection walks the setup's objects mid-run
                     for episode in range(episodes):
                         obs = env.reset(episode_seed(seed, episode, stream=EVAL_STREAM))
-                        total, done, steps = 0.0, False, 0
+                        total, terminated, truncated, steps = 0.0, False, False, 0
                         start = time.perf_counter()
-                        while not done and (max_steps is None or steps < max_steps):
+                        while not (terminated or truncated) and (max_steps is None or steps < max_steps):
                             scheduled = start + steps * period
                             wait = scheduled - time.perf_counter()
                             if wait > 0:
@@ -243,9 +251,10 @@ def run_control(
                             overruns += late > period
                             obs, reward, terminated, truncated = env.step(session.act(obs))
                             total += reward
-                            done = terminated or truncated
                             steps += 1
                         returns.append(total)
+                        lengths.append(steps)
+                        ended.append(terminated)
             except WatchdogError as exc:
                 watchdog = str(exc)
             except KeyboardInterrupt:
@@ -260,6 +269,8 @@ def run_control(
         seed=seed,
         deadline_ms=session.deadline_s * 1e3,
         returns=returns,
+        lengths=lengths,
+        terminated=ended,
         deadline_misses=session.health.misses,
         overruns=int(overruns),
         interrupted=interrupted,

@@ -12,7 +12,8 @@ from pathlib import Path
 
 import numpy as np
 
-from flowrl_deploy.errors import FlowRLError
+from flowrl_deploy.envid import parse_env_id
+from flowrl_deploy.errors import EnvIdError, FlowRLError
 from flowrl_deploy.train.envs import Env, episode_seed, make_env
 
 ActFn = Callable[[np.ndarray], np.ndarray]
@@ -21,27 +22,60 @@ EVAL_NOISE_STREAM = 2  # and the policy's noise during evaluations in training, 
 
 
 @dataclass(frozen=True)
+class Episode:
+    """One episode's return, length (env steps) and whether the task terminated it (a fall in
+    HumanoidBench), not its time limit."""
+
+    total: float
+    length: int
+    terminated: bool
+
+
+@dataclass(frozen=True)
 class EvalResult:
     mean: float
     std: float
     returns: tuple[float, ...]
+    lengths: tuple[int, ...] = ()
+    terminated: tuple[bool, ...] = ()
+    """Per episode, as ``returns``; empty in a result made from returns alone."""
+
+    @classmethod
+    def of(cls, episodes: list[Episode]) -> EvalResult:
+        returns = [e.total for e in episodes]
+        return cls(
+            float(np.mean(returns)),
+            float(np.std(returns)),
+            tuple(returns),
+            tuple(e.length for e in episodes),
+            tuple(e.terminated for e in episodes),
+        )
 
     def __str__(self) -> str:
         n = len(self.returns)
         return f"{self.mean:.2f} ± {self.std:.2f} over {n} episode{'s' * (n != 1)}"
 
+    def lengths_summary(self) -> str:
+        """'length 52 ± 14 steps, 2 of 2 ended by termination' (empty without lengths)."""
+        if not self.lengths:
+            return ""
+        return (
+            f"length {np.mean(self.lengths):.0f} ± {np.std(self.lengths):.0f} steps, "
+            f"{sum(self.terminated)} of {len(self.terminated)} ended by termination"
+        )
 
-def run_episode(act_fn: ActFn, env: Env, seed: int) -> float:
-    """The return of one episode, until termination or the time limit."""
-    obs, total, done = env.reset(seed), 0.0, False
-    while not done:
+
+def run_episode(act_fn: ActFn, env: Env, seed: int) -> Episode:
+    """One episode, until termination or the time limit."""
+    obs, total, length, terminated, truncated = env.reset(seed), 0.0, 0, False, False
+    while not (terminated or truncated):
         action = act_fn(obs)
         if not np.isfinite(action).all():
             raise FlowRLError(f"the policy returned a NaN/infinite action on {env.info.env_id}: its weights are broken")
         obs, reward, terminated, truncated = env.step(action)
         total += reward
-        done = terminated or truncated
-    return total
+        length += 1
+    return Episode(total, length, terminated)
 
 
 def evaluate(
@@ -51,28 +85,28 @@ def evaluate(
     seed: int = 0,
     *,
     dims: tuple[int, int] | None = None,
-    on_episode: Callable[[float], object] | None = None,
+    on_episode: Callable[[Episode], object] | None = None,
 ) -> EvalResult:
     """Run ``episodes`` episodes of ``act_fn`` on ``env`` (an id, or an environment instance).
 
     Episode i resets with a seed derived from (seed, i), so two evaluations with the same seed
     see the same initial states. ``dims``, the policy's (obs_dim, act_dim), refuses an environment
     of other sizes with a :class:`FlowRLError` before any step. ``on_episode`` is given each
-    return as its episode ends (so a caller stopped by Ctrl-C still has the finished ones).
+    :class:`Episode` as it ends (so a caller stopped by Ctrl-C still has the finished ones).
     """
     instance = make_env(env, seed) if isinstance(env, str) else env
-    returns: list[float] = []
+    done: list[Episode] = []
     try:
         if dims is not None:
             check_env_fits(instance, dims)
         for i in range(episodes):
-            returns.append(run_episode(act_fn, instance, episode_seed(seed, i, stream=EVAL_STREAM)))
+            done.append(run_episode(act_fn, instance, episode_seed(seed, i, stream=EVAL_STREAM)))
             if on_episode is not None:
-                on_episode(returns[-1])
+                on_episode(done[-1])
     finally:
         if isinstance(env, str):
             instance.close()
-    return EvalResult(float(np.mean(returns)), float(np.std(returns)), tuple(returns))
+    return EvalResult.of(done)
 
 
 def check_env_fits(env: Env, dims: tuple[int, int]) -> None:
@@ -82,6 +116,19 @@ def check_env_fits(env: Env, dims: tuple[int, int]) -> None:
             f"{env.info.env_id} has obs/act dims {env.info.obs_dim}/{env.info.act_dim}, "
             f"the policy {dims[0]}/{dims[1]}: pass the --env it was trained on"
         )
+
+
+def other_task_warning(env_id: str, trained_on: str) -> str | None:
+    """The warning for an --env ``env_id`` that names another task than the policy's ``trained_on``
+    (a walk policy run on crawl, whose shapes match), or None when both name one task (``gym:h1-walk-v0``
+    and ``h1-walk-v0`` do) or the policy records none."""
+    if not trained_on:
+        return None
+    try:
+        same = str(parse_env_id(env_id)) == str(parse_env_id(trained_on))
+    except EnvIdError:  # a malformed --env is refused by make_env; a malformed record compares as text
+        same = env_id.strip() == trained_on.strip()
+    return None if same else f"--env {env_id} is not the task the policy was trained on, {trained_on}"
 
 
 def checkpoint_act_fn(

@@ -3,7 +3,8 @@ progress line.
 
 Scalar names are namespaced like CleanRL's: ``losses/…`` for the latest value of each of FlowRL's
 losses (the actor's from its last step, which comes every ``policy_delay``-th update), ``charts/…``
-for returns and rates.
+for returns, episode lengths, terminations (1.0 when the task ended an episode, a fall in
+HumanoidBench; 0.0 at the time limit) and rates.
 """
 
 from __future__ import annotations
@@ -24,8 +25,11 @@ from flowrl_deploy.errors import FlowRLError
 CSV_COLUMNS = (
     "step",
     "charts/episode_return",
+    "charts/episode_length",
+    "charts/episode_terminated",
     "charts/eval_return",
     "charts/eval_return_std",
+    "charts/eval_episode_length",
     "charts/eval_return_deterministic",
     "charts/env_steps_per_s",
     "charts/updates_per_s",

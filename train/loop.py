@@ -153,7 +153,7 @@ def train(
     try:  # from here the finally below closes the envs and files, whatever raises
         if on_start is not None:
             on_start()
-        obs, episode_return = env.reset(episode_seed(cfg.seed, counters.episodes)), 0.0
+        obs, episode_return, episode_length = env.reset(episode_seed(cfg.seed, counters.episodes)), 0.0, 0
         while counters.env_steps < cfg.steps and not stop.requested:
             # ALGO LOGIC: act (uniform random during the warm-up), store, update once
             if counters.env_steps < cfg.start_steps:
@@ -169,12 +169,20 @@ def train(
             replay.add(obs, action, reward, next_obs, terminated)
             counters.env_steps += 1
             episode_return += reward
+            episode_length += 1
             obs = next_obs
             if terminated or truncated:
                 counters.episodes += 1
                 run.bar.episode_return = episode_return
-                run.logger.log(counters.env_steps, {"charts/episode_return": episode_return})
-                obs, episode_return = env.reset(episode_seed(cfg.seed, counters.episodes)), 0.0
+                run.logger.log(
+                    counters.env_steps,
+                    {
+                        "charts/episode_return": episode_return,
+                        "charts/episode_length": episode_length,
+                        "charts/episode_terminated": float(terminated),
+                    },
+                )
+                obs, episode_return, episode_length = env.reset(episode_seed(cfg.seed, counters.episodes)), 0.0, 0
             if counters.env_steps >= cfg.start_steps and replay.size >= cfg.batch_size:
                 # merged: the actor's losses come only every policy_delay-th update, and stay until the next
                 metrics.update(agent.update(replay.sample(cfg.batch_size)))
@@ -300,6 +308,7 @@ def _after_step(run: _Run, metrics: dict[str, torch.Tensor]) -> None:
             {
                 "charts/eval_return": result.mean,
                 "charts/eval_return_std": result.std,
+                "charts/eval_episode_length": float(np.mean(result.lengths)),
                 "charts/eval_return_deterministic": zero_noise.mean,
             },
         )

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Annotated
+from typing import TYPE_CHECKING, Annotated
 
 import typer
 
@@ -11,6 +11,9 @@ from flowrl_deploy.cli._common import user_errors
 from flowrl_deploy.errors import FlowRLError
 from flowrl_deploy.runtime import is_onnx_path
 from flowrl_deploy.spec import flow_steps_problem
+
+if TYPE_CHECKING:
+    from flowrl_deploy.train.evaluate import EvalResult
 
 FROM_ZERO = ", from a0 = 0"
 """How the report names a sampler that starts every ODE at zero (--deterministic, or a deterministic graph)."""
@@ -35,9 +38,7 @@ def eval_command(
     ] = False,
 ) -> None:
     """Run POLICY for some episodes on its task and print the mean ± std return."""
-    import numpy as np
-
-    from flowrl_deploy.train.evaluate import EvalResult, evaluate
+    from flowrl_deploy.train.evaluate import Episode, EvalResult, evaluate, other_task_warning
 
     if episodes < 1:
         raise FlowRLError(f"--episodes must be >= 1, got {episodes}")
@@ -59,18 +60,25 @@ def eval_command(
         act_fn, env_id, dims, sampler = _onnx_policy(policy, seed, deterministic)
     else:
         act_fn, env_id, dims, sampler = _checkpoint_policy(policy, flow_steps, device, seed, deterministic)
+    warning = None if env is None else other_task_warning(env, env_id)
     env_id = env or env_id
     if not env_id:
         raise FlowRLError(f"{policy} does not record its env id; pass --env")
-    done: list[float] = []
+    if warning:
+        typer.secho(f"warning: {warning}", err=True, fg=typer.colors.YELLOW)
+    done: list[Episode] = []
     try:
         result = evaluate(act_fn, env_id, episodes, seed, dims=dims, on_episode=done.append)
     except KeyboardInterrupt:
-        partial = EvalResult(float(np.mean(done)), float(np.std(done)), tuple(done)) if done else None
-        figures = f": return {partial} ({sampler})" if partial else ""
+        figures = f": return {_figures(EvalResult.of(done), sampler)}" if done else ""
         typer.secho(f"interrupted (Ctrl-C) after {len(done)} of {episodes} episodes on {env_id}{figures}", err=True)
         raise typer.Exit(130) from None
-    typer.echo(f"{env_id}: return {result} ({sampler})")
+    typer.echo(f"{env_id}: return {_figures(result, sampler)}")
+
+
+def _figures(result: EvalResult, sampler: str) -> str:
+    """'-812.3 ± 40.1 over 2 episodes (N=8 midpoint); length 200 ± 0 steps, 0 of 2 ended by termination'."""
+    return f"{result} ({sampler}); {result.lengths_summary()}"
 
 
 def _checkpoint_policy(path: Path, flow_steps: int | None, device: str, seed: int, deterministic: bool):

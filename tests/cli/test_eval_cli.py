@@ -1,6 +1,6 @@
 """Ctrl-C during `flowrl eval` (and any command that does not handle it itself, e.g. `flowrl export`):
 one line saying so, with the episodes completed so far, and exit status 130, never a traceback or
-silence (typer's own handling exits 130 without a word)."""
+silence (typer's own handling exits 130 without a word). And the warning for an --env of another task."""
 
 from __future__ import annotations
 
@@ -74,3 +74,21 @@ def test_ctrl_c_in_a_command_that_does_not_handle_it_is_one_line(tmp_path, monke
     result = runner.invoke(app, ["export", str(save_step(tmp_path / "run", 1)), "--out", str(tmp_path / "p.onnx")])
     assert result.exit_code == 130, result.output
     assert result.output.strip().splitlines() == ["interrupted (Ctrl-C): flowrl export stopped before it finished"]
+
+
+@pytest.mark.parametrize(
+    ("env", "warned"), [("dmc:cartpole-balance", True), ("dmc:cartpole-swingup", False), (None, False)]
+)
+def test_an_env_of_another_task_than_the_policys_is_warned_about_once(tmp_path, env, warned):
+    """A walk policy evaluated on crawl (same shapes) printed crawl's return as if it were the policy's."""
+    pytest.importorskip("dm_control")
+    policy = write_policy(
+        tmp_path / "swingup.onnx", obs_dim=5, act_dim=1, action_low=(-1.0,), action_high=(1.0,), obs_layout=(),
+        action_names=(), env_id="dmc:cartpole-swingup",
+    )  # fmt: skip
+    result = runner.invoke(app, ["eval", str(policy), "--episodes", "1", *(["--env", env] if env else [])])
+    assert result.exit_code == 0, result.output
+    warnings = [line for line in result.output.splitlines() if line.startswith("warning:")]
+    expected = "warning: --env dmc:cartpole-balance is not the task the policy was trained on, dmc:cartpole-swingup"
+    assert warnings == ([expected] if warned else [])
+    assert result.output.splitlines()[-1].startswith(f"{env or 'dmc:cartpole-swingup'}: return ")

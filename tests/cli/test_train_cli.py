@@ -125,7 +125,10 @@ def test_train_then_eval_then_resume(tmp_path):
     result = runner.invoke(app, ["eval", str(out), "--episodes", "2", "--flow-steps", "4"])
     assert result.exit_code == 0, result.output
     assert "Pendulum-v1: return" in result.output and "±" in result.output
-    assert result.output.strip().endswith("over 2 episodes (N=4 midpoint)")  # --flow-steps 4
+    # --flow-steps 4; Pendulum's episodes end by their 200-step time limit only
+    assert result.output.strip().endswith(
+        "over 2 episodes (N=4 midpoint); length 200 ± 0 steps, 0 of 2 ended by termination"
+    )
 
     returns: dict[int, EvalResult] = {}  # --flow-steps reaches the sampler, not only the label
     for n in (1, 4):

@@ -66,6 +66,21 @@ def test_control_episodes_reset_with_the_seeds_of_flowrl_eval(server, monkeypatc
     assert report.returns == [2.0, 2.0, 2.0] and report.steps == 6
 
 
+class FallingEnv(RecordingEnv):
+    """Falls (terminates) at the second step of its first episode; later episodes run to ``length``."""
+
+    def step(self, action: np.ndarray) -> tuple[np.ndarray, float, bool, bool]:
+        obs, reward, _, truncated = super().step(action)
+        fell = len(self.seeds) == 1 and self.steps == 2
+        return obs, reward, fell, truncated and not fell
+
+
+def test_the_report_gives_each_episodes_length_and_whether_the_task_ended_it(server, monkeypatch):
+    report = _run(server, FallingEnv(length=4), monkeypatch, hz=1000, episodes=2)
+    assert (report.returns, report.lengths, report.terminated) == ([2.0, 4.0], [2, 4], [True, False])
+    assert report.to_dict()["lengths"] == [2, 4] and report.to_dict()["terminated"] == [True, False]
+
+
 def test_a_run_refused_by_a_server_at_its_session_limit_reports_why_it_fell_back(tmp_path, monkeypatch):
     """A second robot on `flowrl serve --max-sessions 1` ran on zeros every tick; the report said only
     'deadline misses'."""

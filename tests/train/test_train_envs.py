@@ -121,6 +121,34 @@ def test_training_masks_the_bootstrap_after_a_fall_but_not_after_a_time_limit(tm
     assert ends["fall"] > 0 and ends["time limit"] > 0
 
 
+def test_training_logs_each_episodes_length_and_whether_it_terminated(tmp_path):
+    """A fall's rate is HumanoidBench's key diagnostic: every episode row says how long it ran and
+    whether the task ended it (a fall, at step 3 here) or the time limit did (step 5)."""
+    import json
+
+    from flowrl_deploy.train.config import TrainConfig
+    from flowrl_deploy.train.loop import train
+
+    cfg = TrainConfig(env="FlowRLTestFalling-v0", steps=80, start_steps=80, hidden=8, batch_size=8, eval_every=0,
+                      out=str(tmp_path / "run"), threads=1)  # fmt: skip
+    rows = (train(cfg, progress=False).run_dir / "metrics.jsonl").read_text().splitlines()
+    episodes = [row for row in map(json.loads, rows) if "charts/episode_return" in row]
+    ends = {(row["charts/episode_length"], row["charts/episode_terminated"]) for row in episodes}
+    assert ends == {(3, 1.0), (5, 0.0)}
+    steps = np.cumsum([row["charts/episode_length"] for row in episodes])
+    assert [row["step"] for row in episodes] == steps.tolist()
+
+
+def test_evaluation_reports_each_episodes_length_and_termination():
+    from flowrl_deploy.train.evaluate import evaluate
+
+    result = evaluate(lambda obs: np.array([0.4], np.float32), "FlowRLTestFalling-v0", episodes=2)
+    assert (result.lengths, result.terminated) == ((3, 3), (True, True))
+    assert result.lengths_summary() == "length 3 ± 0 steps, 2 of 2 ended by termination"
+    result = evaluate(lambda obs: np.array([0.0], np.float32), "FlowRLTestFalling-v0", episodes=1)
+    assert (result.lengths, result.terminated) == ((5,), (False,))
+
+
 def run(env, action):
     env.reset(seed=0)
     for _ in range(10):

@@ -19,7 +19,14 @@ from flowrl_deploy.train.algorithm import FlowRL
 from flowrl_deploy.train.checkpointing import RunCheckpoints, load_actor, resume_config
 from flowrl_deploy.train.config import ConfigError, TrainConfig
 from flowrl_deploy.train.envs import episode_seed
-from flowrl_deploy.train.evaluate import EVAL_NOISE_STREAM, EVAL_STREAM, EvalResult, checkpoint_act_fn, evaluate
+from flowrl_deploy.train.evaluate import (
+    EVAL_NOISE_STREAM,
+    EVAL_STREAM,
+    Episode,
+    EvalResult,
+    checkpoint_act_fn,
+    evaluate,
+)
 from flowrl_deploy.train.logger import CSV_COLUMNS
 from flowrl_deploy.train.loop import train
 from flowrl_deploy.train.replay import Batch, ReplayBuffer
@@ -40,6 +47,13 @@ def test_a_run_writes_config_metrics_and_checkpoints(run):
     rows = [json.loads(line) for line in (run.run_dir / "metrics.jsonl").read_text().splitlines()]
     assert [r["step"] for r in rows if "charts/eval_return" in r] == [200, 400]
     assert all(np.isfinite(r["charts/eval_return_deterministic"]) for r in rows if "charts/eval_return" in r)
+    # Pendulum's episodes end by their 200-step time limit only
+    assert [r["charts/eval_episode_length"] for r in rows if "charts/eval_return" in r] == [200.0, 200.0]
+    episodes = [r for r in rows if "charts/episode_return" in r]
+    assert [(r["step"], r["charts/episode_length"], r["charts/episode_terminated"]) for r in episodes] == [
+        (200, 200, 0.0),
+        (400, 200, 0.0),
+    ]
     assert any("losses/q_pi_loss" in r and "losses/actor_loss" in r for r in rows)
     assert (run.run_dir / "metrics.csv").read_text().startswith("step,charts/episode_return")
     assert any((run.run_dir / "tensorboard").iterdir())
@@ -79,7 +93,7 @@ def _scripted_evaluations(monkeypatch, scripted: dict[int, float]) -> None:
     def fake_evaluate(
         agent: object, eval_env: object, cfg: TrainConfig, step: int, deterministic: bool = False
     ) -> EvalResult:
-        return EvalResult(scripted[step], 0.0, (scripted[step],))
+        return EvalResult.of([Episode(scripted[step], 200, False)])
 
     monkeypatch.setattr(loop, "_evaluate", fake_evaluate)
 
@@ -441,7 +455,7 @@ def test_resuming_corrupt_actor_weights_is_a_clear_error_that_changes_no_file(ru
     weights.write_bytes(b"\x00garbage")
     before = {p: p.read_bytes() for p in copy.rglob("*") if p.is_file()}
     cfg = resume_config(copy, steps=500)  # the config is read from the JSON alone
-    with pytest.raises(CheckpointError, match="model.safetensors.*corrupt"):
+    with pytest.raises(CheckpointError, match=r"model\.safetensors.*corrupt"):
         train(cfg, resume=copy, progress=False)
     assert {p: p.read_bytes() for p in copy.rglob("*") if p.is_file()} == before
 
