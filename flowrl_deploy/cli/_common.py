@@ -30,8 +30,9 @@ from flowrl_deploy.extras import missing_extra_message
 if TYPE_CHECKING:
     from flowrl_deploy.client import PolicyClient
 
-MAX_PARSED_REPORT_BYTES = 64 << 20
-"""An existing --json file up to this size is parsed to tell whether it is a report (it may be replaced)."""
+MAX_REPORT_BYTES = 64 << 20
+"""An existing --json file up to this size is parsed to tell whether it is a report (it may be replaced);
+a larger one never is (our reports hold kilobytes), and is kept."""
 
 # The connection options of the commands that call a running server (query, control, stats, reload).
 Server = Annotated[str, typer.Option(help="host:port of `flowrl serve`.")]
@@ -77,6 +78,10 @@ def check_writable(flag: str, path: Path) -> None:
 
 REPORT_RULE = "a report may replace an earlier report, never another file"
 NOT_A_REPORT = f"exists and is not a JSON document: {REPORT_RULE}"
+TOO_LARGE_FOR_A_REPORT = (
+    f"exists and holds more than {MAX_REPORT_BYTES >> 20} MiB, far more than a report: {REPORT_RULE}"
+    " (delete it first to replace it)"
+)
 RUN_JSON_FILES = frozenset({RUN_CONFIG_FILE, METRICS_JSONL, DOCUMENT_FILE, TRAINING_JSON_FILE})
 """JSON files of a training run or a checkpoint: a report never replaces them, whatever folder they are in."""
 
@@ -85,20 +90,19 @@ def _replace_refusal(path: Path) -> str:
     """Why a report must not replace ``path`` ('' when it may): an existing file (not a link) that is
     a run's or checkpoint's JSON file by name, or holds something other than one JSON document (a
     model, a certificate, a CSV, a run's metrics.jsonl). An empty file holds nothing to lose. A file
-    beyond :data:`MAX_PARSED_REPORT_BYTES` is judged by its first and last characters."""
+    beyond :data:`MAX_REPORT_BYTES` is not one of our reports, whatever it holds (a long JSON-lines
+    log begins with ``{`` and ends with ``}``, as a report does)."""
     if path.is_symlink() or not path.is_file():
         return ""  # a link is replaced, never written through; a missing file loses nothing
     if path.name in RUN_JSON_FILES:
         return f"is the name of a training run's or checkpoint's own file ({path.name}): {REPORT_RULE}"
     try:
         with open(path, "rb") as f:
-            data = f.read(MAX_PARSED_REPORT_BYTES + 1)
-            if len(data) > MAX_PARSED_REPORT_BYTES:
-                f.seek(-64, os.SEEK_END)
-                ends = (data[:64].lstrip()[:1], f.read().rstrip()[-1:])
-                return "" if ends in ((b"{", b"}"), (b"[", b"]")) else NOT_A_REPORT
+            data = f.read(MAX_REPORT_BYTES + 1)
     except OSError:
         return ""  # unreadable here: the write says why, if it fails too
+    if len(data) > MAX_REPORT_BYTES:
+        return TOO_LARGE_FOR_A_REPORT
     if not data.strip():
         return ""
     try:
