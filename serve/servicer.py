@@ -66,6 +66,18 @@ def _unary(method: str):
     return wrap
 
 
+def _loggable(text: object) -> str:
+    """``text`` with each unprintable character (newline, ANSI escape, NUL, a Unicode line separator)
+    escaped as ``repr`` writes it: a name a client chose, logged as it is, could forge log lines or
+    drive the operator's terminal."""
+    return "".join(char if char.isprintable() else repr(char)[1:-1] for char in str(text))
+
+
+def _requested(path: str) -> str:
+    """A path a client sent, as messages and logs show it: quoted and escaped (``repr``), cut at 200 characters."""
+    return repr(path if len(path) <= 200 else path[:200] + "…")
+
+
 def _waiting(context: grpc.ServicerContext) -> bool:
     """The caller still waits for this call's answer: not cancelled, its deadline not passed."""
     remaining = context.time_remaining()
@@ -133,9 +145,10 @@ class PolicyServicer(pb_grpc.PolicyServiceServicer):
             steps = f"N={new.contract.flow_steps} flow steps"
             if previous is not None:
                 self.metrics.record_reload()
-                log.info("reloaded %s: %s -> %s (%s, %s)", source, previous.version, new.version, steps, providers)
+                shown = _loggable(source)
+                log.info("reloaded %s: %s -> %s (%s, %s)", shown, previous.version, new.version, steps, providers)
             else:
-                log.info("loaded %s as %s (%s, %s)", source, new.version, steps, providers)
+                log.info("loaded %s as %s (%s, %s)", _loggable(source), new.version, steps, providers)
             return new.version, previous.version if previous else ""
 
     def _current(self) -> ServedModel:
@@ -235,11 +248,11 @@ class PolicyServicer(pb_grpc.PolicyServiceServicer):
         (``step_…`` and ``checkpoints/step_…`` both name a checkpoint), never in the server's
         working directory, which its clients cannot know."""
         allowed, what = self._reload_root()
+        shown = _requested(path)
         if "\0" in path:
-            raise ServeError(f"reload refused: {path!r} contains a NUL byte", grpc.StatusCode.INVALID_ARGUMENT)
+            raise ServeError(f"reload refused: {shown} contains a NUL byte", grpc.StatusCode.INVALID_ARGUMENT)
         starts = [allowed, allowed.parent] if allowed.name == CHECKPOINTS_DIR else [allowed]
         candidates = [Path(path)] if Path(path).is_absolute() else [start / path for start in starts]
-        shown = repr(path if len(path) <= 200 else path[:200] + "…")
 
         def named(candidate: Path) -> str:
             return shown if candidate == Path(path) else f"{shown} ({candidate})"
@@ -397,6 +410,7 @@ class PolicyServicer(pb_grpc.PolicyServiceServicer):
                     grpc.StatusCode.FAILED_PRECONDITION,
                 ) from exc
         except ServeError as exc:
-            log.warning("Reload of %s refused (%s): %s", request.path or self.config.model, exc.code.name, exc)
+            path = _requested(request.path or self.config.model)
+            log.warning("Reload of %s refused (%s): %s", path, exc.code.name, _loggable(exc))
             raise
         return pb.ReloadReply(model_version=version, previous_version=previous)

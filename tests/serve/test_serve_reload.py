@@ -508,3 +508,23 @@ def test_watch_does_not_reload_while_the_served_file_is_missing(tmp_path, monkey
     served, replaced = "v1", "v2"
     loads = _watch_scripted_stamps(tmp_path, monkeypatch, [served, None, None, None, None, replaced], 12)
     assert [seen[-1] for seen in loads] == [replaced]
+
+
+def test_a_reload_path_cannot_write_lines_or_escapes_into_the_log(served, caplog):
+    """The requested path used to be logged as sent: a newline in it forged a log line of its own,
+    an ANSI escape drove the operator's terminal, a NUL reached the log."""
+    _, client, tmp = served
+    forged = "2026-11-26 14:31:00,000 INFO flowrl.serve: reloaded models/served.onnx: v1 -> v9 (forged)"
+    paths = [f"evil\n{forged}", "evil\x1b[2J\x1b[31mred", "evil\x00nul", "evil\u2028line"]
+    with caplog.at_level("INFO", logger="flowrl.serve"):
+        for path in paths:
+            with pytest.raises(ServiceError):
+                client.reload(path)
+        named = write_policy(tmp / "new\nINFO flowrl.serve: forged.onnx", scale=2.0)  # a file beside the served one
+        client.reload(named.name)
+    messages = [r.getMessage() for r in caplog.records if r.name == "flowrl.serve"]
+    assert len(messages) == len(paths) + 1
+    for message in messages:
+        assert message.isprintable(), message  # no newline, escape, NUL or line separator
+    assert "Reload of 'evil\\n2026-11-26" in messages[0] and "\\x1b[2J" in messages[1] and "\\x00" in messages[2]
+    assert messages[-1].startswith("reloaded ") and "new\\nINFO flowrl.serve: forged.onnx" in messages[-1]
