@@ -141,6 +141,7 @@ class GymEnv:
             action_low=space.low.astype(np.float32),
             action_high=space.high.astype(np.float32),
             obs_layout=(("observation", int(obs_shape[0])),),
+            action_names=_actuator_names(self._env.unwrapped, int(space.shape[0])),
             control_period_s=float(dt) if isinstance(dt, (int, float)) else 0.0,
         )
 
@@ -154,6 +155,20 @@ class GymEnv:
 
     def close(self) -> None:
         self._env.close()
+
+
+def _actuator_names(env: object, act_dim: int) -> tuple[str, ...]:
+    """The MuJoCo actuator names of a gymnasium env on a MuJoCo ``model`` (HumanoidBench's), when it
+    has one actuator per action and all are named (MuJoCo keeps names unique); else none."""
+    model = getattr(env, "model", None)
+    try:
+        import mujoco
+    except ImportError:
+        return ()
+    if not isinstance(model, mujoco.MjModel) or model.nu != act_dim:
+        return ()
+    names = tuple(mujoco.mj_id2name(model, mujoco.mjtObj.mjOBJ_ACTUATOR, i) or "" for i in range(act_dim))
+    return names if all(names) else ()
 
 
 def _import_humanoidbench() -> Exception | None:

@@ -149,6 +149,67 @@ def test_evaluation_reports_each_episodes_length_and_termination():
     assert (result.lengths, result.terminated) == ((5,), (False,))
 
 
+class MuJoCoArmEnv(gym.Env):
+    """A gymnasium env on a MuJoCo ``model``, as HumanoidBench's are: two motors named ``names`` (None: unnamed)."""
+
+    action_space = gym.spaces.Box(-1, 1, (2,), np.float32)
+    observation_space = gym.spaces.Box(-np.inf, np.inf, (4,), np.float64)
+
+    def __init__(self, names, render_mode=None):
+        import mujoco
+
+        motors = "".join(
+            f'<motor {f"name={name!r} " if name else ""}joint="{joint}"/>'
+            for name, joint in zip(names, ("shoulder", "elbow"), strict=True)
+        )
+        self.model = mujoco.MjModel.from_xml_string(
+            '<mujoco><worldbody><body><joint name="shoulder"/><geom size="0.1"/><body pos="0 0 0.3">'
+            f'<joint name="elbow"/><geom size="0.1"/></body></body></worldbody><actuator>{motors}</actuator></mujoco>'
+        )
+
+    def reset(self, seed=None, options=None):
+        super().reset(seed=seed)
+        return np.zeros(4), {}
+
+    def step(self, action):
+        return np.zeros(4), 0.0, False, False, {}
+
+
+ARMS = {
+    "FlowRLTestArm-v0": (("shoulder_motor", "elbow_motor"), ("shoulder_motor", "elbow_motor")),
+    "FlowRLTestUnnamedArm-v0": (("shoulder_motor", None), ()),  # an unnamed actuator: no names, not made-up ones
+}
+for arm_id, (motor_names, _) in ARMS.items():
+    gym.register(arm_id, entry_point=MuJoCoArmEnv, kwargs={"names": motor_names}, max_episode_steps=10)
+
+
+@pytest.mark.parametrize("env_id", ARMS)
+def test_a_gym_env_on_mujoco_records_its_actuator_names_as_action_names(env_id):
+    """HumanoidBench's h1-* envs recorded no action names: a controller could not tell which action drives
+    which motor."""
+    pytest.importorskip("mujoco")
+    assert make_env(env_id).info.action_names == ARMS[env_id][1]
+
+
+def test_flowrl_inspect_lists_the_actuator_names_of_a_gym_mujoco_policy(tmp_path):
+    pytest.importorskip("mujoco")
+    pytest.importorskip("onnx")
+    from typer.testing import CliRunner
+
+    from flowrl_deploy.cli import app
+    from flowrl_deploy.train.config import TrainConfig
+    from flowrl_deploy.train.loop import train
+
+    cfg = TrainConfig(env="FlowRLTestArm-v0", steps=20, start_steps=20, hidden=8, batch_size=8, eval_every=0,
+                      out=str(tmp_path / "run"), threads=1)  # fmt: skip
+    checkpoint = train(cfg, progress=False).last_checkpoint
+    runner = CliRunner()
+    exported = runner.invoke(app, ["export", str(checkpoint), "--out", str(tmp_path / "arm.onnx")])
+    assert exported.exit_code == 0, exported.output
+    inspected = runner.invoke(app, ["inspect", str(tmp_path / "arm.onnx")])
+    assert "action       2 values: shoulder_motor, elbow_motor" in inspected.output, inspected.output
+
+
 def run(env, action):
     env.reset(seed=0)
     for _ in range(10):

@@ -18,6 +18,8 @@ pytest.importorskip("humanoid_bench", reason="HumanoidBench is not installed (op
 def test_h1_walk_shapes_and_a_fall_is_a_termination():
     env = make_env("h1-walk-v0", seed=0)
     assert (env.info.obs_dim, env.info.act_dim) == (51, 19)
+    assert env.info.action_names[:4] == ("left_hip_yaw", "left_hip_roll", "left_hip_pitch", "left_knee")  # H1's motors
+    assert len(set(env.info.action_names)) == 19
     obs = env.reset(seed=0)
     assert obs.dtype == np.float32 and obs.shape == (51,)
     rng = np.random.default_rng(0)
@@ -36,3 +38,4 @@ def test_h1_walk_trains_and_evaluates_briefly(tmp_path):
     assert result.counters.env_steps == 300 and result.counters.episodes >= 1
     evaluation = evaluate(checkpoint_act_fn(result.last_checkpoint, device="cpu"), "h1-walk-v0", episodes=1)
     assert np.isfinite(evaluation.mean)
+    assert evaluation.terminated == (True,) and evaluation.lengths[0] < 1000  # a policy this young falls
