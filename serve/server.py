@@ -34,6 +34,7 @@ import time
 from collections.abc import Callable
 from concurrent import futures
 from pathlib import Path
+from typing import NamedTuple
 
 import grpc
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
@@ -59,6 +60,13 @@ SERVICE_NAME = pb.DESCRIPTOR.services_by_name["PolicyService"].full_name
 STREAM_ACT = f"/{SERVICE_NAME}/StreamAct"
 HEALTH_WATCH = f"/{health.SERVICE_NAME}/Watch"
 SERVING = health_pb2.HealthCheckResponse.SERVING
+WATCH_STREAMS = 4
+"""Open health Watch streams at most: each holds a handler thread for as long as it is open."""
+REFLECTION_STREAMS = 2
+"""Open reflection streams (grpcurl) at most, for the same reason."""
+SPARE_THREADS = WATCH_STREAMS + REFLECTION_STREAMS + 2
+"""Handler threads beyond ``--workers``: the capped Watch and reflection streams, and two that only
+health Checks (which answer at once) can use, so that a probe is answered however busy the rest is."""
 KINDS = {  # (request streaming, response streaming): the handler's field for its behaviour
     (False, False): "unary_unary",
     (False, True): "unary_stream",
@@ -144,9 +152,29 @@ def server_credentials(config: ServeConfig) -> grpc.ServerCredentials | None:
     return grpc.ssl_server_credentials([(key, cert)], root_certificates=ca, require_client_auth=ca is not None)
 
 
+class Cap(NamedTuple):
+    """At most ``most`` calls whose method starts with ``prefix`` in flight at once; one more is
+    refused with RESOURCE_EXHAUSTED and ``refusal``."""
+
+    prefix: str
+    most: int
+    refusal: str
+
+
 class OpenStreams(grpc.ServerInterceptor):
-    """The open StreamAct calls, each idle (waiting for its next request) or busy (a request read,
-    its reply not yet sent), and the open health Watch calls, so that :meth:`close` ends them
+    """Caps the calls in flight per kind, and ends the open streams on stop.
+
+    Caps: gRPC's one limit (``maximum_concurrent_rpcs``) counts every call alike, so anyone could take
+    every handler thread with health Watches, which need no token and each hold a thread while open:
+    a robot's tokened Act and a kubelet's health Check were then refused ("Concurrent RPC limit
+    exceeded!", counted nowhere). The pool (and gRPC's limit) is ``workers`` + :data:`SPARE_THREADS`
+    threads: the policy service's calls may hold ``workers`` of them, health Watches
+    :data:`WATCH_STREAMS` and reflection streams :data:`REFLECTION_STREAMS`, and the rest are left to
+    health Checks. A call over its cap is refused with RESOURCE_EXHAUSTED naming the limit, and
+    ``on_refused(method, code)`` is told of it (``method`` its short name, e.g. ``Watch``).
+
+    Streams: the open StreamAct calls, each idle (waiting for its next request) or busy (a request
+    read, its reply not yet sent), and the open health Watch calls, so that :meth:`close` ends them
     without waiting out the grace period: gRPC's stop lets an open stream run until the grace
     period ends, and a connected robot's stream (or a gRPC client's health check, which holds a
     Watch per connection) always stayed that long. After :meth:`close` an idle stream is cancelled
@@ -157,10 +185,25 @@ class OpenStreams(grpc.ServerInterceptor):
     It also counts every call whose handler runs until gRPC has finished it (its status sent, or
     cancelled), so that :meth:`wait_idle` tells when no call is left in flight."""
 
-    def __init__(self) -> None:
+    def __init__(self, workers: int, on_refused: Callable[[str, str], None]) -> None:
         self._lock = threading.Lock()
         self._idle = threading.Condition(self._lock)
         self._in_flight = 0
+        self._caps = (
+            Cap(
+                f"/{SERVICE_NAME}/",
+                workers,
+                f"all --workers {workers} handler threads are busy (each open StreamAct holds one)",
+            ),
+            Cap(HEALTH_WATCH, WATCH_STREAMS, f"at most {WATCH_STREAMS} open health Watch streams"),
+            Cap(
+                f"/{reflection.SERVICE_NAME}/",
+                REFLECTION_STREAMS,
+                f"at most {REFLECTION_STREAMS} open reflection streams",
+            ),
+        )
+        self._open = dict.fromkeys(self._caps, 0)  # the calls in flight under each cap
+        self._on_refused = on_refused
         self._busy: dict[grpc.ServicerContext, bool] = {}
         self._watches: dict[grpc.ServicerContext, int] = {}  # the last health status each sent
         self._closing = False
@@ -175,12 +218,16 @@ class OpenStreams(grpc.ServerInterceptor):
             return handler
         kind = KINDS[handler.request_streaming, handler.response_streaming]
         behavior = getattr(handler, kind)
-        track = self._tracking.get((handler_call_details.method, kind))
+        method = handler_call_details.method
+        track = self._tracking.get((method, kind))
         if track is not None:
             behavior = functools.partial(track, behavior)
+        cap = next((cap for cap in self._caps if method.startswith(cap.prefix)), None)
 
         def counted(request, context: grpc.ServicerContext):
-            self._started(context)
+            if not self._started(context, cap):
+                self._on_refused(method.rsplit("/", 1)[-1], "RESOURCE_EXHAUSTED")
+                context.abort(grpc.StatusCode.RESOURCE_EXHAUSTED, cap.refusal)
             return behavior(request, context)
 
         return getattr(grpc, f"{kind}_rpc_method_handler")(
@@ -189,14 +236,23 @@ class OpenStreams(grpc.ServerInterceptor):
             response_serializer=handler.response_serializer,
         )
 
-    def _started(self, context: grpc.ServicerContext) -> None:
+    def _started(self, context: grpc.ServicerContext, cap: Cap | None) -> bool:
+        """Count the call in flight, or refuse it (False) when its cap is reached."""
         with self._lock:
+            if cap is not None:
+                if self._open[cap] >= cap.most:
+                    return False
+                self._open[cap] += 1
             self._in_flight += 1
-        if not context.add_callback(self._finished):  # False: the call has already ended
-            self._finished()
+        finished = functools.partial(self._finished, cap)
+        if not context.add_callback(finished):  # False: the call has already ended
+            finished()
+        return True
 
-    def _finished(self) -> None:
+    def _finished(self, cap: Cap | None) -> None:
         with self._lock:
+            if cap is not None:
+                self._open[cap] -= 1
             self._in_flight -= 1
             if not self._in_flight:
                 self._idle.notify_all()
@@ -274,7 +330,7 @@ class PolicyServer:
         self.servicer = PolicyServicer(config, Path(self._workdir.name), export_checkpoint)
         self.health = health.HealthServicer()
         self._server: grpc.Server | None = None
-        self._streams = OpenStreams()
+        self._streams = OpenStreams(config.workers, self.servicer.metrics.record_refused)
         self._stopped = False
         self._metrics_http = None
         self._watcher: FileWatcher | None = None
@@ -320,10 +376,11 @@ class PolicyServer:
                 if config.token
                 else []
             )
+            threads = config.workers + SPARE_THREADS  # shared out by OpenStreams' caps
             server = grpc.server(
-                futures.ThreadPoolExecutor(max_workers=config.workers, thread_name_prefix="flowrl-rpc"),
+                futures.ThreadPoolExecutor(max_workers=threads, thread_name_prefix="flowrl-rpc"),
                 interceptors=[*token, self._streams],  # the token is checked first
-                maximum_concurrent_rpcs=config.workers,  # beyond: RESOURCE_EXHAUSTED, not a silent wait
+                maximum_concurrent_rpcs=threads,  # beyond: RESOURCE_EXHAUSTED, not a silent wait
                 options=[
                     ("grpc.max_receive_message_length", config.max_message_bytes),
                     ("grpc.max_send_message_length", config.max_message_bytes),

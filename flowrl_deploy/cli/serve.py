@@ -59,7 +59,13 @@ def serve(
         int, typer.Option(help="Wait this long for more requests after the first (µs, at most 1000000).")
     ] = 0,
     batch_workers: Annotated[int, typer.Option(help="Batches run concurrently (about one per core).")] = 2,
-    workers: Annotated[int, typer.Option(help="gRPC handler threads (each open StreamAct holds one).")] = 128,
+    workers: Annotated[
+        int,
+        typer.Option(
+            help="gRPC handler threads of the policy service (each open StreamAct holds one); "
+            "health checks have a few of their own."
+        ),
+    ] = 128,
     token: Annotated[str | None, typer.Option(help="Shared secret every call must send.", envvar=TOKEN_ENV)] = None,
     tls_cert: Annotated[str, typer.Option(help="PEM certificate chain for TLS.")] = "",
     tls_key: Annotated[str, typer.Option(help="PEM private key for TLS.")] = "",

@@ -4,16 +4,22 @@ from __future__ import annotations
 
 import datetime
 import ipaddress
+import threading
+from collections import Counter
 from pathlib import Path
 
 import grpc
 import numpy as np
 import pytest
 from grpc_health.v1 import health_pb2, health_pb2_grpc
+from grpc_reflection.v1alpha import reflection_pb2, reflection_pb2_grpc
 
 from flowrl_deploy.client import PolicyClient, ServiceError, is_loopback
+from flowrl_deploy.codec import encode
+from flowrl_deploy.proto.flowrl.v1 import policy_pb2 as pb
+from flowrl_deploy.proto.flowrl.v1 import policy_pb2_grpc as pb_grpc
 from flowrl_deploy.serve import PolicyServer, ServeConfig
-from flowrl_deploy.serve.server import connectable
+from flowrl_deploy.serve.server import REFLECTION_STREAMS, WATCH_STREAMS, connectable
 
 x509 = pytest.importorskip("cryptography.x509")
 from cryptography.hazmat.primitives import hashes, serialization  # noqa: E402
@@ -95,6 +101,66 @@ def test_calls_refused_for_their_token_are_counted(policy_path):
         exposition = server.servicer.metrics.exposition()
     assert 'flowrl_requests_total{method="Act",code="UNAUTHENTICATED"} 2' in exposition
     assert 'flowrl_requests_total{method="Act",code="OK"} 1' in exposition
+
+
+def test_open_streams_cannot_take_the_threads_of_other_calls_and_health_checks_always_answer(policy_path):
+    """Anyone (health needs no token) made the server refuse every call, a robot's tokened Act and a
+    kubelet's health Check included, by holding health Watches open (each holds a handler thread):
+    gRPC refused the rest with "Concurrent RPC limit exceeded!", counted nowhere. Watches, reflection
+    streams and the policy service's calls now have caps of their own, beyond which they are refused
+    and counted, and health Checks have threads that no cap reaches."""
+    config = ServeConfig(str(policy_path), port=0, workers=2, token="s3cret", grace_s=0)
+    token = (("authorization", "Bearer s3cret"),)
+    held = threading.Event()
+
+    def held_open(request):
+        yield request
+        held.wait(30)
+
+    def first_reply(stream) -> str | tuple[grpc.StatusCode, str]:
+        try:
+            next(stream)
+        except grpc.RpcError as exc:
+            return exc.code(), exc.details()
+        return "open"
+
+    def refused(limit: str) -> tuple[grpc.StatusCode, str]:
+        return grpc.StatusCode.RESOURCE_EXHAUSTED, limit
+
+    with PolicyServer(config).start() as server, grpc.insecure_channel(server.address) as channel:
+        health = health_pb2_grpc.HealthStub(channel)  # no token
+        check = health_pb2.HealthCheckRequest()
+        try:
+            watches = [health.Watch(check, timeout=30) for _ in range(WATCH_STREAMS + 2)]
+            assert Counter(map(first_reply, watches)) == {
+                "open": WATCH_STREAMS,
+                refused(f"at most {WATCH_STREAMS} open health Watch streams"): 2,
+            }
+            with PolicyClient(server.address, token="s3cret") as client:
+                assert client.act(OBS).shape == (2,)
+            reflect = reflection_pb2_grpc.ServerReflectionStub(channel).ServerReflectionInfo
+            listing = reflection_pb2.ServerReflectionRequest(list_services="")
+            reflections = [
+                reflect(held_open(listing), metadata=token, timeout=30) for _ in range(REFLECTION_STREAMS + 1)
+            ]
+            assert Counter(map(first_reply, reflections)) == {
+                "open": REFLECTION_STREAMS,
+                refused(f"at most {REFLECTION_STREAMS} open reflection streams"): 1,
+            }
+            act = pb_grpc.PolicyServiceStub(channel).StreamAct
+            request = pb.StreamActRequest(obs=encode(OBS))
+            streams = [act(held_open(request), metadata=token, timeout=30) for _ in range(config.workers + 1)]
+            assert Counter(map(first_reply, streams)) == {
+                "open": config.workers,
+                refused("all --workers 2 handler threads are busy (each open StreamAct holds one)"): 1,
+            }
+            # every cap reached: a health Check is still answered
+            assert health.Check(check, timeout=5).status == health_pb2.HealthCheckResponse.SERVING
+        finally:
+            held.set()
+        exposition = server.servicer.metrics.exposition()
+    for method, count in (("Watch", 2), ("ServerReflectionInfo", 1), ("StreamAct", 1)):
+        assert f'flowrl_requests_total{{method="{method}",code="RESOURCE_EXHAUSTED"}} {count}' in exposition
 
 
 @pytest.mark.parametrize(
