@@ -27,8 +27,9 @@ import numpy as np
 import onnx
 from onnx import TensorProto, helper, numpy_helper
 
+from flowrl_deploy.checkpoint import ACTOR_PREFIX, check_actor
 from flowrl_deploy.contract import ACTION_OUTPUT, NOISE_INPUT, OBS_INPUT
-from flowrl_deploy.errors import CheckpointError, FlowRLError
+from flowrl_deploy.errors import FlowRLError
 from flowrl_deploy.export.config import MIN_OPSET
 from flowrl_deploy.spec import PolicySpec
 
@@ -37,19 +38,6 @@ MS_DOMAIN = "com.microsoft"
 INT8_BLOCK = 128
 """Inputs per quantization block of the int8 layer (MatMulNBits takes 16, 32, 64, 128 or 256)."""
 LAYER_NORM_EPS = 1e-5  # torch.nn.LayerNorm's default
-_PREFIX = "velocity.net."
-_SHAPES = {  # state_dict key suffix -> shape as a function of (obs_dim, act_dim, hidden)
-    "0.weight": lambda o, a, h: (h, o + a + 1),
-    "0.bias": lambda o, a, h: (h,),
-    "1.weight": lambda o, a, h: (h,),
-    "1.bias": lambda o, a, h: (h,),
-    "3.weight": lambda o, a, h: (h, h),
-    "3.bias": lambda o, a, h: (h,),
-    "4.weight": lambda o, a, h: (h,),
-    "4.bias": lambda o, a, h: (h,),
-    "6.weight": lambda o, a, h: (a, h),
-    "6.bias": lambda o, a, h: (a,),
-}
 
 
 @dataclass(frozen=True)
@@ -69,23 +57,9 @@ class VelocityWeights:
 
     @classmethod
     def from_actor(cls, actor: Mapping[str, np.ndarray], spec: PolicySpec) -> VelocityWeights:
-        """Check a FlowActor state_dict against the spec; raise :class:`CheckpointError` on any mismatch."""
-        expected = {_PREFIX + k: f(spec.obs_dim, spec.act_dim, spec.hidden) for k, f in _SHAPES.items()}
-        unknown = sorted(set(actor) - set(expected))
-        if unknown:
-            raise CheckpointError(
-                f"the checkpoint's actor holds tensors the exporter cannot place in the graph: {unknown}"
-            )
-        missing = sorted(set(expected) - set(actor))
-        if missing:
-            raise CheckpointError(f"the checkpoint's actor lacks {missing}")
-        for key, shape in expected.items():
-            if tuple(actor[key].shape) != shape:
-                found = tuple(actor[key].shape)
-                raise CheckpointError(f"actor tensor {key} has shape {found}, the spec implies {shape}")
-            if not np.all(np.isfinite(actor[key])):
-                raise CheckpointError(f"actor tensor {key} holds NaN or infinite values")
-        t = {k[len(_PREFIX) :]: np.asarray(v, dtype=np.float32) for k, v in actor.items()}
+        """The tensors of a FlowActor state_dict, checked against the spec by :func:`check_actor`."""
+        check_actor(actor, spec)
+        t = {k[len(ACTOR_PREFIX) :]: np.asarray(v, dtype=np.float32) for k, v in actor.items()}
         return cls(
             t["0.weight"], t["0.bias"], t["1.weight"], t["1.bias"], t["3.weight"], t["3.bias"],
             t["4.weight"], t["4.bias"], t["6.weight"], t["6.bias"],
@@ -220,12 +194,10 @@ def newest_opset() -> int:
     installed onnxruntime loads. onnxruntime refuses a newer IR version than its own and an opset
     still under development, though onnx may know both, and has no call that names its newest
     (microsoft/onnxruntime#14932): opsets are tried newest first on a one-node model stamped as an
-    export is (a few milliseconds). Without onnxruntime, or if it loads none, onnx's newest."""
+    export is (a few milliseconds). If it loads none, onnx's newest."""
+    import onnxruntime as ort  # a base dependency
+
     newest = onnx.defs.onnx_opset_version()
-    try:
-        import onnxruntime as ort
-    except ImportError:
-        return newest
     options = ort.SessionOptions()
     options.log_severity_level = 4  # the refusals are the answer, not errors to log
     io = [helper.make_tensor_value_info(name, TensorProto.FLOAT, [1]) for name in ("x", "y")]
@@ -248,13 +220,11 @@ def check_opset(opset: int, *, runtime: bool = True) -> None:
     newest = newest_opset() if runtime else onnx.defs.onnx_opset_version()
     if opset <= newest:
         return
-    try:
-        if not runtime:
-            raise ImportError
+    if runtime:
         import onnxruntime as ort
 
         libraries = f"this onnx ({onnx.__version__}) and onnxruntime ({ort.__version__}) both support"
-    except ImportError:
+    else:
         libraries = f"this onnx ({onnx.__version__}) knows"
     raise FlowRLError(f"--opset {opset} is newer than {libraries}; use {MIN_OPSET}..{newest}")
 

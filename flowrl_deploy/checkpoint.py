@@ -28,6 +28,7 @@ import os
 import shutil
 import stat
 import tempfile
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -79,6 +80,51 @@ class Checkpoint:
     @property
     def counters(self) -> dict[str, int]:
         return self.document.get("counters", {})
+
+    def checked_actor(self) -> dict[str, np.ndarray]:
+        """:attr:`actor`, once :func:`check_actor` has found it to be the finite weights of the spec's network
+        (a refusal names this checkpoint)."""
+        check_actor(self.actor, self.spec, self.path)
+        return self.actor
+
+
+ACTOR_PREFIX = "velocity.net."
+
+
+def actor_shapes(spec: PolicySpec) -> dict[str, tuple[int, ...]]:
+    """The actor's tensors by name (FlowActor's ``state_dict`` keys) and shape: the velocity MLP
+    (:mod:`flowrl_deploy.train.velocity`) of layers 0 Linear(obs + act + 1 → hidden), 1 LayerNorm,
+    3 Linear(hidden → hidden), 4 LayerNorm and 6 Linear(hidden → act)."""
+    o, a, h = spec.obs_dim, spec.act_dim, spec.hidden
+    shapes = {
+        "0.weight": (h, o + a + 1), "0.bias": (h,), "1.weight": (h,), "1.bias": (h,),
+        "3.weight": (h, h), "3.bias": (h,), "4.weight": (h,), "4.bias": (h,),
+        "6.weight": (a, h), "6.bias": (a,),
+    }  # fmt: skip
+    return {ACTOR_PREFIX + key: shape for key, shape in shapes.items()}
+
+
+def check_actor(actor: Mapping[str, np.ndarray], spec: PolicySpec, source: str | os.PathLike[str] = "") -> None:
+    """Raise a one-line :class:`CheckpointError` (beginning with ``source``, the checkpoint, when
+    given) unless ``actor`` holds exactly the tensors of ``spec``'s network (:func:`actor_shapes`),
+    all finite; it names the tensor and the problem: unknown, missing, a shape the spec does not
+    imply, NaN or infinity. The one check of the actor that evaluation, export and resume make."""
+    expected = actor_shapes(spec)
+    where = f"{source}: " if source else ""
+    unknown, missing = sorted(set(actor) - set(expected)), sorted(set(expected) - set(actor))
+    problems = [f"unknown tensors {unknown}"] if unknown else []
+    problems += [f"missing {missing}"] if missing else []
+    problems += [
+        f"{key} has shape {tuple(np.shape(actor[key]))}, the spec implies {shape}"
+        for key, shape in expected.items()
+        if key in actor and tuple(np.shape(actor[key])) != shape
+    ]
+    if problems:
+        more = f" (and {len(problems) - 1} more)" if len(problems) > 1 else ""
+        raise CheckpointError(f"{where}the actor weights do not match its spec: {problems[0]}{more}")
+    for key in expected:
+        if not np.isfinite(actor[key]).all():
+            raise CheckpointError(f"{where}actor tensor {key} holds NaN or infinite values (training diverged?)")
 
 
 def save_checkpoint(

@@ -8,7 +8,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from flowrl_deploy.errors import CheckpointError
+from flowrl_deploy.checkpoint import check_actor
 from flowrl_deploy.spec import PolicySpec
 from flowrl_deploy.train.ode import integrate
 from flowrl_deploy.train.velocity import VelocityField
@@ -39,18 +39,8 @@ class FlowActor(nn.Module):
 
     def load_numpy(self, tensors: Mapping[str, np.ndarray]) -> None:
         """Copy ``tensors`` (a saved ``state_dict``) into the weights; a one-line :class:`CheckpointError`
-        when their names or shapes are not those of this spec's network (torch's is a page long)."""
-        expected = {k: tuple(v.shape) for k, v in self.state_dict().items()}
-        problems = [f"unknown tensors {sorted(set(tensors) - set(expected))}"] if set(tensors) - set(expected) else []
-        problems += [f"missing {sorted(set(expected) - set(tensors))}"] if set(expected) - set(tensors) else []
-        problems += [
-            f"{k} has shape {tuple(np.shape(tensors[k]))}, the spec implies {shape}"
-            for k, shape in expected.items()
-            if k in tensors and tuple(np.shape(tensors[k])) != shape
-        ]
-        if problems:
-            more = f" (and {len(problems) - 1} more)" if len(problems) > 1 else ""
-            raise CheckpointError(f"the actor weights do not match its spec: {problems[0]}{more}")
+        (:func:`check_actor`) when they are not the finite weights of this spec's network (torch's is a page long)."""
+        check_actor(tensors, self.spec)
         self.load_state_dict({k: torch.from_numpy(np.array(v, dtype=np.float32)) for k, v in tensors.items()})
 
     def sample_noise(self, batch: int) -> torch.Tensor:

@@ -170,16 +170,7 @@ def run_to_resume(checkpoint: Path) -> Path:
 def load_actor(path: str | Path, device: torch.device | str = "cpu") -> FlowActor:
     """The flow actor of a checkpoint, in eval mode, on ``device``."""
     checkpoint = load_checkpoint(path)
-    for key, value in checkpoint.actor.items():
-        if not np.isfinite(value).all():
-            raise CheckpointError(
-                f"{checkpoint.path}: actor tensor {key} holds NaN or infinite values (training diverged?)"
-            )
-    try:
-        actor = FlowActor.from_numpy(checkpoint.spec, checkpoint.actor)
-    except CheckpointError as exc:
-        raise CheckpointError(f"{checkpoint.path}: {exc}") from exc
-    return actor.to(device).eval()
+    return FlowActor.from_numpy(checkpoint.spec, checkpoint.checked_actor()).to(device).eval()
 
 
 def actor_act_fn(
