@@ -86,13 +86,16 @@ def evaluate(
     *,
     dims: tuple[int, int] | None = None,
     on_episode: Callable[[Episode], object] | None = None,
+    stop: Callable[[], bool] | None = None,
 ) -> EvalResult:
     """Run ``episodes`` episodes of ``act_fn`` on ``env`` (an id, or an environment instance).
 
     Episode i resets with a seed derived from (seed, i), so two evaluations with the same seed
     see the same initial states. ``dims``, the policy's (obs_dim, act_dim), refuses an environment
     of other sizes with a :class:`FlowRLError` before any step. ``on_episode`` is given each
-    :class:`Episode` as it ends (so a caller stopped by Ctrl-C still has the finished ones).
+    :class:`Episode` as it ends (so a caller stopped by Ctrl-C still has the finished ones). ``stop()``
+    is asked after each episode: once true, the evaluation ends there, and the result covers the
+    episodes run (fewer than ``episodes``).
     """
     instance = make_env(env, seed) if isinstance(env, str) else env
     done: list[Episode] = []
@@ -103,6 +106,8 @@ def evaluate(
             done.append(run_episode(act_fn, instance, episode_seed(seed, i, stream=EVAL_STREAM)))
             if on_episode is not None:
                 on_episode(done[-1])
+            if stop is not None and stop():
+                break
     finally:
         if isinstance(env, str):
             instance.close()

@@ -186,7 +186,7 @@ def train(
             if counters.env_steps >= cfg.start_steps and replay.size >= cfg.batch_size:
                 # merged: the actor's losses come only every policy_delay-th update, and stay until the next
                 metrics.update(agent.update(replay.sample(cfg.batch_size)))
-            _after_step(run, metrics)
+            _after_step(run, metrics, stopped=lambda: stop.requested)
         if counters.env_steps > first_step:  # no step taken (a stop before the first): nothing new to save
             run.save()
     except FlowRLError as exc:  # the policy diverged, or a checkpoint or metrics file could not be written
@@ -282,11 +282,15 @@ def _prepare_run(cfg: TrainConfig, resume: str | Path | None, progress: bool) ->
     return _Run(cfg, run_dir, spec, env, eval_env, agent, replay, action_rng, counters, checkpoints, logger, bar, start)
 
 
-def _after_step(run: _Run, metrics: dict[str, torch.Tensor]) -> None:
+def _after_step(run: _Run, metrics: dict[str, torch.Tensor], stopped: Callable[[], bool]) -> None:
     """What follows an env step: log the latest value of every loss (the critics' from the last
     update, the actor's from the last actor step, which comes only every ``policy_delay``-th update,
     so that no alignment of ``log_every`` leaves them out), evaluate (a new best is saved as ``best``),
-    save a periodic checkpoint, redraw the progress line."""
+    save a periodic checkpoint, redraw the progress line.
+
+    A stop (``stopped()``) during an evaluation ends it after the current episode, so that a
+    scheduler's grace period is not spent on it; that partial evaluation is neither logged nor
+    compared for ``best``, and a stop before it skips it."""
     cfg, agent, counters, logger, bar = run.cfg, run.agent, run.counters, run.logger, run.bar
     step = counters.env_steps
     if step % cfg.log_every == 0 and metrics:
@@ -299,9 +303,9 @@ def _after_step(run: _Run, metrics: dict[str, torch.Tensor]) -> None:
                 "charts/updates_per_s": ups,
             },
         )
-    if cfg.eval_every and step % cfg.eval_every == 0:
-        result = _evaluate(agent, run.eval_env, cfg, step)
-        zero_noise = _evaluate(agent, run.eval_env, cfg, step, deterministic=True)
+    evaluation = _evaluations(run, step, stopped) if cfg.eval_every and step % cfg.eval_every == 0 else None
+    if evaluation is not None:
+        result, zero_noise = evaluation
         counters.last_eval_return = bar.eval_return = result.mean
         logger.log(
             step,
@@ -321,12 +325,34 @@ def _after_step(run: _Run, metrics: dict[str, torch.Tensor]) -> None:
     bar.update(step, agent.updates)
 
 
-def _evaluate(agent: FlowRL, eval_env: Env, cfg: TrainConfig, step: int, deterministic: bool = False) -> EvalResult:
+def _evaluations(run: _Run, step: int, stopped: Callable[[], bool]) -> tuple[EvalResult, EvalResult] | None:
+    """The evaluation of step ``step`` with sampled noise and from a0 = 0, or None when a stop came
+    before or during them (each ends after its current episode then)."""
+    results = []
+    for deterministic in (False, True):
+        if stopped():
+            return None
+        result = _evaluate(run.agent, run.eval_env, run.cfg, step, deterministic, stopped)
+        if len(result.returns) < run.cfg.eval_episodes:
+            return None
+        results.append(result)
+    return results[0], results[1]
+
+
+def _evaluate(
+    agent: FlowRL,
+    eval_env: Env,
+    cfg: TrainConfig,
+    step: int,
+    deterministic: bool = False,
+    stop: Callable[[], bool] | None = None,
+) -> EvalResult:
     """Evaluate the current policy on the evaluation env, with noise of its own (training's RNG is
-    untouched), or from a0 = 0 when ``deterministic`` (what a ``--deterministic`` export serves)."""
+    untouched), or from a0 = 0 when ``deterministic`` (what a ``--deterministic`` export serves);
+    ``stop`` as :func:`evaluate` takes it."""
     noise_seed = episode_seed(cfg.seed, step, stream=EVAL_NOISE_STREAM)
     act = actor_act_fn(agent.actor, seed=noise_seed, deterministic=deterministic)
-    return evaluate(act, eval_env, cfg.eval_episodes, seed=cfg.seed)
+    return evaluate(act, eval_env, cfg.eval_episodes, seed=cfg.seed, stop=stop)
 
 
 def _write(path: Path, run: _Run) -> Path:

@@ -95,7 +95,13 @@ def train(
     ] = DEFAULT.recent_fraction,
     recent_window: Annotated[int, typer.Option(help="Size of the 'newest' window.")] = DEFAULT.recent_window,
     eval_every: Annotated[int, typer.Option(help="Evaluate every N env steps (0: never).")] = DEFAULT.eval_every,
-    eval_episodes: Annotated[int, typer.Option(help="Episodes per evaluation.")] = DEFAULT.eval_episodes,
+    eval_episodes: Annotated[
+        int,
+        typer.Option(
+            help="Episodes per evaluation, each run twice: with sampled noise (charts/eval_return, which picks "
+            "`best`) and from a0 = 0 (charts/eval_return_deterministic)."
+        ),
+    ] = DEFAULT.eval_episodes,
     log_every: Annotated[int, typer.Option(help="Log training scalars every N env steps.")] = DEFAULT.log_every,
     save_every: Annotated[int, typer.Option(help="Periodic checkpoint every N env steps (0: off).")] = (
         DEFAULT.save_every

@@ -464,3 +464,11 @@ def test_a_refused_resume_says_only_why_without_the_defaults_warning_first(tmp_p
     result = runner.invoke(app, ["train", "--resume", str(out), "--steps", "140", "--device", "cuda"])
     assert result.exit_code == 1 and result.output.startswith("error: --device cuda was asked for")
     assert "warning" not in result.output
+
+
+def test_the_help_says_each_evaluation_runs_its_episodes_twice():
+    """An evaluation costs 2 × --eval-episodes episodes (sampled, then from a0 = 0), which nothing said."""
+    command = typer.main.get_command(app).commands["train"]
+    (option,) = [param for param in command.params if param.name == "eval_episodes"]
+    assert "each run twice: with sampled noise (charts/eval_return" in option.help
+    assert "from a0 = 0 (charts/eval_return_deterministic)" in option.help

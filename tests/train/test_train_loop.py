@@ -16,7 +16,7 @@ from flowrl_deploy.noise import draw_noise, session_noise
 from flowrl_deploy.spec import PolicySpec
 from flowrl_deploy.train import loop
 from flowrl_deploy.train.algorithm import FlowRL
-from flowrl_deploy.train.checkpointing import RunCheckpoints, load_actor, resume_config
+from flowrl_deploy.train.checkpointing import RunCheckpoints, actor_act_fn, load_actor, resume_config
 from flowrl_deploy.train.config import ConfigError, TrainConfig
 from flowrl_deploy.train.envs import episode_seed
 from flowrl_deploy.train.evaluate import (
@@ -91,7 +91,7 @@ def test_an_update_logs_only_csv_columns():
 
 def _scripted_evaluations(monkeypatch, scripted: dict[int, float]) -> None:
     def fake_evaluate(
-        agent: object, eval_env: object, cfg: TrainConfig, step: int, deterministic: bool = False
+        agent: object, eval_env: object, cfg: TrainConfig, step: int, deterministic: bool = False, stop=None
     ) -> EvalResult:
         return EvalResult.of([Episode(scripted[step], 200, False)])
 
@@ -531,3 +531,34 @@ def test_a_stop_before_the_first_step_writes_no_checkpoint(tmp_path):
     assert result.interrupted and result.counters.env_steps == 0
     assert result.last_checkpoint is None
     assert not list((tmp_path / "run" / "checkpoints").glob("step_*"))
+
+
+@pytest.mark.parametrize("stopped_in", ["sampled", "from zero"])
+def test_a_stop_during_an_evaluation_ends_it_after_the_current_episode_unlogged(monkeypatch, tmp_path, stopped_in):
+    """SIGTERM waited out a whole evaluation (19 s on h1-crawl; schedulers often grant 30 s): now the
+    evaluation (sampled noise, then from a0 = 0) ends after its current episode, and that partial
+    evaluation is neither logged nor `best`."""
+    acts = {"sampled": 0, "from zero": 0}
+
+    def counting_act_fn(actor, seed, flow_steps=None, deterministic=False):
+        act, kind = actor_act_fn(actor, seed, flow_steps, deterministic), "from zero" if deterministic else "sampled"
+
+        def counted(obs):
+            acts[kind] += 1
+            if kind == stopped_in and acts[kind] == 10:
+                signal.raise_signal(signal.SIGTERM)
+            return act(obs)
+
+        return counted
+
+    monkeypatch.setattr(loop, "actor_act_fn", counting_act_fn)
+    cfg = TrainConfig(steps=400, out=str(tmp_path / "run"), **{**TINY, "eval_episodes": 3})
+    result = train(cfg, progress=False, stop_on_signal=True)
+    assert result.interrupted and result.stop_signal == signal.SIGTERM and result.counters.env_steps == 200
+    episodes = {kind: n / 200 for kind, n in acts.items()}  # Pendulum: 200 steps an episode
+    assert episodes == ({"sampled": 1, "from zero": 0} if stopped_in == "sampled" else {"sampled": 3, "from zero": 1})
+    rows = [json.loads(line) for line in (result.run_dir / "metrics.jsonl").read_text().splitlines()]
+    assert not [r for r in rows if "charts/eval_return" in r]
+    checkpoints = result.run_dir / "checkpoints"
+    assert not (checkpoints / "best").exists() and (checkpoints / "last").resolve().name == "step_000000200"
+    assert read_document(checkpoints / "last")["eval"] == {"best_return": None, "last_return": None}
