@@ -34,9 +34,9 @@ from onnx import TensorProto, helper, numpy_helper
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from serve_common import machine
+from timing import throughput, time_interleaved
 
 from flowrl_deploy.export.graph import VelocityWeights, build_policy_graph, schedule
-from flowrl_deploy.export.timing import time_interleaved
 from flowrl_deploy.runtime import make_session
 from flowrl_deploy.spec import PolicySpec
 from flowrl_deploy.train.actor import FlowActor
@@ -122,7 +122,7 @@ def measure(calls: dict, spec: PolicySpec, budget_s: float, rng: np.random.Gener
         results[name] = {
             "p50_ms": timings[1][name].p50_ms,
             "p99_ms": timings[1][name].p99_ms,
-            **{f"throughput_b{b}": timings[b][name].throughput(b) for b in THROUGHPUT_BATCHES},
+            **{f"throughput_b{b}": throughput(timings[b][name], b) for b in THROUGHPUT_BATCHES},
             "max_abs_error_vs_torch": error,
         }
     return results

@@ -32,7 +32,5 @@ class VelocityField(nn.Module):
                 nn.init.zeros_(layer.bias)
 
     def forward(self, obs: torch.Tensor, a_t: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
-        """Velocity at (obs [B, obs_dim], a_t [B, act_dim], t [B, 1] or scalar)."""
-        if t.dim() < 2:
-            t = t.reshape(-1, 1).expand(a_t.shape[0], 1)
+        """Velocity at (obs [B, obs_dim], a_t [B, act_dim], t [B, 1])."""
         return self.net(torch.cat([obs, a_t, t.to(a_t.dtype)], dim=-1))
