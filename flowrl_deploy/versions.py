@@ -7,7 +7,17 @@ from importlib import metadata
 
 from flowrl_deploy import __version__
 
-_TRACKED = ("torch", "numpy", "onnx", "onnxruntime", "onnxruntime-gpu", "dm_control", "mujoco")
+_TRACKED = (
+    "torch",
+    "numpy",
+    "onnx",
+    "onnxruntime",
+    "onnxruntime-gpu",
+    "dm_control",
+    "mujoco",
+    "gymnasium",
+    "humanoid_bench",  # HumanoidBench's distribution name; its tasks' rewards and resets change between versions
+)
 
 
 def library_versions() -> dict[str, str]:
