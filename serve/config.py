@@ -126,6 +126,8 @@ class ServeConfig:
             port = getattr(self, field)
             if port is not None and not 0 <= port <= 65535:
                 raise FlowRLError(f"{setting_name(field)} must lie in [0, 65535] (0: a free port), got {port}")
+        if self.metrics_port == self.port != 0:  # failed only once the model had loaded, with "address in use"
+            raise FlowRLError(f"--metrics-port must differ from --port, got {self.port} for both")
         for field in ("max_batch", "threads", "workers", "batch_workers", "max_sessions", "max_request_batch"):
             if getattr(self, field) < 1:
                 raise FlowRLError(f"{setting_name(field)} must be >= 1, got {getattr(self, field)}")

@@ -107,25 +107,28 @@ def parse_banner(line: str) -> tuple[str, str]:
 
 
 BIND_REASONS = {
-    errno.EADDRINUSE: "address already in use (another server? give another --port, or --port 0 for a free one)",
+    errno.EADDRINUSE: "address already in use (another server? give another {flag}, or {flag} 0 for a free one)",
     errno.EADDRNOTAVAIL: "no interface of this machine has that address (give one of its addresses, or 0.0.0.0)",
     errno.EACCES: "permission denied (ports below 1024 need privileges)",
 }
+LISTENERS = {"--port": "cannot listen on", "--metrics-port": "cannot serve metrics on"}
+"""How a refusal of :func:`check_can_listen` begins, by the flag that gave the port."""
 
 
-def check_can_listen(host: str, port: int) -> None:
-    """Refuse, naming the reason, an address gRPC could not listen on: gRPC logs a C-core line and
-    says only "Failed to bind ...; set GRPC_VERBOSITY=debug". A plain socket is bound (not listened
-    on) and closed at once, with SO_REUSEADDR as gRPC sets it (a port left in TIME_WAIT is free) and
-    without SO_REUSEPORT, which the server turns off (a port another server holds is not free).
-    One address of the host that binds is enough, as for gRPC (``localhost`` on a machine without IPv6)."""
-    where = host_port(host, port)
+def check_can_listen(host: str, port: int, flag: str = "--port") -> None:
+    """Refuse, naming the reason, an address gRPC (``--port``) or the metrics server
+    (``--metrics-port``) could not listen on: gRPC logs a C-core line and says only "Failed to bind
+    ...; set GRPC_VERBOSITY=debug". A plain socket is bound (not listened on) and closed at once,
+    with SO_REUSEADDR as gRPC sets it (a port left in TIME_WAIT is free) and without SO_REUSEPORT,
+    which the server turns off (a port another server holds is not free). One address of the host
+    that binds is enough, as for gRPC (``localhost`` on a machine without IPv6)."""
+    cannot = f"{LISTENERS[flag]} {host_port(host, port)}"
     try:
         addresses = socket.getaddrinfo(host.strip("[]") or None, port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE)
     except socket.gaierror as exc:
-        raise FlowRLError(f"cannot listen on {where}: cannot resolve host {host!r} ({exc.strerror})") from None
+        raise FlowRLError(f"{cannot}: cannot resolve host {host!r} ({exc.strerror})") from None
     except UnicodeError:  # an empty or over-long label (x..y): the IDNA codec refuses it
-        raise FlowRLError(f"cannot listen on {where}: {host!r} is not a valid host name") from None
+        raise FlowRLError(f"{cannot}: {host!r} is not a valid host name") from None
     failures: list[OSError] = []
     for family, kind, proto, _, address in addresses:
         try:
@@ -138,7 +141,8 @@ def check_can_listen(host: str, port: int) -> None:
                 failures.append(exc)
     if failures:
         exc = failures[0]
-        raise FlowRLError(f"cannot listen on {where}: {BIND_REASONS.get(exc.errno, exc.strerror or exc)}")
+        reason = BIND_REASONS[exc.errno].format(flag=flag) if exc.errno in BIND_REASONS else exc.strerror or exc
+        raise FlowRLError(f"{cannot}: {reason}")
 
 
 def server_credentials(config: ServeConfig) -> grpc.ServerCredentials | None:
@@ -393,6 +397,8 @@ class PolicyServer:
             self._set_health(health_pb2.HealthCheckResponse.NOT_SERVING)
             address = host_port(config.host, config.port)
             check_can_listen(config.host, config.port)  # a failure up to server.start() leaves this one unstarted
+            if config.metrics_port is not None:  # refused now, not after the model has loaded
+                check_can_listen(config.host, config.metrics_port, "--metrics-port")
             try:
                 port = (
                     server.add_insecure_port(address)

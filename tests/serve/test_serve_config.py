@@ -11,6 +11,7 @@ from tiny_policy import write_policy
 
 from flowrl_deploy.errors import FlowRLError
 from flowrl_deploy.serve import PolicyServer, ServeConfig
+from flowrl_deploy.serve.servicer import PolicyServicer
 
 NAN, INF = float("nan"), float("inf")
 
@@ -33,6 +34,8 @@ NAN, INF = float("nan"), float("inf")
         ({"batch_window_us": -1}, "--batch-window-us must lie in [0, 1000000] µs"),
         ({"port": 70000}, "--port must lie in [0, 65535] (0: a free port), got 70000"),
         ({"metrics_port": -5}, "--metrics-port must lie in [0, 65535]"),
+        # refused only after the model had loaded, as "cannot serve metrics on …: Address already in use"
+        ({"port": 9100, "metrics_port": 9100}, "--metrics-port must differ from --port, got 9100 for both"),
         ({"steps": 0}, "--steps must lie in [1, 1000], got 0"),
         ({"threads": 100000}, "--threads 100000 is more than this machine can run"),
         # the file watcher busy-looped on a full core
@@ -157,3 +160,25 @@ def test_a_refused_start_leaves_no_thread_or_folder_behind(tmp_path, setting, me
     if server.port:  # a port gRPC had bound is free again
         with socket.socket() as again:
             again.bind(("127.0.0.1", server.port))
+
+
+def test_a_metrics_port_in_use_is_refused_before_the_model_is_loaded(tmp_path, monkeypatch):
+    """It was bound only once the model had loaded (a checkpoint exported, minutes on a big one) and
+    gRPC had started, then refused as "cannot serve metrics on …: Address already in use"."""
+    import socket
+
+    loads: list[object] = []
+    monkeypatch.setattr(PolicyServicer, "load", lambda self, *args, **kwargs: loads.append(args))
+    path = write_policy(tmp_path / "policy.onnx")
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        server = PolicyServer(ServeConfig(str(path), port=0, metrics_port=port, grace_s=0))
+        with pytest.raises(FlowRLError) as info:
+            server.start()
+    assert str(info.value) == (
+        f"cannot serve metrics on 127.0.0.1:{port}: address already in use "
+        "(another server? give another --metrics-port, or --metrics-port 0 for a free one)"
+    )
+    assert loads == []
