@@ -63,6 +63,7 @@ class Metrics:
         self.batch_size = Histogram(BATCH_BUCKETS)
         self.inference = Histogram(LATENCY_BUCKETS_S)
         self.reloads = 0
+        self.reload_failures = 0
 
     def record(self, method: str, code: str, seconds: float) -> None:
         with self._lock:
@@ -83,6 +84,11 @@ class Metrics:
     def record_reload(self) -> None:
         with self._lock:
             self.reloads += 1
+
+    def record_reload_failure(self) -> None:
+        """A reload refused or abandoned (``--watch`` or a Reload call): the old model kept serving."""
+        with self._lock:
+            self.reload_failures += 1
 
     def summary(self) -> dict:
         """Per-method counts, errors and p50/p99 (µs) of recent calls, plus batch figures."""
@@ -108,6 +114,7 @@ class Metrics:
                 "batches": batches,
                 "mean_batch_size": mean_batch,
                 "reloads": self.reloads,
+                "reload_failures": self.reload_failures,
             }
 
     def exposition(self) -> str:
@@ -138,6 +145,10 @@ class Metrics:
                 "# HELP flowrl_reloads_total Models swapped in since start.",
                 "# TYPE flowrl_reloads_total counter",
                 f"flowrl_reloads_total {self.reloads}",
+                "# HELP flowrl_reload_failures_total Reloads refused or abandoned since start (--watch and Reload); "
+                "the old model kept serving.",
+                "# TYPE flowrl_reload_failures_total counter",
+                f"flowrl_reload_failures_total {self.reload_failures}",
                 "# HELP flowrl_model_info The served model version.",
                 "# TYPE flowrl_model_info gauge",
                 f'flowrl_model_info{{version="{self._version()}"}} 1',

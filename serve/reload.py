@@ -50,7 +50,9 @@ class FileWatcher:
 
     The stamp of the served model is taken when the watcher is built: build it before the first
     load, so that a checkpoint saved during that load is not missed. A failed reload is logged
-    and the old model keeps serving; the next change tries again.
+    (and counted by ``reload()``) and the old model keeps serving; the next change tries again.
+    What cannot be read for a whole interval (removed, not replaced) is warned about once, and
+    its return logged.
     """
 
     def __init__(self, path: Path, reload: Callable[[], object], interval_s: float = 1.0) -> None:
@@ -73,8 +75,15 @@ class FileWatcher:
     def _loop(self) -> None:
         served = self._served
         seen = served
+        missing = False
         while not self._stop.wait(self._interval):
             now = served_stamp(self._path)
+            if now is None and seen is None and not missing:  # not a file being replaced (rm, then cp)
+                missing = True
+                log.warning("%s (--watch) cannot be read (removed?); the loaded model keeps serving", self._path)
+            elif now is not None and missing:
+                missing = False
+                log.info("%s (--watch) can be read again", self._path)
             if now is None or now == served:
                 seen = now
                 continue

@@ -116,40 +116,54 @@ class PolicyServicer(pb_grpc.PolicyServiceServicer):
         )
 
     # --- model ------------------------------------------------------------------------------
-    def load(self, source: str | None = None, still_wanted: Callable[[], bool] | None = None) -> tuple[str, str]:
+    def load(self, requested: str = "", still_wanted: Callable[[], bool] | None = None) -> tuple[str, str]:
         """Load, check, warm up and swap in a model; return (new version, previous version).
 
-        ``still_wanted`` (a Reload's caller still waiting for the answer) is asked once the new
-        model is ready: if it says no, the reload is abandoned (:class:`DeadlineExpired`) and the
-        old model keeps serving, so that a caller told DEADLINE_EXCEEDED was not silently obeyed.
+        ``requested`` is the path a Reload caller sent, confined by :meth:`_reload_target` ('': the
+        served path, as when the server starts and for ``--watch``). ``still_wanted`` (a Reload's
+        caller still waiting for the answer) is asked once the new model is ready: if it says no,
+        the reload is abandoned (:class:`DeadlineExpired`) and the old model keeps serving, so that
+        a caller told DEADLINE_EXCEEDED was not silently obeyed. A reload (a model is served
+        already) that fails is counted (``flowrl_reload_failures_total``).
         """
         with self._reload_lock:
-            source = source or self.config.model
-            workdir = self._workdir / f"gen{self._generation + 1}"
-            path = resolve_onnx(source, workdir, self._steps, self._export_checkpoint)
-            new = load_model(path, self._generation + 1, providers=self._providers, threads=self.config.threads)
             previous = self.model
-            if previous is not None:
-                check_compatible(previous, new)
-            new.warm_up(tuple(sorted({1, self.config.max_batch})))
-            if previous is not None and still_wanted is not None and not still_wanted():
-                raise DeadlineExpired(
-                    f"reload abandoned, still serving {previous.version}: the caller stopped waiting (its "
-                    f"deadline passed, or it cancelled) before {source} was loaded and warmed up"
-                )
-            self._generation += 1
-            self.model = new  # atomic reference swap: calls in flight keep the model they hold
-            if self.config.steps is None:  # checkpoints exported by later reloads keep the served N
-                self._steps = new.contract.flow_steps
-            providers = ", ".join(new.policy.session.get_providers())
-            steps = f"N={new.contract.flow_steps} flow steps"
-            if previous is not None:
-                self.metrics.record_reload()
-                shown = _loggable(source)
-                log.info("reloaded %s: %s -> %s (%s, %s)", shown, previous.version, new.version, steps, providers)
-            else:
-                log.info("loaded %s as %s (%s, %s)", _loggable(source), new.version, steps, providers)
-            return new.version, previous.version if previous else ""
+            try:
+                source = str(self._reload_target(requested)) if requested else self.config.model
+                return self._swap(source, previous, still_wanted)
+            except Exception:
+                if previous is not None:
+                    self.metrics.record_reload_failure()
+                raise
+
+    def _swap(
+        self, source: str, previous: ServedModel | None, still_wanted: Callable[[], bool] | None
+    ) -> tuple[str, str]:
+        """:meth:`load` of ``source``, under its lock."""
+        workdir = self._workdir / f"gen{self._generation + 1}"
+        path = resolve_onnx(source, workdir, self._steps, self._export_checkpoint)
+        new = load_model(path, self._generation + 1, providers=self._providers, threads=self.config.threads)
+        if previous is not None:
+            check_compatible(previous, new)
+        new.warm_up(tuple(sorted({1, self.config.max_batch})))
+        if previous is not None and still_wanted is not None and not still_wanted():
+            raise DeadlineExpired(
+                f"reload abandoned, still serving {previous.version}: the caller stopped waiting (its "
+                f"deadline passed, or it cancelled) before {source} was loaded and warmed up"
+            )
+        self._generation += 1
+        self.model = new  # atomic reference swap: calls in flight keep the model they hold
+        if self.config.steps is None:  # checkpoints exported by later reloads keep the served N
+            self._steps = new.contract.flow_steps
+        providers = ", ".join(new.policy.session.get_providers())
+        steps = f"N={new.contract.flow_steps} flow steps"
+        if previous is not None:
+            self.metrics.record_reload()
+            shown = _loggable(source)
+            log.info("reloaded %s: %s -> %s (%s, %s)", shown, previous.version, new.version, steps, providers)
+        else:
+            log.info("loaded %s as %s (%s, %s)", _loggable(source), new.version, steps, providers)
+        return new.version, previous.version if previous else ""
 
     def _current(self) -> ServedModel:
         model = self.model
@@ -392,16 +406,14 @@ class PolicyServicer(pb_grpc.PolicyServiceServicer):
             batches=summary["batches"],
             mean_batch_size=summary["mean_batch_size"],
             reloads=summary["reloads"],
+            reload_failures=summary["reload_failures"],
         )
 
     @_unary("Reload")
     def Reload(self, request: pb.ReloadRequest, context) -> pb.ReloadReply:
         try:
             try:
-                target = self._reload_target(request.path) if request.path else None
-                version, previous = self.load(
-                    None if target is None else str(target), functools.partial(_waiting, context)
-                )
+                version, previous = self.load(request.path, functools.partial(_waiting, context))
             except ServeError:  # PERMISSION_DENIED, ContractMismatch, DeadlineExpired (abandoned)
                 raise
             except FlowRLError as exc:

@@ -84,7 +84,9 @@ def test_reload_mistakes_are_one_line_and_the_old_model_keeps_serving(served, tm
         result = call(server, *args)
         assert result.exit_code == 1 and message in result.output, result.output
         assert len(result.output.strip().splitlines()) == 1 and "Traceback" not in result.output
-    assert call(server, "stats").output.startswith("model v1-")
+    stats = call(server, "stats").output
+    assert stats.startswith("model v1-") and "0 reloads, 3 reloads refused" in stats  # monitoring sees them
+    assert json.loads(call(server, "stats", "--json").output)["reload_failures"] == 3
 
 
 @pytest.mark.parametrize(

@@ -528,3 +528,51 @@ def test_a_reload_path_cannot_write_lines_or_escapes_into_the_log(served, caplog
         assert message.isprintable(), message  # no newline, escape, NUL or line separator
     assert "Reload of 'evil\\n2026-11-26" in messages[0] and "\\x1b[2J" in messages[1] and "\\x00" in messages[2]
     assert messages[-1].startswith("reloaded ") and "new\\nINFO flowrl.serve: forged.onnx" in messages[-1]
+
+
+def test_refused_reloads_are_counted_for_monitoring(served, caplog, tmp_path_factory):
+    """A refused --watch reload was only logged and flowrl_reloads_total counts successes only:
+    monitoring could not see that the deployed model never took over."""
+    server, client, tmp = served
+    assert "\nflowrl_reload_failures_total 0\n" in server.servicer.metrics.exposition()
+    broken = tmp / "broken.onnx"
+    broken.write_bytes(b"not an onnx file")
+    for path in (str(tmp_path_factory.mktemp("elsewhere") / "policy.onnx"), str(broken)):  # refused before, at load
+        with pytest.raises(ServiceError):
+            client.reload(path)
+    with caplog.at_level("WARNING", logger="flowrl.serve"):
+        _deploy(broken, tmp / "policy.onnx")
+        assert _wait_for(lambda: any("(--watch) refused" in r.getMessage() for r in caplog.records))
+    assert client.stats().reload_failures == 3 and client.stats().reloads == 0
+    exposition = server.servicer.metrics.exposition()
+    assert "\nflowrl_reload_failures_total 3\n" in exposition and "\nflowrl_reloads_total 0\n" in exposition
+    _deploy(write_policy(tmp / "staged.onnx", scale=2.0), tmp / "policy.onnx")
+    assert _wait_for(lambda: client.stats().reloads == 1)
+    assert client.stats().reload_failures == 3
+
+
+def test_watch_warns_once_when_the_served_file_disappears_and_says_when_it_is_back(served, caplog, monkeypatch):
+    """A deleted file logged nothing: the server kept serving a model whose file was gone, unseen."""
+    _, client, tmp = served
+    version = client.spec().model_version
+    polls = []
+
+    def counted(path):
+        polls.append(path)
+        return stamp(path)
+
+    stamp = watch.served_stamp
+    monkeypatch.setattr(watch, "served_stamp", counted)
+    target = tmp / "policy.onnx"
+    target.rename(tmp / "away.onnx")
+    with caplog.at_level("INFO", logger="flowrl.serve"):
+        assert _wait_for(lambda: any("cannot be read" in r.getMessage() for r in caplog.records))
+        after = len(polls)
+        assert _wait_for(lambda: len(polls) >= after + 10)  # ten more polls of the missing file
+        missing = [r for r in caplog.records if "cannot be read" in r.getMessage()]
+        assert len(missing) == 1 and missing[0].levelname == "WARNING" and str(target) in missing[0].getMessage()
+        assert client.spec().model_version == version  # still served
+        _deploy(write_policy(tmp / "staged.onnx", scale=2.0), target)
+        assert _wait_for(lambda: client.spec().model_version.startswith("v2-"))
+    back = [r for r in caplog.records if "can be read again" in r.getMessage()]
+    assert len(back) == 1 and back[0].levelname == "INFO"

@@ -181,7 +181,7 @@ class MethodStats(_message.Message):
     def __init__(self, method: _Optional[str] = ..., requests: _Optional[int] = ..., errors: _Optional[int] = ..., p50_us: _Optional[float] = ..., p99_us: _Optional[float] = ..., timed_calls: _Optional[int] = ...) -> None: ...
 
 class GetStatsReply(_message.Message):
-    __slots__ = ("model_version", "uptime_s", "sessions", "methods", "batches", "mean_batch_size", "reloads")
+    __slots__ = ("model_version", "uptime_s", "sessions", "methods", "batches", "mean_batch_size", "reloads", "reload_failures")
     MODEL_VERSION_FIELD_NUMBER: _ClassVar[int]
     UPTIME_S_FIELD_NUMBER: _ClassVar[int]
     SESSIONS_FIELD_NUMBER: _ClassVar[int]
@@ -189,6 +189,7 @@ class GetStatsReply(_message.Message):
     BATCHES_FIELD_NUMBER: _ClassVar[int]
     MEAN_BATCH_SIZE_FIELD_NUMBER: _ClassVar[int]
     RELOADS_FIELD_NUMBER: _ClassVar[int]
+    RELOAD_FAILURES_FIELD_NUMBER: _ClassVar[int]
     model_version: str
     uptime_s: float
     sessions: int
@@ -196,7 +197,8 @@ class GetStatsReply(_message.Message):
     batches: int
     mean_batch_size: float
     reloads: int
-    def __init__(self, model_version: _Optional[str] = ..., uptime_s: _Optional[float] = ..., sessions: _Optional[int] = ..., methods: _Optional[_Iterable[_Union[MethodStats, _Mapping]]] = ..., batches: _Optional[int] = ..., mean_batch_size: _Optional[float] = ..., reloads: _Optional[int] = ...) -> None: ...
+    reload_failures: int
+    def __init__(self, model_version: _Optional[str] = ..., uptime_s: _Optional[float] = ..., sessions: _Optional[int] = ..., methods: _Optional[_Iterable[_Union[MethodStats, _Mapping]]] = ..., batches: _Optional[int] = ..., mean_batch_size: _Optional[float] = ..., reloads: _Optional[int] = ..., reload_failures: _Optional[int] = ...) -> None: ...
 
 class ReloadRequest(_message.Message):
     __slots__ = ("path",)
