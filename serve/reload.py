@@ -20,12 +20,14 @@ from flowrl_deploy.runtime import is_onnx_path
 log = logging.getLogger("flowrl.serve")
 
 
-def _file_stamp(path: Path) -> tuple[int, int, int] | None:
+def _file_stamp(path: Path) -> tuple[int, int, int, int] | None:
+    """Inode, modification and change times, size: the change time (ctime) moves with every write
+    and can be set by no one, so a copy whose mtime is put back (``cp new p && touch -r old p``) is seen."""
     try:
         stat = path.stat()
     except OSError:
         return None
-    return stat.st_ino, stat.st_mtime_ns, stat.st_size
+    return stat.st_ino, stat.st_mtime_ns, stat.st_ctime_ns, stat.st_size
 
 
 def served_stamp(model: Path) -> Hashable | None:

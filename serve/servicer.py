@@ -78,6 +78,11 @@ def _requested(path: str) -> str:
     return repr(path if len(path) <= 200 else path[:200] + "…")
 
 
+def _digest(model: ServedModel) -> str:
+    """The sha256 prefix of the model's file, as its version (``v<generation>-<digest>``) carries it."""
+    return model.version.partition("-")[2]
+
+
 def _waiting(context: grpc.ServicerContext) -> bool:
     """The caller still waits for this call's answer: not cancelled, its deadline not passed."""
     remaining = context.time_remaining()
@@ -124,7 +129,8 @@ class PolicyServicer(pb_grpc.PolicyServiceServicer):
         caller still waiting for the answer) is asked once the new model is ready: if it says no,
         the reload is abandoned (:class:`DeadlineExpired`) and the old model keeps serving, so that
         a caller told DEADLINE_EXCEEDED was not silently obeyed. A reload (a model is served
-        already) that fails is counted (``flowrl_reload_failures_total``).
+        already) that fails is counted (``flowrl_reload_failures_total``); one of the very bytes
+        served now changes nothing and answers the served version twice.
         """
         with self._reload_lock:
             previous = self.model
@@ -143,6 +149,9 @@ class PolicyServicer(pb_grpc.PolicyServiceServicer):
         workdir = self._workdir / f"gen{self._generation + 1}"
         path = resolve_onnx(source, workdir, self._steps, self._export_checkpoint)
         new = load_model(path, self._generation + 1, providers=self._providers, threads=self.config.threads)
+        if previous is not None and _digest(new) == _digest(previous):  # e.g. `touch`: nothing to swap
+            log.info("%s holds the model served now (%s): nothing to reload", _loggable(source), previous.version)
+            return previous.version, previous.version
         if previous is not None:
             check_compatible(previous, new)
         new.warm_up(tuple(sorted({1, self.config.max_batch})))

@@ -1,8 +1,9 @@
 """Checkpoint directories with a stand-in exporter: serving a run directory without torch.
 
 The stand-in writes the tiny policy (``tiny_policy.write_policy``) with the requested flow steps
-and a weight scale equal to the checkpoint's step counter, so each checkpoint serves a distinct
-model version, and it records which checkpoint it exported at which N.
+and a weight scale equal to the checkpoint's step counter (or the ``weight_scale`` it was saved
+with), so each checkpoint serves a distinct model version, and it records which checkpoint it
+exported at which N.
 """
 
 from __future__ import annotations
@@ -20,12 +21,16 @@ TRAINED_STEPS = 2
 """The checkpoints' training flow steps (spec.flow_steps)."""
 
 
-def save_step(run: Path, step: int, *, link: bool = True) -> Path:
-    """Write ``run/checkpoints/step_<step>`` and (with ``link``) point ``last`` at it."""
+def save_step(run: Path, step: int, *, link: bool = True, weight_scale: int | None = None) -> Path:
+    """Write ``run/checkpoints/step_<step>`` and (with ``link``) point ``last`` at it; a
+    ``weight_scale`` makes it export another model than the step's own."""
     spec = PolicySpec(obs_dim=3, act_dim=2, action_low=(-1.0, -2.0), action_high=(1.0, 2.0), flow_steps=TRAINED_STEPS)
     checkpoints = run / CHECKPOINTS_DIR
     path = _save(
-        checkpoints / f"step_{step:09d}", spec=spec, actor={"w": np.zeros(1, np.float32)}, counters={"step": step}
+        checkpoints / f"step_{step:09d}",
+        spec=spec,
+        actor={"w": np.zeros(1, np.float32)},
+        counters={"step": step} | ({} if weight_scale is None else {"weight_scale": weight_scale}),
     )
     if link:
         link_checkpoint(checkpoints, LAST, path)
@@ -43,6 +48,7 @@ class FakeExporter:
         document = read_document(checkpoint)
         steps = steps or document["spec"]["flow_steps"]  # None: the training N, as the exporter does
         out.parent.mkdir(parents=True, exist_ok=True)
-        write_policy(out, scale=float(document["counters"]["step"]), flow_steps=steps)
+        counters = document["counters"]
+        write_policy(out, scale=float(counters.get("weight_scale", counters["step"])), flow_steps=steps)
         self.calls.append((resolve_checkpoint(checkpoint), steps))
         return out

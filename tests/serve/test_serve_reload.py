@@ -199,9 +199,9 @@ def test_a_relative_reload_path_of_a_served_run_or_checkpoint_names_a_checkpoint
     save_step(run, 2, link=False)
     server = PolicyServer(ServeConfig(str(tmp_path / served), port=0, grace_s=0), export_checkpoint=exporter).start()
     with server, PolicyClient(server.address) as client:
-        for path in paths:
-            version, previous = client.reload(path)
-            assert version != previous and version == client.spec().model_version
+        first = client.spec().model_version
+        versions = [client.reload(path)[0] for path in paths]  # each names step 2: the same model
+        assert versions[0] != first and set(versions) == {client.spec().model_version}
         with pytest.raises(ServiceError) as info:  # the run's config.json is not a checkpoint of it
             client.reload("config.json")
         assert info.value.code in (grpc.StatusCode.PERMISSION_DENIED, grpc.StatusCode.FAILED_PRECONDITION)
@@ -335,7 +335,7 @@ def test_watch_of_a_checkpoint_reloads_when_it_is_saved_again(tmp_path):
         (step.parent / "unrelated.txt").write_text("x")
         time.sleep(0.2)
         assert server.servicer.metrics.reloads == 0
-        save_step(tmp_path / "run", 1, link=False)  # the same step rewritten (a new checkpoint.json)
+        save_step(tmp_path / "run", 1, link=False, weight_scale=3)  # the same step rewritten, other weights
         assert _wait_for(lambda: client.spec().model_version != version)
 
 
@@ -576,3 +576,30 @@ def test_watch_warns_once_when_the_served_file_disappears_and_says_when_it_is_ba
         assert _wait_for(lambda: client.spec().model_version.startswith("v2-"))
     back = [r for r in caplog.records if "can be read again" in r.getMessage()]
     assert len(back) == 1 and back[0].levelname == "INFO"
+
+
+def test_watch_sees_a_copy_whose_modification_time_was_put_back(served):
+    """`cp new policy.onnx && touch -r old policy.onnx`: the same inode, size and mtime; only the
+    change time (ctime), which no one can set, tells that the content changed."""
+    _, client, tmp = served
+    target = tmp / "policy.onnx"
+    before = target.stat()
+    new = write_policy(tmp / "staged.onnx", scale=2.0)
+    assert new.stat().st_size == before.st_size
+    shutil.copyfile(new, target)  # in place: the same inode
+    os.utime(target, ns=(before.st_atime_ns, before.st_mtime_ns))
+    after = target.stat()
+    assert (after.st_ino, after.st_size, after.st_mtime_ns) == (before.st_ino, before.st_size, before.st_mtime_ns)
+    assert _wait_for(lambda: client.spec().model_version.startswith("v2-"))
+
+
+def test_touching_the_served_file_reloads_nothing(served, caplog):
+    """`touch policy.onnx` reloaded the same bytes as a new version (v1-95294704e8 -> v2-95294704e8)."""
+    server, client, tmp = served
+    version = client.spec().model_version
+    with caplog.at_level("INFO", logger="flowrl.serve"):
+        os.utime(tmp / "policy.onnx")
+        assert _wait_for(lambda: any("holds the model served now" in r.getMessage() for r in caplog.records))
+    assert client.reload() == (version, version)  # nor does a Reload of the same bytes
+    assert client.spec().model_version == version
+    assert server.servicer.metrics.reloads == 0 and server.servicer.metrics.reload_failures == 0
