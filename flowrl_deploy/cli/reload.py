@@ -43,4 +43,7 @@ def reload(
                 f"the model it serves (unless it had just swapped: `flowrl stats --server {server}` tells); "
                 "give a longer --timeout to a model that takes longer to load"
             ) from None
-    typer.echo(f"reloaded: {previous} -> {new}")
+    if new == previous:  # the very bytes served already: the server swapped nothing
+        typer.echo(f"unchanged: the server already serves that content as {new}")
+    else:
+        typer.echo(f"reloaded: {previous} -> {new}")
