@@ -4,7 +4,8 @@ progress line.
 Scalar names are namespaced like CleanRL's: ``losses/…`` for the latest value of each of FlowRL's
 losses (the actor's from its last step, which comes every ``policy_delay``-th update), ``charts/…``
 for returns, episode lengths, terminations (1.0 when the task ended an episode, a fall in
-HumanoidBench; 0.0 at the time limit) and rates.
+HumanoidBench; 0.0 at the time limit) and rates (``env_steps_per_s``, ``updates_per_s``: over the
+training since the previous row, evaluations left out; the progress line shows the run's average).
 """
 
 from __future__ import annotations
@@ -147,6 +148,20 @@ def _rows_up_to(path: Path, step: int) -> list[dict]:
     return rows
 
 
+class RateMeter:
+    """Env steps/s and updates/s since :meth:`restart` (or since it was made at ``steps``, ``updates``)."""
+
+    def __init__(self, steps: int = 0, updates: int = 0) -> None:
+        self.restart(steps, updates)
+
+    def restart(self, steps: int, updates: int) -> None:
+        self._t0, self._steps0, self._updates0 = time.perf_counter(), steps, updates
+
+    def rates(self, steps: int, updates: int) -> tuple[float, float]:
+        elapsed = max(time.perf_counter() - self._t0, 1e-9)
+        return (steps - self._steps0) / elapsed, (updates - self._updates0) / elapsed
+
+
 class Progress:
     """A one-line live status: step, env steps/s, updates/s, last episode and eval return.
 
@@ -158,15 +173,14 @@ class Progress:
         self.total, self.enabled = total, enabled
         self.stream: TextIO = sys.stderr
         self.tty = self.stream.isatty()
-        self._t0 = self._last_draw = time.perf_counter()
-        self._steps0, self._updates0 = start_steps, start_updates
+        self._last_draw = time.perf_counter()
+        self._since_start = RateMeter(start_steps, start_updates)
         self.episode_return: float | None = None
         self.eval_return: float | None = None
 
     def rates(self, steps: int, updates: int) -> tuple[float, float]:
-        """Env steps/s and updates/s since this run (or resume) started."""
-        elapsed = max(time.perf_counter() - self._t0, 1e-9)
-        return (steps - self._steps0) / elapsed, (updates - self._updates0) / elapsed
+        """Env steps/s and updates/s since this run (or resume) started, evaluations included."""
+        return self._since_start.rates(steps, updates)
 
     def update(self, steps: int, updates: int, force: bool = False) -> None:
         now = time.perf_counter()

@@ -43,7 +43,7 @@ from flowrl_deploy.train.checkpointing import (
 from flowrl_deploy.train.config import ConfigError, TrainConfig, check_resume_settings, check_unfinished
 from flowrl_deploy.train.envs import Env, EnvInfo, episode_seed, make_env
 from flowrl_deploy.train.evaluate import EVAL_NOISE_STREAM, EvalResult, evaluate
-from flowrl_deploy.train.logger import MetricsLogger, Progress
+from flowrl_deploy.train.logger import MetricsLogger, Progress, RateMeter
 from flowrl_deploy.train.replay import ReplayBuffer
 
 
@@ -218,6 +218,8 @@ class _Run:
     bar: Progress
     last_checkpoint: Path | None
     """The last checkpoint saved, or resumed from."""
+    rates: RateMeter
+    """The logged rates' meter: restarted at each row of them and after each evaluation."""
 
     def save(self, best: bool = False) -> None:
         self.last_checkpoint = self.checkpoints.save(
@@ -279,23 +281,22 @@ def _prepare_run(cfg: TrainConfig, resume: str | Path | None, progress: bool) ->
         env.close()
         eval_env.close()
         raise
-    return _Run(cfg, run_dir, spec, env, eval_env, agent, replay, action_rng, counters, checkpoints, logger, bar, start)
+    rates = RateMeter(counters.env_steps, agent.updates)
+    return _Run(
+        cfg, run_dir, spec, env, eval_env, agent, replay, action_rng, counters, checkpoints, logger, bar, start, rates
+    )
 
 
 def _after_step(run: _Run, metrics: dict[str, torch.Tensor], stopped: Callable[[], bool]) -> None:
     """What follows an env step: log the latest value of every loss (the critics' from the last
     update, the actor's from the last actor step, which comes only every ``policy_delay``-th update,
-    so that no alignment of ``log_every`` leaves them out), evaluate (a new best is saved as ``best``),
-    save a periodic checkpoint, redraw the progress line.
-
-    A stop (``stopped()``) during an evaluation ends it after the current episode, so that a
-    scheduler's grace period is not spent on it; that partial evaluation is neither logged nor
-    compared for ``best``, and a stop before it skips it."""
-    cfg, agent, counters, logger, bar = run.cfg, run.agent, run.counters, run.logger, run.bar
-    step = counters.env_steps
+    so that no alignment of ``log_every`` leaves them out) and the rates since the previous row,
+    evaluate, save a periodic checkpoint, redraw the progress line."""
+    cfg, agent, step = run.cfg, run.agent, run.counters.env_steps
     if step % cfg.log_every == 0 and metrics:
-        sps, ups = bar.rates(step, agent.updates)
-        logger.log(
+        sps, ups = run.rates.rates(step, agent.updates)
+        run.rates.restart(step, agent.updates)
+        run.logger.log(
             step,
             {
                 **{f"losses/{k}": float(v) for k, v in metrics.items()},
@@ -303,26 +304,37 @@ def _after_step(run: _Run, metrics: dict[str, torch.Tensor], stopped: Callable[[
                 "charts/updates_per_s": ups,
             },
         )
-    evaluation = _evaluations(run, step, stopped) if cfg.eval_every and step % cfg.eval_every == 0 else None
-    if evaluation is not None:
-        result, zero_noise = evaluation
-        counters.last_eval_return = bar.eval_return = result.mean
-        logger.log(
-            step,
-            {
-                "charts/eval_return": result.mean,
-                "charts/eval_return_std": result.std,
-                "charts/eval_episode_length": float(np.mean(result.lengths)),
-                "charts/eval_return_deterministic": zero_noise.mean,
-            },
-        )
-        is_best = result.mean >= counters.best_eval_return
-        counters.best_eval_return = max(counters.best_eval_return, result.mean)
-        if is_best:
-            run.save(best=True)
+    if cfg.eval_every and step % cfg.eval_every == 0:
+        _evaluate_and_log(run, step, stopped)
+        run.rates.restart(step, agent.updates)  # the next row's rates are training's alone
     if cfg.save_every and step % cfg.save_every == 0:
         run.save()
-    bar.update(step, agent.updates)
+    run.bar.update(step, agent.updates)
+
+
+def _evaluate_and_log(run: _Run, step: int, stopped: Callable[[], bool]) -> None:
+    """Evaluate, log it, and save a new best as ``best``. A stop (``stopped()``) during the evaluation
+    ends it after the current episode, so that a scheduler's grace period is not spent on it; that
+    partial evaluation is neither logged nor compared for ``best``, and a stop before it skips it."""
+    evaluation = _evaluations(run, step, stopped)
+    if evaluation is None:
+        return
+    result, zero_noise = evaluation
+    counters = run.counters
+    counters.last_eval_return = run.bar.eval_return = result.mean
+    run.logger.log(
+        step,
+        {
+            "charts/eval_return": result.mean,
+            "charts/eval_return_std": result.std,
+            "charts/eval_episode_length": float(np.mean(result.lengths)),
+            "charts/eval_return_deterministic": zero_noise.mean,
+        },
+    )
+    is_best = result.mean >= counters.best_eval_return
+    counters.best_eval_return = max(counters.best_eval_return, result.mean)
+    if is_best:
+        run.save(best=True)
 
 
 def _evaluations(run: _Run, step: int, stopped: Callable[[], bool]) -> tuple[EvalResult, EvalResult] | None:

@@ -9,7 +9,7 @@ import pytest
 
 from flowrl_deploy.errors import FlowRLError
 from flowrl_deploy.train import logger as logger_module
-from flowrl_deploy.train.logger import MetricsLogger, Progress
+from flowrl_deploy.train.logger import MetricsLogger, Progress, RateMeter
 
 
 def read_rows(run_dir) -> list[dict]:
@@ -101,6 +101,17 @@ def test_rates_count_only_the_steps_and_updates_since_this_run_or_resume_started
     progress = Progress(1000, start_steps=500, start_updates=400, enabled=False)
     clock[0] = 12.0
     assert progress.rates(600, 450) == (50.0, 25.0)
+
+
+def test_a_rate_meter_counts_from_its_last_restart(monkeypatch):
+    clock = [10.0]
+    monkeypatch.setattr(logger_module, "time", SimpleNamespace(perf_counter=lambda: clock[0]))
+    meter = RateMeter(500, 400)
+    clock[0] = 12.0
+    assert meter.rates(600, 450) == (50.0, 25.0)
+    meter.restart(600, 450)
+    clock[0] = 12.5
+    assert meter.rates(700, 550) == (200.0, 200.0)
 
 
 def test_each_row_reaches_both_files_as_it_is_logged(tmp_path):

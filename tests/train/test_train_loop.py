@@ -197,6 +197,37 @@ def test_rows_of_rates_and_losses_start_with_the_first_update(tmp_path):
     assert all("losses/q_pi_loss" in r and "losses/actor_loss" in r for r in logged)
 
 
+def test_the_logged_rates_cover_the_training_since_the_previous_row(monkeypatch, tmp_path):
+    """On a clock where an env step takes 10 ms and an evaluation 100 s, every row after the first
+    says 100 env steps/s (and 100 updates/s): the rates were averages since the start, evaluations
+    included, so a slowdown (or a speedup) late in a run hardly moved them."""
+    from types import SimpleNamespace
+
+    from flowrl_deploy.train import logger as logger_module
+
+    clock = [0.0]
+    monkeypatch.setattr(logger_module, "time", SimpleNamespace(perf_counter=lambda: clock[0]))
+
+    class TenMsPerStep(loop.Progress):
+        def update(self, steps, updates, force=False):
+            clock[0] += 0.0 if force else 0.01
+
+    def slow_evaluation(agent, eval_env, cfg, step, deterministic=False, stop=None):
+        clock[0] += 100.0
+        return EvalResult.of([Episode(-1.0, 200, False)])
+
+    monkeypatch.setattr(loop, "Progress", TenMsPerStep)
+    monkeypatch.setattr(loop, "_evaluate", slow_evaluation)
+    config = {**TINY, "log_every": 50, "eval_every": 100, "save_every": 0}
+    result = train(TrainConfig(steps=400, out=str(tmp_path), **config), progress=False)
+    rows = [json.loads(line) for line in (result.run_dir / "metrics.jsonl").read_text().splitlines()]
+    logged = [r for r in rows if "charts/env_steps_per_s" in r]
+    assert [r["step"] for r in logged] == [100, 150, 200, 250, 300, 350, 400]
+    for row in logged[1:]:
+        assert row["charts/env_steps_per_s"] == pytest.approx(100.0), row["step"]
+        assert row["charts/updates_per_s"] == pytest.approx(100.0), row["step"]
+
+
 def test_every_row_logged_after_the_first_actor_step_carries_the_actor_losses(tmp_path):
     """The actor steps on every 2nd update (policy_delay 2), the first at step 101; logging every
     50 steps from there falls on critic-only updates (steps 150, 200, 250), yet each row carries the
