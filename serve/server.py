@@ -472,17 +472,21 @@ class PolicyServer:
         self.stop()
 
 
+STOP_SIGNALS = tuple(getattr(signal, name) for name in ("SIGTERM", "SIGINT") if hasattr(signal, name))
+"""Signals that stop :func:`serve_forever` gracefully."""
+
+
 def serve_forever(
     config: ServeConfig,
     on_ready: Callable[[PolicyServer], None] | None = None,
     export_checkpoint: Exporter | None = None,
 ) -> None:
-    """Run until SIGTERM or SIGINT, then stop gracefully (call from the main thread)."""
+    """Run until one of :data:`STOP_SIGNALS`, then stop gracefully (call from the main thread)."""
     pin_to_cpus(config.cpus)
     # The handler takes no lock: Event.set() in a handler deadlocked when the signal arrived while
     # this thread held the Event's lock (inside its own wait, or a first handler's set()).
     signals: list[int] = []
-    previous = {sig: signal.signal(sig, lambda sig, _: signals.append(sig)) for sig in (signal.SIGTERM, signal.SIGINT)}
+    previous = {sig: signal.signal(sig, lambda sig, _: signals.append(sig)) for sig in STOP_SIGNALS}
     server = PolicyServer(config, export_checkpoint)
     try:
         server.start()
@@ -491,8 +495,10 @@ def serve_forever(
         with gc_frozen():  # the loaded libraries' objects stay out of every later garbage collection
             while not signals:
                 time.sleep(0.1)
-        log.info("stopping: finishing calls in flight")
+        log.info("stopping on %s: finishing calls in flight", signal.Signals(signals[0]).name)
+        stopping = time.monotonic()
     finally:
         server.stop()
         for sig, handler in previous.items():
             signal.signal(sig, handler)
+    log.info("stopped in %.1f s", time.monotonic() - stopping)

@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import logging
 import os
 import queue
+import re
 import select
 import signal
 import subprocess
@@ -204,3 +206,16 @@ def test_a_signal_during_start_up_stops_the_server_without_announcing_it(tmp_pat
     announced: list[PolicyServer] = []
     serve_forever(ServeConfig(str(path), port=0, grace_s=0), on_ready=announced.append)
     assert not announced
+
+
+def test_serve_forever_logs_once_the_stop_has_finished(tmp_path, caplog):
+    """The stop logged "stopping: finishing calls in flight" and nothing once done: a log could not
+    tell a finished stop from one still waiting for calls in flight, or hung."""
+    path = write_policy(tmp_path / "policy.onnx")
+    with caplog.at_level(logging.INFO, logger="flowrl.serve"):
+        serve_forever(
+            ServeConfig(str(path), port=0, grace_s=0), on_ready=lambda _: os.kill(os.getpid(), signal.SIGTERM)
+        )
+    messages = [record.getMessage() for record in caplog.records if record.name == "flowrl.serve"]
+    assert messages[-2] == "stopping on SIGTERM: finishing calls in flight"
+    assert re.fullmatch(r"stopped in \d+\.\d s", messages[-1]), messages
