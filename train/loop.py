@@ -55,6 +55,15 @@ class Counters:
     last_eval_return: float | None = None
 
 
+class TrainingInterrupted(Interrupted):
+    """A second stop signal stopped :func:`train` at once, saving nothing more: ``last_checkpoint``
+    (None if none) is the last one saved, or resumed from, in ``run_dir``."""
+
+    def __init__(self, signum: int, run_dir: Path, last_checkpoint: Path | None) -> None:
+        super().__init__(signum)
+        self.run_dir, self.last_checkpoint = run_dir, last_checkpoint
+
+
 @dataclass(frozen=True)
 class TrainResult:
     run_dir: Path
@@ -142,7 +151,8 @@ def train(
     called once every check has passed and every output is made, before the first step (a caller's
     warnings then never precede a refusal). With ``stop_on_signal`` (``flowrl train``), the first
     Ctrl-C or SIGTERM ends the run after the current step with a saved ``last`` checkpoint and
-    ``TrainResult.interrupted``; otherwise Ctrl-C raises ``KeyboardInterrupt`` as usual.
+    ``TrainResult.interrupted``, and a second one raises :class:`TrainingInterrupted` at once;
+    otherwise Ctrl-C raises ``KeyboardInterrupt`` as usual.
     """
     run = _prepare_run(cfg, resume, progress)
     env, agent, replay, counters = run.env, run.agent, run.replay, run.counters
@@ -189,6 +199,8 @@ def train(
             _after_step(run, metrics, stopped=lambda: stop.requested)
         if counters.env_steps > first_step:  # no step taken (a stop before the first): nothing new to save
             run.save()
+    except Interrupted as exc:  # a second stop signal: at once, between any two lines
+        raise TrainingInterrupted(exc.signum, run.run_dir, run.last_checkpoint) from None
     except FlowRLError as exc:  # the policy diverged, or a checkpoint or metrics file could not be written
         raise FlowRLError(
             f"{exc}; training stopped at env step {counters.env_steps}, "

@@ -127,6 +127,7 @@ def train(
     """Train a FlowRL flow policy; writes checkpoints (last, best, periodic) under OUT/checkpoints."""
     from flowrl_deploy.checkpoint import REPLAY_FILE, resolve_checkpoint
     from flowrl_deploy.train.checkpointing import missing_config_fields, resume_config, run_to_resume
+    from flowrl_deploy.train.loop import TrainingInterrupted
     from flowrl_deploy.train.loop import train as run_training
 
     warnings: list[str] = []
@@ -174,7 +175,16 @@ def train(
         for text in warnings:
             typer.secho(f"warning: {text}", err=True, fg=typer.colors.YELLOW)
 
-    result = run_training(cfg, resume=resume, progress=progress, stop_on_signal=True, on_start=warn)
+    try:
+        result = run_training(cfg, resume=resume, progress=progress, stop_on_signal=True, on_start=warn)
+    except TrainingInterrupted as exc:  # a second signal: say what is left to resume from, then user_errors says why
+        saved = (
+            f"the last checkpoint saved is {exc.last_checkpoint}; continue with --resume {exc.run_dir}"
+            if exc.last_checkpoint
+            else "no checkpoint was saved"
+        )
+        typer.secho(f"stopped at once by a second signal: {saved}", err=True, fg=typer.colors.YELLOW)
+        raise
     if result.interrupted:
         saved = f"last checkpoint {result.last_checkpoint}; " if result.last_checkpoint else ""
         typer.secho(

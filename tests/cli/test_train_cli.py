@@ -290,18 +290,43 @@ def test_a_second_signal_interrupts_at_once_with_its_own_exit_status(monkeypatch
     import os
     import signal
 
-    class SignalTwiceAt150(loop.Progress):
+    class SignalTwiceAt250(loop.Progress):
         def update(self, steps, updates, force=False):
-            if steps == 150 and not force:
+            if steps == 250 and not force:
                 os.kill(os.getpid(), getattr(signal, signum))
                 os.kill(os.getpid(), getattr(signal, signum))
             super().update(steps, updates, force=force)
 
+    monkeypatch.setattr(loop, "Progress", SignalTwiceAt250)
+    out = tmp_path / "run"
+    result = runner.invoke(app, ["train", *TINY, "--steps", "100000", "--out", str(out)])
+    assert result.exit_code == 128 + getattr(signal, signum), result.output
+    assert result.output.splitlines()[-2:] == [  # the last good checkpoint is named (it was not): step 200's
+        f"stopped at once by a second signal: the last checkpoint saved is {out / 'checkpoints' / 'step_000000200'}; "
+        f"continue with --resume {out}",
+        f"interrupted ({said}): flowrl train stopped before it finished",
+    ]
+    assert "Traceback" not in result.output
+
+
+def test_a_second_signal_before_any_checkpoint_says_none_was_saved(monkeypatch, tmp_path):
+    import os
+    import signal
+
+    class SignalTwiceAt150(loop.Progress):
+        def update(self, steps, updates, force=False):
+            if steps == 150 and not force:
+                os.kill(os.getpid(), signal.SIGTERM)
+                os.kill(os.getpid(), signal.SIGTERM)
+            super().update(steps, updates, force=force)
+
     monkeypatch.setattr(loop, "Progress", SignalTwiceAt150)
     result = runner.invoke(app, ["train", *TINY, "--steps", "100000", "--out", str(tmp_path / "run")])
-    assert result.exit_code == 128 + getattr(signal, signum), result.output
-    assert f"interrupted ({said}): flowrl train stopped before it finished" in result.output
-    assert "Traceback" not in result.output
+    assert result.exit_code == 143, result.output
+    assert result.output.splitlines()[-2:] == [
+        "stopped at once by a second signal: no checkpoint was saved",
+        "interrupted (SIGTERM): flowrl train stopped before it finished",
+    ]
 
 
 @pytest.mark.parametrize("signum", ["SIGINT", "SIGTERM"])
