@@ -6,7 +6,7 @@ In-process::
         client = PolicyClient(server.address)
 
 As a process: ``flowrl serve policy.onnx --port 0`` prints its :func:`banner` once health is
-SERVING; SIGTERM or SIGINT stops it gracefully (exit 0).
+SERVING; SIGTERM, SIGINT or SIGHUP stops it gracefully (exit 0).
 
 A checkpoint (rather than an ONNX file) is served only with an ``export_checkpoint``
 (:data:`~flowrl_deploy.serve.model.Exporter`): serve never imports the exporter, and with it torch,
@@ -472,8 +472,9 @@ class PolicyServer:
         self.stop()
 
 
-STOP_SIGNALS = tuple(getattr(signal, name) for name in ("SIGTERM", "SIGINT") if hasattr(signal, name))
-"""Signals that stop :func:`serve_forever` gracefully."""
+STOP_SIGNALS = tuple(getattr(signal, name) for name in ("SIGTERM", "SIGINT", "SIGHUP") if hasattr(signal, name))
+"""Signals that stop :func:`serve_forever` gracefully: SIGHUP (a closed terminal or SSH session, or
+``kill -HUP``) killed the server at once, with no log and calls in flight cut (exit 129)."""
 
 
 def serve_forever(

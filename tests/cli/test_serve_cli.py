@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import signal
 import sys
 from pathlib import Path
 
@@ -116,6 +117,17 @@ def test_sigterm_stops_the_server_with_exit_0(served):
     with PolicyClient(address) as client:
         assert client.act(np.zeros(3, np.float32)).shape == (2,)
     assert process.stop() == 0  # SIGTERM
+
+
+def test_sighup_stops_the_server_gracefully_like_sigterm(tmp_path):
+    """SIGHUP (a closed terminal or SSH session, kill -HUP) killed the server at once: exit 129, no
+    log line, calls in flight cut."""
+    log = tmp_path / "serve.log"
+    with ServerProcess(write_policy(tmp_path / "policy.onnx"), log=log) as process:
+        process.process.send_signal(signal.SIGHUP)
+        assert process.process.wait(30) == 0
+        process._stderr_drain.join(10)  # the log is complete
+    assert "INFO flowrl.serve: stopping on SIGHUP: finishing calls in flight" in log.read_text()
 
 
 def test_banner_names_the_bound_address_and_flow_steps_and_warns_on_an_open_address(tmp_path):
