@@ -1,4 +1,5 @@
-"""Evaluation: episodes of a policy on its own environment instance, summarised as mean ± std return.
+"""Evaluation: episodes of a policy on its own environment instance, summarised as mean ± std return
+(with each episode's length and whether the task terminated it).
 
 ``evaluate`` takes any ``act_fn(obs [obs_dim]) -> action``, so it serves checkpoints (torch) and
 exported ONNX policies alike; this module imports torch only inside :func:`checkpoint_act_fn`.
@@ -56,9 +57,7 @@ class EvalResult:
         return f"{self.mean:.2f} ± {self.std:.2f} over {n} episode{'s' * (n != 1)}"
 
     def lengths_summary(self) -> str:
-        """'length 52 ± 14 steps, 2 of 2 ended by termination' (empty without lengths)."""
-        if not self.lengths:
-            return ""
+        """'length 52 ± 14 steps, 2 of 2 ended by termination' (of a result with lengths, as ``of`` makes)."""
         return (
             f"length {np.mean(self.lengths):.0f} ± {np.std(self.lengths):.0f} steps, "
             f"{sum(self.terminated)} of {len(self.terminated)} ended by termination"
@@ -95,7 +94,7 @@ def evaluate(
     of other sizes with a :class:`FlowRLError` before any step. ``on_episode`` is given each
     :class:`Episode` as it ends (so a caller stopped by Ctrl-C still has the finished ones). ``stop()``
     is asked after each episode: once true, the evaluation ends there, and the result covers the
-    episodes run (fewer than ``episodes``).
+    episodes run so far.
     """
     instance = make_env(env, seed) if isinstance(env, str) else env
     done: list[Episode] = []

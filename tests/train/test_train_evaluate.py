@@ -63,3 +63,9 @@ class FallingEnv(SeedRecordingEnv):
 def test_an_episode_ends_when_the_task_terminates_not_only_at_its_time_limit():
     result = evaluate(lambda obs: np.zeros(1, np.float32), FallingEnv(), episodes=2)
     assert result.returns == (3.0, 3.0)
+
+
+def test_a_stop_ends_the_evaluation_after_the_current_episode():
+    env, asked = SeedRecordingEnv(), []
+    result = evaluate(lambda obs: np.zeros(1, np.float32), env, episodes=5, stop=lambda: asked.append(1) or True)
+    assert len(env.seeds) == 1 and len(asked) == 1 and len(result.returns) == 1
