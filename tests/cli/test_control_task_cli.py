@@ -51,7 +51,8 @@ def test_another_task_than_the_served_policys_is_warned_about_once(swingup_serve
     args = ["control", "--server", swingup_server, *SHORT_RUN] + (["--env", env] if env else [])
     result = runner.invoke(app, args)
     assert result.exit_code == 0, result.output
-    warnings = [line for line in result.output.splitlines() if line.startswith("warning:")]
+    # only the task warning: on a loaded machine a deadline miss adds a fallback warning of its own
+    warnings = [line for line in result.output.splitlines() if line.startswith("warning: --env")]
     expected = "warning: --env dmc:cartpole-balance is not the task the policy was trained on, dmc:cartpole-swingup"
     assert warnings == ([expected] if warned else [])
     assert f"{env or 'dmc:cartpole-swingup'} at 50 Hz" in result.output
