@@ -27,7 +27,7 @@ class TokenInterceptor(grpc.ServerInterceptor):
     """Refuse calls without the right token with UNAUTHENTICATED (constant-time comparison);
     ``on_refused(method)`` is told of each, with the method's short name (e.g. ``Act``)."""
 
-    def __init__(self, token: str, on_refused: Callable[[str], None] | None = None) -> None:
+    def __init__(self, token: str, on_refused: Callable[[str], None]) -> None:
         self._expected = f"Bearer {token}".encode()
         self._on_refused = on_refused
 
@@ -38,6 +38,5 @@ class TokenInterceptor(grpc.ServerInterceptor):
         sent = dict(handler_call_details.invocation_metadata or ()).get("authorization", "")
         if hmac.compare_digest(str(sent).encode(), self._expected):
             return handler
-        if self._on_refused is not None:
-            self._on_refused(handler_call_details.method.rsplit("/", 1)[-1])
+        self._on_refused(handler_call_details.method.rsplit("/", 1)[-1])
         return _DENY[(handler.request_streaming, handler.response_streaming)]

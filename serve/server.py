@@ -407,8 +407,6 @@ class PolicyServer:
                 )
             except RuntimeError as exc:
                 raise FlowRLError(f"cannot listen on {address}: {exc}") from exc
-            if not port:
-                raise FlowRLError(f"cannot listen on {address} (in use?)")
             self.port = port
             if not is_loopback(config.host) and not config.token and credentials is None:
                 log.warning(
