@@ -3,7 +3,7 @@
 import numpy as np
 
 from flowrl_deploy.train.envs import EnvInfo, episode_seed
-from flowrl_deploy.train.evaluate import EVAL_STREAM, evaluate
+from flowrl_deploy.train.evaluate import EVAL_STREAM, EvalResult, evaluate, other_task_warning
 
 
 class SeedRecordingEnv:
@@ -69,3 +69,24 @@ def test_a_stop_ends_the_evaluation_after_the_current_episode():
     env, asked = SeedRecordingEnv(), []
     result = evaluate(lambda obs: np.zeros(1, np.float32), env, episodes=5, stop=lambda: asked.append(1) or True)
     assert len(env.seeds) == 1 and len(asked) == 1 and len(result.returns) == 1
+
+
+def test_the_lengths_summary_gives_the_mean_length_and_the_episodes_ended_by_termination():
+    result = EvalResult(0.0, 0.0, (0.0, 0.0), (10, 20), (True, False))
+    assert result.lengths_summary() == "length 15 ± 5 steps, 1 of 2 ended by termination"
+
+
+def test_two_spellings_of_one_task_are_not_warned_about():
+    assert other_task_warning("gym:h1-walk-v0", "h1-walk-v0") is None
+    assert other_task_warning("gym:Pendulum-v1", "Pendulum-v1") is None
+
+
+def test_a_policy_that_records_no_task_is_not_warned_about():
+    assert other_task_warning("dmc:cartpole-balance", "") is None
+
+
+def test_a_malformed_recorded_task_compares_as_text():
+    assert other_task_warning("x y", " x y ") is None
+    assert other_task_warning("dmc:cartpole-balance", "cartpole balance") == (
+        "--env dmc:cartpole-balance is not the task the policy was trained on, cartpole balance"
+    )
