@@ -35,12 +35,19 @@ def _wide(actor):
     return "{ck}: " + MISMATCH + ": velocity.net.3.weight has shape (17, 16), the spec implies (16, 16)"
 
 
+def _drop_and_widen(actor):
+    _wide(actor)
+    return _drop(actor) + " (and 1 more)"
+
+
 def _nan(actor):
     actor["velocity.net.0.bias"][3] = np.inf
     return "{ck}: actor tensor velocity.net.0.bias holds NaN or infinite values (training diverged?)"
 
 
-@pytest.mark.parametrize("spoil", [_drop, _extra, _wide, _nan], ids=["missing", "unknown", "shape", "nan"])
+@pytest.mark.parametrize(
+    "spoil", [_drop, _extra, _wide, _drop_and_widen, _nan], ids=["missing", "unknown", "shape", "two", "nan"]
+)
 def test_export_and_eval_name_the_checkpoint_the_tensor_and_the_problem(tmp_path, spoil):
     actor = actor_tensors(CARTPOLE)
     message = spoil(actor)
