@@ -52,6 +52,14 @@ def test_a_value_on_a_bucket_bound_counts_in_that_bucket(metrics):
         assert line in text
 
 
+def test_each_total_is_typed_a_counter(metrics):
+    """Prometheus takes a rate() of counters only; a `_total` typed gauge is graphed wrong."""
+    types = dict(line.split()[2:4] for line in metrics.exposition().splitlines() if line.startswith("# TYPE "))
+    totals = {name: kind for name, kind in types.items() if name.endswith("_total")}
+    assert "flowrl_reload_failures_total" in totals and "flowrl_reloads_total" in totals
+    assert set(totals.values()) == {"counter"}
+
+
 def _has_ipv6_loopback() -> bool:
     try:
         with socket.socket(socket.AF_INET6) as probe:
