@@ -79,6 +79,15 @@ def test_a_ca_that_did_not_sign_the_servers_certificate_is_named(pki):
     assert "the server's certificate is not signed by the CA given with --tls-ca" in output
 
 
+def test_tls_without_a_ca_says_to_pass_the_ca_that_signed_the_servers_certificate(pki):
+    """A client certificate alone turns TLS on, checked against this machine's CAs."""
+    cert, key = pki["server"]
+    with _tls_server(pki, "server") as server:
+        output = _query(f"localhost:{server.port}", "--tls-cert", cert, "--tls-key", key)
+    assert "CERTIFICATE_VERIFY_FAILED" in output
+    assert "the server's certificate is not signed by a CA this machine trusts: pass that CA with --tls-ca" in output
+
+
 def test_an_expired_server_certificate_is_named(pki):
     with _tls_server(pki, "expired") as server:
         output = _query(f"localhost:{server.port}", "--tls-ca", pki["ca"])
