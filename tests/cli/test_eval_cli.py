@@ -88,7 +88,8 @@ def test_an_env_of_another_task_than_the_policys_is_warned_about_once(tmp_path, 
     )  # fmt: skip
     result = runner.invoke(app, ["eval", str(policy), "--episodes", "1", *(["--env", env] if env else [])])
     assert result.exit_code == 0, result.output
-    warnings = [line for line in result.output.splitlines() if line.startswith("warning:")]
+    warnings = [line for line in result.stderr.splitlines() if line.startswith("warning:")]
     expected = "warning: --env dmc:cartpole-balance is not the task the policy was trained on, dmc:cartpole-swingup"
     assert warnings == ([expected] if warned else [])
+    assert "warning:" not in result.stdout  # a script reading the figures from stdout does not get it
     assert result.output.splitlines()[-1].startswith(f"{env or 'dmc:cartpole-swingup'}: return ")
