@@ -551,6 +551,15 @@ def test_refused_reloads_are_counted_for_monitoring(served, caplog, tmp_path_fac
     assert client.stats().reload_failures == 3
 
 
+def test_a_file_missing_for_one_poll_only_is_a_replacement_not_warned_about(tmp_path, monkeypatch, caplog):
+    """rm then cp seen between them by one poll: the copy is loaded and nothing is said to be unreadable."""
+    served, replaced = "v1", "v2"
+    with caplog.at_level("INFO", logger="flowrl.serve"):
+        loads = _watch_scripted_stamps(tmp_path, monkeypatch, [served, None, replaced, replaced], 8)
+    assert [seen[-1] for seen in loads] == [replaced]
+    assert not [r for r in caplog.records if "cannot be read" in r.getMessage()]
+
+
 def test_watch_warns_once_when_the_served_file_disappears_and_says_when_it_is_back(served, caplog, monkeypatch):
     """A deleted file logged nothing: the server kept serving a model whose file was gone, unseen."""
     _, client, tmp = served
