@@ -7,6 +7,7 @@ import ipaddress
 import threading
 from collections import Counter
 from pathlib import Path
+from types import SimpleNamespace
 
 import grpc
 import numpy as np
@@ -19,7 +20,7 @@ from flowrl_deploy.codec import encode
 from flowrl_deploy.proto.flowrl.v1 import policy_pb2 as pb
 from flowrl_deploy.proto.flowrl.v1 import policy_pb2_grpc as pb_grpc
 from flowrl_deploy.serve import PolicyServer, ServeConfig
-from flowrl_deploy.serve.server import REFLECTION_STREAMS, WATCH_STREAMS, connectable
+from flowrl_deploy.serve.server import SERVICE_NAME, OpenStreams, connectable
 
 x509 = pytest.importorskip("cryptography.x509")
 from cryptography.hazmat.primitives import hashes, serialization  # noqa: E402
@@ -131,21 +132,19 @@ def test_open_streams_cannot_take_the_threads_of_other_calls_and_health_checks_a
         health = health_pb2_grpc.HealthStub(channel)  # no token
         check = health_pb2.HealthCheckRequest()
         try:
-            watches = [health.Watch(check, timeout=30) for _ in range(WATCH_STREAMS + 2)]
+            watches = [health.Watch(check, timeout=30) for _ in range(6)]  # README: Watches are capped at 4
             assert Counter(map(first_reply, watches)) == {
-                "open": WATCH_STREAMS,
-                refused(f"at most {WATCH_STREAMS} open health Watch streams"): 2,
+                "open": 4,
+                refused("at most 4 open health Watch streams"): 2,
             }
             with PolicyClient(server.address, token="s3cret") as client:
                 assert client.act(OBS).shape == (2,)
             reflect = reflection_pb2_grpc.ServerReflectionStub(channel).ServerReflectionInfo
             listing = reflection_pb2.ServerReflectionRequest(list_services="")
-            reflections = [
-                reflect(held_open(listing), metadata=token, timeout=30) for _ in range(REFLECTION_STREAMS + 1)
-            ]
+            reflections = [reflect(held_open(listing), metadata=token, timeout=30) for _ in range(3)]  # capped at 2
             assert Counter(map(first_reply, reflections)) == {
-                "open": REFLECTION_STREAMS,
-                refused(f"at most {REFLECTION_STREAMS} open reflection streams"): 1,
+                "open": 2,
+                refused("at most 2 open reflection streams"): 1,
             }
             act = pb_grpc.PolicyServiceStub(channel).StreamAct
             request = pb.StreamActRequest(obs=encode(OBS))
@@ -161,6 +160,27 @@ def test_open_streams_cannot_take_the_threads_of_other_calls_and_health_checks_a
         exposition = server.servicer.metrics.exposition()
     for method, count in (("Watch", 2), ("ServerReflectionInfo", 1), ("StreamAct", 1)):
         assert f'flowrl_requests_total{{method="{method}",code="RESOURCE_EXHAUSTED"}} {count}' in exposition
+
+
+class EndedCallContext:
+    """A call that gRPC ended before its handler ran: add_callback refuses the callback (False)."""
+
+    def add_callback(self, callback) -> bool:
+        return False
+
+    def abort(self, code, details):
+        raise AssertionError(f"aborted: {code} {details}")
+
+
+def test_a_call_that_ended_before_its_handler_ran_frees_its_slot():
+    """Its end callback is never called: the slot must be freed at once, or each such call leaked
+    one, and the server refused every call after --workers of them."""
+    refusals = []
+    streams = OpenStreams(workers=1, on_refused=lambda method, code: refusals.append((method, code)))
+    details = SimpleNamespace(method=f"/{SERVICE_NAME}/Act")  # what intercept_service reads of grpc's
+    handler = streams.intercept_service(lambda _: grpc.unary_unary_rpc_method_handler(lambda r, c: "acted"), details)
+    assert [handler.unary_unary("obs", EndedCallContext()) for _ in range(2)] == ["acted", "acted"]
+    assert refusals == [] and streams.wait_idle(0)
 
 
 @pytest.mark.parametrize(
