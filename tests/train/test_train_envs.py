@@ -191,6 +191,32 @@ def test_a_gym_env_on_mujoco_records_its_actuator_names_as_action_names(env_id):
     assert make_env(env_id).info.action_names == ARMS[env_id][1]
 
 
+class BothMotorsAsOne(gym.ActionWrapper):
+    """One action driving both motors of the arm: the action space is no longer one action per actuator."""
+
+    def __init__(self, env):
+        super().__init__(env)
+        self.action_space = gym.spaces.Box(-1, 1, (1,), np.float32)
+
+    def action(self, action):
+        return np.repeat(action, 2)
+
+
+gym.register(
+    "FlowRLTestOneActionArm-v0",
+    entry_point=lambda **kwargs: BothMotorsAsOne(MuJoCoArmEnv(**kwargs)),
+    kwargs={"names": ("shoulder_motor", "elbow_motor")},
+    max_episode_steps=10,
+)
+
+
+def test_an_env_whose_actions_are_not_its_actuators_records_no_action_names():
+    """The first actuator's name must not be given to an action that drives both."""
+    pytest.importorskip("mujoco")
+    info = make_env("FlowRLTestOneActionArm-v0").info
+    assert (info.act_dim, info.action_names) == (1, ())
+
+
 def test_flowrl_inspect_lists_the_actuator_names_of_a_gym_mujoco_policy(tmp_path):
     pytest.importorskip("mujoco")
     pytest.importorskip("onnx")
