@@ -197,10 +197,11 @@ def test_rows_of_rates_and_losses_start_with_the_first_update(tmp_path):
     assert all("losses/q_pi_loss" in r and "losses/actor_loss" in r for r in logged)
 
 
-def test_the_logged_rates_cover_the_training_since_the_previous_row(monkeypatch, tmp_path):
-    """On a clock where an env step takes 10 ms and an evaluation 100 s, every row after the first
-    says 100 env steps/s (and 100 updates/s): the rates were averages since the start, evaluations
-    included, so a slowdown (or a speedup) late in a run hardly moved them."""
+RATES = {**TINY, "log_every": 50, "eval_every": 100, "save_every": 0}
+
+
+def _timed_run(monkeypatch, step_s) -> None:
+    """Run training on a clock where env step s takes ``step_s(s)`` seconds and an evaluation 100 s."""
     from types import SimpleNamespace
 
     from flowrl_deploy.train import logger as logger_module
@@ -208,24 +209,55 @@ def test_the_logged_rates_cover_the_training_since_the_previous_row(monkeypatch,
     clock = [0.0]
     monkeypatch.setattr(logger_module, "time", SimpleNamespace(perf_counter=lambda: clock[0]))
 
-    class TenMsPerStep(loop.Progress):
+    class TimedSteps(loop.Progress):
         def update(self, steps, updates, force=False):
-            clock[0] += 0.0 if force else 0.01
+            clock[0] += 0.0 if force else step_s(steps + 1)  # the time to the next step's row
 
     def slow_evaluation(agent, eval_env, cfg, step, deterministic=False, stop=None):
         clock[0] += 100.0
         return EvalResult.of([Episode(-1.0, 200, False)])
 
-    monkeypatch.setattr(loop, "Progress", TenMsPerStep)
+    monkeypatch.setattr(loop, "Progress", TimedSteps)
     monkeypatch.setattr(loop, "_evaluate", slow_evaluation)
-    config = {**TINY, "log_every": 50, "eval_every": 100, "save_every": 0}
-    result = train(TrainConfig(steps=400, out=str(tmp_path), **config), progress=False)
-    rows = [json.loads(line) for line in (result.run_dir / "metrics.jsonl").read_text().splitlines()]
-    logged = [r for r in rows if "charts/env_steps_per_s" in r]
+
+
+def _rate_rows(run_dir: Path) -> list[dict]:
+    rows = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
+    return [r for r in rows if "charts/env_steps_per_s" in r]
+
+
+def test_the_logged_rates_cover_the_training_since_the_previous_row(monkeypatch, tmp_path):
+    """On a clock where an env step takes 10 ms and an evaluation 100 s, every row after the first
+    says 100 env steps/s (and 100 updates/s): the rates were averages since the start, evaluations
+    included, so a slowdown (or a speedup) late in a run hardly moved them."""
+    _timed_run(monkeypatch, lambda step: 0.01)
+    result = train(TrainConfig(steps=400, out=str(tmp_path), **RATES), progress=False)
+    logged = _rate_rows(result.run_dir)
     assert [r["step"] for r in logged] == [100, 150, 200, 250, 300, 350, 400]
     for row in logged[1:]:
         assert row["charts/env_steps_per_s"] == pytest.approx(100.0), row["step"]
         assert row["charts/updates_per_s"] == pytest.approx(100.0), row["step"]
+
+
+def test_a_row_after_a_slowdown_gives_the_rate_since_the_previous_row(monkeypatch, tmp_path):
+    """Steps 101-150 take 10 ms, 151-200 20 ms: the row at 200 says 50 steps/s, that of its own 50 steps."""
+    _timed_run(monkeypatch, lambda step: 0.01 if step <= 150 else 0.02)
+    result = train(TrainConfig(steps=200, out=str(tmp_path), **RATES), progress=False)
+    assert [(r["step"], r["charts/env_steps_per_s"]) for r in _rate_rows(result.run_dir)][1:] == [
+        (150, pytest.approx(100.0)),
+        (200, pytest.approx(50.0)),
+    ]
+
+
+def test_the_first_rates_after_a_resume_count_only_the_steps_since_the_resume(monkeypatch, tmp_path):
+    """A run resumed at step 200 whose steps take 10 ms says 100 steps/s, not (200 + 50) / 0.5 s."""
+    _timed_run(monkeypatch, lambda step: 0.01)
+    config = {**RATES, "save_replay": True}  # else the emptied buffer delays the first updates
+    first = train(TrainConfig(steps=200, out=str(tmp_path / "run"), **config), progress=False)
+    resumed = train(resume_config(first.run_dir, steps=300), resume=first.run_dir, progress=False)
+    after = [r for r in _rate_rows(resumed.run_dir) if r["step"] > 200]
+    assert after[0]["step"] == 250  # 50 steps in 0.49 s: step 201's time passes before the resumed run's clock starts
+    assert after[0]["charts/env_steps_per_s"] == after[0]["charts/updates_per_s"] == pytest.approx(50 / 0.49)
 
 
 def test_every_row_logged_after_the_first_actor_step_carries_the_actor_losses(tmp_path):
@@ -297,6 +329,45 @@ def test_recent_fraction_one_draws_every_batch_from_the_recent_window(monkeypatc
     cfg = TrainConfig(steps=200, out=str(tmp_path), recent_fraction=1.0, recent_window=8, **config)
     ages = sampled_ages(monkeypatch, cfg)
     assert len(ages) == 101 * 16 and ages.max() < 8
+
+
+def test_a_stop_during_the_update_of_an_evaluation_step_runs_no_evaluation(monkeypatch, tmp_path):
+    """The stop came before the evaluation began: none of it runs (a 1-episode evaluation stopped
+    after its first episode would be logged, and compared for `best`, as a whole one)."""
+    evaluated = []
+
+    def recorded_evaluation(agent, eval_env, cfg, step, deterministic=False, stop=None):
+        evaluated.append(step)
+        return EvalResult.of([Episode(-1.0, 200, False)])
+
+    update = FlowRL.update
+
+    def stopped_update(self, batch):
+        signal.raise_signal(signal.SIGTERM)
+        return update(self, batch)
+
+    monkeypatch.setattr(loop, "_evaluate", recorded_evaluation)
+    monkeypatch.setattr(FlowRL, "update", stopped_update)
+    cfg = TrainConfig(steps=400, out=str(tmp_path / "run"), **{**TINY, "eval_every": 100})  # first update: step 100
+    result = train(cfg, progress=False, stop_on_signal=True)
+    assert result.interrupted and result.counters.env_steps == 100
+    assert evaluated == []
+    rows = [json.loads(line) for line in (result.run_dir / "metrics.jsonl").read_text().splitlines()]
+    assert not [r for r in rows if "charts/eval_return" in r]
+    assert not (result.run_dir / "checkpoints" / "best").exists()
+
+
+def test_the_logged_evaluation_length_is_that_of_the_sampled_policy(monkeypatch, tmp_path):
+    """charts/eval_episode_length goes with charts/eval_return, from the sampled evaluation, not from a0 = 0."""
+
+    def lengths_by_kind(agent, eval_env, cfg, step, deterministic=False, stop=None):
+        return EvalResult.of([Episode(-1.0, 200 if deterministic else 100, False)])
+
+    monkeypatch.setattr(loop, "_evaluate", lengths_by_kind)
+    cfg = TrainConfig(steps=100, out=str(tmp_path / "run"), **{**TINY, "eval_every": 100, "save_every": 0})
+    result = train(cfg, progress=False)
+    rows = [json.loads(line) for line in (result.run_dir / "metrics.jsonl").read_text().splitlines()]
+    assert [r["charts/eval_episode_length"] for r in rows if "charts/eval_return" in r] == [100.0]
 
 
 def test_recent_fraction_zero_samples_the_whole_buffer_uniformly(monkeypatch, tmp_path):
