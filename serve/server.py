@@ -158,11 +158,12 @@ def server_credentials(config: ServeConfig) -> grpc.ServerCredentials | None:
 
 class Cap(NamedTuple):
     """At most ``most`` calls whose method starts with ``prefix`` in flight at once; one more is
-    refused with RESOURCE_EXHAUSTED and ``refusal``."""
+    refused with ``code`` and ``refusal``."""
 
     prefix: str
     most: int
     refusal: str
+    code: grpc.StatusCode = grpc.StatusCode.RESOURCE_EXHAUSTED
 
 
 class OpenStreams(grpc.ServerInterceptor):
@@ -175,7 +176,11 @@ class OpenStreams(grpc.ServerInterceptor):
     threads: the policy service's calls may hold ``workers`` of them, health Watches
     :data:`WATCH_STREAMS` and reflection streams :data:`REFLECTION_STREAMS`, and the rest are left to
     health Checks. A call over its cap is refused with RESOURCE_EXHAUSTED naming the limit, and
-    ``on_refused(method, code)`` is told of it (``method`` its short name, e.g. ``Watch``).
+    ``on_refused(method, code)`` is told of it (``method`` its short name, e.g. ``Watch``). A Watch
+    over its cap is refused with UNIMPLEMENTED instead: a gRPC client with client-side health
+    checking (``healthCheckConfig``) holds a Watch per connection and took RESOURCE_EXHAUSTED for an
+    unhealthy server, failing every call of that connection with UNAVAILABLE; on UNIMPLEMENTED it
+    gives up health checking and takes the server for healthy (gRFC A17).
 
     Streams: the open StreamAct calls, each idle (waiting for its next request) or busy (a request
     read, its reply not yet sent), and the open health Watch calls, so that :meth:`close` ends them
@@ -199,7 +204,12 @@ class OpenStreams(grpc.ServerInterceptor):
                 workers,
                 f"all --workers {workers} handler threads are busy (each open StreamAct holds one)",
             ),
-            Cap(HEALTH_WATCH, WATCH_STREAMS, f"at most {WATCH_STREAMS} open health Watch streams"),
+            Cap(
+                HEALTH_WATCH,
+                WATCH_STREAMS,
+                f"at most {WATCH_STREAMS} open health Watch streams",
+                grpc.StatusCode.UNIMPLEMENTED,
+            ),
             Cap(
                 f"/{reflection.SERVICE_NAME}/",
                 REFLECTION_STREAMS,
@@ -230,8 +240,8 @@ class OpenStreams(grpc.ServerInterceptor):
 
         def counted(request, context: grpc.ServicerContext):
             if not self._started(context, cap):
-                self._on_refused(method.rsplit("/", 1)[-1], "RESOURCE_EXHAUSTED")
-                context.abort(grpc.StatusCode.RESOURCE_EXHAUSTED, cap.refusal)
+                self._on_refused(method.rsplit("/", 1)[-1], cap.code.name)
+                context.abort(cap.code, cap.refusal)
             return behavior(request, context)
 
         return getattr(grpc, f"{kind}_rpc_method_handler")(

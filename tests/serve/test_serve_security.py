@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import datetime
 import ipaddress
+import json
 import threading
 from collections import Counter
 from pathlib import Path
@@ -16,7 +17,7 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection_pb2, reflection_pb2_grpc
 
 from flowrl_deploy.client import PolicyClient, ServiceError, is_loopback
-from flowrl_deploy.codec import encode
+from flowrl_deploy.codec import decode, encode
 from flowrl_deploy.proto.flowrl.v1 import policy_pb2 as pb
 from flowrl_deploy.proto.flowrl.v1 import policy_pb2_grpc as pb_grpc
 from flowrl_deploy.serve import PolicyServer, ServeConfig
@@ -125,8 +126,8 @@ def test_open_streams_cannot_take_the_threads_of_other_calls_and_health_checks_a
             return exc.code(), exc.details()
         return "open"
 
-    def refused(limit: str) -> tuple[grpc.StatusCode, str]:
-        return grpc.StatusCode.RESOURCE_EXHAUSTED, limit
+    def refused(limit: str, code=grpc.StatusCode.RESOURCE_EXHAUSTED) -> tuple[grpc.StatusCode, str]:
+        return code, limit
 
     with PolicyServer(config).start() as server, grpc.insecure_channel(server.address) as channel:
         health = health_pb2_grpc.HealthStub(channel)  # no token
@@ -135,7 +136,7 @@ def test_open_streams_cannot_take_the_threads_of_other_calls_and_health_checks_a
             watches = [health.Watch(check, timeout=30) for _ in range(6)]  # README: Watches are capped at 4
             assert Counter(map(first_reply, watches)) == {
                 "open": 4,
-                refused("at most 4 open health Watch streams"): 2,
+                refused("at most 4 open health Watch streams", grpc.StatusCode.UNIMPLEMENTED): 2,
             }
             with PolicyClient(server.address, token="s3cret") as client:
                 assert client.act(OBS).shape == (2,)
@@ -158,8 +159,35 @@ def test_open_streams_cannot_take_the_threads_of_other_calls_and_health_checks_a
         finally:
             held.set()
         exposition = server.servicer.metrics.exposition()
-    for method, count in (("Watch", 2), ("ServerReflectionInfo", 1), ("StreamAct", 1)):
-        assert f'flowrl_requests_total{{method="{method}",code="RESOURCE_EXHAUSTED"}} {count}' in exposition
+    for method, code, count in (
+        ("Watch", "UNIMPLEMENTED", 2),
+        ("ServerReflectionInfo", "RESOURCE_EXHAUSTED", 1),
+        ("StreamAct", "RESOURCE_EXHAUSTED", 1),
+    ):
+        assert f'flowrl_requests_total{{method="{method}",code="{code}"}} {count}' in exposition
+
+
+def test_clients_with_client_side_health_checking_are_served_beyond_the_watch_cap(policy_path):
+    """A gRPC client with client-side health checking (service config ``healthCheckConfig``) holds
+    one health Watch per connection; a Watch refused with RESOURCE_EXHAUSTED made it take the server
+    for unhealthy and fail every call of that connection with UNAVAILABLE, so the 5th and 6th such
+    clients were shut out. A Watch over the cap is refused with UNIMPLEMENTED, on which the client
+    gives up health checking and takes the server for healthy (gRFC A17)."""
+    service_config = json.dumps(
+        {"loadBalancingConfig": [{"round_robin": {}}], "healthCheckConfig": {"serviceName": ""}}
+    )
+    options = [("grpc.service_config", service_config), ("grpc.use_local_subchannel_pool", 1)]
+    request = pb.ActRequest(obs=encode(OBS))
+    with PolicyServer(ServeConfig(str(policy_path), port=0, grace_s=0)).start() as server:
+        channels = [grpc.insecure_channel(server.address, options=options) for _ in range(6)]  # cap: 4 Watches
+        try:
+            replies = [pb_grpc.PolicyServiceStub(channel).Act(request, timeout=10) for channel in channels]
+        finally:
+            for channel in channels:
+                channel.close()
+        exposition = server.servicer.metrics.exposition()
+    assert [decode(reply.action).shape for reply in replies] == [(2,)] * 6
+    assert 'flowrl_requests_total{method="Watch",code="UNIMPLEMENTED"} 2' in exposition
 
 
 class EndedCallContext:
