@@ -6,7 +6,7 @@ In-process::
         client = PolicyClient(server.address)
 
 As a process: ``flowrl serve policy.onnx --port 0`` prints its :func:`banner` once health is
-SERVING; SIGTERM, SIGINT or SIGHUP stops it gracefully (exit 0).
+SERVING; SIGTERM, SIGINT or SIGHUP (unless ignored, as under ``nohup``) stops it gracefully (exit 0).
 
 A checkpoint (rather than an ONNX file) is served only with an ``export_checkpoint``
 (:data:`~flowrl_deploy.serve.model.Exporter`): serve never imports the exporter, and with it torch,
@@ -482,7 +482,8 @@ class PolicyServer:
 
 STOP_SIGNALS = tuple(getattr(signal, name) for name in ("SIGTERM", "SIGINT", "SIGHUP") if hasattr(signal, name))
 """Signals that stop :func:`serve_forever` gracefully: SIGHUP (a closed terminal or SSH session, or
-``kill -HUP``) killed the server at once, with no log and calls in flight cut (exit 129)."""
+``kill -HUP``) killed the server at once, with no log and calls in flight cut (exit 129). A SIGHUP
+ignored at start (``nohup flowrl serve …``) stays ignored: the server outlives its terminal."""
 
 
 def serve_forever(
@@ -490,12 +491,15 @@ def serve_forever(
     on_ready: Callable[[PolicyServer], None] | None = None,
     export_checkpoint: Exporter | None = None,
 ) -> None:
-    """Run until one of :data:`STOP_SIGNALS`, then stop gracefully (call from the main thread)."""
+    """Run until one of :data:`STOP_SIGNALS` (SIGHUP only when not ignored), then stop gracefully
+    (call from the main thread)."""
     pin_to_cpus(config.cpus)
     # The handler takes no lock: Event.set() in a handler deadlocked when the signal arrived while
     # this thread held the Event's lock (inside its own wait, or a first handler's set()).
     signals: list[int] = []
-    previous = {sig: signal.signal(sig, lambda sig, _: signals.append(sig)) for sig in STOP_SIGNALS}
+    hangup = getattr(signal, "SIGHUP", None)  # one ignored at start (nohup) stays ignored
+    handled = [sig for sig in STOP_SIGNALS if sig != hangup or signal.getsignal(sig) is not signal.SIG_IGN]
+    previous = {sig: signal.signal(sig, lambda sig, _: signals.append(sig)) for sig in handled}
     server = PolicyServer(config, export_checkpoint)
     try:
         server.start()

@@ -98,8 +98,8 @@ def serve(
         str, typer.Option(help="Pin the server to these cores, e.g. '1' or '2,3' (Linux); default: any.")
     ] = "",
 ) -> None:
-    """Serve MODEL's actions over gRPC (flowrl.v1.PolicyService) until SIGTERM, SIGHUP or Ctrl-C,
-    each a graceful stop (exit 0)."""
+    """Serve MODEL's actions over gRPC (flowrl.v1.PolicyService) until SIGTERM, SIGHUP (unless
+    ignored, as under nohup) or Ctrl-C, each a graceful stop (exit 0)."""
     import logging
     import os
 

@@ -16,6 +16,7 @@ from flowrl_deploy.cli import app
 from flowrl_deploy.client import PolicyClient
 from flowrl_deploy.errors import FlowRLError
 from flowrl_deploy.runtime import cuda_device_present
+from flowrl_deploy.serve import process as process_module
 from flowrl_deploy.serve.process import ServerProcess
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "serve"))
@@ -128,6 +129,27 @@ def test_sighup_stops_the_server_gracefully_like_sigterm(tmp_path):
         assert process.process.wait(30) == 0
         process._stderr_drain.join(10)  # the log is complete
     assert "INFO flowrl.serve: stopping on SIGHUP: finishing calls in flight" in log.read_text()
+
+
+def test_a_sighup_ignored_at_start_stays_ignored_as_under_nohup(tmp_path, monkeypatch):
+    """`nohup flowrl serve …`: the server put its own SIGHUP handler over nohup's SIG_IGN and stopped
+    when the terminal closed. The signal is ignored in the child itself (a preexec_fn runs between fork
+    and exec, where gRPC's fork handlers once aborted the child)."""
+    nohup = "import runpy, signal; signal.signal(signal.SIGHUP, signal.SIG_IGN); "
+    monkeypatch.setattr(
+        process_module,
+        "FLOWRL",
+        (sys.executable, "-c", nohup + "runpy.run_module('flowrl_deploy.cli', run_name='__main__')"),
+    )
+    log = tmp_path / "serve.log"
+    with ServerProcess(write_policy(tmp_path / "policy.onnx"), log=log) as process:
+        process.process.send_signal(signal.SIGHUP)
+        with PolicyClient(process.address) as client:
+            assert client.act(np.zeros(3, np.float32)).shape == (2,)
+        assert process.stop() == 0  # SIGTERM still stops it
+        process._stderr_drain.join(10)  # the log is complete
+    # a handled SIGHUP, even one not yet acted on, would be the stop's signal (it came first)
+    assert "INFO flowrl.serve: stopping on SIGTERM: finishing calls in flight" in log.read_text()
 
 
 def test_banner_names_the_bound_address_and_flow_steps_and_warns_on_an_open_address(tmp_path):
