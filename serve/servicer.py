@@ -130,17 +130,18 @@ class PolicyServicer(pb_grpc.PolicyServiceServicer):
         the reload is abandoned (:class:`DeadlineExpired`) and the old model keeps serving, so that
         a caller told DEADLINE_EXCEEDED was not silently obeyed. A reload (a model is served
         already) that fails is counted (``flowrl_reload_failures_total``); one of the very bytes
-        served now changes nothing and answers the served version twice.
+        served now changes nothing and answers the served version twice. ``requested`` is checked
+        before waiting for a reload in progress: a forbidden path is refused at once (PERMISSION_DENIED),
+        not after that reload, or with DEADLINE_EXCEEDED when the caller's deadline passed meanwhile.
         """
-        with self._reload_lock:
-            previous = self.model
-            try:
-                source = str(self._reload_target(requested)) if requested else self.config.model
-                return self._swap(source, previous, still_wanted)
-            except Exception:
-                if previous is not None:
-                    self.metrics.record_reload_failure()
-                raise
+        try:
+            source = str(self._reload_target(requested)) if requested else self.config.model
+            with self._reload_lock:
+                return self._swap(source, self.model, still_wanted)
+        except Exception:
+            if self.model is not None:  # a reload, not the first load
+                self.metrics.record_reload_failure()
+            raise
 
     def _swap(
         self, source: str, previous: ServedModel | None, still_wanted: Callable[[], bool] | None

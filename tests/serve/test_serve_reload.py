@@ -165,6 +165,16 @@ def test_reload_of_a_file_outside_the_model_directory_is_permission_denied(serve
     assert client.reload(str(beside))[0].startswith("v2-")
 
 
+def test_a_forbidden_reload_path_is_refused_at_once_during_a_reload_in_progress(served):
+    """The path was checked only once a reload in progress (e.g. a checkpoint's export) had ended:
+    the caller waited, and was told DEADLINE_EXCEEDED rather than PERMISSION_DENIED."""
+    server, client, _ = served
+    with server.servicer._reload_lock, pytest.raises(ServiceError) as info:  # a reload in progress
+        client.reload("/etc/passwd", timeout_s=1.0)
+    assert info.value.code == grpc.StatusCode.PERMISSION_DENIED
+    assert client.stats().reload_failures == 1
+
+
 def test_a_relative_reload_path_is_taken_from_beside_the_served_file_not_the_servers_cwd(
     served, tmp_path_factory, monkeypatch
 ):
