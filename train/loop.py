@@ -16,7 +16,7 @@ import os
 import signal
 import threading
 from collections.abc import Callable
-from dataclasses import dataclass, fields
+from dataclasses import dataclass, fields, replace
 from pathlib import Path
 
 import numpy as np
@@ -27,6 +27,7 @@ from flowrl_deploy.checkpoint import (
     DOCUMENT_FILE,
     Checkpoint,
     load_checkpoint,
+    read_spec,
     resolve_checkpoint,
     save_checkpoint,
 )
@@ -115,6 +116,18 @@ def policy_spec(info: EnvInfo, cfg: TrainConfig) -> PolicySpec:
         action_names=info.action_names,
         control_period_s=info.control_period_s,
     )
+
+
+def resumed_spec(spec: PolicySpec, checkpoint: Path) -> PolicySpec:
+    """A resumed run's spec: the env's, keeping the names (obs_layout, action_names) the checkpoint's policy
+    records, so that every checkpoint of a run has one contract hash. A newer flowrl that names what an older
+    one did not (the actuators of HumanoidBench's h1-* since session 10) would otherwise change it partway
+    through the run, and its later exports would no longer hot-swap with, or match the hash pinned for, its
+    earlier ones. When the sizes differ the names cannot fit: the weights will not either, and the restore says so."""
+    saved = read_spec(checkpoint)
+    if (saved.obs_dim, saved.act_dim) != (spec.obs_dim, spec.act_dim):
+        return spec
+    return replace(spec, obs_layout=saved.obs_layout, action_names=saved.action_names)
 
 
 def memory_shortfall(spec: PolicySpec, cfg: TrainConfig, device: torch.device) -> str | None:
@@ -270,6 +283,8 @@ def _prepare_run(cfg: TrainConfig, resume: str | Path | None, progress: bool) ->
     eval_env = make_env(cfg.env, (cfg.seed + 1) % 2**32)
     try:  # until the run owns them, a refusal below must close the envs
         spec = policy_spec(env.info, cfg)
+        if start is not None:
+            spec = resumed_spec(spec, start)
         shortfall = memory_shortfall(spec, cfg, device)
         if shortfall:
             raise ConfigError(f"--buffer-size {cfg.buffer_size} and --hidden {cfg.hidden} need {shortfall}")

@@ -236,6 +236,30 @@ def test_flowrl_inspect_lists_the_actuator_names_of_a_gym_mujoco_policy(tmp_path
     assert "action       2 values: shoulder_motor, elbow_motor" in inspected.output, inspected.output
 
 
+def test_a_resumed_run_keeps_the_names_its_checkpoints_record(tmp_path, monkeypatch):
+    """A run saved before flowrl named HumanoidBench's actuators, resumed after: its later checkpoints must keep
+    the old (empty) action names, or their exports change contract hash partway through the run and a server
+    refuses to hot-swap them (action_names [] != [...])."""
+    pytest.importorskip("mujoco")
+    from dataclasses import replace
+
+    from flowrl_deploy.checkpoint import read_spec
+    from flowrl_deploy.train import loop
+    from flowrl_deploy.train.checkpointing import resume_config
+    from flowrl_deploy.train.config import TrainConfig
+
+    out, current = tmp_path / "run", loop.policy_spec
+    cfg = TrainConfig(env="FlowRLTestArm-v0", steps=20, start_steps=20, hidden=8, batch_size=8, eval_every=0,
+                      save_every=20, out=str(out), threads=1)  # fmt: skip
+    with monkeypatch.context() as older:  # an older flowrl: no action names, another name for the observation
+        older.setattr(loop, "policy_spec", lambda *a: replace(current(*a), action_names=(), obs_layout=(("obs", 4),)))
+        first = read_spec(loop.train(cfg, progress=False).last_checkpoint)
+    later = read_spec(loop.train(resume_config(out, steps=40), resume=out, progress=False).last_checkpoint)
+    assert (first.action_names, first.obs_layout) == ((), (("obs", 4),))
+    assert (later.action_names, later.obs_layout) == ((), (("obs", 4),))
+    assert make_env("FlowRLTestArm-v0").info.action_names  # the env itself does name them now
+
+
 def run(env, action):
     env.reset(seed=0)
     for _ in range(10):
