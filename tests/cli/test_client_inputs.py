@@ -42,13 +42,6 @@ def _refused(*args: str) -> str:
     return result.output
 
 
-@pytest.fixture(scope="module")
-def server(tmp_path_factory):
-    path = write_policy(tmp_path_factory.mktemp("policy") / "policy.onnx")
-    with PolicyServer(ServeConfig(str(path), port=0, grace_s=0)).start() as running:
-        yield running.address
-
-
 class TestServerAddress:
     @pytest.mark.parametrize(
         ("target", "why"),
@@ -217,8 +210,14 @@ class TestTlsFiles:
         assert message.format(**pem) in output and "handshaker" not in output
 
 
-def test_a_reload_that_outlives_the_timeout_is_abandoned(server):
-    result = runner.invoke(app, ["reload", "--server", server, "--timeout", "0.001"])
+def test_a_reload_that_outlives_the_timeout_is_abandoned(tmp_path):
+    """The reload waits for one in progress (the lock held here) until its --timeout passes: a reload
+    of the file served answers "unchanged" at once, which could beat even a 1 ms --timeout."""
+    path = write_policy(tmp_path / "policy.onnx")
+    with PolicyServer(ServeConfig(str(path), port=0, grace_s=0)).start() as running:
+        server = running.address
+        with running.servicer._reload_lock:  # a reload in progress
+            result = runner.invoke(app, ["reload", "--server", server, "--timeout", "0.5"])
     assert result.exit_code == 1, result.output
     assert "DEADLINE_EXCEEDED" in result.output and "the server abandons the reload" in result.output
     assert f"`flowrl stats --server {server}` tells" in result.output and "longer --timeout" in result.output
