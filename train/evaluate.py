@@ -125,12 +125,17 @@ def check_env_fits(env: Env, dims: tuple[int, int]) -> None:
 def other_task_warning(env_id: str, trained_on: str) -> str | None:
     """The warning for an --env ``env_id`` that names another task than the policy's ``trained_on``
     (a walk policy run on crawl, whose shapes match), or None when both name one task (``gym:h1-walk-v0``
-    and ``h1-walk-v0`` do) or the policy records none."""
+    and ``h1-walk-v0`` do), the policy records none, or ``env_id`` is malformed (make_env refuses it: a
+    warning first would only mislead)."""
+    try:
+        given = str(parse_env_id(env_id))
+    except EnvIdError:
+        return None
     if not trained_on:
         return None
     try:
-        same = str(parse_env_id(env_id)) == str(parse_env_id(trained_on))
-    except EnvIdError:  # a malformed --env is refused by make_env; a malformed record compares as text
+        same = given == str(parse_env_id(trained_on))
+    except EnvIdError:  # a malformed record compares as text
         same = env_id.strip() == trained_on.strip()
     return None if same else f"--env {env_id} is not the task the policy was trained on, {trained_on}"
 

@@ -93,3 +93,12 @@ def test_an_env_of_another_task_than_the_policys_is_warned_about_once(tmp_path, 
     assert warnings == ([expected] if warned else [])
     assert "warning:" not in result.stdout  # a script reading the figures from stdout does not get it
     assert result.output.splitlines()[-1].startswith(f"{env or 'dmc:cartpole-swingup'}: return ")
+
+
+@pytest.mark.parametrize("env", ["dmc:", "nonsense"])
+def test_a_malformed_env_is_refused_without_a_warning_first(pendulum_policy, env):
+    """A warning that the malformed --env is 'not the task the policy was trained on' came before the error."""
+    result = runner.invoke(app, ["eval", str(pendulum_policy), "--env", env])
+    assert result.exit_code == 1, result.output
+    [line] = result.output.splitlines()
+    assert line.startswith(f"error: cannot parse env id '{env}': name a task as"), line
