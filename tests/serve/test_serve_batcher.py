@@ -13,7 +13,7 @@ from types import SimpleNamespace
 import grpc
 import numpy as np
 import pytest
-from tiny_policy import documented_noise
+from tiny_policy import OBS_DIM, documented_noise, write_policy
 
 from flowrl_deploy.client import PolicyClient, ServiceError
 from flowrl_deploy.codec import encode
@@ -27,9 +27,11 @@ from flowrl_deploy.serve.errors import DeadlineExpired
 
 
 class Recorder:
-    """run(obs, noise) = obs * 2 + noise; blocks the first call (``entered`` is set) until released."""
+    """run(obs, noise) = act(obs, noise), by default obs * 2 + noise; blocks the first call
+    (``entered`` is set) until released."""
 
-    def __init__(self) -> None:
+    def __init__(self, act=lambda obs, noise: obs * 2 + noise) -> None:
+        self.act = act
         self.sizes: list[int] = []
         self.entered, self.release = threading.Event(), threading.Event()
 
@@ -38,7 +40,7 @@ class Recorder:
             self.entered.set()
             self.release.wait(5)
         self.sizes.append(len(obs))
-        return obs * 2 + noise, "v", 1
+        return self.act(obs, noise), "v", 1
 
 
 def _rows(i: int, n: int = 1) -> tuple[np.ndarray, np.ndarray]:
@@ -61,6 +63,23 @@ def test_queued_requests_share_one_call_and_each_gets_its_rows():
     assert run.sizes == [1, 3, 3]
     for i, (n, result) in enumerate(zip(rows, results, strict=True)):
         np.testing.assert_array_equal(result.action, np.full((n, 2), 2 * i + 0.5, np.float32))
+
+
+def test_queued_requests_share_one_call_of_a_deterministic_graph_and_each_gets_its_row(tmp_path):
+    """A deterministic graph takes no noise: queued requests are joined without it, and each caller
+    gets the graph's action for its own observation."""
+    policy = OnnxPolicy(write_policy(tmp_path / "det.onnx", deterministic=True))
+    observations = np.random.default_rng(0).standard_normal((6, OBS_DIM)).astype(np.float32)
+    run = Recorder(policy.run)
+    batcher = MicroBatcher(run, max_batch=8, window_us=0)
+    first = batcher.submit(observations[:1], None)
+    assert run.entered.wait(5)  # the worker is now blocked inside the first call
+    futures = [batcher.submit(observations[i : i + 1], None) for i in range(1, len(observations))]
+    run.release.set()
+    results = [f.result(timeout=5) for f in (first, *futures)]
+    batcher.close()
+    assert run.sizes == [1, 5]
+    np.testing.assert_allclose(np.concatenate([r.action for r in results]), policy.act(observations), atol=1e-6)
 
 
 @pytest.mark.parametrize("window_us", [-1, 1_000_001, 10**21])

@@ -34,7 +34,7 @@ def test_concurrent_calls_batched_through_a_deterministic_graph_each_get_their_o
     actions: dict[int, np.ndarray] = {}
     with PolicyServer(config).start() as running, PolicyClient(running.address) as client:
         histogram = running.servicer.metrics.batch_size
-        batches_before, rows_before = histogram.count, histogram.total
+        rows_before = histogram.total
         start = threading.Barrier(len(observations))
 
         def call(i: int) -> None:
@@ -46,11 +46,11 @@ def test_concurrent_calls_batched_through_a_deterministic_graph_each_get_their_o
             thread.start()
         for thread in threads:
             thread.join(timeout=30)
-        batches, rows = histogram.count - batches_before, histogram.total - rows_before
+        rows = histogram.total - rows_before
     expected = OnnxPolicy(path).act(observations)
     served = np.stack([actions[i].reshape(-1) for i in range(len(observations))])
     np.testing.assert_allclose(served, expected, atol=1e-6)
-    assert rows == len(observations) and batches < len(observations)  # some batch held several robots' rows
+    assert rows == len(observations)  # how they were batched: test_serve_batcher, without timing
 
 
 def test_metrics_answer_on_a_host_given_by_name(policy_path):
