@@ -57,7 +57,9 @@ class EvalResult:
         return f"{self.mean:.2f} ± {self.std:.2f} over {n} episode{'s' * (n != 1)}"
 
     def lengths_summary(self) -> str:
-        """'length 52 ± 14 steps, 2 of 2 ended by termination' (of a result with lengths, as ``of`` makes)."""
+        """'length 52 ± 14 steps, 2 of 2 ended by termination', or '' for a result made from returns alone."""
+        if not self.lengths:
+            return ""
         return (
             f"length {np.mean(self.lengths):.0f} ± {np.std(self.lengths):.0f} steps, "
             f"{sum(self.terminated)} of {len(self.terminated)} ended by termination"

@@ -78,7 +78,7 @@ def eval_command(
 
 def _figures(result: EvalResult, sampler: str) -> str:
     """'-812.3 ± 40.1 over 2 episodes (N=8 midpoint); length 200 ± 0 steps, 0 of 2 ended by termination'."""
-    return f"{result} ({sampler}); {result.lengths_summary()}"
+    return "; ".join(filter(None, (f"{result} ({sampler})", result.lengths_summary())))
 
 
 def _checkpoint_policy(path: Path, flow_steps: int | None, device: str, seed: int, deterministic: bool):

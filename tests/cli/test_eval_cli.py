@@ -102,3 +102,10 @@ def test_a_malformed_env_is_refused_without_a_warning_first(pendulum_policy, env
     assert result.exit_code == 1, result.output
     [line] = result.output.splitlines()
     assert line.startswith(f"error: cannot parse env id '{env}': name a task as"), line
+
+
+def test_figures_without_lengths_end_without_a_dangling_separator():
+    from flowrl_deploy.cli.eval import _figures
+    from flowrl_deploy.train.evaluate import EvalResult
+
+    assert _figures(EvalResult(1.0, 0.0, (1.0,)), "N=1 midpoint") == "1.00 ± 0.00 over 1 episode (N=1 midpoint)"

@@ -90,3 +90,9 @@ def test_a_malformed_recorded_task_compares_as_text():
     assert other_task_warning("dmc:cartpole-balance", "cartpole balance") == (
         "--env dmc:cartpole-balance is not the task the policy was trained on, cartpole balance"
     )
+
+
+def test_a_result_made_from_returns_alone_has_no_lengths_summary(recwarn):
+    """It gave a RuntimeWarning (mean of nothing) and 'length nan ± nan steps, 0 of 0 ended by termination'."""
+    assert EvalResult(1.0, 0.0, (1.0,)).lengths_summary() == ""
+    assert not recwarn.list
