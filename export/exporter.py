@@ -106,7 +106,7 @@ def export_checkpoint(
     check_run_output("--out", out, checkpoint.path)
     spec = checkpoint.spec
     config = replace(config, steps=config.steps or spec.flow_steps, solver=config.solver or spec.solver)
-    weights = VelocityWeights.from_actor(checkpoint.checked_actor(), spec)
+    weights = VelocityWeights.from_actor(checkpoint.actor, spec, checkpoint.path)
     check_opset(config.opset, runtime=config.verify)
     model = build_policy_graph(
         weights,

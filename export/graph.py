@@ -20,6 +20,7 @@ output.
 from __future__ import annotations
 
 import functools
+import os
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 
@@ -56,9 +57,12 @@ class VelocityWeights:
     b_out: np.ndarray
 
     @classmethod
-    def from_actor(cls, actor: Mapping[str, np.ndarray], spec: PolicySpec) -> VelocityWeights:
-        """The tensors of a FlowActor state_dict, checked against the spec by :func:`check_actor`."""
-        check_actor(actor, spec)
+    def from_actor(
+        cls, actor: Mapping[str, np.ndarray], spec: PolicySpec, source: str | os.PathLike[str] = ""
+    ) -> VelocityWeights:
+        """The tensors of a FlowActor state_dict, checked against the spec by :func:`check_actor` (a refusal
+        begins with ``source``, the checkpoint, when given)."""
+        check_actor(actor, spec, source)
         t = {k[len(ACTOR_PREFIX) :]: np.asarray(v, dtype=np.float32) for k, v in actor.items()}
         return cls(
             t["0.weight"], t["0.bias"], t["1.weight"], t["1.bias"], t["3.weight"], t["3.bias"],

@@ -81,12 +81,6 @@ class Checkpoint:
     def counters(self) -> dict[str, int]:
         return self.document.get("counters", {})
 
-    def checked_actor(self) -> dict[str, np.ndarray]:
-        """:attr:`actor`, once :func:`check_actor` has found it to be the finite weights of the spec's network
-        (a refusal names this checkpoint)."""
-        check_actor(self.actor, self.spec, self.path)
-        return self.actor
-
 
 ACTOR_PREFIX = "velocity.net."
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from collections.abc import Mapping
 
 import numpy as np
@@ -31,16 +32,20 @@ class FlowActor(nn.Module):
         self.register_buffer("action_bias", (high + low) / 2, persistent=False)
 
     @classmethod
-    def from_numpy(cls, spec: PolicySpec, tensors: Mapping[str, np.ndarray]) -> FlowActor:
-        """A CPU float32 FlowActor for ``spec`` holding ``tensors`` (a saved ``state_dict``)."""
+    def from_numpy(
+        cls, spec: PolicySpec, tensors: Mapping[str, np.ndarray], source: str | os.PathLike[str] = ""
+    ) -> FlowActor:
+        """A CPU float32 FlowActor for ``spec`` holding ``tensors`` (a saved ``state_dict``), checked as
+        :meth:`load_numpy` checks them."""
         actor = cls(spec)
-        actor.load_numpy(tensors)
+        actor.load_numpy(tensors, source)
         return actor
 
-    def load_numpy(self, tensors: Mapping[str, np.ndarray]) -> None:
+    def load_numpy(self, tensors: Mapping[str, np.ndarray], source: str | os.PathLike[str] = "") -> None:
         """Copy ``tensors`` (a saved ``state_dict``) into the weights; a one-line :class:`CheckpointError`
-        (:func:`check_actor`) when they are not the finite weights of this spec's network (torch's is a page long)."""
-        check_actor(tensors, self.spec)
+        (:func:`check_actor`, beginning with ``source``, the checkpoint, when given) when they are not the finite
+        weights of this spec's network (torch's is a page long)."""
+        check_actor(tensors, self.spec, source)
         self.load_state_dict({k: torch.from_numpy(np.array(v, dtype=np.float32)) for k, v in tensors.items()})
 
     def sample_noise(self, batch: int) -> torch.Tensor:

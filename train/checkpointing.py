@@ -170,7 +170,7 @@ def run_to_resume(checkpoint: Path) -> Path:
 def load_actor(path: str | Path, device: torch.device | str = "cpu") -> FlowActor:
     """The flow actor of a checkpoint, in eval mode, on ``device``."""
     checkpoint = load_checkpoint(path)
-    return FlowActor.from_numpy(checkpoint.spec, checkpoint.checked_actor()).to(device).eval()
+    return FlowActor.from_numpy(checkpoint.spec, checkpoint.actor, checkpoint.path).to(device).eval()
 
 
 def actor_act_fn(

@@ -74,3 +74,22 @@ def test_the_torch_actor_refuses_weights_the_check_refuses():
     actor["velocity.net.0.bias"][0] = np.nan
     with pytest.raises(CheckpointError, match=r"^actor tensor velocity\.net\.0\.bias holds NaN or infinite values"):
         FlowActor.from_numpy(CARTPOLE, actor)
+
+
+def test_export_and_loading_a_checkpoints_actor_check_it_once(tmp_path, monkeypatch):
+    """Each checked the weights twice: Checkpoint.checked_actor, then VelocityWeights.from_actor (export) or
+    FlowActor.from_numpy (eval, and every caller of load_actor) again."""
+    from flowrl_deploy import checkpoint as checkpoint_module
+    from flowrl_deploy.export import ExportConfig, export_checkpoint, graph
+    from flowrl_deploy.train import actor as actor_module
+    from flowrl_deploy.train.checkpointing import load_actor
+
+    checkpoint = save_checkpoint(tmp_path / "ck", spec=CARTPOLE, actor=actor_tensors(CARTPOLE))
+    sources = []
+    for module in (checkpoint_module, graph, actor_module):
+        real = module.check_actor
+        counted = lambda actor, spec, source="", real=real: sources.append(source) or real(actor, spec, source)  # noqa: E731
+        monkeypatch.setattr(module, "check_actor", counted)
+    load_actor(checkpoint)
+    export_checkpoint(checkpoint, tmp_path / "p.onnx", ExportConfig(verify=False))
+    assert sources == [checkpoint, checkpoint]  # one check each, naming the checkpoint
