@@ -24,10 +24,12 @@ imports the exporter (torch) itself: whoever builds the server passes one (``flo
 class ServedModel:
     """One immutable loaded model; a reload builds a new one and swaps the reference."""
 
-    def __init__(self, path: Path, policy: OnnxPolicy, version: str) -> None:
+    def __init__(self, path: Path, policy: OnnxPolicy, generation: int, sha256: str) -> None:
         self.path = path
         self.policy = policy
-        self.version = version
+        self.sha256 = sha256
+        """Of the file's bytes: a reload of the very bytes served swaps nothing."""
+        self.version = f"v{generation}-{sha256[:10]}"
         self.contract = policy.contract
         self.act_dim = policy.contract.act_dim
         self.obs_dim = policy.contract.obs_dim
@@ -68,8 +70,7 @@ def load_model(path: Path, generation: int, *, providers: list[str] | None, thre
     check_policy_file(path)  # a pipe or device is refused, never read: reading one blocks
     data = path.read_bytes()
     policy = OnnxPolicy(data, providers=providers, threads=threads, name=str(path))
-    digest = hashlib.sha256(data).hexdigest()[:10]
-    return ServedModel(path, policy, f"v{generation}-{digest}")
+    return ServedModel(path, policy, generation, hashlib.sha256(data).hexdigest())
 
 
 def check_compatible(current: ServedModel, new: ServedModel) -> None:

@@ -78,11 +78,6 @@ def _requested(path: str) -> str:
     return repr(path if len(path) <= 200 else path[:200] + "…")
 
 
-def _digest(model: ServedModel) -> str:
-    """The sha256 prefix of the model's file, as its version (``v<generation>-<digest>``) carries it."""
-    return model.version.partition("-")[2]
-
-
 def _waiting(context: grpc.ServicerContext) -> bool:
     """The caller still waits for this call's answer: not cancelled, its deadline not passed."""
     remaining = context.time_remaining()
@@ -150,7 +145,7 @@ class PolicyServicer(pb_grpc.PolicyServiceServicer):
         workdir = self._workdir / f"gen{self._generation + 1}"
         path = resolve_onnx(source, workdir, self._steps, self._export_checkpoint)
         new = load_model(path, self._generation + 1, providers=self._providers, threads=self.config.threads)
-        if previous is not None and _digest(new) == _digest(previous):  # e.g. `touch`: nothing to swap
+        if previous is not None and new.sha256 == previous.sha256:  # e.g. `touch`: nothing to swap
             log.info("%s holds the model served now (%s): nothing to reload", _loggable(source), previous.version)
             return previous.version, previous.version
         if previous is not None:
