@@ -322,10 +322,11 @@ def read_document(path: str | os.PathLike[str]) -> dict[str, Any]:
 def read_spec(path: str | os.PathLike[str]) -> PolicySpec:
     """The policy spec of a checkpoint, read without loading tensors."""
     directory = resolve_checkpoint(path)
-    return _spec_of(read_document(directory), directory)
+    return spec_of(read_document(directory), directory)
 
 
-def _spec_of(document: dict[str, Any], directory: Path) -> PolicySpec:
+def spec_of(document: dict[str, Any], directory: Path) -> PolicySpec:
+    """The policy spec in a checkpoint's document (from :func:`read_document`), refused naming ``directory``."""
     try:
         return PolicySpec.from_dict(document.get("spec"))
     except SpecError as exc:
@@ -336,7 +337,7 @@ def load_checkpoint(path: str | os.PathLike[str], *, training_state: bool = Fals
     """Load a checkpoint; with ``training_state`` also critics, optimizers, RNG and replay."""
     directory = resolve_checkpoint(path)
     document = read_document(directory)
-    spec = _spec_of(document, directory)
+    spec = spec_of(document, directory)
     actor = _load_tensors(directory / MODEL_FILE, required=True)
     for name, tensor in actor.items():  # an integer or bool weight is corruption, not a quantized model
         if tensor.dtype.kind != "f":

@@ -25,8 +25,8 @@ from flowrl_deploy.checkpoint import (
     link_checkpoint,
     load_checkpoint,
     read_document,
-    read_spec,
     resolve_checkpoint,
+    spec_of,
 )
 from flowrl_deploy.envid import parse_env_id
 from flowrl_deploy.errors import CheckpointError, FlowRLError
@@ -87,7 +87,8 @@ class RunCheckpoints:
 def resume_config(checkpoint: str | Path, steps: int | None = None) -> TrainConfig:
     """The saved config of the run a checkpoint belongs to; ``steps`` may extend its budget."""
     directory = resolve_checkpoint(checkpoint)
-    document, spec = read_document(directory), read_spec(directory)  # the JSON only: no tensor is needed here
+    document = read_document(directory)  # the JSON only: no tensor is needed here
+    spec = spec_of(document, directory)
     if not document.get("config"):
         raise CheckpointError(f"{directory} holds no training config, so it cannot be resumed")
     source = directory / DOCUMENT_FILE
