@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import json
 import re
-import socket
 import sys
 from pathlib import Path
 
@@ -21,16 +20,11 @@ from flowrl_deploy.errors import FlowRLError
 from flowrl_deploy.serve import PolicyServer, ServeConfig
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "serve"))
+from closed_port import closed_address
 from tiny_policy import write_policy
 
 runner = CliRunner()
 OBS = "[0.1, 0.2, 0.3]"
-
-
-def _closed_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def _refused(*args: str) -> str:
@@ -109,7 +103,7 @@ class TestObservation:
     )
     def test_an_npy_of_other_than_real_numbers_is_refused(self, tmp_path, array, what):
         np.save(tmp_path / "obs.npy", array)
-        output = _refused("query", "--server", f"127.0.0.1:{_closed_port()}", "--obs-file", str(tmp_path / "obs.npy"))
+        output = _refused("query", "--server", closed_address(), "--obs-file", str(tmp_path / "obs.npy"))
         assert f"--obs-file {tmp_path / 'obs.npy'}: {what}" in output
 
     def test_an_npz_is_named_as_an_archive(self, tmp_path):
@@ -148,12 +142,12 @@ class TestObservation:
     def test_json_mistakes_name_the_file(self, tmp_path, text, message):
         path = tmp_path / "obs.json"
         path.write_text(text)
-        output = _refused("query", "--server", f"127.0.0.1:{_closed_port()}", "--obs-file", str(path))
+        output = _refused("query", "--server", closed_address(), "--obs-file", str(path))
         assert message.format(path=path) in output
 
     @pytest.mark.parametrize("path", ["/dev/zero", "missing.json", "."])
     def test_what_is_not_a_regular_file_is_refused_rather_than_read(self, path):
-        output = _refused("query", "--server", f"127.0.0.1:{_closed_port()}", "--obs-file", path)
+        output = _refused("query", "--server", closed_address(), "--obs-file", path)
         assert f"--obs-file {path} " in output
 
     def test_a_pipe_is_read_and_an_endless_one_is_cut_off(self, tmp_path):
@@ -167,14 +161,14 @@ class TestObservation:
             os.mkfifo(fifo)
             writer = threading.Thread(target=_write_ignoring_close, args=(fifo, content))
             writer.start()
-            args = ["query", "--server", f"127.0.0.1:{_closed_port()}", "--obs-file", str(fifo), "--timeout", "1"]
+            args = ["query", "--server", closed_address(), "--obs-file", str(fifo), "--timeout", "1"]
             outputs.append(runner.invoke(app, args).output)
             writer.join(10)
         assert "UNAVAILABLE" in outputs[0] and "--obs-file" not in outputs[0]  # read; then no server answered
         assert "holds more than 16 MiB" in outputs[1] and "Traceback" not in outputs[1]
 
     def test_a_negative_seed_names_the_flag(self):
-        output = _refused("query", "--server", f"127.0.0.1:{_closed_port()}", "--obs", OBS, "--seed", "-1")
+        output = _refused("query", "--server", closed_address(), "--obs", OBS, "--seed", "-1")
         assert "--seed must lie in [0, 2**64), got -1" in output
 
 
@@ -206,7 +200,7 @@ class TestTlsFiles:
     def test_a_bad_file_is_named_before_connecting(self, pem, flags, message, command):
         args = [arg for flag, name in flags.items() for arg in (flag, pem[name])]
         query = ["--obs", OBS] if command == "query" else []
-        output = _refused(command, "--server", f"127.0.0.1:{_closed_port()}", *query, *args)
+        output = _refused(command, "--server", closed_address(), *query, *args)
         assert message.format(**pem) in output and "handshaker" not in output
 
 

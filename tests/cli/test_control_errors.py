@@ -3,10 +3,10 @@
 from __future__ import annotations
 
 import os
-import socket
 import time
 
 import pytest
+from closed_port import closed_address
 from typer.testing import CliRunner
 
 from flowrl_deploy.cli import app
@@ -14,17 +14,9 @@ from flowrl_deploy.cli import app
 runner = CliRunner()
 
 
-def _closed_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 def test_control_against_no_server_fails_fast_and_says_why():
     start = time.monotonic()
-    result = runner.invoke(
-        app, ["control", "--server", f"127.0.0.1:{_closed_port()}", "--connect-timeout", "1", "--episodes", "1"]
-    )
+    result = runner.invoke(app, ["control", "--server", closed_address(), "--connect-timeout", "1", "--episodes", "1"])
     assert time.monotonic() - start < 10
     assert result.exit_code == 1
     assert "not SERVING after 1 s" in result.output and "UNAVAILABLE" in result.output
@@ -50,7 +42,7 @@ def test_control_against_no_server_fails_fast_and_says_why():
     ],
 )
 def test_control_mistakes_are_one_line_errors(args, message):
-    result = runner.invoke(app, ["control", "--server", f"127.0.0.1:{_closed_port()}", *args])
+    result = runner.invoke(app, ["control", "--server", closed_address(), *args])
     assert result.exit_code in (1, 2)  # 2: a usage error, found while parsing
     assert message in result.output and "Traceback" not in result.output
     assert "not SERVING" not in result.output  # refused before connecting
@@ -80,7 +72,7 @@ def test_an_unwritable_or_destructive_report_is_refused_before_running(tmp_path,
     (tmp_path / "sub").mkdir()
     (tmp_path / "local.onnx").write_bytes(b"\x08\x07onnx graph")
     os.mkfifo(tmp_path / "fifo")
-    command = ["control", "--server", f"127.0.0.1:{_closed_port()}", *args, "--json", str(tmp_path / json_path)]
+    command = ["control", "--server", closed_address(), *args, "--json", str(tmp_path / json_path)]
     result = runner.invoke(app, command)
     assert result.exit_code == 1
     assert message.format(tmp=tmp_path) in result.output and "Traceback" not in result.output

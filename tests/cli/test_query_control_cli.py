@@ -4,7 +4,6 @@ taken from the served contract, honest figures when no fresh action arrived, the
 from __future__ import annotations
 
 import json
-import socket
 import sys
 import time
 from pathlib import Path
@@ -16,6 +15,7 @@ from flowrl_deploy.cli import app
 from flowrl_deploy.serve import PolicyServer, ServeConfig
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "serve"))
+from closed_port import closed_address
 from tiny_policy import write_policy
 
 runner = CliRunner()
@@ -29,12 +29,6 @@ def _cartpole_policy(path: Path, control_period_s: float) -> Path:
         path, obs_dim=5, act_dim=1, action_low=(-1.0,), action_high=(1.0,), obs_layout=(), action_names=(),
         env_id="dmc:cartpole-swingup", control_period_s=control_period_s,
     )  # fmt: skip
-
-
-def _closed_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 @pytest.fixture(scope="module")
@@ -104,7 +98,7 @@ class TestMutualTLS:
     def test_a_certificate_without_its_key_is_refused_before_connecting(self, pki, command, given):
         args = ["--obs", OBS] if command == "query" else []
         tls = _mtls_args(pki, cert=given == "cert", key=given == "key")
-        result = runner.invoke(app, [command, "--server", f"127.0.0.1:{_closed_port()}", *args, *tls])
+        result = runner.invoke(app, [command, "--server", closed_address(), *args, *tls])
         assert result.exit_code == 1, result.output
         assert "--tls-cert and --tls-key go together" in result.output
         assert "Traceback" not in result.output and "not SERVING" not in result.output
@@ -114,7 +108,7 @@ class TestMutualTLS:
     def test_a_refused_connection_hints_at_the_server_not_at_tls(self, command):
         """'Connection refused' (nothing listens there) used to suggest --tls-ca."""
         args = ["--obs", OBS, "--timeout", "2"] if command == "query" else ["--connect-timeout", "1"]
-        result = runner.invoke(app, [command, "--server", f"127.0.0.1:{_closed_port()}", *args])
+        result = runner.invoke(app, [command, "--server", closed_address(), *args])
         assert result.exit_code == 1
         assert "Connection refused" in result.output and "--tls-ca" not in result.output
         assert "nothing listens at that port on this machine: is `flowrl serve` running" in result.output
@@ -222,7 +216,7 @@ def test_control_settings_that_would_hang_or_be_ignored_are_refused_before_conne
     """--hz 1e-9 slept 1e9 s a tick, --connect-timeout 1e12 waited for ever, --local-model without
     --fallback local was silently ignored, and --cpus 0-999999999 built a billion-int set."""
     start = time.monotonic()
-    result = runner.invoke(app, ["control", "--server", f"127.0.0.1:{_closed_port()}", "--max-steps", "20", *args])
+    result = runner.invoke(app, ["control", "--server", closed_address(), "--max-steps", "20", *args])
     assert result.exit_code == 1, result.output
     assert message in result.output and "Traceback" not in result.output
     assert "not SERVING" not in result.output and time.monotonic() - start < 5
@@ -262,6 +256,6 @@ def test_an_observation_that_is_not_a_list_is_refused_before_connecting(tmp_path
 
     np.save(tmp_path / "obs.npy", np.float32(5))
     args = [a.replace("{tmp}", str(tmp_path)) for a in args]
-    result = runner.invoke(app, ["query", "--server", f"127.0.0.1:{_closed_port()}", *args])
+    result = runner.invoke(app, ["query", "--server", closed_address(), *args])
     assert result.exit_code == 1, result.output
     assert result.output.strip().splitlines() == [f"error: {message.replace('{tmp}', str(tmp_path))}"]

@@ -3,10 +3,9 @@ NumPy sees it (NumPy 2 builds up to 64 dimensions of lists and then fails past 3
 
 from __future__ import annotations
 
-import socket
-
 import numpy as np
 import pytest
+from closed_port import closed_address
 from typer.testing import CliRunner
 
 from flowrl_deploy.cli import app
@@ -14,12 +13,6 @@ from flowrl_deploy.cli.query import read_observation
 
 runner = CliRunner()
 TOO_DEEP = "must be a list [..] or a batch [[..], ..], got lists nested deeper than a batch"
-
-
-def _closed_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def _nested(depth: int) -> str:
@@ -36,7 +29,7 @@ def test_lists_nested_deeper_than_a_batch_are_one_line(tmp_path, text, flag):
     path = tmp_path / "obs.json"
     path.write_text(text)
     value = str(path) if flag == "--obs-file" else text
-    result = runner.invoke(app, ["query", "--server", f"127.0.0.1:{_closed_port()}", flag, value])
+    result = runner.invoke(app, ["query", "--server", closed_address(), flag, value])
     assert result.exit_code == 1
     source = f"--obs-file {path}" if flag == "--obs-file" else "--obs"
     assert result.output == f"error: {source} {TOO_DEEP}\n"
@@ -44,9 +37,7 @@ def test_lists_nested_deeper_than_a_batch_are_one_line(tmp_path, text, flag):
 
 def test_an_npy_of_more_than_two_dimensions_is_refused(tmp_path):
     np.save(tmp_path / "obs.npy", np.zeros((1, 1, 3), np.float32))
-    result = runner.invoke(
-        app, ["query", "--server", f"127.0.0.1:{_closed_port()}", "--obs-file", str(tmp_path / "obs.npy")]
-    )
+    result = runner.invoke(app, ["query", "--server", closed_address(), "--obs-file", str(tmp_path / "obs.npy")])
     assert result.exit_code == 1
     assert result.output == f"error: --obs-file {tmp_path / 'obs.npy'} {TOO_DEEP} (an array of shape [1, 1, 3])\n"
 
