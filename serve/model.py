@@ -65,12 +65,20 @@ def resolve_onnx(model: str, workdir: Path, steps: int | None, export_checkpoint
     return export_checkpoint(path, workdir / "policy.onnx", steps)
 
 
-def load_model(path: Path, generation: int, *, providers: list[str] | None, threads: int) -> ServedModel:
-    """Load ``path``; its version is ``v<generation>-<sha256 prefix of the file>``."""
+def read_model_file(path: Path) -> tuple[bytes, str]:
+    """The bytes of ``path`` and their sha256, read before any onnxruntime session is built so
+    that a reload of the very bytes served costs a hash, not a model load."""
     check_policy_file(path)  # a pipe or device is refused, never read: reading one blocks
     data = path.read_bytes()
+    return data, hashlib.sha256(data).hexdigest()
+
+
+def load_model(
+    path: Path, data: bytes, sha256: str, generation: int, *, providers: list[str] | None, threads: int
+) -> ServedModel:
+    """Load the bytes ``data`` read from ``path``; the version is ``v<generation>-<sha256 prefix>``."""
     policy = OnnxPolicy(data, providers=providers, threads=threads, name=str(path))
-    return ServedModel(path, policy, generation, hashlib.sha256(data).hexdigest())
+    return ServedModel(path, policy, generation, sha256)
 
 
 def check_compatible(current: ServedModel, new: ServedModel) -> None:

@@ -38,7 +38,14 @@ from flowrl_deploy.serve.errors import (
     status_of,
 )
 from flowrl_deploy.serve.metrics import Metrics
-from flowrl_deploy.serve.model import Exporter, ServedModel, check_compatible, load_model, resolve_onnx
+from flowrl_deploy.serve.model import (
+    Exporter,
+    ServedModel,
+    check_compatible,
+    load_model,
+    read_model_file,
+    resolve_onnx,
+)
 
 log = logging.getLogger("flowrl.serve")
 
@@ -144,10 +151,12 @@ class PolicyServicer(pb_grpc.PolicyServiceServicer):
         """:meth:`load` of ``source``, under its lock."""
         workdir = self._workdir / f"gen{self._generation + 1}"
         path = resolve_onnx(source, workdir, self._steps, self._export_checkpoint)
-        new = load_model(path, self._generation + 1, providers=self._providers, threads=self.config.threads)
-        if previous is not None and new.sha256 == previous.sha256:  # e.g. `touch`: nothing to swap
+        data, sha256 = read_model_file(path)
+        if previous is not None and sha256 == previous.sha256:  # e.g. `touch`: nothing to swap
             log.info("%s holds the model served now (%s): nothing to reload", _loggable(source), previous.version)
             return previous.version, previous.version
+        generation = self._generation + 1
+        new = load_model(path, data, sha256, generation, providers=self._providers, threads=self.config.threads)
         if previous is not None:
             check_compatible(previous, new)
         new.warm_up(tuple(sorted({1, self.config.max_batch})))

@@ -20,6 +20,7 @@ from flowrl_deploy.errors import FlowRLError
 from flowrl_deploy.proto.flowrl.v1 import policy_pb2 as pb
 from flowrl_deploy.runtime import OnnxPolicy
 from flowrl_deploy.serve import PolicyServer, ServeConfig
+from flowrl_deploy.serve import model as serve_model
 from flowrl_deploy.serve import reload as watch
 
 OBS = np.array([[0.5, -0.3, 0.2]], np.float32)
@@ -622,3 +623,13 @@ def test_touching_the_served_file_reloads_nothing(served, caplog):
     assert client.reload() == (version, version)  # nor does a Reload of the same bytes
     assert client.spec().model_version == version
     assert server.servicer.metrics.reloads == 0 and server.servicer.metrics.reload_failures == 0
+
+
+def test_a_reload_of_the_served_bytes_builds_no_session(served, monkeypatch):
+    """The unchanged file is recognised by its digest before onnxruntime builds a session for it."""
+    _, client, _ = served
+    version = client.spec().model_version
+    built = []
+    monkeypatch.setattr(serve_model, "OnnxPolicy", lambda *args, **kwargs: built.append(args))
+    assert client.reload() == (version, version)
+    assert built == []
