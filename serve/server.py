@@ -482,8 +482,12 @@ class PolicyServer:
 
 STOP_SIGNALS = tuple(getattr(signal, name) for name in ("SIGTERM", "SIGINT", "SIGHUP") if hasattr(signal, name))
 """Signals that stop :func:`serve_forever` gracefully: SIGHUP (a closed terminal or SSH session, or
-``kill -HUP``) killed the server at once, with no log and calls in flight cut (exit 129). A SIGHUP
-ignored at start (``nohup flowrl serve …``) stays ignored: the server outlives its terminal."""
+``kill -HUP``) killed the server at once, with no log and calls in flight cut (exit 129)."""
+
+KEPT_IF_IGNORED = tuple(getattr(signal, name) for name in ("SIGINT", "SIGHUP") if hasattr(signal, name))
+"""Of :data:`STOP_SIGNALS`, those that stay ignored when ignored at start, as Python itself leaves
+SIGINT: ``nohup flowrl serve …`` outlives its terminal, and ``flowrl serve … &`` in a script (whose
+shell ignores SIGINT for background jobs) outlives a Ctrl-C meant for the script's foreground job."""
 
 
 def serve_forever(
@@ -491,14 +495,13 @@ def serve_forever(
     on_ready: Callable[[PolicyServer], None] | None = None,
     export_checkpoint: Exporter | None = None,
 ) -> None:
-    """Run until one of :data:`STOP_SIGNALS` (SIGHUP only when not ignored), then stop gracefully
-    (call from the main thread)."""
+    """Run until one of :data:`STOP_SIGNALS` (but not one of :data:`KEPT_IF_IGNORED` ignored at
+    start), then stop gracefully (call from the main thread)."""
     pin_to_cpus(config.cpus)
     # The handler takes no lock: Event.set() in a handler deadlocked when the signal arrived while
     # this thread held the Event's lock (inside its own wait, or a first handler's set()).
     signals: list[int] = []
-    hangup = getattr(signal, "SIGHUP", None)  # one ignored at start (nohup) stays ignored
-    handled = [sig for sig in STOP_SIGNALS if sig != hangup or signal.getsignal(sig) is not signal.SIG_IGN]
+    handled = [sig for sig in STOP_SIGNALS if sig not in KEPT_IF_IGNORED or signal.getsignal(sig) is not signal.SIG_IGN]
     previous = {sig: signal.signal(sig, lambda sig, _: signals.append(sig)) for sig in handled}
     server = PolicyServer(config, export_checkpoint)
     try:

@@ -131,24 +131,26 @@ def test_sighup_stops_the_server_gracefully_like_sigterm(tmp_path):
     assert "INFO flowrl.serve: stopping on SIGHUP: finishing calls in flight" in log.read_text()
 
 
-def test_a_sighup_ignored_at_start_stays_ignored_as_under_nohup(tmp_path, monkeypatch):
-    """`nohup flowrl serve …`: the server put its own SIGHUP handler over nohup's SIG_IGN and stopped
-    when the terminal closed. The signal is ignored in the child itself (a preexec_fn runs between fork
-    and exec, where gRPC's fork handlers once aborted the child)."""
-    nohup = "import runpy, signal; signal.signal(signal.SIGHUP, signal.SIG_IGN); "
+@pytest.mark.parametrize("ignored", ["SIGHUP", "SIGINT"])
+def test_a_signal_ignored_at_start_stays_ignored(tmp_path, monkeypatch, ignored):
+    """`nohup flowrl serve …` (SIGHUP ignored) or `flowrl serve … &` in a script (SIGINT ignored by
+    the shell): the server put its own handler over the SIG_IGN and stopped when the terminal closed,
+    or on a Ctrl-C meant for the script. The signal is ignored in the child itself (a preexec_fn runs
+    between fork and exec, where gRPC's fork handlers once aborted the child)."""
+    ignore = f"import runpy, signal; signal.signal(signal.{ignored}, signal.SIG_IGN); "
     monkeypatch.setattr(
         process_module,
         "FLOWRL",
-        (sys.executable, "-c", nohup + "runpy.run_module('flowrl_deploy.cli', run_name='__main__')"),
+        (sys.executable, "-c", ignore + "runpy.run_module('flowrl_deploy.cli', run_name='__main__')"),
     )
     log = tmp_path / "serve.log"
     with ServerProcess(write_policy(tmp_path / "policy.onnx"), log=log) as process:
-        process.process.send_signal(signal.SIGHUP)
+        process.process.send_signal(getattr(signal, ignored))
         with PolicyClient(process.address) as client:
             assert client.act(np.zeros(3, np.float32)).shape == (2,)
         assert process.stop() == 0  # SIGTERM still stops it
         process._stderr_drain.join(10)  # the log is complete
-    # a handled SIGHUP, even one not yet acted on, would be the stop's signal (it came first)
+    # a handled signal, even one not yet acted on, would be the stop's signal (it came first)
     assert "INFO flowrl.serve: stopping on SIGTERM: finishing calls in flight" in log.read_text()
 
 
