@@ -48,7 +48,7 @@ def stats(
     typer.echo(
         f"model {reply.model_version}, up {reply.uptime_s:.0f} s, {reply.sessions} sessions, "
         f"{reply.batches} batches (mean size {reply.mean_batch_size:.2f}), {reply.reloads} reloads, "
-        f"{reply.reload_failures} reloads refused"
+        f"{reply.reload_failures} reloads failed"
     )
     typer.echo(f"{'method':<10} {'requests':>9} {'errors':>7} {'p50 µs':>8} {'p99 µs':>8}")
     for m in reply.methods:

@@ -88,7 +88,7 @@ def test_reload_mistakes_are_one_line_and_the_old_model_keeps_serving(served, tm
         assert result.exit_code == 1 and message in result.output, result.output
         assert len(result.output.strip().splitlines()) == 1 and "Traceback" not in result.output
     stats = call(server, "stats").output
-    assert stats.startswith("model v1-") and "0 reloads, 3 reloads refused" in stats  # monitoring sees them
+    assert stats.startswith("model v1-") and "0 reloads, 3 reloads failed" in stats  # monitoring sees them
     assert json.loads(call(server, "stats", "--json").output)["reload_failures"] == 3
 
 
