@@ -22,7 +22,7 @@ from flowrl_deploy.errors import FlowRLError
 from flowrl_deploy.gc_freeze import gc_frozen
 from flowrl_deploy.session import CallTiming, WatchdogError, check_session_settings, log, session_deadline
 from flowrl_deploy.train.envs import episode_seed, make_env
-from flowrl_deploy.train.evaluate import EVAL_STREAM, check_env_fits, other_task_warning
+from flowrl_deploy.train.evaluate import EVAL_STREAM, check_env_fits, lengths_summary, other_task_warning
 
 MISS_WARNING_RATE = 0.01
 """A run with more of its ticks on the fallback than this says so in its summary: the robot mostly
@@ -104,6 +104,7 @@ class ControlReport:
             latency = "round trip: no fresh replies, so no latency figures"
         n = len(self.returns)
         returns = f"return {self.mean_return:.2f} over {n} episode{'s' * (n != 1)}" if n else "no episode completed"
+        lengths = lengths_summary(self.lengths, self.terminated)
         warning = (
             f"\nwarning: {100 * self.miss_rate:.1f}% of the ticks acted on the fallback, not a served action "
             "(the server was away, refused or slower than the deadline: see the fallbacks' reasons; --max-misses "
@@ -113,7 +114,8 @@ class ControlReport:
         )
         reasons = ", ".join(f"{reason} {n}" for reason, n in self.fallbacks.items())
         return (
-            f"{self.env_id} at {self.hz:g} Hz via {self.server}: {returns} ({self.steps} steps)\n"
+            f"{self.env_id} at {self.hz:g} Hz via {self.server}: {returns} ({self.steps} steps"
+            f"{f'; episode {lengths}' if lengths else ''})\n"
             f"{latency}; jitter {self.jitter_us:.0f} µs; "
             f"deadline misses {self.deadline_misses} ({100 * self.miss_rate:.3f}%), overruns {self.overruns}"
             f"{f'; fallbacks: {reasons}' if reasons else ''}{warning}"

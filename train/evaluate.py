@@ -7,7 +7,7 @@ exported ONNX policies alike; this module imports torch only inside :func:`check
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -58,12 +58,17 @@ class EvalResult:
 
     def lengths_summary(self) -> str:
         """'length 52 ± 14 steps, 2 of 2 ended by termination', or '' for a result made from returns alone."""
-        if not self.lengths:
-            return ""
-        return (
-            f"length {np.mean(self.lengths):.0f} ± {np.std(self.lengths):.0f} steps, "
-            f"{sum(self.terminated)} of {len(self.terminated)} ended by termination"
-        )
+        return lengths_summary(self.lengths, self.terminated)
+
+
+def lengths_summary(lengths: Sequence[int], terminated: Sequence[bool]) -> str:
+    """'length 52 ± 14 steps, 2 of 2 ended by termination' for these episodes; '' for none."""
+    if not lengths:
+        return ""
+    return (
+        f"length {np.mean(lengths):.0f} ± {np.std(lengths):.0f} steps, "
+        f"{sum(terminated)} of {len(terminated)} ended by termination"
+    )
 
 
 def run_episode(act_fn: ActFn, env: Env, seed: int) -> Episode:

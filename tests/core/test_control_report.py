@@ -118,3 +118,14 @@ def test_a_run_without_fallbacks_lists_none():
     report = _report([fresh(seq, 500.0) for seq in range(5)])
     assert report.fallbacks == {} and report.to_dict()["fallbacks"] == {}
     assert "fallbacks" not in report.summary()
+
+
+def test_the_summary_gives_the_episodes_lengths_and_terminations():
+    """A fall (HumanoidBench) showed only as a low return in `flowrl control`'s text, unlike `flowrl eval`."""
+    report = _report([fresh(i, 100.0) for i in range(3)])
+    assert "episode length" not in report.summary()  # no episode completed with a length
+    report.returns[:] = [1.0, 2.0]
+    report.lengths[:] = [20, 30]
+    report.terminated[:] = [True, False]
+    first = report.summary().splitlines()[0]
+    assert first.endswith("(3 steps; episode length 25 ± 5 steps, 1 of 2 ended by termination)")
