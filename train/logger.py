@@ -31,6 +31,7 @@ CSV_COLUMNS = (
     "charts/eval_return",
     "charts/eval_return_std",
     "charts/eval_episode_length",
+    "charts/eval_terminated",
     "charts/eval_return_deterministic",
     "charts/env_steps_per_s",
     "charts/updates_per_s",

@@ -355,6 +355,7 @@ def _evaluate_and_log(run: _Run, step: int, stopped: Callable[[], bool]) -> None
             "charts/eval_return": result.mean,
             "charts/eval_return_std": result.std,
             "charts/eval_episode_length": float(np.mean(result.lengths)),
+            "charts/eval_terminated": float(np.mean(result.terminated)),  # the evaluation's fall rate
             "charts/eval_return_deterministic": zero_noise.mean,
         },
     )

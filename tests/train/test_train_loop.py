@@ -357,17 +357,21 @@ def test_a_stop_during_the_update_of_an_evaluation_step_runs_no_evaluation(monke
     assert not (result.run_dir / "checkpoints" / "best").exists()
 
 
-def test_the_logged_evaluation_length_is_that_of_the_sampled_policy(monkeypatch, tmp_path):
-    """charts/eval_episode_length goes with charts/eval_return, from the sampled evaluation, not from a0 = 0."""
+def test_the_logged_evaluation_length_and_fall_rate_are_those_of_the_sampled_policy(monkeypatch, tmp_path):
+    """charts/eval_episode_length and charts/eval_terminated (the share of episodes the task ended) go
+    with charts/eval_return, from the sampled evaluation, not from a0 = 0."""
 
     def lengths_by_kind(agent, eval_env, cfg, step, deterministic=False, stop=None):
-        return EvalResult.of([Episode(-1.0, 200 if deterministic else 100, False)])
+        if deterministic:
+            return EvalResult.of([Episode(-1.0, 200, False)] * 4)
+        return EvalResult.of([Episode(-1.0, 100, True), *[Episode(-1.0, 100, False)] * 3])
 
     monkeypatch.setattr(loop, "_evaluate", lengths_by_kind)
     cfg = TrainConfig(steps=100, out=str(tmp_path / "run"), **{**TINY, "eval_every": 100, "save_every": 0})
     result = train(cfg, progress=False)
     rows = [json.loads(line) for line in (result.run_dir / "metrics.jsonl").read_text().splitlines()]
     assert [r["charts/eval_episode_length"] for r in rows if "charts/eval_return" in r] == [100.0]
+    assert [r["charts/eval_terminated"] for r in rows if "charts/eval_return" in r] == [0.25]
 
 
 def test_recent_fraction_zero_samples_the_whole_buffer_uniformly(monkeypatch, tmp_path):
