@@ -73,7 +73,9 @@ def decode(tensor: pb.Tensor, *, name: str = "tensor") -> np.ndarray:
     bytes, with no copy on the server's hot path: ``a = a * 2`` works, ``a *= 2`` raises, and
     ``np.array(a)`` is a writable copy."""
     if tensor.dtype not in (pb.DTYPE_UNSPECIFIED, pb.DTYPE_FLOAT32):
-        raise TensorError(f"{name}: dtype {pb.DType.Name(tensor.dtype)} is not accepted; send float32")
+        named = tensor.dtype in pb.DType.values()  # proto3 enums are open: a newer client may send any number
+        dtype = pb.DType.Name(tensor.dtype) if named else f"{tensor.dtype} (no DType value)"
+        raise TensorError(f"{name}: dtype {dtype} is not accepted; send float32")
     shape = tuple(tensor.shape)
     if not shape:
         raise TensorError(f"{name}: missing shape")

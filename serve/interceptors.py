@@ -28,15 +28,16 @@ class TokenInterceptor(grpc.ServerInterceptor):
     ``on_refused(method)`` is told of each, with the method's short name (e.g. ``Act``)."""
 
     def __init__(self, token: str, on_refused: Callable[[str], None]) -> None:
-        self._expected = f"Bearer {token}".encode()
+        self._expected = token.encode()
         self._on_refused = on_refused
 
     def intercept_service(self, continuation, handler_call_details):
         handler = continuation(handler_call_details)
         if handler is None or handler_call_details.method.startswith(EXEMPT_PREFIXES):
             return handler
-        sent = dict(handler_call_details.invocation_metadata or ()).get("authorization", "")
-        if hmac.compare_digest(str(sent).encode(), self._expected):
+        sent = str(dict(handler_call_details.invocation_metadata or ()).get("authorization", ""))
+        scheme, _, credentials = sent.partition(" ")
+        if scheme.lower() == "bearer" and hmac.compare_digest(credentials.encode(), self._expected):  # RFC 6750
             return handler
         self._on_refused(handler_call_details.method.rsplit("/", 1)[-1])
         return _DENY[(handler.request_streaming, handler.response_streaming)]

@@ -14,6 +14,7 @@ import threading
 import time
 import uuid
 from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 
 import grpc
@@ -96,6 +97,25 @@ def _status(exc: BaseException) -> pb.Status:
     if code == grpc.StatusCode.INTERNAL:
         log.error("StreamAct request failed", exc_info=exc)
     return pb.Status(code=code.value[0], message=message)
+
+
+@dataclass(frozen=True)
+class _Opening:
+    """What a ``StreamAct`` request asks of the session it opens: a seed and a contract pin. A
+    refused opening is kept for its stream, so that a later request without these fields (the proto
+    reads them from the request that opens the session) is refused alike, never opened unpinned or
+    unseeded; a request with any of them sends a new opening."""
+
+    seed: int | None
+    contract_hash: str
+    contract_json: str
+
+    @classmethod
+    def of(cls, request: pb.StreamActRequest, refused: _Opening | None) -> _Opening:
+        seed = request.seed if request.HasField("seed") else None
+        if refused is not None and seed is None and not request.contract_hash and not request.contract_json:
+            return refused
+        return cls(seed, request.contract_hash, request.contract_json)
 
 
 class PolicyServicer(pb_grpc.PolicyServiceServicer):
@@ -195,6 +215,7 @@ class PolicyServicer(pb_grpc.PolicyServiceServicer):
     def _check_contract(self, model: ServedModel, pinned: str, contract_json: str) -> None:
         if not pinned and not contract_json:
             return
+        pinned = pinned.lower()  # hex digits, as `flowrl inspect` prints them or in capitals
         theirs = None
         if contract_json:
             try:
@@ -217,7 +238,8 @@ class PolicyServicer(pb_grpc.PolicyServiceServicer):
         raise ContractMismatch(f"{mismatch} (server != client: {detail})")
 
     def _open(self, session_id: str, seed: int | None, owner: object = None) -> Session:
-        """Create or reseed a session; a stream ``owner`` takes it over (and evicts it when it ends)."""
+        """Create a session, or reseed it (``seed`` None: unseeded); a stream ``owner`` takes it over
+        (and evicts it when it ends), keeping its generator when it sends no seed."""
         with self._sessions_lock:
             session = self._sessions.get(session_id)
             if session is None:
@@ -227,7 +249,7 @@ class PolicyServicer(pb_grpc.PolicyServiceServicer):
                         f"session limit of {self.config.max_sessions} reached", grpc.StatusCode.RESOURCE_EXHAUSTED
                     )
                 session = self._sessions[session_id] = Session(session_id, seed)
-            else:
+            elif owner is None or seed is not None:  # a stream joining a session Reset opened keeps its noise
                 session.reseed(seed)
             if owner is not None:
                 session.owner = owner
@@ -338,6 +360,12 @@ class PolicyServicer(pb_grpc.PolicyServiceServicer):
         deadline = None if remaining is None else time.monotonic() + remaining
         model = self._current()
         self._check_contract(model, request.contract_hash, "")
+        if request.session_id and request.HasField("seed"):  # the seed was ignored without a word
+            raise ServeError(
+                "set session_id (its generator's noise) or seed (a fresh generator's), not both: "
+                "Reset reseeds a session",
+                grpc.StatusCode.INVALID_ARGUMENT,
+            )
         obs = self._obs(request.obs, model)
         noise = None
         if model.policy.takes_noise:
@@ -359,16 +387,18 @@ class PolicyServicer(pb_grpc.PolicyServiceServicer):
 
     def StreamAct(self, request_iterator, context: grpc.ServicerContext):
         opened: dict[str, Session] = {}
+        refused: dict[str, _Opening] = {}  # per session id, until it opens
         context.add_callback(lambda: self._evict(opened))
         for request in request_iterator:
             received = time.time_ns()
             start = time.perf_counter()
-            deadline = time.monotonic() + request.timeout_us / 1e6 if request.timeout_us > 0 else None
+            # a budget at or below 0 (a client's deadline minus now, late already) has passed: no late answer
+            deadline = time.monotonic() + request.timeout_us / 1e6 if request.timeout_us else None
             reply = pb.StreamActReply(
                 seq=request.seq, client_send_unix_ns=request.client_send_unix_ns, server_recv_unix_ns=received
             )
             try:
-                self._stream_step(request, deadline, opened, reply)
+                self._stream_step(request, deadline, opened, refused, reply)
                 code = "OK"
             except Exception as exc:
                 reply.status.CopyFrom(_status(exc))
@@ -382,15 +412,19 @@ class PolicyServicer(pb_grpc.PolicyServiceServicer):
         request: pb.StreamActRequest,
         deadline: float | None,
         opened: dict[str, Session],
+        refused: dict[str, _Opening],
         reply: pb.StreamActReply,
     ) -> None:
         model = self._current()
         session_id = request.session_id or (next(iter(opened)) if opened else f"stream-{uuid.uuid4().hex}")
         session = opened.get(session_id)
         if session is None:
-            self._check_contract(model, request.contract_hash, request.contract_json)
-            session = self._open(session_id, request.seed if request.HasField("seed") else None, owner=opened)
-            opened[session_id] = session
+            opening = refused[session_id] = _Opening.of(request, refused.pop(session_id, None))
+            if len(refused) > self.config.max_sessions:  # a stream sending ever new ids is not remembered forever
+                del refused[next(iter(refused))]
+            self._check_contract(model, opening.contract_hash, opening.contract_json)
+            session = opened[session_id] = self._open(session_id, opening.seed, owner=opened)
+            del refused[session_id]
         obs = self._obs(request.obs, model)
         if len(obs) != 1:
             raise TensorError(f"obs: StreamAct takes one observation per request, got {len(obs)}")

@@ -24,6 +24,7 @@ def test_repeated_values_are_accepted():
     ("tensor", "message"),
     [
         (pb.Tensor(dtype=pb.DTYPE_FLOAT64, shape=[1], data=b"\0" * 8), "DTYPE_FLOAT64"),
+        (pb.Tensor(dtype=7, shape=[1], data=b"\0" * 4), r"dtype 7 \(no DType value\) is not accepted"),
         (pb.Tensor(shape=[2, 2], data=b"\0" * 12), "12 bytes"),
         (pb.Tensor(data=b"\0" * 4), "missing shape"),
         (pb.Tensor(shape=[0, 3]), "empty"),

@@ -93,6 +93,29 @@ def test_token_is_required_except_for_health(policy_path):
         assert probe.Check(health_pb2.HealthCheckRequest(), timeout=2).status == health_pb2.HealthCheckResponse.SERVING
 
 
+def test_the_token_scheme_is_read_as_rfc_6750_says(policy_path):
+    """The scheme is case-insensitive (RFC 7235): `authorization: bearer <token>` was UNAUTHENTICATED."""
+    config = ServeConfig(str(policy_path), port=0, token="s3cret", grace_s=0)
+    with PolicyServer(config).start() as server, PolicyClient(server.address) as client:
+        stub = client.stub
+        for sent, accepted in [
+            ("bearer s3cret", True),
+            ("BEARER s3cret", True),
+            ("Bearer s3cret", True),
+            ("Basic s3cret", False),
+            ("Bearer  s3cret", False),
+            ("s3cret", False),
+            ("Bearer s3cret2", False),
+        ]:
+            try:
+                stub.GetSpec(pb.GetSpecRequest(), metadata=(("authorization", sent),), timeout=2)
+                outcome = True
+            except grpc.RpcError as exc:
+                assert exc.code() == grpc.StatusCode.UNAUTHENTICATED
+                outcome = False
+            assert outcome is accepted, sent
+
+
 def test_calls_refused_for_their_token_are_counted(policy_path):
     with PolicyServer(ServeConfig(str(policy_path), port=0, token="s3cret", grace_s=0)).start() as server:
         for token in ("", "wrong"):

@@ -93,6 +93,14 @@ def test_session_noise_continues_and_reset_reseeds(client, local):
     )
 
 
+def test_act_refuses_a_session_and_a_seed_together(client):
+    """The seed was ignored without a word: the session's generator drew the noise."""
+    client.reset("robot-b", seed=1)
+    with pytest.raises(ServiceError, match="not both") as info:
+        client.act(_obs(1), session_id="robot-b", seed=2)
+    assert info.value.code == grpc.StatusCode.INVALID_ARGUMENT
+
+
 def test_stream_act_equals_onnxruntime_and_echoes_seq(server, client, local):
     stub = client.stub
     generator = documented_noise(42)
@@ -435,6 +443,102 @@ def test_a_stream_without_session_id_keeps_one_seeded_session(client, local):
     for obs, reply in zip(observations, replies, strict=True):
         assert reply.status.code == 0
         np.testing.assert_allclose(decode(reply.action), local.act(obs[None], _noise(generator, 1))[0], atol=1e-6)
+
+
+def _replies(client: PolicyClient, requests: list[pb.StreamActRequest]) -> list[pb.StreamActReply]:
+    return list(client.stub.StreamAct(iter(requests), timeout=5))
+
+
+@pytest.mark.parametrize(
+    "pin",
+    [
+        {"contract_hash": "0000000000000000"},
+        {"contract_json": json.dumps(tiny_contract(action_high=(1.0, 3.0)).to_dict())},
+        {"contract_json": "{"},
+    ],
+)
+def test_a_refused_pin_is_not_bypassed_by_the_streams_next_request(client, pin):
+    """A client sending its pin with the first request only (the proto reads it when the session
+    opens) was refused once, then served by the policy it had rejected on the next, pinless tick."""
+    obs = encode(_obs(1)[0])
+    first = pb.StreamActRequest(session_id="pin", seq=1, obs=obs, **pin)
+    replies = _replies(client, [first, *(pb.StreamActRequest(session_id="pin", seq=i, obs=obs) for i in (2, 3))])
+    assert replies[0].status.code != 0
+    refusal = (replies[0].status.code, replies[0].status.message)
+    assert [(r.status.code, r.status.message) for r in replies[1:]] == [refusal] * 2
+    assert not any(r.HasField("action") for r in replies)
+
+
+def test_a_stream_request_with_its_own_pin_replaces_a_refused_one(client, local):
+    obs = encode(_obs(1)[0])
+    wrong = pb.StreamActRequest(session_id="fixed", seq=1, obs=obs, contract_hash="0000000000000000")
+    right = pb.StreamActRequest(session_id="fixed", seq=2, obs=obs, contract_hash=local.contract_hash.upper())
+    assert [r.status.code for r in _replies(client, [wrong, right])] == [
+        grpc.StatusCode.FAILED_PRECONDITION.value[0],
+        0,
+    ]
+
+
+def test_a_refused_opening_keeps_its_seed_for_the_retry(tmp_path, local):
+    """An opening refused for a passing reason (the session limit) is tried again by the next
+    request: with the seed the refused one sent, not unseeded."""
+    path = write_policy(tmp_path / "policy.onnx")
+    obs = _obs(1)[0]
+    config = ServeConfig(str(path), port=0, grace_s=0, max_sessions=1)
+    with PolicyServer(config).start() as server, PolicyClient(server.address) as client:
+        hold = threading.Event()
+
+        def holder_requests():
+            yield pb.StreamActRequest(session_id="other", seq=0, obs=encode(obs))
+            hold.wait(5)
+
+        holder = client.stub.StreamAct(holder_requests(), timeout=10)
+        assert next(holder).status.code == 0  # "other" holds the one session allowed until its stream ends
+        go = threading.Event()
+
+        def requests():
+            yield pb.StreamActRequest(session_id="s", seq=1, obs=encode(obs), seed=7)
+            go.wait(5)
+            yield from (pb.StreamActRequest(session_id="s", seq=i, obs=encode(obs)) for i in (2, 3))
+
+        replies = client.stub.StreamAct(requests(), timeout=10)
+        assert next(replies).status.code == grpc.StatusCode.RESOURCE_EXHAUSTED.value[0]
+        hold.set()
+        assert list(holder) == []  # its stream ends: "other" is evicted
+        deadline = time.monotonic() + 5
+        while client.stats().sessions and time.monotonic() < deadline:
+            time.sleep(0.01)
+        go.set()
+        later = list(replies)
+    generator = documented_noise(7)  # the refused tick drew no noise
+    assert len(later) == 2
+    for reply in later:
+        assert reply.status.code == 0
+        np.testing.assert_allclose(decode(reply.action), local.act(obs[None], _noise(generator, 1))[0], atol=1e-6)
+
+
+def test_a_stream_joining_a_reset_session_without_a_seed_keeps_its_noise(client, local):
+    """Reset(seed) for a new episode, then a stream on that session: the join reseeded it unseeded."""
+    client.reset("episode", seed=3)
+    obs = _obs(1)[0]
+    generator = documented_noise(3)
+    replies = _replies(client, [pb.StreamActRequest(session_id="episode", seq=i, obs=encode(obs)) for i in range(2)])
+    for reply in replies:
+        np.testing.assert_allclose(decode(reply.action), local.act(obs[None], _noise(generator, 1))[0], atol=1e-6)
+    client.reset("episode", seed=3)
+    joined = _replies(client, [pb.StreamActRequest(session_id="episode", seq=0, obs=encode(obs), seed=4)])[0]
+    np.testing.assert_allclose(  # a join with a seed does reseed
+        decode(joined.action), local.act(obs[None], _noise(documented_noise(4), 1))[0], atol=1e-6
+    )
+
+
+@pytest.mark.parametrize("timeout_us", [-5, -(2**62)])
+def test_a_stream_budget_below_zero_has_passed_already(client, timeout_us):
+    """A client computing its budget as deadline - now sends a negative one when late: it was read
+    as 'no deadline' and answered late."""
+    request = pb.StreamActRequest(session_id="late", seq=1, obs=encode(_obs(1)[0]), timeout_us=timeout_us)
+    (reply,) = _replies(client, [request])
+    assert reply.status.code == grpc.StatusCode.DEADLINE_EXCEEDED.value[0] and not reply.HasField("action")
 
 
 def test_spec_reports_the_request_batch_limit_not_the_batching_size(tmp_path):
