@@ -1,34 +1,126 @@
-"""What `flowrl inspect` shows of a policy file: contract, hashes, provenance, I/O. Needs only onnxruntime."""
+"""What `flowrl inspect` shows of a policy file: contract, hashes, provenance, I/O.
+
+The file is parsed with the protobuf runtime of the base install against the few messages of
+onnx.proto shown here (:data:`_ONNX_MESSAGES`), not loaded into onnxruntime: a robot may lack the
+onnx package, and a file for a newer runtime (a higher IR version, an int8 op) is still readable.
+"""
 
 from __future__ import annotations
 
+import functools
 import json
 import os
 from pathlib import Path
 from typing import Any
 
+from flowrl_deploy.contract import contract_from_metadata
+from flowrl_deploy.errors import FlowRLError, SpecError
 from flowrl_deploy.export.exporter import file_sha256
-from flowrl_deploy.runtime import OnnxPolicy
+from flowrl_deploy.runtime import check_policy_file
+
+_ONNX_MESSAGES: dict[str, list[tuple[str, int, str, str]]] = {
+    # message: (field, number, label, type) as in onnx.proto; unlisted fields are skipped when parsing
+    "ModelProto": [
+        ("ir_version", 1, "optional", "int64"),
+        ("graph", 7, "optional", "GraphProto"),
+        ("opset_import", 8, "repeated", "OperatorSetIdProto"),
+        ("metadata_props", 14, "repeated", "StringStringEntryProto"),
+    ],
+    "OperatorSetIdProto": [("domain", 1, "optional", "string"), ("version", 2, "optional", "int64")],
+    "StringStringEntryProto": [("key", 1, "optional", "string"), ("value", 2, "optional", "string")],
+    "GraphProto": [
+        ("node", 1, "repeated", "NodeProto"),
+        ("input", 11, "repeated", "ValueInfoProto"),
+        ("output", 12, "repeated", "ValueInfoProto"),
+    ],
+    "NodeProto": [("op_type", 4, "optional", "string"), ("domain", 7, "optional", "string")],
+    "ValueInfoProto": [
+        ("name", 1, "optional", "string"),
+        ("type", 2, "optional", "TypeProto"),
+        ("doc_string", 3, "optional", "string"),
+    ],
+    "TypeProto": [("tensor_type", 1, "optional", "TensorTypeProto")],
+    "TensorTypeProto": [("elem_type", 1, "optional", "int32"), ("shape", 2, "optional", "TensorShapeProto")],
+    "TensorShapeProto": [("dim", 1, "repeated", "DimensionProto")],
+    "DimensionProto": [("dim_value", 1, "optional", "int64"), ("dim_param", 2, "optional", "string")],
+}
+_ELEM_TYPES = {
+    1: "float", 2: "uint8", 3: "int8", 4: "uint16", 5: "int16", 6: "int32", 7: "int64", 8: "string",
+    9: "bool", 10: "float16", 11: "double", 12: "uint32", 13: "uint64", 16: "bfloat16",
+}  # fmt: skip
+"""TensorProto.DataType names, as onnxruntime writes tensor types ("tensor(float)")."""
+
+
+@functools.cache
+def _model_class() -> type:
+    """ModelProto of :data:`_ONNX_MESSAGES`, in a pool of its own (never clashing with onnx's)."""
+    from google.protobuf import descriptor_pb2, descriptor_pool, message_factory
+
+    file = descriptor_pb2.FileDescriptorProto(name="flowrl_inspect_onnx.proto", package="flowrl_inspect")
+    for message, fields in _ONNX_MESSAGES.items():
+        proto = file.message_type.add(name=message)
+        for name, number, label, kind in fields:
+            field = proto.field.add(name=name, number=number)
+            field.label = getattr(descriptor_pb2.FieldDescriptorProto, f"LABEL_{label.upper()}")
+            if kind in _ONNX_MESSAGES:
+                field.type = descriptor_pb2.FieldDescriptorProto.TYPE_MESSAGE
+                field.type_name = f".flowrl_inspect.{kind}"
+            else:
+                field.type = getattr(descriptor_pb2.FieldDescriptorProto, f"TYPE_{kind.upper()}")
+    pool = descriptor_pool.DescriptorPool()
+    pool.Add(file)
+    return message_factory.GetMessageClass(pool.FindMessageTypeByName("flowrl_inspect.ModelProto"))
+
+
+def read_model(path: Path) -> Any:
+    """The file's ModelProto (the fields of :data:`_ONNX_MESSAGES`); a file that is no ONNX model is refused."""
+    from google.protobuf.message import DecodeError
+
+    check_policy_file(path)
+    model = _model_class()()
+    try:
+        model.ParseFromString(path.read_bytes())
+    except DecodeError as exc:
+        raise FlowRLError(f"cannot load ONNX model {path}: not an ONNX file ({exc})") from exc
+    if model.ir_version < 1 or not model.HasField("graph"):
+        raise FlowRLError(f"cannot load ONNX model {path}: not an ONNX file (no IR version or graph)")
+    return model
+
+
+def _tensors(values) -> list[dict[str, Any]]:
+    """Graph inputs or outputs as onnxruntime describes them: a dimension is a size, a name or None."""
+
+    def dim(d) -> int | str | None:
+        return d.dim_value if d.HasField("dim_value") else d.dim_param if d.HasField("dim_param") else None
+
+    return [
+        {
+            "name": v.name,
+            "shape": [dim(d) for d in v.type.tensor_type.shape.dim],
+            "type": f"tensor({_ELEM_TYPES.get(v.type.tensor_type.elem_type, v.type.tensor_type.elem_type)})",
+        }
+        for v in values
+    ]
 
 
 def inspect_policy(path: str | os.PathLike[str]) -> dict[str, Any]:
     """The policy file's contract, contract hash, file sha256, provenance and tensor shapes (a path
     that is no ONNX file is refused as :func:`~flowrl_deploy.runtime.check_policy_file` says)."""
     path = Path(path)
-    policy = OnnxPolicy(path, providers=["CPUExecutionProvider"])
-
-    def io(tensors) -> list[dict[str, Any]]:
-        return [{"name": t.name, "shape": list(t.shape), "type": t.type} for t in tensors]
-
+    model = read_model(path)
+    try:
+        contract, provenance = contract_from_metadata({p.key: p.value for p in model.metadata_props})
+    except SpecError as exc:
+        raise FlowRLError(f"{path}: {exc}") from exc
     return {
         "path": str(path),
         "sha256": file_sha256(path),
         "size_bytes": path.stat().st_size,
-        "contract_hash": policy.contract_hash,
-        "contract": policy.contract.to_dict(),
-        "inputs": io(policy.session.get_inputs()),
-        "outputs": io(policy.session.get_outputs()),
-        "provenance": policy.provenance,
+        "contract_hash": contract.hash(),
+        "contract": contract.to_dict(),
+        "inputs": _tensors(model.graph.input),
+        "outputs": _tensors(model.graph.output),
+        "provenance": provenance,
     }
 
 
