@@ -21,8 +21,8 @@ from flowrl_deploy.contract import MAX_HZ, MIN_HZ
 from flowrl_deploy.errors import FlowRLError
 from flowrl_deploy.gc_freeze import gc_frozen
 from flowrl_deploy.session import CallTiming, WatchdogError, check_session_settings, log, session_deadline
-from flowrl_deploy.train.envs import episode_seed, make_env
-from flowrl_deploy.train.evaluate import EVAL_STREAM, check_env_fits, lengths_summary, other_task_warning
+from flowrl_deploy.train.envs import Env, episode_seed, make_env
+from flowrl_deploy.train.evaluate import EVAL_STREAM, Episode, check_env_fits, lengths_summary, other_task_warning
 
 MISS_WARNING_RATE = 0.01
 """A run with more of its ticks on the fallback than this says so in its summary: the robot mostly
@@ -182,16 +182,7 @@ def run_control(
     what ran (``interrupted``). An ``env_id`` of another task than the served policy's is run, but
     warned about (logger ``flowrl.client``). Error messages name the ``flowrl control`` flags.
     """
-    if hz is not None and not hz > 0:  # `not >` also refuses NaN
-        raise FlowRLError(f"--hz must be > 0, got {hz:g}")
-    if hz is not None and not MIN_HZ <= hz <= MAX_HZ:
-        raise FlowRLError(f"--hz {hz:g} is out of range: a control rate lies in [{MIN_HZ:g}, {MAX_HZ:g}] Hz")
-    if episodes < 1:
-        raise FlowRLError(f"--episodes must be >= 1, got {episodes}")
-    if max_steps is not None and max_steps < 1:
-        raise FlowRLError(f"--max-steps must be >= 1, got {max_steps}")
-    if not 0 <= seed < 2**32:
-        raise FlowRLError(f"--seed must lie in [0, 2**32), got {seed}")
+    _check_run(hz, episodes, max_steps, seed)
     check_session_settings(
         fallback=fallback,
         local_model=local_model,
@@ -202,11 +193,7 @@ def run_control(
     with PolicyClient(
         server, token=token, tls_ca=tls_ca, tls_cert=tls_cert, tls_key=tls_key, target_name="--server"
     ) as client:
-        try:
-            client.wait_ready(timeout_s=connect_timeout_s)
-        except FlowRLError as exc:
-            hint = connection_hint(str(exc), server, tls_ca, tls_cert)
-            raise FlowRLError(f"{exc} ({hint})" if hint else str(exc)) from None
+        _wait_ready(client, server, connect_timeout_s, tls_ca, tls_cert)
         info = client.spec()
         contract_hz = 1.0 / info.control_period_s if info.control_period_s > 0 else None
         hz = hz or contract_hz or DEFAULT_HZ
@@ -236,27 +223,13 @@ def run_control(
                     max_timings=None,  # the report covers every tick of the run, which its episodes bound
                 )
             )
-            returns, lengths, ended, lateness, overruns, interrupted, watchdog = [], [], [], [], 0, False, ""
+            episodes_run: list[Episode] = []
+            clock, interrupted, watchdog = _TickClock(period), False, ""
             try:
                 with gc_frozen():  # no full garbage collection walks the setup's objects mid-run
                     for episode in range(episodes):
                         obs = env.reset(episode_seed(seed, episode, stream=EVAL_STREAM))
-                        total, terminated, truncated, steps = 0.0, False, False, 0
-                        start = time.perf_counter()
-                        while not (terminated or truncated) and (max_steps is None or steps < max_steps):
-                            scheduled = start + steps * period
-                            wait = scheduled - time.perf_counter()
-                            if wait > 0:
-                                time.sleep(wait)
-                            late = time.perf_counter() - scheduled
-                            lateness.append(late)
-                            overruns += late > period
-                            obs, reward, terminated, truncated = env.step(session.act(obs))
-                            total += reward
-                            steps += 1
-                        returns.append(total)
-                        lengths.append(steps)
-                        ended.append(terminated)
+                        episodes_run.append(_control_episode(env, obs, session.act, clock, max_steps))
             except WatchdogError as exc:
                 watchdog = str(exc)
             except KeyboardInterrupt:
@@ -270,12 +243,70 @@ def run_control(
         contract_hz=contract_hz,
         seed=seed,
         deadline_ms=session.deadline_s * 1e3,
-        returns=returns,
-        lengths=lengths,
-        terminated=ended,
+        returns=[e.total for e in episodes_run],
+        lengths=[e.length for e in episodes_run],
+        terminated=[e.terminated for e in episodes_run],
         deadline_misses=session.health.misses,
-        overruns=int(overruns),
+        overruns=clock.overruns,
         interrupted=interrupted,
         watchdog=watchdog,
-        **_tick_figures(session.timings, lateness),
+        **_tick_figures(session.timings, clock.lateness),
     )
+
+
+def _check_run(hz: float | None, episodes: int, max_steps: int | None, seed: int) -> None:
+    """Refuse run settings :func:`run_control` cannot honour, naming the ``flowrl control`` flag."""
+    if hz is not None and not hz > 0:  # `not >` also refuses NaN
+        raise FlowRLError(f"--hz must be > 0, got {hz:g}")
+    if hz is not None and not MIN_HZ <= hz <= MAX_HZ:
+        raise FlowRLError(f"--hz {hz:g} is out of range: a control rate lies in [{MIN_HZ:g}, {MAX_HZ:g}] Hz")
+    if episodes < 1:
+        raise FlowRLError(f"--episodes must be >= 1, got {episodes}")
+    if max_steps is not None and max_steps < 1:
+        raise FlowRLError(f"--max-steps must be >= 1, got {max_steps}")
+    if not 0 <= seed < 2**32:
+        raise FlowRLError(f"--seed must lie in [0, 2**32), got {seed}")
+
+
+def _wait_ready(client: PolicyClient, server: str, timeout_s: float, tls_ca: str, tls_cert: str) -> None:
+    """Wait for the server to be SERVING; a failure says what to check (TLS, address) when it can tell."""
+    try:
+        client.wait_ready(timeout_s=timeout_s)
+    except FlowRLError as exc:
+        hint = connection_hint(str(exc), server, tls_ca, tls_cert)
+        raise FlowRLError(f"{exc} ({hint})" if hint else str(exc)) from None
+
+
+@dataclass
+class _TickClock:
+    """The fixed-rate schedule of an episode's ticks, and how late each tick started."""
+
+    period: float
+    lateness: list[float] = field(default_factory=list)
+    """Seconds each tick started after its schedule."""
+    overruns: int = 0
+    """Ticks that started more than one period late."""
+
+    def wait_for(self, start: float, tick: int) -> None:
+        """Sleep until tick ``tick`` of an episode that started at ``start`` (perf_counter), and note its lateness."""
+        scheduled = start + tick * self.period
+        wait = scheduled - time.perf_counter()
+        if wait > 0:
+            time.sleep(wait)
+        late = time.perf_counter() - scheduled
+        self.lateness.append(late)
+        self.overruns += late > self.period
+
+
+def _control_episode(
+    env: Env, obs: np.ndarray, act: Callable[[np.ndarray], np.ndarray], clock: _TickClock, max_steps: int | None
+) -> Episode:
+    """One episode from ``obs`` at the clock's rate: each tick acts on the served action and steps the simulator."""
+    total, terminated, truncated, steps = 0.0, False, False, 0
+    start = time.perf_counter()
+    while not (terminated or truncated) and (max_steps is None or steps < max_steps):
+        clock.wait_for(start, steps)
+        obs, reward, terminated, truncated = env.step(act(obs))
+        total += reward
+        steps += 1
+    return Episode(total, steps, terminated)
