@@ -351,6 +351,7 @@ class ControlSession:
         self._down = DISCONNECTED  # the reason of the ticks while no stream is open
         self._warned = ""  # the fallback reason last logged since the last fresh action
         self._stream: _Stream | None = _Stream(client)
+        self._unanswered = 0  # the last tick sent on the stream whose reply has not come (0: none)
 
     # --- the tick ------------------------------------------------------------------------------
     def act(self, obs: np.ndarray) -> np.ndarray:
@@ -422,16 +423,16 @@ class ControlSession:
             request.contract_hash = self.contract_hash
             request.contract_json = self.contract_json
         stream.requests.put(request)
+        self._unanswered = seq
         while True:
-            remaining = until - time.perf_counter()
-            try:
-                reply = stream.replies.get(timeout=remaining) if remaining > 0 else stream.replies.get_nowait()
-            except queue.Empty:
+            reply = _next_reply(stream, until)
+            if reply is None:
                 return DEADLINE
             if reply is _END:
                 return self._broken()
             if reply.seq != seq:
                 continue  # the late answer to an earlier tick
+            self._unanswered = 0
             if reply.status.code == 0:
                 self._opened = True  # only now: a refused opening is sent again with the seed and pin
                 self._retry_in, self._retry_at = self._backoff_s[0], 0.0  # a later break retries soon again
@@ -453,6 +454,7 @@ class ControlSession:
         self._retry_in = min(self._retry_in * 2, self._backoff_s[1])
         self._opened = False
         self._stream = stream = _Stream(self.client)
+        self._unanswered = 0
         if self._closed:  # close() ran meanwhile (from another thread) and saw no stream to close
             self.close()
             raise self._closed_error("act")
@@ -539,15 +541,20 @@ class ControlSession:
         """A new episode: reseed the session's noise (and the local fallback's), forget the last
         action and restart the staleness clock.
 
-        The server's ``Reset`` is waited for at most ``reset_timeout_s``. If it fails (the server
-        is down, frozen or refuses) this raises :class:`ServiceError` and the session is left as it
-        was (seed, last action, local fallback noise), so the loop may carry on or try again; a
-        reset that timed out may still have reached the server."""
+        A tick that missed its deadline may still be queued on the server, where it would take
+        the new episode's first noise draw; so ``Reset`` is sent only once the reply to the last
+        tick sent has come (or its stream ended), waited for at most ``reset_timeout_s``, and the
+        server's ``Reset`` then at most ``reset_timeout_s`` too: an episode after a reset acts as
+        a fresh session with that seed does. If either fails (the server is down, frozen or
+        refuses) this raises :class:`ServiceError` and the session is left as it was (seed, last
+        action, local fallback noise), so the loop may carry on or try again; a reset whose
+        ``Reset`` timed out may still have reached the server."""
         seed = checked_seed(seed)
         if not self._busy.acquire(blocking=False):
             raise self._in_use("reset")
         try:
             self._check_open("reset")
+            self._await_last_reply()
             self.client.reset(self.session_id, seed, contract_hash=self.contract_hash, timeout_s=self.reset_timeout_s)
             self.seed = seed
             self.last_action = None
@@ -557,6 +564,26 @@ class ControlSession:
                 self.local.reseed(seed)
         finally:
             self._busy.release()
+
+    def _await_last_reply(self) -> None:
+        """Wait (at most ``reset_timeout_s``) until the server has answered every tick sent on the
+        stream, dropping the late replies; raise :class:`ServiceError` if it has not by then."""
+        stream, seq = self._stream, self._unanswered
+        if stream is None or not seq:
+            return
+        until = time.perf_counter() + self.reset_timeout_s
+        while (reply := _next_reply(stream, until)) is not _END:
+            if reply is None:
+                raise ServiceError(
+                    grpc.StatusCode.DEADLINE_EXCEEDED,
+                    f"no reply to tick {seq} within reset_timeout_s {self.reset_timeout_s:g} s: the server may "
+                    "still draw that tick's noise, so the reset was not sent (try again, or open a new session)",
+                )
+            if reply.seq == seq:
+                break
+        else:
+            stream.replies.put(_END)  # the stream ended: the next tick sees it, and reconnects
+        self._unanswered = 0
 
     def close(self) -> None:
         """End the stream; a closed session refuses ``act`` and ``reset``. Closing again does nothing."""
@@ -570,6 +597,15 @@ class ControlSession:
 
     def __exit__(self, *exc: object) -> None:
         self.close()
+
+
+def _next_reply(stream: _Stream, until: float) -> pb.StreamActReply | object | None:
+    """The stream's next reply (or ``_END``), waited for until ``until`` (time.perf_counter); None after."""
+    remaining = until - time.perf_counter()
+    try:
+        return stream.replies.get(timeout=remaining) if remaining > 0 else stream.replies.get_nowait()
+    except queue.Empty:
+        return None
 
 
 def _code_name(value: int) -> str:

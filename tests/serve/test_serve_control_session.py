@@ -706,3 +706,74 @@ def test_a_period_equal_to_the_served_one_up_to_float_rounding_is_not_warned_abo
     with caplog.at_level(logging.WARNING, logger="flowrl.client"):
         client.session(period_s=served * (1 + 1e-9)).close()  # e.g. --hz 50 computed another way
     assert caplog.records == []
+
+
+def test_a_reset_after_a_missed_tick_starts_the_episode_as_a_fresh_session_does(server, client, local, monkeypatch):
+    """A tick still queued on the server when Reset arrived took the reseeded generator's first draw:
+    after reset(2) the robot got the second and third actions of seed 2, not the first and second."""
+    model = server.servicer.model
+    original, released = model.run, threading.Event()
+
+    def slow_run(obs: np.ndarray, noise: np.ndarray | None):
+        released.wait(timeout=30)  # holds the stream's handler, so the next tick stays queued on the server
+        return original(obs, noise)
+
+    real_reset = client.stub.Reset
+
+    def reset_then_release(request, **kwargs):  # without waiting, the queued tick is drawn after the reseed
+        reply = real_reset(request, **kwargs)
+        released.set()
+        return reply
+
+    monkeypatch.setattr(model, "run", slow_run)
+    monkeypatch.setattr(client.stub, "Reset", reset_then_release)
+    with client.session(period_s=0.5, deadline_s=0.05, seed=2, fallback="zeros", reset_timeout_s=30) as control:
+        control.act(OBS)  # held in the model
+        control.act(OBS)  # queued behind it
+        assert [t.reason for t in control.timings] == ["deadline", "deadline"]
+        releaser = threading.Timer(1.0, released.set)  # what the fixed reset waits for
+        releaser.start()
+        control.reset(seed=2)
+        releaser.cancel()
+        monkeypatch.setattr(model, "run", original)
+        control.deadline_s = 0.5
+        got = [control.act(OBS) for _ in range(2)]
+        assert [t.source for t in list(control.timings)[-2:]] == ["server", "server"]
+    fresh = session_noise(2)
+    expected = [local.act(OBS[None], draw_noise(fresh, 1, ACT_DIM))[0].copy() for _ in range(2)]
+    np.testing.assert_allclose(got, expected, atol=1e-6)
+
+
+def _silent_stream(monkeypatch) -> SimpleNamespace:
+    """A stream the session sends to and that answers only what the test puts in its ``replies``."""
+    stream = SimpleNamespace(requests=SimpleNamespace(put=lambda request: None), replies=queue.SimpleQueue())
+    stream.error, stream.close = None, lambda: None
+    monkeypatch.setattr(session_module, "_Stream", lambda _client: stream)
+    return stream
+
+
+def test_a_reset_whose_missed_tick_gets_no_reply_is_refused_unsent_and_changes_nothing(client, monkeypatch):
+    _silent_stream(monkeypatch)
+    sent = []
+    monkeypatch.setattr(client.stub, "Reset", lambda request, **kwargs: sent.append(request))
+    with client.session(period_s=0.02, deadline_s=0.001, seed=3, reset_timeout_s=0.05) as control:
+        control.act(OBS)
+        why = "DEADLINE_EXCEEDED: no reply to tick 1 within reset_timeout_s 0.05 s: the server may still draw"
+        with pytest.raises(ServiceError, match=f"^{why}"):
+            control.reset(seed=9)
+        assert sent == [] and control.seed == 3
+
+
+def test_a_reset_whose_stream_ends_before_the_missed_ticks_reply_is_sent_and_the_next_tick_reconnects(
+    client, monkeypatch
+):
+    stream = _silent_stream(monkeypatch)
+    with client.session(period_s=0.02, deadline_s=0.001, seed=3, fallback="zeros") as control:
+        control.act(OBS)
+        stream.replies.put(pb.StreamActReply(seq=0))  # an earlier tick's late reply, dropped
+        stream.error = ServiceError(grpc.StatusCode.UNAVAILABLE, "gone")
+        stream.replies.put(session_module._END)
+        control.reset(seed=9)
+        assert control.seed == 9
+        control.act(OBS)
+        assert control.timings[-1].reason == "disconnected" and control._stream is None
