@@ -64,9 +64,14 @@ WATCH_STREAMS = 4
 """Open health Watch streams at most: each holds a handler thread for as long as it is open."""
 REFLECTION_STREAMS = 2
 """Open reflection streams (grpcurl) at most, for the same reason."""
-SPARE_THREADS = WATCH_STREAMS + REFLECTION_STREAMS + 2
-"""Handler threads beyond ``--workers``: the capped Watch and reflection streams, and two that only
-health Checks (which answer at once) can use, so that a probe is answered however busy the rest is."""
+CONTROL_METHODS = tuple(f"/{SERVICE_NAME}/{name}" for name in ("GetSpec", "GetStats", "Reload"))
+"""The operator's calls, and a robot's first: answered while the robots' streams hold every worker."""
+CONTROL_CALLS = 4
+"""Control calls in flight on threads of their own; more take idle ``--workers`` threads."""
+SPARE_THREADS = WATCH_STREAMS + REFLECTION_STREAMS + CONTROL_CALLS + 2
+"""Handler threads beyond ``--workers``: the capped Watch and reflection streams, the control calls',
+and two that only health Checks (which answer at once) can use, so that a probe is answered however
+busy the rest is."""
 KINDS = {  # (request streaming, response streaming): the handler's field for its behaviour
     (False, False): "unary_unary",
     (False, True): "unary_stream",
@@ -157,10 +162,10 @@ def server_credentials(config: ServeConfig) -> grpc.ServerCredentials | None:
 
 
 class Cap(NamedTuple):
-    """At most ``most`` calls whose method starts with ``prefix`` in flight at once; one more is
-    refused with ``code`` and ``refusal``."""
+    """At most ``most`` calls whose method starts with ``prefix`` (or one of them) in flight at once;
+    one more is refused with ``code`` and ``refusal``."""
 
-    prefix: str
+    prefix: str | tuple[str, ...]
     most: int
     refusal: str
     code: grpc.StatusCode = grpc.StatusCode.RESOURCE_EXHAUSTED
@@ -173,7 +178,8 @@ class OpenStreams(grpc.ServerInterceptor):
     every handler thread with health Watches, which need no token and each hold a thread while open:
     a robot's tokened Act and a kubelet's health Check were then refused ("Concurrent RPC limit
     exceeded!", counted nowhere). The pool (and gRPC's limit) is ``workers`` + :data:`SPARE_THREADS`
-    threads: the policy service's calls may hold ``workers`` of them, health Watches
+    threads: the policy service's calls may hold ``workers`` of them, its control calls
+    (:data:`CONTROL_METHODS`) :data:`CONTROL_CALLS` more (and then idle workers), health Watches
     :data:`WATCH_STREAMS` and reflection streams :data:`REFLECTION_STREAMS`, and the rest are left to
     health Checks. A call over its cap is refused with RESOURCE_EXHAUSTED naming the limit, and
     ``on_refused(method, code)`` is told of it (``method`` its short name, e.g. ``Watch``). A Watch
@@ -198,12 +204,14 @@ class OpenStreams(grpc.ServerInterceptor):
         self._lock = threading.Lock()
         self._idle = threading.Condition(self._lock)
         self._in_flight = 0
+        busy = f"all --workers {workers} handler threads are busy (each open StreamAct holds one)"
+        workers_cap = Cap(f"/{SERVICE_NAME}/", workers, busy)
+        control = Cap(
+            CONTROL_METHODS, CONTROL_CALLS, f"{busy}, and the {CONTROL_CALLS} of GetSpec, GetStats and Reload too"
+        )
         self._caps = (
-            Cap(
-                f"/{SERVICE_NAME}/",
-                workers,
-                f"all --workers {workers} handler threads are busy (each open StreamAct holds one)",
-            ),
+            control,
+            workers_cap,
             Cap(
                 HEALTH_WATCH,
                 WATCH_STREAMS,
@@ -217,6 +225,7 @@ class OpenStreams(grpc.ServerInterceptor):
             ),
         )
         self._open = dict.fromkeys(self._caps, 0)  # the calls in flight under each cap
+        self._overflow = {control: workers_cap}  # a cap's calls beyond it take this one's idle threads
         self._on_refused = on_refused
         self._busy: dict[grpc.ServicerContext, bool] = {}
         self._watches: dict[grpc.ServicerContext, int] = {}  # the last health status each sent
@@ -251,11 +260,14 @@ class OpenStreams(grpc.ServerInterceptor):
         )
 
     def _started(self, context: grpc.ServicerContext, cap: Cap | None) -> bool:
-        """Count the call in flight, or refuse it (False) when its cap is reached."""
+        """Count the call in flight, or refuse it (False) when its cap, and the cap it overflows
+        into (:data:`CONTROL_CALLS` into the workers), are reached."""
         with self._lock:
             if cap is not None:
                 if self._open[cap] >= cap.most:
-                    return False
+                    cap = self._overflow.get(cap)
+                    if cap is None or self._open[cap] >= cap.most:
+                        return False
                 self._open[cap] += 1
             self._in_flight += 1
         finished = functools.partial(self._finished, cap)

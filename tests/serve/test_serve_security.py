@@ -21,7 +21,7 @@ from flowrl_deploy.codec import decode, encode
 from flowrl_deploy.proto.flowrl.v1 import policy_pb2 as pb
 from flowrl_deploy.proto.flowrl.v1 import policy_pb2_grpc as pb_grpc
 from flowrl_deploy.serve import PolicyServer, ServeConfig
-from flowrl_deploy.serve.server import SERVICE_NAME, OpenStreams, connectable
+from flowrl_deploy.serve.server import CONTROL_CALLS, SERVICE_NAME, OpenStreams, connectable
 
 x509 = pytest.importorskip("cryptography.x509")
 from cryptography.hazmat.primitives import hashes, serialization  # noqa: E402
@@ -368,3 +368,82 @@ def test_a_client_ca_that_holds_no_certificate_is_named_not_blamed_on_the_port(p
     with pytest.raises(FlowRLError, match=f"--client-ca {bad_ca}") as info:
         PolicyServer(config).start()
     assert "bind" not in str(info.value) and "listen" not in str(info.value)
+
+
+def test_control_calls_are_answered_while_the_fleet_holds_every_worker(policy_path):
+    """With every --workers thread held by a robot's StreamAct, GetSpec, GetStats and Reload were
+    refused (RESOURCE_EXHAUSTED "all --workers … busy"): the operator could neither see the stats nor
+    reload a fix, and a robot starting then failed in client.session(), which asks GetSpec first.
+    They have threads of their own beyond --workers; Reset, a robot's per-episode call, stays with
+    the workers."""
+    config = ServeConfig(str(policy_path), port=0, workers=2, grace_s=0)
+    held = threading.Event()
+
+    def held_open(request):
+        yield request
+        held.wait(30)
+
+    with PolicyServer(config).start() as server, grpc.insecure_channel(server.address) as channel:
+        stub = pb_grpc.PolicyServiceStub(channel)
+        try:
+            streams = [stub.StreamAct(held_open(pb.StreamActRequest(obs=encode(OBS))), timeout=30) for _ in range(2)]
+            assert all(not next(stream).HasField("status") for stream in streams)  # both workers held
+            assert stub.GetSpec(pb.GetSpecRequest(), timeout=10).obs_dim == OBS.size
+            assert stub.GetStats(pb.GetStatsRequest(), timeout=10).sessions == 2
+            served = server.servicer.model.version
+            assert stub.Reload(pb.ReloadRequest(), timeout=30).model_version == served
+            with pytest.raises(grpc.RpcError) as refused:
+                stub.Reset(pb.ResetRequest(session_id="robot"), timeout=10)
+            assert refused.value.code() == grpc.StatusCode.RESOURCE_EXHAUSTED
+        finally:
+            held.set()
+
+
+class HeldCallContext:
+    """A call in flight until :meth:`finish` (gRPC calls its end callback then)."""
+
+    def __init__(self) -> None:
+        self.callbacks = []
+
+    def add_callback(self, callback) -> bool:
+        self.callbacks.append(callback)
+        return True
+
+    def abort(self, code, details):
+        raise grpc.RpcError(code, details)
+
+    def finish(self) -> None:
+        for callback in self.callbacks:
+            callback()
+
+
+def test_control_calls_beyond_their_own_threads_use_idle_workers():
+    """A burst of robots starting at once (each asks GetSpec) is not refused while workers are idle:
+    control calls beyond their own threads take an idle worker, and only then are refused."""
+    refusals = []
+    streams = OpenStreams(workers=1, on_refused=lambda method, code: refusals.append((method, code)))
+
+    def call(method: str):
+        handler = streams.intercept_service(
+            lambda _: grpc.unary_unary_rpc_method_handler(lambda r, c: "answered"),
+            SimpleNamespace(method=f"/{SERVICE_NAME}/{method}"),
+        )
+        context = HeldCallContext()
+        try:
+            return handler.unary_unary("request", context), context
+        except grpc.RpcError:
+            return "refused", context
+
+    held = [call("GetSpec") for _ in range(CONTROL_CALLS + 1)]  # the last takes the one worker
+    assert [answer for answer, _ in held] == ["answered"] * (CONTROL_CALLS + 1)
+    assert call("GetStats")[0] == call("Act")[0] == "refused"
+    held[0][1].finish()  # a control thread is free again: a control call is answered, an Act is not
+    assert call("Act")[0] == "refused"
+    assert call("Reload")[0] == "answered"
+    held[-1][1].finish()  # the worker is free again
+    assert call("Act")[0] == "answered"
+    assert refusals == [
+        ("GetStats", "RESOURCE_EXHAUSTED"),
+        ("Act", "RESOURCE_EXHAUSTED"),
+        ("Act", "RESOURCE_EXHAUSTED"),
+    ]
