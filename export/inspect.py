@@ -1,4 +1,4 @@
-"""What `flowrl inspect` shows of a policy file: contract, hashes, provenance, I/O.
+"""What `flowrl inspect` shows of a policy file: contract, hashes, provenance, I/O, opsets and ops.
 
 The file is parsed with the protobuf runtime of the base install against the few messages of
 onnx.proto shown here (:data:`_ONNX_MESSAGES`), not loaded into onnxruntime: a robot may lack the
@@ -49,6 +49,14 @@ _ELEM_TYPES = {
     9: "bool", 10: "float16", 11: "double", 12: "uint32", 13: "uint64", 16: "bfloat16",
 }  # fmt: skip
 """TensorProto.DataType names, as onnxruntime writes tensor types ("tensor(float)")."""
+DEFAULT_DOMAIN = "ai.onnx"
+"""The name of the standard operator domain, which a file writes as ""."""
+RUNTIME_NEEDS = {
+    ("ai.onnx", "LayerNormalization"): "opset >= 17; TensorRT >= 8.6",
+    ("com.microsoft", "MatMulNBits"): "onnxruntime >= 1.22; not TensorRT",
+}
+"""What a runtime must offer for an op an export may hold (ops of other domains than ai.onnx that are
+not listed here are called onnxruntime's own)."""
 
 
 @functools.cache
@@ -104,14 +112,24 @@ def _tensors(values) -> list[dict[str, Any]]:
 
 
 def inspect_policy(path: str | os.PathLike[str]) -> dict[str, Any]:
-    """The policy file's contract, contract hash, file sha256, provenance and tensor shapes (a path
-    that is no ONNX file is refused as :func:`~flowrl_deploy.runtime.check_policy_file` says)."""
+    """The policy file's contract, contract hash, file sha256, provenance, tensor shapes, IR version,
+    opsets, ops by domain and what those ops need of a runtime (a path that is no ONNX file is
+    refused as :func:`~flowrl_deploy.runtime.check_policy_file` says)."""
     path = Path(path)
     model = read_model(path)
     try:
         contract, provenance = contract_from_metadata({p.key: p.value for p in model.metadata_props})
     except SpecError as exc:
         raise FlowRLError(f"{path}: {exc}") from exc
+    ops: dict[str, set[str]] = {}
+    for node in model.graph.node:
+        ops.setdefault(node.domain or DEFAULT_DOMAIN, set()).add(node.op_type)
+    needs = [
+        f"{d} {op} ({RUNTIME_NEEDS.get((d, op), 'not standard ONNX: an onnxruntime op')})"
+        for d, names in sorted(ops.items())
+        for op in sorted(names)
+        if (d, op) in RUNTIME_NEEDS or d != DEFAULT_DOMAIN
+    ]
     return {
         "path": str(path),
         "sha256": file_sha256(path),
@@ -120,6 +138,10 @@ def inspect_policy(path: str | os.PathLike[str]) -> dict[str, Any]:
         "contract": contract.to_dict(),
         "inputs": _tensors(model.graph.input),
         "outputs": _tensors(model.graph.output),
+        "ir_version": model.ir_version,
+        "opsets": {o.domain or DEFAULT_DOMAIN: o.version for o in model.opset_import},
+        "ops": {d: sorted(names) for d, names in sorted(ops.items())},
+        "needs": needs,
         "provenance": provenance,
     }
 
@@ -152,7 +174,12 @@ def format_inspection(info: dict[str, Any]) -> str:
         f"{'deterministic' if c['deterministic'] else 'stochastic'}",
         f"noise        {c['noise_convention']}",
         f"source       {p.get('source_checkpoint', '?')} (model.safetensors sha256 {p.get('source_sha256', '?')})",
-        f"exported     dtype {p.get('dtype', '?')}, opset {p.get('opset', '?')}, "
+        f"opset        {', '.join(f'{d} {v}' for d, v in info['opsets'].items())} (IR version {info['ir_version']})",
+        *(
+            f"{'needs' if i == 0 else '':13}{need}"
+            for i, need in enumerate(info["needs"] or ["standard ONNX ops only"])
+        ),
+        f"exported     dtype {p.get('dtype', '?')}, "
         f"{'optimized' if config.get('optimize') else 'plain'} graph, with "
         + ", ".join(f"{k} {v}" for k, v in sorted(versions.items())),
     ]

@@ -62,3 +62,30 @@ def test_a_fixed_batch_shows_its_size(checkpoint, tmp_path):
     text = runner.invoke(app, ["inspect", str(report.path)])
     assert text.exit_code == 0, text.output
     assert "obs [4, 5] tensor(float)" in text.output
+
+
+def test_inspect_reports_the_files_own_opset_not_the_one_recorded_at_export(checkpoint, tmp_path):
+    """A file converted after export (onnx.version_converter) is run at its own opset."""
+    from onnx import version_converter
+
+    report = export_checkpoint(checkpoint, tmp_path / "p.onnx", ExportConfig(steps=1, samples=3))
+    onnx.save(version_converter.convert_version(onnx.load(str(report.path)), 17), str(tmp_path / "p17.onnx"))
+    text = runner.invoke(app, ["inspect", str(tmp_path / "p17.onnx")])
+    assert text.exit_code == 0, text.output
+    assert "opset        ai.onnx 17 (IR version 8)" in text.output
+    assert "needs        ai.onnx LayerNormalization (opset >= 17; TensorRT >= 8.6)\n" in text.output
+    info = json.loads(runner.invoke(app, ["inspect", str(tmp_path / "p17.onnx"), "--json"]).output)
+    assert info["opsets"] == {"ai.onnx": 17} and info["ir_version"] == 8
+    assert {"Gemm", "LayerNormalization", "Elu", "Tanh", "Clip"} <= set(info["ops"]["ai.onnx"])
+
+
+def test_inspect_says_what_an_int8_file_needs(checkpoint, tmp_path):
+    report = export_checkpoint(checkpoint, tmp_path / "q.onnx", ExportConfig(steps=1, samples=3, dtype="int8"))
+    text = runner.invoke(app, ["inspect", str(report.path)])
+    assert text.exit_code == 0, text.output
+    assert "opset        ai.onnx 18, com.microsoft 1" in text.output
+    assert "\n             com.microsoft MatMulNBits (onnxruntime >= 1.22; not TensorRT)\n" in text.output
+    info = json.loads(runner.invoke(app, ["inspect", str(report.path), "--json"]).output)
+    assert info["opsets"] == {"ai.onnx": 18, "com.microsoft": 1}
+    assert info["ops"]["com.microsoft"] == ["MatMulNBits"]
+    assert "com.microsoft MatMulNBits (onnxruntime >= 1.22; not TensorRT)" in info["needs"]
