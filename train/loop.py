@@ -166,7 +166,25 @@ def train(
     Ctrl-C or SIGTERM ends the run after the current step with a saved ``last`` checkpoint and
     ``TrainResult.interrupted``, and a second one raises :class:`TrainingInterrupted` at once;
     otherwise Ctrl-C raises ``KeyboardInterrupt`` as usual.
+
+    ``cfg.threads`` sets torch's thread count for the run only: the caller's comes back when it returns
+    or raises. A run seeds torch's global RNG with ``cfg.seed`` (``torch.manual_seed``), as a seeded run
+    must; that stays after it.
     """
+    threads = torch.get_num_threads()
+    try:
+        return _train(cfg, resume, progress, stop_on_signal, on_start)
+    finally:
+        torch.set_num_threads(threads)
+
+
+def _train(
+    cfg: TrainConfig,
+    resume: str | Path | None,
+    progress: bool,
+    stop_on_signal: bool,
+    on_start: Callable[[], None] | None,
+) -> TrainResult:
     run = _prepare_run(cfg, resume, progress)
     env, agent, replay, counters = run.env, run.agent, run.replay, run.counters
     low, high = env.info.action_low, env.info.action_high

@@ -1,0 +1,30 @@
+"""train(), evaluate() and checkpoint_act_fn called from a researcher's own Python process leave its
+process-wide state as they found it: torch's thread count, torch's global RNG, the root logger."""
+
+import pytest
+import torch
+
+from flowrl_deploy.errors import FlowRLError
+from flowrl_deploy.train.config import TrainConfig
+from flowrl_deploy.train.loop import train
+
+TINY = dict(env="Pendulum-v1", hidden=16, batch_size=16, start_steps=100, eval_every=200, eval_episodes=1,
+            save_every=200, log_every=100)  # fmt: skip
+
+
+@pytest.fixture
+def two_torch_threads():
+    torch.set_num_threads(2)
+    yield
+    torch.set_num_threads(1)
+
+
+def test_train_gives_the_callers_torch_thread_count_back(tmp_path, two_torch_threads):
+    train(TrainConfig(steps=200, out=str(tmp_path / "run"), threads=1, **TINY), progress=False)
+    assert torch.get_num_threads() == 2
+
+
+def test_a_train_that_raises_gives_the_callers_torch_thread_count_back(tmp_path, two_torch_threads):
+    with pytest.raises(FlowRLError):  # refused after --threads took effect: the task is unknown
+        train(TrainConfig(steps=200, out=str(tmp_path / "run"), threads=1, **{**TINY, "env": "dmc:nope-nope"}))
+    assert torch.get_num_threads() == 2
