@@ -10,8 +10,11 @@ the last state still counts. dm_control episodes end only by their time limit.
 
 from __future__ import annotations
 
+import contextlib
 import importlib
+import logging
 import os
+from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Protocol
 
@@ -52,6 +55,20 @@ class Env(Protocol):
     def close(self) -> None: ...
 
 
+@contextlib.contextmanager
+def _root_logger_kept() -> Iterator[None]:
+    """Undo what absl does to the root logger meanwhile: dm_control logs through absl, whose every message
+    calls ``logging.basicConfig()`` while the root logger has no handler, and a caller's own
+    ``basicConfig(level=..., format=...)`` afterwards would do nothing. The messages still show."""
+    before = list(logging.root.handlers)
+    try:
+        yield
+    finally:
+        for handler in [h for h in logging.root.handlers if h not in before]:
+            logging.root.removeHandler(handler)
+            handler.close()
+
+
 class DMCEnv:
     """A dm_control suite task with observations flattened to float32.
 
@@ -61,9 +78,10 @@ class DMCEnv:
     """
 
     def __init__(self, env_id: EnvId, seed: int) -> None:
-        os.environ.setdefault("MUJOCO_GL", "disable")  # no OpenGL context is ever needed
+        os.environ.setdefault("MUJOCO_GL", "disable")  # no OpenGL context is ever needed (see the README)
         try:
-            from dm_control import suite
+            with _root_logger_kept():  # its import logs which OpenGL backend it chose
+                from dm_control import suite
         except ModuleNotFoundError as exc:  # dm_control, or the mujoco it runs on
             raise EnvIdError(
                 f"{exc.name} is not installed, so {env_id} cannot be made: {install_command('train')}"
@@ -74,7 +92,8 @@ class DMCEnv:
                 f"dm_control has no task {env_id.domain}-{env_id.task}; {ENV_ID_HELP}. "
                 f"Domains: {', '.join(sorted({d for d, _ in suite.ALL_TASKS}))}"
             )
-        self._env = suite.load(env_id.domain, env_id.task, task_kwargs={"random": seed})
+        with _root_logger_kept():
+            self._env = suite.load(env_id.domain, env_id.task, task_kwargs={"random": seed})
         spec = self._env.action_spec()
         layout = tuple((k, int(np.prod(v.shape))) for k, v in self._env.observation_spec().items())
         self.info = EnvInfo(
@@ -94,7 +113,8 @@ class DMCEnv:
     def reset(self, seed: int | None = None) -> np.ndarray:
         if seed is not None:
             self._env.task._random = np.random.RandomState(seed)  # the suite offers no public reseed
-        return self._flatten(self._env.reset().observation)
+        with _root_logger_kept():  # a reset logs an invalid physics state
+            return self._flatten(self._env.reset().observation)
 
     def step(self, action: np.ndarray) -> tuple[np.ndarray, float, bool, bool]:
         time_step = self._env.step(action)
