@@ -16,6 +16,7 @@ import json
 import logging
 import math
 import queue
+import random
 import threading
 import time
 import uuid
@@ -236,7 +237,8 @@ class ControlSession:
     The watchdog raises :class:`WatchdogError` after ``max_consecutive_misses`` misses in a row
     or when the last fresh action is older than ``max_staleness_s`` (counted from the first tick,
     and again after each :meth:`reset`). A broken stream is reopened with exponential backoff
-    (the server then restarts the session's noise from ``seed``).
+    (each wait drawn at random from [half, all] of it, so that robots that lost the same server do
+    not retry in step; the server then restarts the session's noise from ``seed``).
     Each fallback tick's ``CallTiming.reason`` says why (also ``health.last_fallback_reason``); a
     change to a server refusal or to ``disconnected`` is logged once as a warning (logger
     ``flowrl.client``), and the first fresh action after it at INFO: not once per tick.
@@ -256,7 +258,8 @@ class ControlSession:
         max_staleness_s: raise when no fresh action came for this long (finite, > 0); None: never.
         max_rate: optional clamp of each action component's change, in units per second (finite, > 0).
         contract_hash / contract: pin the policy contract; the server refuses a different one.
-        backoff_s: (first, longest) wait between reconnection tries, 0 < first <= longest.
+        backoff_s: (first, longest) wait between reconnection tries, 0 < first <= longest; it doubles
+            from first to longest, and each wait is drawn from [half, all] of it.
         reset_timeout_s: how long :meth:`reset` waits for the server (finite, > 0); default 1 s.
         max_timings: how many ticks ``timings`` keeps, the most recent (>= 1); None: all of them
             (about 300 bytes a tick: only for bounded runs).
@@ -347,6 +350,7 @@ class ControlSession:
         self._backoff_s = (first, longest)
         self._retry_in = first
         self._retry_at = 0.0
+        self._jitter = random.Random()  # the session's own (seeded from os.urandom), not the global state
         self._opened = False
         self._down = DISCONNECTED  # the reason of the ticks while no stream is open
         self._warned = ""  # the fallback reason last logged since the last fresh action
@@ -450,7 +454,7 @@ class ControlSession:
         now = time.monotonic()
         if now < self._retry_at:
             return None
-        self._retry_at = now + self._retry_in
+        self._retry_at = self._next_try(now)
         self._retry_in = min(self._retry_in * 2, self._backoff_s[1])
         self._opened = False
         self._stream = stream = _Stream(self.client)
@@ -473,8 +477,13 @@ class ControlSession:
             else:  # the server refused the stream itself (RESOURCE_EXHAUSTED: all its workers busy)
                 self._down = self._noted(error.code.name, f"the server refuses its stream ({error})")
         if not self._retry_at or time.monotonic() >= self._retry_at:
-            self._retry_at = time.monotonic() + self._retry_in
+            self._retry_at = self._next_try(time.monotonic())
         return self._down
+
+    def _next_try(self, now: float) -> float:
+        """When to try to reconnect next: after a wait drawn from [half, all] of the backoff ("equal
+        jitter"), so that a fleet of robots that lost one server does not retry it in step."""
+        return now + self._jitter.uniform(self._retry_in / 2, self._retry_in)
 
     def _noted(self, reason: str, why: str) -> str:
         """``reason``, a server refusal or ``disconnected``, logged as a warning when it is not the one

@@ -362,8 +362,15 @@ class FlakyServer:
 
 
 RECONNECT_WAITS = [0.05, 0.05, 0.1, 0.2, 0.4, 0.8, 1.0, 1.0]
-"""The default backoff (0.05 s, 1.0 s) after a break: a first try after 0.05 s, then tries 0.05, 0.1, 0.2 …
-up to 1 s apart."""
+"""The default backoff (0.05 s, 1.0 s) after a break: a first try after at most 0.05 s, then tries at
+most 0.05, 0.1, 0.2 … up to 1 s apart, each wait drawn from [half, all] of it."""
+
+
+def _within_backoff(waits: list[float], nominal: list[float], tick_s: float = 0.002) -> bool:
+    """Each wait (measured in ticks of ``tick_s``) lies in [nominal / 2, nominal]."""
+    return len(waits) == len(nominal) and all(
+        n / 2 - tick_s <= w <= n + tick_s for w, n in zip(waits, nominal, strict=True)
+    )
 
 
 def test_reconnect_backoff_doubles_up_to_its_cap_and_restarts_after_a_fresh_reply(client, monkeypatch):
@@ -371,16 +378,33 @@ def test_reconnect_backoff_doubles_up_to_its_cap_and_restarts_after_a_fresh_repl
     retried as quickly as the first, not after the grown interval (1 s of fallback actions)."""
     server = FlakyServer(monkeypatch)
     control = client.session(period_s=0.002, fallback="zeros")
-    outage = server.run(control, 4.0)  # the session's first stream breaks at once
-    assert np.diff([0.0, *outage]) == pytest.approx(RECONNECT_WAITS, abs=0.0025)
+    outage = server.run(control, 2.9)  # the session's first stream breaks at once
+    waits = np.diff([0.0, *outage]).tolist()
+    assert _within_backoff(waits, RECONNECT_WAITS[: len(waits)]) and len(waits) >= 6, waits
     assert {t.source for t in control.timings} == {"zeros"}
     server.up = True
-    assert len(server.run(control, 0.7)) == 1  # the next try (at 4.6 s) reconnects, and the stream stays open
+    assert len(server.run(control, 1.1)) == 1  # the next try reconnects, and the stream stays open
     assert control.timings[-1].source == "server"
     server.up = False  # a second outage soon after: the try that reconnected left no 1 s wait behind
-    second = server.run(control, 1.0)
-    assert np.diff([0.0, *second]) == pytest.approx(RECONNECT_WAITS[:5], abs=0.0025)
+    second = server.run(control, 0.5)  # tries within at most 0.05, 0.1, 0.2 and 0.4 s: 1 s were 0 or 1
+    waits = np.diff([0.0, *second]).tolist()
+    assert _within_backoff(waits, RECONNECT_WAITS[: len(waits)]) and len(waits) >= 3, waits
     control.close()
+
+
+def test_reconnect_waits_are_jittered_so_a_fleet_does_not_retry_in_step(client, monkeypatch):
+    """20 robots that lost a restarting server all retried at the same offsets (+0.05, 0.1, 0.2 … s)
+    and hit it within 60 ms; each session now draws its waits from its own generator."""
+    outages = []
+    for _ in range(3):
+        server = FlakyServer(monkeypatch)
+        control = client.session(period_s=0.002, fallback="zeros", backoff_s=(0.2, 0.8))
+        waits = np.diff([0.0, *server.run(control, 4.0)]).tolist()
+        control.close()
+        assert _within_backoff(waits[:3], [0.2, 0.2, 0.4]), waits
+        assert all(0.4 - 0.002 <= w <= 0.8 + 0.002 for w in waits[3:]), waits  # at the cap: [0.4, 0.8]
+        outages.append(waits[:5])
+    assert len({tuple(waits) for waits in outages}) == 3  # 2 ms ticks: two equal by chance ~ 1e-8
 
 
 @pytest.mark.parametrize(
