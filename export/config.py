@@ -12,7 +12,10 @@ from flowrl_deploy.fieldtypes import is_int, wrong_type
 from flowrl_deploy.spec import SOLVERS, flow_steps_problem
 
 DTYPES = ("fp32", "int8")
-MIN_OPSET = 17
+MIN_OPSET = 13
+"""The oldest opset exported (TensorRT 8.5 parses 13; below 17, which brought LayerNormalization,
+the graph spells it out in basic ops)."""
+LAYER_NORM_OPSET = 17
 """The oldest opset with LayerNormalization."""
 
 
@@ -26,7 +29,8 @@ class ExportConfig:
     solver: str | None = None
     """'midpoint' or 'euler'; None takes the checkpoint's solver."""
     opset: int = 18
-    """ONNX opset of the main domain (>= MIN_OPSET, for LayerNormalization)."""
+    """ONNX opset of the main domain (>= MIN_OPSET; below LAYER_NORM_OPSET LayerNormalization is spelled
+    out in basic ops, for older runtimes)."""
     batch: int | str = "dynamic"
     """'dynamic' for a free batch axis, or a fixed batch size."""
     deterministic: bool = False
@@ -56,7 +60,7 @@ class ExportConfig:
         if self.solver is not None and self.solver not in SOLVERS:
             raise FlowRLError(f"unknown solver {self.solver!r}; choose one of {', '.join(SOLVERS)}")
         if self.opset < MIN_OPSET:
-            raise FlowRLError(f"--opset must be >= {MIN_OPSET} (LayerNormalization), got {self.opset}")
+            raise FlowRLError(f"--opset must be >= {MIN_OPSET}, got {self.opset}")
         if self.dtype not in DTYPES:
             raise FlowRLError(f"unknown dtype {self.dtype!r}; choose one of {', '.join(DTYPES)}")
         if self.samples < 1:

@@ -31,7 +31,7 @@ from onnx import TensorProto, helper, numpy_helper
 from flowrl_deploy.checkpoint import ACTOR_PREFIX, check_actor
 from flowrl_deploy.contract import ACTION_OUTPUT, NOISE_INPUT, OBS_INPUT
 from flowrl_deploy.errors import FlowRLError
-from flowrl_deploy.export.config import MIN_OPSET
+from flowrl_deploy.export.config import LAYER_NORM_OPSET, MIN_OPSET
 from flowrl_deploy.spec import PolicySpec
 
 PRE_TANH = "pre_tanh"
@@ -152,11 +152,16 @@ def build_policy_graph(
         w2 = g.const("w2", weights.w2)
     w_out, b_out = g.const("w_out", weights.w_out), g.const("b_out", weights.b_out)
 
+    if opset >= LAYER_NORM_OPSET:
+        layer_norm = _layer_norm
+    else:
+        layer_norm = functools.partial(_layer_norm_spelled_out, eps=g.const("ln.eps", np.float32(LAYER_NORM_EPS)))
+
     def hidden(z: str) -> str:
         """LayerNorm → ELU → Linear → LayerNorm → ELU: the part of v shared by both variants."""
-        h = g.op("Elu", [g.op("LayerNormalization", [z, *ln1], epsilon=LAYER_NORM_EPS)], alpha=1.0)
+        h = g.op("Elu", [layer_norm(g, z, *ln1)], alpha=1.0)
         z2 = _int8_linear(g, h, *w2, b2, **int8_layout) if dtype == "int8" else g.op("Gemm", [h, w2, b2], transB=1)
-        return g.op("Elu", [g.op("LayerNormalization", [z2, *ln2], epsilon=LAYER_NORM_EPS)], alpha=1.0)
+        return g.op("Elu", [layer_norm(g, z2, *ln2)], alpha=1.0)
 
     a0 = None
     if not deterministic:
@@ -180,6 +185,21 @@ def build_policy_graph(
         g.initializers,
     )
     return _stamped(graph, opset, int8=dtype == "int8")
+
+
+def _layer_norm(g: _Graph, x: str, gamma: str, beta: str) -> str:
+    """torch.nn.LayerNorm over the last axis as one LayerNormalization node (opset >= 17)."""
+    return g.op("LayerNormalization", [x, gamma, beta], epsilon=LAYER_NORM_EPS)
+
+
+def _layer_norm_spelled_out(g: _Graph, x: str, gamma: str, beta: str, *, eps: str) -> str:
+    """:func:`_layer_norm` in ops of opset 13 (ReduceMean takes its axes as an attribute up to opset 17):
+    (x − mean) / sqrt(var + eps) · gamma + beta, the biased variance, as torch computes it; ``eps``
+    names the constant LAYER_NORM_EPS."""
+    centered = g.op("Sub", [x, g.op("ReduceMean", [x], axes=[-1], keepdims=1)])
+    variance = g.op("ReduceMean", [g.op("Mul", [centered, centered])], axes=[-1], keepdims=1)
+    normalized = g.op("Div", [centered, g.op("Sqrt", [g.op("Add", [variance, eps])])])
+    return g.op("Add", [g.op("Mul", [normalized, gamma]), beta])
 
 
 def _stamped(graph: onnx.GraphProto, opset: int, *, int8: bool = False) -> onnx.ModelProto:

@@ -90,7 +90,10 @@ def export(
     solver: Annotated[Solver | None, typer.Option(help="ODE solver; default: the checkpoint's.")] = None,
     opset: Annotated[
         int,
-        typer.Option(help="ONNX opset: 17 to the newest onnx and onnxruntime both run (--no-verify: onnx's newest)."),
+        typer.Option(
+            help="ONNX opset: 13 to the newest onnx and onnxruntime both run (--no-verify: onnx's newest); "
+            "below 17 LayerNormalization is spelled out in basic ops (TensorRT 8.5: 13 to 16)."
+        ),
     ] = DEFAULT.opset,
     batch: Annotated[str, typer.Option(help="'dynamic' batch axis, or a fixed batch size.")] = str(DEFAULT.batch),
     deterministic: Annotated[

@@ -259,7 +259,7 @@ def test_weights_that_do_not_fit_the_spec(tmp_path):
 
 
 def test_bad_config_values():
-    for kwargs in ({"steps": 0}, {"solver": "rk4"}, {"opset": 13}, {"batch": 0}, {"dtype": "int4"}):
+    for kwargs in ({"steps": 0}, {"solver": "rk4"}, {"opset": 12}, {"batch": 0}, {"dtype": "int4"}):
         with pytest.raises(FlowRLError):
             ExportConfig(**kwargs)
 
