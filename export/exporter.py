@@ -147,7 +147,8 @@ def export_checkpoint(
         provenance["verification"] = parity.to_dict()
     model.producer_name = "flowrl-deploy"
     model.producer_version = provenance["versions"]["flowrl-deploy"]
-    model.doc_string = f"FlowRL policy for {spec.env_id or 'an unnamed env'}: obs (+ noise) -> action"
+    io = "obs -> action (deterministic: a0 = 0)" if config.deterministic else "obs, noise -> action"
+    model.doc_string = f"FlowRL policy for {spec.env_id or 'an unnamed env'}: {io}"
     del model.metadata_props[:]
     for key, value in contract_to_metadata(contract, provenance).items():
         model.metadata_props.add(key=key, value=value)

@@ -138,9 +138,12 @@ def build_policy_graph(
     check_opset(opset, runtime=False)  # what onnxruntime runs is checked where the graph is verified
     g = _Graph()
     batch_dim: int | str = batch if batch is not None else "batch"
-    inputs = [helper.make_tensor_value_info(OBS_INPUT, TensorProto.FLOAT, [batch_dim, spec.obs_dim])]
-    if not deterministic:
-        inputs.append(helper.make_tensor_value_info(NOISE_INPUT, TensorProto.FLOAT, [batch_dim, spec.act_dim]))
+    docs = tensor_docs(spec, batch)
+
+    def tensor(name: str, width: int) -> onnx.ValueInfoProto:
+        return helper.make_tensor_value_info(name, TensorProto.FLOAT, [batch_dim, width], docs[name])
+
+    inputs = [tensor(OBS_INPUT, spec.obs_dim)] + ([] if deterministic else [tensor(NOISE_INPUT, spec.act_dim)])
     ln1 = (g.const("ln1.gamma", weights.ln1_gamma), g.const("ln1.beta", weights.ln1_beta))
     ln2 = (g.const("ln2.gamma", weights.ln2_gamma), g.const("ln2.beta", weights.ln2_beta))
     b2 = g.const("b2", weights.b2)
@@ -181,10 +184,28 @@ def build_policy_graph(
         g.nodes,
         f"flowrl_policy_{variant}_{solver}_{steps}",
         inputs,
-        [helper.make_tensor_value_info(ACTION_OUTPUT, TensorProto.FLOAT, [batch_dim, spec.act_dim])],
+        [tensor(ACTION_OUTPUT, spec.act_dim)],
         g.initializers,
     )
     return _stamped(graph, opset, int8=dtype == "int8")
+
+
+def tensor_docs(spec: PolicySpec, batch: int | None) -> dict[str, str]:
+    """The doc strings of the graph's inputs and output, for a caller without flowrl-deploy (Netron shows them)."""
+    b = "B" if batch is None else batch
+    layout = ", ".join(f"{name}[{size}]" for name, size in spec.obs_layout) or "layout not recorded"
+    pairs = [f"[{lo:g}, {hi:g}]" for lo, hi in zip(spec.action_low, spec.action_high, strict=True)]
+    named = zip(spec.action_names, pairs, strict=True) if spec.action_names else ()
+    bounds = ", ".join(f"{n} {p}" for n, p in named) or ", ".join(pairs)
+    clip = f"{spec.noise_clip:g}"
+    return {
+        OBS_INPUT: f"[{b}, {spec.obs_dim}] float32: the observation in obs_layout order ({layout}), not "
+        "normalized; the graph checks neither its shape nor for NaN or Inf: the caller must",
+        NOISE_INPUT: f"[{b}, {spec.act_dim}] float32: standard normal draws N(0, I), one row per observation; "
+        f"clamped to [-{clip}, {clip}] inside, the sampler's start a0 at t = 0",
+        ACTION_OUTPUT: f"[{b}, {spec.act_dim}] float32: the action, already rescaled to the action bounds "
+        f"({bounds}); tanh and the rescaling are inside",
+    }
 
 
 def _layer_norm(g: _Graph, x: str, gamma: str, beta: str) -> str:
