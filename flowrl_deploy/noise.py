@@ -16,10 +16,26 @@ import time
 
 import numpy as np
 
+from flowrl_deploy.errors import FlowRLError
+from flowrl_deploy.fieldtypes import is_integer, shown
+
+
+def checked_seed(seed: int | None, name: str = "seed") -> int | None:
+    """A noise seed travels as a uint64: refuse others with a clear error naming ``name`` (the
+    argument or the flag), not numpy's or protobuf's ValueError or TypeError."""
+    if seed is None:
+        return None
+    if not is_integer(seed):
+        raise FlowRLError(f"{name} must be an integer in [0, 2**64), got {shown(seed)}")
+    if not 0 <= seed < 2**64:
+        raise FlowRLError(f"{name} must lie in [0, 2**64), got {seed}")
+    return seed
+
 
 def session_noise(seed: int | None) -> np.random.Generator:
-    """The generator a session seeded with ``seed`` draws from (``None``: OS entropy)."""
-    return np.random.Generator(np.random.PCG64(seed))
+    """The generator a session seeded with ``seed`` draws from (``None``: OS entropy); a seed that is
+    no uint64 raises :class:`FlowRLError` (see :func:`checked_seed`)."""
+    return np.random.Generator(np.random.PCG64(checked_seed(seed)))
 
 
 def draw_noise(generator: np.random.Generator, batch: int, act_dim: int) -> np.ndarray:

@@ -206,6 +206,17 @@ class OnnxPolicy:
         return np.concatenate(chunks)[:n]
 
 
+def one_observation(obs: np.ndarray, obs_dim: int) -> np.ndarray:
+    """``obs``, one observation [obs_dim], as the float32 [1, obs_dim] batch of finite numbers a policy
+    takes; :class:`~flowrl_deploy.codec.TensorError` otherwise, in the words ``OnnxPolicy.act`` uses."""
+    from flowrl_deploy import codec  # here, not at the top: the CLI imports this module and starts without protobuf
+
+    array = codec.as_float32(obs, name="obs")
+    if array.shape != (obs_dim,):
+        raise codec.TensorError(f"obs: shape {list(array.shape)} is not [{obs_dim}], one observation")
+    return codec.policy_batch(array, obs_dim, name="obs")
+
+
 class SeededPolicy:
     """An exported policy as ``act(obs) -> action`` for one observation, its noise drawn as a server
     session seeded ``seed`` draws it (:func:`~flowrl_deploy.noise.session_noise`, one
@@ -233,7 +244,9 @@ class SeededPolicy:
         self._noise = session_noise(seed)
 
     def act(self, obs: np.ndarray) -> np.ndarray:
-        """The action [act_dim] for one observation [obs_dim]."""
+        """The action [act_dim] for one observation [obs_dim]; a :class:`~flowrl_deploy.codec.TensorError`
+        for another shape, NaN or Inf, or values that are not real numbers."""
+        batch = one_observation(obs, self.policy.contract.obs_dim)
         act_dim = self.policy.contract.act_dim
         if not self.policy.takes_noise:
             noise = None
@@ -241,7 +254,7 @@ class SeededPolicy:
             noise = np.zeros((1, act_dim), np.float32)
         else:
             noise = draw_noise(self._noise, 1, act_dim)
-        return self.policy.act(np.asarray(obs, dtype=np.float32)[None], noise)[0]
+        return self.policy.run(batch, noise)[0]
 
     def __call__(self, obs: np.ndarray) -> np.ndarray:
         return self.act(obs)

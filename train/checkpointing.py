@@ -30,7 +30,10 @@ from flowrl_deploy.checkpoint import (
 )
 from flowrl_deploy.envid import parse_env_id
 from flowrl_deploy.errors import CheckpointError, FlowRLError
+from flowrl_deploy.fieldtypes import is_integer, shown
 from flowrl_deploy.noise import draw_noise, session_noise
+from flowrl_deploy.runtime import one_observation
+from flowrl_deploy.spec import flow_steps_problem
 from flowrl_deploy.train.actor import FlowActor
 from flowrl_deploy.train.config import ConfigError, TrainConfig
 
@@ -185,13 +188,23 @@ def actor_act_fn(
     actor's device. So a checkpoint and its export with the same seed play the same episodes (their
     actions equal to the export's parity tolerance), acting never shifts torch's global RNG, and a
     seed gives the same noise on a GPU as on the CPU. ``deterministic`` starts every ODE from
-    a0 = 0 instead (the deterministic export)."""
+    a0 = 0 instead (the deterministic export).
+
+    As :class:`~flowrl_deploy.runtime.SeededPolicy` does, it refuses with a :class:`FlowRLError` a
+    ``num_steps`` outside [1, 1000] or a seed that is no uint64 here, and an observation other than
+    [obs_dim] finite numbers at the act (:class:`~flowrl_deploy.codec.TensorError`)."""
+    if num_steps is not None:
+        if not is_integer(num_steps):
+            raise FlowRLError(f"flow_steps must be a whole number, got {shown(num_steps)}")
+        problem = flow_steps_problem("flow_steps", num_steps)
+        if problem:
+            raise FlowRLError(problem)
     device = next(actor.parameters()).device
     generator = session_noise(seed)
 
     @torch.no_grad()
     def act(obs: np.ndarray) -> np.ndarray:
-        obs_t = torch.as_tensor(obs, dtype=torch.float32, device=device).unsqueeze(0)
+        obs_t = torch.as_tensor(one_observation(obs, actor.spec.obs_dim), device=device)
         if deterministic:
             noise = torch.zeros(1, actor.spec.act_dim, device=device)
         else:
