@@ -15,6 +15,7 @@ import numpy as np
 
 from flowrl_deploy.envid import parse_env_id
 from flowrl_deploy.errors import EnvIdError, FlowRLError
+from flowrl_deploy.fieldtypes import is_integer, shown
 from flowrl_deploy.train.envs import Env, episode_seed, make_env
 
 ActFn = Callable[[np.ndarray], np.ndarray]
@@ -76,6 +77,11 @@ def run_episode(act_fn: ActFn, env: Env, seed: int) -> Episode:
     obs, total, length, terminated, truncated = env.reset(seed), 0.0, 0, False, False
     while not (terminated or truncated):
         action = act_fn(obs)
+        if np.shape(action) != (env.info.act_dim,):
+            raise FlowRLError(
+                f"the policy returned an action of shape {list(np.shape(action))}, "
+                f"but {env.info.env_id} takes [{env.info.act_dim}]"
+            )
         if not np.isfinite(action).all():
             raise FlowRLError(f"the policy returned a NaN/infinite action on {env.info.env_id}: its weights are broken")
         obs, reward, terminated, truncated = env.step(action)
@@ -101,8 +107,11 @@ def evaluate(
     of other sizes with a :class:`FlowRLError` before any step. ``on_episode`` is given each
     :class:`Episode` as it ends (so a caller stopped by Ctrl-C still has the finished ones). ``stop()``
     is asked after each episode: once true, the evaluation ends there, and the result covers the
-    episodes run so far.
+    episodes run so far. ``episodes`` below 1 raises :class:`FlowRLError`, and so does an action of
+    another shape than the environment's [act_dim].
     """
+    if not (is_integer(episodes) and episodes >= 1):
+        raise FlowRLError(f"episodes must be a whole number >= 1, got {shown(episodes)}")
     instance = make_env(env, seed) if isinstance(env, str) else env
     done: list[Episode] = []
     try:
