@@ -22,6 +22,8 @@ from flowrl_deploy.serve.server import parse_banner
 FLOWRL = (sys.executable, "-m", "flowrl_deploy.cli")
 START_TIMEOUT_S = 120.0
 """How long the server may take to print its banner (load, export a checkpoint, warm up)."""
+READER_TIMEOUT_S = 5.0
+"""How long :meth:`ServerProcess.stop` waits for a thread reading a pipe of the stopped child to reach its end."""
 
 
 class ServerProcess:
@@ -37,6 +39,7 @@ class ServerProcess:
         *args: str,
         log: str | os.PathLike[str] | None = None,
     ) -> None:
+        self._readers: list[threading.Thread] = []
         self.process = subprocess.Popen(
             [*FLOWRL, "serve", str(model), "--port", "0", *args],
             stdout=subprocess.PIPE,
@@ -55,8 +58,8 @@ class ServerProcess:
                     f"flowrl serve {name} did not start: {error or line.strip() or 'no output'}"
                 ) from None
             self.banner = line.strip()
-            self._stderr_drain = threading.Thread(target=self._drain_stderr, args=(log,), daemon=True)
-            self._stderr_drain.start()
+            self._readers.append(threading.Thread(target=self._drain_stderr, args=(log,), daemon=True))
+            self._readers[-1].start()
         except BaseException:
             self.stop()
             raise
@@ -71,17 +74,28 @@ class ServerProcess:
     def _first_line(self, timeout_s: float) -> str:
         lines: list[str] = []
         reader = threading.Thread(target=lambda: lines.append(self.process.stdout.readline()), daemon=True)
+        self._readers.append(reader)
         reader.start()
         reader.join(timeout_s)
         return lines[0] if lines else ""
 
     def _stop_and_read_error(self) -> str:
-        self.stop()
+        self._terminate()
         lines = [line for line in (self.process.stderr.read() or "").splitlines() if line.startswith("error:")]
         return lines[-1].removeprefix("error: ") if lines else ""
 
     def stop(self, timeout_s: float = 15.0) -> int:
-        """SIGTERM (graceful), then SIGKILL after ``timeout_s``; returns the exit status."""
+        """SIGTERM (graceful), then SIGKILL after ``timeout_s``; returns the exit status. The pipes from
+        the child are closed then."""
+        self._terminate(timeout_s)
+        for reader in self._readers:  # closing a pipe that a thread still reads would wait on that thread
+            reader.join(READER_TIMEOUT_S)
+        if not any(reader.is_alive() for reader in self._readers):
+            self.process.stdout.close()
+            self.process.stderr.close()
+        return self.process.returncode
+
+    def _terminate(self, timeout_s: float = 15.0) -> None:
         if self.process.poll() is None:
             self.process.terminate()
             try:
@@ -89,7 +103,6 @@ class ServerProcess:
             except subprocess.TimeoutExpired:
                 self.process.kill()
                 self.process.wait()
-        return self.process.returncode
 
     def __enter__(self) -> ServerProcess:
         return self
