@@ -172,9 +172,12 @@ def run_to_resume(checkpoint: Path) -> Path:
 
 
 def load_actor(path: str | Path, device: torch.device | str = "cpu") -> FlowActor:
-    """The flow actor of a checkpoint, in eval mode, on ``device``."""
+    """The flow actor of a checkpoint, in eval mode, on ``device``. Loading leaves torch's global RNG
+    as it was (the network's random initialisation, which the checkpoint's weights replace, draws from a fork)."""
     checkpoint = load_checkpoint(path)
-    return FlowActor.from_numpy(checkpoint.spec, checkpoint.actor, checkpoint.path).to(device).eval()
+    with torch.random.fork_rng(devices=[]):  # the actor is made on the CPU, and only then moved to ``device``
+        actor = FlowActor.from_numpy(checkpoint.spec, checkpoint.actor, checkpoint.path)
+    return actor.to(device).eval()
 
 
 def actor_act_fn(
