@@ -16,7 +16,7 @@ from typing import Any
 from flowrl_deploy.contract import contract_from_metadata
 from flowrl_deploy.errors import FlowRLError, SpecError
 from flowrl_deploy.export.exporter import file_sha256
-from flowrl_deploy.runtime import check_policy_file
+from flowrl_deploy.runtime import check_graph_matches_contract, check_policy_file
 
 _ONNX_MESSAGES: dict[str, list[tuple[str, int, str, str]]] = {
     # message: (field, number, label, type) as in onnx.proto; unlisted fields are skipped when parsing
@@ -121,6 +121,10 @@ def inspect_policy(path: str | os.PathLike[str]) -> dict[str, Any]:
         contract, provenance = contract_from_metadata({p.key: p.value for p in model.metadata_props})
     except SpecError as exc:
         raise FlowRLError(f"{path}: {exc}") from exc
+    inputs, outputs = _tensors(model.graph.input), _tensors(model.graph.output)
+    check_graph_matches_contract(
+        contract, [(t["name"], t["shape"]) for t in inputs], [(t["name"], t["shape"]) for t in outputs], str(path)
+    )
     ops: dict[str, set[str]] = {}
     for node in model.graph.node:
         ops.setdefault(node.domain or DEFAULT_DOMAIN, set()).add(node.op_type)
@@ -136,8 +140,8 @@ def inspect_policy(path: str | os.PathLike[str]) -> dict[str, Any]:
         "size_bytes": path.stat().st_size,
         "contract_hash": contract.hash(),
         "contract": contract.to_dict(),
-        "inputs": _tensors(model.graph.input),
-        "outputs": _tensors(model.graph.output),
+        "inputs": inputs,
+        "outputs": outputs,
         "ir_version": model.ir_version,
         "opsets": {o.domain or DEFAULT_DOMAIN: o.version for o in model.opset_import},
         "ops": {d: sorted(names) for d, names in sorted(ops.items())},

@@ -10,6 +10,7 @@ from __future__ import annotations
 import ctypes
 import numbers
 import os
+from collections.abc import Sequence
 from pathlib import Path
 
 import numpy as np
@@ -105,6 +106,30 @@ def make_session(
     return session
 
 
+Tensor = tuple[str, Sequence[int | str | None]]
+"""A graph input or output: its name and shape (a dimension is a size, a symbolic name or None)."""
+
+
+def check_graph_matches_contract(
+    contract: PolicyContract, inputs: Sequence[Tensor], outputs: Sequence[Tensor], name: str
+) -> None:
+    """The graph's tensors must be the ones its contract promises (a hand-edited file may differ)."""
+    input_names = [tensor for tensor, _ in inputs]
+    output_name = outputs[0][0] if outputs else ""
+    if sorted(input_names) != sorted(contract.input_names) or output_name != contract.output_name:
+        raise FlowRLError(
+            f"{name}: its graph has inputs {input_names} and output {output_name!r}, "
+            f"but its contract promises {list(contract.input_names)} and {contract.output_name!r}"
+        )
+    widths = {OBS_INPUT: contract.obs_dim, NOISE_INPUT: contract.act_dim, contract.output_name: contract.act_dim}
+    for tensor, shape in (*inputs, *outputs):
+        width = shape[-1] if shape else None
+        if isinstance(width, int) and tensor in widths and width != widths[tensor]:
+            raise FlowRLError(
+                f"{name}: its {tensor} tensor has {width} columns, but its contract says {widths[tensor]}"
+            )
+
+
 class OnnxPolicy:
     """An exported FlowRL policy: ``act(obs, noise)`` → actions already in the env's bounds.
 
@@ -139,26 +164,15 @@ class OnnxPolicy:
             raise FlowRLError(f"{name}: {exc}") from exc
         self.input_names = [i.name for i in self.session.get_inputs()]
         self.output_name = self.session.get_outputs()[0].name
-        self._check_graph_matches_contract(name)
+        check_graph_matches_contract(
+            self.contract,
+            [(i.name, i.shape) for i in self.session.get_inputs()],
+            [(o.name, o.shape) for o in self.session.get_outputs()],
+            name,
+        )
         obs_batch = next((i.shape[0] for i in self.session.get_inputs() if i.name == OBS_INPUT and i.shape), None)
         self.fixed_batch: int | None = obs_batch if isinstance(obs_batch, int) and obs_batch > 0 else None
         """The batch size of a graph exported with ``--batch N`` (``act`` pads and splits to it); None: dynamic."""
-
-    def _check_graph_matches_contract(self, name: str) -> None:
-        """The graph's tensors must be the ones its contract promises (a hand-edited file may differ)."""
-        c = self.contract
-        if sorted(self.input_names) != sorted(c.input_names) or self.output_name != c.output_name:
-            raise FlowRLError(
-                f"{name}: its graph has inputs {self.input_names} and output {self.output_name!r}, "
-                f"but its contract promises {list(c.input_names)} and {c.output_name!r}"
-            )
-        widths = {OBS_INPUT: c.obs_dim, NOISE_INPUT: c.act_dim, c.output_name: c.act_dim}
-        for tensor in (*self.session.get_inputs(), *self.session.get_outputs()):
-            width = tensor.shape[-1] if tensor.shape else None
-            if isinstance(width, int) and tensor.name in widths and width != widths[tensor.name]:
-                raise FlowRLError(
-                    f"{name}: its {tensor.name} tensor has {width} columns, but its contract says {widths[tensor.name]}"
-                )
 
     @property
     def contract_hash(self) -> str:

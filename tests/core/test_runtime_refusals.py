@@ -12,6 +12,7 @@ from onnx import helper
 
 from flowrl_deploy.contract import contract_to_metadata
 from flowrl_deploy.errors import FlowRLError
+from flowrl_deploy.export.inspect import inspect_policy
 from flowrl_deploy.runtime import OnnxPolicy
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "serve"))
@@ -39,3 +40,5 @@ def test_a_graph_other_than_its_contract_promises_is_refused(tmp_path):
     )
     with pytest.raises(FlowRLError, match=f"^{re.escape(message)}$"):
         OnnxPolicy(path, providers=CPU)
+    with pytest.raises(FlowRLError, match=f"^{re.escape(message)}$"):  # inspect reads the graph without onnxruntime
+        inspect_policy(path)

@@ -36,9 +36,10 @@ def test_a_contract_that_its_graph_does_not_keep_is_refused(tmp_path):
     rewrite_metadata(path, contract_to_metadata(wrong, {}))  # with a hash recomputed over the edit
     with pytest.raises(FlowRLError, match="obs tensor has 3 columns, but its contract says 9"):
         OnnxPolicy(path)
-    result = runner.invoke(app, ["serve", str(path), "--port", "0"])
-    assert result.exit_code == 1 and "Traceback" not in result.output
-    assert "obs tensor has 3 columns, but its contract says 9" in result.output
+    for command in (["serve", str(path), "--port", "0"], ["inspect", str(path)]):
+        result = runner.invoke(app, command)
+        assert result.exit_code == 1 and "Traceback" not in result.output
+        assert "obs tensor has 3 columns, but its contract says 9" in result.output
 
 
 def test_inspect_shows_an_odd_provenance_record_as_it_is(tmp_path):
