@@ -1,8 +1,9 @@
 """FlowRL training (Lv et al., 2025, arXiv 2506.12811): flow policy, critics, losses and loop.
 
 The researcher-facing API, importable from here (``from flowrl_deploy.train import TrainConfig, train``):
-:class:`TrainConfig`, :func:`train` and its :class:`TrainResult`, :func:`resume_config`, and
-:func:`checkpoint_act_fn` with its :class:`EvalResult`. They are loaded on first use, so the modules
+:class:`TrainConfig`, :func:`train` and its :class:`TrainResult`, :func:`resume_config`,
+:func:`checkpoint_act_fn` with its :class:`EvalResult`, and :func:`load_actor` (a checkpoint's torch
+actor, for batched sampling at any N). They are loaded on first use, so the modules
 that work without torch (``config``, ``envs``, ``evaluate``) still do. The function ``evaluate`` is
 imported from its module, ``flowrl_deploy.train.evaluate``, whose name it would shadow here.
 """
@@ -19,6 +20,7 @@ _EXPORTS = {
     "resume_config": "checkpointing",
     "EvalResult": "evaluate",
     "checkpoint_act_fn": "evaluate",
+    "load_actor": "checkpointing",
 }
 __all__ = sorted(_EXPORTS)
 
