@@ -60,7 +60,8 @@ class FlowActor(nn.Module):
     ) -> torch.Tensor:
         """The ODE's value at t = 1, before the squashing; ``noise`` is unclamped (see :meth:`initial_state`)."""
         a0 = self.initial_state(noise)
-        return integrate(self.velocity, obs, a0, num_steps or self.spec.flow_steps, solver or self.spec.solver)
+        num_steps = self.spec.flow_steps if num_steps is None else num_steps  # 0 is refused, not the default
+        return integrate(self.velocity, obs, a0, num_steps, self.spec.solver if solver is None else solver)
 
     def squash(self, pre_tanh: torch.Tensor) -> torch.Tensor:
         """tanh, then the affine map from [-1, 1] to [action_low, action_high]."""

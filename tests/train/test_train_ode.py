@@ -82,6 +82,18 @@ SMALL = PolicySpec(obs_dim=2, act_dim=1, action_low=(-1.0,), action_high=(1.0,),
 
 
 @pytest.mark.parametrize(
+    ("num_steps", "solver", "message"),
+    [(0, None, "num_steps must be >= 1, got 0"), (None, "", "unknown solver ''; choose 'midpoint' or 'euler'")],
+)
+def test_the_actor_refuses_zero_steps_or_an_empty_solver_rather_than_sampling_with_its_specs(
+    num_steps, solver, message
+):
+    """load_actor's FlowActor is public: actor(obs, num_steps=0) sampled at the spec's N without a word."""
+    with pytest.raises(ValueError, match=re.escape(message)):
+        FlowActor(SMALL)(torch.zeros(1, 2), num_steps=num_steps, solver=solver)
+
+
+@pytest.mark.parametrize(
     "rebuild", [FlowActor.from_numpy, lambda spec, weights: reference_actor(weights, spec)], ids=["actor", "verify"]
 )
 def test_an_actor_rebuilt_from_numpy_weights_holds_them_or_names_the_mismatch(rebuild):
