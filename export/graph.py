@@ -28,7 +28,7 @@ import numpy as np
 import onnx
 from onnx import TensorProto, helper, numpy_helper
 
-from flowrl_deploy.checkpoint import ACTOR_PREFIX, check_actor
+from flowrl_deploy.checkpoint import ACTOR_PREFIX, ACTOR_TENSORS, check_actor
 from flowrl_deploy.contract import ACTION_OUTPUT, NOISE_INPUT, OBS_INPUT
 from flowrl_deploy.errors import FlowRLError
 from flowrl_deploy.export.config import LAYER_NORM_OPSET, MIN_OPSET
@@ -43,7 +43,8 @@ LAYER_NORM_EPS = 1e-5  # torch.nn.LayerNorm's default
 
 @dataclass(frozen=True)
 class VelocityWeights:
-    """The velocity field's tensors (float32), named after the layers of v(s, a, t)."""
+    """The velocity field's tensors (float32), named after the layers of v(s, a, t), in the order of
+    :data:`~flowrl_deploy.checkpoint.ACTOR_TENSORS`."""
 
     w1: np.ndarray
     b1: np.ndarray
@@ -63,11 +64,7 @@ class VelocityWeights:
         """The tensors of a FlowActor state_dict, checked against the spec by :func:`check_actor` (a refusal
         begins with ``source``, the checkpoint, when given)."""
         check_actor(actor, spec, source)
-        t = {k[len(ACTOR_PREFIX) :]: np.asarray(v, dtype=np.float32) for k, v in actor.items()}
-        return cls(
-            t["0.weight"], t["0.bias"], t["1.weight"], t["1.bias"], t["3.weight"], t["3.bias"],
-            t["4.weight"], t["4.bias"], t["6.weight"], t["6.bias"],
-        )  # fmt: skip
+        return cls(*(np.asarray(actor[ACTOR_PREFIX + key], dtype=np.float32) for key in ACTOR_TENSORS))
 
 
 @dataclass(frozen=True)

@@ -83,19 +83,19 @@ class Checkpoint:
 
 
 ACTOR_PREFIX = "velocity.net."
+ACTOR_TENSORS = (
+    "0.weight", "0.bias", "1.weight", "1.bias", "3.weight", "3.bias", "4.weight", "4.bias", "6.weight", "6.bias",
+)  # fmt: skip
+"""The velocity MLP's tensors (:mod:`flowrl_deploy.train.velocity`, keys after :data:`ACTOR_PREFIX`) in
+layer order: 0 Linear(obs + act + 1 → hidden), 1 LayerNorm, 3 Linear(hidden → hidden), 4 LayerNorm,
+6 Linear(hidden → act); each weight before its bias."""
 
 
 def actor_shapes(spec: PolicySpec) -> dict[str, tuple[int, ...]]:
-    """The actor's tensors by name (FlowActor's ``state_dict`` keys) and shape: the velocity MLP
-    (:mod:`flowrl_deploy.train.velocity`) of layers 0 Linear(obs + act + 1 → hidden), 1 LayerNorm,
-    3 Linear(hidden → hidden), 4 LayerNorm and 6 Linear(hidden → act)."""
+    """The actor's tensors by name (FlowActor's ``state_dict`` keys, :data:`ACTOR_TENSORS`) and shape."""
     o, a, h = spec.obs_dim, spec.act_dim, spec.hidden
-    shapes = {
-        "0.weight": (h, o + a + 1), "0.bias": (h,), "1.weight": (h,), "1.bias": (h,),
-        "3.weight": (h, h), "3.bias": (h,), "4.weight": (h,), "4.bias": (h,),
-        "6.weight": (a, h), "6.bias": (a,),
-    }  # fmt: skip
-    return {ACTOR_PREFIX + key: shape for key, shape in shapes.items()}
+    shapes = [(h, o + a + 1), (h,), (h,), (h,), (h, h), (h,), (h,), (h,), (a, h), (a,)]
+    return {ACTOR_PREFIX + key: shape for key, shape in zip(ACTOR_TENSORS, shapes, strict=True)}
 
 
 def check_actor(actor: Mapping[str, np.ndarray], spec: PolicySpec, source: str | os.PathLike[str] = "") -> None:
