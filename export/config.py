@@ -9,6 +9,7 @@ from typing import Any
 
 from flowrl_deploy.errors import FlowRLError
 from flowrl_deploy.fieldtypes import is_int, wrong_type
+from flowrl_deploy.noise import run_seed_problem
 from flowrl_deploy.spec import SOLVERS, flow_steps_problem
 
 DTYPES = ("fp32", "int8")
@@ -65,8 +66,9 @@ class ExportConfig:
             raise FlowRLError(f"unknown dtype {self.dtype!r}; choose one of {', '.join(DTYPES)}")
         if self.samples < 1:
             raise FlowRLError(f"samples must be >= 1, got {self.samples}")
-        if not 0 <= self.seed < 2**32:
-            raise FlowRLError(f"--seed must lie in [0, 2**32), got {self.seed}")
+        problem = run_seed_problem("--seed", self.seed)
+        if problem is not None:
+            raise FlowRLError(problem)
 
     @property
     def batch_dim(self) -> int | None:

@@ -32,6 +32,12 @@ def checked_seed(seed: int | None, name: str = "seed") -> int | None:
     return seed
 
 
+def run_seed_problem(flag: str, seed: int) -> str | None:
+    """Why ``seed`` cannot seed a run (env resets, dm_control's and numpy's legacy generators take
+    [0, 2**32)), naming ``flag``; None when it can."""
+    return None if 0 <= seed < 2**32 else f"{flag} must lie in [0, 2**32), got {seed}"
+
+
 def session_noise(seed: int | None) -> np.random.Generator:
     """The generator a session seeded with ``seed`` draws from (``None``: OS entropy); a seed that is
     no uint64 raises :class:`FlowRLError` (see :func:`checked_seed`)."""

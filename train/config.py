@@ -17,6 +17,7 @@ from flowrl_deploy.checkpoint import RUN_CONFIG_FILE, read_document, write_text_
 from flowrl_deploy.envid import parse_env_id
 from flowrl_deploy.errors import EnvIdError, FlowRLError
 from flowrl_deploy.fieldtypes import wrong_type
+from flowrl_deploy.noise import run_seed_problem
 from flowrl_deploy.spec import SOLVERS, flow_steps_problem
 
 CFM_WEIGHTINGS = ("batch", "sample")
@@ -123,9 +124,7 @@ class TrainConfig:
                 raise ConfigError(f"{name(field.name)} must be a finite number, got {getattr(self, field.name)!r}")
         if not self.out.strip():
             raise ConfigError(f"{name('out')} must name a directory for the run, got an empty string")
-        if not 0 <= self.seed < 2**32:
-            raise ConfigError(f"{name('seed')} must lie in [0, 2**32), got {self.seed}")
-        problem = flow_steps_problem(name("flow_steps"), self.flow_steps)
+        problem = run_seed_problem(name("seed"), self.seed) or flow_steps_problem(name("flow_steps"), self.flow_steps)
         if problem is not None:
             raise ConfigError(problem)
         positive = (

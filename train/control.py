@@ -20,6 +20,7 @@ from flowrl_deploy.client import PolicyClient, connection_hint
 from flowrl_deploy.contract import MAX_HZ, MIN_HZ
 from flowrl_deploy.errors import FlowRLError
 from flowrl_deploy.gc_freeze import gc_frozen
+from flowrl_deploy.noise import run_seed_problem
 from flowrl_deploy.session import CallTiming, WatchdogError, check_session_settings, log, session_deadline
 from flowrl_deploy.train.envs import Env, episode_seed, make_env
 from flowrl_deploy.train.evaluate import EVAL_STREAM, Episode, check_env_fits, lengths_summary, other_task_warning
@@ -264,8 +265,9 @@ def _check_run(hz: float | None, episodes: int, max_steps: int | None, seed: int
         raise FlowRLError(f"--episodes must be >= 1, got {episodes}")
     if max_steps is not None and max_steps < 1:
         raise FlowRLError(f"--max-steps must be >= 1, got {max_steps}")
-    if not 0 <= seed < 2**32:
-        raise FlowRLError(f"--seed must lie in [0, 2**32), got {seed}")
+    problem = run_seed_problem("--seed", seed)
+    if problem is not None:
+        raise FlowRLError(problem)
 
 
 def _wait_ready(client: PolicyClient, server: str, timeout_s: float, tls_ca: str, tls_cert: str) -> None:

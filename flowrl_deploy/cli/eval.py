@@ -9,6 +9,7 @@ import typer
 
 from flowrl_deploy.cli._common import user_errors
 from flowrl_deploy.errors import FlowRLError
+from flowrl_deploy.noise import run_seed_problem
 from flowrl_deploy.runtime import is_onnx_path
 from flowrl_deploy.spec import flow_steps_problem
 
@@ -42,11 +43,10 @@ def eval_command(
 
     if episodes < 1:
         raise FlowRLError(f"--episodes must be >= 1, got {episodes}")
-    problem = None if flow_steps is None else flow_steps_problem("--flow-steps", flow_steps)
+    problem = flow_steps_problem("--flow-steps", flow_steps) if flow_steps is not None else None
+    problem = problem or run_seed_problem("--seed", seed)
     if problem is not None:
         raise FlowRLError(problem)
-    if not 0 <= seed < 2**32:
-        raise FlowRLError(f"--seed must lie in [0, 2**32), got {seed}")
     if not policy.exists():
         raise FlowRLError(f"policy not found: {policy} (give a checkpoint or run directory, or an ONNX file)")
     if is_onnx_path(policy):
