@@ -12,11 +12,13 @@ stream, which lives in :mod:`flowrl_deploy.session` with its :class:`~flowrl_dep
 
 from __future__ import annotations
 
+import contextlib
 import ipaddress
 import json
 import re
 import time
 import warnings
+from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
@@ -50,6 +52,10 @@ class ServiceError(FlowRLError):
         super().__init__(f"{code.name}: {message}")
         self.code = code
         self.details = message
+
+
+class ClientClosedError(FlowRLError):
+    """A call on a :class:`PolicyClient` after its ``close()`` (or on a session of that client)."""
 
 
 def is_flag(name: str) -> bool:
@@ -274,11 +280,33 @@ class PolicyClient:
         else:
             self.channel = grpc.insecure_channel(target, CHANNEL_OPTIONS)
         self.stub = pb_grpc.PolicyServiceStub(self.channel)
+        self.closed = False
+        """Whether :meth:`close` was called: every call then raises :class:`ClientClosedError`."""
+
+    def check_open(self) -> None:
+        """Raise :class:`ClientClosedError` if :meth:`close` was called."""
+        if self.closed:
+            raise ClientClosedError(
+                f"the PolicyClient of {self.target} is closed (close() was called): make a new PolicyClient"
+            )
+
+    @contextlib.contextmanager
+    def calling(self) -> Iterator[None]:
+        """Around an RPC on :attr:`channel`: refuse it once the client is closed, also when another
+        thread closed it meanwhile (gRPC's raw ``ValueError``; a stub made on a closed channel
+        even crashes the process)."""
+        self.check_open()
+        try:
+            yield
+        except ValueError:
+            self.check_open()
+            raise
 
     def _call(self, method, request, timeout_s: float | None):
+        timeout = self.timeout_s if timeout_s is None else checked_timeout(timeout_s)
         try:
-            timeout = self.timeout_s if timeout_s is None else checked_timeout(timeout_s)
-            return method(request, timeout=timeout, metadata=self.metadata)
+            with self.calling():
+                return method(request, timeout=timeout, metadata=self.metadata)
         except grpc.RpcError as exc:
             raise service_error(exc) from None
 
@@ -287,13 +315,15 @@ class PolicyClient:
         from grpc_health.v1 import health_pb2, health_pb2_grpc
 
         timeout_s = checked_timeout(timeout_s)
-        stub = health_pb2_grpc.HealthStub(self.channel)
+        with self.calling():
+            stub = health_pb2_grpc.HealthStub(self.channel)
         until = time.monotonic() + timeout_s
         why = ""
         while True:
             try:
                 check_s = max(0.05, min(1.0, until - time.monotonic()))
-                reply = stub.Check(health_pb2.HealthCheckRequest(), timeout=check_s, wait_for_ready=True)
+                with self.calling():
+                    reply = stub.Check(health_pb2.HealthCheckRequest(), timeout=check_s, wait_for_ready=True)
                 if reply.status == health_pb2.HealthCheckResponse.SERVING:
                     return
                 why = f"health {health_pb2.HealthCheckResponse.ServingStatus.Name(reply.status)}"
@@ -302,7 +332,8 @@ class PolicyClient:
             if time.monotonic() > until:
                 if why.startswith("DEADLINE_EXCEEDED"):  # waiting for the channel hides why: ask once more
                     try:
-                        stub.Check(health_pb2.HealthCheckRequest(), timeout=1.0)
+                        with self.calling():
+                            stub.Check(health_pb2.HealthCheckRequest(), timeout=1.0)
                     except grpc.RpcError as exc:
                         why = f"{exc.code().name}: {exc.details() or ''}"
                 raise FlowRLError(
@@ -373,6 +404,8 @@ class PolicyClient:
         return ControlSession(self, **kwargs)
 
     def close(self) -> None:
+        """Close the channel; every later call (and each session's) raises :class:`ClientClosedError`."""
+        self.closed = True
         self.channel.close()
 
     def __enter__(self) -> PolicyClient:

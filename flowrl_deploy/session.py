@@ -169,7 +169,8 @@ class _Stream:
         self.requests: queue.SimpleQueue = queue.SimpleQueue()
         self.replies: queue.SimpleQueue = queue.SimpleQueue()
         self.error: ServiceError | None = None
-        self.call = client.stub.StreamAct(iter(self.requests.get, _END), metadata=client.metadata)
+        with client.calling():
+            self.call = client.stub.StreamAct(iter(self.requests.get, _END), metadata=client.metadata)
         self._reader = threading.Thread(target=self._read, name="flowrl-stream", daemon=True)
         self._reader.start()
 
@@ -466,6 +467,7 @@ class ControlSession:
 
     def _broken(self) -> str:
         """Drop the stream that ended; the reason of the ticks until one is open again."""
+        self.client.check_open()  # closed meanwhile, from another thread
         stream, self._stream = self._stream, None
         if stream is not None:
             error = stream.error
@@ -544,6 +546,7 @@ class ControlSession:
     def _check_open(self, method: str) -> None:
         if self._closed:
             raise self._closed_error(method)
+        self.client.check_open()  # a closed client's channel never reconnects: no fallback would end
 
     # --- episodes and lifetime -------------------------------------------------------------------
     def reset(self, seed: int | None = None) -> None:

@@ -16,7 +16,15 @@ import numpy as np
 import pytest
 
 from flowrl_deploy import client as client_module
-from flowrl_deploy.client import PolicyClient, PolicyInfo, checked_seed, checked_target, checked_timeout, checked_token
+from flowrl_deploy.client import (
+    ClientClosedError,
+    PolicyClient,
+    PolicyInfo,
+    checked_seed,
+    checked_target,
+    checked_timeout,
+    checked_token,
+)
 from flowrl_deploy.contract import MAX_TIMEOUT_S
 from flowrl_deploy.errors import FlowRLError
 from flowrl_deploy.session import ControlSession
@@ -191,3 +199,28 @@ def test_the_deprecation_warning_points_at_the_importing_line():
     with pytest.warns(DeprecationWarning) as record:
         client_module.WatchdogError  # noqa: B018
     assert record[0].filename == __file__
+
+
+CLOSED = "the PolicyClient of 127.0.0.1:1 is closed (close() was called): make a new PolicyClient"
+
+CALLS_ON_A_CLOSED_CLIENT = {
+    "act": lambda client: client.act(np.zeros(3, np.float32)),
+    "act_reply": lambda client: client.act_reply(np.zeros(3, np.float32)),
+    "spec": lambda client: client.spec(),
+    "reset": lambda client: client.reset("a", 1),
+    "stats": lambda client: client.stats(),
+    "reload": lambda client: client.reload(),
+    "wait_ready": lambda client: client.wait_ready(timeout_s=1),  # made a health stub: a segmentation fault
+    "session": lambda client: client.session(period_s=0.02),
+}
+
+
+@pytest.mark.parametrize("call", CALLS_ON_A_CLOSED_CLIENT.values(), ids=CALLS_ON_A_CLOSED_CLIENT)
+def test_every_call_on_a_closed_client_is_refused_saying_so(call):
+    """They raised gRPC's raw ValueError ('Cannot invoke RPC on closed channel!')."""
+    client = PolicyClient(UNUSED)
+    client.close()
+    client.close()  # twice is fine
+    assert client.closed
+    with pytest.raises(ClientClosedError, match=f"^{re.escape(CLOSED)}$"):
+        call(client)

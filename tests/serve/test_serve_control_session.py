@@ -21,7 +21,7 @@ import pytest
 from tiny_policy import ACT_DIM, documented_noise, tiny_contract, write_policy
 
 from flowrl_deploy import session as session_module
-from flowrl_deploy.client import PolicyClient, ServiceError
+from flowrl_deploy.client import ClientClosedError, PolicyClient, ServiceError
 from flowrl_deploy.codec import TensorError, encode
 from flowrl_deploy.errors import FlowRLError
 from flowrl_deploy.noise import draw_noise, session_noise
@@ -801,3 +801,16 @@ def test_a_reset_whose_stream_ends_before_the_missed_ticks_reply_is_sent_and_the
         assert control.seed == 9
         control.act(OBS)
         assert control.timings[-1].reason == "disconnected" and control._stream is None
+
+
+def test_a_session_whose_client_was_closed_raises_that_on_its_next_call_instead_of_falling_back(server):
+    """It fell back ('reconnecting with backoff') on a channel that could never reconnect."""
+    client = PolicyClient(server.address)
+    control = client.session(period_s=0.02, deadline_s=0.02, max_consecutive_misses=1000)
+    control.act(OBS)
+    client.close()
+    for call in (lambda: control.act(OBS), lambda: control.act(OBS), lambda: control.reset(seed=1)):
+        with pytest.raises(ClientClosedError, match=r"^the PolicyClient of .* is closed \(close\(\) was called\)"):
+            call()
+    assert [t.source for t in control.timings] == ["server"]
+    control.close()
