@@ -39,7 +39,8 @@ class ServerProcess:
         *args: str,
         log: str | os.PathLike[str] | None = None,
     ) -> None:
-        self._readers: list[threading.Thread] = []
+        self._stdout_reader: threading.Thread | None = None
+        self._stderr_drain: threading.Thread | None = None
         self.process = subprocess.Popen(
             [*FLOWRL, "serve", str(model), "--port", "0", *args],
             stdout=subprocess.PIPE,
@@ -58,8 +59,8 @@ class ServerProcess:
                     f"flowrl serve {name} did not start: {error or line.strip() or 'no output'}"
                 ) from None
             self.banner = line.strip()
-            self._readers.append(threading.Thread(target=self._drain_stderr, args=(log,), daemon=True))
-            self._readers[-1].start()
+            self._stderr_drain = threading.Thread(target=self._drain_stderr, args=(log,), daemon=True)
+            self._stderr_drain.start()
         except BaseException:
             self.stop()
             raise
@@ -74,7 +75,7 @@ class ServerProcess:
     def _first_line(self, timeout_s: float) -> str:
         lines: list[str] = []
         reader = threading.Thread(target=lambda: lines.append(self.process.stdout.readline()), daemon=True)
-        self._readers.append(reader)
+        self._stdout_reader = reader
         reader.start()
         reader.join(timeout_s)
         return lines[0] if lines else ""
@@ -88,9 +89,10 @@ class ServerProcess:
         """SIGTERM (graceful), then SIGKILL after ``timeout_s``; returns the exit status. The pipes from
         the child are closed then."""
         self._terminate(timeout_s)
-        for reader in self._readers:  # closing a pipe that a thread still reads would wait on that thread
+        readers = [reader for reader in (self._stdout_reader, self._stderr_drain) if reader is not None]
+        for reader in readers:  # closing a pipe that a thread still reads would wait on that thread
             reader.join(READER_TIMEOUT_S)
-        if not any(reader.is_alive() for reader in self._readers):
+        if not any(reader.is_alive() for reader in readers):
             self.process.stdout.close()
             self.process.stderr.close()
         return self.process.returncode
