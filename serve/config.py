@@ -28,7 +28,9 @@ MAX_BATCH = 4096
 """Rows of one micro-batch at most: the server warms the model up at this size, and more only adds latency."""
 MIN_WATCH_INTERVAL_S = 0.01
 """Shorter polls only burn a core (0 busy-looped) and call a file settled that is still being written."""
-CODE_ONLY = frozenset({"max_request_batch", "grace_s", "watch_interval_s"})
+MIN_KEEPALIVE_S = 0.1
+"""gRPC takes keepalive times in whole milliseconds; shorter probes only flood the network."""
+CODE_ONLY = frozenset({"max_request_batch", "grace_s", "watch_interval_s", "keepalive_s"})
 """Fields without a ``flowrl serve`` flag: errors name them as they are spelled in code."""
 
 
@@ -104,6 +106,10 @@ class ServeConfig:
     """Cores to pin the server process to (Linux); empty: any. Applied by :func:`serve_forever`."""
     grace_s: float = 5.0
     """On stop, how long requests in flight may take to finish."""
+    keepalive_s: float = 10.0
+    """The server pings each connection this often and closes one whose ping goes unanswered this
+    long, ending its calls: a frozen or cut-off client's stream and session go within about twice
+    this, not after gRPC's default of 2 h."""
 
     def __post_init__(self) -> None:
         for field in fields(self):
@@ -158,3 +164,7 @@ class ServeConfig:
                 f"got {self.watch_interval_s}"
             )
         check_grace("grace_s", self.grace_s)
+        if not MIN_KEEPALIVE_S <= self.keepalive_s <= MAX_TIMEOUT_S:
+            raise FlowRLError(
+                f"keepalive_s must lie in [{MIN_KEEPALIVE_S}, {MAX_TIMEOUT_S:g}] s, got {self.keepalive_s}"
+            )

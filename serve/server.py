@@ -72,6 +72,10 @@ SPARE_THREADS = WATCH_STREAMS + REFLECTION_STREAMS + CONTROL_CALLS + 2
 """Handler threads beyond ``--workers``: the capped Watch and reflection streams, the control calls',
 and two that only health Checks (which answer at once) can use, so that a probe is answered however
 busy the rest is."""
+MIN_CLIENT_PING_S = 5
+"""Clients may ping this often, with calls in flight or none (flowrl's client pings every 10 s to
+find a dead server): gRPC's default answered pings more frequent than every 5 minutes without data
+with GOAWAY too_many_pings, dropping the connection."""
 KINDS = {  # (request streaming, response streaming): the handler's field for its behaviour
     (False, False): "unary_unary",
     (False, True): "unary_stream",
@@ -159,6 +163,23 @@ def server_credentials(config: ServeConfig) -> grpc.ServerCredentials | None:
     cert, key = check_key_pair(config.tls_cert, config.tls_key)
     ca = read_certificates(config.client_ca, "--client-ca") if config.client_ca else None
     return grpc.ssl_server_credentials([(key, cert)], root_certificates=ca, require_client_auth=ca is not None)
+
+
+def keepalive_options(keepalive_s: float) -> list[tuple[str, int]]:
+    """gRPC server options: ping every connection each ``keepalive_s`` and close one whose ping goes
+    unanswered as long (a frozen or cut-off client held its handler thread and session for gRPC's
+    default 2 h), idle connections too; take clients' pings every :data:`MIN_CLIENT_PING_S`, with
+    or without calls, and with no data between them."""
+    interval_ms = round(keepalive_s * 1000)
+    return [
+        ("grpc.keepalive_time_ms", interval_ms),
+        ("grpc.keepalive_timeout_ms", interval_ms),
+        ("grpc.http2.ping_timeout_ms", interval_ms),  # any ping: a keepalive may ride on a pending one
+        ("grpc.keepalive_permit_without_calls", 1),
+        ("grpc.http2.max_pings_without_data", 0),  # else the server's own pings stop after 2 without data
+        ("grpc.http2.min_ping_interval_without_data_ms", MIN_CLIENT_PING_S * 1000),  # received pings
+        ("grpc.http2.max_ping_strikes", 2),  # gRPC's default: a client pinging faster is still sent away
+    ]
 
 
 class Cap(NamedTuple):
@@ -411,6 +432,7 @@ class PolicyServer:
                     ("grpc.max_receive_message_length", config.max_message_bytes),
                     ("grpc.max_send_message_length", config.max_message_bytes),
                     ("grpc.so_reuseport", 0),
+                    *keepalive_options(config.keepalive_s),
                 ],
             )
             pb_grpc.add_PolicyServiceServicer_to_server(self.servicer, server)
