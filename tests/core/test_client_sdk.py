@@ -12,6 +12,7 @@ import re
 import warnings
 from pathlib import Path
 
+import grpc
 import numpy as np
 import pytest
 
@@ -224,3 +225,29 @@ def test_every_call_on_a_closed_client_is_refused_saying_so(call):
     assert client.closed
     with pytest.raises(ClientClosedError, match=f"^{re.escape(CLOSED)}$"):
         call(client)
+
+
+KEEPALIVE = {
+    "grpc.keepalive_time_ms": 10_000,
+    "grpc.keepalive_timeout_ms": 5_000,
+    "grpc.keepalive_permit_without_calls": 1,
+    "grpc.http2.max_pings_without_data": 0,
+}
+"""A ping every 10 s, with calls in flight or none, and 5 s for its answer (flowrl serve takes pings every 5 s)."""
+
+
+@pytest.mark.parametrize("tls", [False, True])
+def test_the_channel_pings_the_server_so_a_vanished_server_is_noticed_without_a_call(monkeypatch, tls):
+    """A server gone without a FIN (a cut cable, a power loss) was noticed only through call deadlines."""
+    made, insecure_channel = [], grpc.insecure_channel
+
+    def channel(target, *args):
+        made.append(dict(args[-1]))
+        return insecure_channel(target)
+
+    monkeypatch.setattr(grpc, "secure_channel" if tls else "insecure_channel", channel)
+    monkeypatch.setattr(client_module, "channel_credentials", lambda *args: None)
+    with PolicyClient(UNUSED, tls_ca="ca.pem" if tls else ""):
+        (options,) = made
+    assert options.items() >= KEEPALIVE.items()
+
