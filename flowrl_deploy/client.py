@@ -383,9 +383,19 @@ class PolicyClient:
             request.seed = seed
         return self._call(self.stub.Act, request, timeout_s)
 
-    def act(self, obs: np.ndarray, **kwargs) -> np.ndarray:
-        """Actions for ``obs`` ([obs_dim] → [act_dim], [B, obs_dim] → [B, act_dim])."""
-        return decode(self.act_reply(obs, **kwargs).action, name="action")
+    def act(
+        self,
+        obs: np.ndarray,
+        *,
+        session_id: str = "",
+        seed: int | None = None,
+        contract_hash: str = "",
+        timeout_s: float | None = None,
+    ) -> np.ndarray:
+        """Actions for ``obs`` ([obs_dim] → [act_dim], [B, obs_dim] → [B, act_dim]); the arguments
+        as :meth:`act_reply`'s."""
+        reply = self.act_reply(obs, session_id=session_id, seed=seed, contract_hash=contract_hash, timeout_s=timeout_s)
+        return decode(reply.action, name="action")
 
     def reset(
         self, session_id: str, seed: int | None = None, *, contract_hash: str = "", timeout_s: float | None = None
@@ -404,11 +414,30 @@ class PolicyClient:
         reply = self._call(self.stub.Reload, pb.ReloadRequest(path=path), timeout_s)
         return reply.model_version, reply.previous_version
 
-    def session(self, **kwargs) -> ControlSession:
-        """A :class:`~flowrl_deploy.session.ControlSession` on this connection (keyword arguments as there)."""
+    def session(
+        self,
+        *,
+        period_s: float,
+        deadline_s: float | None = None,
+        session_id: str = "",
+        seed: int | None = None,
+        fallback: str = "hold",
+        local_model: str = "",
+        max_consecutive_misses: int | None = None,
+        max_staleness_s: float | None = None,
+        max_rate: float | None = None,
+        contract_hash: str = "",
+        contract: PolicyContract | None = None,
+        backoff_s: tuple[float, float] = (0.05, 1.0),
+        reset_timeout_s: float | None = None,
+        max_timings: int | None = 100_000,
+    ) -> ControlSession:
+        """A :class:`~flowrl_deploy.session.ControlSession` on this connection; the arguments as there
+        (spelled out for IDEs; a test keeps them ControlSession's)."""
+        arguments = {name: value for name, value in locals().items() if name != "self"}  # every argument
         from flowrl_deploy.session import ControlSession  # session.py imports this module
 
-        return ControlSession(self, **kwargs)
+        return ControlSession(self, **arguments)
 
     def close(self) -> None:
         """Close the channel; every later call (and each session's) raises :class:`ClientClosedError`."""

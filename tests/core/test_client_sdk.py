@@ -251,3 +251,18 @@ def test_the_channel_pings_the_server_so_a_vanished_server_is_noticed_without_a_
         (options,) = made
     assert options.items() >= KEEPALIVE.items()
 
+
+def _parameters(function, skip: int) -> list[tuple[str, object, object, object]]:
+    return [
+        (p.name, p.kind, p.default, p.annotation) for p in list(inspect.signature(function).parameters.values())[skip:]
+    ]
+
+
+def test_session_spells_out_the_control_sessions_parameters_for_an_ide():
+    """``session(**kwargs)`` showed an IDE no parameter at all."""
+    assert _parameters(PolicyClient.session, 1) == _parameters(ControlSession.__init__, 2)  # less self (and client)
+
+
+def test_act_spells_out_the_parameters_of_act_reply():
+    assert _parameters(PolicyClient.act, 1) == _parameters(PolicyClient.act_reply, 1)
+    assert inspect.signature(PolicyClient.act).return_annotation == "np.ndarray"
