@@ -81,6 +81,11 @@ def _loggable(text: object) -> str:
     return "".join(char if char.isprintable() else repr(char)[1:-1] for char in str(text))
 
 
+def _session_shown(session_id: str) -> str:
+    """A session id a client chose, as logs show it: cut at 100 characters, then :func:`_loggable`."""
+    return _loggable(session_id if len(session_id) <= 100 else session_id[:100] + "…")
+
+
 def _requested(path: str) -> str:
     """A path a client sent, as messages and logs show it: quoted and escaped (``repr``), cut at 200 characters."""
     return repr(path if len(path) <= 200 else path[:200] + "…")
@@ -239,9 +244,15 @@ class PolicyServicer(pb_grpc.PolicyServiceServicer):
 
     def _open(self, session_id: str, seed: int | None, owner: object = None) -> Session:
         """Create a session, or reseed it (``seed`` None: unseeded); a stream ``owner`` takes it over
-        (and evicts it when it ends), keeping its generator when it sends no seed."""
+        (and evicts it when it ends), keeping its generator when it sends no seed. Taking over a
+        session another stream still holds is logged: both streams then draw from its generator."""
         with self._sessions_lock:
             session = self._sessions.get(session_id)
+            if owner is not None and session is not None and session.owner is not None and session.owner is not owner:
+                log.warning(
+                    "session %s taken over by another stream (a robot's reconnect, or two robots sharing one id)",
+                    _session_shown(session_id),
+                )
             if session is None:
                 self._drop_idle_sessions()
                 if len(self._sessions) >= self.config.max_sessions:

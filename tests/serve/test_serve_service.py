@@ -610,3 +610,37 @@ def test_the_readmes_grpcurl_example_is_an_act_request_the_server_answers(tmp_pa
     assert action.shape == (ACT_DIM,)
     contract = tiny_contract()
     assert np.all(action >= contract.action_low) and np.all(action <= contract.action_high)
+
+
+def test_a_stream_taking_over_a_session_another_stream_holds_is_logged(client, caplog):
+    """Two robots given one session id silently shared one generator (the second stream takes the
+    session over, as a reconnecting robot's must): one warning names the id, escaped and cut short."""
+    session_id = "robot\n7" + "x" * 500
+
+    def open_stream(session: str):
+        requests: queue.SimpleQueue = queue.SimpleQueue()
+        replies = client.stub.StreamAct(iter(requests.get, None), timeout=30)
+        requests.put(pb.StreamActRequest(session_id=session, obs=encode(_obs(1)[0])))
+        assert next(replies).status.code == 0
+        return requests, replies
+
+    def close(stream) -> None:
+        stream[0].put(None)
+        list(stream[1])
+
+    def warnings() -> list[str]:
+        return [r.getMessage() for r in caplog.records if r.levelno == logging.WARNING and "taken over" in r.message]
+
+    with caplog.at_level(logging.WARNING, logger="flowrl.serve"):
+        first = open_stream(session_id)
+        second = open_stream(session_id)  # the first stream still holds it
+        close(first)
+        close(second)
+        client.reset("joined", seed=1)  # a session Reset opened has no stream: joining it takes nothing over
+        close(open_stream("joined"))
+        close(open_stream("joined-later"))
+        close(open_stream("joined-later"))  # its first stream had ended: nothing taken over
+    shown = "robot\\n7" + "x" * 93 + "…"
+    assert warnings() == [
+        f"session {shown} taken over by another stream (a robot's reconnect, or two robots sharing one id)"
+    ]
