@@ -23,6 +23,10 @@ class SessionNotFound(ServeError):
     code = grpc.StatusCode.NOT_FOUND
 
 
+class SessionLimitReached(ServeError):
+    code = grpc.StatusCode.RESOURCE_EXHAUSTED
+
+
 class ContractMismatch(ServeError):
     code = grpc.StatusCode.FAILED_PRECONDITION
 

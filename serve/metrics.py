@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import bisect
 import ipaddress
+import logging
 import socket
 import threading
 import time
@@ -20,6 +21,10 @@ LATENCY_BUCKETS_S = (5e-5, 1e-4, 2e-4, 3e-4, 5e-4, 7.5e-4, 1e-3, 2e-3, 5e-3, 1e-
 BATCH_BUCKETS = (1, 2, 4, 8, 16, 32, 64, 128, 256, 512, 1024)
 RECENT = 10_000
 """Latencies kept per method for the percentiles of ``GetStats``."""
+LIMIT_WARNING_S = 60.0
+"""A limit that refuses calls warns at most this often (with the refusals since its last warning)."""
+
+log = logging.getLogger("flowrl.serve")
 
 
 class Histogram:
@@ -64,6 +69,10 @@ class Metrics:
         self.inference = Histogram(LATENCY_BUCKETS_S)
         self.reloads = 0
         self.reload_failures = 0
+        self.refused_at: dict[str, int] = defaultdict(int)  # by limit
+        self._limit_warned: dict[str, tuple[float, int]] = {}  # by limit: its last warning, refusals since
+        self.limits: Callable[[], dict[str, tuple[int, int]]] = dict
+        """By limit (``workers``, ``sessions``, …): what is in use of it, and its most; the server sets it."""
 
     def record(self, method: str, code: str, seconds: float) -> None:
         with self._lock:
@@ -75,6 +84,21 @@ class Metrics:
         """A call refused before its handler ran (e.g. UNAUTHENTICATED): counted, not timed."""
         with self._lock:
             self.requests[(method, code)] += 1
+
+    def record_limit(self, limit: str, why: str) -> None:
+        """A call refused at ``limit``: counted, and warned of (``why`` names the limit and what raises
+        it) at most once every :data:`LIMIT_WARNING_S` per limit, with the refusals since the last."""
+        now = time.monotonic()
+        with self._lock:
+            self.refused_at[limit] += 1
+            warned, since = self._limit_warned.get(limit, (None, 0))
+            if warned is not None and now - warned < LIMIT_WARNING_S:
+                self._limit_warned[limit] = (warned, since + 1)
+                return
+            self._limit_warned[limit] = (now, 0)
+        calls = "1 call" if since == 0 else f"{since + 1} calls"
+        during = "" if warned is None else f" in the last {now - warned:.0f} s"
+        log.warning("refused %s at the %s limit%s: %s", calls, limit, during, why)
 
     def record_batch(self, size: int, inference_s: float) -> None:
         with self._lock:
@@ -142,6 +166,22 @@ class Metrics:
                 "# HELP flowrl_sessions Open sessions.",
                 "# TYPE flowrl_sessions gauge",
                 f"flowrl_sessions {self._sessions()}",
+            ]
+            limits = self.limits()
+            lines += [
+                "# HELP flowrl_refused_total Calls refused at a limit, by limit (a StreamAct once, however "
+                "many of its requests are refused).",
+                "# TYPE flowrl_refused_total counter",
+                *(
+                    f'flowrl_refused_total{{limit="{limit}"}} {self.refused_at.get(limit, 0)}'
+                    for limit in sorted({*limits, *self.refused_at})
+                ),
+                "# HELP flowrl_in_use What is in use of each limit: calls in flight under a cap, open sessions.",
+                "# TYPE flowrl_in_use gauge",
+                *(f'flowrl_in_use{{limit="{limit}"}} {used}' for limit, (used, _) in sorted(limits.items())),
+                "# HELP flowrl_limit Each limit: the most calls in flight under a cap (--workers, …), --max-sessions.",
+                "# TYPE flowrl_limit gauge",
+                *(f'flowrl_limit{{limit="{limit}"}} {most}' for limit, (_, most) in sorted(limits.items())),
                 "# HELP flowrl_reloads_total Models swapped in since start.",
                 "# TYPE flowrl_reloads_total counter",
                 f"flowrl_reloads_total {self.reloads}",

@@ -184,12 +184,20 @@ def keepalive_options(keepalive_s: float) -> list[tuple[str, int]]:
 
 class Cap(NamedTuple):
     """At most ``most`` calls whose method starts with ``prefix`` (or one of them) in flight at once;
-    one more is refused with ``code`` and ``refusal``."""
+    one more is refused with ``code`` and ``refusal``, and counted by its ``limit`` (a metrics label);
+    ``flag`` raises it ('': a fixed cap)."""
 
     prefix: str | tuple[str, ...]
     most: int
     refusal: str
+    limit: str
+    flag: str = ""
     code: grpc.StatusCode = grpc.StatusCode.RESOURCE_EXHAUSTED
+
+    @property
+    def warning(self) -> str:
+        """What the server logs of a refusal: the limit, and how to raise it."""
+        return f"{self.refusal}; raise {self.flag}" if self.flag else f"{self.refusal} (a fixed cap)"
 
 
 class OpenStreams(grpc.ServerInterceptor):
@@ -203,7 +211,7 @@ class OpenStreams(grpc.ServerInterceptor):
     (:data:`CONTROL_METHODS`) :data:`CONTROL_CALLS` more (and then idle workers), health Watches
     :data:`WATCH_STREAMS` and reflection streams :data:`REFLECTION_STREAMS`, and the rest are left to
     health Checks. A call over its cap is refused with RESOURCE_EXHAUSTED naming the limit, and
-    ``on_refused(method, code)`` is told of it (``method`` its short name, e.g. ``Watch``). A Watch
+    ``on_refused(method, cap)`` is told of it (``method`` its short name, e.g. ``Watch``). A Watch
     over its cap is refused with UNIMPLEMENTED instead: a gRPC client with client-side health
     checking (``healthCheckConfig``) holds a Watch per connection and took RESOURCE_EXHAUSTED for an
     unhealthy server, failing every call of that connection with UNAVAILABLE; on UNIMPLEMENTED it
@@ -221,15 +229,14 @@ class OpenStreams(grpc.ServerInterceptor):
     It also counts every call whose handler runs until gRPC has finished it (its status sent, or
     cancelled), so that :meth:`wait_idle` tells when no call is left in flight."""
 
-    def __init__(self, workers: int, on_refused: Callable[[str, str], None]) -> None:
+    def __init__(self, workers: int, on_refused: Callable[[str, Cap], None]) -> None:
         self._lock = threading.Lock()
         self._idle = threading.Condition(self._lock)
         self._in_flight = 0
         busy = f"all --workers {workers} handler threads are busy (each open StreamAct holds one)"
-        workers_cap = Cap(f"/{SERVICE_NAME}/", workers, busy)
-        control = Cap(
-            CONTROL_METHODS, CONTROL_CALLS, f"{busy}, and the {CONTROL_CALLS} of GetSpec, GetStats and Reload too"
-        )
+        workers_cap = Cap(f"/{SERVICE_NAME}/", workers, busy, "workers", "--workers")
+        also = f"{busy}, and the {CONTROL_CALLS} of GetSpec, GetStats and Reload too"
+        control = Cap(CONTROL_METHODS, CONTROL_CALLS, also, "control", "--workers")
         self._caps = (
             control,
             workers_cap,
@@ -237,12 +244,14 @@ class OpenStreams(grpc.ServerInterceptor):
                 HEALTH_WATCH,
                 WATCH_STREAMS,
                 f"at most {WATCH_STREAMS} open health Watch streams",
-                grpc.StatusCode.UNIMPLEMENTED,
+                "watch",
+                code=grpc.StatusCode.UNIMPLEMENTED,
             ),
             Cap(
                 f"/{reflection.SERVICE_NAME}/",
                 REFLECTION_STREAMS,
                 f"at most {REFLECTION_STREAMS} open reflection streams",
+                "reflection",
             ),
         )
         self._open = dict.fromkeys(self._caps, 0)  # the calls in flight under each cap
@@ -270,7 +279,7 @@ class OpenStreams(grpc.ServerInterceptor):
 
         def counted(request, context: grpc.ServicerContext):
             if not self._started(context, cap):
-                self._on_refused(method.rsplit("/", 1)[-1], cap.code.name)
+                self._on_refused(method.rsplit("/", 1)[-1], cap)
                 context.abort(cap.code, cap.refusal)
             return behavior(request, context)
 
@@ -303,6 +312,11 @@ class OpenStreams(grpc.ServerInterceptor):
             self._in_flight -= 1
             if not self._in_flight:
                 self._idle.notify_all()
+
+    def usage(self) -> dict[str, tuple[int, int]]:
+        """By cap's limit: the calls in flight under it, and its most."""
+        with self._lock:
+            return {cap.limit: (self._open[cap], cap.most) for cap in self._caps}
 
     def wait_idle(self, timeout: float) -> bool:
         """Whether every call that ran has finished, waiting up to ``timeout`` s for it."""
@@ -377,12 +391,20 @@ class PolicyServer:
         self.servicer = PolicyServicer(config, Path(self._workdir.name), export_checkpoint)
         self.health = health.HealthServicer()
         self._server: grpc.Server | None = None
-        self._streams = OpenStreams(config.workers, self.servicer.metrics.record_refused)
+        self._streams = OpenStreams(config.workers, self._refused)
+        self.servicer.metrics.limits = self._limits
         self._stopped = False
         self._metrics_http = None
         self._watcher: FileWatcher | None = None
         self.port = 0
         self.metrics_port: int | None = None
+
+    def _refused(self, method: str, cap: Cap) -> None:
+        self.servicer.metrics.record_refused(method, cap.code.name)
+        self.servicer.metrics.record_limit(cap.limit, cap.warning)
+
+    def _limits(self) -> dict[str, tuple[int, int]]:
+        return {**self._streams.usage(), "sessions": (self.servicer.session_count(), self.config.max_sessions)}
 
     @property
     def address(self) -> str:

@@ -35,6 +35,7 @@ from flowrl_deploy.serve.errors import (
     DeadlineExpired,
     NotReady,
     ServeError,
+    SessionLimitReached,
     SessionNotFound,
     status_of,
 )
@@ -139,7 +140,7 @@ class PolicyServicer(pb_grpc.PolicyServiceServicer):
         self._sessions: dict[str, Session] = {}
         self._sessions_lock = threading.Lock()
         self._anonymous = Session("", None)
-        self.metrics = Metrics(lambda: len(self._sessions), lambda: self.model.version if self.model else "")
+        self.metrics = Metrics(self.session_count, lambda: self.model.version if self.model else "")
         self.batcher = MicroBatcher(
             self._run_batch,
             max_batch=config.max_batch,
@@ -256,15 +257,21 @@ class PolicyServicer(pb_grpc.PolicyServiceServicer):
             if session is None:
                 self._drop_idle_sessions()
                 if len(self._sessions) >= self.config.max_sessions:
-                    raise ServeError(
-                        f"session limit of {self.config.max_sessions} reached", grpc.StatusCode.RESOURCE_EXHAUSTED
-                    )
+                    raise SessionLimitReached(f"session limit of {self.config.max_sessions} reached")
                 session = self._sessions[session_id] = Session(session_id, seed)
             elif owner is None or seed is not None:  # a stream joining a session Reset opened keeps its noise
                 session.reseed(seed)
             if owner is not None:
                 session.owner = owner
             return session
+
+    def session_count(self) -> int:
+        return len(self._sessions)
+
+    def _session_limit_refused(self, exc: SessionLimitReached) -> None:
+        """Count (and warn of) a call refused at ``--max-sessions``."""
+        why = f"{exc}; raise --max-sessions (a session lives as long as its stream, or --session-idle-s after a Reset)"
+        self.metrics.record_limit("sessions", why)
 
     def _drop_idle_sessions(self) -> None:
         """Forget the sessions no stream owns (opened by Reset) that went unused for ``session_idle_s``;
@@ -399,6 +406,7 @@ class PolicyServicer(pb_grpc.PolicyServiceServicer):
     def StreamAct(self, request_iterator, context: grpc.ServicerContext):
         opened: dict[str, Session] = {}
         refused: dict[str, _Opening] = {}  # per session id, until it opens
+        limited = False  # a request was refused at the session limit: the stream counts once
         context.add_callback(lambda: self._evict(opened))
         for request in request_iterator:
             received = time.time_ns()
@@ -414,6 +422,9 @@ class PolicyServicer(pb_grpc.PolicyServiceServicer):
             except Exception as exc:
                 reply.status.CopyFrom(_status(exc))
                 code = status_of(exc)[0].name
+                if isinstance(exc, SessionLimitReached) and not limited:
+                    limited = True
+                    self._session_limit_refused(exc)
             reply.server_send_unix_ns = time.time_ns()
             self.metrics.record("StreamAct", code, time.perf_counter() - start)
             yield reply
@@ -451,7 +462,11 @@ class PolicyServicer(pb_grpc.PolicyServiceServicer):
         if not request.session_id:
             raise ServeError("Reset needs a session_id", grpc.StatusCode.INVALID_ARGUMENT)
         self._check_contract(model, request.contract_hash, request.contract_json)
-        self._open(request.session_id, request.seed if request.HasField("seed") else None)
+        try:
+            self._open(request.session_id, request.seed if request.HasField("seed") else None)
+        except SessionLimitReached as exc:
+            self._session_limit_refused(exc)
+            raise
         return pb.ResetReply(model_version=model.version)
 
     @_unary("GetStats")
@@ -460,7 +475,7 @@ class PolicyServicer(pb_grpc.PolicyServiceServicer):
         return pb.GetStatsReply(
             model_version=self.model.version if self.model else "",
             uptime_s=summary["uptime_s"],
-            sessions=len(self._sessions),
+            sessions=self.session_count(),
             methods=[pb.MethodStats(method=m, **figures) for m, figures in sorted(summary["methods"].items())],
             batches=summary["batches"],
             mean_batch_size=summary["mean_batch_size"],

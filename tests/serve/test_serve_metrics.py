@@ -3,12 +3,23 @@
 
 from __future__ import annotations
 
+import logging
+import queue
 import socket
 import urllib.error
 import urllib.request
+from types import SimpleNamespace
 
+import grpc
+import numpy as np
 import pytest
+from tiny_policy import OBS_DIM, write_policy
 
+from flowrl_deploy.codec import encode
+from flowrl_deploy.proto.flowrl.v1 import policy_pb2 as pb
+from flowrl_deploy.proto.flowrl.v1 import policy_pb2_grpc as pb_grpc
+from flowrl_deploy.serve import PolicyServer, ServeConfig
+from flowrl_deploy.serve import metrics as metrics_module
 from flowrl_deploy.serve.metrics import Metrics, start_metrics_http
 
 
@@ -99,3 +110,64 @@ def test_metrics_are_served_at_metrics_and_the_root_only(metrics, path, status):
     finally:
         httpd.shutdown()
         httpd.server_close()
+
+
+def test_each_limit_counts_its_refusals_and_warns_at_most_once_a_minute(tmp_path, caplog):
+    """Calls refused at the session limit or a cap were logged nowhere, and counted only as
+    code="RESOURCE_EXHAUSTED" beside every other such refusal: once per stream at the workers cap,
+    once per request at the session limit. Each limit now counts in flowrl_refused_total (a stream
+    once, however many of its requests are refused) and warns once a minute naming its flag."""
+    path = write_policy(tmp_path / "policy.onnx")
+    config = ServeConfig(str(path), port=0, workers=2, max_sessions=1, grace_s=0)
+    obs = encode(np.zeros(OBS_DIM, np.float32))
+    server = PolicyServer(config)
+    with (
+        caplog.at_level(logging.WARNING, logger="flowrl.serve"),
+        server.start(),
+        grpc.insecure_channel(server.address) as channel,
+    ):
+        stub = pb_grpc.PolicyServiceStub(channel)
+        held = [queue.SimpleQueue() for _ in range(3)]
+        try:
+            streams = [stub.StreamAct(iter(held[0].get, None), timeout=30)]
+            held[0].put(pb.StreamActRequest(session_id="a", obs=obs))
+            assert next(streams[0]).status.code == 0  # the one session
+            with pytest.raises(grpc.RpcError) as limited:
+                stub.Reset(pb.ResetRequest(session_id="c"), timeout=30)
+            assert "session limit of 1" in limited.value.details()
+            streams.append(stub.StreamAct(iter(held[1].get, None), timeout=30))
+            for _ in range(3):  # a robot over the session limit retries every tick
+                held[1].put(pb.StreamActRequest(session_id="b", obs=obs))
+                assert next(streams[1]).status.code == grpc.StatusCode.RESOURCE_EXHAUSTED.value[0]
+            with pytest.raises(grpc.RpcError) as busy:  # both workers held by the two streams
+                next(stub.StreamAct(iter(held[2].get, None), timeout=30))
+            assert busy.value.code() == grpc.StatusCode.RESOURCE_EXHAUSTED
+            exposition = server.servicer.metrics.exposition()
+        finally:
+            for requests in held:
+                requests.put(None)
+    assert 'flowrl_refused_total{limit="sessions"} 2' in exposition  # the stream once, the Reset once
+    assert 'flowrl_refused_total{limit="workers"} 1' in exposition
+    assert 'flowrl_in_use{limit="workers"} 2' in exposition and 'flowrl_in_use{limit="sessions"} 1' in exposition
+    assert 'flowrl_limit{limit="workers"} 2' in exposition and 'flowrl_limit{limit="sessions"} 1' in exposition
+    assert 'flowrl_refused_total{limit="watch"} 0' in exposition  # every limit, before its first refusal
+    warned = [r.getMessage() for r in caplog.records if r.levelno == logging.WARNING and "refused" in r.message]
+    assert len(warned) == 2
+    assert "session limit of 1 reached" in warned[0] and "--max-sessions" in warned[0]
+    assert "all --workers 2 handler threads are busy" in warned[1] and "--workers" in warned[1]
+
+
+def test_a_limit_warns_again_after_a_minute_with_the_refusals_since(metrics, monkeypatch, caplog):
+    now = [1000.0]
+    monkeypatch.setattr(metrics_module, "time", SimpleNamespace(monotonic=lambda: now[0]))
+    with caplog.at_level(logging.WARNING, logger="flowrl.serve"):
+        for _ in range(3):
+            metrics.record_limit("workers", "all --workers 2 handler threads are busy; raise --workers")
+            now[0] += 25
+        metrics.record_limit("workers", "all --workers 2 handler threads are busy; raise --workers")
+    assert [r.getMessage() for r in caplog.records] == [
+        "refused 1 call at the workers limit: all --workers 2 handler threads are busy; raise --workers",
+        "refused 3 calls at the workers limit in the last 75 s: all --workers 2 handler threads are busy; "
+        "raise --workers",
+    ]
+    assert 'flowrl_refused_total{limit="workers"} 4' in metrics.exposition()
