@@ -552,7 +552,13 @@ def serve_forever(
     export_checkpoint: Exporter | None = None,
 ) -> None:
     """Run until one of :data:`STOP_SIGNALS` (but not one of :data:`KEPT_IF_IGNORED` ignored at
-    start), then stop gracefully (call from the main thread)."""
+    start), then stop gracefully. Only the main thread can handle signals: from another thread it
+    raises :class:`FlowRLError` (serve there with ``PolicyServer(config).start()`` and ``stop()``)."""
+    if threading.current_thread() is not threading.main_thread():
+        raise FlowRLError(
+            "serve_forever runs in the main thread only (it stops on signals, which only the main thread "
+            "receives); to serve from another thread, use PolicyServer(config).start() and .stop()"
+        )
     pin_to_cpus(config.cpus)
     # The handler takes no lock: Event.set() in a handler deadlocked when the signal arrived while
     # this thread held the Event's lock (inside its own wait, or a first handler's set()).

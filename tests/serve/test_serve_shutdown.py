@@ -20,6 +20,7 @@ from tiny_policy import ACT_DIM, OBS_DIM, write_policy
 
 from flowrl_deploy.client import PolicyClient, ServiceError
 from flowrl_deploy.codec import decode, encode
+from flowrl_deploy.errors import FlowRLError
 from flowrl_deploy.proto.flowrl.v1 import policy_pb2 as pb
 from flowrl_deploy.serve import PolicyServer, ServeConfig, serve_forever
 
@@ -219,3 +220,23 @@ def test_serve_forever_logs_once_the_stop_has_finished(tmp_path, caplog):
     messages = [record.getMessage() for record in caplog.records if record.name == "flowrl.serve"]
     assert messages[-2] == "stopping on SIGTERM: finishing calls in flight"
     assert re.fullmatch(r"stopped in \d+\.\d s", messages[-1]), messages
+
+
+def test_serve_forever_from_another_thread_is_refused_naming_the_way_to_serve_from_one(tmp_path):
+    """It raised a raw ValueError ("signal only works in main thread of the main interpreter")."""
+    path = write_policy(tmp_path / "policy.onnx")
+    raised: list[BaseException] = []
+
+    def serve() -> None:
+        try:
+            serve_forever(ServeConfig(str(path), port=0, grace_s=0))
+        except BaseException as exc:
+            raised.append(exc)
+
+    thread = threading.Thread(target=serve)
+    thread.start()
+    thread.join(60)
+    assert not thread.is_alive()
+    (exc,) = raised
+    assert isinstance(exc, FlowRLError)
+    assert "main thread" in str(exc) and "PolicyServer(config).start()" in str(exc)
