@@ -530,6 +530,10 @@ class PolicyServer:
         self._workdir.cleanup()
 
     def __enter__(self) -> PolicyServer:
+        """Start the server unless it is started already: ``with PolicyServer(config) as server`` and
+        ``with PolicyServer(config).start() as server`` both serve in the block (a stopped one raises)."""
+        if self._server is None:
+            self.start()
         return self
 
     def __exit__(self, *exc: object) -> None:

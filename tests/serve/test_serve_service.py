@@ -20,6 +20,7 @@ from tiny_policy import ACT_DIM, OBS_DIM, documented_noise, tiny_contract, write
 
 from flowrl_deploy.client import PolicyClient, ServiceError
 from flowrl_deploy.codec import decode, encode
+from flowrl_deploy.errors import FlowRLError
 from flowrl_deploy.proto.flowrl.v1 import policy_pb2 as pb
 from flowrl_deploy.proto.flowrl.v1 import policy_pb2_grpc as pb_grpc
 from flowrl_deploy.runtime import OnnxPolicy
@@ -644,3 +645,14 @@ def test_a_stream_taking_over_a_session_another_stream_holds_is_logged(client, c
     assert warnings() == [
         f"session {shown} taken over by another stream (a robot's reconnect, or two robots sharing one id)"
     ]
+
+
+def test_a_server_entered_without_start_is_started_and_stopped_by_the_block(policy_path):
+    """`with PolicyServer(config) as server:` left it unstarted, its address 127.0.0.1:0."""
+    config = ServeConfig(str(policy_path), port=0, grace_s=0)
+    for server in (PolicyServer(config), PolicyServer(config).start()):
+        with server as entered, PolicyClient(entered.address) as client:
+            assert entered is server and server.port != 0
+            assert client.act(_obs(1)).shape == (1, ACT_DIM)
+        with pytest.raises(FlowRLError, match="was stopped"), server:
+            pass
