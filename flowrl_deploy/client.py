@@ -49,6 +49,9 @@ CHANNEL_OPTIONS = (
     ("grpc.keepalive_timeout_ms", 5_000),
     ("grpc.keepalive_permit_without_calls", 1),
     ("grpc.http2.max_pings_without_data", 0),  # else the pings stop after 2 without data
+    # a keepalive ping joins a flow-control ping in flight, which waited 60 s for its answer (gRPC
+    # 1.85): a stopped server was noticed after 61-68 s, not 15
+    ("grpc.http2.ping_timeout_ms", 5_000),
 )
 
 

@@ -232,6 +232,7 @@ KEEPALIVE = {
     "grpc.keepalive_timeout_ms": 5_000,
     "grpc.keepalive_permit_without_calls": 1,
     "grpc.http2.max_pings_without_data": 0,
+    "grpc.http2.ping_timeout_ms": 5_000,
 }
 """A ping every 10 s, with calls in flight or none, and 5 s for its answer (flowrl serve takes pings every 5 s)."""
 
