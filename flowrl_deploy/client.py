@@ -257,6 +257,11 @@ def channel_credentials(
 class PolicyClient:
     """A connection to a ``flowrl serve`` server.
 
+    It may be shared between threads (its calls keep no state of their own; a gRPC channel is
+    thread-safe); a :class:`~flowrl_deploy.session.ControlSession` belongs to one control loop.
+    After :meth:`close` every call, and every tick of its sessions, raises :class:`ClientClosedError`.
+    Its channel pings the server every 10 s (5 s to answer), so a vanished server ends its streams.
+
     Args:
         target: ``host:port``, ``[IPv6]:port`` or ``unix:PATH``.
         token: the server's shared secret, if it has one ("" or None: none, so ``os.environ.get(...)`` fits).
