@@ -28,7 +28,8 @@ import numpy as np
 from flowrl_deploy.codec import decode, encode
 from flowrl_deploy.contract import MAX_TIMEOUT_S, PolicyContract
 from flowrl_deploy.errors import FlowRLError
-from flowrl_deploy.fieldtypes import is_integer, is_number, shown
+from flowrl_deploy.fieldtypes import is_number, shown
+from flowrl_deploy.noise import checked_seed
 from flowrl_deploy.proto.flowrl.v1 import policy_pb2 as pb
 from flowrl_deploy.proto.flowrl.v1 import policy_pb2_grpc as pb_grpc
 from flowrl_deploy.tls import check_key_pair, read_certificates
@@ -79,18 +80,6 @@ def checked_timeout(timeout_s: object, name: str = "timeout_s") -> float:
     if not (is_number(timeout_s) and 0 < timeout_s <= MAX_TIMEOUT_S):
         raise FlowRLError(f"{name} must be a number of seconds in (0, {MAX_TIMEOUT_S:g}], got {shown(timeout_s)}")
     return float(timeout_s)
-
-
-def checked_seed(seed: int | None, name: str = "seed") -> int | None:
-    """A noise seed travels as a uint64: refuse others with a clear error naming ``name`` (the
-    argument or the flag), not protobuf's ValueError or TypeError."""
-    if seed is None:
-        return None
-    if not is_integer(seed):
-        raise FlowRLError(f"{name} must be an integer in [0, 2**64), got {shown(seed)}")
-    if not 0 <= seed < 2**64:
-        raise FlowRLError(f"{name} must lie in [0, 2**64), got {seed}")
-    return seed
 
 
 _HOST = re.compile(r"[A-Za-z0-9._-]+")  # a host name or an IPv4 address
