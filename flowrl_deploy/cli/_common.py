@@ -36,7 +36,9 @@ a larger one never is (our reports hold kilobytes), and is kept."""
 
 # The connection options of the commands that call a running server (query, control, stats, reload).
 Server = Annotated[str, typer.Option(help="host:port of `flowrl serve`.")]
-Token = Annotated[str, typer.Option(help="The server's shared secret.", envvar="FLOWRL_TOKEN")]
+TOKEN_ENV = "FLOWRL_TOKEN"
+"""The environment variable that gives `--token` (the server's shared secret) to every command."""
+Token = Annotated[str, typer.Option(help="The server's shared secret.", envvar=TOKEN_ENV)]
 TlsCa = Annotated[str, typer.Option(help="PEM CA of the server's TLS certificate.")]
 TlsCert = Annotated[str, typer.Option(help="PEM client certificate, for a server with --client-ca (mTLS).")]
 TlsKey = Annotated[str, typer.Option(help="PEM private key of --tls-cert.")]

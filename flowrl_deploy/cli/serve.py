@@ -7,7 +7,7 @@ from typing import Annotated
 
 import typer
 
-from flowrl_deploy.cli._common import finite, user_errors
+from flowrl_deploy.cli._common import TOKEN_ENV, finite, user_errors
 
 PROVIDER_NAMES = {
     "cpu": "CPUExecutionProvider",
@@ -30,9 +30,6 @@ def parse_providers(text: str) -> tuple[str, ...]:
             f"(available here: {', '.join(ort.get_available_providers())})"
         )
     return names
-
-
-TOKEN_ENV = "FLOWRL_TOKEN"
 
 
 # Every option is a ServeConfig field, its default written out so that --help shows it (importing
