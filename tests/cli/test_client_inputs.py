@@ -6,11 +6,12 @@ from __future__ import annotations
 
 import json
 import re
-import sys
 from pathlib import Path
 
 import numpy as np
 import pytest
+from closed_port import closed_address
+from tiny_policy import write_policy
 from typer.testing import CliRunner
 
 from flowrl_deploy.cli import app
@@ -18,10 +19,6 @@ from flowrl_deploy.cli.query import read_observation
 from flowrl_deploy.client import PolicyClient, checked_target
 from flowrl_deploy.errors import FlowRLError
 from flowrl_deploy.serve import PolicyServer, ServeConfig
-
-sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "serve"))
-from closed_port import closed_address
-from tiny_policy import write_policy
 
 runner = CliRunner()
 OBS = "[0.1, 0.2, 0.3]"
@@ -176,11 +173,11 @@ class TestObservation:
 def pem(tmp_path_factory) -> dict[str, str]:
     """A certificate and its key, another key, and garbage under a certificate's PEM lines."""
     pytest.importorskip("cryptography.x509")
-    from test_serve_security import _issue, _write
+    from pki import issue, write_pem
 
     directory = tmp_path_factory.mktemp("pem")
-    files = dict(zip(("cert", "key"), _write(directory, "client", *_issue("robot")), strict=True))
-    files["other_key"] = _write(directory, "other", *_issue("other"))[1]
+    files = dict(zip(("cert", "key"), write_pem(directory, "client", *issue("robot")), strict=True))
+    files["other_key"] = write_pem(directory, "other", *issue("other"))[1]
     (directory / "garbage.pem").write_text("-----BEGIN CERTIFICATE-----\ngarbage\n-----END CERTIFICATE-----\n")
     files["garbage"] = str(directory / "garbage.pem")
     return files

@@ -9,19 +9,16 @@ import os
 import subprocess
 import sys
 import threading
-from pathlib import Path
 
 import pytest
+from tiny_policy import write_policy
 from typer.testing import CliRunner
 
 from flowrl_deploy.cli import app
 from flowrl_deploy.serve import PolicyServer, ServeConfig
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "serve"))
-from tiny_policy import write_policy
-
 x509 = pytest.importorskip("cryptography.x509")
-from test_serve_security import _issue, _write  # noqa: E402
+from pki import issue, write_pem  # noqa: E402
 
 runner = CliRunner()
 OBS = "[0.1, 0.2, 0.3]"
@@ -50,11 +47,13 @@ def _expired(issued):
 @pytest.fixture(scope="module")
 def pki(tmp_path_factory):
     directory = tmp_path_factory.mktemp("pki")
-    ca_key, ca_cert = _issue("flowrl test CA", ca=True)
-    files = {"ca": _write(directory, "ca", ca_key, ca_cert)[0]}
-    files["rogue_ca"] = _write(directory, "rogue", *_issue("rogue CA", ca=True))[0]
-    files["server"] = _write(directory, "server", *_issue("localhost", ca_key, ca_cert.subject))
-    files["expired"] = _write(directory, "expired", *_expired((*_issue("localhost", ca_key, ca_cert.subject), ca_key)))
+    ca_key, ca_cert = issue("flowrl test CA", ca=True)
+    files = {"ca": write_pem(directory, "ca", ca_key, ca_cert)[0]}
+    files["rogue_ca"] = write_pem(directory, "rogue", *issue("rogue CA", ca=True))[0]
+    files["server"] = write_pem(directory, "server", *issue("localhost", ca_key, ca_cert.subject))
+    files["expired"] = write_pem(
+        directory, "expired", *_expired((*issue("localhost", ca_key, ca_cert.subject), ca_key))
+    )
     files["policy"] = str(write_policy(directory / "policy.onnx"))
     return files
 

@@ -83,15 +83,12 @@ def test_an_unwritable_or_destructive_report_is_refused_before_running(tmp_path,
 
 def test_ctrl_c_prints_the_figures_so_far_and_exits_130(tmp_path, monkeypatch):
     import json
-    import sys
-    from pathlib import Path
 
     pytest.importorskip("dm_control")
+    from tiny_policy import write_policy
+
     from flowrl_deploy import session
     from flowrl_deploy.serve import PolicyServer, ServeConfig
-
-    sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "serve"))
-    from tiny_policy import write_policy
 
     path = write_policy(
         tmp_path / "cartpole.onnx", obs_dim=5, act_dim=1, action_low=(-1.0,), action_high=(1.0,),

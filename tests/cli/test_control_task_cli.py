@@ -4,17 +4,13 @@ and a warning when --env names another task than the served policy's."""
 from __future__ import annotations
 
 import json
-import sys
-from pathlib import Path
 
 import pytest
+from tiny_policy import write_policy
 from typer.testing import CliRunner
 
 from flowrl_deploy.cli import app
 from flowrl_deploy.serve import PolicyServer, ServeConfig
-
-sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "serve"))
-from tiny_policy import write_policy
 
 runner = CliRunner()
 SHORT_RUN = ["--deadline-ms", "10", "--max-steps", "5"]  # at the policy's own 50 Hz

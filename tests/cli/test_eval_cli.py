@@ -4,17 +4,14 @@ silence (typer's own handling exits 130 without a word). And the warning for an 
 
 from __future__ import annotations
 
-import sys
 from pathlib import Path
 
 import pytest
+from fake_checkpoints import save_step
+from tiny_policy import write_policy
 from typer.testing import CliRunner
 
 from flowrl_deploy.cli import app
-
-sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "serve"))
-from fake_checkpoints import save_step
-from tiny_policy import write_policy
 
 runner = CliRunner()
 ENV = "gym:Pendulum-v1"  # 200 steps an episode, no physics engine: fast

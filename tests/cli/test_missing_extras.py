@@ -11,14 +11,12 @@ import textwrap
 from pathlib import Path
 
 import pytest
+from fake_checkpoints import save_step
+from tiny_policy import write_policy
 
 from flowrl_deploy.cli._common import user_errors
 from flowrl_deploy.extras import missing_extra_message
 from flowrl_deploy.serve import PolicyServer, ServeConfig
-
-sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "serve"))
-from fake_checkpoints import save_step
-from tiny_policy import write_policy
 
 WITHOUT = textwrap.dedent(
     """

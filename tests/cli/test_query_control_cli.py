@@ -4,19 +4,16 @@ taken from the served contract, honest figures when no fresh action arrived, the
 from __future__ import annotations
 
 import json
-import sys
 import time
 from pathlib import Path
 
 import pytest
+from closed_port import closed_address
+from tiny_policy import write_policy
 from typer.testing import CliRunner
 
 from flowrl_deploy.cli import app
 from flowrl_deploy.serve import PolicyServer, ServeConfig
-
-sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "serve"))
-from closed_port import closed_address
-from tiny_policy import write_policy
 
 runner = CliRunner()
 OBS = "[0.1, 0.2, 0.3, 0.4, 0.5]"
@@ -35,13 +32,13 @@ def _cartpole_policy(path: Path, control_period_s: float) -> Path:
 def pki(tmp_path_factory):
     """A CA, a server certificate (localhost, 127.0.0.1) and a client certificate it issued."""
     pytest.importorskip("cryptography.x509")
-    from test_serve_security import _issue, _write
+    from pki import issue, write_pem
 
     directory = tmp_path_factory.mktemp("pki")
-    ca_key, ca_cert = _issue("flowrl test CA", ca=True)
-    files = {"ca": _write(directory, "ca", ca_key, ca_cert)[0]}
-    files["server"] = _write(directory, "server", *_issue("localhost", ca_key, ca_cert.subject))
-    files["client"] = _write(directory, "client", *_issue("robot", ca_key, ca_cert.subject))
+    ca_key, ca_cert = issue("flowrl test CA", ca=True)
+    files = {"ca": write_pem(directory, "ca", ca_key, ca_cert)[0]}
+    files["server"] = write_pem(directory, "server", *issue("localhost", ca_key, ca_cert.subject))
+    files["client"] = write_pem(directory, "client", *issue("robot", ca_key, ca_cert.subject))
     return files
 
 

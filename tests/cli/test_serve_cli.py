@@ -10,6 +10,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from tiny_policy import write_policy
 from typer.testing import CliRunner
 
 from flowrl_deploy.cli import app
@@ -18,9 +19,6 @@ from flowrl_deploy.errors import FlowRLError
 from flowrl_deploy.runtime import cuda_device_present
 from flowrl_deploy.serve import process as process_module
 from flowrl_deploy.serve.process import ServerProcess
-
-sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "serve"))
-from tiny_policy import write_policy
 
 runner = CliRunner()
 

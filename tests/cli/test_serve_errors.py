@@ -7,18 +7,15 @@ import os
 import socket
 import subprocess
 import sys
-from pathlib import Path
 
 import pytest
 import typer
+from tiny_policy import write_policy
 from typer.testing import CliRunner
 
 from flowrl_deploy.cli import app
 from flowrl_deploy.serve import ServeConfig
 from flowrl_deploy.serve.config import CODE_ONLY
-
-sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "serve"))
-from tiny_policy import write_policy
 
 runner = CliRunner()
 

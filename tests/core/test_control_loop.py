@@ -4,12 +4,11 @@ its episodes reset with, and which ticks count as overruns (on a fake clock)."""
 from __future__ import annotations
 
 import re
-import sys
-from pathlib import Path
 from types import SimpleNamespace
 
 import numpy as np
 import pytest
+from tiny_policy import ACT_DIM, OBS_DIM, write_policy
 
 from flowrl_deploy.client import PolicyClient
 from flowrl_deploy.errors import FlowRLError
@@ -17,9 +16,6 @@ from flowrl_deploy.serve import PolicyServer, ServeConfig
 from flowrl_deploy.train import control
 from flowrl_deploy.train.envs import EnvInfo, episode_seed
 from flowrl_deploy.train.evaluate import EVAL_STREAM
-
-sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "serve"))
-from tiny_policy import ACT_DIM, OBS_DIM, write_policy
 
 
 class RecordingEnv:

@@ -1,19 +1,15 @@
 import ctypes
 import os
 import re
-import sys
-from pathlib import Path
 
 import numpy as np
 import pytest
+from tiny_policy import ACT_DIM, OBS_DIM, write_policy
 
 from flowrl_deploy import runtime
 from flowrl_deploy.codec import TensorError
 from flowrl_deploy.errors import FlowRLError
 from flowrl_deploy.runtime import OnnxPolicy
-
-sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "serve"))
-from tiny_policy import ACT_DIM, OBS_DIM, write_policy
 
 CPU = ["CPUExecutionProvider"]
 CORES = os.cpu_count() or 1

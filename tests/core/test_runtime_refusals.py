@@ -2,21 +2,17 @@
 tensors are not the ones its contract promises (a hand-edited file)."""
 
 import re
-import sys
-from pathlib import Path
 
 import numpy as np
 import onnx
 import pytest
 from onnx import helper
+from tiny_policy import OBS_DIM, tiny_contract, write_policy
 
 from flowrl_deploy.contract import contract_to_metadata
 from flowrl_deploy.errors import FlowRLError
 from flowrl_deploy.export.inspect import inspect_policy
 from flowrl_deploy.runtime import OnnxPolicy
-
-sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "serve"))
-from tiny_policy import OBS_DIM, tiny_contract, write_policy
 
 CPU = ["CPUExecutionProvider"]
 

@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import os
 import re
-import sys
 from pathlib import Path
 
 import pytest
@@ -17,9 +16,7 @@ from flowrl_deploy.tls import check_key_pair, read_certificates
 pytest.importorskip("cryptography.x509")
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import rsa
-
-sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "serve"))
-from test_serve_security import _issue, _write
+from pki import issue, write_pem
 
 
 @pytest.fixture(scope="module")
@@ -27,11 +24,11 @@ def pem(tmp_path_factory) -> dict[str, str]:
     """A CA, a certificate it issued with its key, another key (EC, and RSA for the EC certificate),
     garbage, a truncated certificate, an encrypted key, and the CA and certificate in one bundle."""
     directory = tmp_path_factory.mktemp("tls")
-    ca_key, ca_cert = _issue("flowrl test CA", ca=True)
-    key, cert = _issue("robot", ca_key, ca_cert.subject)
-    files = dict(zip(("cert", "key"), _write(directory, "robot", key, cert), strict=True))
-    files["ca"] = _write(directory, "ca", ca_key, ca_cert)[0]
-    files["other_key"] = _write(directory, "other", *_issue("other"))[1]
+    ca_key, ca_cert = issue("flowrl test CA", ca=True)
+    key, cert = issue("robot", ca_key, ca_cert.subject)
+    files = dict(zip(("cert", "key"), write_pem(directory, "robot", key, cert), strict=True))
+    files["ca"] = write_pem(directory, "ca", ca_key, ca_cert)[0]
+    files["other_key"] = write_pem(directory, "other", *issue("other"))[1]
     text = Path(files["cert"]).read_text()
     for name, content in {
         "garbage": "-----BEGIN CERTIFICATE-----\ngarbage\n-----END CERTIFICATE-----\n",

@@ -1,9 +1,7 @@
 """README's in-process server example (`flowrl serve`, "In Python, e.g. for an integration test") runs as it stands."""
 
-import sys
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
 from tiny_policy import write_policy
 
 README = Path(__file__).resolve().parents[2] / "README.md"

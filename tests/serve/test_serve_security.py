@@ -2,12 +2,9 @@
 
 from __future__ import annotations
 
-import datetime
-import ipaddress
 import json
 import threading
 from collections import Counter
-from pathlib import Path
 from types import SimpleNamespace
 
 import grpc
@@ -23,55 +20,21 @@ from flowrl_deploy.proto.flowrl.v1 import policy_pb2_grpc as pb_grpc
 from flowrl_deploy.serve import PolicyServer, ServeConfig
 from flowrl_deploy.serve.server import CONTROL_CALLS, SERVICE_NAME, OpenStreams, connectable
 
-x509 = pytest.importorskip("cryptography.x509")
-from cryptography.hazmat.primitives import hashes, serialization  # noqa: E402
-from cryptography.hazmat.primitives.asymmetric import ec  # noqa: E402
-from cryptography.x509.oid import NameOID  # noqa: E402
+pytest.importorskip("cryptography.x509")
+from pki import issue, write_pem
 
 OBS = np.zeros(3, np.float32)
-
-
-def _issue(name: str, issuer_key=None, issuer_name=None, *, ca: bool = False):
-    key = ec.generate_private_key(ec.SECP256R1())
-    subject = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, name)])
-    now = datetime.datetime.now(datetime.timezone.utc)
-    builder = (
-        x509.CertificateBuilder()
-        .subject_name(subject)
-        .issuer_name(issuer_name or subject)
-        .public_key(key.public_key())
-        .serial_number(x509.random_serial_number())
-        .not_valid_before(now - datetime.timedelta(minutes=1))
-        .not_valid_after(now + datetime.timedelta(days=1))
-        .add_extension(x509.BasicConstraints(ca=ca, path_length=None), critical=True)
-    )
-    if not ca:
-        builder = builder.add_extension(
-            x509.SubjectAlternativeName([x509.DNSName("localhost"), x509.IPAddress(ipaddress.ip_address("127.0.0.1"))]),
-            critical=False,
-        )
-    cert = builder.sign(issuer_key or key, hashes.SHA256())
-    return key, cert
-
-
-def _write(directory: Path, stem: str, key, cert) -> tuple[str, str]:
-    key_path, cert_path = directory / f"{stem}.key", directory / f"{stem}.pem"
-    key_path.write_bytes(
-        key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption())
-    )
-    cert_path.write_bytes(cert.public_bytes(serialization.Encoding.PEM))
-    return str(cert_path), str(key_path)
 
 
 @pytest.fixture(scope="module")
 def pki(tmp_path_factory):
     directory = tmp_path_factory.mktemp("pki")
-    ca_key, ca_cert = _issue("flowrl test CA", ca=True)
-    rogue_key, rogue_cert = _issue("rogue CA", ca=True)
-    files = {"ca": _write(directory, "ca", ca_key, ca_cert)}
-    files["server"] = _write(directory, "server", *_issue("localhost", ca_key, ca_cert.subject))
-    files["client"] = _write(directory, "client", *_issue("robot", ca_key, ca_cert.subject))
-    files["rogue"] = _write(directory, "rogue", *_issue("intruder", rogue_key, rogue_cert.subject))
+    ca_key, ca_cert = issue("flowrl test CA", ca=True)
+    rogue_key, rogue_cert = issue("rogue CA", ca=True)
+    files = {"ca": write_pem(directory, "ca", ca_key, ca_cert)}
+    files["server"] = write_pem(directory, "server", *issue("localhost", ca_key, ca_cert.subject))
+    files["client"] = write_pem(directory, "client", *issue("robot", ca_key, ca_cert.subject))
+    files["rogue"] = write_pem(directory, "rogue", *issue("intruder", rogue_key, rogue_cert.subject))
     return files
 
 
