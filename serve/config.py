@@ -76,9 +76,9 @@ class ServeConfig:
     batch_workers: int = 2
     """Batches formed and run concurrently (about one per core)."""
     workers: int = 128
-    """gRPC handler threads of the policy service's StreamAct, Act and Reset calls; each open StreamAct
-    holds one, and calls beyond get RESOURCE_EXHAUSTED. GetSpec, GetStats and Reload (answered while
-    the workers are busy), health checks and reflection have a few more threads of their own."""
+    """gRPC handler threads of the policy service's StreamAct and Act calls; each open StreamAct
+    holds one, and calls beyond get RESOURCE_EXHAUSTED. GetSpec, GetStats, Reset and Reload (answered
+    while the workers are busy), health checks and reflection have a few more threads of their own."""
     max_sessions: int = 4096
     session_idle_s: float = 600.0
     """A session opened by Reset (no stream owns it) is dropped after this long unused."""

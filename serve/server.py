@@ -64,8 +64,9 @@ WATCH_STREAMS = 4
 """Open health Watch streams at most: each holds a handler thread for as long as it is open."""
 REFLECTION_STREAMS = 2
 """Open reflection streams (grpcurl) at most, for the same reason."""
-CONTROL_METHODS = tuple(f"/{SERVICE_NAME}/{name}" for name in ("GetSpec", "GetStats", "Reload"))
-"""The operator's calls, and a robot's first: answered while the robots' streams hold every worker."""
+CONTROL_METHODS = tuple(f"/{SERVICE_NAME}/{name}" for name in ("GetSpec", "GetStats", "Reset", "Reload"))
+"""The operator's calls, a robot's first and its new episodes' (all short): answered while the robots'
+streams hold every worker (a fleet of N robots on ``--workers N`` could reset no episode)."""
 CONTROL_CALLS = 4
 """Control calls in flight on threads of their own; more take idle ``--workers`` threads."""
 SPARE_THREADS = WATCH_STREAMS + REFLECTION_STREAMS + CONTROL_CALLS + 2
@@ -235,7 +236,7 @@ class OpenStreams(grpc.ServerInterceptor):
         self._in_flight = 0
         busy = f"all --workers {workers} handler threads are busy (each open StreamAct holds one)"
         workers_cap = Cap(f"/{SERVICE_NAME}/", workers, busy, "workers", "--workers")
-        also = f"{busy}, and the {CONTROL_CALLS} of GetSpec, GetStats and Reload too"
+        also = f"{busy}, and the {CONTROL_CALLS} of GetSpec, GetStats, Reset and Reload too"
         control = Cap(CONTROL_METHODS, CONTROL_CALLS, also, "control", "--workers")
         self._caps = (
             control,

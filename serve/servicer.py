@@ -14,7 +14,7 @@ import threading
 import time
 import uuid
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import grpc
@@ -105,23 +105,35 @@ def _status(exc: BaseException) -> pb.Status:
     return pb.Status(code=code.value[0], message=message)
 
 
+MAX_KEPT_OPENINGS = 8
+"""Unopened sessions a stream remembers the opening of (the oldest forgotten first)."""
+MAX_KEPT_MESSAGE = 1000
+"""Characters of a refused pin's message kept for the stream's later requests."""
+
+
 @dataclass(frozen=True)
 class _Opening:
-    """What a ``StreamAct`` request asks of the session it opens: a seed and a contract pin. A
-    refused opening is kept for its stream, so that a later request without these fields (the proto
-    reads them from the request that opens the session) is refused alike, never opened unpinned or
-    unseeded; a request with any of them sends a new opening."""
+    """What a ``StreamAct`` stream asks of a session it has not opened yet: a seed and a contract pin.
 
-    seed: int | None
-    contract_hash: str
-    contract_json: str
+    Kept until the session opens, so that a later request is never opened unpinned or unseeded (the
+    proto reads these fields from the request that opens the session): each field a request leaves
+    out is the kept one's, and a pin the server refused stays refused (``refusal``: its status,
+    without the client's contract) until a request sends another pin. Once a pin has passed, only
+    the served contract's hash is kept, never a client's contract_json."""
 
-    @classmethod
-    def of(cls, request: pb.StreamActRequest, refused: _Opening | None) -> _Opening:
-        seed = request.seed if request.HasField("seed") else None
-        if refused is not None and seed is None and not request.contract_hash and not request.contract_json:
-            return refused
-        return cls(seed, request.contract_hash, request.contract_json)
+    seed: int | None = None
+    contract_hash: str = ""
+    contract_json: str = ""
+    refusal: tuple[grpc.StatusCode, str] | None = None
+
+    def updated(self, request: pb.StreamActRequest) -> _Opening:
+        pinned = bool(request.contract_hash or request.contract_json)  # a new pin replaces the kept one
+        return _Opening(
+            request.seed if request.HasField("seed") else self.seed,
+            request.contract_hash if pinned else self.contract_hash,
+            request.contract_json if pinned else self.contract_json,
+            None if pinned else self.refusal,
+        )
 
 
 class PolicyServicer(pb_grpc.PolicyServiceServicer):
@@ -405,7 +417,8 @@ class PolicyServicer(pb_grpc.PolicyServiceServicer):
 
     def StreamAct(self, request_iterator, context: grpc.ServicerContext):
         opened: dict[str, Session] = {}
-        refused: dict[str, _Opening] = {}  # per session id, until it opens
+        unopened: dict[str, _Opening] = {}  # per session id, until it opens
+        anonymous = f"stream-{uuid.uuid4().hex}"  # the session of requests without an id, until one opens
         limited = False  # a request was refused at the session limit: the stream counts once
         context.add_callback(lambda: self._evict(opened))
         for request in request_iterator:
@@ -417,7 +430,11 @@ class PolicyServicer(pb_grpc.PolicyServiceServicer):
                 seq=request.seq, client_send_unix_ns=request.client_send_unix_ns, server_recv_unix_ns=received
             )
             try:
-                self._stream_step(request, deadline, opened, refused, reply)
+                session_id = request.session_id or next(iter(opened), anonymous)
+                session = opened.get(session_id)
+                if session is None:
+                    session = self._open_for_stream(request, session_id, opened, unopened)
+                self._stream_step(request, deadline, session, reply)
                 code = "OK"
             except Exception as exc:
                 reply.status.CopyFrom(_status(exc))
@@ -429,27 +446,38 @@ class PolicyServicer(pb_grpc.PolicyServiceServicer):
             self.metrics.record("StreamAct", code, time.perf_counter() - start)
             yield reply
 
+    def _open_for_stream(
+        self, request: pb.StreamActRequest, session_id: str, opened: dict[str, Session], unopened: dict[str, _Opening]
+    ) -> Session:
+        """Open (or join) ``session_id`` for a stream, as its :class:`_Opening` kept in ``unopened`` and
+        ``request`` ask."""
+        opening = unopened[session_id] = unopened.pop(session_id, _Opening()).updated(request)
+        while len(unopened) > MAX_KEPT_OPENINGS:  # a stream naming ever new ids is not remembered forever
+            del unopened[next(iter(unopened))]
+        if opening.refusal is not None:
+            code, message = opening.refusal
+            raise ServeError(message, code)
+        model = self._current()
+        try:
+            self._check_contract(model, opening.contract_hash, opening.contract_json)
+        except ServeError as exc:
+            refusal = (exc.code, str(exc)[:MAX_KEPT_MESSAGE])
+            unopened[session_id] = replace(opening, contract_hash="", contract_json="", refusal=refusal)
+            raise
+        if opening.contract_hash or opening.contract_json:
+            unopened[session_id] = replace(opening, contract_hash=model.contract.hash(), contract_json="")
+        session = opened[session_id] = self._open(session_id, opening.seed, owner=opened)
+        del unopened[session_id]
+        return session
+
     def _stream_step(
-        self,
-        request: pb.StreamActRequest,
-        deadline: float | None,
-        opened: dict[str, Session],
-        refused: dict[str, _Opening],
-        reply: pb.StreamActReply,
+        self, request: pb.StreamActRequest, deadline: float | None, session: Session, reply: pb.StreamActReply
     ) -> None:
         model = self._current()
-        session_id = request.session_id or (next(iter(opened)) if opened else f"stream-{uuid.uuid4().hex}")
-        session = opened.get(session_id)
-        if session is None:
-            opening = refused[session_id] = _Opening.of(request, refused.pop(session_id, None))
-            if len(refused) > self.config.max_sessions:  # a stream sending ever new ids is not remembered forever
-                del refused[next(iter(refused))]
-            self._check_contract(model, opening.contract_hash, opening.contract_json)
-            session = opened[session_id] = self._open(session_id, opening.seed, owner=opened)
-            del refused[session_id]
         obs = self._obs(request.obs, model)
         if len(obs) != 1:
             raise TensorError(f"obs: StreamAct takes one observation per request, got {len(obs)}")
+        # drawn whatever the deadline: the draws follow the ticks sent, not their timing
         noise = session.noise(1, model.act_dim) if model.policy.takes_noise else None
         result = self.batcher.call(obs, noise, deadline)
         reply.action.CopyFrom(encode(result.action[0]))

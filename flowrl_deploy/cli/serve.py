@@ -59,8 +59,8 @@ def serve(
     workers: Annotated[
         int,
         typer.Option(
-            help="gRPC handler threads of StreamAct, Act and Reset (each open StreamAct holds one); "
-            "GetSpec, GetStats, Reload and health checks have a few of their own."
+            help="gRPC handler threads of StreamAct and Act (each open StreamAct holds one); "
+            "GetSpec, GetStats, Reset, Reload and health checks have a few of their own."
         ),
     ] = 128,
     token: Annotated[str | None, typer.Option(help="Shared secret every call must send.", envvar=TOKEN_ENV)] = None,

@@ -336,9 +336,8 @@ def test_a_client_ca_that_holds_no_certificate_is_named_not_blamed_on_the_port(p
 def test_control_calls_are_answered_while_the_fleet_holds_every_worker(policy_path):
     """With every --workers thread held by a robot's StreamAct, GetSpec, GetStats and Reload were
     refused (RESOURCE_EXHAUSTED "all --workers … busy"): the operator could neither see the stats nor
-    reload a fix, and a robot starting then failed in client.session(), which asks GetSpec first.
-    They have threads of their own beyond --workers; Reset, a robot's per-episode call, stays with
-    the workers."""
+    reload a fix, a robot starting then failed in client.session(), which asks GetSpec first, and
+    no robot could reset an episode. They have threads of their own beyond --workers."""
     config = ServeConfig(str(policy_path), port=0, workers=2, grace_s=0)
     held = threading.Event()
 
@@ -355,8 +354,9 @@ def test_control_calls_are_answered_while_the_fleet_holds_every_worker(policy_pa
             assert stub.GetStats(pb.GetStatsRequest(), timeout=10).sessions == 2
             served = server.servicer.model.version
             assert stub.Reload(pb.ReloadRequest(), timeout=30).model_version == served
-            with pytest.raises(grpc.RpcError) as refused:
-                stub.Reset(pb.ResetRequest(session_id="robot"), timeout=10)
+            assert stub.Reset(pb.ResetRequest(session_id="robot", seed=1), timeout=10).model_version == served
+            with pytest.raises(grpc.RpcError) as refused:  # the robots' own calls wait for a worker
+                stub.Act(pb.ActRequest(obs=encode(OBS)), timeout=10)
             assert refused.value.code() == grpc.StatusCode.RESOURCE_EXHAUSTED
         finally:
             held.set()

@@ -25,6 +25,7 @@ from flowrl_deploy.proto.flowrl.v1 import policy_pb2 as pb
 from flowrl_deploy.proto.flowrl.v1 import policy_pb2_grpc as pb_grpc
 from flowrl_deploy.runtime import OnnxPolicy
 from flowrl_deploy.serve import PolicyServer, ServeConfig
+from flowrl_deploy.serve.servicer import MAX_KEPT_OPENINGS
 
 
 def _obs(batch: int, seed: int = 0) -> np.ndarray:
@@ -458,26 +459,46 @@ def _replies(client: PolicyClient, requests: list[pb.StreamActRequest]) -> list[
         {"contract_json": "{"},
     ],
 )
-def test_a_refused_pin_is_not_bypassed_by_the_streams_next_request(client, pin):
+@pytest.mark.parametrize("session_id", ["pin", ""])
+def test_a_refused_pin_is_not_bypassed_by_the_streams_next_request(client, pin, session_id):
     """A client sending its pin with the first request only (the proto reads it when the session
-    opens) was refused once, then served by the policy it had rejected on the next, pinless tick."""
+    opens) was refused once, then served by the policy it had rejected on the next, pinless tick (or
+    one sending its seed again); without a session_id, each request was a new private session."""
     obs = encode(_obs(1)[0])
-    first = pb.StreamActRequest(session_id="pin", seq=1, obs=obs, **pin)
-    replies = _replies(client, [first, *(pb.StreamActRequest(session_id="pin", seq=i, obs=obs) for i in (2, 3))])
+    first = pb.StreamActRequest(session_id=session_id, seq=1, obs=obs, seed=3, **pin)
+    later = [
+        pb.StreamActRequest(session_id=session_id, seq=2, obs=obs),
+        pb.StreamActRequest(session_id=session_id, seq=3, obs=obs, seed=3),
+    ]
+    replies = _replies(client, [first, *later])
     assert replies[0].status.code != 0
     refusal = (replies[0].status.code, replies[0].status.message)
     assert [(r.status.code, r.status.message) for r in replies[1:]] == [refusal] * 2
     assert not any(r.HasField("action") for r in replies)
 
 
-def test_a_stream_request_with_its_own_pin_replaces_a_refused_one(client, local):
+def test_a_stream_request_with_its_own_pin_replaces_a_refused_one_and_keeps_its_seed(client, local):
+    obs = _obs(1)[0]
+    wrong = pb.StreamActRequest(session_id="fixed", seq=1, obs=encode(obs), seed=7, contract_hash="0000000000000000")
+    right = pb.StreamActRequest(session_id="fixed", seq=2, obs=encode(obs), contract_hash=local.contract_hash.upper())
+    refused, opened = _replies(client, [wrong, right])
+    assert (refused.status.code, opened.status.code) == (grpc.StatusCode.FAILED_PRECONDITION.value[0], 0)
+    expected = local.act(obs[None], _noise(documented_noise(7), 1))[0]  # the refused opening's seed
+    np.testing.assert_allclose(decode(opened.action), expected, atol=1e-6)
+
+
+def test_a_stream_remembers_the_openings_of_a_few_sessions_only(client):
+    """Each refused opening is kept until its session opens, so a stream naming ever new session ids
+    is not remembered without bound: past the limit the oldest is forgotten."""
     obs = encode(_obs(1)[0])
-    wrong = pb.StreamActRequest(session_id="fixed", seq=1, obs=obs, contract_hash="0000000000000000")
-    right = pb.StreamActRequest(session_id="fixed", seq=2, obs=obs, contract_hash=local.contract_hash.upper())
-    assert [r.status.code for r in _replies(client, [wrong, right])] == [
-        grpc.StatusCode.FAILED_PRECONDITION.value[0],
-        0,
+    pinned = [
+        pb.StreamActRequest(session_id=f"s{i}", seq=i, obs=obs, contract_hash="0000000000000000")
+        for i in range(MAX_KEPT_OPENINGS + 1)
     ]
+    again = [pb.StreamActRequest(session_id=f"s{i}", seq=i, obs=obs) for i in (MAX_KEPT_OPENINGS, 0)]
+    codes = [r.status.code for r in _replies(client, [*pinned, *again])]
+    refused = grpc.StatusCode.FAILED_PRECONDITION.value[0]
+    assert codes == [refused] * (MAX_KEPT_OPENINGS + 1) + [refused, 0]  # s0's pin was forgotten
 
 
 def test_a_refused_opening_keeps_its_seed_for_the_retry(tmp_path, local):
