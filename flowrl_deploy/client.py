@@ -284,6 +284,10 @@ class PolicyClient:
         else:
             self.channel = grpc.insecure_channel(target, CHANNEL_OPTIONS)
         self.stub = pb_grpc.PolicyServiceStub(self.channel)
+        from grpc_health.v1 import health_pb2_grpc  # here: only clients that connect load it
+
+        # made now, with the channel: a stub made on a channel another thread just closed crashes the process
+        self._health = health_pb2_grpc.HealthStub(self.channel)
         self.closed = False
         """Whether :meth:`close` was called: every call then raises :class:`ClientClosedError`."""
 
@@ -316,11 +320,10 @@ class PolicyClient:
 
     def wait_ready(self, timeout_s: float = 30.0) -> None:
         """Block until the server's health is SERVING; raise :class:`FlowRLError` after ``timeout_s``."""
-        from grpc_health.v1 import health_pb2, health_pb2_grpc
+        from grpc_health.v1 import health_pb2
 
         timeout_s = checked_timeout(timeout_s)
-        with self.calling():
-            stub = health_pb2_grpc.HealthStub(self.channel)
+        stub = self._health
         until = time.monotonic() + timeout_s
         why = ""
         while True:

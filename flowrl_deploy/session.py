@@ -150,7 +150,9 @@ class CallTiming:
     """Receipt to reply on the server."""
     inference_us: float = 0.0
     clock_offset_us: float = 0.0
-    """Server clock minus client clock, NTP-style: ((t1 - t0) + (t2 - t3)) / 2."""
+    """Server clock minus client clock, NTP-style: ((t1 - t0) + (t2 - t3)) / 2. One tick's figure is
+    noisy (hundreds of µs: the client's stamps include its thread hand-offs): use the median of many,
+    as ``flowrl control`` reports, or the tick with the shortest round trip."""
     model_version: str = ""
     reason: str = ""
     """Why the tick fell back: '' for a fresh action; 'deadline' (no reply to this tick in time),
@@ -555,19 +557,30 @@ class ControlSession:
 
         A tick that missed its deadline may still be queued on the server, where it would take
         the new episode's first noise draw; so ``Reset`` is sent only once the reply to the last
-        tick sent has come (or its stream ended), waited for at most ``reset_timeout_s``, and the
-        server's ``Reset`` then at most ``reset_timeout_s`` too: an episode after a reset acts as
-        a fresh session with that seed does. If either fails (the server is down, frozen or
-        refuses) this raises :class:`ServiceError` and the session is left as it was (seed, last
-        action, local fallback noise), so the loop may carry on or try again; a reset whose
-        ``Reset`` timed out may still have reached the server."""
+        tick sent has come (or its stream ended): an episode after a reset acts as a fresh session
+        with that seed does. The wait and the server's ``Reset`` together take at most
+        ``reset_timeout_s``. If either fails (the server is down, frozen or refuses, or the session
+        was closed meanwhile) this raises :class:`ServiceError` (:class:`FlowRLError` when closed)
+        and the session is left as it was (seed, last action, local fallback noise), so the loop
+        may carry on or try again; a reset whose ``Reset`` timed out may still have reached the
+        server. No tick acts while it runs: call it between ticks, from the control loop's thread
+        (a reset asked for by another thread, e.g. a ROS service, is best queued for that loop)."""
         seed = checked_seed(seed)
         if not self._busy.acquire(blocking=False):
             raise self._in_use("reset")
         try:
             self._check_open("reset")
-            self._await_last_reply()
-            self.client.reset(self.session_id, seed, contract_hash=self.contract_hash, timeout_s=self.reset_timeout_s)
+            until = time.perf_counter() + self.reset_timeout_s
+            self._await_last_reply(until)
+            self._check_open("reset")  # closed while it waited: its Reset would leave a session on the server
+            remaining = until - time.perf_counter()
+            if remaining <= 0:
+                raise ServiceError(
+                    grpc.StatusCode.DEADLINE_EXCEEDED,
+                    f"reset_timeout_s {self.reset_timeout_s:g} s passed waiting for the last tick's reply; "
+                    "the reset was not sent (try again)",
+                )
+            self.client.reset(self.session_id, seed, contract_hash=self.contract_hash, timeout_s=remaining)
             self.seed = seed
             self.last_action = None
             self.health.last_fresh = None
@@ -577,13 +590,12 @@ class ControlSession:
         finally:
             self._busy.release()
 
-    def _await_last_reply(self) -> None:
-        """Wait (at most ``reset_timeout_s``) until the server has answered every tick sent on the
+    def _await_last_reply(self, until: float) -> None:
+        """Wait (until ``until``, time.perf_counter) for the server to answer every tick sent on the
         stream, dropping the late replies; raise :class:`ServiceError` if it has not by then."""
         stream, seq = self._stream, self._unanswered
         if stream is None or not seq:
             return
-        until = time.perf_counter() + self.reset_timeout_s
         while (reply := _next_reply(stream, until)) is not _END:
             if reply is None:
                 raise ServiceError(
