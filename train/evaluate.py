@@ -77,6 +77,8 @@ def run_episode(act_fn: ActFn, env: Env, seed: int) -> Episode:
     obs, total, length, terminated, truncated = env.reset(seed), 0.0, 0, False, False
     while not (terminated or truncated):
         action = act_fn(obs)
+        if np.shape(action) == () and env.info.act_dim == 1:  # a scalar for a one-action task, as dm_control takes
+            action = np.reshape(action, (1,))
         if np.shape(action) != (env.info.act_dim,):
             raise FlowRLError(
                 f"the policy returned an action of shape {list(np.shape(action))}, "

@@ -21,7 +21,7 @@ def test_episodes_below_one_are_refused_before_any_env_is_made(episodes):
 
 @pytest.mark.parametrize(
     ("action", "shape"),
-    [(np.zeros(2, np.float32), r"\[2\]"), (np.float32(0), r"\[\]"), (np.zeros((1, 1)), r"\[1, 1\]")],
+    [(np.zeros(2, np.float32), r"\[2\]"), (np.zeros((1, 1)), r"\[1, 1\]")],
 )
 def test_an_action_of_another_shape_than_the_tasks_is_refused_naming_both(action, shape):
     pytest.importorskip("dm_control")
@@ -29,3 +29,9 @@ def test_an_action_of_another_shape_than_the_tasks_is_refused_naming_both(action
         FlowRLError, match=rf"^the policy returned an action of shape {shape}, but dmc:cartpole-balance takes \[1\]$"
     ):
         evaluate(lambda obs: action, "dmc:cartpole-balance", 1)
+
+
+def test_a_scalar_action_of_a_one_action_task_is_taken_as_dm_control_takes_it():
+    pytest.importorskip("dm_control")
+    result = evaluate(lambda obs: np.float32(0.0), "dmc:cartpole-balance", 1)
+    assert result.lengths == (1000,)
