@@ -1,11 +1,20 @@
-"""The shared-secret check: every call but health probes must carry ``authorization: Bearer <token>``."""
+"""The server's interceptors: the shared-secret check (every call but health probes must carry
+``authorization: Bearer <token>``), and :class:`OpenStreams`, the caps of calls in flight per kind
+that also ends the open streams on stop."""
 
 from __future__ import annotations
 
+import functools
 import hmac
+import threading
 from collections.abc import Callable
+from typing import NamedTuple
 
 import grpc
+from grpc_health.v1 import health, health_pb2
+from grpc_reflection.v1alpha import reflection
+
+from flowrl_deploy.proto.flowrl.v1 import policy_pb2 as pb
 
 EXEMPT_PREFIXES = ("/grpc.health.v1.Health/",)
 """Kubernetes and load-balancer probes carry no secret."""
@@ -41,3 +50,227 @@ class TokenInterceptor(grpc.ServerInterceptor):
             return handler
         self._on_refused(handler_call_details.method.rsplit("/", 1)[-1])
         return _DENY[(handler.request_streaming, handler.response_streaming)]
+
+
+SERVICE_NAME = pb.DESCRIPTOR.services_by_name["PolicyService"].full_name
+STREAM_ACT = f"/{SERVICE_NAME}/StreamAct"
+HEALTH_WATCH = f"/{health.SERVICE_NAME}/Watch"
+SERVING = health_pb2.HealthCheckResponse.SERVING
+WATCH_STREAMS = 4
+"""Open health Watch streams at most: each holds a handler thread for as long as it is open."""
+REFLECTION_STREAMS = 2
+"""Open reflection streams (grpcurl) at most, for the same reason."""
+CONTROL_METHODS = tuple(f"/{SERVICE_NAME}/{name}" for name in ("GetSpec", "GetStats", "Reset", "Reload"))
+"""The operator's calls, a robot's first and its new episodes' (all short): answered while the robots'
+streams hold every worker (a fleet of N robots on ``--workers N`` could reset no episode)."""
+CONTROL_CALLS = 4
+"""Control calls in flight on threads of their own; more take idle ``--workers`` threads."""
+SPARE_THREADS = WATCH_STREAMS + REFLECTION_STREAMS + CONTROL_CALLS + 2
+"""Handler threads beyond ``--workers``: the capped Watch and reflection streams, the control calls',
+and two that only health Checks (which answer at once) can use, so that a probe is answered however
+busy the rest is."""
+KINDS = {  # (request streaming, response streaming): the handler's field for its behaviour
+    (False, False): "unary_unary",
+    (False, True): "unary_stream",
+    (True, False): "stream_unary",
+    (True, True): "stream_stream",
+}
+
+
+class Cap(NamedTuple):
+    """At most ``most`` calls whose method starts with ``prefix`` (or one of them) in flight at once;
+    one more is refused with ``code`` and ``refusal``, and counted by its ``limit`` (a metrics label);
+    ``flag`` raises it ('': a fixed cap)."""
+
+    prefix: str | tuple[str, ...]
+    most: int
+    refusal: str
+    limit: str
+    flag: str = ""
+    code: grpc.StatusCode = grpc.StatusCode.RESOURCE_EXHAUSTED
+
+    @property
+    def warning(self) -> str:
+        """What the server logs of a refusal: the limit, and how to raise it."""
+        return f"{self.refusal}; raise {self.flag}" if self.flag else f"{self.refusal} (a fixed cap)"
+
+
+class OpenStreams(grpc.ServerInterceptor):
+    """Caps the calls in flight per kind, and ends the open streams on stop.
+
+    Caps: gRPC's one limit (``maximum_concurrent_rpcs``) counts every call alike, so anyone could take
+    every handler thread with health Watches, which need no token and each hold a thread while open:
+    a robot's tokened Act and a kubelet's health Check were then refused ("Concurrent RPC limit
+    exceeded!", counted nowhere). The pool (and gRPC's limit) is ``workers`` + :data:`SPARE_THREADS`
+    threads: the policy service's calls may hold ``workers`` of them, its control calls
+    (:data:`CONTROL_METHODS`) :data:`CONTROL_CALLS` more (and then idle workers), health Watches
+    :data:`WATCH_STREAMS` and reflection streams :data:`REFLECTION_STREAMS`, and the rest are left to
+    health Checks. A call over its cap is refused with RESOURCE_EXHAUSTED naming the limit, and
+    ``on_refused(method, cap)`` is told of it (``method`` its short name, e.g. ``Watch``). A Watch
+    over its cap is refused with UNIMPLEMENTED instead: a gRPC client with client-side health
+    checking (``healthCheckConfig``) holds a Watch per connection and took RESOURCE_EXHAUSTED for an
+    unhealthy server, failing every call of that connection with UNAVAILABLE; on UNIMPLEMENTED it
+    gives up health checking and takes the server for healthy (gRFC A17).
+
+    Streams: the open StreamAct calls, each idle (waiting for its next request) or busy (a request
+    read, its reply not yet sent), and the open health Watch calls, so that :meth:`close` ends them
+    without waiting out the grace period: gRPC's stop lets an open stream run until the grace
+    period ends, and a connected robot's stream (or a gRPC client's health check, which holds a
+    Watch per connection) always stayed that long. After :meth:`close` an idle stream is cancelled
+    at once (its client sees CANCELLED, as it would at the end of the grace period), a busy one
+    ends (status OK) as soon as its reply is sent (the request in flight is finished, no new one is
+    taken), and a Watch ends (OK) once it has sent the NOT_SERVING of the stop.
+
+    It also counts every call whose handler runs until gRPC has finished it (its status sent, or
+    cancelled), so that :meth:`wait_idle` tells when no call is left in flight."""
+
+    def __init__(self, workers: int, on_refused: Callable[[str, Cap], None]) -> None:
+        self._lock = threading.Lock()
+        self._idle = threading.Condition(self._lock)
+        self._in_flight = 0
+        busy = f"all --workers {workers} handler threads are busy (each open StreamAct holds one)"
+        workers_cap = Cap(f"/{SERVICE_NAME}/", workers, busy, "workers", "--workers")
+        also = f"{busy}, and the {CONTROL_CALLS} of GetSpec, GetStats, Reset and Reload too"
+        control = Cap(CONTROL_METHODS, CONTROL_CALLS, also, "control", "--workers")
+        self._caps = (
+            control,
+            workers_cap,
+            Cap(
+                HEALTH_WATCH,
+                WATCH_STREAMS,
+                f"at most {WATCH_STREAMS} open health Watch streams",
+                "watch",
+                code=grpc.StatusCode.UNIMPLEMENTED,
+            ),
+            Cap(
+                f"/{reflection.SERVICE_NAME}/",
+                REFLECTION_STREAMS,
+                f"at most {REFLECTION_STREAMS} open reflection streams",
+                "reflection",
+            ),
+        )
+        self._open = dict.fromkeys(self._caps, 0)  # the calls in flight under each cap
+        self._overflow = {control: workers_cap}  # a cap's calls beyond it take this one's idle threads
+        self._on_refused = on_refused
+        self._busy: dict[grpc.ServicerContext, bool] = {}
+        self._watches: dict[grpc.ServicerContext, int] = {}  # the last health status each sent
+        self._closing = False
+        self._tracking = {  # (method, its handler's kind): the tracking wrapper
+            (STREAM_ACT, "stream_stream"): self._tracked,
+            (HEALTH_WATCH, "unary_stream"): self._watched,
+        }
+
+    def intercept_service(self, continuation, handler_call_details):
+        handler = continuation(handler_call_details)
+        if handler is None:
+            return handler
+        kind = KINDS[handler.request_streaming, handler.response_streaming]
+        behavior = getattr(handler, kind)
+        method = handler_call_details.method
+        track = self._tracking.get((method, kind))
+        if track is not None:
+            behavior = functools.partial(track, behavior)
+        cap = next((cap for cap in self._caps if method.startswith(cap.prefix)), None)
+
+        def counted(request, context: grpc.ServicerContext):
+            if not self._started(context, cap):
+                self._on_refused(method.rsplit("/", 1)[-1], cap)
+                context.abort(cap.code, cap.refusal)
+            return behavior(request, context)
+
+        return getattr(grpc, f"{kind}_rpc_method_handler")(
+            counted,
+            request_deserializer=handler.request_deserializer,
+            response_serializer=handler.response_serializer,
+        )
+
+    def _started(self, context: grpc.ServicerContext, cap: Cap | None) -> bool:
+        """Count the call in flight, or refuse it (False) when its cap, and the cap it overflows
+        into (:data:`CONTROL_CALLS` into the workers), are reached."""
+        with self._lock:
+            if cap is not None:
+                if self._open[cap] >= cap.most:
+                    cap = self._overflow.get(cap)
+                    if cap is None or self._open[cap] >= cap.most:
+                        return False
+                self._open[cap] += 1
+            self._in_flight += 1
+        finished = functools.partial(self._finished, cap)
+        if not context.add_callback(finished):  # False: the call has already ended
+            finished()
+        return True
+
+    def _finished(self, cap: Cap | None) -> None:
+        with self._lock:
+            if cap is not None:
+                self._open[cap] -= 1
+            self._in_flight -= 1
+            if not self._in_flight:
+                self._idle.notify_all()
+
+    def usage(self) -> dict[str, tuple[int, int]]:
+        """By cap's limit: the calls in flight under it, and its most."""
+        with self._lock:
+            return {cap.limit: (self._open[cap], cap.most) for cap in self._caps}
+
+    def wait_idle(self, timeout: float) -> bool:
+        """Whether every call that ran has finished, waiting up to ``timeout`` s for it."""
+        with self._lock:
+            return self._idle.wait_for(lambda: not self._in_flight, timeout)
+
+    def _watched(self, behavior, request, context: grpc.ServicerContext):
+        """The health servicer's Watch (its blocking form, a reply iterator), tracked with the last
+        status it sent: once closing, it ends (OK) after sending NOT_SERVING."""
+        with self._lock:
+            if self._closing:
+                context.cancel()
+                return
+            self._watches[context] = SERVING
+        try:
+            for reply in behavior(request, context):
+                yield reply
+                with self._lock:
+                    self._watches[context] = reply.status
+                    if self._closing and reply.status != SERVING:
+                        return
+        finally:
+            with self._lock:
+                del self._watches[context]
+
+    def _tracked(self, behavior, requests, context: grpc.ServicerContext):
+        with self._lock:
+            if self._closing:  # accepted just before the stop: end it like an idle one
+                context.cancel()
+                return
+            self._busy[context] = False
+        replies = behavior(self._counted(requests, context), context)
+        try:
+            for reply in replies:
+                yield reply  # gRPC resumes this generator once the reply has been sent
+                with self._lock:
+                    self._busy[context] = False
+                    if self._closing:
+                        return
+        finally:
+            replies.close()
+            with self._lock:
+                del self._busy[context]
+
+    def _counted(self, requests, context: grpc.ServicerContext):
+        for request in requests:
+            with self._lock:
+                if self._closing:  # idle when the stop came: close() cancelled it
+                    return
+                self._busy[context] = True
+            yield request
+
+    def close(self) -> None:
+        """Cancel the idle streams and the Watches that have nothing more to send; the others end
+        once their reply is sent; new ones are cancelled."""
+        with self._lock:
+            self._closing = True
+            ending = [context for context, busy in self._busy.items() if not busy]
+            # stop() sends NOT_SERVING next: a Watch that shows SERVING ends once it has sent it
+            ending += [context for context, status in self._watches.items() if status != SERVING]
+        for context in ending:
+            context.cancel()

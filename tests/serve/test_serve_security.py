@@ -18,7 +18,8 @@ from flowrl_deploy.codec import decode, encode
 from flowrl_deploy.proto.flowrl.v1 import policy_pb2 as pb
 from flowrl_deploy.proto.flowrl.v1 import policy_pb2_grpc as pb_grpc
 from flowrl_deploy.serve import PolicyServer, ServeConfig
-from flowrl_deploy.serve.server import CONTROL_CALLS, SERVICE_NAME, OpenStreams, connectable
+from flowrl_deploy.serve.interceptors import CONTROL_CALLS, SERVICE_NAME, OpenStreams
+from flowrl_deploy.serve.server import connectable
 
 pytest.importorskip("cryptography.x509")
 from pki import issue, write_pem
