@@ -1,4 +1,5 @@
-"""``--watch``: reload the model when what is served changes (the ``Reload`` RPC does the same on demand).
+"""Reloading: which files a ``Reload`` call may load (:func:`reload_target`, confined to what is
+served), and ``--watch``, which reloads the model when what is served changes.
 
 What is watched follows what is served: for an ONNX file, the file; for a run or checkpoint
 directory, the checkpoint it resolves to (``checkpoints/last`` moves as training saves) and that
@@ -8,16 +9,79 @@ checkpoint's ``checkpoint.json``, written last by every save. Other files in the
 
 from __future__ import annotations
 
+import errno
 import logging
 import threading
 from collections.abc import Callable, Hashable
 from pathlib import Path
 
-from flowrl_deploy.checkpoint import DOCUMENT_FILE, resolve_checkpoint
+import grpc
+
+from flowrl_deploy.checkpoint import CHECKPOINTS_DIR, DOCUMENT_FILE, resolve_checkpoint
 from flowrl_deploy.errors import FlowRLError
 from flowrl_deploy.runtime import is_onnx_path
+from flowrl_deploy.serve.errors import ServeError
 
 log = logging.getLogger("flowrl.serve")
+
+
+def requested_path(path: str) -> str:
+    """A path a client sent, as messages and logs show it: quoted and escaped (``repr``), cut at 200 characters."""
+    return repr(path if len(path) <= 200 else path[:200] + "…")
+
+
+def reload_root(model: str) -> tuple[Path, str]:
+    """Where Reload may load from when ``model`` is served: beside the served file (its own folder,
+    even if it is a link), the run of a served checkpoint (so a later checkpoint of it), or a served
+    run directory itself."""
+    served = Path(model)
+    if is_onnx_path(served):
+        return served.absolute().parent.resolve(), "the served file's directory"
+    checkpoint = resolve_checkpoint(served).resolve()  # checkpoints/last, or model.safetensors → step_…
+    if served.is_file() or served.resolve() == checkpoint:
+        return checkpoint.parent, "the served checkpoint's run"
+    return served.resolve(), "the served run directory"
+
+
+def reload_target(model: str, path: str) -> Path:
+    """What Reload of ``path`` would load while ``model`` is served, resolved once, checked to lie
+    in :func:`reload_root` (before and after following links such as a checkpoint directory's
+    ``last``): Reload must not become a way to make the server read any file it can reach. A
+    relative ``path`` is looked up in that root and, for a run's ``checkpoints/`` folder, in the
+    run above it (``step_…`` and ``checkpoints/step_…`` both name a checkpoint), never in the
+    server's working directory, which its clients cannot know."""
+    allowed, what = reload_root(model)
+    shown = requested_path(path)
+    if "\0" in path:
+        raise ServeError(f"reload refused: {shown} contains a NUL byte", grpc.StatusCode.INVALID_ARGUMENT)
+    starts = [allowed, allowed.parent] if allowed.name == CHECKPOINTS_DIR else [allowed]
+    candidates = [Path(path)] if Path(path).is_absolute() else [start / path for start in starts]
+
+    def named(candidate: Path) -> str:
+        return shown if candidate == Path(path) else f"{shown} ({candidate})"
+
+    def check(candidate: Path) -> None:
+        if not candidate.resolve().is_relative_to(allowed):
+            raise ServeError(
+                f"reload refused: {named(candidate)} is outside {allowed}, {what}; put the new model there",
+                grpc.StatusCode.PERMISSION_DENIED,
+            )
+
+    try:
+        given = next((c for c in candidates if c.exists()), candidates[0])
+        check(given)
+        given.stat()  # a missing file, or one no path can reach: a link loop, a name too long
+        target = given.resolve() if is_onnx_path(given) else resolve_checkpoint(given).resolve()
+    except FileNotFoundError:
+        raise FlowRLError(f"model not found: {named(given)}") from None
+    except (OSError, RuntimeError) as exc:  # RuntimeError: Path.resolve's link loop before Python 3.13
+        loop = isinstance(exc, RuntimeError) or exc.errno == errno.ELOOP
+        why = "a symbolic link loop" if loop else exc.strerror or str(exc)
+        raise ServeError(
+            f"reload refused: {shown} is no usable path ({why})", grpc.StatusCode.INVALID_ARGUMENT
+        ) from None
+    check(target)
+    return target
 
 
 def _file_stamp(path: Path) -> tuple[int, int, int, int] | None:

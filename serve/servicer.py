@@ -6,7 +6,6 @@ Every handler reports failures as a gRPC status with a client-safe message (see
 
 from __future__ import annotations
 
-import errno
 import functools
 import json
 import logging
@@ -20,14 +19,12 @@ from pathlib import Path
 import grpc
 import numpy as np
 
-from flowrl_deploy.checkpoint import CHECKPOINTS_DIR, resolve_checkpoint
 from flowrl_deploy.codec import TensorError, as_batch, decode, encode
 from flowrl_deploy.contract import PolicyContract
 from flowrl_deploy.errors import FlowRLError, SpecError
 from flowrl_deploy.noise import Session, draw_noise, session_noise
 from flowrl_deploy.proto.flowrl.v1 import policy_pb2 as pb
 from flowrl_deploy.proto.flowrl.v1 import policy_pb2_grpc as pb_grpc
-from flowrl_deploy.runtime import is_onnx_path
 from flowrl_deploy.serve.batcher import MicroBatcher
 from flowrl_deploy.serve.config import ServeConfig
 from flowrl_deploy.serve.errors import (
@@ -48,6 +45,7 @@ from flowrl_deploy.serve.model import (
     read_model_file,
     resolve_onnx,
 )
+from flowrl_deploy.serve.reload import reload_target, requested_path
 
 log = logging.getLogger("flowrl.serve")
 
@@ -85,11 +83,6 @@ def _loggable(text: object) -> str:
 def _session_shown(session_id: str) -> str:
     """A session id a client chose, as logs show it: cut at 100 characters, then :func:`_loggable`."""
     return _loggable(session_id if len(session_id) <= 100 else session_id[:100] + "…")
-
-
-def _requested(path: str) -> str:
-    """A path a client sent, as messages and logs show it: quoted and escaped (``repr``), cut at 200 characters."""
-    return repr(path if len(path) <= 200 else path[:200] + "…")
 
 
 def _waiting(context: grpc.ServicerContext) -> bool:
@@ -164,9 +157,10 @@ class PolicyServicer(pb_grpc.PolicyServiceServicer):
     def load(self, requested: str = "", still_wanted: Callable[[], bool] | None = None) -> tuple[str, str]:
         """Load, check, warm up and swap in a model; return (new version, previous version).
 
-        ``requested`` is the path a Reload caller sent, confined by :meth:`_reload_target` ('': the
-        served path, as when the server starts and for ``--watch``). ``still_wanted`` (a Reload's
-        caller still waiting for the answer) is asked once the new model is ready: if it says no,
+        ``requested`` is the path a Reload caller sent, confined by
+        :func:`~flowrl_deploy.serve.reload.reload_target` ('': the served path, as when the server
+        starts and for ``--watch``). ``still_wanted`` (a Reload's caller still waiting for the
+        answer) is asked once the new model is ready: if it says no,
         the reload is abandoned (:class:`DeadlineExpired`) and the old model keeps serving, so that
         a caller told DEADLINE_EXCEEDED was not silently obeyed. A reload (a model is served
         already) that fails is counted (``flowrl_reload_failures_total``); one of the very bytes
@@ -175,7 +169,7 @@ class PolicyServicer(pb_grpc.PolicyServiceServicer):
         not after that reload, or with DEADLINE_EXCEEDED when the caller's deadline passed meanwhile.
         """
         try:
-            source = str(self._reload_target(requested)) if requested else self.config.model
+            source = str(reload_target(self.config.model, requested)) if requested else self.config.model
             with self._reload_lock:
                 return self._swap(source, self.model, still_wanted)
         except Exception:
@@ -307,58 +301,6 @@ class PolicyServicer(pb_grpc.PolicyServiceServicer):
 
     def _obs(self, tensor: pb.Tensor, model: ServedModel) -> np.ndarray:
         return as_batch(decode(tensor, name="obs"), model.obs_dim, max_batch=self.config.max_request_batch)
-
-    def _reload_root(self) -> tuple[Path, str]:
-        """Where Reload may load from: beside the served file (its own folder, even if it is a
-        link), the run of a served checkpoint (so a later checkpoint of it), or a served run
-        directory itself."""
-        model = Path(self.config.model)
-        if is_onnx_path(model):
-            return model.absolute().parent.resolve(), "the served file's directory"
-        checkpoint = resolve_checkpoint(model).resolve()  # checkpoints/last, or model.safetensors → step_…
-        if model.is_file() or model.resolve() == checkpoint:
-            return checkpoint.parent, "the served checkpoint's run"
-        return model.resolve(), "the served run directory"
-
-    def _reload_target(self, path: str) -> Path:
-        """What Reload of ``path`` would load, resolved once, checked to lie in :meth:`_reload_root`
-        (before and after following links such as a checkpoint directory's ``last``): Reload must
-        not become a way to make the server read any file it can reach. A relative ``path`` is
-        looked up in that root and, for a run's ``checkpoints/`` folder, in the run above it
-        (``step_…`` and ``checkpoints/step_…`` both name a checkpoint), never in the server's
-        working directory, which its clients cannot know."""
-        allowed, what = self._reload_root()
-        shown = _requested(path)
-        if "\0" in path:
-            raise ServeError(f"reload refused: {shown} contains a NUL byte", grpc.StatusCode.INVALID_ARGUMENT)
-        starts = [allowed, allowed.parent] if allowed.name == CHECKPOINTS_DIR else [allowed]
-        candidates = [Path(path)] if Path(path).is_absolute() else [start / path for start in starts]
-
-        def named(candidate: Path) -> str:
-            return shown if candidate == Path(path) else f"{shown} ({candidate})"
-
-        def check(candidate: Path) -> None:
-            if not candidate.resolve().is_relative_to(allowed):
-                raise ServeError(
-                    f"reload refused: {named(candidate)} is outside {allowed}, {what}; put the new model there",
-                    grpc.StatusCode.PERMISSION_DENIED,
-                )
-
-        try:
-            given = next((c for c in candidates if c.exists()), candidates[0])
-            check(given)
-            given.stat()  # a missing file, or one no path can reach: a link loop, a name too long
-            target = given.resolve() if is_onnx_path(given) else resolve_checkpoint(given).resolve()
-        except FileNotFoundError:
-            raise FlowRLError(f"model not found: {named(given)}") from None
-        except (OSError, RuntimeError) as exc:  # RuntimeError: Path.resolve's link loop before Python 3.13
-            loop = isinstance(exc, RuntimeError) or exc.errno == errno.ELOOP
-            why = "a symbolic link loop" if loop else exc.strerror or str(exc)
-            raise ServeError(
-                f"reload refused: {shown} is no usable path ({why})", grpc.StatusCode.INVALID_ARGUMENT
-            ) from None
-        check(target)
-        return target
 
     # --- RPCs ---------------------------------------------------------------------------------
     @_unary("GetSpec")
@@ -524,7 +466,7 @@ class PolicyServicer(pb_grpc.PolicyServiceServicer):
                     grpc.StatusCode.FAILED_PRECONDITION,
                 ) from exc
         except ServeError as exc:
-            path = _requested(request.path or self.config.model)
+            path = requested_path(request.path or self.config.model)
             log.warning("Reload of %s refused (%s): %s", path, exc.code.name, _loggable(exc))
             raise
         return pb.ReloadReply(model_version=version, previous_version=previous)
