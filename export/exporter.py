@@ -12,6 +12,7 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from flowrl_deploy.atomic import write_atomic
 from flowrl_deploy.checkpoint import (
     CHECKPOINTS_DIR,
     MODEL_FILE,
@@ -19,7 +20,6 @@ from flowrl_deploy.checkpoint import (
     RUN_OUTPUTS,
     check_output_path,
     load_checkpoint,
-    write_atomic,
 )
 from flowrl_deploy.contract import NOISE_INPUT, OBS_INPUT, PolicyContract, contract_to_metadata
 from flowrl_deploy.errors import FlowRLError

@@ -13,7 +13,8 @@ from dataclasses import asdict, dataclass, fields, replace
 from pathlib import Path
 from typing import Any
 
-from flowrl_deploy.checkpoint import RUN_CONFIG_FILE, read_document, write_text_atomic
+from flowrl_deploy.atomic import write_text_atomic
+from flowrl_deploy.checkpoint import RUN_CONFIG_FILE, read_document
 from flowrl_deploy.envid import parse_env_id
 from flowrl_deploy.errors import EnvIdError, FlowRLError
 from flowrl_deploy.fieldtypes import wrong_type

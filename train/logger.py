@@ -20,7 +20,8 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import TextIO
 
-from flowrl_deploy.checkpoint import METRICS_CSV, METRICS_JSONL, TENSORBOARD_DIR, write_text_atomic
+from flowrl_deploy.atomic import write_text_atomic
+from flowrl_deploy.checkpoint import METRICS_CSV, METRICS_JSONL, TENSORBOARD_DIR
 from flowrl_deploy.errors import FlowRLError
 
 CSV_COLUMNS = (

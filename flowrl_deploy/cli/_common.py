@@ -16,13 +16,13 @@ from typing import TYPE_CHECKING, Annotated, ParamSpec, TypeVar
 
 import typer
 
+from flowrl_deploy.atomic import write_text_atomic
 from flowrl_deploy.checkpoint import (
     DOCUMENT_FILE,
     METRICS_JSONL,
     RUN_CONFIG_FILE,
     TRAINING_JSON_FILE,
     check_output_path,
-    write_text_atomic,
 )
 from flowrl_deploy.errors import FlowRLError, Interrupted
 from flowrl_deploy.extras import missing_extra_message

@@ -6,7 +6,7 @@ import resource
 import numpy as np
 import pytest
 
-from flowrl_deploy import __version__
+from flowrl_deploy import __version__, atomic
 from flowrl_deploy import checkpoint as ckpt
 from flowrl_deploy.errors import CheckpointError
 from flowrl_deploy.spec import PolicySpec
@@ -121,7 +121,7 @@ class TestAtomicity:
     def test_an_atomic_write_reaches_the_disk_before_its_name_does(self, tmp_path, monkeypatch):
         """A power cut after the rename must not leave an empty or partial file (config.json, an .onnx)."""
         events = record_syncs(monkeypatch)
-        ckpt.write_atomic(tmp_path / "config.json", b"{}" * 100)
+        atomic.write_atomic(tmp_path / "config.json", b"{}" * 100)
         assert [e[0] for e in events] == ["fsync", "replace"]
         (_, synced, size), (_, source, target) = events
         assert (source, target) == (synced, str(tmp_path / "config.json"))
