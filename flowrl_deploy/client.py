@@ -1,5 +1,6 @@
-"""Client SDK of ``flowrl.v1.PolicyService`` (no torch): :class:`PolicyClient`, its unary calls, and
-the checks of what it is given (server address, token, TLS files, deadlines, seeds).
+"""Client SDK of ``flowrl.v1.PolicyService`` (no torch): :class:`PolicyClient` and its unary calls
+(what it is given is checked by :mod:`flowrl_deploy.connection`, the TLS files by
+:mod:`flowrl_deploy.tls`).
 
 client = PolicyClient("localhost:50051")
 action = client.act(obs)                       # one unary call
@@ -13,9 +14,7 @@ stream, which lives in :mod:`flowrl_deploy.session` with its :class:`~flowrl_dep
 from __future__ import annotations
 
 import contextlib
-import ipaddress
 import json
-import re
 import time
 import warnings
 from collections.abc import Iterator
@@ -26,9 +25,9 @@ import grpc
 import numpy as np
 
 from flowrl_deploy.codec import decode, encode
-from flowrl_deploy.contract import MAX_TIMEOUT_S, PolicyContract
+from flowrl_deploy.connection import checked_target, checked_timeout, checked_token, is_flag
+from flowrl_deploy.contract import PolicyContract
 from flowrl_deploy.errors import FlowRLError
-from flowrl_deploy.fieldtypes import is_number, shown
 from flowrl_deploy.noise import checked_seed
 from flowrl_deploy.proto.flowrl.v1 import policy_pb2 as pb
 from flowrl_deploy.proto.flowrl.v1 import policy_pb2_grpc as pb_grpc
@@ -67,134 +66,6 @@ class ServiceError(FlowRLError):
 
 class ClientClosedError(FlowRLError):
     """A call on a :class:`PolicyClient` after its ``close()`` (or on a session of that client)."""
-
-
-def is_flag(name: str) -> bool:
-    """Whether an error names a setting by its command-line flag (``--server``) or as in code."""
-    return name.startswith("--")
-
-
-def checked_timeout(timeout_s: object, name: str = "timeout_s") -> float:
-    """A call deadline in seconds: a finite number in (0, :data:`MAX_TIMEOUT_S`]. gRPC takes 0 or less
-    as already past and fails every call with a bare DEADLINE_EXCEEDED."""
-    if not (is_number(timeout_s) and 0 < timeout_s <= MAX_TIMEOUT_S):
-        raise FlowRLError(f"{name} must be a number of seconds in (0, {MAX_TIMEOUT_S:g}], got {shown(timeout_s)}")
-    return float(timeout_s)
-
-
-_HOST = re.compile(r"[A-Za-z0-9._-]+")  # a host name or an IPv4 address
-_PORT = re.compile(r"[0-9]{1,5}")
-
-
-EVERY_INTERFACE = {"0.0.0.0": "127.0.0.1", "::": "::1"}
-"""Hosts that bind every interface, and the loopback address a client on this machine reaches them at."""
-
-
-def is_loopback(host: str) -> bool:
-    """Only this machine can reach ``host`` (``localhost``, 127.0.0.0/8, ``::1``)."""
-    name = host.strip("[]")
-    if name == "localhost":
-        return True
-    try:
-        return ipaddress.ip_address(name).is_loopback
-    except ValueError:  # a host name
-        return False
-
-
-def connection_hint(error: str, target: str, tls_ca: str, tls_cert: str) -> str:
-    """What to try after a failed connection to ``target``, given its error and the TLS files the
-    user passed ('' if none fits)."""
-    if "Connection refused" in error:  # nothing listens at that address: TLS is not the question
-        host = target[1:].partition("]")[0] if target.startswith("[") else target.rpartition(":")[0]
-        if target.startswith("unix:") or is_loopback(host) or host.strip("[]") in EVERY_INTERFACE:
-            return "nothing listens at that port on this machine: is `flowrl serve` running, with that --port?"
-        return (
-            "nothing listens at that port; to be reached from another machine, `flowrl serve` needs "
-            "--host 0.0.0.0 (its default, 127.0.0.1, takes local connections only)"
-        )
-    if "certificate has expired" in error:
-        return (
-            "the server's certificate has expired (or this machine's clock is wrong): the server needs a "
-            "renewed --tls-cert"
-        )
-    if "CERTIFICATE_VERIFY_FAILED" in error:
-        if tls_ca:
-            return (
-                "the server's certificate is not signed by the CA given with --tls-ca: pass the CA that "
-                "issued the server's --tls-cert"
-            )
-        return "the server's certificate is not signed by a CA this machine trusts: pass that CA with --tls-ca"
-    if "WRONG_VERSION_NUMBER" in error:  # the server answered the TLS hello in plaintext
-        return "the server does not use TLS: drop --tls-ca, --tls-cert and --tls-key"
-    if "Failed parsing HTTP/2" in error:  # e.g. 'HTTP/1.0 400' from the metrics port
-        return "that port does not answer gRPC (is it the server's --metrics-port?): give the server's --port"
-    if not tls_ca and not tls_cert:
-        return "if the server uses TLS, pass --tls-ca"
-    if not tls_cert:
-        return "if the server asks for client certificates (--client-ca), pass --tls-cert and --tls-key"
-    return ""
-
-
-def checked_target(target: str, name: str = "target") -> str:
-    """``target`` when it is a server address gRPC reads as meant: ``host:port``, ``[IPv6]:port``
-    or ``unix:PATH``. Anything else is refused naming ``name`` (the flag or the argument): gRPC
-    would wrap a negative port round to another one, take 443 for a missing port, or log its
-    parser's trace."""
-
-    def refused(why: str) -> FlowRLError:
-        return FlowRLError(
-            f"{name} {target!r}: {why}; give host:port such as localhost:50051 (or [::1]:50051, unix:/path/to/socket)"
-        )
-
-    if not isinstance(target, str):
-        raise refused("not a string")
-    if not target:
-        raise refused("empty")
-    if target.startswith("unix:"):
-        if not target.removeprefix("unix:").strip("/"):
-            raise refused("no socket path after 'unix:'")
-        return target
-    if target.startswith("["):
-        host, bracket, port = target[1:].partition("]")
-        if not port.startswith(":"):
-            raise refused("no ':port' after the bracketed IPv6 address" if bracket else "the '[' is not closed")
-        port = port[1:]
-        try:
-            ipaddress.IPv6Address(host)
-        except ValueError:
-            raise refused(f"{host!r} in brackets is not an IPv6 address") from None
-    else:
-        host, colon, port = target.rpartition(":")
-        if not colon:
-            raise refused("no port")
-        if ":" in host:
-            raise refused("more than one ':' (an IPv6 address goes in brackets)")
-        if not _HOST.fullmatch(host):
-            raise refused(f"{host!r} is not a host name or an IP address" if host else "no host")
-    if not (_PORT.fullmatch(port) and 0 < int(port) < 65536):
-        raise refused(f"port {port} is not in 1-65535")
-    return target
-
-
-def checked_token(token: str, name: str = "token") -> str:
-    """``token`` when gRPC can send it in the ``authorization`` header: printable ASCII (an HTTP/2
-    header value) without whitespace at either end. Anything else is refused naming ``name`` (the
-    flag or the argument), never echoing the secret: gRPC would fail every call with ``INTERNAL:
-    Invalid metadata`` and log its C core's complaint. The client and the server check alike."""
-    if not isinstance(token, str):
-        raise FlowRLError(f"{name} must be a string, got {type(token).__name__}")
-    if token[-1:] in ("\r", "\n"):
-        raise FlowRLError(f"{name} ends with a newline (\\r or \\n): a token read from a file keeps it; strip it")
-    if token != token.strip():
-        raise FlowRLError(f"{name} begins or ends with whitespace, which a header cannot carry; strip it")
-    for position, char in enumerate(token, 1):
-        if not " " <= char <= "~":
-            kind = "a control character" if char.isascii() or not char.isprintable() else "a non-ASCII character"
-            raise FlowRLError(
-                f"{name} holds {kind} at position {position}: it travels in an HTTP/2 header, which takes "
-                "printable ASCII only (letters, digits, punctuation, space)"
-            )
-    return token
 
 
 def service_error(exc: grpc.RpcError) -> ServiceError:

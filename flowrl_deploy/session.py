@@ -26,15 +26,9 @@ from pathlib import Path
 import grpc
 import numpy as np
 
-from flowrl_deploy.client import (
-    PolicyClient,
-    ServiceError,
-    checked_seed,
-    checked_timeout,
-    is_flag,
-    service_error,
-)
+from flowrl_deploy.client import PolicyClient, ServiceError, checked_seed, service_error
 from flowrl_deploy.codec import TensorError, as_float32, check_finite, decode, encode
+from flowrl_deploy.connection import checked_timeout, is_flag
 from flowrl_deploy.contract import MAX_CONTROL_PERIOD_S, MAX_HZ, MIN_CONTROL_PERIOD_S, MIN_HZ, PolicyContract
 from flowrl_deploy.errors import FlowRLError
 from flowrl_deploy.fieldtypes import is_integer, is_number, shown

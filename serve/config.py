@@ -15,7 +15,7 @@ from dataclasses import dataclass, fields
 import numpy as np
 
 from flowrl_deploy.affinity import check_thread_count
-from flowrl_deploy.client import checked_token
+from flowrl_deploy.connection import checked_token
 from flowrl_deploy.contract import MAX_TIMEOUT_S
 from flowrl_deploy.errors import FlowRLError
 from flowrl_deploy.fieldtypes import wrong_type

@@ -39,7 +39,7 @@ from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 
 from flowrl_deploy.affinity import pin_to_cpus
-from flowrl_deploy.client import EVERY_INTERFACE, is_loopback
+from flowrl_deploy.connection import EVERY_INTERFACE, is_loopback
 from flowrl_deploy.errors import FlowRLError
 from flowrl_deploy.gc_freeze import gc_frozen
 from flowrl_deploy.proto.flowrl.v1 import policy_pb2_grpc as pb_grpc

@@ -16,7 +16,8 @@ from dataclasses import asdict, dataclass, field
 
 import numpy as np
 
-from flowrl_deploy.client import PolicyClient, connection_hint
+from flowrl_deploy.client import PolicyClient
+from flowrl_deploy.connection import connection_hint
 from flowrl_deploy.contract import MAX_HZ, MIN_HZ
 from flowrl_deploy.errors import FlowRLError
 from flowrl_deploy.gc_freeze import gc_frozen

@@ -152,7 +152,8 @@ def server_client(
     :class:`PolicyClient`), naming the flag and the file."""
     import grpc
 
-    from flowrl_deploy.client import PolicyClient, ServiceError, checked_timeout, connection_hint
+    from flowrl_deploy.client import PolicyClient, ServiceError
+    from flowrl_deploy.connection import checked_timeout, connection_hint
 
     if timeout_s is not None:  # named by its flag here; PolicyClient would call it timeout_s
         checked_timeout(timeout_s, "--timeout")

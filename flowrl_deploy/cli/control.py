@@ -93,7 +93,7 @@ def control(
     Exits 1 when no tick got a fresh action or --max-misses stopped the run, 130 on Ctrl-C.
     """
     from flowrl_deploy.affinity import parse_cpus, pin_to_cpus
-    from flowrl_deploy.client import checked_timeout
+    from flowrl_deploy.connection import checked_timeout
     from flowrl_deploy.errors import FlowRLError
     from flowrl_deploy.session import PERIOD_MISMATCH
     from flowrl_deploy.train.control import run_control

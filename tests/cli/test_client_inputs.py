@@ -16,7 +16,8 @@ from typer.testing import CliRunner
 
 from flowrl_deploy.cli import app
 from flowrl_deploy.cli.query import read_observation
-from flowrl_deploy.client import PolicyClient, checked_target
+from flowrl_deploy.client import PolicyClient
+from flowrl_deploy.connection import checked_target
 from flowrl_deploy.errors import FlowRLError
 from flowrl_deploy.serve import PolicyServer, ServeConfig
 

@@ -113,7 +113,7 @@ class TestMutualTLS:
 
     def test_a_refused_connection_to_another_machine_names_the_servers_host(self):
         """From another machine, the usual cause is a server on its default --host 127.0.0.1."""
-        from flowrl_deploy.client import connection_hint
+        from flowrl_deploy.connection import connection_hint
 
         error = "UNAVAILABLE: ... ipv4:192.0.2.2:50051: Failed to connect to remote host: Connection refused"
         for target in ("192.0.2.2:50051", "robot-brain:50051", "[2001:db8::1]:50051"):
