@@ -791,8 +791,10 @@ def test_a_reset_whose_missed_tick_gets_no_reply_is_refused_unsent_and_changes_n
     with client.session(period_s=0.02, deadline_s=0.001, seed=3, reset_timeout_s=0.05) as control:
         control.act(OBS)
         why = "DEADLINE_EXCEEDED: no reply to tick 1 within reset_timeout_s 0.05 s: the server may still draw"
+        start = time.monotonic()
         with pytest.raises(ServiceError, match=f"^{why}"):
             control.reset(seed=9)
+        assert time.monotonic() - start < 2.5  # bounded by reset_timeout_s (a loaded host may add a little)
         assert sent == [] and control.seed == 3
 
 

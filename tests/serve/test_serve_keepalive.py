@@ -14,6 +14,7 @@ import grpc
 import pytest
 from tiny_policy import OBS_DIM, write_policy
 
+from flowrl_deploy.client import CHANNEL_OPTIONS
 from flowrl_deploy.errors import FlowRLError
 from flowrl_deploy.proto.flowrl.v1 import policy_pb2 as pb
 from flowrl_deploy.proto.flowrl.v1 import policy_pb2_grpc as pb_grpc
@@ -56,7 +57,9 @@ def test_a_frozen_client_loses_its_session_once_it_stops_answering_pings(tmp_pat
                 stats = pb_grpc.PolicyServiceStub(channel).GetStats
                 assert stats(pb.GetStatsRequest(), timeout=30).sessions == 1
                 os.kill(robot.pid, signal.SIGSTOP)
-                give_up = time.monotonic() + 120  # pings every 1 s, 1 s to answer: dropped within seconds
+                give_up = (
+                    time.monotonic() + 45
+                )  # pings every 1 s, 1 s to answer: dropped within seconds (60 s without the ping timeout)
                 while stats(pb.GetStatsRequest(), timeout=30).sessions and time.monotonic() < give_up:
                     time.sleep(0.2)
                 assert stats(pb.GetStatsRequest(), timeout=30).sessions == 0
@@ -70,6 +73,7 @@ def test_a_client_pinging_without_calls_is_not_sent_away(tmp_path):
     """gRPC servers answer a client that pings more often than every 5 minutes without calls with
     GOAWAY too_many_pings, dropping its connection; flowrl's client pings every 10 s to find a dead
     server. The server takes pings every MIN_CLIENT_PING_S, with calls or without."""
+    assert dict(CHANNEL_OPTIONS)["grpc.keepalive_time_ms"] >= MIN_CLIENT_PING_S * 1000  # flowrl's own client
     path = write_policy(tmp_path / "policy.onnx")
     options = [
         ("grpc.keepalive_time_ms", int((MIN_CLIENT_PING_S + 1) * 1000)),

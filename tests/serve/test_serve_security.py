@@ -58,6 +58,12 @@ def test_token_is_required_except_for_health(policy_path):
         assert probe.Check(health_pb2.HealthCheckRequest(), timeout=2).status == health_pb2.HealthCheckResponse.SERVING
 
 
+def test_a_token_with_inner_spaces_is_accepted(policy_path):
+    config = ServeConfig(str(policy_path), port=0, token="my s3cret phrase", grace_s=0)
+    with PolicyServer(config).start() as server, PolicyClient(server.address, token="my s3cret phrase") as client:
+        assert client.act(OBS).shape == (2,)
+
+
 def test_the_token_scheme_is_read_as_rfc_6750_says(policy_path):
     """The scheme is case-insensitive (RFC 7235): `authorization: bearer <token>` was UNAUTHENTICATED."""
     config = ServeConfig(str(policy_path), port=0, token="s3cret", grace_s=0)

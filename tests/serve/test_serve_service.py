@@ -95,12 +95,22 @@ def test_session_noise_continues_and_reset_reseeds(client, local):
     )
 
 
-def test_act_refuses_a_session_and_a_seed_together(client):
+@pytest.mark.parametrize("seed", [0, 2])
+def test_act_refuses_a_session_and_a_seed_together(client, seed):
     """The seed was ignored without a word: the session's generator drew the noise."""
     client.reset("robot-b", seed=1)
     with pytest.raises(ServiceError, match="not both") as info:
-        client.act(_obs(1), session_id="robot-b", seed=2)
+        client.act(_obs(1), session_id="robot-b", seed=seed)
     assert info.value.code == grpc.StatusCode.INVALID_ARGUMENT
+
+
+def test_a_reset_without_a_seed_makes_the_session_unseeded(client, local):
+    obs = _obs(1)
+    client.reset("robot-c", seed=7)
+    client.reset("robot-c")
+    generator = documented_noise(7)
+    seeded = [local.act(obs, _noise(generator, 1)) for _ in range(3)]  # three: a clipped draw can repeat
+    assert not np.allclose([client.act(obs, session_id="robot-c") for _ in range(3)], seeded, atol=1e-4)
 
 
 def test_stream_act_equals_onnxruntime_and_echoes_seq(server, client, local):
@@ -477,13 +487,29 @@ def test_a_refused_pin_is_not_bypassed_by_the_streams_next_request(client, pin, 
     assert not any(r.HasField("action") for r in replies)
 
 
-def test_a_stream_request_with_its_own_pin_replaces_a_refused_one_and_keeps_its_seed(client, local):
+@pytest.mark.parametrize(
+    ("pins", "second_seed", "seed"),
+    [
+        ("hash", None, 7),  # the refused opening's seed is kept
+        ("hash", 9, 9),  # a seed sent with the new pin replaces it
+        ("json", None, 7),  # a corrected contract_json alone opens it
+    ],
+)
+def test_a_stream_request_with_its_own_pin_replaces_a_refused_one(client, local, pins, second_seed, seed):
     obs = _obs(1)[0]
-    wrong = pb.StreamActRequest(session_id="fixed", seq=1, obs=encode(obs), seed=7, contract_hash="0000000000000000")
-    right = pb.StreamActRequest(session_id="fixed", seq=2, obs=encode(obs), contract_hash=local.contract_hash.upper())
-    refused, opened = _replies(client, [wrong, right])
+    wrong, right = (
+        ({"contract_hash": "0000000000000000"}, {"contract_hash": local.contract_hash.upper()})
+        if pins == "hash"
+        else (
+            {"contract_json": json.dumps(tiny_contract(action_high=(1.0, 3.0)).to_dict())},
+            {"contract_json": json.dumps(local.contract.to_dict())},
+        )
+    )
+    first = pb.StreamActRequest(session_id="fixed", seq=1, obs=encode(obs), seed=7, **wrong)
+    second = pb.StreamActRequest(session_id="fixed", seq=2, obs=encode(obs), seed=second_seed, **right)
+    refused, opened = _replies(client, [first, second])
     assert (refused.status.code, opened.status.code) == (grpc.StatusCode.FAILED_PRECONDITION.value[0], 0)
-    expected = local.act(obs[None], _noise(documented_noise(7), 1))[0]  # the refused opening's seed
+    expected = local.act(obs[None], _noise(documented_noise(seed), 1))[0]
     np.testing.assert_allclose(decode(opened.action), expected, atol=1e-6)
 
 
@@ -495,10 +521,10 @@ def test_a_stream_remembers_the_openings_of_a_few_sessions_only(client):
         pb.StreamActRequest(session_id=f"s{i}", seq=i, obs=obs, contract_hash="0000000000000000")
         for i in range(MAX_KEPT_OPENINGS + 1)
     ]
-    again = [pb.StreamActRequest(session_id=f"s{i}", seq=i, obs=obs) for i in (MAX_KEPT_OPENINGS, 0)]
+    again = [pb.StreamActRequest(session_id=f"s{i}", seq=i, obs=obs) for i in (MAX_KEPT_OPENINGS, 1, 0)]
     codes = [r.status.code for r in _replies(client, [*pinned, *again])]
     refused = grpc.StatusCode.FAILED_PRECONDITION.value[0]
-    assert codes == [refused] * (MAX_KEPT_OPENINGS + 1) + [refused, 0]  # s0's pin was forgotten
+    assert codes == [refused] * (MAX_KEPT_OPENINGS + 1) + [refused, refused, 0]  # only s0's pin was forgotten
 
 
 def test_a_refused_opening_keeps_its_seed_for_the_retry(tmp_path, local):
