@@ -99,7 +99,8 @@ def _status(exc: BaseException) -> pb.Status:
 
 
 MAX_KEPT_OPENINGS = 8
-"""Unopened sessions a stream remembers the opening of (the oldest forgotten first)."""
+"""Sessions a stream may have asked for and not opened yet (their openings are kept); a request
+naming another one is refused (RESOURCE_EXHAUSTED), so that a refused pin is never forgotten."""
 MAX_KEPT_MESSAGE = 1000
 """Characters of a refused pin's message kept for the stream's later requests."""
 
@@ -393,9 +394,14 @@ class PolicyServicer(pb_grpc.PolicyServiceServicer):
     ) -> Session:
         """Open (or join) ``session_id`` for a stream, as its :class:`_Opening` kept in ``unopened`` and
         ``request`` ask."""
-        opening = unopened[session_id] = unopened.pop(session_id, _Opening()).updated(request)
-        while len(unopened) > MAX_KEPT_OPENINGS:  # a stream naming ever new ids is not remembered forever
-            del unopened[next(iter(unopened))]
+        kept = unopened.get(session_id)
+        if kept is None and len(unopened) >= MAX_KEPT_OPENINGS:  # bounded, and no kept refusal ever forgotten
+            raise ServeError(
+                f"this stream has {MAX_KEPT_OPENINGS} sessions it could not open yet; open one of them or "
+                "use another stream",
+                grpc.StatusCode.RESOURCE_EXHAUSTED,
+            )
+        opening = unopened[session_id] = (kept or _Opening()).updated(request)
         if opening.refusal is not None:
             code, message = opening.refusal
             raise ServeError(message, code)

@@ -513,18 +513,19 @@ def test_a_stream_request_with_its_own_pin_replaces_a_refused_one(client, local,
     np.testing.assert_allclose(decode(opened.action), expected, atol=1e-6)
 
 
-def test_a_stream_remembers_the_openings_of_a_few_sessions_only(client):
-    """Each refused opening is kept until its session opens, so a stream naming ever new session ids
-    is not remembered without bound: past the limit the oldest is forgotten."""
+def test_a_stream_keeps_a_few_unopened_sessions_and_forgets_no_refused_pin(client):
+    """Each refused opening is kept until its session opens; a stream naming ever new session ids is
+    refused past a few, rather than forgetting the oldest (whose pin was then bypassed)."""
     obs = encode(_obs(1)[0])
     pinned = [
         pb.StreamActRequest(session_id=f"s{i}", seq=i, obs=obs, contract_hash="0000000000000000")
         for i in range(MAX_KEPT_OPENINGS + 1)
     ]
-    again = [pb.StreamActRequest(session_id=f"s{i}", seq=i, obs=obs) for i in (MAX_KEPT_OPENINGS, 1, 0)]
-    codes = [r.status.code for r in _replies(client, [*pinned, *again])]
-    refused = grpc.StatusCode.FAILED_PRECONDITION.value[0]
-    assert codes == [refused] * (MAX_KEPT_OPENINGS + 1) + [refused, refused, 0]  # only s0's pin was forgotten
+    again = [pb.StreamActRequest(session_id=f"s{i}", seq=i, obs=obs) for i in (0, 1, MAX_KEPT_OPENINGS)]
+    replies = _replies(client, [*pinned, *again])
+    refused, exhausted = grpc.StatusCode.FAILED_PRECONDITION.value[0], grpc.StatusCode.RESOURCE_EXHAUSTED.value[0]
+    assert [r.status.code for r in replies] == [refused] * MAX_KEPT_OPENINGS + [exhausted, refused, refused, exhausted]
+    assert "sessions it could not open yet" in replies[MAX_KEPT_OPENINGS].status.message
 
 
 def test_a_refused_opening_keeps_its_seed_for_the_retry(tmp_path, local):
