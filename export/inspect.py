@@ -16,7 +16,7 @@ from typing import Any
 from flowrl_deploy.contract import contract_from_metadata
 from flowrl_deploy.errors import FlowRLError, SpecError
 from flowrl_deploy.export.exporter import file_sha256
-from flowrl_deploy.runtime import check_graph_matches_contract, check_policy_file
+from flowrl_deploy.runtime import check_graph_matches_contract, read_policy_file
 
 _ONNX_MESSAGES: dict[str, list[tuple[str, int, str, str]]] = {
     # message: (field, number, label, type) as in onnx.proto; unlisted fields are skipped when parsing
@@ -84,10 +84,9 @@ def read_model(path: Path) -> Any:
     """The file's ModelProto (the fields of :data:`_ONNX_MESSAGES`); a file that is no ONNX model is refused."""
     from google.protobuf.message import DecodeError
 
-    check_policy_file(path)
     model = _model_class()()
     try:
-        model.ParseFromString(path.read_bytes())
+        model.ParseFromString(read_policy_file(path))
     except DecodeError as exc:
         raise FlowRLError(f"cannot load ONNX model {path}: not an ONNX file ({exc})") from exc
     if model.ir_version < 1 or not model.HasField("graph"):

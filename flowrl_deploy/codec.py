@@ -35,6 +35,10 @@ _DTYPE_REFUSALS = {  # what follows "dtype X is not accepted", by dtype kind
 }
 
 
+MAX_DIMS = 8
+"""Dimensions a decoded tensor may declare (a policy's take 1 or 2; numpy refuses over 64)."""
+
+
 def as_float32(array: np.ndarray, *, name: str = "tensor") -> np.ndarray:
     """``array`` as C-contiguous float32: float and integer dtypes convert (silently: a value beyond
     float32's range becomes Inf, for :func:`check_finite` to refuse); booleans, complex numbers,
@@ -79,6 +83,8 @@ def decode(tensor: pb.Tensor, *, name: str = "tensor") -> np.ndarray:
     shape = tuple(tensor.shape)
     if not shape:
         raise TensorError(f"{name}: missing shape")
+    if len(shape) > MAX_DIMS:  # numpy takes at most 64, and a policy's tensors have 1 or 2
+        raise TensorError(f"{name}: shape has {len(shape)} dimensions; a policy's tensors have at most 2")
     if any(d < 0 for d in shape):
         raise TensorError(f"{name}: negative dimension in shape {list(shape)}")
     count = math.prod(shape)

@@ -10,6 +10,7 @@ from __future__ import annotations
 import ctypes
 import numbers
 import os
+import stat
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -28,6 +29,28 @@ def is_onnx_path(path: str | Path) -> bool:
     whatever its suffix (policy.ONNX, policy.bin); a missing path is neither."""
     path = Path(path)
     return path.exists() and not path.is_dir() and path.name not in (DOCUMENT_FILE, MODEL_FILE)
+
+
+MAX_POLICY_BYTES = 2**31 - 1
+"""The largest ONNX file protobuf can parse (2 GiB): a larger one is refused before it is read."""
+
+
+def read_policy_file(path: str | os.PathLike[str]) -> bytes:
+    """The bytes of the ONNX file ``path``, refused as :func:`check_policy_file` says; the file is
+    checked once opened (without blocking), so a pipe swapped in after the check is never read from,
+    and one over :data:`MAX_POLICY_BYTES` is refused unread."""
+    check_policy_file(path)
+    try:
+        fd = os.open(path, os.O_RDONLY | getattr(os, "O_NONBLOCK", 0))
+    except OSError as exc:
+        raise FlowRLError(f"cannot read {path}: {exc.strerror or exc}") from None
+    with os.fdopen(fd, "rb") as file:
+        info = os.fstat(file.fileno())
+        if not stat.S_ISREG(info.st_mode):
+            raise FlowRLError(f"{path} is not a regular file (a device, pipe or socket), so not an ONNX model")
+        if info.st_size > MAX_POLICY_BYTES:
+            raise FlowRLError(f"{path} holds {info.st_size} bytes, more than an ONNX file can (2 GiB)")
+        return file.read()
 
 
 def check_policy_file(path: str | os.PathLike[str]) -> None:
@@ -88,6 +111,10 @@ def make_session(
     options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
     options.add_session_config_entry("session.intra_op.allow_spinning", "0")
     options.log_severity_level = 3
+    # Exports never keep tensors in other files; a model that does ("external data") could make
+    # onnxruntime read any file near the server's working directory into its weights, and its
+    # actions would show the bytes: look for them where there are none.
+    options.add_session_config_entry("session.model_external_initializers_file_folder_path", os.devnull)
     if optimized_model_path:
         options.optimized_model_filepath = optimized_model_path
     source = model if isinstance(model, bytes) else str(model)
@@ -150,9 +177,9 @@ class OnnxPolicy:
         """``model``: a path, or the file's bytes (then ``name`` names it in errors)."""
         if not isinstance(model, (str, os.PathLike, bytes)):
             raise FlowRLError(f"model must be an ONNX file's path or its bytes, got {type(model).__name__}")
-        if not isinstance(model, bytes):
-            check_policy_file(model)
-        name = name or ("model" if isinstance(model, bytes) else str(model))
+        if not isinstance(model, bytes):  # read here, as the server reads it: a pipe is never opened blocking
+            name, model = name or str(model), read_policy_file(model)
+        name = name or "model"
         from flowrl_deploy import codec  # here, not at the top: the CLI imports this module and starts without protobuf
 
         self._codec = codec

@@ -25,6 +25,8 @@ LIMIT_WARNING_S = 60.0
 """A limit that refuses calls warns at most this often (with the refusals since its last warning)."""
 
 log = logging.getLogger("flowrl.serve")
+METRICS_TIMEOUT_S = 10.0
+"""A metrics connection silent this long is closed (each holds a thread while open)."""
 
 
 class Histogram:
@@ -196,7 +198,15 @@ class Metrics:
         return "\n".join(lines) + "\n"
 
 
-class _IPv6HTTPServer(ThreadingHTTPServer):
+class _QuietHTTPServer(ThreadingHTTPServer):
+    """A scrape that fails (a client that resets its connection or times out) is no traceback on
+    stderr: anyone who reaches the metrics port could fill the log with them."""
+
+    def handle_error(self, request, client_address) -> None:
+        log.debug("metrics request from %s failed", client_address, exc_info=True)
+
+
+class _IPv6HTTPServer(_QuietHTTPServer):
     address_family = socket.AF_INET6
 
 
@@ -212,6 +222,8 @@ def start_metrics_http(metrics: Metrics, host: str, port: int) -> ThreadingHTTPS
     bracketed or not, as ``--host`` takes it); the caller calls ``shutdown()``."""
 
     class Handler(BaseHTTPRequestHandler):
+        timeout = METRICS_TIMEOUT_S  # a connection that sends nothing is dropped, not held by its thread for good
+
         def do_GET(self) -> None:
             if self.path.split("?")[0] not in ("/metrics", "/"):
                 self.send_error(404)
@@ -227,7 +239,7 @@ def start_metrics_http(metrics: Metrics, host: str, port: int) -> ThreadingHTTPS
             return
 
     host = host.strip("[]")
-    httpd = (_IPv6HTTPServer if _is_ipv6(host) else ThreadingHTTPServer)((host, port), Handler)
+    httpd = (_IPv6HTTPServer if _is_ipv6(host) else _QuietHTTPServer)((host, port), Handler)
     httpd.daemon_threads = True
     threading.Thread(target=httpd.serve_forever, name="flowrl-metrics", daemon=True).start()
     return httpd

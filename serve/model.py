@@ -10,7 +10,7 @@ from pathlib import Path
 import numpy as np
 
 from flowrl_deploy.errors import FlowRLError
-from flowrl_deploy.runtime import OnnxPolicy, check_policy_file, is_onnx_path
+from flowrl_deploy.runtime import OnnxPolicy, is_onnx_path, read_policy_file
 from flowrl_deploy.serve.errors import ContractMismatch
 
 WARMUP_RUNS = 5
@@ -68,8 +68,7 @@ def resolve_onnx(model: str, workdir: Path, steps: int | None, export_checkpoint
 def read_model_file(path: Path) -> tuple[bytes, str]:
     """The bytes of ``path`` and their sha256, read before any onnxruntime session is built so
     that a reload of the very bytes served costs a hash, not a model load."""
-    check_policy_file(path)  # a pipe or device is refused, never read: reading one blocks
-    data = path.read_bytes()
+    data = read_policy_file(path)  # a pipe or device is refused, never read: reading one blocks
     return data, hashlib.sha256(data).hexdigest()
 
 

@@ -20,7 +20,7 @@ import grpc
 from flowrl_deploy.checkpoint import CHECKPOINTS_DIR, DOCUMENT_FILE, resolve_checkpoint
 from flowrl_deploy.errors import FlowRLError
 from flowrl_deploy.runtime import is_onnx_path
-from flowrl_deploy.serve.errors import ServeError
+from flowrl_deploy.serve.errors import ServeError, loggable
 
 log = logging.getLogger("flowrl.serve")
 
@@ -160,4 +160,6 @@ class FileWatcher:
             try:
                 self._reload()
             except Exception as exc:  # keep serving the old model
-                log.warning("reload of %s (--watch) refused, still serving the old model: %s", self._path, exc)
+                log.warning(  # escaped: a file anyone could drop there chooses the message (an output's name)
+                    "reload of %s (--watch) refused, still serving the old model: %s", self._path, loggable(exc)
+                )

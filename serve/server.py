@@ -142,6 +142,24 @@ find a dead server): gRPC's default answered pings more frequent than every 5 mi
 with GOAWAY too_many_pings, dropping the connection."""
 
 
+def _warn_of_open_access(config: ServeConfig, tls: bool, address: str) -> None:
+    """Warn of a network address that anyone who reaches it may call, or whose token travels in clear."""
+    if not config.token and not config.client_ca:
+        who = "with neither --token nor TLS" if not tls else "with TLS but neither --token nor --client-ca"
+        log.warning(
+            "listening on %s %s: anyone who can reach it on the network can call it (Act, Reload); give --token "
+            "(and --tls-cert/--tls-key), or listen on 127.0.0.1",
+            address,
+            who,
+        )
+    elif config.token and not tls:
+        log.warning(
+            "listening on %s with --token but no TLS: the token crosses the network in clear text, for anyone on "
+            "the path to read; give --tls-cert/--tls-key too",
+            address,
+        )
+
+
 def keepalive_options(keepalive_s: float) -> list[tuple[str, int]]:
     """gRPC server options: ping every connection each ``keepalive_s`` and close one whose ping goes
     unanswered as long (a frozen or cut-off client held its handler thread and session for gRPC's
@@ -159,6 +177,25 @@ def keepalive_options(keepalive_s: float) -> list[tuple[str, int]]:
     ]
 
 
+class KnownServicesHealth(health.HealthServicer):
+    """grpc's health service, whose Watch follows the services this server has (``""`` and the policy
+    service) and answers another name SERVICE_UNKNOWN once, then ends: grpc's kept each name a Watch
+    asked for, as a key of its own, for good, so that Watches of ever new names (needing no token,
+    even with ``--token``) grew the server's memory without bound."""
+
+    KNOWN = frozenset({"", SERVICE_NAME})
+
+    def Watch(self, request, context, send_response_callback=None):
+        if request.service in self.KNOWN:
+            return super().Watch(request, context, send_response_callback)
+        unknown = health_pb2.HealthCheckResponse(status=health_pb2.HealthCheckResponse.SERVICE_UNKNOWN)
+        if send_response_callback is None:  # grpc's blocking form: a stream of replies
+            return iter([unknown])
+        send_response_callback(unknown)
+        send_response_callback(None)  # the end of the stream: this server never gets the service
+        return None
+
+
 class PolicyServer:
     """One served policy; :meth:`start` returns once health is SERVING (or raises). A server
     starts once: a second :meth:`start`, or one after :meth:`stop`, raises :class:`FlowRLError`."""
@@ -167,7 +204,7 @@ class PolicyServer:
         self.config = config
         self._workdir = tempfile.TemporaryDirectory(prefix="flowrl-serve-")
         self.servicer = PolicyServicer(config, Path(self._workdir.name), export_checkpoint)
-        self.health = health.HealthServicer()
+        self.health = KnownServicesHealth()
         self._server: grpc.Server | None = None
         self._streams = OpenStreams(config.workers, self._refused)
         self.servicer.metrics.limits = self._limits
@@ -252,12 +289,8 @@ class PolicyServer:
             except RuntimeError as exc:
                 raise FlowRLError(f"cannot listen on {address}: {exc}") from exc
             self.port = port
-            if not is_loopback(config.host) and not config.token and credentials is None:
-                log.warning(
-                    "listening on %s with neither --token nor TLS: anyone who can reach it on the network can "
-                    "call it (Act, Reload); give --token (and --tls-cert/--tls-key), or listen on 127.0.0.1",
-                    self.bound_address,
-                )
+            if not is_loopback(config.host):
+                _warn_of_open_access(config, credentials is not None, self.bound_address)
             self._server = server
             server.start()
             if config.watch:  # its stamp is taken now: a checkpoint saved while loading is not missed

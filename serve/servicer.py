@@ -34,6 +34,7 @@ from flowrl_deploy.serve.errors import (
     ServeError,
     SessionLimitReached,
     SessionNotFound,
+    loggable,
     status_of,
 )
 from flowrl_deploy.serve.metrics import Metrics
@@ -73,16 +74,18 @@ def _unary(method: str):
     return wrap
 
 
-def _loggable(text: object) -> str:
-    """``text`` with each unprintable character (newline, ANSI escape, NUL, a Unicode line separator)
-    escaped as ``repr`` writes it: a name a client chose, logged as it is, could forge log lines or
-    drive the operator's terminal."""
-    return "".join(char if char.isprintable() else repr(char)[1:-1] for char in str(text))
-
-
 def _session_shown(session_id: str) -> str:
-    """A session id a client chose, as logs show it: cut at 100 characters, then :func:`_loggable`."""
-    return _loggable(session_id if len(session_id) <= 100 else session_id[:100] + "…")
+    """A session id a client chose, as logs show it: cut at 100 characters, then escaped (``loggable``)."""
+    return loggable(session_id if len(session_id) <= 100 else session_id[:100] + "…")
+
+
+def _checked_session_id(session_id: str) -> str:
+    """``session_id``, refused (INVALID_ARGUMENT) when longer than :data:`MAX_SESSION_ID`."""
+    if len(session_id) > MAX_SESSION_ID:
+        raise ServeError(
+            f"session_id of {len(session_id)} characters: at most {MAX_SESSION_ID}", grpc.StatusCode.INVALID_ARGUMENT
+        )
+    return session_id
 
 
 def _waiting(context: grpc.ServicerContext) -> bool:
@@ -98,6 +101,9 @@ def _status(exc: BaseException) -> pb.Status:
     return pb.Status(code=code.value[0], message=message)
 
 
+MAX_SESSION_ID = 256
+"""Characters a session id may have: the server keeps each open session's id (for --session-idle-s
+after a Reset), so ids of a megabyte each could take gigabytes."""
 MAX_KEPT_OPENINGS = 8
 """Sessions a stream may have asked for and not opened yet (their openings are kept); a request
 naming another one is refused (RESOURCE_EXHAUSTED), so that a refused pin is never forgotten."""
@@ -186,7 +192,7 @@ class PolicyServicer(pb_grpc.PolicyServiceServicer):
         path = resolve_onnx(source, workdir, self._steps, self._export_checkpoint)
         data, sha256 = read_model_file(path)
         if previous is not None and sha256 == previous.sha256:  # e.g. `touch`: nothing to swap
-            log.info("%s holds the model served now (%s): nothing to reload", _loggable(source), previous.version)
+            log.info("%s holds the model served now (%s): nothing to reload", loggable(source), previous.version)
             return previous.version, previous.version
         generation = self._generation + 1
         new = load_model(path, data, sha256, generation, providers=self._providers, threads=self.config.threads)
@@ -206,10 +212,10 @@ class PolicyServicer(pb_grpc.PolicyServiceServicer):
         steps = f"N={new.contract.flow_steps} flow steps"
         if previous is not None:
             self.metrics.record_reload()
-            shown = _loggable(source)
+            shown = loggable(source)
             log.info("reloaded %s: %s -> %s (%s, %s)", shown, previous.version, new.version, steps, providers)
         else:
-            log.info("loaded %s as %s (%s, %s)", _loggable(source), new.version, steps, providers)
+            log.info("loaded %s as %s (%s, %s)", loggable(source), new.version, steps, providers)
         return new.version, previous.version if previous else ""
 
     def _current(self) -> ServedModel:
@@ -233,7 +239,7 @@ class PolicyServicer(pb_grpc.PolicyServiceServicer):
         if contract_json:
             try:
                 theirs = PolicyContract.from_dict(json.loads(contract_json))
-            except (json.JSONDecodeError, SpecError) as exc:  # from_dict refuses a non-object with SpecError
+            except (ValueError, RecursionError, SpecError) as exc:  # bad JSON, nested or huge numbers; a non-object
                 message = f"contract_json is not a policy contract: {exc}"
                 raise ServeError(message, grpc.StatusCode.INVALID_ARGUMENT) from None
         wanted = pinned or theirs.hash()
@@ -343,7 +349,7 @@ class PolicyServicer(pb_grpc.PolicyServiceServicer):
         noise = None
         if model.policy.takes_noise:
             if request.session_id:
-                noise = self._session(request.session_id).noise(len(obs), model.act_dim)
+                noise = self._session(_checked_session_id(request.session_id)).noise(len(obs), model.act_dim)
             elif request.HasField("seed"):
                 noise = draw_noise(session_noise(request.seed), len(obs), model.act_dim)
             else:
@@ -373,7 +379,7 @@ class PolicyServicer(pb_grpc.PolicyServiceServicer):
                 seq=request.seq, client_send_unix_ns=request.client_send_unix_ns, server_recv_unix_ns=received
             )
             try:
-                session_id = request.session_id or next(iter(opened), anonymous)
+                session_id = _checked_session_id(request.session_id) or next(iter(opened), anonymous)
                 session = opened.get(session_id)
                 if session is None:
                     session = self._open_for_stream(request, session_id, opened, unopened)
@@ -439,7 +445,7 @@ class PolicyServicer(pb_grpc.PolicyServiceServicer):
             raise ServeError("Reset needs a session_id", grpc.StatusCode.INVALID_ARGUMENT)
         self._check_contract(model, request.contract_hash, request.contract_json)
         try:
-            self._open(request.session_id, request.seed if request.HasField("seed") else None)
+            self._open(_checked_session_id(request.session_id), request.seed if request.HasField("seed") else None)
         except SessionLimitReached as exc:
             self._session_limit_refused(exc)
             raise
@@ -473,6 +479,6 @@ class PolicyServicer(pb_grpc.PolicyServiceServicer):
                 ) from exc
         except ServeError as exc:
             path = requested_path(request.path or self.config.model)
-            log.warning("Reload of %s refused (%s): %s", path, exc.code.name, _loggable(exc))
+            log.warning("Reload of %s refused (%s): %s", path, exc.code.name, loggable(exc))
             raise
         return pb.ReloadReply(model_version=version, previous_version=previous)

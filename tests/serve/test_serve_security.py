@@ -206,18 +206,27 @@ def test_a_call_that_ended_before_its_handler_ran_frees_its_slot():
 
 
 @pytest.mark.parametrize(
-    ("host", "secured", "warned"),
-    [("0.0.0.0", {}, True), ("0.0.0.0", {"token": "s3cret"}, False), ("127.0.0.1", {}, False)],
+    ("host", "secured", "warning"),
+    [
+        ("0.0.0.0", {}, "with neither --token nor TLS: anyone"),
+        ("0.0.0.0", {"token": "s3cret"}, "with --token but no TLS: the token crosses the network in clear text"),
+        ("0.0.0.0", {"tls": True}, "with TLS but neither --token nor --client-ca: anyone"),
+        ("0.0.0.0", {"tls": True, "token": "s3cret"}, None),
+        ("127.0.0.1", {}, None),
+    ],
 )
-def test_an_open_network_address_without_token_or_tls_is_warned_about(policy_path, caplog, host, secured, warned):
-    config = ServeConfig(str(policy_path), host=host, port=0, grace_s=0, **secured)
+def test_an_open_network_address_without_token_or_tls_is_warned_about(policy_path, pki, caplog, host, secured, warning):
+    """A TLS server with no token or client certificate lets anyone call, and a token without TLS
+    crosses the network in clear text: neither was warned about."""
+    tls = {"tls_cert": pki["server"][0], "tls_key": pki["server"][1]} if secured.pop("tls", False) else {}
+    config = ServeConfig(str(policy_path), host=host, port=0, grace_s=0, **secured, **tls)
     with caplog.at_level("WARNING", logger="flowrl.serve"), PolicyServer(config).start() as server:
         bound = server.bound_address
     warnings = [r.getMessage() for r in caplog.records if r.levelname == "WARNING"]
     assert bound == f"{host}:{server.port}"
     assert server.address == f"127.0.0.1:{server.port}"  # where a client on this machine connects
-    if warned:
-        assert len(warnings) == 1 and bound in warnings[0] and "anyone" in warnings[0]
+    if warning:
+        assert len(warnings) == 1 and bound in warnings[0] and warning in warnings[0]
     else:
         assert not warnings
 

@@ -664,7 +664,7 @@ def test_the_readmes_grpcurl_example_is_an_act_request_the_server_answers(tmp_pa
 def test_a_stream_taking_over_a_session_another_stream_holds_is_logged(client, caplog):
     """Two robots given one session id silently shared one generator (the second stream takes the
     session over, as a reconnecting robot's must): one warning names the id, escaped and cut short."""
-    session_id = "robot\n7" + "x" * 500
+    session_id = "robot\n7" + "x" * 200
 
     def open_stream(session: str):
         requests: queue.SimpleQueue = queue.SimpleQueue()

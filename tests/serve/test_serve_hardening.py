@@ -1,0 +1,175 @@
+"""What a client, or a file dropped where the server reloads from, could do to the server before
+the security review of session 11: memory without bound, a file outside the served folder read
+into the weights, a blocked reload, tracebacks in the log."""
+
+from __future__ import annotations
+
+import logging
+import os
+import socket
+import struct
+import threading
+import time
+import urllib.request
+
+import grpc
+import numpy as np
+import pytest
+from grpc_health.v1 import health_pb2, health_pb2_grpc
+from onnx import TensorProto, helper
+
+from flowrl_deploy import runtime
+from flowrl_deploy.codec import TensorError, decode, encode
+from flowrl_deploy.errors import FlowRLError
+from flowrl_deploy.proto.flowrl.v1 import policy_pb2 as pb
+from flowrl_deploy.serve import metrics as metrics_module
+from flowrl_deploy.serve import reload as watch
+from flowrl_deploy.serve.metrics import Metrics, start_metrics_http
+from flowrl_deploy.serve.servicer import MAX_SESSION_ID
+
+OBS = np.zeros(3, np.float32)
+
+
+def test_a_health_watch_of_an_unknown_service_is_answered_once_and_kept_nowhere(server):
+    """grpc's health service kept every name a Watch asked for, for good: Watches of ever new
+    megabyte names (no token needed) grew the server's memory without bound."""
+    stub = health_pb2_grpc.HealthStub(grpc.insecure_channel(server.address))
+    replies = list(stub.Watch(health_pb2.HealthCheckRequest(service="x" * 1000), timeout=5))
+    assert [r.status for r in replies] == [health_pb2.HealthCheckResponse.SERVICE_UNKNOWN]  # then it ended
+    assert "x" * 1000 not in server.health._send_response_callbacks
+    watch_all = stub.Watch(health_pb2.HealthCheckRequest(service=""), timeout=5)
+    assert next(watch_all).status == health_pb2.HealthCheckResponse.SERVING
+    watch_all.cancel()
+
+
+def _model_with_external_data(location: str) -> bytes:
+    """A graph whose one tensor is stored in another file, ``location`` (onnx's external data)."""
+    tensor = TensorProto(name="c", data_type=TensorProto.UINT8, dims=[2], data_location=TensorProto.EXTERNAL)
+    for key, value in (("location", location), ("length", "2")):
+        entry = tensor.external_data.add()
+        entry.key, entry.value = key, value
+    graph = helper.make_graph(
+        [helper.make_node("Cast", ["c"], ["y"], to=TensorProto.FLOAT)],
+        "exfiltrate",
+        [],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, [2])],
+        initializer=[tensor],
+    )
+    return helper.make_model(graph, opset_imports=[helper.make_opsetid("", 13)], ir_version=8).SerializeToString()
+
+
+def test_a_model_whose_tensors_lie_in_other_files_is_refused(tmp_path, monkeypatch):
+    """A model loaded from bytes read 'external data' beside the server's working directory into its
+    weights, and its actions gave the bytes back: a dropped file could read a secret there."""
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "secret.env").write_bytes(b"SECRET")
+    with pytest.raises(FlowRLError, match=r"cannot load ONNX model exfiltrate\.onnx"):
+        runtime.make_session(_model_with_external_data("secret.env"), name="exfiltrate.onnx")
+
+
+def test_a_pipe_swapped_in_after_the_check_is_not_read(tmp_path, monkeypatch):
+    """The check and the read were two steps: a FIFO put in place between them blocked the reload,
+    which held the reload lock, for good."""
+    fifo = tmp_path / "policy.onnx"
+    os.mkfifo(fifo)
+    monkeypatch.setattr(runtime, "check_policy_file", lambda path: None)  # the file as it was when checked
+    outcome = []
+
+    def read() -> None:
+        try:
+            runtime.read_policy_file(fifo)
+        except FlowRLError as exc:
+            outcome.append(str(exc))
+
+    reader = threading.Thread(target=read, daemon=True)
+    reader.start()
+    reader.join(30)
+    assert outcome == [f"{fifo} is not a regular file (a device, pipe or socket), so not an ONNX model"]
+
+
+def test_a_file_larger_than_an_onnx_file_can_be_is_refused_unread(tmp_path, monkeypatch):
+    path = tmp_path / "big.onnx"
+    path.write_bytes(b"\0" * 100)
+    monkeypatch.setattr(runtime, "MAX_POLICY_BYTES", 99)
+    with pytest.raises(FlowRLError, match="holds 100 bytes, more than an ONNX file can"):
+        runtime.read_policy_file(path)
+
+
+@pytest.mark.parametrize("call", ["Reset", "Act", "StreamAct"])
+def test_a_session_id_longer_than_the_limit_is_refused(client, call):
+    """Resets with megabyte ids kept each for the idle period: gigabytes at --max-sessions."""
+    session_id = "r" * (MAX_SESSION_ID + 1)
+    if call == "StreamAct":
+        (reply,) = client.stub.StreamAct(iter([pb.StreamActRequest(session_id=session_id, obs=encode(OBS))]))
+        code, message = reply.status.code, reply.status.message
+    else:
+        request = (
+            pb.ResetRequest(session_id=session_id)
+            if call == "Reset"
+            else pb.ActRequest(session_id=session_id, obs=encode(OBS))
+        )
+        with pytest.raises(grpc.RpcError) as refused:
+            getattr(client.stub, call)(request, timeout=5)
+        code, message = refused.value.code().value[0], refused.value.details()
+    assert code == grpc.StatusCode.INVALID_ARGUMENT.value[0]
+    assert message == f"session_id of {MAX_SESSION_ID + 1} characters: at most {MAX_SESSION_ID}"
+    client.reset("r" * MAX_SESSION_ID, seed=1)  # the longest allowed
+
+
+def test_a_tensor_of_too_many_dimensions_is_refused_naming_them():
+    """65 dimensions reached numpy's own ValueError: INTERNAL and a traceback per request."""
+    with pytest.raises(TensorError, match="shape has 65 dimensions; a policy's tensors have at most 2"):
+        decode(pb.Tensor(shape=[1] * 65, values=[1.0]), name="obs")
+
+
+@pytest.mark.parametrize("contract_json", ["[" * 200_000, '{"obs_dim": ' + "9" * 5000 + "}"])
+def test_a_contract_json_too_deep_or_with_a_huge_number_is_invalid_argument(client, contract_json, caplog):
+    """A RecursionError or Python's integer-size ValueError escaped as INTERNAL, with a traceback logged."""
+    with caplog.at_level(logging.ERROR, logger="flowrl.serve"), pytest.raises(grpc.RpcError) as refused:
+        client.stub.Reset(pb.ResetRequest(session_id="deep", contract_json=contract_json), timeout=10)
+    assert refused.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+    assert refused.value.details().startswith("contract_json is not a policy contract: ")
+    assert not caplog.records
+
+
+def test_the_metrics_port_drops_a_silent_connection_and_logs_no_traceback(monkeypatch, capfd):
+    """Each connection held a thread for good, and a client resetting its connection printed a
+    traceback with the server's paths: anyone reaching the port could do either without end."""
+    monkeypatch.setattr(metrics_module, "METRICS_TIMEOUT_S", 0.5)
+    httpd = start_metrics_http(Metrics(lambda: 0, lambda: "v1-test"), "127.0.0.1", 0)
+    port = httpd.server_address[1]
+    try:
+        with socket.create_connection(("127.0.0.1", port), timeout=30) as silent:
+            assert silent.recv(1) == b""  # closed by the server once silent for its timeout
+        reset = socket.create_connection(("127.0.0.1", port), timeout=30)
+        reset.sendall(b"GET /metrics HTTP/1.1\r\n")
+        reset.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+        reset.close()  # an RST, not a FIN
+        time.sleep(1.0)
+        with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=30) as reply:
+            assert b"flowrl_" in reply.read()  # still serving
+    finally:
+        httpd.shutdown()
+        httpd.server_close()
+    assert "Traceback" not in capfd.readouterr().err
+
+
+def test_a_refused_watch_reload_is_logged_escaped(tmp_path, caplog):
+    """The refusal's text comes from the file (an output's name, say): a newline in it forged a log line."""
+    path = tmp_path / "policy.onnx"
+    path.write_bytes(b"first")
+
+    def refuse() -> None:
+        raise FlowRLError("graph output 'a\n2026-11-26 18:30:00,000 INFO flowrl.serve: reloaded' is unknown")
+
+    watcher = watch.FileWatcher(path, refuse, interval_s=0.01).start()
+    try:
+        with caplog.at_level(logging.WARNING, logger="flowrl.serve"):
+            path.write_bytes(b"second")
+            deadline = time.monotonic() + 30
+            while not caplog.records and time.monotonic() < deadline:
+                time.sleep(0.01)
+    finally:
+        watcher.stop()
+    (record,) = caplog.records
+    assert "\n" not in record.getMessage() and "a\\n2026" in record.getMessage()
