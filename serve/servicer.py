@@ -161,7 +161,9 @@ class PolicyServicer(pb_grpc.PolicyServiceServicer):
         )
 
     # --- model ------------------------------------------------------------------------------
-    def load(self, requested: str = "", still_wanted: Callable[[], bool] | None = None) -> tuple[str, str]:
+    def load(
+        self, requested: str = "", still_wanted: Callable[[], bool] | None = None, wait_s: float | None = None
+    ) -> tuple[str, str]:
         """Load, check, warm up and swap in a model; return (new version, previous version).
 
         ``requested`` is the path a Reload caller sent, confined by
@@ -174,11 +176,21 @@ class PolicyServicer(pb_grpc.PolicyServiceServicer):
         served now changes nothing and answers the served version twice. ``requested`` is checked
         before waiting for a reload in progress: a forbidden path is refused at once (PERMISSION_DENIED),
         not after that reload, or with DEADLINE_EXCEEDED when the caller's deadline passed meanwhile.
+        A reload in progress is waited for at most ``wait_s`` (None: as long as it takes), so that
+        callers who gave up do not pile up, each holding a handler thread, behind a slow one.
         """
         try:
             source = str(reload_target(self.config.model, requested)) if requested else self.config.model
-            with self._reload_lock:
+            timeout = -1 if wait_s is None else min(max(wait_s, 0.0), threading.TIMEOUT_MAX)  # gRPC's "none" is huge
+            if not self._reload_lock.acquire(timeout=timeout):
+                raise DeadlineExpired(
+                    f"reload abandoned, still serving {self._current().version}: another reload was still in "
+                    "progress when the caller's deadline passed"
+                )
+            try:
                 return self._swap(source, self.model, still_wanted)
+            finally:
+                self._reload_lock.release()
         except Exception:
             if self.model is not None:  # a reload, not the first load
                 self.metrics.record_reload_failure()
@@ -469,7 +481,9 @@ class PolicyServicer(pb_grpc.PolicyServiceServicer):
     def Reload(self, request: pb.ReloadRequest, context) -> pb.ReloadReply:
         try:
             try:
-                version, previous = self.load(request.path, functools.partial(_waiting, context))
+                version, previous = self.load(
+                    request.path, functools.partial(_waiting, context), context.time_remaining()
+                )
             except ServeError:  # PERMISSION_DENIED, ContractMismatch, DeadlineExpired (abandoned)
                 raise
             except FlowRLError as exc:

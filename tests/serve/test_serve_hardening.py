@@ -173,3 +173,20 @@ def test_a_refused_watch_reload_is_logged_escaped(tmp_path, caplog):
         watcher.stop()
     (record,) = caplog.records
     assert "\n" not in record.getMessage() and "a\\n2026" in record.getMessage()
+
+
+def test_a_reload_waiting_behind_another_gives_up_at_its_callers_deadline(server, client):
+    """Reloads whose callers had given up waited on, each holding a handler thread, behind a slow
+    (or stuck) reload: the control calls' threads ran out, and health checks with them."""
+    failures = client.stats().reload_failures
+    assert server.servicer._reload_lock.acquire(timeout=30)  # a reload in progress
+    try:
+        with pytest.raises(grpc.RpcError) as late:
+            client.stub.Reload(pb.ReloadRequest(), timeout=0.5)
+        assert late.value.code() == grpc.StatusCode.DEADLINE_EXCEEDED
+        deadline = time.monotonic() + 30  # its handler returns too, while the other reload still runs
+        while client.stats().reload_failures == failures and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert client.stats().reload_failures == failures + 1
+    finally:
+        server.servicer._reload_lock.release()
