@@ -27,6 +27,8 @@ LIMIT_WARNING_S = 60.0
 log = logging.getLogger("flowrl.serve")
 METRICS_TIMEOUT_S = 10.0
 """A metrics connection silent this long is closed (each holds a thread while open)."""
+METRICS_CONNECTIONS = 8
+"""Metrics connections served at once (a Prometheus server scrapes over one)."""
 
 
 class Histogram:
@@ -199,8 +201,30 @@ class Metrics:
 
 
 class _QuietHTTPServer(ThreadingHTTPServer):
-    """A scrape that fails (a client that resets its connection or times out) is no traceback on
-    stderr: anyone who reaches the metrics port could fill the log with them."""
+    """At most :data:`METRICS_CONNECTIONS` connections at once (one more is closed unanswered: a
+    client sending a header line every few seconds holds its thread past any read timeout), and a
+    scrape that fails (a client that resets its connection or times out) is no traceback on stderr:
+    anyone who reaches the metrics port could otherwise hold threads or fill the log without end."""
+
+    def __init__(self, *args, **kwargs) -> None:
+        super().__init__(*args, **kwargs)
+        self._slots = threading.BoundedSemaphore(METRICS_CONNECTIONS)
+
+    def process_request(self, request, client_address) -> None:
+        if not self._slots.acquire(blocking=False):
+            self.shutdown_request(request)
+            return
+        try:
+            super().process_request(request, client_address)  # its thread releases the slot
+        except BaseException:
+            self._slots.release()
+            raise
+
+    def process_request_thread(self, request, client_address) -> None:
+        try:
+            super().process_request_thread(request, client_address)
+        finally:
+            self._slots.release()
 
     def handle_error(self, request, client_address) -> None:
         log.debug("metrics request from %s failed", client_address, exc_info=True)

@@ -72,6 +72,7 @@ def reload_target(model: str, path: str) -> Path:
         check(given)
         given.stat()  # a missing file, or one no path can reach: a link loop, a name too long
         target = given.resolve() if is_onnx_path(given) else resolve_checkpoint(given).resolve()
+        check(target)  # here too: a link swapped for a file meanwhile makes resolve() raise EINVAL
     except FileNotFoundError:
         raise FlowRLError(f"model not found: {named(given)}") from None
     except (OSError, RuntimeError) as exc:  # RuntimeError: Path.resolve's link loop before Python 3.13
@@ -80,7 +81,6 @@ def reload_target(model: str, path: str) -> Path:
         raise ServeError(
             f"reload refused: {shown} is no usable path ({why})", grpc.StatusCode.INVALID_ARGUMENT
         ) from None
-    check(target)
     return target
 
 

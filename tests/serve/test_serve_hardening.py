@@ -4,6 +4,7 @@ into the weights, a blocked reload, tracebacks in the log."""
 
 from __future__ import annotations
 
+import errno
 import logging
 import os
 import socket
@@ -11,6 +12,7 @@ import struct
 import threading
 import time
 import urllib.request
+from pathlib import Path
 
 import grpc
 import numpy as np
@@ -24,6 +26,7 @@ from flowrl_deploy.errors import FlowRLError
 from flowrl_deploy.proto.flowrl.v1 import policy_pb2 as pb
 from flowrl_deploy.serve import metrics as metrics_module
 from flowrl_deploy.serve import reload as watch
+from flowrl_deploy.serve.errors import ServeError
 from flowrl_deploy.serve.metrics import Metrics, start_metrics_http
 from flowrl_deploy.serve.servicer import MAX_SESSION_ID
 
@@ -190,3 +193,53 @@ def test_a_reload_waiting_behind_another_gives_up_at_its_callers_deadline(server
         assert client.stats().reload_failures == failures + 1
     finally:
         server.servicer._reload_lock.release()
+
+
+def test_a_link_swapped_for_a_file_during_the_last_check_is_no_usable_path(tmp_path, monkeypatch):
+    """Path.resolve raised EINVAL (a link became a regular file between lstat and readlink) in the
+    check of the resolved target, outside the handling: INTERNAL and a traceback per Reload."""
+    served = tmp_path / "policy.onnx"
+    served.write_bytes(b"served")
+    (tmp_path / "x.onnx").write_bytes(b"new")
+    real_resolve, calls = Path.resolve, []
+
+    def racing_resolve(self, strict=False):
+        if self.name == "x.onnx":
+            calls.append(self)
+            if len(calls) == 3:  # the target's own check, after the candidate's check and resolve
+                raise OSError(errno.EINVAL, "Invalid argument", str(self))
+        return real_resolve(self, strict)
+
+    monkeypatch.setattr(Path, "resolve", racing_resolve)
+    with pytest.raises(ServeError, match=r"is no usable path \(Invalid argument\)") as refused:
+        watch.reload_target(str(served), "x.onnx")
+    assert refused.value.code == grpc.StatusCode.INVALID_ARGUMENT
+
+
+def test_the_metrics_port_serves_a_few_connections_at_once(monkeypatch):
+    """A client sending a header line every few seconds kept its connection (and thread) open past
+    the read timeout, and connections were not capped: one thread each, without end."""
+    monkeypatch.setattr(metrics_module, "METRICS_CONNECTIONS", 2)
+    httpd = start_metrics_http(Metrics(lambda: 0, lambda: "v1-test"), "127.0.0.1", 0)
+    port = httpd.server_address[1]
+    held = [socket.create_connection(("127.0.0.1", port), timeout=30) for _ in range(2)]
+    try:
+        for connection in held:
+            connection.sendall(b"GET /metrics HTTP/1.1\r\n")  # and never the end of the headers
+        with socket.create_connection(("127.0.0.1", port), timeout=30) as third:
+            assert third.recv(1) == b""  # closed unanswered while two are open
+        for connection in held:
+            connection.close()
+        deadline = time.monotonic() + 30
+        while time.monotonic() < deadline:  # their threads end once they see the close
+            try:
+                with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=5) as reply:
+                    assert b"flowrl_" in reply.read()
+                    break
+            except OSError:
+                time.sleep(0.1)
+        else:
+            pytest.fail("the metrics port never answered again")
+    finally:
+        httpd.shutdown()
+        httpd.server_close()
