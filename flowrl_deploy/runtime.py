@@ -47,7 +47,7 @@ def read_policy_file(path: str | os.PathLike[str]) -> bytes:
     with os.fdopen(fd, "rb") as file:
         info = os.fstat(file.fileno())
         if not stat.S_ISREG(info.st_mode):
-            raise FlowRLError(f"{path} is not a regular file (a device, pipe or socket), so not an ONNX model")
+            raise _not_a_regular_file(path)
         if info.st_size > MAX_POLICY_BYTES:
             raise FlowRLError(f"{path} holds {info.st_size} bytes, more than an ONNX file can (2 GiB)")
         return file.read()
@@ -62,7 +62,11 @@ def check_policy_file(path: str | os.PathLike[str]) -> None:
     if not path.exists():
         raise FlowRLError(f"ONNX model not found: {path}")
     if not path.is_file():
-        raise FlowRLError(f"{path} is not a regular file (a device, pipe or socket), so not an ONNX model")
+        raise _not_a_regular_file(path)
+
+
+def _not_a_regular_file(path: str | os.PathLike[str]) -> FlowRLError:
+    return FlowRLError(f"{path} is not a regular file (a device, pipe or socket), so not an ONNX model")
 
 
 def cuda_device_present() -> bool:
