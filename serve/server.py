@@ -188,12 +188,8 @@ class KnownServicesHealth(health.HealthServicer):
     def Watch(self, request, context, send_response_callback=None):
         if request.service in self.KNOWN:
             return super().Watch(request, context, send_response_callback)
-        unknown = health_pb2.HealthCheckResponse(status=health_pb2.HealthCheckResponse.SERVICE_UNKNOWN)
-        if send_response_callback is None:  # grpc's blocking form: a stream of replies
-            return iter([unknown])
-        send_response_callback(unknown)
-        send_response_callback(None)  # the end of the stream: this server never gets the service
-        return None
+        # the blocking form (a reply iterator), the one OpenStreams' wrapper calls: one reply, then the end
+        return iter([health_pb2.HealthCheckResponse(status=health_pb2.HealthCheckResponse.SERVICE_UNKNOWN)])
 
 
 class PolicyServer:
