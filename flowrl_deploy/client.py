@@ -23,6 +23,7 @@ from typing import TYPE_CHECKING
 
 import grpc
 import numpy as np
+from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from flowrl_deploy.codec import decode, encode
 from flowrl_deploy.connection import checked_target, checked_timeout, checked_token, is_flag
@@ -155,8 +156,6 @@ class PolicyClient:
         else:
             self.channel = grpc.insecure_channel(target, CHANNEL_OPTIONS)
         self.stub = pb_grpc.PolicyServiceStub(self.channel)
-        from grpc_health.v1 import health_pb2_grpc  # here: only clients that connect load it
-
         # made now, with the channel: a stub made on a channel another thread just closed crashes the process
         self._health = health_pb2_grpc.HealthStub(self.channel)
         self.closed = False
@@ -191,8 +190,6 @@ class PolicyClient:
 
     def wait_ready(self, timeout_s: float = 30.0) -> None:
         """Block until the server's health is SERVING; raise :class:`FlowRLError` after ``timeout_s``."""
-        from grpc_health.v1 import health_pb2
-
         timeout_s = checked_timeout(timeout_s)
         stub = self._health
         until = time.monotonic() + timeout_s
