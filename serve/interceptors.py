@@ -7,7 +7,8 @@ from __future__ import annotations
 import functools
 import hmac
 import threading
-from collections.abc import Callable
+import weakref
+from collections.abc import Callable, Iterator
 from typing import NamedTuple
 
 import grpc
@@ -95,6 +96,22 @@ class Cap(NamedTuple):
         return f"{self.refusal}; raise {self.flag}" if self.flag else f"{self.refusal} (a fixed cap)"
 
 
+def _held(replies: Iterator, returned: Callable[[], None]) -> Iterator:
+    """A response-streaming handler's ``replies``; its handler has returned (``returned()``, which
+    counts once) when they end, are closed, or are dropped, even never started (whose ``finally``
+    never runs)."""
+
+    def held() -> Iterator:
+        try:
+            yield from replies
+        finally:
+            returned()
+
+    stream = held()
+    weakref.finalize(stream, returned)
+    return stream
+
+
 class OpenStreams(grpc.ServerInterceptor):
     """Caps the calls in flight per kind, and ends the open streams on stop.
 
@@ -121,8 +138,9 @@ class OpenStreams(grpc.ServerInterceptor):
     ends (status OK) as soon as its reply is sent (the request in flight is finished, no new one is
     taken), and a Watch ends (OK) once it has sent the NOT_SERVING of the stop.
 
-    It also counts every call whose handler runs until gRPC has finished it (its status sent, or
-    cancelled), so that :meth:`wait_idle` tells when no call is left in flight."""
+    A call is counted (under its cap, and for :meth:`wait_idle`) until both gRPC has finished it (its
+    status sent, or cancelled) and its handler has returned, whichever comes last: a handler may run
+    on after its client cancelled, and it holds its thread until it returns."""
 
     def __init__(self, workers: int, on_refused: Callable[[str, Cap], None]) -> None:
         self._lock = threading.Lock()
@@ -173,10 +191,19 @@ class OpenStreams(grpc.ServerInterceptor):
         cap = next((cap for cap in self._caps if method.startswith(cap.prefix)), None)
 
         def counted(request, context: grpc.ServicerContext):
-            if not self._started(context, cap):
+            ended = self._started(context, cap)
+            if ended is None:
                 self._on_refused(method.rsplit("/", 1)[-1], cap)
                 context.abort(cap.code, cap.refusal)
-            return behavior(request, context)
+            try:
+                replies = behavior(request, context)
+            except BaseException:
+                ended()
+                raise
+            if not handler.response_streaming:
+                ended()
+                return replies
+            return _held(replies, ended)
 
         return getattr(grpc, f"{kind}_rpc_method_handler")(
             counted,
@@ -184,24 +211,35 @@ class OpenStreams(grpc.ServerInterceptor):
             response_serializer=handler.response_serializer,
         )
 
-    def _started(self, context: grpc.ServicerContext, cap: Cap | None) -> bool:
-        """Count the call in flight, or refuse it (False) when its cap, and the cap it overflows
-        into (:data:`CONTROL_CALLS` into the workers), are reached."""
+    def _started(self, context: grpc.ServicerContext, cap: Cap | None) -> Callable[[], None] | None:
+        """Count the call in flight, or refuse it (None) when its cap, and the cap it overflows into
+        (:data:`CONTROL_CALLS` into the workers), are reached. A counted call holds its slot until gRPC
+        has ended it and its handler has returned (call what this returns then): a slot freed at the
+        call's end alone, while a handler ran on past its client's cancel (a Reload building a large
+        model), let more calls in than there were threads, and gRPC refused the rest ("Concurrent RPC
+        limit exceeded!", counted nowhere)."""
         with self._lock:
             if cap is not None:
                 if self._open[cap] >= cap.most:
                     cap = self._overflow.get(cap)
                     if cap is None or self._open[cap] >= cap.most:
-                        return False
+                        return None
                 self._open[cap] += 1
             self._in_flight += 1
-        finished = functools.partial(self._finished, cap)
-        if not context.add_callback(finished):  # False: the call has already ended
-            finished()
-        return True
+        pending = {"call", "handler"}
+        if not context.add_callback(functools.partial(self._ended, cap, pending, "call")):  # False: it has ended
+            self._ended(cap, pending, "call")
+        return functools.partial(self._ended, cap, pending, "handler")
 
-    def _finished(self, cap: Cap | None) -> None:
+    def _ended(self, cap: Cap | None, pending: set[str], end: str) -> None:
+        """One ``end`` of a call (``call``, ``handler``) has come, each counted once: after both, its
+        slot is free."""
         with self._lock:
+            if end not in pending:
+                return
+            pending.remove(end)
+            if pending:
+                return
             if cap is not None:
                 self._open[cap] -= 1
             self._in_flight -= 1
