@@ -22,7 +22,8 @@ BATCH_BUCKETS = (1, 2, 4, 8, 16, 32, 64, 128, 256, 512, 1024)
 RECENT = 10_000
 """Latencies kept per method for the percentiles of ``GetStats``."""
 LIMIT_WARNING_S = 60.0
-"""A limit that refuses calls warns at most this often (with the refusals since its last warning)."""
+"""A limit that refuses calls warns at most this often (with the refusals since its last warning), and
+so does each status of a refused Reload."""
 
 log = logging.getLogger("flowrl.serve")
 METRICS_TIMEOUT_S = 10.0
@@ -74,7 +75,7 @@ class Metrics:
         self.reloads = 0
         self.reload_failures = 0
         self.refused_at: dict[str, int] = defaultdict(int)  # by limit
-        self._limit_warned: dict[str, tuple[float, int]] = {}  # by limit: its last warning, refusals since
+        self._warned: dict[str, tuple[float, int]] = {}  # by kind of warning: its last, those held back since
         self.limits: Callable[[], dict[str, tuple[int, int]]] = dict
         """By limit (``workers``, ``sessions``, …): what is in use of it, and its most; the server sets it."""
 
@@ -92,17 +93,29 @@ class Metrics:
     def record_limit(self, limit: str, why: str) -> None:
         """A call refused at ``limit``: counted, and warned of (``why`` names the limit and what raises
         it) at most once every :data:`LIMIT_WARNING_S` per limit, with the refusals since the last."""
-        now = time.monotonic()
         with self._lock:
             self.refused_at[limit] += 1
-            warned, since = self._limit_warned.get(limit, (None, 0))
-            if warned is not None and now - warned < LIMIT_WARNING_S:
-                self._limit_warned[limit] = (warned, since + 1)
-                return
-            self._limit_warned[limit] = (now, 0)
-        calls = "1 call" if since == 0 else f"{since + 1} calls"
-        during = "" if warned is None else f" in the last {now - warned:.0f} s"
+        due = self.warning_due(f"limit {limit}")
+        if due is None:
+            return
+        held, age = due
+        calls = "1 call" if held == 0 else f"{held + 1} calls"
+        during = "" if age is None else f" in the last {age:.0f} s"
         log.warning("refused %s at the %s limit%s: %s", calls, limit, during, why)
+
+    def warning_due(self, kind: str) -> tuple[int, float | None] | None:
+        """Whether a warning of ``kind`` is due, at most one every :data:`LIMIT_WARNING_S` per kind (a
+        caller that could repeat it without end must not flood the log): None when one was logged
+        more recently (this one is held back, and counted), else how many were held back since the
+        last one and the seconds since it (None: the first)."""
+        now = time.monotonic()
+        with self._lock:
+            warned, held = self._warned.get(kind, (None, 0))
+            if warned is not None and now - warned < LIMIT_WARNING_S:
+                self._warned[kind] = (warned, held + 1)
+                return None
+            self._warned[kind] = (now, 0)
+        return held, None if warned is None else now - warned
 
     def record_batch(self, size: int, inference_s: float) -> None:
         with self._lock:

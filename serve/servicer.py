@@ -477,6 +477,16 @@ class PolicyServicer(pb_grpc.PolicyServiceServicer):
             reload_failures=summary["reload_failures"],
         )
 
+    def _reload_refused(self, path: str, exc: ServeError) -> None:
+        """Warn of a refused Reload, at most once a minute per status (a caller refused in a loop
+        must not flood the log), with how many were refused since the last warning."""
+        code = exc.code.name
+        due = self.metrics.warning_due(f"Reload {code}")
+        if due is not None:
+            held, age = due
+            more = f" (and {held} more Reloads refused {code} in the last {age:.0f} s, not logged)" if held else ""
+            log.warning("Reload of %s refused (%s): %s%s", requested_path(path), code, loggable(exc), more)
+
     @_unary("Reload")
     def Reload(self, request: pb.ReloadRequest, context) -> pb.ReloadReply:
         try:
@@ -492,7 +502,6 @@ class PolicyServicer(pb_grpc.PolicyServiceServicer):
                     grpc.StatusCode.FAILED_PRECONDITION,
                 ) from exc
         except ServeError as exc:
-            path = requested_path(request.path or self.config.model)
-            log.warning("Reload of %s refused (%s): %s", path, exc.code.name, loggable(exc))
+            self._reload_refused(request.path or self.config.model, exc)
             raise
         return pb.ReloadReply(model_version=version, previous_version=previous)

@@ -8,6 +8,7 @@ import shutil
 import threading
 import time
 from pathlib import Path
+from types import SimpleNamespace
 
 import grpc
 import numpy as np
@@ -20,6 +21,7 @@ from flowrl_deploy.errors import FlowRLError
 from flowrl_deploy.proto.flowrl.v1 import policy_pb2 as pb
 from flowrl_deploy.runtime import OnnxPolicy
 from flowrl_deploy.serve import PolicyServer, ServeConfig
+from flowrl_deploy.serve import metrics as metrics_module
 from flowrl_deploy.serve import model as serve_model
 from flowrl_deploy.serve import reload as watch
 
@@ -402,8 +404,9 @@ def test_a_served_checkpoint_may_reload_a_later_one_of_its_run(tmp_path):
     assert f"outside {(run / 'checkpoints').resolve()}, the served checkpoint's run" in info.value.details
 
 
-def test_refused_reloads_are_logged_with_their_reason(served, caplog, tmp_path_factory):
+def test_refused_reloads_are_logged_with_their_reason(served, caplog, tmp_path_factory, monkeypatch):
     _, client, tmp = served
+    monkeypatch.setattr(metrics_module, "LIMIT_WARNING_S", 0.0)  # every refusal's warning is due
     broken = tmp / "broken.onnx"
     broken.write_bytes(b"not an onnx file")
     refused = {
@@ -420,6 +423,37 @@ def test_refused_reloads_are_logged_with_their_reason(served, caplog, tmp_path_f
     assert len(warnings) == len(refused)
     for line, (path, reason) in zip(warnings, refused.items(), strict=True):
         assert "Reload" in line and path in line and reason in line
+
+
+def test_refused_reloads_warn_at_most_once_a_minute_per_status_with_the_count_held_back(served, caplog, monkeypatch):
+    """Each refused Reload was a WARNING: a token holder, or a broken deploy script in a loop, could
+    flood the log. Like the refusals at a limit, each status warns at most once a minute, and the
+    next warning counts the refusals held back; every refusal is still counted for monitoring."""
+    _, client, _ = served
+    now = [1000.0]
+    monkeypatch.setattr(metrics_module, "time", SimpleNamespace(monotonic=lambda: now[0]))
+
+    def refused(path: str) -> None:
+        with pytest.raises(ServiceError):
+            client.reload(path)
+
+    with caplog.at_level("WARNING", logger="flowrl.serve"):
+        for _ in range(5):
+            refused("/etc/passwd")
+            now[0] += 10
+        refused("missing.onnx")  # another status: warned of on its own
+        now[0] += 30  # 80 s after the first warning
+        refused("/etc/shadow")
+    warnings = [r.getMessage() for r in caplog.records if r.levelname == "WARNING"]
+    assert len(warnings) == 3, warnings
+    assert warnings[0].startswith("Reload of '/etc/passwd' refused (PERMISSION_DENIED): ")
+    assert warnings[0].endswith("put the new model there")
+    assert warnings[1].startswith("Reload of 'missing.onnx' refused (FAILED_PRECONDITION): ")
+    assert warnings[2].startswith("Reload of '/etc/shadow' refused (PERMISSION_DENIED): ")
+    assert warnings[2].endswith(
+        "put the new model there (and 4 more Reloads refused PERMISSION_DENIED in the last 80 s, not logged)"
+    )
+    assert client.stats().reload_failures == 7
 
 
 def test_a_link_inside_the_allowed_area_cannot_reload_a_checkpoint_outside_it(tmp_path):
@@ -521,10 +555,11 @@ def test_watch_does_not_reload_while_the_served_file_is_missing(tmp_path, monkey
     assert [seen[-1] for seen in loads] == [replaced]
 
 
-def test_a_reload_path_cannot_write_lines_or_escapes_into_the_log(served, caplog):
+def test_a_reload_path_cannot_write_lines_or_escapes_into_the_log(served, caplog, monkeypatch):
     """The requested path used to be logged as sent: a newline in it forged a log line of its own,
     an ANSI escape drove the operator's terminal, a NUL reached the log."""
     _, client, tmp = served
+    monkeypatch.setattr(metrics_module, "LIMIT_WARNING_S", 0.0)  # every refusal's warning is due
     forged = "2026-11-26 14:31:00,000 INFO flowrl.serve: reloaded models/served.onnx: v1 -> v9 (forged)"
     paths = [f"evil\n{forged}", "evil\x1b[2J\x1b[31mred", "evil\x00nul", "evil\u2028line"]
     with caplog.at_level("INFO", logger="flowrl.serve"):
