@@ -9,14 +9,16 @@ from flowrl_deploy.errors import FlowRLError
 
 
 class ServeError(FlowRLError):
-    """An error whose message is safe to send to a client, with its gRPC status code."""
+    """An error whose message is safe to send to a client, with its gRPC status code, and what the
+    server's log adds to it (``detail``: what the client must not be told, e.g. where a link leads)."""
 
     code = grpc.StatusCode.INTERNAL
 
-    def __init__(self, message: str, code: grpc.StatusCode | None = None) -> None:
+    def __init__(self, message: str, code: grpc.StatusCode | None = None, detail: str = "") -> None:
         super().__init__(message)
         if code is not None:
             self.code = code
+        self.detail = detail
 
 
 class SessionNotFound(ServeError):

@@ -49,7 +49,9 @@ def reload_target(model: str, path: str) -> Path:
     ``last``): Reload must not become a way to make the server read any file it can reach. A
     relative ``path`` is looked up in that root and, for a run's ``checkpoints/`` folder, in the
     run above it (``step_…`` and ``checkpoints/step_…`` both name a checkpoint), never in the
-    server's working directory, which its clients cannot know."""
+    server's working directory, which its clients cannot know. A refusal names the path as sent
+    (a relative one also as found in the root), never where a link leads: that is its ``detail``,
+    for the server's log alone."""
     allowed, what = reload_root(model)
     shown = requested_path(path)
     if "\0" in path:
@@ -60,19 +62,23 @@ def reload_target(model: str, path: str) -> Path:
     def named(candidate: Path) -> str:
         return shown if candidate == Path(path) else f"{shown} ({candidate})"
 
-    def check(candidate: Path) -> None:
-        if not candidate.resolve().is_relative_to(allowed):
+    def check(given: Path, reached: Path) -> None:
+        """Refuse ``given`` when what it leads to, ``reached``, lies outside ``allowed``: the client is
+        told of ``given``, and only the log of where it leads (outside what the caller may load)."""
+        resolved = reached.resolve()
+        if not resolved.is_relative_to(allowed):
             raise ServeError(
-                f"reload refused: {named(candidate)} is outside {allowed}, {what}; put the new model there",
+                f"reload refused: {named(given)} is outside {allowed}, {what}; put the new model there",
                 grpc.StatusCode.PERMISSION_DENIED,
+                detail="" if resolved == given else f"it leads to {resolved}",
             )
 
     try:
         given = next((c for c in candidates if c.exists()), candidates[0])
-        check(given)
+        check(given, given)
         given.stat()  # a missing file, or one no path can reach: a link loop, a name too long
         target = given.resolve() if is_onnx_path(given) else resolve_checkpoint(given).resolve()
-        check(target)  # here too: a link swapped for a file meanwhile makes resolve() raise EINVAL
+        check(given, target)  # here too: a link swapped for a file meanwhile makes resolve() raise EINVAL
     except FileNotFoundError:
         raise FlowRLError(f"model not found: {named(given)}") from None
     except (OSError, RuntimeError) as exc:  # RuntimeError: Path.resolve's link loop before Python 3.13

@@ -485,7 +485,8 @@ class PolicyServicer(pb_grpc.PolicyServiceServicer):
         if due is not None:
             held, age = due
             more = f" (and {held} more Reloads refused {code} in the last {age:.0f} s, not logged)" if held else ""
-            log.warning("Reload of %s refused (%s): %s%s", requested_path(path), code, loggable(exc), more)
+            why = loggable(f"{exc}; {exc.detail}" if exc.detail else exc)  # the log says all the client was not told
+            log.warning("Reload of %s refused (%s): %s%s", requested_path(path), code, why, more)
 
     @_unary("Reload")
     def Reload(self, request: pb.ReloadRequest, context) -> pb.ReloadReply:

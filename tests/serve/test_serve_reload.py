@@ -469,6 +469,32 @@ def test_a_link_inside_the_allowed_area_cannot_reload_a_checkpoint_outside_it(tm
     assert secret.resolve() not in [c for c, _ in exporter.calls]
 
 
+def test_a_refused_reload_tells_the_client_the_path_it_sent_not_where_its_links_lead(tmp_path, caplog):
+    """A link in the served area leading outside it was refused with where it leads: a caller learnt
+    the location of files outside what it may load. The client is told of the path it sent (and,
+    for a relative one, where in the served area that is); the server's log also says where it leads."""
+    exporter = FakeExporter()
+    run, secret = tmp_path / "run", save_step(tmp_path / "secret", 7)
+    save_step(run, 1)
+    (run / "evil").mkdir()
+    (run / "evil" / "last").symlink_to(secret)
+    (run / "away.onnx").symlink_to(write_policy(tmp_path / "secret" / "away.onnx"))
+    server = PolicyServer(ServeConfig(str(run), port=0, grace_s=0), export_checkpoint=exporter).start()
+    refusals = []
+    with server, PolicyClient(server.address) as client, caplog.at_level("WARNING", logger="flowrl.serve"):
+        for path in ("evil", str(run / "evil"), "away.onnx"):
+            with pytest.raises(ServiceError) as info:
+                client.reload(path)
+            assert info.value.code == grpc.StatusCode.PERMISSION_DENIED
+            refusals.append(info.value.details)
+    for details in refusals:
+        assert "secret" not in details and f"is outside {run.resolve()}, the served run directory" in details
+    assert refusals[0].startswith(f"reload refused: 'evil' ({run / 'evil'}) is outside")
+    assert refusals[1].startswith(f"reload refused: '{run / 'evil'}' is outside")
+    logged = [r.getMessage() for r in caplog.records if r.levelname == "WARNING"]
+    assert len(logged) == 1 and f"leads to {secret.resolve()}" in logged[0]  # once a minute: the first
+
+
 def test_a_served_link_allows_files_beside_the_link_not_beside_its_target(tmp_path):
     (tmp_path / "deploy").mkdir()
     (tmp_path / "models").mkdir()
