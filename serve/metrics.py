@@ -132,7 +132,8 @@ class Metrics:
             self.reload_failures += 1
 
     def summary(self) -> dict:
-        """Per-method counts, errors and p50/p99 (µs) of recent calls, plus batch figures."""
+        """Per-method counts, errors and p50/p99 (µs) of recent calls, batch figures, and each limit's
+        use, most and refusals."""
         with self._lock:
             methods = {}
             for method in sorted({m for m, _ in self.requests} | set(self.recent)):
@@ -149,7 +150,12 @@ class Metrics:
                 }
             batches = self.batch_size.count
             mean_batch = self.batch_size.total / batches if batches else 0.0
+            limits = self.limits()
             return {
+                "limits": {  # by limit: in use, most, refused
+                    limit: (*limits.get(limit, (0, 0)), self.refused_at.get(limit, 0))
+                    for limit in sorted({*limits, *self.refused_at})
+                },
                 "uptime_s": time.monotonic() - self.started,
                 "methods": methods,
                 "batches": batches,

@@ -475,6 +475,10 @@ class PolicyServicer(pb_grpc.PolicyServiceServicer):
             mean_batch_size=summary["mean_batch_size"],
             reloads=summary["reloads"],
             reload_failures=summary["reload_failures"],
+            limits=[
+                pb.LimitStats(limit=limit, in_use=in_use, most=most, refused=refused)
+                for limit, (in_use, most, refused) in summary["limits"].items()
+            ],
         )
 
     def _reload_refused(self, path: str, exc: ServeError) -> None:

@@ -1,4 +1,4 @@
-"""`flowrl stats`: a running server's figures (GetStats): model, sessions, calls, latency, batches."""
+"""`flowrl stats`: a running server's figures (GetStats): model, sessions, calls, latency, batches, limits."""
 
 from __future__ import annotations
 
@@ -39,7 +39,8 @@ def stats(
     as_json: Annotated[bool, typer.Option("--json", help="Print the figures as JSON.")] = False,
     timeout: Annotated[float, typer.Option(parser=finite, help="Seconds to wait.")] = 5.0,
 ) -> None:
-    """Print a running server's model version, uptime, sessions, per-method calls and latency, batches and reloads."""
+    """Print a running server's model version, uptime, sessions, per-method calls and latency, batches,
+    reloads, and each limit's use and refusals."""
     with server_client(server, token, tls_ca, tls_cert, tls_key, timeout) as client:
         reply = client.stats()
     if as_json:
@@ -54,3 +55,7 @@ def stats(
     for m in reply.methods:
         p50, p99 = (f"{m.p50_us:>8.0f}", f"{m.p99_us:>8.0f}") if m.timed_calls else (f"{'-':>8}", f"{'-':>8}")
         typer.echo(f"{m.method:<10} {m.requests:>9} {m.errors:>7} {p50} {p99}")
+    if reply.limits:  # an older server sends none
+        typer.echo(f"{'limit':<10} {'in use':>9} {'most':>7} {'refused':>8}")
+        for limit in reply.limits:
+            typer.echo(f"{limit.limit:<10} {limit.in_use:>9} {limit.most:>7} {limit.refused:>8}")

@@ -9,6 +9,7 @@ from tiny_policy import write_policy
 from typer.testing import CliRunner
 
 from flowrl_deploy.cli import app
+from flowrl_deploy.client import PolicyClient, ServiceError
 from flowrl_deploy.serve import PolicyServer, ServeConfig
 
 runner = CliRunner()
@@ -40,6 +41,36 @@ def test_stats_counts_the_calls_made(served):
     # numbers as numbers (protobuf's JSON mapping wrote 64-bit counters as strings), snake_case as control --json
     assert (act["requests"], act["errors"], act["timed_calls"]) == (1, 0, 1) and act["p50_us"] > 0
     assert (figures["sessions"], figures["batches"], figures["reloads"]) == (0, 1, 0)
+
+
+def test_stats_shows_each_limit_in_use_and_its_refusals(tmp_path):
+    """The refusals at a limit were counted in Prometheus' flowrl_refused_total only: an operator
+    without Prometheus could not see that robots were being refused. GetStats and `flowrl stats`
+    give each limit: what is in use of it, its most, and the calls it refused."""
+    path = write_policy(tmp_path / "policy.onnx")
+    config = ServeConfig(str(path), port=0, token=TOKEN, workers=3, max_sessions=1, grace_s=0)
+    with PolicyServer(config).start() as server:
+        with PolicyClient(server.address, token=TOKEN) as client:
+            client.reset("robot-1")
+            for _ in range(2):
+                with pytest.raises(ServiceError):  # the session limit: refused, twice
+                    client.reset("robot-2")
+        text, as_json = call(server, "stats"), call(server, "stats", "--json")
+    assert text.exit_code == 0 and as_json.exit_code == 0, text.output + as_json.output
+    lines = text.output.splitlines()
+    header = lines.index(next(line for line in lines if line.startswith("limit ")))
+    assert lines[header].split() == ["limit", "in", "use", "most", "refused"]
+    rows = {line.split()[0]: line.split()[1:] for line in lines[header + 1 :]}
+    assert rows == {
+        "control": ["1", "4", "0"],  # the GetStats answering
+        "reflection": ["0", "2", "0"],
+        "sessions": ["1", "1", "2"],
+        "watch": ["0", "4", "0"],
+        "workers": ["0", "3", "0"],
+    }
+    limits = {row.pop("limit"): row for row in json.loads(as_json.output)["limits"]}
+    assert limits["sessions"] == {"in_use": 1, "most": 1, "refused": 2}
+    assert limits["workers"] == {"in_use": 0, "most": 3, "refused": 0}
 
 
 def test_calls_refused_for_their_token_are_counted_but_not_timed(served):

@@ -180,8 +180,20 @@ class MethodStats(_message.Message):
     timed_calls: int
     def __init__(self, method: _Optional[str] = ..., requests: _Optional[int] = ..., errors: _Optional[int] = ..., p50_us: _Optional[float] = ..., p99_us: _Optional[float] = ..., timed_calls: _Optional[int] = ...) -> None: ...
 
+class LimitStats(_message.Message):
+    __slots__ = ("limit", "in_use", "most", "refused")
+    LIMIT_FIELD_NUMBER: _ClassVar[int]
+    IN_USE_FIELD_NUMBER: _ClassVar[int]
+    MOST_FIELD_NUMBER: _ClassVar[int]
+    REFUSED_FIELD_NUMBER: _ClassVar[int]
+    limit: str
+    in_use: int
+    most: int
+    refused: int
+    def __init__(self, limit: _Optional[str] = ..., in_use: _Optional[int] = ..., most: _Optional[int] = ..., refused: _Optional[int] = ...) -> None: ...
+
 class GetStatsReply(_message.Message):
-    __slots__ = ("model_version", "uptime_s", "sessions", "methods", "batches", "mean_batch_size", "reloads", "reload_failures")
+    __slots__ = ("model_version", "uptime_s", "sessions", "methods", "batches", "mean_batch_size", "reloads", "reload_failures", "limits")
     MODEL_VERSION_FIELD_NUMBER: _ClassVar[int]
     UPTIME_S_FIELD_NUMBER: _ClassVar[int]
     SESSIONS_FIELD_NUMBER: _ClassVar[int]
@@ -190,6 +202,7 @@ class GetStatsReply(_message.Message):
     MEAN_BATCH_SIZE_FIELD_NUMBER: _ClassVar[int]
     RELOADS_FIELD_NUMBER: _ClassVar[int]
     RELOAD_FAILURES_FIELD_NUMBER: _ClassVar[int]
+    LIMITS_FIELD_NUMBER: _ClassVar[int]
     model_version: str
     uptime_s: float
     sessions: int
@@ -198,7 +211,8 @@ class GetStatsReply(_message.Message):
     mean_batch_size: float
     reloads: int
     reload_failures: int
-    def __init__(self, model_version: _Optional[str] = ..., uptime_s: _Optional[float] = ..., sessions: _Optional[int] = ..., methods: _Optional[_Iterable[_Union[MethodStats, _Mapping]]] = ..., batches: _Optional[int] = ..., mean_batch_size: _Optional[float] = ..., reloads: _Optional[int] = ..., reload_failures: _Optional[int] = ...) -> None: ...
+    limits: _containers.RepeatedCompositeFieldContainer[LimitStats]
+    def __init__(self, model_version: _Optional[str] = ..., uptime_s: _Optional[float] = ..., sessions: _Optional[int] = ..., methods: _Optional[_Iterable[_Union[MethodStats, _Mapping]]] = ..., batches: _Optional[int] = ..., mean_batch_size: _Optional[float] = ..., reloads: _Optional[int] = ..., reload_failures: _Optional[int] = ..., limits: _Optional[_Iterable[_Union[LimitStats, _Mapping]]] = ...) -> None: ...
 
 class ReloadRequest(_message.Message):
     __slots__ = ("path",)
