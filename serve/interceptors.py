@@ -143,7 +143,9 @@ class OpenStreams(grpc.ServerInterceptor):
     on after its client cancelled, and it holds its thread until it returns."""
 
     def __init__(self, workers: int, on_refused: Callable[[str, Cap], None]) -> None:
-        self._lock = threading.Lock()
+        # reentrant: a reply stream in a garbage cycle frees its slot on whichever thread collects it,
+        # maybe one inside this lock
+        self._lock = threading.RLock()
         self._idle = threading.Condition(self._lock)
         self._in_flight = 0
         busy = f"all --workers {workers} handler threads are busy (each open StreamAct holds one)"

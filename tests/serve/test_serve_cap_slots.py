@@ -174,3 +174,26 @@ def test_a_handler_that_fails_to_make_its_reply_stream_frees_its_slot_at_the_cal
         intercepted(streams, "GetStats", grpc.unary_stream_rpc_method_handler, failing)("request", context)
     context.end()
     assert streams.usage()["control"] == (0, 4) and streams.wait_idle(0)
+
+
+def test_a_reply_stream_freed_by_a_thread_holding_the_caps_lock_frees_its_slot_without_deadlock():
+    """A reply stream left in a garbage cycle (an aborted call's exception holds the frame that
+    holds it) is freed by whichever thread's allocation runs the collector, maybe one inside
+    OpenStreams' own lock: freeing its slot there must not wait for that lock forever."""
+    streams = OpenStreams(workers=1, on_refused=lambda method, cap: None)
+    context = CallContext()
+    stream = intercepted(streams, "GetStats", grpc.unary_stream_rpc_method_handler, lambda r, c: replies(1))(
+        "request", context
+    )
+    context.end()
+
+    def drop_inside_the_lock() -> None:
+        nonlocal stream
+        with streams._lock:
+            stream = None  # what a collection run here does
+
+    dropping = threading.Thread(target=drop_inside_the_lock, daemon=True)
+    dropping.start()
+    dropping.join(timeout=10)
+    assert not dropping.is_alive(), "deadlocked"
+    assert streams.usage()["control"] == (0, 4) and streams.wait_idle(0)
