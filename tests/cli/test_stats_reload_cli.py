@@ -73,6 +73,22 @@ def test_stats_shows_each_limit_in_use_and_its_refusals(tmp_path):
     assert limits["workers"] == {"in_use": 0, "most": 3, "refused": 0}
 
 
+def test_stats_of_a_server_that_sends_no_limits_prints_no_limit_table(served, monkeypatch):
+    """A server older than GetStats' `limits` sends none: no empty table under a header."""
+    server, _ = served
+    stats = PolicyClient.stats
+
+    def older(self):
+        reply = stats(self)
+        reply.ClearField("limits")
+        return reply
+
+    monkeypatch.setattr(PolicyClient, "stats", older)
+    result = call(server, "stats")
+    assert result.exit_code == 0, result.output
+    assert result.output.splitlines()[-1].startswith("method ")  # the (empty) methods table ends the output
+
+
 def test_calls_refused_for_their_token_are_counted_but_not_timed(served):
     server, _ = served
     assert call(server, "stats", token="wrong").exit_code == 1
