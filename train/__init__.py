@@ -11,7 +11,16 @@ imported from its module, ``flowrl_deploy.train.evaluate``, whose name it would 
 from __future__ import annotations
 
 import importlib
-from typing import Any
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:  # what __getattr__ loads on first use, typed for mypy and pyright (its own hint is Any)
+    from flowrl_deploy.train.checkpointing import load_actor as load_actor
+    from flowrl_deploy.train.checkpointing import resume_config as resume_config
+    from flowrl_deploy.train.config import TrainConfig as TrainConfig
+    from flowrl_deploy.train.evaluate import EvalResult as EvalResult
+    from flowrl_deploy.train.evaluate import checkpoint_act_fn as checkpoint_act_fn
+    from flowrl_deploy.train.loop import TrainResult as TrainResult
+    from flowrl_deploy.train.loop import train as train
 
 _EXPORTS = {
     "TrainConfig": "config",

@@ -1,0 +1,13 @@
+"""Mistakes the hints exist to catch: mypy --strict must report each line that ends in an ``error:``
+comment with the code it names, and nothing else (a hint gone ``Any`` lets its mistake through)."""
+
+from __future__ import annotations
+
+from flowrl_deploy.train import TrainConfig, TrainResult, load_actor
+
+
+def training(result: TrainResult) -> None:
+    TrainConfig(stepz=40_000)  # error: [call-arg]
+    TrainConfig(hidden="256")  # error: [arg-type]
+    load_actor(result.last_checkpoint)  # error: [arg-type]
+    print(result.last_checkpont)  # error: [attr-defined]

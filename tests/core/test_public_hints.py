@@ -1,0 +1,124 @@
+"""The hints a user's type checker reads (the package ships ``py.typed``): user code typed as the README
+writes it passes ``mypy --strict`` against the package as its wheel installs it, and the mistakes the
+hints exist for are reported.
+
+mypy runs once for the module, on the user files in ``hints/`` and the README's Python snippets, with
+the unpacked wheel first on its path (an installed package: ``py.typed`` is needed, and errors inside
+the package are not the user's, so mypy keeps them quiet). torch is skipped (read as ``Any``): analysing
+it would take ten seconds more and tells nothing about our hints.
+"""
+
+import ast
+import os
+import re
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import test_packaging
+
+import flowrl_deploy.train
+
+ROOT = Path(__file__).resolve().parents[2]
+HINTS = Path(__file__).resolve().parent / "hints"
+README = ROOT / "README.md"
+
+wheel = test_packaging.wheel  # the wheel built from this checkout
+
+MYPY_CONFIG = """\
+[mypy]
+strict = True
+cache_dir = /dev/null
+[mypy-torch.*]
+follow_imports = skip
+"""
+
+EXPECTED = re.compile(r"#\s*error: \[([a-z-]+)\]")
+"""How ``hints/mistakes.py`` marks a line mypy must report, with the error's code."""
+
+README_SNIPPETS = {"readme_training.py": "#### Training from Python"}
+"""The README's Python snippets checked, by the section whose first ``python`` block each is."""
+
+
+def readme_snippet(heading: str) -> str:
+    section = README.read_text().split(f"\n{heading}\n", 1)[1]
+    return re.search(r"```python\n(.*?)```", section, re.DOTALL).group(1)
+
+
+@pytest.fixture(scope="module")
+def mypy_errors(wheel, tmp_path_factory) -> dict[str, list[tuple[int, str, str]]]:
+    """Each checked file's errors as (line, code, message), by file name."""
+    work = tmp_path_factory.mktemp("hints")
+    site = work / "site"
+    wheel.extractall(site)
+    (work / "mypy.ini").write_text(MYPY_CONFIG)
+    files = sorted(HINTS.glob("*.py"))
+    for name, heading in README_SNIPPETS.items():
+        (work / name).write_text(readme_snippet(heading))
+        files.append(work / name)
+    result = subprocess.run(
+        [sys.executable, "-m", "mypy", "--config-file", str(work / "mypy.ini"), *map(str, files)],
+        capture_output=True,
+        text=True,
+        cwd=work,
+        env={**{k: v for k, v in os.environ.items() if k != "MYPYPATH"}, "PYTHONPATH": str(site)},
+        timeout=120,
+    )
+    output = result.stdout + result.stderr
+    # mypy must have run and checked every file: a missing mypy (dev extra) fails here, never passes
+    checked = re.search(r"(?:Success: no issues found in|checked) (\d+) source files?", output)
+    assert checked and int(checked.group(1)) == len(files), output[-3000:]
+    errors: dict[str, list[tuple[int, str, str]]] = {path.name: [] for path in files}
+    for line in output.splitlines():
+        if found := re.match(r"(.+?):(\d+): error: (.*?)(?:  \[([a-z-]+)\])?$", line):
+            path, number, message, code = found.groups()
+            assert Path(path).name in errors, f"an error outside the user's files: {line}"
+            errors[Path(path).name].append((int(number), code or "", message))
+    return errors
+
+
+def test_typed_training_code_passes_mypy_strict(mypy_errors):
+    assert mypy_errors["training.py"] == []
+
+
+@pytest.mark.parametrize("name", sorted(README_SNIPPETS))
+def test_the_readme_snippets_pass_mypy_strict(mypy_errors, name):
+    assert mypy_errors[name] == []
+
+
+def test_mypy_reports_the_mistakes_the_hints_exist_for(mypy_errors):
+    """Each marked line is reported with its code, and nothing else: a hint gone ``Any`` fails here."""
+    lines = (HINTS / "mistakes.py").read_text().splitlines()
+    expected = {(number, m.group(1)) for number, line in enumerate(lines, 1) if (m := EXPECTED.search(line))}
+    assert expected
+    assert {(number, code) for number, code, _ in mypy_errors["mistakes.py"]} == expected
+
+
+def _type_checking_imports(path: Path) -> dict[str, str]:
+    """The names ``path`` imports in its ``if TYPE_CHECKING:`` block, each with its module; only
+    ``from M import X as X`` counts (mypy --strict re-exports nothing else)."""
+    tree = ast.parse(path.read_text(), str(path))
+    (block,) = [node for node in tree.body if isinstance(node, ast.If) and ast.unparse(node.test) == "TYPE_CHECKING"]
+    names = {}
+    for node in block.body:
+        assert isinstance(node, ast.ImportFrom), ast.unparse(node)
+        for alias in node.names:
+            assert alias.asname == alias.name, f"{ast.unparse(node)}: write `{alias.name} as {alias.name}`"
+            names[alias.name] = node.module
+    return names
+
+
+def test_the_training_packages_typed_names_are_its_lazy_exports():
+    """What type checkers read (TYPE_CHECKING) and what ``__getattr__`` loads cannot drift apart."""
+    typed = _type_checking_imports(ROOT / "train" / "__init__.py")
+    loaded = {name: f"flowrl_deploy.train.{module}" for name, module in flowrl_deploy.train._EXPORTS.items()}
+    assert typed == loaded
+
+
+def test_importing_the_training_package_and_its_torch_free_names_loads_no_torch():
+    code = (
+        "import sys; import flowrl_deploy.train as t; t.TrainConfig, t.EvalResult, t.checkpoint_act_fn; "
+        "sys.exit('torch' in sys.modules)"
+    )
+    assert subprocess.run([sys.executable, "-c", code], timeout=60).returncode == 0
