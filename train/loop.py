@@ -71,24 +71,30 @@ class TrainResult:
     last_checkpoint: Path | None
     counters: Counters
     interrupted: bool = False
-    """Ctrl-C (SIGINT) or SIGTERM stopped the run early; ``last_checkpoint`` holds the state at the stop."""
+    """A stop signal (Ctrl-C, SIGTERM, SIGUSR1, SIGUSR2, SIGHUP) ended the run early; ``last_checkpoint``
+    holds the state at the stop."""
     stop_signal: int | None = None
-    """The signal that stopped it (``signal.SIGINT`` or ``signal.SIGTERM``), or None."""
+    """The signal that stopped it (``signal.SIGINT``, ``signal.SIGTERM``, …), or None."""
 
 
 class _StopOnSignal:
-    """Set by the first Ctrl-C or SIGTERM (a job scheduler's stop), so the loop stops between two
-    steps and saves a consistent ``last`` checkpoint; a second signal interrupts at once.
+    """Set by the first stop signal, so the loop stops between two steps and saves a consistent
+    ``last`` checkpoint: Ctrl-C, SIGTERM (a job scheduler's stop), SIGUSR1 or SIGUSR2 (the notice
+    a scheduler gives before its time limit: SLURM's ``--signal=USR1@300``, LSF, submitit), SIGHUP
+    (a closed terminal) unless ignored at start (``nohup``). A second signal interrupts at once.
     Installed only on the main thread."""
 
-    SIGNALS = (signal.SIGINT, signal.SIGTERM)
+    SIGNALS = (signal.SIGINT, signal.SIGTERM, signal.SIGUSR1, signal.SIGUSR2, signal.SIGHUP)
+    KEPT_IF_IGNORED = (signal.SIGHUP,)
 
     def __init__(self, enabled: bool) -> None:
         self.requested = False
         self.signum: int | None = None
         self._previous: dict[int, object] = {}
         if enabled and threading.current_thread() is threading.main_thread():
-            self._previous = {sig: signal.signal(sig, self._handler) for sig in self.SIGNALS}
+            for sig in self.SIGNALS:
+                if sig not in self.KEPT_IF_IGNORED or signal.getsignal(sig) is not signal.SIG_IGN:
+                    self._previous[sig] = signal.signal(sig, self._handler)
 
     def _handler(self, signum, frame) -> None:
         if self.requested:
@@ -163,7 +169,8 @@ def train(
     (another change is a :class:`ConfigError` raised before any file is touched). ``on_start()`` is
     called once every check has passed and every output is made, before the first step (a caller's
     warnings then never precede a refusal). With ``stop_on_signal`` (``flowrl train``), the first
-    Ctrl-C or SIGTERM ends the run after the current step with a saved ``last`` checkpoint and
+    stop signal (Ctrl-C, SIGTERM, SIGUSR1, SIGUSR2, or SIGHUP unless ignored) ends the run after the
+    current step with a saved ``last`` checkpoint and
     ``TrainResult.interrupted``, and a second one raises :class:`TrainingInterrupted` at once;
     otherwise Ctrl-C raises ``KeyboardInterrupt`` as usual.
 

@@ -329,10 +329,12 @@ def test_a_second_signal_before_any_checkpoint_says_none_was_saved(monkeypatch, 
     ]
 
 
-@pytest.mark.parametrize("signum", ["SIGINT", "SIGTERM"])
+@pytest.mark.parametrize("signum", ["SIGINT", "SIGTERM", "SIGUSR1", "SIGUSR2", "SIGHUP"])
 def test_ctrl_c_or_sigterm_saves_last_and_exits_with_a_message(monkeypatch, tmp_path, signum):
-    """The first SIGINT (Ctrl-C) or SIGTERM (a scheduler's stop) stops the loop between two steps,
-    saves a resumable `last`, says so, and exits with the shell's code for the signal (128 + its number)."""
+    """The first SIGINT (Ctrl-C), SIGTERM (a scheduler's stop), SIGUSR1 or SIGUSR2 (a scheduler's notice
+    before its time limit: SLURM's --signal=USR1@300, LSF, submitit) or SIGHUP (a closed terminal) stops the
+    loop between two steps, saves a resumable `last`, says so, and exits with the shell's code for the signal
+    (128 + its number). SIGUSR1/2 and SIGHUP killed the run at once, losing every step since the last save."""
     import os
     import signal
 
@@ -350,7 +352,8 @@ def test_ctrl_c_or_sigterm_saves_last_and_exits_with_a_message(monkeypatch, tmp_
     assert "Traceback" not in result.output
     assert read_document(out / "checkpoints" / "last")["counters"]["env_steps"] == 150
     assert signal.getsignal(signal.SIGINT) is signal.default_int_handler
-    assert signal.getsignal(signal.SIGTERM) is signal.SIG_DFL
+    for other in (signal.SIGTERM, signal.SIGUSR1, signal.SIGUSR2, signal.SIGHUP):
+        assert signal.getsignal(other) is signal.SIG_DFL
 
     monkeypatch.undo()
     result = runner.invoke(app, ["train", "--resume", str(out), "--steps", "200", "--no-progress"])
@@ -497,3 +500,25 @@ def test_the_help_says_each_evaluation_runs_its_episodes_twice():
     (option,) = [param for param in command.params if param.name == "eval_episodes"]
     assert "each run twice: with sampled noise (charts/eval_return" in option.help
     assert "from a0 = 0 (charts/eval_return_deterministic)" in option.help
+
+
+def test_sighup_ignored_at_start_stays_ignored(monkeypatch, tmp_path):
+    """Under `nohup` (SIGHUP ignored) a closed terminal must not stop the run."""
+    import os
+    import signal
+
+    class HangUpAt150(loop.Progress):
+        def update(self, steps, updates, force=False):
+            if steps == 150 and not force:
+                os.kill(os.getpid(), signal.SIGHUP)
+            super().update(steps, updates, force=force)
+
+    monkeypatch.setattr(loop, "Progress", HangUpAt150)
+    previous = signal.signal(signal.SIGHUP, signal.SIG_IGN)
+    try:
+        result = runner.invoke(app, ["train", *TINY, "--steps", "200", "--out", str(tmp_path / "run")])
+        assert signal.getsignal(signal.SIGHUP) is signal.SIG_IGN
+    finally:
+        signal.signal(signal.SIGHUP, previous)
+    assert result.exit_code == 0, result.output
+    assert "trained 200 env steps" in result.output
