@@ -23,6 +23,7 @@ from typing import TYPE_CHECKING
 
 import grpc
 import numpy as np
+import numpy.typing as npt
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from flowrl_deploy.codec import decode, encode
@@ -79,8 +80,8 @@ class PolicyInfo:
 
     obs_dim: int
     act_dim: int
-    action_low: np.ndarray
-    action_high: np.ndarray
+    action_low: npt.NDArray[np.float32]
+    action_high: npt.NDArray[np.float32]
     obs_names: tuple[str, ...]
     action_names: tuple[str, ...]
     flow_steps: int
@@ -238,7 +239,7 @@ class PolicyClient:
 
     def act_reply(
         self,
-        obs: np.ndarray,
+        obs: npt.ArrayLike,
         *,
         session_id: str = "",
         seed: int | None = None,
@@ -253,13 +254,13 @@ class PolicyClient:
 
     def act(
         self,
-        obs: np.ndarray,
+        obs: npt.ArrayLike,
         *,
         session_id: str = "",
         seed: int | None = None,
         contract_hash: str = "",
         timeout_s: float | None = None,
-    ) -> np.ndarray:
+    ) -> npt.NDArray[np.float32]:
         """Actions for ``obs`` ([obs_dim] → [act_dim], [B, obs_dim] → [B, act_dim]); the arguments
         as :meth:`act_reply`'s."""
         reply = self.act_reply(obs, session_id=session_id, seed=seed, contract_hash=contract_hash, timeout_s=timeout_s)

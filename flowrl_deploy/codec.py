@@ -11,6 +11,7 @@ from __future__ import annotations
 import math
 
 import numpy as np
+import numpy.typing as npt
 
 from flowrl_deploy.errors import FlowRLError
 from flowrl_deploy.proto.flowrl.v1 import policy_pb2 as pb
@@ -39,7 +40,7 @@ MAX_DIMS = 8
 """Dimensions a decoded tensor may declare (a policy's take 1 or 2; numpy refuses over 64)."""
 
 
-def as_float32(array: np.ndarray, *, name: str = "tensor") -> np.ndarray:
+def as_float32(array: npt.ArrayLike, *, name: str = "tensor") -> npt.NDArray[np.float32]:
     """``array`` as C-contiguous float32: float and integer dtypes convert (silently: a value beyond
     float32's range becomes Inf, for :func:`check_finite` to refuse); booleans, complex numbers,
     text, objects and ragged sequences raise :class:`TensorError`."""
@@ -63,14 +64,14 @@ def check_number_dtype(dtype: np.dtype, *, name: str = "tensor") -> None:
         raise TensorError(f"{name}: dtype {dtype} is not accepted{_DTYPE_REFUSALS.get(dtype.kind, _NUMBERS)}")
 
 
-def encode(array: np.ndarray, *, name: str = "tensor") -> pb.Tensor:
+def encode(array: npt.ArrayLike, *, name: str = "tensor") -> pb.Tensor:
     """A ``Tensor`` holding ``array`` as packed little-endian float32 bytes; raise :class:`TensorError`
     for what is not real numbers (see :func:`as_float32`)."""
     array = as_float32(array, name=name).astype(_LE_FLOAT32, copy=False)
     return pb.Tensor(dtype=pb.DTYPE_FLOAT32, shape=array.shape, data=array.tobytes())
 
 
-def decode(tensor: pb.Tensor, *, name: str = "tensor") -> np.ndarray:
+def decode(tensor: pb.Tensor, *, name: str = "tensor") -> npt.NDArray[np.float32]:
     """The float32 array a ``Tensor`` carries; raise :class:`TensorError` if it is malformed.
 
     From packed ``data`` (what :func:`encode` writes) it is a read-only view of the message's
@@ -116,7 +117,9 @@ def check_finite(array: np.ndarray, *, name: str = "tensor") -> None:
         raise TensorError(f"{name}: holds NaN, infinite or beyond-float32 values")
 
 
-def as_batch(array: np.ndarray, width: int, *, name: str = "obs", max_batch: int | None = None) -> np.ndarray:
+def as_batch(
+    array: npt.NDArray[np.float32], width: int, *, name: str = "obs", max_batch: int | None = None
+) -> npt.NDArray[np.float32]:
     """``array`` as [B, width] with B >= 1 (a 1-D [width] becomes B = 1); raise if its shape cannot be."""
     if array.ndim == 1:
         array = array[None, :]
@@ -129,7 +132,7 @@ def as_batch(array: np.ndarray, width: int, *, name: str = "obs", max_batch: int
     return array
 
 
-def policy_batch(array: np.ndarray, width: int, *, name: str) -> np.ndarray:
+def policy_batch(array: npt.ArrayLike, width: int, *, name: str) -> npt.NDArray[np.float32]:
     """``array`` as a float32 [B, width] batch of finite numbers, as a policy graph takes it
     (a 1-D [width] is B = 1); raise :class:`TensorError` naming ``name`` otherwise."""
     batch = as_batch(as_float32(array, name=name), width, name=name)

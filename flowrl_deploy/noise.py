@@ -15,6 +15,7 @@ import threading
 import time
 
 import numpy as np
+import numpy.typing as npt
 
 from flowrl_deploy.errors import FlowRLError
 from flowrl_deploy.fieldtypes import is_integer, shown
@@ -44,7 +45,7 @@ def session_noise(seed: int | None) -> np.random.Generator:
     return np.random.Generator(np.random.PCG64(checked_seed(seed)))
 
 
-def draw_noise(generator: np.random.Generator, batch: int, act_dim: int) -> np.ndarray:
+def draw_noise(generator: np.random.Generator, batch: int, act_dim: int) -> npt.NDArray[np.float32]:
     """The next noise block a0 ~ N(0, I), shape [batch, act_dim], float32."""
     return generator.standard_normal((batch, act_dim), dtype=np.float32)
 
@@ -65,7 +66,7 @@ class Session:
             self._generator = session_noise(seed)
             self.last_used = time.monotonic()
 
-    def noise(self, batch: int, act_dim: int) -> np.ndarray:
+    def noise(self, batch: int, act_dim: int) -> npt.NDArray[np.float32]:
         with self._lock:
             self.last_used = time.monotonic()
             return draw_noise(self._generator, batch, act_dim)

@@ -15,6 +15,7 @@ from collections.abc import Sequence
 from pathlib import Path
 
 import numpy as np
+import numpy.typing as npt
 
 from flowrl_deploy.affinity import check_thread_count
 from flowrl_deploy.checkpoint import DOCUMENT_FILE, MODEL_FILE
@@ -213,7 +214,7 @@ class OnnxPolicy:
     def takes_noise(self) -> bool:
         return NOISE_INPUT in self.input_names
 
-    def act(self, obs: np.ndarray, noise: np.ndarray | None = None) -> np.ndarray:
+    def act(self, obs: npt.ArrayLike, noise: npt.ArrayLike | None = None) -> npt.NDArray[np.float32]:
         """Actions [B, act_dim] for observations [B, obs_dim] (and noise [B, act_dim] if stochastic);
         one observation [obs_dim] (noise [act_dim]) gives one action [act_dim], as ``PolicyClient.act`` does."""
         codec, c = self._codec, self.contract
@@ -230,7 +231,7 @@ class OnnxPolicy:
         action = self.run(feeds[OBS_INPUT], feeds.get(NOISE_INPUT))
         return action[0] if np.ndim(obs) == 1 else action
 
-    def run(self, obs: np.ndarray, noise: np.ndarray | None) -> np.ndarray:
+    def run(self, obs: npt.NDArray[np.float32], noise: npt.NDArray[np.float32] | None) -> npt.NDArray[np.float32]:
         """Actions [B, act_dim] for inputs already checked as :meth:`act` checks them (float32
         [B, obs_dim] of finite numbers, and noise [B, act_dim] exactly when the graph takes it):
         the server's decoded batches, which would otherwise be checked twice on its hot path."""
@@ -239,7 +240,7 @@ class OnnxPolicy:
             return self._act_in_fixed_batches(feeds)
         return self.session.run([self.output_name], feeds)[0]
 
-    def _act_in_fixed_batches(self, feeds: dict[str, np.ndarray]) -> np.ndarray:
+    def _act_in_fixed_batches(self, feeds: dict[str, npt.NDArray[np.float32]]) -> npt.NDArray[np.float32]:
         """Run a fixed-batch graph on any number of rows: chunks of ``fixed_batch``, the last zero-padded."""
         b, n = self.fixed_batch, feeds[OBS_INPUT].shape[0]
         padded = -(-n // b) * b
@@ -251,7 +252,7 @@ class OnnxPolicy:
         return np.concatenate(chunks)[:n]
 
 
-def one_observation(obs: np.ndarray, obs_dim: int) -> np.ndarray:
+def one_observation(obs: npt.ArrayLike, obs_dim: int) -> npt.NDArray[np.float32]:
     """``obs``, one observation [obs_dim], as the float32 [1, obs_dim] batch of finite numbers a policy
     takes; :class:`~flowrl_deploy.codec.TensorError` otherwise, in the words ``OnnxPolicy.act`` uses."""
     from flowrl_deploy import codec  # here, not at the top: the CLI imports this module and starts without protobuf
@@ -288,7 +289,7 @@ class SeededPolicy:
         """Restart the noise as a session seeded ``seed`` (None: OS entropy)."""
         self._noise = session_noise(seed)
 
-    def act(self, obs: np.ndarray) -> np.ndarray:
+    def act(self, obs: npt.ArrayLike) -> npt.NDArray[np.float32]:
         """The action [act_dim] for one observation [obs_dim]; a :class:`~flowrl_deploy.codec.TensorError`
         for another shape, NaN or Inf, or values that are not real numbers."""
         batch = one_observation(obs, self.policy.contract.obs_dim)
@@ -301,7 +302,7 @@ class SeededPolicy:
             noise = draw_noise(self._noise, 1, act_dim)
         return self.policy.run(batch, noise)[0]
 
-    def __call__(self, obs: np.ndarray) -> np.ndarray:
+    def __call__(self, obs: npt.ArrayLike) -> npt.NDArray[np.float32]:
         return self.act(obs)
 
 

@@ -25,6 +25,7 @@ from pathlib import Path
 
 import grpc
 import numpy as np
+import numpy.typing as npt
 
 from flowrl_deploy.client import PolicyClient, ServiceError, checked_seed, service_error
 from flowrl_deploy.codec import TensorError, as_float32, check_finite, decode, encode
@@ -340,7 +341,7 @@ class ControlSession:
         self._obs_shapes = ((self.info.obs_dim,), (1, self.info.obs_dim))
         self.timings: collections.deque[CallTiming] = collections.deque(maxlen=max_timings)
         self.health = _Health()
-        self.last_action: np.ndarray | None = None
+        self.last_action: npt.NDArray[np.float32] | None = None
         self._seq = 0
         self._busy = threading.Lock()
         self._closed = False
@@ -355,7 +356,7 @@ class ControlSession:
         self._unanswered = 0  # the last tick sent on the stream whose reply has not come (0: none)
 
     # --- the tick ------------------------------------------------------------------------------
-    def act(self, obs: np.ndarray) -> np.ndarray:
+    def act(self, obs: npt.ArrayLike) -> npt.NDArray[np.float32]:
         """The action for this tick, fresh or fallback; raises :class:`WatchdogError` when unsafe.
 
         ``obs`` is one observation, [obs_dim] or [1, obs_dim], of finite numbers; another shape,
@@ -369,7 +370,7 @@ class ControlSession:
         finally:
             self._busy.release()
 
-    def _checked_obs(self, obs: np.ndarray) -> np.ndarray:
+    def _checked_obs(self, obs: npt.ArrayLike) -> npt.NDArray[np.float32]:
         array = as_float32(obs, name="obs")  # bool, text and complex are refused, as encode refuses them
         if array.shape not in self._obs_shapes:
             dim = self.info.obs_dim
@@ -378,7 +379,7 @@ class ControlSession:
         check_finite(array, name="obs")
         return array
 
-    def _tick(self, obs: np.ndarray) -> np.ndarray:
+    def _tick(self, obs: npt.NDArray[np.float32]) -> npt.NDArray[np.float32]:
         self._seq += 1
         seq = self._seq
         start = time.perf_counter()
@@ -406,7 +407,7 @@ class ControlSession:
         self.last_action = action  # the session's own: never handed out, so "hold" repeats what was returned
         return action.copy()
 
-    def _exchange(self, obs: np.ndarray, seq: int, until: float) -> pb.StreamActReply | str:
+    def _exchange(self, obs: npt.NDArray[np.float32], seq: int, until: float) -> pb.StreamActReply | str:
         """The fresh reply to tick ``seq``, or why there is none (a :attr:`CallTiming.reason`)."""
         stream = self._live_stream()
         if stream is None:
@@ -502,7 +503,7 @@ class ControlSession:
         )
         self._warned = ""
 
-    def _fallback(self, obs: np.ndarray) -> np.ndarray:
+    def _fallback(self, obs: npt.NDArray[np.float32]) -> npt.NDArray[np.float32]:
         if self.local is not None:
             return self.local.act(obs)
         if self.fallback == "hold" and self.last_action is not None:

@@ -266,4 +266,4 @@ def test_session_spells_out_the_control_sessions_parameters_for_an_ide():
 
 def test_act_spells_out_the_parameters_of_act_reply():
     assert _parameters(PolicyClient.act, 1) == _parameters(PolicyClient.act_reply, 1)
-    assert inspect.signature(PolicyClient.act).return_annotation == "np.ndarray"
+    assert inspect.signature(PolicyClient.act).return_annotation == "npt.NDArray[np.float32]"

@@ -37,8 +37,31 @@ follow_imports = skip
 EXPECTED = re.compile(r"#\s*error: \[([a-z-]+)\]")
 """How ``hints/mistakes.py`` marks a line mypy must report, with the error's code."""
 
-README_SNIPPETS = {"readme_training.py": "#### Training from Python"}
-"""The README's Python snippets checked, by the section whose first ``python`` block each is."""
+ROBOT = """\
+import numpy as np
+import numpy.typing as npt
+
+
+def running() -> bool:
+    return False
+
+
+def read_sensors() -> list[float]:  # a ROS message's data
+    return [0.0] * 5
+
+
+def apply(action: npt.NDArray[np.float32]) -> None: ...
+def sleep_until_next_tick() -> None: ...
+def stop_robot() -> None: ...
+"""
+"""The robot's own functions the control-loop snippet calls, typed as a robot team would."""
+
+README_SNIPPETS = {
+    "readme_training.py": ("#### Training from Python", ""),
+    "readme_serve.py": ("### `flowrl serve`, the client and `flowrl control`", ""),
+    "readme_control_loop.py": ("#### In the robot's control loop (Python, no torch needed)", ROBOT),
+}
+"""The README's Python snippets checked: the first ``python`` block of each section, after its prelude."""
 
 
 def readme_snippet(heading: str) -> str:
@@ -54,8 +77,8 @@ def mypy_errors(wheel, tmp_path_factory) -> dict[str, list[tuple[int, str, str]]
     wheel.extractall(site)
     (work / "mypy.ini").write_text(MYPY_CONFIG)
     files = sorted(HINTS.glob("*.py"))
-    for name, heading in README_SNIPPETS.items():
-        (work / name).write_text(readme_snippet(heading))
+    for name, (heading, prelude) in README_SNIPPETS.items():
+        (work / name).write_text(prelude + readme_snippet(heading))
         files.append(work / name)
     result = subprocess.run(
         [sys.executable, "-m", "mypy", "--config-file", str(work / "mypy.ini"), *map(str, files)],
@@ -80,6 +103,10 @@ def mypy_errors(wheel, tmp_path_factory) -> dict[str, list[tuple[int, str, str]]
 
 def test_typed_training_code_passes_mypy_strict(mypy_errors):
     assert mypy_errors["training.py"] == []
+
+
+def test_observations_as_lists_and_float32_actions_pass_mypy_strict(mypy_errors):
+    assert mypy_errors["observations.py"] == []
 
 
 @pytest.mark.parametrize("name", sorted(README_SNIPPETS))

@@ -3,6 +3,11 @@ comment with the code it names, and nothing else (a hint gone ``Any`` lets its m
 
 from __future__ import annotations
 
+import numpy as np
+import numpy.typing as npt
+
+from flowrl_deploy.client import PolicyClient
+from flowrl_deploy.session import ControlSession
 from flowrl_deploy.train import TrainConfig, TrainResult, load_actor
 
 
@@ -11,3 +16,10 @@ def training(result: TrainResult) -> None:
     TrainConfig(hidden="256")  # error: [arg-type]
     load_actor(result.last_checkpoint)  # error: [arg-type]
     print(result.last_checkpont)  # error: [attr-defined]
+
+
+def actions(client: PolicyClient, session: ControlSession, sensors: list[float] | None) -> None:
+    wide: npt.NDArray[np.float64] = client.act([0.1])  # error: [assignment]
+    wide = session.act(np.zeros(5))  # error: [assignment]
+    session.act(sensors)  # error: [arg-type]
+    print(wide)
