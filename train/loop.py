@@ -57,7 +57,7 @@ class Counters:
 
 
 class TrainingInterrupted(Interrupted):
-    """A second stop signal stopped :func:`train` at once, saving nothing more: ``last_checkpoint``
+    """A second Ctrl-C stopped :func:`train` at once, saving nothing more: ``last_checkpoint``
     (None if none) is the last one saved, or resumed from, in ``run_dir``."""
 
     def __init__(self, signum: int, run_dir: Path, last_checkpoint: Path | None) -> None:
@@ -81,8 +81,10 @@ class _StopOnSignal:
     """Set by the first stop signal, so the loop stops between two steps and saves a consistent
     ``last`` checkpoint: Ctrl-C, SIGTERM (a job scheduler's stop), SIGUSR1 or SIGUSR2 (the notice
     a scheduler gives before its time limit: SLURM's ``--signal=USR1@300``, LSF, submitit), SIGHUP
-    (a closed terminal) unless ignored at start (``nohup``). A second signal interrupts at once.
-    Installed only on the main thread."""
+    (a closed terminal) unless ignored at start (``nohup``). A second Ctrl-C interrupts at once; a
+    repeat of another signal is ignored, since a scheduler may deliver its stop twice (to the process,
+    and forwarded by ``srun``) and escalates with SIGKILL, never with another one. Installed only on
+    the main thread."""
 
     SIGNALS = (signal.SIGINT, signal.SIGTERM, signal.SIGUSR1, signal.SIGUSR2, signal.SIGHUP)
     KEPT_IF_IGNORED = (signal.SIGHUP,)
@@ -97,9 +99,10 @@ class _StopOnSignal:
                     self._previous[sig] = signal.signal(sig, self._handler)
 
     def _handler(self, signum, frame) -> None:
-        if self.requested:
+        if not self.requested:
+            self.requested, self.signum = True, signum
+        elif signum == signal.SIGINT:
             raise Interrupted(signum)
-        self.requested, self.signum = True, signum
 
     def restore(self) -> None:
         for sig, previous in self._previous.items():
@@ -171,7 +174,7 @@ def train(
     warnings then never precede a refusal). With ``stop_on_signal`` (``flowrl train``), the first
     stop signal (Ctrl-C, SIGTERM, SIGUSR1, SIGUSR2, or SIGHUP unless ignored) ends the run after the
     current step with a saved ``last`` checkpoint and
-    ``TrainResult.interrupted``, and a second one raises :class:`TrainingInterrupted` at once;
+    ``TrainResult.interrupted``, and a second Ctrl-C raises :class:`TrainingInterrupted` at once;
     otherwise Ctrl-C raises ``KeyboardInterrupt`` as usual.
 
     ``cfg.threads`` sets torch's thread count for the run only: the caller's comes back when it returns
@@ -237,7 +240,7 @@ def _train(
             _after_step(run, metrics, stopped=lambda: stop.requested)
         if counters.env_steps > first_step:  # no step taken (a stop before the first): nothing new to save
             run.save()
-    except Interrupted as exc:  # a second stop signal: at once, between any two lines
+    except Interrupted as exc:  # a second Ctrl-C: at once, between any two lines
         raise TrainingInterrupted(exc.signum, run.run_dir, run.last_checkpoint) from None
     except FlowRLError as exc:  # the policy diverged, or a checkpoint or metrics file could not be written
         raise FlowRLError(

@@ -177,13 +177,13 @@ def train(
 
     try:
         result = run_training(cfg, resume=resume, progress=progress, stop_on_signal=True, on_start=warn)
-    except TrainingInterrupted as exc:  # a second signal: say what is left to resume from, then user_errors says why
+    except TrainingInterrupted as exc:  # a second Ctrl-C: say what is left to resume from, then user_errors says why
         saved = (
             f"the last checkpoint saved is {exc.last_checkpoint}; continue with --resume {exc.run_dir}"
             if exc.last_checkpoint
             else "no checkpoint was saved"
         )
-        typer.secho(f"stopped at once by a second signal: {saved}", err=True, fg=typer.colors.YELLOW)
+        typer.secho(f"stopped at once by a second Ctrl-C: {saved}", err=True, fg=typer.colors.YELLOW)
         raise
     if result.interrupted:
         saved = f"last checkpoint {result.last_checkpoint}; " if result.last_checkpoint else ""
