@@ -3,6 +3,9 @@
 from __future__ import annotations
 
 import gc
+import json
+import subprocess
+import sys
 
 from flowrl_deploy.gc_freeze import gc_frozen
 
@@ -44,3 +47,45 @@ def test_the_block_releases_its_freeze_when_it_raises():
     except KeyError:
         pass
     assert gc.get_freeze_count() == 0
+
+
+# CPython 3.12 starts with objects already frozen (375 of its own tuples in 3.12.1), which the block
+# once took for a caller's freeze: it then never unfroze, and a garbage cycle from before it was never
+# collected. A fresh interpreter that freezes before importing gc_freeze plays that on any version.
+PRE_FROZEN_INTERPRETER = """
+import gc, json, weakref
+
+gc.freeze()  # what CPython 3.12 does at start-up
+from flowrl_deploy.gc_freeze import gc_frozen
+
+
+class Node:
+    pass
+
+
+node = Node()
+node.self = node
+ref = weakref.ref(node)
+with gc_frozen():
+    pass
+left_frozen = gc.get_freeze_count()  # read now: 3.12's full collections refreeze its immortal objects
+del node
+gc.collect()
+collected = ref() is None
+gc.freeze()  # now a caller's own freeze, made after the import
+callers = gc.get_freeze_count()
+with gc_frozen():
+    pass
+print(json.dumps({"collected": collected, "left_frozen": left_frozen, "callers": callers,
+                  "after_callers": gc.get_freeze_count()}))
+"""
+
+
+def test_an_interpreter_that_starts_with_frozen_objects_gets_them_back_under_the_collector():
+    done = subprocess.run(
+        [sys.executable, "-c", PRE_FROZEN_INTERPRETER], capture_output=True, text=True, timeout=60, check=True
+    )
+    seen = json.loads(done.stdout)
+    assert seen["collected"], "a reference cycle made before the block was never collected"
+    assert seen["left_frozen"] == 0
+    assert seen["after_callers"] >= seen["callers"] > 0, "a freeze made after the import was undone"
