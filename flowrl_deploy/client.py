@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import contextlib
 import json
+import os
 import time
 import warnings
 from collections.abc import Iterator
@@ -30,7 +31,7 @@ from flowrl_deploy.codec import decode, encode
 from flowrl_deploy.connection import checked_target, checked_timeout, checked_token, is_flag
 from flowrl_deploy.contract import PolicyContract
 from flowrl_deploy.errors import FlowRLError
-from flowrl_deploy.noise import checked_seed
+from flowrl_deploy.noise import Seed, checked_seed
 from flowrl_deploy.proto.flowrl.v1 import policy_pb2 as pb
 from flowrl_deploy.proto.flowrl.v1 import policy_pb2_grpc as pb_grpc
 from flowrl_deploy.tls import check_key_pair, read_certificates
@@ -101,7 +102,10 @@ TLS_FLAGS = ("--tls-ca", "--tls-cert", "--tls-key")
 
 
 def channel_credentials(
-    tls_ca: str = "", tls_cert: str = "", tls_key: str = "", names: tuple[str, str, str] = TLS_ARGUMENTS
+    tls_ca: str | os.PathLike[str] = "",
+    tls_cert: str | os.PathLike[str] = "",
+    tls_key: str | os.PathLike[str] = "",
+    names: tuple[str, str, str] = TLS_ARGUMENTS,
 ) -> grpc.ChannelCredentials:
     """TLS credentials from PEM files: the server's CA, and for mTLS the client's cert and key.
 
@@ -140,9 +144,9 @@ class PolicyClient:
         target: str,
         *,
         token: str | None = "",
-        tls_ca: str = "",
-        tls_cert: str = "",
-        tls_key: str = "",
+        tls_ca: str | os.PathLike[str] = "",
+        tls_cert: str | os.PathLike[str] = "",
+        tls_key: str | os.PathLike[str] = "",
         timeout_s: float | None = 1.0,
         target_name: str = "target",
     ) -> None:
@@ -242,7 +246,7 @@ class PolicyClient:
         obs: npt.ArrayLike,
         *,
         session_id: str = "",
-        seed: int | None = None,
+        seed: Seed | None = None,
         contract_hash: str = "",
         timeout_s: float | None = None,
     ) -> pb.ActReply:
@@ -257,7 +261,7 @@ class PolicyClient:
         obs: npt.ArrayLike,
         *,
         session_id: str = "",
-        seed: int | None = None,
+        seed: Seed | None = None,
         contract_hash: str = "",
         timeout_s: float | None = None,
     ) -> npt.NDArray[np.float32]:
@@ -267,7 +271,7 @@ class PolicyClient:
         return decode(reply.action, name="action")
 
     def reset(
-        self, session_id: str, seed: int | None = None, *, contract_hash: str = "", timeout_s: float | None = None
+        self, session_id: str, seed: Seed | None = None, *, contract_hash: str = "", timeout_s: float | None = None
     ) -> str:
         """Open or restart a session (reseeding its noise); returns the model version."""
         request = pb.ResetRequest(session_id=session_id, contract_hash=contract_hash)
@@ -289,9 +293,9 @@ class PolicyClient:
         period_s: float,
         deadline_s: float | None = None,
         session_id: str = "",
-        seed: int | None = None,
+        seed: Seed | None = None,
         fallback: str = "hold",
-        local_model: str = "",
+        local_model: str | os.PathLike[str] = "",
         max_consecutive_misses: int | None = None,
         max_staleness_s: float | None = None,
         max_rate: float | None = None,

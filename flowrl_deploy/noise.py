@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import threading
 import time
+from typing import Any, TypeAlias
 
 import numpy as np
 import numpy.typing as npt
@@ -20,8 +21,11 @@ import numpy.typing as npt
 from flowrl_deploy.errors import FlowRLError
 from flowrl_deploy.fieldtypes import is_integer, shown
 
+Seed: TypeAlias = "int | np.integer[Any]"
+"""A noise seed as the API takes it: a Python or NumPy integer in [0, 2**64)."""
 
-def checked_seed(seed: int | None, name: str = "seed") -> int | None:
+
+def checked_seed(seed: Seed | None, name: str = "seed") -> Seed | None:
     """A noise seed travels as a uint64: refuse others with a clear error naming ``name`` (the
     argument or the flag), not numpy's or protobuf's ValueError or TypeError."""
     if seed is None:
@@ -39,7 +43,7 @@ def run_seed_problem(flag: str, seed: int) -> str | None:
     return None if 0 <= seed < 2**32 else f"{flag} must lie in [0, 2**32), got {seed}"
 
 
-def session_noise(seed: int | None) -> np.random.Generator:
+def session_noise(seed: Seed | None) -> np.random.Generator:
     """The generator a session seeded with ``seed`` draws from (``None``: OS entropy); a seed that is
     no uint64 raises :class:`FlowRLError` (see :func:`checked_seed`)."""
     return np.random.Generator(np.random.PCG64(checked_seed(seed)))

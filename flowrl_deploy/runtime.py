@@ -21,7 +21,7 @@ from flowrl_deploy.affinity import check_thread_count
 from flowrl_deploy.checkpoint import DOCUMENT_FILE, MODEL_FILE
 from flowrl_deploy.contract import NOISE_INPUT, OBS_INPUT, PolicyContract, contract_from_metadata
 from flowrl_deploy.errors import FlowRLError, SpecError
-from flowrl_deploy.noise import draw_noise, session_noise
+from flowrl_deploy.noise import Seed, draw_noise, session_noise
 
 
 def is_onnx_path(path: str | Path) -> bool:
@@ -276,7 +276,7 @@ class SeededPolicy:
     def __init__(
         self,
         model: str | os.PathLike[str] | OnnxPolicy,
-        seed: int | None = 0,
+        seed: Seed | None = 0,
         *,
         deterministic: bool = False,
         providers: list[str] | None = None,
@@ -285,7 +285,7 @@ class SeededPolicy:
         self.deterministic = deterministic
         self.reseed(seed)
 
-    def reseed(self, seed: int | None) -> None:
+    def reseed(self, seed: Seed | None) -> None:
         """Restart the noise as a session seeded ``seed`` (None: OS entropy)."""
         self._noise = session_noise(seed)
 

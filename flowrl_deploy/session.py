@@ -15,6 +15,7 @@ import hashlib
 import json
 import logging
 import math
+import os
 import queue
 import random
 import threading
@@ -27,12 +28,13 @@ import grpc
 import numpy as np
 import numpy.typing as npt
 
-from flowrl_deploy.client import PolicyClient, ServiceError, checked_seed, service_error
+from flowrl_deploy.client import PolicyClient, ServiceError, service_error
 from flowrl_deploy.codec import TensorError, as_float32, check_finite, decode, encode
 from flowrl_deploy.connection import checked_timeout, is_flag
 from flowrl_deploy.contract import MAX_CONTROL_PERIOD_S, MAX_HZ, MIN_CONTROL_PERIOD_S, MIN_HZ, PolicyContract
 from flowrl_deploy.errors import FlowRLError
 from flowrl_deploy.fieldtypes import is_integer, is_number, shown
+from flowrl_deploy.noise import Seed, checked_seed
 from flowrl_deploy.proto.flowrl.v1 import policy_pb2 as pb
 
 log = logging.getLogger("flowrl.client")
@@ -92,7 +94,7 @@ def _duration(name: str, seconds: object) -> str:
 def check_session_settings(
     *,
     fallback: str,
-    local_model: str,
+    local_model: str | os.PathLike[str],
     max_consecutive_misses: int | None,
     deadline_s: float | None,
     names: dict[str, str] = SESSION_ARGUMENTS,
@@ -199,7 +201,7 @@ class _Health:
     """The latest fallback tick's ``CallTiming.reason``; '' until the first fallback (kept after fresh actions)."""
 
 
-def _check_local_file(local_model: str, model_version: str) -> None:
+def _check_local_file(local_model: str | os.PathLike[str], model_version: str) -> None:
     """Warn when the local fallback's file is not the served one: the served ``model_version`` is
     ``v<generation>-<sha256 prefix of the served file>``. Matching contracts say only that the
     shapes, bounds and names agree; another seed's or checkpoint's weights have them too. Not an
@@ -270,9 +272,9 @@ class ControlSession:
         period_s: float,
         deadline_s: float | None = None,
         session_id: str = "",
-        seed: int | None = None,
+        seed: Seed | None = None,
         fallback: str = "hold",
-        local_model: str = "",
+        local_model: str | os.PathLike[str] = "",
         max_consecutive_misses: int | None = None,
         max_staleness_s: float | None = None,
         max_rate: float | None = None,
@@ -546,7 +548,7 @@ class ControlSession:
         self.client.check_open()  # a closed client's channel never reconnects: no fallback would end
 
     # --- episodes and lifetime -------------------------------------------------------------------
-    def reset(self, seed: int | None = None) -> None:
+    def reset(self, seed: Seed | None = None) -> None:
         """A new episode: reseed the session's noise (and the local fallback's), forget the last
         action and restart the staleness clock.
 

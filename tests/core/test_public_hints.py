@@ -15,10 +15,16 @@ import subprocess
 import sys
 from pathlib import Path
 
+import numpy as np
 import pytest
 import test_packaging
+from pki import issue, write_pem
+from tiny_policy import write_policy
 
 import flowrl_deploy.train
+from flowrl_deploy.client import PolicyClient
+from flowrl_deploy.runtime import SeededPolicy
+from flowrl_deploy.serve import PolicyServer, ServeConfig
 
 ROOT = Path(__file__).resolve().parents[2]
 HINTS = Path(__file__).resolve().parent / "hints"
@@ -107,6 +113,32 @@ def test_typed_training_code_passes_mypy_strict(mypy_errors):
 
 def test_observations_as_lists_and_float32_actions_pass_mypy_strict(mypy_errors):
     assert mypy_errors["observations.py"] == []
+
+
+def test_paths_and_numpy_seeds_the_client_takes_pass_mypy_strict(mypy_errors):
+    assert mypy_errors["paths_and_seeds.py"] == []
+
+
+def test_the_paths_and_numpy_seeds_the_hints_allow_work(tmp_path):
+    """What ``hints/paths_and_seeds.py`` passes the type checker runs too."""
+    ca_key, ca_cert = issue("flowrl test CA", ca=True)
+    cert, key = map(Path, write_pem(tmp_path, "robot", *issue("robot", ca_key, ca_cert.subject)))
+    ca = Path(write_pem(tmp_path, "ca", ca_key, ca_cert)[0])
+    PolicyClient("127.0.0.1:1", tls_ca=ca, tls_cert=cert, tls_key=key).close()
+    model = write_policy(tmp_path / "policy.onnx")
+    obs = [0.1] * SeededPolicy(model).policy.contract.obs_dim
+    local = SeededPolicy(model, seed=np.uint64(2**64 - 1))
+    local.reseed(np.int64(3))
+    with (
+        PolicyServer(ServeConfig(str(model), port=0, providers=("CPUExecutionProvider",))).start() as server,
+        PolicyClient(server.address) as client,
+    ):
+        assert client.act(obs, seed=np.uint32(3)).dtype == np.float32
+        client.reset("episode", np.int64(3))
+        with client.session(period_s=0.5, fallback="local", local_model=model, seed=np.uint64(3)) as session:
+            assert session.act(obs).dtype == np.float32
+            session.reset(np.int8(4))
+            np.testing.assert_array_equal(session.act(obs), SeededPolicy(model, seed=4).act(obs))
 
 
 @pytest.mark.parametrize("name", sorted(README_SNIPPETS))
