@@ -36,8 +36,14 @@ from flowrl_deploy.proto.flowrl.v1 import policy_pb2 as pb
 from flowrl_deploy.proto.flowrl.v1 import policy_pb2_grpc as pb_grpc
 from flowrl_deploy.tls import check_key_pair, read_certificates
 
-if TYPE_CHECKING:
-    from flowrl_deploy.session import ControlSession
+if TYPE_CHECKING:  # the names that moved to flowrl_deploy.session, typed for old code; __getattr__ loads them
+    from flowrl_deploy.session import DEFAULT_MAX_TIMINGS as DEFAULT_MAX_TIMINGS
+    from flowrl_deploy.session import DEFAULT_RESET_TIMEOUT_S as DEFAULT_RESET_TIMEOUT_S
+    from flowrl_deploy.session import FALLBACKS as FALLBACKS
+    from flowrl_deploy.session import TRANSIENT as TRANSIENT
+    from flowrl_deploy.session import CallTiming as CallTiming
+    from flowrl_deploy.session import ControlSession as ControlSession
+    from flowrl_deploy.session import WatchdogError as WatchdogError
 
 CHANNEL_OPTIONS = (
     # reconnect quickly after a server restart (gRPC's default first backoff is 1 s)

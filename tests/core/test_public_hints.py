@@ -22,7 +22,7 @@ from pki import issue, write_pem
 from tiny_policy import write_policy
 
 import flowrl_deploy.train
-from flowrl_deploy.client import PolicyClient
+from flowrl_deploy.client import MOVED_TO_SESSION, PolicyClient
 from flowrl_deploy.runtime import SeededPolicy
 from flowrl_deploy.serve import PolicyServer, ServeConfig
 
@@ -117,6 +117,16 @@ def test_observations_as_lists_and_float32_actions_pass_mypy_strict(mypy_errors)
 
 def test_paths_and_numpy_seeds_the_client_takes_pass_mypy_strict(mypy_errors):
     assert mypy_errors["paths_and_seeds.py"] == []
+
+
+def test_the_names_that_moved_to_the_session_module_keep_their_types_from_the_client(mypy_errors):
+    assert mypy_errors["moved_names.py"] == []
+
+
+def test_the_clients_typed_moved_names_are_those_its_getattr_loads():
+    assert _type_checking_imports(ROOT / "flowrl_deploy" / "client.py") == dict.fromkeys(
+        MOVED_TO_SESSION, "flowrl_deploy.session"
+    )
 
 
 def test_the_paths_and_numpy_seeds_the_hints_allow_work(tmp_path):
