@@ -4,8 +4,12 @@ run keeps, and rebuilding a flow actor from one."""
 
 from __future__ import annotations
 
+import contextlib
 import json
+import os
 import shutil
+import socket
+import time
 from collections.abc import Callable
 from dataclasses import fields
 from pathlib import Path
@@ -13,6 +17,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from flowrl_deploy.atomic import os_reason
 from flowrl_deploy.checkpoint import (
     BEST,
     CHECKPOINTS_DIR,
@@ -36,6 +41,11 @@ from flowrl_deploy.runtime import one_observation
 from flowrl_deploy.spec import flow_steps_problem
 from flowrl_deploy.train.actor import FlowActor
 from flowrl_deploy.train.config import ConfigError, TrainConfig
+
+try:
+    import fcntl
+except ImportError:  # Windows: no flock, so no lock
+    fcntl = None  # type: ignore[assignment]
 
 
 def step_name(step: int) -> str:
@@ -85,6 +95,90 @@ class RunCheckpoints:
                 shutil.rmtree(path, ignore_errors=True)
         for partial in self.dir.glob(".step_*.tmp-*"):
             shutil.rmtree(partial, ignore_errors=True)
+
+
+class RunLock:
+    """An exclusive lock on a run directory for as long as one run writes it, so that a second
+    ``flowrl train`` on the same ``--out`` (a double submit, a requeue while the first job still runs),
+    or a second resume of the run, is refused instead of mixing its files into the first's.
+
+    It is ``fcntl.flock`` on ``<run>/.lock`` (hidden: a retry still finds the folder empty), which the
+    kernel drops when the process ends, however it ends: a SIGKILL leaves no stale lock (a node that
+    dies holding it on a network file system may). The file names its holder (pid, host, start time)
+    for the refusal. Making the lock makes the directory; :meth:`release` with ``undo`` (a refused
+    run) removes the folders it made, if still empty."""
+
+    FILE = ".lock"
+
+    def __init__(self, run_dir: Path, *, new_run: bool) -> None:
+        self.run_dir, self.path = run_dir, run_dir / self.FILE
+        made = [folder for folder in (run_dir, *run_dir.parents) if not folder.exists()]
+        try:
+            run_dir.mkdir(parents=True, exist_ok=True)
+        except OSError as exc:
+            raise FlowRLError(f"cannot create the run directory {run_dir}: {exc.strerror or exc}") from None
+        self._made = made  # innermost first
+        self._fd: int | None = None
+        try:
+            self._fd = self._acquire(new_run)
+        except BaseException:
+            self._remove_made()
+            raise
+
+    def _acquire(self, new_run: bool) -> int | None:
+        if fcntl is None:
+            return None
+        while True:
+            try:
+                fd = os.open(self.path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o644)
+            except OSError as exc:
+                raise FlowRLError(f"cannot lock the run directory {self.run_dir}: {os_reason(exc)}") from None
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except BlockingIOError:
+                holder = _holder(fd)
+                os.close(fd)
+                what = f"--out {self.run_dir}" if new_run else f"the run {self.run_dir}"
+                instead = " or choose another --out" if new_run else ""
+                raise FlowRLError(
+                    f"{what} is in use by another flowrl train{holder}; wait for it to end{instead}"
+                ) from None
+            try:  # the holder before us may have removed the file as we opened it: lock the one in place
+                if os.fstat(fd).st_ino == os.stat(self.path).st_ino:
+                    break
+            except FileNotFoundError:
+                pass
+            os.close(fd)
+        since = time.strftime("%Y-%m-%d %H:%M:%S %Z")
+        os.ftruncate(fd, 0)
+        os.write(fd, json.dumps({"pid": os.getpid(), "host": socket.gethostname(), "since": since}).encode())
+        return fd
+
+    def release(self, *, undo: bool = False) -> None:
+        """Unlock (removing the file first, while still held); with ``undo``, also remove the folders
+        the lock made, where still empty."""
+        if self._fd is not None:
+            with contextlib.suppress(OSError):
+                self.path.unlink()
+            os.close(self._fd)
+            self._fd = None
+        if undo:
+            self._remove_made()
+
+    def _remove_made(self) -> None:
+        for folder in self._made:
+            try:
+                folder.rmdir()
+            except OSError:
+                return
+
+
+def _holder(fd: int) -> str:
+    """' (pid 21074 on host node7 since …)' from a lock file, or '' when it does not say."""
+    with contextlib.suppress(OSError, ValueError, KeyError, TypeError):
+        holder = json.loads(os.pread(fd, 4096, 0))
+        return f" (pid {int(holder['pid'])} on host {holder['host']} since {holder['since']})"
+    return ""
 
 
 def resume_config(checkpoint: str | Path, steps: int | None = None) -> TrainConfig:

@@ -36,6 +36,7 @@ from flowrl_deploy.spec import PolicySpec
 from flowrl_deploy.train.algorithm import FlowRL, resolve_device, training_bytes
 from flowrl_deploy.train.checkpointing import (
     RunCheckpoints,
+    RunLock,
     actor_act_fn,
     check_new_run_dir,
     resume_config,
@@ -259,6 +260,7 @@ class _Run:
 
     cfg: TrainConfig
     run_dir: Path
+    lock: RunLock
     spec: PolicySpec
     env: Env
     eval_env: Env
@@ -280,27 +282,44 @@ class _Run:
         )
 
     def close(self) -> None:
-        self.bar.update(self.counters.env_steps, self.agent.updates, force=True)
-        self.bar.close()
-        self.env.close()
-        self.eval_env.close()
-        self.logger.close()  # last: a failed flush of its files must not keep the envs open
+        try:
+            self.bar.update(self.counters.env_steps, self.agent.updates, force=True)
+            self.bar.close()
+            self.env.close()
+            self.eval_env.close()
+            self.logger.close()  # last: a failed flush of its files must not keep the envs open
+        finally:
+            self.lock.release()  # the run's files are written: another run may take them
 
 
 def _prepare_run(cfg: TrainConfig, resume: str | Path | None, progress: bool) -> _Run:
-    """Check the run's outputs and settings, make its envs and networks, restore a resumed run's
-    state, and make every output (or find it unwritable) before step 0, or the first step after a resume."""
+    """Lock the run directory, check the run's outputs and settings, make its envs and networks, restore
+    a resumed run's state, and make every output (or find it unwritable) before step 0, or the first step
+    after a resume. A refusal unlocks, and removes the folders the lock made."""
     start = None if resume is None else resolve_checkpoint(resume).resolve()
     run_dir = Path(cfg.out) if start is None else run_to_resume(start)
+    if run_dir.exists() and not run_dir.is_dir():
+        raise FlowRLError(f"--out {run_dir} is a file, not a directory; choose a directory for the run")
+    lock = RunLock(run_dir, new_run=start is None)
+    try:  # what the checks below read, no other run may change now
+        return _prepare_locked_run(cfg, resume, start, run_dir, lock, progress)
+    except BaseException:
+        lock.release(undo=True)
+        raise
+
+
+def _prepare_locked_run(
+    cfg: TrainConfig, resume: str | Path | None, start: Path | None, run_dir: Path, lock: RunLock, progress: bool
+) -> _Run:
+    """:func:`_prepare_run`'s work once it holds the run's lock."""
     if start is not None:  # cfg.out aside: a resumed run stays in its own directory, and records where it lies
+        run_to_resume(start)  # again, under the lock: another run may have saved since
         saved = resume_config(start)
         settings = {f.name: getattr(cfg, f.name) for f in fields(cfg) if f.name != "out"}
         check_resume_settings(settings, saved, flags=False)
         check_unfinished(resume, cfg.steps, flags=False)
         cfg = cfg.override(out=str(run_dir), env=saved.env)  # env: the same id, maybe spelled otherwise
-    if run_dir.exists() and not run_dir.is_dir():
-        raise FlowRLError(f"--out {run_dir} is a file, not a directory; choose a directory for the run")
-    if resume is None:
+    else:
         check_new_run_dir(run_dir)
     if cfg.threads:
         check_thread_count("--threads", cfg.threads)
@@ -324,10 +343,6 @@ def _prepare_run(cfg: TrainConfig, resume: str | Path | None, progress: bool) ->
         counters = Counters()
         if resume is not None:
             counters = _restore(resume, agent, replay, action_rng)
-        try:
-            run_dir.mkdir(parents=True, exist_ok=True)
-        except OSError as exc:
-            raise FlowRLError(f"cannot create the run directory {run_dir}: {exc.strerror or exc}") from None
         checkpoints = RunCheckpoints(run_dir, cfg.save_every)
         cfg.save(run_dir)
         logger = MetricsLogger(run_dir, resume_step=None if resume is None else counters.env_steps)
@@ -338,8 +353,9 @@ def _prepare_run(cfg: TrainConfig, resume: str | Path | None, progress: bool) ->
         raise
     rates = RateMeter(counters.env_steps, agent.updates)
     return _Run(
-        cfg, run_dir, spec, env, eval_env, agent, replay, action_rng, counters, checkpoints, logger, bar, start, rates
-    )
+        cfg, run_dir, lock, spec, env, eval_env, agent, replay, action_rng, counters, checkpoints, logger, bar, start,
+        rates,
+    )  # fmt: skip
 
 
 def _after_step(run: _Run, metrics: dict[str, torch.Tensor], stopped: Callable[[], bool]) -> None:

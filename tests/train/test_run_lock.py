@@ -1,0 +1,110 @@
+"""One run at a time in a run directory: a second `flowrl train` on the same --out, or a second resume of
+the run, is refused while the first holds the folder's lock (two processes both exited 0 and mixed their
+checkpoints, metrics and TensorBoard files); the lock dies with its process, and readers ignore it."""
+
+import os
+import signal
+import socket
+import subprocess
+import sys
+
+import pytest
+from typer.testing import CliRunner
+
+from flowrl_deploy.cli import app
+from flowrl_deploy.errors import FlowRLError
+from flowrl_deploy.train.checkpointing import RunLock
+from flowrl_deploy.train.config import TrainConfig, flag
+from flowrl_deploy.train.loop import train
+
+runner = CliRunner()
+TINY = dict(env="Pendulum-v1", hidden=16, batch_size=16, start_steps=100, eval_every=200, eval_episodes=1,
+            save_every=200, log_every=100, threads=1)  # fmt: skip
+TINY_FLAGS = [*(x for name, value in TINY.items() for x in (flag(name), str(value))), "--no-progress"]
+
+
+@pytest.fixture(scope="module")
+def finished_run(tmp_path_factory):
+    out = tmp_path_factory.mktemp("run")
+    train(TrainConfig(steps=200, out=str(out), **TINY), progress=False)
+    return out
+
+
+def test_a_second_run_on_a_locked_out_is_refused_naming_the_holder_and_touching_nothing(tmp_path):
+    out = tmp_path / "run"
+    lock = RunLock(out, new_run=True)
+    try:
+        result = runner.invoke(app, ["train", *TINY_FLAGS, "--steps", "200", "--out", str(out)])
+        assert result.exit_code == 1
+        assert result.output.startswith(
+            f"error: --out {out} is in use by another flowrl train (pid {os.getpid()} on host "
+            f"{socket.gethostname()} since "
+        )
+        assert result.output.endswith("); wait for it to end or choose another --out\n")
+        assert sorted(p.name for p in out.iterdir()) == [".lock"]  # the holder's folder and lock are left alone
+    finally:
+        lock.release()
+    assert not out.exists() or not any(out.iterdir())  # released: the lock file goes too
+
+
+def test_a_second_resume_of_a_running_run_is_refused(finished_run):
+    lock = RunLock(finished_run, new_run=False)
+    try:
+        result = runner.invoke(app, ["train", "--resume", str(finished_run), "--steps", "400", "--no-progress"])
+        assert result.exit_code == 1
+        assert result.output.startswith(f"error: the run {finished_run} is in use by another flowrl train (pid ")
+        assert result.output.endswith("); wait for it to end\n")
+    finally:
+        lock.release()
+
+
+def test_a_locked_run_is_still_read_by_eval_and_export(finished_run, tmp_path):
+    lock = RunLock(finished_run, new_run=False)
+    try:
+        result = runner.invoke(app, ["eval", str(finished_run), "--episodes", "1"])
+        assert result.exit_code == 0, result.output
+        result = runner.invoke(app, ["export", str(finished_run), "--out", str(tmp_path / "p.onnx"), "--no-verify"])
+        assert result.exit_code == 0, result.output
+    finally:
+        lock.release()
+
+
+def test_a_run_holds_the_lock_while_it_runs_and_drops_it_at_the_end(tmp_path):
+    out = tmp_path / "run"
+    seen = []
+
+    def try_a_second_run():
+        with pytest.raises(FlowRLError, match="is in use by another flowrl train"):
+            RunLock(out, new_run=True)
+        seen.append(True)
+
+    train(TrainConfig(steps=120, out=str(out), **TINY), progress=False, on_start=try_a_second_run)
+    assert seen and not (out / RunLock.FILE).exists()
+    RunLock(out, new_run=False).release()  # free again
+
+
+def test_a_killed_holder_leaves_no_stale_lock(tmp_path):
+    """flock dies with its process, SIGKILL included: a requeued job after a kill is never refused."""
+    out = tmp_path / "run"
+    holder = subprocess.Popen(
+        [sys.executable, "-c", "import sys, time\nfrom flowrl_deploy.train.checkpointing import RunLock\n"
+         f"RunLock(__import__('pathlib').Path({str(out)!r}), new_run=True)\nprint('held', flush=True)\ntime.sleep(60)"],
+        stdout=subprocess.PIPE, text=True,
+    )  # fmt: skip
+    try:
+        assert holder.stdout.readline() == "held\n"
+        with pytest.raises(FlowRLError, match=rf"pid {holder.pid} on host"):
+            RunLock(out, new_run=True)
+    finally:
+        holder.send_signal(signal.SIGKILL)
+        holder.wait()
+        holder.stdout.close()
+    assert (out / RunLock.FILE).exists()  # left behind by the kill, but no longer locked
+    RunLock(out, new_run=True).release()
+
+
+def test_a_refused_new_run_removes_the_folders_its_lock_made(tmp_path):
+    out = tmp_path / "a" / "b" / "run"
+    with pytest.raises(FlowRLError, match="--threads"):
+        train(TrainConfig(steps=120, out=str(out), **{**TINY, "threads": 100_000}), progress=False)
+    assert list(tmp_path.iterdir()) == []
