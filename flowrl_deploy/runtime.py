@@ -13,6 +13,7 @@ import os
 import stat
 from collections.abc import Sequence
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 import numpy.typing as npt
@@ -22,6 +23,9 @@ from flowrl_deploy.checkpoint import DOCUMENT_FILE, MODEL_FILE
 from flowrl_deploy.contract import NOISE_INPUT, OBS_INPUT, PolicyContract, contract_from_metadata
 from flowrl_deploy.errors import FlowRLError, SpecError
 from flowrl_deploy.noise import Seed, draw_noise, session_noise
+
+if TYPE_CHECKING:  # for the hints only: onnxruntime is imported where it is used
+    import onnxruntime as ort
 
 
 def is_onnx_path(path: str | Path) -> bool:
@@ -99,7 +103,7 @@ def make_session(
     threads: int = 1,
     optimized_model_path: str | None = None,
     name: str | None = None,
-):
+) -> ort.InferenceSession:
     """An ``onnxruntime.InferenceSession`` tuned for low-latency, small-batch inference; ``name``
     is what errors call the model (default: its path). ``threads``: a whole number from 1 to the
     number of cores (onnxruntime reads 0 as "one per core" and starts as many as it is told)."""
@@ -188,14 +192,14 @@ class OnnxPolicy:
         from flowrl_deploy import codec  # here, not at the top: the CLI imports this module and starts without protobuf
 
         self._codec = codec
-        self.session = make_session(model, providers=providers, threads=threads, name=name)
+        self.session: ort.InferenceSession = make_session(model, providers=providers, threads=threads, name=name)
         metadata = self.session.get_modelmeta().custom_metadata_map
         try:
             self.contract, self.provenance = contract_from_metadata(metadata)
         except SpecError as exc:
             raise FlowRLError(f"{name}: {exc}") from exc
-        self.input_names = [i.name for i in self.session.get_inputs()]
-        self.output_name = self.session.get_outputs()[0].name
+        self.input_names: list[str] = [i.name for i in self.session.get_inputs()]
+        self.output_name: str = self.session.get_outputs()[0].name
         check_graph_matches_contract(
             self.contract,
             [(i.name, i.shape) for i in self.session.get_inputs()],

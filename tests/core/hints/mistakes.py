@@ -7,6 +7,7 @@ import numpy as np
 import numpy.typing as npt
 
 from flowrl_deploy.client import PolicyClient
+from flowrl_deploy.runtime import OnnxPolicy
 from flowrl_deploy.session import ControlSession
 from flowrl_deploy.train import TrainConfig, TrainResult, load_actor
 
@@ -23,3 +24,8 @@ def actions(client: PolicyClient, session: ControlSession, sensors: list[float] 
     wide = session.act(np.zeros(5))  # error: [assignment]
     session.act(sensors)  # error: [arg-type]
     print(wide)
+
+
+def graph(policy: OnnxPolicy) -> None:
+    sizes: list[int] = policy.input_names  # error: [assignment]
+    print(sizes, policy.output_name + 1)  # error: [operator]
