@@ -15,7 +15,9 @@ import csv
 import io
 import json
 import sys
+import threading
 import time
+import weakref
 from collections.abc import Iterator
 from pathlib import Path
 from typing import TextIO
@@ -77,7 +79,9 @@ class MetricsLogger:
                     for old in self._tb_path.glob("events.out.tfevents.*"):
                         old.unlink()
                 purge_step = None if resume_step is None else resume_step + 1
+                before = set(threading.enumerate())
                 self._tb = SummaryWriter(str(self._tb_path), purge_step=purge_step)
+                _quiet(set(threading.enumerate()) - before)
         with _naming(self._jsonl_path):
             self._jsonl = open(self._jsonl_path, "a")  # noqa: SIM115 - closed in close()
         with _naming(self._csv_path):
@@ -97,16 +101,38 @@ class MetricsLogger:
                 for key, value in scalars.items():
                     self._tb.add_scalar(key, value, step)
 
-    def close(self) -> None:
+    def close(self, raise_errors: bool = True) -> None:
         """Close the files. Every row was flushed as it was logged, so closing them fails only where a
         row already failed and raised; that repeat is not raised over the first error. TensorBoard
-        writes its events in the background, so its last ones may fail only here."""
+        writes its events in the background, so its last ones may fail only here; not ``raise_errors``
+        (an error is already on its way) drops that failure too."""
         for file in (self._jsonl, self._csv_file):
             with contextlib.suppress(OSError):
                 file.close()
         if self._tb is not None:
-            with _naming(self._tb_path):
+            with contextlib.suppress(*(() if raise_errors else (FlowRLError,))), _naming(self._tb_path):
                 self._tb.close()
+
+
+_QUIET_THREADS: weakref.WeakSet[threading.Thread] = weakref.WeakSet()
+"""TensorBoard's writer threads: the error that ends one is raised again, by the writer's next call
+(:func:`_naming` names it in one line), so its thread's traceback on stderr is left out."""
+
+
+def _quiet(threads: set[threading.Thread]) -> None:
+    """Leave the tracebacks of ``threads`` out of stderr (:data:`_QUIET_THREADS`), through a
+    ``threading.excepthook`` that passes every other thread's on to the hook it replaced."""
+    _QUIET_THREADS.update(threads)
+    previous = threading.excepthook
+    if getattr(previous, "quiet_threads", None) is _QUIET_THREADS:
+        return
+
+    def hook(args: threading.ExceptHookArgs) -> None:
+        if args.thread not in _QUIET_THREADS:
+            previous(args)
+
+    hook.quiet_threads = _QUIET_THREADS  # type: ignore[attr-defined]
+    threading.excepthook = hook
 
 
 @contextlib.contextmanager

@@ -14,6 +14,7 @@ from __future__ import annotations
 import math
 import os
 import signal
+import sys
 import threading
 from collections.abc import Callable
 from dataclasses import dataclass, fields, replace
@@ -197,12 +198,28 @@ def _train(
     on_start: Callable[[], None] | None,
 ) -> TrainResult:
     run = _prepare_run(cfg, resume, progress)
-    env, agent, replay, counters = run.env, run.agent, run.replay, run.counters
+    counters = run.counters
+    stop = _StopOnSignal(stop_on_signal)
+    try:
+        _run_loop(run, stop, on_start)
+    except Interrupted as exc:  # a second Ctrl-C: at once, between any two lines
+        raise TrainingInterrupted(exc.signum, run.run_dir, run.last_checkpoint) from None
+    except FlowRLError as exc:  # the policy diverged, or a checkpoint or metrics file could not be written
+        raise FlowRLError(
+            f"{exc}; training stopped at env step {counters.env_steps}, "
+            f"and the last checkpoint saved is {run.last_checkpoint or 'none'}"
+        ) from exc
+    return TrainResult(run.run_dir, run.last_checkpoint, counters, interrupted=stop.requested, stop_signal=stop.signum)
+
+
+def _run_loop(run: _Run, stop: _StopOnSignal, on_start: Callable[[], None] | None) -> None:
+    """Train until ``run.cfg.steps`` or a stop, and save; then close the run's envs and files, whatever
+    raised (a failure to close them is raised only when nothing else is: it must not hide that error)."""
+    cfg, env, agent, replay, counters = run.cfg, run.env, run.agent, run.replay, run.counters
     low, high = env.info.action_low, env.info.action_high
     first_step = counters.env_steps
     metrics: dict[str, torch.Tensor] = {}
-    stop = _StopOnSignal(stop_on_signal)
-    try:  # from here the finally below closes the envs and files, whatever raises
+    try:
         if on_start is not None:
             on_start()
         obs, episode_return, episode_length = env.reset(episode_seed(cfg.seed, counters.episodes)), 0.0, 0
@@ -241,17 +258,9 @@ def _train(
             _after_step(run, metrics, stopped=lambda: stop.requested)
         if counters.env_steps > first_step:  # no step taken (a stop before the first): nothing new to save
             run.save()
-    except Interrupted as exc:  # a second Ctrl-C: at once, between any two lines
-        raise TrainingInterrupted(exc.signum, run.run_dir, run.last_checkpoint) from None
-    except FlowRLError as exc:  # the policy diverged, or a checkpoint or metrics file could not be written
-        raise FlowRLError(
-            f"{exc}; training stopped at env step {counters.env_steps}, "
-            f"and the last checkpoint saved is {run.last_checkpoint or 'none'}"
-        ) from exc
     finally:
         stop.restore()
-        run.close()
-    return TrainResult(run.run_dir, run.last_checkpoint, counters, interrupted=stop.requested, stop_signal=stop.signum)
+        run.close(raise_errors=sys.exc_info()[1] is None)
 
 
 @dataclass
@@ -281,13 +290,13 @@ class _Run:
             self.counters.env_steps, lambda path: _write(path, self), best=best
         )
 
-    def close(self) -> None:
+    def close(self, raise_errors: bool = True) -> None:
         try:
             self.bar.update(self.counters.env_steps, self.agent.updates, force=True)
             self.bar.close()
             self.env.close()
             self.eval_env.close()
-            self.logger.close()  # last: a failed flush of its files must not keep the envs open
+            self.logger.close(raise_errors)  # last: a failed flush of its files must not keep the envs open
         finally:
             self.lock.release()  # the run's files are written: another run may take them
 

@@ -2,6 +2,7 @@
 
 import dataclasses
 import json
+import re
 import shutil
 import subprocess
 import sys
@@ -548,3 +549,36 @@ def test_sighup_ignored_at_start_stays_ignored(monkeypatch, tmp_path):
         signal.signal(signal.SIGHUP, previous)
     assert result.exit_code == 0, result.output
     assert "trained 200 env steps" in result.output
+
+
+@pytest.mark.filterwarnings("error::pytest.PytestUnhandledThreadExceptionWarning")
+def test_tensorboard_events_that_cannot_be_written_stop_the_run_in_one_line_naming_the_last_checkpoint(
+    monkeypatch, tmp_path, capfd
+):
+    """An event file that cannot grow (a file-size limit, a quota, storage gone read-only) killed TensorBoard's
+    writer thread with a traceback on stderr, and closing the writer raised its error again over the one the
+    run stopped with, so the user lost 'training stopped at env step N, and the last checkpoint saved is …'."""
+    import errno
+
+    from tensorboard.summary.writer import record_writer
+
+    real_write, written = record_writer.RecordWriter.write, []
+
+    def write_until_the_file_is_too_large(self, data):
+        written.append(len(data))
+        if sum(written) > 4000:
+            raise OSError(errno.EFBIG, "File too large")
+        real_write(self, data)
+
+    monkeypatch.setattr(record_writer.RecordWriter, "write", write_until_the_file_is_too_large)
+    out = tmp_path / "run"
+    result = runner.invoke(app, ["train", *TINY, "--log-every", "10", "--steps", "100000", "--out", str(out)])
+    captured = capfd.readouterr()
+    assert result.exit_code == 1, result.output
+    assert "Traceback" not in result.output + captured.out + captured.err
+    (line,) = result.output.splitlines()
+    assert re.fullmatch(
+        rf"error: cannot write {re.escape(str(out / 'tensorboard'))}: File too large; training stopped at env step "
+        rf"\d+, and the last checkpoint saved is ({re.escape(str(out / 'checkpoints'))}/step_\d+|none)",
+        line,
+    ), line
