@@ -20,7 +20,6 @@ from pathlib import Path
 import numpy as np
 import pytest
 import test_packaging
-from pki import issue, write_pem
 from tiny_policy import write_policy
 
 import flowrl_deploy.train
@@ -164,6 +163,9 @@ def test_every_public_function_of_the_client_side_is_fully_annotated():
 
 def test_the_paths_and_numpy_seeds_the_hints_allow_work(tmp_path):
     """What ``hints/paths_and_seeds.py`` passes the type checker runs too."""
+    pytest.importorskip("cryptography.x509")  # as test_tls: pki makes the certificates with it
+    from pki import issue, write_pem
+
     ca_key, ca_cert = issue("flowrl test CA", ca=True)
     cert, key = map(Path, write_pem(tmp_path, "robot", *issue("robot", ca_key, ca_cert.subject)))
     ca = Path(write_pem(tmp_path, "ca", ca_key, ca_cert)[0])
