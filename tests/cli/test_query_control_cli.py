@@ -167,7 +167,9 @@ class TestControlRate:
         pytest.importorskip("dm_control")
         result = runner.invoke(app, ["control", "--server", server_20hz, *SHORT_RUN, "--hz", "20"])
         assert result.exit_code == 0, result.output
-        assert "control at 20 Hz (--hz)" in result.output and "warning" not in result.output
+        assert "control at 20 Hz (--hz)" in result.output
+        # only the rate warning: a busy machine may miss one of the 5 ticks and warn of the misses
+        assert "differs from the served policy's rate" not in result.output
 
 
 class TestNoFreshAction:
