@@ -236,6 +236,29 @@ def resolve_checkpoint(path: str | os.PathLike[str]) -> Path:
     )
 
 
+def resume_point(path: str | os.PathLike[str]) -> tuple[Path, str | None]:
+    """The checkpoint that resuming ``path`` continues, and a warning or None: the checkpoint it names,
+    or for a run directory (or its ``checkpoints/``) the newest complete ``step_*`` one (each is renamed
+    into place whole). That is ``last``'s, unless the run was killed between saving a checkpoint and
+    moving ``last`` to it; the warning then says that ``last`` is behind."""
+    p = Path(path)
+    folder = p if p.name == CHECKPOINTS_DIR else p / CHECKPOINTS_DIR
+    if (p / DOCUMENT_FILE).exists() or not folder.is_dir():
+        return resolve_checkpoint(p), None
+    steps = [c for c in folder.glob("step_*") if c.name[5:].isdigit() and (c / DOCUMENT_FILE).is_file()]
+    if not steps:
+        return resolve_checkpoint(p), None
+    newest = max(steps, key=lambda c: int(c.name[5:])).resolve()
+    last = folder / LAST
+    if last.resolve() == newest:
+        return newest, None
+    behind = f"points at {os.readlink(last)}" if last.is_symlink() else "is missing"
+    return newest, (
+        f"{last} {behind}, not at the newest complete checkpoint {newest.name} (the run was killed between "
+        f"saving a checkpoint and moving {LAST}?); resuming {newest.name}"
+    )
+
+
 def read_document(path: str | os.PathLike[str]) -> dict[str, Any]:
     """Read and validate a checkpoint's JSON document without loading any tensor."""
     directory = resolve_checkpoint(path)

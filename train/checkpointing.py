@@ -30,7 +30,7 @@ from flowrl_deploy.checkpoint import (
     link_checkpoint,
     load_checkpoint,
     read_document,
-    resolve_checkpoint,
+    resume_point,
     spec_of,
 )
 from flowrl_deploy.envid import parse_env_id
@@ -78,9 +78,9 @@ class RunCheckpoints:
         if self._written != step:
             write(path)
             self._written = step
-        link_checkpoint(self.dir, LAST, path)
-        if best:
+        if best:  # first: killed before moving last, the run resumes from this newest one (resume_point)
             link_checkpoint(self.dir, BEST, path)
+        link_checkpoint(self.dir, LAST, path)
         self._prune()
         return path
 
@@ -182,8 +182,9 @@ def _holder(fd: int) -> str:
 
 
 def resume_config(checkpoint: str | Path, steps: int | None = None) -> TrainConfig:
-    """The saved config of the run a checkpoint belongs to; ``steps`` may extend its budget."""
-    directory = resolve_checkpoint(checkpoint)
+    """The saved config of the run a checkpoint belongs to (of a run directory: the one its resume
+    continues, :func:`~flowrl_deploy.checkpoint.resume_point`); ``steps`` may extend its budget."""
+    directory, _ = resume_point(checkpoint)
     document = read_document(directory)  # the JSON only: no tensor is needed here
     spec = spec_of(document, directory)
     if not document.get("config"):
@@ -240,7 +241,7 @@ def check_new_run_dir(run_dir: Path) -> None:
 
 def missing_config_fields(checkpoint: str | Path) -> list[str]:
     """The config fields a checkpoint's saved config lacks: a resume gives them their defaults."""
-    saved = read_document(checkpoint).get("config", {})
+    saved = read_document(resume_point(checkpoint)[0]).get("config", {})
     return [field.name for field in fields(TrainConfig) if field.name not in saved]
 
 
@@ -260,7 +261,8 @@ def run_to_resume(checkpoint: Path) -> Path:
     if later:
         raise FlowRLError(
             f"{folder} holds checkpoints after {checkpoint.name} ({', '.join(later)}), which resuming from it "
-            f"would overwrite; resume from the last one, or copy the run directory and resume the copy"
+            f"would overwrite; continue the run with --resume {run_dir} (from {later[-1]}), or copy the run "
+            "directory and resume the copy"
         )
     return run_dir
 

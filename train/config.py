@@ -14,7 +14,7 @@ from pathlib import Path
 from typing import Any
 
 from flowrl_deploy.atomic import write_text_atomic
-from flowrl_deploy.checkpoint import RUN_CONFIG_FILE, read_document
+from flowrl_deploy.checkpoint import RUN_CONFIG_FILE, read_document, resume_point
 from flowrl_deploy.envid import parse_env_id
 from flowrl_deploy.errors import EnvIdError, FlowRLError
 from flowrl_deploy.fieldtypes import wrong_type
@@ -258,7 +258,7 @@ def check_unfinished(resume: str | Path, steps: int, *, flags: bool = True) -> N
     """Refuse to resume the checkpoint (or run) ``resume`` when it has already taken ``steps`` env
     steps: the run is finished, and resuming it would only rewrite its config and metrics. Named as
     :func:`check_resume_settings` names settings."""
-    done = read_document(resume).get("counters", {}).get("env_steps", 0)  # none recorded: resuming reports it
+    done = read_document(resume_point(resume)[0]).get("counters", {}).get("env_steps", 0)  # none: resuming says so
     if done >= steps:
         name = flag("steps") if flags else "steps"
         raise ConfigError(

@@ -26,10 +26,12 @@ import torch
 from flowrl_deploy.affinity import check_thread_count
 from flowrl_deploy.checkpoint import (
     DOCUMENT_FILE,
+    LAST,
     Checkpoint,
+    link_checkpoint,
     load_checkpoint,
     read_spec,
-    resolve_checkpoint,
+    resume_point,
     save_checkpoint,
 )
 from flowrl_deploy.errors import CheckpointError, FlowRLError, Interrupted
@@ -305,7 +307,7 @@ def _prepare_run(cfg: TrainConfig, resume: str | Path | None, progress: bool) ->
     """Lock the run directory, check the run's outputs and settings, make its envs and networks, restore
     a resumed run's state, and make every output (or find it unwritable) before step 0, or the first step
     after a resume. A refusal unlocks, and removes the folders the lock made."""
-    start = None if resume is None else resolve_checkpoint(resume).resolve()
+    start = None if resume is None else resume_point(resume)[0].resolve()
     run_dir = Path(cfg.out) if start is None else run_to_resume(start)
     if run_dir.exists() and not run_dir.is_dir():
         raise FlowRLError(f"--out {run_dir} is a file, not a directory; choose a directory for the run")
@@ -351,8 +353,10 @@ def _prepare_locked_run(
         action_rng = np.random.default_rng(cfg.seed)
         counters = Counters()
         if resume is not None:
-            counters = _restore(resume, agent, replay, action_rng)
+            counters = _restore(start, agent, replay, action_rng)
         checkpoints = RunCheckpoints(run_dir, cfg.save_every)
+        if start is not None and (checkpoints.dir / LAST).resolve() != start:  # killed before moving it
+            link_checkpoint(checkpoints.dir, LAST, start)
         cfg.save(run_dir)
         logger = MetricsLogger(run_dir, resume_step=None if resume is None else counters.env_steps)
         bar = Progress(cfg.steps, counters.env_steps, agent.updates, enabled=progress)

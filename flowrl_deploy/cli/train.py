@@ -125,21 +125,24 @@ def train(
     progress: Annotated[bool, typer.Option("--progress/--no-progress", help="Live progress line.")] = True,
 ) -> None:
     """Train a FlowRL flow policy; writes checkpoints (last, best, periodic) under OUT/checkpoints."""
-    from flowrl_deploy.checkpoint import REPLAY_FILE, resolve_checkpoint
+    from flowrl_deploy.checkpoint import REPLAY_FILE, resume_point
     from flowrl_deploy.train.checkpointing import missing_config_fields, resume_config, run_to_resume
     from flowrl_deploy.train.loop import TrainingInterrupted
     from flowrl_deploy.train.loop import train as run_training
 
     warnings: list[str] = []
     if resume is not None:
+        start, behind = resume_point(resume)
+        if behind:
+            warnings.append(behind)
         cfg = resume_config(resume, steps)
-        if not (resolve_checkpoint(resume) / REPLAY_FILE).is_file():  # saved without its buffer, or it was deleted
+        if not (start / REPLAY_FILE).is_file():  # saved without its buffer, or it was deleted
             warnings.append(
                 "the replay buffer was not saved (--save-replay): it restarts empty, and updates wait for "
                 "--batch-size transitions"
             )
         given = [name for name in ctx.params if name not in ("resume", "progress") and _given(ctx, name)]
-        run_dir = run_to_resume(resolve_checkpoint(resume).resolve())
+        run_dir = run_to_resume(start.resolve())
         settings = {name: _plain(ctx.params[name]) for name in given}
         check_resume_settings(settings, cfg, run_dir=run_dir)  # --out too: the run stays in its folder
         overrides = {

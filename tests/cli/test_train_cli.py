@@ -153,6 +153,7 @@ def test_resuming_from_an_older_checkpoint_refuses_to_overwrite_later_ones(tmp_p
     result = runner.invoke(app, ["train", "--resume", str(out / "checkpoints" / "step_000000100"), "--no-progress"])
     assert result.exit_code == 1 and "Traceback" not in result.output
     assert "checkpoints after step_000000100 (step_000000200, step_000000300)" in result.output
+    assert f"continue the run with --resume {out} (from step_000000300)" in result.output  # not "the last one"
     assert later.read_bytes() == before
 
 

@@ -1,0 +1,99 @@
+"""A run killed between saving a checkpoint and moving its links (a SIGKILL, an OOM kill, a lost node:
+the window includes an fsync, slow on NFS/Lustre) resumes with the same `--resume RUN`, from its newest
+complete checkpoint, and never loses its best one. The kill is simulated by an exception no handler
+catches, raised where the link would move."""
+
+import json
+from pathlib import Path
+
+import pytest
+from typer.testing import CliRunner
+
+from flowrl_deploy.checkpoint import BEST, LAST, read_document
+from flowrl_deploy.cli import app
+from flowrl_deploy.train import checkpointing, loop
+from flowrl_deploy.train.checkpointing import resume_config
+from flowrl_deploy.train.config import TrainConfig
+from flowrl_deploy.train.evaluate import EvalResult
+from flowrl_deploy.train.loop import train
+
+runner = CliRunner()
+TINY = dict(env="Pendulum-v1", hidden=16, batch_size=16, start_steps=100, eval_every=200, eval_episodes=1,
+            save_every=200, log_every=100, threads=1)  # fmt: skip
+
+
+class Killed(BaseException):
+    """The process dying: nothing catches it, nothing after it runs."""
+
+
+def kill_when_linking(monkeypatch, name: str, step: int) -> None:
+    real = checkpointing.link_checkpoint
+
+    def link(directory, link_name, target):
+        if link_name == name and Path(target).name == checkpointing.step_name(step):
+            raise Killed
+        real(directory, link_name, target)
+
+    monkeypatch.setattr(checkpointing, "link_checkpoint", link)
+
+
+def linked(out: Path, name: str) -> str:
+    return (out / "checkpoints" / name).resolve().name
+
+
+def test_a_kill_between_saving_and_moving_last_resumes_from_the_newest_checkpoint(monkeypatch, tmp_path):
+    out = tmp_path / "run"
+    kill_when_linking(monkeypatch, LAST, 400)
+    with pytest.raises(Killed):
+        train(TrainConfig(steps=600, out=str(out), **TINY), progress=False)
+    monkeypatch.undo()
+    assert linked(out, LAST) == "step_000000200"  # one behind the complete step_000000400
+    assert read_document(out / "checkpoints" / "step_000000400")["counters"]["env_steps"] == 400
+
+    assert resume_config(out).steps == 600  # the library's resume takes the run too
+    result = runner.invoke(app, ["train", "--resume", str(out), "--no-progress"])
+    assert result.exit_code == 0, result.output  # it was refused: 'holds checkpoints after step_000000200'
+    assert result.output.splitlines()[0] == (
+        f"warning: {out / 'checkpoints' / 'last'} points at step_000000200, not at the newest complete checkpoint "
+        "step_000000400 (the run was killed between saving a checkpoint and moving last?); resuming step_000000400"
+    )
+    assert linked(out, LAST) == "step_000000600"
+    steps = [json.loads(line)["step"] for line in (out / "metrics.jsonl").read_text().splitlines()]
+    assert steps == sorted(steps) and steps.count(200) == steps.count(400) == steps.count(600) == 3  # none twice
+
+
+def test_a_kill_before_the_first_link_resumes_the_run_it_saved(monkeypatch, tmp_path):
+    """No `last` at all: the run directory 'held no checkpoint', and a new run on it was refused too."""
+    out = tmp_path / "run"
+    kill_when_linking(monkeypatch, LAST, 200)
+    with pytest.raises(Killed):
+        train(TrainConfig(steps=400, out=str(out), **TINY), progress=False)
+    monkeypatch.undo()
+    assert not (out / "checkpoints" / "last").exists()
+    resumed = train(resume_config(out), resume=out, progress=False)
+    assert resumed.counters.env_steps == 400 and linked(out, LAST) == "step_000000400"
+
+
+def test_a_kill_between_best_and_last_keeps_the_best_checkpoint(monkeypatch, tmp_path):
+    """`best` moved after `last`: killed in between at a new best, the run resumed with that best return
+    recorded but `best` naming an older checkpoint, so `best` never moved again and the real best, not being
+    periodic, was pruned. Now `best` moves first."""
+    returns = {200: 1.0, 400: 5.0, 600: 3.0, 800: 2.0}
+
+    def fake_evaluate(agent, eval_env, cfg, step, deterministic=False, stop=None):
+        return EvalResult(returns[step], 0.0, (returns[step],), (200,), (False,))
+
+    monkeypatch.setattr(loop, "_evaluate", fake_evaluate)
+    out = tmp_path / "run"
+    cfg = TrainConfig(steps=600, out=str(out), **{**TINY, "save_every": 0})
+    with monkeypatch.context() as killing:
+        kill_when_linking(killing, LAST, 400)
+        with pytest.raises(Killed):
+            train(cfg, progress=False)
+    assert linked(out, BEST) == "step_000000400"
+
+    result = runner.invoke(app, ["train", "--resume", str(out), "--steps", "800", "--save-every", "0", "--no-progress"])
+    assert result.exit_code == 0, result.output
+    assert result.output.splitlines()[-1].endswith("best eval return 5.0")
+    assert linked(out, BEST) == "step_000000400" and linked(out, LAST) == "step_000000800"
+    assert read_document(out / "checkpoints" / BEST)["eval"]["best_return"] == 5.0
