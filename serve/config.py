@@ -54,7 +54,9 @@ class ServeConfig:
     """How to serve one policy file. A value the server could not run with (a count below 1, a
     port beyond 65535, a NaN or infinite time, a float or bool where an integer goes) raises
     :class:`FlowRLError` here, naming the setting. NumPy scalars are taken as their Python values,
-    paths as strings and lists as tuples."""
+    paths as strings and lists as tuples. The hints give what a field holds once built (a field is
+    both the argument and the attribute read back): typed code passes ``str(path)``, tuples and Python
+    numbers."""
 
     model: str
     """An exported ONNX file, or a checkpoint: exported on the fly by the exporter the server is given

@@ -3,11 +3,14 @@ comment with the code it names, and nothing else (a hint gone ``Any`` lets its m
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import numpy as np
 import numpy.typing as npt
 
 from flowrl_deploy.client import PolicyClient
 from flowrl_deploy.runtime import OnnxPolicy
+from flowrl_deploy.serve import ServeConfig
 from flowrl_deploy.session import ControlSession
 from flowrl_deploy.train import TrainConfig, TrainResult, load_actor
 
@@ -29,3 +32,7 @@ def actions(client: PolicyClient, session: ControlSession, sensors: list[float] 
 def graph(policy: OnnxPolicy) -> None:
     sizes: list[int] = policy.input_names  # error: [assignment]
     print(sizes, policy.output_name + 1)  # error: [operator]
+
+
+def serving(model: Path) -> ServeConfig:
+    return ServeConfig(model)  # error: [arg-type]
