@@ -57,7 +57,8 @@ class MetricsLogger:
     A new run (``resume_step`` None) starts both files and TensorBoard afresh (older event files
     removed), so the leftovers of a run that crashed before its first checkpoint do not mix in. A
     resumed run keeps the rows up to its checkpoint's ``resume_step`` and drops the later ones, which
-    its steps are about to redo; in TensorBoard, which keeps the old event file, a purge from
+    its steps are about to redo (from metrics.jsonl, or from metrics.csv, with its columns alone, when
+    the JSONL was deleted); in TensorBoard, which keeps the old event file, a purge from
     ``resume_step + 1`` in the new one hides them.
 
     A file that cannot be written is a :class:`FlowRLError` naming it, at once or at the row that fails.
@@ -67,7 +68,7 @@ class MetricsLogger:
         run_dir = Path(run_dir)
         self._jsonl_path, self._csv_path = run_dir / METRICS_JSONL, run_dir / METRICS_CSV
         self._tb_path = run_dir / TENSORBOARD_DIR
-        kept = [] if resume_step is None else _rows_up_to(self._jsonl_path, resume_step)
+        kept = [] if resume_step is None else _rows_up_to(self._jsonl_path, self._csv_path, resume_step)
         for path, text in ((self._jsonl_path, _jsonl_text(kept)), (self._csv_path, _csv_text(kept))):
             write_text_atomic(path, text)  # a crash here leaves the old file or the new one
         self._tb = None
@@ -161,10 +162,11 @@ def _csv_text(rows: list[dict]) -> str:
     return buffer.getvalue()
 
 
-def _rows_up_to(path: Path, step: int) -> list[dict]:
-    """The rows of a metrics.jsonl logged at or before ``step`` (a torn last line is dropped)."""
+def _rows_up_to(path: Path, csv_path: Path, step: int) -> list[dict]:
+    """The rows of a metrics.jsonl logged at or before ``step`` (a torn last line is dropped); without
+    one (deleted or compressed to save space), those of ``csv_path``."""
     if not path.is_file():
-        return []
+        return _csv_rows_up_to(csv_path, step)
     rows = []
     for line in path.read_text(errors="replace").splitlines():
         try:
@@ -173,6 +175,25 @@ def _rows_up_to(path: Path, step: int) -> list[dict]:
             continue
         if isinstance(row, dict) and isinstance(row.get("step"), int) and row["step"] <= step:
             rows.append(row)
+    return rows
+
+
+def _csv_rows_up_to(path: Path, step: int) -> list[dict]:
+    """The rows of a metrics.csv logged at or before ``step``, its empty cells left out (a torn or
+    malformed row is dropped)."""
+    if not path.is_file():
+        return []
+    rows = []
+    with open(path, newline="", errors="replace") as f:
+        for row in csv.DictReader(f):
+            if None in row.values() or None in row:  # fewer cells than columns (torn), or more
+                continue
+            try:
+                values = {"step": int(row["step"])} | {k: float(v) for k, v in row.items() if k != "step" and v}
+            except (KeyError, ValueError):
+                continue
+            if values["step"] <= step:
+                rows.append(values)
     return rows
 
 

@@ -124,3 +124,18 @@ def test_each_row_reaches_both_files_as_it_is_logged(tmp_path):
             assert [(r["step"], r["charts/eval_return"]) for r in csv.DictReader(f)] == [("100", "-3.5")]
     finally:
         logger.close()
+
+
+def test_a_resume_without_metrics_jsonl_keeps_the_rows_of_metrics_csv(tmp_path):
+    """metrics.jsonl deleted (to stay under a quota): the resume rebuilt both files from it alone, so
+    metrics.csv lost every row up to the checkpoint."""
+    log_steps(tmp_path, [100, 200, 300])
+    (tmp_path / "metrics.jsonl").unlink()
+    with open(tmp_path / "metrics.csv", "a") as torn:
+        torn.write("4")  # a crash in the middle of a row
+    log_steps(tmp_path, [300], resume_step=200)
+    assert read_rows(tmp_path) == [{"step": s, "charts/eval_return": float(s)} for s in (100, 200, 300)]
+    with open(tmp_path / "metrics.csv", newline="") as f:
+        assert [(r["step"], r["charts/eval_return"]) for r in csv.DictReader(f)] == [
+            ("100", "100.0"), ("200", "200.0"), ("300", "300.0")
+        ]  # fmt: skip
