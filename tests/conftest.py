@@ -1,6 +1,50 @@
-"""Fixtures shared across the test folders."""
+"""Fixtures shared across the test folders, and the skipping of tests whose optional extras are missing."""
+
+from __future__ import annotations
+
+from pathlib import Path
 
 import pytest
+from extras_needed import missing_extras_reason, needs_extras
+
+TESTS = Path(__file__).parent
+
+EXTRAS_NEEDED = {
+    "train": ("train", "export"),  # the training stage, checked against its export in places
+    "export": ("train", "export"),  # the export stage, on actors from flowrl_deploy.train
+    "cli/test_train_cli.py": ("train",),
+    "serve/test_serve_model_file.py::test_serving_a_checkpoint_holding_a_pipe_is_refused_not_read": ("export",),
+}
+"""Tests (a folder, a module or module::test, under tests/) that need optional extras; a folder's or a
+module's tests import them at the top."""
+
+
+def _needed(path: Path, test: str = "") -> tuple[str, tuple[str, ...]]:
+    """The entry of EXTRAS_NEEDED that holds a module (``test`` empty) or a test in it, and its extras;
+    no extras when none does."""
+    if path.is_relative_to(TESTS):
+        node = path.relative_to(TESTS).as_posix() + (f"::{test}" if test else "")
+        for entry, extras in EXTRAS_NEEDED.items():
+            if f"{node}/".startswith(f"{entry}/"):
+                return entry, extras
+    return "", ()
+
+
+def pytest_make_collect_report(collector: pytest.Collector) -> pytest.CollectReport | None:
+    """A module of EXTRAS_NEEDED whose extras are missing is not imported but reported skipped, under
+    the entry that names it (a folder's modules fold into one line of ``-rs``) and the install to run."""
+    if not isinstance(collector, pytest.Module):
+        return None
+    entry, extras = _needed(collector.path)
+    if (reason := missing_extras_reason(*extras)) is None:
+        return None
+    return pytest.CollectReport(collector.nodeid, "skipped", (str(TESTS / entry), None, reason), [])
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    for item in items:
+        if extras := _needed(item.path, getattr(item, "originalname", item.name))[1]:
+            item.add_marker(needs_extras(*extras))
 
 
 @pytest.fixture

@@ -3,6 +3,7 @@
 import json
 
 import pytest
+from extras_needed import needs_extras
 from typer.testing import CliRunner
 
 from flowrl_deploy.cli import app
@@ -11,6 +12,7 @@ from flowrl_deploy.serve import ServerProcess
 pytestmark = pytest.mark.slow
 
 
+@needs_extras("train", "export")
 def test_demo_writes_a_report_folder_and_stops_its_server(tmp_path):
     out = tmp_path / "demo"
     result = CliRunner().invoke(
@@ -30,6 +32,7 @@ def test_demo_writes_a_report_folder_and_stops_its_server(tmp_path):
     assert summary["last_eval_return"] is not None and "last eval return in training (torch)" in result.output
 
 
+@needs_extras("train", "export")
 def test_a_task_without_a_control_period_runs_at_the_default_rate(tmp_path, monkeypatch):
     """A gymnasium task without ``dt`` (contract control period 0) crashed the demo after training
     with a ZeroDivisionError; the loop now runs at run_control's DEFAULT_HZ (patched to 1000 Hz here,
@@ -62,6 +65,7 @@ def test_a_run_without_fresh_replies_is_said_so_not_formatted_as_numbers():
     assert _latencies(some) == "900 / 1500 / 2000 µs"
 
 
+@needs_extras("train", "export")
 def test_child_server_is_stopped_on_interrupt(tmp_path):
     from flowrl_deploy.checkpoint import save_checkpoint
     from flowrl_deploy.export import ExportConfig, export_checkpoint
@@ -87,11 +91,17 @@ def test_child_server_is_stopped_on_interrupt(tmp_path):
         (["--hz", "1e6"], "--hz must be 0 (the task's own rate) or lie in [1, 10000], got 1e+06"),
         (["--export-steps", "-1"], "--export-steps must be 0 (the training N) or lie in [1, 1000], got -1"),
         (["--export-steps", "100000"], "--export-steps must be 0 (the training N) or lie in [1, 1000], got 100000"),
-        (["--hidden", "0"], "--hidden must be >= 1"),
-        (["--seed", "-1"], "--seed must lie in [0, 2**32), got -1"),
-        (["--seed", "4294967296"], "--seed must lie in [0, 2**32), got 4294967296"),
-        (["--env", "dmc:nope-nope"], "dm_control has no task nope-nope"),
-        (["--hidden", "10000000"], "--hidden 10000000 needs about"),
+        # checked after the extras are: a base install says which extras it lacks instead
+        *(
+            pytest.param(args, message, marks=needs_extras("train", "export"))
+            for args, message in [
+                (["--hidden", "0"], "--hidden must be >= 1"),
+                (["--seed", "-1"], "--seed must lie in [0, 2**32), got -1"),
+                (["--seed", "4294967296"], "--seed must lie in [0, 2**32), got 4294967296"),
+                (["--env", "dmc:nope-nope"], "dm_control has no task nope-nope"),
+                (["--hidden", "10000000"], "--hidden 10000000 needs about"),
+            ]
+        ),
     ],
 )
 def test_bad_settings_are_refused_before_a_report_folder_is_made(tmp_path, args, message):
@@ -102,6 +112,7 @@ def test_bad_settings_are_refused_before_a_report_folder_is_made(tmp_path, args,
     assert not (tmp_path / "reports").exists()
 
 
+@needs_extras("train", "export")
 def test_out_pointing_at_a_file_is_refused_without_traceback(tmp_path):
     target = tmp_path / "notes.txt"
     target.write_text("keep me")

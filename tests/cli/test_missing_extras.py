@@ -1,6 +1,7 @@
 """A robot computer's base install (no torch, onnx or dm_control): a command that needs an extra
 says in one line which module is missing and what to install, exit status 1, never a traceback.
-The absence is simulated by ``sys.modules[name] = None`` in a child process running the CLI."""
+The absence is simulated by ``sys.modules[name] = None`` in a child process running the CLI; a test
+whose message depends on the other extras being there skips where they are not."""
 
 from __future__ import annotations
 
@@ -11,6 +12,7 @@ import textwrap
 from pathlib import Path
 
 import pytest
+from extras_needed import needs_extras
 from fake_checkpoints import save_step
 from tiny_policy import write_policy
 
@@ -68,6 +70,7 @@ def test_control_without_dm_control_names_the_train_extra(tmp_path):
     )
 
 
+@needs_extras("export")
 def test_serve_of_a_checkpoint_without_onnx_names_the_export_extra(checkpoint_run):
     result = run_without("onnx", "serve", str(checkpoint_run), "--port", "0")
     assert_one_line_error(
@@ -106,6 +109,7 @@ def test_a_missing_module_of_no_extra_is_a_bug_and_still_raises():
         broken_command()
 
 
+@needs_extras("train", "export")
 def test_demo_without_onnx_or_matplotlib_says_so_before_training(tmp_path):
     """It trained for minutes, then stopped at the export (or at the plots) with half a report folder."""
     result = run_without("onnx,matplotlib", "demo", "--out", str(tmp_path / "demo"), "--steps", "300")
@@ -125,6 +129,7 @@ def test_eval_on_a_gymnasium_task_without_gymnasium_names_the_train_extra(tmp_pa
     )
 
 
+@needs_extras("train", "export")
 def test_demo_of_a_dmc_task_does_not_ask_for_gymnasium(tmp_path):
     """gymnasium is needed for gymnasium tasks only: without it the default dmc demo gets past the check
     (stopped here by an impossible --hidden, which is checked next)."""
