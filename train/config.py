@@ -258,12 +258,18 @@ def check_unfinished(resume: str | Path, steps: int, *, flags: bool = True) -> N
     """Refuse to resume the checkpoint (or run) ``resume`` when it has already taken ``steps`` env
     steps: the run is finished, and resuming it would only rewrite its config and metrics. Named as
     :func:`check_resume_settings` names settings."""
-    done = read_document(resume_point(resume)[0]).get("counters", {}).get("env_steps", 0)  # none: resuming says so
+    done = steps_taken(resume)
     if done >= steps:
         name = flag("steps") if flags else "steps"
         raise ConfigError(
             f"{resume} already finished at {done} env steps ({name} {steps}); pass a larger {name} to extend it"
         )
+
+
+def steps_taken(resume: str | Path) -> int:
+    """The env steps taken by the checkpoint that resuming ``resume`` continues (none recorded: 0, and
+    resuming says what is missing)."""
+    return read_document(resume_point(resume)[0]).get("counters", {}).get("env_steps", 0)
 
 
 def _canonical_env(text: Any) -> Any:

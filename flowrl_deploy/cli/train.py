@@ -10,6 +10,7 @@ from typing import Annotated
 import typer
 
 from flowrl_deploy.cli._common import Solver, finite, user_errors
+from flowrl_deploy.errors import FlowRLError
 from flowrl_deploy.train.config import (
     CFM_WEIGHTINGS,
     DEVICES,
@@ -17,6 +18,7 @@ from flowrl_deploy.train.config import (
     TrainConfig,
     check_resume_settings,
     check_unfinished,
+    steps_taken,
 )
 
 DEFAULT = TrainConfig()  # the single source of every default below
@@ -122,14 +124,27 @@ def train(
         Path | None,
         typer.Option(help="Continue the run of this checkpoint (or run directory) with its saved settings."),
     ] = None,
+    resume_if_exists: Annotated[
+        bool,
+        typer.Option(
+            "--resume-if-exists",
+            help="Resume --out if it holds a run's checkpoints, else start it: one command for a job's first "
+            "start and its requeues (a finished run exits 0).",
+        ),
+    ] = False,
     progress: Annotated[bool, typer.Option("--progress/--no-progress", help="Live progress line.")] = True,
 ) -> None:
     """Train a FlowRL flow policy; writes checkpoints (last, best, periodic) under OUT/checkpoints."""
-    from flowrl_deploy.checkpoint import REPLAY_FILE, resume_point
+    from flowrl_deploy.checkpoint import CHECKPOINTS_DIR, REPLAY_FILE, resume_point
     from flowrl_deploy.train.checkpointing import missing_config_fields, resume_config, run_to_resume
     from flowrl_deploy.train.loop import TrainingInterrupted
     from flowrl_deploy.train.loop import train as run_training
 
+    if resume_if_exists:
+        if resume is not None:
+            raise FlowRLError("--resume-if-exists resumes --out: give it or --resume, not both")
+        if any((Path(out) / CHECKPOINTS_DIR).glob("step_*")):  # what a new run on --out would refuse
+            resume = Path(out)
     warnings: list[str] = []
     if resume is not None:
         start, behind = resume_point(resume)
@@ -141,7 +156,9 @@ def train(
                 "the replay buffer was not saved (--save-replay): it restarts empty, and updates wait for "
                 "--batch-size transitions"
             )
-        given = [name for name in ctx.params if name not in ("resume", "progress") and _given(ctx, name)]
+        given = [
+            name for name in ctx.params if name not in ("resume", "resume_if_exists", "progress") and _given(ctx, name)
+        ]
         run_dir = run_to_resume(start.resolve())
         settings = {name: _plain(ctx.params[name]) for name in given}
         check_resume_settings(settings, cfg, run_dir=run_dir)  # --out too: the run stays in its folder
@@ -150,6 +167,10 @@ def train(
         }
         if overrides:
             cfg = cfg.override(**overrides)
+        done = steps_taken(resume)
+        if resume_if_exists and done >= cfg.steps:  # a requeue of a finished run: nothing to do
+            typer.echo(f"{resume} already finished at {done} env steps (--steps {cfg.steps})")
+            return
         check_unfinished(resume, cfg.steps)
         given = {*overrides, *(["steps"] if steps is not None else []), "out"}  # a resume runs in its own run
         defaulted = [name for name in missing_config_fields(resume) if name not in given]

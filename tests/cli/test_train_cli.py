@@ -583,3 +583,40 @@ def test_tensorboard_events_that_cannot_be_written_stop_the_run_in_one_line_nami
         rf"\d+, and the last checkpoint saved is ({re.escape(str(out / 'checkpoints'))}/step_\d+|none)",
         line,
     ), line
+
+
+def test_resume_if_exists_starts_resumes_and_finishes_with_the_same_command(monkeypatch, tmp_path):
+    """A scheduler requeues a job with its first command line: --resume-if-exists starts --out when it holds
+    no checkpoint (a first start, or a requeue after a stop during warm-up), resumes it when it holds one,
+    and exits 0 saying so when it is finished (a requeue script had to branch on whether checkpoints/last
+    exists, and a finished run's requeue failed with status 1)."""
+    import os
+    import signal
+
+    class TermAt150(loop.Progress):
+        def update(self, steps, updates, force=False):
+            if steps == 150 and not force:
+                os.kill(os.getpid(), signal.SIGTERM)
+            super().update(steps, updates, force=force)
+
+    out = tmp_path / "run"
+    command = ["train", *TINY, "--steps", "300", "--seed", "3", "--out", str(out), "--resume-if-exists"]
+    with monkeypatch.context() as stopping:
+        stopping.setattr(loop, "Progress", TermAt150)
+        result = runner.invoke(app, command)
+    assert result.exit_code == 143, result.output  # a first start
+    assert read_document(out / "checkpoints" / "last")["config"]["seed"] == 3
+
+    result = runner.invoke(app, command)
+    assert result.exit_code == 0, result.output  # resumed: a plain repeat is refused ('already holds a run')
+    assert result.output.splitlines()[-1].startswith("trained 300 env steps")
+    assert read_document(out / "checkpoints" / "last")["counters"]["env_steps"] == 300
+
+    result = runner.invoke(app, command)
+    assert result.exit_code == 0 and result.output == f"{out} already finished at 300 env steps (--steps 300)\n"
+
+    result = runner.invoke(app, [*command, "--lr", "0.01"])  # a setting the run cannot change is still refused
+    assert result.exit_code == 1 and "--lr cannot change when resuming" in result.output, result.output
+    result = runner.invoke(app, [*command, "--resume", str(out)])
+    assert result.exit_code == 1
+    assert result.output == "error: --resume-if-exists resumes --out: give it or --resume, not both\n"
