@@ -3,22 +3,38 @@
     python scripts/gen_proto.py            # rewrite the committed modules in place
     python scripts/gen_proto.py --out DIR  # write them under DIR (the staleness test compares)
 
-protoc names imports after the proto path (``from flowrl.v1 import ...``); they are rewritten
-to the installed package (``from flowrl_deploy.proto.flowrl.v1 import ...``).
+grpcio-tools writes the messages and their stub (``--pyi_out``) and the gRPC module; mypy-protobuf's
+plugin (the dev extra) writes the gRPC module's stub, which grpcio-tools has none of. protoc names
+imports after the proto path (``from flowrl.v1 import ...``); they are rewritten to the installed
+package (``from flowrl_deploy.proto.flowrl.v1 import ...``).
 """
 
 from __future__ import annotations
 
 import argparse
+import os
 import re
+import shutil
 import sys
+import sysconfig
 import tempfile
 from pathlib import Path
 
 PROTO_ROOT = Path(__file__).resolve().parent.parent / "flowrl_deploy" / "proto"
 PROTO_FILE = "flowrl/v1/policy.proto"
 PACKAGE = "flowrl_deploy.proto"
-GENERATED = ("policy_pb2.py", "policy_pb2.pyi", "policy_pb2_grpc.py")
+GENERATED = ("policy_pb2.py", "policy_pb2.pyi", "policy_pb2_grpc.py", "policy_pb2_grpc.pyi")
+GRPC_STUB_PLUGIN = "protoc-gen-mypy_grpc"
+
+
+def grpc_stub_plugin() -> str:
+    """mypy-protobuf's protoc plugin, installed next to this interpreter (or else on PATH)."""
+    path = shutil.which(
+        GRPC_STUB_PLUGIN, path=f"{sysconfig.get_path('scripts')}{os.pathsep}{os.environ.get('PATH', '')}"
+    )
+    if path is None:
+        raise SystemExit(f"{GRPC_STUB_PLUGIN} not found: install mypy-protobuf (pip install -e '.[dev]')")
+    return path
 
 
 def generate(out_dir: Path) -> list[Path]:
@@ -32,6 +48,8 @@ def generate(out_dir: Path) -> list[Path]:
             f"--python_out={raw}",
             f"--pyi_out={raw}",
             f"--grpc_python_out={raw}",
+            f"--plugin={GRPC_STUB_PLUGIN}={grpc_stub_plugin()}",
+            f"--mypy_grpc_out={raw}",
             PROTO_FILE,
         ]
         if protoc.main(args) != 0:

@@ -40,3 +40,11 @@ def test_generated_imports_use_the_installed_package():
     text = (ROOT / "flowrl_deploy" / "proto" / "flowrl" / "v1" / "policy_pb2_grpc.py").read_text()
     assert "from flowrl_deploy.proto.flowrl.v1 import policy_pb2" in text
     assert "from flowrl.v1" not in text
+
+
+def test_every_generated_module_has_a_type_stub():
+    """A module without its ``.pyi`` is untyped to a user's mypy --strict ('Call to untyped function
+    "PolicyServiceStub"'); the stubs are generated too, so the staleness check covers them."""
+    generated = _generator().GENERATED
+    modules = {name.removesuffix(".py") for name in generated if name.endswith(".py")}
+    assert {name.removesuffix(".pyi") for name in generated if name.endswith(".pyi")} == modules

@@ -9,6 +9,8 @@ import numpy as np
 import numpy.typing as npt
 
 from flowrl_deploy.client import PolicyClient
+from flowrl_deploy.proto.flowrl.v1.policy_pb2 import GetSpecRequest
+from flowrl_deploy.proto.flowrl.v1.policy_pb2_grpc import PolicyServiceStub, add_PolicyServiceServicer_to_server
 from flowrl_deploy.runtime import OnnxPolicy
 from flowrl_deploy.serve import ServeConfig
 from flowrl_deploy.session import ControlSession
@@ -32,6 +34,11 @@ def actions(client: PolicyClient, session: ControlSession, sensors: list[float] 
 def graph(policy: OnnxPolicy) -> None:
     sizes: list[int] = policy.input_names  # error: [assignment]
     print(sizes, policy.output_name + 1)  # error: [operator]
+
+
+def raw_stub(client: PolicyClient) -> None:
+    PolicyServiceStub(client.channel).GetSpecs(GetSpecRequest())  # error: [attr-defined]
+    add_PolicyServiceServicer_to_server(PolicyServiceStub(client.channel), client.channel)  # error: [arg-type]
 
 
 def serving(model: Path) -> ServeConfig:
