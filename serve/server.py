@@ -27,7 +27,6 @@ import logging
 import re
 import signal
 import socket
-import tempfile
 import threading
 import time
 from collections.abc import Callable
@@ -198,8 +197,7 @@ class PolicyServer:
 
     def __init__(self, config: ServeConfig, export_checkpoint: Exporter | None = None) -> None:
         self.config = config
-        self._workdir = tempfile.TemporaryDirectory(prefix="flowrl-serve-")
-        self.servicer = PolicyServicer(config, Path(self._workdir.name), export_checkpoint)
+        self.servicer = PolicyServicer(config, export_checkpoint)
         self.health = KnownServicesHealth()
         self._server: grpc.Server | None = None
         self._streams = OpenStreams(config.workers, self._refused)
@@ -329,12 +327,11 @@ class PolicyServer:
                 self._server.stop(0)  # close the connections left open: nothing is in flight on them
             stopped.wait()
         # also for a server whose start() failed before gRPC ran: its batcher threads and work folder
-        self.servicer.batcher.close()
+        self.servicer.close()
         if self._metrics_http is not None:
             self._metrics_http.shutdown()
             self._metrics_http.server_close()
         self._server = None
-        self._workdir.cleanup()
 
     def __enter__(self) -> PolicyServer:
         """Start the server unless it is started already: ``with PolicyServer(config) as server`` and

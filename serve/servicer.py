@@ -9,6 +9,8 @@ from __future__ import annotations
 import functools
 import json
 import logging
+import shutil
+import tempfile
 import threading
 import time
 import uuid
@@ -139,10 +141,11 @@ class _Opening:
 class PolicyServicer(pb_grpc.PolicyServiceServicer):
     """The service state: the current model (swapped atomically on reload), sessions, batcher."""
 
-    def __init__(self, config: ServeConfig, workdir: Path, export_checkpoint: Exporter | None = None) -> None:
+    def __init__(self, config: ServeConfig, export_checkpoint: Exporter | None = None) -> None:
         self.config = config
-        self._workdir = workdir
-        self._export_checkpoint = export_checkpoint
+        self._exporter = None if export_checkpoint is None else functools.partial(self._export, export_checkpoint)
+        self.work_folder: Path | None = None
+        """Where checkpoints are exported (made by the first export, removed by :meth:`close`), or None."""
         self._providers = list(config.providers) or None
         self.model: ServedModel | None = None
         self._generation = 0
@@ -200,8 +203,7 @@ class PolicyServicer(pb_grpc.PolicyServiceServicer):
         self, source: str, previous: ServedModel | None, still_wanted: Callable[[], bool] | None
     ) -> tuple[str, str]:
         """:meth:`load` of ``source``, under its lock."""
-        workdir = self._workdir / f"gen{self._generation + 1}"
-        path = resolve_onnx(source, workdir, self._steps, self._export_checkpoint)
+        path = resolve_onnx(source, Path(f"gen{self._generation + 1}"), self._steps, self._exporter)
         data, sha256 = read_model_file(path)
         if previous is not None and sha256 == previous.sha256:  # e.g. `touch`: nothing to swap
             log.info("%s holds the model served now (%s): nothing to reload", loggable(source), previous.version)
@@ -229,6 +231,26 @@ class PolicyServicer(pb_grpc.PolicyServiceServicer):
         else:
             log.info("loaded %s as %s (%s, %s)", loggable(source), new.version, steps, providers)
         return new.version, previous.version if previous else ""
+
+    def _export(self, export_checkpoint: Exporter, checkpoint: Path, out: Path, steps: int | None) -> Path:
+        """``export_checkpoint``, writing ``out`` (relative) into :attr:`work_folder`, made now if need be: an
+        .onnx file is served without one, so a read-only file system with no writable TMPDIR serves it."""
+        if self.work_folder is None:
+            try:
+                self.work_folder = Path(tempfile.mkdtemp(prefix="flowrl-serve-"))
+            except OSError as exc:
+                raise FlowRLError(
+                    f"serving a checkpoint exports it to a temporary directory, and none is writable "
+                    f"({exc.strerror or exc}): set TMPDIR to a writable folder (in a container, mount one, "
+                    "e.g. an emptyDir, at /tmp), or serve the .onnx file `flowrl export` writes"
+                ) from None
+        return export_checkpoint(checkpoint, self.work_folder / out, steps)
+
+    def close(self) -> None:
+        """Stop the batcher's threads and remove the work folder, if a checkpoint was exported."""
+        self.batcher.close()
+        if self.work_folder is not None:
+            shutil.rmtree(self.work_folder, ignore_errors=True)
 
     def _current(self) -> ServedModel:
         model = self.model

@@ -1,0 +1,106 @@
+"""A server without a writable temporary directory (a read-only root file system with no emptyDir on
+/tmp, as a hardened Kubernetes pod has): an .onnx file is served, and only a checkpoint, which is
+exported into a work folder, is refused, in one line naming the way out."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+from tiny_policy import write_policy
+
+SCRIPT = """
+import shutil, sys
+from pathlib import Path
+from flowrl_deploy.errors import FlowRLError
+from flowrl_deploy.serve import PolicyServer, ServeConfig
+
+onnx, checkpoint = sys.argv[1:]
+with PolicyServer(ServeConfig(onnx, port=0, grace_s=0)).start() as server:
+    print("served", server.servicer.model.version)
+
+def export(source, out, steps):
+    out.parent.mkdir(parents=True, exist_ok=True)
+    return Path(shutil.copy(onnx, out))
+
+try:
+    PolicyServer(ServeConfig(checkpoint, port=0, grace_s=0), export_checkpoint=export).start()
+except FlowRLError as exc:
+    print("refused", exc)
+"""
+
+
+def _without_tmp(tmp_path: Path) -> dict[str, str]:
+    """The environment of a process whose TMPDIR does not exist; /tmp and the rest of tempfile's
+    fallbacks stay writable here, so the test also gets a TMPDIR tempfile cannot fall back from."""
+    return {**os.environ, "TMPDIR": str(tmp_path / "missing"), "OMP_NUM_THREADS": "1"}
+
+
+def test_an_onnx_file_is_served_and_a_checkpoint_refused_in_one_line_without_a_temporary_directory(tmp_path):
+    onnx = write_policy(tmp_path / "policy.onnx")
+    checkpoint = tmp_path / "run"
+    checkpoint.mkdir()
+    env = _without_tmp(tmp_path)
+    # tempfile falls back to /tmp when TMPDIR is unusable: patch its candidates to TMPDIR alone, as on a
+    # read-only root file system where every fallback is unwritable too
+    script = "import tempfile; tempfile._candidate_tempdir_list = lambda: [tempfile._os.environ['TMPDIR']]\n" + SCRIPT
+    result = subprocess.run(
+        [sys.executable, "-c", script, str(onnx), str(checkpoint)], env=env, capture_output=True, text=True, timeout=120
+    )
+    assert result.returncode == 0, result.stderr
+    assert "Traceback" not in result.stderr
+    lines = result.stdout.splitlines()
+    assert lines[0].startswith("served v1-"), result.stdout
+    assert lines[1].startswith("refused serving a checkpoint exports it"), result.stdout
+    assert "TMPDIR" in lines[1] and "emptyDir" in lines[1] and ".onnx" in lines[1]
+    assert len(lines) == 2
+
+
+def test_a_checkpoint_exported_on_the_fly_uses_a_work_folder_it_removes_on_stop(tmp_path):
+    import shutil
+
+    from flowrl_deploy.serve import PolicyServer, ServeConfig
+
+    onnx = write_policy(tmp_path / "policy.onnx")
+    checkpoint = tmp_path / "run"
+    checkpoint.mkdir()
+    exported: list[Path] = []
+
+    def export(source: Path, out: Path, steps: int | None) -> Path:
+        out.parent.mkdir(parents=True, exist_ok=True)
+        exported.append(Path(shutil.copy(onnx, out)))
+        return exported[-1]
+
+    server = PolicyServer(ServeConfig(str(checkpoint), port=0, grace_s=0), export_checkpoint=export)
+    assert server.servicer.work_folder is None  # nothing made until a checkpoint is exported
+    with server.start():
+        assert server.servicer.model is not None
+        folder = server.servicer.work_folder
+        assert folder is not None and exported[0].is_relative_to(folder) and exported[0].exists()
+        assert folder.name.startswith("flowrl-serve-")
+    assert not folder.exists()
+
+
+def test_flowrl_serve_of_an_onnx_file_starts_with_no_usable_temporary_directory(tmp_path):
+    """The CLI, end to end: its banner, with TMPDIR missing (tempfile's fallbacks patched away)."""
+    onnx = write_policy(tmp_path / "policy.onnx")
+    script = (
+        "import tempfile; tempfile._candidate_tempdir_list = lambda: [tempfile._os.environ['TMPDIR']]\n"
+        "import sys; from flowrl_deploy.cli import app; sys.argv[0] = 'flowrl'; app()"
+    )
+    process = subprocess.Popen(
+        [sys.executable, "-c", script, "serve", str(onnx), "--port", "0"],
+        env=_without_tmp(tmp_path),
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        line = process.stdout.readline()
+    finally:
+        process.terminate()
+        _, stderr = process.communicate(timeout=30)
+    assert line.startswith("serving v1-"), stderr
+    assert process.returncode == 0, stderr
