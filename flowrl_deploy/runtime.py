@@ -27,6 +27,12 @@ from flowrl_deploy.noise import Seed, draw_noise, session_noise
 if TYPE_CHECKING:  # for the hints only: onnxruntime is imported where it is used
     import onnxruntime as ort
 
+# onnxruntime (1.31) reads this when imported: its telemetry writes a device id under $HOME/.cache,
+# looks up a Microsoft host, and with a read-only $HOME (a container's) prints a coloured warning in a
+# log format of its own. Off for the server, the session's local model and export checks alike,
+# unless the user set it (imported before this module, onnxruntime keeps its own setting).
+os.environ.setdefault("ORT_DISABLE_TELEMETRY", "1")
+
 
 def is_onnx_path(path: str | Path) -> bool:
     """Whether ``path`` is read as an exported graph rather than a checkpoint. A checkpoint is a
