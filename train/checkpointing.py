@@ -5,6 +5,7 @@ run keeps, and rebuilding a flow actor from one."""
 from __future__ import annotations
 
 import contextlib
+import errno
 import json
 import os
 import shutil
@@ -135,7 +136,12 @@ class RunLock:
                 raise FlowRLError(f"cannot lock the run directory {self.run_dir}: {os_reason(exc)}") from None
             try:
                 fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-            except BlockingIOError:
+            except OSError as exc:
+                if exc.errno not in (errno.EWOULDBLOCK, errno.EACCES):  # no flock here (an NFS without locks)
+                    os.close(fd)
+                    with contextlib.suppress(OSError):
+                        self.path.unlink()
+                    return None
                 holder = _holder(fd)
                 os.close(fd)
                 what = f"--out {self.run_dir}" if new_run else f"the run {self.run_dir}"
@@ -150,8 +156,9 @@ class RunLock:
                 pass
             os.close(fd)
         since = time.strftime("%Y-%m-%d %H:%M:%S %Z")
-        os.ftruncate(fd, 0)
-        os.write(fd, json.dumps({"pid": os.getpid(), "host": socket.gethostname(), "since": since}).encode())
+        with contextlib.suppress(OSError):  # only for the refusal's message: a full disk fails the run later, by name
+            os.ftruncate(fd, 0)
+            os.write(fd, json.dumps({"pid": os.getpid(), "host": socket.gethostname(), "since": since}).encode())
         return fd
 
     def release(self, *, undo: bool = False) -> None:

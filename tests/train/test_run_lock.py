@@ -13,6 +13,7 @@ from typer.testing import CliRunner
 
 from flowrl_deploy.cli import app
 from flowrl_deploy.errors import FlowRLError
+from flowrl_deploy.train import checkpointing
 from flowrl_deploy.train.checkpointing import RunLock
 from flowrl_deploy.train.config import TrainConfig, flag
 from flowrl_deploy.train.loop import train
@@ -108,3 +109,15 @@ def test_a_refused_new_run_removes_the_folders_its_lock_made(tmp_path):
     with pytest.raises(FlowRLError, match="--threads"):
         train(TrainConfig(steps=120, out=str(out), **{**TINY, "threads": 100_000}), progress=False)
     assert list(tmp_path.iterdir()) == []
+
+
+def test_a_file_system_without_flock_runs_unlocked(monkeypatch, tmp_path):
+    """An NFS mounted without locks answers flock with ENOLCK: that raised a traceback before the run."""
+    import errno
+
+    def no_locks(fd, operation):
+        raise OSError(errno.ENOLCK, "No locks available")
+
+    monkeypatch.setattr(checkpointing.fcntl, "flock", no_locks)
+    result = train(TrainConfig(steps=120, out=str(tmp_path / "run"), **TINY), progress=False)
+    assert result.counters.env_steps == 120 and not (tmp_path / "run" / RunLock.FILE).exists()
