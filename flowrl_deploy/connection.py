@@ -44,9 +44,17 @@ def is_loopback(host: str) -> bool:
         return False
 
 
+NO_CONNECTION = "failed to connect to all addresses"
+"""gRPC's words for a channel that never got a connection up: a TLS server closing a plaintext
+client's connection says no more than that (``…: Socket closed``), and neither does a client
+certificate it asked for and missed."""
+
+
 def connection_hint(error: str, target: str, tls_ca: str, tls_cert: str) -> str:
     """What to try after a failed connection to ``target``, given its error and the TLS files the
-    user passed ('' if none fits)."""
+    user passed ('' if none fits). TLS options are suggested only for a connection that never came
+    up (:data:`NO_CONNECTION`), not for the server's own answers (the model still loading) or a
+    connection lost after it was up."""
     if "Connection refused" in error:  # nothing listens at that address: TLS is not the question
         host = target[1:].partition("]")[0] if target.startswith("[") else target.rpartition(":")[0]
         if target.startswith("unix:") or is_loopback(host) or host.strip("[]") in EVERY_INTERFACE:
@@ -71,6 +79,8 @@ def connection_hint(error: str, target: str, tls_ca: str, tls_cert: str) -> str:
         return "the server does not use TLS: drop --tls-ca, --tls-cert and --tls-key"
     if "Failed parsing HTTP/2" in error:  # e.g. 'HTTP/1.0 400' from the metrics port
         return "that port does not answer gRPC (is it the server's --metrics-port?): give the server's --port"
+    if NO_CONNECTION not in error:  # the server answered (still loading, stopping) or a live connection broke
+        return ""
     if not tls_ca and not tls_cert:
         return "if the server uses TLS, pass --tls-ca"
     if not tls_cert:

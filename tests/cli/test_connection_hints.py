@@ -15,6 +15,7 @@ from tiny_policy import write_policy
 from typer.testing import CliRunner
 
 from flowrl_deploy.cli import app
+from flowrl_deploy.connection import connection_hint
 from flowrl_deploy.serve import PolicyServer, ServeConfig
 
 x509 = pytest.importorskip("cryptography.x509")
@@ -136,3 +137,50 @@ def test_grpc_core_info_lines_stay_off_the_clis_stderr_unless_the_user_asks(pki,
     assert ("Handshake failed" in result.stderr) == (verbosity == "INFO"), result.stderr
     if verbosity is None:
         assert result.stderr.startswith("error: UNAVAILABLE") and len(result.stderr.splitlines()) == 1
+
+
+def test_a_server_still_loading_gets_its_own_message_without_a_tls_hint(pki, monkeypatch):
+    """The server's own UNAVAILABLE (warm-up) was followed by '(if the server uses TLS, pass --tls-ca)'."""
+    from flowrl_deploy.serve.servicer import PolicyServicer
+
+    loading, release = threading.Event(), threading.Event()
+    load = PolicyServicer.load
+
+    def held_load(self, *args, **kwargs):
+        loading.set()
+        release.wait(30)
+        return load(self, *args, **kwargs)
+
+    monkeypatch.setattr(PolicyServicer, "load", held_load)
+    server = PolicyServer(ServeConfig(pki["policy"], port=0, grace_s=0))
+    starter = threading.Thread(target=server.start)
+    starter.start()
+    try:
+        assert loading.wait(30)
+        output = _query(server.address)
+    finally:
+        release.set()
+        starter.join(30)
+        server.stop()
+    assert "the model is still loading" in output
+    assert "--tls-ca" not in output and "client certificates" not in output
+
+
+@pytest.mark.parametrize(
+    "details",
+    [
+        "the model is still loading; retry when health reports SERVING",  # the server's own answer
+        "Stream removed (Socket closed)",  # a connection lost after the server had answered
+        "Cancelling all calls",  # the end of a graceful stop's grace period
+    ],
+)
+def test_no_tls_hint_once_the_server_has_answered(details):
+    assert connection_hint(details, "localhost:50051", "", "") == ""
+    assert connection_hint(details, "localhost:50051", "ca.pem", "") == ""
+
+
+def test_a_connection_that_failed_before_any_answer_still_hints_at_tls():
+    """A plaintext client's hello, closed by a TLS server: the same words as any closed socket."""
+    details = "failed to connect to all addresses; last error: UNAVAILABLE: ipv4:127.0.0.1:5: Socket closed"
+    assert connection_hint(details, "localhost:5", "", "") == "if the server uses TLS, pass --tls-ca"
+    assert "--client-ca" in connection_hint(details, "localhost:5", "ca.pem", "")

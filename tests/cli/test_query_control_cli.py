@@ -121,9 +121,8 @@ class TestMutualTLS:
             assert "needs --host 0.0.0.0 (its default, 127.0.0.1, takes local connections only)" in hint
         for target in ("localhost:50051", "[::1]:50051", "unix:/tmp/flowrl.sock", "0.0.0.0:50051", "[::]:50051"):
             assert "on this machine" in connection_hint(error, target, "", "")
-        assert connection_hint("UNAVAILABLE: Socket closed", "192.0.2.2:50051", "", "") == (
-            "if the server uses TLS, pass --tls-ca"
-        )
+        closed = "failed to connect to all addresses; last error: UNAVAILABLE: ipv4:192.0.2.2:50051: Socket closed"
+        assert connection_hint(closed, "192.0.2.2:50051", "", "") == "if the server uses TLS, pass --tls-ca"
 
     @pytest.mark.parametrize("command", ["query", "control"])
     def test_plaintext_to_a_tls_server_hints_at_tls(self, mtls_server, command):
