@@ -64,6 +64,13 @@ CHANNEL_OPTIONS = (
 )
 
 
+LB_POLICIES = ("pick_first", "round_robin")
+"""Load-balancing policies a :class:`PolicyClient` may ask its channel for, over the addresses its
+target resolves to (a ``dns:///`` name's records, an ``ipv4:`` list): gRPC's default ``pick_first``
+sends every call to one address, falling over to the next when it fails; ``round_robin`` spreads
+the calls over all of them (a session's stream stays on the one it opened on)."""
+
+
 class ServiceError(FlowRLError):
     """The server refused a call; ``code`` is its gRPC status."""
 
@@ -135,7 +142,9 @@ class PolicyClient:
     Its channel pings the server every 10 s (5 s to answer), so a vanished server ends its streams.
 
     Args:
-        target: ``host:port``, ``[IPv6]:port`` or ``unix:PATH``.
+        target: ``host:port``, ``[IPv6]:port``, or a gRPC naming scheme: ``dns:///name:port`` (all
+            of a name's addresses, re-resolved by gRPC: a headless Service), ``ipv4:a:port,b:port``,
+            ``ipv6:[a]:port,…``, ``unix:PATH`` (:func:`~flowrl_deploy.connection.checked_target`).
         token: the server's shared secret, if it has one ("" or None: none, so ``os.environ.get(...)`` fits).
         tls_ca / tls_cert / tls_key: PEM paths for TLS (CA) and mTLS (client cert and key).
         timeout_s: default deadline of each unary call, in (0, 86400] s; None: no deadline. A
@@ -143,6 +152,7 @@ class PolicyClient:
         target_name: how errors about ``target`` name it. ``flowrl`` commands pass their flag,
             ``--server``; errors about the token and the TLS files then name their flags too
             (``--token``, ``--tls-ca`` ...), else these arguments (``token``, ``tls_ca`` ...).
+        lb_policy: one of :data:`LB_POLICIES` over the target's addresses ('': gRPC's ``pick_first``).
     """
 
     def __init__(
@@ -155,17 +165,21 @@ class PolicyClient:
         tls_key: str | os.PathLike[str] = "",
         timeout_s: float | None = 1.0,
         target_name: str = "target",
+        lb_policy: str = "",
     ) -> None:
         self.target = checked_target(target, target_name)
+        if lb_policy and lb_policy not in LB_POLICIES:
+            raise FlowRLError(f"lb_policy {lb_policy!r}: one of {', '.join(LB_POLICIES)} ('': gRPC's pick_first)")
+        options = (*CHANNEL_OPTIONS, ("grpc.lb_policy_name", lb_policy)) if lb_policy else CHANNEL_OPTIONS
         self.timeout_s = None if timeout_s is None else checked_timeout(timeout_s)
         flags = is_flag(target_name)
         token = checked_token("" if token is None else token, "--token" if flags else "token")
         self.metadata = (("authorization", f"Bearer {token}"),) if token else ()
         if tls_ca or tls_cert or tls_key:
             credentials = channel_credentials(tls_ca, tls_cert, tls_key, TLS_FLAGS if flags else TLS_ARGUMENTS)
-            self.channel = grpc.secure_channel(target, credentials, CHANNEL_OPTIONS)
+            self.channel = grpc.secure_channel(target, credentials, options)
         else:
-            self.channel = grpc.insecure_channel(target, CHANNEL_OPTIONS)
+            self.channel = grpc.insecure_channel(target, options)
         self.stub = pb_grpc.PolicyServiceStub(self.channel)
         # made now, with the channel: a stub made on a channel another thread just closed crashes the process
         self._health = health_pb2_grpc.HealthStub(self.channel)

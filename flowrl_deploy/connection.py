@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import ipaddress
 import re
+from collections.abc import Callable
 
 from flowrl_deploy.contract import MAX_TIMEOUT_S
 from flowrl_deploy.errors import FlowRLError
@@ -88,27 +89,67 @@ def connection_hint(error: str, target: str, tls_ca: str, tls_cert: str) -> str:
     return ""
 
 
+TARGET_SCHEMES = ("dns", "ipv4", "ipv6", "unix", "unix-abstract")
+"""gRPC's naming schemes (``scheme:…``) a target may use; any other target is ``host:port``."""
+
+
 def checked_target(target: str, name: str = "target") -> str:
-    """``target`` when it is a server address gRPC reads as meant: ``host:port``, ``[IPv6]:port``
-    or ``unix:PATH``. Anything else is refused naming ``name`` (the flag or the argument): gRPC
-    would wrap a negative port round to another one, take 443 for a missing port, or log its
-    parser's trace."""
+    """``target`` when it is a server address gRPC reads as meant: ``host:port``, ``[IPv6]:port``,
+    or one of gRPC's naming schemes (:data:`TARGET_SCHEMES`): ``dns:[//dns-server/]host:port`` (a
+    headless Service's name, re-resolved by gRPC), ``ipv4:a:port,b:port``,
+    ``ipv6:[a]:port,[b]:port``, ``unix:PATH`` and ``unix-abstract:NAME``. Each address is checked as
+    a plain one is, and anything else is refused naming ``name`` (the flag or the argument): gRPC
+    would wrap a negative port round to another one, take 443 for a missing port, or log its parser's
+    trace."""
 
     def refused(why: str) -> FlowRLError:
         return FlowRLError(
-            f"{name} {target!r}: {why}; give host:port such as localhost:50051 (or [::1]:50051, unix:/path/to/socket)"
+            f"{name} {target!r}: {why}; give host:port such as localhost:50051 (or [::1]:50051, "
+            "dns:///name:50051, ipv4:10.0.0.2:50051,10.0.0.3:50051, unix:/path/to/socket)"
         )
 
     if not isinstance(target, str):
         raise refused("not a string")
     if not target:
         raise refused("empty")
-    if target.startswith("unix:"):
-        if not target.removeprefix("unix:").strip("/"):
-            raise refused("no socket path after 'unix:'")
-        return target
-    if target.startswith("["):
-        host, bracket, port = target[1:].partition("]")
+    scheme, _, rest = target.partition(":")
+    if scheme not in TARGET_SCHEMES:
+        _checked_address(target, refused)
+    elif scheme.startswith("unix"):
+        if not rest.strip("/"):
+            raise refused(f"no {'socket path' if scheme == 'unix' else 'name'} after '{scheme}:'")
+    elif scheme == "dns":
+        where = "dns:"
+        if rest.startswith("//"):  # dns://DNS-SERVER/host:port ('' for the system's)
+            server, _, rest = rest[2:].partition("/")
+            where = f"dns://{server}/"
+        if not rest:
+            raise refused(f"no host:port after '{where}'")
+        _checked_address(rest, refused)
+    else:  # ipv4: or ipv6: with a list of addresses
+        for address in rest.split(","):
+            if not address:
+                raise refused("an empty address in the list")
+            if scheme == "ipv6" and not address.startswith("["):
+                raise refused(f"{address!r}: an IPv6 address goes in brackets, as [::1]:50051")
+            host = _checked_address(address, refused)
+            if scheme == "ipv4" and not _is_ipv4(host):
+                raise refused(f"{host!r} is not an IPv4 address")
+    return target
+
+
+def _is_ipv4(host: str) -> bool:
+    try:
+        ipaddress.IPv4Address(host)
+    except ValueError:
+        return False
+    return True
+
+
+def _checked_address(address: str, refused: Callable[[str], FlowRLError]) -> str:
+    """The host of ``address`` (``host:port`` or ``[IPv6]:port``), or ``refused(why)`` raised."""
+    if address.startswith("["):
+        host, bracket, port = address[1:].partition("]")
         if not port.startswith(":"):
             raise refused("no ':port' after the bracketed IPv6 address" if bracket else "the '[' is not closed")
         port = port[1:]
@@ -117,7 +158,7 @@ def checked_target(target: str, name: str = "target") -> str:
         except ValueError:
             raise refused(f"{host!r} in brackets is not an IPv6 address") from None
     else:
-        host, colon, port = target.rpartition(":")
+        host, colon, port = address.rpartition(":")
         if not colon:
             raise refused("no port")
         if ":" in host:
@@ -126,7 +167,7 @@ def checked_target(target: str, name: str = "target") -> str:
             raise refused(f"{host!r} is not a host name or an IP address" if host else "no host")
     if not (_PORT.fullmatch(port) and 0 < int(port) < 65536):
         raise refused(f"port {port} is not in 1-65535")
-    return target
+    return host
 
 
 def checked_token(token: str, name: str = "token") -> str:

@@ -35,7 +35,9 @@ MAX_REPORT_BYTES = 64 << 20
 a larger one never is (our reports hold kilobytes), and is kept."""
 
 # The connection options of the commands that call a running server (query, control, stats, reload).
-Server = Annotated[str, typer.Option(help="host:port of `flowrl serve`.")]
+Server = Annotated[
+    str, typer.Option(help="host:port of `flowrl serve` (or dns:///name:port, ipv4:addr:port,addr:port).")
+]
 TOKEN_ENV = "FLOWRL_TOKEN"
 """The environment variable that gives `--token` (the server's shared secret) to every command."""
 Token = Annotated[str, typer.Option(help="The server's shared secret.", envvar=TOKEN_ENV)]
