@@ -1,5 +1,5 @@
 """The server's configuration: one field per ``flowrl serve`` flag, plus a few settings
-(grace period, watch interval, rows per request) that only code sets.
+(watch interval, rows per request, keepalive) that only code sets.
 
 Every value is checked once, when the config is built (:meth:`ServeConfig.__post_init__`): the
 library and ``flowrl serve`` refuse the same values with the same :class:`FlowRLError`. A field
@@ -30,7 +30,7 @@ MIN_WATCH_INTERVAL_S = 0.01
 """Shorter polls only burn a core (0 busy-looped) and call a file settled that is still being written."""
 MIN_KEEPALIVE_S = 0.1
 """gRPC takes keepalive times in whole milliseconds; shorter probes only flood the network."""
-CODE_ONLY = frozenset({"max_request_batch", "grace_s", "watch_interval_s", "keepalive_s"})
+CODE_ONLY = frozenset({"max_request_batch", "watch_interval_s", "keepalive_s"})
 """Fields without a ``flowrl serve`` flag: errors name them as they are spelled in code."""
 
 
@@ -107,7 +107,8 @@ class ServeConfig:
     cpus: tuple[int, ...] = ()
     """Cores to pin the server process to (Linux); empty: any. Applied by :func:`serve_forever`."""
     grace_s: float = 5.0
-    """On stop, how long requests in flight may take to finish."""
+    """On stop, how long requests in flight may take to finish; :meth:`PolicyServer.stop` returns
+    within about a second more."""
     keepalive_s: float = 10.0
     """The server pings each connection this often and closes one whose ping goes unanswered this
     long, ending its calls: a frozen or cut-off client's stream and session go within about twice

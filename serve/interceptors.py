@@ -253,6 +253,11 @@ class OpenStreams(grpc.ServerInterceptor):
         with self._lock:
             return {cap.limit: (self._open[cap], cap.most) for cap in self._caps}
 
+    def in_flight(self) -> int:
+        """The calls in flight: each until gRPC has ended it and its handler has returned."""
+        with self._lock:
+            return self._in_flight
+
     def wait_idle(self, timeout: float) -> bool:
         """Whether every call that ran has finished, waiting up to ``timeout`` s for it."""
         with self._lock:

@@ -191,6 +191,11 @@ class KnownServicesHealth(health.HealthServicer):
         return iter([health_pb2.HealthCheckResponse(status=health_pb2.HealthCheckResponse.SERVICE_UNKNOWN)])
 
 
+STOP_MARGIN_S = 1.0
+"""How long past the grace period :meth:`PolicyServer.stop` waits for gRPC's own stop, then returns,
+abandoning the calls still in flight (gRPC cancels them in the background)."""
+
+
 class PolicyServer:
     """One served policy; :meth:`start` returns once health is SERVING (or raises). A server
     starts once: a second :meth:`start`, or one after :meth:`stop`, raises :class:`FlowRLError`."""
@@ -203,6 +208,8 @@ class PolicyServer:
         self._streams = OpenStreams(config.workers, self._refused)
         self.servicer.metrics.limits = self._limits
         self._stopped = False
+        self.abandoned = 0
+        """Calls still in flight when :meth:`stop` returned: their handler threads run on."""
         self._metrics_http = None
         self._watcher: FileWatcher | None = None
         self.port = 0
@@ -312,26 +319,56 @@ class PolicyServer:
         in flight the connections are closed at once: gRPC's own stop also waits, up to the grace
         period, for each client to answer its GOAWAY, which a frozen peer (a stopped process, a cut
         cable) never does. A call that reaches the server as the stop begins, before its handler has
-        started, may then be cancelled, as at the end of the grace period."""
+        started, may then be cancelled, as at the end of the grace period.
+
+        Returns within ``grace`` + :data:`STOP_MARGIN_S` s: gRPC's stop, and its cancel of the calls
+        left at the end of the grace period, wait for its server lock, which its call-accepting
+        thread holds while it starts a handler thread, and with every core busy with inference
+        that took up to a second per call (a 5 s grace once took 12 s). Calls still in flight then
+        are logged as abandoned (:attr:`abandoned`); gRPC's stop ends them in the background, and
+        their handler threads run on until their inference returns (``flowrl serve`` exits without
+        waiting for them)."""
         grace = self.config.grace_s if grace is None else check_grace("grace", grace)
         if self._stopped:
             return
         self._stopped = True
+        until = time.monotonic() + grace + STOP_MARGIN_S
         if self._server is not None:
             self._streams.close()  # first: each Watch then ends right after the NOT_SERVING below
             self._set_health(health_pb2.HealthCheckResponse.NOT_SERVING)
             if self._watcher is not None:
                 self._watcher.stop()
-            stopped = self._server.stop(grace)  # no new call is accepted from here on
-            if self._streams.wait_idle(grace):
-                self._server.stop(0)  # close the connections left open: nothing is in flight on them
-            stopped.wait()
-        # also for a server whose start() failed before gRPC ran: its batcher threads and work folder
-        self.servicer.close()
+            stopping = threading.Thread(target=self._stop_grpc, args=(self._server, grace), name="flowrl-stop")
+            stopping.daemon = True  # abandoned, it must not hold the process's exit
+            stopping.start()
+            stopping.join(max(0.0, until - time.monotonic()))  # its start alone took up to a second
+            # a call gRPC cancelled at the end of the grace period runs on until its handler returns
+            self._streams.wait_idle(max(0.0, until - time.monotonic()))
+            self.abandoned = self._streams.in_flight()
+            if self.abandoned:
+                log.warning(
+                    "%d calls still in flight %.1f s after the stop began were abandoned (the grace period is "
+                    "%.1f s): their clients' calls fail",
+                    self.abandoned,
+                    grace + STOP_MARGIN_S,
+                    grace,
+                )
+                self.servicer.remove_work_folder()  # the rest is released once gRPC's stop ends
+        else:  # a server whose start() failed before gRPC ran: its batcher threads
+            self.servicer.close()
         if self._metrics_http is not None:
             self._metrics_http.shutdown()
             self._metrics_http.server_close()
         self._server = None
+
+    def _stop_grpc(self, server: grpc.Server, grace: float) -> None:
+        """gRPC's stop with ``grace``, cut short once no call is in flight, then the servicer's
+        release (batcher threads, work folder)."""
+        stopped = server.stop(grace)  # no new call is accepted from here on
+        if self._streams.wait_idle(grace):
+            server.stop(0)  # close the connections left open: nothing is in flight on them
+        stopped.wait()
+        self.servicer.close()
 
     def __enter__(self) -> PolicyServer:
         """Start the server unless it is started already: ``with PolicyServer(config) as server`` and
@@ -358,10 +395,14 @@ def serve_forever(
     config: ServeConfig,
     on_ready: Callable[[PolicyServer], None] | None = None,
     export_checkpoint: Exporter | None = None,
-) -> None:
+) -> int:
     """Run until one of :data:`STOP_SIGNALS` (but not one of :data:`KEPT_IF_IGNORED` ignored at
     start), then stop gracefully. Only the main thread can handle signals: from another thread it
-    raises :class:`FlowRLError` (serve there with ``PolicyServer(config).start()`` and ``stop()``)."""
+    raises :class:`FlowRLError` (serve there with ``PolicyServer(config).start()`` and ``stop()``).
+
+    Returns the calls abandoned at the end of the stop (:attr:`PolicyServer.abandoned`): their
+    handler threads, still in their inference, hold the interpreter's exit (the thread pool joins
+    its threads) unless the process leaves with ``os._exit``, as ``flowrl serve`` then does."""
     if threading.current_thread() is not threading.main_thread():
         raise FlowRLError(
             "serve_forever runs in the main thread only (it stops on signals, which only the main thread "
@@ -388,3 +429,4 @@ def serve_forever(
         for sig, handler in previous.items():
             signal.signal(sig, handler)
     log.info("stopped in %.1f s", time.monotonic() - stopping)
+    return server.abandoned

@@ -247,8 +247,12 @@ class PolicyServicer(pb_grpc.PolicyServiceServicer):
         return export_checkpoint(checkpoint, self.work_folder / out, steps)
 
     def close(self) -> None:
-        """Stop the batcher's threads and remove the work folder, if a checkpoint was exported."""
+        """Stop the batcher's threads and remove the work folder."""
         self.batcher.close()
+        self.remove_work_folder()
+
+    def remove_work_folder(self) -> None:
+        """Remove the work folder, if a checkpoint was exported (the models loaded from it stay in memory)."""
         if self.work_folder is not None:
             shutil.rmtree(self.work_folder, ignore_errors=True)
 

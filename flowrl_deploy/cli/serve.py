@@ -94,11 +94,20 @@ def serve(
     cpus: Annotated[
         str, typer.Option(help="Pin the server to these cores, e.g. '1' or '2,3' (Linux); default: any.")
     ] = "",
+    grace_s: Annotated[
+        float,
+        typer.Option(
+            parser=finite,
+            help="On a stop signal, how long calls in flight may take to finish (s); the process exits "
+            "within about a second more (keep it below Kubernetes' terminationGracePeriodSeconds).",
+        ),
+    ] = 5.0,
 ) -> None:
     """Serve MODEL's actions over gRPC (flowrl.v1.PolicyService) until SIGTERM, SIGHUP (unless
     ignored, as under nohup) or Ctrl-C, each a graceful stop (exit 0)."""
     import logging
     import os
+    import sys
 
     from flowrl_deploy.affinity import parse_cpus
     from flowrl_deploy.errors import FlowRLError
@@ -135,7 +144,13 @@ def serve(
         steps=steps,
         watch=watch,
         cpus=parse_cpus(cpus),
+        grace_s=grace_s,
     )
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
 
-    serve_forever(config, on_ready=lambda server: typer.echo(banner(server)), export_checkpoint=export_for_serving)
+    if serve_forever(config, on_ready=lambda server: typer.echo(banner(server)), export_checkpoint=export_for_serving):
+        # calls abandoned at the end of the grace period: their handler threads would hold the exit
+        # until their inference returns (the thread pool joins its threads), long after "stopped"
+        logging.shutdown()
+        sys.stdout.flush()
+        os._exit(0)

@@ -1,0 +1,157 @@
+"""The grace period bounds a stop with many slow calls in flight, and ``flowrl serve`` exits right
+after its "stopped" line. gRPC's stop and its cancel at the end of the grace period both wait for
+its server lock, which its call-accepting thread holds while it starts a handler thread; with every
+core busy with inference a thread start took up to a second, so a stop with 100 calls in flight
+took 12 s with a 5 s grace, and the process then waited for the abandoned handlers' inference (the
+thread pool joins its threads at exit)."""
+
+from __future__ import annotations
+
+import logging
+import os
+import signal
+import subprocess
+import sys
+import threading
+import time
+
+import numpy as np
+from tiny_policy import OBS_DIM, write_policy
+
+from flowrl_deploy.client import PolicyClient, ServiceError
+from flowrl_deploy.serve import PolicyServer, ServeConfig
+from flowrl_deploy.serve.server import STOP_MARGIN_S
+
+GRACE_S = 0.5
+CALLS = 24
+SLACK_S = 1.0
+"""For a loaded test machine, beyond the grace period and the margin stop() promises."""
+
+
+LOCK_HELD_S = 4.0
+
+
+def _hold_grpc_server_lock(server: PolicyServer, seconds: float) -> threading.Thread:
+    """Hold gRPC's server lock for ``seconds``, as its call-accepting thread did while it started a
+    handler thread on a machine whose cores were all busy with inference (measured: up to 1 s per
+    call, 9 s in all for 60 calls on one core). A seam on grpc's private state: if grpc renames it,
+    this fails loudly."""
+    lock = server._server._state.lock
+    held = threading.Event()
+
+    def hold() -> None:
+        with lock:
+            held.set()
+            time.sleep(seconds)
+
+    holder = threading.Thread(target=hold, daemon=True)
+    holder.start()
+    assert held.wait(5)
+    return holder
+
+
+def test_a_stop_with_many_calls_in_flight_ends_within_the_grace_period(tmp_path, monkeypatch, caplog):
+    server = PolicyServer(ServeConfig(str(write_policy(tmp_path / "policy.onnx")), port=0, grace_s=GRACE_S)).start()
+    release = threading.Event()
+    model = server.servicer.model
+    run = model.run
+
+    def held_run(obs: np.ndarray, noise: np.ndarray | None) -> tuple[np.ndarray, int]:
+        release.wait(60)  # slow inference, running on past the grace period
+        return run(obs, noise)
+
+    monkeypatch.setattr(model, "run", held_run)
+    client = PolicyClient(server.address, timeout_s=60)
+    ended: list[str] = []
+
+    def act() -> None:
+        try:
+            client.act(np.zeros(OBS_DIM, np.float32))
+            ended.append("OK")
+        except ServiceError as exc:
+            ended.append(exc.code.name)
+
+    callers = [threading.Thread(target=act) for _ in range(CALLS)]
+    try:
+        for caller in callers:
+            caller.start()
+        until = time.monotonic() + 30
+        while server._streams.usage()["workers"][0] < CALLS and time.monotonic() < until:
+            time.sleep(0.02)
+        assert server._streams.usage()["workers"][0] == CALLS  # every call is in its handler
+        holder = _hold_grpc_server_lock(server, LOCK_HELD_S)
+        start = time.monotonic()
+        with caplog.at_level(logging.WARNING, "flowrl.serve"):
+            server.stop()
+        took = time.monotonic() - start
+        assert took <= GRACE_S + STOP_MARGIN_S + SLACK_S, f"stop took {took:.1f} s"
+        assert "abandoned" in caplog.text
+        holder.join(10)
+        for caller in callers:  # gRPC cancels them once its lock is free, with the handlers still held
+            caller.join(30)
+        assert len(ended) == CALLS and "OK" not in ended, ended
+    finally:
+        release.set()
+        for caller in callers:
+            caller.join(30)
+        client.close()
+
+
+SLOW_SERVE = """
+import sys, time
+from flowrl_deploy.runtime import OnnxPolicy
+run = OnnxPolicy.run
+def slow(self, obs, noise):
+    if obs.flat[0] == 7:  # the test's calls, not the warm-up's
+        time.sleep(30)
+    return run(self, obs, noise)
+OnnxPolicy.run = slow
+from flowrl_deploy.cli import app
+sys.argv[0] = "flowrl"
+app()
+"""
+
+
+def test_flowrl_serve_exits_at_the_end_of_its_grace_period_with_slow_calls_in_flight(tmp_path):
+    policy = write_policy(tmp_path / "policy.onnx")
+    process = subprocess.Popen(
+        [sys.executable, "-c", SLOW_SERVE, "serve", str(policy), "--port", "0", "--grace-s", str(GRACE_S)],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        env={**os.environ, "OMP_NUM_THREADS": "1"},
+    )
+    try:
+        banner = process.stdout.readline()
+        assert banner.startswith("serving "), process.stderr.read() if process.poll() is not None else banner
+        port = int(banner.split()[-1].rpartition(":")[2])
+        client = PolicyClient(f"127.0.0.1:{port}", timeout_s=60)
+        obs = np.full(OBS_DIM, 7, np.float32)
+        failed: list[ServiceError] = []
+
+        def act() -> None:
+            try:
+                client.act(obs)
+            except ServiceError as exc:
+                failed.append(exc)
+
+        callers = [threading.Thread(target=act) for _ in range(5)]
+        for caller in callers:
+            caller.start()
+        time.sleep(1.0)  # the calls are in their 30 s inference
+        start = time.monotonic()
+        process.send_signal(signal.SIGTERM)
+        returncode = process.wait(GRACE_S + STOP_MARGIN_S + 10)
+        took = time.monotonic() - start
+        stderr = process.stderr.read()
+    finally:
+        if process.poll() is None:
+            process.kill()
+            process.wait()
+    assert returncode == 0, stderr
+    assert "5 calls still in flight" in stderr and "stopped in" in stderr, stderr
+    assert took <= GRACE_S + STOP_MARGIN_S + 3 * SLACK_S, f"exited {took:.1f} s after SIGTERM"
+    for caller in callers:  # the connection closed with the process: each call failed, none hangs
+        caller.join(10)
+    assert len(failed) == 5, failed
+    client.close()
