@@ -177,9 +177,10 @@ def train(
     called once every check has passed and every output is made, before the first step (a caller's
     warnings then never precede a refusal). With ``stop_on_signal`` (``flowrl train``), the first
     stop signal (Ctrl-C, SIGTERM, SIGUSR1, SIGUSR2, or SIGHUP unless ignored) ends the run after the
-    current step with a saved ``last`` checkpoint and
-    ``TrainResult.interrupted``, and a second Ctrl-C raises :class:`TrainingInterrupted` at once;
-    otherwise Ctrl-C raises ``KeyboardInterrupt`` as usual.
+    current step with a saved ``last`` checkpoint and ``TrainResult.interrupted``, and a second Ctrl-C
+    raises :class:`TrainingInterrupted` at once; otherwise Ctrl-C raises ``KeyboardInterrupt`` as usual.
+    The run locks its directory while it runs (:class:`~flowrl_deploy.train.checkpointing.RunLock`):
+    a second run on it is refused.
 
     ``cfg.threads`` sets torch's thread count for the run only: the caller's comes back when it returns
     or raises. A run seeds torch's global RNG with ``cfg.seed`` (``torch.manual_seed``), as a seeded run
