@@ -14,7 +14,7 @@ from pathlib import Path
 from flowrl_deploy.errors import FlowRLError
 
 
-def read_pem(path: str, what: str) -> bytes:
+def read_pem(path: str | os.PathLike[str], what: str) -> bytes:
     """A PEM file's bytes; a file that is not PEM is refused here, naming ``what`` it should be,
     rather than surfacing later as a puzzling handshake or bind failure."""
     try:
@@ -40,7 +40,7 @@ def _no_certificate(data: bytes) -> str:
     return ""
 
 
-def read_certificates(path: str, flag: str) -> bytes:
+def read_certificates(path: str | os.PathLike[str], flag: str) -> bytes:
     """The bytes of a PEM file of one or more certificates (a CA, or a certificate chain); a file
     that holds none (garbage, a private key, a truncated certificate) is refused, naming ``flag``
     (the client's --tls-ca or tls_ca, the server's --client-ca)."""
@@ -59,7 +59,9 @@ def _no_passphrase() -> str:
 
 
 def check_key_pair(
-    cert_path: str, key_path: str, names: tuple[str, str] = ("--tls-cert", "--tls-key")
+    cert_path: str | os.PathLike[str],
+    key_path: str | os.PathLike[str],
+    names: tuple[str, str] = ("--tls-cert", "--tls-key"),
 ) -> tuple[bytes, bytes]:
     """The bytes of a certificate and its private key; refuse one without the other, files that
     are not PEM, a swapped pair and a key of another certificate, naming the files, which is at

@@ -14,6 +14,7 @@ from flowrl_deploy.proto.flowrl.v1.policy_pb2_grpc import PolicyServiceStub, add
 from flowrl_deploy.runtime import OnnxPolicy
 from flowrl_deploy.serve import ServeConfig
 from flowrl_deploy.session import ControlSession
+from flowrl_deploy.tls import check_key_pair, read_certificates
 from flowrl_deploy.train import TrainConfig, TrainResult, load_actor
 
 
@@ -43,3 +44,8 @@ def raw_stub(client: PolicyClient) -> None:
 
 def serving(model: Path) -> ServeConfig:
     return ServeConfig(model)  # error: [arg-type]
+
+
+def tls_files(certs: Path) -> bytes:
+    check_key_pair(certs / "robot.pem", certs / "robot.key")  # paths, as PolicyClient's tls_cert and tls_key
+    return read_certificates(certs / "ca.pem", flag=2)  # error: [arg-type]
