@@ -136,6 +136,12 @@ def test_a_local_policys_graph_names_and_session_pass_mypy_strict(mypy_errors):
     assert mypy_errors["onnx_runtime.py"] == []
 
 
+def test_the_generated_grpc_stub_passes_mypy_strict(mypy_errors):
+    """``policy_pb2_grpc`` has a stub file (mypy-protobuf's): without it every call of the stub is
+    'Call to untyped function' under --strict."""
+    assert mypy_errors["raw_grpc.py"] == []
+
+
 CLIENT_SIDE = ("client", "session", "runtime", "codec", "noise")
 """The core modules a robot's code calls (the training API is checked through TYPE_CHECKING above)."""
 
