@@ -22,6 +22,7 @@ which measured the lowest batch-1 latency.
 
 from __future__ import annotations
 
+import contextlib
 import errno
 import logging
 import re
@@ -191,6 +192,18 @@ class KnownServicesHealth(health.HealthServicer):
         return iter([health_pb2.HealthCheckResponse(status=health_pb2.HealthCheckResponse.SERVICE_UNKNOWN)])
 
 
+THREADS_REFUSED = (
+    "cannot start the server's threads ({error}): an address-space limit (ulimit -v, prlimit --as) counts "
+    "each thread's stack (ulimit -s, 8 MiB by default), and the server runs up to --workers + "
+    f"{SPARE_THREADS} call threads besides its own and onnxruntime's; raise or lift the limit, or lower --workers"
+)
+
+
+def _cannot_start_threads(exc: BaseException) -> bool:
+    """Whether ``exc`` is Python's refusal to start a thread (its stack could not be mapped)."""
+    return isinstance(exc, RuntimeError) and str(exc).startswith("can't start new thread")
+
+
 STOP_MARGIN_S = 1.0
 """How long past the grace period :meth:`PolicyServer.stop` waits for gRPC's own stop, then returns,
 abandoning the calls still in flight (gRPC cancels them in the background)."""
@@ -306,8 +319,10 @@ class PolicyServer:
                 self.metrics_port = self._metrics_http.server_address[1]
             if self._watcher is not None:
                 self._watcher.start()
-        except BaseException:
+        except BaseException as exc:
             self.stop(grace=0)
+            if _cannot_start_threads(exc):
+                raise FlowRLError(THREADS_REFUSED.format(error=exc)) from None
             raise
         self._set_health(health_pb2.HealthCheckResponse.SERVING)
         return self
@@ -340,8 +355,17 @@ class PolicyServer:
                 self._watcher.stop()
             stopping = threading.Thread(target=self._stop_grpc, args=(self._server, grace), name="flowrl-stop")
             stopping.daemon = True  # abandoned, it must not hold the process's exit
-            stopping.start()
-            stopping.join(max(0.0, until - time.monotonic()))  # its start alone took up to a second
+            try:
+                stopping.start()
+            except RuntimeError:  # no thread can start (an address-space limit)
+                with contextlib.suppress(RuntimeError):
+                    # begins gRPC's shutdown (no new call, the port closed), then fails to start the
+                    # thread that times the grace; gRPC's stop waits for its serving thread, which
+                    # may be the one that failed to start, so nothing waits for it here
+                    self._server.stop(0)
+                self.servicer.close()
+            else:
+                stopping.join(max(0.0, until - time.monotonic()))  # its start alone took up to a second
             # a call gRPC cancelled at the end of the grace period runs on until its handler returns
             self._streams.wait_idle(max(0.0, until - time.monotonic()))
             self.abandoned = self._streams.in_flight()

@@ -1,0 +1,60 @@
+"""A server that cannot start its threads (an address-space limit, ``ulimit -v`` or ``prlimit --as``,
+counts each thread's stack) is refused in one line naming the limit: it raised 'can't start new
+thread' from gRPC's start, then again from the stop that cleaned up after it, two chained tracebacks."""
+
+from __future__ import annotations
+
+import socket
+import subprocess
+import sys
+import threading
+
+import pytest
+from tiny_policy import write_policy
+
+from flowrl_deploy.errors import FlowRLError
+from flowrl_deploy.serve import PolicyServer, ServeConfig
+
+
+def _refuse_threads(self: threading.Thread) -> None:
+    raise RuntimeError("can't start new thread")
+
+
+def test_a_server_whose_threads_cannot_start_is_refused_in_one_line(tmp_path, monkeypatch):
+    server = PolicyServer(ServeConfig(str(write_policy(tmp_path / "policy.onnx")), port=0, grace_s=0))
+    with monkeypatch.context() as patched:
+        patched.setattr(threading.Thread, "start", _refuse_threads)
+        with pytest.raises(FlowRLError, match="cannot start the server's threads") as refused:
+            server.start()
+    message = str(refused.value)
+    assert "ulimit -v" in message and "--workers" in message
+    assert refused.value.__cause__ is None and refused.value.__suppress_context__  # no chained traceback
+    if server.port:  # the stop that followed released the port gRPC had bound
+        with socket.socket() as again:
+            again.bind(("127.0.0.1", server.port))
+
+
+SCRIPT = """
+import sys, threading
+import grpc._server
+start = threading.Thread.start
+def refuse(self):  # gRPC's serving thread, as under an address-space limit
+    if getattr(self, "_target", None) is grpc._server._serve:
+        raise RuntimeError("can't start new thread")
+    return start(self)
+threading.Thread.start = refuse
+from flowrl_deploy.cli import app
+sys.argv[0] = "flowrl"
+app()
+"""
+
+
+def test_flowrl_serve_says_so_in_one_line(tmp_path):
+    policy = write_policy(tmp_path / "policy.onnx")
+    result = subprocess.run(
+        [sys.executable, "-c", SCRIPT, "serve", str(policy), "--port", "0"], capture_output=True, text=True, timeout=120
+    )
+    assert result.returncode == 1
+    assert "Traceback" not in result.stderr
+    errors = [line for line in result.stderr.splitlines() if line.startswith("error:")]
+    assert len(errors) == 1 and "cannot start the server's threads" in errors[0], result.stderr
