@@ -46,7 +46,28 @@ def test_onnxruntime_is_loaded_without_its_telemetry(policy, code):
     assert WARNING not in _stderr(code, policy)
 
 
-def test_a_users_own_setting_is_kept(policy):
-    """The check above can fail: with the user's ORT_DISABLE_TELEMETRY=0, onnxruntime's warning is there."""
+@pytest.mark.parametrize(("users", "seen"), [(None, "1"), ("0", "0"), ("1", "1")])
+def test_the_runtime_module_sets_the_default_and_keeps_a_users_own_setting(users, seen):
+    """onnxruntime of any version reads the variable when it is imported, which flowrl_deploy.runtime does."""
+    code = "import os, flowrl_deploy.runtime; print(os.environ['ORT_DISABLE_TELEMETRY'])"
+    env = {} if users is None else {"ORT_DISABLE_TELEMETRY": users}
+    result = subprocess.run(
+        [sys.executable, "-c", code],
+        env={**{k: v for k, v in os.environ.items() if k != "ORT_DISABLE_TELEMETRY"}, **env},
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert result.stdout.split() == [seen], result.stderr
+
+
+def test_the_warning_check_can_fail(policy):
+    """With the user's ORT_DISABLE_TELEMETRY=0, onnxruntime's warning is there (where this
+    onnxruntime has telemetry: 1.31 does, the 1.23 that Python 3.10 gets does not)."""
+    import onnxruntime
+
     code = "import sys; from flowrl_deploy.runtime import OnnxPolicy; OnnxPolicy(sys.argv[1])"
-    assert WARNING in _stderr(code, policy, ORT_DISABLE_TELEMETRY="0")
+    stderr = _stderr(code, policy, ORT_DISABLE_TELEMETRY="0")
+    if WARNING not in stderr and "telemetry" not in stderr.lower():
+        pytest.skip(f"onnxruntime {onnxruntime.__version__} writes no telemetry device id: nothing to turn off")
+    assert WARNING in stderr
