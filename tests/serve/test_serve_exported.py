@@ -85,13 +85,14 @@ def test_the_control_loop_runs_with_the_setup_frozen_out_of_garbage_collection(o
 
     frozen_at_steps: list[bool] = []
     make_env = control.make_env
+    before = gc.get_freeze_count()  # CPython 3.12 keeps its immortal objects frozen: not 0 there
 
     def recording_env(*args, **kwargs):
         env = make_env(*args, **kwargs)
         step = env.step
 
         def recording_step(action):
-            frozen_at_steps.append(gc.get_freeze_count() > 0)
+            frozen_at_steps.append(gc.get_freeze_count() > before)
             return step(action)
 
         env.step = recording_step
@@ -101,4 +102,4 @@ def test_the_control_loop_runs_with_the_setup_frozen_out_of_garbage_collection(o
     with PolicyServer(ServeConfig(str(onnx_file), port=0, grace_s=0)).start() as server:
         report = control.run_control(server.address, None, hz=2000, episodes=2, seed=3, max_steps=20)
     assert report.steps == 40 and frozen_at_steps == [True] * 40
-    assert gc.get_freeze_count() == 0, "run_control left objects frozen after it returned"
+    assert gc.get_freeze_count() <= before, "run_control left objects frozen after it returned"
