@@ -2,6 +2,7 @@
 
 import importlib.metadata
 import re
+import shutil
 import subprocess
 import sys
 import zipfile
@@ -17,9 +18,15 @@ ROOT = Path(__file__).resolve().parents[2]
 
 @pytest.fixture(scope="module")
 def wheel(tmp_path_factory) -> zipfile.ZipFile:
+    """The wheel of a copy of the tree without its build outputs: setuptools builds in ``build/`` beside
+    the sources and keeps what it finds there, so a wheel built in the tree shipped files since
+    deleted from it (and left ``build/`` behind in the checkout)."""
     out = tmp_path_factory.mktemp("wheel")
+    source = tmp_path_factory.mktemp("source") / "flowrl-deploy"
+    outputs = shutil.ignore_patterns(".git", ".venv*", "build", "dist", "*.egg-info", "runs", "__pycache__")
+    shutil.copytree(ROOT, source, ignore=outputs, symlinks=True)
     subprocess.run(
-        [sys.executable, "-m", "pip", "wheel", "--no-deps", "--no-build-isolation", "-q", "-w", str(out), str(ROOT)],
+        [sys.executable, "-m", "pip", "wheel", "--no-deps", "--no-build-isolation", "-q", "-w", str(out), str(source)],
         check=True,
         capture_output=True,
     )
@@ -75,3 +82,14 @@ def test_every_distribution_of_an_extra_has_a_module_that_names_its_install(whee
     mapped = {module for module, extras in EXTRAS_OF.items() if extra in extras}
     assert sorted(d for d in distributions if not modules_of[d] & mapped) == []
     assert mapped <= set().union(*(modules_of[d] for d in distributions))
+
+
+def test_the_wheel_ships_only_files_of_the_tree(wheel):
+    """Nothing left in a build folder from an earlier tree (a deleted module) reaches the wheel."""
+    stages = {"train", "export", "serve"}
+    for name in wheel.namelist():
+        parts = Path(name).parts
+        if parts[0] != "flowrl_deploy":
+            continue
+        source = ROOT.joinpath(*parts[1:]) if len(parts) > 2 and parts[1] in stages else ROOT.joinpath(*parts)
+        assert source.is_file(), f"{name} has no source in the tree"
