@@ -18,9 +18,9 @@ class EnvIdError(FlowRLError):
 
 
 class Interrupted(KeyboardInterrupt):
-    """A stop signal that interrupts at once (``flowrl train``'s second Ctrl-C or SIGTERM): like
-    Ctrl-C's KeyboardInterrupt, but it says which signal came (``signum``), so that the command's
-    exit status is the shell's 128 + signal (130 for SIGINT, 143 for SIGTERM)."""
+    """A stop signal that interrupts at once (``flowrl train``'s second Ctrl-C; a repeated SIGTERM
+    lets the final save finish): like Ctrl-C's KeyboardInterrupt, but it says which signal came
+    (``signum``), so that the command's exit status is the shell's 128 + signal (130 for SIGINT)."""
 
     def __init__(self, signum: int) -> None:
         super().__init__()
