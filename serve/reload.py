@@ -17,7 +17,7 @@ from pathlib import Path
 
 import grpc
 
-from flowrl_deploy.checkpoint import CHECKPOINTS_DIR, DOCUMENT_FILE, resolve_checkpoint
+from flowrl_deploy.checkpoint import CHECKPOINTS_DIR, DOCUMENT_FILE, LAST, resolve_checkpoint
 from flowrl_deploy.errors import FlowRLError
 from flowrl_deploy.runtime import is_onnx_path
 from flowrl_deploy.serve.errors import ServeError, loggable
@@ -77,6 +77,9 @@ def reload_target(model: str, path: str) -> Path:
         given = next((c for c in candidates if c.exists()), candidates[0])
         check(given, given)
         given.stat()  # a missing file, or one no path can reach: a link loop, a name too long
+        for link in (given / LAST, given / CHECKPOINTS_DIR / LAST):  # what resolve_checkpoint follows,
+            if link.is_symlink():  # checked first: its error for a dangling link says where the link leads
+                check(given, link)
         target = given.resolve() if is_onnx_path(given) else resolve_checkpoint(given).resolve()
         check(given, target)  # here too: a link swapped for a file meanwhile makes resolve() raise EINVAL
     except FileNotFoundError:

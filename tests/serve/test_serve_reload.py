@@ -495,6 +495,31 @@ def test_a_refused_reload_tells_the_client_the_path_it_sent_not_where_its_links_
     assert len(logged) == 1 and f"leads to {secret.resolve()}" in logged[0]  # once a minute: the first
 
 
+@pytest.mark.parametrize("link", ["last", "checkpoints/last"])
+def test_a_dangling_link_leading_outside_the_served_area_is_refused_without_saying_where(tmp_path, caplog, link):
+    """A dangling ``last`` leading outside reached resolve_checkpoint before the area check, and its
+    "points at <target>, which is missing" went to the client: where the link leads stays in the log."""
+    exporter = FakeExporter()
+    run = tmp_path / "run"
+    save_step(run, 1)
+    (run / "evil" / link).parent.mkdir(parents=True, exist_ok=True)
+    (run / "evil" / link).symlink_to(tmp_path / "secret-place" / "step_5")
+    server = PolicyServer(ServeConfig(str(run), port=0, grace_s=0), export_checkpoint=exporter).start()
+    with (
+        server,
+        PolicyClient(server.address) as client,
+        caplog.at_level("WARNING", logger="flowrl.serve"),
+        pytest.raises(ServiceError) as info,
+    ):
+        client.reload("evil")
+    assert info.value.code == grpc.StatusCode.PERMISSION_DENIED
+    assert "secret-place" not in info.value.details
+    assert info.value.details.startswith(f"reload refused: 'evil' ({run / 'evil'}) is outside {run.resolve()}")
+    logged = [r.getMessage() for r in caplog.records if r.levelname == "WARNING"]
+    assert len(logged) == 1 and f"leads to {(tmp_path / 'secret-place' / 'step_5').resolve()}" in logged[0]
+    assert len(exporter.calls) == 1  # the served checkpoint's, at the start
+
+
 def test_a_served_link_allows_files_beside_the_link_not_beside_its_target(tmp_path):
     (tmp_path / "deploy").mkdir()
     (tmp_path / "models").mkdir()
