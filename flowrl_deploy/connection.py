@@ -52,13 +52,13 @@ certificate it asked for and missed."""
 
 
 def connection_hint(error: str, target: str, tls_ca: str, tls_cert: str) -> str:
-    """What to try after a failed connection to ``target``, given its error and the TLS files the
-    user passed ('' if none fits). TLS options are suggested only for a connection that never came
-    up (:data:`NO_CONNECTION`), not for the server's own answers (the model still loading) or a
-    connection lost after it was up."""
+    """What to try after a failed connection to ``target`` (a :func:`checked_target`), given its
+    error and the TLS files the user passed ('' if none fits). TLS options are suggested only for a
+    connection that never came up (:data:`NO_CONNECTION`), not for the server's own answers (the
+    model still loading) or a connection lost after it was up."""
     if "Connection refused" in error:  # nothing listens at that address: TLS is not the question
-        host = target[1:].partition("]")[0] if target.startswith("[") else target.rpartition(":")[0]
-        if target.startswith("unix:") or is_loopback(host) or host.strip("[]") in EVERY_INTERFACE:
+        hosts = target_hosts(target)
+        if hosts is None or all(is_loopback(host) or host in EVERY_INTERFACE for host in hosts):
             return "nothing listens at that port on this machine: is `flowrl serve` running, with that --port?"
         return (
             "nothing listens at that port; to be reached from another machine, `flowrl serve` needs "
@@ -101,6 +101,13 @@ def checked_target(target: str, name: str = "target") -> str:
     a plain one is, and anything else is refused naming ``name`` (the flag or the argument): gRPC
     would wrap a negative port round to another one, take 443 for a missing port, or log its parser's
     trace."""
+    target_hosts(target, name)
+    return target
+
+
+def target_hosts(target: str, name: str = "target") -> tuple[str, ...] | None:
+    """The hosts ``target`` names (an IPv6 address without its brackets), or None for a socket on this
+    machine (``unix:``, ``unix-abstract:``); ``target`` is checked as :func:`checked_target` says."""
 
     def refused(why: str) -> FlowRLError:
         return FlowRLError(
@@ -114,28 +121,29 @@ def checked_target(target: str, name: str = "target") -> str:
         raise refused("empty")
     scheme, _, rest = target.partition(":")
     if scheme not in TARGET_SCHEMES:
-        _checked_address(target, refused)
-    elif scheme.startswith("unix"):
+        return (_checked_address(target, refused),)
+    if scheme.startswith("unix"):
         if not rest.strip("/"):
             raise refused(f"no {'socket path' if scheme == 'unix' else 'name'} after '{scheme}:'")
-    elif scheme == "dns":
+        return None
+    if scheme == "dns":
         where = "dns:"
         if rest.startswith("//"):  # dns://DNS-SERVER/host:port ('' for the system's)
             server, _, rest = rest[2:].partition("/")
             where = f"dns://{server}/"
         if not rest:
             raise refused(f"no host:port after '{where}'")
-        _checked_address(rest, refused)
-    else:  # ipv4: or ipv6: with a list of addresses
-        for address in rest.split(","):
-            if not address:
-                raise refused("an empty address in the list")
-            if scheme == "ipv6" and not address.startswith("["):
-                raise refused(f"{address!r}: an IPv6 address goes in brackets, as [::1]:50051")
-            host = _checked_address(address, refused)
-            if scheme == "ipv4" and not _is_ipv4(host):
-                raise refused(f"{host!r} is not an IPv4 address")
-    return target
+        return (_checked_address(rest, refused),)
+    hosts: list[str] = []
+    for address in rest.split(","):  # ipv4: or ipv6: with a list of addresses
+        if not address:
+            raise refused("an empty address in the list")
+        if scheme == "ipv6" and not address.startswith("["):
+            raise refused(f"{address!r}: an IPv6 address goes in brackets, as [::1]:50051")
+        hosts.append(_checked_address(address, refused))
+        if scheme == "ipv4" and not _is_ipv4(hosts[-1]):
+            raise refused(f"{hosts[-1]!r} is not an IPv4 address")
+    return tuple(hosts)
 
 
 def _is_ipv4(host: str) -> bool:

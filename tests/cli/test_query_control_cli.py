@@ -116,11 +116,15 @@ class TestMutualTLS:
         from flowrl_deploy.connection import connection_hint
 
         error = "UNAVAILABLE: ... ipv4:192.0.2.2:50051: Failed to connect to remote host: Connection refused"
-        for target in ("192.0.2.2:50051", "robot-brain:50051", "[2001:db8::1]:50051"):
+        remote = ("192.0.2.2:50051", "robot-brain:50051", "[2001:db8::1]:50051", "dns:///robot-brain:50051")
+        for target in (*remote, "ipv4:127.0.0.1:50051,192.0.2.2:50051", "ipv6:[2001:db8::1]:50051"):
             hint = connection_hint(error, target, "", "")
-            assert "needs --host 0.0.0.0 (its default, 127.0.0.1, takes local connections only)" in hint
-        for target in ("localhost:50051", "[::1]:50051", "unix:/tmp/flowrl.sock", "0.0.0.0:50051", "[::]:50051"):
-            assert "on this machine" in connection_hint(error, target, "", "")
+            assert "needs --host 0.0.0.0 (its default, 127.0.0.1, takes local connections only)" in hint, target
+        local = ("localhost:50051", "[::1]:50051", "unix:/tmp/flowrl.sock", "0.0.0.0:50051", "[::]:50051")
+        schemes = ("dns:///localhost:50051", "dns:localhost:50051", "dns://8.8.8.8/localhost:50051")
+        for target in (*local, *schemes, "ipv4:127.0.0.1:50051,127.0.0.2:50051", "ipv6:[::1]:50051"):
+            assert "on this machine" in connection_hint(error, target, "", ""), target
+        assert "on this machine" in connection_hint(error, "unix-abstract:flowrl", "", "")
         closed = "failed to connect to all addresses; last error: UNAVAILABLE: ipv4:192.0.2.2:50051: Socket closed"
         assert connection_hint(closed, "192.0.2.2:50051", "", "") == "if the server uses TLS, pass --tls-ca"
 
