@@ -166,7 +166,7 @@ class ServeConfig:
                 f"watch_interval_s must lie in [{MIN_WATCH_INTERVAL_S}, {MAX_TIMEOUT_S:g}] s, "
                 f"got {self.watch_interval_s}"
             )
-        check_grace("grace_s", self.grace_s)
+        check_grace(setting_name("grace_s"), self.grace_s)
         if not MIN_KEEPALIVE_S <= self.keepalive_s <= MAX_TIMEOUT_S:
             raise FlowRLError(
                 f"keepalive_s must lie in [{MIN_KEEPALIVE_S}, {MAX_TIMEOUT_S:g}] s, got {self.keepalive_s}"

@@ -19,9 +19,9 @@ NAN, INF = float("nan"), float("inf")
     ("setting", "message"),
     [
         # a hang: stop() never returned with a stream open, and gRPC printed an OverflowError
-        ({"grace_s": INF}, "grace_s must lie in [0, 86400] s, got inf"),
-        ({"grace_s": NAN}, "grace_s must lie in [0, 86400] s, got nan"),
-        ({"grace_s": -1}, "grace_s must lie in [0, 86400] s, got -1"),
+        ({"grace_s": INF}, "--grace-s must lie in [0, 86400] s, got inf"),
+        ({"grace_s": NAN}, "--grace-s must lie in [0, 86400] s, got nan"),
+        ({"grace_s": -1}, "--grace-s must lie in [0, 86400] s, got -1"),
         # bare errors from concurrent.futures, gRPC, pybind11, the batcher
         ({"workers": 0}, "--workers must be >= 1, got 0"),
         ({"max_message_bytes": 2**40}, "--max-message-bytes must lie in [1, 2147483647] (gRPC's limit)"),
