@@ -142,10 +142,14 @@ class FileWatcher:
         self._thread.start()
         return self
 
-    def stop(self) -> None:
+    def stop(self, timeout_s: float) -> bool:
+        """Stop polling; wait up to ``timeout_s`` for a reload in progress. False: it is still in
+        progress, left to finish on its own (the thread is a daemon; the model it swaps in is served
+        by no one once the server has stopped)."""
         self._stop.set()
         if self._thread.is_alive():
-            self._thread.join(timeout=5)
+            self._thread.join(timeout_s)
+        return not self._thread.is_alive()
 
     def _loop(self) -> None:
         served = self._served

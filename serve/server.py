@@ -32,6 +32,7 @@ import threading
 import time
 from collections.abc import Callable
 from concurrent import futures
+from http.server import ThreadingHTTPServer
 from pathlib import Path
 
 import grpc
@@ -342,7 +343,8 @@ class PolicyServer:
         that took up to a second per call (a 5 s grace once took 12 s). Calls still in flight then
         are logged as abandoned (:attr:`abandoned`); gRPC's stop ends them in the background, and
         their handler threads run on until their inference returns (``flowrl serve`` exits without
-        waiting for them)."""
+        waiting for them). So does a ``--watch`` reload still loading then, and the metrics
+        endpoint's close."""
         grace = self.config.grace_s if grace is None else check_grace("grace", grace)
         if self._stopped:
             return
@@ -351,8 +353,6 @@ class PolicyServer:
         if self._server is not None:
             self._streams.close()  # first: each Watch then ends right after the NOT_SERVING below
             self._set_health(health_pb2.HealthCheckResponse.NOT_SERVING)
-            if self._watcher is not None:
-                self._watcher.stop()
             stopping = threading.Thread(target=self._stop_grpc, args=(self._server, grace), name="flowrl-stop")
             stopping.daemon = True  # abandoned, it must not hold the process's exit
             try:
@@ -363,8 +363,10 @@ class PolicyServer:
                     # thread that times the grace; gRPC's stop waits for its serving thread, which
                     # may be the one that failed to start, so nothing waits for it here
                     self._server.stop(0)
+                self._stop_watcher(until)
                 self.servicer.close()
             else:
+                self._stop_watcher(until)  # after gRPC's stop began: the port closes at once
                 stopping.join(max(0.0, until - time.monotonic()))  # its start alone took up to a second
             # a call gRPC cancelled at the end of the grace period runs on until its handler returns
             self._streams.wait_idle(max(0.0, until - time.monotonic()))
@@ -380,10 +382,21 @@ class PolicyServer:
                 self.servicer.remove_work_folder()  # the rest is released once gRPC's stop ends
         else:  # a server whose start() failed before gRPC ran: its batcher threads
             self.servicer.close()
-        if self._metrics_http is not None:
-            self._metrics_http.shutdown()
-            self._metrics_http.server_close()
+        if self._metrics_http is not None:  # its loop notices a shutdown within its 0.5 s poll
+            closing = threading.Thread(target=_close_http, args=(self._metrics_http,), name="flowrl-metrics-stop")
+            closing.daemon = True
+            try:
+                closing.start()
+            except RuntimeError:  # no thread can start
+                _close_http(self._metrics_http)
+            else:
+                closing.join(max(0.0, until - time.monotonic()))
         self._server = None
+
+    def _stop_watcher(self, until: float) -> None:
+        """Stop ``--watch``, waiting for a reload in progress (a large model's load) no later than ``until``."""
+        if self._watcher is not None and not self._watcher.stop(max(0.0, until - time.monotonic())):
+            log.warning("a --watch reload still in progress at the end of the stop was left to finish on its own")
 
     def _stop_grpc(self, server: grpc.Server, grace: float) -> None:
         """gRPC's stop with ``grace``, cut short once no call is in flight, then the servicer's
@@ -403,6 +416,11 @@ class PolicyServer:
 
     def __exit__(self, *exc: object) -> None:
         self.stop()
+
+
+def _close_http(server: ThreadingHTTPServer) -> None:
+    server.shutdown()
+    server.server_close()
 
 
 STOP_SIGNALS = tuple(getattr(signal, name) for name in ("SIGTERM", "SIGINT", "SIGHUP") if hasattr(signal, name))

@@ -173,7 +173,7 @@ def test_a_refused_watch_reload_is_logged_escaped(tmp_path, caplog):
             while not caplog.records and time.monotonic() < deadline:
                 time.sleep(0.01)
     finally:
-        watcher.stop()
+        watcher.stop(5)
     (record,) = caplog.records
     assert "\n" not in record.getMessage() and "a\\n2026" in record.getMessage()
 

@@ -575,7 +575,7 @@ def _watch_scripted_stamps(tmp_path, monkeypatch, stamps: list, polls_wanted: in
     try:
         assert _wait_for(lambda: len(polls) >= polls_wanted)
     finally:
-        watcher.stop()
+        watcher.stop(5)
     return loads
 
 
