@@ -107,7 +107,8 @@ class RunLock:
     kernel drops when the process ends, however it ends: a SIGKILL leaves no stale lock (a node that
     dies holding it on a network file system may). The file names its holder (pid, host, start time)
     for the refusal. Making the lock makes the directory; :meth:`release` with ``undo`` (a refused
-    run) removes the folders it made, if still empty."""
+    run) removes the folders it made, if still empty. Where the file system has no flock (an NFS mounted
+    without locks, a Lustre without ``-o flock``), the run goes unlocked and :attr:`unlocked` says why."""
 
     FILE = ".lock"
 
@@ -120,6 +121,8 @@ class RunLock:
             raise FlowRLError(f"cannot create the run directory {run_dir}: {exc.strerror or exc}") from None
         self._made = made  # innermost first
         self._fd: int | None = None
+        self.unlocked: str | None = None
+        """Why the directory could not be locked ('No locks available'), or None."""
         try:
             self._fd = self._acquire(new_run)
         except BaseException:
@@ -138,6 +141,7 @@ class RunLock:
                 fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
             except OSError as exc:
                 if exc.errno not in (errno.EWOULDBLOCK, errno.EACCES):  # no flock here (an NFS without locks)
+                    self.unlocked = os_reason(exc)
                     os.close(fd)
                     with contextlib.suppress(OSError):
                         self.path.unlink()

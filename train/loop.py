@@ -11,6 +11,7 @@ resumed from a checkpoint taken at an episode boundary continues exactly as if n
 
 from __future__ import annotations
 
+import logging
 import math
 import os
 import signal
@@ -50,6 +51,9 @@ from flowrl_deploy.train.envs import Env, EnvInfo, episode_seed, make_env
 from flowrl_deploy.train.evaluate import EVAL_NOISE_STREAM, EvalResult, evaluate
 from flowrl_deploy.train.logger import MetricsLogger, Progress, RateMeter
 from flowrl_deploy.train.replay import ReplayBuffer
+
+log = logging.getLogger("flowrl.train")
+"""A run's warnings (its directory goes unlocked, …), logged just before ``on_start``."""
 
 
 @dataclass
@@ -180,7 +184,8 @@ def train(
     current step with a saved ``last`` checkpoint and ``TrainResult.interrupted``, and a second Ctrl-C
     raises :class:`TrainingInterrupted` at once; otherwise Ctrl-C raises ``KeyboardInterrupt`` as usual.
     The run locks its directory while it runs (:class:`~flowrl_deploy.train.checkpointing.RunLock`):
-    a second run on it is refused.
+    a second run on it is refused. What the user should know (a directory that could not be locked) is
+    logged as a warning on the ``flowrl.train`` logger just before ``on_start``.
 
     ``cfg.threads`` sets torch's thread count for the run only: the caller's comes back when it returns
     or raises. A run seeds torch's global RNG with ``cfg.seed`` (``torch.manual_seed``), as a seeded run
@@ -223,6 +228,8 @@ def _run_loop(run: _Run, stop: _StopOnSignal, on_start: Callable[[], None] | Non
     first_step = counters.env_steps
     metrics: dict[str, torch.Tensor] = {}
     try:
+        for warning in run.warnings:
+            log.warning("%s", warning)
         if on_start is not None:
             on_start()
         obs, episode_return, episode_length = env.reset(episode_seed(cfg.seed, counters.episodes)), 0.0, 0
@@ -287,6 +294,8 @@ class _Run:
     """The last checkpoint saved, or resumed from."""
     rates: RateMeter
     """The logged rates' meter: restarted at each row of them and after each evaluation."""
+    warnings: list[str]
+    """What the user should know before the first step, logged on ``flowrl.train``."""
 
     def save(self, best: bool = False) -> None:
         self.last_checkpoint = self.checkpoints.save(
@@ -366,9 +375,15 @@ def _prepare_locked_run(
         eval_env.close()
         raise
     rates = RateMeter(counters.env_steps, agent.updates)
+    warnings = []
+    if lock.unlocked:
+        warnings.append(
+            f"cannot lock the run directory {run_dir} ({lock.unlocked}: the file system has no locks): it runs "
+            "unlocked, so a second flowrl train on it is not refused"
+        )
     return _Run(
         cfg, run_dir, lock, spec, env, eval_env, agent, replay, action_rng, counters, checkpoints, logger, bar, start,
-        rates,
+        rates, warnings,
     )  # fmt: skip
 
 

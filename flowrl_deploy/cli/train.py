@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import contextlib
+import logging
 import signal
+from collections.abc import Iterator
 from enum import Enum
 from pathlib import Path
 from typing import Annotated
@@ -39,6 +42,25 @@ DEFAULT_SOLVER, DEFAULT_WEIGHTING, DEFAULT_DEVICE = (
 def _plain(value: object) -> object:
     """An option's value as TrainConfig holds it (a choice as its text, a path as a string)."""
     return value.value if isinstance(value, Enum) else str(value) if isinstance(value, Path) else value
+
+
+@contextlib.contextmanager
+def _collected(log: logging.Logger, warnings: list[str]) -> Iterator[None]:
+    """Within the block, the training library's warnings (``log``, ``flowrl.train``: logged before
+    ``on_start``) join ``warnings``, which the command prints as its own."""
+
+    class Collect(logging.Handler):
+        def emit(self, record: logging.LogRecord) -> None:
+            warnings.append(record.getMessage())
+
+    handler, propagate = Collect(logging.WARNING), log.propagate
+    log.addHandler(handler)
+    log.propagate = False
+    try:
+        yield
+    finally:
+        log.removeHandler(handler)
+        log.propagate = propagate
 
 
 def _given(ctx: typer.Context, name: str) -> bool:
@@ -138,6 +160,7 @@ def train(
     from flowrl_deploy.checkpoint import CHECKPOINTS_DIR, REPLAY_FILE, resume_point
     from flowrl_deploy.train.checkpointing import missing_config_fields, resume_config, run_to_resume
     from flowrl_deploy.train.loop import TrainingInterrupted
+    from flowrl_deploy.train.loop import log as train_log
     from flowrl_deploy.train.loop import train as run_training
 
     if resume_if_exists:
@@ -200,7 +223,8 @@ def train(
             typer.secho(f"warning: {text}", err=True, fg=typer.colors.YELLOW)
 
     try:
-        result = run_training(cfg, resume=resume, progress=progress, stop_on_signal=True, on_start=warn)
+        with _collected(train_log, warnings):
+            result = run_training(cfg, resume=resume, progress=progress, stop_on_signal=True, on_start=warn)
     except TrainingInterrupted as exc:  # a second Ctrl-C: say what is left to resume from, then user_errors says why
         saved = (
             f"the last checkpoint saved is {exc.last_checkpoint}; continue with --resume {exc.run_dir}"

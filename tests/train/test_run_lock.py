@@ -111,13 +111,25 @@ def test_a_refused_new_run_removes_the_folders_its_lock_made(tmp_path):
     assert list(tmp_path.iterdir()) == []
 
 
-def test_a_file_system_without_flock_runs_unlocked(monkeypatch, tmp_path):
-    """An NFS mounted without locks answers flock with ENOLCK: that raised a traceback before the run."""
+def test_a_file_system_without_flock_runs_unlocked_and_says_so(monkeypatch, tmp_path, caplog):
+    """An NFS mounted without locks answers flock with ENOLCK: that raised a traceback before the run, then
+    ran unlocked without a word, so the user believed a second job on the folder would be refused."""
     import errno
 
     def no_locks(fd, operation):
         raise OSError(errno.ENOLCK, "No locks available")
 
     monkeypatch.setattr(checkpointing.fcntl, "flock", no_locks)
-    result = train(TrainConfig(steps=120, out=str(tmp_path / "run"), **TINY), progress=False)
-    assert result.counters.env_steps == 120 and not (tmp_path / "run" / RunLock.FILE).exists()
+    out = tmp_path / "run"
+    with caplog.at_level("WARNING", logger="flowrl.train"):
+        result = train(TrainConfig(steps=120, out=str(out), **TINY), progress=False)
+    assert result.counters.env_steps == 120 and not (out / RunLock.FILE).exists()
+    unlocked = (
+        f"cannot lock the run directory {out} (No locks available: the file system has no locks): it runs "
+        "unlocked, so a second flowrl train on it is not refused"
+    )
+    assert [r.getMessage() for r in caplog.records if r.name == "flowrl.train"] == [unlocked]
+
+    cli = runner.invoke(app, ["train", *TINY_FLAGS, "--steps", "120", "--out", str(tmp_path / "cli")])
+    assert cli.exit_code == 0, cli.output
+    assert f"warning: {unlocked.replace(str(out), str(tmp_path / 'cli'))}\n" in cli.output
