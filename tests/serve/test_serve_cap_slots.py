@@ -10,6 +10,7 @@ from types import SimpleNamespace
 
 import grpc
 import pytest
+from call_context import CallContext
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from flowrl_deploy.proto.flowrl.v1 import policy_pb2 as pb
@@ -59,25 +60,6 @@ def test_a_handler_running_on_after_its_client_cancelled_keeps_its_slot(policy_p
         exposition = server.servicer.metrics.exposition()
     assert 'flowrl_refused_total{limit="control"} 1' in exposition
     assert 'flowrl_requests_total{method="Reload",code="RESOURCE_EXHAUSTED"} 1' in exposition
-
-
-class CallContext:
-    """A call in flight until :meth:`end` (gRPC calls its end callbacks then, once)."""
-
-    def __init__(self) -> None:
-        self.callbacks = []
-
-    def add_callback(self, callback) -> bool:
-        self.callbacks.append(callback)
-        return True
-
-    def abort(self, code, details):
-        raise grpc.RpcError(code, details)
-
-    def end(self) -> None:
-        callbacks, self.callbacks = self.callbacks, []
-        for callback in callbacks:
-            callback()
 
 
 def intercepted(streams: OpenStreams, method: str, make_handler, behavior):

@@ -10,6 +10,7 @@ from types import SimpleNamespace
 import grpc
 import numpy as np
 import pytest
+from call_context import CallContext
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection_pb2, reflection_pb2_grpc
 
@@ -184,16 +185,6 @@ def test_clients_with_client_side_health_checking_are_served_beyond_the_watch_ca
     assert 'flowrl_requests_total{method="Watch",code="UNIMPLEMENTED"} 2' in exposition
 
 
-class EndedCallContext:
-    """A call that gRPC ended before its handler ran: add_callback refuses the callback (False)."""
-
-    def add_callback(self, callback) -> bool:
-        return False
-
-    def abort(self, code, details):
-        raise AssertionError(f"aborted: {code} {details}")
-
-
 def test_a_call_that_ended_before_its_handler_ran_frees_its_slot():
     """Its end callback is never called: the slot must be freed at once, or each such call leaked
     one, and the server refused every call after --workers of them."""
@@ -201,7 +192,7 @@ def test_a_call_that_ended_before_its_handler_ran_frees_its_slot():
     streams = OpenStreams(workers=1, on_refused=lambda method, cap: refusals.append((method, cap.limit)))
     details = SimpleNamespace(method=f"/{SERVICE_NAME}/Act")  # what intercept_service reads of grpc's
     handler = streams.intercept_service(lambda _: grpc.unary_unary_rpc_method_handler(lambda r, c: "acted"), details)
-    assert [handler.unary_unary("obs", EndedCallContext()) for _ in range(2)] == ["acted", "acted"]
+    assert [handler.unary_unary("obs", CallContext(ended=True)) for _ in range(2)] == ["acted", "acted"]
     assert refusals == [] and streams.wait_idle(0)
 
 
@@ -379,24 +370,6 @@ def test_control_calls_are_answered_while_the_fleet_holds_every_worker(policy_pa
             held.set()
 
 
-class HeldCallContext:
-    """A call in flight until :meth:`finish` (gRPC calls its end callback then)."""
-
-    def __init__(self) -> None:
-        self.callbacks = []
-
-    def add_callback(self, callback) -> bool:
-        self.callbacks.append(callback)
-        return True
-
-    def abort(self, code, details):
-        raise grpc.RpcError(code, details)
-
-    def finish(self) -> None:
-        for callback in self.callbacks:
-            callback()
-
-
 def test_control_calls_beyond_their_own_threads_use_idle_workers():
     """A burst of robots starting at once (each asks GetSpec) is not refused while workers are idle:
     control calls beyond their own threads take an idle worker, and only then are refused."""
@@ -408,7 +381,7 @@ def test_control_calls_beyond_their_own_threads_use_idle_workers():
             lambda _: grpc.unary_unary_rpc_method_handler(lambda r, c: "answered"),
             SimpleNamespace(method=f"/{SERVICE_NAME}/{method}"),
         )
-        context = HeldCallContext()
+        context = CallContext()
         try:
             return handler.unary_unary("request", context), context
         except grpc.RpcError:
@@ -417,9 +390,9 @@ def test_control_calls_beyond_their_own_threads_use_idle_workers():
     held = [call("GetSpec") for _ in range(CONTROL_CALLS + 1)]  # the last takes the one worker
     assert [answer for answer, _ in held] == ["answered"] * (CONTROL_CALLS + 1)
     assert call("GetStats")[0] == call("Act")[0] == "refused"
-    held[0][1].finish()  # a control thread is free again: a control call is answered, an Act is not
+    held[0][1].end()  # a control thread is free again: a control call is answered, an Act is not
     assert call("Act")[0] == "refused"
     assert call("Reload")[0] == "answered"
-    held[-1][1].finish()  # the worker is free again
+    held[-1][1].end()  # the worker is free again
     assert call("Act")[0] == "answered"
     assert refusals == [("GetStats", "control"), ("Act", "workers"), ("Act", "workers")]
