@@ -6,6 +6,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from fake_checkpoints import save_step
 from tiny_policy import write_policy
 
 from flowrl_deploy.errors import FlowRLError
@@ -120,6 +121,13 @@ def test_stop_refuses_a_grace_period_it_could_not_wait(server):
     server.stop(grace=0)
 
 
+def _garbage_exporter(checkpoint: Path, out: Path, steps: int | None) -> Path:
+    """An export that writes what the server then cannot load."""
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_bytes(b"not an ONNX model")
+    return out
+
+
 @pytest.mark.parametrize(
     ("setting", "message"),
     [
@@ -127,6 +135,7 @@ def test_stop_refuses_a_grace_period_it_could_not_wait(server):
         ({"tls_cert": "x.pem"}, "TLS needs both --tls-cert and --tls-key"),
         ({"steps": 3}, "--steps applies to a checkpoint"),
         ({"model": "garbage"}, "cannot load ONNX model"),  # refused after gRPC bound its port and started
+        ({"model": "checkpoint"}, "cannot load ONNX model"),  # its export made the work folder
     ],
 )
 def test_a_refused_start_leaves_no_thread_or_folder_behind(tmp_path, setting, message):
@@ -144,10 +153,13 @@ def test_a_refused_start_leaves_no_thread_or_folder_behind(tmp_path, setting, me
         if setting.get("model") == "garbage":
             (tmp_path / "garbage.onnx").write_bytes(b"not an ONNX model")
             setting = {"model": str(tmp_path / "garbage.onnx")}
+        exported = setting.get("model") == "checkpoint"
+        if exported:
+            setting = {"model": str(save_step(tmp_path / "run", 1))}
         settings = {"model": str(write_policy(tmp_path / "policy.onnx")), "port": 0, **setting}
         config = ServeConfig(**settings, max_batch=4, batch_workers=2, grace_s=0)
         before = set(threading.enumerate())
-        server = PolicyServer(config)
+        server = PolicyServer(config, export_checkpoint=_garbage_exporter)
         batchers = [t for t in set(threading.enumerate()) - before if t.name.startswith("flowrl-batcher")]
         assert len(batchers) == 2  # this server's own, not those of a server another test left running
         with pytest.raises(FlowRLError, match=message):
@@ -155,7 +167,9 @@ def test_a_refused_start_leaves_no_thread_or_folder_behind(tmp_path, setting, me
     for thread in batchers:
         thread.join(timeout=10)
     assert not any(t.is_alive() for t in batchers)
-    assert server.servicer.work_folder is None  # an .onnx file needs none (a checkpoint's is removed on stop)
+    folder = server.servicer.work_folder
+    assert (folder is not None) == exported  # only a checkpoint's export makes one
+    assert folder is None or not folder.exists()  # removed by the stop that followed the refusal
     if server.port:  # a port gRPC had bound is free again
         with socket.socket() as again:
             again.bind(("127.0.0.1", server.port))

@@ -4,6 +4,7 @@ replicas ``ipv4:a:p,b:p``) and a load-balancing policy: they were refused with '
 
 from __future__ import annotations
 
+import itertools
 import time
 
 import grpc
@@ -85,8 +86,14 @@ def test_round_robin_over_an_ipv4_list_reaches_both_replicas_and_fails_over(two_
     assert len(versions) == 2
     target = f"ipv4:127.0.0.1:{first.port},127.0.0.1:{second.port}"
     with PolicyClient(target, lb_policy="round_robin", timeout_s=5) as client:
-        client.wait_ready(10)
-        assert set(_versions(client, 20)) == versions  # pick_first would send every call to one
+        client.wait_ready(10)  # one replica READY: round_robin picks among the READY ones only
+        seen: set[str] = set()
+        until = time.monotonic() + 10
+        while seen != versions and time.monotonic() < until:
+            seen.update(_versions(client, 1))
+        assert seen == versions  # pick_first would send every call to one
+        calls = _versions(client, 10)
+        assert all(a != b for a, b in itertools.pairwise(calls)), calls  # both READY: in turn
         first.stop()
         served: list[str] = []
         until = time.monotonic() + 10

@@ -112,6 +112,11 @@ app()
 """
 
 
+def _workers_in_use(client: PolicyClient) -> int:
+    """Calls in their handlers, as GetStats gives the workers limit."""
+    return next(limit.in_use for limit in client.stats().limits if limit.limit == "workers")
+
+
 def test_flowrl_serve_exits_at_the_end_of_its_grace_period_with_slow_calls_in_flight(tmp_path):
     policy = write_policy(tmp_path / "policy.onnx")
     process = subprocess.Popen(
@@ -138,7 +143,10 @@ def test_flowrl_serve_exits_at_the_end_of_its_grace_period_with_slow_calls_in_fl
         callers = [threading.Thread(target=act) for _ in range(5)]
         for caller in callers:
             caller.start()
-        time.sleep(1.0)  # the calls are in their 30 s inference
+        until = time.monotonic() + 30  # each handler thread's start took up to a second on a loaded machine
+        while _workers_in_use(client) < 5 and time.monotonic() < until:
+            time.sleep(0.05)
+        assert _workers_in_use(client) == 5  # the calls are in their 30 s inference
         start = time.monotonic()
         process.send_signal(signal.SIGTERM)
         returncode = process.wait(GRACE_S + STOP_MARGIN_S + 10)

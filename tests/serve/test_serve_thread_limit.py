@@ -29,9 +29,9 @@ def test_a_server_whose_threads_cannot_start_is_refused_in_one_line(tmp_path, mo
     message = str(refused.value)
     assert "ulimit -v" in message and "--workers" in message
     assert refused.value.__cause__ is None and refused.value.__suppress_context__  # no chained traceback
-    if server.port:  # the stop that followed released the port gRPC had bound
-        with socket.socket() as again:
-            again.bind(("127.0.0.1", server.port))
+    assert server.port  # start() binds before it starts a thread (the batcher's started with the server)
+    with socket.socket() as again:  # the stop that followed released it
+        again.bind(("127.0.0.1", server.port))
 
 
 SCRIPT = """
