@@ -15,7 +15,6 @@ import logging
 import math
 import os
 import signal
-import sys
 import threading
 from collections.abc import Callable
 from dataclasses import dataclass, fields, replace
@@ -268,9 +267,13 @@ def _run_loop(run: _Run, stop: _StopOnSignal, on_start: Callable[[], None] | Non
             _after_step(run, metrics, stopped=lambda: stop.requested)
         if counters.env_steps > first_step:  # no step taken (a stop before the first): nothing new to save
             run.save()
-    finally:
+    except BaseException:
         stop.restore()
-        run.close(raise_errors=sys.exc_info()[1] is None)
+        run.close(raise_errors=False)
+        raise
+    else:
+        stop.restore()
+        run.close()
 
 
 @dataclass

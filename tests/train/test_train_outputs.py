@@ -130,6 +130,23 @@ def test_a_run_whose_first_save_fails_says_no_checkpoint_was_saved(monkeypatch, 
         train(TrainConfig(steps=300, out=str(tmp_path / "run"), **TINY), progress=False)
 
 
+def test_tensorboard_events_that_cannot_be_written_fail_a_run_called_inside_an_except_block(monkeypatch, tmp_path):
+    """Whether the close's failure was raised came from sys.exc_info(), which inside a caller's except
+    block sees the exception being handled: such a train() (a retry) returned as if its events were written."""
+    from torch.utils.tensorboard import SummaryWriter
+
+    def disk_full(self) -> None:
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr(SummaryWriter, "close", disk_full)
+    out = tmp_path / "run"
+    try:
+        raise RuntimeError("a first attempt failed")
+    except RuntimeError:
+        with pytest.raises(FlowRLError, match=f"^cannot write {re.escape(str(out / 'tensorboard'))}: No space"):
+            train(TrainConfig(steps=60, out=str(out), **TINY), progress=False)
+
+
 @pytest.mark.parametrize(
     "foreign",
     [
