@@ -587,9 +587,10 @@ def test_tensorboard_events_that_cannot_be_written_stop_the_run_in_one_line_nami
 
 def test_resume_if_exists_starts_resumes_and_finishes_with_the_same_command(monkeypatch, tmp_path):
     """A scheduler requeues a job with its first command line: --resume-if-exists starts --out when it holds
-    no checkpoint (a first start, or a requeue after a stop during warm-up), resumes it when it holds one,
-    and exits 0 saying so when it is finished (a requeue script had to branch on whether checkpoints/last
-    exists, and a finished run's requeue failed with status 1)."""
+    no checkpoint (a first start, or a requeue after a kill before the first checkpoint; a graceful stop, even
+    in the warm-up, saves last), resumes it when it holds one, and exits 0 saying so when it is finished (a
+    requeue script had to branch on whether checkpoints/last exists, and a finished run's requeue failed
+    with status 1)."""
     import os
     import signal
 
