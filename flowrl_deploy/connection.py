@@ -95,8 +95,8 @@ TARGET_SCHEMES = ("dns", "ipv4", "ipv6", "unix", "unix-abstract")
 
 def checked_target(target: str, name: str = "target") -> str:
     """``target`` when it is a server address gRPC reads as meant: ``host:port``, ``[IPv6]:port``,
-    or one of gRPC's naming schemes (:data:`TARGET_SCHEMES`): ``dns:[//dns-server/]host:port`` (a
-    headless Service's name, re-resolved by gRPC), ``ipv4:a:port,b:port``,
+    or one of gRPC's naming schemes (:data:`TARGET_SCHEMES`): ``dns:[//DNS-SERVER-IP:PORT/]host:port``
+    (a headless Service's name, re-resolved by gRPC), ``ipv4:a:port,b:port``,
     ``ipv6:[a]:port,[b]:port``, ``unix:PATH`` and ``unix-abstract:NAME``. Each address is checked as
     a plain one is, and anything else is refused naming ``name`` (the flag or the argument): gRPC
     would wrap a negative port round to another one, take 443 for a missing port, or log its parser's
@@ -128,11 +128,15 @@ def target_hosts(target: str, name: str = "target") -> tuple[str, ...] | None:
         return None
     if scheme == "dns":
         where = "dns:"
-        if rest.startswith("//"):  # dns://DNS-SERVER/host:port ('' for the system's)
+        if rest.startswith("//"):  # dns://DNS-SERVER-IP:PORT/host:port ('' for the system's)
             server, _, rest = rest[2:].partition("/")
             where = f"dns://{server}/"
+            if server:
+                _checked_dns_server(server, refused)
         if not rest:
             raise refused(f"no host:port after '{where}'")
+        if "," in rest:
+            raise refused("dns: takes one host:port, not a list (ipv4: and ipv6: take lists)")
         return (_checked_address(rest, refused),)
     hosts: list[str] = []
     for address in rest.split(","):  # ipv4: or ipv6: with a list of addresses
@@ -152,6 +156,18 @@ def _is_ipv4(host: str) -> bool:
     except ValueError:
         return False
     return True
+
+
+def _checked_dns_server(server: str, refused: Callable[[str], FlowRLError]) -> None:
+    """Refuse a ``dns://SERVER/`` other than an IP address and port, all gRPC takes there: it failed
+    every call with 'INTERNAL: Illegal status code from resolver; … Cannot parse authority'."""
+
+    def dns_refused(why: str) -> FlowRLError:
+        return refused(f"the DNS server {server!r}: {why} (give its IP address and port, as dns://10.0.0.10:53/)")
+
+    host = _checked_address(server, dns_refused)
+    if not (server.startswith("[") or _is_ipv4(host)):
+        raise dns_refused(f"{host!r} is not an IP address")
 
 
 def _checked_address(address: str, refused: Callable[[str], FlowRLError]) -> str:

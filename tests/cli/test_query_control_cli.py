@@ -121,7 +121,7 @@ class TestMutualTLS:
             hint = connection_hint(error, target, "", "")
             assert "needs --host 0.0.0.0 (its default, 127.0.0.1, takes local connections only)" in hint, target
         local = ("localhost:50051", "[::1]:50051", "unix:/tmp/flowrl.sock", "0.0.0.0:50051", "[::]:50051")
-        schemes = ("dns:///localhost:50051", "dns:localhost:50051", "dns://8.8.8.8/localhost:50051")
+        schemes = ("dns:///localhost:50051", "dns:localhost:50051", "dns://8.8.8.8:53/localhost:50051")
         for target in (*local, *schemes, "ipv4:127.0.0.1:50051,127.0.0.2:50051", "ipv6:[::1]:50051"):
             assert "on this machine" in connection_hint(error, target, "", ""), target
         assert "on this machine" in connection_hint(error, "unix-abstract:flowrl", "", "")

@@ -22,7 +22,8 @@ from flowrl_deploy.serve import PolicyServer, ServeConfig
     "target",
     [
         "dns:///localhost:50051",
-        "dns://10.96.0.10/flowrl.robots.svc.cluster.local:50051",  # a DNS server of one's own
+        "dns://10.96.0.10:53/flowrl.robots.svc.cluster.local:50051",  # a DNS server of one's own
+        "dns://[fd00::a]:53/flowrl:50051",
         "dns:flowrl:50051",
         "ipv4:127.0.0.1:50051",
         "ipv4:10.0.0.2:50051,10.0.0.3:50051",
@@ -40,8 +41,16 @@ def test_grpc_naming_schemes_are_accepted(target):
     ("target", "why"),
     [
         ("dns:///flowrl", "no port"),  # gRPC would take 443
-        ("dns://10.96.0.10/", "no host:port after 'dns://10.96.0.10/'"),
+        ("dns://10.96.0.10:53/", "no host:port after 'dns://10.96.0.10:53/'"),
         ("dns:", "no host:port after 'dns:'"),
+        # gRPC: 'INTERNAL: Illegal status code from resolver; … Cannot parse authority'
+        ("dns://bad server!:53/localhost:50051", "the DNS server 'bad server!:53': 'bad server!' is not a host name"),
+        ("dns://10.96.0.10/localhost:50051", "the DNS server '10.96.0.10': no port (give its IP address and port"),
+        ("dns://[fd00::a]/localhost:50051", "the DNS server '[fd00::a]': no ':port' after the bracketed IPv6"),
+        ("dns://kube-dns:53/localhost:50051", "the DNS server 'kube-dns:53': 'kube-dns' is not an IP address"),
+        ("dns://8.8.8.8:0/localhost:50051", "the DNS server '8.8.8.8:0': port 0 is not in 1-65535"),
+        ("dns://::1/localhost:50051", "the DNS server '::1': more than one ':' (an IPv6 address goes in brackets)"),
+        ("dns:///a:50051,b:50051", "dns: takes one host:port, not a list (ipv4: and ipv6: take lists)"),
         ("ipv4:127.0.0.1", "no port"),
         ("ipv4:127.0.0.1:50051,", "an empty address in the list"),
         ("ipv4:flowrl:50051", "'flowrl' is not an IPv4 address"),
