@@ -183,8 +183,9 @@ def train(
     current step with a saved ``last`` checkpoint and ``TrainResult.interrupted``, and a second Ctrl-C
     raises :class:`TrainingInterrupted` at once; otherwise Ctrl-C raises ``KeyboardInterrupt`` as usual.
     The run locks its directory while it runs (:class:`~flowrl_deploy.train.checkpointing.RunLock`):
-    a second run on it is refused. What the user should know (a directory that could not be locked) is
-    logged as a warning on the ``flowrl.train`` logger just before ``on_start``.
+    a second run on it is refused. What the user should know is logged as a warning on the
+    ``flowrl.train`` logger just before ``on_start``: a directory that could not be locked, a resume
+    that moves ``last`` to the newest complete checkpoint.
 
     ``cfg.threads`` sets torch's thread count for the run only: the caller's comes back when it returns
     or raises. A run seeds torch's global RNG with ``cfg.seed`` (``torch.manual_seed``), as a seeded run
@@ -320,22 +321,30 @@ def _prepare_run(cfg: TrainConfig, resume: str | Path | None, progress: bool) ->
     """Lock the run directory, check the run's outputs and settings, make its envs and networks, restore
     a resumed run's state, and make every output (or find it unwritable) before step 0, or the first step
     after a resume. A refusal unlocks, and removes the folders the lock made."""
-    start = None if resume is None else resume_point(resume)[0].resolve()
+    start, behind = (None, None) if resume is None else resume_point(resume)
+    start = None if start is None else start.resolve()
     run_dir = Path(cfg.out) if start is None else run_to_resume(start)
     if run_dir.exists() and not run_dir.is_dir():
         raise FlowRLError(f"--out {run_dir} is a file, not a directory; choose a directory for the run")
     lock = RunLock(run_dir, new_run=start is None)
     try:  # what the checks below read, no other run may change now
-        return _prepare_locked_run(cfg, resume, start, run_dir, lock, progress)
+        return _prepare_locked_run(cfg, resume, start, behind, run_dir, lock, progress)
     except BaseException:
         lock.release(undo=True)
         raise
 
 
 def _prepare_locked_run(
-    cfg: TrainConfig, resume: str | Path | None, start: Path | None, run_dir: Path, lock: RunLock, progress: bool
+    cfg: TrainConfig,
+    resume: str | Path | None,
+    start: Path | None,
+    behind: str | None,
+    run_dir: Path,
+    lock: RunLock,
+    progress: bool,
 ) -> _Run:
-    """:func:`_prepare_run`'s work once it holds the run's lock."""
+    """:func:`_prepare_run`'s work once it holds the run's lock; ``behind``: why ``last`` is moved to
+    ``start`` (:func:`~flowrl_deploy.checkpoint.resume_point`'s warning)."""
     if start is not None:  # cfg.out aside: a resumed run stays in its own directory, and records where it lies
         run_to_resume(start)  # again, under the lock: another run may have saved since
         saved = resume_config(start)
@@ -368,7 +377,8 @@ def _prepare_locked_run(
         if resume is not None:
             counters = _restore(start, agent, replay, action_rng)
         checkpoints = RunCheckpoints(run_dir, cfg.save_every)
-        if start is not None and (checkpoints.dir / LAST).resolve() != start:  # killed before moving it
+        moved = start is not None and (checkpoints.dir / LAST).resolve() != start  # killed before moving it
+        if moved:
             link_checkpoint(checkpoints.dir, LAST, start)
         cfg.save(run_dir)
         logger = MetricsLogger(run_dir, resume_step=None if resume is None else counters.env_steps)
@@ -378,7 +388,7 @@ def _prepare_locked_run(
         eval_env.close()
         raise
     rates = RateMeter(counters.env_steps, agent.updates)
-    warnings = []
+    warnings = [behind] if moved and behind else []
     if lock.unlocked:
         warnings.append(
             f"cannot lock the run directory {run_dir} ({lock.unlocked}: the file system has no locks): it runs "

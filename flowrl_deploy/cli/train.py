@@ -170,9 +170,7 @@ def train(
             resume = Path(out)
     warnings: list[str] = []
     if resume is not None:
-        start, behind = resume_point(resume)
-        if behind:
-            warnings.append(behind)
+        start = resume_point(resume)[0]  # the library warns if it moves last (logged: see _collected)
         cfg = resume_config(resume, steps)
         if not (start / REPLAY_FILE).is_file():  # saved without its buffer, or it was deleted
             warnings.append(

@@ -53,25 +53,33 @@ def test_a_kill_between_saving_and_moving_last_resumes_from_the_newest_checkpoin
     assert resume_config(out).steps == 600  # the library's resume takes the run too
     result = runner.invoke(app, ["train", "--resume", str(out), "--no-progress"])
     assert result.exit_code == 0, result.output  # it was refused: 'holds checkpoints after step_000000200'
-    assert result.output.splitlines()[0] == (
+    assert [line for line in result.output.splitlines() if line.startswith("warning:")] == [
+        "warning: the replay buffer was not saved (--save-replay): it restarts empty, and updates wait for "
+        "--batch-size transitions",
         f"warning: {out / 'checkpoints' / 'last'} points at step_000000200, not at the newest complete checkpoint "
-        "step_000000400 (the run was killed between saving a checkpoint and moving last?); resuming step_000000400"
-    )
+        "step_000000400 (the run was killed between saving a checkpoint and moving last?); resuming step_000000400",
+    ]  # once: the command and the library each knew of last
     assert linked(out, LAST) == "step_000000600"
     steps = [json.loads(line)["step"] for line in (out / "metrics.jsonl").read_text().splitlines()]
     assert steps == sorted(steps) and steps.count(200) == steps.count(400) == steps.count(600) == 3  # none twice
 
 
-def test_a_kill_before_the_first_link_resumes_the_run_it_saved(monkeypatch, tmp_path):
-    """No `last` at all: the run directory 'held no checkpoint', and a new run on it was refused too."""
+def test_a_kill_before_the_first_link_resumes_the_run_it_saved(monkeypatch, tmp_path, caplog):
+    """No `last` at all: the run directory 'held no checkpoint', and a new run on it was refused too. The
+    library's resume says it moves `last` (it did so silently; only flowrl train said it)."""
     out = tmp_path / "run"
     kill_when_linking(monkeypatch, LAST, 200)
     with pytest.raises(Killed):
         train(TrainConfig(steps=400, out=str(out), **TINY), progress=False)
     monkeypatch.undo()
     assert not (out / "checkpoints" / "last").exists()
-    resumed = train(resume_config(out), resume=out, progress=False)
+    with caplog.at_level("WARNING", logger="flowrl.train"):
+        resumed = train(resume_config(out), resume=out, progress=False)
     assert resumed.counters.env_steps == 400 and linked(out, LAST) == "step_000000400"
+    assert [r.getMessage() for r in caplog.records if r.name == "flowrl.train"] == [
+        f"{out / 'checkpoints' / 'last'} is missing, not at the newest complete checkpoint step_000000200 (the run "
+        "was killed between saving a checkpoint and moving last?); resuming step_000000200"
+    ]
 
 
 def test_a_kill_between_best_and_last_keeps_the_best_checkpoint(monkeypatch, tmp_path):
