@@ -9,6 +9,7 @@ import sys
 
 import pytest
 import typer
+from tiny_training import signal_at
 from typer.testing import CliRunner
 
 from flowrl_deploy.checkpoint import read_document
@@ -289,17 +290,9 @@ def test_out_pointing_at_a_file_is_one_clear_line(tmp_path):
 def test_a_second_ctrl_c_interrupts_at_once_with_its_exit_status(monkeypatch, tmp_path, first):
     """A second Ctrl-C does not wait for the step to end, whatever the first signal was; the exit status is
     the shell's 130."""
-    import os
     import signal
 
-    class SignalTwiceAt250(loop.Progress):
-        def update(self, steps, updates, force=False):
-            if steps == 250 and not force:
-                os.kill(os.getpid(), getattr(signal, first))
-                os.kill(os.getpid(), signal.SIGINT)
-            super().update(steps, updates, force=force)
-
-    monkeypatch.setattr(loop, "Progress", SignalTwiceAt250)
+    signal_at(monkeypatch, 250, getattr(signal, first), signal.SIGINT)
     out = tmp_path / "run"
     result = runner.invoke(app, ["train", *TINY, "--steps", "100000", "--out", str(out)])
     assert result.exit_code == 130, result.output
@@ -316,17 +309,9 @@ def test_a_repeated_scheduler_signal_does_not_abort_the_final_save(monkeypatch, 
     """A scheduler may deliver its SIGTERM twice (to every process of the step, and forwarded by srun): the
     repeat aborted the final save, and the run fell back to its last periodic checkpoint. Now only a second
     Ctrl-C stops at once; the run still saves step 250 and exits 128 + the first signal."""
-    import os
     import signal
 
-    class SignalTwiceAt250(loop.Progress):
-        def update(self, steps, updates, force=False):
-            if steps == 250 and not force:
-                os.kill(os.getpid(), getattr(signal, signum))
-                os.kill(os.getpid(), getattr(signal, signum))
-            super().update(steps, updates, force=force)
-
-    monkeypatch.setattr(loop, "Progress", SignalTwiceAt250)
+    signal_at(monkeypatch, 250, getattr(signal, signum), getattr(signal, signum))
     out = tmp_path / "run"
     result = runner.invoke(app, ["train", *TINY, "--steps", "100000", "--out", str(out)])
     assert result.exit_code == 128 + getattr(signal, signum), result.output
@@ -338,17 +323,9 @@ def test_a_repeated_scheduler_signal_does_not_abort_the_final_save(monkeypatch, 
 
 
 def test_a_second_signal_before_any_checkpoint_says_none_was_saved(monkeypatch, tmp_path):
-    import os
     import signal
 
-    class SignalTwiceAt150(loop.Progress):
-        def update(self, steps, updates, force=False):
-            if steps == 150 and not force:
-                os.kill(os.getpid(), signal.SIGINT)
-                os.kill(os.getpid(), signal.SIGINT)
-            super().update(steps, updates, force=force)
-
-    monkeypatch.setattr(loop, "Progress", SignalTwiceAt150)
+    signal_at(monkeypatch, 150, signal.SIGINT, signal.SIGINT)
     result = runner.invoke(app, ["train", *TINY, "--steps", "100000", "--out", str(tmp_path / "run")])
     assert result.exit_code == 130, result.output
     assert result.output.splitlines()[-2:] == [
@@ -363,16 +340,9 @@ def test_ctrl_c_or_sigterm_saves_last_and_exits_with_a_message(monkeypatch, tmp_
     before its time limit: SLURM's --signal=USR1@300, LSF, submitit) or SIGHUP (a closed terminal) stops the
     loop between two steps, saves a resumable `last`, says so, and exits with the shell's code for the signal
     (128 + its number). SIGUSR1/2 and SIGHUP killed the run at once, losing every step since the last save."""
-    import os
     import signal
 
-    class InterruptAt150(loop.Progress):
-        def update(self, steps, updates, force=False):
-            if steps == 150 and not force:
-                os.kill(os.getpid(), getattr(signal, signum))
-            super().update(steps, updates, force=force)
-
-    monkeypatch.setattr(loop, "Progress", InterruptAt150)
+    signal_at(monkeypatch, 150, getattr(signal, signum))
     out = tmp_path / "run"
     result = runner.invoke(app, ["train", *TINY, "--steps", "100000", "--out", str(out)])
     assert result.exit_code == 128 + getattr(signal, signum), result.output  # 130 for Ctrl-C, 143 for SIGTERM
@@ -532,16 +502,9 @@ def test_the_help_says_each_evaluation_runs_its_episodes_twice():
 
 def test_sighup_ignored_at_start_stays_ignored(monkeypatch, tmp_path):
     """Under `nohup` (SIGHUP ignored) a closed terminal must not stop the run."""
-    import os
     import signal
 
-    class HangUpAt150(loop.Progress):
-        def update(self, steps, updates, force=False):
-            if steps == 150 and not force:
-                os.kill(os.getpid(), signal.SIGHUP)
-            super().update(steps, updates, force=force)
-
-    monkeypatch.setattr(loop, "Progress", HangUpAt150)
+    signal_at(monkeypatch, 150, signal.SIGHUP)
     previous = signal.signal(signal.SIGHUP, signal.SIG_IGN)
     try:
         result = runner.invoke(app, ["train", *TINY, "--steps", "200", "--out", str(tmp_path / "run")])
@@ -591,19 +554,12 @@ def test_resume_if_exists_starts_resumes_and_finishes_with_the_same_command(monk
     in the warm-up, saves last), resumes it when it holds one, and exits 0 saying so when it is finished (a
     requeue script had to branch on whether checkpoints/last exists, and a finished run's requeue failed
     with status 1)."""
-    import os
     import signal
-
-    class TermAt150(loop.Progress):
-        def update(self, steps, updates, force=False):
-            if steps == 150 and not force:
-                os.kill(os.getpid(), signal.SIGTERM)
-            super().update(steps, updates, force=force)
 
     out = tmp_path / "run"
     command = ["train", *TINY, "--steps", "300", "--seed", "3", "--out", str(out), "--resume-if-exists"]
     with monkeypatch.context() as stopping:
-        stopping.setattr(loop, "Progress", TermAt150)
+        signal_at(stopping, 150, signal.SIGTERM)
         result = runner.invoke(app, command)
     assert result.exit_code == 143, result.output  # a first start
     assert read_document(out / "checkpoints" / "last")["config"]["seed"] == 3

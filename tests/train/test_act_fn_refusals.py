@@ -5,6 +5,7 @@ numpy's raw errors, and never samples at another N than the one asked for."""
 import numpy as np
 import pytest
 from tiny_policy import OBS_DIM, write_policy
+from tiny_training import TINY
 
 from flowrl_deploy.codec import TensorError
 from flowrl_deploy.errors import FlowRLError
@@ -12,9 +13,6 @@ from flowrl_deploy.runtime import SeededPolicy
 from flowrl_deploy.train.config import TrainConfig
 from flowrl_deploy.train.evaluate import checkpoint_act_fn
 from flowrl_deploy.train.loop import train
-
-TINY = dict(env="Pendulum-v1", hidden=16, batch_size=16, start_steps=100, eval_every=200, eval_episodes=1,
-            save_every=200, log_every=100, threads=1)  # fmt: skip
 
 
 @pytest.fixture(scope="module")

@@ -7,6 +7,7 @@ import json
 from pathlib import Path
 
 import pytest
+from tiny_training import TINY
 from typer.testing import CliRunner
 
 from flowrl_deploy.checkpoint import BEST, LAST, read_document
@@ -18,8 +19,6 @@ from flowrl_deploy.train.evaluate import EvalResult
 from flowrl_deploy.train.loop import train
 
 runner = CliRunner()
-TINY = dict(env="Pendulum-v1", hidden=16, batch_size=16, start_steps=100, eval_every=200, eval_episodes=1,
-            save_every=200, log_every=100, threads=1)  # fmt: skip
 
 
 class Killed(BaseException):

@@ -3,13 +3,11 @@ process-wide state as they found it: torch's thread count, torch's global RNG, t
 
 import pytest
 import torch
+from tiny_training import TINY  # threads=1: the caller's 2 must come back
 
 from flowrl_deploy.errors import FlowRLError
 from flowrl_deploy.train.config import TrainConfig
 from flowrl_deploy.train.loop import train
-
-TINY = dict(env="Pendulum-v1", hidden=16, batch_size=16, start_steps=100, eval_every=200, eval_episodes=1,
-            save_every=200, log_every=100)  # fmt: skip
 
 
 @pytest.fixture
@@ -20,13 +18,13 @@ def two_torch_threads():
 
 
 def test_train_gives_the_callers_torch_thread_count_back(tmp_path, two_torch_threads):
-    train(TrainConfig(steps=200, out=str(tmp_path / "run"), threads=1, **TINY), progress=False)
+    train(TrainConfig(steps=200, out=str(tmp_path / "run"), **TINY), progress=False)
     assert torch.get_num_threads() == 2
 
 
 def test_a_train_that_raises_gives_the_callers_torch_thread_count_back(tmp_path, two_torch_threads):
     with pytest.raises(FlowRLError):  # refused after --threads took effect: the task is unknown
-        train(TrainConfig(steps=200, out=str(tmp_path / "run"), threads=1, **{**TINY, "env": "dmc:nope-nope"}))
+        train(TrainConfig(steps=200, out=str(tmp_path / "run"), **{**TINY, "env": "dmc:nope-nope"}))
     assert torch.get_num_threads() == 2
 
 
@@ -36,7 +34,7 @@ def test_loading_a_checkpoint_leaves_torchs_global_rng_alone(tmp_path):
     from flowrl_deploy.train.checkpointing import load_actor
     from flowrl_deploy.train.evaluate import checkpoint_act_fn
 
-    checkpoint = train(TrainConfig(steps=200, out=str(tmp_path / "run"), threads=1, **TINY), progress=False)
+    checkpoint = train(TrainConfig(steps=200, out=str(tmp_path / "run"), **TINY), progress=False)
     torch.manual_seed(5)
     expected = torch.rand(4)
     for load in (checkpoint_act_fn, load_actor):

@@ -9,19 +9,17 @@ import subprocess
 import sys
 
 import pytest
+from tiny_training import TINY, TINY_FLAGS
 from typer.testing import CliRunner
 
 from flowrl_deploy.cli import app
 from flowrl_deploy.errors import FlowRLError
 from flowrl_deploy.train import checkpointing
 from flowrl_deploy.train.checkpointing import RunLock
-from flowrl_deploy.train.config import TrainConfig, flag
+from flowrl_deploy.train.config import TrainConfig
 from flowrl_deploy.train.loop import train
 
 runner = CliRunner()
-TINY = dict(env="Pendulum-v1", hidden=16, batch_size=16, start_steps=100, eval_every=200, eval_episodes=1,
-            save_every=200, log_every=100, threads=1)  # fmt: skip
-TINY_FLAGS = [*(x for name, value in TINY.items() for x in (flag(name), str(value))), "--no-progress"]
 
 
 @pytest.fixture(scope="module")

@@ -9,6 +9,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from tiny_training import TINY
 
 from flowrl_deploy.checkpoint import load_checkpoint, read_document
 from flowrl_deploy.errors import CheckpointError, FlowRLError
@@ -32,8 +33,6 @@ from flowrl_deploy.train.loop import train
 from flowrl_deploy.train.replay import Batch, ReplayBuffer
 
 # Pendulum: 200-step episodes, so saves every 200 steps fall on episode boundaries.
-TINY = dict(env="Pendulum-v1", hidden=16, batch_size=16, start_steps=100, eval_every=200, eval_episodes=1,
-            save_every=200, log_every=100, threads=1)  # fmt: skip
 
 
 @pytest.fixture(scope="module")
