@@ -548,6 +548,80 @@ def test_tensorboard_events_that_cannot_be_written_stop_the_run_in_one_line_nami
     ), line
 
 
+def tensorboard_failing_from(monkeypatch, failing: list) -> None:
+    """TensorBoard's event file fails (ENOSPC) from the time ``failing`` is not empty: a full disk."""
+    import errno
+
+    from tensorboard.summary.writer import record_writer
+
+    for name in ("write", "flush"):
+        real = getattr(record_writer.RecordWriter, name)
+
+        def fails_when_full(self, *args, _real=real):
+            if failing:
+                raise OSError(errno.ENOSPC, "No space left on device")
+            return _real(self, *args)
+
+        monkeypatch.setattr(record_writer.RecordWriter, name, fails_when_full)
+
+
+def test_a_checkpoint_that_cannot_be_written_is_named_over_tensorboard_failing_too(monkeypatch, tmp_path, capfd):
+    """A full disk fails the checkpoint, then TensorBoard's last flush at close: the line names the checkpoint
+    (the error the run stopped with), not the event file's failure that came after it."""
+    from flowrl_deploy.errors import FlowRLError
+    from flowrl_deploy.train import checkpointing
+
+    failing: list[int] = []
+    real_save = checkpointing.RunCheckpoints.save
+
+    def save(self, step, write, *, best=False):
+        if step >= 400:
+            failing.append(step)
+            raise FlowRLError(f"cannot write {self.dir / checkpointing.step_name(step)}: No space left on device")
+        return real_save(self, step, write, best=best)
+
+    monkeypatch.setattr(checkpointing.RunCheckpoints, "save", save)
+    tensorboard_failing_from(monkeypatch, failing)
+    out = tmp_path / "run"
+    result = runner.invoke(app, ["train", *TINY, "--steps", "100000", "--out", str(out)])
+    captured = capfd.readouterr()
+    assert failing and result.exit_code == 1, result.output
+    assert "Traceback" not in result.output + captured.out + captured.err
+    checkpoints = out / "checkpoints"
+    assert result.output.splitlines() == [
+        f"error: cannot write {checkpoints / 'step_000000400'}: No space left on device; training stopped at env "
+        f"step 400, and the last checkpoint saved is {checkpoints / 'step_000000200'}"
+    ]
+
+
+def test_a_second_ctrl_c_exits_130_over_tensorboard_failing_at_close(monkeypatch, tmp_path, capfd):
+    """A second Ctrl-C while TensorBoard's event file cannot be flushed still stops at once with 130 and its
+    message: the flush's failure at close does not turn it into exit 1 naming tensorboard."""
+    import signal
+
+    failing: list[int] = []
+    signal_at(monkeypatch, 250, signal.SIGINT, signal.SIGINT)
+
+    class FailingFrom250(loop.Progress):
+        def update(self, steps: int, updates: int, force: bool = False) -> None:
+            if steps == 250:
+                failing.append(steps)
+            super().update(steps, updates, force=force)
+
+    monkeypatch.setattr(loop, "Progress", FailingFrom250)
+    tensorboard_failing_from(monkeypatch, failing)
+    out = tmp_path / "run"
+    result = runner.invoke(app, ["train", *TINY, "--steps", "100000", "--out", str(out)])
+    captured = capfd.readouterr()
+    assert failing and result.exit_code == 130, result.output
+    assert "Traceback" not in result.output + captured.out + captured.err
+    assert result.output.splitlines() == [
+        f"stopped at once by a second Ctrl-C: the last checkpoint saved is {out / 'checkpoints' / 'step_000000200'}; "
+        f"continue with --resume {out}",
+        "interrupted (Ctrl-C): flowrl train stopped before it finished",
+    ]
+
+
 def test_resume_if_exists_starts_resumes_and_finishes_with_the_same_command(monkeypatch, tmp_path):
     """A scheduler requeues a job with its first command line: --resume-if-exists starts --out when it holds
     no checkpoint (a first start, or a requeue after a kill before the first checkpoint; a graceful stop, even
