@@ -9,10 +9,10 @@ import sys
 
 import pytest
 import typer
-from tiny_training import signal_at
+from tiny_training import Killed, kill_when_linking, linked, signal_at
 from typer.testing import CliRunner
 
-from flowrl_deploy.checkpoint import read_document
+from flowrl_deploy.checkpoint import LAST, read_document
 from flowrl_deploy.cli import app
 from flowrl_deploy.train import loop
 from flowrl_deploy.train.config import TrainConfig, flag
@@ -651,3 +651,26 @@ def test_resume_if_exists_starts_resumes_and_finishes_with_the_same_command(monk
     result = runner.invoke(app, [*command, "--resume", str(out)])
     assert result.exit_code == 1
     assert result.output == "error: --resume-if-exists resumes --out: give it or --resume, not both\n"
+
+
+@pytest.mark.parametrize(("killed_at", "last"), [(200, "is missing, not"), (400, "points at step_000000200, not")])
+def test_resume_if_exists_resumes_a_run_killed_between_saving_and_moving_last(monkeypatch, tmp_path, killed_at, last):
+    """A run killed before its first `last` link (or before moving it) holds a complete checkpoint: its requeue
+    with --resume-if-exists resumes the newest one, and does not start afresh, which is refused ('holds
+    checkpoints') with exit 1."""
+    out = tmp_path / "run"
+    command = ["train", *TINY, "--steps", "600", "--out", str(out), "--resume-if-exists"]
+    with monkeypatch.context() as killing, pytest.raises(Killed):
+        kill_when_linking(killing, LAST, killed_at)
+        runner.invoke(app, command)
+    assert linked(out, LAST) == ("last" if killed_at == 200 else "step_000000200")
+
+    result = runner.invoke(app, command)
+    assert result.exit_code == 0, result.output
+    newest = f"step_{killed_at:09d}"
+    assert (
+        f"warning: {out / 'checkpoints' / 'last'} {last} at the newest complete checkpoint {newest} (the run was "
+        f"killed between saving a checkpoint and moving last?); resuming {newest}"
+    ) in result.output.splitlines()
+    assert result.output.splitlines()[-1].startswith("trained 600 env steps")
+    assert linked(out, LAST) == "step_000000600"

@@ -1,12 +1,14 @@
-"""The tiny training run the training tests share, and a stop signal sent at a chosen env step."""
+"""The tiny training run the training tests share, a stop signal sent at a chosen env step, and a kill
+between saving a checkpoint and moving its link."""
 
 from __future__ import annotations
 
 import os
+from pathlib import Path
 
 import pytest
 
-from flowrl_deploy.train import loop
+from flowrl_deploy.train import checkpointing, loop
 from flowrl_deploy.train.config import flag
 
 TINY = dict(env="Pendulum-v1", hidden=16, batch_size=16, start_steps=100, eval_every=200, eval_episodes=1,
@@ -30,3 +32,24 @@ def signal_at(monkeypatch: pytest.MonkeyPatch, step: int, *signals: int) -> None
             super().update(steps, updates, force=force)
 
     monkeypatch.setattr(loop, "Progress", SignalAt)
+
+
+class Killed(BaseException):
+    """The process dying: nothing catches it, nothing after it runs."""
+
+
+def kill_when_linking(monkeypatch: pytest.MonkeyPatch, name: str, step: int) -> None:
+    """Raise :class:`Killed` where the link ``name`` would move to the checkpoint of ``step``."""
+    real = checkpointing.link_checkpoint
+
+    def link(directory, link_name, target):
+        if link_name == name and Path(target).name == checkpointing.step_name(step):
+            raise Killed
+        real(directory, link_name, target)
+
+    monkeypatch.setattr(checkpointing, "link_checkpoint", link)
+
+
+def linked(out: Path, name: str) -> str:
+    """The checkpoint the link ``name`` of the run ``out`` points at."""
+    return (out / "checkpoints" / name).resolve().name

@@ -4,40 +4,20 @@ complete checkpoint, and never loses its best one. The kill is simulated by an e
 catches, raised where the link would move."""
 
 import json
-from pathlib import Path
 
 import pytest
-from tiny_training import TINY
+from tiny_training import TINY, Killed, kill_when_linking, linked
 from typer.testing import CliRunner
 
 from flowrl_deploy.checkpoint import BEST, LAST, read_document
 from flowrl_deploy.cli import app
-from flowrl_deploy.train import checkpointing, loop
+from flowrl_deploy.train import loop
 from flowrl_deploy.train.checkpointing import resume_config
 from flowrl_deploy.train.config import TrainConfig
 from flowrl_deploy.train.evaluate import EvalResult
 from flowrl_deploy.train.loop import train
 
 runner = CliRunner()
-
-
-class Killed(BaseException):
-    """The process dying: nothing catches it, nothing after it runs."""
-
-
-def kill_when_linking(monkeypatch, name: str, step: int) -> None:
-    real = checkpointing.link_checkpoint
-
-    def link(directory, link_name, target):
-        if link_name == name and Path(target).name == checkpointing.step_name(step):
-            raise Killed
-        real(directory, link_name, target)
-
-    monkeypatch.setattr(checkpointing, "link_checkpoint", link)
-
-
-def linked(out: Path, name: str) -> str:
-    return (out / "checkpoints" / name).resolve().name
 
 
 def test_a_kill_between_saving_and_moving_last_resumes_from_the_newest_checkpoint(monkeypatch, tmp_path):
