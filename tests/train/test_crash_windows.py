@@ -45,15 +45,20 @@ def test_a_kill_between_saving_and_moving_last_resumes_from_the_newest_checkpoin
 
 def test_a_kill_before_the_first_link_resumes_the_run_it_saved(monkeypatch, tmp_path, caplog):
     """No `last` at all: the run directory 'held no checkpoint', and a new run on it was refused too. The
-    library's resume says it moves `last` (it did so silently; only flowrl train said it)."""
+    library's resume says it moves `last` (it did so silently; only flowrl train said it), and moves it before
+    its first step: until its first save, `flowrl serve RUN --watch`, eval and export take the resumed model."""
     out = tmp_path / "run"
     kill_when_linking(monkeypatch, LAST, 200)
     with pytest.raises(Killed):
         train(TrainConfig(steps=400, out=str(out), **TINY), progress=False)
     monkeypatch.undo()
     assert not (out / "checkpoints" / "last").exists()
+    at_start = []
     with caplog.at_level("WARNING", logger="flowrl.train"):
-        resumed = train(resume_config(out), resume=out, progress=False)
+        resumed = train(
+            resume_config(out), resume=out, progress=False, on_start=lambda: at_start.append(linked(out, LAST))
+        )
+    assert at_start == ["step_000000200"]
     assert resumed.counters.env_steps == 400 and linked(out, LAST) == "step_000000400"
     assert [r.getMessage() for r in caplog.records if r.name == "flowrl.train"] == [
         f"{out / 'checkpoints' / 'last'} is missing, not at the newest complete checkpoint step_000000200 (the run "
