@@ -3,6 +3,7 @@
 import csv
 import json
 import re
+import threading
 from types import SimpleNamespace
 
 import pytest
@@ -91,6 +92,28 @@ def test_tensorboard_events_that_cannot_be_written_are_named(tmp_path, monkeypat
     monkeypatch.setattr(logger._tb, "close", disk_full)
     with pytest.raises(FlowRLError, match=f"^cannot write {re.escape(str(tmp_path / 'tensorboard'))}: No space"):
         logger.close()
+
+
+def test_the_tensorboard_traceback_hook_hides_only_its_writer_threads(tmp_path, monkeypatch):
+    """The hook is process-wide and outlives the run: every other thread's uncaught exception still reaches the
+    hook it replaced (a library user's, pytest's), and only TensorBoard's writer threads are left out."""
+    seen = []
+    monkeypatch.setattr(threading, "excepthook", lambda args: seen.append(args.thread))
+    before = set(threading.enumerate())
+    logger = MetricsLogger(tmp_path)  # with TensorBoard: installs the hook
+    try:
+        writers = set(threading.enumerate()) - before
+        assert writers
+        for writer in writers:  # as the writer's failure would call it
+            threading.excepthook(
+                SimpleNamespace(thread=writer, exc_type=OSError, exc_value=OSError(), exc_traceback=None)
+            )
+        other = threading.Thread(target=lambda: 1 / 0, name="another")
+        other.start()
+        other.join()
+    finally:
+        logger.close()
+    assert seen == [other]
 
 
 def test_rates_count_only_the_steps_and_updates_since_this_run_or_resume_started(monkeypatch):
