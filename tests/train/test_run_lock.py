@@ -2,6 +2,7 @@
 the run, is refused while the first holds the folder's lock (two processes both exited 0 and mixed their
 checkpoints, metrics and TensorBoard files); the lock dies with its process, and readers ignore it."""
 
+import json
 import os
 import signal
 import socket
@@ -99,7 +100,13 @@ def test_a_killed_holder_leaves_no_stale_lock(tmp_path):
         holder.wait()
         holder.stdout.close()
     assert (out / RunLock.FILE).exists()  # left behind by the kill, but no longer locked
-    RunLock(out, new_run=True).release()
+    stale = json.loads((out / RunLock.FILE).read_text())
+    (out / RunLock.FILE).write_text(json.dumps({**stale, "host": "a-much-longer-host-name.cluster.example.org"}))
+    lock = RunLock(out, new_run=True)
+    try:  # the new holder replaces the longer one whole: no trailing bytes for the next refusal to choke on
+        assert json.loads((out / RunLock.FILE).read_text())["pid"] == os.getpid()
+    finally:
+        lock.release()
 
 
 def test_a_refused_new_run_removes_the_folders_its_lock_made(tmp_path):
