@@ -4,12 +4,13 @@ complete checkpoint, and never loses its best one. The kill is simulated by an e
 catches, raised where the link would move."""
 
 import json
+from pathlib import Path
 
 import pytest
 from tiny_training import TINY, Killed, kill_when_linking, linked
 from typer.testing import CliRunner
 
-from flowrl_deploy.checkpoint import BEST, LAST, read_document
+from flowrl_deploy.checkpoint import BEST, DOCUMENT_FILE, LAST, read_document, resume_point
 from flowrl_deploy.cli import app
 from flowrl_deploy.train import loop
 from flowrl_deploy.train.checkpointing import resume_config
@@ -89,3 +90,23 @@ def test_a_kill_between_best_and_last_keeps_the_best_checkpoint(monkeypatch, tmp
     assert result.output.splitlines()[-1].endswith("best eval return 5.0")
     assert linked(out, BEST) == "step_000000400" and linked(out, LAST) == "step_000000800"
     assert read_document(out / "checkpoints" / BEST)["eval"]["best_return"] == 5.0
+
+
+def step_folders(run, complete: list[int]) -> Path:
+    """A run's checkpoints folder with ``step_`` folders, each holding only its document (all that
+    :func:`resume_point` reads); no ``last``."""
+    checkpoints = run / "checkpoints"
+    for step in complete:
+        (checkpoints / f"step_{step:09d}").mkdir(parents=True)
+        (checkpoints / f"step_{step:09d}" / DOCUMENT_FILE).write_text("{}")
+    return checkpoints
+
+
+def test_resuming_the_checkpoints_folder_of_a_run_killed_before_its_first_link_finds_its_checkpoint(tmp_path):
+    """`--resume RUN/checkpoints` is the run, as `--resume RUN` is: the same recovery from the newest one."""
+    checkpoints = step_folders(tmp_path, [200])
+    assert resume_point(checkpoints) == (
+        (checkpoints / "step_000000200").resolve(),
+        f"{checkpoints / 'last'} is missing, not at the newest complete checkpoint step_000000200 (the run was "
+        "killed between saving a checkpoint and moving last?); resuming step_000000200",
+    )
