@@ -10,7 +10,7 @@ import pytest
 from tiny_training import TINY, Killed, kill_when_linking, linked
 from typer.testing import CliRunner
 
-from flowrl_deploy.checkpoint import BEST, DOCUMENT_FILE, LAST, read_document, resume_point
+from flowrl_deploy.checkpoint import BEST, DOCUMENT_FILE, LAST, link_checkpoint, read_document, resume_point
 from flowrl_deploy.cli import app
 from flowrl_deploy.train import loop
 from flowrl_deploy.train.checkpointing import resume_config
@@ -92,12 +92,13 @@ def test_a_kill_between_best_and_last_keeps_the_best_checkpoint(monkeypatch, tmp
     assert read_document(out / "checkpoints" / BEST)["eval"]["best_return"] == 5.0
 
 
-def step_folders(run, complete: list[int]) -> Path:
-    """A run's checkpoints folder with ``step_`` folders, each holding only its document (all that
-    :func:`resume_point` reads); no ``last``."""
+def step_folders(run, complete: list[int], incomplete: list[int] = ()) -> Path:
+    """A run's checkpoints folder with ``step_`` folders, each complete one holding only its document (all
+    that :func:`resume_point` reads); no ``last``."""
     checkpoints = run / "checkpoints"
-    for step in complete:
+    for step in (*complete, *incomplete):
         (checkpoints / f"step_{step:09d}").mkdir(parents=True)
+    for step in complete:
         (checkpoints / f"step_{step:09d}" / DOCUMENT_FILE).write_text("{}")
     return checkpoints
 
@@ -110,3 +111,11 @@ def test_resuming_the_checkpoints_folder_of_a_run_killed_before_its_first_link_f
         f"{checkpoints / 'last'} is missing, not at the newest complete checkpoint step_000000200 (the run was "
         "killed between saving a checkpoint and moving last?); resuming step_000000200",
     )
+
+
+def test_a_step_folder_without_its_document_is_not_resumed(tmp_path):
+    """A `step_` folder missing its document (files deleted, a run copied half-way; a save renames its folder
+    into place whole) is not the newest checkpoint: `last`, at the newest complete one, is resumed."""
+    checkpoints = step_folders(tmp_path, [200, 400], incomplete=[600, 999999999])
+    link_checkpoint(checkpoints, LAST, checkpoints / "step_000000400")
+    assert resume_point(tmp_path) == ((checkpoints / "step_000000400").resolve(), None)
