@@ -515,6 +515,24 @@ def test_sighup_ignored_at_start_stays_ignored(monkeypatch, tmp_path):
     assert "trained 200 env steps" in result.output
 
 
+@pytest.mark.parametrize("signum", ["SIGTERM", "SIGUSR1", "SIGUSR2"])
+def test_a_scheduler_signal_ignored_at_start_still_stops_the_run_gracefully(monkeypatch, tmp_path, signum):
+    """Only SIGHUP keeps an ignore inherited at start (nohup): a scheduler's stop or time-limit notice is taken
+    even so, or the run would go on until the scheduler's SIGKILL and lose every step since its last save."""
+    import signal
+
+    signal_at(monkeypatch, 150, getattr(signal, signum))
+    previous = signal.signal(getattr(signal, signum), signal.SIG_IGN)
+    out = tmp_path / "run"
+    try:
+        result = runner.invoke(app, ["train", *TINY, "--steps", "300", "--out", str(out)])
+    finally:
+        signal.signal(getattr(signal, signum), previous)
+    assert result.exit_code == 128 + getattr(signal, signum), result.output
+    assert "interrupted at env step 150" in result.output
+    assert read_document(out / "checkpoints" / "last")["counters"]["env_steps"] == 150
+
+
 @pytest.mark.filterwarnings("error::pytest.PytestUnhandledThreadExceptionWarning")
 def test_tensorboard_events_that_cannot_be_written_stop_the_run_in_one_line_naming_the_last_checkpoint(
     monkeypatch, tmp_path, capfd
