@@ -4,6 +4,7 @@ checkpoints, metrics and TensorBoard files); the lock dies with its process, and
 
 import json
 import os
+import shutil
 import signal
 import socket
 import subprocess
@@ -15,8 +16,8 @@ from typer.testing import CliRunner
 
 from flowrl_deploy.cli import app
 from flowrl_deploy.errors import FlowRLError
-from flowrl_deploy.train import checkpointing
-from flowrl_deploy.train.checkpointing import RunLock
+from flowrl_deploy.train import checkpointing, loop
+from flowrl_deploy.train.checkpointing import RunLock, resume_config
 from flowrl_deploy.train.config import TrainConfig
 from flowrl_deploy.train.loop import train
 
@@ -138,3 +139,22 @@ def test_a_file_system_without_flock_runs_unlocked_and_says_so(monkeypatch, tmp_
     cli = runner.invoke(app, ["train", *TINY_FLAGS, "--steps", "120", "--out", str(tmp_path / "cli")])
     assert cli.exit_code == 0, cli.output
     assert f"warning: {unlocked.replace(str(out), str(tmp_path / 'cli'))}\n" in cli.output
+
+
+def test_a_resume_rechecks_for_later_checkpoints_once_it_holds_the_lock(finished_run, tmp_path, monkeypatch):
+    """Another run may save a later checkpoint between the resume's first check and its lock: the check is made
+    again under the lock, and the resume refused rather than overwriting that checkpoint."""
+    run = tmp_path / "run"
+    shutil.copytree(finished_run, run, symlinks=True)
+    real_lock = loop.RunLock
+
+    def saved_meanwhile(run_dir, *, new_run):
+        (run / "checkpoints" / "step_000000400").mkdir()  # the other run's save, just before our lock
+        return real_lock(run_dir, new_run=new_run)
+
+    monkeypatch.setattr(loop, "RunLock", saved_meanwhile)
+    with pytest.raises(
+        FlowRLError, match="holds checkpoints after step_000000200 \\(step_000000400\\), which resuming"
+    ):
+        train(resume_config(run).override(steps=600), resume=run / "checkpoints" / "step_000000200", progress=False)
+    assert list((run / "checkpoints" / "step_000000400").iterdir()) == []
