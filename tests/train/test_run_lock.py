@@ -110,6 +110,30 @@ def test_a_killed_holder_leaves_no_stale_lock(tmp_path):
         lock.release()
 
 
+def test_a_lock_file_replaced_before_flock_is_locked_again_at_its_new_inode(tmp_path, monkeypatch):
+    """The holder before us may release (unlink, then close) between our open and our flock: the lock taken is
+    then on a removed file, so the lock is taken again on the file in place, and a second run is refused."""
+    out = tmp_path / "run"
+    out.mkdir()
+    real_flock, replaced = checkpointing.fcntl.flock, []
+
+    def flock(fd, operation):
+        if not replaced:  # the previous holder's release, just before our flock
+            replaced.append(True)
+            (out / RunLock.FILE).unlink()
+            (out / RunLock.FILE).touch()
+        real_flock(fd, operation)
+
+    monkeypatch.setattr(checkpointing.fcntl, "flock", flock)
+    lock = RunLock(out, new_run=True)
+    try:
+        assert replaced
+        with pytest.raises(FlowRLError, match="is in use by another flowrl train"):
+            RunLock(out, new_run=True)
+    finally:
+        lock.release()
+
+
 def test_a_refused_new_run_removes_the_folders_its_lock_made(tmp_path):
     out = tmp_path / "a" / "b" / "run"
     with pytest.raises(FlowRLError, match="--threads"):
