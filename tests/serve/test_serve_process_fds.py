@@ -13,10 +13,11 @@ from flowrl_deploy.serve import process
 
 
 def children(monkeypatch, banner: str) -> list[subprocess.Popen]:
-    """Make ServerProcess start a child that prints ``banner``, logs a line, and waits to be stopped;
-    return the list its children's Popen objects are added to."""
+    """Make ServerProcess start a child that logs a line, prints ``banner`` and waits to be stopped;
+    return the list its children's Popen objects are added to. The line is logged first: a test
+    stops the child once it has the banner, which on a loaded machine was before the log line."""
     script = (
-        f"import sys, time; print({banner!r}, flush=True); print('log', file=sys.stderr, flush=True); time.sleep(60)"
+        f"import sys, time; print('log', file=sys.stderr, flush=True); print({banner!r}, flush=True); time.sleep(60)"
     )
     monkeypatch.setattr(process, "FLOWRL", (sys.executable, "-c", script))
     started: list[subprocess.Popen] = []
