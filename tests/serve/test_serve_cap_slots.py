@@ -18,6 +18,9 @@ from flowrl_deploy.proto.flowrl.v1 import policy_pb2_grpc as pb_grpc
 from flowrl_deploy.serve import PolicyServer, ServeConfig
 from flowrl_deploy.serve.interceptors import CONTROL_CALLS, SERVICE_NAME, OpenStreams
 
+# a slot freed twice raises in weakref's finalizer, where Python only prints it: fail the test instead
+pytestmark = pytest.mark.filterwarnings("error::pytest.PytestUnraisableExceptionWarning")
+
 
 def test_a_handler_running_on_after_its_client_cancelled_keeps_its_slot(policy_path):
     """A handler past its client's cancel (a Reload building an onnxruntime session for a large file)
