@@ -148,6 +148,20 @@ def test_a_reply_stream_that_ended_before_the_call_keeps_its_slot_until_the_call
     assert streams.usage()["control"] == (0, 4) and streams.wait_idle(0)
 
 
+def test_a_reply_stream_of_a_call_ended_before_its_handler_ran_frees_its_slot_when_it_ends():
+    """gRPC refuses the end callback of a call it ended before its handler ran (a client that cancelled
+    or timed out while queued): that end counts at once, or each such call leaked its slot for good.
+    The unary case: test_serve_security.py."""
+    streams = OpenStreams(workers=1, on_refused=lambda method, cap: None)
+    for _ in range(CONTROL_CALLS + 1):  # more than the cap: each one's slot was freed
+        stream = intercepted(streams, "GetStats", grpc.unary_stream_rpc_method_handler, lambda r, c: replies(1))(
+            "request", CallContext(ended=True)
+        )
+        assert list(stream) == [0]
+        assert streams.usage()["control"] == (0, CONTROL_CALLS) and streams.wait_idle(0)
+    assert streams.usage()["workers"] == (0, 1)
+
+
 def test_a_handler_that_fails_to_make_its_reply_stream_frees_its_slot_at_the_call_end():
     streams = OpenStreams(workers=1, on_refused=lambda method, cap: None)
     context = CallContext()
