@@ -83,6 +83,36 @@ def test_a_checkpoint_exported_on_the_fly_uses_a_work_folder_it_removes_on_stop(
     assert not folder.exists()
 
 
+def test_every_export_of_a_server_goes_into_its_one_work_folder(tmp_path, monkeypatch):
+    """Each export (the start, then each reload of a checkpoint) made a new folder, and only the last
+    was removed: each reload left one, holding its .onnx."""
+    import tempfile
+
+    from flowrl_deploy.serve import PolicyServer, ServeConfig
+
+    temporary = tmp_path / "tmp"
+    temporary.mkdir()
+    monkeypatch.setattr(tempfile, "tempdir", str(temporary))
+    checkpoint = tmp_path / "run"
+    checkpoint.mkdir()
+    exported: list[Path] = []
+
+    def export(source: Path, out: Path, steps: int | None) -> Path:
+        out.parent.mkdir(parents=True, exist_ok=True)
+        exported.append(write_policy(out, scale=len(exported) + 1.0))  # a new model each time
+        return exported[-1]
+
+    with PolicyServer(ServeConfig(str(checkpoint), port=0, grace_s=0), export_checkpoint=export).start() as server:
+        server.servicer.load()  # a Reload of the served checkpoint, as --watch makes
+        folder = server.servicer.work_folder
+        assert folder is not None and [path.relative_to(folder).parts for path in exported] == [
+            ("gen1", "policy.onnx"),
+            ("gen2", "policy.onnx"),
+        ]
+        assert [path.name for path in temporary.iterdir()] == [folder.name]
+    assert list(temporary.iterdir()) == []
+
+
 def test_flowrl_serve_of_an_onnx_file_starts_with_no_usable_temporary_directory(tmp_path):
     """The CLI, end to end: its banner, with TMPDIR missing (tempfile's fallbacks patched away)."""
     onnx = write_policy(tmp_path / "policy.onnx")
