@@ -146,6 +146,7 @@ class PolicyServicer(pb_grpc.PolicyServiceServicer):
         self._exporter = None if export_checkpoint is None else functools.partial(self._export, export_checkpoint)
         self.work_folder: Path | None = None
         """Where checkpoints are exported (made by the first export, removed by :meth:`close`), or None."""
+        self._work_removed = False
         self._providers = list(config.providers) or None
         self.model: ServedModel | None = None
         self._generation = 0
@@ -235,6 +236,8 @@ class PolicyServicer(pb_grpc.PolicyServiceServicer):
     def _export(self, export_checkpoint: Exporter, checkpoint: Path, out: Path, steps: int | None) -> Path:
         """``export_checkpoint``, writing ``out`` (relative) into :attr:`work_folder`, made now if need be: an
         .onnx file is served without one, so a read-only file system with no writable TMPDIR serves it."""
+        if self._work_removed:  # a --watch reload after the stop removed the folder
+            raise FlowRLError(f"the server has stopped: {checkpoint} is not exported")
         if self.work_folder is None:
             try:
                 self.work_folder = Path(tempfile.mkdtemp(prefix="flowrl-serve-"))
@@ -244,7 +247,16 @@ class PolicyServicer(pb_grpc.PolicyServiceServicer):
                     f"({exc.strerror or exc}): set TMPDIR to a writable folder (in a container, mount one, "
                     "e.g. an emptyDir, at /tmp), or serve the .onnx file `flowrl export` writes"
                 ) from None
-        return export_checkpoint(checkpoint, self.work_folder / out, steps)
+        try:
+            exported = export_checkpoint(checkpoint, self.work_folder / out, steps)
+        finally:
+            # a --watch reload's export may outlive the stop, which removed the folder it writes into
+            stopped = self._work_removed
+            if stopped:
+                self.remove_work_folder()
+        if stopped:
+            raise FlowRLError(f"the server stopped while {checkpoint} was exported: it is not loaded")
+        return exported
 
     def close(self) -> None:
         """Stop the batcher's threads and remove the work folder."""
@@ -252,7 +264,9 @@ class PolicyServicer(pb_grpc.PolicyServiceServicer):
         self.remove_work_folder()
 
     def remove_work_folder(self) -> None:
-        """Remove the work folder, if a checkpoint was exported (the models loaded from it stay in memory)."""
+        """Remove the work folder, if a checkpoint was exported (the models loaded from it stay in memory),
+        and what an export running now writes into it once done."""
+        self._work_removed = True  # before the removal: an export that ends meanwhile removes it again
         if self.work_folder is not None:
             shutil.rmtree(self.work_folder, ignore_errors=True)
 

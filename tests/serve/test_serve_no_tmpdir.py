@@ -9,6 +9,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
 from tiny_policy import write_policy
 
 SCRIPT = """
@@ -111,6 +112,59 @@ def test_every_export_of_a_server_goes_into_its_one_work_folder(tmp_path, monkey
         ]
         assert [path.name for path in temporary.iterdir()] == [folder.name]
     assert list(temporary.iterdir()) == []
+
+
+def test_an_export_still_running_when_the_stop_returns_leaves_no_work_folder(tmp_path, monkeypatch):
+    """A --watch reload's export may outlive the stop (it is left at the stop's bound): it wrote its
+    .onnx once done, re-making the work folder the stop had removed, and loaded it into a stopped
+    server. Now it is removed with the folder, and the reload fails saying why."""
+    import tempfile
+    import threading
+
+    from flowrl_deploy.errors import FlowRLError
+    from flowrl_deploy.serve import PolicyServer, ServeConfig
+
+    temporary = tmp_path / "tmp"
+    temporary.mkdir()
+    monkeypatch.setattr(tempfile, "tempdir", str(temporary))
+    checkpoint = tmp_path / "run"
+    checkpoint.mkdir()
+    exporting, release = threading.Event(), threading.Event()
+    exported: list[Path] = []
+
+    def export(source: Path, out: Path, steps: int | None) -> Path:
+        if exported:  # the reload's, a long torch export writing its file at the end (write_atomic)
+            exporting.set()
+            release.wait(30)
+        out.parent.mkdir(parents=True, exist_ok=True)
+        exported.append(write_policy(out, scale=len(exported) + 1.0))
+        return exported[-1]
+
+    server = PolicyServer(ServeConfig(str(checkpoint), port=0, grace_s=0), export_checkpoint=export).start()
+    refused: list[str] = []
+
+    def reload() -> None:
+        try:
+            server.servicer.load()
+        except FlowRLError as exc:
+            refused.append(str(exc))
+
+    reloading = threading.Thread(target=reload)
+    reloading.start()
+    try:
+        assert exporting.wait(10)
+        server.stop()
+        assert list(temporary.iterdir()) == []
+    finally:
+        release.set()
+        reloading.join(10)
+    assert list(temporary.iterdir()) == []
+    assert refused == [f"the server stopped while {checkpoint} was exported: it is not loaded"]
+    with pytest.raises(FlowRLError) as stopped:
+        server.servicer.load()  # one more: not even begun
+    assert str(stopped.value) == f"the server has stopped: {checkpoint} is not exported"
+    assert list(temporary.iterdir()) == [] and len(exported) == 2
+    assert server.servicer.model.version.startswith("v1-")
 
 
 def test_flowrl_serve_of_an_onnx_file_starts_with_no_usable_temporary_directory(tmp_path):
