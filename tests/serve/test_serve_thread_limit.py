@@ -22,7 +22,10 @@ def _refuse_threads(self: threading.Thread) -> None:
 
 
 def test_a_server_whose_threads_cannot_start_is_refused_in_one_line(tmp_path, monkeypatch):
-    server = PolicyServer(ServeConfig(str(write_policy(tmp_path / "policy.onnx")), port=0, grace_s=0))
+    running = set(threading.enumerate())
+    # max_batch > 1: the batcher's threads start with the server, for the refusal to stop
+    server = PolicyServer(ServeConfig(str(write_policy(tmp_path / "policy.onnx")), port=0, grace_s=0, max_batch=4))
+    assert _batchers(running)
     with monkeypatch.context() as patched:
         patched.setattr(threading.Thread, "start", _refuse_threads)
         with pytest.raises(FlowRLError, match="cannot start the server's threads") as refused:
@@ -32,6 +35,12 @@ def test_a_server_whose_threads_cannot_start_is_refused_in_one_line(tmp_path, mo
     assert refused.value.__cause__ is None and refused.value.__suppress_context__  # no chained traceback
     assert server.port  # start() binds before it starts a thread (the batcher's started with the server)
     assert _bindable(server.port, within_s=10)  # the stop that followed released it
+    assert not _batchers(running)  # and stopped the server's threads, for a caller going on
+
+
+def _batchers(running: set[threading.Thread]) -> list[str]:
+    """The batcher threads started since ``running`` was taken, still alive."""
+    return [thread.name for thread in set(threading.enumerate()) - running if thread.name.startswith("flowrl-batcher")]
 
 
 def _bindable(port: int, within_s: float) -> bool:
