@@ -91,6 +91,9 @@ def test_a_stop_with_many_calls_in_flight_ends_within_the_grace_period(tmp_path,
         assert "abandoned" in caplog.text and server.abandoned == CALLS
         # flowrl serve leaves with os._exit, before gRPC's stop could release it in the background
         assert not work_folder.exists()
+        # gRPC's stop, still waiting for its lock, must not hold a library user's process at exit
+        stopping = [thread for thread in threading.enumerate() if thread.name == "flowrl-stop"]
+        assert stopping and all(thread.daemon for thread in stopping)
         holder.join(10)
         for caller in callers:  # gRPC cancels them once its lock is free, with the handlers still held
             caller.join(30)
