@@ -50,12 +50,18 @@ def _hold_grpc_server_lock(server: PolicyServer, seconds: float) -> threading.Th
     return holder
 
 
-def test_a_stop_with_many_calls_in_flight_ends_within_the_grace_period(tmp_path, monkeypatch, caplog):
-    server = PolicyServer(ServeConfig(str(write_policy(tmp_path / "policy.onnx")), port=0, grace_s=GRACE_S)).start()
-    work_folder = tmp_path / "work"  # as a checkpoint's export made it
-    (work_folder / "gen1").mkdir(parents=True)
-    server.servicer.work_folder = work_folder
-    release = threading.Event()
+def _hold_calls(
+    server: PolicyServer,
+    monkeypatch,
+    client: PolicyClient,
+    release: threading.Event,
+    callers: list[threading.Thread],
+    ended: list[str],
+    count: int = CALLS,
+) -> None:
+    """Start ``count`` Act calls (into ``callers``), each held in its inference until ``release``
+    is set, and return once every one is in its handler; each call's end ("OK", else its status)
+    goes into ``ended``."""
     model = server.servicer.model
     run = model.run
 
@@ -64,8 +70,6 @@ def test_a_stop_with_many_calls_in_flight_ends_within_the_grace_period(tmp_path,
         return run(obs, noise)
 
     monkeypatch.setattr(model, "run", held_run)
-    client = PolicyClient(server.address, timeout_s=60)
-    ended: list[str] = []
 
     def act() -> None:
         try:
@@ -74,14 +78,26 @@ def test_a_stop_with_many_calls_in_flight_ends_within_the_grace_period(tmp_path,
         except ServiceError as exc:
             ended.append(exc.code.name)
 
-    callers = [threading.Thread(target=act) for _ in range(CALLS)]
+    callers += [threading.Thread(target=act) for _ in range(count)]
+    for caller in callers:
+        caller.start()
+    until = time.monotonic() + 30
+    while server._streams.usage()["workers"][0] < count and time.monotonic() < until:
+        time.sleep(0.02)
+    assert server._streams.usage()["workers"][0] == count  # every call is in its handler
+
+
+def test_a_stop_with_many_calls_in_flight_ends_within_the_grace_period(tmp_path, monkeypatch, caplog):
+    server = PolicyServer(ServeConfig(str(write_policy(tmp_path / "policy.onnx")), port=0, grace_s=GRACE_S)).start()
+    work_folder = tmp_path / "work"  # as a checkpoint's export made it
+    (work_folder / "gen1").mkdir(parents=True)
+    server.servicer.work_folder = work_folder
+    release = threading.Event()
+    client = PolicyClient(server.address, timeout_s=60)
+    ended: list[str] = []
+    callers: list[threading.Thread] = []
     try:
-        for caller in callers:
-            caller.start()
-        until = time.monotonic() + 30
-        while server._streams.usage()["workers"][0] < CALLS and time.monotonic() < until:
-            time.sleep(0.02)
-        assert server._streams.usage()["workers"][0] == CALLS  # every call is in its handler
+        _hold_calls(server, monkeypatch, client, release, callers, ended)
         holder = _hold_grpc_server_lock(server, LOCK_HELD_S)
         start = time.monotonic()
         with caplog.at_level(logging.WARNING, "flowrl.serve"):
@@ -103,6 +119,30 @@ def test_a_stop_with_many_calls_in_flight_ends_within_the_grace_period(tmp_path,
         for caller in callers:
             caller.join(30)
         client.close()
+
+
+def test_calls_whose_handlers_return_soon_after_the_grace_period_are_not_abandoned(tmp_path, monkeypatch, caplog):
+    """gRPC cancels the calls left at the end of the grace period, and its stop returns, while
+    their handlers run on: a handler that returns within the stop's margin is waited for, not
+    counted as abandoned (a spurious WARNING, and ``flowrl serve``'s os._exit)."""
+    server = PolicyServer(ServeConfig(str(write_policy(tmp_path / "policy.onnx")), port=0, grace_s=GRACE_S)).start()
+    release = threading.Event()
+    client = PolicyClient(server.address, timeout_s=60)
+    ended: list[str] = []
+    callers: list[threading.Thread] = []
+    try:
+        _hold_calls(server, monkeypatch, client, release, callers, ended, count=3)
+        returning = threading.Timer(GRACE_S + STOP_MARGIN_S / 4, release.set)  # cancelled, then they return
+        returning.start()
+        with caplog.at_level(logging.WARNING, "flowrl.serve"):
+            server.stop()
+        assert server.abandoned == 0 and "abandoned" not in caplog.text
+    finally:
+        release.set()
+        for caller in callers:
+            caller.join(30)
+        client.close()
+    assert len(ended) == 3 and "OK" not in ended, ended  # cancelled at the end of the grace period
 
 
 SLOW_SERVE = """
