@@ -4,6 +4,7 @@ container's) prints an ANSI-coloured warning in its own log format on stderr."""
 
 from __future__ import annotations
 
+import json
 import os
 import subprocess
 import sys
@@ -14,9 +15,9 @@ from tiny_policy import write_policy
 WARNING = "Failed to persist telemetry device ID"
 
 
-def _stderr(code: str, *args: str, **env: str) -> str:
-    """stderr of ``code`` run with an unwritable $HOME (even for root), ORT_DISABLE_TELEMETRY unset
-    unless given in ``env``."""
+def _run(code: str, *args: str, **env: str) -> subprocess.CompletedProcess[str]:
+    """``code`` run with an unwritable $HOME (even for root), ORT_DISABLE_TELEMETRY unset unless
+    given in ``env``."""
     environ = {k: v for k, v in os.environ.items() if k != "ORT_DISABLE_TELEMETRY"}
     result = subprocess.run(
         [sys.executable, "-c", code, *args],
@@ -26,7 +27,7 @@ def _stderr(code: str, *args: str, **env: str) -> str:
         timeout=120,
     )
     assert result.returncode == 0, result.stderr
-    return result.stderr
+    return result
 
 
 @pytest.fixture(scope="module")
@@ -43,7 +44,7 @@ def policy(tmp_path_factory) -> str:
     ids=["cli", "runtime"],
 )
 def test_onnxruntime_is_loaded_without_its_telemetry(policy, code):
-    assert WARNING not in _stderr(code, policy)
+    assert WARNING not in _run(code, policy).stderr
 
 
 @pytest.mark.parametrize(("users", "seen"), [(None, "1"), ("0", "0"), ("1", "1")])
@@ -51,14 +52,27 @@ def test_the_runtime_module_sets_the_default_and_keeps_a_users_own_setting(users
     """onnxruntime of any version reads the variable when it is imported, which flowrl_deploy.runtime does."""
     code = "import os, flowrl_deploy.runtime; print(os.environ['ORT_DISABLE_TELEMETRY'])"
     env = {} if users is None else {"ORT_DISABLE_TELEMETRY": users}
-    result = subprocess.run(
-        [sys.executable, "-c", code],
-        env={**{k: v for k, v in os.environ.items() if k != "ORT_DISABLE_TELEMETRY"}, **env},
-        capture_output=True,
-        text=True,
-        timeout=120,
-    )
-    assert result.stdout.split() == [seen], result.stderr
+    assert _run(code, **env).stdout.split() == [seen]
+
+
+SPY = """
+import json, os, sys
+seen = {}
+class Spy:  # notes the variable as each module that imports onnxruntime is imported
+    def find_spec(self, name, path=None, target=None):
+        if name in ("onnxruntime", "flowrl_deploy.runtime"):
+            seen.setdefault(name, os.environ.get("ORT_DISABLE_TELEMETRY"))
+sys.meta_path.insert(0, Spy())
+import flowrl_deploy.cli
+print(json.dumps(seen))
+"""
+
+
+def test_the_cli_sets_the_default_before_any_module_that_imports_onnxruntime_is_imported():
+    """The CLI's own default, not the runtime module's, is there when whichever module imports
+    onnxruntime first is imported (a command module may import onnxruntime itself)."""
+    seen = json.loads(_run(SPY).stdout)
+    assert seen and set(seen.values()) == {"1"}, seen
 
 
 def test_the_warning_check_can_fail(policy):
@@ -67,7 +81,7 @@ def test_the_warning_check_can_fail(policy):
     import onnxruntime
 
     code = "import sys; from flowrl_deploy.runtime import OnnxPolicy; OnnxPolicy(sys.argv[1])"
-    stderr = _stderr(code, policy, ORT_DISABLE_TELEMETRY="0")
+    stderr = _run(code, policy, ORT_DISABLE_TELEMETRY="0").stderr
     if WARNING not in stderr and "telemetry" not in stderr.lower():
         pytest.skip(f"onnxruntime {onnxruntime.__version__} writes no telemetry device id: nothing to turn off")
     assert WARNING in stderr
