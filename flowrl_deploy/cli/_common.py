@@ -211,18 +211,14 @@ def user_errors(command: Callable[P, R]) -> Callable[P, R]:
 
 
 @contextlib.contextmanager
-def client_warnings(*, skip: tuple[str, ...] = ()) -> Iterator[None]:
-    """Within the block, the client library's warnings (logger ``flowrl.client``) reach the user as
-    a command's own do, ``warning: …`` on stderr, instead of as bare lines from Python's last-resort
-    handler; ``skip`` drops those whose format string is one of these (said already, naming a flag)."""
-    from flowrl_deploy.session import log
+def warnings_to(log: logging.Logger, emit: Callable[[logging.LogRecord], None]) -> Iterator[None]:
+    """Within the block, ``log``'s warnings go to ``emit`` alone (not on to the root's handlers)."""
 
-    class Echo(logging.Handler):
+    class Handler(logging.Handler):
         def emit(self, record: logging.LogRecord) -> None:
-            if record.msg not in skip:
-                typer.secho(f"warning: {record.getMessage()}", err=True, fg=typer.colors.YELLOW)
+            emit(record)
 
-    handler, propagate = Echo(logging.WARNING), log.propagate
+    handler, propagate = Handler(logging.WARNING), log.propagate
     log.addHandler(handler)
     log.propagate = False
     try:
@@ -230,3 +226,16 @@ def client_warnings(*, skip: tuple[str, ...] = ()) -> Iterator[None]:
     finally:
         log.removeHandler(handler)
         log.propagate = propagate
+
+
+def client_warnings(*, skip: tuple[str, ...] = ()) -> contextlib.AbstractContextManager[None]:
+    """Within the block, the client library's warnings (logger ``flowrl.client``) reach the user as
+    a command's own do, ``warning: …`` on stderr, instead of as bare lines from Python's last-resort
+    handler; ``skip`` drops those whose format string is one of these (said already, naming a flag)."""
+    from flowrl_deploy.session import log
+
+    def echo(record: logging.LogRecord) -> None:
+        if record.msg not in skip:
+            typer.secho(f"warning: {record.getMessage()}", err=True, fg=typer.colors.YELLOW)
+
+    return warnings_to(log, echo)

@@ -2,17 +2,14 @@
 
 from __future__ import annotations
 
-import contextlib
-import logging
 import signal
-from collections.abc import Iterator
 from enum import Enum
 from pathlib import Path
 from typing import Annotated
 
 import typer
 
-from flowrl_deploy.cli._common import Solver, finite, user_errors
+from flowrl_deploy.cli._common import Solver, finite, user_errors, warnings_to
 from flowrl_deploy.errors import FlowRLError
 from flowrl_deploy.train.config import (
     CFM_WEIGHTINGS,
@@ -42,25 +39,6 @@ DEFAULT_SOLVER, DEFAULT_WEIGHTING, DEFAULT_DEVICE = (
 def _plain(value: object) -> object:
     """An option's value as TrainConfig holds it (a choice as its text, a path as a string)."""
     return value.value if isinstance(value, Enum) else str(value) if isinstance(value, Path) else value
-
-
-@contextlib.contextmanager
-def _collected(log: logging.Logger, warnings: list[str]) -> Iterator[None]:
-    """Within the block, the training library's warnings (``log``, ``flowrl.train``: logged before
-    ``on_start``) join ``warnings``, which the command prints as its own."""
-
-    class Collect(logging.Handler):
-        def emit(self, record: logging.LogRecord) -> None:
-            warnings.append(record.getMessage())
-
-    handler, propagate = Collect(logging.WARNING), log.propagate
-    log.addHandler(handler)
-    log.propagate = False
-    try:
-        yield
-    finally:
-        log.removeHandler(handler)
-        log.propagate = propagate
 
 
 def _given(ctx: typer.Context, name: str) -> bool:
@@ -170,7 +148,7 @@ def train(
             resume = Path(out)
     warnings: list[str] = []
     if resume is not None:
-        start = resume_point(resume)[0]  # the library warns if it moves last (logged: see _collected)
+        start = resume_point(resume)[0]  # the library warns if it moves last (logged; printed with the warnings)
         cfg = resume_config(resume, steps)
         if not (start / REPLAY_FILE).is_file():  # saved without its buffer, or it was deleted
             warnings.append(
@@ -221,7 +199,7 @@ def train(
             typer.secho(f"warning: {text}", err=True, fg=typer.colors.YELLOW)
 
     try:
-        with _collected(train_log, warnings):
+        with warnings_to(train_log, lambda record: warnings.append(record.getMessage())):
             result = run_training(cfg, resume=resume, progress=progress, stop_on_signal=True, on_start=warn)
     except TrainingInterrupted as exc:  # a second Ctrl-C: say what is left to resume from, then user_errors says why
         saved = (
