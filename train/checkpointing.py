@@ -220,6 +220,11 @@ def resume_config(checkpoint: str | Path, steps: int | None = None) -> TrainConf
     return cfg.override(steps=steps)
 
 
+def holds_checkpoints(run_dir: Path) -> bool:
+    """Whether ``run_dir`` holds a run's checkpoints: a new run there is refused, a resume continues it."""
+    return any((run_dir / CHECKPOINTS_DIR).glob("step_*"))
+
+
 def check_new_run_dir(run_dir: Path) -> None:
     """A new run goes into a new or empty directory, or one a run that never saved a checkpoint
     left behind (a retry). The run replaces config.json and the metrics files: with them there, a
@@ -227,7 +232,7 @@ def check_new_run_dir(run_dir: Path) -> None:
     failed write's temporary file), or a checkpoint, means the folder is not a run directory."""
     if not run_dir.is_dir():
         return
-    if any((run_dir / CHECKPOINTS_DIR).glob("step_*")):
+    if holds_checkpoints(run_dir):
         raise FlowRLError(
             f"{run_dir} already holds a run's checkpoints; continue it with --resume {run_dir} or choose another --out"
         )

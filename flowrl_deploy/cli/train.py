@@ -135,8 +135,8 @@ def train(
     progress: Annotated[bool, typer.Option("--progress/--no-progress", help="Live progress line.")] = True,
 ) -> None:
     """Train a FlowRL flow policy; writes checkpoints (last, best, periodic) under OUT/checkpoints."""
-    from flowrl_deploy.checkpoint import CHECKPOINTS_DIR, REPLAY_FILE, resume_point
-    from flowrl_deploy.train.checkpointing import missing_config_fields, resume_config, run_to_resume
+    from flowrl_deploy.checkpoint import REPLAY_FILE, resume_point
+    from flowrl_deploy.train.checkpointing import holds_checkpoints, missing_config_fields, resume_config, run_to_resume
     from flowrl_deploy.train.loop import TrainingInterrupted
     from flowrl_deploy.train.loop import log as train_log
     from flowrl_deploy.train.loop import train as run_training
@@ -144,7 +144,7 @@ def train(
     if resume_if_exists:
         if resume is not None:
             raise FlowRLError("--resume-if-exists resumes --out: give it or --resume, not both")
-        if any((Path(out) / CHECKPOINTS_DIR).glob("step_*")):  # what a new run on --out would refuse
+        if holds_checkpoints(Path(out)):  # what a new run on --out would refuse
             resume = Path(out)
     warnings: list[str] = []
     if resume is not None:
