@@ -2,16 +2,29 @@
 
 Every check runs before gRPC sees the files: gRPC reports a bad file only as a failed handshake
 or bind, with the cause in its log, and never names the file or the flag.
+
+The server's files are read again when they change (:class:`ServerTLSFiles`), and its certificate's
+expiry is warned of (:func:`expiry_warning`).
 """
 
 from __future__ import annotations
 
+import base64
+import binascii
+import datetime
+import logging
 import os
+import re
 import ssl
 import stat
+import threading
+import time
+from dataclasses import dataclass
 from pathlib import Path
 
 from flowrl_deploy.errors import FlowRLError
+
+log = logging.getLogger("flowrl.serve")  # the rotation of files is the server's: its log
 
 
 def read_pem(path: str | os.PathLike[str], what: str) -> bytes:
@@ -91,3 +104,193 @@ def check_key_pair(
             raise refused("the key is another certificate's (its key type differs from the certificate's)") from None
         raise refused(f"{key_name} holds no valid PEM private key") from None
     return cert, key
+
+
+_CERTIFICATE = re.compile(rb"-----BEGIN CERTIFICATE-----(.*?)-----END CERTIFICATE-----", re.DOTALL)
+_UTC_TIME, _GENERALIZED_TIME, _VERSION = 0x17, 0x18, 0xA0  # DER tags
+
+
+def _der(der: bytes, at: int) -> tuple[int, int, int]:
+    """The tag of the DER element at ``at``, where its content starts and where it ends."""
+    tag, length, at = der[at], der[at + 1], at + 2
+    if length & 0x80:  # the long form: the next (length & 0x7f) bytes hold the length
+        count = length & 0x7F
+        length, at = int.from_bytes(der[at : at + count], "big"), at + count
+    return tag, at, at + length
+
+
+def not_after(pem: bytes) -> datetime.datetime | None:
+    """When the first certificate of ``pem`` (a served chain's own, which comes first) expires, in
+    UTC; None when it cannot be read. The standard library reads a certificate's dates only from a
+    CA (``SSLContext.get_ca_certs``), so its DER is read here: Certificate → tbsCertificate →
+    ([0] version), serialNumber, signature, issuer, validity → notBefore, notAfter (RFC 5280)."""
+    match = _CERTIFICATE.search(pem)
+    if match is None:
+        return None
+    try:
+        der = base64.b64decode(b"".join(match[1].split()), validate=True)
+        _, at, _ = _der(der, 0)  # Certificate
+        _, at, _ = _der(der, at)  # tbsCertificate
+        for _ in range(4 if der[at] == _VERSION else 3):  # up to validity
+            at = _der(der, at)[2]
+        _, at, _ = _der(der, at)  # validity
+        tag, start, end = _der(der, _der(der, at)[2])  # notAfter
+        text = der[start:end].decode("ascii")
+        if tag == _UTC_TIME:  # YYMMDDHHMMSSZ: 50-99 are 19YY, 00-49 20YY (RFC 5280 4.1.2.5.1)
+            text = ("19" if int(text[:2]) >= 50 else "20") + text
+        elif tag != _GENERALIZED_TIME:
+            return None
+        return datetime.datetime.strptime(text, "%Y%m%d%H%M%SZ").replace(tzinfo=datetime.timezone.utc)
+    except (IndexError, ValueError, binascii.Error):
+        return None
+
+
+EXPIRY_WARNING_DAYS = 7
+"""A served certificate that expires within this many days is warned of."""
+
+
+def _expiry_stage(expires: datetime.datetime | None, now: datetime.datetime | None = None) -> str:
+    """'expired', 'expiring' (within :data:`EXPIRY_WARNING_DAYS`) or '' (neither, or not known)."""
+    if expires is None:
+        return ""
+    left = expires - (now or datetime.datetime.now(datetime.timezone.utc))
+    return "expired" if left <= datetime.timedelta(0) else "expiring" if left.days < EXPIRY_WARNING_DAYS else ""
+
+
+def expiry_warning(
+    expires: datetime.datetime | None, path: str | os.PathLike[str], now: datetime.datetime | None = None
+) -> str:
+    """A warning of ``--tls-cert`` ``path`` expiring on ``expires``: expired, or within
+    :data:`EXPIRY_WARNING_DAYS`; '' when neither (or its expiry is unknown)."""
+    now = now or datetime.datetime.now(datetime.timezone.utc)
+    stage = _expiry_stage(expires, now)
+    if not stage or expires is None:
+        return ""
+    date = expires.strftime("%Y-%m-%d %H:%M:%S UTC")
+    if stage == "expired":
+        return f"--tls-cert {path} expired on {date}: clients that verify the server will refuse it"
+    days = (expires - now).days
+    left = "less than a day" if days == 0 else "1 day" if days == 1 else f"{days} days"
+    return f"--tls-cert {path} expires in {left} ({date}): clients that verify the server will then refuse it"
+
+
+@dataclass(frozen=True)
+class ServerTLS:
+    """The server's certificate chain, its key and the CA of its clients (mTLS), as read and checked."""
+
+    cert: bytes
+    key: bytes
+    client_ca: bytes | None
+    expires: datetime.datetime | None
+    """When ``cert`` expires (:func:`not_after`)."""
+
+
+RECHECK_S = 1.0
+""":meth:`ServerTLSFiles.changed` looks at the files at most this often."""
+
+
+class ServerTLSFiles:
+    """The server's ``--tls-cert``, ``--tls-key`` and ``--client-ca``, read again when they change:
+    cert-manager renews a certificate by swapping a Secret volume's ``..data`` link, and SPIFFE or
+    Vault every hour. :meth:`changed` is cheap (an ``os.stat`` of each path, links followed, at most
+    once every :data:`RECHECK_S`) and never raises: gRPC calls it on each new connection's handshake.
+
+    New files are checked as at start (:func:`check_key_pair`, :func:`read_certificates`); files
+    that fail (a key of another certificate, a file caught half-written by a copy) are refused with
+    a warning naming them, the files in use serve on, and the next change is read again. A
+    certificate that has expired, or will within :data:`EXPIRY_WARNING_DAYS`, is warned of at
+    start, at each change, and when it crosses either line while served.
+
+    Raises:
+        FlowRLError: at start, as :func:`check_key_pair` and :func:`read_certificates` do.
+    """
+
+    def __init__(
+        self, cert: str | os.PathLike[str], key: str | os.PathLike[str], client_ca: str | os.PathLike[str] = ""
+    ) -> None:
+        self.paths = {"--tls-cert": cert, "--tls-key": key, **({"--client-ca": client_ca} if client_ca else {})}
+        self.rotations = 0
+        """Changes of the files taken into use since start."""
+        self.refusals = 0
+        """Changes of the files refused since start (the files in use serve on)."""
+        self._lock = threading.Lock()
+        self._looked = time.monotonic()
+        self._stamps = self._stat()  # before reading: a change while reading is read again
+        self.loaded = self._read()
+        self._warned = ""
+        self._warn_of_expiry()
+
+    def _stat(self) -> tuple[tuple[int, ...] | str, ...]:
+        """What changes with each path's file (through links): its inode, size and time of change."""
+        stamps: list[tuple[int, ...] | str] = []
+        for path in self.paths.values():
+            try:
+                st = os.stat(path)
+            except OSError as exc:
+                stamps.append(exc.strerror or str(exc))
+            else:
+                stamps.append((st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns, st.st_ctime_ns))
+        return tuple(stamps)
+
+    def _read(self) -> ServerTLS:
+        cert, key = check_key_pair(self.paths["--tls-cert"], self.paths["--tls-key"])
+        ca = self.paths.get("--client-ca")
+        return ServerTLS(cert, key, read_certificates(ca, "--client-ca") if ca else None, not_after(cert))
+
+    def _warn_of_expiry(self) -> None:
+        """Warn of the certificate in use once as it nears its expiry, and once as it expires."""
+        stage = _expiry_stage(self.loaded.expires)
+        if stage and stage != self._warned:
+            log.warning(expiry_warning(self.loaded.expires, self.paths["--tls-cert"]))
+        self._warned = stage
+
+    def changed(self) -> ServerTLS | None:
+        """The files as newly read and checked when they changed since they were last read, else
+        None (also when they are refused, or another thread is looking). Never raises."""
+        if time.monotonic() - self._looked < RECHECK_S or not self._lock.acquire(blocking=False):
+            return None
+        try:
+            self._looked = time.monotonic()
+            stamps = self._stat()
+            if stamps == self._stamps:
+                self._warn_of_expiry()
+                return None
+            try:
+                new = self._read()
+            except FlowRLError as exc:
+                if self._stat() != stamps:  # still being written: read once it has settled
+                    return None
+                self._stamps = stamps
+                self.refusals += 1
+                log.warning(
+                    "TLS files changed but are refused, the files in use serve on until the next change: %s", exc
+                )
+                return None
+            if self._stat() != stamps:  # changed while read: what was read may mix old and new
+                return None
+            self._stamps = stamps
+            old, self.loaded = self.loaded, new
+            parts = {
+                "--tls-cert": (old.cert, new.cert),
+                "--tls-key": (old.key, new.key),
+                "--client-ca": (old.client_ca, new.client_ca),
+            }
+            changed = [f"{flag} {self.paths[flag]}" for flag, (was, now) in parts.items() if was != now]
+            if not changed:  # touched, or rewritten as it was
+                return None
+            self.rotations += 1
+            expires = "an unknown date" if new.expires is None else new.expires.strftime("%Y-%m-%d %H:%M:%S UTC")
+            log.info(
+                "TLS files changed (%s): new connections get them, connections already open keep theirs; the "
+                "certificate expires on %s",
+                ", ".join(changed),
+                expires,
+            )
+            self._warned = ""
+            self._warn_of_expiry()
+            return new
+        except Exception:  # gRPC's handshake must go on with the files in use
+            log.exception("looking for changed TLS files failed; the files in use serve on")
+            return None
+        finally:
+            self._lock.release()

@@ -6,6 +6,7 @@ Hand-written exposition (text format 0.0.4) keeps the base install free of extra
 from __future__ import annotations
 
 import bisect
+import datetime
 import ipaddress
 import logging
 import socket
@@ -78,6 +79,9 @@ class Metrics:
         self._warned: dict[str, tuple[float, int]] = {}  # by kind of warning: its last, those held back since
         self.limits: Callable[[], dict[str, tuple[int, int]]] = dict
         """By limit (``workers``, ``sessions``, …): what is in use of it, and its most; the server sets it."""
+        self.tls: Callable[[], tuple[int, int, datetime.datetime | None]] | None = None
+        """With TLS: the changes of its files taken and refused since start, and when the served
+        certificate expires; the server sets it."""
 
     def record(self, method: str, code: str, seconds: float) -> None:
         with self._lock:
@@ -216,7 +220,27 @@ class Metrics:
                 "# TYPE flowrl_model_info gauge",
                 f'flowrl_model_info{{version="{self._version()}"}} 1',
             ]
+            if self.tls is not None:
+                lines += _tls_lines(*self.tls())
         return "\n".join(lines) + "\n"
+
+
+def _tls_lines(rotations: int, refusals: int, expires: datetime.datetime | None) -> list[str]:
+    lines = [
+        "# HELP flowrl_tls_rotations_total Changes of --tls-cert, --tls-key or --client-ca taken into use since start.",
+        "# TYPE flowrl_tls_rotations_total counter",
+        f"flowrl_tls_rotations_total {rotations}",
+        "# HELP flowrl_tls_refusals_total Changes of the TLS files refused since start (the files in use serve on).",
+        "# TYPE flowrl_tls_refusals_total counter",
+        f"flowrl_tls_refusals_total {refusals}",
+    ]
+    if expires is not None:
+        lines += [
+            "# HELP flowrl_tls_certificate_expiry_seconds When the served certificate expires (Unix time).",
+            "# TYPE flowrl_tls_certificate_expiry_seconds gauge",
+            f"flowrl_tls_certificate_expiry_seconds {expires.timestamp():.0f}",
+        ]
+    return lines
 
 
 class _QuietHTTPServer(ThreadingHTTPServer):

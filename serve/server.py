@@ -47,11 +47,11 @@ from flowrl_deploy.proto.flowrl.v1 import policy_pb2_grpc as pb_grpc
 from flowrl_deploy.runtime import is_onnx_path
 from flowrl_deploy.serve.config import ServeConfig, check_grace
 from flowrl_deploy.serve.interceptors import SERVICE_NAME, SPARE_THREADS, Cap, OpenStreams, TokenInterceptor
-from flowrl_deploy.serve.metrics import start_metrics_http
+from flowrl_deploy.serve.metrics import Metrics, start_metrics_http
 from flowrl_deploy.serve.model import Exporter
 from flowrl_deploy.serve.reload import FileWatcher
 from flowrl_deploy.serve.servicer import PolicyServicer
-from flowrl_deploy.tls import check_key_pair, read_certificates
+from flowrl_deploy.tls import ServerTLS, ServerTLSFiles
 
 log = logging.getLogger("flowrl.serve")
 
@@ -126,15 +126,29 @@ def check_can_listen(host: str, port: int, flag: str = "--port") -> None:
         raise FlowRLError(f"{cannot}: {reason}")
 
 
-def server_credentials(config: ServeConfig) -> grpc.ServerCredentials | None:
-    """TLS (and mTLS with ``client_ca``) credentials, or None for plaintext."""
+def _certificate_configuration(files: ServerTLS) -> grpc.ServerCertificateConfiguration:
+    return grpc.ssl_server_certificate_configuration([(files.key, files.cert)], root_certificates=files.client_ca)
+
+
+def server_credentials(config: ServeConfig, metrics: Metrics | None = None) -> grpc.ServerCredentials | None:
+    """TLS (and mTLS with ``client_ca``) credentials, or None for plaintext. The files are read
+    again when they change (:class:`~flowrl_deploy.tls.ServerTLSFiles`): gRPC asks on each new
+    connection's handshake, and connections already open keep theirs. ``metrics`` counts the changes."""
     if not (config.tls_cert or config.tls_key or config.client_ca):
         return None
     if not (config.tls_cert and config.tls_key):
         raise FlowRLError("TLS needs both --tls-cert and --tls-key")
-    cert, key = check_key_pair(config.tls_cert, config.tls_key)
-    ca = read_certificates(config.client_ca, "--client-ca") if config.client_ca else None
-    return grpc.ssl_server_credentials([(key, cert)], root_certificates=ca, require_client_auth=ca is not None)
+    files = ServerTLSFiles(config.tls_cert, config.tls_key, config.client_ca)
+    if metrics is not None:
+        metrics.tls = lambda: (files.rotations, files.refusals, files.loaded.expires)
+
+    def fetch() -> grpc.ServerCertificateConfiguration | None:  # never raises: gRPC would fail the handshake
+        changed = files.changed()
+        return None if changed is None else _certificate_configuration(changed)
+
+    return grpc.dynamic_ssl_server_credentials(
+        _certificate_configuration(files.loaded), fetch, require_client_authentication=bool(config.client_ca)
+    )
 
 
 MIN_CLIENT_PING_S = 5
@@ -268,7 +282,7 @@ class PolicyServer:
                     f"--steps applies to a checkpoint (exported on the fly); {config.model} is an ONNX file, "
                     "whose flow steps were fixed by `flowrl export --steps`: export it again, or serve the checkpoint"
                 )
-            credentials = server_credentials(config)
+            credentials = server_credentials(config, self.servicer.metrics)
             refused = self.servicer.metrics.record_refused
             token = (
                 [TokenInterceptor(config.token, lambda method: refused(method, "UNAUTHENTICATED"))]

@@ -18,31 +18,11 @@ from flowrl_deploy.cli import app
 from flowrl_deploy.connection import connection_hint
 from flowrl_deploy.serve import PolicyServer, ServeConfig
 
-x509 = pytest.importorskip("cryptography.x509")
-from pki import issue, write_pem  # noqa: E402
+pytest.importorskip("cryptography.x509")
+from pki import issue, write_pem
 
 runner = CliRunner()
 OBS = "[0.1, 0.2, 0.3]"
-
-
-def _expired(issued):
-    """``issued`` (key, certificate) re-signed by ``ca_key`` with a validity that ended yesterday."""
-    from cryptography.hazmat.primitives import hashes
-
-    key, cert, ca_key = issued
-    now = datetime.datetime.now(datetime.timezone.utc)
-    builder = (
-        x509.CertificateBuilder()
-        .subject_name(cert.subject)
-        .issuer_name(cert.issuer)
-        .public_key(key.public_key())
-        .serial_number(x509.random_serial_number())
-        .not_valid_before(now - datetime.timedelta(days=2))
-        .not_valid_after(now - datetime.timedelta(days=1))
-    )
-    for extension in cert.extensions:
-        builder = builder.add_extension(extension.value, extension.critical)
-    return key, builder.sign(ca_key, hashes.SHA256())
 
 
 @pytest.fixture(scope="module")
@@ -52,9 +32,8 @@ def pki(tmp_path_factory):
     files = {"ca": write_pem(directory, "ca", ca_key, ca_cert)[0]}
     files["rogue_ca"] = write_pem(directory, "rogue", *issue("rogue CA", ca=True))[0]
     files["server"] = write_pem(directory, "server", *issue("localhost", ca_key, ca_cert.subject))
-    files["expired"] = write_pem(
-        directory, "expired", *_expired((*issue("localhost", ca_key, ca_cert.subject), ca_key))
-    )
+    expired = issue("localhost", ca_key, ca_cert.subject, expires_in=datetime.timedelta(days=-1))
+    files["expired"] = write_pem(directory, "expired", *expired)
     files["policy"] = str(write_policy(directory / "policy.onnx"))
     return files
 

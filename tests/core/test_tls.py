@@ -3,15 +3,19 @@ only report a failed handshake or bind (or abort the process for a certificate w
 
 from __future__ import annotations
 
+import datetime
+import logging
 import os
 import re
+import shutil
 from pathlib import Path
 
 import pytest
 
+from flowrl_deploy import tls
 from flowrl_deploy.client import PolicyClient
 from flowrl_deploy.errors import FlowRLError
-from flowrl_deploy.tls import check_key_pair, read_certificates
+from flowrl_deploy.tls import ServerTLSFiles, check_key_pair, expiry_warning, not_after, read_certificates
 
 pytest.importorskip("cryptography.x509")
 from cryptography.hazmat.primitives import serialization
@@ -146,3 +150,89 @@ class TestClientCredentials:
     def test_good_files_make_a_client(self, pem):
         with PolicyClient("127.0.0.1:1", tls_ca=pem["ca"], tls_cert=pem["cert"], tls_key=pem["key"]) as client:
             assert client.target == "127.0.0.1:1"
+
+
+class TestExpiry:
+    """The standard library reads the dates of CA certificates only; the served one's is read from its DER."""
+
+    @pytest.mark.parametrize(
+        "expires_in",
+        [datetime.timedelta(days=30), datetime.timedelta(days=-3), datetime.timedelta(days=365 * 40)],
+        ids=["UTCTime", "expired", "GeneralizedTime (2050 on)"],
+    )
+    def test_the_expiry_is_the_certificates_own(self, tmp_path, expires_in):
+        ca_key, ca_cert = issue("CA", ca=True)
+        key, cert = issue("localhost", ca_key, ca_cert.subject, expires_in=expires_in)
+        path = write_pem(tmp_path, "server", key, cert)[0]
+        chain = Path(path).read_bytes() + Path(write_pem(tmp_path, "ca", ca_key, ca_cert)[0]).read_bytes()
+        assert not_after(chain) == cert.not_valid_after_utc.replace(microsecond=0)  # the first of a chain
+
+    @pytest.mark.parametrize("name", ["garbage", "key"])
+    def test_no_certificate_has_no_expiry(self, pem, name):
+        assert not_after(Path(pem[name]).read_bytes()) is None
+
+    @pytest.mark.parametrize(
+        ("left", "warning"),
+        [
+            (datetime.timedelta(days=-1), "--tls-cert c.pem expired on 2030-01-01 00:00:00 UTC: clients that verify"),
+            (datetime.timedelta(0), "--tls-cert c.pem expired on"),
+            (datetime.timedelta(hours=5), "--tls-cert c.pem expires in less than a day (2030-01-01 00:00:00 UTC)"),
+            (datetime.timedelta(days=1, hours=1), "expires in 1 day ("),
+            (datetime.timedelta(days=6, hours=23), "expires in 6 days ("),
+            (datetime.timedelta(days=7), ""),
+        ],
+    )
+    def test_expired_and_expiring_certificates_are_warned_of(self, left, warning):
+        expires = datetime.datetime(2030, 1, 1, tzinfo=datetime.timezone.utc)
+        said = expiry_warning(expires, "c.pem", now=expires - left)
+        assert (said.startswith(warning) or f" {warning}" in said) if warning else said == ""
+
+    def test_an_unknown_expiry_is_not_warned_of(self):
+        assert expiry_warning(None, "c.pem") == ""
+
+
+class TestServerFiles:
+    """The server's files, read again on change; gRPC calls :meth:`ServerTLSFiles.changed` on each handshake."""
+
+    @pytest.fixture
+    def served(self, pem, tmp_path, monkeypatch):
+        monkeypatch.setattr(tls, "RECHECK_S", 0.0)
+        for name in ("cert", "key"):
+            shutil.copy(pem[name], tmp_path / name)
+        return ServerTLSFiles(tmp_path / "cert", tmp_path / "key")
+
+    def test_unchanged_or_rewritten_as_they_were_is_no_change(self, served, tmp_path):
+        assert served.changed() is None
+        (tmp_path / "cert").write_bytes((tmp_path / "cert").read_bytes())  # a new time of change, the same bytes
+        assert served.changed() is None and served.rotations == 0
+
+    def test_a_file_gone_is_refused_once_not_at_every_handshake(self, served, tmp_path, caplog):
+        (tmp_path / "key").unlink()
+        assert [served.changed(), served.changed()] == [None, None]
+        assert served.refusals == 1 and served.loaded.key
+        assert [r.getMessage() for r in caplog.records if r.levelno == logging.WARNING] == [
+            "TLS files changed but are refused, the files in use serve on until the next change: cannot read "
+            f"--tls-key {tmp_path / 'key'}: No such file or directory"
+        ]
+
+    def test_an_error_while_looking_is_logged_not_raised_into_grpc(self, served, tmp_path, caplog, monkeypatch):
+        def broken():
+            raise RuntimeError("disk on fire")
+
+        monkeypatch.setattr(served, "_read", broken)
+        (tmp_path / "cert").write_bytes(b"changed")
+        assert served.changed() is None
+        assert "looking for changed TLS files failed" in caplog.text and "disk on fire" in caplog.text
+
+    def test_the_files_are_looked_at_no_more_than_once_a_recheck(self, served, tmp_path, monkeypatch):
+        monkeypatch.setattr(tls, "RECHECK_S", 3600.0)
+        (tmp_path / "key").unlink()
+        assert served.changed() is None and served.refusals == 0
+
+    def test_a_served_certificate_nearing_its_expiry_is_warned_of_once(self, served, caplog, monkeypatch):
+        assert served.changed() is None and not caplog.records  # 30 days left
+        monkeypatch.setattr(tls, "EXPIRY_WARNING_DAYS", 31)
+        assert [served.changed(), served.changed()] == [None, None]
+        assert [r.getMessage().split(" (")[0] for r in caplog.records] == [
+            f"--tls-cert {served.paths['--tls-cert']} expires in 29 days"
+        ]

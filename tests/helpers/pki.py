@@ -12,9 +12,18 @@ from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import NameOID
 
 
-def issue(name: str, issuer_key=None, issuer_name=None, *, ca: bool = False):
+def issue(
+    name: str,
+    issuer_key=None,
+    issuer_name=None,
+    *,
+    ca: bool = False,
+    expires_in: datetime.timedelta = datetime.timedelta(days=30),
+):
     """A key and a certificate for ``name`` (a CA with ``ca``; for localhost and 127.0.0.1 otherwise),
-    valid for a day, signed by ``issuer_key`` (self-signed without one)."""
+    valid until ``expires_in`` from now (30 days: the server warns of a certificate that expires within 7;
+    negative: expired, valid for a day before that),
+    signed by ``issuer_key`` (self-signed without one)."""
     key = ec.generate_private_key(ec.SECP256R1())
     subject = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, name)])
     now = datetime.datetime.now(datetime.timezone.utc)
@@ -24,8 +33,8 @@ def issue(name: str, issuer_key=None, issuer_name=None, *, ca: bool = False):
         .issuer_name(issuer_name or subject)
         .public_key(key.public_key())
         .serial_number(x509.random_serial_number())
-        .not_valid_before(now - datetime.timedelta(minutes=1))
-        .not_valid_after(now + datetime.timedelta(days=1))
+        .not_valid_before(min(now, now + expires_in - datetime.timedelta(days=1)) - datetime.timedelta(minutes=1))
+        .not_valid_after(now + expires_in)
         .add_extension(x509.BasicConstraints(ca=ca, path_length=None), critical=True)
     )
     if not ca:
