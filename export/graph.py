@@ -32,6 +32,7 @@ from flowrl_deploy.checkpoint import ACTOR_PREFIX, ACTOR_TENSORS, check_actor
 from flowrl_deploy.contract import ACTION_OUTPUT, NOISE_INPUT, OBS_INPUT
 from flowrl_deploy.errors import FlowRLError
 from flowrl_deploy.export.config import LAYER_NORM_OPSET, MIN_OPSET
+from flowrl_deploy.runtime import import_onnxruntime
 from flowrl_deploy.spec import PolicySpec
 
 PRE_TANH = "pre_tanh"
@@ -237,7 +238,7 @@ def newest_opset() -> int:
     still under development, though onnx may know both, and has no call that names its newest
     (microsoft/onnxruntime#14932): opsets are tried newest first on a one-node model stamped as an
     export is (a few milliseconds). If it loads none, onnx's newest."""
-    import onnxruntime as ort  # a base dependency
+    ort = import_onnxruntime()  # a base dependency
 
     newest = onnx.defs.onnx_opset_version()
     options = ort.SessionOptions()
@@ -263,8 +264,7 @@ def check_opset(opset: int, *, runtime: bool = True) -> None:
     if opset <= newest:
         return
     if runtime:
-        import onnxruntime as ort
-
+        ort = import_onnxruntime()
         libraries = f"this onnx ({onnx.__version__}) and onnxruntime ({ort.__version__}) both support"
     else:
         libraries = f"this onnx ({onnx.__version__}) knows"

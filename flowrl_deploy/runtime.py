@@ -13,6 +13,7 @@ import os
 import stat
 from collections.abc import Sequence
 from pathlib import Path
+from types import ModuleType
 from typing import TYPE_CHECKING
 
 import numpy as np
@@ -24,14 +25,24 @@ from flowrl_deploy.contract import NOISE_INPUT, OBS_INPUT, PolicyContract, contr
 from flowrl_deploy.errors import FlowRLError, SpecError
 from flowrl_deploy.noise import Seed, draw_noise, session_noise
 
-if TYPE_CHECKING:  # for the hints only: onnxruntime is imported where it is used
+if TYPE_CHECKING:  # for the hints only: onnxruntime is imported where it is used, by import_onnxruntime
     import onnxruntime as ort
 
 # onnxruntime (1.31) reads this when imported: its telemetry writes a device id under $HOME/.cache,
 # looks up a Microsoft host, and with a read-only $HOME (a container's) prints a coloured warning in a
-# log format of its own. Off for the server, the session's local model and export checks alike,
-# unless the user set it (imported before this module, onnxruntime keeps its own setting).
+# log format of its own. Off for the server, the session's local model, export checks and every
+# `flowrl` command alike, unless the user set it (imported before this module, onnxruntime keeps its
+# own setting). The one place it is set: every module of the package imports onnxruntime through
+# import_onnxruntime (a test checks).
 os.environ.setdefault("ORT_DISABLE_TELEMETRY", "1")
+
+
+def import_onnxruntime() -> ModuleType:
+    """onnxruntime, imported (on first use: it takes a while) with its telemetry off unless the
+    user set ``ORT_DISABLE_TELEMETRY``; the package's modules import it only through here."""
+    import onnxruntime
+
+    return onnxruntime
 
 
 def is_onnx_path(path: str | Path) -> bool:
@@ -96,7 +107,7 @@ def cuda_device_present() -> bool:
 
 def default_providers() -> list[str]:
     """CUDA first when this onnxruntime build offers it and a GPU is present, CPU always."""
-    import onnxruntime as ort
+    ort = import_onnxruntime()
 
     wanted = ["CUDAExecutionProvider"] if cuda_device_present() else []
     return [p for p in ort.get_available_providers() if p in wanted] + ["CPUExecutionProvider"]
@@ -113,7 +124,7 @@ def make_session(
     """An ``onnxruntime.InferenceSession`` tuned for low-latency, small-batch inference; ``name``
     is what errors call the model (default: its path). ``threads``: a whole number from 1 to the
     number of cores (onnxruntime reads 0 as "one per core" and starts as many as it is told)."""
-    import onnxruntime as ort
+    ort = import_onnxruntime()
 
     if isinstance(threads, bool) or not isinstance(threads, numbers.Integral) or threads < 1:
         raise FlowRLError(f"threads must be a whole number >= 1, got {threads!r}")

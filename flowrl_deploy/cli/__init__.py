@@ -10,9 +10,6 @@ import os
 # Handshake failed ...``) that repeat the one-line error a command prints; its ERROR lines stay. It
 # reads GRPC_VERBOSITY when grpc is imported, so this comes before any import; the user's own wins.
 os.environ.setdefault("GRPC_VERBOSITY", "ERROR")
-# onnxruntime's telemetry, read when onnxruntime is imported (flowrl_deploy.runtime sets it too, for
-# library users): here for every command, whichever module imports onnxruntime first.
-os.environ.setdefault("ORT_DISABLE_TELEMETRY", "1")
 
 import typer
 

@@ -18,9 +18,10 @@ PROVIDER_NAMES = {
 
 def parse_providers(text: str) -> tuple[str, ...]:
     """'cuda,cpu' or full onnxruntime names → provider names, in order; an unknown name is an error."""
-    import onnxruntime as ort
-
     from flowrl_deploy.errors import FlowRLError
+    from flowrl_deploy.runtime import import_onnxruntime
+
+    ort = import_onnxruntime()
 
     names = tuple(PROVIDER_NAMES.get(p.strip().lower(), p.strip()) for p in text.split(",") if p.strip())
     unknown = [name for name in names if name not in ort.get_all_providers()]

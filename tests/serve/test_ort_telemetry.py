@@ -1,13 +1,17 @@
 """onnxruntime's telemetry is off unless the user turns it on: on import, onnxruntime 1.31 writes a
 device id under $HOME/.cache, looks up a Microsoft host (DNS), and where $HOME is read-only (a
-container's) prints an ANSI-coloured warning in its own log format on stderr."""
+container's) prints an ANSI-coloured warning in its own log format on stderr. The default is set in
+one place, flowrl_deploy.runtime, through which every module of the package imports onnxruntime."""
 
 from __future__ import annotations
 
+import ast
+import importlib.util
 import json
 import os
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 from tiny_policy import write_policy
@@ -38,7 +42,7 @@ def policy(tmp_path_factory) -> str:
 @pytest.mark.parametrize(
     "code",
     [
-        "import flowrl_deploy.cli, onnxruntime",  # every command: export's checks and serve's --providers too
+        "import flowrl_deploy.cli, onnxruntime",  # every command
         "import sys; from flowrl_deploy.runtime import OnnxPolicy; OnnxPolicy(sys.argv[1])",  # library users
     ],
     ids=["cli", "runtime"],
@@ -57,22 +61,102 @@ def test_the_runtime_module_sets_the_default_and_keeps_a_users_own_setting(users
 
 SPY = """
 import json, os, sys
-seen = {}
-class Spy:  # notes the variable as each module that imports onnxruntime is imported
+seen = []
+class Spy:  # notes the variable as onnxruntime is imported, by whichever module
     def find_spec(self, name, path=None, target=None):
-        if name in ("onnxruntime", "flowrl_deploy.runtime"):
-            seen.setdefault(name, os.environ.get("ORT_DISABLE_TELEMETRY"))
+        if name == "onnxruntime":
+            seen.append(os.environ.get("ORT_DISABLE_TELEMETRY"))
 sys.meta_path.insert(0, Spy())
-import flowrl_deploy.cli
+{code}
 print(json.dumps(seen))
 """
 
 
-def test_the_cli_sets_the_default_before_any_module_that_imports_onnxruntime_is_imported():
-    """The CLI's own default, not the runtime module's, is there when whichever module imports
-    onnxruntime first is imported (a command module may import onnxruntime itself)."""
-    seen = json.loads(_run(SPY).stdout)
-    assert seen and set(seen.values()) == {"1"}, seen
+@pytest.mark.parametrize(
+    "code",
+    [
+        "from flowrl_deploy.cli.serve import parse_providers; parse_providers('cpu')",  # flowrl serve --providers
+        "from flowrl_deploy.export.graph import newest_opset; newest_opset()",  # flowrl export's opset check
+        "from flowrl_deploy.runtime import default_providers; default_providers()",
+    ],
+    ids=["serve --providers", "export opset", "runtime"],
+)
+def test_every_module_that_loads_onnxruntime_loads_it_with_telemetry_off(code):
+    """Whichever module imports onnxruntime first, in a program that imported nothing else of the
+    package (a command's own module, a library user's export)."""
+    if "export" in code and importlib.util.find_spec("onnx") is None:
+        pytest.skip("the export stage needs onnx: pip install 'flowrl-deploy[export]'")
+    seen = json.loads(_run(SPY.format(code=code)).stdout)
+    assert seen[:1] == ["1"], seen
+
+
+ROOT = Path(__file__).resolve().parents[2]
+PACKAGE = ("flowrl_deploy", "train", "export", "serve")
+"""The package's source folders (pyproject's package-dir)."""
+RUNTIME = ROOT / "flowrl_deploy" / "runtime.py"
+
+
+def _loads_onnxruntime(source: str) -> list[int]:
+    """The lines of ``source`` that import onnxruntime when they run (``import``, ``from … import``,
+    ``importlib.import_module`` or ``__import__``), those under ``if TYPE_CHECKING:`` aside."""
+    tree = ast.parse(source)
+    hints_only = {
+        id(inner)
+        for node in ast.walk(tree)
+        if isinstance(node, ast.If) and "TYPE_CHECKING" in ast.unparse(node.test)
+        for statement in node.body
+        for inner in ast.walk(statement)
+    }
+    lines = []
+    for node in ast.walk(tree):
+        if id(node) in hints_only:
+            continue
+        if isinstance(node, ast.Import):
+            names = [alias.name for alias in node.names]
+        elif isinstance(node, ast.ImportFrom) and not node.level:
+            names = [node.module or ""]
+        elif (
+            isinstance(node, ast.Call)
+            and ast.unparse(node.func).split(".")[-1] in ("import_module", "__import__")
+            and node.args
+            and isinstance(node.args[0], ast.Constant)
+        ):
+            names = [str(node.args[0].value)]
+        else:
+            continue
+        if any(name == "onnxruntime" or name.startswith("onnxruntime.") for name in names):
+            lines.append(node.lineno)
+    return sorted(lines)
+
+
+def test_no_module_but_the_runtime_module_imports_onnxruntime():
+    """The telemetry default is set where onnxruntime is imported; a module that imported it itself
+    would load it without the default whenever it came first (as `flowrl serve --providers` and
+    export's opset check did, the CLI setting the default a second time to cover them)."""
+    offenders = {
+        str(path.relative_to(ROOT)): lines
+        for folder in PACKAGE
+        for path in sorted((ROOT / folder).rglob("*.py"))
+        if path != RUNTIME and (lines := _loads_onnxruntime(path.read_text()))
+    }
+    assert offenders == {}, "import it as flowrl_deploy.runtime.import_onnxruntime() instead"
+    assert _loads_onnxruntime(RUNTIME.read_text())  # the scan sees the one place that does
+
+
+def test_the_scan_sees_each_way_of_importing_onnxruntime():
+    source = """
+import typing
+import onnxruntime as ort
+from onnxruntime import InferenceSession
+import onnxruntime.capi
+import onnxruntime_extensions
+def f():
+    import importlib
+    return importlib.import_module("onnxruntime"), __import__("onnxruntime")
+if typing.TYPE_CHECKING:
+    import onnxruntime
+"""
+    assert _loads_onnxruntime(source) == [3, 4, 5, 9, 9]
 
 
 def test_the_warning_check_can_fail(policy):
