@@ -1,0 +1,77 @@
+"""--rt-priority: running a process's threads under SCHED_FIFO (Linux)."""
+
+import errno
+import os
+import subprocess
+import sys
+import threading
+
+import pytest
+
+from flowrl_deploy.affinity import set_realtime
+from flowrl_deploy.errors import FlowRLError
+
+needs_scheduler = pytest.mark.skipif(not hasattr(os, "sched_setscheduler"), reason="scheduling policies are Linux-only")
+
+
+@pytest.mark.parametrize("priority", [0, 100, -5, 1.5, True, "50", None])
+def test_a_priority_outside_1_to_99_is_a_clear_error_naming_the_flag(priority):
+    with pytest.raises(FlowRLError, match=r"--rt-priority must be an integer in 1-99 \(a SCHED_FIFO priority\)"):
+        set_realtime(priority)
+
+
+def test_errors_name_the_callers_flag():
+    with pytest.raises(FlowRLError, match=r"^rt_priority must be"):
+        set_realtime(0, flag="rt_priority")
+
+
+@needs_scheduler
+def test_every_thread_runs_real_time_those_before_and_those_started_after():
+    script = (
+        "import os, threading\n"
+        "from flowrl_deploy.affinity import set_realtime\n"
+        "seen, go = [], threading.Event()\n"
+        "early = threading.Thread(target=lambda: (go.wait(), seen.append(os.sched_getscheduler(0)))); early.start()\n"
+        "try:\n"
+        "    set_realtime(7)\n"
+        "except Exception as exc:\n"
+        "    print('refused', exc); go.set(); raise SystemExit\n"
+        "go.set(); early.join()\n"
+        "late = threading.Thread(target=lambda: seen.append(os.sched_getscheduler(0))); late.start(); late.join()\n"
+        "print(os.sched_getscheduler(0) == os.SCHED_FIFO, os.sched_getparam(0).sched_priority,"
+        " [s == os.SCHED_FIFO for s in seen])\n"
+    )
+    out = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, check=True).stdout
+    if out.startswith("refused"):
+        assert "may not use real-time scheduling" in out
+        pytest.skip("this host refuses real-time scheduling")
+    assert out.strip() == "True 7 [True, True]"
+
+
+@needs_scheduler
+def test_a_refusal_says_how_to_get_the_right_and_leaves_every_thread_as_it_was(monkeypatch):
+    """EPERM on the second thread: the first one, already changed, is put back (all threads or none)."""
+    go = threading.Event()
+    other = threading.Thread(target=go.wait)
+    other.start()
+    calls = []
+
+    def setscheduler(thread_id, policy, param):
+        calls.append((thread_id, policy, param.sched_priority))
+        if policy == os.SCHED_FIFO and len(calls) == 2:
+            raise PermissionError(errno.EPERM, "Operation not permitted")
+
+    monkeypatch.setattr(os, "sched_setscheduler", setscheduler)
+    try:
+        with pytest.raises(FlowRLError) as info:
+            set_realtime(50)
+    finally:
+        go.set()
+        other.join()
+    message = str(info.value)
+    assert message.startswith(
+        "--rt-priority 50: this process may not use real-time scheduling (Operation not permitted)"
+    )
+    assert "ulimit -r" in message and "\n" not in message
+    first = calls[0][0]
+    assert calls[-1] == (first, os.sched_getscheduler(first), os.sched_getparam(first).sched_priority)  # put back
