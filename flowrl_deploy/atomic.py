@@ -4,6 +4,7 @@ a temporary file or directory beside the target, synced, then renamed onto it.""
 from __future__ import annotations
 
 import contextlib
+import errno
 import os
 import shutil
 import stat
@@ -93,15 +94,37 @@ def _umask() -> int:
     return mask
 
 
+DIRECTORY_FSYNC = os.name != "nt"
+"""Whether directories are fsynced (a rename made durable): Windows has no directory fsync (``os.open``
+cannot open a directory there; NTFS journals the rename itself)."""
+
+
 def fsync_tree(path: Path) -> None:
     """Flush every file of a freshly written directory (a checkpoint), then the directory itself."""
     for child in path.iterdir():
-        with open(child, "rb") as f:
-            os.fsync(f.fileno())
+        _fsync_file(child)
     fsync_dir(path)
 
 
+def _fsync_file(path: Path) -> None:
+    """fsync ``path`` through a read-only handle, or where that is refused (Windows: FlushFileBuffers
+    needs a writable one, EBADF) through a writable one. Only EBADF is retried: after another error (EIO)
+    a second fsync may report success with the data lost."""
+    try:
+        with open(path, "rb") as f:
+            os.fsync(f.fileno())
+        return
+    except OSError as exc:
+        if exc.errno != errno.EBADF:
+            raise
+    with open(path, "r+b") as f:
+        os.fsync(f.fileno())
+
+
 def fsync_dir(path: Path) -> None:
+    """fsync the directory ``path`` (its entries: a rename into it), where the system can (:data:`DIRECTORY_FSYNC`)."""
+    if not DIRECTORY_FSYNC:
+        return
     fd = os.open(path, os.O_RDONLY)
     try:
         os.fsync(fd)

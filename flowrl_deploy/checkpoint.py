@@ -12,8 +12,8 @@ A run directory looks like this::
                 training_state.safetensors  # critics, targets, optimizer moments, RNG states
                 training_state.json    # update count, optimizer hyper-state, warm-up and replay RNG states
                 replay.safetensors     # the replay buffer, when saved
-            last -> step_000050000     # symlinks, swapped atomically
-            best -> step_000040000
+            last -> step_000050000     # symlinks, swapped atomically (on Windows: files
+            best -> step_000040000     #   naming the checkpoint, see SYMLINK_LINKS)
 
 A checkpoint directory is written under a temporary name and renamed into place, so a crash
 while saving never leaves a half-written checkpoint under a name a reader trusts. This module
@@ -23,6 +23,7 @@ imports numpy and safetensors only: serving machines read specs without torch.
 from __future__ import annotations
 
 import contextlib
+import errno
 import json
 import os
 import shutil
@@ -36,7 +37,7 @@ import numpy as np
 from safetensors import SafetensorError
 from safetensors.numpy import load_file, save_file
 
-from flowrl_deploy.atomic import apply_umask, fsync_dir, fsync_tree, os_reason, replace_directory
+from flowrl_deploy.atomic import apply_umask, fsync_dir, fsync_tree, os_reason, replace_directory, write_text_atomic
 from flowrl_deploy.errors import CheckpointError, FlowRLError, SpecError
 from flowrl_deploy.fieldtypes import is_int
 from flowrl_deploy.spec import PolicySpec
@@ -183,19 +184,67 @@ def _reason(exc: OSError | SafetensorError) -> str:
     return os_reason(exc) if isinstance(exc, OSError) else str(exc)
 
 
+SYMLINK_LINKS = os.name != "nt"
+"""Whether ``last``/``best`` are symlinks. Not on Windows: making one needs admin or Developer Mode, and
+even then a directory symlink cannot be replaced by a rename; there (and wherever a symlink cannot be
+made: a FAT or exFAT drive) each is a pointer file holding the checkpoint's name, replaced atomically.
+:func:`read_checkpoint_link` reads both."""
+
+
 def link_checkpoint(checkpoints_dir: str | os.PathLike[str], name: str, target: str | os.PathLike[str]) -> None:
-    """Point ``checkpoints_dir/name`` (e.g. ``last``) at ``target`` with an atomic symlink swap."""
+    """Point ``checkpoints_dir/name`` (e.g. ``last``) at ``target`` with an atomic symlink swap, or where no
+    symlink can be made (:data:`SYMLINK_LINKS`) an atomic write of a pointer file naming it."""
     directory = Path(checkpoints_dir)
+    link, target_name = directory / name, Path(target).name
+    if SYMLINK_LINKS and _symlink_swap(directory, name, target_name):
+        return
+    try:
+        write_text_atomic(link, f"{target_name}\n")
+    except FlowRLError as exc:
+        raise CheckpointError(f"cannot point {link} at {target_name}: {exc}") from exc
+
+
+def _symlink_swap(directory: Path, name: str, target_name: str) -> bool:
+    """Swap the symlink; False where this system or account cannot make one (Windows without the
+    privilege: WinError 1314; a file system without symlinks: EPERM)."""
     tmp_link = directory / f".{name}.link-{os.getpid()}"
     try:
         if tmp_link.is_symlink() or tmp_link.exists():
             tmp_link.unlink()
-        os.symlink(Path(target).name, tmp_link)
+        os.symlink(target_name, tmp_link)
         os.replace(tmp_link, directory / name)
+    except (NotImplementedError, AttributeError):  # no os.symlink on this system
+        return False
     except OSError as exc:
         with contextlib.suppress(OSError):
             tmp_link.unlink()
-        raise CheckpointError(f"cannot point {directory / name} at {Path(target).name}: {_reason(exc)}") from exc
+        if getattr(exc, "winerror", None) == 1314 or exc.errno in (errno.EPERM, errno.EOPNOTSUPP):
+            return False
+        raise CheckpointError(f"cannot point {directory / name} at {target_name}: {_reason(exc)}") from exc
+    return True
+
+
+def read_checkpoint_link(link: str | os.PathLike[str]) -> str | None:
+    """What the link ``link`` (a run's ``checkpoints/last`` or ``best``) names, as written: a symlink's
+    target, or the checkpoint named by a pointer file (:data:`SYMLINK_LINKS`); None when it is neither.
+    The checkpoint is ``link``'s folder joined with it. A pointer file naming anything but a folder beside
+    it (a path, an empty or long text) is refused by name: it is no checkpoint link."""
+    link = Path(link)
+    if link.is_symlink():
+        return os.readlink(link)
+    if not link.is_file():
+        return None
+    try:
+        with open(link, "rb") as f:
+            data = f.read(256)
+    except OSError as exc:
+        raise CheckpointError(f"cannot read {link}: {_reason(exc)}") from exc
+    name = data.decode("utf-8", "replace").strip()
+    if len(data) >= 256 or not name or name in (".", "..") or any(c in name for c in "/\\:\n\0"):
+        raise CheckpointError(
+            f"{link} is no checkpoint link: it should hold the name of a checkpoint folder beside it ({name[:60]!r})"
+        )
+    return name
 
 
 def check_output_path(flag: str, path: str | os.PathLike[str]) -> None:
@@ -221,16 +270,20 @@ def resolve_checkpoint(path: str | os.PathLike[str]) -> Path:
     if p.is_file():
         if p.name in (MODEL_FILE, DOCUMENT_FILE):
             return p.parent
-        raise CheckpointError(
-            f"{p} is a file, not a flowrl-deploy checkpoint; pass a checkpoint directory "
-            f"(holding {DOCUMENT_FILE} and {MODEL_FILE}) or a run directory"
-        )
-    for candidate in (p, p / LAST, p / CHECKPOINTS_DIR / LAST):
+        if p.name not in (LAST, BEST):
+            raise CheckpointError(
+                f"{p} is a file, not a flowrl-deploy checkpoint; pass a checkpoint directory "
+                f"(holding {DOCUMENT_FILE} and {MODEL_FILE}) or a run directory"
+            )
+    links = ((p,) if p.name in (LAST, BEST) else ()) + (p / LAST, p / CHECKPOINTS_DIR / LAST)
+    named = {link: read_checkpoint_link(link) for link in links}
+    candidates = [p] + [link.parent / name if name is not None else link for link, name in named.items()]
+    for candidate in candidates:
         if (candidate / DOCUMENT_FILE).is_file() or (candidate / MODEL_FILE).is_file():
             return candidate.resolve()
-    for link in (p / LAST, p / CHECKPOINTS_DIR / LAST):
-        if link.is_symlink() and not link.exists():
-            raise CheckpointError(f"{link} points at {os.readlink(link)}, which is missing; pass a step_* checkpoint")
+    for link, name in named.items():
+        if name is not None and not (link.parent / name).exists():
+            raise CheckpointError(f"{link} points at {name}, which is missing; pass a step_* checkpoint")
     raise CheckpointError(
         f"{p} holds no flowrl-deploy checkpoint (no {DOCUMENT_FILE}, no {LAST}/ or {CHECKPOINTS_DIR}/{LAST}/)"
     )
@@ -250,9 +303,10 @@ def resume_point(path: str | os.PathLike[str]) -> tuple[Path, str | None]:
         return resolve_checkpoint(p), None
     newest = max(steps, key=lambda c: int(c.name[5:])).resolve()
     last = folder / LAST
-    if last.resolve() == newest:
+    name = read_checkpoint_link(last)
+    if name is not None and (folder / name).resolve() == newest:
         return newest, None
-    behind = f"points at {os.readlink(last)}" if last.is_symlink() else "is missing"
+    behind = "is missing" if name is None else f"points at {name}"
     return newest, (
         f"{last} {behind}, not at the newest complete checkpoint {newest.name} (the run was killed between "
         f"saving a checkpoint and moving {LAST}?); resuming {newest.name}"

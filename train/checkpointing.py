@@ -30,6 +30,7 @@ from flowrl_deploy.checkpoint import (
     RUN_OUTPUTS,
     link_checkpoint,
     load_checkpoint,
+    read_checkpoint_link,
     read_document,
     resume_point,
     spec_of,
@@ -45,8 +46,12 @@ from flowrl_deploy.train.config import ConfigError, TrainConfig
 
 try:
     import fcntl
-except ImportError:  # Windows: no flock, so no lock
+except ImportError:  # Windows: no flock; msvcrt's byte-range lock instead
     fcntl = None  # type: ignore[assignment]
+try:
+    import msvcrt
+except ImportError:  # anything but Windows
+    msvcrt = None  # type: ignore[assignment]
 
 
 def step_name(step: int) -> str:
@@ -90,7 +95,8 @@ class RunCheckpoints:
         return self.save_every > 0 and step % self.save_every == 0
 
     def _prune(self) -> None:
-        linked = {(self.dir / name).resolve() for name in (LAST, BEST) if (self.dir / name).exists()}
+        names = (read_checkpoint_link(self.dir / link) for link in (LAST, BEST))
+        linked = {(self.dir / name).resolve() for name in names if name is not None and (self.dir / name).exists()}
         for path in self.dir.glob("step_*"):
             if path.resolve() not in linked and not self._is_periodic(path):
                 shutil.rmtree(path, ignore_errors=True)
@@ -103,12 +109,13 @@ class RunLock:
     ``flowrl train`` on the same ``--out`` (a double submit, a requeue while the first job still runs),
     or a second resume of the run, is refused instead of mixing its files into the first's.
 
-    It is ``fcntl.flock`` on ``<run>/.lock`` (hidden: a retry still finds the folder empty), which the
-    kernel drops when the process ends, however it ends: a SIGKILL leaves no stale lock (a node that
-    dies holding it on a network file system may). The file names its holder (pid, host, start time)
-    for the refusal. Making the lock makes the directory; :meth:`release` with ``undo`` (a refused
-    run) removes the folders it made, if still empty. Where the file system has no flock (an NFS mounted
-    without locks, a Lustre without ``-o flock``), the run goes unlocked and :attr:`unlocked` says why."""
+    It is ``fcntl.flock`` on ``<run>/.lock`` (hidden: a retry still finds the folder empty; on Windows
+    ``msvcrt.locking`` of one byte of it), which the kernel drops when the process ends, however it
+    ends: a SIGKILL leaves no stale lock (a node that dies holding it on a network file system may).
+    The file names its holder (pid, host, start time) for the refusal. Making the lock makes the
+    directory; :meth:`release` with ``undo`` (a refused run) removes the folders it made, if still
+    empty. Where the file system has no flock (an NFS mounted without locks, a Lustre without
+    ``-o flock``) or the system has no lock at all, the run goes unlocked and :attr:`unlocked` says why."""
 
     FILE = ".lock"
 
@@ -122,26 +129,32 @@ class RunLock:
         self._made = made  # innermost first
         self._fd: int | None = None
         self.unlocked: str | None = None
-        """Why the directory could not be locked ('No locks available'), or None."""
+        """Why the directory could not be locked ('No locks available: the file system has no locks'), or None."""
         try:
             self._fd = self._acquire(new_run)
         except BaseException:
             self._remove_made()
             raise
 
+    MSVCRT_OFFSET = 1 << 20
+    """Where msvcrt's lock lies (Windows): a byte past the holder's JSON, which a locked byte would
+    make unreadable to the refused run."""
+
     def _acquire(self, new_run: bool) -> int | None:
-        if fcntl is None:
+        if fcntl is None and msvcrt is None:
+            self.unlocked = "this system has neither flock nor msvcrt locking"
             return None
         while True:
             try:
-                fd = os.open(self.path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o644)
+                fd = os.open(self.path, os.O_RDWR | os.O_CREAT | getattr(os, "O_CLOEXEC", 0), 0o644)
             except OSError as exc:
                 raise FlowRLError(f"cannot lock the run directory {self.run_dir}: {os_reason(exc)}") from None
             try:
-                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                self._lock(fd)
             except OSError as exc:
-                if exc.errno not in (errno.EWOULDBLOCK, errno.EACCES):  # no flock here (an NFS without locks)
-                    self.unlocked = os_reason(exc)
+                # held: flock says EWOULDBLOCK (or EACCES), msvcrt EACCES or EDEADLOCK; anything else means
+                if exc.errno not in (errno.EWOULDBLOCK, errno.EACCES, errno.EDEADLK):  # no locks (an NFS without)
+                    self.unlocked = f"{os_reason(exc)}: the file system has no locks"
                     os.close(fd)
                     with contextlib.suppress(OSError):
                         self.path.unlink()
@@ -162,16 +175,31 @@ class RunLock:
         since = time.strftime("%Y-%m-%d %H:%M:%S %Z")
         with contextlib.suppress(OSError):  # only for the refusal's message: a full disk fails the run later, by name
             os.ftruncate(fd, 0)
+            os.lseek(fd, 0, os.SEEK_SET)
             os.write(fd, json.dumps({"pid": os.getpid(), "host": socket.gethostname(), "since": since}).encode())
         return fd
 
+    def _lock(self, fd: int) -> None:
+        """Lock ``fd`` without waiting: ``flock``, or on Windows ``msvcrt.locking`` of one byte at
+        :attr:`MSVCRT_OFFSET` (Windows drops it when the process ends, as the kernel drops a flock)."""
+        if fcntl is not None:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            return
+        os.lseek(fd, self.MSVCRT_OFFSET, os.SEEK_SET)
+        msvcrt.locking(fd, msvcrt.LK_NBLCK, 1)
+
     def release(self, *, undo: bool = False) -> None:
-        """Unlock (removing the file first, while still held); with ``undo``, also remove the folders
-        the lock made, where still empty."""
+        """Unlock (removing the file first, while still held; on Windows, where an open file cannot be
+        removed, just after); with ``undo``, also remove the folders the lock made, where still empty."""
         if self._fd is not None:
-            with contextlib.suppress(OSError):
-                self.path.unlink()
-            os.close(self._fd)
+            if fcntl is not None:
+                with contextlib.suppress(OSError):
+                    self.path.unlink()
+                os.close(self._fd)
+            else:
+                os.close(self._fd)
+                with contextlib.suppress(OSError):  # another run may have it open (and locked) by now
+                    self.path.unlink()
             self._fd = None
         if undo:
             self._remove_made()
@@ -187,7 +215,12 @@ class RunLock:
 def _holder(fd: int) -> str:
     """' (pid 21074 on host node7 since …)' from a lock file, or '' when it does not say."""
     with contextlib.suppress(OSError, ValueError, KeyError, TypeError):
-        holder = json.loads(os.pread(fd, 4096, 0))
+        if hasattr(os, "pread"):
+            head = os.pread(fd, 4096, 0)
+        else:  # Windows
+            os.lseek(fd, 0, os.SEEK_SET)
+            head = os.read(fd, 4096)
+        holder = json.loads(head)
         return f" (pid {int(holder['pid'])} on host {holder['host']} since {holder['since']})"
     return ""
 

@@ -30,6 +30,7 @@ from flowrl_deploy.checkpoint import (
     Checkpoint,
     link_checkpoint,
     load_checkpoint,
+    read_checkpoint_link,
     read_spec,
     resume_point,
     save_checkpoint,
@@ -88,13 +89,18 @@ class _StopOnSignal:
     """Set by the first stop signal, so the loop stops between two steps and saves a consistent
     ``last`` checkpoint: Ctrl-C, SIGTERM (a job scheduler's stop), SIGUSR1 or SIGUSR2 (the notice
     a scheduler gives before its time limit: SLURM's ``--signal=USR1@300``, LSF, submitit), SIGHUP
-    (a closed terminal) unless ignored at start (``nohup``). A second Ctrl-C interrupts at once; a
-    repeat of another signal is ignored, since a scheduler may deliver its stop twice (to the process,
-    and forwarded by ``srun``) and escalates with SIGKILL, never with another one. Installed only on
-    the main thread."""
+    (a closed terminal) unless ignored at start (``nohup``), and on Windows Ctrl-Break (SIGBREAK);
+    those the system lacks are left out (Windows has no SIGUSR1, SIGUSR2 or SIGHUP). A second Ctrl-C
+    interrupts at once; a repeat of another signal is ignored, since a scheduler may deliver its stop
+    twice (to the process, and forwarded by ``srun``) and escalates with SIGKILL, never with another
+    one. Installed only on the main thread."""
 
-    SIGNALS = (signal.SIGINT, signal.SIGTERM, signal.SIGUSR1, signal.SIGUSR2, signal.SIGHUP)
-    KEPT_IF_IGNORED = (signal.SIGHUP,)
+    SIGNALS = tuple(
+        getattr(signal, name)
+        for name in ("SIGINT", "SIGTERM", "SIGUSR1", "SIGUSR2", "SIGHUP", "SIGBREAK")
+        if hasattr(signal, name)
+    )
+    KEPT_IF_IGNORED = tuple(getattr(signal, name) for name in ("SIGHUP",) if hasattr(signal, name))
 
     def __init__(self, enabled: bool) -> None:
         self.requested = False
@@ -151,8 +157,8 @@ def memory_shortfall(spec: PolicySpec, cfg: TrainConfig, device: torch.device) -
     this machine has 8.0 GiB'), or None when it fits: checked before allocating, since a typo such as
     --hidden 100000 would otherwise fail deep inside torch, or be killed for memory hours later."""
     replay, networks = ReplayBuffer.bytes_needed(spec.obs_dim, spec.act_dim, cfg.buffer_size), training_bytes(spec)
-    ram = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
-    needs = [(replay + (networks if device.type == "cpu" else 0), ram, "memory")]
+    ram = physical_memory_bytes()
+    needs = [] if ram is None else [(replay + (networks if device.type == "cpu" else 0), ram, "memory")]
     if device.type == "cuda":
         needs.append((networks, torch.cuda.get_device_properties(device).total_memory, "GPU memory"))
     for needed, total, what in needs:
@@ -162,6 +168,45 @@ def memory_shortfall(spec: PolicySpec, cfg: TrainConfig, device: torch.device) -
                 f"{networks / 2**30:.1f} GiB networks); this machine has {total / 2**30:.1f} GiB"
             )
     return None
+
+
+def physical_memory_bytes() -> int | None:
+    """This machine's RAM: ``os.sysconf`` (Linux, macOS), ``GlobalMemoryStatusEx`` (Windows), or None
+    where neither tells (the memory check is then skipped, not failed)."""
+    try:
+        page, pages = os.sysconf("SC_PAGE_SIZE"), os.sysconf("SC_PHYS_PAGES")
+        ram = page * pages if page > 0 and pages > 0 else 0  # -1: not known (old macOS)
+    except (AttributeError, ValueError, OSError):  # no sysconf (Windows), or no such name
+        ram = 0
+    if ram <= 0 and os.name == "nt":
+        ram = _windows_physical_memory()
+    return ram if ram > 0 else None
+
+
+def _windows_physical_memory() -> int:
+    import ctypes
+
+    class MemoryStatusEx(ctypes.Structure):
+        _fields_ = [
+            ("dwLength", ctypes.c_ulong),
+            ("dwMemoryLoad", ctypes.c_ulong),
+            ("ullTotalPhys", ctypes.c_ulonglong),
+            ("ullAvailPhys", ctypes.c_ulonglong),
+            ("ullTotalPageFile", ctypes.c_ulonglong),
+            ("ullAvailPageFile", ctypes.c_ulonglong),
+            ("ullTotalVirtual", ctypes.c_ulonglong),
+            ("ullAvailVirtual", ctypes.c_ulonglong),
+            ("ullAvailExtendedVirtual", ctypes.c_ulonglong),
+        ]
+
+    status = MemoryStatusEx()
+    status.dwLength = ctypes.sizeof(MemoryStatusEx)
+    try:
+        if ctypes.windll.kernel32.GlobalMemoryStatusEx(ctypes.byref(status)):  # type: ignore[attr-defined]
+            return int(status.ullTotalPhys)
+    except (AttributeError, OSError):
+        pass
+    return 0
 
 
 def train(
@@ -377,7 +422,8 @@ def _prepare_locked_run(
         if resume is not None:
             counters = _restore(start, agent, replay, action_rng)
         checkpoints = RunCheckpoints(run_dir, cfg.save_every)
-        moved = start is not None and (checkpoints.dir / LAST).resolve() != start  # killed before moving it
+        linked = read_checkpoint_link(checkpoints.dir / LAST)  # not the resumed one: killed before moving it
+        moved = start is not None and (linked is None or (checkpoints.dir / linked).resolve() != start)
         if moved:
             link_checkpoint(checkpoints.dir, LAST, start)
         cfg.save(run_dir)
@@ -391,7 +437,7 @@ def _prepare_locked_run(
     warnings = [behind] if moved and behind else []
     if lock.unlocked:
         warnings.append(
-            f"cannot lock the run directory {run_dir} ({lock.unlocked}: the file system has no locks): it runs "
+            f"cannot lock the run directory {run_dir} ({lock.unlocked}): it runs "
             "unlocked, so a second flowrl train on it is not refused"
         )
     return _Run(

@@ -1,0 +1,113 @@
+"""Training beyond Linux, simulated: without os.sysconf (Windows) the memory check is skipped rather than
+crashing; without fcntl the run directory is locked with msvcrt's byte-range lock, or where there is no
+lock at all the run says it runs unlocked; a whole run and its resume work with Windows' file system
+(no symlinks, no directory fsync, no fsync of a read-only handle)."""
+
+from __future__ import annotations
+
+import errno
+import fcntl
+import os
+
+import pytest
+from tiny_training import TINY, TINY_FLAGS
+from typer.testing import CliRunner
+
+from flowrl_deploy import atomic
+from flowrl_deploy import checkpoint as ckpt
+from flowrl_deploy.cli import app
+from flowrl_deploy.errors import FlowRLError
+from flowrl_deploy.spec import PolicySpec
+from flowrl_deploy.train import checkpointing, loop
+from flowrl_deploy.train.checkpointing import RunLock
+from flowrl_deploy.train.config import TrainConfig
+from flowrl_deploy.train.loop import memory_shortfall, physical_memory_bytes, train
+
+runner = CliRunner()
+SPEC = PolicySpec(obs_dim=3, act_dim=1, action_low=(-2.0,), action_high=(2.0,), hidden=16)
+
+
+@pytest.mark.parametrize("sysconf", ["missing", "negative"])
+def test_without_a_ram_figure_the_memory_check_is_skipped(sysconf, monkeypatch):
+    """Windows has no os.sysconf (AttributeError before training); an old macOS answered -1, which refused every run."""
+    if sysconf == "missing":
+        monkeypatch.delattr(os, "sysconf")
+    else:
+        monkeypatch.setattr(os, "sysconf", lambda name: -1)
+    assert physical_memory_bytes() is None
+    huge = TrainConfig(env="Pendulum-v1", hidden=16, buffer_size=10**11)
+    assert memory_shortfall(SPEC, huge, loop.torch.device("cpu")) is None
+
+
+def test_the_memory_check_still_refuses_on_linux():
+    huge = TrainConfig(env="Pendulum-v1", hidden=16, buffer_size=10**11)
+    assert physical_memory_bytes() > 2**20
+    assert "GiB of memory for Pendulum-v1" in memory_shortfall(SPEC, huge, loop.torch.device("cpu"))
+
+
+class FakeMsvcrt:
+    """msvcrt.locking as Windows does it, on flock: a non-blocking lock held by another handle fails with EACCES."""
+
+    LK_NBLCK, LK_UNLCK = 2, 0
+
+    @staticmethod
+    def locking(fd: int, mode: int, nbytes: int) -> None:
+        try:
+            fcntl.flock(fd, (fcntl.LOCK_EX | fcntl.LOCK_NB) if mode == FakeMsvcrt.LK_NBLCK else fcntl.LOCK_UN)
+        except BlockingIOError:
+            raise PermissionError(errno.EACCES, "Permission denied") from None
+
+
+def test_without_flock_the_run_is_locked_with_msvcrt(monkeypatch, tmp_path):
+    monkeypatch.setattr(checkpointing, "fcntl", None)
+    monkeypatch.setattr(checkpointing, "msvcrt", FakeMsvcrt)
+    monkeypatch.delattr(os, "pread")  # none on Windows: the holder is read with lseek and read
+    out = tmp_path / "run"
+    lock = RunLock(out, new_run=True)
+    try:
+        assert lock.unlocked is None
+        with pytest.raises(FlowRLError, match=rf"--out {out} is in use by another flowrl train \(pid {os.getpid()} on"):
+            RunLock(out, new_run=True)
+    finally:
+        lock.release()
+    assert not (out / RunLock.FILE).exists()
+    RunLock(out, new_run=True).release()  # free again
+
+
+def test_without_any_lock_the_run_says_it_runs_unlocked(monkeypatch, tmp_path):
+    """Windows without fcntl: RunLock did nothing and said nothing, so a second run on the folder mixed its files."""
+    monkeypatch.setattr(checkpointing, "fcntl", None)
+    monkeypatch.setattr(checkpointing, "msvcrt", None)
+    out = tmp_path / "cli"
+    result = runner.invoke(app, ["train", *TINY_FLAGS, "--steps", "120", "--out", str(out)])
+    assert result.exit_code == 0, result.output
+    assert (
+        f"warning: cannot lock the run directory {out} (this system has neither flock nor msvcrt locking): it "
+        "runs unlocked, so a second flowrl train on it is not refused\n" in result.output
+    )
+
+
+def test_a_run_and_its_resume_work_on_windows_file_systems(monkeypatch, tmp_path):
+    real_fsync = os.fsync
+
+    def fsync(fd):  # FlushFileBuffers needs a writable handle
+        if fcntl.fcntl(fd, fcntl.F_GETFL) & os.O_ACCMODE == os.O_RDONLY:
+            raise OSError(errno.EBADF, "Bad file descriptor")
+        real_fsync(fd)
+
+    monkeypatch.setattr(os, "fsync", fsync)
+    monkeypatch.setattr(atomic, "DIRECTORY_FSYNC", False)
+    monkeypatch.setattr(ckpt, "SYMLINK_LINKS", False)
+    monkeypatch.delattr(os, "sysconf")
+    monkeypatch.setattr(checkpointing, "fcntl", None)
+    monkeypatch.setattr(checkpointing, "msvcrt", FakeMsvcrt)
+    out = tmp_path / "run"
+    train(TrainConfig(steps=200, out=str(out), **{**TINY, "save_every": 0}), progress=False)
+    last = out / "checkpoints" / "last"
+    assert not last.is_symlink() and last.read_text() == "step_000000200\n"
+    result = train(TrainConfig(steps=400, out=str(out), **{**TINY, "save_every": 0}), resume=out, progress=False)
+    assert result.counters.env_steps == 400
+    assert last.read_text() == "step_000000400\n" and ckpt.resolve_checkpoint(out).name == "step_000000400"
+    kept = sorted(p.name for p in (out / "checkpoints").iterdir())
+    assert kept == ["best", "last", "step_000000400"] or kept == ["best", "last", "step_000000200", "step_000000400"]
+    assert ckpt.resolve_checkpoint(out / "checkpoints" / "best").name in kept
