@@ -11,9 +11,32 @@ import os
 # reads GRPC_VERBOSITY when grpc is imported, so this comes before any import; the user's own wins.
 os.environ.setdefault("GRPC_VERBOSITY", "ERROR")
 
+import codecs
+import sys
+
 import typer
 
-app = typer.Typer(
+
+def _replace_unencodable_output() -> None:
+    """Print what stdout's encoding cannot show as '?' instead of dying with UnicodeEncodeError after the
+    work is done: Windows writes cp1252 when stdout is redirected or piped, which has no '→' or 'Δ'.
+    A UTF-8 stdout (Linux, macOS, a Windows console) is left alone; stderr already escapes them."""
+    stream = sys.stdout
+    try:
+        utf8 = codecs.lookup(stream.encoding or "ascii").name == "utf-8"
+    except (AttributeError, LookupError):
+        utf8 = False
+    if not utf8 and getattr(stream, "errors", None) == "strict" and hasattr(stream, "reconfigure"):
+        stream.reconfigure(errors="replace")
+
+
+class _Flowrl(typer.Typer):
+    def __call__(self, *args, **kwargs):
+        _replace_unencodable_output()  # before any output, --help's included
+        return super().__call__(*args, **kwargs)
+
+
+app = _Flowrl(
     name="flowrl",
     help=(
         "FlowRL from training to a robot's control loop.\n\n"
