@@ -2,7 +2,7 @@
 
     with ServerProcess("policy.onnx") as server:   # returns once health is SERVING
         report = run_control(server.address, ...)
-    # leaving the block (also on Ctrl-C or an error) sends SIGTERM and waits for exit
+    # leaving the block (also on Ctrl-C or an error) sends SIGTERM (Windows: Ctrl-Break) and waits for exit
 
 A separate process keeps the server's inference off the caller's GIL.
 """
@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import os
 import shutil
+import signal
 import subprocess
 import sys
 import threading
@@ -24,6 +25,11 @@ START_TIMEOUT_S = 120.0
 """How long the server may take to print its banner (load, export a checkpoint, warm up)."""
 READER_TIMEOUT_S = 5.0
 """How long :meth:`ServerProcess.stop` waits for a thread reading a pipe of the stopped child to reach its end."""
+STOP_SIGNAL = getattr(signal, "CTRL_BREAK_EVENT", signal.SIGTERM)
+"""What stops the child gracefully: SIGTERM; on Windows, where ``terminate()`` is a kill (TerminateProcess),
+Ctrl-Break to the child's own process group (:data:`CREATION_FLAGS`), SIGBREAK in the child."""
+CREATION_FLAGS = getattr(subprocess, "CREATE_NEW_PROCESS_GROUP", 0)
+"""Windows: the child in a process group of its own, so that Ctrl-Break reaches it alone."""
 
 
 class ServerProcess:
@@ -47,6 +53,7 @@ class ServerProcess:
             stderr=subprocess.PIPE,
             text=True,
             env={**os.environ, "OMP_NUM_THREADS": os.environ.get("OMP_NUM_THREADS", "1")},
+            creationflags=CREATION_FLAGS,
         )
         try:  # from here on, whatever goes wrong (Ctrl-C during the wait included) stops the child
             line = self._first_line(START_TIMEOUT_S)
@@ -69,7 +76,7 @@ class ServerProcess:
         if log is None:
             self.process.stderr.read()
             return
-        with open(log, "w") as f:
+        with open(log, "w", encoding="utf-8") as f:
             shutil.copyfileobj(self.process.stderr, f)
 
     def _first_line(self, timeout_s: float) -> str:
@@ -86,8 +93,8 @@ class ServerProcess:
         return lines[-1].removeprefix("error: ") if lines else ""
 
     def stop(self, timeout_s: float = 15.0) -> int:
-        """SIGTERM (graceful), then SIGKILL after ``timeout_s``; returns the exit status. The pipes from
-        the child are closed then."""
+        """:data:`STOP_SIGNAL` (graceful: SIGTERM, Ctrl-Break on Windows), then a kill after ``timeout_s``;
+        returns the exit status. The pipes from the child are closed then."""
         self._terminate(timeout_s)
         readers = [reader for reader in (self._stdout_reader, self._stderr_drain) if reader is not None]
         for reader in readers:  # closing a pipe that a thread still reads would wait on that thread
@@ -99,7 +106,7 @@ class ServerProcess:
 
     def _terminate(self, timeout_s: float = 15.0) -> None:
         if self.process.poll() is None:
-            self.process.terminate()
+            self.process.send_signal(STOP_SIGNAL)
             try:
                 self.process.wait(timeout_s)
             except subprocess.TimeoutExpired:
