@@ -20,6 +20,7 @@ import torch
 from torch import nn
 
 from flowrl_deploy.errors import CheckpointError
+from flowrl_deploy.fieldtypes import is_int
 from flowrl_deploy.spec import PolicySpec
 from flowrl_deploy.train.actor import FlowActor
 from flowrl_deploy.train.config import DEVICES, ConfigError, TrainConfig
@@ -34,6 +35,15 @@ from flowrl_deploy.train.losses import (
     weighted_flow_matching_loss,
 )
 from flowrl_deploy.train.replay import Batch
+
+TRAINING_STATE_VERSION = 1
+"""Layout of the training state (critics, targets, value, Adam moments) this version writes and resumes,
+recorded as ``layout_version`` in ``training_state.json``'s ``agent`` object. Bump it whenever that layout
+changes, so that a resume refuses another layout by its number before loading a tensor. A state without the
+key was written before it existed and is read as layout 1, its tensors' names and shapes checked against the
+networks: runs from before the critics took the reference code's LayerNorm blocks (commit 3b7f234) differ
+there. The checkpoint's ``format_version`` is another thing: the files and the policy (actor, spec) that
+export, eval and serve read, which a training-state layout change leaves alone."""
 
 
 def resolve_device(name: str) -> torch.device:
@@ -208,14 +218,21 @@ class FlowRL:
 
     def state_json(self) -> dict:
         return {
+            "layout_version": TRAINING_STATE_VERSION,
             "updates": self.updates,
             "param_groups": {name: getattr(self, name).state_dict()["param_groups"] for name in self.OPTIMIZERS},
         }
 
     def load_state(self, actor: dict[str, np.ndarray], tensors: dict[str, np.ndarray], state: dict) -> None:
-        """Restore what :meth:`state_tensors` / :meth:`state_json` saved (and the actor's weights)."""
+        """Restore what :meth:`state_tensors` / :meth:`state_json` saved (and the actor's weights).
+
+        A state of another layout (:data:`TRAINING_STATE_VERSION`) is refused in one line saying what
+        differs and what still works, before any critic or optimizer is touched.
+        """
+        self._check_layout_version(state)
         try:
             self.actor.load_numpy(actor)
+            self._check_layout(tensors, state)
             for name in self.NETWORKS[1:]:
                 getattr(self, name).load_state_dict(_to_torch(tensors, f"{name}."))
             for name in self.OPTIMIZERS:
@@ -231,7 +248,60 @@ class FlowRL:
             self.updates = int(state["updates"])
             self._graphed = self._cuda_graphs()  # Adam's state tensors are new: capture again
         except (KeyError, RuntimeError, ValueError) as exc:
-            raise CheckpointError(f"training state does not match this run's networks: {exc}") from exc
+            reason = " ".join(str(exc).split())  # torch's messages span lines
+            raise CheckpointError(f"training state does not match this run's networks: {reason:.400}") from exc
+
+    @staticmethod
+    def _check_layout_version(state: dict) -> None:
+        version = state.get("layout_version", 1) if isinstance(state, dict) else 1
+        if not is_int(version) or version < 1:
+            raise CheckpointError(f"training state has layout_version {version!r:.40}, not a positive integer")
+        if version > TRAINING_STATE_VERSION:
+            raise CheckpointError(
+                f"training state was written by a newer flowrl-deploy (training-state layout {version}; this "
+                f"version reads {TRAINING_STATE_VERSION}): {_STILL_WORKS}; to resume it, upgrade flowrl-deploy"
+            )
+
+    def _check_layout(self, tensors: dict[str, np.ndarray], state: dict) -> None:
+        version = state.get("layout_version")
+        differences = _layout_differences(
+            {name: getattr(self, name).state_dict() for name in self.NETWORKS[1:]}, tensors
+        )
+        if differences:
+            writer = "an older" if version is None or version < TRAINING_STATE_VERSION else "another"
+            raise CheckpointError(
+                f"training state was written by {writer} flowrl-deploy whose critics have another layout: "
+                f"{_STILL_WORKS}; to train on, start a new run (flowrl train --out NEW_DIR), or resume with the "
+                f"flowrl-deploy version that wrote it (differs: {differences})"
+            )
+
+
+_STILL_WORKS = "its checkpoints can still be exported, evaluated and served, not resumed by this version"
+
+
+def _layout_differences(expected: dict[str, dict[str, torch.Tensor]], tensors: dict[str, np.ndarray]) -> str:
+    """The parameters of ``tensors`` that do not fit the networks' state dicts, summarized in one line
+    (networks with the same differences, such as a critic and its target, named together); "" when all fit."""
+    found: dict[str, list[str]] = {}
+    for name, state in expected.items():
+        prefix = f"{name}."
+        got = {k[len(prefix) :]: tuple(v.shape) for k, v in tensors.items() if k.startswith(prefix)}
+        want = {k: tuple(v.shape) for k, v in state.items()}
+        parts = []
+        if missing := [k for k in want if k not in got]:
+            parts.append(f"missing {_some(missing)}")
+        if unexpected := [k for k in got if k not in want]:
+            parts.append(f"unexpected {_some(unexpected)}")
+        if reshaped := [f"{k} {list(got[k])} here {list(want[k])}" for k in want if k in got and got[k] != want[k]]:
+            parts.append(f"other shape {_some(reshaped, 2)}")
+        if parts:
+            found.setdefault(", ".join(parts), []).append(name)
+    return "; ".join(f"{'/'.join(names)}: {parts}" for parts, names in found.items())
+
+
+def _some(items: list[str], most: int = 3) -> str:
+    more = f" and {len(items) - most} more" if len(items) > most else ""
+    return ", ".join(items[:most]) + more
 
 
 def _to_torch(tensors: dict[str, np.ndarray], prefix: str) -> dict[str, torch.Tensor]:

@@ -191,3 +191,57 @@ def test_training_bytes_counts_the_networks_their_gradients_and_adam_moments():
         if key != "step"
     )
     assert training_bytes(SPEC) == 4 * (weights + grads + moments)
+
+
+def old_critic_layout(tensors: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+    """The training state of a run from before the critics' LayerNorm blocks: every critic keeps its input
+    and output layers, loses the block's layers and has a hidden Linear where a LayerNorm now sits."""
+    critics = ("q_pi.", "q_pi_target.", "q_beta.", "q_beta_target.", "value.")
+    old = {k: v for k, v in tensors.items() if not k.startswith(critics)}
+    for k, v in tensors.items():
+        if k.startswith(critics) and (".net.0." in k or ".net.10." in k):
+            old[k] = v
+        if k.startswith(critics) and ".net.2." in k:
+            old[k.replace(".net.2.", ".net.4.")] = v
+    return old
+
+
+def test_state_of_an_older_critic_layout_is_one_line_naming_the_difference_and_what_to_do():
+    agent = make_agent()
+    actor = {k: v.numpy() for k, v in agent.actor.state_dict().items()}
+    tensors, state = old_critic_layout(agent.state_tensors()), agent.state_json()
+    state.pop("layout_version", None)  # written before the key existed
+    with pytest.raises(CheckpointError) as err:
+        make_agent().load_state(actor, tensors, state)
+    message = str(err.value)
+    assert "\n" not in message and "\t" not in message
+    assert "older flowrl-deploy" in message
+    assert "q_pi" in message and "net.2.weight" in message and "net.4.weight" in message
+    assert "exported, evaluated and served" in message and "start a new run" in message
+    assert "Error(s) in loading state_dict" not in message
+
+
+def test_training_state_records_its_layout_version_and_a_newer_one_is_refused_before_any_tensor():
+    agent = make_agent()
+    actor = {k: v.numpy() for k, v in agent.actor.state_dict().items()}
+    tensors, state = agent.state_tensors(), agent.state_json()
+    assert state["layout_version"] == algorithm.TRAINING_STATE_VERSION
+    state["layout_version"] = algorithm.TRAINING_STATE_VERSION + 1
+    clone = make_agent(seed=5)
+    before = snapshot(clone.q_pi)
+    with pytest.raises(CheckpointError, match=r"newer flowrl-deploy .*layout 2.*reads 1.*upgrade") as err:
+        clone.load_state(actor, tensors, state)
+    assert "exported, evaluated and served" in str(err.value)
+    assert not moved(before, clone.q_pi)
+
+
+def test_state_without_a_layout_version_is_todays_layout():
+    agent = make_agent()
+    for i in range(2):
+        agent.update(batch(i))
+    actor = {k: v.numpy().copy() for k, v in agent.actor.state_dict().items()}
+    tensors, state = agent.state_tensors(), agent.state_json()
+    state.pop("layout_version")
+    clone = make_agent(seed=7)
+    clone.load_state(actor, tensors, state)
+    assert clone.updates == 2
