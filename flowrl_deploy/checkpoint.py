@@ -320,7 +320,7 @@ def read_document(path: str | os.PathLike[str]) -> dict[str, Any]:
     if not _present(doc_path):
         raise CheckpointError(f"{directory} lacks {DOCUMENT_FILE}: it is incomplete or not a flowrl-deploy checkpoint")
     try:
-        document = json.loads(doc_path.read_text())
+        document = json.loads(doc_path.read_bytes())  # bytes: UTF-8 with or without a BOM, UTF-16
     except (UnicodeDecodeError, json.JSONDecodeError) as exc:
         raise CheckpointError(f"{doc_path} is corrupt (not valid JSON: {exc})") from exc
     if not isinstance(document, dict) or document.get("format") != FORMAT:
@@ -377,7 +377,7 @@ def load_checkpoint(path: str | os.PathLike[str], *, training_state: bool = Fals
         json_path = directory / TRAINING_JSON_FILE
         if _present(json_path):
             try:
-                checkpoint.training_json = json.loads(json_path.read_text())
+                checkpoint.training_json = json.loads(json_path.read_bytes())
             except (UnicodeDecodeError, json.JSONDecodeError) as exc:
                 raise CheckpointError(f"{json_path} is corrupt (not valid JSON: {exc})") from exc
         checkpoint.replay = _load_tensors(directory / REPLAY_FILE, required=False)

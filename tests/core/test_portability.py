@@ -209,3 +209,11 @@ def test_serving_follows_a_pointer_file(no_symlinks, tmp_path):
     with pytest.raises(ServeError) as refused:
         watch.reload_target(str(run), str(tmp_path / "elsewhere"))
     assert refused.value.code == grpc.StatusCode.PERMISSION_DENIED
+
+
+def test_a_checkpoint_document_saved_with_a_bom_reads(tmp_path):
+    """Notepad saves UTF-8 with a byte-order mark: read_text() in the locale's encoding made it 'not valid JSON'."""
+    path = save(tmp_path / "step_1")
+    document = path / ckpt.DOCUMENT_FILE
+    document.write_bytes(b"\xef\xbb\xbf" + document.read_bytes())
+    assert ckpt.read_document(path)["counters"] == {"step": 1}
