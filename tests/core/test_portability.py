@@ -217,3 +217,24 @@ def test_a_checkpoint_document_saved_with_a_bom_reads(tmp_path):
     document = path / ckpt.DOCUMENT_FILE
     document.write_bytes(b"\xef\xbb\xbf" + document.read_bytes())
     assert ckpt.read_document(path)["counters"] == {"step": 1}
+
+
+def test_the_readmes_jetson_command_installs_the_base_dependencies_but_onnxruntime():
+    """Jetson: `pip install .` adds PyPI's CPU onnxruntime over NVIDIA's onnxruntime-gpu, so the README installs
+    the package with --no-deps and the other base dependencies by hand: that list must follow pyproject.toml."""
+    import re
+    import shlex
+
+    try:
+        import tomllib
+    except ImportError:  # Python 3.10
+        pytest.skip("tomllib needs Python 3.11")
+    readme = (ROOT / "README.md").read_text()
+    block = re.search(r"<!-- jetson-command -->\n```bash\n(.*?)\n```\n<!-- /jetson-command -->", readme, re.S)
+    assert block, "the README's Jetson command is gone"
+    first, second = block.group(1).split(" && ")
+    assert first == "pip install --no-deps ."
+    listed = shlex.split(second)[2:]
+    base = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]["dependencies"]
+    wanted = [re.sub(r"\s*#.*", "", d).strip() for d in base if not d.startswith("onnxruntime")]
+    assert listed == wanted
