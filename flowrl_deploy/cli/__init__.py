@@ -48,6 +48,10 @@ app = _Flowrl(
     pretty_exceptions_enable=False,
 )
 
+from flowrl_deploy.cli.version import main  # noqa: E402
+
+app.callback()(main)  # --version
+
 # --- command registrations (one line per command module) ---
 from flowrl_deploy.cli.export import export  # noqa: E402
 

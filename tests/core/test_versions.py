@@ -28,3 +28,32 @@ def test_the_versions_recorded_are_the_installed_ones():
             assert name not in found
         else:
             assert found[name] == installed
+
+
+def test_the_release_is_the_package_version_with_the_commit_of_a_git_checkout(monkeypatch, tmp_path):
+    from flowrl_deploy import __version__
+
+    monkeypatch.setattr(versions, "_source_checkout", lambda: None)  # an installed wheel
+    assert versions.release.__wrapped__() == __version__
+    monkeypatch.setattr(versions, "_source_checkout", lambda: tmp_path)  # not a repository: no suffix
+    assert versions.release.__wrapped__() == __version__
+
+
+def test_the_release_of_this_checkout_names_its_commit():
+    checkout = versions._source_checkout()
+    found = versions.release.__wrapped__()
+    if checkout is None:
+        assert "+" not in found
+    else:
+        assert found.split("+")[1].startswith("g") and len(found.split("+")[1].split(".")[0]) >= 8
+
+
+def test_the_version_report_names_the_release_python_and_the_serving_libraries():
+    report = versions.version_report()
+    assert report.splitlines()[0] == f"flowrl-deploy {versions.release()}"
+    names = {line.split()[0] for line in report.splitlines()[1:]}
+    assert {"python", "numpy", "grpcio", "protobuf"} <= names
+    for line in report.splitlines()[1:]:
+        name, version = line.split()
+        if name != "python":
+            assert metadata.version(name) == version

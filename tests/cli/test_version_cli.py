@@ -1,0 +1,23 @@
+"""`flowrl --version`: the release and the libraries a bug report needs."""
+
+from __future__ import annotations
+
+from typer.testing import CliRunner
+
+from flowrl_deploy import versions
+from flowrl_deploy.cli import app
+
+runner = CliRunner()
+
+
+def test_version_prints_the_release_and_the_libraries_and_exits_0():
+    result = runner.invoke(app, ["--version"])
+    assert result.exit_code == 0, result.output
+    assert result.output.startswith(f"flowrl-deploy {versions.release()}\n")
+    assert "\npython " in result.output and "\ngrpcio " in result.output
+
+
+def test_the_app_help_is_kept_and_lists_version():
+    result = runner.invoke(app, ["--help"])
+    assert result.exit_code == 0
+    assert "FlowRL from training to a robot's control loop" in result.output and "--version" in result.output
