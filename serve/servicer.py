@@ -49,6 +49,7 @@ from flowrl_deploy.serve.model import (
     resolve_onnx,
 )
 from flowrl_deploy.serve.reload import reload_target, requested_path
+from flowrl_deploy.versions import release
 
 log = logging.getLogger("flowrl.serve")
 
@@ -156,6 +157,8 @@ class PolicyServicer(pb_grpc.PolicyServiceServicer):
         self._sessions: dict[str, Session] = {}
         self._sessions_lock = threading.Lock()
         self._anonymous = Session("", None)
+        self.release = release()
+        """This flowrl-deploy's release, sent in GetSpec and GetStats replies (read once: it may ask git)."""
         self.metrics = Metrics(self.session_count, lambda: self.model.version if self.model else "")
         self.batcher = MicroBatcher(
             self._run_batch,
@@ -382,6 +385,7 @@ class PolicyServicer(pb_grpc.PolicyServiceServicer):
             contract_hash=c.hash(),
             contract_json=json.dumps(c.to_dict(), sort_keys=True),
             max_batch=self.config.max_request_batch,
+            server_version=self.release,
         )
 
     @_unary("Act")
@@ -519,6 +523,7 @@ class PolicyServicer(pb_grpc.PolicyServiceServicer):
                 pb.LimitStats(limit=limit, in_use=in_use, most=most, refused=refused)
                 for limit, (in_use, most, refused) in summary["limits"].items()
             ],
+            server_version=self.release,
         )
 
     def _reload_refused(self, path: str, exc: ServeError) -> None:

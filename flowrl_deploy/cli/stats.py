@@ -29,6 +29,9 @@ def as_dict(message: Message) -> dict:
     }
 
 
+_NO_RELEASE = "server release not reported (older than this client)"
+
+
 @user_errors
 def stats(
     server: Server = "localhost:50051",
@@ -49,7 +52,8 @@ def stats(
     typer.echo(
         f"model {reply.model_version}, up {reply.uptime_s:.0f} s, {reply.sessions} sessions, "
         f"{reply.batches} batches (mean size {reply.mean_batch_size:.2f}), {reply.reloads} reloads, "
-        f"{reply.reload_failures} reloads failed"
+        f"{reply.reload_failures} reloads failed, "
+        + (f"server flowrl-deploy {reply.server_version}" if reply.server_version else _NO_RELEASE)
     )
     typer.echo(f"{'method':<10} {'requests':>9} {'errors':>7} {'p50 µs':>8} {'p99 µs':>8}")
     for m in reply.methods:

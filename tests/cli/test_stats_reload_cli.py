@@ -147,3 +147,32 @@ def test_connection_mistakes_are_one_line(served, args, message):
     server, _ = served
     result = call(server, *args, token="wrong")
     assert result.exit_code == 1 and message in result.output, result.output
+
+
+def test_the_server_reports_its_release_in_getspec_and_getstats_and_stats_prints_it(served):
+    """A mixed fleet during a rolling upgrade: which server runs which release."""
+    from flowrl_deploy.proto.flowrl.v1 import policy_pb2 as pb
+    from flowrl_deploy.versions import release
+
+    server, _ = served
+    with PolicyClient(server.address, token=TOKEN) as client:
+        assert client.stub.GetSpec(pb.GetSpecRequest(), metadata=client.metadata).server_version == release()
+        assert client.stats().server_version == release()
+    first = call(server, "stats").output.splitlines()[0]
+    assert first.startswith("model v1-") and first.endswith(f", server flowrl-deploy {release()}")
+    assert json.loads(call(server, "stats", "--json").output)["server_version"] == release()
+
+
+def test_stats_of_a_server_that_sends_no_release_says_so(served, monkeypatch):
+    server, _ = served
+    stats = PolicyClient.stats
+
+    def older(self):
+        reply = stats(self)
+        reply.ClearField("server_version")
+        return reply
+
+    monkeypatch.setattr(PolicyClient, "stats", older)
+    result = call(server, "stats")
+    assert result.exit_code == 0, result.output
+    assert result.output.splitlines()[0].endswith(", server release not reported (older than this client)")

@@ -24,15 +24,15 @@ _sym_db = _symbol_database.Default()
 
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x16\x66lowrl/v1/policy.proto\x12\tflowrl.v1\"V\n\x06Tensor\x12\x1f\n\x05\x64type\x18\x01 \x01(\x0e\x32\x10.flowrl.v1.DType\x12\r\n\x05shape\x18\x02 \x03(\x03\x12\x0c\n\x04\x64\x61ta\x18\x03 \x01(\x0c\x12\x0e\n\x06values\x18\x04 \x03(\x02\"\'\n\x06Status\x12\x0c\n\x04\x63ode\x18\x01 \x01(\x05\x12\x0f\n\x07message\x18\x02 \x01(\t\"\x10\n\x0eGetSpecRequest\"\xbd\x02\n\x0cGetSpecReply\x12\x0f\n\x07obs_dim\x18\x01 \x01(\x05\x12\x0f\n\x07\x61\x63t_dim\x18\x02 \x01(\x05\x12\x11\n\tobs_names\x18\x03 \x03(\t\x12\x14\n\x0c\x61\x63tion_names\x18\x04 \x03(\t\x12\x12\n\naction_low\x18\x05 \x03(\x02\x12\x13\n\x0b\x61\x63tion_high\x18\x06 \x03(\x02\x12\x12\n\nflow_steps\x18\x07 \x01(\x05\x12\x0e\n\x06solver\x18\x08 \x01(\t\x12\x13\n\x0btakes_noise\x18\t \x01(\x08\x12\x18\n\x10\x63ontrol_period_s\x18\n \x01(\x01\x12\x0e\n\x06\x65nv_id\x18\x0b \x01(\t\x12\x15\n\rmodel_version\x18\x0c \x01(\t\x12\x15\n\rcontract_hash\x18\r \x01(\t\x12\x15\n\rcontract_json\x18\x0e \x01(\t\x12\x11\n\tmax_batch\x18\x0f \x01(\x05\"s\n\nActRequest\x12\x1e\n\x03obs\x18\x01 \x01(\x0b\x32\x11.flowrl.v1.Tensor\x12\x12\n\nsession_id\x18\x02 \x01(\t\x12\x11\n\x04seed\x18\x03 \x01(\x04H\x00\x88\x01\x01\x12\x15\n\rcontract_hash\x18\x04 \x01(\tB\x07\n\x05_seed\"\x94\x01\n\x08\x41\x63tReply\x12!\n\x06\x61\x63tion\x18\x01 \x01(\x0b\x32\x11.flowrl.v1.Tensor\x12\x15\n\rmodel_version\x18\x02 \x01(\t\x12\x14\n\x0cinference_us\x18\x03 \x01(\x03\x12\x1b\n\x13server_recv_unix_ns\x18\x04 \x01(\x03\x12\x1b\n\x13server_send_unix_ns\x18\x05 \x01(\x03\"\xce\x01\n\x10StreamActRequest\x12\x12\n\nsession_id\x18\x01 \x01(\t\x12\x0b\n\x03seq\x18\x02 \x01(\x04\x12\x1e\n\x03obs\x18\x03 \x01(\x0b\x32\x11.flowrl.v1.Tensor\x12\x1b\n\x13\x63lient_send_unix_ns\x18\x04 \x01(\x03\x12\x12\n\ntimeout_us\x18\x05 \x01(\x03\x12\x11\n\x04seed\x18\x06 \x01(\x04H\x00\x88\x01\x01\x12\x15\n\rcontract_hash\x18\x07 \x01(\t\x12\x15\n\rcontract_json\x18\x08 \x01(\tB\x07\n\x05_seed\"\xe7\x01\n\x0eStreamActReply\x12\x0b\n\x03seq\x18\x01 \x01(\x04\x12!\n\x06status\x18\x02 \x01(\x0b\x32\x11.flowrl.v1.Status\x12!\n\x06\x61\x63tion\x18\x03 \x01(\x0b\x32\x11.flowrl.v1.Tensor\x12\x15\n\rmodel_version\x18\x04 \x01(\t\x12\x14\n\x0cinference_us\x18\x05 \x01(\x03\x12\x1b\n\x13\x63lient_send_unix_ns\x18\x06 \x01(\x03\x12\x1b\n\x13server_recv_unix_ns\x18\x07 \x01(\x03\x12\x1b\n\x13server_send_unix_ns\x18\x08 \x01(\x03\"l\n\x0cResetRequest\x12\x12\n\nsession_id\x18\x01 \x01(\t\x12\x11\n\x04seed\x18\x02 \x01(\x04H\x00\x88\x01\x01\x12\x15\n\rcontract_hash\x18\x03 \x01(\t\x12\x15\n\rcontract_json\x18\x04 \x01(\tB\x07\n\x05_seed\"#\n\nResetReply\x12\x15\n\rmodel_version\x18\x01 \x01(\t\"\x11\n\x0fGetStatsRequest\"t\n\x0bMethodStats\x12\x0e\n\x06method\x18\x01 \x01(\t\x12\x10\n\x08requests\x18\x02 \x01(\x04\x12\x0e\n\x06\x65rrors\x18\x03 \x01(\x04\x12\x0e\n\x06p50_us\x18\x04 \x01(\x01\x12\x0e\n\x06p99_us\x18\x05 \x01(\x01\x12\x13\n\x0btimed_calls\x18\x06 \x01(\x04\"J\n\nLimitStats\x12\r\n\x05limit\x18\x01 \x01(\t\x12\x0e\n\x06in_use\x18\x02 \x01(\x04\x12\x0c\n\x04most\x18\x03 \x01(\x04\x12\x0f\n\x07refused\x18\x04 \x01(\x04\"\xee\x01\n\rGetStatsReply\x12\x15\n\rmodel_version\x18\x01 \x01(\t\x12\x10\n\x08uptime_s\x18\x02 \x01(\x01\x12\x10\n\x08sessions\x18\x03 \x01(\r\x12\'\n\x07methods\x18\x04 \x03(\x0b\x32\x16.flowrl.v1.MethodStats\x12\x0f\n\x07\x62\x61tches\x18\x05 \x01(\x04\x12\x17\n\x0fmean_batch_size\x18\x06 \x01(\x01\x12\x0f\n\x07reloads\x18\x07 \x01(\x04\x12\x17\n\x0freload_failures\x18\x08 \x01(\x04\x12%\n\x06limits\x18\t \x03(\x0b\x32\x15.flowrl.v1.LimitStats\"\x1d\n\rReloadRequest\x12\x0c\n\x04path\x18\x01 \x01(\t\">\n\x0bReloadReply\x12\x15\n\rmodel_version\x18\x01 \x01(\t\x12\x18\n\x10previous_version\x18\x02 \x01(\t*W\n\x05\x44Type\x12\x15\n\x11\x44TYPE_UNSPECIFIED\x10\x00\x12\x11\n\rDTYPE_FLOAT32\x10\x01\x12\x11\n\rDTYPE_FLOAT64\x10\x02\x12\x11\n\rDTYPE_FLOAT16\x10\x03\x32\x81\x03\n\rPolicyService\x12=\n\x07GetSpec\x12\x19.flowrl.v1.GetSpecRequest\x1a\x17.flowrl.v1.GetSpecReply\x12\x31\n\x03\x41\x63t\x12\x15.flowrl.v1.ActRequest\x1a\x13.flowrl.v1.ActReply\x12G\n\tStreamAct\x12\x1b.flowrl.v1.StreamActRequest\x1a\x19.flowrl.v1.StreamActReply(\x01\x30\x01\x12\x37\n\x05Reset\x12\x17.flowrl.v1.ResetRequest\x1a\x15.flowrl.v1.ResetReply\x12@\n\x08GetStats\x12\x1a.flowrl.v1.GetStatsRequest\x1a\x18.flowrl.v1.GetStatsReply\x12:\n\x06Reload\x12\x18.flowrl.v1.ReloadRequest\x1a\x16.flowrl.v1.ReloadReplyb\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x16\x66lowrl/v1/policy.proto\x12\tflowrl.v1\"V\n\x06Tensor\x12\x1f\n\x05\x64type\x18\x01 \x01(\x0e\x32\x10.flowrl.v1.DType\x12\r\n\x05shape\x18\x02 \x03(\x03\x12\x0c\n\x04\x64\x61ta\x18\x03 \x01(\x0c\x12\x0e\n\x06values\x18\x04 \x03(\x02\"\'\n\x06Status\x12\x0c\n\x04\x63ode\x18\x01 \x01(\x05\x12\x0f\n\x07message\x18\x02 \x01(\t\"\x10\n\x0eGetSpecRequest\"\xd5\x02\n\x0cGetSpecReply\x12\x0f\n\x07obs_dim\x18\x01 \x01(\x05\x12\x0f\n\x07\x61\x63t_dim\x18\x02 \x01(\x05\x12\x11\n\tobs_names\x18\x03 \x03(\t\x12\x14\n\x0c\x61\x63tion_names\x18\x04 \x03(\t\x12\x12\n\naction_low\x18\x05 \x03(\x02\x12\x13\n\x0b\x61\x63tion_high\x18\x06 \x03(\x02\x12\x12\n\nflow_steps\x18\x07 \x01(\x05\x12\x0e\n\x06solver\x18\x08 \x01(\t\x12\x13\n\x0btakes_noise\x18\t \x01(\x08\x12\x18\n\x10\x63ontrol_period_s\x18\n \x01(\x01\x12\x0e\n\x06\x65nv_id\x18\x0b \x01(\t\x12\x15\n\rmodel_version\x18\x0c \x01(\t\x12\x15\n\rcontract_hash\x18\r \x01(\t\x12\x15\n\rcontract_json\x18\x0e \x01(\t\x12\x11\n\tmax_batch\x18\x0f \x01(\x05\x12\x16\n\x0eserver_version\x18\x10 \x01(\t\"s\n\nActRequest\x12\x1e\n\x03obs\x18\x01 \x01(\x0b\x32\x11.flowrl.v1.Tensor\x12\x12\n\nsession_id\x18\x02 \x01(\t\x12\x11\n\x04seed\x18\x03 \x01(\x04H\x00\x88\x01\x01\x12\x15\n\rcontract_hash\x18\x04 \x01(\tB\x07\n\x05_seed\"\x94\x01\n\x08\x41\x63tReply\x12!\n\x06\x61\x63tion\x18\x01 \x01(\x0b\x32\x11.flowrl.v1.Tensor\x12\x15\n\rmodel_version\x18\x02 \x01(\t\x12\x14\n\x0cinference_us\x18\x03 \x01(\x03\x12\x1b\n\x13server_recv_unix_ns\x18\x04 \x01(\x03\x12\x1b\n\x13server_send_unix_ns\x18\x05 \x01(\x03\"\xce\x01\n\x10StreamActRequest\x12\x12\n\nsession_id\x18\x01 \x01(\t\x12\x0b\n\x03seq\x18\x02 \x01(\x04\x12\x1e\n\x03obs\x18\x03 \x01(\x0b\x32\x11.flowrl.v1.Tensor\x12\x1b\n\x13\x63lient_send_unix_ns\x18\x04 \x01(\x03\x12\x12\n\ntimeout_us\x18\x05 \x01(\x03\x12\x11\n\x04seed\x18\x06 \x01(\x04H\x00\x88\x01\x01\x12\x15\n\rcontract_hash\x18\x07 \x01(\t\x12\x15\n\rcontract_json\x18\x08 \x01(\tB\x07\n\x05_seed\"\xe7\x01\n\x0eStreamActReply\x12\x0b\n\x03seq\x18\x01 \x01(\x04\x12!\n\x06status\x18\x02 \x01(\x0b\x32\x11.flowrl.v1.Status\x12!\n\x06\x61\x63tion\x18\x03 \x01(\x0b\x32\x11.flowrl.v1.Tensor\x12\x15\n\rmodel_version\x18\x04 \x01(\t\x12\x14\n\x0cinference_us\x18\x05 \x01(\x03\x12\x1b\n\x13\x63lient_send_unix_ns\x18\x06 \x01(\x03\x12\x1b\n\x13server_recv_unix_ns\x18\x07 \x01(\x03\x12\x1b\n\x13server_send_unix_ns\x18\x08 \x01(\x03\"l\n\x0cResetRequest\x12\x12\n\nsession_id\x18\x01 \x01(\t\x12\x11\n\x04seed\x18\x02 \x01(\x04H\x00\x88\x01\x01\x12\x15\n\rcontract_hash\x18\x03 \x01(\t\x12\x15\n\rcontract_json\x18\x04 \x01(\tB\x07\n\x05_seed\"#\n\nResetReply\x12\x15\n\rmodel_version\x18\x01 \x01(\t\"\x11\n\x0fGetStatsRequest\"t\n\x0bMethodStats\x12\x0e\n\x06method\x18\x01 \x01(\t\x12\x10\n\x08requests\x18\x02 \x01(\x04\x12\x0e\n\x06\x65rrors\x18\x03 \x01(\x04\x12\x0e\n\x06p50_us\x18\x04 \x01(\x01\x12\x0e\n\x06p99_us\x18\x05 \x01(\x01\x12\x13\n\x0btimed_calls\x18\x06 \x01(\x04\"J\n\nLimitStats\x12\r\n\x05limit\x18\x01 \x01(\t\x12\x0e\n\x06in_use\x18\x02 \x01(\x04\x12\x0c\n\x04most\x18\x03 \x01(\x04\x12\x0f\n\x07refused\x18\x04 \x01(\x04\"\x86\x02\n\rGetStatsReply\x12\x15\n\rmodel_version\x18\x01 \x01(\t\x12\x10\n\x08uptime_s\x18\x02 \x01(\x01\x12\x10\n\x08sessions\x18\x03 \x01(\r\x12\'\n\x07methods\x18\x04 \x03(\x0b\x32\x16.flowrl.v1.MethodStats\x12\x0f\n\x07\x62\x61tches\x18\x05 \x01(\x04\x12\x17\n\x0fmean_batch_size\x18\x06 \x01(\x01\x12\x0f\n\x07reloads\x18\x07 \x01(\x04\x12\x17\n\x0freload_failures\x18\x08 \x01(\x04\x12%\n\x06limits\x18\t \x03(\x0b\x32\x15.flowrl.v1.LimitStats\x12\x16\n\x0eserver_version\x18\n \x01(\t\"\x1d\n\rReloadRequest\x12\x0c\n\x04path\x18\x01 \x01(\t\">\n\x0bReloadReply\x12\x15\n\rmodel_version\x18\x01 \x01(\t\x12\x18\n\x10previous_version\x18\x02 \x01(\t*W\n\x05\x44Type\x12\x15\n\x11\x44TYPE_UNSPECIFIED\x10\x00\x12\x11\n\rDTYPE_FLOAT32\x10\x01\x12\x11\n\rDTYPE_FLOAT64\x10\x02\x12\x11\n\rDTYPE_FLOAT16\x10\x03\x32\x81\x03\n\rPolicyService\x12=\n\x07GetSpec\x12\x19.flowrl.v1.GetSpecRequest\x1a\x17.flowrl.v1.GetSpecReply\x12\x31\n\x03\x41\x63t\x12\x15.flowrl.v1.ActRequest\x1a\x13.flowrl.v1.ActReply\x12G\n\tStreamAct\x12\x1b.flowrl.v1.StreamActRequest\x1a\x19.flowrl.v1.StreamActReply(\x01\x30\x01\x12\x37\n\x05Reset\x12\x17.flowrl.v1.ResetRequest\x1a\x15.flowrl.v1.ResetReply\x12@\n\x08GetStats\x12\x1a.flowrl.v1.GetStatsRequest\x1a\x18.flowrl.v1.GetStatsReply\x12:\n\x06Reload\x12\x18.flowrl.v1.ReloadRequest\x1a\x16.flowrl.v1.ReloadReplyb\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
 _builder.BuildTopDescriptorsAndMessages(DESCRIPTOR, 'flowrl.v1.policy_pb2', _globals)
 if not _descriptor._USE_C_DESCRIPTORS:
   DESCRIPTOR._loaded_options = None
-  _globals['_DTYPE']._serialized_start=1911
-  _globals['_DTYPE']._serialized_end=1998
+  _globals['_DTYPE']._serialized_start=1959
+  _globals['_DTYPE']._serialized_end=2046
   _globals['_TENSOR']._serialized_start=37
   _globals['_TENSOR']._serialized_end=123
   _globals['_STATUS']._serialized_start=125
@@ -40,31 +40,31 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_GETSPECREQUEST']._serialized_start=166
   _globals['_GETSPECREQUEST']._serialized_end=182
   _globals['_GETSPECREPLY']._serialized_start=185
-  _globals['_GETSPECREPLY']._serialized_end=502
-  _globals['_ACTREQUEST']._serialized_start=504
-  _globals['_ACTREQUEST']._serialized_end=619
-  _globals['_ACTREPLY']._serialized_start=622
-  _globals['_ACTREPLY']._serialized_end=770
-  _globals['_STREAMACTREQUEST']._serialized_start=773
-  _globals['_STREAMACTREQUEST']._serialized_end=979
-  _globals['_STREAMACTREPLY']._serialized_start=982
-  _globals['_STREAMACTREPLY']._serialized_end=1213
-  _globals['_RESETREQUEST']._serialized_start=1215
-  _globals['_RESETREQUEST']._serialized_end=1323
-  _globals['_RESETREPLY']._serialized_start=1325
-  _globals['_RESETREPLY']._serialized_end=1360
-  _globals['_GETSTATSREQUEST']._serialized_start=1362
-  _globals['_GETSTATSREQUEST']._serialized_end=1379
-  _globals['_METHODSTATS']._serialized_start=1381
-  _globals['_METHODSTATS']._serialized_end=1497
-  _globals['_LIMITSTATS']._serialized_start=1499
-  _globals['_LIMITSTATS']._serialized_end=1573
-  _globals['_GETSTATSREPLY']._serialized_start=1576
-  _globals['_GETSTATSREPLY']._serialized_end=1814
-  _globals['_RELOADREQUEST']._serialized_start=1816
-  _globals['_RELOADREQUEST']._serialized_end=1845
-  _globals['_RELOADREPLY']._serialized_start=1847
-  _globals['_RELOADREPLY']._serialized_end=1909
-  _globals['_POLICYSERVICE']._serialized_start=2001
-  _globals['_POLICYSERVICE']._serialized_end=2386
+  _globals['_GETSPECREPLY']._serialized_end=526
+  _globals['_ACTREQUEST']._serialized_start=528
+  _globals['_ACTREQUEST']._serialized_end=643
+  _globals['_ACTREPLY']._serialized_start=646
+  _globals['_ACTREPLY']._serialized_end=794
+  _globals['_STREAMACTREQUEST']._serialized_start=797
+  _globals['_STREAMACTREQUEST']._serialized_end=1003
+  _globals['_STREAMACTREPLY']._serialized_start=1006
+  _globals['_STREAMACTREPLY']._serialized_end=1237
+  _globals['_RESETREQUEST']._serialized_start=1239
+  _globals['_RESETREQUEST']._serialized_end=1347
+  _globals['_RESETREPLY']._serialized_start=1349
+  _globals['_RESETREPLY']._serialized_end=1384
+  _globals['_GETSTATSREQUEST']._serialized_start=1386
+  _globals['_GETSTATSREQUEST']._serialized_end=1403
+  _globals['_METHODSTATS']._serialized_start=1405
+  _globals['_METHODSTATS']._serialized_end=1521
+  _globals['_LIMITSTATS']._serialized_start=1523
+  _globals['_LIMITSTATS']._serialized_end=1597
+  _globals['_GETSTATSREPLY']._serialized_start=1600
+  _globals['_GETSTATSREPLY']._serialized_end=1862
+  _globals['_RELOADREQUEST']._serialized_start=1864
+  _globals['_RELOADREQUEST']._serialized_end=1893
+  _globals['_RELOADREPLY']._serialized_start=1895
+  _globals['_RELOADREPLY']._serialized_end=1957
+  _globals['_POLICYSERVICE']._serialized_start=2049
+  _globals['_POLICYSERVICE']._serialized_end=2434
 # @@protoc_insertion_point(module_scope)

@@ -43,7 +43,7 @@ class GetSpecRequest(_message.Message):
     def __init__(self) -> None: ...
 
 class GetSpecReply(_message.Message):
-    __slots__ = ("obs_dim", "act_dim", "obs_names", "action_names", "action_low", "action_high", "flow_steps", "solver", "takes_noise", "control_period_s", "env_id", "model_version", "contract_hash", "contract_json", "max_batch")
+    __slots__ = ("obs_dim", "act_dim", "obs_names", "action_names", "action_low", "action_high", "flow_steps", "solver", "takes_noise", "control_period_s", "env_id", "model_version", "contract_hash", "contract_json", "max_batch", "server_version")
     OBS_DIM_FIELD_NUMBER: _ClassVar[int]
     ACT_DIM_FIELD_NUMBER: _ClassVar[int]
     OBS_NAMES_FIELD_NUMBER: _ClassVar[int]
@@ -59,6 +59,7 @@ class GetSpecReply(_message.Message):
     CONTRACT_HASH_FIELD_NUMBER: _ClassVar[int]
     CONTRACT_JSON_FIELD_NUMBER: _ClassVar[int]
     MAX_BATCH_FIELD_NUMBER: _ClassVar[int]
+    SERVER_VERSION_FIELD_NUMBER: _ClassVar[int]
     obs_dim: int
     act_dim: int
     obs_names: _containers.RepeatedScalarFieldContainer[str]
@@ -74,7 +75,8 @@ class GetSpecReply(_message.Message):
     contract_hash: str
     contract_json: str
     max_batch: int
-    def __init__(self, obs_dim: _Optional[int] = ..., act_dim: _Optional[int] = ..., obs_names: _Optional[_Iterable[str]] = ..., action_names: _Optional[_Iterable[str]] = ..., action_low: _Optional[_Iterable[float]] = ..., action_high: _Optional[_Iterable[float]] = ..., flow_steps: _Optional[int] = ..., solver: _Optional[str] = ..., takes_noise: _Optional[bool] = ..., control_period_s: _Optional[float] = ..., env_id: _Optional[str] = ..., model_version: _Optional[str] = ..., contract_hash: _Optional[str] = ..., contract_json: _Optional[str] = ..., max_batch: _Optional[int] = ...) -> None: ...
+    server_version: str
+    def __init__(self, obs_dim: _Optional[int] = ..., act_dim: _Optional[int] = ..., obs_names: _Optional[_Iterable[str]] = ..., action_names: _Optional[_Iterable[str]] = ..., action_low: _Optional[_Iterable[float]] = ..., action_high: _Optional[_Iterable[float]] = ..., flow_steps: _Optional[int] = ..., solver: _Optional[str] = ..., takes_noise: _Optional[bool] = ..., control_period_s: _Optional[float] = ..., env_id: _Optional[str] = ..., model_version: _Optional[str] = ..., contract_hash: _Optional[str] = ..., contract_json: _Optional[str] = ..., max_batch: _Optional[int] = ..., server_version: _Optional[str] = ...) -> None: ...
 
 class ActRequest(_message.Message):
     __slots__ = ("obs", "session_id", "seed", "contract_hash")
@@ -193,7 +195,7 @@ class LimitStats(_message.Message):
     def __init__(self, limit: _Optional[str] = ..., in_use: _Optional[int] = ..., most: _Optional[int] = ..., refused: _Optional[int] = ...) -> None: ...
 
 class GetStatsReply(_message.Message):
-    __slots__ = ("model_version", "uptime_s", "sessions", "methods", "batches", "mean_batch_size", "reloads", "reload_failures", "limits")
+    __slots__ = ("model_version", "uptime_s", "sessions", "methods", "batches", "mean_batch_size", "reloads", "reload_failures", "limits", "server_version")
     MODEL_VERSION_FIELD_NUMBER: _ClassVar[int]
     UPTIME_S_FIELD_NUMBER: _ClassVar[int]
     SESSIONS_FIELD_NUMBER: _ClassVar[int]
@@ -203,6 +205,7 @@ class GetStatsReply(_message.Message):
     RELOADS_FIELD_NUMBER: _ClassVar[int]
     RELOAD_FAILURES_FIELD_NUMBER: _ClassVar[int]
     LIMITS_FIELD_NUMBER: _ClassVar[int]
+    SERVER_VERSION_FIELD_NUMBER: _ClassVar[int]
     model_version: str
     uptime_s: float
     sessions: int
@@ -212,7 +215,8 @@ class GetStatsReply(_message.Message):
     reloads: int
     reload_failures: int
     limits: _containers.RepeatedCompositeFieldContainer[LimitStats]
-    def __init__(self, model_version: _Optional[str] = ..., uptime_s: _Optional[float] = ..., sessions: _Optional[int] = ..., methods: _Optional[_Iterable[_Union[MethodStats, _Mapping]]] = ..., batches: _Optional[int] = ..., mean_batch_size: _Optional[float] = ..., reloads: _Optional[int] = ..., reload_failures: _Optional[int] = ..., limits: _Optional[_Iterable[_Union[LimitStats, _Mapping]]] = ...) -> None: ...
+    server_version: str
+    def __init__(self, model_version: _Optional[str] = ..., uptime_s: _Optional[float] = ..., sessions: _Optional[int] = ..., methods: _Optional[_Iterable[_Union[MethodStats, _Mapping]]] = ..., batches: _Optional[int] = ..., mean_batch_size: _Optional[float] = ..., reloads: _Optional[int] = ..., reload_failures: _Optional[int] = ..., limits: _Optional[_Iterable[_Union[LimitStats, _Mapping]]] = ..., server_version: _Optional[str] = ...) -> None: ...
 
 class ReloadRequest(_message.Message):
     __slots__ = ("path",)
