@@ -397,8 +397,9 @@ class PolicyServicer(pb_grpc.PolicyServiceServicer):
         self._check_contract(model, request.contract_hash, "")
         if request.session_id and request.HasField("seed"):  # the seed was ignored without a word
             raise ServeError(
-                "set session_id (its generator's noise) or seed (a fresh generator's), not both: "
-                "Reset reseeds a session",
+                "set session_id (its generator's noise) or seed (a fresh generator's), not both: to seed a "
+                "session, call Reset(session_id, seed) once, then Act with session_id alone; for one seeded "
+                "draw, send seed without session_id",
                 grpc.StatusCode.INVALID_ARGUMENT,
             )
         obs = self._obs(request.obs, model)
@@ -429,8 +430,8 @@ class PolicyServicer(pb_grpc.PolicyServiceServicer):
         for request in request_iterator:
             received = time.time_ns()
             start = time.perf_counter()
-            # a budget at or below 0 (a client's deadline minus now, late already) has passed: no late answer
-            deadline = time.monotonic() + request.timeout_us / 1e6 if request.timeout_us else None
+            # 0 or below: no deadline, as every release before e6ab329 served it (a C++ client's -1 for "none")
+            deadline = time.monotonic() + request.timeout_us / 1e6 if request.timeout_us > 0 else None
             reply = pb.StreamActReply(
                 seq=request.seq, client_send_unix_ns=request.client_send_unix_ns, server_recv_unix_ns=received
             )

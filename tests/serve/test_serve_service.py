@@ -581,13 +581,27 @@ def test_a_stream_joining_a_reset_session_without_a_seed_keeps_its_noise(client,
     )
 
 
-@pytest.mark.parametrize("timeout_us", [-5, -(2**62)])
-def test_a_stream_budget_below_zero_has_passed_already(client, timeout_us):
-    """A client computing its budget as deadline - now sends a negative one when late: it was read
-    as 'no deadline' and answered late."""
+@pytest.mark.parametrize("timeout_us", [0, -1, -5, -(2**62)])
+def test_a_stream_budget_at_or_below_zero_is_no_deadline(client, timeout_us):
+    """The first releases served a negative timeout_us without a deadline, and a C++/ROS client written
+    then may send -1 for "none": refused as past its deadline, its robot ran its fallback on every tick,
+    with nothing but DEADLINE_EXCEEDED to say why. 0 or below is no deadline, as the .proto says."""
     request = pb.StreamActRequest(session_id="late", seq=1, obs=encode(_obs(1)[0]), timeout_us=timeout_us)
     (reply,) = _replies(client, [request])
-    assert reply.status.code == grpc.StatusCode.DEADLINE_EXCEEDED.value[0] and not reply.HasField("action")
+    assert reply.status.code == 0 and reply.HasField("action"), reply.status.message
+
+
+def test_the_proto_says_a_budget_at_or_below_zero_is_no_deadline():
+    proto = (Path(__file__).resolve().parents[2] / "flowrl_deploy/proto/flowrl/v1/policy.proto").read_text()
+    comment = proto[proto.index("int64 client_send_unix_ns = 4;") : proto.index("int64 timeout_us = 5;")]
+    assert "0 or below: none" in comment and "passed already" not in comment
+
+
+def test_act_with_session_id_and_seed_says_what_to_send_instead(client):
+    with pytest.raises(grpc.RpcError) as info:
+        client.stub.Act(pb.ActRequest(obs=encode(_obs(1)[0]), session_id="r1", seed=7), timeout=5)
+    assert info.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+    assert "Reset(session_id, seed)" in info.value.details() and "without session_id" in info.value.details()
 
 
 def test_spec_reports_the_request_batch_limit_not_the_batching_size(tmp_path):
