@@ -51,12 +51,20 @@ client's connection says no more than that (``…: Socket closed``), and neither
 certificate it asked for and missed."""
 
 
+_REFUSED = re.compile(r'Connection refused|actively refused|WSAECONNREFUSED|"?wsa_error"?:\s*10061\b')
+"""A connection the server's machine refused (nothing listens there): 'Connection refused' on Linux
+and macOS, and in gRPC's Windows errors since grpc/grpc #33502 ('ConnectEx: Connection refused (No
+connection could be made because the target machine actively refused it. -- 10061)'); Windows' own
+words, or WSAECONNREFUSED's code 10061 as older gRPC cores reported it (``"wsa_error":10061``, in
+whatever language Windows speaks) otherwise. A port numbered 10061 is not taken for it."""
+
+
 def connection_hint(error: str, target: str, tls_ca: str, tls_cert: str) -> str:
     """What to try after a failed connection to ``target`` (a :func:`checked_target`), given its
     error and the TLS files the user passed ('' if none fits). TLS options are suggested only for a
     connection that never came up (:data:`NO_CONNECTION`), not for the server's own answers (the
     model still loading) or a connection lost after it was up."""
-    if "Connection refused" in error:  # nothing listens at that address: TLS is not the question
+    if _REFUSED.search(error):  # nothing listens at that address: TLS is not the question
         hosts = target_hosts(target)
         if hosts is None or all(is_loopback(host) or host in EVERY_INTERFACE for host in hosts):
             return "nothing listens at that port on this machine: is `flowrl serve` running, with that --port?"

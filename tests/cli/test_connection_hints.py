@@ -163,3 +163,31 @@ def test_a_connection_that_failed_before_any_answer_still_hints_at_tls():
     details = "failed to connect to all addresses; last error: UNAVAILABLE: ipv4:127.0.0.1:5: Socket closed"
     assert connection_hint(details, "localhost:5", "", "") == "if the server uses TLS, pass --tls-ca"
     assert "--client-ca" in connection_hint(details, "localhost:5", "ca.pem", "")
+
+
+# What gRPC's Windows ConnectEx reports for WSAECONNREFUSED (10061). Since grpc/grpc PR #33502 (2023)
+# src/core/lib/iomgr/error.cc grpc_wsa_error writes 'ConnectEx: Connection refused (<FormatMessage
+# text> -- 10061)', which the Linux words already match; the text alone is how tcp_client_windows
+# logged it (grpc/grpc #4649), and older cores gave it as "os_error" with "wsa_error":10061 (grpc/grpc
+# #12595), where only the code survives a Windows in another language.
+_WINDOWS_REFUSED = "failed to connect to all addresses; last error: UNAVAILABLE: ipv4:127.0.0.1:50051: "
+
+
+@pytest.mark.parametrize(
+    "cause",
+    [
+        "ConnectEx: Connection refused (No connection could be made because the target machine actively "
+        "refused it.\r\n -- 10061)",
+        "No connection could be made because the target machine actively refused it.",
+        '{"os_error":"No connection could be made ...\\r\\n","syscall":"ConnectEx","wsa_error":10061}',
+        '{"os_error":"Es konnte keine Verbindung hergestellt werden ...","wsa_error":10061}',
+    ],
+)
+def test_a_connection_refused_on_windows_hints_at_the_server_not_at_tls(cause):
+    hint = connection_hint(_WINDOWS_REFUSED + cause, "localhost:50051", "", "")
+    assert hint.startswith("nothing listens at that port on this machine"), hint
+
+
+def test_a_port_numbered_10061_is_not_taken_for_windows_connection_refused():
+    details = "failed to connect to all addresses; last error: UNAVAILABLE: ipv4:127.0.0.1:10061: Socket closed"
+    assert connection_hint(details, "localhost:10061", "", "") == "if the server uses TLS, pass --tls-ca"
