@@ -201,8 +201,8 @@ class TrainConfig:
     def load(cls, path: str | Path) -> TrainConfig:
         path = Path(path)
         try:
-            data = json.loads(path.read_text())
-        except (OSError, ValueError) as exc:  # ValueError: not JSON, or not UTF-8
+            data = json.loads(path.read_bytes())  # bytes: UTF-8 with or without a BOM (Notepad), UTF-16
+        except (OSError, ValueError) as exc:  # ValueError: not JSON, or not UTF-8/16
             raise ConfigError(f"cannot read a training config from {path}: {exc}") from exc
         return cls.from_dict(data, source=str(path))
 

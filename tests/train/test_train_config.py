@@ -85,3 +85,13 @@ def test_a_config_that_cannot_be_written_is_a_clear_error_and_keeps_the_old_one(
     (tmp_path / "config.json").rmdir()
     TrainConfig(hidden=8).save(tmp_path)
     assert json.loads((tmp_path / "config.json").read_text())["hidden"] == 8
+
+
+@pytest.mark.parametrize("encoding", ["utf-8-sig", "utf-16"])
+def test_a_config_json_saved_by_notepad_reads(tmp_path, encoding):
+    """Notepad saves UTF-8 with a byte-order mark (PowerShell 5's `>` UTF-16): read_text() in the
+    locale's encoding made a hand-edited config.json 'not valid JSON'."""
+    cfg = TrainConfig(hidden=8, seed=3, out=str(tmp_path))
+    path = cfg.save(tmp_path)
+    path.write_bytes(path.read_text().encode(encoding))
+    assert TrainConfig.load(path) == cfg
