@@ -16,17 +16,30 @@ if TYPE_CHECKING:
 def as_dict(message: Message) -> dict:
     """A reply's fields under their proto names (snake_case, as `flowrl control --json` writes),
     every number a JSON number: protobuf's own JSON mapping (MessageToDict) writes 64-bit counters
-    as strings and renames the fields in camelCase."""
+    as strings and renames the fields in camelCase. An ``optional`` number the sender left out is null."""
 
     def plain(field, value):
         return as_dict(value) if field.message_type is not None else value
 
+    def absent(field) -> bool:  # an `optional` number an older server does not send: null, not 0
+        return field.message_type is None and field.has_presence and not message.HasField(field.name)
+
     return {
         field.name: [plain(field, v) for v in getattr(message, field.name)]
         if field.is_repeated
+        else None
+        if absent(field)
         else plain(field, getattr(message, field.name))
         for field in message.DESCRIPTOR.fields
     }
+
+
+def reload_failures(reply: Message) -> int | None:
+    """GetStats' reload failures; None from a server older than the field, which sends none. A server
+    from before the field was ``optional`` left out a 0 too, but it sends ``limits``, which came after."""
+    if reply.HasField("reload_failures") or reply.limits:
+        return reply.reload_failures
+    return None
 
 
 _NO_RELEASE = "server release not reported (older than this client)"
@@ -46,13 +59,14 @@ def stats(
     reloads, and each limit's use and refusals."""
     with server_client(server, token, tls_ca, tls_cert, tls_key, timeout) as client:
         reply = client.stats()
+    failures = reload_failures(reply)
     if as_json:
-        typer.echo(json.dumps(as_dict(reply), indent=2))
+        typer.echo(json.dumps({**as_dict(reply), "reload_failures": failures}, indent=2))
         return
     typer.echo(
         f"model {reply.model_version}, up {reply.uptime_s:.0f} s, {reply.sessions} sessions, "
         f"{reply.batches} batches (mean size {reply.mean_batch_size:.2f}), {reply.reloads} reloads, "
-        f"{reply.reload_failures} reloads failed, "
+        + (f"{failures} reloads failed, " if failures is not None else "reloads failed unknown (older server), ")
         + (f"server flowrl-deploy {reply.server_version}" if reply.server_version else _NO_RELEASE)
     )
     typer.echo(f"{'method':<10} {'requests':>9} {'errors':>7} {'p50 µs':>8} {'p99 µs':>8}")

@@ -176,3 +176,39 @@ def test_stats_of_a_server_that_sends_no_release_says_so(served, monkeypatch):
     result = call(server, "stats")
     assert result.exit_code == 0, result.output
     assert result.output.splitlines()[0].endswith(", server release not reported (older than this client)")
+
+
+def test_stats_of_a_server_that_sends_no_reload_failures_says_unknown_not_0(served, monkeypatch):
+    """GetStatsReply.reload_failures came after the first release: an older server sends none, which
+    read as "0 reloads failed", and a monitor alerting on reload_failures > 0 was blind there."""
+    server, _ = served
+    stats = PolicyClient.stats
+
+    def older(self):
+        reply = stats(self)
+        assert reply.HasField("reload_failures")  # this server sends it, 0 included
+        reply.ClearField("reload_failures")
+        reply.ClearField("limits")  # limits came after reload_failures: a server without both knows neither
+        return reply
+
+    monkeypatch.setattr(PolicyClient, "stats", older)
+    text = call(server, "stats")
+    assert text.exit_code == 0, text.output
+    assert "0 reloads, reloads failed unknown (older server)," in text.output.splitlines()[0]
+    assert json.loads(call(server, "stats", "--json").output)["reload_failures"] is None
+
+
+def test_stats_of_a_server_that_left_out_a_zero_before_the_field_was_optional_says_0(served, monkeypatch):
+    """A server from between reload_failures and its `optional` sent no 0 (proto3 leaves defaults out),
+    but it sends limits, which came after: its 0 is a 0."""
+    server, _ = served
+    stats = PolicyClient.stats
+
+    def older(self):
+        reply = stats(self)
+        reply.ClearField("reload_failures")
+        return reply
+
+    monkeypatch.setattr(PolicyClient, "stats", older)
+    assert "0 reloads, 0 reloads failed," in call(server, "stats").output.splitlines()[0]
+    assert json.loads(call(server, "stats", "--json").output)["reload_failures"] == 0
