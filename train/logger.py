@@ -214,8 +214,9 @@ class RateMeter:
 class Progress:
     """A one-line live status: step, env steps/s, updates/s, last episode and eval return.
 
-    On a terminal (stderr) the line is redrawn in place at most once a second; otherwise (a log
-    file) one line is printed every 30 s so that logs stay readable.
+    On a terminal (stderr) the line is redrawn in place at most once a second, padded with spaces
+    over the longer line it replaces (a Windows console without VT processing prints an ANSI erase
+    as ``←[K``); otherwise (a log file) one line is printed every 30 s so that logs stay readable.
     """
 
     def __init__(self, total: int, start_steps: int = 0, start_updates: int = 0, enabled: bool = True) -> None:
@@ -223,6 +224,7 @@ class Progress:
         self.stream: TextIO = sys.stderr
         self.tty = self.stream.isatty()
         self._last_draw = time.perf_counter()
+        self._drawn = 0  # the length of the line on the terminal
         self._since_start = RateMeter(start_steps, start_updates)
         self.episode_return: float | None = None
         self.eval_return: float | None = None
@@ -245,7 +247,11 @@ class Progress:
             f"step {steps}/{self.total} ({100 * steps / self.total:.0f}%) | {sps:.0f} env steps/s | "
             f"{ups:.1f} updates/s | episode return {fmt(self.episode_return)} | eval return {fmt(self.eval_return)}"
         )
-        self.stream.write(f"\r{line}\033[K" if self.tty else line + "\n")
+        if self.tty:
+            self.stream.write("\r" + line.ljust(self._drawn))
+            self._drawn = len(line)
+        else:
+            self.stream.write(line + "\n")
         self.stream.flush()
 
     def close(self) -> None:

@@ -1,6 +1,7 @@
 """metrics.jsonl / metrics.csv: a new run starts afresh, a resumed run keeps its rows up to the checkpoint."""
 
 import csv
+import io
 import json
 import re
 import threading
@@ -162,3 +163,25 @@ def test_a_resume_without_metrics_jsonl_keeps_the_rows_of_metrics_csv(tmp_path):
         assert [(r["step"], r["charts/eval_return"]) for r in csv.DictReader(f)] == [
             ("100", "100.0"), ("200", "200.0"), ("300", "300.0")
         ]  # fmt: skip
+
+
+class _Terminal(io.StringIO):
+    def isatty(self) -> bool:
+        return True
+
+
+def test_the_live_line_is_redrawn_with_spaces_not_an_ansi_erase(monkeypatch):
+    """A Windows console without VT processing printed '\\033[K' as '←[K' after every redraw: a shorter
+    line is padded with spaces over the longer one it replaces."""
+    monkeypatch.setattr(logger_module.sys, "stderr", _Terminal())
+    progress = Progress(1000)
+    progress.eval_return = 123456.5
+    progress.update(500, 400, force=True)
+    progress.eval_return = None
+    progress.update(600, 500, force=True)
+    progress.close()
+    output = progress.stream.getvalue()
+    assert "\033" not in output
+    first, second = output.rstrip("\n").split("\r")[1:]
+    assert first.endswith("eval return 123456.5") and second.rstrip().endswith("eval return —")
+    assert len(second) == len(first) and second.endswith(" " * (len("123456.5") - 1))
