@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import hashlib
 import json
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, fields
 from typing import Any
 
 from flowrl_deploy.errors import SpecError
@@ -22,6 +22,12 @@ from flowrl_deploy.spec import policy_from_json, policy_problem
 CONTRACT_KEY = "flowrl.contract"
 CONTRACT_HASH_KEY = "flowrl.contract_hash"
 PROVENANCE_KEY = "flowrl.provenance"
+CONTRACT_VERSION_KEY = "flowrl.contract_version"
+CONTRACT_VERSION = 1
+"""The contract's version, written as ``flowrl.contract_version`` (a file without it is version 1). Bump it
+when a field enters the hash (``_HASHED``) or a hashed field changes meaning: an older reader then says the
+file is newer than it reads instead of finding the hash unmatched. A new unhashed field needs no bump
+(older readers ignore it: :meth:`PolicyContract.from_dict`)."""
 OBS_INPUT = "obs"
 NOISE_INPUT = "noise"
 ACTION_OUTPUT = "action"
@@ -128,6 +134,7 @@ def contract_to_metadata(contract: PolicyContract, provenance: dict[str, Any]) -
     return {
         CONTRACT_KEY: json.dumps(contract.to_dict(), sort_keys=True),
         CONTRACT_HASH_KEY: contract.hash(),
+        CONTRACT_VERSION_KEY: str(CONTRACT_VERSION),
         PROVENANCE_KEY: json.dumps(provenance, sort_keys=True),
     }
 
@@ -136,6 +143,14 @@ def contract_from_metadata(metadata: dict[str, str]) -> tuple[PolicyContract, di
     """Read back what :func:`contract_to_metadata` wrote; raise :class:`SpecError` if absent or altered."""
     if CONTRACT_KEY not in metadata:
         raise SpecError("the model carries no flowrl policy contract: was it exported by `flowrl export`?")
+    version = metadata.get(CONTRACT_VERSION_KEY, str(CONTRACT_VERSION))
+    if not (version.isascii() and version.isdigit() and int(version) >= 1):
+        raise SpecError(f"the model's contract version {version[:40]!r} is not a positive integer")
+    if int(version) > CONTRACT_VERSION:
+        raise SpecError(
+            f"the model was exported by a newer flowrl-deploy (contract version {int(version)}; this version "
+            f"reads {CONTRACT_VERSION}); upgrade flowrl-deploy to use it"
+        )
     records = {}
     for key, what in ((CONTRACT_KEY, "policy contract"), (PROVENANCE_KEY, "provenance record")):
         try:
@@ -151,5 +166,12 @@ def contract_from_metadata(metadata: dict[str, str]) -> tuple[PolicyContract, di
         raise SpecError("the model's provenance record is not a JSON object")
     stored = metadata.get(CONTRACT_HASH_KEY)
     if stored != contract.hash():
-        raise SpecError(f"the model's contract hash {stored!r} does not match its contract ({contract.hash()})")
+        unknown = sorted(set(records[CONTRACT_KEY]) - {f.name for f in fields(PolicyContract)})
+        newer = (
+            f"; it holds fields this version does not know ({', '.join(unknown)[:200]}): exported by a newer "
+            "flowrl-deploy? upgrade flowrl-deploy"
+            if unknown
+            else ""
+        )
+        raise SpecError(f"the model's contract hash {stored!r} does not match its contract ({contract.hash()}){newer}")
     return contract, provenance

@@ -3,6 +3,7 @@ from dataclasses import fields, replace
 
 import pytest
 
+from flowrl_deploy import contract
 from flowrl_deploy.contract import PolicyContract, contract_from_metadata, contract_to_metadata
 from flowrl_deploy.errors import SpecError
 from flowrl_deploy.spec import PolicySpec
@@ -187,3 +188,44 @@ def test_a_spec_and_a_contract_name_the_same_mistake_alike(mistake):
     with pytest.raises(SpecError) as contract_error:
         replace(BASE, **mistake)
     assert str(contract_error.value) == f"policy contract field {spec_error.value}"
+
+
+def test_the_metadata_records_the_contract_version():
+    metadata = contract_to_metadata(BASE, {})
+    assert metadata["flowrl.contract_version"] == str(contract.CONTRACT_VERSION)
+    del metadata["flowrl.contract_version"]  # exported before the key existed: today's contract
+    assert contract_from_metadata(metadata)[0] == BASE
+
+
+def test_a_newer_contract_version_says_upgrade_not_hash_mismatch():
+    """The day a field enters the hash, an older client's local fallback and an older server read the
+    new file's hash as tampering; the version says what happened."""
+    newer = {**BASE.to_dict(), "obs_scale": [1.0, 2.0, 3.0]}
+    metadata = {
+        **contract_to_metadata(BASE, {}),
+        "flowrl.contract": json.dumps(newer),
+        "flowrl.contract_hash": "5fb37672152a0fe6",
+        "flowrl.contract_version": str(contract.CONTRACT_VERSION + 1),
+    }
+    with pytest.raises(SpecError, match=r"newer flowrl-deploy \(contract version 2; this version reads 1\); upgrade"):
+        contract_from_metadata(metadata)
+
+
+def test_a_hash_mismatch_with_fields_this_version_does_not_know_names_them():
+    newer = {**BASE.to_dict(), "obs_scale": [1.0, 2.0, 3.0]}
+    metadata = {
+        **contract_to_metadata(BASE, {}),
+        "flowrl.contract": json.dumps(newer),
+        "flowrl.contract_hash": "0" * 16,
+    }
+    with pytest.raises(
+        SpecError, match=r"does not match its contract .*fields this version does not know \(obs_scale\)"
+    ):
+        contract_from_metadata(metadata)
+
+
+@pytest.mark.parametrize("version", ["x", "0", "-1", "1.5"])
+def test_a_contract_version_that_is_no_positive_integer_is_refused(version):
+    metadata = {**contract_to_metadata(BASE, {}), "flowrl.contract_version": version}
+    with pytest.raises(SpecError, match="contract version"):
+        contract_from_metadata(metadata)
