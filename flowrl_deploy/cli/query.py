@@ -5,6 +5,7 @@ from __future__ import annotations
 import io
 import json
 import stat
+import sys
 from pathlib import Path
 from typing import TYPE_CHECKING, Annotated
 
@@ -20,28 +21,25 @@ NPY_MAGIC = b"\x93NUMPY"
 ZIP_MAGIC = b"PK\x03\x04"  # np.savez writes a zip archive
 MAX_OBS_FILE_BYTES = 16 << 20
 """More than any observation batch a server takes (its messages are 1 MiB by default)."""
+STDIN = Path("-")
+"""``--obs-file -``: standard input (Windows has no ``/dev/stdin``); a file called - needs its full path."""
 NOT_A_LIST = "must be a list [..] or a batch [[..], ..]"
 TOO_DEEP = "got lists nested deeper than a batch"
 
 
 def read_observation(obs: str, obs_file: Path | None) -> np.ndarray:
     """The float32 observation(s) of ``--obs`` (JSON) or ``--obs-file`` (JSON, or one array saved
-    with ``np.save``). Only real numbers are taken: booleans, strings, complex numbers (whose
-    imaginary part a cast would drop), structured records, NaN, infinity and numbers beyond float32
-    are refused, naming the flag and file."""
+    with ``np.save``; ``-`` reads standard input). Only real numbers are taken: booleans, strings,
+    complex numbers (whose imaginary part a cast would drop), structured records, NaN, infinity and
+    numbers beyond float32 are refused, naming the flag and file."""
     if obs_file is None:
         return _finite_float32(_from_json(obs, "--obs"), "--obs")
-    source = f"--obs-file {obs_file}"
-    if not obs_file.exists():
-        raise FlowRLError(f"{source} does not exist")
-    mode = obs_file.stat().st_mode
-    if not (stat.S_ISREG(mode) or stat.S_ISFIFO(mode)):  # a pipe (`--obs-file /dev/stdin`) is fine
-        raise FlowRLError(f"{source} is not a regular file or a pipe")
-    try:
-        with open(obs_file, "rb") as f:
-            data = f.read(MAX_OBS_FILE_BYTES + 1)  # bounded: a pipe may never end
-    except OSError as exc:
-        raise FlowRLError(f"cannot read {source}: {exc.strerror or exc}") from None
+    if obs_file == STDIN:
+        source = "--obs-file - (standard input)"
+        data = _read_stdin(source)
+    else:
+        source = f"--obs-file {obs_file}"
+        data = _read_file(obs_file, source)
     if len(data) > MAX_OBS_FILE_BYTES:
         raise FlowRLError(f"{source} holds more than {MAX_OBS_FILE_BYTES >> 20} MiB, far more than observations")
     if data.startswith(NPY_MAGIC):
@@ -53,6 +51,33 @@ def read_observation(obs: str, obs_file: Path | None) -> np.ndarray:
     else:
         values = _from_json(data, source)
     return _finite_float32(values, source)
+
+
+def _read_stdin(source: str) -> bytes:
+    """Standard input's bytes (at most one more than :data:`MAX_OBS_FILE_BYTES`), refused if empty."""
+    stream = getattr(sys.stdin, "buffer", None)
+    if stream is None:  # pythonw.exe, a service: sys.stdin is None
+        raise FlowRLError("--obs-file -: this process has no standard input; give the observation's file")
+    try:
+        data = stream.read(MAX_OBS_FILE_BYTES + 1)  # bounded: a pipe may never end
+    except OSError as exc:
+        raise FlowRLError(f"cannot read {source}: {exc.strerror or exc}") from None
+    if not data.strip():
+        raise FlowRLError("--obs-file -: standard input is empty; pipe the observation in (JSON or an .npy array)")
+    return data
+
+
+def _read_file(obs_file: Path, source: str) -> bytes:
+    if not obs_file.exists():
+        raise FlowRLError(f"{source} does not exist")
+    mode = obs_file.stat().st_mode
+    if not (stat.S_ISREG(mode) or stat.S_ISFIFO(mode)):  # a pipe (`--obs-file /dev/stdin`) is fine
+        raise FlowRLError(f"{source} is not a regular file or a pipe")
+    try:
+        with open(obs_file, "rb") as f:
+            return f.read(MAX_OBS_FILE_BYTES + 1)  # bounded: a pipe may never end
+    except OSError as exc:
+        raise FlowRLError(f"cannot read {source}: {exc.strerror or exc}") from None
 
 
 def _from_npy(data: bytes, source: str) -> np.ndarray:
@@ -122,7 +147,8 @@ def query(
     server: Server = "localhost:50051",
     obs: Annotated[str, typer.Option(help="Observation as JSON: [..] or a batch [[..], ..].")] = "",
     obs_file: Annotated[
-        Path | None, typer.Option(help="A JSON file holding the observation(s), or a .npy array (np.save).")
+        Path | None,
+        typer.Option(help="A JSON file holding the observation(s), or a .npy array (np.save); - reads stdin."),
     ] = None,
     seed: Annotated[int | None, typer.Option(help="Seed of the policy noise.")] = None,
     contract_hash: Annotated[str, typer.Option(help="Pin the policy contract (hash from `flowrl inspect`).")] = "",
