@@ -84,9 +84,9 @@ class MetricsLogger:
                 self._tb = SummaryWriter(str(self._tb_path), purge_step=purge_step)
                 _quiet(set(threading.enumerate()) - before)
         with _naming(self._jsonl_path):
-            self._jsonl = open(self._jsonl_path, "a")  # noqa: SIM115 - closed in close()
+            self._jsonl = open(self._jsonl_path, "a", encoding="utf-8")  # noqa: SIM115 - closed in close()
         with _naming(self._csv_path):
-            self._csv_file = open(self._csv_path, "a", newline="")  # noqa: SIM115
+            self._csv_file = open(self._csv_path, "a", newline="", encoding="utf-8")  # noqa: SIM115
         self._csv = _csv_writer(self._csv_file)
 
     def log(self, step: int, scalars: dict[str, float]) -> None:
@@ -168,7 +168,7 @@ def _rows_up_to(path: Path, csv_path: Path, step: int) -> list[dict]:
     if not path.is_file():
         return _csv_rows_up_to(csv_path, step)
     rows = []
-    for line in path.read_text(errors="replace").splitlines():
+    for line in path.read_text(encoding="utf-8", errors="replace").splitlines():
         try:
             row = json.loads(line)
         except json.JSONDecodeError:
@@ -184,7 +184,7 @@ def _csv_rows_up_to(path: Path, step: int) -> list[dict]:
     if not path.is_file():
         return []
     rows = []
-    with open(path, newline="", errors="replace") as f:
+    with open(path, newline="", encoding="utf-8", errors="replace") as f:
         for row in csv.DictReader(f):
             if None in row.values() or None in row:  # fewer cells than columns (torn), or more
                 continue

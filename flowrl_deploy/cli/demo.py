@@ -136,7 +136,7 @@ def run_demo(cfg: DemoConfig, echo=typer.echo) -> dict[str, Any]:
             "latency_histogram": str(out / "latency_histogram.png"),
         },
     }
-    (out / "summary.json").write_text(json.dumps(summary, indent=2, default=str) + "\n")
+    (out / "summary.json").write_text(json.dumps(summary, indent=2, default=str) + "\n", encoding="utf-8")
     _plot_training_curve(out / "run" / "metrics.jsonl", out / "training_curve.png")
     _plot_latency(control.round_trip_us, control.hz, out / "latency_histogram.png")
     echo(_table(summary, control))
@@ -189,7 +189,7 @@ def _plot_training_curve(metrics_path: Path, png: Path) -> None:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    rows = [json.loads(line) for line in metrics_path.read_text().splitlines() if line.strip()]
+    rows = [json.loads(line) for line in metrics_path.read_text(encoding="utf-8").splitlines() if line.strip()]
     fig, ax = plt.subplots(figsize=(6, 3.5))
     for key, label, style in (
         ("charts/episode_return", "training episodes", "o-"),
