@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import errno
 import logging
+import os
 import threading
 from collections.abc import Callable, Hashable
 from pathlib import Path
@@ -62,16 +63,19 @@ def reload_target(model: str, path: str) -> Path:
     def named(candidate: Path) -> str:
         return shown if candidate == Path(path) else f"{shown} ({candidate})"
 
-    def check(given: Path, reached: Path) -> None:
-        """Refuse ``given`` when what it leads to, ``reached``, lies outside ``allowed``: the client is
-        told of ``given``, and only the log of where it leads (outside what the caller may load)."""
+    def check(given: Path, reached: Path) -> Path:
+        """``reached`` resolved, spelt below ``allowed``; ``given`` refused when what it leads to,
+        ``reached``, lies outside ``allowed``: the client is told of ``given``, and only the log of
+        where it leads (outside what the caller may load)."""
         resolved = reached.resolve()
-        if not resolved.is_relative_to(allowed):
+        inside = resolved if resolved.is_relative_to(allowed) else _respelt_below(resolved, allowed)
+        if inside is None:
             raise ServeError(
                 f"reload refused: {named(given)} is outside {allowed}, {what}; put the new model there",
                 grpc.StatusCode.PERMISSION_DENIED,
                 detail="" if resolved == given else f"it leads to {resolved}",
             )
+        return inside
 
     try:
         given = next((c for c in candidates if c.exists()), candidates[0])
@@ -81,7 +85,7 @@ def reload_target(model: str, path: str) -> Path:
             if link.is_symlink():  # checked first: its error for a dangling link says where the link leads
                 check(given, link)
         target = given.resolve() if is_onnx_path(given) else resolve_checkpoint(given).resolve()
-        check(given, target)  # here too: a link swapped for a file meanwhile makes resolve() raise EINVAL
+        target = check(given, target)  # here too: a link swapped for a file meanwhile makes resolve() raise EINVAL
     except FileNotFoundError:
         raise FlowRLError(f"model not found: {named(given)}") from None
     except (OSError, RuntimeError) as exc:  # RuntimeError: Path.resolve's link loop before Python 3.13
@@ -91,6 +95,26 @@ def reload_target(model: str, path: str) -> Path:
             f"reload refused: {shown} is no usable path ({why})", grpc.StatusCode.INVALID_ARGUMENT
         ) from None
     return target
+
+
+def _respelt_below(resolved: Path, allowed: Path) -> Path | None:
+    """``resolved`` (a path without links) spelt below ``allowed`` when it names the same file as
+    that spelling, or None. On a case-insensitive file system (macOS APFS) ``Path.resolve`` keeps
+    the caller's case, so ``/Users/a/Runs/p.onnx`` is not relative to ``/Users/a/runs`` yet is a
+    file in it. The folder of ``resolved`` as deep as ``allowed`` must be ``allowed`` itself
+    (:func:`os.path.samefile`), and the respelt path must resolve below ``allowed`` and be the same
+    file: what is loaded is then named below ``allowed``, as a plainly admitted path is."""
+    depth = len(allowed.parts)
+    if len(resolved.parts) < depth:
+        return None
+    respelt = allowed.joinpath(*resolved.parts[depth:])
+    try:
+        if not os.path.samefile(Path(*resolved.parts[:depth]), allowed):
+            return None
+        inside = respelt.resolve()
+        return inside if inside.is_relative_to(allowed) and os.path.samefile(inside, resolved) else None
+    except (OSError, RuntimeError):  # missing, or a link loop: not shown to lie inside
+        return None
 
 
 def _file_stamp(path: Path) -> tuple[int, int, int, int] | None:
