@@ -84,7 +84,7 @@ def apply_umask(path: Path) -> None:
 
 def _umask() -> int:
     try:  # Linux: read it without the set-and-restore below, which other threads could observe
-        for line in Path("/proc/self/status").read_text().splitlines():
+        for line in Path("/proc/self/status").read_text(encoding="ascii").splitlines():
             if line.startswith("Umask:"):
                 return int(line.split()[1], 8)
     except (OSError, ValueError, IndexError):

@@ -410,7 +410,7 @@ def _contiguous(tensors: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
 
 
 def _write_json(path: Path, data: dict[str, Any]) -> None:
-    with open(path, "w") as f:
+    with open(path, "w", encoding="utf-8") as f:
         json.dump(data, f, indent=2, sort_keys=True)
         f.flush()
         os.fsync(f.fileno())

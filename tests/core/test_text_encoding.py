@@ -13,12 +13,6 @@ import pytest
 ROOT = Path(__file__).resolve().parents[2]
 PACKAGE_DIRS = ("flowrl_deploy", "train", "export", "serve")  # pyproject's package-dir
 
-PENDING = {
-    ("flowrl_deploy/checkpoint.py", "_write_json"),  # json.dump writes ASCII (ensure_ascii); owned by another fixer
-    ("flowrl_deploy/atomic.py", "_umask"),  # /proc/self/status: Linux only, ASCII; owned by another fixer
-}
-"""Sites known to lack an encoding, in files this change did not own: (file, function)."""
-
 
 def _sources() -> list[Path]:
     files = [path for name in PACKAGE_DIRS for path in sorted((ROOT / name).rglob("*.py"))]
@@ -115,16 +109,5 @@ def test_every_text_file_the_package_opens_names_its_encoding():
     for path in _sources():
         relative = path.relative_to(ROOT).as_posix()
         for line, function, call in unencoded_text_io(path.read_text(encoding="utf-8")):
-            if (relative, function) not in PENDING:
-                missing.append(f"{relative}:{line} in {function}: {call}")
+            missing.append(f"{relative}:{line} in {function}: {call}")
     assert not missing, "text I/O in the locale's encoding; pass encoding='utf-8':\n" + "\n".join(missing)
-
-
-def test_each_pending_site_still_lacks_an_encoding():
-    """A PENDING entry goes once its site is fixed, so that the list never hides a new one."""
-    still = {
-        (path.relative_to(ROOT).as_posix(), function)
-        for path in _sources()
-        for _, function, _ in unencoded_text_io(path.read_text(encoding="utf-8"))
-    }
-    assert still >= PENDING, f"fixed, remove from PENDING: {sorted(PENDING - still)}"
