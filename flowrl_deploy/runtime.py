@@ -20,7 +20,7 @@ import numpy as np
 import numpy.typing as npt
 
 from flowrl_deploy.affinity import check_thread_count
-from flowrl_deploy.checkpoint import DOCUMENT_FILE, MODEL_FILE
+from flowrl_deploy.checkpoint import BEST, DOCUMENT_FILE, LAST, MODEL_FILE, read_checkpoint_link
 from flowrl_deploy.contract import NOISE_INPUT, OBS_INPUT, PolicyContract, contract_from_metadata
 from flowrl_deploy.errors import FlowRLError, SpecError
 from flowrl_deploy.noise import Seed, draw_noise, session_noise
@@ -50,7 +50,20 @@ def is_onnx_path(path: str | Path) -> bool:
     directory (or its checkpoint.json or model.safetensors), so any other existing file is a graph,
     whatever its suffix (policy.ONNX, policy.bin); a missing path is neither."""
     path = Path(path)
-    return path.exists() and not path.is_dir() and path.name not in (DOCUMENT_FILE, MODEL_FILE)
+    if not path.exists() or path.is_dir() or path.name in (DOCUMENT_FILE, MODEL_FILE):
+        return False
+    return not _names_a_checkpoint(path)
+
+
+def _names_a_checkpoint(path: Path) -> bool:
+    """Whether ``path`` is a run's ``last`` or ``best`` pointer file, what a run holds where no
+    symlink can be made (Windows): it names a checkpoint, whether or not that still exists."""
+    if path.name not in (LAST, BEST):
+        return False
+    try:
+        return read_checkpoint_link(path) is not None
+    except FlowRLError:  # a file that merely is called 'best': a graph, as any other file
+        return False
 
 
 MAX_POLICY_BYTES = 2**31 - 1
@@ -91,6 +104,10 @@ def _not_a_regular_file(path: str | os.PathLike[str]) -> FlowRLError:
     return FlowRLError(f"{path} is not a regular file (a device, pipe or socket), so not an ONNX model")
 
 
+CUDA_DRIVER = "nvcuda.dll" if os.name == "nt" else "libcuda.so.1"
+"""The NVIDIA driver's library, as each system names it."""
+
+
 def cuda_device_present() -> bool:
     """Whether the NVIDIA driver loads and reports at least one GPU.
 
@@ -98,7 +115,7 @@ def cuda_device_present() -> bool:
     each session start where it cannot load; asking the driver first keeps CPU machines quiet.
     """
     try:
-        driver = ctypes.CDLL("libcuda.so.1")
+        driver = ctypes.CDLL(CUDA_DRIVER)
     except OSError:
         return False
     count = ctypes.c_int(0)

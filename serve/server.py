@@ -437,9 +437,12 @@ def _close_http(server: ThreadingHTTPServer) -> None:
     server.server_close()
 
 
-STOP_SIGNALS = tuple(getattr(signal, name) for name in ("SIGTERM", "SIGINT", "SIGHUP") if hasattr(signal, name))
+STOP_SIGNALS = tuple(
+    getattr(signal, name) for name in ("SIGTERM", "SIGINT", "SIGHUP", "SIGBREAK") if hasattr(signal, name)
+)
 """Signals that stop :func:`serve_forever` gracefully: SIGHUP (a closed terminal or SSH session, or
-``kill -HUP``) killed the server at once, with no log and calls in flight cut (exit 129)."""
+``kill -HUP``) killed the server at once, with no log and calls in flight cut (exit 129). SIGBREAK
+is Windows' Ctrl-Break, what :class:`ServerProcess` sends its child there."""
 
 KEPT_IF_IGNORED = tuple(getattr(signal, name) for name in ("SIGINT", "SIGHUP") if hasattr(signal, name))
 """Of :data:`STOP_SIGNALS`, those that stay ignored when ignored at start, as Python itself leaves

@@ -45,6 +45,20 @@ def test_a_checkpoint_is_a_directory_or_its_files_and_anything_else_is_a_graph(t
     assert not is_onnx_path(tmp_path / "typo")  # `flowrl serve runs/typo --steps 5` called it an ONNX file
 
 
+def test_a_runs_last_pointer_file_is_a_checkpoint_and_a_graph_called_best_is_a_graph(tmp_path):
+    """Where no symlink can be made (Windows) a run's ``last`` is a file naming its checkpoint:
+    ``flowrl serve runs/x/checkpoints/last`` read it as an ONNX file."""
+    from flowrl_deploy.runtime import is_onnx_path
+
+    (tmp_path / "step_000000100").mkdir()
+    (tmp_path / "last").write_text("step_000000100\n", encoding="utf-8")
+    (tmp_path / "best").write_bytes(b"\x08\x07\x12\x04onnx" + bytes(300))  # an ONNX file someone called best
+    assert not is_onnx_path(tmp_path / "last")
+    assert is_onnx_path(tmp_path / "best")
+    (tmp_path / "other").write_text("step_000000100", encoding="utf-8")
+    assert is_onnx_path(tmp_path / "other")  # only last and best are pointers
+
+
 def _fixed_batch(path, batch: int):
     """The graph at ``path`` with its batch dimension fixed, as ``flowrl export --batch`` makes it."""
     import onnx
