@@ -3,8 +3,9 @@
 A random (untrained) cartpole policy, width 256, 10 flow steps, exported and served in a child
 process; 10 episodes of dmc:cartpole-swingup = 10,000 control ticks. Target: < 0.1% misses.
 ``--pin 1 0`` runs the server on core 1 and the control loop on core 0. ``--rt-priority 50`` runs
-both under SCHED_FIFO (``flowrl_deploy.affinity.set_realtime``; the server, a child, inherits it),
-so that other work on those cores does not delay them; it needs the right to (root, CAP_SYS_NICE).
+both under SCHED_FIFO (``flowrl serve --rt-priority``, and ``flowrl_deploy.affinity.set_realtime``
+in this process once the server is up, as ``flowrl control --rt-priority`` does), so that other
+work on those cores does not delay them; it needs the right to (root, CAP_SYS_NICE).
 
     .venv/bin/python bench/serve_control.py [--quick] [--pin 1 0] [--rt-priority 50] [--json out.json]
 """
@@ -20,6 +21,8 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from serve_common import add_pin_option, machine, pinned, random_policy
 
+from flowrl_deploy.affinity import check_realtime, set_realtime
+from flowrl_deploy.errors import FlowRLError
 from flowrl_deploy.serve import ServerProcess
 from flowrl_deploy.train.control import run_control
 
@@ -36,16 +39,16 @@ def main() -> None:
     parser.add_argument("--work", type=Path, default=Path(tempfile.gettempdir()) / "flowrl-bench")
     args = parser.parse_args()
     args.work.mkdir(parents=True, exist_ok=True)
-    if args.rt_priority is not None:  # before the server starts: the child inherits the policy
-        from flowrl_deploy.affinity import set_realtime
-        from flowrl_deploy.errors import FlowRLError
-
+    rt = () if args.rt_priority is None else ("--rt-priority", str(args.rt_priority))
+    if rt:  # a priority this process may not use: one line before anything starts
         try:
-            set_realtime(args.rt_priority)
+            check_realtime(args.rt_priority)
         except FlowRLError as exc:
             parser.error(str(exc))
     model = random_policy(args.work / "cartpole_random.onnx", 5, 1, 256, "dmc:cartpole-swingup")
-    with ServerProcess(model, "--providers", "cpu", *pinned(args.pin)) as server:
+    with ServerProcess(model, "--providers", "cpu", *pinned(args.pin), *rt) as server:
+        if rt:  # the control loop's threads, gRPC's started later included
+            set_realtime(args.rt_priority)
         report = run_control(server.address, None, hz=args.hz, episodes=2 if args.quick else 10, seed=0)
     where = f"pinned (server, client): {args.pin}; SCHED_FIFO priority: {args.rt_priority}"
     print(f"{machine()['cpu']} ({machine()['cores']} cores); {where}")

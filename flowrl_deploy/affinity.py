@@ -73,6 +73,28 @@ RT_PRIORITIES = (1, 99)
 default is 50); the kernel's own interrupt threads run at 50."""
 
 
+def check_rt_priority(flag: str, priority: object) -> int:
+    """Refuse anything but an integer SCHED_FIFO priority in :data:`RT_PRIORITIES`, naming ``flag``."""
+    low, high = RT_PRIORITIES
+    if isinstance(priority, bool) or not isinstance(priority, int) or not low <= priority <= high:
+        raise FlowRLError(f"{flag} must be an integer in {low}-{high} (a SCHED_FIFO priority), got {priority!r}")
+    return priority
+
+
+def check_realtime(priority: int, flag: str = "--rt-priority") -> None:
+    """Refuse, as :func:`set_realtime` would, a ``priority`` this process may not run at, changing
+    nothing: the calling thread tries it and goes back to its own policy. ``flowrl serve`` checks
+    before it loads the model and applies the priority once the model is warm."""
+    check_rt_priority(flag, priority)
+    _need_scheduler(flag)
+    before = os.sched_getscheduler(0), os.sched_getparam(0)
+    try:
+        os.sched_setscheduler(0, os.SCHED_FIFO, os.sched_param(priority))
+    except OSError as exc:
+        raise FlowRLError(_refusal(flag, priority, exc)) from None
+    os.sched_setscheduler(0, *before)  # lowering one's own priority needs no right
+
+
 def set_realtime(priority: int, flag: str = "--rt-priority") -> None:
     """Run every thread of this process (and those it starts later, and its child processes) under
     SCHED_FIFO at ``priority``: other work on their cores then no longer delays them.
@@ -82,15 +104,13 @@ def set_realtime(priority: int, flag: str = "--rt-priority") -> None:
     2-core host that alone missed 1% of a 200 Hz loop's 2.5 ms deadlines, and none at SCHED_FIFO.
     A real-time thread that never sleeps starves its core (the kernel leaves other work 5% of each
     second): use it for processes that wait between ticks, as ``flowrl control`` and ``flowrl serve``
-    with ``--threads 1`` do (onnxruntime's intra-op threads spin while they wait for work).
+    do (onnxruntime's intra-op threads block rather than spin while they wait for work: the
+    runtime turns spinning off).
     Needs Linux and the right to (root, CAP_SYS_NICE, or an rtprio limit of at least ``priority``,
     see ``ulimit -r``); without it this raises :class:`FlowRLError` naming ``flag``, having changed
     nothing. Errors name ``flag``."""
-    low, high = RT_PRIORITIES
-    if isinstance(priority, bool) or not isinstance(priority, int) or not low <= priority <= high:
-        raise FlowRLError(f"{flag} must be an integer in {low}-{high} (a SCHED_FIFO priority), got {priority!r}")
-    if not hasattr(os, "sched_setscheduler"):
-        raise FlowRLError(f"{flag} needs Linux (os.sched_setscheduler); leave it out on this system")
+    check_rt_priority(flag, priority)
+    _need_scheduler(flag)
     tasks = Path("/proc/self/task")
     changed: list[tuple[int, int, os.sched_param]] = []
     try:
@@ -103,10 +123,19 @@ def set_realtime(priority: int, flag: str = "--rt-priority") -> None:
         for thread_id, policy, param in changed:  # all threads or none
             with contextlib.suppress(OSError):
                 os.sched_setscheduler(thread_id, policy, param)
-        raise FlowRLError(
-            f"{flag} {priority}: this process may not use real-time scheduling ({exc.strerror}); run it as root, "
-            f"with CAP_SYS_NICE or under an rtprio limit of at least {priority} (ulimit -r), or leave {flag} out"
-        ) from None
+        raise FlowRLError(_refusal(flag, priority, exc)) from None
+
+
+def _need_scheduler(flag: str) -> None:
+    if not hasattr(os, "sched_setscheduler"):
+        raise FlowRLError(f"{flag} needs Linux (os.sched_setscheduler); leave it out on this system")
+
+
+def _refusal(flag: str, priority: int, exc: OSError) -> str:
+    return (
+        f"{flag} {priority}: this process may not use real-time scheduling ({exc.strerror}); run it as root, "
+        f"with CAP_SYS_NICE or under an rtprio limit of at least {priority} (ulimit -r), or leave {flag} out"
+    )
 
 
 def _cores(cpus: Iterable[int]) -> str:

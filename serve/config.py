@@ -14,7 +14,7 @@ from dataclasses import dataclass, fields
 
 import numpy as np
 
-from flowrl_deploy.affinity import check_thread_count
+from flowrl_deploy.affinity import check_rt_priority, check_thread_count
 from flowrl_deploy.connection import checked_token
 from flowrl_deploy.contract import MAX_TIMEOUT_S
 from flowrl_deploy.errors import FlowRLError
@@ -106,6 +106,11 @@ class ServeConfig:
     watch_interval_s: float = 1.0
     cpus: tuple[int, ...] = ()
     """Cores to pin the server process to (Linux); empty: any. Applied by :func:`serve_forever`."""
+    rt_priority: int | None = None
+    """Run the server's threads under SCHED_FIFO at this priority, 1-99 (Linux; root, CAP_SYS_NICE or
+    an rtprio limit): other work on their cores then no longer delays a call. :func:`serve_forever`
+    checks the right before loading the model and applies it once the model is warm; None: the
+    normal scheduler."""
     grace_s: float = 5.0
     """On stop, how long requests in flight may take to finish; :meth:`PolicyServer.stop` returns
     within about a second more."""
@@ -151,6 +156,8 @@ class ServeConfig:
                 f"the whole window), got {self.batch_window_us}"
             )
         check_thread_count("--threads", self.threads)
+        if self.rt_priority is not None:
+            check_rt_priority("--rt-priority", self.rt_priority)
         check_thread_count("--batch-workers", self.batch_workers, per_core=4)
         if not 1 <= self.max_message_bytes <= MAX_MESSAGE_BYTES:
             raise FlowRLError(

@@ -39,7 +39,7 @@ import grpc
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 
-from flowrl_deploy.affinity import pin_to_cpus
+from flowrl_deploy.affinity import check_realtime, pin_to_cpus, set_realtime
 from flowrl_deploy.connection import EVERY_INTERFACE, is_loopback
 from flowrl_deploy.errors import FlowRLError
 from flowrl_deploy.gc_freeze import gc_frozen
@@ -461,13 +461,19 @@ def serve_forever(
 
     Returns the calls abandoned at the end of the stop (:attr:`PolicyServer.abandoned`): their
     handler threads, still in their inference, hold the interpreter's exit (the thread pool joins
-    its threads) unless the process leaves with ``os._exit``, as ``flowrl serve`` then does."""
+    its threads) unless the process leaves with ``os._exit``, as ``flowrl serve`` then does.
+
+    The whole process is pinned to ``config.cpus`` and, once the model is warm, runs under
+    SCHED_FIFO at ``config.rt_priority`` (:func:`~flowrl_deploy.affinity.set_realtime`);
+    :meth:`PolicyServer.start` applies neither (it may share its process with other work)."""
     if threading.current_thread() is not threading.main_thread():
         raise FlowRLError(
             "serve_forever runs in the main thread only (it stops on signals, which only the main thread "
             "receives); to serve from another thread, use PolicyServer(config).start() and .stop()"
         )
     pin_to_cpus(config.cpus)
+    if config.rt_priority is not None:  # refused now, not after the model has loaded
+        check_realtime(config.rt_priority)
     # The handler takes no lock: Event.set() in a handler deadlocked when the signal arrived while
     # this thread held the Event's lock (inside its own wait, or a first handler's set()).
     signals: list[int] = []
@@ -476,6 +482,8 @@ def serve_forever(
     server = PolicyServer(config, export_checkpoint)
     try:
         server.start()
+        if config.rt_priority is not None:  # loading and warm-up ran at the normal priority
+            set_realtime(config.rt_priority)  # every thread, gRPC's and onnxruntime's included
         if on_ready is not None and not signals:  # not "serving …" after a Ctrl-C during start-up
             on_ready(server)
         with gc_frozen():  # the loaded libraries' objects stay out of every later garbage collection

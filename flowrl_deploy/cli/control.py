@@ -87,12 +87,20 @@ def control(
     cpus: Annotated[
         str, typer.Option(help="Pin the control loop to these cores, e.g. '0' (Linux); default: any.")
     ] = "",
+    rt_priority: Annotated[
+        int | None,
+        typer.Option(
+            help="Run the control loop under SCHED_FIFO at this priority, 1-99, so that other work on its "
+            "cores does not delay a tick (Linux; needs root, CAP_SYS_NICE or an rtprio limit, `ulimit -r`); "
+            "default: the normal scheduler."
+        ),
+    ] = None,
 ) -> None:
     """Step a simulator at --hz with served actions; print return, latency percentiles, jitter and misses.
 
     Exits 1 when no tick got a fresh action or --max-misses stopped the run, 130 on Ctrl-C.
     """
-    from flowrl_deploy.affinity import parse_cpus, pin_to_cpus
+    from flowrl_deploy.affinity import parse_cpus, pin_to_cpus, set_realtime
     from flowrl_deploy.connection import checked_timeout
     from flowrl_deploy.errors import FlowRLError
     from flowrl_deploy.session import PERIOD_MISMATCH
@@ -100,6 +108,8 @@ def control(
 
     checked_timeout(connect_timeout, "--connect-timeout")  # gRPC waits forever on a deadline years away
     pin_to_cpus(parse_cpus(cpus))
+    if rt_priority is not None:  # every thread, gRPC's started later included
+        set_realtime(rt_priority)
     if json_path is not None:
         inputs = {"--local-model": local_model, "--tls-ca": tls_ca, "--tls-cert": tls_cert, "--tls-key": tls_key}
         check_report("--json", json_path, inputs)

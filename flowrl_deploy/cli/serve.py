@@ -95,6 +95,14 @@ def serve(
     cpus: Annotated[
         str, typer.Option(help="Pin the server to these cores, e.g. '1' or '2,3' (Linux); default: any.")
     ] = "",
+    rt_priority: Annotated[
+        int | None,
+        typer.Option(
+            help="Run the server under SCHED_FIFO at this priority, 1-99, once the model is warm, so that "
+            "other work on its cores does not delay a call (Linux; needs root, CAP_SYS_NICE or an rtprio "
+            "limit, `ulimit -r`); default: the normal scheduler."
+        ),
+    ] = None,
     grace_s: Annotated[
         float,
         typer.Option(
@@ -145,6 +153,7 @@ def serve(
         steps=steps,
         watch=watch,
         cpus=parse_cpus(cpus),
+        rt_priority=rt_priority,
         grace_s=grace_s,
     )
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")

@@ -7,11 +7,10 @@ import sys
 import threading
 
 import pytest
+from realtime import needs_scheduler
 
-from flowrl_deploy.affinity import set_realtime
+from flowrl_deploy.affinity import check_realtime, set_realtime
 from flowrl_deploy.errors import FlowRLError
-
-needs_scheduler = pytest.mark.skipif(not hasattr(os, "sched_setscheduler"), reason="scheduling policies are Linux-only")
 
 
 @pytest.mark.parametrize("priority", [0, 100, -5, 1.5, True, "50", None])
@@ -75,3 +74,31 @@ def test_a_refusal_says_how_to_get_the_right_and_leaves_every_thread_as_it_was(m
     assert "ulimit -r" in message and "\n" not in message
     first = calls[0][0]
     assert calls[-1] == (first, os.sched_getscheduler(first), os.sched_getparam(first).sched_priority)  # put back
+
+
+@needs_scheduler
+def test_the_check_refuses_as_set_realtime_would_and_changes_nothing(monkeypatch):
+    before = os.sched_getscheduler(0), os.sched_getparam(0).sched_priority
+    with pytest.raises(FlowRLError, match=r"^--rt-priority must be an integer in 1-99"):
+        check_realtime(0)
+    calls = []
+
+    def refuse(thread_id, policy, param):
+        calls.append(policy)
+        raise PermissionError(errno.EPERM, "Operation not permitted")
+
+    monkeypatch.setattr(os, "sched_setscheduler", refuse)
+    with pytest.raises(FlowRLError) as info:
+        check_realtime(50)
+    assert str(info.value).startswith("--rt-priority 50: this process may not use real-time scheduling")
+    assert calls == [os.SCHED_FIFO]
+    monkeypatch.undo()
+    assert (os.sched_getscheduler(0), os.sched_getparam(0).sched_priority) == before
+
+
+def test_without_a_scheduler_api_the_refusal_is_one_line_naming_the_flag(monkeypatch):
+    """macOS and Windows have no os.sched_setscheduler."""
+    monkeypatch.delattr(os, "sched_setscheduler", raising=False)
+    for apply in (set_realtime, check_realtime):
+        with pytest.raises(FlowRLError, match=r"^--rt-priority needs Linux \(os.sched_setscheduler\); leave it out"):
+            apply(50)
