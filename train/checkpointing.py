@@ -10,6 +10,7 @@ import json
 import os
 import shutil
 import socket
+import stat
 import time
 from collections.abc import Callable
 from dataclasses import fields
@@ -37,7 +38,7 @@ from flowrl_deploy.checkpoint import (
 )
 from flowrl_deploy.envid import parse_env_id
 from flowrl_deploy.errors import CheckpointError, FlowRLError
-from flowrl_deploy.fieldtypes import is_integer, shown
+from flowrl_deploy.fieldtypes import is_int, is_integer, shown
 from flowrl_deploy.noise import draw_noise, session_noise
 from flowrl_deploy.runtime import one_observation
 from flowrl_deploy.spec import flow_steps_problem
@@ -145,10 +146,7 @@ class RunLock:
             self.unlocked = "this system has neither flock nor msvcrt locking"
             return None
         while True:
-            try:
-                fd = os.open(self.path, os.O_RDWR | os.O_CREAT | getattr(os, "O_CLOEXEC", 0), 0o644)
-            except OSError as exc:
-                raise FlowRLError(f"cannot lock the run directory {self.run_dir}: {os_reason(exc)}") from None
+            fd = self._open()
             try:
                 self._lock(fd)
             except OSError as exc:
@@ -167,17 +165,46 @@ class RunLock:
                     f"{what} is in use by another flowrl train{holder}; wait for it to end{instead}"
                 ) from None
             try:  # the holder before us may have removed the file as we opened it: lock the one in place
-                if os.fstat(fd).st_ino == os.stat(self.path).st_ino:
+                if os.fstat(fd).st_ino == os.lstat(self.path).st_ino:
                     break
             except FileNotFoundError:
                 pass
             os.close(fd)
+        if hasattr(os, "fchmod"):  # a stale lock an older flowrl-deploy made 0644 (or another user's: EPERM)
+            with contextlib.suppress(OSError):
+                os.fchmod(fd, 0o600)
         since = time.strftime("%Y-%m-%d %H:%M:%S %Z")
         with contextlib.suppress(OSError):  # only for the refusal's message: a full disk fails the run later, by name
             os.ftruncate(fd, 0)
             os.lseek(fd, 0, os.SEEK_SET)
             os.write(fd, json.dumps({"pid": os.getpid(), "host": socket.gethostname(), "since": since}).encode())
         return fd
+
+    def _open(self) -> int:
+        """Open (or make) the lock file, owner-only (0600: any user who can open a stale lock can flock it,
+        refusing the owner's runs for as long as they hold it). A symbolic link there is never followed
+        (``O_NOFOLLOW``; where the system has none, Windows, it is looked for first), nor is anything but a
+        regular file used (``O_NONBLOCK``: a pipe does not block the open): whoever can write the run folder
+        could otherwise make the run truncate and rewrite any file its user can write."""
+        nofollow = getattr(os, "O_NOFOLLOW", 0)
+        if not nofollow and self.path.is_symlink():
+            raise self._not_the_lock("is a symbolic link")
+        flags = os.O_RDWR | os.O_CREAT | nofollow | getattr(os, "O_NONBLOCK", 0) | getattr(os, "O_CLOEXEC", 0)
+        try:
+            fd = os.open(self.path, flags, 0o600)
+        except OSError as exc:
+            if self.path.is_symlink():  # ELOOP (EMLINK on FreeBSD)
+                raise self._not_the_lock("is a symbolic link") from None
+            if self.path.exists() and not self.path.is_file():  # EISDIR; ENXIO for a socket
+                raise self._not_the_lock("is not a regular file (a folder, pipe, socket or device)") from None
+            raise FlowRLError(f"cannot lock the run directory {self.run_dir}: {os_reason(exc)}") from None
+        if not stat.S_ISREG(os.fstat(fd).st_mode):
+            os.close(fd)
+            raise self._not_the_lock("is not a regular file (a folder, pipe, socket or device)")
+        return fd
+
+    def _not_the_lock(self, what: str) -> FlowRLError:
+        return FlowRLError(f"{self.path} {what}, not the run's lock file; remove it")
 
     def _lock(self, fd: int) -> None:
         """Lock ``fd`` without waiting: ``flock``, or on Windows ``msvcrt.locking`` of one byte at
@@ -213,16 +240,32 @@ class RunLock:
 
 
 def _holder(fd: int) -> str:
-    """' (pid 21074 on host node7 since …)' from a lock file, or '' when it does not say."""
-    with contextlib.suppress(OSError, ValueError, KeyError, TypeError):
+    """' (pid 21074 on host node7 since …)' from a lock file, or '' when it does not say: a pid that is no
+    positive integer, a host or time that is no string. Whoever can write the file chose them, so the
+    strings are cut at 100 characters and their unprintable characters escaped (:func:`_printable`)."""
+    try:
         if hasattr(os, "pread"):
             head = os.pread(fd, 4096, 0)
         else:  # Windows
             os.lseek(fd, 0, os.SEEK_SET)
             head = os.read(fd, 4096)
         holder = json.loads(head)
-        return f" (pid {int(holder['pid'])} on host {holder['host']} since {holder['since']})"
-    return ""
+    except (OSError, ValueError, RecursionError):  # ValueError: not JSON, not UTF-8
+        return ""
+    if not isinstance(holder, dict):
+        return ""
+    pid, host, since = holder.get("pid"), holder.get("host"), holder.get("since")
+    if not (is_int(pid) and 0 < pid < 2**32 and isinstance(host, str) and isinstance(since, str)):
+        return ""
+    return f" (pid {pid} on host {_printable(host)} since {_printable(since)})"
+
+
+def _printable(text: str, limit: int = 100) -> str:
+    """``text`` cut at ``limit`` characters, each unprintable character (newline, ANSI escape, NUL, a Unicode
+    line separator) escaped as ``repr`` writes it: what another user wrote cannot drive the terminal or forge
+    a line. (``serve.errors.loggable``'s rule; training may not import serve.)"""
+    text = text if len(text) <= limit else text[:limit] + "…"
+    return "".join(char if char.isprintable() else repr(char)[1:-1] for char in text)
 
 
 def resume_config(checkpoint: str | Path, steps: int | None = None) -> TrainConfig:

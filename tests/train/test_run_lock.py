@@ -4,9 +4,11 @@ checkpoints, metrics and TensorBoard files); the lock dies with its process, and
 
 import json
 import os
+import re
 import shutil
 import signal
 import socket
+import stat
 import subprocess
 import sys
 
@@ -182,3 +184,95 @@ def test_a_resume_rechecks_for_later_checkpoints_once_it_holds_the_lock(finished
     ):
         train(resume_config(run).override(steps=600), resume=run / "checkpoints" / "step_000000200", progress=False)
     assert list((run / "checkpoints" / "step_000000400").iterdir()) == []
+
+
+def test_a_lock_that_is_a_link_is_refused_and_what_it_leads_to_is_left_alone(tmp_path):
+    """Whoever can write the run folder planted `.lock -> ~/.bashrc`: the run truncated and rewrote the target."""
+    victim = tmp_path / "victim"
+    victim.write_text("IMPORTANT DATA")
+    out = tmp_path / "run"
+    out.mkdir()
+    (out / RunLock.FILE).symlink_to(victim)
+    result = runner.invoke(app, ["train", *TINY_FLAGS, "--steps", "120", "--out", str(out)])
+    assert result.exit_code == 1
+    assert result.output == f"error: {out / RunLock.FILE} is a symbolic link, not the run's lock file; remove it\n"
+    assert victim.read_text() == "IMPORTANT DATA"
+    (out / RunLock.FILE).unlink()
+    (out / RunLock.FILE).symlink_to(tmp_path / "missing")  # dangling: O_CREAT made the file it leads to
+    with pytest.raises(FlowRLError, match=r"is a symbolic link, not the run's lock file; remove it$"):
+        RunLock(out, new_run=True)
+    assert not (tmp_path / "missing").exists()
+
+
+@pytest.mark.parametrize("kind", ["fifo", "folder"])
+def test_a_lock_that_is_no_regular_file_is_refused_by_name(tmp_path, kind):
+    out = tmp_path / "run"
+    out.mkdir()
+    os.mkfifo(out / RunLock.FILE) if kind == "fifo" else (out / RunLock.FILE).mkdir()
+    with pytest.raises(FlowRLError, match=rf"^{re.escape(str(out / RunLock.FILE))} is not a regular file"):
+        RunLock(out, new_run=True)
+    assert (out / RunLock.FILE).exists()  # not the run's to remove
+
+
+def test_without_o_nofollow_a_linked_lock_is_still_refused(tmp_path, monkeypatch):
+    """Windows has no O_NOFOLLOW: the link is seen before the open."""
+    monkeypatch.delattr(os, "O_NOFOLLOW")
+    victim = tmp_path / "victim"
+    victim.write_text("IMPORTANT DATA")
+    out = tmp_path / "run"
+    out.mkdir()
+    (out / RunLock.FILE).symlink_to(victim)
+    with pytest.raises(FlowRLError, match=r"is a symbolic link, not the run's lock file; remove it$"):
+        RunLock(out, new_run=True)
+    assert victim.read_text() == "IMPORTANT DATA"
+
+
+def test_the_lock_file_is_the_owners_alone(tmp_path):
+    """A 0644 lock let any user who could read a stale one flock it, and so refuse the owner's resume for ever."""
+    out = tmp_path / "run"
+    old = os.umask(0o022)
+    try:
+        lock = RunLock(out, new_run=True)
+        assert stat.S_IMODE(os.stat(out / RunLock.FILE).st_mode) == 0o600
+        lock.release()
+        (out / RunLock.FILE).write_text("{}")  # a stale lock an older flowrl-deploy made 0644
+        os.chmod(out / RunLock.FILE, 0o644)
+        lock = RunLock(out, new_run=True)
+        assert stat.S_IMODE(os.stat(out / RunLock.FILE).st_mode) == 0o600
+        lock.release()
+    finally:
+        os.umask(old)
+
+
+@pytest.mark.parametrize(
+    ("holder", "shown"),
+    [
+        (
+            {"pid": 1, "host": "\x1b]0;PWNED\x07\x1b[2Jnode7\r\nwarning: fake", "since": "x\u2028y"},
+            " (pid 1 on host \\x1b]0;PWNED\\x07\\x1b[2Jnode7\\r\\nwarning: fake since x\\u2028y)",
+        ),
+        ({"pid": 7, "host": "h" * 300, "since": "s"}, f" (pid 7 on host {'h' * 100}… since s)"),
+        ({"pid": float("inf"), "host": "h", "since": "s"}, ""),
+        ({"pid": True, "host": "h", "since": "s"}, ""),
+        ({"pid": -3, "host": "h", "since": "s"}, ""),
+        ({"pid": 10**30, "host": "h", "since": "s"}, ""),
+        ({"pid": 5, "host": ["h"], "since": "s"}, ""),
+        ({"pid": 5, "host": "h"}, ""),
+        ([1, 2], ""),
+    ],
+    ids=["control_chars", "long", "infinity", "bool", "negative", "huge", "list_host", "no_since", "not_object"],
+)
+def test_what_the_lock_file_says_is_shown_escaped_or_not_at_all(tmp_path, holder, shown):
+    """Whoever wrote the lock file chose what the refusal printed: escape sequences drove the terminal and forged
+    lines, and `{"pid": Infinity}` raised OverflowError with a traceback."""
+    out = tmp_path / "run"
+    lock = RunLock(out, new_run=True)
+    try:
+        (out / RunLock.FILE).write_text(json.dumps(holder))
+        result = runner.invoke(app, ["train", *TINY_FLAGS, "--steps", "120", "--out", str(out)])
+        assert result.exit_code == 1
+        assert result.output == (
+            f"error: --out {out} is in use by another flowrl train{shown}; wait for it to end or choose another --out\n"
+        )
+    finally:
+        lock.release()
