@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import contextlib
 import os
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator
 from pathlib import Path
 
 from flowrl_deploy.errors import FlowRLError
@@ -124,6 +124,24 @@ def set_realtime(priority: int, flag: str = "--rt-priority") -> None:
             with contextlib.suppress(OSError):
                 os.sched_setscheduler(thread_id, policy, param)
         raise FlowRLError(_refusal(flag, priority, exc)) from None
+
+
+@contextlib.contextmanager
+def normal_scheduling() -> Iterator[None]:
+    """Run the calling thread (and the threads it starts meanwhile) under the default scheduler, then
+    put its real-time policy back: a hot reload's export and load take seconds of CPU, which a
+    SCHED_FIFO thread would hold its core for, ahead of the calls the other real-time threads serve.
+    Nothing changes for a thread that is not real-time, or without scheduling policies (not Linux)."""
+    if not hasattr(os, "sched_getscheduler") or os.sched_getscheduler(0) not in (os.SCHED_FIFO, os.SCHED_RR):
+        yield
+        return
+    policy, param = os.sched_getscheduler(0), os.sched_getparam(0)
+    os.sched_setscheduler(0, os.SCHED_OTHER, os.sched_param(0))  # lowering needs no right
+    try:
+        yield
+    finally:  # the right that set it lets it back (root, CAP_SYS_NICE or the rtprio limit); were it
+        with contextlib.suppress(OSError):  # gone since (a lowered limit), the thread serves on at the default
+            os.sched_setscheduler(0, policy, param)
 
 
 def _need_scheduler(flag: str) -> None:

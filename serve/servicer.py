@@ -21,6 +21,7 @@ from pathlib import Path
 import grpc
 import numpy as np
 
+from flowrl_deploy.affinity import normal_scheduling
 from flowrl_deploy.codec import TensorError, as_batch, decode, encode
 from flowrl_deploy.contract import PolicyContract
 from flowrl_deploy.errors import FlowRLError, SpecError
@@ -195,7 +196,8 @@ class PolicyServicer(pb_grpc.PolicyServiceServicer):
                     "progress when the caller's deadline passed"
                 )
             try:
-                return self._swap(source, self.model, still_wanted)
+                with normal_scheduling():  # under --rt-priority, a reload must not hold a core the calls need
+                    return self._swap(source, self.model, still_wanted)
             finally:
                 self._reload_lock.release()
         except Exception:

@@ -7,7 +7,7 @@ import sys
 import threading
 
 import pytest
-from realtime import needs_scheduler
+from realtime import needs_scheduler, skip_unless_realtime_permitted
 
 from flowrl_deploy.affinity import check_realtime, set_realtime
 from flowrl_deploy.errors import FlowRLError
@@ -102,3 +102,24 @@ def test_without_a_scheduler_api_the_refusal_is_one_line_naming_the_flag(monkeyp
     for apply in (set_realtime, check_realtime):
         with pytest.raises(FlowRLError, match=r"^--rt-priority needs Linux \(os.sched_setscheduler\); leave it out"):
             apply(50)
+
+
+NORMAL_SCHEDULING = """
+import os, sys, threading
+from flowrl_deploy.affinity import normal_scheduling, set_realtime
+set_realtime(7)
+seen = {}
+with normal_scheduling():
+    seen["inside"] = os.sched_getscheduler(0)
+    started = threading.Thread(target=lambda: seen.update(started=os.sched_getscheduler(0)))
+    started.start(); started.join()
+seen["after"] = (os.sched_getscheduler(0), os.sched_getparam(0).sched_priority)
+print(seen["inside"] == os.SCHED_OTHER, seen["started"] == os.SCHED_OTHER, seen["after"] == (os.SCHED_FIFO, 7))
+"""
+
+
+@needs_scheduler
+def test_normal_scheduling_lowers_the_thread_and_those_it_starts_then_puts_real_time_back():
+    skip_unless_realtime_permitted()
+    result = subprocess.run([sys.executable, "-c", NORMAL_SCHEDULING], capture_output=True, text=True, timeout=60)
+    assert result.stdout.split() == ["True", "True", "True"], result.stderr
