@@ -21,15 +21,14 @@ EXEMPT_PREFIXES = ("/grpc.health.v1.Health/",)
 """Kubernetes and load-balancer probes carry no secret."""
 
 
-def _deny(request_or_iterator, context: grpc.ServicerContext):
+def _deny(requests, context: grpc.ServicerContext):
     context.abort(grpc.StatusCode.UNAUTHENTICATED, "missing or wrong token (send authorization: Bearer <token>)")
 
 
-_DENY = {
-    (False, False): grpc.unary_unary_rpc_method_handler(_deny),
-    (False, True): grpc.unary_stream_rpc_method_handler(_deny),
-    (True, False): grpc.stream_unary_rpc_method_handler(_deny),
-    (True, True): grpc.stream_stream_rpc_method_handler(_deny),
+_DENY = {  # by response streaming; request-streaming, so that nothing is read: gRPC runs a unary-request
+    # handler only once its request message has come, and a call that never sent one held its thread
+    False: grpc.stream_unary_rpc_method_handler(_deny),
+    True: grpc.stream_stream_rpc_method_handler(_deny),
 }
 
 
@@ -50,7 +49,7 @@ class TokenInterceptor(grpc.ServerInterceptor):
         if scheme.lower() == "bearer" and hmac.compare_digest(credentials.encode(), self._expected):  # RFC 6750
             return handler
         self._on_refused(handler_call_details.method.rsplit("/", 1)[-1])
-        return _DENY[(handler.request_streaming, handler.response_streaming)]
+        return _DENY[handler.response_streaming]
 
 
 SERVICE_NAME = pb.DESCRIPTOR.services_by_name["PolicyService"].full_name
@@ -66,10 +65,14 @@ CONTROL_METHODS = tuple(f"/{SERVICE_NAME}/{name}" for name in ("GetSpec", "GetSt
 streams hold every worker (a fleet of N robots on ``--workers N`` could reset no episode)."""
 CONTROL_CALLS = 4
 """Control calls in flight on threads of their own; more take idle ``--workers`` threads."""
-SPARE_THREADS = WATCH_STREAMS + REFLECTION_STREAMS + CONTROL_CALLS + 2
-"""Handler threads beyond ``--workers``: the capped Watch and reflection streams, the control calls',
-and two that only health Checks (which answer at once) can use, so that a probe is answered however
-busy the rest is."""
+HEALTH = f"/{health.SERVICE_NAME}/"
+HEALTH_CHECKS = 2
+"""Health Checks (and Lists) in flight at most, on threads of their own: a Check answers at once, but
+one whose request message never comes holds its thread, and health needs no token."""
+SPARE_THREADS = WATCH_STREAMS + REFLECTION_STREAMS + CONTROL_CALLS + HEALTH_CHECKS
+"""Handler threads beyond ``--workers``: one for each call the caps let in besides the workers', the
+capped Watch and reflection streams, the control calls and the health Checks (so that a probe is
+answered however busy the workers are)."""
 KINDS = {  # (request streaming, response streaming): the handler's field for its behaviour
     (False, False): "unary_unary",
     (False, True): "unary_stream",
@@ -112,6 +115,15 @@ def _held(replies: Iterator, returned: Callable[[], None]) -> Iterator:
     return stream
 
 
+def _only(requests: Iterator, method: str, context: grpc.ServicerContext):
+    """A unary method's request message, read from its call's request stream as gRPC reads it: the
+    first message, any after it ignored; none is refused with gRPC's UNIMPLEMENTED."""
+    request = next(requests, None)
+    if request is None:
+        context.abort(grpc.StatusCode.UNIMPLEMENTED, f'"{method}" requires exactly one request message.')
+    return request
+
+
 class OpenStreams(grpc.ServerInterceptor):
     """Caps the calls in flight per kind, and ends the open streams on stop.
 
@@ -121,8 +133,10 @@ class OpenStreams(grpc.ServerInterceptor):
     exceeded!", counted nowhere). The pool (and gRPC's limit) is ``workers`` + :data:`SPARE_THREADS`
     threads: the policy service's calls may hold ``workers`` of them, its control calls
     (:data:`CONTROL_METHODS`) :data:`CONTROL_CALLS` more (and then idle workers), health Watches
-    :data:`WATCH_STREAMS` and reflection streams :data:`REFLECTION_STREAMS`, and the rest are left to
-    health Checks. A call over its cap is refused with RESOURCE_EXHAUSTED naming the limit, and
+    :data:`WATCH_STREAMS`, reflection streams :data:`REFLECTION_STREAMS` and health Checks
+    :data:`HEALTH_CHECKS`, so that every call in flight has its thread. A unary call takes its slot
+    before its request message is read: one whose message never comes waits in its slot, never on a
+    thread of another cap's. A call over its cap is refused with RESOURCE_EXHAUSTED naming the limit, and
     ``on_refused(method, cap)`` is told of it (``method`` its short name, e.g. ``Watch``). A Watch
     over its cap is refused with UNIMPLEMENTED instead: a gRPC client with client-side health
     checking (``healthCheckConfig``) holds a Watch per connection and took RESOURCE_EXHAUSTED for an
@@ -162,6 +176,7 @@ class OpenStreams(grpc.ServerInterceptor):
                 "watch",
                 code=grpc.StatusCode.UNIMPLEMENTED,
             ),
+            Cap(HEALTH, HEALTH_CHECKS, f"at most {HEALTH_CHECKS} health Checks in flight", "health"),  # after Watch
             Cap(
                 f"/{reflection.SERVICE_NAME}/",
                 REFLECTION_STREAMS,
@@ -192,12 +207,13 @@ class OpenStreams(grpc.ServerInterceptor):
             behavior = functools.partial(track, behavior)
         cap = next((cap for cap in self._caps if method.startswith(cap.prefix)), None)
 
-        def counted(request, context: grpc.ServicerContext):
+        def counted(requests, context: grpc.ServicerContext):
             ended = self._started(context, cap)
             if ended is None:
                 self._on_refused(method.rsplit("/", 1)[-1], cap)
                 context.abort(cap.code, cap.refusal)
             try:
+                request = requests if handler.request_streaming else _only(requests, method, context)
                 replies = behavior(request, context)
             except BaseException:
                 ended()
@@ -207,7 +223,12 @@ class OpenStreams(grpc.ServerInterceptor):
                 return replies
             return _held(replies, ended)
 
-        return getattr(grpc, f"{kind}_rpc_method_handler")(
+        # always request-streaming: gRPC runs a unary-request handler only once its message has come,
+        # and a call that never sent it held a thread, counted under no cap (--workers + spare such
+        # calls, no token needed, made gRPC refuse every other call: "Concurrent RPC limit exceeded!");
+        # this one takes its slot (or is refused) first, then reads the message
+        streaming = "stream" if handler.response_streaming else "unary"
+        return getattr(grpc, f"stream_{streaming}_rpc_method_handler")(
             counted,
             request_deserializer=handler.request_deserializer,
             response_serializer=handler.response_serializer,

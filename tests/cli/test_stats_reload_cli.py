@@ -63,6 +63,7 @@ def test_stats_shows_each_limit_in_use_and_its_refusals(tmp_path):
     rows = {line.split()[0]: line.split()[1:] for line in lines[header + 1 :]}
     assert rows == {
         "control": ["1", "4", "0"],  # the GetStats answering
+        "health": ["0", "2", "0"],
         "reflection": ["0", "2", "0"],
         "sessions": ["1", "1", "2"],
         "watch": ["0", "4", "0"],

@@ -68,8 +68,9 @@ def test_a_handler_running_on_after_its_client_cancelled_keeps_its_slot(policy_p
 def intercepted(streams: OpenStreams, method: str, make_handler, behavior):
     details = SimpleNamespace(method=f"/{SERVICE_NAME}/{method}")
     handler = streams.intercept_service(lambda _: make_handler(behavior), details)
-    kind = "unary_stream" if handler.response_streaming else "unary_unary"
-    return getattr(handler, kind)
+    assert handler.request_streaming  # it reads the unary request itself, once it holds its slot
+    kind = "stream_stream" if handler.response_streaming else "stream_unary"
+    return lambda request, context: getattr(handler, kind)(iter([request]), context)
 
 
 def test_a_unary_call_ended_while_its_handler_runs_keeps_its_slot_until_the_handler_returns():

@@ -192,7 +192,7 @@ def test_a_call_that_ended_before_its_handler_ran_frees_its_slot():
     streams = OpenStreams(workers=1, on_refused=lambda method, cap: refusals.append((method, cap.limit)))
     details = SimpleNamespace(method=f"/{SERVICE_NAME}/Act")  # what intercept_service reads of grpc's
     handler = streams.intercept_service(lambda _: grpc.unary_unary_rpc_method_handler(lambda r, c: "acted"), details)
-    assert [handler.unary_unary("obs", CallContext(ended=True)) for _ in range(2)] == ["acted", "acted"]
+    assert [handler.stream_unary(iter(["obs"]), CallContext(ended=True)) for _ in range(2)] == ["acted", "acted"]
     assert refusals == [] and streams.wait_idle(0)
 
 
@@ -383,7 +383,7 @@ def test_control_calls_beyond_their_own_threads_use_idle_workers():
         )
         context = CallContext()
         try:
-            return handler.unary_unary("request", context), context
+            return handler.stream_unary(iter(["request"]), context), context
         except grpc.RpcError:
             return "refused", context
 
