@@ -61,6 +61,10 @@ CHANNEL_OPTIONS = (
     # a keepalive ping joins a flow-control ping in flight, which waited 60 s for its answer (gRPC
     # 1.85): a stopped server was noticed after 61-68 s, not 15
     ("grpc.http2.ping_timeout_ms", 5_000),
+    # gRPC sends every call through the proxy that grpc_proxy, https_proxy or http_proxy names, even to
+    # 127.0.0.1 (no_proxy aside): a proxy then read the token in clear (without TLS), and added a hop to
+    # each control tick; PolicyClient(use_proxy=True) goes through it
+    ("grpc.enable_http_proxy", 0),
 )
 
 
@@ -153,6 +157,9 @@ class PolicyClient:
             ``--server``; errors about the token and the TLS files then name their flags too
             (``--token``, ``--tls-ca`` ...), else these arguments (``token``, ``tls_ca`` ...).
         lb_policy: one of :data:`LB_POLICIES` over the target's addresses ('': gRPC's ``pick_first``).
+        use_proxy: connect through the HTTP CONNECT proxy that ``grpc_proxy``, ``https_proxy`` or
+            ``http_proxy`` names (``no_proxy`` excepted), as gRPC does by default; False: directly,
+            whatever the environment says (a proxy reads a token sent without TLS).
     """
 
     def __init__(
@@ -166,11 +173,14 @@ class PolicyClient:
         timeout_s: float | None = 1.0,
         target_name: str = "target",
         lb_policy: str = "",
+        use_proxy: bool = False,
     ) -> None:
         self.target = checked_target(target, target_name)
         if lb_policy and lb_policy not in LB_POLICIES:
             raise FlowRLError(f"lb_policy {lb_policy!r}: one of {', '.join(LB_POLICIES)} ('': gRPC's pick_first)")
         options = (*CHANNEL_OPTIONS, ("grpc.lb_policy_name", lb_policy)) if lb_policy else CHANNEL_OPTIONS
+        if use_proxy:
+            options = tuple((key, 1 if key == "grpc.enable_http_proxy" else value) for key, value in options)
         self.timeout_s = None if timeout_s is None else checked_timeout(timeout_s)
         flags = is_flag(target_name)
         token = checked_token("" if token is None else token, "--token" if flags else "token")
