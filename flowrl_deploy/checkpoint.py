@@ -60,6 +60,42 @@ RUN_OUTPUTS = frozenset({RUN_CONFIG_FILE, METRICS_JSONL, METRICS_CSV, TENSORBOAR
 only these, export must never overwrite them, and a report must never replace their JSON files."""
 LAST = "last"
 BEST = "best"
+MAX_STEP_DIGITS = 18
+
+
+def step_name(step: int) -> str:
+    """The folder name of the checkpoint saved at env step ``step``: ``step_000050000``."""
+    return f"step_{step:09d}"
+
+
+def step_of(name: str) -> int | None:
+    """The env step of a checkpoint folder named ``name`` by :func:`step_name`, or None for any other name
+    (``step_000050000.bak``, ``step_²``, ``step_50000``): only those are a run's checkpoints, which resuming,
+    pruning and the new-run check look at; every other entry of the folder is left alone."""
+    digits = name.removeprefix("step_")
+    if digits == name or not (digits.isascii() and digits.isdigit()) or len(digits) > MAX_STEP_DIGITS:
+        return None
+    step = int(digits)
+    return step if step_name(step) == name else None
+
+
+def run_checkpoints(folder: Path) -> dict[int, Path]:
+    """The checkpoints of a run's checkpoints ``folder`` by step: its entries named by :func:`step_name`
+    (complete or not). One that leads out of the folder (a link to another run's checkpoint, which a
+    resume would continue, writing into that run) is refused by name."""
+    steps = {step: entry for entry in folder.glob("step_*") if (step := step_of(entry.name)) is not None}
+    for entry in steps.values():
+        confined(entry, folder)
+    return steps
+
+
+def confined(entry: Path, folder: Path, to: object = None) -> None:
+    """Refuse ``entry`` (of a run's checkpoints ``folder``) when it resolves outside ``folder``."""
+    if entry.resolve().parent != folder.resolve():
+        raise CheckpointError(
+            f"{entry} leads out of {folder} (to {entry.resolve() if to is None else to}): a run's checkpoints "
+            "lie in its own folder; remove it"
+        )
 
 
 @dataclass
@@ -228,10 +264,13 @@ def read_checkpoint_link(link: str | os.PathLike[str]) -> str | None:
     """What the link ``link`` (a run's ``checkpoints/last`` or ``best``) names, as written: a symlink's
     target, or the checkpoint named by a pointer file (:data:`SYMLINK_LINKS`); None when it is neither.
     The checkpoint is ``link``'s folder joined with it. A pointer file naming anything but a folder beside
-    it (a path, an empty or long text) is refused by name: it is no checkpoint link."""
+    it (a path, an empty or long text) is refused by name: it is no checkpoint link; so is a symlink leading
+    out of its folder (:func:`confined`)."""
     link = Path(link)
     if link.is_symlink():
-        return os.readlink(link)
+        target = os.readlink(link)
+        confined(link, link.parent, target)
+        return target
     if not link.is_file():
         return None
     try:
@@ -297,11 +336,15 @@ def resume_point(path: str | os.PathLike[str]) -> tuple[Path, str | None]:
     p = Path(path)
     folder = p if p.name == CHECKPOINTS_DIR else p / CHECKPOINTS_DIR
     if (p / DOCUMENT_FILE).exists() or not folder.is_dir():
+        if p.parent.name == CHECKPOINTS_DIR:  # a run's checkpoint, or its last or best: in that run
+            if p.name in (LAST, BEST):
+                read_checkpoint_link(p)
+            confined(p, p.parent)
         return resolve_checkpoint(p), None
-    steps = [c for c in folder.glob("step_*") if c.name[5:].isdigit() and (c / DOCUMENT_FILE).is_file()]
+    steps = {step: c for step, c in run_checkpoints(folder).items() if (c / DOCUMENT_FILE).is_file()}
     if not steps:
         return resolve_checkpoint(p), None
-    newest = max(steps, key=lambda c: int(c.name[5:])).resolve()
+    newest = steps[max(steps)].resolve()
     last = folder / LAST
     name = read_checkpoint_link(last)
     if name is not None and (folder / name).resolve() == newest:

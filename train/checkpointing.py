@@ -34,7 +34,10 @@ from flowrl_deploy.checkpoint import (
     read_checkpoint_link,
     read_document,
     resume_point,
+    run_checkpoints,
     spec_of,
+    step_name,
+    step_of,
 )
 from flowrl_deploy.envid import parse_env_id
 from flowrl_deploy.errors import CheckpointError, FlowRLError
@@ -55,17 +58,14 @@ except ImportError:  # anything but Windows
     msvcrt = None  # type: ignore[assignment]
 
 
-def step_name(step: int) -> str:
-    return f"step_{step:09d}"
-
-
 class RunCheckpoints:
     """The ``checkpoints/`` directory of a run.
 
     Every save writes ``step_XXXXXXXXX`` and points ``last`` at it, and ``best``
     too when it holds the best evaluation so far. Periodic checkpoints (multiples of
     ``save_every``) are kept; any other step directory is removed once neither link names it,
-    and so is what a save cut short by a crash left behind (``.step_*.tmp-*``).
+    and so is what a save cut short by a crash left behind (``.step_*.tmp-*``). Entries not named as
+    saves name them (:func:`~flowrl_deploy.checkpoint.step_of`: ``step_000000200.bak``) are left alone.
     The directory is made at once, so that a file in its way fails before training, not at the first save.
     """
 
@@ -91,15 +91,19 @@ class RunCheckpoints:
         self._prune()
         return path
 
-    def _is_periodic(self, path: Path) -> bool:
-        step = int(path.name.removeprefix("step_"))
+    def _is_periodic(self, step: int) -> bool:
         return self.save_every > 0 and step % self.save_every == 0
 
     def _prune(self) -> None:
-        names = (read_checkpoint_link(self.dir / link) for link in (LAST, BEST))
-        linked = {(self.dir / name).resolve() for name in names if name is not None and (self.dir / name).exists()}
+        linked = set()
+        for link in (LAST, BEST):
+            with contextlib.suppress(CheckpointError):  # a link out of the run, or a foreign file: names none here
+                name = read_checkpoint_link(self.dir / link)
+                if name is not None and (self.dir / name).exists():
+                    linked.add((self.dir / name).resolve())
         for path in self.dir.glob("step_*"):
-            if path.resolve() not in linked and not self._is_periodic(path):
+            step = step_of(path.name)
+            if step is not None and path.resolve() not in linked and not self._is_periodic(step):
                 shutil.rmtree(path, ignore_errors=True)
         for partial in self.dir.glob(".step_*.tmp-*"):
             shutil.rmtree(partial, ignore_errors=True)
@@ -298,7 +302,7 @@ def resume_config(checkpoint: str | Path, steps: int | None = None) -> TrainConf
 
 def holds_checkpoints(run_dir: Path) -> bool:
     """Whether ``run_dir`` holds a run's checkpoints: a new run there is refused, a resume continues it."""
-    return any((run_dir / CHECKPOINTS_DIR).glob("step_*"))
+    return any(step_of(entry.name) is not None for entry in (run_dir / CHECKPOINTS_DIR).glob("step_*"))
 
 
 def check_new_run_dir(run_dir: Path) -> None:
@@ -340,7 +344,8 @@ def missing_config_fields(checkpoint: str | Path) -> list[str]:
 def run_to_resume(checkpoint: Path) -> Path:
     """The run directory that resuming ``checkpoint`` continues: a checkpoint is resumed only inside
     its run, ``<run>/checkpoints/<checkpoint>`` next to ``<run>/config.json``, and only when no later
-    ``step_*`` checkpoint lies beside it (the resumed run would overwrite or prune those)."""
+    save's checkpoint (by step, :func:`~flowrl_deploy.checkpoint.step_of`; every one, for a checkpoint not
+    named as a save names it) lies beside it (the resumed run would overwrite or prune those)."""
     folder = checkpoint.parent
     run_dir = folder.parent
     if folder.name != CHECKPOINTS_DIR or not (run_dir / RUN_CONFIG_FILE).is_file():
@@ -349,7 +354,9 @@ def run_to_resume(checkpoint: Path) -> Path:
             f"{RUN_CONFIG_FILE}), so there is no run to continue; resume the run it came from (copy that whole run "
             "directory to branch it)"
         )
-    later = sorted(p.name for p in folder.glob("step_*") if p.name > checkpoint.name)
+    step = step_of(checkpoint.name)  # None: a copy (step_000000200.bak), before every save
+    steps = run_checkpoints(folder)
+    later = [steps[s].name for s in sorted(steps) if step is None or s > step]
     if later:
         raise FlowRLError(
             f"{folder} holds checkpoints after {checkpoint.name} ({', '.join(later)}), which resuming from it "

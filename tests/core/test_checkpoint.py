@@ -291,3 +291,80 @@ class TestCorruptOrForeign:
         os.remove(path / ckpt.MODEL_FILE)
         with pytest.raises(CheckpointError, match="is missing"):
             ckpt.load_checkpoint(path)
+
+
+def fake_run(root, *steps: int):
+    """A run's checkpoints folder holding a (document-only) checkpoint per step; ``last`` at the newest."""
+    folder = root / ckpt.CHECKPOINTS_DIR
+    for step in steps:
+        (folder / f"step_{step:09d}").mkdir(parents=True)
+        (folder / f"step_{step:09d}" / ckpt.DOCUMENT_FILE).write_text("{}")
+    if steps:
+        ckpt.link_checkpoint(folder, ckpt.LAST, folder / f"step_{max(steps):09d}")
+    return folder
+
+
+class TestStepNames:
+    @pytest.mark.parametrize(
+        ("name", "step"),
+        [("step_000000200", 200), ("step_000000000", 0), ("step_1234567890", 1234567890), ("step_000000200.bak", None),
+         ("step_²", None), ("step_٢٠٠", None), ("step_200", None), ("step_0000000200", None), ("step_", None),
+         ("step_-00000001", None), ("step_+00000001", None), ("step_ 00000001", None), ("last", None),
+         ("step_" + "9" * 40, None)],
+    )  # fmt: skip
+    def test_only_the_names_saves_give_are_checkpoint_steps(self, name, step):
+        assert ckpt.step_of(name) == step
+        if step is not None:
+            assert ckpt.step_name(step) == name
+
+    @pytest.mark.parametrize("name", ["step_²", "step_000000300.bak", "step_0000000400"])
+    def test_a_folder_not_named_as_a_save_is_no_checkpoint_to_resume(self, tmp_path, name):
+        """`step_²` passed str.isdigit and int() raised a traceback; a copy `step_…bak` could be resumed."""
+        folder = fake_run(tmp_path, 200)
+        (folder / name).mkdir()
+        (folder / name / ckpt.DOCUMENT_FILE).write_text("{}")
+        assert ckpt.resume_point(tmp_path) == ((folder / "step_000000200").resolve(), None)
+
+    def test_the_newest_is_the_largest_step_not_the_last_name(self, tmp_path):
+        folder = fake_run(tmp_path, 999_999_999, 1_000_000_000)
+        assert ckpt.resume_point(tmp_path) == ((folder / "step_1000000000").resolve(), None)
+
+
+class TestConfinedToTheRun:
+    """A link in run A's checkpoints folder made `--resume A` lock run B, train on from B's checkpoint and write
+    into B: a run's checkpoints are taken only from its own checkpoints folder."""
+
+    def test_a_step_link_leading_out_of_the_run_is_refused_by_name(self, tmp_path):
+        fake_run(tmp_path / "A", 200)
+        other = fake_run(tmp_path / "B", 200) / "step_000000200"
+        link = tmp_path / "A" / ckpt.CHECKPOINTS_DIR / "step_000099999"
+        link.symlink_to(other)
+        message = (
+            f"{link} leads out of {link.parent} (to {other}): a run's checkpoints lie in its own folder; remove it"
+        )
+        with pytest.raises(ckpt.CheckpointError, match=f"^{re.escape(message)}$"):
+            ckpt.resume_point(tmp_path / "A")
+        with pytest.raises(ckpt.CheckpointError, match=f"^{re.escape(message)}$"):
+            ckpt.resume_point(link)  # named: the same
+
+    def test_a_last_link_leading_out_of_the_run_is_refused_by_name(self, tmp_path):
+        (tmp_path / "A" / ckpt.CHECKPOINTS_DIR).mkdir(parents=True)
+        other = fake_run(tmp_path / "B", 200) / "step_000000200"
+        last = tmp_path / "A" / ckpt.CHECKPOINTS_DIR / ckpt.LAST
+        last.symlink_to(os.path.relpath(other, last.parent))
+        message = f"{last} leads out of {last.parent} (to ../../B/checkpoints/step_000000200)"
+        for path in (tmp_path / "A", last, last.parent):
+            with pytest.raises(ckpt.CheckpointError, match=f"^{re.escape(message)}"):
+                ckpt.resume_point(path)
+        with pytest.raises(ckpt.CheckpointError, match=f"^{re.escape(message)}"):
+            ckpt.read_checkpoint_link(last)
+
+    def test_links_inside_the_folder_still_resolve(self, tmp_path):
+        folder = fake_run(tmp_path, 200)
+        ckpt.link_checkpoint(folder, ckpt.BEST, folder / "step_000000200")
+        assert ckpt.read_checkpoint_link(folder / ckpt.BEST) == "step_000000200"
+        assert ckpt.resolve_checkpoint(folder / ckpt.BEST) == (folder / "step_000000200").resolve()
+        moved = tmp_path / "elsewhere"  # a run whose checkpoints folder is itself a link (to scratch storage)
+        folder.rename(moved)
+        folder.symlink_to(moved)
+        assert ckpt.resume_point(tmp_path) == ((moved / "step_000000200").resolve(), None)
