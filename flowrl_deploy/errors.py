@@ -1,6 +1,17 @@
 """Errors a user can act on. The CLI prints their message and exits 1, never a traceback."""
 
 
+def printable(text: object, limit: int | None = None) -> str:
+    """``text`` (cut at ``limit`` characters, marked with '…') with each unprintable character (newline,
+    ANSI escape, NUL, a Unicode line separator) escaped as ``repr`` writes it: a name someone else chose
+    (a client's session id, a path, a lock file's holder), printed or logged as it is, could forge lines
+    or drive the operator's terminal."""
+    text = str(text)
+    if limit is not None and len(text) > limit:
+        text = text[:limit] + "…"
+    return "".join(char if char.isprintable() else repr(char)[1:-1] for char in text)
+
+
 class FlowRLError(Exception):
     """Base class for every error whose message is meant for the user."""
 

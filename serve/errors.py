@@ -41,13 +41,6 @@ class NotReady(ServeError):
     code = grpc.StatusCode.UNAVAILABLE
 
 
-def loggable(text: object) -> str:
-    """``text`` with each unprintable character (newline, ANSI escape, NUL, a Unicode line separator)
-    escaped as ``repr`` writes it: a name a client chose, logged as it is, could forge log lines or
-    drive the operator's terminal."""
-    return "".join(char if char.isprintable() else repr(char)[1:-1] for char in str(text))
-
-
 def status_of(exc: BaseException) -> tuple[grpc.StatusCode, str]:
     """The status and client-safe message for ``exc``; never a traceback."""
     if isinstance(exc, ServeError):

@@ -19,9 +19,9 @@ from pathlib import Path
 import grpc
 
 from flowrl_deploy.checkpoint import CHECKPOINTS_DIR, DOCUMENT_FILE, LAST, resolve_checkpoint
-from flowrl_deploy.errors import FlowRLError
+from flowrl_deploy.errors import FlowRLError, printable
 from flowrl_deploy.runtime import is_onnx_path
-from flowrl_deploy.serve.errors import ServeError, loggable
+from flowrl_deploy.serve.errors import ServeError
 
 log = logging.getLogger("flowrl.serve")
 
@@ -198,5 +198,5 @@ class FileWatcher:
                 self._reload()
             except Exception as exc:  # keep serving the old model
                 log.warning(  # escaped: a file anyone could drop there chooses the message (an output's name)
-                    "reload of %s (--watch) refused, still serving the old model: %s", self._path, loggable(exc)
+                    "reload of %s (--watch) refused, still serving the old model: %s", self._path, printable(exc)
                 )

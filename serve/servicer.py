@@ -24,7 +24,7 @@ import numpy as np
 from flowrl_deploy.affinity import normal_scheduling
 from flowrl_deploy.codec import TensorError, as_batch, decode, encode
 from flowrl_deploy.contract import PolicyContract
-from flowrl_deploy.errors import FlowRLError, SpecError
+from flowrl_deploy.errors import FlowRLError, SpecError, printable
 from flowrl_deploy.noise import Session, draw_noise, session_noise
 from flowrl_deploy.proto.flowrl.v1 import policy_pb2 as pb
 from flowrl_deploy.proto.flowrl.v1 import policy_pb2_grpc as pb_grpc
@@ -37,7 +37,6 @@ from flowrl_deploy.serve.errors import (
     ServeError,
     SessionLimitReached,
     SessionNotFound,
-    loggable,
     status_of,
 )
 from flowrl_deploy.serve.metrics import Metrics
@@ -79,8 +78,8 @@ def _unary(method: str):
 
 
 def _session_shown(session_id: str) -> str:
-    """A session id a client chose, as logs show it: cut at 100 characters, then escaped (``loggable``)."""
-    return loggable(session_id if len(session_id) <= 100 else session_id[:100] + "…")
+    """A session id a client chose, as logs show it: cut at 100 characters, then escaped."""
+    return printable(session_id, 100)
 
 
 def _checked_session_id(session_id: str) -> str:
@@ -212,7 +211,7 @@ class PolicyServicer(pb_grpc.PolicyServiceServicer):
         path = resolve_onnx(source, Path(f"gen{self._generation + 1}"), self._steps, self._exporter)
         data, sha256 = read_model_file(path)
         if previous is not None and sha256 == previous.sha256:  # e.g. `touch`: nothing to swap
-            log.info("%s holds the model served now (%s): nothing to reload", loggable(source), previous.version)
+            log.info("%s holds the model served now (%s): nothing to reload", printable(source), previous.version)
             return previous.version, previous.version
         generation = self._generation + 1
         new = load_model(path, data, sha256, generation, providers=self._providers, threads=self.config.threads)
@@ -232,10 +231,10 @@ class PolicyServicer(pb_grpc.PolicyServiceServicer):
         steps = f"N={new.contract.flow_steps} flow steps"
         if previous is not None:
             self.metrics.record_reload()
-            shown = loggable(source)
+            shown = printable(source)
             log.info("reloaded %s: %s -> %s (%s, %s)", shown, previous.version, new.version, steps, providers)
         else:
-            log.info("loaded %s as %s (%s, %s)", loggable(source), new.version, steps, providers)
+            log.info("loaded %s as %s (%s, %s)", printable(source), new.version, steps, providers)
         return new.version, previous.version if previous else ""
 
     def _export(self, export_checkpoint: Exporter, checkpoint: Path, out: Path, steps: int | None) -> Path:
@@ -537,7 +536,7 @@ class PolicyServicer(pb_grpc.PolicyServiceServicer):
         if due is not None:
             held, age = due
             more = f" (and {held} more Reloads refused {code} in the last {age:.0f} s, not logged)" if held else ""
-            why = loggable(f"{exc}; {exc.detail}" if exc.detail else exc)  # the log says all the client was not told
+            why = printable(f"{exc}; {exc.detail}" if exc.detail else exc)  # the log says all the client was not told
             log.warning("Reload of %s refused (%s): %s%s", requested_path(path), code, why, more)
 
     @_unary("Reload")

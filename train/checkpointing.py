@@ -40,7 +40,7 @@ from flowrl_deploy.checkpoint import (
     step_of,
 )
 from flowrl_deploy.envid import parse_env_id
-from flowrl_deploy.errors import CheckpointError, FlowRLError
+from flowrl_deploy.errors import CheckpointError, FlowRLError, printable
 from flowrl_deploy.fieldtypes import is_int, is_integer, shown
 from flowrl_deploy.noise import draw_noise, session_noise
 from flowrl_deploy.runtime import one_observation
@@ -246,7 +246,7 @@ class RunLock:
 def _holder(fd: int) -> str:
     """' (pid 21074 on host node7 since …)' from a lock file, or '' when it does not say: a pid that is no
     positive integer, a host or time that is no string. Whoever can write the file chose them, so the
-    strings are cut at 100 characters and their unprintable characters escaped (:func:`_printable`)."""
+    strings are cut at 100 characters and their unprintable characters escaped (``printable``)."""
     try:
         if hasattr(os, "pread"):
             head = os.pread(fd, 4096, 0)
@@ -261,15 +261,7 @@ def _holder(fd: int) -> str:
     pid, host, since = holder.get("pid"), holder.get("host"), holder.get("since")
     if not (is_int(pid) and 0 < pid < 2**32 and isinstance(host, str) and isinstance(since, str)):
         return ""
-    return f" (pid {pid} on host {_printable(host)} since {_printable(since)})"
-
-
-def _printable(text: str, limit: int = 100) -> str:
-    """``text`` cut at ``limit`` characters, each unprintable character (newline, ANSI escape, NUL, a Unicode
-    line separator) escaped as ``repr`` writes it: what another user wrote cannot drive the terminal or forge
-    a line. (``serve.errors.loggable``'s rule; training may not import serve.)"""
-    text = text if len(text) <= limit else text[:limit] + "…"
-    return "".join(char if char.isprintable() else repr(char)[1:-1] for char in text)
+    return f" (pid {pid} on host {printable(host, 100)} since {printable(since, 100)})"
 
 
 def resume_config(checkpoint: str | Path, steps: int | None = None) -> TrainConfig:
