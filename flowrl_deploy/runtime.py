@@ -57,8 +57,9 @@ def is_onnx_path(path: str | Path) -> bool:
 
 def _names_a_checkpoint(path: Path) -> bool:
     """Whether ``path`` is a run's ``last`` or ``best`` pointer file, what a run holds where no
-    symlink can be made (Windows): it names a checkpoint, whether or not that still exists."""
-    if path.name not in (LAST, BEST):
+    symlink can be made (Windows): it names a checkpoint, whether or not that still exists. A
+    symlink is no pointer file: what it leads to decides, as for any other path."""
+    if path.name not in (LAST, BEST) or path.is_symlink():
         return False
     try:
         return read_checkpoint_link(path) is not None

@@ -57,6 +57,10 @@ def test_a_runs_last_pointer_file_is_a_checkpoint_and_a_graph_called_best_is_a_g
     assert is_onnx_path(tmp_path / "best")
     (tmp_path / "other").write_text("step_000000100", encoding="utf-8")
     assert is_onnx_path(tmp_path / "other")  # only last and best are pointers
+    graphs = tmp_path / "graphs"
+    graphs.mkdir()
+    (graphs / "last").symlink_to(tmp_path / "best")  # a link called last to a graph: the graph
+    assert is_onnx_path(graphs / "last")
 
 
 def _fixed_batch(path, batch: int):
