@@ -82,6 +82,9 @@ class ServeConfig:
     holds one, and calls beyond get RESOURCE_EXHAUSTED. GetSpec, GetStats, Reset and Reload (answered
     while the workers are busy), health checks and reflection have a few more threads of their own."""
     max_sessions: int = 4096
+    max_connections: int = 512
+    """Client connections at once; more are closed as soon as they are accepted. Each costs a file
+    descriptor (keep it below ``ulimit -n``) and about 15 KB, with or without a token."""
     session_idle_s: float = 600.0
     """A session opened by Reset (no stream owns it) is dropped after this long unused."""
     max_message_bytes: int = 1 << 20
@@ -143,7 +146,15 @@ class ServeConfig:
                 raise FlowRLError(f"{setting_name(field)} must lie in [0, 65535] (0: a free port), got {port}")
         if self.metrics_port == self.port != 0:  # failed only once the model had loaded, with "address in use"
             raise FlowRLError(f"--metrics-port must differ from --port, got {self.port} for both")
-        for field in ("max_batch", "threads", "workers", "batch_workers", "max_sessions", "max_request_batch"):
+        for field in (
+            "max_batch",
+            "threads",
+            "workers",
+            "batch_workers",
+            "max_sessions",
+            "max_connections",
+            "max_request_batch",
+        ):
             if getattr(self, field) < 1:
                 raise FlowRLError(f"{setting_name(field)} must be >= 1, got {getattr(self, field)}")
         if self.max_batch > MAX_BATCH:

@@ -175,6 +175,25 @@ def _warn_of_open_access(config: ServeConfig, tls: bool, address: str) -> None:
         )
 
 
+HANDSHAKE_TIMEOUT_S = 10.0
+"""A connection that has not begun HTTP/2 (and TLS) this long after it was accepted is closed
+(with gRPC's default, silent TCP connections held the server's file descriptors for tens of seconds)."""
+CONNECTION_IDLE_S = 300.0
+"""A connection with no call in flight this long is closed (GOAWAY; its client reconnects on its
+next call): gRPC kept one for ever, its client answering the keepalive pings. An open stream, a
+robot's StreamAct between two requests included, is a call in flight."""
+
+
+def connection_options(max_connections: int) -> list[tuple[str, int]]:
+    """gRPC server options bounding the connections: at most ``max_connections`` at once, each
+    closed after :data:`HANDSHAKE_TIMEOUT_S` without HTTP/2 or :data:`CONNECTION_IDLE_S` without a call."""
+    return [
+        ("grpc.max_allowed_incoming_connections", max_connections),
+        ("grpc.server_handshake_timeout_ms", round(HANDSHAKE_TIMEOUT_S * 1000)),
+        ("grpc.max_connection_idle_ms", round(CONNECTION_IDLE_S * 1000)),
+    ]
+
+
 def keepalive_options(keepalive_s: float) -> list[tuple[str, int]]:
     """gRPC server options: ping every connection each ``keepalive_s`` and close one whose ping goes
     unanswered as long (a frozen or cut-off client held its handler thread and session for gRPC's
@@ -299,6 +318,7 @@ class PolicyServer:
                     ("grpc.max_send_message_length", config.max_message_bytes),
                     ("grpc.so_reuseport", 0),
                     *keepalive_options(config.keepalive_s),
+                    *connection_options(config.max_connections),
                 ],
             )
             pb_grpc.add_PolicyServiceServicer_to_server(self.servicer, server)

@@ -89,6 +89,10 @@ def serve(
         int, typer.Option(help="Refuse larger requests (RESOURCE_EXHAUSTED); at most 2**31 - 1.")
     ] = 1 << 20,
     max_sessions: Annotated[int, typer.Option(help="Most sessions at once (RESOURCE_EXHAUSTED beyond).")] = 4096,
+    max_connections: Annotated[
+        int,
+        typer.Option(help="Most client connections at once; more are closed at once (each holds a file descriptor)."),
+    ] = 512,
     session_idle_s: Annotated[
         float, typer.Option(parser=finite, help="Drop a session opened by Reset after this long unused (s).")
     ] = 600.0,
@@ -144,6 +148,7 @@ def serve(
         workers=workers,
         max_message_bytes=max_message_bytes,
         max_sessions=max_sessions,
+        max_connections=max_connections,
         session_idle_s=session_idle_s,
         token=token or "",
         tls_cert=tls_cert,

@@ -1,0 +1,95 @@
+"""Connections cost the server a file descriptor and memory each, before any token is checked: it
+kept every one for ever, so that about 1000 silent TCP connections (under the usual `ulimit -n 1024`)
+locked every client out. Connections beyond ``max_connections`` are closed at once, one that has
+not begun HTTP/2 within the handshake timeout is closed, and one with no call in flight for the idle
+time is closed (a client reconnects on its next call); an open stream is never idle."""
+
+from __future__ import annotations
+
+import socket
+import threading
+import time
+
+import grpc
+import pytest
+
+from flowrl_deploy.codec import encode
+from flowrl_deploy.errors import FlowRLError
+from flowrl_deploy.proto.flowrl.v1 import policy_pb2 as pb
+from flowrl_deploy.proto.flowrl.v1 import policy_pb2_grpc as pb_grpc
+from flowrl_deploy.serve import PolicyServer, ServeConfig
+from flowrl_deploy.serve import server as server_module
+
+OBS = [0.1, -0.2, 0.3]
+
+
+def closed_within(connection: socket.socket, wait: float) -> bool:
+    """Whether the server closes ``connection`` within ``wait`` s (whatever it sends first)."""
+    connection.settimeout(wait)
+    deadline = time.monotonic() + wait
+    try:
+        while time.monotonic() < deadline:
+            connection.settimeout(max(deadline - time.monotonic(), 0.01))
+            if not connection.recv(4096):
+                return True
+    except TimeoutError:
+        return False
+    except OSError:  # reset
+        return True
+    return False
+
+
+def test_max_connections_is_checked(policy_path):
+    with pytest.raises(FlowRLError, match=r"^--max-connections must be >= 1, got 0$"):
+        ServeConfig(str(policy_path), max_connections=0)
+
+
+def test_connections_beyond_the_cap_are_closed_at_once(policy_path):
+    config = ServeConfig(str(policy_path), port=0, max_connections=3, grace_s=0)
+    with PolicyServer(config).start() as server:
+        host, port = server.address.rsplit(":", 1)
+        connections = [socket.create_connection((host, int(port))) for _ in range(6)]
+        try:
+            closed = [closed_within(connection, 1.0) for connection in connections]
+            assert sum(closed) >= 3 and not all(closed)
+        finally:
+            for connection in connections:
+                connection.close()
+
+
+def test_a_connection_that_never_begins_http2_is_closed_at_the_handshake_timeout(policy_path, monkeypatch):
+    monkeypatch.setattr(server_module, "HANDSHAKE_TIMEOUT_S", 1.0)
+    with PolicyServer(ServeConfig(str(policy_path), port=0, grace_s=0)).start() as server:
+        host, port = server.address.rsplit(":", 1)
+        with socket.create_connection((host, int(port))) as silent:
+            assert closed_within(silent, 10)
+
+
+def test_an_idle_connection_is_closed_and_an_open_stream_is_not(policy_path, monkeypatch):
+    monkeypatch.setattr(server_module, "CONNECTION_IDLE_S", 1.0)
+    server = PolicyServer(ServeConfig(str(policy_path), port=0, grace_s=0))
+    with server.start(), grpc.insecure_channel(server.address) as channel:
+        requests, replies = [], threading.Semaphore(0)
+
+        def sent():
+            while True:
+                replies.acquire()
+                if not requests:
+                    return
+                yield requests.pop()
+
+        stream = pb_grpc.PolicyServiceStub(channel).StreamAct(sent(), timeout=30)
+        for _ in range(3):  # a request, then 1.5 s with the stream open and nothing sent
+            requests.append(pb.StreamActRequest(obs=encode(OBS)))
+            replies.release()
+            assert next(stream).action.shape == [2]
+            time.sleep(1.5)
+        replies.release()  # no more requests: the stream ends
+        assert list(stream) == []
+        idle = threading.Event()
+        channel.subscribe(
+            lambda state: idle.set() if state == grpc.ChannelConnectivity.IDLE else None, try_to_connect=False
+        )
+        assert idle.wait(10)  # the server closed the connection once no call was left
+        # and the next call reconnects
+        assert pb_grpc.PolicyServiceStub(channel).Act(pb.ActRequest(obs=encode(OBS)), timeout=5).action.shape == [2]
