@@ -17,6 +17,18 @@ of back-to-back calls), so that load from other processes on a shared machine fa
 
     .venv/bin/python bench/infer_latency.py --json bench/results/infer_latency.json
     .venv/bin/python bench/infer_latency.py --quick
+    .venv/bin/python bench/infer_latency.py --gap
+
+``--gap`` says where the optimized graph's batch-1 time over the floor goes, at the issue's reference
+point: the node counts after onnxruntime's own graph optimizations, and the optimized graph timed
+interleaved with copies that skip one kind of its non-matmul nodes (each made an Identity: wrong
+actions, timing only). Session 13, three runs on a 2-core AMD EPYC (optimized 314–320 µs, floor
+234–238 µs): onnxruntime fuses nothing (166 nodes before and after); skipping the 40 ELUs saves
+37–42 µs (half the gap), the 40 LayerNorms 28–34 µs (35–40 %), the 20 per-evaluation Adds (and the
+observation's Gemm, then dead) 5–14 µs, all three 67–74 µs; the rest is Clip, tanh and the rescale.
+ELU and LayerNorm cost kernel time more than dispatch (a chain of Adds on [1, 512] costs 0.2 µs a node,
+of LayerNorms 0.4, of ELUs 0.9: onnxruntime's ELU is an Eigen loop, its Exp a vectorized one), and
+an exact ELU of standard ops (Max(x, Exp(Min(x, 0)) − 1)) is slower for its three extra nodes.
 """
 
 from __future__ import annotations
@@ -74,6 +86,58 @@ def floor_graph(weights: VelocityWeights, spec: PolicySpec, steps: int, solver: 
     graph = helper.make_graph(nodes, "floor", io[:1], io[1:], initializers)
     opsets = [helper.make_opsetid("", 18)]
     return helper.make_model(graph, opset_imports=opsets, ir_version=helper.find_min_ir_version_for(opsets))
+
+
+def skipping(model: onnx.ModelProto, skip: set[str]) -> onnx.ModelProto:
+    """``model`` with its nodes of the types in ``skip`` made Identity of their first input ("Add"
+    means the per-evaluation Add of the observation's share of layer 1, not the per-call ones)."""
+    model = onnx.ModelProto.FromString(model.SerializeToString())
+    obs_share = next(n.output[0] for n in model.graph.node if "obs" in n.input)
+    for node in model.graph.node:
+        if node.op_type in skip and (node.op_type != "Add" or obs_share in node.input[1:]):
+            node.op_type = "Identity"
+            del node.input[1:]
+            del node.attribute[:]
+    return model
+
+
+def gap(actor: FlowActor, spec: PolicySpec, steps: int, solver: str, budget_s: float) -> None:
+    """Print where the optimized graph's batch-1 time over the floor goes (see the module doc)."""
+    import collections
+    import tempfile
+
+    weights = VelocityWeights.from_actor({k: v.numpy() for k, v in actor.state_dict().items()}, spec)
+    optimized = build_policy_graph(weights, spec, steps=steps, solver=solver)
+    floor = floor_graph(weights, spec, steps, solver)
+    with tempfile.TemporaryDirectory() as tmp:
+        for name, model in (("optimized", optimized), ("floor", floor)):
+            dump = f"{tmp}/{name}.onnx"
+            make_session(model.SerializeToString(), providers=["CPUExecutionProvider"], optimized_model_path=dump)
+            after = collections.Counter(n.op_type for n in onnx.load(dump).graph.node)
+            print(f"{name}: {len(model.graph.node)} nodes, {sum(after.values())} after onnxruntime's optimizations "
+                  f"({', '.join(f'{op} {count}' for op, count in after.most_common())})")  # fmt: skip
+    skips = {"ELU": {"Elu"}, "LayerNorm": {"LayerNormalization"}, "Add": {"Add"}}
+    skips["all three"] = set().union(*skips.values())
+    models = {"floor": floor, "optimized": optimized} | {
+        f"without {name}": skipping(optimized, ops) for name, ops in skips.items()
+    }
+    rng = np.random.default_rng(0)
+    obs = rng.normal(size=(1, spec.obs_dim)).astype(np.float32)
+    noise = rng.normal(size=(1, spec.act_dim)).astype(np.float32)
+    calls = {}
+    for name, model in models.items():
+        session = make_session(model.SerializeToString(), providers=["CPUExecutionProvider"], threads=1)
+        feeds = {"noise": noise} if name == "floor" else {"obs": obs, "noise": noise}
+        calls[name] = functools.partial(session.run, None, feeds)
+    timings = time_interleaved(calls, budget_s=budget_s * len(calls))
+    p50 = {name: t.p50_ms * 1e3 for name, t in timings.items()}
+    over = p50["optimized"] - p50["floor"]
+    print(f"batch-1 p50, {solver} N={steps}: optimized {p50['optimized']:.0f} µs, floor {p50['floor']:.0f} µs "
+          f"(optimized over floor {p50['optimized'] / p50['floor']:.2f}: {over:.0f} µs)")  # fmt: skip
+    for name in models:
+        if name.startswith("without"):
+            saved = p50["optimized"] - p50[name]
+            print(f"  {name:<22}{p50[name]:>6.0f} µs: saves {saved:.0f} µs ({saved / over:.0%} of the gap)")
 
 
 def runners(actor: FlowActor, spec: PolicySpec, steps: int, solver: str) -> dict:
@@ -170,10 +234,17 @@ def main() -> None:
     parser.add_argument("--shapes", nargs="+", choices=sorted(SHAPES), default=list(SHAPES))
     parser.add_argument("--solver", choices=("midpoint", "euler"), default="midpoint")
     parser.add_argument("--budget", type=float, default=3.0, help="seconds of interleaved timing per batch size")
+    parser.add_argument("--gap", action="store_true", help="where optimized's time over the floor goes (see above)")
     args = parser.parse_args()
     if args.quick:
         args.steps, args.budget = [1, 10], 0.5
     torch.set_num_threads(1)
+    if args.gap:
+        obs_dim, act_dim, hidden = SHAPES[TARGET_SHAPE]
+        spec = PolicySpec(obs_dim, act_dim, (-1.0,) * act_dim, (1.0,) * act_dim, hidden=hidden, solver=args.solver)
+        torch.manual_seed(0)
+        gap(FlowActor(spec).eval(), spec, TARGET_STEPS, args.solver, args.budget / 3)
+        return
     rng = np.random.default_rng(0)
     rows = []
     header = f"{'shape':<12}{'N':>3}  {'variant':<10}{'p50 ms':>8}{'p99 ms':>8}{'b64 /s':>10}{'b256 /s':>10}  max|Δa|"
