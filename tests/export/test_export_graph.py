@@ -134,3 +134,22 @@ def test_optimized_graph_spends_eight_kernels_per_velocity_evaluation(tmp_path):
     per_evaluation = {"Gemm": 3, "LayerNormalization": 2, "Elu": 2, "Add": 1}
     expected = {op: per_call.get(op, 0) + evaluations * per_evaluation.get(op, 0) for op in per_call | per_evaluation}
     assert dict(ops) == expected
+
+
+@pytest.mark.parametrize("optimize", [True, False])
+def test_unit_bounds_graph_ends_in_tanh_and_matches_torch(optimize):
+    """Bounds [-1, 1] on every action (dm_control's): tanh is the action, no rescale nodes after it."""
+    from dataclasses import replace
+
+    spec = replace(SPEC, action_low=(-1.0,) * SPEC.act_dim, action_high=(1.0,) * SPEC.act_dim)
+    actor = actor_tensors(spec)
+    model = build_policy_graph(
+        VelocityWeights.from_actor(actor, spec), spec, steps=3, solver="midpoint", optimize=optimize
+    )
+    last = model.graph.node[-1]
+    assert (last.op_type, list(last.output)) == ("Tanh", ["action"])
+    assert not {"action.scale", "action.bias"} & {i.name for i in model.graph.initializer}
+    obs, noise = inputs(5, obs_scale=3.0, noise_scale=2.0)
+    with torch.no_grad():
+        expected = reference_actor(actor, spec)(torch.from_numpy(obs), torch.from_numpy(noise), 3, "midpoint").numpy()
+    np.testing.assert_allclose(run(model, obs, noise), expected, atol=1e-5, rtol=1e-4)
