@@ -59,11 +59,22 @@ words, or WSAECONNREFUSED's code 10061 as older gRPC cores reported it (``"wsa_e
 whatever language Windows speaks) otherwise. A port numbered 10061 is not taken for it."""
 
 
+CLOSED = "Socket closed"
+"""gRPC's words for a connection the server closed before any answer: a TLS server's to a plaintext
+client's hello or to a client without the certificate it asks for, and a server at its
+``--max-connections`` (which closes any connection beyond at once, before reading from it)."""
+CUT_HANDSHAKE = "Handshake read failed"
+"""A TLS client's words for a connection closed before the server's TLS hello: a TLS server answers
+the hello, so this is a server that closed it unread, most likely at its ``--max-connections``."""
+AT_THE_CAP = "the server may be at its --max-connections, closing connections beyond it at once"
+
+
 def connection_hint(error: str, target: str, tls_ca: str, tls_cert: str) -> str:
     """What to try after a failed connection to ``target`` (a :func:`checked_target`), given its
     error and the TLS files the user passed ('' if none fits). TLS options are suggested only for a
     connection that never came up (:data:`NO_CONNECTION`), not for the server's own answers (the
-    model still loading) or a connection lost after it was up."""
+    model still loading) or a connection lost after it was up; a connection closed at once (:data:`CLOSED`,
+    :data:`CUT_HANDSHAKE`) also names the server's connection cap."""
     if _REFUSED.search(error):  # nothing listens at that address: TLS is not the question
         hosts = target_hosts(target)
         if hosts is None or all(is_loopback(host) or host in EVERY_INTERFACE for host in hosts):
@@ -90,11 +101,17 @@ def connection_hint(error: str, target: str, tls_ca: str, tls_cert: str) -> str:
         return "that port does not answer gRPC (is it the server's --metrics-port?): give the server's --port"
     if NO_CONNECTION not in error:  # the server answered (still loading, stopping) or a live connection broke
         return ""
+    if CUT_HANDSHAKE in error:  # a TLS client's connection closed before the server's hello
+        return f"the server closed the connection before TLS began: {AT_THE_CAP}"
     if not tls_ca and not tls_cert:
-        return "if the server uses TLS, pass --tls-ca"
-    if not tls_cert:
-        return "if the server asks for client certificates (--client-ca), pass --tls-cert and --tls-key"
-    return ""
+        hint = "if the server uses TLS, pass --tls-ca"
+    elif not tls_cert:
+        hint = "if the server asks for client certificates (--client-ca), pass --tls-cert and --tls-key"
+    else:
+        hint = ""
+    if CLOSED not in error:
+        return hint
+    return f"{hint}; or {AT_THE_CAP}" if hint else AT_THE_CAP
 
 
 TARGET_SCHEMES = ("dns", "ipv4", "ipv6", "unix", "unix-abstract")

@@ -53,6 +53,11 @@ from flowrl_deploy.serve.reload import FileWatcher
 from flowrl_deploy.serve.servicer import PolicyServicer
 from flowrl_deploy.tls import ServerTLS, ServerTLSFiles
 
+try:
+    import resource  # POSIX only
+except ImportError:  # Windows: its sockets are not counted against a descriptor limit
+    resource = None  # type: ignore[assignment]
+
 log = logging.getLogger("flowrl.serve")
 
 
@@ -194,6 +199,30 @@ def connection_options(max_connections: int) -> list[tuple[str, int]]:
     ]
 
 
+OWN_FILES = 64
+"""File descriptors the server keeps for itself besides its connections (the listening sockets,
+gRPC's epoll and wake-up fds, the model file, the metrics server's, logs), counted out of ``ulimit -n``."""
+
+
+def _warn_of_file_limit(max_connections: int) -> None:
+    """Warn when ``max_connections`` is more than the process may open (``ulimit -n`` less
+    :data:`OWN_FILES`): gRPC's accept then fails for want of descriptors before the cap is reached,
+    and connections beyond are cut without being counted."""
+    if resource is None:
+        return
+    soft, _ = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if soft == resource.RLIM_INFINITY or max_connections <= soft - OWN_FILES:
+        return
+    log.warning(
+        "--max-connections %d is more than this process may open (ulimit -n %d, about %d of them the server's "
+        "own): connections beyond about %d fail at accept; raise ulimit -n or lower --max-connections",
+        max_connections,
+        soft,
+        OWN_FILES,
+        max(soft - OWN_FILES, 0),
+    )
+
+
 def keepalive_options(keepalive_s: float) -> list[tuple[str, int]]:
     """gRPC server options: ping every connection each ``keepalive_s`` and close one whose ping goes
     unanswered as long (a frozen or cut-off client held its handler thread and session for gRPC's
@@ -308,6 +337,7 @@ class PolicyServer:
                 if config.token
                 else []
             )
+            _warn_of_file_limit(config.max_connections)
             threads = config.workers + SPARE_THREADS  # shared out by OpenStreams' caps
             server = grpc.server(
                 futures.ThreadPoolExecutor(max_workers=threads, thread_name_prefix="flowrl-rpc"),

@@ -161,7 +161,7 @@ def test_no_tls_hint_once_the_server_has_answered(details):
 def test_a_connection_that_failed_before_any_answer_still_hints_at_tls():
     """A plaintext client's hello, closed by a TLS server: the same words as any closed socket."""
     details = "failed to connect to all addresses; last error: UNAVAILABLE: ipv4:127.0.0.1:5: Socket closed"
-    assert connection_hint(details, "localhost:5", "", "") == "if the server uses TLS, pass --tls-ca"
+    assert connection_hint(details, "localhost:5", "", "").startswith("if the server uses TLS, pass --tls-ca")
     assert "--client-ca" in connection_hint(details, "localhost:5", "ca.pem", "")
 
 
@@ -190,4 +190,34 @@ def test_a_connection_refused_on_windows_hints_at_the_server_not_at_tls(cause):
 
 def test_a_port_numbered_10061_is_not_taken_for_windows_connection_refused():
     details = "failed to connect to all addresses; last error: UNAVAILABLE: ipv4:127.0.0.1:10061: Socket closed"
-    assert connection_hint(details, "localhost:10061", "", "") == "if the server uses TLS, pass --tls-ca"
+    assert connection_hint(details, "localhost:10061", "", "").startswith("if the server uses TLS, pass --tls-ca")
+
+
+_CLOSED = "failed to connect to all addresses; last error: UNAVAILABLE: ipv4:127.0.0.1:5: Socket closed"
+
+
+def test_a_socket_closed_at_once_also_names_the_servers_connection_cap():
+    """A server at its --max-connections closes a new connection at once, and a plaintext client reads
+    the same words as from a TLS server ('Socket closed'): the hint named TLS alone."""
+    hint = connection_hint(_CLOSED, "localhost:5", "", "")
+    assert hint.startswith("if the server uses TLS, pass --tls-ca") and "--max-connections" in hint
+    assert "--client-ca" in connection_hint(_CLOSED, "localhost:5", "ca.pem", "")
+    assert "--max-connections" in connection_hint(_CLOSED, "localhost:5", "ca.pem", "")
+    assert "--max-connections" in connection_hint(_CLOSED, "localhost:5", "ca.pem", "client.pem")
+
+
+def test_a_tls_handshake_cut_at_once_names_the_connection_cap_not_client_certificates():
+    """A TLS client's connection closed before the server's hello: gRPC says 'Handshake read failed'."""
+    details = "failed to connect to all addresses; last error: UNAVAILABLE: ipv4:127.0.0.1:5: Handshake read failed"
+    hint = connection_hint(details + " (Socket closed)", "localhost:5", "ca.pem", "")
+    assert "--max-connections" in hint and "client certificates" not in hint
+
+
+def test_a_client_beyond_the_servers_max_connections_is_told_of_the_cap(pki):
+    import socket
+
+    config = ServeConfig(pki["policy"], port=0, max_connections=1, grace_s=0)
+    with PolicyServer(config).start() as server, socket.create_connection(("127.0.0.1", server.port)):
+        result = runner.invoke(app, ["query", "--server", server.address, "--obs", OBS, "--timeout", "2"])
+    assert result.exit_code == 1 and "Socket closed" in result.output
+    assert "--max-connections" in result.output

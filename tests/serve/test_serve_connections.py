@@ -93,3 +93,22 @@ def test_an_idle_connection_is_closed_and_an_open_stream_is_not(policy_path, mon
         assert idle.wait(10)  # the server closed the connection once no call was left
         # and the next call reconnects
         assert pb_grpc.PolicyServiceStub(channel).Act(pb.ActRequest(obs=encode(OBS)), timeout=5).action.shape == [2]
+
+
+@pytest.mark.skipif(server_module.resource is None, reason="no file-descriptor limit to read (not POSIX)")
+def test_max_connections_beyond_the_file_descriptor_limit_is_warned_of(policy_path, monkeypatch, caplog):
+    """The README said to keep --max-connections below `ulimit -n`, and nothing checked it: beyond,
+    accepts fail for want of descriptors before the cap is reached."""
+    limits = {"soft": 256}
+    monkeypatch.setattr(server_module.resource, "getrlimit", lambda which: (limits["soft"], 4096))
+    config = ServeConfig(str(policy_path), port=0, max_connections=512, grace_s=0)
+    with caplog.at_level("WARNING", logger="flowrl.serve"), PolicyServer(config).start():
+        pass
+    warned = [record.getMessage() for record in caplog.records if "--max-connections" in record.getMessage()]
+    assert len(warned) == 1 and "ulimit -n" in warned[0] and "256" in warned[0], warned
+    caplog.clear()
+    limits["soft"] = 100_000
+    config = ServeConfig(str(policy_path), port=0, max_connections=512, grace_s=0)
+    with caplog.at_level("WARNING", logger="flowrl.serve"), PolicyServer(config).start():
+        pass
+    assert not [record for record in caplog.records if "--max-connections" in record.getMessage()]
