@@ -38,7 +38,7 @@ from safetensors import SafetensorError
 from safetensors.numpy import load_file, save_file
 
 from flowrl_deploy.atomic import apply_umask, fsync_dir, fsync_tree, os_reason, replace_directory, write_text_atomic
-from flowrl_deploy.errors import CheckpointError, FlowRLError, SpecError
+from flowrl_deploy.errors import CheckpointError, FlowRLError, SpecError, printable
 from flowrl_deploy.fieldtypes import is_int
 from flowrl_deploy.spec import PolicySpec
 from flowrl_deploy.versions import library_versions
@@ -82,20 +82,26 @@ def step_of(name: str) -> int | None:
 def run_checkpoints(folder: Path) -> dict[int, Path]:
     """The checkpoints of a run's checkpoints ``folder`` by step: its entries named by :func:`step_name`
     (complete or not). One that leads out of the folder (a link to another run's checkpoint, which a
-    resume would continue, writing into that run) is refused by name."""
+    resume would continue, writing into that run) is refused by name (:func:`confined`)."""
     steps = {step: entry for entry in folder.glob("step_*") if (step := step_of(entry.name)) is not None}
     for entry in steps.values():
         confined(entry, folder)
     return steps
 
 
-def confined(entry: Path, folder: Path, to: object = None) -> None:
-    """Refuse ``entry`` (of a run's checkpoints ``folder``) when it resolves outside ``folder``."""
-    if entry.resolve().parent != folder.resolve():
+def confined(entry: Path, folder: Path, reached: Path | None = None) -> Path:
+    """``entry`` of a run's checkpoints ``folder`` (a checkpoint or a link to one), or the checkpoint ``reached``
+    through it, as the run names it: ``folder/<name>``. Refused by name where it leads out of ``folder``: a resume
+    continues, and writes into, the run a checkpoint lies in. Both sides are compared where they lead, so a
+    ``folder`` that is itself a link (to scratch storage) holds the run's checkpoints. Only a resume (and what
+    it reads, :func:`resume_point`) is confined: a reader follows a user's links wherever they lead."""
+    real = Path(os.path.realpath(entry if reached is None else reached))
+    if real.parent != Path(os.path.realpath(folder)):
+        to = os.readlink(entry) if entry.is_symlink() else real
         raise CheckpointError(
-            f"{entry} leads out of {folder} (to {entry.resolve() if to is None else to}): a run's checkpoints "
-            "lie in its own folder; remove it"
+            f"{entry} leads out of {folder} (to {printable(to)}): a run's checkpoints lie in its own folder; remove it"
         )
+    return folder / real.name
 
 
 @dataclass
@@ -261,16 +267,13 @@ def _symlink_swap(directory: Path, name: str, target_name: str) -> bool:
 
 
 def read_checkpoint_link(link: str | os.PathLike[str]) -> str | None:
-    """What the link ``link`` (a run's ``checkpoints/last`` or ``best``) names, as written: a symlink's
-    target, or the checkpoint named by a pointer file (:data:`SYMLINK_LINKS`); None when it is neither.
-    The checkpoint is ``link``'s folder joined with it. A pointer file naming anything but a folder beside
-    it (a path, an empty or long text) is refused by name: it is no checkpoint link; so is a symlink leading
-    out of its folder (:func:`confined`)."""
+    """What the link ``link`` (a run's ``checkpoints/last`` or ``best``, or a user's link to one) names, as
+    written: a symlink's target, or the checkpoint named by a pointer file (:data:`SYMLINK_LINKS`); None when
+    it is neither. The checkpoint is ``link``'s folder joined with it. A pointer file naming anything but a
+    folder beside it (a path, an empty or long text) is refused by name: it is no checkpoint link."""
     link = Path(link)
     if link.is_symlink():
-        target = os.readlink(link)
-        confined(link, link.parent, target)
-        return target
+        return os.readlink(link)
     if not link.is_file():
         return None
     try:
@@ -322,7 +325,7 @@ def resolve_checkpoint(path: str | os.PathLike[str]) -> Path:
             return candidate.resolve()
     for link, name in named.items():
         if name is not None and not (link.parent / name).exists():
-            raise CheckpointError(f"{link} points at {name}, which is missing; pass a step_* checkpoint")
+            raise CheckpointError(f"{link} points at {printable(name)}, which is missing; pass a step_* checkpoint")
     raise CheckpointError(
         f"{p} holds no flowrl-deploy checkpoint (no {DOCUMENT_FILE}, no {LAST}/ or {CHECKPOINTS_DIR}/{LAST}/)"
     )
@@ -332,24 +335,27 @@ def resume_point(path: str | os.PathLike[str]) -> tuple[Path, str | None]:
     """The checkpoint that resuming ``path`` continues, and a warning or None: the checkpoint it names,
     or for a run directory (or its ``checkpoints/``) the newest complete ``step_*`` one (each is renamed
     into place whole). That is ``last``'s, unless the run was killed between saving a checkpoint and
-    moving ``last`` to it; the warning then says that ``last`` is behind."""
-    p = Path(path)
+    moving ``last`` to it; the warning then says that ``last`` is behind.
+
+    A checkpoint of a run's checkpoints folder (reached through a link, a pointer file or a file of it) must lie
+    in that folder, and is returned as the run names it (:func:`confined`): a link planted in run A must not
+    make ``--resume A`` continue, and write into, run B."""
+    p = Path(os.path.abspath(path))  # not resolved: `--resume step_…` from inside a checkpoints folder is in it
     folder = p if p.name == CHECKPOINTS_DIR else p / CHECKPOINTS_DIR
     if (p / DOCUMENT_FILE).exists() or not folder.is_dir():
-        if p.parent.name == CHECKPOINTS_DIR:  # a run's checkpoint, or its last or best: in that run
-            if p.name in (LAST, BEST):
-                read_checkpoint_link(p)
-            confined(p, p.parent)
-        return resolve_checkpoint(p), None
+        entry = p.parent if p.name in (DOCUMENT_FILE, MODEL_FILE) else p
+        if entry.parent.name != CHECKPOINTS_DIR:  # in no run's folder: run_to_resume says so
+            return resolve_checkpoint(p), None
+        return confined(entry, entry.parent, resolve_checkpoint(p)), None
     steps = {step: c for step, c in run_checkpoints(folder).items() if (c / DOCUMENT_FILE).is_file()}
-    if not steps:
-        return resolve_checkpoint(p), None
-    newest = steps[max(steps)].resolve()
     last = folder / LAST
+    if not steps:
+        return confined(last, folder, resolve_checkpoint(p)), None
+    newest = steps[max(steps)]
     name = read_checkpoint_link(last)
-    if name is not None and (folder / name).resolve() == newest:
+    if name is not None and os.path.realpath(folder / name) == os.path.realpath(newest):
         return newest, None
-    behind = "is missing" if name is None else f"points at {name}"
+    behind = "is missing" if name is None else f"points at {printable(name)}"
     return newest, (
         f"{last} {behind}, not at the newest complete checkpoint {newest.name} (the run was killed between "
         f"saving a checkpoint and moving {LAST}?); resuming {newest.name}"

@@ -97,13 +97,13 @@ class RunCheckpoints:
     def _prune(self) -> None:
         linked = set()
         for link in (LAST, BEST):
-            with contextlib.suppress(CheckpointError):  # a link out of the run, or a foreign file: names none here
+            with contextlib.suppress(CheckpointError):  # a foreign file: names none here
                 name = read_checkpoint_link(self.dir / link)
                 if name is not None and (self.dir / name).exists():
-                    linked.add((self.dir / name).resolve())
-        for path in self.dir.glob("step_*"):
+                    linked.add(os.path.realpath(self.dir / name))
+        for path in self.dir.glob("step_*"):  # realpath: a symlink loop is no RuntimeError here
             step = step_of(path.name)
-            if step is not None and path.resolve() not in linked and not self._is_periodic(step):
+            if step is not None and os.path.realpath(path) not in linked and not self._is_periodic(step):
                 shutil.rmtree(path, ignore_errors=True)
         for partial in self.dir.glob(".step_*.tmp-*"):
             shutil.rmtree(partial, ignore_errors=True)

@@ -366,8 +366,7 @@ def _prepare_run(cfg: TrainConfig, resume: str | Path | None, progress: bool) ->
     """Lock the run directory, check the run's outputs and settings, make its envs and networks, restore
     a resumed run's state, and make every output (or find it unwritable) before step 0, or the first step
     after a resume. A refusal unlocks, and removes the folders the lock made."""
-    start, behind = (None, None) if resume is None else resume_point(resume)
-    start = None if start is None else start.resolve()
+    start, behind = (None, None) if resume is None else resume_point(resume)  # as its run names it
     run_dir = Path(cfg.out) if start is None else run_to_resume(start)
     if run_dir.exists() and not run_dir.is_dir():
         raise FlowRLError(f"--out {run_dir} is a file, not a directory; choose a directory for the run")
@@ -423,7 +422,9 @@ def _prepare_locked_run(
             counters = _restore(start, agent, replay, action_rng)
         checkpoints = RunCheckpoints(run_dir, cfg.save_every)
         linked = read_checkpoint_link(checkpoints.dir / LAST)  # not the resumed one: killed before moving it
-        moved = start is not None and (linked is None or (checkpoints.dir / linked).resolve() != start)
+        moved = start is not None and (
+            linked is None or os.path.realpath(checkpoints.dir / linked) != os.path.realpath(start)
+        )
         if moved:
             link_checkpoint(checkpoints.dir, LAST, start)
         cfg.save(run_dir)

@@ -356,15 +356,63 @@ class TestConfinedToTheRun:
         for path in (tmp_path / "A", last, last.parent):
             with pytest.raises(ckpt.CheckpointError, match=f"^{re.escape(message)}"):
                 ckpt.resume_point(path)
-        with pytest.raises(ckpt.CheckpointError, match=f"^{re.escape(message)}"):
-            ckpt.read_checkpoint_link(last)
+        assert ckpt.read_checkpoint_link(last) == "../../B/checkpoints/step_000000200"  # reading it is no resume
+
+    def test_a_relative_path_from_inside_the_folder_is_confined_too(self, tmp_path, monkeypatch):
+        """`cd A/checkpoints && flowrl train --resume step_…`: the entry's folder was '' there, so not checked."""
+        folder = fake_run(tmp_path / "A", 200)
+        other = fake_run(tmp_path / "B", 200) / "step_000000200"
+        (folder / "step_000099999").symlink_to(other)
+        monkeypatch.chdir(folder)
+        for path in ("step_000099999", "step_000099999/checkpoint.json", "."):
+            with pytest.raises(ckpt.CheckpointError, match="step_000099999 leads out of "):
+                ckpt.resume_point(path)
+
+    @pytest.mark.parametrize("given", ["run", "last", "checkpoint.json"])
+    def test_a_checkpoint_reached_through_a_pointer_file_or_its_files_is_confined(self, tmp_path, given):
+        """The link checks looked at the entry named: a pointer file `last` (a regular file) naming `evil`, a link
+        to run B's checkpoint, or `A/checkpoints/evil/checkpoint.json`, led the resume into run B."""
+        folder = tmp_path / "A" / ckpt.CHECKPOINTS_DIR
+        folder.mkdir(parents=True)
+        other = fake_run(tmp_path / "B", 200) / "step_000000200"
+        (folder / "evil").symlink_to(other)
+        (folder / ckpt.LAST).write_text("evil\n")
+        path = {"run": tmp_path / "A", "last": folder / ckpt.LAST, "checkpoint.json": folder / "evil" / given}[given]
+        with pytest.raises(ckpt.CheckpointError, match=f"leads out of {re.escape(str(folder))} "):
+            ckpt.resume_point(path)
 
     def test_links_inside_the_folder_still_resolve(self, tmp_path):
         folder = fake_run(tmp_path, 200)
         ckpt.link_checkpoint(folder, ckpt.BEST, folder / "step_000000200")
         assert ckpt.read_checkpoint_link(folder / ckpt.BEST) == "step_000000200"
         assert ckpt.resolve_checkpoint(folder / ckpt.BEST) == (folder / "step_000000200").resolve()
-        moved = tmp_path / "elsewhere"  # a run whose checkpoints folder is itself a link (to scratch storage)
-        folder.rename(moved)
-        folder.symlink_to(moved)
-        assert ckpt.resume_point(tmp_path) == ((moved / "step_000000200").resolve(), None)
+
+    def test_a_checkpoints_folder_that_is_a_link_resumes_under_the_run(self, tmp_path):
+        """A run's checkpoints/ linked to scratch storage: the checkpoint came back as the scratch path, which
+        lies in no run (no config.json beside), so `flowrl train --resume` of the run was refused."""
+        run = tmp_path / "runs" / "y"
+        moved = fake_run(tmp_path / "scratch", 100, 200).rename(tmp_path / "scratch" / "y_ckpts")
+        run.mkdir(parents=True)
+        (run / ckpt.CHECKPOINTS_DIR).symlink_to(os.path.relpath(moved, run))
+        newest = run / ckpt.CHECKPOINTS_DIR / "step_000000200"
+        for path in (run, run / ckpt.CHECKPOINTS_DIR, newest, run / ckpt.CHECKPOINTS_DIR / ckpt.LAST):
+            assert ckpt.resume_point(path) == (newest, None)
+        older = newest.with_name("step_000000100")
+        assert ckpt.resume_point(older) == (older, None)
+
+
+class TestLinksOutsideARun:
+    """A user's own links to a run's checkpoints (`deploy/best -> ../runs/x/checkpoints/best`) were refused by
+    every reader (export, eval, serve, --watch) when the run's links were confined to its folder: only a resume,
+    which writes into the run, is confined."""
+
+    def test_every_reader_follows_them(self, tmp_path):
+        folder = fake_run(tmp_path / "runs" / "x", 100)
+        ckpt.link_checkpoint(folder, ckpt.BEST, folder / "step_000000100")
+        deploy = tmp_path / "deploy"
+        deploy.mkdir()
+        (deploy / ckpt.BEST).symlink_to("../runs/x/checkpoints/best")
+        (deploy / ckpt.LAST).symlink_to("../runs/x/checkpoints/step_000000100")
+        assert ckpt.read_checkpoint_link(deploy / ckpt.BEST) == "../runs/x/checkpoints/best"
+        for path in (deploy, deploy / ckpt.LAST, deploy / ckpt.BEST):
+            assert ckpt.resolve_checkpoint(path) == (folder / "step_000000100").resolve()

@@ -232,3 +232,14 @@ def test_a_report_onto_a_file_that_is_not_a_report_is_refused_before_exporting(r
     out = tmp_path / "p.onnx"
     refused(["export", str(run_dir), "--out", str(out), "--json", str(other)], f"--json {other} {NOT_A_REPORT}")
     assert other.read_bytes() == b"\x08\x09an onnx model" and not out.exists()
+
+
+def test_a_users_own_link_to_a_runs_checkpoint_is_exported(run_dir, tmp_path):
+    """`deploy/best -> ../run/checkpoints/last`, a user's link outside the run, was refused as leading out of its
+    folder: only resuming a run confines its links to the run's checkpoints folder."""
+    deploy = tmp_path / "deploy"
+    deploy.mkdir()
+    (deploy / "best").symlink_to(os.path.relpath(run_dir / "checkpoints" / "last", deploy))
+    result = runner.invoke(app, ["export", str(deploy / "best"), "--out", str(tmp_path / "p.onnx")])
+    assert result.exit_code == 0, result.output
+    assert (tmp_path / "p.onnx").is_file()

@@ -3,13 +3,15 @@ like a step but not one (`step_²`), or a link another user planted there. Only 
 checkpoints; the others are left alone (a save crashed on them with a traceback); a link leading to another
 run's checkpoint is refused (`--resume A` trained on in run B)."""
 
+import os
 import shutil
+from pathlib import Path
 
 import pytest
 from tiny_training import TINY
 from typer.testing import CliRunner
 
-from flowrl_deploy.checkpoint import BEST, CHECKPOINTS_DIR, DOCUMENT_FILE, METRICS_JSONL
+from flowrl_deploy.checkpoint import BEST, CHECKPOINTS_DIR, DOCUMENT_FILE, LAST, METRICS_JSONL
 from flowrl_deploy.cli import app
 from flowrl_deploy.errors import FlowRLError
 from flowrl_deploy.train.checkpointing import RunCheckpoints, holds_checkpoints, run_to_resume
@@ -84,3 +86,33 @@ def test_resuming_a_run_with_a_step_link_into_another_run_is_refused_and_changes
     )
     assert {run: sorted(str(p) for p in run.rglob("*")) for run in (a, b)} == before
     assert (b / METRICS_JSONL).read_bytes() == metrics
+
+
+def test_a_run_whose_checkpoints_folder_is_a_link_to_scratch_resumes(finished_run, tmp_path):
+    """The README's `checkpoints/` linked to scratch storage: `--resume` took the checkpoint as the scratch
+    path, which lies in no run (no config.json beside it), and refused the run."""
+    run = shutil.copytree(finished_run, tmp_path / "runs" / "y", symlinks=True)
+    scratch = shutil.move(run / CHECKPOINTS_DIR, tmp_path / "scratch" / "y_ckpts")
+    (run / CHECKPOINTS_DIR).symlink_to(os.path.relpath(scratch, run))
+    result = train(TrainConfig(steps=400, out=str(run), **TINY), resume=run, progress=False)
+    assert result.last_checkpoint == run / CHECKPOINTS_DIR / "step_000000400"
+    assert (Path(scratch) / "step_000000400" / DOCUMENT_FILE).is_file()
+    assert os.readlink(Path(scratch) / LAST) == "step_000000400"
+    assert len((run / METRICS_JSONL).read_text().splitlines()) > len(
+        (finished_run / METRICS_JSONL).read_text().splitlines()
+    )
+
+
+def test_resuming_from_inside_the_checkpoints_folder_through_a_link_into_another_run_is_refused(
+    finished_run, tmp_path, monkeypatch
+):
+    """`cd A/checkpoints && flowrl train --resume step_…` was not confined: it continued run B."""
+    a = shutil.copytree(finished_run, tmp_path / "A", symlinks=True)
+    b = shutil.copytree(finished_run, tmp_path / "B", symlinks=True)
+    (a / CHECKPOINTS_DIR / "step_000099999").symlink_to(b / CHECKPOINTS_DIR / "step_000000200")
+    before = sorted(str(p) for p in b.rglob("*"))
+    monkeypatch.chdir(a / CHECKPOINTS_DIR)
+    result = runner.invoke(app, ["train", "--resume", "step_000099999", "--steps", "400", "--no-progress"])
+    assert result.exit_code == 1
+    assert result.output.startswith(f"error: {a / CHECKPOINTS_DIR / 'step_000099999'} leads out of ")
+    assert sorted(str(p) for p in b.rglob("*")) == before
