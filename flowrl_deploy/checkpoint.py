@@ -95,7 +95,9 @@ def confined(entry: Path, folder: Path, reached: Path | None = None) -> Path:
     continues, and writes into, the run a checkpoint lies in. Both sides are compared where they lead, so a
     ``folder`` that is itself a link (to scratch storage) holds the run's checkpoints. Only a resume (and what
     it reads, :func:`resume_point`) is confined: a reader follows a user's links wherever they lead."""
-    real = Path(os.path.realpath(entry if reached is None else reached))
+    real = Path(os.path.realpath(entry if reached is None else reached))  # realpath: no RuntimeError on a loop
+    if os.path.islink(real):  # what realpath leaves of a loop
+        raise CheckpointError(f"{entry} is a symbolic link loop; remove it")
     if real.parent != Path(os.path.realpath(folder)):
         to = os.readlink(entry) if entry.is_symlink() else real
         raise CheckpointError(

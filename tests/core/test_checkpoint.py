@@ -416,3 +416,23 @@ class TestLinksOutsideARun:
         assert ckpt.read_checkpoint_link(deploy / ckpt.BEST) == "../runs/x/checkpoints/best"
         for path in (deploy, deploy / ckpt.LAST, deploy / ckpt.BEST):
             assert ckpt.resolve_checkpoint(path) == (folder / "step_000000100").resolve()
+
+
+class TestLinkLoops:
+    """`Path.resolve` raised RuntimeError ('Symlink loop') in the link checks: a traceback from export, serve,
+    resume and a running job's next save, where there was one line."""
+
+    def test_a_looping_last_is_named(self, tmp_path):
+        folder = tmp_path / ckpt.CHECKPOINTS_DIR
+        folder.mkdir()
+        (folder / ckpt.LAST).symlink_to(ckpt.LAST)
+        for read in (ckpt.resolve_checkpoint, ckpt.resume_point):
+            with pytest.raises(CheckpointError, match=f"^{re.escape(str(folder / ckpt.LAST))} points at last, "):
+                read(tmp_path)
+
+    def test_a_looping_step_is_named(self, tmp_path):
+        folder = fake_run(tmp_path, 200)
+        (folder / "step_000000300").symlink_to("step_000000300")
+        loop = folder / "step_000000300"
+        with pytest.raises(CheckpointError, match=f"^{re.escape(str(loop))} is a symbolic link loop; remove it$"):
+            ckpt.resume_point(tmp_path)

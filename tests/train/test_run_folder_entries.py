@@ -52,6 +52,15 @@ def test_a_save_survives_a_best_link_leading_out_of_the_run(tmp_path):
     assert sorted(p.name for p in checkpoints.dir.iterdir()) == ["best", "last", "step_000000100"]
 
 
+def test_a_save_survives_symbolic_link_loops_in_the_folder(tmp_path):
+    """Path.resolve raised RuntimeError ('Symlink loop') in pruning: a running job died at its next save."""
+    checkpoints = RunCheckpoints(tmp_path / "run", save_every=0)
+    (checkpoints.dir / "step_000000050").symlink_to("step_000000050")
+    (checkpoints.dir / BEST).symlink_to(BEST)
+    checkpoints.save(100, _write)
+    assert sorted(p.name for p in checkpoints.dir.iterdir()) == ["best", "last", "step_000000050", "step_000000100"]
+
+
 def test_only_saves_make_a_folder_a_runs(tmp_path):
     for name in FOREIGN:
         (tmp_path / CHECKPOINTS_DIR / name).mkdir(parents=True)
