@@ -69,6 +69,10 @@ HEALTH = f"/{health.SERVICE_NAME}/"
 HEALTH_CHECKS = 2
 """Health Checks (and Lists) in flight at most, on threads of their own: a Check answers at once, but
 one whose request message never comes holds its thread, and health needs no token."""
+HEALTH_MESSAGE_S = 1.0
+"""A health call's request message (a few bytes, sent with the call) must come within this many
+seconds, or the call is cancelled: two Checks that never sent it held both health threads for as long
+as their client liked, and every probe was refused (a liveness probe then restarted a healthy server)."""
 SPARE_THREADS = WATCH_STREAMS + REFLECTION_STREAMS + CONTROL_CALLS + HEALTH_CHECKS
 """Handler threads beyond ``--workers``: one for each call the caps let in besides the workers', the
 capped Watch and reflection streams, the control calls and the health Checks (so that a probe is
@@ -92,6 +96,9 @@ class Cap(NamedTuple):
     limit: str
     flag: str = ""
     code: grpc.StatusCode = grpc.StatusCode.RESOURCE_EXHAUSTED
+    message_s: float | None = None
+    """A unary-request call's message must come within this many seconds, or the call is cancelled
+    (None: no bound, as for calls that need the token)."""
 
     @property
     def warning(self) -> str:
@@ -115,10 +122,24 @@ def _held(replies: Iterator, returned: Callable[[], None]) -> Iterator:
     return stream
 
 
-def _only(requests: Iterator, method: str, context: grpc.ServicerContext):
+def _only(requests: Iterator, method: str, context: grpc.ServicerContext, within_s: float | None = None):
     """A unary method's request message, read from its call's request stream as gRPC reads it: the
-    first message, any after it ignored; none is refused with gRPC's UNIMPLEMENTED."""
-    request = next(requests, None)
+    first message, any after it ignored; none is refused with gRPC's UNIMPLEMENTED. With
+    ``within_s``, a message that has not come by then cancels the call (its client sees CANCELLED):
+    gRPC's sync server has no read timeout, and only a cancel wakes a handler waiting for a message."""
+    timer = None
+    if within_s is not None:
+        timer = threading.Timer(within_s, context.cancel)
+        timer.daemon = True
+        try:
+            timer.start()
+        except RuntimeError:  # no thread can start (an address-space limit): wait unbounded, as before
+            timer = None
+    try:
+        request = next(requests, None)
+    finally:
+        if timer is not None:
+            timer.cancel()
     if request is None:
         context.abort(grpc.StatusCode.UNIMPLEMENTED, f'"{method}" requires exactly one request message.')
     return request
@@ -175,8 +196,15 @@ class OpenStreams(grpc.ServerInterceptor):
                 f"at most {WATCH_STREAMS} open health Watch streams",
                 "watch",
                 code=grpc.StatusCode.UNIMPLEMENTED,
+                message_s=HEALTH_MESSAGE_S,
             ),
-            Cap(HEALTH, HEALTH_CHECKS, f"at most {HEALTH_CHECKS} health Checks in flight", "health"),  # after Watch
+            Cap(  # after Watch
+                HEALTH,
+                HEALTH_CHECKS,
+                f"at most {HEALTH_CHECKS} health Checks in flight",
+                "health",
+                message_s=HEALTH_MESSAGE_S,
+            ),
             Cap(
                 f"/{reflection.SERVICE_NAME}/",
                 REFLECTION_STREAMS,
@@ -213,7 +241,8 @@ class OpenStreams(grpc.ServerInterceptor):
                 self._on_refused(method.rsplit("/", 1)[-1], cap)
                 context.abort(cap.code, cap.refusal)
             try:
-                request = requests if handler.request_streaming else _only(requests, method, context)
+                within_s = None if cap is None else cap.message_s
+                request = requests if handler.request_streaming else _only(requests, method, context, within_s)
                 replies = behavior(request, context)
             except BaseException:
                 ended()

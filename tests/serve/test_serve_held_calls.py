@@ -16,7 +16,7 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 from flowrl_deploy.codec import encode
 from flowrl_deploy.proto.flowrl.v1 import policy_pb2 as pb
 from flowrl_deploy.proto.flowrl.v1 import policy_pb2_grpc as pb_grpc
-from flowrl_deploy.serve import PolicyServer, ServeConfig
+from flowrl_deploy.serve import PolicyServer, ServeConfig, interceptors
 from flowrl_deploy.serve.interceptors import CONTROL_CALLS, HEALTH_CHECKS, SERVICE_NAME, SPARE_THREADS
 
 OBS = [0.1, -0.2, 0.3]
@@ -95,9 +95,10 @@ def test_calls_waiting_for_their_message_leave_health_checks_and_refusals_answer
             assert (refused.value.code(), refused.value.details()) == (grpc.StatusCode.RESOURCE_EXHAUSTED, BUSY)
 
 
-def test_health_checks_waiting_for_their_message_are_capped(policy_path, held):
+def test_health_checks_waiting_for_their_message_are_capped(policy_path, held, monkeypatch):
     """Health Checks need no token: held open, they take at most their own threads, never the
     workers'."""
+    monkeypatch.setattr(interceptors, "HEALTH_MESSAGE_S", 60.0)  # held for the whole test
     config = ServeConfig(str(policy_path), port=0, workers=2, token="s3cret", grace_s=0)
     with PolicyServer(config).start() as server, grpc.insecure_channel(server.address) as channel:
         calls = [held(channel, "/grpc.health.v1.Health/Check") for _ in range(config.workers + SPARE_THREADS + 20)]
@@ -106,6 +107,23 @@ def test_health_checks_waiting_for_their_message_are_capped(policy_path, held):
         assert outcomes == {"held": HEALTH_CHECKS, refused: len(calls) - HEALTH_CHECKS}
         reply = pb_grpc.PolicyServiceStub(channel).Act(pb.ActRequest(obs=encode(OBS)), metadata=TOKEN, timeout=5)
         assert reply.action.shape == [2]
+
+
+@pytest.mark.parametrize("method", ["Check", "Watch"])
+def test_health_calls_whose_message_never_comes_end_and_free_their_slots(policy_path, held, method):
+    """Two Checks that never sent their message held both health slots for as long as their client
+    liked, and every probe was refused: a kubelet's liveness probe then restarted a healthy pod, in a
+    loop. A health call's message (a few bytes) must come within HEALTH_MESSAGE_S."""
+    config = ServeConfig(str(policy_path), port=0, workers=2, grace_s=0)
+    with PolicyServer(config).start() as server, grpc.insecure_channel(server.address) as channel:
+        calls = [held(channel, f"/grpc.health.v1.Health/{method}") for _ in range(interceptors.HEALTH_CHECKS)]
+        outcomes = [ended(call, wait=interceptors.HEALTH_MESSAGE_S + 5) for call in calls]
+        assert {outcome[0] for outcome in outcomes} == {grpc.StatusCode.CANCELLED}, outcomes
+        assert server._streams.wait_idle(5)  # their slots are free
+        with grpc.insecure_channel(server.address) as prober:
+            reply = health_pb2_grpc.HealthStub(prober).Check(health_pb2.HealthCheckRequest(), timeout=5)
+        assert reply.status == health_pb2.HealthCheckResponse.SERVING
+        assert server._streams.wait_idle(5)
 
 
 @pytest.mark.parametrize(
