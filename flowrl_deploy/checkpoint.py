@@ -249,20 +249,18 @@ def link_checkpoint(checkpoints_dir: str | os.PathLike[str], name: str, target: 
 
 
 def _symlink_swap(directory: Path, name: str, target_name: str) -> bool:
-    """Swap the symlink; False where this system or account cannot make one (Windows without the
-    privilege: WinError 1314; a file system without symlinks: EPERM)."""
+    """Swap the symlink; False where the file system cannot hold one (EPERM or EOPNOTSUPP: a FAT or exFAT
+    drive, a CIFS share mounted without mfsymlinks). Never called on Windows (:data:`SYMLINK_LINKS`)."""
     tmp_link = directory / f".{name}.link-{os.getpid()}"
     try:
         if tmp_link.is_symlink() or tmp_link.exists():
             tmp_link.unlink()
         os.symlink(target_name, tmp_link)
         os.replace(tmp_link, directory / name)
-    except (NotImplementedError, AttributeError):  # no os.symlink on this system
-        return False
     except OSError as exc:
         with contextlib.suppress(OSError):
             tmp_link.unlink()
-        if getattr(exc, "winerror", None) == 1314 or exc.errno in (errno.EPERM, errno.EOPNOTSUPP):
+        if exc.errno in (errno.EPERM, errno.EOPNOTSUPP):
             return False
         raise CheckpointError(f"cannot point {directory / name} at {target_name}: {_reason(exc)}") from exc
     return True

@@ -188,8 +188,8 @@ def _windows_physical_memory() -> int:
 
     class MemoryStatusEx(ctypes.Structure):
         _fields_ = [
-            ("dwLength", ctypes.c_ulong),
-            ("dwMemoryLoad", ctypes.c_ulong),
+            ("dwLength", ctypes.c_uint32),  # DWORD: 32 bits (c_ulong is only on Windows)
+            ("dwMemoryLoad", ctypes.c_uint32),
             ("ullTotalPhys", ctypes.c_ulonglong),
             ("ullAvailPhys", ctypes.c_ulonglong),
             ("ullTotalPageFile", ctypes.c_ulonglong),

@@ -29,7 +29,8 @@ SPEC = PolicySpec(obs_dim=3, act_dim=1, action_low=(-2.0,), action_high=(2.0,), 
 
 @pytest.mark.parametrize("sysconf", ["missing", "negative"])
 def test_without_a_ram_figure_the_memory_check_is_skipped(sysconf, monkeypatch):
-    """Windows has no os.sysconf (AttributeError before training); an old macOS answered -1, which refused every run."""
+    """No os.sysconf (Windows: AttributeError before training) and no other answer; an old macOS answered -1,
+    which refused every run."""
     if sysconf == "missing":
         monkeypatch.delattr(os, "sysconf")
     else:
@@ -39,6 +40,28 @@ def test_without_a_ram_figure_the_memory_check_is_skipped(sysconf, monkeypatch):
     assert memory_shortfall(SPEC, huge, loop.torch.device("cpu")) is None
 
 
+@pytest.mark.parametrize(("answers", "ram"), [(True, 12 * 2**30), (False, None)])
+def test_windows_ram_comes_from_global_memory_status_ex(answers, ram, monkeypatch):
+    """No os.sysconf on Windows: the RAM is kernel32's GlobalMemoryStatusEx (a stub here), or unknown when it fails."""
+    import ctypes
+
+    def global_memory_status_ex(status_ref):
+        status = status_ref._obj
+        assert status.dwLength == ctypes.sizeof(status) == 64  # MEMORYSTATUSEX's size, which Windows checks
+        status.ullTotalPhys = 12 * 2**30
+        return int(answers)
+
+    kernel32 = type("Kernel32", (), {"GlobalMemoryStatusEx": staticmethod(global_memory_status_ex)})
+    monkeypatch.setattr(ctypes, "windll", type("WinDLL", (), {"kernel32": kernel32}), raising=False)
+    monkeypatch.delattr(os, "sysconf")
+    monkeypatch.setattr(os, "name", "nt")
+    try:
+        found = physical_memory_bytes()
+    finally:
+        monkeypatch.undo()  # os.name back before pytest makes a Path
+    assert found == ram
+
+
 def test_the_memory_check_still_refuses_on_linux():
     huge = TrainConfig(env="Pendulum-v1", hidden=16, buffer_size=10**11)
     assert physical_memory_bytes() > 2**20
@@ -46,24 +69,57 @@ def test_the_memory_check_still_refuses_on_linux():
 
 
 class FakeMsvcrt:
-    """msvcrt.locking as Windows does it, on flock: a non-blocking lock held by another handle fails with EACCES."""
+    """msvcrt.locking as Windows does it, on flock: it locks ``nbytes`` at the handle's position; a non-blocking
+    lock held by another handle fails with EACCES, and so does another handle's read of locked bytes (until the
+    holder unlocks or closes its handle). Install it with :meth:`install`."""
 
     LK_NBLCK, LK_UNLCK = 2, 0
 
-    @staticmethod
-    def locking(fd: int, mode: int, nbytes: int) -> None:
+    def __init__(self) -> None:
+        self.locked: dict[int, tuple[tuple[int, int], int, int]] = {}  # fd -> (file, first byte, end)
+
+    def install(self, monkeypatch: pytest.MonkeyPatch) -> FakeMsvcrt:
+        real_read, real_close = os.read, os.close
+
+        def read(fd: int, n: int) -> bytes:
+            start = os.lseek(fd, 0, os.SEEK_CUR)
+            for holder, (file, first, end) in self.locked.items():
+                if holder != fd and file == _file(fd) and start < end and first < start + n:
+                    raise PermissionError(errno.EACCES, "The process cannot access the file: it is locked")
+            return real_read(fd, n)
+
+        def close(fd: int) -> None:
+            self.locked.pop(fd, None)  # Windows drops a handle's locks when it is closed
+            real_close(fd)
+
+        monkeypatch.setattr(os, "read", read)
+        monkeypatch.setattr(os, "close", close)
+        monkeypatch.setattr(checkpointing, "fcntl", None)
+        monkeypatch.setattr(checkpointing, "msvcrt", self)
+        return self
+
+    def locking(self, fd: int, mode: int, nbytes: int) -> None:
         try:
-            fcntl.flock(fd, (fcntl.LOCK_EX | fcntl.LOCK_NB) if mode == FakeMsvcrt.LK_NBLCK else fcntl.LOCK_UN)
+            fcntl.flock(fd, (fcntl.LOCK_EX | fcntl.LOCK_NB) if mode == self.LK_NBLCK else fcntl.LOCK_UN)
         except BlockingIOError:
             raise PermissionError(errno.EACCES, "Permission denied") from None
+        start = os.lseek(fd, 0, os.SEEK_CUR)
+        if mode == self.LK_NBLCK:
+            self.locked[fd] = (_file(fd), start, start + nbytes)
+        else:
+            self.locked.pop(fd, None)
+
+
+def _file(fd: int) -> tuple[int, int]:
+    status = os.fstat(fd)
+    return status.st_dev, status.st_ino
 
 
 def test_without_flock_the_run_is_locked_with_msvcrt(monkeypatch, tmp_path):
-    monkeypatch.setattr(checkpointing, "fcntl", None)
-    monkeypatch.setattr(checkpointing, "msvcrt", FakeMsvcrt)
+    FakeMsvcrt().install(monkeypatch)
     monkeypatch.delattr(os, "pread")  # none on Windows: the holder is read with lseek and read
     out = tmp_path / "run"
-    lock = RunLock(out, new_run=True)
+    lock = RunLock(out, new_run=True)  # its lock lies past the holder's JSON, which the refused run reads
     try:
         assert lock.unlocked is None
         with pytest.raises(FlowRLError, match=rf"--out {out} is in use by another flowrl train \(pid {os.getpid()} on"):
@@ -99,8 +155,7 @@ def test_a_run_and_its_resume_work_on_windows_file_systems(monkeypatch, tmp_path
     monkeypatch.setattr(atomic, "DIRECTORY_FSYNC", False)
     monkeypatch.setattr(ckpt, "SYMLINK_LINKS", False)
     monkeypatch.delattr(os, "sysconf")
-    monkeypatch.setattr(checkpointing, "fcntl", None)
-    monkeypatch.setattr(checkpointing, "msvcrt", FakeMsvcrt)
+    FakeMsvcrt().install(monkeypatch)
     out = tmp_path / "run"
     train(TrainConfig(steps=200, out=str(out), **{**TINY, "save_every": 0}), progress=False)
     last = out / "checkpoints" / "last"
