@@ -282,9 +282,10 @@ def read_checkpoint_link(link: str | os.PathLike[str]) -> str | None:
     except OSError as exc:
         raise CheckpointError(f"cannot read {link}: {_reason(exc)}") from exc
     name = data.decode("utf-8", "replace").strip()
-    if len(data) >= 256 or not name or name in (".", "..") or any(c in name for c in "/\\:\n\0"):
+    if len(data) >= 256 or name in ("", ".", "..") or not name.isprintable() or any(c in name for c in "/\\:"):
         raise CheckpointError(
-            f"{link} is no checkpoint link: it should hold the name of a checkpoint folder beside it ({name[:60]!r})"
+            f"{link} is no checkpoint link: it should hold the name of a checkpoint folder beside it "
+            f"('{printable(name, 60)}')"
         )
     return name
 

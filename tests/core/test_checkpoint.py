@@ -436,3 +436,32 @@ class TestLinkLoops:
         loop = folder / "step_000000300"
         with pytest.raises(CheckpointError, match=f"^{re.escape(str(loop))} is a symbolic link loop; remove it$"):
             ckpt.resume_point(tmp_path)
+
+
+class TestUnprintableText:
+    """A link's target and a pointer file's text are chosen by whoever can write the folder: printed raw, a newline
+    forged a line of the refusal and an escape sequence drove the terminal."""
+
+    def test_a_link_target_is_escaped(self, tmp_path):
+        (tmp_path / "A" / ckpt.CHECKPOINTS_DIR).mkdir(parents=True)
+        fake_run(tmp_path / "B", 200)
+        (tmp_path / "B" / ckpt.CHECKPOINTS_DIR / "\x1b[31m\nFORGED").mkdir()
+        (tmp_path / "B" / ckpt.CHECKPOINTS_DIR / "\x1b[31m\nFORGED" / ckpt.DOCUMENT_FILE).write_text("{}")
+        (tmp_path / "A" / ckpt.CHECKPOINTS_DIR / ckpt.LAST).symlink_to("../../B/checkpoints/\x1b[31m\nFORGED")
+        with pytest.raises(CheckpointError, match="leads out of") as info:
+            ckpt.resume_point(tmp_path / "A")
+        assert "(to ../../B/checkpoints/\\x1b[31m\\nFORGED)" in str(info.value) and str(info.value).isprintable()
+
+    def test_a_pointer_file_with_unprintable_text_is_refused_escaped(self, tmp_path):
+        folder = fake_run(tmp_path, 200)
+        (folder / ckpt.LAST).unlink()
+        (folder / ckpt.LAST).write_bytes(b"step_1\r\x1b[2Kall good")
+        with pytest.raises(CheckpointError, match="is no checkpoint link") as info:
+            ckpt.resolve_checkpoint(tmp_path)
+        assert str(info.value).isprintable()
+
+    def test_a_missing_name_is_escaped(self, tmp_path):
+        (tmp_path / ckpt.CHECKPOINTS_DIR).mkdir()
+        (tmp_path / ckpt.CHECKPOINTS_DIR / ckpt.LAST).symlink_to("step_9\x1b[2K")
+        with pytest.raises(CheckpointError, match=re.escape("points at step_9\\x1b[2K, which is missing")):
+            ckpt.resolve_checkpoint(tmp_path)
