@@ -281,7 +281,7 @@ def read_checkpoint_link(link: str | os.PathLike[str]) -> str | None:
             data = f.read(256)
     except OSError as exc:
         raise CheckpointError(f"cannot read {link}: {_reason(exc)}") from exc
-    name = data.decode("utf-8", "replace").strip()
+    name = data.decode(json.detect_encoding(data), "replace").strip()  # as json.loads reads bytes: a BOM, UTF-16
     if len(data) >= 256 or name in ("", ".", "..") or not name.isprintable() or any(c in name for c in "/\\:"):
         raise CheckpointError(
             f"{link} is no checkpoint link: it should hold the name of a checkpoint folder beside it "

@@ -465,3 +465,16 @@ class TestUnprintableText:
         (tmp_path / ckpt.CHECKPOINTS_DIR / ckpt.LAST).symlink_to("step_9\x1b[2K")
         with pytest.raises(CheckpointError, match=re.escape("points at step_9\\x1b[2K, which is missing")):
             ckpt.resolve_checkpoint(tmp_path)
+
+
+class TestPointerFileEncodings:
+    """A `last` rolled back by hand on Windows: Notepad writes a byte-order mark, PowerShell 5's `echo … > last`
+    UTF-16; the JSON files are read in either, the pointer file was refused."""
+
+    @pytest.mark.parametrize("encoding", ["utf-8-sig", "utf-16", "utf-16-le", "utf-8"])
+    def test_a_hand_written_pointer_file_is_read(self, tmp_path, encoding):
+        folder = fake_run(tmp_path, 100, 200)
+        (folder / ckpt.LAST).unlink()
+        (folder / ckpt.LAST).write_bytes("step_000000100\r\n".encode(encoding))
+        assert ckpt.read_checkpoint_link(folder / ckpt.LAST) == "step_000000100"
+        assert ckpt.resolve_checkpoint(tmp_path) == (folder / "step_000000100").resolve()
