@@ -183,10 +183,15 @@ def _warn_of_open_access(config: ServeConfig, tls: bool, address: str) -> None:
 HANDSHAKE_TIMEOUT_S = 10.0
 """A connection that has not begun HTTP/2 (and TLS) this long after it was accepted is closed
 (with gRPC's default, silent TCP connections held the server's file descriptors for tens of seconds)."""
-CONNECTION_IDLE_S = 300.0
+CONNECTION_IDLE_S = 1800.0
 """A connection with no call in flight this long is closed (GOAWAY; its client reconnects on its
-next call): gRPC kept one for ever, its client answering the keepalive pings. An open stream, a
-robot's StreamAct between two requests included, is a call in flight."""
+next call; gRPC closes it between once and about twice this long): gRPC kept one for ever, its
+client answering the keepalive pings. An open stream, a robot's StreamAct between two requests
+included, is a call in flight; a client's keepalive pings are not (measured: pings every 5 s, a 6 s
+idle limit, closed after 11 s). Half an hour, not 5 minutes: the close is for the descriptors of
+silent peers, which ``--max-connections`` bounds already, and each close costs a client making
+sporadic calls a reconnect and, in a program that uses the client as a library, one gRPC INFO line
+on stderr ('Got goaway … connection idle'; ``GRPC_VERBOSITY=ERROR`` silences it)."""
 
 
 def connection_options(max_connections: int) -> list[tuple[str, int]]:

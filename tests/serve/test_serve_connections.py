@@ -112,3 +112,12 @@ def test_max_connections_beyond_the_file_descriptor_limit_is_warned_of(policy_pa
     with caplog.at_level("WARNING", logger="flowrl.serve"), PolicyServer(config).start():
         pass
     assert not [record for record in caplog.records if "--max-connections" in record.getMessage()]
+
+
+def test_the_idle_close_comes_after_half_an_hour_not_five_minutes():
+    """A PolicyClient making a call every few minutes reconnected (and its program's stderr got gRPC's
+    'Got goaway … connection idle' line) every 5 idle minutes; its keepalive pings do not count as
+    activity. The close is for silent peers' descriptors, which --max-connections bounds already."""
+    options = dict(server_module.connection_options(512))
+    assert options["grpc.max_connection_idle_ms"] >= 30 * 60 * 1000
+    assert options["grpc.max_allowed_incoming_connections"] == 512
