@@ -199,7 +199,8 @@ class ServerTLSFiles:
     that fail (a key of another certificate, a file caught half-written by a copy) are refused with
     a warning naming them, the files in use serve on, and the next change is read again. A
     certificate that has expired, or will within :data:`EXPIRY_WARNING_DAYS`, is warned of at
-    start, at each change, and when it crosses either line while served.
+    start, at each change, and when it crosses either line while served, as :meth:`changed` or
+    :meth:`check_expiry` (which the server calls on a timer) first sees it.
 
     Raises:
         FlowRLError: at start, as :func:`check_key_pair` and :func:`read_certificates` do.
@@ -243,6 +244,19 @@ class ServerTLSFiles:
         if stage and stage != self._warned:
             log.warning(expiry_warning(self.loaded.expires, self.paths["--tls-cert"]))
         self._warned = stage
+
+    def check_expiry(self) -> None:
+        """Warn of the certificate in use crossing :data:`EXPIRY_WARNING_DAYS` or its expiry, as
+        :meth:`changed` does, without looking at the files: a server whose clients keep their
+        connections makes no handshake, and :meth:`changed` was never called. Never raises."""
+        if not self._lock.acquire(blocking=False):  # changed() is looking, and warns itself
+            return
+        try:
+            self._warn_of_expiry()
+        except Exception:
+            log.exception("checking the TLS certificate's expiry failed")
+        finally:
+            self._lock.release()
 
     def changed(self) -> ServerTLS | None:
         """The files as newly read and checked when they changed since they were last read, else

@@ -23,6 +23,7 @@ which measured the lowest batch-1 latency.
 from __future__ import annotations
 
 import contextlib
+import datetime
 import errno
 import logging
 import re
@@ -135,25 +136,39 @@ def _certificate_configuration(files: ServerTLS) -> grpc.ServerCertificateConfig
     return grpc.ssl_server_certificate_configuration([(files.key, files.cert)], root_certificates=files.client_ca)
 
 
-def server_credentials(config: ServeConfig, metrics: Metrics | None = None) -> grpc.ServerCredentials | None:
-    """TLS (and mTLS with ``client_ca``) credentials, or None for plaintext. The files are read
-    again when they change (:class:`~flowrl_deploy.tls.ServerTLSFiles`): gRPC asks on each new
-    connection's handshake, and connections already open keep theirs. ``metrics`` counts the changes."""
+def server_tls_files(config: ServeConfig) -> ServerTLSFiles | None:
+    """The server's TLS (and mTLS with ``client_ca``) files, read and checked, or None for plaintext."""
     if not (config.tls_cert or config.tls_key or config.client_ca):
         return None
     if not (config.tls_cert and config.tls_key):
         raise FlowRLError("TLS needs both --tls-cert and --tls-key")
-    files = ServerTLSFiles(config.tls_cert, config.tls_key, config.client_ca)
+    return ServerTLSFiles(config.tls_cert, config.tls_key, config.client_ca)
+
+
+def server_credentials(files: ServerTLSFiles, metrics: Metrics | None = None) -> grpc.ServerCredentials:
+    """TLS credentials of ``files`` (:func:`server_tls_files`), read again when they change: gRPC
+    asks on each new connection's handshake, and connections already open keep theirs. ``metrics``
+    counts the changes and, at each scrape, checks the certificate's expiry."""
     if metrics is not None:
-        metrics.tls = lambda: (files.rotations, files.refusals, files.loaded.expires)
+
+        def figures() -> tuple[int, int, datetime.datetime | None]:
+            files.check_expiry()
+            return files.rotations, files.refusals, files.loaded.expires
+
+        metrics.tls = figures
 
     def fetch() -> grpc.ServerCertificateConfiguration | None:  # never raises: gRPC would fail the handshake
         changed = files.changed()
         return None if changed is None else _certificate_configuration(changed)
 
     return grpc.dynamic_ssl_server_credentials(
-        _certificate_configuration(files.loaded), fetch, require_client_authentication=bool(config.client_ca)
+        _certificate_configuration(files.loaded), fetch, require_client_authentication="--client-ca" in files.paths
     )
+
+
+EXPIRY_CHECK_S = 60.0
+"""How often :func:`serve_forever` checks the served certificate's expiry (a warning as it crosses
+:data:`~flowrl_deploy.tls.EXPIRY_WARNING_DAYS` or expires), besides each new connection's handshake."""
 
 
 MIN_CLIENT_PING_S = 5
@@ -293,6 +308,7 @@ class PolicyServer:
         """Calls still in flight when :meth:`stop` returned: their handler threads run on."""
         self._metrics_http = None
         self._watcher: FileWatcher | None = None
+        self._tls_files: ServerTLSFiles | None = None
         self.port = 0
         self.metrics_port: int | None = None
 
@@ -318,6 +334,13 @@ class PolicyServer:
         """Where Prometheus metrics are served (``--host`` and the real port), or None."""
         return None if self.metrics_port is None else host_port(self.config.host, self.metrics_port)
 
+    def check_certificate(self) -> None:
+        """Warn of the served certificate crossing its expiry warning line or expiring (nothing
+        without TLS): a new connection's handshake checks too, but a fleet that holds its streams makes
+        none. :func:`serve_forever` calls it every :data:`EXPIRY_CHECK_S`, and so does each metrics scrape."""
+        if self._tls_files is not None:
+            self._tls_files.check_expiry()
+
     def _set_health(self, status: int) -> None:
         for name in ("", SERVICE_NAME):
             self.health.set(name, status)
@@ -335,7 +358,10 @@ class PolicyServer:
                     f"--steps applies to a checkpoint (exported on the fly); {config.model} is an ONNX file, "
                     "whose flow steps were fixed by `flowrl export --steps`: export it again, or serve the checkpoint"
                 )
-            credentials = server_credentials(config, self.servicer.metrics)
+            self._tls_files = server_tls_files(config)
+            credentials = (
+                None if self._tls_files is None else server_credentials(self._tls_files, self.servicer.metrics)
+            )
             refused = self.servicer.metrics.record_refused
             token = (
                 [TokenInterceptor(config.token, lambda method: refused(method, "UNAUTHENTICATED"))]
@@ -542,8 +568,12 @@ def serve_forever(
         if on_ready is not None and not signals:  # not "serving …" after a Ctrl-C during start-up
             on_ready(server)
         with gc_frozen():  # the loaded libraries' objects stay out of every later garbage collection
+            checked = time.monotonic()
             while not signals:
                 time.sleep(0.1)
+                if time.monotonic() - checked >= EXPIRY_CHECK_S:
+                    checked = time.monotonic()
+                    server.check_certificate()
         log.info("stopping on %s: finishing calls in flight", signal.Signals(signals[0]).name)
         stopping = time.monotonic()
     finally:

@@ -229,6 +229,17 @@ class TestServerFiles:
         (tmp_path / "key").unlink()
         assert served.changed() is None and served.refusals == 0
 
+    def test_a_certificate_crossing_a_line_is_warned_of_without_a_handshake(self, served, caplog, monkeypatch):
+        """A fleet holding its streams makes no new handshake, so changed() never ran and never warned."""
+        served.check_expiry()
+        assert not caplog.records  # 30 days left
+        monkeypatch.setattr(tls, "EXPIRY_WARNING_DAYS", 31)
+        served.check_expiry()
+        served.check_expiry()
+        assert [r.getMessage().split(" (")[0] for r in caplog.records] == [
+            f"--tls-cert {served.paths['--tls-cert']} expires in 29 days"
+        ]
+
     def test_a_served_certificate_nearing_its_expiry_is_warned_of_once(self, served, caplog, monkeypatch):
         assert served.changed() is None and not caplog.records  # 30 days left
         monkeypatch.setattr(tls, "EXPIRY_WARNING_DAYS", 31)

@@ -8,6 +8,8 @@ import datetime
 import logging
 import os
 import shutil
+import threading
+import time
 from pathlib import Path
 
 import grpc
@@ -175,3 +177,44 @@ def test_a_certificate_expired_or_expiring_at_start_is_warned_about_and_served(
 
 def test_plaintext_servers_show_no_tls_figures(server):
     assert "flowrl_tls" not in server.servicer.metrics.exposition()
+
+
+def test_a_certificate_crossing_its_warning_line_while_served_is_warned_of_without_a_new_connection(
+    policy_path, pki, caplog, monkeypatch, tmp_path
+):
+    """The warning came only from the handshake of a new connection: a fleet holding its streams never
+    saw it. ``flowrl serve`` checks on a timer (serve_forever), and a metrics scrape checks too."""
+    import signal
+
+    from flowrl_deploy.serve import serve_forever
+    from flowrl_deploy.serve import server as server_module
+
+    cert, key = pki["a"]
+    config = ServeConfig(str(policy_path), port=0, tls_cert=cert, tls_key=key, grace_s=0)
+
+    def warned() -> list[str]:
+        return [
+            r.getMessage() for r in caplog.records if r.levelno == logging.WARNING and "expires in" in r.getMessage()
+        ]
+
+    with PolicyServer(config).start() as server:
+        assert warned() == []  # 30 days left
+        monkeypatch.setattr(tls, "EXPIRY_WARNING_DAYS", 31)
+        server.servicer.metrics.exposition()
+        assert len(warned()) == 1
+    caplog.clear()
+    monkeypatch.setattr(tls, "EXPIRY_WARNING_DAYS", 7)
+    monkeypatch.setattr(server_module, "EXPIRY_CHECK_S", 0.1)
+
+    def then_nearing(server: PolicyServer) -> None:
+        def cross_then_stop() -> None:
+            monkeypatch.setattr(tls, "EXPIRY_WARNING_DAYS", 31)
+            deadline = time.monotonic() + 10
+            while not warned() and time.monotonic() < deadline:
+                time.sleep(0.05)
+            os.kill(os.getpid(), signal.SIGTERM)
+
+        threading.Thread(target=cross_then_stop, daemon=True).start()
+
+    serve_forever(config, on_ready=then_nearing)
+    assert len(warned()) == 1
