@@ -235,6 +235,26 @@ made: a FAT or exFAT drive) each is a pointer file holding the checkpoint's name
 :func:`read_checkpoint_link` reads both."""
 
 
+NO_SYMLINKS = (errno.EPERM, errno.EOPNOTSUPP)
+"""How Linux refuses a symlink on a file system that cannot hold one: a FAT or exFAT drive, a CIFS share mounted
+without mfsymlinks. :func:`link_checkpoint` then writes a pointer file."""
+
+
+def symlinks_refused(directory: Path) -> bool:
+    """Whether ``directory``'s file system refuses symlinks (:data:`NO_SYMLINKS`) on a system whose links are
+    symlinks (:data:`SYMLINK_LINKS`): :func:`link_checkpoint` writes pointer files there instead."""
+    if not SYMLINK_LINKS:
+        return False
+    probe = directory / f".symlink-probe-{os.getpid()}"
+    try:
+        os.symlink(".", probe)
+    except OSError as exc:
+        return exc.errno in NO_SYMLINKS  # another error (a read-only folder) is the save's to report
+    with contextlib.suppress(OSError):
+        probe.unlink()
+    return False
+
+
 def link_checkpoint(checkpoints_dir: str | os.PathLike[str], name: str, target: str | os.PathLike[str]) -> None:
     """Point ``checkpoints_dir/name`` (e.g. ``last``) at ``target`` with an atomic symlink swap, or where no
     symlink can be made (:data:`SYMLINK_LINKS`) an atomic write of a pointer file naming it."""
@@ -249,8 +269,8 @@ def link_checkpoint(checkpoints_dir: str | os.PathLike[str], name: str, target: 
 
 
 def _symlink_swap(directory: Path, name: str, target_name: str) -> bool:
-    """Swap the symlink; False where the file system cannot hold one (EPERM or EOPNOTSUPP: a FAT or exFAT
-    drive, a CIFS share mounted without mfsymlinks). Never called on Windows (:data:`SYMLINK_LINKS`)."""
+    """Swap the symlink; False where the file system cannot hold one (:data:`NO_SYMLINKS`). Never called on
+    Windows (:data:`SYMLINK_LINKS`)."""
     tmp_link = directory / f".{name}.link-{os.getpid()}"
     try:
         if tmp_link.is_symlink() or tmp_link.exists():
@@ -260,7 +280,7 @@ def _symlink_swap(directory: Path, name: str, target_name: str) -> bool:
     except OSError as exc:
         with contextlib.suppress(OSError):
             tmp_link.unlink()
-        if exc.errno in (errno.EPERM, errno.EOPNOTSUPP):
+        if exc.errno in NO_SYMLINKS:
             return False
         raise CheckpointError(f"cannot point {directory / name} at {target_name}: {_reason(exc)}") from exc
     return True

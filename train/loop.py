@@ -34,6 +34,7 @@ from flowrl_deploy.checkpoint import (
     read_spec,
     resume_point,
     save_checkpoint,
+    symlinks_refused,
 )
 from flowrl_deploy.errors import CheckpointError, FlowRLError, Interrupted
 from flowrl_deploy.spec import PolicySpec
@@ -436,6 +437,11 @@ def _prepare_locked_run(
         raise
     rates = RateMeter(counters.env_steps, agent.updates)
     warnings = [behind] if moved and behind else []
+    if symlinks_refused(checkpoints.dir):  # said once, before training (a save falls back to them silently)
+        warnings.append(
+            f"{checkpoints.dir} cannot hold symbolic links (a FAT, exFAT or CIFS drive?): last and best are files "
+            "naming their checkpoint, which an older flowrl-deploy cannot read"
+        )
     if lock.unlocked:
         warnings.append(
             f"cannot lock the run directory {run_dir} ({lock.unlocked}): it runs "

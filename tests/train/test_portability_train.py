@@ -166,3 +166,23 @@ def test_a_run_and_its_resume_work_on_windows_file_systems(monkeypatch, tmp_path
     kept = sorted(p.name for p in (out / "checkpoints").iterdir())
     assert kept == ["best", "last", "step_000000400"] or kept == ["best", "last", "step_000000200", "step_000000400"]
     assert ckpt.resolve_checkpoint(out / "checkpoints" / "best").name in kept
+
+
+def test_a_run_on_a_drive_without_symlinks_says_it_writes_pointer_files(monkeypatch, tmp_path):
+    """Linux on a FAT, exFAT or CIFS drive: last and best silently became pointer files, which an older
+    flowrl-deploy (a robot's) cannot read."""
+
+    def symlink(src, dst, target_is_directory=False, *, dir_fd=None):
+        raise OSError(errno.EPERM, "Operation not permitted", str(dst))
+
+    monkeypatch.setattr(os, "symlink", symlink)
+    out = tmp_path / "run"
+    result = runner.invoke(app, ["train", *TINY_FLAGS, "--steps", "120", "--out", str(out)])
+    assert result.exit_code == 0, result.output
+    note = (
+        f"warning: {out / 'checkpoints'} cannot hold symbolic links (a FAT, exFAT or CIFS drive?): last and best "
+        "are files naming their checkpoint, which an older flowrl-deploy cannot read\n"
+    )
+    assert result.output.count(note) == 1
+    assert (out / "checkpoints" / "last").read_text() == "step_000000120\n"
+    assert sorted(p.name for p in (out / "checkpoints").iterdir()) == ["last", "step_000000120"]
