@@ -187,6 +187,10 @@ class ServerTLS:
 
 RECHECK_S = 1.0
 """:meth:`ServerTLSFiles.changed` looks at the files at most this often."""
+SETTLE_S = 1.0
+"""Files that fail their check are refused only when they are still the same at a look at least this
+long after the first: a renewal writes the certificate, then the key, and a look between the two
+sees a mismatched pair."""
 
 
 class ServerTLSFiles:
@@ -196,8 +200,10 @@ class ServerTLSFiles:
     once every :data:`RECHECK_S`) and never raises: gRPC calls it on each new connection's handshake.
 
     New files are checked as at start (:func:`check_key_pair`, :func:`read_certificates`); files
-    that fail (a key of another certificate, a file caught half-written by a copy) are refused with
-    a warning naming them, the files in use serve on, and the next change is read again. A
+    that fail (a key of another certificate, a file caught half-written by a copy) and are still the
+    same at a look :data:`SETTLE_S` or more later (a renewal's second write between the two looks is
+    no refusal) are refused with a warning naming them, the files in use serve on, and the next
+    change is read again. A
     certificate that has expired, or will within :data:`EXPIRY_WARNING_DAYS`, is warned of at
     start, at each change, and when it crosses either line while served, as :meth:`changed` or
     :meth:`check_expiry` (which the server calls on a timer) first sees it.
@@ -217,6 +223,8 @@ class ServerTLSFiles:
         self._lock = threading.Lock()
         self._looked = time.monotonic()
         self._stamps = self._stat()  # before reading: a change while reading is read again
+        self._failing: tuple[tuple[tuple[int, ...] | str, ...], float] | None = None
+        """The stamps of files that failed their check, and when they first did (:data:`SETTLE_S`)."""
         self.loaded = self._read()
         self._warned = ""
         self._warn_of_expiry()
@@ -274,7 +282,13 @@ class ServerTLSFiles:
             except FlowRLError as exc:
                 if self._stat() != stamps:  # still being written: read once it has settled
                     return None
-                self._stamps = stamps
+                now = time.monotonic()
+                if self._failing is None or self._failing[0] != stamps:  # maybe between a renewal's writes
+                    self._failing = (stamps, now)
+                    return None
+                if now - self._failing[1] < SETTLE_S:
+                    return None
+                self._stamps, self._failing = stamps, None
                 self.refusals += 1
                 log.warning(
                     "TLS files changed but are refused, the files in use serve on until the next change: %s", exc
@@ -282,7 +296,7 @@ class ServerTLSFiles:
                 return None
             if self._stat() != stamps:  # changed while read: what was read may mix old and new
                 return None
-            self._stamps = stamps
+            self._stamps, self._failing = stamps, None
             old, self.loaded = self.loaded, new
             parts = {
                 "--tls-cert": (old.cert, new.cert),

@@ -197,6 +197,7 @@ class TestServerFiles:
     @pytest.fixture
     def served(self, pem, tmp_path, monkeypatch):
         monkeypatch.setattr(tls, "RECHECK_S", 0.0)
+        monkeypatch.setattr(tls, "SETTLE_S", 0.0)  # refused files are refused at the second look
         for name in ("cert", "key"):
             shutil.copy(pem[name], tmp_path / name)
         return ServerTLSFiles(tmp_path / "cert", tmp_path / "key")
@@ -214,6 +215,30 @@ class TestServerFiles:
             "TLS files changed but are refused, the files in use serve on until the next change: cannot read "
             f"--tls-key {tmp_path / 'key'}: No such file or directory"
         ]
+
+    def test_a_certificate_then_its_key_replaced_is_a_renewal_not_a_refusal(
+        self, served, pem, tmp_path, caplog, monkeypatch
+    ):
+        """A renewal writes the certificate, then the key (certbot's links, `cp new.crt …; cp new.key …`):
+        a handshake between the two read a mismatched pair, counted a refusal and logged a WARNING,
+        which an alert on flowrl_tls_refusals_total took for a fault."""
+        monkeypatch.setattr(tls, "SETTLE_S", 3600.0)
+        key, cert = issue("renewed")
+        new_cert, new_key = write_pem(tmp_path, "renewed", key, cert)
+        shutil.copy(new_cert, tmp_path / "cert")
+        assert served.changed() is None  # the old key with the new certificate: settling
+        shutil.copy(new_key, tmp_path / "key")
+        assert served.changed() is not None
+        assert (served.rotations, served.refusals) == (1, 0)
+        assert not [r for r in caplog.records if r.levelno >= logging.WARNING]
+
+    def test_a_pair_still_mismatched_after_settling_is_refused(self, served, pem, tmp_path, caplog):
+        shutil.copy(pem["other_key"], tmp_path / "key")
+        assert served.changed() is None and served.refusals == 0  # settling
+        assert served.changed() is None and served.refusals == 1  # still so at the next look: refused
+        assert served.changed() is None and served.refusals == 1
+        warnings = [r.getMessage() for r in caplog.records if r.levelno == logging.WARNING]
+        assert len(warnings) == 1 and "the key is another certificate's" in warnings[0]
 
     def test_an_error_while_looking_is_logged_not_raised_into_grpc(self, served, tmp_path, caplog, monkeypatch):
         def broken():

@@ -42,8 +42,10 @@ def pki(tmp_path_factory) -> dict[str, tuple[str, str]]:
 
 @pytest.fixture(autouse=True)
 def every_handshake_looks(monkeypatch):
-    """The files are looked at on each handshake, not at most once a second."""
+    """The files are looked at on each handshake, not at most once a second, and files that fail
+    are refused at the next look (no settle time)."""
     monkeypatch.setattr(tls, "RECHECK_S", 0.0)
+    monkeypatch.setattr(tls, "SETTLE_S", 0.0)
 
 
 def mount(directory: Path, version: int, files: dict[str, str]) -> dict[str, str]:
