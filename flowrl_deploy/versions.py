@@ -55,7 +55,10 @@ def release() -> str:
     try:
 
         def git(*args: str) -> str:
-            run = subprocess.run(["git", *args], cwd=checkout, capture_output=True, text=True, timeout=5, check=True)
+            # --no-optional-locks: `git status` refreshes the user's .git/index otherwise, taking
+            # index.lock (a `git commit` at that moment failed) and, under sudo, writing it as root
+            command = ["git", "--no-optional-locks", *args]
+            run = subprocess.run(command, cwd=checkout, capture_output=True, text=True, timeout=5, check=True)
             return run.stdout.strip()
 
         commit = git("rev-parse", "--short=8", "HEAD")

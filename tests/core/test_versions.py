@@ -2,6 +2,8 @@
 
 from importlib import metadata
 
+import pytest
+
 from flowrl_deploy import versions
 
 
@@ -57,3 +59,44 @@ def test_the_version_report_names_the_release_python_and_the_serving_libraries()
         name, version = line.split()
         if name != "python":
             assert metadata.version(name) == version
+
+
+def test_the_release_leaves_the_checkouts_git_index_alone(monkeypatch, tmp_path):
+    """`git status` refreshed .git/index (taking .git/index.lock) in the user's checkout at each
+    server start and `flowrl --version`: a `git commit` at that moment failed, and under sudo the
+    index was rewritten as root."""
+    import os
+    import shutil
+    import subprocess
+
+    if shutil.which("git") is None:
+        pytest.skip("no git")
+
+    def git(*args: str) -> None:
+        subprocess.run(["git", *args], cwd=tmp_path, check=True, capture_output=True)
+
+    git("init", "-q")
+    (tmp_path / "pyproject.toml").write_text("[project]\n")
+    git("add", "pyproject.toml")
+    git("-c", "user.name=t", "-c", "user.email=t@t", "commit", "-q", "-m", "first")
+    os.utime(tmp_path / "pyproject.toml", ns=(1, 1))  # stale stat data: a refreshing status rewrites the index
+    index = tmp_path / ".git" / "index"
+    before = index.stat().st_mtime_ns, index.stat().st_ino
+    monkeypatch.setattr(versions, "_source_checkout", lambda: tmp_path)
+    assert "+g" in versions.release.__wrapped__()
+    assert (index.stat().st_mtime_ns, index.stat().st_ino) == before
+
+
+@pytest.mark.parametrize("failure", [FileNotFoundError("git"), "timeout"], ids=["no git", "git hangs"])
+def test_without_a_working_git_the_release_has_no_suffix(monkeypatch, tmp_path, failure):
+    import subprocess
+
+    from flowrl_deploy import __version__
+
+    def run(command, **kwargs):
+        assert kwargs["timeout"] <= 5  # a hung git (a network file system, a lock) never holds a server's start
+        raise subprocess.TimeoutExpired(command, kwargs["timeout"]) if failure == "timeout" else failure
+
+    monkeypatch.setattr(versions, "_source_checkout", lambda: tmp_path)
+    monkeypatch.setattr(versions.subprocess, "run", run)
+    assert versions.release.__wrapped__() == __version__
