@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import io
 import json
+import os
 import stat
 import sys
 from pathlib import Path
@@ -53,11 +54,21 @@ def read_observation(obs: str, obs_file: Path | None) -> np.ndarray:
     return _finite_float32(values, source)
 
 
+def _is_terminal(stream: object) -> bool:
+    try:
+        return bool(stream.isatty())  # type: ignore[attr-defined]
+    except (AttributeError, ValueError, OSError):  # closed, or not a file
+        return False
+
+
 def _read_stdin(source: str) -> bytes:
     """Standard input's bytes (at most one more than :data:`MAX_OBS_FILE_BYTES`), refused if empty."""
     stream = getattr(sys.stdin, "buffer", None)
     if stream is None:  # pythonw.exe, a service: sys.stdin is None
         raise FlowRLError("--obs-file -: this process has no standard input; give the observation's file")
+    if _is_terminal(sys.stdin):  # typed without a pipe: it waits for the end of input, which a user may not know
+        end = "Ctrl-Z, then Enter" if os.name == "nt" else "Ctrl-D"
+        print(f"reading the observation from standard input (JSON); end it with {end}", file=sys.stderr, flush=True)
     try:
         data = stream.read(MAX_OBS_FILE_BYTES + 1)  # bounded: a pipe may never end
     except OSError as exc:

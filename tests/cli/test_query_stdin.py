@@ -65,3 +65,24 @@ def test_no_standard_input_at_all_is_named(monkeypatch):
     monkeypatch.setattr(sys, "stdin", None)
     with pytest.raises(FlowRLError, match=r"^--obs-file -: this process has no standard input"):
         read_observation("", Path("-"))
+
+
+class _Terminal(io.TextIOWrapper):
+    def isatty(self) -> bool:
+        return True
+
+
+def test_a_terminal_on_standard_input_is_told_how_to_end_the_observation(monkeypatch, capsys):
+    """`--obs-file -` typed without a pipe waited for end-of-file without a word."""
+    monkeypatch.setattr(sys, "stdin", _Terminal(io.BytesIO(b"[0.5, 1]\n")))
+    np.testing.assert_array_equal(read_observation("", Path("-")), np.array([0.5, 1], np.float32))
+    prompt = capsys.readouterr()
+    assert prompt.out == ""
+    assert prompt.err.startswith("reading the observation from standard input") and "Ctrl-" in prompt.err
+    assert len(prompt.err.splitlines()) == 1
+
+
+def test_a_pipe_on_standard_input_is_read_without_a_prompt(monkeypatch, capsys):
+    _stdin(monkeypatch, b"[0.5, 1]\n")
+    read_observation("", Path("-"))
+    assert capsys.readouterr().err == ""
