@@ -309,6 +309,7 @@ class PolicyServer:
         self._metrics_http = None
         self._watcher: FileWatcher | None = None
         self._tls_files: ServerTLSFiles | None = None
+        self._process_settings_applied = False  # serve_forever applies config.cpus and rt_priority itself
         self.port = 0
         self.metrics_port: int | None = None
 
@@ -421,6 +422,11 @@ class PolicyServer:
                 raise FlowRLError(THREADS_REFUSED.format(error=exc)) from None
             raise
         self._set_health(health_pb2.HealthCheckResponse.SERVING)
+        if (config.cpus or config.rt_priority is not None) and not self._process_settings_applied:
+            log.info(
+                "ServeConfig cpus and rt_priority are not applied by PolicyServer.start() (the process may run other "
+                "work): serve_forever applies them, or call flowrl_deploy.affinity's pin_to_cpus and set_realtime"
+            )
         return self
 
     def stop(self, grace: float | None = None) -> None:
@@ -561,6 +567,7 @@ def serve_forever(
     handled = [sig for sig in STOP_SIGNALS if sig not in KEPT_IF_IGNORED or signal.getsignal(sig) is not signal.SIG_IGN]
     previous = {sig: signal.signal(sig, lambda sig, _: signals.append(sig)) for sig in handled}
     server = PolicyServer(config, export_checkpoint)
+    server._process_settings_applied = True
     try:
         server.start()
         if config.rt_priority is not None:  # loading and warm-up ran at the normal priority

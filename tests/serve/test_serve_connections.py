@@ -121,3 +121,27 @@ def test_the_idle_close_comes_after_half_an_hour_not_five_minutes():
     options = dict(server_module.connection_options(512))
     assert options["grpc.max_connection_idle_ms"] >= 30 * 60 * 1000
     assert options["grpc.max_allowed_incoming_connections"] == 512
+
+
+def test_a_library_server_says_it_leaves_cpus_and_rt_priority_to_its_caller(policy_path, caplog):
+    """ServeConfig(rt_priority=50) given to PolicyServer.start() ran at the normal priority without a word."""
+    config = ServeConfig(str(policy_path), port=0, rt_priority=50, cpus=(0,), grace_s=0)
+    with caplog.at_level("INFO", logger="flowrl.serve"), PolicyServer(config).start():
+        pass
+    told = [r.getMessage() for r in caplog.records if "rt_priority" in r.getMessage()]
+    assert len(told) == 1 and "set_realtime" in told[0] and "pin_to_cpus" in told[0], told
+    caplog.clear()
+    with caplog.at_level("INFO", logger="flowrl.serve"), PolicyServer(ServeConfig(str(policy_path), port=0)).start():
+        pass
+    assert not [r for r in caplog.records if "rt_priority" in r.getMessage()]
+
+
+def test_serve_forever_which_applies_cpus_itself_does_not_say_so(policy_path, caplog, monkeypatch):
+    import os
+    import signal
+
+    monkeypatch.setattr(server_module, "pin_to_cpus", lambda cpus: None)  # this test process stays unpinned
+    config = ServeConfig(str(policy_path), port=0, cpus=(0,), grace_s=0)
+    with caplog.at_level("INFO", logger="flowrl.serve"):
+        server_module.serve_forever(config, on_ready=lambda _: os.kill(os.getpid(), signal.SIGTERM))
+    assert not [r for r in caplog.records if "rt_priority" in r.getMessage()]
