@@ -158,7 +158,7 @@ def train(
         given = [
             name for name in ctx.params if name not in ("resume", "resume_if_exists", "progress") and _given(ctx, name)
         ]
-        run_dir = run_to_resume(start.resolve())
+        run_dir = run_to_resume(start)  # as the run names it (its checkpoints/ may be a link)
         settings = {name: _plain(ctx.params[name]) for name in given}
         check_resume_settings(settings, cfg, run_dir=run_dir)  # --out too: the run stays in its folder
         overrides = {

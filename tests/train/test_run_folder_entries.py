@@ -125,3 +125,14 @@ def test_resuming_from_inside_the_checkpoints_folder_through_a_link_into_another
     assert result.exit_code == 1
     assert result.output.startswith(f"error: {a / CHECKPOINTS_DIR / 'step_000099999'} leads out of ")
     assert sorted(str(p) for p in b.rglob("*")) == before
+
+
+def test_flowrl_train_resumes_a_run_whose_checkpoints_folder_is_a_link(finished_run, tmp_path):
+    run = shutil.copytree(finished_run, tmp_path / "runs" / "y", symlinks=True)
+    scratch = shutil.move(run / CHECKPOINTS_DIR, tmp_path / "scratch" / "y_ckpts")
+    (run / CHECKPOINTS_DIR).symlink_to(os.path.relpath(scratch, run))
+    for path in (run, run / CHECKPOINTS_DIR / LAST):
+        steps = "400" if path == run else "600"
+        result = runner.invoke(app, ["train", "--resume", str(path), "--steps", steps, "--no-progress"])
+        assert result.exit_code == 0, result.output
+        assert f"last checkpoint {run / CHECKPOINTS_DIR / f'step_000000{steps}'};" in result.output
