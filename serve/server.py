@@ -226,8 +226,9 @@ gRPC's epoll and wake-up fds, the model file, the metrics server's, logs), count
 
 def _warn_of_file_limit(max_connections: int) -> None:
     """Warn when ``max_connections`` is more than the process may open (``ulimit -n`` less
-    :data:`OWN_FILES`): gRPC's accept then fails for want of descriptors before the cap is reached,
-    and connections beyond are cut without being counted."""
+    :data:`OWN_FILES`): at the limit, before the cap is reached, gRPC leaves new connections
+    unaccepted (logging 'File descriptor limit reached. Retrying.') and the process can open no
+    other file (a reload's model, a pipe) until connections close."""
     if resource is None:
         return
     soft, _ = resource.getrlimit(resource.RLIMIT_NOFILE)
@@ -235,7 +236,8 @@ def _warn_of_file_limit(max_connections: int) -> None:
         return
     log.warning(
         "--max-connections %d is more than this process may open (ulimit -n %d, about %d of them the server's "
-        "own): connections beyond about %d fail at accept; raise ulimit -n or lower --max-connections",
+        "own): beyond about %d connections new ones wait unaccepted and the server can open no file (a reload "
+        "fails); raise ulimit -n or lower --max-connections",
         max_connections,
         soft,
         OWN_FILES,
