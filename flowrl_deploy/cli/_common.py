@@ -24,7 +24,7 @@ from flowrl_deploy.checkpoint import (
     TRAINING_JSON_FILE,
     check_output_path,
 )
-from flowrl_deploy.errors import FlowRLError, Interrupted
+from flowrl_deploy.errors import FlowRLError, Interrupted, printable
 from flowrl_deploy.extras import missing_extra_message
 
 if TYPE_CHECKING:
@@ -41,6 +41,15 @@ Server = Annotated[
 TOKEN_ENV = "FLOWRL_TOKEN"
 """The environment variable that gives `--token` (the server's shared secret) to every command."""
 Token = Annotated[str, typer.Option(help="The server's shared secret.", envvar=TOKEN_ENV)]
+TokenFile = Annotated[
+    str,
+    typer.Option(
+        help="Read the shared secret from this file instead (one line ending dropped), e.g. "
+        "$CREDENTIALS_DIRECTORY/flowrl-token from systemd's LoadCredential=.",
+    ),
+]
+MAX_TOKEN_FILE_BYTES = 64 << 10
+"""A --token-file holding more is refused unread: a token is a line, not a file's worth."""
 TlsCa = Annotated[str, typer.Option(help="PEM CA of the server's TLS certificate.")]
 TlsCert = Annotated[str, typer.Option(help="PEM client certificate, for a server with --client-ca (mTLS).")]
 TlsKey = Annotated[str, typer.Option(help="PEM private key of --tls-cert.")]
@@ -145,12 +154,55 @@ def write_report(flag: str, path: Path, report: object) -> None:
         raise FlowRLError(f"{flag}: {exc}") from None
 
 
+def read_token_file(path: str) -> str:
+    """The token in --token-file ``path``: its text less one line ending (``\\n`` or ``\\r\\n``, as
+    ``echo`` and editors leave), checked as a token is (:func:`~flowrl_deploy.connection.checked_token`).
+    An unreadable, empty or oversized file is refused in one line; no message shows the token."""
+    from flowrl_deploy.connection import checked_token
+
+    name = f"--token-file {printable(path)}"
+    try:
+        with open(path, "rb") as f:
+            data = f.read(MAX_TOKEN_FILE_BYTES + 1)
+    except OSError as exc:
+        raise FlowRLError(f"cannot read {name}: {exc.strerror or exc}") from None
+    if len(data) > MAX_TOKEN_FILE_BYTES:
+        raise FlowRLError(
+            f"{name} holds more than {MAX_TOKEN_FILE_BYTES >> 10} KiB: give a file holding the token alone"
+        )
+    text = data.decode("utf-8", "replace")
+    text = text[:-2] if text.endswith("\r\n") else text.removesuffix("\n")
+    if not text.strip():
+        raise FlowRLError(f"{name} is empty: write the server's shared secret in it")
+    if "\n" in text or "\r" in text:
+        raise FlowRLError(f"{name} holds more than one line: write the token alone, on one line")
+    return checked_token(text, name)
+
+
+def given_token(token: str | None, token_file: str) -> str | None:
+    """The token a command was given: ``token`` (--token or :data:`TOKEN_ENV`), or the one in
+    ``token_file`` (:func:`read_token_file`); both at once are refused, naming where each came from."""
+    if not token_file:
+        return token
+    if token:
+        source = f"{TOKEN_ENV} (in the environment)" if os.environ.get(TOKEN_ENV) == token else "--token"
+        raise FlowRLError(f"{source} and --token-file both give the token: give it once")
+    return read_token_file(token_file)
+
+
 @contextlib.contextmanager
 def server_client(
-    server: str, token: str, tls_ca: str, tls_cert: str, tls_key: str, timeout_s: float | None = None
+    server: str,
+    token: str,
+    tls_ca: str,
+    tls_cert: str,
+    tls_key: str,
+    timeout_s: float | None = None,
+    *,
+    token_file: str = "",
 ) -> Iterator[PolicyClient]:
     """A client for one command; a failed call is one line, and a failed connection says which
-    TLS option may be missing. A bad --server or TLS file is refused before connecting (by
+    TLS option may be missing. A bad --server, token or TLS file is refused before connecting (by
     :class:`PolicyClient`), naming the flag and the file."""
     import grpc
 
@@ -159,6 +211,7 @@ def server_client(
 
     if timeout_s is not None:  # named by its flag here; PolicyClient would call it timeout_s
         checked_timeout(timeout_s, "--timeout")
+    token = given_token(token, token_file) or ""
     with PolicyClient(
         server,
         token=token,

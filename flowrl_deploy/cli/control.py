@@ -13,9 +13,11 @@ from flowrl_deploy.cli._common import (
     TlsCert,
     TlsKey,
     Token,
+    TokenFile,
     check_report,
     client_warnings,
     finite,
+    given_token,
     user_errors,
     write_report,
 )
@@ -71,6 +73,7 @@ def control(
     ] = None,
     contract_hash: Annotated[str, typer.Option(help="Pin the policy contract (hash from `flowrl inspect`).")] = "",
     token: Token = "",
+    token_file: TokenFile = "",
     tls_ca: TlsCa = "",
     tls_cert: TlsCert = "",
     tls_key: TlsKey = "",
@@ -107,6 +110,7 @@ def control(
     from flowrl_deploy.train.control import run_control
 
     checked_timeout(connect_timeout, "--connect-timeout")  # gRPC waits forever on a deadline years away
+    token = given_token(token, token_file) or ""
     pin_to_cpus(parse_cpus(cpus))
     if rt_priority is not None:  # every thread, gRPC's started later included
         set_realtime(rt_priority)

@@ -12,7 +12,17 @@ from typing import TYPE_CHECKING, Annotated
 
 import typer
 
-from flowrl_deploy.cli._common import Server, TlsCa, TlsCert, TlsKey, Token, finite, server_client, user_errors
+from flowrl_deploy.cli._common import (
+    Server,
+    TlsCa,
+    TlsCert,
+    TlsKey,
+    Token,
+    TokenFile,
+    finite,
+    server_client,
+    user_errors,
+)
 from flowrl_deploy.errors import FlowRLError
 
 if TYPE_CHECKING:
@@ -164,6 +174,7 @@ def query(
     seed: Annotated[int | None, typer.Option(help="Seed of the policy noise.")] = None,
     contract_hash: Annotated[str, typer.Option(help="Pin the policy contract (hash from `flowrl inspect`).")] = "",
     token: Token = "",
+    token_file: TokenFile = "",
     tls_ca: TlsCa = "",
     tls_cert: TlsCert = "",
     tls_key: TlsKey = "",
@@ -177,7 +188,7 @@ def query(
         raise FlowRLError("pass exactly one of --obs or --obs-file")
     array = read_observation(obs, obs_file)
     checked_seed(seed, "--seed")
-    with server_client(server, token, tls_ca, tls_cert, tls_key, timeout) as client:
+    with server_client(server, token, tls_ca, tls_cert, tls_key, timeout, token_file=token_file) as client:
         reply = client.act_reply(array, seed=seed, contract_hash=contract_hash)
     action = decode(reply.action, name="action")
     typer.echo(

@@ -6,7 +6,17 @@ from typing import Annotated
 
 import typer
 
-from flowrl_deploy.cli._common import Server, TlsCa, TlsCert, TlsKey, Token, finite, server_client, user_errors
+from flowrl_deploy.cli._common import (
+    Server,
+    TlsCa,
+    TlsCert,
+    TlsKey,
+    Token,
+    TokenFile,
+    finite,
+    server_client,
+    user_errors,
+)
 
 
 @user_errors
@@ -21,6 +31,7 @@ def reload(
     ] = "",
     server: Server = "localhost:50051",
     token: Token = "",
+    token_file: TokenFile = "",
     tls_ca: TlsCa = "",
     tls_cert: TlsCert = "",
     tls_key: TlsKey = "",
@@ -32,7 +43,7 @@ def reload(
     from flowrl_deploy.client import ServiceError
     from flowrl_deploy.errors import FlowRLError
 
-    with server_client(server, token, tls_ca, tls_cert, tls_key, timeout) as client:
+    with server_client(server, token, tls_ca, tls_cert, tls_key, timeout, token_file=token_file) as client:
         try:
             new, previous = client.reload(path, timeout_s=timeout)
         except ServiceError as exc:

@@ -7,7 +7,7 @@ from typing import Annotated
 
 import typer
 
-from flowrl_deploy.cli._common import TOKEN_ENV, finite, user_errors
+from flowrl_deploy.cli._common import TOKEN_ENV, TokenFile, finite, given_token, user_errors
 
 PROVIDER_NAMES = {
     "cpu": "CPUExecutionProvider",
@@ -65,6 +65,7 @@ def serve(
         ),
     ] = 128,
     token: Annotated[str | None, typer.Option(help="Shared secret every call must send.", envvar=TOKEN_ENV)] = None,
+    token_file: TokenFile = "",
     tls_cert: Annotated[str, typer.Option(help="PEM certificate chain for TLS.")] = "",
     tls_key: Annotated[str, typer.Option(help="PEM private key for TLS.")] = "",
     client_ca: Annotated[str, typer.Option(help="PEM CA: require client certificates (mTLS).")] = "",
@@ -136,6 +137,7 @@ def serve(
         raise FlowRLError(
             "--token is empty (an unset variable?); give the secret, or leave --token out to serve without one"
         )
+    token = given_token(token, token_file)
     config = ServeConfig(  # checks every setting (ports, counts, limits) as the library does
         model=str(model),
         host=host,

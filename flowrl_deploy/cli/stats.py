@@ -7,7 +7,17 @@ from typing import TYPE_CHECKING, Annotated
 
 import typer
 
-from flowrl_deploy.cli._common import Server, TlsCa, TlsCert, TlsKey, Token, finite, server_client, user_errors
+from flowrl_deploy.cli._common import (
+    Server,
+    TlsCa,
+    TlsCert,
+    TlsKey,
+    Token,
+    TokenFile,
+    finite,
+    server_client,
+    user_errors,
+)
 
 if TYPE_CHECKING:
     from google.protobuf.message import Message
@@ -49,6 +59,7 @@ _NO_RELEASE = "server release not reported (older than this client)"
 def stats(
     server: Server = "localhost:50051",
     token: Token = "",
+    token_file: TokenFile = "",
     tls_ca: TlsCa = "",
     tls_cert: TlsCert = "",
     tls_key: TlsKey = "",
@@ -57,7 +68,7 @@ def stats(
 ) -> None:
     """Print a running server's model version, uptime, sessions, per-method calls and latency, batches,
     reloads, and each limit's use and refusals."""
-    with server_client(server, token, tls_ca, tls_cert, tls_key, timeout) as client:
+    with server_client(server, token, tls_ca, tls_cert, tls_key, timeout, token_file=token_file) as client:
         reply = client.stats()
     failures = reload_failures(reply)
     if as_json:

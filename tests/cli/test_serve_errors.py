@@ -116,6 +116,8 @@ def test_flowrl_serve_with_no_options_serves_the_serve_config_defaults(policy, s
     assert serve_call["config"] == ServeConfig(str(policy))
 
 
+CLI_ONLY = {"model", "token_file"}
+"""Options that are no field of their own: MODEL is ``model``, --token-file gives ``token``."""
 PARSED = {"providers": "", "cpus": "", "token": None}
 """Options whose text becomes the field's value (--providers 'cuda,cpu', --cpus '2,3'; no --token: "")."""
 
@@ -123,7 +125,7 @@ PARSED = {"providers": "", "cpus": "", "token": None}
 def test_every_flowrl_serve_option_is_a_serve_config_field_with_its_default():
     command = typer.main.get_command(app).commands["serve"]
     defaults = {field.name: field.default for field in dataclasses.fields(ServeConfig)}
-    options = {param.name: param.default for param in command.params if param.name != "model"}
+    options = {param.name: param.default for param in command.params if param.name not in CLI_ONLY}
     assert set(options) == set(defaults) - CODE_ONLY - {"model"}
     for name, default in options.items():
         assert default == PARSED.get(name, defaults[name]), name
