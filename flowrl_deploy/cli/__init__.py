@@ -83,3 +83,6 @@ app.command()(stats)
 from flowrl_deploy.cli.reload import reload  # noqa: E402
 
 app.command()(reload)
+from flowrl_deploy.cli.wait import wait  # noqa: E402
+
+app.command()(wait)

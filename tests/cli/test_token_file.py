@@ -99,7 +99,7 @@ def served(policy):
 
 @pytest.mark.parametrize(
     "command",
-    [["stats"], ["query", "--obs", "[0.1, 0.2, 0.3]"], ["reload"]],
+    [["stats"], ["query", "--obs", "[0.1, 0.2, 0.3]"], ["reload"], ["wait"]],
     ids=lambda command: command[0],
 )
 def test_client_commands_read_the_token_from_a_file(served, tmp_path, command):
