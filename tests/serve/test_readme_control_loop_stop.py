@@ -1,0 +1,69 @@
+"""README "In the robot's control loop": the example, run as a service is (`systemctl stop` sends
+SIGTERM), stops the robot on its way out. Python's default for SIGTERM ends the process at once,
+running no ``finally``, so the example's stop_robot() was skipped."""
+
+from __future__ import annotations
+
+import signal
+import subprocess
+import sys
+from pathlib import Path
+
+from tiny_policy import write_policy
+
+from flowrl_deploy.serve import PolicyServer, ServeConfig
+
+README = Path(__file__).resolve().parents[2] / "README.md"
+
+ROBOT = """\
+import time
+
+ticks = 0
+
+
+def running():
+    return True
+
+
+def read_sensors():
+    global ticks
+    ticks += 1
+    if ticks == 5:
+        print("ticking", flush=True)
+    return [0.1, 0.2, 0.3]
+
+
+def apply(action):
+    pass
+
+
+def sleep_until_next_tick():
+    time.sleep(0.01)
+
+
+def stop_robot():
+    print("robot stopped", flush=True)
+"""
+"""The robot's functions the example calls: a loop that runs until stopped."""
+
+
+def _example() -> str:
+    section = README.read_text().split("#### In the robot's control loop (Python, no torch needed)\n", 1)[1]
+    return section.split("```python\n", 1)[1].split("```", 1)[0]
+
+
+def test_sigterm_ends_the_readme_control_loop_through_stop_robot_with_exit_0(tmp_path):
+    policy = str(write_policy(tmp_path / "policy.onnx"))
+    with PolicyServer(ServeConfig(policy, port=0, grace_s=0)).start() as server:
+        code = ROBOT + _example().replace("robot-brain:50051", server.address).replace("policy.onnx", policy)
+        with subprocess.Popen(
+            [sys.executable, "-c", code], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
+        ) as controller:
+            try:
+                assert controller.stdout.readline() == "ticking\n", controller.stderr.read()
+                controller.send_signal(signal.SIGTERM)
+                out, err = controller.communicate(timeout=30)
+            finally:
+                controller.kill()
+    assert controller.returncode == 0, err
+    assert out == "robot stopped\n", out + err
