@@ -8,6 +8,7 @@ execution, no spinning threads; CUDA is used when onnxruntime offers it.
 from __future__ import annotations
 
 import ctypes
+import logging
 import numbers
 import os
 import stat
@@ -39,10 +40,19 @@ os.environ.setdefault("ORT_DISABLE_TELEMETRY", "1")
 
 def import_onnxruntime() -> ModuleType:
     """onnxruntime, imported (on first use: it takes a while) with its telemetry off unless the
-    user set ``ORT_DISABLE_TELEMETRY``; the package's modules import it only through here."""
+    user set ``ORT_DISABLE_TELEMETRY``; the package's modules import it only through here. Its own
+    logger prints only what :func:`onnxruntime_severity` lets through: its lines come coloured even
+    through a pipe, and split over two, and what they say our one-line errors say too."""
     import onnxruntime
 
+    onnxruntime.set_default_logger_severity(onnxruntime_severity())
     return onnxruntime
+
+
+def onnxruntime_severity() -> int:
+    """onnxruntime's logger severity for flowrl's log level (logger ``flowrl``): its errors only (3),
+    and its warnings too (2) while flowrl logs DEBUG."""
+    return 2 if logging.getLogger("flowrl").isEnabledFor(logging.DEBUG) else 3
 
 
 def is_onnx_path(path: str | Path) -> bool:
@@ -162,11 +172,15 @@ def make_session(
     if optimized_model_path:
         options.optimized_model_filepath = optimized_model_path
     source = model if isinstance(model, bytes) else str(model)
+    if providers:  # one that cannot start is refused below, in one line: not also in onnxruntime's two
+        ort.set_default_logger_severity(4)
     try:
         session = ort.InferenceSession(source, sess_options=options, providers=providers or default_providers())
     except Exception as exc:  # onnxruntime raises its own untyped errors for unreadable models
         name = name or ("<bytes>" if isinstance(model, bytes) else str(model))
         raise FlowRLError(f"cannot load ONNX model {name}: {exc}") from exc
+    finally:
+        ort.set_default_logger_severity(onnxruntime_severity())
     missing = [p for p in providers or () if p not in session.get_providers()]
     if missing:  # onnxruntime falls back to the CPU quietly; a provider asked for by name must run
         raise FlowRLError(
