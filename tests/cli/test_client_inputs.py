@@ -69,7 +69,7 @@ class TestServerAddress:
     def test_good_addresses_pass_unchanged(self, target):
         assert checked_target(target) == target
 
-    @pytest.mark.parametrize("command", ["query", "stats", "reload"])
+    @pytest.mark.parametrize("command", ["query", "stats", "reload", "wait"])
     def test_commands_name_server_in_one_line(self, command):
         args = ["--obs", OBS] if command == "query" else []
         output = _refused(command, "--server", "localhost:-5", *args)
@@ -194,7 +194,7 @@ class TestTlsFiles:
             ({"--tls-ca": "garbage"}, "--tls-ca {garbage} holds no valid PEM certificate"),  # not a hint at --tls-cert
         ],
     )
-    @pytest.mark.parametrize("command", ["query", "stats", "reload"])
+    @pytest.mark.parametrize("command", ["query", "stats", "reload", "wait"])
     def test_a_bad_file_is_named_before_connecting(self, pem, flags, message, command):
         args = [arg for flag, name in flags.items() for arg in (flag, pem[name])]
         query = ["--obs", OBS] if command == "query" else []
