@@ -1,0 +1,70 @@
+"""systemd's notify protocol and journal level prefixes, in the standard library (flowrl_deploy.systemd)."""
+
+from __future__ import annotations
+
+import logging
+import os
+import socket
+
+import pytest
+
+from flowrl_deploy.systemd import JournalFormatter, Notifier, journal_formatter, stderr_is_journal, syslog_level
+
+
+@pytest.fixture
+def listener(tmp_path):
+    """A datagram socket bound to a path, as systemd's notify socket."""
+    with socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM) as sock:
+        sock.bind(str(tmp_path / "notify"))
+        sock.settimeout(5)
+        yield sock
+
+
+def test_messages_reach_a_path_socket_in_one_datagram(listener):
+    notifier = Notifier({"NOTIFY_SOCKET": listener.getsockname()})
+    assert notifier.enabled and notifier.watchdog_s is None
+    assert notifier.send("READY=1", "STATUS=serving v1\non :1")  # a newline in a value would start another
+    assert listener.recv(4096) == b"READY=1\nSTATUS=serving v1 on :1"
+
+
+def test_an_abstract_socket_name_begins_with_at():
+    name = f"flowrl-test-{os.getpid()}"
+    with socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM) as sock:
+        sock.bind(b"\0" + name.encode())
+        sock.settimeout(5)
+        assert Notifier({"NOTIFY_SOCKET": "@" + name}).send("WATCHDOG=1")
+        assert sock.recv(4096) == b"WATCHDOG=1"
+
+
+def test_no_socket_sends_nothing_and_a_failure_is_logged_once(tmp_path, caplog):
+    assert not Notifier({}).enabled and not Notifier({}).send("READY=1")
+    gone = Notifier({"NOTIFY_SOCKET": str(tmp_path / "nobody")})
+    with caplog.at_level(logging.WARNING, "flowrl.systemd"):
+        assert not gone.send("READY=1")
+        assert not gone.send("WATCHDOG=1")  # never raised
+    assert len(caplog.records) == 1 and "cannot notify the service manager" in caplog.records[0].getMessage()
+
+
+def test_the_watchdog_is_ours_unless_its_pid_is_another(listener):
+    path = listener.getsockname()
+    assert Notifier({"NOTIFY_SOCKET": path, "WATCHDOG_USEC": "4000000"}).watchdog_s == 4.0
+    mine = {"WATCHDOG_PID": str(os.getpid())}
+    assert Notifier({"NOTIFY_SOCKET": path, "WATCHDOG_USEC": "4000000", **mine}).watchdog_s == 4.0
+    assert Notifier({"NOTIFY_SOCKET": path, "WATCHDOG_USEC": "4000000", "WATCHDOG_PID": "1"}).watchdog_s is None
+    assert Notifier({"NOTIFY_SOCKET": path, "WATCHDOG_USEC": "0"}).watchdog_s is None
+
+
+def test_journal_lines_carry_their_syslog_level_and_no_timestamp():
+    assert [syslog_level(level) for level in (50, 40, 30, 20, 10)] == [3, 3, 4, 6, 7]
+    record = logging.LogRecord("flowrl.serve", logging.WARNING, __file__, 1, "two\nlines", None, None)
+    assert JournalFormatter().format(record) == "<4>WARNING flowrl.serve: two\n<4>lines"
+
+
+def test_the_journal_is_stderr_only_when_journal_stream_names_it():
+    status = os.fstat(2)
+    here = {"JOURNAL_STREAM": f"{status.st_dev}:{status.st_ino}"}
+    assert stderr_is_journal(here)
+    assert isinstance(journal_formatter("%(message)s", here), JournalFormatter)
+    elsewhere = {"JOURNAL_STREAM": f"{status.st_dev}:{status.st_ino + 1}"}  # stderr redirected elsewhere
+    assert not stderr_is_journal(elsewhere) and not stderr_is_journal({})
+    assert not isinstance(journal_formatter("%(message)s", elsewhere), JournalFormatter)
