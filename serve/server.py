@@ -26,6 +26,7 @@ import contextlib
 import datetime
 import errno
 import logging
+import os
 import re
 import signal
 import socket
@@ -52,6 +53,7 @@ from flowrl_deploy.serve.metrics import Metrics, start_metrics_http
 from flowrl_deploy.serve.model import Exporter
 from flowrl_deploy.serve.reload import FileWatcher
 from flowrl_deploy.serve.servicer import PolicyServicer
+from flowrl_deploy.systemd import Notifier
 from flowrl_deploy.tls import ServerTLS, ServerTLSFiles
 
 try:
@@ -278,8 +280,9 @@ class KnownServicesHealth(health.HealthServicer):
 
 
 THREADS_REFUSED = (
-    "cannot start the server's threads ({error}): an address-space limit (ulimit -v, prlimit --as) counts "
-    "each thread's stack (ulimit -s, 8 MiB by default), and the server runs up to --workers + "
+    "cannot start the server's threads ({error}): a task limit (systemd TasksMax=, the cgroup's pids.max, "
+    "ulimit -u) counts each thread, an address-space limit (ulimit -v, prlimit --as) each thread's stack "
+    "(ulimit -s, 8 MiB by default), and the server runs up to --workers + "
     f"{SPARE_THREADS} call threads besides its own and onnxruntime's; raise or lift the limit, or lower --workers"
 )
 
@@ -287,6 +290,151 @@ THREADS_REFUSED = (
 def _cannot_start_threads(exc: BaseException) -> bool:
     """Whether ``exc`` is Python's refusal to start a thread (its stack could not be mapped)."""
     return isinstance(exc, RuntimeError) and str(exc).startswith("can't start new thread")
+
+
+CGROUP_FILE = "/proc/self/cgroup"
+CGROUP_MOUNTS = {"": ("/sys/fs/cgroup", "/sys/fs/cgroup/unified"), "pids": ("/sys/fs/cgroup/pids",)}
+"""Where each hierarchy of /proc/self/cgroup is mounted: cgroup v2 (its controllers field is empty),
+at the root or, on a hybrid system, under unified/; cgroup v1's pids controller."""
+PROC = "/proc"
+TASK_MARGIN = 8
+"""Threads counted on besides those :func:`threads_to_come` names: gRPC's core starts more under
+load (its event engine's pool grows), and a stop starts two."""
+
+
+def threads_to_come(config: ServeConfig) -> int:
+    """The threads a server may still start once gRPC runs and the servicer's batcher threads have
+    started: its call threads (one per call in flight, started as calls come, up to ``workers`` +
+    :data:`SPARE_THREADS`), ``--watch``'s, the metrics endpoint's (one more per scrape in progress),
+    onnxruntime's intra-op threads (``threads`` - 1 per model, two models during a reload) and
+    :data:`TASK_MARGIN`."""
+    return (
+        config.workers
+        + SPARE_THREADS
+        + int(config.watch)
+        + 2 * (config.metrics_port is not None)
+        + 2 * (config.threads - 1)
+        + TASK_MARGIN
+    )
+
+
+def _read_int(path: Path) -> int | None:
+    """The number in ``path`` (None: missing, unreadable, or ``max``)."""
+    try:
+        text = path.read_text().strip()
+    except OSError:
+        return None
+    return int(text) if text.isdigit() else None
+
+
+def task_limits() -> list[tuple[int, str]]:
+    """(how many more tasks may start, which limit says so) for each task limit on this process:
+    the cgroup's ``pids.max`` (systemd's TasksMax=) at its cgroup and each one above (cgroup v2, or
+    v1's pids controller), less its ``pids.current``; and ``RLIMIT_NPROC`` (ulimit -u, systemd's
+    LimitNPROC=), less the tasks of this user's processes, unless this process is exempt (root,
+    CAP_SYS_RESOURCE or CAP_SYS_ADMIN). Every thread is a task. A limit that cannot be read counts as none."""
+    limits = []
+    try:
+        lines = Path(CGROUP_FILE).read_text().splitlines()
+    except OSError:
+        lines = []
+    for line in lines:
+        _, controllers, path = line.split(":", 2) if line.count(":") >= 2 else ("", "-", "")
+        if controllers not in CGROUP_MOUNTS and "pids" not in controllers.split(","):
+            continue
+        for mount in CGROUP_MOUNTS["" if controllers == "" else "pids"]:
+            folder = Path(mount + path.rstrip("/"))
+            if not folder.is_dir():
+                continue
+            for level in (folder, *folder.parents):
+                most, current = _read_int(level / "pids.max"), _read_int(level / "pids.current")
+                if most is not None and current is not None:
+                    where = "/" + str(level.relative_to(mount)).lstrip(".")
+                    limits.append(
+                        (
+                            most - current,
+                            f"the cgroup's pids.max (systemd TasksMax=) is {most} at {where}, {current} in use",
+                        )
+                    )
+                if str(level) == mount:
+                    break
+            break
+    nproc = _nproc_limit()
+    if nproc is not None:
+        used = _user_tasks(os.getuid())
+        limits.append(
+            (nproc - used, f"the user's ulimit -u (RLIMIT_NPROC, systemd LimitNPROC=) is {nproc}, {used} in use")
+        )
+    return limits
+
+
+def _nproc_limit() -> int | None:
+    if resource is None or not hasattr(resource, "RLIMIT_NPROC") or os.getuid() == 0:
+        return None
+    soft, _ = resource.getrlimit(resource.RLIMIT_NPROC)
+    if soft == resource.RLIM_INFINITY:
+        return None
+    try:  # the kernel does not apply it to a process with CAP_SYS_RESOURCE or CAP_SYS_ADMIN
+        status = Path(PROC, "self", "status").read_text()
+        effective = int(re.search(r"^CapEff:\s*([0-9a-f]+)", status, re.M).group(1), 16)  # type: ignore[union-attr]
+    except (OSError, AttributeError, ValueError):
+        effective = 0
+    return None if effective & (1 << 21 | 1 << 24) else soft
+
+
+def _user_tasks(uid: int) -> int:
+    """The threads of the processes (seen in /proc) whose real user is ``uid``: what RLIMIT_NPROC counts."""
+    tasks = 0
+    try:
+        entries = [entry for entry in os.scandir(PROC) if entry.name.isdigit()]
+    except OSError:
+        return 0
+    for entry in entries:
+        try:
+            status = Path(entry.path, "status").read_text()
+        except OSError:  # gone, or hidden
+            continue
+        real = re.search(r"^Uid:\s*(\d+)", status, re.M)
+        threads = re.search(r"^Threads:\s*(\d+)", status, re.M)
+        if real and threads and int(real.group(1)) == uid:
+            tasks += int(threads.group(1))
+    return tasks
+
+
+def check_task_limits(config: ServeConfig) -> None:
+    """Refuse, in one line naming ``--workers`` and the limit, a server whose threads to come
+    (:func:`threads_to_come`) do not fit under a task limit (:func:`task_limits`): past it, the
+    call that needed one more thread would kill gRPC's serving thread (before :class:`_CallThreads`)
+    or leave the call waiting for a busy thread."""
+    needed = threads_to_come(config)
+    for room, limit in task_limits():
+        if room < needed:
+            workers = config.workers - (needed - room)
+            lower = f"lower --workers to {workers} or less" if workers >= 1 else "lower --workers"
+            raise FlowRLError(
+                f"{limit}: only {max(room, 0)} more threads can start, and the server may need {needed} more "
+                f"(--workers {config.workers} + {SPARE_THREADS} spare call threads + "
+                f"{needed - config.workers - SPARE_THREADS} of its own); raise the limit, or {lower}"
+            )
+
+
+class _CallThreads(futures.ThreadPoolExecutor):
+    """gRPC's pool of call threads. A thread that cannot start (a task limit reached) raised from
+    ``submit`` in gRPC's serving thread and killed it: the server answered nothing more while its
+    process ran on. Here the call stays queued for a thread already running (``submit`` queues it
+    first), gRPC serves on, and ``on_refused`` is told."""
+
+    def __init__(self, max_workers: int, on_refused: Callable[[BaseException], None]) -> None:
+        super().__init__(max_workers=max_workers, thread_name_prefix="flowrl-rpc")
+        self._on_refused = on_refused
+
+    def _adjust_thread_count(self) -> None:
+        try:
+            super()._adjust_thread_count()
+        except RuntimeError as exc:
+            if not _cannot_start_threads(exc):
+                raise
+            self._on_refused(exc)
 
 
 STOP_MARGIN_S = 1.0
@@ -312,6 +460,9 @@ class PolicyServer:
         self._watcher: FileWatcher | None = None
         self._tls_files: ServerTLSFiles | None = None
         self._process_settings_applied = False  # serve_forever applies config.cpus and rt_priority itself
+        self.failure: str | None = None
+        """Why the server cannot serve on, once a call thread could not start (:meth:`alive` is then False)."""
+        self._serving_thread: threading.Thread | None = None
         self.port = 0
         self.metrics_port: int | None = None
 
@@ -374,7 +525,7 @@ class PolicyServer:
             _warn_of_file_limit(config.max_connections)
             threads = config.workers + SPARE_THREADS  # shared out by OpenStreams' caps
             server = grpc.server(
-                futures.ThreadPoolExecutor(max_workers=threads, thread_name_prefix="flowrl-rpc"),
+                _CallThreads(threads, self._thread_refused),
                 interceptors=[*token, self._streams],  # the token is checked first
                 maximum_concurrent_rpcs=threads,  # beyond: RESOURCE_EXHAUSTED, not a silent wait
                 options=[
@@ -405,7 +556,12 @@ class PolicyServer:
             if not is_loopback(config.host):
                 _warn_of_open_access(config, credentials is not None, self.bound_address)
             self._server = server
+            running = set(threading.enumerate())
             server.start()
+            self._serving_thread = next(
+                (thread for thread in set(threading.enumerate()) - running if thread.name.endswith("(_serve)")), None
+            )
+            check_task_limits(config)  # with gRPC's own threads running: pids.current counts them
             if config.watch:  # its stamp is taken now: a checkpoint saved while loading is not missed
                 self._watcher = FileWatcher(Path(config.model), self.servicer.load, config.watch_interval_s)
             self.servicer.load()
@@ -430,6 +586,27 @@ class PolicyServer:
                 "work): serve_forever applies them, or call flowrl_deploy.affinity's pin_to_cpus and set_realtime"
             )
         return self
+
+    def _thread_refused(self, exc: BaseException) -> None:
+        if self.failure is not None:
+            return
+        self.failure = THREADS_REFUSED.format(error=exc)
+        log.error(
+            "%s: with %d Python threads running, a call waits for one of them to be free, and the server can no longer "
+            "answer every call",
+            self.failure,
+            threading.active_count(),
+        )
+
+    def alive(self) -> bool:
+        """Whether the server serves: started and not stopped, every call thread it needed started
+        (:attr:`failure` None) and gRPC's serving thread, which accepts each call, running."""
+        return (
+            self._server is not None
+            and not self._stopped
+            and self.failure is None
+            and (self._serving_thread is None or self._serving_thread.is_alive())
+        )
 
     def stop(self, grace: float | None = None) -> None:
         """Refuse new calls, let calls in flight finish (up to ``grace`` s; None: ``grace_s``), then
@@ -504,7 +681,12 @@ class PolicyServer:
     def _stop_grpc(self, server: grpc.Server, grace: float) -> None:
         """gRPC's stop with ``grace``, cut short once no call is in flight, then the servicer's
         release (batcher threads, work folder)."""
-        stopped = server.stop(grace)  # no new call is accepted from here on
+        try:
+            stopped = server.stop(grace)  # no new call is accepted from here on
+        except RuntimeError as exc:  # it could not start its thread that times the grace
+            if not _cannot_start_threads(exc):
+                raise
+            stopped = server.stop(None)  # its stop began; now cancel the calls in flight
         if self._streams.wait_idle(grace):
             server.stop(0)  # close the connections left open: nothing is in flight on them
         stopped.wait()
@@ -539,6 +721,41 @@ SIGINT: ``nohup flowrl serve …`` outlives its terminal, and ``flowrl serve …
 shell ignores SIGINT for background jobs) outlives a Ctrl-C meant for the script's foreground job."""
 
 
+class ServerFailed(FlowRLError):
+    """:func:`serve_forever` stopped because the server could no longer serve (a call thread could
+    not start, or gRPC's serving thread died): ``flowrl serve`` exits with status 1, for a service
+    manager (systemd's ``Restart=on-failure``, Kubernetes) to start it again."""
+
+
+class _Liveness:
+    """Whether the server answers, for the watchdog: :meth:`PolicyServer.alive`, and, without TLS,
+    a health Check of its own over loopback answered in time (any answer, a refusal at the health
+    cap included). With TLS its client would need the server's CA (and with mTLS a certificate)."""
+
+    def __init__(self, server: PolicyServer) -> None:
+        self._server = server
+        self._channel = (
+            None
+            if server.config.tls_cert
+            else grpc.insecure_channel(server.address, options=[("grpc.enable_http_proxy", 0)])
+        )
+
+    def __call__(self, timeout_s: float) -> bool:
+        if not self._server.alive():
+            return False
+        if self._channel is None:
+            return True
+        try:
+            health_pb2_grpc.HealthStub(self._channel).Check(health_pb2.HealthCheckRequest(), timeout=timeout_s)
+        except grpc.RpcError as exc:
+            return exc.code() == grpc.StatusCode.RESOURCE_EXHAUSTED  # answered: refused at the health cap
+        return True
+
+    def close(self) -> None:
+        if self._channel is not None:
+            self._channel.close()
+
+
 def serve_forever(
     config: ServeConfig,
     on_ready: Callable[[PolicyServer], None] | None = None,
@@ -550,7 +767,14 @@ def serve_forever(
 
     Returns the calls abandoned at the end of the stop (:attr:`PolicyServer.abandoned`): their
     handler threads, still in their inference, hold the interpreter's exit (the thread pool joins
-    its threads) unless the process leaves with ``os._exit``, as ``flowrl serve`` then does.
+    its threads) unless the process leaves with ``os._exit``, as ``flowrl serve`` then does. Once
+    the server can no longer serve (:meth:`PolicyServer.alive`: a call thread could not start,
+    gRPC's serving thread died) it stops too, and raises :class:`ServerFailed`.
+
+    Under systemd (``$NOTIFY_SOCKET``, :class:`~flowrl_deploy.systemd.Notifier`) it sends
+    ``READY=1`` with ``STATUS=`` its :func:`banner` once serving (and warm, at its real-time
+    priority), ``STOPPING=1`` when the stop begins and, with ``WatchdogSec=``, ``WATCHDOG=1`` every
+    half of it while the server answers (:class:`_Liveness`), so that a hung server is restarted.
 
     The whole process is pinned to ``config.cpus`` and, once the model is warm, runs under
     SCHED_FIFO at ``config.rt_priority`` (:func:`~flowrl_deploy.affinity.set_realtime`);
@@ -563,6 +787,7 @@ def serve_forever(
     pin_to_cpus(config.cpus)
     if config.rt_priority is not None:  # refused now, not after the model has loaded
         check_realtime(config.rt_priority)
+    notifier = Notifier()
     # The handler takes no lock: Event.set() in a handler deadlocked when the signal arrived while
     # this thread held the Event's lock (inside its own wait, or a first handler's set()).
     signals: list[int] = []
@@ -570,24 +795,66 @@ def serve_forever(
     previous = {sig: signal.signal(sig, lambda sig, _: signals.append(sig)) for sig in handled}
     server = PolicyServer(config, export_checkpoint)
     server._process_settings_applied = True
+    failure = ""
+    liveness: _Liveness | None = None
     try:
         server.start()
         if config.rt_priority is not None:  # loading and warm-up ran at the normal priority
             set_realtime(config.rt_priority)  # every thread, gRPC's and onnxruntime's included
-        if on_ready is not None and not signals:  # not "serving …" after a Ctrl-C during start-up
-            on_ready(server)
+        if not signals:  # not "serving …" after a Ctrl-C during start-up
+            if on_ready is not None:
+                on_ready(server)
+            status = banner(server)
+            notifier.send("READY=1", f"STATUS={status}")
+        watchdog_s = notifier.watchdog_s
+        liveness = _Liveness(server) if watchdog_s else None
         with gc_frozen():  # the loaded libraries' objects stay out of every later garbage collection
-            checked = time.monotonic()
+            checked = pinged = time.monotonic()
+            unanswered = False
             while not signals:
                 time.sleep(0.1)
+                if not server.alive():
+                    failure = (
+                        "a call thread could not start"
+                        if server.failure
+                        else "gRPC's serving thread stopped, and with it every new call"
+                    )
+                    break
                 if time.monotonic() - checked >= EXPIRY_CHECK_S:
                     checked = time.monotonic()
                     server.check_certificate()
-        log.info("stopping on %s: finishing calls in flight", signal.Signals(signals[0]).name)
+                if notifier.enabled and banner(server) != status:  # a reload
+                    status = banner(server)
+                    notifier.send(f"STATUS={status}")
+                if liveness is not None and time.monotonic() - pinged >= watchdog_s / 2:
+                    if liveness(min(watchdog_s / 4, 5.0)):
+                        pinged = time.monotonic()
+                        notifier.send("WATCHDOG=1")
+                        unanswered = False
+                    elif not unanswered and not signals:
+                        unanswered = True
+                        log.warning(
+                            "the server did not answer its own health check within %.1f s: no WATCHDOG=1 is sent "
+                            "while it does not (systemd stops it %.0f s after the last one)",
+                            min(watchdog_s / 4, 5.0),
+                            watchdog_s,
+                        )
+        if failure:
+            log.error(
+                "stopping: %s (above); flowrl serve exits with status 1, for a service manager to restart it", failure
+            )
+            notifier.send("STOPPING=1", f"STATUS=stopping: {failure}")
+        else:
+            log.info("stopping on %s: finishing calls in flight", signal.Signals(signals[0]).name)
+            notifier.send("STOPPING=1", f"STATUS=stopping on {signal.Signals(signals[0]).name}")
         stopping = time.monotonic()
     finally:
+        if liveness is not None:
+            liveness.close()
         server.stop()
         for sig, handler in previous.items():
             signal.signal(sig, handler)
     log.info("stopped in %.1f s", time.monotonic() - stopping)
+    if failure:
+        raise ServerFailed(failure)
     return server.abandoned

@@ -127,7 +127,8 @@ def serve(
     from flowrl_deploy.errors import FlowRLError
     from flowrl_deploy.export import export_for_serving
     from flowrl_deploy.serve import ServeConfig, serve_forever
-    from flowrl_deploy.serve.server import banner
+    from flowrl_deploy.serve.server import ServerFailed, banner
+    from flowrl_deploy.systemd import journal_formatter
 
     env_token = os.environ.get(TOKEN_ENV)
     if env_token is not None and not env_token.strip() and (token is None or token == env_token):
@@ -163,9 +164,19 @@ def serve(
         rt_priority=rt_priority,
         grace_s=grace_s,
     )
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    handler = logging.StreamHandler()  # under journald: <N> level prefixes, no timestamp of our own
+    handler.setFormatter(journal_formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
+    logging.basicConfig(level=logging.INFO, handlers=[handler])
 
-    if serve_forever(config, on_ready=lambda server: typer.echo(banner(server)), export_checkpoint=export_for_serving):
+    try:
+        abandoned = serve_forever(
+            config, on_ready=lambda server: typer.echo(banner(server)), export_checkpoint=export_for_serving
+        )
+    except ServerFailed:  # logged: exit 1 at once, whatever handler threads are left (as below)
+        logging.shutdown()
+        sys.stdout.flush()
+        os._exit(1)
+    if abandoned:
         # calls abandoned at the end of the grace period: their handler threads would hold the exit
         # until their inference returns (the thread pool joins its threads), long after "stopped"
         logging.shutdown()
