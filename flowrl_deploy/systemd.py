@@ -113,6 +113,11 @@ class JournalFormatter(logging.Formatter):
         return "\n".join(prefix + line for line in super().format(record).split("\n"))
 
 
+def journal_prefix(level: int, environ: Mapping[str, str] | None = None) -> str:
+    """``<level>`` (a syslog level) for a line written to stderr when stderr is the journal, else ''."""
+    return f"<{level}>" if stderr_is_journal(environ) else ""
+
+
 def journal_formatter(fmt: str, environ: Mapping[str, str] | None = None) -> logging.Formatter:
     """:class:`JournalFormatter` when stderr is the journal, else ``logging.Formatter(fmt)``."""
     return JournalFormatter() if stderr_is_journal(environ) else logging.Formatter(fmt)

@@ -26,6 +26,7 @@ from flowrl_deploy.checkpoint import (
 )
 from flowrl_deploy.errors import FlowRLError, Interrupted, printable
 from flowrl_deploy.extras import missing_extra_message
+from flowrl_deploy.systemd import journal_prefix
 
 if TYPE_CHECKING:
     from flowrl_deploy.client import PolicyClient
@@ -237,7 +238,8 @@ def user_errors(command: Callable[P, R]) -> Callable[P, R]:
     """Turn a :class:`FlowRLError`, or a missing module of an optional extra (torch on a robot
     computer's base install), into a one-line message on stderr and exit status 1, and Ctrl-C (or an
     :class:`Interrupted` stop signal) into one line saying so and the shell's 128 + signal: 130 for
-    Ctrl-C, 143 for SIGTERM (typer's own handling exits 130 silently). Any other
+    Ctrl-C, 143 for SIGTERM (typer's own handling exits 130 silently). Under journald an error line
+    begins with its level, ``<3>`` (:func:`~flowrl_deploy.systemd.journal_prefix`). Any other
     missing module is a bug and keeps its traceback."""
     command_name = command.__name__.removesuffix("_command")
 
@@ -246,13 +248,13 @@ def user_errors(command: Callable[P, R]) -> Callable[P, R]:
         try:
             return command(*args, **kwargs)
         except FlowRLError as exc:
-            typer.secho(f"error: {exc}", err=True, fg=typer.colors.RED)
+            typer.secho(f"{journal_prefix(3)}error: {exc}", err=True, fg=typer.colors.RED)
             raise typer.Exit(1) from None
         except ModuleNotFoundError as exc:
             message = missing_extra_message(exc, command_name)
             if message is None:
                 raise
-            typer.secho(f"error: {message}", err=True, fg=typer.colors.RED)
+            typer.secho(f"{journal_prefix(3)}error: {message}", err=True, fg=typer.colors.RED)
             raise typer.Exit(1) from None
         except KeyboardInterrupt as exc:  # a command that has more to say (what was done) catches it first
             signum = exc.signum if isinstance(exc, Interrupted) else signal.SIGINT

@@ -126,3 +126,19 @@ def test_the_watchdogs_liveness_check_fails_once_the_server_stops_answering(poli
                     deaf.close()
         finally:
             liveness.close()
+
+
+def test_a_refusal_under_journald_is_an_error_entry(tmp_path):
+    stderr_path = tmp_path / "stderr"
+    with open(stderr_path, "w") as stderr:
+        status = os.fstat(stderr.fileno())
+        env = {**os.environ, "JOURNAL_STREAM": f"{status.st_dev}:{status.st_ino}"}
+        result = subprocess.run(
+            [sys.executable, "-m", "flowrl_deploy.cli", "serve", str(tmp_path / "nope.onnx"), "--port", "0"],
+            stdout=subprocess.DEVNULL,
+            stderr=stderr,
+            env=env,
+            timeout=120,
+        )
+    assert result.returncode == 1
+    assert stderr_path.read_text().startswith("<3>error: model not found"), stderr_path.read_text()
