@@ -321,7 +321,7 @@ def threads_to_come(config: ServeConfig) -> int:
 def _read_int(path: Path) -> int | None:
     """The number in ``path`` (None: missing, unreadable, or ``max``)."""
     try:
-        text = path.read_text().strip()
+        text = path.read_text(encoding="ascii", errors="replace").strip()
     except OSError:
         return None
     return int(text) if text.isdigit() else None
@@ -335,7 +335,7 @@ def task_limits() -> list[tuple[int, str]]:
     CAP_SYS_RESOURCE or CAP_SYS_ADMIN). Every thread is a task. A limit that cannot be read counts as none."""
     limits = []
     try:
-        lines = Path(CGROUP_FILE).read_text().splitlines()
+        lines = Path(CGROUP_FILE).read_text(encoding="utf-8", errors="replace").splitlines()
     except OSError:
         lines = []
     for line in lines:
@@ -375,7 +375,7 @@ def _nproc_limit() -> int | None:
     if soft == resource.RLIM_INFINITY:
         return None
     try:  # the kernel does not apply it to a process with CAP_SYS_RESOURCE or CAP_SYS_ADMIN
-        status = Path(PROC, "self", "status").read_text()
+        status = Path(PROC, "self", "status").read_text(encoding="utf-8", errors="replace")
         effective = int(re.search(r"^CapEff:\s*([0-9a-f]+)", status, re.M).group(1), 16)  # type: ignore[union-attr]
     except (OSError, AttributeError, ValueError):
         effective = 0
@@ -391,7 +391,8 @@ def _user_tasks(uid: int) -> int:
         return 0
     for entry in entries:
         try:
-            status = Path(entry.path, "status").read_text()
+            # errors="replace": the file holds the process's name, which may be any bytes
+            status = Path(entry.path, "status").read_text(encoding="utf-8", errors="replace")
         except OSError:  # gone, or hidden
             continue
         real = re.search(r"^Uid:\s*(\d+)", status, re.M)
