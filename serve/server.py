@@ -1,12 +1,12 @@
-"""The gRPC server: health, reflection, TLS, token, metrics, hot reload, graceful stop.
+"""PolicyServer, the gRPC server (health, reflection, TLS, token, metrics, reload, stop), its banner and bind checks.
 
 In-process::
 
     with PolicyServer(ServeConfig("policy.onnx", port=0)).start() as server:
         client = PolicyClient(server.address)
 
-As a process: ``flowrl serve policy.onnx --port 0`` prints its :func:`banner` once health is
-SERVING; SIGTERM, SIGINT or SIGHUP (unless ignored, as under ``nohup``) stops it gracefully (exit 0).
+As a process: ``flowrl serve`` runs :func:`~flowrl_deploy.serve.run.serve_forever`, which prints
+its :func:`banner` once health is SERVING and stops on a signal.
 
 A checkpoint (rather than an ONNX file) is served only with an ``export_checkpoint``
 (:data:`~flowrl_deploy.serve.model.Exporter`): serve never imports the exporter, and with it torch,
@@ -15,9 +15,9 @@ itself; ``flowrl serve`` passes one.
 A :class:`PolicyServer` serves once: :meth:`~PolicyServer.start` a second time, or after
 :meth:`~PolicyServer.stop`, raises :class:`FlowRLError` (build a new one to serve again).
 
-A synchronous server with a thread pool: each call runs on a pool thread (never on gRPC's
-I/O pollers), and with ``max_batch == 1`` inference runs in that thread with no hand-off,
-which measured the lowest batch-1 latency.
+A synchronous server with a thread pool (:class:`~flowrl_deploy.serve.threads.CallThreads`): each
+call runs on a pool thread (never on gRPC's I/O pollers), and with ``max_batch == 1`` inference runs
+in that thread with no hand-off, which measured the lowest batch-1 latency.
 """
 
 from __future__ import annotations
@@ -26,14 +26,10 @@ import contextlib
 import datetime
 import errno
 import logging
-import os
 import re
-import signal
 import socket
 import threading
 import time
-from collections.abc import Callable
-from concurrent import futures
 from http.server import ThreadingHTTPServer
 from pathlib import Path
 
@@ -41,25 +37,19 @@ import grpc
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 
-from flowrl_deploy.affinity import check_realtime, pin_to_cpus, set_realtime
 from flowrl_deploy.connection import EVERY_INTERFACE, is_loopback
 from flowrl_deploy.errors import FlowRLError
-from flowrl_deploy.gc_freeze import gc_frozen
 from flowrl_deploy.proto.flowrl.v1 import policy_pb2_grpc as pb_grpc
 from flowrl_deploy.runtime import is_onnx_path
 from flowrl_deploy.serve.config import ServeConfig, check_grace
+from flowrl_deploy.serve.connections import connection_options, keepalive_options, warn_of_file_limit
 from flowrl_deploy.serve.interceptors import SERVICE_NAME, SPARE_THREADS, Cap, OpenStreams, TokenInterceptor
 from flowrl_deploy.serve.metrics import Metrics, start_metrics_http
 from flowrl_deploy.serve.model import Exporter
 from flowrl_deploy.serve.reload import FileWatcher
 from flowrl_deploy.serve.servicer import PolicyServicer
-from flowrl_deploy.systemd import Notifier
+from flowrl_deploy.serve.threads import THREADS_REFUSED, CallThreads, cannot_start_threads, check_task_limits
 from flowrl_deploy.tls import ServerTLS, ServerTLSFiles
-
-try:
-    import resource  # POSIX only
-except ImportError:  # Windows: its sockets are not counted against a descriptor limit
-    resource = None  # type: ignore[assignment]
 
 log = logging.getLogger("flowrl.serve")
 
@@ -168,17 +158,6 @@ def server_credentials(files: ServerTLSFiles, metrics: Metrics | None = None) ->
     )
 
 
-EXPIRY_CHECK_S = 60.0
-"""How often :func:`serve_forever` checks the served certificate's expiry (a warning as it crosses
-:data:`~flowrl_deploy.tls.EXPIRY_WARNING_DAYS` or expires), besides each new connection's handshake."""
-
-
-MIN_CLIENT_PING_S = 5
-"""Clients may ping this often, with calls in flight or none (flowrl's client pings every 10 s to
-find a dead server): gRPC's default answered pings more frequent than every 5 minutes without data
-with GOAWAY too_many_pings, dropping the connection."""
-
-
 def _warn_of_open_access(config: ServeConfig, tls: bool, address: str) -> None:
     """Warn of a network address that anyone who reaches it may call, or whose token travels in clear."""
     if not config.token and not config.client_ca:
@@ -197,73 +176,6 @@ def _warn_of_open_access(config: ServeConfig, tls: bool, address: str) -> None:
         )
 
 
-HANDSHAKE_TIMEOUT_S = 10.0
-"""A connection that has not begun HTTP/2 (and TLS) this long after it was accepted is closed
-(with gRPC's default, silent TCP connections held the server's file descriptors for tens of seconds)."""
-CONNECTION_IDLE_S = 1800.0
-"""A connection with no call in flight this long is closed (GOAWAY; its client reconnects on its
-next call; gRPC closes it between once and about twice this long): gRPC kept one for ever, its
-client answering the keepalive pings. An open stream, a robot's StreamAct between two requests
-included, is a call in flight; a client's keepalive pings are not (measured: pings every 5 s, a 6 s
-idle limit, closed after 11 s). Half an hour, not 5 minutes: the close is for the descriptors of
-silent peers, which ``--max-connections`` bounds already, and each close costs a client making
-sporadic calls a reconnect and, in a program that uses the client as a library, one gRPC INFO line
-on stderr ('Got goaway … connection idle'; ``GRPC_VERBOSITY=ERROR`` silences it)."""
-
-
-def connection_options(max_connections: int) -> list[tuple[str, int]]:
-    """gRPC server options bounding the connections: at most ``max_connections`` at once, each
-    closed after :data:`HANDSHAKE_TIMEOUT_S` without HTTP/2 or :data:`CONNECTION_IDLE_S` without a call."""
-    return [
-        ("grpc.max_allowed_incoming_connections", max_connections),
-        ("grpc.server_handshake_timeout_ms", round(HANDSHAKE_TIMEOUT_S * 1000)),
-        ("grpc.max_connection_idle_ms", round(CONNECTION_IDLE_S * 1000)),
-    ]
-
-
-OWN_FILES = 64
-"""File descriptors the server keeps for itself besides its connections (the listening sockets,
-gRPC's epoll and wake-up fds, the model file, the metrics server's, logs), counted out of ``ulimit -n``."""
-
-
-def _warn_of_file_limit(max_connections: int) -> None:
-    """Warn when ``max_connections`` is more than the process may open (``ulimit -n`` less
-    :data:`OWN_FILES`): at the limit, before the cap is reached, gRPC leaves new connections
-    unaccepted (logging 'File descriptor limit reached. Retrying.') and the process can open no
-    other file (a reload's model, a pipe) until connections close."""
-    if resource is None:
-        return
-    soft, _ = resource.getrlimit(resource.RLIMIT_NOFILE)
-    if soft == resource.RLIM_INFINITY or max_connections <= soft - OWN_FILES:
-        return
-    log.warning(
-        "--max-connections %d is more than this process may open (ulimit -n %d, about %d of them the server's "
-        "own): beyond about %d connections new ones wait unaccepted and the server can open no file (a reload "
-        "fails); raise ulimit -n or lower --max-connections",
-        max_connections,
-        soft,
-        OWN_FILES,
-        max(soft - OWN_FILES, 0),
-    )
-
-
-def keepalive_options(keepalive_s: float) -> list[tuple[str, int]]:
-    """gRPC server options: ping every connection each ``keepalive_s`` and close one whose ping goes
-    unanswered as long (a frozen or cut-off client held its handler thread and session for gRPC's
-    default 2 h), idle connections too; take clients' pings every :data:`MIN_CLIENT_PING_S`, with
-    or without calls, and with no data between them."""
-    interval_ms = round(keepalive_s * 1000)
-    return [
-        ("grpc.keepalive_time_ms", interval_ms),
-        ("grpc.keepalive_timeout_ms", interval_ms),
-        ("grpc.http2.ping_timeout_ms", interval_ms),  # any ping: a keepalive may ride on a pending one
-        ("grpc.keepalive_permit_without_calls", 1),
-        ("grpc.http2.max_pings_without_data", 0),  # else the server's own pings stop after 2 without data
-        ("grpc.http2.min_ping_interval_without_data_ms", MIN_CLIENT_PING_S * 1000),  # received pings
-        ("grpc.http2.max_ping_strikes", 2),  # gRPC's default: a client pinging faster is still sent away
-    ]
-
-
 class KnownServicesHealth(health.HealthServicer):
     """grpc's health service, whose Watch follows the services this server has (``""`` and the policy
     service) and answers another name SERVICE_UNKNOWN once, then ends: grpc's kept each name a Watch
@@ -277,165 +189,6 @@ class KnownServicesHealth(health.HealthServicer):
             return super().Watch(request, context, send_response_callback)
         # the blocking form (a reply iterator), the one OpenStreams' wrapper calls: one reply, then the end
         return iter([health_pb2.HealthCheckResponse(status=health_pb2.HealthCheckResponse.SERVICE_UNKNOWN)])
-
-
-THREADS_REFUSED = (
-    "cannot start the server's threads ({error}): a task limit (systemd TasksMax=, the cgroup's pids.max, "
-    "ulimit -u) counts each thread, an address-space limit (ulimit -v, prlimit --as) each thread's stack "
-    "(ulimit -s, 8 MiB by default), and the server runs up to --workers + "
-    f"{SPARE_THREADS} call threads besides its own and onnxruntime's; raise or lift the limit, or lower --workers"
-)
-
-
-def _cannot_start_threads(exc: BaseException) -> bool:
-    """Whether ``exc`` is Python's refusal to start a thread (its stack could not be mapped)."""
-    return isinstance(exc, RuntimeError) and str(exc).startswith("can't start new thread")
-
-
-CGROUP_FILE = "/proc/self/cgroup"
-CGROUP_MOUNTS = {"": ("/sys/fs/cgroup", "/sys/fs/cgroup/unified"), "pids": ("/sys/fs/cgroup/pids",)}
-"""Where each hierarchy of /proc/self/cgroup is mounted: cgroup v2 (its controllers field is empty),
-at the root or, on a hybrid system, under unified/; cgroup v1's pids controller."""
-PROC = "/proc"
-TASK_MARGIN = 8
-"""Threads counted on besides those :func:`threads_to_come` names: gRPC's core starts more under
-load (its event engine's pool grows), and a stop starts two."""
-
-
-def threads_to_come(config: ServeConfig) -> int:
-    """The threads a server may still start once gRPC runs and the servicer's batcher threads have
-    started: its call threads (one per call in flight, started as calls come, up to ``workers`` +
-    :data:`SPARE_THREADS`), ``--watch``'s, the metrics endpoint's (one more per scrape in progress),
-    onnxruntime's intra-op threads (``threads`` - 1 per model, two models during a reload) and
-    :data:`TASK_MARGIN`."""
-    return (
-        config.workers
-        + SPARE_THREADS
-        + int(config.watch)
-        + 2 * (config.metrics_port is not None)
-        + 2 * (config.threads - 1)
-        + TASK_MARGIN
-    )
-
-
-def _read_int(path: Path) -> int | None:
-    """The number in ``path`` (None: missing, unreadable, or ``max``)."""
-    try:
-        text = path.read_text(encoding="ascii", errors="replace").strip()
-    except OSError:
-        return None
-    return int(text) if text.isdigit() else None
-
-
-def task_limits() -> list[tuple[int, str]]:
-    """(how many more tasks may start, which limit says so) for each task limit on this process:
-    the cgroup's ``pids.max`` (systemd's TasksMax=) at its cgroup and each one above (cgroup v2, or
-    v1's pids controller), less its ``pids.current``; and ``RLIMIT_NPROC`` (ulimit -u, systemd's
-    LimitNPROC=), less the tasks of this user's processes, unless this process is exempt (root,
-    CAP_SYS_RESOURCE or CAP_SYS_ADMIN). Every thread is a task. A limit that cannot be read counts as none."""
-    limits = []
-    try:
-        lines = Path(CGROUP_FILE).read_text(encoding="utf-8", errors="replace").splitlines()
-    except OSError:
-        lines = []
-    for line in lines:
-        _, controllers, path = line.split(":", 2) if line.count(":") >= 2 else ("", "-", "")
-        if controllers not in CGROUP_MOUNTS and "pids" not in controllers.split(","):
-            continue
-        for mount in CGROUP_MOUNTS["" if controllers == "" else "pids"]:
-            folder = Path(mount + path.rstrip("/"))
-            if not folder.is_dir():
-                continue
-            for level in (folder, *folder.parents):
-                most, current = _read_int(level / "pids.max"), _read_int(level / "pids.current")
-                if most is not None and current is not None:
-                    where = "/" + str(level.relative_to(mount)).lstrip(".")
-                    limits.append(
-                        (
-                            most - current,
-                            f"the cgroup's pids.max (systemd TasksMax=) is {most} at {where}, {current} in use",
-                        )
-                    )
-                if str(level) == mount:
-                    break
-            break
-    nproc = _nproc_limit()
-    if nproc is not None:
-        used = _user_tasks(os.getuid())
-        limits.append(
-            (nproc - used, f"the user's ulimit -u (RLIMIT_NPROC, systemd LimitNPROC=) is {nproc}, {used} in use")
-        )
-    return limits
-
-
-def _nproc_limit() -> int | None:
-    if resource is None or not hasattr(resource, "RLIMIT_NPROC") or os.getuid() == 0:
-        return None
-    soft, _ = resource.getrlimit(resource.RLIMIT_NPROC)
-    if soft == resource.RLIM_INFINITY:
-        return None
-    try:  # the kernel does not apply it to a process with CAP_SYS_RESOURCE or CAP_SYS_ADMIN
-        status = Path(PROC, "self", "status").read_text(encoding="utf-8", errors="replace")
-        effective = int(re.search(r"^CapEff:\s*([0-9a-f]+)", status, re.M).group(1), 16)  # type: ignore[union-attr]
-    except (OSError, AttributeError, ValueError):
-        effective = 0
-    return None if effective & (1 << 21 | 1 << 24) else soft
-
-
-def _user_tasks(uid: int) -> int:
-    """The threads of the processes (seen in /proc) whose real user is ``uid``: what RLIMIT_NPROC counts."""
-    tasks = 0
-    try:
-        entries = [entry for entry in os.scandir(PROC) if entry.name.isdigit()]
-    except OSError:
-        return 0
-    for entry in entries:
-        try:
-            # errors="replace": the file holds the process's name, which may be any bytes
-            status = Path(entry.path, "status").read_text(encoding="utf-8", errors="replace")
-        except OSError:  # gone, or hidden
-            continue
-        real = re.search(r"^Uid:\s*(\d+)", status, re.M)
-        threads = re.search(r"^Threads:\s*(\d+)", status, re.M)
-        if real and threads and int(real.group(1)) == uid:
-            tasks += int(threads.group(1))
-    return tasks
-
-
-def check_task_limits(config: ServeConfig) -> None:
-    """Refuse, in one line naming ``--workers`` and the limit, a server whose threads to come
-    (:func:`threads_to_come`) do not fit under a task limit (:func:`task_limits`): past it, the
-    call that needed one more thread would kill gRPC's serving thread (before :class:`_CallThreads`)
-    or leave the call waiting for a busy thread."""
-    needed = threads_to_come(config)
-    for room, limit in task_limits():
-        if room < needed:
-            workers = config.workers - (needed - room)
-            lower = f"lower --workers to {workers} or less" if workers >= 1 else "lower --workers"
-            raise FlowRLError(
-                f"{limit}: only {max(room, 0)} more threads can start, and the server may need {needed} more "
-                f"(--workers {config.workers} + {SPARE_THREADS} spare call threads + "
-                f"{needed - config.workers - SPARE_THREADS} of its own); raise the limit, or {lower}"
-            )
-
-
-class _CallThreads(futures.ThreadPoolExecutor):
-    """gRPC's pool of call threads. A thread that cannot start (a task limit reached) raised from
-    ``submit`` in gRPC's serving thread and killed it: the server answered nothing more while its
-    process ran on. Here the call stays queued for a thread already running (``submit`` queues it
-    first), gRPC serves on, and ``on_refused`` is told."""
-
-    def __init__(self, max_workers: int, on_refused: Callable[[BaseException], None]) -> None:
-        super().__init__(max_workers=max_workers, thread_name_prefix="flowrl-rpc")
-        self._on_refused = on_refused
-
-    def _adjust_thread_count(self) -> None:
-        try:
-            super()._adjust_thread_count()
-        except RuntimeError as exc:
-            if not _cannot_start_threads(exc):
-                raise
-            self._on_refused(exc)
 
 
 STOP_MARGIN_S = 1.0
@@ -492,7 +245,8 @@ class PolicyServer:
     def check_certificate(self) -> None:
         """Warn of the served certificate crossing its expiry warning line or expiring (nothing
         without TLS): a new connection's handshake checks too, but a fleet that holds its streams makes
-        none. :func:`serve_forever` calls it every :data:`EXPIRY_CHECK_S`, and so does each metrics scrape."""
+        none. :func:`~flowrl_deploy.serve.run.serve_forever` calls it every
+        :data:`~flowrl_deploy.serve.run.EXPIRY_CHECK_S`, and so does each metrics scrape."""
         if self._tls_files is not None:
             self._tls_files.check_expiry()
 
@@ -523,10 +277,10 @@ class PolicyServer:
                 if config.token
                 else []
             )
-            _warn_of_file_limit(config.max_connections)
+            warn_of_file_limit(config.max_connections)
             threads = config.workers + SPARE_THREADS  # shared out by OpenStreams' caps
             server = grpc.server(
-                _CallThreads(threads, self._thread_refused),
+                CallThreads(threads, self._thread_refused),
                 interceptors=[*token, self._streams],  # the token is checked first
                 maximum_concurrent_rpcs=threads,  # beyond: RESOURCE_EXHAUSTED, not a silent wait
                 options=[
@@ -577,7 +331,7 @@ class PolicyServer:
                 self._watcher.start()
         except BaseException as exc:
             self.stop(grace=0)
-            if _cannot_start_threads(exc):
+            if cannot_start_threads(exc):
                 raise FlowRLError(THREADS_REFUSED.format(error=exc)) from None
             raise
         self._set_health(health_pb2.HealthCheckResponse.SERVING)
@@ -685,7 +439,7 @@ class PolicyServer:
         try:
             stopped = server.stop(grace)  # no new call is accepted from here on
         except RuntimeError as exc:  # it could not start its thread that times the grace
-            if not _cannot_start_threads(exc):
+            if not cannot_start_threads(exc):
                 raise
             stopped = server.stop(None)  # its stop began; now cancel the calls in flight
         if self._streams.wait_idle(grace):
@@ -707,155 +461,3 @@ class PolicyServer:
 def _close_http(server: ThreadingHTTPServer) -> None:
     server.shutdown()
     server.server_close()
-
-
-STOP_SIGNALS = tuple(
-    getattr(signal, name) for name in ("SIGTERM", "SIGINT", "SIGHUP", "SIGBREAK") if hasattr(signal, name)
-)
-"""Signals that stop :func:`serve_forever` gracefully: SIGHUP (a closed terminal or SSH session, or
-``kill -HUP``) killed the server at once, with no log and calls in flight cut (exit 129). SIGBREAK
-is Windows' Ctrl-Break, what :class:`ServerProcess` sends its child there."""
-
-KEPT_IF_IGNORED = tuple(getattr(signal, name) for name in ("SIGINT", "SIGHUP") if hasattr(signal, name))
-"""Of :data:`STOP_SIGNALS`, those that stay ignored when ignored at start, as Python itself leaves
-SIGINT: ``nohup flowrl serve …`` outlives its terminal, and ``flowrl serve … &`` in a script (whose
-shell ignores SIGINT for background jobs) outlives a Ctrl-C meant for the script's foreground job."""
-
-
-class ServerFailed(FlowRLError):
-    """:func:`serve_forever` stopped because the server could no longer serve (a call thread could
-    not start, or gRPC's serving thread died): ``flowrl serve`` exits with status 1, for a service
-    manager (systemd's ``Restart=on-failure``, Kubernetes) to start it again."""
-
-
-class _Liveness:
-    """Whether the server answers, for the watchdog: :meth:`PolicyServer.alive`, and, without TLS,
-    a health Check of its own over loopback answered in time (any answer, a refusal at the health
-    cap included). With TLS its client would need the server's CA (and with mTLS a certificate)."""
-
-    def __init__(self, server: PolicyServer) -> None:
-        self._server = server
-        self._channel = (
-            None
-            if server.config.tls_cert
-            else grpc.insecure_channel(server.address, options=[("grpc.enable_http_proxy", 0)])
-        )
-
-    def __call__(self, timeout_s: float) -> bool:
-        if not self._server.alive():
-            return False
-        if self._channel is None:
-            return True
-        try:
-            health_pb2_grpc.HealthStub(self._channel).Check(health_pb2.HealthCheckRequest(), timeout=timeout_s)
-        except grpc.RpcError as exc:
-            return exc.code() == grpc.StatusCode.RESOURCE_EXHAUSTED  # answered: refused at the health cap
-        return True
-
-    def close(self) -> None:
-        if self._channel is not None:
-            self._channel.close()
-
-
-def serve_forever(
-    config: ServeConfig,
-    on_ready: Callable[[PolicyServer], None] | None = None,
-    export_checkpoint: Exporter | None = None,
-) -> int:
-    """Run until one of :data:`STOP_SIGNALS` (but not one of :data:`KEPT_IF_IGNORED` ignored at
-    start), then stop gracefully. Only the main thread can handle signals: from another thread it
-    raises :class:`FlowRLError` (serve there with ``PolicyServer(config).start()`` and ``stop()``).
-
-    Returns the calls abandoned at the end of the stop (:attr:`PolicyServer.abandoned`): their
-    handler threads, still in their inference, hold the interpreter's exit (the thread pool joins
-    its threads) unless the process leaves with ``os._exit``, as ``flowrl serve`` then does. Once
-    the server can no longer serve (:meth:`PolicyServer.alive`: a call thread could not start,
-    gRPC's serving thread died) it stops too, and raises :class:`ServerFailed`.
-
-    Under systemd (``$NOTIFY_SOCKET``, :class:`~flowrl_deploy.systemd.Notifier`) it sends
-    ``READY=1`` with ``STATUS=`` its :func:`banner` once serving (and warm, at its real-time
-    priority), ``STOPPING=1`` when the stop begins and, with ``WatchdogSec=``, ``WATCHDOG=1`` every
-    half of it while the server answers (:class:`_Liveness`), so that a hung server is restarted.
-
-    The whole process is pinned to ``config.cpus`` and, once the model is warm, runs under
-    SCHED_FIFO at ``config.rt_priority`` (:func:`~flowrl_deploy.affinity.set_realtime`);
-    :meth:`PolicyServer.start` applies neither (it may share its process with other work)."""
-    if threading.current_thread() is not threading.main_thread():
-        raise FlowRLError(
-            "serve_forever runs in the main thread only (it stops on signals, which only the main thread "
-            "receives); to serve from another thread, use PolicyServer(config).start() and .stop()"
-        )
-    pin_to_cpus(config.cpus)
-    if config.rt_priority is not None:  # refused now, not after the model has loaded
-        check_realtime(config.rt_priority)
-    notifier = Notifier()
-    # The handler takes no lock: Event.set() in a handler deadlocked when the signal arrived while
-    # this thread held the Event's lock (inside its own wait, or a first handler's set()).
-    signals: list[int] = []
-    handled = [sig for sig in STOP_SIGNALS if sig not in KEPT_IF_IGNORED or signal.getsignal(sig) is not signal.SIG_IGN]
-    previous = {sig: signal.signal(sig, lambda sig, _: signals.append(sig)) for sig in handled}
-    server = PolicyServer(config, export_checkpoint)
-    server._process_settings_applied = True
-    failure = ""
-    liveness: _Liveness | None = None
-    try:
-        server.start()
-        if config.rt_priority is not None:  # loading and warm-up ran at the normal priority
-            set_realtime(config.rt_priority)  # every thread, gRPC's and onnxruntime's included
-        if not signals:  # not "serving …" after a Ctrl-C during start-up
-            if on_ready is not None:
-                on_ready(server)
-            status = banner(server)
-            notifier.send("READY=1", f"STATUS={status}")
-        watchdog_s = notifier.watchdog_s
-        liveness = _Liveness(server) if watchdog_s else None
-        with gc_frozen():  # the loaded libraries' objects stay out of every later garbage collection
-            checked = pinged = time.monotonic()
-            unanswered = False
-            while not signals:
-                time.sleep(0.1)
-                if not server.alive():
-                    failure = (
-                        "a call thread could not start"
-                        if server.failure
-                        else "gRPC's serving thread stopped, and with it every new call"
-                    )
-                    break
-                if time.monotonic() - checked >= EXPIRY_CHECK_S:
-                    checked = time.monotonic()
-                    server.check_certificate()
-                if notifier.enabled and banner(server) != status:  # a reload
-                    status = banner(server)
-                    notifier.send(f"STATUS={status}")
-                if liveness is not None and time.monotonic() - pinged >= watchdog_s / 2:
-                    if liveness(min(watchdog_s / 4, 5.0)):
-                        pinged = time.monotonic()
-                        notifier.send("WATCHDOG=1")
-                        unanswered = False
-                    elif not unanswered and not signals:
-                        unanswered = True
-                        log.warning(
-                            "the server did not answer its own health check within %.1f s: no WATCHDOG=1 is sent "
-                            "while it does not (systemd stops it %.0f s after the last one)",
-                            min(watchdog_s / 4, 5.0),
-                            watchdog_s,
-                        )
-        if failure:
-            log.error(
-                "stopping: %s (above); flowrl serve exits with status 1, for a service manager to restart it", failure
-            )
-            notifier.send("STOPPING=1", f"STATUS=stopping: {failure}")
-        else:
-            log.info("stopping on %s: finishing calls in flight", signal.Signals(signals[0]).name)
-            notifier.send("STOPPING=1", f"STATUS=stopping on {signal.Signals(signals[0]).name}")
-        stopping = time.monotonic()
-    finally:
-        if liveness is not None:
-            liveness.close()
-        server.stop()
-        for sig, handler in previous.items():
-            signal.signal(sig, handler)
-    log.info("stopped in %.1f s", time.monotonic() - stopping)
-    if failure:
-        raise ServerFailed(failure)
-    return server.abandoned

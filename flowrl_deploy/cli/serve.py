@@ -127,7 +127,8 @@ def serve(
     from flowrl_deploy.errors import FlowRLError
     from flowrl_deploy.export import export_for_serving
     from flowrl_deploy.serve import ServeConfig, serve_forever
-    from flowrl_deploy.serve.server import ServerFailed, banner
+    from flowrl_deploy.serve.run import ServerFailed
+    from flowrl_deploy.serve.server import banner
     from flowrl_deploy.systemd import journal_formatter
 
     env_token = os.environ.get(TOKEN_ENV)

@@ -18,7 +18,8 @@ from flowrl_deploy.errors import FlowRLError
 from flowrl_deploy.proto.flowrl.v1 import policy_pb2 as pb
 from flowrl_deploy.proto.flowrl.v1 import policy_pb2_grpc as pb_grpc
 from flowrl_deploy.serve import PolicyServer, ServeConfig
-from flowrl_deploy.serve import server as server_module
+from flowrl_deploy.serve import connections as connections_module
+from flowrl_deploy.serve import run as run_module
 
 OBS = [0.1, -0.2, 0.3]
 
@@ -58,7 +59,7 @@ def test_connections_beyond_the_cap_are_closed_at_once(policy_path):
 
 
 def test_a_connection_that_never_begins_http2_is_closed_at_the_handshake_timeout(policy_path, monkeypatch):
-    monkeypatch.setattr(server_module, "HANDSHAKE_TIMEOUT_S", 1.0)
+    monkeypatch.setattr(connections_module, "HANDSHAKE_TIMEOUT_S", 1.0)
     with PolicyServer(ServeConfig(str(policy_path), port=0, grace_s=0)).start() as server:
         host, port = server.address.rsplit(":", 1)
         with socket.create_connection((host, int(port))) as silent:
@@ -66,7 +67,7 @@ def test_a_connection_that_never_begins_http2_is_closed_at_the_handshake_timeout
 
 
 def test_an_idle_connection_is_closed_and_an_open_stream_is_not(policy_path, monkeypatch):
-    monkeypatch.setattr(server_module, "CONNECTION_IDLE_S", 1.0)
+    monkeypatch.setattr(connections_module, "CONNECTION_IDLE_S", 1.0)
     server = PolicyServer(ServeConfig(str(policy_path), port=0, grace_s=0))
     with server.start(), grpc.insecure_channel(server.address) as channel:
         requests, replies = [], threading.Semaphore(0)
@@ -95,12 +96,12 @@ def test_an_idle_connection_is_closed_and_an_open_stream_is_not(policy_path, mon
         assert pb_grpc.PolicyServiceStub(channel).Act(pb.ActRequest(obs=encode(OBS)), timeout=5).action.shape == [2]
 
 
-@pytest.mark.skipif(server_module.resource is None, reason="no file-descriptor limit to read (not POSIX)")
+@pytest.mark.skipif(connections_module.resource is None, reason="no file-descriptor limit to read (not POSIX)")
 def test_max_connections_beyond_the_file_descriptor_limit_is_warned_of(policy_path, monkeypatch, caplog):
     """The README said to keep --max-connections below `ulimit -n`, and nothing checked it: beyond,
     accepts fail for want of descriptors before the cap is reached."""
     limits = {"soft": 256}
-    monkeypatch.setattr(server_module.resource, "getrlimit", lambda which: (limits["soft"], 4096))
+    monkeypatch.setattr(connections_module.resource, "getrlimit", lambda which: (limits["soft"], 4096))
     config = ServeConfig(str(policy_path), port=0, max_connections=512, grace_s=0)
     with caplog.at_level("WARNING", logger="flowrl.serve"), PolicyServer(config).start():
         pass
@@ -118,7 +119,7 @@ def test_the_idle_close_comes_after_half_an_hour_not_five_minutes():
     """A PolicyClient making a call every few minutes reconnected (and its program's stderr got gRPC's
     'Got goaway … connection idle' line) every 5 idle minutes; its keepalive pings do not count as
     activity. The close is for silent peers' descriptors, which --max-connections bounds already."""
-    options = dict(server_module.connection_options(512))
+    options = dict(connections_module.connection_options(512))
     assert options["grpc.max_connection_idle_ms"] >= 30 * 60 * 1000
     assert options["grpc.max_allowed_incoming_connections"] == 512
 
@@ -140,8 +141,8 @@ def test_serve_forever_which_applies_cpus_itself_does_not_say_so(policy_path, ca
     import os
     import signal
 
-    monkeypatch.setattr(server_module, "pin_to_cpus", lambda cpus: None)  # this test process stays unpinned
+    monkeypatch.setattr(run_module, "pin_to_cpus", lambda cpus: None)  # this test process stays unpinned
     config = ServeConfig(str(policy_path), port=0, cpus=(0,), grace_s=0)
     with caplog.at_level("INFO", logger="flowrl.serve"):
-        server_module.serve_forever(config, on_ready=lambda _: os.kill(os.getpid(), signal.SIGTERM))
+        run_module.serve_forever(config, on_ready=lambda _: os.kill(os.getpid(), signal.SIGTERM))
     assert not [r for r in caplog.records if "rt_priority" in r.getMessage()]

@@ -19,7 +19,7 @@ from flowrl_deploy.errors import FlowRLError
 from flowrl_deploy.proto.flowrl.v1 import policy_pb2 as pb
 from flowrl_deploy.proto.flowrl.v1 import policy_pb2_grpc as pb_grpc
 from flowrl_deploy.serve import PolicyServer, ServeConfig
-from flowrl_deploy.serve.server import MIN_CLIENT_PING_S
+from flowrl_deploy.serve.connections import MIN_CLIENT_PING_S
 
 FROZEN_ROBOT = """
 import sys, threading

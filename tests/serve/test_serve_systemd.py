@@ -18,7 +18,7 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 from tiny_policy import write_policy
 
 from flowrl_deploy.serve import PolicyServer, ServeConfig
-from flowrl_deploy.serve.server import _Liveness
+from flowrl_deploy.serve.run import _Liveness
 
 
 def _messages(sock: socket.socket, until, within_s: float = 60) -> list[str]:

@@ -18,7 +18,7 @@ from tiny_policy import write_policy
 
 from flowrl_deploy.errors import FlowRLError
 from flowrl_deploy.serve import PolicyServer, ServeConfig
-from flowrl_deploy.serve import server as server_module
+from flowrl_deploy.serve import threads as threads_module
 from flowrl_deploy.serve.interceptors import SPARE_THREADS, STREAM_ACT
 
 
@@ -33,9 +33,9 @@ def _cgroup(tmp_path: Path, monkeypatch, levels: dict[str, tuple[str, int]]) -> 
     (root / "system.slice" / "flowrl.service").mkdir(parents=True, exist_ok=True)
     proc_cgroup = tmp_path / "proc_cgroup"
     proc_cgroup.write_text("0::/system.slice/flowrl.service\n")
-    monkeypatch.setattr(server_module, "CGROUP_FILE", str(proc_cgroup))
-    monkeypatch.setattr(server_module, "CGROUP_MOUNTS", {"": (str(root),), "pids": ()})
-    monkeypatch.setattr(server_module, "_nproc_limit", lambda: None)
+    monkeypatch.setattr(threads_module, "CGROUP_FILE", str(proc_cgroup))
+    monkeypatch.setattr(threads_module, "CGROUP_MOUNTS", {"": (str(root),), "pids": ()})
+    monkeypatch.setattr(threads_module, "_nproc_limit", lambda: None)
 
 
 def test_a_tasks_max_below_what_the_workers_may_need_refuses_the_start(tmp_path, monkeypatch):
@@ -47,7 +47,7 @@ def test_a_tasks_max_below_what_the_workers_may_need_refuses_the_start(tmp_path,
     assert "\n" not in message
     assert "pids.max (systemd TasksMax=) is 64 at /system.slice/flowrl.service, 20 in use" in message
     assert "only 44 more threads can start" in message
-    needed = server_module.threads_to_come(server.config)
+    needed = threads_module.threads_to_come(server.config)
     assert f"may need {needed} more (--workers 128 + {SPARE_THREADS} spare" in message
     assert f"lower --workers to {128 - (needed - 44)} or less" in message
     assert server.servicer.model is None  # refused before the model was loaded
@@ -56,14 +56,14 @@ def test_a_tasks_max_below_what_the_workers_may_need_refuses_the_start(tmp_path,
 def test_the_limit_of_a_cgroup_above_counts_and_max_is_none(tmp_path, monkeypatch):
     _cgroup(tmp_path, monkeypatch, {"system.slice/flowrl.service": ("max", 20), "system.slice": ("30", 25)})
     with pytest.raises(FlowRLError, match=r"pids.max \(systemd TasksMax=\) is 30 at /system.slice, 25 in use"):
-        server_module.check_task_limits(ServeConfig("policy.onnx", workers=4))
+        threads_module.check_task_limits(ServeConfig("policy.onnx", workers=4))
     _cgroup(tmp_path, monkeypatch, {"system.slice/flowrl.service": ("max", 20), "system.slice": ("max", 25)})
-    server_module.check_task_limits(ServeConfig("policy.onnx"))  # no limit: nothing to refuse
+    threads_module.check_task_limits(ServeConfig("policy.onnx"))  # no limit: nothing to refuse
 
 
 def test_a_limit_that_fits_starts_the_server(tmp_path, monkeypatch):
     config = ServeConfig(str(write_policy(tmp_path / "policy.onnx")), port=0, grace_s=0, workers=4)
-    room = server_module.threads_to_come(config)
+    room = threads_module.threads_to_come(config)
     _cgroup(tmp_path, monkeypatch, {"system.slice/flowrl.service": (str(room + 1000), 1000)})
     with PolicyServer(config).start() as server:
         assert server.alive()
@@ -78,16 +78,16 @@ def test_ulimit_u_counts_the_threads_of_the_users_processes(tmp_path, monkeypatc
     }.items():
         (proc / name).mkdir(parents=True)
         (proc / name / "status").write_text(status)
-    monkeypatch.setattr(server_module, "PROC", str(proc))
-    monkeypatch.setattr(server_module, "CGROUP_FILE", str(tmp_path / "none"))
-    monkeypatch.setattr(server_module.os, "getuid", lambda: 64000)
-    monkeypatch.setattr(server_module.resource, "getrlimit", lambda which: (40, 40))
+    monkeypatch.setattr(threads_module, "PROC", str(proc))
+    monkeypatch.setattr(threads_module, "CGROUP_FILE", str(tmp_path / "none"))
+    monkeypatch.setattr(threads_module.os, "getuid", lambda: 64000)
+    monkeypatch.setattr(threads_module.resource, "getrlimit", lambda which: (40, 40))
     with pytest.raises(FlowRLError) as refused:
-        server_module.check_task_limits(ServeConfig("policy.onnx", workers=16))
+        threads_module.check_task_limits(ServeConfig("policy.onnx", workers=16))
     assert "ulimit -u (RLIMIT_NPROC, systemd LimitNPROC=) is 40, 30 in use: only 10 more threads" in str(refused.value)
     assert "--workers" in str(refused.value)
     (proc / "self" / "status").write_text("CapEff:\t0000000001000000\n")  # CAP_SYS_RESOURCE: not applied
-    server_module.check_task_limits(ServeConfig("policy.onnx", workers=16))
+    threads_module.check_task_limits(ServeConfig("policy.onnx", workers=16))
 
 
 def _stream(channel: grpc.Channel, release: threading.Event) -> grpc.Future:

@@ -188,8 +188,8 @@ def test_a_certificate_crossing_its_warning_line_while_served_is_warned_of_witho
     saw it. ``flowrl serve`` checks on a timer (serve_forever), and a metrics scrape checks too."""
     import signal
 
+    from flowrl_deploy.serve import run as run_module
     from flowrl_deploy.serve import serve_forever
-    from flowrl_deploy.serve import server as server_module
 
     cert, key = pki["a"]
     config = ServeConfig(str(policy_path), port=0, tls_cert=cert, tls_key=key, grace_s=0)
@@ -206,7 +206,7 @@ def test_a_certificate_crossing_its_warning_line_while_served_is_warned_of_witho
         assert len(warned()) == 1
     caplog.clear()
     monkeypatch.setattr(tls, "EXPIRY_WARNING_DAYS", 7)
-    monkeypatch.setattr(server_module, "EXPIRY_CHECK_S", 0.1)
+    monkeypatch.setattr(run_module, "EXPIRY_CHECK_S", 0.1)
 
     def then_nearing(server: PolicyServer) -> None:
         def cross_then_stop() -> None:

@@ -1,0 +1,182 @@
+"""serve_forever: a PolicyServer as the process's main loop, with stop signals and systemd's readiness and watchdog.
+
+``flowrl serve policy.onnx --port 0`` runs it and prints its :func:`~flowrl_deploy.serve.server.banner`
+once health is SERVING; SIGTERM, SIGINT or SIGHUP (unless ignored, as under ``nohup``) stops it
+gracefully (exit 0).
+"""
+
+from __future__ import annotations
+
+import logging
+import signal
+import threading
+import time
+from collections.abc import Callable
+
+import grpc
+from grpc_health.v1 import health_pb2, health_pb2_grpc
+
+from flowrl_deploy.affinity import check_realtime, pin_to_cpus, set_realtime
+from flowrl_deploy.errors import FlowRLError
+from flowrl_deploy.gc_freeze import gc_frozen
+from flowrl_deploy.serve.config import ServeConfig
+from flowrl_deploy.serve.model import Exporter
+from flowrl_deploy.serve.server import PolicyServer, banner
+from flowrl_deploy.systemd import Notifier
+
+log = logging.getLogger("flowrl.serve")
+
+EXPIRY_CHECK_S = 60.0
+"""How often :func:`serve_forever` checks the served certificate's expiry (a warning as it crosses
+:data:`~flowrl_deploy.tls.EXPIRY_WARNING_DAYS` or expires), besides each new connection's handshake."""
+
+STOP_SIGNALS = tuple(
+    getattr(signal, name) for name in ("SIGTERM", "SIGINT", "SIGHUP", "SIGBREAK") if hasattr(signal, name)
+)
+"""Signals that stop :func:`serve_forever` gracefully: SIGHUP (a closed terminal or SSH session, or
+``kill -HUP``) killed the server at once, with no log and calls in flight cut (exit 129). SIGBREAK
+is Windows' Ctrl-Break, what :class:`~flowrl_deploy.serve.process.ServerProcess` sends its child there."""
+
+KEPT_IF_IGNORED = tuple(getattr(signal, name) for name in ("SIGINT", "SIGHUP") if hasattr(signal, name))
+"""Of :data:`STOP_SIGNALS`, those that stay ignored when ignored at start, as Python itself leaves
+SIGINT: ``nohup flowrl serve …`` outlives its terminal, and ``flowrl serve … &`` in a script (whose
+shell ignores SIGINT for background jobs) outlives a Ctrl-C meant for the script's foreground job."""
+
+
+class ServerFailed(FlowRLError):
+    """:func:`serve_forever` stopped because the server could no longer serve (a call thread could
+    not start, or gRPC's serving thread died): ``flowrl serve`` exits with status 1, for a service
+    manager (systemd's ``Restart=on-failure``, Kubernetes) to start it again."""
+
+
+class _Liveness:
+    """Whether the server answers, for the watchdog: :meth:`PolicyServer.alive`, and, without TLS,
+    a health Check of its own over loopback answered in time (any answer, a refusal at the health
+    cap included). With TLS its client would need the server's CA (and with mTLS a certificate)."""
+
+    def __init__(self, server: PolicyServer) -> None:
+        self._server = server
+        self._channel = (
+            None
+            if server.config.tls_cert
+            else grpc.insecure_channel(server.address, options=[("grpc.enable_http_proxy", 0)])
+        )
+
+    def __call__(self, timeout_s: float) -> bool:
+        if not self._server.alive():
+            return False
+        if self._channel is None:
+            return True
+        try:
+            health_pb2_grpc.HealthStub(self._channel).Check(health_pb2.HealthCheckRequest(), timeout=timeout_s)
+        except grpc.RpcError as exc:
+            return exc.code() == grpc.StatusCode.RESOURCE_EXHAUSTED  # answered: refused at the health cap
+        return True
+
+    def close(self) -> None:
+        if self._channel is not None:
+            self._channel.close()
+
+
+def serve_forever(
+    config: ServeConfig,
+    on_ready: Callable[[PolicyServer], None] | None = None,
+    export_checkpoint: Exporter | None = None,
+) -> int:
+    """Run until one of :data:`STOP_SIGNALS` (but not one of :data:`KEPT_IF_IGNORED` ignored at
+    start), then stop gracefully. Only the main thread can handle signals: from another thread it
+    raises :class:`FlowRLError` (serve there with ``PolicyServer(config).start()`` and ``stop()``).
+
+    Returns the calls abandoned at the end of the stop (:attr:`PolicyServer.abandoned`): their
+    handler threads, still in their inference, hold the interpreter's exit (the thread pool joins
+    its threads) unless the process leaves with ``os._exit``, as ``flowrl serve`` then does. Once
+    the server can no longer serve (:meth:`PolicyServer.alive`: a call thread could not start,
+    gRPC's serving thread died) it stops too, and raises :class:`ServerFailed`.
+
+    Under systemd (``$NOTIFY_SOCKET``, :class:`~flowrl_deploy.systemd.Notifier`) it sends
+    ``READY=1`` with ``STATUS=`` its :func:`banner` once serving (and warm, at its real-time
+    priority), ``STOPPING=1`` when the stop begins and, with ``WatchdogSec=``, ``WATCHDOG=1`` every
+    half of it while the server answers (:class:`_Liveness`), so that a hung server is restarted.
+
+    The whole process is pinned to ``config.cpus`` and, once the model is warm, runs under
+    SCHED_FIFO at ``config.rt_priority`` (:func:`~flowrl_deploy.affinity.set_realtime`);
+    :meth:`PolicyServer.start` applies neither (it may share its process with other work)."""
+    if threading.current_thread() is not threading.main_thread():
+        raise FlowRLError(
+            "serve_forever runs in the main thread only (it stops on signals, which only the main thread "
+            "receives); to serve from another thread, use PolicyServer(config).start() and .stop()"
+        )
+    pin_to_cpus(config.cpus)
+    if config.rt_priority is not None:  # refused now, not after the model has loaded
+        check_realtime(config.rt_priority)
+    notifier = Notifier()
+    # The handler takes no lock: Event.set() in a handler deadlocked when the signal arrived while
+    # this thread held the Event's lock (inside its own wait, or a first handler's set()).
+    signals: list[int] = []
+    handled = [sig for sig in STOP_SIGNALS if sig not in KEPT_IF_IGNORED or signal.getsignal(sig) is not signal.SIG_IGN]
+    previous = {sig: signal.signal(sig, lambda sig, _: signals.append(sig)) for sig in handled}
+    server = PolicyServer(config, export_checkpoint)
+    server._process_settings_applied = True
+    failure = ""
+    liveness: _Liveness | None = None
+    try:
+        server.start()
+        if config.rt_priority is not None:  # loading and warm-up ran at the normal priority
+            set_realtime(config.rt_priority)  # every thread, gRPC's and onnxruntime's included
+        if not signals:  # not "serving …" after a Ctrl-C during start-up
+            if on_ready is not None:
+                on_ready(server)
+            status = banner(server)
+            notifier.send("READY=1", f"STATUS={status}")
+        watchdog_s = notifier.watchdog_s
+        liveness = _Liveness(server) if watchdog_s else None
+        with gc_frozen():  # the loaded libraries' objects stay out of every later garbage collection
+            checked = pinged = time.monotonic()
+            unanswered = False
+            while not signals:
+                time.sleep(0.1)
+                if not server.alive():
+                    failure = (
+                        "a call thread could not start"
+                        if server.failure
+                        else "gRPC's serving thread stopped, and with it every new call"
+                    )
+                    break
+                if time.monotonic() - checked >= EXPIRY_CHECK_S:
+                    checked = time.monotonic()
+                    server.check_certificate()
+                if notifier.enabled and banner(server) != status:  # a reload
+                    status = banner(server)
+                    notifier.send(f"STATUS={status}")
+                if liveness is not None and time.monotonic() - pinged >= watchdog_s / 2:
+                    if liveness(min(watchdog_s / 4, 5.0)):
+                        pinged = time.monotonic()
+                        notifier.send("WATCHDOG=1")
+                        unanswered = False
+                    elif not unanswered and not signals:
+                        unanswered = True
+                        log.warning(
+                            "the server did not answer its own health check within %.1f s: no WATCHDOG=1 is sent "
+                            "while it does not (systemd stops it %.0f s after the last one)",
+                            min(watchdog_s / 4, 5.0),
+                            watchdog_s,
+                        )
+        if failure:
+            log.error(
+                "stopping: %s (above); flowrl serve exits with status 1, for a service manager to restart it", failure
+            )
+            notifier.send("STOPPING=1", f"STATUS=stopping: {failure}")
+        else:
+            log.info("stopping on %s: finishing calls in flight", signal.Signals(signals[0]).name)
+            notifier.send("STOPPING=1", f"STATUS=stopping on {signal.Signals(signals[0]).name}")
+        stopping = time.monotonic()
+    finally:
+        if liveness is not None:
+            liveness.close()
+        server.stop()
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
+    log.info("stopped in %.1f s", time.monotonic() - stopping)
+    if failure:
+        raise ServerFailed(failure)
+    return server.abandoned
