@@ -236,9 +236,42 @@ class TestServerFiles:
         shutil.copy(pem["other_key"], tmp_path / "key")
         assert served.changed() is None and served.refusals == 0  # settling
         assert served.changed() is None and served.refusals == 1  # still so at the next look: refused
-        assert served.changed() is None and served.refusals == 1
         warnings = [r.getMessage() for r in caplog.records if r.levelno == logging.WARNING]
         assert len(warnings) == 1 and "the key is another certificate's" in warnings[0]
+
+    def test_a_refused_change_is_counted_once_however_many_looks(self, served, pem, tmp_path, caplog):
+        """A refusal that forgot the refused files took them for a new change at the next look, and
+        refused them again a SETTLE_S later: a WARNING and a flowrl_tls_refusals_total count about once
+        a second, at every handshake, for one bad change."""
+        shutil.copy(pem["other_key"], tmp_path / "key")
+        assert [served.changed() for _ in range(6)] == [None] * 6
+        assert served.refusals == 1
+        assert len([r for r in caplog.records if r.levelno == logging.WARNING]) == 1
+
+    def test_a_renewal_keeping_size_and_mtime_is_taken(self, tmp_path, monkeypatch):
+        """`cp -p`, `rsync -t`, `install -p` and tar keep a file's time of modification; a renewal of
+        the same key type is often the same size: the new file is seen by its inode and ctime."""
+        monkeypatch.setattr(tls, "RECHECK_S", 0.0)
+        old_cert, old_key = write_pem(tmp_path, "old", *issue("robot"))
+        for name, path in (("cert", old_cert), ("key", old_key)):
+            shutil.copy(path, tmp_path / name)
+        served = ServerTLSFiles(tmp_path / "cert", tmp_path / "key")
+        sizes = [os.stat(tmp_path / name).st_size for name in ("cert", "key")]
+        for attempt in range(100):  # an ECDSA signature and a serial number vary in length by a byte
+            new = write_pem(tmp_path, f"new{attempt}", *issue("robot"))
+            if [os.stat(path).st_size for path in new] == sizes:
+                break
+        else:
+            pytest.fail("no renewal of the same size in 100 tries")
+        for name, path in zip(("cert", "key"), new, strict=True):
+            before = os.stat(tmp_path / name)
+            shutil.copy(path, tmp_path / f"{name}.new")
+            os.utime(tmp_path / f"{name}.new", ns=(before.st_atime_ns, before.st_mtime_ns))
+            os.replace(tmp_path / f"{name}.new", tmp_path / name)
+            after = os.stat(tmp_path / name)
+            assert (after.st_size, after.st_mtime_ns) == (before.st_size, before.st_mtime_ns)
+        assert served.changed() is not None
+        assert (served.rotations, served.loaded.cert) == (1, Path(new[0]).read_bytes())
 
     def test_an_error_while_looking_is_logged_not_raised_into_grpc(self, served, tmp_path, caplog, monkeypatch):
         def broken():

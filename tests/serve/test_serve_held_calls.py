@@ -151,3 +151,23 @@ def test_a_unary_method_sent_another_number_of_messages_is_answered_as_grpc_answ
                 call(requests, metadata=TOKEN, timeout=5)
             assert (refused.value.code(), refused.value.details()) == (code, details)
         assert server._streams.wait_idle(5)
+
+
+def test_a_watch_whose_message_came_stays_open_past_the_message_bound(policy_path, monkeypatch):
+    """The bound is on the request message alone: a Watch whose message came (gRPC's client-side
+    health checking holds one per connection) stays open, and ends with OK at the stop, not cut
+    with CANCELLED once the bound has passed (every health-checked connection would fail then)."""
+    monkeypatch.setattr(interceptors, "HEALTH_MESSAGE_S", 0.2)
+    server = PolicyServer(ServeConfig(str(policy_path), port=0, grace_s=30)).start()  # stop ends Watches at once
+    try:
+        with grpc.insecure_channel(server.address) as channel:
+            watch = health_pb2_grpc.HealthStub(channel).Watch(health_pb2.HealthCheckRequest(), timeout=30)
+            assert next(watch).status == health_pb2.HealthCheckResponse.SERVING
+            threading.Event().wait(5 * interceptors.HEALTH_MESSAGE_S)
+            assert watch.is_active()
+            server.stop()
+            assert next(watch).status == health_pb2.HealthCheckResponse.NOT_SERVING
+            assert next(watch, None) is None  # ended with OK
+            assert watch.code() == grpc.StatusCode.OK
+    finally:
+        server.stop()
