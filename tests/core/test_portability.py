@@ -118,6 +118,23 @@ def test_a_checkpoint_is_saved_where_read_only_handles_and_directories_cannot_be
     # replaced one needs os.open of a directory, which this simulation refuses; Windows' rmtree does not)
 
 
+def test_an_fsync_error_other_than_ebadf_is_not_retried(monkeypatch, tmp_path):
+    """After EIO the kernel may have dropped the unwritten pages and cleared the error: a second fsync
+    reports success with the data lost, so only Windows' EBADF (a read-only handle) is retried."""
+    path = tmp_path / "file"
+    path.write_bytes(b"data")
+    calls = []
+
+    def fsync(fd):
+        calls.append(fd)
+        raise OSError(errno.EIO, "Input/output error")
+
+    monkeypatch.setattr(os, "fsync", fsync)
+    with pytest.raises(OSError) as raised:
+        atomic._fsync_file(path)
+    assert raised.value.errno == errno.EIO and len(calls) == 1
+
+
 def test_linux_still_fsyncs_the_checkpoint_directory(monkeypatch, tmp_path):
     """The directories themselves reach os.fsync (counting fsync_dir's calls passed with DIRECTORY_FSYNC off)."""
     synced, real = [], os.fsync

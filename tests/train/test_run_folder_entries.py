@@ -80,6 +80,19 @@ def test_a_resume_ignores_folders_not_named_as_saves_and_orders_steps_by_number(
         run_to_resume(checkpoints / "step_000000200")
 
 
+def test_a_copy_not_named_as_a_save_is_behind_every_save(tmp_path):
+    """A user's copy (`step_000000200.bak`) has no step: resuming it with a later save beside it would
+    train on and prune or overwrite that save, so every save counts as later."""
+    (tmp_path / "config.json").write_text("{}")
+    (tmp_path / CHECKPOINTS_DIR).mkdir()
+    for name in ("step_000000200.bak", "step_000000400"):
+        _write(tmp_path / CHECKPOINTS_DIR / name)
+    with pytest.raises(FlowRLError, match=r"holds checkpoints after step_000000200\.bak \(step_000000400\)"):
+        run_to_resume(tmp_path / CHECKPOINTS_DIR / "step_000000200.bak")
+    shutil.rmtree(tmp_path / CHECKPOINTS_DIR / "step_000000400")
+    assert run_to_resume(tmp_path / CHECKPOINTS_DIR / "step_000000200.bak") == tmp_path  # no save beside it
+
+
 def test_resuming_a_run_with_a_step_link_into_another_run_is_refused_and_changes_neither(finished_run, tmp_path):
     a = shutil.copytree(finished_run, tmp_path / "A", symlinks=True)
     b = shutil.copytree(finished_run, tmp_path / "B", symlinks=True)
