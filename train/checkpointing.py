@@ -144,12 +144,16 @@ class RunLock:
     MSVCRT_OFFSET = 1 << 20
     """Where msvcrt's lock lies (Windows): a byte past the holder's JSON, which a locked byte would
     make unreadable to the refused run."""
+    TRIES = 100
+    """Opens of a lock file replaced between its open and its lock, before the run gives up: a release
+    by the holder before us replaces it once; a file replaced at every try (a link planted before each
+    open and removed after it, where the system has no O_NOFOLLOW) spun the run at full CPU forever."""
 
     def _acquire(self, new_run: bool) -> int | None:
         if fcntl is None and msvcrt is None:
             self.unlocked = "this system has neither flock nor msvcrt locking"
             return None
-        while True:
+        for _ in range(self.TRIES):
             fd = self._open()
             try:
                 self._lock(fd)
@@ -174,6 +178,11 @@ class RunLock:
             except FileNotFoundError:
                 pass
             os.close(fd)
+        else:
+            raise FlowRLError(
+                f"cannot lock the run directory {self.run_dir}: {self.path} was replaced between its open and its "
+                f"lock at each of {self.TRIES} tries; stop what replaces it, or remove it"
+            )
         if hasattr(os, "fchmod"):  # a stale lock an older flowrl-deploy made 0644 (or another user's: EPERM)
             with contextlib.suppress(OSError):
                 os.fchmod(fd, 0o600)

@@ -227,6 +227,72 @@ def test_without_o_nofollow_a_linked_lock_is_still_refused(tmp_path, monkeypatch
     assert victim.read_text() == "IMPORTANT DATA"
 
 
+def test_without_o_nofollow_a_dangling_linked_lock_makes_nothing_where_it_leads(tmp_path, monkeypatch):
+    """The link is looked for before the open: an open through it would make the file it names."""
+    monkeypatch.delattr(os, "O_NOFOLLOW")
+    out = tmp_path / "run"
+    out.mkdir()
+    (out / RunLock.FILE).symlink_to(tmp_path / "missing")
+    with pytest.raises(FlowRLError, match=r"is a symbolic link, not the run's lock file; remove it$"):
+        RunLock(out, new_run=True)
+    assert not (tmp_path / "missing").exists()
+
+
+def _planting_links(monkeypatch, lock, victim, remove):
+    """os.open of ``lock`` as where a link to ``victim`` is planted just before it (after the look for a
+    link), and, with ``remove``, removed just after it; returns the list of those opens."""
+    real_open, opens = os.open, []
+
+    def open_(path, flags, mode=0o777, *, dir_fd=None):
+        if os.fspath(path) != str(lock):
+            return real_open(path, flags, mode, dir_fd=dir_fd)
+        opens.append(path)
+        if not lock.is_symlink():
+            lock.unlink(missing_ok=True)
+            lock.symlink_to(victim)
+        try:
+            return real_open(path, flags, mode, dir_fd=dir_fd)
+        finally:
+            if remove:
+                lock.unlink()
+
+    monkeypatch.setattr(os, "open", open_)
+    return opens
+
+
+def test_without_o_nofollow_a_link_planted_after_the_look_is_refused(tmp_path, monkeypatch):
+    """Windows has no O_NOFOLLOW: a link planted between the look for one and the open is followed by the
+    open, which finds the file it leads to in place of the lock, and seen at the next look."""
+    monkeypatch.delattr(os, "O_NOFOLLOW")
+    victim = tmp_path / "victim"
+    victim.write_text("IMPORTANT DATA")
+    out = tmp_path / "run"
+    out.mkdir()
+    _planting_links(monkeypatch, out / RunLock.FILE, victim, remove=False)
+    with pytest.raises(FlowRLError, match=r"is a symbolic link, not the run's lock file; remove it$"):
+        RunLock(out, new_run=True)
+    assert victim.read_text() == "IMPORTANT DATA"
+
+
+def test_a_lock_file_replaced_at_every_try_is_refused_not_retried_forever(tmp_path, monkeypatch):
+    """A link planted before each open and removed after it (no O_NOFOLLOW) replaced the file between
+    every open and its lock: the run reopened it at full CPU, forever."""
+    monkeypatch.delattr(os, "O_NOFOLLOW")
+    victim = tmp_path / "victim"
+    victim.write_text("IMPORTANT DATA")
+    out = tmp_path / "run"
+    out.mkdir()
+    opens = _planting_links(monkeypatch, out / RunLock.FILE, victim, remove=True)
+    with pytest.raises(FlowRLError) as refused:
+        RunLock(out, new_run=True)
+    assert str(refused.value) == (
+        f"cannot lock the run directory {out}: {out / RunLock.FILE} was replaced between its open and its lock "
+        f"at each of {RunLock.TRIES} tries; stop what replaces it, or remove it"
+    )
+    assert len(opens) == RunLock.TRIES
+    assert victim.read_text() == "IMPORTANT DATA"
+
+
 def test_the_lock_file_is_the_owners_alone(tmp_path):
     """A 0644 lock let any user who could read a stale one flock it, and so refuse the owner's resume for ever."""
     out = tmp_path / "run"
@@ -255,12 +321,24 @@ def test_the_lock_file_is_the_owners_alone(tmp_path):
         ({"pid": float("inf"), "host": "h", "since": "s"}, ""),
         ({"pid": True, "host": "h", "since": "s"}, ""),
         ({"pid": -3, "host": "h", "since": "s"}, ""),
+        ({"pid": 0, "host": "h", "since": "s"}, ""),
         ({"pid": 10**30, "host": "h", "since": "s"}, ""),
         ({"pid": 5, "host": ["h"], "since": "s"}, ""),
         ({"pid": 5, "host": "h"}, ""),
         ([1, 2], ""),
     ],
-    ids=["control_chars", "long", "infinity", "bool", "negative", "huge", "list_host", "no_since", "not_object"],
+    ids=[
+        "control_chars",
+        "long",
+        "infinity",
+        "bool",
+        "negative",
+        "zero",
+        "huge",
+        "list_host",
+        "no_since",
+        "not_object",
+    ],
 )
 def test_what_the_lock_file_says_is_shown_escaped_or_not_at_all(tmp_path, holder, shown):
     """Whoever wrote the lock file chose what the refusal printed: escape sequences drove the terminal and forged
@@ -273,6 +351,21 @@ def test_what_the_lock_file_says_is_shown_escaped_or_not_at_all(tmp_path, holder
         assert result.exit_code == 1
         assert result.output == (
             f"error: --out {out} is in use by another flowrl train{shown}; wait for it to end or choose another --out\n"
+        )
+    finally:
+        lock.release()
+
+
+def test_a_lock_file_nested_deeper_than_json_reads_shows_no_holder(tmp_path):
+    """4096 `[` made json.loads raise RecursionError: a traceback instead of the refusal."""
+    out = tmp_path / "run"
+    lock = RunLock(out, new_run=True)
+    try:
+        (out / RunLock.FILE).write_text("[" * 4096)
+        with pytest.raises(FlowRLError) as refused:
+            RunLock(out, new_run=True)
+        assert str(refused.value) == (
+            f"--out {out} is in use by another flowrl train; wait for it to end or choose another --out"
         )
     finally:
         lock.release()
