@@ -8,7 +8,9 @@ import logging
 import os
 import re
 import shutil
+import time
 from pathlib import Path
+from types import SimpleNamespace
 
 import pytest
 
@@ -157,8 +159,14 @@ class TestExpiry:
 
     @pytest.mark.parametrize(
         "expires_in",
-        [datetime.timedelta(days=30), datetime.timedelta(days=-3), datetime.timedelta(days=365 * 40)],
-        ids=["UTCTime", "expired", "GeneralizedTime (2050 on)"],
+        [
+            datetime.timedelta(days=30),
+            datetime.timedelta(days=-3),
+            datetime.timedelta(days=365 * 40),
+            datetime.datetime(1999, 12, 31, tzinfo=datetime.timezone.utc)
+            - datetime.datetime.now(datetime.timezone.utc),
+        ],
+        ids=["UTCTime", "expired", "GeneralizedTime (2050 on)", "UTCTime before 2000"],
     )
     def test_the_expiry_is_the_certificates_own(self, tmp_path, expires_in):
         ca_key, ca_cert = issue("CA", ca=True)
@@ -296,6 +304,95 @@ class TestServerFiles:
         served.check_expiry()
         assert [r.getMessage().split(" (")[0] for r in caplog.records] == [
             f"--tls-cert {served.paths['--tls-cert']} expires in 29 days"
+        ]
+
+    @pytest.fixture
+    def clock(self, monkeypatch):
+        """tls's monotonic clock, moved on by hand: ``clock(s)`` moves it ``s`` seconds on."""
+        now = [time.monotonic()]
+
+        def move(seconds: float) -> None:
+            now[0] += seconds
+
+        monkeypatch.setattr(tls, "time", SimpleNamespace(monotonic=lambda: now[0]))
+        return move
+
+    def test_a_look_waits_a_recheck_after_the_last_look_not_after_the_start(self, served, tmp_path, clock, monkeypatch):
+        monkeypatch.setattr(tls, "RECHECK_S", 10.0)
+        clock(20)
+        assert served.changed() is None  # looked: unchanged
+        new_cert, new_key = write_pem(tmp_path, "renewed", *issue("renewed"))
+        shutil.copy(new_cert, tmp_path / "cert")
+        shutil.copy(new_key, tmp_path / "key")
+        clock(5)
+        assert served.changed() is None and served.rotations == 0  # not looked at: 5 s after the last look
+        clock(5)
+        assert served.changed() is not None and served.rotations == 1
+
+    def test_a_second_broken_state_settles_before_it_is_refused(self, served, pem, tmp_path, clock, monkeypatch):
+        """A renewal's files caught twice between its writes, each time otherwise, are two states, each
+        given SETTLE_S to become a good pair: the second was refused at first sight."""
+        monkeypatch.setattr(tls, "SETTLE_S", 2.0)
+        shutil.copy(pem["other_key"], tmp_path / "key")
+        assert served.changed() is None  # state A: settling
+        clock(3)
+        shutil.copy(pem["rsa_key"], tmp_path / "key")  # state B, at first sight
+        assert served.changed() is None and served.refusals == 0
+        clock(3)
+        assert served.changed() is None and served.refusals == 1  # B, settled: refused
+
+    def test_files_changed_while_read_are_read_again(self, served, tmp_path, monkeypatch):
+        """What was read may mix the old and the new files: it is dropped, and the next look reads them."""
+        new_cert, new_key = write_pem(tmp_path, "renewed", *issue("renewed"))
+        shutil.copy(new_cert, tmp_path / "cert")
+        shutil.copy(new_key, tmp_path / "key")
+        read, rewritten = served._read, []
+
+        def read_while_rewritten():
+            files = read()
+            if not rewritten:  # the key rewritten (its last bytes) during the read
+                rewritten.append(True)
+                (tmp_path / "key").write_bytes(Path(new_key).read_bytes())
+            return files
+
+        monkeypatch.setattr(served, "_read", read_while_rewritten)
+        assert served.changed() is None and served.rotations == 0
+        assert served.changed() is not None and served.rotations == 1
+
+    def test_a_renewal_to_another_expiring_certificate_is_warned_of(self, served, tmp_path, caplog, monkeypatch):
+        """Each certificate taken into use is warned of once: an expiring one renewed with another as
+        near its end (a renewal job that failed to get a fresh one) was warned of no more."""
+        monkeypatch.setattr(tls, "EXPIRY_WARNING_DAYS", 31)
+        served.check_expiry()
+        new_cert, new_key = write_pem(tmp_path, "renewed", *issue("renewed"))
+        shutil.copy(new_cert, tmp_path / "cert")
+        shutil.copy(new_key, tmp_path / "key")
+        assert served.changed() is not None
+        path = served.paths["--tls-cert"]
+        warnings = [r.getMessage().split(" (")[0] for r in caplog.records if r.levelno == logging.WARNING]
+        assert warnings == [f"--tls-cert {path} expires in 29 days"] * 2
+
+    def test_a_served_certificate_is_warned_of_again_when_it_expires(self, served, caplog, monkeypatch):
+        """The 7-day warning and the expired one: a certificate served on past its expiry is warned of as
+        it expires, once."""
+        monkeypatch.setattr(tls, "EXPIRY_WARNING_DAYS", 31)
+        served.check_expiry()
+        expires = served.loaded.expires
+
+        class Expired(datetime.datetime):  # the clock at the certificate's expiry
+            @classmethod
+            def now(cls, tz=None):
+                return expires
+
+        monkeypatch.setattr(tls.datetime, "datetime", Expired)
+        served.check_expiry()
+        served.check_expiry()
+        path = served.paths["--tls-cert"]
+        said = [r.getMessage() for r in caplog.records]
+        assert [message.split(" (")[0] for message in said[:1]] == [f"--tls-cert {path} expires in 29 days"]
+        assert said[1:] == [
+            f"--tls-cert {path} expired on {expires:%Y-%m-%d %H:%M:%S} UTC: clients that verify the server will "
+            "refuse it"
         ]
 
     def test_a_served_certificate_nearing_its_expiry_is_warned_of_once(self, served, caplog, monkeypatch):
