@@ -9,7 +9,7 @@ import threading
 import pytest
 from realtime import needs_scheduler, skip_unless_realtime_permitted
 
-from flowrl_deploy.affinity import check_realtime, set_realtime
+from flowrl_deploy.affinity import check_realtime, check_rt_priority, set_realtime
 from flowrl_deploy.errors import FlowRLError
 
 
@@ -123,3 +123,35 @@ def test_normal_scheduling_lowers_the_thread_and_those_it_starts_then_puts_real_
     skip_unless_realtime_permitted()
     result = subprocess.run([sys.executable, "-c", NORMAL_SCHEDULING], capture_output=True, text=True, timeout=60)
     assert result.stdout.split() == ["True", "True", "True"], result.stderr
+
+
+@pytest.mark.parametrize("priority", [1, 99])
+def test_the_ends_of_1_to_99_are_priorities(priority):
+    assert check_rt_priority("--rt-priority", priority) == priority
+
+
+CHECK_AND_RR = """
+import os
+from flowrl_deploy.affinity import check_realtime, normal_scheduling
+def policy():
+    return os.sched_getscheduler(0), os.sched_getparam(0).sched_priority
+before = policy()
+check_realtime(7)
+print(policy() == before)
+os.sched_setscheduler(0, os.SCHED_RR, os.sched_param(5))
+check_realtime(7)
+print(policy() == (os.SCHED_RR, 5))
+with normal_scheduling():
+    print(policy() == (os.SCHED_OTHER, 0))
+print(policy() == (os.SCHED_RR, 5))
+"""
+
+
+@needs_scheduler
+def test_a_permitted_check_and_normal_scheduling_leave_the_caller_at_its_own_policy():
+    """check_realtime tries the priority on the calling thread: left at SCHED_FIFO, `flowrl serve
+    --rt-priority` loaded and warmed the model real-time, and the threads it started inherited it.
+    normal_scheduling lowers a SCHED_RR thread as a SCHED_FIFO one, and puts it back."""
+    skip_unless_realtime_permitted()
+    result = subprocess.run([sys.executable, "-c", CHECK_AND_RR], capture_output=True, text=True, timeout=60)
+    assert result.stdout.split() == ["True"] * 4, result.stderr
