@@ -115,6 +115,24 @@ def test_max_connections_beyond_the_file_descriptor_limit_is_warned_of(policy_pa
     assert not [record for record in caplog.records if "--max-connections" in record.getMessage()]
 
 
+def test_the_file_limit_warning_keeps_the_servers_own_files_out_of_ulimit_n(monkeypatch, caplog):
+    """A cap of exactly `ulimit -n` connections leaves no descriptor for the listening sockets, the
+    model file or a reload: the cap must fit below it by the server's own files."""
+    monkeypatch.setattr(connections_module.resource, "getrlimit", lambda which: (1024, 4096))
+    warned = []
+    for most in (1024 - connections_module.OWN_FILES, 1024 - connections_module.OWN_FILES + 1, 1024):
+        caplog.clear()
+        with caplog.at_level("WARNING", logger="flowrl.serve"):
+            connections_module.warn_of_file_limit(most)
+        warned.append(bool([r for r in caplog.records if "--max-connections" in r.getMessage()]))
+    assert warned == [False, True, True]
+
+
+def test_a_silent_connection_is_closed_within_10_s():
+    """gRPC's default handshake timeout (120 s) let silent TCP connections hold descriptors for minutes."""
+    assert dict(connections_module.connection_options(512))["grpc.server_handshake_timeout_ms"] <= 10_000
+
+
 def test_the_idle_close_comes_after_half_an_hour_not_five_minutes():
     """A PolicyClient making a call every few minutes reconnected (and its program's stderr got gRPC's
     'Got goaway … connection idle' line) every 5 idle minutes; its keepalive pings do not count as
@@ -135,6 +153,14 @@ def test_a_library_server_says_it_leaves_cpus_and_rt_priority_to_its_caller(poli
     with caplog.at_level("INFO", logger="flowrl.serve"), PolicyServer(ServeConfig(str(policy_path), port=0)).start():
         pass
     assert not [r for r in caplog.records if "rt_priority" in r.getMessage()]
+
+
+@pytest.mark.parametrize("settings", [{"rt_priority": 50}, {"cpus": (0,)}], ids=["rt_priority", "cpus"])
+def test_a_library_server_given_either_setting_alone_says_so(policy_path, caplog, settings):
+    config = ServeConfig(str(policy_path), port=0, grace_s=0, **settings)
+    with caplog.at_level("INFO", logger="flowrl.serve"), PolicyServer(config).start():
+        pass
+    assert len([r for r in caplog.records if "rt_priority" in r.getMessage()]) == 1
 
 
 def test_serve_forever_which_applies_cpus_itself_does_not_say_so(policy_path, caplog, monkeypatch):
