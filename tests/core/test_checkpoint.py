@@ -1,3 +1,4 @@
+import errno
 import json
 import os
 import re
@@ -478,3 +479,28 @@ class TestPointerFileEncodings:
         (folder / ckpt.LAST).write_bytes("step_000000100\r\n".encode(encoding))
         assert ckpt.read_checkpoint_link(folder / ckpt.LAST) == "step_000000100"
         assert ckpt.resolve_checkpoint(tmp_path) == (folder / "step_000000100").resolve()
+
+
+class TestPointerFileNames:
+    """A pointer file names a checkpoint beside it, nothing else: on Windows, where pointer files are the norm,
+    `folder / "C:step_x"` is drive-relative and leaves the run folder."""
+
+    @pytest.mark.parametrize("name", ["C:step_000000100", ".", "..", "../step_000000100", "step_000000100\\x"])
+    def test_a_pointer_file_naming_no_entry_of_its_folder_is_refused(self, tmp_path, name):
+        folder = fake_run(tmp_path, 100)
+        (folder / ckpt.LAST).unlink()
+        (folder / ckpt.LAST).write_text(name)
+        with pytest.raises(CheckpointError, match="is no checkpoint link"):
+            ckpt.resolve_checkpoint(tmp_path)
+
+
+@pytest.mark.parametrize(("error", "refused"), [(errno.EPERM, True), (errno.EOPNOTSUPP, True), (errno.EROFS, False)])
+def test_only_a_file_system_refusing_symlinks_is_taken_for_one(tmp_path, monkeypatch, error, refused):
+    """A read-only or forbidden folder is the save's to report, by its own error: taken for a file system
+    without symlinks, the run said its folder "cannot hold symbolic links"."""
+
+    def symlink(*args, **kwargs):
+        raise OSError(error, os.strerror(error))
+
+    monkeypatch.setattr(os, "symlink", symlink)
+    assert ckpt.symlinks_refused(tmp_path) is refused
