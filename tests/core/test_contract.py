@@ -224,7 +224,7 @@ def test_a_hash_mismatch_with_fields_this_version_does_not_know_names_them():
         contract_from_metadata(metadata)
 
 
-@pytest.mark.parametrize("version", ["x", "0", "-1", "1.5"])
+@pytest.mark.parametrize("version", ["x", "0", "-1", "1.5", "\u00b2", "\u0661"])  # ², Arabic-Indic 1
 def test_a_contract_version_that_is_no_positive_integer_is_refused(version):
     metadata = {**contract_to_metadata(BASE, {}), "flowrl.contract_version": version}
     with pytest.raises(SpecError, match="contract version"):

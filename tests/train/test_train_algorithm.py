@@ -235,6 +235,24 @@ def test_training_state_records_its_layout_version_and_a_newer_one_is_refused_be
     assert not moved(before, clone.q_pi)
 
 
+@pytest.mark.parametrize("version", [0, -1, True, 1.5, "1"])
+def test_a_layout_version_that_is_no_positive_integer_is_refused(version):
+    agent = make_agent()
+    actor = {k: v.numpy() for k, v in agent.actor.state_dict().items()}
+    state = {**agent.state_json(), "layout_version": version}
+    with pytest.raises(CheckpointError, match="not a positive integer"):
+        make_agent().load_state(actor, agent.state_tensors(), state)
+
+
+def test_state_of_this_layout_version_with_other_critics_is_not_called_older():
+    """Critics that do not fit state claiming today's layout come from another build, not an older one."""
+    agent = make_agent()
+    actor = {k: v.numpy() for k, v in agent.actor.state_dict().items()}
+    tensors, state = old_critic_layout(agent.state_tensors()), agent.state_json()
+    with pytest.raises(CheckpointError, match="written by another flowrl-deploy whose critics have another layout"):
+        make_agent().load_state(actor, tensors, state)
+
+
 def test_state_without_a_layout_version_is_todays_layout():
     agent = make_agent()
     for i in range(2):
