@@ -87,6 +87,29 @@ def test_the_release_leaves_the_checkouts_git_index_alone(monkeypatch, tmp_path)
     assert (index.stat().st_mtime_ns, index.stat().st_ino) == before
 
 
+def test_the_release_is_dirty_for_a_modified_tracked_file_not_for_an_untracked_one(monkeypatch, tmp_path):
+    """A build scratch file or a run folder in the checkout is no change to the code that runs."""
+    import shutil
+    import subprocess
+
+    if shutil.which("git") is None:
+        pytest.skip("no git")
+
+    def git(*args: str) -> None:
+        subprocess.run(["git", *args], cwd=tmp_path, check=True, capture_output=True)
+
+    git("init", "-q")
+    (tmp_path / "pyproject.toml").write_text("[project]\n")
+    git("add", "pyproject.toml")
+    git("-c", "user.name=t", "-c", "user.email=t@t", "commit", "-q", "-m", "first")
+    monkeypatch.setattr(versions, "_source_checkout", lambda: tmp_path)
+    (tmp_path / "runs").mkdir()
+    (tmp_path / "runs" / "metrics.jsonl").write_text("{}\n")
+    assert not versions.release.__wrapped__().endswith(".dirty")
+    (tmp_path / "pyproject.toml").write_text("[project]\nname = 'changed'\n")
+    assert versions.release.__wrapped__().endswith(".dirty")
+
+
 @pytest.mark.parametrize("failure", [FileNotFoundError("git"), "timeout"], ids=["no git", "git hangs"])
 def test_without_a_working_git_the_release_has_no_suffix(monkeypatch, tmp_path, failure):
     import subprocess
