@@ -71,7 +71,11 @@ def test_the_memory_check_still_refuses_on_linux():
 class FakeMsvcrt:
     """msvcrt.locking as Windows does it, on flock: it locks ``nbytes`` at the handle's position; a non-blocking
     lock held by another handle fails with EACCES, and so does another handle's read of locked bytes (until the
-    holder unlocks or closes its handle). Install it with :meth:`install`."""
+    holder unlocks or closes its handle), and a file with a locked (so open) handle cannot be removed. Install it
+    with :meth:`install`."""
+
+    HELD = errno.EACCES
+    """What a lock held by another handle fails with."""
 
     LK_NBLCK, LK_UNLCK = 2, 0
 
@@ -92,8 +96,17 @@ class FakeMsvcrt:
             self.locked.pop(fd, None)  # Windows drops a handle's locks when it is closed
             real_close(fd)
 
+        real_unlink = os.unlink
+
+        def unlink(path, *, dir_fd=None) -> None:
+            status = os.stat(path, dir_fd=dir_fd)
+            if (status.st_dev, status.st_ino) in {file for file, _, _ in self.locked.values()}:
+                raise PermissionError(errno.EACCES, "The process cannot access the file: it is being used")
+            real_unlink(path, dir_fd=dir_fd)
+
         monkeypatch.setattr(os, "read", read)
         monkeypatch.setattr(os, "close", close)
+        monkeypatch.setattr(os, "unlink", unlink)
         monkeypatch.setattr(checkpointing, "fcntl", None)
         monkeypatch.setattr(checkpointing, "msvcrt", self)
         return self
@@ -102,7 +115,7 @@ class FakeMsvcrt:
         try:
             fcntl.flock(fd, (fcntl.LOCK_EX | fcntl.LOCK_NB) if mode == self.LK_NBLCK else fcntl.LOCK_UN)
         except BlockingIOError:
-            raise PermissionError(errno.EACCES, "Permission denied") from None
+            raise OSError(self.HELD, os.strerror(self.HELD)) from None
         start = os.lseek(fd, 0, os.SEEK_CUR)
         if mode == self.LK_NBLCK:
             self.locked[fd] = (_file(fd), start, start + nbytes)
@@ -115,8 +128,12 @@ def _file(fd: int) -> tuple[int, int]:
     return status.st_dev, status.st_ino
 
 
-def test_without_flock_the_run_is_locked_with_msvcrt(monkeypatch, tmp_path):
-    FakeMsvcrt().install(monkeypatch)
+@pytest.mark.parametrize("held", [errno.EACCES, errno.EDEADLK], ids=["EACCES", "EDEADLOCK"])
+def test_without_flock_the_run_is_locked_with_msvcrt(monkeypatch, tmp_path, held):
+    """A held lock fails LK_NBLCK with EACCES; EDEADLOCK (LK_LOCK's, after its retries) says held too."""
+    fake = FakeMsvcrt()
+    fake.HELD = held
+    fake.install(monkeypatch)
     monkeypatch.delattr(os, "pread")  # none on Windows: the holder is read with lseek and read
     out = tmp_path / "run"
     lock = RunLock(out, new_run=True)  # its lock lies past the holder's JSON, which the refused run reads
