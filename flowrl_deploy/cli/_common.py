@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import functools
+import inspect
 import json
 import logging
 import math
@@ -12,7 +14,7 @@ import signal
 from collections.abc import Callable, Iterator
 from enum import Enum
 from pathlib import Path
-from typing import TYPE_CHECKING, Annotated, ParamSpec, TypeVar
+from typing import TYPE_CHECKING, Annotated, Any, ParamSpec, TypeVar, get_type_hints
 
 import typer
 
@@ -35,7 +37,8 @@ MAX_REPORT_BYTES = 64 << 20
 """An existing --json file up to this size is parsed to tell whether it is a report (it may be replaced);
 a larger one never is (our reports hold kilobytes), and is kept."""
 
-# The connection options of the commands that call a running server (query, control, stats, reload).
+# The connection options of the commands that call a running server (query, control, stats, reload, wait):
+# :func:`connects` gives them to a command.
 Server = Annotated[
     str, typer.Option(help="host:port of `flowrl serve` (or dns:///name:port, ipv4:addr:port,addr:port).")
 ]
@@ -191,47 +194,101 @@ def given_token(token: str | None, token_file: str) -> str | None:
     return read_token_file(token_file)
 
 
-@contextlib.contextmanager
-def server_client(
-    server: str,
-    token: str,
-    tls_ca: str,
-    tls_cert: str,
-    tls_key: str,
-    timeout_s: float | None = None,
-    *,
-    token_file: str = "",
-) -> Iterator[PolicyClient]:
-    """A client for one command; a failed call is one line, and a failed connection says which
-    TLS option may be missing. A bad --server, token or TLS file is refused before connecting (by
-    :class:`PolicyClient`), naming the flag and the file."""
-    import grpc
-
-    from flowrl_deploy.client import PolicyClient, ServiceError
-    from flowrl_deploy.connection import checked_timeout, connection_hint
-
-    if timeout_s is not None:  # named by its flag here; PolicyClient would call it timeout_s
-        checked_timeout(timeout_s, "--timeout")
-    token = given_token(token, token_file) or ""
-    with PolicyClient(
-        server,
-        token=token,
-        tls_ca=tls_ca,
-        tls_cert=tls_cert,
-        tls_key=tls_key,
-        timeout_s=timeout_s,
-        target_name="--server",
-    ) as client:
-        try:
-            yield client
-        except ServiceError as exc:
-            unavailable = exc.code == grpc.StatusCode.UNAVAILABLE
-            hint = connection_hint(exc.details, server, tls_ca, tls_cert) if unavailable else ""
-            raise FlowRLError(f"{exc} ({hint})" if hint else str(exc)) from None
-
-
 P = ParamSpec("P")
 R = TypeVar("R")
+
+
+@dataclasses.dataclass(frozen=True)
+class Connection:
+    """The connection options of a command that calls a running server, as :func:`connects` gives them."""
+
+    server: str
+    token: str
+    token_file: str
+    tls_ca: str
+    tls_cert: str
+    tls_key: str
+
+    def token_to_send(self) -> str:
+        """The token to send ('' for none): --token, :data:`TOKEN_ENV` or --token-file's (:func:`given_token`)."""
+        return given_token(self.token, self.token_file) or ""
+
+    @contextlib.contextmanager
+    def client(self, timeout_s: float | None = None) -> Iterator[PolicyClient]:
+        """A client for one command; a failed call is one line, and a failed connection says which
+        TLS option may be missing. A bad --server, token or TLS file is refused before connecting (by
+        :class:`PolicyClient`), naming the flag and the file."""
+        import grpc
+
+        from flowrl_deploy.client import PolicyClient, ServiceError
+        from flowrl_deploy.connection import checked_timeout, connection_hint
+
+        if timeout_s is not None:  # named by its flag here; PolicyClient would call it timeout_s
+            checked_timeout(timeout_s, "--timeout")
+        with PolicyClient(
+            self.server,
+            token=self.token_to_send(),
+            tls_ca=self.tls_ca,
+            tls_cert=self.tls_cert,
+            tls_key=self.tls_key,
+            timeout_s=timeout_s,
+            target_name="--server",
+        ) as client:
+            try:
+                yield client
+            except ServiceError as exc:
+                unavailable = exc.code == grpc.StatusCode.UNAVAILABLE
+                hint = connection_hint(exc.details, self.server, self.tls_ca, self.tls_cert) if unavailable else ""
+                raise FlowRLError(f"{exc} ({hint})" if hint else str(exc)) from None
+
+
+_SERVER_OPTION = inspect.Parameter(
+    "server", inspect.Parameter.KEYWORD_ONLY, default="localhost:50051", annotation=Server
+)
+_CREDENTIAL_OPTIONS = [
+    inspect.Parameter(name, inspect.Parameter.KEYWORD_ONLY, default="", annotation=annotation)
+    for name, annotation in [
+        ("token", Token),
+        ("token_file", TokenFile),
+        ("tls_ca", TlsCa),
+        ("tls_cert", TlsCert),
+        ("tls_key", TlsKey),
+    ]
+]
+
+
+def connects(command: Callable[..., R]) -> Callable[..., R]:
+    """Give a command that calls a running server the connection options, declared here once: its
+    keyword-only ``connection: Connection`` parameter becomes --token, --token-file, --tls-ca,
+    --tls-cert and --tls-key in its place, and --server comes first of its options (after its ``*``);
+    the command gets them as one :class:`Connection`. Typer reads the options from the returned
+    function's ``__signature__``."""
+    own = inspect.signature(command).parameters
+    if "connection" not in own or own["connection"].kind != inspect.Parameter.KEYWORD_ONLY:
+        raise TypeError(f"@connects: {command.__name__} needs a keyword-only `connection: Connection` parameter")
+    hints = get_type_hints(command, include_extras=True)  # typer needs the Annotated objects, not strings
+    params: list[inspect.Parameter] = []
+    for param in own.values():
+        if param.kind == inspect.Parameter.KEYWORD_ONLY and _SERVER_OPTION not in params:
+            params.append(_SERVER_OPTION)
+        if param.name == "connection":
+            params += _CREDENTIAL_OPTIONS
+        else:
+            params.append(param.replace(annotation=hints[param.name]))
+    signature = inspect.Signature(params, return_annotation=hints["return"])  # raises on a name given twice
+    fields = [field.name for field in dataclasses.fields(Connection)]
+
+    @functools.wraps(command)
+    def wrapper(**kwargs: Any) -> R:
+        given = signature.bind(**kwargs)
+        given.apply_defaults()
+        options = dict(given.arguments)
+        connection = Connection(**{name: options.pop(name) for name in fields})
+        return command(connection=connection, **options)
+
+    wrapper.__signature__ = signature  # type: ignore[attr-defined]
+    wrapper.__annotations__ = {param.name: param.annotation for param in params} | {"return": hints["return"]}
+    return wrapper
 
 
 def user_errors(command: Callable[P, R]) -> Callable[P, R]:

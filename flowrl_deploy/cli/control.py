@@ -8,16 +8,11 @@ from typing import Annotated
 import typer
 
 from flowrl_deploy.cli._common import (
-    Server,
-    TlsCa,
-    TlsCert,
-    TlsKey,
-    Token,
-    TokenFile,
+    Connection,
     check_report,
     client_warnings,
+    connects,
     finite,
-    given_token,
     user_errors,
     write_report,
 )
@@ -49,8 +44,9 @@ def _announce_rate(explicit: bool):
 
 
 @user_errors
+@connects
 def control(
-    server: Server = "localhost:50051",
+    *,
     env: Annotated[str | None, typer.Option(help="Env id; default: the served policy's.")] = None,
     hz: Annotated[
         float | None,
@@ -72,11 +68,7 @@ def control(
         int | None, typer.Option(help="Stop the run (exit 1) after this many deadline misses in a row; default: never.")
     ] = None,
     contract_hash: Annotated[str, typer.Option(help="Pin the policy contract (hash from `flowrl inspect`).")] = "",
-    token: Token = "",
-    token_file: TokenFile = "",
-    tls_ca: TlsCa = "",
-    tls_cert: TlsCert = "",
-    tls_key: TlsKey = "",
+    connection: Connection,
     connect_timeout: Annotated[
         float,
         typer.Option(
@@ -110,24 +102,29 @@ def control(
     from flowrl_deploy.train.control import run_control
 
     checked_timeout(connect_timeout, "--connect-timeout")  # gRPC waits forever on a deadline years away
-    token = given_token(token, token_file) or ""
+    token = connection.token_to_send()
     pin_to_cpus(parse_cpus(cpus))
     if rt_priority is not None:  # every thread, gRPC's started later included
         set_realtime(rt_priority)
     if json_path is not None:
-        inputs = {"--local-model": local_model, "--tls-ca": tls_ca, "--tls-cert": tls_cert, "--tls-key": tls_key}
+        inputs = {
+            "--local-model": local_model,
+            "--tls-ca": connection.tls_ca,
+            "--tls-cert": connection.tls_cert,
+            "--tls-key": connection.tls_key,
+        }
         check_report("--json", json_path, inputs)
     with client_warnings(skip=(PERIOD_MISMATCH,)):  # _announce_rate warns of an --hz that differs, naming it
         report = run_control(
-            server,
+            connection.server,
             env,
             hz,
             episodes,
             seed,
             token=token,
-            tls_ca=tls_ca,
-            tls_cert=tls_cert,
-            tls_key=tls_key,
+            tls_ca=connection.tls_ca,
+            tls_cert=connection.tls_cert,
+            tls_key=connection.tls_key,
             deadline_s=None if deadline_ms is None else deadline_ms / 1e3,
             fallback=fallback,
             local_model=local_model,

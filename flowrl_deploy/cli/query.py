@@ -12,17 +12,7 @@ from typing import TYPE_CHECKING, Annotated
 
 import typer
 
-from flowrl_deploy.cli._common import (
-    Server,
-    TlsCa,
-    TlsCert,
-    TlsKey,
-    Token,
-    TokenFile,
-    finite,
-    server_client,
-    user_errors,
-)
+from flowrl_deploy.cli._common import Connection, connects, finite, user_errors
 from flowrl_deploy.errors import FlowRLError
 
 if TYPE_CHECKING:
@@ -164,8 +154,9 @@ def _finite_float32(values: np.ndarray, source: str) -> np.ndarray:
 
 
 @user_errors
+@connects
 def query(
-    server: Server = "localhost:50051",
+    *,
     obs: Annotated[str, typer.Option(help="Observation as JSON: [..] or a batch [[..], ..].")] = "",
     obs_file: Annotated[
         Path | None,
@@ -173,11 +164,7 @@ def query(
     ] = None,
     seed: Annotated[int | None, typer.Option(help="Seed of the policy noise.")] = None,
     contract_hash: Annotated[str, typer.Option(help="Pin the policy contract (hash from `flowrl inspect`).")] = "",
-    token: Token = "",
-    token_file: TokenFile = "",
-    tls_ca: TlsCa = "",
-    tls_cert: TlsCert = "",
-    tls_key: TlsKey = "",
+    connection: Connection,
     timeout: Annotated[float, typer.Option(parser=finite, help="Seconds to wait.")] = 5.0,
 ) -> None:
     """Print the served policy's action(s) for an observation, as JSON."""
@@ -188,7 +175,7 @@ def query(
         raise FlowRLError("pass exactly one of --obs or --obs-file")
     array = read_observation(obs, obs_file)
     checked_seed(seed, "--seed")
-    with server_client(server, token, tls_ca, tls_cert, tls_key, timeout, token_file=token_file) as client:
+    with connection.client(timeout) as client:
         reply = client.act_reply(array, seed=seed, contract_hash=contract_hash)
     action = decode(reply.action, name="action")
     typer.echo(

@@ -6,20 +6,11 @@ from typing import Annotated
 
 import typer
 
-from flowrl_deploy.cli._common import (
-    Server,
-    TlsCa,
-    TlsCert,
-    TlsKey,
-    Token,
-    TokenFile,
-    finite,
-    server_client,
-    user_errors,
-)
+from flowrl_deploy.cli._common import Connection, connects, finite, user_errors
 
 
 @user_errors
+@connects
 def reload(
     path: Annotated[
         str,
@@ -29,12 +20,8 @@ def reload(
             "server's machine (default: read the served path again)."
         ),
     ] = "",
-    server: Server = "localhost:50051",
-    token: Token = "",
-    token_file: TokenFile = "",
-    tls_ca: TlsCa = "",
-    tls_cert: TlsCert = "",
-    tls_key: TlsKey = "",
+    *,
+    connection: Connection,
     timeout: Annotated[float, typer.Option(parser=finite, help="Seconds to wait (loading warms the model up).")] = 60.0,
 ) -> None:
     """Swap PATH in atomically once the server has checked its contract (in-flight calls finish on the old model)."""
@@ -43,7 +30,7 @@ def reload(
     from flowrl_deploy.client import ServiceError
     from flowrl_deploy.errors import FlowRLError
 
-    with server_client(server, token, tls_ca, tls_cert, tls_key, timeout, token_file=token_file) as client:
+    with connection.client(timeout) as client:
         try:
             new, previous = client.reload(path, timeout_s=timeout)
         except ServiceError as exc:
@@ -51,7 +38,7 @@ def reload(
                 raise
             raise FlowRLError(  # the server drops a reload whose caller has stopped waiting
                 f"{exc}: no answer within --timeout {timeout:g} s, so the server abandons the reload and keeps "
-                f"the model it serves (unless it had just swapped: `flowrl stats --server {server}` tells); "
+                f"the model it serves (unless it had just swapped: `flowrl stats --server {connection.server}` tells); "
                 "give a longer --timeout to a model that takes longer to load"
             ) from None
     if new == previous:  # the very bytes served already: the server swapped nothing

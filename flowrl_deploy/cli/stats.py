@@ -7,17 +7,7 @@ from typing import TYPE_CHECKING, Annotated
 
 import typer
 
-from flowrl_deploy.cli._common import (
-    Server,
-    TlsCa,
-    TlsCert,
-    TlsKey,
-    Token,
-    TokenFile,
-    finite,
-    server_client,
-    user_errors,
-)
+from flowrl_deploy.cli._common import Connection, connects, finite, user_errors
 
 if TYPE_CHECKING:
     from google.protobuf.message import Message
@@ -56,19 +46,16 @@ _NO_RELEASE = "server release not reported (older than this client)"
 
 
 @user_errors
+@connects
 def stats(
-    server: Server = "localhost:50051",
-    token: Token = "",
-    token_file: TokenFile = "",
-    tls_ca: TlsCa = "",
-    tls_cert: TlsCert = "",
-    tls_key: TlsKey = "",
+    *,
+    connection: Connection,
     as_json: Annotated[bool, typer.Option("--json", help="Print the figures as JSON.")] = False,
     timeout: Annotated[float, typer.Option(parser=finite, help="Seconds to wait.")] = 5.0,
 ) -> None:
     """Print a running server's model version, uptime, sessions, per-method calls and latency, batches,
     reloads, and each limit's use and refusals."""
-    with server_client(server, token, tls_ca, tls_cert, tls_key, timeout, token_file=token_file) as client:
+    with connection.client(timeout) as client:
         reply = client.stats()
     failures = reload_failures(reply)
     if as_json:

@@ -6,30 +6,17 @@ from typing import Annotated
 
 import typer
 
-from flowrl_deploy.cli._common import (
-    Server,
-    TlsCa,
-    TlsCert,
-    TlsKey,
-    Token,
-    TokenFile,
-    finite,
-    server_client,
-    user_errors,
-)
+from flowrl_deploy.cli._common import Connection, connects, finite, user_errors
 
 _ASKED = "; is `flowrl serve` running there?"
 """How PolicyClient.wait_ready's error ends, a question a connection hint answers better."""
 
 
 @user_errors
+@connects
 def wait(
-    server: Server = "localhost:50051",
-    token: Token = "",
-    token_file: TokenFile = "",
-    tls_ca: TlsCa = "",
-    tls_cert: TlsCert = "",
-    tls_key: TlsKey = "",
+    *,
+    connection: Connection,
     timeout: Annotated[
         float, typer.Option(parser=finite, help="Seconds to wait for SERVING (at most 86400) before exit 1.")
     ] = 30.0,
@@ -42,13 +29,13 @@ def wait(
     from flowrl_deploy.connection import connection_hint
     from flowrl_deploy.errors import FlowRLError
 
-    with server_client(server, token, tls_ca, tls_cert, tls_key, timeout, token_file=token_file) as client:
+    with connection.client(timeout) as client:
         try:
             client.wait_ready(timeout_s=timeout)
         except FlowRLError as exc:
             message = str(exc)
-            if hint := connection_hint(message, client.target, tls_ca, tls_cert):  # it replaces the question
-                message = f"{message.removesuffix(_ASKED)}; {hint}"
+            if hint := connection_hint(message, client.target, connection.tls_ca, connection.tls_cert):
+                message = f"{message.removesuffix(_ASKED)}; {hint}"  # the hint replaces the question
             raise FlowRLError(message) from None
         model = f" (model {client.spec().model_version}, token accepted)" if client.metadata else ""
-    typer.echo(f"{server} is SERVING{model}")
+    typer.echo(f"{connection.server} is SERVING{model}")
