@@ -11,6 +11,7 @@ import sys
 import threading
 
 import pytest
+from loading_server import loading_server
 from tiny_policy import write_policy
 from typer.testing import CliRunner
 
@@ -120,27 +121,8 @@ def test_grpc_core_info_lines_stay_off_the_clis_stderr_unless_the_user_asks(pki,
 
 def test_a_server_still_loading_gets_its_own_message_without_a_tls_hint(pki, monkeypatch):
     """The server's own UNAVAILABLE (warm-up) was followed by '(if the server uses TLS, pass --tls-ca)'."""
-    from flowrl_deploy.serve.servicer import PolicyServicer
-
-    loading, release = threading.Event(), threading.Event()
-    load = PolicyServicer.load
-
-    def held_load(self, *args, **kwargs):
-        loading.set()
-        release.wait(30)
-        return load(self, *args, **kwargs)
-
-    monkeypatch.setattr(PolicyServicer, "load", held_load)
-    server = PolicyServer(ServeConfig(pki["policy"], port=0, grace_s=0))
-    starter = threading.Thread(target=server.start)
-    starter.start()
-    try:
-        assert loading.wait(30)
+    with loading_server(pki["policy"], monkeypatch) as (server, _):
         output = _query(server.address)
-    finally:
-        release.set()
-        starter.join(30)
-        server.stop()
     assert "the model is still loading" in output
     assert "--tls-ca" not in output and "client certificates" not in output
 

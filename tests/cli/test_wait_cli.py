@@ -7,6 +7,7 @@ import threading
 
 import pytest
 from closed_port import closed_address
+from loading_server import loading_server
 from tiny_policy import write_policy
 from typer.testing import CliRunner
 
@@ -48,31 +49,12 @@ def test_nothing_listening_fails_in_one_line_saying_so():
 
 def test_a_server_still_loading_is_named_not_serving_and_then_waited_for(policy, monkeypatch):
     """The server listens (health NOT_SERVING) while it loads and warms up its model."""
-    from flowrl_deploy.serve.servicer import PolicyServicer
-
-    loading, release = threading.Event(), threading.Event()
-    load = PolicyServicer.load
-
-    def held_load(self, *args, **kwargs):
-        loading.set()
-        release.wait(30)
-        return load(self, *args, **kwargs)
-
-    monkeypatch.setattr(PolicyServicer, "load", held_load)
-    server = PolicyServer(ServeConfig(policy, port=0, grace_s=0))
-    starter = threading.Thread(target=server.start)
-    starter.start()
-    try:
-        assert loading.wait(30)
+    with loading_server(policy, monkeypatch) as (server, release):
         output = one_line_error(wait(server.address, "--timeout", "0.5"))
         assert "NOT_SERVING" in output and "pass --tls-ca" not in output
         threading.Timer(0.3, release.set).start()
         result = wait(server.address, "--timeout", "30")
         assert result.exit_code == 0, result.output
-    finally:
-        release.set()
-        starter.join(30)
-        server.stop()
 
 
 def test_a_token_is_checked_once_serving(policy, tmp_path):
