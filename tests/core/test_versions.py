@@ -1,5 +1,7 @@
 """Provenance: which libraries' versions a checkpoint or an export records."""
 
+import shutil
+import subprocess
 from importlib import metadata
 
 import pytest
@@ -61,14 +63,9 @@ def test_the_version_report_names_the_release_python_and_the_serving_libraries()
             assert metadata.version(name) == version
 
 
-def test_the_release_leaves_the_checkouts_git_index_alone(monkeypatch, tmp_path):
-    """`git status` refreshed .git/index (taking .git/index.lock) in the user's checkout at each
-    server start and `flowrl --version`: a `git commit` at that moment failed, and under sudo the
-    index was rewritten as root."""
-    import os
-    import shutil
-    import subprocess
-
+@pytest.fixture
+def checkout(tmp_path):
+    """``tmp_path`` as a git checkout with one commit (of a pyproject.toml)."""
     if shutil.which("git") is None:
         pytest.skip("no git")
 
@@ -79,6 +76,16 @@ def test_the_release_leaves_the_checkouts_git_index_alone(monkeypatch, tmp_path)
     (tmp_path / "pyproject.toml").write_text("[project]\n")
     git("add", "pyproject.toml")
     git("-c", "user.name=t", "-c", "user.email=t@t", "commit", "-q", "-m", "first")
+    return tmp_path
+
+
+@pytest.mark.usefixtures("checkout")
+def test_the_release_leaves_the_checkouts_git_index_alone(monkeypatch, tmp_path):
+    """`git status` refreshed .git/index (taking .git/index.lock) in the user's checkout at each
+    server start and `flowrl --version`: a `git commit` at that moment failed, and under sudo the
+    index was rewritten as root."""
+    import os
+
     os.utime(tmp_path / "pyproject.toml", ns=(1, 1))  # stale stat data: a refreshing status rewrites the index
     index = tmp_path / ".git" / "index"
     before = index.stat().st_mtime_ns, index.stat().st_ino
@@ -87,21 +94,9 @@ def test_the_release_leaves_the_checkouts_git_index_alone(monkeypatch, tmp_path)
     assert (index.stat().st_mtime_ns, index.stat().st_ino) == before
 
 
+@pytest.mark.usefixtures("checkout")
 def test_the_release_is_dirty_for_a_modified_tracked_file_not_for_an_untracked_one(monkeypatch, tmp_path):
     """A build scratch file or a run folder in the checkout is no change to the code that runs."""
-    import shutil
-    import subprocess
-
-    if shutil.which("git") is None:
-        pytest.skip("no git")
-
-    def git(*args: str) -> None:
-        subprocess.run(["git", *args], cwd=tmp_path, check=True, capture_output=True)
-
-    git("init", "-q")
-    (tmp_path / "pyproject.toml").write_text("[project]\n")
-    git("add", "pyproject.toml")
-    git("-c", "user.name=t", "-c", "user.email=t@t", "commit", "-q", "-m", "first")
     monkeypatch.setattr(versions, "_source_checkout", lambda: tmp_path)
     (tmp_path / "runs").mkdir()
     (tmp_path / "runs" / "metrics.jsonl").write_text("{}\n")
