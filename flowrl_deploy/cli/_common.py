@@ -14,7 +14,7 @@ import signal
 from collections.abc import Callable, Iterator
 from enum import Enum
 from pathlib import Path
-from typing import TYPE_CHECKING, Annotated, Any, ParamSpec, TypeVar, get_type_hints
+from typing import TYPE_CHECKING, Annotated, Any, ParamSpec, TypeVar
 
 import typer
 
@@ -263,19 +263,18 @@ def connects(command: Callable[..., R]) -> Callable[..., R]:
     --tls-cert and --tls-key in its place, and --server comes first of its options (after its ``*``);
     the command gets them as one :class:`Connection`. Typer reads the options from the returned
     function's ``__signature__``."""
-    own = inspect.signature(command).parameters
+    # typer needs the Annotated objects, not strings; not typing.get_type_hints, which on Python 3.10
+    # turns `Annotated[float | None, …] = None` into Optional[Annotated[…]], losing the option's parser
+    evaluated = inspect.signature(command, eval_str=True)
+    own = evaluated.parameters
     if "connection" not in own or own["connection"].kind != inspect.Parameter.KEYWORD_ONLY:
         raise TypeError(f"@connects: {command.__name__} needs a keyword-only `connection: Connection` parameter")
-    hints = get_type_hints(command, include_extras=True)  # typer needs the Annotated objects, not strings
     params: list[inspect.Parameter] = []
     for param in own.values():
         if param.kind == inspect.Parameter.KEYWORD_ONLY and _SERVER_OPTION not in params:
             params.append(_SERVER_OPTION)
-        if param.name == "connection":
-            params += _CREDENTIAL_OPTIONS
-        else:
-            params.append(param.replace(annotation=hints[param.name]))
-    signature = inspect.Signature(params, return_annotation=hints["return"])  # raises on a name given twice
+        params += _CREDENTIAL_OPTIONS if param.name == "connection" else [param]
+    signature = inspect.Signature(params, return_annotation=evaluated.return_annotation)  # raises on a name given twice
     fields = [field.name for field in dataclasses.fields(Connection)]
 
     @functools.wraps(command)
@@ -287,7 +286,9 @@ def connects(command: Callable[..., R]) -> Callable[..., R]:
         return command(connection=connection, **options)
 
     wrapper.__signature__ = signature  # type: ignore[attr-defined]
-    wrapper.__annotations__ = {param.name: param.annotation for param in params} | {"return": hints["return"]}
+    wrapper.__annotations__ = {param.name: param.annotation for param in params} | {
+        "return": evaluated.return_annotation
+    }
     return wrapper
 
 
