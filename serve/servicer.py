@@ -210,11 +210,13 @@ class PolicyServicer(pb_grpc.PolicyServiceServicer):
         """:meth:`load` of ``source``, under its lock."""
         path = resolve_onnx(source, Path(f"gen{self._generation + 1}"), self._steps, self._exporter)
         data, sha256 = read_model_file(path)
+        self._drop_export(path)
         if previous is not None and sha256 == previous.sha256:  # e.g. `touch`: nothing to swap
             log.info("%s holds the model served now (%s): nothing to reload", printable(source), previous.version)
             return previous.version, previous.version
         generation = self._generation + 1
-        new = load_model(path, data, sha256, generation, providers=self._providers, threads=self.config.threads)
+        # named by its source, not its export: a refusal names the checkpoint the caller knows
+        new = load_model(Path(source), data, sha256, generation, providers=self._providers, threads=self.config.threads)
         if previous is not None:
             check_compatible(previous, new)
         new.warm_up(tuple(sorted({1, self.config.max_batch})))
@@ -236,6 +238,12 @@ class PolicyServicer(pb_grpc.PolicyServiceServicer):
         else:
             log.info("loaded %s as %s (%s, %s)", printable(source), new.version, steps, providers)
         return new.version, previous.version if previous else ""
+
+    def _drop_export(self, path: Path) -> None:
+        """Remove a checkpoint's export once its bytes are read (the model loads from them): each
+        reload's stayed until the stop, so a --watch server of a training run filled its TMPDIR."""
+        if self.work_folder is not None and path.is_relative_to(self.work_folder):
+            shutil.rmtree(path.parent, ignore_errors=True)
 
     def _export(self, export_checkpoint: Exporter, checkpoint: Path, out: Path, steps: int | None) -> Path:
         """``export_checkpoint``, writing ``out`` (relative) into :attr:`work_folder`, made now if need be: an

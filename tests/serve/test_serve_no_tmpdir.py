@@ -79,7 +79,7 @@ def test_a_checkpoint_exported_on_the_fly_uses_a_work_folder_it_removes_on_stop(
     with server.start():
         assert server.servicer.model is not None
         folder = server.servicer.work_folder
-        assert folder is not None and exported[0].is_relative_to(folder) and exported[0].exists()
+        assert folder is not None and exported[0].is_relative_to(folder) and not exported[0].exists()
         assert folder.name.startswith("flowrl-serve-")
     assert not folder.exists()
 
@@ -111,6 +111,7 @@ def test_every_export_of_a_server_goes_into_its_one_work_folder(tmp_path, monkey
             ("gen2", "policy.onnx"),
         ]
         assert [path.name for path in temporary.iterdir()] == [folder.name]
+        assert list(folder.iterdir()) == []  # each export removed once loaded: a --watch server filled TMPDIR
     assert list(temporary.iterdir()) == []
 
 
