@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import threading
 from pathlib import Path
 
+import grpc
 import pytest
 from tiny_policy import write_policy
 
@@ -32,3 +34,27 @@ def client(server):
 @pytest.fixture(scope="module")
 def local(policy_path):
     return OnnxPolicy(policy_path)
+
+
+@pytest.fixture
+def hold():
+    """Open calls whose request message never comes (a raw stream-request call that sends nothing),
+    each holding its slot and thread; they end when the test does."""
+    release = threading.Event()
+    calls = []
+
+    def nothing():
+        release.wait(60)
+        return
+        yield
+
+    def held(channel: grpc.Channel, method: str, metadata=None) -> grpc.Future:
+        opened = channel.stream_unary(method, request_serializer=bytes, response_deserializer=bytes)
+        call = opened.future(nothing(), metadata=metadata, timeout=60)
+        calls.append(call)
+        return call
+
+    yield held
+    release.set()
+    for call in calls:
+        call.cancel()

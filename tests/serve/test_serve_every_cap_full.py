@@ -8,7 +8,6 @@ from __future__ import annotations
 import threading
 
 import grpc
-import pytest
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 
@@ -20,29 +19,6 @@ from flowrl_deploy.serve.interceptors import (
     SERVICE_NAME,
     WATCH_STREAMS,
 )
-
-
-@pytest.fixture
-def hold():
-    """Open a call that sends no message (it holds its slot and thread until the test ends)."""
-    release = threading.Event()
-    calls = []
-
-    def nothing():
-        release.wait(60)
-        return
-        yield
-
-    def held(channel: grpc.Channel, method: str) -> grpc.Future:
-        opened = channel.stream_unary(method, request_serializer=bytes, response_deserializer=bytes)
-        call = opened.future(nothing(), timeout=60)
-        calls.append(call)
-        return call
-
-    yield held
-    release.set()
-    for call in calls:
-        call.cancel()
 
 
 def test_with_every_cap_full_and_a_probe_in_flight_another_probe_is_answered(policy_path, hold, monkeypatch):

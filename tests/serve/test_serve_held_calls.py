@@ -36,30 +36,16 @@ def ended(call: grpc.Future, wait: float) -> str | tuple[grpc.StatusCode, str]:
 
 
 @pytest.fixture
-def held():
-    """Open calls whose request message never comes (a raw stream-request call that sends nothing);
-    they end when the test does."""
-    release = threading.Event()
-    calls = []
+def held(hold):
+    """:func:`hold`'s calls, each opened once the last has been answered or held for a while: a burst
+    of refusals in flight at once may itself reach gRPC's limit of calls in flight."""
 
-    def nothing():
-        release.wait(60)
-        return
-        yield
-
-    def hold(channel: grpc.Channel, method: str, metadata=None) -> grpc.Future:
-        """One such call, opened once the last has been answered or held for a while: a burst of
-        refusals in flight at once may itself reach gRPC's limit of calls in flight."""
-        opened = channel.stream_unary(method, request_serializer=bytes, response_deserializer=bytes)
-        call = opened.future(nothing(), metadata=metadata, timeout=60)
-        calls.append(call)
+    def paced(channel: grpc.Channel, method: str, metadata=None) -> grpc.Future:
+        call = hold(channel, method, metadata)
         ended(call, wait=0.5)
         return call
 
-    yield hold
-    release.set()
-    for call in calls:
-        call.cancel()
+    return paced
 
 
 @pytest.mark.parametrize("metadata", [None, TOKEN], ids=["no token", "token"])
