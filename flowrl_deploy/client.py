@@ -45,6 +45,11 @@ if TYPE_CHECKING:  # the names that moved to flowrl_deploy.session, typed for ol
     from flowrl_deploy.session import ControlSession as ControlSession
     from flowrl_deploy.session import WatchdogError as WatchdogError
 
+HTTP_PROXY_OPTION = "grpc.enable_http_proxy"
+"""gRPC sends every call through the proxy that grpc_proxy, https_proxy or http_proxy names, even to
+127.0.0.1 (no_proxy aside): a proxy then read the token in clear (without TLS), and added a hop to
+each control tick. Set to 0 on every channel the package makes; PolicyClient(use_proxy=True) sets 1."""
+
 CHANNEL_OPTIONS = (
     # reconnect quickly after a server restart (gRPC's default first backoff is 1 s)
     ("grpc.initial_reconnect_backoff_ms", 50),
@@ -61,10 +66,7 @@ CHANNEL_OPTIONS = (
     # a keepalive ping joins a flow-control ping in flight, which waited 60 s for its answer (gRPC
     # 1.85): a stopped server was noticed after 61-68 s, not 15
     ("grpc.http2.ping_timeout_ms", 5_000),
-    # gRPC sends every call through the proxy that grpc_proxy, https_proxy or http_proxy names, even to
-    # 127.0.0.1 (no_proxy aside): a proxy then read the token in clear (without TLS), and added a hop to
-    # each control tick; PolicyClient(use_proxy=True) goes through it
-    ("grpc.enable_http_proxy", 0),
+    (HTTP_PROXY_OPTION, 0),
 )
 
 
@@ -180,7 +182,7 @@ class PolicyClient:
             raise FlowRLError(f"lb_policy {lb_policy!r}: one of {', '.join(LB_POLICIES)} ('': gRPC's pick_first)")
         options = (*CHANNEL_OPTIONS, ("grpc.lb_policy_name", lb_policy)) if lb_policy else CHANNEL_OPTIONS
         if use_proxy:
-            options = tuple((key, 1 if key == "grpc.enable_http_proxy" else value) for key, value in options)
+            options = tuple((key, 1 if key == HTTP_PROXY_OPTION else value) for key, value in options)
         self.timeout_s = None if timeout_s is None else checked_timeout(timeout_s)
         flags = is_flag(target_name)
         token = checked_token("" if token is None else token, "--token" if flags else "token")

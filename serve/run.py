@@ -17,6 +17,7 @@ import grpc
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from flowrl_deploy.affinity import check_realtime, pin_to_cpus, set_realtime
+from flowrl_deploy.client import HTTP_PROXY_OPTION
 from flowrl_deploy.errors import FlowRLError
 from flowrl_deploy.gc_freeze import gc_frozen
 from flowrl_deploy.serve.config import ServeConfig
@@ -57,9 +58,7 @@ class _Liveness:
     def __init__(self, server: PolicyServer) -> None:
         self._server = server
         self._channel = (
-            None
-            if server.config.tls_cert
-            else grpc.insecure_channel(server.address, options=[("grpc.enable_http_proxy", 0)])
+            None if server.config.tls_cert else grpc.insecure_channel(server.address, options=[(HTTP_PROXY_OPTION, 0)])
         )
 
     def __call__(self, timeout_s: float) -> bool:
