@@ -18,7 +18,14 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 import numpy as np
 
-LATENCY_BUCKETS_S = (5e-5, 1e-4, 2e-4, 3e-4, 5e-4, 7.5e-4, 1e-3, 2e-3, 5e-3, 1e-2, 2.5e-2, 5e-2, 0.1, 0.5)
+LATENCY_BUCKETS_S = (
+    *(5e-5, 1e-4, 2e-4, 3e-4, 5e-4, 7.5e-4),
+    *(1e-3, 1.5e-3, 2e-3, 2.5e-3, 3e-3, 4e-3, 5e-3),
+    *(1e-2, 2.5e-2, 5e-2, 0.1, 0.5),
+)
+"""The ``le`` edges (seconds) of ``flowrl_request_latency_seconds`` and ``flowrl_inference_seconds``:
+fine below a millisecond, and every half millisecond or so up to 5 ms, around a 200 Hz loop's 2.5 ms
+budget (with 2 ms then 5 ms, ``histogram_quantile`` put a true p99 of 2.2 ms at 3 ms)."""
 BATCH_BUCKETS = (1, 2, 4, 8, 16, 32, 64, 128, 256, 512, 1024)
 RECENT = 10_000
 """Latencies kept per method for the percentiles of ``GetStats``."""

@@ -171,3 +171,21 @@ def test_a_limit_warns_again_after_a_minute_with_the_refusals_since(metrics, mon
         "raise --workers",
     ]
     assert 'flowrl_refused_total{limit="workers"} 4' in metrics.exposition()
+
+
+def test_latency_buckets_have_edges_around_a_200_hz_budget(metrics):
+    """From 2 ms the next edge was 5 ms: a true p99 of 2.2 ms under a 2.5 ms deadline was estimated
+    as 3 ms by histogram_quantile, and an alert on the budget fired falsely (obs M9)."""
+    for edge in (1.5e-3, 2.5e-3, 3e-3, 4e-3):
+        assert edge in metrics_module.LATENCY_BUCKETS_S
+    assert list(metrics_module.LATENCY_BUCKETS_S) == sorted(set(metrics_module.LATENCY_BUCKETS_S))
+    metrics.record("StreamAct", "OK", 2.2e-3)
+    metrics.record_batch(1, 2.2e-3)
+    text = metrics.exposition().splitlines()
+    for line in (
+        'flowrl_request_latency_seconds_bucket{method="StreamAct",le="0.002"} 0',
+        'flowrl_request_latency_seconds_bucket{method="StreamAct",le="0.0025"} 1',
+        'flowrl_inference_seconds_bucket{le="0.002"} 0',
+        'flowrl_inference_seconds_bucket{le="0.0025"} 1',
+    ):
+        assert line in text
