@@ -6,6 +6,7 @@ from __future__ import annotations
 import logging
 import queue
 import socket
+import threading
 import urllib.error
 import urllib.request
 from types import SimpleNamespace
@@ -189,3 +190,23 @@ def test_latency_buckets_have_edges_around_a_200_hz_budget(metrics):
         'flowrl_inference_seconds_bucket{le="0.0025"} 1',
     ):
         assert line in text
+
+
+def test_get_stats_computes_its_percentiles_without_holding_what_record_waits_for(metrics, monkeypatch):
+    """summary() held the metrics lock for 1-3 ms while it computed percentiles, and every request's
+    record() waited behind it, delaying the reply outside the measured latency (obs M6)."""
+    for us in range(1, 101):
+        metrics.record("Act", "OK", us * 1e-6)
+    percentile, recorded = np.percentile, []
+
+    def percentile_while_a_request_records(*args, **kwargs):
+        thread = threading.Thread(target=metrics.record, args=("Act", "OK", 1e-6))
+        thread.start()
+        thread.join(5)
+        recorded.append(not thread.is_alive())
+        return percentile(*args, **kwargs)
+
+    monkeypatch.setattr(metrics_module.np, "percentile", percentile_while_a_request_records)
+    act = metrics.summary()["methods"]["Act"]
+    assert recorded == [True]
+    assert act["requests"] == 100 and act["p50_us"] == pytest.approx(50.5)  # as copied, before that record
