@@ -55,6 +55,17 @@ def onnxruntime_severity() -> int:
     return 2 if logging.getLogger("flowrl").isEnabledFor(logging.DEBUG) else 3
 
 
+def run_options() -> ort.RunOptions:
+    """The options of :class:`OnnxPolicy`'s runs: onnxruntime prints nothing of a run that fails (its
+    fatal lines only, 4), unless flowrl logs DEBUG (then :func:`onnxruntime_severity`'s warnings):
+    the exception raised says what its coloured ERROR line said, and a server whose model failed each
+    call printed that line per call. What a session's load logs is left as it was."""
+    options = import_onnxruntime().RunOptions()
+    severity = onnxruntime_severity()
+    options.log_severity_level = severity if severity < 3 else 4
+    return options
+
+
 def is_onnx_path(path: str | Path) -> bool:
     """Whether ``path`` is read as an exported graph rather than a checkpoint. A checkpoint is a
     directory (or its checkpoint.json or model.safetensors), so any other existing file is a graph,
@@ -242,6 +253,7 @@ class OnnxPolicy:
 
         self._codec = codec
         self.session: ort.InferenceSession = make_session(model, providers=providers, threads=threads, name=name)
+        self._run_options = run_options()
         metadata = self.session.get_modelmeta().custom_metadata_map
         try:
             self.contract, self.provenance = contract_from_metadata(metadata)
@@ -291,7 +303,7 @@ class OnnxPolicy:
         feeds = {OBS_INPUT: obs} if noise is None else {OBS_INPUT: obs, NOISE_INPUT: noise}
         if self.fixed_batch is not None and len(obs) != self.fixed_batch:
             return self._act_in_fixed_batches(feeds)
-        return self.session.run([self.output_name], feeds)[0]
+        return self.session.run([self.output_name], feeds, self._run_options)[0]
 
     def _act_in_fixed_batches(self, feeds: dict[str, npt.NDArray[np.float32]]) -> npt.NDArray[np.float32]:
         """Run a fixed-batch graph on any number of rows: chunks of ``fixed_batch``, the last zero-padded."""
@@ -299,7 +311,7 @@ class OnnxPolicy:
         padded = -(-n // b) * b
         feeds = {k: np.concatenate([v, np.zeros((padded - n, *v.shape[1:]), np.float32)]) for k, v in feeds.items()}
         chunks = [
-            self.session.run([self.output_name], {k: v[i : i + b] for k, v in feeds.items()})[0]
+            self.session.run([self.output_name], {k: v[i : i + b] for k, v in feeds.items()}, self._run_options)[0]
             for i in range(0, padded, b)
         ]
         return np.concatenate(chunks)[:n]
