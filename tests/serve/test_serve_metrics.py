@@ -4,11 +4,14 @@
 from __future__ import annotations
 
 import logging
+import os
 import queue
 import socket
 import threading
+import time
 import urllib.error
 import urllib.request
+from pathlib import Path
 from types import SimpleNamespace
 
 import grpc
@@ -210,3 +213,55 @@ def test_get_stats_computes_its_percentiles_without_holding_what_record_waits_fo
     act = metrics.summary()["methods"]["Act"]
     assert recorded == [True]
     assert act["requests"] == 100 and act["p50_us"] == pytest.approx(50.5)  # as copied, before that record
+
+
+PROCESS_METRICS = {
+    "process_resident_memory_bytes": "gauge",
+    "process_virtual_memory_bytes": "gauge",
+    "process_open_fds": "gauge",
+    "process_max_fds": "gauge",
+    "process_cpu_seconds_total": "counter",
+    "process_start_time_seconds": "gauge",
+    "process_threads": "gauge",
+}
+
+
+def _samples(text: str) -> dict[str, float]:
+    """Each unlabelled sample of an exposition, by name."""
+    return {
+        line.split()[0]: float(line.split()[1])
+        for line in text.splitlines()
+        if line and not line.startswith("#") and "{" not in line
+    }
+
+
+@pytest.mark.skipif(not Path("/proc/self/stat").is_file(), reason="reads Linux's /proc")
+def test_the_exposition_has_the_standard_process_metrics(metrics):
+    """No process_* metrics: an fd limit being reached, the memory of two models held during a reload
+    or a restart could not be alerted on (obs M1). Prometheus' names, types and units, as its client
+    libraries' process collectors export them."""
+    import resource  # Unix only
+
+    text = metrics.exposition()
+    types = dict(line.split()[2:4] for line in text.splitlines() if line.startswith("# TYPE "))
+    assert {name: types.get(name) for name in PROCESS_METRICS} == PROCESS_METRICS
+    values = _samples(text)
+    assert values["process_max_fds"] == resource.getrlimit(resource.RLIMIT_NOFILE)[0]
+    assert 0 < values["process_open_fds"] <= values["process_max_fds"]
+    assert abs(values["process_open_fds"] - len(os.listdir("/proc/self/fd"))) <= 2
+    assert values["process_threads"] == pytest.approx(len(os.listdir("/proc/self/task")), abs=2)
+    assert values["process_resident_memory_bytes"] > 1 << 20
+    assert values["process_virtual_memory_bytes"] >= values["process_resident_memory_bytes"]
+    assert 0 < values["process_cpu_seconds_total"] <= sum(os.times()[:2]) + 0.1
+    started = values["process_start_time_seconds"]
+    assert time.time() - 86400 * 7 < started <= time.time()
+    assert started == pytest.approx(_samples(metrics.exposition())["process_start_time_seconds"])
+
+
+def test_process_metrics_a_platform_cannot_give_are_left_out_not_a_failed_scrape(metrics, monkeypatch, tmp_path):
+    monkeypatch.setattr(metrics_module, "PROC_SELF", str(tmp_path / "nothing"))
+    text = metrics.exposition()
+    for name in ("process_resident_memory_bytes", "process_open_fds", "process_threads", "process_start_time_seconds"):
+        assert name not in text
+    assert "flowrl_requests_total" in text
+    assert "process_cpu_seconds_total " in text  # os.times(), everywhere
