@@ -104,7 +104,7 @@ class TrainConfig:
     bf16: bool = False
     """Run network forward passes under bfloat16 autocast."""
     compile: bool = False
-    """torch.compile the networks (slower start; no faster at the default sizes, see the README)."""
+    """torch.compile the networks (slower start; no faster at the default sizes, see docs/train.md)."""
     cuda_graphs: bool = True
     """On a GPU, replay each update from CUDA graphs (one launch instead of hundreds); not with compile."""
     threads: int = 0

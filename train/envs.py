@@ -78,7 +78,7 @@ class DMCEnv:
     """
 
     def __init__(self, env_id: EnvId, seed: int) -> None:
-        os.environ.setdefault("MUJOCO_GL", "disable")  # no OpenGL context is ever needed (see the README)
+        os.environ.setdefault("MUJOCO_GL", "disable")  # no OpenGL context is ever needed (see docs/train.md)
         try:
             with _root_logger_kept():  # its import logs which OpenGL backend it chose
                 from dm_control import suite

@@ -10,11 +10,11 @@ import inspect
 import math
 import re
 import warnings
-from pathlib import Path
 
 import grpc
 import numpy as np
 import pytest
+from doc_pages import python_block, section
 
 from flowrl_deploy import client as client_module
 from flowrl_deploy.client import (
@@ -122,13 +122,17 @@ def test_a_token_that_is_no_string_is_refused(token):
 
 
 def _robot_example() -> str:
-    readme = (Path(__file__).parents[2] / "README.md").read_text()
-    section = readme.split("#### In the robot's control loop (Python, no torch needed)\n", 1)[1]
-    return section.split("```python\n", 1)[1].split("```", 1)[0]
+    """The whole control loop, in docs/client.md."""
+    return python_block("docs/client.md", "In the robot's control loop (Python, no torch needed)")
+
+
+def _readme_loop() -> str:
+    """The README's short control loop."""
+    return python_block("README.md", "In the robot's control loop")
 
 
 EXAMPLE_OBJECTS = {"client": PolicyClient, "session": ControlSession}
-"""The README example's variables, by what they hold."""
+"""The examples' variables, by what they hold."""
 
 
 def _callee(call: ast.Call):
@@ -141,11 +145,10 @@ def _callee(call: ast.Call):
     return None
 
 
-def test_the_readme_control_loop_example_compiles_and_uses_only_names_the_client_has():
-    """The example a robot engineer copies: every import, method, argument and field it uses exists,
-    and it shows the whole loop: wait for the server, its period, a pinned contract, the watchdog."""
-    code = _robot_example()
-    tree = ast.parse(compile(code, "README.md", "exec", ast.PyCF_ONLY_AST))
+def _names_used(code: str, filename: str) -> tuple[ast.Module, set[str], set[str]]:
+    """The example's syntax tree, the client's methods and fields it uses and the keywords it passes;
+    fails on an import, method, argument or field that does not exist."""
+    tree = ast.parse(compile(code, filename, "exec", ast.PyCF_ONLY_AST))
     used, keywords = set(), set()
     for node in ast.walk(tree):
         if isinstance(node, ast.ImportFrom):
@@ -161,9 +164,23 @@ def test_the_readme_control_loop_example_compiles_and_uses_only_names_the_client
             given = {keyword.arg for keyword in node.keywords}
             assert given <= set(inspect.signature(callee).parameters), (ast.unparse(node.func), given)
             keywords |= given
+    return tree, used, keywords
+
+
+def test_the_control_loop_example_compiles_and_uses_only_names_the_client_has():
+    """The example a robot engineer copies: every import, method, argument and field it uses exists,
+    and it shows the whole loop: wait for the server, its period, a pinned contract, the watchdog."""
+    code = _robot_example()
+    tree, used, keywords = _names_used(code, "docs/client.md")
     assert {"wait_ready", "spec", "control_period_s", "session", "act"} <= used and "contract" in keywords
     handlers = [ast.unparse(n.type) for n in ast.walk(tree) if isinstance(n, ast.ExceptHandler)]
     assert "WatchdogError" in handlers and "gc.freeze()" in code
+
+
+def test_the_readmes_short_control_loop_uses_only_names_the_client_has_and_points_to_the_whole_loop():
+    _, used, _ = _names_used(_readme_loop(), "README.md")
+    assert {"wait_ready", "spec", "control_period_s", "session", "act"} <= used
+    assert "docs/client.md" in section("README.md", "In the robot's control loop").split("\n## ", 1)[0]
 
 
 @pytest.mark.parametrize("name", sorted(client_module.MOVED_TO_SESSION))

@@ -245,7 +245,7 @@ def test_a_checkpoint_document_saved_with_a_bom_reads(tmp_path):
 
 
 def test_the_readmes_jetson_command_installs_the_base_dependencies_but_onnxruntime():
-    """Jetson: `pip install .` adds PyPI's CPU onnxruntime over NVIDIA's onnxruntime-gpu, so the README installs
+    """Jetson: `pip install .` adds PyPI's CPU onnxruntime over NVIDIA's onnxruntime-gpu, so docs/install.md installs
     the package with --no-deps and the other base dependencies by hand: that list must follow pyproject.toml."""
     import re
     import shlex
@@ -254,9 +254,9 @@ def test_the_readmes_jetson_command_installs_the_base_dependencies_but_onnxrunti
         import tomllib
     except ImportError:  # Python 3.10
         pytest.skip("tomllib needs Python 3.11")
-    readme = (ROOT / "README.md").read_text()
-    block = re.search(r"<!-- jetson-command -->\n```bash\n(.*?)\n```\n<!-- /jetson-command -->", readme, re.S)
-    assert block, "the README's Jetson command is gone"
+    page = (ROOT / "docs" / "install.md").read_text()
+    block = re.search(r"<!-- jetson-command -->\n```bash\n(.*?)\n```\n<!-- /jetson-command -->", page, re.S)
+    assert block, "docs/install.md's Jetson command is gone"
     first, second = block.group(1).split(" && ")
     assert first == "pip install --no-deps ."
     listed = shlex.split(second)[2:]

@@ -1,8 +1,8 @@
-"""The hints a user's type checker reads (the package ships ``py.typed``): user code typed as the README
-writes it passes ``mypy --strict`` against the package as its wheel installs it, and the mistakes the
+"""The hints a user's type checker reads (the package ships ``py.typed``): user code typed as the README and
+docs/ write it passes ``mypy --strict`` against the package as its wheel installs it, and the mistakes the
 hints exist for are reported.
 
-mypy runs once for the module, on the user files in ``hints/`` and the README's Python snippets, with
+mypy runs once for the module, on the user files in ``hints/`` and the Python snippets of the README and docs/, with
 the unpacked wheel first on its path (an installed package: ``py.typed`` is needed, and errors inside
 the package are not the user's, so mypy keeps them quiet). torch is skipped (read as ``Any``): analysing
 it would take ten seconds more and tells nothing about our hints; where it is not installed (a base
@@ -21,6 +21,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import test_packaging
+from doc_pages import python_block
 from tiny_policy import write_policy
 
 import flowrl_deploy.train
@@ -30,7 +31,6 @@ from flowrl_deploy.serve import PolicyServer, ServeConfig
 
 ROOT = Path(__file__).resolve().parents[2]
 HINTS = Path(__file__).resolve().parent / "hints"
-README = ROOT / "README.md"
 
 wheel = test_packaging.wheel  # the wheel built from this checkout
 
@@ -65,17 +65,14 @@ def stop_robot() -> None: ...
 """
 """The robot's own functions the control-loop snippet calls, typed as a robot team would."""
 
-README_SNIPPETS = {
-    "readme_training.py": ("#### Training from Python", ""),
-    "readme_serve.py": ("### `flowrl serve`, the client and `flowrl control`", ""),
-    "readme_control_loop.py": ("#### In the robot's control loop (Python, no torch needed)", ROBOT),
+DOC_SNIPPETS = {
+    "docs_training.py": ("docs/train.md", "Training from Python", ""),
+    "docs_serve.py": ("docs/serve.md", "`flowrl serve`, the client and `flowrl control`", ""),
+    "docs_control_loop.py": ("docs/client.md", "In the robot's control loop (Python, no torch needed)", ROBOT),
+    "readme_control_loop.py": ("README.md", "In the robot's control loop", ROBOT),
 }
-"""The README's Python snippets checked: the first ``python`` block of each section, after its prelude."""
-
-
-def readme_snippet(heading: str) -> str:
-    section = README.read_text().split(f"\n{heading}\n", 1)[1]
-    return re.search(r"```python\n(.*?)```", section, re.DOTALL).group(1)
+"""The Python snippets checked, by the file, the heading and the prelude each is checked with: the first
+``python`` block after the heading."""
 
 
 @pytest.fixture(scope="module")
@@ -86,8 +83,8 @@ def mypy_errors(wheel, tmp_path_factory) -> dict[str, list[tuple[int, str, str]]
     wheel.extractall(site)
     (work / "mypy.ini").write_text(MYPY_CONFIG)
     files = sorted(HINTS.glob("*.py"))
-    for name, (heading, prelude) in README_SNIPPETS.items():
-        (work / name).write_text(prelude + readme_snippet(heading))
+    for name, (page, heading, prelude) in DOC_SNIPPETS.items():
+        (work / name).write_text(prelude + python_block(page, heading))
         files.append(work / name)
     result = subprocess.run(
         [sys.executable, "-m", "mypy", "--config-file", str(work / "mypy.ini"), *map(str, files)],
@@ -194,8 +191,8 @@ def test_the_paths_and_numpy_seeds_the_hints_allow_work(tmp_path):
             np.testing.assert_array_equal(session.act(obs), SeededPolicy(model, seed=4).act(obs))
 
 
-@pytest.mark.parametrize("name", sorted(README_SNIPPETS))
-def test_the_readme_snippets_pass_mypy_strict(mypy_errors, name):
+@pytest.mark.parametrize("name", sorted(DOC_SNIPPETS))
+def test_the_doc_snippets_pass_mypy_strict(mypy_errors, name):
     assert mypy_errors[name] == []
 
 

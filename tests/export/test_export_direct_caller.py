@@ -1,4 +1,4 @@
-"""What README's "Calling the file directly" promises a caller that runs the file with onnxruntime alone."""
+"""What docs/export.md's "Calling the file directly" promises a caller that runs the file with onnxruntime alone."""
 
 from __future__ import annotations
 

@@ -76,6 +76,6 @@ def write_policy(path: Path, *, scale: float = 1.0, deterministic: bool = False,
 
 
 def documented_noise(seed: int) -> np.random.Generator:
-    """A session's noise as the README documents it (one ``standard_normal((B, act_dim), float32)``
+    """A session's noise as docs/export.md documents it (one ``standard_normal((B, act_dim), float32)``
     block per request), written out here rather than taken from flowrl_deploy.noise."""
     return np.random.Generator(np.random.PCG64(seed))

@@ -1,4 +1,4 @@
-"""README "In the robot's control loop": the example, run as a service is (`systemctl stop` sends
+"""docs/client.md "In the robot's control loop": the example, run as a service is (`systemctl stop` sends
 SIGTERM), stops the robot on its way out. Python's default for SIGTERM ends the process at once,
 running no ``finally``, so the example's stop_robot() was skipped."""
 
@@ -7,13 +7,11 @@ from __future__ import annotations
 import signal
 import subprocess
 import sys
-from pathlib import Path
 
+from doc_pages import python_block
 from tiny_policy import write_policy
 
 from flowrl_deploy.serve import PolicyServer, ServeConfig
-
-README = Path(__file__).resolve().parents[2] / "README.md"
 
 ROBOT = """\
 import time
@@ -48,8 +46,7 @@ def stop_robot():
 
 
 def _example() -> str:
-    section = README.read_text().split("#### In the robot's control loop (Python, no torch needed)\n", 1)[1]
-    return section.split("```python\n", 1)[1].split("```", 1)[0]
+    return python_block("docs/client.md", "In the robot's control loop (Python, no torch needed)")
 
 
 def test_sigterm_ends_the_readme_control_loop_through_stop_robot_with_exit_0(tmp_path):

@@ -1,20 +1,17 @@
-"""README's in-process server example (`flowrl serve`, "In Python, e.g. for an integration test") runs as it stands."""
+"""docs/serve.md's in-process server example ("In Python, e.g. for an integration test") runs as it stands."""
 
-from pathlib import Path
-
+from doc_pages import doc
 from tiny_policy import write_policy
-
-README = Path(__file__).resolve().parents[2] / "README.md"
 
 
 def test_the_readme_in_process_server_example_runs(tmp_path, monkeypatch):
-    section = README.read_text().split("In Python, e.g. for an integration test", 1)[1]
+    section = doc("docs/serve.md").split("In Python, e.g. for an integration test", 1)[1]
     example = section.split("```python\n", 1)[1].split("```", 1)[0]
     monkeypatch.chdir(tmp_path)
     write_policy(
         tmp_path / "policy.onnx", obs_dim=5, obs_layout=(("position", 5),)
     )  # the example's observation holds 5 values
     scope: dict = {}
-    exec(compile(example, "README.md", "exec"), scope)
+    exec(compile(example, "docs/serve.md", "exec"), scope)
     assert scope["action"].shape == (2,)
     assert scope["server"].port > 0

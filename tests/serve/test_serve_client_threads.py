@@ -13,7 +13,7 @@ OBS = np.array([0.3, -0.2, 0.1], np.float32)
 
 
 def test_threads_sharing_a_client_each_get_the_actions_of_their_own_seed(client, local):
-    """As the README says: a PolicyClient may be shared between threads, a ControlSession is one loop's."""
+    """As docs/client.md says: a PolicyClient may be shared between threads, a ControlSession is one loop's."""
     seeds, got, errors = range(4), {}, []
 
     def loop(seed: int) -> None:

@@ -204,7 +204,7 @@ def test_a_relative_reload_path_is_taken_from_beside_the_served_file_not_the_ser
     ],
 )
 def test_a_relative_reload_path_of_a_served_run_or_checkpoint_names_a_checkpoint_of_the_run(tmp_path, served, paths):
-    """`checkpoints/step_…` (the README's and --help's example) was looked up in
+    """`checkpoints/step_…` (docs/serve.md's and --help's example) was looked up in
     checkpoints/checkpoints/ for a served checkpoint; beside one, `step_…` works too."""
     exporter = FakeExporter()
     run = tmp_path / "run"

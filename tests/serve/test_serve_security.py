@@ -128,7 +128,7 @@ def test_open_streams_cannot_take_the_threads_of_other_calls_and_health_checks_a
         health = health_pb2_grpc.HealthStub(channel)  # no token
         check = health_pb2.HealthCheckRequest()
         try:
-            watches = [health.Watch(check, timeout=30) for _ in range(6)]  # README: Watches are capped at 4
+            watches = [health.Watch(check, timeout=30) for _ in range(6)]  # docs/serve.md: Watches are capped at 4
             assert Counter(map(first_reply, watches)) == {
                 "open": 4,
                 refused("at most 4 open health Watch streams", grpc.StatusCode.UNIMPLEMENTED): 2,

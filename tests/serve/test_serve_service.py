@@ -657,10 +657,10 @@ def test_a_reset_keeps_a_reseeded_session_for_another_idle_period(tmp_path, monk
         )
 
 
-def test_the_readmes_grpcurl_example_is_an_act_request_the_server_answers(tmp_path):
-    """README "From C++, ROS 2 or another language": its JSON body and method name, sent as they stand."""
-    readme = (Path(__file__).parents[2] / "README.md").read_text()
-    example = re.search(r"<!-- grpcurl-example -->(.*?)<!-- /grpcurl-example -->", readme, re.S).group(1)
+def test_the_docs_grpcurl_example_is_an_act_request_the_server_answers(tmp_path):
+    """docs/client.md "From C++, ROS 2 or another language": its JSON body and method name, sent as they stand."""
+    page = (Path(__file__).parents[2] / "docs" / "client.md").read_text()
+    example = re.search(r"<!-- grpcurl-example -->(.*?)<!-- /grpcurl-example -->", page, re.S).group(1)
     body = re.search(r"-d '(.*?)'", example).group(1)
     service, method = re.search(r"(flowrl\.v1\.PolicyService)/(\w+)", example).groups()
     assert service == pb.DESCRIPTOR.services_by_name["PolicyService"].full_name

@@ -111,7 +111,7 @@ def test_resuming_a_run_with_a_step_link_into_another_run_is_refused_and_changes
 
 
 def test_a_run_whose_checkpoints_folder_is_a_link_to_scratch_resumes(finished_run, tmp_path):
-    """The README's `checkpoints/` linked to scratch storage: `--resume` took the checkpoint as the scratch
+    """docs/train.md's `checkpoints/` linked to scratch storage: `--resume` took the checkpoint as the scratch
     path, which lies in no run (no config.json beside it), and refused the run."""
     run = shutil.copytree(finished_run, tmp_path / "runs" / "y", symlinks=True)
     scratch = shutil.move(run / CHECKPOINTS_DIR, tmp_path / "scratch" / "y_ckpts")

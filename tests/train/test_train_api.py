@@ -1,22 +1,19 @@
-"""The training API a researcher imports, as README's "Training from Python" shows it."""
+"""The training API a researcher imports, as docs/train.md's "Training from Python" shows it."""
 
 import ast
 import importlib
-import re
-from pathlib import Path
+
+from doc_pages import python_block
 
 import flowrl_deploy.train
 
-README = Path(__file__).resolve().parents[2] / "README.md"
+
+def training_snippet() -> str:
+    return python_block("docs/train.md", "Training from Python")
 
 
-def readme_snippet() -> str:
-    section = README.read_text().split("#### Training from Python", 1)[1]
-    return re.search(r"```python\n(.*?)```", section, re.DOTALL).group(1)
-
-
-def test_the_readme_snippet_compiles_and_every_name_it_imports_exists():
-    tree = ast.parse(compile(readme_snippet(), "README.md", "exec", ast.PyCF_ONLY_AST))
+def test_the_training_snippet_compiles_and_every_name_it_imports_exists():
+    tree = ast.parse(compile(training_snippet(), "docs/train.md", "exec", ast.PyCF_ONLY_AST))
     imports = [node for node in ast.walk(tree) if isinstance(node, ast.ImportFrom)]
     assert {node.module for node in imports} == {"flowrl_deploy.train", "flowrl_deploy.train.evaluate"}
     for node in imports:

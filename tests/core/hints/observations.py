@@ -1,4 +1,4 @@
-"""A robot team's typed code: observations as the README gives them (plain lists, such as a ROS
+"""A robot team's typed code: observations as docs/client.md gives them (plain lists, such as a ROS
 message's ``data``, and arrays of any real dtype), actions as the float32 arrays they are."""
 
 from __future__ import annotations

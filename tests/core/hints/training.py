@@ -1,4 +1,4 @@
-"""A researcher's typed training script (README "Training from Python"): passes mypy --strict."""
+"""A researcher's typed training script (docs/train.md "Training from Python"): passes mypy --strict."""
 
 from __future__ import annotations
 
