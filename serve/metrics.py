@@ -11,6 +11,7 @@ import functools
 import ipaddress
 import logging
 import os
+import platform
 import socket
 import threading
 import time
@@ -110,6 +111,29 @@ def process_lines() -> list[str]:
     return lines
 
 
+def _label_value(value: str) -> str:
+    """A label value as the text format writes it: backslash, double quote and newline escaped."""
+    return value.replace("\\", "\\\\").replace('"', '\\"').replace("\n", "\\n")
+
+
+def _labels(labels: dict[str, str]) -> str:
+    return ",".join(f'{name}="{_label_value(value)}"' for name, value in labels.items())
+
+
+@functools.cache
+def build_labels() -> dict[str, str]:
+    """``flowrl_build_info``'s labels: this flowrl-deploy's release (as GetSpec and GetStats report
+    it), onnxruntime's version and Python's."""
+    from flowrl_deploy.runtime import import_onnxruntime
+    from flowrl_deploy.versions import release
+
+    try:
+        onnxruntime = str(import_onnxruntime().__version__)
+    except Exception:  # a label is no reason to fail a scrape
+        onnxruntime = ""
+    return {"version": release(), "onnxruntime": onnxruntime, "python": platform.python_version()}
+
+
 class Histogram:
     """Cumulative-bucket histogram, as Prometheus defines it."""
 
@@ -156,9 +180,19 @@ class Metrics:
         self._warned: dict[str, tuple[float, int]] = {}  # by kind of warning: its last, those held back since
         self.limits: Callable[[], dict[str, tuple[int, int]]] = dict
         """By limit (``workers``, ``sessions``, …): what is in use of it, and its most; the server sets it."""
+        self.model_labels: Callable[[], dict[str, str] | None] = self._version_label
+        """The served model's ``flowrl_model_info`` labels, None before one is loaded (no series then);
+        the server sets it (by default: ``version`` alone)."""
+        self.loaded_at: float | None = None
+        """When the served model was swapped in (Unix time): set by :meth:`record_loaded` and
+        :meth:`record_reload`."""
         self.tls: Callable[[], tuple[int, int, datetime.datetime | None]] | None = None
         """With TLS: the changes of its files taken and refused since start, and when the served
         certificate expires; the server sets it."""
+
+    def _version_label(self) -> dict[str, str] | None:
+        version = self._version()
+        return {"version": version} if version else None
 
     def record(self, method: str, code: str, seconds: float) -> None:
         with self._lock:
@@ -203,9 +237,16 @@ class Metrics:
             self.batch_size.observe(size)
             self.inference.observe(inference_s)
 
+    def record_loaded(self) -> None:
+        """The first model is served (a reload is :meth:`record_reload`)."""
+        with self._lock:
+            self.loaded_at = time.time()
+
     def record_reload(self) -> None:
+        """Another model is served."""
         with self._lock:
             self.reloads += 1
+            self.loaded_at = time.time()
 
     def record_reload_failure(self) -> None:
         """A reload refused or abandoned (``--watch`` or a Reload call): the old model kept serving."""
@@ -298,13 +339,31 @@ class Metrics:
                 "the old model kept serving.",
                 "# TYPE flowrl_reload_failures_total counter",
                 f"flowrl_reload_failures_total {self.reload_failures}",
-                "# HELP flowrl_model_info The served model version.",
-                "# TYPE flowrl_model_info gauge",
-                f'flowrl_model_info{{version="{self._version()}"}} 1',
             ]
+            loaded_at = self.loaded_at
             if self.tls is not None:
                 lines += _tls_lines(*self.tls())
-        lines += process_lines()  # read outside the lock
+        model = self.model_labels()
+        if model is not None:
+            lines += [
+                "# HELP flowrl_model_info The served model: version (v<reloads here + 1>-<sha256 prefix>, this "
+                "server's own), and what names its bytes alike on every server: sha256 (its first 12 hex digits), "
+                "contract_hash, flow_steps and the onnxruntime providers it runs on.",
+                "# TYPE flowrl_model_info gauge",
+                f"flowrl_model_info{{{_labels(model)}}} 1",
+            ]
+            if loaded_at is not None:
+                lines += [
+                    "# HELP flowrl_model_loaded_timestamp_seconds When the served model was swapped in (Unix time).",
+                    "# TYPE flowrl_model_loaded_timestamp_seconds gauge",
+                    f"flowrl_model_loaded_timestamp_seconds {loaded_at:.3f}",
+                ]
+        lines += [
+            "# HELP flowrl_build_info This server's flowrl-deploy release, onnxruntime and Python versions.",
+            "# TYPE flowrl_build_info gauge",
+            f"flowrl_build_info{{{_labels(build_labels())}}} 1",
+            *process_lines(),  # read outside the lock
+        ]
         return "\n".join(lines) + "\n"
 
 

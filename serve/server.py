@@ -45,7 +45,7 @@ from flowrl_deploy.serve.config import ServeConfig, check_grace
 from flowrl_deploy.serve.connections import connection_options, keepalive_options, warn_of_file_limit
 from flowrl_deploy.serve.interceptors import SERVICE_NAME, SPARE_THREADS, Cap, OpenStreams, TokenInterceptor
 from flowrl_deploy.serve.metrics import Metrics, start_metrics_http
-from flowrl_deploy.serve.model import Exporter
+from flowrl_deploy.serve.model import Exporter, ServedModel
 from flowrl_deploy.serve.reload import FileWatcher
 from flowrl_deploy.serve.servicer import PolicyServicer
 from flowrl_deploy.serve.threads import THREADS_REFUSED, CallThreads, cannot_start_threads, check_task_limits
@@ -207,6 +207,8 @@ class PolicyServer:
         self._server: grpc.Server | None = None
         self._streams = OpenStreams(config.workers, self._refused)
         self.servicer.metrics.limits = self._limits
+        self.servicer.metrics.model_labels = self._model_labels
+        self._labelled: tuple[ServedModel, dict[str, str]] | None = None
         self._stopped = False
         self.abandoned = 0
         """Calls still in flight when :meth:`stop` returned: their handler threads run on."""
@@ -223,6 +225,24 @@ class PolicyServer:
     def _refused(self, method: str, cap: Cap) -> None:
         self.servicer.metrics.record_refused(method, cap.code.name)
         self.servicer.metrics.record_limit(cap.limit, cap.warning)
+
+    def _model_labels(self) -> dict[str, str] | None:
+        """``flowrl_model_info``'s labels of the served model (None before it is loaded): its version,
+        and what names its bytes alike on every server (a fleet's skew alert counts these)."""
+        model = self.servicer.model
+        labelled = self._labelled
+        if model is None:
+            return None
+        if labelled is None or labelled[0] is not model:
+            labels = {
+                "version": model.version,
+                "sha256": model.sha256[:12],
+                "contract_hash": model.contract.hash(),
+                "flow_steps": str(model.contract.flow_steps),
+                "providers": ",".join(model.policy.session.get_providers()),
+            }
+            labelled = self._labelled = (model, labels)
+        return labelled[1]
 
     def _limits(self) -> dict[str, tuple[int, int]]:
         return {**self._streams.usage(), "sessions": (self.servicer.session_count(), self.config.max_sessions)}
@@ -320,6 +340,7 @@ class PolicyServer:
             if config.watch:  # its stamp is taken now: a checkpoint saved while loading is not missed
                 self._watcher = FileWatcher(Path(config.model), self.servicer.load, config.watch_interval_s)
             self.servicer.load()
+            self.servicer.metrics.record_loaded()
             if config.metrics_port is not None:
                 try:
                     self._metrics_http = start_metrics_http(self.servicer.metrics, config.host, config.metrics_port)
