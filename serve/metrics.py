@@ -186,6 +186,8 @@ class Metrics:
         self.loaded_at: float | None = None
         """When the served model was swapped in (Unix time): set by :meth:`record_loaded` and
         :meth:`record_reload`."""
+        self.serving: Callable[[], bool] | None = None
+        """Whether health says SERVING (``flowrl_serving``); the server sets it (None: no series)."""
         self.tls: Callable[[], tuple[int, int, datetime.datetime | None]] | None = None
         """With TLS: the changes of its files taken and refused since start, and when the served
         certificate expires; the server sets it."""
@@ -343,6 +345,13 @@ class Metrics:
             loaded_at = self.loaded_at
             if self.tls is not None:
                 lines += _tls_lines(*self.tls())
+        if self.serving is not None:
+            lines += [
+                "# HELP flowrl_serving 1 while health says SERVING; 0 while the model loads at start and once a "
+                "stop has begun.",
+                "# TYPE flowrl_serving gauge",
+                f"flowrl_serving {int(self.serving())}",
+            ]
         model = self.model_labels()
         if model is not None:
             lines += [

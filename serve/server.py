@@ -38,7 +38,7 @@ from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 
 from flowrl_deploy.connection import EVERY_INTERFACE, is_loopback
-from flowrl_deploy.errors import FlowRLError
+from flowrl_deploy.errors import FlowRLError, printable
 from flowrl_deploy.proto.flowrl.v1 import policy_pb2_grpc as pb_grpc
 from flowrl_deploy.runtime import is_onnx_path
 from flowrl_deploy.serve.config import ServeConfig, check_grace
@@ -208,6 +208,8 @@ class PolicyServer:
         self._streams = OpenStreams(config.workers, self._refused)
         self.servicer.metrics.limits = self._limits
         self.servicer.metrics.model_labels = self._model_labels
+        self.servicer.metrics.serving = lambda: self._serving
+        self._serving = False
         self._labelled: tuple[ServedModel, dict[str, str]] | None = None
         self._stopped = False
         self.abandoned = 0
@@ -271,11 +273,14 @@ class PolicyServer:
             self._tls_files.check_expiry()
 
     def _set_health(self, status: int) -> None:
+        self._serving = status == health_pb2.HealthCheckResponse.SERVING  # flowrl_serving
         for name in ("", SERVICE_NAME):
             self.health.set(name, status)
 
     def start(self) -> PolicyServer:
-        """Bind (health NOT_SERVING), load and warm up the model, then report SERVING."""
+        """Bind (health NOT_SERVING), serve metrics, load and warm up the model, then report SERVING.
+        Metrics are served from before the load (``flowrl_serving`` 0, no ``flowrl_model_info``), so
+        that a long start-up (a checkpoint exported on the fly) is seen as one, not as a server down."""
         config = self.config  # its values were checked when it was built
         if self._stopped:
             raise FlowRLError("this PolicyServer was stopped; build a new PolicyServer to serve again")
@@ -319,6 +324,12 @@ class PolicyServer:
             check_can_listen(config.host, config.port)  # a failure up to server.start() leaves this one unstarted
             if config.metrics_port is not None:  # refused now, not after the model has loaded
                 check_can_listen(config.host, config.metrics_port, "--metrics-port")
+                try:
+                    self._metrics_http = start_metrics_http(self.servicer.metrics, config.host, config.metrics_port)
+                except OSError as exc:
+                    where = host_port(config.host, config.metrics_port)
+                    raise FlowRLError(f"cannot serve metrics on {where}: {exc.strerror or exc}") from None
+                self.metrics_port = self._metrics_http.server_address[1]
             try:
                 port = (
                     server.add_insecure_port(address)
@@ -339,15 +350,15 @@ class PolicyServer:
             check_task_limits(config)  # with gRPC's own threads running: pids.current counts them
             if config.watch:  # its stamp is taken now: a checkpoint saved while loading is not missed
                 self._watcher = FileWatcher(Path(config.model), self.servicer.load, config.watch_interval_s)
+            metrics = "" if self.metrics_address is None else f", metrics on {self.metrics_address}"
+            log.info(
+                "loading %s (health NOT_SERVING on %s until it is loaded and warmed up%s)",
+                printable(config.model),
+                self.bound_address,
+                metrics,
+            )
             self.servicer.load()
             self.servicer.metrics.record_loaded()
-            if config.metrics_port is not None:
-                try:
-                    self._metrics_http = start_metrics_http(self.servicer.metrics, config.host, config.metrics_port)
-                except OSError as exc:
-                    where = host_port(config.host, config.metrics_port)
-                    raise FlowRLError(f"cannot serve metrics on {where}: {exc.strerror or exc}") from None
-                self.metrics_port = self._metrics_http.server_address[1]
             if self._watcher is not None:
                 self._watcher.start()
         except BaseException as exc:

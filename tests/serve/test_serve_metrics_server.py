@@ -2,13 +2,18 @@
 
 from __future__ import annotations
 
+import logging
 import platform
 import re
+import socket
+import threading
 import time
 import urllib.request
 
+import pytest
 from tiny_policy import write_policy
 
+from flowrl_deploy.errors import FlowRLError
 from flowrl_deploy.runtime import import_onnxruntime
 from flowrl_deploy.serve import PolicyServer, ServeConfig
 from flowrl_deploy.serve.metrics import Metrics
@@ -79,3 +84,67 @@ def test_model_info_names_the_same_bytes_alike_on_every_server(tmp_path):
         "providers": ",".join(model.policy.session.get_providers()),
     }
     assert before[0][0]["sha256"] != same["sha256"]
+
+
+def test_metrics_are_served_while_the_model_loads_and_say_it_is_not_serving_yet(tmp_path, monkeypatch, caplog):
+    """Metrics started only once the model had loaded and warmed up, and nothing was logged before
+    "loaded": a checkpoint exported on the fly for a minute looked like a crashed server, and no
+    metric told NOT_SERVING from SERVING (obs M4)."""
+    from flowrl_deploy.serve.servicer import PolicyServicer
+
+    path = write_policy(tmp_path / "policy.onnx")
+    loading, release_load = threading.Event(), threading.Event()
+    load = PolicyServicer.load
+
+    def held_load(self, *args, **kwargs):
+        loading.set()
+        release_load.wait(30)
+        return load(self, *args, **kwargs)
+
+    monkeypatch.setattr(PolicyServicer, "load", held_load)
+    server = PolicyServer(ServeConfig(str(path), port=0, metrics_port=0, grace_s=0))
+    starter = threading.Thread(target=server.start)
+    with caplog.at_level(logging.INFO, logger="flowrl.serve"):
+        starter.start()
+        try:
+            assert loading.wait(30)
+            told = [r.getMessage() for r in caplog.records]
+            assert any(m.startswith(f"loading {path}") and server.bound_address in m for m in told), told
+            text = _scrape(server)
+            assert _series(text, "flowrl_serving") == [({}, "0")]
+            assert not _series(text, "flowrl_model_info")
+            assert not _series(text, "flowrl_model_loaded_timestamp_seconds")
+            assert _series(text, "flowrl_build_info") and _series(text, "process_open_fds")
+            release_load.set()
+            starter.join(30)
+            text = _scrape(server)
+            assert _series(text, "flowrl_serving") == [({}, "1")]
+            assert _series(text, "flowrl_model_info")[0][0]["version"].startswith("v1-")
+            stopping: list[str] = []
+            stop_grpc = server._stop_grpc
+
+            def scrape_then_stop(*args) -> None:  # the stop's window: NOT_SERVING, calls finishing
+                stopping.append(_scrape(server))
+                stop_grpc(*args)
+
+            server._stop_grpc = scrape_then_stop
+        finally:
+            release_load.set()
+            starter.join(30)
+            server.stop()
+    assert _series(stopping[0], "flowrl_serving") == [({}, "0")]
+
+
+def test_a_metrics_port_in_use_is_refused_before_the_model_loads(tmp_path, monkeypatch):
+    from flowrl_deploy.serve.servicer import PolicyServicer
+
+    path = write_policy(tmp_path / "policy.onnx")
+    loads = []
+    monkeypatch.setattr(PolicyServicer, "load", lambda self, *args, **kwargs: loads.append(args))
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        config = ServeConfig(str(path), port=0, metrics_port=taken.getsockname()[1], grace_s=0)
+        with pytest.raises(FlowRLError, match="cannot serve metrics on"):
+            PolicyServer(config).start()
+    assert not loads
