@@ -8,6 +8,7 @@ from __future__ import annotations
 import bisect
 import datetime
 import functools
+import io
 import ipaddress
 import logging
 import os
@@ -44,10 +45,15 @@ LIMIT_WARNING_S = 60.0
 so does each status of a refused Reload."""
 
 log = logging.getLogger("flowrl.serve")
-METRICS_TIMEOUT_S = 10.0
-"""A metrics connection silent this long is closed (each holds a thread while open)."""
+METRICS_TIMEOUT_S = 5.0
+"""A metrics connection is closed this long after it was accepted unless its request has come whole
+and its reply been written (each holds a thread while open): a deadline for the whole request, not
+for each read, which a client sending a header line every few seconds renewed for as long as it liked."""
 METRICS_CONNECTIONS = 8
-"""Metrics connections served at once (a Prometheus server scrapes over one)."""
+"""Metrics connections served at once (a Prometheus server scrapes over one at a time)."""
+METRICS_PER_PEER = 2
+"""Metrics connections served at once from one client address, so that one client cannot take all
+:data:`METRICS_CONNECTIONS` (and blind every scrape for as long as it holds them)."""
 
 
 PROC_SELF = "/proc/self"
@@ -176,6 +182,7 @@ class Metrics:
         self.inference = Histogram(LATENCY_BUCKETS_S)
         self.reloads = 0
         self.reload_failures = 0
+        self.metrics_refused = 0  # connections to the metrics endpoint closed unanswered at its caps
         self.refused_at: dict[str, int] = defaultdict(int)  # by limit
         self._warned: dict[str, tuple[float, int]] = {}  # by kind of warning: its last, those held back since
         self.limits: Callable[[], dict[str, tuple[int, int]]] = dict
@@ -219,6 +226,20 @@ class Metrics:
         calls = "1 call" if held == 0 else f"{held + 1} calls"
         during = "" if age is None else f" in the last {age:.0f} s"
         log.warning("refused %s at the %s limit%s: %s", calls, limit, during, why)
+
+    def record_metrics_refused(self, why: str) -> None:
+        """A connection to the metrics endpoint closed unanswered at one of its caps: counted, and
+        warned of (``why``: which cap) at most once every :data:`LIMIT_WARNING_S`, with the
+        refusals since the last warning."""
+        with self._lock:
+            self.metrics_refused += 1
+        due = self.warning_due("metrics connections")
+        if due is None:
+            return
+        held, age = due
+        connections = "1 connection" if held == 0 else f"{held + 1} connections"
+        during = "" if age is None else f" in the last {age:.0f} s"
+        log.warning("refused %s to the metrics endpoint%s: %s", connections, during, why)
 
     def warning_due(self, kind: str) -> tuple[int, float | None] | None:
         """Whether a warning of ``kind`` is due, at most one every :data:`LIMIT_WARNING_S` per kind (a
@@ -341,6 +362,11 @@ class Metrics:
                 "the old model kept serving.",
                 "# TYPE flowrl_reload_failures_total counter",
                 f"flowrl_reload_failures_total {self.reload_failures}",
+                "# HELP flowrl_metrics_connections_refused_total Connections to this metrics endpoint closed "
+                f"unanswered since start: {METRICS_CONNECTIONS} are served at once, {METRICS_PER_PEER} from "
+                "one client address.",
+                "# TYPE flowrl_metrics_connections_refused_total counter",
+                f"flowrl_metrics_connections_refused_total {self.metrics_refused}",
             ]
             loaded_at = self.loaded_at
             if self.tls is not None:
@@ -394,31 +420,81 @@ def _tls_lines(rotations: int, refusals: int, expires: datetime.datetime | None)
     return lines
 
 
-class _QuietHTTPServer(ThreadingHTTPServer):
-    """At most :data:`METRICS_CONNECTIONS` connections at once (one more is closed unanswered: a
-    client sending a header line every few seconds holds its thread past any read timeout), and a
-    scrape that fails (a client that resets its connection or times out) is no traceback on stderr:
-    anyone who reaches the metrics port could otherwise hold threads or fill the log without end."""
+class _DeadlineReader(io.RawIOBase):
+    """A connection's reads, each waiting no later than ``deadline`` (``time.monotonic()``): a
+    timeout per read alone let a client that trickles its request hold the connection for good."""
 
-    def __init__(self, *args, **kwargs) -> None:
-        super().__init__(*args, **kwargs)
-        self._slots = threading.BoundedSemaphore(METRICS_CONNECTIONS)
+    def __init__(self, connection: socket.socket, deadline: float) -> None:
+        super().__init__()
+        self._connection = connection
+        self._deadline = deadline
+
+    def readable(self) -> bool:
+        return True
+
+    def readinto(self, buffer) -> int:
+        remaining = self._deadline - time.monotonic()
+        if remaining <= 0:
+            raise TimeoutError("the metrics request did not come whole within its deadline")
+        self._connection.settimeout(remaining)
+        return self._connection.recv_into(buffer)
+
+
+class _QuietHTTPServer(ThreadingHTTPServer):
+    """At most :data:`METRICS_CONNECTIONS` connections at once and :data:`METRICS_PER_PEER` from
+    one client address (one more is closed unanswered, counted and warned of at most once a minute),
+    each closed :data:`METRICS_TIMEOUT_S` after its accept unless answered by then; and a scrape that
+    fails (a client that resets its connection or times out) is no traceback on stderr: anyone who
+    reaches the metrics port could otherwise hold threads, blind the scrapes or fill the log without end."""
+
+    def __init__(self, address, handler, metrics: Metrics) -> None:
+        super().__init__(address, handler)
+        self._metrics = metrics
+        self._lock = threading.Lock()
+        self._open = 0
+        self._peers: dict[str, int] = {}  # connections open, by client address
+        self._deadlines: dict[socket.socket, float] = {}  # by connection, from its accept
 
     def process_request(self, request, client_address) -> None:
-        if not self._slots.acquire(blocking=False):
+        peer = str(client_address[0])
+        with self._lock:
+            if self._open >= METRICS_CONNECTIONS:
+                why = f"all {METRICS_CONNECTIONS} metrics connections are open (the latest refused from {peer})"
+            elif self._peers.get(peer, 0) >= METRICS_PER_PEER:
+                why = f"{peer} has {METRICS_PER_PEER} metrics connections open, the most from one address"
+            else:
+                why = ""
+                self._open += 1
+                self._peers[peer] = self._peers.get(peer, 0) + 1
+                self._deadlines[request] = time.monotonic() + METRICS_TIMEOUT_S
+        if why:
             self.shutdown_request(request)
+            self._metrics.record_metrics_refused(why)
             return
         try:
             super().process_request(request, client_address)  # its thread releases the slot
         except BaseException:
-            self._slots.release()
+            self._release(request, peer)
             raise
 
     def process_request_thread(self, request, client_address) -> None:
         try:
             super().process_request_thread(request, client_address)
         finally:
-            self._slots.release()
+            self._release(request, str(client_address[0]))
+
+    def _release(self, request, peer: str) -> None:
+        with self._lock:
+            self._open -= 1
+            self._peers[peer] -= 1
+            if not self._peers[peer]:
+                del self._peers[peer]
+            self._deadlines.pop(request, None)
+
+    def deadline(self, request) -> float:
+        """When ``request``'s connection must have been answered (``time.monotonic()``)."""
+        with self._lock:
+            return self._deadlines.get(request, time.monotonic() + METRICS_TIMEOUT_S)
 
     def handle_error(self, request, client_address) -> None:
         log.debug("metrics request from %s failed", client_address, exc_info=True)
@@ -441,12 +517,20 @@ def start_metrics_http(metrics: Metrics, host: str, port: int) -> ThreadingHTTPS
 
     class Handler(BaseHTTPRequestHandler):
         timeout = METRICS_TIMEOUT_S  # a connection that sends nothing is dropped, not held by its thread for good
+        server: _QuietHTTPServer
+
+        def setup(self) -> None:
+            super().setup()
+            self._deadline = self.server.deadline(self.request)
+            self.rfile.close()  # its reads, bounded by the deadline instead
+            self.rfile = io.BufferedReader(_DeadlineReader(self.connection, self._deadline))
 
         def do_GET(self) -> None:
             if self.path.split("?")[0] not in ("/metrics", "/"):
                 self.send_error(404)
                 return
             body = metrics.exposition().encode()
+            self.connection.settimeout(max(self._deadline - time.monotonic(), 0.1))  # the reply's writes
             self.send_response(200)
             self.send_header("Content-Type", "text/plain; version=0.0.4; charset=utf-8")
             self.send_header("Content-Length", str(len(body)))
@@ -457,7 +541,7 @@ def start_metrics_http(metrics: Metrics, host: str, port: int) -> ThreadingHTTPS
             return
 
     host = host.strip("[]")
-    httpd = (_IPv6HTTPServer if _is_ipv6(host) else _QuietHTTPServer)((host, port), Handler)
+    httpd = (_IPv6HTTPServer if _is_ipv6(host) else _QuietHTTPServer)((host, port), Handler, metrics)
     httpd.daemon_threads = True
     threading.Thread(target=httpd.serve_forever, name="flowrl-metrics", daemon=True).start()
     return httpd

@@ -265,3 +265,82 @@ def test_process_metrics_a_platform_cannot_give_are_left_out_not_a_failed_scrape
         assert name not in text
     assert "flowrl_requests_total" in text
     assert "process_cpu_seconds_total " in text  # os.times(), everywhere
+
+
+def _closed_by_server(connection: socket.socket, within_s: float, trickle_s: float | None = None) -> bool:
+    """Whether the server closes ``connection`` within ``within_s``, while it sends a header line
+    every ``trickle_s`` (None: sends nothing)."""
+    connection.settimeout(trickle_s or within_s)
+    deadline = time.monotonic() + within_s
+    while time.monotonic() < deadline:
+        try:
+            if connection.recv(1) == b"":
+                return True
+        except TimeoutError:
+            pass
+        except OSError:  # reset
+            return True
+        try:
+            connection.sendall(b"X-Trickle: 1\r\n")
+        except OSError:
+            return True
+    return False
+
+
+def test_a_metrics_request_must_come_whole_within_its_deadline_from_accept(metrics, monkeypatch):
+    """The timeout was per read: a client sending a header line every few seconds held its connection
+    (and one of the few slots) for as long as it liked, and 8 of them made every scrape fail (obs M2)."""
+    monkeypatch.setattr(metrics_module, "METRICS_TIMEOUT_S", 1.0)
+    httpd = start_metrics_http(metrics, "127.0.0.1", 0)
+    try:
+        with socket.create_connection(("127.0.0.1", httpd.server_address[1]), timeout=30) as trickling:
+            trickling.sendall(b"GET /metrics HTTP/1.1\r\n")
+            started = time.monotonic()
+            assert _closed_by_server(trickling, within_s=10, trickle_s=0.2)
+            assert time.monotonic() - started < 5
+    finally:
+        httpd.shutdown()
+        httpd.server_close()
+
+
+def _from(address: str) -> socket.socket | None:
+    """A TCP socket bound to the local ``address`` (None: this machine cannot use it as a source)."""
+    connection = socket.socket()
+    try:
+        connection.bind((address, 0))
+    except OSError:
+        connection.close()
+        return None
+    return connection
+
+
+def test_one_client_address_cannot_take_every_metrics_connection(metrics, monkeypatch, caplog):
+    """8 connections from one client took every slot: refused here, they are counted, and warned of
+    at most once a minute (obs M2, L10)."""
+    monkeypatch.setattr(metrics_module, "METRICS_TIMEOUT_S", 30.0)
+    httpd = start_metrics_http(metrics, "127.0.0.1", 0)
+    port = httpd.server_address[1]
+    held = [socket.create_connection(("127.0.0.1", port), timeout=30) for _ in range(metrics_module.METRICS_PER_PEER)]
+    try:
+        for connection in held:
+            connection.sendall(b"GET /metrics HTTP/1.1\r\n")  # and never the end of the headers
+        with caplog.at_level(logging.WARNING, logger="flowrl.serve"):
+            for _ in range(2):
+                with socket.create_connection(("127.0.0.1", port), timeout=30) as more:
+                    assert more.recv(1) == b""  # closed unanswered
+        other = _from("127.0.0.2")
+        if other is not None:  # another client is served meanwhile
+            with other:
+                other.settimeout(30)
+                other.connect(("127.0.0.1", port))
+                other.sendall(b"GET /metrics HTTP/1.0\r\n\r\n")
+                reply = b"".join(iter(lambda: other.recv(65536), b""))
+            assert reply.startswith(b"HTTP/1.0 200") and b"flowrl_metrics_connections_refused_total 2" in reply
+    finally:
+        for connection in held:
+            connection.close()
+        httpd.shutdown()
+        httpd.server_close()
+    assert "flowrl_metrics_connections_refused_total 2" in metrics.exposition()
+    warned = [r.getMessage() for r in caplog.records]
+    assert len(warned) == 1 and "127.0.0.1" in warned[0] and "metrics" in warned[0], warned
