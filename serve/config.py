@@ -121,6 +121,10 @@ class ServeConfig:
     """The server pings each connection this often and closes one whose ping goes unanswered this
     long, ending its calls: a frozen or cut-off client's stream and session go within about twice
     this, not after gRPC's default of 2 h."""
+    metrics_host: str | None = None
+    """Where Prometheus metrics listen (with ``metrics_port``); None: ``host``. Metrics need no token:
+    e.g. ``0.0.0.0`` lets Prometheus scrape them while gRPC stays on 127.0.0.1, or ``127.0.0.1`` keeps
+    them local while gRPC serves the network."""
 
     def __post_init__(self) -> None:
         for field in fields(self):
@@ -138,6 +142,14 @@ class ServeConfig:
             raise FlowRLError(
                 f"--host must name an interface, got {self.host!r}: 0.0.0.0 for every one, 127.0.0.1 for this machine"
             )
+        if self.metrics_host is not None:
+            if self.metrics_port is None:  # a flag without effect would leave metrics off unnoticed
+                raise FlowRLError("--metrics-host needs --metrics-port (metrics are off without it)")
+            if not self.metrics_host.strip("[]"):
+                raise FlowRLError(
+                    f"--metrics-host must name an interface, got {self.metrics_host!r}: 0.0.0.0 for every one, "
+                    "127.0.0.1 for this machine, or leave it out for --host's"
+                )
         if self.token:
             checked_token(self.token, "--token")
         for field in ("port", "metrics_port"):

@@ -260,9 +260,14 @@ class PolicyServer:
         return host_port(self.config.host, self.port)
 
     @property
+    def metrics_host(self) -> str:
+        """Where Prometheus metrics listen: ``--metrics-host``, else ``--host``."""
+        return self.config.host if self.config.metrics_host is None else self.config.metrics_host
+
+    @property
     def metrics_address(self) -> str | None:
-        """Where Prometheus metrics are served (``--host`` and the real port), or None."""
-        return None if self.metrics_port is None else host_port(self.config.host, self.metrics_port)
+        """Where Prometheus metrics are served (:attr:`metrics_host` and the real port), or None."""
+        return None if self.metrics_port is None else host_port(self.metrics_host, self.metrics_port)
 
     def check_certificate(self) -> None:
         """Warn of the served certificate crossing its expiry warning line or expiring (nothing
@@ -323,11 +328,13 @@ class PolicyServer:
             address = host_port(config.host, config.port)
             check_can_listen(config.host, config.port)  # a failure up to server.start() leaves this one unstarted
             if config.metrics_port is not None:  # refused now, not after the model has loaded
-                check_can_listen(config.host, config.metrics_port, "--metrics-port")
+                check_can_listen(self.metrics_host, config.metrics_port, "--metrics-port")
                 try:
-                    self._metrics_http = start_metrics_http(self.servicer.metrics, config.host, config.metrics_port)
+                    self._metrics_http = start_metrics_http(
+                        self.servicer.metrics, self.metrics_host, config.metrics_port
+                    )
                 except OSError as exc:
-                    where = host_port(config.host, config.metrics_port)
+                    where = host_port(self.metrics_host, config.metrics_port)
                     raise FlowRLError(f"cannot serve metrics on {where}: {exc.strerror or exc}") from None
                 self.metrics_port = self._metrics_http.server_address[1]
             try:

@@ -72,6 +72,13 @@ def serve(
     metrics_port: Annotated[
         int | None, typer.Option(help="Serve Prometheus metrics on this port (0: a free one).")
     ] = None,
+    metrics_host: Annotated[
+        str | None,
+        typer.Option(
+            help="Address the metrics listen on (they need no token); default: --host. E.g. 0.0.0.0 to let "
+            "Prometheus scrape while gRPC stays on 127.0.0.1."
+        ),
+    ] = None,
     steps: Annotated[
         int | None,
         typer.Option(
@@ -159,6 +166,7 @@ def serve(
         tls_key=tls_key,
         client_ca=client_ca,
         metrics_port=metrics_port,
+        metrics_host=metrics_host,
         steps=steps,
         watch=watch,
         cpus=parse_cpus(cpus),

@@ -17,6 +17,7 @@ from flowrl_deploy.errors import FlowRLError
 from flowrl_deploy.runtime import import_onnxruntime
 from flowrl_deploy.serve import PolicyServer, ServeConfig
 from flowrl_deploy.serve.metrics import Metrics
+from flowrl_deploy.serve.server import banner
 from flowrl_deploy.versions import release
 
 
@@ -148,3 +149,72 @@ def test_a_metrics_port_in_use_is_refused_before_the_model_loads(tmp_path, monke
         with pytest.raises(FlowRLError, match="cannot serve metrics on"):
             PolicyServer(config).start()
     assert not loads
+
+
+@pytest.mark.parametrize(
+    ("setting", "message"),
+    [
+        ({"metrics_host": "", "metrics_port": 0}, "--metrics-host must name an interface, got ''"),
+        ({"metrics_host": "[]", "metrics_port": 0}, "--metrics-host must name an interface, got '[]'"),
+        ({"metrics_host": 5, "metrics_port": 0}, "--metrics-host must be a string or None, got 5"),
+        ({"metrics_host": "0.0.0.0"}, "--metrics-host needs --metrics-port"),
+    ],
+)
+def test_a_metrics_host_the_server_cannot_use_is_refused_when_the_config_is_built(setting, message):
+    with pytest.raises(FlowRLError) as refused:
+        ServeConfig("policy.onnx", **setting)
+    assert message in str(refused.value)
+
+
+def _can_bind(address: str) -> bool:
+    try:
+        with socket.socket() as probe:
+            probe.bind((address, 0))
+    except OSError:
+        return False
+    return True
+
+
+def test_metrics_listen_on_their_own_host_apart_from_grpc(tmp_path):
+    """--metrics-port always bound --host: metrics could not be scraped from the network while gRPC
+    (Act, Reload) stayed on 127.0.0.1, nor kept local while gRPC served the LAN (obs M3)."""
+    if not _can_bind("127.0.0.2"):
+        pytest.skip("this machine cannot listen on 127.0.0.2")
+    path = write_policy(tmp_path / "policy.onnx")
+    server = PolicyServer(ServeConfig(str(path), port=0, metrics_port=0, metrics_host="127.0.0.2", grace_s=0))
+    with server.start():
+        assert server.metrics_address == f"127.0.0.2:{server.metrics_port}"
+        assert server.bound_address.startswith("127.0.0.1:")
+        assert banner(server).endswith(f", metrics on 127.0.0.2:{server.metrics_port}")
+        assert _series(_scrape(server), "flowrl_serving") == [({}, "1")]
+        with pytest.raises(ConnectionRefusedError):
+            socket.create_connection(("127.0.0.1", server.metrics_port), timeout=30).close()
+
+
+def test_a_metrics_host_of_no_interface_here_is_refused_before_the_model_loads(tmp_path, monkeypatch):
+    from flowrl_deploy.serve.servicer import PolicyServicer
+
+    path = write_policy(tmp_path / "policy.onnx")
+    loads = []
+    monkeypatch.setattr(PolicyServicer, "load", lambda self, *args, **kwargs: loads.append(args))
+    config = ServeConfig(str(path), port=0, metrics_port=0, metrics_host="192.0.2.1", grace_s=0)  # TEST-NET-1
+    with pytest.raises(FlowRLError, match=r"cannot serve metrics on 192\.0\.2\.1:0: no interface of this machine"):
+        PolicyServer(config).start()
+    assert not loads
+
+
+def test_flowrl_serve_takes_metrics_host(tmp_path, monkeypatch):
+    from typer.testing import CliRunner
+
+    import flowrl_deploy.serve
+    from flowrl_deploy.cli import app
+
+    called = {}
+    monkeypatch.setattr(flowrl_deploy.serve, "serve_forever", lambda config, **_: called.update(config=config))
+    path = write_policy(tmp_path / "policy.onnx")
+    runner = CliRunner()
+    result = runner.invoke(app, ["serve", str(path), "--metrics-port", "9100", "--metrics-host", "0.0.0.0"], env={})
+    assert result.exit_code == 0, result.output
+    assert called["config"].metrics_host == "0.0.0.0" and called["config"].host == "127.0.0.1"
+    shown = runner.invoke(app, ["serve", "--help"], env={"COLUMNS": "200", "TERM": "dumb"}).output
+    assert "--metrics-host" in shown
