@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import functools
 import hmac
+import logging
 import threading
 import weakref
 from collections.abc import Callable, Iterator
@@ -15,30 +16,33 @@ import grpc
 from grpc_health.v1 import health, health_pb2
 from grpc_reflection.v1alpha import reflection
 
+from flowrl_deploy.errors import printable
 from flowrl_deploy.proto.flowrl.v1 import policy_pb2 as pb
+from flowrl_deploy.serve.metrics import Metrics
 
 EXEMPT_PREFIXES = ("/grpc.health.v1.Health/",)
 """Kubernetes and load-balancer probes carry no secret."""
 
-
-def _deny(requests, context: grpc.ServicerContext):
-    context.abort(grpc.StatusCode.UNAUTHENTICATED, "missing or wrong token (send authorization: Bearer <token>)")
-
-
-_DENY = {  # by response streaming; request-streaming, so that nothing is read: gRPC runs a unary-request
-    # handler only once its request message has come, and a call that never sent one held its thread
-    False: grpc.stream_unary_rpc_method_handler(_deny),
-    True: grpc.stream_stream_rpc_method_handler(_deny),
-}
+log = logging.getLogger("flowrl.serve")
 
 
 class TokenInterceptor(grpc.ServerInterceptor):
     """Refuse calls without the right token with UNAUTHENTICATED (constant-time comparison);
-    ``on_refused(method)`` is told of each, with the method's short name (e.g. ``Act``)."""
+    ``on_refused(method)`` is told of each, with the method's short name (e.g. ``Act``). Each is
+    logged with the caller's address, at most once every
+    :data:`~flowrl_deploy.serve.metrics.LIMIT_WARNING_S` with the number held back
+    (``warning_due``: :meth:`Metrics.warning_due`, by default a limiter of its own): counted alone,
+    they left no trace of which robot still sent the old token after a rotation."""
 
-    def __init__(self, token: str, on_refused: Callable[[str], None]) -> None:
+    def __init__(
+        self,
+        token: str,
+        on_refused: Callable[[str], None],
+        warning_due: Callable[[str], tuple[int, float | None] | None] | None = None,
+    ) -> None:
         self._expected = token.encode()
         self._on_refused = on_refused
+        self._warning_due = warning_due or Metrics(lambda: 0, str).warning_due  # its limiter alone
 
     def intercept_service(self, continuation, handler_call_details):
         handler = continuation(handler_call_details)
@@ -48,8 +52,29 @@ class TokenInterceptor(grpc.ServerInterceptor):
         scheme, _, credentials = sent.partition(" ")
         if scheme.lower() == "bearer" and hmac.compare_digest(credentials.encode(), self._expected):  # RFC 6750
             return handler
-        self._on_refused(handler_call_details.method.rsplit("/", 1)[-1])
-        return _DENY[handler.response_streaming]
+        method = handler_call_details.method.rsplit("/", 1)[-1]
+        self._on_refused(method)
+        # request-streaming, so that nothing is read: gRPC runs a unary-request handler only once its
+        # request message has come, and a call that never sent one held its thread
+        streaming = "stream" if handler.response_streaming else "unary"
+        deny = functools.partial(self._deny, method, "a wrong one" if sent else "none")
+        return getattr(grpc, f"stream_{streaming}_rpc_method_handler")(deny)
+
+    def _deny(self, method: str, sent: str, requests, context: grpc.ServicerContext):
+        due = self._warning_due("UNAUTHENTICATED")
+        if due is not None:
+            held, age = due
+            caller = f"{method} from {printable(context.peer())} sent {sent}"
+            if held:
+                log.warning(
+                    "refused %d calls for their token (UNAUTHENTICATED) in the last %.0f s: the latest, %s",
+                    held + 1,
+                    age,
+                    caller,
+                )
+            else:
+                log.warning("refused 1 call for its token (UNAUTHENTICATED): %s", caller)
+        context.abort(grpc.StatusCode.UNAUTHENTICATED, "missing or wrong token (send authorization: Bearer <token>)")
 
 
 SERVICE_NAME = pb.DESCRIPTOR.services_by_name["PolicyService"].full_name

@@ -167,7 +167,11 @@ class PolicyServicer(pb_grpc.PolicyServiceServicer):
 
     # --- model ------------------------------------------------------------------------------
     def load(
-        self, requested: str = "", still_wanted: Callable[[], bool] | None = None, wait_s: float | None = None
+        self,
+        requested: str = "",
+        still_wanted: Callable[[], bool] | None = None,
+        wait_s: float | None = None,
+        by: str = "--watch",
     ) -> tuple[str, str]:
         """Load, check, warm up and swap in a model; return (new version, previous version).
 
@@ -183,6 +187,8 @@ class PolicyServicer(pb_grpc.PolicyServiceServicer):
         not after that reload, or with DEADLINE_EXCEEDED when the caller's deadline passed meanwhile.
         A reload in progress is waited for at most ``wait_s`` (None: as long as it takes), so that
         callers who gave up do not pile up, each holding a handler thread, behind a slow one.
+        ``by`` names who asked, for the log of a reload: ``Reload from <the caller's address>``, or
+        ``--watch``, whose watcher calls this without arguments.
         """
         try:
             source = str(reload_target(self.config.model, requested)) if requested else self.config.model
@@ -194,7 +200,7 @@ class PolicyServicer(pb_grpc.PolicyServiceServicer):
                 )
             try:
                 with normal_scheduling():  # under --rt-priority, a reload must not hold a core the calls need
-                    return self._swap(source, self.model, still_wanted)
+                    return self._swap(source, self.model, still_wanted, by)
             finally:
                 self._reload_lock.release()
         except Exception:
@@ -203,14 +209,15 @@ class PolicyServicer(pb_grpc.PolicyServiceServicer):
             raise
 
     def _swap(
-        self, source: str, previous: ServedModel | None, still_wanted: Callable[[], bool] | None
+        self, source: str, previous: ServedModel | None, still_wanted: Callable[[], bool] | None, by: str
     ) -> tuple[str, str]:
         """:meth:`load` of ``source``, under its lock."""
         path = resolve_onnx(source, Path(f"gen{self._generation + 1}"), self._steps, self._exporter)
         data, sha256 = read_model_file(path)
         self._drop_export(path)
         if previous is not None and sha256 == previous.sha256:  # e.g. `touch`: nothing to swap
-            log.info("%s holds the model served now (%s): nothing to reload", printable(source), previous.version)
+            shown = printable(source)
+            log.info("%s holds the model served now (%s): nothing to reload (by %s)", shown, previous.version, by)
             return previous.version, previous.version
         generation = self._generation + 1
         # named by its source, not its export: a refusal names the checkpoint the caller knows
@@ -232,7 +239,7 @@ class PolicyServicer(pb_grpc.PolicyServiceServicer):
         if previous is not None:
             self.metrics.record_reload()
             shown = printable(source)
-            log.info("reloaded %s: %s -> %s (%s, %s)", shown, previous.version, new.version, steps, providers)
+            log.info("reloaded %s by %s: %s -> %s (%s, %s)", shown, by, previous.version, new.version, steps, providers)
         else:
             log.info("loaded %s as %s (%s, %s)", printable(source), new.version, steps, providers)
         return new.version, previous.version if previous else ""
@@ -555,23 +562,29 @@ class PolicyServicer(pb_grpc.PolicyServiceServicer):
         what = "StreamAct request failed" if method == "StreamAct" else f"{method} failed"
         log.error("%s%s", what, more, exc_info=exc)
 
-    def _reload_refused(self, path: str, exc: ServeError) -> None:
-        """Warn of a refused Reload, at most once a minute per status (a caller refused in a loop
-        must not flood the log), with how many were refused since the last warning."""
+    def _reload_refused(self, path: str, peer: str, exc: ServeError) -> None:
+        """Warn of a refused Reload, naming its caller (``peer``), at most once a minute per status (a
+        caller refused in a loop must not flood the log), with how many were refused since the last
+        warning."""
         code = exc.code.name
+        why = printable(f"{exc}; {exc.detail}" if exc.detail else exc)  # the log says all the client was not told
+        refusal = f"of {requested_path(path)} from {peer}"
         due = self.metrics.warning_due(f"Reload {code}")
-        if due is not None:
-            held, age = due
-            more = f" (and {held} more Reloads refused {code} in the last {age:.0f} s, not logged)" if held else ""
-            why = printable(f"{exc}; {exc.detail}" if exc.detail else exc)  # the log says all the client was not told
-            log.warning("Reload of %s refused (%s): %s%s", requested_path(path), code, why, more)
+        if due is None:
+            return
+        held, age = due
+        more = ""
+        if held:
+            more = f" (and {held} more Reloads refused {code} in the last {age:.0f} s, not logged)"
+        log.warning("Reload %s refused (%s): %s%s", refusal, code, why, more)
 
     @_unary("Reload")
     def Reload(self, request: pb.ReloadRequest, context) -> pb.ReloadReply:
+        peer = printable(context.peer())
         try:
             try:
                 version, previous = self.load(
-                    request.path, functools.partial(_waiting, context), context.time_remaining()
+                    request.path, functools.partial(_waiting, context), context.time_remaining(), f"Reload from {peer}"
                 )
             except ServeError:  # PERMISSION_DENIED, ContractMismatch, DeadlineExpired (abandoned)
                 raise
@@ -581,6 +594,6 @@ class PolicyServicer(pb_grpc.PolicyServiceServicer):
                     grpc.StatusCode.FAILED_PRECONDITION,
                 ) from exc
         except ServeError as exc:
-            self._reload_refused(request.path or self.config.model, exc)
+            self._reload_refused(request.path or self.config.model, peer, exc)
             raise
         return pb.ReloadReply(model_version=version, previous_version=previous)

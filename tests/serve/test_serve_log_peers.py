@@ -1,0 +1,98 @@
+"""The log names who asked: a call refused for its token (the caller's address and the method, at
+most once a minute with the count held back), a Reload swapped in or refused (the caller's address)
+or a --watch one. The peer is never a metrics label."""
+
+from __future__ import annotations
+
+import logging
+import os
+import re
+import shutil
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+from tiny_policy import OBS_DIM, write_policy
+
+from flowrl_deploy.client import PolicyClient, ServiceError
+from flowrl_deploy.serve import PolicyServer, ServeConfig
+from flowrl_deploy.serve import metrics as metrics_module
+
+OBS = np.zeros(OBS_DIM, np.float32)
+PEER = r"ipv4:127\.0\.0\.1:\d+"
+
+
+def _messages(caplog) -> list[str]:
+    return [r.getMessage() for r in caplog.records if r.name == "flowrl.serve"]
+
+
+def _wait_for(condition, timeout_s: float = 30.0) -> bool:
+    until = time.monotonic() + timeout_s
+    while not condition() and time.monotonic() < until:
+        time.sleep(0.02)
+    return condition()
+
+
+def test_calls_refused_for_their_token_are_logged_with_caller_and_method_at_most_once_a_minute(
+    policy_path, caplog, monkeypatch
+):
+    """A robot still sending the old token after a rotation was counted, never named."""
+    config = ServeConfig(str(policy_path), port=0, token="s3cret", grace_s=0)
+    with PolicyServer(config).start() as server, caplog.at_level(logging.WARNING, logger="flowrl.serve"):
+        with PolicyClient(server.address, token="old-t0ken") as client:
+            for _ in range(3):
+                with pytest.raises(ServiceError):
+                    client.act(OBS)
+        with PolicyClient(server.address, token="") as client, pytest.raises(ServiceError):
+            client.spec()
+        (first,) = _messages(caplog)
+        assert re.fullmatch(
+            rf"refused 1 call for its token \(UNAUTHENTICATED\): Act from {PEER} sent a wrong one", first
+        )
+
+        caplog.clear()
+        monkeypatch.setattr(metrics_module, "LIMIT_WARNING_S", 0.0)  # a minute later: the next one is due
+        with PolicyClient(server.address, token="") as client, pytest.raises(ServiceError):
+            client.spec()
+        refused = sum(n for (_, code), n in server.servicer.metrics.requests.items() if code == "UNAUTHENTICATED")
+        exposition = server.servicer.metrics.exposition()
+    (later,) = _messages(caplog)
+    pattern = (
+        rf"refused {refused - 1} calls for their token \(UNAUTHENTICATED\) in the last \d+ s: "
+        rf"the latest, GetSpec from {PEER} sent none"
+    )
+    assert re.fullmatch(pattern, later), later
+    assert "old-t0ken" not in first + later and "s3cret" not in first + later
+    assert "127.0.0.1" not in exposition  # never a label: one series per caller's port
+
+
+@pytest.fixture
+def served(tmp_path):
+    path = write_policy(tmp_path / "policy.onnx")
+    config = ServeConfig(str(path), port=0, watch=True, watch_interval_s=0.05, grace_s=0)
+    with PolicyServer(config).start() as server, PolicyClient(server.address) as client:
+        yield server, client, tmp_path
+
+
+def _deploy(source: Path, target: Path) -> None:
+    incoming = target.with_name("incoming.tmp")
+    shutil.copy(source, incoming)
+    os.replace(incoming, target)
+
+
+def test_a_reload_names_who_asked_for_it_a_reload_call_or_watch(served, caplog):
+    _, client, tmp = served
+    new = write_policy(tmp / "v2.onnx", scale=2.0)
+    with caplog.at_level(logging.INFO, logger="flowrl.serve"):
+        client.reload(str(new))
+        client.reload(str(new))  # the same bytes: nothing to swap
+        with pytest.raises(ServiceError):
+            client.reload("/etc/passwd")
+        _deploy(write_policy(tmp / "staged.onnx", scale=3.0), tmp / "policy.onnx")
+        assert _wait_for(lambda: any("by --watch" in m for m in _messages(caplog)))
+    asked, same, refused, watched = _messages(caplog)
+    assert re.fullmatch(rf"reloaded {re.escape(str(new))} by Reload from {PEER}: v1-\w+ -> v2-\w+ \(.+\)", asked)
+    assert re.fullmatch(rf".+ holds the model served now \(v2-\w+\): nothing to reload \(by Reload from {PEER}\)", same)
+    assert re.match(rf"Reload of '/etc/passwd' from {PEER} refused \(PERMISSION_DENIED\): reload refused: ", refused)
+    assert re.fullmatch(rf"reloaded {re.escape(str(tmp / 'policy.onnx'))} by --watch: v2-\w+ -> v3-\w+ \(.+\)", watched)
