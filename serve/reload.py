@@ -149,14 +149,22 @@ class FileWatcher:
 
     The stamp of the served model is taken when the watcher is built: build it before the first
     load, so that a checkpoint saved during that load is not missed. A failed reload is logged
-    (and counted by ``reload()``) and the old model keeps serving; the next change tries again.
+    (and counted by ``reload()``), naming the version still served (``serving()``, when given), and
+    the old model keeps serving; the next change tries again.
     What cannot be read for a whole interval (removed, not replaced) is warned about once, and
     its return logged.
     """
 
-    def __init__(self, path: Path, reload: Callable[[], object], interval_s: float = 1.0) -> None:
+    def __init__(
+        self,
+        path: Path,
+        reload: Callable[[], object],
+        interval_s: float = 1.0,
+        serving: Callable[[], str] | None = None,
+    ) -> None:
         self._path = path
         self._reload = reload
+        self._serving = serving
         self._interval = interval_s
         self._served = served_stamp(path)
         self._stop = threading.Event()
@@ -197,6 +205,7 @@ class FileWatcher:
             try:
                 self._reload()
             except Exception as exc:  # keep serving the old model
+                served = "the old model" if self._serving is None else self._serving()
                 log.warning(  # escaped: a file anyone could drop there chooses the message (an output's name)
-                    "reload of %s (--watch) refused, still serving the old model: %s", self._path, printable(exc)
+                    "reload of %s (--watch) refused, still serving %s: %s", self._path, served, printable(exc)
                 )

@@ -152,6 +152,8 @@ class PolicyServicer(pb_grpc.PolicyServiceServicer):
         self._steps = config.steps
         """The N checkpoints are exported at: ``--steps``, else the N of the model served now."""
         self._reload_lock = threading.Lock()
+        self._refusals_held: dict[str, str] = {}
+        """By status: the latest refused Reload whose warning was held back (the next one names it)."""
         self._sessions: dict[str, Session] = {}
         self._sessions_lock = threading.Lock()
         self._anonymous = Session("", None)
@@ -565,17 +567,20 @@ class PolicyServicer(pb_grpc.PolicyServiceServicer):
     def _reload_refused(self, path: str, peer: str, exc: ServeError) -> None:
         """Warn of a refused Reload, naming its caller (``peer``), at most once a minute per status (a
         caller refused in a loop must not flood the log), with how many were refused since the last
-        warning."""
+        warning and the latest of them."""
         code = exc.code.name
         why = printable(f"{exc}; {exc.detail}" if exc.detail else exc)  # the log says all the client was not told
         refusal = f"of {requested_path(path)} from {peer}"
         due = self.metrics.warning_due(f"Reload {code}")
         if due is None:
+            self._refusals_held[code] = f"{refusal}: {why}"
             return
         held, age = due
+        latest = self._refusals_held.pop(code, "")
         more = ""
         if held:
-            more = f" (and {held} more Reloads refused {code} in the last {age:.0f} s, not logged)"
+            held_back = f"{held} more Reloads refused {code} in the last {age:.0f} s"
+            more = f" (and {held_back}, not logged; the latest, {latest})"
         log.warning("Reload %s refused (%s): %s%s", refusal, code, why, more)
 
     @_unary("Reload")

@@ -1,6 +1,7 @@
 """The log names who asked: a call refused for its token (the caller's address and the method, at
 most once a minute with the count held back), a Reload swapped in or refused (the caller's address)
-or a --watch one. The peer is never a metrics label."""
+or a --watch one; a refused --watch reload names the version still served, and the summary of the
+Reloads refused in a minute the latest reason held back. The peer is never a metrics label."""
 
 from __future__ import annotations
 
@@ -10,14 +11,17 @@ import re
 import shutil
 import time
 from pathlib import Path
+from types import SimpleNamespace
 
 import numpy as np
 import pytest
 from tiny_policy import OBS_DIM, write_policy
 
 from flowrl_deploy.client import PolicyClient, ServiceError
+from flowrl_deploy.errors import FlowRLError
 from flowrl_deploy.serve import PolicyServer, ServeConfig
 from flowrl_deploy.serve import metrics as metrics_module
+from flowrl_deploy.serve import reload as watch
 
 OBS = np.zeros(OBS_DIM, np.float32)
 PEER = r"ipv4:127\.0\.0\.1:\d+"
@@ -96,3 +100,43 @@ def test_a_reload_names_who_asked_for_it_a_reload_call_or_watch(served, caplog):
     assert re.fullmatch(rf".+ holds the model served now \(v2-\w+\): nothing to reload \(by Reload from {PEER}\)", same)
     assert re.match(rf"Reload of '/etc/passwd' from {PEER} refused \(PERMISSION_DENIED\): reload refused: ", refused)
     assert re.fullmatch(rf"reloaded {re.escape(str(tmp / 'policy.onnx'))} by --watch: v2-\w+ -> v3-\w+ \(.+\)", watched)
+
+
+def test_the_summary_of_reloads_refused_in_a_minute_names_the_latest_held_back(served, caplog, monkeypatch):
+    """'(and 4 more Reloads refused …, not logged)' said how many, never why."""
+    _, client, _ = served
+    now = [1000.0]
+    monkeypatch.setattr(metrics_module, "time", SimpleNamespace(monotonic=lambda: now[0]))
+    with caplog.at_level(logging.WARNING, logger="flowrl.serve"):
+        for path, at in (("missing.onnx", 1000), ("/etc/passwd", 1020), ("gone.onnx", 1040), ("other.onnx", 1061)):
+            now[0] = at
+            with pytest.raises(ServiceError):
+                client.reload(path)
+    first, _, summary = _messages(caplog)  # gone.onnx held back: 40 s after missing.onnx, of the same status
+    assert first.startswith("Reload of 'missing.onnx' from ") and "(and" not in first
+    assert summary.startswith("Reload of 'other.onnx' from ")
+    assert re.search(
+        rf"\(and 1 more Reloads refused FAILED_PRECONDITION in the last 61 s, not logged; the latest, of "
+        rf"'gone\.onnx' from {PEER}: reload refused, still serving v1-\w+: model not found: 'gone\.onnx' \(.+\)\)$",
+        summary,
+    ), summary
+
+
+def test_a_refused_watch_reload_names_the_version_still_served(tmp_path, caplog):
+    path = tmp_path / "policy.onnx"
+    path.write_bytes(b"first")
+
+    def refuse() -> None:
+        raise FlowRLError("not a policy")
+
+    watcher = watch.FileWatcher(path, refuse, interval_s=0.01, serving=lambda: "v3-0123456789").start()
+    try:
+        with caplog.at_level(logging.WARNING, logger="flowrl.serve"):
+            path.write_bytes(b"second")
+            assert _wait_for(lambda: caplog.records)
+    finally:
+        watcher.stop(5)
+    # once, or twice where the write was seen half done
+    assert {r.getMessage() for r in caplog.records} == {
+        f"reload of {path} (--watch) refused, still serving v3-0123456789: not a policy"
+    }

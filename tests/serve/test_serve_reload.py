@@ -430,7 +430,7 @@ def test_refused_reloads_warn_at_most_once_a_minute_per_status_with_the_count_he
     """Each refused Reload was a WARNING: a token holder, or a broken deploy script in a loop, could
     flood the log. Like the refusals at a limit, each status warns at most once a minute, and the
     next warning counts the refusals held back; every refusal is still counted for monitoring."""
-    _, client, _ = served
+    _, client, tmp = served
     now = [1000.0]
     monkeypatch.setattr(metrics_module, "time", SimpleNamespace(monotonic=lambda: now[0]))
 
@@ -454,7 +454,9 @@ def test_refused_reloads_warn_at_most_once_a_minute_per_status_with_the_count_he
     assert warnings[1].startswith("Reload of 'missing.onnx' from CALLER refused (FAILED_PRECONDITION): ")
     assert warnings[2].startswith("Reload of '/etc/shadow' from CALLER refused (PERMISSION_DENIED): ")
     assert warnings[2].endswith(
-        "put the new model there (and 4 more Reloads refused PERMISSION_DENIED in the last 80 s, not logged)"
+        "put the new model there (and 4 more Reloads refused PERMISSION_DENIED in the last 80 s, not logged; "
+        "the latest, of '/etc/passwd' from CALLER: reload refused: '/etc/passwd' is outside "
+        f"{tmp.resolve()}, the served file's directory; put the new model there)"
     )
     assert client.stats().reload_failures == 7
 
