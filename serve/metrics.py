@@ -211,6 +211,10 @@ class Metrics:
 
     def record_refused(self, method: str, code: str) -> None:
         """A call refused before its handler ran (e.g. UNAUTHENTICATED): counted, not timed."""
+        self.record_untimed(method, code)
+
+    def record_untimed(self, method: str, code: str) -> None:
+        """A call counted, not timed (a refused call, a health Watch, which lasts as long as its client likes)."""
         with self._lock:
             self.requests[(method, code)] += 1
 

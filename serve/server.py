@@ -180,15 +180,43 @@ class KnownServicesHealth(health.HealthServicer):
     """grpc's health service, whose Watch follows the services this server has (``""`` and the policy
     service) and answers another name SERVICE_UNKNOWN once, then ends: grpc's kept each name a Watch
     asked for, as a key of its own, for good, so that Watches of ever new names (needing no token,
-    even with ``--token``) grew the server's memory without bound."""
+    even with ``--token``) grew the server's memory without bound.
+
+    With ``metrics``, each Check it answers is counted and timed (``method="Check"``, code OK, or
+    NOT_FOUND for a service it does not know), and each Watch counted once, OK, when its first reply
+    is sent: only the calls refused at the health caps (counted where they are refused) were counted,
+    so that probe traffic and the share of it refused could not be seen."""
 
     KNOWN = frozenset({"", SERVICE_NAME})
 
+    def __init__(self, metrics: Metrics | None = None) -> None:
+        super().__init__()
+        self._metrics = metrics
+
+    def Check(self, request, context):
+        start = time.perf_counter()
+        reply = super().Check(request, context)
+        if self._metrics is not None:
+            code = context.code() or grpc.StatusCode.OK
+            self._metrics.record("Check", code.name, time.perf_counter() - start)
+        return reply
+
     def Watch(self, request, context, send_response_callback=None):
         if request.service in self.KNOWN:
-            return super().Watch(request, context, send_response_callback)
-        # the blocking form (a reply iterator), the one OpenStreams' wrapper calls: one reply, then the end
-        return iter([health_pb2.HealthCheckResponse(status=health_pb2.HealthCheckResponse.SERVICE_UNKNOWN)])
+            replies = super().Watch(request, context, send_response_callback)
+            if send_response_callback is not None:  # the non-blocking form: no reply iterator to follow
+                return replies
+        else:  # the blocking form (a reply iterator), the one OpenStreams' wrapper calls: one reply, then the end
+            replies = iter([health_pb2.HealthCheckResponse(status=health_pb2.HealthCheckResponse.SERVICE_UNKNOWN)])
+        return replies if self._metrics is None else self._counted(replies)
+
+    def _counted(self, replies):
+        counted = False
+        for reply in replies:
+            if not counted:
+                counted = True
+                self._metrics.record_untimed("Watch", "OK")
+            yield reply
 
 
 STOP_MARGIN_S = 1.0
@@ -203,7 +231,7 @@ class PolicyServer:
     def __init__(self, config: ServeConfig, export_checkpoint: Exporter | None = None) -> None:
         self.config = config
         self.servicer = PolicyServicer(config, export_checkpoint)
-        self.health = KnownServicesHealth()
+        self.health = KnownServicesHealth(self.servicer.metrics)
         self._server: grpc.Server | None = None
         self._streams = OpenStreams(config.workers, self._refused)
         self.servicer.metrics.limits = self._limits

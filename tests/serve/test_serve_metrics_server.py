@@ -10,15 +10,20 @@ import threading
 import time
 import urllib.request
 
+import grpc
 import pytest
+from grpc_health.v1 import health_pb2, health_pb2_grpc
 from tiny_policy import write_policy
 
 from flowrl_deploy.errors import FlowRLError
 from flowrl_deploy.runtime import import_onnxruntime
 from flowrl_deploy.serve import PolicyServer, ServeConfig
+from flowrl_deploy.serve.interceptors import SERVICE_NAME
 from flowrl_deploy.serve.metrics import Metrics
 from flowrl_deploy.serve.server import banner
 from flowrl_deploy.versions import release
+
+SERVING = health_pb2.HealthCheckResponse.SERVING
 
 
 def _series(text: str, name: str) -> list[tuple[dict[str, str], str]]:
@@ -218,3 +223,25 @@ def test_flowrl_serve_takes_metrics_host(tmp_path, monkeypatch):
     assert called["config"].metrics_host == "0.0.0.0" and called["config"].host == "127.0.0.1"
     shown = runner.invoke(app, ["serve", "--help"], env={"COLUMNS": "200", "TERM": "dumb"}).output
     assert "--metrics-host" in shown
+
+
+def test_served_health_checks_and_watches_are_counted(tmp_path):
+    """Only refused health calls were counted: kubelet and watchdog probes were invisible, and no
+    refusal rate of them could be computed (obs L2)."""
+    path = write_policy(tmp_path / "policy.onnx")
+    server = PolicyServer(ServeConfig(str(path), port=0, metrics_port=0, grace_s=0))
+    with server.start(), grpc.insecure_channel(server.address) as channel:
+        stub = health_pb2_grpc.HealthStub(channel)
+        for service in ("", SERVICE_NAME):
+            assert stub.Check(health_pb2.HealthCheckRequest(service=service), timeout=30).status == SERVING
+        with pytest.raises(grpc.RpcError) as unknown:
+            stub.Check(health_pb2.HealthCheckRequest(service="nothing.Here"), timeout=30)
+        assert unknown.value.code() == grpc.StatusCode.NOT_FOUND
+        watch = stub.Watch(health_pb2.HealthCheckRequest(), timeout=30)
+        assert next(watch).status == SERVING
+        text = _scrape(server)
+        watch.cancel()
+    counted = {(labels["method"], labels["code"]): value for labels, value in _series(text, "flowrl_requests_total")}
+    assert counted[("Check", "OK")] == "2" and counted[("Check", "NOT_FOUND")] == "1"
+    assert counted[("Watch", "OK")] == "1"
+    assert _series(text, "flowrl_request_latency_seconds_count")[0] == ({"method": "Check"}, "3")
