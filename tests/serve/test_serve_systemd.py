@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import re
 import signal
 import socket
 import subprocess
@@ -141,4 +142,6 @@ def test_a_refusal_under_journald_is_an_error_entry(tmp_path):
             timeout=120,
         )
     assert result.returncode == 1
-    assert stderr_path.read_text().startswith("<3>error: model not found"), stderr_path.read_text()
+    lines = stderr_path.read_text().splitlines()  # "<6>INFO flowrl.serve: loading …" comes first
+    assert lines[-1].startswith("<3>error: model not found"), lines
+    assert all(re.match(r"<\d>", line) for line in lines), lines
