@@ -384,7 +384,12 @@ class PolicyServer:
             )
             check_task_limits(config)  # with gRPC's own threads running: pids.current counts them
             if config.watch:  # its stamp is taken now: a checkpoint saved while loading is not missed
-                self._watcher = FileWatcher(Path(config.model), self.servicer.load, config.watch_interval_s)
+                self._watcher = FileWatcher(
+                    Path(config.model),
+                    self.servicer.load,
+                    config.watch_interval_s,
+                    serving=lambda: self.servicer.model.version,
+                )
             metrics = "" if self.metrics_address is None else f", metrics on {self.metrics_address}"
             log.info(
                 "loading %s (health NOT_SERVING on %s until it is loaded and warmed up%s)",

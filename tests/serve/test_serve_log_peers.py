@@ -102,6 +102,15 @@ def test_a_reload_names_who_asked_for_it_a_reload_call_or_watch(served, caplog):
     assert re.fullmatch(rf"reloaded {re.escape(str(tmp / 'policy.onnx'))} by --watch: v2-\w+ -> v3-\w+ \(.+\)", watched)
 
 
+def test_a_server_s_refused_watch_reload_names_the_version_it_still_serves(served, caplog):
+    server, _, tmp = served
+    with caplog.at_level(logging.WARNING, logger="flowrl.serve"):
+        _deploy(write_policy(tmp / "staged.onnx", control_period_s=0.01), tmp / "policy.onnx")
+        assert _wait_for(lambda: any("(--watch) refused" in m for m in _messages(caplog)))
+    refusal = next(m for m in _messages(caplog) if "(--watch) refused" in m)
+    assert f"refused, still serving {server.servicer.model.version}: " in refusal
+
+
 def test_the_summary_of_reloads_refused_in_a_minute_names_the_latest_held_back(served, caplog, monkeypatch):
     """'(and 4 more Reloads refused …, not logged)' said how many, never why."""
     _, client, _ = served
