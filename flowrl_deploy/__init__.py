@@ -5,4 +5,7 @@ the checkpoint format, env-id parsing and the ONNX policy contract. The stages i
 ``flowrl_deploy.train``, ``flowrl_deploy.export`` and ``flowrl_deploy.serve``.
 """
 
-__version__ = "0.1.0"
+try:  # the one version: setuptools-scm writes it from git when the package is built or installed
+    from flowrl_deploy._version import __version__ as __version__
+except ImportError:  # a source tree that was never built or installed
+    __version__ = "0+unknown"

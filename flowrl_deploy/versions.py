@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import functools
 import platform
+import re
 import subprocess
 from importlib import metadata
 from pathlib import Path
@@ -25,8 +26,9 @@ _TRACKED = (
 
 
 def library_versions() -> dict[str, str]:
-    """Installed versions of flowrl-deploy and the libraries its artifacts depend on."""
-    found = {"flowrl-deploy": __version__, "python": platform.python_version()}
+    """Installed versions of flowrl-deploy (its :func:`release`, which names the commit) and the libraries
+    its artifacts depend on."""
+    found = {"flowrl-deploy": release(), "python": platform.python_version()}
     for name in _TRACKED:
         try:
             found[name] = metadata.version(name)
@@ -44,28 +46,44 @@ def _source_checkout() -> Path | None:
     return root if (root / ".git").exists() and (root / "pyproject.toml").is_file() else None
 
 
+def _base_of(described: str) -> str | None:
+    """The version setuptools-scm builds for ``git describe --tags --long`` output: a commit tagged
+    ``vX.Y.Z`` is X.Y.Z, and N commits after it X.Y.(Z+1).devN; None for another kind of tag."""
+    found = re.fullmatch(r"v?(\d+)\.(\d+)\.(\d+)-(\d+)-g[0-9a-f]+", described)
+    if found is None:
+        return None
+    major, minor, patch, distance = (int(part) for part in found.groups())
+    return f"{major}.{minor}.{patch}" if distance == 0 else f"{major}.{minor}.{patch + 1}.dev{distance}"
+
+
 @functools.cache
 def release() -> str:
-    """This flowrl-deploy's version; run from a git checkout, with its commit as a PEP 440 local part
-    (``0.1.0+g27a1610c``, ``.dirty`` when tracked files are modified), since the package version is
-    bumped per release only and a checkout's commits would otherwise read the same."""
+    """This flowrl-deploy's version. An installed wheel's is the version setuptools-scm built it as, which
+    names its commit: ``0.1.1.dev18+g80f0d66c8`` is 18 commits after the tag v0.1.0 (a tagged commit
+    builds plain ``0.2.0``). Run from a git checkout (an editable install), whose version file says what
+    it was at install time, git is asked at run time: the same version for the checkout's commit (the
+    installed one's base where git has no ``vX.Y.Z`` tag), ``.dirty`` when tracked files are modified."""
     checkout = _source_checkout()
     if checkout is None:
         return __version__
     try:
 
-        def git(*args: str) -> str:
+        def git(*args: str, check: bool = True) -> str:
             # --no-optional-locks: `git status` refreshes the user's .git/index otherwise, taking
             # index.lock (a `git commit` at that moment failed) and, under sudo, writing it as root
             command = ["git", "--no-optional-locks", *args]
-            run = subprocess.run(command, cwd=checkout, capture_output=True, text=True, timeout=5, check=True)
-            return run.stdout.strip()
+            run = subprocess.run(command, cwd=checkout, capture_output=True, text=True, timeout=5, check=check)
+            return run.stdout.strip() if run.returncode == 0 else ""
 
-        commit = git("rev-parse", "--short=8", "HEAD")
+        commit = git("rev-parse", "--short=9", "HEAD")
         dirty = bool(git("status", "--porcelain", "--untracked-files=no"))
+        described = git("describe", "--tags", "--long", "--match", "v[0-9]*", check=False)  # fails without tags
     except (OSError, subprocess.SubprocessError):
         return __version__
-    return f"{__version__}+g{commit}{'.dirty' if dirty else ''}" if commit else __version__
+    if not commit:
+        return __version__
+    base = _base_of(described) or __version__.split("+")[0]
+    return f"{base}+g{commit}{'.dirty' if dirty else ''}"
 
 
 def version_report() -> str:

@@ -17,7 +17,8 @@ if [[ ${1:-} == --wheels ]]; then
     mkdir -p "$dir" /tmp/device-wheels
     get() { python3 -m pip download -q --no-deps --only-binary=:all: --python-version 3.12 --implementation cp \
         --platform manylinux_2_28_x86_64 --platform manylinux_2_17_x86_64 --platform any -d "$1" "${@:2}"; }
-    get "$dir" mujoco==3.17.0 dm-env dm-tree glfw pyopengl gymnasium farama-notifications "setuptools>=77"
+    get "$dir" mujoco==3.17.0 dm-env dm-tree glfw pyopengl gymnasium farama-notifications "setuptools>=77" \
+        "setuptools-scm>=9.2" vcs-versioning packaging  # the build's version (pyproject.toml [build-system])
     get /tmp/device-wheels dm_control==1.0.50
     # dm_control's locomotion, manipulation and blender assets (~90 MB) are not used by the suite
     # tasks; dropping them keeps the carried tree under the tool's 64 MiB.

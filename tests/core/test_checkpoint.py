@@ -7,7 +7,7 @@ import resource
 import numpy as np
 import pytest
 
-from flowrl_deploy import __version__, atomic
+from flowrl_deploy import atomic, versions
 from flowrl_deploy import checkpoint as ckpt
 from flowrl_deploy.errors import CheckpointError
 from flowrl_deploy.spec import PolicySpec
@@ -31,7 +31,7 @@ class TestRoundTrip:
         assert loaded.counters == {"step": 7}
         assert loaded.config == {"lr": 3e-4}
         np.testing.assert_array_equal(loaded.actor["velocity.net.0.weight"], actor_tensors()["velocity.net.0.weight"])
-        assert loaded.document["versions"]["flowrl-deploy"] == __version__
+        assert loaded.document["versions"]["flowrl-deploy"] == versions.release()  # names the commit that wrote it
 
     def test_training_state_and_replay_are_optional_extras(self, tmp_path):
         path = save(

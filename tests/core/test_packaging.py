@@ -1,6 +1,8 @@
 """The wheel installs one import namespace, and the robot-side install needs no torch."""
 
 import importlib.metadata
+import importlib.util
+import os
 import re
 import shutil
 import subprocess
@@ -19,6 +21,7 @@ ROOT = Path(__file__).resolve().parents[2]
 # The folders that install as the flowrl_deploy namespace, and where (pyproject.toml's package-dir).
 PACKAGE_FOLDERS = {"flowrl_deploy": "flowrl_deploy", "train": "flowrl_deploy/train", "export": "flowrl_deploy/export"}
 PACKAGE_FOLDERS["serve"] = "flowrl_deploy/serve"
+VERSION_FILE = "flowrl_deploy/_version.py"  # written by setuptools-scm at build time, git-ignored
 
 
 def tracked_files() -> list[str] | None:
@@ -44,7 +47,9 @@ def wheel(tmp_path_factory) -> zipfile.ZipFile:
     for name in tracked or ():
         (source / name).parent.mkdir(parents=True, exist_ok=True)
         shutil.copy2(ROOT / name, source / name)
-    command = [sys.executable, "-m", "pip", "wheel", "--no-deps", "--no-build-isolation", "--no-cache-dir", "-q"]
+    command = [sys.executable, "-m", "pip", "wheel", "--no-deps", "--no-cache-dir", "-q"]
+    if importlib.util.find_spec("setuptools_scm") is not None:  # the build's requirements are here (the dev extra)
+        command.append("--no-build-isolation")
     subprocess.run([*command, "-w", str(out), str(source)], check=True, capture_output=True)
     (path,) = out.glob("flowrl_deploy-*.whl")
     return zipfile.ZipFile(path)
@@ -100,12 +105,33 @@ def test_every_distribution_of_an_extra_has_a_module_that_names_its_install(whee
     assert mapped <= set().union(*(modules_of[d] for d in distributions))
 
 
+def test_the_wheel_says_one_version_everywhere(wheel, tmp_path):
+    """The version was written twice (pyproject.toml, flowrl_deploy.__version__) and could drift; now
+    setuptools-scm writes it once, and the installed package reports the version pip installed."""
+    (meta,) = [n for n in wheel.namelist() if n.endswith("dist-info/METADATA")]
+    (version,) = [
+        line.split(": ", 1)[1] for line in wheel.read(meta).decode().splitlines() if line.startswith("Version:")
+    ]
+    assert VERSION_FILE in wheel.namelist()
+    wheel.extractall(tmp_path / "site")
+    script = (
+        "import flowrl_deploy, flowrl_deploy.versions as v\n"
+        "print(flowrl_deploy.__file__, flowrl_deploy.__version__, v.release(), v.library_versions()['flowrl-deploy'])"
+    )
+    env = {**os.environ, "PYTHONPATH": str(tmp_path / "site")}
+    run = subprocess.run([sys.executable, "-c", script], cwd=tmp_path, env=env, capture_output=True, text=True)
+    assert run.returncode == 0, run.stderr
+    where, *reported = run.stdout.split()
+    assert where.startswith(str(tmp_path / "site"))
+    assert reported == [version] * 3
+
+
 def test_the_wheel_ships_only_files_of_the_tree(wheel):
     """Nothing left in a build folder from an earlier tree (a deleted module) reaches the wheel."""
     stages = {"train", "export", "serve"}
     for name in wheel.namelist():
         parts = Path(name).parts
-        if parts[0] != "flowrl_deploy":
+        if parts[0] != "flowrl_deploy" or name == VERSION_FILE:
             continue
         source = ROOT.joinpath(*parts[1:]) if len(parts) > 2 and parts[1] in stages else ROOT.joinpath(*parts)
         assert source.is_file(), f"{name} has no source in the tree"
@@ -123,6 +149,6 @@ def test_the_wheel_holds_exactly_the_tracked_package_files(wheel):
         top, _, rest = name.partition("/")
         if top in PACKAGE_FOLDERS and (name.endswith((".py", ".proto", ".pyi")) or name.endswith("/py.typed")):
             expected.add(f"{PACKAGE_FOLDERS[top]}/{rest}")
-    shipped = {name for name in wheel.namelist() if name.startswith("flowrl_deploy/")}
+    shipped = {name for name in wheel.namelist() if name.startswith("flowrl_deploy/")} - {VERSION_FILE}
     assert sorted(expected - shipped) == [], "not in the wheel: add its package to pyproject.toml's packages"
     assert sorted(shipped - expected) == [], "in the wheel but not a tracked package file"

@@ -2,7 +2,9 @@
 
 import shutil
 import subprocess
+import sys
 from importlib import metadata
+from pathlib import Path
 
 import pytest
 
@@ -47,9 +49,15 @@ def test_the_release_of_this_checkout_names_its_commit():
     checkout = versions._source_checkout()
     found = versions.release.__wrapped__()
     if checkout is None:
-        assert "+" not in found
+        assert found == versions.__version__  # a wheel's version, which names the commit it was built from
     else:
         assert found.split("+")[1].startswith("g") and len(found.split("+")[1].split(".")[0]) >= 8
+
+
+def test_checkpoints_and_exports_record_the_release_with_its_commit():
+    """They recorded the bare package version, 0.1.0 for every commit: a checkpoint did not say which
+    code wrote it, even from a checkout whose release() knew the commit."""
+    assert versions.library_versions()["flowrl-deploy"] == versions.release()
 
 
 def test_the_version_report_names_the_release_python_and_the_serving_libraries():
@@ -77,6 +85,35 @@ def checkout(tmp_path):
     git("add", "pyproject.toml")
     git("-c", "user.name=t", "-c", "user.email=t@t", "commit", "-q", "-m", "first")
     return tmp_path
+
+
+def _git(path, *args: str) -> str:
+    command = ["git", "-c", "user.name=t", "-c", "user.email=t@t", *args]
+    return subprocess.run(command, cwd=path, check=True, capture_output=True, text=True).stdout.strip()
+
+
+@pytest.mark.usefixtures("checkout")
+def test_a_checkout_reads_its_version_from_its_latest_tag_when_asked(monkeypatch, tmp_path):
+    """An editable install's version file says what it was at install time: the commits made since
+    must show in release() (N commits after the tag vX.Y.Z is X.Y.Z+1.devN, as a built wheel says)."""
+    monkeypatch.setattr(versions, "_source_checkout", lambda: tmp_path)
+    _git(tmp_path, "tag", "-a", "v0.1.0", "-m", "0.1.0")
+    assert versions.release.__wrapped__() == f"0.1.0+g{_git(tmp_path, 'rev-parse', '--short=9', 'HEAD')}"
+    for distance in (1, 2):
+        _git(tmp_path, "commit", "-q", "--allow-empty", "-m", f"commit {distance}")
+        commit = _git(tmp_path, "rev-parse", "--short=9", "HEAD")
+        assert versions.release.__wrapped__() == f"0.1.1.dev{distance}+g{commit}"
+    (tmp_path / "pyproject.toml").write_text("[project]\nname = 'changed'\n")
+    assert versions.release.__wrapped__() == f"0.1.1.dev2+g{commit}.dirty"
+
+
+@pytest.mark.usefixtures("checkout")
+def test_a_checkout_without_tags_keeps_the_installed_versions_base(monkeypatch, tmp_path):
+    """A clone made without its tags still names its commit, on the base its install was built with."""
+    monkeypatch.setattr(versions, "_source_checkout", lambda: tmp_path)
+    monkeypatch.setattr(versions, "__version__", "0.1.1.dev18+g80f0d66c8.d20260101")
+    commit = _git(tmp_path, "rev-parse", "--short=9", "HEAD")
+    assert versions.release.__wrapped__() == f"0.1.1.dev18+g{commit}"
 
 
 @pytest.mark.usefixtures("checkout")
@@ -118,3 +155,37 @@ def test_without_a_working_git_the_release_has_no_suffix(monkeypatch, tmp_path, 
     monkeypatch.setattr(versions, "_source_checkout", lambda: tmp_path)
     monkeypatch.setattr(versions.subprocess, "run", run)
     assert versions.release.__wrapped__() == __version__
+
+
+def test_the_built_version_grows_with_each_commit_and_never_goes_below_0_1_0(monkeypatch, tmp_path):
+    """Every build of every commit was 0.1.0, and pip kept an installed 0.1.0 when given a newer 0.1.0
+    wheel. setuptools-scm makes the version from git with pyproject.toml's settings: a tree without git
+    metadata or a clone without tags must not read below the 0.1.0 that every earlier build reported."""
+    pytest.importorskip("setuptools_scm", reason="setuptools-scm (a dev dependency) is not installed")
+    from packaging.version import Version
+
+    for name in ("SETUPTOOLS_SCM_PRETEND_VERSION", "SETUPTOOLS_SCM_PRETEND_VERSION_FOR_FLOWRL_DEPLOY"):
+        monkeypatch.delenv(name, raising=False)
+    root = tmp_path / "tree"
+    root.mkdir()
+    shutil.copy(Path(__file__).resolve().parents[2] / "pyproject.toml", root)
+
+    def version() -> Version:
+        command = [sys.executable, "-m", "setuptools_scm", "--root", str(root), "-c", str(root / "pyproject.toml")]
+        run = subprocess.run(command, cwd=root, check=True, capture_output=True, text=True)
+        return Version(run.stdout.strip().splitlines()[-1])
+
+    assert version() >= Version("0.1.0")  # no git metadata: fallback_version
+    _git(root, "init", "-q")
+    _git(root, "add", "pyproject.toml")
+    _git(root, "commit", "-q", "-m", "first")
+    assert version() >= Version("0.1.0")  # no tags
+    _git(root, "tag", "-a", "v0.1.0", "-m", "0.1.0")
+    found = [version()]
+    assert found[0] == Version("0.1.0")
+    for n in (1, 2):
+        _git(root, "commit", "-q", "--allow-empty", "-m", f"commit {n}")
+        found.append(version())
+        commit = _git(root, "rev-parse", "--short=9", "HEAD")
+        assert (found[-1].public, found[-1].local) == (f"0.1.1.dev{n}", f"g{commit}")
+    assert found == sorted(found) and len(set(found)) == 3
