@@ -7,13 +7,18 @@ journal's level prefixes (sd-daemon(3)). Outside systemd every function here doe
 - :func:`journal_formatter` prefixes each log line with its syslog level (``<3>`` error, ``<4>``
   warning, ``<6>`` info, ``<7>`` debug), the only level journald reads from a service's stderr,
   when ``$JOURNAL_STREAM`` says stderr is the journal (systemd.exec(5)).
+- :func:`log_formatter` is ``flowrl serve --log-format``'s: ``text`` (``TIME LEVEL LOGGER: MESSAGE``,
+  TIME in UTC, ISO 8601) or ``json`` (one object a line, :class:`JsonFormatter`), each with the
+  journal's level prefix when stderr is the journal.
 """
 
 from __future__ import annotations
 
+import json
 import logging
 import os
 import socket
+import time
 from collections.abc import Mapping
 
 log = logging.getLogger("flowrl.systemd")
@@ -121,3 +126,69 @@ def journal_prefix(level: int, environ: Mapping[str, str] | None = None) -> str:
 def journal_formatter(fmt: str, environ: Mapping[str, str] | None = None) -> logging.Formatter:
     """:class:`JournalFormatter` when stderr is the journal, else ``logging.Formatter(fmt)``."""
     return JournalFormatter() if stderr_is_journal(environ) else logging.Formatter(fmt)
+
+
+class UTCFormatter(logging.Formatter):
+    """``%(asctime)s`` in UTC, ISO 8601 to the millisecond: ``2026-11-27T00:27:09.339Z``. Local time
+    without an offset (Python's default, ``2026-11-27 00:27:09,339``) could not be lined up with
+    another host's lines, nor read across a change to or from summer time."""
+
+    converter = time.gmtime
+    default_time_format = "%Y-%m-%dT%H:%M:%S"
+    default_msec_format = "%s.%03dZ"
+
+
+TEXT_FORMAT = "%(asctime)s %(levelname)s %(name)s: %(message)s"
+"""``flowrl serve --log-format text``'s lines (a traceback follows its line on lines of its own)."""
+
+_RECORD_FIELDS = frozenset(
+    [*logging.LogRecord("", 0, "", 0, "", None, None).__dict__, "message", "asctime", "taskName"]
+)
+"""What every log record has: the fields beyond these were given by its caller (``extra=``)."""
+
+
+class JsonFormatter(UTCFormatter):
+    """One JSON object a line: ``time`` (UTC, ISO 8601, as :class:`UTCFormatter`), ``level``
+    (``DEBUG`` … ``CRITICAL``), ``logger``, ``message``, then ``traceback`` (a record's exception,
+    its lines joined by ``\n`` inside the string) and ``stack`` when it has them, and any field its
+    caller gave (``extra=``); ``journal`` puts the record's ``<N>`` syslog level before the object.
+    Non-ASCII characters are escaped (``\u00b5``): a line is valid JSON in any stderr encoding."""
+
+    def __init__(self, journal: bool = False) -> None:
+        super().__init__()
+        self.journal = journal
+
+    def format(self, record: logging.LogRecord) -> str:
+        entry: dict[str, object] = {
+            "time": self.formatTime(record),
+            "level": record.levelname,
+            "logger": record.name,
+            "message": record.getMessage(),
+        }
+        if record.exc_info:
+            entry["traceback"] = self.formatException(record.exc_info)
+        elif record.exc_text:
+            entry["traceback"] = record.exc_text
+        if record.stack_info:
+            entry["stack"] = self.formatStack(record.stack_info)
+        for name, value in record.__dict__.items():
+            if name not in _RECORD_FIELDS and name not in entry:
+                entry[name] = value
+        line = json.dumps(entry, default=str)
+        return f"<{syslog_level(record.levelno)}>{line}" if self.journal else line
+
+
+LOG_FORMATS = ("text", "json")
+
+
+def log_formatter(kind: str = "text", environ: Mapping[str, str] | None = None) -> logging.Formatter:
+    """The formatter of ``flowrl serve --log-format kind``. ``text``: :data:`TEXT_FORMAT` with a UTC
+    timestamp, or when stderr is the journal :class:`JournalFormatter` (no timestamp: the journal
+    adds its own). ``json``: :class:`JsonFormatter`, with its ``<N>`` prefix under the journal (which
+    takes it off; the entry is then the object, one line, traceback included)."""
+    journal = stderr_is_journal(environ)
+    if kind == "json":
+        return JsonFormatter(journal)
+    if kind != "text":
+        raise ValueError(f"unknown log format {kind!r}; use one of {', '.join(LOG_FORMATS)}")
+    return JournalFormatter() if journal else UTCFormatter(TEXT_FORMAT)

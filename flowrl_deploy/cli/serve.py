@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from enum import Enum
 from pathlib import Path
 from typing import Annotated
 
@@ -31,6 +32,30 @@ def parse_providers(text: str) -> tuple[str, ...]:
             f"(available here: {', '.join(ort.get_available_providers())})"
         )
     return names
+
+
+LOG_LEVELS = ("debug", "info", "warning", "error")
+LogFormat = Enum("LogFormat", {kind: kind for kind in ("text", "json")}, type=str)  # systemd.LOG_FORMATS
+LogLevel = Enum("LogLevel", {level: level for level in LOG_LEVELS}, type=str)
+
+
+def configure_logging(log_format: str, log_level: str) -> None:
+    """stderr's log lines: :func:`~flowrl_deploy.systemd.log_formatter`'s ``text`` or ``json``, at
+    ``log_level`` and above. ``debug`` is flowrl's own DEBUG lines (its loggers, ``flowrl.*``);
+    other libraries' stay at INFO and above. With ``json``, Python's warnings (``warnings.warn``) are
+    logged too (logger ``py.warnings``), so that stderr holds JSON lines alone from here on."""
+    import logging
+
+    from flowrl_deploy.systemd import log_formatter
+
+    level = getattr(logging, log_level.upper())
+    handler = logging.StreamHandler()  # under journald: <N> level prefixes (text: no timestamp of our own)
+    handler.setFormatter(log_formatter(log_format))
+    logging.basicConfig(level=max(level, logging.INFO), handlers=[handler])
+    if level < logging.INFO:
+        logging.getLogger("flowrl").setLevel(level)
+    if log_format == "json":
+        logging.captureWarnings(True)
 
 
 # Every option is a ServeConfig field, its default written out so that --help shows it (importing
@@ -123,6 +148,18 @@ def serve(
             "within about a second more (keep it below Kubernetes' terminationGracePeriodSeconds).",
         ),
     ] = 5.0,
+    log_format: Annotated[
+        LogFormat,
+        typer.Option(
+            help="stderr's log lines: text (TIME LEVEL LOGGER: MESSAGE, TIME in UTC, ISO 8601, e.g. "
+            "2026-11-27T00:27:09.339Z; a traceback follows on lines of its own) or json (one object a line: time, "
+            "level, logger, message, and traceback as a field). Under journald each line begins with <N>, its "
+            "level, and text lines have no TIME. The start-up line 'serving …' goes to stdout either way."
+        ),
+    ] = LogFormat.text,
+    log_level: Annotated[
+        LogLevel, typer.Option(help="Log this level and above; debug adds flowrl's own DEBUG lines.")
+    ] = LogLevel.info,
 ) -> None:
     """Serve MODEL's actions over gRPC (flowrl.v1.PolicyService) until SIGTERM, SIGHUP (unless
     ignored, as under nohup) or Ctrl-C, each a graceful stop (exit 0)."""
@@ -131,53 +168,52 @@ def serve(
     import sys
 
     from flowrl_deploy.affinity import parse_cpus
+    from flowrl_deploy.cli._common import missing_extra_message
     from flowrl_deploy.errors import FlowRLError
     from flowrl_deploy.export import export_for_serving
     from flowrl_deploy.serve import ServeConfig, serve_forever
     from flowrl_deploy.serve.run import ServerFailed
     from flowrl_deploy.serve.server import banner
-    from flowrl_deploy.systemd import journal_formatter
 
-    env_token = os.environ.get(TOKEN_ENV)
-    if env_token is not None and not env_token.strip() and (token is None or token == env_token):
-        # click takes an empty variable for an unset one: FLOWRL_TOKEN= would serve with no auth at all
-        raise FlowRLError(f"{TOKEN_ENV} is set but empty; give the secret, or unset {TOKEN_ENV} to serve without one")
-    if token is not None and not token.strip():  # e.g. --token "$SECRET" with SECRET unset: no auth at all
-        raise FlowRLError(
-            "--token is empty (an unset variable?); give the secret, or leave --token out to serve without one"
-        )
-    token = given_token(token, token_file)
-    config = ServeConfig(  # checks every setting (ports, counts, limits) as the library does
-        model=str(model),
-        host=host,
-        port=port,
-        providers=parse_providers(providers),
-        threads=threads,
-        max_batch=max_batch,
-        batch_window_us=batch_window_us,
-        batch_workers=batch_workers,
-        workers=workers,
-        max_message_bytes=max_message_bytes,
-        max_sessions=max_sessions,
-        max_connections=max_connections,
-        session_idle_s=session_idle_s,
-        token=token or "",
-        tls_cert=tls_cert,
-        tls_key=tls_key,
-        client_ca=client_ca,
-        metrics_port=metrics_port,
-        metrics_host=metrics_host,
-        steps=steps,
-        watch=watch,
-        cpus=parse_cpus(cpus),
-        rt_priority=rt_priority,
-        grace_s=grace_s,
-    )
-    handler = logging.StreamHandler()  # under journald: <N> level prefixes, no timestamp of our own
-    handler.setFormatter(journal_formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
-    logging.basicConfig(level=logging.INFO, handlers=[handler])
-
+    configure_logging(log_format.value, log_level.value)
     try:
+        env_token = os.environ.get(TOKEN_ENV)
+        if env_token is not None and not env_token.strip() and (token is None or token == env_token):
+            # click takes an empty variable for an unset one: FLOWRL_TOKEN= would serve with no auth at all
+            raise FlowRLError(
+                f"{TOKEN_ENV} is set but empty; give the secret, or unset {TOKEN_ENV} to serve without one"
+            )
+        if token is not None and not token.strip():  # e.g. --token "$SECRET" with SECRET unset: no auth at all
+            raise FlowRLError(
+                "--token is empty (an unset variable?); give the secret, or leave --token out to serve without one"
+            )
+        token = given_token(token, token_file)
+        config = ServeConfig(  # checks every setting (ports, counts, limits) as the library does
+            model=str(model),
+            host=host,
+            port=port,
+            providers=parse_providers(providers),
+            threads=threads,
+            max_batch=max_batch,
+            batch_window_us=batch_window_us,
+            batch_workers=batch_workers,
+            workers=workers,
+            max_message_bytes=max_message_bytes,
+            max_sessions=max_sessions,
+            max_connections=max_connections,
+            session_idle_s=session_idle_s,
+            token=token or "",
+            tls_cert=tls_cert,
+            tls_key=tls_key,
+            client_ca=client_ca,
+            metrics_port=metrics_port,
+            metrics_host=metrics_host,
+            steps=steps,
+            watch=watch,
+            cpus=parse_cpus(cpus),
+            rt_priority=rt_priority,
+            grace_s=grace_s,
+        )
         abandoned = serve_forever(
             config, on_ready=lambda server: typer.echo(banner(server)), export_checkpoint=export_for_serving
         )
@@ -185,6 +221,13 @@ def serve(
         logging.shutdown()
         sys.stdout.flush()
         os._exit(1)
+    except (FlowRLError, ModuleNotFoundError) as exc:
+        # with json the refusal is a JSON line too, not @user_errors' plain `error: …` among them
+        message = str(exc) if isinstance(exc, FlowRLError) else missing_extra_message(exc, "serve")
+        if log_format.value != "json" or message is None:
+            raise
+        logging.getLogger("flowrl.serve").error("%s", message)
+        raise typer.Exit(1) from None
     if abandoned:
         # calls abandoned at the end of the grace period: their handler threads would hold the exit
         # until their inference returns (the thread pool joins its threads), long after "stopped"

@@ -116,8 +116,9 @@ def test_flowrl_serve_with_no_options_serves_the_serve_config_defaults(policy, s
     assert serve_call["config"] == ServeConfig(str(policy))
 
 
-CLI_ONLY = {"model", "token_file"}
-"""Options that are no field of their own: MODEL is ``model``, --token-file gives ``token``."""
+CLI_ONLY = {"model", "token_file", "log_format", "log_level"}
+"""Options that are no field of their own: MODEL is ``model``, --token-file gives ``token``, and the log's
+format and level are the process's (a library's caller configures logging itself)."""
 PARSED = {"providers": "", "cpus": "", "token": None}
 """Options whose text becomes the field's value (--providers 'cuda,cpu', --cpus '2,3'; no --token: "")."""
 

@@ -2,13 +2,22 @@
 
 from __future__ import annotations
 
+import json
 import logging
 import os
 import socket
+import sys
 
 import pytest
 
-from flowrl_deploy.systemd import JournalFormatter, Notifier, journal_formatter, stderr_is_journal, syslog_level
+from flowrl_deploy.systemd import (
+    JournalFormatter,
+    Notifier,
+    journal_formatter,
+    log_formatter,
+    stderr_is_journal,
+    syslog_level,
+)
 
 
 @pytest.fixture
@@ -68,3 +77,50 @@ def test_the_journal_is_stderr_only_when_journal_stream_names_it():
     elsewhere = {"JOURNAL_STREAM": f"{status.st_dev}:{status.st_ino + 1}"}  # stderr redirected elsewhere
     assert not stderr_is_journal(elsewhere) and not stderr_is_journal({})
     assert not isinstance(journal_formatter("%(message)s", elsewhere), JournalFormatter)
+
+
+def _record(level: int = logging.WARNING, message: str = "two\nlines", exc_info=None) -> logging.LogRecord:
+    record = logging.LogRecord("flowrl.serve", level, __file__, 1, message, None, exc_info)
+    record.created, record.msecs = 1795998682.25, 250.0  # 2026-11-30T00:31:22.250Z
+    return record
+
+
+def test_text_lines_carry_a_utc_iso_8601_timestamp():
+    """Local time without an offset (2026-11-27 00:27:09,339) could not be lined up across hosts."""
+    assert log_formatter("text", {}).format(_record(message="one")) == (
+        "2026-11-30T00:31:22.250Z WARNING flowrl.serve: one"
+    )
+
+
+def test_json_lines_are_one_object_each_with_the_traceback_as_a_field():
+    try:
+        raise ValueError("bad\nvalue")
+    except ValueError:
+        line = log_formatter("json", {}).format(_record(logging.ERROR, "Act failed", sys.exc_info()))
+    assert "\n" not in line
+    entry = json.loads(line)
+    assert {key: entry[key] for key in ("time", "level", "logger", "message")} == {
+        "time": "2026-11-30T00:31:22.250Z",
+        "level": "ERROR",
+        "logger": "flowrl.serve",
+        "message": "Act failed",
+    }
+    assert entry["traceback"].startswith("Traceback (most recent call last):")
+    assert entry["traceback"].endswith("ValueError: bad\nvalue")
+    assert "traceback" not in json.loads(log_formatter("json", {}).format(_record()))
+
+
+def test_json_lines_keep_a_records_extra_fields():
+    record = _record(message="refused")
+    record.peer, record.count = "ipv4:10.0.0.7:51234", 3
+    entry = json.loads(log_formatter("json", {}).format(record))
+    assert entry["message"] == "refused" and entry["peer"] == "ipv4:10.0.0.7:51234" and entry["count"] == 3
+
+
+def test_under_journald_text_lines_lose_the_timestamp_and_json_lines_keep_one_line():
+    status = os.fstat(2)
+    journal = {"JOURNAL_STREAM": f"{status.st_dev}:{status.st_ino}"}
+    assert log_formatter("text", journal).format(_record()) == "<4>WARNING flowrl.serve: two\n<4>lines"
+    line = log_formatter("json", journal).format(_record())
+    assert line.startswith("<4>{") and "\n" not in line
+    assert json.loads(line[3:])["message"] == "two\nlines"

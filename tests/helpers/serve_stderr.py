@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import re
 
-LOADING = re.compile(r"^(<\d>|\S+ \S+ )INFO flowrl\.serve: loading .*\n", re.M)
+LOADING = re.compile(r"^(<\d>|\S+ )INFO flowrl\.serve: loading .*\n", re.M)
 """The INFO line `flowrl serve` logs as it begins loading the model (``<6>`` first under journald)."""
 
 
