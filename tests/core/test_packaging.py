@@ -12,6 +12,8 @@ from collections import defaultdict
 from pathlib import Path
 
 import pytest
+from packaging.requirements import Requirement
+from packaging.version import Version
 
 from flowrl_deploy.extras import EXTRAS_OF
 
@@ -152,3 +154,39 @@ def test_the_wheel_holds_exactly_the_tracked_package_files(wheel):
     shipped = {name for name in wheel.namelist() if name.startswith("flowrl_deploy/")} - {VERSION_FILE}
     assert sorted(expected - shipped) == [], "not in the wheel: add its package to pyproject.toml's packages"
     assert sorted(shipped - expected) == [], "in the wheel but not a tracked package file"
+
+
+def declared(group: str) -> list[str]:
+    """pyproject.toml's requirements: the base ``dependencies`` or an extra's."""
+    text = (ROOT / "pyproject.toml").read_text()
+    try:
+        import tomllib
+    except ImportError:  # Python 3.10 has no tomllib: read the list's quoted items (one a line there)
+        block = re.search(rf"^{re.escape(group)} = \[\n(.*?)^\]", text, re.M | re.S)
+        assert block, f"pyproject.toml has no {group} list"
+        return re.findall(r'^\s*"([^"]+)",', block.group(1), re.M)
+    project = tomllib.loads(text)["project"]
+    return project["dependencies"] if group == "dependencies" else project["optional-dependencies"][group]
+
+
+def lower_bound(group: str, name: str) -> Version:
+    (requirement,) = [Requirement(r) for r in declared(group) if _distribution(r) == name]
+    (bound,) = [Version(s.version) for s in requirement.specifier if s.operator in (">=", "==")]
+    return bound
+
+
+def test_the_fallback_reading_of_pyproject_agrees_with_tomllib(monkeypatch):
+    if sys.version_info < (3, 11):
+        pytest.skip("tomllib needs Python 3.11")
+    groups = ("dependencies", "dev", "train")
+    expected = [declared(group) for group in groups]
+    monkeypatch.setitem(sys.modules, "tomllib", None)  # import tomllib fails, as on Python 3.10
+    assert [declared(group) for group in groups] == expected
+
+
+def test_the_typer_lower_bound_runs_the_cli():
+    """typer 0.12.0-0.12.3 cannot read `str | None` options, and 0.12.4-0.15.3 crash on every command with
+    click 8.2 or newer (`make_metavar() missing 1 required positional argument: 'ctx'`), which pip keeps
+    or picks since they do not cap it; 0.16.0 is the first that works with it (0.15.4 only by capping click
+    below 8.2)."""
+    assert lower_bound("dependencies", "typer") >= Version("0.16.0")
