@@ -39,7 +39,8 @@ fine below a millisecond, and every half millisecond or so up to 5 ms, around a 
 budget (with 2 ms then 5 ms, ``histogram_quantile`` put a true p99 of 2.2 ms at 3 ms)."""
 BATCH_BUCKETS = (1, 2, 4, 8, 16, 32, 64, 128, 256, 512, 1024)
 RECENT = 10_000
-"""Latencies kept per method for the percentiles of ``GetStats``."""
+"""Latencies kept per method for the percentiles of ``GetStats`` (its ``percentile_window``): the
+latest this many, a span of time that shortens as the load grows (50 s of one robot at 200 Hz)."""
 LIMIT_WARNING_S = 60.0
 """A limit that refuses calls warns at most this often (with the refusals since its last warning), and
 so does each status of a refused Reload."""
@@ -281,7 +282,8 @@ class Metrics:
             self.reload_failures += 1
 
     def summary(self) -> dict:
-        """Per-method counts, errors and p50/p99 (µs) of recent calls, batch figures, and each limit's
+        """Per-method counts (in all, not OK, and by status code) and p50/p99 (µs) of the latest
+        :data:`RECENT` timed calls (``percentile_window``), batch figures, and each limit's
         use, most and refusals. The figures are copied under the lock that every request's
         :meth:`record` takes, and the percentiles computed after it is released: computed under it
         (1-3 ms), they delayed the replies of every call that ended meanwhile."""
@@ -295,14 +297,15 @@ class Metrics:
         for method in sorted({m for m, _ in requests} | set(recent)):
             samples = recent.get(method, ())
             total = sum(n for (m, _), n in requests.items() if m == method)
-            errors = sum(n for (m, c), n in requests.items() if m == method and c != "OK")
+            codes = {c: n for (m, c), n in requests.items() if m == method}
             p50, p99 = np.percentile(np.asarray(samples) * 1e6, [50, 99]) if samples else (0.0, 0.0)
             methods[method] = {
                 "requests": total,
-                "errors": errors,
+                "errors": total - codes.get("OK", 0),
                 "p50_us": p50,
                 "p99_us": p99,
                 "timed_calls": len(samples),
+                "codes": codes,
             }
         limits = self.limits()
         return {
@@ -312,6 +315,7 @@ class Metrics:
             },
             "uptime_s": time.monotonic() - self.started,
             "methods": methods,
+            "percentile_window": RECENT,
             "batches": batches,
             "mean_batch_size": batch_rows / batches if batches else 0.0,
             "reloads": reloads,

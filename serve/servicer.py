@@ -538,6 +538,7 @@ class PolicyServicer(pb_grpc.PolicyServiceServicer):
             mean_batch_size=summary["mean_batch_size"],
             reloads=summary["reloads"],
             reload_failures=summary["reload_failures"],
+            percentile_window=summary["percentile_window"],
             limits=[
                 pb.LimitStats(limit=limit, in_use=in_use, most=most, refused=refused)
                 for limit, (in_use, most, refused) in summary["limits"].items()

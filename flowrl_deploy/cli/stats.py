@@ -21,11 +21,16 @@ def as_dict(message: Message) -> dict:
     def plain(field, value):
         return as_dict(value) if field.message_type is not None else value
 
+    def is_map(field) -> bool:  # a map<string, number> (e.g. MethodStats.codes): a JSON object
+        return field.message_type is not None and field.message_type.GetOptions().map_entry
+
     def absent(field) -> bool:  # an `optional` number an older server does not send: null, not 0
         return field.message_type is None and field.has_presence and not message.HasField(field.name)
 
     return {
-        field.name: [plain(field, v) for v in getattr(message, field.name)]
+        field.name: dict(getattr(message, field.name))
+        if is_map(field)
+        else [plain(field, v) for v in getattr(message, field.name)]
         if field.is_repeated
         else None
         if absent(field)
@@ -43,6 +48,23 @@ def reload_failures(reply: Message) -> int | None:
 
 
 _NO_RELEASE = "server release not reported (older than this client)"
+DEADLINE = "DEADLINE_EXCEEDED"
+
+
+def _deadline(method: Message) -> str:
+    """A method's DEADLINE_EXCEEDED count; '-' from a server older than ``codes``, which sends none."""
+    return str(method.codes.get(DEADLINE, 0)) if method.codes or not method.requests else "-"
+
+
+def _errors_by_code(methods) -> list[str]:
+    """``Act: INVALID_ARGUMENT 5, NOT_FOUND 3``: each method's calls that were not OK, by status code."""
+    lines = []
+    for method in methods:
+        errors = sorted((code, n) for code, n in method.codes.items() if code != "OK" and n)
+        errors.sort(key=lambda item: -item[1])
+        if errors:
+            lines.append(f"  {method.method}: " + ", ".join(f"{code} {n}" for code, n in errors))
+    return lines
 
 
 @user_errors
@@ -53,8 +75,11 @@ def stats(
     as_json: Annotated[bool, typer.Option("--json", help="Print the figures as JSON.")] = False,
     timeout: Annotated[float, typer.Option(parser=finite, help="Seconds to wait.")] = 5.0,
 ) -> None:
-    """Print a running server's model version, uptime, sessions, per-method calls and latency, batches,
-    reloads, and each limit's use and refusals."""
+    """Print a running server's model version, uptime, sessions, per-method calls (in all, not OK, and
+    DEADLINE_EXCEEDED: a deadline that passed at the server, then every code that was not OK) and latency,
+    batches, reloads, and each limit's use and refusals. p50/p99 are of each method's latest timed calls,
+    at most 10,000 (the server says how many), a span of time that shortens as the load grows;
+    Prometheus' flowrl_request_latency_seconds holds every call since start."""
     with connection.client(timeout) as client:
         reply = client.stats()
     failures = reload_failures(reply)
@@ -67,10 +92,15 @@ def stats(
         + (f"{failures} reloads failed, " if failures is not None else "reloads failed unknown (older server), ")
         + (f"server flowrl-deploy {reply.server_version}" if reply.server_version else _NO_RELEASE)
     )
-    typer.echo(f"{'method':<10} {'requests':>9} {'errors':>7} {'p50 µs':>8} {'p99 µs':>8}")
+    window = reply.percentile_window  # 0 from an older server, which does not say
+    typer.echo(f"calls (p50/p99 of each method's latest {window} timed calls):" if window else "calls:")
+    typer.echo(f"{'method':<10} {'requests':>9} {'errors':>7} {'deadline':>8} {'p50 µs':>8} {'p99 µs':>8}")
     for m in reply.methods:
         p50, p99 = (f"{m.p50_us:>8.0f}", f"{m.p99_us:>8.0f}") if m.timed_calls else (f"{'-':>8}", f"{'-':>8}")
-        typer.echo(f"{m.method:<10} {m.requests:>9} {m.errors:>7} {p50} {p99}")
+        typer.echo(f"{m.method:<10} {m.requests:>9} {m.errors:>7} {_deadline(m):>8} {p50} {p99}")
+    if errors := _errors_by_code(reply.methods):
+        typer.echo("errors by code:")
+        typer.echo("\n".join(errors))
     if reply.limits:  # an older server sends none
         typer.echo(f"{'limit':<10} {'in use':>9} {'most':>7} {'refused':>8}")
         for limit in reply.limits:

@@ -50,7 +50,7 @@ def test_stats_counts_the_calls_made(served):
     assert result.exit_code == 0, result.output
     assert result.output.startswith("model v1-") and "0 reloads" in result.output
     act = next(line.split() for line in result.output.splitlines() if line.startswith("Act "))
-    assert int(act[1]) == 1 and int(act[2]) == 0 and float(act[3]) > 0  # one request, no error, timed
+    assert act[1:4] == ["1", "0", "0"] and float(act[4]) > 0  # one request, no error, no deadline miss, timed
     figures = json.loads(call(server, "stats", "--json").output)
     assert figures["model_version"].startswith("v1-") and figures["uptime_s"] > 0
     act = next(m for m in figures["methods"] if m["method"] == "Act")
@@ -105,7 +105,56 @@ def test_calls_refused_for_their_token_are_counted_but_not_timed(served):
     result = call(server, "stats")
     assert result.exit_code == 0, result.output
     row = next(line.split() for line in result.output.splitlines() if line.startswith("GetStats "))
-    assert row == ["GetStats", "1", "1", "-", "-"]  # no latency made up for a call that never ran
+    assert row == ["GetStats", "1", "1", "0", "-", "-"]  # no latency made up for a call that never ran
+
+
+def test_stats_tells_deadline_misses_from_other_errors_and_names_the_percentile_window(served):
+    """`errors` lumped every code together, and the percentiles' window was not said anywhere."""
+    server, _ = served
+    for code, n in (("OK", 5), ("DEADLINE_EXCEEDED", 3), ("INVALID_ARGUMENT", 2)):
+        for _ in range(n):
+            server.servicer.metrics.record("StreamAct", code, 1e-4)
+    text, as_json = call(server, "stats"), call(server, "stats", "--json")
+    assert text.exit_code == 0 and as_json.exit_code == 0, text.output + as_json.output
+    lines = text.output.splitlines()
+    assert next(line for line in lines if line.startswith("method ")).split()[:4] == [
+        "method",
+        "requests",
+        "errors",
+        "deadline",
+    ]
+    assert next(line.split() for line in lines if line.startswith("StreamAct "))[:4] == ["StreamAct", "10", "5", "3"]
+    assert "latest 10000 timed calls" in text.output
+    assert "StreamAct: DEADLINE_EXCEEDED 3, INVALID_ARGUMENT 2" in text.output
+    figures = json.loads(as_json.output)
+    stream = next(m for m in figures["methods"] if m["method"] == "StreamAct")
+    assert stream["codes"] == {"OK": 5, "DEADLINE_EXCEEDED": 3, "INVALID_ARGUMENT": 2}
+    assert figures["percentile_window"] == 10_000
+
+
+def test_stats_of_a_server_that_sends_no_codes_shows_no_deadline_count(served, monkeypatch):
+    """A server older than MethodStats' `codes` sends none: its deadline misses are unknown, not 0."""
+    server, _ = served
+    server.servicer.metrics.record("Act", "DEADLINE_EXCEEDED", 1e-4)
+    stats = PolicyClient.stats
+
+    def older(self):
+        reply = stats(self)
+        for method in reply.methods:
+            method.ClearField("codes")
+        reply.ClearField("percentile_window")
+        return reply
+
+    monkeypatch.setattr(PolicyClient, "stats", older)
+    result = call(server, "stats")
+    assert result.exit_code == 0, result.output
+    assert next(line.split() for line in result.output.splitlines() if line.startswith("Act "))[:4] == [
+        "Act",
+        "1",
+        "1",
+        "-",
+    ]
+    assert "latest 10000" not in result.output and "at most" not in result.output
 
 
 def test_a_wrong_token_is_named_without_a_hint_at_tls(served):

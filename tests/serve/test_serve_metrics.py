@@ -41,6 +41,18 @@ def test_get_stats_reports_the_median_and_99th_percentile_of_recent_latencies(me
     assert act["p99_us"] == pytest.approx(99.01)  # numpy's linear interpolation of the 99th percentile
 
 
+def test_get_stats_counts_each_methods_calls_by_status_code(metrics):
+    """`errors` lumped every code together: deadline misses could not be told from bad requests."""
+    for code, n in (("OK", 3), ("DEADLINE_EXCEEDED", 2), ("INVALID_ARGUMENT", 1)):
+        for _ in range(n):
+            metrics.record("StreamAct", code, 1e-4)
+    metrics.record_refused("StreamAct", "UNAUTHENTICATED")
+    stream = metrics.summary()["methods"]["StreamAct"]
+    assert stream["codes"] == {"OK": 3, "DEADLINE_EXCEEDED": 2, "INVALID_ARGUMENT": 1, "UNAUTHENTICATED": 1}
+    assert stream["requests"] == 7 and stream["errors"] == 4 and stream["timed_calls"] == 6
+    assert metrics.summary()["percentile_window"] == metrics_module.RECENT == 10_000
+
+
 def test_get_stats_mean_batch_size_is_rows_per_batch(metrics):
     for rows in (1, 3, 8):
         metrics.record_batch(rows, 1e-4)

@@ -167,20 +167,29 @@ class GetStatsRequest(_message.Message):
     def __init__(self) -> None: ...
 
 class MethodStats(_message.Message):
-    __slots__ = ("method", "requests", "errors", "p50_us", "p99_us", "timed_calls")
+    __slots__ = ("method", "requests", "errors", "p50_us", "p99_us", "timed_calls", "codes")
+    class CodesEntry(_message.Message):
+        __slots__ = ("key", "value")
+        KEY_FIELD_NUMBER: _ClassVar[int]
+        VALUE_FIELD_NUMBER: _ClassVar[int]
+        key: str
+        value: int
+        def __init__(self, key: _Optional[str] = ..., value: _Optional[int] = ...) -> None: ...
     METHOD_FIELD_NUMBER: _ClassVar[int]
     REQUESTS_FIELD_NUMBER: _ClassVar[int]
     ERRORS_FIELD_NUMBER: _ClassVar[int]
     P50_US_FIELD_NUMBER: _ClassVar[int]
     P99_US_FIELD_NUMBER: _ClassVar[int]
     TIMED_CALLS_FIELD_NUMBER: _ClassVar[int]
+    CODES_FIELD_NUMBER: _ClassVar[int]
     method: str
     requests: int
     errors: int
     p50_us: float
     p99_us: float
     timed_calls: int
-    def __init__(self, method: _Optional[str] = ..., requests: _Optional[int] = ..., errors: _Optional[int] = ..., p50_us: _Optional[float] = ..., p99_us: _Optional[float] = ..., timed_calls: _Optional[int] = ...) -> None: ...
+    codes: _containers.ScalarMap[str, int]
+    def __init__(self, method: _Optional[str] = ..., requests: _Optional[int] = ..., errors: _Optional[int] = ..., p50_us: _Optional[float] = ..., p99_us: _Optional[float] = ..., timed_calls: _Optional[int] = ..., codes: _Optional[_Mapping[str, int]] = ...) -> None: ...
 
 class LimitStats(_message.Message):
     __slots__ = ("limit", "in_use", "most", "refused")
@@ -195,7 +204,7 @@ class LimitStats(_message.Message):
     def __init__(self, limit: _Optional[str] = ..., in_use: _Optional[int] = ..., most: _Optional[int] = ..., refused: _Optional[int] = ...) -> None: ...
 
 class GetStatsReply(_message.Message):
-    __slots__ = ("model_version", "uptime_s", "sessions", "methods", "batches", "mean_batch_size", "reloads", "reload_failures", "limits", "server_version")
+    __slots__ = ("model_version", "uptime_s", "sessions", "methods", "batches", "mean_batch_size", "reloads", "reload_failures", "limits", "server_version", "percentile_window")
     MODEL_VERSION_FIELD_NUMBER: _ClassVar[int]
     UPTIME_S_FIELD_NUMBER: _ClassVar[int]
     SESSIONS_FIELD_NUMBER: _ClassVar[int]
@@ -206,6 +215,7 @@ class GetStatsReply(_message.Message):
     RELOAD_FAILURES_FIELD_NUMBER: _ClassVar[int]
     LIMITS_FIELD_NUMBER: _ClassVar[int]
     SERVER_VERSION_FIELD_NUMBER: _ClassVar[int]
+    PERCENTILE_WINDOW_FIELD_NUMBER: _ClassVar[int]
     model_version: str
     uptime_s: float
     sessions: int
@@ -216,7 +226,8 @@ class GetStatsReply(_message.Message):
     reload_failures: int
     limits: _containers.RepeatedCompositeFieldContainer[LimitStats]
     server_version: str
-    def __init__(self, model_version: _Optional[str] = ..., uptime_s: _Optional[float] = ..., sessions: _Optional[int] = ..., methods: _Optional[_Iterable[_Union[MethodStats, _Mapping]]] = ..., batches: _Optional[int] = ..., mean_batch_size: _Optional[float] = ..., reloads: _Optional[int] = ..., reload_failures: _Optional[int] = ..., limits: _Optional[_Iterable[_Union[LimitStats, _Mapping]]] = ..., server_version: _Optional[str] = ...) -> None: ...
+    percentile_window: int
+    def __init__(self, model_version: _Optional[str] = ..., uptime_s: _Optional[float] = ..., sessions: _Optional[int] = ..., methods: _Optional[_Iterable[_Union[MethodStats, _Mapping]]] = ..., batches: _Optional[int] = ..., mean_batch_size: _Optional[float] = ..., reloads: _Optional[int] = ..., reload_failures: _Optional[int] = ..., limits: _Optional[_Iterable[_Union[LimitStats, _Mapping]]] = ..., server_version: _Optional[str] = ..., percentile_window: _Optional[int] = ...) -> None: ...
 
 class ReloadRequest(_message.Message):
     __slots__ = ("path",)
