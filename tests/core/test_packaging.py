@@ -190,3 +190,39 @@ def test_the_typer_lower_bound_runs_the_cli():
     or picks since they do not cap it; 0.16.0 is the first that works with it (0.15.4 only by capping click
     below 8.2)."""
     assert lower_bound("dependencies", "typer") >= Version("0.16.0")
+
+
+PROTO = ROOT / "flowrl_deploy" / "proto" / "flowrl" / "v1"
+
+
+def generated_versions() -> tuple[Version, Version]:
+    """The grpcio and protobuf versions the committed generated modules require at import."""
+    grpc_module = (PROTO / "policy_pb2_grpc.py").read_text()
+    grpc = re.search(r"^GRPC_GENERATED_VERSION = '([^']+)'$", grpc_module, re.M)
+    check = r"ValidateProtobufRuntimeVersion\(\s*_runtime_version\.Domain\.PUBLIC,\s*(\d+),\s*(\d+),\s*(\d+),"
+    protobuf = re.search(check, (PROTO / "policy_pb2.py").read_text())
+    assert grpc and protobuf, "the generated modules no longer check the versions they need"
+    return Version(grpc.group(1)), Version(".".join(protobuf.groups()))
+
+
+def test_the_declared_grpcio_and_protobuf_can_import_the_generated_code():
+    """policy_pb2_grpc.py refuses at import a grpcio older than the grpcio-tools that wrote it, and
+    policy_pb2.py a protobuf older than its gencode: regenerating with a newer grpcio-tools without
+    raising these lower bounds broke every robot whose grpcio pyproject.toml still allowed."""
+    grpc, protobuf = generated_versions()
+    for name in ("grpcio", "grpcio-health-checking", "grpcio-reflection"):
+        assert lower_bound("dependencies", name) >= grpc, f"{name}'s lower bound is below the generated code's"
+    assert lower_bound("dependencies", "protobuf") >= protobuf
+    (requirement,) = [Requirement(r) for r in declared("dependencies") if _distribution(r) == "protobuf"]
+    assert requirement.specifier.contains(protobuf), "protobuf's upper bound leaves out the generated code's"
+
+
+def test_the_proto_generators_are_pinned_to_the_versions_that_wrote_the_committed_code():
+    """The staleness test compares the committed modules with freshly generated ones: an unpinned
+    grpcio-tools writes its own version into GRPC_GENERATED_VERSION, so a new release failed it on a
+    fresh install, and regenerating raised the grpcio the robots need. Regenerating is a deliberate
+    change: raise the pins, regenerate, and raise the lower bounds above."""
+    grpc, _ = generated_versions()
+    dev = {_distribution(r): Requirement(r) for r in declared("dev")}
+    assert str(dev["grpcio-tools"].specifier) == f"=={grpc}"
+    assert str(dev["mypy-protobuf"].specifier).startswith("==")
