@@ -19,7 +19,7 @@ import ssl
 import stat
 import threading
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 from flowrl_deploy.errors import FlowRLError
@@ -125,10 +125,21 @@ def not_after(pem: bytes) -> datetime.datetime | None:
     CA (``SSLContext.get_ca_certs``), so its DER is read here: Certificate → tbsCertificate →
     ([0] version), serialNumber, signature, issuer, validity → notBefore, notAfter (RFC 5280)."""
     match = _CERTIFICATE.search(pem)
-    if match is None:
-        return None
+    return None if match is None else _not_after(match[1])
+
+
+def earliest_not_after(pem: bytes) -> datetime.datetime | None:
+    """When the first of ``pem``'s certificates to expire does, in UTC (None when none can be read):
+    a chain stops verifying when any of its certificates expires, the served one's or an
+    intermediate's, and a client CA bundle stops verifying the clients of each CA as it expires."""
+    dates = [date for match in _CERTIFICATE.finditer(pem) if (date := _not_after(match[1])) is not None]
+    return min(dates, default=None)
+
+
+def _not_after(base64_der: bytes) -> datetime.datetime | None:
+    """:func:`not_after` of one certificate, the base64 text between its PEM lines."""
     try:
-        der = base64.b64decode(b"".join(match[1].split()), validate=True)
+        der = base64.b64decode(b"".join(base64_der.split()), validate=True)
         _, at, _ = _der(der, 0)  # Certificate
         _, at, _ = _der(der, at)  # tbsCertificate
         for _ in range(4 if der[at] == _VERSION else 3):  # up to validity
@@ -183,6 +194,9 @@ class ServerTLS:
     client_ca: bytes | None
     expires: datetime.datetime | None
     """When ``cert`` expires (:func:`not_after`)."""
+    expiries: dict[str, datetime.datetime | None] = field(default_factory=dict)
+    """By file, ``cert`` and (with mTLS) ``client_ca``: when the first of its certificates expires
+    (:func:`earliest_not_after`), as ``flowrl_tls_certificate_expiry_timestamp_seconds{file}`` gives it."""
 
 
 RECHECK_S = 1.0
@@ -244,7 +258,11 @@ class ServerTLSFiles:
     def _read(self) -> ServerTLS:
         cert, key = check_key_pair(self.paths["--tls-cert"], self.paths["--tls-key"])
         ca = self.paths.get("--client-ca")
-        return ServerTLS(cert, key, read_certificates(ca, "--client-ca") if ca else None, not_after(cert))
+        client_ca = read_certificates(ca, "--client-ca") if ca else None
+        expiries = {"cert": earliest_not_after(cert)}
+        if client_ca is not None:
+            expiries["client_ca"] = earliest_not_after(client_ca)
+        return ServerTLS(cert, key, client_ca, not_after(cert), expiries)
 
     def _warn_of_expiry(self) -> None:
         """Warn of the certificate in use once as it nears its expiry, and once as it expires."""

@@ -196,9 +196,12 @@ class Metrics:
         :meth:`record_reload`."""
         self.serving: Callable[[], bool] | None = None
         """Whether health says SERVING (``flowrl_serving``); the server sets it (None: no series)."""
-        self.tls: Callable[[], tuple[int, int, datetime.datetime | None]] | None = None
-        """With TLS: the changes of its files taken and refused since start, and when the served
-        certificate expires; the server sets it."""
+        self.tls: (
+            Callable[[], tuple[int, int, datetime.datetime | None, dict[str, datetime.datetime | None]]] | None
+        ) = None
+        """With TLS: the changes of its files taken and refused since start, when the served
+        certificate expires, and by file (``cert``, ``client_ca``) when the first of its certificates
+        does; the server sets it."""
 
     def _version_label(self) -> dict[str, str] | None:
         version = self._version()
@@ -410,7 +413,12 @@ class Metrics:
         return "\n".join(lines) + "\n"
 
 
-def _tls_lines(rotations: int, refusals: int, expires: datetime.datetime | None) -> list[str]:
+def _tls_lines(
+    rotations: int,
+    refusals: int,
+    expires: datetime.datetime | None,
+    expiries: dict[str, datetime.datetime | None] | None = None,
+) -> list[str]:
     lines = [
         "# HELP flowrl_tls_rotations_total Changes of --tls-cert, --tls-key or --client-ca taken into use since start.",
         "# TYPE flowrl_tls_rotations_total counter",
@@ -419,9 +427,23 @@ def _tls_lines(rotations: int, refusals: int, expires: datetime.datetime | None)
         "# TYPE flowrl_tls_refusals_total counter",
         f"flowrl_tls_refusals_total {refusals}",
     ]
+    known = {name: date for name, date in (expiries or {}).items() if date is not None}
+    if known:
+        lines += [
+            "# HELP flowrl_tls_certificate_expiry_timestamp_seconds When the first certificate of each TLS file "
+            "expires (Unix time): file=cert, --tls-cert's chain (the served certificate and its intermediates), "
+            "and file=client_ca, --client-ca's CAs.",
+            "# TYPE flowrl_tls_certificate_expiry_timestamp_seconds gauge",
+            *(
+                f'flowrl_tls_certificate_expiry_timestamp_seconds{{file="{name}"}} {date.timestamp():.0f}'
+                for name, date in sorted(known.items())
+            ),
+        ]
     if expires is not None:
         lines += [
-            "# HELP flowrl_tls_certificate_expiry_seconds When the served certificate expires (Unix time).",
+            "# HELP flowrl_tls_certificate_expiry_seconds Deprecated, use "
+            "flowrl_tls_certificate_expiry_timestamp_seconds (file cert): when the served certificate itself "
+            "expires (Unix time).",
             "# TYPE flowrl_tls_certificate_expiry_seconds gauge",
             f"flowrl_tls_certificate_expiry_seconds {expires.timestamp():.0f}",
         ]

@@ -140,12 +140,14 @@ def server_tls_files(config: ServeConfig) -> ServerTLSFiles | None:
 def server_credentials(files: ServerTLSFiles, metrics: Metrics | None = None) -> grpc.ServerCredentials:
     """TLS credentials of ``files`` (:func:`server_tls_files`), read again when they change: gRPC
     asks on each new connection's handshake, and connections already open keep theirs. ``metrics``
-    counts the changes and, at each scrape, checks the certificate's expiry."""
+    counts the changes, exports the expiries of the chain and the client CA, and at each scrape
+    checks the certificate's expiry."""
     if metrics is not None:
 
-        def figures() -> tuple[int, int, datetime.datetime | None]:
+        def figures() -> tuple[int, int, datetime.datetime | None, dict[str, datetime.datetime | None]]:
             files.check_expiry()
-            return files.rotations, files.refusals, files.loaded.expires
+            loaded = files.loaded
+            return files.rotations, files.refusals, loaded.expires, loaded.expiries
 
         metrics.tls = figures
 

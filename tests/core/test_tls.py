@@ -17,7 +17,14 @@ import pytest
 from flowrl_deploy import tls
 from flowrl_deploy.client import PolicyClient
 from flowrl_deploy.errors import FlowRLError
-from flowrl_deploy.tls import ServerTLSFiles, check_key_pair, expiry_warning, not_after, read_certificates
+from flowrl_deploy.tls import (
+    ServerTLSFiles,
+    check_key_pair,
+    earliest_not_after,
+    expiry_warning,
+    not_after,
+    read_certificates,
+)
 
 pytest.importorskip("cryptography.x509")
 from cryptography.hazmat.primitives import serialization
@@ -174,6 +181,42 @@ class TestExpiry:
         path = write_pem(tmp_path, "server", key, cert)[0]
         chain = Path(path).read_bytes() + Path(write_pem(tmp_path, "ca", ca_key, ca_cert)[0]).read_bytes()
         assert not_after(chain) == cert.not_valid_after_utc.replace(microsecond=0)  # the first of a chain
+
+    def test_a_chain_and_a_ca_bundle_expire_with_their_earliest_certificate(self, tmp_path):
+        """An intermediate (or one CA of a bundle) that expires first ends the chain's use with it; only
+        the served certificate's own expiry was exported."""
+        root_key, root = issue("root", ca=True, expires_in=datetime.timedelta(days=90))
+        middle_key, middle = issue("middle", root_key, root.subject, ca=True, expires_in=datetime.timedelta(days=5))
+        key, leaf = issue("localhost", middle_key, middle.subject, expires_in=datetime.timedelta(days=30))
+        chain = b"".join(
+            Path(write_pem(tmp_path, stem, k, c)[0]).read_bytes()
+            for stem, k, c in (("leaf", key, leaf), ("middle", middle_key, middle), ("root", root_key, root))
+        )
+        assert not_after(chain) == leaf.not_valid_after_utc.replace(microsecond=0)
+        assert earliest_not_after(chain) == middle.not_valid_after_utc.replace(microsecond=0)
+        assert earliest_not_after(b"no certificate") is None
+
+    def test_the_server_reads_the_earliest_expiry_of_its_chain_and_of_its_client_ca(self, tmp_path):
+        root_key, root = issue("root", ca=True, expires_in=datetime.timedelta(days=90))
+        middle_key, middle = issue("middle", root_key, root.subject, ca=True, expires_in=datetime.timedelta(days=60))
+        cert, key = write_pem(tmp_path, "leaf", *issue("localhost", middle_key, middle.subject))
+        Path(cert).write_bytes(
+            Path(cert).read_bytes() + Path(write_pem(tmp_path, "m", middle_key, middle)[0]).read_bytes()
+        )
+        old_key, old = issue("old CA", ca=True, expires_in=datetime.timedelta(days=3))
+        bundle = tmp_path / "clients.pem"
+        bundle.write_bytes(
+            b"".join(
+                Path(write_pem(tmp_path, stem, k, c)[0]).read_bytes()
+                for stem, k, c in (("root", root_key, root), ("old", old_key, old))
+            )
+        )
+        loaded = ServerTLSFiles(cert, key, bundle).loaded
+        assert loaded.expiries == {
+            "cert": loaded.expires,  # the leaf expires first (30 days)
+            "client_ca": old.not_valid_after_utc.replace(microsecond=0),
+        }
+        assert ServerTLSFiles(cert, key).loaded.expiries == {"cert": loaded.expires}
 
     @pytest.mark.parametrize("name", ["garbage", "key"])
     def test_no_certificate_has_no_expiry(self, pem, name):

@@ -177,6 +177,33 @@ def test_a_certificate_expired_or_expiring_at_start_is_warned_about_and_served(
         assert len(warnings) == 1 and warning in warnings[0] and cert in warnings[0]
 
 
+def test_the_expiry_of_the_served_chain_and_of_the_client_ca_are_exported(policy_path, tmp_path):
+    """Only the served certificate's own expiry was exported: not an intermediate's, nor --client-ca's,
+    whose expiry makes every client certificate fail to verify."""
+    ca_key, ca_cert = issue("CA", ca=True, expires_in=datetime.timedelta(days=20))
+    ca = write_pem(tmp_path, "ca", ca_key, ca_cert)[0]
+    cert, key = write_pem(tmp_path, "server", *issue("localhost", ca_key, ca_cert.subject))
+    Path(cert).write_bytes(Path(cert).read_bytes() + Path(ca).read_bytes())  # the chain: leaf (30 days), CA (20)
+    client_ca_key, client_ca = issue("client CA", ca=True, expires_in=datetime.timedelta(days=10))
+    clients = write_pem(tmp_path, "client_ca", client_ca_key, client_ca)[0]
+    with serving(policy_path, cert, key, client_ca=clients) as server:
+        exposition = server.servicer.metrics.exposition()
+    values = {
+        line.split()[0]: float(line.split()[1])
+        for line in exposition.splitlines()
+        if line.startswith("flowrl_tls_certificate_expiry")
+    }
+    now = datetime.datetime.now(datetime.timezone.utc)
+    for name, days in (
+        ('flowrl_tls_certificate_expiry_timestamp_seconds{file="cert"}', 20),
+        ('flowrl_tls_certificate_expiry_timestamp_seconds{file="client_ca"}', 10),
+        ("flowrl_tls_certificate_expiry_seconds", 30),  # the old name: the served certificate's own, deprecated
+    ):
+        assert abs(values.pop(name) - (now + datetime.timedelta(days=days)).timestamp()) < 60, name
+    assert values == {}
+    assert "# TYPE flowrl_tls_certificate_expiry_timestamp_seconds gauge" in exposition
+
+
 def test_plaintext_servers_show_no_tls_figures(server):
     assert "flowrl_tls" not in server.servicer.metrics.exposition()
 
