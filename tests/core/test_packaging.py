@@ -226,3 +226,16 @@ def test_the_proto_generators_are_pinned_to_the_versions_that_wrote_the_committe
     dev = {_distribution(r): Requirement(r) for r in declared("dev")}
     assert str(dev["grpcio-tools"].specifier) == f"=={grpc}"
     assert str(dev["mypy-protobuf"].specifier).startswith("==")
+
+
+def test_the_wheel_carries_the_license_text(wheel):
+    """The metadata said Apache-2.0, but the repository and its wheel held no license text, which the
+    license asks to be given to every recipient (section 4(a))."""
+    (meta,) = [n for n in wheel.namelist() if n.endswith("dist-info/METADATA")]
+    lines = wheel.read(meta).decode().splitlines()
+    assert "License-Expression: Apache-2.0" in lines and "License-File: LICENSE" in lines
+    (license_file,) = [n for n in wheel.namelist() if n.endswith(".dist-info/licenses/LICENSE")]
+    text = wheel.read(license_file).decode()
+    assert "Apache License" in text and "Version 2.0, January 2004" in text
+    assert text == (ROOT / "LICENSE").read_text()
+    assert any(line.startswith("Classifier: Programming Language :: Python :: 3.10") for line in lines)
