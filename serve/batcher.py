@@ -7,10 +7,16 @@ result slice per request, and an error goes to every waiter of its batch. ``work
 batches concurrently (one per core keeps every core busy: onnxruntime's per-row cost at batch
 8-16 is only about half its batch-1 cost on a small CPU). With ``max_batch == 1`` requests run
 in the caller's thread (no hand-off), which gives the lowest latency for a single robot.
+
+With workers, :meth:`MicroBatcher.depth` is how many requests wait for their batch to run, and
+``on_wait`` is given how long each waited (from :meth:`~MicroBatcher.submit` to its batch's run:
+the window, and any wait for a free worker): Prometheus' ``flowrl_batch_queue_depth`` and
+``flowrl_batch_wait_seconds``.
 """
 
 from __future__ import annotations
 
+import contextlib
 import queue
 import threading
 import time
@@ -46,6 +52,8 @@ class _Request:
     deadline: float | None
     """time.monotonic() after which the request is not worth running."""
     future: Future = field(default_factory=Future)
+    queued: float | None = None
+    """time.monotonic() when it was queued for a worker (None: it runs in its caller's thread)."""
 
 
 _STOP = object()
@@ -61,12 +69,17 @@ class MicroBatcher:
         max_batch: int = 1,
         window_us: int = 0,
         workers: int = 1,
+        on_wait: Callable[[list[float]], None] | None = None,
     ) -> None:
         if max_batch < 1:
             raise ValueError("max_batch must be >= 1")
         if not 0 <= window_us <= MAX_WINDOW_US:
             raise ValueError(f"window_us must lie in [0, {MAX_WINDOW_US}], got {window_us}")
         self._run = run
+        self.on_wait = on_wait
+        """Given, for each batch a worker runs, how long each of its requests waited in the queue (s)."""
+        self._waiting = 0
+        self._waiting_lock = threading.Lock()
         self.max_batch = max_batch
         self.window_s = window_us / 1e6
         self._queue: queue.SimpleQueue = queue.SimpleQueue()
@@ -108,10 +121,17 @@ class MicroBatcher:
         with self._admission:
             queued = bool(self._workers) and not self._closing
             if queued:
+                with self._waiting_lock:
+                    self._waiting += 1
+                request.queued = time.monotonic()
                 self._queue.put(request)
         if not queued:  # no workers, or closing: run in the caller's thread
             self._execute([request])
         return request.future
+
+    def depth(self) -> int:
+        """Requests queued for a worker whose batch has not begun to run (0 without workers)."""
+        return self._waiting
 
     def close(self) -> None:
         """Finish the queued requests, then stop the workers; later requests run in their caller."""
@@ -157,6 +177,13 @@ class MicroBatcher:
 
     def _execute(self, batch: list[_Request]) -> None:
         now = time.monotonic()
+        waits = [now - request.queued for request in batch if request.queued is not None]
+        if waits:
+            with self._waiting_lock:
+                self._waiting -= len(waits)
+            if self.on_wait is not None:
+                with contextlib.suppress(Exception):  # a figure is no reason to leave a batch unanswered
+                    self.on_wait(waits)
         live = []
         for request in batch:
             if _expired(request.deadline, now):

@@ -181,6 +181,10 @@ class Metrics:
         self.recent: dict[str, deque] = defaultdict(lambda: deque(maxlen=RECENT))
         self.batch_size = Histogram(BATCH_BUCKETS)
         self.inference = Histogram(LATENCY_BUCKETS_S)
+        self.batch_wait = Histogram(LATENCY_BUCKETS_S)
+        self.batch_queue: Callable[[], int] | None = None
+        """With ``--max-batch`` > 1, the requests waiting for their batch to run; the server sets it
+        (None: no batcher queue, no ``flowrl_batch_queue_depth`` nor ``flowrl_batch_wait_seconds``)."""
         self.reloads = 0
         self.reload_failures = 0
         self.metrics_refused = 0  # connections to the metrics endpoint closed unanswered at its caps
@@ -268,6 +272,12 @@ class Metrics:
             self.batch_size.observe(size)
             self.inference.observe(inference_s)
 
+    def record_batch_wait(self, waits: list[float]) -> None:
+        """How long each request of a batch waited in the batcher's queue (s)."""
+        with self._lock:
+            for seconds in waits:
+                self.batch_wait.observe(seconds)
+
     def record_loaded(self) -> None:
         """The first model is served (a reload is :meth:`record_reload`)."""
         with self._lock:
@@ -347,6 +357,18 @@ class Metrics:
                 "# HELP flowrl_inference_seconds onnxruntime time per call.",
                 "# TYPE flowrl_inference_seconds histogram",
                 *self.inference.lines("flowrl_inference_seconds", ""),
+            ]
+            if self.batch_queue is not None:
+                lines += [
+                    "# HELP flowrl_batch_queue_depth Requests waiting for their batch to run (--max-batch > 1).",
+                    "# TYPE flowrl_batch_queue_depth gauge",
+                    f"flowrl_batch_queue_depth {self.batch_queue()}",
+                    "# HELP flowrl_batch_wait_seconds Time from a request's arrival at the batcher to its batch's "
+                    "run: the --batch-window-us wait, and any wait for a free batch worker.",
+                    "# TYPE flowrl_batch_wait_seconds histogram",
+                    *self.batch_wait.lines("flowrl_batch_wait_seconds", ""),
+                ]
+            lines += [
                 "# HELP flowrl_sessions Open sessions.",
                 "# TYPE flowrl_sessions gauge",
                 f"flowrl_sessions {self._sessions()}",

@@ -239,6 +239,9 @@ class PolicyServer:
         self.servicer.metrics.limits = self._limits
         self.servicer.metrics.model_labels = self._model_labels
         self.servicer.metrics.serving = lambda: self._serving
+        if config.max_batch > 1:  # its queue (flowrl_batch_queue_depth, flowrl_batch_wait_seconds)
+            self.servicer.metrics.batch_queue = self.servicer.batcher.depth
+            self.servicer.batcher.on_wait = self.servicer.metrics.record_batch_wait
         self._serving = False
         self._labelled: tuple[ServedModel, dict[str, str]] | None = None
         self._stopped = False

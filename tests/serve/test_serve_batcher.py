@@ -245,6 +245,58 @@ def test_call_refuses_an_answer_that_came_after_the_deadline(monkeypatch):
         MicroBatcher(slow, max_batch=1).call(*_rows(1), deadline=100.5)
 
 
+def test_the_batcher_tells_how_many_requests_wait_and_how_long_each_waited():
+    """Nothing exported the queue: a batcher falling behind showed only as latency."""
+    run, waits = Recorder(), []
+    batcher = MicroBatcher(run, max_batch=2, window_us=0, on_wait=waits.extend)
+    assert batcher.depth() == 0
+    first = batcher.submit(*_rows(0))
+    assert run.entered.wait(5)  # the worker is now blocked inside the first call
+    futures = [batcher.submit(*_rows(i)) for i in range(1, 6)]  # 5 more: batches of 2, 2, 1
+    assert batcher.depth() == 5
+    time.sleep(0.05)
+    run.release.set()
+    for future in (first, *futures):
+        future.result(timeout=5)
+    assert batcher.depth() == 0
+    batcher.close()
+    assert len(waits) == 6 and min(waits) >= 0
+    assert sorted(waits)[1] >= 0.05  # every one queued behind the blocked call waited it out
+    assert sorted(waits)[0] < 0.05  # the first ran at once
+
+
+def test_a_batcher_without_workers_has_no_queue_to_tell_of():
+    waits = []
+    batcher = MicroBatcher(Recorder(lambda obs, noise: obs), max_batch=1, on_wait=waits.extend)
+    batcher.call(*_rows(0))
+    assert batcher.depth() == 0 and waits == []
+
+
+def test_a_batched_server_exports_its_queue_depth_and_queue_wait(policy_path):
+    config = ServeConfig(str(policy_path), port=0, max_batch=4, batch_window_us=2_000, grace_s=0)
+    with PolicyServer(config).start() as server, PolicyClient(server.address) as client:
+        for i in range(3):
+            client.act(np.full(3, i, np.float32))
+        text = server.servicer.metrics.exposition()
+    assert "# TYPE flowrl_batch_queue_depth gauge" in text and "\nflowrl_batch_queue_depth 0\n" in text
+    assert "# TYPE flowrl_batch_wait_seconds histogram" in text
+    counts, count = _histogram(text, "flowrl_batch_wait_seconds")
+    assert count == 3 and counts[-1] == 3
+    # each waited out the 2 ms window, alone: nothing at or under 1 ms
+    assert counts[_bucket_index(text, "flowrl_batch_wait_seconds", "0.001")] == 0
+
+
+def test_an_unbatched_server_exports_no_queue(policy_path):
+    with PolicyServer(ServeConfig(str(policy_path), port=0, grace_s=0)).start() as server:
+        text = server.servicer.metrics.exposition()
+    assert "flowrl_batch_queue_depth" not in text and "flowrl_batch_wait_seconds" not in text
+
+
+def _bucket_index(text: str, name: str, le: str) -> int:
+    edges = re.findall(rf'^{name}_bucket\{{le="([^"]+)"\}}', text, re.M)
+    return edges.index(le)
+
+
 def test_batched_server_matches_onnxruntime_and_reports_metrics(policy_path):
     config = ServeConfig(str(policy_path), port=0, max_batch=8, batch_window_us=20_000, metrics_port=0, grace_s=0)
     local = OnnxPolicy(policy_path)
