@@ -182,9 +182,12 @@ def format_inspection(info: dict[str, Any]) -> str:
             f"{'needs' if i == 0 else '':13}{need}"
             for i, need in enumerate(info["needs"] or ["standard ONNX ops only"])
         ),
-        f"exported     dtype {p.get('dtype', '?')}, "
-        f"{'optimized' if config.get('optimize') else 'plain'} graph, with "
-        + ", ".join(f"{k} {v}" for k, v in sorted(versions.items())),
+        f"exported     dtype {p.get('dtype', '?')}, {'optimized' if config.get('optimize') else 'plain'} graph, "
+        + (
+            f"with {', '.join(f'{k} {v}' for k, v in sorted(versions.items()))}"
+            if versions
+            else "library versions not recorded"
+        ),
     ]
     errors = [verification.get(key) for key in ("max_abs_error_action", "max_abs_error_pre_tanh")]
     if all(isinstance(e, int | float) for e in errors):
