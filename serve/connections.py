@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import os
 
 try:
     import resource  # POSIX only
@@ -34,6 +35,44 @@ def connection_options(max_connections: int) -> list[tuple[str, int]]:
         ("grpc.server_handshake_timeout_ms", round(HANDSHAKE_TIMEOUT_S * 1000)),
         ("grpc.max_connection_idle_ms", round(CONNECTION_IDLE_S * 1000)),
     ]
+
+
+PROC_SELF = "/proc/self"
+"""Where Linux lists this process's file descriptors and its network namespace's TCP sockets."""
+_LISTEN = "0A"  # /proc/net/tcp's state of a listening socket
+
+
+def open_connections(port: int, proc: str = PROC_SELF) -> int | None:
+    """Connections open to the server on ``port``: this process's TCP sockets (their inodes among
+    ``proc``/fd) whose local port is ``port``, but its listener; those whose client has closed its
+    end count until gRPC closes its own, as ``--max-connections`` counts them. None where ``proc``
+    cannot tell (not Linux): gRPC itself says nothing of its connections."""
+    fds = os.path.join(proc, "fd")
+    inodes = set()
+    try:
+        names = os.listdir(fds)
+    except OSError:
+        return None
+    for name in names:
+        try:
+            target = os.readlink(os.path.join(fds, name))
+        except OSError:  # closed meanwhile
+            continue
+        if target.startswith("socket:["):
+            inodes.add(target[8:-1])
+    count, read = 0, False
+    for table in ("tcp", "tcp6"):
+        try:
+            with open(os.path.join(proc, "net", table)) as rows:
+                next(rows, None)  # the header
+                for row in rows:
+                    fields = row.split()
+                    if len(fields) > 9 and fields[3] != _LISTEN and fields[9] in inodes:
+                        count += fields[1].rpartition(":")[2] == f"{port:04X}"
+        except OSError:  # no IPv6 in this kernel: no tcp6
+            continue
+        read = True
+    return count if read else None
 
 
 OWN_FILES = 64

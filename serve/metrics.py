@@ -41,6 +41,9 @@ BATCH_BUCKETS = (1, 2, 4, 8, 16, 32, 64, 128, 256, 512, 1024)
 RECENT = 10_000
 """Latencies kept per method for the percentiles of ``GetStats`` (its ``percentile_window``): the
 latest this many, a span of time that shortens as the load grows (50 s of one robot at 200 Hz)."""
+UNCOUNTED_REFUSALS = frozenset({"connections"})
+"""Limits whose refusals are not counted: gRPC closes a connection beyond ``--max-connections``
+unseen by Python (no ``flowrl_refused_total`` series; GetStats says 0)."""
 LIMIT_WARNING_S = 60.0
 """A limit that refuses calls warns at most this often (with the refusals since its last warning), and
 so does each status of a refused Reload."""
@@ -337,6 +340,7 @@ class Metrics:
 
     def exposition(self) -> str:
         """All figures in the Prometheus text format."""
+        limits = self.limits()  # before the lock that every request takes: it may read /proc
         with self._lock:
             lines = [
                 "# HELP flowrl_requests_total Requests handled, by method and gRPC status code.",
@@ -373,19 +377,20 @@ class Metrics:
                 "# TYPE flowrl_sessions gauge",
                 f"flowrl_sessions {self._sessions()}",
             ]
-            limits = self.limits()
             lines += [
                 "# HELP flowrl_refused_total Calls refused at a limit, by limit (a StreamAct once, however "
                 "many of its requests are refused).",
                 "# TYPE flowrl_refused_total counter",
                 *(
                     f'flowrl_refused_total{{limit="{limit}"}} {self.refused_at.get(limit, 0)}'
-                    for limit in sorted({*limits, *self.refused_at})
+                    for limit in sorted({*limits, *self.refused_at} - UNCOUNTED_REFUSALS)
                 ),
-                "# HELP flowrl_in_use What is in use of each limit: calls in flight under a cap, open sessions.",
+                "# HELP flowrl_in_use What is in use of each limit: calls in flight under a cap, open sessions, "
+                "open client connections.",
                 "# TYPE flowrl_in_use gauge",
                 *(f'flowrl_in_use{{limit="{limit}"}} {used}' for limit, (used, _) in sorted(limits.items())),
-                "# HELP flowrl_limit Each limit: the most calls in flight under a cap (--workers, …), --max-sessions.",
+                "# HELP flowrl_limit Each limit: the most calls in flight under a cap (--workers, …), --max-sessions, "
+                "--max-connections.",
                 "# TYPE flowrl_limit gauge",
                 *(f'flowrl_limit{{limit="{limit}"}} {most}' for limit, (_, most) in sorted(limits.items())),
                 "# HELP flowrl_reloads_total Models swapped in since start.",

@@ -42,7 +42,12 @@ from flowrl_deploy.errors import FlowRLError, printable
 from flowrl_deploy.proto.flowrl.v1 import policy_pb2_grpc as pb_grpc
 from flowrl_deploy.runtime import is_onnx_path
 from flowrl_deploy.serve.config import ServeConfig, check_grace
-from flowrl_deploy.serve.connections import connection_options, keepalive_options, warn_of_file_limit
+from flowrl_deploy.serve.connections import (
+    connection_options,
+    keepalive_options,
+    open_connections,
+    warn_of_file_limit,
+)
 from flowrl_deploy.serve.interceptors import SERVICE_NAME, SPARE_THREADS, Cap, OpenStreams, TokenInterceptor
 from flowrl_deploy.serve.metrics import Metrics, start_metrics_http
 from flowrl_deploy.serve.model import Exporter, ServedModel
@@ -280,7 +285,11 @@ class PolicyServer:
         return labelled[1]
 
     def _limits(self) -> dict[str, tuple[int, int]]:
-        return {**self._streams.usage(), "sessions": (self.servicer.session_count(), self.config.max_sessions)}
+        limits = {**self._streams.usage(), "sessions": (self.servicer.session_count(), self.config.max_sessions)}
+        connections = open_connections(self.port) if self.port else None  # None: not Linux
+        if connections is not None:
+            limits["connections"] = (connections, self.config.max_connections)
+        return limits
 
     @property
     def address(self) -> str:

@@ -49,6 +49,9 @@ def reload_failures(reply: Message) -> int | None:
 
 _NO_RELEASE = "server release not reported (older than this client)"
 DEADLINE = "DEADLINE_EXCEEDED"
+UNCOUNTED_REFUSALS = frozenset({"connections"})
+"""Limits whose refusals the server cannot count (gRPC closes a connection beyond --max-connections
+unseen): '-', not 0 (as the server's metrics.UNCOUNTED_REFUSALS, not imported: no server package here)."""
 
 
 def _deadline(method: Message) -> str:
@@ -102,6 +105,7 @@ def stats(
         typer.echo("errors by code:")
         typer.echo("\n".join(errors))
     if reply.limits:  # an older server sends none
-        typer.echo(f"{'limit':<10} {'in use':>9} {'most':>7} {'refused':>8}")
+        typer.echo(f"{'limit':<11} {'in use':>9} {'most':>7} {'refused':>8}")
         for limit in reply.limits:
-            typer.echo(f"{limit.limit:<10} {limit.in_use:>9} {limit.most:>7} {limit.refused:>8}")
+            refused = "-" if limit.limit in UNCOUNTED_REFUSALS else str(limit.refused)
+            typer.echo(f"{limit.limit:<11} {limit.in_use:>9} {limit.most:>7} {refused:>8}")

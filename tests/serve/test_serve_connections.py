@@ -6,6 +6,7 @@ time is closed (a client reconnects on its next call); an open stream is never i
 
 from __future__ import annotations
 
+import os
 import socket
 import threading
 import time
@@ -172,3 +173,66 @@ def test_serve_forever_which_applies_cpus_itself_does_not_say_so(policy_path, ca
     with caplog.at_level("INFO", logger="flowrl.serve"):
         run_module.serve_forever(config, on_ready=lambda _: os.kill(os.getpid(), signal.SIGTERM))
     assert not [r for r in caplog.records if "rt_priority" in r.getMessage()]
+
+
+def _tcp_table(*rows: tuple[str, str, str]) -> str:
+    """/proc/net/tcp's text: (local address:port, state, inode) per row, in its hex notation."""
+    header = "  sl  local_address rem_address   st tx_queue rx_queue tr tm->when retrnsmt   uid  timeout inode\n"
+    body = "".join(
+        f"   {i}: {local} 0100007F:D431 {state} 00000000:00000000 00:00000000 00000000  1000        0 {inode} 1 0\n"
+        for i, (local, state, inode) in enumerate(rows)
+    )
+    return header + body
+
+
+def test_open_connections_are_this_processs_sockets_on_the_port_but_its_listener(tmp_path):
+    proc = tmp_path / "self"
+    (proc / "fd").mkdir(parents=True)
+    (proc / "net").mkdir()
+    for fd, target in enumerate(["socket:[100]", "socket:[101]", "socket:[102]", "socket:[103]", "/dev/null"]):
+        (proc / "fd" / str(fd)).symlink_to(target)
+    port = "C351"  # 50001
+    (proc / "net" / "tcp").write_text(
+        _tcp_table(
+            (f"0100007F:{port}", "0A", "100"),  # the listener
+            (f"0100007F:{port}", "01", "101"),  # a client's connection
+            (f"0100007F:{port}", "08", "102"),  # one its client closed, not yet closed here (CLOSE_WAIT)
+            ("0100007F:D431", "01", "103"),  # this process's connection to another server
+            (f"0100007F:{port}", "01", "999"),  # another process's (not among these fds)
+            (f"0100007F:{port}", "06", "0"),  # TIME_WAIT: no socket left
+        )
+    )
+    (proc / "net" / "tcp6").write_text(_tcp_table((f"00000000000000000000000001000000:{port}", "01", "103")))
+    assert connections_module.open_connections(50001, str(proc)) == 3
+    assert connections_module.open_connections(50002, str(proc)) == 0
+    assert connections_module.open_connections(50001, str(tmp_path / "nowhere")) is None
+
+
+@pytest.mark.skipif(not os.path.isdir("/proc/self/fd"), reason="connections are counted from /proc (Linux)")
+def test_connections_open_and_max_connections_are_in_use_and_limit(policy_path):
+    """--max-connections and the connections open were in no metric (the docs said: use ss)."""
+    config = ServeConfig(str(policy_path), port=0, max_connections=5, grace_s=0)
+    with PolicyServer(config).start() as server:
+        metrics = server.servicer.metrics
+        host, port = server.address.rsplit(":", 1)
+
+        def in_use(expected: int) -> str:
+            deadline = time.monotonic() + 5
+            while True:
+                text = metrics.exposition()
+                if f'flowrl_in_use{{limit="connections"}} {expected}\n' in text or time.monotonic() > deadline:
+                    return text
+                time.sleep(0.05)
+
+        assert 'flowrl_in_use{limit="connections"} 0\n' in in_use(0)
+        connections = [socket.create_connection((host, int(port))) for _ in range(3)]
+        try:
+            text = in_use(3)
+            assert 'flowrl_in_use{limit="connections"} 3\n' in text
+            assert 'flowrl_limit{limit="connections"} 5\n' in text
+            assert 'flowrl_refused_total{limit="connections"}' not in text  # gRPC closes them unseen
+            assert metrics.summary()["limits"]["connections"] == (3, 5, 0)
+        finally:
+            for connection in connections:
+                connection.close()
+        assert 'flowrl_in_use{limit="connections"} 0\n' in in_use(0)
