@@ -239,3 +239,17 @@ def test_the_wheel_carries_the_license_text(wheel):
     assert "Apache License" in text and "Version 2.0, January 2004" in text
     assert text == (ROOT / "LICENSE").read_text()
     assert any(line.startswith("Classifier: Programming Language :: Python :: 3.10") for line in lines)
+
+
+@pytest.mark.parametrize("block", ["cpu-command", "cross-bundle-command"])
+def test_the_install_pages_hand_lists_follow_the_base_dependencies(block):
+    """docs/install.md's CPU-only and cross-platform bundle commands list the base dependencies by hand,
+    with the CPU `onnxruntime` (pip evaluates the onnxruntime-gpu marker for the machine it runs on):
+    the list must follow pyproject.toml."""
+    page = (ROOT / "docs" / "install.md").read_text()
+    found = re.search(rf"<!-- {block} -->\n```bash\n(.*?)\n```\n<!-- /{block} -->", page, re.S)
+    assert found, f"docs/install.md's {block} is gone"
+    quoted = re.findall(r'"([^"]+)"', found.group(1).split(" && ")[-1])  # the requirements, not the options
+    listed = [(r.name, r.specifier) for r in map(Requirement, quoted)]
+    base = [(r.name, r.specifier) for r in map(Requirement, declared("dependencies"))]
+    assert listed == [r for r in base if r[0] != "onnxruntime-gpu"]  # onnxruntime last, without its marker
