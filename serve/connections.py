@@ -63,7 +63,7 @@ def open_connections(port: int, proc: str = PROC_SELF) -> int | None:
     count, read = 0, False
     for table in ("tcp", "tcp6"):
         try:
-            with open(os.path.join(proc, "net", table)) as rows:
+            with open(os.path.join(proc, "net", table), encoding="ascii") as rows:
                 next(rows, None)  # the header
                 for row in rows:
                     fields = row.split()
