@@ -77,3 +77,17 @@ class ExportConfig:
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
+
+
+def steps_note(trained: int, steps: int) -> str | None:
+    """The one line `flowrl export` prints on stderr when it unrolls ``steps`` flow steps of a policy
+    trained with ``trained`` (None when they are equal): another N samples a different policy, whose
+    return may be far lower (docs/export.md, "Choosing N"), so it names the sweep that compares both."""
+    if steps == trained:
+        return None
+    both = ",".join(str(n) for n in sorted((trained, steps)))
+    return (
+        f"note: this checkpoint was trained with N={trained} flow steps; --steps {steps} samples a different "
+        f"policy, whose return may be lower: compare them with --steps {both} --report --episodes 5 "
+        "(docs/export.md, Choosing N)"
+    )

@@ -12,7 +12,7 @@ import typer
 from flowrl_deploy.checkpoint import read_spec, resolve_checkpoint
 from flowrl_deploy.cli._common import Solver, check_report, check_writable, user_errors, write_report
 from flowrl_deploy.errors import FlowRLError
-from flowrl_deploy.export.config import DTYPES, ExportConfig
+from flowrl_deploy.export.config import DTYPES, ExportConfig, steps_note
 from flowrl_deploy.export.exporter import check_run_output
 from flowrl_deploy.spec import MAX_FLOW_STEPS
 
@@ -161,6 +161,9 @@ def export(
     else:
         result = export_checkpoint(checkpoint, onnx_path, config)
         typer.echo(result.summary())
+        # another N than the training N samples another policy; a sweep's table compares them itself
+        if steps is not None and (note := steps_note(read_spec(checkpoint_dir).flow_steps, config.steps)):
+            typer.echo(note, err=True)
         records = [result.to_dict()]
     if json_path is not None:
         write_report("--json", json_path, records)
