@@ -45,6 +45,9 @@ app = _Flowrl(
     ),
     no_args_is_help=True,
     add_completion=False,
+    # click's plain help: it wraps option names and descriptions to the terminal, where rich's panels cut
+    # flag names (`--resume-if-exis…`) and squeezed descriptions to ~17 columns of an 80-column terminal
+    rich_markup_mode=None,
     pretty_exceptions_enable=False,
 )
 
@@ -52,37 +55,39 @@ from flowrl_deploy.cli.version import main  # noqa: E402
 
 app.callback()(main)  # --version
 
-# --- command registrations (one line per command module) ---
-from flowrl_deploy.cli.export import export  # noqa: E402
-
-app.command()(export)
-from flowrl_deploy.cli.inspect import inspect  # noqa: E402
-
-app.command()(inspect)
-from flowrl_deploy.cli.serve import serve  # noqa: E402
-
-app.command()(serve)
-from flowrl_deploy.cli.query import query  # noqa: E402
-
-app.command()(query)
-from flowrl_deploy.cli.control import control  # noqa: E402
-
-app.command()(control)
-from flowrl_deploy.cli.train import train  # noqa: E402
-
-app.command()(train)
-from flowrl_deploy.cli.eval import eval_command  # noqa: E402
-
-app.command(name="eval")(eval_command)
+# --- command registrations (one per command module), listed by `flowrl --help` in this order: the
+# pipeline's (demo first, as the help says), then the commands that call a running server. A short_help
+# fits an 80-column terminal's command list, which cuts a longer first paragraph with '...' ---
 from flowrl_deploy.cli.demo import demo  # noqa: E402
 
-app.command()(demo)
+app.command(short_help="Train, export, serve and control a small task; write a report.")(demo)
+from flowrl_deploy.cli.train import train  # noqa: E402
+
+app.command(short_help="Train a FlowRL policy; write checkpoints under OUT/checkpoints.")(train)
+from flowrl_deploy.cli.eval import eval_command  # noqa: E402
+
+app.command(name="eval", short_help="Print a policy's mean return over some episodes of its task.")(eval_command)
+from flowrl_deploy.cli.export import export  # noqa: E402
+
+app.command(short_help="Export a checkpoint's sampler as a verified policy.onnx.")(export)
+from flowrl_deploy.cli.inspect import inspect  # noqa: E402
+
+app.command(short_help="Show a policy.onnx's contract, provenance, opsets and ops.")(inspect)
+from flowrl_deploy.cli.serve import serve  # noqa: E402
+
+app.command(short_help="Serve a policy's actions over gRPC until SIGTERM or Ctrl-C.")(serve)
+from flowrl_deploy.cli.query import query  # noqa: E402
+
+app.command(short_help="Print the served policy's action(s) for an observation, as JSON.")(query)
+from flowrl_deploy.cli.control import control  # noqa: E402
+
+app.command(short_help="Drive a simulator with served actions; print return and latency.")(control)
 from flowrl_deploy.cli.stats import stats  # noqa: E402
 
-app.command()(stats)
+app.command(short_help="Print a server's model, sessions, calls, latency and limits.")(stats)
 from flowrl_deploy.cli.reload import reload  # noqa: E402
 
-app.command()(reload)
+app.command(short_help="Swap a new model into a running server, its contract checked.")(reload)
 from flowrl_deploy.cli.wait import wait  # noqa: E402
 
-app.command()(wait)
+app.command(short_help="Wait until a server's health is SERVING (exit 0), else exit 1.")(wait)

@@ -48,15 +48,18 @@ Token = Annotated[str, typer.Option(help="The server's shared secret.", envvar=T
 TokenFile = Annotated[
     str,
     typer.Option(
+        metavar="<path>",
         help="Read the shared secret from this file instead (one line ending dropped), e.g. "
         "$CREDENTIALS_DIRECTORY/flowrl-token from systemd's LoadCredential=.",
     ),
 ]
 MAX_TOKEN_FILE_BYTES = 64 << 10
 """A --token-file holding more is refused unread: a token is a line, not a file's worth."""
-TlsCa = Annotated[str, typer.Option(help="PEM CA of the server's TLS certificate.")]
-TlsCert = Annotated[str, typer.Option(help="PEM client certificate, for a server with --client-ca (mTLS).")]
-TlsKey = Annotated[str, typer.Option(help="PEM private key of --tls-cert.")]
+TlsCa = Annotated[str, typer.Option(metavar="<path>", help="PEM CA of the server's TLS certificate.")]
+TlsCert = Annotated[
+    str, typer.Option(metavar="<path>", help="PEM client certificate, for a server with --client-ca (mTLS).")
+]
+TlsKey = Annotated[str, typer.Option(metavar="<path>", help="PEM private key of --tls-cert.")]
 
 
 class Solver(str, Enum):
@@ -64,6 +67,11 @@ class Solver(str, Enum):
 
     midpoint = "midpoint"
     euler = "euler"
+
+
+def counted(count: int, word: str, plural: str = "") -> str:
+    """``count`` and ``word``, in the plural (``plural``, else ``word`` + s) unless it is 1: '1 batch', '2 batches'."""
+    return f"{count} {word if count == 1 else plural or word + 's'}"
 
 
 def finite(text: str) -> float:

@@ -62,7 +62,7 @@ def control(
         typer.Option(parser=finite, help="Wait this long for an action, at most the period; default: half the period."),
     ] = None,
     fallback: Annotated[str, typer.Option(help="Action when none arrives in time: hold, zeros or local.")] = "hold",
-    local_model: Annotated[str, typer.Option(help="ONNX file for --fallback local.")] = "",
+    local_model: Annotated[str, typer.Option(metavar="<path>", help="ONNX file for --fallback local.")] = "",
     max_steps: Annotated[int | None, typer.Option(help="Cap each episode at this many steps.")] = None,
     max_misses: Annotated[
         int | None, typer.Option(help="Stop the run (exit 1) after this many deadline misses in a row; default: never.")

@@ -25,7 +25,10 @@ ONNX_DEVICES = ("auto", "cpu")
 @user_errors
 def eval_command(
     policy: Annotated[
-        Path, typer.Argument(help="A checkpoint directory, a run directory (its last checkpoint), or a policy.onnx.")
+        Path,
+        typer.Argument(
+            metavar="POLICY", help="A checkpoint directory, a run directory (its last checkpoint), or a policy.onnx."
+        ),
     ],
     episodes: Annotated[int, typer.Option(help="Episodes to run.")] = 10,
     flow_steps: Annotated[
@@ -33,7 +36,9 @@ def eval_command(
     ] = None,
     env: Annotated[str | None, typer.Option(help="Env id (default: the one the policy was trained on).")] = None,
     seed: Annotated[int, typer.Option(help="Seed of the episodes and of the policy's noise.")] = 0,
-    device: Annotated[str, typer.Option(help="auto, cpu or cuda (checkpoints).")] = "auto",
+    device: Annotated[
+        str, typer.Option(metavar="<auto|cpu|cuda>", help="A checkpoint's torch device; auto: CUDA when available.")
+    ] = "auto",
     deterministic: Annotated[
         bool, typer.Option(help="Start every ODE from a0 = 0, not sampled noise (as a --deterministic export does).")
     ] = False,

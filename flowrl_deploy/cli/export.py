@@ -78,13 +78,16 @@ def check_outputs(out: Path, onnx_files: list[Path], json_out: Path | None, chec
 
 @user_errors
 def export(
-    checkpoint: Annotated[Path, typer.Argument(help="Checkpoint directory, or a run directory (its last checkpoint).")],
+    checkpoint: Annotated[
+        Path,
+        typer.Argument(metavar="CHECKPOINT", help="Checkpoint directory, or a run directory (its last checkpoint)."),
+    ],
     out: Annotated[str, typer.Option("--out", "-o", metavar="<path>", help="The ONNX file to write.")] = "policy.onnx",
     steps: Annotated[
         str | None,
         typer.Option(
-            help="Flow steps N unrolled in the graph (default: the checkpoint's training N); "
-            "a comma list (1,2,5,10,20) exports one file per N."
+            help="Flow steps N unrolled in the graph (default: the checkpoint's training N; another N samples a "
+            "different policy, whose return --report compares); a comma list (1,2,5,10,20) exports one file per N."
         ),
     ] = None,
     solver: Annotated[Solver | None, typer.Option(help="ODE solver; default: the checkpoint's.")] = None,

@@ -13,7 +13,7 @@ from flowrl_deploy.cli._common import user_errors
 
 @user_errors
 def inspect(
-    model: Annotated[Path, typer.Argument(help="An ONNX policy written by `flowrl export`.")],
+    model: Annotated[Path, typer.Argument(metavar="MODEL", help="An ONNX policy written by `flowrl export`.")],
     as_json: Annotated[bool, typer.Option("--json", help="Print JSON instead of text.")] = False,
 ) -> None:
     """Show what a controller must agree on with MODEL (observation layout, action names and bounds, control

@@ -15,9 +15,10 @@ def reload(
     path: Annotated[
         str,
         typer.Argument(
+            metavar="PATH",
             help="The new model: an .onnx file beside the served one, or a checkpoint of the served run; a "
             "relative path is taken from there (new.onnx, checkpoints/best), an absolute one is read on the "
-            "server's machine (default: read the served path again)."
+            "server's machine (default: read the served path again).",
         ),
     ] = "",
     *,

@@ -63,7 +63,10 @@ def configure_logging(log_format: str, log_level: str) -> None:
 @user_errors
 def serve(
     model: Annotated[
-        Path, typer.Argument(help="policy.onnx from `flowrl export` (or a checkpoint: exported on the fly).")
+        Path,
+        typer.Argument(
+            metavar="MODEL", help="policy.onnx from `flowrl export` (or a checkpoint: exported on the fly)."
+        ),
     ],
     port: Annotated[int, typer.Option(help="TCP port; 0 picks a free one (printed).")] = 50051,
     host: Annotated[str, typer.Option(help="Address to listen on; 0.0.0.0 for every interface.")] = "127.0.0.1",
@@ -91,9 +94,9 @@ def serve(
     ] = 128,
     token: Annotated[str | None, typer.Option(help="Shared secret every call must send.", envvar=TOKEN_ENV)] = None,
     token_file: TokenFile = "",
-    tls_cert: Annotated[str, typer.Option(help="PEM certificate chain for TLS.")] = "",
-    tls_key: Annotated[str, typer.Option(help="PEM private key for TLS.")] = "",
-    client_ca: Annotated[str, typer.Option(help="PEM CA: require client certificates (mTLS).")] = "",
+    tls_cert: Annotated[str, typer.Option(metavar="<path>", help="PEM certificate chain for TLS.")] = "",
+    tls_key: Annotated[str, typer.Option(metavar="<path>", help="PEM private key for TLS.")] = "",
+    client_ca: Annotated[str, typer.Option(metavar="<path>", help="PEM CA: require client certificates (mTLS).")] = "",
     metrics_port: Annotated[
         int | None, typer.Option(help="Serve Prometheus metrics on this port (0: a free one).")
     ] = None,

@@ -68,7 +68,8 @@ def train(
     ] = None,
     seed: Annotated[int, typer.Option(help="Seed of torch, numpy, replay sampling and env randomness.")] = DEFAULT.seed,
     out: Annotated[
-        str, typer.Option(help="Run directory (config, metrics, TensorBoard, checkpoints).")  # str: '' stays ''
+        str,  # str: '' stays ''
+        typer.Option(metavar="<path>", help="Run directory (config, metrics, TensorBoard, checkpoints)."),
     ] = DEFAULT.out,
     hidden: Annotated[int, typer.Option(help="Width of every hidden layer.")] = DEFAULT.hidden,
     flow_steps: Annotated[int, typer.Option(help="ODE steps N of the policy while training.")] = DEFAULT.flow_steps,
