@@ -60,13 +60,18 @@ class ExportReport:
         b = "B" if self.provenance["export_config"]["batch"] == "dynamic" else self.provenance["export_config"]["batch"]
         inputs = f"{OBS_INPUT}[{b},{c.obs_dim}]" + ("" if c.deterministic else f", {NOISE_INPUT}[{b},{c.act_dim}]")
         lines = [
-            f"wrote {self.path} ({self.provenance['dtype']}, {c.solver} × {c.flow_steps} steps, "
+            f"wrote {self.path} ({self.provenance['dtype']}, {c.solver} × {counted(c.flow_steps, 'step')}, "
             f"{'optimized' if self.provenance['export_config']['optimize'] else 'plain'} graph)",
             f"  inputs {inputs} -> {c.output_name}[{b},{c.act_dim}] (rescaled to the action bounds)",
             f"  contract hash {self.contract_hash}, file sha256 {self.sha256[:16]}…",
             "  " + (self.parity.summary() if self.parity else "verification SKIPPED (--no-verify)"),
         ]
         return "\n".join(lines)
+
+
+def counted(count: int, word: str) -> str:
+    """``count`` and ``word``, plural unless it is 1: '1 step', '10 steps'."""
+    return f"{count} {word}{'' if count == 1 else 's'}"
 
 
 def export_for_serving(checkpoint: Path, out: Path, steps: int | None) -> Path:

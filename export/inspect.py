@@ -15,7 +15,7 @@ from typing import Any
 
 from flowrl_deploy.contract import contract_from_metadata
 from flowrl_deploy.errors import FlowRLError, SpecError
-from flowrl_deploy.export.exporter import file_sha256
+from flowrl_deploy.export.exporter import counted, file_sha256
 from flowrl_deploy.runtime import check_graph_matches_contract, read_policy_file
 
 _ONNX_MESSAGES: dict[str, list[tuple[str, int, str, str]]] = {
@@ -170,10 +170,10 @@ def format_inspection(info: dict[str, Any]) -> str:
         f"inputs       {shapes(info['inputs'])}",
         f"outputs      {shapes(info['outputs'])}",
         f"env          {c['env_id'] or '(not recorded)'}, control period {c['control_period_s']:g} s",
-        f"observation  {c['obs_dim']} values: {layout}; normalization: {c['obs_normalization']}",
-        f"action       {c['act_dim']} values: {', '.join(c['action_names']) or '(names not recorded)'}",
+        f"observation  {counted(c['obs_dim'], 'value')}: {layout}; normalization: {c['obs_normalization']}",
+        f"action       {counted(c['act_dim'], 'value')}: {', '.join(c['action_names']) or '(names not recorded)'}",
         f"bounds       {bounds}; output already rescaled: {'yes' if c['action_rescaled'] else 'no'}",
-        f"sampler      {c['solver']} × {c['flow_steps']} steps, t schedule {c['t_schedule']}, "
+        f"sampler      {c['solver']} × {counted(c['flow_steps'], 'step')}, t schedule {c['t_schedule']}, "
         f"{'deterministic' if c['deterministic'] else 'stochastic'}",
         f"noise        {c['noise_convention']}",
         f"source       {p.get('source_checkpoint', '?')} (model.safetensors sha256 {p.get('source_sha256', '?')})",

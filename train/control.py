@@ -271,13 +271,19 @@ def _check_run(hz: float | None, episodes: int, max_steps: int | None, seed: int
         raise FlowRLError(problem)
 
 
+_ASKED = "; is `flowrl serve` running there?"
+"""How PolicyClient.wait_ready's error ends, a question a connection hint answers better."""
+
+
 def _wait_ready(client: PolicyClient, server: str, timeout_s: float, tls_ca: str, tls_cert: str) -> None:
     """Wait for the server to be SERVING; a failure says what to check (TLS, address) when it can tell."""
     try:
         client.wait_ready(timeout_s=timeout_s)
     except FlowRLError as exc:
-        hint = connection_hint(str(exc), server, tls_ca, tls_cert)
-        raise FlowRLError(f"{exc} ({hint})" if hint else str(exc)) from None
+        message = str(exc)
+        if hint := connection_hint(message, server, tls_ca, tls_cert):
+            message = f"{message.removesuffix(_ASKED)}; {hint}"  # the hint replaces the question (as flowrl wait's)
+        raise FlowRLError(message) from None
 
 
 @dataclass

@@ -7,7 +7,7 @@ from typing import TYPE_CHECKING, Annotated
 
 import typer
 
-from flowrl_deploy.cli._common import Connection, connects, finite, user_errors
+from flowrl_deploy.cli._common import Connection, connects, counted, finite, user_errors
 
 if TYPE_CHECKING:
     from google.protobuf.message import Message
@@ -90,9 +90,14 @@ def stats(
         typer.echo(json.dumps({**as_dict(reply), "reload_failures": failures}, indent=2))
         return
     typer.echo(
-        f"model {reply.model_version}, up {reply.uptime_s:.0f} s, {reply.sessions} sessions, "
-        f"{reply.batches} batches (mean size {reply.mean_batch_size:.2f}), {reply.reloads} reloads, "
-        + (f"{failures} reloads failed, " if failures is not None else "reloads failed unknown (older server), ")
+        f"model {reply.model_version}, up {reply.uptime_s:.0f} s, {counted(reply.sessions, 'session')}, "
+        f"{counted(reply.batches, 'batch', 'batches')} (mean size {reply.mean_batch_size:.2f}), "
+        f"{counted(reply.reloads, 'reload')}, "
+        + (
+            f"{counted(failures, 'reload')} failed, "
+            if failures is not None
+            else "reloads failed unknown (older server), "
+        )
         + (f"server flowrl-deploy {reply.server_version}" if reply.server_version else _NO_RELEASE)
     )
     window = reply.percentile_window  # 0 from an older server, which does not say

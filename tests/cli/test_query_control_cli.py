@@ -110,6 +110,7 @@ class TestMutualTLS:
         assert result.exit_code == 1
         assert "Connection refused" in result.output and "--tls-ca" not in result.output
         assert "nothing listens at that port on this machine: is `flowrl serve` running" in result.output
+        assert result.output.count("is `flowrl serve` running") == 1  # the hint replaces wait_ready's question
 
     def test_a_refused_connection_to_another_machine_names_the_servers_host(self):
         """From another machine, the usual cause is a server on its default --host 127.0.0.1."""

@@ -28,6 +28,7 @@ def test_the_training_n_or_no_steps_prints_no_note(checkpoint, tmp_path):
         result = runner.invoke(app, ["export", str(checkpoint), "--out", str(tmp_path / "p.onnx"), *extra])
         assert result.exit_code == 0, result.output
         assert "note:" not in result.output
+        assert "midpoint × 1 step," in result.stdout  # not "1 steps"
 
 
 def test_a_sweep_prints_no_note(checkpoint, tmp_path):
@@ -35,6 +36,12 @@ def test_a_sweep_prints_no_note(checkpoint, tmp_path):
     result = runner.invoke(app, ["export", str(checkpoint), "--steps", "1,2", "--out", str(tmp_path / "p.onnx")])
     assert result.exit_code == 0, result.output
     assert "note:" not in result.output
+
+
+def test_inspect_counts_one_value_and_one_step():
+    from flowrl_deploy.export.exporter import counted
+
+    assert (counted(1, "value"), counted(17, "value"), counted(1, "step")) == ("1 value", "17 values", "1 step")
 
 
 def test_steps_note_names_both_n_and_the_sweep():
