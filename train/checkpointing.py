@@ -7,6 +7,7 @@ from __future__ import annotations
 import contextlib
 import errno
 import json
+import math
 import os
 import shutil
 import socket
@@ -61,18 +62,24 @@ except ImportError:  # anything but Windows
 class RunCheckpoints:
     """The ``checkpoints/`` directory of a run.
 
-    Every save writes ``step_XXXXXXXXX`` and points ``last`` at it, and ``best``
-    too when it holds the best evaluation so far. Periodic checkpoints (multiples of
-    ``save_every``) are kept; any other step directory is removed once neither link names it,
-    and so is what a save cut short by a crash left behind (``.step_*.tmp-*``). Entries not named as
-    saves name them (:func:`~flowrl_deploy.checkpoint.step_of`: ``step_000000200.bak``) are left alone.
-    The directory is made at once, so that a file in its way fails before training, not at the first save.
+    Every save writes ``step_XXXXXXXXX`` and points ``last`` at it, and ``best`` at the checkpoint whose own
+    evaluation returned the most (:meth:`best_checkpoint`): the new one when it holds the best evaluation so
+    far, and otherwise whichever it was, so that a save repairs a ``best`` left behind by a crash. Periodic
+    checkpoints (multiples of ``save_every``) are kept; any other step directory is removed once neither link
+    names it (and never the one ``best`` should name), and so is what a save cut short by a crash left behind
+    (``.step_*.tmp-*``). Entries not named as saves name them (:func:`~flowrl_deploy.checkpoint.step_of`:
+    ``step_000000200.bak``) are left alone. The directory is made at once, so that a file in its way fails
+    before training, not at the first save.
     """
 
     def __init__(self, run_dir: str | Path, save_every: int) -> None:
         self.dir = Path(run_dir) / CHECKPOINTS_DIR
         self.save_every = save_every
         self._written: int | None = None
+        self.written: Path | None = None
+        """The newest checkpoint this run wrote: complete, whether or not its links moved after it."""
+        self.repaired: str | None = None
+        """What the last :meth:`repair_best` moved, as a warning, or None."""
         try:
             self.dir.mkdir(parents=True, exist_ok=True)
         except OSError as exc:
@@ -80,33 +87,105 @@ class RunCheckpoints:
 
     def save(self, step: int, write: Callable[[Path], object], *, best: bool = False) -> Path:
         """Write the checkpoint of ``step`` with ``write(path)`` (once, if asked twice at one step)
-        and move the links."""
+        and move the links (``best`` to it when ``best``, else to :meth:`best_checkpoint`)."""
         path = self.dir / step_name(step)
         if self._written != step:
             write(path)
             self._written = step
-        if best:  # first: killed before moving last, the run resumes from this newest one (resume_point)
+        self.written = path
+        # best first: killed before moving last, the run resumes from this newest one (resume_point)
+        target = path if best else self.repair_best(quiet=True)
+        if best:
             link_checkpoint(self.dir, BEST, path)
         link_checkpoint(self.dir, LAST, path)
-        self._prune()
+        self._prune(target)
         return path
+
+    def best_checkpoint(self) -> tuple[Path, float] | None:
+        """The checkpoint ``best`` should name, and its evaluation return: of this folder's checkpoints, the one
+        whose own evaluation (:func:`own_eval_return`) returned the most, the later one of a tie (as a new best
+        replaces an equal one); None where none records one (no evaluation yet, or only checkpoints saved before
+        the step of their evaluation was recorded, but the one ``best`` names)."""
+        named = self._named(BEST)
+        found: tuple[float, int, Path] | None = None
+        for entry in self.dir.glob("step_*"):
+            step = step_of(entry.name)
+            if step is None or entry.is_symlink() or not entry.is_dir():  # a save's folder is a folder here
+                continue
+            value = own_eval_return(_document_or_none(entry), named_best=entry.name == named)
+            if value is not None and (found is None or (value, step) > found[:2]):
+                found = (value, step, entry)
+        return None if found is None else (found[2], found[0])
+
+    def repair_best(self, quiet: bool = False) -> Path | None:
+        """Point ``best`` at :meth:`best_checkpoint` where it names another one (or none): a run killed after
+        a new best's checkpoint was in place but before ``best`` moved. Returns that checkpoint (None: none
+        records its evaluation); unless ``quiet``, :attr:`repaired` says what moved, as a warning."""
+        found = self.best_checkpoint()
+        self.repaired = None
+        if found is None:
+            return None
+        target, value = found
+        named = self._named(BEST)
+        if named is not None and os.path.realpath(self.dir / named) == os.path.realpath(target):
+            return target
+        link_checkpoint(self.dir, BEST, target)
+        if not quiet:
+            was = "is missing" if named is None else f"pointed at {printable(named)}"
+            self.repaired = (
+                f"{self.dir / BEST} {was}, not at {target.name}, the checkpoint whose evaluation returned the most "
+                f"({value:g}; the run was killed between saving it and moving {BEST}?); {BEST} now names it"
+            )
+        return target
+
+    def _named(self, link: str) -> str | None:
+        with contextlib.suppress(CheckpointError):  # a foreign file: names none here
+            return read_checkpoint_link(self.dir / link)
+        return None
 
     def _is_periodic(self, step: int) -> bool:
         return self.save_every > 0 and step % self.save_every == 0
 
-    def _prune(self) -> None:
-        linked = set()
+    def _prune(self, best: Path | None = None) -> None:
+        linked = set() if best is None else {os.path.realpath(best)}
         for link in (LAST, BEST):
-            with contextlib.suppress(CheckpointError):  # a foreign file: names none here
-                name = read_checkpoint_link(self.dir / link)
-                if name is not None and (self.dir / name).exists():
-                    linked.add(os.path.realpath(self.dir / name))
+            name = self._named(link)
+            if name is not None and (self.dir / name).exists():
+                linked.add(os.path.realpath(self.dir / name))
         for path in self.dir.glob("step_*"):  # realpath: a symlink loop is no RuntimeError here
             step = step_of(path.name)
             if step is not None and os.path.realpath(path) not in linked and not self._is_periodic(step):
                 shutil.rmtree(path, ignore_errors=True)
         for partial in self.dir.glob(".step_*.tmp-*"):
             shutil.rmtree(partial, ignore_errors=True)
+
+
+def own_eval_return(document: dict | None, *, named_best: bool = False) -> float | None:
+    """The evaluation return of a checkpoint's own policy, from its document (``eval.last_return`` where
+    ``eval.last_step`` is its own step: a checkpoint saved between evaluations records the previous one's),
+    or None. A document from before ``last_step`` was recorded counts only for the checkpoint ``best`` names
+    (``named_best``), which was saved at its evaluation."""
+    if not isinstance(document, dict):
+        return None
+    evaluation, counters = document.get("eval"), document.get("counters")
+    if not isinstance(evaluation, dict) or not isinstance(counters, dict):
+        return None
+    value = evaluation.get("last_return")
+    if type(value) not in (int, float) or not math.isfinite(value):
+        return None
+    if "last_step" not in evaluation:
+        return float(value) if named_best else None
+    at = evaluation["last_step"]
+    return float(value) if is_int(at) and at == counters.get("env_steps") else None
+
+
+def _document_or_none(checkpoint: Path) -> dict | None:
+    """A checkpoint folder's document as JSON, or None where it cannot be read (incomplete, damaged)."""
+    try:
+        document = json.loads((checkpoint / DOCUMENT_FILE).read_bytes())
+    except (OSError, ValueError, RecursionError):
+        return None
+    return document if isinstance(document, dict) else None
 
 
 class RunLock:

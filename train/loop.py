@@ -37,6 +37,7 @@ from flowrl_deploy.checkpoint import (
     symlinks_refused,
 )
 from flowrl_deploy.errors import CheckpointError, FlowRLError, Interrupted
+from flowrl_deploy.fieldtypes import is_int
 from flowrl_deploy.spec import PolicySpec
 from flowrl_deploy.train.algorithm import FlowRL, resolve_device, training_bytes
 from flowrl_deploy.train.checkpointing import (
@@ -63,6 +64,8 @@ class Counters:
     episodes: int = 0
     best_eval_return: float = -math.inf
     last_eval_return: float | None = None
+    last_eval_step: int | None = None
+    """The env step of the evaluation ``last_eval_return`` comes from."""
 
 
 class TrainingInterrupted(Interrupted):
@@ -348,9 +351,10 @@ class _Run:
     """What the user should know before the first step, logged on ``flowrl.train``."""
 
     def save(self, best: bool = False) -> None:
-        self.last_checkpoint = self.checkpoints.save(
-            self.counters.env_steps, lambda path: _write(path, self), best=best
-        )
+        try:
+            self.checkpoints.save(self.counters.env_steps, lambda path: _write(path, self), best=best)
+        finally:  # written, even where its links then failed to move: a resume continues it
+            self.last_checkpoint = self.checkpoints.written or self.last_checkpoint
 
     def close(self, raise_errors: bool = True) -> None:
         try:
@@ -426,6 +430,8 @@ def _prepare_locked_run(
         moved = start is not None and (
             linked is None or os.path.realpath(checkpoints.dir / linked) != os.path.realpath(start)
         )
+        if start is not None:  # before last, as a save moves them
+            checkpoints.repair_best()
         if moved:
             link_checkpoint(checkpoints.dir, LAST, start)
         cfg.save(run_dir)
@@ -436,7 +442,8 @@ def _prepare_locked_run(
         eval_env.close()
         raise
     rates = RateMeter(counters.env_steps, agent.updates)
-    warnings = [behind] if moved and behind else []
+    warnings = [checkpoints.repaired] if checkpoints.repaired else []
+    warnings += [behind] if moved and behind else []
     if symlinks_refused(checkpoints.dir):  # said once, before training (a save falls back to them silently)
         warnings.append(
             f"{checkpoints.dir} cannot hold symbolic links (a FAT, exFAT or CIFS drive?): last and best are files "
@@ -488,6 +495,7 @@ def _evaluate_and_log(run: _Run, step: int, stopped: Callable[[], bool]) -> None
     result, zero_noise = evaluation
     counters = run.counters
     counters.last_eval_return = run.bar.eval_return = result.mean
+    counters.last_eval_step = step
     run.logger.log(
         step,
         {
@@ -547,6 +555,7 @@ def _write(path: Path, run: _Run) -> Path:
             "eval": {
                 "best_return": finite_or_none(counters.best_eval_return),
                 "last_return": counters.last_eval_return,
+                "last_step": counters.last_eval_step,  # its own step: the return is this checkpoint's policy's
             }
         },
         training_tensors=agent.state_tensors(),
@@ -562,7 +571,7 @@ def _write(path: Path, run: _Run) -> Path:
 
 def _restore(path: str | Path, agent: FlowRL, replay: ReplayBuffer, action_rng: np.random.Generator) -> Counters:
     checkpoint = load_checkpoint(path, training_state=True)
-    best, last = _eval_returns(checkpoint)
+    best, last, last_step = _eval_returns(checkpoint)
     state = checkpoint.training_json
     try:
         agent.load_state(checkpoint.actor, checkpoint.training_tensors, state["agent"])
@@ -575,6 +584,7 @@ def _restore(path: str | Path, agent: FlowRL, replay: ReplayBuffer, action_rng: 
             episodes=checkpoint.counters["episodes"],
             best_eval_return=-math.inf if best is None else best,
             last_eval_return=last,
+            last_eval_step=last_step,
         )
     except CheckpointError as exc:  # e.g. actor weights that do not fit the spec: say which checkpoint
         raise CheckpointError(f"{checkpoint.path}: {exc}") from exc
@@ -582,16 +592,20 @@ def _restore(path: str | Path, agent: FlowRL, replay: ReplayBuffer, action_rng: 
         raise CheckpointError(f"{checkpoint.path}: training state is incomplete or malformed ({exc})") from exc
 
 
-def _eval_returns(checkpoint: Checkpoint) -> tuple[float | None, float | None]:
-    """The best and the last evaluation return a checkpoint records (None: no evaluation yet)."""
+def _eval_returns(checkpoint: Checkpoint) -> tuple[float | None, float | None, int | None]:
+    """The best and the last evaluation return a checkpoint records (None: no evaluation yet), and the
+    env step of the last (None: not recorded, by a version before it was)."""
     evaluation = checkpoint.document.get("eval", {})
     if isinstance(evaluation, dict):
         returns = evaluation.get("best_return"), evaluation.get("last_return")
-        if all(x is None or (type(x) in (int, float) and math.isfinite(x)) for x in returns):
-            return returns
+        step = evaluation.get("last_step")
+        if all(x is None or (type(x) in (int, float) and math.isfinite(x)) for x in returns) and (
+            step is None or (is_int(step) and step >= 0)
+        ):
+            return (*returns, step)
     raise CheckpointError(
         f"{checkpoint.path / DOCUMENT_FILE}: eval must be a JSON object of finite numbers or null "
-        f"(best_return, last_return), got {evaluation!r:.200}"
+        f"(best_return, last_return; last_step: a step), got {evaluation!r:.200}"
     )
 
 

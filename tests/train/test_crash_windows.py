@@ -4,6 +4,7 @@ complete checkpoint, and never loses its best one. The kill is simulated by an e
 catches, raised where the link would move."""
 
 import json
+import os
 from pathlib import Path
 
 import pytest
@@ -13,7 +14,7 @@ from typer.testing import CliRunner
 from flowrl_deploy.checkpoint import BEST, DOCUMENT_FILE, LAST, link_checkpoint, read_document, resume_point
 from flowrl_deploy.cli import app
 from flowrl_deploy.train import loop
-from flowrl_deploy.train.checkpointing import resume_config
+from flowrl_deploy.train.checkpointing import RunCheckpoints, resume_config
 from flowrl_deploy.train.config import TrainConfig
 from flowrl_deploy.train.evaluate import EvalResult
 from flowrl_deploy.train.loop import train
@@ -119,3 +120,100 @@ def test_a_step_folder_without_its_document_is_not_resumed(tmp_path):
     checkpoints = step_folders(tmp_path, [200, 400], incomplete=[600, 999999999])
     link_checkpoint(checkpoints, LAST, checkpoints / "step_000000400")
     assert resume_point(tmp_path) == ((checkpoints / "step_000000400").resolve(), None)
+
+
+def fake_returns(monkeypatch, returns: dict[int, float]) -> None:
+    """Each evaluation at step s returns ``returns[s]`` (sampled and zero noise alike)."""
+
+    def fake_evaluate(agent, eval_env, cfg, step, deterministic=False, stop=None):
+        return EvalResult(returns[step], 0.0, (returns[step],), (200,), (False,))
+
+    monkeypatch.setattr(loop, "_evaluate", fake_evaluate)
+
+
+def test_a_kill_before_best_moves_to_a_new_best_is_repaired_at_the_resume_and_never_pruned(monkeypatch, tmp_path):
+    """Killed after the checkpoint of a new best was in place but before `best` moved (a SIGKILL, a second Ctrl-C,
+    a symlink refused on a full inode table): the resume moved only `last`, the resumed counters held the new best
+    return so `best` never moved again, and pruning deleted the real best, which no link named."""
+    fake_returns(monkeypatch, {200: 1.0, 400: 5.0, 600: 3.0, 800: 2.0})
+    out = tmp_path / "run"
+    cfg = TrainConfig(steps=600, out=str(out), **{**TINY, "save_every": 0})
+    with monkeypatch.context() as killing:
+        kill_when_linking(killing, BEST, 400)
+        with pytest.raises(Killed):
+            train(cfg, progress=False)
+    assert linked(out, BEST) == linked(out, LAST) == "step_000000200"
+
+    result = runner.invoke(app, ["train", "--resume", str(out), "--steps", "800", "--no-progress"])
+    assert result.exit_code == 0, result.output
+    assert (
+        f"warning: {out / 'checkpoints' / 'best'} pointed at step_000000200, not at step_000000400, the checkpoint "
+        "whose evaluation returned the most (5; the run was killed between saving it and moving best?); best now "
+        "names it"
+    ) in result.output.splitlines()
+    assert linked(out, BEST) == "step_000000400" and linked(out, LAST) == "step_000000800"
+    kept = sorted(p.name for p in (out / "checkpoints").iterdir())
+    assert kept == ["best", "last", "step_000000400", "step_000000800"]
+    assert read_document(out / "checkpoints" / BEST)["eval"]["last_return"] == 5.0
+
+
+def test_a_save_moves_a_stale_best_and_its_pruning_keeps_the_best_evaluated_checkpoint(tmp_path):
+    """Every save, not only a new best's, points `best` at the checkpoint whose own evaluation is the highest
+    (the later one of a tie); a checkpoint that records an earlier step's evaluation is no candidate."""
+
+    def saved(own: float | None, returns_at: int | None = None):
+        def write(path):
+            step = int(path.name[5:])
+            path.mkdir()
+            at = step if returns_at is None else returns_at
+            document = {"counters": {"env_steps": step}, "eval": {"last_return": own, "last_step": at}}
+            (path / DOCUMENT_FILE).write_text(json.dumps(document))
+
+        return write
+
+    checkpoints = RunCheckpoints(tmp_path, save_every=0)
+    checkpoints.save(200, saved(1.0), best=True)
+    checkpoints.save(300, saved(9.0, returns_at=250))  # its return is step 250's policy's, not its own
+    checkpoints.save(400, saved(5.0))  # the new best, saved without best=True (as if best's move was lost)
+    assert linked(tmp_path, BEST) == "step_000000400"
+    checkpoints.save(600, saved(5.0))  # a tie: the later one
+    assert linked(tmp_path, BEST) == "step_000000600"
+    checkpoints.save(800, saved(2.0))
+    assert linked(tmp_path, BEST) == "step_000000600" and linked(tmp_path, LAST) == "step_000000800"
+    assert sorted(p.name for p in checkpoints.dir.iterdir()) == ["best", "last", "step_000000600", "step_000000800"]
+
+
+def test_a_checkpoint_records_the_step_of_its_evaluation(monkeypatch, tmp_path):
+    fake_returns(monkeypatch, {200: 5.0, 400: 1.0})
+    out = tmp_path / "run"
+    train(TrainConfig(steps=500, out=str(out), **{**TINY, "save_every": 300}), progress=False)
+    evals = {p.name: read_document(p)["eval"] for p in sorted((out / "checkpoints").glob("step_*"))}
+    assert evals == {
+        "step_000000200": {"best_return": 5.0, "last_return": 5.0, "last_step": 200},
+        "step_000000300": {"best_return": 5.0, "last_return": 5.0, "last_step": 200},
+        "step_000000500": {"best_return": 5.0, "last_return": 1.0, "last_step": 400},
+    }
+    assert linked(out, BEST) == "step_000000200"  # not 300, which records 200's return but was not evaluated
+
+
+def test_a_save_whose_links_fail_names_the_checkpoint_it_wrote_as_the_last_saved(monkeypatch, tmp_path):
+    """The checkpoint is complete and a resume continues it: the error named the one before it."""
+    import errno
+
+    from flowrl_deploy.errors import CheckpointError, FlowRLError
+    from flowrl_deploy.train import checkpointing
+
+    real = checkpointing.link_checkpoint
+
+    def link(directory, name, target):
+        if Path(target).name == "step_000000400":
+            raise CheckpointError(f"cannot point {directory}/{name} at step_000000400: {os.strerror(errno.ENOSPC)}")
+        real(directory, name, target)
+
+    monkeypatch.setattr(checkpointing, "link_checkpoint", link)
+    out = tmp_path / "run"
+    with pytest.raises(FlowRLError) as error:
+        train(TrainConfig(steps=600, out=str(out), **TINY), progress=False)
+    assert str(error.value).endswith(
+        f"training stopped at env step 400, and the last checkpoint saved is {out / 'checkpoints' / 'step_000000400'}"
+    )

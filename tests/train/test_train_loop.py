@@ -105,7 +105,7 @@ def test_best_points_at_the_highest_evaluation_even_across_a_resume(monkeypatch,
     first = train(TrainConfig(steps=400, out=str(tmp_path / "run"), **config), progress=False)
     checkpoints = first.run_dir / "checkpoints"
     assert (checkpoints / "best").resolve().name == "step_000000200"
-    assert read_document(checkpoints / "last")["eval"] == {"best_return": -1.0, "last_return": -2.0}
+    assert read_document(checkpoints / "last")["eval"] == {"best_return": -1.0, "last_return": -2.0, "last_step": 400}
     resumed = train(resume_config(first.run_dir, steps=500), resume=first.run_dir, progress=False)
     assert resumed.counters.best_eval_return == -1.0
     assert (checkpoints / "best").resolve().name == "step_000000200"  # -4 at step 500 is no better
@@ -666,4 +666,4 @@ def test_a_stop_during_an_evaluation_ends_it_after_the_current_episode_unlogged(
     assert not [r for r in rows if "charts/eval_return" in r]
     checkpoints = result.run_dir / "checkpoints"
     assert not (checkpoints / "best").exists() and (checkpoints / "last").resolve().name == "step_000000200"
-    assert read_document(checkpoints / "last")["eval"] == {"best_return": None, "last_return": None}
+    assert read_document(checkpoints / "last")["eval"] == {"best_return": None, "last_return": None, "last_step": None}
