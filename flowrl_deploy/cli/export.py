@@ -9,7 +9,7 @@ from typing import Annotated
 
 import typer
 
-from flowrl_deploy.checkpoint import read_spec, resolve_checkpoint
+from flowrl_deploy.checkpoint import BEST, LAST, read_spec, resolve_checkpoint
 from flowrl_deploy.cli._common import Solver, check_report, check_writable, user_errors, write_report
 from flowrl_deploy.errors import FlowRLError
 from flowrl_deploy.export.config import DTYPES, ExportConfig, steps_note
@@ -76,6 +76,17 @@ def check_outputs(out: Path, onnx_files: list[Path], json_out: Path | None, chec
         check_report("--json", json_out)
 
 
+def check_exists(checkpoint: Path) -> None:
+    """Refuse a missing CHECKPOINT, saying what to give; a missing `best` beside a run's `last` has not
+    been written yet: a run writes it at its first evaluation."""
+    if os.path.lexists(checkpoint):
+        return
+    why = ""
+    if checkpoint.name == BEST and os.path.lexists(checkpoint.parent / LAST):
+        why = f"; {BEST} appears at the run's first evaluation (--eval-every): export {LAST} until then"
+    raise FlowRLError(f"checkpoint not found: {checkpoint} (give a checkpoint or run directory{why})")
+
+
 @user_errors
 def export(
     checkpoint: Annotated[
@@ -133,6 +144,7 @@ def export(
 
     onnx_path = file_path("--out", out, "policy.onnx")
     json_path = None if json_out is None else file_path("--json", json_out, "report.json")
+    check_exists(checkpoint)
     checkpoint_dir = resolve_checkpoint(checkpoint)
     step_list = parse_steps(steps) if steps is not None else [read_spec(checkpoint_dir).flow_steps]
     sweep = report or len(step_list) > 1  # a table; several N write one file each (policy.n10.onnx)
