@@ -356,7 +356,7 @@ def resume_point(path: str | os.PathLike[str]) -> tuple[Path, str | None]:
     """The checkpoint that resuming ``path`` continues, and a warning or None: the checkpoint it names,
     or for a run directory (or its ``checkpoints/``) the newest complete ``step_*`` one (each is renamed
     into place whole). That is ``last``'s, unless the run was killed between saving a checkpoint and
-    moving ``last`` to it; the warning then says that ``last`` is behind.
+    moving ``last`` to it; the warning then says that ``last`` is behind, for the resume that moves it.
 
     A checkpoint of a run's checkpoints folder (reached through a link, a pointer file or a file of it) must lie
     in that folder, and is returned as the run names it (:func:`confined`): a link planted in run A must not
@@ -379,7 +379,7 @@ def resume_point(path: str | os.PathLike[str]) -> tuple[Path, str | None]:
     behind = "is missing" if name is None else f"points at {printable(name)}"
     return newest, (
         f"{last} {behind}, not at the newest complete checkpoint {newest.name} (the run was killed between "
-        f"saving a checkpoint and moving {LAST}?); resuming {newest.name}"
+        f"saving a checkpoint and moving {LAST}?); {LAST} now names it"
     )
 
 

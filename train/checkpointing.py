@@ -138,6 +138,18 @@ class RunCheckpoints:
             )
         return target
 
+    def repair(self, start: Path, behind: str | None = None) -> list[str]:
+        """Point ``best`` (:meth:`repair_best`), then ``last``, where a resume from ``start`` needs them: a run
+        killed between saving a checkpoint and moving its links. Returns what moved, as warnings (``behind``:
+        :func:`~flowrl_deploy.checkpoint.resume_point`'s, for a moved ``last``)."""
+        self.repair_best()
+        warnings = [self.repaired] if self.repaired else []
+        linked = self._named(LAST)
+        if linked is None or os.path.realpath(self.dir / linked) != os.path.realpath(start):
+            link_checkpoint(self.dir, LAST, start)
+            warnings += [behind] if behind else []
+        return warnings
+
     def _named(self, link: str) -> str | None:
         with contextlib.suppress(CheckpointError):  # a foreign file: names none here
             return read_checkpoint_link(self.dir / link)
@@ -444,6 +456,20 @@ def run_to_resume(checkpoint: Path) -> Path:
             "directory and resume the copy"
         )
     return run_dir
+
+
+def settle_run(resume: str | Path) -> list[str]:
+    """Repair the links of the run that resuming ``resume`` continues (:meth:`RunCheckpoints.repair`), under its
+    lock, and return what moved, as warnings: before a finished run is answered as such (``flowrl train
+    --resume-if-exists`` exits 0 then), so that ``last`` and ``best`` of a run killed in its final save's window
+    do not stay on the older checkpoint that ``flowrl eval``, export and serve would take."""
+    start, behind = resume_point(resume)
+    run_dir = run_to_resume(start)
+    lock = RunLock(run_dir, new_run=False)
+    try:
+        return RunCheckpoints(run_dir, save_every=0).repair(start, behind)
+    finally:
+        lock.release()
 
 
 def load_actor(path: str | Path, device: torch.device | str = "cpu") -> FlowActor:

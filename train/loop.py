@@ -26,11 +26,8 @@ import torch
 from flowrl_deploy.affinity import check_thread_count
 from flowrl_deploy.checkpoint import (
     DOCUMENT_FILE,
-    LAST,
     Checkpoint,
-    link_checkpoint,
     load_checkpoint,
-    read_checkpoint_link,
     read_spec,
     resume_point,
     save_checkpoint,
@@ -399,10 +396,13 @@ def _prepare_locked_run(
         saved = resume_config(start)
         settings = {f.name: getattr(cfg, f.name) for f in fields(cfg) if f.name != "out"}
         check_resume_settings(settings, saved, flags=False)
+        # the links first: a run killed in its final save's window is finished, with last (and best) behind
+        repaired = RunCheckpoints(run_dir, cfg.save_every).repair(start, behind)
         check_unfinished(resume, cfg.steps, flags=False)
         cfg = cfg.override(out=str(run_dir), env=saved.env)  # env: the same id, maybe spelled otherwise
     else:
         check_new_run_dir(run_dir)
+        repaired = []
     if cfg.threads:
         check_thread_count("--threads", cfg.threads)
         torch.set_num_threads(cfg.threads)
@@ -426,14 +426,6 @@ def _prepare_locked_run(
         if resume is not None:
             counters = _restore(start, agent, replay, action_rng)
         checkpoints = RunCheckpoints(run_dir, cfg.save_every)
-        linked = read_checkpoint_link(checkpoints.dir / LAST)  # not the resumed one: killed before moving it
-        moved = start is not None and (
-            linked is None or os.path.realpath(checkpoints.dir / linked) != os.path.realpath(start)
-        )
-        if start is not None:  # before last, as a save moves them
-            checkpoints.repair_best()
-        if moved:
-            link_checkpoint(checkpoints.dir, LAST, start)
         cfg.save(run_dir)
         logger = MetricsLogger(run_dir, resume_step=None if resume is None else counters.env_steps)
         bar = Progress(cfg.steps, counters.env_steps, agent.updates, enabled=progress)
@@ -442,8 +434,7 @@ def _prepare_locked_run(
         eval_env.close()
         raise
     rates = RateMeter(counters.env_steps, agent.updates)
-    warnings = [checkpoints.repaired] if checkpoints.repaired else []
-    warnings += [behind] if moved and behind else []
+    warnings = list(repaired)
     if symlinks_refused(checkpoints.dir):  # said once, before training (a save falls back to them silently)
         warnings.append(
             f"{checkpoints.dir} cannot hold symbolic links (a FAT, exFAT or CIFS drive?): last and best are files "

@@ -137,7 +137,13 @@ def train(
 ) -> None:
     """Train a FlowRL flow policy; writes checkpoints (last, best, periodic) under OUT/checkpoints."""
     from flowrl_deploy.checkpoint import REPLAY_FILE, resume_point
-    from flowrl_deploy.train.checkpointing import holds_checkpoints, missing_config_fields, resume_config, run_to_resume
+    from flowrl_deploy.train.checkpointing import (
+        holds_checkpoints,
+        missing_config_fields,
+        resume_config,
+        run_to_resume,
+        settle_run,
+    )
     from flowrl_deploy.train.loop import TrainingInterrupted
     from flowrl_deploy.train.loop import log as train_log
     from flowrl_deploy.train.loop import train as run_training
@@ -167,8 +173,12 @@ def train(
         }
         if overrides:
             cfg = cfg.override(**overrides)
+        repaired = settle_run(resume)  # the links of a run killed in its final save: before it is called finished
+        warnings += repaired
         done = steps_taken(resume)
         if resume_if_exists and done >= cfg.steps:  # a requeue of a finished run: nothing to do
+            for text in repaired:
+                typer.secho(f"warning: {text}", err=True, fg=typer.colors.YELLOW)
             typer.echo(f"{resume} already finished at {done} env steps (--steps {cfg.steps})")
             return
         check_unfinished(resume, cfg.steps)

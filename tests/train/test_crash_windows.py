@@ -8,14 +8,22 @@ import os
 from pathlib import Path
 
 import pytest
-from tiny_training import TINY, Killed, kill_when_linking, linked
+from tiny_training import TINY, TINY_FLAGS, Killed, kill_when_linking, linked
 from typer.testing import CliRunner
 
-from flowrl_deploy.checkpoint import BEST, DOCUMENT_FILE, LAST, link_checkpoint, read_document, resume_point
+from flowrl_deploy.checkpoint import (
+    BEST,
+    DOCUMENT_FILE,
+    LAST,
+    link_checkpoint,
+    read_document,
+    resolve_checkpoint,
+    resume_point,
+)
 from flowrl_deploy.cli import app
 from flowrl_deploy.train import loop
 from flowrl_deploy.train.checkpointing import RunCheckpoints, resume_config
-from flowrl_deploy.train.config import TrainConfig
+from flowrl_deploy.train.config import ConfigError, TrainConfig
 from flowrl_deploy.train.evaluate import EvalResult
 from flowrl_deploy.train.loop import train
 
@@ -38,7 +46,7 @@ def test_a_kill_between_saving_and_moving_last_resumes_from_the_newest_checkpoin
         "warning: the replay buffer was not saved (--save-replay): it restarts empty, and updates wait for "
         "--batch-size transitions",
         f"warning: {out / 'checkpoints' / 'last'} points at step_000000200, not at the newest complete checkpoint "
-        "step_000000400 (the run was killed between saving a checkpoint and moving last?); resuming step_000000400",
+        "step_000000400 (the run was killed between saving a checkpoint and moving last?); last now names it",
     ]  # once: the command and the library each knew of last
     assert linked(out, LAST) == "step_000000600"
     steps = [json.loads(line)["step"] for line in (out / "metrics.jsonl").read_text().splitlines()]
@@ -64,7 +72,7 @@ def test_a_kill_before_the_first_link_resumes_the_run_it_saved(monkeypatch, tmp_
     assert resumed.counters.env_steps == 400 and linked(out, LAST) == "step_000000400"
     assert [r.getMessage() for r in caplog.records if r.name == "flowrl.train"] == [
         f"{out / 'checkpoints' / 'last'} is missing, not at the newest complete checkpoint step_000000200 (the run "
-        "was killed between saving a checkpoint and moving last?); resuming step_000000200"
+        "was killed between saving a checkpoint and moving last?); last now names it"
     ]
 
 
@@ -110,7 +118,7 @@ def test_resuming_the_checkpoints_folder_of_a_run_killed_before_its_first_link_f
     assert resume_point(checkpoints) == (
         (checkpoints / "step_000000200").resolve(),
         f"{checkpoints / 'last'} is missing, not at the newest complete checkpoint step_000000200 (the run was "
-        "killed between saving a checkpoint and moving last?); resuming step_000000200",
+        "killed between saving a checkpoint and moving last?); last now names it",
     )
 
 
@@ -217,3 +225,44 @@ def test_a_save_whose_links_fail_names_the_checkpoint_it_wrote_as_the_last_saved
     assert str(error.value).endswith(
         f"training stopped at env step 400, and the last checkpoint saved is {out / 'checkpoints' / 'step_000000400'}"
     )
+
+
+@pytest.mark.parametrize("killed_at", [BEST, LAST])
+def test_a_kill_in_the_final_saves_window_is_repaired_before_the_run_is_called_finished(
+    monkeypatch, tmp_path, killed_at
+):
+    """Killed after the final checkpoint was in place but before its links moved, a requeue said 'already
+    finished' (exit 0) and every refusal left `last` (and `best`) on the older checkpoint: `flowrl eval`, export
+    and serve of the run took the older policy, for good."""
+    fake_returns(monkeypatch, {200: 1.0, 400: 2.0, 600: 3.0})
+    out = tmp_path / "run"
+    with monkeypatch.context() as killing:
+        kill_when_linking(killing, killed_at, 600)
+        with pytest.raises(Killed):
+            train(TrainConfig(steps=600, out=str(out), **TINY), progress=False)
+    assert linked(out, LAST) == "step_000000400"
+
+    flags = [*TINY_FLAGS, "--steps", "600", "--out", str(out)]
+    result = runner.invoke(app, ["train", *flags, "--resume-if-exists"])
+    assert result.exit_code == 0, result.output
+    assert result.output.splitlines()[-1] == f"{out} already finished at 600 env steps (--steps 600)"
+    assert f"warning: {out / 'checkpoints' / 'last'} points at step_000000400, not at the newest" in result.output
+    assert linked(out, LAST) == linked(out, BEST) == "step_000000600"
+    assert resolve_checkpoint(out) == (out / "checkpoints" / "step_000000600").resolve()
+
+
+def test_a_refused_resume_of_a_finished_run_repairs_its_links_first(monkeypatch, tmp_path):
+    """`flowrl train --resume RUN` and the library's resume of a finished run are refused; `last` moves first."""
+    out = tmp_path / "run"
+    with monkeypatch.context() as killing:
+        kill_when_linking(killing, LAST, 400)
+        with pytest.raises(Killed):
+            train(TrainConfig(steps=400, out=str(out), **TINY), progress=False)
+    result = runner.invoke(app, ["train", "--resume", str(out), "--no-progress"])
+    assert result.exit_code == 1 and "already finished at 400 env steps" in result.output
+    assert linked(out, LAST) == "step_000000400"
+
+    link_checkpoint(out / "checkpoints", LAST, out / "checkpoints" / "step_000000200")
+    with pytest.raises(ConfigError, match="already finished at 400 env steps"):
+        train(resume_config(out), resume=out, progress=False)
+    assert linked(out, LAST) == "step_000000400"
