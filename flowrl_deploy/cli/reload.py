@@ -16,9 +16,10 @@ def reload(
         str,
         typer.Argument(
             metavar="PATH",
-            help="The new model: an .onnx file beside the served one, or a checkpoint of the served run; a "
-            "relative path is taken from there (new.onnx, checkpoints/best), an absolute one is read on the "
-            "server's machine (default: read the served path again).",
+            help="The new model: an .onnx file beside the served one, or a checkpoint of the served run (a "
+            "checkpoint or run directory is exported at the served N); a relative path is taken from there "
+            "(new.onnx, checkpoints/best), an absolute one is read on the server's machine (default: read the "
+            "served path again).",
         ),
     ] = "",
     *,

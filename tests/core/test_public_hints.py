@@ -67,7 +67,7 @@ def stop_robot() -> None: ...
 
 DOC_SNIPPETS = {
     "docs_training.py": ("docs/train.md", "Training from Python", ""),
-    "docs_serve.py": ("docs/serve.md", "`flowrl serve`, the client and `flowrl control`", ""),
+    "docs_serve.py": ("docs/serve.md", "Serving from Python", ""),
     "docs_control_loop.py": ("docs/client.md", "In the robot's control loop (Python, no torch needed)", ROBOT),
     "readme_control_loop.py": ("README.md", "In the robot's control loop", ROBOT),
 }

@@ -1,11 +1,11 @@
-"""docs/serve.md's in-process server example ("In Python, e.g. for an integration test") runs as it stands."""
+"""docs/serve.md's in-process server example ("Serving from Python") runs as it stands."""
 
 from doc_pages import doc
 from tiny_policy import write_policy
 
 
 def test_the_readme_in_process_server_example_runs(tmp_path, monkeypatch):
-    section = doc("docs/serve.md").split("In Python, e.g. for an integration test", 1)[1]
+    section = doc("docs/serve.md").split("\n## Serving from Python\n", 1)[1]
     example = section.split("```python\n", 1)[1].split("```", 1)[0]
     monkeypatch.chdir(tmp_path)
     write_policy(
