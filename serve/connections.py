@@ -2,8 +2,12 @@
 
 from __future__ import annotations
 
+import functools
 import logging
 import os
+import socket
+
+from flowrl_deploy.serve.metrics import PROC_SELF
 
 try:
     import resource  # POSIX only
@@ -37,42 +41,60 @@ def connection_options(max_connections: int) -> list[tuple[str, int]]:
     ]
 
 
-PROC_SELF = "/proc/self"
-"""Where Linux lists this process's file descriptors and its network namespace's TCP sockets."""
-_LISTEN = "0A"  # /proc/net/tcp's state of a listening socket
+@functools.cache
+def _libc():
+    """ctypes and the C library, for getsockname, getpeername and getsockopt (None where they cannot load)."""
+    try:
+        import ctypes
+
+        return ctypes, ctypes.CDLL(None, use_errno=True)
+    except (ImportError, OSError):
+        return None
+
+
+_ADDRESS_SIZE = 128  # sizeof(struct sockaddr_storage)
 
 
 def open_connections(port: int, proc: str = PROC_SELF) -> int | None:
-    """Connections open to the server on ``port``: this process's TCP sockets (their inodes among
-    ``proc``/fd) whose local port is ``port``, but its listener; those whose client has closed its
-    end count until gRPC closes its own, as ``--max-connections`` counts them. None where ``proc``
-    cannot tell (not Linux): gRPC itself says nothing of its connections."""
-    fds = os.path.join(proc, "fd")
-    inodes = set()
+    """Connections open to the server on ``port``: this process's connected TCP sockets (among
+    ``proc``/fd) whose local port is ``port``, its listener left out; those whose client has closed
+    its end count until gRPC closes its own, as ``--max-connections`` counts them. None where
+    ``proc`` cannot tell (not Linux): gRPC itself says nothing of its connections.
+
+    Each descriptor's addresses are read in place with getsockname and getpeername, costing a few
+    system calls per descriptor of this process. Not from /proc/net/tcp, whose kernel walks the
+    host's whole TCP hash table (about 10 ms of CPU per scrape on a VM with 262,144 buckets); and not
+    through a Python socket made over the descriptor or a dup of it, which turns the socket
+    non-blocking when ``socket.setdefaulttimeout`` is set and, for a dup, keeps a socket gRPC is
+    closing in gRPC's epoll set until the dup is closed."""
     try:
-        names = os.listdir(fds)
+        names = os.listdir(os.path.join(proc, "fd"))
     except OSError:
         return None
+    loaded = _libc()
+    if loaded is None:
+        return None
+    ctypes, libc = loaded
+    address = ctypes.create_string_buffer(_ADDRESS_SIZE)
+    size = ctypes.c_uint32()
+    kind = ctypes.c_int()
+    kind_size = ctypes.c_uint32(ctypes.sizeof(kind))
+    count = 0
     for name in names:
-        try:
-            target = os.readlink(os.path.join(fds, name))
-        except OSError:  # closed meanwhile
+        fd = int(name)
+        size.value = _ADDRESS_SIZE
+        if libc.getsockname(fd, address, ctypes.byref(size)) != 0:  # not a socket, or closed meanwhile
             continue
-        if target.startswith("socket:["):
-            inodes.add(target[8:-1])
-    count, read = 0, False
-    for table in ("tcp", "tcp6"):
-        try:
-            with open(os.path.join(proc, "net", table), encoding="ascii") as rows:
-                next(rows, None)  # the header
-                for row in rows:
-                    fields = row.split()
-                    if len(fields) > 9 and fields[3] != _LISTEN and fields[9] in inodes:
-                        count += fields[1].rpartition(":")[2] == f"{port:04X}"
-        except OSError:  # no IPv6 in this kernel: no tcp6
+        family = ctypes.c_ushort.from_buffer(address).value
+        if family not in (socket.AF_INET, socket.AF_INET6) or int.from_bytes(address.raw[2:4], "big") != port:
             continue
-        read = True
-    return count if read else None
+        kind_size.value = ctypes.sizeof(kind)
+        if libc.getsockopt(fd, socket.SOL_SOCKET, socket.SO_TYPE, ctypes.byref(kind), ctypes.byref(kind_size)) != 0:
+            continue
+        size.value = _ADDRESS_SIZE
+        if kind.value == socket.SOCK_STREAM and libc.getpeername(fd, address, ctypes.byref(size)) == 0:
+            count += 1  # a listener has no peer (ENOTCONN)
+    return count
 
 
 OWN_FILES = 64
