@@ -9,7 +9,9 @@ A separate process keeps the server's inference off the caller's GIL.
 
 from __future__ import annotations
 
+import json
 import os
+import re
 import shutil
 import signal
 import subprocess
@@ -30,6 +32,29 @@ STOP_SIGNAL = getattr(signal, "CTRL_BREAK_EVENT", signal.SIGTERM)
 Ctrl-Break to the child's own process group (:data:`CREATION_FLAGS`), SIGBREAK in the child."""
 CREATION_FLAGS = getattr(subprocess, "CREATE_NEW_PROCESS_GROUP", 0)
 """Windows: the child in a process group of its own, so that Ctrl-Break reaches it alone."""
+
+
+JOURNAL_LEVEL = re.compile(r"<[0-7]>")
+"""The syslog level before each line under journald (:mod:`flowrl_deploy.systemd`)."""
+
+
+def refusal(stderr: str) -> str:
+    """The last error of a child's stderr: an ``error: …`` line (``--log-format text``) or the message of
+    a JSON line whose level is ERROR (``json``), either after journald's ``<N>``; '' if there is none."""
+    found = ""
+    for line in stderr.splitlines():
+        if JOURNAL_LEVEL.match(line):
+            line = line[3:]
+        if line.startswith("error:"):
+            found = line.removeprefix("error:").strip()
+        elif line.startswith("{"):
+            try:
+                entry = json.loads(line)
+            except ValueError:
+                continue
+            if isinstance(entry, dict) and entry.get("level") in ("ERROR", "CRITICAL"):
+                found = str(entry.get("message", ""))
+    return found
 
 
 class ServerProcess:
@@ -89,8 +114,7 @@ class ServerProcess:
 
     def _stop_and_read_error(self) -> str:
         self._terminate()
-        lines = [line for line in (self.process.stderr.read() or "").splitlines() if line.startswith("error:")]
-        return lines[-1].removeprefix("error: ") if lines else ""
+        return refusal(self.process.stderr.read() or "")
 
     def stop(self, timeout_s: float = 15.0) -> int:
         """:data:`STOP_SIGNAL` (graceful: SIGTERM, Ctrl-Break on Windows), then a kill after ``timeout_s``;

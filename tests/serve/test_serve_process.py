@@ -58,3 +58,27 @@ def test_a_child_is_stopped_when_the_wait_for_its_banner_is_interrupted(children
     with pytest.raises(KeyboardInterrupt):
         process.ServerProcess(tmp_path / "policy.onnx")
     assert children[0].poll() is not None
+
+
+@pytest.mark.parametrize(
+    "stderr",
+    [
+        "loading\nerror: model not found: /x/policy.onnx\n",
+        '{"level": "INFO", "message": "loading"}\n{"level": "ERROR", "message": "model not found: /x/policy.onnx"}\n',
+        "<6>INFO flowrl.serve: loading\n<3>error: model not found: /x/policy.onnx\n",
+        '<6>{"level": "INFO", "message": "x"}\n<3>{"level": "ERROR", "message": "model not found: /x/policy.onnx"}\n',
+    ],
+    ids=["text", "json", "journal-text", "journal-json"],
+)
+def test_a_refusal_is_read_back_in_every_log_format(stderr, tmp_path, monkeypatch):
+    """With --log-format json the refusal is a JSON object, and under journald a line begins with its
+    level (<3>): ServerProcess read only ``error: …`` lines and said 'did not start: no output'."""
+    script = f"import sys; sys.stderr.write({stderr!r}); sys.exit(1)"
+    monkeypatch.setattr(process, "FLOWRL", (sys.executable, "-c", script))
+    with pytest.raises(FlowRLError, match=r"^flowrl serve policy.onnx did not start: model not found: /x/policy.onnx$"):
+        process.ServerProcess(tmp_path / "policy.onnx")
+
+
+def test_a_missing_model_served_with_json_logs_says_so(tmp_path):
+    with pytest.raises(FlowRLError, match=r"did not start: model not found: .*missing\.onnx$"):
+        process.ServerProcess(tmp_path / "missing.onnx", "--log-format", "json")
