@@ -4,12 +4,11 @@ journal's level prefixes (sd-daemon(3)). Outside systemd every function here doe
 - :class:`Notifier` sends ``READY=1``, ``STATUS=…``, ``STOPPING=1`` and ``WATCHDOG=1`` to
   ``$NOTIFY_SOCKET`` (what ``Type=notify`` and ``WatchdogSec=`` wait for): one datagram per message
   on an AF_UNIX socket, whose name is abstract when it begins with ``@``.
-- :func:`journal_formatter` prefixes each log line with its syslog level (``<3>`` error, ``<4>``
-  warning, ``<6>`` info, ``<7>`` debug), the only level journald reads from a service's stderr,
-  when ``$JOURNAL_STREAM`` says stderr is the journal (systemd.exec(5)).
 - :func:`log_formatter` is ``flowrl serve --log-format``'s: ``text`` (``TIME LEVEL LOGGER: MESSAGE``,
-  TIME in UTC, ISO 8601) or ``json`` (one object a line, :class:`JsonFormatter`), each with the
-  journal's level prefix when stderr is the journal.
+  TIME in UTC, ISO 8601) or ``json`` (one object a line, :class:`JsonFormatter`). When
+  ``$JOURNAL_STREAM`` says stderr is the journal (systemd.exec(5)), each line begins with its syslog
+  level (``<3>`` error, ``<4>`` warning, ``<6>`` info, ``<7>`` debug), the only level journald reads
+  from a service's stderr, and text lines leave out the time (:class:`JournalFormatter`).
 """
 
 from __future__ import annotations
@@ -121,11 +120,6 @@ class JournalFormatter(logging.Formatter):
 def journal_prefix(level: int, environ: Mapping[str, str] | None = None) -> str:
     """``<level>`` (a syslog level) for a line written to stderr when stderr is the journal, else ''."""
     return f"<{level}>" if stderr_is_journal(environ) else ""
-
-
-def journal_formatter(fmt: str, environ: Mapping[str, str] | None = None) -> logging.Formatter:
-    """:class:`JournalFormatter` when stderr is the journal, else ``logging.Formatter(fmt)``."""
-    return JournalFormatter() if stderr_is_journal(environ) else logging.Formatter(fmt)
 
 
 class UTCFormatter(logging.Formatter):

@@ -18,7 +18,6 @@ from grpc_reflection.v1alpha import reflection
 
 from flowrl_deploy.errors import printable
 from flowrl_deploy.proto.flowrl.v1 import policy_pb2 as pb
-from flowrl_deploy.serve.metrics import Metrics
 
 EXEMPT_PREFIXES = ("/grpc.health.v1.Health/",)
 """Kubernetes and load-balancer probes carry no secret."""
@@ -31,18 +30,18 @@ class TokenInterceptor(grpc.ServerInterceptor):
     ``on_refused(method)`` is told of each, with the method's short name (e.g. ``Act``). Each is
     logged with the caller's address, at most once every
     :data:`~flowrl_deploy.serve.metrics.LIMIT_WARNING_S` with the number held back
-    (``warning_due``: :meth:`Metrics.warning_due`, by default a limiter of its own): counted alone,
+    (``warning_due``: the server's :meth:`~flowrl_deploy.serve.metrics.Metrics.warning_due`): counted alone,
     they left no trace of which robot still sent the old token after a rotation."""
 
     def __init__(
         self,
         token: str,
         on_refused: Callable[[str], None],
-        warning_due: Callable[[str], tuple[int, float | None] | None] | None = None,
+        warning_due: Callable[[str], tuple[int, float | None] | None],
     ) -> None:
         self._expected = token.encode()
         self._on_refused = on_refused
-        self._warning_due = warning_due or Metrics(lambda: 0, str).warning_due  # its limiter alone
+        self._warning_due = warning_due
 
     def intercept_service(self, continuation, handler_call_details):
         handler = continuation(handler_call_details)

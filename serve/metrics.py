@@ -220,10 +220,6 @@ class Metrics:
             self.latency.setdefault(method, Histogram(LATENCY_BUCKETS_S)).observe(seconds)
             self.recent[method].append(seconds)
 
-    def record_refused(self, method: str, code: str) -> None:
-        """A call refused before its handler ran (e.g. UNAUTHENTICATED): counted, not timed."""
-        self.record_untimed(method, code)
-
     def record_untimed(self, method: str, code: str) -> None:
         """A call counted, not timed (a refused call, a health Watch, which lasts as long as its client likes)."""
         with self._lock:

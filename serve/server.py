@@ -263,7 +263,7 @@ class PolicyServer:
         self.metrics_port: int | None = None
 
     def _refused(self, method: str, cap: Cap) -> None:
-        self.servicer.metrics.record_refused(method, cap.code.name)
+        self.servicer.metrics.record_untimed(method, cap.code.name)
         self.servicer.metrics.record_limit(cap.limit, cap.warning)
 
     def _model_labels(self) -> dict[str, str] | None:
@@ -343,9 +343,15 @@ class PolicyServer:
             credentials = (
                 None if self._tls_files is None else server_credentials(self._tls_files, self.servicer.metrics)
             )
-            refused = self.servicer.metrics.record_refused
+            counted = self.servicer.metrics
             token = (
-                [TokenInterceptor(config.token, lambda method: refused(method, "UNAUTHENTICATED"))]
+                [
+                    TokenInterceptor(
+                        config.token,
+                        lambda method: counted.record_untimed(method, "UNAUTHENTICATED"),
+                        counted.warning_due,
+                    )
+                ]
                 if config.token
                 else []
             )

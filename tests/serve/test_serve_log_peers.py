@@ -71,6 +71,15 @@ def test_calls_refused_for_their_token_are_logged_with_caller_and_method_at_most
     assert "127.0.0.1" not in exposition  # never a label: one series per caller's port
 
 
+def test_token_refusals_are_warned_of_by_the_servers_own_limiter(policy_path):
+    """TokenInterceptor built a whole Metrics of its own for its warnings' limiter."""
+    config = ServeConfig(str(policy_path), port=0, token="s3cret", grace_s=0)
+    with PolicyServer(config).start() as server:
+        with PolicyClient(server.address, token="old-t0ken") as client, pytest.raises(ServiceError):
+            client.act(OBS)
+        assert server.servicer.metrics.warning_due("UNAUTHENTICATED") is None  # warned of just now
+
+
 @pytest.fixture
 def served(tmp_path):
     path = write_policy(tmp_path / "policy.onnx")

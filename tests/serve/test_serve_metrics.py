@@ -46,7 +46,7 @@ def test_get_stats_counts_each_methods_calls_by_status_code(metrics):
     for code, n in (("OK", 3), ("DEADLINE_EXCEEDED", 2), ("INVALID_ARGUMENT", 1)):
         for _ in range(n):
             metrics.record("StreamAct", code, 1e-4)
-    metrics.record_refused("StreamAct", "UNAUTHENTICATED")
+    metrics.record_untimed("StreamAct", "UNAUTHENTICATED")
     stream = metrics.summary()["methods"]["StreamAct"]
     assert stream["codes"] == {"OK": 3, "DEADLINE_EXCEEDED": 2, "INVALID_ARGUMENT": 1, "UNAUTHENTICATED": 1}
     assert stream["requests"] == 7 and stream["errors"] == 4 and stream["timed_calls"] == 6
