@@ -26,6 +26,7 @@ import contextlib
 import errno
 import json
 import os
+import shlex
 import shutil
 import tempfile
 from collections.abc import Mapping
@@ -355,8 +356,11 @@ def resolve_checkpoint(path: str | os.PathLike[str]) -> Path:
 def resume_point(path: str | os.PathLike[str]) -> tuple[Path, str | None]:
     """The checkpoint that resuming ``path`` continues, and a warning or None: the checkpoint it names,
     or for a run directory (or its ``checkpoints/``) the newest complete ``step_*`` one (each is renamed
-    into place whole). That is ``last``'s, unless the run was killed between saving a checkpoint and
-    moving ``last`` to it; the warning then says that ``last`` is behind, for the resume that moves it.
+    into place whole) that is intact (:func:`checkpoint_damage`). That is ``last``'s, unless the run was killed
+    between saving a checkpoint and moving ``last`` to it, or a newer one is damaged; the warning then says
+    that ``last`` is behind, or which checkpoint was skipped and why, for the resume that moves ``last``.
+    A run whose complete checkpoints are all damaged, or a damaged checkpoint named in a run's folder, is
+    refused in one line naming its files and what to do instead.
 
     A checkpoint of a run's checkpoints folder (reached through a link, a pointer file or a file of it) must lie
     in that folder, and is returned as the run names it (:func:`confined`): a link planted in run A must not
@@ -367,12 +371,29 @@ def resume_point(path: str | os.PathLike[str]) -> tuple[Path, str | None]:
         entry = p.parent if p.name in (DOCUMENT_FILE, MODEL_FILE) else p
         if entry.parent.name != CHECKPOINTS_DIR:  # in no run's folder: run_to_resume says so
             return resolve_checkpoint(p), None
-        return confined(entry, entry.parent, resolve_checkpoint(p)), None
+        checkpoint = confined(entry, entry.parent, resolve_checkpoint(p))
+        damage = checkpoint_damage(checkpoint)
+        if damage is not None:
+            raise CheckpointError(f"{checkpoint} is damaged: {damage}; {_instead(checkpoint.parent, checkpoint)}")
+        return checkpoint, None
     steps = {step: c for step, c in run_checkpoints(folder).items() if (c / DOCUMENT_FILE).is_file()}
     last = folder / LAST
     if not steps:
         return confined(last, folder, resolve_checkpoint(p)), None
-    newest = steps[max(steps)]
+    newest, skipped = _newest_intact(steps)
+    if newest is None:
+        listed = "; ".join(f"{c.name}: {damage}" for c, damage in skipped[:3])
+        more = f"; and {len(skipped) - 3} more" if len(skipped) > 3 else ""
+        raise CheckpointError(
+            f"{folder} holds no intact checkpoint to resume ({listed}{more}); restore one from a copy of the run, "
+            "or start the run again in a new folder (flowrl train … --out NEW_FOLDER)"
+        )
+    if skipped:
+        gone, damage = skipped[0]
+        return newest, (
+            f"{gone} is damaged: {damage}; the run resumes from {newest.name}, its newest intact checkpoint "
+            f"({_steps_between(newest, gone)} env steps to redo)"
+        )
     name = read_checkpoint_link(last)
     if name is not None and os.path.realpath(folder / name) == os.path.realpath(newest):
         return newest, None
@@ -381,6 +402,114 @@ def resume_point(path: str | os.PathLike[str]) -> tuple[Path, str | None]:
         f"{last} {behind}, not at the newest complete checkpoint {newest.name} (the run was killed between "
         f"saving a checkpoint and moving {LAST}?); {LAST} now names it"
     )
+
+
+def _newest_intact(steps: dict[int, Path]) -> tuple[Path | None, list[tuple[Path, str]]]:
+    """Of a run's complete checkpoints by step, the newest intact one (None: none is), and the damaged ones
+    newer than it, newest first, each with what is wrong."""
+    skipped = []
+    for step in sorted(steps, reverse=True):
+        damage = checkpoint_damage(steps[step])
+        if damage is None:
+            return steps[step], skipped
+        skipped.append((steps[step], damage))
+    return None, skipped
+
+
+def _steps_between(older: Path, newer: Path) -> str:
+    """How many env steps lie between two checkpoints of a run, by their names ('?' where one has no step)."""
+    a, b = step_of(older.name), step_of(newer.name)
+    return "?" if a is None or b is None else str(b - a)
+
+
+def _instead(folder: Path, damaged: Path) -> str:
+    """What to run instead of resuming the damaged checkpoint ``damaged`` of a run's checkpoints ``folder``."""
+    steps = {
+        step: c
+        for step, c in run_checkpoints(folder).items()
+        if (c / DOCUMENT_FILE).is_file() and os.path.realpath(c) != os.path.realpath(damaged)
+    }
+    newest, _ = _newest_intact(steps)
+    if newest is None:
+        return (
+            "no other checkpoint of the run is intact: restore it from a copy of the run, or start the run again "
+            "in a new folder (flowrl train … --out NEW_FOLDER)"
+        )
+    return (
+        f"resume the run instead, from its newest intact checkpoint {newest.name}, which leaves this one aside: "
+        f"flowrl train --resume {shlex.quote(str(folder.parent))}"
+    )
+
+
+SAFETENSORS_FILES = (MODEL_FILE, TRAINING_TENSORS_FILE, REPLAY_FILE)
+"""A checkpoint's tensor files; the first two are in every checkpoint a run saves."""
+MAX_SAFETENSORS_HEADER = 100_000_000
+"""The largest header safetensors reads (its own limit): a larger length is damage, not a header."""
+
+
+def checkpoint_damage(directory: Path) -> str | None:
+    """What is damaged in a run's checkpoint folder whose document is in place (a save renames it whole, so
+    this is a file cut short, zeroed or lost since: a full disk while copying, a lossy network file system,
+    files deleted), or None: ``checkpoint.json`` or ``training_state.json`` that is no JSON, ``model.safetensors``
+    or ``training_state.safetensors`` missing, a tensor file whose header does not parse or whose size is not
+    the one its header gives ('training_state.safetensors is cut short (100000 of 312544 bytes)'). Only the
+    files' structure is read, never their numbers: a resume refuses a readable but wrong document or tensor
+    by name, and tensor data zeroed under an intact header passes."""
+    for name in (DOCUMENT_FILE, TRAINING_JSON_FILE, *SAFETENSORS_FILES):
+        path = directory / name
+        if not path.exists():
+            if name in (TRAINING_JSON_FILE, REPLAY_FILE):  # optional
+                continue
+            return f"{name} is missing"
+        if not path.is_file():  # never opened: reading a pipe blocks
+            return f"{name} is not a regular file (a directory, device, pipe or socket)"
+        try:
+            problem = _json_problem(path) if name.endswith(".json") else _safetensors_problem(path)
+        except OSError:  # unreadable (permissions), not damaged: the resume's load names it
+            continue
+        if problem is not None:
+            return f"{name} {problem}"
+    return None
+
+
+def _json_problem(path: Path) -> str | None:
+    """Why a JSON file of a checkpoint does not parse, or None (a nesting too deep is no damage: reading it says so)."""
+    try:
+        json.loads(path.read_bytes())
+    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
+        return f"is not valid JSON ({exc})"
+    except RecursionError:
+        pass
+    return None
+
+
+def _safetensors_problem(path: Path) -> str | None:
+    """What is wrong with the structure of a safetensors file (its 8-byte header length, JSON header and data
+    size), or None; an OSError where it cannot be read."""
+    size = path.stat().st_size
+    if size < 8:
+        return f"is cut short ({size} bytes, not even its header)"
+    with open(path, "rb") as f:
+        length = int.from_bytes(f.read(8), "little")
+        if length == 0 or length > MAX_SAFETENSORS_HEADER:
+            return "has no valid header (zeroed or overwritten?)"
+        if length > size - 8:
+            return f"is cut short ({size} bytes, not even its {8 + length}-byte header)"
+        head = f.read(length)
+    try:
+        header = json.loads(head)
+    except (UnicodeDecodeError, json.JSONDecodeError, RecursionError):
+        return "has a header that is no JSON (zeroed or overwritten?)"
+    try:
+        ends = [int(info["data_offsets"][1]) for key, info in header.items() if key != "__metadata__"]
+    except (AttributeError, KeyError, TypeError, ValueError, IndexError):
+        return "has a header that is not a safetensors one"
+    expected = 8 + length + max(ends, default=0)
+    if size < expected:
+        return f"is cut short ({size} of {expected} bytes)"
+    if size > expected:
+        return f"is longer than its header says ({size} bytes, not {expected})"
+    return None
 
 
 def read_document(path: str | os.PathLike[str]) -> dict[str, Any]:

@@ -9,6 +9,7 @@ import errno
 import json
 import math
 import os
+import shlex
 import shutil
 import socket
 import stat
@@ -30,6 +31,7 @@ from flowrl_deploy.checkpoint import (
     METRICS_JSONL,
     RUN_CONFIG_FILE,
     RUN_OUTPUTS,
+    checkpoint_damage,
     link_checkpoint,
     load_checkpoint,
     read_checkpoint_link,
@@ -130,7 +132,14 @@ class RunCheckpoints:
         if named is not None and os.path.realpath(self.dir / named) == os.path.realpath(target):
             return target
         link_checkpoint(self.dir, BEST, target)
-        if not quiet:
+        if quiet:
+            return target
+        if named is not None and not (self.dir / named).exists():  # set aside as damaged, or deleted
+            self.repaired = (
+                f"{self.dir / BEST} named {printable(named)}, which is gone; it now names {target.name}, the "
+                f"checkpoint whose evaluation returned the most ({value:g})"
+            )
+        else:
             was = "is missing" if named is None else f"pointed at {printable(named)}"
             self.repaired = (
                 f"{self.dir / BEST} {was}, not at {target.name}, the checkpoint whose evaluation returned the most "
@@ -139,16 +148,49 @@ class RunCheckpoints:
         return target
 
     def repair(self, start: Path, behind: str | None = None) -> list[str]:
-        """Point ``best`` (:meth:`repair_best`), then ``last``, where a resume from ``start`` needs them: a run
-        killed between saving a checkpoint and moving its links. Returns what moved, as warnings (``behind``:
-        :func:`~flowrl_deploy.checkpoint.resume_point`'s, for a moved ``last``)."""
+        """Make the folder what a resume from ``start`` needs: the damaged or incomplete checkpoints after it
+        set aside (:meth:`set_aside_after`), then ``best`` (:meth:`repair_best`) and ``last`` pointed where they
+        belong (a run killed between saving a checkpoint and moving its links). Returns what changed, as
+        warnings (``behind``: :func:`~flowrl_deploy.checkpoint.resume_point`'s, for a moved ``last``)."""
+        set_aside = self.set_aside_after(start)
+        warnings = list(set_aside)
         self.repair_best()
-        warnings = [self.repaired] if self.repaired else []
+        warnings += [self.repaired] if self.repaired else []
         linked = self._named(LAST)
         if linked is None or os.path.realpath(self.dir / linked) != os.path.realpath(start):
             link_checkpoint(self.dir, LAST, start)
-            warnings += [behind] if behind else []
+            warnings += [behind] if behind and not set_aside else []  # a set-aside line says it already
         return warnings
+
+    def set_aside_after(self, start: Path) -> list[str]:
+        """Rename each checkpoint folder after ``start`` that is damaged
+        (:func:`~flowrl_deploy.checkpoint.checkpoint_damage`) or incomplete (no ``checkpoint.json``) to
+        ``step_….damaged`` (``.damaged-2``, … where taken), which no save, prune or resume touches: the resumed
+        run would otherwise overwrite or prune it, and it may still hold what a person can save. Returns one
+        line for each (what is wrong, the name it keeps, the steps to redo)."""
+        after = step_of(start.name)  # None: a copy (step_000000200.bak) lies before every save
+        lines = []
+        for step, entry in sorted(run_checkpoints(self.dir).items()):
+            if (after is not None and step <= after) or entry.is_symlink() or not entry.is_dir():
+                continue
+            if (entry / DOCUMENT_FILE).is_file():
+                damage = checkpoint_damage(entry)
+            else:
+                damage = f"it has no {DOCUMENT_FILE} (files deleted, or a copy cut short?)"
+            if damage is None:
+                continue  # intact: run_to_resume refuses to resume before it
+            aside = _free_name(entry, ".damaged")
+            try:
+                os.replace(entry, aside)
+            except OSError as exc:
+                raise CheckpointError(
+                    f"{entry} is damaged ({damage}) and cannot be set aside: {os_reason(exc)}"
+                ) from None
+            lines.append(
+                f"{entry} is damaged: {damage}; it is kept as {aside.name}, and the run resumes from {start.name}"
+                + (f" ({step - after} env steps to redo)" if after is not None else "")
+            )
+        return lines
 
     def _named(self, link: str) -> str | None:
         with contextlib.suppress(CheckpointError):  # a foreign file: names none here
@@ -189,6 +231,15 @@ def own_eval_return(document: dict | None, *, named_best: bool = False) -> float
         return float(value) if named_best else None
     at = evaluation["last_step"]
     return float(value) if is_int(at) and at == counters.get("env_steps") else None
+
+
+def _free_name(entry: Path, suffix: str) -> Path:
+    """``entry`` + ``suffix``, or + ``suffix-2``, ``-3``, … where that name is taken."""
+    aside, n = entry.with_name(entry.name + suffix), 1
+    while aside.exists() or aside.is_symlink():
+        n += 1
+        aside = entry.with_name(f"{entry.name}{suffix}-{n}")
+    return aside
 
 
 def _document_or_none(checkpoint: Path) -> dict | None:
@@ -436,7 +487,7 @@ def missing_config_fields(checkpoint: str | Path) -> list[str]:
 def run_to_resume(checkpoint: Path) -> Path:
     """The run directory that resuming ``checkpoint`` continues: a checkpoint is resumed only inside
     its run, ``<run>/checkpoints/<checkpoint>`` next to ``<run>/config.json``, and only when no later
-    save's checkpoint (by step, :func:`~flowrl_deploy.checkpoint.step_of`; every one, for a checkpoint not
+    save's intact checkpoint (by step, :func:`~flowrl_deploy.checkpoint.step_of`; every one, for a checkpoint not
     named as a save names it) lies beside it (the resumed run would overwrite or prune those)."""
     folder = checkpoint.parent
     run_dir = folder.parent
@@ -448,14 +499,40 @@ def run_to_resume(checkpoint: Path) -> Path:
         )
     step = step_of(checkpoint.name)  # None: a copy (step_000000200.bak), before every save
     steps = run_checkpoints(folder)
-    later = [steps[s].name for s in sorted(steps) if step is None or s > step]
+    later = [
+        steps[s].name
+        for s in sorted(steps)
+        if (step is None or s > step) and (steps[s] / DOCUMENT_FILE).is_file() and checkpoint_damage(steps[s]) is None
+    ]  # a damaged or incomplete one is set aside by the resume (RunCheckpoints.set_aside_after)
     if later:
         raise FlowRLError(
             f"{folder} holds checkpoints after {checkpoint.name} ({', '.join(later)}), which resuming from it "
-            f"would overwrite; continue the run with --resume {run_dir} (from {later[-1]}), or copy the run "
-            "directory and resume the copy"
+            f"would overwrite; continue the run with --resume {shlex.quote(str(run_dir))} (from {later[-1]}), or "
+            "copy the run directory and resume the copy"
         )
     return run_dir
+
+
+def set_aside_advice(checkpoint: Path) -> str:
+    """What to do about a checkpoint of a run that fails to load although its files are whole (its numbers or
+    fields are wrong): set it aside and resume the run again, from the newest intact checkpoint before it, or
+    where none is, restore it from a copy."""
+    folder, step = checkpoint.parent, step_of(checkpoint.name)
+    older = {
+        s: c
+        for s, c in (run_checkpoints(folder).items() if folder.name == CHECKPOINTS_DIR and step is not None else ())
+        if s < step and (c / DOCUMENT_FILE).is_file() and checkpoint_damage(c) is None
+    }
+    if not older:
+        return (
+            "restore it from a copy of the run, or start the run again in a new folder "
+            "(flowrl train … --out NEW_FOLDER)"
+        )
+    aside = shlex.quote(str(_free_name(checkpoint, ".damaged")))
+    return (
+        f"if it is damaged, set it aside and resume the run from {older[max(older)].name}: "
+        f"mv {shlex.quote(str(checkpoint))} {aside} && flowrl train --resume {shlex.quote(str(folder.parent))}"
+    )
 
 
 def settle_run(resume: str | Path) -> list[str]:

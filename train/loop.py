@@ -44,6 +44,7 @@ from flowrl_deploy.train.checkpointing import (
     check_new_run_dir,
     resume_config,
     run_to_resume,
+    set_aside_advice,
 )
 from flowrl_deploy.train.config import ConfigError, TrainConfig, check_resume_settings, check_unfinished
 from flowrl_deploy.train.envs import Env, EnvInfo, episode_seed, make_env
@@ -424,7 +425,10 @@ def _prepare_locked_run(
         action_rng = np.random.default_rng(cfg.seed)
         counters = Counters()
         if resume is not None:
-            counters = _restore(start, agent, replay, action_rng)
+            try:
+                counters = _restore(start, agent, replay, action_rng)
+            except CheckpointError as exc:  # its files are whole (resume_point): its contents are not
+                raise CheckpointError(f"{exc}; {set_aside_advice(start)}") from exc
         checkpoints = RunCheckpoints(run_dir, cfg.save_every)
         cfg.save(run_dir)
         logger = MetricsLogger(run_dir, resume_step=None if resume is None else counters.env_steps)

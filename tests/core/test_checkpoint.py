@@ -6,6 +6,7 @@ import resource
 
 import numpy as np
 import pytest
+from intact_checkpoint import intact_checkpoint
 
 from flowrl_deploy import atomic, versions
 from flowrl_deploy import checkpoint as ckpt
@@ -295,11 +296,11 @@ class TestCorruptOrForeign:
 
 
 def fake_run(root, *steps: int):
-    """A run's checkpoints folder holding a (document-only) checkpoint per step; ``last`` at the newest."""
+    """A run's checkpoints folder holding a (document-only, tiny tensors) checkpoint per step; ``last`` at the
+    newest."""
     folder = root / ckpt.CHECKPOINTS_DIR
     for step in steps:
-        (folder / f"step_{step:09d}").mkdir(parents=True)
-        (folder / f"step_{step:09d}" / ckpt.DOCUMENT_FILE).write_text("{}")
+        intact_checkpoint(folder / f"step_{step:09d}")
     if steps:
         ckpt.link_checkpoint(folder, ckpt.LAST, folder / f"step_{max(steps):09d}")
     return folder
@@ -322,8 +323,7 @@ class TestStepNames:
     def test_a_folder_not_named_as_a_save_is_no_checkpoint_to_resume(self, tmp_path, name):
         """`step_²` passed str.isdigit and int() raised a traceback; a copy `step_…bak` could be resumed."""
         folder = fake_run(tmp_path, 200)
-        (folder / name).mkdir()
-        (folder / name / ckpt.DOCUMENT_FILE).write_text("{}")
+        intact_checkpoint(folder / name)
         assert ckpt.resume_point(tmp_path) == ((folder / "step_000000200").resolve(), None)
 
     def test_the_newest_is_the_largest_step_not_the_last_name(self, tmp_path):

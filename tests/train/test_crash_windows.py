@@ -8,6 +8,7 @@ import os
 from pathlib import Path
 
 import pytest
+from intact_checkpoint import intact_checkpoint
 from tiny_training import TINY, TINY_FLAGS, Killed, kill_when_linking, linked
 from typer.testing import CliRunner
 
@@ -105,10 +106,10 @@ def step_folders(run, complete: list[int], incomplete: list[int] = ()) -> Path:
     """A run's checkpoints folder with ``step_`` folders, each complete one holding only its document (all
     that :func:`resume_point` reads); no ``last``."""
     checkpoints = run / "checkpoints"
-    for step in (*complete, *incomplete):
+    for step in incomplete:
         (checkpoints / f"step_{step:09d}").mkdir(parents=True)
     for step in complete:
-        (checkpoints / f"step_{step:09d}" / DOCUMENT_FILE).write_text("{}")
+        intact_checkpoint(checkpoints / f"step_{step:09d}")
     return checkpoints
 
 

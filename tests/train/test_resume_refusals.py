@@ -42,7 +42,7 @@ def test_a_corrupt_training_state_json_is_named_and_the_run_is_unchanged(run, tm
     checkpoint = edited(run, tmp_path, lambda d: None)
     (checkpoint / TRAINING_JSON_FILE).write_text("{not json")
     before = _tree(tmp_path / "copy")
-    message = f"{checkpoint / TRAINING_JSON_FILE} is corrupt (not valid JSON: Expecting property name"
+    message = f"{checkpoint} is damaged: {TRAINING_JSON_FILE} is not valid JSON (Expecting property name"
     with pytest.raises(FlowRLError, match=f"^{re.escape(message)}"):
         resume(checkpoint)
     assert _tree(tmp_path / "copy") == before

@@ -8,6 +8,7 @@ import shutil
 from pathlib import Path
 
 import pytest
+from intact_checkpoint import intact_checkpoint
 from tiny_training import TINY
 from typer.testing import CliRunner
 
@@ -30,8 +31,7 @@ def finished_run(tmp_path_factory):
 
 
 def _write(path):
-    path.mkdir()
-    (path / DOCUMENT_FILE).write_text("{}")
+    intact_checkpoint(path)
 
 
 def test_a_save_leaves_folders_not_named_as_saves_alone(tmp_path):

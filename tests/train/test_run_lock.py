@@ -174,8 +174,8 @@ def test_a_resume_rechecks_for_later_checkpoints_once_it_holds_the_lock(finished
     shutil.copytree(finished_run, run, symlinks=True)
     real_lock = loop.RunLock
 
-    def saved_meanwhile(run_dir, *, new_run):
-        (run / "checkpoints" / "step_000000400").mkdir()  # the other run's save, just before our lock
+    def saved_meanwhile(run_dir, *, new_run):  # the other run's save, just before our lock
+        shutil.copytree(run / "checkpoints" / "step_000000200", run / "checkpoints" / "step_000000400")
         return real_lock(run_dir, new_run=new_run)
 
     monkeypatch.setattr(loop, "RunLock", saved_meanwhile)
@@ -183,7 +183,12 @@ def test_a_resume_rechecks_for_later_checkpoints_once_it_holds_the_lock(finished
         FlowRLError, match="holds checkpoints after step_000000200 \\(step_000000400\\), which resuming"
     ):
         train(resume_config(run).override(steps=600), resume=run / "checkpoints" / "step_000000200", progress=False)
-    assert list((run / "checkpoints" / "step_000000400").iterdir()) == []
+    assert sorted(p.name for p in (run / "checkpoints").iterdir()) == [
+        "best",
+        "last",
+        "step_000000200",
+        "step_000000400",
+    ]
 
 
 def test_a_lock_that_is_a_link_is_refused_and_what_it_leads_to_is_left_alone(tmp_path):

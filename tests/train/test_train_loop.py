@@ -553,15 +553,19 @@ def test_a_corrupt_checkpoint_is_a_clear_error(run, tmp_path):
 
 
 def test_resuming_corrupt_actor_weights_is_a_clear_error_that_changes_no_file(run, tmp_path):
+    """Every checkpoint's weights damaged: nothing to fall back to (tests/train/test_damaged_checkpoints.py)."""
     import shutil
 
     copy = shutil.copytree(run.run_dir, tmp_path / "copy", symlinks=True)
-    weights = copy / "checkpoints" / "last" / "model.safetensors"
-    weights.write_bytes(b"\x00garbage")
+    for weights in (copy / "checkpoints").glob("step_*/model.safetensors"):
+        weights.write_bytes(b"\x00garbage")
     before = {p: p.read_bytes() for p in copy.rglob("*") if p.is_file()}
-    cfg = resume_config(copy, steps=500)  # the config is read from the JSON alone
-    with pytest.raises(CheckpointError, match=r"model\.safetensors.*corrupt"):
-        train(cfg, resume=copy, progress=False)
+    message = (
+        f"{copy / 'checkpoints'} holds no intact checkpoint to resume (step_000000400: model.safetensors has no "
+        "valid header (zeroed or overwritten?); step_000000200: model.safetensors has no valid header"
+    )
+    with pytest.raises(CheckpointError, match=f"^{re.escape(message)}"):
+        train(TrainConfig(steps=500, out=str(copy), **TINY), resume=copy, progress=False)
     assert {p: p.read_bytes() for p in copy.rglob("*") if p.is_file()} == before
 
 
