@@ -12,9 +12,12 @@ from flowrl_deploy.serve import PolicyServer, ServeConfig
 
 
 @contextlib.contextmanager
-def loading_server(policy: str, monkeypatch: pytest.MonkeyPatch) -> Iterator[tuple[PolicyServer, threading.Event]]:
-    """A started :class:`PolicyServer` of ``policy`` whose model load is held (health NOT_SERVING)
-    until the test sets the event yielded beside it (or 30 s pass); stopped on leaving the block."""
+def loading_server(
+    policy: str, monkeypatch: pytest.MonkeyPatch, **settings: object
+) -> Iterator[tuple[PolicyServer, threading.Event]]:
+    """A started :class:`PolicyServer` of ``policy`` (``ServeConfig(policy, port=0, grace_s=0,
+    **settings)``) whose model load is held (health NOT_SERVING) until the test sets the event yielded
+    beside it (or 30 s pass); stopped on leaving the block."""
     from flowrl_deploy.serve.servicer import PolicyServicer
 
     loading, release = threading.Event(), threading.Event()
@@ -26,7 +29,7 @@ def loading_server(policy: str, monkeypatch: pytest.MonkeyPatch) -> Iterator[tup
         return load(self, *args, **kwargs)
 
     monkeypatch.setattr(PolicyServicer, "load", held_load)
-    server = PolicyServer(ServeConfig(policy, port=0, grace_s=0))
+    server = PolicyServer(ServeConfig(policy, **{"port": 0, "grace_s": 0, **settings}))
     starter = threading.Thread(target=server.start)
     starter.start()
     try:

@@ -60,13 +60,21 @@ def write_policy(path: Path, *, scale: float = 1.0, deterministic: bool = False,
         helper.make_node("Mul", ["t", "half_range"], ["s"]),
         helper.make_node("Add", ["s", "center"], ["action"]),
     ]
-    graph = helper.make_graph(
-        nodes,
-        "tiny_policy",
-        inputs,
-        [helper.make_tensor_value_info("action", TensorProto.FLOAT, ["B", act_dim])],
-        inits,
-    )
+    return save_policy(path, contract, "tiny_policy", nodes, inputs, inits)
+
+
+def save_policy(
+    path: Path,
+    contract: PolicyContract,
+    name: str,
+    nodes: list[onnx.NodeProto],
+    inputs: list[onnx.ValueInfoProto],
+    inits: list[onnx.TensorProto],
+) -> Path:
+    """The graph ``name`` of ``nodes`` (output ``action``, [B, act_dim]) checked and saved at ``path``,
+    opset 17 and IR version 8, with ``contract`` in its metadata."""
+    outputs = [helper.make_tensor_value_info("action", TensorProto.FLOAT, ["B", contract.act_dim])]
+    graph = helper.make_graph(nodes, name, inputs, outputs, inits)
     model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
     model.ir_version = 8
     helper.set_model_props(model, contract_to_metadata(contract, {"source": "test"}))

@@ -25,6 +25,15 @@ def server(policy_path):
         yield running
 
 
+@pytest.fixture
+def served(tmp_path):
+    """A server of ``tmp_path``/policy.onnx that watches it (every 50 ms), its client, and ``tmp_path``."""
+    path = write_policy(tmp_path / "policy.onnx")
+    config = ServeConfig(str(path), port=0, watch=True, watch_interval_s=0.05, grace_s=0)
+    with PolicyServer(config).start() as server, PolicyClient(server.address) as client:
+        yield server, client, tmp_path
+
+
 @pytest.fixture(scope="module")
 def client(server):
     with PolicyClient(server.address) as connected:

@@ -9,14 +9,12 @@ from pathlib import Path
 
 import grpc
 import numpy as np
-import onnx
 import pytest
 from onnx import TensorProto, helper, numpy_helper
-from tiny_policy import OBS_DIM, tiny_contract
+from tiny_policy import OBS_DIM, save_policy, tiny_contract
 
 from flowrl_deploy.client import PolicyClient, ServiceError
 from flowrl_deploy.codec import encode
-from flowrl_deploy.contract import contract_to_metadata
 from flowrl_deploy.proto.flowrl.v1 import policy_pb2 as pb
 from flowrl_deploy.runtime import OnnxPolicy
 from flowrl_deploy.serve import PolicyServer, ServeConfig
@@ -51,19 +49,8 @@ def write_failing_policy(path: Path) -> Path:
         helper.make_node("Gather", ["table", "i0"], ["g"], axis=0),
         helper.make_node("Add", ["a0", "g"], ["action"]),
     ]
-    graph = helper.make_graph(
-        nodes,
-        "failing_policy",
-        [helper.make_tensor_value_info("obs", TensorProto.FLOAT, ["B", OBS_DIM])],
-        [helper.make_tensor_value_info("action", TensorProto.FLOAT, ["B", 2])],
-        inits,
-    )
-    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
-    model.ir_version = 8
-    helper.set_model_props(model, contract_to_metadata(contract, {"source": "test"}))
-    onnx.checker.check_model(model)
-    onnx.save(model, path)
-    return path
+    inputs = [helper.make_tensor_value_info("obs", TensorProto.FLOAT, ["B", OBS_DIM])]
+    return save_policy(path, contract, "failing_policy", nodes, inputs, inits)
 
 
 @pytest.fixture

@@ -6,15 +6,12 @@ Reloads refused in a minute the latest reason held back. The peer is never a met
 from __future__ import annotations
 
 import logging
-import os
 import re
-import shutil
-import time
-from pathlib import Path
 from types import SimpleNamespace
 
 import numpy as np
 import pytest
+from deploying import deploy, wait_for
 from tiny_policy import OBS_DIM, write_policy
 
 from flowrl_deploy.client import PolicyClient, ServiceError
@@ -29,13 +26,6 @@ PEER = r"ipv4:127\.0\.0\.1:\d+"
 
 def _messages(caplog) -> list[str]:
     return [r.getMessage() for r in caplog.records if r.name == "flowrl.serve"]
-
-
-def _wait_for(condition, timeout_s: float = 30.0) -> bool:
-    until = time.monotonic() + timeout_s
-    while not condition() and time.monotonic() < until:
-        time.sleep(0.02)
-    return condition()
 
 
 def test_calls_refused_for_their_token_are_logged_with_caller_and_method_at_most_once_a_minute(
@@ -80,20 +70,6 @@ def test_token_refusals_are_warned_of_by_the_servers_own_limiter(policy_path):
         assert server.servicer.metrics.warning_due("UNAUTHENTICATED") is None  # warned of just now
 
 
-@pytest.fixture
-def served(tmp_path):
-    path = write_policy(tmp_path / "policy.onnx")
-    config = ServeConfig(str(path), port=0, watch=True, watch_interval_s=0.05, grace_s=0)
-    with PolicyServer(config).start() as server, PolicyClient(server.address) as client:
-        yield server, client, tmp_path
-
-
-def _deploy(source: Path, target: Path) -> None:
-    incoming = target.with_name("incoming.tmp")
-    shutil.copy(source, incoming)
-    os.replace(incoming, target)
-
-
 def test_a_reload_names_who_asked_for_it_a_reload_call_or_watch(served, caplog):
     _, client, tmp = served
     new = write_policy(tmp / "v2.onnx", scale=2.0)
@@ -102,8 +78,8 @@ def test_a_reload_names_who_asked_for_it_a_reload_call_or_watch(served, caplog):
         client.reload(str(new))  # the same bytes: nothing to swap
         with pytest.raises(ServiceError):
             client.reload("/etc/passwd")
-        _deploy(write_policy(tmp / "staged.onnx", scale=3.0), tmp / "policy.onnx")
-        assert _wait_for(lambda: any("by --watch" in m for m in _messages(caplog)))
+        deploy(write_policy(tmp / "staged.onnx", scale=3.0), tmp / "policy.onnx")
+        assert wait_for(lambda: any("by --watch" in m for m in _messages(caplog)))
     asked, same, refused, watched = _messages(caplog)
     assert re.fullmatch(rf"reloaded {re.escape(str(new))} by Reload from {PEER}: v1-\w+ -> v2-\w+ \(.+\)", asked)
     assert re.fullmatch(rf".+ holds the model served now \(v2-\w+\): nothing to reload \(by Reload from {PEER}\)", same)
@@ -114,8 +90,8 @@ def test_a_reload_names_who_asked_for_it_a_reload_call_or_watch(served, caplog):
 def test_a_server_s_refused_watch_reload_names_the_version_it_still_serves(served, caplog):
     server, _, tmp = served
     with caplog.at_level(logging.WARNING, logger="flowrl.serve"):
-        _deploy(write_policy(tmp / "staged.onnx", control_period_s=0.01), tmp / "policy.onnx")
-        assert _wait_for(lambda: any("(--watch) refused" in m for m in _messages(caplog)))
+        deploy(write_policy(tmp / "staged.onnx", control_period_s=0.01), tmp / "policy.onnx")
+        assert wait_for(lambda: any("(--watch) refused" in m for m in _messages(caplog)))
     refusal = next(m for m in _messages(caplog) if "(--watch) refused" in m)
     assert f"refused, still serving {server.servicer.model.version}: " in refusal
 
@@ -151,7 +127,7 @@ def test_a_refused_watch_reload_names_the_version_still_served(tmp_path, caplog)
     try:
         with caplog.at_level(logging.WARNING, logger="flowrl.serve"):
             path.write_bytes(b"second")
-            assert _wait_for(lambda: caplog.records)
+            assert wait_for(lambda: caplog.records)
     finally:
         watcher.stop(5)
     # once, or twice where the write was seen half done

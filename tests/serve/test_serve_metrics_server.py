@@ -6,13 +6,14 @@ import logging
 import platform
 import re
 import socket
-import threading
 import time
 import urllib.request
 
 import grpc
 import pytest
+from deploying import wait_for
 from grpc_health.v1 import health_pb2, health_pb2_grpc
+from loading_server import loading_server
 from tiny_policy import write_policy
 
 from flowrl_deploy.errors import FlowRLError
@@ -96,48 +97,29 @@ def test_metrics_are_served_while_the_model_loads_and_say_it_is_not_serving_yet(
     """Metrics started only once the model had loaded and warmed up, and nothing was logged before
     "loaded": a checkpoint exported on the fly for a minute looked like a crashed server, and no
     metric told NOT_SERVING from SERVING (obs M4)."""
-    from flowrl_deploy.serve.servicer import PolicyServicer
-
     path = write_policy(tmp_path / "policy.onnx")
-    loading, release_load = threading.Event(), threading.Event()
-    load = PolicyServicer.load
+    with (
+        caplog.at_level(logging.INFO, logger="flowrl.serve"),
+        loading_server(str(path), monkeypatch, metrics_port=0) as (server, release_load),
+    ):
+        told = [r.getMessage() for r in caplog.records]
+        assert any(m.startswith(f"loading {path}") and server.bound_address in m for m in told), told
+        text = _scrape(server)
+        assert _series(text, "flowrl_serving") == [({}, "0")]
+        assert not _series(text, "flowrl_model_info")
+        assert not _series(text, "flowrl_model_loaded_timestamp_seconds")
+        assert _series(text, "flowrl_build_info") and _series(text, "process_open_fds")
+        release_load.set()
+        assert wait_for(lambda: _series(_scrape(server), "flowrl_serving") == [({}, "1")])
+        assert _series(_scrape(server), "flowrl_model_info")[0][0]["version"].startswith("v1-")
+        stopping: list[str] = []
+        stop_grpc = server._stop_grpc
 
-    def held_load(self, *args, **kwargs):
-        loading.set()
-        release_load.wait(30)
-        return load(self, *args, **kwargs)
+        def scrape_then_stop(*args) -> None:  # the stop's window: NOT_SERVING, calls finishing
+            stopping.append(_scrape(server))
+            stop_grpc(*args)
 
-    monkeypatch.setattr(PolicyServicer, "load", held_load)
-    server = PolicyServer(ServeConfig(str(path), port=0, metrics_port=0, grace_s=0))
-    starter = threading.Thread(target=server.start)
-    with caplog.at_level(logging.INFO, logger="flowrl.serve"):
-        starter.start()
-        try:
-            assert loading.wait(30)
-            told = [r.getMessage() for r in caplog.records]
-            assert any(m.startswith(f"loading {path}") and server.bound_address in m for m in told), told
-            text = _scrape(server)
-            assert _series(text, "flowrl_serving") == [({}, "0")]
-            assert not _series(text, "flowrl_model_info")
-            assert not _series(text, "flowrl_model_loaded_timestamp_seconds")
-            assert _series(text, "flowrl_build_info") and _series(text, "process_open_fds")
-            release_load.set()
-            starter.join(30)
-            text = _scrape(server)
-            assert _series(text, "flowrl_serving") == [({}, "1")]
-            assert _series(text, "flowrl_model_info")[0][0]["version"].startswith("v1-")
-            stopping: list[str] = []
-            stop_grpc = server._stop_grpc
-
-            def scrape_then_stop(*args) -> None:  # the stop's window: NOT_SERVING, calls finishing
-                stopping.append(_scrape(server))
-                stop_grpc(*args)
-
-            server._stop_grpc = scrape_then_stop
-        finally:
-            release_load.set()
-            starter.join(30)
-            server.stop()
+        server._stop_grpc = scrape_then_stop
     assert _series(stopping[0], "flowrl_serving") == [({}, "0")]
 
 

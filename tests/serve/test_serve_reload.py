@@ -8,12 +8,12 @@ import re
 import shutil
 import threading
 import time
-from pathlib import Path
 from types import SimpleNamespace
 
 import grpc
 import numpy as np
 import pytest
+from deploying import deploy, wait_for
 from fake_checkpoints import TRAINED_STEPS, FakeExporter, save_step
 from tiny_policy import ACT_DIM, documented_noise, tiny_contract, write_policy
 
@@ -32,14 +32,6 @@ OBS = np.array([[0.5, -0.3, 0.2]], np.float32)
 def _documented_noise(seed: int) -> np.ndarray:
     """The noise of one request of OBS in a session seeded with ``seed``."""
     return documented_noise(seed).standard_normal((len(OBS), ACT_DIM), dtype=np.float32)
-
-
-@pytest.fixture
-def served(tmp_path):
-    path = write_policy(tmp_path / "policy.onnx")
-    config = ServeConfig(str(path), port=0, watch=True, watch_interval_s=0.05, grace_s=0)
-    with PolicyServer(config).start() as server, PolicyClient(server.address) as client:
-        yield server, client, tmp_path
 
 
 def test_reload_swaps_versions_without_a_failed_call(served):
@@ -287,20 +279,6 @@ def test_a_file_replaced_by_one_of_the_same_size_and_time_is_a_change(tmp_path):
     assert watch.served_stamp(served) != before
 
 
-def _wait_for(condition, timeout_s: float = 5.0) -> bool:
-    until = time.monotonic() + timeout_s
-    while not condition() and time.monotonic() < until:
-        time.sleep(0.02)
-    return condition()
-
-
-def _deploy(source: Path, target: Path) -> None:
-    """Replace ``target`` by a copy of ``source`` atomically, as a deploy script should."""
-    incoming = target.with_name("incoming.tmp")
-    shutil.copy(source, incoming)
-    os.replace(incoming, target)
-
-
 def test_watch_survives_a_bad_file_and_loads_the_good_one_after_it(served, caplog):
     server, client, tmp = served
     version = client.spec().model_version
@@ -308,12 +286,12 @@ def test_watch_survives_a_bad_file_and_loads_the_good_one_after_it(served, caplo
     garbage = tmp / "garbage.bin"
     garbage.write_bytes(b"not an onnx file")
     with caplog.at_level("WARNING", logger="flowrl.serve"):
-        _deploy(garbage, target)
-        assert _wait_for(lambda: any("(--watch) refused" in r.getMessage() for r in caplog.records))
+        deploy(garbage, target)
+        assert wait_for(lambda: any("(--watch) refused" in r.getMessage() for r in caplog.records))
     assert client.act_reply(OBS).model_version == version  # the old model keeps serving
     good = write_policy(tmp / "staged.onnx", scale=2.0)  # the same contract, other weights
-    _deploy(good, target)
-    assert _wait_for(lambda: client.spec().model_version != version)
+    deploy(good, target)
+    assert wait_for(lambda: client.spec().model_version != version)
     assert client.spec().model_version.startswith("v2-") and server.servicer.metrics.reloads == 1
     np.testing.assert_allclose(client.act(OBS, seed=3), OnnxPolicy(good).act(OBS, _documented_noise(3)), atol=1e-6)
 
@@ -332,7 +310,7 @@ def test_watch_of_a_run_directory_follows_last_and_ignores_other_files(tmp_path)
         time.sleep(0.3)
         assert server.servicer.metrics.reloads == 0 and client.spec().model_version == version
         second = save_step(run, 2)  # training moves checkpoints/last
-        assert _wait_for(lambda: client.spec().model_version != version)
+        assert wait_for(lambda: client.spec().model_version != version)
         assert client.spec().model_version.startswith("v2-")
         time.sleep(0.2)
         assert server.servicer.metrics.reloads == 1
@@ -350,7 +328,7 @@ def test_watch_of_a_checkpoint_reloads_when_it_is_saved_again(tmp_path):
         time.sleep(0.2)
         assert server.servicer.metrics.reloads == 0
         save_step(tmp_path / "run", 1, link=False, weight_scale=3)  # the same step rewritten, other weights
-        assert _wait_for(lambda: client.spec().model_version != version)
+        assert wait_for(lambda: client.spec().model_version != version)
 
 
 def test_served_checkpoints_are_exported_at_their_training_steps_or_steps(tmp_path):
@@ -363,7 +341,7 @@ def test_served_checkpoints_are_exported_at_their_training_steps_or_steps(tmp_pa
     with PolicyServer(config, export_checkpoint=exporter).start() as server, PolicyClient(server.address) as client:
         assert client.spec().flow_steps == 1
         save_step(run, 2)
-        assert _wait_for(lambda: client.spec().model_version.startswith("v2-"))
+        assert wait_for(lambda: client.spec().model_version.startswith("v2-"))
         assert client.spec().flow_steps == 1
         client.reload(str(run / "checkpoints" / "step_000000001"))  # Reload re-exports at the same N
         assert client.spec().flow_steps == 1
@@ -578,7 +556,7 @@ def _watch_scripted_stamps(tmp_path, monkeypatch, stamps: list, polls_wanted: in
     watcher = watch.FileWatcher(tmp_path / "policy.onnx", lambda: loads.append(list(polls)), interval_s=0.005)
     watcher.start()
     try:
-        assert _wait_for(lambda: len(polls) >= polls_wanted)
+        assert wait_for(lambda: len(polls) >= polls_wanted)
     finally:
         watcher.stop(5)
     return loads
@@ -643,13 +621,13 @@ def test_refused_reloads_are_counted_for_monitoring(served, caplog, tmp_path_fac
         with pytest.raises(ServiceError):
             client.reload(path)
     with caplog.at_level("WARNING", logger="flowrl.serve"):
-        _deploy(broken, tmp / "policy.onnx")
-        assert _wait_for(lambda: any("(--watch) refused" in r.getMessage() for r in caplog.records))
+        deploy(broken, tmp / "policy.onnx")
+        assert wait_for(lambda: any("(--watch) refused" in r.getMessage() for r in caplog.records))
     assert client.stats().reload_failures == 3 and client.stats().reloads == 0
     exposition = server.servicer.metrics.exposition()
     assert "\nflowrl_reload_failures_total 3\n" in exposition and "\nflowrl_reloads_total 0\n" in exposition
-    _deploy(write_policy(tmp / "staged.onnx", scale=2.0), tmp / "policy.onnx")
-    assert _wait_for(lambda: client.stats().reloads == 1)
+    deploy(write_policy(tmp / "staged.onnx", scale=2.0), tmp / "policy.onnx")
+    assert wait_for(lambda: client.stats().reloads == 1)
     assert client.stats().reload_failures == 3
 
 
@@ -677,14 +655,14 @@ def test_watch_warns_once_when_the_served_file_disappears_and_says_when_it_is_ba
     target = tmp / "policy.onnx"
     target.rename(tmp / "away.onnx")
     with caplog.at_level("INFO", logger="flowrl.serve"):
-        assert _wait_for(lambda: any("cannot be read" in r.getMessage() for r in caplog.records))
+        assert wait_for(lambda: any("cannot be read" in r.getMessage() for r in caplog.records))
         after = len(polls)
-        assert _wait_for(lambda: len(polls) >= after + 10)  # ten more polls of the missing file
+        assert wait_for(lambda: len(polls) >= after + 10)  # ten more polls of the missing file
         missing = [r for r in caplog.records if "cannot be read" in r.getMessage()]
         assert len(missing) == 1 and missing[0].levelname == "WARNING" and str(target) in missing[0].getMessage()
         assert client.spec().model_version == version  # still served
-        _deploy(write_policy(tmp / "staged.onnx", scale=2.0), target)
-        assert _wait_for(lambda: client.spec().model_version.startswith("v2-"))
+        deploy(write_policy(tmp / "staged.onnx", scale=2.0), target)
+        assert wait_for(lambda: client.spec().model_version.startswith("v2-"))
     back = [r for r in caplog.records if "can be read again" in r.getMessage()]
     assert len(back) == 1 and back[0].levelname == "INFO"
 
@@ -701,7 +679,7 @@ def test_watch_sees_a_copy_whose_modification_time_was_put_back(served):
     os.utime(target, ns=(before.st_atime_ns, before.st_mtime_ns))
     after = target.stat()
     assert (after.st_ino, after.st_size, after.st_mtime_ns) == (before.st_ino, before.st_size, before.st_mtime_ns)
-    assert _wait_for(lambda: client.spec().model_version.startswith("v2-"))
+    assert wait_for(lambda: client.spec().model_version.startswith("v2-"))
 
 
 def test_touching_the_served_file_reloads_nothing(served, caplog):
@@ -710,7 +688,7 @@ def test_touching_the_served_file_reloads_nothing(served, caplog):
     version = client.spec().model_version
     with caplog.at_level("INFO", logger="flowrl.serve"):
         os.utime(tmp / "policy.onnx")
-        assert _wait_for(lambda: any("holds the model served now" in r.getMessage() for r in caplog.records))
+        assert wait_for(lambda: any("holds the model served now" in r.getMessage() for r in caplog.records))
     assert client.reload() == (version, version)  # nor does a Reload of the same bytes
     assert client.spec().model_version == version
     assert server.servicer.metrics.reloads == 0 and server.servicer.metrics.reload_failures == 0
