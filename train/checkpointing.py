@@ -9,6 +9,7 @@ import errno
 import json
 import math
 import os
+import re
 import shlex
 import shutil
 import socket
@@ -210,8 +211,10 @@ class RunCheckpoints:
             step = step_of(path.name)
             if step is not None and os.path.realpath(path) not in linked and not self._is_periodic(step):
                 shutil.rmtree(path, ignore_errors=True)
-        for partial in self.dir.glob(".step_*.tmp-*"):
-            shutil.rmtree(partial, ignore_errors=True)
+        for partial in self.dir.glob(".step_*.tmp-*"):  # a save cut short (remove_leftovers' names)
+            found = _SAVE_LEFTOVERS.fullmatch(partial.name)
+            if found and found[2].startswith("tmp-") and step_of(found[1]) is not None and not partial.is_symlink():
+                shutil.rmtree(partial, ignore_errors=True)
 
 
 def own_eval_return(document: dict | None, *, named_best: bool = False) -> float | None:
@@ -513,6 +516,44 @@ def run_to_resume(checkpoint: Path) -> Path:
     return run_dir
 
 
+_SAVE_LEFTOVERS = re.compile(r"\.(step_\d+)\.(tmp-[a-z0-9_]+|old-\d+)")
+"""A save's temporary folder (``save_checkpoint``: ``.step_000000300.tmp-k2j4_x9q``) or the checkpoint it replaced
+(``replace_directory``: ``.step_000000300.old-<pid>``)."""
+_LINK_LEFTOVERS = re.compile(r"\.(last|best)\.(link-\d+|tmp-[a-z0-9_]+)|\.symlink-probe-\d+")
+"""A link being swapped (``_symlink_swap``), a pointer file's atomic write, the symlink probe."""
+_RUN_LEFTOVERS = re.compile(r"\.(config\.json|metrics\.jsonl|metrics\.csv)\.tmp-[a-z0-9_]+")
+"""The atomic writes (``write_atomic``) of the run folder's files."""
+
+
+def remove_leftovers(run_dir: Path) -> None:
+    """Remove what killed processes left in a run folder, by the names this project's writers give them: a save's
+    partial checkpoint (``checkpoints/.step_*.tmp-*``, as large as a checkpoint and its replay buffer), the
+    temporary files of an atomic write or link swap, and a checkpoint kept aside by a replacement where that
+    replacement is in place (where not, it may be the step's only copy: it stays). Only under the run's lock, as
+    the run starts (before it writes anything: on a tight quota, the partial checkpoint made the next save
+    fail), never where the folder went unlocked, since another run may be writing them. Anything else, hidden or
+    not, is left alone; a failure to remove one is no error."""
+    folder = run_dir / CHECKPOINTS_DIR
+    for directory, pattern in ((folder, _SAVE_LEFTOVERS), (folder, _LINK_LEFTOVERS), (run_dir, _RUN_LEFTOVERS)):
+        try:
+            entries = list(directory.iterdir()) if directory.is_dir() else []
+        except OSError:
+            continue
+        for entry in entries:
+            found = pattern.fullmatch(entry.name)
+            if found is None:
+                continue
+            if pattern is _SAVE_LEFTOVERS:
+                if step_of(found[1]) is None or entry.is_symlink() or not entry.is_dir():
+                    continue
+                if found[2].startswith("old-") and not (folder / found[1]).is_dir():
+                    continue  # the replacement never came: this is the step's checkpoint
+                shutil.rmtree(entry, ignore_errors=True)
+            elif entry.is_symlink() or entry.is_file():
+                with contextlib.suppress(OSError):
+                    entry.unlink()
+
+
 def set_aside_advice(checkpoint: Path) -> str:
     """What to do about a checkpoint of a run that fails to load although its files are whole (its numbers or
     fields are wrong): set it aside and resume the run again, from the newest intact checkpoint before it, or
@@ -544,6 +585,8 @@ def settle_run(resume: str | Path) -> list[str]:
     run_dir = run_to_resume(start)
     lock = RunLock(run_dir, new_run=False)
     try:
+        if not lock.unlocked:
+            remove_leftovers(run_dir)
         return RunCheckpoints(run_dir, save_every=0).repair(start, behind)
     finally:
         lock.release()

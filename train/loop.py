@@ -42,6 +42,7 @@ from flowrl_deploy.train.checkpointing import (
     RunLock,
     actor_act_fn,
     check_new_run_dir,
+    remove_leftovers,
     resume_config,
     run_to_resume,
     set_aside_advice,
@@ -394,6 +395,8 @@ def _prepare_locked_run(
     ``start`` (:func:`~flowrl_deploy.checkpoint.resume_point`'s warning)."""
     if start is not None:  # cfg.out aside: a resumed run stays in its own directory, and records where it lies
         run_to_resume(start)  # again, under the lock: another run may have saved since
+        if not lock.unlocked:  # first: on a tight quota, a killed save's partial checkpoint fails the next save
+            remove_leftovers(run_dir)
         saved = resume_config(start)
         settings = {f.name: getattr(cfg, f.name) for f in fields(cfg) if f.name != "out"}
         check_resume_settings(settings, saved, flags=False)
@@ -402,7 +405,9 @@ def _prepare_locked_run(
         check_unfinished(resume, cfg.steps, flags=False)
         cfg = cfg.override(out=str(run_dir), env=saved.env)  # env: the same id, maybe spelled otherwise
     else:
-        check_new_run_dir(run_dir)
+        check_new_run_dir(run_dir)  # a run's (a retry of one killed before its first checkpoint), or new
+        if not lock.unlocked:
+            remove_leftovers(run_dir)
         repaired = []
     if cfg.threads:
         check_thread_count("--threads", cfg.threads)
