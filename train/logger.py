@@ -14,6 +14,7 @@ import contextlib
 import csv
 import io
 import json
+import os
 import sys
 import threading
 import time
@@ -83,33 +84,41 @@ class MetricsLogger:
                 before = set(threading.enumerate())
                 self._tb = SummaryWriter(str(self._tb_path), purge_step=purge_step)
                 _quiet(set(threading.enumerate()) - before)
+        self._jsonl = self._csv_file = -1
         with _naming(self._jsonl_path):
-            self._jsonl = open(self._jsonl_path, "a", encoding="utf-8")  # noqa: SIM115 - closed in close()
+            self._jsonl = _open_append(self._jsonl_path)
         with _naming(self._csv_path):
-            self._csv_file = open(self._csv_path, "a", newline="", encoding="utf-8")  # noqa: SIM115
-        self._csv = _csv_writer(self._csv_file)
+            self._csv_file = _open_append(self._csv_path)
 
     def log(self, step: int, scalars: dict[str, float]) -> None:
+        """Append the row to metrics.jsonl, then to metrics.csv, each whole or not at all: a write that fails
+        (a full disk, cut short) is taken back, and so is the JSONL row where the CSV one fails, so that
+        neither file holds a torn line nor a row the other lacks."""
         row = {"step": step, **scalars}
+        jsonl_row, csv_row = (json.dumps(row) + "\n").encode(), _csv_text([row], header=False).encode()
         with _naming(self._jsonl_path):
-            self._jsonl.write(json.dumps(row) + "\n")
-            self._jsonl.flush()
-        with _naming(self._csv_path):
-            self._csv.writerow(row)
-            self._csv_file.flush()
+            jsonl_end = _append(self._jsonl, jsonl_row)
+        try:
+            with _naming(self._csv_path):
+                _append(self._csv_file, csv_row)
+        except BaseException:
+            with contextlib.suppress(OSError):
+                os.ftruncate(self._jsonl, jsonl_end)
+            raise
         if self._tb is not None:
             with _naming(self._tb_path):
                 for key, value in scalars.items():
                     self._tb.add_scalar(key, value, step)
 
     def close(self, raise_errors: bool = True) -> None:
-        """Close the files. Every row was flushed as it was logged, so closing them fails only where a
+        """Close the files. Every row was written as it was logged, so closing them fails only where a
         row already failed and raised; that repeat is not raised over the first error. TensorBoard
         writes its events in the background, so its last ones may fail only here; not ``raise_errors``
         (an error is already on its way) drops that failure too."""
-        for file in (self._jsonl, self._csv_file):
+        for fd in (self._jsonl, self._csv_file):
             with contextlib.suppress(OSError):
-                file.close()
+                os.close(fd)
+        self._jsonl = self._csv_file = -1
         if self._tb is not None:
             with contextlib.suppress(*(() if raise_errors else (FlowRLError,))), _naming(self._tb_path):
                 self._tb.close()
@@ -145,6 +154,27 @@ def _naming(path: Path) -> Iterator[None]:
         raise FlowRLError(f"cannot write {path}: {exc.strerror or exc}") from exc
 
 
+def _open_append(path: Path) -> int:
+    """A descriptor appending to ``path`` (made 0666 less the umask, as ``open`` makes it), bytes as given."""
+    flags = os.O_WRONLY | os.O_APPEND | os.O_CREAT | getattr(os, "O_BINARY", 0) | getattr(os, "O_CLOEXEC", 0)
+    return os.open(path, flags, 0o666)
+
+
+def _append(fd: int, data: bytes) -> int:
+    """Append ``data`` whole to ``fd`` (an unbuffered descriptor: nothing of a failed row is written later), or,
+    where a write fails, truncate the file back to its length before it and raise. Returns that length."""
+    end = os.lseek(fd, 0, os.SEEK_END)
+    try:
+        view = memoryview(data)
+        while view:
+            view = view[os.write(fd, view) :]
+    except BaseException:
+        with contextlib.suppress(OSError):
+            os.ftruncate(fd, end)
+        raise
+    return end
+
+
 def _jsonl_text(rows: list[dict]) -> str:
     return "".join(json.dumps(row) + "\n" for row in rows)
 
@@ -154,10 +184,11 @@ def _csv_writer(stream: TextIO) -> csv.DictWriter:
     return csv.DictWriter(stream, fieldnames=CSV_COLUMNS, extrasaction="ignore")
 
 
-def _csv_text(rows: list[dict]) -> str:
-    buffer = io.StringIO()
+def _csv_text(rows: list[dict], header: bool = True) -> str:
+    buffer = io.StringIO(newline="")
     writer = _csv_writer(buffer)
-    writer.writeheader()
+    if header:
+        writer.writeheader()
     writer.writerows(rows)
     return buffer.getvalue()
 
@@ -180,11 +211,14 @@ def _rows_up_to(path: Path, csv_path: Path, step: int) -> list[dict]:
 
 def _csv_rows_up_to(path: Path, step: int) -> list[dict]:
     """The rows of a metrics.csv logged at or before ``step``, its empty cells left out (a torn or
-    malformed row is dropped)."""
+    malformed row is dropped, and so is a last row without its line end, cut short)."""
     if not path.is_file():
         return []
     rows = []
-    with open(path, newline="", encoding="utf-8", errors="replace") as f:
+    text = path.read_text(encoding="utf-8", errors="replace")
+    if text and not text.endswith("\n"):  # a last row cut short, maybe inside its last number: not a row
+        text = text[: text.rfind("\n") + 1]
+    with io.StringIO(text, newline="") as f:
         for row in csv.DictReader(f):
             if None in row.values() or None in row:  # fewer cells than columns (torn), or more
                 continue

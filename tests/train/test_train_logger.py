@@ -3,6 +3,7 @@
 import csv
 import io
 import json
+import os
 import re
 import threading
 from types import SimpleNamespace
@@ -77,8 +78,8 @@ def test_a_new_run_removes_the_tensorboard_events_of_a_crashed_one(tmp_path):
 
 def test_a_metrics_file_that_fails_mid_run_is_named_and_closing_does_not_raise_again(tmp_path):
     logger = MetricsLogger(tmp_path, tensorboard=False)
-    logger._jsonl.close()
-    logger._jsonl = open("/dev/full", "a")  # noqa: SIM115 - every write fails: No space left on device
+    os.close(logger._jsonl)
+    logger._jsonl = os.open("/dev/full", os.O_WRONLY)  # every write fails: No space left on device
     with pytest.raises(FlowRLError, match=f"^cannot write {re.escape(str(tmp_path / 'metrics.jsonl'))}: No space"):
         logger.log(100, {"charts/eval_return": 1.0})
     logger.close()
