@@ -184,24 +184,16 @@ def test_the_fallback_reading_of_pyproject_agrees_with_tomllib(monkeypatch):
     assert [declared(group) for group in groups] == expected
 
 
-TYPER_WITH_CLICK_8_3 = Version("0.17.5")
-"""The first typer that enforces a missing required argument under click 8.3 (measured: 0.16.0-0.17.4
-run the command with None instead, e.g. `flowrl inspect` without MODEL ends in a TypeError traceback)."""
-
-
 @pytest.mark.slow
-@pytest.mark.xfail(
-    lower_bound("dependencies", "typer") < TYPER_WITH_CLICK_8_3,
-    reason="pyproject.toml's typer bound admits typers that ignore a missing argument under click >= 8.3",
-    strict=True,
-)
 def test_the_cli_runs_with_typer_at_its_lower_bound_and_the_newest_click(tmp_path):
-    """typer 0.12.0-0.12.3 cannot read `str | None` options, and 0.12.4-0.15.3 crash on every command with
+    """typer 0.12.0-0.12.3 cannot read `str | None` options, 0.12.4-0.15.3 crash on every command with
     click 8.2 or newer (`make_metavar() takes 1 positional argument but 2 were given`), which pip keeps
-    or picks since they do not cap it. Downloads typer at pyproject's lower bound and the newest of its
-    dependencies (skipped offline), and runs the CLI with them: the number alone was checked before."""
+    or picks since they do not cap it, and 0.16.0-0.17.4 run a command without its required argument
+    under click 8.3 or newer (`flowrl inspect` with no MODEL ended in a TypeError). Downloads typer at
+    pyproject's lower bound and the newest of its dependencies (skipped offline), and runs the CLI with
+    them: the number alone was checked before."""
     bound = lower_bound("dependencies", "typer")
-    assert bound >= Version("0.16.0")
+    assert bound >= Version("0.17.5")
     target = tmp_path / "typer"
     command = [sys.executable, "-m", "pip", "install", "-q", "--disable-pip-version-check", "--no-compile"]
     fetched = subprocess.run(
