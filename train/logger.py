@@ -62,7 +62,7 @@ class MetricsLogger:
     the JSONL was deleted); in TensorBoard, which keeps the old event file, a purge from
     ``resume_step + 1`` in the new one hides them.
 
-    A file that cannot be written is a :class:`FlowRLError` naming it, at once or at the row that fails.
+    A file that cannot be written is a :class:`MetricsError` naming it, at once or at the row that fails.
     """
 
     def __init__(self, run_dir: str | Path, tensorboard: bool = True, resume_step: int | None = None) -> None:
@@ -145,13 +145,17 @@ def _quiet(threads: set[threading.Thread]) -> None:
     threading.excepthook = hook
 
 
+class MetricsError(FlowRLError):
+    """A metrics file or TensorBoard's events could not be written; the message names it."""
+
+
 @contextlib.contextmanager
 def _naming(path: Path) -> Iterator[None]:
-    """Turn an OSError while writing ``path`` into a :class:`FlowRLError` that names it."""
+    """Turn an OSError while writing ``path`` into a :class:`MetricsError` that names it."""
     try:
         yield
     except OSError as exc:
-        raise FlowRLError(f"cannot write {path}: {exc.strerror or exc}") from exc
+        raise MetricsError(f"cannot write {path}: {exc.strerror or exc}") from exc
 
 
 def _open_append(path: Path) -> int:

@@ -11,6 +11,7 @@ resumed from a checkpoint taken at an episode boundary continues exactly as if n
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import math
 import os
@@ -50,7 +51,7 @@ from flowrl_deploy.train.checkpointing import (
 from flowrl_deploy.train.config import ConfigError, TrainConfig, check_resume_settings, check_unfinished
 from flowrl_deploy.train.envs import Env, EnvInfo, episode_seed, make_env
 from flowrl_deploy.train.evaluate import EVAL_NOISE_STREAM, EvalResult, evaluate
-from flowrl_deploy.train.logger import MetricsLogger, Progress, RateMeter
+from flowrl_deploy.train.logger import MetricsError, MetricsLogger, Progress, RateMeter
 from flowrl_deploy.train.replay import ReplayBuffer
 
 log = logging.getLogger("flowrl.train")
@@ -270,7 +271,8 @@ def _train(
 
 def _run_loop(run: _Run, stop: _StopOnSignal, on_start: Callable[[], None] | None) -> None:
     """Train until ``run.cfg.steps`` or a stop, and save; then close the run's envs and files, whatever
-    raised (a failure to close them is raised only when nothing else is: it must not hide that error)."""
+    raised (a failure to close them is raised only when nothing else is: it must not hide that error). A metrics
+    row that cannot be written stops the run too, after saving its state at that step."""
     cfg, env, agent, replay, counters = run.cfg, run.env, run.agent, run.replay, run.counters
     low, high = env.info.action_low, env.info.action_high
     first_step = counters.env_steps
@@ -316,6 +318,13 @@ def _run_loop(run: _Run, stop: _StopOnSignal, on_start: Callable[[], None] | Non
             _after_step(run, metrics, stopped=lambda: stop.requested)
         if counters.env_steps > first_step:  # no step taken (a stop before the first): nothing new to save
             run.save()
+    except MetricsError:  # a row (an NFS hiccup, EIO) is no reason to lose the steps since the last checkpoint
+        if counters.env_steps > first_step:
+            with contextlib.suppress(FlowRLError):  # a full disk fails it too: the metrics' error is the one to say
+                run.save()
+        stop.restore()
+        run.close(raise_errors=False)
+        raise
     except BaseException:
         stop.restore()
         run.close(raise_errors=False)
@@ -494,8 +503,6 @@ def _evaluate_and_log(run: _Run, step: int, stopped: Callable[[], bool]) -> None
         return
     result, zero_noise = evaluation
     counters = run.counters
-    counters.last_eval_return = run.bar.eval_return = result.mean
-    counters.last_eval_step = step
     run.logger.log(
         step,
         {
@@ -505,7 +512,9 @@ def _evaluate_and_log(run: _Run, step: int, stopped: Callable[[], bool]) -> None
             "charts/eval_terminated": float(np.mean(result.terminated)),  # the evaluation's fall rate
             "charts/eval_return_deterministic": zero_noise.mean,
         },
-    )
+    )  # first: an evaluation whose row fails is not one a checkpoint saved at the stop records
+    counters.last_eval_return = run.bar.eval_return = result.mean
+    counters.last_eval_step = step
     is_best = result.mean >= counters.best_eval_return
     counters.best_eval_return = max(counters.best_eval_return, result.mean)
     if is_best:

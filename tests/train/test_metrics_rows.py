@@ -87,3 +87,39 @@ def test_a_resume_from_the_csv_drops_a_last_row_cut_inside_its_last_number(tmp_p
     (tmp_path / "metrics.csv").write_text(text + text.splitlines()[1].replace("100", "200")[:-3])  # '…,123.'
     MetricsLogger(tmp_path, tensorboard=False, resume_step=1000).close()
     assert [json.loads(line)["step"] for line in lines(tmp_path / "metrics.jsonl")[:-1]] == [100]
+
+
+def test_a_metrics_write_that_fails_saves_the_run_before_it_stops(monkeypatch, tmp_path):
+    """One transient error writing metrics (an NFS hiccup, EIO) stopped the run without saving: everything since
+    the last checkpoint was lost, though the checkpoints folder could be written. It saves, then stops, and the
+    resume goes on from there."""
+    import errno
+
+    from tiny_training import TINY
+
+    from flowrl_deploy.checkpoint import read_document
+    from flowrl_deploy.train import logger as logger_module
+    from flowrl_deploy.train.checkpointing import resume_config
+    from flowrl_deploy.train.config import TrainConfig
+    from flowrl_deploy.train.loop import train
+
+    real_append, failed = logger_module._append, []
+
+    def eio_once_at_step_300(fd, data):
+        if b'"step": 300' in data and not failed:
+            failed.append(fd)
+            raise OSError(errno.EIO, "Input/output error")
+        return real_append(fd, data)
+
+    monkeypatch.setattr(logger_module, "_append", eio_once_at_step_300)
+    out = tmp_path / "run"
+    with pytest.raises(FlowRLError) as error:
+        train(TrainConfig(steps=1000, out=str(out), **{**TINY, "save_every": 1000}), progress=False)
+    saved = out / "checkpoints" / "step_000000300"
+    assert str(error.value) == (
+        f"cannot write {out / 'metrics.jsonl'}: Input/output error; training stopped at env step 300, and the last "
+        f"checkpoint saved is {saved}"
+    )
+    assert read_document(out / "checkpoints" / "last")["counters"]["env_steps"] == 300
+    resumed = train(resume_config(out), resume=out, progress=False)
+    assert resumed.counters.env_steps == 1000
