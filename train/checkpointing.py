@@ -460,7 +460,8 @@ def check_new_run_dir(run_dir: Path) -> None:
         return
     if holds_checkpoints(run_dir):
         raise FlowRLError(
-            f"{run_dir} already holds a run's checkpoints; continue it with --resume {run_dir} or choose another --out"
+            f"{run_dir} already holds a run's checkpoints; continue it with --resume {shlex.quote(str(run_dir))} or "
+            "choose another --out"
         )
     if (run_dir / DOCUMENT_FILE).exists():
         raise FlowRLError(f"--out {run_dir} is a checkpoint, not a run directory; choose a new or empty folder")

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import shlex
 import signal
 from enum import Enum
 from pathlib import Path
@@ -214,7 +215,8 @@ def train(
             result = run_training(cfg, resume=resume, progress=progress, stop_on_signal=True, on_start=warn)
     except TrainingInterrupted as exc:  # a second Ctrl-C: say what is left to resume from, then user_errors says why
         saved = (
-            f"the last checkpoint saved is {exc.last_checkpoint}; continue with --resume {exc.run_dir}"
+            f"the last checkpoint saved is {exc.last_checkpoint}; continue with --resume "
+            f"{shlex.quote(str(exc.run_dir))}"
             if exc.last_checkpoint
             else "no checkpoint was saved"
         )
@@ -223,7 +225,8 @@ def train(
     if result.interrupted:
         saved = f"last checkpoint {result.last_checkpoint}; " if result.last_checkpoint else ""
         typer.secho(
-            f"interrupted at env step {result.counters.env_steps}; {saved}continue with --resume {result.run_dir}",
+            f"interrupted at env step {result.counters.env_steps}; {saved}continue with --resume "
+            f"{shlex.quote(str(result.run_dir))}",
             err=True,
             fg=typer.colors.YELLOW,
         )
