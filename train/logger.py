@@ -95,8 +95,8 @@ class MetricsLogger:
         (a full disk, cut short) is taken back, and so is the JSONL row where the CSV one fails, so that
         neither file holds a torn line nor a row the other lacks."""
         row = {"step": step, **scalars}
-        jsonl_row, csv_row = (json.dumps(row) + "\n").encode(), _csv_text([row], header=False).encode()
         with _naming(self._jsonl_path):
+            jsonl_row, csv_row = (json.dumps(row) + "\n").encode(), _csv_text([row], header=False).encode()
             jsonl_end = _append(self._jsonl, jsonl_row)
         try:
             with _naming(self._csv_path):
