@@ -442,7 +442,7 @@ def _instead(folder: Path, damaged: Path) -> str:
 
 
 SAFETENSORS_FILES = (MODEL_FILE, TRAINING_TENSORS_FILE, REPLAY_FILE)
-"""A checkpoint's tensor files; the first two are in every checkpoint a run saves."""
+"""A checkpoint's tensor files; the first is in every checkpoint, the first two in every one a run saves."""
 MAX_SAFETENSORS_HEADER = 100_000_000
 """The largest header safetensors reads (its own limit): a larger length is damage, not a header."""
 
@@ -451,14 +451,15 @@ def checkpoint_damage(directory: Path) -> str | None:
     """What is damaged in a run's checkpoint folder whose document is in place (a save renames it whole, so
     this is a file cut short, zeroed or lost since: a full disk while copying, a lossy network file system,
     files deleted), or None: ``checkpoint.json`` or ``training_state.json`` that is no JSON, ``model.safetensors``
-    or ``training_state.safetensors`` missing, a tensor file whose header does not parse or whose size is not
-    the one its header gives ('training_state.safetensors is cut short (100000 of 312544 bytes)'). Only the
-    files' structure is read, never their numbers: a resume refuses a readable but wrong document or tensor
-    by name, and tensor data zeroed under an intact header passes."""
+    missing, a tensor file whose header does not parse or whose size is not the one its header gives
+    ('training_state.safetensors is cut short (100000 of 312544 bytes)'). A checkpoint without training state
+    (the policy alone) is whole: resuming it is refused as such. Only the files' structure is read, never their
+    numbers: a resume refuses a readable but wrong document or tensor by name, and tensor data zeroed under an
+    intact header passes."""
     for name in (DOCUMENT_FILE, TRAINING_JSON_FILE, *SAFETENSORS_FILES):
         path = directory / name
         if not path.exists():
-            if name in (TRAINING_JSON_FILE, REPLAY_FILE):  # optional
+            if name != DOCUMENT_FILE and name != MODEL_FILE:  # a checkpoint of the policy alone is whole
                 continue
             return f"{name} is missing"
         if not path.is_file():  # never opened: reading a pipe blocks
