@@ -13,6 +13,7 @@ EXTRAS_NEEDED = {
     "train": ("train", "export"),  # the training stage, checked against its export in places
     "export": ("train", "export"),  # the export stage, on actors from flowrl_deploy.train
     "cli/test_train_cli.py": ("train",),
+    "cli/test_train_resume_hint.py": ("train",),
     "serve/test_serve_model_file.py::test_serving_a_checkpoint_holding_a_pipe_is_refused_not_read": ("export",),
 }
 """Tests (a folder, a module or module::test, under tests/) that need optional extras; a folder's or a
