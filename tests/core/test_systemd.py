@@ -7,6 +7,7 @@ import logging
 import os
 import socket
 import sys
+import time
 
 import pytest
 
@@ -87,6 +88,24 @@ def test_text_lines_carry_a_utc_iso_8601_timestamp():
     assert log_formatter("text", {}).format(_record(message="one")) == (
         "2026-11-30T00:31:22.250Z WARNING flowrl.serve: one"
     )
+
+
+@pytest.fixture
+def away_from_utc(monkeypatch):
+    """This process's local zone set to UTC+05:30 (a POSIX rule: no tz database needed), then back."""
+    monkeypatch.setenv("TZ", "IST-5:30")
+    time.tzset()
+    assert time.localtime(0).tm_min == 30  # the zone took
+    yield
+    monkeypatch.undo()
+    time.tzset()
+
+
+@pytest.mark.usefixtures("away_from_utc")
+def test_text_and_json_times_are_utc_whatever_the_local_zone():
+    """On a machine (or CI) whose zone is UTC, local time would pass for UTC unseen."""
+    assert log_formatter("text", {}).format(_record(message="one")).startswith("2026-11-30T00:31:22.250Z ")
+    assert json.loads(log_formatter("json", {}).format(_record()))["time"] == "2026-11-30T00:31:22.250Z"
 
 
 def test_json_lines_are_one_object_each_with_the_traceback_as_a_field():
