@@ -227,6 +227,30 @@ def test_get_stats_computes_its_percentiles_without_holding_what_record_waits_fo
     assert act["requests"] == 100 and act["p50_us"] == pytest.approx(50.5)  # as copied, before that record
 
 
+def test_a_scrape_reads_the_limits_without_holding_what_record_waits_for(metrics):
+    """Reading the limits may read /proc and makes a few syscalls per descriptor: under the lock,
+    every request's record() would wait behind it."""
+    reading, release = threading.Event(), threading.Event()
+
+    def slow_limits():
+        reading.set()
+        release.wait(10)
+        return {}
+
+    metrics.limits = slow_limits
+    scrape = threading.Thread(target=metrics.exposition)
+    scrape.start()
+    try:
+        assert reading.wait(10)
+        recorded = threading.Thread(target=metrics.record, args=("Act", "OK", 1e-4))
+        recorded.start()
+        recorded.join(2)
+        assert not recorded.is_alive()
+    finally:
+        release.set()
+        scrape.join(10)
+
+
 PROCESS_METRICS = {
     "process_resident_memory_bytes": "gauge",
     "process_virtual_memory_bytes": "gauge",

@@ -227,3 +227,18 @@ def test_served_health_checks_and_watches_are_counted(tmp_path):
     assert counted[("Check", "OK")] == "2" and counted[("Check", "NOT_FOUND")] == "1"
     assert counted[("Watch", "OK")] == "1"
     assert _series(text, "flowrl_request_latency_seconds_count")[0] == ({"method": "Check"}, "3")
+
+
+def test_a_watch_is_counted_once_however_many_replies_it_gets(served):
+    """A Watch is one call: counted at each status change, a long watch would count as many calls."""
+    server, _client, _path = served
+    with grpc.insecure_channel(server.address) as channel:
+        watch = health_pb2_grpc.HealthStub(channel).Watch(health_pb2.HealthCheckRequest(), timeout=30)
+        assert next(watch).status == SERVING
+        server._set_health(health_pb2.HealthCheckResponse.NOT_SERVING)
+        assert next(watch).status == health_pb2.HealthCheckResponse.NOT_SERVING
+        server._set_health(SERVING)
+        assert next(watch).status == SERVING
+        codes = server.servicer.metrics.summary()["methods"]["Watch"]["codes"]
+        watch.cancel()
+    assert codes == {"OK": 1}
