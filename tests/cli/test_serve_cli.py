@@ -118,9 +118,23 @@ def test_sigterm_stops_the_server_with_exit_0(served):
     assert process.stop() == 0  # SIGTERM
 
 
-def test_sighup_stops_the_server_gracefully_like_sigterm(tmp_path):
+def _child_starts_with(monkeypatch, name: str, disposition: str) -> None:
+    """ServerProcess's child starts with signal ``name`` set to ``disposition`` (SIG_IGN, SIG_DFL),
+    whatever this process inherited. Set in the child itself: a preexec_fn runs between fork and exec,
+    where gRPC's fork handlers once aborted the child."""
+    setting = f"import runpy, signal; signal.signal(signal.{name}, signal.{disposition}); "
+    monkeypatch.setattr(
+        process_module,
+        "FLOWRL",
+        (sys.executable, "-c", setting + "runpy.run_module('flowrl_deploy.cli', run_name='__main__')"),
+    )
+
+
+def test_sighup_stops_the_server_gracefully_like_sigterm(tmp_path, monkeypatch):
     """SIGHUP (a closed terminal or SSH session, kill -HUP) killed the server at once: exit 129, no
-    log line, calls in flight cut."""
+    log line, calls in flight cut. The child starts with SIGHUP at its default even when pytest runs
+    under nohup, whose ignore it would rightly keep."""
+    _child_starts_with(monkeypatch, "SIGHUP", "SIG_DFL")
     log = tmp_path / "serve.log"
     with ServerProcess(write_policy(tmp_path / "policy.onnx"), log=log) as process:
         process.process.send_signal(signal.SIGHUP)
@@ -133,14 +147,8 @@ def test_sighup_stops_the_server_gracefully_like_sigterm(tmp_path):
 def test_a_signal_ignored_at_start_stays_ignored(tmp_path, monkeypatch, ignored):
     """`nohup flowrl serve …` (SIGHUP ignored) or `flowrl serve … &` in a script (SIGINT ignored by
     the shell): the server put its own handler over the SIG_IGN and stopped when the terminal closed,
-    or on a Ctrl-C meant for the script. The signal is ignored in the child itself (a preexec_fn runs
-    between fork and exec, where gRPC's fork handlers once aborted the child)."""
-    ignore = f"import runpy, signal; signal.signal(signal.{ignored}, signal.SIG_IGN); "
-    monkeypatch.setattr(
-        process_module,
-        "FLOWRL",
-        (sys.executable, "-c", ignore + "runpy.run_module('flowrl_deploy.cli', run_name='__main__')"),
-    )
+    or on a Ctrl-C meant for the script."""
+    _child_starts_with(monkeypatch, ignored, "SIG_IGN")
     log = tmp_path / "serve.log"
     with ServerProcess(write_policy(tmp_path / "policy.onnx"), log=log) as process:
         process.process.send_signal(getattr(signal, ignored))
