@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import datetime
 import logging
 import os
 import queue
@@ -278,14 +279,24 @@ def test_the_exposition_has_the_standard_process_metrics(metrics):
     libraries' process collectors export them."""
     import resource  # Unix only
 
-    text = metrics.exposition()
+    stop = threading.Event()
+    waiting = [threading.Thread(target=stop.wait) for _ in range(8)]  # a thread count no wrong field matches
+    for thread in waiting:
+        thread.start()
+    try:
+        text = metrics.exposition()
+        tasks = len(os.listdir("/proc/self/task"))
+    finally:
+        stop.set()
+        for thread in waiting:
+            thread.join()
     types = dict(line.split()[2:4] for line in text.splitlines() if line.startswith("# TYPE "))
     assert {name: types.get(name) for name in PROCESS_METRICS} == PROCESS_METRICS
     values = _samples(text)
     assert values["process_max_fds"] == resource.getrlimit(resource.RLIMIT_NOFILE)[0]
     assert 0 < values["process_open_fds"] <= values["process_max_fds"]
     assert abs(values["process_open_fds"] - len(os.listdir("/proc/self/fd"))) <= 2
-    assert values["process_threads"] == pytest.approx(len(os.listdir("/proc/self/task")), abs=2)
+    assert values["process_threads"] >= 9 and values["process_threads"] == pytest.approx(tasks, abs=1)
     assert values["process_resident_memory_bytes"] > 1 << 20
     assert values["process_virtual_memory_bytes"] >= values["process_resident_memory_bytes"]
     assert 0 < values["process_cpu_seconds_total"] <= sum(os.times()[:2]) + 0.1
@@ -301,6 +312,56 @@ def test_process_metrics_a_platform_cannot_give_are_left_out_not_a_failed_scrape
         assert name not in text
     assert "flowrl_requests_total" in text
     assert "process_cpu_seconds_total " in text  # os.times(), everywhere
+
+
+def test_a_malformed_proc_stat_leaves_its_metrics_out(metrics, monkeypatch, tmp_path):
+    (tmp_path / "self").mkdir()
+    (tmp_path / "self" / "stat").write_bytes(b"1 (x) R 1")  # too few fields
+    monkeypatch.setattr(metrics_module, "PROC_SELF", str(tmp_path / "self"))
+    text = metrics.exposition()
+    assert "process_threads" not in text and "process_cpu_seconds_total " in text
+
+
+def test_an_unlimited_file_limit_has_no_max_fds(metrics, monkeypatch):
+    import resource  # Unix only
+
+    monkeypatch.setattr(resource, "getrlimit", lambda which: (resource.RLIM_INFINITY, resource.RLIM_INFINITY))
+    assert "process_max_fds" not in metrics.exposition()
+
+
+def test_cpu_seconds_are_user_plus_system(metrics, monkeypatch):
+    monkeypatch.setattr(metrics_module.os, "times", lambda: os.times_result((1.5, 2.25, 0.0, 0.0, 0.0)))
+    assert "\nprocess_cpu_seconds_total 3.75\n" in metrics.exposition()
+
+
+def test_label_values_are_escaped(metrics):
+    metrics.model_labels = lambda: {"version": 'a"b\\c\nd'}
+    assert 'flowrl_model_info{version="a\\"b\\\\c\\nd"} 1' in metrics.exposition()
+
+
+def test_no_model_info_before_a_version():
+    assert "flowrl_model_info" not in Metrics(lambda: 0, lambda: "").exposition()
+
+
+def test_the_metrics_refusal_summary_counts_every_refusal_since_the_last_warning(metrics, monkeypatch, caplog):
+    now = [1000.0]
+    monkeypatch.setattr(metrics_module, "time", SimpleNamespace(monotonic=lambda: now[0]))
+    with caplog.at_level(logging.WARNING, logger="flowrl.serve"):
+        for _ in range(3):
+            metrics.record_metrics_refused("full")
+        now[0] += 61
+        metrics.record_metrics_refused("full")
+    assert [r.getMessage() for r in caplog.records][-1].startswith(
+        "refused 3 connections to the metrics endpoint in the last 61 s"
+    )
+
+
+def test_an_unknown_expiry_is_left_out_not_a_failed_scrape():
+    date = datetime.datetime(2030, 1, 1, tzinfo=datetime.timezone.utc)
+    lines = metrics_module._tls_lines(0, 0, None, {"cert": None, "client_ca": date})
+    assert [line for line in lines if not line.startswith("#") and "expiry" in line] == [
+        f'flowrl_tls_certificate_expiry_timestamp_seconds{{file="client_ca"}} {date.timestamp():.0f}'
+    ]
 
 
 def _closed_by_server(connection: socket.socket, within_s: float, trickle_s: float | None = None) -> bool:
@@ -351,6 +412,58 @@ def test_the_metrics_endpoint_forgets_each_connection_once_answered(metrics):
         while time.monotonic() < deadline and (httpd._open or httpd._peers or httpd._deadlines):
             time.sleep(0.05)
         assert (httpd._open, httpd._peers, httpd._deadlines) == (0, {}, {})
+    finally:
+        httpd.shutdown()
+        httpd.server_close()
+
+
+def test_a_client_silent_after_part_of_its_request_is_closed_at_the_deadline(metrics, monkeypatch):
+    """A per-read timeout alone would close it a whole timeout after its last line, not at the deadline."""
+    monkeypatch.setattr(metrics_module, "METRICS_TIMEOUT_S", 2.0)
+    httpd = start_metrics_http(metrics, "127.0.0.1", 0)
+    try:
+        with socket.create_connection(("127.0.0.1", httpd.server_address[1]), timeout=30) as client:
+            started = time.monotonic()
+            time.sleep(1.5)
+            client.sendall(b"GET /metrics HTTP/1.1\r\n")  # then nothing
+            assert _closed_by_server(client, within_s=10)
+            assert time.monotonic() - started < 2.9  # not 1.5 s + a whole METRICS_TIMEOUT_S
+    finally:
+        httpd.shutdown()
+        httpd.server_close()
+
+
+def test_the_metrics_endpoint_limits_are_the_documented_ones():
+    from doc_pages import doc
+
+    said = " ".join(doc("docs/serve.md").split())
+    assert (
+        f"serves at most {metrics_module.METRICS_CONNECTIONS} connections at once, and at most "
+        f"{metrics_module.METRICS_PER_PEER} from one client address"
+    ) in said
+    assert f"closes a connection {metrics_module.METRICS_TIMEOUT_S:g} s after accepting it" in said
+    assert (metrics_module.METRICS_CONNECTIONS, metrics_module.METRICS_PER_PEER) == (8, 2)
+    assert metrics_module.METRICS_TIMEOUT_S == 5.0
+
+
+def test_a_connection_whose_thread_cannot_start_gives_its_slot_back(metrics, monkeypatch):
+    import socketserver
+
+    start = socketserver.ThreadingMixIn.process_request
+    failed = []
+
+    def no_thread(self, request, client_address):
+        if not failed:
+            failed.append(client_address)
+            raise RuntimeError("can't start new thread")
+        return start(self, request, client_address)
+
+    monkeypatch.setattr(socketserver.ThreadingMixIn, "process_request", no_thread)
+    httpd = start_metrics_http(metrics, "127.0.0.1", 0)
+    try:
+        with socket.create_connection(("127.0.0.1", httpd.server_address[1]), timeout=10) as refused:
+            assert refused.recv(1) == b""
+        assert failed and (httpd._open, httpd._peers, httpd._deadlines) == (0, {}, {})
     finally:
         httpd.shutdown()
         httpd.server_close()
