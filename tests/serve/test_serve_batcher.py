@@ -185,6 +185,17 @@ def test_an_error_reaches_every_waiter_of_the_batch():
     batcher.close()
 
 
+def test_a_failing_wait_figure_leaves_the_batch_answered():
+    def broken(waits):
+        raise RuntimeError("figure")
+
+    batcher = MicroBatcher(lambda obs, noise: (obs * 2, "v", 1), max_batch=2, on_wait=broken)
+    try:
+        assert batcher.submit(*_rows(0)).result(timeout=5) is not None
+    finally:
+        batcher.close()
+
+
 def test_expired_requests_are_not_run():
     run = Recorder()
     run.release.set()
@@ -272,8 +283,9 @@ def test_a_batcher_without_workers_has_no_queue_to_tell_of():
     assert batcher.depth() == 0 and waits == []
 
 
-def test_a_batched_server_exports_its_queue_depth_and_queue_wait(policy_path):
-    config = ServeConfig(str(policy_path), port=0, max_batch=4, batch_window_us=2_000, grace_s=0)
+@pytest.mark.parametrize("max_batch", [2, 4])  # 2: the least that batches
+def test_a_batched_server_exports_its_queue_depth_and_queue_wait(policy_path, max_batch):
+    config = ServeConfig(str(policy_path), port=0, max_batch=max_batch, batch_window_us=2_000, grace_s=0)
     with PolicyServer(config).start() as server, PolicyClient(server.address) as client:
         for i in range(3):
             client.act(np.full(3, i, np.float32))

@@ -19,6 +19,7 @@ from tiny_policy import write_policy
 from flowrl_deploy.errors import FlowRLError
 from flowrl_deploy.runtime import import_onnxruntime
 from flowrl_deploy.serve import PolicyServer, ServeConfig
+from flowrl_deploy.serve import metrics as metrics_module
 from flowrl_deploy.serve.interceptors import SERVICE_NAME
 from flowrl_deploy.serve.metrics import Metrics
 from flowrl_deploy.serve.server import banner
@@ -55,6 +56,20 @@ def test_build_info_names_the_release_onnxruntime_and_python():
             "1",
         )
     ]
+
+
+def test_build_info_survives_an_onnxruntime_that_cannot_be_imported(monkeypatch):
+    import flowrl_deploy.runtime
+
+    def broken():
+        raise ImportError("no onnxruntime")
+
+    monkeypatch.setattr(flowrl_deploy.runtime, "import_onnxruntime", broken)
+    metrics_module.build_labels.cache_clear()
+    try:
+        assert metrics_module.build_labels()["onnxruntime"] == ""
+    finally:
+        metrics_module.build_labels.cache_clear()
 
 
 def test_model_info_names_the_same_bytes_alike_on_every_server(tmp_path):
@@ -103,7 +118,9 @@ def test_metrics_are_served_while_the_model_loads_and_say_it_is_not_serving_yet(
         loading_server(str(path), monkeypatch, metrics_port=0) as (server, release_load),
     ):
         told = [r.getMessage() for r in caplog.records]
-        assert any(m.startswith(f"loading {path}") and server.bound_address in m for m in told), told
+        loading = [m for m in told if m.startswith(f"loading {path}")]
+        assert len(loading) == 1 and server.bound_address in loading[0], told
+        assert loading[0].endswith(f", metrics on {server.metrics_address})"), told
         text = _scrape(server)
         assert _series(text, "flowrl_serving") == [({}, "0")]
         assert not _series(text, "flowrl_model_info")
