@@ -3,12 +3,14 @@
 from __future__ import annotations
 
 import json
+from types import SimpleNamespace
 
 import pytest
 from tiny_policy import write_policy
 from typer.testing import CliRunner
 
 from flowrl_deploy.cli import app
+from flowrl_deploy.cli.stats import _errors_by_code
 from flowrl_deploy.client import PolicyClient, ServiceError
 from flowrl_deploy.serve import PolicyServer, ServeConfig
 
@@ -133,6 +135,11 @@ def test_stats_tells_deadline_misses_from_other_errors_and_names_the_percentile_
     stream = next(m for m in figures["methods"] if m["method"] == "StreamAct")
     assert stream["codes"] == {"OK": 5, "DEADLINE_EXCEEDED": 3, "INVALID_ARGUMENT": 2}
     assert figures["percentile_window"] == 10_000
+
+
+def test_errors_by_code_come_most_first():
+    act = SimpleNamespace(method="Act", codes={"ABORTED": 1, "NOT_FOUND": 5, "OK": 3})
+    assert _errors_by_code([act]) == ["  Act: NOT_FOUND 5, ABORTED 1"]
 
 
 def test_stats_of_a_server_that_sends_no_codes_shows_no_deadline_count(served, monkeypatch):

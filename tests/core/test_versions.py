@@ -114,6 +114,14 @@ def test_a_checkout_reads_its_version_from_its_latest_tag_when_asked(monkeypatch
 
 
 @pytest.mark.usefixtures("checkout")
+def test_a_lightweight_tag_is_read_as_setuptools_scm_reads_it(monkeypatch, tmp_path):
+    """setuptools-scm's describe takes lightweight tags (--tags): release() must too."""
+    monkeypatch.setattr(versions, "_source_checkout", lambda: tmp_path)
+    _git(tmp_path, "tag", "v0.3.0")  # lightweight
+    assert versions.release.__wrapped__() == f"0.3.0+g{_git(tmp_path, 'rev-parse', '--short=9', 'HEAD')}"
+
+
+@pytest.mark.usefixtures("checkout")
 def test_a_checkout_without_tags_keeps_the_installed_versions_base(monkeypatch, tmp_path):
     """A clone made without its tags still names its commit, on the base its install was built with."""
     monkeypatch.setattr(versions, "_source_checkout", lambda: tmp_path)

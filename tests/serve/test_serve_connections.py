@@ -191,6 +191,7 @@ def test_open_connections_are_this_processs_sockets_on_the_port_but_its_listener
         other = socket.create_server(("127.0.0.1", 0))  # another server in this process
         datagram = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)  # not TCP, on the same port
         datagram.bind(("127.0.0.1", port))
+        datagram.connect(("127.0.0.1", 9))  # with a peer, as a connection has
         opened += [listener, other, datagram]
         clients, accepted = _accepted(listener, socket.AF_INET, 3)
         opened += clients + accepted
@@ -220,6 +221,11 @@ def test_open_connections_are_this_processs_sockets_on_the_port_but_its_listener
     finally:
         for opened_socket in opened:
             opened_socket.close()
+
+
+def test_connections_are_unknown_without_the_c_library(monkeypatch):
+    monkeypatch.setattr(connections_module, "_libc", lambda: None)
+    assert connections_module.open_connections(1) is None  # unknown, not 0
 
 
 @pytest.mark.skipif(not os.path.isdir("/proc/self/fd"), reason="connections are counted from /proc (Linux)")
