@@ -77,22 +77,31 @@ def test_a_kill_before_the_first_link_resumes_the_run_it_saved(monkeypatch, tmp_
     ]
 
 
-def test_a_kill_between_best_and_last_keeps_the_best_checkpoint(monkeypatch, tmp_path):
-    """`best` moved after `last`: killed in between at a new best, the run resumed with that best return
-    recorded but `best` naming an older checkpoint, so `best` never moved again and the real best, not being
-    periodic, was pruned. Now `best` moves first."""
-    returns = {200: 1.0, 400: 5.0, 600: 3.0, 800: 2.0}
+def fake_returns(monkeypatch, returns: dict[int, float]) -> None:
+    """Each evaluation at step s returns ``returns[s]`` (sampled and zero noise alike)."""
 
     def fake_evaluate(agent, eval_env, cfg, step, deterministic=False, stop=None):
         return EvalResult(returns[step], 0.0, (returns[step],), (200,), (False,))
 
     monkeypatch.setattr(loop, "_evaluate", fake_evaluate)
-    out = tmp_path / "run"
+
+
+def killed_while_linking(monkeypatch, out: Path, link: str, step: int = 400) -> None:
+    """Trains 600 steps (evaluations, no periodic saves) into ``out``, killed as ``link`` moves at ``step``."""
     cfg = TrainConfig(steps=600, out=str(out), **{**TINY, "save_every": 0})
     with monkeypatch.context() as killing:
-        kill_when_linking(killing, LAST, 400)
+        kill_when_linking(killing, link, step)
         with pytest.raises(Killed):
             train(cfg, progress=False)
+
+
+def test_a_kill_between_best_and_last_keeps_the_best_checkpoint(monkeypatch, tmp_path):
+    """`best` moved after `last`: killed in between at a new best, the run resumed with that best return
+    recorded but `best` naming an older checkpoint, so `best` never moved again and the real best, not being
+    periodic, was pruned. Now `best` moves first."""
+    fake_returns(monkeypatch, {200: 1.0, 400: 5.0, 600: 3.0, 800: 2.0})
+    out = tmp_path / "run"
+    killed_while_linking(monkeypatch, out, LAST)
     assert linked(out, BEST) == "step_000000400"
 
     result = runner.invoke(app, ["train", "--resume", str(out), "--steps", "800", "--save-every", "0", "--no-progress"])
@@ -131,26 +140,13 @@ def test_a_step_folder_without_its_document_is_not_resumed(tmp_path):
     assert resume_point(tmp_path) == ((checkpoints / "step_000000400").resolve(), None)
 
 
-def fake_returns(monkeypatch, returns: dict[int, float]) -> None:
-    """Each evaluation at step s returns ``returns[s]`` (sampled and zero noise alike)."""
-
-    def fake_evaluate(agent, eval_env, cfg, step, deterministic=False, stop=None):
-        return EvalResult(returns[step], 0.0, (returns[step],), (200,), (False,))
-
-    monkeypatch.setattr(loop, "_evaluate", fake_evaluate)
-
-
 def test_a_kill_before_best_moves_to_a_new_best_is_repaired_at_the_resume_and_never_pruned(monkeypatch, tmp_path):
     """Killed after the checkpoint of a new best was in place but before `best` moved (a SIGKILL, a second Ctrl-C,
     a symlink refused on a full inode table): the resume moved only `last`, the resumed counters held the new best
     return so `best` never moved again, and pruning deleted the real best, which no link named."""
     fake_returns(monkeypatch, {200: 1.0, 400: 5.0, 600: 3.0, 800: 2.0})
     out = tmp_path / "run"
-    cfg = TrainConfig(steps=600, out=str(out), **{**TINY, "save_every": 0})
-    with monkeypatch.context() as killing:
-        kill_when_linking(killing, BEST, 400)
-        with pytest.raises(Killed):
-            train(cfg, progress=False)
+    killed_while_linking(monkeypatch, out, BEST)
     assert linked(out, BEST) == linked(out, LAST) == "step_000000200"
 
     result = runner.invoke(app, ["train", "--resume", str(out), "--steps", "800", "--no-progress"])
