@@ -230,13 +230,9 @@ class Metrics:
         it) at most once every :data:`LIMIT_WARNING_S` per limit, with the refusals since the last."""
         with self._lock:
             self.refused_at[limit] += 1
-        due = self.warning_due(f"limit {limit}")
-        if due is None:
-            return
-        held, age = due
-        calls = "1 call" if held == 0 else f"{held + 1} calls"
-        during = "" if age is None else f" in the last {age:.0f} s"
-        log.warning("refused %s at the %s limit%s: %s", calls, limit, during, why)
+        if due := self._refusals_due(f"limit {limit}", "call"):
+            count, during = due
+            log.warning("refused %s at the %s limit%s: %s", count, limit, during, why)
 
     def record_metrics_refused(self, why: str) -> None:
         """A connection to the metrics endpoint closed unanswered at one of its caps: counted, and
@@ -244,13 +240,19 @@ class Metrics:
         refusals since the last warning."""
         with self._lock:
             self.metrics_refused += 1
-        due = self.warning_due("metrics connections")
+        if due := self._refusals_due("metrics connections", "connection"):
+            log.warning("refused %s to the metrics endpoint%s: %s", *due, why)
+
+    def _refusals_due(self, kind: str, noun: str) -> tuple[str, str] | None:
+        """When a refusals warning of ``kind`` is due (:meth:`warning_due`), the count it tells of (this
+        refusal and those held back, in ``noun``) and since when (empty for the first): ``("3 calls",
+        " in the last 61 s")``; None while it is held back."""
+        due = self.warning_due(kind)
         if due is None:
-            return
+            return None
         held, age = due
-        connections = "1 connection" if held == 0 else f"{held + 1} connections"
-        during = "" if age is None else f" in the last {age:.0f} s"
-        log.warning("refused %s to the metrics endpoint%s: %s", connections, during, why)
+        count = f"1 {noun}" if held == 0 else f"{held + 1} {noun}s"
+        return count, "" if age is None else f" in the last {age:.0f} s"
 
     def warning_due(self, kind: str) -> tuple[int, float | None] | None:
         """Whether a warning of ``kind`` is due, at most one every :data:`LIMIT_WARNING_S` per kind (a
