@@ -5,7 +5,6 @@ Hand-written exposition (text format 0.0.4) keeps the base install free of extra
 
 from __future__ import annotations
 
-import bisect
 import datetime
 import functools
 import io
@@ -22,6 +21,8 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 import numpy as np
 
+from flowrl_deploy.exposition import LATENCY_BUCKETS_S, Histogram, format_labels
+
 try:
     import resource
 except ImportError:  # Windows
@@ -29,14 +30,6 @@ except ImportError:  # Windows
 
 _PAGE_SIZE = resource.getpagesize() if resource is not None else 4096
 
-LATENCY_BUCKETS_S = (
-    *(5e-5, 1e-4, 2e-4, 3e-4, 5e-4, 7.5e-4),
-    *(1e-3, 1.5e-3, 2e-3, 2.5e-3, 3e-3, 4e-3, 5e-3),
-    *(1e-2, 2.5e-2, 5e-2, 0.1, 0.5),
-)
-"""The ``le`` edges (seconds) of ``flowrl_request_latency_seconds`` and ``flowrl_inference_seconds``:
-fine below a millisecond, and every half millisecond or so up to 5 ms, around a 200 Hz loop's 2.5 ms
-budget (with 2 ms then 5 ms, ``histogram_quantile`` put a true p99 of 2.2 ms at 3 ms)."""
 BATCH_BUCKETS = (1, 2, 4, 8, 16, 32, 64, 128, 256, 512, 1024)
 RECENT = 10_000
 """Latencies kept per method for the percentiles of ``GetStats`` (its ``percentile_window``): the
@@ -121,15 +114,6 @@ def process_lines() -> list[str]:
     return lines
 
 
-def _label_value(value: str) -> str:
-    """A label value as the text format writes it: backslash, double quote and newline escaped."""
-    return value.replace("\\", "\\\\").replace('"', '\\"').replace("\n", "\\n")
-
-
-def _labels(labels: dict[str, str]) -> str:
-    return ",".join(f'{name}="{_label_value(value)}"' for name, value in labels.items())
-
-
 @functools.cache
 def build_labels() -> dict[str, str]:
     """``flowrl_build_info``'s labels: this flowrl-deploy's release (as GetSpec and GetStats report
@@ -142,33 +126,6 @@ def build_labels() -> dict[str, str]:
     except Exception:  # a label is no reason to fail a scrape
         onnxruntime = ""
     return {"version": release(), "onnxruntime": onnxruntime, "python": platform.python_version()}
-
-
-class Histogram:
-    """Cumulative-bucket histogram, as Prometheus defines it."""
-
-    def __init__(self, buckets: tuple[float, ...]) -> None:
-        self.buckets = buckets
-        self.counts = [0] * (len(buckets) + 1)
-        self.total = 0.0
-        self.count = 0
-
-    def observe(self, value: float) -> None:
-        self.counts[bisect.bisect_left(self.buckets, value)] += 1
-        self.total += value
-        self.count += 1
-
-    def lines(self, name: str, labels: str) -> list[str]:
-        sep = "," if labels else ""
-        out, running = [], 0
-        for bound, count in zip((*self.buckets, float("inf")), self.counts, strict=True):
-            running += count
-            le = "+Inf" if bound == float("inf") else repr(bound)
-            out.append(f'{name}_bucket{{{labels}{sep}le="{le}"}} {running}')
-        label_set = f"{{{labels}}}" if labels else ""  # no empty braces on an unlabelled series
-        out.append(f"{name}_sum{label_set} {self.total}")
-        out.append(f"{name}_count{label_set} {self.count}")
-        return out
 
 
 class Metrics:
@@ -421,7 +378,7 @@ class Metrics:
                 "server's own), and what names its bytes alike on every server: sha256 (its first 12 hex digits), "
                 "contract_hash, flow_steps and the onnxruntime providers it runs on.",
                 "# TYPE flowrl_model_info gauge",
-                f"flowrl_model_info{{{_labels(model)}}} 1",
+                f"flowrl_model_info{{{format_labels(model)}}} 1",
             ]
             if loaded_at is not None:
                 lines += [
@@ -432,7 +389,7 @@ class Metrics:
         lines += [
             "# HELP flowrl_build_info This server's flowrl-deploy release, onnxruntime and Python versions.",
             "# TYPE flowrl_build_info gauge",
-            f"flowrl_build_info{{{_labels(build_labels())}}} 1",
+            f"flowrl_build_info{{{format_labels(build_labels())}}} 1",
             *process_lines(),  # read outside the lock
         ]
         return "\n".join(lines) + "\n"
