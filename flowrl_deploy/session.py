@@ -21,7 +21,7 @@ import random
 import threading
 import time
 import uuid
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import grpc
@@ -33,6 +33,7 @@ from flowrl_deploy.codec import TensorError, as_float32, check_finite, decode, e
 from flowrl_deploy.connection import checked_timeout, is_flag
 from flowrl_deploy.contract import MAX_CONTROL_PERIOD_S, MAX_HZ, MIN_CONTROL_PERIOD_S, MIN_HZ, PolicyContract
 from flowrl_deploy.errors import FlowRLError
+from flowrl_deploy.exposition import LATENCY_BUCKETS_S, Histogram
 from flowrl_deploy.fieldtypes import is_integer, is_number, shown
 from flowrl_deploy.noise import Seed, checked_seed
 from flowrl_deploy.proto.flowrl.v1 import policy_pb2 as pb
@@ -199,6 +200,16 @@ class _Health:
     """Every tick since the session opened (``timings`` keeps only the most recent ones)."""
     last_fallback_reason: str = ""
     """The latest fallback tick's ``CallTiming.reason``; '' until the first fallback (kept after fresh actions)."""
+    fallbacks: dict[str, int] = field(default_factory=dict)
+    """Fallback ticks since the session opened, by ``CallTiming.reason`` (``timings`` keeps only the recent ticks)."""
+    fresh_at: float | None = None
+    """When the latest fresh action came (time.monotonic); None before the first. Unlike ``last_fresh``, a
+    reset leaves it: it dates the action, not the watchdog's clock."""
+    model_version: str = ""
+    """The latest fresh action's ``model_version``; the served one when the session opened, until then."""
+    round_trips: Histogram = field(default_factory=lambda: Histogram(LATENCY_BUCKETS_S))
+    """The round trips of the fresh ticks since the session opened, in seconds (fallback ticks are in
+    ``fallbacks``); :mod:`flowrl_deploy.control_metrics` renders it as a Prometheus histogram."""
 
 
 def _check_local_file(local_model: str | os.PathLike[str], model_version: str) -> None:
@@ -342,7 +353,7 @@ class ControlSession:
         self._zeros = zeros
         self._obs_shapes = ((self.info.obs_dim,), (1, self.info.obs_dim))
         self.timings: collections.deque[CallTiming] = collections.deque(maxlen=max_timings)
-        self.health = _Health()
+        self.health = _Health(model_version=self.info.model_version)
         self.last_action: npt.NDArray[np.float32] | None = None
         self._seq = 0
         self._busy = threading.Lock()
@@ -392,15 +403,19 @@ class ControlSession:
         reply = self._exchange(obs, seq, start + self.deadline_s)
         if not isinstance(reply, str):
             action = decode(reply.action, name="action")
-            self.timings.append(self._timing(reply, start))
+            timing = self._timing(reply, start)
+            self.timings.append(timing)
             if self._warned:
                 self._recovered()
             health.consecutive_misses = 0
-            health.last_fresh = time.monotonic()
+            health.last_fresh = health.fresh_at = time.monotonic()
+            health.model_version = timing.model_version
+            health.round_trips.observe(timing.round_trip_us / 1e6)
         else:
             action = self._fallback(obs)
             self.timings.append(CallTiming(seq, self.fallback, (time.perf_counter() - start) * 1e6, reason=reply))
             health.last_fallback_reason = reply
+            health.fallbacks[reply] = health.fallbacks.get(reply, 0) + 1
             health.consecutive_misses += 1
             health.misses += 1
             self._watchdog()

@@ -22,7 +22,14 @@ from flowrl_deploy.contract import MAX_HZ, MIN_HZ
 from flowrl_deploy.errors import FlowRLError
 from flowrl_deploy.gc_freeze import gc_frozen
 from flowrl_deploy.noise import run_seed_problem
-from flowrl_deploy.session import CallTiming, WatchdogError, check_session_settings, log, session_deadline
+from flowrl_deploy.session import (
+    CallTiming,
+    ControlSession,
+    WatchdogError,
+    check_session_settings,
+    log,
+    session_deadline,
+)
 from flowrl_deploy.train.envs import Env, episode_seed, make_env
 from flowrl_deploy.train.evaluate import EVAL_STREAM, Episode, check_env_fits, lengths_summary, other_task_warning
 
@@ -170,13 +177,16 @@ def run_control(
     connect_timeout_s: float = 30.0,
     stop_on_interrupt: bool = False,
     on_rate: Callable[[float, float | None], None] | None = None,
+    on_session: Callable[[ControlSession], None] | None = None,
 ) -> ControlReport:
     """Run ``episodes`` episodes of ``env_id`` (default: the served policy's) at ``hz``.
 
     Each tick: read the observation, ask the server (deadline ``deadline_s``, default half the
     period), step the simulator, sleep until the next tick. ``hz`` defaults to the served
     policy's rate (its contract's control period), else :data:`DEFAULT_HZ`; once connected,
-    ``on_rate(hz, contract_hz)`` hears the rate used and the contract's (None if it has none).
+    ``on_rate(hz, contract_hz)`` hears the rate used and the contract's (None if it has none), and
+    ``on_session(session)`` the control session once it is open, before its first tick (``flowrl
+    control --metrics-textfile`` writes its figures from another thread).
     ``max_steps`` caps each episode; ``max_misses`` misses in a row stop the run through the
     session's watchdog (``watchdog`` in the report says why). ``contract_hash`` pins the policy
     contract (the server then refuses any other); ``connect_timeout_s`` bounds the wait for the
@@ -225,6 +235,8 @@ def run_control(
                     max_timings=None,  # the report covers every tick of the run, which its episodes bound
                 )
             )
+            if on_session is not None:
+                on_session(session)
             episodes_run: list[Episode] = []
             clock, interrupted, watchdog = _TickClock(period), False, ""
             try:

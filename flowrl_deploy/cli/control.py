@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 from pathlib import Path
 from typing import Annotated
 
@@ -10,6 +11,7 @@ import typer
 from flowrl_deploy.cli._common import (
     Connection,
     check_report,
+    check_writable,
     client_warnings,
     connects,
     finite,
@@ -17,6 +19,28 @@ from flowrl_deploy.cli._common import (
     write_report,
 )
 from flowrl_deploy.contract import MAX_TIMEOUT_S
+from flowrl_deploy.control_metrics import DEFAULT_INTERVAL_S, MAX_INTERVAL_S, MIN_INTERVAL_S
+from flowrl_deploy.errors import FlowRLError
+
+
+def _check_metrics_textfile(path: Path | None, interval_s: float | None, json_path: Path | None) -> None:
+    """Refuse a --metrics-textfile that node_exporter would not read or that cannot be written, and an
+    interval out of range or without the file, before connecting (not once the robot is running)."""
+    if path is None:
+        if interval_s is not None:
+            raise FlowRLError("--metrics-interval is used only with --metrics-textfile")
+        return
+    if interval_s is not None and not MIN_INTERVAL_S <= interval_s <= MAX_INTERVAL_S:
+        raise FlowRLError(
+            f"--metrics-interval must lie in [{MIN_INTERVAL_S:g}, {MAX_INTERVAL_S:g}] s, got {interval_s:g}"
+        )
+    if path.suffix != ".prom":
+        raise FlowRLError(
+            f"--metrics-textfile {path} must end in .prom: node_exporter's textfile collector reads only *.prom files"
+        )
+    check_writable("--metrics-textfile", path)
+    if json_path is not None and json_path.parent.resolve() / json_path.name == path.parent.resolve() / path.name:
+        raise FlowRLError(f"--metrics-textfile {path} is also the --json file; give one of them another name")
 
 
 def _announce_rate(explicit: bool):
@@ -82,6 +106,23 @@ def control(
     cpus: Annotated[
         str, typer.Option(help="Pin the control loop to these cores, e.g. '0' (Linux); default: any.")
     ] = "",
+    metrics_textfile: Annotated[
+        Path | None,
+        typer.Option(
+            metavar="<path>",
+            help="Keep the loop's figures (ticks, fallbacks by reason, round trips, ...) in this *.prom file for "
+            "node_exporter's textfile collector (--collector.textfile.directory), rewritten atomically every "
+            "--metrics-interval and once at the end.",
+        ),
+    ] = None,
+    metrics_interval: Annotated[
+        float | None,
+        typer.Option(
+            parser=finite,
+            help=f"Seconds between writes of --metrics-textfile, {MIN_INTERVAL_S:g}-{MAX_INTERVAL_S:g}; "
+            f"default {DEFAULT_INTERVAL_S:g}.",
+        ),
+    ] = None,
     rt_priority: Annotated[
         int | None,
         typer.Option(
@@ -97,11 +138,12 @@ def control(
     """
     from flowrl_deploy.affinity import parse_cpus, pin_to_cpus, set_realtime
     from flowrl_deploy.connection import checked_timeout
-    from flowrl_deploy.errors import FlowRLError
+    from flowrl_deploy.control_metrics import ControlTextfile
     from flowrl_deploy.session import PERIOD_MISMATCH
     from flowrl_deploy.train.control import run_control
 
     checked_timeout(connect_timeout, "--connect-timeout")  # gRPC waits forever on a deadline years away
+    _check_metrics_textfile(metrics_textfile, metrics_interval, json_path)
     token = connection.token_to_send()
     pin_to_cpus(parse_cpus(cpus))
     if rt_priority is not None:  # every thread, gRPC's started later included
@@ -114,7 +156,11 @@ def control(
             "--tls-key": connection.tls_key,
         }
         check_report("--json", json_path, inputs)
-    with client_warnings(skip=(PERIOD_MISMATCH,)):  # _announce_rate warns of an --hz that differs, naming it
+    textfile = None
+    if metrics_textfile is not None:
+        textfile = ControlTextfile(metrics_textfile, metrics_interval or DEFAULT_INTERVAL_S)
+    with client_warnings(skip=(PERIOD_MISMATCH,)), textfile or contextlib.nullcontext():
+        # _announce_rate warns of an --hz that differs, naming it; the textfile's write failures are warnings
         report = run_control(
             connection.server,
             env,
@@ -134,6 +180,7 @@ def control(
             connect_timeout_s=connect_timeout,
             stop_on_interrupt=True,
             on_rate=_announce_rate(explicit=hz is not None),
+            on_session=None if textfile is None else textfile.watch,
         )
     typer.echo(report.summary())
     if json_path is not None:
