@@ -52,6 +52,7 @@ import time
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+from flowrl_deploy.affinity import normal_scheduling
 from flowrl_deploy.atomic import write_text_atomic
 from flowrl_deploy.exposition import format_labels
 
@@ -195,9 +196,12 @@ class ControlTextfile:
         self._thread.start()
 
     def _run(self) -> None:
-        while not self._stop.wait(self.interval_s):
-            self.write()
-        self.write()  # the last: running 0
+        # Under --rt-priority the thread would inherit SCHED_FIFO: a file write is no reason to hold a core
+        # ahead of the control loop and its gRPC threads.
+        with normal_scheduling():
+            while not self._stop.wait(self.interval_s):
+                self.write()
+            self.write()  # the last: running 0
 
     def write(self) -> bool:
         """Write the file now; False (and a warning the first time of each kind) when that failed."""

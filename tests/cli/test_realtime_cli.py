@@ -116,14 +116,16 @@ def test_every_thread_of_the_served_process_runs_real_time(rt_server):
 
 
 CONTROL = """
-import json, os, sys
+import json, os, sys, threading
 import flowrl_deploy.train.control as control
 episode = control._control_episode
 
 def control_episode(*args, **kwargs):  # the CLI's own episode; then each live thread's policy, the session open
     steps = episode(*args, **kwargs)
     tasks = [int(t) for t in os.listdir("/proc/self/task")]
-    print("threads", json.dumps([[os.sched_getscheduler(t), os.sched_getparam(t).sched_priority] for t in tasks]))
+    names = {t.native_id: t.name for t in threading.enumerate()}  # gRPC's C threads have none
+    policies = [[os.sched_getscheduler(t), os.sched_getparam(t).sched_priority, names.get(t, "")] for t in tasks]
+    print("threads", json.dumps(policies))
     return steps
 
 control._control_episode = control_episode
@@ -140,4 +142,19 @@ def test_every_thread_of_the_control_loop_runs_real_time(rt_server):
     [line] = [line for line in result.stdout.splitlines() if line.startswith("threads ")]
     threads = json.loads(line.removeprefix("threads "))
     assert len(threads) > 1  # gRPC's threads, started after the flag applied
-    assert {tuple(thread) for thread in threads} == {(os.SCHED_FIFO, PRIORITY)}
+    assert {(policy, priority) for policy, priority, _ in threads} == {(os.SCHED_FIFO, PRIORITY)}
+
+
+def test_the_metrics_textfile_writer_alone_runs_at_the_default_scheduling(rt_server, tmp_path):
+    pytest.importorskip("dm_control")
+    textfile = tmp_path / "robot.prom"
+    args = ["control", "--server", rt_server.address, "--max-steps", "20", "--rt-priority", str(PRIORITY)]
+    args += ["--metrics-textfile", str(textfile)]
+    result = subprocess.run([sys.executable, "-c", CONTROL, *args], capture_output=True, text=True, timeout=120)
+    assert result.returncode == 0, result.stderr
+    [line] = [line for line in result.stdout.splitlines() if line.startswith("threads ")]
+    threads = json.loads(line.removeprefix("threads "))
+    policies = {name or str(i): (policy, priority) for i, (policy, priority, name) in enumerate(threads)}
+    assert policies.pop("flowrl-metrics-textfile") == (os.SCHED_OTHER, 0)
+    assert set(policies.values()) == {(os.SCHED_FIFO, PRIORITY)}
+    assert "flowrl_control_running 0" in textfile.read_text()
