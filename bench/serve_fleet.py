@@ -12,8 +12,14 @@ Target: micro-batching serves >= 2x as many robots as --max-batch 1.
 A third search runs the same robots against an echo service (same messages, no policy, no
 inference): the fleet size the transport and the machine allow before any inference at all.
 Each trial also reports the CPU time per action of the server process and of this client (which
-shares the machine), so that the cost of the transport, of inference and of batching can be
-read off directly.
+shares the machine), and the server's inference time per reply, so that the cost of the transport,
+of inference and of batching can be read off directly. The end of the run sets them side by side:
+onnxruntime's time per row at batch 1, 4 and 16 (in this process, the server's session settings)
+and the echo floor's CPU per action (server and client: what every action costs before inference).
+Batching can only shrink the inference share, so (inference at batch 1 + echo floor) / (inference
+per row at batch 16 + echo floor) bounds the ratio from above, before any hand-off or queueing:
+where the transport costs about as much as inference, as with this fast export on a small CPU,
+the bound itself lies near or under 2x.
 """
 
 from __future__ import annotations
@@ -34,16 +40,22 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from serve_common import DOG_RUN, cpu_seconds, dog_run_model, echo_process, figures, machine, serve_echo
 
 from flowrl_deploy.codec import encode
+from flowrl_deploy.contract import NOISE_INPUT, OBS_INPUT
 from flowrl_deploy.proto.flowrl.v1 import policy_pb2 as pb
 from flowrl_deploy.proto.flowrl.v1 import policy_pb2_grpc as pb_grpc
+from flowrl_deploy.runtime import make_session
 from flowrl_deploy.serve.process import ServerProcess
 
 HZ = 50.0
+INFERENCE_BATCHES = (1, 4, 16, 64)
 P99_LIMIT_US = 10_000.0
 
 
-async def robot(open_stream, index: int, duration_s: float, warmup_s: float, rtts: list[float], counts: dict) -> None:
-    """One robot: a stream, a request every period, replies matched by seq."""
+async def robot(
+    open_stream, index: int, duration_s: float, warmup_s: float, rtts: list[float], counts: dict, inference: list[int]
+) -> None:
+    """One robot: a stream, a request every period, replies matched by seq (``inference``: each
+    measured reply's ``inference_us``, the server's time in onnxruntime for the reply's batch)."""
     period = 1.0 / HZ
     obs = encode(np.random.default_rng(index).standard_normal(DOG_RUN["obs_dim"]).astype(np.float32))
     sent: dict[int, float] = {}
@@ -70,6 +82,7 @@ async def robot(open_stream, index: int, duration_s: float, warmup_s: float, rtt
                 counts["errors"] += measured and reply.status.code != 0
             elif measured:
                 rtts.append(rtt)
+                inference.append(reply.inference_us)
 
     begin = time.perf_counter() + random.random() * period
     warmup_at = begin + warmup_s
@@ -109,6 +122,7 @@ ECHO_ACTION = encode(np.zeros(DOG_RUN["act_dim"], np.float32))
 
 async def fleet(address: str, server_pid: int, k: int, duration_s: float, warmup_s: float, echo: bool = False) -> dict:
     rtts: list[float] = []
+    inference: list[int] = []
     counts = {"sent": 0, "all_sent": 0, "misses": 0, "errors": 0}
     cpu_start = cpu_seconds(server_pid), cpu_seconds()
     async with grpc.aio.insecure_channel(address) as channel:
@@ -122,7 +136,7 @@ async def fleet(address: str, server_pid: int, k: int, duration_s: float, warmup
             stub = pb_grpc.PolicyServiceStub(channel)
             open_stream = stub.StreamAct
             before = await stub.GetStats(pb.GetStatsRequest())
-        await asyncio.gather(*(robot(open_stream, i, duration_s, warmup_s, rtts, counts) for i in range(k)))
+        await asyncio.gather(*(robot(open_stream, i, duration_s, warmup_s, rtts, counts, inference) for i in range(k)))
         server_cpu, client_cpu = cpu_seconds(server_pid) - cpu_start[0], cpu_seconds() - cpu_start[1]
         mean_batch = 0.0
         if not echo:
@@ -132,6 +146,7 @@ async def fleet(address: str, server_pid: int, k: int, duration_s: float, warmup
     row = figures(rtts) if rtts else {"p50_us": float("inf"), "p99_us": float("inf")}
     per_action = 1e6 / max(1, counts.pop("all_sent"))
     row.update(k=k, actions_per_s=len(rtts) / duration_s, mean_batch=mean_batch, **counts)
+    row["inference_us_per_reply"] = float(np.mean(inference)) if inference and not echo else 0.0
     row.update(server_cpu_us_per_action=server_cpu * per_action, client_cpu_us_per_action=client_cpu * per_action)
     row["ok"] = row["p99_us"] < P99_LIMIT_US and counts["misses"] == 0
     return row
@@ -177,9 +192,39 @@ def summarize(k: int, trials: list[dict]) -> dict:
     best = next((t for t in trials if t["k"] == k and t["ok"]), None)
     figures_of_best = {
         key: best[key] if best else 0.0
-        for key in ("actions_per_s", "server_cpu_us_per_action", "client_cpu_us_per_action")
+        for key in ("actions_per_s", "server_cpu_us_per_action", "client_cpu_us_per_action", "inference_us_per_reply")
     }
     return {"k": k, **figures_of_best, "trials": trials}
+
+
+def inference_per_row(model: Path, batches: tuple[int, ...] = INFERENCE_BATCHES) -> dict[int, float]:
+    """onnxruntime's median time per row (µs) at each batch size, one thread, the server's session settings."""
+    session = make_session(str(model), providers=["CPUExecutionProvider"], threads=1)
+    rng = np.random.default_rng(0)
+    per_row = {}
+    for batch in batches:
+        feeds = {
+            OBS_INPUT: rng.standard_normal((batch, DOG_RUN["obs_dim"])).astype(np.float32),
+            NOISE_INPUT: rng.standard_normal((batch, DOG_RUN["act_dim"])).astype(np.float32),
+        }
+        times = []
+        for _ in range(max(20, 400 // batch)):
+            start = time.perf_counter()
+            session.run(None, feeds)
+            times.append(time.perf_counter() - start)
+        per_row[batch] = float(np.median(times)) * 1e6 / batch
+    return per_row
+
+
+def ratio_ceiling(results: dict, per_row: dict[int, float]) -> float | None:
+    """(inference per reply at --max-batch 1 + echo floor) / (least inference per row + echo floor): the
+    robots ratio batching could reach if it cost nothing but its inference (see the module doc); None
+    without an echo floor or a passing --max-batch 1 fleet."""
+    base, echo = results["max-batch 1"], results.get("echo floor")
+    if echo is None or not echo["k"] or not base["k"]:
+        return None
+    floor = echo["server_cpu_us_per_action"] + echo["client_cpu_us_per_action"]
+    return (base["inference_us_per_reply"] + floor) / (min(per_row.values()) + floor)
 
 
 def main() -> None:
@@ -222,15 +267,27 @@ def main() -> None:
         with echo_process(__file__) as echo:
             k, trials = search(echo.address, echo.pid, duration_s, warmup_s, args.k_max, echo=True)
         results["echo floor"] = summarize(k, trials)
+    per_row = inference_per_row(model)
+    ceiling = ratio_ceiling(results, per_row)
     base, batched = results["max-batch 1"], results[f"max-batch {args.max_batch}"]
     ratio = batched["k"] / base["k"] if base["k"] else 0.0  # no fleet at all passed: no ratio to claim
     print(f"\n{machine()['cpu']} ({machine()['cores']} cores), dog-run shapes, 10 flow steps, {HZ:g} Hz per robot")
-    print(f"{'server':16s} {'robots K':>9s} {'actions/s':>10s} {'server CPU µs/action':>21s} {'client':>7s}")
+    print(
+        f"{'server':16s} {'robots K':>9s} {'actions/s':>10s} {'server CPU µs/action':>21s} {'client':>7s}"
+        f" {'inference µs/reply':>19s}"
+    )
     for name, row in results.items():
         print(
             f"{name:16s} {row['k']:9d} {row['actions_per_s']:10.0f}"
             f" {row['server_cpu_us_per_action']:21.0f} {row['client_cpu_us_per_action']:7.0f}"
+            f" {row['inference_us_per_reply']:19.0f}"
         )
+    print(
+        "onnxruntime µs per row (this process, 1 thread): "
+        + ", ".join(f"batch {b} {t:.0f}" for b, t in per_row.items())
+    )
+    if ceiling is not None:
+        print(f"ratio ceiling if batching cost nothing but its inference (module doc): {ceiling:.2f}x")
     print(
         f"micro-batching serves {ratio:.2f}x the robots of --max-batch 1 (target >= 2x): "
         f"{'OK' if ratio >= 2 else 'MISSED'}" + ("" if base["k"] else " (no fleet passed with --max-batch 1)")
@@ -246,6 +303,8 @@ def main() -> None:
                     "batched_server_flags": configs[f"max-batch {args.max_batch}"],
                     "results": results,
                     "ratio": ratio,
+                    "inference_us_per_row": per_row,
+                    "ratio_ceiling": ceiling,
                 },
                 indent=1,
             )
