@@ -7,7 +7,7 @@ Per gradient update, top to bottom, in the reference code's order:
 3. V: expectile regression toward min Q̄^β(s, a) at buffer actions.
 4. Every ``policy_delay`` updates: the actor, −min Q^π(s, π(s)) plus flow matching on buffer
    actions weighted by the advantage Q^β(s, a) − Q^π(s, π(s)), with Q^β(s, a) from step 2's
-   forward pass; then both target critics take the EMA step θ̄ ← tau·θ̄ + (1 − tau)·θ.
+   forward pass; then both target critics take the step θ̄ ← (1 − tau)·θ̄ + tau·θ toward the online ones.
 """
 
 from __future__ import annotations
@@ -190,8 +190,8 @@ class FlowRL:
             )
             loss = actor_loss(min_q_pi, fm_loss)
             self._step(self.actor_opt, loss)
-        soft_update(self.q_pi_target, self.q_pi, 1.0 - cfg.tau)  # tau: the share of θ̄ kept
-        soft_update(self.q_beta_target, self.q_beta, 1.0 - cfg.tau)
+        soft_update(self.q_pi_target, self.q_pi, cfg.tau)  # θ̄ ← (1 − tau)·θ̄ + tau·θ
+        soft_update(self.q_beta_target, self.q_beta, cfg.tau)
         metrics = {"actor_loss": loss, "flow_matching_loss": fm_loss, "flow_weight": weights.mean()}
         return {k: v.detach() for k, v in metrics.items()}
 

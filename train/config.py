@@ -1,7 +1,8 @@
 """Every hyperparameter of a FlowRL run, in one frozen dataclass mapped 1:1 to `flowrl train` flags.
 
-Defaults follow the paper (arXiv 2506.12811) and its reference code. The config is written to
-``<out>/config.json`` before step 0 and stored inside every checkpoint.
+Defaults follow the paper (arXiv 2506.12811) and its reference code, except ``tau`` (see its
+docstring). The config is written to ``<out>/config.json`` before step 0 and stored inside every
+checkpoint, with its :data:`CONFIG_VERSION`.
 """
 
 from __future__ import annotations
@@ -17,12 +18,19 @@ from flowrl_deploy.atomic import write_text_atomic
 from flowrl_deploy.checkpoint import RUN_CONFIG_FILE, read_document, resume_point
 from flowrl_deploy.envid import parse_env_id
 from flowrl_deploy.errors import EnvIdError, FlowRLError
-from flowrl_deploy.fieldtypes import wrong_type
+from flowrl_deploy.fieldtypes import is_int, is_number, wrong_type
 from flowrl_deploy.noise import run_seed_problem
 from flowrl_deploy.spec import SOLVERS, flow_steps_problem
 
 CFM_WEIGHTINGS = ("batch", "sample")
 DEVICES = ("auto", "cpu", "cuda")
+CONFIG_VERSION = 2
+"""Stored with every config as ``config_version`` (in config.json and in checkpoint.json's ``config``).
+A config without it is version 1, written when ``tau`` was the share of the target critics *kept*
+(θ̄ ← tau·θ̄ + (1 − tau)·θ): :meth:`TrainConfig.from_dict` reads its tau as 1 − tau, the same
+target updates (:func:`tau_conversion` says so). From version 2 tau is the step toward the online
+critics."""
+VERSION_KEY = "config_version"
 
 
 class ConfigError(FlowRLError):
@@ -59,11 +67,13 @@ class TrainConfig:
     """Discount γ."""
     lr: float = 3e-4
     """Adam learning rate of every network."""
-    tau: float = 0.95
-    """Share of the target critics kept at each target update (the reference config's `tau: 0.95`):
-    every `policy_delay` updates θ̄ ← tau·θ̄ + (1 − tau)·θ, an EMA moving 5 % toward the online
-    weights. Read as "95 % toward the online weights" instead (``--tau 0.05`` here), cartpole-swingup
-    at 40k steps gave 317 / 835 (mean 576) against 682 / 652 (mean 667); see bench/results."""
+    tau: float = 0.05
+    """Step of the target critics toward the online ones at each target update (every `policy_delay`
+    updates): θ̄ ← (1 − tau)·θ̄ + tau·θ, as in TD3 and SAC; 1 copies them. A deliberate deviation: the
+    reference code uses 0.95 (`soft_update(target, online, 0.95)`, targets 95 % toward the online
+    critics), which learned worse here: cartpole-swingup at 40k steps, seeds 0–3, mean 571 with
+    ``tau=0.95`` against 745 with 0.05 (docs/train.md). Configs stored before :data:`CONFIG_VERSION` 2
+    held the share kept (0.95 for this default) and are converted when read."""
     policy_delay: int = 2
     """Actor and target updates happen once every this many critic updates."""
     lam: float = 0.1
@@ -71,8 +81,10 @@ class TrainConfig:
     expectile: float = 0.9
     """Expectile τ of the value regression V(s) toward min Q̄^β(s, a) at buffer actions."""
     cfm_weighting: str = "batch"
-    """'batch': the reference code (per-sample weights times the batch-mean flow-matching loss);
-    'sample': the paper (each sample's flow-matching error weighted by its own weight)."""
+    """'batch': what the released reference code does, one scalar weight per batch (the mean of the
+    per-sample weights times the batch-mean flow-matching loss); 'sample': per-sample weights as in the
+    paper's Theorem 4.2 (each sample's flow-matching error weighted by its own weight), with the
+    reference code's clamp and centring."""
 
     # --- data ---
     batch_size: int = 256
@@ -82,7 +94,8 @@ class TrainConfig:
     start_steps: int = 5000
     """Warm-up steps of uniformly random actions before the first update."""
     recent_fraction: float = 0.2
-    """Share of each batch drawn from the most recent `recent_window` transitions."""
+    """Share of each batch drawn from the most recent `recent_window` transitions: the reference code's
+    rule (`ReplayMemory.sample`), not described in the paper; 0 gives the paper's plain uniform replay."""
     recent_window: int = 2048
     """Size of the 'recent' window of the replay buffer."""
 
@@ -144,12 +157,13 @@ class TrainConfig:
         for field in ("start_steps", "eval_every", "save_every", "threads"):
             if getattr(self, field) < 0:
                 raise ConfigError(f"{name(field)} must be >= 0, got {getattr(self, field)}")
-        for field in ("gamma", "tau", "expectile", "recent_fraction"):
+        for field in ("gamma", "expectile", "recent_fraction"):
             if not 0.0 <= getattr(self, field) <= 1.0:
                 raise ConfigError(f"{name(field)} must lie in [0, 1], got {getattr(self, field)}")
-        if self.tau == 1.0:
+        if not 0.0 < self.tau <= 1.0:
             raise ConfigError(
-                f"{name('tau')} must be < 1: it is the share of the target critics kept, and at 1 they never move"
+                f"{name('tau')} must lie in (0, 1], got {self.tau}: it is the step of the target critics toward "
+                "the online ones (1 copies them; at 0 they would never move)"
             )
         if self.batch_size > self.buffer_size:
             raise ConfigError(
@@ -163,17 +177,32 @@ class TrainConfig:
                 raise ConfigError(f"{name(field)} must be one of {', '.join(allowed)}, got {getattr(self, field)!r}")
 
     def to_dict(self) -> dict[str, Any]:
-        return asdict(self)
+        """The fields, and ``config_version`` (:data:`CONFIG_VERSION`): what config.json and checkpoints store."""
+        return {VERSION_KEY: CONFIG_VERSION, **asdict(self)}
 
     @classmethod
     def from_dict(cls, data: Any, source: str = "", key: str = "") -> TrainConfig:
         """Rebuild a config from JSON (missing fields take their defaults), refusing unknown fields (a
         typo must not pass silently). Given ``source``, the file the JSON came from, and ``key``, where
         the config lies in it, an error names that file and field (``run/config.json: hidden`` or
-        ``…/checkpoint.json: config.hidden``) rather than a flag the user never gave."""
+        ``…/checkpoint.json: config.hidden``) rather than a flag the user never gave. A config without
+        ``config_version`` (stored before :data:`CONFIG_VERSION` 2) has its ``tau``, then the share of
+        the target critics kept, read as 1 − tau: the same target updates (:func:`tau_conversion`)."""
         where, what = (f"{source}: " if source else ""), key or "config"
         if not isinstance(data, dict):
             raise ConfigError(f"{where}{what} must be a JSON object, got {type(data).__name__}")
+        data = dict(data)
+        version = data.pop(VERSION_KEY, 1)
+        stored = f"{key}.{VERSION_KEY}" if key else VERSION_KEY
+        if not is_int(version) or version < 1:
+            raise ConfigError(f"{where}{stored} must be a positive integer, got {version!r}")
+        if version > CONFIG_VERSION:
+            raise ConfigError(
+                f"{where}{stored} {version} was written by a newer flowrl-deploy (this one reads up to "
+                f"{CONFIG_VERSION}); upgrade flowrl-deploy"
+            )
+        if version < 2 and is_number(data.get("tau")):
+            data["tau"] = kept_to_step(data["tau"])
         known = {f.name for f in fields(cls)}
         unknown = sorted(str(field) for field in data if field not in known)
         if unknown:
@@ -209,6 +238,26 @@ class TrainConfig:
     def override(self, **changes: Any) -> TrainConfig:
         """A copy with ``changes`` applied (and validated)."""
         return replace(self, **changes)
+
+
+def kept_to_step(kept: float) -> float:
+    """A version-1 tau (the share of the target critics kept) as today's (the step toward the online
+    ones): 1 − kept, rounded to 15 significant digits so that 0.95 reads 0.05 (the float32 weights move
+    by the same amounts)."""
+    return float(f"{1.0 - float(kept):.15g}")
+
+
+def tau_conversion(data: Any, source: str = "") -> str | None:
+    """The one warning line for a stored config ``data`` read from ``source`` whose tau
+    :meth:`TrainConfig.from_dict` converted (no ``config_version``, a tau stored), else None."""
+    if not isinstance(data, dict) or VERSION_KEY in data or not is_number(data.get("tau")):
+        return None
+    where = f"{source}: " if source else ""
+    return (
+        f"{where}config saved before {VERSION_KEY} {CONFIG_VERSION}, when tau was the share of the target critics "
+        f"kept: its tau {data['tau']:g} is read as --tau {kept_to_step(data['tau']):g} (the step toward the online "
+        "critics), the same target updates"
+    )
 
 
 RESUME_OVERRIDES = (

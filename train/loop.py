@@ -29,6 +29,7 @@ from flowrl_deploy.checkpoint import (
     DOCUMENT_FILE,
     Checkpoint,
     load_checkpoint,
+    read_document,
     read_spec,
     resume_point,
     save_checkpoint,
@@ -48,7 +49,13 @@ from flowrl_deploy.train.checkpointing import (
     run_to_resume,
     set_aside_advice,
 )
-from flowrl_deploy.train.config import ConfigError, TrainConfig, check_resume_settings, check_unfinished
+from flowrl_deploy.train.config import (
+    ConfigError,
+    TrainConfig,
+    check_resume_settings,
+    check_unfinished,
+    tau_conversion,
+)
 from flowrl_deploy.train.envs import Env, EnvInfo, episode_seed, make_env
 from flowrl_deploy.train.evaluate import EVAL_NOISE_STREAM, EvalResult, evaluate
 from flowrl_deploy.train.logger import MetricsError, MetricsLogger, Progress, RateMeter
@@ -407,6 +414,7 @@ def _prepare_locked_run(
         if not lock.unlocked:  # first: on a tight quota, a killed save's partial checkpoint fails the next save
             remove_leftovers(run_dir)
         saved = resume_config(start)
+        converted = tau_conversion(read_document(start).get("config"), str(start / DOCUMENT_FILE))
         settings = {f.name: getattr(cfg, f.name) for f in fields(cfg) if f.name != "out"}
         check_resume_settings(settings, saved, flags=False)
         # the links first: a run killed in its final save's window is finished, with last (and best) behind
@@ -417,7 +425,7 @@ def _prepare_locked_run(
         check_new_run_dir(run_dir)  # a run's (a retry of one killed before its first checkpoint), or new
         if not lock.unlocked:
             remove_leftovers(run_dir)
-        repaired = []
+        repaired, converted = [], None
     if cfg.threads:
         check_thread_count("--threads", cfg.threads)
         torch.set_num_threads(cfg.threads)
@@ -452,7 +460,7 @@ def _prepare_locked_run(
         eval_env.close()
         raise
     rates = RateMeter(counters.env_steps, agent.updates)
-    warnings = list(repaired)
+    warnings = [*([converted] if converted else []), *repaired]  # converted: an old run's tau, read anew
     if symlinks_refused(checkpoints.dir):  # said once, before training (a save falls back to them silently)
         warnings.append(
             f"{checkpoints.dir} cannot hold symbolic links (a FAT, exFAT or CIFS drive?): last and best are files "

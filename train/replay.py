@@ -1,5 +1,10 @@
-"""A numpy ring buffer of transitions with FlowRL's mixed sampling: most of each batch uniform over
-the whole buffer, a share (20 % by default) from the most recent transitions."""
+"""A numpy ring buffer of transitions with the reference code's mixed sampling: most of each batch
+uniform over the whole buffer, a share (20 % by default) from the most recent transitions.
+
+The 80/20 rule is the reference code's ``ReplayMemory.sample``; the paper does not describe it, and
+``recent_fraction=0`` (``--recent-fraction 0``) gives the paper's plain uniform replay. The reference
+draws both parts without replacement and takes B − int(0.8·B) recent rows (52 of 256); this draws
+with replacement and takes int(0.2·B) (51): a difference taken to be negligible, not measured."""
 
 from __future__ import annotations
 

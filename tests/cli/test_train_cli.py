@@ -229,7 +229,7 @@ def test_an_unknown_env_fails_at_once(tmp_path):
         (["--expectile", "1.5"], "--expectile must lie in [0, 1]"),
         (["--batch-size", "64", "--buffer-size", "32"], "--batch-size (64) cannot exceed --buffer-size (32)"),
         (["--steps", "0"], "--steps must be >= 1"),
-        (["--tau", "1"], "--tau must be < 1"),
+        (["--tau", "0"], "--tau must lie in (0, 1], got 0.0"),
         (["--out", ""], "--out must name a directory"),
         (["--seed", "4294967296"], "--seed must lie in [0, 2**32), got 4294967296"),
         (["--seed", "99999999999999999999"], "--seed must lie in [0, 2**32), got 99999999999999999999"),

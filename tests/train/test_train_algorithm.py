@@ -67,10 +67,10 @@ def test_critics_update_every_step_actor_and_targets_every_policy_delay():
 
 
 @pytest.mark.parametrize("target, online", [("q_pi_target", "q_pi"), ("q_beta_target", "q_beta")])
-def test_target_critics_keep_tau_of_their_weights_at_each_target_update(target, online):
-    """Each target moves 5 % of the way to its *own* online critic (Q^π and Q^β start from
+def test_target_critics_move_tau_of_the_way_to_the_online_ones_at_each_target_update(target, online):
+    """Each target moves tau = 5 % of the way to its *own* online critic (Q^π and Q^β start from
     different draws and train toward different targets, so the two pairs are told apart)."""
-    agent = make_agent(tau=0.95)
+    agent = make_agent(tau=0.05)
     agent.update(batch(0))
     agent.update(batch(1))  # no target update (policy_delay 2)
     old_target = snapshot(getattr(agent, target))

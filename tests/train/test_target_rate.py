@@ -1,0 +1,131 @@
+"""`--tau` is the step of the target critics toward the online ones (θ̄ ← (1 − tau)·θ̄ + tau·θ, as in
+TD3/SAC and the reference code); a config stored before that (no ``config_version``: tau was the share
+kept) is converted on reading, so an old run resumes with the same target updates, and says so once."""
+
+import json
+import re
+
+import numpy as np
+import pytest
+import torch
+from typer.testing import CliRunner
+
+from flowrl_deploy.checkpoint import DOCUMENT_FILE
+from flowrl_deploy.cli import app
+from flowrl_deploy.spec import PolicySpec
+from flowrl_deploy.train.algorithm import FlowRL
+from flowrl_deploy.train.checkpointing import resume_config
+from flowrl_deploy.train.config import CONFIG_VERSION, ConfigError, TrainConfig
+from flowrl_deploy.train.loop import train
+from flowrl_deploy.train.replay import Batch
+
+TINY = dict(env="Pendulum-v1", hidden=8, batch_size=8, start_steps=50, eval_every=0, save_every=0, log_every=50,
+            threads=1)  # fmt: skip
+SPEC = PolicySpec(obs_dim=3, act_dim=2, action_low=(-1.0, -1.0), action_high=(1.0, 1.0), hidden=16)
+
+
+def batch(seed: int) -> Batch:
+    rng = np.random.default_rng(seed)
+    return Batch(
+        obs=rng.standard_normal((8, 3), dtype=np.float32),
+        action=rng.uniform(-1, 1, (8, 2)).astype(np.float32),
+        reward=rng.standard_normal(8, dtype=np.float32),
+        next_obs=rng.standard_normal((8, 3), dtype=np.float32),
+        mask=np.ones(8, np.float32),
+    )
+
+
+def test_tau_is_the_step_toward_the_online_critics_and_defaults_to_5_percent():
+    assert TrainConfig().tau == 0.05
+    assert TrainConfig(tau=1.0).tau == 1.0  # a copy at each target update
+    assert TrainConfig(tau=0.005).tau == 0.005  # SAC's value means what it means there
+
+
+@pytest.mark.parametrize("tau", [0.0, -0.1, 1.5])
+def test_a_tau_outside_0_to_1_is_refused_naming_the_flag(tau):
+    with pytest.raises(ConfigError, match=rf"^--tau must lie in \(0, 1\], got {re.escape(str(tau))}: .*never move"):
+        TrainConfig(tau=tau)
+
+
+@pytest.mark.parametrize(("tau", "kept"), [(0.05, 0.95), (1.0, 0.0)])
+def test_a_target_update_moves_each_target_tau_of_the_way_to_its_online_critic(tau, kept):
+    torch.manual_seed(0)
+    agent = FlowRL(SPEC, TrainConfig(hidden=16, batch_size=8, tau=tau))
+    pairs = [(agent.q_pi_target, agent.q_pi), (agent.q_beta_target, agent.q_beta)]
+    agent.update(batch(0))  # a target update: the critics have moved away from their targets
+    agent.update(batch(1))  # none (policy_delay 2)
+    old = [[p.clone() for p in target.parameters()] for target, _ in pairs]
+    agent.update(batch(2))  # the critics' step, then the actor's and the targets'
+    for (target, online), was in zip(pairs, old, strict=True):
+        for got, before, toward in zip(target.parameters(), was, online.parameters(), strict=True):
+            torch.testing.assert_close(got, kept * before + tau * toward)
+
+
+def test_a_stored_config_records_its_version_and_reads_back_unchanged(tmp_path):
+    cfg = TrainConfig(tau=0.3, hidden=8, out=str(tmp_path))
+    assert cfg.to_dict()["config_version"] == CONFIG_VERSION == 2
+    assert json.loads(cfg.save(tmp_path).read_text())["config_version"] == CONFIG_VERSION
+    assert TrainConfig.load(tmp_path / "config.json") == cfg
+
+
+@pytest.mark.parametrize(("stored", "tau"), [(0.95, 0.05), (0.9, 0.1), (0.0, 1.0), (0.995, 0.005)])
+def test_a_config_stored_before_the_version_has_its_kept_share_converted(stored, tau):
+    assert TrainConfig.from_dict({"tau": stored, "hidden": 8}).tau == tau
+    assert TrainConfig.from_dict({"tau": stored}, source="run/config.json").tau == tau
+    assert TrainConfig.from_dict({"tau": stored, "config_version": 1}).tau == tau
+    if stored > 0:  # 0 was "keep none" (a copy); today it would never move the targets
+        assert TrainConfig.from_dict({"tau": stored, "config_version": 2}).tau == stored
+    assert TrainConfig.from_dict({"hidden": 8}).tau == TrainConfig.tau  # the old default kept 95 %: the same
+
+
+@pytest.mark.parametrize(
+    ("version", "message"),
+    [
+        (3, "config.config_version 3 was written by a newer flowrl-deploy (this one reads up to 2); upgrade"),
+        (0, "config.config_version must be a positive integer, got 0"),
+        ("2", "config.config_version must be a positive integer, got '2'"),
+        (True, "config.config_version must be a positive integer, got True"),
+    ],
+)
+def test_a_config_version_this_build_cannot_read_is_refused_naming_the_file(version, message):
+    with pytest.raises(ConfigError, match=f"^{re.escape('ck/checkpoint.json: ' + message)}"):
+        TrainConfig.from_dict({"config_version": version}, source="ck/checkpoint.json", key="config")
+
+
+def old_run(tmp_path, kept: float):
+    """A run as flowrl-deploy wrote it before config_version: tau stored as the share of the targets kept."""
+    run = train(TrainConfig(steps=100, out=str(tmp_path / "run"), tau=round(1 - kept, 12), **TINY), progress=False)
+    checkpoint = (run.run_dir / "checkpoints" / "last").resolve()
+    for path, key in ((run.run_dir / "config.json", None), (checkpoint / DOCUMENT_FILE, "config")):
+        document = json.loads(path.read_text())
+        config = document[key] if key else document
+        del config["config_version"]
+        config["tau"] = kept
+        path.write_text(json.dumps(document, indent=2))
+    return run.run_dir, checkpoint
+
+
+def test_an_old_run_resumes_with_the_same_target_updates_and_says_so_once(tmp_path):
+    run_dir, checkpoint = old_run(tmp_path, kept=0.9)
+    assert resume_config(checkpoint).tau == pytest.approx(0.1, abs=1e-12)
+    result = CliRunner().invoke(app, ["train", "--resume", str(run_dir), "--steps", "120", "--no-progress"])
+    assert result.exit_code == 0, result.output
+    output = " ".join(result.output.split())
+    note = (
+        f"warning: {checkpoint / DOCUMENT_FILE}: config saved before config_version 2, when tau was the share of the "
+        "target critics kept: its tau 0.9 is read as --tau 0.1 (the step toward the online critics), the same "
+        "target updates"
+    )
+    assert note in output and output.count("config_version") == 1, result.output
+    saved = json.loads((run_dir / "config.json").read_text())
+    assert saved["config_version"] == CONFIG_VERSION and saved["tau"] == pytest.approx(0.1, abs=1e-12)
+    resumed = json.loads(((run_dir / "checkpoints" / "last").resolve() / DOCUMENT_FILE).read_text())["config"]
+    assert resumed["config_version"] == CONFIG_VERSION and resumed["tau"] == pytest.approx(0.1, abs=1e-12)
+
+
+def test_resuming_an_old_run_with_its_stored_tau_given_again_is_refused_not_flipped(tmp_path):
+    """--tau 0.9 meant 'keep 90 %' when the run was started; now it means 'move 90 %': a changed setting."""
+    run_dir, _ = old_run(tmp_path, kept=0.9)
+    result = CliRunner().invoke(app, ["train", "--resume", str(run_dir), "--steps", "120", "--tau", "0.9"])
+    assert result.exit_code == 1
+    assert "--tau cannot change when resuming" in result.output
