@@ -204,8 +204,8 @@ class FileWatcher:
             served = now
             try:
                 self._reload()
-            except Exception as exc:  # keep serving the old model
-                served = "the old model" if self._serving is None else self._serving()
+            except Exception as exc:  # keep serving the old model; this file is tried again once it changes
+                version = "the old model" if self._serving is None else self._serving()
                 log.warning(  # escaped: a file anyone could drop there chooses the message (an output's name)
-                    "reload of %s (--watch) refused, still serving %s: %s", self._path, served, printable(exc)
+                    "reload of %s (--watch) refused, still serving %s: %s", self._path, version, printable(exc)
                 )
