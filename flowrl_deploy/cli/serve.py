@@ -58,6 +58,34 @@ def configure_logging(log_format: str, log_level: str) -> None:
         logging.captureWarnings(True)
 
 
+def print_banner(server) -> None:
+    """Print the server's ``serving … on`` line to stdout. A stdout that cannot take it (its reader
+    gone, ``| true``; a full disk) does not stop the server: stdout carries nothing else, and the log
+    on stderr (which journald keeps) names the address. One warning says so, and stdout is pointed at
+    the null device, so that the line left in its buffer is not written again (and fails again) at exit."""
+    import logging
+    import os
+    import sys
+
+    from flowrl_deploy.serve.server import banner
+
+    line = banner(server)
+    try:
+        typer.echo(line)
+    except OSError as exc:
+        try:
+            null = os.open(os.devnull, os.O_WRONLY)
+            os.dup2(null, sys.stdout.fileno())
+            os.close(null)
+        except (OSError, ValueError):  # no file descriptor of its own (replaced by an embedding program)
+            pass
+        logging.getLogger("flowrl.serve").warning(
+            "cannot write the 'serving …' line to stdout (%s); serving on %s regardless",
+            exc.strerror or exc,
+            server.bound_address,
+        )
+
+
 # Every option is a ServeConfig field, its default written out so that --help shows it (importing
 # ServeConfig here would load the server package for every `flowrl` command): a test checks they agree.
 @user_errors
@@ -176,7 +204,6 @@ def serve(
     from flowrl_deploy.export import export_for_serving
     from flowrl_deploy.serve import ServeConfig, serve_forever
     from flowrl_deploy.serve.run import ServerFailed
-    from flowrl_deploy.serve.server import banner
 
     configure_logging(log_format.value, log_level.value)
     try:
@@ -217,9 +244,7 @@ def serve(
             rt_priority=rt_priority,
             grace_s=grace_s,
         )
-        abandoned = serve_forever(
-            config, on_ready=lambda server: typer.echo(banner(server)), export_checkpoint=export_for_serving
-        )
+        abandoned = serve_forever(config, on_ready=print_banner, export_checkpoint=export_for_serving)
     except ServerFailed:  # logged: exit 1 at once, whatever handler threads are left (as below)
         logging.shutdown()
         sys.stdout.flush()
