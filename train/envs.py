@@ -16,13 +16,25 @@ import logging
 import os
 from collections.abc import Iterator
 from dataclasses import dataclass
+from types import ModuleType
 from typing import Protocol
 
 import numpy as np
 
-from flowrl_deploy.envid import ENV_ID_HELP, EnvId, parse_env_id
-from flowrl_deploy.errors import EnvIdError
+from flowrl_deploy.envid import ENV_ID_HELP, EnvId, did_you_mean, parse_env_id
+from flowrl_deploy.errors import EnvIdError, FlowRLError, printable
 from flowrl_deploy.extras import install_command
+
+# dm_control's MUJOCO_GL values (dm_control/_render/constants.py; it compares them as written): those
+# that render nothing, and the OpenGL library each backend loads.
+_RENDER_FREE = ("off", "disable", "disabled", "false", "0")
+_GL_LIBRARIES = {
+    "glfw": "GLFW and a display",
+    "egl": "libEGL (apt install libegl1)",
+    "osmesa": "OSMesa and PyOpenGL (apt install libosmesa6; pip install PyOpenGL)",
+}
+_GLFW_NAMES = ("glfw", "on", "enable", "enabled", "true", "1", "")
+_OWN_MESSAGES = ("dm_control", "mujoco", "humanoid_bench")  # not installed: each has its own message
 
 HUMANOIDBENCH_INSTALL = (
     "HumanoidBench is optional and not on PyPI: install it in a venv of its own with "
@@ -69,6 +81,87 @@ def _root_logger_kept() -> Iterator[None]:
             handler.close()
 
 
+def _opengl_failure(exc: BaseException, library: str) -> FlowRLError | None:
+    """The error to raise for ``exc``, raised while ``library`` (dm_control, MuJoCo) was imported or loaded
+    a task, when the MUJOCO_GL the user set is why: a value it does not know, or an OpenGL backend whose
+    library is missing (osmesa, egl on a headless robot). None when MUJOCO_GL renders nothing (another
+    cause) or ``exc`` is a missing dm_control, MuJoCo or HumanoidBench (each has its own message)."""
+    value = os.environ.get("MUJOCO_GL")
+    if value is None or value in _RENDER_FREE:
+        return None
+    if isinstance(exc, ModuleNotFoundError) and (exc.name or "").partition(".")[0] in _OWN_MESSAGES:
+        return None
+    backend = "glfw" if value in _GLFW_NAMES else value
+    if backend not in _GL_LIBRARIES:
+        what = f"not a value it knows ({', '.join(_GL_LIBRARIES)}, or {_RENDER_FREE[1]} to render nothing)"
+        install = ""
+    else:
+        first_line = (str(exc).strip().splitlines() or [""])[0]
+        what = f"its {backend} OpenGL backend failed to load ({type(exc).__name__}: {first_line})"
+        install = f", or install {_GL_LIBRARIES[backend]}"
+    return FlowRLError(
+        printable(
+            f"{library} cannot start with MUJOCO_GL={value!r}: {what}. flowrl renders nothing: "
+            f"unset MUJOCO_GL or set MUJOCO_GL=disable{install}",
+            limit=600,
+        )
+    )
+
+
+def _import_suite(what: str) -> ModuleType:
+    """dm_control's suite, imported to make ``what`` (an env id, or 'its task list'), with MUJOCO_GL set to
+    'disable' where the user left it unset: no OpenGL context is ever needed (see docs/train.md). A
+    missing dm_control, or a MUJOCO_GL that stops it from loading, is a one-line :class:`FlowRLError`."""
+    os.environ.setdefault("MUJOCO_GL", "disable")
+    try:
+        with _root_logger_kept():  # its import logs which OpenGL backend it chose
+            from dm_control import suite
+    except Exception as exc:
+        if (error := _opengl_failure(exc, "dm_control")) is not None:
+            raise error from exc
+        if isinstance(exc, ModuleNotFoundError):  # dm_control, or the mujoco it runs on
+            raise EnvIdError(
+                f"{exc.name} is not installed, so {what} cannot be made: {install_command('train')}"
+            ) from exc
+        raise
+    return suite
+
+
+class _DeprecatedCompilerAttributes(logging.Filter):
+    """Holds back MuJoCo's notes that a model uses a deprecated compiler attribute (cheetah's
+    ``settotalmass``), which dm_control logs as absl warnings: the suite's own models, nothing a user
+    can change. Every other record passes."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        message = record.getMessage()
+        return not (
+            record.levelno == logging.WARNING
+            and message.startswith("compiler attribute ")
+            and "is deprecated" in message
+        )
+
+
+@contextlib.contextmanager
+def _deprecated_compiler_attributes_held_back() -> Iterator[None]:
+    absl = logging.getLogger("absl")
+    note = _DeprecatedCompilerAttributes()
+    absl.addFilter(note)
+    try:
+        yield
+    finally:
+        absl.removeFilter(note)
+
+
+def dmc_task_ids() -> tuple[str, ...]:
+    """dm_control's suite tasks as env ids (``dmc:cartpole-swingup``), or none where dm_control cannot be
+    imported (the suggestion they serve is left out; making a dm_control task says why)."""
+    try:
+        suite = _import_suite("its task list")
+    except Exception:
+        return ()
+    return tuple(f"dmc:{domain}-{task}" for domain, task in suite.ALL_TASKS)
+
+
 class DMCEnv:
     """A dm_control suite task with observations flattened to float32.
 
@@ -78,21 +171,14 @@ class DMCEnv:
     """
 
     def __init__(self, env_id: EnvId, seed: int) -> None:
-        os.environ.setdefault("MUJOCO_GL", "disable")  # no OpenGL context is ever needed (see docs/train.md)
-        try:
-            with _root_logger_kept():  # its import logs which OpenGL backend it chose
-                from dm_control import suite
-        except ModuleNotFoundError as exc:  # dm_control, or the mujoco it runs on
-            raise EnvIdError(
-                f"{exc.name} is not installed, so {env_id} cannot be made: {install_command('train')}"
-            ) from exc
-
+        suite = _import_suite(str(env_id))
         if (env_id.domain, env_id.task) not in suite.ALL_TASKS:
+            known = [f"dmc:{domain}-{task}" for domain, task in suite.ALL_TASKS]
             raise EnvIdError(
-                f"dm_control has no task {env_id.domain}-{env_id.task}; {ENV_ID_HELP}. "
-                f"Domains: {', '.join(sorted({d for d, _ in suite.ALL_TASKS}))}"
+                f"dm_control has no task {env_id.domain}-{env_id.task}{did_you_mean(str(env_id), known)}; "
+                f"{ENV_ID_HELP}. Domains: {', '.join(sorted({d for d, _ in suite.ALL_TASKS}))}"
             )
-        with _root_logger_kept():
+        with _root_logger_kept(), _deprecated_compiler_attributes_held_back():
             self._env = suite.load(env_id.domain, env_id.task, task_kwargs={"random": seed})
         spec = self._env.action_spec()
         layout = tuple((k, int(np.prod(v.shape))) for k, v in self._env.observation_spec().items())
@@ -140,6 +226,12 @@ class GymEnv:
                 f"gymnasium is not installed, so {env_id} cannot be made: {install_command('train')}"
             ) from exc
         humanoidbench_error = _import_humanoidbench()
+        if (
+            env_id.name.startswith("h1")
+            and humanoidbench_error is not None
+            and (error := _opengl_failure(humanoidbench_error, "HumanoidBench")) is not None
+        ):
+            raise error from humanoidbench_error
         try:
             self._env = gym.make(env_id.name, render_mode=None)
         except gym.error.Error as exc:
@@ -147,6 +239,11 @@ class GymEnv:
             raise EnvIdError(
                 f"unknown environment {env_id.name!r} ({exc}).{hint} How to name tasks: {ENV_ID_HELP}"
             ) from exc
+        except Exception as exc:  # a MuJoCo task imports mujoco as it is made: does the user's MUJOCO_GL stop it?
+            cause = _mujoco_import_error()
+            if cause is None or (error := _opengl_failure(cause, "MuJoCo")) is None:
+                raise
+            raise error from exc
         space = self._env.action_space
         if not isinstance(space, gym.spaces.Box) or len(space.shape) != 1:
             raise EnvIdError(f"{env_id.name} has action space {space}; FlowRL needs a 1-D continuous Box")
@@ -191,6 +288,15 @@ def _actuator_names(env: object, act_dim: int) -> tuple[str, ...]:
     return names if all(names) else ()
 
 
+def _mujoco_import_error() -> Exception | None:
+    """The error importing mujoco raises (as a MUJOCO_GL it cannot load makes it), or None."""
+    try:
+        importlib.import_module("mujoco")
+    except Exception as exc:
+        return exc
+    return None
+
+
 def _import_humanoidbench() -> Exception | None:
     """Import HumanoidBench when present, so that its h1-* ids register; return the import error if not."""
     try:
@@ -201,8 +307,12 @@ def _import_humanoidbench() -> Exception | None:
 
 
 def make_env(env_id: str, seed: int = 0) -> Env:
-    """Make the environment named ``env_id``, seeded; raise :class:`EnvIdError` for an unknown id."""
-    parsed = parse_env_id(env_id)
+    """Make the environment named ``env_id``, seeded; raise :class:`EnvIdError` for an unknown id,
+    suggesting the dm_control task it most likely misspells."""
+    try:
+        parsed = parse_env_id(env_id)
+    except EnvIdError:
+        parsed = parse_env_id(env_id, known=dmc_task_ids())  # raises again, with a suggestion
     return DMCEnv(parsed, seed) if parsed.kind == "dmc" else GymEnv(parsed)
 
 

@@ -1,6 +1,6 @@
 import pytest
 
-from flowrl_deploy.envid import parse_env_id
+from flowrl_deploy.envid import closest_env_id, parse_env_id
 from flowrl_deploy.errors import EnvIdError
 
 
@@ -23,3 +23,36 @@ def test_parses_both_forms(text, kind, domain, task, name):
 def test_bad_ids_say_how_to_name_tasks(text):
     with pytest.raises(EnvIdError, match="dmc:<domain>-<task>"):
         parse_env_id(text)
+
+
+KNOWN = ("dmc:cartpole-swingup", "dmc:cartpole-swingup_sparse", "dmc:ball_in_cup-catch", "dmc:walker-walk")
+
+
+@pytest.mark.parametrize(
+    ("text", "meant"),
+    [
+        ("dmc:Cartpole-Swingup", "dmc:cartpole-swingup"),
+        ("cartpole-swingup", "dmc:cartpole-swingup"),
+        (" dmc:cartpole_swingup ", "dmc:cartpole-swingup"),
+        ("dmc:cartpol-swingup", "dmc:cartpole-swingup"),
+        ("dmc:cartpole-swingup-sparse", "dmc:cartpole-swingup_sparse"),
+        ("ball-in-cup-catch", "dmc:ball_in_cup-catch"),
+        ("DMC:WALKER-WALK", "dmc:walker-walk"),
+    ],
+)
+def test_closest_env_id_forgives_case_separators_and_a_missing_prefix(text, meant):
+    assert closest_env_id(text, KNOWN) == meant
+
+
+@pytest.mark.parametrize("text", ["dmc:zebra-gallop", "", "dmc:cartpole-swingup", "h1-walk-v0"])
+def test_closest_env_id_is_none_for_a_known_or_unlike_id(text):
+    assert closest_env_id(text, KNOWN) is None
+
+
+def test_parse_env_id_given_the_known_ids_suggests_one():
+    suggested = r"^cannot parse env id 'cartpole_swingup' \(did you mean dmc:cartpole-swingup\?\): name a task"
+    with pytest.raises(EnvIdError, match=suggested):
+        parse_env_id("cartpole_swingup", known=KNOWN)
+    with pytest.raises(EnvIdError) as refused:
+        parse_env_id("cartpole_swingup")
+    assert "did you mean" not in str(refused.value)
