@@ -32,8 +32,17 @@ def _replace_unencodable_output() -> None:
 
 class _Flowrl(typer.Typer):
     def __call__(self, *args, **kwargs):
+        from flowrl_deploy.cli._common import OutputFailed, report_output_failure, writing_stdout
+
         _replace_unencodable_output()  # before any output, --help's included
-        return super().__call__(*args, **kwargs)
+        try:
+            return super().__call__(*args, **kwargs)
+        except OutputFailed as exc:  # a command's output (@user_errors): one line, or a quiet exit for EPIPE
+            report_output_failure(exc.error, exc.done)
+        except OSError as exc:  # --help's, --version's (click's own EPIPE handling exits 1 quietly first)
+            if not writing_stdout(exc):
+                raise
+            report_output_failure(exc)
 
 
 app = _Flowrl(

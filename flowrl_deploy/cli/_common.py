@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import errno
 import functools
 import inspect
 import json
@@ -11,10 +12,11 @@ import logging
 import math
 import os
 import signal
+import sys
 from collections.abc import Callable, Iterator
 from enum import Enum
 from pathlib import Path
-from typing import TYPE_CHECKING, Annotated, Any, ParamSpec, TypeVar
+from typing import TYPE_CHECKING, Annotated, Any, NoReturn, ParamSpec, TypeVar
 
 import typer
 
@@ -300,13 +302,107 @@ def connects(command: Callable[..., R]) -> Callable[..., R]:
     return wrapper
 
 
+class OutputFailed(Exception):
+    """Standard output could not take a command's output (a full disk, a reader gone): the ``OSError``
+    as ``error``, and what the command had done by then (``done``, e.g. 'wrote policy.onnx'; '' for
+    nothing worth saying). Not an ``OSError`` itself, which click takes for its own closed-pipe case:
+    the ``flowrl`` program's handler (:func:`report_output_failure`) says it in one line."""
+
+    def __init__(self, error: OSError, done: str = "") -> None:
+        super().__init__(error.strerror or str(error))
+        self.error, self.done = error, done
+
+
+def _is_stdout(stream: object) -> bool:
+    if stream is not None and stream in (sys.stdout, sys.__stdout__):
+        return True
+    try:
+        return stream.fileno() == (sys.__stdout__.fileno() if sys.__stdout__ else 1)  # type: ignore[attr-defined]
+    except (AttributeError, OSError, ValueError):  # no descriptor: a test's StringIO, a closed stream
+        return False
+
+
+def writing_stdout(exc: BaseException) -> bool:
+    """Whether ``exc`` is an ``OSError`` raised writing standard output. Every line a command, --help
+    or --version prints goes through click's ``echo``, which writes and flushes in one frame: the
+    error is one when that frame is the innermost of its traceback and was writing stdout, not a
+    file or stderr (an ``OSError`` from anywhere else keeps its own handling)."""
+    if not isinstance(exc, OSError) or exc.__traceback__ is None:
+        return False
+    tb = exc.__traceback__
+    while tb.tb_next is not None:
+        tb = tb.tb_next
+    frame = tb.tb_frame
+    if frame.f_code.co_name != "echo" or not str(frame.f_globals.get("__name__")).endswith("click.utils"):
+        return False
+    return _is_stdout(frame.f_locals.get("file"))
+
+
+def _stdout_to_null_device() -> None:
+    """Point standard output's file descriptor at the null device, as Python's documentation advises
+    after a ``BrokenPipeError``: what is left in its buffer then goes there at exit, instead of failing
+    again as 'Exception ignored … BrokenPipeError' (or 'No space left on device')."""
+    try:
+        fd = sys.stdout.fileno()
+        null = os.open(os.devnull, os.O_WRONLY)
+    except (AttributeError, OSError, ValueError):  # no descriptor of its own: nothing is flushed at exit
+        return
+    try:
+        os.dup2(null, fd)
+    except OSError:
+        pass
+    finally:
+        os.close(null)
+
+
+def report_output_failure(error: OSError, done: str = "") -> NoReturn:
+    """Exit 1 for a standard output that failed: quietly for a reader gone (``EPIPE``: ``| head -1``,
+    as Unix tools do), else with one line on stderr naming why and, when ``done`` says it, what the
+    command did before (its file is written: a script must not take the export for failed)."""
+    _stdout_to_null_device()
+    if error.errno != errno.EPIPE:
+        why = error.strerror or str(error)
+        message = (
+            f"{done}, but cannot write the summary to standard output: {why}"
+            if done
+            else f"cannot write to standard output: {why}"
+        )
+        typer.secho(f"{journal_prefix(3)}error: {message}", err=True, fg=typer.colors.RED)
+    raise SystemExit(1)
+
+
+class ResultLines:
+    """A command's result lines on standard output, printed after its work. When standard output fails
+    (a full disk, a reader gone) the lines left are dropped but the command goes on (its --json report
+    is still written); :meth:`check` then raises :class:`OutputFailed` saying what was done."""
+
+    def __init__(self) -> None:
+        self.error: OSError | None = None
+
+    def echo(self, text: str) -> None:
+        if self.error is not None:
+            return
+        try:
+            typer.echo(text)
+        except OSError as exc:
+            if not writing_stdout(exc):
+                raise
+            self.error = exc
+
+    def check(self, done: str) -> None:
+        """Raise :class:`OutputFailed` saying ``done`` if a line could not be printed."""
+        if self.error is not None:
+            raise OutputFailed(self.error, done)
+
+
 def user_errors(command: Callable[P, R]) -> Callable[P, R]:
     """Turn a :class:`FlowRLError`, or a missing module of an optional extra (torch on a robot
     computer's base install), into a one-line message on stderr and exit status 1, and Ctrl-C (or an
     :class:`Interrupted` stop signal) into one line saying so and the shell's 128 + signal: 130 for
     Ctrl-C, 143 for SIGTERM (typer's own handling exits 130 silently). Under journald an error line
     begins with its level, ``<3>`` (:func:`~flowrl_deploy.systemd.journal_prefix`). Any other
-    missing module is a bug and keeps its traceback."""
+    missing module is a bug and keeps its traceback. A failed write to standard output becomes
+    :class:`OutputFailed`, which the ``flowrl`` program reports (:func:`report_output_failure`)."""
     command_name = command.__name__.removesuffix("_command")
 
     @functools.wraps(command)
@@ -327,6 +423,10 @@ def user_errors(command: Callable[P, R]) -> Callable[P, R]:
             how = "Ctrl-C" if signum == signal.SIGINT else signal.Signals(signum).name
             typer.secho(f"interrupted ({how}): flowrl {command_name} stopped before it finished", err=True)
             raise typer.Exit(128 + signum) from None
+        except OSError as exc:
+            if not writing_stdout(exc):
+                raise
+            raise OutputFailed(exc) from None
 
     return wrapper
 

@@ -10,6 +10,7 @@ import typer
 
 from flowrl_deploy.cli._common import (
     Connection,
+    ResultLines,
     check_report,
     check_writable,
     client_warnings,
@@ -182,9 +183,12 @@ def control(
             on_rate=_announce_rate(explicit=hz is not None),
             on_session=None if textfile is None else textfile.watch,
         )
-    typer.echo(report.summary())
+    printed = ResultLines()  # a stdout that fails still lets the report be written
+    printed.echo(report.summary())
     if json_path is not None:
         write_report("--json", json_path, report.to_dict())
+        printed.check(f"ran {report.steps} steps and wrote the --json report {json_path}")
+    printed.check("")
     if report.interrupted:
         typer.secho("interrupted: the figures above cover the completed episodes and ticks", err=True)
         raise typer.Exit(130)

@@ -10,7 +10,14 @@ from typing import Annotated
 import typer
 
 from flowrl_deploy.checkpoint import BEST, LAST, read_spec, resolve_checkpoint
-from flowrl_deploy.cli._common import Solver, check_report, check_writable, user_errors, write_report
+from flowrl_deploy.cli._common import (
+    ResultLines,
+    Solver,
+    check_report,
+    check_writable,
+    user_errors,
+    write_report,
+)
 from flowrl_deploy.errors import FlowRLError
 from flowrl_deploy.export.config import DTYPES, ExportConfig, steps_note
 from flowrl_deploy.export.exporter import check_run_output
@@ -164,21 +171,25 @@ def export(
         seed=seed,
     )
     check_opset(config.opset, runtime=config.verify)
-    check_outputs(onnx_path, sweep_paths(onnx_path, step_list), json_path, checkpoint_dir)
+    onnx_files = sweep_paths(onnx_path, step_list)
+    check_outputs(onnx_path, onnx_files, json_path, checkpoint_dir)
+    printed = ResultLines()  # a stdout that fails says the files were written, and the report still is
     if sweep:
         from flowrl_deploy.export.sweep import format_sweep, sweep_steps
 
         rows = sweep_steps(checkpoint, onnx_path, config, step_list, env_id=env, episodes=episodes, seed=seed)
         for row in rows:
-            typer.echo(row.report.summary())
-        typer.echo(format_sweep(rows))
+            printed.echo(row.report.summary())
+        printed.echo(format_sweep(rows))
         records = [row.to_dict() for row in rows]
     else:
         result = export_checkpoint(checkpoint, onnx_path, config)
-        typer.echo(result.summary())
+        printed.echo(result.summary())
         # another N than the training N samples another policy; a sweep's table compares them itself
         if steps is not None and (note := steps_note(read_spec(checkpoint_dir).flow_steps, config.steps)):
             typer.echo(note, err=True)
         records = [result.to_dict()]
     if json_path is not None:
         write_report("--json", json_path, records)
+    files = str(onnx_path) if len(onnx_files) == 1 else f"{len(onnx_files)} files ({onnx_files[0]} … {onnx_files[-1]})"
+    printed.check(f"wrote {files}" + (f" and the --json report {json_path}" if json_path is not None else ""))

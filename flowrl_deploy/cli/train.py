@@ -10,7 +10,7 @@ from typing import Annotated
 
 import typer
 
-from flowrl_deploy.cli._common import Solver, finite, user_errors, warnings_to
+from flowrl_deploy.cli._common import ResultLines, Solver, finite, user_errors, warnings_to
 from flowrl_deploy.errors import FlowRLError
 from flowrl_deploy.train.config import (
     CFM_WEIGHTINGS,
@@ -238,7 +238,9 @@ def train(
         )
         raise typer.Exit(128 + (result.stop_signal or signal.SIGINT))  # the shell's code: 130 Ctrl-C, 143 SIGTERM
     best = result.counters.best_eval_return
-    typer.echo(
+    printed = ResultLines()
+    printed.echo(
         f"trained {result.counters.env_steps} env steps; last checkpoint {result.last_checkpoint}"
         + (f"; best eval return {best:.1f}" if best > float("-inf") else "")
     )
+    printed.check(f"trained {result.counters.env_steps} env steps (last checkpoint {result.last_checkpoint})")

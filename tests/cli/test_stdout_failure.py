@@ -1,0 +1,124 @@
+"""A standard output that cannot be written (a full disk, `> /dev/full`; a reader gone, `| head -1`,
+`| true`) is one line on stderr and exit 1, or for a closed pipe a quiet exit 1 as Unix tools do: every
+command ended in a 40-line traceback. `flowrl export` says its file was written (and still writes its
+--json report), and `flowrl query` against a real server fails the same way."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+from tiny_policy import write_policy
+
+FULL_DISK = "error: cannot write to standard output: No space left on device"
+
+needs_dev_full = pytest.mark.skipif(not os.path.exists("/dev/full"), reason="no /dev/full here")
+
+
+def _closed_pipe() -> int:
+    read, write = os.pipe()
+    os.close(read)  # the reader is gone before anything is printed
+    return write
+
+
+def flowrl(cwd: Path, stdout: int, *args: str) -> subprocess.CompletedProcess:
+    try:
+        return subprocess.run(
+            [sys.executable, "-m", "flowrl_deploy.cli", *args],
+            cwd=cwd, stdout=stdout, stderr=subprocess.PIPE, timeout=300,
+        )  # fmt: skip
+    finally:
+        os.close(stdout)
+
+
+def full_disk() -> int:
+    return os.open("/dev/full", os.O_WRONLY)
+
+
+@pytest.fixture(scope="module")
+def policy(tmp_path_factory) -> Path:
+    return write_policy(tmp_path_factory.mktemp("p") / "p.onnx")
+
+
+COMMANDS = {
+    "help": lambda policy: ["--help"],
+    "version": lambda policy: ["--version"],
+    "inspect": lambda policy: ["inspect", str(policy)],
+    "inspect-json": lambda policy: ["inspect", str(policy), "--json"],
+}
+
+
+@needs_dev_full
+@pytest.mark.parametrize("command", COMMANDS.values(), ids=COMMANDS.keys())
+def test_a_full_stdout_is_one_line_and_exit_1(tmp_path, policy, command):
+    result = flowrl(tmp_path, full_disk(), *command(policy))
+    assert result.returncode == 1
+    assert result.stderr.decode().splitlines() == [FULL_DISK], result.stderr.decode()[-3000:]
+
+
+@pytest.mark.parametrize("command", COMMANDS.values(), ids=COMMANDS.keys())
+def test_a_closed_pipe_is_a_quiet_exit_1(tmp_path, policy, command):
+    result = flowrl(tmp_path, _closed_pipe(), *command(policy))
+    assert result.returncode == 1
+    assert result.stderr == b"", result.stderr.decode()[-3000:]
+
+
+@pytest.fixture(scope="module")
+def server(tmp_path_factory):
+    from flowrl_deploy.serve import PolicyServer, ServeConfig
+
+    path = write_policy(tmp_path_factory.mktemp("served") / "policy.onnx")
+    with PolicyServer(ServeConfig(str(path), port=0, grace_s=0)).start() as running:
+        yield running.address
+
+
+@needs_dev_full
+@pytest.mark.parametrize("command", ["query", "stats", "wait"])
+def test_a_full_stdout_after_a_call_is_one_line(tmp_path, server, command):
+    args = ["--obs", "[0.1, 0.2, 0.3]"] if command == "query" else []
+    result = flowrl(tmp_path, full_disk(), command, "--server", server, *args)
+    assert result.returncode == 1
+    assert result.stderr.decode().splitlines() == [FULL_DISK], result.stderr.decode()[-3000:]
+
+
+@pytest.fixture(scope="module")
+def checkpoint(tmp_path_factory) -> Path:
+    pytest.importorskip("torch")
+    pytest.importorskip("onnx")
+    from flowrl_deploy.checkpoint import save_checkpoint
+
+    sys.path.insert(0, os.path.join(os.path.dirname(__file__), "..", "export"))
+    try:
+        from export_fixtures import SPEC, actor_tensors
+    finally:
+        sys.path.pop(0)
+    return save_checkpoint(tmp_path_factory.mktemp("ck") / "step_1", spec=SPEC, actor=actor_tensors())
+
+
+@needs_dev_full
+def test_export_on_a_full_stdout_says_its_file_was_written_and_writes_its_report(tmp_path, checkpoint):
+    """A script that read exit 1 and a traceback took the export for failed, though its file was whole."""
+    out, report = tmp_path / "p.onnx", tmp_path / "rep.json"
+    result = flowrl(
+        tmp_path, full_disk(), "export", str(checkpoint), "-o", str(out), "--no-verify", "--json", str(report)
+    )
+    lines = result.stderr.decode().splitlines()
+    assert result.returncode == 1 and len(lines) == 1, result.stderr.decode()[-3000:]
+    assert lines[0] == (
+        f"error: wrote {out} and the --json report {report}, but cannot write the summary to standard output: "
+        "No space left on device"
+    )
+    assert out.is_file() and json.loads(report.read_text())[0]["path"] == str(out)
+
+
+def test_export_on_a_closed_pipe_exits_quietly_with_its_files_written(tmp_path, checkpoint):
+    out, report = tmp_path / "p.onnx", tmp_path / "rep.json"
+    result = flowrl(
+        tmp_path, _closed_pipe(), "export", str(checkpoint), "-o", str(out), "--no-verify", "--json", str(report)
+    )
+    assert result.returncode == 1 and result.stderr == b"", result.stderr.decode()[-3000:]
+    assert out.is_file() and json.loads(report.read_text())[0]["path"] == str(out)
