@@ -18,7 +18,7 @@ from flowrl_deploy.cli._common import (
     user_errors,
     write_report,
 )
-from flowrl_deploy.errors import FlowRLError
+from flowrl_deploy.errors import FlowRLError, printable
 from flowrl_deploy.export.config import DTYPES, ExportConfig, steps_note
 from flowrl_deploy.export.exporter import check_run_output
 from flowrl_deploy.spec import MAX_FLOW_STEPS
@@ -62,15 +62,35 @@ def file_path(flag: str, text: str, example: str) -> Path:
     return Path(text)
 
 
+EXPORT_RULE = "an export may replace an earlier export, never another file"
+
+
+def check_replaceable(flag: str, path: Path) -> None:
+    """Refuse an existing regular file at ``path`` that is not a policy ``flowrl export`` wrote (an
+    ONNX model carrying a flowrl contract: :func:`~flowrl_deploy.export.inspect.unlike_a_flowrl_policy`),
+    such as an observation's JSON, notes, an .npy or another project's model. An empty file holds
+    nothing to lose, and a link is replaced, never written through."""
+    from flowrl_deploy.export.inspect import unlike_a_flowrl_policy
+
+    if path.is_symlink() or not path.is_file() or path.stat().st_size == 0:
+        return
+    if why := unlike_a_flowrl_policy(path):
+        raise FlowRLError(
+            f"{flag} {printable(path)} exists and {why}: {EXPORT_RULE}; give --out another name, or delete the file "
+            "first if it may go"
+        )
+
+
 def check_outputs(out: Path, onnx_files: list[Path], json_out: Path | None, checkpoint_dir: Path) -> None:
     """Refuse, before the first export, every output that cannot be written or would destroy
     something: each file of a sweep (not only the first), and the --json report."""
     for path in onnx_files:
-        flag = "--out" if path == out else f"the sweep's file (from --out {out})"
+        flag = "--out" if path == out else f"the sweep's file (from --out {printable(out)})"
         if path.is_dir():
             raise FlowRLError(f"{flag} {path} is a directory; give --out another file name")
         check_writable(flag, path)
         check_run_output(flag, path, checkpoint_dir)
+        check_replaceable(flag, path)
     if json_out is not None:
         # check_report (last) repeats check_writable, but the order of the refusals matters: a path in
         # the checkpoint, then a file of the run, then the ONNX file, then a file that is not a report.

@@ -214,8 +214,10 @@ def test_out_under_a_file_is_one_clear_line(checkpoint, tmp_path):
 def test_a_failed_verification_keeps_the_old_file(checkpoint, tmp_path, monkeypatch):
     from flowrl_deploy.export import verify
 
-    out = tmp_path / "policy.onnx"
-    out.write_bytes(b"the policy on the robot")
+    from tiny_policy import write_policy
+
+    out = write_policy(tmp_path / "policy.onnx")  # the policy on the robot: an export may replace it
+    before = out.read_bytes()
 
     def fail(*args, **kwargs):
         raise verify.VerificationError("the exported graph does not match the torch sampler")
@@ -224,5 +226,5 @@ def test_a_failed_verification_keeps_the_old_file(checkpoint, tmp_path, monkeypa
     result = runner.invoke(app, ["export", str(checkpoint), "--steps", "2", "--out", str(out)])
     assert result.exit_code == 1
     assert "does not match the torch sampler" in result.output and "Traceback" not in result.output
-    assert out.read_bytes() == b"the policy on the robot"
+    assert out.read_bytes() == before
     assert sorted(p.name for p in tmp_path.iterdir()) == ["policy.onnx"]
