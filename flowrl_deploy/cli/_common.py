@@ -105,6 +105,26 @@ def check_writable(flag: str, path: Path) -> None:
 
 REPORT_RULE = "a report may replace an earlier report, never another file"
 NOT_A_REPORT = f"exists and is not a JSON document: {REPORT_RULE}"
+NOT_OUR_REPORT = f"exists and is not a flowrl report (an export's or a control run's --json): {REPORT_RULE}"
+EXPORT_REPORT_KEYS = frozenset({"path", "contract_hash"})
+"""Keys of each entry of `flowrl export --json`'s list (one per file written), in every release."""
+CONTROL_REPORT_KEYS = frozenset({"server", "env_id", "hz", "deadline_ms", "steps", "deadline_misses"})
+"""Keys of `flowrl control --json`'s object (the run's figures), in every release."""
+
+
+def is_flowrl_report(value: object) -> bool:
+    """Whether the JSON ``value`` has the shape of a report flowrl writes (told by its shape, so that
+    the reports of earlier releases count too): `flowrl export --json`'s non-empty list of objects each
+    holding :data:`EXPORT_REPORT_KEYS`, or `flowrl control --json`'s object holding :data:`CONTROL_REPORT_KEYS`."""
+    if isinstance(value, dict):
+        return value.keys() >= CONTROL_REPORT_KEYS
+    return (
+        isinstance(value, list)
+        and bool(value)
+        and all(isinstance(entry, dict) and entry.keys() >= EXPORT_REPORT_KEYS for entry in value)
+    )
+
+
 TOO_LARGE_FOR_A_REPORT = (
     f"exists and holds more than {MAX_REPORT_BYTES >> 20} MiB, far more than a report: {REPORT_RULE}"
     " (delete it first to replace it)"
@@ -115,10 +135,11 @@ RUN_JSON_FILES = frozenset({RUN_CONFIG_FILE, METRICS_JSONL, DOCUMENT_FILE, TRAIN
 
 def _replace_refusal(path: Path) -> str:
     """Why a report must not replace ``path`` ('' when it may): an existing file (not a link) that is
-    a run's or checkpoint's JSON file by name, or holds something other than one JSON document (a
-    model, a certificate, a CSV, a run's metrics.jsonl). An empty file holds nothing to lose. A file
-    beyond :data:`MAX_REPORT_BYTES` is not one of our reports, whatever it holds (a long JSON-lines
-    log begins with ``{`` and ends with ``}``, as a report does)."""
+    a run's or checkpoint's JSON file by name, holds something other than one JSON document (a
+    model, a certificate, a CSV, a run's metrics.jsonl), or a JSON document that is not a report
+    flowrl wrote (:func:`is_flowrl_report`: a user's settings.json, an observation). An empty file
+    holds nothing to lose. A file beyond :data:`MAX_REPORT_BYTES` is not one of our reports, whatever
+    it holds (a long JSON-lines log begins with ``{`` and ends with ``}``, as a report does)."""
     if path.is_symlink() or not path.is_file():
         return ""  # a link is replaced, never written through; a missing file loses nothing
     if path.name in RUN_JSON_FILES:
@@ -133,19 +154,19 @@ def _replace_refusal(path: Path) -> str:
     if not data.strip():
         return ""
     try:
-        json.loads(data)
+        value = json.loads(data)
     except RecursionError:
-        return ""  # deeply nested, but JSON
+        return NOT_OUR_REPORT  # JSON nested deeper than any report
     except ValueError:  # not JSON, or not UTF-8
         return NOT_A_REPORT
-    return ""
+    return "" if is_flowrl_report(value) else NOT_OUR_REPORT
 
 
 def check_report(flag: str, path: Path, inputs: dict[str, str | Path] | None = None) -> None:
     """:func:`check_writable` for a JSON report, and refuse a ``path`` whose writing would destroy
     data: a file among the command's ``inputs`` ({flag: path}, e.g. the --local-model it runs) or
-    an existing file that is not a JSON document. A report may replace an earlier report, never a
-    model or any other file."""
+    an existing file that is not a report flowrl wrote (:func:`_replace_refusal`). A report may
+    replace an earlier report, never a model or any other file."""
     check_writable(flag, path)
     target = path.parent.resolve() / path.name  # a link at ``path`` is replaced, not its target
     for name, given in (inputs or {}).items():

@@ -38,7 +38,7 @@ def test_a_file_beyond_the_limit_is_kept(tmp_path, old):
 
 def test_a_report_up_to_the_limit_is_replaced(tmp_path):
     path = tmp_path / "rep.json"
-    path.write_text(json.dumps({"returns": [0.5] * 10}).ljust(LIMIT))
+    path.write_text(json.dumps([{"path": "p.onnx", "contract_hash": "ab"}]).ljust(LIMIT))  # an export's report
     check_report("--json", path)
     write_report("--json", path, {"return": 1.0})
     assert json.loads(path.read_text()) == {"return": 1.0}

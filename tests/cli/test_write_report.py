@@ -64,11 +64,11 @@ def test_a_new_report_gets_the_umasks_permissions(tmp_path, umask_027):
 
 
 def test_a_failed_write_leaves_the_old_report_and_no_temporary_file(tmp_path):
-    report = tmp_path / "rep.json"
-    report.write_text('{"old": 1}')
+    report, old = tmp_path / "rep.json", '[{"path": "p.onnx", "contract_hash": "ab"}]'  # an export's report
+    report.write_text(old)
     with pytest.raises(TypeError):
         write_report("--json", report, {"not json": object()})
-    assert report.read_text() == '{"old": 1}' and _leftovers(tmp_path) == []
+    assert report.read_text() == old and _leftovers(tmp_path) == []
 
 
 def test_a_failed_rename_is_one_line_naming_the_flag_and_leaves_no_temporary_file(tmp_path):
@@ -87,9 +87,14 @@ def test_a_folder_that_is_a_file_is_named(tmp_path):
 
 @pytest.mark.parametrize(
     "old",
-    ['{"return": 0.5}\n', "[1, 2]", "", "\n", "[" * 100_000 + "]" * 100_000],  # JSON too deep for json.loads
-    ids=["object", "list", "empty", "newline", "deep"],
-)
+    [
+        '{"server": "h:1", "env_id": "dmc:a-b", "hz": 50, "deadline_ms": 20, "steps": 5, "deadline_misses": 0}\n',
+        '[{"path": "p.onnx", "contract_hash": "ab"}]',
+        "",
+        "\n",
+    ],
+    ids=["control", "export", "empty", "newline"],
+)  # JSON that is no flowrl report (too deep for json.loads among them): test_report_replace.py
 def test_a_report_replaces_an_earlier_report_or_an_empty_file(tmp_path, old):
     report = tmp_path / "rep.json"
     report.write_text(old)

@@ -1,0 +1,46 @@
+"""A `--json` report (flowrl export, flowrl control) replaces only a report flowrl wrote, told by its
+shape (an export's list of files with their contract hashes, a control run's figures): it replaced
+any JSON document, a user's settings.json or an observation file among them."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from flowrl_deploy.cli._common import check_report, is_flowrl_report, write_report
+from flowrl_deploy.errors import FlowRLError
+
+EXPORT_REPORT = [{"path": "p.onnx", "contract_hash": "ab12", "sha256": "cd34", "contract": {}, "parity": None}]
+CONTROL_REPORT = {
+    "server": "localhost:50051", "env_id": "dmc:cartpole-swingup", "hz": 50.0, "seed": 0, "deadline_ms": 20.0,
+    "returns": [1.0], "steps": 5, "fresh_replies": 5, "deadline_misses": 0,
+}  # fmt: skip
+NEW = {"return": 2.5}
+NOT_OURS = r"exists and is not a flowrl report \(an export's or a control run's --json\): a report may replace an"
+
+
+@pytest.mark.parametrize(
+    "old",
+    ['{"my": "settings"}\n', "[0, 0, 0, 0, 0]", "[]", "{}", '"text"', "[" * 100_000 + "]" * 100_000,
+     json.dumps([{"path": "x"}]), json.dumps({"server": "a", "hz": 1})],
+    ids=["settings", "observation", "empty-list", "empty-object", "string", "deep", "path-only", "some-keys"],
+)  # fmt: skip
+def test_json_that_is_not_a_flowrl_report_is_kept(tmp_path, old):
+    path = tmp_path / "settings.json"
+    path.write_text(old)
+    with pytest.raises(FlowRLError, match=r"--json .*settings\.json " + NOT_OURS + r".*give the report another name"):
+        check_report("--json", path)
+    with pytest.raises(FlowRLError, match=NOT_OURS + r".*the report was not written"):
+        write_report("--json", path, NEW)
+    assert path.read_text() == old
+
+
+@pytest.mark.parametrize("old", [EXPORT_REPORT, EXPORT_REPORT * 3, CONTROL_REPORT], ids=["export", "sweep", "control"])
+def test_a_flowrl_report_is_replaced(tmp_path, old):
+    path = tmp_path / "rep.json"
+    path.write_text(json.dumps(old, indent=2) + "\n")
+    assert is_flowrl_report(old)
+    check_report("--json", path)
+    write_report("--json", path, NEW)
+    assert json.loads(path.read_text()) == NEW
