@@ -26,8 +26,10 @@ def parse_cpus(text: str) -> tuple[int, ...]:
     count = os.cpu_count() or 1
     cpus: set[int] = set()
     for part in (p.strip() for p in text.split(",")):
+        low, dash, high = part.partition("-")
+        if dash and not (low.strip() and high.strip()):  # '1-' (a truncated 1-3) was read as core 1
+            raise FlowRLError(f"--cpus {text!r}: {part!r} lacks an end: a range needs both ends, such as 0-3")
         try:
-            low, _, high = part.partition("-")
             first, last = int(low), int(high or low)
         except ValueError:
             raise FlowRLError(f"--cpus {text!r}: use core ids such as 1, 2,3 or 0-3") from None

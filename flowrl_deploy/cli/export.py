@@ -31,7 +31,9 @@ DEFAULT_DTYPE = DType(DEFAULT.dtype)
 
 
 def parse_steps(text: str) -> list[int]:
-    """'10' → [10]; '1,2,5,10,20' → [1, 2, 5, 10, 20]."""
+    """'10' → [10]; '1,2,5,10,20' → [1, 2, 5, 10, 20]; an empty item ('1,,2', '1,2,') is refused."""
+    if text.strip() and not all(part.strip() for part in text.split(",")):
+        raise FlowRLError(f"--steps {text!r} has an empty item: give numbers separated by commas, such as 1,2,5,10,20")
     try:
         steps = [int(part) for part in text.split(",") if part.strip()]
     except ValueError:
