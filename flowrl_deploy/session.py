@@ -35,7 +35,7 @@ from flowrl_deploy.contract import MAX_CONTROL_PERIOD_S, MAX_HZ, MIN_CONTROL_PER
 from flowrl_deploy.errors import FlowRLError
 from flowrl_deploy.exposition import LATENCY_BUCKETS_S, Histogram
 from flowrl_deploy.fieldtypes import is_integer, is_number, shown
-from flowrl_deploy.noise import Seed, checked_seed
+from flowrl_deploy.noise import Seed, checked_seed, draw_noise, session_noise
 from flowrl_deploy.proto.flowrl.v1 import policy_pb2 as pb
 
 log = logging.getLogger("flowrl.client")
@@ -241,7 +241,10 @@ class ControlSession:
     in place (``a *= 0.5``) never changes what the session holds or returns later.
 
     The local fallback keeps the file loaded when the session was made: a server ``Reload`` does
-    not change it (open a new session after one). Its contract must be the served one (else
+    not change it (open a new session after one). It draws its noise as the server's session does,
+    one block every tick, served or not, so a fallback at tick t acts on the server's draw for
+    tick t (a tick the server never took, the stream down or refused, leaves the server's stream
+    behind the ticks). Its contract must be the served one (else
     :class:`FlowRLError`); a file other than the served one (its sha256 is not the one in the
     served ``model_version``) and a ``period_s`` other than the served policy's control period
     are logged as warnings (logger ``flowrl.client``), not refused.
@@ -339,12 +342,17 @@ class ControlSession:
                 1 / served_period_s,
             )
         self.local = None
+        self._local_noise: np.random.Generator | None = None
+        """The local fallback's noise, as the server's session draws it: one block every tick (served
+        or not), so that a fallback at tick t acts on the server's draw for tick t."""
         if fallback == "local":
-            from flowrl_deploy.runtime import SeededPolicy  # onnxruntime, loaded only for a local fallback
+            from flowrl_deploy.runtime import OnnxPolicy  # onnxruntime, loaded only for a local fallback
 
-            self.local = SeededPolicy(local_model, seed)
-            if self.local.policy.contract_hash != self.info.contract_hash:
-                diff = "; ".join(self.info.contract.differences(self.local.policy.contract))
+            self.local = OnnxPolicy(local_model)
+            if self.local.takes_noise:
+                self._local_noise = session_noise(seed)
+            if self.local.contract_hash != self.info.contract_hash:
+                diff = "; ".join(self.info.contract.differences(self.local.contract))
                 raise FlowRLError(f"the local fallback model {local_model} is not the served policy ({diff})")
             _check_local_file(local_model, self.info.model_version)
         zeros = np.zeros(self.info.act_dim, np.float32)
@@ -400,6 +408,7 @@ class ControlSession:
         health.ticks += 1
         if health.last_fresh is None:
             health.last_fresh = time.monotonic()
+        noise = None if self._local_noise is None else draw_noise(self._local_noise, 1, self.info.act_dim)
         reply = self._exchange(obs, seq, start + self.deadline_s)
         if not isinstance(reply, str):
             action = decode(reply.action, name="action")
@@ -412,7 +421,7 @@ class ControlSession:
             health.model_version = timing.model_version
             health.round_trips.observe(timing.round_trip_us / 1e6)
         else:
-            action = self._fallback(obs)
+            action = self._fallback(obs, noise)
             self.timings.append(CallTiming(seq, self.fallback, (time.perf_counter() - start) * 1e6, reason=reply))
             health.last_fallback_reason = reply
             health.fallbacks[reply] = health.fallbacks.get(reply, 0) + 1
@@ -520,9 +529,9 @@ class ControlSession:
         )
         self._warned = ""
 
-    def _fallback(self, obs: npt.NDArray[np.float32]) -> npt.NDArray[np.float32]:
+    def _fallback(self, obs: npt.NDArray[np.float32], noise: npt.NDArray[np.float32] | None) -> npt.NDArray[np.float32]:
         if self.local is not None:
-            return self.local.act(obs)
+            return self.local.run(obs[None], noise)[0]
         if self.fallback == "hold" and self.last_action is not None:
             return self.last_action
         return self._zeros
@@ -597,8 +606,8 @@ class ControlSession:
             self.last_action = None
             self.health.last_fresh = None
             self.health.consecutive_misses = 0  # the server answered: a new episode starts with no misses
-            if self.local is not None:
-                self.local.reseed(seed)
+            if self._local_noise is not None:
+                self._local_noise = session_noise(seed)
         finally:
             self._busy.release()
 

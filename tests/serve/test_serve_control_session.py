@@ -176,6 +176,30 @@ def test_the_local_fallback_acts_as_flowrl_eval_of_the_same_file(client, policy_
     np.testing.assert_allclose(actions, [eval_act(obs) for obs in observations], atol=1e-6)
 
 
+def test_local_fallback_noise_keeps_in_step_with_the_ticks_so_a_run_with_misses_is_the_seeded_episode(
+    client, policy_path
+):
+    """The server draws one noise block per tick it is sent, late or not; the local fallback drew
+    its k-th block at its k-th fallback, so a miss at tick t acted on another draw than the server's
+    for tick t and a run with misses was not `flowrl eval --seed S`'s episode."""
+    from flowrl_deploy.runtime import SeededPolicy
+
+    seed = 6
+    observations = np.random.default_rng(1).uniform(-1, 1, (7, OBS.size)).astype(np.float32)
+    missed = [False, True, False, True, True, False, True]
+    seeded = SeededPolicy(policy_path, seed)
+    with client.session(period_s=0.5, seed=seed, fallback="local", local_model=str(policy_path)) as control:
+        for obs, miss in zip(observations, missed, strict=True):
+            control.deadline_s = MISS_S if miss else 2.0
+            np.testing.assert_allclose(control.act(obs), seeded.act(obs), atol=1e-6)
+            assert control.timings[-1].source == ("local" if miss else "server")
+        control.reset(seed=seed)  # a new episode: both streams restart from the seed
+        seeded.reseed(seed)
+        for obs, miss in zip(observations, missed[::-1], strict=True):
+            control.deadline_s = MISS_S if miss else 2.0
+            np.testing.assert_allclose(control.act(obs), seeded.act(obs), atol=1e-6)
+
+
 def test_watchdog_raises_when_the_last_fresh_action_is_too_old(client):
     with client.session(period_s=0.5, seed=0, max_staleness_s=0.01) as control:
         control.act(OBS)
@@ -248,9 +272,11 @@ def test_local_fallback_then_reconnect_after_a_server_restart(policy_path, local
             assert control.timings[-1].source == "server"
             caplog.clear()  # the period's warning
             first.stop(grace=0)
-            first_local = documented_noise(1).standard_normal((1, ACT_DIM), dtype=np.float32)
+            noise = documented_noise(1)
+            noise.standard_normal((1, ACT_DIM), dtype=np.float32)  # tick 1's, served
+            second = noise.standard_normal((1, ACT_DIM), dtype=np.float32)  # tick 2 falls back on its own draw
             with caplog.at_level(logging.INFO, logger="flowrl.client"):
-                np.testing.assert_allclose(control.act(OBS), local.act(OBS[None], first_local)[0], atol=1e-6)
+                np.testing.assert_allclose(control.act(OBS), local.act(OBS[None], second)[0], atol=1e-6)
             assert control.timings[-1].source == "local"
             assert control.health.last_fallback_reason == "disconnected"
             restarted = PolicyServer(ServeConfig(str(policy_path), port=port, grace_s=0.1)).start()
