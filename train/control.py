@@ -1,8 +1,9 @@
 """A simulated robot: a fixed-rate control loop stepping a simulator with served actions.
 
-``run_control`` is what ``flowrl control`` and ``flowrl demo`` call. With the same seed it
-reproduces ``flowrl eval`` of the served ONNX file: the session's noise generator is seeded
-with ``seed`` and episode i resets with ``episode_seed(seed, i, stream=EVAL_STREAM)``. It lives
+``run_control`` is what ``flowrl control`` and ``flowrl demo`` call. With the same seed and no
+fallback tick it reproduces ``flowrl eval`` of the served ONNX file: the session's noise generator
+is seeded with ``seed`` and episode i resets with ``episode_seed(seed, i, stream=EVAL_STREAM)``
+(the summary notes any fallback tick, :meth:`ControlReport._seeded_note`). It lives
 in train, not in the core package: a simulator (dm_control) is no part of a robot computer's install.
 """
 
@@ -36,6 +37,8 @@ from flowrl_deploy.train.evaluate import EVAL_STREAM, Episode, check_env_fits, l
 MISS_WARNING_RATE = 0.01
 """A run with more of its ticks on the fallback than this says so in its summary: the robot mostly
 held or guessed its actions (the server was away or too slow), which a return alone does not show."""
+IN_STEP_REASONS = frozenset({"deadline", "DEADLINE_EXCEEDED"})
+"""Fallback reasons of ticks the server still took (and drew their noise for): late, not lost."""
 DEFAULT_HZ = 50.0
 """The control rate when none is given and the served policy's contract has no control period."""
 CONTROL_FLAGS = {
@@ -90,6 +93,8 @@ class ControlReport:
     """Each completed episode's steps, as ``returns``."""
     terminated: list[bool] = field(default_factory=list)
     """Whether the task ended each completed episode (a fall in HumanoidBench), not its time limit or --max-steps."""
+    fallback: str = "hold"
+    """The session's fallback (``--fallback``): hold, zeros or local."""
 
     @property
     def mean_return(self) -> float | None:
@@ -122,12 +127,36 @@ class ControlReport:
             else ""
         )
         reasons = ", ".join(f"{reason} {n}" for reason, n in self.fallbacks.items())
+        note = self._seeded_note()
         return (
             f"{self.env_id} at {self.hz:g} Hz via {self.server}: {returns} ({self.steps} steps"
             f"{f'; episode {lengths}' if lengths else ''})\n"
             f"{latency}; jitter {self.jitter_us:.0f} µs; "
             f"deadline misses {self.deadline_misses} ({100 * self.miss_rate:.3f}%), overruns {self.overruns}"
-            f"{f'; fallbacks: {reasons}' if reasons else ''}{warning}"
+            f"{f'; fallbacks: {reasons}' if reasons else ''}{warning}{note}"
+        )
+
+    def _seeded_note(self) -> str:
+        """A line saying that fallback ticks leave the seeded episode (``flowrl eval --seed``), or ''.
+
+        A served action at tick t uses the session's noise draw t; ``hold`` and ``zeros`` act on
+        something else, so one such tick changes the episode. ``local`` draws tick t's noise too, so
+        it plays the seeded episode when every fallback tick still reached the server (a deadline
+        miss) and the local model computes the served actions bit for bit; a tick the server never
+        took (the stream down, a refusal) leaves its noise stream behind the ticks."""
+        n = sum(self.fallbacks.values())
+        if not n:
+            return ""
+        eval_ = f"`flowrl eval --seed {self.seed}`"
+        ticks = f"{n} tick{'s' * (n != 1)} acted on the {self.fallback} fallback"
+        if self.fallback == "local" and set(self.fallbacks) <= IN_STEP_REASONS:
+            return (
+                f"\nnote: {ticks}: the return is the seeded episode's ({eval_} of the served file) only if "
+                "--local-model computes the served actions bit for bit (the served file, both run on the CPU)"
+            )
+        return (
+            f"\nnote: {ticks}, so the return is not the seeded episode's: {eval_} of the served file "
+            "matches a run with no fallback tick (a lower --hz misses fewer)"
         )
 
 
@@ -264,6 +293,7 @@ def run_control(
         overruns=clock.overruns,
         interrupted=interrupted,
         watchdog=watchdog,
+        fallback=fallback,
         **_tick_figures(session.timings, clock.lateness),
     )
 

@@ -129,3 +129,29 @@ def test_the_summary_gives_the_episodes_lengths_and_terminations():
     report.terminated[:] = [True, False]
     first = report.summary().splitlines()[0]
     assert first.endswith("(3 steps; episode length 25 ± 5 steps, 1 of 2 ended by termination)")
+
+
+@pytest.mark.parametrize(
+    ("fallback", "reasons", "said"),
+    [
+        ("hold", [], None),
+        ("hold", ["deadline"], "note: 1 tick acted on the hold fallback, so the return is not the seeded episode's"),
+        ("zeros", ["deadline", "disconnected"], "note: 2 ticks acted on the zeros fallback, so the return is not"),
+        ("local", ["deadline", "DEADLINE_EXCEEDED"], "note: 2 ticks acted on the local fallback: the return is the"),
+        ("local", ["deadline", "disconnected"], "note: 2 ticks acted on the local fallback, so the return is not"),
+    ],
+)
+def test_any_fallback_tick_is_said_to_leave_the_seeded_episode(fallback, reasons, said):
+    """`flowrl control --seed S` matched `flowrl eval --seed S` only with no fallback tick, and a run
+    with 0.4 % of its ticks missed (under the 1 % warning) printed a different return with no word."""
+    timings = [fresh(seq, 500.0) for seq in range(1000 - len(reasons))]
+    timings += [CallTiming(0, fallback, 1e4, reason=reason) for reason in reasons]
+    report = _report(timings)
+    report.fallback = fallback
+    notes = [line for line in report.summary().splitlines() if line.startswith("note: ")]
+    if said is None:
+        assert notes == []
+    else:
+        (note,) = notes
+        assert note.startswith(said) and "`flowrl eval --seed 0`" in note
+        assert "warning: " not in report.summary()  # under 1 %: the note, not the warning
