@@ -430,6 +430,7 @@ def _prepare_locked_run(
         check_thread_count("--threads", cfg.threads)
         torch.set_num_threads(cfg.threads)
     device = resolve_device(cfg.device)
+    changed = None if start is None else numerics_change(read_document(start).get("runtime"), run_numerics(device))
     torch.manual_seed(cfg.seed)
     env = make_env(cfg.env, cfg.seed)
     eval_env = make_env(cfg.env, (cfg.seed + 1) % 2**32)
@@ -460,7 +461,8 @@ def _prepare_locked_run(
         eval_env.close()
         raise
     rates = RateMeter(counters.env_steps, agent.updates)
-    warnings = [*([converted] if converted else []), *repaired]  # converted: an old run's tau, read anew
+    # converted: an old run's tau, read anew; changed: other threads or device than the checkpoint's
+    warnings = [*([converted] if converted else []), *([changed] if changed else []), *repaired]
     if symlinks_refused(checkpoints.dir):  # said once, before training (a save falls back to them silently)
         warnings.append(
             f"{checkpoints.dir} cannot hold symbolic links (a FAT, exFAT or CIFS drive?): last and best are files "
@@ -475,6 +477,33 @@ def _prepare_locked_run(
         cfg, run_dir, lock, spec, env, eval_env, agent, replay, action_rng, counters, checkpoints, logger, bar, start,
         rates, warnings,
     )  # fmt: skip
+
+
+def run_numerics(device: torch.device) -> dict[str, object]:
+    """What a run's floating-point results depend on besides its seed and versions, as each checkpoint
+    records it (``runtime``): torch's CPU thread count (the default, 0, is the machine's core count)
+    and the device (a GPU's model too); 1 and 2 threads gave different updates from the fifth on."""
+    numerics: dict[str, object] = {"device": device.type, "torch_threads": torch.get_num_threads()}
+    if device.type == "cuda":
+        numerics["gpu"] = torch.cuda.get_device_name(device)
+    return numerics
+
+
+def numerics_change(saved: object, now: dict[str, object]) -> str | None:
+    """The warning of a resume whose thread count or device is not the checkpoint's (``saved``, its
+    ``runtime``; a checkpoint written before it was recorded has none, and is not warned about)."""
+    if not isinstance(saved, dict) or saved == now:
+        return None
+
+    def said(numerics: dict) -> str:
+        threads = numerics.get("torch_threads")
+        gpu = f" ({numerics['gpu']})" if numerics.get("gpu") else ""
+        return f"{threads} torch thread{'s' * (threads != 1)} on {numerics.get('device')}{gpu}"
+
+    return (
+        f"resuming with {said(now)} where the checkpoint trained with {said(saved)}: the continuation will not "
+        "be bit-identical to an uninterrupted run (--threads and --device change torch's float results)"
+    )
 
 
 def _after_step(run: _Run, metrics: dict[str, torch.Tensor], stopped: Callable[[], bool]) -> None:
@@ -573,7 +602,8 @@ def _write(path: Path, run: _Run) -> Path:
                 "best_return": finite_or_none(counters.best_eval_return),
                 "last_return": counters.last_eval_return,
                 "last_step": counters.last_eval_step,  # its own step: the return is this checkpoint's policy's
-            }
+            },
+            "runtime": run_numerics(agent.device),
         },
         training_tensors=agent.state_tensors(),
         training_json={
