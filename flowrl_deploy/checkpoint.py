@@ -36,7 +36,7 @@ from typing import Any
 
 import numpy as np
 from safetensors import SafetensorError
-from safetensors.numpy import load_file, save_file
+from safetensors.numpy import load_file, save, save_file
 
 from flowrl_deploy.atomic import apply_umask, fsync_dir, fsync_tree, os_reason, replace_directory, write_text_atomic
 from flowrl_deploy.errors import CheckpointError, FlowRLError, SpecError, printable
@@ -198,11 +198,8 @@ def save_checkpoint(
     try:
         final.parent.mkdir(parents=True, exist_ok=True)
         tmp = Path(tempfile.mkdtemp(prefix=f".{final.name}.tmp-", dir=final.parent))
-        save_file(
-            _contiguous(actor),
-            str(tmp / MODEL_FILE),
-            metadata={"format": FORMAT, "spec": json.dumps(spec.to_dict())},
-        )
+        model = save(_contiguous(actor), metadata={"format": FORMAT, "spec": json.dumps(spec.to_dict())})
+        (tmp / MODEL_FILE).write_bytes(_canonical_header(model))
         if training_tensors:
             save_file(_contiguous(training_tensors), str(tmp / TRAINING_TENSORS_FILE))
         if training_json:
@@ -222,6 +219,18 @@ def save_checkpoint(
             raise CheckpointError(f"cannot write the checkpoint {final}: {_reason(exc)}") from exc
         raise
     return final
+
+
+def _canonical_header(data: bytes) -> bytes:
+    """``data``, a safetensors file's bytes, with its JSON header's keys sorted (compact JSON, padded
+    with spaces to 8-byte alignment as safetensors pads it), so that equal tensors and metadata give
+    equal bytes. safetensors (0.8.0 and before) writes ``__metadata__``'s keys in a random order per
+    save (safetensors#584), so identical runs' model.safetensors, and the ``source_sha256`` their
+    exports record, differed about half the time. The tensor data and its offsets are unchanged."""
+    length = int.from_bytes(data[:8], "little")
+    header = json.dumps(json.loads(data[8 : 8 + length]), separators=(",", ":"), sort_keys=True).encode()
+    header += b" " * (-len(header) % 8)
+    return len(header).to_bytes(8, "little") + header + data[8 + length :]
 
 
 def _reason(exc: OSError | SafetensorError) -> str:

@@ -34,6 +34,20 @@ class TestRoundTrip:
         np.testing.assert_array_equal(loaded.actor["velocity.net.0.weight"], actor_tensors()["velocity.net.0.weight"])
         assert loaded.document["versions"]["flowrl-deploy"] == versions.release()  # names the commit that wrote it
 
+    def test_two_saves_of_the_same_state_write_the_same_bytes(self, tmp_path):
+        """safetensors (0.8.0 and before, safetensors#584) writes ``__metadata__``'s keys in a random
+        order per save, so identical runs' model.safetensors (and their exports' source_sha256)
+        differed about half the time; the header is rewritten in sorted order."""
+        files = [(save(tmp_path / f"c{i}") / ckpt.MODEL_FILE).read_bytes() for i in range(12)]
+        assert all(data == files[0] for data in files)
+        length = int.from_bytes(files[0][:8], "little")
+        header = files[0][8 : 8 + length]
+        assert (8 + length) % 8 == 0 and header == header.rstrip() + b" " * (length - len(header.rstrip()))
+        parsed = json.loads(header)
+        assert list(parsed["__metadata__"]) == sorted(parsed["__metadata__"]) == ["format", "spec"]
+        assert header.rstrip() == json.dumps(parsed, separators=(",", ":"), sort_keys=True).encode()
+        assert ckpt.load_checkpoint(tmp_path / "c0").spec == SPEC
+
     def test_training_state_and_replay_are_optional_extras(self, tmp_path):
         path = save(
             tmp_path / "c",
