@@ -22,7 +22,15 @@ from pathlib import Path
 from flowrl_deploy.errors import FlowRLError
 from flowrl_deploy.serve.server import parse_banner
 
-FLOWRL = (sys.executable, "-m", "flowrl_deploy.cli")
+FLOWRL = (
+    sys.executable,
+    "-c",
+    "import runpy, sys; sys.path[:1] = [p for p in sys.path[:1] if p]; "  # '', the working directory (none under -P)
+    "runpy.run_module('flowrl_deploy.cli', run_name='__main__', alter_sys=True)",
+)
+"""``python -m flowrl_deploy.cli`` without the working directory on ``sys.path`` (``-m`` puts it first, so a
+child started inside another checkout of the repo served that checkout's code); ``-P`` does this from Python
+3.11 on, and 3.10 is supported."""
 START_TIMEOUT_S = 120.0
 """How long the server may take to print its banner (load, export a checkpoint, warm up)."""
 READER_TIMEOUT_S = 5.0
