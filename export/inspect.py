@@ -85,13 +85,30 @@ def read_model(path: Path) -> Any:
     from google.protobuf.message import DecodeError
 
     model = _model_class()()
+    data = read_policy_file(path)
     try:
-        model.ParseFromString(read_policy_file(path))
+        model.ParseFromString(data)
     except DecodeError as exc:
-        raise FlowRLError(f"cannot load ONNX model {path}: not an ONNX file ({exc})") from exc
+        raise _not_onnx(path, data, str(exc)) from exc
     if model.ir_version < 1 or not model.HasField("graph"):
-        raise FlowRLError(f"cannot load ONNX model {path}: not an ONNX file (no IR version or graph)")
+        raise _not_onnx(path, data, "no IR version or graph")
     return model
+
+
+def _is_safetensors(data: bytes) -> bool:
+    """Whether ``data`` begins as a safetensors file does: an 8-byte little-endian header length, then
+    that many bytes of a JSON object."""
+    size = int.from_bytes(data[:8], "little")
+    return len(data) > 8 and data[8:9] == b"{" and 2 <= size <= len(data) - 8
+
+
+def _not_onnx(path: Path, data: bytes, why: str) -> FlowRLError:
+    if _is_safetensors(data):  # `flowrl inspect run/checkpoints/last/model.safetensors`
+        return FlowRLError(
+            f"{path} is a checkpoint's weights (safetensors), not an ONNX policy: `flowrl export {path.parent}` "
+            "writes one"
+        )
+    return FlowRLError(f"cannot load ONNX model {path}: not an ONNX file ({why})")
 
 
 MAX_TOP_FIELDS = 4096

@@ -9,7 +9,7 @@ import re
 from collections.abc import Callable
 
 from flowrl_deploy.contract import MAX_TIMEOUT_S
-from flowrl_deploy.errors import FlowRLError
+from flowrl_deploy.errors import FlowRLError, printable
 from flowrl_deploy.fieldtypes import is_number, shown
 
 
@@ -77,7 +77,9 @@ def connection_hint(error: str, target: str, tls_ca: str, tls_cert: str) -> str:
     :data:`CUT_HANDSHAKE`) also names the server's connection cap."""
     if _REFUSED.search(error):  # nothing listens at that address: TLS is not the question
         hosts = target_hosts(target)
-        if hosts is None or all(is_loopback(host) or host in EVERY_INTERFACE for host in hosts):
+        if hosts is None:  # unix: or unix-abstract: (flowrl serve itself listens on a port, a proxy may not)
+            return "nothing listens at that socket path on this machine: check the path of the server's socket"
+        if all(is_loopback(host) or host in EVERY_INTERFACE for host in hosts):
             return "nothing listens at that port on this machine: is `flowrl serve` running, with that --port?"
         return (
             "nothing listens at that port; to be reached from another machine, `flowrl serve` needs "
@@ -116,6 +118,8 @@ def connection_hint(error: str, target: str, tls_ca: str, tls_cert: str) -> str:
 
 TARGET_SCHEMES = ("dns", "ipv4", "ipv6", "unix", "unix-abstract")
 """gRPC's naming schemes (``scheme:…``) a target may use; any other target is ``host:port``."""
+URL_SCHEMES = ("http", "https", "grpc", "grpcs")
+"""Schemes of a URL a user may give for a server (``http://host:port``), which gRPC's targets do not take."""
 
 
 def checked_target(target: str, name: str = "target") -> str:
@@ -145,6 +149,8 @@ def target_hosts(target: str, name: str = "target") -> tuple[str, ...] | None:
     if not target:
         raise refused("empty")
     scheme, _, rest = target.partition(":")
+    if scheme.lower() in URL_SCHEMES and rest.startswith("//"):  # http://host:port read as 'more than one :'
+        raise FlowRLError(f"{name} {target!r}: drop '{scheme}://': give {printable(rest[2:].rstrip('/'))} (host:port)")
     if scheme not in TARGET_SCHEMES:
         return (_checked_address(target, refused),)
     if scheme.startswith("unix"):

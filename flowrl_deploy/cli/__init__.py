@@ -32,11 +32,21 @@ def _replace_unencodable_output() -> None:
 
 class _Flowrl(typer.Typer):
     def __call__(self, *args, **kwargs):
-        from flowrl_deploy.cli._common import OutputFailed, report_output_failure, writing_stdout
+        from flowrl_deploy.cli._common import (
+            OutputFailed,
+            report_late_interrupt,
+            report_output_failure,
+            writing_stdout,
+        )
 
         _replace_unencodable_output()  # before any output, --help's included
         try:
             return super().__call__(*args, **kwargs)
+        except SystemExit as exc:
+            # click's 130 for a Ctrl-C outside any command's own handler (raised `from` the interrupt)
+            if exc.code == 130 and isinstance(getattr(exc.__context__, "__cause__", None), KeyboardInterrupt):
+                report_late_interrupt()
+            raise
         except OutputFailed as exc:  # a command's output (@user_errors): one line, or a quiet exit for EPIPE
             report_output_failure(exc.error, exc.done)
         except OSError as exc:  # --help's, --version's (click's own EPIPE handling exits 1 quietly first)

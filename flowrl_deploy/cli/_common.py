@@ -323,6 +323,27 @@ def connects(command: Callable[..., R]) -> Callable[..., R]:
     return wrapper
 
 
+def shown_message(exc: BaseException) -> str:
+    """An error's message as printed: each line's unprintable characters (a terminal escape, a NUL, a
+    carriage return in a path the user gave) escaped by :func:`~flowrl_deploy.errors.printable`, so a
+    name cannot drive the terminal; a trailing line end (from a library's text) dropped."""
+    return "\n".join(printable(line) for line in str(exc).rstrip("\n").split("\n"))
+
+
+finished: list[str] = []
+"""The command (its name) that returned, once one has: a Ctrl-C that lands after, while click closes
+its context, reaches no command's handler (:func:`report_late_interrupt` says it)."""
+
+
+def report_late_interrupt() -> None:
+    """Say, on stderr, that a Ctrl-C came after the command had finished (its output is complete), or
+    before it began (nothing was done); click exits 130 without a word."""
+    if finished:
+        typer.secho(f"interrupted (Ctrl-C) after flowrl {finished[-1]} finished: its output is complete", err=True)
+    else:
+        typer.secho("interrupted (Ctrl-C) before the command began: nothing was done", err=True)
+
+
 class OutputFailed(Exception):
     """Standard output could not take a command's output (a full disk, a reader gone): the ``OSError``
     as ``error``, and what the command had done by then (``done``, e.g. 'wrote policy.onnx'; '' for
@@ -388,7 +409,7 @@ def report_output_failure(error: OSError, done: str = "") -> NoReturn:
             if done
             else f"cannot write to standard output: {why}"
         )
-        typer.secho(f"{journal_prefix(3)}error: {message}", err=True, fg=typer.colors.RED)
+        typer.secho(f"{journal_prefix(3)}error: {printable(message)}", err=True, fg=typer.colors.RED)
     raise SystemExit(1)
 
 
@@ -429,9 +450,11 @@ def user_errors(command: Callable[P, R]) -> Callable[P, R]:
     @functools.wraps(command)
     def wrapper(*args: P.args, **kwargs: P.kwargs) -> R:
         try:
-            return command(*args, **kwargs)
+            result = command(*args, **kwargs)
+            finished.append(command_name)  # a Ctrl-C from here on finds the work done
+            return result
         except FlowRLError as exc:
-            typer.secho(f"{journal_prefix(3)}error: {exc}", err=True, fg=typer.colors.RED)
+            typer.secho(f"{journal_prefix(3)}error: {shown_message(exc)}", err=True, fg=typer.colors.RED)
             raise typer.Exit(1) from None
         except ModuleNotFoundError as exc:
             message = missing_extra_message(exc, command_name)

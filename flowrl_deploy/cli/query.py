@@ -5,6 +5,7 @@ from __future__ import annotations
 import io
 import json
 import os
+import re
 import stat
 import sys
 from pathlib import Path
@@ -12,8 +13,8 @@ from typing import TYPE_CHECKING, Annotated
 
 import typer
 
-from flowrl_deploy.cli._common import Connection, connects, finite, user_errors
-from flowrl_deploy.errors import FlowRLError
+from flowrl_deploy.cli._common import Connection, connects, counted, finite, user_errors
+from flowrl_deploy.errors import FlowRLError, printable
 
 if TYPE_CHECKING:
     import numpy as np
@@ -116,6 +117,28 @@ def _json_kind(value: object) -> str:
     return "a string" if isinstance(value, str) else "an object {..}"
 
 
+def _not_json(text: str | bytes, source: str, exc: ValueError) -> str:
+    """Why ``text`` is not the JSON of an observation, in the user's terms: values without brackets
+    (``0,0,0``), a number with more digits than Python converts (its own advice is not the user's)."""
+    if "integer string conversion" in str(exc):
+        return f"{source} holds an integer of more than {sys.get_int_max_str_digits()} digits, no observation's value"
+    shown = text if isinstance(text, str) else text.decode("utf-8", "replace")
+    if str(exc).startswith("Extra data") and "," in shown and not shown.lstrip().startswith("["):
+        return f"{source} is not JSON: wrap the values in brackets: [{printable(shown.strip(), 80)}]"
+    return f"cannot read the observation: {source} is not JSON ({exc})"
+
+
+def _wrong_size(details: str, array: np.ndarray, source: str) -> str | None:
+    """The server's refusal of an observation of the wrong size ('obs: shape [1, 4] does not match [5]
+    or [B, 5]', a shape the user never wrote), counted in values as given; None for another refusal."""
+    match = re.search(r"does not match \[(\d+)\] or \[B, \1\]", details)
+    if match is None or array.ndim not in (1, 2):
+        return None
+    values = array.shape[-1]
+    given = counted(values, "value") if array.ndim == 1 else f"rows of {counted(values, 'value')}"
+    return f"{source} gives {given}, the served policy takes {match[1]} (its obs_dim)"
+
+
 def _from_json(text: str | bytes, source: str) -> np.ndarray:
     import numpy as np
 
@@ -124,7 +147,7 @@ def _from_json(text: str | bytes, source: str) -> np.ndarray:
     except RecursionError:
         raise FlowRLError(f"cannot read the observation: {source} nests its lists too deeply") from None
     except ValueError as exc:  # a JSONDecodeError or a UnicodeDecodeError
-        raise FlowRLError(f"cannot read the observation: {source} is not JSON ({exc})") from None
+        raise FlowRLError(_not_json(text, source, exc)) from None
     if not isinstance(values, list):  # the server would answer only "obs: missing shape"
         raise FlowRLError(f"{source} {NOT_A_LIST}, got {_json_kind(values)}")
     # Refused before numpy sees it: NumPy 2 nests up to 64 dimensions and then fails past 32 in `.flat`.
@@ -168,7 +191,9 @@ def query(
     timeout: Annotated[float, typer.Option(parser=finite, help="Seconds to wait.")] = 5.0,
 ) -> None:
     """Print the served policy's action(s) for an observation, as JSON."""
-    from flowrl_deploy.client import checked_seed
+    import grpc
+
+    from flowrl_deploy.client import ServiceError, checked_seed
     from flowrl_deploy.codec import decode
 
     if bool(obs) == (obs_file is not None):
@@ -176,7 +201,13 @@ def query(
     array = read_observation(obs, obs_file)
     checked_seed(seed, "--seed")
     with connection.client(timeout) as client:
-        reply = client.act_reply(array, seed=seed, contract_hash=contract_hash)
+        try:
+            reply = client.act_reply(array, seed=seed, contract_hash=contract_hash)
+        except ServiceError as exc:
+            source = "--obs" if obs_file is None else f"--obs-file {printable(obs_file)}"
+            if exc.code == grpc.StatusCode.INVALID_ARGUMENT and (why := _wrong_size(exc.details, array, source)):
+                raise FlowRLError(why) from None
+            raise
     action = decode(reply.action, name="action")
     typer.echo(
         json.dumps(

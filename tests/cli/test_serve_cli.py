@@ -61,7 +61,7 @@ def test_query_with_a_wrong_pinned_contract_is_refused(served):
 @pytest.mark.parametrize(
     ("args", "message"),
     [
-        (["--obs", "[1, 2]"], "does not match"),
+        (["--obs", "[1, 2]"], "--obs gives 2 values, the served policy takes 3 (its obs_dim)"),
         (["--obs", "not json"], "cannot read the observation"),
         ([], "exactly one of --obs or --obs-file"),
         (["--obs", "[1, 2, 3]", "--seed", "-1"], "in [0, 2**64)"),
