@@ -212,9 +212,9 @@ def test_out_under_a_file_is_one_clear_line(checkpoint, tmp_path):
 
 
 def test_a_failed_verification_keeps_the_old_file(checkpoint, tmp_path, monkeypatch):
-    from flowrl_deploy.export import verify
-
     from tiny_policy import write_policy
+
+    from flowrl_deploy.export import verify
 
     out = write_policy(tmp_path / "policy.onnx")  # the policy on the robot: an export may replace it
     before = out.read_bytes()
