@@ -17,7 +17,7 @@ import typer
 
 from flowrl_deploy.cli._common import client_warnings, finite, user_errors
 from flowrl_deploy.contract import MAX_HZ
-from flowrl_deploy.envid import parse_env_id
+from flowrl_deploy.envid import EnvIdError, parse_env_id
 from flowrl_deploy.errors import FlowRLError
 from flowrl_deploy.extras import install_command, missing_modules
 from flowrl_deploy.spec import MAX_FLOW_STEPS
@@ -54,7 +54,14 @@ class DemoConfig:
 
 def run_demo(cfg: DemoConfig, echo=typer.echo) -> dict[str, Any]:
     """Run every stage into ``cfg.out`` and return the summary that is also written to summary.json."""
-    gym_task = parse_env_id(cfg.env).kind == "gym"  # gymnasium is needed for its tasks only
+    try:
+        gym_task = parse_env_id(cfg.env).kind == "gym"  # gymnasium is needed for its tasks only
+    except EnvIdError:
+        if not missing_modules("train"):  # dm_control's task list, for a suggestion
+            from flowrl_deploy.train.envs import dmc_task_ids
+
+            parse_env_id(cfg.env, known=dmc_task_ids())  # raises again, with the suggestion
+        raise
     if missing := [m for m in missing_modules("train", "export") if m != "gymnasium" or gym_task]:  # before training
         raise FlowRLError(
             f"flowrl demo trains, exports and plots: it needs {', '.join(missing)}, not installed here: "

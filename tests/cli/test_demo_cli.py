@@ -99,6 +99,10 @@ def test_child_server_is_stopped_on_interrupt(tmp_path):
                 (["--seed", "-1"], "--seed must lie in [0, 2**32), got -1"),
                 (["--seed", "4294967296"], "--seed must lie in [0, 2**32), got 4294967296"),
                 (["--env", "dmc:nope-nope"], "dm_control has no task nope-nope"),
+                (
+                    ["--env", "cartpole-swingup"],
+                    "cannot parse env id 'cartpole-swingup' (did you mean dmc:cartpole-swingup?)",
+                ),
                 (["--hidden", "10000000"], "--hidden 10000000 needs about"),
             ]
         ),
