@@ -150,7 +150,7 @@ def test_a_json_report_on_the_onnx_file_is_refused_through_a_link(checkpoint, tm
         (["export", "{ckpt}", "--out", "{tmp}/p.onnx", "--json", "{tmp}"], "--json {tmp} is a directory"),
         (["inspect", "{tmp}/missing.onnx"], "ONNX model not found"),
         (["inspect", "{ckpt}"], "is a directory, not an ONNX file"),
-        (["inspect", "{ckpt}/model.safetensors"], "cannot load ONNX model"),
+        (["inspect", "{ckpt}/model.safetensors"], "model.safetensors is a checkpoint's weights (safetensors)"),
         (["inspect", "/dev/null"], "/dev/null is not a regular file (a device, pipe or socket), so not an ONNX model"),
         (["inspect", "{tmp}/fifo"], "fifo is not a regular file"),
         (["eval", "{tmp}/fifo"], "fifo is not a regular file"),  # read as an ONNX file, never opened (it would block)
