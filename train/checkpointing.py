@@ -471,7 +471,7 @@ def check_new_run_dir(run_dir: Path) -> None:
     replaced = [name for name in entries if name in (RUN_CONFIG_FILE, METRICS_JSONL, METRICS_CSV)]
     if not foreign and replaced:
         try:
-            TrainConfig.from_dict(json.loads(config.read_bytes()))
+            TrainConfig.from_dict(json.loads(config.read_bytes()), source=str(config))
         except (OSError, UnicodeDecodeError, json.JSONDecodeError, ConfigError):
             foreign = replaced  # metrics without the config of their run, or a config.json of something else
     if foreign:

@@ -185,14 +185,16 @@ class TrainConfig:
         """Rebuild a config from JSON (missing fields take their defaults), refusing unknown fields (a
         typo must not pass silently). Given ``source``, the file the JSON came from, and ``key``, where
         the config lies in it, an error names that file and field (``run/config.json: hidden`` or
-        ``…/checkpoint.json: config.hidden``) rather than a flag the user never gave. A config without
-        ``config_version`` (stored before :data:`CONFIG_VERSION` 2) has its ``tau``, then the share of
-        the target critics kept, read as 1 − tau: the same target updates (:func:`tau_conversion`)."""
+        ``…/checkpoint.json: config.hidden``) rather than a flag the user never gave. A stored config
+        from before :data:`CONFIG_VERSION` 2 (``config_version`` 1, or none in a file: ``source`` given)
+        has its ``tau``, then the share of the target critics kept, read as 1 − tau: the same target
+        updates (:func:`tau_conversion`). A caller's own dict without ``source`` or version is read as
+        today's: its tau is never flipped behind its back."""
         where, what = (f"{source}: " if source else ""), key or "config"
         if not isinstance(data, dict):
             raise ConfigError(f"{where}{what} must be a JSON object, got {type(data).__name__}")
         data = dict(data)
-        version = data.pop(VERSION_KEY, 1)
+        version = data.pop(VERSION_KEY, 1 if source else CONFIG_VERSION)
         stored = f"{key}.{VERSION_KEY}" if key else VERSION_KEY
         if not is_int(version) or version < 1:
             raise ConfigError(f"{where}{stored} must be a positive integer, got {version!r}")
@@ -247,10 +249,10 @@ def kept_to_step(kept: float) -> float:
     return float(f"{1.0 - float(kept):.15g}")
 
 
-def tau_conversion(data: Any, source: str = "") -> str | None:
-    """The one warning line for a stored config ``data`` read from ``source`` whose tau
-    :meth:`TrainConfig.from_dict` converted (no ``config_version``, a tau stored), else None."""
-    if not isinstance(data, dict) or VERSION_KEY in data or not is_number(data.get("tau")):
+def tau_conversion(data: Any, source: str) -> str | None:
+    """The one warning line for a config ``data`` stored in ``source`` whose tau
+    :meth:`TrainConfig.from_dict` converted (``config_version`` 1 or none, a tau stored), else None."""
+    if not isinstance(data, dict) or data.get(VERSION_KEY, 1) != 1 or not is_number(data.get("tau")):
         return None
     where = f"{source}: " if source else ""
     return (
@@ -298,9 +300,32 @@ def check_resume_settings(
         name = flag if flags else str
         named, allowed = (", ".join(name(field) for field in names) for names in (changed, RESUME_OVERRIDES))
         given = "may be given with --resume" if flags else "may differ from the run's resume_config()"
+        tau = settings.get("tau")
+        flipped = "tau" in changed and is_number(tau) and 0 <= tau < 1 and kept_to_step(tau) == saved.tau
         raise ConfigError(
             f"{named} cannot change when resuming: the run keeps its saved settings (only {allowed} {given})"
+            + (f"; {meaning_changed(tau)}" if flipped else "")
         )
+
+
+def large_tau_note(tau: float) -> str | None:
+    """For a new run given ``--tau`` over one half (a step today, rare on purpose; a share kept before
+    :data:`CONFIG_VERSION` 2, as scripts of then passed it): one line saying what it does now, else None."""
+    if tau <= 0.5:
+        return None
+    share = f"{tau * 100:.4g} %"
+    return (
+        f"--tau {tau:g} moves the target critics {share} of the way to the online ones at each update; to keep "
+        f"{share} as --tau {tau:g} did before {VERSION_KEY} {CONFIG_VERSION}, pass --tau {kept_to_step(tau):g}"
+    )
+
+
+def meaning_changed(tau: float) -> str:
+    """What ``--tau tau`` meant before :data:`CONFIG_VERSION` 2, for one given it as a script of then did."""
+    return (
+        f"--tau is the step toward the online critics since {VERSION_KEY} {CONFIG_VERSION}: this run's --tau {tau:g} "
+        f"of before (the share kept) is --tau {kept_to_step(tau):g} now"
+    )
 
 
 def check_unfinished(resume: str | Path, steps: int, *, flags: bool = True) -> None:

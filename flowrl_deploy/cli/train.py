@@ -19,6 +19,7 @@ from flowrl_deploy.train.config import (
     TrainConfig,
     check_resume_settings,
     check_unfinished,
+    large_tau_note,
     steps_taken,
 )
 
@@ -207,6 +208,8 @@ def train(
             save_every=save_every, save_replay=save_replay, device=device.value, bf16=bf16, compile=compile,
             cuda_graphs=cuda_graphs, threads=threads,
         )  # fmt: skip
+        if _given(ctx, "tau") and (note := large_tau_note(cfg.tau)):
+            warnings.append(note)
 
     why = _why_no_update(cfg)
     if why:

@@ -15,7 +15,7 @@ from flowrl_deploy.cli import app
 from flowrl_deploy.spec import PolicySpec
 from flowrl_deploy.train.algorithm import FlowRL
 from flowrl_deploy.train.checkpointing import resume_config
-from flowrl_deploy.train.config import CONFIG_VERSION, ConfigError, TrainConfig
+from flowrl_deploy.train.config import CONFIG_VERSION, ConfigError, TrainConfig, tau_conversion
 from flowrl_deploy.train.loop import train
 from flowrl_deploy.train.replay import Batch
 
@@ -70,12 +70,32 @@ def test_a_stored_config_records_its_version_and_reads_back_unchanged(tmp_path):
 
 @pytest.mark.parametrize(("stored", "tau"), [(0.95, 0.05), (0.9, 0.1), (0.0, 1.0), (0.995, 0.005)])
 def test_a_config_stored_before_the_version_has_its_kept_share_converted(stored, tau):
-    assert TrainConfig.from_dict({"tau": stored, "hidden": 8}).tau == tau
-    assert TrainConfig.from_dict({"tau": stored}, source="run/config.json").tau == tau
+    assert TrainConfig.from_dict({"tau": stored, "hidden": 8}, source="run/config.json").tau == tau
     assert TrainConfig.from_dict({"tau": stored, "config_version": 1}).tau == tau
     if stored > 0:  # 0 was "keep none" (a copy); today it would never move the targets
         assert TrainConfig.from_dict({"tau": stored, "config_version": 2}).tau == stored
-    assert TrainConfig.from_dict({"hidden": 8}).tau == TrainConfig.tau  # the old default kept 95 %: the same
+        # a caller's own dict (no file, no version) means today's tau: never flipped behind its back
+        assert TrainConfig.from_dict({"tau": stored, "hidden": 8}).tau == stored
+    assert TrainConfig.from_dict({"hidden": 8}, source="run/config.json").tau == TrainConfig.tau  # the old default
+
+
+def test_the_conversion_is_said_for_an_explicit_version_1_too():
+    assert tau_conversion({"tau": 0.9, "config_version": 1}, "run/config.json") is not None
+    assert tau_conversion({"tau": 0.9}, "run/config.json") is not None
+    assert tau_conversion({"tau": 0.1, "config_version": 2}, "run/config.json") is None
+
+
+def test_a_new_run_given_a_tau_over_one_half_is_told_the_meaning_changed(tmp_path):
+    """A script written for 0.1.x passing --tau 0.9 ('keep 90 %') now moves the targets 90 % per update."""
+    args = ["train", "--env", "Pendulum-v1", "--steps", "2", "--hidden", "8", "--batch-size", "2", "--start-steps", "1"]
+    args += ["--eval-every", "0", "--threads", "1", "--no-progress"]
+    result = CliRunner().invoke(app, [*args, "--out", str(tmp_path / "a"), "--tau", "0.9"])
+    assert result.exit_code == 0, result.output
+    output = " ".join(result.output.split())
+    assert "--tau 0.9 moves the target critics 90 % of the way to the online ones at each update" in output
+    assert "to keep 90 % as --tau 0.9 did before config_version 2, pass --tau 0.1" in output
+    quiet = CliRunner().invoke(app, [*args, "--out", str(tmp_path / "b"), "--tau", "0.2"])
+    assert quiet.exit_code == 0 and "config_version" not in quiet.output, quiet.output
 
 
 @pytest.mark.parametrize(
@@ -128,4 +148,10 @@ def test_resuming_an_old_run_with_its_stored_tau_given_again_is_refused_not_flip
     run_dir, _ = old_run(tmp_path, kept=0.9)
     result = CliRunner().invoke(app, ["train", "--resume", str(run_dir), "--steps", "120", "--tau", "0.9"])
     assert result.exit_code == 1
-    assert "--tau cannot change when resuming" in result.output
+    output = " ".join(result.output.split())
+    assert "--tau cannot change when resuming" in output
+    # the same command line as before the upgrade: say why it counts as a change, and what to pass
+    assert (
+        "--tau is the step toward the online critics since config_version 2: this run's --tau 0.9 of before" in output
+    )
+    assert "is --tau 0.1 now" in output
