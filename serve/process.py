@@ -22,15 +22,19 @@ from pathlib import Path
 from flowrl_deploy.errors import FlowRLError
 from flowrl_deploy.serve.server import parse_banner
 
+PARENT_PATH = "_FLOWRL_PARENT_SYS_PATH"
+"""The environment variable that hands the child this process's ``sys.path`` (JSON)."""
 FLOWRL = (
     sys.executable,
     "-c",
-    "import runpy, sys; sys.path[:1] = [p for p in sys.path[:1] if p]; "  # '', the working directory (none under -P)
+    f"import json, os, runpy, sys; parent = os.environ.pop({PARENT_PATH!r}, None); "
+    "sys.path[:] = json.loads(parent) if parent else [p for p in sys.path if p]; "
     "runpy.run_module('flowrl_deploy.cli', run_name='__main__', alter_sys=True)",
 )
-"""``python -m flowrl_deploy.cli`` without the working directory on ``sys.path`` (``-m`` puts it first, so a
-child started inside another checkout of the repo served that checkout's code); ``-P`` does this from Python
-3.11 on, and 3.10 is supported."""
+"""``python -m flowrl_deploy.cli`` importing as the parent does: on the parent's ``sys.path``
+(:data:`PARENT_PATH`, as multiprocessing's spawn hands it over), else without the working directory.
+``-m`` puts the working directory first, so a child started inside another checkout of the repo served
+that checkout's code, and a test run from a clone (pytest puts it on the path) served the installed one."""
 START_TIMEOUT_S = 120.0
 """How long the server may take to print its banner (load, export a checkpoint, warm up)."""
 READER_TIMEOUT_S = 5.0
@@ -85,7 +89,11 @@ class ServerProcess:
             stdout=subprocess.PIPE,
             stderr=subprocess.PIPE,
             text=True,
-            env={**os.environ, "OMP_NUM_THREADS": os.environ.get("OMP_NUM_THREADS", "1")},
+            env={
+                **os.environ,
+                "OMP_NUM_THREADS": os.environ.get("OMP_NUM_THREADS", "1"),
+                PARENT_PATH: json.dumps(sys.path),
+            },
             creationflags=CREATION_FLAGS,
         )
         try:  # from here on, whatever goes wrong (Ctrl-C during the wait included) stops the child
