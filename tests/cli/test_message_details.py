@@ -89,12 +89,14 @@ def test_a_path_holding_terminal_escapes_is_printed_escaped(tmp_path):
 def test_ctrl_c_after_a_command_finished_says_its_output_is_complete(tmp_path, monkeypatch, capsys):
     """The interrupt lands after the command returned (click's context is being closed): no command's
     own handler sees it, and click's exit 130 said nothing."""
-    from typer._click.core import Context
+    import typer
 
     def interrupted(self, code=0):
         raise KeyboardInterrupt
 
-    monkeypatch.setattr(Context, "exit", interrupted)
+    # click's Context, vendored (typer._click) or not (typer 0.17, the lower bound): the class defining exit
+    clicks = next(cls for cls in typer.Context.__mro__ if "exit" in vars(cls))
+    monkeypatch.setattr(clicks, "exit", interrupted)
     with pytest.raises(SystemExit) as stopped:
         app(["inspect", str(write_policy(tmp_path / "p.onnx"))], prog_name="flowrl")
     assert stopped.value.code == 130
