@@ -80,7 +80,7 @@ def print_banner(server) -> None:
         except (OSError, ValueError):  # no file descriptor of its own (replaced by an embedding program)
             pass
         logging.getLogger("flowrl.serve").warning(
-            "cannot write the 'serving …' line to stdout (%s); serving on %s regardless",
+            "cannot write the 'serving …' line to standard output (%s); serving on %s regardless",
             exc.strerror or exc,
             server.bound_address,
         )

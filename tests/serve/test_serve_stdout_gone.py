@@ -9,6 +9,7 @@ import re
 import signal
 import subprocess
 import sys
+import threading
 
 import numpy as np
 import pytest
@@ -45,10 +46,12 @@ def test_serve_goes_on_serving_when_stdout_cannot_be_written(tmp_path, stdout):
     finally:
         os.close(fd)
     lines = []
+    killer = threading.Timer(60, process.kill)  # a server that serves on without a word ends the read
+    killer.start()
     try:
         for line in process.stderr:
             lines.append(line)
-            if "stdout" in line or "Traceback" in line:
+            if "standard output" in line or "Traceback" in line:
                 break
         address = ADDRESS.search(lines[0])
         assert address, lines
@@ -57,6 +60,7 @@ def test_serve_goes_on_serving_when_stdout_cannot_be_written(tmp_path, stdout):
         process.send_signal(signal.SIGTERM)
         _, rest = process.communicate(timeout=60)
     finally:
+        killer.cancel()
         if process.poll() is None:
             process.kill()
             process.wait()
@@ -65,4 +69,6 @@ def test_serve_goes_on_serving_when_stdout_cannot_be_written(tmp_path, stdout):
     assert "Traceback" not in stderr and "Exception ignored" not in stderr, stderr
     warnings = [line for line in stderr.splitlines() if "WARNING" in line]
     assert len(warnings) == 1, stderr
-    assert re.search(r"cannot write the 'serving …' line to stdout \(.+\); serving on \S+ regardless$", warnings[0])
+    assert re.search(
+        r"cannot write the 'serving …' line to standard output \(.+\); serving on \S+ regardless$", warnings[0]
+    )
