@@ -88,7 +88,9 @@ class ServeConfig:
     session_idle_s: float = 600.0
     """A session opened by Reset (no stream owns it) is dropped after this long unused."""
     max_message_bytes: int = 1 << 20
-    """Larger requests are refused with RESOURCE_EXHAUSTED."""
+    """Larger requests are refused with RESOURCE_EXHAUSTED; the server's replies are not held to it.
+    One below the policy's largest request of one observation
+    (:func:`~flowrl_deploy.serve.servicer.request_floor`, about 1 KB) is refused as the model loads."""
     max_request_batch: int = 1024
     """Most observations one Act request may carry."""
     token: str = ""

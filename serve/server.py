@@ -363,7 +363,9 @@ class PolicyServer:
                 maximum_concurrent_rpcs=threads,  # beyond: RESOURCE_EXHAUSTED, not a silent wait
                 options=[
                     ("grpc.max_receive_message_length", config.max_message_bytes),
-                    ("grpc.max_send_message_length", config.max_message_bytes),
+                    # replies are as large as the server makes them (a spec, stats, a batch's actions): the
+                    # limit is of what clients send
+                    ("grpc.max_send_message_length", -1),
                     ("grpc.so_reuseport", 0),
                     *keepalive_options(config.keepalive_s),
                     *connection_options(config.max_connections),

@@ -105,6 +105,38 @@ def _status(exc: BaseException) -> pb.Status:
 MAX_SESSION_ID = 256
 """Characters a session id may have: the server keeps each open session's id (for --session-idle-s
 after a Reset), so ids of a megabyte each could take gigabytes."""
+
+
+def request_floor(contract: PolicyContract) -> int:
+    """Bytes of the largest request that carries one observation of ``contract``'s policy: a
+    ``StreamAct`` request opening a session, with a :data:`MAX_SESSION_ID`-character id, a seed, the
+    contract's hash and its JSON (as :class:`~flowrl_deploy.session.ControlSession` sends it). A
+    ``--max-message-bytes`` below it would refuse some robot's first tick of every session."""
+    request = pb.StreamActRequest(
+        session_id="s" * MAX_SESSION_ID,
+        seq=2**64 - 1,
+        obs=encode(np.zeros((1, contract.obs_dim), np.float32), name="obs"),
+        client_send_unix_ns=2**63 - 1,
+        timeout_us=2**63 - 1,
+        seed=2**64 - 1,
+        contract_hash=contract.hash(),
+        contract_json=json.dumps(contract.to_dict(), sort_keys=True),
+    )
+    return request.ByteSize()
+
+
+def check_request_limit(max_message_bytes: int, contract: PolicyContract) -> None:
+    """Refuse a ``--max-message-bytes`` below :func:`request_floor`: the server would say SERVING
+    and refuse every robot's session (and, far below it, every observation)."""
+    floor = request_floor(contract)
+    if max_message_bytes < floor:
+        raise FlowRLError(
+            f"--max-message-bytes {max_message_bytes} is less than the {floor} bytes of this policy's largest "
+            f"request of one observation (a StreamAct opening a session, with the contract; obs_dim "
+            f"{contract.obs_dim}); give at least {floor}, or leave it at its default ({1 << 20})"
+        )
+
+
 MAX_KEPT_OPENINGS = 8
 """Sessions a stream may have asked for and not opened yet (their openings are kept); a request
 naming another one is refused (RESOURCE_EXHAUSTED), so that a refused pin is never forgotten."""
@@ -226,6 +258,8 @@ class PolicyServicer(pb_grpc.PolicyServiceServicer):
         new = load_model(Path(source), data, sha256, generation, providers=self._providers, threads=self.config.threads)
         if previous is not None:
             check_compatible(previous, new)
+        else:  # a reload keeps the contract, and with it the requests
+            check_request_limit(self.config.max_message_bytes, new.contract)
         new.warm_up(tuple(sorted({1, self.config.max_batch})))
         if previous is not None and still_wanted is not None and not still_wanted():
             raise DeadlineExpired(

@@ -150,7 +150,12 @@ def serve(
         ),
     ] = False,
     max_message_bytes: Annotated[
-        int, typer.Option(help="Refuse larger requests (RESOURCE_EXHAUSTED); at most 2**31 - 1.")
+        int,
+        typer.Option(
+            help="Refuse larger requests (RESOURCE_EXHAUSTED); replies are not held to it. At least the "
+            "policy's largest request of one observation (about 1 KB; refused as the model loads, naming it), "
+            "at most 2**31 - 1."
+        ),
     ] = 1 << 20,
     max_sessions: Annotated[int, typer.Option(help="Most sessions at once (RESOURCE_EXHAUSTED beyond).")] = 4096,
     max_connections: Annotated[
