@@ -15,7 +15,8 @@ renamed onto it: node_exporter reads the old file or the new one, never half of 
 - ``flowrl_control_fresh_action_age_seconds`` (gauge): seconds since the latest fresh action, as of
   the write, and ``flowrl_control_fresh_action_timestamp_seconds`` (gauge), when it came (Unix
   time); both left out until the first fresh action. Alert on the timestamp,
-  ``time() - flowrl_control_fresh_action_timestamp_seconds > 5``: it goes on ageing when the
+  ``time() - flowrl_control_fresh_action_timestamp_seconds > 5 and on(instance)
+  flowrl_control_running == 1`` (the file stays after a run ends): it goes on ageing when the
   process hangs or dies and the file stops changing, where the age is frozen at its last write;
 - ``flowrl_control_round_trip_seconds`` (histogram): each fresh tick's round trip (send to reply);
   fallback ticks are counted above instead, not timed here;
@@ -189,9 +190,10 @@ class ControlTextfile:
         self._thread: threading.Thread | None = None
 
     def watch(self, session: ControlSession) -> None:
-        """Write ``session``'s figures now, then every ``interval_s`` from a daemon thread until :meth:`close`."""
+        """Write ``session``'s figures at once, then every ``interval_s``, from a daemon thread until
+        :meth:`close`: even the first write is the thread's, so a slow or hung file system never
+        delays the loop's first tick."""
         self._session = session
-        self.write()
         self._thread = threading.Thread(target=self._run, name="flowrl-metrics-textfile", daemon=True)
         self._thread.start()
 
@@ -199,6 +201,7 @@ class ControlTextfile:
         # Under --rt-priority the thread would inherit SCHED_FIFO: a file write is no reason to hold a core
         # ahead of the control loop and its gRPC threads.
         with normal_scheduling():
+            self.write()
             while not self._stop.wait(self.interval_s):
                 self.write()
             self.write()  # the last: running 0

@@ -331,8 +331,10 @@ def one_observation(obs: npt.ArrayLike, obs_dim: int) -> npt.NDArray[np.float32]
 class SeededPolicy:
     """An exported policy as ``act(obs) -> action`` for one observation, its noise drawn as a server
     session seeded ``seed`` draws it (:func:`~flowrl_deploy.noise.session_noise`, one
-    :func:`~flowrl_deploy.noise.draw_noise` block per action). ``flowrl eval`` and a client's local
-    fallback both act through it, so a seeded ``flowrl control`` run reproduces ``flowrl eval``.
+    :func:`~flowrl_deploy.noise.draw_noise` block per action). ``flowrl eval`` acts through it; a
+    client's local fallback draws the same stream, one block every tick (see
+    :class:`~flowrl_deploy.session.ControlSession`), so a seeded ``flowrl control`` run reproduces
+    ``flowrl eval``, fallbacks or not, while the local model computes the served actions.
 
     ``deterministic``: a0 = 0 instead of a draw (a graph exported with ``--deterministic`` takes no
     noise at all). ``providers`` applies when ``model`` is a path, not an :class:`OnnxPolicy`.

@@ -244,7 +244,8 @@ class ControlSession:
     not change it (open a new session after one). It draws its noise as the server's session does,
     one block every tick, served or not, so a fallback at tick t acts on the server's draw for
     tick t (a tick the server never took, the stream down or refused, leaves the server's stream
-    behind the ticks). Its contract must be the served one (else
+    behind the ticks until the stream reopens, which restarts both from the seed). Its contract must
+    be the served one (else
     :class:`FlowRLError`); a file other than the served one (its sha256 is not the one in the
     served ``model_version``) and a ``period_s`` other than the served policy's control period
     are logged as warnings (logger ``flowrl.client``), not refused.

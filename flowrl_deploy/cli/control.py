@@ -24,6 +24,21 @@ from flowrl_deploy.control_metrics import DEFAULT_INTERVAL_S, MAX_INTERVAL_S, MI
 from flowrl_deploy.errors import FlowRLError
 
 
+def _replaceable_textfile(path: Path) -> bool:
+    """Whether ``path`` may be rewritten: missing, empty, or a file a control loop wrote (it opens with
+    its first HELP line)."""
+    from flowrl_deploy.control_metrics import PREFIX
+
+    try:
+        with path.open("rb") as file:
+            start = file.read(64)
+    except FileNotFoundError:
+        return True
+    except OSError:  # unreadable: nothing tells it is ours
+        return False
+    return not start or start.startswith(f"# HELP {PREFIX}".encode())
+
+
 def _check_metrics_textfile(path: Path | None, interval_s: float | None, json_path: Path | None) -> None:
     """Refuse a --metrics-textfile that node_exporter would not read or that cannot be written, and an
     interval out of range or without the file, before connecting (not once the robot is running)."""
@@ -40,6 +55,10 @@ def _check_metrics_textfile(path: Path | None, interval_s: float | None, json_pa
             f"--metrics-textfile {path} must end in .prom: node_exporter's textfile collector reads only *.prom files"
         )
     check_writable("--metrics-textfile", path)
+    if not _replaceable_textfile(path):  # node_exporter's folder holds other collectors' files
+        raise FlowRLError(
+            f"--metrics-textfile {path} exists and is not a flowrl control metrics file; it is kept: give another name"
+        )
     if json_path is not None and json_path.parent.resolve() / json_path.name == path.parent.resolve() / path.name:
         raise FlowRLError(f"--metrics-textfile {path} is also the --json file; give one of them another name")
 

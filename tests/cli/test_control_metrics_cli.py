@@ -58,7 +58,11 @@ def test_the_loops_figures_are_in_the_textfile_while_it_runs_and_at_its_end(serv
     args = ["control", "--server", server, "--env", "fake:reader", "--hz", "200", "--deadline-ms", "5"]
     result = runner.invoke(app, [*args, "--metrics-textfile", str(path), "--metrics-interval", "0.1"])
     assert result.exit_code == 0, result.output
-    running = [parse(text) for text in env.seen]  # there from the first tick on, each a whole, valid file
+    # the writer thread's first write may come after the first ticks (they never wait for it); from then
+    # on, every read is a whole, valid file of the running loop
+    seen = env.seen[next(i for i, text in enumerate(env.seen) if text) :]
+    assert len(seen) >= 30 and all(seen)
+    running = [parse(text) for text in seen]
     assert all(value(families, "flowrl_control_running") == 1 for families in running)
     assert any(value(families, "flowrl_control_ticks_total") > 0 for families in running)  # rewritten during the run
     final = parse(path.read_text())
@@ -113,12 +117,14 @@ def test_a_write_failure_mid_run_is_one_warning_and_the_run_goes_on(server, tmp_
         ("robot.prom", ["--metrics-interval", "0"], "--metrics-interval must lie in [0.1, 3600] s, got 0"),
         ("robot.prom", ["--json", "{tmp}/robot.prom"], "--metrics-textfile {tmp}/robot.prom is also the --json file"),
         ("", ["--metrics-interval", "5"], "--metrics-interval is used only with --metrics-textfile"),
+        ("node.prom", [], "--metrics-textfile {tmp}/node.prom exists and is not a flowrl control metrics file"),
     ],
 )
 def test_a_textfile_that_cannot_be_written_is_refused_before_connecting(tmp_path, given, args, message):
     import os
 
     (tmp_path / "afile").write_text("keep")
+    (tmp_path / "node.prom").write_text("# HELP node_raid_ok another collector's file\nnode_raid_ok 1\n")
     (tmp_path / "dir.prom").mkdir()
     os.mkfifo(tmp_path / "fifo.prom")
     option = ["--metrics-textfile", str(tmp_path / given)] if given else []
@@ -128,3 +134,4 @@ def test_a_textfile_that_cannot_be_written_is_refused_before_connecting(tmp_path
     assert message.format(tmp=tmp_path) in result.output and "Traceback" not in result.output
     assert "not SERVING" not in result.output  # refused before connecting
     assert (tmp_path / "afile").read_text() == "keep"
+    assert (tmp_path / "node.prom").read_text().startswith("# HELP node_raid_ok")

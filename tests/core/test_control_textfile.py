@@ -38,7 +38,8 @@ def test_the_file_is_written_at_watch_then_every_interval_and_at_close_with_runn
     session = _session()
     textfile = ControlTextfile(path, interval_s=0.02)
     textfile.watch(session)
-    assert value(parse(path.read_text()), "flowrl_control_ticks_total") == 0  # at once, before any tick
+    assert wait_for(path.exists, timeout_s=10)  # at once, before any tick
+    assert value(parse(path.read_text()), "flowrl_control_ticks_total") == 0
     session.health.ticks = 7
     assert wait_for(lambda: "flowrl_control_ticks_total 7\n" in path.read_text(), timeout_s=10)
     assert value(parse(path.read_text()), "flowrl_control_running") == 1
@@ -62,6 +63,7 @@ def test_a_reader_never_sees_a_partial_file(tmp_path):
     session = _session()
     textfile = ControlTextfile(path, interval_s=3600)
     textfile.watch(session)
+    assert wait_for(path.exists, timeout_s=10)  # the writer thread's first write
     stop, reads, bad = threading.Event(), [], []
 
     def read() -> None:
@@ -93,6 +95,7 @@ def test_a_full_disk_is_counted_and_warned_of_once_per_kind_and_the_old_file_sta
     session = _session()
     textfile = ControlTextfile(path, interval_s=3600)
     textfile.watch(session)
+    assert wait_for(path.exists, timeout_s=10)  # the writer thread's first write
     before = path.read_text()
     failure = {"errno": errno.ENOSPC}
 
@@ -166,3 +169,23 @@ def test_the_writer_thread_is_a_daemon(tmp_path):
     finally:
         textfile.close()
     assert not thread.is_alive()
+
+
+def test_watch_returns_at_once_though_the_first_write_hangs(tmp_path, monkeypatch):
+    """The first write was the caller's: a hung file system held the control loop's first tick."""
+    release = threading.Event()
+
+    def hung(path, text):
+        release.wait(10)
+
+    monkeypatch.setattr(control_metrics, "write_text_atomic", hung)
+    textfile = ControlTextfile(tmp_path / "robot.prom", interval_s=0.05)
+    returned = threading.Event()
+    watching = threading.Thread(target=lambda: (textfile.watch(_session()), returned.set()))
+    watching.start()
+    try:
+        assert returned.wait(2)
+    finally:
+        release.set()
+        watching.join(10)
+        textfile.close()
