@@ -11,6 +11,7 @@ import ctypes
 import logging
 import numbers
 import os
+import re
 import stat
 from collections.abc import Sequence
 from pathlib import Path
@@ -25,6 +26,8 @@ from flowrl_deploy.checkpoint import BEST, DOCUMENT_FILE, LAST, MODEL_FILE, read
 from flowrl_deploy.contract import NOISE_INPUT, OBS_INPUT, PolicyContract, contract_from_metadata
 from flowrl_deploy.errors import FlowRLError, SpecError
 from flowrl_deploy.noise import Seed, draw_noise, session_noise
+
+log = logging.getLogger("flowrl.runtime")
 
 if TYPE_CHECKING:  # for the hints only: onnxruntime is imported where it is used, by import_onnxruntime
     import onnxruntime as ort
@@ -152,6 +155,75 @@ def default_providers() -> list[str]:
     return [p for p in ort.get_available_providers() if p in wanted] + ["CPUExecutionProvider"]
 
 
+class ModelLoadError(FlowRLError):
+    """onnxruntime could not build a session of the model (a provider that would not start is a
+    plain :class:`FlowRLError`)."""
+
+
+_ORT_PREFIX = re.compile(r"^\[ONNXRuntimeError\] : \d+ : \w+ : ")
+_ORT_WHERE = re.compile(r"^/\S+\.(?:cc|cpp|h|hpp):\d+ (?:[\w:<>]+ )?[\w:~]+::[\w~]+\([^()]*\) ")
+"""onnxruntime's source file and line, then the signature of its C++ function (``void
+onnxruntime::model_load_utils::ValidateOpsetForDomain(const std::unordered_map<…>&, …) ``)."""
+_IR_TOO_NEW = re.compile(r"Unsupported model IR version: (\d+), max supported IR version: (\d+)")
+_OPSET_TOO_NEW = re.compile(
+    r"Opset (\d+) is under development.*Current official support for domain (\S+) is till opset (\d+)"
+)
+
+
+def onnxruntime_text(error: BaseException | str) -> str:
+    """What onnxruntime's ``error`` says, on one line, without its status prefix, source location
+    or C++ signature."""
+    text = " ".join(str(error).split())
+    return _ORT_WHERE.sub("", _ORT_PREFIX.sub("", text)).removeprefix("Fatal error: ")
+
+
+def onnxruntime_reason(exc: BaseException) -> str:
+    """Why onnxruntime could not load a model (its error ``exc``), in one line: a model for a newer
+    runtime (its IR version or opset) in plain words, else :func:`onnxruntime_text` and its version."""
+    version = getattr(import_onnxruntime(), "__version__", "?")
+    text = onnxruntime_text(exc)
+    if match := _IR_TOO_NEW.search(text):
+        return (
+            f"its IR version {match[1]} is newer than this onnxruntime ({version}) reads (at most {match[2]}); "
+            "upgrade onnxruntime, or save the model at a lower IR version (`flowrl export` writes the lowest "
+            "its opsets allow)"
+        )
+    if match := _OPSET_TOO_NEW.search(text):
+        return (
+            f"its {match[2].rstrip('.')} opset {match[1]} is newer than this onnxruntime ({version}) supports "
+            f"(up to {match[3].rstrip('.')}); upgrade onnxruntime, or export at a lower opset"
+        )
+    if "is not a registered function/op" in text:
+        return f"onnxruntime {version} cannot run it: {text}"
+    return f"onnxruntime {version}: {text}"
+
+
+def unlike_a_policy(data: bytes, name: str) -> FlowRLError | None:
+    """What ``flowrl inspect`` says is wrong with the ONNX file ``data`` (named ``name``), read with
+    its parser (:mod:`flowrl_deploy.export.inspect`, protobuf alone): not an ONNX file (or a
+    checkpoint's weights), or no or a broken flowrl contract; None when it reads as a flowrl policy.
+    Asked once onnxruntime has refused a file, so that another project's model is named as one
+    whatever onnxruntime says of it (a newer IR version, an op it lacks)."""
+    try:
+        from google.protobuf.message import DecodeError
+
+        from flowrl_deploy.export.inspect import _model_class, _not_onnx
+    except ImportError:  # a build without the export package: onnxruntime's reason alone
+        return None
+    model = _model_class()()
+    try:
+        model.ParseFromString(data)
+    except DecodeError as exc:
+        return _not_onnx(Path(name), data, str(exc))
+    if model.ir_version < 1 or not model.HasField("graph"):
+        return _not_onnx(Path(name), data, "no IR version or graph")
+    try:
+        contract_from_metadata({p.key: p.value for p in model.metadata_props})
+    except SpecError as exc:
+        return FlowRLError(f"{name}: {exc}")
+    return None
+
+
 def make_session(
     model: str | os.PathLike[str] | bytes,
     *,
@@ -189,7 +261,8 @@ def make_session(
         session = ort.InferenceSession(source, sess_options=options, providers=providers or default_providers())
     except Exception as exc:  # onnxruntime raises its own untyped errors for unreadable models
         name = name or ("<bytes>" if isinstance(model, bytes) else str(model))
-        raise FlowRLError(f"cannot load ONNX model {name}: {exc}") from exc
+        log.debug("onnxruntime could not load %s: %s", name, str(exc).strip())
+        raise ModelLoadError(f"cannot load ONNX model {name}: {onnxruntime_reason(exc)}") from exc
     finally:
         ort.set_default_logger_severity(onnxruntime_severity())
     missing = [p for p in providers or () if p not in session.get_providers()]
@@ -252,7 +325,10 @@ class OnnxPolicy:
         from flowrl_deploy import codec  # here, not at the top: the CLI imports this module and starts without protobuf
 
         self._codec = codec
-        self.session: ort.InferenceSession = make_session(model, providers=providers, threads=threads, name=name)
+        try:
+            self.session: ort.InferenceSession = make_session(model, providers=providers, threads=threads, name=name)
+        except ModelLoadError as exc:  # flowrl inspect's words where they apply: not ONNX, not a policy
+            raise unlike_a_policy(model, name) or exc from exc.__cause__
         self._run_options = run_options()
         metadata = self.session.get_modelmeta().custom_metadata_map
         try:
