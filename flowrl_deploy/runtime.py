@@ -13,7 +13,9 @@ import numbers
 import os
 import re
 import stat
-from collections.abc import Sequence
+import sys
+import threading
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from types import ModuleType
 from typing import TYPE_CHECKING
@@ -224,6 +226,49 @@ def unlike_a_policy(data: bytes, name: str) -> FlowRLError | None:
     return None
 
 
+class _ThreadOutput:
+    """``sys.stdout`` while a session is made (:func:`_made_quietly`): what the thread making it
+    prints is kept (onnxruntime's Python code prints an ``EP Error`` block when a provider fails to
+    start, and then retries on the CPU); what any other thread prints goes where it went."""
+
+    def __init__(self, original: object, thread: threading.Thread) -> None:
+        self._original = original
+        self._thread = thread
+        self.kept: list[str] = []
+
+    def write(self, text: str) -> int:
+        if threading.current_thread() is self._thread:
+            self.kept.append(text)
+            return len(text)
+        return self._original.write(text)  # type: ignore[attr-defined]
+
+    def __getattr__(self, name: str) -> object:
+        return getattr(self._original, name)
+
+
+_OUTPUT_SWAP = threading.Lock()
+"""One swap of ``sys.stdout`` at a time: two threads making sessions at once would each restore the other's."""
+
+
+def _made_quietly(make: Callable[[], ort.InferenceSession]) -> tuple[ort.InferenceSession, str]:
+    """``make()``, with what its thread prints kept off stdout (where scripts read the ``serving … on``
+    line) and logged at DEBUG; returns its result and what onnxruntime's ``EP Error`` line said ('' when
+    none), a provider's reason for not starting."""
+    with _OUTPUT_SWAP:
+        kept = _ThreadOutput(sys.stdout, threading.current_thread())
+        sys.stdout = kept  # type: ignore[assignment]
+        try:
+            result = make()
+        finally:
+            if sys.stdout is kept:
+                sys.stdout = kept._original  # type: ignore[assignment]
+            if "".join(kept.kept).strip():
+                log.debug("onnxruntime printed while making a session: %s", "".join(kept.kept).strip())
+    printed = "".join(kept.kept)
+    error = re.search(r"^EP Error (.*?)(?:\s+when using \[|$)", printed, re.M | re.S)
+    return result, "" if error is None else onnxruntime_text(error[1]).rstrip(".")
+
+
 def make_session(
     model: str | os.PathLike[str] | bytes,
     *,
@@ -258,7 +303,9 @@ def make_session(
     if providers:  # one that cannot start is refused below, in one line: not also in onnxruntime's two
         ort.set_default_logger_severity(4)
     try:
-        session = ort.InferenceSession(source, sess_options=options, providers=providers or default_providers())
+        session, reason = _made_quietly(
+            lambda: ort.InferenceSession(source, sess_options=options, providers=providers or default_providers())
+        )
     except Exception as exc:  # onnxruntime raises its own untyped errors for unreadable models
         name = name or ("<bytes>" if isinstance(model, bytes) else str(model))
         log.debug("onnxruntime could not load %s: %s", name, str(exc).strip())
@@ -267,8 +314,9 @@ def make_session(
         ort.set_default_logger_severity(onnxruntime_severity())
     missing = [p for p in providers or () if p not in session.get_providers()]
     if missing:  # onnxruntime falls back to the CPU quietly; a provider asked for by name must run
+        said = f"onnxruntime: {reason}; " if reason else ""
         raise FlowRLError(
-            f"onnxruntime could not start {', '.join(missing)} here (this build offers "
+            f"onnxruntime could not start {', '.join(missing)} here ({said}this build offers "
             f"{', '.join(ort.get_available_providers())}; a GPU provider also needs its CUDA libraries and a GPU); "
             f"leave the providers at their default or ask for CPUExecutionProvider"
         )

@@ -18,7 +18,7 @@ PROVIDER_NAMES = {
 
 
 def parse_providers(text: str) -> tuple[str, ...]:
-    """'cuda,cpu' or full onnxruntime names → provider names, in order; an unknown name is an error."""
+    """'cuda', 'cuda,cpu' or full onnxruntime names → provider names, in order; an unknown name is an error."""
     from flowrl_deploy.errors import FlowRLError
     from flowrl_deploy.runtime import import_onnxruntime
 
@@ -99,7 +99,11 @@ def serve(
     port: Annotated[int, typer.Option(help="TCP port; 0 picks a free one (printed).")] = 50051,
     host: Annotated[str, typer.Option(help="Address to listen on; 0.0.0.0 for every interface.")] = "127.0.0.1",
     providers: Annotated[
-        str, typer.Option(help="onnxruntime providers, e.g. 'cuda,cpu'; default: CUDA when present, else CPU.")
+        str,
+        typer.Option(
+            help="onnxruntime providers, e.g. 'cuda' or 'cpu' (or full names), each must start: 'cuda' is "
+            "refused where CUDA cannot; default: CUDA when present, else CPU."
+        ),
     ] = "",
     threads: Annotated[int, typer.Option(help="onnxruntime intra-op threads per call.")] = 1,
     max_batch: Annotated[
