@@ -64,21 +64,15 @@ def print_banner(server) -> None:
     on stderr (which journald keeps) names the address. One warning says so, and stdout is pointed at
     the null device, so that the line left in its buffer is not written again (and fails again) at exit."""
     import logging
-    import os
-    import sys
 
+    from flowrl_deploy.cli._common import _stdout_to_null_device
     from flowrl_deploy.serve.server import banner
 
     line = banner(server)
     try:
         typer.echo(line)
-    except OSError as exc:
-        try:
-            null = os.open(os.devnull, os.O_WRONLY)
-            os.dup2(null, sys.stdout.fileno())
-            os.close(null)
-        except (OSError, ValueError):  # no file descriptor of its own (replaced by an embedding program)
-            pass
+    except OSError as exc:  # the other commands exit 1 here (cli/_common.py's report_output_failure)
+        _stdout_to_null_device()
         logging.getLogger("flowrl.serve").warning(
             "cannot write the 'serving …' line to standard output (%s); serving on %s regardless",
             exc.strerror or exc,
