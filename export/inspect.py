@@ -1,13 +1,12 @@
 """What `flowrl inspect` shows of a policy file: contract, hashes, provenance, I/O, opsets and ops.
 
 The file is parsed with the protobuf runtime of the base install against the few messages of
-onnx.proto shown here (:data:`_ONNX_MESSAGES`), not loaded into onnxruntime: a robot may lack the
+onnx.proto that :mod:`flowrl_deploy.onnxfile` lists, not loaded into onnxruntime: a robot may lack the
 onnx package, and a file for a newer runtime (a higher IR version, an int8 op) is still readable.
 """
 
 from __future__ import annotations
 
-import functools
 import json
 import os
 from pathlib import Path
@@ -16,34 +15,9 @@ from typing import Any
 from flowrl_deploy.contract import CONTRACT_KEY, contract_from_metadata
 from flowrl_deploy.errors import FlowRLError, SpecError
 from flowrl_deploy.export.exporter import counted, file_sha256
+from flowrl_deploy.onnxfile import model_class, parse_model
 from flowrl_deploy.runtime import check_graph_matches_contract, read_policy_file
 
-_ONNX_MESSAGES: dict[str, list[tuple[str, int, str, str]]] = {
-    # message: (field, number, label, type) as in onnx.proto; unlisted fields are skipped when parsing
-    "ModelProto": [
-        ("ir_version", 1, "optional", "int64"),
-        ("graph", 7, "optional", "GraphProto"),
-        ("opset_import", 8, "repeated", "OperatorSetIdProto"),
-        ("metadata_props", 14, "repeated", "StringStringEntryProto"),
-    ],
-    "OperatorSetIdProto": [("domain", 1, "optional", "string"), ("version", 2, "optional", "int64")],
-    "StringStringEntryProto": [("key", 1, "optional", "string"), ("value", 2, "optional", "string")],
-    "GraphProto": [
-        ("node", 1, "repeated", "NodeProto"),
-        ("input", 11, "repeated", "ValueInfoProto"),
-        ("output", 12, "repeated", "ValueInfoProto"),
-    ],
-    "NodeProto": [("op_type", 4, "optional", "string"), ("domain", 7, "optional", "string")],
-    "ValueInfoProto": [
-        ("name", 1, "optional", "string"),
-        ("type", 2, "optional", "TypeProto"),
-        ("doc_string", 3, "optional", "string"),
-    ],
-    "TypeProto": [("tensor_type", 1, "optional", "TensorTypeProto")],
-    "TensorTypeProto": [("elem_type", 1, "optional", "int32"), ("shape", 2, "optional", "TensorShapeProto")],
-    "TensorShapeProto": [("dim", 1, "repeated", "DimensionProto")],
-    "DimensionProto": [("dim_value", 1, "optional", "int64"), ("dim_param", 2, "optional", "string")],
-}
 _ELEM_TYPES = {
     1: "float", 2: "uint8", 3: "int8", 4: "uint16", 5: "int16", 6: "int32", 7: "int64", 8: "string",
     9: "bool", 10: "float16", 11: "double", 12: "uint32", 13: "uint64", 16: "bfloat16",
@@ -59,56 +33,10 @@ RUNTIME_NEEDS = {
 not listed here are called onnxruntime's own)."""
 
 
-@functools.cache
-def _model_class() -> type:
-    """ModelProto of :data:`_ONNX_MESSAGES`, in a pool of its own (never clashing with onnx's)."""
-    from google.protobuf import descriptor_pb2, descriptor_pool, message_factory
-
-    file = descriptor_pb2.FileDescriptorProto(name="flowrl_inspect_onnx.proto", package="flowrl_inspect")
-    for message, fields in _ONNX_MESSAGES.items():
-        proto = file.message_type.add(name=message)
-        for name, number, label, kind in fields:
-            field = proto.field.add(name=name, number=number)
-            field.label = getattr(descriptor_pb2.FieldDescriptorProto, f"LABEL_{label.upper()}")
-            if kind in _ONNX_MESSAGES:
-                field.type = descriptor_pb2.FieldDescriptorProto.TYPE_MESSAGE
-                field.type_name = f".flowrl_inspect.{kind}"
-            else:
-                field.type = getattr(descriptor_pb2.FieldDescriptorProto, f"TYPE_{kind.upper()}")
-    pool = descriptor_pool.DescriptorPool()
-    pool.Add(file)
-    return message_factory.GetMessageClass(pool.FindMessageTypeByName("flowrl_inspect.ModelProto"))
-
-
 def read_model(path: Path) -> Any:
-    """The file's ModelProto (the fields of :data:`_ONNX_MESSAGES`); a file that is no ONNX model is refused."""
-    from google.protobuf.message import DecodeError
-
-    model = _model_class()()
-    data = read_policy_file(path)
-    try:
-        model.ParseFromString(data)
-    except DecodeError as exc:
-        raise _not_onnx(path, data, str(exc)) from exc
-    if model.ir_version < 1 or not model.HasField("graph"):
-        raise _not_onnx(path, data, "no IR version or graph")
-    return model
-
-
-def _is_safetensors(data: bytes) -> bool:
-    """Whether ``data`` begins as a safetensors file does: an 8-byte little-endian header length, then
-    that many bytes of a JSON object."""
-    size = int.from_bytes(data[:8], "little")
-    return len(data) > 8 and data[8:9] == b"{" and 2 <= size <= len(data) - 8
-
-
-def _not_onnx(path: Path, data: bytes, why: str) -> FlowRLError:
-    if _is_safetensors(data):  # `flowrl inspect run/checkpoints/last/model.safetensors`
-        return FlowRLError(
-            f"{path} is a checkpoint's weights (safetensors), not an ONNX policy: `flowrl export {path.parent}` "
-            "writes one"
-        )
-    return FlowRLError(f"cannot load ONNX model {path}: not an ONNX file ({why})")
+    """The file's ModelProto (the fields of :data:`~flowrl_deploy.onnxfile.ONNX_MESSAGES`); a file that
+    is no ONNX model is refused."""
+    return parse_model(read_policy_file(path), path)
 
 
 MAX_TOP_FIELDS = 4096
@@ -184,7 +112,7 @@ def unlike_a_flowrl_policy(path: str | os.PathLike[str]) -> str:
             return f"cannot be read ({exc.strerror or exc})"
     if not {(_IR_VERSION, 0), (_GRAPH, 2)} <= seen:
         return "is not an ONNX file"
-    model = _model_class()()
+    model = model_class()()
     try:
         model.ParseFromString(bytes(metadata))
     except DecodeError:

@@ -202,23 +202,16 @@ def onnxruntime_reason(exc: BaseException) -> str:
 
 def unlike_a_policy(data: bytes, name: str) -> FlowRLError | None:
     """What ``flowrl inspect`` says is wrong with the ONNX file ``data`` (named ``name``), read with
-    its parser (:mod:`flowrl_deploy.export.inspect`, protobuf alone): not an ONNX file (or a
+    its parser (:mod:`flowrl_deploy.onnxfile`, protobuf alone): not an ONNX file (or a
     checkpoint's weights), or no or a broken flowrl contract; None when it reads as a flowrl policy.
     Asked once onnxruntime has refused a file, so that another project's model is named as one
     whatever onnxruntime says of it (a newer IR version, an op it lacks)."""
-    try:
-        from google.protobuf.message import DecodeError
+    from flowrl_deploy.onnxfile import parse_model
 
-        from flowrl_deploy.export.inspect import _model_class, _not_onnx
-    except ImportError:  # a build without the export package: onnxruntime's reason alone
-        return None
-    model = _model_class()()
     try:
-        model.ParseFromString(data)
-    except DecodeError as exc:
-        return _not_onnx(Path(name), data, str(exc))
-    if model.ir_version < 1 or not model.HasField("graph"):
-        return _not_onnx(Path(name), data, "no IR version or graph")
+        model = parse_model(data, Path(name))
+    except FlowRLError as exc:
+        return exc
     try:
         contract_from_metadata({p.key: p.value for p in model.metadata_props})
     except SpecError as exc:

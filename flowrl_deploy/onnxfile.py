@@ -1,0 +1,91 @@
+"""An ONNX file read with the protobuf runtime alone (a robot may lack the onnx package, and a file for
+a newer runtime, a higher IR version or an op it lacks, is still readable): the few messages of
+onnx.proto that ``flowrl inspect`` and the server's refusals of a foreign file need.
+"""
+
+from __future__ import annotations
+
+import functools
+from pathlib import Path
+from typing import Any
+
+from flowrl_deploy.errors import FlowRLError
+
+ONNX_MESSAGES: dict[str, list[tuple[str, int, str, str]]] = {
+    # message: (field, number, label, type) as in onnx.proto; unlisted fields are skipped when parsing
+    "ModelProto": [
+        ("ir_version", 1, "optional", "int64"),
+        ("graph", 7, "optional", "GraphProto"),
+        ("opset_import", 8, "repeated", "OperatorSetIdProto"),
+        ("metadata_props", 14, "repeated", "StringStringEntryProto"),
+    ],
+    "OperatorSetIdProto": [("domain", 1, "optional", "string"), ("version", 2, "optional", "int64")],
+    "StringStringEntryProto": [("key", 1, "optional", "string"), ("value", 2, "optional", "string")],
+    "GraphProto": [
+        ("node", 1, "repeated", "NodeProto"),
+        ("input", 11, "repeated", "ValueInfoProto"),
+        ("output", 12, "repeated", "ValueInfoProto"),
+    ],
+    "NodeProto": [("op_type", 4, "optional", "string"), ("domain", 7, "optional", "string")],
+    "ValueInfoProto": [
+        ("name", 1, "optional", "string"),
+        ("type", 2, "optional", "TypeProto"),
+        ("doc_string", 3, "optional", "string"),
+    ],
+    "TypeProto": [("tensor_type", 1, "optional", "TensorTypeProto")],
+    "TensorTypeProto": [("elem_type", 1, "optional", "int32"), ("shape", 2, "optional", "TensorShapeProto")],
+    "TensorShapeProto": [("dim", 1, "repeated", "DimensionProto")],
+    "DimensionProto": [("dim_value", 1, "optional", "int64"), ("dim_param", 2, "optional", "string")],
+}
+
+
+@functools.cache
+def model_class() -> type:
+    """ModelProto of :data:`ONNX_MESSAGES`, in a pool of its own (never clashing with onnx's)."""
+    from google.protobuf import descriptor_pb2, descriptor_pool, message_factory
+
+    file = descriptor_pb2.FileDescriptorProto(name="flowrl_inspect_onnx.proto", package="flowrl_inspect")
+    for message, fields in ONNX_MESSAGES.items():
+        proto = file.message_type.add(name=message)
+        for name, number, label, kind in fields:
+            field = proto.field.add(name=name, number=number)
+            field.label = getattr(descriptor_pb2.FieldDescriptorProto, f"LABEL_{label.upper()}")
+            if kind in ONNX_MESSAGES:
+                field.type = descriptor_pb2.FieldDescriptorProto.TYPE_MESSAGE
+                field.type_name = f".flowrl_inspect.{kind}"
+            else:
+                field.type = getattr(descriptor_pb2.FieldDescriptorProto, f"TYPE_{kind.upper()}")
+    pool = descriptor_pool.DescriptorPool()
+    pool.Add(file)
+    return message_factory.GetMessageClass(pool.FindMessageTypeByName("flowrl_inspect.ModelProto"))
+
+
+def parse_model(data: bytes, path: Path) -> Any:
+    """``data``, the file ``path``'s bytes, as a ModelProto (the fields of :data:`ONNX_MESSAGES`); a
+    file that is no ONNX model is refused (:func:`not_onnx`)."""
+    from google.protobuf.message import DecodeError
+
+    model = model_class()()
+    try:
+        model.ParseFromString(data)
+    except DecodeError as exc:
+        raise not_onnx(path, data, str(exc)) from exc
+    if model.ir_version < 1 or not model.HasField("graph"):
+        raise not_onnx(path, data, "no IR version or graph")
+    return model
+
+
+def is_safetensors(data: bytes) -> bool:
+    """Whether ``data`` begins as a safetensors file does: an 8-byte little-endian header length, then
+    that many bytes of a JSON object."""
+    size = int.from_bytes(data[:8], "little")
+    return len(data) > 8 and data[8:9] == b"{" and 2 <= size <= len(data) - 8
+
+
+def not_onnx(path: Path, data: bytes, why: str) -> FlowRLError:
+    if is_safetensors(data):  # `flowrl inspect run/checkpoints/last/model.safetensors`
+        return FlowRLError(
+            f"{path} is a checkpoint's weights (safetensors), not an ONNX policy: `flowrl export {path.parent}` "
+            "writes one"
+        )
+    return FlowRLError(f"cannot load ONNX model {path}: not an ONNX file ({why})")
