@@ -206,15 +206,18 @@ def control(
     printed.echo(report.summary())
     if json_path is not None:
         write_report("--json", json_path, report.to_dict())
-        printed.check(f"ran {report.steps} steps and wrote the --json report {json_path}")
-    printed.check("")
+    # how the run ended comes first (its exit status too): a failed stdout is then a note on that line
+    lost = "" if printed.error is None else f" (the summary was not printed: {printed.error.strerror or printed.error})"
     if report.interrupted:
-        typer.secho("interrupted: the figures above cover the completed episodes and ticks", err=True)
+        typer.secho(f"interrupted: the figures above cover the completed episodes and ticks{lost}", err=True)
         raise typer.Exit(130)
     if report.watchdog:
-        raise FlowRLError(f"the watchdog stopped the run: {report.watchdog} (--max-misses {max_misses})")
+        raise FlowRLError(f"the watchdog stopped the run: {report.watchdog} (--max-misses {max_misses}){lost}")
     if report.steps and not report.fresh_replies:
         raise FlowRLError(
             f"no tick got a fresh action: all {report.steps} fell back (deadline {report.deadline_ms:g} ms); "
-            "raise --deadline-ms or check the server"
+            f"raise --deadline-ms or check the server{lost}"
         )
+    if json_path is not None:
+        printed.check(f"ran {report.steps} steps and wrote the --json report {json_path}")
+    printed.check("")

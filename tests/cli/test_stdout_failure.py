@@ -85,6 +85,36 @@ def test_a_full_stdout_after_a_call_is_one_line(tmp_path, server, command):
     assert result.stderr.decode().splitlines() == [FULL_DISK], result.stderr.decode()[-3000:]
 
 
+def test_a_watchdog_stop_after_stdout_failed_is_still_said_with_its_exit_status(tmp_path):
+    """How the run ended is the line that matters (a robot stopped by its watchdog): a stdout that failed
+    during the run (its reader gone after the first line) is a note on that line, not the only one."""
+    pytest.importorskip("dm_control")
+    from flowrl_deploy.serve import PolicyServer, ServeConfig
+
+    cartpole = {"obs_dim": 5, "act_dim": 1, "action_low": (-1.0,), "action_high": (1.0,), "action_names": ("slider",)}
+    path = write_policy(tmp_path / "cartpole.onnx", obs_layout=(("position", 3), ("velocity", 2)), **cartpole,
+                        env_id="dmc:cartpole-swingup")  # fmt: skip
+    with PolicyServer(ServeConfig(str(path), port=0, grace_s=0)).start() as running:
+        args = ["--server", running.address, "--max-steps", "50", "--deadline-ms", "0.001", "--max-misses", "5"]
+        stderr, returncode = _control_whose_reader_leaves(tmp_path, args)
+    assert returncode == 1
+    last = stderr.splitlines()[-1]
+    assert last.startswith("error: the watchdog stopped the run: 5 control ticks in a row"), stderr[-3000:]
+    assert last.endswith("(the summary was not printed: Broken pipe)"), last
+
+
+def _control_whose_reader_leaves(cwd: Path, args: list[str]) -> tuple[str, int]:
+    """`flowrl control ARGS` whose stdout's reader reads the first line, then goes."""
+    child = subprocess.Popen(
+        [sys.executable, "-m", "flowrl_deploy.cli", "control", *args],
+        cwd=cwd, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+    )  # fmt: skip
+    assert child.stdout.readline().startswith(b"control at ")
+    child.stdout.close()  # the reader is gone: the summary meets a broken pipe
+    _, stderr = child.communicate(timeout=300)
+    return stderr.decode(), child.returncode
+
+
 @pytest.fixture(scope="module")
 def checkpoint(tmp_path_factory) -> Path:
     pytest.importorskip("torch")
