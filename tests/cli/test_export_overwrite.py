@@ -5,8 +5,6 @@ work, naming the file; a sweep's files are checked alike."""
 
 from __future__ import annotations
 
-import os
-import sys
 from pathlib import Path
 
 import pytest
@@ -24,14 +22,9 @@ RULE = "an export may replace an earlier export, never another file"
 
 @pytest.fixture(scope="module")
 def checkpoint(tmp_path_factory) -> Path:
-    from flowrl_deploy.checkpoint import save_checkpoint
+    from export_fixtures import saved_checkpoint  # torch: after the skips
 
-    sys.path.insert(0, os.path.join(os.path.dirname(__file__), "..", "export"))
-    try:
-        from export_fixtures import SPEC, actor_tensors
-    finally:
-        sys.path.pop(0)
-    return save_checkpoint(tmp_path_factory.mktemp("ck") / "step_1", spec=SPEC, actor=actor_tensors())
+    return saved_checkpoint(tmp_path_factory.mktemp("ck"))
 
 
 def foreign_onnx(path: Path) -> Path:

@@ -39,14 +39,9 @@ def test_a_utf8_stdout_is_left_alone(tmp_path):
 def test_export_on_a_cp1252_stdout_exits_0(tmp_path):
     pytest.importorskip("torch")
     pytest.importorskip("onnx")
-    from flowrl_deploy.checkpoint import save_checkpoint
+    from export_fixtures import saved_checkpoint  # torch: after the skips
 
-    sys.path.insert(0, os.path.join(os.path.dirname(__file__), "..", "export"))
-    try:
-        from export_fixtures import SPEC, actor_tensors
-    finally:
-        sys.path.pop(0)
-    checkpoint = save_checkpoint(tmp_path / "step_1", spec=SPEC, actor=actor_tensors())
+    checkpoint = saved_checkpoint(tmp_path)
     result = flowrl(tmp_path, "export", str(checkpoint), "--out", str(tmp_path / "p.onnx"))
     assert result.returncode == 0, result.stderr.decode(errors="replace")[-2000:]
     assert (tmp_path / "p.onnx").is_file()

@@ -119,14 +119,9 @@ def _control_whose_reader_leaves(cwd: Path, args: list[str]) -> tuple[str, int]:
 def checkpoint(tmp_path_factory) -> Path:
     pytest.importorskip("torch")
     pytest.importorskip("onnx")
-    from flowrl_deploy.checkpoint import save_checkpoint
+    from export_fixtures import saved_checkpoint  # torch: after the skips
 
-    sys.path.insert(0, os.path.join(os.path.dirname(__file__), "..", "export"))
-    try:
-        from export_fixtures import SPEC, actor_tensors
-    finally:
-        sys.path.pop(0)
-    return save_checkpoint(tmp_path_factory.mktemp("ck") / "step_1", spec=SPEC, actor=actor_tensors())
+    return saved_checkpoint(tmp_path_factory.mktemp("ck"))
 
 
 @needs_dev_full

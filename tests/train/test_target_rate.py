@@ -5,9 +5,9 @@ kept) is converted on reading, so an old run resumes with the same target update
 import json
 import re
 
-import numpy as np
 import pytest
 import torch
+from tiny_training import random_batch
 from typer.testing import CliRunner
 
 from flowrl_deploy.checkpoint import DOCUMENT_FILE
@@ -25,14 +25,7 @@ SPEC = PolicySpec(obs_dim=3, act_dim=2, action_low=(-1.0, -1.0), action_high=(1.
 
 
 def batch(seed: int) -> Batch:
-    rng = np.random.default_rng(seed)
-    return Batch(
-        obs=rng.standard_normal((8, 3), dtype=np.float32),
-        action=rng.uniform(-1, 1, (8, 2)).astype(np.float32),
-        reward=rng.standard_normal(8, dtype=np.float32),
-        next_obs=rng.standard_normal((8, 3), dtype=np.float32),
-        mask=np.ones(8, np.float32),
-    )
+    return random_batch(seed)
 
 
 def test_tau_is_the_step_toward_the_online_critics_and_defaults_to_5_percent():

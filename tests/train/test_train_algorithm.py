@@ -5,6 +5,7 @@ import dataclasses
 import numpy as np
 import pytest
 import torch
+from tiny_training import random_batch
 
 from flowrl_deploy.errors import CheckpointError
 from flowrl_deploy.spec import PolicySpec
@@ -22,14 +23,7 @@ def make_agent(seed: int = 0, spec: PolicySpec = SPEC, **overrides) -> FlowRL:
 
 
 def batch(seed: int = 0) -> Batch:
-    rng = np.random.default_rng(seed)
-    return Batch(
-        obs=rng.standard_normal((8, 3), dtype=np.float32),
-        action=rng.uniform(-1, 1, (8, 2)).astype(np.float32),
-        reward=rng.standard_normal(8, dtype=np.float32),
-        next_obs=rng.standard_normal((8, 3), dtype=np.float32),
-        mask=np.array([1, 1, 1, 0, 1, 1, 1, 1], np.float32),
-    )
+    return random_batch(seed, mask=np.array([1, 1, 1, 0, 1, 1, 1, 1], np.float32))  # the fourth is terminal
 
 
 def snapshot(module: torch.nn.Module) -> list[torch.Tensor]:

@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import numpy as np
 import torch
 
+from flowrl_deploy.checkpoint import save_checkpoint
 from flowrl_deploy.spec import PolicySpec
 from flowrl_deploy.train.actor import FlowActor
 
@@ -35,3 +38,9 @@ def actor_tensors(spec: PolicySpec = SPEC, seed: int = 0, *, perturbed: bool = T
         return tensors
     rng = np.random.default_rng(seed)
     return {k: (v + PERTURBATION * rng.standard_normal(v.shape)).astype(np.float32) for k, v in sorted(tensors.items())}
+
+
+def saved_checkpoint(folder: Path) -> Path:
+    """A checkpoint of :data:`SPEC` with :func:`actor_tensors`, as ``folder/step_1``: what a CLI test
+    exports, evaluates or inspects."""
+    return save_checkpoint(folder / "step_1", spec=SPEC, actor=actor_tensors())
