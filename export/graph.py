@@ -7,23 +7,24 @@ and every weight stored once. They differ in structure:
 - ``plain`` mirrors the torch module op for op: each velocity evaluation concatenates
   [s, a_t, t] and runs the full first layer.
 - ``optimized`` exploits what does not change between evaluations. The first layer splits as
-  W·[s, a, t] + b = (W_s·s + b) + W_a·a + t·w_t, so the observation's share h_s is computed once
+  W·[s, a, t] + b = (W_s·s + b) + W_a·a + t·w_t, so the observation's share is computed once
   per call and t·w_t is a constant per evaluation. The state is carried shifted,
   ã_k = a_k − k·dt·b_out, so that each solver update is a single Gemm with the state as its
   C input (ã + dt·W_out·h); the shift's effect on the next first layer, (k·dt)·W_a·b_out, is
-  folded into the same per-evaluation constant c_i. The state also carries a constant 1,
-  ã' = [ã, 1] (W_out gains a zero row, so the update leaves the 1 as it is), so that each
-  evaluation's first layer is one Gemm, [W_a | c_i]·ã' + h_s, with h_s as its C input: no Add
-  per evaluation. [W_a | c_i] is a Concat of two constants, which onnxruntime folds when the model
-  loads, so the file stores W_a once. a_N = ã_N + b_out comes out of one more Gemm, which
-  onnxruntime fuses with the tanh after it.
+  folded into the same per-evaluation constant, and a_N = ã_N + b_out.
 
 Tried and slower at batch 1 (``bench/infer_latency.py --gap`` shows where the time over the matmul
 floor goes: ELU and LayerNorm kernels): the per-evaluation bases h_s + c_i from one Tile, Add and
 Split; ELU as Max(x, Exp(Min(x, 0)) − 1) or Relu(x) + Exp(Min(x, 0)) − 1 (onnxruntime's Exp is
 vectorized, its Elu is not, but three more nodes cost more). LayerNorm's affine cannot be folded into
 the next Linear (an ELU sits between), and onnxruntime's SkipLayerNormalization fusion of the Add
-into LayerNorm needs 3-D tensors.
+into LayerNorm needs 3-D tensors. Tried, faster in a loop and worse where it counts: the Add taken
+into layer 1's Gemm by a state that carries a constant 1, ([W_a | c_i]·[ã, 1] + h_s, the Concat
+of constants folded at load) ran 2-3 % faster back to back, but holds 20 copies of W_a in memory
+(1.5 MB more at dog-run shapes), and a 200 Hz control loop, whose calls find the cache cold, missed
+more deadlines with it: 99 against 62 of 60,000 ticks, six alternating runs of
+``bench/serve_control.py``, and 38 against 20 of 30,000 with only the served file swapped
+(session 15).
 
 The pre-tanh value a_N is the named tensor ``pre_tanh``, which verification reads as an extra
 output.
@@ -163,7 +164,7 @@ def build_policy_graph(
         int8_layout = {"in_dim": weights.w2.shape[1], "codes_shape": w2_q.shape}
     else:
         w2 = g.const("w2", weights.w2)
-    b_out = g.const("b_out", weights.b_out)
+    w_out, b_out = g.const("w_out", weights.w_out), g.const("b_out", weights.b_out)
 
     if opset >= LAYER_NORM_OPSET:
         layer_norm = _layer_norm
@@ -181,7 +182,7 @@ def build_policy_graph(
         clip = spec.noise_clip
         a0 = g.op("Clip", [NOISE_INPUT, g.const("clip.min", np.float32(-clip)), g.const("clip.max", np.float32(clip))])
     build = _optimized_sampler if optimize else _plain_sampler
-    a_n = build(g, weights, spec, schedule(steps, solver), a0, hidden, b_out)
+    a_n = build(g, weights, spec, schedule(steps, solver), a0, hidden, w_out, b_out)
 
     low = np.asarray(spec.action_low, dtype=np.float32)
     high = np.asarray(spec.action_high, dtype=np.float32)
@@ -293,10 +294,11 @@ def _plain_sampler(
     evaluations: list[Evaluation],
     a0: str | None,
     hidden: Callable[[str], str],
+    w_out: str,
     b_out: str,
 ) -> str:
     """v(concat[s, a, t]) at every evaluation, updates a ← a_k + step·v, as the torch solver does."""
-    w1, b1, w_out = g.const("w1", weights.w1), g.const("b1", weights.b1), g.const("w_out", weights.w_out)
+    w1, b1 = g.const("w1", weights.w1), g.const("b1", weights.b1)
     one = g.const("one", np.array([1]))
     batch = g.op("Slice", [g.op("Shape", [OBS_INPUT]), g.const("zero", np.array([0])), one])
     if a0 is None:
@@ -321,34 +323,29 @@ def _optimized_sampler(
     evaluations: list[Evaluation],
     a0: str | None,
     hidden: Callable[[str], str],
+    w_out: str,
     b_out: str,
 ) -> str:
-    """The observation's share of layer 1 once per call; one Gemm for each evaluation's layer 1 and
-    one per solver update (see module doc)."""
-    o, act_dim = spec.obs_dim, spec.act_dim
-    w_s, w_a, w_t = weights.w1[:, :o], weights.w1[:, o : o + act_dim], weights.w1[:, -1]
+    """The observation's share of layer 1 once per call; one Gemm per solver update (see module doc)."""
+    o = spec.obs_dim
+    w_s, w_a, w_t = weights.w1[:, :o], weights.w1[:, o : o + spec.act_dim], weights.w1[:, -1]
     h_s = g.op("Gemm", [OBS_INPUT, g.const("w1.obs", w_s), g.const("b1", weights.b1)], transB=1)
     w_a_name = g.const("w1.action", w_a)
     w_a_b_out = w_a.astype(np.float64) @ weights.b_out.astype(np.float64)
-    # ã' = [ã, 1]: the update's output row for the 1 is zero, so it stays exactly 1
-    w_out_state = g.const("w_out", np.concatenate([weights.w_out, np.zeros((1, weights.w_out.shape[1]), np.float32)]))
-    origin = g.const("state.origin", np.eye(1, act_dim + 1, act_dim, dtype=np.float32))  # [0, …, 0, 1]
-    if a0 is not None:  # [a0, 1] as a0·[I | 0] + [0, …, 0, 1]: exact, and in every opset (unlike Pad)
-        a0 = g.op("Gemm", [a0, g.const("state.extend", np.eye(act_dim, act_dim + 1, dtype=np.float32)), origin])
-    a_k = a_t = a0  # shifted states ã'; None means exactly zero (the deterministic a0)
+    a_k = a_t = a0  # shifted states ã; None means exactly zero (the deterministic a0)
     for i, ev in enumerate(evaluations):
         c = (float(ev.t) * w_t.astype(np.float64) + ev.shift * w_a_b_out).astype(np.float32)
+        c_name = g.const(f"layer1.const.{i}", c)
         if a_t is None:
-            z = h_s if not c.any() else g.op("Add", [h_s, g.const(f"layer1.const.{i}", c)])
-        else:  # [W_a | c]·[ã, 1] + h_s: the Concat of constants is folded when the model loads
-            column = g.const(f"layer1.const.{i}", c[:, None])
-            z = g.op("Gemm", [a_t, g.op("Concat", [w_a_name, column], axis=1), h_s], transB=1)
+            z = g.op("Add", [h_s, c_name])
+        else:
+            z = g.op("Add", [g.op("Gemm", [a_t, w_a_name, c_name], transB=1), h_s])
         h = hidden(z)
         if ev.from_step_start:
             a_k = a_t
-        a_t = g.op("Gemm", [h, w_out_state, origin if a_k is None else a_k], transB=1, alpha=float(ev.step_size))
-    unshift = g.const("state.unshift", np.eye(act_dim + 1, act_dim, dtype=np.float32))  # [ã, 1] → ã
-    return g.op("Gemm", [a_t, unshift, b_out], PRE_TANH)
+        start = [] if a_k is None else [a_k]
+        a_t = g.op("Gemm", [h, w_out, *start], transB=1, alpha=float(ev.step_size), beta=1.0)
+    return g.op("Add", [a_t, b_out], PRE_TANH)
 
 
 def int8_blocks(w: np.ndarray, block: int = INT8_BLOCK) -> tuple[np.ndarray, np.ndarray]:

@@ -6,7 +6,6 @@ import numpy as np
 import pytest
 import torch
 from export_fixtures import SPEC, actor_tensors
-from onnx import numpy_helper
 
 from flowrl_deploy.export.graph import VelocityWeights, build_policy_graph, schedule
 from flowrl_deploy.export.verify import reference_actor
@@ -109,11 +108,7 @@ def test_graph_is_unrolled_with_each_weight_stored_once():
     model = graph(steps=10)
     assert not {n.op_type for n in model.graph.node} & {"Loop", "Scan", "If"}
     big = [i for i in model.graph.initializer if len(i.dims) == 2 and min(i.dims) > 1]
-    assert sorted(i.name for i in big) == ["state.extend", "state.unshift", "w1.action", "w1.obs", "w2", "w_out"]
-    selections = {i.name: numpy_helper.to_array(i) for i in big if i.name.startswith("state.")}  # no weights
-    a = SPEC.act_dim
-    np.testing.assert_array_equal(selections["state.extend"], np.eye(a, a + 1, dtype=np.float32))
-    np.testing.assert_array_equal(selections["state.unshift"], np.eye(a + 1, a, dtype=np.float32))
+    assert sorted(i.name for i in big) == ["w1.action", "w1.obs", "w2", "w_out"]
 
 
 def test_fixed_batch_graph_rejects_other_sizes():
@@ -124,11 +119,9 @@ def test_fixed_batch_graph_rejects_other_sizes():
         run(model, *inputs(2))
 
 
-def test_optimized_graph_spends_seven_kernels_per_velocity_evaluation(tmp_path):
-    """After onnxruntime's own optimizations: per evaluation 3 Gemm (action part of layer 1 with the
-    observation's share as its C input, hidden layer, output + state update), 2 LayerNorm and 2 ELU;
-    the per-evaluation Concat of the action weights and the evaluation's constant column is folded
-    at load, and tanh into the Gemm that unshifts a_N."""
+def test_optimized_graph_spends_eight_kernels_per_velocity_evaluation(tmp_path):
+    """After onnxruntime's own optimizations: per evaluation 3 Gemm (action part of layer 1,
+    hidden layer, output + state update), 2 LayerNorm, 2 ELU and 1 Add (the observation's share)."""
     import collections
 
     import onnx
@@ -137,9 +130,8 @@ def test_optimized_graph_spends_seven_kernels_per_velocity_evaluation(tmp_path):
     dump = tmp_path / "ort.onnx"
     make_session(graph(steps=6).SerializeToString(), providers=["CPUExecutionProvider"], optimized_model_path=str(dump))
     ops = collections.Counter(n.op_type for n in onnx.load(dump).graph.node)
-    # obs share of layer 1 and [a0, 1]; the unshifted a_N with tanh fused into its Gemm; a0; rescale
-    per_call = {"Gemm": 2, "FusedGemm": 1, "Clip": 1, "Mul": 1, "Add": 1}
-    per_evaluation = {"Gemm": 3, "LayerNormalization": 2, "Elu": 2}
+    per_call = {"Gemm": 1, "Add": 2, "Clip": 1, "Tanh": 1, "Mul": 1}  # obs share of layer 1; a0; squash, rescale
+    per_evaluation = {"Gemm": 3, "LayerNormalization": 2, "Elu": 2, "Add": 1}
     expected = {op: per_call.get(op, 0) + evaluations * per_evaluation.get(op, 0) for op in per_call | per_evaluation}
     assert dict(ops) == expected
 
