@@ -60,6 +60,35 @@ def test_a_session_with_fresh_ticks_and_misses_renders_each_figure(client):
         assert value(parse(exposition(control)), "flowrl_control_consecutive_misses") == 0
 
 
+def test_the_fresh_action_timestamp_is_when_the_action_came_not_when_the_file_is_written(client):
+    """The documented staleness alert, ``time() - flowrl_control_fresh_action_timestamp_seconds > 5``,
+    must fire for a loop that still rewrites its file while the server no longer answers."""
+    with client.session(period_s=0.5, seed=0, fallback="zeros") as control:
+        before = time.time()
+        control.act(OBS)
+        after = time.time()
+        assert control.timings[-1].source == "server"
+        time.sleep(0.5)  # the file is written later than the tick
+        families = parse(exposition(control))
+        assert before - 0.05 <= value(families, "flowrl_control_fresh_action_timestamp_seconds") <= after + 0.05
+        assert value(families, "flowrl_control_fresh_action_age_seconds") >= 0.5
+        control.health.fresh_at -= 30.0  # as if the latest fresh action came 30 s earlier
+        families = parse(exposition(control))
+        assert value(families, "flowrl_control_fresh_action_timestamp_seconds") == pytest.approx(before - 30, abs=1)
+        assert value(families, "flowrl_control_fresh_action_age_seconds") == pytest.approx(30, abs=1)
+
+
+def test_a_reset_keeps_the_latest_fresh_actions_time_so_the_staleness_alert_still_has_its_series(client):
+    with client.session(period_s=0.5, seed=0, fallback="zeros") as control:
+        control.act(OBS)
+        fresh_at = control.health.fresh_at
+        control.reset(seed=1)
+        assert control.health.fresh_at == fresh_at
+        families = parse(exposition(control))
+        assert "flowrl_control_fresh_action_timestamp_seconds" in families
+        assert "flowrl_control_fresh_action_age_seconds" in families
+
+
 def test_before_its_first_tick_a_session_has_no_fresh_action_to_date(client):
     with client.session(period_s=0.5) as control:
         families = parse(exposition(control, running=False, write_failures=2))

@@ -26,6 +26,7 @@ from flowrl_deploy.codec import TensorError, encode
 from flowrl_deploy.errors import FlowRLError
 from flowrl_deploy.noise import draw_noise, session_noise
 from flowrl_deploy.proto.flowrl.v1 import policy_pb2 as pb
+from flowrl_deploy.runtime import OnnxPolicy
 from flowrl_deploy.serve import PolicyServer, ServeConfig
 from flowrl_deploy.session import WatchdogError
 
@@ -160,6 +161,22 @@ def test_local_fallback_runs_the_served_policy_with_the_seeded_noise(client, pol
         control.reset(seed=seed)  # a new episode restarts the local noise from the seed too
         first = documented_noise(seed).standard_normal((1, ACT_DIM), dtype=np.float32)
         np.testing.assert_allclose(control.act(OBS), local.act(OBS[None], first)[0], atol=1e-6)
+
+
+def test_a_local_fallback_of_a_deterministic_export_acts_without_noise(tmp_path):
+    """A `--deterministic` export takes no noise input: its first missed tick must act, not crash."""
+    path = write_policy(tmp_path / "deterministic.onnx", deterministic=True)
+    deterministic = OnnxPolicy(path)
+    assert not deterministic.takes_noise
+    with (
+        PolicyServer(ServeConfig(str(path), port=0, grace_s=0)).start() as server,
+        PolicyClient(server.address) as client,
+        client.session(period_s=0.5, deadline_s=MISS_S, seed=3, fallback="local", local_model=str(path)) as control,
+    ):
+        for _ in range(2):
+            action = control.act(OBS)
+            assert control.timings[-1].source == "local"
+            np.testing.assert_allclose(action, deterministic.act(OBS[None])[0], atol=1e-6)
 
 
 def test_the_local_fallback_acts_as_flowrl_eval_of_the_same_file(client, policy_path):
