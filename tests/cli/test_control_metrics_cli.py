@@ -115,7 +115,9 @@ def test_a_write_failure_mid_run_is_one_warning_and_the_run_goes_on(server, tmp_
         ("dir.prom", [], "--metrics-textfile {tmp}/dir.prom is a directory"),
         ("fifo.prom", [], "--metrics-textfile {tmp}/fifo.prom exists and is not a regular file"),
         ("robot.prom", ["--metrics-interval", "0"], "--metrics-interval must lie in [0.1, 3600] s, got 0"),
+        ("robot.prom", ["--metrics-interval", "3601"], "--metrics-interval must lie in [0.1, 3600] s, got 3601"),
         ("robot.prom", ["--json", "{tmp}/robot.prom"], "--metrics-textfile {tmp}/robot.prom is also the --json file"),
+        ("robot.prom", ["--json", "{tmp}/sub/../robot.prom"], "--metrics-textfile {tmp}/robot.prom is also the --json"),
         ("", ["--metrics-interval", "5"], "--metrics-interval is used only with --metrics-textfile"),
         ("node.prom", [], "--metrics-textfile {tmp}/node.prom exists and is not a flowrl control metrics file"),
     ],
@@ -126,6 +128,7 @@ def test_a_textfile_that_cannot_be_written_is_refused_before_connecting(tmp_path
     (tmp_path / "afile").write_text("keep")
     (tmp_path / "node.prom").write_text("# HELP node_raid_ok another collector's file\nnode_raid_ok 1\n")
     (tmp_path / "dir.prom").mkdir()
+    (tmp_path / "sub").mkdir()
     os.mkfifo(tmp_path / "fifo.prom")
     option = ["--metrics-textfile", str(tmp_path / given)] if given else []
     extra = [arg.format(tmp=tmp_path) for arg in args]
@@ -135,3 +138,41 @@ def test_a_textfile_that_cannot_be_written_is_refused_before_connecting(tmp_path
     assert "not SERVING" not in result.output  # refused before connecting
     assert (tmp_path / "afile").read_text() == "keep"
     assert (tmp_path / "node.prom").read_text().startswith("# HELP node_raid_ok")
+
+
+def test_an_existing_textfile_that_cannot_be_read_is_refused_and_kept(tmp_path, monkeypatch):
+    """Nothing tells that an unreadable file is a control loop's: it may be another collector's."""
+    from pathlib import Path
+
+    path = tmp_path / "other.prom"
+    path.write_text("# HELP node_raid_ok another collector's file\nnode_raid_ok 1\n")
+    opened = Path.open
+
+    def open_unreadable(self, *args, **kwargs):
+        if self == path:
+            raise PermissionError(13, "Permission denied", str(self))
+        return opened(self, *args, **kwargs)
+
+    monkeypatch.setattr(Path, "open", open_unreadable)  # tests run as root, whom chmod 000 does not stop
+    result = runner.invoke(app, ["control", "--server", closed_address(), "--metrics-textfile", str(path)])
+    assert result.exit_code == 1, result.output
+    assert f"--metrics-textfile {path} exists and is not a flowrl control metrics file" in result.output
+    assert "not SERVING" not in result.output  # refused before connecting
+    monkeypatch.undo()
+    assert path.read_text().startswith("# HELP node_raid_ok")
+
+
+def test_an_empty_existing_textfile_is_taken_and_filled(server, tmp_path, monkeypatch):
+    """An empty *.prom (made by `touch`, or by a writer stopped before its first write) is free to use."""
+    from flowrl_deploy.train import control
+
+    path = tmp_path / "robot.prom"
+    path.touch()
+    env = FileReadingEnv(length=3, path=path)
+    monkeypatch.setattr(control, "make_env", lambda env_id, seed=0: env)
+    args = ["control", "--server", server, "--env", "fake:reader", "--hz", "50", "--metrics-textfile", str(path)]
+    result = runner.invoke(app, args)
+    assert result.exit_code == 0, result.output
+    final = parse(path.read_text())
+    assert value(final, "flowrl_control_running") == 0
+    assert value(final, "flowrl_control_ticks_total") == 3

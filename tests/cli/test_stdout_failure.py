@@ -5,6 +5,7 @@ command ended in a 40-line traceback. `flowrl export` says its file was written 
 
 from __future__ import annotations
 
+import errno
 import json
 import os
 import subprocess
@@ -13,6 +14,8 @@ from pathlib import Path
 
 import pytest
 from tiny_policy import write_policy
+
+from flowrl_deploy.cli._common import user_errors
 
 FULL_DISK = "error: cannot write to standard output: No space left on device"
 
@@ -147,3 +150,24 @@ def test_export_on_a_closed_pipe_exits_quietly_with_its_files_written(tmp_path, 
     )
     assert result.returncode == 1 and result.stderr == b"", result.stderr.decode()[-3000:]
     assert out.is_file() and json.loads(report.read_text())[0]["path"] == str(out)
+
+
+@pytest.mark.parametrize(
+    "error",
+    [
+        PermissionError(errno.EACCES, "Permission denied", "/etc/flowrl/out.json"),
+        OSError(errno.ENOSPC, "No space left on device", "/data/run/model.onnx"),
+    ],
+    ids=["permission", "full-disk"],
+)
+def test_a_failure_to_write_a_file_is_not_called_a_stdout_failure(error):
+    """Only an error from writing standard output becomes 'cannot write to standard output'; a file's
+    keeps its own message (and traceback), which names the file."""
+
+    @user_errors
+    def command() -> None:
+        raise error
+
+    with pytest.raises(type(error)) as raised:
+        command()
+    assert raised.value is error

@@ -90,6 +90,8 @@ def test_a_run_refused_by_a_server_at_its_session_limit_reports_why_it_fell_back
         report = _run(full, RecordingEnv(length=5), monkeypatch, hz=10, episodes=1, fallback="zeros")
     assert (report.steps, report.fresh_replies, report.fallbacks) == (5, 0, {"RESOURCE_EXHAUSTED": 5})
     assert "; fallbacks: RESOURCE_EXHAUSTED 5\n" in report.summary()
+    assert report.fallback == report.to_dict()["fallback"] == "zeros"  # the run's own, not the default hold
+    assert "note: 5 ticks acted on the zeros fallback" in report.summary()
 
 
 def test_a_tick_that_starts_more_than_one_period_late_is_an_overrun(server, monkeypatch):
