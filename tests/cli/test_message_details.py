@@ -80,6 +80,31 @@ def test_inspect_of_a_checkpoints_weights_says_how_to_export_it(tmp_path):
     ), result.output
 
 
+@pytest.mark.parametrize(
+    "data",
+    [b"\x08\x07", b"\x3a\x00"],
+    ids=["ir-version-without-graph", "graph-without-ir-version"],  # a file cut short; a bare graph
+)
+def test_inspect_of_a_model_without_its_ir_version_or_graph_says_it_is_not_onnx(tmp_path, data):
+    path = tmp_path / "p.onnx"
+    path.write_bytes(data)
+    result = runner.invoke(app, ["inspect", str(path)])
+    assert result.exit_code == 1
+    assert "not an ONNX file (no IR version or graph)" in result.output, result.output
+
+
+@pytest.mark.parametrize(
+    "data",
+    [b"\x10" + b"\0" * 7 + b"{" + b"x" * 7, b"\x01" + b"\0" * 7 + b"{}", b"\x04" + b"\0" * 7 + b"\x08\x07\x12\x00"],
+    ids=["header-longer-than-the-file", "header-shorter-than-an-object", "no-json-object"],
+)
+def test_a_file_only_opening_as_safetensors_do_is_not_called_a_checkpoints_weights(tmp_path, data):
+    from flowrl_deploy.onnxfile import is_safetensors
+
+    assert not is_safetensors(data)
+    assert is_safetensors(b"\x02" + b"\0" * 7 + b"{}")  # the least: an empty JSON object
+
+
 def test_a_path_holding_terminal_escapes_is_printed_escaped(tmp_path):
     result = runner.invoke(app, ["inspect", str(tmp_path / "bad\x1b[31mname")])
     assert result.exit_code == 1
@@ -102,3 +127,11 @@ def test_ctrl_c_after_a_command_finished_says_its_output_is_complete(tmp_path, m
     assert stopped.value.code == 130
     err = capsys.readouterr().err
     assert err == "interrupted (Ctrl-C) after flowrl inspect finished: its output is complete\n"
+
+
+def test_ctrl_c_before_any_command_began_says_nothing_was_done(monkeypatch, capsys):
+    from flowrl_deploy.cli import _common
+
+    monkeypatch.setattr(_common, "finished", [])
+    _common.report_late_interrupt()
+    assert capsys.readouterr().err == "interrupted (Ctrl-C) before the command began: nothing was done\n"
