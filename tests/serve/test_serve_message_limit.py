@@ -70,3 +70,11 @@ def test_a_limit_below_one_observations_request_is_refused_as_the_model_loads(tm
     assert result.exit_code == 1 and "Traceback" not in result.output
     errors = [line for line in result.output.splitlines() if line.startswith("error:")]
     assert len(errors) == 1 and "--max-message-bytes 10 is less than" in errors[0], result.output
+
+
+def test_a_limit_one_byte_below_the_least_is_refused(tmp_path):
+    policy = write_policy(tmp_path / "policy.onnx")
+    with PolicyServer(ServeConfig(str(policy), port=0, grace_s=0)).start() as server:
+        floor = request_floor(server.servicer.model.contract)
+    with pytest.raises(FlowRLError, match=f"^--max-message-bytes {floor - 1} is less than the {floor} bytes"):
+        PolicyServer(ServeConfig(str(policy), port=0, grace_s=0, max_message_bytes=floor - 1)).start()

@@ -15,7 +15,14 @@ from flowrl_deploy.cli import app
 from flowrl_deploy.spec import PolicySpec
 from flowrl_deploy.train.algorithm import FlowRL
 from flowrl_deploy.train.checkpointing import resume_config
-from flowrl_deploy.train.config import CONFIG_VERSION, ConfigError, TrainConfig, tau_conversion
+from flowrl_deploy.train.config import (
+    CONFIG_VERSION,
+    ConfigError,
+    TrainConfig,
+    check_resume_settings,
+    large_tau_note,
+    tau_conversion,
+)
 from flowrl_deploy.train.loop import train
 from flowrl_deploy.train.replay import Batch
 
@@ -72,6 +79,12 @@ def test_a_config_stored_before_the_version_has_its_kept_share_converted(stored,
     assert TrainConfig.from_dict({"hidden": 8}, source="run/config.json").tau == TrainConfig.tau  # the old default
 
 
+def test_reading_a_stored_config_leaves_the_callers_dict_as_it_was():
+    stored = {"tau": 0.95, "config_version": 1}
+    assert TrainConfig.from_dict(stored, source="run/config.json").tau == pytest.approx(0.05)
+    assert stored == {"tau": 0.95, "config_version": 1}
+
+
 def test_the_conversion_is_said_for_an_explicit_version_1_too():
     assert tau_conversion({"tau": 0.9, "config_version": 1}, "run/config.json") is not None
     assert tau_conversion({"tau": 0.9}, "run/config.json") is not None
@@ -89,6 +102,11 @@ def test_a_new_run_given_a_tau_over_one_half_is_told_the_meaning_changed(tmp_pat
     assert "to keep 90 % as --tau 0.9 did before config_version 2, pass --tau 0.1" in output
     quiet = CliRunner().invoke(app, [*args, "--out", str(tmp_path / "b"), "--tau", "0.2"])
     assert quiet.exit_code == 0 and "config_version" not in quiet.output, quiet.output
+
+
+@pytest.mark.parametrize(("tau", "noted"), [(0.5, False), (0.5000001, True), (0.6, True)])
+def test_the_note_on_a_large_tau_starts_just_over_one_half(tau, noted):
+    assert (large_tau_note(tau) is not None) == noted
 
 
 @pytest.mark.parametrize(
@@ -148,3 +166,14 @@ def test_resuming_an_old_run_with_its_stored_tau_given_again_is_refused_not_flip
         "--tau is the step toward the online critics since config_version 2: this run's --tau 0.9 of before" in output
     )
     assert "is --tau 0.1 now" in output
+
+
+def test_a_changed_tau_that_is_not_the_old_meaning_of_the_saved_one_is_refused_without_the_meaning_clause():
+    """Only --tau 1 - saved (a 0.1.x script's spelling of the same run) gets 'since config_version 2'."""
+    saved = TrainConfig(tau=0.05, hidden=8)
+    with pytest.raises(ConfigError) as refused:
+        check_resume_settings({"tau": 0.3}, saved)
+    assert "--tau cannot change when resuming" in str(refused.value)
+    assert "config_version" not in str(refused.value)
+    with pytest.raises(ConfigError, match="since config_version 2"):
+        check_resume_settings({"tau": 0.95}, saved)
