@@ -23,8 +23,10 @@ NOT_OURS = r"exists and is not a flowrl report \(an export's or a control run's 
 @pytest.mark.parametrize(
     "old",
     ['{"my": "settings"}\n', "[0, 0, 0, 0, 0]", "[]", "{}", '"text"', "[" * 100_000 + "]" * 100_000,
-     json.dumps([{"path": "x"}]), json.dumps({"server": "a", "hz": 1})],
-    ids=["settings", "observation", "empty-list", "empty-object", "string", "deep", "path-only", "some-keys"],
+     json.dumps([{"path": "x"}]), json.dumps({"server": "a", "hz": 1}),
+     json.dumps([EXPORT_REPORT[0], {"my": "entry"}]), json.dumps([EXPORT_REPORT[0], 1])],
+    ids=["settings", "observation", "empty-list", "empty-object", "string", "deep", "path-only", "some-keys",
+         "one-export-entry-among-others", "one-export-entry-and-a-number"],
 )  # fmt: skip
 def test_json_that_is_not_a_flowrl_report_is_kept(tmp_path, old):
     path = tmp_path / "settings.json"

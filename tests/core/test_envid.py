@@ -49,6 +49,17 @@ def test_closest_env_id_is_none_for_a_known_or_unlike_id(text):
     assert closest_env_id(text, KNOWN) is None
 
 
+@pytest.mark.parametrize(
+    ("text", "meant"),
+    [
+        ("dmc:cartpl-swngup", "dmc:cartpole-swingup"),  # two letters dropped: similarity 0.90
+        ("dmc:wlkr-wk", None),  # 0.78 like dmc:walker-walk, under the 0.8 cutoff: no guess
+    ],
+)
+def test_closest_env_id_suggests_a_close_spelling_and_not_a_loose_one(text, meant):
+    assert closest_env_id(text, KNOWN) == meant
+
+
 def test_parse_env_id_given_the_known_ids_suggests_one():
     suggested = r"^cannot parse env id 'cartpole_swingup' \(did you mean dmc:cartpole-swingup\?\): name a task"
     with pytest.raises(EnvIdError, match=suggested):
