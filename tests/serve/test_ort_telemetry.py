@@ -20,12 +20,13 @@ WARNING = "Failed to persist telemetry device ID"
 
 
 def _run(code: str, *args: str, **env: str) -> subprocess.CompletedProcess[str]:
-    """``code`` run with an unwritable $HOME (even for root), ORT_DISABLE_TELEMETRY unset unless
-    given in ``env``."""
+    """``code`` run with an unwritable $HOME and $XDG_CACHE_HOME (even for root: onnxruntime writes its
+    device id under the latter when it is set, and then warns of nothing, whether telemetry is on or
+    off), ORT_DISABLE_TELEMETRY unset unless given in ``env``."""
     environ = {k: v for k, v in os.environ.items() if k != "ORT_DISABLE_TELEMETRY"}
     result = subprocess.run(
         [sys.executable, "-c", code, *args],
-        env={**environ, "HOME": "/proc", "OMP_NUM_THREADS": "1", **env},
+        env={**environ, "HOME": "/proc", "XDG_CACHE_HOME": "/proc", "OMP_NUM_THREADS": "1", **env},
         capture_output=True,
         text=True,
         timeout=120,
