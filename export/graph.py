@@ -330,7 +330,7 @@ def _optimized_sampler(
     o = spec.obs_dim
     w_s, w_a, w_t = weights.w1[:, :o], weights.w1[:, o : o + spec.act_dim], weights.w1[:, -1]
     h_s = g.op("Gemm", [OBS_INPUT, g.const("w1.obs", w_s), g.const("b1", weights.b1)], transB=1)
-    w_a_name = g.const("w1.action", w_a)
+    w_a_name = ""  # stored at its first use: a deterministic one-step Euler graph has none
     w_a_b_out = w_a.astype(np.float64) @ weights.b_out.astype(np.float64)
     a_k = a_t = a0  # shifted states ã; None means exactly zero (the deterministic a0)
     for i, ev in enumerate(evaluations):
@@ -339,6 +339,7 @@ def _optimized_sampler(
         if a_t is None:
             z = g.op("Add", [h_s, c_name])
         else:
+            w_a_name = w_a_name or g.const("w1.action", w_a)
             z = g.op("Add", [g.op("Gemm", [a_t, w_a_name, c_name], transB=1), h_s])
         h = hidden(z)
         if ev.from_step_start:

@@ -111,6 +111,17 @@ def test_graph_is_unrolled_with_each_weight_stored_once():
     assert sorted(i.name for i in big) == ["w1.action", "w1.obs", "w2", "w_out"]
 
 
+@pytest.mark.parametrize("optimize", [True, False])
+@pytest.mark.parametrize("solver", ["midpoint", "euler"])
+@pytest.mark.parametrize("deterministic", [True, False])
+def test_every_stored_tensor_is_used(optimize, solver, deterministic):
+    """A deterministic one-step Euler graph never multiplies the state by W_a: a stored, unused W_a made
+    onnxruntime log a 'Removing initializer' warning in every user's program that loaded the file."""
+    model = graph(steps=1, solver=solver, optimize=optimize, deterministic=deterministic)
+    used = {name for node in model.graph.node for name in node.input}
+    assert [i.name for i in model.graph.initializer if i.name not in used] == []
+
+
 def test_fixed_batch_graph_rejects_other_sizes():
     model = graph(batch=4)
     obs, noise = inputs(4)
