@@ -225,7 +225,7 @@ class GymEnv:
             raise EnvIdError(
                 f"gymnasium is not installed, so {env_id} cannot be made: {install_command('train')}"
             ) from exc
-        humanoidbench_error = _import_humanoidbench()
+        humanoidbench_error = _import_error("humanoid_bench")
         if (
             env_id.name.startswith("h1")
             and humanoidbench_error is not None
@@ -240,7 +240,7 @@ class GymEnv:
                 f"unknown environment {env_id.name!r} ({exc}).{hint} How to name tasks: {ENV_ID_HELP}"
             ) from exc
         except Exception as exc:  # a MuJoCo task imports mujoco as it is made: does the user's MUJOCO_GL stop it?
-            cause = _mujoco_import_error()
+            cause = _import_error("mujoco")
             if cause is None or (error := _opengl_failure(cause, "MuJoCo")) is None:
                 raise
             raise error from exc
@@ -288,19 +288,11 @@ def _actuator_names(env: object, act_dim: int) -> tuple[str, ...]:
     return names if all(names) else ()
 
 
-def _mujoco_import_error() -> Exception | None:
-    """The error importing mujoco raises (as a MUJOCO_GL it cannot load makes it), or None."""
+def _import_error(module: str) -> Exception | None:
+    """Import ``module``; the error it raises (absent, or a MUJOCO_GL it cannot load), or None. Importing
+    humanoid_bench registers its h1-* ids with gymnasium."""
     try:
-        importlib.import_module("mujoco")
-    except Exception as exc:
-        return exc
-    return None
-
-
-def _import_humanoidbench() -> Exception | None:
-    """Import HumanoidBench when present, so that its h1-* ids register; return the import error if not."""
-    try:
-        importlib.import_module("humanoid_bench")
+        importlib.import_module(module)
     except Exception as exc:
         return exc
     return None

@@ -414,7 +414,8 @@ def _prepare_locked_run(
         if not lock.unlocked:  # first: on a tight quota, a killed save's partial checkpoint fails the next save
             remove_leftovers(run_dir)
         saved = resume_config(start)
-        converted = tau_conversion(read_document(start).get("config"), str(start / DOCUMENT_FILE))
+        document = read_document(start)
+        converted = tau_conversion(document.get("config"), str(start / DOCUMENT_FILE))
         settings = {f.name: getattr(cfg, f.name) for f in fields(cfg) if f.name != "out"}
         check_resume_settings(settings, saved, flags=False)
         # the links first: a run killed in its final save's window is finished, with last (and best) behind
@@ -425,12 +426,12 @@ def _prepare_locked_run(
         check_new_run_dir(run_dir)  # a run's (a retry of one killed before its first checkpoint), or new
         if not lock.unlocked:
             remove_leftovers(run_dir)
-        repaired, converted = [], None
+        repaired, converted, document = [], None, None
     if cfg.threads:
         check_thread_count("--threads", cfg.threads)
         torch.set_num_threads(cfg.threads)
     device = resolve_device(cfg.device)
-    changed = None if start is None else numerics_change(read_document(start).get("runtime"), run_numerics(device))
+    changed = None if document is None else numerics_change(document.get("runtime"), run_numerics(device))
     torch.manual_seed(cfg.seed)
     env = make_env(cfg.env, cfg.seed)
     eval_env = make_env(cfg.env, (cfg.seed + 1) % 2**32)
