@@ -203,15 +203,22 @@ class TrainConfig:
                 f"{where}{stored} {version} was written by a newer flowrl-deploy (this one reads up to "
                 f"{CONFIG_VERSION}); upgrade flowrl-deploy"
             )
+
+        def name(field: str) -> str:
+            return f"{key}.{field}" if key else field
+
         if version < 2 and is_number(data.get("tau")):
-            data["tau"] = kept_to_step(data["tau"])
+            kept = data["tau"]
+            if not 0.0 <= kept < 1.0:  # said in the file's own terms, not as the value it converts to
+                raise ConfigError(
+                    f"{where}{name('tau')} must lie in [0, 1) in a config saved before {VERSION_KEY} "
+                    f"{CONFIG_VERSION} (the share of the target critics kept), got {kept}"
+                )
+            data["tau"] = kept_to_step(kept)
         known = {f.name for f in fields(cls)}
         unknown = sorted(str(field) for field in data if field not in known)
         if unknown:
             raise ConfigError(f"{where}unknown {what} fields: {', '.join(unknown)}")
-
-        def name(field: str) -> str:
-            return f"{key}.{field}" if key else field
 
         config = cls()  # the defaults, overwritten with the file's values, then checked as a whole
         for field, value in data.items():

@@ -91,6 +91,17 @@ def test_the_conversion_is_said_for_an_explicit_version_1_too():
     assert tau_conversion({"tau": 0.1, "config_version": 2}, "run/config.json") is None
 
 
+@pytest.mark.parametrize("stored", [-0.5, 1.0, 1.5, float("inf"), float("nan")])
+def test_an_old_configs_tau_out_of_range_is_refused_as_stored_not_as_converted(stored):
+    """The file says -0.5: the refusal must too, not the 1.5 it would have been read as."""
+    with pytest.raises(ConfigError) as refused:
+        TrainConfig.from_dict({"tau": stored}, source="ck/checkpoint.json", key="config")
+    assert str(refused.value) == (
+        "ck/checkpoint.json: config.tau must lie in [0, 1) in a config saved before config_version 2 "
+        f"(the share of the target critics kept), got {stored}"
+    )
+
+
 def test_a_new_run_given_a_tau_over_one_half_is_told_the_meaning_changed(tmp_path):
     """A script written for 0.1.x passing --tau 0.9 ('keep 90 %') now moves the targets 90 % per update."""
     args = ["train", "--env", "Pendulum-v1", "--steps", "2", "--hidden", "8", "--batch-size", "2", "--start-steps", "1"]
