@@ -622,6 +622,11 @@ class PolicyServicer(pb_grpc.PolicyServiceServicer):
     def Reload(self, request: pb.ReloadRequest, context) -> pb.ReloadReply:
         peer = printable(context.peer())
         try:
+            if self.model is None:  # it would be the first load, unchecked, and start()'s own load would follow
+                raise NotReady(
+                    "reload refused: the server is still loading its own model at start-up; retry when health "
+                    "reports SERVING"
+                )
             try:
                 version, previous = self.load(
                     request.path, functools.partial(_waiting, context), context.time_remaining(), f"Reload from {peer}"
