@@ -169,6 +169,18 @@ class _Opening:
         )
 
 
+class _StreamOwner:
+    """The sessions a ``StreamAct`` stream opened (by id), and whether its call has ended; both change
+    under the sessions lock only, so that a stream that ends while it opens a session never leaves
+    that session behind."""
+
+    __slots__ = ("ended", "sessions")
+
+    def __init__(self) -> None:
+        self.sessions: dict[str, Session] = {}
+        self.ended = False
+
+
 class PolicyServicer(pb_grpc.PolicyServiceServicer):
     """The service state: the current model (swapped atomically on reload), sessions, batcher."""
 
@@ -361,11 +373,14 @@ class PolicyServicer(pb_grpc.PolicyServiceServicer):
         detail = "; ".join(model.contract.differences(theirs))
         raise ContractMismatch(f"{mismatch} (server != client: {detail})")
 
-    def _open(self, session_id: str, seed: int | None, owner: object = None) -> Session:
+    def _open(self, session_id: str, seed: int | None, owner: _StreamOwner | None = None) -> Session:
         """Create a session, or reseed it (``seed`` None: unseeded); a stream ``owner`` takes it over
         (and evicts it when it ends), keeping its generator when it sends no seed. Taking over a
-        session another stream still holds is logged: both streams then draw from its generator."""
+        session another stream still holds is logged: both streams then draw from its generator.
+        A stream whose call has ended (:meth:`_evict` ran) opens nothing (CANCELLED)."""
         with self._sessions_lock:
+            if owner is not None and owner.ended:
+                raise ServeError("the stream has ended", grpc.StatusCode.CANCELLED)
             session = self._sessions.get(session_id)
             if owner is not None and session is not None and session.owner is not None and session.owner is not owner:
                 log.warning(
@@ -381,6 +396,7 @@ class PolicyServicer(pb_grpc.PolicyServiceServicer):
                 session.reseed(seed)
             if owner is not None:
                 session.owner = owner
+                owner.sessions[session_id] = session
             return session
 
     def session_count(self) -> int:
@@ -398,10 +414,12 @@ class PolicyServicer(pb_grpc.PolicyServiceServicer):
         for session_id in [k for k, s in self._sessions.items() if s.owner is None and s.last_used < stale]:
             del self._sessions[session_id]
 
-    def _evict(self, owner: dict[str, Session]) -> None:
-        """Drop the sessions a finished stream still owns (not those another stream took over)."""
+    def _evict(self, owner: _StreamOwner) -> None:
+        """Drop the sessions a finished stream still owns (not those another stream took over); it
+        opens none from now on."""
         with self._sessions_lock:
-            for session_id, session in owner.items():
+            owner.ended = True
+            for session_id, session in owner.sessions.items():
                 if self._sessions.get(session_id) is session and session.owner is owner:
                     del self._sessions[session_id]
 
@@ -472,11 +490,13 @@ class PolicyServicer(pb_grpc.PolicyServiceServicer):
         )
 
     def StreamAct(self, request_iterator, context: grpc.ServicerContext):
-        opened: dict[str, Session] = {}
+        owner = _StreamOwner()
+        opened = owner.sessions  # changed by this thread only (under the sessions lock): read without it
         unopened: dict[str, _Opening] = {}  # per session id, until it opens
         anonymous = f"stream-{uuid.uuid4().hex}"  # the session of requests without an id, until one opens
         limited = False  # a request was refused at the session limit: the stream counts once
-        context.add_callback(lambda: self._evict(opened))
+        if not context.add_callback(lambda: self._evict(owner)):  # the call has ended already
+            owner.ended = True
         for request in request_iterator:
             received = time.time_ns()
             start = time.perf_counter()
@@ -489,7 +509,7 @@ class PolicyServicer(pb_grpc.PolicyServiceServicer):
                 session_id = _checked_session_id(request.session_id) or next(iter(opened), anonymous)
                 session = opened.get(session_id)
                 if session is None:
-                    session = self._open_for_stream(request, session_id, opened, unopened)
+                    session = self._open_for_stream(request, session_id, owner, unopened)
                 self._stream_step(request, deadline, session, reply)
                 code = "OK"
             except Exception as exc:
@@ -505,7 +525,7 @@ class PolicyServicer(pb_grpc.PolicyServiceServicer):
             yield reply
 
     def _open_for_stream(
-        self, request: pb.StreamActRequest, session_id: str, opened: dict[str, Session], unopened: dict[str, _Opening]
+        self, request: pb.StreamActRequest, session_id: str, owner: _StreamOwner, unopened: dict[str, _Opening]
     ) -> Session:
         """Open (or join) ``session_id`` for a stream, as its :class:`_Opening` kept in ``unopened`` and
         ``request`` ask."""
@@ -529,7 +549,7 @@ class PolicyServicer(pb_grpc.PolicyServiceServicer):
             raise
         if opening.contract_hash or opening.contract_json:
             unopened[session_id] = replace(opening, contract_hash=model.contract.hash(), contract_json="")
-        session = opened[session_id] = self._open(session_id, opening.seed, owner=opened)
+        session = self._open(session_id, opening.seed, owner=owner)
         del unopened[session_id]
         return session
 
