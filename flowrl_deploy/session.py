@@ -494,10 +494,10 @@ class ControlSession:
         self.client.check_open()  # closed meanwhile, from another thread
         stream, self._stream = self._stream, None
         if stream is not None:
+            stream.close()  # also before raising: else gRPC's thread feeding the call waits on its queue for good
             error = stream.error
             if error.code not in TRANSIENT:
                 raise error
-            stream.close()
             if error.code in (grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.CANCELLED):
                 self._down = self._noted(DISCONNECTED, f"no stream to the server, reconnecting with backoff ({error})")
             else:  # the server refused the stream itself (RESOURCE_EXHAUSTED: all its workers busy)
