@@ -50,6 +50,13 @@ class ServerFailed(FlowRLError):
     manager (systemd's ``Restart=on-failure``, Kubernetes) to start it again."""
 
 
+class _StoppedDuringStartUp(BaseException):
+    """Raised by :func:`serve_forever`'s signal handler into :meth:`PolicyServer.start` (as Python's
+    KeyboardInterrupt is), which then stops the server: a stop signal during a long start-up (a
+    checkpoint exported on the fly) is not left waiting for the whole load. A BaseException, so that
+    no ``except Exception`` on the way takes it for a failed load."""
+
+
 class _Liveness:
     """Whether the server answers, for the watchdog: :meth:`PolicyServer.alive`, and, without TLS,
     a health Check of its own over loopback answered in time (any answer, a refusal at the health
@@ -112,15 +119,31 @@ def serve_forever(
     # The handler takes no lock: Event.set() in a handler deadlocked when the signal arrived while
     # this thread held the Event's lock (inside its own wait, or a first handler's set()).
     signals: list[int] = []
-    handled = [sig for sig in STOP_SIGNALS if sig not in KEPT_IF_IGNORED or signal.getsignal(sig) is not signal.SIG_IGN]
-    previous = {sig: signal.signal(sig, lambda sig, _: signals.append(sig)) for sig in handled}
     server = PolicyServer(config, export_checkpoint)
     server._process_settings_applied = True
+    starting: list[bool] = []  # [True] while start() may be interrupted
+
+    def stop_signal(sig: int, _) -> None:
+        signals.append(sig)
+        # once only, and not once start() has reported SERVING or begun to stop the server
+        if starting and not server._serving and not server._stopped:
+            starting.clear()
+            raise _StoppedDuringStartUp
+
+    handled = [sig for sig in STOP_SIGNALS if sig not in KEPT_IF_IGNORED or signal.getsignal(sig) is not signal.SIG_IGN]
+    previous = {sig: signal.signal(sig, stop_signal) for sig in handled}
     failure = ""
+    interrupted = False  # a stop signal ended start() (which stopped the server)
     liveness: _Liveness | None = None
     try:
-        server.start()
-        if config.rt_priority is not None:  # loading and warm-up ran at the normal priority
+        try:
+            starting.append(True)
+            server.start()
+        except _StoppedDuringStartUp:
+            interrupted = True
+        finally:
+            starting.clear()
+        if config.rt_priority is not None and not interrupted:  # loading and warm-up ran at the normal priority
             set_realtime(config.rt_priority)  # every thread, gRPC's and onnxruntime's included
         if not signals:  # not "serving …" after a Ctrl-C during start-up
             if on_ready is not None:
@@ -165,6 +188,9 @@ def serve_forever(
                 "stopping: %s (above); flowrl serve exits with status 1, for a service manager to restart it", failure
             )
             notifier.send("STOPPING=1", f"STATUS=stopping: {failure}")
+        elif interrupted:
+            log.info("stopping on %s during start-up: the model was not served", signal.Signals(signals[0]).name)
+            notifier.send("STOPPING=1", f"STATUS=stopping on {signal.Signals(signals[0]).name} during start-up")
         else:
             log.info("stopping on %s: finishing calls in flight", signal.Signals(signals[0]).name)
             notifier.send("STOPPING=1", f"STATUS=stopping on {signal.Signals(signals[0]).name}")

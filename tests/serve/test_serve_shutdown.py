@@ -209,6 +209,46 @@ def test_a_signal_during_start_up_stops_the_server_without_announcing_it(tmp_pat
     assert not announced
 
 
+def test_a_stop_signal_during_a_long_start_up_stops_it_without_waiting_for_the_load(tmp_path, monkeypatch, caplog):
+    """SIGTERM while the model loaded (a checkpoint exported on the fly: a minute) was acted on only once
+    the load was done, past a service manager's stop timeout, which then killed the server."""
+    from flowrl_deploy.serve.servicer import PolicyServicer
+
+    path = write_policy(tmp_path / "policy.onnx")
+    loading = threading.Event()
+    servicers: list[PolicyServicer] = []
+    load = PolicyServicer.load
+
+    def long_load(self: PolicyServicer, *args, **kwargs):
+        servicers.append(self)
+        loading.set()
+        until = time.monotonic() + 10  # a long load, in Python code (the steps of an export)
+        while time.monotonic() < until:
+            time.sleep(0.01)
+        return load(self, *args, **kwargs)
+
+    def stop_once_loading() -> None:
+        if loading.wait(30):
+            os.kill(os.getpid(), signal.SIGTERM)  # handled by serve_forever's handler, in the main thread
+
+    monkeypatch.setattr(PolicyServicer, "load", long_load)
+    stopper = threading.Thread(target=stop_once_loading)
+    stopper.start()
+    announced: list[PolicyServer] = []
+    start = time.monotonic()
+    with caplog.at_level(logging.INFO, logger="flowrl.serve"):
+        abandoned = serve_forever(ServeConfig(str(path), port=0, grace_s=0), on_ready=announced.append)
+    took = time.monotonic() - start
+    stopper.join(30)
+    assert took < 5, f"the stop waited {took:.1f} s for the load"
+    assert abandoned == 0 and not announced
+    (servicer,) = servicers
+    assert servicer.model is None  # the load was stopped, not finished
+    messages = [record.getMessage() for record in caplog.records if record.name == "flowrl.serve"]
+    assert "stopping on SIGTERM during start-up: the model was not served" in messages, messages
+    assert re.fullmatch(r"stopped in \d+\.\d s", messages[-1]), messages
+
+
 def test_serve_forever_logs_once_the_stop_has_finished(tmp_path, caplog):
     """The stop logged "stopping: finishing calls in flight" and nothing once done: a log could not
     tell a finished stop from one still waiting for calls in flight, or hung."""
