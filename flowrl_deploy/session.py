@@ -51,6 +51,9 @@ TRANSIENT = {
     grpc.StatusCode.INTERNAL,
     grpc.StatusCode.UNKNOWN,
 }
+REFUSED_UNDRAWN = {grpc.StatusCode.RESOURCE_EXHAUSTED, grpc.StatusCode.UNAVAILABLE}
+"""The codes with which the server refuses a tick before drawing its noise (the session limit, a model
+still loading): a stream's request refused so did not open its session, or opened it without a draw."""
 DISCONNECTED = "disconnected"
 """The fallback reason of a tick without an open stream: the server is down, or the reconnection backs off."""
 DEADLINE = "deadline"
@@ -244,11 +247,11 @@ class ControlSession:
     not change it (open a new session after one). It draws its noise as the server's session does,
     one block every tick, served or not, so a fallback at tick t acts on the server's draw for
     tick t (a tick the server never took, the stream down or refused, leaves the server's stream
-    behind the ticks until the stream reopens, which restarts both from the seed). Its contract must
-    be the served one (else
-    :class:`FlowRLError`); a file other than the served one (its sha256 is not the one in the
-    served ``model_version``) and a ``period_s`` other than the served policy's control period
-    are logged as warnings (logger ``flowrl.client``), not refused.
+    behind the ticks until the tick that opens the session on a reopened stream, which restarts both
+    from the seed). Its contract must be the served one (else :class:`FlowRLError`); a file other
+    than the served one (its sha256 is not the one in the served ``model_version``) and a
+    ``period_s`` other than the served policy's control period are logged as warnings (logger
+    ``flowrl.client``), not refused.
     The watchdog raises :class:`WatchdogError` after ``max_consecutive_misses`` misses in a row
     or when the last fresh action is older than ``max_staleness_s`` (counted from the first tick,
     and again after each :meth:`reset`). A broken stream is reopened with exponential backoff
@@ -345,7 +348,8 @@ class ControlSession:
         self.local = None
         self._local_noise: np.random.Generator | None = None
         """The local fallback's noise, as the server's session draws it: one block every tick (served
-        or not), so that a fallback at tick t acts on the server's draw for tick t."""
+        or not), restarted from the seed by the request that opens the session on a stream, so that a
+        fallback at tick t acts on the server's draw for tick t."""
         if fallback == "local":
             from flowrl_deploy.runtime import OnnxPolicy  # onnxruntime, loaded only for a local fallback
 
@@ -372,6 +376,7 @@ class ControlSession:
         self._retry_at = 0.0
         self._jitter = random.Random()  # the session's own (seeded from os.urandom), not the global state
         self._opened = False
+        self._restart_noise = True  # whether the next request sent may open the session on its stream
         self._down = DISCONNECTED  # the reason of the ticks while no stream is open
         self._warned = ""  # the fallback reason last logged since the last fresh action
         self._stream: _Stream | None = _Stream(client)
@@ -409,8 +414,9 @@ class ControlSession:
         health.ticks += 1
         if health.last_fresh is None:
             health.last_fresh = time.monotonic()
-        noise = None if self._local_noise is None else draw_noise(self._local_noise, 1, self.info.act_dim)
-        reply = self._exchange(obs, seq, start + self.deadline_s)
+        stream = self._live_stream()
+        noise = self._local_draw(sending=stream is not None)
+        reply = self._exchange(stream, obs, seq, start + self.deadline_s)
         if not isinstance(reply, str):
             action = decode(reply.action, name="action")
             timing = self._timing(reply, start)
@@ -434,9 +440,20 @@ class ControlSession:
         self.last_action = action  # the session's own: never handed out, so "hold" repeats what was returned
         return action.copy()
 
-    def _exchange(self, obs: npt.NDArray[np.float32], seq: int, until: float) -> pb.StreamActReply | str:
-        """The fresh reply to tick ``seq``, or why there is none (a :attr:`CallTiming.reason`)."""
-        stream = self._live_stream()
+    def _local_draw(self, *, sending: bool) -> npt.NDArray[np.float32] | None:
+        """This tick's local fallback noise, the block the server draws for it: restarted from the seed
+        when this tick's request (``sending``) may open the session on its stream, as the server
+        restarts its own there; None without a local fallback taking noise."""
+        if self._local_noise is None:
+            return None
+        if sending and self._restart_noise and self.seed is not None:
+            self._local_noise = session_noise(self.seed)
+        return draw_noise(self._local_noise, 1, self.info.act_dim)
+
+    def _exchange(
+        self, stream: _Stream | None, obs: npt.NDArray[np.float32], seq: int, until: float
+    ) -> pb.StreamActReply | str:
+        """The fresh reply to tick ``seq`` sent on ``stream``, or why there is none (a :attr:`CallTiming.reason`)."""
         if stream is None:
             return self._down
         request = pb.StreamActRequest(
@@ -453,6 +470,7 @@ class ControlSession:
             request.contract_json = self.contract_json
         stream.requests.put(request)
         self._unanswered = seq
+        self._restart_noise = False  # the server may open the session with this request, and draw for it
         while True:
             reply = _next_reply(stream, until)
             if reply is None:
@@ -467,6 +485,8 @@ class ControlSession:
                 self._retry_in, self._retry_at = self._backoff_s[0], 0.0  # a later break retries soon again
                 return reply
             code = grpc.StatusCode[_code_name(reply.status.code)]
+            if not self._opened and code in REFUSED_UNDRAWN:
+                self._restart_noise = True  # the server drew nothing: the next request opens the session afresh
             if code not in TRANSIENT:
                 raise ServiceError(code, reply.status.message)
             if code == grpc.StatusCode.DEADLINE_EXCEEDED:  # the server found the tick late: not logged, as "deadline"
@@ -482,6 +502,7 @@ class ControlSession:
         self._retry_at = self._next_try(now)
         self._retry_in = min(self._retry_in * 2, self._backoff_s[1])
         self._opened = False
+        self._restart_noise = True  # the new stream's first request restarts the server's noise from the seed
         self._stream = stream = _Stream(self.client)
         self._unanswered = 0
         if self._closed:  # close() ran meanwhile (from another thread) and saw no stream to close

@@ -10,13 +10,18 @@ import traceback
 from concurrent import futures
 
 import grpc
+import numpy as np
 import pytest
+from tiny_policy import ACT_DIM, documented_noise
 
 from flowrl_deploy.client import PolicyClient, ServiceError
 from flowrl_deploy.proto.flowrl.v1 import policy_pb2 as pb
 from flowrl_deploy.proto.flowrl.v1 import policy_pb2_grpc as pb_grpc
+from flowrl_deploy.serve import PolicyServer, ServeConfig
 
-OBS = [0.3, -0.2, 0.1]
+OBS = np.array([0.3, -0.2, 0.1], np.float32)
+MISS_S = 1e-7
+"""A deadline no reply can meet: the tick is a miss, so the session acts on its fallback."""
 
 
 def _request_consumers() -> int:
@@ -72,3 +77,80 @@ def test_a_stream_ended_by_a_non_transient_status_is_closed_so_no_grpc_thread_is
                 assert _request_consumers() == before  # checked before close(), which ends the live stream's
     finally:
         refusing.stop(grace=0)
+
+
+def _episode(local, seed: int, ticks: int) -> list[np.ndarray]:
+    """The actions of a session seeded ``seed`` for ``ticks`` ticks of OBS, from its first draw."""
+    noise = documented_noise(seed)
+    return [local.act(OBS[None], noise.standard_normal((1, ACT_DIM), dtype=np.float32))[0] for _ in range(ticks)]
+
+
+def test_after_a_reconnect_the_local_fallback_acts_on_the_servers_draw_for_each_tick(policy_path, local):
+    """The server restarts a reconnected session's noise from its seed; the local fallback did not, so
+    from then on each fallback tick acted on another draw than the server's for that tick (the class
+    documentation promises the same draw)."""
+    seed = 4
+    first = PolicyServer(ServeConfig(str(policy_path), port=0, grace_s=0)).start()
+    port = first.port
+    restarted = None
+    try:
+        with PolicyClient(first.address) as client:
+            control = client.session(
+                period_s=0.5, seed=seed, fallback="local", local_model=str(policy_path), backoff_s=(0.02, 0.05)
+            )
+            for _ in range(3):
+                control.act(OBS)
+            assert [t.source for t in control.timings] == ["server"] * 3
+            first.stop(grace=0)
+            for _ in range(2):
+                control.act(OBS)
+                assert control.timings[-1].source == "local"
+                time.sleep(0.01)
+            restarted = PolicyServer(ServeConfig(str(policy_path), port=port, grace_s=0)).start()
+            until = time.monotonic() + 10
+            while control.timings[-1].source != "server" and time.monotonic() < until:
+                time.sleep(0.03)
+                opened = control.act(OBS)  # a generous deadline: a stream's first request is answered or breaks
+            assert control.timings[-1].source == "server"
+            # The tick that reopened the stream took the seeded episode's first draw, on both sides.
+            missed = [True, False, True, True, False]
+            actions = [opened]
+            for miss in missed:
+                control.deadline_s = MISS_S if miss else 0.5
+                actions.append(control.act(OBS))
+                assert control.timings[-1].source == ("local" if miss else "server")
+            np.testing.assert_allclose(actions, _episode(local, seed, len(actions)), atol=1e-6)
+            control.close()
+    finally:
+        first.stop(grace=0)
+        if restarted is not None:
+            restarted.stop(grace=0)
+
+
+def test_a_local_fallback_refused_its_opening_restarts_its_noise_with_the_tick_that_opens_the_session(
+    policy_path, local
+):
+    """A stream's first ticks refused at the server's session limit draw nothing there; the tick that
+    then opens the session restarts the server's noise from the seed, and the local fallback's with it."""
+    seed = 8
+    config = ServeConfig(str(policy_path), port=0, grace_s=0, max_sessions=1)
+    with PolicyServer(config).start() as server, PolicyClient(server.address) as client:
+        other = client.session(period_s=0.5, seed=0)
+        other.act(OBS)  # the server's one session
+        control = client.session(period_s=0.5, seed=seed, fallback="local", local_model=str(policy_path))
+        for _ in range(2):
+            control.act(OBS)
+            assert (control.timings[-1].source, control.timings[-1].reason) == ("local", "RESOURCE_EXHAUSTED")
+        other.close()  # the end of its stream frees the server's one session
+        until = time.monotonic() + 10
+        while control.timings[-1].source != "server" and time.monotonic() < until:
+            time.sleep(0.01)
+            opened = control.act(OBS)
+        assert control.timings[-1].source == "server"
+        actions = [opened]
+        for miss in (True, False, True):
+            control.deadline_s = MISS_S if miss else 0.5
+            actions.append(control.act(OBS))
+        assert [t.source for t in list(control.timings)[-3:]] == ["local", "server", "local"]
+        np.testing.assert_allclose(actions, _episode(local, seed, len(actions)), atol=1e-6)
+        control.close()
