@@ -55,6 +55,7 @@ from typing import TYPE_CHECKING
 
 from flowrl_deploy.affinity import normal_scheduling
 from flowrl_deploy.atomic import write_text_atomic
+from flowrl_deploy.errors import FlowRLError
 from flowrl_deploy.exposition import format_labels
 
 if TYPE_CHECKING:
@@ -192,7 +193,15 @@ class ControlTextfile:
     def watch(self, session: ControlSession) -> None:
         """Write ``session``'s figures at once, then every ``interval_s``, from a daemon thread until
         :meth:`close`: even the first write is the thread's, so a slow or hung file system never
-        delays the loop's first tick."""
+        delays the loop's first tick. One session per file: a second call, or one after
+        :meth:`close`, raises :class:`FlowRLError` (make another ControlTextfile)."""
+        if self._thread is not None:
+            raise FlowRLError(
+                f"this ControlTextfile already writes a session's figures to {self.path}: close() it before "
+                "watching another session, or give another session its own ControlTextfile and file"
+            )
+        if self._stop.is_set():
+            raise FlowRLError(f"ControlTextfile.watch after close(): make a new ControlTextfile for {self.path}")
         self._session = session
         self._thread = threading.Thread(target=self._run, name="flowrl-metrics-textfile", daemon=True)
         self._thread.start()

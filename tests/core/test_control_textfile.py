@@ -10,11 +10,13 @@ import os
 import threading
 from types import SimpleNamespace
 
+import pytest
 from deploying import wait_for
 from exposition_text import parse, value
 
 from flowrl_deploy import atomic, control_metrics
 from flowrl_deploy.control_metrics import ControlTextfile
+from flowrl_deploy.errors import FlowRLError
 from flowrl_deploy.session import _Health
 
 
@@ -189,3 +191,29 @@ def test_watch_returns_at_once_though_the_first_write_hangs(tmp_path, monkeypatc
         release.set()
         watching.join(10)
         textfile.close()
+
+
+def test_a_second_watch_is_refused_and_leaves_the_first_writer_the_only_one(tmp_path):
+    """A second watch() started a second writer thread over the first, which close() then never joined:
+    two threads rewrote one file, and close() returned while the first could still write."""
+    path = tmp_path / "robot.prom"
+    running = set(threading.enumerate())
+
+    def writers() -> list[threading.Thread]:
+        return [t for t in set(threading.enumerate()) - running if t.name == "flowrl-metrics-textfile"]
+
+    textfile = ControlTextfile(path, interval_s=0.01)
+    textfile.watch(_session())
+    first = textfile._thread
+    try:
+        with pytest.raises(FlowRLError, match="already writes"):
+            textfile.watch(_session(ticks=5))
+        assert textfile._thread is first
+        assert writers() == [first]
+    finally:
+        textfile.close()
+    assert not first.is_alive()
+    assert value(parse(path.read_text()), "flowrl_control_ticks_total") == 0  # the first session's, to the end
+    with pytest.raises(FlowRLError, match="after close"):
+        textfile.watch(_session())  # its writes have ended: one thread would write running 0 and stop
+    assert writers() == []
