@@ -9,10 +9,11 @@ A separate process keeps the server's inference off the caller's GIL.
 
 from __future__ import annotations
 
+import collections
+import contextlib
 import json
 import os
 import re
-import shutil
 import signal
 import subprocess
 import sys
@@ -39,6 +40,8 @@ START_TIMEOUT_S = 120.0
 """How long the server may take to print its banner (load, export a checkpoint, warm up)."""
 READER_TIMEOUT_S = 5.0
 """How long :meth:`ServerProcess.stop` waits for a thread reading a pipe of the stopped child to reach its end."""
+KEPT_STDERR_CHARS = 1 << 16
+"""Characters of the child's stderr kept (its last ones) to name why it did not start."""
 STOP_SIGNAL = getattr(signal, "CTRL_BREAK_EVENT", signal.SIGTERM)
 """What stops the child gracefully: SIGTERM; on Windows, where ``terminate()`` is a kill (TerminateProcess),
 Ctrl-Break to the child's own process group (:data:`CREATION_FLAGS`), SIGBREAK in the child."""
@@ -73,7 +76,8 @@ class ServerProcess:
     """Start ``flowrl serve MODEL --port 0 *args``; ``address`` is the ``host:port`` to connect to,
     ``banner`` the line it printed once serving.
 
-    With ``log``, the server's stderr (its log) is copied to that file.
+    With ``log``, the server's stderr (its log) is copied to that file. It is read from the start:
+    a child that logged more than a pipe holds before its banner blocked, and never printed it.
     """
 
     def __init__(
@@ -84,6 +88,8 @@ class ServerProcess:
     ) -> None:
         self._stdout_reader: threading.Thread | None = None
         self._stderr_drain: threading.Thread | None = None
+        self._stderr_tail: collections.deque[str] = collections.deque()
+        self._stderr_lock = threading.Lock()
         self.process = subprocess.Popen(
             [*FLOWRL, "serve", str(model), "--port", "0", *args],
             stdout=subprocess.PIPE,
@@ -97,6 +103,8 @@ class ServerProcess:
             creationflags=CREATION_FLAGS,
         )
         try:  # from here on, whatever goes wrong (Ctrl-C during the wait included) stops the child
+            self._stderr_drain = threading.Thread(target=self._drain_stderr, args=(log,), daemon=True)
+            self._stderr_drain.start()
             line = self._first_line(START_TIMEOUT_S)
             try:
                 self.version, self.address = parse_banner(line)
@@ -107,18 +115,22 @@ class ServerProcess:
                     f"flowrl serve {name} did not start: {error or line.strip() or 'no output'}"
                 ) from None
             self.banner = line.strip()
-            self._stderr_drain = threading.Thread(target=self._drain_stderr, args=(log,), daemon=True)
-            self._stderr_drain.start()
         except BaseException:
             self.stop()
             raise
 
     def _drain_stderr(self, log: str | os.PathLike[str] | None) -> None:
-        if log is None:
-            self.process.stderr.read()
-            return
-        with open(log, "w", encoding="utf-8") as f:
-            shutil.copyfileobj(self.process.stderr, f)
+        """Read the child's stderr to its end: copied to ``log``, its last :data:`KEPT_STDERR_CHARS` kept."""
+        kept = 0
+        with open(log, "w", encoding="utf-8") if log is not None else contextlib.nullcontext() as f:
+            for line in self.process.stderr:
+                if f is not None:
+                    f.write(line)
+                with self._stderr_lock:
+                    self._stderr_tail.append(line)
+                    kept += len(line)
+                    while kept > KEPT_STDERR_CHARS and len(self._stderr_tail) > 1:
+                        kept -= len(self._stderr_tail.popleft())
 
     def _first_line(self, timeout_s: float) -> str:
         lines: list[str] = []
@@ -130,7 +142,10 @@ class ServerProcess:
 
     def _stop_and_read_error(self) -> str:
         self._terminate()
-        return refusal(self.process.stderr.read() or "")
+        if self._stderr_drain is not None:
+            self._stderr_drain.join(READER_TIMEOUT_S)
+        with self._stderr_lock:
+            return refusal("".join(self._stderr_tail))
 
     def stop(self, timeout_s: float = 15.0) -> int:
         """:data:`STOP_SIGNAL` (graceful: SIGTERM, Ctrl-Break on Windows), then a kill after ``timeout_s``;
