@@ -68,8 +68,8 @@ def parse_model(data: bytes, path: Path) -> Any:
     model = model_class()()
     try:
         model.ParseFromString(data)
-    except DecodeError as exc:
-        raise not_onnx(path, data, str(exc)) from exc
+    except DecodeError as exc:  # protobuf's words name this module's message type: kept as the cause only
+        raise not_onnx(path, data, "its bytes do not parse as one: another kind of file, or a cut-off copy") from exc
     if model.ir_version < 1 or not model.HasField("graph"):
         raise not_onnx(path, data, "no IR version or graph")
     return model
@@ -82,10 +82,46 @@ def is_safetensors(data: bytes) -> bool:
     return len(data) > 8 and data[8:9] == b"{" and 2 <= size <= len(data) - 8
 
 
+def text_kind(data: bytes) -> str | None:
+    """'JSON text' or 'text' when ``data`` begins as a text file does (UTF-8, printable but for
+    whitespace and a byte-order mark), else None: an ONNX file begins with a control byte (its IR
+    version's field tag, 0x08)."""
+    head = data[:4096]
+    try:
+        text = head.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        if exc.start < len(head) - 3 or exc.reason != "unexpected end of data":  # not a character cut at 4096
+            return None
+        text = head[: exc.start].decode("utf-8")
+    if not text.strip() or not all(char.isprintable() or char in "\t\r\n\f\v\ufeff" for char in text):
+        return None
+    return "JSON text" if text.lstrip("\ufeff \t\r\n")[:1] in ("{", "[") else "text"
+
+
+RUN_TEXT_FILES = ("config.json", "metrics.jsonl", "metrics.csv", "checkpoint.json", "training_state.json")
+"""The text files of a training run (beside its checkpoints/) or of one of its checkpoints (beside its
+model.safetensors), as flowrl_deploy.checkpoint names them: `flowrl export` takes their folder."""
+AN_EXPORT = "give the .onnx policy that `flowrl export` writes"
+
+
 def not_onnx(path: Path, data: bytes, why: str) -> FlowRLError:
+    """The refusal of ``path`` (its bytes ``data``), which is no ONNX model (``why``), saying what the file
+    holds instead where that is plain (a checkpoint's weights, text, nothing) and what to give."""
     if is_safetensors(data):  # `flowrl inspect run/checkpoints/last/model.safetensors`
         return FlowRLError(
             f"{path} is a checkpoint's weights (safetensors), not an ONNX policy: `flowrl export {path.parent}` "
             "writes one"
         )
-    return FlowRLError(f"cannot load ONNX model {path}: not an ONNX file ({why})")
+    if not data:
+        return FlowRLError(f"cannot load ONNX model {path}: not an ONNX file (it is empty): {AN_EXPORT}")
+    kind = text_kind(data)
+    if kind is None:
+        return FlowRLError(f"cannot load ONNX model {path}: not an ONNX file ({why})")
+    folder = path.parent
+    if path.name in RUN_TEXT_FILES and (folder / "checkpoints").is_dir():  # `flowrl serve run/config.json`
+        hint = f"that is a training run's file: `flowrl export {folder}` writes the run's ONNX policy"
+    elif path.name in RUN_TEXT_FILES and (folder / "model.safetensors").is_file():
+        hint = f"that is a checkpoint's file: `flowrl export {folder}` writes its ONNX policy"
+    else:
+        hint = AN_EXPORT
+    return FlowRLError(f"cannot load ONNX model {path}: not an ONNX file (it holds {kind}): {hint}")
