@@ -429,6 +429,11 @@ class PolicyServer:
                 raise FlowRLError(THREADS_REFUSED.format(error=exc)) from None
             raise
         self._set_health(health_pb2.HealthCheckResponse.SERVING)
+        # stop() from another thread while this loaded; checked after SERVING, so that a stop() that
+        # begins after the check is the one to report NOT_SERVING
+        if self._stopped:
+            self._set_health(health_pb2.HealthCheckResponse.NOT_SERVING)
+            raise FlowRLError("this PolicyServer was stopped while it started: it does not serve")
         if (config.cpus or config.rt_priority is not None) and not self._process_settings_applied:
             log.info(
                 "ServeConfig cpus and rt_priority are not applied by PolicyServer.start() (the process may run other "

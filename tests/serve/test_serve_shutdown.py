@@ -249,6 +249,43 @@ def test_a_stop_signal_during_a_long_start_up_stops_it_without_waiting_for_the_l
     assert re.fullmatch(r"stopped in \d+\.\d s", messages[-1]), messages
 
 
+def test_a_server_stopped_while_it_starts_does_not_report_serving(tmp_path, monkeypatch):
+    """PolicyServer.stop() from another thread while start() loaded: start() returned as if it
+    served, and health said SERVING (flowrl_serving 1) on a stopped server."""
+    from flowrl_deploy.serve.servicer import PolicyServicer
+
+    loading, release = threading.Event(), threading.Event()
+    load = PolicyServicer.load
+
+    def held_load(self: PolicyServicer, *args, **kwargs):
+        loading.set()
+        release.wait(30)
+        return load(self, *args, **kwargs)
+
+    monkeypatch.setattr(PolicyServicer, "load", held_load)
+    server = PolicyServer(ServeConfig(str(write_policy(tmp_path / "policy.onnx")), port=0, grace_s=0))
+    raised: list[BaseException] = []
+
+    def start() -> None:
+        try:
+            server.start()
+        except BaseException as exc:
+            raised.append(exc)
+
+    starter = threading.Thread(target=start)
+    starter.start()
+    try:
+        assert loading.wait(30)
+        server.stop()
+    finally:
+        release.set()
+        starter.join(30)
+    (exc,) = raised
+    assert isinstance(exc, FlowRLError) and "stopped while it started" in str(exc)
+    assert not server._serving and not server.alive()
+    assert server.health._server_status[""] == health_pb2.HealthCheckResponse.NOT_SERVING
+
+
 def test_serve_forever_logs_once_the_stop_has_finished(tmp_path, caplog):
     """The stop logged "stopping: finishing calls in flight" and nothing once done: a log could not
     tell a finished stop from one still waiting for calls in flight, or hung."""
