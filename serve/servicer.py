@@ -198,6 +198,8 @@ class PolicyServicer(pb_grpc.PolicyServiceServicer):
         self._reload_lock = threading.Lock()
         self._refusals_held: dict[str, str] = {}
         """By status: the latest refused Reload whose warning was held back (the next one names it)."""
+        self._refusals_lock = threading.Lock()
+        """Held from whether a refused Reload's warning is due to its ``_refusals_held`` update."""
         self._sessions: dict[str, Session] = {}
         self._sessions_lock = threading.Lock()
         self._anonymous = Session("", None)
@@ -626,12 +628,13 @@ class PolicyServicer(pb_grpc.PolicyServiceServicer):
         code = exc.code.name
         why = printable(f"{exc}; {exc.detail}" if exc.detail else exc)  # the log says all the client was not told
         refusal = f"of {requested_path(path)} from {peer}"
-        due = self.metrics.warning_due(f"Reload {code}")
-        if due is None:
-            self._refusals_held[code] = f"{refusal}: {why}"
-            return
+        with self._refusals_lock:  # a refusal held back is stored before the warning falling due takes it
+            due = self.metrics.warning_due(f"Reload {code}")
+            if due is None:
+                self._refusals_held[code] = f"{refusal}: {why}"
+                return
+            latest = self._refusals_held.pop(code, "")
         held, age = due
-        latest = self._refusals_held.pop(code, "")
         more = ""
         if held:
             held_back = f"{held} more Reloads refused {code} in the last {age:.0f} s"

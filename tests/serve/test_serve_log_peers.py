@@ -7,8 +7,10 @@ from __future__ import annotations
 
 import logging
 import re
+import threading
 from types import SimpleNamespace
 
+import grpc
 import numpy as np
 import pytest
 from deploying import deploy, wait_for
@@ -19,6 +21,8 @@ from flowrl_deploy.errors import FlowRLError
 from flowrl_deploy.serve import PolicyServer, ServeConfig
 from flowrl_deploy.serve import metrics as metrics_module
 from flowrl_deploy.serve import reload as watch
+from flowrl_deploy.serve.errors import ServeError
+from flowrl_deploy.serve.servicer import PolicyServicer
 
 OBS = np.zeros(OBS_DIM, np.float32)
 PEER = r"ipv4:127\.0\.0\.1:\d+"
@@ -114,6 +118,48 @@ def test_the_summary_of_reloads_refused_in_a_minute_names_the_latest_held_back(s
         rf"'gone\.onnx' from {PEER}: reload refused, still serving v1-\w+: model not found: 'gone\.onnx' \(.+\)\)$",
         summary,
     ), summary
+
+
+def test_a_refusal_held_back_as_another_ones_warning_falls_due_is_named_in_that_warning(
+    policy_path, caplog, monkeypatch
+):
+    """Two handler threads: a refusal held back (not due) was stored after the warning that fell due
+    meanwhile had taken the held ones: that warning ended 'the latest, ' with nothing after it, and the
+    stale refusal was named a minute later, in the next one."""
+    servicer = PolicyServicer(ServeConfig(str(policy_path), port=0))
+    now = [1000.0]
+    monkeypatch.setattr(metrics_module, "time", SimpleNamespace(monotonic=lambda: now[0]))
+    storing, stored = threading.Event(), threading.Event()
+
+    class HeldUntilReleased(dict):  # the held-back refusal's store, held between its check and its write
+        def __setitem__(self, key, value):
+            storing.set()
+            assert stored.wait(30)
+            super().__setitem__(key, value)
+
+    refused = ServeError("reload refused", grpc.StatusCode.FAILED_PRECONDITION)
+    with caplog.at_level(logging.WARNING, logger="flowrl.serve"):
+        servicer._reload_refused("first.onnx", "peer-1", refused)  # logged: the first of its status
+        servicer._refusals_held = HeldUntilReleased()
+        now[0] = 1030.0  # held back: 30 s after the first
+        held = threading.Thread(target=servicer._reload_refused, args=("held.onnx", "peer-2", refused))
+        held.start()
+        assert storing.wait(30)
+        now[0] = 1061.0  # due: 61 s after the first
+        due = threading.Thread(target=servicer._reload_refused, args=("due.onnx", "peer-3", refused))
+        due.start()
+        due.join(0.5)  # it finishes here unless it waits for the held-back refusal's store
+        stored.set()
+        held.join(30)
+        due.join(30)
+    servicer.close()
+    first, summary = _messages(caplog)
+    assert first.startswith("Reload of 'first.onnx' from peer-1") and "(and" not in first
+    assert summary.startswith("Reload of 'due.onnx' from peer-3") and summary.endswith(
+        "(and 1 more Reloads refused FAILED_PRECONDITION in the last 61 s, not logged; the latest, of "
+        "'held.onnx' from peer-2: reload refused)"
+    ), summary
+    assert dict(servicer._refusals_held) == {}
 
 
 def test_a_refused_watch_reload_names_the_version_still_served(tmp_path, caplog):
