@@ -119,9 +119,7 @@ def serve_forever(
     # The handler takes no lock: Event.set() in a handler deadlocked when the signal arrived while
     # this thread held the Event's lock (inside its own wait, or a first handler's set()).
     signals: list[int] = []
-    server = PolicyServer(config, export_checkpoint)
-    server._process_settings_applied = True
-    starting: list[bool] = []  # [True] while start() may be interrupted
+    starting: list[bool] = []  # [True] while start() runs and may be interrupted
 
     def stop_signal(sig: int, _) -> None:
         signals.append(sig)
@@ -132,6 +130,8 @@ def serve_forever(
 
     handled = [sig for sig in STOP_SIGNALS if sig not in KEPT_IF_IGNORED or signal.getsignal(sig) is not signal.SIG_IGN]
     previous = {sig: signal.signal(sig, stop_signal) for sig in handled}
+    server = PolicyServer(config, export_checkpoint)
+    server._process_settings_applied = True
     failure = ""
     interrupted = False  # a stop signal ended start() (which stopped the server)
     liveness: _Liveness | None = None
