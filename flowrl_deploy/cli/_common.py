@@ -244,6 +244,19 @@ class Connection:
         """The token to send ('' for none): --token, :data:`TOKEN_ENV` or --token-file's (:func:`given_token`)."""
         return given_token(self.token, self.token_file) or ""
 
+    def refused_token_hint(self) -> str:
+        """What to do about an UNAUTHENTICATED reply, in this command's terms: the server's own words
+        name the gRPC header (``authorization: Bearer <token>``), for clients of its API."""
+        if self.token_file:
+            source = f"--token-file {printable(self.token_file)}"
+        elif self.token:
+            source = TOKEN_ENV if os.environ.get(TOKEN_ENV) == self.token else "--token"
+        else:
+            return (
+                f"the server asks for a token: pass its shared secret with --token or --token-file, or set {TOKEN_ENV}"
+            )
+        return f"the server refused the token given with {source}: give the server's shared secret"
+
     @contextlib.contextmanager
     def client(self, timeout_s: float | None = None) -> Iterator[PolicyClient]:
         """A client for one command; a failed call is one line, and a failed connection says which
@@ -268,8 +281,12 @@ class Connection:
             try:
                 yield client
             except ServiceError as exc:
-                unavailable = exc.code == grpc.StatusCode.UNAVAILABLE
-                hint = connection_hint(exc.details, self.server, self.tls_ca, self.tls_cert) if unavailable else ""
+                if exc.code == grpc.StatusCode.UNAUTHENTICATED:
+                    hint = self.refused_token_hint()
+                elif exc.code == grpc.StatusCode.UNAVAILABLE:
+                    hint = connection_hint(exc.details, self.server, self.tls_ca, self.tls_cert)
+                else:
+                    hint = ""
                 raise FlowRLError(f"{exc} ({hint})" if hint else str(exc)) from None
 
 
@@ -314,7 +331,20 @@ def connects(command: Callable[..., R]) -> Callable[..., R]:
         given.apply_defaults()
         options = dict(given.arguments)
         connection = Connection(**{name: options.pop(name) for name in fields})
-        return command(connection=connection, **options)
+        if connection.tls_cert and not connection.tls_key:  # most likely the server's certificate, to trust
+            raise FlowRLError(
+                "--tls-cert and --tls-key go together: --tls-cert was given without --tls-key (they are this "
+                "client's own certificate and key, for a server with --client-ca; to trust the server's "
+                "certificate, pass its CA, or a self-signed server's own certificate, with --tls-ca)"
+            )
+        try:
+            return command(connection=connection, **options)
+        except FlowRLError as exc:  # a refusal that Connection.client did not see (control's session)
+            from flowrl_deploy.client import ServiceError
+
+            if not (isinstance(exc, ServiceError) and exc.code.name == "UNAUTHENTICATED"):
+                raise
+            raise FlowRLError(f"{exc} ({connection.refused_token_hint()})") from None
 
     wrapper.__signature__ = signature  # type: ignore[attr-defined]
     wrapper.__annotations__ = {param.name: param.annotation for param in params} | {
