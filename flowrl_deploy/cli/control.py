@@ -19,7 +19,7 @@ from flowrl_deploy.cli._common import (
     user_errors,
     write_report,
 )
-from flowrl_deploy.contract import MAX_TIMEOUT_S
+from flowrl_deploy.contract import MAX_HZ, MAX_TIMEOUT_S, MIN_HZ
 from flowrl_deploy.control_metrics import DEFAULT_INTERVAL_S, MAX_INTERVAL_S, MIN_INTERVAL_S
 from flowrl_deploy.errors import FlowRLError
 
@@ -96,7 +96,7 @@ def control(
         float | None,
         typer.Option(
             parser=finite,
-            help="Control rate, 0.1-10000 Hz; default: the served policy's (its control period), else 50.",
+            help=f"Control rate, {MIN_HZ:g}-{MAX_HZ:g} Hz; default: the served policy's (its control period), else 50.",
         ),
     ] = None,
     episodes: Annotated[int, typer.Option(help="Episodes to run.")] = 1,
@@ -163,6 +163,8 @@ def control(
     from flowrl_deploy.train.control import run_control
 
     checked_timeout(connect_timeout, "--connect-timeout")  # gRPC waits forever on a deadline years away
+    if hz is not None and not MIN_HZ <= hz <= MAX_HZ:  # 0 and below in the words of any other rate out of range
+        raise FlowRLError(f"--hz {hz:g} is out of range: a control rate lies in [{MIN_HZ:g}, {MAX_HZ:g}] Hz")
     _check_metrics_textfile(metrics_textfile, metrics_interval, json_path)
     token = connection.token_to_send()
     pin_to_cpus(parse_cpus(cpus))

@@ -211,6 +211,8 @@ class TestNoFreshAction:
     [
         (["--hz", "1e-9"], "--hz 1e-09 is out of range: a control rate lies in [0.1, 10000] Hz"),
         (["--hz", "1e5"], "--hz 100000 is out of range"),
+        (["--hz", "0"], "--hz 0 is out of range: a control rate lies in [0.1, 10000] Hz"),  # as any other rate
+        (["--hz", "-50"], "--hz -50 is out of range: a control rate lies in [0.1, 10000] Hz"),
         (["--connect-timeout", "1e12"], "--connect-timeout must be a number of seconds in (0, 86400], got 1e+12"),
         (["--local-model", "policy.onnx"], "--local-model is used only with --fallback local (--fallback is 'hold')"),
         (["--cpus", "0-999999999"], "--cpus '0-999999999': no core"),
