@@ -105,9 +105,14 @@ def control(
         float | None,
         typer.Option(parser=finite, help="Wait this long for an action, at most the period; default: half the period."),
     ] = None,
-    fallback: Annotated[str, typer.Option(help="Action when none arrives in time: hold, zeros or local.")] = "hold",
+    fallback: Annotated[
+        str, typer.Option(metavar="<hold|zeros|local>", help="Action when none arrives in time: hold, zeros or local.")
+    ] = "hold",
     local_model: Annotated[str, typer.Option(metavar="<path>", help="ONNX file for --fallback local.")] = "",
-    max_steps: Annotated[int | None, typer.Option(help="Cap each episode at this many steps.")] = None,
+    max_steps: Annotated[
+        int | None,
+        typer.Option(help="Cap each episode at this many steps; default: the task's own length (1000 in dm_control)."),
+    ] = None,
     max_misses: Annotated[
         int | None, typer.Option(help="Stop the run (exit 1) after this many deadline misses in a row; default: never.")
     ] = None,
@@ -124,7 +129,7 @@ def control(
         Path | None, typer.Option("--json", help="Write the report (with raw latencies) here.")
     ] = None,
     cpus: Annotated[
-        str, typer.Option(help="Pin the control loop to these cores, e.g. '0' (Linux); default: any.")
+        str, typer.Option(help="Pin the control loop to these cores, e.g. '0', '2,3' or '0-1' (Linux); default: any.")
     ] = "",
     metrics_textfile: Annotated[
         Path | None,

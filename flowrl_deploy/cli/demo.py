@@ -233,7 +233,7 @@ def demo(
         Path, typer.Option(help="Parent folder: each run writes a new time-stamped report folder here.")
     ] = DemoConfig.out,
     env: Annotated[str, typer.Option(help="Task to train and control.")] = DemoConfig.env,
-    steps: Annotated[int, typer.Option(help="Training steps.")] = DemoConfig.steps,
+    steps: Annotated[int, typer.Option(help="Environment steps of training.")] = DemoConfig.steps,
     hidden: Annotated[int, typer.Option(help="Network width.")] = DemoConfig.hidden,
     episodes: Annotated[int, typer.Option(help="Closed-loop episodes against the server.")] = DemoConfig.episodes,
     hz: Annotated[

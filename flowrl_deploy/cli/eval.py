@@ -32,7 +32,10 @@ def eval_command(
     ],
     episodes: Annotated[int, typer.Option(help="Episodes to run.")] = 10,
     flow_steps: Annotated[
-        int | None, typer.Option(help="ODE steps N for sampling (default: the policy's own).")
+        int | None,
+        typer.Option(
+            help="ODE steps N for sampling a checkpoint, 1-1000 (default: its training N); an .onnx file's N is fixed."
+        ),
     ] = None,
     env: Annotated[str | None, typer.Option(help="Env id (default: the one the policy was trained on).")] = None,
     seed: Annotated[int, typer.Option(help="Seed of the episodes and of the policy's noise.")] = 0,

@@ -126,8 +126,9 @@ def export(
     steps: Annotated[
         str | None,
         typer.Option(
-            help="Flow steps N unrolled in the graph (default: the checkpoint's training N; another N samples a "
-            "different policy, whose return --report compares); a comma list (1,2,5,10,20) exports one file per N."
+            help="Flow steps N unrolled in the graph, 1-1000 (default: the checkpoint's training N; another N samples "
+            "a different policy, whose return --report compares); a comma list (1,2,5,10,20) exports one file per "
+            "N, named after --out with .nN before its suffix (policy.n10.onnx)."
         ),
     ] = None,
     solver: Annotated[Solver | None, typer.Option(help="ODE solver; default: the checkpoint's.")] = None,
@@ -138,7 +139,9 @@ def export(
             "below 17 LayerNormalization is spelled out in basic ops (TensorRT 8.5: 13 to 16)."
         ),
     ] = DEFAULT.opset,
-    batch: Annotated[str, typer.Option(help="'dynamic' batch axis, or a fixed batch size.")] = str(DEFAULT.batch),
+    batch: Annotated[str, typer.Option(help="'dynamic' batch axis, or a fixed batch size, 1-65536.")] = str(
+        DEFAULT.batch
+    ),
     deterministic: Annotated[
         bool, typer.Option("--deterministic", help="No noise input: start from a0 = 0 (one action per observation).")
     ] = DEFAULT.deterministic,

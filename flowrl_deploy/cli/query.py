@@ -185,7 +185,10 @@ def query(
         Path | None,
         typer.Option(help="A JSON file holding the observation(s), or a .npy array (np.save); - reads stdin."),
     ] = None,
-    seed: Annotated[int | None, typer.Option(help="Seed of the policy noise.")] = None,
+    seed: Annotated[
+        int | None,
+        typer.Option(help="Seed of the policy noise, 0 to 2**64-1; default: unseeded (each call draws anew)."),
+    ] = None,
     contract_hash: Annotated[str, typer.Option(help="Pin the policy contract (hash from `flowrl inspect`).")] = "",
     connection: Connection,
     timeout: Annotated[float, typer.Option(parser=finite, help="Seconds to wait.")] = 5.0,

@@ -95,15 +95,16 @@ def serve(
     providers: Annotated[
         str,
         typer.Option(
-            help="onnxruntime providers, e.g. 'cuda' or 'cpu' (or full names), each must start: 'cuda' is "
-            "refused where CUDA cannot; default: CUDA when present, else CPU."
+            help="onnxruntime providers, comma-separated in order of preference: cpu, cuda, tensorrt or full "
+            "onnxruntime names (e.g. 'cuda'); each must start, else the server refuses to ('cuda' fails where "
+            "CUDA cannot start); default: CUDA when a GPU is present, else CPU."
         ),
     ] = "",
-    threads: Annotated[int, typer.Option(help="onnxruntime intra-op threads per call.")] = 1,
+    threads: Annotated[int, typer.Option(help="onnxruntime intra-op threads per call, 1 to this machine's cores.")] = 1,
     max_batch: Annotated[
         int,
         typer.Option(
-            help="Combine concurrent requests into one call up to this many observations; 1 = off. "
+            help="Combine concurrent requests into one call up to this many observations, 1-4096; 1 = off. "
             "A request is never split (one with more rows runs alone)."
         ),
     ] = 1,
@@ -118,13 +119,20 @@ def serve(
             "GetSpec, GetStats, Reset, Reload and health checks have a few of their own."
         ),
     ] = 128,
-    token: Annotated[str | None, typer.Option(help="Shared secret every call must send.", envvar=TOKEN_ENV)] = None,
+    token: Annotated[
+        str | None,
+        typer.Option(
+            help="Shared secret that every call but health checks must send (the metrics port takes none).",
+            envvar=TOKEN_ENV,
+        ),
+    ] = None,
     token_file: TokenFile = "",
     tls_cert: Annotated[str, typer.Option(metavar="<path>", help="PEM certificate chain for TLS.")] = "",
     tls_key: Annotated[str, typer.Option(metavar="<path>", help="PEM private key for TLS.")] = "",
     client_ca: Annotated[str, typer.Option(metavar="<path>", help="PEM CA: require client certificates (mTLS).")] = "",
     metrics_port: Annotated[
-        int | None, typer.Option(help="Serve Prometheus metrics on this port (0: a free one).")
+        int | None,
+        typer.Option(help="Serve Prometheus metrics on this port (0: a free one); default: no metrics endpoint."),
     ] = None,
     metrics_host: Annotated[
         str | None,
@@ -136,7 +144,7 @@ def serve(
     steps: Annotated[
         int | None,
         typer.Option(
-            help="Flow steps N when MODEL is a checkpoint (exported on the fly; Reload and --watch keep N); "
+            help="Flow steps N, 1-1000, when MODEL is a checkpoint (exported on the fly; Reload and --watch keep N); "
             "default: its training flow steps. An .onnx file's N is fixed."
         ),
     ] = None,
@@ -164,7 +172,7 @@ def serve(
         float, typer.Option(parser=finite, help="Drop a session opened by Reset after this long unused (s).")
     ] = 600.0,
     cpus: Annotated[
-        str, typer.Option(help="Pin the server to these cores, e.g. '1' or '2,3' (Linux); default: any.")
+        str, typer.Option(help="Pin the server to these cores, e.g. '1', '2,3' or '0-3' (Linux); default: any.")
     ] = "",
     rt_priority: Annotated[
         int | None,
@@ -178,7 +186,7 @@ def serve(
         float,
         typer.Option(
             parser=finite,
-            help="On a stop signal, how long calls in flight may take to finish (s); the process exits "
+            help="On a stop signal, how long calls in flight may take to finish (s, at most 86400); the process exits "
             "within about a second more (keep it below Kubernetes' terminationGracePeriodSeconds).",
         ),
     ] = 5.0,

@@ -74,7 +74,9 @@ def train(
         typer.Option(metavar="<path>", help="Run directory (config, metrics, TensorBoard, checkpoints)."),
     ] = DEFAULT.out,
     hidden: Annotated[int, typer.Option(help="Width of every hidden layer.")] = DEFAULT.hidden,
-    flow_steps: Annotated[int, typer.Option(help="ODE steps N of the policy while training.")] = DEFAULT.flow_steps,
+    flow_steps: Annotated[
+        int, typer.Option(help="ODE steps N of the policy while training, 1-1000.")
+    ] = DEFAULT.flow_steps,
     solver: Annotated[Solver, typer.Option(help="ODE solver of the policy.")] = DEFAULT_SOLVER,
     gamma: Annotated[float, typer.Option(parser=finite, help="Discount γ.")] = DEFAULT.gamma,
     lr: Annotated[float, typer.Option(parser=finite, help="Adam learning rate.")] = DEFAULT.lr,
@@ -89,7 +91,7 @@ def train(
     policy_delay: Annotated[int, typer.Option(help="Critic updates per actor/target update.")] = DEFAULT.policy_delay,
     lam: Annotated[float, typer.Option(parser=finite, help="λ of the flow-matching weight.")] = DEFAULT.lam,
     expectile: Annotated[
-        float, typer.Option(parser=finite, help="Expectile τ of the value regression.")
+        float, typer.Option(parser=finite, help="Expectile of the value regression, 0-1 (the paper's τ; not --tau).")
     ] = DEFAULT.expectile,
     cfm_weighting: Annotated[
         Weighting,
@@ -99,12 +101,14 @@ def train(
         ),
     ] = DEFAULT_WEIGHTING,
     batch_size: Annotated[int, typer.Option(help="Transitions per update.")] = DEFAULT.batch_size,
-    buffer_size: Annotated[int, typer.Option(help="Replay capacity.")] = DEFAULT.buffer_size,
+    buffer_size: Annotated[int, typer.Option(help="Replay capacity (transitions).")] = DEFAULT.buffer_size,
     start_steps: Annotated[int, typer.Option(help="Random warm-up steps before updates.")] = DEFAULT.start_steps,
     recent_fraction: Annotated[
         float, typer.Option(parser=finite, help="Share of a batch from the newest transitions.")
     ] = DEFAULT.recent_fraction,
-    recent_window: Annotated[int, typer.Option(help="Size of the 'newest' window.")] = DEFAULT.recent_window,
+    recent_window: Annotated[
+        int, typer.Option(help="Size of the 'newest' window (transitions).")
+    ] = DEFAULT.recent_window,
     eval_every: Annotated[int, typer.Option(help="Evaluate every N env steps (0: never).")] = DEFAULT.eval_every,
     eval_episodes: Annotated[
         int,
@@ -122,11 +126,19 @@ def train(
     ] = DEFAULT.save_replay,
     device: Annotated[Device, typer.Option(help="auto: CUDA when available.")] = DEFAULT_DEVICE,
     bf16: Annotated[bool, typer.Option("--bf16/--no-bf16", help="bfloat16 autocast.")] = DEFAULT.bf16,
-    compile: Annotated[bool, typer.Option("--compile/--no-compile", help="torch.compile the networks.")] = (
-        DEFAULT.compile
-    ),
+    compile: Annotated[
+        bool,
+        typer.Option(
+            "--compile/--no-compile",
+            help="torch.compile the networks; CUDA graphs (--cuda-graphs) are then off. A slower start, and no "
+            "faster at the default sizes (docs/train.md).",
+        ),
+    ] = DEFAULT.compile,
     cuda_graphs: Annotated[
-        bool, typer.Option("--cuda-graphs/--no-cuda-graphs", help="On a GPU, replay updates from CUDA graphs.")
+        bool,
+        typer.Option(
+            "--cuda-graphs/--no-cuda-graphs", help="On a GPU, replay updates from CUDA graphs (not with --compile)."
+        ),
     ] = DEFAULT.cuda_graphs,
     threads: Annotated[int, typer.Option(help="torch CPU threads (0: torch's default).")] = DEFAULT.threads,
     resume: Annotated[

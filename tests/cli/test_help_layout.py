@@ -69,3 +69,36 @@ def test_options_taking_a_file_show_path(command, flags):
 def test_eval_device_shows_its_choices_as_train_does():
     assert "--device <auto|cpu|cuda>" in help_of("eval")
     assert "--device <auto|cpu|cuda>" in help_of("train")
+
+
+def _option_help(command: str, flag: str) -> str:
+    (param,) = [p for p in COMMANDS[command].params if flag in p.opts]
+    return param.help or ""
+
+
+def _ranges():
+    from flowrl_deploy.cli.export import MAX_BATCH as MAX_EXPORT_BATCH
+    from flowrl_deploy.contract import MAX_HZ, MAX_TIMEOUT_S, MIN_HZ
+    from flowrl_deploy.serve.config import MAX_BATCH
+    from flowrl_deploy.spec import MAX_FLOW_STEPS
+
+    steps = f"1-{MAX_FLOW_STEPS}"
+    return [
+        ("train", "--flow-steps", steps), ("eval", "--flow-steps", steps), ("export", "--steps", steps),
+        ("serve", "--steps", steps), ("export", "--batch", f"1-{MAX_EXPORT_BATCH}"),
+        ("serve", "--max-batch", f"1-{MAX_BATCH}"), ("serve", "--grace-s", f"at most {MAX_TIMEOUT_S:g}"),
+        ("control", "--hz", f"{MIN_HZ:g}-{MAX_HZ:g} Hz"), ("query", "--seed", "0 to 2**64-1"),
+    ]  # fmt: skip
+
+
+def test_each_enforced_range_in_the_help_is_the_one_the_code_enforces():
+    """A user picks a value from the help: out of date, it promises one the command then refuses."""
+    for command, flag, stated in _ranges():
+        assert stated in _option_help(command, flag), (command, flag, _option_help(command, flag))
+
+
+def test_options_with_a_surprising_default_or_effect_say_so():
+    assert "default: unseeded" in _option_help("query", "--seed")  # each call samples new noise
+    assert "default: no metrics endpoint" in _option_help("serve", "--metrics-port")
+    assert "CUDA graphs (--cuda-graphs) are then off" in _option_help("train", "--compile")
+    assert "--fallback <hold|zeros|local>" in help_of("control")
