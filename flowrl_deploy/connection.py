@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import ipaddress
 import re
+import socket
 from collections.abc import Callable
 
 from flowrl_deploy.contract import MAX_TIMEOUT_S
@@ -67,6 +68,23 @@ CUT_HANDSHAKE = "Handshake read failed"
 """A TLS client's words for a connection closed before the server's TLS hello: a TLS server answers
 the hello, so this is a server that closed it unread, most likely at its ``--max-connections``."""
 AT_THE_CAP = "the server may be at its --max-connections, closing connections beyond it at once"
+_IPV6_LOOPBACK = re.compile(r"ipv6:(?:%5B|\[)::1(?:%5D|\]):([0-9]{1,5}):")
+"""localhost's IPv6 address in gRPC's error, as it writes it (``ipv6:%5B::1%5D:50051:``), and its port."""
+
+
+def _ipv4_localhost_answers(error: str, hosts: tuple[str, ...]) -> bool:
+    """Whether ``error``, a refusal, is that of localhost's IPv6 address while 127.0.0.1 takes a
+    connection at its port: gRPC tries both addresses of ``localhost`` (whatever /etc/hosts says), a
+    server on 127.0.0.1 (flowrl serve's default --host) refuses [::1], and gRPC reports its last try's
+    error alone, either address's. Asked only once a connection has failed."""
+    match = _IPV6_LOOPBACK.search(error)
+    if match is None or "localhost" not in hosts:
+        return False
+    try:
+        with socket.create_connection(("127.0.0.1", int(match[1])), timeout=1):
+            return True
+    except (OSError, OverflowError):
+        return False
 
 
 def connection_hint(error: str, target: str, tls_ca: str, tls_cert: str) -> str:
@@ -74,17 +92,22 @@ def connection_hint(error: str, target: str, tls_ca: str, tls_cert: str) -> str:
     error and the TLS files the user passed ('' if none fits). TLS options are suggested only for a
     connection that never came up (:data:`NO_CONNECTION`), not for the server's own answers (the
     model still loading) or a connection lost after it was up; a connection closed at once (:data:`CLOSED`,
-    :data:`CUT_HANDSHAKE`) also names the server's connection cap."""
+    :data:`CUT_HANDSHAKE`) also names the server's connection cap, and so does a refused [::1] of a
+    ``localhost`` whose 127.0.0.1 takes connections (what failed there is unknown)."""
+    closed, lead = CLOSED in error, ""
     if _REFUSED.search(error):  # nothing listens at that address: TLS is not the question
         hosts = target_hosts(target)
         if hosts is None:  # unix: or unix-abstract: (flowrl serve itself listens on a port, a proxy may not)
             return "nothing listens at that socket path on this machine: check the path of the server's socket"
-        if all(is_loopback(host) or host in EVERY_INTERFACE for host in hosts):
+        if _ipv4_localhost_answers(error, hosts):  # a server there: TLS or the cap is the question after all
+            closed, lead = True, "[::1] refused, but 127.0.0.1 takes connections: "
+        elif all(is_loopback(host) or host in EVERY_INTERFACE for host in hosts):
             return "nothing listens at that port on this machine: is `flowrl serve` running, with that --port?"
-        return (
-            "nothing listens at that port; to be reached from another machine, `flowrl serve` needs "
-            "--host 0.0.0.0 (its default, 127.0.0.1, takes local connections only)"
-        )
+        else:
+            return (
+                "nothing listens at that port; to be reached from another machine, `flowrl serve` needs "
+                "--host 0.0.0.0 (its default, 127.0.0.1, takes local connections only)"
+            )
     if "certificate has expired" in error:
         return (
             "the server's certificate has expired (or this machine's clock is wrong): the server needs a "
@@ -111,9 +134,9 @@ def connection_hint(error: str, target: str, tls_ca: str, tls_cert: str) -> str:
         hint = "if the server asks for client certificates (--client-ca), pass --tls-cert and --tls-key"
     else:
         hint = ""
-    if CLOSED not in error:
+    if not closed:
         return hint
-    return f"{hint}; or {AT_THE_CAP}" if hint else AT_THE_CAP
+    return lead + (f"{hint}; or {AT_THE_CAP}" if hint else AT_THE_CAP)
 
 
 TARGET_SCHEMES = ("dns", "ipv4", "ipv6", "unix", "unix-abstract")

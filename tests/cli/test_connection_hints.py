@@ -203,3 +203,38 @@ def test_a_client_beyond_the_servers_max_connections_is_told_of_the_cap(pki):
         result = runner.invoke(app, ["query", "--server", server.address, "--obs", OBS, "--timeout", "2"])
     assert result.exit_code == 1 and "Socket closed" in result.output
     assert "--max-connections" in result.output
+
+
+def _ipv6_refused(port: int) -> str:
+    """gRPC's error when its last try was localhost's IPv6 address, [::1], and nothing listened there."""
+    return (
+        "failed to connect to all addresses; last error: UNKNOWN: ipv6:%5B::1%5D:"
+        f"{port}: Failed to connect to remote host: Connection refused"
+    )
+
+
+def test_a_refused_ipv6_localhost_is_not_read_as_no_server_when_127_0_0_1_answers(pki):
+    """gRPC tries both of localhost's addresses, and a server on 127.0.0.1 (flowrl serve's default
+    --host) refuses [::1]: when that refusal was gRPC's last error, `flowrl wait` and `flowrl control`
+    against a TLS server without --tls-ca said nothing listens there, while it ran."""
+    cert, key = pki["server"]
+    config = ServeConfig(pki["policy"], host="127.0.0.1", port=0, tls_cert=cert, tls_key=key, grace_s=0)
+    with PolicyServer(config).start() as server:
+        hint = connection_hint(_ipv6_refused(server.port), f"localhost:{server.port}", "", "")
+        assert "nothing listens" not in hint and "if the server uses TLS, pass --tls-ca" in hint, hint
+        assert "--max-connections" in hint, hint  # 127.0.0.1's own error is unknown: it may be the cap
+        assert "--client-ca" in connection_hint(_ipv6_refused(server.port), f"localhost:{server.port}", "ca.pem", "")
+        for _ in range(2):  # whichever address gRPC tried last
+            result = runner.invoke(app, ["wait", "--server", f"localhost:{server.port}", "--timeout", "1"])
+            assert result.exit_code == 1 and "Traceback" not in result.output, result.output
+            assert "nothing listens" not in result.output and "pass --tls-ca" in result.output, result.output
+        port = server.port
+    assert connection_hint(_ipv6_refused(port), f"localhost:{port}", "", "").startswith("nothing listens at that port")
+
+
+def test_a_refused_ipv6_address_asked_for_by_name_is_still_no_server():
+    """[::1] given as the address itself: its refusal is the answer, nothing else was tried."""
+    from closed_port import closed_address
+
+    port = int(closed_address().rpartition(":")[2])
+    assert connection_hint(_ipv6_refused(port), f"[::1]:{port}", "", "").startswith("nothing listens at that port")
