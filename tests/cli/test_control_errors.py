@@ -30,8 +30,8 @@ def test_control_against_no_server_fails_fast_and_says_why():
         (["--deadline-ms", "-1"], "--deadline-ms must be a finite number > 0, got -1"),
         (["--seed", "-1"], "--seed must lie in [0, 2**32), got -1"),
         (["--seed", str(2**32)], f"--seed must lie in [0, 2**32), got {2**32}"),  # one past the last seed
-        (["--hz", "0"], "--hz must be > 0, got 0"),
-        (["--hz", "-5"], "--hz must be > 0, got -5"),
+        (["--hz", "0"], "--hz 0 is out of range: a control rate lies in [0.1, 10000] Hz"),
+        (["--hz", "-5"], "--hz -5 is out of range: a control rate lies in [0.1, 10000] Hz"),
         (["--episodes", "0"], "--episodes must be >= 1, got 0"),
         (["--max-misses", "0"], "--max-misses must be an integer >= 1, got 0"),
         (["--fallback", "local"], "--fallback local needs --local-model (the ONNX file the server serves)"),
