@@ -131,7 +131,7 @@ def test_hold_is_the_default_fallback_and_repeats_the_last_action(client):
 
 def test_returned_actions_are_the_callers_own_so_editing_them_never_changes_what_is_held(client):
     """A caller scaling its action in place (``a *= 0.5``) must not scale the action held afterwards."""
-    with client.session(period_s=0.01, seed=4, max_rate=100.0) as control:
+    with client.session(period_s=0.5, seed=4, max_rate=2.0) as control:  # max_delta 1.0, a 250 ms deadline
         for _ in range(2):  # the first is the server's own reply; the second went through the rate clamp
             action = control.act(OBS)
             assert control.timings[-1].source == "server" and action.flags.writeable

@@ -18,6 +18,7 @@ from types import SimpleNamespace
 import grpc
 import numpy as np
 import pytest
+from deploying import wait_for
 from tiny_policy import OBS_DIM, write_policy
 
 from flowrl_deploy.codec import encode
@@ -408,6 +409,8 @@ def test_the_metrics_endpoint_forgets_each_connection_once_answered(metrics):
         for _ in range(metrics_module.METRICS_CONNECTIONS + 2):  # more scrapes, one after another, than slots
             with urllib.request.urlopen(f"http://127.0.0.1:{httpd.server_address[1]}/metrics", timeout=10) as reply:
                 assert reply.status == 200
+            # the client has its reply before the handler thread releases the connection's slot
+            assert wait_for(lambda: not httpd._peers, timeout_s=10)
         deadline = time.monotonic() + 10
         while time.monotonic() < deadline and (httpd._open or httpd._peers or httpd._deadlines):
             time.sleep(0.05)

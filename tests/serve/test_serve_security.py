@@ -24,6 +24,7 @@ from flowrl_deploy.serve.interceptors import CONTROL_CALLS, SERVICE_NAME, OpenSt
 from flowrl_deploy.serve.server import connectable
 
 pytest.importorskip("cryptography.x509")
+from deploying import wait_for
 from pki import issue, write_pem
 
 OBS = np.zeros(3, np.float32)
@@ -135,6 +136,8 @@ def test_open_streams_cannot_take_the_threads_of_other_calls_and_health_checks_a
             }
             with PolicyClient(server.address, token="s3cret") as client:
                 assert client.act(OBS).shape == (2,)
+            # the client has its reply before gRPC's done callback frees the call's workers slot
+            assert wait_for(lambda: server._streams.usage()["workers"][0] == 0, timeout_s=10)
             reflect = reflection_pb2_grpc.ServerReflectionStub(channel).ServerReflectionInfo
             listing = reflection_pb2.ServerReflectionRequest(list_services="")
             reflections = [reflect(held_open(listing), metadata=token, timeout=30) for _ in range(3)]  # capped at 2
