@@ -7,6 +7,10 @@ result slice per request, and an error goes to every waiter of its batch. ``work
 batches concurrently (one per core keeps every core busy: onnxruntime's per-row cost at batch
 8-16 is only about half its batch-1 cost on a small CPU). With ``max_batch == 1`` requests run
 in the caller's thread (no hand-off), which gives the lowest latency for a single robot.
+Tried and not kept (session 16, docs/benchmarks.md): a leader/follower batcher, where a request that
+finds a batch slot free runs in its own gRPC thread. It cut a lone batched call's CPU from about 50 to
+18 µs but formed smaller batches, and served no more robots: the workers' hand-off delay is what lets
+concurrent requests meet in one batch on a small CPU.
 
 With workers, :meth:`MicroBatcher.depth` is how many requests wait for their batch to run, and
 ``on_wait`` is given how long each waited (from :meth:`~MicroBatcher.submit` to its batch's run:
