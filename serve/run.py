@@ -124,20 +124,23 @@ def serve_forever(
     def stop_signal(sig: int, _) -> None:
         signals.append(sig)
         # once only, and not once start() has reported SERVING or begun to stop the server
-        if starting and not server._serving and not server._stopped:
+        if starting and server is not None and not server._serving and not server._stopped:
             starting.clear()
             raise _StoppedDuringStartUp
 
     handled = [sig for sig in STOP_SIGNALS if sig not in KEPT_IF_IGNORED or signal.getsignal(sig) is not signal.SIG_IGN]
     previous = {sig: signal.signal(sig, stop_signal) for sig in handled}
-    server = PolicyServer(config, export_checkpoint)
-    server._process_settings_applied = True
+    server: PolicyServer | None = None
     failure = ""
     interrupted = False  # a stop signal ended start() (which stopped the server)
     liveness: _Liveness | None = None
     try:
+        server = PolicyServer(config, export_checkpoint)  # in the try: a failure here restores the handlers
+        server._process_settings_applied = True
         try:
             starting.append(True)
+            if signals:  # one came while the server was built: its model is not loaded at all
+                raise _StoppedDuringStartUp
             server.start()
         except _StoppedDuringStartUp:
             interrupted = True
@@ -198,7 +201,8 @@ def serve_forever(
     finally:
         if liveness is not None:
             liveness.close()
-        server.stop()
+        if server is not None:
+            server.stop()
         for sig, handler in previous.items():
             signal.signal(sig, handler)
     log.info("stopped in %.1f s", time.monotonic() - stopping)

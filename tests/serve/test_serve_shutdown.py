@@ -15,6 +15,7 @@ import time
 
 import grpc
 import numpy as np
+import pytest
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 from tiny_policy import ACT_DIM, OBS_DIM, write_policy
 
@@ -126,6 +127,7 @@ def test_stop_ends_open_streams_once_their_request_in_flight_has_its_reply(tmp_p
 FROZEN_ROBOT = """
 import sys, time
 import numpy as np
+import pytest
 from flowrl_deploy.client import PolicyClient
 session = PolicyClient(sys.argv[1], timeout_s=30).session(period_s=0.02)
 session.act(np.zeros({obs_dim}, np.float32))
@@ -317,3 +319,39 @@ def test_serve_forever_from_another_thread_is_refused_naming_the_way_to_serve_fr
     (exc,) = raised
     assert isinstance(exc, FlowRLError)
     assert "main thread" in str(exc) and "PolicyServer(config).start()" in str(exc)
+
+
+def test_a_stop_signal_while_the_server_is_built_stops_it_before_its_load(tmp_path, monkeypatch, caplog):
+    """A SIGTERM in the moment before start() was only noted, and the whole load ran before the stop."""
+    from flowrl_deploy.serve.servicer import PolicyServicer
+
+    path = write_policy(tmp_path / "policy.onnx")
+    build = PolicyServer.__init__
+    loads: list[PolicyServicer] = []
+
+    def build_then_sigterm(self: PolicyServer, *args, **kwargs) -> None:
+        build(self, *args, **kwargs)
+        os.kill(os.getpid(), signal.SIGTERM)  # handled by serve_forever's handler, in this (main) thread
+
+    monkeypatch.setattr(PolicyServer, "__init__", build_then_sigterm)
+    monkeypatch.setattr(PolicyServicer, "load", lambda self, *args, **kwargs: loads.append(self))
+    announced: list[PolicyServer] = []
+    with caplog.at_level(logging.INFO, logger="flowrl.serve"):
+        assert serve_forever(ServeConfig(str(path), port=0, grace_s=0), on_ready=announced.append) == 0
+    assert not loads and not announced
+    messages = [record.getMessage() for record in caplog.records if record.name == "flowrl.serve"]
+    assert "stopping on SIGTERM during start-up: the model was not served" in messages, messages
+
+
+def test_a_server_that_cannot_be_built_leaves_the_signal_handlers_as_they_were(tmp_path, monkeypatch):
+    """A program embedding serve_forever kept its stop handler after a failed build: Ctrl-C did nothing."""
+    path = write_policy(tmp_path / "policy.onnx")
+
+    def cannot_build(self: PolicyServer, *args, **kwargs) -> None:
+        raise RuntimeError("can't start new thread")
+
+    monkeypatch.setattr(PolicyServer, "__init__", cannot_build)
+    before = {sig: signal.getsignal(sig) for sig in (signal.SIGINT, signal.SIGTERM)}
+    with pytest.raises(RuntimeError, match="can't start new thread"):
+        serve_forever(ServeConfig(str(path), port=0, grace_s=0))
+    assert {sig: signal.getsignal(sig) for sig in before} == before
