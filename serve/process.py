@@ -19,6 +19,7 @@ import subprocess
 import sys
 import threading
 from pathlib import Path
+from typing import TextIO
 
 from flowrl_deploy.errors import FlowRLError
 from flowrl_deploy.serve.server import parse_banner
@@ -90,20 +91,29 @@ class ServerProcess:
         self._stderr_drain: threading.Thread | None = None
         self._stderr_tail: collections.deque[str] = collections.deque()
         self._stderr_lock = threading.Lock()
-        self.process = subprocess.Popen(
-            [*FLOWRL, "serve", str(model), "--port", "0", *args],
-            stdout=subprocess.PIPE,
-            stderr=subprocess.PIPE,
-            text=True,
-            env={
-                **os.environ,
-                "OMP_NUM_THREADS": os.environ.get("OMP_NUM_THREADS", "1"),
-                PARENT_PATH: json.dumps(sys.path),
-            },
-            creationflags=CREATION_FLAGS,
-        )
+        try:  # opened here, not in the drain thread: a log that cannot be written is refused, naming it
+            log_file = open(log, "w", encoding="utf-8") if log is not None else None  # noqa: SIM115 (the drain thread closes it)
+        except OSError as exc:
+            raise FlowRLError(f"cannot write the server log {log}: {exc.strerror or exc}") from None
+        try:
+            self.process = subprocess.Popen(
+                [*FLOWRL, "serve", str(model), "--port", "0", *args],
+                stdout=subprocess.PIPE,
+                stderr=subprocess.PIPE,
+                text=True,
+                env={
+                    **os.environ,
+                    "OMP_NUM_THREADS": os.environ.get("OMP_NUM_THREADS", "1"),
+                    PARENT_PATH: json.dumps(sys.path),
+                },
+                creationflags=CREATION_FLAGS,
+            )
+        except BaseException:
+            if log_file is not None:
+                log_file.close()
+            raise
         try:  # from here on, whatever goes wrong (Ctrl-C during the wait included) stops the child
-            self._stderr_drain = threading.Thread(target=self._drain_stderr, args=(log,), daemon=True)
+            self._stderr_drain = threading.Thread(target=self._drain_stderr, args=(log_file,), daemon=True)
             self._stderr_drain.start()
             line = self._first_line(START_TIMEOUT_S)
             try:
@@ -119,10 +129,11 @@ class ServerProcess:
             self.stop()
             raise
 
-    def _drain_stderr(self, log: str | os.PathLike[str] | None) -> None:
-        """Read the child's stderr to its end: copied to ``log``, its last :data:`KEPT_STDERR_CHARS` kept."""
+    def _drain_stderr(self, log: TextIO | None) -> None:
+        """Read the child's stderr to its end: copied to ``log`` (closed at the end), its last
+        :data:`KEPT_STDERR_CHARS` kept."""
         kept = 0
-        with open(log, "w", encoding="utf-8") if log is not None else contextlib.nullcontext() as f:
+        with log if log is not None else contextlib.nullcontext() as f:
             for line in self.process.stderr:
                 if f is not None:
                     f.write(line)

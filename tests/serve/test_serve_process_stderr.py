@@ -59,3 +59,19 @@ def test_a_child_that_logs_more_than_a_pipe_holds_then_is_refused_says_why(child
     with pytest.raises(FlowRLError, match=r"^flowrl serve policy.onnx did not start: model not found: /x/policy.onnx$"):
         process.ServerProcess("policy.onnx")
     assert time.monotonic() - start < 5
+
+
+def test_a_log_that_cannot_be_written_is_refused_naming_it_before_the_child_starts(child, tmp_path):
+    """The drain thread opened the log: it died with a traceback, and a failed start read 'no output'."""
+    child("import sys; sys.stderr.write('error: model not found: /x/policy.onnx\\n'); sys.exit(1)")
+    log = tmp_path / "missing-folder" / "server.log"
+    with pytest.raises(FlowRLError, match=r"^cannot write the server log .*server\.log: No such file or directory$"):
+        process.ServerProcess("policy.onnx", log=log)
+
+
+def test_a_child_that_fails_names_its_refusal_and_leaves_it_in_the_log(child, tmp_path):
+    child("import sys; sys.stderr.write('error: model not found: /x/policy.onnx\\n'); sys.exit(1)")
+    log = tmp_path / "server.log"
+    with pytest.raises(FlowRLError, match="did not start: .*model not found: /x/policy.onnx"):
+        process.ServerProcess("policy.onnx", log=log)
+    assert "model not found" in log.read_text()
