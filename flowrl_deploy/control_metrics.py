@@ -197,8 +197,8 @@ class ControlTextfile:
         :meth:`close`, raises :class:`FlowRLError` (make another ControlTextfile)."""
         if self._thread is not None:
             raise FlowRLError(
-                f"this ControlTextfile already writes a session's figures to {self.path}: close() it before "
-                "watching another session, or give another session its own ControlTextfile and file"
+                f"this ControlTextfile already writes a session's figures to {self.path}: one ControlTextfile "
+                "watches one session; give another session its own ControlTextfile (and file)"
             )
         if self._stop.is_set():
             raise FlowRLError(f"ControlTextfile.watch after close(): make a new ControlTextfile for {self.path}")

@@ -300,9 +300,7 @@ def run_control(
 
 def _check_run(hz: float | None, episodes: int, max_steps: int | None, seed: int) -> None:
     """Refuse run settings :func:`run_control` cannot honour, naming the ``flowrl control`` flag."""
-    if hz is not None and not hz > 0:  # `not >` also refuses NaN
-        raise FlowRLError(f"--hz must be > 0, got {hz:g}")
-    if hz is not None and not MIN_HZ <= hz <= MAX_HZ:
+    if hz is not None and not MIN_HZ <= hz <= MAX_HZ:  # 0, below and NaN too, in the same words
         raise FlowRLError(f"--hz {hz:g} is out of range: a control rate lies in [{MIN_HZ:g}, {MAX_HZ:g}] Hz")
     if episodes < 1:
         raise FlowRLError(f"--episodes must be >= 1, got {episodes}")

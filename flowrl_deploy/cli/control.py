@@ -168,8 +168,6 @@ def control(
     from flowrl_deploy.train.control import run_control
 
     checked_timeout(connect_timeout, "--connect-timeout")  # gRPC waits forever on a deadline years away
-    if hz is not None and not MIN_HZ <= hz <= MAX_HZ:  # 0 and below in the words of any other rate out of range
-        raise FlowRLError(f"--hz {hz:g} is out of range: a control rate lies in [{MIN_HZ:g}, {MAX_HZ:g}] Hz")
     _check_metrics_textfile(metrics_textfile, metrics_interval, json_path)
     token = connection.token_to_send()
     pin_to_cpus(parse_cpus(cpus))

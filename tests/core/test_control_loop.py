@@ -177,3 +177,10 @@ def test_ctrl_c_propagates_unless_the_caller_stops_on_it(server, monkeypatch):
     calls.clear()
     report = _run(server, RecordingEnv(length=10), monkeypatch, hz=1000, stop_on_interrupt=True)
     assert report.interrupted and report.steps == 2 and report.returns == []
+
+
+@pytest.mark.parametrize("hz", [0.0, -5.0, float("nan"), 0.05, 20_000.0])
+def test_run_control_refuses_a_rate_out_of_range_in_one_set_of_words_before_connecting(hz):
+    """``run_control(hz=0)`` said '--hz must be > 0' while ``flowrl control --hz 0`` named the range."""
+    with pytest.raises(FlowRLError, match=r"^--hz \S+ is out of range: a control rate lies in \[0\.1, 10000\] Hz$"):
+        control.run_control("127.0.0.1:1", "dmc:cartpole-swingup", hz=hz)
