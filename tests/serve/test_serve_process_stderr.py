@@ -72,6 +72,6 @@ def test_a_log_that_cannot_be_written_is_refused_naming_it_before_the_child_star
 def test_a_child_that_fails_names_its_refusal_and_leaves_it_in_the_log(child, tmp_path):
     child("import sys; sys.stderr.write('error: model not found: /x/policy.onnx\\n'); sys.exit(1)")
     log = tmp_path / "server.log"
-    with pytest.raises(FlowRLError, match="did not start: .*model not found: /x/policy.onnx"):
+    with pytest.raises(FlowRLError, match=r"did not start: .*model not found: /x/policy\.onnx"):
         process.ServerProcess("policy.onnx", log=log)
     assert "model not found" in log.read_text()
