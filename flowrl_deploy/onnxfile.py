@@ -98,9 +98,6 @@ def text_kind(data: bytes) -> str | None:
     return "JSON text" if text.lstrip("\ufeff \t\r\n")[:1] in ("{", "[") else "text"
 
 
-RUN_TEXT_FILES = ("config.json", "metrics.jsonl", "metrics.csv", "checkpoint.json", "training_state.json")
-"""The text files of a training run (beside its checkpoints/) or of one of its checkpoints (beside its
-model.safetensors), as flowrl_deploy.checkpoint names them: `flowrl export` takes their folder."""
 AN_EXPORT = "give the .onnx policy that `flowrl export` writes"
 
 
@@ -117,10 +114,22 @@ def not_onnx(path: Path, data: bytes, why: str) -> FlowRLError:
     kind = text_kind(data)
     if kind is None:
         return FlowRLError(f"cannot load ONNX model {path}: not an ONNX file ({why})")
+    # the names the checkpoint format gives a run's and a checkpoint's text files (imported on this error path only)
+    from flowrl_deploy.checkpoint import (
+        CHECKPOINTS_DIR,
+        DOCUMENT_FILE,
+        METRICS_CSV,
+        METRICS_JSONL,
+        MODEL_FILE,
+        RUN_CONFIG_FILE,
+        TRAINING_JSON_FILE,
+    )
+
+    run_text_files = (RUN_CONFIG_FILE, METRICS_JSONL, METRICS_CSV, DOCUMENT_FILE, TRAINING_JSON_FILE)
     folder = path.parent
-    if path.name in RUN_TEXT_FILES and (folder / "checkpoints").is_dir():  # `flowrl serve run/config.json`
+    if path.name in run_text_files and (folder / CHECKPOINTS_DIR).is_dir():  # `flowrl serve run/config.json`
         hint = f"that is a training run's file: `flowrl export {folder}` writes the run's ONNX policy"
-    elif path.name in RUN_TEXT_FILES and (folder / "model.safetensors").is_file():
+    elif path.name in run_text_files and (folder / MODEL_FILE).is_file():
         hint = f"that is a checkpoint's file: `flowrl export {folder}` writes its ONNX policy"
     else:
         hint = AN_EXPORT
