@@ -124,7 +124,7 @@ def serve_forever(
     def stop_signal(sig: int, _) -> None:
         signals.append(sig)
         # once only, and not once start() has reported SERVING or begun to stop the server
-        if starting and server is not None and not server._serving and not server._stopped:
+        if starting and server is not None and server.starting:
             starting.clear()
             raise _StoppedDuringStartUp
 
@@ -135,8 +135,8 @@ def serve_forever(
     interrupted = False  # a stop signal ended start() (which stopped the server)
     liveness: _Liveness | None = None
     try:
-        server = PolicyServer(config, export_checkpoint)  # in the try: a failure here restores the handlers
-        server._process_settings_applied = True
+        # in the try: a failure here restores the handlers
+        server = PolicyServer(config, export_checkpoint, process_settings_applied=True)
         try:
             starting.append(True)
             if signals:  # one came while the server was built: its model is not loaded at all

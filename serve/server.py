@@ -235,7 +235,12 @@ class PolicyServer:
     """One served policy; :meth:`start` returns once health is SERVING (or raises). A server
     starts once: a second :meth:`start`, or one after :meth:`stop`, raises :class:`FlowRLError`."""
 
-    def __init__(self, config: ServeConfig, export_checkpoint: Exporter | None = None) -> None:
+    def __init__(
+        self, config: ServeConfig, export_checkpoint: Exporter | None = None, *, process_settings_applied: bool = False
+    ) -> None:
+        """``process_settings_applied``: the caller applies ``config.cpus`` and ``rt_priority`` to the
+        process itself (as :func:`~flowrl_deploy.serve.run.serve_forever` does), so :meth:`start`
+        does not log that it leaves them alone."""
         self.config = config
         self.servicer = PolicyServicer(config, export_checkpoint)
         self.health = KnownServicesHealth(self.servicer.metrics)
@@ -255,7 +260,7 @@ class PolicyServer:
         self._metrics_http = None
         self._watcher: FileWatcher | None = None
         self._tls_files: ServerTLSFiles | None = None
-        self._process_settings_applied = False  # serve_forever applies config.cpus and rt_priority itself
+        self._process_settings_applied = process_settings_applied
         self.failure: str | None = None
         """Why the server cannot serve on, once a call thread could not start (:meth:`alive` is then False)."""
         self._serving_thread: threading.Thread | None = None
@@ -290,6 +295,12 @@ class PolicyServer:
         if connections is not None:
             limits["connections"] = (connections, self.config.max_connections)
         return limits
+
+    @property
+    def starting(self) -> bool:
+        """Whether the server has neither reported SERVING yet nor begun to stop (a :meth:`start` in
+        progress may still be stopped before it serves)."""
+        return not self._serving and not self._stopped
 
     @property
     def address(self) -> str:

@@ -355,3 +355,16 @@ def test_a_server_that_cannot_be_built_leaves_the_signal_handlers_as_they_were(t
     with pytest.raises(RuntimeError, match="can't start new thread"):
         serve_forever(ServeConfig(str(path), port=0, grace_s=0))
     assert {sig: signal.getsignal(sig) for sig in before} == before
+
+
+@pytest.mark.parametrize("applied", [False, True])
+def test_start_says_it_leaves_cpus_alone_unless_its_caller_applies_them(tmp_path, caplog, applied):
+    """PolicyServer.start() does not pin its process (it may share it): it says so, unless its caller
+    (serve_forever) applies config.cpus to the process itself."""
+    config = ServeConfig(str(write_policy(tmp_path / "policy.onnx")), port=0, grace_s=0, cpus=(0,))
+    server = PolicyServer(config, process_settings_applied=applied)
+    with caplog.at_level(logging.INFO, logger="flowrl.serve"):
+        server.start()
+    server.stop()
+    said = [record.getMessage() for record in caplog.records]
+    assert sum("not applied by PolicyServer.start()" in message for message in said) == (0 if applied else 1)
