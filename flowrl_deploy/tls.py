@@ -71,6 +71,12 @@ def _no_passphrase() -> str:
     raise _EncryptedKey
 
 
+def unpaired(cert_given: bool, names: tuple[str, str] = ("--tls-cert", "--tls-key")) -> str:
+    """Why a certificate without its key (``cert_given``), or a key without its certificate, is refused."""
+    given, missing = names if cert_given else names[::-1]
+    return f"{names[0]} and {names[1]} go together: {given} was given without {missing}"
+
+
 def check_key_pair(
     cert_path: str | os.PathLike[str],
     key_path: str | os.PathLike[str],
@@ -82,8 +88,7 @@ def check_key_pair(
     fail the handshake or the bind, or abort the process."""
     cert_name, key_name = names
     if not (cert_path and key_path):
-        given, missing = names if cert_path else names[::-1]
-        raise FlowRLError(f"{cert_name} and {key_name} go together: {given} was given without {missing}")
+        raise FlowRLError(unpaired(bool(cert_path), names))
     cert, key = read_pem(cert_path, cert_name), read_pem(key_path, key_name)
 
     def refused(why: str) -> FlowRLError:

@@ -332,10 +332,12 @@ def connects(command: Callable[..., R]) -> Callable[..., R]:
         options = dict(given.arguments)
         connection = Connection(**{name: options.pop(name) for name in fields})
         if connection.tls_cert and not connection.tls_key:  # most likely the server's certificate, to trust
+            from flowrl_deploy.tls import unpaired
+
             raise FlowRLError(
-                "--tls-cert and --tls-key go together: --tls-cert was given without --tls-key (they are this "
-                "client's own certificate and key, for a server with --client-ca; to trust the server's "
-                "certificate, pass its CA, or a self-signed server's own certificate, with --tls-ca)"
+                f"{unpaired(cert_given=True)} (they are this client's own certificate and key, for a server with "
+                "--client-ca; to trust the server's certificate, pass its CA, or a self-signed server's own "
+                "certificate, with --tls-ca)"
             )
         try:
             return command(connection=connection, **options)
