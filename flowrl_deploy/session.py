@@ -377,6 +377,7 @@ class ControlSession:
         self._jitter = random.Random()  # the session's own (seeded from os.urandom), not the global state
         self._opened = False
         self._restart_noise = True  # whether the next request sent may open the session on its stream
+        self._noise_from = 0  # the tick whose request last restarted the local fallback's noise
         self._down = DISCONNECTED  # the reason of the ticks while no stream is open
         self._warned = ""  # the fallback reason last logged since the last fresh action
         self._stream: _Stream | None = _Stream(client)
@@ -414,9 +415,8 @@ class ControlSession:
         health.ticks += 1
         if health.last_fresh is None:
             health.last_fresh = time.monotonic()
-        stream = self._live_stream()
-        noise = self._local_draw(sending=stream is not None)
-        reply = self._exchange(stream, obs, seq, start + self.deadline_s)
+        reply = self._exchange(self._live_stream(), obs, seq, start + self.deadline_s)
+        noise = self._local_draw()  # after the exchange, which may have restarted the local noise
         if not isinstance(reply, str):
             action = decode(reply.action, name="action")
             timing = self._timing(reply, start)
@@ -440,15 +440,23 @@ class ControlSession:
         self.last_action = action  # the session's own: never handed out, so "hold" repeats what was returned
         return action.copy()
 
-    def _local_draw(self, *, sending: bool) -> npt.NDArray[np.float32] | None:
-        """This tick's local fallback noise, the block the server draws for it: restarted from the seed
-        when this tick's request (``sending``) may open the session on its stream, as the server
-        restarts its own there; None without a local fallback taking noise."""
+    def _local_draw(self) -> npt.NDArray[np.float32] | None:
+        """This tick's local fallback noise, the block the server draws for it; None without a local
+        fallback taking noise."""
         if self._local_noise is None:
             return None
-        if sending and self._restart_noise and self.seed is not None:
-            self._local_noise = session_noise(self.seed)
         return draw_noise(self._local_noise, 1, self.info.act_dim)
+
+    def _restart_local_noise(self, opening: int) -> None:
+        """Restart the local fallback's noise from the seed where the server restarts its own: with
+        tick ``opening``'s request, which may open the session on its stream. The ticks from ``opening``
+        up to this one (excluded) have passed, and their blocks are drawn and dropped."""
+        if self._local_noise is None or self.seed is None:
+            return
+        self._local_noise = session_noise(self.seed)
+        self._noise_from = opening
+        for _ in range(opening, self._seq):
+            draw_noise(self._local_noise, 1, self.info.act_dim)
 
     def _exchange(
         self, stream: _Stream | None, obs: npt.NDArray[np.float32], seq: int, until: float
@@ -470,28 +478,40 @@ class ControlSession:
             request.contract_json = self.contract_json
         stream.requests.put(request)
         self._unanswered = seq
-        self._restart_noise = False  # the server may open the session with this request, and draw for it
+        if self._restart_noise:  # the server may open the session with this request, and draw for it
+            self._restart_local_noise(seq)
+            self._restart_noise = False
         while True:
             reply = _next_reply(stream, until)
             if reply is None:
                 return DEADLINE
             if reply is _END:
                 return self._broken()
-            if reply.seq != seq:
-                continue  # the late answer to an earlier tick
+            if reply.seq != seq:  # the late answer to an earlier tick
+                if self._refused_undrawn(reply) and reply.seq >= self._noise_from:
+                    self._restart_local_noise(reply.seq + 1)  # no draw for it: a later request opens the session
+                continue
             self._unanswered = 0
             if reply.status.code == 0:
                 self._opened = True  # only now: a refused opening is sent again with the seed and pin
                 self._retry_in, self._retry_at = self._backoff_s[0], 0.0  # a later break retries soon again
                 return reply
             code = grpc.StatusCode[_code_name(reply.status.code)]
-            if not self._opened and code in REFUSED_UNDRAWN:
+            if self._refused_undrawn(reply):
                 self._restart_noise = True  # the server drew nothing: the next request opens the session afresh
             if code not in TRANSIENT:
                 raise ServiceError(code, reply.status.message)
             if code == grpc.StatusCode.DEADLINE_EXCEEDED:  # the server found the tick late: not logged, as "deadline"
                 return code.name
             return self._noted(code.name, f"the server refuses its ticks ({code.name}: {reply.status.message})")
+
+    def _refused_undrawn(self, reply: pb.StreamActReply) -> bool:
+        """Whether ``reply`` refuses a request that would have opened the session, before any draw."""
+        return (
+            not self._opened
+            and reply.status.code != 0
+            and grpc.StatusCode[_code_name(reply.status.code)] in REFUSED_UNDRAWN
+        )
 
     def _live_stream(self) -> _Stream | None:
         if self._stream is not None:

@@ -154,3 +154,43 @@ def test_a_local_fallback_refused_its_opening_restarts_its_noise_with_the_tick_t
         assert [t.source for t in list(control.timings)[-3:]] == ["local", "server", "local"]
         np.testing.assert_allclose(actions, _episode(local, seed, len(actions)), atol=1e-6)
         control.close()
+
+
+def _refused_at_session_limit(client: PolicyClient) -> int:
+    (limit,) = [limit for limit in client.stats().limits if limit.limit == "sessions"]
+    return limit.refused
+
+
+def test_a_refusal_of_the_opening_tick_read_after_its_deadline_restarts_the_local_noise_all_the_same(
+    policy_path, local
+):
+    """The opening tick refused at the server's session limit drew nothing there, but its refusal came
+    after the tick's deadline and was read, as a stale reply, by the next tick, which then opened the
+    session and restarted the server's noise: the local fallback's was left one draw ahead."""
+    seed = 6
+    config = ServeConfig(str(policy_path), port=0, grace_s=0, max_sessions=1)
+    with PolicyServer(config).start() as server, PolicyClient(server.address) as client:
+        other = client.session(period_s=0.5, seed=0)
+        other.act(OBS)  # the server's one session
+        control = client.session(
+            period_s=0.5, deadline_s=MISS_S, seed=seed, fallback="local", local_model=str(policy_path)
+        )
+        control.act(OBS)
+        assert (control.timings[-1].source, control.timings[-1].reason) == ("local", "deadline")
+        until = time.monotonic() + 10
+        while not _refused_at_session_limit(client) and time.monotonic() < until:
+            time.sleep(0.01)  # the server has refused the tick (not yet read by the client)
+        assert _refused_at_session_limit(client)
+        other.close()  # the end of its stream frees the server's one session
+        while client.stats().sessions and time.monotonic() < until:
+            time.sleep(0.01)
+        assert client.stats().sessions == 0
+        control.deadline_s = 0.5
+        actions = [control.act(OBS)]  # reads the late refusal, then opens the session
+        assert control.timings[-1].source == "server"
+        for miss in (True, False, True):
+            control.deadline_s = MISS_S if miss else 0.5
+            actions.append(control.act(OBS))
+        assert [t.source for t in list(control.timings)[-3:]] == ["local", "server", "local"]
+        np.testing.assert_allclose(actions, _episode(local, seed, len(actions)), atol=1e-6)
+        control.close()
