@@ -412,7 +412,7 @@ def writing_stdout(exc: BaseException) -> bool:
     return _is_stdout(frame.f_locals.get("file"))
 
 
-def _stdout_to_null_device() -> None:
+def stdout_to_null_device() -> None:
     """Point standard output's file descriptor at the null device, as Python's documentation advises
     after a ``BrokenPipeError``: what is left in its buffer then goes there at exit, instead of failing
     again as 'Exception ignored … BrokenPipeError' (or 'No space left on device')."""
@@ -433,7 +433,7 @@ def report_output_failure(error: OSError, done: str = "") -> NoReturn:
     """Exit 1 for a standard output that failed: quietly for a reader gone (``EPIPE``: ``| head -1``,
     as Unix tools do), else with one line on stderr naming why and, when ``done`` says it, what the
     command did before (its file is written: a script must not take the export for failed)."""
-    _stdout_to_null_device()
+    stdout_to_null_device()
     if error.errno != errno.EPIPE:
         why = error.strerror or str(error)
         message = (

@@ -65,14 +65,14 @@ def print_banner(server) -> None:
     the null device, so that the line left in its buffer is not written again (and fails again) at exit."""
     import logging
 
-    from flowrl_deploy.cli._common import _stdout_to_null_device
+    from flowrl_deploy.cli._common import stdout_to_null_device
     from flowrl_deploy.serve.server import banner
 
     line = banner(server)
     try:
         typer.echo(line)
     except OSError as exc:  # the other commands exit 1 here (cli/_common.py's report_output_failure)
-        _stdout_to_null_device()
+        stdout_to_null_device()
         logging.getLogger("flowrl.serve").warning(
             "cannot write the 'serving …' line to standard output (%s); serving on %s regardless",
             exc.strerror or exc,

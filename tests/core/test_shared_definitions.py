@@ -1,0 +1,37 @@
+"""Each helper, constant and choice list the stages share has one definition, in the module that owns
+it, and is imported from there: a second copy drifts (a word, a file name, a solver added to one list).
+Checked on the source's syntax trees, so no stage (torch) is imported."""
+
+from __future__ import annotations
+
+import ast
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[2]
+SOURCE_DIRS = ("flowrl_deploy", "train", "export", "serve", "bench", "scripts")
+
+
+def _sources() -> list[Path]:
+    return sorted(
+        path
+        for folder in SOURCE_DIRS
+        for path in (ROOT / folder).rglob("*.py")
+        if "proto" not in path.relative_to(ROOT).parts and ".venv" not in path.parts
+    )
+
+
+def _tree(path: Path) -> ast.Module:
+    return ast.parse(path.read_text(encoding="utf-8"), str(path))
+
+
+def test_no_module_imports_a_private_name_of_another():
+    """A name with a leading underscore is its module's own: one another module needs is public."""
+    offenders = [
+        f"{path.relative_to(ROOT)}:{node.lineno} {alias.name}"
+        for path in _sources()
+        for node in ast.walk(_tree(path))
+        if isinstance(node, ast.ImportFrom)
+        for alias in node.names
+        if alias.name.startswith("_") and not alias.name.startswith("__")
+    ]
+    assert offenders == []
