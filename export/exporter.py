@@ -22,7 +22,7 @@ from flowrl_deploy.checkpoint import (
     load_checkpoint,
 )
 from flowrl_deploy.contract import NOISE_INPUT, OBS_INPUT, PolicyContract, contract_to_metadata
-from flowrl_deploy.errors import FlowRLError
+from flowrl_deploy.errors import FlowRLError, counted
 from flowrl_deploy.export.config import ExportConfig
 from flowrl_deploy.extras import install_command, missing_modules
 from flowrl_deploy.spec import PolicySpec
@@ -67,11 +67,6 @@ class ExportReport:
             "  " + (self.parity.summary() if self.parity else "verification SKIPPED (--no-verify)"),
         ]
         return "\n".join(lines)
-
-
-def counted(count: int, word: str) -> str:
-    """``count`` and ``word``, plural unless it is 1: '1 step', '10 steps'."""
-    return f"{count} {word}{'' if count == 1 else 's'}"
 
 
 def export_for_serving(checkpoint: Path, out: Path, steps: int | None) -> Path:

@@ -13,8 +13,8 @@ from pathlib import Path
 from typing import Any
 
 from flowrl_deploy.contract import CONTRACT_KEY, contract_from_metadata
-from flowrl_deploy.errors import FlowRLError, SpecError
-from flowrl_deploy.export.exporter import counted, file_sha256
+from flowrl_deploy.errors import FlowRLError, SpecError, counted
+from flowrl_deploy.export.exporter import file_sha256
 from flowrl_deploy.onnxfile import model_class, parse_model
 from flowrl_deploy.runtime import check_graph_matches_contract, read_policy_file
 

@@ -12,6 +12,11 @@ def printable(text: object, limit: int | None = None) -> str:
     return "".join(char if char.isprintable() else repr(char)[1:-1] for char in text)
 
 
+def counted(count: int, word: str, plural: str = "") -> str:
+    """``count`` and ``word``, in the plural (``plural``, else ``word`` + s) unless it is 1: '1 batch', '2 batches'."""
+    return f"{count} {word if count == 1 else plural or word + 's'}"
+
+
 class FlowRLError(Exception):
     """Base class for every error whose message is meant for the user."""
 

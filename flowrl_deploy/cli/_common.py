@@ -71,11 +71,6 @@ class Solver(str, Enum):
     euler = "euler"
 
 
-def counted(count: int, word: str, plural: str = "") -> str:
-    """``count`` and ``word``, in the plural (``plural``, else ``word`` + s) unless it is 1: '1 batch', '2 batches'."""
-    return f"{count} {word if count == 1 else plural or word + 's'}"
-
-
 def finite(text: str) -> float:
     """Parser of every float option: a number, never NaN or infinity (Python's float() takes both)."""
     try:

@@ -13,8 +13,8 @@ from typing import TYPE_CHECKING, Annotated
 
 import typer
 
-from flowrl_deploy.cli._common import Connection, connects, counted, finite, user_errors
-from flowrl_deploy.errors import FlowRLError, printable
+from flowrl_deploy.cli._common import Connection, connects, finite, user_errors
+from flowrl_deploy.errors import FlowRLError, counted, printable
 
 if TYPE_CHECKING:
     import numpy as np

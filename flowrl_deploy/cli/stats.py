@@ -7,7 +7,8 @@ from typing import TYPE_CHECKING, Annotated
 
 import typer
 
-from flowrl_deploy.cli._common import Connection, connects, counted, finite, user_errors
+from flowrl_deploy.cli._common import Connection, connects, finite, user_errors
+from flowrl_deploy.errors import counted
 
 if TYPE_CHECKING:
     from google.protobuf.message import Message

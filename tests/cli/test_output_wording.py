@@ -3,7 +3,7 @@ review H6: `flowrl stats` said "1 batches", `flowrl inspect` "1 values", `flowrl
 
 from __future__ import annotations
 
-from flowrl_deploy.cli._common import counted
+from flowrl_deploy.errors import counted
 
 
 def test_counted_is_singular_for_one_only():

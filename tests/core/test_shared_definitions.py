@@ -35,3 +35,23 @@ def test_no_module_imports_a_private_name_of_another():
         if alias.name.startswith("_") and not alias.name.startswith("__")
     ]
     assert offenders == []
+
+
+def _defined_at(name: str) -> list[str]:
+    """The source files whose top level defines ``name`` (a function, a class or an assignment)."""
+    found = []
+    for path in _sources():
+        for node in _tree(path).body:
+            if isinstance(node, (ast.FunctionDef, ast.ClassDef)) and node.name == name:
+                found.append(str(path.relative_to(ROOT)))
+            elif isinstance(node, (ast.Assign, ast.AnnAssign)):
+                targets = node.targets if isinstance(node, ast.Assign) else [node.target]
+                names = [t.id for target in targets for t in ast.walk(target) if isinstance(t, ast.Name)]
+                if name in names:
+                    found.append(str(path.relative_to(ROOT)))
+    return found
+
+
+def test_counted_is_defined_once_in_core():
+    """'1 step', '2 batches': export and the CLI word their counts with core's one helper."""
+    assert _defined_at("counted") == ["flowrl_deploy/errors.py"]

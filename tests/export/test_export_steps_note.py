@@ -39,7 +39,7 @@ def test_a_sweep_prints_no_note(checkpoint, tmp_path):
 
 
 def test_inspect_counts_one_value_and_one_step():
-    from flowrl_deploy.export.exporter import counted
+    from flowrl_deploy.errors import counted
 
     assert (counted(1, "value"), counted(17, "value"), counted(1, "step")) == ("1 value", "17 values", "1 step")
 
