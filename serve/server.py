@@ -354,75 +354,19 @@ class PolicyServer:
             credentials = (
                 None if self._tls_files is None else server_credentials(self._tls_files, self.servicer.metrics)
             )
-            counted = self.servicer.metrics
-            token = (
-                [
-                    TokenInterceptor(
-                        config.token,
-                        lambda method: counted.record_untimed(method, "UNAUTHENTICATED"),
-                        counted.warning_due,
-                    )
-                ]
-                if config.token
-                else []
-            )
-            warn_of_file_limit(config.max_connections)
-            threads = config.workers + SPARE_THREADS  # shared out by OpenStreams' caps
-            server = grpc.server(
-                CallThreads(threads, self._thread_refused),
-                interceptors=[*token, self._streams],  # the token is checked first
-                maximum_concurrent_rpcs=threads,  # beyond: RESOURCE_EXHAUSTED, not a silent wait
-                options=[
-                    ("grpc.max_receive_message_length", config.max_message_bytes),
-                    # replies are as large as the server makes them (a spec, stats, a batch's actions): the
-                    # limit is of what clients send
-                    ("grpc.max_send_message_length", -1),
-                    ("grpc.so_reuseport", 0),
-                    *keepalive_options(config.keepalive_s),
-                    *connection_options(config.max_connections),
-                ],
-            )
-            pb_grpc.add_PolicyServiceServicer_to_server(self.servicer, server)
-            health_pb2_grpc.add_HealthServicer_to_server(self.health, server)
-            reflection.enable_server_reflection((SERVICE_NAME, health.SERVICE_NAME, reflection.SERVICE_NAME), server)
+            server = self._grpc_server()
             self._set_health(health_pb2.HealthCheckResponse.NOT_SERVING)
-            address = host_port(config.host, config.port)
             check_can_listen(config.host, config.port)  # a failure up to server.start() leaves this one unstarted
-            if config.metrics_port is not None:  # refused now, not after the model has loaded
-                check_can_listen(self.metrics_host, config.metrics_port, "--metrics-port")
-                try:
-                    self._metrics_http = start_metrics_http(
-                        self.servicer.metrics, self.metrics_host, config.metrics_port
-                    )
-                except OSError as exc:
-                    where = host_port(self.metrics_host, config.metrics_port)
-                    raise FlowRLError(f"cannot serve metrics on {where}: {exc.strerror or exc}") from None
-                self.metrics_port = self._metrics_http.server_address[1]
-            try:
-                port = (
-                    server.add_insecure_port(address)
-                    if credentials is None
-                    else server.add_secure_port(address, credentials)
-                )
-            except RuntimeError as exc:
-                raise FlowRLError(f"cannot listen on {address}: {exc}") from exc
-            self.port = port
+            self._serve_metrics()  # refused now, not after the model has loaded
+            self.port = self._bind(server, credentials)
             if not is_loopback(config.host):
                 _warn_of_open_access(config, credentials is not None, self.bound_address)
             self._server = server
-            running = set(threading.enumerate())
-            server.start()
-            self._serving_thread = next(
-                (thread for thread in set(threading.enumerate()) - running if thread.name.endswith("(_serve)")), None
-            )
+            self._start_grpc(server)
             check_task_limits(config)  # with gRPC's own threads running: pids.current counts them
-            if config.watch:  # its stamp is taken now: a checkpoint saved while loading is not missed
-                self._watcher = FileWatcher(
-                    Path(config.model),
-                    self.servicer.load,
-                    config.watch_interval_s,
-                    serving=lambda: self.servicer.model.version,
-                )
+            self._watcher = (
+                self._new_watcher()
+            )  # its stamp is taken now: a checkpoint saved while loading is not missed
             metrics = "" if self.metrics_address is None else f", metrics on {self.metrics_address}"
             log.info(
                 "loading %s (health NOT_SERVING on %s until it is loaded and warmed up%s)",
@@ -451,6 +395,85 @@ class PolicyServer:
                 "work): serve_forever applies them, or call flowrl_deploy.affinity's pin_to_cpus and set_realtime"
             )
         return self
+
+    def _grpc_server(self) -> grpc.Server:
+        """gRPC's server, not yet bound: its call threads, interceptors (the token first, then the
+        caps of :class:`OpenStreams`), channel options, and the policy, health and reflection services."""
+        config = self.config
+        counted = self.servicer.metrics
+        token = (
+            [
+                TokenInterceptor(
+                    config.token,
+                    lambda method: counted.record_untimed(method, "UNAUTHENTICATED"),
+                    counted.warning_due,
+                )
+            ]
+            if config.token
+            else []
+        )
+        warn_of_file_limit(config.max_connections)
+        threads = config.workers + SPARE_THREADS  # shared out by OpenStreams' caps
+        server = grpc.server(
+            CallThreads(threads, self._thread_refused),
+            interceptors=[*token, self._streams],  # the token is checked first
+            maximum_concurrent_rpcs=threads,  # beyond: RESOURCE_EXHAUSTED, not a silent wait
+            options=[
+                ("grpc.max_receive_message_length", config.max_message_bytes),
+                # replies are as large as the server makes them (a spec, stats, a batch's actions): the
+                # limit is of what clients send
+                ("grpc.max_send_message_length", -1),
+                ("grpc.so_reuseport", 0),
+                *keepalive_options(config.keepalive_s),
+                *connection_options(config.max_connections),
+            ],
+        )
+        pb_grpc.add_PolicyServiceServicer_to_server(self.servicer, server)
+        health_pb2_grpc.add_HealthServicer_to_server(self.health, server)
+        reflection.enable_server_reflection((SERVICE_NAME, health.SERVICE_NAME, reflection.SERVICE_NAME), server)
+        return server
+
+    def _serve_metrics(self) -> None:
+        """Serve Prometheus metrics on ``--metrics-port`` (nothing without one), setting :attr:`metrics_port`."""
+        config = self.config
+        if config.metrics_port is None:
+            return
+        check_can_listen(self.metrics_host, config.metrics_port, "--metrics-port")
+        try:
+            self._metrics_http = start_metrics_http(self.servicer.metrics, self.metrics_host, config.metrics_port)
+        except OSError as exc:
+            where = host_port(self.metrics_host, config.metrics_port)
+            raise FlowRLError(f"cannot serve metrics on {where}: {exc.strerror or exc}") from None
+        self.metrics_port = self._metrics_http.server_address[1]
+
+    def _bind(self, server: grpc.Server, credentials: grpc.ServerCredentials | None) -> int:
+        """Add ``--host:--port`` to ``server`` (TLS with ``credentials``); the port bound."""
+        address = host_port(self.config.host, self.config.port)
+        try:
+            return (
+                server.add_insecure_port(address)
+                if credentials is None
+                else server.add_secure_port(address, credentials)
+            )
+        except RuntimeError as exc:
+            raise FlowRLError(f"cannot listen on {address}: {exc}") from exc
+
+    def _start_grpc(self, server: grpc.Server) -> None:
+        """Start ``server`` and note gRPC's serving thread, which accepts each call (:meth:`alive` follows it)."""
+        running = set(threading.enumerate())
+        server.start()
+        self._serving_thread = next(
+            (thread for thread in set(threading.enumerate()) - running if thread.name.endswith("(_serve)")), None
+        )
+
+    def _new_watcher(self) -> FileWatcher | None:
+        """``--watch``'s watcher of the model file (None without ``--watch``), not yet started."""
+        config = self.config
+        if not config.watch:
+            return None
+        return FileWatcher(
+            Path(config.model), self.servicer.load, config.watch_interval_s, serving=lambda: self.servicer.model.version
+        )
 
     def _thread_refused(self, exc: BaseException) -> None:
         if self.failure is not None:
