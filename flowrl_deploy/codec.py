@@ -19,6 +19,12 @@ from flowrl_deploy.proto.flowrl.v1 import policy_pb2 as pb
 _LE_FLOAT32 = np.dtype("<f4")
 
 
+UNCOUNTED_REFUSALS = frozenset({"connections"})
+"""Limits (``LimitStats.limit`` of GetStats) whose refusals are not counted: gRPC closes a connection
+beyond ``--max-connections`` unseen by Python, so its ``refused`` is always 0 (the server's metrics have no
+``flowrl_refused_total`` series for it; `flowrl stats` shows '-', not 0)."""
+
+
 class TensorError(FlowRLError):
     """A tensor message is malformed or holds values a policy cannot take."""
 

@@ -21,6 +21,7 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 import numpy as np
 
+from flowrl_deploy.codec import UNCOUNTED_REFUSALS
 from flowrl_deploy.exposition import LATENCY_BUCKETS_S, Histogram, format_labels
 
 try:
@@ -34,9 +35,6 @@ BATCH_BUCKETS = (1, 2, 4, 8, 16, 32, 64, 128, 256, 512, 1024)
 RECENT = 10_000
 """Latencies kept per method for the percentiles of ``GetStats`` (its ``percentile_window``): the
 latest this many, a span of time that shortens as the load grows (50 s of one robot at 200 Hz)."""
-UNCOUNTED_REFUSALS = frozenset({"connections"})
-"""Limits whose refusals are not counted: gRPC closes a connection beyond ``--max-connections``
-unseen by Python (no ``flowrl_refused_total`` series; GetStats says 0)."""
 LIMIT_WARNING_S = 60.0
 """A limit that refuses calls warns at most this often (with the refusals since its last warning), and
 so does each status of a refused Reload."""

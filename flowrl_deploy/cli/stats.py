@@ -8,6 +8,7 @@ from typing import TYPE_CHECKING, Annotated
 import typer
 
 from flowrl_deploy.cli._common import Connection, connects, finite, user_errors
+from flowrl_deploy.codec import UNCOUNTED_REFUSALS
 from flowrl_deploy.errors import counted
 
 if TYPE_CHECKING:
@@ -50,9 +51,6 @@ def reload_failures(reply: Message) -> int | None:
 
 _NO_RELEASE = "server release not reported (older than this client)"
 DEADLINE = "DEADLINE_EXCEEDED"
-UNCOUNTED_REFUSALS = frozenset({"connections"})
-"""Limits whose refusals the server cannot count (gRPC closes a connection beyond --max-connections
-unseen): '-', not 0 (as the server's metrics.UNCOUNTED_REFUSALS, not imported: no server package here)."""
 
 
 def _deadline(method: Message) -> str:

@@ -55,3 +55,9 @@ def _defined_at(name: str) -> list[str]:
 def test_counted_is_defined_once_in_core():
     """'1 step', '2 batches': export and the CLI word their counts with core's one helper."""
     assert _defined_at("counted") == ["flowrl_deploy/errors.py"]
+
+
+def test_uncounted_refusals_are_defined_once_beside_the_wire_format():
+    """The limits whose GetStats ``refused`` means nothing (0 always): the server's metrics leave them
+    out and `flowrl stats` shows '-', from one set."""
+    assert _defined_at("UNCOUNTED_REFUSALS") == ["flowrl_deploy/codec.py"]
