@@ -133,7 +133,6 @@ def serve_forever(
     server: PolicyServer | None = None
     failure = ""
     interrupted = False  # a stop signal ended start() (which stopped the server)
-    liveness: _Liveness | None = None
     try:
         # in the try: a failure here restores the handlers
         server = PolicyServer(config, export_checkpoint, process_settings_applied=True)
@@ -148,25 +147,45 @@ def serve_forever(
             starting.clear()
         if config.rt_priority is not None and not interrupted:  # loading and warm-up ran at the normal priority
             set_realtime(config.rt_priority)  # every thread, gRPC's and onnxruntime's included
+        status = ""  # the banner systemd was last sent (none once a stop signal came)
         if not signals:  # not "serving …" after a Ctrl-C during start-up
             if on_ready is not None:
                 on_ready(server)
             status = banner(server)
             notifier.send("READY=1", f"STATUS={status}")
-        watchdog_s = notifier.watchdog_s
-        liveness = _Liveness(server) if watchdog_s else None
+        failure = _supervise(server, notifier, signals, status)
+        _report_stop(failure, interrupted, signals, notifier)
+        stopping = time.monotonic()
+    finally:
+        if server is not None:
+            server.stop()
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
+    log.info("stopped in %.1f s", time.monotonic() - stopping)
+    if failure:
+        raise ServerFailed(failure)
+    return server.abandoned
+
+
+def _supervise(server: PolicyServer, notifier: Notifier, signals: list[int], status: str) -> str:
+    """Watch ``server`` until a stop signal comes (``signals`` no longer empty): its liveness, its
+    certificate's expiry every :data:`EXPIRY_CHECK_S`, systemd's ``STATUS=`` after a reload (``status``
+    is the banner sent last) and, with ``WatchdogSec=``, ``WATCHDOG=1`` while it answers
+    (:class:`_Liveness`). Returns why the server can no longer serve, or ``""`` on a stop signal."""
+    watchdog_s = notifier.watchdog_s
+    liveness = _Liveness(server) if watchdog_s else None
+    try:
         with gc_frozen():  # the loaded libraries' objects stay out of every later garbage collection
             checked = pinged = time.monotonic()
             unanswered = False
             while not signals:
                 time.sleep(0.1)
                 if not server.alive():
-                    failure = (
+                    return (
                         "a call thread could not start"
                         if server.failure
                         else "gRPC's serving thread stopped, and with it every new call"
                     )
-                    break
                 if time.monotonic() - checked >= EXPIRY_CHECK_S:
                     checked = time.monotonic()
                     server.check_certificate()
@@ -186,26 +205,26 @@ def serve_forever(
                             min(watchdog_s / 4, 5.0),
                             watchdog_s,
                         )
-        if failure:
-            log.error(
-                "stopping: %s (above); flowrl serve exits with status 1, for a service manager to restart it", failure
-            )
-            notifier.send("STOPPING=1", f"STATUS=stopping: {failure}")
-        elif interrupted:
-            log.info("stopping on %s during start-up: the model was not served", signal.Signals(signals[0]).name)
-            notifier.send("STOPPING=1", f"STATUS=stopping on {signal.Signals(signals[0]).name} during start-up")
-        else:
-            log.info("stopping on %s: finishing calls in flight", signal.Signals(signals[0]).name)
-            notifier.send("STOPPING=1", f"STATUS=stopping on {signal.Signals(signals[0]).name}")
-        stopping = time.monotonic()
+        return ""
     finally:
         if liveness is not None:
             liveness.close()
-        if server is not None:
-            server.stop()
-        for sig, handler in previous.items():
-            signal.signal(sig, handler)
-    log.info("stopped in %.1f s", time.monotonic() - stopping)
+
+
+def _report_stop(failure: str, interrupted: bool, signals: list[int], notifier: Notifier) -> None:
+    """Log why the server stops and tell systemd (``STOPPING=1`` and ``STATUS=``): ``failure`` (the
+    server could no longer serve), or the first of ``signals``, during start-up (``interrupted``) or
+    while serving."""
     if failure:
-        raise ServerFailed(failure)
-    return server.abandoned
+        log.error(
+            "stopping: %s (above); flowrl serve exits with status 1, for a service manager to restart it", failure
+        )
+        notifier.send("STOPPING=1", f"STATUS=stopping: {failure}")
+        return
+    name = signal.Signals(signals[0]).name
+    if interrupted:
+        log.info("stopping on %s during start-up: the model was not served", name)
+        notifier.send("STOPPING=1", f"STATUS=stopping on {name} during start-up")
+    else:
+        log.info("stopping on %s: finishing calls in flight", name)
+        notifier.send("STOPPING=1", f"STATUS=stopping on {name}")
