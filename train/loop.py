@@ -37,6 +37,7 @@ from flowrl_deploy.checkpoint import (
 )
 from flowrl_deploy.errors import CheckpointError, FlowRLError, Interrupted
 from flowrl_deploy.fieldtypes import is_int
+from flowrl_deploy.signals import SCHEDULER_NOTICES, STOP_SIGNALS, install_stop_handlers
 from flowrl_deploy.spec import PolicySpec
 from flowrl_deploy.train.algorithm import FlowRL, resolve_device, training_bytes
 from flowrl_deploy.train.checkpointing import (
@@ -100,38 +101,31 @@ class _StopOnSignal:
     """Set by the first stop signal, so the loop stops between two steps and saves a consistent
     ``last`` checkpoint: Ctrl-C, SIGTERM (a job scheduler's stop), SIGUSR1 or SIGUSR2 (the notice
     a scheduler gives before its time limit: SLURM's ``--signal=USR1@300``, LSF, submitit), SIGHUP
-    (a closed terminal) unless ignored at start (``nohup``), and on Windows Ctrl-Break (SIGBREAK);
-    those the system lacks are left out (Windows has no SIGUSR1, SIGUSR2 or SIGHUP). A second Ctrl-C
-    interrupts at once; a repeat of another signal is ignored, since a scheduler may deliver its stop
-    twice (to the process, and forwarded by ``srun``) and escalates with SIGKILL, never with another
-    one. Installed only on the main thread."""
+    (a closed terminal), and on Windows Ctrl-Break (SIGBREAK); those the system lacks are left out
+    (Windows has no SIGUSR1, SIGUSR2 or SIGHUP). Ctrl-C and SIGHUP stay ignored when ignored at start
+    (``nohup``, or ``flowrl train … &`` in a script), as ``flowrl serve`` leaves them
+    (:data:`~flowrl_deploy.signals.KEPT_IF_IGNORED`). A second Ctrl-C interrupts at once; a repeat of
+    another signal is ignored, since a scheduler may deliver its stop twice (to the process, and
+    forwarded by ``srun``) and escalates with SIGKILL, never with another one. Installed only on the
+    main thread."""
 
-    SIGNALS = tuple(
-        getattr(signal, name)
-        for name in ("SIGINT", "SIGTERM", "SIGUSR1", "SIGUSR2", "SIGHUP", "SIGBREAK")
-        if hasattr(signal, name)
-    )
-    KEPT_IF_IGNORED = tuple(getattr(signal, name) for name in ("SIGHUP",) if hasattr(signal, name))
+    SIGNALS = STOP_SIGNALS + SCHEDULER_NOTICES
 
     def __init__(self, enabled: bool) -> None:
         self.requested = False
         self.signum: int | None = None
-        self._previous: dict[int, object] = {}
+        self._restore: Callable[[], None] = lambda: None
         if enabled and threading.current_thread() is threading.main_thread():
-            for sig in self.SIGNALS:
-                if sig not in self.KEPT_IF_IGNORED or signal.getsignal(sig) is not signal.SIG_IGN:
-                    self._previous[sig] = signal.signal(sig, self._handler)
+            self._restore = install_stop_handlers(self._handler, self.SIGNALS)
 
-    def _handler(self, signum, frame) -> None:
+    def _handler(self, signum: int, frame: object) -> None:
         if not self.requested:
             self.requested, self.signum = True, signum
         elif signum == signal.SIGINT:
             raise Interrupted(signum)
 
     def restore(self) -> None:
-        for sig, previous in self._previous.items():
-            signal.signal(sig, previous)
-        self._previous = {}
+        self._restore()
 
 
 def policy_spec(info: EnvInfo, cfg: TrainConfig) -> PolicySpec:
@@ -235,7 +229,7 @@ def train(
     (another change is a :class:`ConfigError` raised before any file is touched). ``on_start()`` is
     called once every check has passed and every output is made, before the first step (a caller's
     warnings then never precede a refusal). With ``stop_on_signal`` (``flowrl train``), the first
-    stop signal (Ctrl-C, SIGTERM, SIGUSR1, SIGUSR2, or SIGHUP unless ignored) ends the run after the
+    stop signal (SIGTERM, SIGUSR1, SIGUSR2, or Ctrl-C or SIGHUP unless ignored at start) ends the run after the
     current step with a saved ``last`` checkpoint and ``TrainResult.interrupted``, and a second Ctrl-C
     raises :class:`TrainingInterrupted` at once; otherwise Ctrl-C raises ``KeyboardInterrupt`` as usual.
     The run locks its directory while it runs (:class:`~flowrl_deploy.train.checkpointing.RunLock`):

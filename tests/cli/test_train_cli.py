@@ -500,17 +500,21 @@ def test_the_help_says_each_evaluation_runs_its_episodes_twice():
     assert "from a0 = 0 (charts/eval_return_deterministic)" in option.help
 
 
-def test_sighup_ignored_at_start_stays_ignored(monkeypatch, tmp_path):
-    """Under `nohup` (SIGHUP ignored) a closed terminal must not stop the run."""
+@pytest.mark.parametrize("signum", ["SIGHUP", "SIGINT"])
+def test_sighup_or_sigint_ignored_at_start_stays_ignored(monkeypatch, tmp_path, signum):
+    """Under `nohup` (SIGHUP ignored) a closed terminal must not stop the run, and `flowrl train … &` in a
+    script (whose shell starts background jobs with SIGINT ignored) must not stop on a Ctrl-C meant for the
+    script's foreground job, as `flowrl serve` does not: train took over an ignored SIGINT."""
     import signal
 
-    signal_at(monkeypatch, 150, signal.SIGHUP)
-    previous = signal.signal(signal.SIGHUP, signal.SIG_IGN)
+    sig = getattr(signal, signum)
+    signal_at(monkeypatch, 150, sig)
+    previous = signal.signal(sig, signal.SIG_IGN)
     try:
         result = runner.invoke(app, ["train", *TINY, "--steps", "200", "--out", str(tmp_path / "run")])
-        assert signal.getsignal(signal.SIGHUP) is signal.SIG_IGN
+        assert signal.getsignal(sig) is signal.SIG_IGN
     finally:
-        signal.signal(signal.SIGHUP, previous)
+        signal.signal(sig, previous)
     assert result.exit_code == 0, result.output
     assert "trained 200 env steps" in result.output
 
