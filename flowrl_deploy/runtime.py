@@ -157,6 +157,34 @@ def default_providers() -> list[str]:
     return [p for p in ort.get_available_providers() if p in wanted] + ["CPUExecutionProvider"]
 
 
+Provider = str | tuple[str, dict[str, str]]
+"""An onnxruntime execution provider as :func:`make_session` takes it: its name, or its name and options."""
+
+CUDA_OPTIONS = {"use_tf32": "0"}
+"""What :func:`make_session` gives onnxruntime's CUDA provider unless the caller sets it: float MatMul and
+Gemm in fp32. The provider computes them in TF32 by default (Ampere and newer GPUs: about 3 decimal
+digits), and the served actions would not be the export's, which ``flowrl export`` verifies to 1e-5."""
+
+
+def provider_name(provider: Provider) -> str:
+    """The name of ``provider``, given as a name or as (name, options)."""
+    return provider if isinstance(provider, str) else provider[0]
+
+
+def with_options(providers: Sequence[Provider]) -> list[Provider]:
+    """``providers`` as onnxruntime is given them: CUDA as (name, options), :data:`CUDA_OPTIONS` added
+    to the caller's own; the others as they are."""
+    given: list[Provider] = []
+    for provider in providers:
+        name = provider_name(provider)
+        if name == "CUDAExecutionProvider":
+            own = {} if isinstance(provider, str) else dict(provider[1])
+            given.append((name, {**CUDA_OPTIONS, **own}))
+        else:
+            given.append(provider)
+    return given
+
+
 class ModelLoadError(FlowRLError):
     """onnxruntime could not build a session of the model (a provider that would not start is a
     plain :class:`FlowRLError`)."""
@@ -265,14 +293,16 @@ def _made_quietly(make: Callable[[], ort.InferenceSession]) -> tuple[ort.Inferen
 def make_session(
     model: str | os.PathLike[str] | bytes,
     *,
-    providers: list[str] | None = None,
+    providers: Sequence[Provider] | None = None,
     threads: int = 1,
     optimized_model_path: str | None = None,
     name: str | None = None,
 ) -> ort.InferenceSession:
     """An ``onnxruntime.InferenceSession`` tuned for low-latency, small-batch inference; ``name``
     is what errors call the model (default: its path). ``threads``: a whole number from 1 to the
-    number of cores (onnxruntime reads 0 as "one per core" and starts as many as it is told)."""
+    number of cores (onnxruntime reads 0 as "one per core" and starts as many as it is told).
+    ``providers``: names, or (name, options) pairs; None: :func:`default_providers`. CUDA is asked
+    for with :data:`CUDA_OPTIONS` (fp32 matmuls) unless the caller's options set them."""
     ort = import_onnxruntime()
 
     if isinstance(threads, bool) or not isinstance(threads, numbers.Integral) or threads < 1:
@@ -293,11 +323,12 @@ def make_session(
     if optimized_model_path:
         options.optimized_model_filepath = optimized_model_path
     source = model if isinstance(model, bytes) else str(model)
+    asked = list(providers) if providers else default_providers()
     if providers:  # one that cannot start is refused below, in one line: not also in onnxruntime's two
         ort.set_default_logger_severity(4)
     try:
         session, reason = _made_quietly(
-            lambda: ort.InferenceSession(source, sess_options=options, providers=providers or default_providers())
+            lambda: ort.InferenceSession(source, sess_options=options, providers=with_options(asked))
         )
     except Exception as exc:  # onnxruntime raises its own untyped errors for unreadable models
         name = name or ("<bytes>" if isinstance(model, bytes) else str(model))
@@ -305,7 +336,7 @@ def make_session(
         raise ModelLoadError(f"cannot load ONNX model {name}: {onnxruntime_reason(exc)}") from exc
     finally:
         ort.set_default_logger_severity(onnxruntime_severity())
-    missing = [p for p in providers or () if p not in session.get_providers()]
+    missing = [provider_name(p) for p in providers or () if provider_name(p) not in session.get_providers()]
     if missing:  # onnxruntime falls back to the CPU quietly; a provider asked for by name must run
         said = f"onnxruntime: {reason}; " if reason else ""
         raise FlowRLError(

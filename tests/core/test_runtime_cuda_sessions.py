@@ -1,0 +1,75 @@
+"""Sessions on onnxruntime's CUDA provider, simulated on any machine: ``cuda_device_present`` made to
+say True is the state of a GPU host whose CUDA libraries are missing (onnxruntime-gpu lists its CUDA
+provider everywhere and runs on the CPU when that provider cannot load).
+
+- TF32: onnxruntime's CUDA provider computes float MatMul/Gemm in TF32 unless told ``use_tf32=0``;
+  served actions would then differ from the fp32 export that ``flowrl export`` verified.
+"""
+
+from __future__ import annotations
+
+import pytest
+from tiny_policy import write_policy
+
+from flowrl_deploy import runtime
+
+CUDA = "CUDAExecutionProvider"
+CPU = "CPUExecutionProvider"
+
+
+@pytest.fixture(scope="module")
+def policy(tmp_path_factory):
+    return write_policy(tmp_path_factory.mktemp("cuda") / "policy.onnx")
+
+
+@pytest.fixture
+def asked(monkeypatch):
+    """The providers argument of every onnxruntime.InferenceSession made, in order."""
+    ort = runtime.import_onnxruntime()
+    real = ort.InferenceSession
+    calls: list[list] = []
+
+    def recording(source, sess_options=None, providers=None, **kwargs):
+        calls.append(list(providers))
+        return real(source, sess_options=sess_options, providers=[CPU])  # as without CUDA's libraries
+
+    monkeypatch.setattr(ort, "InferenceSession", recording)
+    return calls
+
+
+def _cuda_options(providers: list) -> dict[str, str]:
+    (entry,) = [p for p in providers if (p[0] if isinstance(p, tuple) else p) == CUDA]
+    assert isinstance(entry, tuple), f"CUDA is asked for without options: {providers}"
+    return entry[1]
+
+
+@pytest.mark.skipif(CUDA not in runtime.import_onnxruntime().get_available_providers(), reason="no CUDA build")
+def test_the_default_providers_ask_cuda_for_fp32_matmuls(policy, asked, monkeypatch):
+    monkeypatch.setattr(runtime, "cuda_device_present", lambda: True)
+    session = runtime.make_session(policy)
+    assert _cuda_options(asked[0])["use_tf32"] == "0"
+    assert asked[0][-1] == CPU
+    assert session.get_providers() == [CPU]  # names, as the banner and the metrics show them
+
+
+def test_cuda_named_by_the_caller_is_asked_for_fp32_matmuls(policy, asked, monkeypatch):
+    with pytest.raises(runtime.FlowRLError, match="could not start CUDAExecutionProvider"):
+        runtime.make_session(policy, providers=[CUDA, CPU])
+    assert _cuda_options(asked[0]) == {"use_tf32": "0"}
+    assert asked[0][1] == CPU
+
+
+def test_a_callers_own_cuda_options_are_kept_and_tf32_stays_off_unless_asked(policy, asked):
+    with pytest.raises(runtime.FlowRLError, match="could not start CUDAExecutionProvider"):
+        runtime.make_session(policy, providers=[(CUDA, {"device_id": "0"}), CPU])
+    with pytest.raises(runtime.FlowRLError, match="could not start CUDAExecutionProvider"):
+        runtime.make_session(policy, providers=[(CUDA, {"use_tf32": "1"})])
+    assert _cuda_options(asked[0]) == {"device_id": "0", "use_tf32": "0"}
+    assert _cuda_options(asked[1]) == {"use_tf32": "1"}
+
+
+def test_cpu_sessions_ask_for_the_cpu_alone(policy, asked, monkeypatch):
+    monkeypatch.setattr(runtime, "cuda_device_present", lambda: False)
+    runtime.make_session(policy)
+    runtime.make_session(policy, providers=[CPU])
+    assert asked == [[CPU], [CPU]]
