@@ -46,7 +46,7 @@ from flowrl_deploy.contract import ACTION_OUTPUT, NOISE_INPUT, OBS_INPUT
 from flowrl_deploy.errors import FlowRLError
 from flowrl_deploy.export.config import LAYER_NORM_OPSET, MIN_OPSET
 from flowrl_deploy.runtime import import_onnxruntime
-from flowrl_deploy.spec import PolicySpec
+from flowrl_deploy.spec import SOLVERS, PolicySpec
 
 PRE_TANH = "pre_tanh"
 MS_DOMAIN = "com.microsoft"
@@ -96,7 +96,10 @@ class Evaluation:
 
 
 def schedule(steps: int, solver: str) -> list[Evaluation]:
-    """The velocity evaluations of ``steps`` fixed steps of ``solver`` from t = 0 to t = 1."""
+    """The velocity evaluations of ``steps`` fixed steps of ``solver`` from t = 0 to t = 1; ValueError
+    for a solver not in :data:`~flowrl_deploy.spec.SOLVERS` (as ``integrate``), never unrolled as Euler."""
+    if solver not in SOLVERS:
+        raise ValueError(f"unknown solver {solver!r}; choose {' or '.join(map(repr, SOLVERS))}")
     dt = 1.0 / steps
     half, full = np.float32(0.5 * dt), np.float32(dt)
     evaluations = []

@@ -14,6 +14,8 @@ from collections.abc import Callable
 
 import torch
 
+from flowrl_deploy.spec import SOLVERS
+
 VelocityFn = Callable[[torch.Tensor, torch.Tensor, torch.Tensor], torch.Tensor]
 
 
@@ -27,8 +29,8 @@ def integrate(
     """Integrate da/dt = v(obs, a, t) from a0 at t = 0 to t = 1 in ``num_steps`` fixed steps."""
     if num_steps < 1:
         raise ValueError(f"num_steps must be >= 1, got {num_steps}")
-    if solver not in ("midpoint", "euler"):
-        raise ValueError(f"unknown solver {solver!r}; choose 'midpoint' or 'euler'")
+    if solver not in SOLVERS:
+        raise ValueError(f"unknown solver {solver!r}; choose {' or '.join(map(repr, SOLVERS))}")
     dt = 1.0 / num_steps
     a_t = a0
     for k in range(num_steps):

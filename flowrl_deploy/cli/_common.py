@@ -30,6 +30,7 @@ from flowrl_deploy.checkpoint import (
 )
 from flowrl_deploy.errors import FlowRLError, Interrupted, printable
 from flowrl_deploy.extras import missing_extra_message
+from flowrl_deploy.spec import SOLVERS
 from flowrl_deploy.systemd import journal_prefix
 
 if TYPE_CHECKING:
@@ -64,11 +65,7 @@ TlsCert = Annotated[
 TlsKey = Annotated[str, typer.Option(metavar="<path>", help="PEM private key of --tls-cert.")]
 
 
-class Solver(str, Enum):
-    """ODE solver choices (flowrl_deploy.spec.SOLVERS) as a Typer choice list."""
-
-    midpoint = "midpoint"
-    euler = "euler"
+Solver = Enum("Solver", {name: name for name in SOLVERS}, type=str)  # --solver's choices, from the spec's own tuple
 
 
 def finite(text: str) -> float:

@@ -8,7 +8,8 @@ import ast
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[2]
-SOURCE_DIRS = ("flowrl_deploy", "train", "export", "serve", "bench", "scripts")
+PACKAGES = ("flowrl_deploy", "train", "export", "serve")
+SOURCE_DIRS = (*PACKAGES, "bench", "scripts")
 
 
 def _sources() -> list[Path]:
@@ -61,3 +62,19 @@ def test_uncounted_refusals_are_defined_once_beside_the_wire_format():
     """The limits whose GetStats ``refused`` means nothing (0 always): the server's metrics leave them
     out and `flowrl stats` shows '-', from one set."""
     assert _defined_at("UNCOUNTED_REFUSALS") == ["flowrl_deploy/codec.py"]
+
+
+def test_the_solver_names_are_listed_only_in_spec():
+    """The CLI's --solver choices, the ODE's check and the configs take ``spec.SOLVERS``: no literal list,
+    set or Enum elsewhere holds the names (a solver added to SOLVERS would be refused or missing there)."""
+    names = {"midpoint", "euler"}
+    lists = []
+    for path in _sources():
+        if path.parts[len(ROOT.parts)] not in PACKAGES or path == ROOT / "flowrl_deploy" / "spec.py":
+            continue
+        for node in ast.walk(_tree(path)):
+            if isinstance(node, (ast.Tuple, ast.List, ast.Set, ast.ClassDef)):
+                held = {c.value for c in ast.walk(node) if isinstance(c, ast.Constant) and isinstance(c.value, str)}
+                if names <= held:
+                    lists.append(f"{path.relative_to(ROOT)}:{node.lineno}")
+    assert lists == []
