@@ -344,6 +344,9 @@ def make_session(
             f"{', '.join(ort.get_available_providers())}; a GPU provider also needs its CUDA libraries and a GPU); "
             f"leave the providers at their default or ask for CPUExecutionProvider"
         )
+    # A provider failing a run later (a TensorRT engine rebuild, a CUDA error) is raised: onnxruntime's
+    # own fallback printed two lines on stdout and re-made the session on the CPU under the threads running it.
+    session.disable_fallback()
     return session
 
 

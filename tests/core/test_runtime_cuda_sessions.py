@@ -4,12 +4,14 @@ provider everywhere and runs on the CPU when that provider cannot load).
 
 - TF32: onnxruntime's CUDA provider computes float MatMul/Gemm in TF32 unless told ``use_tf32=0``;
   served actions would then differ from the fp32 export that ``flowrl export`` verified.
+- A provider failing a run: onnxruntime's own fallback re-made the session on the CPU mid-serving.
 """
 
 from __future__ import annotations
 
+import numpy as np
 import pytest
-from tiny_policy import write_policy
+from tiny_policy import ACT_DIM, OBS_DIM, write_policy
 
 from flowrl_deploy import runtime
 
@@ -73,3 +75,28 @@ def test_cpu_sessions_ask_for_the_cpu_alone(policy, asked, monkeypatch):
     runtime.make_session(policy)
     runtime.make_session(policy, providers=[CPU])
     assert asked == [[CPU], [CPU]]
+
+
+def test_a_provider_failing_a_run_raises_and_prints_nothing(policy, capfd):
+    """onnxruntime's run-time fallback printed two lines on stdout and re-made the session on other
+    providers while other threads ran it (a TensorRT engine rebuild failing, say): a made session
+    keeps its providers, and the failure is raised."""
+    from onnxruntime.capi import _pybind_state as C
+
+    served = runtime.OnnxPolicy(policy, providers=[CPU])
+    inner = served.session._sess
+
+    class Failing:
+        def __getattr__(self, name):
+            return getattr(inner, name)
+
+        def run(self, *args, **kwargs):
+            raise C.EPFail("[ONNXRuntimeError] : 11 : EP_FAIL : TensorRT EP failed to create engine from network")
+
+    served.session._sess = Failing()
+    capfd.readouterr()
+    with pytest.raises(C.EPFail):
+        served.run(np.zeros((1, OBS_DIM), np.float32), np.zeros((1, ACT_DIM), np.float32))
+    out, _ = capfd.readouterr()
+    assert out == ""
+    assert served.session._sess.__class__ is Failing  # not re-made behind the caller's back
