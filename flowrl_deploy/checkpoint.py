@@ -59,6 +59,11 @@ TENSORBOARD_DIR = "tensorboard"
 RUN_OUTPUTS = frozenset({RUN_CONFIG_FILE, METRICS_JSONL, METRICS_CSV, TENSORBOARD_DIR, CHECKPOINTS_DIR})
 """What a training run directory holds (written by flowrl_deploy.train): a new run may replace
 only these, export must never overwrite them, and a report must never replace their JSON files."""
+RUN_JSON_FILES = frozenset({RUN_CONFIG_FILE, METRICS_JSONL, DOCUMENT_FILE, TRAINING_JSON_FILE})
+"""JSON files of a training run or a checkpoint: a report never replaces them, whatever folder they are in."""
+RUN_TEXT_FILES = RUN_JSON_FILES | {METRICS_CSV}
+"""Text files of a training run or a checkpoint: one given where an ONNX policy is expected is refused as
+that run's or checkpoint's file (:func:`flowrl_deploy.onnxfile.not_onnx`)."""
 LAST = "last"
 BEST = "best"
 MAX_STEP_DIGITS = 18

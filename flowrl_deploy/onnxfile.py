@@ -115,21 +115,12 @@ def not_onnx(path: Path, data: bytes, why: str) -> FlowRLError:
     if kind is None:
         return FlowRLError(f"cannot load ONNX model {path}: not an ONNX file ({why})")
     # the names the checkpoint format gives a run's and a checkpoint's text files (imported on this error path only)
-    from flowrl_deploy.checkpoint import (
-        CHECKPOINTS_DIR,
-        DOCUMENT_FILE,
-        METRICS_CSV,
-        METRICS_JSONL,
-        MODEL_FILE,
-        RUN_CONFIG_FILE,
-        TRAINING_JSON_FILE,
-    )
+    from flowrl_deploy.checkpoint import CHECKPOINTS_DIR, MODEL_FILE, RUN_TEXT_FILES
 
-    run_text_files = (RUN_CONFIG_FILE, METRICS_JSONL, METRICS_CSV, DOCUMENT_FILE, TRAINING_JSON_FILE)
     folder = path.parent
-    if path.name in run_text_files and (folder / CHECKPOINTS_DIR).is_dir():  # `flowrl serve run/config.json`
+    if path.name in RUN_TEXT_FILES and (folder / CHECKPOINTS_DIR).is_dir():  # `flowrl serve run/config.json`
         hint = f"that is a training run's file: `flowrl export {folder}` writes the run's ONNX policy"
-    elif path.name in run_text_files and (folder / MODEL_FILE).is_file():
+    elif path.name in RUN_TEXT_FILES and (folder / MODEL_FILE).is_file():
         hint = f"that is a checkpoint's file: `flowrl export {folder}` writes its ONNX policy"
     else:
         hint = AN_EXPORT

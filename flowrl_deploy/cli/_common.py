@@ -21,13 +21,7 @@ from typing import TYPE_CHECKING, Annotated, Any, NoReturn, ParamSpec, TypeVar
 import typer
 
 from flowrl_deploy.atomic import write_text_atomic
-from flowrl_deploy.checkpoint import (
-    DOCUMENT_FILE,
-    METRICS_JSONL,
-    RUN_CONFIG_FILE,
-    TRAINING_JSON_FILE,
-    check_output_path,
-)
+from flowrl_deploy.checkpoint import RUN_JSON_FILES, check_output_path
 from flowrl_deploy.errors import FlowRLError, Interrupted, printable
 from flowrl_deploy.extras import missing_extra_message
 from flowrl_deploy.spec import SOLVERS
@@ -121,8 +115,6 @@ TOO_LARGE_FOR_A_REPORT = (
     f"exists and holds more than {MAX_REPORT_BYTES >> 20} MiB, far more than a report: {REPORT_RULE}"
     " (delete it first to replace it)"
 )
-RUN_JSON_FILES = frozenset({RUN_CONFIG_FILE, METRICS_JSONL, DOCUMENT_FILE, TRAINING_JSON_FILE})
-"""JSON files of a training run or a checkpoint: a report never replaces them, whatever folder they are in."""
 
 
 def _replace_refusal(path: Path) -> str:

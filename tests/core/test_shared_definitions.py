@@ -78,3 +78,19 @@ def test_the_solver_names_are_listed_only_in_spec():
                 if names <= held:
                     lists.append(f"{path.relative_to(ROOT)}:{node.lineno}")
     assert lists == []
+
+
+def test_core_takes_the_sets_of_a_runs_files_from_the_checkpoint_format():
+    """Which of a run's and a checkpoint's files are text or JSON (a report never replaces them; an ONNX
+    reader given one says whose file it is) is said once, beside ``RUN_OUTPUTS``."""
+    lists = []
+    for path in _sources():
+        if path.parts[len(ROOT.parts)] != "flowrl_deploy" or path == ROOT / "flowrl_deploy" / "checkpoint.py":
+            continue
+        for node in ast.walk(_tree(path)):
+            if isinstance(node, (ast.Tuple, ast.List, ast.Set)):
+                held = {n.id for n in node.elts if isinstance(n, ast.Name)}
+                if {"RUN_CONFIG_FILE", "METRICS_JSONL"} <= held:
+                    lists.append(f"{path.relative_to(ROOT)}:{node.lineno}")
+    assert lists == []
+    assert _defined_at("RUN_JSON_FILES") == _defined_at("RUN_TEXT_FILES") == ["flowrl_deploy/checkpoint.py"]
