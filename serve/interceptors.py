@@ -9,10 +9,11 @@ import hmac
 import logging
 import threading
 import weakref
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Generator, Iterator
 from typing import NamedTuple
 
 import grpc
+from google.protobuf.message import Message
 from grpc_health.v1 import health, health_pb2
 from grpc_reflection.v1alpha import reflection
 
@@ -23,6 +24,9 @@ EXEMPT_PREFIXES = ("/grpc.health.v1.Health/",)
 """Kubernetes and load-balancer probes carry no secret."""
 
 log = logging.getLogger("flowrl.serve")
+
+Continuation = Callable[[grpc.HandlerCallDetails], "grpc.RpcMethodHandler | None"]
+"""What gRPC passes an interceptor: the handler of a call's method (None: no such method)."""
 
 
 class TokenInterceptor(grpc.ServerInterceptor):
@@ -43,7 +47,9 @@ class TokenInterceptor(grpc.ServerInterceptor):
         self._on_refused = on_refused
         self._warning_due = warning_due
 
-    def intercept_service(self, continuation, handler_call_details):
+    def intercept_service(
+        self, continuation: Continuation, handler_call_details: grpc.HandlerCallDetails
+    ) -> grpc.RpcMethodHandler | None:
         handler = continuation(handler_call_details)
         if handler is None or handler_call_details.method.startswith(EXEMPT_PREFIXES):
             return handler
@@ -59,7 +65,7 @@ class TokenInterceptor(grpc.ServerInterceptor):
         deny = functools.partial(self._deny, method, "a wrong one" if sent else "none")
         return getattr(grpc, f"stream_{streaming}_rpc_method_handler")(deny)
 
-    def _deny(self, method: str, sent: str, requests, context: grpc.ServicerContext):
+    def _deny(self, method: str, sent: str, requests: Iterator[Message], context: grpc.ServicerContext) -> None:
         due = self._warning_due("UNAUTHENTICATED")
         if due is not None:
             held, age = due
@@ -130,12 +136,12 @@ class Cap(NamedTuple):
         return f"{self.refusal}; raise {self.flag}" if self.flag else f"{self.refusal} (a fixed cap)"
 
 
-def _held(replies: Iterator, returned: Callable[[], None]) -> Iterator:
+def _held(replies: Iterator[Message], returned: Callable[[], None]) -> Iterator[Message]:
     """A response-streaming handler's ``replies``; its handler has returned (``returned()``, which
     counts once) when they end, are closed, or are dropped, even never started (whose ``finally``
     never runs)."""
 
-    def held() -> Iterator:
+    def held() -> Iterator[Message]:
         try:
             yield from replies
         finally:
@@ -146,7 +152,9 @@ def _held(replies: Iterator, returned: Callable[[], None]) -> Iterator:
     return stream
 
 
-def _only(requests: Iterator, method: str, context: grpc.ServicerContext, within_s: float | None = None):
+def _only(
+    requests: Iterator[Message], method: str, context: grpc.ServicerContext, within_s: float | None = None
+) -> Message:
     """A unary method's request message, read from its call's request stream as gRPC reads it: the
     first message, any after it ignored; none is refused with gRPC's UNIMPLEMENTED. With
     ``within_s``, a message that has not come by then cancels the call (its client sees CANCELLED):
@@ -247,7 +255,9 @@ class OpenStreams(grpc.ServerInterceptor):
             (HEALTH_WATCH, "unary_stream"): self._watched,
         }
 
-    def intercept_service(self, continuation, handler_call_details):
+    def intercept_service(
+        self, continuation: Continuation, handler_call_details: grpc.HandlerCallDetails
+    ) -> grpc.RpcMethodHandler | None:
         handler = continuation(handler_call_details)
         if handler is None:
             return handler
@@ -259,7 +269,7 @@ class OpenStreams(grpc.ServerInterceptor):
             behavior = functools.partial(track, behavior)
         cap = next((cap for cap in self._caps if method.startswith(cap.prefix)), None)
 
-        def counted(requests, context: grpc.ServicerContext):
+        def counted(requests: Iterator[Message], context: grpc.ServicerContext) -> Message | Iterator[Message]:
             ended = self._started(context, cap)
             if ended is None:
                 self._on_refused(method.rsplit("/", 1)[-1], cap)
@@ -337,7 +347,12 @@ class OpenStreams(grpc.ServerInterceptor):
         with self._lock:
             return self._idle.wait_for(lambda: not self._in_flight, timeout)
 
-    def _watched(self, behavior, request, context: grpc.ServicerContext):
+    def _watched(
+        self,
+        behavior: Callable[[Message, grpc.ServicerContext], Iterator[health_pb2.HealthCheckResponse]],
+        request: Message,
+        context: grpc.ServicerContext,
+    ) -> Iterator[health_pb2.HealthCheckResponse]:
         """The health servicer's Watch (its blocking form, a reply iterator), tracked with the last
         status it sent: once closing, it ends (OK) after sending NOT_SERVING."""
         with self._lock:
@@ -356,7 +371,12 @@ class OpenStreams(grpc.ServerInterceptor):
             with self._lock:
                 del self._watches[context]
 
-    def _tracked(self, behavior, requests, context: grpc.ServicerContext):
+    def _tracked(
+        self,
+        behavior: Callable[[Iterator[Message], grpc.ServicerContext], Generator[Message, None, None]],
+        requests: Iterator[Message],
+        context: grpc.ServicerContext,
+    ) -> Iterator[Message]:
         with self._lock:
             if self._closing:  # accepted just before the stop: end it like an idle one
                 context.cancel()
@@ -375,7 +395,7 @@ class OpenStreams(grpc.ServerInterceptor):
             with self._lock:
                 del self._busy[context]
 
-    def _counted(self, requests, context: grpc.ServicerContext):
+    def _counted(self, requests: Iterator[Message], context: grpc.ServicerContext) -> Iterator[Message]:
         for request in requests:
             with self._lock:
                 if self._closing:  # idle when the stop came: close() cancelled it

@@ -12,6 +12,7 @@ import signal
 import threading
 import time
 from collections.abc import Callable
+from types import FrameType
 
 import grpc
 from grpc_health.v1 import health_pb2, health_pb2_grpc
@@ -121,7 +122,7 @@ def serve_forever(
     signals: list[int] = []
     starting: list[bool] = []  # [True] while start() runs and may be interrupted
 
-    def stop_signal(sig: int, _) -> None:
+    def stop_signal(sig: int, _: FrameType | None) -> None:
         signals.append(sig)
         # once only, and not once start() has reported SERVING or begun to stop the server
         if starting and server is not None and server.starting:

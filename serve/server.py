@@ -30,6 +30,7 @@ import re
 import socket
 import threading
 import time
+from collections.abc import Callable, Iterator
 from http.server import ThreadingHTTPServer
 from pathlib import Path
 
@@ -200,7 +201,9 @@ class KnownServicesHealth(health.HealthServicer):
         super().__init__()
         self._metrics = metrics
 
-    def Check(self, request, context):
+    def Check(
+        self, request: health_pb2.HealthCheckRequest, context: grpc.ServicerContext
+    ) -> health_pb2.HealthCheckResponse:
         start = time.perf_counter()
         reply = super().Check(request, context)
         if self._metrics is not None:
@@ -208,7 +211,12 @@ class KnownServicesHealth(health.HealthServicer):
             self._metrics.record("Check", code.name, time.perf_counter() - start)
         return reply
 
-    def Watch(self, request, context, send_response_callback=None):
+    def Watch(
+        self,
+        request: health_pb2.HealthCheckRequest,
+        context: grpc.ServicerContext,
+        send_response_callback: Callable[[health_pb2.HealthCheckResponse], None] | None = None,
+    ) -> Iterator[health_pb2.HealthCheckResponse] | None:
         if request.service in self.KNOWN:
             replies = super().Watch(request, context, send_response_callback)
             if send_response_callback is not None:  # the non-blocking form: no reply iterator to follow
@@ -217,7 +225,7 @@ class KnownServicesHealth(health.HealthServicer):
             replies = iter([health_pb2.HealthCheckResponse(status=health_pb2.HealthCheckResponse.SERVICE_UNKNOWN)])
         return replies if self._metrics is None else self._counted(replies)
 
-    def _counted(self, replies):
+    def _counted(self, replies: Iterator[health_pb2.HealthCheckResponse]) -> Iterator[health_pb2.HealthCheckResponse]:
         counted = False
         for reply in replies:
             if not counted:

@@ -14,12 +14,14 @@ import tempfile
 import threading
 import time
 import uuid
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, replace
 from pathlib import Path
+from typing import TypeVar, cast
 
 import grpc
 import numpy as np
+from google.protobuf.message import Message
 
 from flowrl_deploy.affinity import normal_scheduling
 from flowrl_deploy.codec import TensorError, as_batch, decode, encode
@@ -54,12 +56,16 @@ from flowrl_deploy.versions import release
 log = logging.getLogger("flowrl.serve")
 
 
-def _unary(method: str):
+_Handler = TypeVar("_Handler", bound=Callable[..., Message])
+"""A unary RPC handler of :class:`PolicyServicer`: ``(self, request, context) -> reply``."""
+
+
+def _unary(method: str) -> Callable[[_Handler], _Handler]:
     """Time a unary handler, count it, and turn its exceptions into statuses."""
 
-    def wrap(handler):
+    def wrap(handler: _Handler) -> _Handler:
         @functools.wraps(handler)
-        def run(self: PolicyServicer, request, context: grpc.ServicerContext):
+        def run(self: PolicyServicer, request: Message, context: grpc.ServicerContext) -> Message:
             start = time.perf_counter()
             try:
                 reply = handler(self, request, context)
@@ -72,7 +78,7 @@ def _unary(method: str):
             self.metrics.record(method, "OK", time.perf_counter() - start)
             return reply
 
-        return run
+        return cast("_Handler", run)  # the handler's own signature
 
     return wrap
 
@@ -436,7 +442,7 @@ class PolicyServicer(pb_grpc.PolicyServiceServicer):
 
     # --- RPCs ---------------------------------------------------------------------------------
     @_unary("GetSpec")
-    def GetSpec(self, request: pb.GetSpecRequest, context) -> pb.GetSpecReply:
+    def GetSpec(self, request: pb.GetSpecRequest, context: grpc.ServicerContext) -> pb.GetSpecReply:
         model = self._current()
         c = model.contract
         return pb.GetSpecReply(
@@ -491,7 +497,9 @@ class PolicyServicer(pb_grpc.PolicyServiceServicer):
             server_send_unix_ns=time.time_ns(),
         )
 
-    def StreamAct(self, request_iterator, context: grpc.ServicerContext):
+    def StreamAct(
+        self, request_iterator: Iterator[pb.StreamActRequest], context: grpc.ServicerContext
+    ) -> Iterator[pb.StreamActReply]:
         owner = _StreamOwner()
         opened = owner.sessions  # changed by this thread only (under the sessions lock): read without it
         unopened: dict[str, _Opening] = {}  # per session id, until it opens
@@ -570,7 +578,7 @@ class PolicyServicer(pb_grpc.PolicyServiceServicer):
         reply.inference_us = result.inference_us
 
     @_unary("Reset")
-    def Reset(self, request: pb.ResetRequest, context) -> pb.ResetReply:
+    def Reset(self, request: pb.ResetRequest, context: grpc.ServicerContext) -> pb.ResetReply:
         model = self._current()
         if not request.session_id:
             raise ServeError("Reset needs a session_id", grpc.StatusCode.INVALID_ARGUMENT)
@@ -583,7 +591,7 @@ class PolicyServicer(pb_grpc.PolicyServiceServicer):
         return pb.ResetReply(model_version=model.version)
 
     @_unary("GetStats")
-    def GetStats(self, request: pb.GetStatsRequest, context) -> pb.GetStatsReply:
+    def GetStats(self, request: pb.GetStatsRequest, context: grpc.ServicerContext) -> pb.GetStatsReply:
         summary = self.metrics.summary()
         return pb.GetStatsReply(
             model_version=self.model.version if self.model else "",
@@ -642,7 +650,7 @@ class PolicyServicer(pb_grpc.PolicyServiceServicer):
         log.warning("Reload %s refused (%s): %s%s", refusal, code, why, more)
 
     @_unary("Reload")
-    def Reload(self, request: pb.ReloadRequest, context) -> pb.ReloadReply:
+    def Reload(self, request: pb.ReloadRequest, context: grpc.ServicerContext) -> pb.ReloadReply:
         peer = printable(context.peer())
         try:
             if self.model is None:  # it would be the first load, unchecked, and start()'s own load would follow
