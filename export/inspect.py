@@ -12,10 +12,10 @@ import os
 from pathlib import Path
 from typing import Any
 
-from flowrl_deploy.contract import CONTRACT_KEY, contract_from_metadata
+from flowrl_deploy.contract import contract_from_metadata
 from flowrl_deploy.errors import FlowRLError, SpecError, counted
 from flowrl_deploy.export.exporter import file_sha256
-from flowrl_deploy.onnxfile import model_class, parse_model
+from flowrl_deploy.onnxfile import parse_model
 from flowrl_deploy.runtime import check_graph_matches_contract, read_policy_file
 
 _ELEM_TYPES = {
@@ -37,89 +37,6 @@ def read_model(path: Path) -> Any:
     """The file's ModelProto (the fields of :data:`~flowrl_deploy.onnxfile.ONNX_MESSAGES`); a file that
     is no ONNX model is refused."""
     return parse_model(read_policy_file(path), path)
-
-
-MAX_TOP_FIELDS = 4096
-"""A ModelProto has a few top-level fields (the IR version, the graph, opsets, metadata): a file that
-reads as more is not one (random bytes can parse as many tiny fields)."""
-_METADATA_PROPS = 14
-MAX_METADATA_BYTES = 64 << 20
-"""More metadata than any export writes (its contract and provenance take kilobytes)."""
-_IR_VERSION, _GRAPH = 1, 7
-
-
-def _varint(file) -> int | None:
-    """The next base-128 varint of ``file``; None at its end or past 10 bytes (not protobuf)."""
-    value = 0
-    for shift in range(0, 70, 7):
-        byte = file.read(1)
-        if not byte:
-            return None
-        value |= (byte[0] & 0x7F) << shift
-        if byte[0] < 0x80:
-            return value
-    return None
-
-
-def unlike_a_flowrl_policy(path: str | os.PathLike[str]) -> str:
-    """'' when the regular file ``path`` holds a policy ``flowrl export`` wrote (an ONNX model whose
-    metadata carries a flowrl contract), else what it is instead, completing "FILE …": 'is not an ONNX
-    file', 'is an ONNX model without a flowrl contract', 'cannot be read (…)'. Protobuf's wire format is
-    read field by field and the graph skipped, so a large file given by mistake is not loaded."""
-    from google.protobuf.message import DecodeError
-
-    try:
-        fd = os.open(path, os.O_RDONLY | getattr(os, "O_NONBLOCK", 0))
-    except OSError as exc:
-        return f"cannot be read ({exc.strerror or exc})"
-    with os.fdopen(fd, "rb") as file:
-        size = os.fstat(file.fileno()).st_size
-        seen, metadata = set(), bytearray()
-        try:
-            for _ in range(MAX_TOP_FIELDS):
-                start = file.tell()
-                if start == size:
-                    break
-                key = _varint(file)
-                if key is None or key >> 3 == 0:
-                    return "is not an ONNX file"
-                number, wire = key >> 3, key & 7
-                if wire == 0:
-                    if _varint(file) is None:
-                        return "is not an ONNX file"
-                elif wire in (1, 5):  # fixed 64 or 32 bits
-                    file.seek(8 if wire == 1 else 4, os.SEEK_CUR)
-                elif wire == 2:
-                    length = _varint(file)
-                    if length is None or file.tell() + length > size:
-                        return "is not an ONNX file"
-                    if number != _METADATA_PROPS:
-                        file.seek(length, os.SEEK_CUR)
-                    elif len(metadata) + length > MAX_METADATA_BYTES:
-                        return "is not an ONNX file"
-                    else:  # the whole field (key, length, entry), parsed below as a ModelProto of entries
-                        header = file.tell() - start
-                        file.seek(start)
-                        metadata += file.read(header + length)
-                else:  # groups (3, 4) and the unused wire types: not what onnx writes
-                    return "is not an ONNX file"
-                if file.tell() > size:  # a fixed-size field cut short
-                    return "is not an ONNX file"
-                seen.add((number, wire))
-            else:
-                return "is not an ONNX file"
-        except OSError as exc:
-            return f"cannot be read ({exc.strerror or exc})"
-    if not {(_IR_VERSION, 0), (_GRAPH, 2)} <= seen:
-        return "is not an ONNX file"
-    model = model_class()()
-    try:
-        model.ParseFromString(bytes(metadata))
-    except DecodeError:
-        return "is not an ONNX file"
-    if CONTRACT_KEY not in {p.key for p in model.metadata_props}:
-        return "is an ONNX model without a flowrl contract"
-    return ""
 
 
 def _tensors(values) -> list[dict[str, Any]]:

@@ -69,10 +69,10 @@ EXPORT_RULE = "an export may replace an earlier export, never another file"
 
 def check_replaceable(flag: str, path: Path) -> None:
     """Refuse an existing regular file at ``path`` that is not a policy ``flowrl export`` wrote (an
-    ONNX model carrying a flowrl contract: :func:`~flowrl_deploy.export.inspect.unlike_a_flowrl_policy`),
+    ONNX model carrying a flowrl contract: :func:`~flowrl_deploy.onnxfile.unlike_a_flowrl_policy`),
     such as an observation's JSON, notes, an .npy or another project's model. An empty file holds
     nothing to lose, and a link is replaced, never written through."""
-    from flowrl_deploy.export.inspect import unlike_a_flowrl_policy
+    from flowrl_deploy.onnxfile import unlike_a_flowrl_policy
 
     if path.is_symlink() or not path.is_file() or path.stat().st_size == 0:
         return

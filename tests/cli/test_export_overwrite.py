@@ -109,7 +109,7 @@ def test_an_earlier_export_an_empty_file_or_a_link_is_replaced(checkpoint, tmp_p
 
 def test_the_check_reads_a_large_file_in_pieces(tmp_path):
     """A multi-gigabyte file given by mistake is told apart by its first bytes, not loaded whole."""
-    from flowrl_deploy.export.inspect import unlike_a_flowrl_policy
+    from flowrl_deploy.onnxfile import unlike_a_flowrl_policy
 
     big = tmp_path / "big.bin"
     with open(big, "wb") as f:

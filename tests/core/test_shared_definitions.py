@@ -94,3 +94,16 @@ def test_core_takes_the_sets_of_a_runs_files_from_the_checkpoint_format():
                     lists.append(f"{path.relative_to(ROOT)}:{node.lineno}")
     assert lists == []
     assert _defined_at("RUN_JSON_FILES") == _defined_at("RUN_TEXT_FILES") == ["flowrl_deploy/checkpoint.py"]
+
+
+def _imports(path: Path) -> set[str]:
+    return {node.module for node in ast.walk(_tree(path)) if isinstance(node, ast.ImportFrom) and node.module} | {
+        alias.name for node in ast.walk(_tree(path)) if isinstance(node, ast.Import) for alias in node.names
+    }
+
+
+def test_the_wire_reader_of_a_policy_file_lives_in_core():
+    """`flowrl export`'s check of a file it would replace reads the ONNX wire format with protobuf alone,
+    from core's onnxfile.py (the home of that reading), not from the export stage's inspect module."""
+    assert _defined_at("unlike_a_flowrl_policy") == ["flowrl_deploy/onnxfile.py"]
+    assert "flowrl_deploy.export.inspect" not in _imports(ROOT / "flowrl_deploy" / "cli" / "export.py")
