@@ -18,7 +18,7 @@ import threading
 from collections.abc import Callable, Sequence
 from pathlib import Path
 from types import ModuleType
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, TypeVar
 
 import numpy as np
 import numpy.typing as npt
@@ -157,6 +157,62 @@ def default_providers() -> list[str]:
     return [p for p in ort.get_available_providers() if p in wanted] + ["CPUExecutionProvider"]
 
 
+CUDA = "CUDAExecutionProvider"
+
+
+def _provider_library(kind: str) -> Path:
+    """onnxruntime's provider library ``kind`` ('cuda', 'shared'), where its wheel puts it."""
+    name = f"onnxruntime_providers_{kind}.dll" if os.name == "nt" else f"libonnxruntime_providers_{kind}.so"
+    return Path(import_onnxruntime().__file__).parent / "capi" / name
+
+
+def cuda_library_error() -> str:
+    """Why onnxruntime's CUDA provider library cannot load here, in the system loader's words (the first
+    library it misses: 'libcublasLt.so.13: cannot open shared object file: …'); '' when it loads.
+    onnxruntime says it only in a coloured line of its own log, and then runs on the CPU."""
+    cuda = _provider_library("cuda")
+    if not cuda.exists():
+        return f"this onnxruntime build has no {cuda.name}"
+    try:
+        ctypes.CDLL(str(_provider_library("shared")), mode=getattr(ctypes, "RTLD_GLOBAL", 0))
+        ctypes.CDLL(str(cuda))
+    except OSError as exc:
+        return " ".join(str(exc).split())
+    return ""
+
+
+def cuda_libraries_hint() -> str:
+    """What to do about :func:`cuda_library_error`, in a clause."""
+    major = str(getattr(import_onnxruntime(), "cuda_version", "") or "").split(".")[0]
+    return (
+        f"install onnxruntime-gpu's CUDA {major + ' ' if major else ''}libraries "
+        '(pip install "onnxruntime-gpu[cuda,cudnn]", and cuBLAS: see docs/install.md) or pass --providers cpu'
+    )
+
+
+_cuda_libraries_preloaded = False
+_PRELOAD = threading.Lock()
+
+
+def preload_cuda_libraries() -> None:
+    """Have onnxruntime load the CUDA and cuDNN libraries that pip installed (the nvidia packages of
+    onnxruntime-gpu's ``cuda`` and ``cudnn`` extras, where the system's loader does not look), once a
+    process, before a session asks for CUDA. What onnxruntime prints meanwhile (a line per library it
+    misses, on stdout) is logged at DEBUG; a missing library is said by the session's refusal or warning."""
+    global _cuda_libraries_preloaded
+    with _PRELOAD:
+        if _cuda_libraries_preloaded:
+            return
+        _cuda_libraries_preloaded = True
+        preload = getattr(import_onnxruntime(), "preload_dlls", None)  # onnxruntime >= 1.21
+        if preload is None:
+            return
+        try:
+            _printed_quietly(preload)
+        except Exception as exc:  # a helper of onnxruntime's: whatever it raises, the session says the rest
+            log.debug("onnxruntime.preload_dlls failed: %s", exc)
+
+
 Provider = str | tuple[str, dict[str, str]]
 """An onnxruntime execution provider as :func:`make_session` takes it: its name, or its name and options."""
 
@@ -177,7 +233,7 @@ def with_options(providers: Sequence[Provider]) -> list[Provider]:
     given: list[Provider] = []
     for provider in providers:
         name = provider_name(provider)
-        if name == "CUDAExecutionProvider":
+        if name == CUDA:
             own = {} if isinstance(provider, str) else dict(provider[1])
             given.append((name, {**CUDA_OPTIONS, **own}))
         else:
@@ -271,21 +327,29 @@ _OUTPUT_SWAP = threading.Lock()
 """One swap of ``sys.stdout`` at a time: two threads making sessions at once would each restore the other's."""
 
 
-def _made_quietly(make: Callable[[], ort.InferenceSession]) -> tuple[ort.InferenceSession, str]:
-    """``make()``, with what its thread prints kept off stdout (where scripts read the ``serving … on``
-    line) and logged at DEBUG; returns its result and what onnxruntime's ``EP Error`` line said ('' when
-    none), a provider's reason for not starting."""
+Result = TypeVar("Result")
+
+
+def _printed_quietly(call: Callable[[], Result]) -> tuple[Result, str]:
+    """``call()``, with what its thread prints kept off stdout (where scripts read the ``serving … on``
+    line) and logged at DEBUG; returns its result and what it printed."""
     with _OUTPUT_SWAP:
         kept = _ThreadOutput(sys.stdout, threading.current_thread())
         sys.stdout = kept  # type: ignore[assignment]
         try:
-            result = make()
+            result = call()
         finally:
             if sys.stdout is kept:
                 sys.stdout = kept._original  # type: ignore[assignment]
             if "".join(kept.kept).strip():
-                log.debug("onnxruntime printed while making a session: %s", "".join(kept.kept).strip())
-    printed = "".join(kept.kept)
+                log.debug("onnxruntime printed: %s", "".join(kept.kept).strip())
+    return result, "".join(kept.kept)
+
+
+def _made_quietly(make: Callable[[], ort.InferenceSession]) -> tuple[ort.InferenceSession, str]:
+    """``make()`` as :func:`_printed_quietly` makes it; returns its result and what onnxruntime's
+    ``EP Error`` line said ('' when none), a provider's reason for not starting."""
+    result, printed = _printed_quietly(make)
     error = re.search(r"^EP Error (.*?)(?:\s+when using \[|$)", printed, re.M | re.S)
     return result, "" if error is None else onnxruntime_text(error[1]).rstrip(".")
 
@@ -324,8 +388,11 @@ def make_session(
         options.optimized_model_filepath = optimized_model_path
     source = model if isinstance(model, bytes) else str(model)
     asked = list(providers) if providers else default_providers()
-    if providers:  # one that cannot start is refused below, in one line: not also in onnxruntime's two
-        ort.set_default_logger_severity(4)
+    wants_cuda = any(provider_name(p) == CUDA for p in asked)
+    if wants_cuda:
+        preload_cuda_libraries()
+    if providers or wants_cuda:  # one that cannot start is refused or warned of below, in one line:
+        ort.set_default_logger_severity(4)  # not also in onnxruntime's two coloured ones
     try:
         session, reason = _made_quietly(
             lambda: ort.InferenceSession(source, sess_options=options, providers=with_options(asked))
@@ -338,16 +405,44 @@ def make_session(
         ort.set_default_logger_severity(onnxruntime_severity())
     missing = [provider_name(p) for p in providers or () if provider_name(p) not in session.get_providers()]
     if missing:  # onnxruntime falls back to the CPU quietly; a provider asked for by name must run
-        said = f"onnxruntime: {reason}; " if reason else ""
-        raise FlowRLError(
-            f"onnxruntime could not start {', '.join(missing)} here ({said}this build offers "
-            f"{', '.join(ort.get_available_providers())}; a GPU provider also needs its CUDA libraries and a GPU); "
-            f"leave the providers at their default or ask for CPUExecutionProvider"
-        )
+        raise _not_started(missing, reason)
+    if wants_cuda and not providers and CUDA not in session.get_providers():
+        if error := cuda_library_error():
+            log.warning(
+                "a GPU is present but onnxruntime's CUDA provider cannot load (%s): running on the CPU; %s",
+                error,
+                cuda_libraries_hint(),
+            )
+        else:
+            log.warning(
+                "a GPU is present but onnxruntime did not start its CUDA provider (%s): running on the CPU; "
+                "pass --providers cpu to run there without this warning",
+                reason or "it did not say why",
+            )
     # A provider failing a run later (a TensorRT engine rebuild, a CUDA error) is raised: onnxruntime's
     # own fallback printed two lines on stdout and re-made the session on the CPU under the threads running it.
     session.disable_fallback()
     return session
+
+
+def _not_started(missing: list[str], reason: str) -> FlowRLError:
+    """The refusal of providers asked for by name that onnxruntime did not start (it said ``reason``)."""
+    ort = import_onnxruntime()
+    here = f"onnxruntime could not start {', '.join(missing)} here"
+    if CUDA in missing and not cuda_device_present():
+        return FlowRLError(
+            f"{here} (the NVIDIA driver reports no GPU here); leave the providers at their default "
+            "or ask for CPUExecutionProvider"
+        )
+    if CUDA in missing and (error := cuda_library_error()):
+        return FlowRLError(
+            f"{here}: a GPU is present but the CUDA provider's library cannot load ({error}); {cuda_libraries_hint()}"
+        )
+    said = f"onnxruntime: {reason}; " if reason else ""
+    return FlowRLError(
+        f"{here} ({said}this build offers {', '.join(ort.get_available_providers())}; a GPU provider also "
+        "needs its CUDA libraries and a GPU); leave the providers at their default or ask for CPUExecutionProvider"
+    )
 
 
 Tensor = tuple[str, Sequence[int | str | None]]

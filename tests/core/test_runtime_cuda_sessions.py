@@ -100,3 +100,85 @@ def test_a_provider_failing_a_run_raises_and_prints_nothing(policy, capfd):
     out, _ = capfd.readouterr()
     assert out == ""
     assert served.session._sess.__class__ is Failing  # not re-made behind the caller's back
+
+
+def _cuda_library_loads() -> bool:
+    import ctypes
+    from pathlib import Path
+
+    capi = Path(runtime.import_onnxruntime().__file__).parent / "capi"
+    try:
+        ctypes.CDLL(str(capi / "libonnxruntime_providers_shared.so"), mode=ctypes.RTLD_GLOBAL)
+        ctypes.CDLL(str(capi / "libonnxruntime_providers_cuda.so"))
+    except OSError:
+        return False
+    return True
+
+
+needs_a_cuda_build_without_its_libraries = pytest.mark.skipif(
+    CUDA not in runtime.import_onnxruntime().get_available_providers() or _cuda_library_loads(),
+    reason="needs onnxruntime-gpu without CUDA's libraries (a CPU build, or one whose CUDA provider loads)",
+)
+
+
+@pytest.fixture
+def warnings_logged():
+    """The WARNING records of logger flowrl.runtime (a handler of its own: another test's logging
+    set-up may stop them reaching the root's)."""
+    import logging
+
+    records: list[logging.LogRecord] = []
+    handler = logging.Handler(logging.WARNING)
+    handler.emit = records.append
+    logger = logging.getLogger("flowrl.runtime")
+    logger.addHandler(handler)
+    yield records
+    logger.removeHandler(handler)
+
+
+@needs_a_cuda_build_without_its_libraries
+def test_a_gpu_without_cudas_libraries_runs_on_the_cpu_with_one_warning_saying_why(
+    policy, monkeypatch, capfd, warnings_logged
+):
+    """onnxruntime printed a coloured two-line ERROR of its own (no JSON log line) on every load, and
+    flowrl only named CPUExecutionProvider at the end of its INFO line."""
+    monkeypatch.setattr(runtime, "cuda_device_present", lambda: True)
+    capfd.readouterr()
+    session = runtime.make_session(policy)
+    out, err = capfd.readouterr()
+    assert session.get_providers() == [CPU]
+    assert out == "" and err == "", (out, err)
+    (warning,) = [r.getMessage() for r in warnings_logged]
+    assert warning.startswith("a GPU is present but onnxruntime's CUDA provider cannot load (lib"), warning
+    assert "cannot open shared object file" in warning and "\n" not in warning, warning
+    assert 'pip install "onnxruntime-gpu[cuda,cudnn]"' in warning and "--providers cpu" in warning, warning
+
+
+@needs_a_cuda_build_without_its_libraries
+def test_preloading_cudas_libraries_prints_nothing_where_they_are_missing(monkeypatch, capfd):
+    """onnxruntime.preload_dlls prints 'Failed to load …' lines on stdout for each library it misses."""
+    monkeypatch.setattr(runtime, "_cuda_libraries_preloaded", False)
+    capfd.readouterr()
+    runtime.preload_cuda_libraries()
+    assert capfd.readouterr() == ("", "")
+
+
+@needs_a_cuda_build_without_its_libraries
+def test_cuda_named_on_a_gpu_without_its_libraries_is_refused_naming_the_missing_library(policy, monkeypatch, capfd):
+    monkeypatch.setattr(runtime, "cuda_device_present", lambda: True)
+    with pytest.raises(runtime.FlowRLError) as refused:
+        runtime.make_session(policy, providers=[CUDA])
+    message = str(refused.value)
+    assert message.startswith(
+        "onnxruntime could not start CUDAExecutionProvider here: a GPU is present but the CUDA provider's "
+        "library cannot load (lib"
+    ), message
+    assert "cannot open shared object file" in message and "--providers cpu" in message, message
+    assert capfd.readouterr() == ("", "")
+
+
+@pytest.mark.skipif(CUDA not in runtime.import_onnxruntime().get_available_providers(), reason="no CUDA build")
+def test_cuda_named_without_a_gpu_is_refused_saying_there_is_none(policy, monkeypatch):
+    monkeypatch.setattr(runtime, "cuda_device_present", lambda: False)
+    with pytest.raises(runtime.FlowRLError, match=r"CUDAExecutionProvider here \(the NVIDIA driver reports no GPU"):
+        runtime.make_session(policy, providers=[CUDA, CPU])
