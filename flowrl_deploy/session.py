@@ -244,7 +244,9 @@ class ControlSession:
     in place (``a *= 0.5``) never changes what the session holds or returns later.
 
     The local fallback keeps the file loaded when the session was made: a server ``Reload`` does
-    not change it (open a new session after one). It draws its noise as the server's session does,
+    not change it (open a new session after one). It runs on the CPU, GPU or not (the CPU server's
+    actions to the bit), and once on zeros when the session is made, so that the first tick falling
+    back does not pay onnxruntime's first-run costs. It draws its noise as the server's session does,
     one block every tick, served or not, so a fallback at tick t acts on the server's draw for
     tick t (a tick the server never took, the stream down or refused, leaves the server's stream
     behind the ticks until the tick that opens the session on a reopened stream, which restarts both
@@ -353,13 +355,19 @@ class ControlSession:
         if fallback == "local":
             from flowrl_deploy.runtime import OnnxPolicy  # onnxruntime, loaded only for a local fallback
 
-            self.local = OnnxPolicy(local_model)
+            # On the CPU: predictable, the CPU server's actions to the bit, and no competition for a GPU.
+            self.local = OnnxPolicy(local_model, providers=["CPUExecutionProvider"])
             if self.local.takes_noise:
                 self._local_noise = session_noise(seed)
             if self.local.contract_hash != self.info.contract_hash:
                 diff = "; ".join(self.info.contract.differences(self.local.contract))
                 raise FlowRLError(f"the local fallback model {local_model} is not the served policy ({diff})")
             _check_local_file(local_model, self.info.model_version)
+            # One run on zeros now (drawing no noise), so that the first tick falling back, when the robot
+            # is already late, does not pay onnxruntime's first-run costs.
+            dims = self.local.contract
+            zero_noise = np.zeros((1, dims.act_dim), np.float32) if self.local.takes_noise else None
+            self.local.run(np.zeros((1, dims.obs_dim), np.float32), zero_noise)
         zeros = np.zeros(self.info.act_dim, np.float32)
         if len(self.info.action_low) == len(self.info.action_high) == self.info.act_dim:
             zeros = np.clip(zeros, self.info.action_low, self.info.action_high)  # bounds may exclude 0
