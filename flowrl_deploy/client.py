@@ -18,13 +18,14 @@ import json
 import os
 import time
 import warnings
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, TypeVar
 
 import grpc
 import numpy as np
 import numpy.typing as npt
+from google.protobuf.message import Message
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from flowrl_deploy.codec import decode, encode
@@ -44,6 +45,8 @@ if TYPE_CHECKING:  # the names that moved to flowrl_deploy.session, typed for ol
     from flowrl_deploy.session import CallTiming as CallTiming
     from flowrl_deploy.session import ControlSession as ControlSession
     from flowrl_deploy.session import WatchdogError as WatchdogError
+
+_Reply = TypeVar("_Reply", bound=Message)  # a unary RPC's reply (PolicyClient._call)
 
 HTTP_PROXY_OPTION = "grpc.enable_http_proxy"
 """gRPC sends every call through the proxy that grpc_proxy, https_proxy or http_proxy names, even to
@@ -217,7 +220,9 @@ class PolicyClient:
             self.check_open()
             raise
 
-    def _call(self, method, request, timeout_s: float | None):
+    def _call(self, method: Callable[..., _Reply], request: Message, timeout_s: float | None) -> _Reply:
+        """``method``'s reply to ``request`` within ``timeout_s`` (None: the client's), a failed call raised as
+        :class:`ServiceError`."""
         timeout = self.timeout_s if timeout_s is None else checked_timeout(timeout_s)
         try:
             with self.calling():
@@ -254,7 +259,7 @@ class PolicyClient:
             time.sleep(0.05)
 
     def spec(self, timeout_s: float | None = None) -> PolicyInfo:
-        reply = self._call(self.stub.GetSpec, pb.GetSpecRequest(), timeout_s)
+        reply: pb.GetSpecReply = self._call(self.stub.GetSpec, pb.GetSpecRequest(), timeout_s)
         return PolicyInfo(
             obs_dim=reply.obs_dim,
             act_dim=reply.act_dim,
@@ -316,7 +321,7 @@ class PolicyClient:
 
     def reload(self, path: str = "", timeout_s: float = 60.0) -> tuple[str, str]:
         """Ask the server to swap in ``path`` (default: its own file); returns (new, previous) versions."""
-        reply = self._call(self.stub.Reload, pb.ReloadRequest(path=path), timeout_s)
+        reply: pb.ReloadReply = self._call(self.stub.Reload, pb.ReloadRequest(path=path), timeout_s)
         return reply.model_version, reply.previous_version
 
     def session(

@@ -14,7 +14,10 @@ from flowrl_deploy.runtime import is_onnx_path
 from flowrl_deploy.spec import flow_steps_problem
 
 if TYPE_CHECKING:
-    from flowrl_deploy.train.evaluate import EvalResult
+    from flowrl_deploy.train.evaluate import ActFn, EvalResult
+
+    Policy = tuple[ActFn, str, tuple[int, int], str]
+    """(act_fn, env id, (obs_dim, act_dim), sampler): what `flowrl eval` runs and how it names it."""
 
 FROM_ZERO = ", from a0 = 0"
 """How the report names a sampler that starts every ODE at zero (--deterministic, or a deterministic graph)."""
@@ -89,7 +92,7 @@ def _figures(result: EvalResult, sampler: str) -> str:
     return "; ".join(filter(None, (f"{result} ({sampler})", result.lengths_summary())))
 
 
-def _checkpoint_policy(path: Path, flow_steps: int | None, device: str, seed: int, deterministic: bool):
+def _checkpoint_policy(path: Path, flow_steps: int | None, device: str, seed: int, deterministic: bool) -> Policy:
     """(act_fn, env id, (obs_dim, act_dim), sampler) of a training checkpoint."""
     from flowrl_deploy.checkpoint import read_spec
     from flowrl_deploy.train.evaluate import checkpoint_act_fn
@@ -100,7 +103,7 @@ def _checkpoint_policy(path: Path, flow_steps: int | None, device: str, seed: in
     return act_fn, spec.env_id, (spec.obs_dim, spec.act_dim), sampler
 
 
-def _onnx_policy(path: Path, seed: int, deterministic: bool):
+def _onnx_policy(path: Path, seed: int, deterministic: bool) -> Policy:
     """(act_fn, env id, (obs_dim, act_dim), sampler) of an exported ONNX graph, exactly what will be
     deployed, with seeded noise."""
     from flowrl_deploy.runtime import OnnxPolicy, SeededPolicy

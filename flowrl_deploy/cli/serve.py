@@ -4,11 +4,14 @@ from __future__ import annotations
 
 from enum import Enum
 from pathlib import Path
-from typing import Annotated
+from typing import TYPE_CHECKING, Annotated
 
 import typer
 
 from flowrl_deploy.cli._common import TOKEN_ENV, TokenFile, finite, given_token, user_errors
+
+if TYPE_CHECKING:
+    from flowrl_deploy.serve.server import PolicyServer
 
 PROVIDER_NAMES = {
     "cpu": "CPUExecutionProvider",
@@ -58,7 +61,7 @@ def configure_logging(log_format: str, log_level: str) -> None:
         logging.captureWarnings(True)
 
 
-def print_banner(server) -> None:
+def print_banner(server: PolicyServer) -> None:
     """Print the server's ``serving … on`` line to stdout. A stdout that cannot take it (its reader
     gone, ``| true``; a full disk) does not stop the server: stdout carries nothing else, and the log
     on stderr (which journald keeps) names the address. One warning says so, and stdout is pointed at

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import json
-from typing import TYPE_CHECKING, Annotated
+from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
 
@@ -12,7 +12,15 @@ from flowrl_deploy.codec import UNCOUNTED_REFUSALS
 from flowrl_deploy.errors import counted
 
 if TYPE_CHECKING:
+    from collections.abc import Iterable
+
+    from google._upb._message import FieldDescriptor as UpbFieldDescriptor
+    from google.protobuf.descriptor import FieldDescriptor
     from google.protobuf.message import Message
+
+    from flowrl_deploy.proto.flowrl.v1 import policy_pb2 as pb
+
+    Field = FieldDescriptor | UpbFieldDescriptor  # a field of Message.DESCRIPTOR, as protobuf's stubs type it
 
 
 def as_dict(message: Message) -> dict:
@@ -20,13 +28,13 @@ def as_dict(message: Message) -> dict:
     every number a JSON number: protobuf's own JSON mapping (MessageToDict) writes 64-bit counters
     as strings and renames the fields in camelCase. An ``optional`` number the sender left out is null."""
 
-    def plain(field, value):
+    def plain(field: Field, value: Any) -> Any:
         return as_dict(value) if field.message_type is not None else value
 
-    def is_map(field) -> bool:  # a map<string, number> (e.g. MethodStats.codes): a JSON object
+    def is_map(field: Field) -> bool:  # a map<string, number> (e.g. MethodStats.codes): a JSON object
         return field.message_type is not None and field.message_type.GetOptions().map_entry
 
-    def absent(field) -> bool:  # an `optional` number an older server does not send: null, not 0
+    def absent(field: Field) -> bool:  # an `optional` number an older server does not send: null, not 0
         return field.message_type is None and field.has_presence and not message.HasField(field.name)
 
     return {
@@ -58,7 +66,7 @@ def _deadline(method: Message) -> str:
     return str(method.codes.get(DEADLINE, 0)) if method.codes or not method.requests else "-"
 
 
-def _errors_by_code(methods) -> list[str]:
+def _errors_by_code(methods: Iterable[pb.MethodStats]) -> list[str]:
     """``Act: INVALID_ARGUMENT 5, NOT_FOUND 3``: each method's calls that were not OK, by status code."""
     lines = []
     for method in methods:
