@@ -19,6 +19,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from flowrl_deploy.errors import FlowRLError
 from flowrl_deploy.spec import PolicySpec
 from flowrl_deploy.train.algorithm import FlowRL, resolve_device
 from flowrl_deploy.train.config import TrainConfig
@@ -75,14 +76,18 @@ def main() -> None:
     args = parser.parse_args()
 
     torch.set_num_threads(args.threads)
-    cfg = TrainConfig(
-        hidden=args.hidden,
-        batch_size=args.batch_size,
-        device=args.device,
-        bf16=args.bf16,
-        compile=args.compile,
-        cuda_graphs=args.cuda_graphs,
-    )
+    try:  # a setting refused (--device cuda without CUDA) is one line, as `flowrl train` says it
+        cfg = TrainConfig(
+            hidden=args.hidden,
+            batch_size=args.batch_size,
+            device=args.device,
+            bf16=args.bf16,
+            compile=args.compile,
+            cuda_graphs=args.cuda_graphs,
+        )
+        resolve_device(cfg.device)
+    except FlowRLError as exc:
+        raise SystemExit(f"error: {exc}") from None
     warmup, windows, per_window = (8, 3, 6) if args.quick else (20, 5, 30)  # warm-up covers graph capture
     if args.compile:
         warmup = max(warmup, 10)
