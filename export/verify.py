@@ -158,6 +158,7 @@ def verify_parity(
     err_sum, err_count = 0.0, 0
     within, repeat_identical = True, True
     pairs = []
+    non_finite = {"onnxruntime": 0, "torch": 0}  # rows with a NaN or infinite action (max() would skip a NaN)
     for size in batch_sizes:
         inputs = verification_inputs(spec, size, samples, rng)
         pairs.append(len(inputs) * size)
@@ -170,6 +171,8 @@ def verify_parity(
                 ref_pre = reference.pre_tanh(torch.from_numpy(obs), torch.from_numpy(noise), steps, solver)
                 ref_action = reference.squash(ref_pre).numpy()
                 ref_pre = ref_pre.numpy()
+            non_finite["onnxruntime"] += int((~np.isfinite(action)).any(axis=-1).sum())
+            non_finite["torch"] += int((~np.isfinite(ref_action)).any(axis=-1).sum())
             diff = np.abs(action - ref_action)
             diff_half_ranges = diff / half_range
             err_action = max(err_action, float(diff.max()))
@@ -181,6 +184,12 @@ def verify_parity(
                 within &= bool(np.allclose(pre_tanh, ref_pre, atol=FP32_ATOL, rtol=FP32_RTOL))
             if i == 0:
                 repeat_identical &= bool(np.array_equal(session.run(None, feeds)[0], action))
+    if any(non_finite.values()):
+        counts = ", ".join(f"{name} {count}" for name, count in non_finite.items())
+        raise VerificationError(
+            f"the policy's actions are NaN or infinite for {max(non_finite.values())} of {sum(pairs)} verification "
+            f"inputs ({counts}): its weights are finite but overflow float32 (training diverged?)"
+        )
     err_mean = err_sum / err_count
     if dtype != "fp32":
         within &= err_mean <= INT8_MEAN_ATOL

@@ -291,3 +291,15 @@ def test_config_fields_of_the_right_type_are_taken():
     config = ExportConfig(steps=None, solver=None, batch=3, deterministic=True, samples=1)
     assert (config.batch_dim, config.deterministic) == (3, True)
     assert ExportConfig(steps=7, solver="euler").steps == 7
+
+
+def test_finite_weights_that_overflow_are_refused_naming_the_non_finite_actions(tmp_path):
+    """Finite weights whose products overflow float32 made NaN actions, and the parity failure read
+    'max |Δaction| = 0' (max(0.0, nan) is 0.0 in Python) without a word of NaN."""
+    actor = actor_tensors()
+    actor["velocity.net.0.weight"] = np.full_like(actor["velocity.net.0.weight"], 3e38)
+    checkpoint = save_checkpoint(tmp_path / "step_1", spec=SPEC, actor=actor)
+    with pytest.raises(VerificationError, match=r"NaN or infinite for \d+ of \d+ verification inputs") as info:
+        export_checkpoint(checkpoint, tmp_path / "policy.onnx", ExportConfig(steps=1, samples=5))
+    assert "= 0 ×" not in str(info.value)
+    assert not (tmp_path / "policy.onnx").exists()
