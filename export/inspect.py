@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import os
+from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
 
@@ -39,10 +40,10 @@ def read_model(path: Path) -> Any:
     return parse_model(read_policy_file(path), path)
 
 
-def _tensors(values) -> list[dict[str, Any]]:
+def _tensors(values: Iterable[Any]) -> list[dict[str, Any]]:
     """Graph inputs or outputs as onnxruntime describes them: a dimension is a size, a name or None."""
 
-    def dim(d) -> int | str | None:
+    def dim(d: Any) -> int | str | None:
         return d.dim_value if d.HasField("dim_value") else d.dim_param if d.HasField("dim_param") else None
 
     return [
@@ -98,7 +99,7 @@ def format_inspection(info: dict[str, Any]) -> str:
     """A human-readable rendering of :func:`inspect_policy`'s result."""
     c, p = info["contract"], info["provenance"]
 
-    def shapes(tensors) -> str:
+    def shapes(tensors: Iterable[dict[str, Any]]) -> str:
         return ", ".join(f"{t['name']} {t['shape']} {t['type']}" for t in tensors)
 
     layout = ", ".join(f"{name}[{size}]" for name, size in c["obs_layout"]) or "(not recorded)"

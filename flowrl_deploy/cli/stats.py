@@ -49,7 +49,7 @@ def as_dict(message: Message) -> dict:
     }
 
 
-def reload_failures(reply: Message) -> int | None:
+def reload_failures(reply: pb.GetStatsReply) -> int | None:
     """GetStats' reload failures; None from a server older than the field, which sends none. A server
     from before the field was ``optional`` left out a 0 too, but it sends ``limits``, which came after."""
     if reply.HasField("reload_failures") or reply.limits:
@@ -61,7 +61,7 @@ _NO_RELEASE = "server release not reported (older than this client)"
 DEADLINE = "DEADLINE_EXCEEDED"
 
 
-def _deadline(method: Message) -> str:
+def _deadline(method: pb.MethodStats) -> str:
     """A method's DEADLINE_EXCEEDED count; '-' from a server older than ``codes``, which sends none."""
     return str(method.codes.get(DEADLINE, 0)) if method.codes or not method.requests else "-"
 
