@@ -431,7 +431,7 @@ def _not_started(missing: list[str], reason: str) -> FlowRLError:
     here = f"onnxruntime could not start {', '.join(missing)} here"
     if CUDA in missing and not cuda_device_present():
         return FlowRLError(
-            f"{here} (the NVIDIA driver reports no GPU here); leave the providers at their default "
+            f"{here} (no GPU: the NVIDIA driver is missing or reports none); leave the providers at their default "
             "or ask for CPUExecutionProvider"
         )
     if CUDA in missing and (error := cuda_library_error()):

@@ -180,5 +180,6 @@ def test_cuda_named_on_a_gpu_without_its_libraries_is_refused_naming_the_missing
 @pytest.mark.skipif(CUDA not in runtime.import_onnxruntime().get_available_providers(), reason="no CUDA build")
 def test_cuda_named_without_a_gpu_is_refused_saying_there_is_none(policy, monkeypatch):
     monkeypatch.setattr(runtime, "cuda_device_present", lambda: False)
-    with pytest.raises(runtime.FlowRLError, match=r"CUDAExecutionProvider here \(the NVIDIA driver reports no GPU"):
+    said = r"CUDAExecutionProvider here \(no GPU: the NVIDIA driver is missing or reports none\)"
+    with pytest.raises(runtime.FlowRLError, match=said):
         runtime.make_session(policy, providers=[CUDA, CPU])
