@@ -163,7 +163,7 @@ CUDA = "CUDAExecutionProvider"
 def _provider_library(kind: str) -> Path:
     """onnxruntime's provider library ``kind`` ('cuda', 'shared'), where its wheel puts it."""
     name = f"onnxruntime_providers_{kind}.dll" if os.name == "nt" else f"libonnxruntime_providers_{kind}.so"
-    return Path(import_onnxruntime().__file__).parent / "capi" / name
+    return Path(import_onnxruntime().__file__ or ".").parent / "capi" / name
 
 
 def cuda_library_error() -> str:
