@@ -1,17 +1,33 @@
-"""The served model: an :class:`OnnxPolicy` with a version, loaded, checked and warmed up."""
+"""The served model: an :class:`OnnxPolicy` with a version, loaded, checked and warmed up, and the
+:class:`ModelSlot` that loads, reloads and exports it."""
 
 from __future__ import annotations
 
+import functools
 import hashlib
+import logging
+import shutil
+import tempfile
+import threading
 import time
 from collections.abc import Callable
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 
-from flowrl_deploy.errors import FlowRLError
+from flowrl_deploy.affinity import normal_scheduling
+from flowrl_deploy.errors import FlowRLError, printable
 from flowrl_deploy.runtime import OnnxPolicy, is_onnx_path, read_policy_file
-from flowrl_deploy.serve.errors import ContractMismatch
+from flowrl_deploy.serve.errors import ContractMismatch, DeadlineExpired, NotReady
+from flowrl_deploy.serve.reload import reload_target
+
+if TYPE_CHECKING:
+    from flowrl_deploy.contract import PolicyContract
+    from flowrl_deploy.serve.config import ServeConfig
+    from flowrl_deploy.serve.metrics import Metrics
+
+log = logging.getLogger("flowrl.serve")
 
 WARMUP_RUNS = 5
 
@@ -85,3 +101,160 @@ def check_compatible(current: ServedModel, new: ServedModel) -> None:
     if new.contract.hash() != current.contract.hash():
         diff = "; ".join(current.contract.differences(new.contract))
         raise ContractMismatch(f"{new.path} does not match the served policy contract ({diff})")
+
+
+class ModelSlot:
+    """The served model's lifecycle: :meth:`load` loads, checks, warms up and swaps in a model (one
+    reload at a time; calls in flight keep the model they hold), exporting a checkpoint on the fly with
+    the :data:`Exporter` into a work folder of its own, which :meth:`close` removes.
+
+    ``check_first`` checks the first model's contract before it is served (the servicer refuses a
+    ``--max-message-bytes`` too small for its requests); a reload keeps that contract."""
+
+    def __init__(
+        self,
+        config: ServeConfig,
+        metrics: Metrics,
+        export_checkpoint: Exporter | None = None,
+        check_first: Callable[[PolicyContract], None] | None = None,
+    ) -> None:
+        self.config = config
+        self._metrics = metrics
+        self._check_first = check_first
+        self._exporter = None if export_checkpoint is None else functools.partial(self._export, export_checkpoint)
+        self.work_folder: Path | None = None
+        """Where checkpoints are exported (made by the first export, removed by :meth:`close`), or None."""
+        self._work_removed = False
+        self._providers = list(config.providers) or None
+        self.model: ServedModel | None = None
+        """The model served now (None until the first load); swapped as a whole, never changed in place."""
+        self._generation = 0
+        self._steps = config.steps
+        """The N checkpoints are exported at: ``--steps``, else the N of the model served now."""
+        self.load_lock = threading.Lock()
+        """Held by a :meth:`load` from its start to its swap: one load at a time."""
+
+    def load(
+        self,
+        requested: str = "",
+        still_wanted: Callable[[], bool] | None = None,
+        wait_s: float | None = None,
+        by: str = "--watch",
+    ) -> tuple[str, str]:
+        """Load, check, warm up and swap in a model; return (new version, previous version).
+
+        ``requested`` is the path a Reload caller sent, confined by
+        :func:`~flowrl_deploy.serve.reload.reload_target` ('': the served path, as when the server
+        starts and for ``--watch``). ``still_wanted`` (a Reload's caller still waiting for the
+        answer) is asked once the new model is ready: if it says no,
+        the reload is abandoned (:class:`DeadlineExpired`) and the old model keeps serving, so that
+        a caller told DEADLINE_EXCEEDED was not silently obeyed. A reload (a model is served
+        already) that fails is counted (``flowrl_reload_failures_total``); one of the very bytes
+        served now changes nothing and answers the served version twice. ``requested`` is checked
+        before waiting for a reload in progress: a forbidden path is refused at once (PERMISSION_DENIED),
+        not after that reload, or with DEADLINE_EXCEEDED when the caller's deadline passed meanwhile.
+        A reload in progress is waited for at most ``wait_s`` (None: as long as it takes), so that
+        callers who gave up do not pile up, each holding a handler thread, behind a slow one.
+        ``by`` names who asked, for the log of a reload: ``Reload from <the caller's address>``, or
+        ``--watch``, whose watcher calls this without arguments.
+        """
+        try:
+            source = str(reload_target(self.config.model, requested)) if requested else self.config.model
+            timeout = -1 if wait_s is None else min(max(wait_s, 0.0), threading.TIMEOUT_MAX)  # gRPC's "none" is huge
+            if not self.load_lock.acquire(timeout=timeout):
+                raise DeadlineExpired(
+                    f"reload abandoned, still serving {self.current().version}: another reload was still in "
+                    "progress when the caller's deadline passed"
+                )
+            try:
+                with normal_scheduling():  # under --rt-priority, a reload must not hold a core the calls need
+                    return self._swap(source, self.model, still_wanted, by)
+            finally:
+                self.load_lock.release()
+        except Exception:
+            if self.model is not None:  # a reload, not the first load
+                self._metrics.record_reload_failure()
+            raise
+
+    def _swap(
+        self, source: str, previous: ServedModel | None, still_wanted: Callable[[], bool] | None, by: str
+    ) -> tuple[str, str]:
+        """:meth:`load` of ``source``, under its lock."""
+        path = resolve_onnx(source, Path(f"gen{self._generation + 1}"), self._steps, self._exporter)
+        data, sha256 = read_model_file(path)
+        self._drop_export(path)
+        if previous is not None and sha256 == previous.sha256:  # e.g. `touch`: nothing to swap
+            shown = printable(source)
+            log.info("%s holds the model served now (%s): nothing to reload (by %s)", shown, previous.version, by)
+            return previous.version, previous.version
+        generation = self._generation + 1
+        # named by its source, not its export: a refusal names the checkpoint the caller knows
+        new = load_model(Path(source), data, sha256, generation, providers=self._providers, threads=self.config.threads)
+        if previous is not None:
+            check_compatible(previous, new)
+        elif self._check_first is not None:  # a reload keeps the contract, and with it the requests
+            self._check_first(new.contract)
+        new.warm_up(tuple(sorted({1, self.config.max_batch})))
+        if previous is not None and still_wanted is not None and not still_wanted():
+            raise DeadlineExpired(
+                f"reload abandoned, still serving {previous.version}: the caller stopped waiting (its "
+                f"deadline passed, or it cancelled) before {source} was loaded and warmed up"
+            )
+        self._generation += 1
+        self.model = new  # atomic reference swap: calls in flight keep the model they hold
+        if self.config.steps is None:  # checkpoints exported by later reloads keep the served N
+            self._steps = new.contract.flow_steps
+        providers = ", ".join(new.policy.session.get_providers())
+        steps = f"N={new.contract.flow_steps} flow steps"
+        if previous is not None:
+            self._metrics.record_reload()
+            shown = printable(source)
+            log.info("reloaded %s by %s: %s -> %s (%s, %s)", shown, by, previous.version, new.version, steps, providers)
+        else:
+            log.info("loaded %s as %s (%s, %s)", printable(source), new.version, steps, providers)
+        return new.version, previous.version if previous else ""
+
+    def _drop_export(self, path: Path) -> None:
+        """Remove a checkpoint's export once its bytes are read (the model loads from them): each
+        reload's stayed until the stop, so a --watch server of a training run filled its TMPDIR."""
+        if self.work_folder is not None and path.is_relative_to(self.work_folder):
+            shutil.rmtree(path.parent, ignore_errors=True)
+
+    def _export(self, export_checkpoint: Exporter, checkpoint: Path, out: Path, steps: int | None) -> Path:
+        """``export_checkpoint``, writing ``out`` (relative) into :attr:`work_folder`, made now if need be: an
+        .onnx file is served without one, so a read-only file system with no writable TMPDIR serves it."""
+        if self._work_removed:  # a --watch reload after the stop removed the folder
+            raise FlowRLError(f"the server has stopped: {checkpoint} is not exported")
+        if self.work_folder is None:
+            try:
+                self.work_folder = Path(tempfile.mkdtemp(prefix="flowrl-serve-"))
+            except OSError as exc:
+                raise FlowRLError(
+                    f"serving a checkpoint exports it to a temporary directory, and none is writable "
+                    f"({exc.strerror or exc}): set TMPDIR to a writable folder (in a container, mount one, "
+                    "e.g. an emptyDir, at /tmp), or serve the .onnx file `flowrl export` writes"
+                ) from None
+        try:
+            exported = export_checkpoint(checkpoint, self.work_folder / out, steps)
+        finally:
+            # a --watch reload's export may outlive the stop, which removed the folder it writes into
+            stopped = self._work_removed
+            if stopped:
+                self.close()
+        if stopped:
+            raise FlowRLError(f"the server stopped while {checkpoint} was exported: it is not loaded")
+        return exported
+
+    def close(self) -> None:
+        """Remove the work folder, if a checkpoint was exported (the models loaded from it stay in memory),
+        and what an export running now writes into it once done."""
+        self._work_removed = True  # before the removal: an export that ends meanwhile removes it again
+        if self.work_folder is not None:
+            shutil.rmtree(self.work_folder, ignore_errors=True)
+
+    def current(self) -> ServedModel:
+        """The model served now; refused (UNAVAILABLE) while the first one loads."""
+        model = self.model
+        if model is None:
+            raise NotReady("the model is still loading; retry when health reports SERVING")
+        return model

@@ -555,7 +555,7 @@ class PolicyServer:
                     grace + STOP_MARGIN_S,
                     grace,
                 )
-                self.servicer.remove_work_folder()  # the rest is released once gRPC's stop ends
+                self.servicer.slot.close()  # the work folder; the rest is released once gRPC's stop ends
         else:  # a server whose start() failed before gRPC ran: its batcher threads
             self.servicer.close()
         if self._metrics_http is not None:  # its loop notices a shutdown within its 0.5 s poll

@@ -9,8 +9,6 @@ from __future__ import annotations
 import functools
 import json
 import logging
-import shutil
-import tempfile
 import threading
 import time
 import uuid
@@ -23,7 +21,6 @@ import grpc
 import numpy as np
 from google.protobuf.message import Message
 
-from flowrl_deploy.affinity import normal_scheduling
 from flowrl_deploy.codec import TensorError, as_batch, decode, encode
 from flowrl_deploy.contract import PolicyContract
 from flowrl_deploy.errors import FlowRLError, SpecError, printable
@@ -34,7 +31,6 @@ from flowrl_deploy.serve.batcher import MicroBatcher
 from flowrl_deploy.serve.config import ServeConfig
 from flowrl_deploy.serve.errors import (
     ContractMismatch,
-    DeadlineExpired,
     NotReady,
     ServeError,
     SessionLimitReached,
@@ -42,15 +38,8 @@ from flowrl_deploy.serve.errors import (
     status_of,
 )
 from flowrl_deploy.serve.metrics import Metrics
-from flowrl_deploy.serve.model import (
-    Exporter,
-    ServedModel,
-    check_compatible,
-    load_model,
-    read_model_file,
-    resolve_onnx,
-)
-from flowrl_deploy.serve.reload import reload_target, requested_path
+from flowrl_deploy.serve.model import Exporter, ModelSlot, ServedModel
+from flowrl_deploy.serve.reload import requested_path
 from flowrl_deploy.versions import release
 
 log = logging.getLogger("flowrl.serve")
@@ -188,20 +177,11 @@ class _StreamOwner:
 
 
 class PolicyServicer(pb_grpc.PolicyServiceServicer):
-    """The service state: the current model (swapped atomically on reload), sessions, batcher."""
+    """The service: its RPC handlers, their sessions and contract pins, and the batcher; the model
+    served, its reloads and a checkpoint's export on the fly are :attr:`slot`'s (:class:`ModelSlot`)."""
 
     def __init__(self, config: ServeConfig, export_checkpoint: Exporter | None = None) -> None:
         self.config = config
-        self._exporter = None if export_checkpoint is None else functools.partial(self._export, export_checkpoint)
-        self.work_folder: Path | None = None
-        """Where checkpoints are exported (made by the first export, removed by :meth:`close`), or None."""
-        self._work_removed = False
-        self._providers = list(config.providers) or None
-        self.model: ServedModel | None = None
-        self._generation = 0
-        self._steps = config.steps
-        """The N checkpoints are exported at: ``--steps``, else the N of the model served now."""
-        self._reload_lock = threading.Lock()
         self._refusals_held: dict[str, str] = {}
         """By status: the latest refused Reload whose warning was held back (the next one names it)."""
         self._refusals_lock = threading.Lock()
@@ -212,6 +192,13 @@ class PolicyServicer(pb_grpc.PolicyServiceServicer):
         self.release = release()
         """This flowrl-deploy's release, sent in GetSpec and GetStats replies (read once: it may ask git)."""
         self.metrics = Metrics(self.session_count, lambda: self.model.version if self.model else "")
+        self.slot = ModelSlot(
+            config,
+            self.metrics,
+            export_checkpoint,
+            check_first=lambda contract: check_request_limit(config.max_message_bytes, contract),
+        )
+        """The served model and its lifecycle: load, reload, export on the fly, its work folder."""
         self.batcher = MicroBatcher(
             self._run_batch,
             max_batch=config.max_batch,
@@ -220,6 +207,25 @@ class PolicyServicer(pb_grpc.PolicyServiceServicer):
         )
 
     # --- model ------------------------------------------------------------------------------
+    @property
+    def model(self) -> ServedModel | None:
+        """The model served now (None until the first load): :attr:`ModelSlot.model`."""
+        return self.slot.model
+
+    @property
+    def work_folder(self) -> Path | None:
+        """Where checkpoints are exported: :attr:`ModelSlot.work_folder`."""
+        return self.slot.work_folder
+
+    @work_folder.setter
+    def work_folder(self, folder: Path | None) -> None:
+        self.slot.work_folder = folder
+
+    @property
+    def _reload_lock(self) -> threading.Lock:
+        """:attr:`ModelSlot.load_lock`: holding it keeps a reload in progress (as tests do)."""
+        return self.slot.load_lock
+
     def load(
         self,
         requested: str = "",
@@ -227,130 +233,16 @@ class PolicyServicer(pb_grpc.PolicyServiceServicer):
         wait_s: float | None = None,
         by: str = "--watch",
     ) -> tuple[str, str]:
-        """Load, check, warm up and swap in a model; return (new version, previous version).
-
-        ``requested`` is the path a Reload caller sent, confined by
-        :func:`~flowrl_deploy.serve.reload.reload_target` ('': the served path, as when the server
-        starts and for ``--watch``). ``still_wanted`` (a Reload's caller still waiting for the
-        answer) is asked once the new model is ready: if it says no,
-        the reload is abandoned (:class:`DeadlineExpired`) and the old model keeps serving, so that
-        a caller told DEADLINE_EXCEEDED was not silently obeyed. A reload (a model is served
-        already) that fails is counted (``flowrl_reload_failures_total``); one of the very bytes
-        served now changes nothing and answers the served version twice. ``requested`` is checked
-        before waiting for a reload in progress: a forbidden path is refused at once (PERMISSION_DENIED),
-        not after that reload, or with DEADLINE_EXCEEDED when the caller's deadline passed meanwhile.
-        A reload in progress is waited for at most ``wait_s`` (None: as long as it takes), so that
-        callers who gave up do not pile up, each holding a handler thread, behind a slow one.
-        ``by`` names who asked, for the log of a reload: ``Reload from <the caller's address>``, or
-        ``--watch``, whose watcher calls this without arguments.
-        """
-        try:
-            source = str(reload_target(self.config.model, requested)) if requested else self.config.model
-            timeout = -1 if wait_s is None else min(max(wait_s, 0.0), threading.TIMEOUT_MAX)  # gRPC's "none" is huge
-            if not self._reload_lock.acquire(timeout=timeout):
-                raise DeadlineExpired(
-                    f"reload abandoned, still serving {self._current().version}: another reload was still in "
-                    "progress when the caller's deadline passed"
-                )
-            try:
-                with normal_scheduling():  # under --rt-priority, a reload must not hold a core the calls need
-                    return self._swap(source, self.model, still_wanted, by)
-            finally:
-                self._reload_lock.release()
-        except Exception:
-            if self.model is not None:  # a reload, not the first load
-                self.metrics.record_reload_failure()
-            raise
-
-    def _swap(
-        self, source: str, previous: ServedModel | None, still_wanted: Callable[[], bool] | None, by: str
-    ) -> tuple[str, str]:
-        """:meth:`load` of ``source``, under its lock."""
-        path = resolve_onnx(source, Path(f"gen{self._generation + 1}"), self._steps, self._exporter)
-        data, sha256 = read_model_file(path)
-        self._drop_export(path)
-        if previous is not None and sha256 == previous.sha256:  # e.g. `touch`: nothing to swap
-            shown = printable(source)
-            log.info("%s holds the model served now (%s): nothing to reload (by %s)", shown, previous.version, by)
-            return previous.version, previous.version
-        generation = self._generation + 1
-        # named by its source, not its export: a refusal names the checkpoint the caller knows
-        new = load_model(Path(source), data, sha256, generation, providers=self._providers, threads=self.config.threads)
-        if previous is not None:
-            check_compatible(previous, new)
-        else:  # a reload keeps the contract, and with it the requests
-            check_request_limit(self.config.max_message_bytes, new.contract)
-        new.warm_up(tuple(sorted({1, self.config.max_batch})))
-        if previous is not None and still_wanted is not None and not still_wanted():
-            raise DeadlineExpired(
-                f"reload abandoned, still serving {previous.version}: the caller stopped waiting (its "
-                f"deadline passed, or it cancelled) before {source} was loaded and warmed up"
-            )
-        self._generation += 1
-        self.model = new  # atomic reference swap: calls in flight keep the model they hold
-        if self.config.steps is None:  # checkpoints exported by later reloads keep the served N
-            self._steps = new.contract.flow_steps
-        providers = ", ".join(new.policy.session.get_providers())
-        steps = f"N={new.contract.flow_steps} flow steps"
-        if previous is not None:
-            self.metrics.record_reload()
-            shown = printable(source)
-            log.info("reloaded %s by %s: %s -> %s (%s, %s)", shown, by, previous.version, new.version, steps, providers)
-        else:
-            log.info("loaded %s as %s (%s, %s)", printable(source), new.version, steps, providers)
-        return new.version, previous.version if previous else ""
-
-    def _drop_export(self, path: Path) -> None:
-        """Remove a checkpoint's export once its bytes are read (the model loads from them): each
-        reload's stayed until the stop, so a --watch server of a training run filled its TMPDIR."""
-        if self.work_folder is not None and path.is_relative_to(self.work_folder):
-            shutil.rmtree(path.parent, ignore_errors=True)
-
-    def _export(self, export_checkpoint: Exporter, checkpoint: Path, out: Path, steps: int | None) -> Path:
-        """``export_checkpoint``, writing ``out`` (relative) into :attr:`work_folder`, made now if need be: an
-        .onnx file is served without one, so a read-only file system with no writable TMPDIR serves it."""
-        if self._work_removed:  # a --watch reload after the stop removed the folder
-            raise FlowRLError(f"the server has stopped: {checkpoint} is not exported")
-        if self.work_folder is None:
-            try:
-                self.work_folder = Path(tempfile.mkdtemp(prefix="flowrl-serve-"))
-            except OSError as exc:
-                raise FlowRLError(
-                    f"serving a checkpoint exports it to a temporary directory, and none is writable "
-                    f"({exc.strerror or exc}): set TMPDIR to a writable folder (in a container, mount one, "
-                    "e.g. an emptyDir, at /tmp), or serve the .onnx file `flowrl export` writes"
-                ) from None
-        try:
-            exported = export_checkpoint(checkpoint, self.work_folder / out, steps)
-        finally:
-            # a --watch reload's export may outlive the stop, which removed the folder it writes into
-            stopped = self._work_removed
-            if stopped:
-                self.remove_work_folder()
-        if stopped:
-            raise FlowRLError(f"the server stopped while {checkpoint} was exported: it is not loaded")
-        return exported
+        """:meth:`ModelSlot.load`: the server's start, ``--watch`` and the Reload RPC load through here."""
+        return self.slot.load(requested, still_wanted, wait_s, by)
 
     def close(self) -> None:
-        """Stop the batcher's threads and remove the work folder."""
+        """Stop the batcher's threads and remove the work folder (:meth:`ModelSlot.close`)."""
         self.batcher.close()
-        self.remove_work_folder()
-
-    def remove_work_folder(self) -> None:
-        """Remove the work folder, if a checkpoint was exported (the models loaded from it stay in memory),
-        and what an export running now writes into it once done."""
-        self._work_removed = True  # before the removal: an export that ends meanwhile removes it again
-        if self.work_folder is not None:
-            shutil.rmtree(self.work_folder, ignore_errors=True)
-
-    def _current(self) -> ServedModel:
-        model = self.model
-        if model is None:
-            raise NotReady("the model is still loading; retry when health reports SERVING")
-        return model
+        self.slot.close()
 
     def _run_batch(self, obs: np.ndarray, noise: np.ndarray | None) -> tuple[np.ndarray, str, int]:
-        model = self._current()
+        model = self.slot.current()
         action, inference_us = model.run(obs, noise)
         self.metrics.record_batch(len(obs), inference_us / 1e6)
         return action, model.version, inference_us
@@ -443,7 +335,7 @@ class PolicyServicer(pb_grpc.PolicyServiceServicer):
     # --- RPCs ---------------------------------------------------------------------------------
     @_unary("GetSpec")
     def GetSpec(self, request: pb.GetSpecRequest, context: grpc.ServicerContext) -> pb.GetSpecReply:
-        model = self._current()
+        model = self.slot.current()
         c = model.contract
         return pb.GetSpecReply(
             obs_dim=c.obs_dim,
@@ -469,7 +361,7 @@ class PolicyServicer(pb_grpc.PolicyServiceServicer):
         received = time.time_ns()
         remaining = context.time_remaining()
         deadline = None if remaining is None else time.monotonic() + remaining
-        model = self._current()
+        model = self.slot.current()
         self._check_contract(model, request.contract_hash, "")
         if request.session_id and request.HasField("seed"):  # the seed was ignored without a word
             raise ServeError(
@@ -550,7 +442,7 @@ class PolicyServicer(pb_grpc.PolicyServiceServicer):
         if opening.refusal is not None:
             code, message = opening.refusal
             raise ServeError(message, code)
-        model = self._current()
+        model = self.slot.current()
         try:
             self._check_contract(model, opening.contract_hash, opening.contract_json)
         except ServeError as exc:
@@ -566,7 +458,7 @@ class PolicyServicer(pb_grpc.PolicyServiceServicer):
     def _stream_step(
         self, request: pb.StreamActRequest, deadline: float | None, session: Session, reply: pb.StreamActReply
     ) -> None:
-        model = self._current()
+        model = self.slot.current()
         obs = self._obs(request.obs, model)
         if len(obs) != 1:
             raise TensorError(f"obs: StreamAct takes one observation per request, got {len(obs)}")
@@ -579,7 +471,7 @@ class PolicyServicer(pb_grpc.PolicyServiceServicer):
 
     @_unary("Reset")
     def Reset(self, request: pb.ResetRequest, context: grpc.ServicerContext) -> pb.ResetReply:
-        model = self._current()
+        model = self.slot.current()
         if not request.session_id:
             raise ServeError("Reset needs a session_id", grpc.StatusCode.INVALID_ARGUMENT)
         self._check_contract(model, request.contract_hash, request.contract_json)
@@ -666,7 +558,7 @@ class PolicyServicer(pb_grpc.PolicyServiceServicer):
                 raise
             except FlowRLError as exc:
                 raise ServeError(
-                    f"reload refused, still serving {self._current().version}: {exc}",
+                    f"reload refused, still serving {self.slot.current().version}: {exc}",
                     grpc.StatusCode.FAILED_PRECONDITION,
                 ) from exc
         except ServeError as exc:

@@ -1,0 +1,72 @@
+"""ModelSlot, the served model's lifecycle, on its own (no servicer, no gRPC): the first load, a reload
+that swaps, one of the same bytes that swaps nothing, the first contract's check, a checkpoint exported
+into a work folder that close() removes."""
+
+from __future__ import annotations
+
+import shutil
+from pathlib import Path
+
+import pytest
+from tiny_policy import write_policy
+
+from flowrl_deploy.errors import FlowRLError
+from flowrl_deploy.serve import ServeConfig
+from flowrl_deploy.serve.errors import NotReady
+from flowrl_deploy.serve.metrics import Metrics
+from flowrl_deploy.serve.model import ModelSlot
+
+
+def _slot(model: Path, **kwargs: object) -> ModelSlot:
+    return ModelSlot(ServeConfig(str(model), port=0), Metrics(lambda: 0, lambda: ""), **kwargs)
+
+
+def test_a_slot_serves_nothing_until_loaded_then_swaps_on_reload(tmp_path):
+    path = write_policy(tmp_path / "policy.onnx")
+    slot = _slot(path)
+    with pytest.raises(NotReady):
+        slot.current()
+    first, previous = slot.load()
+    assert previous == "" and first.startswith("v1-") and slot.current().version == first
+    served = slot.current()
+    assert slot.load() == (first, first) and slot.current() is served  # the same bytes: nothing swapped
+    write_policy(tmp_path / "policy.onnx", scale=2.0)
+    second, previous = slot.load()
+    assert (previous, second[:3]) == (first, "v2-") and slot.current().version == second
+    assert served.version == first  # a call in flight keeps the model it holds
+
+
+def test_the_first_models_contract_is_checked_before_it_is_served(tmp_path):
+    checked = []
+
+    def refuse(contract: object) -> None:
+        checked.append(contract)
+        raise FlowRLError("refused")
+
+    slot = _slot(write_policy(tmp_path / "policy.onnx"), check_first=refuse)
+    with pytest.raises(FlowRLError, match="refused"):
+        slot.load()
+    assert len(checked) == 1 and slot.model is None
+
+
+def test_a_checkpoint_is_exported_into_a_work_folder_that_close_removes(tmp_path):
+    onnx = write_policy(tmp_path / "policy.onnx")
+    checkpoint = tmp_path / "run"
+    checkpoint.mkdir()
+    exports: list[tuple[Path, int | None]] = []
+
+    def export(source: Path, out: Path, steps: int | None) -> Path:
+        exports.append((out, steps))
+        out.parent.mkdir(parents=True, exist_ok=True)
+        return Path(shutil.copy(onnx, out))
+
+    slot = _slot(checkpoint, export_checkpoint=export)
+    assert slot.work_folder is None
+    version, _ = slot.load()
+    folder = slot.work_folder
+    assert version.startswith("v1-") and folder is not None and folder.is_dir()
+    assert exports[0][0] == folder / "gen1" / "policy.onnx" and not exports[0][0].exists()  # dropped once read
+    slot.close()
+    assert not folder.exists()
+    with pytest.raises(FlowRLError, match="the server has stopped"):
+        slot.load()
