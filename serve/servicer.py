@@ -14,7 +14,6 @@ import time
 import uuid
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, replace
-from pathlib import Path
 from typing import TypeVar, cast
 
 import grpc
@@ -211,20 +210,6 @@ class PolicyServicer(pb_grpc.PolicyServiceServicer):
     def model(self) -> ServedModel | None:
         """The model served now (None until the first load): :attr:`ModelSlot.model`."""
         return self.slot.model
-
-    @property
-    def work_folder(self) -> Path | None:
-        """Where checkpoints are exported: :attr:`ModelSlot.work_folder`."""
-        return self.slot.work_folder
-
-    @work_folder.setter
-    def work_folder(self, folder: Path | None) -> None:
-        self.slot.work_folder = folder
-
-    @property
-    def _reload_lock(self) -> threading.Lock:
-        """:attr:`ModelSlot.load_lock`: holding it keeps a reload in progress (as tests do)."""
-        return self.slot.load_lock
 
     def load(
         self,

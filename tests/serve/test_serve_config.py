@@ -167,7 +167,7 @@ def test_a_refused_start_leaves_no_thread_or_folder_behind(tmp_path, setting, me
     for thread in batchers:
         thread.join(timeout=10)
     assert not any(t.is_alive() for t in batchers)
-    folder = server.servicer.work_folder
+    folder = server.servicer.slot.work_folder
     assert (folder is not None) == exported  # only a checkpoint's export makes one
     assert folder is None or not folder.exists()  # removed by the stop that followed the refusal
     if server.port:  # a port gRPC had bound is free again

@@ -182,7 +182,7 @@ def test_a_reload_waiting_behind_another_gives_up_at_its_callers_deadline(server
     """Reloads whose callers had given up waited on, each holding a handler thread, behind a slow
     (or stuck) reload: the control calls' threads ran out, and health checks with them."""
     failures = client.stats().reload_failures
-    assert server.servicer._reload_lock.acquire(timeout=30)  # a reload in progress
+    assert server.servicer.slot.load_lock.acquire(timeout=30)  # a reload in progress
     try:
         with pytest.raises(grpc.RpcError) as late:
             client.stub.Reload(pb.ReloadRequest(), timeout=0.5)
@@ -192,7 +192,7 @@ def test_a_reload_waiting_behind_another_gives_up_at_its_callers_deadline(server
             time.sleep(0.05)
         assert client.stats().reload_failures == failures + 1
     finally:
-        server.servicer._reload_lock.release()
+        server.servicer.slot.load_lock.release()
 
 
 def test_a_link_swapped_for_a_file_during_the_last_check_is_no_usable_path(tmp_path, monkeypatch):

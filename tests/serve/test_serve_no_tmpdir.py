@@ -75,10 +75,10 @@ def test_a_checkpoint_exported_on_the_fly_uses_a_work_folder_it_removes_on_stop(
         return exported[-1]
 
     server = PolicyServer(ServeConfig(str(checkpoint), port=0, grace_s=0), export_checkpoint=export)
-    assert server.servicer.work_folder is None  # nothing made until a checkpoint is exported
+    assert server.servicer.slot.work_folder is None  # nothing made until a checkpoint is exported
     with server.start():
         assert server.servicer.model is not None
-        folder = server.servicer.work_folder
+        folder = server.servicer.slot.work_folder
         assert folder is not None and exported[0].is_relative_to(folder) and not exported[0].exists()
         assert folder.name.startswith("flowrl-serve-")
     assert not folder.exists()
@@ -105,7 +105,7 @@ def test_every_export_of_a_server_goes_into_its_one_work_folder(tmp_path, monkey
 
     with PolicyServer(ServeConfig(str(checkpoint), port=0, grace_s=0), export_checkpoint=export).start() as server:
         server.servicer.load()  # a Reload of the served checkpoint, as --watch makes
-        folder = server.servicer.work_folder
+        folder = server.servicer.slot.work_folder
         assert folder is not None and [path.relative_to(folder).parts for path in exported] == [
             ("gen1", "policy.onnx"),
             ("gen2", "policy.onnx"),

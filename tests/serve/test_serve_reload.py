@@ -165,7 +165,7 @@ def test_a_forbidden_reload_path_is_refused_at_once_during_a_reload_in_progress(
     """The path was checked only once a reload in progress (e.g. a checkpoint's export) had ended:
     the caller waited, and was told DEADLINE_EXCEEDED rather than PERMISSION_DENIED."""
     server, client, _ = served
-    with server.servicer._reload_lock, pytest.raises(ServiceError) as info:  # a reload in progress
+    with server.servicer.slot.load_lock, pytest.raises(ServiceError) as info:  # a reload in progress
         client.reload("/etc/passwd", timeout_s=1.0)
     assert info.value.code == grpc.StatusCode.PERMISSION_DENIED
     assert client.stats().reload_failures == 1

@@ -91,7 +91,7 @@ def test_a_stop_with_many_calls_in_flight_ends_within_the_grace_period(tmp_path,
     server = PolicyServer(ServeConfig(str(write_policy(tmp_path / "policy.onnx")), port=0, grace_s=GRACE_S)).start()
     work_folder = tmp_path / "work"  # as a checkpoint's export made it
     (work_folder / "gen1").mkdir(parents=True)
-    server.servicer.work_folder = work_folder
+    server.servicer.slot.work_folder = work_folder
     release = threading.Event()
     client = PolicyClient(server.address, timeout_s=60)
     ended: list[str] = []
