@@ -18,7 +18,7 @@ import numpy as np
 
 from flowrl_deploy.affinity import normal_scheduling
 from flowrl_deploy.errors import FlowRLError, printable
-from flowrl_deploy.runtime import OnnxPolicy, is_onnx_path, read_policy_file
+from flowrl_deploy.runtime import ModelLoadError, OnnxPolicy, is_onnx_path, onnxruntime_text, read_policy_file
 from flowrl_deploy.serve.errors import ContractMismatch, DeadlineExpired, NotReady
 from flowrl_deploy.serve.reload import reload_target
 
@@ -57,11 +57,21 @@ class ServedModel:
         return action, (time.perf_counter_ns() - start) // 1000
 
     def warm_up(self, batches: tuple[int, ...]) -> None:
-        """Run every batch size once or more so that the first client call is not the slow one."""
-        for batch in batches:
-            for _ in range(WARMUP_RUNS):
-                noise = np.zeros((batch, self.act_dim), np.float32) if self.policy.takes_noise else None
-                self.run(np.zeros((batch, self.obs_dim), np.float32), noise)
+        """Run every batch size once or more so that the first client call is not the slow one.
+
+        A run that fails is where a GPU provider's errors first show (no kernel for the device, out of
+        memory, an old driver): it raises :class:`ModelLoadError` naming the file and the providers."""
+        try:
+            for batch in batches:
+                for _ in range(WARMUP_RUNS):
+                    noise = np.zeros((batch, self.act_dim), np.float32) if self.policy.takes_noise else None
+                    self.run(np.zeros((batch, self.obs_dim), np.float32), noise)
+        except Exception as exc:  # onnxruntime's own untyped errors
+            providers = self.policy.session.get_providers()
+            hint = "; serve it on the CPU with --providers cpu" if providers != ["CPUExecutionProvider"] else ""
+            raise ModelLoadError(
+                f"cannot run {self.path} on {', '.join(providers)}: {onnxruntime_text(exc)}{hint}"
+            ) from exc
 
 
 def resolve_onnx(model: str, workdir: Path, steps: int | None, export_checkpoint: Exporter | None) -> Path:
