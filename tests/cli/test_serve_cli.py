@@ -241,3 +241,13 @@ def test_control_drives_a_simulator(tmp_path):
 def test_a_server_port_out_of_range_is_named_not_wrapped():
     result = runner.invoke(app, ["query", "--server", "localhost:99999", "--obs", "[0, 0, 0]"])
     assert result.exit_code == 1 and "port 99999 is not in 1-65535" in result.output
+
+
+@pytest.mark.parametrize("given", ["cpu,cuda", "CPUExecutionProvider,tensorrt,cuda"])
+def test_serve_refuses_a_provider_listed_after_the_cpu_which_would_never_run(tmp_path, given):
+    """onnxruntime gives each node to the first provider listed that runs it, and the CPU runs them all:
+    `--providers cpu,cuda` served on the CPU while saying CUDA must start."""
+    path = write_policy(tmp_path / "policy.onnx")
+    result = runner.invoke(app, ["serve", str(path), "--port", "0", "--providers", given])
+    assert result.exit_code == 1 and "Traceback" not in result.output
+    assert "after the CPU would never run" in result.output and "list it first" in result.output
