@@ -52,7 +52,7 @@ from timing import throughput, time_interleaved
 
 from flowrl_deploy.export.graph import VelocityWeights, build_policy_graph, schedule
 from flowrl_deploy.runtime import make_session
-from flowrl_deploy.spec import PolicySpec
+from flowrl_deploy.spec import SOLVERS, PolicySpec
 from flowrl_deploy.train.actor import FlowActor
 from flowrl_deploy.versions import library_versions
 
@@ -234,7 +234,7 @@ def main() -> None:
     parser.add_argument("--json", type=Path, help="write the figures here")
     parser.add_argument("--steps", type=int, nargs="+", default=[1, 5, 10, 20])
     parser.add_argument("--shapes", nargs="+", choices=sorted(SHAPES), default=list(SHAPES))
-    parser.add_argument("--solver", choices=("midpoint", "euler"), default="midpoint")
+    parser.add_argument("--solver", choices=SOLVERS, default="midpoint")
     parser.add_argument("--budget", type=float, default=3.0, help="seconds of interleaved timing per batch size")
     parser.add_argument("--gap", action="store_true", help="where optimized's time over the floor goes (see above)")
     args = parser.parse_args()
