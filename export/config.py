@@ -18,6 +18,8 @@ MIN_OPSET = 13
 the graph spells it out in basic ops)."""
 LAYER_NORM_OPSET = 17
 """The oldest opset with LayerNormalization."""
+MAX_BATCH = 65536
+"""A fixed batch larger than this is verified with that many rows per call: gigabytes for nothing."""
 
 
 @dataclass(frozen=True)
@@ -33,7 +35,7 @@ class ExportConfig:
     """ONNX opset of the main domain (>= MIN_OPSET; below LAYER_NORM_OPSET LayerNormalization is spelled
     out in basic ops, for older runtimes)."""
     batch: int | str = "dynamic"
-    """'dynamic' for a free batch axis, or a fixed batch size."""
+    """'dynamic' for a free batch axis, or a fixed batch size from 1 to MAX_BATCH."""
     deterministic: bool = False
     """Export a graph without the noise input that starts from a0 = 0."""
     dtype: str = "fp32"
@@ -49,8 +51,8 @@ class ExportConfig:
     """Seed of the verification inputs."""
 
     def __post_init__(self) -> None:
-        if self.batch != "dynamic" and not (is_int(self.batch) and self.batch >= 1):
-            raise FlowRLError(f"--batch must be 'dynamic' or a positive integer, got {self.batch!r}")
+        if self.batch != "dynamic" and not (is_int(self.batch) and 1 <= self.batch <= MAX_BATCH):
+            raise FlowRLError(f"--batch must be 'dynamic' or an integer from 1 to {MAX_BATCH}, got {self.batch!r}")
         wrong = wrong_type(self)
         if wrong is not None:
             name, expected = wrong

@@ -20,9 +20,11 @@ from flowrl_deploy.checkpoint import (
     RUN_OUTPUTS,
     check_output_path,
     load_checkpoint,
+    read_spec,
+    resolve_checkpoint,
 )
 from flowrl_deploy.contract import NOISE_INPUT, OBS_INPUT, PolicyContract, contract_to_metadata
-from flowrl_deploy.errors import FlowRLError, counted
+from flowrl_deploy.errors import FlowRLError, counted, printable
 from flowrl_deploy.export.config import ExportConfig
 from flowrl_deploy.extras import install_command, missing_modules
 from flowrl_deploy.spec import PolicySpec
@@ -84,6 +86,57 @@ def export_for_serving(checkpoint: Path, out: Path, steps: int | None) -> Path:
     return out
 
 
+OUT_ARG = "out_path"
+"""How the Python API's refusals name its output (the CLI's name it --out)."""
+EXPORT_RULE = "an export may replace an earlier export, never another file"
+
+
+def output_file(flag: str, path: str | os.PathLike[str], example: str) -> Path:
+    """``path`` as the path of a file to write. One that ends in a slash names a folder, though
+    ``Path`` drops the slash (``j/`` becomes the file ``j``): it is refused, also where the folder
+    does not exist yet."""
+    text = os.fspath(path)
+    if text.endswith(tuple(filter(None, (os.sep, os.altsep)))):
+        raise FlowRLError(
+            f"{flag} {text} ends in a slash, so it names a folder; give a file path such as {text}{example}"
+        )
+    return Path(text)
+
+
+def check_export_output(flag: str, path: Path, checkpoint_dir: Path, rename: str = OUT_ARG) -> None:
+    """Refuse, before any work, an ONNX output that would destroy something (docs/export.md, "Output
+    files, and what is refused"): a directory, a path that is not a regular file or lies inside a
+    checkpoint, a file of the run being exported, or an existing file that is not a flowrl policy.
+    ``flag`` names the path in the message, ``rename`` the argument to change (``--out`` in the CLI,
+    ``out_path`` from Python)."""
+    if path.is_dir():
+        raise FlowRLError(f"{flag} {path} is a directory; give a file path such as {path / 'policy.onnx'}")
+    check_output_path(flag, path)
+    check_run_output(flag, path, checkpoint_dir)
+    check_replaceable(flag, path, rename)
+
+
+def sweep_file_flag(flag: str, out: Path, path: Path) -> str:
+    """How a refusal names the file ``path`` of a sweep written next to ``out`` (given as ``flag``)."""
+    return flag if path == out else f"the sweep's file (from {flag} {printable(out)})"
+
+
+def check_replaceable(flag: str, path: Path, rename: str = OUT_ARG) -> None:
+    """Refuse an existing regular file at ``path`` that is not a policy ``flowrl export`` wrote (an
+    ONNX model carrying a flowrl contract: :func:`~flowrl_deploy.onnxfile.unlike_a_flowrl_policy`),
+    such as an observation's JSON, notes, an .npy or another project's model. An empty file holds
+    nothing to lose, and a link is replaced, never written through."""
+    from flowrl_deploy.onnxfile import unlike_a_flowrl_policy
+
+    if path.is_symlink() or not path.is_file() or path.stat().st_size == 0:
+        return
+    if why := unlike_a_flowrl_policy(path):
+        raise FlowRLError(
+            f"{flag} {printable(path)} exists and {why}: {EXPORT_RULE}; give {rename} another name, or delete the "
+            "file first if it may go"
+        )
+
+
 def export_checkpoint(
     checkpoint_path: str | os.PathLike[str],
     out_path: str | os.PathLike[str],
@@ -92,18 +145,19 @@ def export_checkpoint(
     """Unroll the checkpoint's sampler into ``out_path``, verify it, and return the report.
 
     Raises :class:`FlowRLError` (a ``CheckpointError`` for unreadable checkpoints, a
-    ``VerificationError`` for a graph that fails its checks); nothing is written then.
+    ``VerificationError`` for a graph that fails its checks); nothing is written then. An
+    ``out_path`` that would destroy something (:func:`check_export_output`: such as an existing file
+    that is not an earlier export) is refused before any work.
     """
     from flowrl_deploy.export.graph import VelocityWeights, build_policy_graph, check_opset
     from flowrl_deploy.export.verify import check_structure, verify_parity
 
     config = config or ExportConfig()
-    out = Path(out_path)
-    if out.is_dir():
-        raise FlowRLError(f"--out {out} is a directory; give a file path such as {out / 'policy.onnx'}")
-    checkpoint = load_checkpoint(checkpoint_path)
-    check_output_path("--out", out)
-    check_run_output("--out", out, checkpoint.path)
+    out = output_file(OUT_ARG, out_path, "policy.onnx")
+    checkpoint_dir = resolve_checkpoint(checkpoint_path)
+    read_spec(checkpoint_dir)  # a broken checkpoint is named first, as it was before the outputs were checked
+    check_export_output(OUT_ARG, out, checkpoint_dir)
+    checkpoint = load_checkpoint(checkpoint_dir)
     spec = checkpoint.spec
     config = replace(config, steps=config.steps or spec.flow_steps, solver=config.solver or spec.solver)
     weights = VelocityWeights.from_actor(checkpoint.actor, spec, checkpoint.path)

@@ -13,7 +13,14 @@ import numpy as np
 from flowrl_deploy.checkpoint import read_spec, resolve_checkpoint
 from flowrl_deploy.contract import NOISE_INPUT, OBS_INPUT
 from flowrl_deploy.export.config import ExportConfig
-from flowrl_deploy.export.exporter import ExportReport, export_checkpoint
+from flowrl_deploy.export.exporter import (
+    OUT_ARG,
+    ExportReport,
+    check_export_output,
+    export_checkpoint,
+    output_file,
+    sweep_file_flag,
+)
 from flowrl_deploy.export.timing import Timing, time_calls
 from flowrl_deploy.runtime import OnnxPolicy, SeededPolicy
 
@@ -60,12 +67,18 @@ def sweep_steps(
     seed: int = 0,
 ) -> list[SweepRow]:
     """Export ``checkpoint`` once per N in ``steps`` next to ``out``; time each, evaluate if ``episodes``.
-    The env (``env_id``, or the policy's when evaluating) is made and checked against the policy
-    before anything is written, also when only latency is asked for."""
+    Every file's path (:func:`check_export_output`) and the env (``env_id``, or the policy's when
+    evaluating; made and checked against the policy also when only latency is asked for) are checked
+    before anything is written."""
+    out = output_file(OUT_ARG, out, "policy.onnx")
+    paths = sweep_paths(out, steps)
+    checkpoint_dir = resolve_checkpoint(checkpoint)
+    for path in paths:
+        check_export_output(sweep_file_flag(OUT_ARG, out, path), path, checkpoint_dir)
     env = _checked_env(checkpoint, env_id, seed) if episodes > 0 or env_id is not None else None
     try:
         return [_sweep_row(checkpoint, path, replace(config, steps=n), env if episodes else None, episodes, seed)
-                for n, path in zip(steps, sweep_paths(Path(out), steps), strict=True)]  # fmt: skip
+                for n, path in zip(steps, paths, strict=True)]  # fmt: skip
     finally:
         if env is not None:
             env.close()

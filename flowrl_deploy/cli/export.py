@@ -18,13 +18,11 @@ from flowrl_deploy.cli._common import (
     user_errors,
     write_report,
 )
-from flowrl_deploy.errors import FlowRLError, printable
-from flowrl_deploy.export.config import DTYPES, ExportConfig, steps_note
-from flowrl_deploy.export.exporter import check_run_output
+from flowrl_deploy.errors import FlowRLError
+from flowrl_deploy.export.config import DTYPES, MAX_BATCH, ExportConfig, steps_note
+from flowrl_deploy.export.exporter import check_export_output, check_run_output, output_file, sweep_file_flag
 from flowrl_deploy.spec import MAX_FLOW_STEPS
 
-MAX_BATCH = 65536
-"""A fixed batch larger than this is verified with that many rows per call: gigabytes for nothing."""
 DEFAULT = ExportConfig()  # the single source of the defaults below
 DType = Enum("DType", {dtype: dtype for dtype in DTYPES}, type=str)  # the --dtype choices, from export's own tuple
 DEFAULT_DTYPE = DType(DEFAULT.dtype)
@@ -53,46 +51,15 @@ def parse_batch(text: str) -> int | str:
     raise FlowRLError(f"--batch takes 'dynamic' or an integer from 1 to {MAX_BATCH}, got {text!r}")
 
 
-def file_path(flag: str, text: str, example: str) -> Path:
-    """``text`` as the path of a file to write. One that ends in a slash names a folder, though
-    ``Path`` drops the slash (``j/`` becomes the file ``j``): it is refused, also where the folder
-    does not exist yet."""
-    if text.endswith(tuple(filter(None, (os.sep, os.altsep)))):
-        raise FlowRLError(
-            f"{flag} {text} ends in a slash, so it names a folder; give a file path such as {text}{example}"
-        )
-    return Path(text)
-
-
-EXPORT_RULE = "an export may replace an earlier export, never another file"
-
-
-def check_replaceable(flag: str, path: Path) -> None:
-    """Refuse an existing regular file at ``path`` that is not a policy ``flowrl export`` wrote (an
-    ONNX model carrying a flowrl contract: :func:`~flowrl_deploy.onnxfile.unlike_a_flowrl_policy`),
-    such as an observation's JSON, notes, an .npy or another project's model. An empty file holds
-    nothing to lose, and a link is replaced, never written through."""
-    from flowrl_deploy.onnxfile import unlike_a_flowrl_policy
-
-    if path.is_symlink() or not path.is_file() or path.stat().st_size == 0:
-        return
-    if why := unlike_a_flowrl_policy(path):
-        raise FlowRLError(
-            f"{flag} {printable(path)} exists and {why}: {EXPORT_RULE}; give --out another name, or delete the file "
-            "first if it may go"
-        )
-
-
 def check_outputs(out: Path, onnx_files: list[Path], json_out: Path | None, checkpoint_dir: Path) -> None:
     """Refuse, before the first export, every output that cannot be written or would destroy
     something: each file of a sweep (not only the first), and the --json report."""
     for path in onnx_files:
-        flag = "--out" if path == out else f"the sweep's file (from --out {printable(out)})"
+        flag = sweep_file_flag("--out", out, path)
         if path.is_dir():
             raise FlowRLError(f"{flag} {path} is a directory; give --out another file name")
         check_writable(flag, path)
-        check_run_output(flag, path, checkpoint_dir)
-        check_replaceable(flag, path)
+        check_export_output(flag, path, checkpoint_dir, rename="--out")  # the checks export_checkpoint makes
     if json_out is not None:
         # check_report (last) repeats check_writable, but the order of the refusals matters: a path in
         # the checkpoint, then a file of the run, then the ONNX file, then a file that is not a report.
@@ -174,8 +141,8 @@ def export(
     from flowrl_deploy.export.graph import check_opset
     from flowrl_deploy.export.sweep import sweep_paths
 
-    onnx_path = file_path("--out", out, "policy.onnx")
-    json_path = None if json_out is None else file_path("--json", json_out, "report.json")
+    onnx_path = output_file("--out", out, "policy.onnx")
+    json_path = None if json_out is None else output_file("--json", json_out, "report.json")
     check_exists(checkpoint)
     checkpoint_dir = resolve_checkpoint(checkpoint)
     step_list = parse_steps(steps) if steps is not None else [read_spec(checkpoint_dir).flow_steps]

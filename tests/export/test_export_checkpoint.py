@@ -225,7 +225,9 @@ def test_an_existing_file_inside_a_checkpoint_outside_any_run_is_no_export_targe
 
 
 def test_an_out_that_is_a_directory_suggests_a_file_in_it(checkpoint, tmp_path):
-    with pytest.raises(FlowRLError, match=f"--out {re.escape(str(tmp_path))} is a directory; give a file path such as"):
+    with pytest.raises(
+        FlowRLError, match=f"out_path {re.escape(str(tmp_path))} is a directory; give a file path such as"
+    ):
         export_checkpoint(checkpoint, tmp_path)
 
 
@@ -267,8 +269,8 @@ def test_bad_config_values():
 @pytest.mark.parametrize(
     ("kwargs", "message"),
     [
-        ({"batch": True}, "--batch must be 'dynamic' or a positive integer, got True"),  # not batch 1
-        ({"batch": 2.0}, "--batch must be 'dynamic' or a positive integer, got 2.0"),
+        ({"batch": True}, "--batch must be 'dynamic' or an integer from 1 to 65536, got True"),  # not batch 1
+        ({"batch": 2.0}, "--batch must be 'dynamic' or an integer from 1 to 65536, got 2.0"),
         ({"deterministic": "no"}, "ExportConfig.deterministic must be true or false, got 'no'"),  # not truthy
         ({"optimize": 0}, "ExportConfig.optimize must be true or false, got 0"),
         ({"verify": None}, "ExportConfig.verify must be true or false, got None"),

@@ -206,6 +206,9 @@ def test_a_new_file_in_the_run_directory_may_be_written_and_written_again(run_di
     with pytest.raises(FlowRLError, match=re.escape("is config.json of the run")):  # the library call refuses the same
         export_checkpoint(run_dir, run_dir / "config.json", ExportConfig(samples=3))
     (run_dir / "config.json").unlink()  # checkpoints/ without config.json: a folder of checkpoints, not a run
+    with pytest.raises(FlowRLError, match=re.escape("metrics.csv exists and is not an ONNX file")):  # not the run's
+        export_checkpoint(run_dir, run_dir / "metrics.csv", ExportConfig(samples=3))
+    (run_dir / "metrics.csv").write_bytes(b"")  # an empty file holds nothing to lose
     export_checkpoint(run_dir, run_dir / "metrics.csv", ExportConfig(samples=3))
 
 
