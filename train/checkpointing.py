@@ -1,6 +1,6 @@
 """Training's side of the one checkpoint format (``flowrl_deploy.checkpoint``): which run directory
-a new run may write and which run a resume continues (with its saved config), which checkpoints a
-run keeps, and rebuilding a flow actor from one."""
+a new run may write and which run a resume continues (with its saved config, :func:`plan_resume`),
+which checkpoints a run keeps, and rebuilding a flow actor from one."""
 
 from __future__ import annotations
 
@@ -15,8 +15,8 @@ import shutil
 import socket
 import stat
 import time
-from collections.abc import Callable
-from dataclasses import fields
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, fields
 from pathlib import Path
 
 import numpy as np
@@ -30,6 +30,7 @@ from flowrl_deploy.checkpoint import (
     LAST,
     METRICS_CSV,
     METRICS_JSONL,
+    REPLAY_FILE,
     RUN_CONFIG_FILE,
     RUN_OUTPUTS,
     checkpoint_damage,
@@ -50,7 +51,14 @@ from flowrl_deploy.noise import draw_noise, session_noise
 from flowrl_deploy.runtime import one_observation
 from flowrl_deploy.spec import flow_steps_problem
 from flowrl_deploy.train.actor import FlowActor
-from flowrl_deploy.train.config import ConfigError, TrainConfig
+from flowrl_deploy.train.config import (
+    RESUME_OVERRIDES,
+    ConfigError,
+    TrainConfig,
+    check_resume_settings,
+    check_unfinished,
+    steps_taken,
+)
 
 try:
     import fcntl
@@ -482,10 +490,74 @@ def check_new_run_dir(run_dir: Path) -> None:
         )
 
 
-def missing_config_fields(checkpoint: str | Path) -> list[str]:
-    """The config fields a checkpoint's saved config lacks: a resume gives them their defaults."""
-    saved = read_document(resume_point(checkpoint)[0]).get("config", {})
-    return [field.name for field in fields(TrainConfig) if field.name not in saved]
+@dataclass(frozen=True)
+class ResumePlan:
+    """What :func:`plan_resume` found: the config the resumed run trains with, and for a run that has
+    taken its steps already, the steps it took and what settling it changed."""
+
+    cfg: TrainConfig
+    finished_at: int | None = None
+    """The env steps of a run that has taken ``cfg.steps`` already (it is not trained again), else None."""
+    warnings: tuple[str, ...] = ()
+    """What to say of a finished run: the links settling it moved. A run that trains says its own warnings
+    (:func:`~flowrl_deploy.train.loop.train` logs them, :func:`resume_warnings` among them)."""
+
+
+def plan_resume(
+    resume: str | Path,
+    steps: int | None = None,
+    given: Mapping[str, object] | None = None,
+    *,
+    flags: bool = True,
+    finished_ok: bool = False,
+) -> ResumePlan:
+    """Plan the resume of ``resume`` (a checkpoint or run directory): its saved config
+    (:func:`resume_config`) with ``steps`` (None: its own) and the :data:`RESUME_OVERRIDES` among
+    ``given``, the settings the caller passed (config field → value). Any other setting of ``given``
+    that differs from the saved one is refused (:func:`~flowrl_deploy.train.config.check_resume_settings`:
+    named by its ``flowrl train`` flag, or with ``flags`` False by its field), and so is a run that has
+    taken its steps already, unless ``finished_ok`` (``--resume-if-exists``): that run's links are then
+    repaired (:func:`settle_run`) and the plan says where it finished. Nothing is written otherwise;
+    ``train(plan.cfg, resume=resume)`` makes the run's checks again under its lock."""
+    given = dict(given or {})
+    start = resume_point(resume)[0]
+    cfg = resume_config(resume, steps)
+    check_resume_settings(given, cfg, flags=flags, run_dir=run_to_resume(start))  # --out too: the run stays put
+    overrides = {name: given[name] for name in RESUME_OVERRIDES if name != "steps" and name in given}
+    if overrides:
+        cfg = cfg.override(**overrides)
+    done = steps_taken(resume)
+    if done < cfg.steps:
+        return ResumePlan(cfg)
+    repaired = settle_run(resume)  # the links of a run killed in its final save: before it is called finished
+    if not finished_ok:
+        check_unfinished(resume, cfg.steps, flags=flags)
+    return ResumePlan(cfg, finished_at=done, warnings=tuple(repaired))
+
+
+def resume_warnings(checkpoint: Path, cfg: TrainConfig, saved: TrainConfig) -> tuple[str | None, str | None]:
+    """What a resume from ``checkpoint`` with ``cfg`` should say before it trains, each None when there is
+    nothing to say: that its replay buffer was not saved (it restarts empty), and which fields its saved config
+    lacks that ``cfg`` leaves at the defaults ``saved`` (:func:`resume_config`'s) gave them."""
+    replay = (
+        None
+        if (checkpoint / REPLAY_FILE).is_file()
+        else "the replay buffer was not saved (--save-replay): it restarts empty, and updates wait for "
+        "--batch-size transitions"
+    )  # saved without it, or it was deleted
+    recorded = read_document(checkpoint).get("config", {})
+    defaulted = [  # not out: a resume runs in its own run
+        f.name
+        for f in fields(TrainConfig)
+        if f.name not in recorded and f.name != "out" and getattr(cfg, f.name) == getattr(saved, f.name)
+    ]
+    fields_note = (
+        f"the checkpoint's config has no {', '.join(defaulted)} (saved by an older version or edited by hand); "
+        "the resumed run uses the defaults: " + ", ".join(f"{name} {getattr(cfg, name)}" for name in defaulted)
+        if defaulted
+        else None
+    )
+    return replay, fields_note
 
 
 def run_to_resume(checkpoint: Path) -> Path:

@@ -47,6 +47,7 @@ from flowrl_deploy.train.checkpointing import (
     check_new_run_dir,
     remove_leftovers,
     resume_config,
+    resume_warnings,
     run_to_resume,
     set_aside_advice,
 )
@@ -234,8 +235,10 @@ def train(
     raises :class:`TrainingInterrupted` at once; otherwise Ctrl-C raises ``KeyboardInterrupt`` as usual.
     The run locks its directory while it runs (:class:`~flowrl_deploy.train.checkpointing.RunLock`):
     a second run on it is refused. What the user should know is logged as a warning on the
-    ``flowrl.train`` logger just before ``on_start``: a directory that could not be locked, a resume
-    that moves ``last`` to the newest complete checkpoint.
+    ``flowrl.train`` logger just before ``on_start`` (``flowrl train`` prints the same lines): a resume
+    whose replay buffer was not saved, that moves ``last`` to the newest complete checkpoint, or whose
+    checkpoint's config lacks fields (their defaults are named), a run that makes no gradient update, a
+    directory that could not be locked.
 
     ``cfg.threads`` sets torch's thread count for the run only: the caller's comes back when it returns
     or raises. A run seeds torch's global RNG with ``cfg.seed`` (``torch.manual_seed``), as a seeded run
@@ -415,12 +418,13 @@ def _prepare_locked_run(
         # the links first: a run killed in its final save's window is finished, with last (and best) behind
         repaired = RunCheckpoints(run_dir, cfg.save_every).repair(start, behind)
         check_unfinished(resume, cfg.steps, flags=False)
+        replay_empty, defaulted = resume_warnings(start, cfg, saved)
         cfg = cfg.override(out=str(run_dir), env=saved.env)  # env: the same id, maybe spelled otherwise
     else:
         check_new_run_dir(run_dir)  # a run's (a retry of one killed before its first checkpoint), or new
         if not lock.unlocked:
             remove_leftovers(run_dir)
-        repaired, converted, document = [], None, None
+        repaired, converted, document, replay_empty, defaulted = [], None, None, None, None
     if cfg.threads:
         check_thread_count("--threads", cfg.threads)
         torch.set_num_threads(cfg.threads)
@@ -457,7 +461,8 @@ def _prepare_locked_run(
         raise
     rates = RateMeter(counters.env_steps, agent.updates)
     # converted: an old run's tau, read anew; changed: other threads or device than the checkpoint's
-    warnings = [*([converted] if converted else []), *([changed] if changed else []), *repaired]
+    said = (replay_empty, *repaired, defaulted, no_update_warning(cfg), converted, changed)
+    warnings = [text for text in said if text]
     if symlinks_refused(checkpoints.dir):  # said once, before training (a save falls back to them silently)
         warnings.append(
             f"{checkpoints.dir} cannot hold symbolic links (a FAT, exFAT or CIFS drive?): last and best are files "
@@ -472,6 +477,18 @@ def _prepare_locked_run(
         cfg, run_dir, lock, spec, env, eval_env, agent, replay, action_rng, counters, checkpoints, logger, bar, start,
         rates, warnings,
     )  # fmt: skip
+
+
+def no_update_warning(cfg: TrainConfig) -> str | None:
+    """The warning of a run of ``cfg`` that makes no gradient update (they need the warm-up over and a
+    batch in the buffer), or None when it makes some."""
+    if cfg.start_steps > cfg.steps:
+        why = f"--start-steps {cfg.start_steps} > --steps {cfg.steps}: every step is random warm-up"
+    elif cfg.batch_size > cfg.steps:
+        why = f"--batch-size {cfg.batch_size} > --steps {cfg.steps}: the buffer never holds a batch"
+    else:
+        return None
+    return f"{why}, so no gradient update will run and the checkpoint holds the untrained policy"
 
 
 def run_numerics(device: torch.device) -> dict[str, object]:

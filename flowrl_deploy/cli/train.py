@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import shlex
 import signal
+from dataclasses import fields
 from enum import Enum
 from pathlib import Path
 from typing import Annotated
@@ -12,16 +13,7 @@ import typer
 
 from flowrl_deploy.cli._common import ResultLines, Solver, finite, user_errors, warnings_to
 from flowrl_deploy.errors import FlowRLError
-from flowrl_deploy.train.config import (
-    CFM_WEIGHTINGS,
-    DEVICES,
-    RESUME_OVERRIDES,
-    TrainConfig,
-    check_resume_settings,
-    check_unfinished,
-    large_tau_note,
-    steps_taken,
-)
+from flowrl_deploy.train.config import CFM_WEIGHTINGS, DEVICES, TrainConfig, large_tau_note
 
 DEFAULT = TrainConfig()  # the single source of every default below
 
@@ -47,16 +39,6 @@ def _given(ctx: typer.Context, name: str) -> bool:
     """Whether the user passed option ``name`` (command line or environment), not its default."""
     source = ctx.get_parameter_source(name)
     return source is not None and source.name not in ("DEFAULT", "DEFAULT_MAP")
-
-
-def _why_no_update(cfg: TrainConfig) -> str | None:
-    """Why a run of ``cfg`` makes no gradient update (they need the warm-up over and a batch in the
-    buffer), or None when it makes some."""
-    if cfg.start_steps > cfg.steps:
-        return f"--start-steps {cfg.start_steps} > --steps {cfg.steps}: every step is random warm-up"
-    if cfg.batch_size > cfg.steps:
-        return f"--batch-size {cfg.batch_size} > --steps {cfg.steps}: the buffer never holds a batch"
-    return None
 
 
 @user_errors
@@ -156,14 +138,7 @@ def train(
     progress: Annotated[bool, typer.Option("--progress/--no-progress", help="Live progress line.")] = True,
 ) -> None:
     """Train a FlowRL flow policy; writes checkpoints (last, best, periodic) under OUT/checkpoints."""
-    from flowrl_deploy.checkpoint import REPLAY_FILE, resume_point
-    from flowrl_deploy.train.checkpointing import (
-        holds_checkpoints,
-        missing_config_fields,
-        resume_config,
-        run_to_resume,
-        settle_run,
-    )
+    from flowrl_deploy.train.checkpointing import holds_checkpoints, plan_resume
     from flowrl_deploy.train.loop import TrainingInterrupted
     from flowrl_deploy.train.loop import log as train_log
     from flowrl_deploy.train.loop import train as run_training
@@ -173,61 +148,27 @@ def train(
             raise FlowRLError("--resume-if-exists resumes --out: give it or --resume, not both")
         if holds_checkpoints(Path(out)):  # what a new run on --out would refuse
             resume = Path(out)
-    warnings: list[str] = []
+    warnings: list[str] = []  # said once training starts: a refusal of the run comes first, alone
     if resume is not None:
-        start = resume_point(resume)[0]  # the library warns if it moves last (logged; printed with the warnings)
-        cfg = resume_config(resume, steps)
-        if not (start / REPLAY_FILE).is_file():  # saved without its buffer, or it was deleted
-            warnings.append(
-                "the replay buffer was not saved (--save-replay): it restarts empty, and updates wait for "
-                "--batch-size transitions"
-            )
-        given = [
-            name for name in ctx.params if name not in ("resume", "resume_if_exists", "progress") and _given(ctx, name)
-        ]
-        run_dir = run_to_resume(start)  # as the run names it (its checkpoints/ may be a link)
-        settings = {name: _plain(ctx.params[name]) for name in given}
-        check_resume_settings(settings, cfg, run_dir=run_dir)  # --out too: the run stays in its folder
-        overrides = {
-            name: _plain(ctx.params[name]) for name in RESUME_OVERRIDES if name != "steps" and _given(ctx, name)
+        given = {
+            name: _plain(value)
+            for name, value in ctx.params.items()
+            if name not in ("resume", "resume_if_exists", "progress") and _given(ctx, name)
         }
-        if overrides:
-            cfg = cfg.override(**overrides)
-        repaired = settle_run(resume)  # the links of a run killed in its final save: before it is called finished
-        warnings += repaired
-        done = steps_taken(resume)
-        if resume_if_exists and done >= cfg.steps:  # a requeue of a finished run: nothing to do
-            for text in repaired:
+        plan = plan_resume(resume, steps, given, finished_ok=resume_if_exists)
+        if plan.finished_at is not None:  # a requeue of a finished run: nothing to do
+            for text in plan.warnings:
                 typer.secho(f"warning: {text}", err=True, fg=typer.colors.YELLOW)
-            typer.echo(f"{resume} already finished at {done} env steps (--steps {cfg.steps})")
+            typer.echo(f"{resume} already finished at {plan.finished_at} env steps (--steps {plan.cfg.steps})")
             return
-        check_unfinished(resume, cfg.steps)
-        given = {*overrides, *(["steps"] if steps is not None else []), "out"}  # a resume runs in its own run
-        defaulted = [name for name in missing_config_fields(resume) if name not in given]
-        if defaulted:
-            warnings.append(
-                f"the checkpoint's config has no {', '.join(defaulted)} (saved by an older version or edited by "
-                "hand); the resumed run uses the defaults: "
-                + ", ".join(f"{name} {getattr(cfg, name)}" for name in defaulted)
-            )
+        cfg = plan.cfg
     else:
-        cfg = TrainConfig(
-            env=env, steps=DEFAULT.steps if steps is None else steps, seed=seed, out=out, hidden=hidden,
-            flow_steps=flow_steps, solver=solver.value, gamma=gamma, lr=lr, tau=tau, policy_delay=policy_delay,
-            lam=lam, expectile=expectile, cfm_weighting=cfm_weighting.value, batch_size=batch_size,
-            buffer_size=buffer_size, start_steps=start_steps, recent_fraction=recent_fraction,
-            recent_window=recent_window, eval_every=eval_every, eval_episodes=eval_episodes, log_every=log_every,
-            save_every=save_every, save_replay=save_replay, device=device.value, bf16=bf16, compile=compile,
-            cuda_graphs=cuda_graphs, threads=threads,
-        )  # fmt: skip
+        options = {f.name: _plain(ctx.params[f.name]) for f in fields(TrainConfig)}  # one option per field
+        cfg = TrainConfig(**{**options, "steps": DEFAULT.steps if steps is None else steps})
         if _given(ctx, "tau") and (note := large_tau_note(cfg.tau)):
             warnings.append(note)
 
-    why = _why_no_update(cfg)
-    if why:
-        warnings.append(f"{why}, so no gradient update will run and the checkpoint holds the untrained policy")
-
-    def warn() -> None:  # once training starts: a refusal of the run comes first, alone
+    def warn() -> None:  # the library's warnings (a resume's, a run without updates) follow the command's
         for text in warnings:
             typer.secho(f"warning: {text}", err=True, fg=typer.colors.YELLOW)
 

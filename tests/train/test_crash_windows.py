@@ -72,8 +72,10 @@ def test_a_kill_before_the_first_link_resumes_the_run_it_saved(monkeypatch, tmp_
     assert at_start == ["step_000000200"]
     assert resumed.counters.env_steps == 400 and linked(out, LAST) == "step_000000400"
     assert [r.getMessage() for r in caplog.records if r.name == "flowrl.train"] == [
+        "the replay buffer was not saved (--save-replay): it restarts empty, and updates wait for --batch-size "
+        "transitions",  # as flowrl train says it (only the command said it)
         f"{out / 'checkpoints' / 'last'} is missing, not at the newest complete checkpoint step_000000200 (the run "
-        "was killed between saving a checkpoint and moving last?); last now names it"
+        "was killed between saving a checkpoint and moving last?); last now names it",
     ]
 
 

@@ -144,7 +144,8 @@ def test_the_library_resume_falls_back_too_and_logs_it(run, caplog):
     with caplog.at_level(logging.WARNING, logger="flowrl.train"):
         result = train(resume_config(run, steps=800), resume=run, progress=False)
     assert result.counters.env_steps == 800
-    (warning,) = [r.getMessage() for r in caplog.records if r.name == "flowrl.train"]
+    replay, warning = [r.getMessage() for r in caplog.records if r.name == "flowrl.train"]
+    assert replay.startswith("the replay buffer was not saved (--save-replay)")  # the run's checkpoints have none
     assert warning.startswith(f"{run / 'checkpoints' / 'step_000000600'} is damaged: {MODEL_FILE} is cut short")
     assert warning.endswith("it is kept as step_000000600.damaged, and the run resumes from step_000000400 (200 env "
                             "steps to redo)")  # fmt: skip
