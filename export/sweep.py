@@ -4,6 +4,7 @@ so a user can pick the cheapest N that keeps the return."""
 from __future__ import annotations
 
 import os
+from collections.abc import Callable
 from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -65,11 +66,13 @@ def sweep_steps(
     env_id: str | None = None,
     episodes: int = 0,
     seed: int = 0,
+    on_file: Callable[[ExportReport], None] | None = None,
 ) -> list[SweepRow]:
     """Export ``checkpoint`` once per N in ``steps`` next to ``out``; time each, evaluate if ``episodes``.
     Every file's path (:func:`check_export_output`) and the env (``env_id``, or the policy's when
     evaluating; made and checked against the policy also when only latency is asked for) are checked
-    before anything is written."""
+    before anything is written. ``on_file`` is called with each file's report as soon as the file is
+    written (before its timing and evaluation), so a caller can say it even if a later N fails."""
     out = output_file(OUT_ARG, out, "policy.onnx")
     paths = sweep_paths(out, steps)
     checkpoint_dir = resolve_checkpoint(checkpoint)
@@ -77,8 +80,10 @@ def sweep_steps(
         check_export_output(sweep_file_flag(OUT_ARG, out, path), path, checkpoint_dir)
     env = _checked_env(checkpoint, env_id, seed) if episodes > 0 or env_id is not None else None
     try:
-        return [_sweep_row(checkpoint, path, replace(config, steps=n), env if episodes else None, episodes, seed)
-                for n, path in zip(steps, paths, strict=True)]  # fmt: skip
+        return [
+            _sweep_row(checkpoint, path, replace(config, steps=n), env if episodes else None, episodes, seed, on_file)
+            for n, path in zip(steps, paths, strict=True)
+        ]
     finally:
         if env is not None:
             env.close()
@@ -106,8 +111,11 @@ def _sweep_row(
     env: Env | None,
     episodes: int,
     seed: int,
+    on_file: Callable[[ExportReport], None] | None,
 ) -> SweepRow:
     report = export_checkpoint(checkpoint, path, config)
+    if on_file is not None:
+        on_file(report)
     policy = OnnxPolicy(report.path, providers=["CPUExecutionProvider"])
     c = policy.contract
     batch = policy.fixed_batch or 1  # a --batch N graph only takes N rows

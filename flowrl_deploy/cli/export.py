@@ -20,7 +20,13 @@ from flowrl_deploy.cli._common import (
 )
 from flowrl_deploy.errors import FlowRLError
 from flowrl_deploy.export.config import DTYPES, MAX_BATCH, ExportConfig, steps_note
-from flowrl_deploy.export.exporter import check_export_output, check_run_output, output_file, sweep_file_flag
+from flowrl_deploy.export.exporter import (
+    ExportReport,
+    check_export_output,
+    check_run_output,
+    output_file,
+    sweep_file_flag,
+)
 from flowrl_deploy.spec import MAX_FLOW_STEPS
 
 DEFAULT = ExportConfig()  # the single source of the defaults below
@@ -81,6 +87,15 @@ def check_exists(checkpoint: Path) -> None:
     if checkpoint.name == BEST and os.path.lexists(checkpoint.parent / LAST):
         why = f"; {BEST} appears at the run's first evaluation (--eval-every): export {LAST} until then"
     raise FlowRLError(f"checkpoint not found: {checkpoint} (give a checkpoint or run directory{why})")
+
+
+def stopped_sweep_note(written: list[Path], left: list[int]) -> str:
+    """The line a sweep that failed or was interrupted prints on stderr: the files it had written, and
+    the N it had not exported."""
+    names = [str(path) for path in written]
+    files = names[0] if len(names) == 1 else f"{', '.join(names[:-1])} and {names[-1]}"
+    missing = f" (N={', '.join(str(n) for n in left)} {'was' if len(left) == 1 else 'were'} not exported)"
+    return f"{files} {'was' if len(names) == 1 else 'were'} written before the sweep stopped{missing if left else ''}"
 
 
 @user_errors
@@ -169,9 +184,20 @@ def export(
     if sweep:
         from flowrl_deploy.export.sweep import format_sweep, sweep_steps
 
-        rows = sweep_steps(checkpoint, onnx_path, config, step_list, env_id=env, episodes=episodes, seed=seed)
-        for row in rows:
-            printed.echo(row.report.summary())
+        written: list[Path] = []
+
+        def wrote(result: ExportReport) -> None:  # said at once: a later N may fail or be interrupted
+            written.append(result.path)
+            printed.echo(result.summary())
+
+        try:
+            rows = sweep_steps(
+                checkpoint, onnx_path, config, step_list, env_id=env, episodes=episodes, seed=seed, on_file=wrote
+            )
+        except BaseException:
+            if written:
+                typer.echo(stopped_sweep_note(written, step_list[len(written) :]), err=True)
+            raise
         printed.echo(format_sweep(rows))
         records = [row.to_dict() for row in rows]
     else:
