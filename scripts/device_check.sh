@@ -1,30 +1,63 @@
 #!/usr/bin/env bash
-# The GPU checks, as one call on a lent GPU machine (the `device` tool of this workplace), whose
-# image has CUDA torch, onnx and onnxruntime but neither dm_control nor mujoco. Make the wheels here:
+# The GPU checks, as one call on a lent GPU machine (the `device` tool of this workplace). Its image has
+# CUDA torch, onnx and a CPU-only onnxruntime, but a grpcio and protobuf older than this package needs
+# and neither dm_control nor mujoco: those travel as wheels. Make them here, then run it there:
 #
-#   scripts/device_check.sh --wheels .whl     (on this machine; .whl is git-ignored)
-#   scripts/device_check.sh [PART ...]        (on the GPU machine, with .whl carried)
+#   scripts/device_check.sh --wheels .whl     (on a machine with network; .whl is git-ignored)
+#   scripts/device_check.sh [PART ...]        (on the GPU machine: carry [".whl"], timeout_s 540)
 #
-# PART is any of install (only that), cuda-tests, bench, bench-compile, train, suite (default: all but bench-compile, in
-# that order; bench-compile adds the torch.compile variants to bench).
-# It installs the wheels and this package, runs the CUDA tests first, then times training updates
-# on the GPU (CUDA graphs or eager launches, fp32 or bf16, torch.compile), trains → evaluates → exports a short cartpole run on CUDA,
-# and last runs the train, export and core tests there. Logs and JSON go to $OUT.
+# PART is any of cuda-tests, bench, bench-more, train, infer, suite (default: all but bench-more, in
+# that order); install alone only installs. bench times training updates with CUDA graphs and launched
+# eagerly; bench-more adds bf16, torch.compile and both. train trains a short cartpole run on CUDA, then
+# evaluates it on CUDA and on the CPU, exports it and evaluates the ONNX file. infer times batch-1
+# actions on onnxruntime's CPU and CUDA providers (CUDA with and without TF32) and their largest
+# difference; where this onnxruntime has no CUDA provider (the image's) it says so and is not a failure.
+# suite runs tests/train and the core tests there.
+#
+# Where torch sees no CUDA it stops at once: one line, exit 1. Every step runs under `timeout -k 5`
+# with its own budget, and no step starts past DEVICE_CHECK_BUDGET_S (default 450 s) from the start:
+# the worst case is that plus 5 s, a typical run 4 to 5 minutes (a guess), so a rerun fits in the
+# 15 minutes of device time. Exit 0 only when every step passed: a step that fails or is killed, a
+# CUDA test skipped, a test skipped for a missing extra, or a step left without time fails the run.
+# $OUT (default /tmp/device-out) gets summary.txt (each step's status, seconds and result) and at most
+# six more files: install.log, pytest_cuda.log, train_throughput_cuda.json, train.log, infer.json and
+# pytest.log.
 set -uo pipefail
 
-if [[ ${1:-} == --wheels ]]; then
-    dir=${2:?usage: device_check.sh --wheels DIR}
+BUDGET_S=${DEVICE_CHECK_BUDGET_S:-450}
+MIN_STEP_S=10         # a step is not started with less time than this left
+SKIPPED_RC=99         # a step that cannot apply here (no CUDA provider in onnxruntime) and is no failure
+PARTS="install cuda-tests bench bench-more train infer suite"
+RUN=/tmp/device-run   # the cartpole run of the train steps
+SITE=/tmp/site        # where the carried wheels are installed (first on PYTHONPATH)
+
+# The test modules that check the development environment, not the code that runs on a GPU, and
+# cannot run on the image: mypy is not there, the tree travels without .git, nothing can be downloaded.
+SUITE_IGNORED=(
+    tests/train/test_train_cuda.py        # the cuda-tests step
+    tests/core/test_public_hints.py       # mypy
+    tests/core/test_packaging.py          # builds the wheel, reads git, downloads typer
+    tests/core/test_typed_package.py      # builds the wheel
+    tests/core/test_versions.py           # git
+    tests/core/test_base_install_suite.py # pytest runs of whole folders without the extras (minutes)
+)
+
+make_wheels() {  # DIR: every wheel the image lacks, for its Python 3.12
+    local dir=$1
     mkdir -p "$dir" /tmp/device-wheels
     get() { python3 -m pip download -q --no-deps --only-binary=:all: --python-version 3.12 --implementation cp \
         --platform manylinux_2_28_x86_64 --platform manylinux_2_17_x86_64 --platform any -d "$1" "${@:2}"; }
     get "$dir" mujoco==3.17.0 dm-env dm-tree glfw pyopengl gymnasium farama-notifications "setuptools>=77" \
-        "setuptools-scm>=9.2" vcs-versioning packaging  # the build's version (pyproject.toml [build-system])
-    get /tmp/device-wheels dm_control==1.0.50
-    # dm_control's locomotion, manipulation and blender assets (~90 MB) are not used by the suite
-    # tasks; dropping them keeps the carried tree under the tool's 64 MiB.
-    python3 - "$dir" <<'EOF'
+        "setuptools-scm>=9.2" vcs-versioning packaging || return  # the build's version (pyproject.toml [build-system])
+    # the image's grpcio (1.84) and protobuf are older than the generated code needs: the lower bounds of pyproject.toml
+    get "$dir" grpcio==1.85.1 grpcio-health-checking==1.85.1 grpcio-reflection==1.85.1 protobuf==7.35.1 || return
+    get /tmp/device-wheels dm_control==1.0.50 || return
+    # dm_control's locomotion, manipulation and blender assets (~90 MB) and its own tests' files (~5 MB)
+    # are not used by the suite tasks; dropping them keeps the carried tree under the tool's 64 MiB.
+    python3 - "$dir" <<'EOF' || return
 import glob, sys, zipfile
-drop = ("dm_control/locomotion/", "dm_control/manipulation/", "dm_control/blender/")
+drop = ("dm_control/locomotion/", "dm_control/manipulation/", "dm_control/blender/", "dm_control/mujoco/testing/",
+        "dm_control/mjcf/test_assets/", "dm_control/suite/all_domains.png")
 src = glob.glob("/tmp/device-wheels/dm_control-*.whl")[0]
 with zipfile.ZipFile(src) as zin, zipfile.ZipFile(f"{sys.argv[1]}/{src.rsplit('/', 1)[1]}", "w", zipfile.ZIP_DEFLATED) as zout:
     for item in zin.infolist():
@@ -34,59 +67,316 @@ with zipfile.ZipFile(src) as zin, zipfile.ZipFile(f"{sys.argv[1]}/{src.rsplit('/
                 data = b"\n".join(x for x in data.split(b"\n") if not x.startswith(tuple(d.encode() for d in drop)))
             zout.writestr(item, data)
 EOF
-    du -sh "$dir"
-    exit 0
-fi
+    local wheels tree
+    wheels=$(find "$dir" -name '*.whl' -printf '%s\n' | awk '{s += $1} END {print s}')
+    tree=$(git ls-files -z | xargs -0 stat -c %s | awk '{s += $1} END {print s}')
+    echo "to carry: wheels $((wheels >> 20)) MiB + the tree's tracked files $((tree >> 20)) MiB (the tool's limit: 64 MiB)"
+    ((wheels + tree < 64 << 20)) || { echo "over the limit: the device tool will refuse the call"; return 1; }
+}
 
-out=${OUT:-/tmp/device-out}
-mkdir -p "$out"
-export PYTHONUNBUFFERED=1 PYTHONPATH=/tmp/site
-python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/site .whl/*.whl || exit 1
-python3 -m pip install -q --no-index --no-deps --no-build-isolation -e . >"$out/install.log" 2>&1 || { tail "$out/install.log"; exit 1; }
-nvidia-smi --query-gpu=name,driver_version,memory.total --format=csv,noheader
-python3 -c "import torch, onnxruntime as ort; print('torch', torch.__version__, torch.cuda.get_device_name(), '| onnxruntime', ort.__version__, ort.get_available_providers())"
+# ---- helpers shared by the steps (each step runs in a child: `bash $0 --step NAME`) ----
 
-parts=${*:-cuda-tests bench train suite}
-wants() { [[ " $parts " == *" $1 "* ]]; }
-step() { echo "== $1"; }
+note() {  # TEXT: a result of the running step, for its row of the summary
+    printf '%s; ' "$*" >>"$WORK/$STEP.note"
+}
+
 flowrl() { python3 -m flowrl_deploy.cli "$@"; }
 
-status=0
-if wants cuda-tests; then
-    step "CUDA tests"
-    python3 -m pytest -q -p no:cacheprovider -rs tests/train/test_train_cuda.py 2>&1 | tee "$out/pytest_cuda.log" | tail -8
-    status=$((status | PIPESTATUS[0]))
-fi
+pytest_verdict() {  # LOG RC ANY|EXTRAS: pytest's status (-rs output), failing on ANY skip or on those
+    local log=$1 rc=$2 which=$3 bad  # for a missing extra (the collection's) or a missing CUDA device
+    note "$(tail -1 "$log")"
+    bad=$(grep '^SKIPPED' "$log" | { if [[ $which == ANY ]]; then cat; else grep -e 'pip install -e "' -e 'sees no CUDA'; fi; } |
+        sed -E 's/^SKIPPED \[([0-9]+)\].*/\1/' | awk '{n += $1} END {print n + 0}')
+    if ((bad > 0)); then
+        note "$bad test(s) skipped that must run here (-rs in $(basename "$log"))"
+        grep '^SKIPPED' "$log" | head -3
+        return 1
+    fi
+    return "$rc"
+}
 
-if wants bench; then
-    step "training updates/s on the GPU (batch 256, width 512)"
-    variants=("--no-cuda-graphs" "" "--bf16")
-    wants bench-compile && variants+=("--compile" "--bf16 --compile")
-    for variant in "${variants[@]}"; do
-        name=$(echo "fp32 $variant" | tr -d '-' | tr ' ' '_')
-        shapes=$([[ $variant == *compile* ]] && echo dog-run || echo cheetah-run dog-run)
-        # shellcheck disable=SC2086
-        timeout 150 python3 bench/train_throughput.py --device cuda --threads 1 --shapes $shapes $variant \
-            --json "$out/train_throughput_cuda_$name.json" 2>&1 | tail -4
+# ---- the steps: step_NAME, run by run_step NAME BUDGET_S ----
+
+step_install() {
+    local wheels=(.whl/*.whl)
+    if [[ ! -e ${wheels[0]} ]]; then
+        note "no wheels in .whl: make them with --wheels .whl and carry .whl"
+        return 1
+    fi
+    {
+        python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target "$SITE" \
+            "${wheels[@]}" &&
+            python3 -m pip install -q --no-index --no-deps --no-build-isolation -e .
+    } >"$OUT_DIR/install.log" 2>&1 || { tail -5 "$OUT_DIR/install.log"; return 1; }
+    note "$(python3 -c 'import grpc, google.protobuf as pb, mujoco, flowrl_deploy as f
+print(f"flowrl-deploy {f.__version__}, grpcio {grpc.__version__}, protobuf {pb.__version__}, mujoco {mujoco.__version__}")' 2>&1 | tail -1)"
+}
+
+step_cuda_tests() {
+    python3 -m pytest -q -p no:cacheprovider -rs --timeout 60 tests/train/test_train_cuda.py \
+        >"$OUT_DIR/pytest_cuda.log" 2>&1
+    pytest_verdict "$OUT_DIR/pytest_cuda.log" $? ANY
+}
+
+bench() {  # VARIANT [FLAG ...]: training updates/s on the GPU at batch 256, width 512
+    local variant=$1 shapes=(cheetah-run dog-run)
+    shift
+    [[ $* == *--compile* ]] && shapes=(dog-run)  # compiling takes long: one shape
+    python3 bench/train_throughput.py --device cuda --threads 1 --shapes "${shapes[@]}" "$@" \
+        --json "$WORK/bench_$variant.json" >"$WORK/bench_$variant.log" 2>&1 || { tail -5 "$WORK/bench_$variant.log"; return 1; }
+    note "$(python3 -c 'import json, sys
+print(", ".join(f"{r[\"shape\"]} {r[\"median_updates_per_s\"]:.0f}/s" for r in json.load(open(sys.argv[1]))["results"]))' \
+        "$WORK/bench_$variant.json")"
+}
+step_bench_graphs() { bench graphs; }
+step_bench_eager() { bench eager --no-cuda-graphs; }
+step_bench_bf16() { bench bf16 --bf16; }
+step_bench_compile() { bench compile --compile; }
+step_bench_bf16_compile() { bench bf16_compile --bf16 --compile; }
+
+logged() {  # COMMAND...: run it with its output added to train.log, its last line the step's result
+    local rc
+    echo "== $STEP: $*" >>"$OUT_DIR/train.log"
+    "$@" >"$WORK/$STEP.log" 2>&1
+    rc=$?
+    cat "$WORK/$STEP.log" >>"$OUT_DIR/train.log"
+    note "$(tail -1 "$WORK/$STEP.log")"
+    ((rc == 0)) || tail -3 "$WORK/$STEP.log"
+    return "$rc"
+}
+
+needs_run() {  # the train step's run
+    [[ -d $RUN/checkpoints ]] || { note "no run in $RUN (the train step failed)"; return 1; }
+}
+
+step_train() {
+    rm -rf "$RUN"
+    logged flowrl train --env dmc:cartpole-swingup --steps 4000 --start-steps 1000 --eval-every 2000 \
+        --eval-episodes 2 --hidden 128 --device cuda --seed 0 --out "$RUN"
+}
+step_eval_cuda() { needs_run && logged flowrl eval "$RUN" --episodes 3 --device cuda; }
+step_eval_cpu() { needs_run && logged flowrl eval "$RUN" --episodes 3 --device cpu; }
+step_export() { needs_run && logged flowrl export "$RUN" --out "$RUN/policy.onnx"; }
+step_eval_onnx() {
+    [[ -f $RUN/policy.onnx ]] || { note "no $RUN/policy.onnx (the export step failed)"; return 1; }
+    logged flowrl eval "$RUN/policy.onnx" --episodes 3
+}
+
+step_infer() {
+    local offered model=$RUN/policy.onnx
+    offered=$(python3 -c 'import onnxruntime as ort; print(", ".join(ort.get_available_providers()))') || return 1
+    if [[ $offered != *CUDAExecutionProvider* ]]; then
+        note "inference on CUDA: SKIPPED (this onnxruntime offers $offered)"
+        return "$SKIPPED_RC"
+    fi
+    if [[ ! -f $model ]]; then  # the train steps did not run or failed: a tiny policy of the tests
+        model=$WORK/tiny_policy.onnx
+        python3 -c 'import sys; sys.path.insert(0, "tests/helpers")
+from pathlib import Path; from tiny_policy import write_policy; write_policy(Path(sys.argv[1]))' "$model" || return 1
+    fi
+    python3 - "$model" "$OUT_DIR/infer.json" >"$WORK/infer.log" 2>&1 <<'EOF'
+"""Batch-1 latency on onnxruntime's CPU and CUDA providers (CUDA with TF32 as onnxruntime's default and
+with use_tf32=0), the first call's time, and the largest difference of the CUDA actions from the CPU's."""
+import json, sys, time
+
+import numpy as np
+import onnxruntime as ort
+
+from flowrl_deploy.runtime import OnnxPolicy
+
+CALLS, WARMUP, SEED = 500, 50, 0
+model, out = sys.argv[1:3]
+cuda = ["CUDAExecutionProvider", "CPUExecutionProvider"]
+report = {"model": model, "onnxruntime": ort.__version__, "offered": ort.get_available_providers(),
+          "calls": CALLS, "warmup": WARMUP, "seed": SEED, "providers": {}}
+policies = {}
+for name, providers in (("cpu", ["CPUExecutionProvider"]), ("cuda", cuda), ("cuda_no_tf32", cuda)):
+    try:
+        policy = OnnxPolicy(model, providers=providers)  # the server's session settings
+        if name == "cuda_no_tf32":  # the same settings, the CUDA provider told to compute fp32 matrix products in fp32
+            policy.session = ort.InferenceSession(
+                model, sess_options=policy.session.get_session_options(),
+                providers=[("CUDAExecutionProvider", {"use_tf32": "0"}), "CPUExecutionProvider"])
+        running = policy.session.get_providers()[0]
+        wanted = providers[0] if isinstance(providers[0], str) else providers[0][0]
+        policies[name] = policy if running == wanted else f"onnxruntime runs it on {running}, not {wanted}"
+    except Exception as exc:  # a provider that cannot start: said in the report, and the step fails
+        policies[name] = f"{type(exc).__name__}: {exc}"
+rng = np.random.default_rng(SEED)
+some = next((p for p in policies.values() if not isinstance(p, str)), None)
+if some is not None:
+    c = some.contract
+    obs = (rng.standard_normal((CALLS, c.obs_dim)) * 2).astype(np.float32)
+    noise = rng.standard_normal((CALLS, c.act_dim)).astype(np.float32) if some.takes_noise else None
+actions = {}
+for name, policy in policies.items():
+    if isinstance(policy, str):
+        report["providers"][name] = {"refused": policy}
+        continue
+    row = lambda i: (obs[i : i + 1], None if noise is None else noise[i : i + 1])
+    start = time.perf_counter()
+    policy.run(*row(0))
+    first_ms = (time.perf_counter() - start) * 1e3
+    for _ in range(WARMUP):
+        policy.run(*row(0))
+    times, out_rows = np.empty(CALLS), []
+    for i in range(CALLS):
+        start = time.perf_counter()
+        out_rows.append(policy.run(*row(i)))
+        times[i] = time.perf_counter() - start
+    actions[name] = np.concatenate(out_rows)
+    report["providers"][name] = {
+        "session_providers": policy.session.get_providers(),
+        "provider_options": policy.session.get_provider_options().get(policy.session.get_providers()[0], {}),
+        "first_call_ms": round(first_ms, 3),
+        "p50_us": round(float(np.percentile(times, 50)) * 1e6, 1),
+        "p99_us": round(float(np.percentile(times, 99)) * 1e6, 1),
+        "all_finite": bool(np.isfinite(actions[name]).all()),
+    }
+for name in actions:
+    if name != "cpu" and "cpu" in actions:
+        report["providers"][name]["max_abs_diff_vs_cpu"] = float(np.abs(actions[name] - actions["cpu"]).max())
+with open(out, "w") as f:
+    json.dump(report, f, indent=2)
+parts = []
+for name, r in report["providers"].items():
+    if "refused" in r:
+        parts.append(f"{name} refused")
+    else:
+        diff = f" max|d| {r['max_abs_diff_vs_cpu']:.1e}" if "max_abs_diff_vs_cpu" in r else ""
+        parts.append(f"{name} p50 {r['p50_us']:.0f} us p99 {r['p99_us']:.0f} us{diff}")
+print("; ".join(parts))
+ok = all("refused" not in r and r["all_finite"] for r in report["providers"].values())
+sys.exit(0 if ok else 1)
+EOF
+    local rc=$?
+    note "$(tail -1 "$WORK/infer.log")"
+    ((rc == 0)) || tail -5 "$WORK/infer.log"
+    return "$rc"
+}
+
+step_suite() {
+    local ignores=()
+    for path in "${SUITE_IGNORED[@]}"; do ignores+=(--ignore "$path"); done
+    python3 -m pytest -q -p no:cacheprovider -rs --timeout 60 tests/train tests/core tests/cli/test_serve_cli.py \
+        "${ignores[@]}" >"$OUT_DIR/pytest.log" 2>&1
+    pytest_verdict "$OUT_DIR/pytest.log" $? EXTRAS
+}
+
+# ---- the run: the CUDA check, the steps under timeout, the summary ----
+
+row() {  # STEP STATUS SECONDS NOTE: one line of summary.txt
+    printf '%-18s %-9s %5s s  %s\n' "$1" "$2" "$3" "$4" | tee -a "$OUT_DIR/summary.txt"
+}
+
+failed=0
+run_step() {  # NAME BUDGET_S: step_NAME (dashes as underscores) in a child under timeout, then its row
+    local name=$1 budget=$2 left limit rc start status note_text
+    left=$((BUDGET_S - SECONDS))
+    limit=$((budget < left ? budget : left))
+    if ((limit < MIN_STEP_S)); then
+        row "$name" "NOT RUN" 0 "no time left of the ${BUDGET_S} s budget"
+        failed=1
+        return
+    fi
+    echo "== $name (at most $limit s)"
+    rm -f "$WORK/$name.note"
+    start=$SECONDS
+    timeout -k 5 "$limit" bash "$0" --step "$name" </dev/null
+    rc=$?
+    note_text=$(cat "$WORK/$name.note" 2>/dev/null)
+    case $rc in
+        0) status=ok ;;
+        "$SKIPPED_RC") status=SKIPPED ;;
+        124 | 137) status=TIMEOUT note_text="killed after its $limit s; $note_text" ;;
+        *) status="FAIL($rc)" ;;
+    esac
+    [[ $status == ok || $status == SKIPPED ]] || failed=1
+    row "$name" "$status" $((SECONDS - start)) "${note_text%; }"
+}
+
+cuda_check() {  # one line: the torch and GPU found, or why not
+    timeout -k 5 60 python3 -c '
+import sys
+try:
+    import torch
+except Exception as exc:
+    print(f"torch cannot be imported ({type(exc).__name__}: {exc})"); sys.exit(1)
+if not torch.cuda.is_available():
+    print(f"torch {torch.__version__} sees no CUDA device"); sys.exit(1)
+print(f"torch {torch.__version__} on {torch.cuda.get_device_name()}")' 2>/dev/null
+}
+
+merge_bench() {  # the bench steps' JSON files as one list in train_throughput_cuda.json
+    compgen -G "$WORK/bench_*.json" >/dev/null || return 0
+    python3 - "$OUT_DIR/train_throughput_cuda.json" "$WORK"/bench_*.json <<'EOF'
+import json, pathlib, sys
+variants = [dict(variant=pathlib.Path(p).stem.removeprefix("bench_"), **json.load(open(p))) for p in sys.argv[2:]]
+pathlib.Path(sys.argv[1]).write_text(json.dumps(variants, indent=2) + "\n")
+EOF
+}
+
+main() {
+    if [[ ${1:-} == --wheels ]]; then
+        make_wheels "${2:?usage: device_check.sh --wheels DIR}"
+        exit
+    fi
+    export OUT_DIR=${OUT:-/tmp/device-out} WORK=${DEVICE_CHECK_WORK:-/tmp/device-check}
+    export PYTHONUNBUFFERED=1 PYTHONPATH=$SITE
+    mkdir -p "$OUT_DIR"
+    if [[ ${1:-} == --step ]]; then  # a child of run_step
+        mkdir -p "$WORK"
+        export STEP=$2
+        rm -f "$WORK/$STEP.note"
+        "step_${2//-/_}"
+        exit
+    fi
+
+    local found part parts=" ${*:-cuda-tests bench train infer suite} "
+    for part in $parts; do  # a misspelt part costs no device time
+        [[ " $PARTS " == *" $part "* ]] || { echo "device_check: no part '$part' (parts: $PARTS)"; exit 2; }
     done
-fi
+    found=$(cuda_check) || {
+        echo "device_check: stopped, no CUDA here: ${found:-the CUDA check failed}" | tee "$OUT_DIR/summary.txt"
+        exit 1
+    }
+    rm -rf "$WORK" "$OUT_DIR/summary.txt"
+    mkdir -p "$WORK"
+    {
+        echo "device_check $(date -u +%FT%TZ), budget ${BUDGET_S} s: $found"
+        timeout 10 nvidia-smi --query-gpu=name,driver_version,memory.total --format=csv,noheader 2>&1
+    } | tee "$OUT_DIR/summary.txt"
+    row cuda ok "$SECONDS" "$found"
 
-if wants train; then
-    step "train → eval → export on CUDA (cartpole-swingup, 4k steps)"
-    start=$(date +%s)
-    flowrl train --env dmc:cartpole-swingup --steps 4000 --start-steps 1000 --eval-every 2000 --eval-episodes 2 \
-        --hidden 128 --device cuda --seed 0 --out /tmp/run >"$out/train.log" 2>&1 || status=1
-    echo "train in $(($(date +%s) - start)) s"; tail -3 "$out/train.log"
-    for device in cuda cpu; do flowrl eval /tmp/run --episodes 3 --device $device 2>&1 | tail -1; done
-    flowrl export /tmp/run --steps 10 --out /tmp/run/policy.onnx 2>&1 | tail -4
-    flowrl eval /tmp/run/policy.onnx --episodes 3 2>&1 | tail -1
-fi
+    wants() { [[ $parts == *" $1 "* ]]; }
+    run_step install 60
+    wants cuda-tests && run_step cuda-tests 120
+    if wants bench; then
+        run_step bench-graphs 45
+        run_step bench-eager 45
+    fi
+    if wants bench-more; then
+        run_step bench-bf16 45
+        run_step bench-compile 90
+        run_step bench-bf16-compile 90
+    fi
+    merge_bench
+    if wants train; then
+        run_step train 90
+        run_step eval-cuda 40
+        run_step eval-cpu 40
+        run_step export 60
+        run_step eval-onnx 30
+    fi
+    wants infer && run_step infer 60
+    wants suite && run_step suite 150
+    local verdict=PASS
+    ((failed)) && verdict=FAIL
+    echo "result: $verdict in $SECONDS s (files in $OUT_DIR: $(find "$OUT_DIR" -type f | wc -l))" |
+        tee -a "$OUT_DIR/summary.txt"
+    exit "$failed"
+}
 
-if wants suite; then
-    # The image's grpcio (1.84 when this was written) is older than the generated code needs, so a
-    # test that imports the client fails there; the serving stack is checked on CPU machines.
-    step "train, export and core tests on the GPU machine"
-    timeout 240 python3 -m pytest -q -p no:cacheprovider tests/train tests/export tests/core 2>&1 | tee "$out/pytest.log" | tail -6
-    status=$((status | PIPESTATUS[0]))
+if [[ ${BASH_SOURCE[0]} == "$0" ]]; then  # not when a test sources it
+    main "$@"
 fi
-exit $status

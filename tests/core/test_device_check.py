@@ -1,0 +1,165 @@
+"""scripts/device_check.sh, the one call a lent GPU machine runs, tried where there is no GPU: it stops
+at once in one line where torch sees no CUDA, and with the CUDA check and its steps stubbed (sourcing
+the script, as on a machine with one) each step gets a row of status and seconds in summary.txt, a step
+past its budget is killed and reported, and skipped CUDA tests fail the run instead of passing it."""
+
+from __future__ import annotations
+
+import os
+import re
+import shutil
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[2]
+SCRIPT = ROOT / "scripts" / "device_check.sh"
+STEPS = [
+    "install", "cuda-tests", "bench-graphs", "bench-eager", "train", "eval-cuda", "eval-cpu", "export", "eval-onnx",
+    "infer", "suite",
+]  # fmt: skip
+
+pytestmark = pytest.mark.skipif(
+    sys.platform == "win32" or shutil.which("bash") is None or shutil.which("timeout") is None,
+    reason="needs bash and GNU timeout",
+)
+
+
+def run(
+    tmp_path: Path, stubs: str = "", body: str = 'main "$@"', budget: int = 450, real: tuple[str, ...] = ()
+) -> tuple[int, str, list[str]]:
+    """The script sourced with a pretend GPU and every step but the ``real`` ones stubbed (``note 'stub
+    NAME'``), then ``stubs`` (bash redefining some), then ``body``: its status, stdout and summary.txt's rows."""
+    wrapper = tmp_path / "wrapper.sh"
+    steps = " ".join(step.replace("-", "_") for step in STEPS if step not in real)
+    wrapper.write_text(
+        f"source {SCRIPT}\n"
+        "MIN_STEP_S=1\n"
+        'cuda_check() { echo "torch 9 on a pretend GPU"; }\n'
+        f"for s in {steps}; do eval \"step_$s() {{ note 'stub $s'; }}\"; done\n"
+        f"{stubs}\n"
+        'if [[ ${1:-} == --step ]]; then main "$@"; fi\n'  # run_step's children
+        f"{body}\n"
+    )
+    env = {**os.environ, "OUT": str(tmp_path / "out"), "DEVICE_CHECK_WORK": str(tmp_path / "work")}
+    env["DEVICE_CHECK_BUDGET_S"] = str(budget)
+    done = subprocess.run(["bash", str(wrapper)], cwd=ROOT, env=env, capture_output=True, text=True, timeout=60)
+    summary = tmp_path / "out" / "summary.txt"
+    return done.returncode, done.stdout, summary.read_text().splitlines() if summary.exists() else []
+
+
+def rows(summary: list[str]) -> dict[str, list[str]]:
+    """summary.txt's step rows: step → [status, seconds, note]."""
+    matches = (re.fullmatch(r"(\S+) +(\S+(?: RUN)?) +(\d+) s  (.*)", line) for line in summary)
+    return {m[1]: [m[2], m[3], m[4]] for m in matches if m}
+
+
+def test_the_script_parses_and_passes_shellcheck():
+    assert subprocess.run(["bash", "-n", str(SCRIPT)], capture_output=True, text=True).stderr == ""
+    if shutil.which("shellcheck"):
+        checked = subprocess.run(["shellcheck", str(SCRIPT)], capture_output=True, text=True)
+        assert checked.returncode == 0, checked.stdout
+
+
+def test_without_cuda_it_stops_at_once_in_one_line(tmp_path):
+    bin_dir = tmp_path / "bin"
+    bin_dir.mkdir()
+    (bin_dir / "python3").write_text(f'#!/bin/sh\nexec "{sys.executable}" "$@"\n')
+    (bin_dir / "python3").chmod(0o755)
+    env = {**os.environ, "PATH": f"{bin_dir}{os.pathsep}{os.environ['PATH']}", "CUDA_VISIBLE_DEVICES": ""}
+    env |= {"OUT": str(tmp_path / "out"), "DEVICE_CHECK_WORK": str(tmp_path / "work")}
+    start = time.monotonic()
+    done = subprocess.run(["bash", str(SCRIPT)], cwd=ROOT, env=env, capture_output=True, text=True, timeout=120)
+    assert time.monotonic() - start < 60  # the time to import torch, no step
+    assert done.returncode == 1
+    assert done.stdout.splitlines() == [done.stdout.strip()]
+    assert done.stdout.startswith("device_check: stopped, no CUDA here: torch ")  # sees no CUDA, cannot be imported
+    assert [p.name for p in (tmp_path / "out").iterdir()] == ["summary.txt"]
+    assert not (tmp_path / "work").exists()
+
+
+def test_every_step_gets_a_row_and_a_run_of_passing_steps_passes(tmp_path):
+    status, _, summary = run(tmp_path)
+    assert status == 0
+    found = rows(summary)
+    assert list(found) == ["cuda", *STEPS]
+    assert all(row[0] == "ok" for row in found.values())
+    assert found["train"][2] == "stub train"
+    assert summary[-1].startswith("result: PASS in ")
+    assert len(list((tmp_path / "out").rglob("*"))) <= 8  # the device tool brings back 8 files at most
+
+
+def test_a_step_past_its_budget_is_killed_with_its_children_and_reported(tmp_path):
+    stubs = 'step_sleepy() { note "started"; sleep 60 & echo $! >"$WORK/sleep.pid"; wait; }'
+    body = 'export OUT_DIR=$OUT WORK=$DEVICE_CHECK_WORK; mkdir -p "$OUT_DIR" "$WORK"; run_step sleepy 1; exit "$failed"'
+    start = time.monotonic()
+    status, _, summary = run(tmp_path, stubs, body)
+    assert time.monotonic() - start < 8  # 1 s, and 5 s more at most for a child ignoring TERM
+    assert status == 1
+    assert rows(summary)["sleepy"][0] == "TIMEOUT"
+    assert rows(summary)["sleepy"][2] == "killed after its 1 s; started"
+    pid = int((tmp_path / "work" / "sleep.pid").read_text())
+    state = Path(f"/proc/{pid}/stat")
+    assert not state.exists() or state.read_text().split(") ")[1].startswith("Z")  # gone (or only a zombie)
+
+
+def test_steps_left_without_time_are_reported_not_run_and_fail_the_run(tmp_path):
+    status, _, summary = run(tmp_path, budget=0)
+    assert status == 1
+    assert {row[0] for step, row in rows(summary).items() if step != "cuda"} == {"NOT RUN"}
+    assert summary[-1].startswith("result: FAIL")
+
+
+@pytest.mark.parametrize(
+    ("step", "which", "skip_line", "fails"),
+    [
+        ("cuda_tests", "ANY", "SKIPPED [2] tests/train/test_train_cuda.py:43: torch sees no CUDA device", True),
+        ("suite", "EXTRAS", "SKIPPED [7] tests/train/test_x.py:62: HumanoidBench is not installed", False),
+        (
+            "suite",
+            "EXTRAS",
+            'SKIPPED [1] /t/tests/train: needs the [train] extra (mujoco not installed): pip install -e ".[train]"',
+            True,
+        ),
+        ("suite", "EXTRAS", "SKIPPED [1] tests/core/test_x.py:9: torch sees no CUDA device", True),
+    ],
+    ids=["a CUDA test skipped", "an optional install skipped", "a missing extra", "no CUDA in the suite"],
+)
+def test_skipped_tests_that_must_run_there_fail_the_run(tmp_path, step, which, skip_line, fails):
+    stubs = (
+        f"step_{step}() {{ printf '%s\\n' '{skip_line}' '3 passed, 2 skipped in 0.1s' >\"$WORK/p.log\"; "
+        f'pytest_verdict "$WORK/p.log" 0 {which}; }}'
+    )
+    status, _, summary = run(tmp_path, stubs)
+    row = rows(summary)[step.replace("_", "-")]
+    assert (status, row[0]) == ((1, "FAIL(1)") if fails else (0, "ok"))
+    assert row[2].startswith("3 passed, 2 skipped in 0.1s")
+    assert ("must run here" in row[2]) is fails
+
+
+def test_a_failing_step_fails_the_run_and_the_steps_after_it_still_run(tmp_path):
+    status, _, summary = run(tmp_path, 'step_bench_graphs() { note "no GPU after all"; return 3; }')
+    assert status == 1
+    assert rows(summary)["bench-graphs"] == ["FAIL(3)", "0", "no GPU after all"]
+    assert rows(summary)["suite"][0] == "ok"
+
+
+def test_inference_is_skipped_not_failed_where_onnxruntime_has_no_cuda_provider(tmp_path):
+    stubs = 'python3() { echo "AzureExecutionProvider, CPUExecutionProvider"; }'  # the image's onnxruntime
+    status, _, summary = run(tmp_path, stubs, real=("infer",))
+    assert status == 0
+    assert rows(summary)["infer"] == [
+        "SKIPPED",
+        "0",
+        "inference on CUDA: SKIPPED (this onnxruntime offers AzureExecutionProvider, CPUExecutionProvider)",
+    ]
+
+
+def test_a_misspelt_part_is_refused_before_the_cuda_check(tmp_path):
+    status, stdout, summary = run(tmp_path, 'cuda_check() { echo "checked"; sleep 60; }', "main train trian")
+    assert status == 2
+    assert stdout == "device_check: no part 'trian' (parts: install cuda-tests bench bench-more train infer suite)\n"
+    assert summary == []
