@@ -3,9 +3,10 @@ so a user can pick the cheapest N that keeps the return."""
 
 from __future__ import annotations
 
+import logging
 import os
 from collections.abc import Callable
-from dataclasses import dataclass, replace
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -13,6 +14,7 @@ import numpy as np
 
 from flowrl_deploy.checkpoint import read_spec, resolve_checkpoint
 from flowrl_deploy.contract import NOISE_INPUT, OBS_INPUT
+from flowrl_deploy.errors import counted
 from flowrl_deploy.export.config import ExportConfig
 from flowrl_deploy.export.exporter import (
     OUT_ARG,
@@ -26,8 +28,10 @@ from flowrl_deploy.export.timing import Timing, time_calls
 from flowrl_deploy.runtime import OnnxPolicy, SeededPolicy
 
 if TYPE_CHECKING:
+    from flowrl_deploy.spec import PolicySpec
     from flowrl_deploy.train.envs import Env
 
+log = logging.getLogger(__name__)
 TIMING_BUDGET_S = 0.5
 """Seconds of timed calls per N."""
 
@@ -40,6 +44,8 @@ class SweepRow:
     """Latency of one call (batch 1, or the graph's fixed batch) with the serving session settings (one thread)."""
     mean_return: float | None = None
     std_return: float | None = None
+    evaluation: SweepEvaluation | None = None
+    """What the return was measured on; None without one."""
 
     def to_dict(self) -> dict[str, Any]:
         return self.report.to_dict() | {
@@ -47,7 +53,25 @@ class SweepRow:
             "p99_ms": self.latency.p99_ms,
             "mean_return": self.mean_return,
             "std_return": self.std_return,
+            "evaluation": None if self.evaluation is None else asdict(self.evaluation),
         }
+
+
+@dataclass(frozen=True)
+class SweepEvaluation:
+    """What a sweep's returns were measured on: ``episodes`` episodes of ``env_id`` whose initial states
+    come from ``seed``, the same for every N (the policy's noise is seeded with it too)."""
+
+    env_id: str
+    episodes: int
+    seed: int
+
+    def caption(self) -> str:
+        """'return over 5 episodes on dmc:cartpole-swingup (seed 0), the same initial states for every N'."""
+        return (
+            f"return over {counted(self.episodes, 'episode')} on {self.env_id} (seed {self.seed}), "
+            "the same initial states for every N"
+        )
 
 
 def sweep_paths(out: Path, steps: list[int]) -> list[Path]:
@@ -67,21 +91,33 @@ def sweep_steps(
     episodes: int = 0,
     seed: int = 0,
     on_file: Callable[[ExportReport], None] | None = None,
+    on_warning: Callable[[str], None] | None = None,
 ) -> list[SweepRow]:
     """Export ``checkpoint`` once per N in ``steps`` next to ``out``; time each, evaluate if ``episodes``.
     Every file's path (:func:`check_export_output`) and the env (``env_id``, or the policy's when
     evaluating; made and checked against the policy also when only latency is asked for) are checked
     before anything is written. ``on_file`` is called with each file's report as soon as the file is
-    written (before its timing and evaluation), so a caller can say it even if a later N fails."""
+    written (before its timing and evaluation), so a caller can say it even if a later N fails.
+    An ``env_id`` of another task than the policy's, evaluated, is warned about through ``on_warning``
+    (default: this module's logger) once the env is made and fits; each row records its
+    :class:`SweepEvaluation`."""
     out = output_file(OUT_ARG, out, "policy.onnx")
     paths = sweep_paths(out, steps)
     checkpoint_dir = resolve_checkpoint(checkpoint)
     for path in paths:
         check_export_output(sweep_file_flag(OUT_ARG, out, path), path, checkpoint_dir)
-    env = _checked_env(checkpoint, env_id, seed) if episodes > 0 or env_id is not None else None
+    spec = read_spec(checkpoint_dir)
+    env = _checked_env(spec, env_id, seed) if episodes > 0 or env_id is not None else None
     try:
+        evaluation = None
+        if env is not None and episodes > 0:
+            from flowrl_deploy.train.evaluate import other_task_warning
+
+            evaluation = SweepEvaluation(env_id or spec.env_id, episodes, seed)
+            if env_id is not None and (warning := other_task_warning(env_id, spec.env_id)):
+                (on_warning or log.warning)(warning)
         return [
-            _sweep_row(checkpoint, path, replace(config, steps=n), env if episodes else None, episodes, seed, on_file)
+            _sweep_row(checkpoint, path, replace(config, steps=n), env, evaluation, on_file)
             for n, path in zip(steps, paths, strict=True)
         ]
     finally:
@@ -89,12 +125,11 @@ def sweep_steps(
             env.close()
 
 
-def _checked_env(checkpoint: str | os.PathLike[str], env_id: str | None, seed: int) -> Env:
+def _checked_env(spec: PolicySpec, env_id: str | None, seed: int) -> Env:
     """The env ``env_id`` (default: the policy's own), made; closed and refused if its sizes are not the policy's."""
     from flowrl_deploy.train.envs import make_env
     from flowrl_deploy.train.evaluate import check_env_fits
 
-    spec = read_spec(resolve_checkpoint(checkpoint))
     env = make_env(env_id or spec.env_id, seed)
     try:
         check_env_fits(env, (spec.obs_dim, spec.act_dim))
@@ -109,8 +144,7 @@ def _sweep_row(
     path: Path,
     config: ExportConfig,
     env: Env | None,
-    episodes: int,
-    seed: int,
+    evaluation: SweepEvaluation | None,
     on_file: Callable[[ExportReport], None] | None,
 ) -> SweepRow:
     report = export_checkpoint(checkpoint, path, config)
@@ -125,21 +159,26 @@ def _sweep_row(
     run = policy.session.run
     latency = time_calls(lambda: run(None, feeds), budget_s=TIMING_BUDGET_S)
     row = SweepRow(config.steps, report, latency)
-    if env is not None:
+    if env is not None and evaluation is not None:
         from flowrl_deploy.train.evaluate import evaluate
 
-        result = evaluate(SeededPolicy(policy, seed), env, episodes, seed)
-        row = replace(row, mean_return=result.mean, std_return=result.std)
+        result = evaluate(SeededPolicy(policy, evaluation.seed), env, evaluation.episodes, evaluation.seed)
+        row = replace(row, mean_return=result.mean, std_return=result.std, evaluation=evaluation)
     return row
 
 
 def format_sweep(rows: list[SweepRow]) -> str:
     """A table: N, p50/p99 latency of one call (batch 1, or the graph's fixed batch), parity error
-    (absolute, in the action's units), return."""
-    lines = [f"{'N':>4}  {'p50 ms':>8}  {'p99 ms':>8}  {'max |Δaction| abs':>17}  {'return':>16}  file"]
+    (absolute, in the action's units), return (mean ± std over the episodes, which a line above the
+    table names)."""
+    evaluations = [r.evaluation for r in rows if r.evaluation is not None]
+    lines = [evaluations[0].caption()] if evaluations else []
+    lines.append(f"{'N':>4}  {'p50 ms':>8}  {'p99 ms':>8}  {'max |Δaction| abs':>17}  {'return':>16}  file")
     for r in rows:
         error = f"{r.report.parity.max_abs_error_action:.2e}" if r.report.parity else "unverified"
-        ret = "-" if r.mean_return is None else f"{r.mean_return:.1f} ± {r.std_return:.1f}"
+        ret = "-" if r.mean_return is None else f"{r.mean_return:.1f}"
+        if r.evaluation is not None and r.evaluation.episodes > 1:  # one episode has no spread to show
+            ret += f" ± {r.std_return:.1f}"
         lines.append(
             f"{r.steps:>4}  {r.latency.p50_ms:>8.3f}  {r.latency.p99_ms:>8.3f}  {error:>17}  {ret:>16}  {r.report.path}"
         )

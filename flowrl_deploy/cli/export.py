@@ -192,7 +192,15 @@ def export(
 
         try:
             rows = sweep_steps(
-                checkpoint, onnx_path, config, step_list, env_id=env, episodes=episodes, seed=seed, on_file=wrote
+                checkpoint,
+                onnx_path,
+                config,
+                step_list,
+                env_id=env,
+                episodes=episodes,
+                seed=seed,
+                on_file=wrote,
+                on_warning=lambda warning: typer.secho(f"warning: {warning}", err=True, fg=typer.colors.YELLOW),
             )
         except BaseException:
             if written:
