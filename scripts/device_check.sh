@@ -123,7 +123,11 @@ bench() {  # VARIANT [FLAG ...]: training updates/s on the GPU at batch 256, wid
     shift
     [[ $* == *--compile* ]] && shapes=(dog-run)  # compiling takes long: one shape
     python3 bench/train_throughput.py --device cuda --threads 1 --shapes "${shapes[@]}" "$@" \
-        --json "$WORK/bench_$variant.json" >"$WORK/bench_$variant.log" 2>&1 || { tail -5 "$WORK/bench_$variant.log"; return 1; }
+        --json "$WORK/bench_$variant.json" >"$WORK/bench_$variant.log" 2>&1 || {
+        note "$(tail -1 "$WORK/bench_$variant.log")"
+        tail -5 "$WORK/bench_$variant.log"
+        return 1
+    }
     note "$(python3 -c 'import json, sys
 print(", ".join(f"{r[\"shape\"]} {r[\"median_updates_per_s\"]:.0f}/s" for r in json.load(open(sys.argv[1]))["results"]))' \
         "$WORK/bench_$variant.json")"
@@ -369,7 +373,7 @@ main() {
         run_step eval-onnx 30
     fi
     wants infer && run_step infer 60
-    wants suite && run_step suite 150
+    wants suite && run_step suite 240  # the last step: what is left of the budget
     local verdict=PASS
     ((failed)) && verdict=FAIL
     echo "result: $verdict in $SECONDS s (files in $OUT_DIR: $(find "$OUT_DIR" -type f | wc -l))" |
