@@ -10,7 +10,7 @@ from typing import Any
 from flowrl_deploy.errors import FlowRLError
 from flowrl_deploy.fieldtypes import is_int, wrong_type
 from flowrl_deploy.noise import run_seed_problem
-from flowrl_deploy.spec import SOLVERS, flow_steps_problem
+from flowrl_deploy.spec import SOLVERS, PolicySpec, flow_steps_problem
 
 DTYPES = ("fp32", "int8")
 MIN_OPSET = 13
@@ -93,3 +93,26 @@ def steps_note(trained: int, steps: int) -> str | None:
         f"policy, whose return may be lower: compare them with --steps {both} --report --episodes 5 "
         "(docs/export.md, Choosing N)"
     )
+
+
+def sampler_notes(spec: PolicySpec, steps: list[int], solver: str | None) -> list[str]:
+    """The notes `flowrl export` prints on stderr when it samples another policy than the one trained
+    (``spec``'s): ``steps`` (the N exported) that leave out the training N, or another ``solver``
+    (None: the checkpoint's). Each is one line naming what to compare (docs/export.md, Choosing N)."""
+    notes = []
+    if len(steps) == 1:
+        notes.append(steps_note(spec.flow_steps, steps[0]))
+    elif spec.flow_steps not in steps:
+        listed = ",".join(str(n) for n in steps)
+        notes.append(
+            f"note: this checkpoint was trained with N={spec.flow_steps} flow steps, which --steps {listed} leaves "
+            f"out: each row samples a different policy, whose return may be lower; add {spec.flow_steps} to the "
+            "list to compare (docs/export.md, Choosing N)"
+        )
+    if solver is not None and solver != spec.solver:
+        notes.append(
+            f"note: this checkpoint was trained with the {spec.solver} solver; --solver {solver} samples a "
+            "different policy, whose return may be lower: compare --report --episodes 5 with and without "
+            "--solver (docs/export.md, Choosing N)"
+        )
+    return [note for note in notes if note is not None]

@@ -19,7 +19,7 @@ from flowrl_deploy.cli._common import (
     write_report,
 )
 from flowrl_deploy.errors import FlowRLError
-from flowrl_deploy.export.config import DTYPES, MAX_BATCH, ExportConfig, steps_note
+from flowrl_deploy.export.config import DTYPES, MAX_BATCH, ExportConfig, sampler_notes
 from flowrl_deploy.export.exporter import (
     ExportReport,
     check_export_output,
@@ -160,7 +160,8 @@ def export(
     json_path = None if json_out is None else output_file("--json", json_out, "report.json")
     check_exists(checkpoint)
     checkpoint_dir = resolve_checkpoint(checkpoint)
-    step_list = parse_steps(steps) if steps is not None else [read_spec(checkpoint_dir).flow_steps]
+    spec = read_spec(checkpoint_dir)
+    step_list = parse_steps(steps) if steps is not None else [spec.flow_steps]
     sweep = report or len(step_list) > 1  # a table; several N write one file each (policy.n10.onnx)
     if episodes < 0:
         raise FlowRLError(f"--episodes must be >= 0 (0: latency only), got {episodes}")
@@ -211,10 +212,10 @@ def export(
     else:
         result = export_checkpoint(checkpoint, onnx_path, config)
         printed.echo(result.summary())
-        # another N than the training N samples another policy; a sweep's table compares them itself
-        if steps is not None and (note := steps_note(read_spec(checkpoint_dir).flow_steps, config.steps)):
-            typer.echo(note, err=True)
         records = [result.to_dict()]
+    # another N or solver than the training ones samples another policy: say so, unless the table compares them
+    for note in sampler_notes(spec, step_list, config.solver):
+        typer.echo(note, err=True)
     if json_path is not None:
         write_report("--json", json_path, records)
     files = str(onnx_path) if len(onnx_files) == 1 else f"{len(onnx_files)} files ({onnx_files[0]} … {onnx_files[-1]})"
