@@ -129,7 +129,8 @@ bench() {  # VARIANT [FLAG ...]: training updates/s on the GPU at batch 256, wid
         return 1
     }
     note "$(python3 -c 'import json, sys
-print(", ".join(f"{r[\"shape\"]} {r[\"median_updates_per_s\"]:.0f}/s" for r in json.load(open(sys.argv[1]))["results"]))' \
+rows = json.load(open(sys.argv[1]))["results"]
+print(", ".join("{} {:.0f}/s".format(r["shape"], r["median_updates_per_s"]) for r in rows))' \
         "$WORK/bench_$variant.json")"
 }
 step_bench_graphs() { bench graphs; }
