@@ -1,6 +1,7 @@
 """Training's side of the one checkpoint format (``flowrl_deploy.checkpoint``): which run directory
 a new run may write and which run a resume continues (with its saved config, :func:`plan_resume`),
-which checkpoints a run keeps, and rebuilding a flow actor from one."""
+what a run's checkpoint holds (:func:`save_training_checkpoint`, :func:`restore_training`, its
+:class:`EvalRecord`), which checkpoints a run keeps, and rebuilding a flow actor from one."""
 
 from __future__ import annotations
 
@@ -18,6 +19,7 @@ import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, fields
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 import torch
@@ -40,6 +42,7 @@ from flowrl_deploy.checkpoint import (
     read_document,
     resume_point,
     run_checkpoints,
+    save_checkpoint,
     spec_of,
     step_name,
     step_of,
@@ -49,7 +52,7 @@ from flowrl_deploy.errors import CheckpointError, FlowRLError, printable
 from flowrl_deploy.fieldtypes import is_int, is_integer, shown
 from flowrl_deploy.noise import draw_noise, session_noise
 from flowrl_deploy.runtime import one_observation
-from flowrl_deploy.spec import flow_steps_problem
+from flowrl_deploy.spec import PolicySpec, flow_steps_problem
 from flowrl_deploy.train.actor import FlowActor
 from flowrl_deploy.train.config import (
     RESUME_OVERRIDES,
@@ -59,6 +62,10 @@ from flowrl_deploy.train.config import (
     check_unfinished,
     steps_taken,
 )
+
+if TYPE_CHECKING:
+    from flowrl_deploy.train.algorithm import FlowRL
+    from flowrl_deploy.train.replay import ReplayBuffer
 
 try:
     import fcntl
@@ -225,23 +232,125 @@ class RunCheckpoints:
                 shutil.rmtree(partial, ignore_errors=True)
 
 
+def finite_or_none(x: float) -> float | None:
+    """``x``, or None where it is not finite (JSON has no infinity: a run's best return before any evaluation)."""
+    return x if math.isfinite(x) else None
+
+
+@dataclass(frozen=True)
+class EvalRecord:
+    """A checkpoint's ``eval`` record (``checkpoint.json``): the run's best evaluation return so far, and the
+    return and env step of its latest evaluation (None: no evaluation yet). The one place that writes it
+    (:meth:`to_dict`) and reads it (:meth:`from_document`), for a resume and for ranking ``best``."""
+
+    best_return: float | None = None
+    last_return: float | None = None
+    last_step: int | None = None
+    """The env step of ``last_return``'s evaluation: a checkpoint saved between evaluations records the
+    previous one's, so its own policy's return is ``last_return`` only where this is its own step."""
+    step_recorded: bool = True
+    """False for a record saved before ``last_step`` was recorded (the key is absent)."""
+
+    def to_dict(self) -> dict[str, float | int | None]:
+        return {"best_return": self.best_return, "last_return": self.last_return, "last_step": self.last_step}
+
+    @classmethod
+    def from_document(
+        cls, document: dict, *, strict: bool = False, source: str | Path = DOCUMENT_FILE
+    ) -> EvalRecord | None:
+        """The record of a checkpoint's ``document`` (none there: an empty record). One that is not a JSON
+        object of finite numbers or null with a step of at least 0 is None, or with ``strict`` (a resume, which
+        restores it) a :class:`CheckpointError` naming ``source``, the document's path."""
+        evaluation = document.get("eval", {})
+        if isinstance(evaluation, dict):
+            best, last, step = (evaluation.get(key) for key in ("best_return", "last_return", "last_step"))
+            if all(x is None or (type(x) in (int, float) and math.isfinite(x)) for x in (best, last)) and (
+                step is None or (is_int(step) and step >= 0)
+            ):
+                return cls(best, last, step, step_recorded="last_step" in evaluation)
+        if not strict:
+            return None
+        raise CheckpointError(
+            f"{source}: eval must be a JSON object of finite numbers or null "
+            f"(best_return, last_return; last_step: a step), got {evaluation!r:.200}"
+        )
+
+    def own_return(self, env_steps: object, *, named_best: bool = False) -> float | None:
+        """The evaluation return of the policy of the checkpoint at ``env_steps`` that holds this record, or
+        None: ``last_return`` where ``last_step`` is ``env_steps``. A record saved before ``last_step`` was
+        counts only for the checkpoint ``best`` names (``named_best``), which was saved at its evaluation."""
+        if self.last_return is None:
+            return None
+        if not self.step_recorded:
+            return float(self.last_return) if named_best else None
+        return float(self.last_return) if self.last_step is not None and self.last_step == env_steps else None
+
+
+def save_training_checkpoint(
+    path: Path,
+    spec: PolicySpec,
+    cfg: TrainConfig,
+    agent: FlowRL,
+    replay: ReplayBuffer,
+    action_rng: np.random.Generator,
+    *,
+    env_steps: int,
+    episodes: int,
+    evaluation: EvalRecord,
+    runtime: dict[str, object],
+) -> Path:
+    """Write a run's checkpoint at ``path``: the actor (``model.safetensors``) with the spec, config, counters,
+    ``evaluation`` and ``runtime`` records (``checkpoint.json``), and the state a resume restores
+    (:func:`restore_training`): the critics and optimizers, the RNGs of the warm-up actions and the replay
+    sampling, and with ``cfg.save_replay`` the replay buffer."""
+    replay_arrays, replay_state = replay.state_dict()
+    return save_checkpoint(
+        path,
+        spec=spec,
+        actor={k: v.detach().cpu().numpy() for k, v in agent.actor.state_dict().items()},
+        config=cfg.to_dict(),
+        counters={"env_steps": env_steps, "episodes": episodes, "updates": agent.updates},
+        extra={"eval": evaluation.to_dict(), "runtime": runtime},
+        training_tensors=agent.state_tensors(),
+        training_json={
+            "agent": agent.state_json(),
+            "action_rng": action_rng.bit_generator.state,
+            "replay_rng": replay.rng_state(),
+            "replay": replay_state if cfg.save_replay else None,
+        },
+        replay=replay_arrays if cfg.save_replay and replay.size else None,
+    )
+
+
+def restore_training(
+    path: str | Path, agent: FlowRL, replay: ReplayBuffer, action_rng: np.random.Generator
+) -> tuple[int, int, EvalRecord]:
+    """Restore into ``agent``, ``replay`` and ``action_rng`` what :func:`save_training_checkpoint` wrote at
+    ``path``, and return its env steps, episodes and evaluation record. A checkpoint whose training state is
+    incomplete or malformed is a :class:`CheckpointError` naming it."""
+    checkpoint = load_checkpoint(path, training_state=True)
+    evaluation = EvalRecord.from_document(checkpoint.document, strict=True, source=checkpoint.path / DOCUMENT_FILE)
+    state = checkpoint.training_json
+    try:
+        agent.load_state(checkpoint.actor, checkpoint.training_tensors, state["agent"])
+        action_rng.bit_generator.state = state["action_rng"]
+        replay.set_rng_state(state["replay_rng"])
+        if checkpoint.replay and state.get("replay"):
+            replay.load_state_dict(checkpoint.replay, state["replay"])
+        return checkpoint.counters["env_steps"], checkpoint.counters["episodes"], evaluation
+    except CheckpointError as exc:  # e.g. actor weights that do not fit the spec: say which checkpoint
+        raise CheckpointError(f"{checkpoint.path}: {exc}") from exc
+    except (KeyError, TypeError, ValueError) as exc:
+        raise CheckpointError(f"{checkpoint.path}: training state is incomplete or malformed ({exc})") from exc
+
+
 def own_eval_return(document: dict | None, *, named_best: bool = False) -> float | None:
-    """The evaluation return of a checkpoint's own policy, from its document (``eval.last_return`` where
-    ``eval.last_step`` is its own step: a checkpoint saved between evaluations records the previous one's),
-    or None. A document from before ``last_step`` was recorded counts only for the checkpoint ``best`` names
-    (``named_best``), which was saved at its evaluation."""
-    if not isinstance(document, dict):
+    """The evaluation return of a checkpoint's own policy, from its document (:meth:`EvalRecord.own_return`),
+    or None (no such document, or no valid record)."""
+    if not isinstance(document, dict) or not isinstance(document.get("counters"), dict):
         return None
-    evaluation, counters = document.get("eval"), document.get("counters")
-    if not isinstance(evaluation, dict) or not isinstance(counters, dict):
-        return None
-    value = evaluation.get("last_return")
-    if type(value) not in (int, float) or not math.isfinite(value):
-        return None
-    if "last_step" not in evaluation:
-        return float(value) if named_best else None
-    at = evaluation["last_step"]
-    return float(value) if is_int(at) and at == counters.get("env_steps") else None
+    record = EvalRecord.from_document(document)
+    return None if record is None else record.own_return(document["counters"].get("env_steps"), named_best=named_best)
 
 
 def _free_name(entry: Path, suffix: str) -> Path:

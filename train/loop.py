@@ -25,30 +25,24 @@ import numpy as np
 import torch
 
 from flowrl_deploy.affinity import check_thread_count
-from flowrl_deploy.checkpoint import (
-    DOCUMENT_FILE,
-    Checkpoint,
-    load_checkpoint,
-    read_document,
-    read_spec,
-    resume_point,
-    save_checkpoint,
-    symlinks_refused,
-)
+from flowrl_deploy.checkpoint import DOCUMENT_FILE, read_document, read_spec, resume_point, symlinks_refused
 from flowrl_deploy.errors import CheckpointError, FlowRLError, Interrupted
-from flowrl_deploy.fieldtypes import is_int
 from flowrl_deploy.signals import SCHEDULER_NOTICES, STOP_SIGNALS, install_stop_handlers
 from flowrl_deploy.spec import PolicySpec
 from flowrl_deploy.train.algorithm import FlowRL, resolve_device, training_bytes
 from flowrl_deploy.train.checkpointing import (
+    EvalRecord,
     RunCheckpoints,
     RunLock,
     actor_act_fn,
     check_new_run_dir,
+    finite_or_none,
     remove_leftovers,
+    restore_training,
     resume_config,
     resume_warnings,
     run_to_resume,
+    save_training_checkpoint,
     set_aside_advice,
 )
 from flowrl_deploy.train.config import (
@@ -75,6 +69,16 @@ class Counters:
     last_eval_return: float | None = None
     last_eval_step: int | None = None
     """The env step of the evaluation ``last_eval_return`` comes from."""
+
+    @classmethod
+    def restored(cls, env_steps: int, episodes: int, evaluation: EvalRecord) -> Counters:
+        """The counters of a checkpoint (:func:`~flowrl_deploy.train.checkpointing.restore_training`)."""
+        best = -math.inf if evaluation.best_return is None else evaluation.best_return
+        return cls(env_steps, episodes, best, evaluation.last_return, evaluation.last_step)
+
+    def evaluation(self) -> EvalRecord:
+        """The checkpoint's ``eval`` record of these counters."""
+        return EvalRecord(finite_or_none(self.best_eval_return), self.last_eval_return, self.last_eval_step)
 
 
 class TrainingInterrupted(Interrupted):
@@ -363,8 +367,15 @@ class _Run:
     """What the user should know before the first step, logged on ``flowrl.train``."""
 
     def save(self, best: bool = False) -> None:
+        def write(path: Path) -> Path:
+            return save_training_checkpoint(
+                path, self.spec, self.cfg, self.agent, self.replay, self.action_rng,
+                env_steps=self.counters.env_steps, episodes=self.counters.episodes,
+                evaluation=self.counters.evaluation(), runtime=run_numerics(self.agent.device),
+            )  # fmt: skip
+
         try:
-            self.checkpoints.save(self.counters.env_steps, lambda path: _write(path, self), best=best)
+            self.checkpoints.save(self.counters.env_steps, write, best=best)
         finally:  # written, even where its links then failed to move: a resume continues it
             self.last_checkpoint = self.checkpoints.written or self.last_checkpoint
 
@@ -448,7 +459,7 @@ def _prepare_locked_run(
         counters = Counters()
         if resume is not None:
             try:
-                counters = _restore(start, agent, replay, action_rng)
+                counters = Counters.restored(*restore_training(start, agent, replay, action_rng))
             except CheckpointError as exc:  # its files are whole (resume_point): its contents are not
                 raise CheckpointError(f"{exc}; {set_aside_advice(start)}") from exc
         checkpoints = RunCheckpoints(run_dir, cfg.save_every)
@@ -598,75 +609,3 @@ def _evaluate(
     noise_seed = episode_seed(cfg.seed, step, stream=EVAL_NOISE_STREAM)
     act = actor_act_fn(agent.actor, seed=noise_seed, deterministic=deterministic)
     return evaluate(act, eval_env, cfg.eval_episodes, seed=cfg.seed, stop=stop)
-
-
-def _write(path: Path, run: _Run) -> Path:
-    cfg, agent, replay, counters = run.cfg, run.agent, run.replay, run.counters
-    replay_arrays, replay_state = replay.state_dict()
-    return save_checkpoint(
-        path,
-        spec=run.spec,
-        actor={k: v.detach().cpu().numpy() for k, v in agent.actor.state_dict().items()},
-        config=cfg.to_dict(),
-        counters={"env_steps": counters.env_steps, "episodes": counters.episodes, "updates": agent.updates},
-        extra={
-            "eval": {
-                "best_return": finite_or_none(counters.best_eval_return),
-                "last_return": counters.last_eval_return,
-                "last_step": counters.last_eval_step,  # its own step: the return is this checkpoint's policy's
-            },
-            "runtime": run_numerics(agent.device),
-        },
-        training_tensors=agent.state_tensors(),
-        training_json={
-            "agent": agent.state_json(),
-            "action_rng": run.action_rng.bit_generator.state,
-            "replay_rng": replay.rng_state(),
-            "replay": replay_state if cfg.save_replay else None,
-        },
-        replay=replay_arrays if cfg.save_replay and replay.size else None,
-    )
-
-
-def _restore(path: str | Path, agent: FlowRL, replay: ReplayBuffer, action_rng: np.random.Generator) -> Counters:
-    checkpoint = load_checkpoint(path, training_state=True)
-    best, last, last_step = _eval_returns(checkpoint)
-    state = checkpoint.training_json
-    try:
-        agent.load_state(checkpoint.actor, checkpoint.training_tensors, state["agent"])
-        action_rng.bit_generator.state = state["action_rng"]
-        replay.set_rng_state(state["replay_rng"])
-        if checkpoint.replay and state.get("replay"):
-            replay.load_state_dict(checkpoint.replay, state["replay"])
-        return Counters(
-            env_steps=checkpoint.counters["env_steps"],
-            episodes=checkpoint.counters["episodes"],
-            best_eval_return=-math.inf if best is None else best,
-            last_eval_return=last,
-            last_eval_step=last_step,
-        )
-    except CheckpointError as exc:  # e.g. actor weights that do not fit the spec: say which checkpoint
-        raise CheckpointError(f"{checkpoint.path}: {exc}") from exc
-    except (KeyError, TypeError, ValueError) as exc:
-        raise CheckpointError(f"{checkpoint.path}: training state is incomplete or malformed ({exc})") from exc
-
-
-def _eval_returns(checkpoint: Checkpoint) -> tuple[float | None, float | None, int | None]:
-    """The best and the last evaluation return a checkpoint records (None: no evaluation yet), and the
-    env step of the last (None: not recorded, by a version before it was)."""
-    evaluation = checkpoint.document.get("eval", {})
-    if isinstance(evaluation, dict):
-        returns = evaluation.get("best_return"), evaluation.get("last_return")
-        step = evaluation.get("last_step")
-        if all(x is None or (type(x) in (int, float) and math.isfinite(x)) for x in returns) and (
-            step is None or (is_int(step) and step >= 0)
-        ):
-            return (*returns, step)
-    raise CheckpointError(
-        f"{checkpoint.path / DOCUMENT_FILE}: eval must be a JSON object of finite numbers or null "
-        f"(best_return, last_return; last_step: a step), got {evaluation!r:.200}"
-    )
-
-
-def finite_or_none(x: float) -> float | None:
-    return x if math.isfinite(x) else None
