@@ -387,6 +387,9 @@ def make_session(
     if optimized_model_path:
         options.optimized_model_filepath = optimized_model_path
     source = model if isinstance(model, bytes) else str(model)
+    absent = [provider_name(p) for p in providers or () if provider_name(p) not in ort.get_available_providers()]
+    if absent:  # refused before onnxruntime warns of them in two lines of its own, then runs without them
+        raise _not_offered(absent)
     asked = list(providers) if providers else default_providers()
     wants_cuda = any(provider_name(p) == CUDA for p in asked)
     if wants_cuda:
@@ -423,6 +426,17 @@ def make_session(
     # own fallback printed two lines on stdout and re-made the session on the CPU under the threads running it.
     session.disable_fallback()
     return session
+
+
+def _not_offered(absent: list[str]) -> FlowRLError:
+    """The refusal of providers asked for by name that this onnxruntime build does not have at all."""
+    ort = import_onnxruntime()
+    gpu = " (the CPU-only onnxruntime package: install onnxruntime-gpu in its place)" if CUDA in absent else ""
+    return FlowRLError(
+        f"onnxruntime could not start {', '.join(absent)} here: this onnxruntime build ({ort.__version__}) does not "
+        f"offer it{gpu}; it offers {', '.join(ort.get_available_providers())}: leave the providers at their default "
+        "or ask for one of those"
+    )
 
 
 def _not_started(missing: list[str], reason: str) -> FlowRLError:

@@ -32,6 +32,18 @@ def test_a_provider_that_cannot_start_is_said_once_in_flowrls_line(tmp_path):
     assert len(result.stderr.splitlines()) <= 1, result.stderr
 
 
+def test_a_provider_this_build_does_not_offer_is_refused_in_one_line_before_onnxruntime_warns(tmp_path):
+    """A provider onnxruntime knows but this build lacks (CUDA in the CPU-only onnxruntime of macOS and
+    aarch64 installs; MIGraphX here) got onnxruntime's two-line UserWarning before flowrl's refusal."""
+    policy = write_policy(tmp_path / "policy.onnx")
+    script = SCRIPT.replace('"CUDAExecutionProvider", ', '"MIGraphXExecutionProvider", ')
+    result = subprocess.run([sys.executable, "-c", script, str(policy)], capture_output=True, text=True, timeout=120)
+    assert result.returncode == 0, result.stderr
+    (line,) = result.stderr.splitlines()
+    assert line.startswith("error: onnxruntime could not start MIGraphXExecutionProvider here: this onnxruntime build")
+    assert "does not offer it" in line
+
+
 def test_onnxruntime_warnings_print_while_flowrl_logs_debug():
     flowrl = logging.getLogger("flowrl")
     previous = flowrl.level

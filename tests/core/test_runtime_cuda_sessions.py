@@ -14,6 +14,7 @@ import pytest
 from tiny_policy import ACT_DIM, OBS_DIM, write_policy
 
 from flowrl_deploy import runtime
+from flowrl_deploy.errors import FlowRLError
 
 CUDA = "CUDAExecutionProvider"
 CPU = "CPUExecutionProvider"
@@ -55,16 +56,16 @@ def test_the_default_providers_ask_cuda_for_fp32_matmuls(policy, asked, monkeypa
 
 
 def test_cuda_named_by_the_caller_is_asked_for_fp32_matmuls(policy, asked, monkeypatch):
-    with pytest.raises(runtime.FlowRLError, match="could not start CUDAExecutionProvider"):
+    with pytest.raises(FlowRLError, match="could not start CUDAExecutionProvider"):
         runtime.make_session(policy, providers=[CUDA, CPU])
     assert _cuda_options(asked[0]) == {"use_tf32": "0"}
     assert asked[0][1] == CPU
 
 
 def test_a_callers_own_cuda_options_are_kept_and_tf32_stays_off_unless_asked(policy, asked):
-    with pytest.raises(runtime.FlowRLError, match="could not start CUDAExecutionProvider"):
+    with pytest.raises(FlowRLError, match="could not start CUDAExecutionProvider"):
         runtime.make_session(policy, providers=[(CUDA, {"device_id": "0"}), CPU])
-    with pytest.raises(runtime.FlowRLError, match="could not start CUDAExecutionProvider"):
+    with pytest.raises(FlowRLError, match="could not start CUDAExecutionProvider"):
         runtime.make_session(policy, providers=[(CUDA, {"use_tf32": "1"})])
     assert _cuda_options(asked[0]) == {"device_id": "0", "use_tf32": "0"}
     assert _cuda_options(asked[1]) == {"use_tf32": "1"}
@@ -181,5 +182,12 @@ def test_cuda_named_on_a_gpu_without_its_libraries_is_refused_naming_the_missing
 def test_cuda_named_without_a_gpu_is_refused_saying_there_is_none(policy, monkeypatch):
     monkeypatch.setattr(runtime, "cuda_device_present", lambda: False)
     said = r"CUDAExecutionProvider here \(no GPU: the NVIDIA driver is missing or reports none\)"
-    with pytest.raises(runtime.FlowRLError, match=said):
+    with pytest.raises(FlowRLError, match=said):
         runtime.make_session(policy, providers=[CUDA, CPU])
+
+
+def test_cuda_asked_of_the_cpu_only_onnxruntime_is_refused_naming_the_package_to_install(policy, monkeypatch):
+    """The plain onnxruntime package (macOS, aarch64, a CPU-only install) has no CUDA provider at all."""
+    monkeypatch.setattr(runtime.import_onnxruntime(), "get_available_providers", lambda: [CPU])
+    with pytest.raises(FlowRLError, match=r"does not offer it .*install onnxruntime-gpu in its place"):
+        runtime.make_session(str(policy), providers=[CUDA, CPU])
