@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import logging
 import os
+import tempfile
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, replace
 from pathlib import Path
@@ -46,14 +47,25 @@ class SweepRow:
     std_return: float | None = None
     evaluation: SweepEvaluation | None = None
     """What the return was measured on; None without one."""
+    reference: SweepRow | None = None
+    """An int8 row's fp32 reference: the same N exported in fp32 to a temporary file (deleted), timed
+    and evaluated alike; None for an fp32 row."""
 
     def to_dict(self) -> dict[str, Any]:
-        return self.report.to_dict() | {
+        return self.report.to_dict() | self._figures() | {
+            "evaluation": None if self.evaluation is None else asdict(self.evaluation),
+            "fp32_reference": None if self.reference is None else {
+                "dtype": self.reference.report.provenance["dtype"],
+                "parity": self.reference.report.parity.to_dict() if self.reference.report.parity else None,
+            } | self.reference._figures(),
+        }  # fmt: skip
+
+    def _figures(self) -> dict[str, float | None]:
+        return {
             "p50_ms": self.latency.p50_ms,
             "p99_ms": self.latency.p99_ms,
             "mean_return": self.mean_return,
             "std_return": self.std_return,
-            "evaluation": None if self.evaluation is None else asdict(self.evaluation),
         }
 
 
@@ -150,6 +162,18 @@ def _sweep_row(
     report = export_checkpoint(checkpoint, path, config)
     if on_file is not None:
         on_file(report)
+    row = _measured(report, config, env, evaluation)
+    if config.dtype != "fp32":  # int8 is judged against fp32's error and return (docs/export.md, --dtype int8)
+        with tempfile.TemporaryDirectory(prefix="flowrl-fp32-reference-") as folder:
+            reference = export_checkpoint(checkpoint, Path(folder) / "fp32.onnx", replace(config, dtype="fp32"))
+            row = replace(row, reference=_measured(reference, replace(config, dtype="fp32"), env, evaluation))
+    return row
+
+
+def _measured(
+    report: ExportReport, config: ExportConfig, env: Env | None, evaluation: SweepEvaluation | None
+) -> SweepRow:
+    """The row of the file ``report`` wrote: its latency, and its return on ``env`` if ``evaluation``."""
     policy = OnnxPolicy(report.path, providers=["CPUExecutionProvider"])
     c = policy.contract
     batch = policy.fixed_batch or 1  # a --batch N graph only takes N rows
@@ -175,11 +199,16 @@ def format_sweep(rows: list[SweepRow]) -> str:
     lines = [evaluations[0].caption()] if evaluations else []
     lines.append(f"{'N':>4}  {'p50 ms':>8}  {'p99 ms':>8}  {'max |Δaction| abs':>17}  {'return':>16}  file")
     for r in rows:
-        error = f"{r.report.parity.max_abs_error_action:.2e}" if r.report.parity else "unverified"
-        ret = "-" if r.mean_return is None else f"{r.mean_return:.1f}"
-        if r.evaluation is not None and r.evaluation.episodes > 1:  # one episode has no spread to show
-            ret += f" ± {r.std_return:.1f}"
-        lines.append(
-            f"{r.steps:>4}  {r.latency.p50_ms:>8.3f}  {r.latency.p99_ms:>8.3f}  {error:>17}  {ret:>16}  {r.report.path}"
-        )
+        dtype = r.report.provenance["dtype"]
+        lines.append(_table_line(r, f"{r.report.path}" + ("" if dtype == "fp32" else f" ({dtype})")))
+        if r.reference is not None:
+            lines.append(_table_line(r.reference, "fp32 reference (not written)"))
     return "\n".join(lines)
+
+
+def _table_line(r: SweepRow, file: str) -> str:
+    error = f"{r.report.parity.max_abs_error_action:.2e}" if r.report.parity else "unverified"
+    ret = "-" if r.mean_return is None else f"{r.mean_return:.1f}"
+    if r.evaluation is not None and r.evaluation.episodes > 1:  # one episode has no spread to show
+        ret += f" ± {r.std_return:.1f}"
+    return f"{r.steps:>4}  {r.latency.p50_ms:>8.3f}  {r.latency.p99_ms:>8.3f}  {error:>17}  {ret:>16}  {file}"

@@ -8,7 +8,7 @@ from typing import TYPE_CHECKING, Annotated
 import typer
 
 from flowrl_deploy.cli._common import user_errors
-from flowrl_deploy.errors import FlowRLError
+from flowrl_deploy.errors import FlowRLError, printable
 from flowrl_deploy.noise import run_seed_problem
 from flowrl_deploy.runtime import is_onnx_path
 from flowrl_deploy.spec import flow_steps_problem
@@ -110,5 +110,7 @@ def _onnx_policy(path: Path, seed: int, deterministic: bool) -> Policy:
 
     policy = OnnxPolicy(path, providers=["CPUExecutionProvider"])
     c = policy.contract
+    dtype = policy.provenance.get("dtype")  # an int8 file's return is not its fp32 twin's: say which it is
     sampler = f"N={c.flow_steps} {c.solver}{FROM_ZERO if deterministic or not policy.takes_noise else ''}"
+    sampler += f", {printable(dtype, 16)}" if isinstance(dtype, str) and dtype != "fp32" else ""
     return SeededPolicy(policy, seed, deterministic=deterministic), c.env_id, (c.obs_dim, c.act_dim), sampler
