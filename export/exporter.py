@@ -149,7 +149,7 @@ def export_checkpoint(
     ``out_path`` that would destroy something (:func:`check_export_output`: such as an existing file
     that is not an earlier export) is refused before any work.
     """
-    from flowrl_deploy.export.graph import VelocityWeights, build_policy_graph, check_opset
+    from flowrl_deploy.export.graph import VelocityWeights, build_policy_graph
     from flowrl_deploy.export.verify import check_structure, verify_parity
 
     config = config or ExportConfig()
@@ -161,7 +161,7 @@ def export_checkpoint(
     spec = checkpoint.spec
     config = replace(config, steps=config.steps or spec.flow_steps, solver=config.solver or spec.solver)
     weights = VelocityWeights.from_actor(checkpoint.actor, spec, checkpoint.path)
-    check_opset(config.opset, runtime=config.verify)
+    check_export_opset(config, no_verify="verify=False")
     model = build_policy_graph(
         weights,
         spec,
@@ -208,6 +208,27 @@ def export_checkpoint(
         model.metadata_props.add(key=key, value=value)
     write_atomic(out, model.SerializeToString())
     return ExportReport(out, contract, contract.hash(), file_sha256(out), provenance, parity)
+
+
+def check_export_opset(config: ExportConfig, no_verify: str) -> None:
+    """Refuse an opset the export cannot write (:func:`~flowrl_deploy.export.graph.check_opset`), before
+    any work. One that onnx knows but the installed onnxruntime does not run is refused naming
+    ``no_verify`` (``--no-verify`` in the CLI), which writes it for a newer onnxruntime on the robot."""
+    from flowrl_deploy.export.graph import check_opset
+
+    try:
+        check_opset(config.opset, runtime=config.verify)
+    except FlowRLError as exc:
+        if not config.verify:
+            raise
+        try:
+            check_opset(config.opset, runtime=False)
+        except FlowRLError:
+            raise exc from None
+        import onnx
+
+        newest = onnx.defs.onnx_opset_version()
+        raise FlowRLError(f"{exc}, or {no_verify} for up to {newest}, when the robot's onnxruntime runs it") from None
 
 
 def check_run_output(flag: str, path: Path, checkpoint_dir: Path) -> None:

@@ -22,6 +22,7 @@ from flowrl_deploy.errors import FlowRLError
 from flowrl_deploy.export.config import DTYPES, MAX_BATCH, ExportConfig, sampler_notes
 from flowrl_deploy.export.exporter import (
     ExportReport,
+    check_export_opset,
     check_export_output,
     check_run_output,
     output_file,
@@ -153,7 +154,6 @@ def export(
 ) -> None:
     """Export CHECKPOINT's flow policy as policy.onnx: obs (+ noise) → action in the env's bounds."""
     from flowrl_deploy.export import export_checkpoint
-    from flowrl_deploy.export.graph import check_opset
     from flowrl_deploy.export.sweep import sweep_paths
 
     onnx_path = output_file("--out", out, "policy.onnx")
@@ -178,7 +178,7 @@ def export(
         verify=verify,
         seed=seed,
     )
-    check_opset(config.opset, runtime=config.verify)
+    check_export_opset(config, no_verify="--no-verify")
     onnx_files = sweep_paths(onnx_path, step_list)
     check_outputs(onnx_path, onnx_files, json_path, checkpoint_dir)
     printed = ResultLines()  # a stdout that fails says the files were written, and the report still is

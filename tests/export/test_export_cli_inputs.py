@@ -246,3 +246,21 @@ def test_a_users_own_link_to_a_runs_checkpoint_is_exported(run_dir, tmp_path):
     result = runner.invoke(app, ["export", str(deploy / "best"), "--out", str(tmp_path / "p.onnx")])
     assert result.exit_code == 0, result.output
     assert (tmp_path / "p.onnx").is_file()
+
+
+def test_an_opset_only_no_verify_allows_says_so(checkpoint, tmp_path):
+    """--opset 27 (onnx knows it, onnxruntime does not run it) was refused without a word that
+    --no-verify writes it, for a newer onnxruntime on the robot; beyond onnx's newest nothing helps."""
+    import onnx
+
+    from flowrl_deploy.export.graph import newest_opset
+
+    newest, known, out = newest_opset(), onnx.defs.onnx_opset_version(), tmp_path / "p.onnx"
+    if newest == known:
+        pytest.skip("this onnxruntime runs every opset this onnx knows")
+    hint = f"or --no-verify for up to {known}, when the robot's onnxruntime runs it"
+    refused(["export", str(checkpoint), "--out", str(out), "--opset", str(known)], f"use 13..{newest}, {hint}")
+    result = runner.invoke(app, ["export", str(checkpoint), "--out", str(out), "--opset", str(known + 1)])
+    assert result.exit_code == 1 and "--no-verify" not in result.output
+    with pytest.raises(FlowRLError, match=re.escape(f"or verify=False for up to {known}")):  # the API names its field
+        export_checkpoint(checkpoint, out, ExportConfig(opset=known))
