@@ -195,8 +195,11 @@ def format_sweep(rows: list[SweepRow]) -> str:
     """A table: N, p50/p99 latency of one call (batch 1, or the graph's fixed batch), parity error
     (absolute, in the action's units), return (mean ± std over the episodes, which a line above the
     table names)."""
+    batch = rows[0].report.provenance["export_config"]["batch"] if rows else "dynamic"
+    rows_per_call = "1 row (batch 1)" if batch == "dynamic" else f"{batch} rows (a --batch {batch} graph)"
+    lines = [f"latency: p50/p99 of one call of {rows_per_call}"]
     evaluations = [r.evaluation for r in rows if r.evaluation is not None]
-    lines = [evaluations[0].caption()] if evaluations else []
+    lines += [evaluations[0].caption()] if evaluations else []
     lines.append(f"{'N':>4}  {'p50 ms':>8}  {'p99 ms':>8}  {'max |Δaction| abs':>17}  {'return':>16}  file")
     for r in rows:
         dtype = r.report.provenance["dtype"]
