@@ -14,7 +14,6 @@ from __future__ import annotations
 import contextlib
 import logging
 import math
-import os
 import signal
 import threading
 from collections.abc import Callable
@@ -29,7 +28,7 @@ from flowrl_deploy.checkpoint import DOCUMENT_FILE, read_document, read_spec, re
 from flowrl_deploy.errors import CheckpointError, FlowRLError, Interrupted
 from flowrl_deploy.signals import SCHEDULER_NOTICES, STOP_SIGNALS, install_stop_handlers
 from flowrl_deploy.spec import PolicySpec
-from flowrl_deploy.train.algorithm import FlowRL, resolve_device, training_bytes
+from flowrl_deploy.train.algorithm import FlowRL, resolve_device
 from flowrl_deploy.train.checkpointing import (
     EvalRecord,
     RunCheckpoints,
@@ -56,6 +55,7 @@ from flowrl_deploy.train.envs import Env, EnvInfo, episode_seed, make_env
 from flowrl_deploy.train.evaluate import EVAL_NOISE_STREAM, EvalResult, evaluate
 from flowrl_deploy.train.logger import MetricsError, MetricsLogger, Progress, RateMeter
 from flowrl_deploy.train.replay import ReplayBuffer
+from flowrl_deploy.train.resources import memory_shortfall
 
 log = logging.getLogger("flowrl.train")
 """A run's warnings (its directory goes unlocked, …), logged just before ``on_start``."""
@@ -160,63 +160,6 @@ def resumed_spec(spec: PolicySpec, checkpoint: Path) -> PolicySpec:
     if (saved.obs_dim, saved.act_dim) != (spec.obs_dim, spec.act_dim):
         return spec
     return replace(spec, obs_layout=saved.obs_layout, action_names=saved.action_names)
-
-
-def memory_shortfall(spec: PolicySpec, cfg: TrainConfig, device: torch.device) -> str | None:
-    """What a run of ``cfg`` needs beyond this machine ('about 9.1 GiB of memory for dmc:dog-run (…);
-    this machine has 8.0 GiB'), or None when it fits: checked before allocating, since a typo such as
-    --hidden 100000 would otherwise fail deep inside torch, or be killed for memory hours later."""
-    replay, networks = ReplayBuffer.bytes_needed(spec.obs_dim, spec.act_dim, cfg.buffer_size), training_bytes(spec)
-    ram = physical_memory_bytes()
-    needs = [] if ram is None else [(replay + (networks if device.type == "cpu" else 0), ram, "memory")]
-    if device.type == "cuda":
-        needs.append((networks, torch.cuda.get_device_properties(device).total_memory, "GPU memory"))
-    for needed, total, what in needs:
-        if needed > total:
-            return (
-                f"about {needed / 2**30:.1f} GiB of {what} for {cfg.env} ({replay / 2**30:.1f} GiB replay, "
-                f"{networks / 2**30:.1f} GiB networks); this machine has {total / 2**30:.1f} GiB"
-            )
-    return None
-
-
-def physical_memory_bytes() -> int | None:
-    """This machine's RAM: ``os.sysconf`` (Linux, macOS), ``GlobalMemoryStatusEx`` (Windows), or None
-    where neither tells (the memory check is then skipped, not failed)."""
-    try:
-        page, pages = os.sysconf("SC_PAGE_SIZE"), os.sysconf("SC_PHYS_PAGES")
-        ram = page * pages if page > 0 and pages > 0 else 0  # -1: not known (old macOS)
-    except (AttributeError, ValueError, OSError):  # no sysconf (Windows), or no such name
-        ram = 0
-    if ram <= 0 and os.name == "nt":
-        ram = _windows_physical_memory()
-    return ram if ram > 0 else None
-
-
-def _windows_physical_memory() -> int:
-    import ctypes
-
-    class MemoryStatusEx(ctypes.Structure):
-        _fields_ = [
-            ("dwLength", ctypes.c_uint32),  # DWORD: 32 bits (c_ulong is only on Windows)
-            ("dwMemoryLoad", ctypes.c_uint32),
-            ("ullTotalPhys", ctypes.c_ulonglong),
-            ("ullAvailPhys", ctypes.c_ulonglong),
-            ("ullTotalPageFile", ctypes.c_ulonglong),
-            ("ullAvailPageFile", ctypes.c_ulonglong),
-            ("ullTotalVirtual", ctypes.c_ulonglong),
-            ("ullAvailVirtual", ctypes.c_ulonglong),
-            ("ullAvailExtendedVirtual", ctypes.c_ulonglong),
-        ]
-
-    status = MemoryStatusEx()
-    status.dwLength = ctypes.sizeof(MemoryStatusEx)
-    try:
-        if ctypes.windll.kernel32.GlobalMemoryStatusEx(ctypes.byref(status)):  # type: ignore[attr-defined]
-            return int(status.ullTotalPhys)
-    except (AttributeError, OSError):
-        pass
-    return 0
 
 
 def train(

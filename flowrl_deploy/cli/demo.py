@@ -71,11 +71,13 @@ def run_demo(cfg: DemoConfig, echo=typer.echo) -> dict[str, Any]:
     from flowrl_deploy.runtime import SeededPolicy
     from flowrl_deploy.serve import ServerProcess
     from flowrl_deploy.train.algorithm import resolve_device
+    from flowrl_deploy.train.checkpointing import finite_or_none
     from flowrl_deploy.train.config import TrainConfig
     from flowrl_deploy.train.control import run_control
     from flowrl_deploy.train.envs import make_env
     from flowrl_deploy.train.evaluate import evaluate
-    from flowrl_deploy.train.loop import finite_or_none, memory_shortfall, policy_spec, train
+    from flowrl_deploy.train.loop import policy_spec, train
+    from flowrl_deploy.train.resources import memory_shortfall
 
     if cfg.out.exists() and not cfg.out.is_dir():
         raise FlowRLError(f"--out {cfg.out} is a file, not a directory; choose a folder for the report")

@@ -21,7 +21,8 @@ from flowrl_deploy.spec import PolicySpec
 from flowrl_deploy.train import checkpointing, loop
 from flowrl_deploy.train.checkpointing import RunLock
 from flowrl_deploy.train.config import TrainConfig
-from flowrl_deploy.train.loop import memory_shortfall, physical_memory_bytes, train
+from flowrl_deploy.train.loop import train
+from flowrl_deploy.train.resources import memory_shortfall, physical_memory_bytes
 
 runner = CliRunner()
 SPEC = PolicySpec(obs_dim=3, act_dim=1, action_low=(-2.0,), action_high=(2.0,), hidden=16)
