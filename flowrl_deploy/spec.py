@@ -141,7 +141,7 @@ def flow_steps_problem(name: str, steps: int) -> str | None:
 def policy_problem(policy: PolicySpec | PolicyContract) -> str | None:
     """The first thing wrong in what a policy spec and its contract both state, or None: each field's
     type, obs_dim and act_dim, the action bounds (one per action, finite, low < high, fitting
-    float32), the solver, flow_steps, action_names and obs_layout. The message starts with the
+    float32), the solver, flow_steps, action_names, obs_layout and control_period_s. The message starts with the
     field's name ("flow_steps must lie in ..."), so that a contract can say "policy contract field …"."""
     wrong = wrong_type(policy)
     if wrong is not None:
@@ -169,7 +169,24 @@ def policy_problem(policy: PolicySpec | PolicyContract) -> str | None:
         return problem
     if policy.action_names and len(policy.action_names) != policy.act_dim:
         return f"action_names holds {len(policy.action_names)} names for act_dim = {policy.act_dim}"
-    return obs_layout_problem(policy.obs_layout, policy.obs_dim)
+    problem = obs_layout_problem(policy.obs_layout, policy.obs_dim)
+    if problem is not None:
+        return problem
+    return control_period_problem(policy.control_period_s)
+
+
+def control_period_problem(period: float) -> str | None:
+    """What is wrong with a control period a spec or contract states, or None: it must be 0 (none) or
+    lie in the contract's range (a checkpoint's is refused where it is read, not first at export)."""
+    from flowrl_deploy.contract import MAX_CONTROL_PERIOD_S, MIN_CONTROL_PERIOD_S  # contract imports this module
+
+    if period != 0 and not MIN_CONTROL_PERIOD_S <= period <= MAX_CONTROL_PERIOD_S:  # NaN too
+        return (
+            f"control_period_s is {period:g} s; it must be 0 (none) or lie in "
+            f"[{MIN_CONTROL_PERIOD_S:g}, {MAX_CONTROL_PERIOD_S:g}] s (a control rate of "
+            f"{1 / MAX_CONTROL_PERIOD_S:g} to {1 / MIN_CONTROL_PERIOD_S:g} Hz)"
+        )
+    return None
 
 
 _FROM_JSON: dict[str, Callable[[Any], tuple[Any, ...]]] = {

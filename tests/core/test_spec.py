@@ -36,6 +36,10 @@ class TestPolicySpec:
             ({"action_names": ("a",)}, "action_names holds 1 names for act_dim = 2"),
             ({"hidden": 0}, "hidden must be >= 1, got 0"),
             ({"activation": "relu"}, "unknown activation 'relu'; supported: elu"),
+            # the contract's range, refused where the spec is read, not first at export
+            ({"control_period_s": -0.01}, "control_period_s is -0.01 s; it must be 0 (none) or lie in [0.0001, 10] s"),
+            ({"control_period_s": 100.0}, "control_period_s is 100 s; it must be 0 (none) or lie in"),
+            ({"control_period_s": float("nan")}, "control_period_s is nan s; it must be 0 (none)"),
             # finite in float64, but the float32 sampler would output only NaN
             ({"action_high": (1e39, 2.0)}, "action_high[0] = 1e+39 does not fit float32 (|x| <= 3.403e+38)"),
             ({"action_low": (-1.0, -1e308)}, "action_low[1] = -1e+308 does not fit float32"),

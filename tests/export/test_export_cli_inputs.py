@@ -264,3 +264,11 @@ def test_an_opset_only_no_verify_allows_says_so(checkpoint, tmp_path):
     assert result.exit_code == 1 and "--no-verify" not in result.output
     with pytest.raises(FlowRLError, match=re.escape(f"or verify=False for up to {known}")):  # the API names its field
         export_checkpoint(checkpoint, out, ExportConfig(opset=known))
+
+
+@pytest.mark.parametrize("command", ["export", "eval"])
+def test_a_control_period_out_of_range_is_refused_naming_the_checkpoint(checkpoint, tmp_path, command):
+    """`flowrl eval` ran such a checkpoint, and export refused it as a 'policy contract field' naming no file."""
+    edited = edited_checkpoint(checkpoint, tmp_path / "period", control_period_s=-0.01)
+    args = [command, str(edited), "--out", str(tmp_path / "p.onnx")] if command == "export" else [command, str(edited)]
+    refused(args, f"{edited.resolve()}: control_period_s is -0.01 s; it must be 0 (none) or lie in [0.0001, 10] s")
