@@ -24,6 +24,7 @@ from flowrl_deploy.gc_freeze import gc_frozen
 from flowrl_deploy.serve.config import ServeConfig
 from flowrl_deploy.serve.model import Exporter
 from flowrl_deploy.serve.server import PolicyServer, banner
+from flowrl_deploy.signals import install_stop_handlers
 from flowrl_deploy.systemd import Notifier
 
 log = logging.getLogger("flowrl.serve")
@@ -31,18 +32,6 @@ log = logging.getLogger("flowrl.serve")
 EXPIRY_CHECK_S = 60.0
 """How often :func:`serve_forever` checks the served certificate's expiry (a warning as it crosses
 :data:`~flowrl_deploy.tls.EXPIRY_WARNING_DAYS` or expires), besides each new connection's handshake."""
-
-STOP_SIGNALS = tuple(
-    getattr(signal, name) for name in ("SIGTERM", "SIGINT", "SIGHUP", "SIGBREAK") if hasattr(signal, name)
-)
-"""Signals that stop :func:`serve_forever` gracefully: SIGHUP (a closed terminal or SSH session, or
-``kill -HUP``) killed the server at once, with no log and calls in flight cut (exit 129). SIGBREAK
-is Windows' Ctrl-Break, what :class:`~flowrl_deploy.serve.process.ServerProcess` sends its child there."""
-
-KEPT_IF_IGNORED = tuple(getattr(signal, name) for name in ("SIGINT", "SIGHUP") if hasattr(signal, name))
-"""Of :data:`STOP_SIGNALS`, those that stay ignored when ignored at start, as Python itself leaves
-SIGINT: ``nohup flowrl serve …`` outlives its terminal, and ``flowrl serve … &`` in a script (whose
-shell ignores SIGINT for background jobs) outlives a Ctrl-C meant for the script's foreground job."""
 
 
 class ServerFailed(FlowRLError):
@@ -90,7 +79,8 @@ def serve_forever(
     on_ready: Callable[[PolicyServer], None] | None = None,
     export_checkpoint: Exporter | None = None,
 ) -> int:
-    """Run until one of :data:`STOP_SIGNALS` (but not one of :data:`KEPT_IF_IGNORED` ignored at
+    """Run until one of :data:`~flowrl_deploy.signals.STOP_SIGNALS` (but not one of
+    :data:`~flowrl_deploy.signals.KEPT_IF_IGNORED` ignored at
     start), then stop gracefully. Only the main thread can handle signals: from another thread it
     raises :class:`FlowRLError` (serve there with ``PolicyServer(config).start()`` and ``stop()``).
 
@@ -129,8 +119,7 @@ def serve_forever(
             starting.clear()
             raise _StoppedDuringStartUp
 
-    handled = [sig for sig in STOP_SIGNALS if sig not in KEPT_IF_IGNORED or signal.getsignal(sig) is not signal.SIG_IGN]
-    previous = {sig: signal.signal(sig, stop_signal) for sig in handled}
+    restore = install_stop_handlers(stop_signal)  # an ignored SIGINT or SIGHUP stays ignored
     server: PolicyServer | None = None
     failure = ""
     interrupted = False  # a stop signal ended start() (which stopped the server)
@@ -160,8 +149,7 @@ def serve_forever(
     finally:
         if server is not None:
             server.stop()
-        for sig, handler in previous.items():
-            signal.signal(sig, handler)
+        restore()
     log.info("stopped in %.1f s", time.monotonic() - stopping)
     if failure:
         raise ServerFailed(failure)
