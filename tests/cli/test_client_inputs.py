@@ -208,7 +208,7 @@ def test_a_reload_that_outlives_the_timeout_is_abandoned(tmp_path):
     path = write_policy(tmp_path / "policy.onnx")
     with PolicyServer(ServeConfig(str(path), port=0, grace_s=0)).start() as running:
         server = running.address
-        with running.servicer._reload_lock:  # a reload in progress
+        with running.servicer.slot.load_lock:  # a reload in progress
             result = runner.invoke(app, ["reload", "--server", server, "--timeout", "0.5"])
     assert result.exit_code == 1, result.output
     assert "DEADLINE_EXCEEDED" in result.output and "the server abandons the reload" in result.output
