@@ -32,7 +32,7 @@ if TYPE_CHECKING:
     from flowrl_deploy.spec import PolicySpec
     from flowrl_deploy.train.envs import Env
 
-log = logging.getLogger(__name__)
+log = logging.getLogger("flowrl.export")
 TIMING_BUDGET_S = 0.5
 """Seconds of timed calls per N."""
 
