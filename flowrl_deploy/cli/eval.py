@@ -50,7 +50,8 @@ def eval_command(
     ] = False,
 ) -> None:
     """Run POLICY for some episodes on its task and print the mean ± std return."""
-    from flowrl_deploy.train.evaluate import Episode, EvalResult, evaluate, other_task_warning
+    from flowrl_deploy.train.envs import make_env
+    from flowrl_deploy.train.evaluate import Episode, EvalResult, check_env_fits, evaluate, other_task_warning
 
     if episodes < 1:
         raise FlowRLError(f"--episodes must be >= 1, got {episodes}")
@@ -75,15 +76,19 @@ def eval_command(
     env_id = env or env_id
     if not env_id:
         raise FlowRLError(f"{policy} does not record its env id; pass --env")
-    if warning:
-        typer.secho(f"warning: {warning}", err=True, fg=typer.colors.YELLOW)
+    instance = make_env(env_id, seed)  # as evaluate would make it; first, so that only a runnable env is warned about
     done: list[Episode] = []
     try:
-        result = evaluate(act_fn, env_id, episodes, seed, dims=dims, on_episode=done.append)
+        check_env_fits(instance, dims)
+        if warning:
+            typer.secho(f"warning: {warning}", err=True, fg=typer.colors.YELLOW)
+        result = evaluate(act_fn, instance, episodes, seed, dims=dims, on_episode=done.append)
     except KeyboardInterrupt:
         figures = f": return {_figures(EvalResult.of(done), sampler)}" if done else ""
         typer.secho(f"interrupted (Ctrl-C) after {len(done)} of {episodes} episodes on {env_id}{figures}", err=True)
         raise typer.Exit(130) from None
+    finally:
+        instance.close()
     typer.echo(f"{env_id}: return {_figures(result, sampler)}")
 
 

@@ -106,3 +106,19 @@ def test_figures_without_lengths_end_without_a_dangling_separator():
     from flowrl_deploy.train.evaluate import EvalResult
 
     assert _figures(EvalResult(1.0, 0.0, (1.0,)), "N=1 midpoint") == "1.00 ± 0.00 over 1 episode (N=1 midpoint)"
+
+
+@pytest.mark.parametrize(
+    ("env", "error"),
+    [
+        ("gym:NoSuchTask-v9", "error: "),  # parses, but no such task
+        ("gym:MountainCarContinuous-v0", "error: MountainCarContinuous-v0 has obs/act dims 2/1, the policy 3/1"),
+    ],
+)
+def test_an_env_that_cannot_be_run_is_refused_without_a_warning_first(pendulum_policy, env, error):
+    """'--env … is not the task the policy was trained on' came before the refusal of an unknown task
+    or one of other sizes: warn only about an env that is then run."""
+    result = runner.invoke(app, ["eval", str(pendulum_policy), "--env", env, "--episodes", "1"])
+    assert result.exit_code == 1, result.output
+    assert "warning:" not in result.output, result.output
+    assert result.output.splitlines()[-1].startswith(error), result.output
