@@ -203,6 +203,8 @@ def policy_from_json(cls: type[Policy], data: Any, what: str, *, ignore_unknown:
     :class:`SpecError` starting with ``what`` ("policy spec") if data is no object, lacks a field
     without a default, or cannot be converted; an unknown field is refused unless ``ignore_unknown``.
     The instance then checks its values itself."""
+    if data is None:  # a checkpoint.json without "spec"
+        raise SpecError(f"{what} is missing (or null)")
     if not isinstance(data, dict):
         raise SpecError(f"{what} must be a JSON object, got {type(data).__name__}")
     known = {f.name: f for f in fields(cls)}

@@ -95,7 +95,7 @@ class TestPolicySpec:
         ("data", "message"),
         [
             ([1], "policy spec must be a JSON object, got list"),
-            (None, "policy spec must be a JSON object, got NoneType"),  # a checkpoint.json without "spec"
+            (None, "policy spec is missing (or null)"),  # a checkpoint.json without "spec": not 'got NoneType'
             ({"obs_dim": 3, "act_dim": 1, "action_low": 0, "action_high": [1]}, "policy spec is malformed: "),
             ({"obs_dim": 3, "act_dim": 1, "action_low": ["x"], "action_high": [1]}, "policy spec is malformed: "),
             # an integer no float holds: OverflowError escaped as a traceback
