@@ -39,10 +39,10 @@ def parse_steps(text: str) -> list[int]:
     """'10' → [10]; '1,2,5,10,20' → [1, 2, 5, 10, 20]; an empty item ('1,,2', '1,2,') is refused."""
     if text.strip() and not all(part.strip() for part in text.split(",")):
         raise FlowRLError(f"--steps {text!r} has an empty item: give numbers separated by commas, such as 1,2,5,10,20")
-    try:
-        steps = [int(part) for part in text.split(",") if part.strip()]
-    except ValueError:
-        raise FlowRLError(f"--steps takes a number or a comma list such as 1,2,5,10,20, got {text!r}") from None
+    parts = [part.strip() for part in text.split(",") if part.strip()]
+    if not all(part.isascii() and part.isdigit() for part in parts):  # int() takes '1_0', '+2' and '٣'
+        raise FlowRLError(f"--steps takes a number or a comma list such as 1,2,5,10,20, got {text!r}")
+    steps = [int(part) for part in parts]
     if not steps or min(steps) < 1 or max(steps) > MAX_FLOW_STEPS:
         raise FlowRLError(f"--steps must be integers from 1 to {MAX_FLOW_STEPS}, got {text!r}")
     if len(set(steps)) < len(steps):
@@ -53,7 +53,7 @@ def parse_steps(text: str) -> list[int]:
 def parse_batch(text: str) -> int | str:
     if text == "dynamic":
         return text
-    if text.isdigit() and 0 < int(text) <= MAX_BATCH:
+    if text.isascii() and text.isdigit() and 0 < int(text) <= MAX_BATCH:  # not '٣' (int() reads it as 3)
         return int(text)
     raise FlowRLError(f"--batch takes 'dynamic' or an integer from 1 to {MAX_BATCH}, got {text!r}")
 

@@ -272,3 +272,20 @@ def test_a_control_period_out_of_range_is_refused_naming_the_checkpoint(checkpoi
     edited = edited_checkpoint(checkpoint, tmp_path / "period", control_period_s=-0.01)
     args = [command, str(edited), "--out", str(tmp_path / "p.onnx")] if command == "export" else [command, str(edited)]
     refused(args, f"{edited.resolve()}: control_period_s is -0.01 s; it must be 0 (none) or lie in [0.0001, 10] s")
+
+
+@pytest.mark.parametrize("text", ["1_0", "٣", "1,٣", "+2", "0x10"])
+def test_steps_take_plain_ascii_numbers_only(text):
+    """Python's int() read '1_0' as 10 and the Arabic digit '٣' as 3."""
+    from flowrl_deploy.cli.export import parse_steps
+
+    with pytest.raises(FlowRLError, match="--steps takes a number or a comma list such as 1,2,5,10,20"):
+        parse_steps(text)
+
+
+@pytest.mark.parametrize("text", ["٣", "1_0", "４"])
+def test_batch_takes_plain_ascii_numbers_only(text):
+    from flowrl_deploy.cli.export import parse_batch
+
+    with pytest.raises(FlowRLError, match="--batch takes 'dynamic' or an integer from 1 to 65536"):
+        parse_batch(text)
