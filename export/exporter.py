@@ -113,6 +113,7 @@ def check_export_output(flag: str, path: Path, checkpoint_dir: Path, rename: str
         raise FlowRLError(f"{flag} {path} is a directory; give a file path such as {path / 'policy.onnx'}")
     check_output_path(flag, path)
     check_run_output(flag, path, checkpoint_dir)
+    check_other_run_output(flag, path)
     check_replaceable(flag, path, rename)
 
 
@@ -247,6 +248,23 @@ def check_run_output(flag: str, path: Path, checkpoint_dir: Path) -> None:
         raise FlowRLError(
             f"{flag} {path} is {target.relative_to(run)} of the run {run} being exported; write it elsewhere"
         )
+
+
+def check_other_run_output(flag: str, path: Path) -> None:
+    """Refuse an existing file that any training run wrote (its config.json, metrics, TensorBoard
+    events, checkpoints), links followed, also where it is empty: a short run's empty metrics.jsonl
+    replaced by a policy would take a resumed run's JSON lines. A run is a folder holding config.json
+    and checkpoints/."""
+    target = path.resolve()
+    if not target.is_file():
+        return
+    for folder in target.parents:
+        if (folder / RUN_CONFIG_FILE).is_file() and (folder / CHECKPOINTS_DIR).is_dir():
+            if target.relative_to(folder).parts[0] in RUN_OUTPUTS:
+                raise FlowRLError(
+                    f"{flag} {path} is {target.relative_to(folder)} of the training run {folder}; write it elsewhere"
+                )
+            return
 
 
 def policy_contract(spec: PolicySpec, config: ExportConfig) -> PolicyContract:

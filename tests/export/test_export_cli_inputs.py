@@ -289,3 +289,15 @@ def test_batch_takes_plain_ascii_numbers_only(text):
 
     with pytest.raises(FlowRLError, match="--batch takes 'dynamic' or an integer from 1 to 65536"):
         parse_batch(text)
+
+
+@pytest.mark.parametrize("name", ["metrics.jsonl", "metrics.csv", "config.json"])
+def test_an_empty_file_of_another_run_is_not_replaced(run_dir, checkpoint, tmp_path, name):
+    """Another run's empty metrics.jsonl (a run shorter than --log-every) was replaced by a policy, so a
+    later `flowrl train --resume` of that run would append its JSON lines to an ONNX file."""
+    (run_dir / name).write_bytes(b"")
+    message = f"out_path {run_dir / name} is {name} of the training run {run_dir}; write it elsewhere"
+    with pytest.raises(FlowRLError, match=re.escape(message)):
+        export_checkpoint(checkpoint, run_dir / name, ExportConfig(samples=3))
+    assert (run_dir / name).read_bytes() == b""
+    export_checkpoint(checkpoint, run_dir / "policy.onnx", ExportConfig(samples=3))  # beside it: fine
