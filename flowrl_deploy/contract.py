@@ -173,5 +173,7 @@ def contract_from_metadata(metadata: dict[str, str]) -> tuple[PolicyContract, di
             if unknown
             else ""
         )
+        if stored is None:
+            raise SpecError(f"the model has no contract hash ({CONTRACT_HASH_KEY} missing from its metadata){newer}")
         raise SpecError(f"the model's contract hash {stored!r} does not match its contract ({contract.hash()}){newer}")
     return contract, provenance

@@ -4,7 +4,7 @@ from dataclasses import fields, replace
 import pytest
 
 from flowrl_deploy import contract
-from flowrl_deploy.contract import PolicyContract, contract_from_metadata, contract_to_metadata
+from flowrl_deploy.contract import CONTRACT_HASH_KEY, PolicyContract, contract_from_metadata, contract_to_metadata
 from flowrl_deploy.errors import SpecError
 from flowrl_deploy.spec import PolicySpec
 
@@ -69,6 +69,14 @@ def test_a_sampler_setting_keeps_the_hash(field):
     assert changed != LABELLED
     assert changed.hash() == LABELLED.hash()
     assert changed.differences(LABELLED) == []
+
+
+def test_a_contract_without_its_hash_is_refused_saying_the_hash_is_missing():
+    """It read "the model's contract hash None does not match its contract"."""
+    metadata = contract_to_metadata(BASE, {})
+    del metadata[CONTRACT_HASH_KEY]
+    with pytest.raises(SpecError, match=rf"^the model has no contract hash \({CONTRACT_HASH_KEY} missing"):
+        contract_from_metadata(metadata)
 
 
 def test_tampered_contract_is_refused():
