@@ -106,6 +106,19 @@ def load_model(
     return ServedModel(path, policy, generation, sha256)
 
 
+def _export_note(provenance: dict[str, object], source: str) -> str:
+    """', int8' for a file exported with a reduced ``--dtype`` ('' for fp32), for the load line; a file
+    exported with ``--no-verify`` is warned of, as its actions were never checked."""
+    export_config = provenance.get("export_config")
+    if isinstance(export_config, dict) and export_config.get("verify") is False:
+        log.warning(
+            "%s was exported with --no-verify: its actions were never checked against the torch sampler",
+            printable(source),
+        )
+    dtype = provenance.get("dtype")
+    return f", {printable(dtype, 16)}" if isinstance(dtype, str) and dtype != "fp32" else ""
+
+
 def check_compatible(current: ServedModel, new: ServedModel) -> None:
     """Refuse a replacement whose client-facing contract differs from the served one."""
     if new.contract.hash() != current.contract.hash():
@@ -215,7 +228,7 @@ class ModelSlot:
         if self.config.steps is None:  # checkpoints exported by later reloads keep the served N
             self._steps = new.contract.flow_steps
         providers = ", ".join(new.policy.session.get_providers())
-        steps = f"N={new.contract.flow_steps} flow steps"
+        steps = f"N={new.contract.flow_steps} flow steps{_export_note(new.policy.provenance, source)}"
         if previous is not None:
             self._metrics.record_reload()
             shown = printable(source)

@@ -127,3 +127,23 @@ def test_serving_a_checkpoint_holding_a_pipe_is_refused_not_read(tmp_path, name)
     refused = refusal_of(result.stderr)  # after the "loading …" line
     assert refused.startswith("error: ") and refused.count("\n") == 1
     assert f"{checkpoint / name} is not a regular file (a directory, device, pipe or socket)" in result.stderr
+
+
+def test_the_load_line_names_an_int8_export_and_warns_of_an_unverified_one(tmp_path, caplog):
+    """The server's log said nothing of a file exported with --dtype int8 (its actions are not its fp32
+    twin's) or with --no-verify (never checked against the torch sampler)."""
+    import logging
+
+    from flowrl_deploy.serve import PolicyServer, ServeConfig
+
+    path = write_policy(tmp_path / "policy.onnx")
+    rewrite_metadata(path, {PROVENANCE_KEY: json.dumps({"dtype": "int8", "export_config": {"verify": False}})})
+    with caplog.at_level(logging.INFO, logger="flowrl.serve"):
+        PolicyServer(ServeConfig(str(path), port=0, grace_s=0)).start().stop()
+    said = [record.getMessage() for record in caplog.records if record.name == "flowrl.serve"]
+    (loaded,) = [line for line in said if line.startswith("loaded ")]
+    assert "(N=1 flow steps, int8, CPUExecutionProvider)" in loaded
+    (warning,) = [
+        r.getMessage() for r in caplog.records if r.levelno == logging.WARNING and "--no-verify" in r.getMessage()
+    ]
+    assert warning == f"{path} was exported with --no-verify: its actions were never checked against the torch sampler"
