@@ -26,7 +26,12 @@ ROOT = Path(__file__).resolve().parents[2]
 
 WINDOWS_IMPORTS = textwrap.dedent(
     """
-    import importlib, os, pkgutil, signal, sys
+    import importlib, os, pkgutil, signal, sys, traceback
+
+    # The standard library as Linux has it, imported before the simulation: only this project's modules are under
+    # test. Python 3.12's asyncio (which grpc imports) reads os.sysconf at import where sockets have sendmsg, as
+    # Linux's do and Windows' do not: removing os.sysconf under Linux's asyncio broke an import Windows never makes.
+    import asyncio
 
     BLOCKED = {"fcntl", "resource", "termios", "tty", "pty", "pwd", "grp"}
     EXTRAS = {"torch", "dm_control", "mujoco", "gymnasium", "onnx", "tensorboard", "matplotlib", "onnxscript"}
@@ -48,20 +53,29 @@ WINDOWS_IMPORTS = textwrap.dedent(
             delattr(os, name)
 
     failed, missing = [], set()
-    for package in ("flowrl_deploy", "flowrl_deploy.cli", "flowrl_deploy.train", "flowrl_deploy.export",
-                    "flowrl_deploy.serve"):
-        found = pkgutil.iter_modules(importlib.import_module(package).__path__)
-        names = [package] + [f"{package}.{m.name}" for m in found if m.name != "__main__"]
-        for name in names:
-            try:
-                importlib.import_module(name)
-            except ModuleNotFoundError as exc:
-                if (exc.name or "").split(".")[0] in EXTRAS:
-                    missing.add(exc.name)  # an optional extra this install lacks, not a platform problem
-                else:
-                    failed.append(f"{name}: {type(exc).__name__}: {exc}")
-            except Exception as exc:
-                failed.append(f"{name}: {type(exc).__name__}: {exc}")
+
+
+    def load(name):  # None where the import failed: recorded with where it raised, unless an extra is missing
+        try:
+            return importlib.import_module(name)
+        except ModuleNotFoundError as exc:
+            if (exc.name or "").split(".")[0] in EXTRAS:
+                missing.add(exc.name)  # an optional extra this install lacks, not a platform problem
+                return None
+            error = exc
+        except Exception as exc:
+            error = exc
+        where = traceback.extract_tb(error.__traceback__)[-1]
+        failed.append(f"{name}: {type(error).__name__}: {error} ({where.filename}:{where.lineno})")
+        return None
+
+
+    for package in sys.argv[1:] or ("flowrl_deploy", "flowrl_deploy.cli", "flowrl_deploy.train",
+                                    "flowrl_deploy.export", "flowrl_deploy.serve"):
+        module = load(package)  # a package that fails is reported with the rest, not as the script's own crash
+        found = pkgutil.iter_modules(module.__path__) if module is not None else ()
+        for name in [f"{package}.{m.name}" for m in found if m.name != "__main__"]:
+            load(name)
     if "flowrl_deploy.train.loop" in sys.modules:
         from flowrl_deploy.train.loop import _StopOnSignal
         stop = _StopOnSignal(True)
@@ -78,6 +92,41 @@ def test_every_module_imports_without_posix_only_modules_and_signals():
     result = subprocess.run([sys.executable, "-c", WINDOWS_IMPORTS], capture_output=True, text=True, timeout=300)
     assert result.returncode == 0, result.stderr[-3000:]
     assert result.stdout.strip() == ""
+
+
+def test_the_simulated_windows_refuses_posix_only_imports_and_names_them(tmp_path):
+    """The simulation itself: a module that imports fcntl, reads a signal or an os function that Windows lacks at
+    import, or whose package fails, is named with where it raised; one that imports grpc (and asyncio) passes."""
+    probe = tmp_path / "winsim_probe"
+    probe.mkdir()
+    (probe / "__init__.py").write_text("")
+    (probe / "uses_fcntl.py").write_text("import fcntl\n")
+    (probe / "uses_sigusr1.py").write_text("import signal\n\nSTOP = signal.SIGUSR1\n")
+    (probe / "uses_sysconf.py").write_text("import os\n\nPAGE = os.sysconf('SC_PAGE_SIZE')\n")
+    (probe / "uses_grpc.py").write_text("import asyncio\n\nimport grpc\n")
+    broken = tmp_path / "winsim_broken"
+    broken.mkdir()
+    (broken / "__init__.py").write_text("import os\n\nCPUS = os.sched_getaffinity(0)\n")
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(tmp_path), os.environ.get("PYTHONPATH", "")])}
+    result = subprocess.run(
+        [sys.executable, "-c", WINDOWS_IMPORTS, "winsim_probe", "winsim_broken"],
+        capture_output=True,
+        text=True,
+        timeout=300,
+        env=env,
+    )
+    assert result.returncode == 0, result.stderr[-3000:]
+    lines = sorted(result.stdout.strip().splitlines())
+    assert [line.split(":")[0] for line in lines] == [
+        "winsim_broken",
+        "winsim_probe.uses_fcntl",
+        "winsim_probe.uses_sigusr1",
+        "winsim_probe.uses_sysconf",
+    ], result.stdout
+    assert "ModuleNotFoundError: no module named 'fcntl' on Windows" in lines[1]
+    assert "AttributeError" in lines[2] and "SIGUSR1" in lines[2] and "uses_sigusr1.py:3)" in lines[2]
+    assert "sysconf" in lines[3] and "uses_sysconf.py:3)" in lines[3]
+    assert "sched_getaffinity" in lines[0] and "__init__.py:3)" in lines[0]
 
 
 SPEC = PolicySpec(obs_dim=3, act_dim=2, action_low=(-1.0, -1.0), action_high=(1.0, 1.0))
