@@ -10,7 +10,7 @@
 # that order); install alone only installs. bench times training updates with CUDA graphs and launched
 # eagerly; bench-more adds bf16, torch.compile and both. train trains a short cartpole run on CUDA, then
 # evaluates it on CUDA and on the CPU, exports it and evaluates the ONNX file. infer times batch-1
-# actions on onnxruntime's CPU and CUDA providers (CUDA with and without TF32) and their largest
+# actions on onnxruntime's CPU and CUDA providers (CUDA as served, TF32 off, and with TF32) and their largest
 # difference; where this onnxruntime has no CUDA provider (the image's) it says so and is not a failure.
 # suite runs tests/train and the core tests there.
 #
@@ -180,8 +180,9 @@ step_infer() {
 from pathlib import Path; from tiny_policy import write_policy; write_policy(Path(sys.argv[1]))' "$model" || return 1
     fi
     python3 - "$model" "$OUT_DIR/infer.json" >"$WORK/infer.log" 2>&1 <<'EOF'
-"""Batch-1 latency on onnxruntime's CPU and CUDA providers (CUDA with TF32 as onnxruntime's default and
-with use_tf32=0), the first call's time, and the largest difference of the CUDA actions from the CPU's."""
+"""Batch-1 latency on onnxruntime's CPU and CUDA providers (CUDA as flowrl serves it, use_tf32=0, and with
+TF32 on, onnxruntime's own default), the first call's time, and the largest difference of the CUDA actions
+from the CPU's."""
 import json, sys, time
 
 import numpy as np
@@ -195,13 +196,10 @@ cuda = ["CUDAExecutionProvider", "CPUExecutionProvider"]
 report = {"model": model, "onnxruntime": ort.__version__, "offered": ort.get_available_providers(),
           "calls": CALLS, "warmup": WARMUP, "seed": SEED, "providers": {}}
 policies = {}
-for name, providers in (("cpu", ["CPUExecutionProvider"]), ("cuda", cuda), ("cuda_no_tf32", cuda)):
+tf32 = [("CUDAExecutionProvider", {"use_tf32": "1"}), "CPUExecutionProvider"]  # an option given wins over flowrl's
+for name, providers in (("cpu", ["CPUExecutionProvider"]), ("cuda", cuda), ("cuda_tf32", tf32)):
     try:
-        policy = OnnxPolicy(model, providers=providers)  # the server's session settings
-        if name == "cuda_no_tf32":  # the same settings, the CUDA provider told to compute fp32 matrix products in fp32
-            policy.session = ort.InferenceSession(
-                model, sess_options=policy.session.get_session_options(),
-                providers=[("CUDAExecutionProvider", {"use_tf32": "0"}), "CPUExecutionProvider"])
+        policy = OnnxPolicy(model, providers=providers)  # the server's session settings (cuda: use_tf32=0)
         running = policy.session.get_providers()[0]
         wanted = providers[0] if isinstance(providers[0], str) else providers[0][0]
         policies[name] = policy if running == wanted else f"onnxruntime runs it on {running}, not {wanted}"
