@@ -8,7 +8,6 @@ from typing import TYPE_CHECKING, Annotated, Any
 import typer
 
 from flowrl_deploy.cli._common import Connection, connects, finite, user_errors
-from flowrl_deploy.codec import UNCOUNTED_REFUSALS
 from flowrl_deploy.errors import counted
 
 if TYPE_CHECKING:
@@ -117,6 +116,8 @@ def stats(
         typer.echo("errors by code:")
         typer.echo("\n".join(errors))
     if reply.limits:  # an older server sends none
+        from flowrl_deploy.codec import UNCOUNTED_REFUSALS  # here: the CLI starts without protobuf
+
         typer.echo(f"{'limit':<11} {'in use':>9} {'most':>7} {'refused':>8}")
         for limit in reply.limits:
             refused = "-" if limit.limit in UNCOUNTED_REFUSALS else str(limit.refused)
