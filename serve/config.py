@@ -49,6 +49,24 @@ def check_grace(name: str, grace: object) -> float:
     return float(grace)
 
 
+def provider_order_problem(providers: tuple[str, ...]) -> str:
+    """Why onnxruntime would not run ``providers`` as listed ('' when it would): one named twice, or one
+    after the CPU, which onnxruntime never gives a node (it gives each node to the first provider listed
+    that runs it, and the CPU runs them all)."""
+    twice = sorted({name for name in providers if providers.count(name) > 1})
+    if twice:
+        return f"{', '.join(twice)} named twice"
+    cpu = "CPUExecutionProvider"
+    after_cpu = providers[providers.index(cpu) + 1 :] if cpu in providers else ()
+    if after_cpu:
+        return (
+            f"{', '.join(after_cpu)} after the CPU would never run (the CPU runs every node, and onnxruntime "
+            "gives each node to the first provider listed that runs it); list it first, e.g. --providers "
+            "cuda,cpu, or leave it out"
+        )
+    return ""
+
+
 @dataclass(frozen=True)
 class ServeConfig:
     """How to serve one policy file. A value the server could not run with (a count below 1, a
@@ -154,6 +172,8 @@ class ServeConfig:
                 )
         if self.token:
             checked_token(self.token, "--token")
+        if problem := provider_order_problem(self.providers):
+            raise FlowRLError(f"--providers {','.join(self.providers)}: {problem}")
         for field in ("port", "metrics_port"):
             port = getattr(self, field)
             if port is not None and not 0 <= port <= 65535:

@@ -34,14 +34,6 @@ def parse_providers(text: str) -> tuple[str, ...]:
             f"unknown onnxruntime provider {unknown[0]!r}; use {', '.join(PROVIDER_NAMES)} or a full name "
             f"(available here: {', '.join(ort.get_available_providers())})"
         )
-    cpu = PROVIDER_NAMES["cpu"]
-    after_cpu = names[names.index(cpu) + 1 :] if cpu in names else ()
-    if after_cpu:  # onnxruntime gives each node to the first provider listed that runs it
-        raise FlowRLError(
-            f"--providers {text}: {', '.join(after_cpu)} after the CPU would never run (the CPU runs every node, "
-            "and onnxruntime gives each node to the first provider listed that runs it); list it first, e.g. "
-            "--providers cuda,cpu, or leave it out"
-        )
     return names
 
 

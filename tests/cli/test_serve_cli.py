@@ -17,6 +17,7 @@ from flowrl_deploy.cli import app
 from flowrl_deploy.client import PolicyClient
 from flowrl_deploy.errors import FlowRLError
 from flowrl_deploy.runtime import cuda_device_present
+from flowrl_deploy.serve import ServeConfig
 from flowrl_deploy.serve import process as process_module
 from flowrl_deploy.serve.process import ServerProcess
 
@@ -251,3 +252,15 @@ def test_serve_refuses_a_provider_listed_after_the_cpu_which_would_never_run(tmp
     result = runner.invoke(app, ["serve", str(path), "--port", "0", "--providers", given])
     assert result.exit_code == 1 and "Traceback" not in result.output
     assert "after the CPU would never run" in result.output and "list it first" in result.output
+
+
+def test_serve_refuses_a_provider_named_twice(tmp_path):
+    path = write_policy(tmp_path / "policy.onnx")
+    result = runner.invoke(app, ["serve", str(path), "--port", "0", "--providers", "cpu,CPUExecutionProvider"])
+    assert result.exit_code == 1 and "Traceback" not in result.output
+    assert "CPUExecutionProvider named twice" in result.output
+
+
+def test_a_serve_config_with_a_provider_after_the_cpu_is_refused_from_python_too():
+    with pytest.raises(FlowRLError, match="CUDAExecutionProvider after the CPU would never run"):
+        ServeConfig("policy.onnx", providers=("CPUExecutionProvider", "CUDAExecutionProvider"))
