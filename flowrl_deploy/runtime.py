@@ -242,8 +242,8 @@ def with_options(providers: Sequence[Provider]) -> list[Provider]:
 
 
 class ModelLoadError(FlowRLError):
-    """onnxruntime could not build a session of the model (a provider that would not start is a
-    plain :class:`FlowRLError`)."""
+    """onnxruntime could not build a session of the model, or (the server's warm-up) run it: a GPU
+    provider's errors first show in a run. A provider that would not start is a plain :class:`FlowRLError`."""
 
 
 _ORT_PREFIX = re.compile(r"^\[ONNXRuntimeError\] : \d+ : \w+ : ")

@@ -244,8 +244,8 @@ class ControlSession:
     in place (``a *= 0.5``) never changes what the session holds or returns later.
 
     The local fallback keeps the file loaded when the session was made: a server ``Reload`` does
-    not change it (open a new session after one). It runs on the CPU, GPU or not (the CPU server's
-    actions to the bit), and once on zeros when the session is made, so that the first tick falling
+    not change it (open a new session after one). It runs on the CPU, GPU or not (a CPU server's
+    actions, to the bit where docs/client.md's "Seeded runs" says so), and once on zeros when the session is made, so that the first tick falling
     back does not pay onnxruntime's first-run costs. It draws its noise as the server's session does,
     one block every tick, served or not, so a fallback at tick t acts on the server's draw for
     tick t (a tick the server never took, the stream down or refused, leaves the server's stream
@@ -355,7 +355,7 @@ class ControlSession:
         if fallback == "local":
             from flowrl_deploy.runtime import OnnxPolicy  # onnxruntime, loaded only for a local fallback
 
-            # On the CPU: predictable, the CPU server's actions to the bit, and no competition for a GPU.
+            # On the CPU: predictable, a CPU server's actions, and no competition for a GPU.
             self.local = OnnxPolicy(local_model, providers=["CPUExecutionProvider"])
             if self.local.takes_noise:
                 self._local_noise = session_noise(seed)
