@@ -76,9 +76,12 @@ def eval_command(
     env_id = env or env_id
     if not env_id:
         raise FlowRLError(f"{policy} does not record its env id; pass --env")
-    instance = make_env(env_id, seed)  # as evaluate would make it; first, so that only a runnable env is warned about
     done: list[Episode] = []
+    instance = None
     try:
+        instance = make_env(
+            env_id, seed
+        )  # as evaluate would make it; first, so that only a runnable env is warned about
         check_env_fits(instance, dims)
         if warning:
             typer.secho(f"warning: {warning}", err=True, fg=typer.colors.YELLOW)
@@ -88,7 +91,8 @@ def eval_command(
         typer.secho(f"interrupted (Ctrl-C) after {len(done)} of {episodes} episodes on {env_id}{figures}", err=True)
         raise typer.Exit(130) from None
     finally:
-        instance.close()
+        if instance is not None:
+            instance.close()
     typer.echo(f"{env_id}: return {_figures(result, sampler)}")
 
 

@@ -60,6 +60,18 @@ def test_ctrl_c_during_the_first_episode_says_none_completed(pendulum_policy, mo
     assert result.output.strip().splitlines() == [f"interrupted (Ctrl-C) after 0 of 3 episodes on {ENV}"]
 
 
+def test_ctrl_c_while_the_task_loads_says_none_completed(pendulum_policy, monkeypatch):
+    import flowrl_deploy.train.envs
+
+    def ctrl_c(*args, **kwargs):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(flowrl_deploy.train.envs, "make_env", ctrl_c)
+    result = runner.invoke(app, ["eval", str(pendulum_policy), "--episodes", "3"])
+    assert result.exit_code == 130, result.output
+    assert result.output.strip().splitlines() == [f"interrupted (Ctrl-C) after 0 of 3 episodes on {ENV}"]
+
+
 def test_ctrl_c_in_a_command_that_does_not_handle_it_is_one_line(tmp_path, monkeypatch):
     """`flowrl export` (a sweep of several N takes minutes) exited 130 with no output at all."""
     import flowrl_deploy.export
