@@ -79,9 +79,8 @@ def eval_command(
     done: list[Episode] = []
     instance = None
     try:
-        instance = make_env(
-            env_id, seed
-        )  # as evaluate would make it; first, so that only a runnable env is warned about
+        # as evaluate would make it; first, so that only a runnable env is warned about
+        instance = make_env(env_id, seed)
         check_env_fits(instance, dims)
         if warning:
             typer.secho(f"warning: {warning}", err=True, fg=typer.colors.YELLOW)
