@@ -236,7 +236,7 @@ def check_run_output(flag: str, path: Path, checkpoint_dir: Path) -> None:
     """Refuse an output that is an existing file the training run being exported wrote (its
     config.json, metrics, TensorBoard events, checkpoints), links followed. The run is the
     directory holding checkpoints/ and config.json; a checkpoint outside one is its own run.
-    Other files in a run directory, such as an earlier export, may be overwritten."""
+    Other files in a run directory, and an earlier export anywhere in it, may be overwritten."""
     checkpoint_dir = checkpoint_dir.resolve()
     folder = checkpoint_dir.parent
     in_run = folder.name == CHECKPOINTS_DIR and (folder.parent / RUN_CONFIG_FILE).is_file()
@@ -244,10 +244,18 @@ def check_run_output(flag: str, path: Path, checkpoint_dir: Path) -> None:
     target = path.resolve()
     if not (target.is_file() and target.is_relative_to(run)):
         return
-    if not in_run or target.relative_to(run).parts[0] in RUN_OUTPUTS:
+    if (not in_run or target.relative_to(run).parts[0] in RUN_OUTPUTS) and not _is_an_export(target):
         raise FlowRLError(
             f"{flag} {path} is {target.relative_to(run)} of the run {run} being exported; write it elsewhere"
         )
+
+
+def _is_an_export(path: Path) -> bool:
+    """Whether ``path`` holds a policy ``flowrl export`` wrote: never a file a training run writes, so
+    an earlier export inside a run's folders (or a project laid out like one) may be replaced."""
+    from flowrl_deploy.onnxfile import unlike_a_flowrl_policy
+
+    return not unlike_a_flowrl_policy(path)
 
 
 def check_other_run_output(flag: str, path: Path) -> None:
@@ -260,7 +268,7 @@ def check_other_run_output(flag: str, path: Path) -> None:
         return
     for folder in target.parents:
         if (folder / RUN_CONFIG_FILE).is_file() and (folder / CHECKPOINTS_DIR).is_dir():
-            if target.relative_to(folder).parts[0] in RUN_OUTPUTS:
+            if target.relative_to(folder).parts[0] in RUN_OUTPUTS and not _is_an_export(target):
                 raise FlowRLError(
                     f"{flag} {path} is {target.relative_to(folder)} of the training run {folder}; write it elsewhere"
                 )

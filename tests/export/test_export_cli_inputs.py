@@ -19,6 +19,7 @@ from flowrl_deploy.cli import app
 from flowrl_deploy.cli._common import NOT_A_REPORT
 from flowrl_deploy.errors import FlowRLError
 from flowrl_deploy.export import ExportConfig, export_checkpoint
+from flowrl_deploy.onnxfile import unlike_a_flowrl_policy
 from flowrl_deploy.spec import MAX_FLOW_STEPS
 
 runner = CliRunner()
@@ -301,3 +302,15 @@ def test_an_empty_file_of_another_run_is_not_replaced(run_dir, checkpoint, tmp_p
         export_checkpoint(checkpoint, run_dir / name, ExportConfig(samples=3))
     assert (run_dir / name).read_bytes() == b""
     export_checkpoint(checkpoint, run_dir / "policy.onnx", ExportConfig(samples=3))  # beside it: fine
+
+
+@pytest.mark.parametrize("where", ["checkpoints", "tensorboard"])
+def test_an_earlier_export_inside_a_runs_folders_may_be_replaced(run_dir, checkpoint, where):
+    """A folder holding config.json and checkpoints/ (a flowrl run, or a Hugging Face or Lightning project)
+    took an export into its checkpoints/ or tensorboard/ once, then refused the same export again: a run
+    never writes a policy, so an existing flowrl export is never one of its files."""
+    out = run_dir / where / "policy.onnx"
+    out.parent.mkdir(exist_ok=True)
+    for _ in range(2):
+        export_checkpoint(checkpoint, out, ExportConfig(samples=3))
+    assert not unlike_a_flowrl_policy(out)
