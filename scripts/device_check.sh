@@ -83,9 +83,9 @@ note() {  # TEXT: a result of the running step, for its row of the summary
 flowrl() { python3 -m flowrl_deploy.cli "$@"; }
 
 pytest_verdict() {  # LOG RC ANY|EXTRAS: pytest's status (-rs output), failing on ANY skip or on those
-    local log=$1 rc=$2 which=$3 bad  # for a missing extra (the collection's) or a missing CUDA device
+    local log=$1 rc=$2 which=$3 bad  # for a missing extra (the collection's, or an importorskip's) or CUDA device
     note "$(tail -1 "$log")"
-    bad=$(grep '^SKIPPED' "$log" | { if [[ $which == ANY ]]; then cat; else grep -e 'pip install -e "' -e 'sees no CUDA'; fi; } |
+    bad=$(grep '^SKIPPED' "$log" | { if [[ $which == ANY ]]; then cat; else grep -e 'pip install -e "' -e 'sees no CUDA' -e "could not import '\(mujoco\|dm_control\|gymnasium\|onnx\|grpc\)"; fi; } |
         sed -E 's/^SKIPPED \[([0-9]+)\].*/\1/' | awk '{n += $1} END {print n + 0}')
     if ((bad > 0)); then
         note "$bad test(s) skipped that must run here (-rs in $(basename "$log"))"
@@ -108,8 +108,12 @@ step_install() {
             "${wheels[@]}" &&
             python3 -m pip install -q --no-index --no-deps --no-build-isolation -e .
     } >"$OUT_DIR/install.log" 2>&1 || { tail -5 "$OUT_DIR/install.log"; return 1; }
-    note "$(python3 -c 'import grpc, google.protobuf as pb, mujoco, flowrl_deploy as f
-print(f"flowrl-deploy {f.__version__}, grpcio {grpc.__version__}, protobuf {pb.__version__}, mujoco {mujoco.__version__}")' 2>&1 | tail -1)"
+    local check
+    check=$(python3 -c 'import grpc, google.protobuf as pb, mujoco, dm_control, flowrl_deploy as f
+print(f"flowrl-deploy {f.__version__}, grpcio {grpc.__version__}, protobuf {pb.__version__}, mujoco {mujoco.__version__}")' 2>&1)
+    local rc=$?
+    note "$(tail -1 <<<"$check")"
+    return "$rc"  # an install whose packages do not import fails here, not in a later step
 }
 
 step_cuda_tests() {
@@ -291,7 +295,13 @@ run_step() {  # NAME BUDGET_S: step_NAME (dashes as underscores) in a child unde
     case $rc in
         0) status=ok ;;
         "$SKIPPED_RC") status=SKIPPED ;;
-        124 | 137) status=TIMEOUT note_text="killed after its $limit s; $note_text" ;;
+        124 | 137)  # timeout's own codes; a step killed sooner (the OOM killer's SIGKILL) is no timeout
+            if ((SECONDS - start >= limit)); then
+                status=TIMEOUT note_text="killed after its $limit s; $note_text"
+            else
+                status="KILLED($rc)" note_text="ended after $((SECONDS - start)) s of its $limit s; $note_text"
+            fi
+            ;;
         *) status="FAIL($rc)" ;;
     esac
     [[ $status == ok || $status == SKIPPED ]] || failed=1

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import os
 import re
+import shlex
 import shutil
 import subprocess
 import sys
@@ -29,7 +30,12 @@ pytestmark = pytest.mark.skipif(
 
 
 def run(
-    tmp_path: Path, stubs: str = "", body: str = 'main "$@"', budget: int = 450, real: tuple[str, ...] = ()
+    tmp_path: Path,
+    stubs: str = "",
+    body: str = 'main "$@"',
+    budget: int = 450,
+    real: tuple[str, ...] = (),
+    cwd: Path = ROOT,
 ) -> tuple[int, str, list[str]]:
     """The script sourced with a pretend GPU and every step but the ``real`` ones stubbed (``note 'stub
     NAME'``), then ``stubs`` (bash redefining some), then ``body``: its status, stdout and summary.txt's rows."""
@@ -46,7 +52,7 @@ def run(
     )
     env = {**os.environ, "OUT": str(tmp_path / "out"), "DEVICE_CHECK_WORK": str(tmp_path / "work")}
     env["DEVICE_CHECK_BUDGET_S"] = str(budget)
-    done = subprocess.run(["bash", str(wrapper)], cwd=ROOT, env=env, capture_output=True, text=True, timeout=60)
+    done = subprocess.run(["bash", str(wrapper)], cwd=cwd, env=env, capture_output=True, text=True, timeout=60)
     summary = tmp_path / "out" / "summary.txt"
     return done.returncode, done.stdout, summary.read_text().splitlines() if summary.exists() else []
 
@@ -125,12 +131,24 @@ def test_steps_left_without_time_are_reported_not_run_and_fail_the_run(tmp_path)
             True,
         ),
         ("suite", "EXTRAS", "SKIPPED [1] tests/core/test_x.py:9: torch sees no CUDA device", True),
+        (
+            "suite",
+            "EXTRAS",
+            "SKIPPED [3] tests/train/test_e.py:5: could not import 'mujoco': libGL.so.1: cannot open shared object",
+            True,
+        ),
     ],
-    ids=["a CUDA test skipped", "an optional install skipped", "a missing extra", "no CUDA in the suite"],
+    ids=[
+        "a CUDA test skipped",
+        "an optional install skipped",
+        "a missing extra",
+        "no CUDA in the suite",
+        "an extra that does not import",
+    ],
 )
 def test_skipped_tests_that_must_run_there_fail_the_run(tmp_path, step, which, skip_line, fails):
     stubs = (
-        f"step_{step}() {{ printf '%s\\n' '{skip_line}' '3 passed, 2 skipped in 0.1s' >\"$WORK/p.log\"; "
+        f"step_{step}() {{ printf '%s\\n' {shlex.quote(skip_line)} '3 passed, 2 skipped in 0.1s' >\"$WORK/p.log\"; "
         f'pytest_verdict "$WORK/p.log" 0 {which}; }}'
     )
     status, _, summary = run(tmp_path, stubs)
@@ -163,3 +181,26 @@ def test_a_misspelt_part_is_refused_before_the_cuda_check(tmp_path):
     assert status == 2
     assert stdout == "device_check: no part 'trian' (parts: install cuda-tests bench bench-more train infer suite)\n"
     assert summary == []
+
+
+def test_a_step_killed_before_its_budget_is_not_called_a_timeout(tmp_path):
+    """A step the OOM killer ends (SIGKILL, status 137) was reported 'TIMEOUT killed after its N s' at 0 s."""
+    stubs = """step_bench_graphs() { note "started"; sh -c 'kill -KILL $$'; }"""
+    status, _, summary = run(tmp_path, stubs)
+    assert status == 1
+    status_of, _, note_of = rows(summary)["bench-graphs"]
+    assert status_of == "KILLED(137)"
+    assert re.fullmatch(r"ended after \d+ s of its \d+ s; started", note_of)
+
+
+def test_an_install_whose_packages_do_not_import_fails(tmp_path):
+    """pip succeeded, the import check failed, and the install step said ok."""
+    (tmp_path / ".whl").mkdir()
+    (tmp_path / ".whl" / "x-1-py3-none-any.whl").write_bytes(b"")
+    stubs = """python3() {
+    if [[ $1 == -m ]]; then return 0; fi
+    echo "ModuleNotFoundError: No module named 'mujoco'"; return 1
+}"""
+    status, _, summary = run(tmp_path, stubs, real=("install",), cwd=tmp_path)
+    assert status == 1
+    assert rows(summary)["install"] == ["FAIL(1)", "0", "ModuleNotFoundError: No module named 'mujoco'"]
