@@ -410,9 +410,10 @@ class FlakyServer:
         return [t - start for t in self.opened[tries:]]
 
 
-RECONNECT_WAITS = [0.05, 0.05, 0.1, 0.2, 0.4, 0.8, 1.0, 1.0]
+RECONNECT_WAITS = [0.05, 0.05, 0.1, 0.2, 0.4, 0.8, 1.0, 1.0, 1.0, 1.0]
 """The default backoff (0.05 s, 1.0 s) after a break: a first try after at most 0.05 s, then tries at
-most 0.05, 0.1, 0.2 … up to 1 s apart, each wait drawn from [half, all] of it."""
+most 0.05, 0.1, 0.2 … up to 1 s apart, each wait drawn from [half, all] of it. Ten waits: as many as
+2.9 s of outage can hold when every draw is the shortest (0.8 s to the sixth try, then 0.5 s each)."""
 
 
 def _within_backoff(waits: list[float], nominal: list[float], tick_s: float = 0.002) -> bool:
