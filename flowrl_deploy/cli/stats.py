@@ -25,7 +25,8 @@ if TYPE_CHECKING:
 def as_dict(message: Message) -> dict:
     """A reply's fields under their proto names (snake_case, as `flowrl control --json` writes),
     every number a JSON number: protobuf's own JSON mapping (MessageToDict) writes 64-bit counters
-    as strings and renames the fields in camelCase. An ``optional`` number the sender left out is null."""
+    as strings and renames the fields in camelCase. An ``optional`` number the sender left out is null;
+    a map's entries come in key order (protobuf iterates a map in an order seeded per process)."""
 
     def plain(field: Field, value: Any) -> Any:
         return as_dict(value) if field.message_type is not None else value
@@ -37,7 +38,7 @@ def as_dict(message: Message) -> dict:
         return field.message_type is None and field.has_presence and not message.HasField(field.name)
 
     return {
-        field.name: dict(getattr(message, field.name))
+        field.name: dict(sorted(getattr(message, field.name).items()))
         if is_map(field)
         else [plain(field, v) for v in getattr(message, field.name)]
         if field.is_repeated

@@ -10,7 +10,7 @@ from tiny_policy import write_policy
 from typer.testing import CliRunner
 
 from flowrl_deploy.cli import app
-from flowrl_deploy.cli.stats import _errors_by_code
+from flowrl_deploy.cli.stats import _errors_by_code, as_dict
 from flowrl_deploy.client import PolicyClient, ServiceError
 from flowrl_deploy.serve import PolicyServer, ServeConfig
 
@@ -135,6 +135,17 @@ def test_stats_tells_deadline_misses_from_other_errors_and_names_the_percentile_
     stream = next(m for m in figures["methods"] if m["method"] == "StreamAct")
     assert stream["codes"] == {"OK": 5, "DEADLINE_EXCEEDED": 3, "INVALID_ARGUMENT": 2}
     assert figures["percentile_window"] == 10_000
+
+
+def test_stats_json_lists_the_codes_in_name_order_whatever_order_protobuf_iterates_them():
+    """protobuf (upb) iterates a map in an order of its hash, seeded per process: `flowrl stats --json`
+    printed each method's codes in another order at each run, so two runs' output differed line by line
+    for the same figures. Eight codes: protobuf gives them in name order only once in 8! = 40,320."""
+    from flowrl_deploy.proto.flowrl.v1 import policy_pb2 as pb
+
+    names = ["ABORTED", "CANCELLED", "DEADLINE_EXCEEDED", "INTERNAL", "INVALID_ARGUMENT", "NOT_FOUND", "OK", "UNKNOWN"]
+    method = pb.MethodStats(method="Act", codes={name: n for n, name in enumerate(names, 1)})
+    assert list(as_dict(method)["codes"]) == sorted(method.codes)
 
 
 def test_errors_by_code_come_most_first():
