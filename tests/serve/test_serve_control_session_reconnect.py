@@ -147,13 +147,19 @@ def test_a_local_fallback_refused_its_opening_restarts_its_noise_with_the_tick_t
             time.sleep(0.01)
             opened = control.act(OBS)
         assert control.timings[-1].source == "server"
-        actions = [opened]
-        for miss in (True, False, True):
-            control.deadline_s = MISS_S if miss else 0.5
-            actions.append(control.act(OBS))
-        assert [t.source for t in list(control.timings)[-3:]] == ["local", "server", "local"]
-        np.testing.assert_allclose(actions, _episode(local, seed, len(actions)), atol=1e-6)
-        control.close()
+        _check_the_episode_goes_on(control, local, seed, opened)
+
+
+def _check_the_episode_goes_on(control, local, seed: int, opened: np.ndarray) -> None:
+    """After the tick that ``opened`` the session (its first draw), a missed, a served and a missed tick
+    act on the seeded episode's next draws, fallback ticks included; then the session closes."""
+    actions = [opened]
+    for miss in (True, False, True):
+        control.deadline_s = MISS_S if miss else 0.5
+        actions.append(control.act(OBS))
+    assert [t.source for t in list(control.timings)[-3:]] == ["local", "server", "local"]
+    np.testing.assert_allclose(actions, _episode(local, seed, len(actions)), atol=1e-6)
+    control.close()
 
 
 def _refused_at_session_limit(client: PolicyClient) -> int:
@@ -186,11 +192,6 @@ def test_a_refusal_of_the_opening_tick_read_after_its_deadline_restarts_the_loca
             time.sleep(0.01)
         assert client.stats().sessions == 0
         control.deadline_s = 0.5
-        actions = [control.act(OBS)]  # reads the late refusal, then opens the session
+        opened = control.act(OBS)  # reads the late refusal, then opens the session
         assert control.timings[-1].source == "server"
-        for miss in (True, False, True):
-            control.deadline_s = MISS_S if miss else 0.5
-            actions.append(control.act(OBS))
-        assert [t.source for t in list(control.timings)[-3:]] == ["local", "server", "local"]
-        np.testing.assert_allclose(actions, _episode(local, seed, len(actions)), atol=1e-6)
-        control.close()
+        _check_the_episode_goes_on(control, local, seed, opened)
