@@ -243,15 +243,15 @@ class ControlSession:
     pass ``local_model``). Every action returned is the caller's own writable array: editing it
     in place (``a *= 0.5``) never changes what the session holds or returns later.
 
-    The local fallback keeps the file loaded when the session was made: a server ``Reload`` does
-    not change it (open a new session after one). It runs on the CPU, GPU or not (a CPU server's
-    actions, to the bit where docs/client.md's "Seeded runs" says so), and once on zeros when the session is made, so that the first tick falling
-    back does not pay onnxruntime's first-run costs. It draws its noise as the server's session does,
-    one block every tick, served or not, so a fallback at tick t acts on the server's draw for
-    tick t (a tick the server never took, the stream down or refused, leaves the server's stream
-    behind the ticks until the tick that opens the session on a reopened stream, which restarts both
-    from the seed). Its contract must be the served one (else :class:`FlowRLError`); a file other
-    than the served one (its sha256 is not the one in the served ``model_version``) and a
+    The local fallback keeps the file loaded when the session was made: a server ``Reload`` does not
+    change it (open a new session after one). It runs on the CPU, GPU or not (a CPU server's actions, to
+    the bit where docs/client.md's "Seeded runs" says so), and once on zeros when the session is made,
+    so that the first tick falling back does not pay onnxruntime's first-run costs. It draws its noise
+    as the server's session does, one block every tick, served or not, so a fallback at tick t acts on
+    the server's draw for tick t (a tick the server never took, the stream down or refused, leaves the
+    server's stream behind the ticks until the tick that opens the session on a reopened stream, which
+    restarts both from the seed). Its contract must be the served one (else :class:`FlowRLError`); a
+    file other than the served one (its sha256 is not the one in the served ``model_version``) and a
     ``period_s`` other than the served policy's control period are logged as warnings (logger
     ``flowrl.client``), not refused.
     The watchdog raises :class:`WatchdogError` after ``max_consecutive_misses`` misses in a row
