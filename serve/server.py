@@ -382,7 +382,7 @@ class PolicyServer:
                 self.bound_address,
                 metrics,
             )
-            self.servicer.load()
+            self.servicer.slot.load()
             self.servicer.metrics.record_loaded()
             if self._watcher is not None:
                 self._watcher.start()
@@ -480,7 +480,10 @@ class PolicyServer:
         if not config.watch:
             return None
         return FileWatcher(
-            Path(config.model), self.servicer.load, config.watch_interval_s, serving=lambda: self.servicer.model.version
+            Path(config.model),
+            self.servicer.slot.load,
+            config.watch_interval_s,
+            serving=lambda: self.servicer.model.version,
         )
 
     def _thread_refused(self, exc: BaseException) -> None:

@@ -211,16 +211,6 @@ class PolicyServicer(pb_grpc.PolicyServiceServicer):
         """The model served now (None until the first load): :attr:`ModelSlot.model`."""
         return self.slot.model
 
-    def load(
-        self,
-        requested: str = "",
-        still_wanted: Callable[[], bool] | None = None,
-        wait_s: float | None = None,
-        by: str = "--watch",
-    ) -> tuple[str, str]:
-        """:meth:`ModelSlot.load`: the server's start, ``--watch`` and the Reload RPC load through here."""
-        return self.slot.load(requested, still_wanted, wait_s, by)
-
     def close(self) -> None:
         """Stop the batcher's threads and remove the work folder (:meth:`ModelSlot.close`)."""
         self.batcher.close()
@@ -536,7 +526,7 @@ class PolicyServicer(pb_grpc.PolicyServiceServicer):
                     "reports SERVING"
                 )
             try:
-                version, previous = self.load(
+                version, previous = self.slot.load(
                     request.path, functools.partial(_waiting, context), context.time_remaining(), f"Reload from {peer}"
                 )
             except ServeError:  # PERMISSION_DENIED, ContractMismatch, DeadlineExpired (abandoned)

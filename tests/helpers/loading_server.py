@@ -18,17 +18,17 @@ def loading_server(
     """A started :class:`PolicyServer` of ``policy`` (``ServeConfig(policy, port=0, grace_s=0,
     **settings)``) whose model load is held (health NOT_SERVING) until the test sets the event yielded
     beside it (or 30 s pass); stopped on leaving the block."""
-    from flowrl_deploy.serve.servicer import PolicyServicer
+    from flowrl_deploy.serve.model import ModelSlot
 
     loading, release = threading.Event(), threading.Event()
-    load = PolicyServicer.load
+    load = ModelSlot.load
 
     def held_load(self, *args, **kwargs):
         loading.set()
         release.wait(30)
         return load(self, *args, **kwargs)
 
-    monkeypatch.setattr(PolicyServicer, "load", held_load)
+    monkeypatch.setattr(ModelSlot, "load", held_load)
     server = PolicyServer(ServeConfig(policy, **{"port": 0, "grace_s": 0, **settings}))
     starter = threading.Thread(target=server.start)
     starter.start()

@@ -11,7 +11,7 @@ from tiny_policy import write_policy
 
 from flowrl_deploy.errors import FlowRLError
 from flowrl_deploy.serve import PolicyServer, ServeConfig
-from flowrl_deploy.serve.servicer import PolicyServicer
+from flowrl_deploy.serve.model import ModelSlot
 
 NAN, INF = float("nan"), float("inf")
 
@@ -181,7 +181,7 @@ def test_a_metrics_port_in_use_is_refused_before_the_model_is_loaded(tmp_path, m
     import socket
 
     loads: list[object] = []
-    monkeypatch.setattr(PolicyServicer, "load", lambda self, *args, **kwargs: loads.append(args))
+    monkeypatch.setattr(ModelSlot, "load", lambda self, *args, **kwargs: loads.append(args))
     path = write_policy(tmp_path / "policy.onnx")
     with socket.socket() as taken:
         taken.bind(("127.0.0.1", 0))

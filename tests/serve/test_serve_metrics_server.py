@@ -94,7 +94,7 @@ def test_model_info_names_the_same_bytes_alike_on_every_server(tmp_path):
         assert time.time() - 60 < float(loaded_at[1]) <= time.time() + MS_ROUNDING
         served.write_bytes(second.read_bytes())
         started = time.time()
-        reloaded.servicer.load()
+        reloaded.servicer.slot.load()
         reloaded_text = _scrape(reloaded)
     (reloaded_at,) = _series(reloaded_text, "flowrl_model_loaded_timestamp_seconds")
     assert started - MS_ROUNDING <= float(reloaded_at[1]) <= time.time() + MS_ROUNDING
@@ -148,11 +148,11 @@ def test_metrics_are_served_while_the_model_loads_and_say_it_is_not_serving_yet(
 
 
 def test_a_metrics_port_in_use_is_refused_before_the_model_loads(tmp_path, monkeypatch):
-    from flowrl_deploy.serve.servicer import PolicyServicer
+    from flowrl_deploy.serve.model import ModelSlot
 
     path = write_policy(tmp_path / "policy.onnx")
     loads = []
-    monkeypatch.setattr(PolicyServicer, "load", lambda self, *args, **kwargs: loads.append(args))
+    monkeypatch.setattr(ModelSlot, "load", lambda self, *args, **kwargs: loads.append(args))
     with socket.socket() as taken:
         taken.bind(("127.0.0.1", 0))
         taken.listen()
@@ -203,11 +203,11 @@ def test_metrics_listen_on_their_own_host_apart_from_grpc(tmp_path):
 
 
 def test_a_metrics_host_of_no_interface_here_is_refused_before_the_model_loads(tmp_path, monkeypatch):
-    from flowrl_deploy.serve.servicer import PolicyServicer
+    from flowrl_deploy.serve.model import ModelSlot
 
     path = write_policy(tmp_path / "policy.onnx")
     loads = []
-    monkeypatch.setattr(PolicyServicer, "load", lambda self, *args, **kwargs: loads.append(args))
+    monkeypatch.setattr(ModelSlot, "load", lambda self, *args, **kwargs: loads.append(args))
     config = ServeConfig(str(path), port=0, metrics_port=0, metrics_host="192.0.2.1", grace_s=0)  # TEST-NET-1
     with pytest.raises(FlowRLError, match=r"cannot serve metrics on 192\.0\.2\.1:0: no interface of this machine"):
         PolicyServer(config).start()

@@ -104,7 +104,7 @@ def test_every_export_of_a_server_goes_into_its_one_work_folder(tmp_path, monkey
         return exported[-1]
 
     with PolicyServer(ServeConfig(str(checkpoint), port=0, grace_s=0), export_checkpoint=export).start() as server:
-        server.servicer.load()  # a Reload of the served checkpoint, as --watch makes
+        server.servicer.slot.load()  # a Reload of the served checkpoint, as --watch makes
         folder = server.servicer.slot.work_folder
         assert folder is not None and [path.relative_to(folder).parts for path in exported] == [
             ("gen1", "policy.onnx"),
@@ -146,7 +146,7 @@ def test_an_export_still_running_when_the_stop_returns_leaves_no_work_folder(tmp
 
     def reload() -> None:
         try:
-            server.servicer.load()
+            server.servicer.slot.load()
         except FlowRLError as exc:
             refused.append(str(exc))
 
@@ -162,7 +162,7 @@ def test_an_export_still_running_when_the_stop_returns_leaves_no_work_folder(tmp
     assert list(temporary.iterdir()) == []
     assert refused == [f"the server stopped while {checkpoint} was exported: it is not loaded"]
     with pytest.raises(FlowRLError) as stopped:
-        server.servicer.load()  # one more: not even begun
+        server.servicer.slot.load()  # one more: not even begun
     assert str(stopped.value) == f"the server has stopped: {checkpoint} is not exported"
     assert list(temporary.iterdir()) == [] and len(exported) == 2
     assert server.servicer.model.version.startswith("v1-")

@@ -27,7 +27,7 @@ def export(source, out, steps):
 run = Path(sys.argv[1])
 set_realtime(7)
 with PolicyServer(ServeConfig(str(run), port=0, grace_s=0), export_checkpoint=export).start() as server:
-    server.servicer.load()  # a Reload of the served checkpoint, as --watch makes
+    server.servicer.slot.load()  # a Reload of the served checkpoint, as --watch makes
     after = os.sched_getscheduler(0), os.sched_getparam(0).sched_priority
 print(exports == [os.SCHED_OTHER] * 2, after == (os.SCHED_FIFO, 7))
 """

@@ -214,15 +214,15 @@ def test_a_signal_during_start_up_stops_the_server_without_announcing_it(tmp_pat
 def test_a_stop_signal_during_a_long_start_up_stops_it_without_waiting_for_the_load(tmp_path, monkeypatch, caplog):
     """SIGTERM while the model loaded (a checkpoint exported on the fly: a minute) was acted on only once
     the load was done, past a service manager's stop timeout, which then killed the server."""
-    from flowrl_deploy.serve.servicer import PolicyServicer
+    from flowrl_deploy.serve.model import ModelSlot
 
     path = write_policy(tmp_path / "policy.onnx")
     loading = threading.Event()
-    servicers: list[PolicyServicer] = []
-    load = PolicyServicer.load
+    slots: list[ModelSlot] = []
+    load = ModelSlot.load
 
-    def long_load(self: PolicyServicer, *args, **kwargs):
-        servicers.append(self)
+    def long_load(self: ModelSlot, *args, **kwargs):
+        slots.append(self)
         loading.set()
         until = time.monotonic() + 10  # a long load, in Python code (the steps of an export)
         while time.monotonic() < until:
@@ -233,7 +233,7 @@ def test_a_stop_signal_during_a_long_start_up_stops_it_without_waiting_for_the_l
         if loading.wait(30):
             os.kill(os.getpid(), signal.SIGTERM)  # handled by serve_forever's handler, in the main thread
 
-    monkeypatch.setattr(PolicyServicer, "load", long_load)
+    monkeypatch.setattr(ModelSlot, "load", long_load)
     stopper = threading.Thread(target=stop_once_loading)
     stopper.start()
     announced: list[PolicyServer] = []
@@ -244,8 +244,8 @@ def test_a_stop_signal_during_a_long_start_up_stops_it_without_waiting_for_the_l
     stopper.join(30)
     assert took < 5, f"the stop waited {took:.1f} s for the load"
     assert abandoned == 0 and not announced
-    (servicer,) = servicers
-    assert servicer.model is None  # the load was stopped, not finished
+    (slot,) = slots
+    assert slot.model is None  # the load was stopped, not finished
     messages = [record.getMessage() for record in caplog.records if record.name == "flowrl.serve"]
     assert "stopping on SIGTERM during start-up: the model was not served" in messages, messages
     assert re.fullmatch(r"stopped in \d+\.\d s", messages[-1]), messages
@@ -254,17 +254,17 @@ def test_a_stop_signal_during_a_long_start_up_stops_it_without_waiting_for_the_l
 def test_a_server_stopped_while_it_starts_does_not_report_serving(tmp_path, monkeypatch):
     """PolicyServer.stop() from another thread while start() loaded: start() returned as if it
     served, and health said SERVING (flowrl_serving 1) on a stopped server."""
-    from flowrl_deploy.serve.servicer import PolicyServicer
+    from flowrl_deploy.serve.model import ModelSlot
 
     loading, release = threading.Event(), threading.Event()
-    load = PolicyServicer.load
+    load = ModelSlot.load
 
-    def held_load(self: PolicyServicer, *args, **kwargs):
+    def held_load(self: ModelSlot, *args, **kwargs):
         loading.set()
         release.wait(30)
         return load(self, *args, **kwargs)
 
-    monkeypatch.setattr(PolicyServicer, "load", held_load)
+    monkeypatch.setattr(ModelSlot, "load", held_load)
     server = PolicyServer(ServeConfig(str(write_policy(tmp_path / "policy.onnx")), port=0, grace_s=0))
     raised: list[BaseException] = []
 
@@ -323,18 +323,18 @@ def test_serve_forever_from_another_thread_is_refused_naming_the_way_to_serve_fr
 
 def test_a_stop_signal_while_the_server_is_built_stops_it_before_its_load(tmp_path, monkeypatch, caplog):
     """A SIGTERM in the moment before start() was only noted, and the whole load ran before the stop."""
-    from flowrl_deploy.serve.servicer import PolicyServicer
+    from flowrl_deploy.serve.model import ModelSlot
 
     path = write_policy(tmp_path / "policy.onnx")
     build = PolicyServer.__init__
-    loads: list[PolicyServicer] = []
+    loads: list[ModelSlot] = []
 
     def build_then_sigterm(self: PolicyServer, *args, **kwargs) -> None:
         build(self, *args, **kwargs)
         os.kill(os.getpid(), signal.SIGTERM)  # handled by serve_forever's handler, in this (main) thread
 
     monkeypatch.setattr(PolicyServer, "__init__", build_then_sigterm)
-    monkeypatch.setattr(PolicyServicer, "load", lambda self, *args, **kwargs: loads.append(self))
+    monkeypatch.setattr(ModelSlot, "load", lambda self, *args, **kwargs: loads.append(self))
     announced: list[PolicyServer] = []
     with caplog.at_level(logging.INFO, logger="flowrl.serve"):
         assert serve_forever(ServeConfig(str(path), port=0, grace_s=0), on_ready=announced.append) == 0

@@ -220,7 +220,7 @@ def test_a_stop_during_a_watch_reload_keeps_its_bound(tmp_path, caplog):
     path = write_policy(tmp_path / "policy.onnx")
     config = ServeConfig(str(path), port=0, metrics_port=0, grace_s=0, watch=True, watch_interval_s=0.05)
     server = PolicyServer(config)
-    load = server.servicer.load
+    load = server.servicer.slot.load
     reloading, release = threading.Event(), threading.Event()
 
     def slow_load(*args: object, **kwargs: object) -> object:
@@ -229,7 +229,7 @@ def test_a_stop_during_a_watch_reload_keeps_its_bound(tmp_path, caplog):
             release.wait(30)  # a large model's session build
         return load(*args, **kwargs)
 
-    server.servicer.load = slow_load
+    server.servicer.slot.load = slow_load  # type: ignore[method-assign]
     server.start()
     try:
         write_policy(tmp_path / "new.onnx", scale=2.0).replace(path)

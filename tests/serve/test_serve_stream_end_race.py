@@ -23,7 +23,7 @@ from flowrl_deploy.serve.servicer import PolicyServicer
 def servicer(tmp_path):
     path = write_policy(tmp_path / "policy.onnx")
     served = PolicyServicer(ServeConfig(str(path), port=0, max_sessions=1, session_idle_s=0.01))
-    served.load()
+    served.slot.load()
     yield served
     served.close()
 
