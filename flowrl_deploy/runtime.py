@@ -149,15 +149,15 @@ def cuda_device_present() -> bool:
     return driver.cuInit(0) == 0 and driver.cuDeviceGetCount(ctypes.byref(count)) == 0 and count.value > 0
 
 
+CUDA = "CUDAExecutionProvider"
+
+
 def default_providers() -> list[str]:
     """CUDA first when this onnxruntime build offers it and a GPU is present, CPU always."""
     ort = import_onnxruntime()
 
-    wanted = ["CUDAExecutionProvider"] if cuda_device_present() else []
+    wanted = [CUDA] if cuda_device_present() else []
     return [p for p in ort.get_available_providers() if p in wanted] + ["CPUExecutionProvider"]
-
-
-CUDA = "CUDAExecutionProvider"
 
 
 def _provider_library(kind: str) -> Path:
