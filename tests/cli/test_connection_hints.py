@@ -100,6 +100,7 @@ def http_server():
     yield f"127.0.0.1:{httpd.server_address[1]}"
     httpd.shutdown()
     thread.join(timeout=5)
+    httpd.server_close()
 
 
 @pytest.mark.parametrize("verbosity", [None, "INFO"])
