@@ -336,6 +336,7 @@ class PolicyClient:
         max_consecutive_misses: int | None = None,
         max_staleness_s: float | None = None,
         max_rate: float | None = None,
+        initial_action: npt.ArrayLike | None = None,
         contract_hash: str = "",
         contract: PolicyContract | None = None,
         backoff_s: tuple[float, float] = (0.05, 1.0),

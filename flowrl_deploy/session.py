@@ -276,7 +276,15 @@ class ControlSession:
         local_model: the served ONNX file, for ``fallback="local"`` (and only for it).
         max_consecutive_misses: raise after this many (>= 1) misses in a row; None: never.
         max_staleness_s: raise when no fresh action came for this long (finite, > 0); None: never.
-        max_rate: optional clamp of each action component's change, in units per second (finite, > 0).
+        max_rate: a slew limit: each action component (in the action's own units, after rescaling) moves
+            at most ``max_rate * period_s`` from the last action returned, in action units per second
+            (finite, > 0); None: no limit. Fallback actions are clamped too (``zeros`` ramps down to the
+            zeros), and :meth:`reset` keeps the reference: a new episode starts from where the last one
+            left the actuators. The session's first tick has no reference unless ``initial_action``
+            gives one, and is then not clamped.
+        initial_action: the command the actuators hold when the session opens (``act_dim`` finite
+            numbers): the first tick's reference for ``max_rate`` (and only for it: ``hold`` before any
+            action still holds the zeros); None: the first tick is not clamped.
         contract_hash / contract: pin the policy contract; the server refuses a different one.
         backoff_s: (first, longest) wait between reconnection tries, 0 < first <= longest; it doubles
             from first to longest, and each wait is drawn from [half, all] of it.
@@ -298,6 +306,7 @@ class ControlSession:
         max_consecutive_misses: int | None = None,
         max_staleness_s: float | None = None,
         max_rate: float | None = None,
+        initial_action: npt.ArrayLike | None = None,
         contract_hash: str = "",
         contract: PolicyContract | None = None,
         backoff_s: tuple[float, float] = (0.05, 1.0),
@@ -332,6 +341,8 @@ class ControlSession:
         self.max_consecutive_misses = max_consecutive_misses
         self.max_staleness_s = None if max_staleness_s is None else _positive(max_staleness_s, "max_staleness_s")
         self.max_delta = None if max_rate is None else _positive(max_rate, "max_rate") * self.period_s
+        if initial_action is not None and max_rate is None:
+            raise FlowRLError("initial_action is used only with max_rate (it is the rate clamp's first reference)")
         self.reset_timeout_s = checked_timeout(
             DEFAULT_RESET_TIMEOUT_S if reset_timeout_s is None else reset_timeout_s, "reset_timeout_s"
         )
@@ -376,6 +387,10 @@ class ControlSession:
         self.timings: collections.deque[CallTiming] = collections.deque(maxlen=max_timings)
         self.health = _Health(model_version=self.info.model_version)
         self.last_action: npt.NDArray[np.float32] | None = None
+        """The last action returned in this episode (what ``hold`` repeats); None before any, and after a reset."""
+        self.initial_action = None if initial_action is None else self._checked_initial_action(initial_action)
+        self._clamp_from = self.initial_action
+        """The ``max_rate`` clamp's reference: the last action returned, across resets; at first ``initial_action``."""
         self._seq = 0
         self._busy = threading.Lock()
         self._closed = False
@@ -405,6 +420,18 @@ class ControlSession:
             return self._tick(self._checked_obs(obs))
         finally:
             self._busy.release()
+
+    def _checked_initial_action(self, initial_action: npt.ArrayLike) -> npt.NDArray[np.float32]:
+        why = f"initial_action must hold {self.info.act_dim} finite numbers (the actuators' current command)"
+        try:
+            array = as_float32(initial_action, name="initial_action")
+        except TensorError as exc:
+            raise FlowRLError(f"{why}: {exc}") from None
+        if array.shape != (self.info.act_dim,):
+            raise FlowRLError(f"{why}, got shape {list(array.shape)}")
+        if not np.isfinite(array).all():
+            raise FlowRLError(f"{why}, got {array.tolist()}")
+        return array.copy()
 
     def _checked_obs(self, obs: npt.ArrayLike) -> npt.NDArray[np.float32]:
         array = as_float32(obs, name="obs")  # bool, text and complex are refused, as encode refuses them
@@ -443,9 +470,9 @@ class ControlSession:
             health.consecutive_misses += 1
             health.misses += 1
             self._watchdog()
-        if self.max_delta is not None and self.last_action is not None:
-            action = np.clip(action, self.last_action - self.max_delta, self.last_action + self.max_delta)
-        self.last_action = action  # the session's own: never handed out, so "hold" repeats what was returned
+        if self.max_delta is not None and self._clamp_from is not None:
+            action = np.clip(action, self._clamp_from - self.max_delta, self._clamp_from + self.max_delta)
+        self.last_action = self._clamp_from = action  # the session's own: never handed out, so "hold" repeats it
         return action.copy()
 
     def _local_draw(self) -> npt.NDArray[np.float32] | None:
@@ -624,7 +651,9 @@ class ControlSession:
     # --- episodes and lifetime -------------------------------------------------------------------
     def reset(self, seed: Seed | None = None) -> None:
         """A new episode: reseed the session's noise (and the local fallback's), forget the last
-        action and restart the staleness clock.
+        action held (``hold`` falls back to the zeros until the episode's first action) and restart the
+        staleness clock. The ``max_rate`` clamp keeps its reference, the last action returned: the
+        actuators still hold it.
 
         A tick that missed its deadline may still be queued on the server, where it would take
         the new episode's first noise draw; so ``Reset`` is sent only once the reply to the last
