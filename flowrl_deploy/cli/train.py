@@ -67,7 +67,9 @@ def train(
         typer.Option(
             parser=finite,
             help="Step of the target critics toward the online ones per target update: θ̄ ← (1−tau)·θ̄ + tau·θ. "
-            "The reference code uses 0.95; 0.05 (default) learned better here (docs/train.md).",
+            "The paper's reference code moves them 95 % per update: pass --tau 0.95 to reproduce it. "
+            "The default 0.05 differs on purpose: it learned better here (cartpole-swingup, 4 seeds, mean 745 "
+            "against 571 with 0.95; docs/train.md).",
         ),
     ] = DEFAULT.tau,
     policy_delay: Annotated[int, typer.Option(help="Critic updates per actor/target update.")] = DEFAULT.policy_delay,

@@ -4,6 +4,7 @@ kept) is converted on reading, so an old run resumes with the same target update
 
 import json
 import re
+from pathlib import Path
 
 import pytest
 import torch
@@ -188,3 +189,22 @@ def test_a_changed_tau_that_is_not_the_old_meaning_of_the_saved_one_is_refused_w
     assert "config_version" not in str(refused.value)
     with pytest.raises(ConfigError, match="since config_version 2"):
         check_resume_settings({"tau": 0.95}, saved)
+
+
+def flat(text: str) -> str:
+    """Text with rich's panel borders dropped and every run of white space one space."""
+    return " ".join(text.replace("│", " ").split())
+
+
+def test_the_help_and_the_docs_say_plainly_how_to_train_with_the_reference_codes_target_rate():
+    """The one departure from the reference code meant to change learning is said where users look first:
+    `flowrl train --help` and docs/train.md's settings, with --tau 0.95 to reproduce the paper's code."""
+    result = CliRunner().invoke(app, ["train", "--help"], env={"COLUMNS": "200", "TERM": "dumb"})
+    assert result.exit_code == 0, result.output
+    text = flat(result.output)
+    assert "The paper's reference code moves them 95 % per update: pass --tau 0.95 to reproduce it." in text
+    assert "The default 0.05 differs on purpose" in text
+    docs = (Path(__file__).parents[2] / "docs" / "train.md").read_text(encoding="utf-8")
+    settings = flat(docs.split("## Tasks and settings")[1].split("\n## ")[0])
+    assert "The paper's reference code moves the target critics 95 % of the way" in settings
+    assert "pass `--tau 0.95`" in settings and "`--tau 0.05`" in settings and "differs on purpose" in settings
