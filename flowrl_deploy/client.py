@@ -16,6 +16,7 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+import re
 import time
 import warnings
 from collections.abc import Callable, Iterator
@@ -89,6 +90,32 @@ class ServiceError(FlowRLError):
         self.details = message
 
 
+class ContractMismatchError(ServiceError):
+    """The served policy's contract is not the one pinned (its ``code`` is FAILED_PRECONDITION, as the
+    server's refusal of a pin): a :class:`~flowrl_deploy.session.ControlSession` raises it when it is made
+    with a pin the server does not serve, and from ``act``/``reset`` when the server it reconnected to
+    serves another contract than the one the session pinned (or read when it opened)."""
+
+    def __init__(self, message: str) -> None:
+        super().__init__(grpc.StatusCode.FAILED_PRECONDITION, message)
+
+
+CONTRACT_HASH_FORM = re.compile(r"[0-9a-fA-F]{16}")
+"""A contract hash as ``flowrl inspect`` and GetSpec give it: 16 hex digits (pinned in any case)."""
+
+
+def checked_contract_hash(contract_hash: object, name: str = "contract_hash") -> str:
+    """``contract_hash`` in lower case, or '' (no pin); anything but 16 hex digits is refused naming ``name``
+    (the server would only say that it does not serve that contract)."""
+    if contract_hash == "":
+        return ""
+    if not (isinstance(contract_hash, str) and CONTRACT_HASH_FORM.fullmatch(contract_hash)):
+        raise FlowRLError(
+            f"{name} must be 16 hex digits (the contract hash `flowrl inspect` prints), got {contract_hash!r}"
+        )
+    return contract_hash.lower()
+
+
 class ClientClosedError(FlowRLError):
     """A call on a :class:`PolicyClient` after its ``close()`` (or on a session of that client)."""
 
@@ -116,6 +143,24 @@ class PolicyInfo:
     contract_hash: str
     contract: PolicyContract
     max_batch: int
+
+
+def pin_mismatch(
+    info: PolicyInfo, contract_hash: str, contract: PolicyContract | None = None, target: str = "HOST:PORT"
+) -> str:
+    """Why a pin of ``contract_hash`` (checked; '' if none) or ``contract`` does not fit the served
+    policy ``info`` (GetSpec of ``target``), naming the fields that differ where the contract is known;
+    '' when it fits."""
+    pinned = contract_hash or (contract.hash() if contract is not None else "")
+    if not pinned or pinned == info.contract_hash.lower():
+        return ""
+    mismatch = f"pinned policy contract {pinned}, the server serves {info.contract_hash}"
+    if contract is not None and contract.hash() == pinned:
+        return f"{mismatch} (server != client: {'; '.join(info.contract.differences(contract))})"
+    return (
+        f"{mismatch}; only the hash was pinned, so the fields that differ cannot be named: compare "
+        f"`flowrl inspect FILE` of the policy you expect with `flowrl inspect --server {target}`"
+    )
 
 
 TLS_ARGUMENTS = ("tls_ca", "tls_cert", "tls_key")

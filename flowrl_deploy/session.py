@@ -28,7 +28,14 @@ import grpc
 import numpy as np
 import numpy.typing as npt
 
-from flowrl_deploy.client import PolicyClient, ServiceError, service_error
+from flowrl_deploy.client import (
+    ContractMismatchError,
+    PolicyClient,
+    ServiceError,
+    checked_contract_hash,
+    pin_mismatch,
+    service_error,
+)
 from flowrl_deploy.codec import TensorError, as_float32, check_finite, decode, encode
 from flowrl_deploy.connection import checked_timeout, is_flag
 from flowrl_deploy.contract import MAX_CONTROL_PERIOD_S, MAX_HZ, MIN_CONTROL_PERIOD_S, MIN_HZ, PolicyContract
@@ -285,7 +292,12 @@ class ControlSession:
         initial_action: the command the actuators hold when the session opens (``act_dim`` finite
             numbers): the first tick's reference for ``max_rate`` (and only for it: ``hold`` before any
             action still holds the zeros); None: the first tick is not clamped.
-        contract_hash / contract: pin the policy contract; the server refuses a different one.
+        contract_hash / contract: pin the policy contract (its 16 hex digit hash, as ``flowrl inspect``
+            prints it, any case; or the contract itself, so that a refusal names the fields that differ).
+            A pin the server does not serve raises :class:`~flowrl_deploy.client.ContractMismatchError`
+            here; a malformed hash, :class:`FlowRLError`. Without either, the session pins the contract
+            served when it opens (``info``): a server restarted with another interface is refused,
+            ``act`` raising :class:`~flowrl_deploy.client.ContractMismatchError`, never followed.
         backoff_s: (first, longest) wait between reconnection tries, 0 < first <= longest; it doubles
             from first to longest, and each wait is drawn from [half, all] of it.
         reset_timeout_s: how long :meth:`reset` waits for the server (finite, > 0); default 1 s.
@@ -346,9 +358,16 @@ class ControlSession:
         self.reset_timeout_s = checked_timeout(
             DEFAULT_RESET_TIMEOUT_S if reset_timeout_s is None else reset_timeout_s, "reset_timeout_s"
         )
-        self.contract_hash = contract_hash or (contract.hash() if contract else "")
-        self.contract_json = json.dumps(contract.to_dict(), sort_keys=True) if contract else ""
+        pin = checked_contract_hash(contract_hash)
         self.info = client.spec()
+        if why := pin_mismatch(self.info, pin, contract, client.target):
+            raise ContractMismatchError(why)
+        self.pinned = bool(pin or contract)
+        """Whether the caller pinned a contract; else the session pins the one served when it opened."""
+        # The server checks the pin (and names what differs, from the contract) on each stream it opens:
+        # a server restarted with another interface is refused, never followed.
+        self.contract_hash = pin or (contract.hash() if contract else self.info.contract_hash)
+        self.contract_json = json.dumps((contract or self.info.contract).to_dict(), sort_keys=True)
         served_period_s = self.info.control_period_s
         if served_period_s > 0 and not math.isclose(self.period_s, served_period_s, rel_tol=1e-6):
             log.warning(
@@ -535,7 +554,7 @@ class ControlSession:
             if self._refused_undrawn(reply):
                 self._restart_noise = True  # the server drew nothing: the next request opens the session afresh
             if code not in TRANSIENT:
-                raise ServiceError(code, reply.status.message)
+                raise self._refused(ServiceError(code, reply.status.message))
             if code == grpc.StatusCode.DEADLINE_EXCEEDED:  # the server found the tick late: not logged, as "deadline"
                 return code.name
             return self._noted(code.name, f"the server refuses its ticks ({code.name}: {reply.status.message})")
@@ -573,7 +592,7 @@ class ControlSession:
             stream.close()  # also before raising: else gRPC's thread feeding the call waits on its queue for good
             error = stream.error
             if error.code not in TRANSIENT:
-                raise error
+                raise self._refused(error)
             if error.code in (grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.CANCELLED):
                 self._down = self._noted(DISCONNECTED, f"no stream to the server, reconnecting with backoff ({error})")
             else:  # the server refused the stream itself (RESOURCE_EXHAUSTED: all its workers busy)
@@ -634,6 +653,20 @@ class ControlSession:
             model_version=reply.model_version,
         )
 
+    def _refused(self, error: ServiceError) -> ServiceError:
+        """The error to raise for the server's refusal ``error``: a refused pin (FAILED_PRECONDITION, the
+        one precondition of a tick or a reset) as :class:`ContractMismatchError`, saying so when the
+        session pinned the contract served when it opened; any other as it is."""
+        if error.code != grpc.StatusCode.FAILED_PRECONDITION:
+            return error
+        if self.pinned:
+            return ContractMismatchError(error.details)
+        return ContractMismatchError(
+            f"the served policy contract changed since this session opened ({error.details}); the session "
+            f"pinned the contract served then, {self.info.contract_hash}, rather than act on another interface: "
+            "check the new contract (`flowrl inspect --server`), then open a new session"
+        )
+
     def _in_use(self, method: str) -> FlowRLError:
         return FlowRLError(
             f"ControlSession.{method} called while another act or reset of this session runs: a ControlSession "
@@ -680,7 +713,10 @@ class ControlSession:
                     f"reset_timeout_s {self.reset_timeout_s:g} s passed waiting for the last tick's reply; "
                     "the reset was not sent (try again)",
                 )
-            self.client.reset(self.session_id, seed, contract_hash=self.contract_hash, timeout_s=remaining)
+            try:
+                self.client.reset(self.session_id, seed, contract_hash=self.contract_hash, timeout_s=remaining)
+            except ServiceError as exc:
+                raise self._refused(exc) from None
             self.seed = seed
             self.last_action = None
             self.health.last_fresh = None

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import dataclasses
 import hashlib
+import json
 import logging
 import math
 import queue
@@ -21,7 +22,7 @@ import pytest
 from tiny_policy import ACT_DIM, documented_noise, tiny_contract, write_policy
 
 from flowrl_deploy import session as session_module
-from flowrl_deploy.client import ClientClosedError, PolicyClient, ServiceError
+from flowrl_deploy.client import ClientClosedError, ContractMismatchError, PolicyClient, ServiceError
 from flowrl_deploy.codec import TensorError, encode
 from flowrl_deploy.errors import FlowRLError
 from flowrl_deploy.noise import draw_noise, session_noise
@@ -267,7 +268,10 @@ def test_action_rate_clamp(client):
 
 def test_pinned_contract_mismatch_is_raised_with_the_difference(client):
     other = tiny_contract(control_period_s=0.05)
-    with client.session(period_s=0.5, contract=other) as control:
+    with pytest.raises(ContractMismatchError, match="control_period_s"):  # when the session is made
+        client.session(period_s=0.5, contract=other)
+    with client.session(period_s=0.5) as control:
+        control.contract_hash, control.contract_json = other.hash(), json.dumps(other.to_dict())  # as if served since
         for _ in range(2):  # a control loop that catches the refusal and tries again is refused again
             with pytest.raises(ServiceError) as info:
                 control.act(OBS)
@@ -593,9 +597,10 @@ def test_the_rate_clamp_applies_to_fallback_actions_too(client):
 
 def test_a_session_pinning_a_contract_pins_its_hash_for_reset_too(client):
     other = tiny_contract(control_period_s=0.05)
-    with client.session(period_s=0.5, contract=other) as control:
-        assert control.contract_hash == other.hash()
-        with pytest.raises(ServiceError) as info:
+    with client.session(period_s=0.5, contract=tiny_contract()) as control:
+        assert control.contract_hash == tiny_contract().hash()
+        control.contract_hash = other.hash()  # as if the server served another contract since
+        with pytest.raises(ContractMismatchError) as info:
             control.reset(seed=1)
         assert info.value.code == grpc.StatusCode.FAILED_PRECONDITION
 
