@@ -162,12 +162,14 @@ def control(
     Exits 1 when no tick got a fresh action or --max-misses stopped the run, 130 on Ctrl-C.
     """
     from flowrl_deploy.affinity import parse_cpus, pin_to_cpus, set_realtime
+    from flowrl_deploy.client import checked_contract_hash
     from flowrl_deploy.connection import checked_timeout
     from flowrl_deploy.control_metrics import ControlTextfile
     from flowrl_deploy.session import PERIOD_MISMATCH
     from flowrl_deploy.train.control import run_control
 
     checked_timeout(connect_timeout, "--connect-timeout")  # gRPC waits forever on a deadline years away
+    contract_hash = checked_contract_hash(contract_hash, "--contract-hash")
     _check_metrics_textfile(metrics_textfile, metrics_interval, json_path)
     token = connection.token_to_send()
     pin_to_cpus(parse_cpus(cpus))

@@ -196,14 +196,25 @@ def query(
     """Print the served policy's action(s) for an observation, as JSON."""
     import grpc
 
-    from flowrl_deploy.client import ServiceError, checked_seed
+    from flowrl_deploy.client import (
+        ContractMismatchError,
+        ServiceError,
+        checked_contract_hash,
+        checked_seed,
+        pin_mismatch,
+    )
     from flowrl_deploy.codec import decode
 
     if bool(obs) == (obs_file is not None):
         raise FlowRLError("pass exactly one of --obs or --obs-file")
     array = read_observation(obs, obs_file)
     checked_seed(seed, "--seed")
+    contract_hash = checked_contract_hash(contract_hash, "--contract-hash")
     with connection.client(timeout) as client:
+        # checked here first, so that a refusal says what a command line can do (the server's own words
+        # suggest pinning the whole contract, which only the Python client can)
+        if contract_hash and (why := pin_mismatch(client.spec(), contract_hash, target=connection.server)):
+            raise ContractMismatchError(why)
         try:
             reply = client.act_reply(array, seed=seed, contract_hash=contract_hash)
         except ServiceError as exc:
