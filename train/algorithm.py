@@ -3,7 +3,8 @@
 Per gradient update, top to bottom, in the reference code's order:
 
 1. Q^π (twin): toward r + γ·mask·min Q̄^π(s', a'), a' ~ π(s') from the current flow policy.
-2. Q^β (twin, behavior-optimal critic): toward r + γ·mask·V(s').
+2. Q^β (twin, behavior-optimal critic, which starts as a copy of Q^π as in the reference code):
+   toward r + γ·mask·V(s').
 3. V: expectile regression toward min Q̄^β(s, a) at buffer actions.
 4. Every ``policy_delay`` updates: the actor, −min Q^π(s, π(s)) plus flow matching on buffer
    actions weighted by the advantage Q^β(s, a) − Q^π(s, π(s)), with Q^β(s, a) from step 2's
@@ -92,6 +93,8 @@ class FlowRL:
         self.actor = FlowActor(spec).to(self.device)
         self.q_pi = TwinQ(spec.obs_dim, spec.act_dim, spec.hidden).to(self.device)
         self.q_beta = TwinQ(spec.obs_dim, spec.act_dim, spec.hidden).to(self.device)
+        # Q^β starts as a copy of Q^π, as in the reference code (built first, so the RNG stream is as before)
+        self.q_beta.load_state_dict(self.q_pi.state_dict())
         self.value = ValueNet(spec.obs_dim, spec.hidden).to(self.device)
         self.q_pi_target = copy.deepcopy(self.q_pi).requires_grad_(False)
         self.q_beta_target = copy.deepcopy(self.q_beta).requires_grad_(False)

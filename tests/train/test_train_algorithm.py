@@ -60,10 +60,33 @@ def test_critics_update_every_step_actor_and_targets_every_policy_delay():
     assert agent.updates == 3
 
 
+def test_q_beta_starts_as_a_copy_of_q_pi_and_each_target_as_a_copy_of_its_critic():
+    """As in the reference code (``hard_update(critic_buffer, critic)``): Q^β starts from Q^π's
+    weights, so the first advantages Q^β(s, a) − Q^π(s, π(s)) compare one network at two actions,
+    not two random draws. Each critic and target keeps its own tensors, and Q^β then trains apart."""
+    agent = make_agent()
+    critics = ("q_pi", "q_beta", "q_pi_target", "q_beta_target")
+    params = {name: list(getattr(agent, name).parameters()) for name in critics}
+    for name in critics[1:]:
+        for got, want in zip(params[name], params["q_pi"], strict=True):
+            assert torch.equal(got, want), name
+    pointers = [p.data_ptr() for name in critics for p in params[name]]
+    assert len(set(pointers)) == len(pointers)  # no tensor shared between any two of them
+    assert not any(p.requires_grad for name in critics[2:] for p in params[name])
+    assert all(p.requires_grad for name in critics[:2] for p in params[name])
+    obs, action = (torch.as_tensor(x) for x in batch(0)[:2])
+    torch.testing.assert_close(agent.q_beta(obs, action), agent.q_pi(obs, action), rtol=0, atol=0)
+
+    before_pi = snapshot(agent.q_pi)
+    agent.update(batch(0))
+    assert moved(before_pi, agent.q_pi)
+    assert moved(snapshot(agent.q_pi), agent.q_beta)  # toward r + γ·V(s'), not Q^π's target
+
+
 @pytest.mark.parametrize("target, online", [("q_pi_target", "q_pi"), ("q_beta_target", "q_beta")])
 def test_target_critics_move_tau_of_the_way_to_the_online_ones_at_each_target_update(target, online):
-    """Each target moves tau = 5 % of the way to its *own* online critic (Q^π and Q^β start from
-    different draws and train toward different targets, so the two pairs are told apart)."""
+    """Each target moves tau = 5 % of the way to its *own* online critic (Q^π and Q^β start equal but
+    train toward different targets, so after the first update the two pairs are told apart)."""
     agent = make_agent(tau=0.05)
     agent.update(batch(0))
     agent.update(batch(1))  # no target update (policy_delay 2)
