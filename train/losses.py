@@ -8,7 +8,9 @@ policy acts with tanh(a1) rescaled to the action bounds. The flow-matching targe
 action mapped to [-1, 1] (``FlowActor.to_normalized``) *without* atanh: random warm-up actions and
 saturated policy actions sit on ±1, where atanh is infinite, and the reference code likewise
 regresses the ODE endpoint on the action itself. The term is a regulariser toward the good
-actions of the buffer, not an exact likelihood, so this mismatch through tanh is harmless.
+actions of the buffer, not an exact likelihood, so this mismatch through tanh is kept, although it
+pulls toward actions shrunk toward 0: a buffer action 0.9 fitted exactly is executed as
+tanh(0.9) ≈ 0.716 (docs/train.md, "Paper details"; its effect on returns is not measured).
 """
 
 from __future__ import annotations
