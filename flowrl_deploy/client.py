@@ -143,6 +143,8 @@ class PolicyInfo:
     contract_hash: str
     contract: PolicyContract
     max_batch: int
+    server_version: str = ""
+    """The server's flowrl-deploy release; '' from an older server."""
 
 
 def pin_mismatch(
@@ -321,6 +323,7 @@ class PolicyClient:
             contract_hash=reply.contract_hash,
             contract=PolicyContract.from_dict(json.loads(reply.contract_json)),
             max_batch=reply.max_batch,
+            server_version=reply.server_version,
         )
 
     def act_reply(

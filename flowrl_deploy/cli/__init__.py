@@ -91,7 +91,7 @@ from flowrl_deploy.cli.export import export  # noqa: E402
 app.command(short_help="Export a checkpoint's sampler as a verified policy.onnx.")(export)
 from flowrl_deploy.cli.inspect import inspect  # noqa: E402
 
-app.command(short_help="Show a policy.onnx's contract, provenance, opsets and ops.")(inspect)
+app.command(short_help="Show a policy.onnx's (or a server's) contract, provenance and ops.")(inspect)
 from flowrl_deploy.cli.serve import serve  # noqa: E402
 
 app.command(short_help="Serve a policy's actions over gRPC until SIGTERM or Ctrl-C.")(serve)

@@ -44,7 +44,7 @@ def test_a_commands_help_fits_80_columns_with_whole_flag_names(command):
 
 @pytest.mark.parametrize(
     ("command", "usage", "argument"),
-    [("eval", "{POLICY}", "POLICY"), ("export", "{CHECKPOINT}", "CHECKPOINT"), ("inspect", "{MODEL}", "MODEL"),
+    [("eval", "{POLICY}", "POLICY"), ("export", "{CHECKPOINT}", "CHECKPOINT"), ("inspect", "[MODEL]", "MODEL"),
      ("serve", "{MODEL}", "MODEL"), ("reload", "[PATH]", "PATH")],
 )  # fmt: skip
 def test_arguments_are_named_as_the_text_names_them(command, usage, argument):
