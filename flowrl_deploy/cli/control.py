@@ -114,7 +114,11 @@ def control(
         typer.Option(help="Cap each episode at this many steps; default: the task's own length (1000 in dm_control)."),
     ] = None,
     max_misses: Annotated[
-        int | None, typer.Option(help="Stop the run (exit 1) after this many deadline misses in a row; default: never.")
+        int | None,
+        typer.Option(
+            help="Stop the run (exit 1) after this many ticks in a row without a fresh action (on the fallback: "
+            "deadline misses, ticks while disconnected or refused); default: never."
+        ),
     ] = None,
     contract_hash: Annotated[str, typer.Option(help="Pin the policy contract (hash from `flowrl inspect`).")] = "",
     connection: Connection,
