@@ -193,7 +193,8 @@ class PolicyClient:
     """A connection to a ``flowrl serve`` server.
 
     It may be shared between threads (its calls keep no state of their own; a gRPC channel is
-    thread-safe); a :class:`~flowrl_deploy.session.ControlSession` belongs to one control loop.
+    thread-safe); a :class:`~flowrl_deploy.session.ControlSession` belongs to one control loop, its calls
+    from any thread but one at a time.
     After :meth:`close` every call, and every tick of its sessions, raises :class:`ClientClosedError`.
     Its channel pings the server every 10 s (5 s to answer), so a vanished server ends its streams.
 

@@ -270,8 +270,10 @@ class ControlSession:
     change to a server refusal or to ``disconnected`` is logged once as a warning (logger
     ``flowrl.client``), and the first fresh action after it at INFO: not once per tick.
 
-    A session serves one control loop: ``act`` or ``reset`` called while another is running (from
-    a second thread) raises :class:`FlowRLError`, as does either after :meth:`close`.
+    A session serves one control loop, whose calls may come from any thread, one at a time (a ROS 2
+    executor's pool runs each timer callback on any of its threads): ``act`` or ``reset`` called
+    while another is running (from a second thread) raises :class:`FlowRLError`, as does either
+    after :meth:`close`.
     Every setting is checked here, each bad one refused with a :class:`FlowRLError` naming it.
 
     Args:
@@ -670,7 +672,8 @@ class ControlSession:
     def _in_use(self, method: str) -> FlowRLError:
         return FlowRLError(
             f"ControlSession.{method} called while another act or reset of this session runs: a ControlSession "
-            "serves one control loop; use one session per thread"
+            "takes calls from any thread, one at a time; skip this call, give each concurrent loop its own "
+            "session, or (ROS 2) put the timer in a MutuallyExclusiveCallbackGroup"
         )
 
     def _closed_error(self, method: str) -> FlowRLError:

@@ -705,7 +705,7 @@ def test_a_second_caller_is_refused_while_a_tick_waits_and_the_tick_gets_its_own
     loop.start()
     request = sent.get(timeout=5)  # the loop's tick now waits for its reply
     for other_call in (lambda: control.act(-OBS), lambda: control.reset(seed=1)):
-        with pytest.raises(FlowRLError, match="a ControlSession serves one control loop; use one session per thread"):
+        with pytest.raises(FlowRLError, match="a ControlSession takes calls from any thread, one at a time"):
             other_call()
     mine = np.full(ACT_DIM, 0.5, np.float32)
     replies.put(pb.StreamActReply(seq=request.seq, action=encode(mine)))

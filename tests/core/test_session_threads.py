@@ -1,0 +1,59 @@
+"""A ControlSession takes calls from any thread, one at a time (a ROS 2 MultiThreadedExecutor runs each
+timer callback on whichever pool thread is free); only overlapping calls are refused, and the refusal
+says so."""
+
+from __future__ import annotations
+
+import queue
+import threading
+from types import SimpleNamespace
+
+import numpy as np
+import pytest
+from tiny_policy import write_policy
+
+from flowrl_deploy import session as session_module
+from flowrl_deploy.client import PolicyClient
+from flowrl_deploy.errors import FlowRLError
+from flowrl_deploy.serve import PolicyServer, ServeConfig
+
+OBS = np.array([0.3, -0.2, 0.1], np.float32)
+
+
+@pytest.fixture(scope="module")
+def client(tmp_path_factory):
+    path = write_policy(tmp_path_factory.mktemp("threads") / "policy.onnx")
+    with (
+        PolicyServer(ServeConfig(str(path), port=0, grace_s=0)).start() as server,
+        PolicyClient(server.address) as connected,
+    ):
+        yield connected
+
+
+def test_ticks_one_at_a_time_from_different_threads_are_served(client):
+    with client.session(period_s=0.5, seed=0) as control:
+        for i in range(6):
+            tick = threading.Thread(target=control.act, args=(OBS,), name=f"executor-{i}")
+            tick.start()
+            tick.join(timeout=5)  # each waits for the last: never two at once
+        reset = threading.Thread(target=control.reset, kwargs={"seed": 1})
+        reset.start()
+        reset.join(timeout=5)
+        assert control.seed == 1
+        assert [t.source for t in control.timings] == ["server"] * 6
+
+
+def test_an_overlapping_call_is_refused_saying_what_is_allowed(client, monkeypatch):
+    sent, replies = queue.SimpleQueue(), queue.SimpleQueue()
+    stream = SimpleNamespace(requests=SimpleNamespace(put=sent.put), replies=replies, error=None, close=lambda: None)
+    monkeypatch.setattr(session_module, "_Stream", lambda _client: stream)
+    control = client.session(period_s=5.0, deadline_s=0.5)
+    loop = threading.Thread(target=lambda: control.act(OBS))
+    loop.start()
+    sent.get(timeout=5)  # the loop's tick now waits for its reply
+    with pytest.raises(FlowRLError) as info:
+        control.act(OBS)
+    loop.join(timeout=5)
+    control.close()
+    message = str(info.value)
+    assert "from any thread, one at a time" in message and "MutuallyExclusiveCallbackGroup" in message
