@@ -522,7 +522,7 @@ def _is_ipv6(host: str) -> bool:
 
 
 def start_metrics_http(metrics: Metrics, host: str, port: int) -> ThreadingHTTPServer:
-    """Serve ``GET /metrics`` in a daemon thread on ``host`` (a name, an IPv4 or an IPv6 address,
+    """Serve ``GET /metrics`` (and ``HEAD``) in a daemon thread on ``host`` (a name, an IPv4 or an IPv6 address,
     bracketed or not, as ``--host`` takes it); the caller calls ``shutdown()``."""
 
     class Handler(BaseHTTPRequestHandler):
@@ -537,7 +537,7 @@ def start_metrics_http(metrics: Metrics, host: str, port: int) -> ThreadingHTTPS
 
         def do_GET(self) -> None:
             if self.path.split("?")[0] not in ("/metrics", "/"):
-                self.send_error(404)
+                self.send_error(404)  # no body for a HEAD
                 return
             body = metrics.exposition().encode()
             self.connection.settimeout(max(self._deadline - time.monotonic(), 0.1))  # the reply's writes
@@ -545,7 +545,10 @@ def start_metrics_http(metrics: Metrics, host: str, port: int) -> ThreadingHTTPS
             self.send_header("Content-Type", "text/plain; version=0.0.4; charset=utf-8")
             self.send_header("Content-Length", str(len(body)))
             self.end_headers()
-            self.wfile.write(body)
+            if self.command != "HEAD":
+                self.wfile.write(body)
+
+        do_HEAD = do_GET  # uptime checkers and `curl -I`: GET's status and headers, no body (it was a 501)
 
         def log_message(self, format: str, *args: object) -> None:  # quiet
             return
