@@ -45,7 +45,9 @@ LogLevel = Enum("LogLevel", {level: level for level in LOG_LEVELS}, type=str)
 def configure_logging(log_format: str, log_level: str) -> None:
     """stderr's log lines: :func:`~flowrl_deploy.systemd.log_formatter`'s ``text`` or ``json``, at
     ``log_level`` and above. ``debug`` is flowrl's own DEBUG lines (its loggers, ``flowrl.*``);
-    other libraries' stay at INFO and above. With ``json``, Python's warnings (``warnings.warn``) are
+    other libraries' stay at INFO and above, torch's at WARNING (its own default once its import has
+    run: a stop during a checkpoint's export could cut that short, and its atexit cache statistics
+    then followed "stopped" at INFO). With ``json``, Python's warnings (``warnings.warn``) are
     logged too (logger ``py.warnings``), so that stderr holds JSON lines alone from here on."""
     import logging
 
@@ -57,6 +59,7 @@ def configure_logging(log_format: str, log_level: str) -> None:
     logging.basicConfig(level=max(level, logging.INFO), handlers=[handler])
     if level < logging.INFO:
         logging.getLogger("flowrl").setLevel(level)
+    logging.getLogger("torch").setLevel(logging.WARNING)  # TORCH_LOGS still sets it, as torch's import reads it
     if log_format == "json":
         logging.captureWarnings(True)
 
