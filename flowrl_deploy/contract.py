@@ -123,7 +123,9 @@ class PolicyContract:
 
 
 def contract_to_metadata(contract: PolicyContract, provenance: dict[str, Any]) -> dict[str, str]:
-    """The ONNX ``metadata_props`` entries that carry a contract and its provenance."""
+    """The ONNX ``metadata_props`` entries that carry a contract and its provenance, in the order an
+    export writes them: the provenance record last (:func:`contract_from_metadata` reads a file
+    without it as cut off), as every release has written it."""
     return {
         CONTRACT_KEY: json.dumps(contract.to_dict(), sort_keys=True),
         CONTRACT_HASH_KEY: contract.hash(),
@@ -169,4 +171,9 @@ def contract_from_metadata(metadata: dict[str, str]) -> tuple[PolicyContract, di
         if stored is None:
             raise SpecError(f"the model has no contract hash ({CONTRACT_HASH_KEY} missing from its metadata){newer}")
         raise SpecError(f"the model's contract hash {stored!r} does not match its contract ({contract.hash()}){newer}")
+    if PROVENANCE_KEY not in metadata:  # the graph and the contract come first in the file: such a cut still parses
+        raise SpecError(
+            f"the model has no provenance record ({PROVENANCE_KEY}), which `flowrl export` writes last in the "
+            "file: a cut-off copy (one still being written)?"
+        )
     return contract, provenance
