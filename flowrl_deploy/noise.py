@@ -31,7 +31,8 @@ def checked_seed(seed: Seed | None, name: str = "seed") -> Seed | None:
     if seed is None:
         return None
     if not is_integer(seed):
-        raise FlowRLError(f"{name} must be an integer in [0, 2**64), got {shown(seed)}")
+        got = repr(float(seed)) if isinstance(seed, (float, np.floating)) else shown(seed)  # 1.0, not '1'
+        raise FlowRLError(f"{name} must be an integer in [0, 2**64), got {got}")
     if not 0 <= seed < 2**64:
         raise FlowRLError(f"{name} must lie in [0, 2**64), got {seed}")
     return seed

@@ -62,7 +62,9 @@ def test_an_address_is_refused_under_the_name_it_was_given_as(target, why):
         PolicyClient(target)
 
 
-@pytest.mark.parametrize(("seed", "shown"), [(1.5, "1.5"), ("1", "'1'"), (True, "True"), (np.float32(2), "2")])
+@pytest.mark.parametrize(
+    ("seed", "shown"), [(1.5, "1.5"), (1.0, r"1\.0"), ("1", "'1'"), (True, "True"), (np.float32(2), r"2\.0")]
+)
 def test_a_seed_that_is_not_an_integer_is_refused(seed, shown):
     with pytest.raises(FlowRLError, match=rf"^seed must be an integer in \[0, 2\*\*64\), got {shown}$"):
         checked_seed(seed)
