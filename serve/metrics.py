@@ -22,6 +22,7 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 import numpy as np
 
 from flowrl_deploy.codec import UNCOUNTED_REFUSALS
+from flowrl_deploy.connection import is_loopback
 from flowrl_deploy.exposition import LATENCY_BUCKETS_S, Histogram, format_labels
 
 try:
@@ -523,7 +524,8 @@ def _is_ipv6(host: str) -> bool:
 
 def start_metrics_http(metrics: Metrics, host: str, port: int) -> ThreadingHTTPServer:
     """Serve ``GET /metrics`` (and ``HEAD``) in a daemon thread on ``host`` (a name, an IPv4 or an IPv6 address,
-    bracketed or not, as ``--host`` takes it); the caller calls ``shutdown()``."""
+    bracketed or not, as ``--host`` takes it); the caller calls ``shutdown()``. A ``host`` other
+    machines reach is warned of once: the endpoint takes no token and no TLS."""
 
     class Handler(BaseHTTPRequestHandler):
         timeout = METRICS_TIMEOUT_S  # a connection that sends nothing is dropped, not held by its thread for good
@@ -557,4 +559,12 @@ def start_metrics_http(metrics: Metrics, host: str, port: int) -> ThreadingHTTPS
     httpd = (_IPv6HTTPServer if _is_ipv6(host) else _QuietHTTPServer)((host, port), Handler, metrics)
     httpd.daemon_threads = True
     threading.Thread(target=httpd.serve_forever, name="flowrl-metrics", daemon=True).start()
+    if not is_loopback(host):
+        bound = f"[{host}]:{httpd.server_address[1]}" if ":" in host else f"{host}:{httpd.server_address[1]}"
+        log.warning(
+            "metrics on %s take no token and no TLS: anyone who can reach that address reads the model's "
+            "version and sha256, the release, the request counts and the limits; give --metrics-host 127.0.0.1 "
+            "(it follows --host unless given) or firewall the port",
+            bound,
+        )
     return httpd

@@ -173,7 +173,10 @@ def test_banner_names_the_bound_address_and_flow_steps_and_warns_on_an_open_addr
             assert client.act(np.zeros(3, np.float32)).shape == (2,)
         assert process.stop() == 0
     warnings = [line for line in log.read_text().splitlines() if "WARNING" in line]
-    assert len(warnings) == 1 and f"0.0.0.0:{port}" in warnings[0] and "--token" in warnings[0]
+    grpc_warnings = [line for line in warnings if "metrics on" not in line]
+    assert len(grpc_warnings) == 1 and f"0.0.0.0:{port}" in grpc_warnings[0] and "--token" in grpc_warnings[0]
+    (metrics_warning,) = [line for line in warnings if "metrics on 0.0.0.0:" in line]  # they follow --host
+    assert "no token and no TLS" in metrics_warning
 
 
 @pytest.mark.skipif(not hasattr(os, "sched_setaffinity"), reason="CPU affinity is Linux-only")
