@@ -22,7 +22,7 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from flowrl_deploy.errors import FlowRLError
+from flowrl_deploy.errors import FlowRLError, printable
 
 log = logging.getLogger("flowrl.serve")  # the rotation of files is the server's: its log
 
@@ -39,6 +39,27 @@ def read_pem(path: str | os.PathLike[str], what: str) -> bytes:
     if b"-----BEGIN " not in data:
         raise FlowRLError(f"{what} {path} is not a PEM file (no '-----BEGIN ...' line)")
     return data
+
+
+def warn_if_every_user_may_read(path: str | os.PathLike[str], flag: str) -> None:
+    """Warn once when the secret file ``path`` (``flag``'s: the server's ``--tls-key``, ``--token-file``)
+    may be read by every user of this machine (POSIX mode o+r, links followed). Not a refusal: a
+    Kubernetes secret volume is 0644 unless its ``defaultMode`` says otherwise, and a file the server
+    cannot stat is left to the read that names it."""
+    if os.name != "posix":
+        return
+    try:
+        mode = stat.S_IMODE(os.stat(path).st_mode)
+    except OSError:
+        return
+    if mode & stat.S_IROTH:
+        log.warning(
+            "%s %s may be read by every user of this machine (mode %04o): chmod 600 it (a Kubernetes secret: "
+            "defaultMode 0400)",
+            flag,
+            printable(os.fspath(path)),
+            mode,
+        )
 
 
 def _no_certificate(data: bytes) -> str:
@@ -245,6 +266,7 @@ class ServerTLSFiles:
         self._failing: tuple[tuple[tuple[int, ...] | str, ...], float] | None = None
         """The stamps of files that failed their check, and when they first did (:data:`SETTLE_S`)."""
         self.loaded = self._read()
+        warn_if_every_user_may_read(key, "--tls-key")
         self._warned = ""
         self._warn_of_expiry()
 

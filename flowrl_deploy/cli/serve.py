@@ -221,6 +221,7 @@ def serve(
     from flowrl_deploy.export import export_for_serving
     from flowrl_deploy.serve import ServeConfig, serve_forever
     from flowrl_deploy.serve.run import ServerFailed
+    from flowrl_deploy.tls import warn_if_every_user_may_read
 
     configure_logging(log_format.value, log_level.value)
     try:
@@ -235,6 +236,8 @@ def serve(
                 "--token is empty (an unset variable?); give the secret, or leave --token out to serve without one"
             )
         token = given_token(token, token_file)
+        if token_file:
+            warn_if_every_user_may_read(token_file, "--token-file")
         config = ServeConfig(  # checks every setting (ports, counts, limits) as the library does
             model=str(model),
             host=host,

@@ -47,10 +47,12 @@ def issue(
 
 
 def write_pem(directory: Path, stem: str, key, cert) -> tuple[str, str]:
-    """Write ``stem``.key and ``stem``.pem in PEM form; return (certificate path, key path)."""
+    """Write ``stem``.key (mode 0600, as key tools write one: the server warns of a key every user may
+    read) and ``stem``.pem in PEM form; return (certificate path, key path)."""
     key_path, cert_path = directory / f"{stem}.key", directory / f"{stem}.pem"
     key_path.write_bytes(
         key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption())
     )
+    key_path.chmod(0o600)
     cert_path.write_bytes(cert.public_bytes(serialization.Encoding.PEM))
     return str(cert_path), str(key_path)
