@@ -8,6 +8,7 @@ is named by its flag (``max_batch`` → ``--max-batch``); those only code sets b
 
 from __future__ import annotations
 
+import dataclasses
 import math
 import os
 from dataclasses import dataclass, fields
@@ -32,6 +33,8 @@ MIN_KEEPALIVE_S = 0.1
 """gRPC takes keepalive times in whole milliseconds; shorter probes only flood the network."""
 CODE_ONLY = frozenset({"max_request_batch", "watch_interval_s", "keepalive_s"})
 """Fields without a ``flowrl serve`` flag: errors name them as they are spelled in code."""
+SECRETS = frozenset({"token"})
+"""Fields never shown: not in the config's ``repr``, and by their type alone in an error."""
 
 
 def setting_name(field: str) -> str:
@@ -111,9 +114,9 @@ class ServeConfig:
     (:func:`~flowrl_deploy.serve.servicer.request_floor`, about 1 KB) is refused as the model loads."""
     max_request_batch: int = 1024
     """Most observations one Act request may carry."""
-    token: str = ""
+    token: str = dataclasses.field(default="", repr=False)
     """Shared secret: every call must send ``authorization: Bearer <token>`` (printable ASCII
-    without whitespace at either end, as a header value must be)."""
+    without whitespace at either end, as a header value must be). Not in the config's ``repr``."""
     tls_cert: str = ""
     tls_key: str = ""
     client_ca: str = ""
@@ -157,7 +160,9 @@ class ServeConfig:
                 object.__setattr__(self, field.name, tuple(value))
         if wrong := wrong_type(self):
             name, kind = wrong
-            raise FlowRLError(f"{setting_name(name)} must be {kind}, got {getattr(self, name)!r}")
+            value = getattr(self, name)
+            given = type(value).__name__ if name in SECRETS else repr(value)
+            raise FlowRLError(f"{setting_name(name)} must be {kind}, got {given}")
         if not self.host.strip("[]"):  # gRPC refuses it with a C-core log line after the checks passed
             raise FlowRLError(
                 f"--host must name an interface, got {self.host!r}: 0.0.0.0 for every one, 127.0.0.1 for this machine"
