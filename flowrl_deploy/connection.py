@@ -62,8 +62,9 @@ whatever language Windows speaks) otherwise. A port numbered 10061 is not taken 
 
 CLOSED = "Socket closed"
 """gRPC's words for a connection the server closed before any answer: a TLS server's to a plaintext
-client's hello or to a client without the certificate it asks for, and a server at its
-``--max-connections`` (which closes any connection beyond at once, before reading from it)."""
+client's hello or to a client without the certificate it asks for or with one it refuses, and a
+server at its ``--max-connections`` (which closes any connection beyond at once, before reading from
+it; a TLS client then reads :data:`CUT_HANDSHAKE`)."""
 CUT_HANDSHAKE = "Handshake read failed"
 """A TLS client's words for a connection closed before the server's TLS hello: a TLS server answers
 the hello, so this is a server that closed it unread, most likely at its ``--max-connections``."""
@@ -93,7 +94,9 @@ def connection_hint(error: str, target: str, tls_ca: str, tls_cert: str) -> str:
     connection that never came up (:data:`NO_CONNECTION`), not for the server's own answers (the
     model still loading) or a connection lost after it was up; a connection closed at once (:data:`CLOSED`,
     :data:`CUT_HANDSHAKE`) also names the server's connection cap, and so does a refused [::1] of a
-    ``localhost`` whose 127.0.0.1 takes connections (what failed there is unknown)."""
+    ``localhost`` whose 127.0.0.1 takes connections (what failed there is unknown), except a client's
+    with ``tls_cert`` closed after the server's TLS hello (:data:`CLOSED` alone): its certificate
+    was refused."""
     closed, lead = CLOSED in error, ""
     if _REFUSED.search(error):  # nothing listens at that address: TLS is not the question
         hosts = target_hosts(target)
@@ -128,6 +131,11 @@ def connection_hint(error: str, target: str, tls_ca: str, tls_cert: str) -> str:
         return ""
     if CUT_HANDSHAKE in error:  # a TLS client's connection closed before the server's hello
         return f"the server closed the connection before TLS began: {AT_THE_CAP}"
+    if tls_cert and closed and not lead:  # after the server's hello, so not at the cap (CUT_HANDSHAKE)
+        return (
+            "the server refused the client certificate in the TLS handshake: its --client-ca did not sign "
+            "--tls-cert, or --tls-cert has expired"
+        )
     if not tls_ca and not tls_cert:
         hint = "if the server uses TLS, pass --tls-ca"
     elif not tls_cert:
