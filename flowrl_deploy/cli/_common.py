@@ -218,7 +218,7 @@ class Connection:
     """The connection options of a command that calls a running server, as :func:`connects` gives them."""
 
     server: str
-    token: str
+    token: str = dataclasses.field(repr=False)  # a secret: never in a repr or a traceback
     token_file: str
     tls_ca: str
     tls_cert: str
@@ -292,8 +292,9 @@ _CREDENTIAL_OPTIONS = [
 def connects(command: Callable[..., R]) -> Callable[..., R]:
     """Give a command that calls a running server the connection options, declared here once: its
     keyword-only ``connection: Connection`` parameter becomes --token, --token-file, --tls-ca,
-    --tls-cert and --tls-key in its place, and --server comes first of its options (after its ``*``);
-    the command gets them as one :class:`Connection`. Typer reads the options from the returned
+    --tls-cert and --tls-key in its place, and --server comes first of its options (after its ``*``;
+    a keyword-only ``server`` parameter of its own replaces the shared one); the command gets them as
+    one :class:`Connection`. Typer reads the options from the returned
     function's ``__signature__``."""
     # typer needs the Annotated objects, not strings; not typing.get_type_hints, which on Python 3.10
     # turns `Annotated[float | None, …] = None` into Optional[Annotated[…]], losing the option's parser
@@ -301,11 +302,13 @@ def connects(command: Callable[..., R]) -> Callable[..., R]:
     own = evaluated.parameters
     if "connection" not in own or own["connection"].kind != inspect.Parameter.KEYWORD_ONLY:
         raise TypeError(f"@connects: {command.__name__} needs a keyword-only `connection: Connection` parameter")
+    server = own.get("server", _SERVER_OPTION)  # a command's own --server replaces the shared one (inspect's)
     params: list[inspect.Parameter] = []
     for param in own.values():
-        if param.kind == inspect.Parameter.KEYWORD_ONLY and _SERVER_OPTION not in params:
-            params.append(_SERVER_OPTION)
-        params += _CREDENTIAL_OPTIONS if param.name == "connection" else [param]
+        if param.kind == inspect.Parameter.KEYWORD_ONLY and server not in params:
+            params.append(server)
+        if param.name != "server":
+            params += _CREDENTIAL_OPTIONS if param.name == "connection" else [param]
     signature = inspect.Signature(params, return_annotation=evaluated.return_annotation)  # raises on a name given twice
     fields = [field.name for field in dataclasses.fields(Connection)]
 

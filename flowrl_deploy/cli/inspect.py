@@ -70,6 +70,9 @@ def inspect(
         typer.Argument(metavar="MODEL", help="An ONNX policy written by `flowrl export` (or give --server)."),
     ] = None,
     *,
+    server: Annotated[
+        str, typer.Option(help="host:port of a running `flowrl serve` whose policy to show, instead of MODEL.")
+    ] = "",
     as_json: Annotated[bool, typer.Option("--json", help="Print JSON instead of text.")] = False,
     connection: Connection,
     timeout: Annotated[float, typer.Option(parser=finite, help="Seconds to wait for the server (--server).")] = 5.0,

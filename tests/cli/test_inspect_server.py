@@ -76,3 +76,18 @@ def test_a_server_that_is_not_there_is_one_line():
     result = runner.invoke(app, ["inspect", "--server", closed_address(), "--timeout", "1"])
     assert result.exit_code == 1
     assert "UNAVAILABLE" in result.output and "Traceback" not in result.output
+
+
+def test_help_promises_no_default_server():
+    """A bare `flowrl inspect` asks for MODEL or --server, so its help must not show the other client
+    commands' default server (it read '[default: localhost:50051]')."""
+    result = runner.invoke(app, ["inspect", "--help"], terminal_width=200)
+    server_line = next(line for line in result.output.splitlines() if line.strip().startswith("--server"))
+    assert "localhost:50051" not in server_line and "instead of MODEL" in server_line
+
+
+def test_a_connections_repr_leaves_out_its_token():
+    from flowrl_deploy.cli._common import Connection
+
+    connection = Connection("localhost:1", "s3cret", "", "", "", "")
+    assert "s3cret" not in repr(connection) and "localhost:1" in repr(connection)
