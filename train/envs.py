@@ -36,10 +36,12 @@ _GL_LIBRARIES = {
 _GLFW_NAMES = ("glfw", "on", "enable", "enabled", "true", "1", "")
 _OWN_MESSAGES = ("dm_control", "mujoco", "humanoid_bench")  # not installed: each has its own message
 
+# flowrl-deploy is not on PyPI either: every command runs from a clone of this repository (README, HumanoidBench).
 HUMANOIDBENCH_INSTALL = (
-    "HumanoidBench is optional and not on PyPI: install it in a venv of its own with "
-    "`pip install 'flowrl-deploy[train,humanoidbench]'` and then "
-    "`pip install --no-deps -e <clone of github.com/carlosferrazza/humanoid-bench>` (see the README)"
+    "HumanoidBench is optional and not on PyPI, and needs a venv of its own: from a clone of flowrl-deploy, "
+    "`scripts/setup_humanoidbench.sh .venv-humanoidbench`, or in a new venv "
+    "`pip install -e '.[train,export,humanoidbench]'` and then "
+    "`pip install --no-deps -e <clone of github.com/carlosferrazza/humanoid-bench>` (see the README's HumanoidBench)"
 )
 
 

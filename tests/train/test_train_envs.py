@@ -1,5 +1,7 @@
 """Environment adapters: shapes, dtypes, seeding, and truncation versus termination."""
 
+from pathlib import Path
+
 import dm_env
 import gymnasium as gym
 import numpy as np
@@ -297,6 +299,20 @@ def test_missing_humanoidbench_says_how_to_install_it():
             make_env("h1-walk-v0")
     else:
         pytest.skip("humanoid_bench is installed here, so h1-walk-v0 exists")
+
+
+def test_humanoidbench_hint_gives_commands_that_work_without_pypi():
+    """flowrl-deploy is not on PyPI: `pip install 'flowrl-deploy[...]'` in a new venv looks the name up on the
+    index (and would install whoever registered it). The hint names the README's commands, run from a clone."""
+    import re
+
+    from flowrl_deploy.train.envs import HUMANOIDBENCH_INSTALL
+
+    assert not re.search(r"install\s+'?\"?flowrl-deploy\[", HUMANOIDBENCH_INSTALL), HUMANOIDBENCH_INSTALL
+    assert "scripts/setup_humanoidbench.sh" in HUMANOIDBENCH_INSTALL
+    assert "pip install -e '.[train,export,humanoidbench]'" in HUMANOIDBENCH_INSTALL
+    readme = (Path(__file__).resolve().parents[2] / "README.md").read_text(encoding="utf-8")
+    assert "scripts/setup_humanoidbench.sh" in readme and '-e ".[train,export,humanoidbench]"' in readme
 
 
 def test_episode_seeds_are_stable_and_distinct():
