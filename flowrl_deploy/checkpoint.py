@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import contextlib
 import errno
+import filecmp
 import json
 import os
 import shlex
@@ -301,6 +302,62 @@ def _symlink_swap(directory: Path, name: str, target_name: str) -> bool:
     return True
 
 
+def copied_checkpoint(entry: Path, *, thorough: bool = False) -> Path | None:
+    """The step folder of which ``entry``, a run's ``checkpoints/last`` or ``best`` that is a folder rather than a
+    link (a run copied with links followed: ``cp -rL``, ``scp -r``, a cloud sync), is a copy: the newest one beside
+    it holding the same files, each of the same size, and the same ``checkpoint.json`` (which records the step);
+    with ``thorough``, each file the same byte for byte (before the copy is deleted). None where none is, or
+    where ``entry`` is no such folder."""
+    if entry.name not in (LAST, BEST) or entry.is_symlink() or not entry.is_dir():
+        return None
+    try:
+        files, document = _file_sizes(entry), (entry / DOCUMENT_FILE).read_bytes()
+        for _, candidate in sorted(run_checkpoints(entry.parent).items(), reverse=True):
+            if candidate.is_symlink() or not candidate.is_dir() or not (candidate / DOCUMENT_FILE).is_file():
+                continue
+            if (candidate / DOCUMENT_FILE).read_bytes() != document or _file_sizes(candidate) != files:
+                continue
+            if not thorough or all(filecmp.cmp(entry / name, candidate / name, shallow=False) for name in files):
+                return candidate
+    except OSError:
+        return None
+    return None
+
+
+def _file_sizes(folder: Path) -> dict[str, int]:
+    """The files under ``folder``, by path relative to it, with their sizes (a folder inside counts as a file of
+    size -1, so two trees compare equal only where both are files alike)."""
+    sizes = {}
+    for root, dirs, files in os.walk(folder):
+        for name in files:
+            path = Path(root) / name
+            sizes[str(path.relative_to(folder))] = path.stat().st_size
+        for name in dirs:
+            sizes[str((Path(root) / name).relative_to(folder))] = -1
+    return sizes
+
+
+def copied_link_refusal(entry: Path) -> str:
+    """Why the run of ``entry``, a ``checkpoints/last`` or ``best`` folder that copies no step folder beside it
+    (:func:`copied_checkpoint`), is not resumed, and what to do: nothing deletes it."""
+    kept = free_name(entry.parent.parent / entry.name, ".kept")
+    return (
+        f"{entry} is a folder, not a link to a checkpoint (the run was copied with links followed: cp -L, scp -r, "
+        "a cloud sync?), and no step_* folder beside it holds the same files, so it is not deleted: move it out of "
+        f"{entry.parent} (mv {shlex.quote(str(entry))} {shlex.quote(str(kept))}) and resume again; {entry.name} is "
+        "made anew"
+    )
+
+
+def free_name(entry: Path, suffix: str) -> Path:
+    """``entry`` + ``suffix``, or + ``suffix-2``, ``-3``, … where that name is taken."""
+    aside, n = entry.with_name(entry.name + suffix), 1
+    while aside.exists() or aside.is_symlink():
+        n += 1
+        aside = entry.with_name(f"{entry.name}{suffix}-{n}")
+    return aside
+
+
 def read_checkpoint_link(link: str | os.PathLike[str]) -> str | None:
     """What the link ``link`` (a run's ``checkpoints/last`` or ``best``, or a user's link to one) names, as
     written: a symlink's target, or the checkpoint named by a pointer file (:data:`SYMLINK_LINKS`); None when
@@ -385,6 +442,11 @@ def resume_point(path: str | os.PathLike[str]) -> tuple[Path, str | None]:
         entry = p.parent if p.name in (DOCUMENT_FILE, MODEL_FILE) else p
         if entry.parent.name != CHECKPOINTS_DIR:  # in no run's folder: run_to_resume says so
             return resolve_checkpoint(p), None
+        if entry.name in (LAST, BEST) and entry.is_dir() and not entry.is_symlink():  # a copied run's: a copy
+            copy_of = copied_checkpoint(entry)  # the resume makes it a link again (RunCheckpoints.repair)
+            if copy_of is None:
+                raise CheckpointError(copied_link_refusal(entry))
+            entry = p = copy_of
         checkpoint = confined(entry, entry.parent, resolve_checkpoint(p))
         damage = checkpoint_damage(checkpoint)
         if damage is not None:

@@ -36,6 +36,9 @@ from flowrl_deploy.checkpoint import (
     RUN_CONFIG_FILE,
     RUN_OUTPUTS,
     checkpoint_damage,
+    copied_checkpoint,
+    copied_link_refusal,
+    free_name,
     link_checkpoint,
     load_checkpoint,
     read_checkpoint_link,
@@ -167,9 +170,11 @@ class RunCheckpoints:
         """Make the folder what a resume from ``start`` needs: the damaged or incomplete checkpoints after it
         set aside (:meth:`set_aside_after`), then ``best`` (:meth:`repair_best`) and ``last`` pointed where they
         belong (a run killed between saving a checkpoint and moving its links). Returns what changed, as
-        warnings (``behind``: :func:`~flowrl_deploy.checkpoint.resume_point`'s, for a moved ``last``)."""
+        warnings (``behind``: :func:`~flowrl_deploy.checkpoint.resume_point`'s, for a moved ``last``). First,
+        ``last`` and ``best`` of a run copied with links followed become links again (:meth:`relink_copies`)."""
+        relinked = self.relink_copies()
         set_aside = self.set_aside_after(start)
-        warnings = list(set_aside)
+        warnings = relinked + set_aside
         self.repair_best()
         warnings += [self.repaired] if self.repaired else []
         linked = self._named(LAST)
@@ -177,6 +182,46 @@ class RunCheckpoints:
             link_checkpoint(self.dir, LAST, start)
             warnings += [behind] if behind and not set_aside else []  # a set-aside line says it already
         return warnings
+
+    def relink_copies(self) -> list[str]:
+        """Make ``last`` and ``best`` links again where they are folders, each a copy of a step folder beside it
+        (:func:`~flowrl_deploy.checkpoint.copied_checkpoint`, byte for byte): a run copied with links followed
+        (``cp -rL``, ``scp -r``, a cloud sync), whose links no swap could replace. The copy is renamed aside, the
+        link made as a save makes it, and the copy deleted; a kill in between leaves the link missing, which a
+        resume repairs, and the copy aside (:func:`remove_leftovers` removes it). A folder that copies no step
+        folder is never deleted: refused, saying what to do. Returns one line saying what it made, or none."""
+        copies: dict[str, Path] = {}  # each checked before any moves: a refusal changes nothing
+        for name in (LAST, BEST):
+            entry = self.dir / name
+            if entry.is_symlink() or not entry.is_dir():
+                continue
+            target = copied_checkpoint(entry, thorough=True)
+            if target is None:
+                raise CheckpointError(copied_link_refusal(entry))
+            copies[name] = target
+        for name, target in copies.items():
+            entry = self.dir / name
+            aside = self.dir / f".{name}.copy-{os.getpid()}"
+            try:
+                if aside.is_dir() and not aside.is_symlink():  # this pid's, from a kill: a copy as well
+                    shutil.rmtree(aside)
+                os.replace(entry, aside)
+            except OSError as exc:
+                raise CheckpointError(
+                    f"cannot move {entry}, a copy of {target.name}, aside: {os_reason(exc)}"
+                ) from None
+            link_checkpoint(self.dir, name, target)
+            shutil.rmtree(aside, ignore_errors=True)
+        if not copies:
+            return []
+        why = "the run was copied with links followed: cp -L, scp -r, a cloud sync?"
+        if len(copies) == 1:
+            ((name, target),) = copies.items()
+            return [f"{self.dir / name} was a folder, a copy of {target.name} ({why}); it is a link to it again"]
+        return [
+            f"{self.dir / LAST} and {BEST} were folders, copies of {copies[LAST].name} and {copies[BEST].name} "
+            f"({why}); they are links to them again"
+        ]
 
     def set_aside_after(self, start: Path) -> list[str]:
         """Rename each checkpoint folder after ``start`` that is damaged
@@ -195,7 +240,7 @@ class RunCheckpoints:
                 damage = f"it has no {DOCUMENT_FILE} (files deleted, or a copy cut short?)"
             if damage is None:
                 continue  # intact: run_to_resume refuses to resume before it
-            aside = _free_name(entry, ".damaged")
+            aside = free_name(entry, ".damaged")
             try:
                 os.replace(entry, aside)
             except OSError as exc:
@@ -351,15 +396,6 @@ def own_eval_return(document: dict | None, *, named_best: bool = False) -> float
         return None
     record = EvalRecord.from_document(document)
     return None if record is None else record.own_return(document["counters"].get("env_steps"), named_best=named_best)
-
-
-def _free_name(entry: Path, suffix: str) -> Path:
-    """``entry`` + ``suffix``, or + ``suffix-2``, ``-3``, … where that name is taken."""
-    aside, n = entry.with_name(entry.name + suffix), 1
-    while aside.exists() or aside.is_symlink():
-        n += 1
-        aside = entry.with_name(f"{entry.name}{suffix}-{n}")
-    return aside
 
 
 def _document_or_none(checkpoint: Path) -> dict | None:
@@ -701,8 +737,9 @@ def run_to_resume(checkpoint: Path) -> Path:
 _SAVE_LEFTOVERS = re.compile(r"\.(step_\d+)\.(tmp-[a-z0-9_]+|old-\d+)")
 """A save's temporary folder (``save_checkpoint``: ``.step_000000300.tmp-k2j4_x9q``) or the checkpoint it replaced
 (``replace_directory``: ``.step_000000300.old-<pid>``)."""
-_LINK_LEFTOVERS = re.compile(r"\.(last|best)\.(link-\d+|tmp-[a-z0-9_]+)|\.symlink-probe-\d+")
-"""A link being swapped (``_symlink_swap``), a pointer file's atomic write, the symlink probe."""
+_LINK_LEFTOVERS = re.compile(r"\.(last|best)\.(link-\d+|tmp-[a-z0-9_]+|copy-\d+)|\.symlink-probe-\d+")
+"""A link being swapped (``_symlink_swap``), a pointer file's atomic write, the symlink probe, and a copied run's
+``last`` or ``best`` folder set aside as a copy of a step folder (:meth:`RunCheckpoints.relink_copies`)."""
 _RUN_LEFTOVERS = re.compile(r"\.(config\.json|metrics\.jsonl|metrics\.csv)\.tmp-[a-z0-9_]+")
 """The atomic writes (``write_atomic``) of the run folder's files."""
 
@@ -734,6 +771,8 @@ def remove_leftovers(run_dir: Path) -> None:
             elif entry.is_symlink() or entry.is_file():
                 with contextlib.suppress(OSError):
                     entry.unlink()
+            elif found[2] is not None and found[2].startswith("copy-") and entry.is_dir():
+                shutil.rmtree(entry, ignore_errors=True)  # checked byte for byte before it was set aside
 
 
 def set_aside_advice(checkpoint: Path) -> str:
@@ -751,7 +790,7 @@ def set_aside_advice(checkpoint: Path) -> str:
             "restore it from a copy of the run, or start the run again in a new folder "
             "(flowrl train … --out NEW_FOLDER)"
         )
-    aside = shlex.quote(str(_free_name(checkpoint, ".damaged")))
+    aside = shlex.quote(str(free_name(checkpoint, ".damaged")))
     return (
         f"if it is damaged, set it aside and resume the run from {older[max(older)].name}: "
         f"mv {shlex.quote(str(checkpoint))} {aside} && flowrl train --resume {shlex.quote(str(folder.parent))}"
