@@ -729,7 +729,8 @@ def run_to_resume(checkpoint: Path) -> Path:
         raise FlowRLError(
             f"{folder} holds checkpoints after {checkpoint.name} ({', '.join(later)}), which resuming from it "
             f"would overwrite; continue the run with --resume {shlex.quote(str(run_dir))} (from {later[-1]}), or "
-            "copy the run directory and resume the copy"
+            f"branch it from {checkpoint.name}: copy the run directory, delete the copy's checkpoints listed here, "
+            f"and resume the copy's {CHECKPOINTS_DIR}/{checkpoint.name}"
         )
     return run_dir
 
