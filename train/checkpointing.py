@@ -465,11 +465,7 @@ class RunLock:
                     return None
                 holder = _holder(fd)
                 os.close(fd)
-                what = f"--out {self.run_dir}" if new_run else f"the run {self.run_dir}"
-                instead = " or choose another --out" if new_run else ""
-                raise FlowRLError(
-                    f"{what} is in use by another flowrl train{holder}; wait for it to end{instead}"
-                ) from None
+                raise in_use(self.run_dir, holder, new_run=new_run) from None
             try:  # the holder before us may have removed the file as we opened it: lock the one in place
                 if os.fstat(fd).st_ino == os.lstat(self.path).st_ino:
                     break
@@ -550,6 +546,52 @@ class RunLock:
                 return
 
 
+def in_use(run_dir: Path, holder: str, *, new_run: bool) -> FlowRLError:
+    """The refusal of a run, or a resume, of ``run_dir`` while another process holds its lock (``holder``:
+    :func:`_holder`'s)."""
+    what = f"--out {run_dir}" if new_run else f"the run {run_dir}"
+    instead = " or choose another --out" if new_run else ""
+    return FlowRLError(f"{what} is in use by another flowrl train{holder}; wait for it to end{instead}")
+
+
+def lock_holder(run_dir: Path) -> str | None:
+    """Whether another process holds ``run_dir``'s lock, without taking it: its holder as :func:`_holder` says it
+    ('' where the file does not say), or None where none holds it or this cannot tell (no flock, no lock file).
+    A shared lock is tried and dropped at once: a run starting in that instant would be refused as a second one."""
+    path = run_dir / RunLock.FILE
+    if fcntl is None or path.is_symlink() or not path.is_file():
+        return None
+    flags = os.O_RDONLY | getattr(os, "O_NOFOLLOW", 0) | getattr(os, "O_NONBLOCK", 0) | getattr(os, "O_CLOEXEC", 0)
+    try:
+        fd = os.open(path, flags)
+    except OSError:
+        return None
+    try:
+        try:
+            fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)
+        except OSError as exc:
+            return _holder(fd) if exc.errno in (errno.EWOULDBLOCK, errno.EACCES) else None
+        fcntl.flock(fd, fcntl.LOCK_UN)
+        return None
+    finally:
+        os.close(fd)
+
+
+def run_resume_point(resume: str | Path) -> tuple[Path, str | None]:
+    """:func:`~flowrl_deploy.checkpoint.resume_point`, except that a run directory with no checkpoint yet whose
+    lock another process holds (a run in its warm-up) is refused as in use, naming the holder, rather than as
+    holding no checkpoint."""
+    try:
+        return resume_point(resume)
+    except CheckpointError:
+        path = Path(resume)
+        for run_dir in (path, path.parent) if path.name == CHECKPOINTS_DIR else (path,):
+            holder = lock_holder(run_dir)
+            if holder is not None:
+                raise in_use(run_dir, holder, new_run=False) from None
+        raise
+
+
 def _holder(fd: int) -> str:
     """' (pid 21074 on host node7 since …)' from a lock file, or '' when it does not say: a pid that is no
     positive integer, a host or time that is no string. Whoever can write the file chose them, so the
@@ -574,7 +616,7 @@ def _holder(fd: int) -> str:
 def resume_config(checkpoint: str | Path, steps: int | None = None) -> TrainConfig:
     """The saved config of the run a checkpoint belongs to (of a run directory: the one its resume
     continues, :func:`~flowrl_deploy.checkpoint.resume_point`); ``steps`` may extend its budget."""
-    directory, _ = resume_point(checkpoint)
+    directory, _ = run_resume_point(checkpoint)
     document = read_document(directory)  # the JSON only: no tensor is needed here
     spec = spec_of(document, directory)
     if not document.get("config"):
@@ -665,7 +707,7 @@ def plan_resume(
     repaired (:func:`settle_run`) and the plan says where it finished. Nothing is written otherwise;
     ``train(plan.cfg, resume=resume)`` makes the run's checks again under its lock."""
     given = dict(given or {})
-    start = resume_point(resume)[0]
+    start = run_resume_point(resume)[0]
     cfg = resume_config(resume, steps)
     check_resume_settings(given, cfg, flags=flags, run_dir=run_to_resume(start))  # --out too: the run stays put
     overrides = {name: given[name] for name in RESUME_OVERRIDES if name != "steps" and name in given}
@@ -803,7 +845,7 @@ def settle_run(resume: str | Path) -> list[str]:
     lock, and return what moved, as warnings: before a finished run is answered as such (``flowrl train
     --resume-if-exists`` exits 0 then), so that ``last`` and ``best`` of a run killed in its final save's window
     do not stay on the older checkpoint that ``flowrl eval``, export and serve would take."""
-    start, behind = resume_point(resume)
+    start, behind = run_resume_point(resume)
     run_dir = run_to_resume(start)
     lock = RunLock(run_dir, new_run=False)
     try:

@@ -24,7 +24,7 @@ import numpy as np
 import torch
 
 from flowrl_deploy.affinity import check_thread_count
-from flowrl_deploy.checkpoint import DOCUMENT_FILE, read_document, read_spec, resume_point, symlinks_refused
+from flowrl_deploy.checkpoint import DOCUMENT_FILE, read_document, read_spec, symlinks_refused
 from flowrl_deploy.errors import CheckpointError, FlowRLError, Interrupted
 from flowrl_deploy.signals import SCHEDULER_NOTICES, STOP_SIGNALS, install_stop_handlers
 from flowrl_deploy.spec import PolicySpec
@@ -40,6 +40,7 @@ from flowrl_deploy.train.checkpointing import (
     restore_training,
     resume_config,
     resume_warnings,
+    run_resume_point,
     run_to_resume,
     save_training_checkpoint,
     set_aside_advice,
@@ -337,7 +338,7 @@ def _prepare_run(cfg: TrainConfig, resume: str | Path | None, progress: bool) ->
     """Lock the run directory, check the run's outputs and settings, make its envs and networks, restore
     a resumed run's state, and make every output (or find it unwritable) before step 0, or the first step
     after a resume. A refusal unlocks, and removes the folders the lock made."""
-    start, behind = (None, None) if resume is None else resume_point(resume)  # as its run names it
+    start, behind = (None, None) if resume is None else run_resume_point(resume)  # as its run names it
     run_dir = Path(cfg.out) if start is None else run_to_resume(start)
     if run_dir.exists() and not run_dir.is_dir():
         raise FlowRLError(f"--out {run_dir} is a file, not a directory; choose a directory for the run")

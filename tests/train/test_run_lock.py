@@ -374,3 +374,25 @@ def test_a_lock_file_nested_deeper_than_json_reads_shows_no_holder(tmp_path):
         )
     finally:
         lock.release()
+
+
+def test_a_resume_of_a_run_in_its_warm_up_says_it_is_in_use_not_that_it_holds_no_checkpoint(tmp_path):
+    """A requeue script's `--resume` while the old job still runs, before its first checkpoint, was told
+    'holds no flowrl-deploy checkpoint'; the more useful fact is that another process owns the run."""
+    out = tmp_path / "run"
+    lock = RunLock(out, new_run=True)
+    (out / "checkpoints").mkdir()
+    try:
+        for resume in (out, out / "checkpoints"):
+            result = runner.invoke(app, ["train", "--resume", str(resume), "--steps", "400", "--no-progress"])
+            assert result.exit_code == 1
+            assert result.output.startswith(
+                f"error: the run {out} is in use by another flowrl train (pid {os.getpid()} on host "
+            ), result.output
+            assert result.output.endswith("); wait for it to end\n")
+        with pytest.raises(FlowRLError, match=r"is in use by another flowrl train \(pid "):
+            resume_config(out)
+    finally:
+        lock.release()
+    result = runner.invoke(app, ["train", "--resume", str(out), "--steps", "400", "--no-progress"])
+    assert result.exit_code == 1 and "holds no flowrl-deploy checkpoint" in result.output  # free: as before
