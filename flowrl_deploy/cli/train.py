@@ -185,7 +185,7 @@ def train(
             else "no checkpoint was saved"
         )
         typer.secho(f"stopped at once by a second Ctrl-C: {saved}", err=True, fg=typer.colors.YELLOW)
-        raise
+        raise typer.Exit(128 + exc.signum) from None  # this line says it all: not user_errors' "interrupted" too
     if result.interrupted:
         saved = f"last checkpoint {result.last_checkpoint}; " if result.last_checkpoint else ""
         typer.secho(
