@@ -5,6 +5,7 @@ from __future__ import annotations
 import shlex
 import signal
 from dataclasses import fields
+from decimal import Decimal, InvalidOperation
 from enum import Enum
 from pathlib import Path
 from typing import Annotated
@@ -35,6 +36,18 @@ def _plain(value: object) -> object:
     return value.value if isinstance(value, Enum) else str(value) if isinstance(value, Path) else value
 
 
+def _count(text: str) -> int:
+    """Parser of the options that count env steps or transitions: a whole number, also written 1e6 or 1_000_000
+    (RL users write 1e6; typer's int refused it)."""
+    try:
+        value: Decimal | None = Decimal(text)
+    except InvalidOperation:
+        value = None
+    if value is None or not value.is_finite() or value != value.to_integral_value():
+        raise typer.BadParameter(f"{text!r} is not a whole number (write 1000000, 1_000_000 or 1e6)")
+    return int(value)
+
+
 def _given(ctx: typer.Context, name: str) -> bool:
     """Whether the user passed option ``name`` (command line or environment), not its default."""
     source = ctx.get_parameter_source(name)
@@ -48,7 +61,8 @@ def train(
         DEFAULT.env
     ),
     steps: Annotated[
-        int | None, typer.Option(help=f"Environment steps (default {DEFAULT.steps}; with --resume: the run's own).")
+        int | None,
+        typer.Option(parser=_count, help=f"Environment steps (default {DEFAULT.steps}; with --resume: the run's own)."),
     ] = None,
     seed: Annotated[int, typer.Option(help="Seed of torch, numpy, replay sampling and env randomness.")] = DEFAULT.seed,
     out: Annotated[
@@ -84,16 +98,22 @@ def train(
             "the paper's Theorem 4.2, with the reference code's clamp and centring."
         ),
     ] = DEFAULT_WEIGHTING,
-    batch_size: Annotated[int, typer.Option(help="Transitions per update.")] = DEFAULT.batch_size,
-    buffer_size: Annotated[int, typer.Option(help="Replay capacity (transitions).")] = DEFAULT.buffer_size,
-    start_steps: Annotated[int, typer.Option(help="Random warm-up steps before updates.")] = DEFAULT.start_steps,
+    batch_size: Annotated[int, typer.Option(parser=_count, help="Transitions per update.")] = DEFAULT.batch_size,
+    buffer_size: Annotated[
+        int, typer.Option(parser=_count, help="Replay capacity (transitions).")
+    ] = DEFAULT.buffer_size,
+    start_steps: Annotated[
+        int, typer.Option(parser=_count, help="Random warm-up steps before updates.")
+    ] = DEFAULT.start_steps,
     recent_fraction: Annotated[
         float, typer.Option(parser=finite, help="Share of a batch from the newest transitions.")
     ] = DEFAULT.recent_fraction,
     recent_window: Annotated[
-        int, typer.Option(help="Size of the 'newest' window (transitions).")
+        int, typer.Option(parser=_count, help="Size of the 'newest' window (transitions).")
     ] = DEFAULT.recent_window,
-    eval_every: Annotated[int, typer.Option(help="Evaluate every N env steps (0: never).")] = DEFAULT.eval_every,
+    eval_every: Annotated[
+        int, typer.Option(parser=_count, help="Evaluate every N env steps (0: never).")
+    ] = DEFAULT.eval_every,
     eval_episodes: Annotated[
         int,
         typer.Option(
@@ -101,8 +121,10 @@ def train(
             "`best`) and from a0 = 0 (charts/eval_return_deterministic)."
         ),
     ] = DEFAULT.eval_episodes,
-    log_every: Annotated[int, typer.Option(help="Log training scalars every N env steps.")] = DEFAULT.log_every,
-    save_every: Annotated[int, typer.Option(help="Periodic checkpoint every N env steps (0: off).")] = (
+    log_every: Annotated[
+        int, typer.Option(parser=_count, help="Log training scalars every N env steps.")
+    ] = DEFAULT.log_every,
+    save_every: Annotated[int, typer.Option(parser=_count, help="Periodic checkpoint every N env steps (0: off).")] = (
         DEFAULT.save_every
     ),
     save_replay: Annotated[

@@ -693,3 +693,36 @@ def test_resume_if_exists_resumes_a_run_killed_between_saving_and_moving_last(mo
     ) in result.output.splitlines()
     assert result.output.splitlines()[-1].startswith("trained 600 env steps")
     assert linked(out, LAST) == "step_000000600"
+
+
+COUNT_OPTIONS = ("steps", "batch_size", "buffer_size", "start_steps", "recent_window", "eval_every", "log_every",
+                 "save_every")  # fmt: skip
+
+
+def test_options_that_count_steps_or_transitions_take_1e6_and_1_000_000(fake_training, tmp_path):
+    """RL users write 1e6: it was refused ('unable to parse string as an integer'). A whole number in scientific
+    notation or with underscores is that number, on every option counting env steps or transitions."""
+    values = dict(steps="2e6", batch_size="2.56e2", buffer_size="1_000_000", start_steps="5E3", recent_window="4096",
+                  eval_every="1e4", log_every="1_000", save_every="5e4")  # fmt: skip
+    assert tuple(values) == COUNT_OPTIONS
+    args = [x for name, value in values.items() for x in (flag(name), value)]
+    result = runner.invoke(app, ["train", "--out", str(tmp_path), *args])
+    assert result.exit_code == 0, result.output
+    cfg = fake_training["cfg"]
+    assert {name: getattr(cfg, name) for name in values} == dict(
+        steps=2_000_000, batch_size=256, buffer_size=1_000_000, start_steps=5000, recent_window=4096,
+        eval_every=10_000, log_every=1000, save_every=50_000,
+    )  # fmt: skip
+    assert all(type(getattr(cfg, name)) is int for name in values)
+
+
+@pytest.mark.parametrize("value", ["1.5", "1.5e0", "abc", "nan", "inf", "1e", "0x10"])
+def test_a_count_that_is_no_whole_number_is_a_usage_error_saying_how_to_write_one(fake_training, tmp_path, value):
+    for name in COUNT_OPTIONS:
+        result = runner.invoke(app, ["train", "--out", str(tmp_path), flag(name), value])
+        assert result.exit_code == 2 and "Traceback" not in result.output, result.output
+        assert (
+            f"Invalid value for '{flag(name)}': {value!r} is not a whole number (write 1000000, 1_000_000 or "
+            "1e6)" in " ".join(result.output.split())
+        ), result.output
+    assert "cfg" not in fake_training
