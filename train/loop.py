@@ -416,7 +416,7 @@ def _prepare_locked_run(
         raise
     rates = RateMeter(counters.env_steps, agent.updates)
     # converted: an old run's tau, read anew; changed: other threads or device than the checkpoint's
-    said = (replay_empty, *repaired, defaulted, no_update_warning(cfg), converted, changed)
+    said = (replay_empty, *repaired, defaulted, no_update_warning(cfg), recent_window_warning(cfg), converted, changed)
     warnings = [text for text in said if text]
     if symlinks_refused(checkpoints.dir):  # said once, before training (a save falls back to them silently)
         warnings.append(
@@ -444,6 +444,18 @@ def no_update_warning(cfg: TrainConfig) -> str | None:
     else:
         return None
     return f"{why}, so no gradient update will run and the checkpoint holds the untrained policy"
+
+
+def recent_window_warning(cfg: TrainConfig) -> str | None:
+    """The warning of a run whose newest window holds its whole replay buffer (the recent share of each batch is
+    then uniform once the buffer is full, though ``--recent-fraction`` asks for recent rows), or None."""
+    if cfg.recent_fraction == 0 or cfg.recent_window < cfg.buffer_size:
+        return None
+    return (
+        f"--recent-window {cfg.recent_window} >= --buffer-size {cfg.buffer_size}: the newest window is the whole "
+        "buffer, so once the buffer is full the recent share of each batch "
+        f"(--recent-fraction {cfg.recent_fraction:g}) is drawn uniformly too, as with --recent-fraction 0"
+    )
 
 
 def run_numerics(device: torch.device) -> dict[str, object]:

@@ -726,3 +726,18 @@ def test_a_count_that_is_no_whole_number_is_a_usage_error_saying_how_to_write_on
             "1e6)" in " ".join(result.output.split())
         ), result.output
     assert "cfg" not in fake_training
+
+
+def test_a_recent_window_as_large_as_the_buffer_is_warned_about(tmp_path):
+    """--recent-window 100000000 with --buffer-size 1000000 was taken silently: a window holding the whole buffer
+    makes the recent share uniform, as --recent-fraction 0 would."""
+    args = ["train", *TINY, "--steps", "200", "--buffer-size", "1000", "--recent-window", "1e8"]
+    result = runner.invoke(app, [*args, "--out", str(tmp_path / "run")])
+    assert result.exit_code == 0, result.output
+    assert (
+        "warning: --recent-window 100000000 >= --buffer-size 1000: the newest window is the whole buffer, so once "
+        "the buffer is full the recent share of each batch (--recent-fraction 0.2) is drawn uniformly too, as with "
+        "--recent-fraction 0\n"
+    ) in result.output
+    quiet = runner.invoke(app, [*args[:-2], "--recent-window", "999", "--out", str(tmp_path / "run2")])
+    assert quiet.exit_code == 0 and "--recent-window" not in quiet.output, quiet.output
