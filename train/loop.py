@@ -235,6 +235,7 @@ def _run_loop(run: _Run, stop: _StopOnSignal, on_start: Callable[[], None] | Non
         if on_start is not None:
             on_start()
         obs, episode_return, episode_length = env.reset(episode_seed(cfg.seed, counters.episodes)), 0.0, 0
+        run.rates.restart(counters.env_steps, agent.updates)  # the first row's rates leave the start-up out
         while counters.env_steps < cfg.steps and not stop.requested:
             # ALGO LOGIC: act (uniform random during the warm-up), store, update once
             if counters.env_steps < cfg.start_steps:
@@ -507,6 +508,7 @@ def _after_step(run: _Run, metrics: dict[str, torch.Tensor], stopped: Callable[[
         run.rates.restart(step, agent.updates)  # the next row's rates are training's alone
     if cfg.save_every and step % cfg.save_every == 0:
         run.save()
+        run.rates.restart(step, agent.updates)  # and the save's time (a --save-replay buffer: seconds)
     run.bar.update(step, agent.updates)
 
 
