@@ -105,9 +105,9 @@ CONTRACT_HASH_FORM = re.compile(r"[0-9a-fA-F]{16}")
 
 
 def checked_contract_hash(contract_hash: object, name: str = "contract_hash") -> str:
-    """``contract_hash`` in lower case, or '' (no pin); anything but 16 hex digits is refused naming ``name``
-    (the server would only say that it does not serve that contract)."""
-    if contract_hash == "":
+    """``contract_hash`` in lower case, or '' (no pin: '' or None); anything but 16 hex digits is refused
+    naming ``name`` (the server would only say that it does not serve that contract)."""
+    if contract_hash is None or contract_hash == "":  # None: e.g. os.environ.get("FLOWRL_PIN") unset
         return ""
     if not (isinstance(contract_hash, str) and CONTRACT_HASH_FORM.fullmatch(contract_hash)):
         raise FlowRLError(
@@ -357,10 +357,17 @@ class PolicyClient:
         return decode(reply.action, name="action")
 
     def reset(
-        self, session_id: str, seed: Seed | None = None, *, contract_hash: str = "", timeout_s: float | None = None
+        self,
+        session_id: str,
+        seed: Seed | None = None,
+        *,
+        contract_hash: str = "",
+        contract_json: str = "",
+        timeout_s: float | None = None,
     ) -> str:
-        """Open or restart a session (reseeding its noise); returns the model version."""
-        request = pb.ResetRequest(session_id=session_id, contract_hash=contract_hash)
+        """Open or restart a session (reseeding its noise); returns the model version. ``contract_json``
+        (the pinned contract's JSON) lets the server name the fields that differ from its own."""
+        request = pb.ResetRequest(session_id=session_id, contract_hash=contract_hash, contract_json=contract_json)
         if checked_seed(seed) is not None:
             request.seed = seed
         return self._call(self.stub.Reset, request, timeout_s).model_version
@@ -386,7 +393,7 @@ class PolicyClient:
         max_staleness_s: float | None = None,
         max_rate: float | None = None,
         initial_action: npt.ArrayLike | None = None,
-        contract_hash: str = "",
+        contract_hash: str | None = "",
         contract: PolicyContract | None = None,
         backoff_s: tuple[float, float] = (0.05, 1.0),
         reset_timeout_s: float | None = None,

@@ -321,7 +321,7 @@ class ControlSession:
         max_staleness_s: float | None = None,
         max_rate: float | None = None,
         initial_action: npt.ArrayLike | None = None,
-        contract_hash: str = "",
+        contract_hash: str | None = "",
         contract: PolicyContract | None = None,
         backoff_s: tuple[float, float] = (0.05, 1.0),
         reset_timeout_s: float | None = None,
@@ -717,7 +717,13 @@ class ControlSession:
                     "the reset was not sent (try again)",
                 )
             try:
-                self.client.reset(self.session_id, seed, contract_hash=self.contract_hash, timeout_s=remaining)
+                self.client.reset(
+                    self.session_id,
+                    seed,
+                    contract_hash=self.contract_hash,
+                    contract_json=self.contract_json,
+                    timeout_s=remaining,
+                )
             except ServiceError as exc:
                 raise self._refused(exc) from None
             self.seed = seed

@@ -4,6 +4,7 @@ when the session is made, a malformed one before any call."""
 
 from __future__ import annotations
 
+import json
 import re
 import time
 
@@ -95,6 +96,14 @@ def test_a_malformed_pin_is_refused_before_any_call(pin):
 
 def test_a_reset_after_the_contract_changed_is_refused_as_a_mismatch(client):
     with client.session(period_s=0.02) as control:
-        control.contract_hash = tiny_contract(**WIDER).hash()  # as if the server had changed since
-        with pytest.raises(ContractMismatchError):
+        wider = tiny_contract(**WIDER)  # as if the server had changed since the session opened
+        control.contract_hash, control.contract_json = wider.hash(), json.dumps(wider.to_dict(), sort_keys=True)
+        with pytest.raises(ContractMismatchError, match=r"action_high"):  # the difference, named as act() does
             control.reset(seed=1)
+
+
+@pytest.mark.parametrize("pin", [None, ""])
+def test_no_pin_is_none_or_empty(client, pin):
+    """None (os.environ.get of an unset variable) means no pin, as '' does: the session pins what it is served."""
+    with client.session(period_s=0.02, contract_hash=pin) as control:
+        assert control.contract_hash == client.spec().contract_hash and not control.pinned
