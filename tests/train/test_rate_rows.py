@@ -21,7 +21,7 @@ def test_the_first_rate_row_leaves_out_what_came_before_the_first_step(tmp_path)
     out = tmp_path / "run"
     train(TrainConfig(steps=200, out=str(out), **TINY), progress=False, on_start=lambda: time.sleep(PAUSE))
     rates = rate_rows(out)
-    assert rates[100] > 100 / PAUSE * 2, rates  # 100 warm-up steps take well under PAUSE / 2 s
+    assert rates[100] > 100 / PAUSE, rates  # counting the pause, the rate could not reach 100 / PAUSE
 
 
 def test_a_rate_row_after_a_periodic_save_leaves_the_save_out(tmp_path, monkeypatch):
@@ -35,4 +35,6 @@ def test_a_rate_row_after_a_periodic_save_leaves_the_save_out(tmp_path, monkeypa
     out = tmp_path / "run"
     train(TrainConfig(steps=300, out=str(out), **{**TINY, "save_every": 100, "eval_every": 0}), progress=False)
     rates = rate_rows(out)
-    assert rates[200] > 100 / PAUSE * 2 and rates[300] > 100 / PAUSE * 2, rates
+    # counting a save's pause, a row's rate could not reach 100 / PAUSE; without it, 100 steps take about 0.35 s
+    # here, so a loaded machine still passes (the old bar, 2 * 100 / PAUSE, failed on one)
+    assert rates[200] > 100 / PAUSE and rates[300] > 100 / PAUSE, rates
