@@ -214,10 +214,9 @@ def _train(
     except Interrupted as exc:  # a second Ctrl-C: at once, between any two lines
         raise TrainingInterrupted(exc.signum, run.run_dir, run.last_checkpoint) from None
     except FlowRLError as exc:  # the policy diverged, or a checkpoint or metrics file could not be written
-        raise FlowRLError(
-            f"{exc}; training stopped at env step {counters.env_steps}, "
-            f"and the last checkpoint saved is {run.last_checkpoint or 'none'}"
-        ) from exc
+        last = run.last_checkpoint
+        saved = f"the last checkpoint saved is {last}" if last else "no checkpoint was saved"
+        raise FlowRLError(f"{exc}; training stopped at env step {counters.env_steps}, and {saved}") from exc
     return TrainResult(run.run_dir, run.last_checkpoint, counters, interrupted=stop.requested, stop_signal=stop.signum)
 
 

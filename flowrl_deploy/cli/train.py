@@ -45,6 +45,8 @@ def _count(text: str) -> int:
         value = None
     if value is None or not value.is_finite() or value != value.to_integral_value():
         raise typer.BadParameter(f"{text!r} is not a whole number (write 1000000, 1_000_000 or 1e6)")
+    if value.adjusted() >= 19:  # before int(): 1e999999999 would build a billion-digit integer
+        raise typer.BadParameter(f"{text!r} is too large for a count (at most 18 digits)")
     return int(value)
 
 
@@ -199,7 +201,7 @@ def train(
     try:
         with warnings_to(train_log, lambda record: warnings.append(record.getMessage())):
             result = run_training(cfg, resume=resume, progress=progress, stop_on_signal=True, on_start=warn)
-    except TrainingInterrupted as exc:  # a second Ctrl-C: say what is left to resume from, then user_errors says why
+    except TrainingInterrupted as exc:  # a second Ctrl-C: one line saying what is left to resume from
         saved = (
             f"the last checkpoint saved is {exc.last_checkpoint}; continue with --resume "
             f"{shlex.quote(str(exc.run_dir))}"

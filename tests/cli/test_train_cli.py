@@ -197,7 +197,7 @@ def test_a_checkpoint_too_large_to_write_stops_with_one_line_not_a_traceback(tmp
     assert result.returncode == 1 and "Traceback" not in result.stderr, result.stderr
     assert result.stderr.startswith(f"error: cannot write the checkpoint {tmp_path}/run/checkpoints/step_000000300:")
     assert result.stderr.endswith(
-        "File too large (os error 27); training stopped at env step 300, and the last checkpoint saved is none\n"
+        "File too large (os error 27); training stopped at env step 300, and no checkpoint was saved\n"
     )
     assert list((tmp_path / "run" / "checkpoints").iterdir()) == []  # no partial checkpoint
 
@@ -726,6 +726,14 @@ def test_a_count_that_is_no_whole_number_is_a_usage_error_saying_how_to_write_on
             "1e6)" in " ".join(result.output.split())
         ), result.output
     assert "cfg" not in fake_training
+
+
+@pytest.mark.parametrize("value", ["1e999999999", "1e19", "10000000000000000000"])
+def test_a_count_too_large_to_hold_is_refused_at_once(fake_training, tmp_path, value):
+    """--steps 1e999999999 built a billion-digit integer (15 s and 458 MB before it was killed)."""
+    result = runner.invoke(app, ["train", "--out", str(tmp_path), "--steps", value])
+    assert result.exit_code == 2, result.output
+    assert f"{value!r} is too large for a count (at most 18 digits)" in " ".join(result.output.split()), result.output
 
 
 def test_a_recent_window_as_large_as_the_buffer_is_warned_about(tmp_path):

@@ -126,7 +126,7 @@ def test_a_failed_save_stops_training_and_names_the_last_good_checkpoint(monkeyp
 
 def test_a_run_whose_first_save_fails_says_no_checkpoint_was_saved(monkeypatch, tmp_path):
     failing_save_file(monkeypatch, after=0)
-    with pytest.raises(FlowRLError, match="training stopped at env step 100, and the last checkpoint saved is none"):
+    with pytest.raises(FlowRLError, match="training stopped at env step 100, and no checkpoint was saved"):
         train(TrainConfig(steps=300, out=str(tmp_path / "run"), **TINY), progress=False)
 
 
