@@ -62,6 +62,14 @@ TlsKey = Annotated[str, typer.Option(metavar="<path>", help="PEM private key of 
 Solver = Enum("Solver", {name: name for name in SOLVERS}, type=str)  # --solver's choices, from the spec's own tuple
 
 
+def given(ctx: typer.Context, name: str, *, from_environment: bool = True) -> bool:
+    """Whether the user passed option ``name``, not its default: on the command line, or (unless
+    ``from_environment`` is false) through its environment variable."""
+    source = ctx.get_parameter_source(name)
+    sources = ("COMMANDLINE", "ENVIRONMENT") if from_environment else ("COMMANDLINE",)
+    return source is not None and source.name in sources
+
+
 def finite(text: str) -> float:
     """Parser of every float option: a number, never NaN or infinity (Python's float() takes both)."""
     try:

@@ -9,7 +9,7 @@ from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
 
-from flowrl_deploy.cli._common import Connection, connects, finite, user_errors
+from flowrl_deploy.cli._common import Connection, connects, finite, given, user_errors
 from flowrl_deploy.errors import FlowRLError
 
 if TYPE_CHECKING:
@@ -18,12 +18,6 @@ if TYPE_CHECKING:
 CONTRACT_LINES = ("contract", "env", "observation", "action", "bounds", "sampler", "noise")
 """The lines of a file's inspection that a served policy's contract gives too (the others describe the
 file: its sha256, graph, opsets, provenance), by their label."""
-
-
-def _given(ctx: typer.Context, name: str) -> bool:
-    """Whether the user passed option ``name`` (command line or environment), not its default."""
-    source = ctx.get_parameter_source(name)
-    return source is not None and source.name not in ("DEFAULT", "DEFAULT_MAP")
 
 
 def _served(info: PolicyInfo, server: str) -> dict[str, Any]:
@@ -80,17 +74,17 @@ def inspect(
     """Show what a controller must agree on with MODEL (observation layout, action names and bounds, control
     period, noise) and where it came from; with --server instead of MODEL, the served policy's contract."""
     if model is not None:
-        if _given(ctx, "server"):
+        if given(ctx, "server"):
             raise FlowRLError("give MODEL or --server, not both")
-        for name in ("token_file", "tls_ca", "tls_cert", "tls_key", "timeout"):
-            if _given(ctx, name):
+        for name in ("token", "token_file", "tls_ca", "tls_cert", "tls_key", "timeout"):
+            if given(ctx, name, from_environment=False):  # an exported FLOWRL_TOKEN is no mistake
                 raise FlowRLError(f"--{name.replace('_', '-')} is used only with --server")
         from flowrl_deploy.export.inspect import format_inspection, inspect_policy
 
         info = inspect_policy(model)
         typer.echo(json.dumps(info, indent=2) if as_json else format_inspection(info))
         return
-    if not _given(ctx, "server"):
+    if not given(ctx, "server"):
         raise FlowRLError("give MODEL (a policy .onnx file) or --server HOST:PORT (a running server)")
     with connection.client(timeout) as client:
         served = _served(client.spec(), connection.server)

@@ -12,7 +12,7 @@ from typing import Annotated
 
 import typer
 
-from flowrl_deploy.cli._common import ResultLines, Solver, finite, user_errors, warnings_to
+from flowrl_deploy.cli._common import ResultLines, Solver, finite, given, user_errors, warnings_to
 from flowrl_deploy.errors import FlowRLError
 from flowrl_deploy.train.config import CFM_WEIGHTINGS, DEVICES, TrainConfig, large_tau_note
 
@@ -48,12 +48,6 @@ def _count(text: str) -> int:
     if value.adjusted() >= 19:  # before int(): 1e999999999 would build a billion-digit integer
         raise typer.BadParameter(f"{text!r} is too large for a count (at most 18 digits)")
     return int(value)
-
-
-def _given(ctx: typer.Context, name: str) -> bool:
-    """Whether the user passed option ``name`` (command line or environment), not its default."""
-    source = ctx.get_parameter_source(name)
-    return source is not None and source.name not in ("DEFAULT", "DEFAULT_MAP")
 
 
 @user_errors
@@ -176,12 +170,12 @@ def train(
             resume = Path(out)
     warnings: list[str] = []  # said once training starts: a refusal of the run comes first, alone
     if resume is not None:
-        given = {
+        overrides = {
             name: _plain(value)
             for name, value in ctx.params.items()
-            if name not in ("resume", "resume_if_exists", "progress") and _given(ctx, name)
+            if name not in ("resume", "resume_if_exists", "progress") and given(ctx, name)
         }
-        plan = plan_resume(resume, steps, given, finished_ok=resume_if_exists)
+        plan = plan_resume(resume, steps, overrides, finished_ok=resume_if_exists)
         if plan.finished_at is not None:  # a requeue of a finished run: nothing to do
             for text in plan.warnings:
                 typer.secho(f"warning: {text}", err=True, fg=typer.colors.YELLOW)
@@ -191,7 +185,7 @@ def train(
     else:
         options = {f.name: _plain(ctx.params[f.name]) for f in fields(TrainConfig)}  # one option per field
         cfg = TrainConfig(**{**options, "steps": DEFAULT.steps if steps is None else steps})
-        if _given(ctx, "tau") and (note := large_tau_note(cfg.tau)):
+        if given(ctx, "tau") and (note := large_tau_note(cfg.tau)):
             warnings.append(note)
 
     def warn() -> None:  # the library's warnings (a resume's, a run without updates) follow the command's

@@ -64,6 +64,7 @@ def test_the_token_goes_with_the_call(served):
         ([], "give MODEL (a policy .onnx file) or --server HOST:PORT (a running server)"),
         (["policy.onnx", "--server", "localhost:1"], "give MODEL or --server, not both"),
         (["policy.onnx", "--tls-ca", "ca.pem"], "--tls-ca is used only with --server"),
+        (["policy.onnx", "--token", "s3cret"], "--token is used only with --server"),
     ],
 )
 def test_model_or_server_is_asked_for(args, message):
@@ -91,3 +92,12 @@ def test_a_connections_repr_leaves_out_its_token():
 
     connection = Connection("localhost:1", "s3cret", "", "", "", "")
     assert "s3cret" not in repr(connection) and "localhost:1" in repr(connection)
+
+
+def test_an_exported_token_does_not_stop_inspecting_a_file(served, monkeypatch):
+    """--token on the command line with MODEL is refused (it is for --server); FLOWRL_TOKEN in the
+    environment, as a robot's shell exports it for every client command, is not a mistake."""
+    monkeypatch.setenv("FLOWRL_TOKEN", "s3cret")
+    result = runner.invoke(app, ["inspect", str(served[0])])
+    assert result.exit_code == 0, result.output
+    assert "contract" in result.output
