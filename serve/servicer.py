@@ -264,7 +264,7 @@ class PolicyServicer(pb_grpc.PolicyServiceServicer):
                 )
             if session is None:
                 self._drop_idle_sessions()
-                if len(self._sessions) >= self.config.max_sessions:
+                if len(self._sessions) >= self.config.max_sessions and not self._evict_least_recent_unowned():
                     raise SessionLimitReached(f"session limit of {self.config.max_sessions} reached")
                 session = self._sessions[session_id] = Session(session_id, seed)
             elif owner is None or seed is not None:  # a stream joining a session Reset opened keeps its noise
@@ -288,6 +288,28 @@ class PolicyServicer(pb_grpc.PolicyServiceServicer):
         stale = time.monotonic() - self.config.session_idle_s
         for session_id in [k for k, s in self._sessions.items() if s.owner is None and s.last_used < stale]:
             del self._sessions[session_id]
+
+    def _evict_least_recent_unowned(self) -> bool:
+        """Make room in a full table by forgetting the least recently used session no stream owns (one
+        Reset opened), logged at most once a minute; False when streams own every session. Without
+        it, a few seconds of Reset calls held the table full for --session-idle-s, refusing every
+        robot's new stream; a robot whose Reset session goes is told NOT_FOUND and opens it again."""
+        unowned = [(s.last_used, k) for k, s in self._sessions.items() if s.owner is None]
+        if not unowned:
+            return False
+        last_used, session_id = min(unowned)
+        del self._sessions[session_id]
+        if due := self.metrics.warning_due("session evicted"):
+            held, _ = due
+            log.warning(
+                "session table full (--max-sessions %d): forgot session %s, opened by Reset and unused for %.0f s, "
+                "to open a new one%s",
+                self.config.max_sessions,
+                _session_shown(session_id),
+                time.monotonic() - last_used,
+                f" ({held} more since the last warning)" if held else "",
+            )
+        return True
 
     def _evict(self, owner: _StreamOwner) -> None:
         """Drop the sessions a finished stream still owns (not those another stream took over); it
