@@ -130,6 +130,10 @@ class ServeConfig:
     """Reload the model when what it serves changes: an ONNX file, or the checkpoint (and its
     ``checkpoint.json``) that a run or checkpoint directory resolves to."""
     watch_interval_s: float = 1.0
+    reload: bool = True
+    """Take ``Reload`` calls, which let any caller with the token swap the served model for another
+    beside it; False refuses them (PERMISSION_DENIED), leaving ``watch`` (whoever may write the file)
+    as the only way to change the model."""
     cpus: tuple[int, ...] = ()
     """Cores to pin the server process to (Linux); empty: any. Applied by :func:`serve_forever`."""
     rt_priority: int | None = None

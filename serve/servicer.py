@@ -542,6 +542,12 @@ class PolicyServicer(pb_grpc.PolicyServiceServicer):
     def Reload(self, request: pb.ReloadRequest, context: grpc.ServicerContext) -> pb.ReloadReply:
         peer = printable(context.peer())
         try:
+            if not self.config.reload:
+                raise ServeError(
+                    "reload refused: this server takes no Reload calls (flowrl serve --no-reload); "
+                    "its model changes only when its file does (--watch)",
+                    grpc.StatusCode.PERMISSION_DENIED,
+                )
             if self.model is None:  # it would be the first load, unchecked, and start()'s own load would follow
                 raise NotReady(
                     "reload refused: the server is still loading its own model at start-up; retry when health "

@@ -161,6 +161,13 @@ def serve(
             "checkpoint directory resolves to (checkpoints/last) and its checkpoint.json."
         ),
     ] = False,
+    reload: Annotated[
+        bool,
+        typer.Option(
+            help="Take Reload calls (`flowrl reload`), which let any caller with the token swap the served "
+            "model for another beside it; --no-reload refuses them, and only --watch changes the model."
+        ),
+    ] = True,
     max_message_bytes: Annotated[
         int,
         typer.Option(
@@ -260,6 +267,7 @@ def serve(
             metrics_host=metrics_host,
             steps=steps,
             watch=watch,
+            reload=reload,
             cpus=parse_cpus(cpus),
             rt_priority=rt_priority,
             grace_s=grace_s,
