@@ -189,7 +189,8 @@ def test_the_cli_runs_with_typer_at_its_lower_bound_and_the_newest_click(tmp_pat
     """typer 0.12.0-0.12.3 cannot read `str | None` options, 0.12.4-0.15.3 crash on every command with
     click 8.2 or newer (`make_metavar() takes 1 positional argument but 2 were given`), which pip keeps
     or picks since they do not cap it, and 0.16.0-0.17.4 run a command without its required argument
-    under click 8.3 or newer (`flowrl inspect` with no MODEL ended in a TypeError). Downloads typer at
+    under click 8.3 or newer (`flowrl inspect` with no MODEL, then required, ended in a TypeError; `flowrl
+    export` with no CHECKPOINT is that usage error now that inspect can take --server instead). Downloads typer at
     pyproject's lower bound and the newest of its dependencies (skipped offline), and runs the CLI with
     them: the number alone was checked before."""
     bound = lower_bound("dependencies", "typer")
@@ -216,7 +217,7 @@ def test_the_cli_runs_with_typer_at_its_lower_bound_and_the_newest_click(tmp_pat
     assert where == str(target / "typer" / "__init__.py") and Version(version) == bound, found.stderr
     missing = str(tmp_path / "missing.onnx")
     # help, a command refusing its argument, and a usage error (click's metavar rendering, which crashed)
-    for args, status in ((["--help"], 0), (["serve", "--help"], 0), (["inspect", missing], 1), (["inspect"], 2)):
+    for args, status in ((["--help"], 0), (["serve", "--help"], 0), (["inspect", missing], 1), (["export"], 2)):
         run = subprocess.run([*cli, *args], env=env, capture_output=True, text=True, timeout=120)
         assert run.returncode == status and "Traceback" not in run.stderr, (args, run.stderr[-2000:])
 
