@@ -431,17 +431,20 @@ def test_the_deterministic_graph_is_served_without_noise(tmp_path):
             np.testing.assert_allclose(control.act(obs[0]), expected[0], atol=1e-6)
 
 
-def test_the_session_limit_admits_exactly_max_sessions(tmp_path):
+def test_the_session_limit_holds_exactly_max_sessions(tmp_path):
     path = write_policy(tmp_path / "policy.onnx")
     config = ServeConfig(str(path), port=0, grace_s=0, max_sessions=2)
     with PolicyServer(config).start() as server, PolicyClient(server.address) as client:
         client.reset("a", seed=1)
         client.reset("b", seed=1)
+        client.reset("b", seed=2)  # reseeding an open session is no new session
+        assert server.servicer.session_count() == 2
+        client.reset("c", seed=1)  # the table is full: "a", the least recently used Reset session, goes
+        assert server.servicer.session_count() == 2
         with pytest.raises(ServiceError) as info:
-            client.reset("c", seed=1)
-        assert info.value.code == grpc.StatusCode.RESOURCE_EXHAUSTED
-        assert "session limit of 2" in info.value.details
-        client.reset("a", seed=2)  # reseeding an open session is no new session
+            client.act(_obs(1)[0], session_id="a")
+        assert info.value.code == grpc.StatusCode.NOT_FOUND
+        client.act(_obs(1)[0], session_id="b")
 
 
 def test_a_stream_without_session_id_keeps_one_seeded_session(client, local):
