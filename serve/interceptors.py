@@ -152,6 +152,30 @@ def _held(replies: Iterator[Message], returned: Callable[[], None]) -> Iterator[
     return stream
 
 
+class Undecodable(NamedTuple):
+    """What a request deserializer of :class:`OpenStreams` gives for bytes that do not parse as its
+    message: gRPC's own logged an ERROR with a traceback per such call (health's Check needs no
+    token: anyone could fill a robot's disk) and answered INTERNAL, counted nowhere."""
+
+    message: str
+    """The message type the bytes should have held."""
+
+
+def _tolerant(deserializer: Callable[[bytes], Message] | None) -> Callable[[bytes], Message | Undecodable] | None:
+    """``deserializer`` giving :class:`Undecodable` instead of raising."""
+    if deserializer is None:
+        return None
+    message = getattr(getattr(deserializer, "__self__", None), "__name__", "request")
+
+    def deserialize(data: bytes) -> Message | Undecodable:
+        try:
+            return deserializer(data)
+        except Exception:  # protobuf's DecodeError, or any other deserializer's error
+            return Undecodable(message)
+
+    return deserialize
+
+
 def _only(
     requests: Iterator[Message], method: str, context: grpc.ServicerContext, within_s: float | None = None
 ) -> Message:
@@ -209,7 +233,14 @@ class OpenStreams(grpc.ServerInterceptor):
     status sent, or cancelled) and its handler has returned, whichever comes last: a handler may run
     on after its client cancelled, and it holds its thread until it returns."""
 
-    def __init__(self, workers: int, on_refused: Callable[[str, Cap], None]) -> None:
+    def __init__(
+        self,
+        workers: int,
+        on_refused: Callable[[str, Cap], None],
+        on_undecodable: Callable[[str, str, str], None] = lambda method, message, peer: None,
+    ) -> None:
+        """``on_refused(method, cap)``: a call refused at ``cap``; ``on_undecodable(method, message type,
+        peer)``: a request whose bytes are no such message (INVALID_ARGUMENT)."""
         # reentrant: a reply stream in a garbage cycle frees its slot on whichever thread collects it,
         # maybe one inside this lock
         self._lock = threading.RLock()
@@ -247,6 +278,7 @@ class OpenStreams(grpc.ServerInterceptor):
         self._open = dict.fromkeys(self._caps, 0)  # the calls in flight under each cap
         self._overflow = {control: workers_cap}  # a cap's calls beyond it take this one's idle threads
         self._on_refused = on_refused
+        self._on_undecodable = on_undecodable
         self._busy: dict[grpc.ServicerContext, bool] = {}
         self._watches: dict[grpc.ServicerContext, int] = {}  # the last health status each sent
         self._closing = False
@@ -276,7 +308,10 @@ class OpenStreams(grpc.ServerInterceptor):
                 context.abort(cap.code, cap.refusal)
             try:
                 within_s = None if cap is None else cap.message_s
-                request = requests if handler.request_streaming else _only(requests, method, context, within_s)
+                if handler.request_streaming:
+                    request = self._decoded(requests, method, context)
+                else:
+                    request = self._checked(_only(requests, method, context, within_s), method, context)
                 replies = behavior(request, context)
             except BaseException:
                 ended()
@@ -293,9 +328,23 @@ class OpenStreams(grpc.ServerInterceptor):
         streaming = "stream" if handler.response_streaming else "unary"
         return getattr(grpc, f"stream_{streaming}_rpc_method_handler")(
             counted,
-            request_deserializer=handler.request_deserializer,
+            request_deserializer=_tolerant(handler.request_deserializer),
             response_serializer=handler.response_serializer,
         )
+
+    def _checked(self, request: Message | Undecodable, method: str, context: grpc.ServicerContext) -> Message:
+        """``request``, or the call refused (INVALID_ARGUMENT) when its bytes did not parse."""
+        if isinstance(request, Undecodable):
+            self._on_undecodable(method.rsplit("/", 1)[-1], request.message, printable(context.peer()))
+            context.abort(grpc.StatusCode.INVALID_ARGUMENT, f"the request is not a valid {request.message} message")
+        return request
+
+    def _decoded(
+        self, requests: Iterator[Message | Undecodable], method: str, context: grpc.ServicerContext
+    ) -> Iterator[Message]:
+        """A request stream's messages, refusing the call (INVALID_ARGUMENT) at the first that did not parse."""
+        for request in requests:
+            yield self._checked(request, method, context)
 
     def _started(self, context: grpc.ServicerContext, cap: Cap | None) -> Callable[[], None] | None:
         """Count the call in flight, or refuse it (None) when its cap, and the cap it overflows into

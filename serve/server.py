@@ -253,7 +253,7 @@ class PolicyServer:
         self.servicer = PolicyServicer(config, export_checkpoint)
         self.health = KnownServicesHealth(self.servicer.metrics)
         self._server: grpc.Server | None = None
-        self._streams = OpenStreams(config.workers, self._refused)
+        self._streams = OpenStreams(config.workers, self._refused, self._undecodable)
         self.servicer.metrics.limits = self._limits
         self.servicer.metrics.model_labels = self._model_labels
         self.servicer.metrics.serving = lambda: self._serving
@@ -278,6 +278,15 @@ class PolicyServer:
     def _refused(self, method: str, cap: Cap) -> None:
         self.servicer.metrics.record_untimed(method, cap.code.name)
         self.servicer.metrics.record_limit(cap.limit, cap.warning)
+
+    def _undecodable(self, method: str, message: str, peer: str) -> None:
+        """A request whose bytes are no ``message``: counted (INVALID_ARGUMENT), and warned of at most once a
+        minute (health's Check takes no token, so anyone could otherwise fill the log)."""
+        self.servicer.metrics.record_untimed(method, "INVALID_ARGUMENT")
+        if due := self.servicer.metrics.warning_due("undecodable request"):
+            held, _ = due
+            more = f" ({held} more since the last warning)" if held else ""
+            log.warning("refused a %s request from %s: its bytes are no %s message%s", method, peer, message, more)
 
     def _model_labels(self) -> dict[str, str] | None:
         """``flowrl_model_info``'s labels of the served model (None before it is loaded): its version,
