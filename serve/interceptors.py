@@ -308,6 +308,7 @@ class OpenStreams(grpc.ServerInterceptor):
                 context.abort(cap.code, cap.refusal)
             try:
                 within_s = None if cap is None else cap.message_s
+                request: Message | Iterator[Message]
                 if handler.request_streaming:
                     request = self._decoded(requests, method, context)
                 else:

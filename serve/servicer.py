@@ -253,6 +253,7 @@ class PolicyServicer(pb_grpc.PolicyServiceServicer):
         (and evicts it when it ends), keeping its generator when it sends no seed. Taking over a
         session another stream still holds is logged: both streams then draw from its generator.
         A stream whose call has ended (:meth:`_evict` ran) opens nothing (CANCELLED)."""
+        evicted = None
         with self._sessions_lock:
             if owner is not None and owner.ended:
                 raise ServeError("the stream has ended", grpc.StatusCode.CANCELLED)
@@ -264,22 +265,26 @@ class PolicyServicer(pb_grpc.PolicyServiceServicer):
                 )
             if session is None:
                 self._drop_idle_sessions()
-                if len(self._sessions) >= self.config.max_sessions and not self._evict_least_recent_unowned():
-                    raise SessionLimitReached(f"session limit of {self.config.max_sessions} reached")
+                if len(self._sessions) >= self.config.max_sessions:
+                    evicted = self._evict_least_recent_unowned()
+                    if evicted is None:
+                        raise SessionLimitReached(f"session limit of {self.config.max_sessions} reached")
                 session = self._sessions[session_id] = Session(session_id, seed)
             elif owner is None or seed is not None:  # a stream joining a session Reset opened keeps its noise
                 session.reseed(seed)
             if owner is not None:
                 session.owner = owner
                 owner.sessions[session_id] = session
-            return session
+        if evicted is not None:  # logged outside the lock: a slow log handler must not hold up sessions
+            self._warn_evicted(*evicted)
+        return session
 
     def session_count(self) -> int:
         return len(self._sessions)
 
     def _session_limit_refused(self, exc: SessionLimitReached) -> None:
         """Count (and warn of) a call refused at ``--max-sessions``."""
-        why = f"{exc}; raise --max-sessions (a session lives as long as its stream, or --session-idle-s after a Reset)"
+        why = f"{exc}; raise --max-sessions (open streams hold every session, and a stream's lasts as long as it)"
         self.metrics.record_limit("sessions", why)
 
     def _drop_idle_sessions(self) -> None:
@@ -289,16 +294,21 @@ class PolicyServicer(pb_grpc.PolicyServiceServicer):
         for session_id in [k for k, s in self._sessions.items() if s.owner is None and s.last_used < stale]:
             del self._sessions[session_id]
 
-    def _evict_least_recent_unowned(self) -> bool:
-        """Make room in a full table by forgetting the least recently used session no stream owns (one
-        Reset opened), logged at most once a minute; False when streams own every session. Without
-        it, a few seconds of Reset calls held the table full for --session-idle-s, refusing every
-        robot's new stream; a robot whose Reset session goes is told NOT_FOUND and opens it again."""
+    def _evict_least_recent_unowned(self) -> tuple[str, float] | None:
+        """Make room in a full table (the sessions lock held) by forgetting the least recently used
+        session no stream owns (one Reset opened); its id and idle seconds, or None when streams own
+        every session. Without it, a few seconds of Reset calls held the table full for
+        --session-idle-s, refusing every robot's new stream; a robot whose Reset session goes is told
+        NOT_FOUND by its next Act (a stream joining it unseeded opens it afresh, unseeded)."""
         unowned = [(s.last_used, k) for k, s in self._sessions.items() if s.owner is None]
         if not unowned:
-            return False
+            return None
         last_used, session_id = min(unowned)
         del self._sessions[session_id]
+        return session_id, time.monotonic() - last_used
+
+    def _warn_evicted(self, session_id: str, idle_s: float) -> None:
+        """Warn of a session forgotten to make room, at most once a minute."""
         if due := self.metrics.warning_due("session evicted"):
             held, _ = due
             log.warning(
@@ -306,10 +316,9 @@ class PolicyServicer(pb_grpc.PolicyServiceServicer):
                 "to open a new one%s",
                 self.config.max_sessions,
                 _session_shown(session_id),
-                time.monotonic() - last_used,
+                idle_s,
                 f" ({held} more since the last warning)" if held else "",
             )
-        return True
 
     def _evict(self, owner: _StreamOwner) -> None:
         """Drop the sessions a finished stream still owns (not those another stream took over); it

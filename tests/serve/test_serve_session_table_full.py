@@ -28,18 +28,20 @@ def test_a_table_full_of_reset_sessions_still_opens_a_robots_stream(server, capl
     with PolicyClient(server.address) as client:
         for i in range(4):
             client.reset(f"flood-{i}", seed=i)
-        client.act(OBS, session_id="flood-3")  # flood-0 is now the least recently used
+        client.act(OBS, session_id="flood-0")  # the oldest, used since: flood-1 is the least recently used
         with caplog.at_level(logging.WARNING, logger="flowrl.serve"), client.session(period_s=0.5, seed=1) as robot:
             robot.act(OBS)
             assert robot.timings[-1].source == "server", robot.timings[-1]
             client.reset("flood-4", seed=4)  # a Reset makes room the same way
-        with pytest.raises(ServiceError) as forgotten:
-            client.act(OBS, session_id="flood-0")
-        assert forgotten.value.code == grpc.StatusCode.NOT_FOUND
-        client.act(OBS, session_id="flood-3")  # used since: kept
+        for gone in ("flood-1", "flood-2"):  # the robot's stream took flood-1's place, flood-4 flood-2's
+            with pytest.raises(ServiceError) as forgotten:
+                client.act(OBS, session_id=gone)
+            assert forgotten.value.code == grpc.StatusCode.NOT_FOUND
+        for kept in ("flood-0", "flood-3", "flood-4"):
+            client.act(OBS, session_id=kept)
     warnings = [r.getMessage() for r in caplog.records if "session table full" in r.getMessage()]
     assert len(warnings) == 1, warnings  # once a minute, not once per eviction
-    assert warnings[0].startswith("session table full (--max-sessions 4): forgot session flood-0, opened by Reset")
+    assert warnings[0].startswith("session table full (--max-sessions 4): forgot session flood-1, opened by Reset")
 
 
 def test_sessions_owned_by_streams_are_never_forgotten_for_another(server):
