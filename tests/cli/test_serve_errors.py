@@ -116,6 +116,12 @@ def test_flowrl_serve_with_no_options_serves_the_serve_config_defaults(policy, s
     assert serve_call["config"] == ServeConfig(str(policy))
 
 
+def test_no_reload_reaches_the_server(policy, serve_call):
+    result = runner.invoke(app, ["serve", str(policy), "--no-reload"], env={"FLOWRL_TOKEN": None})
+    assert result.exit_code == 0, result.output
+    assert serve_call["config"].reload is False
+
+
 CLI_ONLY = {"model", "token_file", "log_format", "log_level"}
 """Options that are no field of their own: MODEL is ``model``, --token-file gives ``token``, and the log's
 format and level are the process's (a library's caller configures logging itself)."""
