@@ -5,8 +5,9 @@ from __future__ import annotations
 import json
 from types import SimpleNamespace
 
+import numpy as np
 import pytest
-from tiny_policy import write_policy
+from tiny_policy import OBS_DIM, write_policy
 from typer.testing import CliRunner
 
 from flowrl_deploy.cli import app
@@ -67,12 +68,13 @@ def test_stats_shows_each_limit_in_use_and_its_refusals(tmp_path):
     give each limit: what is in use of it, its most, and the calls it refused."""
     path = write_policy(tmp_path / "policy.onnx")
     config = ServeConfig(str(path), port=0, token=TOKEN, workers=3, max_sessions=1, grace_s=0)
-    with PolicyServer(config).start() as server:
-        with PolicyClient(server.address, token=TOKEN) as client:
-            client.reset("robot-1")
-            for _ in range(2):
-                with pytest.raises(ServiceError):  # the session limit: refused, twice
-                    client.reset("robot-2")
+    server = PolicyServer(config).start()
+    client = PolicyClient(server.address, token=TOKEN)
+    with server, client, client.session(period_s=0.5, seed=0) as robot:
+        robot.act(np.zeros(OBS_DIM, np.float32))  # its stream holds the one session (a Reset's would give way)
+        for _ in range(2):
+            with pytest.raises(ServiceError):  # the session limit: refused, twice
+                client.reset("robot-2")
         text, as_json = call(server, "stats"), call(server, "stats", "--json")
     assert text.exit_code == 0 and as_json.exit_code == 0, text.output + as_json.output
     lines = text.output.splitlines()
@@ -88,11 +90,11 @@ def test_stats_shows_each_limit_in_use_and_its_refusals(tmp_path):
         "reflection": ["0", "2", "0"],
         "sessions": ["1", "1", "2"],
         "watch": ["0", "4", "0"],
-        "workers": ["0", "3", "0"],
+        "workers": ["1", "3", "0"],  # the robot's stream
     }
     limits = {row.pop("limit"): row for row in json.loads(as_json.output)["limits"]}
     assert limits["sessions"] == {"in_use": 1, "most": 1, "refused": 2}
-    assert limits["workers"] == {"in_use": 0, "most": 3, "refused": 0}
+    assert limits["workers"] == {"in_use": 1, "most": 3, "refused": 0}
 
 
 def test_stats_of_a_server_that_sends_no_limits_prints_no_limit_table(served, monkeypatch):
