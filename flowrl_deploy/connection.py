@@ -35,6 +35,11 @@ EVERY_INTERFACE = {"0.0.0.0": "127.0.0.1", "::": "::1"}
 """Hosts that bind every interface, and the loopback address a client on this machine reaches them at."""
 
 
+def host_port(host: str, port: int) -> str:
+    """``host:port``, bracketing IPv6 literals (a host given bracketed is kept as it is)."""
+    return f"[{host}]:{port}" if ":" in host and not host.startswith("[") else f"{host}:{port}"
+
+
 def is_loopback(host: str) -> bool:
     """Only this machine can reach ``host`` (``localhost``, 127.0.0.0/8, ``::1``)."""
     name = host.strip("[]")

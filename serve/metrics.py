@@ -22,7 +22,7 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 import numpy as np
 
 from flowrl_deploy.codec import UNCOUNTED_REFUSALS
-from flowrl_deploy.connection import is_loopback
+from flowrl_deploy.connection import host_port, is_loopback
 from flowrl_deploy.exposition import LATENCY_BUCKETS_S, Histogram, format_labels
 
 try:
@@ -560,11 +560,10 @@ def start_metrics_http(metrics: Metrics, host: str, port: int) -> ThreadingHTTPS
     httpd.daemon_threads = True
     threading.Thread(target=httpd.serve_forever, name="flowrl-metrics", daemon=True).start()
     if not is_loopback(host):
-        bound = f"[{host}]:{httpd.server_address[1]}" if ":" in host else f"{host}:{httpd.server_address[1]}"
         log.warning(
             "metrics on %s take no token and no TLS: anyone who can reach that address reads the model's "
             "version and sha256, the release, the request counts and the limits; give --metrics-host 127.0.0.1 "
             "(it follows --host unless given) or firewall the port",
-            bound,
+            host_port(host, httpd.server_address[1]),
         )
     return httpd

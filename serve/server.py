@@ -38,7 +38,7 @@ import grpc
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 
-from flowrl_deploy.connection import EVERY_INTERFACE, is_loopback
+from flowrl_deploy.connection import EVERY_INTERFACE, host_port, is_loopback
 from flowrl_deploy.errors import FlowRLError, printable
 from flowrl_deploy.proto.flowrl.v1 import policy_pb2_grpc as pb_grpc
 from flowrl_deploy.runtime import is_onnx_path
@@ -58,11 +58,6 @@ from flowrl_deploy.serve.threads import THREADS_REFUSED, CallThreads, cannot_sta
 from flowrl_deploy.tls import ServerTLS, ServerTLSFiles
 
 log = logging.getLogger("flowrl.serve")
-
-
-def host_port(host: str, port: int) -> str:
-    """``host:port``, bracketing IPv6 literals."""
-    return f"[{host}]:{port}" if ":" in host and not host.startswith("[") else f"{host}:{port}"
 
 
 def connectable(host: str, port: int) -> str:

@@ -34,6 +34,21 @@ def test_metrics_on_a_network_address_are_warned_of_once(caplog, host, warned):
         httpd.server_close()
 
 
+def test_a_bracketed_ipv6_host_is_named_once_bracketed(caplog):
+    """The warning built its own host:port and bracketed "[::]" again ("[[::]]:PORT")."""
+    try:
+        with caplog.at_level(logging.WARNING, logger="flowrl.serve"):
+            httpd = start_metrics_http(Metrics(sessions=lambda: 0, version=lambda: "v1-test"), "[::]", 0)
+    except OSError as exc:  # no IPv6 on this machine
+        pytest.skip(f"cannot bind [::]: {exc}")
+    try:
+        (warning,) = _metrics_warnings(caplog)
+        assert f"metrics on [::]:{httpd.server_address[1]} take" in warning, warning
+    finally:
+        httpd.shutdown()
+        httpd.server_close()
+
+
 @pytest.mark.parametrize(
     ("host", "metrics_host", "warned"),
     [("0.0.0.0", None, True), ("127.0.0.1", "0.0.0.0", True), ("0.0.0.0", "127.0.0.1", False)],
