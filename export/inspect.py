@@ -95,16 +95,30 @@ def inspect_policy(path: str | os.PathLike[str]) -> dict[str, Any]:
     }
 
 
+def contract_lines(c: dict[str, Any]) -> list[str]:
+    """The lines of :func:`format_inspection` that render the contract ``c`` (a contract's ``to_dict()``):
+    what a controller must agree on, also for a served policy (``flowrl inspect --server``)."""
+    layout = ", ".join(f"{name}[{size}]" for name, size in c["obs_layout"]) or "(not recorded)"
+    pairs = [f"[{lo:g}, {hi:g}]" for lo, hi in zip(c["action_low"], c["action_high"], strict=True)]
+    bounds = f"{pairs[0]} for every action" if len(set(pairs)) == 1 else ", ".join(pairs)
+    return [
+        f"env          {c['env_id'] or '(not recorded)'}, control period {c['control_period_s']:g} s",
+        f"observation  {counted(c['obs_dim'], 'value')}: {layout}; normalization: {c['obs_normalization']}",
+        f"action       {counted(c['act_dim'], 'value')}: {', '.join(c['action_names']) or '(names not recorded)'}",
+        f"bounds       {bounds}; output already rescaled: {'yes' if c['action_rescaled'] else 'no'}",
+        f"sampler      {c['solver']} × {counted(c['flow_steps'], 'step')}, t schedule {c['t_schedule']}, "
+        f"{'deterministic' if c['deterministic'] else 'stochastic'}",
+        f"noise        {c['noise_convention']}",
+    ]
+
+
 def format_inspection(info: dict[str, Any]) -> str:
     """A human-readable rendering of :func:`inspect_policy`'s result."""
-    c, p = info["contract"], info["provenance"]
+    p = info["provenance"]
 
     def shapes(tensors: Iterable[dict[str, Any]]) -> str:
         return ", ".join(f"{t['name']} {t['shape']} {t['type']}" for t in tensors)
 
-    layout = ", ".join(f"{name}[{size}]" for name, size in c["obs_layout"]) or "(not recorded)"
-    pairs = [f"[{lo:g}, {hi:g}]" for lo, hi in zip(c["action_low"], c["action_high"], strict=True)]
-    bounds = f"{pairs[0]} for every action" if len(set(pairs)) == 1 else ", ".join(pairs)
     config, verification, versions = (
         value if isinstance(value, dict) else {}  # provenance is not hashed: show what is there, as it is
         for value in (p.get("export_config"), p.get("verification"), p.get("versions"))
@@ -115,13 +129,7 @@ def format_inspection(info: dict[str, Any]) -> str:
         f"contract     {info['contract_hash']}",
         f"inputs       {shapes(info['inputs'])}",
         f"outputs      {shapes(info['outputs'])}",
-        f"env          {c['env_id'] or '(not recorded)'}, control period {c['control_period_s']:g} s",
-        f"observation  {counted(c['obs_dim'], 'value')}: {layout}; normalization: {c['obs_normalization']}",
-        f"action       {counted(c['act_dim'], 'value')}: {', '.join(c['action_names']) or '(names not recorded)'}",
-        f"bounds       {bounds}; output already rescaled: {'yes' if c['action_rescaled'] else 'no'}",
-        f"sampler      {c['solver']} × {counted(c['flow_steps'], 'step')}, t schedule {c['t_schedule']}, "
-        f"{'deterministic' if c['deterministic'] else 'stochastic'}",
-        f"noise        {c['noise_convention']}",
+        *contract_lines(info["contract"]),
         f"source       {p.get('source_checkpoint', '?')} (model.safetensors sha256 {p.get('source_sha256', '?')})",
         f"opset        {', '.join(f'{d} {v}' for d, v in info['opsets'].items())} (IR version {info['ir_version']})",
         *(

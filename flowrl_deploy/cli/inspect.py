@@ -15,10 +15,6 @@ from flowrl_deploy.errors import FlowRLError
 if TYPE_CHECKING:
     from flowrl_deploy.client import PolicyInfo
 
-CONTRACT_LINES = ("contract", "env", "observation", "action", "bounds", "sampler", "noise")
-"""The lines of a file's inspection that a served policy's contract gives too (the others describe the
-file: its sha256, graph, opsets, provenance), by their label."""
-
 
 def _served(info: PolicyInfo, server: str) -> dict[str, Any]:
     """What ``flowrl inspect --server --json`` prints of a served policy."""
@@ -35,21 +31,16 @@ def _served(info: PolicyInfo, server: str) -> dict[str, Any]:
 def _format_served(served: dict[str, Any]) -> str:
     """The served policy as ``flowrl inspect FILE`` prints a file: the contract's lines as that rendering
     writes them, after the server's own."""
-    from flowrl_deploy.export.inspect import format_inspection
+    from flowrl_deploy.export.inspect import contract_lines
 
-    as_file = {
-        "path": "", "sha256": "", "size_bytes": 0, "inputs": [], "outputs": [], "ir_version": 0, "opsets": {},
-        "ops": {}, "needs": [], "provenance": {}, "contract_hash": served["contract_hash"],
-        "contract": served["contract"],
-    }  # fmt: skip
-    lines = [line for line in format_inspection(as_file).splitlines() if line[:13].strip() in CONTRACT_LINES]
     release = f" (flowrl-deploy {served['server_version']})" if served["server_version"] else ""
     version = served["model_version"]
     return "\n".join(
         [
             f"server       {served['server']}{release}",
             f"model        {version} (its sha256 begins {version.partition('-')[2]}: compare `flowrl inspect FILE`)",
-            *lines,
+            f"contract     {served['contract_hash']}",
+            *contract_lines(served["contract"]),
             f"max batch    {served['max_batch']} rows a call",
         ]
     )
