@@ -132,8 +132,8 @@ class ControlReport:
             f"{self.env_id} at {self.hz:g} Hz via {self.server}: {returns} ({self.steps} steps"
             f"{f'; episode {lengths}' if lengths else ''})\n"
             f"{latency}; jitter {self.jitter_us:.0f} µs; "
-            f"deadline misses {self.deadline_misses} ({100 * self.miss_rate:.3f}%), overruns {self.overruns}"
-            f"{f'; fallbacks: {reasons}' if reasons else ''}{warning}{note}"
+            f"ticks without a fresh action {self.deadline_misses} ({100 * self.miss_rate:.3f}%"
+            f"{f': {reasons}' if reasons else ''}), overruns {self.overruns}{warning}{note}"
         )
 
     def _seeded_note(self) -> str:

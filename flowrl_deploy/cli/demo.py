@@ -185,7 +185,7 @@ def _table(summary: dict[str, Any], control: Any) -> str:
         ("return of policy.onnx (in process)", f"{summary['onnx_eval_return']:.1f}"),
         ("return via the server (closed loop)", _return(summary["served_return"])),
         ("round trip p50 / p99 / p99.9", _latencies(control)),
-        ("deadline misses", f"{control.deadline_misses} of {control.steps} ({100 * control.miss_rate:.2f}%)"),
+        ("ticks without a fresh action", f"{control.deadline_misses} of {control.steps} ({control.miss_rate:.2%})"),
         ("report", str(Path(summary["artifacts"]["onnx"]).parent)),
     ]
     width = max(len(k) for k, _ in rows)

@@ -82,7 +82,7 @@ class TestMutualTLS:
         result = runner.invoke(app, ["control", "--server", mtls_server, *SHORT_RUN, *_mtls_args(pki)])
         assert result.exit_code == 0, result.output
         assert "(5 steps; episode length 5 ± 0 steps, 0 of 1 ended by termination)" in result.output
-        assert "deadline misses 0 " in result.output
+        assert "ticks without a fresh action 0 (" in result.output
 
     @pytest.mark.parametrize("command", ["query", "control"])
     def test_without_a_client_certificate_the_hint_names_it(self, mtls_server, pki, command):

@@ -89,7 +89,7 @@ def test_a_run_refused_by_a_server_at_its_session_limit_reports_why_it_fell_back
         first.act(np.zeros(OBS_DIM, np.float32))  # the server's one session
         report = _run(full, RecordingEnv(length=5), monkeypatch, hz=10, episodes=1, fallback="zeros")
     assert (report.steps, report.fresh_replies, report.fallbacks) == (5, 0, {"RESOURCE_EXHAUSTED": 5})
-    assert "; fallbacks: RESOURCE_EXHAUSTED 5\n" in report.summary()
+    assert "ticks without a fresh action 5 (100.000%: RESOURCE_EXHAUSTED 5), overruns" in report.summary()
     assert report.fallback == report.to_dict()["fallback"] == "zeros"  # the run's own, not the default hold
     assert "note: 5 ticks acted on the zeros fallback" in report.summary()
 

@@ -111,13 +111,13 @@ def test_the_report_counts_the_fallbacks_by_reason_the_most_frequent_first():
     report = _report(timings)
     assert report.fallbacks == {"RESOURCE_EXHAUSTED": 97, "deadline": 3, "disconnected": 1}
     assert list(json.loads(json.dumps(report.to_dict()))["fallbacks"].items()) == list(report.fallbacks.items())
-    assert "overruns 0; fallbacks: RESOURCE_EXHAUSTED 97, deadline 3, disconnected 1\nwarning: " in report.summary()
+    assert "(99.020%: RESOURCE_EXHAUSTED 97, deadline 3, disconnected 1), overruns 0\nwarning: " in report.summary()
 
 
 def test_a_run_without_fallbacks_lists_none():
     report = _report([fresh(seq, 500.0) for seq in range(5)])
     assert report.fallbacks == {} and report.to_dict()["fallbacks"] == {}
-    assert "fallbacks" not in report.summary()
+    assert "ticks without a fresh action 0 (0.000%), overruns" in report.summary()
 
 
 def test_the_summary_gives_the_episodes_lengths_and_terminations():
@@ -155,3 +155,15 @@ def test_any_fallback_tick_is_said_to_leave_the_seeded_episode(fallback, reasons
         (note,) = notes
         assert note.startswith(said) and "`flowrl eval --seed 0`" in note
         assert "warning: " not in report.summary()  # under 1 %: the note, not the warning
+
+
+def test_the_summary_names_fallback_ticks_not_deadline_misses_when_the_server_was_away():
+    """A run against a killed server said 'deadline misses 228' for ticks that never reached it
+    (robot review F4): the count is of every tick without a fresh action, so it is named so."""
+    timings = [fresh(0, 500.0)] + [CallTiming(i, "hold", 1e4, reason="disconnected") for i in range(228)]
+    timings.append(CallTiming(229, "hold", 1e4, reason="deadline"))
+    summary = _report(timings).summary()
+    assert "deadline misses" not in summary
+    assert "ticks without a fresh action 229 (99.565%: disconnected 228, deadline 1), overruns 0" in summary
+    clean = _report([fresh(seq, 500.0) for seq in range(5)]).summary()
+    assert "ticks without a fresh action 0 (0.000%), overruns 0" in clean
