@@ -147,6 +147,7 @@ class Metrics:
         self.reloads = 0
         self.reload_failures = 0
         self.metrics_refused = 0  # connections to the metrics endpoint closed unanswered at its caps
+        self.sessions_evicted = 0  # sessions forgotten to make room in a full table
         self.refused_at: dict[str, int] = defaultdict(int)  # by limit
         self._warned: dict[str, tuple[float, int]] = {}  # by kind of warning: its last, those held back since
         self.limits: Callable[[], dict[str, tuple[int, int]]] = dict
@@ -198,6 +199,13 @@ class Metrics:
             self.metrics_refused += 1
         if due := self._refusals_due("metrics connections", "connection"):
             log.warning("refused %s to the metrics endpoint%s: %s", *due, why)
+
+    def record_session_evicted(self) -> tuple[int, float | None] | None:
+        """A session forgotten to make room in a full table: counted; whether a warning is due
+        (:meth:`warning_due`)."""
+        with self._lock:
+            self.sessions_evicted += 1
+        return self.warning_due("session evicted")
 
     def _refusals_due(self, kind: str, noun: str) -> tuple[str, str] | None:
         """When a refusals warning of ``kind`` is due (:meth:`warning_due`), the count it tells of (this
@@ -347,6 +355,10 @@ class Metrics:
                 "--max-connections.",
                 "# TYPE flowrl_limit gauge",
                 *(f'flowrl_limit{{limit="{limit}"}} {most}' for limit, (_, most) in sorted(limits.items())),
+                "# HELP flowrl_sessions_evicted_total Sessions opened by Reset and no stream's, forgotten to make "
+                "room in a full session table (--max-sessions) since start.",
+                "# TYPE flowrl_sessions_evicted_total counter",
+                f"flowrl_sessions_evicted_total {self.sessions_evicted}",
                 "# HELP flowrl_reloads_total Models swapped in since start.",
                 "# TYPE flowrl_reloads_total counter",
                 f"flowrl_reloads_total {self.reloads}",

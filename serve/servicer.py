@@ -276,7 +276,7 @@ class PolicyServicer(pb_grpc.PolicyServiceServicer):
                 session.owner = owner
                 owner.sessions[session_id] = session
         if evicted is not None:  # logged outside the lock: a slow log handler must not hold up sessions
-            self._warn_evicted(*evicted)
+            self._record_evicted(*evicted)
         return session
 
     def session_count(self) -> int:
@@ -307,9 +307,9 @@ class PolicyServicer(pb_grpc.PolicyServiceServicer):
         del self._sessions[session_id]
         return session_id, time.monotonic() - last_used
 
-    def _warn_evicted(self, session_id: str, idle_s: float) -> None:
-        """Warn of a session forgotten to make room, at most once a minute."""
-        if due := self.metrics.warning_due("session evicted"):
+    def _record_evicted(self, session_id: str, idle_s: float) -> None:
+        """Count a session forgotten to make room, and warn of it at most once a minute."""
+        if due := self.metrics.record_session_evicted():
             held, _ = due
             log.warning(
                 "session table full (--max-sessions %d): forgot session %s, opened by Reset and unused for %.0f s, "

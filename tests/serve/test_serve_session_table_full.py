@@ -39,6 +39,7 @@ def test_a_table_full_of_reset_sessions_still_opens_a_robots_stream(server, capl
             assert forgotten.value.code == grpc.StatusCode.NOT_FOUND
         for kept in ("flood-0", "flood-3", "flood-4"):
             client.act(OBS, session_id=kept)
+    assert "\nflowrl_sessions_evicted_total 2\n" in server.servicer.metrics.exposition()  # each one, though warned once
     warnings = [r.getMessage() for r in caplog.records if "session table full" in r.getMessage()]
     assert len(warnings) == 1, warnings  # once a minute, not once per eviction
     assert warnings[0].startswith("session table full (--max-sessions 4): forgot session flood-1, opened by Reset")
@@ -54,6 +55,7 @@ def test_sessions_owned_by_streams_are_never_forgotten_for_another(server):
                 client.reset("late", seed=0)
             assert refused.value.code == grpc.StatusCode.RESOURCE_EXHAUSTED
             assert "session limit of 4 reached" in refused.value.details
+            assert "\nflowrl_sessions_evicted_total 0\n" in server.servicer.metrics.exposition()
         finally:
             for robot in robots:
                 robot.close()
