@@ -6,7 +6,6 @@ graph that matched the torch sampler.
 
 from __future__ import annotations
 
-import hashlib
 import os
 from dataclasses import dataclass, replace
 from pathlib import Path
@@ -19,6 +18,7 @@ from flowrl_deploy.checkpoint import (
     RUN_CONFIG_FILE,
     RUN_OUTPUTS,
     check_output_path,
+    file_sha256,
     load_checkpoint,
     read_spec,
     resolve_checkpoint,
@@ -301,11 +301,3 @@ def policy_contract(spec: PolicySpec, config: ExportConfig) -> PolicyContract:
         env_id=spec.env_id,
         input_names=(OBS_INPUT,) if config.deterministic else (OBS_INPUT, NOISE_INPUT),
     )
-
-
-def file_sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            digest.update(chunk)
-    return digest.hexdigest()

@@ -13,9 +13,9 @@ from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
 
+from flowrl_deploy.checkpoint import file_sha256
 from flowrl_deploy.contract import contract_from_metadata
 from flowrl_deploy.errors import FlowRLError, SpecError, counted
-from flowrl_deploy.export.exporter import file_sha256
 from flowrl_deploy.onnxfile import parse_model
 from flowrl_deploy.runtime import check_graph_matches_contract, read_policy_file
 

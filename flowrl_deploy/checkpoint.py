@@ -25,6 +25,7 @@ from __future__ import annotations
 import contextlib
 import errno
 import filecmp
+import hashlib
 import json
 import os
 import shlex
@@ -422,6 +423,22 @@ def resolve_checkpoint(path: str | os.PathLike[str]) -> Path:
     raise CheckpointError(
         f"{p} holds no flowrl-deploy checkpoint (no {DOCUMENT_FILE}, no {LAST}/ or {CHECKPOINTS_DIR}/{LAST}/)"
     )
+
+
+def file_sha256(path: str | os.PathLike[str]) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
+def checkpoint_identity(path: str | os.PathLike[str]) -> tuple[str, str, str]:
+    """The checkpoint directory ``path`` resolves to (:func:`resolve_checkpoint`) and the sha256 of
+    the two files an export reads from it (its tensors and its document): equal identities export to
+    the same policy."""
+    directory = resolve_checkpoint(path)
+    return str(directory), file_sha256(directory / MODEL_FILE), file_sha256(directory / DOCUMENT_FILE)
 
 
 def resume_point(path: str | os.PathLike[str]) -> tuple[Path, str | None]:

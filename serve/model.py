@@ -17,6 +17,7 @@ from typing import TYPE_CHECKING
 import numpy as np
 
 from flowrl_deploy.affinity import normal_scheduling
+from flowrl_deploy.checkpoint import checkpoint_identity
 from flowrl_deploy.errors import FlowRLError, printable
 from flowrl_deploy.runtime import ModelLoadError, OnnxPolicy, is_onnx_path, onnxruntime_text, read_policy_file
 from flowrl_deploy.serve.errors import ContractMismatch, DeadlineExpired, NotReady
@@ -156,6 +157,9 @@ class ModelSlot:
         """The N checkpoints are exported at: ``--steps``, else the N of the model served now."""
         self.load_lock = threading.Lock()
         """Held by a :meth:`load` from its start to its swap: one load at a time."""
+        self._exported_from: tuple[str, str, str] | None = None
+        """The checkpoint the served model was exported from (:func:`checkpoint_identity`), None for
+        an ONNX file: a reload of the same checkpoint swaps nothing, exporting nothing."""
 
     def load(
         self,
@@ -203,13 +207,15 @@ class ModelSlot:
         self, source: str, previous: ServedModel | None, still_wanted: Callable[[], bool] | None, by: str
     ) -> tuple[str, str]:
         """:meth:`load` of ``source``, under its lock."""
+        exported_from = self._checkpoint_of(source)
+        if previous is not None and exported_from is not None and exported_from == self._exported_from:
+            return self._unchanged(source, previous, by)  # the checkpoint served now: no export needed
         path = resolve_onnx(source, Path(f"gen{self._generation + 1}"), self._steps, self._exporter)
         data, sha256 = read_model_file(path)
         self._drop_export(path)
         if previous is not None and sha256 == previous.sha256:  # e.g. `touch`: nothing to swap
-            shown = printable(source)
-            log.info("%s holds the model served now (%s): nothing to reload (by %s)", shown, previous.version, by)
-            return previous.version, previous.version
+            self._exported_from = exported_from
+            return self._unchanged(source, previous, by)
         generation = self._generation + 1
         # named by its source, not its export: a refusal names the checkpoint the caller knows
         new = load_model(Path(source), data, sha256, generation, providers=self._providers, threads=self.config.threads)
@@ -225,6 +231,7 @@ class ModelSlot:
             )
         self._generation += 1
         self.model = new  # atomic reference swap: calls in flight keep the model they hold
+        self._exported_from = exported_from
         if self.config.steps is None:  # checkpoints exported by later reloads keep the served N
             self._steps = new.contract.flow_steps
         providers = ", ".join(new.policy.session.get_providers())
@@ -236,6 +243,22 @@ class ModelSlot:
         else:
             log.info("loaded %s as %s (%s, %s)", printable(source), new.version, steps, providers)
         return new.version, previous.version if previous else ""
+
+    def _checkpoint_of(self, source: str) -> tuple[str, str, str] | None:
+        """:func:`checkpoint_identity` of a checkpoint ``source`` (exported at the served N: a reload
+        keeps it), None for an ONNX file or one that cannot be read (its export says why)."""
+        if self._exporter is None or is_onnx_path(Path(source)):
+            return None
+        try:
+            return checkpoint_identity(source)
+        except (FlowRLError, OSError):
+            return None
+
+    @staticmethod
+    def _unchanged(source: str, previous: ServedModel, by: str) -> tuple[str, str]:
+        shown = printable(source)
+        log.info("%s holds the model served now (%s): nothing to reload (by %s)", shown, previous.version, by)
+        return previous.version, previous.version
 
     def _drop_export(self, path: Path) -> None:
         """Remove a checkpoint's export once its bytes are read (the model loads from them): each

@@ -8,8 +8,10 @@ import shutil
 from pathlib import Path
 
 import pytest
+from fake_checkpoints import FakeExporter, save_step
 from tiny_policy import write_policy
 
+from flowrl_deploy.checkpoint import CHECKPOINTS_DIR, DOCUMENT_FILE
 from flowrl_deploy.errors import FlowRLError
 from flowrl_deploy.serve import ServeConfig
 from flowrl_deploy.serve.errors import NotReady
@@ -70,3 +72,22 @@ def test_a_checkpoint_is_exported_into_a_work_folder_that_close_removes(tmp_path
     assert not folder.exists()
     with pytest.raises(FlowRLError, match="the server has stopped"):
         slot.load()
+
+
+def test_a_reload_of_the_checkpoint_served_now_is_not_exported_again(tmp_path):
+    """A Reload (or `touch`) of a served run re-exported its checkpoint (seconds of CPU on the serving
+    machine) only to find the same bytes; the same checkpoint at the same N now costs a hash."""
+    run = tmp_path / "run"
+    save_step(run, 1)
+    exporter = FakeExporter()
+    slot = _slot(run, export_checkpoint=exporter)
+    first, _ = slot.load()
+    assert slot.load() == (first, first) and len(exporter.calls) == 1
+    (run / CHECKPOINTS_DIR / "step_000000001" / DOCUMENT_FILE).touch()
+    assert slot.load() == (first, first) and len(exporter.calls) == 1
+    save_step(run, 2)  # another checkpoint: exported and swapped in
+    second, previous = slot.load()
+    assert (previous, second[:3], len(exporter.calls)) == (first, "v2-", 2)
+    save_step(run, 1)  # back to step 1's checkpoint, rewritten with the same bytes: exported again
+    assert slot.load()[0].startswith("v3-") and len(exporter.calls) == 3
+    slot.close()
