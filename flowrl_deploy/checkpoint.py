@@ -5,6 +5,7 @@ A run directory looks like this::
     runs/cheetah/
         config.json                    # the TrainConfig, written before step 0
         metrics.jsonl, metrics.csv     # one row per log/eval
+        tensorboard/                   # the same figures as TensorBoard events
         checkpoints/
             step_000050000/            # one checkpoint (a directory)
                 checkpoint.json        # format tag, policy spec, config, counters, versions

@@ -51,7 +51,8 @@ def session_noise(seed: Seed | None) -> np.random.Generator:
 
 
 def draw_noise(generator: np.random.Generator, batch: int, act_dim: int) -> npt.NDArray[np.float32]:
-    """The next noise block a0 ~ N(0, I), shape [batch, act_dim], float32."""
+    """The next noise block ~ N(0, I), shape [batch, act_dim], float32: the policy's noise input,
+    which the sampler clamps into a0."""
     return generator.standard_normal((batch, act_dim), dtype=np.float32)
 
 

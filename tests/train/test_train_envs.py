@@ -316,7 +316,8 @@ def test_humanoidbench_hint_gives_commands_that_work_without_pypi():
 
 
 def test_episode_seeds_are_stable_and_distinct():
-    assert episode_seed(0, 5) == episode_seed(0, 5)
+    # pinned: a change to the derivation changes every seeded episode (`flowrl eval --seed`, resumed runs)
+    assert (episode_seed(0, 5), episode_seed(3, 0, stream=2)) == (1387925762, 960329833)
     assert len({episode_seed(0, i) for i in range(100)} | {episode_seed(0, i, stream=1) for i in range(100)}) == 200
     assert isinstance(make_env("dmc:cartpole-swingup"), DMCEnv)
 
