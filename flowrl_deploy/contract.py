@@ -28,6 +28,8 @@ CONTRACT_VERSION = 1
 when a field enters the hash (``_HASHED``) or a hashed field changes meaning: an older reader then says the
 file is newer than it reads instead of finding the hash unmatched. A new unhashed field needs no bump
 (older readers ignore it: :meth:`PolicyContract.from_dict`)."""
+OBS_NORMALIZATIONS = ("none", "inside")
+"""The ``obs_normalization`` values a contract may state: the caller sends raw observations."""
 OBS_INPUT = "obs"
 NOISE_INPUT = "noise"
 ACTION_OUTPUT = "action"
@@ -85,9 +87,24 @@ class PolicyContract:
     def __post_init__(self) -> None:
         """Refuse a contract no exported graph can have (a hand-edited or corrupt file); each
         message names the field and starts with "policy contract"."""
-        problem = policy_problem(self)  # control_period_s's range included
+        problem = policy_problem(self) or self._unhonoured()  # control_period_s's range included
         if problem is not None:
             raise SpecError(f"policy contract field {problem}")
+
+    def _unhonoured(self) -> str | None:
+        """A client-facing value this version's server and client cannot act on (a graph from another
+        exporter, or a later version's): they send raw observations and apply the output as is."""
+        if self.action_rescaled is not True:
+            return (
+                f"action_rescaled is {self.action_rescaled!r}: this flowrl-deploy serves and applies only graphs "
+                "whose output is the action rescaled to its bounds"
+            )
+        if self.obs_normalization not in OBS_NORMALIZATIONS:
+            return (
+                f"obs_normalization is {self.obs_normalization!r}: this flowrl-deploy sends raw observations, so "
+                f"it takes only {' or '.join(map(repr, OBS_NORMALIZATIONS))} (the graph normalizes them itself)"
+            )
+        return None
 
     def hash(self) -> str:
         """sha256 (hex, first 16 chars) of the client-facing fields, in canonical JSON."""

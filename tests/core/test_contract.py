@@ -32,7 +32,6 @@ CLIENT_FACING = {  # field -> a change of it (the dims cannot change without the
     "action_names": {"action_names": ("knee", "hip")},
     "action_low": {"action_low": (-2.0, -1.0)},
     "action_high": {"action_high": (1.0, 2.0)},
-    "action_rescaled": {"action_rescaled": False},
     "obs_normalization": {"obs_normalization": "inside"},
     "control_period_s": {"control_period_s": 0.02},
     "deterministic": {"deterministic": True},
@@ -48,9 +47,34 @@ SAMPLER_SETTINGS = {
 }
 
 
+ONE_VALUE_NOW = {"action_rescaled"}
+"""Client-facing fields this version takes one value of (others are refused, below): in the hash, so
+that a later version's other value is told apart, but no change of them can be built here."""
+
+
 def test_every_contract_field_is_either_client_facing_or_a_sampler_setting():
-    assert CLIENT_FACING.keys() | SAMPLER_SETTINGS.keys() == {f.name for f in fields(PolicyContract)}
-    assert not CLIENT_FACING.keys() & SAMPLER_SETTINGS.keys()
+    client_facing = CLIENT_FACING.keys() | ONE_VALUE_NOW
+    assert client_facing | SAMPLER_SETTINGS.keys() == {f.name for f in fields(PolicyContract)}
+    assert not client_facing & SAMPLER_SETTINGS.keys()
+    assert set(contract._HASHED) >= ONE_VALUE_NOW
+
+
+@pytest.mark.parametrize(
+    ("change", "message"),
+    [
+        ({"action_rescaled": False}, r"^policy contract field action_rescaled is False: .*rescaled to its bounds"),
+        ({"obs_normalization": "outside"}, r"^policy contract field obs_normalization is 'outside': .*'inside'"),
+    ],
+)
+def test_a_contract_this_version_cannot_honour_is_refused_not_served_as_if_it_could(change, message):
+    """A file whose contract said its observations must be normalized by the caller, or its output
+    rescaled by it, was served and applied as if it took raw observations and gave the action."""
+    with pytest.raises(SpecError, match=message):
+        replace(BASE, **change)
+    metadata = contract_to_metadata(BASE, {})
+    metadata[contract.CONTRACT_KEY] = json.dumps({**BASE.to_dict(), **change})
+    with pytest.raises(SpecError, match=r"^the model file's policy contract field"):
+        contract_from_metadata(metadata)
 
 
 @pytest.mark.parametrize("field", CLIENT_FACING)
