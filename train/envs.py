@@ -242,6 +242,8 @@ class GymEnv:
                 f"unknown environment {env_id.name!r} ({exc}).{hint} How to name tasks: {ENV_ID_HELP}"
             ) from exc
         except Exception as exc:  # a MuJoCo task imports mujoco as it is made: does the user's MUJOCO_GL stop it?
+            if (error := _unimportable_prefix(env_id.name, exc)) is not None:
+                raise error from exc
             cause = _import_error("mujoco")
             if cause is None or (error := _opengl_failure(cause, "MuJoCo")) is None:
                 raise
@@ -274,6 +276,25 @@ class GymEnv:
 
     def close(self) -> None:
         self._env.close()
+
+
+def _unimportable_prefix(name: str, exc: Exception) -> EnvIdError | None:
+    """gymnasium reads ``module:id`` as a module to import before making ``id``: a module that is not
+    installed (``hb:h1-walk-v0``) makes ``name`` a wrong id, not a crash. None for other failures."""
+    module, colon, task = name.partition(":")
+    missing = getattr(exc, "name", None) or getattr(exc.__cause__, "name", None)  # gymnasium re-raises it
+    if not (colon and isinstance(exc, ImportError) and missing and module.split(".")[0] == missing.split(".")[0]):
+        return None
+    if module == "humanoid_bench":
+        hint = f" {HUMANOIDBENCH_INSTALL}."
+    elif task.startswith("h1"):
+        hint = f" HumanoidBench ids take no prefix: {task!r}."
+    else:
+        hint = f" A registered id needs no prefix, e.g. {task!r}."
+    return EnvIdError(
+        f"{name!r} names the module {module!r} to import before making {task!r}, and there is no module "
+        f"named {missing!r}.{hint} How to name tasks: {ENV_ID_HELP}"
+    )
 
 
 def _actuator_names(env: object, act_dim: int) -> tuple[str, ...]:

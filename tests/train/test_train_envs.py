@@ -247,8 +247,8 @@ def test_a_resumed_run_keeps_the_names_its_checkpoints_record(tmp_path, monkeypa
 
     from flowrl_deploy.checkpoint import read_spec
     from flowrl_deploy.train import loop
-    from flowrl_deploy.train.checkpointing import resume_config
     from flowrl_deploy.train.config import TrainConfig
+    from flowrl_deploy.train.resume import resume_config
 
     out, current = tmp_path / "run", loop.policy_spec
     cfg = TrainConfig(env="FlowRLTestArm-v0", steps=20, start_steps=20, hidden=8, batch_size=8, eval_every=0,
@@ -332,3 +332,19 @@ def test_envs_evaluate_and_config_import_without_torch():
         "sys.exit('torch' in sys.modules)"
     )
     assert subprocess.run([sys.executable, "-c", code], timeout=60).returncode == 0
+
+
+@pytest.mark.parametrize(
+    ("env_id", "hint"),
+    [
+        ("nosuchmodule:Pendulum-v1", "A registered id needs no prefix, e.g. 'Pendulum-v1'"),
+        ("hb:h1-walk-v0", "HumanoidBench ids take no prefix: 'h1-walk-v0'"),
+    ],
+)
+def test_a_module_prefix_that_cannot_be_imported_is_a_wrong_id_not_a_traceback(env_id, hint):
+    """gymnasium's `module:id` form imports the module first: `--env hb:h1-walk-v0` ended `flowrl train`
+    and `flowrl eval` with gymnasium's ModuleNotFoundError traceback (HumanoidBench review F1)."""
+    module = env_id.partition(":")[0]
+    with pytest.raises(EnvIdError, match=rf"names the module '{module}'.*no module named '{module}'") as refused:
+        make_env(env_id)
+    assert hint in str(refused.value) and "How to name tasks" in str(refused.value)
