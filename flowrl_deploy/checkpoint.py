@@ -45,10 +45,14 @@ from flowrl_deploy.atomic import apply_umask, fsync_dir, fsync_tree, os_reason, 
 from flowrl_deploy.errors import CheckpointError, FlowRLError, SpecError, printable
 from flowrl_deploy.fieldtypes import is_int
 from flowrl_deploy.spec import PolicySpec
-from flowrl_deploy.versions import library_versions
+from flowrl_deploy.versions import library_versions, version_problem
 
 FORMAT = "flowrl-deploy.checkpoint"
 FORMAT_VERSION = 1
+"""``checkpoint.json``'s ``format_version``: the files, the actor and the spec that export, eval and serve
+read. Bump it when a change to them would make an older release misread a checkpoint: a newer one is refused
+with "upgrade flowrl-deploy" (:func:`read_document`). Every release so far wrote 1, and a document without
+it reads as 1."""
 DOCUMENT_FILE = "checkpoint.json"
 MODEL_FILE = "model.safetensors"
 TRAINING_TENSORS_FILE = "training_state.safetensors"
@@ -619,14 +623,9 @@ def read_document(path: str | os.PathLike[str]) -> dict[str, Any]:
         raise CheckpointError(f"{doc_path} is corrupt (not valid JSON: {exc})") from exc
     if not isinstance(document, dict) or document.get("format") != FORMAT:
         raise CheckpointError(f"{doc_path} is not a flowrl-deploy checkpoint (format tag missing or foreign)")
-    version, counters = document.get("format_version", 0), document.get("counters", {})
-    if not is_int(version):
-        raise CheckpointError(f"{doc_path}: format_version must be an integer, got {version!r}")
-    if version > FORMAT_VERSION:
-        raise CheckpointError(
-            f"{doc_path} has format version {version}, newer than this "
-            f"flowrl-deploy reads ({FORMAT_VERSION}); upgrade flowrl-deploy"
-        )
+    version, counters = document.get("format_version", 1), document.get("counters", {})
+    if problem := version_problem(version, "format_version", FORMAT_VERSION):
+        raise CheckpointError(f"{doc_path}: {problem}")
     if not (isinstance(counters, dict) and all(is_int(v) and v >= 0 for v in counters.values())):
         raise CheckpointError(
             f"{doc_path}: counters must be a JSON object of non-negative integers, got {counters!r:.200}"

@@ -18,6 +18,7 @@ from typing import Any
 
 from flowrl_deploy.errors import SpecError
 from flowrl_deploy.spec import policy_from_json, policy_problem
+from flowrl_deploy.versions import version_problem
 
 CONTRACT_KEY = "flowrl.contract"
 CONTRACT_HASH_KEY = "flowrl.contract_hash"
@@ -155,14 +156,10 @@ def contract_from_metadata(metadata: dict[str, str]) -> tuple[PolicyContract, di
     """Read back what :func:`contract_to_metadata` wrote; raise :class:`SpecError` if absent or altered."""
     if CONTRACT_KEY not in metadata:
         raise SpecError("the model carries no flowrl policy contract: was it exported by `flowrl export`?")
-    version = metadata.get(CONTRACT_VERSION_KEY, str(CONTRACT_VERSION))
-    if not (version.isascii() and version.isdigit() and int(version) >= 1):
-        raise SpecError(f"the model's contract version {version[:40]!r} is not a positive integer")
-    if int(version) > CONTRACT_VERSION:
-        raise SpecError(
-            f"the model was exported by a newer flowrl-deploy (contract version {int(version)}; this version "
-            f"reads {CONTRACT_VERSION}); upgrade flowrl-deploy to use it"
-        )
+    version = metadata.get(CONTRACT_VERSION_KEY, str(CONTRACT_VERSION))  # a string, as all metadata
+    number = int(version) if version.isascii() and version.isdigit() else version  # not '²', ' 1' or '-1'
+    if problem := version_problem(number, CONTRACT_VERSION_KEY, CONTRACT_VERSION):
+        raise SpecError(f"the model's {problem}")
     records = {}
     for key, what in ((CONTRACT_KEY, "policy contract"), (PROVENANCE_KEY, "provenance record")):
         try:

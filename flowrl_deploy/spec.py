@@ -14,6 +14,7 @@ from typing import TYPE_CHECKING, Any, TypeVar
 
 from flowrl_deploy.errors import SpecError
 from flowrl_deploy.fieldtypes import is_int, wrong_type
+from flowrl_deploy.versions import version_problem
 
 if TYPE_CHECKING:
     from flowrl_deploy.contract import PolicyContract
@@ -21,6 +22,10 @@ if TYPE_CHECKING:
 SOLVERS = ("midpoint", "euler")
 ACTIVATIONS = ("elu",)
 SPEC_VERSION = 1
+"""A checkpoint's spec records it as ``spec_version`` (a spec without it is version 1). Bump it when a spec
+field changes meaning, so that an older release refuses the spec with "upgrade flowrl-deploy" rather than
+misreading it (:meth:`PolicySpec.from_dict`). A new field needs none: an older release refuses a spec with a
+field it does not know."""
 MAX_FLOW_STEPS = 1000
 """The most ODE steps N a policy may sample with, in training, export and serving alike (a typo such
 as 100000 would otherwise build and run a graph for ages)."""
@@ -123,11 +128,8 @@ class PolicySpec:
         is a misspelling ("hiden") that would otherwise fall back to its default unseen. A spec a newer
         flowrl-deploy wrote says so by its spec_version, and is refused first with a request to upgrade."""
         version = data.get("spec_version", SPEC_VERSION) if isinstance(data, dict) else SPEC_VERSION
-        if is_int(version) and version > SPEC_VERSION:  # one of another type: validate names it
-            raise SpecError(
-                f"policy spec version {version} is newer than this flowrl-deploy understands ({SPEC_VERSION}); "
-                "upgrade flowrl-deploy"
-            )
+        if problem := version_problem(version, "spec_version", SPEC_VERSION):
+            raise SpecError(problem)
         return policy_from_json(cls, data, "policy spec", ignore_unknown=False)
 
 

@@ -1,5 +1,6 @@
-"""Versions: the libraries an artifact was made with (recorded for provenance), and this release as
-``flowrl --version`` and a server's GetSpec/GetStats report it."""
+"""Versions: the libraries an artifact was made with (recorded for provenance), this release as
+``flowrl --version`` and a server's GetSpec/GetStats report it, and the one check of a format version
+read from a file (:func:`version_problem`)."""
 
 from __future__ import annotations
 
@@ -11,6 +12,7 @@ from importlib import metadata
 from pathlib import Path
 
 from flowrl_deploy import __version__
+from flowrl_deploy.fieldtypes import is_int
 
 _TRACKED = (
     "torch",
@@ -23,6 +25,21 @@ _TRACKED = (
     "gymnasium",
     "humanoid_bench",  # HumanoidBench's distribution name; its tasks' rewards and resets change between versions
 )
+
+
+def version_problem(value: object, what: str, current: int) -> str | None:
+    """What is wrong with the format version ``value`` read from a file, or None when this version reads
+    it: no integer (a bool is none), below 1 (every format starts at 1), or newer than ``current``. One
+    wording for all five (docs/compatibility.md#format-versions): ``what`` names the field as the file
+    spells it (``format_version``, ``config.config_version``); the caller says where, and what still works."""
+    if not is_int(value) or value < 1:
+        return f"{what} must be a positive integer, got {value!r:.40}"
+    if value > current:
+        return (
+            f"{what} {value} was written by a newer flowrl-deploy (this version reads up to {current}); "
+            "upgrade flowrl-deploy"
+        )
+    return None
 
 
 def library_versions() -> dict[str, str]:

@@ -36,6 +36,7 @@ from flowrl_deploy.train.losses import (
     weighted_flow_matching_loss,
 )
 from flowrl_deploy.train.replay import Batch
+from flowrl_deploy.versions import version_problem
 
 TRAINING_STATE_VERSION = 1
 """Layout of the training state (critics, targets, value, Adam moments) this version writes and resumes,
@@ -257,13 +258,9 @@ class FlowRL:
     @staticmethod
     def _check_layout_version(state: dict) -> None:
         version = state.get("layout_version", 1) if isinstance(state, dict) else 1
-        if not is_int(version) or version < 1:
-            raise CheckpointError(f"training state has layout_version {version!r:.40}, not a positive integer")
-        if version > TRAINING_STATE_VERSION:
-            raise CheckpointError(
-                f"training state was written by a newer flowrl-deploy (training-state layout {version}; this "
-                f"version reads {TRAINING_STATE_VERSION}): {_STILL_WORKS}; to resume it, upgrade flowrl-deploy"
-            )
+        if problem := version_problem(version, "layout_version", TRAINING_STATE_VERSION):
+            newer = is_int(version) and version > TRAINING_STATE_VERSION
+            raise CheckpointError(f"training state: {problem}" + (f" to resume it ({_STILL_WORKS})" if newer else ""))
 
     def _check_layout(self, tensors: dict[str, np.ndarray], state: dict) -> None:
         version = state.get("layout_version")

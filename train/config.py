@@ -18,9 +18,10 @@ from flowrl_deploy.atomic import write_text_atomic
 from flowrl_deploy.checkpoint import RUN_CONFIG_FILE, read_document, resume_point
 from flowrl_deploy.envid import parse_env_id
 from flowrl_deploy.errors import EnvIdError, FlowRLError
-from flowrl_deploy.fieldtypes import is_int, is_number, wrong_type
+from flowrl_deploy.fieldtypes import is_number, wrong_type
 from flowrl_deploy.noise import run_seed_problem
 from flowrl_deploy.spec import SOLVERS, flow_steps_problem
+from flowrl_deploy.versions import version_problem
 
 CFM_WEIGHTINGS = ("batch", "sample")
 DEVICES = ("auto", "cpu", "cuda")
@@ -29,7 +30,8 @@ CONFIG_VERSION = 2
 A config without it is version 1, written when ``tau`` was the share of the target critics *kept*
 (θ̄ ← tau·θ̄ + (1 − tau)·θ): :meth:`TrainConfig.from_dict` reads its tau as 1 − tau, the same
 target updates (:func:`tau_conversion` says so). From version 2 tau is the step toward the online
-critics."""
+critics. Bump it when a stored field changes meaning, and convert the older meaning in
+:meth:`TrainConfig.from_dict`; a new field needs none (an older release refuses a field it does not know)."""
 VERSION_KEY = "config_version"
 
 
@@ -196,13 +198,8 @@ class TrainConfig:
         data = dict(data)
         version = data.pop(VERSION_KEY, 1 if source else CONFIG_VERSION)
         stored = f"{key}.{VERSION_KEY}" if key else VERSION_KEY
-        if not is_int(version) or version < 1:
-            raise ConfigError(f"{where}{stored} must be a positive integer, got {version!r}")
-        if version > CONFIG_VERSION:
-            raise ConfigError(
-                f"{where}{stored} {version} was written by a newer flowrl-deploy (this one reads up to "
-                f"{CONFIG_VERSION}); upgrade flowrl-deploy"
-            )
+        if problem := version_problem(version, stored, CONFIG_VERSION):
+            raise ConfigError(f"{where}{problem}")
 
         def name(field: str) -> str:
             return f"{key}.{field}" if key else field

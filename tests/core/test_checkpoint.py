@@ -263,8 +263,8 @@ class TestCorruptOrForeign:
     @pytest.mark.parametrize(
         ("field", "value", "message"),
         [
-            ("format_version", "x", "format_version must be an integer, got 'x'"),
-            ("format_version", None, "format_version must be an integer, got None"),
+            ("format_version", "x", "format_version must be a positive integer, got 'x'"),
+            ("format_version", None, "format_version must be a positive integer, got None"),
             ("counters", "x", "counters must be a JSON object of non-negative integers, got 'x'"),
             (
                 "counters",

@@ -70,7 +70,7 @@ class TestPolicySpec:
             ("noise_clip", "x", "noise_clip must be a number, got 'x'"),
             ("solver", 3, "solver must be a string, got 3"),
             ("control_period_s", None, "control_period_s must be a number, got None"),
-            ("spec_version", "2", "spec_version must be an integer, got '2'"),
+            ("spec_version", "2", "spec_version must be a positive integer, got '2'"),
             (
                 "obs_layout",
                 [["position", 2.5], ["velocity", 0.5]],

@@ -246,7 +246,9 @@ def test_training_state_records_its_layout_version_and_a_newer_one_is_refused_be
     state["layout_version"] = algorithm.TRAINING_STATE_VERSION + 1
     clone = make_agent(seed=5)
     before = snapshot(clone.q_pi)
-    with pytest.raises(CheckpointError, match=r"newer flowrl-deploy .*layout 2.*reads 1.*upgrade") as err:
+    with pytest.raises(
+        CheckpointError, match=r"^training state: layout_version 2 was written by a newer .*reads up to 1.*upgrade"
+    ) as err:
         clone.load_state(actor, tensors, state)
     assert "exported, evaluated and served" in str(err.value)
     assert not moved(before, clone.q_pi)
@@ -257,7 +259,7 @@ def test_a_layout_version_that_is_no_positive_integer_is_refused(version):
     agent = make_agent()
     actor = {k: v.numpy() for k, v in agent.actor.state_dict().items()}
     state = {**agent.state_json(), "layout_version": version}
-    with pytest.raises(CheckpointError, match="not a positive integer"):
+    with pytest.raises(CheckpointError, match=r"^training state: layout_version must be a positive integer, got "):
         make_agent().load_state(actor, agent.state_tensors(), state)
 
 
