@@ -14,22 +14,22 @@ import importlib
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:  # what __getattr__ loads on first use, typed for mypy and pyright (its own hint is Any)
-    from flowrl_deploy.train.checkpointing import load_actor as load_actor
-    from flowrl_deploy.train.checkpointing import resume_config as resume_config
+    from flowrl_deploy.train.actor import load_actor as load_actor
     from flowrl_deploy.train.config import TrainConfig as TrainConfig
     from flowrl_deploy.train.evaluate import EvalResult as EvalResult
     from flowrl_deploy.train.evaluate import checkpoint_act_fn as checkpoint_act_fn
     from flowrl_deploy.train.loop import TrainResult as TrainResult
     from flowrl_deploy.train.loop import train as train
+    from flowrl_deploy.train.resume import resume_config as resume_config
 
 _EXPORTS = {
     "TrainConfig": "config",
     "train": "loop",
     "TrainResult": "loop",
-    "resume_config": "checkpointing",
+    "resume_config": "resume",
     "EvalResult": "evaluate",
     "checkpoint_act_fn": "evaluate",
-    "load_actor": "checkpointing",
+    "load_actor": "actor",
 }
 __all__ = sorted(_EXPORTS)
 

@@ -164,7 +164,7 @@ def checkpoint_act_fn(
     """An ``act_fn`` sampling the checkpoint's flow policy with ``flow_steps`` (default: its own N),
     drawing the noise as a :class:`~flowrl_deploy.runtime.SeededPolicy` seeded ``seed`` does (or
     from a0 = 0 when ``deterministic``), so it plays the episodes its export plays with that seed."""
+    from flowrl_deploy.train.actor import actor_act_fn, load_actor
     from flowrl_deploy.train.algorithm import resolve_device
-    from flowrl_deploy.train.checkpointing import actor_act_fn, load_actor
 
     return actor_act_fn(load_actor(path, resolve_device(device)), seed, flow_steps, deterministic)

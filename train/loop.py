@@ -28,23 +28,9 @@ from flowrl_deploy.checkpoint import DOCUMENT_FILE, read_document, read_spec, sy
 from flowrl_deploy.errors import CheckpointError, FlowRLError, Interrupted
 from flowrl_deploy.signals import SCHEDULER_NOTICES, STOP_SIGNALS, install_stop_handlers
 from flowrl_deploy.spec import PolicySpec
+from flowrl_deploy.train.actor import actor_act_fn
 from flowrl_deploy.train.algorithm import FlowRL, resolve_device
-from flowrl_deploy.train.checkpointing import (
-    EvalRecord,
-    RunCheckpoints,
-    RunLock,
-    actor_act_fn,
-    check_new_run_dir,
-    finite_or_none,
-    remove_leftovers,
-    restore_training,
-    resume_config,
-    resume_warnings,
-    run_resume_point,
-    run_to_resume,
-    save_training_checkpoint,
-    set_aside_advice,
-)
+from flowrl_deploy.train.checkpointing import EvalRecord, finite_or_none, restore_training, save_training_checkpoint
 from flowrl_deploy.train.config import (
     ConfigError,
     TrainConfig,
@@ -57,6 +43,17 @@ from flowrl_deploy.train.evaluate import EVAL_NOISE_STREAM, EvalResult, evaluate
 from flowrl_deploy.train.logger import MetricsError, MetricsLogger, Progress, RateMeter
 from flowrl_deploy.train.replay import ReplayBuffer
 from flowrl_deploy.train.resources import memory_shortfall
+from flowrl_deploy.train.resume import (
+    check_new_run_dir,
+    remove_leftovers,
+    resume_config,
+    resume_warnings,
+    run_resume_point,
+    run_to_resume,
+    set_aside_advice,
+)
+from flowrl_deploy.train.retention import RunCheckpoints
+from flowrl_deploy.train.run_lock import RunLock
 
 log = logging.getLogger("flowrl.train")
 """A run's warnings (its directory goes unlocked, …), logged just before ``on_start``."""
@@ -181,7 +178,7 @@ def train(
     stop signal (SIGTERM, SIGUSR1, SIGUSR2, or Ctrl-C or SIGHUP unless ignored at start) ends the run after the
     current step with a saved ``last`` checkpoint and ``TrainResult.interrupted``, and a second Ctrl-C
     raises :class:`TrainingInterrupted` at once; otherwise Ctrl-C raises ``KeyboardInterrupt`` as usual.
-    The run locks its directory while it runs (:class:`~flowrl_deploy.train.checkpointing.RunLock`):
+    The run locks its directory while it runs (:class:`~flowrl_deploy.train.run_lock.RunLock`):
     a second run on it is refused. What the user should know is logged as a warning on the
     ``flowrl.train`` logger just before ``on_start`` (``flowrl train`` prints the same lines): a resume
     whose replay buffer was not saved, that moves ``last`` to the newest complete checkpoint, or whose

@@ -158,10 +158,10 @@ def train(
     progress: Annotated[bool, typer.Option("--progress/--no-progress", help="Live progress line.")] = True,
 ) -> None:
     """Train a FlowRL flow policy; writes checkpoints (last, best, periodic) under OUT/checkpoints."""
-    from flowrl_deploy.train.checkpointing import holds_checkpoints, plan_resume
     from flowrl_deploy.train.loop import TrainingInterrupted
     from flowrl_deploy.train.loop import log as train_log
     from flowrl_deploy.train.loop import train as run_training
+    from flowrl_deploy.train.resume import holds_checkpoints, plan_resume
 
     if resume_if_exists:
         if resume is not None:

@@ -589,18 +589,18 @@ def test_a_checkpoint_that_cannot_be_written_is_named_over_tensorboard_failing_t
     """A full disk fails the checkpoint, then TensorBoard's last flush at close: the line names the checkpoint
     (the error the run stopped with), not the event file's failure that came after it."""
     from flowrl_deploy.errors import FlowRLError
-    from flowrl_deploy.train import checkpointing
+    from flowrl_deploy.train import retention
 
     failing: list[int] = []
-    real_save = checkpointing.RunCheckpoints.save
+    real_save = retention.RunCheckpoints.save
 
     def save(self, step, write, *, best=False):
         if step >= 400:
             failing.append(step)
-            raise FlowRLError(f"cannot write {self.dir / checkpointing.step_name(step)}: No space left on device")
+            raise FlowRLError(f"cannot write {self.dir / retention.step_name(step)}: No space left on device")
         return real_save(self, step, write, best=best)
 
-    monkeypatch.setattr(checkpointing.RunCheckpoints, "save", save)
+    monkeypatch.setattr(retention.RunCheckpoints, "save", save)
     tensorboard_failing_from(monkeypatch, failing)
     out = tmp_path / "run"
     result = runner.invoke(app, ["train", *TINY, "--steps", "100000", "--out", str(out)])

@@ -107,3 +107,29 @@ def test_the_wire_reader_of_a_policy_file_lives_in_core():
     from core's onnxfile.py (the home of that reading), not from the export stage's inspect module."""
     assert _defined_at("unlike_a_flowrl_policy") == ["flowrl_deploy/onnxfile.py"]
     assert "flowrl_deploy.export.inspect" not in _imports(ROOT / "flowrl_deploy" / "cli" / "export.py")
+
+
+def test_a_runs_management_is_defined_once_each_in_the_module_of_its_job():
+    """train/checkpointing.py held six jobs; each now has one module, and no second definition (a copy left
+    behind, or a shim re-exporting the old name) lingers in checkpointing.py or elsewhere."""
+    homes = {
+        "train/checkpointing.py": ("EvalRecord", "save_training_checkpoint", "restore_training", "own_eval_return"),
+        "train/run_lock.py": ("RunLock", "in_use", "lock_holder"),
+        "train/retention.py": ("RunCheckpoints", "SAVE_LEFTOVERS"),
+        "train/resume.py": (
+            "run_resume_point",
+            "resume_config",
+            "check_new_run_dir",
+            "ResumePlan",
+            "plan_resume",
+            "resume_warnings",
+            "run_to_resume",
+            "settle_run",
+            "remove_leftovers",
+        ),
+        "train/actor.py": ("load_actor", "actor_act_fn"),
+    }
+    found = {name: _defined_at(name) for names in homes.values() for name in names}
+    assert found == {name: [home] for home, names in homes.items() for name in names}
+    old = _imports(ROOT / "train" / "checkpointing.py")
+    assert not old & {f"flowrl_deploy.train.{module}" for module in ("run_lock", "retention", "resume")}

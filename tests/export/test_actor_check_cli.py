@@ -82,7 +82,7 @@ def test_export_and_loading_a_checkpoints_actor_check_it_once(tmp_path, monkeypa
     from flowrl_deploy import checkpoint as checkpoint_module
     from flowrl_deploy.export import ExportConfig, export_checkpoint, graph
     from flowrl_deploy.train import actor as actor_module
-    from flowrl_deploy.train.checkpointing import load_actor
+    from flowrl_deploy.train.actor import load_actor
 
     checkpoint = save_checkpoint(tmp_path / "ck", spec=CARTPOLE, actor=actor_tensors(CARTPOLE))
     sources = []

@@ -9,7 +9,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from flowrl_deploy.train import checkpointing, loop
+from flowrl_deploy.train import loop, retention
 from flowrl_deploy.train.config import flag
 from flowrl_deploy.train.replay import Batch
 
@@ -42,14 +42,14 @@ class Killed(BaseException):
 
 def kill_when_linking(monkeypatch: pytest.MonkeyPatch, name: str, step: int) -> None:
     """Raise :class:`Killed` where the link ``name`` would move to the checkpoint of ``step``."""
-    real = checkpointing.link_checkpoint
+    real = retention.link_checkpoint
 
     def link(directory, link_name, target):
-        if link_name == name and Path(target).name == checkpointing.step_name(step):
+        if link_name == name and Path(target).name == retention.step_name(step):
             raise Killed
         real(directory, link_name, target)
 
-    monkeypatch.setattr(checkpointing, "link_checkpoint", link)
+    monkeypatch.setattr(retention, "link_checkpoint", link)
 
 
 def linked(out: Path, name: str) -> str:

@@ -97,7 +97,7 @@ def test_a_folder_that_copies_no_checkpoint_is_kept_and_the_resume_says_what_to_
 def test_a_kill_while_relinking_leaves_a_run_that_resumes(original, tmp_path, monkeypatch):
     from tiny_training import Killed
 
-    from flowrl_deploy.train import checkpointing
+    from flowrl_deploy.train import retention
 
     copy = copied(original, tmp_path)
     with monkeypatch.context() as killing:
@@ -105,7 +105,7 @@ def test_a_kill_while_relinking_leaves_a_run_that_resumes(original, tmp_path, mo
         def killed(directory, name, target):
             raise Killed
 
-        killing.setattr(checkpointing, "link_checkpoint", killed)
+        killing.setattr(retention, "link_checkpoint", killed)
         with pytest.raises(Killed):
             train(resume_config(copy, steps=500), resume=copy, progress=False)
     left = [p.name for p in (copy / "checkpoints").iterdir() if ".copy-" in p.name]

@@ -23,10 +23,11 @@ from flowrl_deploy.checkpoint import (
 )
 from flowrl_deploy.cli import app
 from flowrl_deploy.train import loop
-from flowrl_deploy.train.checkpointing import RunCheckpoints, resume_config
 from flowrl_deploy.train.config import ConfigError, TrainConfig
 from flowrl_deploy.train.evaluate import EvalResult
 from flowrl_deploy.train.loop import train
+from flowrl_deploy.train.resume import resume_config
+from flowrl_deploy.train.retention import RunCheckpoints
 
 runner = CliRunner()
 
@@ -208,16 +209,16 @@ def test_a_save_whose_links_fail_names_the_checkpoint_it_wrote_as_the_last_saved
     import errno
 
     from flowrl_deploy.errors import CheckpointError, FlowRLError
-    from flowrl_deploy.train import checkpointing
+    from flowrl_deploy.train import retention
 
-    real = checkpointing.link_checkpoint
+    real = retention.link_checkpoint
 
     def link(directory, name, target):
         if Path(target).name == "step_000000400":
             raise CheckpointError(f"cannot point {directory}/{name} at step_000000400: {os.strerror(errno.ENOSPC)}")
         real(directory, name, target)
 
-    monkeypatch.setattr(checkpointing, "link_checkpoint", link)
+    monkeypatch.setattr(retention, "link_checkpoint", link)
     out = tmp_path / "run"
     with pytest.raises(FlowRLError) as error:
         train(TrainConfig(steps=600, out=str(out), **TINY), progress=False)

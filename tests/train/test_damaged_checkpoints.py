@@ -16,9 +16,9 @@ from typer.testing import CliRunner
 from flowrl_deploy.checkpoint import DOCUMENT_FILE, MODEL_FILE, TRAINING_JSON_FILE, TRAINING_TENSORS_FILE
 from flowrl_deploy.cli import app
 from flowrl_deploy.errors import CheckpointError
-from flowrl_deploy.train.checkpointing import resume_config, run_to_resume
 from flowrl_deploy.train.config import TrainConfig
 from flowrl_deploy.train.loop import train
+from flowrl_deploy.train.resume import resume_config, run_to_resume
 
 runner = CliRunner()
 

@@ -12,10 +12,11 @@ from tiny_training import TINY, TINY_FLAGS
 from typer.testing import CliRunner
 
 from flowrl_deploy.cli import app
-from flowrl_deploy.train import checkpointing
-from flowrl_deploy.train.checkpointing import resume_config
+from flowrl_deploy.errors import CheckpointError
+from flowrl_deploy.train import retention, run_lock
 from flowrl_deploy.train.config import TrainConfig
 from flowrl_deploy.train.loop import train
+from flowrl_deploy.train.resume import resume_config
 
 runner = CliRunner()
 
@@ -84,14 +85,14 @@ def test_a_requeue_on_a_full_quota_frees_the_killed_saves_partial_checkpoint_bef
     """The save of step 300 fails while the killed save's partial checkpoint is there: a full quota."""
     run = shutil.copytree(finished, tmp_path / "run", symlinks=True)
     (partial,) = plant(run, {"checkpoints": [".step_000000300.tmp-k2j4_x9q"]})
-    real_write = checkpointing.RunCheckpoints.save
+    real_write = retention.RunCheckpoints.save
 
     def save(self, step, write, *, best=False):
         if partial.exists():
-            raise checkpointing.CheckpointError(f"cannot write the checkpoint: {errno.errorcode[errno.EDQUOT]}")
+            raise CheckpointError(f"cannot write the checkpoint: {errno.errorcode[errno.EDQUOT]}")
         return real_write(self, step, write, best=best)
 
-    monkeypatch.setattr(checkpointing.RunCheckpoints, "save", save)
+    monkeypatch.setattr(retention.RunCheckpoints, "save", save)
     result = runner.invoke(app, ["train", *TINY_FLAGS, "--steps", "300", "--out", str(run), "--resume-if-exists"])
     assert result.exit_code == 0, result.output
     assert result.output.splitlines()[-1].startswith("trained 300 env steps")
@@ -128,7 +129,7 @@ def test_an_unlocked_run_leaves_them_alone(finished, tmp_path, monkeypatch):
     def no_locks(fd, operation):
         raise OSError(errno.ENOLCK, "No locks available")
 
-    monkeypatch.setattr(checkpointing.fcntl, "flock", no_locks)
+    monkeypatch.setattr(run_lock.fcntl, "flock", no_locks)
     run = shutil.copytree(finished, tmp_path / "run", symlinks=True)
     leftovers = plant(run, {"checkpoints": [".last.link-4242"], ".": [".config.json.tmp-p0o9i8u7"]})
     at_start = []

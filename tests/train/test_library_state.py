@@ -31,7 +31,7 @@ def test_a_train_that_raises_gives_the_callers_torch_thread_count_back(tmp_path,
 def test_loading_a_checkpoint_leaves_torchs_global_rng_alone(tmp_path):
     """The actor's random initialisation, overwritten by the checkpoint's weights, drew from torch's
     global RNG: a caller's seeded torch draws after checkpoint_act_fn came out otherwise."""
-    from flowrl_deploy.train.checkpointing import load_actor
+    from flowrl_deploy.train.actor import load_actor
     from flowrl_deploy.train.evaluate import checkpoint_act_fn
 
     checkpoint = train(TrainConfig(steps=200, out=str(tmp_path / "run"), **TINY), progress=False)

@@ -99,9 +99,9 @@ def test_a_metrics_write_that_fails_saves_the_run_before_it_stops(monkeypatch, t
 
     from flowrl_deploy.checkpoint import read_document
     from flowrl_deploy.train import logger as logger_module
-    from flowrl_deploy.train.checkpointing import resume_config
     from flowrl_deploy.train.config import TrainConfig
     from flowrl_deploy.train.loop import train
+    from flowrl_deploy.train.resume import resume_config
 
     real_append, failed = logger_module._append, []
 

@@ -18,11 +18,11 @@ from flowrl_deploy import checkpoint as ckpt
 from flowrl_deploy.cli import app
 from flowrl_deploy.errors import FlowRLError
 from flowrl_deploy.spec import PolicySpec
-from flowrl_deploy.train import checkpointing, loop
-from flowrl_deploy.train.checkpointing import RunLock
+from flowrl_deploy.train import loop, run_lock
 from flowrl_deploy.train.config import TrainConfig
 from flowrl_deploy.train.loop import train
 from flowrl_deploy.train.resources import memory_shortfall, physical_memory_bytes
+from flowrl_deploy.train.run_lock import RunLock
 
 runner = CliRunner()
 SPEC = PolicySpec(obs_dim=3, act_dim=1, action_low=(-2.0,), action_high=(2.0,), hidden=16)
@@ -108,8 +108,8 @@ class FakeMsvcrt:
         monkeypatch.setattr(os, "read", read)
         monkeypatch.setattr(os, "close", close)
         monkeypatch.setattr(os, "unlink", unlink)
-        monkeypatch.setattr(checkpointing, "fcntl", None)
-        monkeypatch.setattr(checkpointing, "msvcrt", self)
+        monkeypatch.setattr(run_lock, "fcntl", None)
+        monkeypatch.setattr(run_lock, "msvcrt", self)
         return self
 
     def locking(self, fd: int, mode: int, nbytes: int) -> None:
@@ -139,7 +139,7 @@ def test_without_flock_the_run_is_locked_with_msvcrt(monkeypatch, tmp_path, held
     out = tmp_path / "run"
     lock = RunLock(out, new_run=True)  # its lock lies past the holder's JSON, which the refused run reads
     try:
-        assert lock.unlocked is None
+        assert lock.unlocked is None and fake.locked  # held with msvcrt (the fake's), not with flock
         with pytest.raises(FlowRLError, match=rf"--out {out} is in use by another flowrl train \(pid {os.getpid()} on"):
             RunLock(out, new_run=True)
     finally:
@@ -150,8 +150,8 @@ def test_without_flock_the_run_is_locked_with_msvcrt(monkeypatch, tmp_path, held
 
 def test_without_any_lock_the_run_says_it_runs_unlocked(monkeypatch, tmp_path):
     """Windows without fcntl: RunLock did nothing and said nothing, so a second run on the folder mixed its files."""
-    monkeypatch.setattr(checkpointing, "fcntl", None)
-    monkeypatch.setattr(checkpointing, "msvcrt", None)
+    monkeypatch.setattr(run_lock, "fcntl", None)
+    monkeypatch.setattr(run_lock, "msvcrt", None)
     out = tmp_path / "cli"
     result = runner.invoke(app, ["train", *TINY_FLAGS, "--steps", "120", "--out", str(out)])
     assert result.exit_code == 0, result.output

@@ -11,9 +11,9 @@ import pytest
 from tiny_training import TINY
 
 from flowrl_deploy.checkpoint import read_document
-from flowrl_deploy.train.checkpointing import resume_config
 from flowrl_deploy.train.config import TrainConfig
 from flowrl_deploy.train.loop import train
+from flowrl_deploy.train.resume import resume_config
 
 SHORT = {**TINY, "eval_every": 0}
 

@@ -10,9 +10,9 @@ from tiny_training import TINY, TINY_FLAGS
 from typer.testing import CliRunner
 
 from flowrl_deploy.cli import app
-from flowrl_deploy.train.checkpointing import plan_resume, resume_config
 from flowrl_deploy.train.config import ConfigError, TrainConfig
 from flowrl_deploy.train.loop import train
+from flowrl_deploy.train.resume import plan_resume, resume_config
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
 

@@ -9,7 +9,7 @@ from test_train_hand_edited_checkpoint import edited, resume, run  # noqa: F401 
 
 from flowrl_deploy.checkpoint import FORMAT_VERSION, TRAINING_JSON_FILE
 from flowrl_deploy.errors import FlowRLError
-from flowrl_deploy.train.checkpointing import resume_config
+from flowrl_deploy.train.resume import resume_config
 
 
 def _tree(folder):

@@ -15,9 +15,10 @@ from typer.testing import CliRunner
 from flowrl_deploy.checkpoint import BEST, CHECKPOINTS_DIR, DOCUMENT_FILE, LAST, METRICS_JSONL
 from flowrl_deploy.cli import app
 from flowrl_deploy.errors import FlowRLError
-from flowrl_deploy.train.checkpointing import RunCheckpoints, holds_checkpoints, run_to_resume
 from flowrl_deploy.train.config import TrainConfig
 from flowrl_deploy.train.loop import train
+from flowrl_deploy.train.resume import holds_checkpoints, run_to_resume
+from flowrl_deploy.train.retention import RunCheckpoints
 
 runner = CliRunner()
 FOREIGN = ["step_²", "step_000000200.bak", "step_0000000300", "step_x"]

@@ -18,10 +18,11 @@ from typer.testing import CliRunner
 
 from flowrl_deploy.cli import app
 from flowrl_deploy.errors import FlowRLError
-from flowrl_deploy.train import checkpointing, loop
-from flowrl_deploy.train.checkpointing import RunLock, resume_config
+from flowrl_deploy.train import loop, run_lock
 from flowrl_deploy.train.config import TrainConfig
 from flowrl_deploy.train.loop import train
+from flowrl_deploy.train.resume import resume_config
+from flowrl_deploy.train.run_lock import RunLock
 
 runner = CliRunner()
 
@@ -90,7 +91,7 @@ def test_a_killed_holder_leaves_no_stale_lock(tmp_path):
     """flock dies with its process, SIGKILL included: a requeued job after a kill is never refused."""
     out = tmp_path / "run"
     holder = subprocess.Popen(
-        [sys.executable, "-c", "import sys, time\nfrom flowrl_deploy.train.checkpointing import RunLock\n"
+        [sys.executable, "-c", "import sys, time\nfrom flowrl_deploy.train.run_lock import RunLock\n"
          f"RunLock(__import__('pathlib').Path({str(out)!r}), new_run=True)\nprint('held', flush=True)\ntime.sleep(60)"],
         stdout=subprocess.PIPE, text=True,
     )  # fmt: skip
@@ -117,7 +118,7 @@ def test_a_lock_file_replaced_before_flock_is_locked_again_at_its_new_inode(tmp_
     then on a removed file, so the lock is taken again on the file in place, and a second run is refused."""
     out = tmp_path / "run"
     out.mkdir()
-    real_flock, replaced = checkpointing.fcntl.flock, []
+    real_flock, replaced = run_lock.fcntl.flock, []
 
     def flock(fd, operation):
         if not replaced:  # the previous holder's release, just before our flock
@@ -126,7 +127,7 @@ def test_a_lock_file_replaced_before_flock_is_locked_again_at_its_new_inode(tmp_
             (out / RunLock.FILE).touch()
         real_flock(fd, operation)
 
-    monkeypatch.setattr(checkpointing.fcntl, "flock", flock)
+    monkeypatch.setattr(run_lock.fcntl, "flock", flock)
     lock = RunLock(out, new_run=True)
     try:
         assert replaced
@@ -151,7 +152,7 @@ def test_a_file_system_without_flock_runs_unlocked_and_says_so(monkeypatch, tmp_
     def no_locks(fd, operation):
         raise OSError(errno.ENOLCK, "No locks available")
 
-    monkeypatch.setattr(checkpointing.fcntl, "flock", no_locks)
+    monkeypatch.setattr(run_lock.fcntl, "flock", no_locks)
     out = tmp_path / "run"
     with caplog.at_level("WARNING", logger="flowrl.train"):
         result = train(TrainConfig(steps=120, out=str(out), **TINY), progress=False)

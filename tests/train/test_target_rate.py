@@ -15,7 +15,6 @@ from flowrl_deploy.checkpoint import DOCUMENT_FILE
 from flowrl_deploy.cli import app
 from flowrl_deploy.spec import PolicySpec
 from flowrl_deploy.train.algorithm import FlowRL
-from flowrl_deploy.train.checkpointing import resume_config
 from flowrl_deploy.train.config import (
     CONFIG_VERSION,
     ConfigError,
@@ -26,6 +25,7 @@ from flowrl_deploy.train.config import (
 )
 from flowrl_deploy.train.loop import train
 from flowrl_deploy.train.replay import Batch
+from flowrl_deploy.train.resume import resume_config
 
 TINY = dict(env="Pendulum-v1", hidden=8, batch_size=8, start_steps=50, eval_every=0, save_every=0, log_every=50,
             threads=1)  # fmt: skip
@@ -124,7 +124,7 @@ def test_the_note_on_a_large_tau_starts_just_over_one_half(tau, noted):
 @pytest.mark.parametrize(
     ("version", "message"),
     [
-        (3, "config.config_version 3 was written by a newer flowrl-deploy (this one reads up to 2); upgrade"),
+        (3, "config.config_version 3 was written by a newer flowrl-deploy (this version reads up to 2); upgrade"),
         (0, "config.config_version must be a positive integer, got 0"),
         ("2", "config.config_version must be a positive integer, got '2'"),
         (True, "config.config_version must be a positive integer, got True"),

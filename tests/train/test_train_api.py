@@ -32,13 +32,13 @@ def test_the_package_exports_the_api_by_name_and_the_evaluate_module_stays_a_mod
         resume_config,
         train,
     )
-    from flowrl_deploy.train.checkpointing import load_actor as load_actor_from_checkpointing
-    from flowrl_deploy.train.checkpointing import resume_config as from_checkpointing
+    from flowrl_deploy.train.actor import load_actor as load_actor_from_actor
     from flowrl_deploy.train.loop import TrainResult as from_loop
     from flowrl_deploy.train.loop import train as from_loop_train
+    from flowrl_deploy.train.resume import resume_config as from_resume
 
-    assert (train, TrainResult, resume_config) == (from_loop_train, from_loop, from_checkpointing)
-    assert load_actor is load_actor_from_checkpointing
+    assert (train, TrainResult, resume_config) == (from_loop_train, from_loop, from_resume)
+    assert load_actor is load_actor_from_actor
     assert TrainConfig().steps > 0 and EvalResult.__name__ == "EvalResult" and callable(checkpoint_act_fn)
     for name in flowrl_deploy.train.__all__:  # each lazy export loads (a stale table entry raises here)
         assert getattr(flowrl_deploy.train, name) is not None, name

@@ -9,8 +9,8 @@ import pytest
 import torch
 
 from flowrl_deploy.spec import PolicySpec
+from flowrl_deploy.train.actor import actor_act_fn
 from flowrl_deploy.train.algorithm import FlowRL
-from flowrl_deploy.train.checkpointing import actor_act_fn
 from flowrl_deploy.train.config import TrainConfig
 from flowrl_deploy.train.replay import Batch
 

@@ -11,10 +11,10 @@ import pytest
 
 from flowrl_deploy.checkpoint import DOCUMENT_FILE
 from flowrl_deploy.errors import FlowRLError
-from flowrl_deploy.train.checkpointing import resume_config
 from flowrl_deploy.train.config import TrainConfig
 from flowrl_deploy.train.evaluate import checkpoint_act_fn
 from flowrl_deploy.train.loop import train
+from flowrl_deploy.train.resume import resume_config
 
 TINY = dict(env="Pendulum-v1", hidden=8, batch_size=8, start_steps=50, eval_every=100, eval_episodes=1,
             save_every=0, log_every=50, threads=1)  # fmt: skip

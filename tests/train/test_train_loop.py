@@ -16,8 +16,8 @@ from flowrl_deploy.errors import CheckpointError, FlowRLError
 from flowrl_deploy.noise import draw_noise, session_noise
 from flowrl_deploy.spec import PolicySpec
 from flowrl_deploy.train import loop
+from flowrl_deploy.train.actor import actor_act_fn, load_actor
 from flowrl_deploy.train.algorithm import FlowRL
-from flowrl_deploy.train.checkpointing import RunCheckpoints, actor_act_fn, load_actor, resume_config
 from flowrl_deploy.train.config import ConfigError, TrainConfig
 from flowrl_deploy.train.envs import episode_seed
 from flowrl_deploy.train.evaluate import (
@@ -31,6 +31,8 @@ from flowrl_deploy.train.evaluate import (
 from flowrl_deploy.train.logger import CSV_COLUMNS
 from flowrl_deploy.train.loop import train
 from flowrl_deploy.train.replay import Batch, ReplayBuffer
+from flowrl_deploy.train.resume import resume_config
+from flowrl_deploy.train.retention import RunCheckpoints
 
 # Pendulum: 200-step episodes, so saves every 200 steps fall on episode boundaries.
 

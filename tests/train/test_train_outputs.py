@@ -13,9 +13,9 @@ from safetensors import SafetensorError
 from flowrl_deploy import checkpoint as ckpt
 from flowrl_deploy.errors import CheckpointError, FlowRLError
 from flowrl_deploy.train import loop
-from flowrl_deploy.train.checkpointing import resume_config
 from flowrl_deploy.train.config import TrainConfig
 from flowrl_deploy.train.loop import train
+from flowrl_deploy.train.resume import resume_config
 
 TINY = dict(env="Pendulum-v1", hidden=8, batch_size=8, start_steps=50, eval_every=0, save_every=100,
             log_every=50, threads=1)  # fmt: skip
