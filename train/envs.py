@@ -290,7 +290,10 @@ def _unimportable_prefix(name: str, exc: Exception) -> EnvIdError | None:
     elif task.startswith("h1"):
         hint = f" HumanoidBench ids take no prefix: {task!r}."
     else:
-        hint = f" A registered id needs no prefix, e.g. {task!r}."
+        hint = (
+            f" Install {module!r} or put its folder on PYTHONPATH (it registers {task!r} when imported); "
+            f"an id gymnasium registers itself takes no prefix, e.g. {task!r}."
+        )
     return EnvIdError(
         f"{name!r} names the module {module!r} to import before making {task!r}, and there is no module "
         f"named {missing!r}.{hint} How to name tasks: {ENV_ID_HELP}"

@@ -337,7 +337,7 @@ def test_envs_evaluate_and_config_import_without_torch():
 @pytest.mark.parametrize(
     ("env_id", "hint"),
     [
-        ("nosuchmodule:Pendulum-v1", "A registered id needs no prefix, e.g. 'Pendulum-v1'"),
+        ("nosuchmodule:Pendulum-v1", "Install 'nosuchmodule' or put its folder on PYTHONPATH"),
         ("hb:h1-walk-v0", "HumanoidBench ids take no prefix: 'h1-walk-v0'"),
     ],
 )
