@@ -425,6 +425,12 @@ def resolve_checkpoint(path: str | os.PathLike[str]) -> Path:
     for link, name in named.items():
         if name is not None and not (link.parent / name).exists():
             raise CheckpointError(f"{link} points at {printable(name)}, which is missing; pass a step_* checkpoint")
+    run = p.parent if p.name == CHECKPOINTS_DIR else p
+    if (run / RUN_CONFIG_FILE).is_file():
+        raise CheckpointError(
+            f"{run} is a training run with no checkpoint yet: a run writes its first at its first evaluation "
+            "or save (--eval-every, --save-every); wait for it if the run is training, or pass another run"
+        )
     raise CheckpointError(
         f"{p} holds no flowrl-deploy checkpoint (no {DOCUMENT_FILE}, no {LAST}/ or {CHECKPOINTS_DIR}/{LAST}/)"
     )

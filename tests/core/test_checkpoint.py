@@ -230,6 +230,15 @@ class TestCorruptOrForeign:
         with pytest.raises(CheckpointError, match="holds no flowrl-deploy checkpoint"):
             ckpt.load_checkpoint(tmp_path)
 
+    def test_a_run_before_its_first_checkpoint_is_named_a_run(self, tmp_path):
+        """`flowrl serve/export/eval runs/quick` while it trained towards its first checkpoint said only
+        'holds no flowrl-deploy checkpoint' (newcomer review 7)."""
+        (tmp_path / ckpt.RUN_CONFIG_FILE).write_text("{}")
+        (tmp_path / ckpt.CHECKPOINTS_DIR).mkdir()
+        for path in (tmp_path, tmp_path / ckpt.CHECKPOINTS_DIR):
+            with pytest.raises(CheckpointError, match=r"is a training run with no checkpoint yet: .*--eval-every"):
+                ckpt.load_checkpoint(path)
+
     def test_dangling_last_link_is_named(self, tmp_path):
         (tmp_path / ckpt.CHECKPOINTS_DIR).mkdir()
         os.symlink("step_999", tmp_path / ckpt.CHECKPOINTS_DIR / ckpt.LAST)
