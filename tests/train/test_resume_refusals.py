@@ -21,8 +21,8 @@ def _tree(folder):
     [
         (
             lambda d: d.update(format_version=99),
-            "{checkpoint}/checkpoint.json has format version 99, newer than this flowrl-deploy reads "
-            f"({FORMAT_VERSION}); upgrade flowrl-deploy",
+            "{checkpoint}/checkpoint.json: format_version 99 was written by a newer flowrl-deploy (this version "
+            f"reads up to {FORMAT_VERSION}); upgrade flowrl-deploy",
         ),
         (lambda d: d.update(config={}), "{checkpoint} holds no training config, so it cannot be resumed"),
         (

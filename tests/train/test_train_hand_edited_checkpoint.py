@@ -45,7 +45,7 @@ DOCUMENT = "{checkpoint}/checkpoint.json: "
 @pytest.mark.parametrize(
     ("edit", "message"),
     [
-        (lambda d: d.update(format_version="x"), DOCUMENT + "format_version must be an integer, got 'x'"),
+        (lambda d: d.update(format_version="x"), DOCUMENT + "format_version must be a positive integer, got 'x'"),
         (
             lambda d: d.update(counters="x"),
             DOCUMENT + "counters must be a JSON object of non-negative integers, got 'x'",
@@ -64,7 +64,10 @@ DOCUMENT = "{checkpoint}/checkpoint.json: "
         (lambda d: d["spec"].update(flow_steps=1.5), "{checkpoint}: flow_steps must be an integer, got 1.5"),
         (lambda d: d["spec"].update(noise_clip="x"), "{checkpoint}: noise_clip must be a number, got 'x'"),
         (lambda d: d["spec"].update(noise_clip=-1), "{checkpoint}: noise_clip must be a finite number > 0, got -1"),
-        (lambda d: d["spec"].update(spec_version="2"), "{checkpoint}: spec_version must be an integer, got '2'"),
+        (
+            lambda d: d["spec"].update(spec_version="2"),
+            "{checkpoint}: spec_version must be a positive integer, got '2'",
+        ),
     ],
 )
 def test_resuming_a_hand_edited_checkpoint_names_it_and_the_field(run, tmp_path, edit, message):
