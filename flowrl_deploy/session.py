@@ -64,6 +64,10 @@ still loading): a stream's request refused so did not open its session, or opene
 DISCONNECTED = "disconnected"
 """The fallback reason of a tick without an open stream: the server is down, or the reconnection backs off."""
 DEADLINE = "deadline"
+SERVER_CLOSED = "the server closed the stream, as it does when stopping or restarting"
+"""Why a stream ended, when it ended without a reason of its own: a stopping server ends the streams it
+serves (OK), cancels its idle ones (CANCELLED, whose details only repeat the code) and, with no grace
+left, all calls (UNAVAILABLE, 'Cancelling all calls')."""
 """The fallback reason of a tick whose reply did not come within its deadline."""
 DEFAULT_MAX_TIMINGS = 100_000
 """How many ticks a :class:`ControlSession` keeps in ``timings`` by default (about 30 MB)."""
@@ -188,7 +192,7 @@ class _Stream:
         try:
             for reply in self.call:
                 self.replies.put(reply)
-            self.error = ServiceError(grpc.StatusCode.UNAVAILABLE, "the server closed the stream")
+            self.error = ServiceError(grpc.StatusCode.UNAVAILABLE, SERVER_CLOSED)
         except grpc.RpcError as exc:
             self.error = service_error(exc)
         self.replies.put(_END)
@@ -596,6 +600,8 @@ class ControlSession:
             if error.code not in TRANSIENT:
                 raise self._refused(error)
             if error.code in (grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.CANCELLED):
+                if error.details in ("", "CANCELLED", "Cancelling all calls"):  # gRPC's own, at a server's stop
+                    error = ServiceError(error.code, SERVER_CLOSED)  # not "(CANCELLED: CANCELLED)"
                 self._down = self._noted(DISCONNECTED, f"no stream to the server, reconnecting with backoff ({error})")
             else:  # the server refused the stream itself (RESOURCE_EXHAUSTED: all its workers busy)
                 self._down = self._noted(error.code.name, f"the server refuses its stream ({error})")

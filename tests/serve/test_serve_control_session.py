@@ -32,6 +32,10 @@ from flowrl_deploy.serve import PolicyServer, ServeConfig
 from flowrl_deploy.session import WatchdogError
 
 OBS = np.array([0.3, -0.2, 0.1], np.float32)
+
+SERVER_CLOSED = "the server closed the stream, as it does when stopping or restarting"
+"""What the warning says when a stream ended without a reason of its own: the server stopping (it cancels its
+idle streams, gRPC's details then only repeat the code, and ends its busy ones with an OK status)."""
 MISS_S = 1e-7
 """A deadline no reply can meet: the tick is a miss, so the session acts on its fallback."""
 
@@ -311,10 +315,13 @@ def test_local_fallback_then_reconnect_after_a_server_restart(policy_path, local
             down = [t.reason for t in control.timings if t.source == "local"]
             assert down[0] == "disconnected" and set(down) <= {"disconnected", "deadline"}  # a retry may time out
             warning, back = caplog.records  # the outage once, and the return
-            assert warning.levelno == logging.WARNING and warning.getMessage().startswith(
+            assert warning.levelno == logging.WARNING
+            # a stopped server cancels its streams, in gRPC's words "CANCELLED" or "Cancelling all calls"
+            assert re.fullmatch(
                 f"control session {control.session_id} acts on its local fallback: no stream to the server, "
-                "reconnecting with backoff ("  # CANCELLED: a stopped server cancels its streams
-            )
+                rf"reconnecting with backoff \((CANCELLED|UNAVAILABLE): {SERVER_CLOSED}\)",
+                warning.getMessage(),
+            ), warning.getMessage()
             assert back.levelno == logging.INFO and back.getMessage().endswith("on its local fallback (disconnected)")
             control.close()
     finally:
@@ -375,7 +382,7 @@ class FlakyServer:
 
     def __init__(self, monkeypatch) -> None:
         self.up = False
-        self.error = ServiceError(grpc.StatusCode.UNAVAILABLE, "the server closed the stream")
+        self.error = ServiceError(grpc.StatusCode.UNAVAILABLE, SERVER_CLOSED)
         self.refusal: grpc.StatusCode | None = None
         self.now = 1000.0
         self.opened: list[float] = []
@@ -522,6 +529,53 @@ def test_every_fallback_tick_says_why_and_an_outage_or_refusal_is_logged_once(
         (logging.INFO, f"{name} has fresh actions again after {misses} ticks on its zeros fallback ({reason})"),
         again,
     ]
+
+
+@pytest.mark.parametrize(
+    ("error", "said"),
+    [
+        (ServiceError(grpc.StatusCode.CANCELLED, "CANCELLED"), f"CANCELLED: {SERVER_CLOSED}"),
+        (ServiceError(grpc.StatusCode.CANCELLED, ""), f"CANCELLED: {SERVER_CLOSED}"),
+        (ServiceError(grpc.StatusCode.UNAVAILABLE, "Cancelling all calls"), f"UNAVAILABLE: {SERVER_CLOSED}"),
+        (ServiceError(grpc.StatusCode.CANCELLED, "Cancelled by a proxy"), "CANCELLED: Cancelled by a proxy"),
+        (ServiceError(grpc.StatusCode.UNAVAILABLE, "Socket closed"), "UNAVAILABLE: Socket closed"),
+    ],
+)
+def test_a_stream_the_server_closed_on_stopping_is_worded_for_a_reader(client, monkeypatch, caplog, error, said):
+    """A server stopped gracefully cancels its idle streams, and the warning read '(CANCELLED: CANCELLED)'."""
+    server = FlakyServer(monkeypatch)
+    server.error = error
+    control = client.session(period_s=0.02, fallback="hold")
+    with caplog.at_level(logging.WARNING, logger="flowrl.client"):
+        server.run(control, 0.01)
+    control.close()
+    assert [r.getMessage() for r in caplog.records] == [
+        f"control session {control.session_id} acts on its hold fallback: no stream to the server, "
+        f"reconnecting with backoff ({said})"
+    ]
+
+
+def test_a_stream_a_server_stopping_with_a_grace_period_ends_is_worded_alike(policy_path, caplog):
+    """Such a server ends the stream OK when a request is in flight, else cancels it: either reads the same."""
+    with (
+        PolicyServer(ServeConfig(str(policy_path), port=0, grace_s=1.0)).start() as server,
+        PolicyClient(server.address) as client,
+        client.session(period_s=0.02, fallback="hold") as control,
+    ):
+        control.act(OBS)
+        assert control.timings[-1].source == "server"
+        server.stop(grace=1.0)
+        with caplog.at_level(logging.WARNING, logger="flowrl.client"):
+            until = time.monotonic() + 10
+            while control.health.last_fallback_reason != "disconnected" and time.monotonic() < until:
+                control.act(OBS)
+                time.sleep(0.02)
+    (warning,) = caplog.records
+    assert re.fullmatch(
+        f"control session {control.session_id} acts on its hold fallback: no stream to the server, "
+        rf"reconnecting with backoff \((UNAVAILABLE|CANCELLED): {SERVER_CLOSED}\)",
+        warning.getMessage(),
+    ), warning.getMessage()
 
 
 def test_a_reopened_stream_sends_the_seed_of_the_latest_reset_and_the_pin_with_its_first_request(
