@@ -64,3 +64,32 @@ def test_sigterm_ends_the_readme_control_loop_through_stop_robot_with_exit_0(tmp
                 controller.kill()
     assert controller.returncode == 0, err
     assert out == "robot stopped\n", out + err
+
+
+def _readme_loop() -> str:
+    return python_block("README.md", "In the robot's control loop")
+
+
+def test_the_readmes_short_loop_stops_the_robot_when_the_server_is_gone(tmp_path):
+    """The snippet a newcomer copies set no watchdog: with the server stopped it held the last action
+    for good (297 ticks in a row, one log line). Its watchdog raises after a few ticks, through stop_robot()."""
+    policy = str(write_policy(tmp_path / "policy.onnx"))
+    server = PolicyServer(ServeConfig(policy, port=0, grace_s=0)).start()
+    try:
+        code = ROBOT + _readme_loop().replace("localhost:50051", server.address)
+        with subprocess.Popen(
+            [sys.executable, "-c", code], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
+        ) as controller:
+            try:
+                assert controller.stdout.readline() == "ticking\n", controller.stderr.read()
+                server.stop(grace=0)
+                out, err = controller.communicate(timeout=30)
+            finally:
+                controller.kill()
+    finally:
+        server.stop(grace=0)
+    assert out == "robot stopped\n", out + err
+    assert controller.returncode == 1, err
+    assert err.rstrip().splitlines()[-1] == (
+        "flowrl_deploy.session.WatchdogError: 5 control ticks in a row without a fresh action"
+    ), err
