@@ -45,8 +45,10 @@ def test_an_unpinned_session_refuses_a_server_restarted_with_another_contract(po
     with PolicyClient(f"127.0.0.1:{port}") as client:
         control = client.session(period_s=0.02, deadline_s=0.02, seed=0, backoff_s=(0.01, 0.05))
         assert control.contract_hash == control.info.contract_hash  # pinned, though the caller pinned nothing
+        control.deadline_s = 10.0  # the tick that opens the stream: a fresh action however loaded the machine
         control.act(OBS)
         assert control.timings[-1].source == "server"
+        control.deadline_s = 0.02
         first.stop(grace=0)
         with PolicyServer(ServeConfig(str(wider), port=port, grace_s=0)).start():
             until = time.monotonic() + 10
