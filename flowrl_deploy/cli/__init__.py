@@ -47,6 +47,9 @@ class _Flowrl(typer.Typer):
             if exc.code == 130 and isinstance(getattr(exc.__context__, "__cause__", None), KeyboardInterrupt):
                 report_late_interrupt()
             raise
+        except KeyboardInterrupt:  # while typer builds the command from the functions, before click's handling
+            report_late_interrupt()
+            raise SystemExit(130) from None
         except OutputFailed as exc:  # a command's output (@user_errors): one line, or a quiet exit for EPIPE
             report_output_failure(exc.error, exc.done)
         except OSError as exc:  # --help's, --version's (click's own EPIPE handling exits 1 quietly first)

@@ -20,6 +20,7 @@ from typing import TYPE_CHECKING, Annotated, Any, NoReturn, ParamSpec, TypeVar
 
 import typer
 
+from flowrl_deploy._main import BEFORE_THE_COMMAND, interrupt_behind
 from flowrl_deploy.atomic import write_text_atomic
 from flowrl_deploy.checkpoint import RUN_JSON_FILES, check_output_path
 from flowrl_deploy.errors import FlowRLError, Interrupted, printable
@@ -368,7 +369,7 @@ def report_late_interrupt() -> None:
     if finished:
         typer.secho(f"interrupted (Ctrl-C) after flowrl {finished[-1]} finished: its output is complete", err=True)
     else:
-        typer.secho("interrupted (Ctrl-C) before the command began: nothing was done", err=True)
+        typer.secho(BEFORE_THE_COMMAND, err=True)
 
 
 class OutputFailed(Exception):
@@ -468,16 +469,23 @@ def user_errors(command: Callable[P, R]) -> Callable[P, R]:
     """Turn a :class:`FlowRLError`, or a missing module of an optional extra (torch on a robot
     computer's base install), into a one-line message on stderr and exit status 1, and Ctrl-C (or an
     :class:`Interrupted` stop signal) into one line saying so and the shell's 128 + signal: 130 for
-    Ctrl-C, 143 for SIGTERM (typer's own handling exits 130 silently). Under journald an error line
-    begins with its level, ``<3>`` (:func:`~flowrl_deploy.systemd.journal_prefix`). Any other
-    missing module is a bug and keeps its traceback. A failed write to standard output becomes
+    Ctrl-C, 143 for SIGTERM (typer's own handling exits 130 silently); so is an error raised from
+    a Ctrl-C (:func:`~flowrl_deploy._main.interrupt_behind`: mujoco's import makes it an ImportError).
+    Under journald an error line begins with its level, ``<3>``
+    (:func:`~flowrl_deploy.systemd.journal_prefix`). Any other missing module is a bug and keeps its
+    traceback. A failed write to standard output becomes
     :class:`OutputFailed`, which the ``flowrl`` program reports (:func:`report_output_failure`)."""
     command_name = command.__name__.removesuffix("_command")
 
     @functools.wraps(command)
     def wrapper(*args: P.args, **kwargs: P.kwargs) -> R:
         try:
-            result = command(*args, **kwargs)
+            try:
+                result = command(*args, **kwargs)
+            except Exception as exc:  # one raised from a Ctrl-C (mujoco's import: ImportError) is the Ctrl-C
+                if (interrupt := interrupt_behind(exc)) is None:
+                    raise
+                raise interrupt from None
             finished.append(command_name)  # a Ctrl-C from here on finds the work done
             return result
         except FlowRLError as exc:

@@ -1,0 +1,41 @@
+"""The ``flowrl`` program's entry point (pyproject.toml's ``[project.scripts]``): it imports the command
+line inside a ``try``, so that a Ctrl-C in the second or so that the import takes (typer, numpy and the
+command modules) is one line and exit status 130, not a Python traceback.
+
+Standard library only, like :mod:`flowrl_deploy` itself: a Ctrl-C may have cut any other import short.
+"""
+
+from __future__ import annotations
+
+import sys
+
+BEFORE_THE_COMMAND = "interrupted (Ctrl-C) before the command began: nothing was done"
+"""What a Ctrl-C before any command's work began prints (here, and for one while click parses the command line)."""
+
+
+def interrupt_behind(exc: BaseException) -> KeyboardInterrupt | None:
+    """The Ctrl-C (``KeyboardInterrupt``, or an :class:`~flowrl_deploy.errors.Interrupted` stop signal)
+    that ``exc`` is, or that it was raised from or while handling, following the chain Python's traceback
+    shows (``__cause__``, else ``__context__`` unless ``raise … from None`` hid it); None when there is
+    none. An extension module's import turns a Ctrl-C into an error of its own: mujoco's ``ImportError:
+    initialization failed``, raised from the KeyboardInterrupt."""
+    seen: set[int] = set()
+    current: BaseException | None = exc
+    while current is not None and id(current) not in seen:
+        if isinstance(current, KeyboardInterrupt):
+            return current
+        seen.add(id(current))
+        current = current.__cause__ or (None if current.__suppress_context__ else current.__context__)
+    return None
+
+
+def main() -> object:
+    """Run the ``flowrl`` command line."""
+    try:
+        from flowrl_deploy.cli import app
+    except BaseException as exc:
+        if interrupt_behind(exc) is None:
+            raise
+        sys.stderr.write(BEFORE_THE_COMMAND + "\n")
+        raise SystemExit(130) from None
+    return app()
