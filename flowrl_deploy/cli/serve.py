@@ -218,75 +218,92 @@ def serve(
 ) -> None:
     """Serve MODEL's actions over gRPC (flowrl.v1.PolicyService) until SIGTERM, SIGHUP (unless
     ignored, as under nohup) or Ctrl-C, each a graceful stop (exit 0)."""
-    import logging
-    import os
-    import sys
+    import threading
 
-    from flowrl_deploy.affinity import parse_cpus
-    from flowrl_deploy.cli._common import missing_extra_message
-    from flowrl_deploy.errors import FlowRLError
-    from flowrl_deploy.export import export_for_serving
-    from flowrl_deploy.serve import ServeConfig, serve_forever
-    from flowrl_deploy.serve.run import ServerFailed
-    from flowrl_deploy.tls import warn_if_every_user_may_read
+    from flowrl_deploy.signals import install_stop_handlers
 
-    configure_logging(log_format.value, log_level.value)
+    # A stop signal from here on is a graceful stop (exit 0), also while the imports below load grpc and
+    # onnxruntime (seconds on a loaded machine): noted now, serve_forever acts on it before the model loads.
+    received: list[int] = []
+    restore = (
+        install_stop_handlers(lambda sig, _: received.append(sig))
+        if threading.current_thread() is threading.main_thread()
+        else lambda: None  # serve_forever refuses to run there, in a line saying why
+    )
     try:
-        env_token = os.environ.get(TOKEN_ENV)
-        if env_token is not None and not env_token.strip() and (token is None or token == env_token):
-            # click takes an empty variable for an unset one: FLOWRL_TOKEN= would serve with no auth at all
-            raise FlowRLError(
-                f"{TOKEN_ENV} is set but empty; give the secret, or unset {TOKEN_ENV} to serve without one"
+        import logging
+        import os
+        import sys
+
+        from flowrl_deploy.affinity import parse_cpus
+        from flowrl_deploy.cli._common import missing_extra_message
+        from flowrl_deploy.errors import FlowRLError
+        from flowrl_deploy.export import export_for_serving
+        from flowrl_deploy.serve import ServeConfig, serve_forever
+        from flowrl_deploy.serve.run import ServerFailed
+        from flowrl_deploy.tls import warn_if_every_user_may_read
+
+        configure_logging(log_format.value, log_level.value)
+        try:
+            env_token = os.environ.get(TOKEN_ENV)
+            if env_token is not None and not env_token.strip() and (token is None or token == env_token):
+                # click takes an empty variable for an unset one: FLOWRL_TOKEN= would serve with no auth at all
+                raise FlowRLError(
+                    f"{TOKEN_ENV} is set but empty; give the secret, or unset {TOKEN_ENV} to serve without one"
+                )
+            if token is not None and not token.strip():  # e.g. --token "$SECRET" with SECRET unset: no auth at all
+                raise FlowRLError(
+                    "--token is empty (an unset variable?); give the secret, or leave --token out to serve without one"
+                )
+            token = given_token(token, token_file)
+            if token_file:
+                warn_if_every_user_may_read(token_file, "--token-file")
+            config = ServeConfig(  # checks every setting (ports, counts, limits) as the library does
+                model=str(model),
+                host=host,
+                port=port,
+                providers=parse_providers(providers),
+                threads=threads,
+                max_batch=max_batch,
+                batch_window_us=batch_window_us,
+                batch_workers=batch_workers,
+                workers=workers,
+                max_message_bytes=max_message_bytes,
+                max_sessions=max_sessions,
+                max_connections=max_connections,
+                session_idle_s=session_idle_s,
+                token=token or "",
+                tls_cert=tls_cert,
+                tls_key=tls_key,
+                client_ca=client_ca,
+                metrics_port=metrics_port,
+                metrics_host=metrics_host,
+                steps=steps,
+                watch=watch,
+                reload=reload,
+                cpus=parse_cpus(cpus),
+                rt_priority=rt_priority,
+                grace_s=grace_s,
             )
-        if token is not None and not token.strip():  # e.g. --token "$SECRET" with SECRET unset: no auth at all
-            raise FlowRLError(
-                "--token is empty (an unset variable?); give the secret, or leave --token out to serve without one"
+            abandoned = serve_forever(
+                config, on_ready=print_banner, export_checkpoint=export_for_serving, signals_received=received
             )
-        token = given_token(token, token_file)
-        if token_file:
-            warn_if_every_user_may_read(token_file, "--token-file")
-        config = ServeConfig(  # checks every setting (ports, counts, limits) as the library does
-            model=str(model),
-            host=host,
-            port=port,
-            providers=parse_providers(providers),
-            threads=threads,
-            max_batch=max_batch,
-            batch_window_us=batch_window_us,
-            batch_workers=batch_workers,
-            workers=workers,
-            max_message_bytes=max_message_bytes,
-            max_sessions=max_sessions,
-            max_connections=max_connections,
-            session_idle_s=session_idle_s,
-            token=token or "",
-            tls_cert=tls_cert,
-            tls_key=tls_key,
-            client_ca=client_ca,
-            metrics_port=metrics_port,
-            metrics_host=metrics_host,
-            steps=steps,
-            watch=watch,
-            reload=reload,
-            cpus=parse_cpus(cpus),
-            rt_priority=rt_priority,
-            grace_s=grace_s,
-        )
-        abandoned = serve_forever(config, on_ready=print_banner, export_checkpoint=export_for_serving)
-    except ServerFailed:  # logged: exit 1 at once, whatever handler threads are left (as below)
-        logging.shutdown()
-        sys.stdout.flush()
-        os._exit(1)
-    except (FlowRLError, ModuleNotFoundError) as exc:
-        # with json the refusal is a JSON line too, not @user_errors' plain `error: …` among them
-        message = str(exc) if isinstance(exc, FlowRLError) else missing_extra_message(exc, "serve")
-        if log_format.value != "json" or message is None:
-            raise
-        logging.getLogger("flowrl.serve").error("%s", message)
-        raise typer.Exit(1) from None
-    if abandoned:
-        # calls abandoned at the end of the grace period: their handler threads would hold the exit
-        # until their inference returns (the thread pool joins its threads), long after "stopped"
-        logging.shutdown()
-        sys.stdout.flush()
-        os._exit(0)
+        except ServerFailed:  # logged: exit 1 at once, whatever handler threads are left (as below)
+            logging.shutdown()
+            sys.stdout.flush()
+            os._exit(1)
+        except (FlowRLError, ModuleNotFoundError) as exc:
+            # with json the refusal is a JSON line too, not @user_errors' plain `error: …` among them
+            message = str(exc) if isinstance(exc, FlowRLError) else missing_extra_message(exc, "serve")
+            if log_format.value != "json" or message is None:
+                raise
+            logging.getLogger("flowrl.serve").error("%s", message)
+            raise typer.Exit(1) from None
+        if abandoned:
+            # calls abandoned at the end of the grace period: their handler threads would hold the exit
+            # until their inference returns (the thread pool joins its threads), long after "stopped"
+            logging.shutdown()
+            sys.stdout.flush()
+            os._exit(0)
+    finally:
+        restore()

@@ -1,0 +1,83 @@
+"""A stop signal in `flowrl serve`'s first seconds, while the command loads its libraries (grpc, onnxruntime,
+the exporter) before the server's own stop handling: SIGTERM killed it silently with status 143 and Ctrl-C
+said 'flowrl serve stopped before it finished' with 130, where the README and docs/serve.md promise a
+graceful stop, exit status 0, also during start-up."""
+
+from __future__ import annotations
+
+import signal
+import subprocess
+import sys
+import textwrap
+
+import pytest
+from tiny_policy import write_policy
+
+# `flowrl serve MODEL --port 0` with the signal sent at the start of the command's work (its logging set-up,
+# before its heavy imports), as a user's Ctrl-C or a service manager's stop in its first seconds lands.
+PROGRAM = textwrap.dedent(
+    """
+    import os, signal, sys
+    from flowrl_deploy.cli import app
+
+    serve_command = sys.modules["flowrl_deploy.cli.serve"]  # the package's `serve` is the command function
+
+    model, name = sys.argv[1], sys.argv[2]
+    configure = serve_command.configure_logging
+
+    def configure_then_stop(*args):
+        os.kill(os.getpid(), getattr(signal, name))
+        configure(*args)
+
+    serve_command.configure_logging = configure_then_stop
+    sys.argv = ["flowrl", "serve", model, "--port", "0", "--grace-s", "0"]
+    app()
+    """
+)
+
+
+@pytest.mark.parametrize("name", ["SIGTERM", "SIGINT"])
+def test_a_stop_signal_while_serve_loads_its_libraries_is_a_graceful_stop(tmp_path, name):
+    model = write_policy(tmp_path / "policy.onnx")
+    done = subprocess.run(
+        [sys.executable, "-c", PROGRAM, str(model), name],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
+        # a background job's SIGINT starts ignored (and stays so): this test's Ctrl-C is a terminal's
+        preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL),
+    )
+    assert done.returncode == 0, done.stderr
+    assert f"stopping on {name} during start-up: the model was not served" in done.stderr, done.stderr
+    assert "Traceback" not in done.stderr and "interrupted" not in done.stderr, done.stderr
+    assert done.stdout == ""  # no 'serving …' line
+
+
+def test_serve_forever_stops_before_the_load_on_a_signal_its_caller_received(tmp_path, monkeypatch, caplog):
+    import logging
+
+    from flowrl_deploy.serve import ServeConfig, serve_forever
+    from flowrl_deploy.serve.model import ModelSlot
+
+    loads: list[ModelSlot] = []
+    monkeypatch.setattr(ModelSlot, "load", lambda self, *args, **kwargs: loads.append(self))
+    announced: list[object] = []
+    config = ServeConfig(str(write_policy(tmp_path / "policy.onnx")), port=0, grace_s=0)
+    with caplog.at_level(logging.INFO, logger="flowrl.serve"):
+        assert serve_forever(config, on_ready=announced.append, signals_received=[signal.SIGTERM]) == 0
+    assert not loads and not announced
+    messages = [record.getMessage() for record in caplog.records if record.name == "flowrl.serve"]
+    assert "stopping on SIGTERM during start-up: the model was not served" in messages, messages
+
+
+def test_serve_puts_back_the_signal_handlers_it_found(tmp_path):
+    """Its early stop handling is the command's own: a program running it (a test's CliRunner) keeps its Ctrl-C."""
+    from typer.testing import CliRunner
+
+    from flowrl_deploy.cli import app
+
+    before = {sig: signal.getsignal(sig) for sig in (signal.SIGINT, signal.SIGTERM)}
+    result = CliRunner().invoke(app, ["serve", str(tmp_path / "missing.onnx"), "--port", "0"])
+    assert result.exit_code == 1, result.output
+    assert {sig: signal.getsignal(sig) for sig in before} == before
