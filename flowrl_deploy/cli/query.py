@@ -117,14 +117,27 @@ def _json_kind(value: object) -> str:
     return "a string" if isinstance(value, str) else "an object {..}"
 
 
+def _is_number(word: str) -> bool:
+    """Whether ``word`` is one JSON number."""
+    try:
+        value = json.loads(word)
+    except ValueError:
+        return False
+    return isinstance(value, (int, float)) and not isinstance(value, bool)
+
+
 def _not_json(text: str | bytes, source: str, exc: ValueError) -> str:
     """Why ``text`` is not the JSON of an observation, in the user's terms: values without brackets
-    (``0,0,0``), a number with more digits than Python converts (its own advice is not the user's)."""
+    (``0,0,0``), numbers separated by spaces (``0.1 0.2``), a number with more digits than Python
+    converts (its own advice is not the user's)."""
     if "integer string conversion" in str(exc):
         return f"{source} holds an integer of more than {sys.get_int_max_str_digits()} digits, no observation's value"
     shown = text if isinstance(text, str) else text.decode("utf-8", "replace")
-    if str(exc).startswith("Extra data") and "," in shown and not shown.lstrip().startswith("["):
-        return f"{source} is not JSON: wrap the values in brackets: [{printable(shown.strip(), 80)}]"
+    if str(exc).startswith("Extra data") and not shown.lstrip().startswith("["):
+        if "," in shown:
+            return f"{source} is not JSON: wrap the values in brackets: [{printable(shown.strip(), 80)}]"
+        if all(_is_number(word) for word in shown.split()):
+            return f"{source} is not JSON: write the values as a list: [{printable(', '.join(shown.split()), 80)}]"
     return f"cannot read the observation: {source} is not JSON ({exc})"
 
 
