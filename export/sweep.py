@@ -144,7 +144,7 @@ def _checked_env(spec: PolicySpec, env_id: str | None, seed: int) -> Env:
 
     env = make_env(env_id or spec.env_id, seed)
     try:
-        check_env_fits(env, (spec.obs_dim, spec.act_dim))
+        check_env_fits(env, (spec.obs_dim, spec.act_dim), spec.env_id)
     except BaseException:
         env.close()
         raise

@@ -248,7 +248,7 @@ def run_control(
         with contextlib.ExitStack() as closing:  # a refusal below closes what opened before it
             env = make_env(env_id, seed)
             closing.callback(env.close)
-            check_env_fits(env, (info.obs_dim, info.act_dim))
+            check_env_fits(env, (info.obs_dim, info.act_dim), info.env_id)
             warning = other_task_warning(env_id, info.env_id)
             if warning:
                 log.warning("%s", warning)

@@ -55,7 +55,8 @@ class EvalResult:
 
     def __str__(self) -> str:
         n = len(self.returns)
-        return f"{self.mean:.2f} ± {self.std:.2f} over {n} episode{'s' * (n != 1)}"
+        spread = f" ± {self.std:.2f}" if n > 1 else ""  # one episode has no spread to show
+        return f"{self.mean:.2f}{spread} over {n} episode{'s' * (n != 1)}"
 
     def lengths_summary(self) -> str:
         """'length 52 ± 14 steps, 2 of 2 ended by termination', or '' for a result made from returns alone."""
@@ -66,10 +67,8 @@ def lengths_summary(lengths: Sequence[int], terminated: Sequence[bool]) -> str:
     """'length 52 ± 14 steps, 2 of 2 ended by termination' for these episodes; '' for none."""
     if not lengths:
         return ""
-    return (
-        f"length {np.mean(lengths):.0f} ± {np.std(lengths):.0f} steps, "
-        f"{sum(terminated)} of {len(terminated)} ended by termination"
-    )
+    spread = f" ± {np.std(lengths):.0f}" if len(lengths) > 1 else ""
+    return f"length {np.mean(lengths):.0f}{spread} steps, {sum(terminated)} of {len(terminated)} ended by termination"
 
 
 def run_episode(act_fn: ActFn, env: Env, seed: int) -> Episode:
@@ -131,12 +130,13 @@ def evaluate(
     return EvalResult.of(done)
 
 
-def check_env_fits(env: Env, dims: tuple[int, int]) -> None:
-    """Refuse an environment whose (obs_dim, act_dim) differ from the policy's ``dims``."""
+def check_env_fits(env: Env, dims: tuple[int, int], trained_on: str = "") -> None:
+    """Refuse an environment whose (obs_dim, act_dim) differ from the policy's ``dims``, naming the task
+    the policy was ``trained_on`` when it records one."""
     if (env.info.obs_dim, env.info.act_dim) != tuple(dims):
         raise FlowRLError(
             f"{env.info.env_id} has obs/act dims {env.info.obs_dim}/{env.info.act_dim}, "
-            f"the policy {dims[0]}/{dims[1]}: pass the --env it was trained on"
+            f"the policy {dims[0]}/{dims[1]}: pass the --env it was trained on{f', {trained_on}' if trained_on else ''}"
         )
 
 

@@ -73,7 +73,7 @@ def eval_command(
     else:
         act_fn, env_id, dims, sampler = _checkpoint_policy(policy, flow_steps, device, seed, deterministic)
     warning = None if env is None else other_task_warning(env, env_id)
-    env_id = env or env_id
+    trained_on, env_id = env_id, env or env_id
     if not env_id:
         raise FlowRLError(f"{policy} does not record its env id; pass --env")
     done: list[Episode] = []
@@ -81,7 +81,7 @@ def eval_command(
     try:
         # as evaluate would make it; first, so that only a runnable env is warned about
         instance = make_env(env_id, seed)
-        check_env_fits(instance, dims)
+        check_env_fits(instance, dims, trained_on)
         if warning:
             typer.secho(f"warning: {warning}", err=True, fg=typer.colors.YELLOW)
         result = evaluate(act_fn, instance, episodes, seed, dims=dims, on_episode=done.append)

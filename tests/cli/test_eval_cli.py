@@ -117,7 +117,7 @@ def test_figures_without_lengths_end_without_a_dangling_separator():
     from flowrl_deploy.cli.eval import _figures
     from flowrl_deploy.train.evaluate import EvalResult
 
-    assert _figures(EvalResult(1.0, 0.0, (1.0,)), "N=1 midpoint") == "1.00 ± 0.00 over 1 episode (N=1 midpoint)"
+    assert _figures(EvalResult(1.0, 0.0, (1.0,)), "N=1 midpoint") == "1.00 over 1 episode (N=1 midpoint)"
 
 
 @pytest.mark.parametrize(

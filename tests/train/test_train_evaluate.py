@@ -1,9 +1,11 @@
 """Evaluation: which initial states the episodes of an evaluation start from."""
 
 import numpy as np
+import pytest
 
+from flowrl_deploy.errors import FlowRLError
 from flowrl_deploy.train.envs import EnvInfo, episode_seed
-from flowrl_deploy.train.evaluate import EVAL_STREAM, EvalResult, evaluate, other_task_warning
+from flowrl_deploy.train.evaluate import EVAL_STREAM, EvalResult, check_env_fits, evaluate, other_task_warning
 
 
 class SeedRecordingEnv:
@@ -96,3 +98,20 @@ def test_a_result_made_from_returns_alone_has_no_lengths_summary(recwarn):
     """It gave a RuntimeWarning (mean of nothing) and 'length nan ± nan steps, 0 of 0 ended by termination'."""
     assert EvalResult(1.0, 0.0, (1.0,)).lengths_summary() == ""
     assert not recwarn.list
+
+
+def test_an_env_of_other_sizes_is_refused_naming_the_task_the_policy_was_trained_on():
+    """`flowrl control --env dmc:cheetah-run` said "pass the --env it was trained on" without naming it."""
+    with pytest.raises(FlowRLError, match=r"the policy 5/1: pass the --env it was trained on, dmc:cartpole-balance$"):
+        check_env_fits(SeedRecordingEnv(), (5, 1), "dmc:cartpole-balance")
+    with pytest.raises(FlowRLError, match=r"pass the --env it was trained on$"):  # a policy that records none
+        check_env_fits(SeedRecordingEnv(), (5, 1))
+
+
+def test_one_episode_shows_no_spread():
+    """`flowrl eval --episodes 1` printed `± 0.00` for a spread one episode cannot have."""
+    assert str(EvalResult(1.0, 0.0, (1.0,), (7,), (False,))) == "1.00 over 1 episode"
+    assert (
+        EvalResult(1.0, 0.0, (1.0,), (7,), (False,)).lengths_summary() == "length 7 steps, 0 of 1 ended by termination"
+    )
+    assert str(EvalResult(1.5, 0.5, (1.0, 2.0))) == "1.50 ± 0.50 over 2 episodes"
