@@ -11,8 +11,6 @@ the server.
 
 from __future__ import annotations
 
-import threading
-import time
 from typing import Any, TypeAlias
 
 import numpy as np
@@ -54,25 +52,3 @@ def draw_noise(generator: np.random.Generator, batch: int, act_dim: int) -> npt.
     """The next noise block ~ N(0, I), shape [batch, act_dim], float32: the policy's noise input,
     which the sampler clamps into a0."""
     return generator.standard_normal((batch, act_dim), dtype=np.float32)
-
-
-class Session:
-    """One client's episode: its noise generator, reseeded by ``Reset``."""
-
-    def __init__(self, session_id: str, seed: int | None) -> None:
-        self.session_id = session_id
-        self.owner: object = None
-        """The stream that evicts this session when it ends; None for sessions opened by Reset."""
-        self._lock = threading.Lock()
-        self._generator = session_noise(seed)
-        self.last_used = time.monotonic()
-
-    def reseed(self, seed: int | None) -> None:
-        with self._lock:
-            self._generator = session_noise(seed)
-            self.last_used = time.monotonic()
-
-    def noise(self, batch: int, act_dim: int) -> npt.NDArray[np.float32]:
-        with self._lock:
-            self.last_used = time.monotonic()
-            return draw_noise(self._generator, batch, act_dim)

@@ -302,7 +302,7 @@ class PolicyServer:
         return labelled[1]
 
     def _limits(self) -> dict[str, tuple[int, int]]:
-        limits = {**self._streams.usage(), "sessions": (self.servicer.session_count(), self.config.max_sessions)}
+        limits = {**self._streams.usage(), "sessions": (self.servicer.sessions.count(), self.config.max_sessions)}
         connections = open_connections(self.port) if self.port else None  # None: not Linux
         if connections is not None:
             limits["connections"] = (connections, self.config.max_connections)

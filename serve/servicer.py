@@ -23,7 +23,7 @@ from google.protobuf.message import Message
 from flowrl_deploy.codec import TensorError, as_batch, decode, encode
 from flowrl_deploy.contract import PolicyContract
 from flowrl_deploy.errors import FlowRLError, SpecError, printable
-from flowrl_deploy.noise import Session, draw_noise, session_noise
+from flowrl_deploy.noise import draw_noise, session_noise
 from flowrl_deploy.proto.flowrl.v1 import policy_pb2 as pb
 from flowrl_deploy.proto.flowrl.v1 import policy_pb2_grpc as pb_grpc
 from flowrl_deploy.serve.batcher import MicroBatcher
@@ -33,12 +33,12 @@ from flowrl_deploy.serve.errors import (
     NotReady,
     ServeError,
     SessionLimitReached,
-    SessionNotFound,
     status_of,
 )
 from flowrl_deploy.serve.metrics import Metrics
 from flowrl_deploy.serve.model import Exporter, ModelSlot, ServedModel
 from flowrl_deploy.serve.reload import requested_path
+from flowrl_deploy.serve.sessions import Session, SessionTable, StreamOwner
 from flowrl_deploy.versions import release
 
 log = logging.getLogger("flowrl.serve")
@@ -69,11 +69,6 @@ def _unary(method: str) -> Callable[[_Handler], _Handler]:
         return cast("_Handler", run)  # the handler's own signature
 
     return wrap
-
-
-def _session_shown(session_id: str) -> str:
-    """A session id a client chose, as logs show it: cut at 100 characters, then escaped."""
-    return printable(session_id, 100)
 
 
 def _checked_session_id(session_id: str) -> str:
@@ -163,21 +158,10 @@ class _Opening:
         )
 
 
-class _StreamOwner:
-    """The sessions a ``StreamAct`` stream opened (by id), and whether its call has ended; both change
-    under the sessions lock only, so that a stream that ends while it opens a session never leaves
-    that session behind."""
-
-    __slots__ = ("ended", "sessions")
-
-    def __init__(self) -> None:
-        self.sessions: dict[str, Session] = {}
-        self.ended = False
-
-
 class PolicyServicer(pb_grpc.PolicyServiceServicer):
-    """The service: its RPC handlers, their sessions and contract pins, and the batcher; the model
-    served, its reloads and a checkpoint's export on the fly are :attr:`slot`'s (:class:`ModelSlot`)."""
+    """The service: its RPC handlers, their contract pins, and the batcher; the open sessions are
+    :attr:`sessions`' (:class:`SessionTable`), and the model served, its reloads and a checkpoint's
+    export on the fly :attr:`slot`'s (:class:`ModelSlot`)."""
 
     def __init__(self, config: ServeConfig, export_checkpoint: Exporter | None = None) -> None:
         self.config = config
@@ -185,12 +169,12 @@ class PolicyServicer(pb_grpc.PolicyServiceServicer):
         """By status: the latest refused Reload whose warning was held back (the next one names it)."""
         self._refusals_lock = threading.Lock()
         """Held from whether a refused Reload's warning is due to its ``_refusals_held`` update."""
-        self._sessions: dict[str, Session] = {}
-        self._sessions_lock = threading.Lock()
         self._anonymous = Session("", None)
         self.release = release()
         """This flowrl-deploy's release, sent in GetSpec and GetStats replies (read once: it may ask git)."""
-        self.metrics = Metrics(self.session_count, lambda: self.model.version if self.model else "")
+        self.metrics = Metrics(lambda: self.sessions.count(), lambda: self.model.version if self.model else "")
+        self.sessions = SessionTable(config.max_sessions, config.session_idle_s, self.metrics)
+        """The open sessions: their noise, the --max-sessions limit, idle drop and eviction, stream ownership."""
         self.slot = ModelSlot(
             config,
             self.metrics,
@@ -222,7 +206,7 @@ class PolicyServicer(pb_grpc.PolicyServiceServicer):
         self.metrics.record_batch(len(obs), inference_us / 1e6)
         return action, model.version, inference_us
 
-    # --- sessions and contracts ---------------------------------------------------------------
+    # --- contracts and observations -----------------------------------------------------------
     def _check_contract(self, model: ServedModel, pinned: str, contract_json: str) -> None:
         if not pinned and not contract_json:
             return
@@ -247,93 +231,6 @@ class PolicyServicer(pb_grpc.PolicyServiceServicer):
             )
         detail = "; ".join(model.contract.differences(theirs))
         raise ContractMismatch(f"{mismatch} (server != client: {detail})")
-
-    def _open(self, session_id: str, seed: int | None, owner: _StreamOwner | None = None) -> Session:
-        """Create a session, or reseed it (``seed`` None: unseeded); a stream ``owner`` takes it over
-        (and evicts it when it ends), keeping its generator when it sends no seed. Taking over a
-        session another stream still holds is logged: both streams then draw from its generator.
-        A stream whose call has ended (:meth:`_evict` ran) opens nothing (CANCELLED)."""
-        evicted = None
-        with self._sessions_lock:
-            if owner is not None and owner.ended:
-                raise ServeError("the stream has ended", grpc.StatusCode.CANCELLED)
-            session = self._sessions.get(session_id)
-            if owner is not None and session is not None and session.owner is not None and session.owner is not owner:
-                log.warning(
-                    "session %s taken over by another stream (a robot's reconnect, or two robots sharing one id)",
-                    _session_shown(session_id),
-                )
-            if session is None:
-                self._drop_idle_sessions()
-                if len(self._sessions) >= self.config.max_sessions:
-                    evicted = self._evict_least_recent_unowned()
-                    if evicted is None:
-                        raise SessionLimitReached(f"session limit of {self.config.max_sessions} reached")
-                session = self._sessions[session_id] = Session(session_id, seed)
-            elif owner is None or seed is not None:  # a stream joining a session Reset opened keeps its noise
-                session.reseed(seed)
-            if owner is not None:
-                session.owner = owner
-                owner.sessions[session_id] = session
-        if evicted is not None:  # logged outside the lock: a slow log handler must not hold up sessions
-            self._record_evicted(*evicted)
-        return session
-
-    def session_count(self) -> int:
-        return len(self._sessions)
-
-    def _session_limit_refused(self, exc: SessionLimitReached) -> None:
-        """Count (and warn of) a call refused at ``--max-sessions``."""
-        why = f"{exc}; raise --max-sessions (open streams hold every session, and a stream's lasts as long as it)"
-        self.metrics.record_limit("sessions", why)
-
-    def _drop_idle_sessions(self) -> None:
-        """Forget the sessions no stream owns (opened by Reset) that went unused for ``session_idle_s``;
-        called with the sessions lock held, whenever a new session opens."""
-        stale = time.monotonic() - self.config.session_idle_s
-        for session_id in [k for k, s in self._sessions.items() if s.owner is None and s.last_used < stale]:
-            del self._sessions[session_id]
-
-    def _evict_least_recent_unowned(self) -> tuple[str, float] | None:
-        """Make room in a full table (the sessions lock held) by forgetting the least recently used
-        session no stream owns (one Reset opened); its id and idle seconds, or None when streams own
-        every session. Without it, a few seconds of Reset calls held the table full for
-        --session-idle-s, refusing every robot's new stream; a robot whose Reset session goes is told
-        NOT_FOUND by its next Act (a stream joining it unseeded opens it afresh, unseeded)."""
-        unowned = [(s.last_used, k) for k, s in self._sessions.items() if s.owner is None]
-        if not unowned:
-            return None
-        last_used, session_id = min(unowned)
-        del self._sessions[session_id]
-        return session_id, time.monotonic() - last_used
-
-    def _record_evicted(self, session_id: str, idle_s: float) -> None:
-        """Count a session forgotten to make room, and warn of it at most once a minute."""
-        if due := self.metrics.record_session_evicted():
-            held, _ = due
-            log.warning(
-                "session table full (--max-sessions %d): forgot session %s, opened by Reset and unused for %.0f s, "
-                "to open a new one%s",
-                self.config.max_sessions,
-                _session_shown(session_id),
-                idle_s,
-                f" ({held} more since the last warning)" if held else "",
-            )
-
-    def _evict(self, owner: _StreamOwner) -> None:
-        """Drop the sessions a finished stream still owns (not those another stream took over); it
-        opens none from now on."""
-        with self._sessions_lock:
-            owner.ended = True
-            for session_id, session in owner.sessions.items():
-                if self._sessions.get(session_id) is session and session.owner is owner:
-                    del self._sessions[session_id]
-
-    def _session(self, session_id: str) -> Session:
-        session = self._sessions.get(session_id)
-        if session is None:
-            raise SessionNotFound(f"unknown session {session_id!r}: open it with Reset or StreamAct")
-        return session
 
     def _obs(self, tensor: pb.Tensor, model: ServedModel) -> np.ndarray:
         return as_batch(decode(tensor, name="obs"), model.obs_dim, max_batch=self.config.max_request_batch)
@@ -380,7 +277,7 @@ class PolicyServicer(pb_grpc.PolicyServiceServicer):
         noise = None
         if model.policy.takes_noise:
             if request.session_id:
-                noise = self._session(_checked_session_id(request.session_id)).noise(len(obs), model.act_dim)
+                noise = self.sessions.get(_checked_session_id(request.session_id)).noise(len(obs), model.act_dim)
             elif request.HasField("seed"):
                 noise = draw_noise(session_noise(request.seed), len(obs), model.act_dim)
             else:
@@ -398,12 +295,12 @@ class PolicyServicer(pb_grpc.PolicyServiceServicer):
     def StreamAct(
         self, request_iterator: Iterator[pb.StreamActRequest], context: grpc.ServicerContext
     ) -> Iterator[pb.StreamActReply]:
-        owner = _StreamOwner()
+        owner = StreamOwner()
         opened = owner.sessions  # changed by this thread only (under the sessions lock): read without it
         unopened: dict[str, _Opening] = {}  # per session id, until it opens
         anonymous = f"stream-{uuid.uuid4().hex}"  # the session of requests without an id, until one opens
         limited = False  # a request was refused at the session limit: the stream counts once
-        if not context.add_callback(lambda: self._evict(owner)):  # the call has ended already
+        if not context.add_callback(lambda: self.sessions.end_stream(owner)):  # the call has ended already
             owner.ended = True
         for request in request_iterator:
             received = time.time_ns()
@@ -427,13 +324,13 @@ class PolicyServicer(pb_grpc.PolicyServiceServicer):
                     self._failed("StreamAct", exc)
                 if isinstance(exc, SessionLimitReached) and not limited:
                     limited = True
-                    self._session_limit_refused(exc)
+                    self.sessions.limit_refused(exc)
             reply.server_send_unix_ns = time.time_ns()
             self.metrics.record("StreamAct", code, time.perf_counter() - start)
             yield reply
 
     def _open_for_stream(
-        self, request: pb.StreamActRequest, session_id: str, owner: _StreamOwner, unopened: dict[str, _Opening]
+        self, request: pb.StreamActRequest, session_id: str, owner: StreamOwner, unopened: dict[str, _Opening]
     ) -> Session:
         """Open (or join) ``session_id`` for a stream, as its :class:`_Opening` kept in ``unopened`` and
         ``request`` ask."""
@@ -457,7 +354,7 @@ class PolicyServicer(pb_grpc.PolicyServiceServicer):
             raise
         if opening.contract_hash or opening.contract_json:
             unopened[session_id] = replace(opening, contract_hash=model.contract.hash(), contract_json="")
-        session = self._open(session_id, opening.seed, owner=owner)
+        session = self.sessions.open(session_id, opening.seed, owner=owner)
         del unopened[session_id]
         return session
 
@@ -482,9 +379,11 @@ class PolicyServicer(pb_grpc.PolicyServiceServicer):
             raise ServeError("Reset needs a session_id", grpc.StatusCode.INVALID_ARGUMENT)
         self._check_contract(model, request.contract_hash, request.contract_json)
         try:
-            self._open(_checked_session_id(request.session_id), request.seed if request.HasField("seed") else None)
+            self.sessions.open(
+                _checked_session_id(request.session_id), request.seed if request.HasField("seed") else None
+            )
         except SessionLimitReached as exc:
-            self._session_limit_refused(exc)
+            self.sessions.limit_refused(exc)
             raise
         return pb.ResetReply(model_version=model.version)
 
@@ -494,7 +393,7 @@ class PolicyServicer(pb_grpc.PolicyServiceServicer):
         return pb.GetStatsReply(
             model_version=self.model.version if self.model else "",
             uptime_s=summary["uptime_s"],
-            sessions=self.session_count(),
+            sessions=self.sessions.count(),
             methods=[pb.MethodStats(method=m, **figures) for m, figures in sorted(summary["methods"].items())],
             batches=summary["batches"],
             mean_batch_size=summary["mean_batch_size"],

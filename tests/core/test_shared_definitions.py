@@ -133,3 +133,24 @@ def test_a_runs_management_is_defined_once_each_in_the_module_of_its_job():
     assert found == {name: [home] for home, names in homes.items() for name in names}
     old = _imports(ROOT / "train" / "checkpointing.py")
     assert not old & {f"flowrl_deploy.train.{module}" for module in ("run_lock", "retention", "resume")}
+
+
+def test_the_servers_session_table_is_defined_once_in_its_own_module():
+    """serve/servicer.py ran the session table beside its RPC handlers, with the table's entry class in
+    core's noise.py (which only the server used); the table now has one module, and no copy or
+    re-exporting shim lingers in the old ones."""
+    homes = {
+        "serve/sessions.py": ("Session", "StreamOwner", "SessionTable"),
+        "flowrl_deploy/noise.py": ("session_noise", "draw_noise", "checked_seed"),
+    }
+    found = {name: _defined_at(name) for names in homes.values() for name in names}
+    assert found == {name: [home] for home, names in homes.items() for name in names}
+    shims = {
+        f"{path}: {alias.name}"
+        for path, names in (("flowrl_deploy/noise.py", {"Session"}),)
+        for node in ast.walk(_tree(ROOT / path))
+        if isinstance(node, ast.ImportFrom)
+        for alias in node.names
+        if alias.name in names
+    }
+    assert shims == set()

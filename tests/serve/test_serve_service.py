@@ -438,9 +438,9 @@ def test_the_session_limit_holds_exactly_max_sessions(tmp_path):
         client.reset("a", seed=1)
         client.reset("b", seed=1)
         client.reset("b", seed=2)  # reseeding an open session is no new session
-        assert server.servicer.session_count() == 2
+        assert server.servicer.sessions.count() == 2
         client.reset("c", seed=1)  # the table is full: "a", the least recently used Reset session, goes
-        assert server.servicer.session_count() == 2
+        assert server.servicer.sessions.count() == 2
         with pytest.raises(ServiceError) as info:
             client.act(_obs(1)[0], session_id="a")
         assert info.value.code == grpc.StatusCode.NOT_FOUND
@@ -638,13 +638,10 @@ def test_act_stamps_its_reply_after_the_inference(server, client, monkeypatch):
 def test_a_reset_keeps_a_reseeded_session_for_another_idle_period(tmp_path, monkeypatch):
     """Idleness counts from the last Reset or Act (fake clock): a session reset 7 s ago survives
     the sweep of a 10 s idle limit even though it was opened 15 s ago."""
-    from flowrl_deploy import noise as noise_module
-    from flowrl_deploy.serve import servicer as servicer_module
+    from flowrl_deploy.serve import sessions as sessions_module
 
     clock = [time.monotonic()]
-    fake = SimpleNamespace(**{**vars(time), "monotonic": lambda: clock[0]})
-    monkeypatch.setattr(noise_module, "time", fake)
-    monkeypatch.setattr(servicer_module, "time", fake)
+    monkeypatch.setattr(sessions_module, "time", SimpleNamespace(**{**vars(time), "monotonic": lambda: clock[0]}))
     path = write_policy(tmp_path / "policy.onnx")
     config = ServeConfig(str(path), port=0, grace_s=0, session_idle_s=10)
     with PolicyServer(config).start() as server, PolicyClient(server.address) as client:

@@ -60,18 +60,18 @@ def _stream_ended_while_opening(servicer: PolicyServicer, monkeypatch, session_i
 def test_a_stream_ended_while_it_opens_its_session_leaves_none(servicer, monkeypatch):
     (reply,) = _stream_ended_while_opening(servicer, monkeypatch, "robot-1")
     assert reply.status.code == grpc.StatusCode.CANCELLED.value[0]
-    assert servicer.session_count() == 0
-    servicer._open("robot-2", 5)  # the only session's place is free (--max-sessions 1)
-    assert list(servicer._sessions) == ["robot-2"]
+    assert servicer.sessions.count() == 0
+    servicer.sessions.open("robot-2", 5)  # the only session's place is free (--max-sessions 1)
+    assert servicer.sessions.count() == 1 and servicer.sessions.get("robot-2")
 
 
 def test_a_stream_ended_while_it_joins_a_reset_session_leaves_it_droppable(servicer, monkeypatch):
-    servicer._open("robot-1", 3)  # Reset: no stream owns it, dropped once idle
+    servicer.sessions.open("robot-1", 3)  # Reset: no stream owns it, dropped once idle
     _stream_ended_while_opening(servicer, monkeypatch, "robot-1")
-    assert servicer._sessions["robot-1"].owner is None
+    assert servicer.sessions.get("robot-1").owner is None
     threading.Event().wait(0.05)  # past --session-idle-s
-    servicer._open("robot-2", 5)  # opening a session drops the idle ones first
-    assert list(servicer._sessions) == ["robot-2"]
+    servicer.sessions.open("robot-2", 5)  # opening a session drops the idle ones first
+    assert servicer.sessions.count() == 1 and servicer.sessions.get("robot-2")
 
 
 def test_a_stream_whose_call_ended_before_its_handler_ran_opens_no_session(servicer):
@@ -79,4 +79,4 @@ def test_a_stream_whose_call_ended_before_its_handler_ran_opens_no_session(servi
     callback that would evict the session never runs."""
     (reply,) = servicer.StreamAct(iter([_request("robot-1")]), CallContext(ended=True))
     assert reply.status.code == grpc.StatusCode.CANCELLED.value[0]
-    assert servicer.session_count() == 0
+    assert servicer.sessions.count() == 0

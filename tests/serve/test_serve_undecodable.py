@@ -81,6 +81,6 @@ def test_a_stream_answers_its_good_requests_then_ends_at_an_undecodable_one(serv
     assert [reply.status.code for reply in answered] == [0, 0]
     assert ended.value.code() == grpc.StatusCode.INVALID_ARGUMENT
     until = time.monotonic() + 5  # the stream's session goes with it, once the server has ended the call
-    while server.servicer.session_count() and time.monotonic() < until:
+    while server.servicer.sessions.count() and time.monotonic() < until:
         time.sleep(0.01)
-    assert server.servicer.session_count() == 0
+    assert server.servicer.sessions.count() == 0
