@@ -50,7 +50,8 @@ from flowrl_deploy.serve.connections import (
     warn_of_file_limit,
 )
 from flowrl_deploy.serve.interceptors import SERVICE_NAME, SPARE_THREADS, Cap, OpenStreams, TokenInterceptor
-from flowrl_deploy.serve.metrics import Metrics, start_metrics_http
+from flowrl_deploy.serve.metrics import Metrics
+from flowrl_deploy.serve.metrics_http import start_metrics_http
 from flowrl_deploy.serve.model import Exporter, ServedModel
 from flowrl_deploy.serve.reload import FileWatcher
 from flowrl_deploy.serve.servicer import PolicyServicer

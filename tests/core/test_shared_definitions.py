@@ -135,19 +135,26 @@ def test_a_runs_management_is_defined_once_each_in_the_module_of_its_job():
     assert not old & {f"flowrl_deploy.train.{module}" for module in ("run_lock", "retention", "resume")}
 
 
-def test_the_servers_session_table_is_defined_once_in_its_own_module():
+def test_the_servers_session_table_and_metrics_endpoint_are_defined_once_each_in_their_own_module():
     """serve/servicer.py ran the session table beside its RPC handlers, with the table's entry class in
-    core's noise.py (which only the server used); the table now has one module, and no copy or
-    re-exporting shim lingers in the old ones."""
+    core's noise.py (which only the server used), and serve/metrics.py held the HTTP endpoint beside the
+    registry; each now has one module, and no copy or re-exporting shim lingers in the old ones."""
     homes = {
         "serve/sessions.py": ("Session", "StreamOwner", "SessionTable"),
+        "serve/metrics_http.py": (
+            "start_metrics_http",
+            "METRICS_TIMEOUT_S",
+            "METRICS_CONNECTIONS",
+            "METRICS_PER_PEER",
+        ),
+        "serve/metrics.py": ("Metrics", "process_lines", "build_labels"),
         "flowrl_deploy/noise.py": ("session_noise", "draw_noise", "checked_seed"),
     }
     found = {name: _defined_at(name) for names in homes.values() for name in names}
     assert found == {name: [home] for home, names in homes.items() for name in names}
     shims = {
         f"{path}: {alias.name}"
-        for path, names in (("flowrl_deploy/noise.py", {"Session"}),)
+        for path, names in (("flowrl_deploy/noise.py", {"Session"}), ("serve/metrics.py", {"start_metrics_http"}))
         for node in ast.walk(_tree(ROOT / path))
         if isinstance(node, ast.ImportFrom)
         for alias in node.names

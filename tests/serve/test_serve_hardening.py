@@ -24,10 +24,11 @@ from flowrl_deploy import runtime
 from flowrl_deploy.codec import TensorError, decode, encode
 from flowrl_deploy.errors import FlowRLError
 from flowrl_deploy.proto.flowrl.v1 import policy_pb2 as pb
-from flowrl_deploy.serve import metrics as metrics_module
+from flowrl_deploy.serve import metrics_http
 from flowrl_deploy.serve import reload as watch
 from flowrl_deploy.serve.errors import ServeError
-from flowrl_deploy.serve.metrics import Metrics, start_metrics_http
+from flowrl_deploy.serve.metrics import Metrics
+from flowrl_deploy.serve.metrics_http import start_metrics_http
 from flowrl_deploy.serve.servicer import MAX_SESSION_ID
 
 OBS = np.zeros(3, np.float32)
@@ -138,7 +139,7 @@ def test_a_contract_json_too_deep_or_with_a_huge_number_is_invalid_argument(clie
 def test_the_metrics_port_drops_a_silent_connection_and_logs_no_traceback(monkeypatch, capfd):
     """Each connection held a thread for good, and a client resetting its connection printed a
     traceback with the server's paths: anyone reaching the port could do either without end."""
-    monkeypatch.setattr(metrics_module, "METRICS_TIMEOUT_S", 0.5)
+    monkeypatch.setattr(metrics_http, "METRICS_TIMEOUT_S", 0.5)
     httpd = start_metrics_http(Metrics(lambda: 0, lambda: "v1-test"), "127.0.0.1", 0)
     port = httpd.server_address[1]
     try:
@@ -220,8 +221,8 @@ def test_the_metrics_port_serves_a_few_connections_at_once(monkeypatch):
     """A client sending a header line every few seconds kept its connection (and thread) open past
     the read timeout, and connections were not capped: one thread each, without end. The total cap
     is seen apart from the per-address one (all three come from one address, under its own cap)."""
-    monkeypatch.setattr(metrics_module, "METRICS_CONNECTIONS", 2)
-    monkeypatch.setattr(metrics_module, "METRICS_PER_PEER", 10)
+    monkeypatch.setattr(metrics_http, "METRICS_CONNECTIONS", 2)
+    monkeypatch.setattr(metrics_http, "METRICS_PER_PEER", 10)
     metrics = Metrics(lambda: 0, lambda: "v1-test")
     httpd = start_metrics_http(metrics, "127.0.0.1", 0)
     port = httpd.server_address[1]

@@ -24,9 +24,10 @@ from tiny_policy import OBS_DIM, write_policy
 from flowrl_deploy.codec import encode
 from flowrl_deploy.proto.flowrl.v1 import policy_pb2 as pb
 from flowrl_deploy.proto.flowrl.v1 import policy_pb2_grpc as pb_grpc
-from flowrl_deploy.serve import PolicyServer, ServeConfig
+from flowrl_deploy.serve import PolicyServer, ServeConfig, metrics_http
 from flowrl_deploy.serve import metrics as metrics_module
-from flowrl_deploy.serve.metrics import Metrics, start_metrics_http
+from flowrl_deploy.serve.metrics import Metrics
+from flowrl_deploy.serve.metrics_http import start_metrics_http
 
 
 @pytest.fixture
@@ -388,7 +389,7 @@ def _closed_by_server(connection: socket.socket, within_s: float, trickle_s: flo
 def test_a_metrics_request_must_come_whole_within_its_deadline_from_accept(metrics, monkeypatch):
     """The timeout was per read: a client sending a header line every few seconds held its connection
     (and one of the few slots) for as long as it liked, and 8 of them made every scrape fail (obs M2)."""
-    monkeypatch.setattr(metrics_module, "METRICS_TIMEOUT_S", 1.0)
+    monkeypatch.setattr(metrics_http, "METRICS_TIMEOUT_S", 1.0)
     httpd = start_metrics_http(metrics, "127.0.0.1", 0)
     try:
         with socket.create_connection(("127.0.0.1", httpd.server_address[1]), timeout=30) as trickling:
@@ -406,7 +407,7 @@ def test_the_metrics_endpoint_forgets_each_connection_once_answered(metrics):
     a scrape every 15 s would leave 5,760 of them a day."""
     httpd = start_metrics_http(metrics, "127.0.0.1", 0)
     try:
-        for _ in range(metrics_module.METRICS_CONNECTIONS + 2):  # more scrapes, one after another, than slots
+        for _ in range(metrics_http.METRICS_CONNECTIONS + 2):  # more scrapes, one after another, than slots
             with urllib.request.urlopen(f"http://127.0.0.1:{httpd.server_address[1]}/metrics", timeout=10) as reply:
                 assert reply.status == 200
             # the client has its reply before the handler thread releases the connection's slot
@@ -422,7 +423,7 @@ def test_the_metrics_endpoint_forgets_each_connection_once_answered(metrics):
 
 def test_a_client_silent_after_part_of_its_request_is_closed_at_the_deadline(metrics, monkeypatch):
     """A per-read timeout alone would close it a whole timeout after its last line, not at the deadline."""
-    monkeypatch.setattr(metrics_module, "METRICS_TIMEOUT_S", 2.0)
+    monkeypatch.setattr(metrics_http, "METRICS_TIMEOUT_S", 2.0)
     httpd = start_metrics_http(metrics, "127.0.0.1", 0)
     try:
         with socket.create_connection(("127.0.0.1", httpd.server_address[1]), timeout=30) as client:
@@ -441,12 +442,12 @@ def test_the_metrics_endpoint_limits_are_the_documented_ones():
 
     said = " ".join(doc("docs/serve.md").split())
     assert (
-        f"serves at most {metrics_module.METRICS_CONNECTIONS} connections at once, and at most "
-        f"{metrics_module.METRICS_PER_PEER} from one client address"
+        f"serves at most {metrics_http.METRICS_CONNECTIONS} connections at once, and at most "
+        f"{metrics_http.METRICS_PER_PEER} from one client address"
     ) in said
-    assert f"closes a connection {metrics_module.METRICS_TIMEOUT_S:g} s after accepting it" in said
-    assert (metrics_module.METRICS_CONNECTIONS, metrics_module.METRICS_PER_PEER) == (8, 2)
-    assert metrics_module.METRICS_TIMEOUT_S == 5.0
+    assert f"closes a connection {metrics_http.METRICS_TIMEOUT_S:g} s after accepting it" in said
+    assert (metrics_http.METRICS_CONNECTIONS, metrics_http.METRICS_PER_PEER) == (8, 2)
+    assert metrics_http.METRICS_TIMEOUT_S == 5.0
 
 
 def test_a_connection_whose_thread_cannot_start_gives_its_slot_back(metrics, monkeypatch):
@@ -486,10 +487,10 @@ def _from(address: str) -> socket.socket | None:
 def test_one_client_address_cannot_take_every_metrics_connection(metrics, monkeypatch, caplog):
     """8 connections from one client took every slot: refused here, they are counted, and warned of
     at most once a minute (obs M2, L10)."""
-    monkeypatch.setattr(metrics_module, "METRICS_TIMEOUT_S", 30.0)
+    monkeypatch.setattr(metrics_http, "METRICS_TIMEOUT_S", 30.0)
     httpd = start_metrics_http(metrics, "127.0.0.1", 0)
     port = httpd.server_address[1]
-    held = [socket.create_connection(("127.0.0.1", port), timeout=30) for _ in range(metrics_module.METRICS_PER_PEER)]
+    held = [socket.create_connection(("127.0.0.1", port), timeout=30) for _ in range(metrics_http.METRICS_PER_PEER)]
     try:
         for connection in held:
             connection.sendall(b"GET /metrics HTTP/1.1\r\n")  # and never the end of the headers

@@ -10,7 +10,8 @@ import pytest
 from tiny_policy import write_policy
 
 from flowrl_deploy.serve import PolicyServer, ServeConfig
-from flowrl_deploy.serve.metrics import Metrics, start_metrics_http
+from flowrl_deploy.serve.metrics import Metrics
+from flowrl_deploy.serve.metrics_http import start_metrics_http
 
 
 def _metrics_warnings(caplog) -> list[str]:

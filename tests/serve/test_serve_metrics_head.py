@@ -6,7 +6,8 @@ import http.client
 
 import pytest
 
-from flowrl_deploy.serve.metrics import Metrics, start_metrics_http
+from flowrl_deploy.serve.metrics import Metrics
+from flowrl_deploy.serve.metrics_http import start_metrics_http
 
 
 @pytest.fixture
