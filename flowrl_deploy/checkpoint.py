@@ -449,7 +449,13 @@ def checkpoint_identity(path: str | os.PathLike[str]) -> tuple[str, str, str]:
     the two files an export reads from it (its tensors and its document): equal identities export to
     the same policy."""
     directory = resolve_checkpoint(path)
-    return str(directory), file_sha256(directory / MODEL_FILE), file_sha256(directory / DOCUMENT_FILE)
+
+    def digest(name: str) -> str:
+        if not _present(directory / name):  # a pipe is refused, never read: reading one blocks
+            raise CheckpointError(f"{directory / name} is missing: the checkpoint is incomplete")
+        return file_sha256(directory / name)
+
+    return str(directory), digest(MODEL_FILE), digest(DOCUMENT_FILE)
 
 
 def resume_point(path: str | os.PathLike[str]) -> tuple[Path, str | None]:

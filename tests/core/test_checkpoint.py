@@ -239,6 +239,16 @@ class TestCorruptOrForeign:
             with pytest.raises(CheckpointError, match=r"is a training run with no checkpoint yet: .*--eval-every"):
                 ckpt.load_checkpoint(path)
 
+    @pytest.mark.skipif(not hasattr(os, "mkfifo"), reason="no named pipes on this platform")
+    def test_the_identity_of_a_checkpoint_holding_a_pipe_is_refused_not_read(self, tmp_path):
+        """A served checkpoint's identity (serve/model.py, to skip re-exporting it) read a FIFO in it and
+        hung the server's start-up."""
+        directory = save(tmp_path / "c")
+        (directory / ckpt.DOCUMENT_FILE).unlink()
+        os.mkfifo(directory / ckpt.DOCUMENT_FILE)
+        with pytest.raises(CheckpointError, match="is not a regular file"):
+            ckpt.checkpoint_identity(directory)
+
     def test_dangling_last_link_is_named(self, tmp_path):
         (tmp_path / ckpt.CHECKPOINTS_DIR).mkdir()
         os.symlink("step_999", tmp_path / ckpt.CHECKPOINTS_DIR / ckpt.LAST)
