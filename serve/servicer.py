@@ -354,7 +354,7 @@ class PolicyServicer(pb_grpc.PolicyServiceServicer):
             raise
         if opening.contract_hash or opening.contract_json:
             unopened[session_id] = replace(opening, contract_hash=model.contract.hash(), contract_json="")
-        session = self.sessions.open(session_id, opening.seed, owner=owner)
+        session = self.sessions.open_session(session_id, opening.seed, owner=owner)
         del unopened[session_id]
         return session
 
@@ -379,7 +379,7 @@ class PolicyServicer(pb_grpc.PolicyServiceServicer):
             raise ServeError("Reset needs a session_id", grpc.StatusCode.INVALID_ARGUMENT)
         self._check_contract(model, request.contract_hash, request.contract_json)
         try:
-            self.sessions.open(
+            self.sessions.open_session(
                 _checked_session_id(request.session_id), request.seed if request.HasField("seed") else None
             )
         except SessionLimitReached as exc:

@@ -75,7 +75,7 @@ class SessionTable:
         self._sessions: dict[str, Session] = {}
         self._lock = threading.Lock()
 
-    def open(self, session_id: str, seed: int | None, owner: StreamOwner | None = None) -> Session:
+    def open_session(self, session_id: str, seed: int | None, owner: StreamOwner | None = None) -> Session:
         """Create a session, or reseed it (``seed`` None: unseeded); a stream ``owner`` takes it over
         (and evicts it when it ends), keeping its generator when it sends no seed. Taking over a
         session another stream still holds is logged: both streams then draw from its generator.

@@ -61,16 +61,16 @@ def test_a_stream_ended_while_it_opens_its_session_leaves_none(servicer, monkeyp
     (reply,) = _stream_ended_while_opening(servicer, monkeypatch, "robot-1")
     assert reply.status.code == grpc.StatusCode.CANCELLED.value[0]
     assert servicer.sessions.count() == 0
-    servicer.sessions.open("robot-2", 5)  # the only session's place is free (--max-sessions 1)
+    servicer.sessions.open_session("robot-2", 5)  # the only session's place is free (--max-sessions 1)
     assert servicer.sessions.count() == 1 and servicer.sessions.get("robot-2")
 
 
 def test_a_stream_ended_while_it_joins_a_reset_session_leaves_it_droppable(servicer, monkeypatch):
-    servicer.sessions.open("robot-1", 3)  # Reset: no stream owns it, dropped once idle
+    servicer.sessions.open_session("robot-1", 3)  # Reset: no stream owns it, dropped once idle
     _stream_ended_while_opening(servicer, monkeypatch, "robot-1")
     assert servicer.sessions.get("robot-1").owner is None
     threading.Event().wait(0.05)  # past --session-idle-s
-    servicer.sessions.open("robot-2", 5)  # opening a session drops the idle ones first
+    servicer.sessions.open_session("robot-2", 5)  # opening a session drops the idle ones first
     assert servicer.sessions.count() == 1 and servicer.sessions.get("robot-2")
 
 
