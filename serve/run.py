@@ -207,6 +207,13 @@ def _supervise(server: PolicyServer, notifier: Notifier, signals: list[int], sta
             liveness.close()
 
 
+def log_stop_during_start_up(sig: int) -> str:
+    """Log a stop ``sig`` taken during start-up, before the model was served; its name."""
+    name = signal.Signals(sig).name
+    log.info("stopping on %s during start-up: the model was not served", name)
+    return name
+
+
 def _report_stop(failure: str, interrupted: bool, signals: list[int], notifier: Notifier) -> None:
     """Log why the server stops and tell systemd (``STOPPING=1`` and ``STATUS=``): ``failure`` (the
     server could no longer serve), or the first of ``signals``, during start-up (``interrupted``) or
@@ -217,10 +224,10 @@ def _report_stop(failure: str, interrupted: bool, signals: list[int], notifier: 
         )
         notifier.send("STOPPING=1", f"STATUS=stopping: {failure}")
         return
-    name = signal.Signals(signals[0]).name
     if interrupted:
-        log.info("stopping on %s during start-up: the model was not served", name)
+        name = log_stop_during_start_up(signals[0])
         notifier.send("STOPPING=1", f"STATUS=stopping on {name} during start-up")
     else:
+        name = signal.Signals(signals[0]).name
         log.info("stopping on %s: finishing calls in flight", name)
         notifier.send("STOPPING=1", f"STATUS=stopping on {name}")

@@ -88,6 +88,10 @@ def print_banner(server: PolicyServer) -> None:
 
 # Every option is a ServeConfig field, its default written out so that --help shows it (importing
 # ServeConfig here would load the server package for every `flowrl` command): a test checks they agree.
+class _StopBeforeServing(Exception):
+    """A stop signal once `flowrl serve` has loaded its libraries, before serve_forever handles them."""
+
+
 @user_errors
 def serve(
     model: Annotated[
@@ -223,10 +227,18 @@ def serve(
     from flowrl_deploy.signals import install_stop_handlers
 
     # A stop signal from here on is a graceful stop (exit 0), also while the imports below load grpc and
-    # onnxruntime (seconds on a loaded machine): noted now, serve_forever acts on it before the model loads.
+    # onnxruntime (seconds on a loaded machine): noted then, and serve_forever acts on it before the model
+    # loads. Once they are loaded it ends what runs (a --token-file read may wait on a pipe or a terminal).
     received: list[int] = []
+    loaded: list[bool] = []
+
+    def note_stop(sig: int, _: object) -> None:
+        received.append(sig)
+        if loaded:
+            raise _StopBeforeServing
+
     restore = (
-        install_stop_handlers(lambda sig, _: received.append(sig))
+        install_stop_handlers(note_stop)
         if threading.current_thread() is threading.main_thread()
         else lambda: None  # serve_forever refuses to run there, in a line saying why
     )
@@ -240,11 +252,14 @@ def serve(
         from flowrl_deploy.errors import FlowRLError
         from flowrl_deploy.export import export_for_serving
         from flowrl_deploy.serve import ServeConfig, serve_forever
-        from flowrl_deploy.serve.run import ServerFailed
+        from flowrl_deploy.serve.run import ServerFailed, log_stop_during_start_up
         from flowrl_deploy.tls import warn_if_every_user_may_read
 
         configure_logging(log_format.value, log_level.value)
         try:
+            loaded.append(True)
+            if received:  # one came while the libraries loaded: stop before reading any file
+                raise _StopBeforeServing
             env_token = os.environ.get(TOKEN_ENV)
             if env_token is not None and not env_token.strip() and (token is None or token == env_token):
                 # click takes an empty variable for an unset one: FLOWRL_TOKEN= would serve with no auth at all
@@ -285,9 +300,16 @@ def serve(
                 rt_priority=rt_priority,
                 grace_s=grace_s,
             )
-            abandoned = serve_forever(
-                config, on_ready=print_banner, export_checkpoint=export_for_serving, signals_received=received
-            )
+            try:
+                abandoned = serve_forever(
+                    config, on_ready=print_banner, export_checkpoint=export_for_serving, signals_received=received
+                )
+            finally:
+                loaded.clear()  # serve_forever took the signals it received; any later one only noted
+        except _StopBeforeServing:
+            loaded.clear()
+            log_stop_during_start_up(received[0])
+            return
         except ServerFailed:  # logged: exit 1 at once, whatever handler threads are left (as below)
             logging.shutdown()
             sys.stdout.flush()

@@ -5,10 +5,12 @@ graceful stop, exit status 0, also during start-up."""
 
 from __future__ import annotations
 
+import os
 import signal
 import subprocess
 import sys
 import textwrap
+import time
 
 import pytest
 from tiny_policy import write_policy
@@ -81,3 +83,37 @@ def test_serve_puts_back_the_signal_handlers_it_found(tmp_path):
     result = CliRunner().invoke(app, ["serve", str(tmp_path / "missing.onnx"), "--port", "0"])
     assert result.exit_code == 1, result.output
     assert {sig: signal.getsignal(sig) for sig in before} == before
+
+
+@pytest.mark.skipif(not hasattr(os, "mkfifo"), reason="no named pipes on this platform")
+@pytest.mark.parametrize("name", ["SIGTERM", "SIGINT"])
+def test_a_stop_signal_while_serve_waits_on_its_token_file_is_a_graceful_stop(tmp_path, name):
+    """The early handling only noted the signal: a --token-file that blocks (a pipe no one writes to, a
+    terminal) then swallowed SIGTERM and Ctrl-C, and only SIGKILL ended the server."""
+    fifo = tmp_path / "token"
+    os.mkfifo(fifo)
+    process = subprocess.Popen(
+        [sys.executable, "-m", "flowrl_deploy.cli", "serve", str(tmp_path / "policy.onnx"), "--token-file", str(fifo)],
+        stderr=subprocess.PIPE,
+        text=True,
+        preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL),
+    )
+    writer = None
+    try:
+        deadline = time.monotonic() + 60
+        while writer is None and time.monotonic() < deadline:  # until serve has the pipe open to read
+            try:
+                writer = os.open(fifo, os.O_WRONLY | os.O_NONBLOCK)  # kept open, unwritten: its read waits
+            except OSError:  # ENXIO: no reader yet
+                time.sleep(0.05)
+        assert writer is not None, "flowrl serve never opened its --token-file"
+        time.sleep(0.2)  # into its read
+        process.send_signal(getattr(signal, name))
+        _, stderr = process.communicate(timeout=30)
+    finally:
+        process.kill()
+        if writer is not None:
+            os.close(writer)
+    assert process.returncode == 0, stderr
+    assert f"stopping on {name} during start-up: the model was not served" in stderr, stderr
+    assert "Traceback" not in stderr, stderr
