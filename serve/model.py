@@ -211,6 +211,8 @@ class ModelSlot:
         if previous is not None and exported_from is not None and exported_from == self._exported_from:
             return self._unchanged(source, previous, by)  # the checkpoint served now: no export needed
         path = resolve_onnx(source, Path(f"gen{self._generation + 1}"), self._steps, self._exporter)
+        if exported_from is not None and self._checkpoint_of(source) != exported_from:
+            exported_from = None  # another checkpoint landed during the export: which one it read is unknown
         data, sha256 = read_model_file(path)
         self._drop_export(path)
         if previous is not None and sha256 == previous.sha256:  # e.g. `touch`: nothing to swap

@@ -11,7 +11,7 @@ import pytest
 from fake_checkpoints import FakeExporter, save_step
 from tiny_policy import write_policy
 
-from flowrl_deploy.checkpoint import CHECKPOINTS_DIR, DOCUMENT_FILE
+from flowrl_deploy.checkpoint import CHECKPOINTS_DIR, DOCUMENT_FILE, LAST, link_checkpoint
 from flowrl_deploy.errors import FlowRLError
 from flowrl_deploy.serve import ServeConfig
 from flowrl_deploy.serve.errors import NotReady
@@ -90,4 +90,29 @@ def test_a_reload_of_the_checkpoint_served_now_is_not_exported_again(tmp_path):
     assert (previous, second[:3], len(exporter.calls)) == (first, "v2-", 2)
     save_step(run, 1)  # back to step 1's checkpoint, rewritten with the same bytes: exported again
     assert slot.load()[0].startswith("v3-") and len(exporter.calls) == 3
+    slot.close()
+
+
+def test_a_checkpoint_that_changes_during_its_export_is_not_taken_for_the_one_served(tmp_path):
+    """The slot fingerprinted `last` before exporting it: a checkpoint landing in between was exported
+    and served under the earlier one's fingerprint, so a later reload of that earlier checkpoint (a roll
+    back of `last`) swapped nothing and the newer model went on serving (diff review 2)."""
+    run = tmp_path / "run"
+    save_step(run, 1)
+    exporter = FakeExporter()
+    lands: list[int] = []
+
+    def export(checkpoint: Path, out: Path, steps: int | None) -> Path:
+        if lands:  # step 3 lands after the slot fingerprinted `last` (step 2), before the export reads it
+            save_step(run, lands.pop())
+        return exporter(checkpoint, out, steps)
+
+    slot = _slot(run, export_checkpoint=export)
+    slot.load()
+    save_step(run, 2)
+    lands.append(3)
+    served, _ = slot.load()  # step 3's model
+    link_checkpoint(run / CHECKPOINTS_DIR, LAST, run / CHECKPOINTS_DIR / "step_000000002")  # roll back
+    version, previous = slot.load()
+    assert previous == served and version != served and exporter.calls[-1][0].name == "step_000000002"
     slot.close()
