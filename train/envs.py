@@ -282,8 +282,10 @@ def _unimportable_prefix(name: str, exc: Exception) -> EnvIdError | None:
     """gymnasium reads ``module:id`` as a module to import before making ``id``: a module that is not
     installed (``hb:h1-walk-v0``) makes ``name`` a wrong id, not a crash. None for other failures."""
     module, colon, task = name.partition(":")
-    missing = getattr(exc, "name", None) or getattr(exc.__cause__, "name", None)  # gymnasium re-raises it
-    if not (colon and isinstance(exc, ImportError) and missing and module.split(".")[0] == missing.split(".")[0]):
+    cause = exc.__cause__ if isinstance(exc.__cause__, ImportError) else exc  # gymnasium re-raises it
+    missing = getattr(cause, "name", None)
+    # the module itself (or a package above it) is not there; an import failing inside it is its own error
+    if not (colon and isinstance(cause, ModuleNotFoundError) and missing and f"{module}.".startswith(f"{missing}.")):
         return None
     if module == "humanoid_bench":
         hint = f" {HUMANOIDBENCH_INSTALL}."

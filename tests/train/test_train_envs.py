@@ -348,3 +348,15 @@ def test_a_module_prefix_that_cannot_be_imported_is_a_wrong_id_not_a_traceback(e
     with pytest.raises(EnvIdError, match=rf"names the module '{module}'.*no module named '{module}'") as refused:
         make_env(env_id)
     assert hint in str(refused.value) and "How to name tasks" in str(refused.value)
+
+
+def test_an_import_failing_inside_a_module_prefix_keeps_its_own_error(tmp_path, monkeypatch):
+    """`--env mymod:MyEnv-v0` whose module imports a name that is not there was told "there is no module
+    named 'mymod.sim'. Install 'mymod' …", hiding the real error (diff review 3)."""
+    package = tmp_path / "brokenpkg"
+    package.mkdir()
+    (package / "__init__.py").write_text("from brokenpkg.sim import MyEnv\n")
+    (package / "sim.py").write_text("X = 1\n")
+    monkeypatch.syspath_prepend(str(tmp_path))
+    with pytest.raises(ImportError, match="cannot import name 'MyEnv'"):
+        make_env("brokenpkg:MyEnv-v0")
