@@ -426,6 +426,12 @@ def resolve_checkpoint(path: str | os.PathLike[str]) -> Path:
         if name is not None and not (link.parent / name).exists():
             raise CheckpointError(f"{link} points at {printable(name)}, which is missing; pass a step_* checkpoint")
     run = p.parent if p.name == CHECKPOINTS_DIR else p
+    complete = sorted(d for d in (run / CHECKPOINTS_DIR).glob("step_*") if (d / DOCUMENT_FILE).is_file())
+    if complete:  # its last link lost (a copy without links, a kill before the first link): name them
+        raise CheckpointError(
+            f"{run} has checkpoints but no {LAST} link: pass one, e.g. {complete[-1]} (flowrl train --resume "
+            f"{run} makes the link again)"
+        )
     if (run / RUN_CONFIG_FILE).is_file():
         raise CheckpointError(
             f"{run} is a training run with no checkpoint yet: a run writes its first at its first evaluation "

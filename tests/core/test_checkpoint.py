@@ -239,6 +239,15 @@ class TestCorruptOrForeign:
             with pytest.raises(CheckpointError, match=r"is a training run with no checkpoint yet: .*--eval-every"):
                 ckpt.load_checkpoint(path)
 
+    def test_a_run_whose_last_link_is_lost_names_its_checkpoints(self, tmp_path):
+        """A run whose `last` link is gone (a copy without links) was told it had no checkpoint yet."""
+        (tmp_path / ckpt.RUN_CONFIG_FILE).write_text("{}")
+        for step in (5, 50):
+            save(tmp_path / ckpt.CHECKPOINTS_DIR / ckpt.step_name(step))
+        newest = tmp_path / ckpt.CHECKPOINTS_DIR / ckpt.step_name(50)
+        with pytest.raises(CheckpointError, match=rf"has checkpoints but no last link: pass one, e.g. {newest} "):
+            ckpt.load_checkpoint(tmp_path)
+
     @pytest.mark.skipif(not hasattr(os, "mkfifo"), reason="no named pipes on this platform")
     def test_the_identity_of_a_checkpoint_holding_a_pipe_is_refused_not_read(self, tmp_path):
         """A served checkpoint's identity (serve/model.py, to skip re-exporting it) read a FIFO in it and
