@@ -15,17 +15,19 @@ BEFORE_THE_COMMAND = "interrupted (Ctrl-C) before the command began: nothing was
 
 def interrupt_behind(exc: BaseException) -> KeyboardInterrupt | None:
     """The Ctrl-C (``KeyboardInterrupt``, or an :class:`~flowrl_deploy.errors.Interrupted` stop signal)
-    that ``exc`` is, or that it was raised from or while handling, following the chain Python's traceback
-    shows (``__cause__``, else ``__context__`` unless ``raise … from None`` hid it); None when there is
-    none. An extension module's import turns a Ctrl-C into an error of its own: mujoco's ``ImportError:
-    initialization failed``, raised from the KeyboardInterrupt."""
+    that ``exc`` is, or that it was raised from (``__cause__``), and for an ImportError also the one it was
+    raised while handling (``__context__``, unless ``raise … from None`` hid it); None when there is none.
+    An extension module's import turns a Ctrl-C into an error of its own: mujoco's ``ImportError:
+    initialization failed``, raised from the KeyboardInterrupt. Any other error raised while a Ctrl-C was
+    handled (a failed clean-up, a bug) is that error: it must not be hidden as the interrupt."""
     seen: set[int] = set()
     current: BaseException | None = exc
     while current is not None and id(current) not in seen:
         if isinstance(current, KeyboardInterrupt):
             return current
         seen.add(id(current))
-        current = current.__cause__ or (None if current.__suppress_context__ else current.__context__)
+        during = isinstance(current, ImportError) and not current.__suppress_context__
+        current = current.__cause__ or (current.__context__ if during else None)
     return None
 
 

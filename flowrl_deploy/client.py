@@ -58,8 +58,10 @@ CHANNEL_OPTIONS = (
     # reconnect quickly after a server restart (gRPC's default first backoff is 1 s)
     ("grpc.initial_reconnect_backoff_ms", 50),
     # the least time one connection attempt gets (gRPC reads it so, despite its name; default 20 s):
-    # at 50 (clamped to 100 ms) a link whose TCP and HTTP/2 set-up took longer failed every first call
-    ("grpc.min_reconnect_backoff_ms", 5_000),
+    # at 50 (clamped to 100 ms) a link whose TCP and HTTP/2 set-up took longer failed every first call;
+    # longer, a call to a host that takes the connection but never answers waits out its deadline
+    # (DEADLINE_EXCEEDED, not UNAVAILABLE) for as long, and a healed partition is noticed that late
+    ("grpc.min_reconnect_backoff_ms", 2_000),
     ("grpc.max_reconnect_backoff_ms", 1000),
     ("grpc.enable_retries", 0),
     # ping every 10 s, with calls in flight or none, and drop the connection when a ping goes unanswered

@@ -64,11 +64,11 @@ still loading): a stream's request refused so did not open its session, or opene
 DISCONNECTED = "disconnected"
 """The fallback reason of a tick without an open stream: the server is down, or the reconnection backs off."""
 DEADLINE = "deadline"
+"""The fallback reason of a tick whose reply did not come within its deadline."""
 SERVER_CLOSED = "the server closed the stream, as it does when stopping or restarting"
 """Why a stream ended, when it ended without a reason of its own: a stopping server ends the streams it
 serves (OK), cancels its idle ones (CANCELLED, whose details only repeat the code) and, with no grace
 left, all calls (UNAVAILABLE, 'Cancelling all calls')."""
-"""The fallback reason of a tick whose reply did not come within its deadline."""
 DEFAULT_MAX_TIMINGS = 100_000
 """How many ticks a :class:`ControlSession` keeps in ``timings`` by default (about 30 MB)."""
 FALLBACKS = ("hold", "zeros", "local")

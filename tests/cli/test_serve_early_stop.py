@@ -15,8 +15,9 @@ import time
 import pytest
 from tiny_policy import write_policy
 
-# `flowrl serve MODEL --port 0` with the signal sent at the start of the command's work (its logging set-up,
-# before its heavy imports), as a user's Ctrl-C or a service manager's stop in its first seconds lands.
+# `flowrl serve MODEL --port 0` with the signal sent as the command sets up its logging, once its libraries
+# are loaded and before it reads any file, as a user's Ctrl-C or a service manager's stop in its first
+# seconds lands (one during the imports themselves is noted by the same handler, which raises nothing then).
 PROGRAM = textwrap.dedent(
     """
     import os, signal, sys

@@ -122,7 +122,7 @@ def _chained(error: BaseException, cause: BaseException, *, context: bool = Fals
     ("raised", "status", "how"),
     [
         (lambda: _chained(ImportError("initialization failed"), KeyboardInterrupt()), 130, "Ctrl-C"),
-        (lambda: _chained(RuntimeError("cleanup failed"), KeyboardInterrupt(), context=True), 130, "Ctrl-C"),
+        (lambda: _chained(ImportError("cut short"), KeyboardInterrupt(), context=True), 130, "Ctrl-C"),
         # a library's own error wrapping it (train/envs' MUJOCO_GL message is raised from the ImportError)
         (
             lambda: _chained(
@@ -139,6 +139,16 @@ def test_an_error_raised_from_an_interrupt_is_the_interrupt(raised, status, how)
     result = runner.invoke(_command(raised()), [])
     assert result.exit_code == status, (result.output, result.exception)
     assert result.output == f"interrupted ({how}): flowrl work stopped before it finished\n"
+
+
+def test_an_error_raised_while_a_ctrl_c_is_handled_stays_that_error():
+    """A clean-up that fails while a Ctrl-C is handled (a full disk, a bug) printed as a plain interrupt,
+    its message lost (diff review 5); only an import cut short by it is the interrupt."""
+    raised = _chained(
+        FlowRLError("cannot write the report: No space left on device"), KeyboardInterrupt(), context=True
+    )
+    result = runner.invoke(_command(raised), [])
+    assert result.exit_code == 1 and result.output == "error: cannot write the report: No space left on device\n"
 
 
 def test_an_error_that_hides_its_interrupt_stays_that_error():
