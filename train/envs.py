@@ -255,13 +255,15 @@ class GymEnv:
         if obs_shape is None or len(obs_shape) != 1:
             raise EnvIdError(f"{env_id.name} has observations of shape {obs_shape}; FlowRL needs a flat vector")
         dt = getattr(self._env.unwrapped, "dt", 0.0)
+        obs_dim = int(obs_shape[0])
+        first, _ = self._env.reset(seed=0)  # the layout is read off an observation; episodes reseed it
         self.info = EnvInfo(
             env_id=str(env_id),
-            obs_dim=int(obs_shape[0]),
+            obs_dim=obs_dim,
             act_dim=int(space.shape[0]),
             action_low=space.low.astype(np.float32),
             action_high=space.high.astype(np.float32),
-            obs_layout=(("observation", int(obs_shape[0])),),
+            obs_layout=_qpos_qvel_layout(first, self._env.unwrapped) or (("observation", obs_dim),),
             action_names=_actuator_names(self._env.unwrapped, int(space.shape[0])),
             control_period_s=float(dt) if isinstance(dt, (int, float)) else 0.0,
         )
@@ -276,6 +278,21 @@ class GymEnv:
 
     def close(self) -> None:
         self._env.close()
+
+
+def _qpos_qvel_layout(obs: object, env: object) -> tuple[tuple[str, int], ...] | None:
+    """``(("qpos", nq), ("qvel", nv))`` when a MuJoCo task's observation is its joint positions then
+    velocities (HumanoidBench's h1-walk: the first two of qpos are the root's world x and y, which a real
+    robot must supply), read off one observation ``obs``; None for any other observation."""
+    data = getattr(env, "data", None)
+    qpos, qvel = getattr(data, "qpos", None), getattr(data, "qvel", None)
+    if not (isinstance(qpos, np.ndarray) and isinstance(qvel, np.ndarray) and qpos.size and qvel.size):
+        return None
+    joints = np.concatenate([qpos.ravel(), qvel.ravel()])
+    seen = np.asarray(obs, dtype=np.float64).ravel()
+    if seen.shape != joints.shape or not np.array_equal(seen, joints):
+        return None
+    return ("qpos", int(qpos.size)), ("qvel", int(qvel.size))
 
 
 def _unimportable_prefix(name: str, exc: Exception) -> EnvIdError | None:

@@ -1,6 +1,7 @@
 """Environment adapters: shapes, dtypes, seeding, and truncation versus termination."""
 
 from pathlib import Path
+from types import SimpleNamespace
 
 import dm_env
 import gymnasium as gym
@@ -8,7 +9,7 @@ import numpy as np
 import pytest
 
 from flowrl_deploy.errors import EnvIdError
-from flowrl_deploy.train.envs import DMCEnv, episode_seed, make_env
+from flowrl_deploy.train.envs import DMCEnv, _qpos_qvel_layout, episode_seed, make_env
 
 
 @pytest.fixture(scope="module")
@@ -360,3 +361,15 @@ def test_an_import_failing_inside_a_module_prefix_keeps_its_own_error(tmp_path, 
     monkeypatch.syspath_prepend(str(tmp_path))
     with pytest.raises(ImportError, match="cannot import name 'MyEnv'"):
         make_env("brokenpkg:MyEnv-v0")
+
+
+def test_a_mujoco_observation_of_joint_positions_then_velocities_is_laid_out_so():
+    """HumanoidBench's h1-walk observes qpos[26] then qvel[25], whose first two are the root's world x
+    and y; its contract said only `observation[51]` (HumanoidBench review F4)."""
+    data = SimpleNamespace(qpos=np.array([0.5, -1.0, 0.9]), qvel=np.array([0.1, 0.0]))
+    env = SimpleNamespace(data=data)
+    assert _qpos_qvel_layout(np.array([0.5, -1.0, 0.9, 0.1, 0.0]), env) == (("qpos", 3), ("qvel", 2))
+    assert _qpos_qvel_layout(np.array([-1.0, 0.9, 0.1, 0.0]), env) is None  # x left out (gymnasium's Hopper)
+    assert _qpos_qvel_layout(np.array([0.5, -1.0, 0.9, 0.1, 0.2]), env) is None  # something else
+    assert _qpos_qvel_layout(np.zeros(3), SimpleNamespace()) is None  # no MuJoCo data
+    assert make_env("gym:Pendulum-v1").info.obs_layout == (("observation", 3),)

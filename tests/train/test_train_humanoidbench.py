@@ -18,6 +18,7 @@ pytest.importorskip("humanoid_bench", reason="HumanoidBench is not installed (op
 def test_h1_walk_shapes_and_a_fall_is_a_termination():
     env = make_env("h1-walk-v0", seed=0)
     assert (env.info.obs_dim, env.info.act_dim) == (51, 19)
+    assert env.info.obs_layout == (("qpos", 26), ("qvel", 25))  # the root's world x, y first
     assert env.info.action_names[:4] == ("left_hip_yaw", "left_hip_roll", "left_hip_pitch", "left_knee")  # H1's motors
     assert len(set(env.info.action_names)) == 19
     obs = env.reset(seed=0)
