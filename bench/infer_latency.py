@@ -2,7 +2,7 @@
 
 For the shapes of dog-run (obs 223, act 38, width 512) and cheetah-run (obs 17, act 6, width 512),
 at N = 1, 5, 10, 20 midpoint steps, one thread, the serving session settings
-(``flowrl_deploy.runtime.make_session``):
+(``flowrl_deploy.ort.make_session``):
 
   (a) torch      the FlowActor sampler in eager mode (torch.inference_mode, 1 thread)
   (b) plain      the unrolled graph without structural optimizations (``--no-optimize``)
@@ -51,7 +51,7 @@ from serve_common import machine
 from timing import throughput, time_interleaved
 
 from flowrl_deploy.export.graph import VelocityWeights, build_policy_graph, schedule
-from flowrl_deploy.runtime import make_session
+from flowrl_deploy.ort import make_session
 from flowrl_deploy.spec import SOLVERS, PolicySpec
 from flowrl_deploy.train.actor import FlowActor
 from flowrl_deploy.versions import library_versions

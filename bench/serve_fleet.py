@@ -41,9 +41,9 @@ from serve_common import DOG_RUN, cpu_seconds, dog_run_model, echo_process, figu
 
 from flowrl_deploy.codec import encode
 from flowrl_deploy.contract import NOISE_INPUT, OBS_INPUT
+from flowrl_deploy.ort import make_session
 from flowrl_deploy.proto.flowrl.v1 import policy_pb2 as pb
 from flowrl_deploy.proto.flowrl.v1 import policy_pb2_grpc as pb_grpc
-from flowrl_deploy.runtime import make_session
 from flowrl_deploy.serve.process import ServerProcess
 
 HZ = 50.0

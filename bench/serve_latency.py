@@ -107,7 +107,7 @@ def bench_echo(address: str, request_size: int, n: int, warmup: int, *, unary: b
 
 def inference_reply(model: Path, reply_size: int):
     """An echo handler that runs ``model`` at batch 1 before it replies (the service minus its own work)."""
-    from flowrl_deploy.runtime import OnnxPolicy
+    from flowrl_deploy.policy import OnnxPolicy
 
     policy = OnnxPolicy(model, providers=["CPUExecutionProvider"])
     obs = np.zeros((1, DOG_RUN["obs_dim"]), np.float32)
@@ -141,7 +141,7 @@ def bench_serve(address: str, n: int, warmup: int) -> dict:
 
 
 def bench_in_process(model: Path, n: int, warmup: int) -> dict:
-    from flowrl_deploy.runtime import OnnxPolicy
+    from flowrl_deploy.policy import OnnxPolicy
 
     policy = OnnxPolicy(model, providers=["CPUExecutionProvider"])
     obs = np.random.default_rng(0).standard_normal((1, DOG_RUN["obs_dim"])).astype(np.float32)

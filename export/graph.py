@@ -45,7 +45,7 @@ from flowrl_deploy.checkpoint import ACTOR_PREFIX, ACTOR_TENSORS, check_actor
 from flowrl_deploy.contract import ACTION_OUTPUT, NOISE_INPUT, OBS_INPUT
 from flowrl_deploy.errors import FlowRLError
 from flowrl_deploy.export.config import LAYER_NORM_OPSET, MIN_OPSET
-from flowrl_deploy.runtime import import_onnxruntime
+from flowrl_deploy.ort import import_onnxruntime
 from flowrl_deploy.spec import SOLVERS, PolicySpec
 
 PRE_TANH = "pre_tanh"

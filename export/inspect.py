@@ -16,8 +16,8 @@ from typing import Any
 from flowrl_deploy.checkpoint import file_sha256
 from flowrl_deploy.contract import contract_from_metadata
 from flowrl_deploy.errors import FlowRLError, SpecError, counted
-from flowrl_deploy.onnxfile import parse_model
-from flowrl_deploy.runtime import check_graph_matches_contract, read_policy_file
+from flowrl_deploy.onnxfile import parse_model, read_policy_file
+from flowrl_deploy.policy import check_graph_matches_contract
 
 _ELEM_TYPES = {
     1: "float", 2: "uint8", 3: "int8", 4: "uint16", 5: "int16", 6: "int32", 7: "int64", 8: "string",
@@ -59,7 +59,7 @@ def _tensors(values: Iterable[Any]) -> list[dict[str, Any]]:
 def inspect_policy(path: str | os.PathLike[str]) -> dict[str, Any]:
     """The policy file's contract, contract hash, file sha256, provenance, tensor shapes, IR version,
     opsets, ops by domain and what those ops need of a runtime (a path that is no ONNX file is
-    refused as :func:`~flowrl_deploy.runtime.check_policy_file` says)."""
+    refused as :func:`~flowrl_deploy.onnxfile.check_policy_file` says)."""
     path = Path(path)
     model = read_model(path)
     try:

@@ -26,7 +26,7 @@ from flowrl_deploy.export.exporter import (
     sweep_file_flag,
 )
 from flowrl_deploy.export.timing import Timing, time_calls
-from flowrl_deploy.runtime import OnnxPolicy, SeededPolicy
+from flowrl_deploy.policy import OnnxPolicy, SeededPolicy
 
 if TYPE_CHECKING:
     from flowrl_deploy.spec import PolicySpec

@@ -22,7 +22,7 @@ from onnx import TensorProto, helper
 from flowrl_deploy.contract import NOISE_INPUT, OBS_INPUT
 from flowrl_deploy.errors import FlowRLError
 from flowrl_deploy.export.graph import PRE_TANH
-from flowrl_deploy.runtime import make_session
+from flowrl_deploy.ort import make_session
 from flowrl_deploy.spec import PolicySpec
 
 BATCH_SIZES = (1, 2, 7, 64)

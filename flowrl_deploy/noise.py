@@ -4,7 +4,7 @@ episode is reproducible and the same wherever it runs.
 ``session_noise(seed)`` and ``draw_noise``: numpy ``Generator(PCG64(seed)).standard_normal`` in
 float32, one [B, act_dim] block per call, in call order. A server session draws its requests'
 noise this way, and so do a client's local fallback, ``flowrl eval`` of an ONNX file
-(``runtime.SeededPolicy``) and of a checkpoint (``train.actor.actor_act_fn``): the same
+(``policy.SeededPolicy``) and of a checkpoint (``train.actor.actor_act_fn``): the same
 seed plays the same episodes through each. It lives in the core package, so none of them needs
 the server.
 """

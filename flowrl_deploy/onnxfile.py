@@ -3,17 +3,22 @@ a newer runtime, a higher IR version or an op it lacks, is still readable): the 
 onnx.proto that ``flowrl inspect`` and the server's refusals of a foreign file need, and
 :func:`unlike_a_flowrl_policy`, which tells a policy ``flowrl export`` wrote from any other file by reading
 the wire format field by field (``flowrl export`` replaces only such a file).
+
+Also a policy file's path and bytes before any parser sees them: :func:`is_onnx_path` (a graph, not a
+checkpoint), :func:`read_policy_file` (never blocking on a pipe, refusing one over 2 GiB unread), and
+:func:`unlike_a_policy`, what is wrong with a file onnxruntime refused.
 """
 
 from __future__ import annotations
 
 import functools
 import os
+import stat
 from pathlib import Path
 from typing import Any, BinaryIO
 
-from flowrl_deploy.contract import CONTRACT_KEY
-from flowrl_deploy.errors import FlowRLError
+from flowrl_deploy.contract import CONTRACT_KEY, contract_from_metadata
+from flowrl_deploy.errors import FlowRLError, SpecError
 
 ONNX_MESSAGES: dict[str, list[tuple[str, int, str, str]]] = {
     # message: (field, number, label, type) as in onnx.proto; unlisted fields are skipped when parsing
@@ -212,3 +217,84 @@ def unlike_a_flowrl_policy(path: str | os.PathLike[str]) -> str:
     if CONTRACT_KEY not in {p.key for p in model.metadata_props}:
         return "is an ONNX model without a flowrl contract"
     return ""
+
+
+def is_onnx_path(path: str | Path) -> bool:
+    """Whether ``path`` is read as an exported graph rather than a checkpoint. A checkpoint is a
+    directory (or its checkpoint.json or model.safetensors), so any other existing file is a graph,
+    whatever its suffix (policy.ONNX, policy.bin); a missing path is neither."""
+    from flowrl_deploy.checkpoint import DOCUMENT_FILE, MODEL_FILE  # numpy and safetensors, loaded on use only
+
+    path = Path(path)
+    if not path.exists() or path.is_dir() or path.name in (DOCUMENT_FILE, MODEL_FILE):
+        return False
+    return not _names_a_checkpoint(path)
+
+
+def _names_a_checkpoint(path: Path) -> bool:
+    """Whether ``path`` is a run's ``last`` or ``best`` pointer file, what a run holds where no
+    symlink can be made (Windows): it names a checkpoint, whether or not that still exists. A
+    symlink is no pointer file: what it leads to decides, as for any other path."""
+    from flowrl_deploy.checkpoint import BEST, LAST, read_checkpoint_link
+
+    if path.name not in (LAST, BEST) or path.is_symlink():
+        return False
+    try:
+        return read_checkpoint_link(path) is not None
+    except FlowRLError:  # a file that merely is called 'best': a graph, as any other file
+        return False
+
+
+MAX_POLICY_BYTES = 2**31 - 1
+"""The largest ONNX file protobuf can parse (2 GiB): a larger one is refused before it is read."""
+
+
+def read_policy_file(path: str | os.PathLike[str]) -> bytes:
+    """The bytes of the ONNX file ``path``, refused as :func:`check_policy_file` says; the file is
+    checked once opened (without blocking), so a pipe swapped in after the check is never read from,
+    and one over :data:`MAX_POLICY_BYTES` is refused unread."""
+    check_policy_file(path)
+    try:
+        fd = os.open(path, os.O_RDONLY | getattr(os, "O_NONBLOCK", 0))
+    except OSError as exc:
+        raise FlowRLError(f"cannot read {path}: {exc.strerror or exc}") from None
+    with os.fdopen(fd, "rb") as file:
+        info = os.fstat(file.fileno())
+        if not stat.S_ISREG(info.st_mode):
+            raise _not_a_regular_file(path)
+        if info.st_size > MAX_POLICY_BYTES:
+            raise FlowRLError(f"{path} holds {info.st_size} bytes, more than an ONNX file can (2 GiB)")
+        return file.read()
+
+
+def check_policy_file(path: str | os.PathLike[str]) -> None:
+    """Refuse a ``path`` that is no file to read as an ONNX policy, saying what it is instead; a pipe
+    or device is never opened (reading one could block)."""
+    path = Path(path)
+    if path.is_dir():
+        raise FlowRLError(f"{path} is a directory, not an ONNX file (a checkpoint? `flowrl export {path}` makes one)")
+    if not path.exists():
+        raise FlowRLError(f"ONNX model not found: {path}")
+    if not path.is_file():
+        raise _not_a_regular_file(path)
+
+
+def _not_a_regular_file(path: str | os.PathLike[str]) -> FlowRLError:
+    return FlowRLError(f"{path} is not a regular file (a device, pipe or socket), so not an ONNX model")
+
+
+def unlike_a_policy(data: bytes, name: str) -> FlowRLError | None:
+    """What ``flowrl inspect`` says is wrong with the ONNX file ``data`` (named ``name``), read with
+    its parser (:func:`parse_model`, protobuf alone): not an ONNX file (or a
+    checkpoint's weights), or no or a broken flowrl contract; None when it reads as a flowrl policy.
+    Asked once onnxruntime has refused a file, so that another project's model is named as one
+    whatever onnxruntime says of it (a newer IR version, an op it lacks)."""
+    try:
+        model = parse_model(data, Path(name))
+    except FlowRLError as exc:
+        return exc
+    try:
+        contract_from_metadata({p.key: p.value for p in model.metadata_props})
+    except SpecError as exc:
+        return FlowRLError(f"{name}: {exc}")
+    return None

@@ -389,7 +389,7 @@ class ControlSession:
         or not), restarted from the seed by the request that opens the session on a stream, so that a
         fallback at tick t acts on the server's draw for tick t."""
         if fallback == "local":
-            from flowrl_deploy.runtime import OnnxPolicy  # onnxruntime, loaded only for a local fallback
+            from flowrl_deploy.policy import OnnxPolicy  # onnxruntime, loaded only for a local fallback
 
             # On the CPU: predictable, a CPU server's actions, and no competition for a GPU.
             self.local = OnnxPolicy(local_model, providers=["CPUExecutionProvider"])

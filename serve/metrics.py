@@ -105,7 +105,7 @@ def process_lines() -> list[str]:
 def build_labels() -> dict[str, str]:
     """``flowrl_build_info``'s labels: this flowrl-deploy's release (as GetSpec and GetStats report
     it), onnxruntime's version and Python's."""
-    from flowrl_deploy.runtime import import_onnxruntime
+    from flowrl_deploy.ort import import_onnxruntime
     from flowrl_deploy.versions import release
 
     try:

@@ -19,7 +19,9 @@ import numpy as np
 from flowrl_deploy.affinity import normal_scheduling
 from flowrl_deploy.checkpoint import checkpoint_identity
 from flowrl_deploy.errors import FlowRLError, printable
-from flowrl_deploy.runtime import ModelLoadError, OnnxPolicy, is_onnx_path, onnxruntime_text, read_policy_file
+from flowrl_deploy.onnxfile import is_onnx_path, read_policy_file
+from flowrl_deploy.ort import ModelLoadError, onnxruntime_text
+from flowrl_deploy.policy import OnnxPolicy
 from flowrl_deploy.serve.errors import ContractMismatch, DeadlineExpired, NotReady
 from flowrl_deploy.serve.reload import reload_target
 

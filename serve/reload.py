@@ -20,7 +20,7 @@ import grpc
 
 from flowrl_deploy.checkpoint import CHECKPOINTS_DIR, DOCUMENT_FILE, LAST, resolve_checkpoint
 from flowrl_deploy.errors import FlowRLError, printable
-from flowrl_deploy.runtime import is_onnx_path
+from flowrl_deploy.onnxfile import is_onnx_path
 from flowrl_deploy.serve.errors import ServeError
 
 log = logging.getLogger("flowrl.serve")

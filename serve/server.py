@@ -40,8 +40,8 @@ from grpc_reflection.v1alpha import reflection
 
 from flowrl_deploy.connection import EVERY_INTERFACE, host_port, is_loopback
 from flowrl_deploy.errors import FlowRLError, printable
+from flowrl_deploy.onnxfile import is_onnx_path
 from flowrl_deploy.proto.flowrl.v1 import policy_pb2_grpc as pb_grpc
-from flowrl_deploy.runtime import is_onnx_path
 from flowrl_deploy.serve.config import ServeConfig, check_grace
 from flowrl_deploy.serve.connections import (
     connection_options,

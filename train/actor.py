@@ -16,7 +16,7 @@ from flowrl_deploy.checkpoint import check_actor, load_checkpoint
 from flowrl_deploy.errors import FlowRLError
 from flowrl_deploy.fieldtypes import is_integer, shown
 from flowrl_deploy.noise import draw_noise, session_noise
-from flowrl_deploy.runtime import one_observation
+from flowrl_deploy.policy import one_observation
 from flowrl_deploy.spec import PolicySpec, flow_steps_problem
 from flowrl_deploy.train.ode import integrate
 from flowrl_deploy.train.velocity import VelocityField
@@ -105,7 +105,7 @@ def actor_act_fn(
 ) -> Callable[[np.ndarray], np.ndarray]:
     """``act(obs [obs_dim]) -> action`` sampling ``actor`` with ``num_steps`` (default: its spec's).
 
-    Its noise is drawn as :class:`~flowrl_deploy.runtime.SeededPolicy` (and so ``flowrl eval`` of
+    Its noise is drawn as :class:`~flowrl_deploy.policy.SeededPolicy` (and so ``flowrl eval`` of
     an ONNX export, a server session, a client's local fallback) draws it: numpy
     ``session_noise(seed)``, one float32 ``draw_noise`` block [1, act_dim] per action, moved to the
     actor's device. So a checkpoint and its export with the same seed play the same episodes (their
@@ -113,7 +113,7 @@ def actor_act_fn(
     seed gives the same noise on a GPU as on the CPU. ``deterministic`` starts every ODE from
     a0 = 0 instead (the deterministic export).
 
-    As :class:`~flowrl_deploy.runtime.SeededPolicy` does, it refuses with a :class:`FlowRLError` a
+    As :class:`~flowrl_deploy.policy.SeededPolicy` does, it refuses with a :class:`FlowRLError` a
     ``num_steps`` outside [1, 1000] or a seed that is no uint64 here, and an observation other than
     [obs_dim] finite numbers at the act (:class:`~flowrl_deploy.codec.TensorError`)."""
     if num_steps is not None:

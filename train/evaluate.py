@@ -162,7 +162,7 @@ def checkpoint_act_fn(
     path: str | Path, flow_steps: int | None = None, device: str = "auto", seed: int = 0, deterministic: bool = False
 ) -> ActFn:
     """An ``act_fn`` sampling the checkpoint's flow policy with ``flow_steps`` (default: its own N),
-    drawing the noise as a :class:`~flowrl_deploy.runtime.SeededPolicy` seeded ``seed`` does (or
+    drawing the noise as a :class:`~flowrl_deploy.policy.SeededPolicy` seeded ``seed`` does (or
     from a0 = 0 when ``deterministic``), so it plays the episodes its export plays with that seed."""
     from flowrl_deploy.train.actor import actor_act_fn, load_actor
     from flowrl_deploy.train.algorithm import resolve_device

@@ -16,6 +16,10 @@ import sys
 
 import typer
 
+# Sets onnxruntime's telemetry default (ORT_DISABLE_TELEMETRY) for every command, whichever code imports
+# onnxruntime first; onnxruntime itself is not imported here.
+import flowrl_deploy.ort  # noqa: F401
+
 
 def _replace_unencodable_output() -> None:
     """Print what stdout's encoding cannot show as '?' instead of dying with UnicodeEncodeError after the

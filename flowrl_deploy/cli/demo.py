@@ -68,7 +68,7 @@ def run_demo(cfg: DemoConfig, echo=typer.echo) -> dict[str, Any]:
             f"{install_command('train,export')}"
         )
     from flowrl_deploy.export import ExportConfig, export_checkpoint
-    from flowrl_deploy.runtime import SeededPolicy
+    from flowrl_deploy.policy import SeededPolicy
     from flowrl_deploy.serve import ServerProcess
     from flowrl_deploy.train.algorithm import resolve_device
     from flowrl_deploy.train.checkpointing import finite_or_none

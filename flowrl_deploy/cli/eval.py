@@ -10,7 +10,7 @@ import typer
 from flowrl_deploy.cli._common import user_errors
 from flowrl_deploy.errors import FlowRLError, printable
 from flowrl_deploy.noise import run_seed_problem
-from flowrl_deploy.runtime import is_onnx_path
+from flowrl_deploy.onnxfile import is_onnx_path
 from flowrl_deploy.spec import flow_steps_problem
 
 if TYPE_CHECKING:
@@ -114,7 +114,7 @@ def _checkpoint_policy(path: Path, flow_steps: int | None, device: str, seed: in
 def _onnx_policy(path: Path, seed: int, deterministic: bool) -> Policy:
     """(act_fn, env id, (obs_dim, act_dim), sampler) of an exported ONNX graph, exactly what will be
     deployed, with seeded noise."""
-    from flowrl_deploy.runtime import OnnxPolicy, SeededPolicy
+    from flowrl_deploy.policy import OnnxPolicy, SeededPolicy
 
     policy = OnnxPolicy(path, providers=["CPUExecutionProvider"])
     c = policy.contract

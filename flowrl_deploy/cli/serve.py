@@ -23,7 +23,7 @@ PROVIDER_NAMES = {
 def parse_providers(text: str) -> tuple[str, ...]:
     """'cuda', 'cuda,cpu' or full onnxruntime names → provider names, in order; an unknown name is an error."""
     from flowrl_deploy.errors import FlowRLError
-    from flowrl_deploy.runtime import import_onnxruntime
+    from flowrl_deploy.ort import import_onnxruntime
 
     ort = import_onnxruntime()
 

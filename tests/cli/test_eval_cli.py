@@ -28,7 +28,7 @@ def pendulum_policy(tmp_path_factory) -> Path:
 
 def _ctrl_c_after(monkeypatch, actions: int) -> None:
     """Ctrl-C once the policy has given ``actions`` actions."""
-    from flowrl_deploy.runtime import SeededPolicy
+    from flowrl_deploy.policy import SeededPolicy
 
     act, calls = SeededPolicy.act, []
 

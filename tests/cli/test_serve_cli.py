@@ -16,7 +16,7 @@ from typer.testing import CliRunner
 from flowrl_deploy.cli import app
 from flowrl_deploy.client import PolicyClient
 from flowrl_deploy.errors import FlowRLError
-from flowrl_deploy.runtime import cuda_device_present
+from flowrl_deploy.ort import cuda_device_present
 from flowrl_deploy.serve import ServeConfig
 from flowrl_deploy.serve import process as process_module
 from flowrl_deploy.serve.process import ServerProcess

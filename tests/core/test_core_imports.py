@@ -91,7 +91,7 @@ def test_a_serve_module_importing_torch_train_or_export_inside_a_function_is_fou
 def test_serve_may_import_the_core_and_itself(tmp_path):
     lines = [
         "import numpy",
-        "from flowrl_deploy.runtime import OnnxPolicy",
+        "from flowrl_deploy.policy import OnnxPolicy",
         "from . import batcher",
         "from .. import spec",
     ]

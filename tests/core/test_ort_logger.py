@@ -10,12 +10,12 @@ import sys
 
 from tiny_policy import write_policy
 
-from flowrl_deploy.runtime import onnxruntime_severity
+from flowrl_deploy.ort import onnxruntime_severity
 
 SCRIPT = """
 import sys
 from flowrl_deploy.errors import FlowRLError
-from flowrl_deploy.runtime import make_session
+from flowrl_deploy.ort import make_session
 try:
     make_session(sys.argv[1], providers=["CUDAExecutionProvider", "CPUExecutionProvider"])
 except FlowRLError as exc:

@@ -26,7 +26,7 @@ from tiny_policy import write_policy
 
 import flowrl_deploy.train
 from flowrl_deploy.client import MOVED_TO_SESSION, PolicyClient
-from flowrl_deploy.runtime import SeededPolicy
+from flowrl_deploy.policy import SeededPolicy
 from flowrl_deploy.serve import PolicyServer, ServeConfig
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -139,7 +139,7 @@ def test_the_generated_grpc_stub_passes_mypy_strict(mypy_errors):
     assert mypy_errors["raw_grpc.py"] == []
 
 
-CLIENT_SIDE = ("client", "session", "runtime", "codec", "noise")
+CLIENT_SIDE = ("client", "session", "policy", "ort", "onnxfile", "codec", "noise")
 """The core modules a robot's code calls (the training API is checked through TYPE_CHECKING above)."""
 
 

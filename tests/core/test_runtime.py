@@ -6,20 +6,20 @@ import numpy as np
 import pytest
 from tiny_policy import ACT_DIM, OBS_DIM, write_policy
 
-from flowrl_deploy import runtime
+from flowrl_deploy import onnxfile, ort
 from flowrl_deploy.codec import TensorError
 from flowrl_deploy.errors import FlowRLError
-from flowrl_deploy.runtime import OnnxPolicy
+from flowrl_deploy.policy import OnnxPolicy
 
 CPU = ["CPUExecutionProvider"]
 CORES = os.cpu_count() or 1
 
 
 def test_cpu_is_always_offered_and_cuda_only_with_a_gpu(monkeypatch):
-    monkeypatch.setattr(runtime, "cuda_device_present", lambda: False)
-    assert runtime.default_providers() == ["CPUExecutionProvider"]
-    monkeypatch.setattr(runtime, "cuda_device_present", lambda: True)
-    providers = runtime.default_providers()
+    monkeypatch.setattr(ort, "cuda_device_present", lambda: False)
+    assert ort.default_providers() == ["CPUExecutionProvider"]
+    monkeypatch.setattr(ort, "cuda_device_present", lambda: True)
+    providers = ort.default_providers()
     assert providers[-1] == "CPUExecutionProvider"
     assert providers[0] == "CUDAExecutionProvider" or len(providers) == 1  # a CPU-only onnxruntime build
 
@@ -29,12 +29,12 @@ def test_no_driver_means_no_gpu(monkeypatch):
         raise OSError(f"{name}: cannot open shared object file")
 
     monkeypatch.setattr(ctypes, "CDLL", missing)
-    assert runtime.cuda_device_present() is False
+    assert ort.cuda_device_present() is False
 
 
 def test_a_checkpoint_is_a_directory_or_its_files_and_anything_else_is_a_graph(tmp_path):
     from flowrl_deploy.checkpoint import DOCUMENT_FILE, MODEL_FILE
-    from flowrl_deploy.runtime import is_onnx_path
+    from flowrl_deploy.onnxfile import is_onnx_path
 
     (tmp_path / "run").mkdir()
     for name in ("policy.onnx", "policy.ONNX", "policy.bin", DOCUMENT_FILE, MODEL_FILE):
@@ -48,7 +48,7 @@ def test_a_checkpoint_is_a_directory_or_its_files_and_anything_else_is_a_graph(t
 def test_a_runs_last_pointer_file_is_a_checkpoint_and_a_graph_called_best_is_a_graph(tmp_path):
     """Where no symlink can be made (Windows) a run's ``last`` is a file naming its checkpoint:
     ``flowrl serve runs/x/checkpoints/last`` read it as an ONNX file."""
-    from flowrl_deploy.runtime import is_onnx_path
+    from flowrl_deploy.onnxfile import is_onnx_path
 
     (tmp_path / "step_000000100").mkdir()
     (tmp_path / "last").write_text("step_000000100\n", encoding="utf-8")
@@ -165,7 +165,7 @@ def test_a_path_that_is_no_onnx_file_says_what_it_is(tmp_path, name, message):
     with pytest.raises(FlowRLError, match=f"^{re.escape(message.format(path=path))}$"):
         OnnxPolicy(path, providers=CPU)
     with pytest.raises(FlowRLError, match=f"^{re.escape(message.format(path=path))}$"):
-        runtime.check_policy_file(str(path))
+        onnxfile.check_policy_file(str(path))
 
 
 def test_a_named_provider_that_onnxruntime_quietly_drops_is_refused(tmp_path, monkeypatch):
@@ -180,5 +180,5 @@ def test_a_named_provider_that_onnxruntime_quietly_drops_is_refused(tmp_path, mo
     monkeypatch.setattr(onnxruntime, "InferenceSession", falling_back)
     path = write_policy(tmp_path / "policy.onnx")
     with pytest.raises(FlowRLError, match="could not start CUDAExecutionProvider here"):
-        runtime.make_session(path, providers=["CUDAExecutionProvider", "CPUExecutionProvider"])
-    assert runtime.make_session(path, providers=CPU).get_providers() == CPU
+        ort.make_session(path, providers=["CUDAExecutionProvider", "CPUExecutionProvider"])
+    assert ort.make_session(path, providers=CPU).get_providers() == CPU

@@ -13,8 +13,9 @@ import numpy as np
 import pytest
 from tiny_policy import ACT_DIM, OBS_DIM, write_policy
 
-from flowrl_deploy import runtime
+from flowrl_deploy import ort
 from flowrl_deploy.errors import FlowRLError
+from flowrl_deploy.policy import OnnxPolicy
 
 CUDA = "CUDAExecutionProvider"
 CPU = "CPUExecutionProvider"
@@ -28,15 +29,15 @@ def policy(tmp_path_factory):
 @pytest.fixture
 def asked(monkeypatch):
     """The providers argument of every onnxruntime.InferenceSession made, in order."""
-    ort = runtime.import_onnxruntime()
-    real = ort.InferenceSession
+    onnxruntime = ort.import_onnxruntime()
+    real = onnxruntime.InferenceSession
     calls: list[list] = []
 
     def recording(source, sess_options=None, providers=None, **kwargs):
         calls.append(list(providers))
         return real(source, sess_options=sess_options, providers=[CPU])  # as without CUDA's libraries
 
-    monkeypatch.setattr(ort, "InferenceSession", recording)
+    monkeypatch.setattr(onnxruntime, "InferenceSession", recording)
     return calls
 
 
@@ -46,10 +47,10 @@ def _cuda_options(providers: list) -> dict[str, str]:
     return entry[1]
 
 
-@pytest.mark.skipif(CUDA not in runtime.import_onnxruntime().get_available_providers(), reason="no CUDA build")
+@pytest.mark.skipif(CUDA not in ort.import_onnxruntime().get_available_providers(), reason="no CUDA build")
 def test_the_default_providers_ask_cuda_for_fp32_matmuls(policy, asked, monkeypatch):
-    monkeypatch.setattr(runtime, "cuda_device_present", lambda: True)
-    session = runtime.make_session(policy)
+    monkeypatch.setattr(ort, "cuda_device_present", lambda: True)
+    session = ort.make_session(policy)
     assert _cuda_options(asked[0])["use_tf32"] == "0"
     assert asked[0][-1] == CPU
     assert session.get_providers() == [CPU]  # names, as the banner and the metrics show them
@@ -57,24 +58,24 @@ def test_the_default_providers_ask_cuda_for_fp32_matmuls(policy, asked, monkeypa
 
 def test_cuda_named_by_the_caller_is_asked_for_fp32_matmuls(policy, asked, monkeypatch):
     with pytest.raises(FlowRLError, match="could not start CUDAExecutionProvider"):
-        runtime.make_session(policy, providers=[CUDA, CPU])
+        ort.make_session(policy, providers=[CUDA, CPU])
     assert _cuda_options(asked[0]) == {"use_tf32": "0"}
     assert asked[0][1] == CPU
 
 
 def test_a_callers_own_cuda_options_are_kept_and_tf32_stays_off_unless_asked(policy, asked):
     with pytest.raises(FlowRLError, match="could not start CUDAExecutionProvider"):
-        runtime.make_session(policy, providers=[(CUDA, {"device_id": "0"}), CPU])
+        ort.make_session(policy, providers=[(CUDA, {"device_id": "0"}), CPU])
     with pytest.raises(FlowRLError, match="could not start CUDAExecutionProvider"):
-        runtime.make_session(policy, providers=[(CUDA, {"use_tf32": "1"})])
+        ort.make_session(policy, providers=[(CUDA, {"use_tf32": "1"})])
     assert _cuda_options(asked[0]) == {"device_id": "0", "use_tf32": "0"}
     assert _cuda_options(asked[1]) == {"use_tf32": "1"}
 
 
 def test_cpu_sessions_ask_for_the_cpu_alone(policy, asked, monkeypatch):
-    monkeypatch.setattr(runtime, "cuda_device_present", lambda: False)
-    runtime.make_session(policy)
-    runtime.make_session(policy, providers=[CPU])
+    monkeypatch.setattr(ort, "cuda_device_present", lambda: False)
+    ort.make_session(policy)
+    ort.make_session(policy, providers=[CPU])
     assert asked == [[CPU], [CPU]]
 
 
@@ -84,7 +85,7 @@ def test_a_provider_failing_a_run_raises_and_prints_nothing(policy, capfd):
     keeps its providers, and the failure is raised."""
     from onnxruntime.capi import _pybind_state as C
 
-    served = runtime.OnnxPolicy(policy, providers=[CPU])
+    served = OnnxPolicy(policy, providers=[CPU])
     inner = served.session._sess
 
     class Failing:
@@ -107,7 +108,7 @@ def _cuda_library_loads() -> bool:
     import ctypes
     from pathlib import Path
 
-    capi = Path(runtime.import_onnxruntime().__file__).parent / "capi"
+    capi = Path(ort.import_onnxruntime().__file__).parent / "capi"
     try:
         ctypes.CDLL(str(capi / "libonnxruntime_providers_shared.so"), mode=ctypes.RTLD_GLOBAL)
         ctypes.CDLL(str(capi / "libonnxruntime_providers_cuda.so"))
@@ -117,7 +118,7 @@ def _cuda_library_loads() -> bool:
 
 
 needs_a_cuda_build_without_its_libraries = pytest.mark.skipif(
-    CUDA not in runtime.import_onnxruntime().get_available_providers() or _cuda_library_loads(),
+    CUDA not in ort.import_onnxruntime().get_available_providers() or _cuda_library_loads(),
     reason="needs onnxruntime-gpu without CUDA's libraries (a CPU build, or one whose CUDA provider loads)",
 )
 
@@ -143,9 +144,9 @@ def test_a_gpu_without_cudas_libraries_runs_on_the_cpu_with_one_warning_saying_w
 ):
     """onnxruntime printed a coloured two-line ERROR of its own (no JSON log line) on every load, and
     flowrl only named CPUExecutionProvider at the end of its INFO line."""
-    monkeypatch.setattr(runtime, "cuda_device_present", lambda: True)
+    monkeypatch.setattr(ort, "cuda_device_present", lambda: True)
     capfd.readouterr()
-    session = runtime.make_session(policy)
+    session = ort.make_session(policy)
     out, err = capfd.readouterr()
     assert session.get_providers() == [CPU]
     assert out == "" and err == "", (out, err)
@@ -158,17 +159,17 @@ def test_a_gpu_without_cudas_libraries_runs_on_the_cpu_with_one_warning_saying_w
 @needs_a_cuda_build_without_its_libraries
 def test_preloading_cudas_libraries_prints_nothing_where_they_are_missing(monkeypatch, capfd):
     """onnxruntime.preload_dlls prints 'Failed to load …' lines on stdout for each library it misses."""
-    monkeypatch.setattr(runtime, "_cuda_libraries_preloaded", False)
+    monkeypatch.setattr(ort, "_cuda_libraries_preloaded", False)
     capfd.readouterr()
-    runtime.preload_cuda_libraries()
+    ort.preload_cuda_libraries()
     assert capfd.readouterr() == ("", "")
 
 
 @needs_a_cuda_build_without_its_libraries
 def test_cuda_named_on_a_gpu_without_its_libraries_is_refused_naming_the_missing_library(policy, monkeypatch, capfd):
-    monkeypatch.setattr(runtime, "cuda_device_present", lambda: True)
-    with pytest.raises(runtime.FlowRLError) as refused:
-        runtime.make_session(policy, providers=[CUDA])
+    monkeypatch.setattr(ort, "cuda_device_present", lambda: True)
+    with pytest.raises(FlowRLError) as refused:
+        ort.make_session(policy, providers=[CUDA])
     message = str(refused.value)
     assert message.startswith(
         "onnxruntime could not start CUDAExecutionProvider here: a GPU is present but the CUDA provider's "
@@ -178,16 +179,16 @@ def test_cuda_named_on_a_gpu_without_its_libraries_is_refused_naming_the_missing
     assert capfd.readouterr() == ("", "")
 
 
-@pytest.mark.skipif(CUDA not in runtime.import_onnxruntime().get_available_providers(), reason="no CUDA build")
+@pytest.mark.skipif(CUDA not in ort.import_onnxruntime().get_available_providers(), reason="no CUDA build")
 def test_cuda_named_without_a_gpu_is_refused_saying_there_is_none(policy, monkeypatch):
-    monkeypatch.setattr(runtime, "cuda_device_present", lambda: False)
+    monkeypatch.setattr(ort, "cuda_device_present", lambda: False)
     said = r"CUDAExecutionProvider here \(no GPU: the NVIDIA driver is missing or reports none\)"
     with pytest.raises(FlowRLError, match=said):
-        runtime.make_session(policy, providers=[CUDA, CPU])
+        ort.make_session(policy, providers=[CUDA, CPU])
 
 
 def test_cuda_asked_of_the_cpu_only_onnxruntime_is_refused_naming_the_package_to_install(policy, monkeypatch):
     """The plain onnxruntime package (macOS, aarch64, a CPU-only install) has no CUDA provider at all."""
-    monkeypatch.setattr(runtime.import_onnxruntime(), "get_available_providers", lambda: [CPU])
+    monkeypatch.setattr(ort.import_onnxruntime(), "get_available_providers", lambda: [CPU])
     with pytest.raises(FlowRLError, match=r"does not offer it .*install onnxruntime-gpu in its place"):
-        runtime.make_session(str(policy), providers=[CUDA, CPU])
+        ort.make_session(str(policy), providers=[CUDA, CPU])

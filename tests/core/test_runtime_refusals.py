@@ -12,7 +12,7 @@ from tiny_policy import OBS_DIM, tiny_contract, write_policy
 from flowrl_deploy.contract import contract_to_metadata
 from flowrl_deploy.errors import FlowRLError
 from flowrl_deploy.export.inspect import inspect_policy
-from flowrl_deploy.runtime import OnnxPolicy
+from flowrl_deploy.policy import OnnxPolicy
 
 CPU = ["CPUExecutionProvider"]
 

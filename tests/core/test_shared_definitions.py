@@ -161,3 +161,60 @@ def test_the_servers_session_table_and_metrics_endpoint_are_defined_once_each_in
         if alias.name in names
     }
     assert shims == set()
+
+
+def test_the_local_policy_onnxruntime_and_the_policy_file_are_defined_once_each_in_their_own_module():
+    """flowrl_deploy/runtime.py held seven jobs; onnxruntime (its import, the providers, CUDA, its errors, a
+    quiet session) is in ort.py, the policy in policy.py, a policy file's path and bytes in onnxfile.py.
+    runtime.py, the import path the docs give, only re-exports the public names; the package's own modules
+    import each name from its home."""
+    homes = {
+        "flowrl_deploy/ort.py": (
+            "import_onnxruntime",
+            "onnxruntime_severity",
+            "run_options",
+            "cuda_device_present",
+            "default_providers",
+            "cuda_library_error",
+            "preload_cuda_libraries",
+            "CUDA_OPTIONS",
+            "with_options",
+            "ModelLoadError",
+            "onnxruntime_text",
+            "onnxruntime_reason",
+            "make_session",
+        ),
+        "flowrl_deploy/policy.py": ("check_graph_matches_contract", "OnnxPolicy", "one_observation", "SeededPolicy"),
+        "flowrl_deploy/onnxfile.py": (
+            "is_onnx_path",
+            "MAX_POLICY_BYTES",
+            "read_policy_file",
+            "check_policy_file",
+            "unlike_a_policy",
+            "parse_model",
+        ),
+    }
+    found = {name: _defined_at(name) for names in homes.values() for name in names}
+    assert found == {name: [home] for home, names in homes.items() for name in names}
+    shim = _tree(ROOT / "flowrl_deploy" / "runtime.py")
+    assert [type(node).__name__ for node in shim.body if not isinstance(node, (ast.Expr, ast.ImportFrom))] == [
+        "Assign"  # __all__
+    ]
+    importers = sorted(str(path.relative_to(ROOT)) for path in _sources() if "flowrl_deploy.runtime" in _imports(path))
+    assert importers == []
+
+
+def test_the_documented_runtime_module_re_exports_the_public_names():
+    """docs/client.md imports OnnxPolicy from flowrl_deploy.runtime: the names of its ``__all__`` are the
+    ones of their homes."""
+    from flowrl_deploy import contract, ort, policy, runtime
+
+    assert sorted(runtime.__all__) == [
+        "OnnxPolicy",
+        "PolicyContract",
+        "SeededPolicy",
+        "default_providers",
+        "make_session",
+    ]
+    homes = {"OnnxPolicy": policy, "SeededPolicy": policy, "PolicyContract": contract}
+    assert all(getattr(runtime, name) is getattr(homes.get(name, ort), name) for name in runtime.__all__)

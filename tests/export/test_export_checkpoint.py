@@ -20,7 +20,7 @@ from flowrl_deploy.export import ExportConfig, export_checkpoint
 from flowrl_deploy.export import graph as graph_module
 from flowrl_deploy.export import verify as verify_module
 from flowrl_deploy.export.verify import VerificationError, check_structure, verify_parity
-from flowrl_deploy.runtime import OnnxPolicy
+from flowrl_deploy.policy import OnnxPolicy
 
 
 def test_contract_and_provenance_round_trip(checkpoint, tmp_path):

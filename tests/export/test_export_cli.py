@@ -12,7 +12,7 @@ from export_fixtures import SPEC
 from typer.testing import CliRunner
 
 from flowrl_deploy.cli import app
-from flowrl_deploy.runtime import OnnxPolicy
+from flowrl_deploy.policy import OnnxPolicy
 
 runner = CliRunner()
 

@@ -108,7 +108,7 @@ def test_an_opset_onnxruntime_cannot_run_is_refused_before_building(checkpoint, 
 
     from flowrl_deploy.export.config import MIN_OPSET
     from flowrl_deploy.export.graph import newest_opset
-    from flowrl_deploy.runtime import make_session
+    from flowrl_deploy.ort import make_session
 
     newest, known, out = newest_opset(), onnx.defs.onnx_opset_version(), tmp_path / "p.onnx"
     assert MIN_OPSET < newest <= known

@@ -12,7 +12,7 @@ from flowrl_deploy.checkpoint import save_checkpoint
 from flowrl_deploy.cli import app
 from flowrl_deploy.errors import FlowRLError
 from flowrl_deploy.export import ExportConfig, export_checkpoint, sweep
-from flowrl_deploy.runtime import SeededPolicy
+from flowrl_deploy.policy import SeededPolicy
 from flowrl_deploy.spec import PolicySpec
 from flowrl_deploy.train import envs
 from flowrl_deploy.train.evaluate import EVAL_STREAM, EvalResult, checkpoint_act_fn, evaluate
@@ -199,7 +199,7 @@ def test_evaluate_refuses_a_non_finite_action():
 def test_a_fixed_batch_export_can_be_evaluated_swept_and_served(tmp_path):
     """`flowrl export --batch 3` used to crash eval (batch 1), the --report sweep and serve's warm-up."""
     from flowrl_deploy.client import PolicyClient
-    from flowrl_deploy.runtime import OnnxPolicy
+    from flowrl_deploy.policy import OnnxPolicy
     from flowrl_deploy.serve import PolicyServer, ServeConfig
 
     checkpoint = cartpole_checkpoint(tmp_path)

@@ -9,7 +9,7 @@ from export_fixtures import SPEC, actor_tensors
 
 from flowrl_deploy.export.graph import VelocityWeights, build_policy_graph, schedule
 from flowrl_deploy.export.verify import reference_actor
-from flowrl_deploy.runtime import make_session
+from flowrl_deploy.ort import make_session
 
 
 def run(model, obs, noise=None):

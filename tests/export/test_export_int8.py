@@ -12,7 +12,7 @@ from onnx import numpy_helper
 from flowrl_deploy.export import ExportConfig, export_checkpoint, verify
 from flowrl_deploy.export.graph import VelocityWeights, build_policy_graph, int8_blocks
 from flowrl_deploy.export.verify import VerificationError, check_structure, verify_parity, with_pre_tanh_output
-from flowrl_deploy.runtime import make_session
+from flowrl_deploy.ort import make_session
 
 INT8_CHECK = dict(steps=3, solver="midpoint", deterministic=False, batch=None, dtype="int8", samples=20)
 """verify_parity's arguments for the graphs of :func:`int8_graph`."""

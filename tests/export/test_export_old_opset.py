@@ -12,7 +12,7 @@ from typer.testing import CliRunner
 from flowrl_deploy.cli import app
 from flowrl_deploy.errors import FlowRLError
 from flowrl_deploy.export import ExportConfig, export_checkpoint
-from flowrl_deploy.runtime import OnnxPolicy
+from flowrl_deploy.policy import OnnxPolicy
 
 runner = CliRunner()
 

@@ -10,7 +10,7 @@ import pytest
 from tiny_policy import write_policy
 
 from flowrl_deploy.client import PolicyClient
-from flowrl_deploy.runtime import OnnxPolicy
+from flowrl_deploy.policy import OnnxPolicy
 from flowrl_deploy.serve import PolicyServer, ServeConfig
 
 

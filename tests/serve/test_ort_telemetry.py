@@ -1,7 +1,8 @@
 """onnxruntime's telemetry is off unless the user turns it on: on import, onnxruntime 1.31 writes a
 device id under $HOME/.cache, looks up a Microsoft host (DNS), and where $HOME is read-only (a
 container's) prints an ANSI-coloured warning in its own log format on stderr. The default is set in
-one place, flowrl_deploy.runtime, through which every module of the package imports onnxruntime."""
+one place, flowrl_deploy.ort, through which every module of the package imports onnxruntime (importing
+flowrl_deploy.runtime, the documented path of OnnxPolicy, imports it)."""
 
 from __future__ import annotations
 
@@ -58,10 +59,12 @@ def test_onnxruntime_is_loaded_without_its_telemetry(policy, code):
     assert WARNING not in _run(code, policy).stderr
 
 
+@pytest.mark.parametrize("module", ["flowrl_deploy.ort", "flowrl_deploy.runtime"])
 @pytest.mark.parametrize(("users", "seen"), [(None, "1"), ("0", "0"), ("1", "1")])
-def test_the_runtime_module_sets_the_default_and_keeps_a_users_own_setting(users, seen):
-    """onnxruntime of any version reads the variable when it is imported, which flowrl_deploy.runtime does."""
-    code = "import os, flowrl_deploy.runtime; print(os.environ['ORT_DISABLE_TELEMETRY'])"
+def test_the_runtime_module_sets_the_default_and_keeps_a_users_own_setting(module, users, seen):
+    """onnxruntime of any version reads the variable when it is imported, which flowrl_deploy.ort does (and
+    so flowrl_deploy.runtime, which the deployment docs name)."""
+    code = f"import os, {module}; print(os.environ['ORT_DISABLE_TELEMETRY'])"
     env = {} if users is None else {"ORT_DISABLE_TELEMETRY": users}
     assert _run(code, **env).stdout.split() == [seen]
 
@@ -84,7 +87,7 @@ print(json.dumps(seen))
     [
         "from flowrl_deploy.cli.serve import parse_providers; parse_providers('cpu')",  # flowrl serve --providers
         "from flowrl_deploy.export.graph import newest_opset; newest_opset()",  # flowrl export's opset check
-        "from flowrl_deploy.runtime import default_providers; default_providers()",
+        "from flowrl_deploy.ort import default_providers; default_providers()",
     ],
     ids=["serve --providers", "export opset", "runtime"],
 )
@@ -100,7 +103,7 @@ def test_every_module_that_loads_onnxruntime_loads_it_with_telemetry_off(code):
 ROOT = Path(__file__).resolve().parents[2]
 PACKAGE = ("flowrl_deploy", "train", "export", "serve")
 """The package's source folders (pyproject's package-dir)."""
-RUNTIME = ROOT / "flowrl_deploy" / "runtime.py"
+ORT = ROOT / "flowrl_deploy" / "ort.py"
 
 
 def _loads_onnxruntime(source: str) -> list[int]:
@@ -144,10 +147,10 @@ def test_no_module_but_the_runtime_module_imports_onnxruntime():
         str(path.relative_to(ROOT)): lines
         for folder in PACKAGE
         for path in sorted((ROOT / folder).rglob("*.py"))
-        if path != RUNTIME and (lines := _loads_onnxruntime(path.read_text()))
+        if path != ORT and (lines := _loads_onnxruntime(path.read_text()))
     }
-    assert offenders == {}, "import it as flowrl_deploy.runtime.import_onnxruntime() instead"
-    assert _loads_onnxruntime(RUNTIME.read_text())  # the scan sees the one place that does
+    assert offenders == {}, "import it as flowrl_deploy.ort.import_onnxruntime() instead"
+    assert _loads_onnxruntime(ORT.read_text())  # the scan sees the one place that does
 
 
 def test_the_scan_sees_each_way_of_importing_onnxruntime():

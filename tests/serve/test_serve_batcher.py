@@ -17,9 +17,9 @@ from tiny_policy import OBS_DIM, documented_noise, write_policy
 
 from flowrl_deploy.client import PolicyClient, ServiceError
 from flowrl_deploy.codec import encode
+from flowrl_deploy.policy import OnnxPolicy
 from flowrl_deploy.proto.flowrl.v1 import policy_pb2 as pb
 from flowrl_deploy.proto.flowrl.v1 import policy_pb2_grpc as pb_grpc
-from flowrl_deploy.runtime import OnnxPolicy
 from flowrl_deploy.serve import PolicyServer, ServeConfig
 from flowrl_deploy.serve import batcher as batcher_module
 from flowrl_deploy.serve.batcher import MicroBatcher, _Request

@@ -26,8 +26,8 @@ from flowrl_deploy.client import ClientClosedError, ContractMismatchError, Polic
 from flowrl_deploy.codec import TensorError, encode
 from flowrl_deploy.errors import FlowRLError
 from flowrl_deploy.noise import draw_noise, session_noise
+from flowrl_deploy.policy import OnnxPolicy
 from flowrl_deploy.proto.flowrl.v1 import policy_pb2 as pb
-from flowrl_deploy.runtime import OnnxPolicy
 from flowrl_deploy.serve import PolicyServer, ServeConfig
 from flowrl_deploy.session import WatchdogError
 
@@ -204,7 +204,7 @@ def test_local_fallback_noise_keeps_in_step_with_the_ticks_so_a_run_with_misses_
     """The server draws one noise block per tick it is sent, late or not; the local fallback drew
     its k-th block at its k-th fallback, so a miss at tick t acted on another draw than the server's
     for tick t and a run with misses was not `flowrl eval --seed S`'s episode."""
-    from flowrl_deploy.runtime import SeededPolicy
+    from flowrl_deploy.policy import SeededPolicy
 
     seed = 6
     observations = np.random.default_rng(1).uniform(-1, 1, (7, OBS.size)).astype(np.float32)

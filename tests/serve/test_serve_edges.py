@@ -13,7 +13,7 @@ from tiny_policy import OBS_DIM, write_policy
 
 from flowrl_deploy.client import PolicyClient
 from flowrl_deploy.errors import FlowRLError
-from flowrl_deploy.runtime import OnnxPolicy
+from flowrl_deploy.policy import OnnxPolicy
 from flowrl_deploy.serve import PolicyServer, ServeConfig
 from flowrl_deploy.serve.errors import status_of
 

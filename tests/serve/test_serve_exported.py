@@ -50,7 +50,7 @@ def test_a_checkpoint_is_exported_on_the_fly(checkpoint, onnx_file):
     """With the exporter `flowrl serve` gives the server (serve itself never imports it)."""
     from flowrl_deploy.export import export_for_serving
     from flowrl_deploy.noise import draw_noise, session_noise
-    from flowrl_deploy.runtime import OnnxPolicy
+    from flowrl_deploy.policy import OnnxPolicy
 
     obs = np.linspace(-1, 1, 5, dtype=np.float32)
     with (
@@ -65,7 +65,7 @@ def test_a_checkpoint_is_exported_on_the_fly(checkpoint, onnx_file):
 
 
 def test_control_return_matches_evaluation_of_the_same_onnx_file(onnx_file, monkeypatch):
-    from flowrl_deploy.runtime import SeededPolicy
+    from flowrl_deploy.policy import SeededPolicy
     from flowrl_deploy.train import control
     from flowrl_deploy.train.evaluate import evaluate
 

@@ -18,7 +18,7 @@ from typer.testing import CliRunner
 from flowrl_deploy.cli import app
 from flowrl_deploy.client import PolicyClient, ServiceError
 from flowrl_deploy.errors import FlowRLError
-from flowrl_deploy.runtime import OnnxPolicy
+from flowrl_deploy.policy import OnnxPolicy
 from flowrl_deploy.serve import PolicyServer, ServeConfig
 
 ORT = re.escape(onnxruntime.__version__)

@@ -20,7 +20,7 @@ import pytest
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 from onnx import TensorProto, helper
 
-from flowrl_deploy import runtime
+from flowrl_deploy import onnxfile, ort
 from flowrl_deploy.codec import TensorError, decode, encode
 from flowrl_deploy.errors import FlowRLError
 from flowrl_deploy.proto.flowrl.v1 import policy_pb2 as pb
@@ -68,7 +68,7 @@ def test_a_model_whose_tensors_lie_in_other_files_is_refused(tmp_path, monkeypat
     monkeypatch.chdir(tmp_path)
     (tmp_path / "secret.env").write_bytes(b"SECRET")
     with pytest.raises(FlowRLError, match=r"cannot load ONNX model exfiltrate\.onnx"):
-        runtime.make_session(_model_with_external_data("secret.env"), name="exfiltrate.onnx")
+        ort.make_session(_model_with_external_data("secret.env"), name="exfiltrate.onnx")
 
 
 def test_a_pipe_swapped_in_after_the_check_is_not_read(tmp_path, monkeypatch):
@@ -76,12 +76,12 @@ def test_a_pipe_swapped_in_after_the_check_is_not_read(tmp_path, monkeypatch):
     which held the reload lock, for good."""
     fifo = tmp_path / "policy.onnx"
     os.mkfifo(fifo)
-    monkeypatch.setattr(runtime, "check_policy_file", lambda path: None)  # the file as it was when checked
+    monkeypatch.setattr(onnxfile, "check_policy_file", lambda path: None)  # the file as it was when checked
     outcome = []
 
     def read() -> None:
         try:
-            runtime.read_policy_file(fifo)
+            onnxfile.read_policy_file(fifo)
         except FlowRLError as exc:
             outcome.append(str(exc))
 
@@ -94,9 +94,9 @@ def test_a_pipe_swapped_in_after_the_check_is_not_read(tmp_path, monkeypatch):
 def test_a_file_larger_than_an_onnx_file_can_be_is_refused_unread(tmp_path, monkeypatch):
     path = tmp_path / "big.onnx"
     path.write_bytes(b"\0" * 100)
-    monkeypatch.setattr(runtime, "MAX_POLICY_BYTES", 99)
+    monkeypatch.setattr(onnxfile, "MAX_POLICY_BYTES", 99)
     with pytest.raises(FlowRLError, match="holds 100 bytes, more than an ONNX file can"):
-        runtime.read_policy_file(path)
+        onnxfile.read_policy_file(path)
 
 
 @pytest.mark.parametrize("call", ["Reset", "Act", "StreamAct"])

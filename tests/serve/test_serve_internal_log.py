@@ -15,8 +15,8 @@ from tiny_policy import OBS_DIM, save_policy, tiny_contract
 
 from flowrl_deploy.client import PolicyClient, ServiceError
 from flowrl_deploy.codec import encode
+from flowrl_deploy.policy import OnnxPolicy
 from flowrl_deploy.proto.flowrl.v1 import policy_pb2 as pb
-from flowrl_deploy.runtime import OnnxPolicy
 from flowrl_deploy.serve import PolicyServer, ServeConfig
 from flowrl_deploy.serve import metrics as metrics_module
 

@@ -8,7 +8,8 @@ import numpy as np
 import pytest
 from tiny_policy import ACT_DIM
 
-from flowrl_deploy import runtime
+from flowrl_deploy import ort
+from flowrl_deploy import policy as policy_module
 from flowrl_deploy.noise import draw_noise, session_noise
 
 OBS = np.array([0.3, -0.2, 0.1], np.float32)
@@ -18,18 +19,18 @@ MISS_S = 1e-7
 
 @pytest.fixture
 def gpu_present(monkeypatch):
-    monkeypatch.setattr(runtime, "cuda_device_present", lambda: True)
+    monkeypatch.setattr(ort, "cuda_device_present", lambda: True)
 
 
 def test_the_local_fallback_runs_on_the_cpu_even_with_a_gpu(client, policy_path, gpu_present, monkeypatch):
     asked = []
-    real = runtime.make_session
+    real = policy_module.make_session
 
     def recording(model, **kwargs):
         asked.append(kwargs.get("providers"))
         return real(model, **kwargs)
 
-    monkeypatch.setattr(runtime, "make_session", recording)
+    monkeypatch.setattr(policy_module, "make_session", recording)
     with client.session(period_s=0.5, seed=1, fallback="local", local_model=str(policy_path)) as control:
         assert asked == [["CPUExecutionProvider"]]
         assert control.local.session.get_providers() == ["CPUExecutionProvider"]
@@ -37,13 +38,13 @@ def test_the_local_fallback_runs_on_the_cpu_even_with_a_gpu(client, policy_path,
 
 def test_the_local_fallback_is_warmed_up_before_the_first_tick(client, policy_path, local, monkeypatch):
     runs = []
-    real = runtime.OnnxPolicy.run
+    real = policy_module.OnnxPolicy.run
 
     def counted(self, obs, noise):
         runs.append((obs.copy(), None if noise is None else noise.copy()))
         return real(self, obs, noise)
 
-    monkeypatch.setattr(runtime.OnnxPolicy, "run", counted)
+    monkeypatch.setattr(policy_module.OnnxPolicy, "run", counted)
     with client.session(
         period_s=0.5, deadline_s=MISS_S, seed=4, fallback="local", local_model=str(policy_path)
     ) as control:

@@ -17,7 +17,7 @@ from loading_server import loading_server
 from tiny_policy import write_policy
 
 from flowrl_deploy.errors import FlowRLError
-from flowrl_deploy.runtime import import_onnxruntime
+from flowrl_deploy.ort import import_onnxruntime
 from flowrl_deploy.serve import PolicyServer, ServeConfig
 from flowrl_deploy.serve import metrics as metrics_module
 from flowrl_deploy.serve.interceptors import SERVICE_NAME
@@ -59,12 +59,12 @@ def test_build_info_names_the_release_onnxruntime_and_python():
 
 
 def test_build_info_survives_an_onnxruntime_that_cannot_be_imported(monkeypatch):
-    import flowrl_deploy.runtime
+    import flowrl_deploy.ort
 
     def broken():
         raise ImportError("no onnxruntime")
 
-    monkeypatch.setattr(flowrl_deploy.runtime, "import_onnxruntime", broken)
+    monkeypatch.setattr(flowrl_deploy.ort, "import_onnxruntime", broken)
     metrics_module.build_labels.cache_clear()
     try:
         assert metrics_module.build_labels()["onnxruntime"] == ""

@@ -18,7 +18,7 @@ from typer.testing import CliRunner
 from flowrl_deploy.cli import app
 from flowrl_deploy.contract import PROVENANCE_KEY, contract_to_metadata
 from flowrl_deploy.errors import FlowRLError
-from flowrl_deploy.runtime import OnnxPolicy
+from flowrl_deploy.policy import OnnxPolicy
 
 runner = CliRunner()
 

@@ -14,10 +14,10 @@ import pytest
 from tiny_policy import write_policy
 from typer.testing import CliRunner
 
-from flowrl_deploy import runtime
+from flowrl_deploy import ort
 from flowrl_deploy.cli import app
 from flowrl_deploy.errors import FlowRLError
-from flowrl_deploy.runtime import OnnxPolicy
+from flowrl_deploy.policy import OnnxPolicy
 
 
 @pytest.fixture(scope="module")
@@ -33,7 +33,7 @@ def test_the_help_offers_no_provider_list_that_is_refused_without_a_gpu():
 
 def _tensorrt_starts(policy) -> bool:
     try:
-        runtime.make_session(policy.read_bytes(), providers=["TensorrtExecutionProvider"])
+        ort.make_session(policy.read_bytes(), providers=["TensorrtExecutionProvider"])
     except FlowRLError:
         return False
     return True
@@ -71,8 +71,8 @@ def test_serve_with_a_provider_that_cannot_start_writes_nothing_on_stdout(policy
 def test_what_other_threads_print_while_a_session_is_made_still_reaches_stdout(policy, monkeypatch, capsys):
     """Only the thread making the session has its prints kept: a program embedding the server prints on."""
     building, printed = threading.Event(), threading.Event()
-    ort = runtime.import_onnxruntime()
-    real = ort.InferenceSession
+    onnxruntime_module = ort.import_onnxruntime()
+    real = onnxruntime_module.InferenceSession
 
     def chatty(*args, **kwargs):
         print("*************** EP Error ***************")
@@ -80,7 +80,7 @@ def test_what_other_threads_print_while_a_session_is_made_still_reaches_stdout(p
         assert printed.wait(30)
         return real(*args, **kwargs)
 
-    monkeypatch.setattr(ort, "InferenceSession", chatty)
+    monkeypatch.setattr(onnxruntime_module, "InferenceSession", chatty)
 
     def other() -> None:
         assert building.wait(30)

@@ -19,8 +19,8 @@ from tiny_policy import ACT_DIM, documented_noise, tiny_contract, write_policy
 
 from flowrl_deploy.client import PolicyClient, ServiceError
 from flowrl_deploy.errors import FlowRLError
+from flowrl_deploy.policy import OnnxPolicy
 from flowrl_deploy.proto.flowrl.v1 import policy_pb2 as pb
-from flowrl_deploy.runtime import OnnxPolicy
 from flowrl_deploy.serve import PolicyServer, ServeConfig
 from flowrl_deploy.serve import metrics as metrics_module
 from flowrl_deploy.serve import model as serve_model

@@ -21,9 +21,9 @@ from tiny_policy import ACT_DIM, OBS_DIM, documented_noise, tiny_contract, write
 from flowrl_deploy.client import PolicyClient, ServiceError
 from flowrl_deploy.codec import decode, encode
 from flowrl_deploy.errors import FlowRLError
+from flowrl_deploy.policy import OnnxPolicy
 from flowrl_deploy.proto.flowrl.v1 import policy_pb2 as pb
 from flowrl_deploy.proto.flowrl.v1 import policy_pb2_grpc as pb_grpc
-from flowrl_deploy.runtime import OnnxPolicy
 from flowrl_deploy.serve import PolicyServer, ServeConfig
 from flowrl_deploy.serve.servicer import MAX_KEPT_OPENINGS
 

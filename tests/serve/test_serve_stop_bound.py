@@ -147,7 +147,7 @@ def test_calls_whose_handlers_return_soon_after_the_grace_period_are_not_abandon
 
 SLOW_SERVE = """
 import sys, time
-from flowrl_deploy.runtime import OnnxPolicy
+from flowrl_deploy.policy import OnnxPolicy
 run = OnnxPolicy.run
 def slow(self, obs, noise):
     if obs.flat[0] == 7:  # the test's calls, not the warm-up's

@@ -9,7 +9,7 @@ from tiny_training import TINY
 
 from flowrl_deploy.codec import TensorError
 from flowrl_deploy.errors import FlowRLError
-from flowrl_deploy.runtime import SeededPolicy
+from flowrl_deploy.policy import SeededPolicy
 from flowrl_deploy.train.config import TrainConfig
 from flowrl_deploy.train.evaluate import checkpoint_act_fn
 from flowrl_deploy.train.loop import train
