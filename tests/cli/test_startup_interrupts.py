@@ -12,6 +12,7 @@ import textwrap
 
 import pytest
 import typer
+from extras_needed import needs_extras
 from typer.testing import CliRunner
 
 from flowrl_deploy.cli import app
@@ -76,6 +77,7 @@ def test_the_console_script_runs_the_program():
     assert done.stdout.startswith("flowrl-deploy "), done.stdout
 
 
+@needs_extras("train")
 def test_ctrl_c_while_train_loads_mujoco_is_one_line_and_exit_130(monkeypatch, tmp_path):
     """mujoco's import turns a Ctrl-C into `ImportError: initialization failed` (raised from the
     KeyboardInterrupt): a ~70-line traceback and exit status 1."""
