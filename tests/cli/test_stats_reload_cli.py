@@ -180,6 +180,33 @@ def test_stats_of_a_server_that_sends_no_codes_shows_no_deadline_count(served, m
     assert "latest 10000" not in result.output and "at most" not in result.output
 
 
+def test_stats_json_of_a_server_that_sends_no_codes_nor_window_has_nulls(served, monkeypatch):
+    """`--json` wrote `"percentile_window": 0` and `"codes": {}` for a v0.1.0 server, which sends neither:
+    a script read 0 deadline misses (upgrade review F2; docs/compatibility.md promises null)."""
+    server, _ = served
+    server.servicer.metrics.record("Act", "DEADLINE_EXCEEDED", 1e-4)
+    stats = PolicyClient.stats
+
+    def older(self):
+        reply = stats(self)
+        for method in reply.methods:
+            method.ClearField("codes")
+        reply.ClearField("percentile_window")
+        return reply
+
+    monkeypatch.setattr(PolicyClient, "stats", older)
+    result = call(server, "stats", "--json")
+    assert result.exit_code == 0, result.output
+    figures = json.loads(result.output)
+    assert figures["percentile_window"] is None
+    act = next(method for method in figures["methods"] if method["method"] == "Act")
+    assert act["requests"] == 1 and act["codes"] is None
+    monkeypatch.setattr(PolicyClient, "stats", stats)  # today's server: its figures, a method without calls {}
+    figures = json.loads(call(server, "stats", "--json").output)
+    assert figures["percentile_window"] == 10_000
+    assert next(m for m in figures["methods"] if m["method"] == "Act")["codes"] == {"DEADLINE_EXCEEDED": 1}
+
+
 def test_a_wrong_token_is_named_without_a_hint_at_tls(served):
     """The TLS hint fits a failed connection (UNAVAILABLE), not a refusal by a server that was reached."""
     server, _ = served
