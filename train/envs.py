@@ -248,6 +248,13 @@ class GymEnv:
             if cause is None or (error := _opengl_failure(cause, "MuJoCo")) is None:
                 raise
             raise error from exc
+        try:  # a refusal or a failed first reset closes the env made
+            self.info = self._info(env_id, gym)
+        except BaseException:
+            self._env.close()
+            raise
+
+    def _info(self, env_id: EnvId, gym: ModuleType) -> EnvInfo:
         space = self._env.action_space
         if not isinstance(space, gym.spaces.Box) or len(space.shape) != 1:
             raise EnvIdError(f"{env_id.name} has action space {space}; FlowRL needs a 1-D continuous Box")
@@ -257,7 +264,7 @@ class GymEnv:
         dt = getattr(self._env.unwrapped, "dt", 0.0)
         obs_dim = int(obs_shape[0])
         first, _ = self._env.reset(seed=0)  # the layout is read off an observation; episodes reseed it
-        self.info = EnvInfo(
+        return EnvInfo(
             env_id=str(env_id),
             obs_dim=obs_dim,
             act_dim=int(space.shape[0]),

@@ -373,3 +373,29 @@ def test_a_mujoco_observation_of_joint_positions_then_velocities_is_laid_out_so(
     assert _qpos_qvel_layout(np.array([0.5, -1.0, 0.9, 0.1, 0.2]), env) is None  # something else
     assert _qpos_qvel_layout(np.zeros(3), SimpleNamespace()) is None  # no MuJoCo data
     assert make_env("gym:Pendulum-v1").info.obs_layout == (("observation", 3),)
+
+
+class _FailingFirstReset(gym.Env):
+    """A task whose first reset fails (a simulator that cannot load its assets)."""
+
+    closed = 0
+    action_space = gym.spaces.Box(-1.0, 1.0, (1,), np.float32)
+    observation_space = gym.spaces.Box(-1.0, 1.0, (2,), np.float32)
+
+    def __init__(self, render_mode=None):
+        self.render_mode = render_mode
+
+    def reset(self, *, seed=None, options=None):
+        raise RuntimeError("assets missing")
+
+    def close(self):
+        type(self).closed += 1
+
+
+def test_an_env_whose_first_reset_fails_is_closed():
+    """GymEnv resets a task once as it makes it (to read its observation's layout): a failure there left
+    the task open (late diff review F6)."""
+    gym.register(id="FlowRLFailingReset-v0", entry_point=_FailingFirstReset)
+    with pytest.raises(RuntimeError, match="assets missing"):
+        make_env("gym:FlowRLFailingReset-v0")
+    assert _FailingFirstReset.closed == 1
