@@ -155,10 +155,8 @@ def test_errors_by_code_come_most_first():
     assert _errors_by_code([act]) == ["  Act: NOT_FOUND 5, ABORTED 1"]
 
 
-def test_stats_of_a_server_that_sends_no_codes_shows_no_deadline_count(served, monkeypatch):
-    """A server older than MethodStats' `codes` sends none: its deadline misses are unknown, not 0."""
-    server, _ = served
-    server.servicer.metrics.record("Act", "DEADLINE_EXCEEDED", 1e-4)
+def _as_from_an_older_server(monkeypatch) -> None:
+    """PolicyClient.stats replies as from a server older than MethodStats' `codes` and `percentile_window`."""
     stats = PolicyClient.stats
 
     def older(self):
@@ -169,6 +167,13 @@ def test_stats_of_a_server_that_sends_no_codes_shows_no_deadline_count(served, m
         return reply
 
     monkeypatch.setattr(PolicyClient, "stats", older)
+
+
+def test_stats_of_a_server_that_sends_no_codes_shows_no_deadline_count(served, monkeypatch):
+    """A server older than MethodStats' `codes` sends none: its deadline misses are unknown, not 0."""
+    server, _ = served
+    server.servicer.metrics.record("Act", "DEADLINE_EXCEEDED", 1e-4)
+    _as_from_an_older_server(monkeypatch)
     result = call(server, "stats")
     assert result.exit_code == 0, result.output
     assert next(line.split() for line in result.output.splitlines() if line.startswith("Act "))[:4] == [
@@ -186,15 +191,7 @@ def test_stats_json_of_a_server_that_sends_no_codes_nor_window_has_nulls(served,
     server, _ = served
     server.servicer.metrics.record("Act", "DEADLINE_EXCEEDED", 1e-4)
     stats = PolicyClient.stats
-
-    def older(self):
-        reply = stats(self)
-        for method in reply.methods:
-            method.ClearField("codes")
-        reply.ClearField("percentile_window")
-        return reply
-
-    monkeypatch.setattr(PolicyClient, "stats", older)
+    _as_from_an_older_server(monkeypatch)
     result = call(server, "stats", "--json")
     assert result.exit_code == 0, result.output
     figures = json.loads(result.output)
