@@ -78,8 +78,6 @@ def serve_forever(
     config: ServeConfig,
     on_ready: Callable[[PolicyServer], None] | None = None,
     export_checkpoint: Exporter | None = None,
-    *,
-    signals_received: list[int] | None = None,
 ) -> int:
     """Run until one of :data:`~flowrl_deploy.signals.STOP_SIGNALS` (but not one of
     :data:`~flowrl_deploy.signals.KEPT_IF_IGNORED` ignored at
@@ -99,12 +97,7 @@ def serve_forever(
 
     The whole process is pinned to ``config.cpus`` and, once the model is warm, runs under
     SCHED_FIFO at ``config.rt_priority`` (:func:`~flowrl_deploy.affinity.set_realtime`);
-    :meth:`PolicyServer.start` applies neither (it may share its process with other work).
-
-    ``signals_received`` is a caller's list of the stop signals its own handler took before this call
-    (``flowrl serve`` installs one first thing, so that a stop while it loads its libraries is not lost,
-    nor fatal): one there stops the start-up before the model loads, as one received during it does.
-    The signals received here are appended to it."""
+    :meth:`PolicyServer.start` applies neither (it may share its process with other work)."""
     if threading.current_thread() is not threading.main_thread():
         raise FlowRLError(
             "serve_forever runs in the main thread only (it stops on signals, which only the main thread "
@@ -116,7 +109,7 @@ def serve_forever(
     notifier = Notifier()
     # The handler takes no lock: Event.set() in a handler deadlocked when the signal arrived while
     # this thread held the Event's lock (inside its own wait, or a first handler's set()).
-    signals: list[int] = signals_received if signals_received is not None else []
+    signals: list[int] = []
     starting: list[bool] = []  # [True] while start() runs and may be interrupted
 
     def stop_signal(sig: int, _: FrameType | None) -> None:

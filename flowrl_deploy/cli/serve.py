@@ -86,12 +86,12 @@ def print_banner(server: PolicyServer) -> None:
         )
 
 
-# Every option is a ServeConfig field, its default written out so that --help shows it (importing
-# ServeConfig here would load the server package for every `flowrl` command): a test checks they agree.
 class _StopBeforeServing(Exception):
     """A stop signal once `flowrl serve` has loaded its libraries, before serve_forever handles them."""
 
 
+# Every option is a ServeConfig field, its default written out so that --help shows it (importing
+# ServeConfig here would load the server package for every `flowrl` command): a test checks they agree.
 @user_errors
 def serve(
     model: Annotated[
@@ -227,8 +227,9 @@ def serve(
     from flowrl_deploy.signals import install_stop_handlers
 
     # A stop signal from here on is a graceful stop (exit 0), also while the imports below load grpc and
-    # onnxruntime (seconds on a loaded machine): noted then, and serve_forever acts on it before the model
-    # loads. Once they are loaded it ends what runs (a --token-file read may wait on a pipe or a terminal).
+    # onnxruntime (seconds on a loaded machine): noted then, and acted on once they are loaded, before any
+    # file is read. From then on it ends what runs (a --token-file read may wait on a pipe or a terminal)
+    # until serve_forever takes the signals over.
     received: list[int] = []
     loaded: list[bool] = []
 
@@ -301,11 +302,9 @@ def serve(
                 grace_s=grace_s,
             )
             try:
-                abandoned = serve_forever(
-                    config, on_ready=print_banner, export_checkpoint=export_for_serving, signals_received=received
-                )
+                abandoned = serve_forever(config, on_ready=print_banner, export_checkpoint=export_for_serving)
             finally:
-                loaded.clear()  # serve_forever took the signals it received; any later one only noted
+                loaded.clear()  # serve_forever handled the signals while it ran; any later one is only noted
         except _StopBeforeServing:
             loaded.clear()
             log_stop_during_start_up(received[0])

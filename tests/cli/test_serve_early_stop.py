@@ -57,23 +57,6 @@ def test_a_stop_signal_while_serve_loads_its_libraries_is_a_graceful_stop(tmp_pa
     assert done.stdout == ""  # no 'serving …' line
 
 
-def test_serve_forever_stops_before_the_load_on_a_signal_its_caller_received(tmp_path, monkeypatch, caplog):
-    import logging
-
-    from flowrl_deploy.serve import ServeConfig, serve_forever
-    from flowrl_deploy.serve.model import ModelSlot
-
-    loads: list[ModelSlot] = []
-    monkeypatch.setattr(ModelSlot, "load", lambda self, *args, **kwargs: loads.append(self))
-    announced: list[object] = []
-    config = ServeConfig(str(write_policy(tmp_path / "policy.onnx")), port=0, grace_s=0)
-    with caplog.at_level(logging.INFO, logger="flowrl.serve"):
-        assert serve_forever(config, on_ready=announced.append, signals_received=[signal.SIGTERM]) == 0
-    assert not loads and not announced
-    messages = [record.getMessage() for record in caplog.records if record.name == "flowrl.serve"]
-    assert "stopping on SIGTERM during start-up: the model was not served" in messages, messages
-
-
 def test_serve_puts_back_the_signal_handlers_it_found(tmp_path):
     """Its early stop handling is the command's own: a program running it (a test's CliRunner) keeps its Ctrl-C."""
     from typer.testing import CliRunner

@@ -102,7 +102,7 @@ def serve_call(monkeypatch):
 
     called: dict = {}
 
-    def serve_forever(config, on_ready=None, export_checkpoint=None, signals_received=None):
+    def serve_forever(config, on_ready=None, export_checkpoint=None):
         called.update(config=config, export_checkpoint=export_checkpoint)
 
     monkeypatch.setattr(flowrl_deploy.serve, "serve_forever", serve_forever)

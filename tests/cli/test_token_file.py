@@ -25,7 +25,7 @@ def policy(tmp_path_factory):
 def serve_call(monkeypatch):
     called: dict = {}
 
-    def serve_forever(config, on_ready=None, export_checkpoint=None, signals_received=None):
+    def serve_forever(config, on_ready=None, export_checkpoint=None):
         called.update(config=config)
 
     monkeypatch.setattr(flowrl_deploy.serve, "serve_forever", serve_forever)
