@@ -188,12 +188,21 @@ class Metrics:
         if due := self._refusals_due("metrics connections", "connection"):
             log.warning("refused %s to the metrics endpoint%s: %s", *due, why)
 
-    def record_session_evicted(self) -> tuple[int, float | None] | None:
-        """A session forgotten to make room in a full table: counted; whether a warning is due
-        (:meth:`warning_due`)."""
+    def record_session_evicted(self) -> str | None:
+        """A session forgotten to make room in a full table: counted; the note its warning ends with, or
+        None while warnings of it are held back (:meth:`held_back_note`)."""
         with self._lock:
             self.sessions_evicted += 1
-        return self.warning_due("session evicted")
+        return self.held_back_note("session evicted")
+
+    def held_back_note(self, kind: str) -> str | None:
+        """:meth:`warning_due` for a warning that ends saying how many like it were held back: None while
+        this one is held back, else '' or ' (3 more since the last warning)'."""
+        due = self.warning_due(kind)
+        if due is None:
+            return None
+        held, _ = due
+        return f" ({held} more since the last warning)" if held else ""
 
     def _refusals_due(self, kind: str, noun: str) -> tuple[str, str] | None:
         """When a refusals warning of ``kind`` is due (:meth:`warning_due`), the count it tells of (this

@@ -279,9 +279,7 @@ class PolicyServer:
         """A request whose bytes are no ``message``: counted (INVALID_ARGUMENT), and warned of at most once a
         minute (health's Check takes no token, so anyone could otherwise fill the log)."""
         self.servicer.metrics.record_untimed(method, "INVALID_ARGUMENT")
-        if due := self.servicer.metrics.warning_due("undecodable request"):
-            held, _ = due
-            more = f" ({held} more since the last warning)" if held else ""
+        if (more := self.servicer.metrics.held_back_note("undecodable request")) is not None:
             log.warning("refused a %s request from %s: its bytes are no %s message%s", method, peer, message, more)
 
     def _model_labels(self) -> dict[str, str] | None:

@@ -151,13 +151,12 @@ class SessionTable:
 
     def _record_evicted(self, session_id: str, idle_s: float) -> None:
         """Count a session forgotten to make room, and warn of it at most once a minute."""
-        if due := self._metrics.record_session_evicted():
-            held, _ = due
+        if (more := self._metrics.record_session_evicted()) is not None:
             log.warning(
                 "session table full (--max-sessions %d): forgot session %s, opened by Reset and unused for %.0f s, "
                 "to open a new one%s",
                 self.max_sessions,
                 _session_shown(session_id),
                 idle_s,
-                f" ({held} more since the last warning)" if held else "",
+                more,
             )

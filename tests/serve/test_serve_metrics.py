@@ -514,3 +514,13 @@ def test_one_client_address_cannot_take_every_metrics_connection(metrics, monkey
     assert "flowrl_metrics_connections_refused_total 2" in metrics.exposition()
     warned = [r.getMessage() for r in caplog.records]
     assert len(warned) == 1 and "127.0.0.1" in warned[0] and "metrics" in warned[0], warned
+
+
+def test_a_held_back_warning_is_counted_in_the_next_ones_note(monkeypatch):
+    """The session-eviction and undecodable-request warnings end saying how many like them were held back."""
+    metrics = Metrics(lambda: 0, lambda: "")
+    assert metrics.held_back_note("kind") == ""  # the first: nothing held back
+    assert metrics.held_back_note("kind") is None and metrics.held_back_note("kind") is None  # within a minute
+    monkeypatch.setattr(metrics_module, "LIMIT_WARNING_S", 0.0)  # a minute later: the next one is due
+    assert metrics.held_back_note("kind") == " (2 more since the last warning)"
+    assert metrics.record_session_evicted() == "" and metrics.sessions_evicted == 1
