@@ -18,7 +18,6 @@ import json
 import os
 import re
 import time
-import warnings
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, TypeVar
@@ -33,6 +32,7 @@ from flowrl_deploy.codec import decode, encode
 from flowrl_deploy.connection import checked_target, checked_timeout, checked_token, is_flag
 from flowrl_deploy.contract import PolicyContract
 from flowrl_deploy.errors import FlowRLError
+from flowrl_deploy.moved import moved_names
 from flowrl_deploy.noise import Seed, checked_seed
 from flowrl_deploy.proto.flowrl.v1 import policy_pb2 as pb
 from flowrl_deploy.proto.flowrl.v1 import policy_pb2_grpc as pb_grpc
@@ -429,16 +429,6 @@ MOVED_TO_SESSION = frozenset(
 """Names this module held until the control-loop session moved to :mod:`flowrl_deploy.session`."""
 
 
-def __getattr__(name: str) -> object:
-    """Robot code written against earlier releases (``from flowrl_deploy.client import WatchdogError``)
-    keeps working, with a DeprecationWarning naming the new home."""
-    if name in MOVED_TO_SESSION:
-        warnings.warn(
-            f"flowrl_deploy.client.{name} moved to flowrl_deploy.session: import it from there",
-            DeprecationWarning,
-            stacklevel=2,
-        )
-        from flowrl_deploy import session
-
-        return getattr(session, name)
-    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+__getattr__ = moved_names(__name__, dict.fromkeys(MOVED_TO_SESSION, "flowrl_deploy.session"))
+"""Robot code written against earlier releases (``from flowrl_deploy.client import WatchdogError``)
+keeps working, with a DeprecationWarning naming the new home."""

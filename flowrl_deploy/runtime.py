@@ -2,13 +2,45 @@
 OnnxPolicy``. It re-exports the public names of :mod:`flowrl_deploy.policy` (:class:`OnnxPolicy`,
 :class:`SeededPolicy`) and :mod:`flowrl_deploy.ort` (:func:`make_session`, :func:`default_providers`),
 and :class:`~flowrl_deploy.contract.PolicyContract`; it defines nothing. Importing it, as importing
-:mod:`flowrl_deploy.ort`, sets ``ORT_DISABLE_TELEMETRY=1`` unless it is set.
+:mod:`flowrl_deploy.ort`, sets ``ORT_DISABLE_TELEMETRY=1`` unless it is set. The other names it held
+up to v0.1.0 still import from it, with a DeprecationWarning naming their module now (:data:`MOVED`).
 """
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
 from flowrl_deploy.contract import PolicyContract
+from flowrl_deploy.moved import moved_names
 from flowrl_deploy.ort import default_providers, make_session
 from flowrl_deploy.policy import OnnxPolicy, SeededPolicy
 
+if TYPE_CHECKING:  # the names that moved (MOVED), typed for old code; __getattr__ loads them
+    from flowrl_deploy.onnxfile import MAX_POLICY_BYTES as MAX_POLICY_BYTES
+    from flowrl_deploy.onnxfile import check_policy_file as check_policy_file
+    from flowrl_deploy.onnxfile import is_onnx_path as is_onnx_path
+    from flowrl_deploy.onnxfile import read_policy_file as read_policy_file
+    from flowrl_deploy.ort import CUDA_DRIVER as CUDA_DRIVER
+    from flowrl_deploy.ort import cuda_device_present as cuda_device_present
+    from flowrl_deploy.ort import import_onnxruntime as import_onnxruntime
+    from flowrl_deploy.ort import onnxruntime_severity as onnxruntime_severity
+    from flowrl_deploy.policy import check_graph_matches_contract as check_graph_matches_contract
+    from flowrl_deploy.policy import one_observation as one_observation
+
 __all__ = ["OnnxPolicy", "PolicyContract", "SeededPolicy", "default_providers", "make_session"]
+
+MOVED = {
+    "import_onnxruntime": "flowrl_deploy.ort",
+    "onnxruntime_severity": "flowrl_deploy.ort",
+    "CUDA_DRIVER": "flowrl_deploy.ort",
+    "cuda_device_present": "flowrl_deploy.ort",
+    "is_onnx_path": "flowrl_deploy.onnxfile",
+    "MAX_POLICY_BYTES": "flowrl_deploy.onnxfile",
+    "read_policy_file": "flowrl_deploy.onnxfile",
+    "check_policy_file": "flowrl_deploy.onnxfile",
+    "check_graph_matches_contract": "flowrl_deploy.policy",
+    "one_observation": "flowrl_deploy.policy",
+}
+"""The names this module held until it was split by job (53e7bff), and the module each is in now."""
+
+__getattr__ = moved_names(__name__, MOVED)

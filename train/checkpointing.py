@@ -1,6 +1,7 @@
 """What a run's checkpoint holds beyond the policy, in the one checkpoint format (``flowrl_deploy.checkpoint``):
 the training state a resume restores (:func:`save_training_checkpoint`, :func:`restore_training`) and the
-evaluation record (:class:`EvalRecord`) that a resume restores and ``best`` is ranked by."""
+evaluation record (:class:`EvalRecord`) that a resume restores and ``best`` is ranked by. What else it
+held up to v0.1.0 still imports from it, with a DeprecationWarning naming its module now (:data:`MOVED`)."""
 
 from __future__ import annotations
 
@@ -14,12 +15,35 @@ import numpy as np
 from flowrl_deploy.checkpoint import DOCUMENT_FILE, load_checkpoint, save_checkpoint
 from flowrl_deploy.errors import CheckpointError
 from flowrl_deploy.fieldtypes import is_int
+from flowrl_deploy.moved import moved_names
 from flowrl_deploy.spec import PolicySpec
 from flowrl_deploy.train.config import TrainConfig
 
 if TYPE_CHECKING:
+    from flowrl_deploy.train.actor import actor_act_fn as actor_act_fn
+    from flowrl_deploy.train.actor import load_actor as load_actor
     from flowrl_deploy.train.algorithm import FlowRL
     from flowrl_deploy.train.replay import ReplayBuffer
+    from flowrl_deploy.train.resume import check_new_run_dir as check_new_run_dir
+    from flowrl_deploy.train.resume import holds_checkpoints as holds_checkpoints
+    from flowrl_deploy.train.resume import resume_config as resume_config
+    from flowrl_deploy.train.resume import run_to_resume as run_to_resume
+    from flowrl_deploy.train.retention import RunCheckpoints as RunCheckpoints
+    from flowrl_deploy.train.run_lock import RunLock as RunLock
+
+MOVED = {
+    "RunLock": "flowrl_deploy.train.run_lock",
+    "RunCheckpoints": "flowrl_deploy.train.retention",
+    "resume_config": "flowrl_deploy.train.resume",
+    "holds_checkpoints": "flowrl_deploy.train.resume",
+    "check_new_run_dir": "flowrl_deploy.train.resume",
+    "run_to_resume": "flowrl_deploy.train.resume",
+    "load_actor": "flowrl_deploy.train.actor",
+    "actor_act_fn": "flowrl_deploy.train.actor",
+}
+"""The names this module held until it was split by job (ced83f0), and the module each is in now."""
+
+__getattr__ = moved_names(__name__, MOVED)
 
 
 def finite_or_none(x: float) -> float | None:

@@ -218,7 +218,9 @@ class DMCEnv:
 
 class GymEnv:
     """A gymnasium environment with a Box action space (HumanoidBench's h1-* ids included).
-    Episodes are seeded by ``reset(seed)``; gymnasium keeps no other seed worth setting."""
+    Episodes are seeded by ``reset(seed)``; gymnasium keeps no other seed worth setting. An unseeded
+    ``reset()`` continues the stream of the ``reset(seed=0)`` made at construction to read the
+    observation layout, so it is reproducible, as :class:`DMCEnv`'s continues its construction seed's."""
 
     def __init__(self, env_id: EnvId) -> None:
         try:
