@@ -31,6 +31,8 @@ _HOST = re.compile(r"[A-Za-z0-9._-]+")  # a host name or an IPv4 address
 _PORT = re.compile(r"[0-9]{1,5}")
 
 
+DEFAULT_SERVER = "localhost:50051"
+"""The server a command calls without --server: `flowrl serve`'s default port on this machine."""
 EVERY_INTERFACE = {"0.0.0.0": "127.0.0.1", "::": "::1"}
 """Hosts that bind every interface, and the loopback address a client on this machine reaches them at."""
 
@@ -110,6 +112,12 @@ def connection_hint(error: str, target: str, tls_ca: str, tls_cert: str) -> str:
         if _ipv4_localhost_answers(error, hosts):  # a server there: TLS or the cap is the question after all
             closed, lead = True, "[::1] refused, but 127.0.0.1 takes connections: "
         elif all(is_loopback(host) or host in EVERY_INTERFACE for host in hosts):
+            if target == DEFAULT_SERVER:  # most likely --server left out, the server on another port (--port 0)
+                return (
+                    "nothing listens at that port on this machine: is `flowrl serve` running? It may listen on "
+                    f"another port: {DEFAULT_SERVER} is only --server's default, and `flowrl serve` prints its "
+                    "address in its 'serving' line"
+                )
             return "nothing listens at that port on this machine: is `flowrl serve` running, with that --port?"
         else:
             return (

@@ -23,6 +23,7 @@ import typer
 from flowrl_deploy._main import BEFORE_THE_COMMAND, interrupt_behind
 from flowrl_deploy.atomic import write_text_atomic
 from flowrl_deploy.checkpoint import RUN_JSON_FILES, check_output_path
+from flowrl_deploy.connection import DEFAULT_SERVER
 from flowrl_deploy.errors import FlowRLError, Interrupted, printable
 from flowrl_deploy.extras import missing_extra_message
 from flowrl_deploy.spec import SOLVERS
@@ -283,9 +284,7 @@ class Connection:
                 raise FlowRLError(f"{exc} ({hint})" if hint else str(exc)) from None
 
 
-_SERVER_OPTION = inspect.Parameter(
-    "server", inspect.Parameter.KEYWORD_ONLY, default="localhost:50051", annotation=Server
-)
+_SERVER_OPTION = inspect.Parameter("server", inspect.Parameter.KEYWORD_ONLY, default=DEFAULT_SERVER, annotation=Server)
 _CREDENTIAL_OPTIONS = [
     inspect.Parameter(name, inspect.Parameter.KEYWORD_ONLY, default="", annotation=annotation)
     for name, annotation in [

@@ -16,7 +16,7 @@ from tiny_policy import write_policy
 from typer.testing import CliRunner
 
 from flowrl_deploy.cli import app
-from flowrl_deploy.connection import connection_hint
+from flowrl_deploy.connection import DEFAULT_SERVER, connection_hint
 from flowrl_deploy.serve import PolicyServer, ServeConfig
 
 pytest.importorskip("cryptography.x509")
@@ -241,3 +241,27 @@ def test_a_refused_ipv6_address_asked_for_by_name_is_still_no_server():
 
     port = int(closed_address().rpartition(":")[2])
     assert connection_hint(_ipv6_refused(port), f"[::1]:{port}", "", "").startswith("nothing listens at that port")
+
+
+_LINUX_REFUSED = (
+    "failed to connect to all addresses; last error: UNKNOWN: ipv4:127.0.0.1:50051: Failed to connect to remote "
+    "host: Connection refused"
+)
+
+
+def test_no_server_at_the_default_address_says_it_is_the_default_and_where_the_real_one_is_printed():
+    """A user who started `flowrl serve --port 0` (or another --port) and left --server out."""
+    hint = connection_hint(_LINUX_REFUSED, DEFAULT_SERVER, "", "")
+    assert hint.startswith("nothing listens at that port on this machine: is `flowrl serve` running?"), hint
+    assert f"{DEFAULT_SERVER} is only --server's default" in hint
+    assert "`flowrl serve` prints its address in its 'serving' line" in hint
+
+
+def test_no_server_at_an_address_given_is_not_told_of_the_default():
+    hint = connection_hint(_LINUX_REFUSED.replace("50051", "50052"), "localhost:50052", "", "")
+    assert hint.startswith("nothing listens at that port on this machine") and "default" not in hint
+
+
+def test_the_cli_defaults_to_the_default_server():
+    result = CliRunner().invoke(app, ["query", "--help"], env={"COLUMNS": "200"})
+    assert f"default: {DEFAULT_SERVER}" in result.output
