@@ -5,8 +5,12 @@ The FlowRL action service: a robot's control loop asks for actions of an exporte
 
 Tensors travel as packed little-endian float32 with a declared shape, never pickle or any
 other code-carrying format. Stochastic policies draw their noise on the server from a
-per-session generator seeded by the client (numpy PCG64: see `flowrl_deploy.noise`),
-so an episode is reproducible and the client never needs random state.
+per-session generator seeded by the client, so an episode is reproducible and the client never
+needs random state. The generator is numpy's `Generator(PCG64(seed))` (numpy seeds PCG64 through
+its SeedSequence); each request that draws takes one row-major block
+`standard_normal((B, act_dim), dtype=float32)` (numpy's float32 ziggurat: not float64 draws
+rounded). Seed 0's first four draws are 1.1176220, -1.3871249, -0.4265716, -0.8035873; seed 1's
+1.7291036, -1.4284534, 1.0277448, 1.8820691 (see `flowrl_deploy.noise`).
 
 For clients in other languages: `optional` fields need protoc >= 3.15. Errors are gRPC status
 codes (google.rpc.Code numbers): INVALID_ARGUMENT (a malformed tensor or request), NOT_FOUND
@@ -15,7 +19,8 @@ Reload's file), UNAUTHENTICATED (`--token`: send metadata `authorization: Bearer
 PERMISSION_DENIED (a Reload path outside the served folder), RESOURCE_EXHAUSTED (the session
 limit, all workers busy, or a message over the server's size limit), UNAVAILABLE (still loading,
 or stopping). Messages are for people; act on the code. A session_id has at most 256
-characters. Health (`grpc.health.v1`) answers for "" and "flowrl.v1.PolicyService" (a Watch of
+characters, and like every string field it must be valid UTF-8: a request with invalid UTF-8 in a
+string field cannot be read at all (INVALID_ARGUMENT, and a StreamAct stream ends). Health (`grpc.health.v1`) answers for "" and "flowrl.v1.PolicyService" (a Watch of
 another name gets SERVICE_UNKNOWN, then ends); reflection is `grpc.reflection.v1alpha` (no
 comments: read this file).
 """
