@@ -22,6 +22,7 @@ import pytest
 from tiny_policy import ACT_DIM, documented_noise, tiny_contract, write_policy
 
 from flowrl_deploy import session as session_module
+from flowrl_deploy import session_stream
 from flowrl_deploy.client import ClientClosedError, ContractMismatchError, PolicyClient, ServiceError
 from flowrl_deploy.codec import TensorError, encode
 from flowrl_deploy.errors import FlowRLError
@@ -387,11 +388,12 @@ class FlakyServer:
         self.now = 1000.0
         self.opened: list[float] = []
         self.sent: list[list[pb.StreamActRequest]] = []
-        monkeypatch.setattr(session_module, "_Stream", self.stream)
+        monkeypatch.setattr(session_stream, "_Stream", self.stream)
         clock = SimpleNamespace(
             monotonic=lambda: self.now, perf_counter=time.perf_counter, time_ns=time.time_ns, sleep=time.sleep
         )
-        monkeypatch.setattr(session_module, "time", clock)
+        monkeypatch.setattr(session_stream, "time", clock)  # the reconnection's backoff
+        monkeypatch.setattr(session_module, "time", clock)  # the watchdog's staleness
 
     def stream(self, _client: PolicyClient) -> SimpleNamespace:
         self.opened.append(self.now)
@@ -402,7 +404,7 @@ class FlakyServer:
             sent.append(request)
             if not self.up:
                 stream.error = self.error  # as the reader thread sets it when a stream ends
-                replies.put(session_module._END)
+                replies.put(session_stream._END)
             elif self.refusal is not None:
                 status = pb.Status(code=self.refusal.value[0], message="refused")
                 replies.put(pb.StreamActReply(seq=request.seq, status=status))
@@ -443,7 +445,7 @@ def jitter(request, monkeypatch) -> str:
     if request.param != "drawn":
         share = 0.0 if request.param == "shortest" else 1.0  # random.uniform(a, b) gives a to b
         pinned = SimpleNamespace(uniform=lambda a, b: a + share * (b - a))
-        monkeypatch.setattr(session_module, "random", SimpleNamespace(Random=lambda: pinned))
+        monkeypatch.setattr(session_stream, "random", SimpleNamespace(Random=lambda: pinned))
     return request.param
 
 
@@ -752,7 +754,7 @@ def test_a_second_caller_is_refused_while_a_tick_waits_and_the_tick_gets_its_own
     """Two threads on one session used to swap actions (the sequence number was shared)."""
     sent, replies = queue.SimpleQueue(), queue.SimpleQueue()
     stream = SimpleNamespace(requests=SimpleNamespace(put=sent.put), replies=replies, error=None, close=lambda: None)
-    monkeypatch.setattr(session_module, "_Stream", lambda _client: stream)
+    monkeypatch.setattr(session_stream, "_Stream", lambda _client: stream)
     control = client.session(period_s=5.0, deadline_s=5.0)
     got = {}
     loop = threading.Thread(target=lambda: got.update(action=control.act(OBS)))
@@ -898,7 +900,7 @@ def _silent_stream(monkeypatch) -> SimpleNamespace:
     """A stream the session sends to and that answers only what the test puts in its ``replies``."""
     stream = SimpleNamespace(requests=SimpleNamespace(put=lambda request: None), replies=queue.SimpleQueue())
     stream.error, stream.close = None, lambda: None
-    monkeypatch.setattr(session_module, "_Stream", lambda _client: stream)
+    monkeypatch.setattr(session_stream, "_Stream", lambda _client: stream)
     return stream
 
 
@@ -910,13 +912,13 @@ def test_a_reset_whose_missed_tick_gets_no_reply_is_refused_unsent_and_changes_n
         control.act(OBS)
         why = "DEADLINE_EXCEEDED: no reply to tick 1 within reset_timeout_s 0.05 s: the server may still draw"
         budgets = []
-        next_reply = session_module._next_reply
+        next_reply = session_stream._next_reply
 
         def timed_next_reply(stream, until):
             budgets.append(until - time.perf_counter())
             return next_reply(stream, until)
 
-        monkeypatch.setattr(session_module, "_next_reply", timed_next_reply)
+        monkeypatch.setattr(session_stream, "_next_reply", timed_next_reply)
         with pytest.raises(ServiceError, match=f"^{why}"):
             control.reset(seed=9)
         assert budgets and max(budgets) <= 0.05  # the wait is bounded by reset_timeout_s
@@ -931,7 +933,7 @@ def test_a_reset_whose_stream_ends_before_the_missed_ticks_reply_is_sent_and_the
         control.act(OBS)
         stream.replies.put(pb.StreamActReply(seq=0))  # an earlier tick's late reply, dropped
         stream.error = ServiceError(grpc.StatusCode.UNAVAILABLE, "gone")
-        stream.replies.put(session_module._END)
+        stream.replies.put(session_stream._END)
         control.reset(seed=9)
         assert control.seed == 9
         control.act(OBS)
@@ -962,7 +964,7 @@ def test_a_reset_closed_while_it_waits_for_the_last_reply_sends_no_reset(client,
 
         def close_and_end() -> None:  # close() ends the stream: the wait sees its end
             control.close()
-            stream.replies.put(session_module._END)
+            stream.replies.put(session_stream._END)
 
         threading.Timer(0.2, close_and_end).start()
         with pytest.raises(FlowRLError, match="after close"):
