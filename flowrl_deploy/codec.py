@@ -124,13 +124,20 @@ def check_finite(array: np.ndarray, *, name: str = "tensor") -> None:
 
 
 def as_batch(
-    array: npt.NDArray[np.float32], width: int, *, name: str = "obs", max_batch: int | None = None
+    array: npt.NDArray[np.float32],
+    width: int,
+    *,
+    name: str = "obs",
+    max_batch: int | None = None,
+    rows: str = "B",
 ) -> npt.NDArray[np.float32]:
-    """``array`` as [B, width] with B >= 1 (a 1-D [width] becomes B = 1); raise if its shape cannot be."""
-    if array.ndim == 1:
+    """``array`` as [B, width] with B >= 1 (a 1-D [width] becomes B = 1); raise if its shape cannot be,
+    naming the shape as given and the shapes taken, [width] or [``rows``, width] (``rows="1"`` where
+    the caller takes one observation)."""
+    if array.ndim == 1 and array.shape[0] == width:
         array = array[None, :]
     if array.ndim != 2 or array.shape[1] != width:
-        raise TensorError(f"{name}: shape {list(array.shape)} does not match [{width}] or [B, {width}]")
+        raise TensorError(f"{name}: shape {list(array.shape)} does not match [{width}] or [{rows}, {width}]")
     if array.shape[0] == 0:
         raise TensorError(f"{name}: empty batch (shape {list(array.shape)})")
     if max_batch is not None and array.shape[0] > max_batch:

@@ -232,8 +232,9 @@ class PolicyServicer(pb_grpc.PolicyServiceServicer):
         detail = "; ".join(model.contract.differences(theirs))
         raise ContractMismatch(f"{mismatch} (server != client: {detail})")
 
-    def _obs(self, tensor: pb.Tensor, model: ServedModel) -> np.ndarray:
-        return as_batch(decode(tensor, name="obs"), model.obs_dim, max_batch=self.config.max_request_batch)
+    def _obs(self, tensor: pb.Tensor, model: ServedModel, rows: str = "B") -> np.ndarray:
+        """The request's obs as a [B, obs_dim] batch; a refusal of its shape offers [obs_dim] or [``rows``, obs_dim]."""
+        return as_batch(decode(tensor, name="obs"), model.obs_dim, max_batch=self.config.max_request_batch, rows=rows)
 
     # --- RPCs ---------------------------------------------------------------------------------
     @_unary("GetSpec")
@@ -362,7 +363,7 @@ class PolicyServicer(pb_grpc.PolicyServiceServicer):
         self, request: pb.StreamActRequest, deadline: float | None, session: Session, reply: pb.StreamActReply
     ) -> None:
         model = self.slot.current()
-        obs = self._obs(request.obs, model)
+        obs = self._obs(request.obs, model, rows="1")
         if len(obs) != 1:
             raise TensorError(f"obs: StreamAct takes one observation per request, got {len(obs)}")
         # drawn whatever the deadline: the draws follow the ticks sent, not their timing
