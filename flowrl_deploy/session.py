@@ -24,6 +24,7 @@ import threading
 import time
 import uuid
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
 
 import grpc
 import numpy as np
@@ -55,6 +56,9 @@ from flowrl_deploy.session_stream import REFUSED_UNDRAWN as REFUSED_UNDRAWN
 from flowrl_deploy.session_stream import SERVER_CLOSED as SERVER_CLOSED
 from flowrl_deploy.session_stream import TRANSIENT as TRANSIENT
 from flowrl_deploy.session_stream import StreamLink, _Stream, closed_error
+
+if TYPE_CHECKING:
+    from flowrl_deploy.policy import OnnxPolicy
 
 log = logging.getLogger("flowrl.client")
 PERIOD_MISMATCH = "period_s %g s (%g Hz) differs from the served policy's control period, %g s (%g Hz)"
@@ -219,7 +223,6 @@ class ControlSession:
         self.deadline_s = deadline_s
         self.session_id = session_id or f"control-{uuid.uuid4().hex[:12]}"
         self.seed = checked_seed(seed)
-        self.fallback = fallback
         self.max_consecutive_misses = max_consecutive_misses
         self.max_staleness_s = None if max_staleness_s is None else checked_positive(max_staleness_s, "max_staleness_s")
         self.max_delta = None if max_rate is None else checked_positive(max_rate, "max_rate") * self.period_s
@@ -248,9 +251,6 @@ class ControlSession:
                 1 / served_period_s,
             )
         self._fallback_policy = FallbackPolicy(fallback, local_model, self.seed, self.info)
-        self.local = self._fallback_policy.local
-        """The local fallback's policy (an :class:`~flowrl_deploy.policy.OnnxPolicy` on the CPU); None for
-        ``hold`` and ``zeros``."""
         self._obs_shapes = ((self.info.obs_dim,), (1, self.info.obs_dim))
         self.timings: collections.deque[CallTiming] = collections.deque(maxlen=max_timings)
         self.health = _Health(model_version=self.info.model_version)
@@ -262,6 +262,17 @@ class ControlSession:
         self._seq = 0
         self._busy = threading.Lock()
         self._link = StreamLink(client, self, backoff_s, self._fallback_policy)
+
+    @property
+    def fallback(self) -> str:
+        """What a tick without a fresh action acts on: ``hold``, ``zeros`` or ``local`` (fixed when made)."""
+        return self._fallback_policy.kind
+
+    @property
+    def local(self) -> OnnxPolicy | None:
+        """The local fallback's policy (an :class:`~flowrl_deploy.policy.OnnxPolicy` on the CPU); None for
+        ``hold`` and ``zeros``."""
+        return self._fallback_policy.local
 
     @property
     def _stream(self) -> _Stream | None:

@@ -135,6 +135,22 @@ def test_hold_is_the_default_fallback_and_repeats_the_last_action(client):
         assert control.timings[-1].source == "hold"
 
 
+def test_the_fallback_is_fixed_when_the_session_is_made_and_says_so_when_reassigned(client, policy_path):
+    """What a fallback tick runs is chosen (and a local model loaded) when the session is made: an
+    assignment that would leave ``fallback`` naming another than the one that runs is refused."""
+    with client.session(period_s=0.5, seed=4, fallback="zeros") as control:
+        assert control.fallback == "zeros" and control.local is None
+        with pytest.raises(AttributeError):
+            control.fallback = "local"
+        with pytest.raises(AttributeError):
+            control.local = None
+        control.deadline_s = MISS_S
+        control.act(OBS)
+        assert control.timings[-1].source == "zeros"
+    with client.session(period_s=0.5, seed=4, fallback="local", local_model=str(policy_path)) as control:
+        assert control.fallback == "local" and control.local is not None
+
+
 def test_returned_actions_are_the_callers_own_so_editing_them_never_changes_what_is_held(client):
     """A caller scaling its action in place (``a *= 0.5``) must not scale the action held afterwards."""
     with client.session(period_s=0.5, seed=4, max_rate=2.0) as control:  # max_delta 1.0, a 250 ms deadline
