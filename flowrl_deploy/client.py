@@ -16,7 +16,6 @@ from __future__ import annotations
 import contextlib
 import json
 import os
-import re
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
@@ -30,7 +29,9 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from flowrl_deploy.codec import decode, encode
 from flowrl_deploy.connection import checked_target, checked_timeout, checked_token, is_flag
+from flowrl_deploy.contract import CONTRACT_HASH_FORM as CONTRACT_HASH_FORM  # defined there since the server checks
 from flowrl_deploy.contract import PolicyContract
+from flowrl_deploy.contract import checked_contract_hash as checked_contract_hash  # pins too; still imported from here
 from flowrl_deploy.errors import FlowRLError
 from flowrl_deploy.moved import moved_names
 from flowrl_deploy.noise import Seed, checked_seed
@@ -102,22 +103,6 @@ class ContractMismatchError(ServiceError):
 
     def __init__(self, message: str) -> None:
         super().__init__(grpc.StatusCode.FAILED_PRECONDITION, message)
-
-
-CONTRACT_HASH_FORM = re.compile(r"[0-9a-fA-F]{16}")
-"""A contract hash as ``flowrl inspect`` and GetSpec give it: 16 hex digits (pinned in any case)."""
-
-
-def checked_contract_hash(contract_hash: object, name: str = "contract_hash") -> str:
-    """``contract_hash`` in lower case, or '' (no pin: '' or None); anything but 16 hex digits is refused
-    naming ``name`` (the server would only say that it does not serve that contract)."""
-    if contract_hash is None or contract_hash == "":  # None: e.g. os.environ.get("FLOWRL_PIN") unset
-        return ""
-    if not (isinstance(contract_hash, str) and CONTRACT_HASH_FORM.fullmatch(contract_hash)):
-        raise FlowRLError(
-            f"{name} must be 16 hex digits (the contract hash `flowrl inspect` prints), got {contract_hash!r}"
-        )
-    return contract_hash.lower()
 
 
 class ClientClosedError(FlowRLError):

@@ -13,10 +13,11 @@ from __future__ import annotations
 
 import hashlib
 import json
+import re
 from dataclasses import asdict, dataclass, fields
 from typing import Any
 
-from flowrl_deploy.errors import SpecError
+from flowrl_deploy.errors import FlowRLError, SpecError, printable
 from flowrl_deploy.spec import policy_from_json, policy_problem
 from flowrl_deploy.versions import version_problem
 
@@ -41,6 +42,22 @@ MAX_CONTROL_PERIOD_S = 10.0
 MIN_HZ, MAX_HZ = 1 / MAX_CONTROL_PERIOD_S, 1 / MIN_CONTROL_PERIOD_S  # the rates a control loop may run at
 MAX_TIMEOUT_S = 86_400
 """The longest call deadline or wait a client accepts (a day): gRPC takes one centuries away as already past."""
+
+CONTRACT_HASH_FORM = re.compile(r"[0-9a-fA-F]{16}")
+"""A contract hash as ``flowrl inspect`` and GetSpec give it: 16 hex digits (pinned in any case)."""
+
+
+def checked_contract_hash(contract_hash: object, name: str = "contract_hash") -> str:
+    """``contract_hash`` in lower case, or '' (no pin: '' or None); anything but 16 hex digits is refused
+    naming ``name`` and showing what was given (printably, cut at 40 characters): the client checks a pin
+    before it calls, the server each pin sent (it would otherwise only say that it does not serve it)."""
+    if contract_hash is None or contract_hash == "":  # None: e.g. os.environ.get("FLOWRL_PIN") unset
+        return ""
+    if not (isinstance(contract_hash, str) and CONTRACT_HASH_FORM.fullmatch(contract_hash)):
+        shown = printable(repr(contract_hash if not isinstance(contract_hash, str) else contract_hash[:100]), 40)
+        raise FlowRLError(f"{name} must be 16 hex digits (the contract hash `flowrl inspect` prints), got {shown}")
+    return contract_hash.lower()
+
 
 # Fields a client depends on; changing any of them changes the hash.
 _HASHED = (

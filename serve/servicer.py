@@ -21,7 +21,7 @@ import numpy as np
 from google.protobuf.message import Message
 
 from flowrl_deploy.codec import TensorError, as_batch, decode, encode
-from flowrl_deploy.contract import PolicyContract
+from flowrl_deploy.contract import PolicyContract, checked_contract_hash
 from flowrl_deploy.errors import FlowRLError, SpecError, printable
 from flowrl_deploy.noise import draw_noise, session_noise
 from flowrl_deploy.proto.flowrl.v1 import policy_pb2 as pb
@@ -210,7 +210,10 @@ class PolicyServicer(pb_grpc.PolicyServiceServicer):
     def _check_contract(self, model: ServedModel, pinned: str, contract_json: str) -> None:
         if not pinned and not contract_json:
             return
-        pinned = pinned.lower()  # hex digits, as `flowrl inspect` prints them or in capitals
+        try:  # 16 hex digits, as `flowrl inspect` prints them or in capitals
+            pinned = checked_contract_hash(pinned)
+        except FlowRLError as exc:  # a client's bug (a cut or padded string), not a contract the server lacks
+            raise ServeError(str(exc), grpc.StatusCode.INVALID_ARGUMENT) from None
         theirs = None
         if contract_json:
             try:

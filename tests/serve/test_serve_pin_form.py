@@ -1,0 +1,75 @@
+"""A malformed pin is the client's mistake, refused as such (foreign review F7): a contract_hash that is not
+16 hex digits (a C++ client's truncated or whitespace-padded string) was answered FAILED_PRECONDITION, as a
+contract the server does not serve. It is INVALID_ARGUMENT now, by the rule the Python client checks
+before it calls (checked_contract_hash), showing what was sent, printably and bounded."""
+
+from __future__ import annotations
+
+import re
+
+import grpc
+import numpy as np
+import pytest
+from tiny_policy import OBS_DIM
+
+from flowrl_deploy import contract
+from flowrl_deploy.client import checked_contract_hash as client_checked_contract_hash
+from flowrl_deploy.codec import encode
+from flowrl_deploy.contract import checked_contract_hash
+from flowrl_deploy.errors import FlowRLError
+from flowrl_deploy.proto.flowrl.v1 import policy_pb2 as pb
+from flowrl_deploy.proto.flowrl.v1 import policy_pb2_grpc as pb_grpc
+
+OBS = encode(np.zeros(OBS_DIM, np.float32))
+WHY = "contract_hash must be 16 hex digits (the contract hash `flowrl inspect` prints), got "
+MALFORMED = ["xyz", " 0123456789abcdef", "0123456789abcdef ", "0123456789abcdef\n", "0123456789abcde", "0" * 17]
+
+
+@pytest.fixture(scope="module")
+def stub(server):
+    with grpc.insecure_channel(server.address) as channel:
+        yield pb_grpc.PolicyServiceStub(channel)
+
+
+def _refused(call, request) -> grpc.RpcError:
+    with pytest.raises(grpc.RpcError) as refused:
+        call(request, timeout=10)
+    assert refused.value.code() == grpc.StatusCode.INVALID_ARGUMENT, refused.value
+    return refused.value
+
+
+@pytest.mark.parametrize("pin", [*MALFORMED, "g" * 16, "٠" * 16])  # Arabic-Indic zeros: \d, not hex
+def test_a_malformed_pin_is_invalid_argument_in_act(stub, pin):
+    assert _refused(stub.Act, pb.ActRequest(obs=OBS, contract_hash=pin)).details() == WHY + repr(pin)
+
+
+def test_a_malformed_pin_is_invalid_argument_in_reset_and_stream_act(stub):
+    assert _refused(stub.Reset, pb.ResetRequest(session_id="malformed", contract_hash="xyz")).details() == WHY + "'xyz'"
+    opening = pb.StreamActRequest(seq=1, obs=OBS, contract_hash="xyz")
+    (reply,) = stub.StreamAct(iter([opening]), timeout=10)
+    assert (reply.status.code, reply.status.message) == (grpc.StatusCode.INVALID_ARGUMENT.value[0], WHY + "'xyz'")
+
+
+def test_a_long_or_unprintable_pin_is_shown_bounded_and_printable(stub):
+    details = _refused(stub.Act, pb.ActRequest(obs=OBS, contract_hash="\x1b[31m" + "x" * 10_000)).details()
+    assert details.startswith(WHY + "'\\x1b[31mxxx") and details.endswith("…")
+    assert details.isprintable() and len(details) < len(WHY) + 60
+
+
+def test_the_served_pin_in_capitals_is_accepted(stub):
+    served = stub.GetSpec(pb.GetSpecRequest(), timeout=10).contract_hash
+    assert stub.Act(pb.ActRequest(obs=OBS, contract_hash=served.upper()), timeout=10).action.shape
+    wrong = "DEADBEEF" * 2  # well formed, not served: still a mismatch
+    with pytest.raises(grpc.RpcError) as refused:
+        stub.Act(pb.ActRequest(obs=OBS, contract_hash=wrong), timeout=10)
+    assert refused.value.code() == grpc.StatusCode.FAILED_PRECONDITION
+    assert refused.value.details().startswith("client pinned policy contract deadbeefdeadbeef, the server serves ")
+
+
+def test_the_client_and_the_server_share_one_rule():
+    assert client_checked_contract_hash is checked_contract_hash
+    assert checked_contract_hash("ABCDEF0123456789") == "abcdef0123456789"
+    assert checked_contract_hash(None) == checked_contract_hash("") == ""
+    with pytest.raises(FlowRLError, match=f"^--pin must be 16 hex digits .*, got {re.escape(repr(12345))}$"):
+        checked_contract_hash(12345, "--pin")
+    assert contract.CONTRACT_HASH_FORM.pattern == "[0-9a-fA-F]{16}"
