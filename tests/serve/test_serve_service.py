@@ -264,8 +264,8 @@ def test_pinned_contract_mismatch_names_the_difference(client, local):
         client.stub.Reset(pb.ResetRequest(session_id="pinned", contract_json=json.dumps(other.to_dict())), timeout=2)
     assert info.value.code() == grpc.StatusCode.FAILED_PRECONDITION
     assert "action_high" in info.value.details()
-    with pytest.raises(ServiceError, match="deadbeef") as info:
-        client.act(_obs(1), contract_hash="deadbeef")
+    with pytest.raises(ServiceError, match="deadbeefdeadbeef") as info:
+        client.act(_obs(1), contract_hash="deadbeef" * 2)  # 16 hex digits: a shorter pin is malformed
     assert "contract_json" not in info.value.details  # a field of the protocol, not something a user can do
     assert "only the hash" in info.value.details and "flowrl inspect" in info.value.details
     client.reset("pinned", contract_hash=local.contract_hash)  # the right hash is accepted
