@@ -159,19 +159,37 @@ class Undecodable(NamedTuple):
 
     message: str
     """The message type the bytes should have held."""
+    why: str = "bytes of another message"
+    """What makes bytes no such message, as the refusal and the log say it (:func:`_undecodable_causes`)."""
+
+    @property
+    def described(self) -> str:
+        """'StreamActRequest message (bytes of another message, or ...)': what the bytes are not, and why."""
+        return f"{self.message} message ({self.why})"
+
+
+def _undecodable_causes(message_type: object) -> str:
+    """Why bytes may not parse as ``message_type``: bytes of another message, or, where it has a string
+    field (its first named), one that is not valid UTF-8 (protobuf then refuses the whole message)."""
+    descriptor = getattr(message_type, "DESCRIPTOR", None)
+    strings = [f.name for f in getattr(descriptor, "fields", ()) if f.type == f.TYPE_STRING]
+    if not strings:
+        return "bytes of another message"
+    return f"bytes of another message, or a string field such as {strings[0]} that is not valid UTF-8"
 
 
 def _tolerant(deserializer: Callable[[bytes], Message] | None) -> Callable[[bytes], Message | Undecodable] | None:
     """``deserializer`` giving :class:`Undecodable` instead of raising."""
     if deserializer is None:
         return None
-    message = getattr(getattr(deserializer, "__self__", None), "__name__", "request")
+    message_type = getattr(deserializer, "__self__", None)
+    refused = Undecodable(getattr(message_type, "__name__", "request"), _undecodable_causes(message_type))
 
     def deserialize(data: bytes) -> Message | Undecodable:
         try:
             return deserializer(data)
         except Exception:  # protobuf's DecodeError, or any other deserializer's error
-            return Undecodable(message)
+            return refused
 
     return deserialize
 
@@ -239,8 +257,8 @@ class OpenStreams(grpc.ServerInterceptor):
         on_refused: Callable[[str, Cap], None],
         on_undecodable: Callable[[str, str, str], None] = lambda method, message, peer: None,
     ) -> None:
-        """``on_refused(method, cap)``: a call refused at ``cap``; ``on_undecodable(method, message type,
-        peer)``: a request whose bytes are no such message (INVALID_ARGUMENT)."""
+        """``on_refused(method, cap)``: a call refused at ``cap``; ``on_undecodable(method, what, peer)``: a
+        request whose bytes are no ``what`` (INVALID_ARGUMENT), :attr:`Undecodable.described`."""
         # reentrant: a reply stream in a garbage cycle frees its slot on whichever thread collects it,
         # maybe one inside this lock
         self._lock = threading.RLock()
@@ -336,8 +354,8 @@ class OpenStreams(grpc.ServerInterceptor):
     def _checked(self, request: Message | Undecodable, method: str, context: grpc.ServicerContext) -> Message:
         """``request``, or the call refused (INVALID_ARGUMENT) when its bytes did not parse."""
         if isinstance(request, Undecodable):
-            self._on_undecodable(method.rsplit("/", 1)[-1], request.message, printable(context.peer()))
-            context.abort(grpc.StatusCode.INVALID_ARGUMENT, f"the request is not a valid {request.message} message")
+            self._on_undecodable(method.rsplit("/", 1)[-1], request.described, printable(context.peer()))
+            context.abort(grpc.StatusCode.INVALID_ARGUMENT, f"the request is not a valid {request.described}")
         return request
 
     def _decoded(

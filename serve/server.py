@@ -275,12 +275,13 @@ class PolicyServer:
         self.servicer.metrics.record_untimed(method, cap.code.name)
         self.servicer.metrics.record_limit(cap.limit, cap.warning)
 
-    def _undecodable(self, method: str, message: str, peer: str) -> None:
-        """A request whose bytes are no ``message``: counted (INVALID_ARGUMENT), and warned of at most once a
-        minute (health's Check takes no token, so anyone could otherwise fill the log)."""
+    def _undecodable(self, method: str, what: str, peer: str) -> None:
+        """A request whose bytes are no ``what`` (a message type, and why bytes may not parse as it):
+        counted (INVALID_ARGUMENT), and warned of at most once a minute (health's Check takes no token,
+        so anyone could otherwise fill the log)."""
         self.servicer.metrics.record_untimed(method, "INVALID_ARGUMENT")
         if (more := self.servicer.metrics.held_back_note("undecodable request")) is not None:
-            log.warning("refused a %s request from %s: its bytes are no %s message%s", method, peer, message, more)
+            log.warning("refused a %s request from %s: its bytes are no %s%s", method, peer, what, more)
 
     def _model_labels(self) -> dict[str, str] | None:
         """``flowrl_model_info``'s labels of the served model (None before it is loaded): its version,
