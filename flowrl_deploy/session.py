@@ -55,7 +55,7 @@ from flowrl_deploy.session_stream import DISCONNECTED as DISCONNECTED
 from flowrl_deploy.session_stream import REFUSED_UNDRAWN as REFUSED_UNDRAWN
 from flowrl_deploy.session_stream import SERVER_CLOSED as SERVER_CLOSED
 from flowrl_deploy.session_stream import TRANSIENT as TRANSIENT
-from flowrl_deploy.session_stream import StreamLink, _Stream, closed_error
+from flowrl_deploy.session_stream import StreamCall, StreamLink, closed_error
 
 if TYPE_CHECKING:
     from flowrl_deploy.policy import OnnxPolicy
@@ -275,7 +275,7 @@ class ControlSession:
         return self._fallback_policy.local
 
     @property
-    def _stream(self) -> _Stream | None:
+    def _stream(self) -> StreamCall | None:
         """The open stream; None while none is (the server down, the session closed)."""
         return self._link.stream
 

@@ -1,5 +1,5 @@
 """A control session's link to the server (no torch): one ``StreamAct`` stream at a time
-(:class:`_Stream`: requests through a queue, replies collected by a reader thread), reopened with
+(:class:`StreamCall`: requests through a queue, replies collected by a reader thread), reopened with
 backoff after a break, and the exchange of a tick on it, stale replies dropped (:class:`StreamLink`).
 
 A tick without a fresh reply gets a reason (a :attr:`~flowrl_deploy.session.CallTiming.reason`), each
@@ -53,7 +53,7 @@ left, all calls (UNAVAILABLE, 'Cancelling all calls')."""
 _END = object()
 
 
-class _Stream:
+class StreamCall:
     """One open ``StreamAct`` call: requests go through a queue, a reader thread collects replies."""
 
     def __init__(self, client: PolicyClient) -> None:
@@ -114,7 +114,7 @@ class StreamLink:
         self._restart_noise = True  # whether the next request sent may open the session on its stream
         self._down = DISCONNECTED  # the reason of the ticks while no stream is open
         self._warned = ""  # the fallback reason last logged since the last fresh action
-        self.stream: _Stream | None = _Stream(client)
+        self.stream: StreamCall | None = StreamCall(client)
         self.unanswered = 0  # the last tick sent on the stream whose reply has not come (0: none)
 
     def exchange(self, obs: npt.NDArray[np.float32], seq: int, until: float) -> pb.StreamActReply | str:
@@ -173,7 +173,7 @@ class StreamLink:
             and grpc.StatusCode[_code_name(reply.status.code)] in REFUSED_UNDRAWN
         )
 
-    def _live_stream(self) -> _Stream | None:
+    def _live_stream(self) -> StreamCall | None:
         """The open stream, or one opened now when the backoff allows; None meanwhile."""
         if self.stream is not None:
             return self.stream
@@ -184,7 +184,7 @@ class StreamLink:
         self._retry_in = min(self._retry_in * 2, self._backoff_s[1])
         self._opened = False
         self._restart_noise = True  # the new stream's first request restarts the server's noise from the seed
-        self.stream = stream = _Stream(self.client)
+        self.stream = stream = StreamCall(self.client)
         self.unanswered = 0
         if self.closed:  # close() ran meanwhile (from another thread) and saw no stream to close
             self.close()
@@ -281,7 +281,7 @@ class StreamLink:
             stream.close()
 
 
-def _next_reply(stream: _Stream, until: float) -> pb.StreamActReply | object | None:
+def _next_reply(stream: StreamCall, until: float) -> pb.StreamActReply | object | None:
     """The stream's next reply (or ``_END``), waited for until ``until`` (time.perf_counter); None after."""
     remaining = until - time.perf_counter()
     try:

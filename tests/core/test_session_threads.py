@@ -46,7 +46,7 @@ def test_ticks_one_at_a_time_from_different_threads_are_served(client):
 def test_an_overlapping_call_is_refused_saying_what_is_allowed(client, monkeypatch):
     sent, replies = queue.SimpleQueue(), queue.SimpleQueue()
     stream = SimpleNamespace(requests=SimpleNamespace(put=sent.put), replies=replies, error=None, close=lambda: None)
-    monkeypatch.setattr(session_stream, "_Stream", lambda _client: stream)
+    monkeypatch.setattr(session_stream, "StreamCall", lambda _client: stream)
     control = client.session(period_s=5.0, deadline_s=0.5)
     loop = threading.Thread(target=lambda: control.act(OBS))
     loop.start()

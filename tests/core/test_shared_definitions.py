@@ -102,6 +102,26 @@ def _imports(path: Path) -> set[str]:
     }
 
 
+def _is_type_checking_block(node: ast.stmt) -> bool:
+    return isinstance(node, ast.If) and isinstance(node.test, ast.Name) and node.test.id == "TYPE_CHECKING"
+
+
+def _run_time_imports(path: Path) -> set[str]:
+    """The modules ``path`` imports when it runs: those under ``if TYPE_CHECKING:`` left out."""
+    body = [node for node in _tree(path).body if not _is_type_checking_block(node)]
+    return {node.module for top in body for node in ast.walk(top) if isinstance(node, ast.ImportFrom) and node.module}
+
+
+def _top_level_assignments(path: Path) -> list[str]:
+    return [
+        t.id
+        for node in _tree(path).body
+        if isinstance(node, ast.Assign)
+        for t in node.targets
+        if isinstance(t, ast.Name)
+    ]
+
+
 def test_the_wire_reader_of_a_policy_file_lives_in_core():
     """`flowrl export`'s check of a file it would replace reads the ONNX wire format with protobuf alone,
     from core's onnxfile.py (the home of that reading), not from the export stage's inspect module."""
@@ -111,7 +131,8 @@ def test_the_wire_reader_of_a_policy_file_lives_in_core():
 
 def test_a_runs_management_is_defined_once_each_in_the_module_of_its_job():
     """train/checkpointing.py held six jobs; each now has one module, and no second definition (a copy left
-    behind, or a shim re-exporting the old name) lingers in checkpointing.py or elsewhere."""
+    behind, or a re-export) lingers in checkpointing.py or elsewhere: checkpointing.py gives the moved names
+    only through its deprecating ``__getattr__`` (:data:`MOVED`), importing their modules on use."""
     homes = {
         "train/checkpointing.py": ("EvalRecord", "save_training_checkpoint", "restore_training", "own_eval_return"),
         "train/run_lock.py": ("RunLock", "in_use", "lock_holder"),
@@ -131,8 +152,9 @@ def test_a_runs_management_is_defined_once_each_in_the_module_of_its_job():
     }
     found = {name: _defined_at(name) for names in homes.values() for name in names}
     assert found == {name: [home] for home, names in homes.items() for name in names}
-    old = _imports(ROOT / "train" / "checkpointing.py")
-    assert not old & {f"flowrl_deploy.train.{module}" for module in ("run_lock", "retention", "resume")}
+    old = _run_time_imports(ROOT / "train" / "checkpointing.py")
+    assert not old & {f"flowrl_deploy.train.{module}" for module in ("run_lock", "retention", "resume", "actor")}
+    assert _top_level_assignments(ROOT / "train" / "checkpointing.py") == ["MOVED", "__getattr__"]
 
 
 def test_the_servers_session_table_and_metrics_endpoint_are_defined_once_each_in_their_own_module():
@@ -166,8 +188,8 @@ def test_the_servers_session_table_and_metrics_endpoint_are_defined_once_each_in
 def test_the_local_policy_onnxruntime_and_the_policy_file_are_defined_once_each_in_their_own_module():
     """flowrl_deploy/runtime.py held seven jobs; onnxruntime (its import, the providers, CUDA, its errors, a
     quiet session) is in ort.py, the policy in policy.py, a policy file's path and bytes in onnxfile.py.
-    runtime.py, the import path the docs give, only re-exports the public names; the package's own modules
-    import each name from its home."""
+    runtime.py, the import path the docs give, only re-exports the public names (and gives the others of
+    v0.1.0 through its deprecating ``__getattr__``); the package's own modules import each name from its home."""
     homes = {
         "flowrl_deploy/ort.py": (
             "import_onnxruntime",
@@ -196,10 +218,13 @@ def test_the_local_policy_onnxruntime_and_the_policy_file_are_defined_once_each_
     }
     found = {name: _defined_at(name) for names in homes.values() for name in names}
     assert found == {name: [home] for home, names in homes.items() for name in names}
-    shim = _tree(ROOT / "flowrl_deploy" / "runtime.py")
-    assert [type(node).__name__ for node in shim.body if not isinstance(node, (ast.Expr, ast.ImportFrom))] == [
-        "Assign"  # __all__
-    ]
+    shim = ROOT / "flowrl_deploy" / "runtime.py"
+    assert [
+        type(node).__name__
+        for node in _tree(shim).body
+        if not isinstance(node, (ast.Expr, ast.ImportFrom)) and not _is_type_checking_block(node)
+    ] == ["Assign"] * 3
+    assert _top_level_assignments(shim) == ["__all__", "MOVED", "__getattr__"]  # the others moved: deprecated
     importers = sorted(str(path.relative_to(ROOT)) for path in _sources() if "flowrl_deploy.runtime" in _imports(path))
     assert importers == []
 

@@ -404,7 +404,7 @@ class FlakyServer:
         self.now = 1000.0
         self.opened: list[float] = []
         self.sent: list[list[pb.StreamActRequest]] = []
-        monkeypatch.setattr(session_stream, "_Stream", self.stream)
+        monkeypatch.setattr(session_stream, "StreamCall", self.stream)
         clock = SimpleNamespace(
             monotonic=lambda: self.now, perf_counter=time.perf_counter, time_ns=time.time_ns, sleep=time.sleep
         )
@@ -770,7 +770,7 @@ def test_a_second_caller_is_refused_while_a_tick_waits_and_the_tick_gets_its_own
     """Two threads on one session used to swap actions (the sequence number was shared)."""
     sent, replies = queue.SimpleQueue(), queue.SimpleQueue()
     stream = SimpleNamespace(requests=SimpleNamespace(put=sent.put), replies=replies, error=None, close=lambda: None)
-    monkeypatch.setattr(session_stream, "_Stream", lambda _client: stream)
+    monkeypatch.setattr(session_stream, "StreamCall", lambda _client: stream)
     control = client.session(period_s=5.0, deadline_s=5.0)
     got = {}
     loop = threading.Thread(target=lambda: got.update(action=control.act(OBS)))
@@ -916,7 +916,7 @@ def _silent_stream(monkeypatch) -> SimpleNamespace:
     """A stream the session sends to and that answers only what the test puts in its ``replies``."""
     stream = SimpleNamespace(requests=SimpleNamespace(put=lambda request: None), replies=queue.SimpleQueue())
     stream.error, stream.close = None, lambda: None
-    monkeypatch.setattr(session_stream, "_Stream", lambda _client: stream)
+    monkeypatch.setattr(session_stream, "StreamCall", lambda _client: stream)
     return stream
 
 
