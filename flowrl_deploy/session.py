@@ -178,7 +178,7 @@ class ControlSession:
         contract_hash / contract: pin the policy contract (its 16 hex digit hash, as ``flowrl inspect``
             prints it, any case; or the contract itself, so that a refusal names the fields that differ).
             A pin the server does not serve raises :class:`~flowrl_deploy.client.ContractMismatchError`
-            here; a malformed hash, :class:`FlowRLError`. Without either, the session pins the contract
+            here; a malformed hash, or both given for two contracts, :class:`FlowRLError`. Without either, the session pins the contract
             served when it opens (``info``): a server restarted with another interface is refused,
             ``act`` raising :class:`~flowrl_deploy.client.ContractMismatchError`, never followed.
         backoff_s: (first, longest) wait between reconnection tries, 0 < first <= longest; it doubles
@@ -232,6 +232,10 @@ class ControlSession:
             DEFAULT_RESET_TIMEOUT_S if reset_timeout_s is None else reset_timeout_s, "reset_timeout_s"
         )
         pin = checked_contract_hash(contract_hash)
+        if pin and contract is not None and contract.hash() != pin:  # which one is meant? neither is sent
+            raise FlowRLError(
+                f"contract_hash {pin} is not the hash of the contract given, {contract.hash()}: pin one of them"
+            )
         self.info = client.spec()
         if why := pin_mismatch(self.info, pin, contract, client.target):
             raise ContractMismatchError(why)

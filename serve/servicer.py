@@ -232,8 +232,12 @@ class PolicyServicer(pb_grpc.PolicyServiceServicer):
                 "compare `flowrl inspect` of the policy file the client expects with the served policy "
                 "(GetSpec), or pin the contract itself (e.g. from that ONNX file) to see them"
             )
-        detail = "; ".join(model.contract.differences(theirs))
-        raise ContractMismatch(f"{mismatch} (server != client: {detail})")
+        if detail := "; ".join(model.contract.differences(theirs)):
+            raise ContractMismatch(f"{mismatch} (server != client: {detail})")
+        raise ContractMismatch(  # the pinned hash is not the contract_json's: which one the client meant is unknown
+            f"{mismatch}; the contract_json sent is the served contract, so the pinned hash is not its hash: "
+            "pin the hash `flowrl inspect` prints of the policy file the client expects"
+        )
 
     def _obs(self, tensor: pb.Tensor, model: ServedModel, rows: str = "B") -> np.ndarray:
         """The request's obs as a [B, obs_dim] batch; a refusal of its shape offers [obs_dim] or [``rows``, obs_dim]."""

@@ -96,6 +96,21 @@ def test_a_malformed_pin_is_refused_before_any_call(pin):
         checked_contract_hash(pin, "--contract-hash")
 
 
+def test_a_hash_and_a_contract_that_disagree_are_refused_before_any_call():
+    """Both pins given, of two contracts: which one the caller meant is unknown, so neither is sent (the
+    server would trust the hash and ignore the contract)."""
+    other = tiny_contract(**WIDER)
+    why = f"contract_hash {'0' * 16} is not the hash of the contract given, {other.hash()}: pin one of them"
+    with PolicyClient(UNUSED) as client, pytest.raises(FlowRLError, match=f"^{re.escape(why)}$"):
+        client.session(period_s=0.02, contract_hash="0" * 16, contract=other)  # UNUSED: no GetSpec went out
+    with PolicyClient(UNUSED) as client, pytest.raises(ServiceError):  # the same pin twice passes on to GetSpec
+        client.session(
+            period_s=0.02,
+            contract_hash=other.hash().upper(),
+            contract=other,
+        )
+
+
 def test_a_reset_after_the_contract_changed_is_refused_as_a_mismatch(client):
     with client.session(period_s=0.02) as control:
         wider = tiny_contract(**WIDER)  # as if the server had changed since the session opened

@@ -73,3 +73,18 @@ def test_the_client_and_the_server_share_one_rule():
     with pytest.raises(FlowRLError, match=f"^--pin must be 16 hex digits .*, got {re.escape(repr(12345))}$"):
         checked_contract_hash(12345, "--pin")
     assert contract.CONTRACT_HASH_FORM.pattern == "[0-9a-fA-F]{16}"
+
+
+def test_a_wrong_pin_beside_the_served_contract_json_says_that_the_hash_is_not_the_contracts(stub):
+    """A hash pinned with the served contract's JSON: no field differs, so the refusal says which of the
+    two is wrong instead of naming an empty list of differences (foreign review F8)."""
+    spec = stub.GetSpec(pb.GetSpecRequest(), timeout=10)
+    request = pb.ResetRequest(session_id="pair", contract_hash="0" * 16, contract_json=spec.contract_json)
+    with pytest.raises(grpc.RpcError) as refused:
+        stub.Reset(request, timeout=10)
+    assert refused.value.code() == grpc.StatusCode.FAILED_PRECONDITION
+    assert refused.value.details() == (
+        f"client pinned policy contract {'0' * 16}, the server serves {spec.contract_hash}; the contract_json "
+        "sent is the served contract, so the pinned hash is not its hash: pin the hash `flowrl inspect` "
+        "prints of the policy file the client expects"
+    )
