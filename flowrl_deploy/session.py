@@ -178,9 +178,10 @@ class ControlSession:
         contract_hash / contract: pin the policy contract (its 16 hex digit hash, as ``flowrl inspect``
             prints it, any case; or the contract itself, so that a refusal names the fields that differ).
             A pin the server does not serve raises :class:`~flowrl_deploy.client.ContractMismatchError`
-            here; a malformed hash, or both given for two contracts, :class:`FlowRLError`. Without either, the session pins the contract
-            served when it opens (``info``): a server restarted with another interface is refused,
-            ``act`` raising :class:`~flowrl_deploy.client.ContractMismatchError`, never followed.
+            here; a malformed hash, or both given for two contracts, :class:`FlowRLError`. Without
+            either, the session pins the contract served when it opens (``info``): a server restarted
+            with another interface is refused, ``act`` raising
+            :class:`~flowrl_deploy.client.ContractMismatchError`, never followed.
         backoff_s: (first, longest) wait between reconnection tries, 0 < first <= longest; it doubles
             from first to longest, and each wait is drawn from [half, all] of it.
         reset_timeout_s: how long :meth:`reset` waits for the server (finite, > 0); default 1 s.
