@@ -142,8 +142,9 @@ def _not_json(text: str | bytes, source: str, exc: ValueError) -> str:
 
 
 def _wrong_size(details: str, array: np.ndarray, source: str) -> str | None:
-    """The server's refusal of an observation of the wrong size ('obs: shape [1, 4] does not match [5]
-    or [B, 5]', a shape the user never wrote), counted in values as given; None for another refusal."""
+    """The server's refusal of an observation of the wrong size ('obs: shape [4] does not match [5] or
+    [B, 5]'; servers before c129d1f wrote [1, 4] for a 1-D [4]), counted in values as given; None for
+    another refusal."""
     match = re.search(r"does not match \[(\d+)\] or \[B, \1\]", details)
     if match is None or array.ndim not in (1, 2):
         return None
