@@ -55,6 +55,8 @@ from flowrl_deploy.session_stream import DISCONNECTED as DISCONNECTED
 from flowrl_deploy.session_stream import REFUSED_UNDRAWN as REFUSED_UNDRAWN
 from flowrl_deploy.session_stream import SERVER_CLOSED as SERVER_CLOSED
 from flowrl_deploy.session_stream import TRANSIENT as TRANSIENT
+from flowrl_deploy.session_stream import SessionBusyError as SessionBusyError
+from flowrl_deploy.session_stream import SessionClosedError as SessionClosedError
 from flowrl_deploy.session_stream import StreamCall, StreamLink, closed_error
 
 if TYPE_CHECKING:
@@ -153,8 +155,8 @@ class ControlSession:
 
     A session serves one control loop, whose calls may come from any thread, one at a time (a ROS 2
     executor's pool runs each timer callback on any of its threads): ``act`` or ``reset`` called
-    while another is running (from a second thread) raises :class:`FlowRLError`, as does either
-    after :meth:`close`.
+    while another is running (from a second thread) raises :class:`SessionBusyError`, and either after
+    :meth:`close` :class:`SessionClosedError` (both :class:`FlowRLError`).
     Every setting is checked here, each bad one refused with a :class:`FlowRLError` naming it.
 
     Args:
@@ -373,11 +375,17 @@ class ControlSession:
             model_version=reply.model_version,
         )
 
-    def _in_use(self, method: str) -> FlowRLError:
-        return FlowRLError(
+    def _in_use(self, method: str) -> SessionBusyError:
+        cure = (
+            "skip this call, give each concurrent loop its own session, or (ROS 2) put the timer in a "
+            "MutuallyExclusiveCallbackGroup"
+            if method == "act"
+            else "queue the reset for the control loop to call between ticks, or (ROS 2) put the service and "
+            "the timer in one MutuallyExclusiveCallbackGroup"
+        )
+        return SessionBusyError(
             f"ControlSession.{method} called while another act or reset of this session runs: a ControlSession "
-            "takes calls from any thread, one at a time; skip this call, give each concurrent loop its own "
-            "session, or (ROS 2) put the timer in a MutuallyExclusiveCallbackGroup"
+            f"takes calls from any thread, one at a time; {cure}"
         )
 
     def _check_open(self, method: str) -> None:
@@ -397,7 +405,7 @@ class ControlSession:
         tick sent has come (or its stream ended): an episode after a reset acts as a fresh session
         with that seed does. The wait and the server's ``Reset`` together take at most
         ``reset_timeout_s``. If either fails (the server is down, frozen or refuses, or the session
-        was closed meanwhile) this raises :class:`ServiceError` (:class:`FlowRLError` when closed)
+        was closed meanwhile) this raises :class:`ServiceError` (:class:`SessionClosedError` when closed)
         and the session is left as it was (seed, last action, local fallback noise), so the loop
         may carry on or try again; a reset whose ``Reset`` timed out may still have reached the
         server. No tick acts while it runs: call it between ticks, from the control loop's thread

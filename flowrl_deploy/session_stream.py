@@ -80,9 +80,18 @@ class StreamCall:
         self._reader.join(timeout=1.0)
 
 
-def closed_error(method: str) -> FlowRLError:
+class SessionBusyError(FlowRLError):
+    """A :class:`~flowrl_deploy.session.ControlSession` call made while another ``act`` or ``reset`` of
+    the session runs (from another thread): refused at once, so skip the call, not the robot."""
+
+
+class SessionClosedError(FlowRLError):
+    """A :class:`~flowrl_deploy.session.ControlSession` call after the session's ``close()``."""
+
+
+def closed_error(method: str) -> SessionClosedError:
     """The error of a :class:`~flowrl_deploy.session.ControlSession` call ``method`` after its close()."""
-    return FlowRLError(f"ControlSession.{method} after close(): open a new session with client.session(...)")
+    return SessionClosedError(f"ControlSession.{method} after close(): open a new session with client.session(...)")
 
 
 class StreamLink:
