@@ -72,6 +72,10 @@ class StreamCall:
             self.error = ServiceError(grpc.StatusCode.UNAVAILABLE, SERVER_CLOSED)
         except grpc.RpcError as exc:
             self.error = service_error(exc)
+        finally:
+            # The call ended (also when its client closed the channel): end its requests too, else gRPC's
+            # thread feeding the call from them waits on the queue for good (a second _END is harmless).
+            self.requests.put(_END)
         self.replies.put(_END)
 
     def close(self) -> None:
@@ -202,10 +206,11 @@ class StreamLink:
 
     def _broken(self) -> str:
         """Drop the stream that ended; the reason of the ticks until one is open again."""
-        self.client.check_open()  # closed meanwhile, from another thread
         stream, self.stream = self.stream, None
         if stream is not None:
-            stream.close()  # also before raising: else gRPC's thread feeding the call waits on its queue for good
+            stream.close()  # also before raising: a session never closed leaves no stream behind
+        self.client.check_open()  # closed meanwhile, from another thread
+        if stream is not None:
             error = stream.error
             if error.code not in TRANSIENT:
                 raise self.refused(error)

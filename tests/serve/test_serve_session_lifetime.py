@@ -1,0 +1,111 @@
+"""A ControlSession's stream ends with the session or with its client, whichever goes first: a session
+never closed leaves no gRPC thread once its client is closed; one dropped without close() ends its stream
+and its server session when it is collected, with a ResourceWarning; a tick in flight when another thread
+closes the session falls back as 'closed', not as a lost connection."""
+
+from __future__ import annotations
+
+import queue
+import threading
+import time
+from collections.abc import Callable
+from concurrent import futures
+
+import grpc
+import numpy as np
+import pytest
+from test_serve_control_session_reconnect import _request_consumers
+
+from flowrl_deploy.client import ClientClosedError, PolicyClient
+from flowrl_deploy.proto.flowrl.v1 import policy_pb2 as pb
+from flowrl_deploy.proto.flowrl.v1 import policy_pb2_grpc as pb_grpc
+
+OBS = np.array([0.3, -0.2, 0.1], np.float32)
+
+
+def _eventually(condition: Callable[[], bool], timeout_s: float = 10.0) -> bool:
+    """Whether ``condition`` holds within ``timeout_s`` (polled: a thread ends when its call has ended)."""
+    until = time.monotonic() + timeout_s
+    while not condition():
+        if time.monotonic() > until:
+            return False
+        time.sleep(0.01)
+    return True
+
+
+def _readers() -> int:
+    return sum(thread.name == "flowrl-stream" for thread in threading.enumerate())
+
+
+class _FrozenServer(pb_grpc.PolicyServiceServicer):
+    """The served spec, and StreamAct streams that take each request and never answer (a frozen server);
+    ``seqs`` gets each request's seq as it comes."""
+
+    def __init__(self, spec: pb.GetSpecReply) -> None:
+        self.spec = spec
+        self.seqs: queue.SimpleQueue[int] = queue.SimpleQueue()
+
+    def GetSpec(self, request, context):
+        return self.spec
+
+    def StreamAct(self, request_iterator, context):
+        for request in request_iterator:
+            self.seqs.put(request.seq)
+        return
+        yield  # a generator, as a stream-reply handler is
+
+
+@pytest.fixture
+def frozen(server):
+    with grpc.insecure_channel(server.address) as channel:
+        spec = pb_grpc.PolicyServiceStub(channel).GetSpec(pb.GetSpecRequest(), timeout=5)
+    servicer = _FrozenServer(spec)
+    running = grpc.server(futures.ThreadPoolExecutor(max_workers=4))
+    pb_grpc.add_PolicyServiceServicer_to_server(servicer, running)
+    port = running.add_insecure_port("127.0.0.1:0")
+    running.start()
+    yield f"127.0.0.1:{port}", servicer
+    running.stop(grace=0)
+
+
+def test_sessions_never_closed_leave_no_grpc_thread_once_their_client_is_closed(server):
+    """A ROS node whose clean-up closed only the client kept one gRPC thread per session for good (it fed
+    the stream from its request queue, which nothing ended)."""
+    consumers, readers = _request_consumers(), _readers()
+    client = PolicyClient(server.address)
+    sessions = [client.session(period_s=0.5, seed=i) for i in range(3)]  # kept: not the collector's job
+    for control in sessions:
+        control.act(OBS)
+    assert _request_consumers() == consumers + 3
+    client.close()
+    assert _eventually(lambda: _request_consumers() == consumers and _readers() == readers)
+    for control in sessions:
+        with pytest.raises(ClientClosedError):
+            control.act(OBS)
+        control.close()
+
+
+def test_a_tick_waiting_when_its_client_is_closed_closes_its_stream_before_raising(frozen):
+    address, servicer = frozen
+    consumers = _request_consumers()
+    client = PolicyClient(address)
+    control = client.session(period_s=5.0, deadline_s=4.0)
+    raised: list[BaseException] = []
+
+    def tick() -> None:
+        try:
+            control.act(OBS)
+        except BaseException as exc:  # the test reads it
+            raised.append(exc)
+
+    waiting = threading.Thread(target=tick)
+    started = time.monotonic()
+    waiting.start()
+    assert servicer.seqs.get(timeout=5) == 1  # the tick waits for its reply
+    client.close()
+    waiting.join(timeout=5)
+    assert time.monotonic() - started < 3  # not its deadline
+    assert [type(exc) for exc in raised] == [ClientClosedError]
+    assert control._stream is None  # closed, not left for a close() that may never come
+    assert _eventually(lambda: _request_consumers() == consumers)
+    control.close()
