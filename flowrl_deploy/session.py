@@ -23,6 +23,8 @@ import os
 import threading
 import time
 import uuid
+import warnings
+import weakref
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
@@ -269,6 +271,8 @@ class ControlSession:
         self._seq = 0
         self._busy = threading.Lock()
         self._link = StreamLink(client, self, backoff_s, self._fallback_policy)
+        self._finalizer = weakref.finalize(self, _dropped, self._link, self.session_id)
+        self._finalizer.atexit = False  # a session open when Python exits is not a dropped one
 
     @property
     def fallback(self) -> str:
@@ -444,7 +448,11 @@ class ControlSession:
             self._busy.release()
 
     def close(self) -> None:
-        """End the stream; a closed session refuses ``act`` and ``reset``. Closing again does nothing."""
+        """End the stream; a closed session refuses ``act`` and ``reset``. Closing again does nothing.
+
+        A session dropped without it is closed when it is collected, with a :class:`ResourceWarning`
+        (as Python's unclosed files): until then its stream holds a session, and a worker, on the server."""
+        self._finalizer.detach()
         self._link.close()
 
     def __enter__(self) -> ControlSession:
@@ -452,3 +460,14 @@ class ControlSession:
 
     def __exit__(self, *exc: object) -> None:
         self.close()
+
+
+def _dropped(link: StreamLink, session_id: str) -> None:
+    """Close the stream of the session ``session_id``, collected without its close()."""
+    link.close()
+    warnings.warn(
+        f"ControlSession {session_id} was dropped without close(): its stream is closed now; close a session "
+        "(or open it in a with block) when its control loop ends",
+        ResourceWarning,
+        stacklevel=1,
+    )

@@ -12,6 +12,7 @@ import queue
 import random
 import threading
 import time
+import weakref
 from typing import TYPE_CHECKING
 
 import grpc
@@ -116,7 +117,9 @@ class StreamLink:
         self, client: PolicyClient, session: ControlSession, backoff_s: tuple[float, float], noise: FallbackPolicy
     ) -> None:
         self.client = client
-        self.session = session
+        # A weak reference: the session holds this link, and no cycle keeps a dropped session alive
+        # (its finalizer, which closes this link, then runs as soon as its last reference goes).
+        self.session: ControlSession = weakref.proxy(session)
         self.noise = noise
         self.closed = False
         self._backoff_s = backoff_s

@@ -5,9 +5,12 @@ closes the session falls back as 'closed', not as a lost connection."""
 
 from __future__ import annotations
 
+import gc
 import queue
 import threading
 import time
+import warnings
+import weakref
 from collections.abc import Callable
 from concurrent import futures
 
@@ -109,3 +112,45 @@ def test_a_tick_waiting_when_its_client_is_closed_closes_its_stream_before_raisi
     assert control._stream is None  # closed, not left for a close() that may never come
     assert _eventually(lambda: _request_consumers() == consumers)
     control.close()
+
+
+def _open_server_sessions(client: PolicyClient) -> int:
+    return client.stats().sessions
+
+
+def test_a_session_dropped_without_close_ends_its_stream_and_server_session_and_warns(server, client):
+    """A node making a session in each on_activate and forgetting to close it held one of the server's
+    workers per session until the client closed: 16 such sessions filled `--workers 16`."""
+    sessions, consumers, readers = _open_server_sessions(client), _request_consumers(), _readers()
+    gc.disable()  # the session is freed when its last reference goes, without the cycle collector
+    try:
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always")
+            control = client.session(period_s=0.5, seed=0)
+            control.act(OBS)
+            session_id = control.session_id
+            assert _open_server_sessions(client) == sessions + 1
+            dropped = weakref.ref(control)
+            del control
+            assert dropped() is None
+    finally:
+        gc.enable()
+    assert [(w.category, str(w.message)) for w in caught] == [
+        (
+            ResourceWarning,
+            f"ControlSession {session_id} was dropped without close(): its stream is closed now; close a "
+            "session (or open it in a with block) when its control loop ends",
+        )
+    ]
+    assert _eventually(lambda: _open_server_sessions(client) == sessions)
+    assert _eventually(lambda: _request_consumers() == consumers and _readers() == readers)
+
+
+def test_a_closed_session_dropped_warns_of_nothing(client):
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        with client.session(period_s=0.5, seed=0) as control:
+            control.act(OBS)
+        del control
+        gc.collect()
+    assert [w for w in caught if issubclass(w.category, ResourceWarning)] == []
