@@ -115,8 +115,8 @@ def connection_hint(error: str, target: str, tls_ca: str, tls_cert: str) -> str:
             if target == DEFAULT_SERVER:  # most likely --server left out, the server on another port (--port 0)
                 return (
                     "nothing listens at that port on this machine: is `flowrl serve` running? It may listen on "
-                    f"another port: {DEFAULT_SERVER} is only --server's default, and `flowrl serve` prints its "
-                    "address in its 'serving' line"
+                    "another port: `flowrl serve` prints its address in its 'serving' line "
+                    f"({DEFAULT_SERVER} is --server's default)"
                 )
             return "nothing listens at that port on this machine: is `flowrl serve` running, with that --port?"
         else:

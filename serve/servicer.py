@@ -234,9 +234,14 @@ class PolicyServicer(pb_grpc.PolicyServiceServicer):
             )
         if detail := "; ".join(model.contract.differences(theirs)):
             raise ContractMismatch(f"{mismatch} (server != client: {detail})")
-        raise ContractMismatch(  # the pinned hash is not the contract_json's: which one the client meant is unknown
-            f"{mismatch}; the contract_json sent is the served contract, so the pinned hash is not its hash: "
-            "pin the hash `flowrl inspect` prints of the policy file the client expects"
+        if pinned and pinned != theirs.hash():  # which of the two the client meant is unknown
+            raise ContractMismatch(
+                f"{mismatch}; the contract_json sent has the served contract's fields, so the pinned hash is not "
+                "its hash: pin the hash `flowrl inspect` prints of the policy file the client expects"
+            )
+        raise ContractMismatch(  # e.g. -0.0 for 0.0: equal as numbers, not as the JSON the hash covers
+            f"{mismatch}; the contract_json sent has the served contract's fields but writes a value otherwise "
+            f"(hash {theirs.hash()}): send the contract_json GetSpec gives"
         )
 
     def _obs(self, tensor: pb.Tensor, model: ServedModel, rows: str = "B") -> np.ndarray:

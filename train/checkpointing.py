@@ -24,24 +24,45 @@ if TYPE_CHECKING:
     from flowrl_deploy.train.actor import load_actor as load_actor
     from flowrl_deploy.train.algorithm import FlowRL
     from flowrl_deploy.train.replay import ReplayBuffer
+    from flowrl_deploy.train.resume import ResumePlan as ResumePlan
     from flowrl_deploy.train.resume import check_new_run_dir as check_new_run_dir
     from flowrl_deploy.train.resume import holds_checkpoints as holds_checkpoints
+    from flowrl_deploy.train.resume import plan_resume as plan_resume
+    from flowrl_deploy.train.resume import remove_leftovers as remove_leftovers
     from flowrl_deploy.train.resume import resume_config as resume_config
+    from flowrl_deploy.train.resume import resume_warnings as resume_warnings
+    from flowrl_deploy.train.resume import run_resume_point as run_resume_point
     from flowrl_deploy.train.resume import run_to_resume as run_to_resume
+    from flowrl_deploy.train.resume import set_aside_advice as set_aside_advice
+    from flowrl_deploy.train.resume import settle_run as settle_run
     from flowrl_deploy.train.retention import RunCheckpoints as RunCheckpoints
     from flowrl_deploy.train.run_lock import RunLock as RunLock
+    from flowrl_deploy.train.run_lock import in_use as in_use
+    from flowrl_deploy.train.run_lock import lock_holder as lock_holder
 
 MOVED = {
-    "RunLock": "flowrl_deploy.train.run_lock",
+    **dict.fromkeys(("RunLock", "in_use", "lock_holder"), "flowrl_deploy.train.run_lock"),
     "RunCheckpoints": "flowrl_deploy.train.retention",
-    "resume_config": "flowrl_deploy.train.resume",
-    "holds_checkpoints": "flowrl_deploy.train.resume",
-    "check_new_run_dir": "flowrl_deploy.train.resume",
-    "run_to_resume": "flowrl_deploy.train.resume",
-    "load_actor": "flowrl_deploy.train.actor",
-    "actor_act_fn": "flowrl_deploy.train.actor",
+    **dict.fromkeys(
+        (
+            "run_resume_point",
+            "resume_config",
+            "holds_checkpoints",
+            "check_new_run_dir",
+            "ResumePlan",
+            "plan_resume",
+            "resume_warnings",
+            "run_to_resume",
+            "remove_leftovers",
+            "set_aside_advice",
+            "settle_run",
+        ),
+        "flowrl_deploy.train.resume",
+    ),
+    **dict.fromkeys(("load_actor", "actor_act_fn"), "flowrl_deploy.train.actor"),
 }
-"""The names this module held until it was split by job (ced83f0), and the module each is in now."""
+"""The public names this module held until it was split by job (ced83f0), and the module each is in now
+(v0.1.0's ``missing_config_fields`` is gone: a resume itself warns of the config fields it fills in)."""
 
 __getattr__ = moved_names(__name__, MOVED)
 

@@ -5,12 +5,13 @@ before it calls (checked_contract_hash), showing what was sent, printably and bo
 
 from __future__ import annotations
 
+import json
 import re
 
 import grpc
 import numpy as np
 import pytest
-from tiny_policy import OBS_DIM
+from tiny_policy import OBS_DIM, tiny_contract, write_policy
 
 from flowrl_deploy import contract
 from flowrl_deploy.client import checked_contract_hash as client_checked_contract_hash
@@ -19,6 +20,7 @@ from flowrl_deploy.contract import checked_contract_hash
 from flowrl_deploy.errors import FlowRLError
 from flowrl_deploy.proto.flowrl.v1 import policy_pb2 as pb
 from flowrl_deploy.proto.flowrl.v1 import policy_pb2_grpc as pb_grpc
+from flowrl_deploy.serve import PolicyServer, ServeConfig
 
 OBS = encode(np.zeros(OBS_DIM, np.float32))
 WHY = "contract_hash must be 16 hex digits (the contract hash `flowrl inspect` prints), got "
@@ -85,6 +87,28 @@ def test_a_wrong_pin_beside_the_served_contract_json_says_that_the_hash_is_not_t
     assert refused.value.code() == grpc.StatusCode.FAILED_PRECONDITION
     assert refused.value.details() == (
         f"client pinned policy contract {'0' * 16}, the server serves {spec.contract_hash}; the contract_json "
-        "sent is the served contract, so the pinned hash is not its hash: pin the hash `flowrl inspect` "
-        "prints of the policy file the client expects"
+        "sent has the served contract's fields, so the pinned hash is not its hash: pin the hash `flowrl "
+        "inspect` prints of the policy file the client expects"
+    )
+
+
+@pytest.mark.parametrize("pin", [False, True])
+def test_a_contract_json_equal_in_its_fields_but_written_otherwise_is_told_so(tmp_path, pin):
+    """-0.0 for a bound of 0.0: the fields compare equal, the JSON the hash covers does not. No pin, or
+    the pin of that JSON, is not 'a pinned hash that is not the JSON's' (diff review F2)."""
+    served = write_policy(tmp_path / "policy.onnx", action_low=(0.0, -2.0))
+    theirs = tiny_contract(action_low=(-0.0, -2.0))
+    request = pb.ResetRequest(
+        session_id="z", contract_hash=theirs.hash() if pin else "", contract_json=json.dumps(theirs.to_dict())
+    )
+    with (
+        PolicyServer(ServeConfig(str(served), port=0, grace_s=0)).start() as server,
+        grpc.insecure_channel(server.address) as channel,
+        pytest.raises(grpc.RpcError) as refused,
+    ):
+        pb_grpc.PolicyServiceStub(channel).Reset(request, timeout=10)
+    assert refused.value.code() == grpc.StatusCode.FAILED_PRECONDITION
+    assert refused.value.details().endswith(
+        f"; the contract_json sent has the served contract's fields but writes a value otherwise (hash "
+        f"{theirs.hash()}): send the contract_json GetSpec gives"
     )

@@ -20,9 +20,10 @@ PERMISSION_DENIED (a Reload path outside the served folder), RESOURCE_EXHAUSTED 
 limit, all workers busy, or a message over the server's size limit), UNAVAILABLE (still loading,
 or stopping). Messages are for people; act on the code. A session_id has at most 256
 characters, and like every string field it must be valid UTF-8: a request with invalid UTF-8 in a
-string field cannot be read at all (INVALID_ARGUMENT, and a StreamAct stream ends). Health (`grpc.health.v1`) answers for "" and "flowrl.v1.PolicyService" (a Watch of
-another name gets SERVICE_UNKNOWN, then ends); reflection is `grpc.reflection.v1alpha` (no
-comments: read this file).
+string field cannot be read at all (INVALID_ARGUMENT, and a StreamAct stream ends). A pinned
+contract_hash is 16 hex digits in any case; another form is INVALID_ARGUMENT. Health
+(`grpc.health.v1`) answers for "" and "flowrl.v1.PolicyService" (a Watch of another name gets
+SERVICE_UNKNOWN, then ends); reflection is `grpc.reflection.v1alpha` (no comments: read this file).
 """
 
 from collections import abc as _abc
