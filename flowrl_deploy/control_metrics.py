@@ -8,8 +8,9 @@ renamed onto it: node_exporter reads the old file or the new one, never half of 
 
 - ``flowrl_control_ticks_total`` (counter): ticks since the session opened;
 - ``flowrl_control_fallback_ticks_total{reason}`` (counter): ticks that acted on the fallback, by
-  ``CallTiming.reason`` (``deadline``, ``disconnected``, or the server's refusal code such as
-  ``RESOURCE_EXHAUSTED``); ``deadline`` and ``disconnected`` are written from the start, at 0, so
+  ``CallTiming.reason`` (``deadline``, ``disconnected``, the server's refusal code such as
+  ``RESOURCE_EXHAUSTED``, or ``closed``: a tick waiting when another thread closed the session);
+  ``deadline`` and ``disconnected`` are written from the start, at 0, so
   that ``rate()`` and ``increase()`` see their first misses;
 - ``flowrl_control_consecutive_misses`` (gauge): fallback ticks in a row now (the watchdog's count);
 - ``flowrl_control_fresh_action_age_seconds`` (gauge): seconds since the latest fresh action, as of
@@ -108,7 +109,7 @@ def exposition(session: ControlSession, *, running: bool = True, write_failures:
         "fallback_ticks_total",
         "counter",
         "Ticks that acted on the fallback, by reason: deadline (no reply in time), disconnected (no open "
-        "stream), or the server's refusal code.",
+        "stream), the server's refusal code, or closed (the session closed while the tick waited).",
         *(
             f"{PREFIX}fallback_ticks_total{{{format_labels({'reason': reason})}}} {count}"
             for reason, count in sorted(fallbacks.items())

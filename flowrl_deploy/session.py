@@ -52,6 +52,7 @@ from flowrl_deploy.session_settings import SESSION_ARGUMENTS as SESSION_ARGUMENT
 from flowrl_deploy.session_settings import check_max_timings, check_period, checked_backoff, checked_positive
 from flowrl_deploy.session_settings import check_session_settings as check_session_settings
 from flowrl_deploy.session_settings import session_deadline as session_deadline
+from flowrl_deploy.session_stream import CLOSED as CLOSED
 from flowrl_deploy.session_stream import DEADLINE as DEADLINE
 from flowrl_deploy.session_stream import DISCONNECTED as DISCONNECTED
 from flowrl_deploy.session_stream import REFUSED_UNDRAWN as REFUSED_UNDRAWN
@@ -97,9 +98,10 @@ class CallTiming:
     model_version: str = ""
     reason: str = ""
     """Why the tick fell back: '' for a fresh action; 'deadline' (no reply to this tick in time),
-    'disconnected' (no open stream: the server is down or the reconnection backs off), or the code
-    name of the server's refusal of the tick or stream ('RESOURCE_EXHAUSTED', 'UNAVAILABLE',
-    'DEADLINE_EXCEEDED' from the server's own deadline check, ...)."""
+    'disconnected' (no open stream: the server is down or the reconnection backs off), 'closed' (the
+    session closed by another thread while the tick waited), or the code name of the server's refusal
+    of the tick or stream ('RESOURCE_EXHAUSTED', 'UNAVAILABLE', 'DEADLINE_EXCEEDED' from the server's
+    own deadline check, ...)."""
 
 
 @dataclass

@@ -46,6 +46,9 @@ DISCONNECTED = "disconnected"
 """The fallback reason of a tick without an open stream: the server is down, or the reconnection backs off."""
 DEADLINE = "deadline"
 """The fallback reason of a tick whose reply did not come within its deadline."""
+CLOSED = "closed"
+"""The fallback reason of a tick whose stream ended because another thread closed the session meanwhile
+(the session's next call raises :class:`SessionClosedError`)."""
 SERVER_CLOSED = "the server closed the stream, as it does when stopping or restarting"
 """Why a stream ended, when it ended without a reason of its own: a stopping server ends the streams it
 serves (OK), cancels its idle ones (CANCELLED, whose details only repeat the code) and, with no grace
@@ -212,6 +215,8 @@ class StreamLink:
         stream, self.stream = self.stream, None
         if stream is not None:
             stream.close()  # also before raising: a session never closed leaves no stream behind
+        if self.closed:  # the session's close(), from another thread, ended the stream: no outage, not logged
+            return CLOSED
         self.client.check_open()  # closed meanwhile, from another thread
         if stream is not None:
             error = stream.error

@@ -6,6 +6,7 @@ closes the session falls back as 'closed', not as a lost connection."""
 from __future__ import annotations
 
 import gc
+import logging
 import queue
 import threading
 import time
@@ -18,10 +19,13 @@ import grpc
 import numpy as np
 import pytest
 from test_serve_control_session_reconnect import _request_consumers
+from tiny_policy import ACT_DIM
 
 from flowrl_deploy.client import ClientClosedError, PolicyClient
+from flowrl_deploy.control_metrics import exposition
 from flowrl_deploy.proto.flowrl.v1 import policy_pb2 as pb
 from flowrl_deploy.proto.flowrl.v1 import policy_pb2_grpc as pb_grpc
+from flowrl_deploy.session import SessionClosedError
 
 OBS = np.array([0.3, -0.2, 0.1], np.float32)
 
@@ -154,3 +158,26 @@ def test_a_closed_session_dropped_warns_of_nothing(client):
         del control
         gc.collect()
     assert [w for w in caught if issubclass(w.category, ResourceWarning)] == []
+
+
+def test_a_tick_waiting_when_another_thread_closes_the_session_falls_back_as_closed(frozen, caplog):
+    """It fell back as 'disconnected', counted and graphed as a lost connection, on an orderly shutdown."""
+    address, servicer = frozen
+    with PolicyClient(address) as client:
+        control = client.session(period_s=5.0, deadline_s=4.0, fallback="zeros")
+        caplog.clear()  # the period's warning
+        returned: list[np.ndarray] = []
+        waiting = threading.Thread(target=lambda: returned.append(control.act(OBS)))
+        started = time.monotonic()
+        waiting.start()
+        assert servicer.seqs.get(timeout=5) == 1
+        control.close()
+        waiting.join(timeout=5)
+        assert time.monotonic() - started < 3  # not its deadline
+        np.testing.assert_array_equal(returned, [np.zeros(ACT_DIM)])
+        assert (control.timings[-1].source, control.timings[-1].reason) == ("zeros", "closed")
+        assert control.health.fallbacks == {"closed": 1} and control.health.last_fallback_reason == "closed"
+        assert 'flowrl_control_fallback_ticks_total{reason="closed"} 1\n' in exposition(control)
+        with pytest.raises(SessionClosedError):
+            control.act(OBS)
+    assert [r for r in caplog.records if r.name == "flowrl.client" and r.levelno >= logging.WARNING] == []
