@@ -26,7 +26,7 @@ import uuid
 import warnings
 import weakref
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, NoReturn
 
 import grpc
 import numpy as np
@@ -49,7 +49,14 @@ from flowrl_deploy.proto.flowrl.v1 import policy_pb2 as pb
 from flowrl_deploy.session_fallback import FallbackPolicy
 from flowrl_deploy.session_settings import FALLBACKS as FALLBACKS
 from flowrl_deploy.session_settings import SESSION_ARGUMENTS as SESSION_ARGUMENTS
-from flowrl_deploy.session_settings import check_max_timings, check_period, checked_backoff, checked_positive
+from flowrl_deploy.session_settings import (
+    check_deadline,
+    check_max_misses,
+    check_max_timings,
+    check_period,
+    checked_backoff,
+    checked_positive,
+)
 from flowrl_deploy.session_settings import check_session_settings as check_session_settings
 from flowrl_deploy.session_settings import session_deadline as session_deadline
 from flowrl_deploy.session_stream import CLOSED as CLOSED
@@ -226,18 +233,16 @@ class ControlSession:
         check_max_timings(max_timings)
         backoff_s = checked_backoff(backoff_s)
         self.client = client
-        self.period_s = float(period_s)
-        self.deadline_s = deadline_s
+        self._period_s = float(period_s)
+        self._deadline_s = deadline_s
         self.session_id = session_id or f"control-{uuid.uuid4().hex[:12]}"
-        self.seed = checked_seed(seed)
+        self._seed = checked_seed(seed)
         self.max_consecutive_misses = max_consecutive_misses
-        self.max_staleness_s = None if max_staleness_s is None else checked_positive(max_staleness_s, "max_staleness_s")
-        self.max_delta = None if max_rate is None else checked_positive(max_rate, "max_rate") * self.period_s
+        self.max_staleness_s = max_staleness_s
+        self._max_delta = None if max_rate is None else checked_positive(max_rate, "max_rate") * self._period_s
         if initial_action is not None and max_rate is None:
             raise FlowRLError("initial_action is used only with max_rate (it is the rate clamp's first reference)")
-        self.reset_timeout_s = checked_timeout(
-            DEFAULT_RESET_TIMEOUT_S if reset_timeout_s is None else reset_timeout_s, "reset_timeout_s"
-        )
+        self.reset_timeout_s = DEFAULT_RESET_TIMEOUT_S if reset_timeout_s is None else reset_timeout_s
         pin = checked_contract_hash(contract_hash)
         if pin and contract is not None and contract.hash() != pin:  # which one is meant? neither is sent
             raise FlowRLError(
@@ -246,18 +251,17 @@ class ControlSession:
         self.info = client.spec()
         if why := pin_mismatch(self.info, pin, contract, client.target):
             raise ContractMismatchError(why)
-        self.pinned = bool(pin or contract)
-        """Whether the caller pinned a contract; else the session pins the one served when it opened."""
+        self._pinned = bool(pin or contract)
         # The server checks the pin (and names what differs, from the contract) on each stream it opens:
         # a server restarted with another interface is refused, never followed.
         self.contract_hash = pin or (contract.hash() if contract else self.info.contract_hash)
         self.contract_json = json.dumps((contract or self.info.contract).to_dict(), sort_keys=True)
         served_period_s = self.info.control_period_s
-        if served_period_s > 0 and not math.isclose(self.period_s, served_period_s, rel_tol=1e-6):
+        if served_period_s > 0 and not math.isclose(self._period_s, served_period_s, rel_tol=1e-6):
             log.warning(
                 PERIOD_MISMATCH,
-                self.period_s,
-                1 / self.period_s,
+                self._period_s,
+                1 / self._period_s,
                 served_period_s,
                 1 / served_period_s,
             )
@@ -267,8 +271,8 @@ class ControlSession:
         self.health = _Health(model_version=self.info.model_version)
         self.last_action: npt.NDArray[np.float32] | None = None
         """The last action returned in this episode (what ``hold`` repeats); None before any, and after a reset."""
-        self.initial_action = None if initial_action is None else self._checked_initial_action(initial_action)
-        self._clamp_from = self.initial_action
+        self._initial_action = None if initial_action is None else self._checked_initial_action(initial_action)
+        self._clamp_from = self._initial_action
         """The ``max_rate`` clamp's reference: the last action returned, across resets; at first ``initial_action``."""
         self._seq = 0
         self._busy = threading.Lock()
@@ -276,16 +280,126 @@ class ControlSession:
         self._finalizer = weakref.finalize(self, _dropped, self._link, self.session_id)
         self._finalizer.atexit = False  # a session open when Python exits is not a dropped one
 
+    # --- its settings: those a tick reads are checked when written, as when made; the others are fixed ---
+    @property
+    def deadline_s(self) -> float:
+        """How long a tick waits for its action. Writable: a finite number > 0 (None: half the period); unlike
+        the constructor, a write may exceed the period (a test waiting out a loaded machine)."""
+        return self._deadline_s
+
+    @deadline_s.setter
+    def deadline_s(self, deadline_s: float | None) -> None:
+        check_deadline(deadline_s)
+        self._deadline_s = self._period_s / 2 if deadline_s is None else float(deadline_s)
+
+    @property
+    def max_consecutive_misses(self) -> int | None:
+        """Raise :class:`WatchdogError` after this many (>= 1) misses in a row; None: never. Writable."""
+        return self._max_consecutive_misses
+
+    @max_consecutive_misses.setter
+    def max_consecutive_misses(self, max_consecutive_misses: int | None) -> None:
+        check_max_misses(max_consecutive_misses)
+        self._max_consecutive_misses = max_consecutive_misses
+
+    @property
+    def max_staleness_s(self) -> float | None:
+        """Raise :class:`WatchdogError` when no fresh action came for this long (finite, > 0); None: never.
+        Writable."""
+        return self._max_staleness_s
+
+    @max_staleness_s.setter
+    def max_staleness_s(self, max_staleness_s: float | None) -> None:
+        staleness = max_staleness_s
+        self._max_staleness_s = None if staleness is None else checked_positive(staleness, "max_staleness_s")
+
+    @property
+    def reset_timeout_s(self) -> float:
+        """How long :meth:`reset` waits for the server (finite, > 0). Writable."""
+        return self._reset_timeout_s
+
+    @reset_timeout_s.setter
+    def reset_timeout_s(self, reset_timeout_s: float) -> None:
+        self._reset_timeout_s = checked_timeout(reset_timeout_s, "reset_timeout_s")
+
+    @property
+    def contract_hash(self) -> str:
+        """The contract pin each new stream sends (16 lower-case hex digits). Writable, checked as a pin."""
+        return self._contract_hash
+
+    @contract_hash.setter
+    def contract_hash(self, contract_hash: str) -> None:
+        pin = checked_contract_hash(contract_hash)
+        if not pin:
+            raise FlowRLError(f"contract_hash must be 16 hex digits (a session always pins one), got {contract_hash!r}")
+        self._contract_hash = pin
+
+    @property
+    def period_s(self) -> float:
+        """The control period (fixed: the rate clamp's step and the default deadline follow from it)."""
+        return self._period_s
+
+    @period_s.setter
+    def period_s(self, _value: object) -> None:
+        _fixed("period_s", "the rate clamp's step and the default deadline follow from it")
+
+    @property
+    def max_delta(self) -> float | None:
+        """The rate clamp's step, ``max_rate * period_s`` (fixed); None without ``max_rate``."""
+        return self._max_delta
+
+    @max_delta.setter
+    def max_delta(self, _value: object) -> None:
+        _fixed("max_delta", "it is max_rate * period_s")
+
+    @property
+    def initial_action(self) -> npt.NDArray[np.float32] | None:
+        """The first tick's reference for ``max_rate`` (fixed: read by the first tick only); None: none."""
+        return self._initial_action
+
+    @initial_action.setter
+    def initial_action(self, _value: object) -> None:
+        _fixed("initial_action", "only the session's first tick reads it")
+
+    @property
+    def pinned(self) -> bool:
+        """Whether the caller pinned a contract; else the session pins the one served when it opened."""
+        return self._pinned
+
+    @pinned.setter
+    def pinned(self, _value: object) -> None:
+        _fixed("pinned", "it says how the session was made")
+
+    @property
+    def seed(self) -> Seed | None:
+        """The current episode's noise seed (the session's, then the latest :meth:`reset`'s)."""
+        return self._seed
+
+    @seed.setter
+    def seed(self, _value: object) -> None:
+        raise AttributeError(
+            "ControlSession.seed is the current episode's: reset(seed) starts an episode with another "
+            "(the server's noise and the local fallback's restart from it)"
+        )
+
     @property
     def fallback(self) -> str:
         """What a tick without a fresh action acts on: ``hold``, ``zeros`` or ``local`` (fixed when made)."""
         return self._fallback_policy.kind
+
+    @fallback.setter
+    def fallback(self, _value: object) -> None:
+        _fixed("fallback", "a local fallback's model is loaded then")
 
     @property
     def local(self) -> OnnxPolicy | None:
         """The local fallback's policy (an :class:`~flowrl_deploy.policy.OnnxPolicy` on the CPU); None for
         ``hold`` and ``zeros``."""
         return self._fallback_policy.local
+
+    @local.setter
+    def local(self, _value: object) -> None:
+        _fixed("local", "it is the local fallback loaded then")
 
     @property
     def _stream(self) -> StreamCall | None:
@@ -336,7 +450,7 @@ class ControlSession:
         health.ticks += 1
         if health.last_fresh is None:
             health.last_fresh = time.monotonic()
-        reply = self._link.exchange(obs, seq, start + self.deadline_s)
+        reply = self._link.exchange(obs, seq, start + self._deadline_s)
         noise = self._fallback_policy.draw()  # after the exchange, which may have restarted the local noise
         if not isinstance(reply, str):
             action = decode(reply.action, name="action")
@@ -355,18 +469,20 @@ class ControlSession:
             health.consecutive_misses += 1
             health.misses += 1
             self._watchdog()
-        if self.max_delta is not None and self._clamp_from is not None:
-            action = np.clip(action, self._clamp_from - self.max_delta, self._clamp_from + self.max_delta)
+        if self._max_delta is not None and self._clamp_from is not None:
+            action = np.clip(action, self._clamp_from - self._max_delta, self._clamp_from + self._max_delta)
         self.last_action = self._clamp_from = action  # the session's own: never handed out, so "hold" repeats it
         return action.copy()
 
     def _watchdog(self) -> None:
         misses = self.health.consecutive_misses
-        if self.max_consecutive_misses is not None and misses >= self.max_consecutive_misses:
+        limit = self._max_consecutive_misses
+        if limit is not None and misses >= limit:
             raise WatchdogError(f"{misses} control ticks in a row without a fresh action")
         stale = time.monotonic() - self.health.last_fresh
-        if self.max_staleness_s is not None and stale > self.max_staleness_s:
-            raise WatchdogError(f"no fresh action for {stale * 1e3:.1f} ms (limit {self.max_staleness_s * 1e3:.1f} ms)")
+        staleness = self._max_staleness_s
+        if staleness is not None and stale > staleness:
+            raise WatchdogError(f"no fresh action for {stale * 1e3:.1f} ms (limit {staleness * 1e3:.1f} ms)")
 
     def _timing(self, reply: pb.StreamActReply, start: float) -> CallTiming:
         t3 = time.time_ns()
@@ -441,7 +557,7 @@ class ControlSession:
                 )
             except ServiceError as exc:
                 raise self._link.refused(exc) from None
-            self.seed = seed
+            self._seed = seed
             self.last_action = None
             self.health.last_fresh = None
             self.health.consecutive_misses = 0  # the server answered: a new episode starts with no misses
@@ -472,4 +588,12 @@ def _dropped(link: StreamLink, session_id: str) -> None:
         "(or open it in a with block) when its control loop ends",
         ResourceWarning,
         stacklevel=1,
+    )
+
+
+def _fixed(name: str, why: str) -> NoReturn:
+    """Refuse writing the :class:`ControlSession` setting ``name``, fixed when the session is made (``why``)."""
+    raise AttributeError(
+        f"ControlSession.{name} is fixed when the session is made ({why}): open a new session with "
+        "client.session(...) for another"
     )

@@ -64,11 +64,21 @@ def check_session_settings(
             f"{model} is used only with {_setting(fb, 'local')} ({fb} is {fallback!r}); "
             f"add {_setting(fb, 'local')}, or drop {model}"
         )
+    check_max_misses(max_consecutive_misses, misses)
+    check_deadline(deadline_s, deadline)
+
+
+def check_max_misses(max_consecutive_misses: object, name: str = "max_consecutive_misses") -> None:
+    """Refuse a miss limit that is neither an integer >= 1 nor None (never), naming it ``name``."""
     if max_consecutive_misses is not None and not (is_integer(max_consecutive_misses) and max_consecutive_misses >= 1):
-        unset = "" if is_flag(misses) else " or None"
-        raise FlowRLError(f"{misses} must be an integer >= 1{unset}, got {shown(max_consecutive_misses)}")
+        unset = "" if is_flag(name) else " or None"
+        raise FlowRLError(f"{name} must be an integer >= 1{unset}, got {shown(max_consecutive_misses)}")
+
+
+def check_deadline(deadline_s: object, name: str = "deadline_s") -> None:
+    """Refuse a deadline that is neither a finite number > 0 nor None (half the period), naming it ``name``."""
     if deadline_s is not None and not (is_number(deadline_s) and math.isfinite(deadline_s) and deadline_s > 0):
-        raise FlowRLError(f"{deadline} must be a finite number > 0, got {_duration(deadline, deadline_s)}")
+        raise FlowRLError(f"{name} must be a finite number > 0, got {_duration(name, deadline_s)}")
 
 
 def session_deadline(period_s: float, deadline_s: float | None, name: str = "deadline_s") -> float:

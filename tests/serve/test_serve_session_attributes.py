@@ -1,0 +1,117 @@
+"""A ControlSession's attributes after it is made: a setting written (a ROS parameter callback) is checked
+as the constructor checks it, or refused when writing it would change nothing."""
+
+from __future__ import annotations
+
+import math
+import re
+
+import numpy as np
+import pytest
+
+from flowrl_deploy.errors import FlowRLError
+from flowrl_deploy.session import WatchdogError
+
+OBS = np.array([0.3, -0.2, 0.1], np.float32)
+MISS_S = 1e-7
+"""A deadline no reply can meet: the tick is a miss, so the session acts on its fallback."""
+
+
+@pytest.mark.parametrize(
+    ("value", "why"),
+    [
+        (math.nan, "deadline_s must be a finite number > 0, got nan"),
+        (0.0, "deadline_s must be a finite number > 0, got 0"),
+        (-1.0, "deadline_s must be a finite number > 0, got -1"),
+        ("0.01", "deadline_s must be a finite number > 0, got '0.01'"),
+        (True, "deadline_s must be a finite number > 0, got True"),
+    ],
+)
+def test_a_bad_deadline_written_is_refused_as_the_constructor_refuses_it(client, value, why):
+    """A NaN deadline written by a parameter callback made every later tick raise a raw ValueError."""
+    with client.session(period_s=0.5, seed=0) as control:
+        with pytest.raises(FlowRLError, match=re.escape(why)):
+            control.deadline_s = value
+        with pytest.raises(FlowRLError, match=re.escape(why)):
+            client.session(period_s=0.5, deadline_s=value)
+        assert control.deadline_s == 0.25
+        control.act(OBS)
+        assert control.timings[-1].source == "server"
+
+
+def test_a_deadline_written_within_the_period_takes_effect(client):
+    with client.session(period_s=0.5, seed=0) as control:
+        control.deadline_s = MISS_S
+        control.act(OBS)
+        assert (control.deadline_s, control.timings[-1].reason) == (MISS_S, "deadline")
+        control.deadline_s = 2.0  # longer than the period: a fresh action however loaded the machine
+        control.act(OBS)
+        assert control.timings[-1].source == "server"
+        control.deadline_s = None
+        assert control.deadline_s == 0.25  # half the period, as when made
+
+
+@pytest.mark.parametrize(
+    ("name", "value", "why"),
+    [
+        ("max_consecutive_misses", 0, "max_consecutive_misses must be an integer >= 1 or None, got 0"),
+        ("max_consecutive_misses", "3", "max_consecutive_misses must be an integer >= 1 or None, got '3'"),
+        ("max_consecutive_misses", 2.0, "max_consecutive_misses must be an integer >= 1 or None, got 2"),
+        ("max_staleness_s", math.nan, "max_staleness_s must be a finite number > 0, got nan"),
+        ("max_staleness_s", -1, "max_staleness_s must be a finite number > 0, got -1"),
+        ("reset_timeout_s", math.inf, "reset_timeout_s"),
+    ],
+)
+def test_a_bad_watchdog_limit_written_is_refused_and_the_session_keeps_its_own(client, name, value, why):
+    with client.session(period_s=0.5, max_consecutive_misses=3, max_staleness_s=5.0) as control:
+        before = getattr(control, name)
+        with pytest.raises(FlowRLError, match=re.escape(why)):
+            setattr(control, name, value)
+        assert getattr(control, name) == before
+
+
+def test_watchdog_limits_written_take_effect_from_the_next_tick(client):
+    with client.session(period_s=0.5, deadline_s=MISS_S) as control:
+        control.act(OBS)
+        control.max_consecutive_misses = 2
+        with pytest.raises(WatchdogError, match="2 control ticks in a row"):
+            control.act(OBS)
+        control.max_consecutive_misses = None
+        control.max_staleness_s = 1e-9
+        with pytest.raises(WatchdogError, match="no fresh action for"):
+            control.act(OBS)
+        control.max_staleness_s = None
+        control.act(OBS)
+        assert control.health.consecutive_misses == 4
+        control.reset_timeout_s = 2
+        assert control.reset_timeout_s == 2.0
+
+
+@pytest.mark.parametrize(
+    ("name", "value", "cure"),
+    [
+        ("period_s", 0.01, "open a new session"),
+        ("max_delta", 1.0, "open a new session"),
+        ("initial_action", [0.0, 0.0], "open a new session"),
+        ("pinned", False, "open a new session"),
+        ("seed", 5, "reset(seed) starts an episode with another"),
+    ],
+)
+def test_a_setting_that_a_write_would_not_change_is_read_only_and_says_what_to_do(client, name, value, cure):
+    """A period written was ignored by the rate clamp (its step computed when the session was made), and a
+    seed written changed what the next reconnection sent, without a reset."""
+    with client.session(period_s=0.5, seed=1, max_rate=2.0, initial_action=[0.0, 0.0]) as control:
+        before = getattr(control, name)
+        with pytest.raises(AttributeError, match=rf"ControlSession\.{name} .*{re.escape(cure)}"):
+            setattr(control, name, value)
+        assert np.array_equal(getattr(control, name), before)
+    assert (control.period_s, control.max_delta, control.seed, control.pinned) == (0.5, 1.0, 1, False)
+
+
+def test_a_contract_hash_written_is_checked_as_a_pin(client):
+    with client.session(period_s=0.5) as control:
+        with pytest.raises(FlowRLError, match="contract_hash"):
+            control.contract_hash = "junk"
+        served = control.contract_hash
+        control.contract_hash = served.upper()
+        assert control.contract_hash == served
