@@ -269,8 +269,7 @@ class ControlSession:
         self._obs_shapes = ((self.info.obs_dim,), (1, self.info.obs_dim))
         self.timings: collections.deque[CallTiming] = collections.deque(maxlen=max_timings)
         self.health = _Health(model_version=self.info.model_version)
-        self.last_action: npt.NDArray[np.float32] | None = None
-        """The last action returned in this episode (what ``hold`` repeats); None before any, and after a reset."""
+        self._last_action: npt.NDArray[np.float32] | None = None
         self._initial_action = None if initial_action is None else self._checked_initial_action(initial_action)
         self._clamp_from = self._initial_action
         """The ``max_rate`` clamp's reference: the last action returned, across resets; at first ``initial_action``."""
@@ -402,6 +401,12 @@ class ControlSession:
         _fixed("local", "it is the local fallback loaded then")
 
     @property
+    def last_action(self) -> npt.NDArray[np.float32] | None:
+        """The last action returned in this episode (what ``hold`` repeats), a read-only array; None before
+        any, and after a reset. The session's own: ``act()`` returns the caller's copy."""
+        return self._last_action
+
+    @property
     def _stream(self) -> StreamCall | None:
         """The open stream; None while none is (the server down, the session closed)."""
         return self._link.stream
@@ -462,7 +467,7 @@ class ControlSession:
             health.model_version = timing.model_version
             health.round_trips.observe(timing.round_trip_us / 1e6)
         else:
-            action = self._fallback_policy.action(obs, noise, self.last_action)
+            action = self._fallback_policy.action(obs, noise, self._last_action)
             self.timings.append(CallTiming(seq, self.fallback, (time.perf_counter() - start) * 1e6, reason=reply))
             health.last_fallback_reason = reply
             health.fallbacks[reply] = health.fallbacks.get(reply, 0) + 1
@@ -471,7 +476,9 @@ class ControlSession:
             self._watchdog()
         if self._max_delta is not None and self._clamp_from is not None:
             action = np.clip(action, self._clamp_from - self._max_delta, self._clamp_from + self._max_delta)
-        self.last_action = self._clamp_from = action  # the session's own: never handed out, so "hold" repeats it
+        if action.flags.writeable:  # a server's or local policy's action, or a clamped one
+            action.setflags(write=False)
+        self._last_action = self._clamp_from = action  # the session's own, read-only: "hold" repeats it
         return action.copy()
 
     def _watchdog(self) -> None:
@@ -558,7 +565,7 @@ class ControlSession:
             except ServiceError as exc:
                 raise self._link.refused(exc) from None
             self._seed = seed
-            self.last_action = None
+            self._last_action = None
             self.health.last_fresh = None
             self.health.consecutive_misses = 0  # the server answered: a new episode starts with no misses
             self._fallback_policy.reseed(seed)

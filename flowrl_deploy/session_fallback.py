@@ -81,8 +81,10 @@ class FallbackPolicy:
         zeros = np.zeros(info.act_dim, np.float32)
         if len(info.action_low) == len(info.action_high) == info.act_dim:
             zeros = np.clip(zeros, info.action_low, info.action_high)  # bounds may exclude 0
+        zeros.setflags(write=False)  # the session holds it as its last action: no caller edits it
         self.zeros = zeros
-        """The ``zeros`` fallback's action (and ``hold``'s before any action): clipped into the bounds."""
+        """The ``zeros`` fallback's action (and ``hold``'s before any action): clipped into the bounds;
+        read-only."""
 
     def action(
         self,

@@ -1,5 +1,6 @@
 """A ControlSession's attributes after it is made: a setting written (a ROS parameter callback) is checked
-as the constructor checks it, or refused when writing it would change nothing."""
+as the constructor checks it, or refused when writing it would change nothing; ``last_action`` is the
+session's own, never an array a caller can edit."""
 
 from __future__ import annotations
 
@@ -8,6 +9,7 @@ import re
 
 import numpy as np
 import pytest
+from tiny_policy import ACT_DIM
 
 from flowrl_deploy.errors import FlowRLError
 from flowrl_deploy.session import WatchdogError
@@ -115,3 +117,30 @@ def test_a_contract_hash_written_is_checked_as_a_pin(client):
         served = control.contract_hash
         control.contract_hash = served.upper()
         assert control.contract_hash == served
+
+
+@pytest.mark.parametrize("fallback", ["zeros", "hold"])
+def test_last_action_after_a_fallback_is_not_an_array_a_caller_can_edit(client, fallback):
+    """After a zeros tick, `last_action += 0.7` edited the fallback's own zeros: every later zeros
+    fallback sent 0.7."""
+    with client.session(period_s=0.5, deadline_s=MISS_S, fallback=fallback) as control:
+        for _ in range(2):
+            np.testing.assert_array_equal(control.act(OBS), np.zeros(ACT_DIM))
+            assert control.timings[-1].source == fallback
+            with pytest.raises(ValueError, match="read-only"):
+                control.last_action += 0.7
+            with pytest.raises(ValueError, match="read-only"):
+                control.last_action[0] = 5.0
+            with pytest.raises(AttributeError, match="last_action"):
+                control.last_action = np.zeros(5, np.float32)
+            np.testing.assert_array_equal(control.last_action, np.zeros(ACT_DIM))
+
+
+def test_last_action_after_a_fresh_tick_is_read_only_as_well(client):
+    with client.session(period_s=0.5, seed=0) as control:
+        action = control.act(OBS)
+        np.testing.assert_array_equal(control.last_action, action)
+        with pytest.raises(ValueError, match="read-only"):
+            control.last_action *= 0.5
+        control.reset(seed=0)
+        assert control.last_action is None
