@@ -25,8 +25,9 @@ import time
 import uuid
 import warnings
 import weakref
+from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, NoReturn
+from typing import TYPE_CHECKING, Generic, TypeVar, overload
 
 import grpc
 import numpy as np
@@ -132,6 +133,37 @@ class _Health:
     round_trips: Histogram = field(default_factory=lambda: Histogram(LATENCY_BUCKETS_S))
     """The round trips of the fresh ticks since the session opened, in seconds (fallback ticks are in
     ``fallbacks``); :mod:`flowrl_deploy.control_metrics` renders it as a Prometheus histogram."""
+
+
+_T = TypeVar("_T")
+
+
+class _Fixed(Generic[_T]):
+    """A :class:`ControlSession` setting fixed when the session is made: read as ``_<name>`` (or by
+    ``read``); a write raises AttributeError saying why, and to open a new session instead."""
+
+    def __init__(self, doc: str, why: str, read: Callable[[ControlSession], _T] | None = None) -> None:
+        self.__doc__ = f"{doc[0].upper()}{doc[1:]} (fixed when the session is made)."
+        self.why = why
+        self.read = read
+
+    def __set_name__(self, owner: type, name: str) -> None:
+        self.name = name
+
+    @overload
+    def __get__(self, session: None, owner: type) -> _Fixed[_T]: ...
+    @overload
+    def __get__(self, session: ControlSession, owner: type) -> _T: ...
+    def __get__(self, session: ControlSession | None, owner: type) -> _T | _Fixed[_T]:
+        if session is None:
+            return self
+        return self.read(session) if self.read else getattr(session, f"_{self.name}")
+
+    def __set__(self, session: ControlSession, value: object) -> None:
+        raise AttributeError(
+            f"ControlSession.{self.name} is fixed when the session is made ({self.why}): open a new session "
+            "with client.session(...) for another"
+        )
 
 
 class ControlSession:
@@ -333,41 +365,30 @@ class ControlSession:
             raise FlowRLError(f"contract_hash must be 16 hex digits (a session always pins one), got {contract_hash!r}")
         self._contract_hash = pin
 
-    @property
-    def period_s(self) -> float:
-        """The control period (fixed: the rate clamp's step and the default deadline follow from it)."""
-        return self._period_s
-
-    @period_s.setter
-    def period_s(self, _value: object) -> None:
-        _fixed("period_s", "the rate clamp's step and the default deadline follow from it")
-
-    @property
-    def max_delta(self) -> float | None:
-        """The rate clamp's step, ``max_rate * period_s`` (fixed); None without ``max_rate``."""
-        return self._max_delta
-
-    @max_delta.setter
-    def max_delta(self, _value: object) -> None:
-        _fixed("max_delta", "it is max_rate * period_s")
-
-    @property
-    def initial_action(self) -> npt.NDArray[np.float32] | None:
-        """The first tick's reference for ``max_rate`` (fixed: read by the first tick only); None: none."""
-        return self._initial_action
-
-    @initial_action.setter
-    def initial_action(self, _value: object) -> None:
-        _fixed("initial_action", "only the session's first tick reads it")
-
-    @property
-    def pinned(self) -> bool:
-        """Whether the caller pinned a contract; else the session pins the one served when it opened."""
-        return self._pinned
-
-    @pinned.setter
-    def pinned(self, _value: object) -> None:
-        _fixed("pinned", "it says how the session was made")
+    period_s: _Fixed[float] = _Fixed(
+        "the control period", "the rate clamp's step and the default deadline follow from it"
+    )
+    max_delta: _Fixed[float | None] = _Fixed(
+        "the rate clamp's step, ``max_rate * period_s``; None without ``max_rate``", "it is max_rate * period_s"
+    )
+    initial_action: _Fixed[npt.NDArray[np.float32] | None] = _Fixed(
+        "the first tick's reference for ``max_rate``; None: none", "only the session's first tick reads it"
+    )
+    pinned: _Fixed[bool] = _Fixed(
+        "whether the caller pinned a contract; else the session pins the one served when it opened",
+        "it says how the session was made",
+    )
+    fallback: _Fixed[str] = _Fixed(
+        "what a tick without a fresh action acts on: ``hold``, ``zeros`` or ``local``",
+        "a local fallback's model is loaded then",
+        read=lambda session: session._fallback_policy.kind,
+    )
+    local: _Fixed[OnnxPolicy | None] = _Fixed(
+        "the local fallback's policy (an :class:`~flowrl_deploy.policy.OnnxPolicy` on the CPU); None for ``hold`` and "
+        "``zeros``",
+        "it is the local fallback loaded then",
+        read=lambda session: session._fallback_policy.local,
+    )
 
     @property
     def seed(self) -> Seed | None:
@@ -380,25 +401,6 @@ class ControlSession:
             "ControlSession.seed is the current episode's: reset(seed) starts an episode with another "
             "(the server's noise and the local fallback's restart from it)"
         )
-
-    @property
-    def fallback(self) -> str:
-        """What a tick without a fresh action acts on: ``hold``, ``zeros`` or ``local`` (fixed when made)."""
-        return self._fallback_policy.kind
-
-    @fallback.setter
-    def fallback(self, _value: object) -> None:
-        _fixed("fallback", "a local fallback's model is loaded then")
-
-    @property
-    def local(self) -> OnnxPolicy | None:
-        """The local fallback's policy (an :class:`~flowrl_deploy.policy.OnnxPolicy` on the CPU); None for
-        ``hold`` and ``zeros``."""
-        return self._fallback_policy.local
-
-    @local.setter
-    def local(self, _value: object) -> None:
-        _fixed("local", "it is the local fallback loaded then")
 
     @property
     def last_action(self) -> npt.NDArray[np.float32] | None:
@@ -595,12 +597,4 @@ def _dropped(link: StreamLink, session_id: str) -> None:
         "(or open it in a with block) when its control loop ends",
         ResourceWarning,
         stacklevel=1,
-    )
-
-
-def _fixed(name: str, why: str) -> NoReturn:
-    """Refuse writing the :class:`ControlSession` setting ``name``, fixed when the session is made (``why``)."""
-    raise AttributeError(
-        f"ControlSession.{name} is fixed when the session is made ({why}): open a new session with "
-        "client.session(...) for another"
     )
