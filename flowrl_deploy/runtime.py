@@ -24,6 +24,7 @@ if TYPE_CHECKING:  # the names that moved (MOVED), typed for old code; __getattr
     from flowrl_deploy.ort import cuda_device_present as cuda_device_present
     from flowrl_deploy.ort import import_onnxruntime as import_onnxruntime
     from flowrl_deploy.ort import onnxruntime_severity as onnxruntime_severity
+    from flowrl_deploy.policy import Tensor as Tensor
     from flowrl_deploy.policy import check_graph_matches_contract as check_graph_matches_contract
     from flowrl_deploy.policy import one_observation as one_observation
 
@@ -40,6 +41,7 @@ MOVED = {
     "check_policy_file": "flowrl_deploy.onnxfile",
     "check_graph_matches_contract": "flowrl_deploy.policy",
     "one_observation": "flowrl_deploy.policy",
+    "Tensor": "flowrl_deploy.policy",
 }
 """The names this module held until it was split by job (53e7bff), and the module each is in now."""
 

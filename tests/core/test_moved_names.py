@@ -17,7 +17,7 @@ V0_1_0_NAMES = {
     RUNTIME: {
         "import_onnxruntime", "onnxruntime_severity", "is_onnx_path", "MAX_POLICY_BYTES", "read_policy_file",
         "check_policy_file", "CUDA_DRIVER", "cuda_device_present", "default_providers", "make_session",
-        "check_graph_matches_contract", "OnnxPolicy", "one_observation", "SeededPolicy",
+        "check_graph_matches_contract", "OnnxPolicy", "one_observation", "SeededPolicy", "Tensor",
     },
     CHECKPOINTING: {
         "RunCheckpoints", "RunLock", "resume_config", "holds_checkpoints", "check_new_run_dir", "run_to_resume",
