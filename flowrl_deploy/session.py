@@ -27,7 +27,7 @@ import warnings
 import weakref
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Generic, TypeVar, overload
+from typing import TYPE_CHECKING, Generic, NoReturn, TypeVar, overload
 
 import grpc
 import numpy as np
@@ -135,6 +135,10 @@ class _Health:
     ``fallbacks``); :mod:`flowrl_deploy.control_metrics` renders it as a Prometheus histogram."""
 
 
+WRITABLE_SETTINGS = ("deadline_s", "max_consecutive_misses", "max_staleness_s", "reset_timeout_s")
+"""The settings of a :class:`ControlSession` that may be written after it is made, each checked as then."""
+_PLAIN_ATTRIBUTES = frozenset({"client", "info", "timings", "health"})
+"""The session's public attributes that are neither settings nor properties."""
 _T = TypeVar("_T")
 
 
@@ -159,7 +163,7 @@ class _Fixed(Generic[_T]):
             return self
         return self.read(session) if self.read else getattr(session, f"_{self.name}")
 
-    def __set__(self, session: ControlSession, value: object) -> None:
+    def __set__(self, session: ControlSession, value: NoReturn) -> None:  # NoReturn: a type checker refuses writes
         raise AttributeError(
             f"ControlSession.{self.name} is fixed when the session is made ({self.why}): open a new session "
             "with client.session(...) for another"
@@ -267,14 +271,14 @@ class ControlSession:
         self.client = client
         self._period_s = float(period_s)
         self._deadline_s = deadline_s
-        self.session_id = session_id or f"control-{uuid.uuid4().hex[:12]}"
+        self._session_id = session_id or f"control-{uuid.uuid4().hex[:12]}"
         self._seed = checked_seed(seed)
         self.max_consecutive_misses = max_consecutive_misses
         self.max_staleness_s = max_staleness_s
         self._max_delta = None if max_rate is None else checked_positive(max_rate, "max_rate") * self._period_s
         if initial_action is not None and max_rate is None:
             raise FlowRLError("initial_action is used only with max_rate (it is the rate clamp's first reference)")
-        self.reset_timeout_s = DEFAULT_RESET_TIMEOUT_S if reset_timeout_s is None else reset_timeout_s
+        self.reset_timeout_s = reset_timeout_s
         pin = checked_contract_hash(contract_hash)
         if pin and contract is not None and contract.hash() != pin:  # which one is meant? neither is sent
             raise FlowRLError(
@@ -286,8 +290,8 @@ class ControlSession:
         self._pinned = bool(pin or contract)
         # The server checks the pin (and names what differs, from the contract) on each stream it opens:
         # a server restarted with another interface is refused, never followed.
-        self.contract_hash = pin or (contract.hash() if contract else self.info.contract_hash)
-        self.contract_json = json.dumps((contract or self.info.contract).to_dict(), sort_keys=True)
+        self._contract_hash = pin or (contract.hash() if contract else self.info.contract_hash)
+        self._contract_json = json.dumps((contract or self.info.contract).to_dict(), sort_keys=True)
         served_period_s = self.info.control_period_s
         if served_period_s > 0 and not math.isclose(self._period_s, served_period_s, rel_tol=1e-6):
             log.warning(
@@ -303,12 +307,14 @@ class ControlSession:
         self.health = _Health(model_version=self.info.model_version)
         self._last_action: npt.NDArray[np.float32] | None = None
         self._initial_action = None if initial_action is None else self._checked_initial_action(initial_action)
+        if self._initial_action is not None:
+            self._initial_action.setflags(write=False)  # the session's own, as last_action
         self._clamp_from = self._initial_action
         """The ``max_rate`` clamp's reference: the last action returned, across resets; at first ``initial_action``."""
         self._seq = 0
         self._busy = threading.Lock()
         self._link = StreamLink(client, self, backoff_s, self._fallback_policy)
-        self._finalizer = weakref.finalize(self, _dropped, self._link, self.session_id)
+        self._finalizer = weakref.finalize(self, _dropped, self._link, self._session_id)
         self._finalizer.atexit = False  # a session open when Python exits is not a dropped one
 
     # --- its settings: those a tick reads are checked when written, as when made; the others are fixed ---
@@ -346,25 +352,24 @@ class ControlSession:
 
     @property
     def reset_timeout_s(self) -> float:
-        """How long :meth:`reset` waits for the server (finite, > 0). Writable."""
+        """How long :meth:`reset` waits for the server (finite, > 0; None: the default). Writable."""
         return self._reset_timeout_s
 
     @reset_timeout_s.setter
-    def reset_timeout_s(self, reset_timeout_s: float) -> None:
-        self._reset_timeout_s = checked_timeout(reset_timeout_s, "reset_timeout_s")
+    def reset_timeout_s(self, reset_timeout_s: float | None) -> None:
+        timeout = DEFAULT_RESET_TIMEOUT_S if reset_timeout_s is None else reset_timeout_s  # as when made
+        self._reset_timeout_s = checked_timeout(timeout, "reset_timeout_s")
 
-    @property
-    def contract_hash(self) -> str:
-        """The contract pin each new stream sends (16 lower-case hex digits). Writable, checked as a pin."""
-        return self._contract_hash
-
-    @contract_hash.setter
-    def contract_hash(self, contract_hash: str) -> None:
-        pin = checked_contract_hash(contract_hash)
-        if not pin:
-            raise FlowRLError(f"contract_hash must be 16 hex digits (a session always pins one), got {contract_hash!r}")
-        self._contract_hash = pin
-
+    session_id: _Fixed[str] = _Fixed(
+        "the server session this session's ticks name", "the server's session, its noise and its pin are opened with it"
+    )
+    contract_hash: _Fixed[str] = _Fixed(
+        "the contract pin each new stream sends (16 lower-case hex digits)", "a pin is checked against the server then"
+    )
+    contract_json: _Fixed[str] = _Fixed(
+        "the pinned contract's JSON, sent with the pin so that a refusal names the fields that differ",
+        "it goes with contract_hash",
+    )
     period_s: _Fixed[float] = _Fixed(
         "the control period", "the rate clamp's step and the default deadline follow from it"
     )
@@ -396,7 +401,7 @@ class ControlSession:
         return self._seed
 
     @seed.setter
-    def seed(self, _value: object) -> None:
+    def seed(self, _value: NoReturn) -> None:
         raise AttributeError(
             "ControlSession.seed is the current episode's: reset(seed) starts an episode with another "
             "(the server's noise and the local fallback's restart from it)"
@@ -475,7 +480,8 @@ class ControlSession:
             health.fallbacks[reply] = health.fallbacks.get(reply, 0) + 1
             health.consecutive_misses += 1
             health.misses += 1
-            self._watchdog()
+            if reply != CLOSED:  # the session's own close(), from another thread: no fault to stop the robot for
+                self._watchdog()
         if self._max_delta is not None and self._clamp_from is not None:
             action = np.clip(action, self._clamp_from - self._max_delta, self._clamp_from + self._max_delta)
         if action.flags.writeable:  # a server's or local policy's action, or a clamped one
@@ -582,6 +588,19 @@ class ControlSession:
         self._finalizer.detach()
         self._link.close()
 
+    def __setattr__(self, name: str, value: object) -> None:
+        """Refuse a public name the session does not have: a setting written by name (a ROS parameter
+        callback's ``setattr(control, name, value)``, ``max_rate`` say) must not pass for taken when no
+        tick reads it."""
+        if name.startswith("_") or name in _PLAIN_ATTRIBUTES or hasattr(type(self), name):
+            object.__setattr__(self, name, value)
+            return
+        raise AttributeError(
+            f"ControlSession has no setting {name!r}: the ones written after it is made are "
+            f"{', '.join(WRITABLE_SETTINGS)}; the others are fixed when it is made (open a new session with "
+            "client.session(...))"
+        )
+
     def __enter__(self) -> ControlSession:
         return self
 
@@ -590,11 +609,12 @@ class ControlSession:
 
 
 def _dropped(link: StreamLink, session_id: str) -> None:
-    """Close the stream of the session ``session_id``, collected without its close()."""
-    link.close()
+    """Warn of the session ``session_id``, collected without its close(), and close its stream: warned
+    first, since the collection may run anywhere, even on the stream's own reader thread."""
     warnings.warn(
-        f"ControlSession {session_id} was dropped without close(): its stream is closed now; close a session "
+        f"ControlSession {session_id} was dropped without close(), which ends its stream; close a session "
         "(or open it in a with block) when its control loop ends",
         ResourceWarning,
         stacklevel=1,
     )
+    link.close()

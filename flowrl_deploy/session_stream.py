@@ -85,7 +85,8 @@ class StreamCall:
     def close(self) -> None:
         self.requests.put(_END)
         self.call.cancel()
-        self._reader.join(timeout=1.0)
+        if threading.current_thread() is not self._reader:  # a collection on the reader closing its session
+            self._reader.join(timeout=1.0)
 
 
 class SessionBusyError(FlowRLError):

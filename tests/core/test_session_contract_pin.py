@@ -114,7 +114,7 @@ def test_a_hash_and_a_contract_that_disagree_are_refused_before_any_call():
 def test_a_reset_after_the_contract_changed_is_refused_as_a_mismatch(client):
     with client.session(period_s=0.02) as control:
         wider = tiny_contract(**WIDER)  # as if the server had changed since the session opened
-        control.contract_hash, control.contract_json = wider.hash(), json.dumps(wider.to_dict(), sort_keys=True)
+        control._contract_hash, control._contract_json = wider.hash(), json.dumps(wider.to_dict(), sort_keys=True)
         with pytest.raises(ContractMismatchError, match=r"action_high"):  # the difference, named as act() does
             control.reset(seed=1)
 

@@ -111,8 +111,7 @@ def test_the_fallbacks_since_the_session_opened_are_counted_past_what_timings_ke
 
 
 def test_label_values_are_escaped(client):
-    with client.session(period_s=0.5) as control:
-        control.session_id = 'robot "7"\\arm\nleft'
+    with client.session(period_s=0.5, session_id='robot "7"\\arm\nleft') as control:
         text = exposition(control)
     assert 'session_id="robot \\"7\\"\\\\arm\\nleft"' in text
     (labels,) = labelled(parse(text), "flowrl_control_session_info")

@@ -292,7 +292,7 @@ def test_pinned_contract_mismatch_is_raised_with_the_difference(client):
     with pytest.raises(ContractMismatchError, match="control_period_s"):  # when the session is made
         client.session(period_s=0.5, contract=other)
     with client.session(period_s=0.5) as control:
-        control.contract_hash, control.contract_json = other.hash(), json.dumps(other.to_dict())  # as if served since
+        control._contract_hash, control._contract_json = other.hash(), json.dumps(other.to_dict())  # as if served since
         for _ in range(2):  # a control loop that catches the refusal and tries again is refused again
             with pytest.raises(ServiceError) as info:
                 control.act(OBS)
@@ -671,7 +671,7 @@ def test_a_session_pinning_a_contract_pins_its_hash_for_reset_too(client):
     other = tiny_contract(control_period_s=0.05)
     with client.session(period_s=0.5, contract=tiny_contract()) as control:
         assert control.contract_hash == tiny_contract().hash()
-        control.contract_hash = other.hash()  # as if the server served another contract since
+        control._contract_hash, control._contract_json = other.hash(), json.dumps(other.to_dict())  # as if served since
         with pytest.raises(ContractMismatchError) as info:
             control.reset(seed=1)
         assert info.value.code == grpc.StatusCode.FAILED_PRECONDITION

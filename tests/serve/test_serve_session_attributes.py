@@ -87,6 +87,8 @@ def test_watchdog_limits_written_take_effect_from_the_next_tick(client):
         assert control.health.consecutive_misses == 4
         control.reset_timeout_s = 2
         assert control.reset_timeout_s == 2.0
+        control.reset_timeout_s = None  # the default, as when made
+        assert control.reset_timeout_s == 1.0
 
 
 @pytest.mark.parametrize(
@@ -96,12 +98,17 @@ def test_watchdog_limits_written_take_effect_from_the_next_tick(client):
         ("max_delta", 1.0, "open a new session"),
         ("initial_action", [0.0, 0.0], "open a new session"),
         ("pinned", False, "open a new session"),
+        ("session_id", "another", "open a new session"),
+        ("contract_hash", "0" * 16, "open a new session"),
+        ("contract_json", "{}", "open a new session"),
         ("seed", 5, "reset(seed) starts an episode with another"),
     ],
 )
 def test_a_setting_that_a_write_would_not_change_is_read_only_and_says_what_to_do(client, name, value, cure):
-    """A period written was ignored by the rate clamp (its step computed when the session was made), and a
-    seed written changed what the next reconnection sent, without a reset."""
+    """A period written was ignored by the rate clamp (its step computed when the session was made); a
+    seed written changed what the next reconnection sent, without a reset; a session_id written opened a
+    second server session, unseeded and unpinned, on the same stream; a pin written was checked by the
+    server only at the next reconnection or reset, and refused there as a contract that had changed."""
     with client.session(period_s=0.5, seed=1, max_rate=2.0, initial_action=[0.0, 0.0]) as control:
         before = getattr(control, name)
         with pytest.raises(AttributeError, match=rf"ControlSession\.{name} .*{re.escape(cure)}"):
@@ -110,13 +117,22 @@ def test_a_setting_that_a_write_would_not_change_is_read_only_and_says_what_to_d
     assert (control.period_s, control.max_delta, control.seed, control.pinned) == (0.5, 1.0, 1, False)
 
 
-def test_a_contract_hash_written_is_checked_as_a_pin(client):
+@pytest.mark.parametrize("name", ["max_rate", "backoff_s", "max_timings", "deadline", "contract"])
+def test_a_setting_the_session_does_not_have_is_refused_naming_those_it_takes(client, name):
+    """``setattr(control, "max_rate", 3.0)`` from a parameter callback was taken silently and read by
+    nothing: the rate clamp kept its step."""
     with client.session(period_s=0.5) as control:
-        with pytest.raises(FlowRLError, match="contract_hash"):
-            control.contract_hash = "junk"
-        served = control.contract_hash
-        control.contract_hash = served.upper()
-        assert control.contract_hash == served
+        with pytest.raises(AttributeError, match=rf"^ControlSession has no setting '{name}': the ones written after"):
+            setattr(control, name, 1.0)
+        assert name not in vars(control)
+
+
+def test_the_initial_action_is_the_sessions_own(client):
+    """As ``last_action``: editing the array read back changed the first tick's rate-clamp reference."""
+    with client.session(period_s=0.5, max_rate=2.0, initial_action=[0.0, 0.0]) as control:
+        with pytest.raises(ValueError, match="read-only"):
+            control.initial_action[:] = 5.0
+        np.testing.assert_array_equal(control.initial_action, np.zeros(ACT_DIM))
 
 
 @pytest.mark.parametrize("fallback", ["zeros", "hold"])

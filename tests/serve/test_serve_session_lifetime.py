@@ -142,7 +142,7 @@ def test_a_session_dropped_without_close_ends_its_stream_and_server_session_and_
     assert [(w.category, str(w.message)) for w in caught] == [
         (
             ResourceWarning,
-            f"ControlSession {session_id} was dropped without close(): its stream is closed now; close a "
+            f"ControlSession {session_id} was dropped without close(), which ends its stream; close a "
             "session (or open it in a with block) when its control loop ends",
         )
     ]
@@ -160,11 +160,13 @@ def test_a_closed_session_dropped_warns_of_nothing(client):
     assert [w for w in caught if issubclass(w.category, ResourceWarning)] == []
 
 
-def test_a_tick_waiting_when_another_thread_closes_the_session_falls_back_as_closed(frozen, caplog):
-    """It fell back as 'disconnected', counted and graphed as a lost connection, on an orderly shutdown."""
+@pytest.mark.parametrize("watchdog", [None, 1])
+def test_a_tick_waiting_when_another_thread_closes_the_session_falls_back_as_closed(frozen, caplog, watchdog):
+    """It fell back as 'disconnected', counted and graphed as a lost connection, on an orderly shutdown;
+    and with a watchdog of one miss, an orderly shutdown raised WatchdogError instead of its fallback."""
     address, servicer = frozen
     with PolicyClient(address) as client:
-        control = client.session(period_s=5.0, deadline_s=4.0, fallback="zeros")
+        control = client.session(period_s=5.0, deadline_s=4.0, fallback="zeros", max_consecutive_misses=watchdog)
         caplog.clear()  # the period's warning
         returned: list[np.ndarray] = []
         waiting = threading.Thread(target=lambda: returned.append(control.act(OBS)))
@@ -181,3 +183,30 @@ def test_a_tick_waiting_when_another_thread_closes_the_session_falls_back_as_clo
         with pytest.raises(SessionClosedError):
             control.act(OBS)
     assert [r for r in caplog.records if r.name == "flowrl.client" and r.levelno >= logging.WARNING] == []
+
+
+def test_a_session_collected_on_its_own_reader_thread_warns_and_closes_its_stream(client, monkeypatch):
+    """The collector runs wherever an allocation triggers it, the stream's reader thread included: the
+    finalizer then closed the stream, whose close joined that very thread (RuntimeError there, and the
+    warning never given). Here the reader runs the finalizer as it hands over a reply."""
+    control = client.session(period_s=0.5, seed=0)
+    stream, finalizer = control._stream, control._finalizer
+    ran: list[str] = []
+    errors: list[BaseException] = []
+    monkeypatch.setattr(threading, "excepthook", lambda args: errors.append(args.exc_value))
+
+    class CollectingOnPut(queue.SimpleQueue):
+        def put(self, item, block=True, timeout=None):
+            if not ran:
+                ran.append(threading.current_thread().name)
+                finalizer()  # what a collection of the dropped session would run, on this thread
+            super().put(item, block, timeout)
+
+    stream.replies = CollectingOnPut()
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        control.act(OBS)  # its reply reaches the reader, which then runs the finalizer
+        assert _eventually(lambda: not stream._reader.is_alive())
+    assert ran == ["flowrl-stream"] and errors == []
+    assert [w.category for w in caught] == [ResourceWarning]
+    assert control._link.closed

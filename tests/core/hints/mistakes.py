@@ -32,6 +32,14 @@ def actions(client: PolicyClient, session: ControlSession, sensors: list[float] 
     print(wide)
 
 
+def settings(session: ControlSession) -> float:
+    session.deadline_s = 0.01  # written after the session is made, checked then
+    session.period_s = 0.01  # error: [assignment]
+    session.fallback = "zeros"  # error: [assignment]
+    session.seed = 3  # error: [assignment]
+    return session.period_s + (session.max_delta or 0.0)
+
+
 def graph(policy: OnnxPolicy) -> None:
     sizes: list[int] = policy.input_names  # error: [assignment]
     print(sizes, policy.output_name + 1)  # error: [operator]
