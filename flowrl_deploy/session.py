@@ -137,8 +137,9 @@ class _Health:
 
 WRITABLE_SETTINGS = ("deadline_s", "max_consecutive_misses", "max_staleness_s", "reset_timeout_s")
 """The settings of a :class:`ControlSession` that may be written after it is made, each checked as then."""
-_PLAIN_ATTRIBUTES = frozenset({"client", "info", "timings", "health"})
-"""The session's public attributes that are neither settings nor properties."""
+_CONSTRUCTOR_ONLY = frozenset({"local_model", "max_rate", "contract", "backoff_s", "max_timings"})
+"""The arguments of a :class:`ControlSession` that it keeps under no name of theirs (their effects are
+``local``, ``max_delta``, ``contract_hash``/``contract_json``, the reconnection and ``timings``)."""
 _T = TypeVar("_T")
 
 
@@ -164,7 +165,13 @@ class _Fixed(Generic[_T]):
         return self.read(session) if self.read else getattr(session, f"_{self.name}")
 
     def __set__(self, session: ControlSession, value: NoReturn) -> None:  # NoReturn: a type checker refuses writes
-        raise AttributeError(
+        raise self._refusal()
+
+    def __delete__(self, session: ControlSession) -> None:
+        raise self._refusal()
+
+    def _refusal(self) -> AttributeError:
+        return AttributeError(
             f"ControlSession.{self.name} is fixed when the session is made ({self.why}): open a new session "
             "with client.session(...) for another"
         )
@@ -588,18 +595,19 @@ class ControlSession:
         self._finalizer.detach()
         self._link.close()
 
-    def __setattr__(self, name: str, value: object) -> None:
-        """Refuse a public name the session does not have: a setting written by name (a ROS parameter
-        callback's ``setattr(control, name, value)``, ``max_rate`` say) must not pass for taken when no
-        tick reads it."""
-        if name.startswith("_") or name in _PLAIN_ATTRIBUTES or hasattr(type(self), name):
+    if not TYPE_CHECKING:  # a type checker refuses any name the class lacks; this guard is for setattr()
+
+        def __setattr__(self, name: str, value: object) -> None:
+            """Refuse a setting given only to the constructor (``max_rate``, ``backoff_s``, …): written by
+            name (a ROS parameter callback's ``setattr(control, name, value)``), it must not pass for taken
+            when no tick reads it. Other names, a subclass's own or a mock's, are set as usual."""
+            if name in _CONSTRUCTOR_ONLY:
+                raise AttributeError(
+                    f"ControlSession has no setting {name!r} to write: it is fixed when the session is made "
+                    f"(open a new session with client.session(...)); the ones written after are "
+                    f"{', '.join(WRITABLE_SETTINGS)}"
+                )
             object.__setattr__(self, name, value)
-            return
-        raise AttributeError(
-            f"ControlSession has no setting {name!r}: the ones written after it is made are "
-            f"{', '.join(WRITABLE_SETTINGS)}; the others are fixed when it is made (open a new session with "
-            "client.session(...))"
-        )
 
     def __enter__(self) -> ControlSession:
         return self
@@ -609,12 +617,13 @@ class ControlSession:
 
 
 def _dropped(link: StreamLink, session_id: str) -> None:
-    """Warn of the session ``session_id``, collected without its close(), and close its stream: warned
-    first, since the collection may run anywhere, even on the stream's own reader thread."""
-    warnings.warn(
-        f"ControlSession {session_id} was dropped without close(), which ends its stream; close a session "
-        "(or open it in a with block) when its control loop ends",
-        ResourceWarning,
-        stacklevel=1,
-    )
-    link.close()
+    """Warn of the session ``session_id``, collected without its close(), and close its stream."""
+    try:
+        warnings.warn(
+            f"ControlSession {session_id} was dropped without close(), which ends its stream; close a session "
+            "(or open it in a with block) when its control loop ends",
+            ResourceWarning,
+            stacklevel=1,
+        )
+    finally:  # also where ResourceWarning is made an error (pytest -W error): the stream still ends
+        link.close()

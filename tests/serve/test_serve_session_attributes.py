@@ -6,13 +6,14 @@ from __future__ import annotations
 
 import math
 import re
+from unittest import mock
 
 import numpy as np
 import pytest
 from tiny_policy import ACT_DIM
 
 from flowrl_deploy.errors import FlowRLError
-from flowrl_deploy.session import WatchdogError
+from flowrl_deploy.session import ControlSession, WatchdogError
 
 OBS = np.array([0.3, -0.2, 0.1], np.float32)
 MISS_S = 1e-7
@@ -117,14 +118,35 @@ def test_a_setting_that_a_write_would_not_change_is_read_only_and_says_what_to_d
     assert (control.period_s, control.max_delta, control.seed, control.pinned) == (0.5, 1.0, 1, False)
 
 
-@pytest.mark.parametrize("name", ["max_rate", "backoff_s", "max_timings", "deadline", "contract"])
-def test_a_setting_the_session_does_not_have_is_refused_naming_those_it_takes(client, name):
+@pytest.mark.parametrize("name", ["max_rate", "backoff_s", "max_timings", "local_model", "contract"])
+def test_a_setting_given_only_to_the_constructor_is_refused_naming_those_written_after(client, name):
     """``setattr(control, "max_rate", 3.0)`` from a parameter callback was taken silently and read by
     nothing: the rate clamp kept its step."""
     with client.session(period_s=0.5) as control:
-        with pytest.raises(AttributeError, match=rf"^ControlSession has no setting '{name}': the ones written after"):
+        with pytest.raises(AttributeError, match=rf"^ControlSession has no setting '{name}' to write: it is fixed"):
             setattr(control, name, 1.0)
         assert name not in vars(control)
+
+
+def test_a_subclass_or_a_mock_sets_names_of_its_own(client):
+    class RobotSession(ControlSession):
+        def __init__(self, *args: object, **kwargs: object) -> None:
+            super().__init__(*args, **kwargs)
+            self.joint_names = ["hip", "knee"]
+
+    with RobotSession(client, period_s=0.5) as control:
+        assert control.joint_names == ["hip", "knee"]
+        with mock.patch.object(control, "robot_state", "idle", create=True):
+            assert control.robot_state == "idle"
+
+
+@pytest.mark.parametrize("name", ["period_s", "session_id", "contract_hash"])
+def test_deleting_a_fixed_setting_says_it_is_fixed(client, name):
+    with (
+        client.session(period_s=0.5) as control,
+        pytest.raises(AttributeError, match=rf"ControlSession\.{name} is fixed when the session is made"),
+    ):
+        delattr(control, name)
 
 
 def test_the_initial_action_is_the_sessions_own(client):

@@ -210,3 +210,22 @@ def test_a_session_collected_on_its_own_reader_thread_warns_and_closes_its_strea
     assert ran == ["flowrl-stream"] and errors == []
     assert [w.category for w in caught] == [ResourceWarning]
     assert control._link.closed
+
+
+@pytest.mark.filterwarnings("ignore::pytest.PytestUnraisableExceptionWarning")  # the raised warning, reported
+def test_a_dropped_session_ends_its_stream_where_resource_warnings_are_errors(server, client):
+    """pytest -W error (or a robot team's warning filter) raises the ResourceWarning in the finalizer:
+    the stream must end all the same, or its server session keeps a worker."""
+    sessions = _open_server_sessions(client)
+    gc.disable()
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("error", ResourceWarning)
+            control = client.session(period_s=0.5, seed=0)
+            control.act(OBS)
+            link = control._link
+            del control  # the finalizer's warning raises; Python reports it as unraisable
+    finally:
+        gc.enable()
+    assert link.closed
+    assert _eventually(lambda: _open_server_sessions(client) == sessions)

@@ -37,6 +37,8 @@ def settings(session: ControlSession) -> float:
     session.period_s = 0.01  # error: [assignment]
     session.fallback = "zeros"  # error: [assignment]
     session.seed = 3  # error: [assignment]
+    session.max_rate = 2.0  # error: [attr-defined]
+    session.dealine_s = 0.01  # error: [attr-defined]
     return session.period_s + (session.max_delta or 0.0)
 
 
