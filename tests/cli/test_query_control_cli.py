@@ -44,14 +44,17 @@ def pki(tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def mtls_server(tmp_path_factory, pki):
-    """A server with --client-ca: it serves only clients holding a certificate from the CA."""
+    """A server with --client-ca: it serves only clients holding a certificate from the CA. On 127.0.0.1
+    (its certificate names it), not `localhost`: in one CI run under load, 127.0.0.1 refused the
+    connection at the port `localhost` had bound (on [::1] only, seemingly), and the refusal hid the TLS
+    failure these tests look for."""
     path = _cartpole_policy(tmp_path_factory.mktemp("mtls") / "policy.onnx", 0.05)
     cert, key = pki["server"]
     config = ServeConfig(
-        str(path), host="localhost", port=0, tls_cert=cert, tls_key=key, client_ca=pki["ca"], grace_s=0
+        str(path), host="127.0.0.1", port=0, tls_cert=cert, tls_key=key, client_ca=pki["ca"], grace_s=0
     )
     with PolicyServer(config).start() as running:
-        yield f"localhost:{running.port}"
+        yield f"127.0.0.1:{running.port}"
 
 
 @pytest.fixture(scope="module")
