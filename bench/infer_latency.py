@@ -18,6 +18,7 @@ of back-to-back calls), so that load from other processes on a shared machine fa
     .venv/bin/python bench/infer_latency.py --json bench/results/infer_latency.json
     .venv/bin/python bench/infer_latency.py --quick
     .venv/bin/python bench/infer_latency.py --gap
+    .venv/bin/python bench/infer_latency.py --device cuda   # torch and onnxruntime's CUDA provider on a GPU
 
 ``--gap`` says where the optimized graph's batch-1 time over the floor goes, at the issue's reference
 point: the node counts after onnxruntime's own graph optimizations, and the optimized graph timed
@@ -51,7 +52,7 @@ from serve_common import machine
 from timing import throughput, time_interleaved
 
 from flowrl_deploy.export.graph import VelocityWeights, build_policy_graph, schedule
-from flowrl_deploy.ort import make_session
+from flowrl_deploy.ort import CUDA, make_session
 from flowrl_deploy.spec import SOLVERS, PolicySpec
 from flowrl_deploy.train.actor import FlowActor
 from flowrl_deploy.versions import library_versions
@@ -142,9 +143,12 @@ def gap(actor: FlowActor, spec: PolicySpec, steps: int, solver: str, budget_s: f
             print(f"  {name:<22}{p50[name]:>6.0f} µs: saves {saved:.0f} µs ({saved / over:.0%} of the gap)")
 
 
-def runners(actor: FlowActor, spec: PolicySpec, steps: int, solver: str) -> dict:
-    """name → (call(obs, noise) -> action): every variant behind the same numpy-in, numpy-out call."""
-    weights = VelocityWeights.from_actor({k: v.numpy() for k, v in actor.state_dict().items()}, spec)
+def runners(actor: FlowActor, spec: PolicySpec, steps: int, solver: str, device: str = "cpu") -> dict:
+    """name → (call(obs, noise) -> action): every variant behind the same numpy-in, numpy-out call.
+
+    ``device`` "cuda": torch runs there and onnxruntime on its CUDA provider, each call copying its
+    numpy inputs over and the action back (what a caller holding numpy arrays pays)."""
+    weights = VelocityWeights.from_actor({k: v.cpu().numpy() for k, v in actor.state_dict().items()}, spec)
     graphs = {
         "plain": build_policy_graph(weights, spec, steps=steps, solver=solver, optimize=False),
         "optimized": build_policy_graph(weights, spec, steps=steps, solver=solver),
@@ -152,15 +156,19 @@ def runners(actor: FlowActor, spec: PolicySpec, steps: int, solver: str) -> dict
         "int8": build_policy_graph(weights, spec, steps=steps, solver=solver, dtype="int8"),
     }
 
+    providers = [CUDA] if device == "cuda" else ["CPUExecutionProvider"]
+    on_device = actor.to(device)
+
     def onnx_call(model: onnx.ModelProto, floor: bool):
-        session = make_session(model.SerializeToString(), providers=["CPUExecutionProvider"], threads=1)
+        session = make_session(model.SerializeToString(), providers=providers, threads=1)
         if floor:
             return lambda obs, noise: session.run(None, {"noise": noise})[0]
         return lambda obs, noise: session.run(None, {"obs": obs, "noise": noise})[0]
 
     def torch_call(obs: np.ndarray, noise: np.ndarray) -> np.ndarray:
         with torch.inference_mode():
-            return actor(torch.from_numpy(obs), torch.from_numpy(noise), steps, solver).numpy()
+            obs_t, noise_t = torch.from_numpy(obs).to(device), torch.from_numpy(noise).to(device)
+            return on_device(obs_t, noise_t, steps, solver).cpu().numpy()
 
     calls = {"torch": torch_call}
     calls.update({name: onnx_call(graphs[name], name == "floor") for name in ONNX_VARIANTS})
@@ -237,7 +245,12 @@ def main() -> None:
     parser.add_argument("--solver", choices=SOLVERS, default="midpoint")
     parser.add_argument("--budget", type=float, default=3.0, help="seconds of interleaved timing per batch size")
     parser.add_argument("--gap", action="store_true", help="where optimized's time over the floor goes (see above)")
+    parser.add_argument(
+        "--device", choices=("cpu", "cuda"), default="cpu", help="cuda: torch and onnxruntime's CUDA provider"
+    )
     args = parser.parse_args()
+    if args.device == "cuda" and not torch.cuda.is_available():
+        parser.error("--device cuda: torch sees no CUDA device here")
     if args.quick:
         args.steps, args.budget = [1, 10], 0.5
     torch.set_num_threads(1)
@@ -250,6 +263,7 @@ def main() -> None:
     rng = np.random.default_rng(0)
     rows = []
     header = f"{'shape':<12}{'N':>3}  {'variant':<10}{'p50 ms':>8}{'p99 ms':>8}{'b64 /s':>10}{'b256 /s':>10}  max|Δa|"
+    print(f"{args.device}, {args.solver}; {'one thread' if args.device == 'cpu' else torch.cuda.get_device_name()}")
     print(header, "-" * len(header), sep="\n")
     for shape in args.shapes:
         obs_dim, act_dim, hidden = SHAPES[shape]
@@ -257,7 +271,7 @@ def main() -> None:
         torch.manual_seed(0)
         actor = FlowActor(spec).eval()
         for steps in args.steps:
-            results = measure(runners(actor, spec, steps, args.solver), spec, args.budget, rng)
+            results = measure(runners(actor, spec, steps, args.solver, args.device), spec, args.budget, rng)
             for name in VARIANTS:
                 r = results[name]
                 err = "-" if r["max_abs_error_vs_torch"] is None else f"{r['max_abs_error_vs_torch']:.1e}"
@@ -270,14 +284,18 @@ def main() -> None:
     print("\nbatch-1 p50 ratios: optimized vs plain / vs torch, optimized over floor, int8 vs plain")
     for row in rows:
         print(f"  {row['shape']:<12} N={row['steps']:<3} " + "  ".join(f"{v:.2f}" for v in row["ratios"].values()))
-    targets = target_verdicts(rows)
+    targets = target_verdicts(rows) if args.device == "cpu" else []
+    if args.device != "cpu":
+        print("the issue's targets are for one CPU thread: no verdicts for a run on the GPU")
     if targets:
         print(f"targets at the issue's reference point ({TARGET_SHAPE}, N={TARGET_STEPS}, batch 1, one thread):")
         for line in targets:
             print(f"  {line}")
     if args.json:
         args.json.parent.mkdir(parents=True, exist_ok=True)
-        device = {**machine(), "threads": 1, "versions": library_versions()}
+        device = {**machine(), "threads": 1, "versions": library_versions(), "device": args.device}
+        if args.device == "cuda":
+            device["gpu"] = torch.cuda.get_device_name()
         figures = {"device": device, "quick": args.quick, "rows": rows, "targets": targets}
         args.json.write_text(json.dumps(figures, indent=2))
         print(f"wrote {args.json}")

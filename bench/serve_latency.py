@@ -12,6 +12,8 @@ All in one run on one machine, each server in its own process:
 
 Targets: StreamAct p50 <= echo-stream p50 + in-process p50 + 150 µs; StreamAct p99 < 2 x its p50.
 ``--pin 1 0`` runs the servers on core 1 and this client (and the in-process row) on core 0.
+``--providers cuda`` runs the graph on onnxruntime's CUDA provider: in the server, in the echo
+handler and in process alike.
 
     .venv/bin/python bench/serve_latency.py [--quick] [--json bench/results/serve_latency.json]
 """
@@ -46,6 +48,7 @@ from serve_common import (
 from flowrl_deploy.affinity import pin_to_cpus
 from flowrl_deploy.client import PolicyClient
 from flowrl_deploy.codec import encode
+from flowrl_deploy.ort import CUDA
 from flowrl_deploy.proto.flowrl.v1 import policy_pb2 as pb
 from flowrl_deploy.serve.process import ServerProcess
 
@@ -105,11 +108,15 @@ def bench_echo(address: str, request_size: int, n: int, warmup: int, *, unary: b
     return rows
 
 
-def inference_reply(model: Path, reply_size: int):
+PROVIDERS = {"cpu": ["CPUExecutionProvider"], "cuda": [CUDA]}
+"""``--providers``: the onnxruntime providers each row's graph runs on."""
+
+
+def inference_reply(model: Path, reply_size: int, providers: str):
     """An echo handler that runs ``model`` at batch 1 before it replies (the service minus its own work)."""
     from flowrl_deploy.policy import OnnxPolicy
 
-    policy = OnnxPolicy(model, providers=["CPUExecutionProvider"])
+    policy = OnnxPolicy(model, providers=PROVIDERS[providers])
     obs = np.zeros((1, DOG_RUN["obs_dim"]), np.float32)
     noise = np.zeros((1, DOG_RUN["act_dim"]), np.float32)
     payload = b"\1" * reply_size
@@ -140,10 +147,10 @@ def bench_serve(address: str, n: int, warmup: int) -> dict:
     }
 
 
-def bench_in_process(model: Path, n: int, warmup: int) -> dict:
+def bench_in_process(model: Path, n: int, warmup: int, providers: str) -> dict:
     from flowrl_deploy.policy import OnnxPolicy
 
-    policy = OnnxPolicy(model, providers=["CPUExecutionProvider"])
+    policy = OnnxPolicy(model, providers=PROVIDERS[providers])
     obs = np.random.default_rng(0).standard_normal((1, DOG_RUN["obs_dim"])).astype(np.float32)
     noise = np.zeros((1, DOG_RUN["act_dim"]), np.float32)
     return {"onnxruntime in-process": figures(time_calls(lambda: policy.act(obs, noise), n, warmup))}
@@ -156,6 +163,7 @@ def main() -> None:
     parser.add_argument("--steps", type=int, default=10, help="flow steps of the exported graph")
     parser.add_argument("--work", type=Path, default=Path(tempfile.gettempdir()) / "flowrl-bench")
     add_pin_option(parser)
+    parser.add_argument("--providers", choices=sorted(PROVIDERS), default="cpu", help="where the graph runs")
     parser.add_argument("--echo-server", type=int, metavar="REPLY_BYTES", help=argparse.SUPPRESS)
     parser.add_argument("--echo-model", type=Path, help=argparse.SUPPRESS)
     parser.add_argument("--echo-aio", action="store_true", help=argparse.SUPPRESS)
@@ -164,7 +172,11 @@ def main() -> None:
     if args.echo_server is not None:
         pin_to_cpus(server_cpus)
         payload = b"\1" * args.echo_server
-        reply = inference_reply(args.echo_model, args.echo_server) if args.echo_model else lambda request: payload
+        reply = (
+            inference_reply(args.echo_model, args.echo_server, args.providers)
+            if args.echo_model
+            else lambda request: payload
+        )
         (serve_echo_aio if args.echo_aio else serve_echo)(reply)
         return
     cpus_flag = pinned(args.pin)
@@ -176,16 +188,17 @@ def main() -> None:
     pin_flags = [] if args.pin is None else ["--pin", *map(str, args.pin)]
     with echo_process(__file__, str(reply_size), *pin_flags) as echo:
         rows = bench_echo(echo.address, request_size, n, warmup)
-    with echo_process(__file__, str(reply_size), "--echo-model", str(model), *pin_flags) as echo:
+    model_flags = ["--echo-model", str(model), "--providers", args.providers]
+    with echo_process(__file__, str(reply_size), *model_flags, *pin_flags) as echo:
         inferring = bench_echo(echo.address, request_size, n, warmup, unary=False)
     rows["echo stream + inference"] = inferring["echo stream"]
     with echo_process(__file__, str(reply_size), "--echo-aio", *pin_flags) as echo:
         rows.update({f"aio {name}": row for name, row in bench_echo(echo.address, request_size, n, warmup).items()})
-    with echo_process(__file__, str(reply_size), "--echo-aio", "--echo-model", str(model), *pin_flags) as echo:
+    with echo_process(__file__, str(reply_size), "--echo-aio", *model_flags, *pin_flags) as echo:
         aio_inferring = bench_echo(echo.address, request_size, n, warmup, unary=False)
     rows["aio echo stream + inference"] = aio_inferring["echo stream"]
-    rows.update(bench_in_process(model, n, warmup))
-    with ServerProcess(model, "--providers", "cpu", *cpus_flag) as served:
+    rows.update(bench_in_process(model, n, warmup, args.providers))
+    with ServerProcess(model, "--providers", args.providers, *cpus_flag) as served:
         rows.update(bench_serve(served.address, n, warmup))
     misses = rows.pop("stream_misses")
 
@@ -199,7 +212,10 @@ def main() -> None:
         "stream_p99_ok": stream["p99_us"] < 2 * stream["p50_us"],
         "stream_misses": misses,
     }
-    print(f"batch 1, dog-run shapes {DOG_RUN}, {args.steps} flow steps, {n} calls each; {machine()['cpu']}")
+    print(
+        f"batch 1, dog-run shapes {DOG_RUN}, {args.steps} flow steps, {n} calls each; {machine()['cpu']}; "
+        f"onnxruntime providers: {args.providers}"
+    )
     print(f"messages: request {request_size} B, reply {reply_size} B; pinned (server, client): {args.pin}")
     print(f"{'path':32s} {'p50 µs':>9s} {'p99 µs':>9s} {'p99.9 µs':>9s} {'mean µs':>9s}")
     for name, row in rows.items():
@@ -217,6 +233,7 @@ def main() -> None:
             "steps": args.steps,
             "calls": n,
             "pin": args.pin,
+            "providers": args.providers,
             "rows": rows,
             "targets": targets,
         }

@@ -1,0 +1,82 @@
+"""An exported policy on onnxruntime's CUDA provider, on a real GPU: what a GPU host's `flowrl serve`
+runs by default. The actions must be the CPU's, which `flowrl export` verified against torch.
+
+These run only where a GPU is present and onnxruntime's CUDA provider loads; elsewhere (CI) they
+skip, saying which of the two is missing. tests/core/test_runtime_cuda_sessions.py covers the same
+code paths on a machine without a GPU, with the provider's start simulated.
+"""
+
+from __future__ import annotations
+
+from dataclasses import replace
+
+import numpy as np
+import pytest
+from export_fixtures import SPEC, actor_tensors
+
+from flowrl_deploy import ort
+from flowrl_deploy.checkpoint import save_checkpoint
+from flowrl_deploy.client import PolicyClient
+from flowrl_deploy.export import ExportConfig, export_checkpoint
+from flowrl_deploy.policy import OnnxPolicy
+from flowrl_deploy.serve import PolicyServer, ServeConfig
+
+CPU = "CPUExecutionProvider"
+
+
+def _why_not_here() -> str:
+    if ort.CUDA not in ort.import_onnxruntime().get_available_providers():
+        return "this onnxruntime build has no CUDA provider"
+    if not ort.cuda_device_present():
+        return "no GPU here (these run where one is present)"
+    ort.preload_cuda_libraries()
+    return ort.cuda_library_error()
+
+
+WHY_NOT = _why_not_here()
+pytestmark = pytest.mark.skipif(bool(WHY_NOT), reason=f"onnxruntime's CUDA provider cannot run here: {WHY_NOT}")
+
+WIDE = replace(
+    SPEC,
+    obs_dim=40,
+    act_dim=12,
+    action_low=(-1.0,) * 12,
+    action_high=(2.0,) * 12,
+    hidden=256,
+    obs_layout=(("position", 40),),
+    action_names=tuple(f"joint_{i}" for i in range(12)),
+)
+"""Wide enough that TF32 matmuls (10-bit mantissas) would move the actions far past the tolerance."""
+
+
+@pytest.fixture(scope="module")
+def policy_file(tmp_path_factory):
+    folder = tmp_path_factory.mktemp("gpu")
+    checkpoint = save_checkpoint(folder / "step_1", spec=WIDE, actor=actor_tensors(WIDE))
+    return export_checkpoint(checkpoint, folder / "policy.onnx", ExportConfig(steps=10, samples=8)).path
+
+
+def test_a_gpu_host_runs_a_policy_on_cuda_by_default(policy_file):
+    assert ort.default_providers()[0] == ort.CUDA
+    assert OnnxPolicy(policy_file).session.get_providers()[0] == ort.CUDA
+
+
+@pytest.mark.parametrize("batch", [1, 7, 64])
+def test_cuda_actions_are_the_cpu_actions(policy_file, batch):
+    on_gpu, on_cpu = OnnxPolicy(policy_file, providers=[ort.CUDA]), OnnxPolicy(policy_file, providers=[CPU])
+    rng = np.random.default_rng(batch)
+    obs = (rng.standard_normal((batch, WIDE.obs_dim)) * 5).astype(np.float32)
+    noise = (rng.standard_normal((batch, WIDE.act_dim)) * 3).astype(np.float32)
+    np.testing.assert_allclose(on_gpu.act(obs, noise), on_cpu.act(obs, noise), atol=1e-5, rtol=1e-4)
+    assert np.array_equal(on_gpu.act(obs, noise), on_gpu.act(obs, noise))
+
+
+def test_a_server_on_a_gpu_host_serves_from_cuda_what_the_cpu_computes(policy_file):
+    obs = np.random.default_rng(0).standard_normal(WIDE.obs_dim).astype(np.float32)
+    with PolicyServer(ServeConfig(str(policy_file), port=0, grace_s=0)).start() as server:
+        assert server.servicer.slot.current().policy.session.get_providers()[0] == ort.CUDA
+        with PolicyClient(server.address) as client, client.session(period_s=1.0, seed=3) as control:
+            served = control.act(obs)
+    local = OnnxPolicy(policy_file, providers=[CPU])
+    noise = np.random.Generator(np.random.PCG64(3)).standard_normal((1, WIDE.act_dim), dtype=np.float32)
+    np.testing.assert_allclose(served, local.act(obs[None], noise)[0], atol=1e-5, rtol=1e-4)
