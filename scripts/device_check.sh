@@ -27,7 +27,7 @@ set -uo pipefail
 BUDGET_S=${DEVICE_CHECK_BUDGET_S:-450}
 MIN_STEP_S=10         # a step is not started with less time than this left
 SKIPPED_RC=99         # a step that cannot apply here (no CUDA provider in onnxruntime) and is no failure
-PARTS="install cuda-tests bench bench-more train infer suite"
+PARTS="install cuda-tests bench bench-more train infer serving demo suite"
 RUN=/tmp/device-run   # the cartpole run of the train steps
 SITE=/tmp/site        # where the carried wheels are installed (first on PYTHONPATH)
 
@@ -116,9 +116,18 @@ print(f"flowrl-deploy {f.__version__}, grpcio {grpc.__version__}, protobuf {pb._
     return "$rc"  # an install whose packages do not import fails here, not in a later step
 }
 
+ort_cuda_offered() {  # whether this onnxruntime offers its CUDA provider; else a note saying what it offers
+    local offered
+    offered=$(python3 -c 'import onnxruntime as ort; print(", ".join(ort.get_available_providers()))') || return 1
+    [[ $offered == *CUDAExecutionProvider* ]] && return 0
+    note "onnxruntime's CUDA provider: not offered by this onnxruntime ($offered)"
+    return 1
+}
+
 step_cuda_tests() {
-    python3 -m pytest -q -p no:cacheprovider -rs --timeout 60 tests/train/test_train_cuda.py \
-        >"$OUT_DIR/pytest_cuda.log" 2>&1
+    local files=(tests/train/test_train_cuda.py)
+    ort_cuda_offered && files+=(tests/export/test_cuda_provider_on_a_gpu.py)
+    python3 -m pytest -q -p no:cacheprovider -rs --timeout 60 "${files[@]}" >"$OUT_DIR/pytest_cuda.log" 2>&1
     pytest_verdict "$OUT_DIR/pytest_cuda.log" $? ANY
 }
 
@@ -172,12 +181,8 @@ step_eval_onnx() {
 }
 
 step_infer() {
-    local offered model=$RUN/policy.onnx
-    offered=$(python3 -c 'import onnxruntime as ort; print(", ".join(ort.get_available_providers()))') || return 1
-    if [[ $offered != *CUDAExecutionProvider* ]]; then
-        note "inference on CUDA: SKIPPED (this onnxruntime offers $offered)"
-        return "$SKIPPED_RC"
-    fi
+    local model=$RUN/policy.onnx
+    ort_cuda_offered || return "$SKIPPED_RC"
     if [[ ! -f $model ]]; then  # the train steps did not run or failed: a tiny policy of the tests
         model=$WORK/tiny_policy.onnx
         python3 -c 'import sys; sys.path.insert(0, "tests/helpers")
@@ -262,6 +267,29 @@ EOF
     return "$rc"
 }
 
+step_serving() {  # dog-run shapes, 10 steps: batch-1 inference and the served round trip, on the GPU
+    ort_cuda_offered || return "$SKIPPED_RC"
+    python3 bench/infer_latency.py --device cuda --quick --shapes dog-run --json "$WORK/serving_infer_latency.json" \
+        >"$WORK/serving.log" 2>&1 &&
+        python3 bench/serve_latency.py --providers cuda --quick --work "$WORK/serve-bench" \
+            --json "$WORK/serving_serve_latency.json" >>"$WORK/serving.log" 2>&1
+    local rc=$?
+    ((rc == 0)) || { tail -5 "$WORK/serving.log"; note "$(tail -1 "$WORK/serving.log")"; return "$rc"; }
+    note "$(python3 -c 'import json, sys
+infer = {r["steps"]: r["results"] for r in json.load(open(sys.argv[1]))["rows"]}[10]
+rows = json.load(open(sys.argv[2]))["rows"]
+print("batch-1 p50 at N=10: torch {:.0f} us, optimized ONNX {:.0f} us; StreamAct {:.0f} us (in-process {:.0f})".format(
+    infer["torch"]["p50_ms"] * 1e3, infer["optimized"]["p50_ms"] * 1e3,
+    rows["serve stream (StreamAct)"]["p50_us"], rows["onnxruntime in-process"]["p50_us"]))' \
+        "$WORK/serving_infer_latency.json" "$WORK/serving_serve_latency.json")"
+}
+
+step_demo() {  # the README's main job on a GPU host: training on CUDA, serving from onnxruntime's CUDA provider
+    rm -rf "$WORK/demo"
+    logged flowrl demo --out "$WORK/demo" || return
+    cp "$WORK"/demo/*/summary.json "$WORK/serving_demo.json"
+}
+
 step_suite() {
     local ignores=()
     for path in "${SUITE_IGNORED[@]}"; do ignores+=(--ignore "$path"); done
@@ -320,12 +348,13 @@ if not torch.cuda.is_available():
 print(f"torch {torch.__version__} on {torch.cuda.get_device_name()}")' 2>/dev/null
 }
 
-merge_bench() {  # the bench steps' JSON files as one list in train_throughput_cuda.json
-    compgen -G "$WORK/bench_*.json" >/dev/null || return 0
-    python3 - "$OUT_DIR/train_throughput_cuda.json" "$WORK"/bench_*.json <<'EOF'
+merged() {  # PREFIX FILE: the JSON files $WORK/PREFIX_*.json as one list in $OUT_DIR/FILE, each entry
+    compgen -G "$WORK/$1_*.json" >/dev/null || return 0  # named by its file name's rest (variant)
+    python3 - "$1" "$OUT_DIR/$2" "$WORK/$1"_*.json <<'EOF'
 import json, pathlib, sys
-variants = [dict(variant=pathlib.Path(p).stem.removeprefix("bench_"), **json.load(open(p))) for p in sys.argv[2:]]
-pathlib.Path(sys.argv[1]).write_text(json.dumps(variants, indent=2) + "\n")
+prefix, out, paths = sys.argv[1], sys.argv[2], sys.argv[3:]
+entries = [dict(variant=pathlib.Path(p).stem.removeprefix(prefix + "_"), **json.load(open(p))) for p in paths]
+pathlib.Path(out).write_text(json.dumps(entries, indent=2) + "\n")
 EOF
 }
 
@@ -345,7 +374,7 @@ main() {
         exit
     fi
 
-    local found part parts=" ${*:-cuda-tests bench train infer suite} "
+    local found part parts=" ${*:-cuda-tests infer serving demo suite} "
     for part in $parts; do  # a misspelt part costs no device time
         [[ " $PARTS " == *" $part "* ]] || { echo "device_check: no part '$part' (parts: $PARTS)"; exit 2; }
     done
@@ -373,7 +402,7 @@ main() {
         run_step bench-compile 90
         run_step bench-bf16-compile 90
     fi
-    merge_bench
+    merged bench train_throughput_cuda.json
     if wants train; then
         run_step train 90
         run_step eval-cuda 40
@@ -382,6 +411,9 @@ main() {
         run_step eval-onnx 30
     fi
     wants infer && run_step infer 60
+    wants serving && run_step serving 150
+    wants demo && run_step demo 240
+    merged serving serving.json
     wants suite && run_step suite 240  # the last step: what is left of the budget
     local verdict=PASS
     ((failed)) && verdict=FAIL

@@ -5,6 +5,7 @@ past its budget is killed and reported, and skipped CUDA tests fail the run inst
 
 from __future__ import annotations
 
+import json
 import os
 import re
 import shlex
@@ -20,8 +21,10 @@ ROOT = Path(__file__).resolve().parents[2]
 SCRIPT = ROOT / "scripts" / "device_check.sh"
 STEPS = [
     "install", "cuda-tests", "bench-graphs", "bench-eager", "train", "eval-cuda", "eval-cpu", "export", "eval-onnx",
-    "infer", "suite",
+    "infer", "serving", "demo", "suite",
 ]  # fmt: skip
+EVERY_PART = "main cuda-tests bench train infer serving demo suite"
+"""The body running every part but bench-more (the default leaves bench and train out)."""
 
 pytestmark = pytest.mark.skipif(
     sys.platform == "win32" or shutil.which("bash") is None or shutil.which("timeout") is None,
@@ -90,7 +93,7 @@ def test_without_cuda_it_stops_at_once_in_one_line(tmp_path):
 
 
 def test_every_step_gets_a_row_and_a_run_of_passing_steps_passes(tmp_path):
-    status, _, summary = run(tmp_path)
+    status, _, summary = run(tmp_path, body=EVERY_PART)
     assert status == 0
     found = rows(summary)
     assert list(found) == ["cuda", *STEPS]
@@ -98,6 +101,23 @@ def test_every_step_gets_a_row_and_a_run_of_passing_steps_passes(tmp_path):
     assert found["train"][2] == "stub train"
     assert summary[-1].startswith("result: PASS in ")
     assert len(list((tmp_path / "out").rglob("*"))) <= 8  # the device tool brings back 8 files at most
+
+
+def test_the_default_parts_are_the_checks_of_serving_on_a_gpu(tmp_path):
+    status, _, summary = run(tmp_path)
+    assert status == 0
+    assert list(rows(summary)) == ["cuda", "install", "cuda-tests", "infer", "serving", "demo", "suite"]
+
+
+def test_the_json_of_several_steps_comes_back_as_one_file_of_named_entries(tmp_path):
+    stubs = """step_serving() {
+        echo '{"rows": 1}' >"$WORK/serving_infer.json"
+        echo '{"rows": 2}' >"$WORK/serving_x.json"
+    }"""
+    status, _, _ = run(tmp_path, stubs)
+    assert status == 0
+    merged = json.loads((tmp_path / "out" / "serving.json").read_text())
+    assert merged == [{"variant": "infer", "rows": 1}, {"variant": "x", "rows": 2}]
 
 
 def test_a_step_past_its_budget_is_killed_with_its_children_and_reported(tmp_path):
@@ -161,33 +181,35 @@ def test_skipped_tests_that_must_run_there_fail_the_run(tmp_path, step, which, s
 
 
 def test_a_failing_step_fails_the_run_and_the_steps_after_it_still_run(tmp_path):
-    status, _, summary = run(tmp_path, 'step_bench_graphs() { note "no GPU after all"; return 3; }')
+    status, _, summary = run(tmp_path, 'step_bench_graphs() { note "no GPU after all"; return 3; }', EVERY_PART)
     assert status == 1
     assert rows(summary)["bench-graphs"][::2] == ["FAIL(3)", "no GPU after all"]  # not its seconds: see rows
     assert rows(summary)["suite"][0] == "ok"
 
 
-def test_inference_is_skipped_not_failed_where_onnxruntime_has_no_cuda_provider(tmp_path):
+@pytest.mark.parametrize("step", ["infer", "serving"])
+def test_onnxruntime_on_cuda_is_skipped_not_failed_where_onnxruntime_has_no_cuda_provider(tmp_path, step):
     stubs = 'python3() { echo "AzureExecutionProvider, CPUExecutionProvider"; }'  # the image's onnxruntime
-    status, _, summary = run(tmp_path, stubs, real=("infer",))
+    status, _, summary = run(tmp_path, stubs, real=(step,))
     assert status == 0
-    assert rows(summary)["infer"][::2] == [
+    assert rows(summary)[step][::2] == [
         "SKIPPED",
-        "inference on CUDA: SKIPPED (this onnxruntime offers AzureExecutionProvider, CPUExecutionProvider)",
+        "onnxruntime's CUDA provider: not offered by this onnxruntime (AzureExecutionProvider, CPUExecutionProvider)",
     ]
 
 
 def test_a_misspelt_part_is_refused_before_the_cuda_check(tmp_path):
     status, stdout, summary = run(tmp_path, 'cuda_check() { echo "checked"; sleep 60; }', "main train trian")
     assert status == 2
-    assert stdout == "device_check: no part 'trian' (parts: install cuda-tests bench bench-more train infer suite)\n"
+    parts = "install cuda-tests bench bench-more train infer serving demo suite"
+    assert stdout == f"device_check: no part 'trian' (parts: {parts})\n"
     assert summary == []
 
 
 def test_a_step_killed_before_its_budget_is_not_called_a_timeout(tmp_path):
     """A step the OOM killer ends (SIGKILL, status 137) was reported 'TIMEOUT killed after its N s' at 0 s."""
     stubs = """step_bench_graphs() { note "started"; sh -c 'kill -KILL $$'; }"""
-    status, _, summary = run(tmp_path, stubs)
+    status, _, summary = run(tmp_path, stubs, EVERY_PART)
     assert status == 1
     status_of, _, note_of = rows(summary)["bench-graphs"]
     assert status_of == "KILLED(137)"
