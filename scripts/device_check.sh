@@ -30,6 +30,7 @@ SKIPPED_RC=99         # a step that cannot apply here (no CUDA provider in onnxr
 PARTS="install cuda-tests bench bench-more train infer serving demo suite"
 RUN=/tmp/device-run   # the cartpole run of the train steps
 SITE=/tmp/site        # where the carried wheels are installed (first on PYTHONPATH)
+PIECES=${DEVICE_CHECK_PIECES:-/tmp/gpuparts}  # a bundle too large for one call (onnxruntime-gpu), sent in pieces
 
 # The test modules that check the development environment, not the code that runs on a GPU, and
 # cannot run on the image: mypy is not there, the tree travels without .git, nothing can be downloaded.
@@ -99,14 +100,19 @@ pytest_verdict() {  # LOG RC ANY|EXTRAS: pytest's status (-rs output), failing o
 
 step_install() {
     local wheels=(.whl/*.whl)
-    if [[ ! -e ${wheels[0]} ]]; then
-        note "no wheels in .whl: make them with --wheels .whl and carry .whl"
+    if [[ ! -e ${wheels[0]} && ! -f $PIECES/install.sh ]]; then
+        note "no wheels in .whl nor a bundle in $PIECES: make them with --wheels .whl and carry .whl"
         return 1
     fi
     {
-        python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target "$SITE" \
-            "${wheels[@]}" &&
-            python3 -m pip install -q --no-index --no-deps --no-build-isolation -e .
+        if [[ -f $PIECES/install.sh ]]; then  # its own check of every piece, then its wheels into $SITE
+            SITE=$SITE PARTS=$PIECES bash "$PIECES/install.sh" || exit
+        fi
+        if [[ -e ${wheels[0]} ]]; then
+            python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target "$SITE" \
+                "${wheels[@]}" || exit
+        fi
+        python3 -m pip install -q --no-index --no-deps --no-build-isolation -e .
     } >"$OUT_DIR/install.log" 2>&1 || { tail -5 "$OUT_DIR/install.log"; return 1; }
     local check
     check=$(python3 -c 'import grpc, google.protobuf as pb, mujoco, dm_control, flowrl_deploy as f
@@ -348,6 +354,32 @@ if not torch.cuda.is_available():
 print(f"torch {torch.__version__} on {torch.cuda.get_device_name()}")' 2>/dev/null
 }
 
+nvidia_libraries() {  # onnxruntime's CUDA provider library loads, or pip's nvidia folders go on LD_LIBRARY_PATH
+    local found
+    found=$(python3 -c 'import glob, os
+from flowrl_deploy import ort
+if ort.CUDA not in ort.import_onnxruntime().get_available_providers():
+    print("not offered"); raise SystemExit
+ort.preload_cuda_libraries()
+error = ort.cuda_library_error()
+if error:
+    import nvidia
+    dirs = sorted({os.path.dirname(p) for d in nvidia.__path__ for p in glob.glob(d + "/**/lib*.so*", recursive=True)})
+    print("missing", ":".join(dirs), error)
+else:
+    print("loads")' 2>&1 | tail -1)
+    case $found in
+        loads | "not offered") row cuda-libraries ok 0 "onnxruntime's CUDA provider library: $found" ;;
+        missing\ *)
+            read -r _ dirs error <<<"$found"
+            export LD_LIBRARY_PATH=$dirs${LD_LIBRARY_PATH:+:$LD_LIBRARY_PATH}
+            row cuda-libraries FAIL 0 "preload_dlls left it unloadable ($error): the later steps run with pip's nvidia folders on LD_LIBRARY_PATH"
+            failed=1
+            ;;
+        *) row cuda-libraries FAIL 0 "the check failed: $found"; failed=1 ;;
+    esac
+}
+
 merged() {  # PREFIX FILE: the JSON files $WORK/PREFIX_*.json as one list in $OUT_DIR/FILE, each entry
     compgen -G "$WORK/$1_*.json" >/dev/null || return 0  # named by its file name's rest (variant)
     python3 - "$1" "$OUT_DIR/$2" "$WORK/$1"_*.json <<'EOF'
@@ -391,7 +423,8 @@ main() {
     row cuda ok "$SECONDS" "$found"
 
     wants() { [[ $parts == *" $1 "* ]]; }
-    run_step install 60
+    run_step install 90
+    nvidia_libraries
     wants cuda-tests && run_step cuda-tests 120
     if wants bench; then
         run_step bench-graphs 45

@@ -48,6 +48,7 @@ def run(
         f"source {SCRIPT}\n"
         "MIN_STEP_S=1\n"
         'cuda_check() { echo "torch 9 on a pretend GPU"; }\n'
+        f"{'' if 'nvidia-libraries' in real else 'nvidia_libraries() { :; }'}\n"
         f"for s in {steps}; do eval \"step_$s() {{ note 'stub $s'; }}\"; done\n"
         f"{stubs}\n"
         'if [[ ${1:-} == --step ]]; then main "$@"; fi\n'  # run_step's children
@@ -55,6 +56,7 @@ def run(
     )
     env = {**os.environ, "OUT": str(tmp_path / "out"), "DEVICE_CHECK_WORK": str(tmp_path / "work")}
     env["DEVICE_CHECK_BUDGET_S"] = str(budget)
+    env["DEVICE_CHECK_PIECES"] = str(tmp_path / "no-pieces")  # not a bundle this machine may hold in /tmp
     done = subprocess.run(["bash", str(wrapper)], cwd=cwd, env=env, capture_output=True, text=True, timeout=60)
     summary = tmp_path / "out" / "summary.txt"
     return done.returncode, done.stdout, summary.read_text().splitlines() if summary.exists() else []
@@ -216,6 +218,19 @@ def test_a_step_killed_before_its_budget_is_not_called_a_timeout(tmp_path):
     assert re.fullmatch(r"ended after \d+ s of its \d+ s; started", note_of)
 
 
+def test_a_cuda_provider_library_that_does_not_load_fails_the_run_and_the_steps_get_the_nvidia_folders(tmp_path):
+    """onnxruntime's preload_dlls did not find the CUDA libraries that torch's nvidia packages hold: the
+    run says so and fails, and its later steps still measure with those folders on LD_LIBRARY_PATH."""
+    stubs = """python3() { echo "missing /n/cublas/lib:/n/cu13/lib libcublasLt.so.13: cannot open shared object file"; }
+step_suite() { note "LD_LIBRARY_PATH=$LD_LIBRARY_PATH"; }"""
+    status, _, summary = run(tmp_path, stubs, real=("nvidia-libraries",))
+    assert status == 1
+    found = rows(summary)
+    assert found["cuda-libraries"][0] == "FAIL"
+    assert found["cuda-libraries"][2].startswith("preload_dlls left it unloadable (libcublasLt.so.13: cannot open")
+    assert found["suite"][2].startswith("LD_LIBRARY_PATH=/n/cublas/lib:/n/cu13/lib")
+
+
 def test_an_install_whose_packages_do_not_import_fails(tmp_path):
     """pip succeeded, the import check failed, and the install step said ok."""
     (tmp_path / ".whl").mkdir()
@@ -227,3 +242,18 @@ def test_an_install_whose_packages_do_not_import_fails(tmp_path):
     status, _, summary = run(tmp_path, stubs, real=("install",), cwd=tmp_path)
     assert status == 1
     assert rows(summary)["install"][::2] == ["FAIL(1)", "ModuleNotFoundError: No module named 'mujoco'"]
+
+
+def test_a_bundle_sent_in_pieces_is_installed_without_a_whl_folder(tmp_path):
+    """onnxruntime-gpu is too large for one call: its pieces arrive over several calls into the bundle
+    folder, whose install.sh the install step runs before the package's own editable install."""
+    pieces = tmp_path / "no-pieces"  # the folder run() names in DEVICE_CHECK_PIECES
+    pieces.mkdir()
+    (pieces / "install.sh").write_text('echo "bundle into $SITE from $PARTS" >"$PARTS/installed"\n')
+    stubs = 'python3() { echo "python3 $*" >>"$DEVICE_CHECK_PIECES/installed"; }'
+    status, _, summary = run(tmp_path, stubs, real=("install",), cwd=tmp_path)
+    assert rows(summary)["install"][0] == "ok"
+    assert status == 0
+    lines = (pieces / "installed").read_text().splitlines()
+    assert lines[0] == f"bundle into /tmp/site from {pieces}"
+    assert lines[1].startswith("python3 -m pip install -q --no-index --no-deps --no-build-isolation -e .")

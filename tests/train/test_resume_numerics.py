@@ -15,7 +15,7 @@ from flowrl_deploy.train.config import TrainConfig
 from flowrl_deploy.train.loop import train
 from flowrl_deploy.train.resume import resume_config
 
-SHORT = {**TINY, "eval_every": 0}
+SHORT = {**TINY, "eval_every": 0, "device": "cpu"}  # CPU results depend on the thread count; a GPU host trains on cuda
 
 
 def numerics_warnings(caplog) -> list[str]:

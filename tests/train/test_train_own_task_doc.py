@@ -34,9 +34,9 @@ def _commands() -> list[list[str]]:
 
 
 def _flowrl(args: list[str], cwd, pythonpath: str | None) -> subprocess.CompletedProcess:
-    env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}
+    env = dict(os.environ)  # a PYTHONPATH of the environment's own (an install with --target) stays after the task's
     if pythonpath is not None:
-        env["PYTHONPATH"] = pythonpath
+        env["PYTHONPATH"] = os.pathsep.join(p for p in (pythonpath, env.get("PYTHONPATH")) if p)
     return subprocess.run(
         [sys.executable, "-m", "flowrl_deploy.cli", *args],
         cwd=cwd,
