@@ -59,22 +59,28 @@ class ServedModel:
         action = self.policy.run(obs, noise)  # checked when decoded (obs) and drawn (noise)
         return action, (time.perf_counter_ns() - start) // 1000
 
-    def warm_up(self, batches: tuple[int, ...]) -> None:
-        """Run every batch size once or more so that the first client call is not the slow one.
+    def warm_up(self, batches: tuple[int, ...]) -> int:
+        """Run every batch size once or more so that the first client call is not the slow one; return
+        the fastest batch-1 run in microseconds (how the providers compare for one robot: a GPU's call at
+        batch 1 can be slower than the CPU's).
 
         A run that fails is where a GPU provider's errors first show (no kernel for the device, out of
         memory, an old driver): it raises :class:`ModelLoadError` naming the file and the providers."""
+        batch_1_us = []
         try:
-            for batch in batches:
+            for batch in sorted({1, *batches}):
                 for _ in range(WARMUP_RUNS):
                     noise = np.zeros((batch, self.act_dim), np.float32) if self.policy.takes_noise else None
-                    self.run(np.zeros((batch, self.obs_dim), np.float32), noise)
+                    _, took_us = self.run(np.zeros((batch, self.obs_dim), np.float32), noise)
+                    if batch == 1:
+                        batch_1_us.append(took_us)
         except Exception as exc:  # onnxruntime's own untyped errors
             providers = self.policy.session.get_providers()
             hint = "; serve it on the CPU with --providers cpu" if providers != ["CPUExecutionProvider"] else ""
             raise ModelLoadError(
                 f"cannot run {self.path} on {', '.join(providers)}: {onnxruntime_text(exc)}{hint}"
             ) from exc
+        return min(batch_1_us)
 
 
 def resolve_onnx(model: str, workdir: Path, steps: int | None, export_checkpoint: Exporter | None) -> Path:
@@ -227,7 +233,7 @@ class ModelSlot:
             check_compatible(previous, new)
         elif self._check_first is not None:  # a reload keeps the contract, and with it the requests
             self._check_first(new.contract)
-        new.warm_up(tuple(sorted({1, self.config.max_batch})))
+        batch_1_us = new.warm_up((1, self.config.max_batch))
         if previous is not None and still_wanted is not None and not still_wanted():
             raise DeadlineExpired(
                 f"reload abandoned, still serving {previous.version}: the caller stopped waiting (its "
@@ -238,7 +244,7 @@ class ModelSlot:
         self._exported_from = exported_from
         if self.config.steps is None:  # checkpoints exported by later reloads keep the served N
             self._steps = new.contract.flow_steps
-        providers = ", ".join(new.policy.session.get_providers())
+        providers = f"{', '.join(new.policy.session.get_providers())}; a batch-1 call in {batch_1_us} µs at warm-up"
         steps = f"N={new.contract.flow_steps} flow steps{_export_note(new.policy.provenance, source)}"
         if previous is not None:
             self._metrics.record_reload()

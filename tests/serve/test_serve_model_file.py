@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import subprocess
 import sys
 from dataclasses import replace
@@ -142,7 +143,7 @@ def test_the_load_line_names_an_int8_export_and_warns_of_an_unverified_one(tmp_p
         PolicyServer(ServeConfig(str(path), port=0, grace_s=0)).start().stop()
     said = [record.getMessage() for record in caplog.records if record.name == "flowrl.serve"]
     (loaded,) = [line for line in said if line.startswith("loaded ")]
-    assert "(N=1 flow steps, int8, CPUExecutionProvider)" in loaded
+    assert re.search(r"\(N=1 flow steps, int8, CPUExecutionProvider; a batch-1 call in \d+ µs at warm-up\)$", loaded)
     (warning,) = [
         r.getMessage() for r in caplog.records if r.levelno == logging.WARNING and "--no-verify" in r.getMessage()
     ]

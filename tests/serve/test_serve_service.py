@@ -371,7 +371,7 @@ def test_health_is_not_serving_until_the_model_is_warm(policy_path, monkeypatch)
     def slow_warm_up(self, batches):
         warming.set()
         release.wait(10)
-        original(self, batches)
+        return original(self, batches)
 
     monkeypatch.setattr(ServedModel, "warm_up", slow_warm_up)
     server = PolicyServer(ServeConfig(str(policy_path), port=0, grace_s=0))
