@@ -140,7 +140,7 @@ def test_the_load_line_names_an_int8_export_and_warns_of_an_unverified_one(tmp_p
     path = write_policy(tmp_path / "policy.onnx")
     rewrite_metadata(path, {PROVENANCE_KEY: json.dumps({"dtype": "int8", "export_config": {"verify": False}})})
     with caplog.at_level(logging.INFO, logger="flowrl.serve"):
-        PolicyServer(ServeConfig(str(path), port=0, grace_s=0)).start().stop()
+        PolicyServer(ServeConfig(str(path), port=0, grace_s=0, providers=("CPUExecutionProvider",))).start().stop()
     said = [record.getMessage() for record in caplog.records if record.name == "flowrl.serve"]
     (loaded,) = [line for line in said if line.startswith("loaded ")]
     assert re.search(r"\(N=1 flow steps, int8, CPUExecutionProvider; a batch-1 call in \d+ µs at warm-up\)$", loaded)
