@@ -47,14 +47,17 @@ def _query(server: str, *tls: str):
 
 
 def _tls_server(pki, certificate: str):
+    """A TLS server on 127.0.0.1 (its certificate names it), not `localhost`: gRPC binds `localhost` on
+    [::1] and 127.0.0.1 at one port, keeps [::1] alone when 127.0.0.1 has that port taken, and a client
+    that tried 127.0.0.1 last read 'Connection refused' instead of the TLS failure these tests look for."""
     cert, key = pki[certificate]
-    config = ServeConfig(pki["policy"], host="localhost", port=0, tls_cert=cert, tls_key=key, grace_s=0)
+    config = ServeConfig(pki["policy"], host="127.0.0.1", port=0, tls_cert=cert, tls_key=key, grace_s=0)
     return PolicyServer(config).start()
 
 
 def test_a_ca_that_did_not_sign_the_servers_certificate_is_named(pki):
     with _tls_server(pki, "server") as server:
-        output = _query(f"localhost:{server.port}", "--tls-ca", pki["rogue_ca"])
+        output = _query(server.address, "--tls-ca", pki["rogue_ca"])
     assert "CERTIFICATE_VERIFY_FAILED" in output and "client certificates" not in output
     assert "the server's certificate is not signed by the CA given with --tls-ca" in output
 
@@ -63,14 +66,14 @@ def test_tls_without_a_ca_says_to_pass_the_ca_that_signed_the_servers_certificat
     """A client certificate alone turns TLS on, checked against this machine's CAs."""
     cert, key = pki["server"]
     with _tls_server(pki, "server") as server:
-        output = _query(f"localhost:{server.port}", "--tls-cert", cert, "--tls-key", key)
+        output = _query(server.address, "--tls-cert", cert, "--tls-key", key)
     assert "CERTIFICATE_VERIFY_FAILED" in output
     assert "the server's certificate is not signed by a CA this machine trusts: pass that CA with --tls-ca" in output
 
 
 def test_an_expired_server_certificate_is_named(pki):
     with _tls_server(pki, "expired") as server:
-        output = _query(f"localhost:{server.port}", "--tls-ca", pki["ca"])
+        output = _query(server.address, "--tls-ca", pki["ca"])
     assert "client certificates" not in output and "not signed" not in output
     assert "the server's certificate has expired" in output
 

@@ -56,6 +56,8 @@ def test_concurrent_calls_batched_through_a_deterministic_graph_each_get_their_o
 def test_metrics_answer_on_a_host_given_by_name(policy_path):
     config = ServeConfig(str(policy_path), host="localhost", port=0, metrics_port=0, grace_s=0)
     with PolicyServer(config).start() as running:
+        # the metrics server resolves a host name as IPv4 (as http.server does): `localhost` is 127.0.0.1
+        # there, however the resolver orders ::1 and 127.0.0.1 (gRPC's `localhost` port is not asked)
         url = f"http://127.0.0.1:{running.metrics_port}/metrics"
         with urllib.request.urlopen(url, timeout=10) as reply:
             assert reply.status == 200 and b"flowrl_requests_total" in reply.read()

@@ -283,9 +283,9 @@ def test_stream_with_a_wrong_token_raises_instead_of_falling_back(policy_path, m
 def test_tls_serves_trusted_clients_and_refuses_plaintext(policy_path, pki):
     cert, key = pki["server"]
     with PolicyServer(
-        ServeConfig(str(policy_path), host="localhost", port=0, tls_cert=cert, tls_key=key)
+        ServeConfig(str(policy_path), host="127.0.0.1", port=0, tls_cert=cert, tls_key=key)
     ).start() as server:
-        target = f"localhost:{server.port}"
+        target = server.address  # 127.0.0.1, which the certificate names: see the mTLS test's note
         with PolicyClient(target, tls_ca=pki["ca"][0]) as client:
             assert client.act(OBS).shape == (2,)
         with PolicyClient(target, timeout_s=2) as plain, pytest.raises(ServiceError) as info:
@@ -294,10 +294,13 @@ def test_tls_serves_trusted_clients_and_refuses_plaintext(policy_path, pki):
 
 
 def test_mtls_refuses_clients_without_a_certificate_from_the_ca(policy_path, pki):
+    """On 127.0.0.1 (the certificate names it), not `localhost`: gRPC binds `localhost` on [::1] and
+    127.0.0.1 at one port and keeps [::1] alone when 127.0.0.1 has that port taken, and a refused
+    connection is UNAVAILABLE too, so a refusal would pass for the TLS refusals this test looks for."""
     cert, key = pki["server"]
-    config = ServeConfig(str(policy_path), host="localhost", port=0, tls_cert=cert, tls_key=key, client_ca=pki["ca"][0])
+    config = ServeConfig(str(policy_path), host="127.0.0.1", port=0, tls_cert=cert, tls_key=key, client_ca=pki["ca"][0])
     with PolicyServer(config).start() as server:
-        target = f"localhost:{server.port}"
+        target = server.address
         client_cert, client_key = pki["client"]
         with PolicyClient(target, tls_ca=pki["ca"][0], tls_cert=client_cert, tls_key=client_key) as client:
             assert client.act(OBS).shape == (2,)
@@ -338,7 +341,7 @@ def test_a_client_ca_that_holds_no_certificate_is_named_not_blamed_on_the_port(p
     cert, key = pki["server"]
     bad_ca = tmp_path / "ca.pem"
     bad_ca.write_bytes(content)
-    config = ServeConfig(str(policy_path), host="localhost", port=0, tls_cert=cert, tls_key=key, client_ca=str(bad_ca))
+    config = ServeConfig(str(policy_path), host="127.0.0.1", port=0, tls_cert=cert, tls_key=key, client_ca=str(bad_ca))
     with pytest.raises(FlowRLError, match=f"--client-ca {bad_ca}") as info:
         PolicyServer(config).start()
     assert "bind" not in str(info.value) and "listen" not in str(info.value)

@@ -74,8 +74,11 @@ def handshakes(target: str, ca: str) -> bool:
 
 
 def serving(policy_path: Path, cert: str, key: str, **kwargs) -> PolicyServer:
+    """A TLS server on 127.0.0.1 (the certificates name it; clients connect to its ``address``), not
+    `localhost`: gRPC binds `localhost` on [::1] and 127.0.0.1 at one port and keeps [::1] alone when
+    127.0.0.1 has that port taken, and a refused connection would read as a failed handshake."""
     return PolicyServer(
-        ServeConfig(str(policy_path), host="localhost", port=0, tls_cert=cert, tls_key=key, grace_s=0, **kwargs)
+        ServeConfig(str(policy_path), host="127.0.0.1", port=0, tls_cert=cert, tls_key=key, grace_s=0, **kwargs)
     ).start()
 
 
@@ -83,7 +86,7 @@ def test_a_renewed_certificate_is_served_to_new_connections_without_a_restart(po
     caplog.set_level(logging.INFO, "flowrl.serve")
     served = mount(tmp_path, 1, {"tls.crt": pki["a"][0], "tls.key": pki["a"][1]})
     with serving(policy_path, served["tls.crt"], served["tls.key"]) as server:
-        target = f"localhost:{server.port}"
+        target = server.address
         assert not handshakes(target, pki["ca_b"][0])
         with PolicyClient(target, tls_ca=pki["ca_a"][0]) as before:
             assert before.act(OBS).shape == (2,)
@@ -101,7 +104,7 @@ def test_a_renewed_certificate_is_served_to_new_connections_without_a_restart(po
 def test_a_renewed_client_ca_is_trusted_by_new_connections(policy_path, pki, tmp_path):
     served = mount(tmp_path, 1, {"tls.crt": pki["a"][0], "tls.key": pki["a"][1], "ca.crt": pki["ca_b"][0]})
     with serving(policy_path, served["tls.crt"], served["tls.key"], client_ca=served["ca.crt"]) as server:
-        target = f"localhost:{server.port}"
+        target = server.address
         robot = {"tls_ca": pki["ca_a"][0], "tls_cert": pki["client"][0], "tls_key": pki["client"][1], "timeout_s": 2}
         with PolicyClient(target, **robot) as client, pytest.raises(ServiceError):
             client.act(OBS)  # its certificate is from CA a, which the server does not trust yet
@@ -131,7 +134,7 @@ def test_refused_files_leave_the_old_certificate_serving_until_the_next_change(
     shutil.copy(pki["a"][0], cert)
     shutil.copy(pki["a"][1], key)
     with serving(policy_path, cert, key) as server:
-        target = f"localhost:{server.port}"
+        target = server.address
         for name, content in replaced.items():  # written in place, as a non-atomic copy does
             Path({"cert": cert, "key": key}[name]).write_bytes(content(pki))
         assert handshakes(target, pki["ca_a"][0])
@@ -163,7 +166,7 @@ def test_a_certificate_expired_or_expiring_at_start_is_warned_about_and_served(
     cert, key = write_pem(tmp_path, "server", *issue("localhost", ca_key, ca_cert.subject, expires_in=expires_in))
     with serving(policy_path, cert, key) as server:
         # a client that verifies refuses an expired certificate; the server still serves
-        assert handshakes(f"localhost:{server.port}", ca) == (warning != "expired on ")
+        assert handshakes(server.address, ca) == (warning != "expired on ")
         exposition = server.servicer.metrics.exposition()
     expiry = (datetime.datetime.now(datetime.timezone.utc) + expires_in).timestamp()
     gauge = next(line for line in exposition.splitlines() if line.startswith("flowrl_tls_certificate_expiry_seconds "))
