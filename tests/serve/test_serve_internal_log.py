@@ -22,6 +22,9 @@ from flowrl_deploy.serve import metrics as metrics_module
 
 FAILS = np.array([5.0, 0.0, 0.0], np.float32)
 """An observation the failing policy cannot run (its obs[0] indexes a table of one row)."""
+CPU = ["CPUExecutionProvider"]
+"""Where the failing policy runs: the CPU's Gather refuses an index out of bounds; CUDA's, the default on a
+GPU host, gives 0 for it and the run succeeds."""
 
 
 def write_failing_policy(path: Path) -> Path:
@@ -56,7 +59,7 @@ def write_failing_policy(path: Path) -> Path:
 @pytest.fixture
 def failing(tmp_path):
     path = write_failing_policy(tmp_path / "policy.onnx")
-    server = PolicyServer(ServeConfig(str(path), port=0, grace_s=0)).start()
+    server = PolicyServer(ServeConfig(str(path), port=0, grace_s=0, providers=tuple(CPU))).start()
     with server, PolicyClient(server.address) as client:
         yield server, client
 
@@ -116,7 +119,7 @@ def test_another_exception_type_gets_its_own_first_traceback(failing, caplog, mo
 
 
 def test_a_failed_run_leaves_no_onnxruntime_line_and_raises_its_message(tmp_path, capfd):
-    policy = OnnxPolicy(write_failing_policy(tmp_path / "policy.onnx"))
+    policy = OnnxPolicy(write_failing_policy(tmp_path / "policy.onnx"), providers=CPU)
     capfd.readouterr()
     with pytest.raises(Exception, match="indices element out of data bounds"):
         policy.act(FAILS)
