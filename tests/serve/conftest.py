@@ -1,4 +1,6 @@
-"""A tiny policy file, a real server on a free local port and a client, per test module."""
+"""A tiny policy file, a real server on a free local port and a client, per test module. The server and
+``local`` run on the CPU, as a ControlSession's local fallback does: on a GPU host the default providers
+are CUDA's, whose actions equal the CPU's only to about 1e-6."""
 
 from __future__ import annotations
 
@@ -13,6 +15,8 @@ from flowrl_deploy.client import PolicyClient
 from flowrl_deploy.policy import OnnxPolicy
 from flowrl_deploy.serve import PolicyServer, ServeConfig
 
+CPU = ("CPUExecutionProvider",)
+
 
 @pytest.fixture(scope="module")
 def policy_path(tmp_path_factory) -> Path:
@@ -21,7 +25,8 @@ def policy_path(tmp_path_factory) -> Path:
 
 @pytest.fixture(scope="module")
 def server(policy_path):
-    with PolicyServer(ServeConfig(str(policy_path), port=0, grace_s=0.5)).start() as running:
+    config = ServeConfig(str(policy_path), port=0, grace_s=0.5, providers=CPU)
+    with PolicyServer(config).start() as running:
         yield running
 
 
@@ -42,7 +47,7 @@ def client(server):
 
 @pytest.fixture(scope="module")
 def local(policy_path):
-    return OnnxPolicy(policy_path)
+    return OnnxPolicy(policy_path, providers=list(CPU))
 
 
 @pytest.fixture

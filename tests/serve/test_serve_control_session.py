@@ -188,7 +188,7 @@ def test_local_fallback_runs_the_served_policy_with_the_seeded_noise(client, pol
 def test_a_local_fallback_of_a_deterministic_export_acts_without_noise(tmp_path):
     """A `--deterministic` export takes no noise input: its first missed tick must act, not crash."""
     path = write_policy(tmp_path / "deterministic.onnx", deterministic=True)
-    deterministic = OnnxPolicy(path)
+    deterministic = OnnxPolicy(path, providers=["CPUExecutionProvider"])  # as the local fallback runs
     assert not deterministic.takes_noise
     with (
         PolicyServer(ServeConfig(str(path), port=0, grace_s=0)).start() as server,
@@ -226,7 +226,7 @@ def test_local_fallback_noise_keeps_in_step_with_the_ticks_so_a_run_with_misses_
     seed = 6
     observations = np.random.default_rng(1).uniform(-1, 1, (7, OBS.size)).astype(np.float32)
     missed = [False, True, False, True, True, False, True]
-    seeded = SeededPolicy(policy_path, seed)
+    seeded = SeededPolicy(policy_path, seed, providers=["CPUExecutionProvider"])  # as the fallback and server run
     with client.session(period_s=0.5, seed=seed, fallback="local", local_model=str(policy_path)) as control:
         for obs, miss in zip(observations, missed, strict=True):
             control.deadline_s = MISS_S if miss else 2.0
