@@ -1,30 +1,39 @@
 #!/usr/bin/env bash
 # The GPU checks, as one call on a lent GPU machine (the `device` tool of this workplace). Its image has
 # CUDA torch, onnx and a CPU-only onnxruntime, but a grpcio and protobuf older than this package needs
-# and neither dm_control nor mujoco: those travel as wheels. Make them here, then run it there:
+# and neither dm_control nor mujoco: those travel as wheels, and onnxruntime-gpu (255 MB) in pieces over
+# several calls. Make them here, then send them there:
 #
-#   scripts/device_check.sh --wheels .whl     (on a machine with network; .whl is git-ignored)
-#   scripts/device_check.sh [PART ...]        (on the GPU machine: carry [".whl"], timeout_s 540)
+#   scripts/device_check.sh --pieces .gpu     (here, with network: folders .gpu1 .. .gpuN of 44 MiB at
+#                                              most, git-ignored; scripts/device_bundle.py packs them)
+#   mkdir -p /tmp/gpuparts && cp -r .gpuK/. /tmp/gpuparts/
+#                                             (there, one call a folder, K = 1 .. N, carry [".gpuK"])
+#   scripts/device_check.sh [PART ...]        (there, at once after the last: timeout_s 540)
 #
-# PART is any of cuda-tests, bench, bench-more, train, infer, suite (default: all but bench-more, in
-# that order); install alone only installs. bench times training updates with CUDA graphs and launched
-# eagerly; bench-more adds bf16, torch.compile and both. train trains a short cartpole run on CUDA, then
-# evaluates it on CUDA and on the CPU, exports it and evaluates the ONNX file. infer times batch-1
-# actions on onnxruntime's CPU and CUDA providers (CUDA as served, TF32 off, and with TF32) and their largest
-# difference; where this onnxruntime has no CUDA provider (the image's) it says so and is not a failure.
-# suite runs tests/train and the core tests there.
+# or, without onnxruntime-gpu (infer and serving are then SKIPPED), in one call: make the wheels with
+# `scripts/device_check.sh --wheels .whl` and run it there with carry [".whl"].
+#
+# PART is any of cuda-tests, bench, bench-more, train, infer, serving, demo, suite (default: cuda-tests,
+# infer, serving, demo, suite, in that order); install alone only installs. bench times training updates
+# with CUDA graphs and launched eagerly; bench-more adds bf16, torch.compile and both. train trains a short
+# cartpole run on CUDA, then evaluates it on CUDA and on the CPU, exports it and evaluates the ONNX file.
+# infer times batch-1 actions on onnxruntime's CPU and CUDA providers (CUDA as served, TF32 off, and with
+# TF32) and their largest difference; serving runs bench/infer_latency.py --device cuda and
+# bench/serve_latency.py --providers cuda (dog-run); where this onnxruntime has no CUDA provider (the
+# image's) both say so and are no failure. demo runs flowrl demo. suite runs tests/train and the core
+# tests there.
 #
 # Where torch sees no CUDA it stops at once: one line, exit 1. Every step runs under `timeout -k 5`
-# with its own budget, and no step starts past DEVICE_CHECK_BUDGET_S (default 450 s) from the start:
-# the worst case is that plus 5 s, a typical run 4 to 5 minutes (a guess), so a rerun fits in the
-# 15 minutes of device time. Exit 0 only when every step passed: a step that fails or is killed, a
+# with its own budget, and no step starts past DEVICE_CHECK_BUDGET_S (default 500 s) from the start:
+# the worst case is that plus 5 s; the default parts took 470 s on an H100 (2026-11-27), so a rerun fits
+# in the 15 minutes of device time. Exit 0 only when every step passed: a step that fails or is killed, a
 # CUDA test skipped, a test skipped for a missing extra, or a step left without time fails the run.
 # $OUT (default /tmp/device-out) gets summary.txt (each step's status, seconds and result) and at most
-# six more files: install.log, pytest_cuda.log, train_throughput_cuda.json, train.log, infer.json and
-# pytest.log.
+# seven more files: install.log, pytest_cuda.log, train_throughput_cuda.json, train.log, infer.json,
+# serving.json and pytest.log.
 set -uo pipefail
 
-BUDGET_S=${DEVICE_CHECK_BUDGET_S:-450}
+BUDGET_S=${DEVICE_CHECK_BUDGET_S:-500}
 MIN_STEP_S=10         # a step is not started with less time than this left
 SKIPPED_RC=99         # a step that cannot apply here (no CUDA provider in onnxruntime) and is no failure
 PARTS="install cuda-tests bench bench-more train infer serving demo suite"
@@ -43,16 +52,19 @@ SUITE_IGNORED=(
     tests/core/test_base_install_suite.py # pytest runs of whole folders without the extras (minutes)
 )
 
-make_wheels() {  # DIR: every wheel the image lacks, for its Python 3.12
+download() {  # DIR SPEC...: wheels for the image's Python 3.12, no dependencies
+    python3 -m pip download -q --no-deps --only-binary=:all: --python-version 3.12 --implementation cp \
+        --platform manylinux_2_28_x86_64 --platform manylinux_2_17_x86_64 --platform any -d "$1" "${@:2}"
+}
+
+fetch_wheels() {  # DIR: every wheel the image lacks, for its Python 3.12, but onnxruntime-gpu
     local dir=$1
     mkdir -p "$dir" /tmp/device-wheels
-    get() { python3 -m pip download -q --no-deps --only-binary=:all: --python-version 3.12 --implementation cp \
-        --platform manylinux_2_28_x86_64 --platform manylinux_2_17_x86_64 --platform any -d "$1" "${@:2}"; }
-    get "$dir" mujoco==3.17.0 dm-env dm-tree glfw pyopengl gymnasium farama-notifications "setuptools>=77" \
+    download "$dir" mujoco==3.17.0 dm-env dm-tree glfw pyopengl gymnasium farama-notifications "setuptools>=77" \
         "setuptools-scm>=9.2" vcs-versioning packaging || return  # the build's version (pyproject.toml [build-system])
     # the image's grpcio (1.84) and protobuf are older than the generated code needs: the lower bounds of pyproject.toml
-    get "$dir" grpcio==1.85.1 grpcio-health-checking==1.85.1 grpcio-reflection==1.85.1 protobuf==7.35.1 || return
-    get /tmp/device-wheels dm_control==1.0.50 || return
+    download "$dir" grpcio==1.85.1 grpcio-health-checking==1.85.1 grpcio-reflection==1.85.1 protobuf==7.35.1 || return
+    download /tmp/device-wheels dm_control==1.0.50 || return
     # dm_control's locomotion, manipulation and blender assets (~90 MB) and its own tests' files (~5 MB)
     # are not used by the suite tasks; dropping them keeps the carried tree under the tool's 64 MiB.
     python3 - "$dir" <<'EOF' || return
@@ -68,11 +80,42 @@ with zipfile.ZipFile(src) as zin, zipfile.ZipFile(f"{sys.argv[1]}/{src.rsplit('/
                 data = b"\n".join(x for x in data.split(b"\n") if not x.startswith(tuple(d.encode() for d in drop)))
             zout.writestr(item, data)
 EOF
-    local wheels tree
+}
+
+make_wheels() {  # DIR: the wheels of fetch_wheels, checked to travel in one call with the tree
+    local dir=$1 wheels tree
+    fetch_wheels "$dir" || return
     wheels=$(find "$dir" -name '*.whl' -printf '%s\n' | awk '{s += $1} END {print s}')
     tree=$(git ls-files -z | xargs -0 stat -c %s | awk '{s += $1} END {print s}')
     echo "to carry: wheels $((wheels >> 20)) MiB + the tree's tracked files $((tree >> 20)) MiB (the tool's limit: 64 MiB)"
     ((wheels + tree < 64 << 20)) || { echo "over the limit: the device tool will refuse the call"; return 1; }
+}
+
+ort_gpu_version() {  # the onnxruntime-gpu of this checkout's .venv (else of python3), or DEVICE_CHECK_ORT_VERSION
+    local python=python3
+    [[ -x .venv/bin/python ]] && python=.venv/bin/python
+    [[ -n ${DEVICE_CHECK_ORT_VERSION:-} ]] && { echo "$DEVICE_CHECK_ORT_VERSION"; return; }
+    "$python" -c 'from importlib.metadata import version; print(version("onnxruntime-gpu"))' 2>/dev/null || {
+        echo "device_check: no onnxruntime-gpu in $python: set DEVICE_CHECK_ORT_VERSION" >&2
+        return 1
+    }
+}
+
+make_pieces() {  # PREFIX: fetch_wheels' wheels and onnxruntime-gpu in folders PREFIX1 .. PREFIXN of 44 MiB
+    local prefix=$1 stage version rc
+    git check-ignore -q "${prefix}1"
+    if (($? == 1)); then  # 0: ignored; 128: not in a git tree
+        echo "device_check: ${prefix}1 is not git-ignored, so every call would carry it:" \
+            "add /$(basename "$prefix")*/ to .git/info/exclude"
+        return 1
+    fi
+    version=$(ort_gpu_version) || return
+    stage=$(mktemp -d /tmp/device-bundle.XXXXXX)
+    fetch_wheels "$stage" && download "$stage" "onnxruntime-gpu==$version" &&
+        python3 "$(dirname "${BASH_SOURCE[0]}")/device_bundle.py" pack "$stage" "$prefix"
+    rc=$?
+    rm -rf "$stage"
+    return "$rc"
 }
 
 # ---- helpers shared by the steps (each step runs in a child: `bash $0 --step NAME`) ----
@@ -100,12 +143,16 @@ pytest_verdict() {  # LOG RC ANY|EXTRAS: pytest's status (-rs output), failing o
 
 step_install() {
     local wheels=(.whl/*.whl)
-    if [[ ! -e ${wheels[0]} && ! -f $PIECES/install.sh ]]; then
-        note "no wheels in .whl nor a bundle in $PIECES: make them with --wheels .whl and carry .whl"
+    if [[ -d $PIECES && ! -f $PIECES/install.sh ]]; then
+        note "the bundle in $PIECES has no install.sh: copy its first folder (.gpu1: the installer and manifest) too"
         return 1
     fi
-    {
-        if [[ -f $PIECES/install.sh ]]; then  # its own check of every piece, then its wheels into $SITE
+    if [[ ! -e ${wheels[0]} && ! -f $PIECES/install.sh ]]; then
+        note "no wheels in .whl nor a bundle in $PIECES: make them with --pieces .gpu (or --wheels .whl) and send them"
+        return 1
+    fi
+    (
+        if [[ -f $PIECES/install.sh ]]; then  # its own check of every piece, naming the folders missing
             SITE=$SITE PARTS=$PIECES bash "$PIECES/install.sh" || exit
         fi
         if [[ -e ${wheels[0]} ]]; then
@@ -113,7 +160,11 @@ step_install() {
                 "${wheels[@]}" || exit
         fi
         python3 -m pip install -q --no-index --no-deps --no-build-isolation -e .
-    } >"$OUT_DIR/install.log" 2>&1 || { tail -5 "$OUT_DIR/install.log"; return 1; }
+    ) >"$OUT_DIR/install.log" 2>&1 || {
+        tail -5 "$OUT_DIR/install.log"
+        note "$(tail -1 "$OUT_DIR/install.log")"
+        return 1
+    }
     local check
     check=$(python3 -c 'import grpc, google.protobuf as pb, mujoco, dm_control, flowrl_deploy as f
 print(f"flowrl-deploy {f.__version__}, grpcio {grpc.__version__}, protobuf {pb.__version__}, mujoco {mujoco.__version__}")' 2>&1)
@@ -391,10 +442,10 @@ EOF
 }
 
 main() {
-    if [[ ${1:-} == --wheels ]]; then
-        make_wheels "${2:?usage: device_check.sh --wheels DIR}"
-        exit
-    fi
+    case ${1:-} in
+        --wheels) make_wheels "${2:?usage: device_check.sh --wheels DIR}"; exit ;;
+        --pieces) make_pieces "${2:?usage: device_check.sh --pieces PREFIX}"; exit ;;
+    esac
     export OUT_DIR=${OUT:-/tmp/device-out} WORK=${DEVICE_CHECK_WORK:-/tmp/device-check}
     export PYTHONUNBUFFERED=1 PYTHONPATH=$SITE
     mkdir -p "$OUT_DIR"

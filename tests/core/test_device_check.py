@@ -1,24 +1,30 @@
 """scripts/device_check.sh, the one call a lent GPU machine runs, tried where there is no GPU: it stops
 at once in one line where torch sees no CUDA, and with the CUDA check and its steps stubbed (sourcing
 the script, as on a machine with one) each step gets a row of status and seconds in summary.txt, a step
-past its budget is killed and reported, and skipped CUDA tests fail the run instead of passing it."""
+past its budget is killed and reported, and skipped CUDA tests fail the run instead of passing it. The
+bundle of wheels sent in pieces (scripts/device_bundle.py) is packed from small fake wheels into folders
+under a small cap and installed from them byte for byte, and a folder not sent is named."""
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
+import random
 import re
 import shlex
 import shutil
 import subprocess
 import sys
 import time
+import zipfile
 from pathlib import Path
 
 import pytest
 
 ROOT = Path(__file__).resolve().parents[2]
 SCRIPT = ROOT / "scripts" / "device_check.sh"
+BUNDLE = ROOT / "scripts" / "device_bundle.py"
 STEPS = [
     "install", "cuda-tests", "bench-graphs", "bench-eager", "train", "eval-cuda", "eval-cpu", "export", "eval-onnx",
     "infer", "serving", "demo", "suite",
@@ -257,3 +263,137 @@ def test_a_bundle_sent_in_pieces_is_installed_without_a_whl_folder(tmp_path):
     lines = (pieces / "installed").read_text().splitlines()
     assert lines[0] == f"bundle into /tmp/site from {pieces}"
     assert lines[1].startswith("python3 -m pip install -q --no-index --no-deps --no-build-isolation -e .")
+
+
+CUDA_SO = "onnxruntime/capi/libonnxruntime_providers_cuda.so"
+CAP = 200_000
+"""The folder size the bundle tests pack to: the fake CUDA provider library (300 KB) takes more than one."""
+
+
+def fake_wheel(path: Path, files: dict[str, bytes]) -> Path:
+    """A wheel at path (NAME-VERSION-py3-none-any.whl) holding files, with its METADATA, WHEEL and RECORD."""
+    name, version = path.name.split("-")[:2]
+    info = f"{name}-{version}.dist-info"
+    files = {
+        **files,
+        f"{info}/METADATA": f"Metadata-Version: 2.1\nName: {name}\nVersion: {version}\n".encode(),
+        f"{info}/WHEEL": b"Wheel-Version: 1.0\nGenerator: test\nRoot-Is-Purelib: true\nTag: py3-none-any\n",
+    }
+    files[f"{info}/RECORD"] = "".join(f"{n},,\n" for n in [*files, f"{info}/RECORD"]).encode()
+    with zipfile.ZipFile(path, "w", zipfile.ZIP_DEFLATED) as z:
+        for member, data in files.items():
+            z.writestr(member, data)
+    return path
+
+
+def fake_wheels(folder: Path) -> dict[str, bytes]:
+    """An onnxruntime-gpu wheel with a 300 KB CUDA provider library and a small wheel, in folder: their
+    files, by path as installed."""
+    folder.mkdir()
+    ort = {
+        "onnxruntime/__init__.py": b"__version__ = '1.31.1'\n",
+        CUDA_SO: random.Random(0).randbytes(300_000),  # as incompressible as a real one, nearly
+    }
+    small = {"small.py": b"answer = 42\n" * 500}
+    fake_wheel(folder / "onnxruntime_gpu-1.31.1-py3-none-any.whl", ort)
+    fake_wheel(folder / "small-1.0-py3-none-any.whl", small)
+    return ort | small
+
+
+def du(path: Path) -> int:
+    """`du -sb`."""
+    return sum(p.lstat().st_size for p in [path, *path.rglob("*")])
+
+
+def packed(tmp_path: Path) -> tuple[dict[str, bytes], list[Path]]:
+    files = fake_wheels(tmp_path / "wheels")
+    env = {**os.environ, "DEVICE_CHECK_FOLDER_BYTES": str(CAP)}
+    done = subprocess.run(
+        [sys.executable, str(BUNDLE), "pack", str(tmp_path / "wheels"), str(tmp_path / ".gpu")],
+        env=env, capture_output=True, text=True, timeout=60,
+    )  # fmt: skip
+    assert done.returncode == 0, done.stderr
+    folders = sorted(tmp_path.glob(".gpu*"))
+    assert done.stdout.startswith(f"{len(folders)} folders of at most 0.2 MiB: .gpu1 ")
+    assert "mkdir -p /tmp/gpuparts && cp -r .gpuK/. /tmp/gpuparts/" in done.stdout
+    return files, folders
+
+
+def sent(folders: list[Path], parts: Path) -> Path:
+    """Each folder copied into parts, as each call does (cp -r .gpuK/. /tmp/gpuparts/)."""
+    for folder in folders:
+        shutil.copytree(folder, parts, dirs_exist_ok=True)
+    return parts
+
+
+def test_the_bundle_is_packed_into_folders_under_the_cap_and_installed_byte_for_byte(tmp_path):
+    files, folders = packed(tmp_path)
+    assert [f.name for f in folders] == [f".gpu{k}" for k in range(1, len(folders) + 1)]
+    assert len(folders) >= 2
+    assert all(du(folder) <= CAP for folder in folders), [du(folder) for folder in folders]
+    first = {p.name for p in folders[0].iterdir()}
+    assert {"install.sh", "device_bundle.py", "MANIFEST.json"} <= first
+    manifest = json.loads((folders[0] / "MANIFEST.json").read_text())
+    assert {f["name"] for f in manifest["files"]} >= {"libonnxruntime_providers_cuda.so.xz"}
+    assert all(len(p["sha256"]) == 64 for f in manifest["files"] for p in f["pieces"])
+
+    parts, site = sent(folders, tmp_path / "parts"), tmp_path / "site"
+    env = {**os.environ, "SITE": str(site), "PARTS": str(parts), "PY": sys.executable}
+    done = subprocess.run(["bash", str(parts / "install.sh")], env=env, capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stdout + done.stderr
+    for path, data in files.items():
+        assert hashlib.sha256((site / path).read_bytes()).hexdigest() == hashlib.sha256(data).hexdigest(), path
+    assert os.access(site / CUDA_SO, os.X_OK)
+    assert {p.name for p in site.glob("*.dist-info")} == {"onnxruntime_gpu-1.31.1.dist-info", "small-1.0.dist-info"}
+
+
+def test_a_folder_not_sent_fails_the_install_step_naming_it(tmp_path):
+    _, folders = packed(tmp_path)
+    parts = sent([folders[0], *folders[2:]], tmp_path / "no-pieces")  # the folder run() names in DEVICE_CHECK_PIECES
+    done = subprocess.run(
+        ["bash", str(parts / "install.sh")], env={**os.environ, "SITE": str(tmp_path / "site"), "PY": sys.executable},
+        capture_output=True, text=True, timeout=60,
+    )  # fmt: skip
+    assert done.returncode != 0
+    assert done.stderr.splitlines()[-1].startswith(f"device_bundle: missing folder(s) .gpu2 of {len(folders)}: copy ")
+    assert not (tmp_path / "site").exists()
+
+    status, _, summary = run(tmp_path, real=("install",), cwd=tmp_path)
+    assert status == 1
+    assert rows(summary)["install"][0] == "FAIL(1)"
+    assert rows(summary)["install"][2].startswith("device_bundle: missing folder(s) .gpu2 of ")
+
+
+def test_a_bundle_without_its_first_folder_fails_the_install_step_naming_it(tmp_path):
+    _, folders = packed(tmp_path)
+    sent(folders[1:], tmp_path / "no-pieces")
+    status, _, summary = run(tmp_path, real=("install",), cwd=tmp_path)
+    assert status == 1
+    assert rows(summary)["install"][::2] == [
+        "FAIL(1)",
+        f"the bundle in {tmp_path / 'no-pieces'} has no install.sh: copy its first folder (.gpu1: the installer and "
+        "manifest) too",
+    ]
+
+
+def test_pieces_makes_the_bundle_with_the_onnxruntime_gpu_of_the_checkouts_venv(tmp_path, monkeypatch):
+    """--pieces fetches what --wheels fetches (stubbed here) and the onnxruntime-gpu of .venv, and packs them."""
+    fake_wheels(tmp_path / "fake")
+    venv_python = tmp_path / ".venv" / "bin" / "python"
+    venv_python.parent.mkdir(parents=True)
+    venv_python.write_text("#!/bin/sh\necho 1.31.1\n")
+    venv_python.chmod(0o755)
+    stubs = f"""fetch_wheels() {{ cp {tmp_path}/fake/small-*.whl "$1"; }}
+download() {{ echo "$*" >{tmp_path}/download.log; cp {tmp_path}/fake/onnxruntime_gpu-*.whl "$1"; }}"""
+    monkeypatch.setenv("DEVICE_CHECK_FOLDER_BYTES", str(CAP))
+    monkeypatch.delenv("DEVICE_CHECK_ORT_VERSION", raising=False)
+    status, stdout, _ = run(tmp_path, stubs, 'main --pieces "$PWD/.gpu"', cwd=tmp_path)
+    assert status == 0, stdout
+    assert (tmp_path / "download.log").read_text().split()[1:] == ["onnxruntime-gpu==1.31.1"]
+    assert re.match(r"(\d+) folders of at most", stdout)
+    assert len(list(tmp_path.glob(".gpu*"))) == int(stdout.split()[0]) >= 2
+
+    subprocess.run(["git", "init", "-q", str(tmp_path)], check=True)  # a checkout that does not ignore them
+    status, stdout, _ = run(tmp_path, stubs, 'main --pieces "$PWD/.gpu"', cwd=tmp_path)
+    assert status == 1
+    assert stdout.startswith(f"device_check: {tmp_path}/.gpu1 is not git-ignored, so every call would carry it")
