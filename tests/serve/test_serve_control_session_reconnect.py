@@ -22,6 +22,9 @@ from flowrl_deploy.serve import PolicyServer, ServeConfig
 OBS = np.array([0.3, -0.2, 0.1], np.float32)
 MISS_S = 1e-7
 """A deadline no reply can meet: the tick is a miss, so the session acts on its fallback."""
+CPU = ("CPUExecutionProvider",)
+"""The servers' providers: their actions and the local fallback's (on the CPU) make one episode, compared to
+1e-6 with conftest's ``local``; on a GPU host the default is CUDA's, which equals the CPU only to about 1e-6."""
 
 
 def _request_consumers() -> int:
@@ -90,7 +93,7 @@ def test_after_a_reconnect_the_local_fallback_acts_on_the_servers_draw_for_each_
     from then on each fallback tick acted on another draw than the server's for that tick (the class
     documentation promises the same draw)."""
     seed = 4
-    first = PolicyServer(ServeConfig(str(policy_path), port=0, grace_s=0)).start()
+    first = PolicyServer(ServeConfig(str(policy_path), port=0, grace_s=0, providers=CPU)).start()
     port = first.port
     restarted = None
     try:
@@ -106,7 +109,7 @@ def test_after_a_reconnect_the_local_fallback_acts_on_the_servers_draw_for_each_
                 control.act(OBS)
                 assert control.timings[-1].source == "local"
                 time.sleep(0.01)
-            restarted = PolicyServer(ServeConfig(str(policy_path), port=port, grace_s=0)).start()
+            restarted = PolicyServer(ServeConfig(str(policy_path), port=port, grace_s=0, providers=CPU)).start()
             until = time.monotonic() + 10
             while control.timings[-1].source != "server" and time.monotonic() < until:
                 time.sleep(0.03)
@@ -133,7 +136,7 @@ def test_a_local_fallback_refused_its_opening_restarts_its_noise_with_the_tick_t
     """A stream's first ticks refused at the server's session limit draw nothing there; the tick that
     then opens the session restarts the server's noise from the seed, and the local fallback's with it."""
     seed = 8
-    config = ServeConfig(str(policy_path), port=0, grace_s=0, max_sessions=1)
+    config = ServeConfig(str(policy_path), port=0, grace_s=0, max_sessions=1, providers=CPU)
     with PolicyServer(config).start() as server, PolicyClient(server.address) as client:
         other = client.session(period_s=0.5, seed=0)
         other.act(OBS)  # the server's one session
@@ -174,7 +177,7 @@ def test_a_refusal_of_the_opening_tick_read_after_its_deadline_restarts_the_loca
     after the tick's deadline and was read, as a stale reply, by the next tick, which then opened the
     session and restarted the server's noise: the local fallback's was left one draw ahead."""
     seed = 6
-    config = ServeConfig(str(policy_path), port=0, grace_s=0, max_sessions=1)
+    config = ServeConfig(str(policy_path), port=0, grace_s=0, max_sessions=1, providers=CPU)
     with PolicyServer(config).start() as server, PolicyClient(server.address) as client:
         other = client.session(period_s=0.5, seed=0)
         other.act(OBS)  # the server's one session
