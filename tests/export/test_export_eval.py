@@ -17,11 +17,15 @@ from flowrl_deploy.spec import PolicySpec
 from flowrl_deploy.train import envs
 from flowrl_deploy.train.evaluate import EVAL_STREAM, EvalResult, checkpoint_act_fn, evaluate
 
+CPU = ["CPUExecutionProvider"]
+"""The providers of `flowrl eval` and of the export's verification; on a GPU host the default is CUDA's,
+whose actions equal the CPU's only to about 1e-6."""
+
 
 def test_act_fn_is_the_torch_sampler_with_seeded_noise(checkpoint, tmp_path, reference):
     path = export_checkpoint(checkpoint, tmp_path / "p.onnx", ExportConfig(steps=3, samples=3)).path
     obs = np.linspace(-1, 1, SPEC.obs_dim)
-    first, again = SeededPolicy(path, 7), SeededPolicy(path, 7)
+    first, again = SeededPolicy(path, 7, providers=CPU), SeededPolicy(path, 7, providers=CPU)
     actions = [first(obs) for _ in range(3)]
     np.testing.assert_array_equal(actions, [again(obs) for _ in range(3)])
     noise = np.random.default_rng(7).standard_normal((3, 1, SPEC.act_dim), dtype=np.float32)
@@ -89,7 +93,7 @@ def test_a_checkpoint_and_its_export_play_the_same_seeded_episodes(tmp_path):
     for deterministic in (False, True):
         for name, act_fn in (
             ("checkpoint", checkpoint_act_fn(checkpoint, device="cpu", seed=3, deterministic=deterministic)),
-            ("onnx", SeededPolicy(path, 3, deterministic=deterministic)),
+            ("onnx", SeededPolicy(path, 3, deterministic=deterministic, providers=CPU)),  # as flowrl eval runs it
         ):
             actions: list[np.ndarray] = []
 
@@ -206,11 +210,11 @@ def test_a_fixed_batch_export_can_be_evaluated_swept_and_served(tmp_path):
     fixed = export_checkpoint(checkpoint, tmp_path / "b3.onnx", ExportConfig(steps=2, samples=3, batch=3)).path
     dynamic = export_checkpoint(checkpoint, tmp_path / "dyn.onnx", ExportConfig(steps=2, samples=3)).path
 
-    policy = OnnxPolicy(fixed)
+    policy = OnnxPolicy(fixed, providers=CPU)
     assert policy.fixed_batch == 3 and OnnxPolicy(dynamic).fixed_batch is None
     rng = np.random.default_rng(0)
     obs, noise = rng.standard_normal((5, 5), dtype=np.float32), rng.standard_normal((5, 1), dtype=np.float32)
-    np.testing.assert_allclose(policy.act(obs, noise), OnnxPolicy(dynamic).act(obs, noise), atol=1e-6)
+    np.testing.assert_allclose(policy.act(obs, noise), OnnxPolicy(dynamic, providers=CPU).act(obs, noise), atol=1e-6)
     assert policy.act(obs[:1], noise[:1]).shape == (1, 1)
 
     runner = CliRunner()
