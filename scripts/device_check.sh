@@ -64,6 +64,7 @@ fetch_wheels() {  # DIR: every wheel the image lacks, for its Python 3.12, but o
         "setuptools-scm>=9.2" vcs-versioning packaging || return  # the build's version (pyproject.toml [build-system])
     # the image's grpcio (1.84) and protobuf are older than the generated code needs: the lower bounds of pyproject.toml
     download "$dir" grpcio==1.85.1 grpcio-health-checking==1.85.1 grpcio-reflection==1.85.1 protobuf==7.35.1 || return
+    download "$dir" "typer>=0.17.5" || return  # the image's typer is of unknown age: pyproject.toml's lower bound
     download /tmp/device-wheels dm_control==1.0.50 || return
     # dm_control's locomotion, manipulation and blender assets (~90 MB) and its own tests' files (~5 MB)
     # are not used by the suite tasks; dropping them keeps the carried tree under the tool's 64 MiB.
