@@ -21,7 +21,7 @@
 # TF32) and their largest difference; serving runs bench/infer_latency.py --device cuda and
 # bench/serve_latency.py --providers cuda (dog-run); where this onnxruntime has no CUDA provider (the
 # image's) both say so and are no failure. demo runs flowrl demo. suite runs tests/train and the core
-# tests there.
+# tests there; suite-serving (not in the default: a call of its own) tests/serve, tests/export and tests/cli.
 #
 # Where torch sees no CUDA it stops at once: one line, exit 1. Every step runs under `timeout -k 5`
 # with its own budget, and no step starts past DEVICE_CHECK_BUDGET_S (default 500 s) from the start:
@@ -36,7 +36,7 @@ set -uo pipefail
 BUDGET_S=${DEVICE_CHECK_BUDGET_S:-500}
 MIN_STEP_S=10         # a step is not started with less time than this left
 SKIPPED_RC=99         # a step that cannot apply here (no CUDA provider in onnxruntime) and is no failure
-PARTS="install cuda-tests bench bench-more train infer serving demo suite"
+PARTS="install cuda-tests bench bench-more train infer serving demo suite suite-serving"
 RUN=/tmp/device-run   # the cartpole run of the train steps
 SITE=/tmp/site        # where the carried wheels are installed (first on PYTHONPATH)
 PIECES=${DEVICE_CHECK_PIECES:-/tmp/gpuparts}  # a bundle too large for one call (onnxruntime-gpu), sent in pieces
@@ -348,13 +348,15 @@ step_demo() {  # the README's main job on a GPU host: training on CUDA, serving 
     cp "$WORK"/demo/*/summary.json "$WORK/serving_demo.json"
 }
 
-step_suite() {
-    local ignores=()
+suite() {  # LOG PATH...: pytest on PATH... without SUITE_IGNORED, into $OUT_DIR/LOG; a skipped extra fails it
+    local log=$1 ignores=()
+    shift
     for path in "${SUITE_IGNORED[@]}"; do ignores+=(--ignore "$path"); done
-    python3 -m pytest -q -p no:cacheprovider -rs --timeout 60 tests/train tests/core tests/cli/test_serve_cli.py \
-        "${ignores[@]}" >"$OUT_DIR/pytest.log" 2>&1
-    pytest_verdict "$OUT_DIR/pytest.log" $? EXTRAS
+    python3 -m pytest -q -p no:cacheprovider -rs --timeout 60 "$@" "${ignores[@]}" >"$OUT_DIR/$log" 2>&1
+    pytest_verdict "$OUT_DIR/$log" $? EXTRAS
 }
+step_suite() { suite pytest.log tests/train tests/core tests/cli/test_serve_cli.py; }
+step_suite_serving() { suite pytest_serving.log tests/serve tests/export tests/cli; }
 
 # ---- the run: the CUDA check, the steps under timeout, the summary ----
 
@@ -500,6 +502,7 @@ main() {
     wants demo && run_step demo 240
     merged serving serving.json
     wants suite && run_step suite 240  # the last step: what is left of the budget
+    wants suite-serving && run_step suite-serving 480  # not in the default: a call of its own
     local verdict=PASS
     ((failed)) && verdict=FAIL
     echo "result: $verdict in $SECONDS s (files in $OUT_DIR: $(find "$OUT_DIR" -type f | wc -l))" |

@@ -209,7 +209,7 @@ def test_onnxruntime_on_cuda_is_skipped_not_failed_where_onnxruntime_has_no_cuda
 def test_a_misspelt_part_is_refused_before_the_cuda_check(tmp_path):
     status, stdout, summary = run(tmp_path, 'cuda_check() { echo "checked"; sleep 60; }', "main train trian")
     assert status == 2
-    parts = "install cuda-tests bench bench-more train infer serving demo suite"
+    parts = "install cuda-tests bench bench-more train infer serving demo suite suite-serving"
     assert stdout == f"device_check: no part 'trian' (parts: {parts})\n"
     assert summary == []
 
