@@ -62,3 +62,24 @@ def test_a_reload_whose_warm_up_fails_is_refused_with_its_reason_and_the_old_mod
         assert f"cannot run {new}" in info.value.details and "cudaErrorNoKernelImageForDevice" in info.value.details
         assert client.spec().model_version == served
         assert client.act([0.1, 0.2, 0.3]).shape == (2,)
+
+
+def test_the_load_line_gives_the_fastest_batch_1_run_of_the_warm_up(tmp_path, monkeypatch, caplog):
+    """The first runs of a session are the slow ones (a GPU's especially): the figure is their minimum."""
+    import logging
+    import re
+
+    from flowrl_deploy.serve.model import WARMUP_RUNS, ServedModel
+
+    path = write_policy(tmp_path / "policy.onnx")
+    run, scripted = ServedModel.run, iter([900, 300, 120, 450, 610][:WARMUP_RUNS])
+
+    def timed(self, obs, noise):
+        action, took_us = run(self, obs, noise)
+        return action, next(scripted) if len(obs) == 1 else took_us
+
+    monkeypatch.setattr(ServedModel, "run", timed)
+    with caplog.at_level(logging.INFO, logger="flowrl.serve"):
+        PolicyServer(ServeConfig(str(path), port=0, grace_s=0, max_batch=4)).start().stop()
+    (loaded,) = [r.getMessage() for r in caplog.records if r.getMessage().startswith("loaded ")]
+    assert re.search(r"; a batch-1 call in 120 µs at warm-up\)$", loaded), loaded
