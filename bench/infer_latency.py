@@ -288,6 +288,8 @@ def main() -> None:
         "--device", choices=("cpu", "cuda"), default="cpu", help="cuda: torch and onnxruntime's CUDA provider"
     )
     args = parser.parse_args()
+    if args.gap and args.device == "cuda":
+        parser.error("--gap times onnxruntime on one CPU thread: leave out --device cuda")
     if args.device == "cuda" and not torch.cuda.is_available():
         parser.error("--device cuda: torch sees no CUDA device here")
     if args.quick:
