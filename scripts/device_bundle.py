@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import argparse
 import hashlib
+import importlib.util
 import json
 import lzma
 import os
@@ -104,6 +105,8 @@ def pack(wheels: Path, prefix: str, cap: int = CAP) -> list[Path]:
     per_piece = 512  # its entry in MANIFEST.json and in its folder
     if cap < first_extra + 4 * DIR_BYTES + (64 << 10):
         sys.exit(f"device_bundle: a cap of {cap} bytes leaves no room for pieces")
+    if not any(wheels.glob("*.whl")):
+        sys.exit(f"device_bundle: no *.whl in {wheels}")
     base = Path(prefix)
     with tempfile.TemporaryDirectory(prefix="device-bundle.") as tmp:
         work = Path(tmp)
@@ -151,10 +154,30 @@ exec "${PY:-python3}" "$here/device_bundle.py" install "${PARTS:-$here}" "${SITE
 """
 
 
+def read_manifest(parts: Path) -> dict:
+    """parts/MANIFEST.json, or one line saying what to copy again."""
+    path = parts / "MANIFEST.json"
+    if not path.is_file():
+        sys.exit(
+            f"device_bundle: no MANIFEST.json in {parts}: copy the first folder (.gpu1: the installer and manifest) too"
+        )
+    try:
+        manifest = json.loads(path.read_text())
+        pieces = [p for f in manifest["files"] for p in f["pieces"]]
+        if not all(p["folder"] in manifest["folders"] and p["path"] and p["sha256"] for p in pieces):
+            raise ValueError("a piece names no folder, path or sha256")
+    except (ValueError, KeyError, TypeError) as exc:
+        name = type(exc).__name__
+        sys.exit(f"device_bundle: {path} is not the manifest packed ({name}): copy the first folder (.gpu1) again")
+    return manifest
+
+
 def install(parts: Path, site: Path) -> None:
     """Check every piece, restore each file (its sha256 before and after xz), pip-install the wheels into
     site, and put the CUDA provider library back into site's onnxruntime."""
-    manifest = json.loads((parts / "MANIFEST.json").read_text())
+    manifest = read_manifest(parts)
+    if importlib.util.find_spec("pip") is None:
+        sys.exit(f"device_bundle: {sys.executable} has no pip (No module named pip): set PY to a python3 with pip")
     missing = sorted(
         {p["folder"] for f in manifest["files"] for p in f["pieces"] if not (parts / p["path"]).is_file()},
         key=manifest["folders"].index,
@@ -164,7 +187,6 @@ def install(parts: Path, site: Path) -> None:
             f"device_bundle: missing folder(s) {' '.join(missing)} of {len(manifest['folders'])}: copy each into "
             f"{parts} (mkdir -p {parts} && cp -r FOLDER/. {parts}/, one call each) before installing"
         )
-    site.mkdir(parents=True, exist_ok=True)
     with tempfile.TemporaryDirectory(prefix="device-bundle.") as tmp:
         work, libraries = Path(tmp), []
         for f in manifest["files"]:
@@ -186,7 +208,9 @@ def install(parts: Path, site: Path) -> None:
                 libraries.append((out.rename(work / Path(f["to"]).name), f["to"]))
         wheels = sorted(str(p) for p in work.glob("*.whl"))
         pip = [sys.executable, "-m", "pip", "install", "-q", "--no-index", "--no-deps", "--no-compile"]
-        subprocess.run([*pip, "--no-cache-dir", "--upgrade", "--target", str(site), *wheels], check=True)
+        rc = subprocess.run([*pip, "--no-cache-dir", "--upgrade", "--target", str(site), *wheels]).returncode
+        if rc:
+            sys.exit(f"device_bundle: pip install of {len(wheels)} wheels into {site} failed (exit {rc}): see above")
         for lib, to in libraries:  # after pip, which replaces the package's folder
             lib.chmod(0o755)
             (site / to).parent.mkdir(parents=True, exist_ok=True)

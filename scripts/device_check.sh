@@ -19,23 +19,31 @@
 # cartpole run on CUDA, then evaluates it on CUDA and on the CPU, exports it and evaluates the ONNX file.
 # infer times batch-1 actions on onnxruntime's CPU and CUDA providers (CUDA as served, TF32 off, and with
 # TF32) and their largest difference; serving runs bench/infer_latency.py --device cuda and
-# bench/serve_latency.py --providers cuda (dog-run); where this onnxruntime has no CUDA provider (the
-# image's) both say so and are no failure. demo runs flowrl demo. suite runs tests/train and the core
-# tests there; suite-serving (not in the default: a call of its own) tests/serve, tests/export and tests/cli.
+# bench/serve_latency.py --providers cuda (dog-run). Where this onnxruntime offers no CUDA provider (the
+# image's own) both say so and are SKIPPED, no failure; where onnxruntime cannot be imported, or the
+# install step installed the bundle's onnxruntime-gpu and no CUDA provider is offered, both fail. demo runs
+# flowrl demo. suite runs tests/train and the core tests there; suite-serving (not in the default: a
+# session of its own) tests/serve, tests/export and tests/cli.
 #
 # Where torch sees no CUDA it stops at once: one line, exit 1. Every step runs under `timeout -k 5`
-# with its own budget, and no step starts past DEVICE_CHECK_BUDGET_S (default 500 s) from the start:
-# the worst case is that plus 5 s; the default parts took 470 s on an H100 (2026-11-27), so a rerun fits
-# in the 15 minutes of device time. Exit 0 only when every step passed: a step that fails or is killed, a
-# CUDA test skipped, a test skipped for a missing extra, or a step left without time fails the run.
+# with its own budget (the cuda-libraries row's check under LIBRARY_CHECK_S), and no step starts past
+# DEVICE_CHECK_BUDGET_S (default 500 s) from the start: the worst case is that plus 5 s. The default parts
+# took 470 s on an H100 (2026-11-27): one run leaves 6.5 to 7 of a session's 15 minutes of device time
+# for the machine's start and the calls that copy the bundle's folders; a second run does not fit, so
+# rerun only the parts that failed, or lower DEVICE_CHECK_BUDGET_S. suite-serving (480 s) needs a
+# session of its own, the bundle sent again.
+# Exit 0 only when every step passed: a step that fails or is killed, a CUDA test skipped, a test skipped
+# for a missing extra, or a step left without time fails the run.
 # $OUT (default /tmp/device-out) gets summary.txt (each step's status, seconds and result) and at most
 # seven more files: install.log, pytest_cuda.log, train_throughput_cuda.json, train.log, infer.json,
-# serving.json and pytest.log.
+# serving.json and pytest.log; suite-serving adds pytest_serving.log (every part in one call would bring
+# back 9 files, one over the device tool's 8).
 set -uo pipefail
 
 BUDGET_S=${DEVICE_CHECK_BUDGET_S:-500}
 MIN_STEP_S=10         # a step is not started with less time than this left
 SKIPPED_RC=99         # a step that cannot apply here (no CUDA provider in onnxruntime) and is no failure
+LIBRARY_CHECK_S=60    # the cuda-libraries row's check
 PARTS="install cuda-tests bench bench-more train infer serving demo suite suite-serving"
 RUN=/tmp/device-run   # the cartpole run of the train steps
 SITE=/tmp/site        # where the carried wheels are installed (first on PYTHONPATH)
@@ -50,6 +58,7 @@ SUITE_IGNORED=(
     tests/core/test_typed_package.py      # builds the wheel
     tests/core/test_versions.py           # git
     tests/core/test_base_install_suite.py # pytest runs of whole folders without the extras (minutes)
+    tests/serve/test_serve_proto.py       # regenerates the gRPC modules: grpcio-tools, mypy-protobuf (dev)
 )
 
 download() {  # DIR SPEC...: wheels for the image's Python 3.12, no dependencies
@@ -154,7 +163,7 @@ step_install() {
     fi
     (
         if [[ -f $PIECES/install.sh ]]; then  # its own check of every piece, naming the folders missing
-            SITE=$SITE PARTS=$PIECES bash "$PIECES/install.sh" || exit
+            env -u WORK -u STEP -u OUT_DIR SITE="$SITE" PARTS="$PIECES" bash "$PIECES/install.sh" || exit
         fi
         if [[ -e ${wheels[0]} ]]; then
             python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target "$SITE" \
@@ -166,6 +175,11 @@ step_install() {
         note "$(tail -1 "$OUT_DIR/install.log")"
         return 1
     }
+    local sent=("$SITE"/onnxruntime_gpu-*.dist-info)  # what infer and serving then need to find offered
+    if [[ -d ${sent[0]} ]]; then
+        sent=${sent[0]%.dist-info}
+        echo "onnxruntime-gpu ${sent##*/onnxruntime_gpu-}" >"$WORK/onnxruntime-gpu-sent"
+    fi
     local check
     check=$(python3 -c 'import grpc, google.protobuf as pb, mujoco, dm_control, flowrl_deploy as f
 print(f"flowrl-deploy {f.__version__}, grpcio {grpc.__version__}, protobuf {pb.__version__}, mujoco {mujoco.__version__}")' 2>&1)
@@ -174,17 +188,36 @@ print(f"flowrl-deploy {f.__version__}, grpcio {grpc.__version__}, protobuf {pb._
     return "$rc"  # an install whose packages do not import fails here, not in a later step
 }
 
-ort_cuda_offered() {  # whether this onnxruntime offers its CUDA provider; else a note saying what it offers
-    local offered
-    offered=$(python3 -c 'import onnxruntime as ort; print(", ".join(ort.get_available_providers()))') || return 1
+ort_cuda_offered() {  # 0: this onnxruntime offers its CUDA provider; else a note and 1 where it does not
+    local offered sent  # (the image's own: no failure), 2 where it does not import or the install step installed
+    offered=$(python3 -c 'import onnxruntime as ort; print(", ".join(ort.get_available_providers()))' 2>&1) || {
+        note "onnxruntime cannot be imported: $(tail -1 <<<"$offered")"  # the bundle's onnxruntime-gpu (a failure)
+        return 2
+    }
     [[ $offered == *CUDAExecutionProvider* ]] && return 0
+    if [[ -f $WORK/onnxruntime-gpu-sent ]]; then
+        sent=$(<"$WORK/onnxruntime-gpu-sent")
+        note "onnxruntime's CUDA provider: not offered by this onnxruntime ($offered), though the install step" \
+            "installed $sent into $SITE"
+        return 2
+    fi
     note "onnxruntime's CUDA provider: not offered by this onnxruntime ($offered)"
     return 1
 }
 
+cuda_or_skip() {  # for infer and serving: go on (0) where onnxruntime offers CUDA; else SKIPPED_RC or 1
+    ort_cuda_offered
+    case $? in
+        0) return 0 ;;
+        1) return "$SKIPPED_RC" ;;
+        *) return 1 ;;
+    esac
+}
+
 step_cuda_tests() {
     local files=(tests/train/test_train_cuda.py)
-    ort_cuda_offered && files+=(tests/export/test_cuda_provider_on_a_gpu.py)
+    ort_cuda_offered
+    (($? != 1)) && files+=(tests/export/test_cuda_provider_on_a_gpu.py)  # fails where it ought to have run
     python3 -m pytest -q -p no:cacheprovider -rs --timeout 60 "${files[@]}" >"$OUT_DIR/pytest_cuda.log" 2>&1
     pytest_verdict "$OUT_DIR/pytest_cuda.log" $? ANY
 }
@@ -240,7 +273,7 @@ step_eval_onnx() {
 
 step_infer() {
     local model=$RUN/policy.onnx
-    ort_cuda_offered || return "$SKIPPED_RC"
+    cuda_or_skip || return
     if [[ ! -f $model ]]; then  # the train steps did not run or failed: a tiny policy of the tests
         model=$WORK/tiny_policy.onnx
         python3 -c 'import sys; sys.path.insert(0, "tests/helpers")
@@ -326,7 +359,7 @@ EOF
 }
 
 step_serving() {  # dog-run shapes, 10 steps: batch-1 inference and the served round trip, on the GPU
-    ort_cuda_offered || return "$SKIPPED_RC"
+    cuda_or_skip || return
     python3 bench/infer_latency.py --device cuda --quick --shapes dog-run --json "$WORK/serving_infer_latency.json" \
         >"$WORK/serving.log" 2>&1 &&
         python3 bench/serve_latency.py --providers cuda --quick --work "$WORK/serve-bench" \
@@ -408,22 +441,38 @@ if not torch.cuda.is_available():
 print(f"torch {torch.__version__} on {torch.cuda.get_device_name()}")' 2>/dev/null
 }
 
-nvidia_libraries() {  # onnxruntime's CUDA provider library loads, or pip's nvidia folders go on LD_LIBRARY_PATH
-    local found
-    found=$(python3 -c 'import glob, os
+step_cuda_libraries() {  # one line: loads, not offered, or missing DIRS ERROR (DIRS: pip's nvidia folders, or -)
+    python3 -c 'import glob, os
 from flowrl_deploy import ort
 if ort.CUDA not in ort.import_onnxruntime().get_available_providers():
     print("not offered"); raise SystemExit
 ort.preload_cuda_libraries()
 error = ort.cuda_library_error()
 if error:
-    import nvidia
-    dirs = sorted({os.path.dirname(p) for d in nvidia.__path__ for p in glob.glob(d + "/**/lib*.so*", recursive=True)})
-    print("missing", ":".join(dirs), error)
+    try:
+        import nvidia
+        roots = nvidia.__path__
+    except ImportError:
+        roots = []
+    dirs = sorted({os.path.dirname(p) for d in roots for p in glob.glob(d + "/**/lib*.so*", recursive=True)})
+    print("missing", ":".join(dirs) or "-", error)
 else:
-    print("loads")' 2>&1 | tail -1)
+    print("loads")' 2>&1
+}
+
+nvidia_libraries() {  # onnxruntime's CUDA provider library loads, or pip's nvidia folders go on LD_LIBRARY_PATH
+    local found rc dirs error  # a child of this script, as the steps are: timeout runs a program, not a function
+    found=$(timeout -k 5 "$LIBRARY_CHECK_S" bash "$0" --step cuda-libraries </dev/null)
+    rc=$?
+    found=$(tail -1 <<<"$found")
+    ((rc == 124 || rc == 137)) && found="no answer in $LIBRARY_CHECK_S s"
     case $found in
         loads | "not offered") row cuda-libraries ok 0 "onnxruntime's CUDA provider library: $found" ;;
+        missing\ -\ *)
+            error="preload_dlls left it unloadable (${found#missing - }), and no nvidia package folder holds a"
+            row cuda-libraries FAIL 0 "$error lib*.so* to add to LD_LIBRARY_PATH"
+            failed=1
+            ;;
         missing\ *)
             read -r _ dirs error <<<"$found"
             export LD_LIBRARY_PATH=$dirs${LD_LIBRARY_PATH:+:$LD_LIBRARY_PATH}

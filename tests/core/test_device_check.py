@@ -206,6 +206,82 @@ def test_onnxruntime_on_cuda_is_skipped_not_failed_where_onnxruntime_has_no_cuda
     ]
 
 
+@pytest.mark.parametrize("step", ["infer", "serving"])
+def test_an_onnxruntime_that_cannot_be_imported_fails_infer_and_serving_saying_why(tmp_path, step):
+    """At d526dd0 this failed; then "cannot be imported" and "offers no CUDA provider" both read SKIPPED."""
+    stubs = """python3() {
+    echo "Traceback (most recent call last):" >&2
+    echo "ModuleNotFoundError: No module named 'onnxruntime'" >&2
+    return 1
+}"""
+    status, _, summary = run(tmp_path, stubs, real=(step,))
+    assert status == 1
+    assert rows(summary)[step][::2] == [
+        "FAIL(1)",
+        "onnxruntime cannot be imported: ModuleNotFoundError: No module named 'onnxruntime'",
+    ]
+
+
+def test_a_bundle_whose_onnxruntime_gpu_offers_no_cuda_provider_fails_infer_and_serving(tmp_path):
+    """The install step installed the bundle's onnxruntime-gpu, yet the onnxruntime imported offers no CUDA
+    provider: that is no run without onnxruntime-gpu, and SKIPPED would let it pass."""
+    pieces = tmp_path / "no-pieces"  # the folder run() names in DEVICE_CHECK_PIECES
+    pieces.mkdir()
+    (pieces / "install.sh").write_text('mkdir -p "$SITE/onnxruntime_gpu-1.31.1.dist-info"\n')
+    stubs = f"""SITE={tmp_path}/site
+python3() {{ echo "AzureExecutionProvider, CPUExecutionProvider"; }}"""
+    status, _, summary = run(tmp_path, stubs, real=("install", "infer", "serving"), cwd=tmp_path)
+    assert status == 1
+    found = rows(summary)
+    assert found["install"][0] == "ok"
+    for step in ("infer", "serving"):
+        assert found[step][::2] == [
+            "FAIL(1)",
+            "onnxruntime's CUDA provider: not offered by this onnxruntime (AzureExecutionProvider, "
+            f"CPUExecutionProvider), though the install step installed onnxruntime-gpu 1.31.1 into {tmp_path}/site",
+        ]
+
+
+def test_the_suite_leaves_out_the_modules_of_the_development_environment_and_each_exists(tmp_path):
+    """suite-serving ran tests/serve/test_serve_proto.py, which regenerates the gRPC modules with grpcio-tools
+    and mypy-protobuf: neither is on the GPU image nor in the bundle."""
+    listed = subprocess.run(
+        ["bash", "-c", f'source {SCRIPT}; printf "%s\\n" "${{SUITE_IGNORED[@]}}"'],
+        capture_output=True, text=True, check=True,
+    ).stdout.split()  # fmt: skip
+    assert "tests/serve/test_serve_proto.py" in listed
+    assert [path for path in listed if not (ROOT / path).is_file()] == []
+    stubs = """python3() { echo "$*" >"$WORK/pytest.args"; echo "1 passed in 0.1s"; }"""
+    status, _, summary = run(tmp_path, stubs, "main suite-serving")
+    assert (status, rows(summary)["suite-serving"][0]) == (0, "ok")
+    args = (tmp_path / "work" / "pytest.args").read_text().split()
+    assert args[:3] == ["-m", "pytest", "-q"]
+    assert {args[i + 1] for i, arg in enumerate(args) if arg == "--ignore"} == set(listed)
+
+
+def test_the_header_and_the_docs_name_every_file_that_comes_back():
+    """The header's list of the files in $OUT left out pytest_serving.log."""
+    text = SCRIPT.read_text()
+    header = text.split("set -uo pipefail")[0]
+    names = set(re.findall(r"\$OUT_DIR/([\w.]+\.(?:log|json|txt))", text))
+    names |= set(re.findall(r"^\s*(?:wants \S+ && )?merged \w+ ([\w.]+)", text, re.M))
+    names |= set(re.findall(r"^step_suite\w*\(\) \{ suite ([\w.]+)", text, re.M))
+    assert {"summary.txt", "install.log", "pytest.log", "pytest_serving.log", "serving.json"} <= names
+    docs = (ROOT / "docs" / "development.md").read_text().split("## The GPU checks")[1].split("\n## ")[0]
+    assert [name for name in sorted(names) if name not in header] == []
+    assert [name for name in sorted(names) if name not in docs] == []
+
+
+def test_infer_latency_refuses_gap_on_cuda_in_one_line():
+    """--gap times one CPU thread: with --device cuda it ran on the CPU and said nothing."""
+    done = subprocess.run(
+        [sys.executable, str(ROOT / "bench" / "infer_latency.py"), "--gap", "--device", "cuda"],
+        capture_output=True, text=True, timeout=120,
+    )  # fmt: skip
+    assert done.returncode == 2
+    assert done.stderr.splitlines()[-1].endswith("--gap times onnxruntime on one CPU thread: leave out --device cuda")
+
+
 def test_a_misspelt_part_is_refused_before_the_cuda_check(tmp_path):
     status, stdout, summary = run(tmp_path, 'cuda_check() { echo "checked"; sleep 60; }', "main train trian")
     assert status == 2
@@ -235,6 +311,37 @@ step_suite() { note "LD_LIBRARY_PATH=$LD_LIBRARY_PATH"; }"""
     assert found["cuda-libraries"][0] == "FAIL"
     assert found["cuda-libraries"][2].startswith("preload_dlls left it unloadable (libcublasLt.so.13: cannot open")
     assert found["suite"][2].startswith("LD_LIBRARY_PATH=/n/cublas/lib:/n/cu13/lib")
+
+
+def test_no_nvidia_library_folder_found_leaves_ld_library_path_and_the_error_whole(tmp_path):
+    """The check prints "missing - ERROR" where no nvidia folder holds a library; `read` took the error's first
+    word for the folders."""
+    stubs = """python3() { echo "missing - libcublasLt.so.13: cannot open shared object file"; }
+step_suite() { note "LD_LIBRARY_PATH=${LD_LIBRARY_PATH:-unset}"; }"""
+    env_before = os.environ.pop("LD_LIBRARY_PATH", None)
+    try:
+        status, _, summary = run(tmp_path, stubs, real=("nvidia-libraries",))
+    finally:
+        if env_before is not None:
+            os.environ["LD_LIBRARY_PATH"] = env_before
+    assert status == 1
+    found = rows(summary)
+    assert found["cuda-libraries"][::2] == [
+        "FAIL",
+        "preload_dlls left it unloadable (libcublasLt.so.13: cannot open shared object file), and no nvidia "
+        "package folder holds a lib*.so* to add to LD_LIBRARY_PATH",
+    ]
+    assert found["suite"][2] == "LD_LIBRARY_PATH=unset"
+
+
+def test_the_cuda_library_check_that_hangs_is_ended_and_fails_the_run(tmp_path):
+    """The check ran outside any timeout; its timeout must not bypass the stubs (timeout execs a binary)."""
+    stubs = "LIBRARY_CHECK_S=1\npython3() { sleep 30; }"
+    start = time.monotonic()
+    status, _, summary = run(tmp_path, stubs, real=("nvidia-libraries",))
+    assert time.monotonic() - start < 15
+    assert status == 1
+    assert rows(summary)["cuda-libraries"][::2] == ["FAIL", "the check failed: no answer in 1 s"]
 
 
 def test_an_install_whose_packages_do_not_import_fails(tmp_path):
@@ -286,13 +393,13 @@ def fake_wheel(path: Path, files: dict[str, bytes]) -> Path:
     return path
 
 
-def fake_wheels(folder: Path) -> dict[str, bytes]:
-    """An onnxruntime-gpu wheel with a 300 KB CUDA provider library and a small wheel, in folder: their
-    files, by path as installed."""
+def fake_wheels(folder: Path, library_bytes: int = 300_000) -> dict[str, bytes]:
+    """An onnxruntime-gpu wheel with a CUDA provider library of library_bytes and a small wheel, in folder:
+    their files, by path as installed."""
     folder.mkdir()
     ort = {
         "onnxruntime/__init__.py": b"__version__ = '1.31.1'\n",
-        CUDA_SO: random.Random(0).randbytes(300_000),  # as incompressible as a real one, nearly
+        CUDA_SO: random.Random(0).randbytes(library_bytes),  # as incompressible as a real one, nearly
     }
     small = {"small.py": b"answer = 42\n" * 500}
     fake_wheel(folder / "onnxruntime_gpu-1.31.1-py3-none-any.whl", ort)
@@ -305,16 +412,16 @@ def du(path: Path) -> int:
     return sum(p.lstat().st_size for p in [path, *path.rglob("*")])
 
 
-def packed(tmp_path: Path) -> tuple[dict[str, bytes], list[Path]]:
-    files = fake_wheels(tmp_path / "wheels")
-    env = {**os.environ, "DEVICE_CHECK_FOLDER_BYTES": str(CAP)}
+def packed(tmp_path: Path, cap: int = CAP, library_bytes: int = 300_000) -> tuple[dict[str, bytes], list[Path]]:
+    files = fake_wheels(tmp_path / "wheels", library_bytes)
+    env = {**os.environ, "DEVICE_CHECK_FOLDER_BYTES": str(cap)}
     done = subprocess.run(
         [sys.executable, str(BUNDLE), "pack", str(tmp_path / "wheels"), str(tmp_path / ".gpu")],
         env=env, capture_output=True, text=True, timeout=60,
     )  # fmt: skip
     assert done.returncode == 0, done.stderr
     folders = sorted(tmp_path.glob(".gpu*"))
-    assert done.stdout.startswith(f"{len(folders)} folders of at most 0.2 MiB: .gpu1 ")
+    assert done.stdout.startswith(f"{len(folders)} folders of at most {cap / (1 << 20):.1f} MiB: .gpu1 ")
     assert "mkdir -p /tmp/gpuparts && cp -r .gpuK/. /tmp/gpuparts/" in done.stdout
     return files, folders
 
@@ -345,6 +452,85 @@ def test_the_bundle_is_packed_into_folders_under_the_cap_and_installed_byte_for_
         assert hashlib.sha256((site / path).read_bytes()).hexdigest() == hashlib.sha256(data).hexdigest(), path
     assert os.access(site / CUDA_SO, os.X_OK)
     assert {p.name for p in site.glob("*.dist-info")} == {"onnxruntime_gpu-1.31.1.dist-info", "small-1.0.dist-info"}
+
+
+def installed(parts: Path, site: Path, python: str = sys.executable) -> subprocess.CompletedProcess:
+    """parts/install.sh run as the install step runs it."""
+    env = {**os.environ, "SITE": str(site), "PARTS": str(parts), "PY": python}
+    return subprocess.run(["bash", str(parts / "install.sh")], env=env, capture_output=True, text=True, timeout=120)
+
+
+def one_line_error(done: subprocess.CompletedProcess) -> str:
+    """The installer's or packer's failure: a status of 1 and one line, no traceback."""
+    assert done.returncode == 1, done.stdout + done.stderr
+    assert "Traceback" not in done.stderr, done.stderr
+    return done.stderr.splitlines()[-1]
+
+
+def test_a_file_larger_than_a_folder_is_cut_across_folders_that_it_fills_and_restored_byte_for_byte(tmp_path):
+    """A library of 4 MB under a cap of 1.5 MiB: pieces over SPLIT_MIN (1 MiB), each folder but the last
+    filled to within SPLIT_MIN of the cap, as the real library's 284 MB fill 44 MiB folders."""
+    cap = 3 << 19
+    files, folders = packed(tmp_path, cap=cap, library_bytes=4_000_000)
+    assert len(folders) >= 3
+    assert all(cap - (1 << 20) <= du(folder) <= cap for folder in folders[:-1]), [du(f) for f in folders]
+    manifest = json.loads((folders[0] / "MANIFEST.json").read_text())
+    library = next(f for f in manifest["files"] if f.get("to") == CUDA_SO)
+    assert len({p["folder"] for p in library["pieces"]}) >= 3
+    assert max(p["bytes"] for p in library["pieces"]) > 1 << 20
+
+    site = tmp_path / "site"
+    done = installed(sent(folders, tmp_path / "parts"), site)
+    assert done.returncode == 0, done.stdout + done.stderr
+    assert (site / CUDA_SO).read_bytes() == files[CUDA_SO]
+
+
+@pytest.mark.parametrize("damage", ["a byte flipped", "truncated"])
+def test_a_damaged_piece_is_refused_naming_it_and_its_folder(tmp_path, damage):
+    """The sha256 of each piece is checked before anything is restored or installed."""
+    _, folders = packed(tmp_path)
+    parts = sent(folders, tmp_path / "parts")
+    manifest = json.loads((parts / "MANIFEST.json").read_text())
+    piece = next(p for f in manifest["files"] if f.get("to") == CUDA_SO for p in f["pieces"])
+    data = bytearray((parts / piece["path"]).read_bytes())
+    if damage == "truncated":
+        del data[-1000:]
+    else:
+        data[len(data) // 2] ^= 0x01
+    (parts / piece["path"]).write_bytes(bytes(data))
+    done = installed(parts, tmp_path / "site")
+    assert one_line_error(done) == f"device_bundle: {piece['path']} of {piece['folder']} differs from the piece packed"
+    assert not (tmp_path / "site").exists()
+
+
+def test_the_installer_fails_in_one_line_without_pip_or_a_good_manifest(tmp_path):
+    _, folders = packed(tmp_path)
+    parts, site = sent(folders, tmp_path / "parts"), tmp_path / "site"
+    subprocess.run([sys.executable, "-m", "venv", "--without-pip", str(tmp_path / "nopip")], check=True)
+    done = installed(parts, site, str(tmp_path / "nopip" / "bin" / "python"))
+    assert one_line_error(done).startswith(f"device_bundle: {tmp_path}/nopip/bin/python has no pip (")
+    assert not site.exists()
+
+    manifest = (parts / "MANIFEST.json").read_text()
+    (parts / "MANIFEST.json").write_text(manifest[: len(manifest) // 2])
+    assert one_line_error(installed(parts, site)) == (
+        f"device_bundle: {parts}/MANIFEST.json is not the manifest packed (JSONDecodeError): copy the first folder "
+        "(.gpu1) again"
+    )
+    (parts / "MANIFEST.json").unlink()
+    assert one_line_error(installed(parts, site)) == (
+        f"device_bundle: no MANIFEST.json in {parts}: copy the first folder (.gpu1: the installer and manifest) too"
+    )
+
+
+def test_packing_an_empty_wheels_folder_fails_in_one_line(tmp_path):
+    (tmp_path / "wheels").mkdir()
+    done = subprocess.run(
+        [sys.executable, str(BUNDLE), "pack", str(tmp_path / "wheels"), str(tmp_path / ".gpu")],
+        capture_output=True, text=True, timeout=60,
+    )  # fmt: skip
+    assert one_line_error(done) == f"device_bundle: no *.whl in {tmp_path / 'wheels'}"
+    assert list(tmp_path.glob(".gpu*")) == []
 
 
 def test_a_folder_not_sent_fails_the_install_step_naming_it(tmp_path):
