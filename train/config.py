@@ -196,6 +196,7 @@ class TrainConfig:
         if not isinstance(data, dict):
             raise ConfigError(f"{where}{what} must be a JSON object, got {type(data).__name__}")
         data = dict(data)
+        tau_stored = VERSION_KEY in data or bool(source)  # its tau's meaning is the stored one, not the caller's
         version = data.pop(VERSION_KEY, 1 if source else CONFIG_VERSION)
         stored = f"{key}.{VERSION_KEY}" if key else VERSION_KEY
         if problem := version_problem(version, stored, CONFIG_VERSION):
@@ -224,6 +225,8 @@ class TrainConfig:
             config.validate(name if source else flag)
         except ConfigError as exc:
             raise ConfigError(f"{where}{exc}") from None
+        if tau_stored:
+            object.__setattr__(config, _STORED_TAU, True)
         return config
 
     def save(self, run_dir: str | Path) -> Path:
@@ -242,8 +245,17 @@ class TrainConfig:
         return cls.from_dict(data, source=str(path))
 
     def override(self, **changes: Any) -> TrainConfig:
-        """A copy with ``changes`` applied (and validated)."""
-        return replace(self, **changes)
+        """A copy with ``changes`` applied (and validated); a tau read back from a stored config stays one
+        unless ``changes`` gives tau (:func:`new_run_tau_note`)."""
+        config = replace(self, **changes)
+        if "tau" not in changes and getattr(self, _STORED_TAU, False):
+            object.__setattr__(config, _STORED_TAU, True)
+        return config
+
+
+_STORED_TAU = "_stored_tau"
+"""Set (True) on a config whose tau :meth:`TrainConfig.from_dict` read with its stored meaning (a file's, or a
+dict giving ``config_version``); not a field, so never saved or compared."""
 
 
 def kept_to_step(kept: float) -> float:
@@ -322,6 +334,15 @@ def large_tau_note(tau: float) -> str | None:
         f"--tau {tau:g} moves the target critics {share} of the way to the online ones at each update; to keep "
         f"{share} as --tau {tau:g} did before {VERSION_KEY} {CONFIG_VERSION}, pass --tau {kept_to_step(tau):g}"
     )
+
+
+def new_run_tau_note(cfg: TrainConfig) -> str | None:
+    """The rule for a new run's note on its tau, one place for ``flowrl train`` and :func:`train`: the
+    :func:`large_tau_note` of a tau the caller gave (``TrainConfig(tau=0.95)``, ``--tau 0.95``, a dict without
+    ``config_version``), which a script of before :data:`CONFIG_VERSION` 2 may have meant as the share kept;
+    None for a tau read back from a stored config (:meth:`TrainConfig.from_dict` of a file, or of a dict
+    giving its version, and that config's overrides but of tau), whose version says what it meant."""
+    return None if getattr(cfg, _STORED_TAU, False) else large_tau_note(cfg.tau)
 
 
 def meaning_changed(tau: float) -> str:

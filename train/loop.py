@@ -36,6 +36,7 @@ from flowrl_deploy.train.config import (
     TrainConfig,
     check_resume_settings,
     check_unfinished,
+    new_run_tau_note,
     tau_conversion,
 )
 from flowrl_deploy.train.envs import Env, EnvInfo, episode_seed, make_env
@@ -182,7 +183,9 @@ def train(
     a second run on it is refused. What the user should know is logged as a warning on the
     ``flowrl.train`` logger just before ``on_start`` (``flowrl train`` prints the same lines): a resume
     whose replay buffer was not saved, that moves ``last`` to the newest complete checkpoint, or whose
-    checkpoint's config lacks fields (their defaults are named), a run that makes no gradient update, a
+    checkpoint's config lacks fields (their defaults are named), a new run given a tau over one half (what
+    it does since ``config_version`` 2, and the tau that keeps that share, as a script of before meant it:
+    :func:`~flowrl_deploy.train.config.new_run_tau_note`), a run that makes no gradient update, a
     directory that could not be locked.
 
     ``cfg.threads`` sets torch's thread count for the run only: the caller's comes back when it returns
@@ -413,7 +416,12 @@ def _prepare_locked_run(
         raise
     rates = RateMeter(counters.env_steps, agent.updates)
     # converted: an old run's tau, read anew; changed: other threads or device than the checkpoint's
-    said = (replay_empty, *repaired, defaulted, no_update_warning(cfg), recent_window_warning(cfg), converted, changed)
+    # a new run's tau over one half: what a script of before config_version 2 meant by it is told (not a resume's)
+    tau_note = new_run_tau_note(cfg) if start is None else None
+    said = (
+        replay_empty, *repaired, defaulted, tau_note, no_update_warning(cfg), recent_window_warning(cfg), converted,
+        changed,
+    )  # fmt: skip
     warnings = [text for text in said if text]
     if symlinks_refused(checkpoints.dir):  # said once, before training (a save falls back to them silently)
         warnings.append(

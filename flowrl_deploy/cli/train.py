@@ -14,7 +14,7 @@ import typer
 
 from flowrl_deploy.cli._common import ResultLines, Solver, finite, given, user_errors, warnings_to
 from flowrl_deploy.errors import FlowRLError
-from flowrl_deploy.train.config import CFM_WEIGHTINGS, DEVICES, TrainConfig, large_tau_note
+from flowrl_deploy.train.config import CFM_WEIGHTINGS, DEVICES, TrainConfig
 
 DEFAULT = TrainConfig()  # the single source of every default below
 
@@ -185,8 +185,7 @@ def train(
     else:
         options = {f.name: _plain(ctx.params[f.name]) for f in fields(TrainConfig)}  # one option per field
         cfg = TrainConfig(**{**options, "steps": DEFAULT.steps if steps is None else steps})
-        if given(ctx, "tau") and (note := large_tau_note(cfg.tau)):
-            warnings.append(note)
+        # a --tau over one half is told by train() itself (new_run_tau_note), as to a library caller
 
     def warn() -> None:  # the library's warnings (a resume's, a run without updates) follow the command's
         for text in warnings:

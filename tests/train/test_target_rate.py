@@ -116,6 +116,52 @@ def test_a_new_run_given_a_tau_over_one_half_is_told_the_meaning_changed(tmp_pat
     assert quiet.exit_code == 0 and "config_version" not in quiet.output, quiet.output
 
 
+def test_the_cli_says_the_large_tau_note_once(tmp_path):
+    """The note comes from train() itself (the CLI prints the library's warnings): said once, not twice."""
+    args = ["train", "--env", "Pendulum-v1", "--steps", "2", "--hidden", "8", "--batch-size", "2", "--start-steps", "1"]
+    args += ["--eval-every", "0", "--threads", "1", "--no-progress", "--out", str(tmp_path / "a"), "--tau", "0.9"]
+    result = CliRunner().invoke(app, args)
+    assert result.exit_code == 0, result.output
+    assert " ".join(result.output.split()).count("moves the target critics 90 %") == 1, result.output
+
+
+def tau_notes(caplog: pytest.LogCaptureFixture) -> list[str]:
+    said = [record.getMessage() for record in caplog.records if record.name == "flowrl.train"]
+    return [text for text in said if "moves the target critics" in text]
+
+
+def test_a_new_run_from_python_given_a_tau_over_one_half_is_told_the_meaning_changed(tmp_path, caplog):
+    """The v0.1.0 README's snippet with its default spelt out, TrainConfig(tau=0.95), trained with the new
+    meaning (near-hard target updates) and said nothing: only flowrl train warned."""
+    caplog.set_level("WARNING", logger="flowrl.train")
+    train(TrainConfig(steps=2, out=str(tmp_path / "a"), tau=0.95, **{**TINY, "start_steps": 1, "batch_size": 2}),
+          progress=False)  # fmt: skip
+    assert tau_notes(caplog) == [large_tau_note(0.95)]
+    caplog.clear()
+    # a caller's own dict (no version) is read as today's tau, so it is told too
+    train(TrainConfig.from_dict({"steps": 2, "out": str(tmp_path / "b"), "tau": 0.9, **TINY, "start_steps": 1,
+                                 "batch_size": 2}), progress=False)  # fmt: skip
+    assert tau_notes(caplog) == [large_tau_note(0.9)]
+
+
+def test_a_stored_config_of_today_or_a_resume_is_not_told_of_its_large_tau(tmp_path, caplog):
+    """A config read back with config_version 2 meant today's tau when it was written: no note, in a new
+    run made from it (another out, seed or budget) or in a resume of its run."""
+    caplog.set_level("WARNING", logger="flowrl.train")
+    first = train(TrainConfig(steps=2, out=str(tmp_path / "a"), tau=0.9, **{**TINY, "start_steps": 1, "batch_size": 2}),
+                  progress=False)  # fmt: skip
+    assert len(tau_notes(caplog)) == 1
+    caplog.clear()
+    stored = resume_config(first.run_dir)
+    train(stored.override(out=str(tmp_path / "b"), seed=3), progress=False)
+    train(TrainConfig.from_dict(stored.override(out=str(tmp_path / "c")).to_dict()), progress=False)
+    train(TrainConfig.load(first.run_dir / "config.json").override(out=str(tmp_path / "d")), progress=False)
+    train(resume_config(first.run_dir, steps=4), resume=first.run_dir, progress=False)
+    assert tau_notes(caplog) == []
+    train(stored.override(out=str(tmp_path / "e"), tau=0.8), progress=False)  # a tau of the caller's own again
+    assert tau_notes(caplog) == [large_tau_note(0.8)]
+
+
 @pytest.mark.parametrize(("tau", "noted"), [(0.5, False), (0.5000001, True), (0.6, True)])
 def test_the_note_on_a_large_tau_starts_just_over_one_half(tau, noted):
     assert (large_tau_note(tau) is not None) == noted
