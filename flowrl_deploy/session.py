@@ -16,6 +16,7 @@ each tick (:class:`CallTiming`, ``health``), reset and close.
 from __future__ import annotations
 
 import collections
+import enum
 import json
 import logging
 import math
@@ -135,12 +136,21 @@ class _Health:
     ``fallbacks``); :mod:`flowrl_deploy.control_metrics` renders it as a Prometheus histogram."""
 
 
-WRITABLE_SETTINGS = ("deadline_s", "max_consecutive_misses", "max_staleness_s", "reset_timeout_s")
+WRITABLE_SETTINGS = ("deadline_s", "max_consecutive_misses", "max_staleness_s", "reset_timeout_s", "max_delta")
 """The settings of a :class:`ControlSession` that may be written after it is made, each checked as then."""
 _CONSTRUCTOR_ONLY = frozenset({"local_model", "max_rate", "contract", "backoff_s", "max_timings"})
 """The arguments of a :class:`ControlSession` that it keeps under no name of theirs (their effects are
 ``local``, ``max_delta``, ``contract_hash``/``contract_json``, the reconnection and ``timings``)."""
 _T = TypeVar("_T")
+
+
+class _Keep(enum.Enum):
+    """:meth:`ControlSession.reset`'s default ``initial_action``: the rate clamp keeps its reference."""
+
+    LAST_ACTION = "the last action returned"
+
+
+LAST_ACTION = _Keep.LAST_ACTION
 
 
 class _Fixed(Generic[_T]):
@@ -225,9 +235,10 @@ class ControlSession:
         max_rate: a slew limit: each action component (in the action's own units, after rescaling) moves
             at most ``max_rate * period_s`` from the last action returned, in action units per second
             (finite, > 0); None: no limit. Fallback actions are clamped too (``zeros`` ramps down to the
-            zeros), and :meth:`reset` keeps the reference: a new episode starts from where the last one
-            left the actuators. The session's first tick has no reference unless ``initial_action``
-            gives one, and is then not clamped.
+            zeros), and :meth:`reset` keeps the reference unless given another: a new episode starts from
+            where the last one left the actuators. The session's first tick has no reference unless
+            ``initial_action`` gives one, and is then not clamped. Its step, ``max_delta``, may be
+            written after (from the next tick).
         initial_action: the command the actuators hold when the session opens (``act_dim`` finite
             numbers): the first tick's reference for ``max_rate`` (and only for it: ``hold`` before any
             action still holds the zeros); None: the first tick is not clamped.
@@ -358,6 +369,21 @@ class ControlSession:
         self._max_staleness_s = None if staleness is None else checked_positive(staleness, "max_staleness_s")
 
     @property
+    def max_delta(self) -> float | None:
+        """The rate clamp's step: each action component moves at most this much from the last action
+        returned (``max_rate * period_s`` when made); None: no clamp. Writable, from the next tick: a finite
+        number > 0, or None."""
+        return self._max_delta
+
+    @max_delta.setter
+    def max_delta(self, max_delta: float | None) -> None:
+        self._max_delta = None if max_delta is None else checked_positive(max_delta, "max_delta")
+
+    @max_delta.deleter
+    def max_delta(self) -> None:
+        raise AttributeError("ControlSession.max_delta cannot be deleted: write None for no clamp")
+
+    @property
     def reset_timeout_s(self) -> float:
         """How long :meth:`reset` waits for the server (finite, > 0; None: the default). Writable."""
         return self._reset_timeout_s
@@ -379,9 +405,6 @@ class ControlSession:
     )
     period_s: _Fixed[float] = _Fixed(
         "the control period", "the rate clamp's step and the default deadline follow from it"
-    )
-    max_delta: _Fixed[float | None] = _Fixed(
-        "the rate clamp's step, ``max_rate * period_s``; None without ``max_rate``", "it is max_rate * period_s"
     )
     initial_action: _Fixed[npt.NDArray[np.float32] | None] = _Fixed(
         "the first tick's reference for ``max_rate``; None: none", "only the session's first tick reads it"
@@ -420,6 +443,23 @@ class ControlSession:
         any, and after a reset. The session's own: ``act()`` returns the caller's copy."""
         return self._last_action
 
+    @last_action.setter
+    def last_action(self, _value: NoReturn) -> None:  # NoReturn: a type checker refuses writes
+        raise self._last_action_refusal()
+
+    @last_action.deleter
+    def last_action(self) -> None:
+        raise self._last_action_refusal()
+
+    @staticmethod
+    def _last_action_refusal() -> AttributeError:
+        return AttributeError(
+            "ControlSession.last_action is the last action returned (read-only): for the command the actuators "
+            "hold, the max_rate clamp's reference (v0.1.0 code wrote last_action for it), pass initial_action= "
+            "to client.session(...), or to reset(seed, initial_action=...) for a new episode; hold repeats only "
+            "actions returned (the zeros before any)"
+        )
+
     @property
     def _stream(self) -> StreamCall | None:
         """The open stream; None while none is (the server down, the session closed)."""
@@ -439,6 +479,16 @@ class ControlSession:
             return self._tick(self._checked_obs(obs))
         finally:
             self._busy.release()
+
+    def _reference(self, initial_action: npt.ArrayLike | None) -> npt.NDArray[np.float32] | None:
+        """``reset``'s ``initial_action``, checked as the constructor's: the clamp's new reference."""
+        if initial_action is None:
+            return None
+        if self._max_delta is None:
+            raise FlowRLError("initial_action is used only with max_rate (it is the rate clamp's first reference)")
+        reference = self._checked_initial_action(initial_action)
+        reference.setflags(write=False)
+        return reference
 
     def _checked_initial_action(self, initial_action: npt.ArrayLike) -> npt.NDArray[np.float32]:
         why = f"initial_action must hold {self.info.act_dim} finite numbers (the actuators' current command)"
@@ -538,11 +588,14 @@ class ControlSession:
         self.client.check_open()  # a closed client's channel never reconnects: no fallback would end
 
     # --- episodes and lifetime -------------------------------------------------------------------
-    def reset(self, seed: Seed | None = None) -> None:
+    def reset(self, seed: Seed | None = None, *, initial_action: npt.ArrayLike | _Keep | None = LAST_ACTION) -> None:
         """A new episode: reseed the session's noise (and the local fallback's), forget the last
         action held (``hold`` falls back to the zeros until the episode's first action) and restart the
-        staleness clock. The ``max_rate`` clamp keeps its reference, the last action returned: the
-        actuators still hold it.
+        staleness clock. The ``max_rate`` clamp keeps its reference, the last action returned (the
+        actuators still hold it), unless ``initial_action`` gives another: the command they hold now, for
+        a robot moved between episodes (such as to a home pose; ``act_dim`` finite numbers, as the
+        constructor's, and only with ``max_rate``), or None for none, the new episode's first action then
+        unclamped (as v0.1.0's reset did).
 
         A tick that missed its deadline may still be queued on the server, where it would take
         the new episode's first noise draw; so ``Reset`` is sent only once the reply to the last
@@ -555,6 +608,8 @@ class ControlSession:
         server. No tick acts while it runs: call it between ticks, from the control loop's thread
         (a reset asked for by another thread, e.g. a ROS service, is best queued for that loop)."""
         seed = checked_seed(seed)
+        keep = initial_action is LAST_ACTION
+        reference = None if initial_action is LAST_ACTION else self._reference(initial_action)
         if not self._busy.acquire(blocking=False):
             raise self._in_use("reset")
         try:
@@ -581,6 +636,8 @@ class ControlSession:
                 raise self._link.refused(exc) from None
             self._seed = seed
             self._last_action = None
+            if not keep:
+                self._clamp_from = reference
             self.health.last_fresh = None
             self.health.consecutive_misses = 0  # the server answered: a new episode starts with no misses
             self._fallback_policy.reseed(seed)
@@ -601,6 +658,11 @@ class ControlSession:
             """Refuse a setting given only to the constructor (``max_rate``, ``backoff_s``, …): written by
             name (a ROS parameter callback's ``setattr(control, name, value)``), it must not pass for taken
             when no tick reads it. Other names, a subclass's own or a mock's, are set as usual."""
+            if name == "max_rate":  # its effect is writable
+                raise AttributeError(
+                    "ControlSession has no setting 'max_rate' to write: it is fixed when the session is made, as "
+                    "max_delta = max_rate * period_s, the clamp's step, which is writable (from the next tick)"
+                )
             if name in _CONSTRUCTOR_ONLY:
                 raise AttributeError(
                     f"ControlSession has no setting {name!r} to write: it is fixed when the session is made "

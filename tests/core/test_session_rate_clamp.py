@@ -95,3 +95,67 @@ def test_a_bad_initial_action_is_refused_when_the_session_is_made(client, settin
     settings = {"max_rate": MAX_RATE, **settings}
     with pytest.raises(FlowRLError, match=f"^{re.escape(why)}"):
         client.session(period_s=PERIOD_S, **settings)
+
+
+def test_a_max_delta_written_clamps_from_the_next_tick(client):
+    """v0.1.0 read max_delta at each tick (a ROS parameter callback retuned the slew limit live); main
+    refused the write."""
+    with client.session(period_s=PERIOD_S, seed=0, max_rate=MAX_RATE) as control:
+        control.deadline_s = FRESH_S
+        before = control.act(OBS)
+        control.max_delta = 3 * STEP
+        after = control.act(-OBS)
+        assert np.all(np.abs(after - before) <= 3 * STEP + 1e-6) and np.any(np.abs(after - before) > STEP + 1e-6)
+        control.max_delta = None  # no clamp: the policy's own action
+        free = control.act(-OBS)
+        assert np.all(np.abs(free - after) > 3 * STEP + 1e-6), (after, free)
+    with client.session(period_s=PERIOD_S, seed=0) as unclamped:  # made without max_rate: from the last action
+        unclamped.deadline_s = FRESH_S
+        before = unclamped.act(OBS)
+        unclamped.max_delta = STEP
+        assert _within_a_step(unclamped.act(-OBS), before)
+
+
+def test_reset_with_initial_action_none_leaves_the_new_episodes_first_action_unclamped(client):
+    """v0.1.0's reset() forgot the reference: a robot re-homed between episodes gets that back with
+    initial_action=None (the first action the policy's own, as a fresh session's with that seed)."""
+    with client.session(period_s=PERIOD_S, seed=1) as free:
+        free.deadline_s = FRESH_S
+        expected = free.act(-OBS)
+    with client.session(period_s=PERIOD_S, seed=0, max_rate=MAX_RATE) as control:
+        control.deadline_s = FRESH_S
+        control.act(OBS)
+        control.reset(seed=1, initial_action=None)
+        np.testing.assert_array_equal(control.act(-OBS), expected)
+
+
+def test_reset_with_initial_action_clamps_the_first_action_from_it(client):
+    """A robot moved to its home pose between episodes: the clamp's reference is the home command."""
+    home = np.array([0.9, -1.9], np.float32)
+    with client.session(period_s=PERIOD_S, seed=0, max_rate=MAX_RATE) as control:
+        control.deadline_s = FRESH_S
+        control.act(OBS)
+        control.reset(seed=1, initial_action=home.tolist())
+        assert control.last_action is None  # hold still forgets
+        first = control.act(-OBS)
+        assert _within_a_step(first, home), first
+
+
+@pytest.mark.parametrize(
+    ("settings", "why"),
+    [
+        ({"initial_action": [0.0] * (ACT_DIM + 1)}, f"initial_action must hold {ACT_DIM} finite numbers"),
+        ({"initial_action": [0.0, float("nan")]}, f"initial_action must hold {ACT_DIM} finite numbers"),
+        ({"initial_action": ["a", "b"]}, f"initial_action must hold {ACT_DIM} finite numbers"),
+        ({"initial_action": [0.0, 0.0], "max_rate": None}, "initial_action is used only with max_rate"),
+    ],
+)
+def test_a_bad_initial_action_is_refused_by_reset_which_changes_nothing(client, settings, why):
+    rate = settings.pop("max_rate", MAX_RATE)
+    with client.session(period_s=PERIOD_S, seed=0, max_rate=rate) as control:
+        control.deadline_s = FRESH_S
+        before = control.act(OBS)
+        with pytest.raises(FlowRLError, match=f"^{re.escape(why)}"):
+            control.reset(seed=1, **settings)
+        assert control.seed == 0
+        np.testing.assert_array_equal(control.last_action, before)

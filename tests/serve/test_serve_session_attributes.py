@@ -96,7 +96,6 @@ def test_watchdog_limits_written_take_effect_from_the_next_tick(client):
     ("name", "value", "cure"),
     [
         ("period_s", 0.01, "open a new session"),
-        ("max_delta", 1.0, "open a new session"),
         ("initial_action", [0.0, 0.0], "open a new session"),
         ("pinned", False, "open a new session"),
         ("session_id", "another", "open a new session"),
@@ -118,6 +117,55 @@ def test_a_setting_that_a_write_would_not_change_is_read_only_and_says_what_to_d
     assert (control.period_s, control.max_delta, control.seed, control.pinned) == (0.5, 1.0, 1, False)
 
 
+@pytest.mark.parametrize(
+    ("value", "why"),
+    [
+        (math.nan, "max_delta must be a finite number > 0, got nan"),
+        (math.inf, "max_delta must be a finite number > 0, got inf"),
+        (0.0, "max_delta must be a finite number > 0, got 0"),
+        (-1.0, "max_delta must be a finite number > 0, got -1"),
+        ("0.01", "max_delta must be a finite number > 0, got '0.01'"),
+        (True, "max_delta must be a finite number > 0, got True"),
+    ],
+)
+def test_a_bad_max_delta_written_is_refused_and_the_session_keeps_its_own(client, value, why):
+    """v0.1.0 read max_delta at every tick, so a parameter callback retuned the slew limit live; a NaN
+    written would have turned the clamp off (every comparison false)."""
+    with client.session(period_s=0.5, max_rate=2.0) as control:
+        with pytest.raises(FlowRLError, match=re.escape(why)):
+            control.max_delta = value
+        assert control.max_delta == 1.0
+
+
+def test_max_delta_is_writable_and_none_turns_the_clamp_off(client):
+    with client.session(period_s=0.5) as control:
+        assert control.max_delta is None
+        control.max_delta = 0.25
+        assert control.max_delta == 0.25
+        control.max_delta = 1
+        assert control.max_delta == 1.0 and isinstance(control.max_delta, float)
+        control.max_delta = None
+        assert control.max_delta is None
+        with pytest.raises(AttributeError, match=r"ControlSession\.max_delta .*None"):
+            del control.max_delta
+
+
+def test_writing_last_action_says_to_pass_initial_action(client):
+    """v0.1.0's way to seed the clamp's first reference was `session.last_action = command`; it failed
+    with Python's "property 'last_action' of 'ControlSession' object has no setter", naming no cure."""
+    with client.session(period_s=0.5, max_rate=2.0) as control:
+        for write in (
+            lambda: setattr(control, "last_action", np.zeros(ACT_DIM)),
+            lambda: delattr(control, "last_action"),
+        ):
+            with pytest.raises(AttributeError) as refused:
+                write()
+            assert "has no setter" not in str(refused.value)
+            assert str(refused.value).startswith("ControlSession.last_action is the last action returned (read-only)")
+            assert "initial_action=" in str(refused.value) and "reset(" in str(refused.value)
+        assert control.last_action is None
+
+
 @pytest.mark.parametrize("name", ["max_rate", "backoff_s", "max_timings", "local_model", "contract"])
 def test_a_setting_given_only_to_the_constructor_is_refused_naming_those_written_after(client, name):
     """``setattr(control, "max_rate", 3.0)`` from a parameter callback was taken silently and read by
@@ -126,6 +174,14 @@ def test_a_setting_given_only_to_the_constructor_is_refused_naming_those_written
         with pytest.raises(AttributeError, match=rf"^ControlSession has no setting '{name}' to write: it is fixed"):
             setattr(control, name, 1.0)
         assert name not in vars(control)
+
+
+def test_writing_max_rate_names_max_delta(client):
+    with (
+        client.session(period_s=0.5) as control,
+        pytest.raises(AttributeError, match=r"max_delta = max_rate \* period_s"),
+    ):
+        control.max_rate = 2.0
 
 
 def test_a_subclass_or_a_mock_sets_names_of_its_own(client):

@@ -34,6 +34,10 @@ def actions(client: PolicyClient, session: ControlSession, sensors: list[float] 
 
 def settings(session: ControlSession) -> float:
     session.deadline_s = 0.01  # written after the session is made, checked then
+    session.max_delta = 0.05  # the slew limit, as deadline_s (None: no clamp)
+    session.max_delta = "0.05"  # error: [assignment]
+    session.last_action = None  # error: [assignment]
+    session.reset(1, 0.0)  # error: [call-arg]
     session.period_s = 0.01  # error: [assignment]
     session.fallback = "zeros"  # error: [assignment]
     session.seed = 3  # error: [assignment]

@@ -28,6 +28,9 @@ def control(session: ControlSession) -> Action:
     action: Action = session.act(read_sensors())
     action *= 0.5
     held: Action | None = session.last_action
+    session.reset(1, initial_action=read_sensors())  # a robot re-homed between episodes: the clamp's reference
+    session.reset(2, initial_action=None)  # or none: the episode's first action unclamped
+    session.reset(3)
     return action if held is None else held
 
 
