@@ -325,8 +325,11 @@ class PolicyClient:
         contract_hash: str = "",
         timeout_s: float | None = None,
     ) -> pb.ActReply:
-        """The full ``Act`` reply (action tensor, model version, server timing)."""
-        request = pb.ActRequest(obs=encode(obs, name="obs"), session_id=session_id, contract_hash=contract_hash)
+        """The full ``Act`` reply (action tensor, model version, server timing). ``contract_hash`` pins the
+        served contract (16 hex digits, any case; '' none): a malformed one is refused before the call
+        (:class:`FlowRLError`), one the server does not serve by it (:class:`ServiceError`)."""
+        pin = checked_contract_hash(contract_hash)
+        request = pb.ActRequest(obs=encode(obs, name="obs"), session_id=session_id, contract_hash=pin)
         if checked_seed(seed) is not None:
             request.seed = seed
         return self._call(self.stub.Act, request, timeout_s)
@@ -355,8 +358,10 @@ class PolicyClient:
         timeout_s: float | None = None,
     ) -> str:
         """Open or restart a session (reseeding its noise); returns the model version. ``contract_json``
-        (the pinned contract's JSON) lets the server name the fields that differ from its own."""
-        request = pb.ResetRequest(session_id=session_id, contract_hash=contract_hash, contract_json=contract_json)
+        (the pinned contract's JSON) lets the server name the fields that differ from its own; a malformed
+        ``contract_hash`` is refused as :meth:`act_reply` refuses it."""
+        pin = checked_contract_hash(contract_hash)
+        request = pb.ResetRequest(session_id=session_id, contract_hash=pin, contract_json=contract_json)
         if checked_seed(seed) is not None:
             request.seed = seed
         return self._call(self.stub.Reset, request, timeout_s).model_version

@@ -112,3 +112,22 @@ def test_a_contract_json_equal_in_its_fields_but_written_otherwise_is_told_so(tm
         f"; the contract_json sent has the served contract's fields but writes a value otherwise (hash "
         f"{theirs.hash()}): send the contract_json GetSpec gives"
     )
+
+
+@pytest.mark.parametrize("call", ["act", "act_reply", "reset"])
+def test_policy_clients_unary_calls_refuse_a_malformed_pin_before_calling(client, call):
+    """The CHANGELOG said Python clients refuse such a pin before any call; PolicyClient.act sent it, and
+    got the server's INVALID_ARGUMENT (a ServiceError) or, from a v0.1.0 server, FAILED_PRECONDITION."""
+    from flowrl_deploy.client import ServiceError
+
+    obs = np.zeros(OBS_DIM, np.float32)
+    send = {
+        "act": lambda pin: client.act(obs, contract_hash=pin, timeout_s=10),
+        "act_reply": lambda pin: client.act_reply(obs, contract_hash=pin, timeout_s=10),
+        "reset": lambda pin: client.reset("pin-form", 1, contract_hash=pin, timeout_s=10),
+    }[call]
+    with pytest.raises(FlowRLError) as refused:
+        send("xyz")
+    assert not isinstance(refused.value, ServiceError) and str(refused.value) == WHY + "'xyz'"
+    served = client.spec().contract_hash
+    send(served.upper())  # capitals are still taken
