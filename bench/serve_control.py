@@ -53,6 +53,8 @@ def main() -> None:
     where = f"pinned (server, client): {args.pin}; SCHED_FIFO priority: {args.rt_priority}"
     print(f"{machine()['cpu']} ({machine()['cores']} cores); {where}")
     print(report.summary())
+    if note := report.seeded_note():
+        print(note, file=sys.stderr)
     print(f"target < 0.1% misses: {'OK' if report.miss_rate < 0.001 else 'MISSED'}")
     if args.json:
         args.json.parent.mkdir(parents=True, exist_ok=True)

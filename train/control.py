@@ -3,7 +3,7 @@
 ``run_control`` is what ``flowrl control`` and ``flowrl demo`` call. With the same seed and no
 fallback tick it reproduces ``flowrl eval`` of the served ONNX file: the session's noise generator
 is seeded with ``seed`` and episode i resets with ``episode_seed(seed, i, stream=EVAL_STREAM)``
-(the summary notes any fallback tick, :meth:`ControlReport._seeded_note`). It lives
+(:meth:`ControlReport.seeded_note` notes any fallback tick). It lives
 in train, not in the core package: a simulator (dm_control) is no part of a robot computer's install.
 """
 
@@ -127,17 +127,17 @@ class ControlReport:
             else ""
         )
         reasons = ", ".join(f"{reason} {n}" for reason, n in self.fallbacks.items())
-        note = self._seeded_note()
         return (
             f"{self.env_id} at {self.hz:g} Hz via {self.server}: {returns} ({self.steps} steps"
             f"{f'; episode {lengths}' if lengths else ''})\n"
             f"{latency}; jitter {self.jitter_us:.0f} µs; "
             f"ticks without a fresh action {self.deadline_misses} ({100 * self.miss_rate:.3f}%"
-            f"{f': {reasons}' if reasons else ''}), overruns {self.overruns}{warning}{note}"
+            f"{f': {reasons}' if reasons else ''}), overruns {self.overruns}{warning}"
         )
 
-    def _seeded_note(self) -> str:
-        """A line saying that fallback ticks leave the seeded episode (``flowrl eval --seed``), or ''.
+    def seeded_note(self) -> str:
+        """A line saying that fallback ticks leave the seeded episode (``flowrl eval --seed``), or '':
+        ``flowrl control`` prints it on stderr after the summary (stdout), as ``flowrl export`` its notes.
 
         A served action at tick t uses the session's noise draw t; ``hold`` and ``zeros`` act on
         something else, so one such tick changes the episode. ``local`` draws tick t's noise too, so
@@ -151,11 +151,11 @@ class ControlReport:
         ticks = f"{n} tick{'s' * (n != 1)} acted on the {self.fallback} fallback"
         if self.fallback == "local" and set(self.fallbacks) <= IN_STEP_REASONS:
             return (
-                f"\nnote: {ticks}: the return is the seeded episode's ({eval_} of the served file) only if "
+                f"note: {ticks}: the return is the seeded episode's ({eval_} of the served file) only if "
                 "--local-model computes the served actions bit for bit (the served file, both run on the CPU)"
             )
         return (
-            f"\nnote: {ticks}, so the return is not the seeded episode's: {eval_} of the served file "
+            f"note: {ticks}, so the return is not the seeded episode's: {eval_} of the served file "
             "matches a run with no fallback tick (a lower --hz misses fewer)"
         )
 

@@ -215,6 +215,8 @@ def control(
         )
     printed = ResultLines()  # a stdout that fails still lets the report be written
     printed.echo(report.summary())
+    if note := report.seeded_note():  # on stderr, as export's notes: stdout's last line stays the summary's
+        typer.echo(note, err=True)
     if json_path is not None:
         write_report("--json", json_path, report.to_dict())
     # how the run ended comes first (its exit status too): a failed stdout is then a note on that line

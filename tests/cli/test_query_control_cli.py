@@ -197,6 +197,18 @@ class TestNoFreshAction:
         assert report["fresh_replies"] == 0 and report["deadline_misses"] == 20
         assert report["round_trip_p50_us"] is None and report["round_trip_us"] == []
 
+    def test_the_note_on_fallback_ticks_goes_to_stderr_before_the_error(self, server_20hz):
+        """The `note: … not the seeded episode's` line came on stdout after the summary (upgrade review
+        F8): a script taking stdout's last line for the summary's read the note. Notes go to stderr."""
+        pytest.importorskip("dm_control")
+        result = runner.invoke(app, ["control", "--server", server_20hz, "--max-steps", "5", *NO_REPLY_IN_TIME])
+        assert result.exit_code == 1, result.output
+        assert "note:" not in result.stdout
+        assert result.stdout.splitlines()[-1].startswith("warning: 100.0% of the ticks acted on the fallback")
+        lines = result.stderr.splitlines()
+        assert lines[-2].startswith("note: 5 ticks acted on the hold fallback, so the return is not the seeded")
+        assert lines[-1].startswith("error: no tick got a fresh action")
+
     def test_max_misses_stops_the_run_through_the_watchdog(self, server_20hz):
         pytest.importorskip("dm_control")
         args = ["control", "--server", server_20hz, "--max-steps", "50", *NO_REPLY_IN_TIME, "--max-misses", "3"]
