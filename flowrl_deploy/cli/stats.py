@@ -94,10 +94,15 @@ def stats(
         reply = client.stats()
     failures = reload_failures(reply)
     if as_json:
+        from flowrl_deploy.codec import UNCOUNTED_REFUSALS  # here: the CLI starts without protobuf
+
         figures = {**as_dict(reply), "reload_failures": failures}
         for method in figures["methods"]:  # calls but no codes: a server older than `codes`, which sends none
             if method["requests"] and not method["codes"]:
                 method["codes"] = None
+        for limit in figures["limits"]:  # the server's 0 for refusals it cannot see (the table's '-')
+            if limit["limit"] in UNCOUNTED_REFUSALS:
+                limit["refused"] = None
         typer.echo(json.dumps(figures, indent=2))
         return
     typer.echo(

@@ -97,6 +97,31 @@ def test_stats_shows_each_limit_in_use_and_its_refusals(tmp_path):
     assert limits["workers"] == {"in_use": 1, "most": 3, "refused": 0}
 
 
+def test_stats_json_gives_null_for_refusals_the_server_does_not_count(served, monkeypatch):
+    """The `connections` limit's refusals are gRPC's, unseen by the server, whose GetStats sends 0: the
+    table printed '-' but `--json` said `"refused": 0` (upgrade review F9), where docs/compatibility.md
+    promises null for what is unknown. Made up here where the server has no such row (not Linux)."""
+    from flowrl_deploy.proto.flowrl.v1 import policy_pb2 as pb
+
+    stats = PolicyClient.stats
+
+    def with_connections(self):
+        reply = stats(self)
+        if not any(limit.limit == "connections" for limit in reply.limits):
+            reply.limits.add(limit="connections", in_use=1, most=512)
+        return reply
+
+    monkeypatch.setattr(PolicyClient, "stats", with_connections)
+    server, _ = served
+    result = call(server, "stats", "--json")
+    assert result.exit_code == 0, result.output
+    limits = json.loads(result.output)["limits"]
+    by_name = {row["limit"]: row for row in limits}
+    assert by_name["connections"]["refused"] is None and by_name["connections"]["most"] == 512
+    assert all(row["refused"] == 0 for name, row in by_name.items() if name != "connections")
+    assert as_dict(pb.LimitStats(limit="workers"))["refused"] == 0  # a counted limit's 0 stays a 0
+
+
 def test_stats_of_a_server_that_sends_no_limits_prints_no_limit_table(served, monkeypatch):
     """A server older than GetStats' `limits` sends none: no empty table under a header."""
     server, _ = served
