@@ -21,6 +21,7 @@ import zipfile
 from pathlib import Path
 
 import pytest
+from extras_needed import needs_extras
 
 ROOT = Path(__file__).resolve().parents[2]
 SCRIPT = ROOT / "scripts" / "device_check.sh"
@@ -272,6 +273,7 @@ def test_the_header_and_the_docs_name_every_file_that_comes_back():
     assert [name for name in sorted(names) if name not in docs] == []
 
 
+@needs_extras("export")  # the bench script imports torch and onnx
 def test_infer_latency_refuses_gap_on_cuda_in_one_line():
     """--gap times one CPU thread: with --device cuda it ran on the CPU and said nothing."""
     done = subprocess.run(
