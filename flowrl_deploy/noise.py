@@ -18,6 +18,7 @@ import numpy.typing as npt
 
 from flowrl_deploy.errors import FlowRLError
 from flowrl_deploy.fieldtypes import is_integer, shown
+from flowrl_deploy.moved import moved_names
 
 Seed: TypeAlias = "int | np.integer[Any]"
 """A noise seed as the API takes it: a Python or NumPy integer in [0, 2**64)."""
@@ -52,3 +53,10 @@ def draw_noise(generator: np.random.Generator, batch: int, act_dim: int) -> npt.
     """The next noise block ~ N(0, I), shape [batch, act_dim], float32: the policy's noise input,
     which the sampler clamps into a0."""
     return generator.standard_normal((batch, act_dim), dtype=np.float32)
+
+
+MOVED = {"Session": "flowrl_deploy.serve.sessions"}
+"""v0.1.0's server session (8bfbbce moved it to the server): given only through ``__getattr__``, which
+imports the server's module when it is asked for, never when this core module is imported."""
+
+__getattr__ = moved_names(__name__, MOVED)

@@ -16,6 +16,20 @@ from flowrl_deploy.ort import default_providers, make_session
 from flowrl_deploy.policy import OnnxPolicy, SeededPolicy
 
 if TYPE_CHECKING:  # the names that moved (MOVED), typed for old code; __getattr__ loads them
+    from flowrl_deploy.affinity import check_thread_count as check_thread_count
+    from flowrl_deploy.checkpoint import BEST as BEST
+    from flowrl_deploy.checkpoint import DOCUMENT_FILE as DOCUMENT_FILE
+    from flowrl_deploy.checkpoint import LAST as LAST
+    from flowrl_deploy.checkpoint import MODEL_FILE as MODEL_FILE
+    from flowrl_deploy.checkpoint import read_checkpoint_link as read_checkpoint_link
+    from flowrl_deploy.contract import NOISE_INPUT as NOISE_INPUT
+    from flowrl_deploy.contract import OBS_INPUT as OBS_INPUT
+    from flowrl_deploy.contract import contract_from_metadata as contract_from_metadata
+    from flowrl_deploy.errors import FlowRLError as FlowRLError
+    from flowrl_deploy.errors import SpecError as SpecError
+    from flowrl_deploy.noise import Seed as Seed
+    from flowrl_deploy.noise import draw_noise as draw_noise
+    from flowrl_deploy.noise import session_noise as session_noise
     from flowrl_deploy.onnxfile import MAX_POLICY_BYTES as MAX_POLICY_BYTES
     from flowrl_deploy.onnxfile import check_policy_file as check_policy_file
     from flowrl_deploy.onnxfile import is_onnx_path as is_onnx_path
@@ -42,7 +56,16 @@ MOVED = {
     "check_graph_matches_contract": "flowrl_deploy.policy",
     "one_observation": "flowrl_deploy.policy",
     "Tensor": "flowrl_deploy.policy",
+    # v0.1.0's runtime imported these from their own modules, and user code reached them through it
+    **dict.fromkeys(("session_noise", "draw_noise", "Seed"), "flowrl_deploy.noise"),
+    **dict.fromkeys(("contract_from_metadata", "OBS_INPUT", "NOISE_INPUT"), "flowrl_deploy.contract"),
+    **dict.fromkeys(
+        ("read_checkpoint_link", "BEST", "LAST", "MODEL_FILE", "DOCUMENT_FILE"), "flowrl_deploy.checkpoint"
+    ),
+    "check_thread_count": "flowrl_deploy.affinity",
+    **dict.fromkeys(("FlowRLError", "SpecError"), "flowrl_deploy.errors"),
 }
-"""The names this module held until it was split by job (53e7bff), and the module each is in now."""
+"""The names this module held until it was split by job (53e7bff), and those it gave from other modules
+of the package in v0.1.0, with the module each is in now."""
 
 __getattr__ = moved_names(__name__, MOVED)

@@ -46,6 +46,7 @@ from flowrl_deploy.connection import checked_timeout
 from flowrl_deploy.contract import PolicyContract
 from flowrl_deploy.errors import FlowRLError
 from flowrl_deploy.exposition import LATENCY_BUCKETS_S, Histogram
+from flowrl_deploy.moved import moved_names
 from flowrl_deploy.noise import Seed, checked_seed
 from flowrl_deploy.proto.flowrl.v1 import policy_pb2 as pb
 from flowrl_deploy.session_fallback import FallbackPolicy
@@ -689,3 +690,15 @@ def _dropped(link: StreamLink, session_id: str) -> None:
         )
     finally:  # also where ResourceWarning is made an error (pytest -W error): the stream still ends
         link.close()
+
+
+if TYPE_CHECKING:  # the names that moved (MOVED), typed for old code; __getattr__ loads them
+    from flowrl_deploy.contract import MAX_CONTROL_PERIOD_S as MAX_CONTROL_PERIOD_S
+    from flowrl_deploy.contract import MAX_HZ as MAX_HZ
+    from flowrl_deploy.contract import MIN_CONTROL_PERIOD_S as MIN_CONTROL_PERIOD_S
+    from flowrl_deploy.contract import MIN_HZ as MIN_HZ
+
+MOVED = dict.fromkeys(("MIN_HZ", "MAX_HZ", "MIN_CONTROL_PERIOD_S", "MAX_CONTROL_PERIOD_S"), "flowrl_deploy.contract")
+"""v0.1.0's control-rate bounds, which this module imported from :mod:`flowrl_deploy.contract`, their home."""
+
+__getattr__ = moved_names(__name__, MOVED)

@@ -20,6 +20,7 @@ import numpy as np
 
 from flowrl_deploy.codec import UNCOUNTED_REFUSALS
 from flowrl_deploy.exposition import LATENCY_BUCKETS_S, Histogram, format_labels
+from flowrl_deploy.moved import moved_names
 from flowrl_deploy.serve.metrics_http import METRICS_CONNECTIONS, METRICS_PER_PEER
 
 try:
@@ -438,3 +439,9 @@ def _tls_lines(
             f"flowrl_tls_certificate_expiry_seconds {expires.timestamp():.0f}",
         ]
     return lines
+
+
+MOVED = dict.fromkeys(("start_metrics_http", "METRICS_TIMEOUT_S"), "flowrl_deploy.serve.metrics_http")
+"""v0.1.0's HTTP endpoint of this module (274c062 moved it to its own)."""
+
+__getattr__ = moved_names(__name__, MOVED)

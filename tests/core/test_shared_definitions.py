@@ -160,7 +160,9 @@ def test_a_runs_management_is_defined_once_each_in_the_module_of_its_job():
 def test_the_servers_session_table_and_metrics_endpoint_are_defined_once_each_in_their_own_module():
     """serve/servicer.py ran the session table beside its RPC handlers, with the table's entry class in
     core's noise.py (which only the server used), and serve/metrics.py held the HTTP endpoint beside the
-    registry; each now has one module, and no copy or re-exporting shim lingers in the old ones."""
+    registry; each now has one module, and no copy or re-exporting import lingers in the old ones: v0.1.0's
+    names come only through their deprecating ``__getattr__`` (``MOVED``, test_moved_names), which imports
+    the server's module when asked, so core's noise.py imports no server module."""
     homes = {
         "serve/sessions.py": ("Session", "StreamOwner", "SessionTable"),
         "serve/metrics_http.py": (
