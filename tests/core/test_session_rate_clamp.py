@@ -82,15 +82,16 @@ def test_without_initial_action_the_first_tick_is_not_clamped(client):
         np.testing.assert_array_equal(first, expected)
 
 
-@pytest.mark.parametrize(
-    ("settings", "why"),
-    [
-        ({"initial_action": [0.0] * (ACT_DIM + 1)}, f"initial_action must hold {ACT_DIM} finite numbers"),
-        ({"initial_action": [0.0, float("nan")]}, f"initial_action must hold {ACT_DIM} finite numbers"),
-        ({"initial_action": ["a", "b"]}, f"initial_action must hold {ACT_DIM} finite numbers"),
-        ({"initial_action": [0.0, 0.0], "max_rate": None}, "initial_action is used only with max_rate"),
-    ],
-)
+BAD_INITIAL_ACTIONS = [
+    ({"initial_action": [0.0] * (ACT_DIM + 1)}, f"initial_action must hold {ACT_DIM} finite numbers"),
+    ({"initial_action": [0.0, float("nan")]}, f"initial_action must hold {ACT_DIM} finite numbers"),
+    ({"initial_action": ["a", "b"]}, f"initial_action must hold {ACT_DIM} finite numbers"),
+    ({"initial_action": [0.0, 0.0], "max_rate": None}, "initial_action is used only with max_rate"),
+]
+"""An initial_action refused, with the settings it comes with, and why: by the constructor and by reset() alike."""
+
+
+@pytest.mark.parametrize(("settings", "why"), BAD_INITIAL_ACTIONS)
 def test_a_bad_initial_action_is_refused_when_the_session_is_made(client, settings, why):
     settings = {"max_rate": MAX_RATE, **settings}
     with pytest.raises(FlowRLError, match=f"^{re.escape(why)}"):
@@ -141,16 +142,9 @@ def test_reset_with_initial_action_clamps_the_first_action_from_it(client):
         assert _within_a_step(first, home), first
 
 
-@pytest.mark.parametrize(
-    ("settings", "why"),
-    [
-        ({"initial_action": [0.0] * (ACT_DIM + 1)}, f"initial_action must hold {ACT_DIM} finite numbers"),
-        ({"initial_action": [0.0, float("nan")]}, f"initial_action must hold {ACT_DIM} finite numbers"),
-        ({"initial_action": ["a", "b"]}, f"initial_action must hold {ACT_DIM} finite numbers"),
-        ({"initial_action": [0.0, 0.0], "max_rate": None}, "initial_action is used only with max_rate"),
-    ],
-)
+@pytest.mark.parametrize(("settings", "why"), BAD_INITIAL_ACTIONS)
 def test_a_bad_initial_action_is_refused_by_reset_which_changes_nothing(client, settings, why):
+    settings = dict(settings)  # the cases are shared with the constructor's test
     rate = settings.pop("max_rate", MAX_RATE)
     with client.session(period_s=PERIOD_S, seed=0, max_rate=rate) as control:
         control.deadline_s = FRESH_S
