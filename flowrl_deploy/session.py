@@ -325,9 +325,7 @@ class ControlSession:
         self.timings: collections.deque[CallTiming] = collections.deque(maxlen=max_timings)
         self.health = _Health(model_version=self.info.model_version)
         self._last_action: npt.NDArray[np.float32] | None = None
-        self._initial_action = None if initial_action is None else self._checked_initial_action(initial_action)
-        if self._initial_action is not None:
-            self._initial_action.setflags(write=False)  # the session's own, as last_action
+        self._initial_action = self._reference(initial_action)
         self._clamp_from = self._initial_action
         """The ``max_rate`` clamp's reference: the last action returned, across resets; at first ``initial_action``."""
         self._seq = 0
@@ -482,14 +480,13 @@ class ControlSession:
             self._busy.release()
 
     def _reference(self, initial_action: npt.ArrayLike | None) -> npt.NDArray[np.float32] | None:
-        """``reset``'s ``initial_action``, checked as the constructor's: the clamp's new reference."""
+        """An ``initial_action`` (the constructor's or ``reset``'s), checked: the clamp's reference, a
+        read-only copy (the session's own, as ``last_action``); None: none."""
         if initial_action is None:
             return None
         if self._max_delta is None:
             raise FlowRLError("initial_action is used only with max_rate (it is the rate clamp's first reference)")
-        reference = self._checked_initial_action(initial_action)
-        reference.setflags(write=False)
-        return reference
+        return self._checked_initial_action(initial_action)
 
     def _checked_initial_action(self, initial_action: npt.ArrayLike) -> npt.NDArray[np.float32]:
         why = f"initial_action must hold {self.info.act_dim} finite numbers (the actuators' current command)"
@@ -501,7 +498,9 @@ class ControlSession:
             raise FlowRLError(f"{why}, got shape {list(array.shape)}")
         if not np.isfinite(array).all():
             raise FlowRLError(f"{why}, got {array.tolist()}")
-        return array.copy()
+        array = array.copy()
+        array.setflags(write=False)
+        return array
 
     def _checked_obs(self, obs: npt.ArrayLike) -> npt.NDArray[np.float32]:
         array = as_float32(obs, name="obs")  # bool, text and complex are refused, as encode refuses them
