@@ -326,13 +326,16 @@ def check_resume_settings(
 
 def large_tau_note(tau: float) -> str | None:
     """For a new run given ``--tau`` over one half (a step today, rare on purpose; a share kept before
-    :data:`CONFIG_VERSION` 2, as scripts of then passed it): one line saying what it does now, else None."""
+    :data:`CONFIG_VERSION` 2, as scripts of then passed it): one line saying what it does now, else None.
+    Worded for both of :func:`~flowrl_deploy.train.loop.train`'s callers, ``flowrl train`` and Python."""
     if tau <= 0.5:
         return None
     share = f"{tau * 100:.4g} %"
+    kept = kept_to_step(tau)
     return (
-        f"--tau {tau:g} moves the target critics {share} of the way to the online ones at each update; to keep "
-        f"{share} as --tau {tau:g} did before {VERSION_KEY} {CONFIG_VERSION}, pass --tau {kept_to_step(tau):g}"
+        f"tau {tau:g} moves the target critics {share} of the way to the online ones at each update; to keep "
+        f"{share} as tau {tau:g} did before {VERSION_KEY} {CONFIG_VERSION}, give tau {kept:g} "
+        f"(flowrl train --tau {kept:g}, TrainConfig(tau={kept:g}))"
     )
 
 

@@ -110,8 +110,8 @@ def test_a_new_run_given_a_tau_over_one_half_is_told_the_meaning_changed(tmp_pat
     result = CliRunner().invoke(app, [*args, "--out", str(tmp_path / "a"), "--tau", "0.9"])
     assert result.exit_code == 0, result.output
     output = " ".join(result.output.split())
-    assert "--tau 0.9 moves the target critics 90 % of the way to the online ones at each update" in output
-    assert "to keep 90 % as --tau 0.9 did before config_version 2, pass --tau 0.1" in output
+    assert "tau 0.9 moves the target critics 90 % of the way to the online ones at each update" in output
+    assert "to keep 90 % as tau 0.9 did before config_version 2, give tau 0.1 (flowrl train --tau 0.1," in output
     quiet = CliRunner().invoke(app, [*args, "--out", str(tmp_path / "b"), "--tau", "0.2"])
     assert quiet.exit_code == 0 and "config_version" not in quiet.output, quiet.output
 
@@ -137,6 +137,8 @@ def test_a_new_run_from_python_given_a_tau_over_one_half_is_told_the_meaning_cha
     train(TrainConfig(steps=2, out=str(tmp_path / "a"), tau=0.95, **{**TINY, "start_steps": 1, "batch_size": 2}),
           progress=False)  # fmt: skip
     assert tau_notes(caplog) == [large_tau_note(0.95)]
+    # the words fit a Python caller too
+    assert "give tau 0.05 (flowrl train --tau 0.05, TrainConfig(tau=0.05))" in large_tau_note(0.95)
     caplog.clear()
     # a caller's own dict (no version) is read as today's tau, so it is told too
     train(TrainConfig.from_dict({"steps": 2, "out": str(tmp_path / "b"), "tau": 0.9, **TINY, "start_steps": 1,
