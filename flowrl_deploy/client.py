@@ -419,6 +419,7 @@ MOVED_TO_SESSION = frozenset(
 """Names this module held until the control-loop session moved to :mod:`flowrl_deploy.session`."""
 
 
-__getattr__ = moved_names(__name__, dict.fromkeys(MOVED_TO_SESSION, "flowrl_deploy.session"))
+if not TYPE_CHECKING:  # type checkers read the moved names from imports; a module __getattr__ would pass any typo
+    __getattr__ = moved_names(__name__, dict.fromkeys(MOVED_TO_SESSION, "flowrl_deploy.session"))
 """Robot code written against earlier releases (``from flowrl_deploy.client import WatchdogError``)
 keeps working, with a DeprecationWarning naming the new home."""

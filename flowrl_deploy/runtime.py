@@ -68,4 +68,5 @@ MOVED = {
 """The names this module held until it was split by job (53e7bff), and those it gave from other modules
 of the package in v0.1.0, with the module each is in now."""
 
-__getattr__ = moved_names(__name__, MOVED)
+if not TYPE_CHECKING:  # type checkers read the moved names from imports; a module __getattr__ would pass any typo
+    __getattr__ = moved_names(__name__, MOVED)

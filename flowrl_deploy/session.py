@@ -700,4 +700,5 @@ if TYPE_CHECKING:  # the names that moved (MOVED), typed for old code; __getattr
 MOVED = dict.fromkeys(("MIN_HZ", "MAX_HZ", "MIN_CONTROL_PERIOD_S", "MAX_CONTROL_PERIOD_S"), "flowrl_deploy.contract")
 """v0.1.0's control-rate bounds, which this module imported from :mod:`flowrl_deploy.contract`, their home."""
 
-__getattr__ = moved_names(__name__, MOVED)
+if not TYPE_CHECKING:  # type checkers read the moved names from imports; a module __getattr__ would pass any typo
+    __getattr__ = moved_names(__name__, MOVED)

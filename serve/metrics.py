@@ -15,6 +15,7 @@ import threading
 import time
 from collections import defaultdict, deque
 from collections.abc import Callable
+from typing import TYPE_CHECKING
 
 import numpy as np
 
@@ -441,7 +442,12 @@ def _tls_lines(
     return lines
 
 
+if TYPE_CHECKING:  # the names that moved (MOVED), typed for old code; __getattr__ loads them
+    from flowrl_deploy.serve.metrics_http import METRICS_TIMEOUT_S as METRICS_TIMEOUT_S
+    from flowrl_deploy.serve.metrics_http import start_metrics_http as start_metrics_http
+
 MOVED = dict.fromkeys(("start_metrics_http", "METRICS_TIMEOUT_S"), "flowrl_deploy.serve.metrics_http")
 """v0.1.0's HTTP endpoint of this module (274c062 moved it to its own)."""
 
-__getattr__ = moved_names(__name__, MOVED)
+if not TYPE_CHECKING:  # type checkers read the moved names from imports; a module __getattr__ would pass any typo
+    __getattr__ = moved_names(__name__, MOVED)

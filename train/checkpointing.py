@@ -64,7 +64,8 @@ MOVED = {
 """The public names this module held until it was split by job (ced83f0), and the module each is in now
 (v0.1.0's ``missing_config_fields`` is gone: a resume itself warns of the config fields it fills in)."""
 
-__getattr__ = moved_names(__name__, MOVED)
+if not TYPE_CHECKING:  # type checkers read the moved names from imports; a module __getattr__ would pass any typo
+    __getattr__ = moved_names(__name__, MOVED)
 
 
 def finite_or_none(x: float) -> float | None:

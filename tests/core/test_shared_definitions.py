@@ -112,10 +112,25 @@ def _run_time_imports(path: Path) -> set[str]:
     return {node.module for top in body for node in ast.walk(top) if isinstance(node, ast.ImportFrom) and node.module}
 
 
+def _run_time_body(path: Path) -> list[ast.stmt]:
+    """``path``'s top-level statements as they run: an ``if TYPE_CHECKING:`` block left out, an ``if not
+    TYPE_CHECKING:`` block's statements (a moved-name ``__getattr__`` hidden from type checkers) taken in."""
+    body: list[ast.stmt] = []
+    for node in _tree(path).body:
+        if _is_type_checking_block(node):
+            continue
+        hidden = isinstance(node, ast.If) and isinstance(node.test, ast.UnaryOp) and isinstance(node.test.op, ast.Not)
+        if hidden and isinstance(node.test.operand, ast.Name) and node.test.operand.id == "TYPE_CHECKING":
+            body.extend(node.body)
+        else:
+            body.append(node)
+    return body
+
+
 def _top_level_assignments(path: Path) -> list[str]:
     return [
         t.id
-        for node in _tree(path).body
+        for node in _run_time_body(path)
         if isinstance(node, ast.Assign)
         for t in node.targets
         if isinstance(t, ast.Name)
@@ -179,7 +194,8 @@ def test_the_servers_session_table_and_metrics_endpoint_are_defined_once_each_in
     shims = {
         f"{path}: {alias.name}"
         for path, names in (("flowrl_deploy/noise.py", {"Session"}), ("serve/metrics.py", {"start_metrics_http"}))
-        for node in ast.walk(_tree(ROOT / path))
+        for top in _run_time_body(ROOT / path)
+        for node in ast.walk(top)
         if isinstance(node, ast.ImportFrom)
         for alias in node.names
         if alias.name in names
@@ -222,9 +238,7 @@ def test_the_local_policy_onnxruntime_and_the_policy_file_are_defined_once_each_
     assert found == {name: [home] for home, names in homes.items() for name in names}
     shim = ROOT / "flowrl_deploy" / "runtime.py"
     assert [
-        type(node).__name__
-        for node in _tree(shim).body
-        if not isinstance(node, (ast.Expr, ast.ImportFrom)) and not _is_type_checking_block(node)
+        type(node).__name__ for node in _run_time_body(shim) if not isinstance(node, (ast.Expr, ast.ImportFrom))
     ] == ["Assign"] * 3
     assert _top_level_assignments(shim) == ["__all__", "MOVED", "__getattr__"]  # the others moved: deprecated
     importers = sorted(str(path.relative_to(ROOT)) for path in _sources() if "flowrl_deploy.runtime" in _imports(path))
