@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import faulthandler
+import os
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -58,3 +61,41 @@ def one_torch_thread():
     torch.set_num_threads(1)
     yield
     torch.set_num_threads(threads)
+
+
+HANG_S = 660
+"""A test still running after this long ends the run with every thread's stack (faulthandler's own
+thread, which needs no GIL): pytest-timeout's 600 s cannot fire while a thread holds the GIL in C, as
+one CI run did for good in gRPC's channel clean-up called from a garbage collection."""
+HANG_REPORT_FD = pytest.StashKey[int]()
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    # the terminal's stderr, as pytest found it: a test's own stderr is captured into a file, lost at the exit
+    config.stash[HANG_REPORT_FD] = os.dup(2)
+
+
+def pytest_unconfigure(config: pytest.Config) -> None:
+    os.close(config.stash[HANG_REPORT_FD])
+
+
+@pytest.hookimpl(hookwrapper=True)
+def pytest_runtest_protocol(item: pytest.Item, nextitem: pytest.Item | None) -> Iterator[None]:
+    faulthandler.dump_traceback_later(HANG_S, exit=True, file=item.config.stash[HANG_REPORT_FD])
+    try:
+        yield
+    finally:
+        faulthandler.cancel_dump_traceback_later()
+
+
+@pytest.fixture(scope="session", autouse=True)
+def grpc_kept_initialized() -> Iterator[None]:
+    """One idle gRPC channel open for the whole run (it never connects), so gRPC stays initialized and
+    its event engine alive between tests: a channel dropped by a test and closed later by the garbage
+    collector then never tears them down. That tear-down waits with the GIL held for the engine's threads
+    to end, one of which may wait for the GIL (grpc/grpc#42247); a CI run hung for good in a channel's
+    clean-up called from a garbage collection (the cause there not proven to be this one)."""
+    import grpc
+
+    with grpc.insecure_channel("127.0.0.1:9"):
+        yield
