@@ -59,7 +59,7 @@ class FlowActor(nn.Module):
         return torch.randn(batch, self.spec.act_dim, device=self.action_scale.device)
 
     def initial_state(self, noise: torch.Tensor) -> torch.Tensor:
-        """The ODE's a0 at t = 0: ``noise`` clamped to [-noise_clip, noise_clip]."""
+        """The ODE's a0 at t = 0: ``noise`` clamped to [-noise_clip, noise_clip] (``PolicySpec``, 1 by default)."""
         return noise.clamp(-self.spec.noise_clip, self.spec.noise_clip)
 
     def pre_tanh(

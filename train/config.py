@@ -1,8 +1,11 @@
 """Every hyperparameter of a FlowRL run, in one frozen dataclass mapped 1:1 to `flowrl train` flags.
 
-Defaults follow the paper (arXiv 2506.12811) and its reference code, except ``tau`` (see its
-docstring). The config is written to ``<out>/config.json`` before step 0 and stored inside every
-checkpoint, with its :data:`CONFIG_VERSION`.
+Defaults are those of the paper's (arXiv 2506.12811) reference code. Where the paper and the code
+differ, they follow the code: ``cfm_weighting='batch'`` (the paper weights each sample) and
+``recent_fraction=0.2`` (a replay rule the paper does not describe). The one deliberate departure
+from the code is ``tau`` (see its docstring); docs/train.md, "Default settings", lists both sides.
+The config is written to ``<out>/config.json`` before step 0 and stored inside every checkpoint,
+with its :data:`CONFIG_VERSION`.
 """
 
 from __future__ import annotations

@@ -6,11 +6,13 @@ true termination and 1 otherwise (time-limit truncations keep their bootstrap).
 Flow-matching space: the ODE runs from the noise a0 (t = 0) to its endpoint a1 (t = 1), and the
 policy acts with tanh(a1) rescaled to the action bounds. The flow-matching target is the buffer
 action mapped to [-1, 1] (``FlowActor.to_normalized``) *without* atanh: random warm-up actions and
-saturated policy actions sit on ±1, where atanh is infinite, and the reference code likewise
-regresses the ODE endpoint on the action itself. The term is a regulariser toward the good
-actions of the buffer, not an exact likelihood, so this mismatch through tanh is kept, although it
-pulls toward actions shrunk toward 0: a buffer action 0.9 fitted exactly is executed as
-tanh(0.9) ≈ 0.716 (docs/train.md, "Paper details"; its effect on returns is not measured).
+saturated policy actions sit on ±1, where atanh is infinite. The reference code also leaves out
+atanh but regresses on the raw env action; the two targets agree when the action bounds are ±1 (as
+on DMControl), and for other bounds only the mapped action is in the ODE's space. The term is a
+regulariser toward the good actions of the buffer, not an exact likelihood, so this mismatch through
+tanh is kept, although it pulls toward actions shrunk toward 0: a buffer action 0.9 fitted exactly
+is executed as tanh(0.9) ≈ 0.716 (docs/train.md, "Paper details"; its effect on returns is not
+measured).
 """
 
 from __future__ import annotations
@@ -73,9 +75,10 @@ def weighted_flow_matching_loss(
 ) -> torch.Tensor:
     """Conditional flow matching on buffer actions, weighted.
 
-    a_t = t·a + (1 − t)·a0 with t ~ U(0, 1) ([B, 1]) and a0 the clamped noise; the target velocity
-    is a − a0; ``action`` is already in the ODE's space (see the module docstring). Per sample the
-    error is the mean over action dimensions of (v − (a − a0))².
+    a_t = t·a + (1 − t)·a0 with t ~ U(0, 1) ([B, 1]) and a0 the clamped noise, both drawn by the
+    caller (``FlowRL.actor_step``); the target velocity is a − a0; ``action`` is already in the ODE's
+    space (see the module docstring). Per sample the error is the mean over action dimensions of
+    (v − (a − a0))².
 
     - ``"batch"`` (reference code, default): mean_i(w_i) · mean_i(err_i) — the weights scale one
       batch-mean loss, so in effect a single scalar weight;
