@@ -49,10 +49,12 @@ def test_reload_swaps_versions_without_a_failed_call(served):
 
     worker = threading.Thread(target=hammer)
     worker.start()
-    time.sleep(0.05)
-    new_version, previous = client.reload(str(new))
-    time.sleep(0.05)
-    stop.set()
+    try:
+        assert wait_for(lambda: versions)  # the old model has served the hammer before the reload
+        new_version, previous = client.reload(str(new))
+        assert wait_for(lambda: versions[-1] == new_version)  # and the new one after it
+    finally:
+        stop.set()
     worker.join()
     assert not failures
     assert previous == old_version and new_version != old_version and new_version.startswith("v2-")
@@ -98,9 +100,7 @@ def test_a_reload_whose_caller_stopped_waiting_is_abandoned_and_the_old_keeps_se
     with pytest.raises(ServiceError) as info:
         client.reload(str(new), timeout_s=0.1)
     assert info.value.code == grpc.StatusCode.DEADLINE_EXCEEDED
-    until = time.monotonic() + 5
-    while "reload abandoned" not in caplog.text and time.monotonic() < until:
-        time.sleep(0.05)
+    assert wait_for(lambda: "reload abandoned" in caplog.text)
     assert f"reload abandoned, still serving {version}: the caller stopped waiting" in caplog.text
     assert client.spec().model_version == version
     new_version, previous = client.reload(str(new))  # a caller that waits gets it
@@ -126,9 +126,7 @@ def test_a_reload_whose_caller_cancelled_is_abandoned_and_the_old_keeps_serving(
     call = client.stub.Reload.future(pb.ReloadRequest(path=str(new)))
     assert warmed.wait(10)
     call.cancel()
-    until = time.monotonic() + 5
-    while "reload abandoned" not in caplog.text and time.monotonic() < until:
-        time.sleep(0.05)
+    assert wait_for(lambda: "reload abandoned" in caplog.text)
     assert f"reload abandoned, still serving {version}: the caller stopped waiting" in caplog.text
     assert client.spec().model_version == version
 
@@ -259,9 +257,7 @@ def test_watch_reloads_when_the_file_changes(served):
     target = tmp / "policy.onnx"
     shutil.copy(staged, tmp / "incoming.onnx")
     os.replace(tmp / "incoming.onnx", target)  # atomic, as a deploy script should
-    until = time.monotonic() + 5
-    while client.spec().model_version == version and time.monotonic() < until:
-        time.sleep(0.05)
+    assert wait_for(lambda: client.spec().model_version != version)
     assert client.spec().model_version.startswith("v2-")
     assert wait_for(lambda: server.servicer.metrics.reloads == 1)  # counted just after the swap
 
@@ -315,8 +311,9 @@ def test_watch_of_a_run_directory_follows_last_and_ignores_other_files(tmp_path)
         second = save_step(run, 2)  # training moves checkpoints/last
         assert wait_for(lambda: client.spec().model_version != version)
         assert client.spec().model_version.startswith("v2-")
+        assert wait_for(lambda: server.servicer.metrics.reloads == 1)  # counted just after the swap
         time.sleep(0.2)
-        assert server.servicer.metrics.reloads == 1
+        assert server.servicer.metrics.reloads == 1  # and once
     assert [c for c, _ in exporter.calls] == [first.resolve(), second.resolve()]
 
 
