@@ -43,6 +43,10 @@ def stop_robot():
     print("robot stopped", flush=True)
 """
 """The robot's functions the example calls: a loop that runs until stopped."""
+SLOW_PERIOD_S = 0.5
+"""The served policy's period, which the examples take: its deadline (0.25 s) a loaded machine meets, where
+the tiny policy's 20 ms (a 10 ms deadline) could make 5 misses in a row, and the watchdog end the loop
+before the test's signal or stop."""
 
 
 def _example() -> str:
@@ -50,7 +54,7 @@ def _example() -> str:
 
 
 def test_sigterm_ends_the_readme_control_loop_through_stop_robot_with_exit_0(tmp_path):
-    policy = str(write_policy(tmp_path / "policy.onnx"))
+    policy = str(write_policy(tmp_path / "policy.onnx", control_period_s=SLOW_PERIOD_S))
     with PolicyServer(ServeConfig(policy, port=0, grace_s=0)).start() as server:
         code = ROBOT + _example().replace("robot-brain:50051", server.address).replace("policy.onnx", policy)
         with subprocess.Popen(
@@ -73,7 +77,7 @@ def _readme_loop() -> str:
 def test_the_readmes_short_loop_stops_the_robot_when_the_server_is_gone(tmp_path):
     """The snippet a newcomer copies set no watchdog: with the server stopped it held the last action
     for good (297 ticks in a row, one log line). Its watchdog raises after a few ticks, through stop_robot()."""
-    policy = str(write_policy(tmp_path / "policy.onnx"))
+    policy = str(write_policy(tmp_path / "policy.onnx", control_period_s=SLOW_PERIOD_S))
     server = PolicyServer(ServeConfig(policy, port=0, grace_s=0)).start()
     try:
         code = ROBOT + _readme_loop().replace("localhost:50051", server.address)
