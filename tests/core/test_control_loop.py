@@ -86,8 +86,18 @@ def test_a_run_refused_by_a_server_at_its_session_limit_reports_why_it_fell_back
         PolicyClient(full.address) as client,
         client.session(period_s=0.02) as first,
     ):
+        first.deadline_s = 10.0  # the tick that opens the stream: the session is open however loaded the machine
         first.act(np.zeros(OBS_DIM, np.float32))  # the server's one session
-        report = _run(full, RecordingEnv(length=5), monkeypatch, hz=10, episodes=1, fallback="zeros")
+        assert first.timings[-1].source == "server"
+        # at 0.5 Hz each tick's deadline (1 s) holds the refusal however loaded the machine (50 ms at 10 Hz
+        # missed it), on a fake clock that does not wait out the periods
+        clock = [0.0]
+
+        def sleep(seconds: float) -> None:
+            clock[0] += seconds
+
+        monkeypatch.setattr(control, "time", SimpleNamespace(perf_counter=lambda: clock[0], sleep=sleep))
+        report = _run(full, RecordingEnv(length=5), monkeypatch, hz=0.5, episodes=1, fallback="zeros")
     assert (report.steps, report.fresh_replies, report.fallbacks) == (5, 0, {"RESOURCE_EXHAUSTED": 5})
     assert "ticks without a fresh action 5 (100.000%: RESOURCE_EXHAUSTED 5), overruns" in report.summary()
     assert report.fallback == report.to_dict()["fallback"] == "zeros"  # the run's own, not the default hold
