@@ -40,7 +40,7 @@ def test_stop_finishes_the_call_in_flight_reports_not_serving_and_refuses_new_ca
 
     monkeypatch.setattr(model, "run", held_run)
     client = PolicyClient(server.address, timeout_s=30)  # generous: a loaded CI machine may stall
-    watch = health_pb2_grpc.HealthStub(client.channel).Watch(health_pb2.HealthCheckRequest(), timeout=5)
+    watch = health_pb2_grpc.HealthStub(client.channel).Watch(health_pb2.HealthCheckRequest(), timeout=30)
     stopper = threading.Thread(target=server.stop)  # grace None: the configured grace_s
     in_flight: list[np.ndarray | ServiceError] = []
 
@@ -54,12 +54,12 @@ def test_stop_finishes_the_call_in_flight_reports_not_serving_and_refuses_new_ca
     try:
         assert next(watch).status == health_pb2.HealthCheckResponse.SERVING
         caller.start()
-        assert running.wait(5)
+        assert running.wait(30)
         stopper.start()
         assert next(watch).status == health_pb2.HealthCheckResponse.NOT_SERVING
         watch.cancel()
         refused = None
-        until = time.monotonic() + 2
+        until = time.monotonic() + 15  # well within the grace period (30 s), which the held call is in
         while refused is None and time.monotonic() < until:  # stop() turns health NOT_SERVING first
             try:
                 client.spec(timeout_s=1)
@@ -106,10 +106,10 @@ def test_stop_ends_open_streams_once_their_request_in_flight_has_its_reply(tmp_p
     try:
         hold.set()
         requests.put(pb.StreamActRequest(seq=1, obs=encode(np.zeros(OBS_DIM, np.float32))))
-        assert running.wait(5)
+        assert running.wait(30)
         started = time.monotonic()
         stopper.start()
-        assert closed.wait(5)
+        assert closed.wait(30)
         release.set()
         reply = next(busy)
         assert reply.seq == 1 and not reply.status.code and decode(reply.action).shape == (ACT_DIM,)
