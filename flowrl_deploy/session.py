@@ -519,7 +519,13 @@ class ControlSession:
         health.ticks += 1
         if health.last_fresh is None:
             health.last_fresh = time.monotonic()
-        reply = self._link.exchange(obs, seq, start + self._deadline_s)
+        try:
+            reply = self._link.exchange(obs, seq, start + self._deadline_s)
+        except BaseException as exc:
+            # Interrupted (a Ctrl-C) once the request was sent: the server draws for it, so must the local noise
+            if not isinstance(exc, Exception) and self._link.unanswered == seq:
+                self._fallback_policy.draw()
+            raise
         noise = self._fallback_policy.draw()  # after the exchange, which may have restarted the local noise
         if not isinstance(reply, str):
             action = decode(reply.action, name="action")

@@ -198,3 +198,37 @@ def test_a_refusal_of_the_opening_tick_read_after_its_deadline_restarts_the_loca
         opened = control.act(OBS)  # reads the late refusal, then opens the session
         assert control.timings[-1].source == "server"
         _check_the_episode_goes_on(control, local, seed, opened)
+
+
+def test_a_tick_interrupted_after_sending_keeps_the_local_fallback_on_the_servers_draws(
+    server, policy_path, local, monkeypatch
+):
+    """A Ctrl-C (KeyboardInterrupt) while act() waits for its reply: the request is on its way and the
+    server draws for it, but the local fallback drew nothing, so a node that caught the interrupt and
+    ticked on acted, at each later fallback tick, on the draw the server had made a tick earlier."""
+    from flowrl_deploy import session_stream
+
+    seed = 6
+    waiting = session_stream._next_reply
+    interrupt = [False]
+
+    def interrupted_once(stream, until):
+        if interrupt[0]:
+            interrupt[0] = False
+            raise KeyboardInterrupt
+        return waiting(stream, until)
+
+    monkeypatch.setattr(session_stream, "_next_reply", interrupted_once)
+    with PolicyClient(server.address) as client:
+        control = client.session(period_s=0.5, seed=seed, fallback="local", local_model=str(policy_path))
+        with control:
+            actions = [control.act(OBS) for _ in range(2)]
+            interrupt[0] = True
+            with pytest.raises(KeyboardInterrupt):
+                control.act(OBS)
+            for miss in (True, False, True):
+                control.deadline_s = MISS_S if miss else 0.5
+                actions.append(control.act(OBS))
+                assert control.timings[-1].source == ("local" if miss else "server")
+    expected = _episode(local, seed, 6)
+    np.testing.assert_allclose(actions, expected[:2] + expected[3:], atol=1e-6)  # draw 2: the interrupted tick's
