@@ -49,7 +49,7 @@ def test_a_child_that_logs_more_than_a_pipe_holds_before_its_banner_starts(child
     start = time.monotonic()
     with process.ServerProcess("policy.onnx", log=tmp_path / "served.log") as server:
         assert server.address == "127.0.0.1:5005"
-        assert time.monotonic() - start < 5
+        assert time.monotonic() - start < 30  # not START_TIMEOUT_S (120 s), a hung pipe's; a loaded machine is slow
     assert (tmp_path / "served.log").read_text() == "x" * LOGGED + "\n"  # all of it, from the start
 
 
@@ -58,7 +58,7 @@ def test_a_child_that_logs_more_than_a_pipe_holds_then_is_refused_says_why(child
     start = time.monotonic()
     with pytest.raises(FlowRLError, match=r"^flowrl serve policy.onnx did not start: model not found: /x/policy.onnx$"):
         process.ServerProcess("policy.onnx")
-    assert time.monotonic() - start < 5
+    assert time.monotonic() - start < 30  # not START_TIMEOUT_S (120 s)
 
 
 def test_a_log_that_cannot_be_written_is_refused_naming_it_before_the_child_starts(child, tmp_path):
