@@ -236,8 +236,8 @@ def test_control_drives_a_simulator(tmp_path):
     assert "dmc:cartpole-swingup at 50 Hz" in result.output
     report = json.loads(out.read_text())
     assert report["steps"] == 80 and len(report["returns"]) == 2
-    # a 20 ms deadline can be missed on a loaded machine (over a quarter of the ticks with 8 busy loops on 2 cores): every
-    # tick is fresh or a counted miss, and the server's actions drove the simulator
+    # a 20 ms deadline can be missed on a loaded machine (over a quarter of the ticks with 8 busy loops on 2
+    # cores): every tick is fresh or a counted miss, and the server's actions drove the simulator
     assert report["fresh_replies"] + report["deadline_misses"] == 80 and report["fresh_replies"] >= 1
     assert len(report["round_trip_us"]) == report["fresh_replies"]
     assert report["round_trip_p50_us"] <= report["round_trip_p99_us"]
