@@ -281,7 +281,9 @@ def test_the_batcher_tells_how_many_requests_wait_and_how_long_each_waited():
 
 def test_a_batcher_without_workers_has_no_queue_to_tell_of():
     waits = []
-    batcher = MicroBatcher(Recorder(lambda obs, noise: obs), max_batch=1, on_wait=waits.extend)
+    run = Recorder(lambda obs, noise: obs)
+    run.release.set()  # its first call need not block: nothing else runs
+    batcher = MicroBatcher(run, max_batch=1, on_wait=waits.extend)
     batcher.call(*_rows(0))
     assert batcher.depth() == 0 and waits == []
 
@@ -367,8 +369,6 @@ def test_prometheus_histogram_buckets_are_cumulative(policy_path):
 
 def test_streams_beyond_the_worker_pool_are_refused_not_left_waiting(policy_path):
     with PolicyServer(ServeConfig(str(policy_path), port=0, workers=2, grace_s=0)).start() as server:
-        channel = grpc.insecure_channel(server.address)
-        stub = pb_grpc.PolicyServiceStub(channel)
         held = [threading.Event() for _ in range(2)]
         request = pb.StreamActRequest(obs=encode(np.zeros(3, np.float32)))
 
@@ -376,15 +376,16 @@ def test_streams_beyond_the_worker_pool_are_refused_not_left_waiting(policy_path
             yield request
             stop.wait(5)
 
-        streams = [stub.StreamAct(requests(stop)) for stop in held]
-        for stream in streams:
-            assert next(stream).status.code == 0
-        with pytest.raises(grpc.RpcError) as info:
-            next(stub.StreamAct(iter([request]), timeout=5))
-        assert info.value.code() == grpc.StatusCode.RESOURCE_EXHAUSTED
-        for stop in held:
-            stop.set()
-        channel.close()
+        with grpc.insecure_channel(server.address) as channel:
+            stub = pb_grpc.PolicyServiceStub(channel)
+            streams = [stub.StreamAct(requests(stop)) for stop in held]
+            for stream in streams:
+                assert next(stream).status.code == 0
+            with pytest.raises(grpc.RpcError) as info:
+                next(stub.StreamAct(iter([request]), timeout=5))
+            assert info.value.code() == grpc.StatusCode.RESOURCE_EXHAUSTED
+            for stop in held:
+                stop.set()
 
 
 @pytest.mark.parametrize("max_batch", [1, 4])

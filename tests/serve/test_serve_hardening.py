@@ -37,13 +37,14 @@ OBS = np.zeros(3, np.float32)
 def test_a_health_watch_of_an_unknown_service_is_answered_once_and_kept_nowhere(server):
     """grpc's health service kept every name a Watch asked for, for good: Watches of ever new
     megabyte names (no token needed) grew the server's memory without bound."""
-    stub = health_pb2_grpc.HealthStub(grpc.insecure_channel(server.address))
-    replies = list(stub.Watch(health_pb2.HealthCheckRequest(service="x" * 1000), timeout=5))
-    assert [r.status for r in replies] == [health_pb2.HealthCheckResponse.SERVICE_UNKNOWN]  # then it ended
-    assert "x" * 1000 not in server.health._send_response_callbacks
-    watch_all = stub.Watch(health_pb2.HealthCheckRequest(service=""), timeout=5)
-    assert next(watch_all).status == health_pb2.HealthCheckResponse.SERVING
-    watch_all.cancel()
+    with grpc.insecure_channel(server.address) as channel:
+        stub = health_pb2_grpc.HealthStub(channel)
+        replies = list(stub.Watch(health_pb2.HealthCheckRequest(service="x" * 1000), timeout=5))
+        assert [r.status for r in replies] == [health_pb2.HealthCheckResponse.SERVICE_UNKNOWN]  # then it ended
+        assert "x" * 1000 not in server.health._send_response_callbacks
+        watch_all = stub.Watch(health_pb2.HealthCheckRequest(service=""), timeout=5)
+        assert next(watch_all).status == health_pb2.HealthCheckResponse.SERVING
+        watch_all.cancel()
 
 
 def _model_with_external_data(location: str) -> bytes:

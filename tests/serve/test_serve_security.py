@@ -56,8 +56,10 @@ def test_token_is_required_except_for_health(policy_path):
             with client.session(period_s=0.5, seed=0) as control:
                 control.act(OBS)
                 assert control.timings[-1].source == "server"
-        probe = health_pb2_grpc.HealthStub(grpc.insecure_channel(server.address))
-        assert probe.Check(health_pb2.HealthCheckRequest(), timeout=2).status == health_pb2.HealthCheckResponse.SERVING
+        with grpc.insecure_channel(server.address) as channel:
+            probe = health_pb2_grpc.HealthStub(channel)
+            status = probe.Check(health_pb2.HealthCheckRequest(), timeout=2).status
+            assert status == health_pb2.HealthCheckResponse.SERVING
 
 
 def test_a_token_with_inner_spaces_is_accepted(policy_path):

@@ -37,18 +37,21 @@ def _noise(generator: np.random.Generator, batch: int) -> np.ndarray:
 
 
 def test_health_is_serving_after_warm_up(server):
-    stub = health_pb2_grpc.HealthStub(grpc.insecure_channel(server.address))
-    for service in ("", "flowrl.v1.PolicyService"):
-        reply = stub.Check(health_pb2.HealthCheckRequest(service=service), timeout=2)
-        assert reply.status == health_pb2.HealthCheckResponse.SERVING
+    with grpc.insecure_channel(server.address) as channel:
+        stub = health_pb2_grpc.HealthStub(channel)
+        for service in ("", "flowrl.v1.PolicyService"):
+            reply = stub.Check(health_pb2.HealthCheckRequest(service=service), timeout=2)
+            assert reply.status == health_pb2.HealthCheckResponse.SERVING
 
 
 def test_reflection_lists_the_services(server):
     from grpc_reflection.v1alpha import reflection_pb2, reflection_pb2_grpc
 
-    stub = reflection_pb2_grpc.ServerReflectionStub(grpc.insecure_channel(server.address))
-    replies = stub.ServerReflectionInfo(iter([reflection_pb2.ServerReflectionRequest(list_services="")]), timeout=2)
-    names = {s.name for s in next(replies).list_services_response.service}
+    with grpc.insecure_channel(server.address) as channel:
+        stub = reflection_pb2_grpc.ServerReflectionStub(channel)
+        request = reflection_pb2.ServerReflectionRequest(list_services="")
+        replies = stub.ServerReflectionInfo(iter([request]), timeout=2)
+        names = {s.name for s in next(replies).list_services_response.service}
     assert {"flowrl.v1.PolicyService", "grpc.health.v1.Health"} <= names
 
 
@@ -382,17 +385,17 @@ def test_health_is_not_serving_until_the_model_is_warm(policy_path, monkeypatch)
     starter.start()
     try:
         assert warming.wait(10)
-        channel = grpc.insecure_channel(f"127.0.0.1:{server.port}")
-        probe = health_pb2_grpc.HealthStub(channel)
-        assert (
-            probe.Check(health_pb2.HealthCheckRequest(), timeout=2).status == health_pb2.HealthCheckResponse.NOT_SERVING
-        )
-        with pytest.raises(grpc.RpcError) as info:
-            pb_grpc.PolicyServiceStub(channel).GetSpec(pb.GetSpecRequest(), timeout=2)
-        assert info.value.code() == grpc.StatusCode.UNAVAILABLE
-        release.set()
-        starter.join(10)
-        assert probe.Check(health_pb2.HealthCheckRequest(), timeout=2).status == health_pb2.HealthCheckResponse.SERVING
+        with grpc.insecure_channel(f"127.0.0.1:{server.port}") as channel:
+            probe = health_pb2_grpc.HealthStub(channel)
+            status = probe.Check(health_pb2.HealthCheckRequest(), timeout=2).status
+            assert status == health_pb2.HealthCheckResponse.NOT_SERVING
+            with pytest.raises(grpc.RpcError) as info:
+                pb_grpc.PolicyServiceStub(channel).GetSpec(pb.GetSpecRequest(), timeout=2)
+            assert info.value.code() == grpc.StatusCode.UNAVAILABLE
+            release.set()
+            starter.join(10)
+            status = probe.Check(health_pb2.HealthCheckRequest(), timeout=2).status
+            assert status == health_pb2.HealthCheckResponse.SERVING
     finally:
         release.set()
         starter.join(10)
@@ -670,8 +673,11 @@ def test_the_docs_grpcurl_example_is_an_act_request_the_server_answers(tmp_path)
     request = json_format.Parse(body, pb.ActRequest())
     obs_dim = len(request.obs.values)
     path = write_policy(tmp_path / "policy.onnx", obs_dim=obs_dim, obs_layout=(("x", obs_dim),))
-    with PolicyServer(ServeConfig(str(path), port=0, grace_s=0)).start() as server:
-        reply = getattr(pb_grpc.PolicyServiceStub(grpc.insecure_channel(server.address)), method)(request, timeout=5)
+    with (
+        PolicyServer(ServeConfig(str(path), port=0, grace_s=0)).start() as server,
+        grpc.insecure_channel(server.address) as channel,
+    ):
+        reply = getattr(pb_grpc.PolicyServiceStub(channel), method)(request, timeout=5)
     action = decode(reply.action, name="action")
     assert action.shape == (ACT_DIM,)
     contract = tiny_contract()
