@@ -420,6 +420,6 @@ MOVED_TO_SESSION = frozenset(
 
 
 if not TYPE_CHECKING:  # type checkers read the moved names from imports; a module __getattr__ would pass any typo
+    # Robot code written against earlier releases (``from flowrl_deploy.client import WatchdogError``) keeps
+    # working, with a DeprecationWarning naming the new home.
     __getattr__ = moved_names(__name__, dict.fromkeys(MOVED_TO_SESSION, "flowrl_deploy.session"))
-"""Robot code written against earlier releases (``from flowrl_deploy.client import WatchdogError``)
-keeps working, with a DeprecationWarning naming the new home."""

@@ -63,10 +63,11 @@ def one_torch_thread():
     torch.set_num_threads(threads)
 
 
-HANG_S = 660
-"""A test still running after this long ends the run with every thread's stack (faulthandler's own
-thread, which needs no GIL): pytest-timeout's 600 s cannot fire while a thread holds the GIL in C, as
-one CI run did for good in gRPC's channel clean-up called from a garbage collection."""
+HANG_MARGIN_S = 60
+"""A test phase (setup, call or teardown) still running this long after pytest-timeout's limit (600 s in
+pyproject.toml, or a test's own) ends the run with every thread's stack, from faulthandler's own thread,
+which needs no GIL: pytest-timeout's timer cannot fire while a thread holds the GIL in C, as one CI run
+did for good in gRPC's channel clean-up called from a garbage collection."""
 HANG_REPORT_FD = pytest.StashKey[int]()
 
 
@@ -79,13 +80,48 @@ def pytest_unconfigure(config: pytest.Config) -> None:
     os.close(config.stash[HANG_REPORT_FD])
 
 
-@pytest.hookimpl(hookwrapper=True)
-def pytest_runtest_protocol(item: pytest.Item, nextitem: pytest.Item | None) -> Iterator[None]:
-    faulthandler.dump_traceback_later(HANG_S, exit=True, file=item.config.stash[HANG_REPORT_FD])
+def _hang_limit_s(item: pytest.Item) -> float | None:
+    """pytest-timeout's limit for ``item`` (its ``timeout`` mark, ``--timeout`` or the ini's) plus the margin;
+    None where it sets none (0, or pytest-timeout missing)."""
+    marker = item.get_closest_marker("timeout")
+    value = marker.args[0] if marker is not None and marker.args else item.config.getoption("timeout", None)
+    if value is None:
+        try:
+            value = item.config.getini("timeout")
+        except ValueError:  # pytest-timeout is not installed
+            return None
+    seconds = float(value or 0)
+    margin = float(os.environ.get("FLOWRL_TEST_HANG_MARGIN_S", HANG_MARGIN_S))  # test_hang_watchdog's, shorter
+    return seconds + margin if seconds > 0 else None
+
+
+def _watched(item: pytest.Item) -> Iterator[None]:
+    """Arm the hang watchdog around one phase of ``item``. Per phase, because pytest cancels faulthandler's
+    timer whenever a phase fails (its faulthandler plugin's pytest_exception_interact): the teardown after
+    a failure, which closes servers and channels, is then watched afresh."""
+    limit = _hang_limit_s(item)
+    if limit is not None:
+        faulthandler.dump_traceback_later(limit, exit=True, file=item.config.stash[HANG_REPORT_FD])
     try:
         yield
     finally:
-        faulthandler.cancel_dump_traceback_later()
+        if limit is not None:
+            faulthandler.cancel_dump_traceback_later()
+
+
+@pytest.hookimpl(hookwrapper=True)
+def pytest_runtest_setup(item: pytest.Item) -> Iterator[None]:
+    yield from _watched(item)
+
+
+@pytest.hookimpl(hookwrapper=True)
+def pytest_runtest_call(item: pytest.Item) -> Iterator[None]:
+    yield from _watched(item)
+
+
+@pytest.hookimpl(hookwrapper=True)
+def pytest_runtest_teardown(item: pytest.Item) -> Iterator[None]:
+    yield from _watched(item)
 
 
 @pytest.fixture(scope="session", autouse=True)
