@@ -2,8 +2,9 @@
 
 Defaults are those of the paper's (arXiv 2506.12811) reference code. Where the paper and the code
 differ, they follow the code: ``cfm_weighting='batch'`` (the paper weights each sample) and
-``recent_fraction=0.2`` (a replay rule the paper does not describe). The one deliberate departure
-from the code is ``tau`` (see its docstring); docs/train.md, "Default settings", lists both sides.
+``recent_fraction=0.2`` (a replay rule the paper does not describe). They depart from the code in
+``tau`` (on purpose, see its docstring) and in how the recent rows are drawn (51 of 256 with
+replacement, the code's 52 without); docs/train.md, "Default settings", lists both sides.
 The config is written to ``<out>/config.json`` before step 0 and stored inside every checkpoint,
 with its :data:`CONFIG_VERSION`.
 """
