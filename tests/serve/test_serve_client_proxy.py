@@ -39,8 +39,10 @@ def proxy(monkeypatch):
     for name in ("grpc_proxy", "https_proxy", "http_proxy"):
         monkeypatch.setenv(name, address)
     yield received
+    listener.shutdown(socket.SHUT_RDWR)  # wakes the accept (a close alone leaves it waiting on Linux)
     listener.close()
     thread.join(5)
+    assert not thread.is_alive()
 
 
 def test_calls_do_not_go_through_a_proxy_named_in_the_environment(server, proxy):
