@@ -615,7 +615,7 @@ class ControlSession:
         (a reset asked for by another thread, e.g. a ROS service, is best queued for that loop)."""
         seed = checked_seed(seed)
         keep = initial_action is LAST_ACTION
-        reference = None if initial_action is LAST_ACTION else self._reference(initial_action)
+        reference = None if keep else self._reference(initial_action)
         if not self._busy.acquire(blocking=False):
             raise self._in_use("reset")
         try:
