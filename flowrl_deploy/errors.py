@@ -33,6 +33,12 @@ class EnvIdError(FlowRLError):
     """An environment id cannot be parsed or names no known task."""
 
 
+class SimulationError(FlowRLError):
+    """A simulator cannot go on from its state: dm_control raised a PhysicsError (MuJoCo's warnings of an
+    unstable simulation, such as mjWARN_BADQACC), or a step returned a NaN or infinite observation or
+    reward. The episode ends there; the environment must be reset before its next step."""
+
+
 class Interrupted(KeyboardInterrupt):
     """A stop signal that interrupts at once (``flowrl train``'s second Ctrl-C; a repeated SIGTERM
     lets the final save finish): like Ctrl-C's KeyboardInterrupt, but it says which signal came

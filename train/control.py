@@ -20,7 +20,7 @@ import numpy as np
 from flowrl_deploy.client import PolicyClient
 from flowrl_deploy.connection import connection_hint
 from flowrl_deploy.contract import MAX_HZ, MIN_HZ
-from flowrl_deploy.errors import FlowRLError
+from flowrl_deploy.errors import FlowRLError, SimulationError
 from flowrl_deploy.gc_freeze import gc_frozen
 from flowrl_deploy.noise import run_seed_problem
 from flowrl_deploy.session import (
@@ -32,7 +32,14 @@ from flowrl_deploy.session import (
     session_deadline,
 )
 from flowrl_deploy.train.envs import Env, episode_seed, make_env
-from flowrl_deploy.train.evaluate import EVAL_STREAM, Episode, check_env_fits, lengths_summary, other_task_warning
+from flowrl_deploy.train.evaluate import (
+    EVAL_STREAM,
+    Episode,
+    check_env_fits,
+    lengths_summary,
+    other_task_warning,
+    unstable_note,
+)
 
 MISS_WARNING_RATE = 0.01
 """A run with more of its ticks on the fallback than this says so in its summary: the robot mostly
@@ -95,6 +102,8 @@ class ControlReport:
     """Whether the task ended each completed episode (a fall in HumanoidBench), not its time limit or --max-steps."""
     fallback: str = "hold"
     """The session's fallback (``--fallback``): hold, zeros or local."""
+    unstable: list[str] = field(default_factory=list)
+    """Why an unstable simulation cut each completed episode short, or '' (as ``returns``; :attr:`Episode.unstable`)."""
 
     @property
     def mean_return(self) -> float | None:
@@ -118,7 +127,7 @@ class ControlReport:
             latency = "round trip: no fresh replies, so no latency figures"
         n = len(self.returns)
         returns = f"return {self.mean_return:.2f} over {n} episode{'s' * (n != 1)}" if n else "no episode completed"
-        lengths = lengths_summary(self.lengths, self.terminated)
+        lengths = lengths_summary(self.lengths, self.terminated, self.unstable)
         warning = (
             f"\nwarning: {100 * self.miss_rate:.1f}% of the ticks acted on the fallback, not a served action "
             "(the server was away, refused or slower than the deadline: see the fallbacks' reasons; --max-misses "
@@ -126,6 +135,8 @@ class ControlReport:
             if self.miss_rate > MISS_WARNING_RATE
             else ""
         )
+        if note := unstable_note(self.unstable):
+            warning += f"\nwarning: {note}"
         reasons = ", ".join(f"{reason} {n}" for reason, n in self.fallbacks.items())
         return (
             f"{self.env_id} at {self.hz:g} Hz via {self.server}: {returns} ({self.steps} steps"
@@ -289,6 +300,7 @@ def run_control(
         returns=[e.total for e in episodes_run],
         lengths=[e.length for e in episodes_run],
         terminated=[e.terminated for e in episodes_run],
+        unstable=[e.unstable for e in episodes_run],
         deadline_misses=session.health.misses,
         overruns=clock.overruns,
         interrupted=interrupted,
@@ -350,12 +362,17 @@ class _TickClock:
 def _control_episode(
     env: Env, obs: np.ndarray, act: Callable[[np.ndarray], np.ndarray], clock: _TickClock, max_steps: int | None
 ) -> Episode:
-    """One episode from ``obs`` at the clock's rate: each tick acts on the served action and steps the simulator."""
+    """One episode from ``obs`` at the clock's rate: each tick acts on the served action and steps the simulator,
+    until the episode ends, ``max_steps``, or a step from which the simulation cannot go on."""
     total, terminated, truncated, steps = 0.0, False, False, 0
     start = time.perf_counter()
     while not (terminated or truncated) and (max_steps is None or steps < max_steps):
         clock.wait_for(start, steps)
-        obs, reward, terminated, truncated = env.step(act(obs))
+        action = act(obs)
+        try:
+            obs, reward, terminated, truncated = env.step(action)
+        except SimulationError as exc:
+            return Episode(total, steps, False, unstable=str(exc))
         total += reward
         steps += 1
     return Episode(total, steps, terminated)

@@ -5,7 +5,9 @@ This module never imports torch: `flowrl control`, the client-side simulated rob
 Every environment offers ``reset(seed) -> obs`` and ``step(action) -> (obs, reward, terminated,
 truncated)``. ``terminated`` means the task ended (a fall in HumanoidBench): the bootstrap is
 masked. ``truncated`` means only that the time limit was hit: the episode stops, but the value of
-the last state still counts. dm_control episodes end only by their time limit.
+the last state still counts. dm_control episodes end only by their time limit. A step from which the
+simulation cannot go on (dm_control's PhysicsError, a NaN or infinite observation or reward) raises
+:class:`~flowrl_deploy.errors.SimulationError`: the episode ends there, and the next call must be ``reset``.
 """
 
 from __future__ import annotations
@@ -13,6 +15,7 @@ from __future__ import annotations
 import contextlib
 import importlib
 import logging
+import math
 import os
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -22,7 +25,7 @@ from typing import Protocol
 import numpy as np
 
 from flowrl_deploy.envid import ENV_ID_HELP, EnvId, did_you_mean, parse_env_id
-from flowrl_deploy.errors import EnvIdError, FlowRLError, printable
+from flowrl_deploy.errors import EnvIdError, FlowRLError, SimulationError, printable
 from flowrl_deploy.extras import install_command
 
 # dm_control's MUJOCO_GL values (dm_control/_render/constants.py; it compares them as written): those
@@ -182,6 +185,7 @@ class DMCEnv:
             )
         with _root_logger_kept(), _deprecated_compiler_attributes_held_back():
             self._env = suite.load(env_id.domain, env_id.task, task_kwargs={"random": seed})
+        self._physics_error: type[Exception] = importlib.import_module("dm_control.rl.control").PhysicsError
         spec = self._env.action_spec()
         layout = tuple((k, int(np.prod(v.shape))) for k, v in self._env.observation_spec().items())
         self.info = EnvInfo(
@@ -205,12 +209,17 @@ class DMCEnv:
             return self._flatten(self._env.reset().observation)
 
     def step(self, action: np.ndarray) -> tuple[np.ndarray, float, bool, bool]:
-        time_step = self._env.step(action)
+        try:
+            time_step = self._env.step(action)
+        except self._physics_error as exc:
+            raise SimulationError(f"{self.info.env_id}: the simulation became unstable ({exc})") from exc
         # The suite ends episodes by its time limit only (discount stays 1.0); a discount of 0
         # would mark a true termination.
         terminated = time_step.last() and time_step.discount == 0.0
         truncated = time_step.last() and not terminated
-        return self._flatten(time_step.observation), float(time_step.reward or 0.0), terminated, truncated
+        obs, reward = self._flatten(time_step.observation), float(time_step.reward or 0.0)
+        _check_finite_step(self.info.env_id, obs, reward)
+        return obs, reward, terminated, truncated
 
     def close(self) -> None:
         self._env.close()
@@ -283,10 +292,22 @@ class GymEnv:
 
     def step(self, action: np.ndarray) -> tuple[np.ndarray, float, bool, bool]:
         obs, reward, terminated, truncated, _ = self._env.step(action)
-        return np.asarray(obs, dtype=np.float32), float(reward), bool(terminated), bool(truncated)
+        obs, reward = np.asarray(obs, dtype=np.float32), float(reward)
+        _check_finite_step(self.info.env_id, obs, reward)
+        return obs, reward, bool(terminated), bool(truncated)
 
     def close(self) -> None:
         self._env.close()
+
+
+def _check_finite_step(env_id: str, obs: np.ndarray, reward: float) -> None:
+    """Raise :class:`SimulationError` for a step's NaN or infinite observation (a float64 value beyond
+    float32's range included) or reward: stored, one such value would turn the critics' losses to NaN."""
+    if not np.isfinite(obs).all():
+        bad = int(np.count_nonzero(~np.isfinite(obs)))
+        raise SimulationError(f"{env_id} returned an observation with {bad} of its {obs.size} values NaN or infinite")
+    if not math.isfinite(reward):
+        raise SimulationError(f"{env_id} returned a reward of {reward}")
 
 
 def _qpos_qvel_layout(obs: object, env: object) -> tuple[tuple[str, int], ...] | None:

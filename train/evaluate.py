@@ -14,7 +14,7 @@ from pathlib import Path
 import numpy as np
 
 from flowrl_deploy.envid import parse_env_id
-from flowrl_deploy.errors import EnvIdError, FlowRLError
+from flowrl_deploy.errors import EnvIdError, FlowRLError, SimulationError
 from flowrl_deploy.fieldtypes import is_integer, shown
 from flowrl_deploy.train.envs import Env, episode_seed, make_env
 
@@ -31,6 +31,9 @@ class Episode:
     total: float
     length: int
     terminated: bool
+    unstable: str = ""
+    """Why the simulation could not go on (a :class:`SimulationError`'s message) where that cut the
+    episode short after ``length`` steps; empty for an episode that ended as its task ends them."""
 
 
 @dataclass(frozen=True)
@@ -41,6 +44,8 @@ class EvalResult:
     lengths: tuple[int, ...] = ()
     terminated: tuple[bool, ...] = ()
     """Per episode, as ``returns``; empty in a result made from returns alone."""
+    unstable: tuple[str, ...] = ()
+    """Per episode, as ``returns``: why an unstable simulation cut it short, or '' (:attr:`Episode.unstable`)."""
 
     @classmethod
     def of(cls, episodes: list[Episode]) -> EvalResult:
@@ -51,6 +56,7 @@ class EvalResult:
             tuple(returns),
             tuple(e.length for e in episodes),
             tuple(e.terminated for e in episodes),
+            tuple(e.unstable for e in episodes),
         )
 
     def __str__(self) -> str:
@@ -60,19 +66,38 @@ class EvalResult:
 
     def lengths_summary(self) -> str:
         """'length 52 ± 14 steps, 2 of 2 ended by termination', or '' for a result made from returns alone."""
-        return lengths_summary(self.lengths, self.terminated)
+        return lengths_summary(self.lengths, self.terminated, self.unstable)
+
+    def unstable_note(self) -> str:
+        """'1 of 5 episodes was cut short by an unstable simulation: <why>', or '' where none was."""
+        return unstable_note(self.unstable)
 
 
-def lengths_summary(lengths: Sequence[int], terminated: Sequence[bool]) -> str:
-    """'length 52 ± 14 steps, 2 of 2 ended by termination' for these episodes; '' for none."""
+def lengths_summary(lengths: Sequence[int], terminated: Sequence[bool], unstable: Sequence[str] = ()) -> str:
+    """'length 52 ± 14 steps, 2 of 2 ended by termination' for these episodes ('…, 1 of 2 cut short by
+    an unstable simulation' where any was); '' for none."""
     if not lengths:
         return ""
     spread = f" ± {np.std(lengths):.0f}" if len(lengths) > 1 else ""
-    return f"length {np.mean(lengths):.0f}{spread} steps, {sum(terminated)} of {len(terminated)} ended by termination"
+    cut = sum(map(bool, unstable))
+    cut_short = f", {cut} of {len(unstable)} cut short by an unstable simulation" if cut else ""
+    ended = f"{sum(terminated)} of {len(terminated)} ended by termination"
+    return f"length {np.mean(lengths):.0f}{spread} steps, {ended}{cut_short}"
+
+
+def unstable_note(unstable: Sequence[str]) -> str:
+    """'1 of 5 episodes was cut short by an unstable simulation: <why the first was>' for these episodes'
+    :attr:`Episode.unstable`, or '' where none was."""
+    reasons = [reason for reason in unstable if reason]
+    if not reasons:
+        return ""
+    was = "was" if len(reasons) == 1 else "were"
+    return f"{len(reasons)} of {len(unstable)} episodes {was} cut short by an unstable simulation: {reasons[0]}"
 
 
 def run_episode(act_fn: ActFn, env: Env, seed: int) -> Episode:
-    """One episode, until termination or the time limit."""
+    """One episode, until termination or the time limit, or a step from which the simulation cannot go
+    on (:attr:`Episode.unstable`: the return and length are those of the steps before it)."""
     obs, total, length, terminated, truncated = env.reset(seed), 0.0, 0, False, False
     while not (terminated or truncated):
         action = act_fn(obs)
@@ -85,7 +110,10 @@ def run_episode(act_fn: ActFn, env: Env, seed: int) -> Episode:
             )
         if not np.isfinite(action).all():
             raise FlowRLError(f"the policy returned a NaN/infinite action on {env.info.env_id}: its weights are broken")
-        obs, reward, terminated, truncated = env.step(action)
+        try:
+            obs, reward, terminated, truncated = env.step(action)
+        except SimulationError as exc:
+            return Episode(total, length, False, unstable=str(exc))
         total += reward
         length += 1
     return Episode(total, length, terminated)

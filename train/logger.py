@@ -32,10 +32,12 @@ CSV_COLUMNS = (
     "charts/episode_return",
     "charts/episode_length",
     "charts/episode_terminated",
+    "charts/episode_unstable",
     "charts/eval_return",
     "charts/eval_return_std",
     "charts/eval_episode_length",
     "charts/eval_terminated",
+    "charts/eval_unstable",
     "charts/eval_return_deterministic",
     "charts/env_steps_per_s",
     "charts/updates_per_s",
@@ -291,6 +293,14 @@ class Progress:
         else:
             self.stream.write(line + "\n")
         self.stream.flush()
+
+    def clear(self) -> None:
+        """Erase the live line from a terminal, so that a warning logged next gets a line of its own
+        (the next update draws it again)."""
+        if self.enabled and self.tty and self._drawn:
+            self.stream.write("\r" + " " * self._drawn + "\r")
+            self.stream.flush()
+            self._drawn = 0
 
     def close(self) -> None:
         if self.enabled and self.tty:

@@ -25,7 +25,7 @@ import torch
 
 from flowrl_deploy.affinity import check_thread_count
 from flowrl_deploy.checkpoint import DOCUMENT_FILE, read_document, read_spec, symlinks_refused
-from flowrl_deploy.errors import CheckpointError, FlowRLError, Interrupted
+from flowrl_deploy.errors import CheckpointError, FlowRLError, Interrupted, SimulationError
 from flowrl_deploy.signals import SCHEDULER_NOTICES, STOP_SIGNALS, install_stop_handlers
 from flowrl_deploy.spec import PolicySpec
 from flowrl_deploy.train.actor import actor_act_fn
@@ -57,7 +57,10 @@ from flowrl_deploy.train.retention import RunCheckpoints
 from flowrl_deploy.train.run_lock import RunLock
 
 log = logging.getLogger("flowrl.train")
-"""A run's warnings (its directory goes unlocked, …), logged just before ``on_start``."""
+"""A run's warnings: those of its start (its directory goes unlocked, …), logged just before ``on_start``,
+and each episode an unstable simulation cut short."""
+MAX_UNSTABLE_IN_A_ROW = 10
+"""Episodes in a row cut short by an unstable simulation after which a run stops: it would learn nothing."""
 
 
 @dataclass
@@ -234,6 +237,7 @@ def _run_loop(run: _Run, stop: _StopOnSignal, on_start: Callable[[], None] | Non
         if on_start is not None:
             on_start()
         obs, episode_return, episode_length = env.reset(episode_seed(cfg.seed, counters.episodes)), 0.0, 0
+        unstable_in_a_row = 0
         run.rates.restart(counters.env_steps, agent.updates)  # the first row's rates leave the start-up out
         while counters.env_steps < cfg.steps and not stop.requested:
             # ALGO LOGIC: act (uniform random during the warm-up), store, update once
@@ -246,23 +250,22 @@ def _run_loop(run: _Run, stop: _StopOnSignal, on_start: Callable[[], None] | Non
                         f"the policy returned a NaN/infinite action at env step {counters.env_steps}: training "
                         "diverged (lower --lr?)"
                     )
-            next_obs, reward, terminated, truncated = env.step(action)
+            try:
+                next_obs, reward, terminated, truncated = env.step(action)
+            except SimulationError as exc:  # no transition to store: the episode ends at its last good state
+                unstable_in_a_row += 1
+                _end_unstable_episode(run, exc, episode_return, episode_length, unstable_in_a_row)
+                obs, episode_return, episode_length = env.reset(episode_seed(cfg.seed, counters.episodes)), 0.0, 0
+                continue
             replay.add(obs, action, reward, next_obs, terminated)
             counters.env_steps += 1
             episode_return += reward
             episode_length += 1
             obs = next_obs
             if terminated or truncated:
-                counters.episodes += 1
+                unstable_in_a_row = 0
                 run.bar.episode_return = episode_return
-                run.logger.log(
-                    counters.env_steps,
-                    {
-                        "charts/episode_return": episode_return,
-                        "charts/episode_length": episode_length,
-                        "charts/episode_terminated": float(terminated),
-                    },
-                )
+                _log_episode(run, episode_return, episode_length, terminated=terminated, unstable=False)
                 obs, episode_return, episode_length = env.reset(episode_seed(cfg.seed, counters.episodes)), 0.0, 0
             if counters.env_steps >= cfg.start_steps and replay.size >= cfg.batch_size:
                 # merged: the actor's losses come only every policy_delay-th update, and stay until the next
@@ -490,6 +493,38 @@ def numerics_change(saved: object, now: dict[str, object]) -> str | None:
     )
 
 
+def _log_episode(run: _Run, episode_return: float, length: int, *, terminated: bool, unstable: bool) -> None:
+    """Count a training episode that just ended and log its row (at the env step it ended)."""
+    run.counters.episodes += 1
+    run.logger.log(
+        run.counters.env_steps,
+        {
+            "charts/episode_return": episode_return,
+            "charts/episode_length": length,
+            "charts/episode_terminated": float(terminated),
+            "charts/episode_unstable": float(unstable),
+        },
+    )
+
+
+def _end_unstable_episode(run: _Run, exc: SimulationError, episode_return: float, length: int, in_a_row: int) -> None:
+    """End the episode a step from which the simulation could not go on cut short: say so, and log it
+    (its return is that of its steps before). The run stops, a :class:`FlowRLError`, once
+    :data:`MAX_UNSTABLE_IN_A_ROW` episodes in a row ended so."""
+    step = run.counters.env_steps
+    if in_a_row >= MAX_UNSTABLE_IN_A_ROW:
+        raise FlowRLError(
+            f"the simulation became unstable in {in_a_row} episodes in a row, the last at env step {step} ({exc}): "
+            "the task cannot be trained on as it is"
+        )
+    run.bar.clear()  # the warning goes on a line of its own, not into the live progress line
+    log.warning(
+        "episode %d cut short after %d steps, at env step %d: %s; the failed step is not stored, and the env was reset",
+        run.counters.episodes + 1, length, step, exc,
+    )  # fmt: skip
+    _log_episode(run, episode_return, length, terminated=False, unstable=True)
+
+
 def _after_step(run: _Run, metrics: dict[str, torch.Tensor], stopped: Callable[[], bool]) -> None:
     """What follows an env step: log the latest value of every loss (the critics' from the last
     update, the actor's from the last actor step, which comes only every ``policy_delay``-th update,
@@ -524,6 +559,10 @@ def _evaluate_and_log(run: _Run, step: int, stopped: Callable[[], bool]) -> None
     if evaluation is None:
         return
     result, zero_noise = evaluation
+    for label, checked in (("", result), (" from a0 = 0", zero_noise)):
+        if note := checked.unstable_note():
+            run.bar.clear()
+            log.warning("evaluation at env step %d%s: %s", step, label, note)
     counters = run.counters
     run.logger.log(
         step,
@@ -532,6 +571,7 @@ def _evaluate_and_log(run: _Run, step: int, stopped: Callable[[], bool]) -> None
             "charts/eval_return_std": result.std,
             "charts/eval_episode_length": float(np.mean(result.lengths)),
             "charts/eval_terminated": float(np.mean(result.terminated)),  # the evaluation's fall rate
+            "charts/eval_unstable": float(np.mean([bool(reason) for reason in result.unstable])),
             "charts/eval_return_deterministic": zero_noise.mean,
         },
     )  # first: an evaluation whose row fails is not one a checkpoint saved at the stop records

@@ -93,6 +93,8 @@ def eval_command(
         if instance is not None:
             instance.close()
     typer.echo(f"{env_id}: return {_figures(result, sampler)}")
+    if note := result.unstable_note():
+        typer.secho(f"warning: {note}", err=True, fg=typer.colors.YELLOW)
 
 
 def _figures(result: EvalResult, sampler: str) -> str:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 import shlex
 import signal
 from dataclasses import fields
@@ -187,12 +188,22 @@ def train(
         cfg = TrainConfig(**{**options, "steps": DEFAULT.steps if steps is None else steps})
         # a --tau over one half is told by train() itself (new_run_tau_note), as to a library caller
 
+    started = False
+
     def warn() -> None:  # the library's warnings (a resume's, a run without updates) follow the command's
+        nonlocal started
+        started = True
         for text in warnings:
             typer.secho(f"warning: {text}", err=True, fg=typer.colors.YELLOW)
 
+    def warning(record: logging.LogRecord) -> None:  # held until the start; said at once after it (an unstable episode)
+        if started:
+            typer.secho(f"warning: {record.getMessage()}", err=True, fg=typer.colors.YELLOW)
+        else:
+            warnings.append(record.getMessage())
+
     try:
-        with warnings_to(train_log, lambda record: warnings.append(record.getMessage())):
+        with warnings_to(train_log, warning):
             result = run_training(cfg, resume=resume, progress=progress, stop_on_signal=True, on_start=warn)
     except TrainingInterrupted as exc:  # a second Ctrl-C: one line saying what is left to resume from
         saved = (

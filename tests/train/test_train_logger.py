@@ -186,3 +186,18 @@ def test_the_live_line_is_redrawn_with_spaces_not_an_ansi_erase(monkeypatch):
     first, second = output.rstrip("\n").split("\r")[1:]
     assert first.endswith("eval return 123456.5") and second.rstrip().endswith("eval return —")
     assert len(second) == len(first) and second.endswith(" " * (len("123456.5") - 1))
+
+
+def test_clearing_the_live_line_leaves_the_terminal_line_empty_for_a_warning(monkeypatch):
+    monkeypatch.setattr(logger_module.sys, "stderr", _Terminal())
+    progress = Progress(1000)
+    progress.update(500, 400, force=True)
+    drawn = progress.stream.getvalue()
+    progress.clear()
+    assert progress.stream.getvalue() == drawn + "\r" + " " * (len(drawn) - 1) + "\r"
+    cleared = progress.stream.getvalue()
+    progress.clear()  # nothing drawn since: nothing to erase
+    assert progress.stream.getvalue() == cleared
+    progress.update(600, 500, force=True)  # the next redraw starts afresh on the empty line, unpadded
+    redrawn = progress.stream.getvalue().removeprefix(cleared)
+    assert redrawn.startswith("\rstep 600/1000") and not redrawn.endswith(" ")
