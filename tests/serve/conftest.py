@@ -16,6 +16,9 @@ from flowrl_deploy.policy import OnnxPolicy
 from flowrl_deploy.serve import PolicyServer, ServeConfig
 
 CPU = ("CPUExecutionProvider",)
+CALL_TIMEOUT_S = 10.0
+"""The fixtures' clients' unary deadline: PolicyClient's default of 1 s failed a call once on a machine
+loaded by other work (load average 14); tests of that default make a client of their own."""
 
 
 @pytest.fixture(scope="module")
@@ -35,13 +38,13 @@ def served(tmp_path):
     """A server of ``tmp_path``/policy.onnx that watches it (every 50 ms), its client, and ``tmp_path``."""
     path = write_policy(tmp_path / "policy.onnx")
     config = ServeConfig(str(path), port=0, watch=True, watch_interval_s=0.05, grace_s=0)
-    with PolicyServer(config).start() as server, PolicyClient(server.address) as client:
+    with PolicyServer(config).start() as server, PolicyClient(server.address, timeout_s=CALL_TIMEOUT_S) as client:
         yield server, client, tmp_path
 
 
 @pytest.fixture(scope="module")
 def client(server):
-    with PolicyClient(server.address) as connected:
+    with PolicyClient(server.address, timeout_s=CALL_TIMEOUT_S) as connected:
         yield connected
 
 
