@@ -8,10 +8,12 @@ with replacement and takes int(0.2·B) (51): a difference taken to be negligible
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from typing import NamedTuple
 
 import numpy as np
 
+from flowrl_deploy.checkpoint import SavedTensors
 from flowrl_deploy.errors import CheckpointError
 
 FIELDS = ("obs", "action", "reward", "next_obs", "mask")
@@ -84,15 +86,28 @@ class ReplayBuffer:
     def set_rng_state(self, state: dict) -> None:
         self.rng.bit_generator.state = state
 
-    def load_state_dict(self, arrays: dict[str, np.ndarray], state: dict) -> None:
+    def load_state_dict(self, arrays: Mapping[str, np.ndarray], state: dict) -> None:
+        """Fill the buffer from :meth:`state_dict`'s arrays and state. A checkpoint's saved replay (a
+        :class:`~flowrl_deploy.checkpoint.SavedTensors`) is checked from its header, then read into the buffer a
+        block at a time: a resume needs the buffer's memory and a few MiB, not twice the buffer."""
         size = int(state["size"])
         if any(n not in arrays for n in FIELDS):
             raise CheckpointError(f"saved replay buffer lacks {', '.join(n for n in FIELDS if n not in arrays)}")
-        if state["capacity"] != self.capacity or any(arrays[n].shape[0] != size for n in FIELDS):
+        saved = isinstance(arrays, SavedTensors)
+        shapes = {n: arrays.shape(n) if saved else np.shape(arrays[n]) for n in FIELDS}
+        if state["capacity"] != self.capacity or any(shapes[n][:1] != (size,) for n in FIELDS):
             raise CheckpointError(
                 f"saved replay buffer (capacity {state['capacity']}, {size} transitions) does not fit this "
                 f"run's buffer (capacity {self.capacity}); resume with the run's own --buffer-size"
             )
+        for name in FIELDS:  # all checked before any is copied: a refused file leaves the buffer as it was
+            if shapes[name][1:] != (row := getattr(self, name).shape[1:]):
+                raise CheckpointError(
+                    f"saved replay buffer's {name} has rows of shape {shapes[name][1:]}, this run's {row}"
+                )
         for name in FIELDS:
-            getattr(self, name)[:size] = arrays[name]
+            if saved:
+                arrays.copy_into(name, getattr(self, name)[:size])
+            else:
+                getattr(self, name)[:size] = arrays[name]
         self.size, self.pos = size, int(state["pos"])

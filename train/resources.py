@@ -1,9 +1,11 @@
 """What a training run needs of the machine, checked before it allocates: its memory
-(:func:`memory_shortfall`) against this machine's RAM (:func:`physical_memory_bytes`) and GPU memory."""
+(:func:`memory_shortfall`) against the memory it may use (this machine's RAM, :func:`physical_memory_bytes`,
+or its cgroup's limit, :func:`cgroup_memory_limit`, whichever is less) and its GPU memory."""
 
 from __future__ import annotations
 
 import os
+from pathlib import Path, PurePosixPath
 
 import torch
 
@@ -12,23 +14,100 @@ from flowrl_deploy.train.algorithm import training_bytes
 from flowrl_deploy.train.config import TrainConfig
 from flowrl_deploy.train.replay import ReplayBuffer
 
+PROC_SELF_CGROUP = Path("/proc/self/cgroup")
+"""Which cgroup this process is in: ``0::/path`` (cgroup v2), ``N:memory:/path`` (v1)."""
+CGROUP_V2_ROOT = Path("/sys/fs/cgroup")
+"""Where cgroup v2 is mounted; a cgroup's limit is its folder's ``memory.max``."""
+CGROUP_V1_MEMORY_ROOT = Path("/sys/fs/cgroup/memory")
+"""Where cgroup v1's memory controller is mounted; a cgroup's limit is its folder's ``memory.limit_in_bytes``."""
+NO_LIMIT = 2**60
+"""A limit this large is none: v1 writes 'unlimited' as a huge number (9223372036854771712)."""
+
 
 def memory_shortfall(spec: PolicySpec, cfg: TrainConfig, device: torch.device) -> str | None:
-    """What a run of ``cfg`` needs beyond this machine ('about 9.1 GiB of memory for dmc:dog-run (…);
-    this machine has 8.0 GiB'), or None when it fits: checked before allocating, since a typo such as
-    --hidden 100000 would otherwise fail deep inside torch, or be killed for memory hours later."""
+    """What a run of ``cfg`` needs beyond what it may use ('about 9.1 GiB of memory for dmc:dog-run (…);
+    this machine has 8.0 GiB of RAM'), or None when it fits: checked before allocating, since a typo such as
+    --hidden 100000 would otherwise fail deep inside torch, or be killed for memory hours later. The memory
+    is the machine's RAM or, where less, its cgroup's limit (a SLURM job's --mem, a container's), past which
+    the kernel kills the run without a word. A resume of a saved replay needs no more: it is read into the
+    buffer a block of a few MiB at a time."""
     replay, networks = ReplayBuffer.bytes_needed(spec.obs_dim, spec.act_dim, cfg.buffer_size), training_bytes(spec)
-    ram = physical_memory_bytes()
-    needs = [] if ram is None else [(replay + (networks if device.type == "cpu" else 0), ram, "memory")]
+    needs = []
+    if (limit := memory_limit()) is not None:
+        needs.append((replay + (networks if device.type == "cpu" else 0), *limit, "memory"))
     if device.type == "cuda":
-        needs.append((networks, torch.cuda.get_device_properties(device).total_memory, "GPU memory"))
-    for needed, total, what in needs:
+        total = torch.cuda.get_device_properties(device).total_memory
+        needs.append((networks, total, f"this machine has {total / 2**30:.1f} GiB", "GPU memory"))
+    for needed, total, has, what in needs:
         if needed > total:
             return (
                 f"about {needed / 2**30:.1f} GiB of {what} for {cfg.env} ({replay / 2**30:.1f} GiB replay, "
-                f"{networks / 2**30:.1f} GiB networks); this machine has {total / 2**30:.1f} GiB"
+                f"{networks / 2**30:.1f} GiB networks); {has}"
             )
     return None
+
+
+def memory_limit() -> tuple[int, str] | None:
+    """The memory this process may use, and what sets it ('this machine has 8.0 GiB of RAM'): the smaller of
+    the machine's RAM and its cgroup's limit, or None where neither is known."""
+    ram, cgroup = physical_memory_bytes(), cgroup_memory_limit()
+    if cgroup is not None and (ram is None or cgroup < ram):
+        has_ram = "" if ram is None else f"; this machine has {ram / 2**30:.1f} GiB of RAM"
+        return cgroup, (
+            f"the cgroup's memory limit is {cgroup / 2**30:.1f} GiB (a SLURM job's --mem, a container's limit{has_ram})"
+        )
+    return None if ram is None else (ram, f"this machine has {ram / 2**30:.1f} GiB of RAM")
+
+
+def cgroup_memory_limit() -> int | None:
+    """The memory limit of this process's cgroup (a SLURM job's --mem, a container's, systemd's MemoryMax), or
+    None where it has none: the least ``memory.max`` (cgroup v2) or ``memory.limit_in_bytes`` (v1) of its
+    cgroup and those above it, since a parent's limit binds its children (SLURM sets the job's, not the step's).
+    'max' and v1's huge 'unlimited' are no limit; a file absent (no cgroups: macOS, Windows), unreadable or
+    garbled is skipped, never an error."""
+    limits = []
+    for root, controller, name in (
+        (CGROUP_V2_ROOT, "", "memory.max"),
+        (CGROUP_V1_MEMORY_ROOT, "memory", "memory.limit_in_bytes"),
+    ):
+        for folder in _cgroup_folders(root, _own_cgroup(controller)):
+            limit = _read_limit(folder / name)
+            if limit is not None:
+                limits.append(limit)
+    return min(limits, default=None)
+
+
+def _own_cgroup(controller: str) -> str:
+    """This process's cgroup path in the hierarchy of ``controller`` ('' for v2's), from ``/proc/self/cgroup``;
+    '/' where it does not say (a container's namespace shows its own cgroup as '/')."""
+    try:
+        lines = PROC_SELF_CGROUP.read_text(encoding="utf-8").splitlines()
+    except (OSError, UnicodeDecodeError, ValueError):
+        return "/"
+    for line in lines:
+        parts = line.split(":", 2)
+        if len(parts) == 3 and (parts[1] == controller if not controller else controller in parts[1].split(",")):
+            return parts[2] if parts[2].startswith("/") else "/"
+    return "/"
+
+
+def _cgroup_folders(root: Path, cgroup: str) -> list[Path]:
+    """The folders of ``cgroup`` under ``root`` and of each cgroup above it, up to ``root`` itself."""
+    parts = [p for p in PurePosixPath(cgroup).parts[1:] if p not in ("", ".", "..")]
+    return [root.joinpath(*parts[:n]) for n in range(len(parts), -1, -1)]
+
+
+def _read_limit(path: Path) -> int | None:
+    """The limit in a cgroup memory file, or None: no limit ('max', a huge number), no such file, unreadable,
+    or not a positive number."""
+    try:
+        text = path.read_text(encoding="ascii").strip()
+    except (OSError, UnicodeDecodeError, ValueError):
+        return None
+    if not text.isdigit():  # 'max', or garbage
+        return None
+    limit = int(text)
+    return limit if 0 < limit < NO_LIMIT else None
 
 
 def physical_memory_bytes() -> int | None:

@@ -18,7 +18,7 @@ from flowrl_deploy import checkpoint as ckpt
 from flowrl_deploy.cli import app
 from flowrl_deploy.errors import FlowRLError
 from flowrl_deploy.spec import PolicySpec
-from flowrl_deploy.train import loop, run_lock
+from flowrl_deploy.train import loop, resources, run_lock
 from flowrl_deploy.train.config import TrainConfig
 from flowrl_deploy.train.loop import train
 from flowrl_deploy.train.resources import memory_shortfall, physical_memory_bytes
@@ -36,6 +36,7 @@ def test_without_a_ram_figure_the_memory_check_is_skipped(sysconf, monkeypatch):
         monkeypatch.delattr(os, "sysconf")
     else:
         monkeypatch.setattr(os, "sysconf", lambda name: -1)
+    monkeypatch.setattr(resources, "cgroup_memory_limit", lambda: None)  # a container's limit would be checked
     assert physical_memory_bytes() is None
     huge = TrainConfig(env="Pendulum-v1", hidden=16, buffer_size=10**11)
     assert memory_shortfall(SPEC, huge, loop.torch.device("cpu")) is None
