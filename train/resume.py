@@ -18,6 +18,7 @@ from pathlib import Path
 from flowrl_deploy.checkpoint import (
     CHECKPOINTS_DIR,
     DOCUMENT_FILE,
+    LAST,
     METRICS_CSV,
     METRICS_JSONL,
     REPLAY_FILE,
@@ -41,7 +42,7 @@ from flowrl_deploy.train.config import (
     check_unfinished,
     steps_taken,
 )
-from flowrl_deploy.train.retention import SAVE_LEFTOVERS, RunCheckpoints
+from flowrl_deploy.train.retention import REPLAY_DROPPED_FILE, SAVE_LEFTOVERS, RunCheckpoints
 from flowrl_deploy.train.run_lock import RunLock, in_use, lock_holder
 
 
@@ -171,14 +172,22 @@ def plan_resume(
 
 def resume_warnings(checkpoint: Path, cfg: TrainConfig, saved: TrainConfig) -> tuple[str | None, str | None]:
     """What a resume from ``checkpoint`` with ``cfg`` should say before it trains, each None when there is
-    nothing to say: that its replay buffer was not saved (it restarts empty), and which fields its saved config
-    lacks that ``cfg`` leaves at the defaults ``saved`` (:func:`resume_config`'s) gave them."""
-    replay = (
-        None
-        if (checkpoint / REPLAY_FILE).is_file()
-        else "the replay buffer was not saved (--save-replay): it restarts empty, and updates wait for "
-        "--batch-size transitions"
-    )  # saved without it, or it was deleted
+    nothing to say: that its replay buffer was not saved, or was dropped to save disk (it restarts empty), and
+    which fields its saved config lacks that ``cfg`` leaves at the defaults ``saved`` (:func:`resume_config`'s)
+    gave them."""
+    replay = None
+    if (checkpoint / REPLAY_FILE).is_file():
+        pass
+    elif (checkpoint / REPLAY_DROPPED_FILE).is_file():  # a save dropped it: a branch from an older checkpoint
+        replay = (
+            f"the replay buffer of {checkpoint.name} was dropped to save disk (a run keeps it only in {LAST} and the "
+            "checkpoint before it): it restarts empty, and updates wait for --batch-size transitions"
+        )
+    else:  # saved without it, or deleted by hand
+        replay = (
+            "the replay buffer was not saved (--save-replay): it restarts empty, and updates wait for "
+            "--batch-size transitions"
+        )
     recorded = read_document(checkpoint).get("config", {})
     defaulted = [  # not out: a resume runs in its own run
         f.name

@@ -1,7 +1,7 @@
 """Which checkpoints a run keeps (:class:`RunCheckpoints`): the ``last`` and ``best`` links a save moves,
-pruning the step folders neither names, and the repairs a resume makes first (``best`` and ``last``
-pointed where a crash left them behind, damaged checkpoints set aside, links a copy turned into folders
-made links again)."""
+pruning the step folders neither names, the replay buffers dropped from all but the newest two checkpoints, and
+the repairs a resume makes first (``best`` and ``last`` pointed where a crash left them behind, damaged
+checkpoints set aside, links a copy turned into folders made links again)."""
 
 from __future__ import annotations
 
@@ -13,12 +13,13 @@ import shutil
 from collections.abc import Callable
 from pathlib import Path
 
-from flowrl_deploy.atomic import os_reason
+from flowrl_deploy.atomic import fsync_dir, os_reason
 from flowrl_deploy.checkpoint import (
     BEST,
     CHECKPOINTS_DIR,
     DOCUMENT_FILE,
     LAST,
+    REPLAY_FILE,
     checkpoint_damage,
     copied_checkpoint,
     copied_link_refusal,
@@ -35,6 +36,9 @@ from flowrl_deploy.train.checkpointing import own_eval_return
 SAVE_LEFTOVERS = re.compile(r"\.(step_\d+)\.(tmp-[a-z0-9_]+|old-\d+)")
 """A save's temporary folder (``save_checkpoint``: ``.step_000000300.tmp-k2j4_x9q``) or the checkpoint it replaced
 (``replace_directory``: ``.step_000000300.old-<pid>``)."""
+REPLAY_DROPPED_FILE = "replay.dropped"
+"""A checkpoint's note that a save dropped its ``replay.safetensors`` to save disk (:meth:`RunCheckpoints.save`),
+written before the file is deleted: a resume from it says so rather than that the buffer was never saved."""
 
 
 class RunCheckpoints:
@@ -48,6 +52,12 @@ class RunCheckpoints:
     (``.step_*.tmp-*``). Entries not named as saves name them (:func:`~flowrl_deploy.checkpoint.step_of`:
     ``step_000000200.bak``) are left alone. The directory is made at once, so that a file in its way fails
     before training, not at the first save.
+
+    A ``--save-replay`` buffer is kept only where a resume may need it: in the checkpoint ``last`` names and the
+    newest intact one before it (the resume's fallback where the newest is damaged). Each save then deletes the
+    ``replay.safetensors`` of every older checkpoint (:meth:`_drop_replays`), which would otherwise add a whole
+    buffer per periodic checkpoint: disk quadratic in the run's length. Such a checkpoint stays intact, and
+    resumes (a branch of the run) with an empty buffer and a warning saying why.
     """
 
     def __init__(self, run_dir: str | Path, save_every: int) -> None:
@@ -75,6 +85,7 @@ class RunCheckpoints:
             link_checkpoint(self.dir, BEST, path)
         link_checkpoint(self.dir, LAST, path)
         self._prune(target)
+        self._drop_replays(path)  # last: only once last names the new checkpoint, and after the prune
         return path
 
     def best_checkpoint(self) -> tuple[Path, float] | None:
@@ -228,6 +239,51 @@ class RunCheckpoints:
             found = SAVE_LEFTOVERS.fullmatch(partial.name)
             if found and found[2].startswith("tmp-") and step_of(found[1]) is not None and not partial.is_symlink():
                 shutil.rmtree(partial, ignore_errors=True)
+
+    def _drop_replays(self, last: Path) -> None:
+        """Delete the replay buffer of each checkpoint before the newest intact one before ``last`` (the one
+        ``last`` names, never touched, as is every later or damaged one): a resume continues ``last``, or where
+        that is damaged the newest intact one before it, and an older buffer serves no resume. Each is noted in
+        :data:`REPLAY_DROPPED_FILE` first (synced), then unlinked: a kill between leaves the buffer in place, and
+        a checkpoint with or without its buffer is intact (:func:`~flowrl_deploy.checkpoint.checkpoint_damage`).
+        One that cannot be dropped stays: the next save tries again."""
+        newest = step_of(last.name)
+        if newest is None:
+            return
+        older = sorted(
+            ((step, entry) for entry in self.dir.glob("step_*") if (step := step_of(entry.name)) is not None),
+            reverse=True,
+        )
+        fallback = None
+        for step, entry in older:
+            if step >= newest or entry.is_symlink() or not entry.is_dir():
+                continue
+            if fallback is None:
+                if (entry / DOCUMENT_FILE).is_file() and checkpoint_damage(entry) is None:
+                    fallback = entry  # keeps its buffer, and so does any damaged one after it
+                continue
+            _drop_replay(entry, last.name)
+
+
+def _drop_replay(checkpoint: Path, last: str) -> None:
+    """Delete ``checkpoint``'s replay buffer, where it holds one, noting why in :data:`REPLAY_DROPPED_FILE`."""
+    replay = checkpoint / REPLAY_FILE
+    if replay.is_symlink() or not replay.is_file():
+        return
+    try:
+        size = replay.stat().st_size
+        with open(checkpoint / REPLAY_DROPPED_FILE, "w", encoding="utf-8") as f:
+            f.write(
+                f"{REPLAY_FILE} ({size} bytes) was deleted to save disk when {last} was saved: a run keeps its replay "
+                f"buffer only in {LAST} and the checkpoint before it. Resuming this checkpoint (a branch of the run) "
+                "starts with an empty buffer.\n"
+            )
+            f.flush()
+            os.fsync(f.fileno())
+        fsync_dir(checkpoint)
+        replay.unlink()
+    except OSError:
+        pass  # kept: the next save tries again
 
 
 def _document_or_none(checkpoint: Path) -> dict | None:
