@@ -4,6 +4,8 @@ loading the whole file first, then copying it, peaked at twice the buffer (3.9 G
 
 import json
 import struct
+import subprocess
+import sys
 import tracemalloc
 
 import numpy as np
@@ -82,18 +84,40 @@ def test_saved_rows_of_another_shape_are_refused_before_anything_is_copied(tmp_p
     assert restored.size == 0 and not restored.obs.any()
 
 
-def test_a_saved_replay_in_a_dtype_numpy_lacks_is_a_checkpoint_error_not_a_type_error(tmp_path):
-    """A bfloat16 field: safetensors' numpy reader raises TypeError, which loading the whole file let through
-    as a traceback; read when restored, it is refused naming the file."""
+def _bfloat16_mask(tmp_path):
+    """A checkpoint whose saved replay is one bfloat16 field, ``mask``, of 4 ones."""
     arrays, state = full_buffer(4).state_dict()
     checkpoint = saved(tmp_path, arrays, state)
     path = checkpoint.path / ckpt.REPLAY_FILE
-    header = json.dumps({name: {"dtype": "BF16", "shape": [4], "data_offsets": [0, 8]} for name in ["mask"]}).encode()
+    header = json.dumps({"mask": {"dtype": "BF16", "shape": [4], "data_offsets": [0, 8]}}).encode()
     header += b" " * (-len(header) % 8)
-    path.write_bytes(struct.pack("<Q", len(header)) + header + bytes(8))
-    replay = ckpt.load_checkpoint(checkpoint.path, training_state=True).replay
-    with pytest.raises(CheckpointError, match=f"^{path} is corrupt or not a safetensors file \\(data type 'bfloat16'"):
-        replay["mask"]
+    path.write_bytes(struct.pack("<Q", len(header)) + header + bytes.fromhex("803f") * 4)
+    return checkpoint.path, path
+
+
+def test_a_saved_replay_in_a_dtype_numpy_lacks_is_a_checkpoint_error_not_a_type_error(tmp_path):
+    """A bfloat16 field: safetensors' numpy reader raises TypeError, which loading the whole file let through
+    as a traceback; read when restored, it is refused naming the file. numpy lacks bfloat16 until ml_dtypes
+    (which onnx imports) registers it, so this runs in a fresh interpreter that imports neither."""
+    folder, path = _bfloat16_mask(tmp_path)
+    script = (
+        "import sys\nfrom flowrl_deploy import checkpoint as ckpt\nfrom flowrl_deploy.errors import CheckpointError\n"
+        "assert 'ml_dtypes' not in sys.modules\n"
+        f"try:\n    ckpt.load_checkpoint({str(folder)!r}, training_state=True).replay['mask']\n"
+        "except CheckpointError as exc:\n    print(exc)\n"
+    )
+    done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.startswith(f"{path} is corrupt or not a safetensors file (data type 'bfloat16'"), done.stdout
+
+
+def test_a_saved_replay_in_bfloat16_is_converted_where_ml_dtypes_gives_numpy_the_type(tmp_path):
+    ml_dtypes = pytest.importorskip("ml_dtypes", reason="ml_dtypes (an onnx dependency) gives numpy bfloat16")
+    assert ml_dtypes.bfloat16
+    folder, _ = _bfloat16_mask(tmp_path)
+    mask = np.zeros(4, np.float32)
+    ckpt.load_checkpoint(folder, training_state=True).replay.copy_into("mask", mask)
+    np.testing.assert_array_equal(mask, np.ones(4, np.float32))
 
 
 def test_a_saved_replay_read_from_its_file_is_converted_and_refused_as_before(tmp_path):
