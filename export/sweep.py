@@ -47,6 +47,9 @@ class SweepRow:
     std_return: float | None = None
     evaluation: SweepEvaluation | None = None
     """What the return was measured on; None without one."""
+    unstable_episodes: int | None = None
+    """Of the evaluation's episodes, those an unstable simulation cut short (their return counts the steps
+    before it: :attr:`~flowrl_deploy.train.evaluate.Episode.unstable`); None without an evaluation."""
     reference: SweepRow | None = None
     """An int8 row's fp32 reference: the same N exported in fp32 to a temporary file (deleted), timed
     and evaluated alike; None for an fp32 row."""
@@ -66,6 +69,7 @@ class SweepRow:
             "p99_ms": self.latency.p99_ms,
             "mean_return": self.mean_return,
             "std_return": self.std_return,
+            "unstable_episodes": self.unstable_episodes,
         }
 
 
@@ -187,7 +191,8 @@ def _measured(
         from flowrl_deploy.train.evaluate import evaluate
 
         result = evaluate(SeededPolicy(policy, evaluation.seed), env, evaluation.episodes, evaluation.seed)
-        row = replace(row, mean_return=result.mean, std_return=result.std, evaluation=evaluation)
+        cut = sum(map(bool, result.unstable))
+        row = replace(row, mean_return=result.mean, std_return=result.std, evaluation=evaluation, unstable_episodes=cut)
     return row
 
 
@@ -206,6 +211,8 @@ def format_sweep(rows: list[SweepRow]) -> str:
         lines.append(_table_line(r, f"{r.report.path}" + ("" if dtype == "fp32" else f" ({dtype})")))
         if r.reference is not None:
             lines.append(_table_line(r.reference, "fp32 reference (not written)"))
+    if any(r.unstable_episodes for r in rows + [r.reference for r in rows if r.reference is not None]):
+        lines.append("(k cut): k episodes an unstable simulation cut short; the return counts their steps before it")
     return "\n".join(lines)
 
 
@@ -214,4 +221,6 @@ def _table_line(r: SweepRow, file: str) -> str:
     ret = "-" if r.mean_return is None else f"{r.mean_return:.1f}"
     if r.evaluation is not None and r.evaluation.episodes > 1:  # one episode has no spread to show
         ret += f" ± {r.std_return:.1f}"
+    if r.unstable_episodes:
+        ret += f" ({r.unstable_episodes} cut)"
     return f"{r.steps:>4}  {r.latency.p50_ms:>8.3f}  {r.latency.p99_ms:>8.3f}  {error:>17}  {ret:>16}  {file}"

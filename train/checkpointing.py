@@ -86,9 +86,13 @@ class EvalRecord:
     previous one's, so its own policy's return is ``last_return`` only where this is its own step."""
     step_recorded: bool = True
     """False for a record saved before ``last_step`` was recorded (the key is absent)."""
+    last_unstable: bool = False
+    """An unstable simulation cut an episode of the latest evaluation short (the key, written only when true):
+    its return, which counts that episode's steps before, ranks no checkpoint ``best``."""
 
     def to_dict(self) -> dict[str, float | int | None]:
-        return {"best_return": self.best_return, "last_return": self.last_return, "last_step": self.last_step}
+        record = {"best_return": self.best_return, "last_return": self.last_return, "last_step": self.last_step}
+        return record | ({"last_unstable": True} if self.last_unstable else {})
 
     @classmethod
     def from_document(
@@ -100,22 +104,25 @@ class EvalRecord:
         evaluation = document.get("eval", {})
         if isinstance(evaluation, dict):
             best, last, step = (evaluation.get(key) for key in ("best_return", "last_return", "last_step"))
-            if all(x is None or (type(x) in (int, float) and math.isfinite(x)) for x in (best, last)) and (
-                step is None or (is_int(step) and step >= 0)
+            unstable = evaluation.get("last_unstable", False)
+            if (
+                all(x is None or (type(x) in (int, float) and math.isfinite(x)) for x in (best, last))
+                and (step is None or (is_int(step) and step >= 0))
+                and type(unstable) is bool
             ):
-                return cls(best, last, step, step_recorded="last_step" in evaluation)
+                return cls(best, last, step, step_recorded="last_step" in evaluation, last_unstable=unstable)
         if not strict:
             return None
         raise CheckpointError(
             f"{source}: eval must be a JSON object of finite numbers or null "
-            f"(best_return, last_return; last_step: a step), got {evaluation!r:.200}"
+            f"(best_return, last_return; last_step: a step; last_unstable: true or false), got {evaluation!r:.200}"
         )
 
     def own_return(self, env_steps: object, *, named_best: bool = False) -> float | None:
         """The evaluation return of the policy of the checkpoint at ``env_steps`` that holds this record, or
         None: ``last_return`` where ``last_step`` is ``env_steps``. A record saved before ``last_step`` was
         counts only for the checkpoint ``best`` names (``named_best``), which was saved at its evaluation."""
-        if self.last_return is None:
+        if self.last_return is None or self.last_unstable:
             return None
         if not self.step_recorded:
             return float(self.last_return) if named_best else None

@@ -282,8 +282,8 @@ def run_control(
             try:
                 with gc_frozen():  # no full garbage collection walks the setup's objects mid-run
                     for episode in range(episodes):
-                        obs = env.reset(episode_seed(seed, episode, stream=EVAL_STREAM))
-                        episodes_run.append(_control_episode(env, obs, session.act, clock, max_steps))
+                        seeded = episode_seed(seed, episode, stream=EVAL_STREAM)
+                        episodes_run.append(_control_episode(env, seeded, session.act, clock, max_steps))
             except WatchdogError as exc:
                 watchdog = str(exc)
             except KeyboardInterrupt:
@@ -360,11 +360,15 @@ class _TickClock:
 
 
 def _control_episode(
-    env: Env, obs: np.ndarray, act: Callable[[np.ndarray], np.ndarray], clock: _TickClock, max_steps: int | None
+    env: Env, seed: int, act: Callable[[np.ndarray], np.ndarray], clock: _TickClock, max_steps: int | None
 ) -> Episode:
-    """One episode from ``obs`` at the clock's rate: each tick acts on the served action and steps the simulator,
-    until the episode ends, ``max_steps``, or a step from which the simulation cannot go on."""
+    """One episode from a reset with ``seed``, at the clock's rate: each tick acts on the served action and steps
+    the simulator, until the episode ends, ``max_steps``, or a reset or step the simulation cannot go on from."""
     total, terminated, truncated, steps = 0.0, False, False, 0
+    try:
+        obs = env.reset(seed)
+    except SimulationError as exc:
+        return Episode(total, steps, False, unstable=str(exc))
     start = time.perf_counter()
     while not (terminated or truncated) and (max_steps is None or steps < max_steps):
         clock.wait_for(start, steps)

@@ -5,9 +5,10 @@ This module never imports torch: `flowrl control`, the client-side simulated rob
 Every environment offers ``reset(seed) -> obs`` and ``step(action) -> (obs, reward, terminated,
 truncated)``. ``terminated`` means the task ended (a fall in HumanoidBench): the bootstrap is
 masked. ``truncated`` means only that the time limit was hit: the episode stops, but the value of
-the last state still counts. dm_control episodes end only by their time limit. A step from which the
-simulation cannot go on (dm_control's PhysicsError, a NaN or infinite observation or reward) raises
-:class:`~flowrl_deploy.errors.SimulationError`: the episode ends there, and the next call must be ``reset``.
+the last state still counts. dm_control episodes end only by their time limit. A reset or step from
+which the simulation cannot go on (dm_control's PhysicsError, MuJoCo's warnings of an unstable state in a
+gymnasium task, a NaN or infinite observation or reward) raises :class:`~flowrl_deploy.errors.SimulationError`:
+the episode ends there, and the next call must be ``reset``.
 """
 
 from __future__ import annotations
@@ -15,9 +16,8 @@ from __future__ import annotations
 import contextlib
 import importlib
 import logging
-import math
 import os
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from types import ModuleType
 from typing import Protocol
@@ -46,6 +46,11 @@ HUMANOIDBENCH_INSTALL = (
     "`pip install -e '.[train,export,humanoidbench]'` and then "
     "`pip install --no-deps -e <clone of github.com/carlosferrazza/humanoid-bench>` (see the README's HumanoidBench)"
 )
+
+
+FLOAT32_MAX = float(np.finfo(np.float32).max)
+MUJOCO_INSTABILITY = ("mjWARN_BADQPOS", "mjWARN_BADQVEL", "mjWARN_BADQACC")
+"""MuJoCo's warnings of a state it found NaN, infinite or huge, and reset (``mj_step``)."""
 
 
 @dataclass(frozen=True)
@@ -199,27 +204,34 @@ class DMCEnv:
             control_period_s=float(self._env.control_timestep()),
         )
 
-    def _flatten(self, observation: dict[str, np.ndarray]) -> np.ndarray:
-        return np.concatenate([np.asarray(observation[k], dtype=np.float32).ravel() for k, _ in self.info.obs_layout])
+    def _flatten(self, observation: dict[str, np.ndarray], where: str) -> np.ndarray:
+        with np.errstate(over="ignore"):  # a float64 beyond float32's range: refused as infinite, not warned of
+            blocks = [np.asarray(observation[key], dtype=np.float32).ravel() for key, _ in self.info.obs_layout]
+        return _finite_observation(self.info.env_id, np.concatenate(blocks), where)
 
     def reset(self, seed: int | None = None) -> np.ndarray:
         if seed is not None:
             self._env.task._random = np.random.RandomState(seed)  # the suite offers no public reseed
-        with _root_logger_kept():  # a reset logs an invalid physics state
-            return self._flatten(self._env.reset().observation)
+        with _root_logger_kept(), self._unstable():  # a reset logs an invalid physics state
+            return self._flatten(self._env.reset().observation, "reset")
 
     def step(self, action: np.ndarray) -> tuple[np.ndarray, float, bool, bool]:
-        try:
+        with self._unstable():
             time_step = self._env.step(action)
-        except self._physics_error as exc:
-            raise SimulationError(f"{self.info.env_id}: the simulation became unstable ({exc})") from exc
         # The suite ends episodes by its time limit only (discount stays 1.0); a discount of 0
         # would mark a true termination.
         terminated = time_step.last() and time_step.discount == 0.0
         truncated = time_step.last() and not terminated
-        obs, reward = self._flatten(time_step.observation), float(time_step.reward or 0.0)
-        _check_finite_step(self.info.env_id, obs, reward)
-        return obs, reward, terminated, truncated
+        obs = self._flatten(time_step.observation, "step")
+        return obs, _finite_reward(self.info.env_id, time_step.reward or 0.0), terminated, truncated
+
+    @contextlib.contextmanager
+    def _unstable(self) -> Iterator[None]:
+        """dm_control's PhysicsError raised as :class:`SimulationError`."""
+        try:
+            yield
+        except self._physics_error as exc:
+            raise SimulationError(f"{self.info.env_id}: the simulation became unstable ({exc})") from exc
 
     def close(self) -> None:
         self._env.close()
@@ -264,6 +276,7 @@ class GymEnv:
         except BaseException:
             self._env.close()
             raise
+        self._instability = _mujoco_instability(self._env.unwrapped)
 
     def _info(self, env_id: EnvId, gym: ModuleType) -> EnvInfo:
         space = self._env.action_space
@@ -288,26 +301,56 @@ class GymEnv:
 
     def reset(self, seed: int | None = None) -> np.ndarray:
         obs, _ = self._env.reset(seed=seed)
-        return np.asarray(obs, dtype=np.float32)
+        return self._observation(obs, "reset")
 
     def step(self, action: np.ndarray) -> tuple[np.ndarray, float, bool, bool]:
+        before = self._instability() if self._instability else ()
         obs, reward, terminated, truncated, _ = self._env.step(action)
-        obs, reward = np.asarray(obs, dtype=np.float32), float(reward)
-        _check_finite_step(self.info.env_id, obs, reward)
-        return obs, reward, bool(terminated), bool(truncated)
+        if self._instability and (after := self._instability()) != before:
+            warned = ", ".join(name for name, b, a in zip(MUJOCO_INSTABILITY, before, after, strict=True) if a > b)
+            raise SimulationError(
+                f"{self.info.env_id}: the simulation became unstable (MuJoCo warned {warned} and reset its state)"
+            )
+        reward = _finite_reward(self.info.env_id, reward)
+        return self._observation(obs, "step"), reward, bool(terminated), bool(truncated)
+
+    def _observation(self, obs: object, where: str) -> np.ndarray:
+        with np.errstate(over="ignore"):  # a float64 beyond float32's range: refused as infinite, not warned of
+            return _finite_observation(self.info.env_id, np.asarray(obs, dtype=np.float32), where)
 
     def close(self) -> None:
         self._env.close()
 
 
-def _check_finite_step(env_id: str, obs: np.ndarray, reward: float) -> None:
-    """Raise :class:`SimulationError` for a step's NaN or infinite observation (a float64 value beyond
-    float32's range included) or reward: stored, one such value would turn the critics' losses to NaN."""
+def _finite_observation(env_id: str, obs: np.ndarray, where: str) -> np.ndarray:
+    """``obs`` (float32), or :class:`SimulationError` where a value of it is NaN or infinite: stored, one such
+    value would turn the critics' losses to NaN. ``where``: "reset" or "step", for the message."""
     if not np.isfinite(obs).all():
         bad = int(np.count_nonzero(~np.isfinite(obs)))
-        raise SimulationError(f"{env_id} returned an observation with {bad} of its {obs.size} values NaN or infinite")
-    if not math.isfinite(reward):
-        raise SimulationError(f"{env_id} returned a reward of {reward}")
+        raise SimulationError(
+            f"{env_id}'s {where} returned an observation with {bad} of its {obs.size} values NaN or infinite"
+        )
+    return obs
+
+
+def _finite_reward(env_id: str, reward: float) -> float:
+    """``reward`` as a float, or :class:`SimulationError` where it is NaN or beyond float32's range (the replay's)."""
+    reward = float(reward)
+    if not abs(reward) <= FLOAT32_MAX:  # NaN fails the comparison too
+        raise SimulationError(f"{env_id}'s step returned a reward of {reward:g}")
+    return reward
+
+
+def _mujoco_instability(env: object) -> Callable[[], tuple[int, ...]] | None:
+    """A reader of the counts of MuJoCo's :data:`MUJOCO_INSTABILITY` warnings in ``env``'s MjData (``env.data``,
+    as gymnasium's MuJoCo tasks and HumanoidBench hold it), or None for a task without one. MuJoCo resets a
+    state it finds unstable by itself, so the observation stays finite (the body jumps to its initial pose):
+    these counts, which a reset of the task clears, are what tells."""
+    data = getattr(env, "data", None)
+    if not hasattr(data, "warning"):
+        return None
+    kinds = [int(getattr(importlib.import_module("mujoco").mjtWarning, name)) for name in MUJOCO_INSTABILITY]
+    return lambda: tuple(int(data.warning[kind].number) for kind in kinds)
 
 
 def _qpos_qvel_layout(obs: object, env: object) -> tuple[tuple[str, int], ...] | None:

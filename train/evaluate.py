@@ -96,9 +96,13 @@ def unstable_note(unstable: Sequence[str]) -> str:
 
 
 def run_episode(act_fn: ActFn, env: Env, seed: int) -> Episode:
-    """One episode, until termination or the time limit, or a step from which the simulation cannot go
-    on (:attr:`Episode.unstable`: the return and length are those of the steps before it)."""
-    obs, total, length, terminated, truncated = env.reset(seed), 0.0, 0, False, False
+    """One episode, until termination or the time limit, or a reset or step from which the simulation cannot
+    go on (:attr:`Episode.unstable`: the return and length are those of the steps before it)."""
+    total, length, terminated, truncated = 0.0, 0, False, False
+    try:
+        obs = env.reset(seed)
+    except SimulationError as exc:
+        return Episode(total, length, False, unstable=str(exc))
     while not (terminated or truncated):
         action = act_fn(obs)
         if np.shape(action) == () and env.info.act_dim == 1:  # a scalar for a one-action task, as dm_control takes

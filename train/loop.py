@@ -25,7 +25,7 @@ import torch
 
 from flowrl_deploy.affinity import check_thread_count
 from flowrl_deploy.checkpoint import DOCUMENT_FILE, read_document, read_spec, symlinks_refused
-from flowrl_deploy.errors import CheckpointError, FlowRLError, Interrupted, SimulationError
+from flowrl_deploy.errors import CheckpointError, FlowRLError, Interrupted, SimulationError, counted
 from flowrl_deploy.signals import SCHEDULER_NOTICES, STOP_SIGNALS, install_stop_handlers
 from flowrl_deploy.spec import PolicySpec
 from flowrl_deploy.train.actor import actor_act_fn
@@ -60,7 +60,8 @@ log = logging.getLogger("flowrl.train")
 """A run's warnings: those of its start (its directory goes unlocked, …), logged just before ``on_start``,
 and each episode an unstable simulation cut short."""
 MAX_UNSTABLE_IN_A_ROW = 10
-"""Episodes in a row cut short by an unstable simulation after which a run stops: it would learn nothing."""
+"""Episodes in a row that an unstable simulation cut short before their first step was stored, after which a
+run stops: it would learn nothing more."""
 
 
 @dataclass
@@ -71,16 +72,23 @@ class Counters:
     last_eval_return: float | None = None
     last_eval_step: int | None = None
     """The env step of the evaluation ``last_eval_return`` comes from."""
+    last_eval_unstable: bool = False
+    """Whether an unstable simulation cut an episode of that evaluation short."""
 
     @classmethod
     def restored(cls, env_steps: int, episodes: int, evaluation: EvalRecord) -> Counters:
         """The counters of a checkpoint (:func:`~flowrl_deploy.train.checkpointing.restore_training`)."""
         best = -math.inf if evaluation.best_return is None else evaluation.best_return
-        return cls(env_steps, episodes, best, evaluation.last_return, evaluation.last_step)
+        return cls(env_steps, episodes, best, evaluation.last_return, evaluation.last_step, evaluation.last_unstable)
 
     def evaluation(self) -> EvalRecord:
         """The checkpoint's ``eval`` record of these counters."""
-        return EvalRecord(finite_or_none(self.best_eval_return), self.last_eval_return, self.last_eval_step)
+        return EvalRecord(
+            finite_or_none(self.best_eval_return),
+            self.last_eval_return,
+            self.last_eval_step,
+            last_unstable=self.last_eval_unstable,
+        )
 
 
 class TrainingInterrupted(Interrupted):
@@ -236,10 +244,17 @@ def _run_loop(run: _Run, stop: _StopOnSignal, on_start: Callable[[], None] | Non
             log.warning("%s", warning)
         if on_start is not None:
             on_start()
-        obs, episode_return, episode_length = env.reset(episode_seed(cfg.seed, counters.episodes)), 0.0, 0
-        unstable_in_a_row = 0
+        obs: np.ndarray | None = None  # None: this iteration starts a new episode
+        episode_return, episode_length, unstable_in_a_row = 0.0, 0, 0
         run.rates.restart(counters.env_steps, agent.updates)  # the first row's rates leave the start-up out
         while counters.env_steps < cfg.steps and not stop.requested:
+            if obs is None:
+                try:
+                    obs = env.reset(episode_seed(cfg.seed, counters.episodes))
+                except SimulationError as exc:  # an initial state the simulation cannot start from
+                    unstable_in_a_row = _end_unstable_episode(run, exc, 0.0, 0, unstable_in_a_row)
+                    continue
+                episode_return, episode_length = 0.0, 0
             # ALGO LOGIC: act (uniform random during the warm-up), store, update once
             if counters.env_steps < cfg.start_steps:
                 action = run.action_rng.uniform(low, high).astype(np.float32)
@@ -253,9 +268,8 @@ def _run_loop(run: _Run, stop: _StopOnSignal, on_start: Callable[[], None] | Non
             try:
                 next_obs, reward, terminated, truncated = env.step(action)
             except SimulationError as exc:  # no transition to store: the episode ends at its last good state
-                unstable_in_a_row += 1
-                _end_unstable_episode(run, exc, episode_return, episode_length, unstable_in_a_row)
-                obs, episode_return, episode_length = env.reset(episode_seed(cfg.seed, counters.episodes)), 0.0, 0
+                unstable_in_a_row = _end_unstable_episode(run, exc, episode_return, episode_length, unstable_in_a_row)
+                obs = None
                 continue
             replay.add(obs, action, reward, next_obs, terminated)
             counters.env_steps += 1
@@ -266,14 +280,15 @@ def _run_loop(run: _Run, stop: _StopOnSignal, on_start: Callable[[], None] | Non
                 unstable_in_a_row = 0
                 run.bar.episode_return = episode_return
                 _log_episode(run, episode_return, episode_length, terminated=terminated, unstable=False)
-                obs, episode_return, episode_length = env.reset(episode_seed(cfg.seed, counters.episodes)), 0.0, 0
+                obs = None  # reset after this step's update, evaluation and save
             if counters.env_steps >= cfg.start_steps and replay.size >= cfg.batch_size:
                 # merged: the actor's losses come only every policy_delay-th update, and stay until the next
                 metrics.update(agent.update(replay.sample(cfg.batch_size)))
             _after_step(run, metrics, stopped=lambda: stop.requested)
         if counters.env_steps > first_step:  # no step taken (a stop before the first): nothing new to save
             run.save()
-    except MetricsError:  # a row (an NFS hiccup, EIO) is no reason to lose the steps since the last checkpoint
+    except (MetricsError, SimulationError):  # a row that failed (an NFS hiccup, EIO), or a task that cannot be
+        # trained on (MAX_UNSTABLE_IN_A_ROW), is no reason to lose the steps since the last checkpoint
         if counters.env_steps > first_step:
             with contextlib.suppress(FlowRLError):  # a full disk fails it too: the metrics' error is the one to say
                 run.save()
@@ -507,22 +522,24 @@ def _log_episode(run: _Run, episode_return: float, length: int, *, terminated: b
     )
 
 
-def _end_unstable_episode(run: _Run, exc: SimulationError, episode_return: float, length: int, in_a_row: int) -> None:
-    """End the episode a step from which the simulation could not go on cut short: say so, and log it
-    (its return is that of its steps before). The run stops, a :class:`FlowRLError`, once
-    :data:`MAX_UNSTABLE_IN_A_ROW` episodes in a row ended so."""
-    step = run.counters.env_steps
-    if in_a_row >= MAX_UNSTABLE_IN_A_ROW:
-        raise FlowRLError(
-            f"the simulation became unstable in {in_a_row} episodes in a row, the last at env step {step} ({exc}): "
-            "the task cannot be trained on as it is"
-        )
+def _end_unstable_episode(run: _Run, exc: SimulationError, episode_return: float, length: int, in_a_row: int) -> int:
+    """End the episode that a reset or step the simulation could not go on from (``exc``) cut short after
+    ``length`` stored steps: say so, and log it (its return is that of those steps). Returns the count of
+    such episodes in a row that stored no step, this one's ``in_a_row`` before; once it reaches
+    :data:`MAX_UNSTABLE_IN_A_ROW`, raises :class:`SimulationError` instead (the loop saves, then stops)."""
+    in_a_row = 0 if length else in_a_row + 1
     run.bar.clear()  # the warning goes on a line of its own, not into the live progress line
     log.warning(
-        "episode %d cut short after %d steps, at env step %d: %s; the failed step is not stored, and the env was reset",
-        run.counters.episodes + 1, length, step, exc,
+        "episode %d cut short after %s, at env step %d: %s",
+        run.counters.episodes + 1, counted(length, "step"), run.counters.env_steps, exc,
     )  # fmt: skip
     _log_episode(run, episode_return, length, terminated=False, unstable=True)
+    if in_a_row >= MAX_UNSTABLE_IN_A_ROW:
+        raise SimulationError(
+            f"the simulation became unstable before the first step of {in_a_row} episodes in a row, the last at env "
+            f"step {run.counters.env_steps} ({exc}): the task cannot be trained on as it is"
+        )
+    return in_a_row
 
 
 def _after_step(run: _Run, metrics: dict[str, torch.Tensor], stopped: Callable[[], bool]) -> None:
@@ -577,9 +594,11 @@ def _evaluate_and_log(run: _Run, step: int, stopped: Callable[[], bool]) -> None
     )  # first: an evaluation whose row fails is not one a checkpoint saved at the stop records
     counters.last_eval_return = run.bar.eval_return = result.mean
     counters.last_eval_step = step
-    is_best = result.mean >= counters.best_eval_return
-    counters.best_eval_return = max(counters.best_eval_return, result.mean)
+    # a policy whose evaluation blew the simulation up is no candidate, whatever its cut episodes returned
+    counters.last_eval_unstable = any(result.unstable)
+    is_best = result.mean >= counters.best_eval_return and not counters.last_eval_unstable
     if is_best:
+        counters.best_eval_return = result.mean
         run.save(best=True)
 
 

@@ -511,11 +511,14 @@ def user_errors(command: Callable[P, R]) -> Callable[P, R]:
 
 @contextlib.contextmanager
 def warnings_to(log: logging.Logger, emit: Callable[[logging.LogRecord], None]) -> Iterator[None]:
-    """Within the block, ``log``'s warnings go to ``emit`` alone (not on to the root's handlers)."""
+    """Within the block, ``log``'s warnings go to ``emit`` alone (not on to the root's handlers). A warning
+    that cannot be written (stderr closed, a full disk under a scheduler) is dropped: raised from the
+    ``log.warning`` call, it would stop the work that warned (a training run, unsaved)."""
 
     class Handler(logging.Handler):
         def emit(self, record: logging.LogRecord) -> None:
-            emit(record)
+            with contextlib.suppress(OSError):
+                emit(record)
 
     handler, propagate = Handler(logging.WARNING), log.propagate
     log.addHandler(handler)

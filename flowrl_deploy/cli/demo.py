@@ -15,7 +15,7 @@ from typing import Annotated, Any
 
 import typer
 
-from flowrl_deploy.cli._common import client_warnings, finite, user_errors
+from flowrl_deploy.cli._common import client_warnings, finite, user_errors, warnings_to
 from flowrl_deploy.contract import MAX_HZ
 from flowrl_deploy.envid import EnvIdError, parse_env_id
 from flowrl_deploy.errors import FlowRLError
@@ -76,6 +76,7 @@ def run_demo(cfg: DemoConfig, echo=typer.echo) -> dict[str, Any]:
     from flowrl_deploy.train.control import run_control
     from flowrl_deploy.train.envs import make_env
     from flowrl_deploy.train.evaluate import evaluate
+    from flowrl_deploy.train.loop import log as train_log
     from flowrl_deploy.train.loop import policy_spec, train
     from flowrl_deploy.train.resources import memory_shortfall
 
@@ -105,7 +106,8 @@ def run_demo(cfg: DemoConfig, echo=typer.echo) -> dict[str, Any]:
     train_cfg = train_cfg.override(out=str(out / "run"))
     echo(f"[1/4] train FlowRL on {cfg.env} for {cfg.steps} steps → {out / 'run'}")
     t0 = time.perf_counter()
-    result = train(train_cfg)
+    with warnings_to(train_log, lambda record: _warn(record.getMessage())):  # as `flowrl train` prints them
+        result = train(train_cfg)
     train_s = time.perf_counter() - t0
 
     export_steps = cfg.export_steps or train_cfg.flow_steps
@@ -115,6 +117,8 @@ def run_demo(cfg: DemoConfig, echo=typer.echo) -> dict[str, Any]:
     offline = evaluate(
         SeededPolicy(report.path, cfg.seed, providers=["CPUExecutionProvider"]), cfg.env, cfg.episodes, seed=cfg.seed
     )
+    if note := offline.unstable_note():
+        _warn(f"the ONNX file's evaluation: {note}")
 
     echo("[3/4] start `flowrl serve` in the background")
     with ServerProcess(report.path, log=out / "server.log") as server:
@@ -135,6 +139,7 @@ def run_demo(cfg: DemoConfig, echo=typer.echo) -> dict[str, Any]:
         "best_eval_return": finite_or_none(result.counters.best_eval_return),
         "last_eval_return": result.counters.last_eval_return,
         "onnx_eval_return": offline.mean,
+        "onnx_eval_unstable_episodes": sum(map(bool, offline.unstable)),
         "served_return": control.mean_return,
         "control": {k: v for k, v in control.to_dict().items() if k != "round_trip_us"},
         "export": report.to_dict(),
@@ -150,6 +155,10 @@ def run_demo(cfg: DemoConfig, echo=typer.echo) -> dict[str, Any]:
     _plot_latency(control.round_trip_us, control.hz, out / "latency_histogram.png")
     echo(_table(summary, control))
     return summary
+
+
+def _warn(text: str) -> None:
+    typer.secho(f"warning: {text}", err=True, fg=typer.colors.YELLOW)
 
 
 def _new_report_folder(parent: Path) -> Path:

@@ -131,6 +131,21 @@ def test_the_summary_gives_the_episodes_lengths_and_terminations():
     assert first.endswith("(3 steps; episode length 25 ± 5 steps, 1 of 2 ended by termination)")
 
 
+def test_the_summary_and_the_json_report_name_episodes_an_unstable_simulation_cut_short():
+    report = _report([fresh(i, 100.0) for i in range(3)])
+    report.returns[:], report.lengths[:], report.terminated[:] = [1.0, 2.0], [20, 30], [False, False]
+    report.unstable[:] = ["dmc:dog-run: the simulation became unstable (mjWARN_BADQACC)", ""]
+    lines = report.summary().splitlines()
+    assert lines[0].endswith("0 of 2 ended by termination, 1 of 2 cut short by an unstable simulation)")
+    assert lines[-1] == (
+        "warning: 1 of 2 episodes was cut short by an unstable simulation: dmc:dog-run: the simulation became "
+        "unstable (mjWARN_BADQACC)"
+    )
+    assert json.loads(json.dumps(report.to_dict()))["unstable"] == report.unstable
+    report.unstable[:] = ["", ""]
+    assert "unstable" not in report.summary()
+
+
 @pytest.mark.parametrize(
     ("fallback", "reasons", "said"),
     [

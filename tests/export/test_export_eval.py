@@ -10,7 +10,7 @@ from typer.testing import CliRunner
 
 from flowrl_deploy.checkpoint import save_checkpoint
 from flowrl_deploy.cli import app
-from flowrl_deploy.errors import FlowRLError
+from flowrl_deploy.errors import FlowRLError, SimulationError
 from flowrl_deploy.export import ExportConfig, export_checkpoint, sweep
 from flowrl_deploy.policy import SeededPolicy
 from flowrl_deploy.spec import PolicySpec
@@ -239,6 +239,9 @@ class CountingEnv:
         self.seeds: list[int | None] = []
         self.closes = 0
         self.steps = 0
+        self.unstable_steps: set[int] = set()
+        """Steps, counted over all episodes from 1, that raise SimulationError (a simulation that blew up)."""
+        self.total_steps = 0
 
     def reset(self, seed: int | None = None) -> np.ndarray:
         self.seeds.append(seed)
@@ -246,6 +249,9 @@ class CountingEnv:
         return np.zeros(SPEC.obs_dim, np.float32)
 
     def step(self, action: np.ndarray) -> tuple[np.ndarray, float, bool, bool]:
+        self.total_steps += 1
+        if self.total_steps in self.unstable_steps:
+            raise SimulationError("fake:counter: the simulation became unstable")
         self.steps += 1
         return np.zeros(SPEC.obs_dim, np.float32), 1.0, False, self.steps >= 2
 
@@ -269,6 +275,16 @@ def test_a_sweep_evaluates_every_n_on_the_same_episodes_and_closes_its_env(check
     assert [(r.steps, r.mean_return) for r in rows] == [(1, 2.0), (2, 2.0)]
     assert counting_env.seeds == [envs.episode_seed(7, i, stream=EVAL_STREAM) for i in range(2)] * 2
     assert counting_env.closes == 1
+
+
+def test_a_sweep_counts_and_shows_the_episodes_an_unstable_simulation_cut_short(checkpoint, tmp_path, counting_env):
+    counting_env.unstable_steps = {2}  # N=1's first episode: cut after its first step
+    rows = sweep.sweep_steps(checkpoint, tmp_path / "p.onnx", ExportConfig(samples=3), [1, 2], episodes=2, seed=7)
+    assert [(r.steps, r.mean_return, r.unstable_episodes) for r in rows] == [(1, 1.5, 1), (2, 2.0, 0)]
+    assert [r.to_dict()["unstable_episodes"] for r in rows] == [1, 0]
+    table = sweep.format_sweep(rows).splitlines()
+    assert "1.5 ± 0.5 (1 cut)" in table[3] and "cut" not in table[4]
+    assert table[-1].startswith("(k cut): k episodes an unstable simulation cut short")
 
 
 def test_a_latency_only_sweep_checks_its_env_but_plays_no_episode(checkpoint, tmp_path, counting_env):

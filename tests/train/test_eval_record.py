@@ -20,7 +20,7 @@ def test_a_record_reads_back_what_it_writes():
 @pytest.mark.parametrize(
     "evaluation",
     ["x", None, {"best_return": "x"}, {"last_return": math.inf}, {"last_return": True}, {"last_step": -1},
-     {"last_step": 1.5}],
+     {"last_step": 1.5}, {"last_unstable": 1}, {"last_unstable": None}],
 )  # fmt: skip
 def test_a_malformed_record_is_refused_by_a_resume_and_no_candidate_for_best(evaluation):
     document = {"counters": {"env_steps": 200}, "eval": evaluation}
@@ -40,3 +40,13 @@ def test_the_own_return_is_the_last_one_only_at_its_own_step():
     assert own({"last_return": 3.0}) is None  # saved before last_step was recorded: only best's counts
     assert own({"last_return": 3.0}, named_best=True) == 3.0
     assert own({"best_return": 3.0, "last_step": 200}) is None
+
+
+def test_an_evaluation_an_unstable_simulation_cut_short_ranks_no_checkpoint_best():
+    record = EvalRecord(best_return=5.0, last_return=9.0, last_step=200, last_unstable=True)
+    assert record.to_dict() == {"best_return": 5.0, "last_return": 9.0, "last_step": 200, "last_unstable": True}
+    assert EvalRecord.from_document({"eval": record.to_dict()}, strict=True) == record
+    document = {"counters": {"env_steps": 200}, "eval": record.to_dict()}
+    assert own_eval_return(document) is None and own_eval_return(document, named_best=True) is None
+    stable = {"counters": {"env_steps": 200}, "eval": {"last_return": 9.0, "last_step": 200, "last_unstable": False}}
+    assert own_eval_return(stable) == 9.0
