@@ -17,7 +17,7 @@ import contextlib
 import importlib
 import logging
 import os
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from dataclasses import dataclass
 from types import ModuleType
 from typing import Protocol
@@ -276,7 +276,7 @@ class GymEnv:
         except BaseException:
             self._env.close()
             raise
-        self._instability = _mujoco_instability(self._env.unwrapped)
+        self._instability = _MujocoInstability.of(self._env.unwrapped)
 
     def _info(self, env_id: EnvId, gym: ModuleType) -> EnvInfo:
         space = self._env.action_space
@@ -304,12 +304,13 @@ class GymEnv:
         return self._observation(obs, "reset")
 
     def step(self, action: np.ndarray) -> tuple[np.ndarray, float, bool, bool]:
-        before = self._instability() if self._instability else ()
+        if self._instability:
+            self._instability.clear()
         obs, reward, terminated, truncated, _ = self._env.step(action)
-        if self._instability and (after := self._instability()) != before:
-            warned = ", ".join(name for name, b, a in zip(MUJOCO_INSTABILITY, before, after, strict=True) if a > b)
+        if self._instability and (warned := self._instability.warned()):
             raise SimulationError(
-                f"{self.info.env_id}: the simulation became unstable (MuJoCo warned {warned} and reset its state)"
+                f"{self.info.env_id}: the simulation became unstable (MuJoCo warned {', '.join(warned)} and reset "
+                "its state)"
             )
         reward = _finite_reward(self.info.env_id, reward)
         return self._observation(obs, "step"), reward, bool(terminated), bool(truncated)
@@ -341,16 +342,43 @@ def _finite_reward(env_id: str, reward: float) -> float:
     return reward
 
 
-def _mujoco_instability(env: object) -> Callable[[], tuple[int, ...]] | None:
-    """A reader of the counts of MuJoCo's :data:`MUJOCO_INSTABILITY` warnings in ``env``'s MjData (``env.data``,
-    as gymnasium's MuJoCo tasks and HumanoidBench hold it), or None for a task without one. MuJoCo resets a
-    state it finds unstable by itself, so the observation stays finite (the body jumps to its initial pose):
-    these counts, which a reset of the task clears, are what tells."""
-    data = getattr(env, "data", None)
-    if not hasattr(data, "warning"):
-        return None
-    kinds = [int(getattr(importlib.import_module("mujoco").mjtWarning, name)) for name in MUJOCO_INSTABILITY]
-    return lambda: tuple(int(data.warning[kind].number) for kind in kinds)
+class _MujocoInstability:
+    """MuJoCo's counts of its :data:`MUJOCO_INSTABILITY` warnings in a task's MjData (``env.data``, as gymnasium's
+    MuJoCo tasks and HumanoidBench hold it). MuJoCo resets a state it finds unstable by itself, so the
+    observation stays finite (the body jumps to its initial pose): these counts are what tells. Its own reset
+    clears them before it records the warning, so a count can stay at 1 over several blow-ups: they are
+    cleared before each step and read after it."""
+
+    def __init__(self, env: object, kinds: list[int]) -> None:
+        self._env, self._kinds = env, kinds
+        self._data: object = None
+        self._counts = np.zeros(0, np.int32)
+
+    @classmethod
+    def of(cls, env: object) -> _MujocoInstability | None:
+        """The counts of ``env``'s MjData; None for a task without one (``mujoco`` is imported only for one
+        whose ``data`` has warnings)."""
+        if not hasattr(getattr(env, "data", None), "warning"):
+            return None
+        mujoco = importlib.import_module("mujoco")
+        if not isinstance(env.data, mujoco.MjData):  # type: ignore[attr-defined]
+            return None
+        return cls(env, [int(getattr(mujoco.mjtWarning, name)) for name in MUJOCO_INSTABILITY])
+
+    def _live(self) -> np.ndarray:
+        """The counts of every warning, a view of the task's current MjData (made again if the task replaced it)."""
+        data = self._env.data  # type: ignore[attr-defined]
+        if data is not self._data:
+            self._data, self._counts = data, data.warning.number
+        return self._counts
+
+    def clear(self) -> None:
+        self._live()[self._kinds] = 0
+
+    def warned(self) -> list[str]:
+        """The names of the warnings MuJoCo raised since :meth:`clear`."""
+        counts = self._live()
+        return [name for name, kind in zip(MUJOCO_INSTABILITY, self._kinds, strict=True) if counts[kind]]
 
 
 def _qpos_qvel_layout(obs: object, env: object) -> tuple[tuple[str, int], ...] | None:

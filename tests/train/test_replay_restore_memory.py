@@ -10,6 +10,7 @@ import tracemalloc
 
 import numpy as np
 import pytest
+from safetensors.numpy import save_file
 
 from flowrl_deploy import checkpoint as ckpt
 from flowrl_deploy.errors import CheckpointError
@@ -138,3 +139,21 @@ def test_a_saved_replay_read_from_its_file_is_converted_and_refused_as_before(tm
     short = {**arrays, "reward": arrays["reward"][:49]}
     with pytest.raises(CheckpointError, match=r"^saved replay buffer \(capacity 50, 50 transitions\) does not fit"):
         ReplayBuffer(OBS, ACT, 50).load_state_dict(saved(tmp_path, short, state).replay, state)
+
+
+def test_a_saved_replay_replaced_or_removed_while_it_is_read_is_refused_not_mixed(tmp_path):
+    """Read a block at a time, a file that another process replaced between two blocks would mix two buffers."""
+    arrays, state = full_buffer(8).state_dict()
+    checkpoint = saved(tmp_path, arrays, state)
+    path = checkpoint.path / ckpt.REPLAY_FILE
+    replay = checkpoint.replay
+    np.testing.assert_array_equal(replay["obs"], arrays["obs"])  # read once: the file it holds to
+    other, _ = full_buffer(8).state_dict()
+    replacement = tmp_path / "other.safetensors"
+    save_file({name: np.ascontiguousarray(other[name] + 1) for name in other}, str(replacement))
+    replacement.replace(path)
+    with pytest.raises(CheckpointError, match=rf"^{path} changed while it was read \(another process"):
+        replay["obs"]
+    path.unlink()
+    with pytest.raises(CheckpointError, match=rf"^{path} was removed while it was read$"):
+        replay.copy_into("obs", np.zeros_like(arrays["obs"]))
