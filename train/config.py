@@ -132,6 +132,13 @@ class TrainConfig:
     def __post_init__(self) -> None:
         self.validate()
 
+    @property
+    def updates_from(self) -> int:
+        """Transitions the replay buffer holds before updates run: the warm-up's (at most the buffer's capacity),
+        and a batch. A new run reaches it as its warm-up ends; one resumed with an empty buffer refills it this far
+        before it learns again, not from a batch's worth of new transitions."""
+        return max(self.batch_size, min(self.start_steps, self.buffer_size))
+
     def validate(self, name: Callable[[str], str] = flag) -> None:
         """Raise :class:`ConfigError` naming the first setting of the wrong type or out of range, as
         ``name`` calls it (by default its ``flowrl train`` flag)."""

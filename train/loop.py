@@ -281,7 +281,7 @@ def _run_loop(run: _Run, stop: _StopOnSignal, on_start: Callable[[], None] | Non
                 run.bar.episode_return = episode_return
                 _log_episode(run, episode_return, episode_length, terminated=terminated, unstable=False)
                 obs = None  # reset after this step's update, evaluation and save
-            if counters.env_steps >= cfg.start_steps and replay.size >= cfg.batch_size:
+            if counters.env_steps >= cfg.start_steps and replay.size >= cfg.updates_from:
                 # merged: the actor's losses come only every policy_delay-th update, and stay until the next
                 metrics.update(agent.update(replay.sample(cfg.batch_size)))
             _after_step(run, metrics, stopped=lambda: stop.requested)

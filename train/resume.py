@@ -176,18 +176,16 @@ def resume_warnings(checkpoint: Path, cfg: TrainConfig, saved: TrainConfig) -> t
     which fields its saved config lacks that ``cfg`` leaves at the defaults ``saved`` (:func:`resume_config`'s)
     gave them."""
     replay = None
+    refill = f"it restarts empty, and updates wait until it holds {cfg.updates_from} transitions again"
     if (checkpoint / REPLAY_FILE).is_file():
         pass
     elif (checkpoint / REPLAY_DROPPED_FILE).is_file():  # a save dropped it: a branch from an older checkpoint
         replay = (
             f"the replay buffer of {checkpoint.name} was dropped to save disk (a run keeps it only in {LAST} and the "
-            "checkpoint before it): it restarts empty, and updates wait for --batch-size transitions"
+            f"checkpoint before it): {refill}"
         )
     else:  # saved without it, or deleted by hand
-        replay = (
-            "the replay buffer was not saved (--save-replay): it restarts empty, and updates wait for "
-            "--batch-size transitions"
-        )
+        replay = f"the replay buffer was not saved (--save-replay): {refill}"
     recorded = read_document(checkpoint).get("config", {})
     defaulted = [  # not out: a resume runs in its own run
         f.name

@@ -400,8 +400,8 @@ def test_a_resume_without_a_saved_buffer_warns_and_save_replay_may_be_turned_on(
     result = runner.invoke(app, ["train", "--resume", str(out), "--steps", "130", "--save-replay", "--no-progress"])
     assert result.exit_code == 0, result.output
     assert (
-        "warning: the replay buffer was not saved (--save-replay): it restarts empty, and updates wait for "
-        "--batch-size transitions"
+        "warning: the replay buffer was not saved (--save-replay): it restarts empty, and updates wait until it holds "
+        "100 transitions again"
     ) in " ".join(result.output.split())
     last = out / "checkpoints" / "last"
     assert read_document(last)["config"]["save_replay"] is True and (last / "replay.safetensors").is_file()
