@@ -735,7 +735,7 @@ class SavedTensors(Mapping[str, np.ndarray]):
 
     def __init__(self, path: Path) -> None:
         self.path = path
-        self._identity: tuple[int, int, int, int] | None = None  # the file read first; each read checks it is the same
+        self._identity: tuple[int, int, int] | None = None  # the file first read (inode, size, mtime)
         with self._open() as f:
             self._shapes = {name: tuple(f.get_slice(name).get_shape()) for name in f.keys()}  # noqa: SIM118
 
@@ -786,23 +786,28 @@ class SavedTensors(Mapping[str, np.ndarray]):
     @contextlib.contextmanager
     def _open(self) -> Iterator[Any]:
         """The file opened with safetensors; what it raises for a file it cannot read (damage, a dtype numpy
-        lacks) is a :class:`CheckpointError` naming it, and so is a file removed or replaced since the first read
-        (another process writing the run's folder): its blocks would mix two buffers."""
+        lacks) is a :class:`CheckpointError` naming it, and so is a file removed or replaced since the first read,
+        before or while this one read it (another process writing the run's folder): its blocks would mix two
+        buffers."""
+        self._check_unchanged()
+        try:
+            with safe_open(str(self.path), framework="np") as f:
+                yield f
+        except (SafetensorError, OSError, ValueError, TypeError) as exc:
+            raise CheckpointError(f"{self.path} is corrupt or not a safetensors file ({exc})") from exc
+        self._check_unchanged()
+
+    def _check_unchanged(self) -> None:
         try:
             stat = self.path.stat()
         except FileNotFoundError:
             raise CheckpointError(f"{self.path} was removed while it was read") from None
         except OSError as exc:
             raise CheckpointError(f"cannot read {self.path}: {os_reason(exc)}") from exc
-        identity = (stat.st_dev, stat.st_ino, stat.st_size, stat.st_mtime_ns)
+        identity = (stat.st_ino, stat.st_size, stat.st_mtime_ns)
         if self._identity is not None and identity != self._identity:
             raise CheckpointError(f"{self.path} changed while it was read (another process wrote the run's folder?)")
         self._identity = identity
-        try:
-            with safe_open(str(self.path), framework="np") as f:
-                yield f
-        except (SafetensorError, OSError, ValueError, TypeError) as exc:
-            raise CheckpointError(f"{self.path} is corrupt or not a safetensors file ({exc})") from exc
 
 
 def _contiguous(tensors: dict[str, np.ndarray]) -> dict[str, np.ndarray]:

@@ -300,20 +300,30 @@ class GymEnv:
         )
 
     def reset(self, seed: int | None = None) -> np.ndarray:
-        obs, _ = self._env.reset(seed=seed)
+        with self._watched("reset"):  # a task's reset may step the simulation (to settle a random pose)
+            obs, _ = self._env.reset(seed=seed)
         return self._observation(obs, "reset")
 
     def step(self, action: np.ndarray) -> tuple[np.ndarray, float, bool, bool]:
-        if self._instability:
-            self._instability.clear()
-        obs, reward, terminated, truncated, _ = self._env.step(action)
-        if self._instability and (warned := self._instability.warned()):
-            raise SimulationError(
-                f"{self.info.env_id}: the simulation became unstable (MuJoCo warned {', '.join(warned)} and reset "
-                "its state)"
-            )
+        with self._watched("step"):
+            obs, reward, terminated, truncated, _ = self._env.step(action)
         reward = _finite_reward(self.info.env_id, reward)
         return self._observation(obs, "step"), reward, bool(terminated), bool(truncated)
+
+    @contextlib.contextmanager
+    def _watched(self, where: str) -> Iterator[None]:
+        """:class:`SimulationError` where MuJoCo warned of an unstable state within the block (a task with one)."""
+        if self._instability is None:
+            yield
+            return
+        self._instability.clear()
+        yield
+        if warned := self._instability.warned():
+            during = " in its reset" if where == "reset" else ""
+            raise SimulationError(
+                f"{self.info.env_id}: the simulation became unstable{during} (MuJoCo warned {', '.join(warned)} and "
+                "reset its state)"
+            )
 
     def _observation(self, obs: object, where: str) -> np.ndarray:
         with np.errstate(over="ignore"):  # a float64 beyond float32's range: refused as infinite, not warned of

@@ -176,7 +176,7 @@ def resume_warnings(checkpoint: Path, cfg: TrainConfig, saved: TrainConfig) -> t
     which fields its saved config lacks that ``cfg`` leaves at the defaults ``saved`` (:func:`resume_config`'s)
     gave them."""
     replay = None
-    refill = f"it restarts empty, and updates wait until it holds {cfg.updates_from} transitions again"
+    refill = f"it restarts empty, and updates wait until it holds {cfg.updates_from} transitions"
     if (checkpoint / REPLAY_FILE).is_file():
         pass
     elif (checkpoint / REPLAY_DROPPED_FILE).is_file():  # a save dropped it: a branch from an older checkpoint

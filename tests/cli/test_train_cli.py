@@ -401,7 +401,7 @@ def test_a_resume_without_a_saved_buffer_warns_and_save_replay_may_be_turned_on(
     assert result.exit_code == 0, result.output
     assert (
         "warning: the replay buffer was not saved (--save-replay): it restarts empty, and updates wait until it holds "
-        "100 transitions again"
+        "100 transitions"
     ) in " ".join(result.output.split())
     last = out / "checkpoints" / "last"
     assert read_document(last)["config"]["save_replay"] is True and (last / "replay.safetensors").is_file()

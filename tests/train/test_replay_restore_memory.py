@@ -157,3 +157,19 @@ def test_a_saved_replay_replaced_or_removed_while_it_is_read_is_refused_not_mixe
     path.unlink()
     with pytest.raises(CheckpointError, match=rf"^{path} was removed while it was read$"):
         replay.copy_into("obs", np.zeros_like(arrays["obs"]))
+
+
+def test_a_saved_replay_replaced_just_before_a_block_is_read_is_refused(tmp_path, monkeypatch):
+    """The file checked, then replaced before safetensors opens it: the block came from the other file."""
+    save_file({"obs": np.zeros((4, 3), np.float32)}, str(path := tmp_path / "replay.safetensors"))
+    save_file({"obs": np.ones((4, 3), np.float32)}, str(other := tmp_path / "other.safetensors"))
+    tensors, opened = ckpt.SavedTensors(path), ckpt.safe_open
+
+    def replaced_first(name, framework):
+        if other.exists():
+            other.replace(path)
+        return opened(name, framework=framework)
+
+    monkeypatch.setattr(ckpt, "safe_open", replaced_first)
+    with pytest.raises(CheckpointError, match=rf"^{path} changed while it was read"):
+        tensors.copy_into("obs", np.zeros((4, 3), np.float32))

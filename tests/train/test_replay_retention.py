@@ -96,7 +96,7 @@ def test_a_stripped_older_checkpoint_is_not_set_aside_and_a_branch_from_it_says_
     said = warnings_of(caplog)
     assert said[0] == (
         "the replay buffer of step_000000200 was dropped to save disk (a run keeps it only in last and the "
-        "checkpoint before it): it restarts empty, and updates wait until it holds 100 transitions again"
+        "checkpoint before it): it restarts empty, and updates wait until it holds 100 transitions"
     ), said
     assert [line for line in said[1:] if "replay" in line or "damaged" in line] == [], said  # best's move aside
     assert replays(branch) == {"step_000000100": False, "step_000000200": False, "step_000000300": True}

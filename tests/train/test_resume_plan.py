@@ -49,7 +49,7 @@ def test_the_library_resume_says_the_commands_warnings_in_its_order(finished, tm
         == printed
         == [
             "the replay buffer was not saved (--save-replay): it restarts empty, and updates wait until it holds 100 "
-            "transitions again",
+            "transitions",
             "the checkpoint's config has no gamma, lr (saved by an older version or edited by hand); the resumed run "
             f"uses the defaults: gamma {TrainConfig.gamma}, lr {TrainConfig.lr}",
         ]

@@ -62,18 +62,21 @@ class MujocoBall(gym.Env):
     """A free ball in MuJoCo, as gymnasium's MuJoCo tasks hold it (``data``): the steps numbered in ``blow_up_at``
     (over the instance's life, from 1) start from a NaN velocity, which ``mj_step`` finds and resets by itself,
     every value finite after it. ``reset_data``: whether a reset clears MuJoCo's data (its warning counts
-    too) with mj_resetData, as gymnasium's tasks do, or only sets the joints, as a task of one's own may."""
+    too) with mj_resetData, as gymnasium's tasks do, or only sets the joints, as a task of one's own may.
+    The resets numbered in ``settle_through_nan`` (from 1: the first is GymEnv's own) settle the initial
+    state with a step from a NaN velocity, as a task that settles a random pose may meet one."""
 
     observation_space = gym.spaces.Box(-np.inf, np.inf, (13,), np.float64)
     action_space = gym.spaces.Box(-1, 1, (1,), np.float32)
     blow_up_at = frozenset({2})
     reset_data = True
+    settle_through_nan: frozenset[int] = frozenset()
 
     def __init__(self, render_mode=None):
         self.model = mujoco.MjModel.from_xml_string(
             '<mujoco><worldbody><body pos="0 0 1"><freejoint/><geom size=".1"/></body></worldbody></mujoco>'
         )
-        self.data, self.render_mode, self.steps = mujoco.MjData(self.model), render_mode, 0
+        self.data, self.render_mode, self.steps, self.resets = mujoco.MjData(self.model), render_mode, 0, 0
 
     def _obs(self):
         return np.concatenate([self.data.qpos, self.data.qvel])
@@ -85,6 +88,10 @@ class MujocoBall(gym.Env):
         else:
             self.data.qpos[:], self.data.qvel[:] = self.model.qpos0, 0.0
             mujoco.mj_forward(self.model, self.data)
+        self.resets += 1
+        if self.resets in self.settle_through_nan:
+            self.data.qvel[:] = np.nan
+            mujoco.mj_step(self.model, self.data)
         return self._obs(), {}
 
     def step(self, action):
@@ -363,3 +370,22 @@ def test_flowrl_train_prints_each_cut_episode_as_it_happens_and_flowrl_eval_coun
     assert evaluated.stderr == (
         f"warning: 1 of 2 episodes was cut short by an unstable simulation: {ENV}'s step returned {NAN_OBS}\n"
     )
+
+
+def test_a_gym_mujoco_task_whose_reset_meets_an_unstable_state_raises_a_simulation_error(monkeypatch, tmp_path):
+    monkeypatch.chdir(tmp_path)  # MuJoCo writes its warnings to MUJOCO_LOG.TXT there
+    monkeypatch.setattr(MujocoBall, "blow_up_at", frozenset())
+    monkeypatch.setattr(MujocoBall, "settle_through_nan", frozenset({2}))
+    env = make_env("FlowRLTestMujocoBall-v0")
+    try:
+        with pytest.raises(SimulationError) as raised:
+            env.reset(0)
+        env.reset(1)
+        obs, *_ = env.step(np.zeros(1, np.float32))
+    finally:
+        env.close()
+    assert str(raised.value) == (
+        "FlowRLTestMujocoBall-v0: the simulation became unstable in its reset (MuJoCo warned mjWARN_BADQVEL and "
+        "reset its state)"
+    )
+    assert np.isfinite(obs).all()
