@@ -595,7 +595,7 @@ def _evaluate_and_log(run: _Run, step: int, stopped: Callable[[], bool]) -> None
     counters.last_eval_return = run.bar.eval_return = result.mean
     counters.last_eval_step = step
     # a policy whose evaluation blew the simulation up is no candidate, whatever its cut episodes returned
-    counters.last_eval_unstable = any(result.unstable)
+    counters.last_eval_unstable = any(result.unstable) or any(zero_noise.unstable)
     is_best = result.mean >= counters.best_eval_return and not counters.last_eval_unstable
     if is_best:
         counters.best_eval_return = result.mean

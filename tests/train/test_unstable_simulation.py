@@ -311,12 +311,21 @@ def test_an_evaluation_in_training_logs_the_share_of_cut_episodes_and_warns(
     ]
 
 
-def test_an_evaluation_with_a_cut_episode_never_makes_its_checkpoint_best(blowing_up, tmp_path):
+@pytest.mark.parametrize(
+    "failing, returns",
+    [
+        (12, [(5, -5.0), (10, -1.0)]),  # the second sampled evaluation's step 2: its mean -1 beats -5
+        (17, [(5, -5.0), (10, -5.0)]),  # the second zero-noise one's: a tie, which otherwise moves best
+    ],
+)
+def test_an_evaluation_with_a_cut_episode_in_either_pass_never_makes_its_checkpoint_best(
+    blowing_up, tmp_path, failing, returns
+):
     """With rewards of -1 a step, an episode cut after 1 step returns more than a whole one (-5)."""
-    blowing_up(at={12}, reward=-1.0)  # the evaluation env's step 12: step 2 of the second sampled evaluation
+    blowing_up(at={failing}, reward=-1.0)  # the evaluation env's steps: 1-5 and 6-10 at step 5, 11-20 at 10
     result = loop.train(_config(tmp_path, 10, eval_every=5, eval_episodes=1), progress=False)
     rows = [json.loads(line) for line in (result.run_dir / "metrics.jsonl").read_text().splitlines()]
-    assert [(r["step"], r["charts/eval_return"]) for r in rows if "charts/eval_return" in r] == [(5, -5.0), (10, -1.0)]
+    assert [(r["step"], r["charts/eval_return"]) for r in rows if "charts/eval_return" in r] == returns
     assert result.counters.best_eval_return == -5.0
     assert (result.run_dir / "checkpoints" / "best").resolve().name == "step_000000005"
 
