@@ -367,16 +367,12 @@ def _control_episode(
     total, terminated, truncated, steps = 0.0, False, False, 0
     try:
         obs = env.reset(seed)
+        start = time.perf_counter()
+        while not (terminated or truncated) and (max_steps is None or steps < max_steps):
+            clock.wait_for(start, steps)
+            obs, reward, terminated, truncated = env.step(act(obs))
+            total += reward
+            steps += 1
     except SimulationError as exc:
         return Episode(total, steps, False, unstable=str(exc))
-    start = time.perf_counter()
-    while not (terminated or truncated) and (max_steps is None or steps < max_steps):
-        clock.wait_for(start, steps)
-        action = act(obs)
-        try:
-            obs, reward, terminated, truncated = env.step(action)
-        except SimulationError as exc:
-            return Episode(total, steps, False, unstable=str(exc))
-        total += reward
-        steps += 1
     return Episode(total, steps, terminated)

@@ -101,25 +101,24 @@ def run_episode(act_fn: ActFn, env: Env, seed: int) -> Episode:
     total, length, terminated, truncated = 0.0, 0, False, False
     try:
         obs = env.reset(seed)
+        while not (terminated or truncated):
+            action = act_fn(obs)
+            if np.shape(action) == () and env.info.act_dim == 1:  # a scalar for a one-action task, as dm_control takes
+                action = np.reshape(action, (1,))
+            if np.shape(action) != (env.info.act_dim,):
+                raise FlowRLError(
+                    f"the policy returned an action of shape {list(np.shape(action))}, "
+                    f"but {env.info.env_id} takes [{env.info.act_dim}]"
+                )
+            if not np.isfinite(action).all():
+                raise FlowRLError(
+                    f"the policy returned a NaN/infinite action on {env.info.env_id}: its weights are broken"
+                )
+            obs, reward, terminated, truncated = env.step(action)
+            total += reward
+            length += 1
     except SimulationError as exc:
         return Episode(total, length, False, unstable=str(exc))
-    while not (terminated or truncated):
-        action = act_fn(obs)
-        if np.shape(action) == () and env.info.act_dim == 1:  # a scalar for a one-action task, as dm_control takes
-            action = np.reshape(action, (1,))
-        if np.shape(action) != (env.info.act_dim,):
-            raise FlowRLError(
-                f"the policy returned an action of shape {list(np.shape(action))}, "
-                f"but {env.info.env_id} takes [{env.info.act_dim}]"
-            )
-        if not np.isfinite(action).all():
-            raise FlowRLError(f"the policy returned a NaN/infinite action on {env.info.env_id}: its weights are broken")
-        try:
-            obs, reward, terminated, truncated = env.step(action)
-        except SimulationError as exc:
-            return Episode(total, length, False, unstable=str(exc))
-        total += reward
-        length += 1
     return Episode(total, length, terminated)
 
 
