@@ -729,9 +729,9 @@ class SavedTensors(Mapping[str, np.ndarray]):
     new array each time, not kept), and :meth:`copy_into` copies one into an array a block of rows at a time.
 
     A checkpoint's saved replay buffer is one: a resume copies it into the run's buffer, already allocated, a
-    block at a time, so it needs the buffer and a few MiB more. Loading the whole file first took twice the
-    buffer (3.9 GiB for dmc:dog-run's 1.8 GiB buffer). The file is read again at each use, so it must still
-    be in place; a read that fails is a :class:`CheckpointError` naming it."""
+    block at a time, so it needs the buffer and one block (:data:`REPLAY_BLOCK_BYTES`) more. Loading the whole
+    file first took twice the buffer (3.9 GiB for dmc:dog-run's 1.8 GiB buffer). The file is read again at each
+    use, so it must still be in place; a read that fails is a :class:`CheckpointError` naming it."""
 
     def __init__(self, path: Path) -> None:
         self.path = path

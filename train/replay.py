@@ -89,7 +89,7 @@ class ReplayBuffer:
     def load_state_dict(self, arrays: Mapping[str, np.ndarray], state: dict) -> None:
         """Fill the buffer from :meth:`state_dict`'s arrays and state. A checkpoint's saved replay (a
         :class:`~flowrl_deploy.checkpoint.SavedTensors`) is checked from its header, then read into the buffer a
-        block at a time: a resume needs the buffer's memory and a few MiB, not twice the buffer."""
+        block at a time: a resume needs the buffer's memory and one block (at most 32 MiB), not twice the buffer."""
         size = int(state["size"])
         if any(n not in arrays for n in FIELDS):
             raise CheckpointError(f"saved replay buffer lacks {', '.join(n for n in FIELDS if n not in arrays)}")

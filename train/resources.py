@@ -30,7 +30,7 @@ def memory_shortfall(spec: PolicySpec, cfg: TrainConfig, device: torch.device) -
     --hidden 100000 would otherwise fail deep inside torch, or be killed for memory hours later. The memory
     is the machine's RAM or, where less, its cgroup's limit (a SLURM job's --mem, a container's), past which
     the kernel kills the run without a word. A resume of a saved replay needs no more: it is read into the
-    buffer a block of a few MiB at a time."""
+    buffer a block of at most 32 MiB at a time."""
     replay, networks = ReplayBuffer.bytes_needed(spec.obs_dim, spec.act_dim, cfg.buffer_size), training_bytes(spec)
     needs = []
     if (limit := memory_limit()) is not None:
