@@ -27,9 +27,11 @@ from flowrl_deploy.atomic import write_text_atomic
 from flowrl_deploy.checkpoint import METRICS_CSV, METRICS_JSONL, TENSORBOARD_DIR
 from flowrl_deploy.errors import FlowRLError
 
+EPISODE_RETURN = "charts/episode_return"
+"""The key of a training episode's row (one per episode, logged at the env step it ended)."""
 CSV_COLUMNS = (
     "step",
-    "charts/episode_return",
+    EPISODE_RETURN,
     "charts/episode_length",
     "charts/episode_terminated",
     "charts/episode_unstable",
@@ -62,16 +64,27 @@ class MetricsLogger:
     resumed run keeps the rows up to its checkpoint's ``resume_step`` and drops the later ones, which
     its steps are about to redo (from metrics.jsonl, or from metrics.csv, with its columns alone, when
     the JSONL was deleted); in TensorBoard, which keeps the old event file, a purge from
-    ``resume_step + 1`` in the new one hides them.
+    ``resume_step + 1`` in the new one hides them. With ``resume_episodes`` (the checkpoint's episode count)
+    it drops too the rows of episodes past that count: an episode that an unstable simulation cut short right
+    after the checkpoint's save is logged at the checkpoint's own step (its failed step stored nothing), and
+    the resumed run does not redo it. TensorBoard keeps such a row (a purge goes by step alone).
 
     A file that cannot be written is a :class:`MetricsError` naming it, at once or at the row that fails.
     """
 
-    def __init__(self, run_dir: str | Path, tensorboard: bool = True, resume_step: int | None = None) -> None:
+    def __init__(
+        self,
+        run_dir: str | Path,
+        tensorboard: bool = True,
+        resume_step: int | None = None,
+        resume_episodes: int | None = None,
+    ) -> None:
         run_dir = Path(run_dir)
         self._jsonl_path, self._csv_path = run_dir / METRICS_JSONL, run_dir / METRICS_CSV
         self._tb_path = run_dir / TENSORBOARD_DIR
         kept = [] if resume_step is None else _rows_up_to(self._jsonl_path, self._csv_path, resume_step)
+        if resume_episodes is not None:
+            kept = _first_episodes(kept, resume_episodes)
         for path, text in ((self._jsonl_path, _jsonl_text(kept)), (self._csv_path, _csv_text(kept))):
             write_text_atomic(path, text)  # a crash here leaves the old file or the new one
         self._tb = None
@@ -213,6 +226,18 @@ def _rows_up_to(path: Path, csv_path: Path, step: int) -> list[dict]:
         if isinstance(row, dict) and isinstance(row.get("step"), int) and row["step"] <= step:
             rows.append(row)
     return rows
+
+
+def _first_episodes(rows: list[dict], episodes: int) -> list[dict]:
+    """``rows`` without the episode rows (:data:`EPISODE_RETURN`) past the first ``episodes``."""
+    kept, seen = [], 0
+    for row in rows:
+        if EPISODE_RETURN in row:
+            seen += 1
+            if seen > episodes:
+                continue
+        kept.append(row)
+    return kept
 
 
 def _csv_rows_up_to(path: Path, step: int) -> list[dict]:

@@ -41,7 +41,7 @@ from flowrl_deploy.train.config import (
 )
 from flowrl_deploy.train.envs import Env, EnvInfo, episode_seed, make_env
 from flowrl_deploy.train.evaluate import EVAL_NOISE_STREAM, EvalResult, evaluate
-from flowrl_deploy.train.logger import MetricsError, MetricsLogger, Progress, RateMeter
+from flowrl_deploy.train.logger import EPISODE_RETURN, MetricsError, MetricsLogger, Progress, RateMeter
 from flowrl_deploy.train.replay import ReplayBuffer
 from flowrl_deploy.train.resources import memory_shortfall
 from flowrl_deploy.train.resume import (
@@ -426,7 +426,11 @@ def _prepare_locked_run(
                 raise CheckpointError(f"{exc}; {set_aside_advice(start)}") from exc
         checkpoints = RunCheckpoints(run_dir, cfg.save_every)
         cfg.save(run_dir)
-        logger = MetricsLogger(run_dir, resume_step=None if resume is None else counters.env_steps)
+        logger = MetricsLogger(
+            run_dir,
+            resume_step=None if resume is None else counters.env_steps,
+            resume_episodes=None if resume is None else counters.episodes,
+        )
         bar = Progress(cfg.steps, counters.env_steps, agent.updates, enabled=progress)
     except BaseException:
         env.close()
@@ -514,7 +518,7 @@ def _log_episode(run: _Run, episode_return: float, length: int, *, terminated: b
     run.logger.log(
         run.counters.env_steps,
         {
-            "charts/episode_return": episode_return,
+            EPISODE_RETURN: episode_return,
             "charts/episode_length": length,
             "charts/episode_terminated": float(terminated),
             "charts/episode_unstable": float(unstable),

@@ -76,6 +76,22 @@ def test_a_new_run_removes_the_tensorboard_events_of_a_crashed_one(tmp_path):
     assert len(list((tmp_path / "tensorboard").glob("events.out.tfevents.*"))) == 1
 
 
+def test_a_resume_drops_the_rows_of_episodes_its_checkpoint_does_not_count(tmp_path):
+    # saved at step 200 with 2 episodes; a third, cut short right after the save, was logged at step 200 too
+    logger = MetricsLogger(tmp_path, tensorboard=False)
+    for step, key in ((100, "charts/episode_return"), (200, "charts/episode_return"), (200, "charts/eval_return"),
+                      (200, "charts/episode_return"), (300, "charts/episode_return")):  # fmt: skip
+        logger.log(step, {key: float(step)})
+    logger.close()
+    MetricsLogger(tmp_path, tensorboard=False, resume_step=200, resume_episodes=2).close()
+    assert read_rows(tmp_path) == [
+        {"step": 100, "charts/episode_return": 100.0},
+        {"step": 200, "charts/episode_return": 200.0},
+        {"step": 200, "charts/eval_return": 200.0},
+    ]
+    assert (tmp_path / "metrics.csv").read_text().count("\n") == 4  # the header and the same three rows
+
+
 def test_a_metrics_file_that_fails_mid_run_is_named_and_closing_does_not_raise_again(tmp_path):
     logger = MetricsLogger(tmp_path, tensorboard=False)
     os.close(logger._jsonl)

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 import logging
+import shutil
 import warnings
 
 import gymnasium as gym
@@ -16,7 +17,7 @@ from dm_control.rl import control as dm_control_env
 
 from flowrl_deploy.checkpoint import load_checkpoint
 from flowrl_deploy.errors import FlowRLError, SimulationError
-from flowrl_deploy.train import loop
+from flowrl_deploy.train import loop, resume_config
 from flowrl_deploy.train.config import TrainConfig
 from flowrl_deploy.train.control import _control_episode, _TickClock
 from flowrl_deploy.train.envs import make_env
@@ -239,6 +240,20 @@ def test_training_drops_the_failed_step_logs_the_cut_episode_and_goes_on(blowing
         f"episode 3 cut short after 0 steps, at env step 6: {ENV}'s step returned {NAN_OBS}",
     ]
     assert result.counters.episodes == 5
+
+
+def test_a_resume_from_a_save_just_before_a_cut_episode_drops_that_episode_s_row(blowing_up, tmp_path):
+    # saved at step 5; the next episode is cut at its first step, logged at step 5 after the save
+    blowing_up(at={6})
+    run = loop.train(_config(tmp_path, 10, save_every=5), progress=False)
+    assert _episode_rows(run) == [(5, 5, 0.0), (5, 0, 1.0), (10, 5, 0.0)] and run.counters.episodes == 3
+    branch = shutil.copytree(run.run_dir, tmp_path / "branch", symlinks=True)  # the crash's stand-in: redo 6-10
+    shutil.rmtree(branch / "checkpoints" / "step_000000010")
+    blowing_up(at=())
+    start = branch / "checkpoints" / "step_000000005"
+    resumed = loop.train(resume_config(start, steps=10), resume=start, progress=False)
+    assert resumed.counters.episodes == 2
+    assert _episode_rows(resumed) == [(5, 5, 0.0), (10, 5, 0.0)]  # one row per episode the run counts
 
 
 def test_a_step_that_fails_after_the_warm_up_is_dropped_as_well(blowing_up, tmp_path):
