@@ -282,6 +282,8 @@ class Progress:
     On a terminal (stderr) the line is redrawn in place at most once a second, padded with spaces
     over the longer line it replaces (a Windows console without VT processing prints an ANSI erase
     as ``←[K``); otherwise (a log file) one line is printed every 30 s so that logs stay readable.
+    A line that cannot be written (stderr closed, or a log on a full disk) turns the line off: a status
+    line is no reason to stop a run.
     """
 
     def __init__(self, total: int, start_steps: int = 0, start_updates: int = 0, enabled: bool = True) -> None:
@@ -313,21 +315,25 @@ class Progress:
             f"{ups:.1f} updates/s | episode return {fmt(self.episode_return)} | eval return {fmt(self.eval_return)}"
         )
         if self.tty:
-            self.stream.write("\r" + line.ljust(self._drawn))
+            self._write("\r" + line.ljust(self._drawn))
             self._drawn = len(line)
         else:
-            self.stream.write(line + "\n")
-        self.stream.flush()
+            self._write(line + "\n")
 
     def clear(self) -> None:
         """Erase the live line from a terminal, so that a warning logged next gets a line of its own
         (the next update draws it again)."""
         if self.enabled and self.tty and self._drawn:
-            self.stream.write("\r" + " " * self._drawn + "\r")
-            self.stream.flush()
+            self._write("\r" + " " * self._drawn + "\r")
             self._drawn = 0
 
     def close(self) -> None:
         if self.enabled and self.tty:
-            self.stream.write("\n")
+            self._write("\n")
+
+    def _write(self, text: str) -> None:
+        try:
+            self.stream.write(text)
             self.stream.flush()
+        except OSError:
+            self.enabled = False

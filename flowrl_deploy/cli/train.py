@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import shlex
 import signal
@@ -193,8 +194,9 @@ def train(
     def warn() -> None:  # the library's warnings (a resume's, a run without updates) follow the command's
         nonlocal started
         started = True
-        for text in warnings:
-            typer.secho(f"warning: {text}", err=True, fg=typer.colors.YELLOW)
+        with contextlib.suppress(OSError):  # stderr on a full disk: no reason to stop the run (as warnings_to)
+            for text in warnings:
+                typer.secho(f"warning: {text}", err=True, fg=typer.colors.YELLOW)
 
     def warning(record: logging.LogRecord) -> None:  # held until the start; said at once after it (an unstable episode)
         if started:

@@ -1,6 +1,7 @@
 """metrics.jsonl / metrics.csv: a new run starts afresh, a resumed run keeps its rows up to the checkpoint."""
 
 import csv
+import errno
 import io
 import json
 import os
@@ -9,9 +10,12 @@ import threading
 from types import SimpleNamespace
 
 import pytest
+from tiny_training import TINY
 
 from flowrl_deploy.errors import FlowRLError
 from flowrl_deploy.train import logger as logger_module
+from flowrl_deploy.train import loop
+from flowrl_deploy.train.config import TrainConfig
 from flowrl_deploy.train.logger import MetricsLogger, Progress, RateMeter
 
 
@@ -217,3 +221,37 @@ def test_clearing_the_live_line_leaves_the_terminal_line_empty_for_a_warning(mon
     progress.update(600, 500, force=True)  # the next redraw starts afresh on the empty line, unpadded
     redrawn = progress.stream.getvalue().removeprefix(cleared)
     assert redrawn.startswith("\rstep 600/1000") and not redrawn.endswith(" ")
+
+
+class _FullDisk(io.StringIO):
+    """A stream on a full disk (a SLURM log on full scratch): every write fails, as /dev/full's."""
+
+    def __init__(self, tty: bool) -> None:
+        super().__init__()
+        self.tty, self.writes = tty, 0
+
+    def isatty(self) -> bool:
+        return self.tty
+
+    def write(self, text: str) -> int:
+        self.writes += 1
+        raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+
+
+@pytest.mark.parametrize("tty", [False, True])
+def test_a_progress_line_that_cannot_be_written_turns_the_line_off(monkeypatch, tty):
+    monkeypatch.setattr(logger_module.sys, "stderr", _FullDisk(tty))
+    progress = Progress(1000)
+    progress.update(500, 400, force=True)
+    assert not progress.enabled and progress.stream.writes == 1
+    progress.update(600, 500, force=True)
+    progress.clear()
+    progress.close()
+    assert progress.stream.writes == 1  # no further try
+
+
+def test_a_training_run_whose_stderr_is_on_a_full_disk_finishes_and_saves(monkeypatch, tmp_path):
+    monkeypatch.setattr(logger_module.sys, "stderr", _FullDisk(False))
+    result = loop.train(TrainConfig(steps=200, out=str(tmp_path / "run"), **TINY), progress=True)
+    assert result.counters.env_steps == 200 and result.last_checkpoint.name == "step_000000200"
+    assert logger_module.sys.stderr.writes == 1  # the closing line (a run this short draws no other)
