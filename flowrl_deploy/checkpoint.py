@@ -30,6 +30,7 @@ import hashlib
 import json
 import math
 import os
+import re
 import shlex
 import shutil
 import tempfile
@@ -248,8 +249,13 @@ def _canonical_header(data: bytes) -> bytes:
 
 
 def _reason(exc: OSError | SafetensorError) -> str:
-    """What went wrong, without Python's errno prefix: 'File exists (/runs/x/checkpoints)'."""
-    return os_reason(exc) if isinstance(exc, OSError) else str(exc)
+    """What went wrong, without Python's errno prefix: 'File exists (/runs/x/checkpoints)'; of safetensors'
+    I/O errors, the system's words alone ('No space left on device'), not its Rust wording and the name
+    of its temporary file, gone by now."""
+    if isinstance(exc, OSError):
+        return os_reason(exc)
+    io_error = re.search(r"I/O error: (.+?) \(os error \d+\)", str(exc))
+    return io_error[1] if io_error else str(exc)
 
 
 SYMLINK_LINKS = os.name != "nt"
