@@ -10,7 +10,6 @@ A separate process keeps the server's inference off the caller's GIL.
 from __future__ import annotations
 
 import collections
-import contextlib
 import json
 import os
 import re
@@ -79,6 +78,9 @@ class ServerProcess:
 
     With ``log``, the server's stderr (its log) is copied to that file. It is read from the start:
     a child that logged more than a pipe holds before its banner blocked, and never printed it.
+    A log that cannot be written (a full disk) is no longer copied to, but the stderr is still read
+    to its end (a child whose pipe is not read blocks in its logging): ``log_error`` is then the
+    ``OSError``, for the caller to say that the log is incomplete.
     """
 
     def __init__(
@@ -91,6 +93,8 @@ class ServerProcess:
         self._stderr_drain: threading.Thread | None = None
         self._stderr_tail: collections.deque[str] = collections.deque()
         self._stderr_lock = threading.Lock()
+        self.log_error: OSError | None = None
+        """Why the server log stopped being written (a full disk), or None: the log holds what came before."""
         try:  # opened here, not in the drain thread: a log that cannot be written is refused, naming it
             log_file = open(log, "w", encoding="utf-8") if log is not None else None  # noqa: SIM115 (the drain thread closes it)
         except OSError as exc:
@@ -131,17 +135,27 @@ class ServerProcess:
 
     def _drain_stderr(self, log: TextIO | None) -> None:
         """Read the child's stderr to its end: copied to ``log`` (closed at the end), its last
-        :data:`KEPT_STDERR_CHARS` kept."""
-        kept = 0
-        with log if log is not None else contextlib.nullcontext() as f:
+        :data:`KEPT_STDERR_CHARS` kept. A failed write to ``log`` (a full disk) ends the copying, not
+        the reading (:attr:`log_error`): a thread that died there left the child blocked in its logging."""
+        kept, f = 0, log
+        try:
             for line in self.process.stderr:
                 if f is not None:
-                    f.write(line)
+                    try:
+                        f.write(line)
+                    except OSError as exc:
+                        self.log_error, f = exc, None
                 with self._stderr_lock:
                     self._stderr_tail.append(line)
                     kept += len(line)
                     while kept > KEPT_STDERR_CHARS and len(self._stderr_tail) > 1:
                         kept -= len(self._stderr_tail.popleft())
+        finally:
+            if log is not None:
+                try:  # flushes what is buffered, which may fail as a write did
+                    log.close()
+                except OSError as exc:
+                    self.log_error = self.log_error or exc
 
     def _first_line(self, timeout_s: float) -> str:
         lines: list[str] = []

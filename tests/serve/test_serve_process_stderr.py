@@ -5,8 +5,11 @@ output' after START_TIMEOUT_S."""
 
 from __future__ import annotations
 
+import errno
+import os
 import subprocess
 import sys
+import threading
 import time
 
 import pytest
@@ -75,3 +78,38 @@ def test_a_child_that_fails_names_its_refusal_and_leaves_it_in_the_log(child, tm
     with pytest.raises(FlowRLError, match=r"did not start: .*model not found: /x/policy\.onnx"):
         process.ServerProcess("policy.onnx", log=log)
     assert "model not found" in log.read_text()
+
+
+@pytest.fixture
+def thread_errors(monkeypatch):
+    """The exceptions that ended a thread (the drain thread's, printed as 'Exception in thread …')."""
+    raised: list[BaseException] = []
+    monkeypatch.setattr(threading, "excepthook", lambda args: raised.append(args.exc_value))
+    return raised
+
+
+@pytest.mark.skipif(not os.path.exists("/dev/full"), reason="needs /dev/full (a device whose writes fail: ENOSPC)")
+def test_a_log_that_fills_up_stops_being_copied_but_the_stderr_is_still_read(child, thread_errors):
+    """A failed log write (a full disk) ended the drain thread: the child, logging more than a pipe holds
+    after that, blocked in its write (a server holding its logging lock: a hang)."""
+    child(
+        "import sys; print('serving v1-ab12 (N=1 flow steps) on 127.0.0.1:5005', flush=True); "
+        f"[sys.stderr.write('x' * {LOGGED // 2} + '\\n') for _ in range(3)]; sys.stderr.write('last line\\n')"
+    )
+    with process.ServerProcess("policy.onnx", log="/dev/full") as server:
+        assert server.process.wait(20) == 0  # it logged to the end; a blocked child times out here
+    assert isinstance(server.log_error, OSError) and server.log_error.errno == errno.ENOSPC
+    assert server._stderr_tail[-1] == "last line\n"  # still kept, for a refusal's message
+    assert thread_errors == []
+
+
+@pytest.mark.skipif(not os.path.exists("/dev/full"), reason="needs /dev/full (a device whose writes fail: ENOSPC)")
+def test_a_log_whose_last_flush_fails_is_recorded_without_a_thread_traceback(child, thread_errors):
+    child(
+        "import sys; sys.stderr.write('a short log line\\n'); "
+        "print('serving v1-ab12 (N=1 flow steps) on 127.0.0.1:5005')"
+    )
+    with process.ServerProcess("policy.onnx", log="/dev/full") as server:
+        server.process.wait(20)
+    assert isinstance(server.log_error, OSError) and server.log_error.errno == errno.ENOSPC
+    assert thread_errors == []
