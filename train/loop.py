@@ -14,6 +14,7 @@ from __future__ import annotations
 import contextlib
 import logging
 import math
+import shlex
 import signal
 import threading
 from collections.abc import Callable
@@ -227,6 +228,9 @@ def _train(
     except FlowRLError as exc:  # the policy diverged, or a checkpoint or metrics file could not be written
         last = run.last_checkpoint
         saved = f"the last checkpoint saved is {last}" if last else "no checkpoint was saved"
+        if last and isinstance(exc, (CheckpointError, MetricsError)):  # a full disk, a quota: nothing to change
+            run_dir = shlex.quote(str(run.run_dir))
+            saved += f"; once the run's folder can be written again, continue with --resume {run_dir}"
         raise FlowRLError(f"{exc}; training stopped at env step {counters.env_steps}, and {saved}") from exc
     return TrainResult(run.run_dir, run.last_checkpoint, counters, interrupted=stop.requested, stop_signal=stop.signum)
 

@@ -223,7 +223,8 @@ def test_a_save_whose_links_fail_names_the_checkpoint_it_wrote_as_the_last_saved
     with pytest.raises(FlowRLError) as error:
         train(TrainConfig(steps=600, out=str(out), **TINY), progress=False)
     assert str(error.value).endswith(
-        f"training stopped at env step 400, and the last checkpoint saved is {out / 'checkpoints' / 'step_000000400'}"
+        f"training stopped at env step 400, and the last checkpoint saved is {out / 'checkpoints' / 'step_000000400'}; "
+        f"once the run's folder can be written again, continue with --resume {out}"
     )
 
 

@@ -116,8 +116,9 @@ def test_a_failed_save_stops_training_and_names_the_last_good_checkpoint(monkeyp
         train(TrainConfig(steps=300, out=str(out), **TINY), progress=False)
     good = out / "checkpoints" / "step_000000100"
     assert str(error.value) == (
-        f"cannot write the checkpoint {out}/checkpoints/step_000000200: Error while serializing: I/O error: "
-        f"File too large (os error 27); training stopped at env step 200, and the last checkpoint saved is {good}"
+        f"cannot write the checkpoint {out}/checkpoints/step_000000200: File too large; training stopped at env step "
+        f"200, and the last checkpoint saved is {good}; once the run's folder can be written again, continue with "
+        f"--resume {out}"
     )
     assert sorted(p.name for p in (out / "checkpoints").iterdir()) == ["last", "step_000000100"]  # no partial one
     monkeypatch.undo()
