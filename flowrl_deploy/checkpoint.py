@@ -398,13 +398,31 @@ def read_checkpoint_link(link: str | os.PathLike[str]) -> str | None:
 
 def check_output_path(flag: str, path: str | os.PathLike[str]) -> None:
     """Refuse an output file that would destroy something: a file inside a checkpoint directory
-    (its weights or document), or an existing path that is not a regular file (``/dev/null``
-    would be replaced by the atomic rename)."""
+    (its weights or document), an existing path that is not a regular file (``/dev/null``
+    would be replaced by the atomic rename), or a path that leads into ``/proc``: ``/dev/stdout``
+    (a link to ``/proc/self/fd/1``) with stdout on a file is a regular file by its target, and the
+    rename would replace the system's link by a file (as root)."""
     p = Path(path)
     if p.exists() and not p.is_file():
         raise FlowRLError(f"{flag} {p} exists and is not a regular file; give a file path")
+    check_not_a_stream(flag, p)
     if (p.parent / DOCUMENT_FILE).is_file():
         raise FlowRLError(f"{flag} {p} lies inside the checkpoint {p.parent}; write it elsewhere")
+
+
+def check_not_a_stream(flag: str, path: str | os.PathLike[str]) -> None:
+    """Refuse an output ``path`` that, or a link on whose way, leads into ``/proc`` (``/dev/stdout``,
+    ``/dev/fd/1``): a stream of the process, which a file renamed onto the path would replace."""
+    hop, hops = Path(path).absolute(), 0
+    while True:
+        folder = hop.parent.resolve()
+        if folder.is_relative_to("/proc"):
+            raise FlowRLError(
+                f"{flag} {path} leads to {folder / hop.name}, a stream of the process, not a file; give a file path"
+            )
+        if not hop.is_symlink() or hops == 40:  # 40: as the kernel's limit on links in a row
+            return
+        hop, hops = Path(os.path.normpath(hop.parent / os.readlink(hop))), hops + 1
 
 
 def resolve_checkpoint(path: str | os.PathLike[str]) -> Path:

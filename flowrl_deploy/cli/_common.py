@@ -22,7 +22,7 @@ import typer
 
 from flowrl_deploy._main import BEFORE_THE_COMMAND, interrupt_behind
 from flowrl_deploy.atomic import write_text_atomic
-from flowrl_deploy.checkpoint import RUN_JSON_FILES, check_output_path
+from flowrl_deploy.checkpoint import RUN_JSON_FILES, check_not_a_stream, check_output_path
 from flowrl_deploy.connection import DEFAULT_SERVER
 from flowrl_deploy.errors import FlowRLError, Interrupted, printable
 from flowrl_deploy.extras import missing_extra_message
@@ -175,6 +175,7 @@ def write_report(flag: str, path: Path, report: object) -> None:
     file renamed onto it: a symlink at ``path`` is replaced, never written through (it may point at
     a checkpoint's weights), a file that is not a report (:func:`_replace_refusal`) is never
     replaced, and a failed write leaves ``path`` as it was."""
+    check_not_a_stream(flag, path)  # the links on its way may have changed since the check
     if why := _replace_refusal(path):  # e.g. made after the check, or a command that checked with check_writable
         raise FlowRLError(f"{flag} {path} {why}; the report was not written")
     try:

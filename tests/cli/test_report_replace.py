@@ -5,10 +5,11 @@ any JSON document, a user's settings.json or an observation file among them."""
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 import pytest
 
-from flowrl_deploy.cli._common import check_report, is_flowrl_report, write_report
+from flowrl_deploy.cli._common import check_report, check_writable, is_flowrl_report, write_report
 from flowrl_deploy.errors import FlowRLError
 
 EXPORT_REPORT = [{"path": "p.onnx", "contract_hash": "ab12", "sha256": "cd34", "contract": {}, "parity": None}]
@@ -46,3 +47,24 @@ def test_a_flowrl_report_is_replaced(tmp_path, old):
     check_report("--json", path)
     write_report("--json", path, NEW)
     assert json.loads(path.read_text()) == NEW
+
+
+@pytest.mark.parametrize("via", ["link", "dev-fd"])
+def test_a_report_path_that_leads_to_a_stream_of_the_process_is_refused_and_the_link_kept(tmp_path, via):
+    """`--json /dev/stdout` with stdout on a file (a SLURM log): the link's target is a regular file, and the
+    atomic rename replaced the link itself by the report, as root the system's /dev/stdout."""
+    log = tmp_path / "job.log"
+    with open(log, "w") as stdout:
+        fd = stdout.fileno()
+        if via == "link":
+            path = tmp_path / "my-stdout"
+            path.symlink_to(f"/proc/self/fd/{fd}")  # as /dev/stdout → /proc/self/fd/1
+        else:
+            path = Path(f"/dev/fd/{fd}")
+        assert path.is_file()  # what the check for a regular file saw
+        for command_step in (check_writable, check_report, lambda flag, p: write_report(flag, p, NEW)):
+            with pytest.raises(FlowRLError, match=rf"--json {path} leads to /proc/\d+/fd/{fd}, a stream of the pro"):
+                command_step("--json", path)
+        if via == "link":
+            assert path.is_symlink()
+    assert log.read_text() == ""
