@@ -7,6 +7,7 @@ The child server is stopped on every exit path, Ctrl-C included (``ServerProcess
 
 from __future__ import annotations
 
+import io
 import json
 import time
 from dataclasses import dataclass
@@ -15,6 +16,7 @@ from typing import Annotated, Any
 
 import typer
 
+from flowrl_deploy.atomic import os_reason, write_atomic
 from flowrl_deploy.cli._common import client_warnings, finite, user_errors, warnings_to
 from flowrl_deploy.contract import MAX_HZ
 from flowrl_deploy.envid import EnvIdError, parse_env_id
@@ -131,6 +133,8 @@ def run_demo(cfg: DemoConfig, echo=typer.echo) -> dict[str, Any]:
             control = run_control(
                 server.address, cfg.env, hz=cfg.hz or None, episodes=cfg.episodes, seed=cfg.seed, on_rate=announce
             )
+    if server.log_error is not None:  # a full disk: the server was still read to its end
+        _warn(f"the server log {out / 'server.log'} is incomplete: {os_reason(server.log_error)}")
 
     summary = {
         "env": cfg.env,
@@ -150,11 +154,26 @@ def run_demo(cfg: DemoConfig, echo=typer.echo) -> dict[str, Any]:
             "latency_histogram": str(out / "latency_histogram.png"),
         },
     }
-    (out / "summary.json").write_text(json.dumps(summary, indent=2, default=str) + "\n", encoding="utf-8")
-    _plot_training_curve(out / "run" / "metrics.jsonl", out / "training_curve.png")
-    _plot_latency(control.round_trip_us, control.hz, out / "latency_histogram.png")
-    echo(_table(summary, control))
+    echo(_table(summary, control))  # first: a disk that fills below loses none of the results
+    _write_report_files(out, summary, control)
     return summary
+
+
+def _write_report_files(out: Path, summary: dict[str, Any], control: Any) -> None:
+    """Write summary.json and the two plots into ``out``, each atomically (a failure leaves no cut-off
+    file); a file that cannot be written (a full disk) is one :class:`FlowRLError` naming it and those
+    not written."""
+    files = {
+        "summary.json": lambda: (json.dumps(summary, indent=2, default=str) + "\n").encode(),
+        "training_curve.png": lambda: _plot_training_curve(out / "run" / "metrics.jsonl"),
+        "latency_histogram.png": lambda: _plot_latency(control.round_trip_us, control.hz),
+    }
+    for done, (name, render) in enumerate(files.items()):
+        try:
+            write_atomic(out / name, render())
+        except FlowRLError as exc:  # write_atomic's: 'cannot write PATH: REASON'
+            left = ", ".join(list(files)[done:])
+            raise FlowRLError(f"{exc}; the results are in the table above; not written: {left}") from None
 
 
 def _warn(text: str) -> None:
@@ -201,7 +220,17 @@ def _table(summary: dict[str, Any], control: Any) -> str:
     return "\n".join(f"{k:<{width}}  {v}" for k, v in rows)
 
 
-def _plot_training_curve(metrics_path: Path, png: Path) -> None:
+def _png(fig: Any) -> bytes:
+    """``fig`` as PNG bytes (closed): written by the caller in one atomic write, not by savefig into the file."""
+    import matplotlib.pyplot as plt
+
+    buffer = io.BytesIO()
+    fig.savefig(buffer, format="png", dpi=120)
+    plt.close(fig)
+    return buffer.getvalue()
+
+
+def _plot_training_curve(metrics_path: Path) -> bytes:
     import matplotlib
 
     matplotlib.use("Agg")
@@ -219,11 +248,10 @@ def _plot_training_curve(metrics_path: Path, png: Path) -> None:
     ax.set(xlabel="environment steps", ylabel="return", title="FlowRL training")
     ax.legend()
     fig.tight_layout()
-    fig.savefig(png, dpi=120)
-    plt.close(fig)
+    return _png(fig)
 
 
-def _plot_latency(round_trip_us: list[float], hz: float, png: Path) -> None:
+def _plot_latency(round_trip_us: list[float], hz: float) -> bytes:
     import matplotlib
 
     matplotlib.use("Agg")
@@ -234,8 +262,7 @@ def _plot_latency(round_trip_us: list[float], hz: float, png: Path) -> None:
     ax.set(xlabel="round trip (ms)", ylabel="actions", title=f"Served actions at {hz:g} Hz")
     ax.set_yscale("log")
     fig.tight_layout()
-    fig.savefig(png, dpi=120)
-    plt.close(fig)
+    return _png(fig)
 
 
 @user_errors

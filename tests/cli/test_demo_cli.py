@@ -1,12 +1,16 @@
 """`flowrl demo`: the README's main job, end to end, with a tiny budget."""
 
+import errno
 import json
+import os
+import re
 
 import pytest
 from extras_needed import needs_extras
 from typer.testing import CliRunner
 
 from flowrl_deploy.cli import app
+from flowrl_deploy.errors import FlowRLError
 from flowrl_deploy.serve import ServerProcess
 
 pytestmark = pytest.mark.slow
@@ -146,3 +150,81 @@ def test_each_demo_run_gets_its_own_report_folder(tmp_path):
     first, second = _new_report_folder(tmp_path), _new_report_folder(tmp_path)
     assert first != second and first.is_dir() and second.is_dir()
     assert first.parent == second.parent == tmp_path
+
+
+@needs_extras("train", "export")
+def test_a_report_file_that_cannot_be_written_is_one_line_after_the_results_table(tmp_path, monkeypatch):
+    """A full disk at summary.json (here: a directory at its path, made once the control loop ended)
+    ended the demo in a traceback, with the results table not printed and a 0-byte summary.json."""
+    from flowrl_deploy.train import control
+
+    out, real_run_control = tmp_path / "demo", control.run_control
+
+    def then_block_the_summary(*args, **kwargs):
+        result = real_run_control(*args, **kwargs)
+        (report,) = out.iterdir()
+        (report / "summary.json").mkdir()
+        return result
+
+    monkeypatch.setattr(control, "run_control", then_block_the_summary)
+    result = CliRunner().invoke(
+        app, ["demo", "--out", str(out), "--steps", "300", "--hidden", "16", "--episodes", "1", "--hz", "1000"]
+    )
+    assert result.exit_code == 1 and isinstance(result.exception, SystemExit), result.output  # no traceback
+    (report,) = out.iterdir()
+    table, error = result.output.rstrip("\n").rsplit("\n", 1)
+    assert "return via the server (closed loop)" in table  # the results are printed before the files
+    assert re.fullmatch(
+        rf"error: cannot write {re.escape(str(report))}/summary\.json: Is a directory.*; the results are in the "
+        r"table above; not written: summary\.json, training_curve\.png, latency_histogram\.png",
+        error,
+    ), error
+    assert [p.name for p in report.iterdir() if ".tmp-" in p.name] == []
+
+
+def _full_disk_after(monkeypatch, writes: int) -> None:
+    """Every file write_atomic writes after the first ``writes`` fails as on a full disk (ENOSPC)."""
+    from flowrl_deploy import atomic
+
+    fsync, done = atomic.os.fsync, []
+
+    def full(fd: int) -> None:
+        if len(done) >= writes:
+            raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+        done.append(fd)
+        fsync(fd)
+
+    monkeypatch.setattr(atomic.os, "fsync", full)
+
+
+def test_a_full_disk_at_summary_json_names_it_and_the_files_not_written_and_leaves_no_cut_off_file(
+    tmp_path, monkeypatch
+):
+    from flowrl_deploy.cli.demo import _write_report_files
+
+    _full_disk_after(monkeypatch, 0)
+    with pytest.raises(FlowRLError) as raised:
+        _write_report_files(tmp_path, {"env": "dmc:x-y"}, control=None)
+    assert str(raised.value) == (
+        f"cannot write {tmp_path / 'summary.json'}: No space left on device; the results are in the table above; "
+        "not written: summary.json, training_curve.png, latency_histogram.png"
+    )
+    assert list(tmp_path.iterdir()) == []  # neither a 0-byte summary.json nor a temporary file
+
+
+@needs_extras("train")  # matplotlib
+def test_a_full_disk_at_a_plot_leaves_the_summary_and_no_cut_off_png(tmp_path, monkeypatch):
+    from types import SimpleNamespace
+
+    from flowrl_deploy.cli.demo import _write_report_files
+
+    (tmp_path / "run").mkdir()
+    (tmp_path / "run" / "metrics.jsonl").write_text('{"step": 10, "charts/episode_return": 3.0}\n')
+    _full_disk_after(monkeypatch, 1)
+    with pytest.raises(
+        FlowRLError,
+        match=r"training_curve\.png: No space left on device; .*; not written: training_curve\.png, latency",
+    ):
+        _write_report_files(tmp_path, {"env": "dmc:x-y"}, SimpleNamespace(round_trip_us=[900.0], hz=50.0))
+    assert json.loads((tmp_path / "summary.json").read_text()) == {"env": "dmc:x-y"}
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["run", "summary.json"]
