@@ -118,7 +118,7 @@ def test_a_metrics_write_that_fails_saves_the_run_before_it_stops(monkeypatch, t
     saved = out / "checkpoints" / "step_000000300"
     assert str(error.value) == (
         f"cannot write {out / 'metrics.jsonl'}: Input/output error; training stopped at env step 300, and the last "
-        f"checkpoint saved is {saved}"
+        f"checkpoint saved is {saved}; once the run's folder can be written again, continue with --resume {out}"
     )
     assert read_document(out / "checkpoints" / "last")["counters"]["env_steps"] == 300
     resumed = train(resume_config(out), resume=out, progress=False)
