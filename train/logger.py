@@ -14,6 +14,7 @@ import contextlib
 import csv
 import io
 import json
+import math
 import os
 import sys
 import threading
@@ -111,7 +112,7 @@ class MetricsLogger:
         neither file holds a torn line nor a row the other lacks."""
         row = {"step": step, **scalars}
         with _naming(self._jsonl_path):
-            jsonl_row, csv_row = (json.dumps(row) + "\n").encode(), _csv_text([row], header=False).encode()
+            jsonl_row, csv_row = _jsonl_text([row]).encode(), _csv_text([row], header=False).encode()
             jsonl_end = _append(self._jsonl, jsonl_row)
         try:
             with _naming(self._csv_path):
@@ -195,7 +196,12 @@ def _append(fd: int, data: bytes) -> int:
 
 
 def _jsonl_text(rows: list[dict]) -> str:
-    return "".join(json.dumps(row) + "\n" for row in rows)
+    """JSON lines, a NaN or infinite value written as null: the NaN token of Python's json (a diverged loss)
+    is no JSON, and jq, JavaScript and Go refuse the file."""
+    return "".join(
+        json.dumps({k: None if isinstance(v, float) and not math.isfinite(v) else v for k, v in row.items()}) + "\n"
+        for row in rows
+    )
 
 
 def _csv_writer(stream: TextIO) -> csv.DictWriter:

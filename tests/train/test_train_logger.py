@@ -255,3 +255,19 @@ def test_a_training_run_whose_stderr_is_on_a_full_disk_finishes_and_saves(monkey
     result = loop.train(TrainConfig(steps=200, out=str(tmp_path / "run"), **TINY), progress=True)
     assert result.counters.env_steps == 200 and result.last_checkpoint.name == "step_000000200"
     assert logger_module.sys.stderr.writes == 1  # the closing line (a run this short draws no other)
+
+
+def test_a_nan_or_infinite_value_is_null_in_metrics_jsonl_which_stays_strict_json(tmp_path):
+    """A diverged loss wrote Python's NaN token, no JSON: jq 1.5, JavaScript's JSON.parse and Go refuse the file."""
+    logger = MetricsLogger(tmp_path, tensorboard=False)
+    logger.log(100, {"losses/q_pi_loss": float("nan"), "losses/actor_loss": float("-inf"), "charts/eval_return": 1.5})
+    logger.close()
+
+    def refuse(token):
+        raise ValueError(f"{token} is no JSON")
+
+    (line,) = (tmp_path / "metrics.jsonl").read_text().splitlines()
+    row = json.loads(line, parse_constant=refuse)
+    assert row == {"step": 100, "losses/q_pi_loss": None, "losses/actor_loss": None, "charts/eval_return": 1.5}
+    MetricsLogger(tmp_path, tensorboard=False, resume_step=100).close()  # a resume rewrites the rows it keeps
+    assert json.loads((tmp_path / "metrics.jsonl").read_text(), parse_constant=refuse) == row
