@@ -216,7 +216,10 @@ def export(
     # another N or solver than the training ones samples another policy: say so, unless the table compares them
     for note in sampler_notes(spec, step_list, config.solver):
         typer.echo(note, err=True)
-    if json_path is not None:
-        write_report("--json", json_path, records)
     files = str(onnx_path) if len(onnx_files) == 1 else f"{len(onnx_files)} files ({onnx_files[0]} … {onnx_files[-1]})"
+    if json_path is not None:
+        try:
+            write_report("--json", json_path, records)
+        except FlowRLError as exc:  # a full disk: the export itself is written and verified, which a script must know
+            raise FlowRLError(f"wrote {files}, but {exc}") from None
     printed.check(f"wrote {files}" + (f" and the --json report {json_path}" if json_path is not None else ""))

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import errno
 import json
 import os
 from dataclasses import replace
@@ -238,3 +239,28 @@ def test_a_fixed_batch_sweep_says_its_latency_is_per_call_of_that_many_rows(chec
     assert "latency: p50/p99 of one call of 4 rows (a --batch 4 graph)" in fixed.stdout
     dynamic = runner.invoke(app, args)
     assert dynamic.exit_code == 0 and "latency: p50/p99 of one call of 1 row (batch 1)" in dynamic.stdout
+
+
+def test_a_json_report_that_cannot_be_written_says_the_export_itself_was(checkpoint, tmp_path, monkeypatch):
+    """A full disk at --json said only '--json: cannot write …': a script took the verified export for failed."""
+    from flowrl_deploy import atomic
+    from flowrl_deploy.cli import _common
+
+    write_text_atomic = _common.write_text_atomic
+
+    def on_a_full_disk(path, text):
+        def full(fd):
+            raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+
+        monkeypatch.setattr(atomic.os, "fsync", full)  # the report's write alone: policy.onnx is written by now
+        write_text_atomic(path, text)
+
+    monkeypatch.setattr(_common, "write_text_atomic", on_a_full_disk)
+    out, report = tmp_path / "p.onnx", tmp_path / "rep.json"
+    result = runner.invoke(app, ["export", str(checkpoint), "--steps", "2", "--out", str(out), "--json", str(report)])
+    assert result.exit_code == 1 and isinstance(result.exception, SystemExit), result.output
+    assert result.output.splitlines()[-1] == (
+        f"error: wrote {out}, but --json: cannot write {report}: No space left on device"
+    )
+    assert OnnxPolicy(out).contract.flow_steps == 2
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["p.onnx"]  # no report, not even a cut-off one
