@@ -44,6 +44,8 @@ class _Flowrl(typer.Typer):
         )
 
         _replace_unencodable_output()  # before any output, --help's included
+        if os.environ.get("NO_COLOR") or os.environ.get("TERM") == "dumb":  # no-color.org; a terminal that shows none
+            kwargs.setdefault("color", False)
         try:
             return super().__call__(*args, **kwargs)
         except SystemExit as exc:
