@@ -170,6 +170,15 @@ def check_report(flag: str, path: Path, inputs: dict[str, str | Path] | None = N
         raise FlowRLError(f"{flag} {path} {why}; give the report another name")
 
 
+REPORT_TO_STDOUT = "-"
+"""The ``--json`` value that prints the report on standard output (``| jq``); ``./-`` names a file."""
+
+
+def report_text(report: object) -> str:
+    """A command's JSON report as :func:`write_report` writes it (less its last line end)."""
+    return json.dumps(report, indent=2)
+
+
 def write_report(flag: str, path: Path, report: object) -> None:
     """Write a command's JSON report to ``path`` (checked earlier by :func:`check_report`), as a new
     file renamed onto it: a symlink at ``path`` is replaced, never written through (it may point at
@@ -179,7 +188,7 @@ def write_report(flag: str, path: Path, report: object) -> None:
     if why := _replace_refusal(path):  # e.g. made after the check, or a command that checked with check_writable
         raise FlowRLError(f"{flag} {path} {why}; the report was not written")
     try:
-        write_text_atomic(path, json.dumps(report, indent=2) + "\n")
+        write_text_atomic(path, report_text(report) + "\n")
     except FlowRLError as exc:
         raise FlowRLError(f"{flag}: {exc}") from None
 
@@ -444,13 +453,19 @@ def report_output_failure(error: OSError, done: str = "") -> NoReturn:
 class ResultLines:
     """A command's result lines on standard output, printed after its work. When standard output fails
     (a full disk, a reader gone) the lines left are dropped but the command goes on (its --json report
-    is still written); :meth:`check` then raises :class:`OutputFailed` saying what was done."""
+    is still written); :meth:`check` then raises :class:`OutputFailed` saying what was done. With
+    ``on_stderr`` (``--json -``: standard output holds the report alone) they go to standard error."""
 
-    def __init__(self) -> None:
+    def __init__(self, on_stderr: bool = False) -> None:
         self.error: OSError | None = None
+        self.on_stderr = on_stderr
 
     def echo(self, text: str) -> None:
         if self.error is not None:
+            return
+        if self.on_stderr:
+            with contextlib.suppress(OSError):  # as warnings: the command's result is the report on stdout
+                typer.echo(text, err=True)
             return
         try:
             typer.echo(text)

@@ -11,10 +11,12 @@ import typer
 
 from flowrl_deploy.checkpoint import BEST, LAST, read_spec, resolve_checkpoint
 from flowrl_deploy.cli._common import (
+    REPORT_TO_STDOUT,
     ResultLines,
     Solver,
     check_report,
     check_writable,
+    report_text,
     user_errors,
     write_report,
 )
@@ -149,7 +151,12 @@ def export(
     env: Annotated[str | None, typer.Option(help="With --report: env id (default: the policy's).")] = None,
     seed: Annotated[int, typer.Option(help="Seed of the verification inputs and the evaluation.")] = DEFAULT.seed,
     json_out: Annotated[
-        str | None, typer.Option("--json", metavar="<path>", help="Also write the report(s) as JSON here.")
+        str | None,
+        typer.Option(
+            "--json",
+            metavar="<path>",
+            help="Also write the report(s) as JSON here ('-': on stdout, the summary lines then on stderr).",
+        ),
     ] = None,
 ) -> None:
     """Export CHECKPOINT's flow policy as policy.onnx: obs (+ noise) → action in the env's bounds."""
@@ -157,7 +164,8 @@ def export(
     from flowrl_deploy.export.sweep import sweep_paths
 
     onnx_path = output_file("--out", out, "policy.onnx")
-    json_path = None if json_out is None else output_file("--json", json_out, "report.json")
+    json_stdout = json_out == REPORT_TO_STDOUT
+    json_path = None if json_out is None or json_stdout else output_file("--json", json_out, "report.json")
     check_exists(checkpoint)
     checkpoint_dir = resolve_checkpoint(checkpoint)
     spec = read_spec(checkpoint_dir)
@@ -181,7 +189,8 @@ def export(
     check_export_opset(config, no_verify="--no-verify")
     onnx_files = sweep_paths(onnx_path, step_list)
     check_outputs(onnx_path, onnx_files, json_path, checkpoint_dir)
-    printed = ResultLines()  # a stdout that fails says the files were written, and the report still is
+    # a stdout that fails says the files were written, and the report still is; with --json - it holds the report alone
+    printed = ResultLines(on_stderr=json_stdout)
     if sweep:
         from flowrl_deploy.export.sweep import format_sweep, sweep_steps
 
@@ -222,4 +231,7 @@ def export(
             write_report("--json", json_path, records)
         except FlowRLError as exc:  # a full disk: the export itself is written and verified, which a script must know
             raise FlowRLError(f"wrote {files}, but {exc}") from None
+    if json_stdout:
+        printed = ResultLines()  # the report alone on stdout (the summary lines went to stderr)
+        printed.echo(report_text(records))
     printed.check(f"wrote {files}" + (f" and the --json report {json_path}" if json_path is not None else ""))

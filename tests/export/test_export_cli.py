@@ -264,3 +264,19 @@ def test_a_json_report_that_cannot_be_written_says_the_export_itself_was(checkpo
     )
     assert OnnxPolicy(out).contract.flow_steps == 2
     assert sorted(p.name for p in tmp_path.iterdir()) == ["p.onnx"]  # no report, not even a cut-off one
+
+
+@pytest.mark.parametrize("steps", ["2", "1,2"])
+def test_json_dash_prints_the_report_alone_on_stdout_and_the_summary_on_stderr(
+    checkpoint, tmp_path, steps, monkeypatch
+):
+    """`--json -` wrote a file named '-': a pipeline (`| jq .[0].contract_hash`) had no way to the report."""
+    monkeypatch.chdir(tmp_path)
+    out = tmp_path / "p.onnx"
+    result = runner.invoke(app, ["export", str(checkpoint), "--steps", steps, "--out", str(out), "--json", "-"])
+    assert result.exit_code == 0, result.output
+    report = json.loads(result.stdout)  # nothing else on stdout
+    assert [entry["contract_hash"] for entry in report] == [
+        OnnxPolicy(path).contract_hash for path in sorted(tmp_path.glob("p*.onnx"))
+    ]
+    assert "PASSED" in result.stderr and not (tmp_path / "-").exists()
