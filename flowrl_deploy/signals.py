@@ -1,13 +1,18 @@
-"""The stop signals of `flowrl train` and `flowrl serve`, and the one rule both follow for a signal ignored at start.
+"""The stop signals of `flowrl train` and `flowrl serve`, and the one rule both follow for a signal ignored at start;
+and :func:`interrupt_on_stop_signals`, which makes them Ctrl-C for the commands that keep what ran on Ctrl-C.
 
-Standard library only: the serve stage imports it, and it never imports torch.
+Standard library only (and :mod:`flowrl_deploy.errors`): the serve stage imports it, and it never imports torch.
 """
 
 from __future__ import annotations
 
+import contextlib
 import signal
-from collections.abc import Callable
+import threading
+from collections.abc import Callable, Iterator
 from types import FrameType
+
+from flowrl_deploy.errors import Interrupted
 
 
 def _present(*names: str) -> tuple[int, ...]:
@@ -52,3 +57,36 @@ def install_stop_handlers(handler: Handler, signals: tuple[int, ...] = STOP_SIGN
         restore()
         raise
     return restore
+
+
+def stop_name(signum: int) -> str:
+    """How a message names a stop signal: 'Ctrl-C' for SIGINT, else its name ('SIGTERM')."""
+    return "Ctrl-C" if signum == signal.SIGINT else signal.Signals(signum).name
+
+
+@contextlib.contextmanager
+def interrupt_on_stop_signals(signals: tuple[int, ...] = STOP_SIGNALS) -> Iterator[list[int]]:
+    """Within the block, the first of ``signals`` (as :func:`install_stop_handlers` takes them: an ignored
+    SIGINT or SIGHUP stays ignored) raises :class:`~flowrl_deploy.errors.Interrupted`, a KeyboardInterrupt
+    naming it, where Ctrl-C raises KeyboardInterrupt: a command that keeps what ran on Ctrl-C (``flowrl
+    control``'s report, ``flowrl eval``'s episodes) keeps it on SIGTERM (``timeout``, a CI cancel, a
+    scheduler's stop) and SIGHUP too, and exits 128 + signal. The block gets the list of the signals
+    received, in order. A repeat of any signal but SIGINT is ignored, so that what the first one started
+    (a report being written) finishes: a scheduler may deliver its stop twice (to the process, and forwarded
+    by ``srun``), and escalates with SIGKILL, never with another one; a second Ctrl-C interrupts again, as
+    it does without the block. The handlers found come back at the block's end. Off the main thread, where
+    no handler can be installed, the block runs with none."""
+    received: list[int] = []
+
+    def interrupt(signum: int, _: FrameType | None) -> None:
+        first = not received
+        received.append(signum)
+        if first or signum == signal.SIGINT:
+            raise Interrupted(signum)
+
+    main = threading.current_thread() is threading.main_thread()
+    restore = install_stop_handlers(interrupt, signals) if main else (lambda: None)
+    try:
+        yield received
+    finally:
+        restore()

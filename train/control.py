@@ -93,7 +93,8 @@ class ControlReport:
     round_trip_us: list[float] = field(repr=False)
     """Every fresh reply's round trip, for a histogram."""
     interrupted: bool = False
-    """Ctrl-C ended the run early (``stop_on_interrupt``); the figures cover the ticks that ran."""
+    """Ctrl-C (or a stop signal raised as :class:`~flowrl_deploy.errors.Interrupted`) ended the run early
+    (``stop_on_interrupt``); the figures cover the ticks that ran."""
     watchdog: str = ""
     """Why the session's watchdog stopped the run (``max_misses`` misses in a row); empty if it did not."""
     lengths: list[int] = field(default_factory=list)
@@ -230,7 +231,9 @@ def run_control(
     ``max_steps`` caps each episode; ``max_misses`` misses in a row stop the run through the
     session's watchdog (``watchdog`` in the report says why). ``contract_hash`` pins the policy
     contract (the server then refuses any other); ``connect_timeout_s`` bounds the wait for the
-    server to be SERVING. With ``stop_on_interrupt``, Ctrl-C ends the run and the report covers
+    server to be SERVING. With ``stop_on_interrupt``, Ctrl-C (a KeyboardInterrupt: an
+    :class:`~flowrl_deploy.errors.Interrupted` too, as ``flowrl control`` raises on SIGTERM and SIGHUP,
+    :func:`~flowrl_deploy.signals.interrupt_on_stop_signals`) ends the run and the report covers
     what ran (``interrupted``). An ``env_id`` of another task than the served policy's is run, but
     warned about (logger ``flowrl.client``). Error messages name the ``flowrl control`` flags.
     """

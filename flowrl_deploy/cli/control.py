@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import signal
 from pathlib import Path
 from typing import Annotated
 
@@ -163,13 +164,15 @@ def control(
 ) -> None:
     """Step a simulator at --hz with served actions; print return, latency percentiles, jitter and misses.
 
-    Exits 1 when no tick got a fresh action or --max-misses stopped the run, 130 on Ctrl-C.
+    Exits 1 when no tick got a fresh action or --max-misses stopped the run; on Ctrl-C, SIGTERM or SIGHUP,
+    after the summary and --json report of what ran, 128 + the signal: 130, 143, 129.
     """
     from flowrl_deploy.affinity import parse_cpus, pin_to_cpus, set_realtime
     from flowrl_deploy.client import checked_contract_hash
     from flowrl_deploy.connection import checked_timeout
     from flowrl_deploy.control_metrics import ControlTextfile
     from flowrl_deploy.session import PERIOD_MISMATCH
+    from flowrl_deploy.signals import interrupt_on_stop_signals, stop_name
     from flowrl_deploy.train.control import run_control
 
     checked_timeout(connect_timeout, "--connect-timeout")  # gRPC waits forever on a deadline years away
@@ -190,47 +193,57 @@ def control(
     textfile = None
     if metrics_textfile is not None:
         textfile = ControlTextfile(metrics_textfile, metrics_interval or DEFAULT_INTERVAL_S)
-    with client_warnings(skip=(PERIOD_MISMATCH,)), textfile or contextlib.nullcontext():
-        # _announce_rate warns of an --hz that differs, naming it; the textfile's write failures are warnings
-        report = run_control(
-            connection.server,
-            env,
-            hz,
-            episodes,
-            seed,
-            token=token,
-            tls_ca=connection.tls_ca,
-            tls_cert=connection.tls_cert,
-            tls_key=connection.tls_key,
-            deadline_s=None if deadline_ms is None else deadline_ms / 1e3,
-            fallback=fallback,
-            local_model=local_model,
-            max_steps=max_steps,
-            max_misses=max_misses,
-            contract_hash=contract_hash,
-            connect_timeout_s=connect_timeout,
-            stop_on_interrupt=True,
-            on_rate=_announce_rate(explicit=hz is not None),
-            on_session=None if textfile is None else textfile.watch,
+    # SIGTERM (`timeout`, a CI cancel) and SIGHUP stop the run as Ctrl-C does, and the report is written even so
+    with interrupt_on_stop_signals() as received:
+        with client_warnings(skip=(PERIOD_MISMATCH,)), textfile or contextlib.nullcontext():
+            # _announce_rate warns of an --hz that differs, naming it; the textfile's write failures are warnings
+            report = run_control(
+                connection.server,
+                env,
+                hz,
+                episodes,
+                seed,
+                token=token,
+                tls_ca=connection.tls_ca,
+                tls_cert=connection.tls_cert,
+                tls_key=connection.tls_key,
+                deadline_s=None if deadline_ms is None else deadline_ms / 1e3,
+                fallback=fallback,
+                local_model=local_model,
+                max_steps=max_steps,
+                max_misses=max_misses,
+                contract_hash=contract_hash,
+                connect_timeout_s=connect_timeout,
+                stop_on_interrupt=True,
+                on_rate=_announce_rate(explicit=hz is not None),
+                on_session=None if textfile is None else textfile.watch,
+            )
+        printed = ResultLines()  # a stdout that fails still lets the report be written
+        printed.echo(report.summary())
+        if note := report.seeded_note():  # on stderr, as export's notes: stdout's last line stays the summary's
+            typer.echo(note, err=True)
+        if json_path is not None:
+            write_report("--json", json_path, report.to_dict())
+        # how the run ended comes first (its exit status too): a failed stdout is then a note on that line
+        lost = (
+            ""
+            if printed.error is None
+            else f" (the summary was not printed: {printed.error.strerror or printed.error})"
         )
-    printed = ResultLines()  # a stdout that fails still lets the report be written
-    printed.echo(report.summary())
-    if note := report.seeded_note():  # on stderr, as export's notes: stdout's last line stays the summary's
-        typer.echo(note, err=True)
-    if json_path is not None:
-        write_report("--json", json_path, report.to_dict())
-    # how the run ended comes first (its exit status too): a failed stdout is then a note on that line
-    lost = "" if printed.error is None else f" (the summary was not printed: {printed.error.strerror or printed.error})"
-    if report.interrupted:
-        typer.secho(f"interrupted: the figures above cover the completed episodes and ticks{lost}", err=True)
-        raise typer.Exit(130)
-    if report.watchdog:
-        raise FlowRLError(f"the watchdog stopped the run: {report.watchdog} (--max-misses {max_misses}){lost}")
-    if report.steps and not report.fresh_replies:
-        raise FlowRLError(
-            f"no tick got a fresh action: all {report.steps} fell back (deadline {report.deadline_ms:g} ms); "
-            f"raise --deadline-ms or check the server{lost}"
-        )
-    if json_path is not None:
-        printed.check(f"ran {report.steps} steps and wrote the --json report {json_path}")
-    printed.check("")
+        if report.interrupted:
+            signum = received[0] if received else signal.SIGINT
+            typer.secho(
+                f"interrupted ({stop_name(signum)}): the figures above cover the completed episodes and ticks{lost}",
+                err=True,
+            )
+            raise typer.Exit(128 + signum)
+        if report.watchdog:
+            raise FlowRLError(f"the watchdog stopped the run: {report.watchdog} (--max-misses {max_misses}){lost}")
+        if report.steps and not report.fresh_replies:
+            raise FlowRLError(
+                f"no tick got a fresh action: all {report.steps} fell back (deadline {report.deadline_ms:g} ms); "
+                f"raise --deadline-ms or check the server{lost}"
+            )
+        if json_path is not None:
+            printed.check(f"ran {report.steps} steps and wrote the --json report {json_path}")
+        printed.check("")

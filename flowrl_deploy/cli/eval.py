@@ -2,15 +2,17 @@
 
 from __future__ import annotations
 
+import signal
 from pathlib import Path
 from typing import TYPE_CHECKING, Annotated
 
 import typer
 
 from flowrl_deploy.cli._common import user_errors
-from flowrl_deploy.errors import FlowRLError, printable
+from flowrl_deploy.errors import FlowRLError, Interrupted, printable
 from flowrl_deploy.noise import run_seed_problem
 from flowrl_deploy.onnxfile import is_onnx_path
+from flowrl_deploy.signals import interrupt_on_stop_signals, stop_name
 from flowrl_deploy.spec import flow_steps_problem
 
 if TYPE_CHECKING:
@@ -49,7 +51,10 @@ def eval_command(
         bool, typer.Option(help="Start every ODE from a0 = 0, not sampled noise (as a --deterministic export does).")
     ] = False,
 ) -> None:
-    """Run POLICY for some episodes on its task and print the mean ± std return."""
+    """Run POLICY for some episodes on its task and print the mean ± std return.
+
+    On Ctrl-C, SIGTERM or SIGHUP it prints the completed episodes' return and exits 128 + the signal: 130, 143, 129.
+    """
     from flowrl_deploy.train.envs import make_env
     from flowrl_deploy.train.evaluate import Episode, EvalResult, check_env_fits, evaluate, other_task_warning
 
@@ -61,40 +66,48 @@ def eval_command(
         raise FlowRLError(problem)
     if not policy.exists():
         raise FlowRLError(f"policy not found: {policy} (give a checkpoint or run directory, or an ONNX file)")
-    if is_onnx_path(policy):
-        if flow_steps is not None:
-            raise FlowRLError("--flow-steps does not apply to an ONNX policy; re-export with `flowrl export --steps`")
-        if device not in ONNX_DEVICES:
-            raise FlowRLError(
-                f"--device {device} does not apply to an ONNX policy, which is evaluated with onnxruntime on the CPU; "
-                "leave --device out"
+    # SIGTERM (`timeout`, a CI cancel) and SIGHUP stop it as Ctrl-C does: one line, with the completed episodes
+    with interrupt_on_stop_signals():
+        if is_onnx_path(policy):
+            if flow_steps is not None:
+                raise FlowRLError(
+                    "--flow-steps does not apply to an ONNX policy; re-export with `flowrl export --steps`"
+                )
+            if device not in ONNX_DEVICES:
+                raise FlowRLError(
+                    f"--device {device} does not apply to an ONNX policy, which is evaluated with onnxruntime "
+                    "on the CPU; leave --device out"
+                )
+            act_fn, env_id, dims, sampler = _onnx_policy(policy, seed, deterministic)
+        else:
+            act_fn, env_id, dims, sampler = _checkpoint_policy(policy, flow_steps, device, seed, deterministic)
+        warning = None if env is None else other_task_warning(env, env_id)
+        trained_on, env_id = env_id, env or env_id
+        if not env_id:
+            raise FlowRLError(f"{policy} does not record its env id; pass --env")
+        done: list[Episode] = []
+        instance = None
+        try:
+            # as evaluate would make it; first, so that only a runnable env is warned about
+            instance = make_env(env_id, seed)
+            check_env_fits(instance, dims, trained_on)
+            if warning:
+                typer.secho(f"warning: {warning}", err=True, fg=typer.colors.YELLOW)
+            result = evaluate(act_fn, instance, episodes, seed, dims=dims, on_episode=done.append)
+        except KeyboardInterrupt as exc:
+            signum = exc.signum if isinstance(exc, Interrupted) else signal.SIGINT
+            figures = f": return {_figures(EvalResult.of(done), sampler)}" if done else ""
+            typer.secho(
+                f"interrupted ({stop_name(signum)}) after {len(done)} of {episodes} episodes on {env_id}{figures}",
+                err=True,
             )
-        act_fn, env_id, dims, sampler = _onnx_policy(policy, seed, deterministic)
-    else:
-        act_fn, env_id, dims, sampler = _checkpoint_policy(policy, flow_steps, device, seed, deterministic)
-    warning = None if env is None else other_task_warning(env, env_id)
-    trained_on, env_id = env_id, env or env_id
-    if not env_id:
-        raise FlowRLError(f"{policy} does not record its env id; pass --env")
-    done: list[Episode] = []
-    instance = None
-    try:
-        # as evaluate would make it; first, so that only a runnable env is warned about
-        instance = make_env(env_id, seed)
-        check_env_fits(instance, dims, trained_on)
-        if warning:
-            typer.secho(f"warning: {warning}", err=True, fg=typer.colors.YELLOW)
-        result = evaluate(act_fn, instance, episodes, seed, dims=dims, on_episode=done.append)
-    except KeyboardInterrupt:
-        figures = f": return {_figures(EvalResult.of(done), sampler)}" if done else ""
-        typer.secho(f"interrupted (Ctrl-C) after {len(done)} of {episodes} episodes on {env_id}{figures}", err=True)
-        raise typer.Exit(130) from None
-    finally:
-        if instance is not None:
-            instance.close()
-    typer.echo(f"{env_id}: return {_figures(result, sampler)}")
-    if note := result.unstable_note():
-        typer.secho(f"warning: {note}", err=True, fg=typer.colors.YELLOW)
+            raise typer.Exit(128 + signum) from None
+        finally:
+            if instance is not None:
+                instance.close()
+        typer.echo(f"{env_id}: return {_figures(result, sampler)}")
+        if note := result.unstable_note():
+            typer.secho(f"warning: {note}", err=True, fg=typer.colors.YELLOW)
 
 
 def _figures(result: EvalResult, sampler: str) -> str:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import signal
 import time
 
 import pytest
@@ -12,6 +13,9 @@ from typer.testing import CliRunner
 from flowrl_deploy.cli import app
 
 runner = CliRunner()
+POSIX = pytest.mark.skipif(
+    not hasattr(signal, "SIGHUP"), reason="POSIX signals (Windows has no SIGHUP, and no kill of itself)"
+)
 
 
 def test_control_against_no_server_fails_fast_and_says_why():
@@ -81,10 +85,23 @@ def test_an_unwritable_or_destructive_report_is_refused_before_running(tmp_path,
     assert (tmp_path / "afile").read_text() == "keep"
 
 
-def test_ctrl_c_prints_the_figures_so_far_and_exits_130(tmp_path, monkeypatch):
+@pytest.mark.parametrize(
+    ("stop", "status", "how"),
+    [
+        (None, 130, "Ctrl-C"),
+        pytest.param(getattr(signal, "SIGTERM", 15), 143, "SIGTERM", marks=POSIX),
+        pytest.param(getattr(signal, "SIGHUP", 1), 129, "SIGHUP", marks=POSIX),
+    ],
+)
+def test_a_stop_prints_the_figures_so_far_writes_the_report_and_exits_128_plus_the_signal(
+    tmp_path, monkeypatch, stop, status, how
+):
+    """Ctrl-C kept the report; SIGTERM (`timeout 60 flowrl control --json r.json` in CI) and SIGHUP
+    killed the run with no summary and no report (scripting review M3)."""
     import json
 
     pytest.importorskip("dm_control")
+    from fatal_signals import fatal
     from tiny_policy import write_policy
 
     from flowrl_deploy import session
@@ -97,19 +114,22 @@ def test_ctrl_c_prints_the_figures_so_far_and_exits_130(tmp_path, monkeypatch):
     act = session.ControlSession.act
     calls = []
 
-    def act_then_ctrl_c(self, obs):
+    def act_then_stop(self, obs):
         calls.append(1)
-        if len(calls) > 5:
-            raise KeyboardInterrupt
+        if len(calls) == 6:
+            if stop is None:
+                raise KeyboardInterrupt
+            os.kill(os.getpid(), stop)
         return act(self, obs)
 
-    monkeypatch.setattr(session.ControlSession, "act", act_then_ctrl_c)
+    monkeypatch.setattr(session.ControlSession, "act", act_then_stop)
     out = tmp_path / "control.json"
-    with PolicyServer(ServeConfig(str(path), port=0, grace_s=0)).start() as server:
-        result = runner.invoke(
-            app, ["control", "--server", server.address, "--hz", "500", "--deadline-ms", "2", "--json", str(out)]
-        )
-    assert result.exit_code == 130, result.output
-    assert "(5 steps)" in result.output and "interrupted" in result.output and "Traceback" not in result.output
+    args = ["control", "--server", "", "--hz", "500", "--deadline-ms", "2", "--json", str(out)]
+    with PolicyServer(ServeConfig(str(path), port=0, grace_s=0)).start() as server, fatal(*filter(None, [stop])):
+        args[2] = server.address
+        result = runner.invoke(app, args)
+    assert result.exit_code == status, result.output
+    assert "(5 steps)" in result.output and "Traceback" not in result.output
+    assert f"interrupted ({how}): the figures above cover the completed episodes and ticks" in result.output
     report = json.loads(out.read_text())
     assert report["interrupted"] is True and report["steps"] == 5

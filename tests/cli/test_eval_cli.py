@@ -4,6 +4,8 @@ silence (typer's own handling exits 130 without a word). And the warning for an 
 
 from __future__ import annotations
 
+import os
+import signal
 from pathlib import Path
 
 import pytest
@@ -26,8 +28,8 @@ def pendulum_policy(tmp_path_factory) -> Path:
     )  # fmt: skip
 
 
-def _ctrl_c_after(monkeypatch, actions: int) -> None:
-    """Ctrl-C once the policy has given ``actions`` actions."""
+def _ctrl_c_after(monkeypatch, actions: int, stop: int | None = None) -> None:
+    """Ctrl-C (or the signal ``stop``, sent to this process) once the policy has given ``actions`` actions."""
     from flowrl_deploy.policy import SeededPolicy
 
     act, calls = SeededPolicy.act, []
@@ -35,7 +37,9 @@ def _ctrl_c_after(monkeypatch, actions: int) -> None:
     def interrupted_act(self, obs):
         calls.append(1)
         if len(calls) > actions:
-            raise KeyboardInterrupt
+            if stop is None:
+                raise KeyboardInterrupt
+            os.kill(os.getpid(), stop)
         return act(self, obs)
 
     monkeypatch.setattr(SeededPolicy, "act", interrupted_act)
@@ -50,6 +54,24 @@ def test_ctrl_c_during_eval_prints_the_completed_episodes_and_exits_130(pendulum
     assert result.exit_code == 130, result.output
     assert result.output.strip().splitlines() == [
         f"interrupted (Ctrl-C) after 2 of 1000 episodes on {ENV}: return {two_episodes}"
+    ]
+
+
+@pytest.mark.skipif(not hasattr(signal, "SIGHUP"), reason="POSIX signals (Windows has no SIGHUP)")
+@pytest.mark.parametrize(("stop", "status"), [("SIGTERM", 143), ("SIGHUP", 129)])
+def test_sigterm_and_sighup_during_eval_print_the_completed_episodes_as_ctrl_c_does(
+    pendulum_policy, monkeypatch, stop, status
+):
+    """`timeout 600 flowrl eval …` in CI ended with no output at all, killed (scripting review M3)."""
+    from fatal_signals import fatal
+
+    two_episodes = runner.invoke(app, ["eval", str(pendulum_policy), "--episodes", "2"]).output.strip()
+    _ctrl_c_after(monkeypatch, 2 * 200 + 50, getattr(signal, stop))
+    with fatal(getattr(signal, stop)):
+        result = runner.invoke(app, ["eval", str(pendulum_policy), "--episodes", "1000"])
+    assert result.exit_code == status, result.output
+    assert result.output.strip().splitlines() == [
+        f"interrupted ({stop}) after 2 of 1000 episodes on {ENV}: return {two_episodes.removeprefix(f'{ENV}: return ')}"
     ]
 
 
