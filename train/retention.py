@@ -13,7 +13,7 @@ import shutil
 from collections.abc import Callable
 from pathlib import Path
 
-from flowrl_deploy.atomic import fsync_dir, os_reason
+from flowrl_deploy.atomic import fsync_dir, os_reason, write_text_atomic
 from flowrl_deploy.checkpoint import (
     BEST,
     CHECKPOINTS_DIR,
@@ -30,7 +30,7 @@ from flowrl_deploy.checkpoint import (
     step_name,
     step_of,
 )
-from flowrl_deploy.errors import CheckpointError, printable
+from flowrl_deploy.errors import CheckpointError, FlowRLError, printable
 from flowrl_deploy.train.checkpointing import own_eval_return
 
 SAVE_LEFTOVERS = re.compile(r"\.(step_\d+)\.(tmp-[a-z0-9_]+|old-\d+)")
@@ -272,17 +272,15 @@ def _drop_replay(checkpoint: Path, last: str) -> None:
         return
     try:
         size = replay.stat().st_size
-        with open(checkpoint / REPLAY_DROPPED_FILE, "w", encoding="utf-8") as f:
-            f.write(
-                f"{REPLAY_FILE} ({size} bytes) was deleted to save disk when {last} was saved: a run keeps its replay "
-                f"buffer only in {LAST} and the checkpoint before it. Resuming this checkpoint (a branch of the run) "
-                "starts with an empty buffer.\n"
-            )
-            f.flush()
-            os.fsync(f.fileno())
+        write_text_atomic(  # whole or not at all: a full disk leaves no empty note beside the buffer it kept
+            checkpoint / REPLAY_DROPPED_FILE,
+            f"{REPLAY_FILE} ({size} bytes) was deleted to save disk when {last} was saved: a run keeps its replay "
+            f"buffer only in {LAST} and the checkpoint before it. Resuming this checkpoint (a branch of the run) "
+            "starts with an empty buffer.\n",
+        )
         fsync_dir(checkpoint)
         replay.unlink()
-    except OSError:
+    except (OSError, FlowRLError):
         pass  # kept: the next save tries again
 
 

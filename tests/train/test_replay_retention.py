@@ -151,3 +151,21 @@ def test_a_kill_while_dropping_a_buffer_leaves_every_checkpoint_resumable(monkey
         "step_000000300": True,
         "step_000000400": True,
     }
+
+
+def test_a_note_that_cannot_be_written_leaves_neither_a_note_nor_a_lost_buffer(monkeypatch, tmp_path):
+    """A full disk as the note was written left an empty or cut-off `replay.dropped` beside the buffer it kept."""
+    import errno
+    import os
+
+    checkpoint = tmp_path / "step_000000100"
+    checkpoint.mkdir()
+    (checkpoint / REPLAY).write_bytes(b"buffer")
+
+    def full(fd):
+        raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+
+    monkeypatch.setattr(os, "fsync", full)
+    retention._drop_replay(checkpoint, "step_000000300")
+    monkeypatch.undo()
+    assert sorted(p.name for p in checkpoint.iterdir()) == [REPLAY]  # kept for the next save to try again
