@@ -44,7 +44,7 @@ from flowrl_deploy.train.envs import Env, EnvInfo, episode_seed, make_env
 from flowrl_deploy.train.evaluate import EVAL_NOISE_STREAM, EvalResult, evaluate
 from flowrl_deploy.train.logger import EPISODE_RETURN, MetricsError, MetricsLogger, Progress, RateMeter
 from flowrl_deploy.train.replay import ReplayBuffer
-from flowrl_deploy.train.resources import memory_shortfall
+from flowrl_deploy.train.resources import disk_space_note, memory_shortfall
 from flowrl_deploy.train.resume import (
     check_new_run_dir,
     remove_leftovers,
@@ -331,6 +331,8 @@ class _Run:
     """The logged rates' meter: restarted at each row of them and after each evaluation."""
     warnings: list[str]
     """What the user should know before the first step, logged on ``flowrl.train``."""
+    disk_checked_at: int = -1
+    """The env step of the last save whose disk's free space was checked (:func:`disk_space_note`)."""
 
     def save(self, best: bool = False) -> None:
         def write(path: Path) -> Path:
@@ -341,9 +343,13 @@ class _Run:
             )  # fmt: skip
 
         try:
-            self.checkpoints.save(self.counters.env_steps, write, best=best)
+            saved = self.checkpoints.save(self.counters.env_steps, write, best=best)
         finally:  # written, even where its links then failed to move: a resume continues it
             self.last_checkpoint = self.checkpoints.written or self.last_checkpoint
+        if self.disk_checked_at != self.counters.env_steps and (note := disk_space_note(saved)):
+            self.bar.clear()
+            log.warning("%s", note)
+        self.disk_checked_at = self.counters.env_steps  # once a step: `best`, then the periodic save, write one
 
     def close(self, raise_errors: bool = True) -> None:
         try:

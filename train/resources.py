@@ -1,10 +1,12 @@
 """What a training run needs of the machine, checked before it allocates: its memory
 (:func:`memory_shortfall`) against the memory it may use (this machine's RAM, :func:`physical_memory_bytes`,
-or its cgroup's limit, :func:`cgroup_memory_limit`, whichever is less) and its GPU memory."""
+or its cgroup's limit, :func:`cgroup_memory_limit`, whichever is less) and its GPU memory; and, after each
+save, the disk its checkpoints go to (:func:`disk_space_note`)."""
 
 from __future__ import annotations
 
 import os
+import shutil
 from pathlib import Path, PurePosixPath
 
 import torch
@@ -45,6 +47,30 @@ def memory_shortfall(spec: PolicySpec, cfg: TrainConfig, device: torch.device) -
                 f"{networks / 2**30:.1f} GiB networks); {has}"
             )
     return None
+
+
+def disk_space_note(checkpoint: Path) -> str | None:
+    """A warning where the disk of ``checkpoint``, just saved, has room for fewer than two more of its size, or
+    None: the next save writes a whole checkpoint before it deletes anything, and a save that fails stops the run
+    (at its last checkpoint), with nothing said before on a disk that filled over days."""
+    try:
+        size = sum(entry.stat().st_size for entry in os.scandir(checkpoint) if entry.is_file(follow_symlinks=False))
+        free = shutil.disk_usage(checkpoint).free
+    except OSError:
+        return None
+    if free >= 2 * size:
+        return None
+    return (
+        f"{_size(free)} free on the disk of {checkpoint.parent}, and a checkpoint takes {_size(size)}: the next save "
+        "may not fit, and a save that fails stops the run at its last checkpoint; free space there"
+    )
+
+
+def _size(n: int) -> str:
+    for unit, scale in (("GiB", 2**30), ("MiB", 2**20)):
+        if n >= scale:
+            return f"{n / scale:.1f} {unit}"
+    return f"{n / 2**10:.1f} KiB"
 
 
 def memory_limit() -> tuple[int, str] | None:
