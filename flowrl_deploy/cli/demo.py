@@ -2,13 +2,15 @@
 
 train → checkpoint → export (the training N, or --export-steps) → `flowrl serve` in a child process → a simulated robot
 in a fixed-rate closed loop against it → a report folder with plots, artifacts and figures.
-The child server is stopped on every exit path, Ctrl-C included (``ServerProcess``).
+The child server is stopped on every exit path, Ctrl-C, SIGTERM and SIGHUP included (``ServerProcess``); only
+SIGKILL leaves it running.
 """
 
 from __future__ import annotations
 
 import io
 import json
+import signal
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -20,8 +22,9 @@ from flowrl_deploy.atomic import os_reason, write_atomic
 from flowrl_deploy.cli._common import client_warnings, finite, user_errors, warnings_to
 from flowrl_deploy.contract import MAX_HZ
 from flowrl_deploy.envid import EnvIdError, parse_env_id
-from flowrl_deploy.errors import FlowRLError
+from flowrl_deploy.errors import FlowRLError, Interrupted
 from flowrl_deploy.extras import install_command, missing_modules
+from flowrl_deploy.signals import interrupt_on_stop_signals, stop_name
 from flowrl_deploy.spec import MAX_FLOW_STEPS
 
 
@@ -282,7 +285,10 @@ def demo(
     ] = DemoConfig.export_steps,
     seed: Annotated[int, typer.Option(help="Seed of training, noise and episodes.")] = DemoConfig.seed,
 ) -> None:
-    """Train → export → serve → closed-loop control on a small task, with a report folder."""
+    """Train → export → serve → closed-loop control on a small task, with a report folder.
+
+    Ctrl-C, SIGTERM or SIGHUP stops it, and its server: exit 128 + the signal (130, 143, 129).
+    """
     cfg = DemoConfig(
         out=out,
         env=env,
@@ -295,10 +301,14 @@ def demo(
         start_steps=min(DemoConfig.start_steps, steps // 2),
     )
     try:
-        run_demo(cfg)
-    except KeyboardInterrupt:
+        # SIGTERM (`timeout`, a CI cancel, Popen.terminate()) and SIGHUP stop it as Ctrl-C does: the server too
+        with interrupt_on_stop_signals():
+            run_demo(cfg)
+    except KeyboardInterrupt as exc:
+        signum = exc.signum if isinstance(exc, Interrupted) else signal.SIGINT
         typer.secho(
-            f"interrupted; the server is stopped, and what was written is in the report folder under {out} named above",
+            f"interrupted ({stop_name(signum)}); the server is stopped, and what was written is in the report "
+            f"folder under {out} named above",
             err=True,
         )
-        raise typer.Exit(130) from None
+        raise typer.Exit(128 + signum) from None

@@ -4,6 +4,8 @@ import errno
 import json
 import os
 import re
+import signal
+import time
 
 import pytest
 from extras_needed import needs_extras
@@ -142,6 +144,34 @@ def test_ctrl_c_is_a_message_and_exit_130(tmp_path, monkeypatch):
     result = CliRunner().invoke(app, ["demo", "--out", str(tmp_path), "--steps", "10"])
     assert result.exit_code == 130
     assert "interrupted" in result.output and "Traceback" not in result.output
+
+
+@pytest.mark.skipif(not hasattr(signal, "SIGHUP"), reason="POSIX signals (Windows has no SIGHUP)")
+@pytest.mark.parametrize(("stop", "status"), [("SIGTERM", 143), ("SIGHUP", 129)])
+def test_sigterm_and_sighup_stop_the_demo_and_its_server_as_ctrl_c_does(tmp_path, monkeypatch, stop, status):
+    """`timeout 600 flowrl demo` (or a CI cancel, Popen.terminate()) killed the demo and left its
+    `flowrl serve` child running for good, listening (scripting review M1)."""
+    import importlib
+
+    from fatal_signals import fatal
+    from tiny_policy import write_policy
+
+    demo = importlib.import_module("flowrl_deploy.cli.demo")  # the module, not the command function
+    policy = write_policy(tmp_path / "policy.onnx")
+    servers = []
+
+    def stopped_while_serving(cfg, echo=None):
+        with ServerProcess(policy, log=tmp_path / "server.log") as server:
+            servers.append(server)
+            os.kill(os.getpid(), getattr(signal, stop))
+            time.sleep(30)  # the closed loop: the signal ends it
+
+    monkeypatch.setattr(demo, "run_demo", stopped_while_serving)
+    with fatal(getattr(signal, stop)):
+        result = CliRunner().invoke(app, ["demo", "--out", str(tmp_path), "--steps", "10"])
+    assert result.exit_code == status, result.output
+    assert result.output.startswith(f"interrupted ({stop}); the server is stopped") and "Traceback" not in result.output
+    assert servers[0].process.poll() is not None
 
 
 def test_each_demo_run_gets_its_own_report_folder(tmp_path):
