@@ -26,6 +26,7 @@ from flowrl_deploy.checkpoint import RUN_JSON_FILES, check_not_a_stream, check_o
 from flowrl_deploy.connection import DEFAULT_SERVER
 from flowrl_deploy.errors import FlowRLError, Interrupted, printable
 from flowrl_deploy.extras import missing_extra_message
+from flowrl_deploy.signals import stop_name
 from flowrl_deploy.spec import SOLVERS
 from flowrl_deploy.systemd import journal_prefix
 
@@ -514,7 +515,7 @@ def user_errors(command: Callable[P, R]) -> Callable[P, R]:
             raise typer.Exit(1) from None
         except KeyboardInterrupt as exc:  # a command that has more to say (what was done) catches it first
             signum = exc.signum if isinstance(exc, Interrupted) else signal.SIGINT
-            how = "Ctrl-C" if signum == signal.SIGINT else signal.Signals(signum).name
+            how = stop_name(signum)
             typer.secho(f"interrupted ({how}): flowrl {command_name} stopped before it finished", err=True)
             raise typer.Exit(128 + signum) from None
         except OSError as exc:
