@@ -10,6 +10,7 @@ from typing import Annotated
 import typer
 
 from flowrl_deploy.cli._common import (
+    REPORT_TO_STDOUT,
     Connection,
     ResultLines,
     check_report,
@@ -17,6 +18,7 @@ from flowrl_deploy.cli._common import (
     client_warnings,
     connects,
     finite,
+    report_text,
     user_errors,
     write_report,
 )
@@ -64,8 +66,9 @@ def _check_metrics_textfile(path: Path | None, interval_s: float | None, json_pa
         raise FlowRLError(f"--metrics-textfile {path} is also the --json file; give one of them another name")
 
 
-def _announce_rate(explicit: bool):
-    """Say which rate the run uses; warn (stderr) when an explicit --hz is not the policy's own."""
+def _announce_rate(explicit: bool, err: bool = False):
+    """Say which rate the run uses (on stderr with ``err``: --json - leaves stdout to the report); warn (stderr)
+    when an explicit --hz is not the policy's own."""
 
     def on_rate(hz: float, contract_hz: float | None) -> None:
         if not explicit:
@@ -74,9 +77,9 @@ def _announce_rate(explicit: bool):
                 if contract_hz
                 else "the served policy's contract has no control period"
             )
-            typer.echo(f"control at {hz:g} Hz ({why})")
+            typer.echo(f"control at {hz:g} Hz ({why})", err=err)
             return
-        typer.echo(f"control at {hz:g} Hz (--hz)")
+        typer.echo(f"control at {hz:g} Hz (--hz)", err=err)
         if contract_hz and abs(hz - contract_hz) > 1e-6 * contract_hz:
             typer.secho(
                 f"warning: --hz {hz:g} differs from the served policy's rate, {contract_hz:g} Hz "
@@ -130,8 +133,13 @@ def control(
             help=f"Seconds to wait for the server to be SERVING before giving up (at most {MAX_TIMEOUT_S}).",
         ),
     ] = 5.0,
-    json_path: Annotated[
-        Path | None, typer.Option("--json", help="Write the report (with raw latencies) here.")
+    json_out: Annotated[
+        str | None,
+        typer.Option(
+            "--json",
+            metavar="<path>",
+            help="Write the report (with raw latencies) here ('-': on stdout, the summary lines then on stderr).",
+        ),
     ] = None,
     cpus: Annotated[
         str, typer.Option(help="Pin the control loop to these cores, e.g. '0', '2,3' or '0-1' (Linux); default: any.")
@@ -175,6 +183,8 @@ def control(
     from flowrl_deploy.signals import interrupt_on_stop_signals, stop_name
     from flowrl_deploy.train.control import run_control
 
+    json_stdout = json_out == REPORT_TO_STDOUT
+    json_path = None if json_out is None or json_stdout else Path(json_out)
     checked_timeout(connect_timeout, "--connect-timeout")  # gRPC waits forever on a deadline years away
     contract_hash = checked_contract_hash(contract_hash, "--contract-hash")
     _check_metrics_textfile(metrics_textfile, metrics_interval, json_path)
@@ -215,20 +225,24 @@ def control(
                 contract_hash=contract_hash,
                 connect_timeout_s=connect_timeout,
                 stop_on_interrupt=True,
-                on_rate=_announce_rate(explicit=hz is not None),
+                on_rate=_announce_rate(explicit=hz is not None, err=json_stdout),
                 on_session=None if textfile is None else textfile.watch,
             )
-        printed = ResultLines()  # a stdout that fails still lets the report be written
+        printed = ResultLines(on_stderr=json_stdout)  # a stdout that fails still lets the report be written
         printed.echo(report.summary())
         if note := report.seeded_note():  # on stderr, as export's notes: stdout's last line stays the summary's
             typer.echo(note, err=True)
-        if json_path is not None:
+        if json_stdout:
+            printed = ResultLines()  # the report alone on stdout
+            printed.echo(report_text(report.to_dict()))
+        elif json_path is not None:
             write_report("--json", json_path, report.to_dict())
         # how the run ended comes first (its exit status too): a failed stdout is then a note on that line
         lost = (
             ""
             if printed.error is None
-            else f" (the summary was not printed: {printed.error.strerror or printed.error})"
+            else f" (the {'report' if json_stdout else 'summary'} was not printed: "
+            f"{printed.error.strerror or printed.error})"
         )
         if report.interrupted:
             signum = received[0] if received else signal.SIGINT

@@ -133,3 +133,27 @@ def test_a_stop_prints_the_figures_so_far_writes_the_report_and_exits_128_plus_t
     assert f"interrupted ({how}): the figures above cover the completed episodes and ticks" in result.output
     report = json.loads(out.read_text())
     assert report["interrupted"] is True and report["steps"] == 5
+
+
+def test_json_dash_prints_the_report_alone_on_stdout(tmp_path, monkeypatch):
+    """`--json -` wrote a file named '-': a pipeline (`| jq .deadline_misses`) had no way to the report."""
+    import json
+
+    pytest.importorskip("dm_control")
+    from tiny_policy import write_policy
+
+    from flowrl_deploy.serve import PolicyServer, ServeConfig
+
+    path = write_policy(
+        tmp_path / "cartpole.onnx", obs_dim=5, act_dim=1, action_low=(-1.0,), action_high=(1.0,),
+        obs_layout=(), action_names=(), env_id="dmc:cartpole-swingup",
+    )  # fmt: skip
+    monkeypatch.chdir(tmp_path)
+    with PolicyServer(ServeConfig(str(path), port=0, grace_s=0)).start() as server:
+        args = ["control", "--server", server.address, "--max-steps", "5", "--json", "-"]
+        result = runner.invoke(app, args)
+    assert result.exit_code == 0, result.output
+    report = json.loads(result.stdout)  # nothing else on stdout
+    assert report["steps"] == 5 and report["server"] == server.address
+    assert "control at 50 Hz" in result.stderr and "(5 steps" in result.stderr
+    assert not (tmp_path / "-").exists()
