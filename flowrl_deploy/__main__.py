@@ -5,4 +5,5 @@ import sys
 
 from flowrl_deploy._main import main
 
-sys.exit(main())
+if __name__ == "__main__":  # not on an import (pydoc, multiprocessing's spawn re-importing the main module)
+    sys.exit(main())
