@@ -415,14 +415,19 @@ def check_not_a_stream(flag: str, path: str | os.PathLike[str]) -> None:
     ``/dev/fd/1``): a stream of the process, which a file renamed onto the path would replace."""
     hop, hops = Path(path).absolute(), 0
     while True:
-        folder = hop.parent.resolve()
+        try:
+            folder = hop.parent.resolve()
+            link = hop.is_symlink() and hops < 40  # 40: as the kernel's limit on links in a row
+            target = os.readlink(hop) if link else ""
+        except (OSError, RuntimeError) as exc:  # RuntimeError: Python 3.11's "Symlink loop"
+            raise FlowRLError(f"{flag} {path}: its folder cannot be followed ({exc})") from None
         if folder.is_relative_to("/proc"):
             raise FlowRLError(
                 f"{flag} {path} leads to {folder / hop.name}, a stream of the process, not a file; give a file path"
             )
-        if not hop.is_symlink() or hops == 40:  # 40: as the kernel's limit on links in a row
+        if not link:
             return
-        hop, hops = Path(os.path.normpath(hop.parent / os.readlink(hop))), hops + 1
+        hop, hops = folder / target, hops + 1  # ".." in the target: the next hop's resolve() takes it
 
 
 def resolve_checkpoint(path: str | os.PathLike[str]) -> Path:

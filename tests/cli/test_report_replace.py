@@ -49,7 +49,8 @@ def test_a_flowrl_report_is_replaced(tmp_path, old):
     assert json.loads(path.read_text()) == NEW
 
 
-@pytest.mark.parametrize("via", ["link", "dev-fd"])
+@pytest.mark.skipif(not Path("/proc/self/fd").is_dir(), reason="Linux's /proc (macOS's /dev/fd is fdescfs)")
+@pytest.mark.parametrize("via", ["link", "dev-fd", "link-climbing-through-a-linked-folder"])
 def test_a_report_path_that_leads_to_a_stream_of_the_process_is_refused_and_the_link_kept(tmp_path, via):
     """`--json /dev/stdout` with stdout on a file (a SLURM log): the link's target is a regular file, and the
     atomic rename replaced the link itself by the report, as root the system's /dev/stdout."""
@@ -59,12 +60,24 @@ def test_a_report_path_that_leads_to_a_stream_of_the_process_is_refused_and_the_
         if via == "link":
             path = tmp_path / "my-stdout"
             path.symlink_to(f"/proc/self/fd/{fd}")  # as /dev/stdout → /proc/self/fd/1
-        else:
+        elif via == "dev-fd":
             path = Path(f"/dev/fd/{fd}")
+        else:  # the relative target read from the linked folder's real place, not from the path's
+            (tmp_path / "real").mkdir()
+            (tmp_path / "real" / "out").symlink_to("../" * len(tmp_path.parts) + f"proc/self/fd/{fd}")
+            (tmp_path / "deep" / "er").mkdir(parents=True)
+            (tmp_path / "deep" / "er" / "linked").symlink_to(tmp_path / "real")
+            path = tmp_path / "deep" / "er" / "linked" / "out"
         assert path.is_file()  # what the check for a regular file saw
         for command_step in (check_writable, check_report, lambda flag, p: write_report(flag, p, NEW)):
             with pytest.raises(FlowRLError, match=rf"--json {path} leads to /proc/\d+/fd/{fd}, a stream of the pro"):
                 command_step("--json", path)
-        if via == "link":
+        if via != "dev-fd":
             assert path.is_symlink()
     assert log.read_text() == ""
+
+
+def test_a_report_path_through_a_symlink_loop_is_one_line(tmp_path):
+    (tmp_path / "loop").symlink_to("loop")
+    with pytest.raises(FlowRLError, match=r"--json .*loop/r\.json: its folder cannot be followed"):
+        check_writable("--json", tmp_path / "loop" / "r.json")
