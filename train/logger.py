@@ -30,12 +30,14 @@ from flowrl_deploy.errors import FlowRLError
 
 EPISODE_RETURN = "charts/episode_return"
 """The key of a training episode's row (one per episode, logged at the env step it ended)."""
+EPISODE_UNSTABLE = "charts/episode_unstable"
+"""1.0 in the row of an episode that an unstable simulation cut short."""
 CSV_COLUMNS = (
     "step",
     EPISODE_RETURN,
     "charts/episode_length",
     "charts/episode_terminated",
-    "charts/episode_unstable",
+    EPISODE_UNSTABLE,
     "charts/eval_return",
     "charts/eval_return_std",
     "charts/eval_episode_length",
@@ -85,7 +87,7 @@ class MetricsLogger:
         self._tb_path = run_dir / TENSORBOARD_DIR
         kept = [] if resume_step is None else _rows_up_to(self._jsonl_path, self._csv_path, resume_step)
         if resume_episodes is not None:
-            kept = _first_episodes(kept, resume_episodes)
+            kept = _without_uncounted_episodes(kept, resume_episodes, resume_step)
         for path, text in ((self._jsonl_path, _jsonl_text(kept)), (self._csv_path, _csv_text(kept))):
             write_text_atomic(path, text)  # a crash here leaves the old file or the new one
         self._tb = None
@@ -234,16 +236,18 @@ def _rows_up_to(path: Path, csv_path: Path, step: int) -> list[dict]:
     return rows
 
 
-def _first_episodes(rows: list[dict], episodes: int) -> list[dict]:
-    """``rows`` without the episode rows (:data:`EPISODE_RETURN`) past the first ``episodes``."""
-    kept, seen = [], 0
-    for row in rows:
-        if EPISODE_RETURN in row:
-            seen += 1
-            if seen > episodes:
-                continue
+def _without_uncounted_episodes(rows: list[dict], episodes: int, step: int) -> list[dict]:
+    """``rows`` less the rows of episodes past the checkpoint's count, ``episodes``: the last rows of episodes
+    cut short (:data:`EPISODE_UNSTABLE`) at the checkpoint's ``step``, the only rows a run logs at that step after
+    saving it (its failed step stored nothing). A normal episode's row, or one of another step, always stays."""
+    excess = sum(EPISODE_RETURN in row for row in rows) - episodes
+    kept: list[dict] = []
+    for row in reversed(rows):
+        if excess > 0 and EPISODE_RETURN in row and row["step"] == step and row.get(EPISODE_UNSTABLE):
+            excess -= 1
+            continue
         kept.append(row)
-    return kept
+    return kept[::-1]
 
 
 def _csv_rows_up_to(path: Path, step: int) -> list[dict]:
@@ -293,9 +297,9 @@ class Progress:
     """
 
     def __init__(self, total: int, start_steps: int = 0, start_updates: int = 0, enabled: bool = True) -> None:
-        self.total, self.enabled = total, enabled
-        self.stream: TextIO = sys.stderr
-        self.tty = self.stream.isatty()
+        self.stream: TextIO | None = sys.stderr  # None: Python started with stderr closed (2>&-)
+        self.total, self.enabled = total, enabled and self.stream is not None
+        self.tty = self.stream is not None and self.stream.isatty()
         self._last_draw = time.perf_counter()
         self._drawn = 0  # the length of the line on the terminal
         self._since_start = RateMeter(start_steps, start_updates)
@@ -338,6 +342,8 @@ class Progress:
             self._write("\n")
 
     def _write(self, text: str) -> None:
+        if self.stream is None:
+            return
         try:
             self.stream.write(text)
             self.stream.flush()

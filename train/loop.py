@@ -42,7 +42,14 @@ from flowrl_deploy.train.config import (
 )
 from flowrl_deploy.train.envs import Env, EnvInfo, episode_seed, make_env
 from flowrl_deploy.train.evaluate import EVAL_NOISE_STREAM, EvalResult, evaluate
-from flowrl_deploy.train.logger import EPISODE_RETURN, MetricsError, MetricsLogger, Progress, RateMeter
+from flowrl_deploy.train.logger import (
+    EPISODE_RETURN,
+    EPISODE_UNSTABLE,
+    MetricsError,
+    MetricsLogger,
+    Progress,
+    RateMeter,
+)
 from flowrl_deploy.train.replay import ReplayBuffer
 from flowrl_deploy.train.resources import disk_space_note, memory_shortfall
 from flowrl_deploy.train.resume import (
@@ -346,10 +353,11 @@ class _Run:
             saved = self.checkpoints.save(self.counters.env_steps, write, best=best)
         finally:  # written, even where its links then failed to move: a resume continues it
             self.last_checkpoint = self.checkpoints.written or self.last_checkpoint
-        if self.disk_checked_at != self.counters.env_steps and (note := disk_space_note(saved)):
+        steps = self.counters.env_steps
+        if steps < self.cfg.steps and self.disk_checked_at != steps and (note := disk_space_note(saved)):
             self.bar.clear()
             log.warning("%s", note)
-        self.disk_checked_at = self.counters.env_steps  # once a step: `best`, then the periodic save, write one
+        self.disk_checked_at = steps  # once a step (`best`, then the periodic save, write one), and not at the end
 
     def close(self, raise_errors: bool = True) -> None:
         try:
@@ -531,7 +539,7 @@ def _log_episode(run: _Run, episode_return: float, length: int, *, terminated: b
             EPISODE_RETURN: episode_return,
             "charts/episode_length": length,
             "charts/episode_terminated": float(terminated),
-            "charts/episode_unstable": float(unstable),
+            EPISODE_UNSTABLE: float(unstable),
         },
     )
 

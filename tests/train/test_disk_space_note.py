@@ -1,5 +1,5 @@
-"""A run whose checkpoint disk fills over days said nothing until a save failed and stopped it: after each save it
-now warns where the disk has room for fewer than two more checkpoints of that size."""
+"""A run whose checkpoint disk fills over days said nothing until a save failed and stopped it: after each save but
+the run's last it now warns where the disk has room for fewer than two more checkpoints of that size."""
 
 import logging
 import shutil
@@ -16,7 +16,7 @@ def warnings_of(caplog) -> list[str]:
     return [r.getMessage() for r in caplog.records if r.name == "flowrl.train"]
 
 
-def test_a_save_on_a_nearly_full_disk_warns_once_a_save(monkeypatch, tmp_path, caplog):
+def test_a_save_on_a_nearly_full_disk_warns_once_a_step_but_the_last(monkeypatch, tmp_path, caplog):
     real = shutil.disk_usage
     monkeypatch.setattr(resources.shutil, "disk_usage", lambda path: Usage(10**9, 10**9 - 50_000, 50_000))
     run = tmp_path / "run"
@@ -28,7 +28,7 @@ def test_a_save_on_a_nearly_full_disk_warns_once_a_save(monkeypatch, tmp_path, c
         f"48.8 KiB free on the disk of {run / 'checkpoints'}, and a checkpoint takes {size / 2**10:.1f} KiB: the next "
         "save may not fit, and a save that fails stops the run at its last checkpoint; free space there"
     )
-    assert warnings_of(caplog) == [note, note]  # one a step: step 200's best and periodic saves write one
+    assert warnings_of(caplog) == [note]  # step 200's best and periodic saves write one; no next save after 400
 
     caplog.clear()
     monkeypatch.setattr(resources.shutil, "disk_usage", real)

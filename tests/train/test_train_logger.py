@@ -81,19 +81,18 @@ def test_a_new_run_removes_the_tensorboard_events_of_a_crashed_one(tmp_path):
 
 
 def test_a_resume_drops_the_rows_of_episodes_its_checkpoint_does_not_count(tmp_path):
-    # saved at step 200 with 2 episodes; a third, cut short right after the save, was logged at step 200 too
+    # saved at step 200 counting 3 episodes; the first row is a cut episode's that an older version's resume kept
+    # (not counted); one more episode, cut right after the save, was logged at step 200 too
+    episode, cut = {"charts/episode_return": 1.0}, {"charts/episode_return": 0.0, "charts/episode_unstable": 1.0}
+    rows = [(50, cut), (100, episode), (200, episode), (200, {"charts/eval_return": 2.0}), (200, cut), (300, episode)]
     logger = MetricsLogger(tmp_path, tensorboard=False)
-    for step, key in ((100, "charts/episode_return"), (200, "charts/episode_return"), (200, "charts/eval_return"),
-                      (200, "charts/episode_return"), (300, "charts/episode_return")):  # fmt: skip
-        logger.log(step, {key: float(step)})
+    for step, scalars in rows:
+        logger.log(step, scalars)
     logger.close()
     MetricsLogger(tmp_path, tensorboard=False, resume_step=200, resume_episodes=2).close()
-    assert read_rows(tmp_path) == [
-        {"step": 100, "charts/episode_return": 100.0},
-        {"step": 200, "charts/episode_return": 200.0},
-        {"step": 200, "charts/eval_return": 200.0},
-    ]
-    assert (tmp_path / "metrics.csv").read_text().count("\n") == 4  # the header and the same three rows
+    kept = [{"step": step, **scalars} for step, scalars in rows[:4]]  # only a cut episode's row of step 200 goes
+    assert read_rows(tmp_path) == kept
+    assert (tmp_path / "metrics.csv").read_text().count("\n") == 5  # the header and the same four rows
 
 
 def test_a_metrics_file_that_fails_mid_run_is_named_and_closing_does_not_raise_again(tmp_path):
@@ -271,3 +270,12 @@ def test_a_nan_or_infinite_value_is_null_in_metrics_jsonl_which_stays_strict_jso
     assert row == {"step": 100, "losses/q_pi_loss": None, "losses/actor_loss": None, "charts/eval_return": 1.5}
     MetricsLogger(tmp_path, tensorboard=False, resume_step=100).close()  # a resume rewrites the rows it keeps
     assert json.loads((tmp_path / "metrics.jsonl").read_text(), parse_constant=refuse) == row
+
+
+def test_a_progress_line_without_a_stderr_is_off(monkeypatch):
+    """Python started with stderr closed (`2>&-`) has sys.stderr None: Progress raised AttributeError at once."""
+    monkeypatch.setattr(logger_module.sys, "stderr", None)
+    progress = Progress(1000)
+    progress.update(500, 400, force=True)
+    progress.close()
+    assert not progress.enabled
