@@ -38,13 +38,14 @@ class _Flowrl(typer.Typer):
     def __call__(self, *args, **kwargs):
         from flowrl_deploy.cli._common import (
             OutputFailed,
+            colour_off,
             report_late_interrupt,
             report_output_failure,
             writing_stdout,
         )
 
         _replace_unencodable_output()  # before any output, --help's included
-        if os.environ.get("NO_COLOR") or os.environ.get("TERM") == "dumb":  # no-color.org; a terminal that shows none
+        if colour_off():
             kwargs.setdefault("color", False)
         try:
             return super().__call__(*args, **kwargs)
@@ -57,7 +58,7 @@ class _Flowrl(typer.Typer):
             report_late_interrupt()
             raise SystemExit(130) from None
         except OutputFailed as exc:  # a command's output (@user_errors): one line, or a quiet exit for EPIPE
-            report_output_failure(exc.error, exc.done)
+            report_output_failure(exc.error, exc.done, exc.what)
         except OSError as exc:  # --help's, --version's (click's own EPIPE handling exits 1 quietly first)
             if not writing_stdout(exc):
                 raise

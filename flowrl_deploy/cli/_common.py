@@ -388,9 +388,9 @@ class OutputFailed(Exception):
     nothing worth saying). Not an ``OSError`` itself, which click takes for its own closed-pipe case:
     the ``flowrl`` program's handler (:func:`report_output_failure`) says it in one line."""
 
-    def __init__(self, error: OSError, done: str = "") -> None:
+    def __init__(self, error: OSError, done: str = "", what: str = "the summary") -> None:
         super().__init__(error.strerror or str(error))
-        self.error, self.done = error, done
+        self.error, self.done, self.what = error, done, what
 
 
 def _is_stdout(stream: object) -> bool:
@@ -435,31 +435,43 @@ def stdout_to_null_device() -> None:
         os.close(null)
 
 
-def report_output_failure(error: OSError, done: str = "") -> NoReturn:
+def report_output_failure(error: OSError, done: str = "", what: str = "the summary") -> NoReturn:
     """Exit 1 for a standard output that failed: quietly for a reader gone (``EPIPE``: ``| head -1``,
     as Unix tools do), else with one line on stderr naming why and, when ``done`` says it, what the
-    command did before (its file is written: a script must not take the export for failed)."""
+    command did before (its file is written: a script must not take the export for failed) and
+    ``what`` it could not print."""
     stdout_to_null_device()
     if error.errno != errno.EPIPE:
         why = error.strerror or str(error)
         message = (
-            f"{done}, but cannot write the summary to standard output: {why}"
+            f"{done}, but cannot write {what} to standard output: {why}"
             if done
             else f"cannot write to standard output: {why}"
         )
-        typer.secho(f"{journal_prefix(3)}error: {printable(message)}", err=True, fg=typer.colors.RED)
+        typer.secho(  # after the command's click context: NO_COLOR is told here again
+            f"{journal_prefix(3)}error: {printable(message)}",
+            err=True,
+            fg=typer.colors.RED,
+            color=False if colour_off() else None,
+        )
     raise SystemExit(1)
+
+
+def colour_off() -> bool:
+    """Whether the user asked for no colour: ``NO_COLOR`` set and not empty (no-color.org), or ``TERM=dumb``."""
+    return bool(os.environ.get("NO_COLOR")) or os.environ.get("TERM") == "dumb"
 
 
 class ResultLines:
     """A command's result lines on standard output, printed after its work. When standard output fails
     (a full disk, a reader gone) the lines left are dropped but the command goes on (its --json report
     is still written); :meth:`check` then raises :class:`OutputFailed` saying what was done. With
-    ``on_stderr`` (``--json -``: standard output holds the report alone) they go to standard error."""
+    ``on_stderr`` (``--json -``: standard output holds the report alone) they go to standard error;
+    ``what`` names them in the message of a failed standard output."""
 
-    def __init__(self, on_stderr: bool = False) -> None:
+    def __init__(self, on_stderr: bool = False, what: str = "the summary") -> None:
         self.error: OSError | None = None
-        self.on_stderr = on_stderr
+        self.on_stderr, self.what = on_stderr, what
 
     def echo(self, text: str) -> None:
         if self.error is not None:
@@ -478,7 +490,7 @@ class ResultLines:
     def check(self, done: str) -> None:
         """Raise :class:`OutputFailed` saying ``done`` if a line could not be printed."""
         if self.error is not None:
-            raise OutputFailed(self.error, done)
+            raise OutputFailed(self.error, done, self.what)
 
 
 def user_errors(command: Callable[P, R]) -> Callable[P, R]:

@@ -233,7 +233,7 @@ def control(
         if note := report.seeded_note():  # on stderr, as export's notes: stdout's last line stays the summary's
             typer.echo(note, err=True)
         if json_stdout:
-            printed = ResultLines()  # the report alone on stdout
+            printed = ResultLines(what="the --json report")  # the report alone on stdout
             printed.echo(report_text(report.to_dict()))
         elif json_path is not None:
             write_report("--json", json_path, report.to_dict())

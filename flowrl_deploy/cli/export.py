@@ -232,6 +232,6 @@ def export(
         except FlowRLError as exc:  # a full disk: the export itself is written and verified, which a script must know
             raise FlowRLError(f"wrote {files}, but {exc}") from None
     if json_stdout:
-        printed = ResultLines()  # the report alone on stdout (the summary lines went to stderr)
+        printed = ResultLines(what="the --json report")  # the report alone on stdout (the summary lines went to stderr)
         printed.echo(report_text(records))
     printed.check(f"wrote {files}" + (f" and the --json report {json_path}" if json_path is not None else ""))

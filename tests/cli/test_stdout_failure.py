@@ -5,6 +5,7 @@ command ended in a 40-line traceback. `flowrl export` says its file was written 
 
 from __future__ import annotations
 
+import contextlib
 import errno
 import json
 import os
@@ -171,3 +172,36 @@ def test_a_failure_to_write_a_file_is_not_called_a_stdout_failure(error):
     with pytest.raises(type(error)) as raised:
         command()
     assert raised.value is error
+
+
+@needs_dev_full
+def test_export_json_dash_on_a_full_stdout_names_the_report_it_could_not_print(tmp_path, checkpoint):
+    out = tmp_path / "p.onnx"
+    result = flowrl(tmp_path, full_disk(), "export", str(checkpoint), "-o", str(out), "--no-verify", "--json", "-")
+    last = result.stderr.decode().splitlines()[-1]
+    assert result.returncode == 1
+    assert last == f"error: wrote {out}, but cannot write the --json report to standard output: No space left on device"
+
+
+@needs_dev_full
+@pytest.mark.parametrize("no_color", ["", "1"])
+def test_no_color_holds_for_the_line_of_a_failed_stdout(tmp_path, policy, no_color):
+    """The line is printed after the command's click context is gone, so NO_COLOR was not seen there."""
+    import pty
+
+    leader, terminal = pty.openpty()  # stderr on a terminal: colour unless NO_COLOR
+    try:
+        result = subprocess.run(
+            [sys.executable, "-m", "flowrl_deploy.cli", "inspect", str(policy)],
+            cwd=tmp_path, stdout=full_disk(), stderr=terminal, timeout=300,
+            env={**os.environ, "NO_COLOR": no_color, "TERM": "xterm"},
+        )  # fmt: skip
+        os.close(terminal)
+        written = b""
+        with contextlib.suppress(OSError):  # EIO once the terminal's other end is closed and all is read
+            while chunk := os.read(leader, 4096):
+                written += chunk
+    finally:
+        os.close(leader)
+    assert result.returncode == 1 and b"cannot write to standard output: No space left on device" in written
+    assert (b"\x1b[" in written) == (not no_color)
