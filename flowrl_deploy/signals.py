@@ -59,6 +59,11 @@ def install_stop_handlers(handler: Handler, signals: tuple[int, ...] = STOP_SIGN
     return restore
 
 
+def stop_signal_of(exc: KeyboardInterrupt) -> int:
+    """The signal behind a stop: an :class:`~flowrl_deploy.errors.Interrupted`'s own, else SIGINT (a Ctrl-C)."""
+    return exc.signum if isinstance(exc, Interrupted) else signal.SIGINT
+
+
 def stop_name(signum: int) -> str:
     """How a message names a stop signal: 'Ctrl-C' for SIGINT, else its name ('SIGTERM')."""
     return "Ctrl-C" if signum == signal.SIGINT else signal.Signals(signum).name

@@ -11,7 +11,6 @@ import json
 import logging
 import math
 import os
-import signal
 import sys
 from collections.abc import Callable, Iterator
 from enum import Enum
@@ -24,9 +23,9 @@ from flowrl_deploy._main import BEFORE_THE_COMMAND, interrupt_behind
 from flowrl_deploy.atomic import write_text_atomic
 from flowrl_deploy.checkpoint import RUN_JSON_FILES, check_not_a_stream, check_output_path
 from flowrl_deploy.connection import DEFAULT_SERVER
-from flowrl_deploy.errors import FlowRLError, Interrupted, printable
+from flowrl_deploy.errors import FlowRLError, printable
 from flowrl_deploy.extras import missing_extra_message
-from flowrl_deploy.signals import stop_name
+from flowrl_deploy.signals import stop_name, stop_signal_of
 from flowrl_deploy.spec import SOLVERS
 from flowrl_deploy.systemd import journal_prefix
 
@@ -526,7 +525,7 @@ def user_errors(command: Callable[P, R]) -> Callable[P, R]:
             typer.secho(f"{journal_prefix(3)}error: {message}", err=True, fg=typer.colors.RED)
             raise typer.Exit(1) from None
         except KeyboardInterrupt as exc:  # a command that has more to say (what was done) catches it first
-            signum = exc.signum if isinstance(exc, Interrupted) else signal.SIGINT
+            signum = stop_signal_of(exc)
             how = stop_name(signum)
             typer.secho(f"interrupted ({how}): flowrl {command_name} stopped before it finished", err=True)
             raise typer.Exit(128 + signum) from None

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import io
 import json
-import signal
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -22,9 +21,9 @@ from flowrl_deploy.atomic import os_reason, write_atomic
 from flowrl_deploy.cli._common import client_warnings, finite, user_errors, warnings_to
 from flowrl_deploy.contract import MAX_HZ
 from flowrl_deploy.envid import EnvIdError, parse_env_id
-from flowrl_deploy.errors import FlowRLError, Interrupted
+from flowrl_deploy.errors import FlowRLError
 from flowrl_deploy.extras import install_command, missing_modules
-from flowrl_deploy.signals import interrupt_on_stop_signals, stop_name
+from flowrl_deploy.signals import interrupt_on_stop_signals, stop_name, stop_signal_of
 from flowrl_deploy.spec import MAX_FLOW_STEPS
 
 
@@ -305,7 +304,7 @@ def demo(
         with interrupt_on_stop_signals():
             run_demo(cfg)
     except KeyboardInterrupt as exc:
-        signum = exc.signum if isinstance(exc, Interrupted) else signal.SIGINT
+        signum = stop_signal_of(exc)
         typer.secho(
             f"interrupted ({stop_name(signum)}); the server is stopped, and what was written is in the report "
             f"folder under {out} named above",

@@ -2,17 +2,16 @@
 
 from __future__ import annotations
 
-import signal
 from pathlib import Path
 from typing import TYPE_CHECKING, Annotated
 
 import typer
 
 from flowrl_deploy.cli._common import user_errors
-from flowrl_deploy.errors import FlowRLError, Interrupted, printable
+from flowrl_deploy.errors import FlowRLError, printable
 from flowrl_deploy.noise import run_seed_problem
 from flowrl_deploy.onnxfile import is_onnx_path
-from flowrl_deploy.signals import interrupt_on_stop_signals, stop_name
+from flowrl_deploy.signals import interrupt_on_stop_signals, stop_name, stop_signal_of
 from flowrl_deploy.spec import flow_steps_problem
 
 if TYPE_CHECKING:
@@ -95,7 +94,7 @@ def eval_command(
                 typer.secho(f"warning: {warning}", err=True, fg=typer.colors.YELLOW)
             result = evaluate(act_fn, instance, episodes, seed, dims=dims, on_episode=done.append)
         except KeyboardInterrupt as exc:
-            signum = exc.signum if isinstance(exc, Interrupted) else signal.SIGINT
+            signum = stop_signal_of(exc)
             figures = f": return {_figures(EvalResult.of(done), sampler)}" if done else ""
             typer.secho(
                 f"interrupted ({stop_name(signum)}) after {len(done)} of {episodes} episodes on {env_id}{figures}",
