@@ -11,6 +11,7 @@ from __future__ import annotations
 import io
 import json
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Annotated, Any
@@ -156,9 +157,19 @@ def run_demo(cfg: DemoConfig, echo=typer.echo) -> dict[str, Any]:
             "latency_histogram": str(out / "latency_histogram.png"),
         },
     }
-    echo(_table(summary, control))  # first: a disk that fills below loses none of the results
-    _write_report_files(out, summary, control)
+    _report(out, summary, control, echo)
     return summary
+
+
+def _report(out: Path, summary: dict[str, Any], control: Any, echo: Callable[[str], object]) -> None:
+    """Print the results table, then write the report files: a disk that fills at those loses none of the
+    results, and a stdout that fails at the table (a reader gone, a full disk) leaves them in the files."""
+    try:
+        echo(_table(summary, control))
+    except OSError:
+        _write_report_files(out, summary, control)
+        raise
+    _write_report_files(out, summary, control)
 
 
 def _write_report_files(out: Path, summary: dict[str, Any], control: Any) -> None:

@@ -258,3 +258,26 @@ def test_a_full_disk_at_a_plot_leaves_the_summary_and_no_cut_off_png(tmp_path, m
         _write_report_files(tmp_path, {"env": "dmc:x-y"}, SimpleNamespace(round_trip_us=[900.0], hz=50.0))
     assert json.loads((tmp_path / "summary.json").read_text()) == {"env": "dmc:x-y"}
     assert sorted(p.name for p in tmp_path.iterdir()) == ["run", "summary.json"]
+
+
+@needs_extras("train")  # matplotlib
+def test_a_stdout_that_fails_at_the_results_table_still_leaves_the_report_files(tmp_path, monkeypatch):
+    """The table is printed before the files are written: a reader gone at it (`flowrl demo | head`) lost them."""
+    import importlib
+
+    demo = importlib.import_module("flowrl_deploy.cli.demo")  # the module: the package's `demo` is the command
+    monkeypatch.setattr(demo, "_table", lambda summary, control: "the results table")
+
+    def broken_pipe(text: str) -> None:
+        raise BrokenPipeError(errno.EPIPE, os.strerror(errno.EPIPE))
+
+    from types import SimpleNamespace
+
+    (tmp_path / "run").mkdir()
+    (tmp_path / "run" / "metrics.jsonl").write_text('{"step": 10, "charts/episode_return": 3.0}\n')
+    control = SimpleNamespace(round_trip_us=[900.0], hz=50.0)
+    with pytest.raises(BrokenPipeError):
+        demo._report(tmp_path, {"env": "dmc:x-y"}, control, broken_pipe)
+    assert json.loads((tmp_path / "summary.json").read_text()) == {"env": "dmc:x-y"}
+    written = {p.name for p in tmp_path.iterdir()}
+    assert written == {"run", "summary.json", "training_curve.png", "latency_histogram.png"}
