@@ -90,7 +90,10 @@ def test_a_stop_signal_while_serve_waits_on_its_token_file_is_a_graceful_stop(tm
                 writer = os.open(fifo, os.O_WRONLY | os.O_NONBLOCK)  # kept open, unwritten: its read waits
             except OSError:  # ENXIO: no reader yet
                 time.sleep(0.05)
-        assert writer is not None, "flowrl serve never opened its --token-file"
+        if writer is None:
+            process.kill()
+            _, stderr = process.communicate(timeout=30)
+            pytest.fail(f"flowrl serve never opened its --token-file (exit {process.returncode}): {stderr[-3000:]}")
         time.sleep(0.2)  # into its read
         process.send_signal(getattr(signal, name))
         _, stderr = process.communicate(timeout=30)
