@@ -34,6 +34,22 @@ def _replace_unencodable_output() -> None:
         stream.reconfigure(errors="replace")
 
 
+def home_expanded(argv: list[str]) -> list[str]:
+    """``argv`` with a leading ``~/`` (or a lone ``~``) of an argument, or of an option's ``--name=`` value,
+    expanded to the home folder, as a shell expands it unquoted: from a Makefile variable, a ``subprocess``
+    list or ``--out=~/x`` (which bash leaves alone) the path made a folder named ``~`` in the working one,
+    which ``rm -rf ~`` then takes the home folder for. ``~user`` forms are left as they are."""
+
+    def expanded(text: str) -> str:
+        return os.path.expanduser(text) if text == "~" or text.startswith("~/") else text
+
+    out = []
+    for arg in argv:
+        name, equals, value = arg.partition("=")
+        out.append(f"{name}={expanded(value)}" if equals and name.startswith("--") else expanded(arg))
+    return out
+
+
 class _Flowrl(typer.Typer):
     def __call__(self, *args, **kwargs):
         from flowrl_deploy.cli._common import (
@@ -47,6 +63,8 @@ class _Flowrl(typer.Typer):
         _replace_unencodable_output()  # before any output, --help's included
         if colour_off():
             kwargs.setdefault("color", False)
+        if not args and "args" not in kwargs and (expanded := home_expanded(sys.argv[1:])) != sys.argv[1:]:
+            kwargs["args"] = expanded
         try:
             return super().__call__(*args, **kwargs)
         except SystemExit as exc:
