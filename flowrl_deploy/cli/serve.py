@@ -308,11 +308,7 @@ def serve(
         except _StopBeforeServing:
             loaded.clear()
             log_stop_during_start_up(received[0])
-            # exit 0 at once, as below: grpc, imported, took part in the interpreter's finalisation with its
-            # event engine's thread, and aborted it now and then on Python 3.10 (exit -6, `epoll_wait error`)
-            logging.shutdown()
-            sys.stdout.flush()
-            os._exit(0)
+            return
         except ServerFailed:  # logged: exit 1 at once, whatever handler threads are left (as below)
             logging.shutdown()
             sys.stdout.flush()
