@@ -101,19 +101,22 @@ def check_writable(flag: str, path: Path) -> None:
 
 REPORT_RULE = "a report may replace an earlier report, never another file"
 NOT_A_REPORT = f"exists and is not a JSON document: {REPORT_RULE}"
-NOT_OUR_REPORT = f"exists and is not a flowrl report (an export's or a control run's --json): {REPORT_RULE}"
+NOT_OUR_REPORT = f"exists and is not a flowrl report (an export's, a control run's or an eval's --json): {REPORT_RULE}"
 EXPORT_REPORT_KEYS = frozenset({"path", "contract_hash"})
 """Keys of each entry of `flowrl export --json`'s list (one per file written), in every release."""
 CONTROL_REPORT_KEYS = frozenset({"server", "env_id", "hz", "deadline_ms", "steps", "deadline_misses"})
 """Keys of `flowrl control --json`'s object (the run's figures), in every release."""
+EVAL_REPORT_KEYS = frozenset({"policy", "env_id", "sampler", "seed", "returns"})
+"""Keys of `flowrl eval --json`'s object (its episodes' figures)."""
 
 
 def is_flowrl_report(value: object) -> bool:
     """Whether the JSON ``value`` has the shape of a report flowrl writes (told by its shape, so that
     the reports of earlier releases count too): `flowrl export --json`'s non-empty list of objects each
-    holding :data:`EXPORT_REPORT_KEYS`, or `flowrl control --json`'s object holding :data:`CONTROL_REPORT_KEYS`."""
+    holding :data:`EXPORT_REPORT_KEYS`, or `flowrl control --json`'s object holding :data:`CONTROL_REPORT_KEYS`, or
+    `flowrl eval --json`'s holding :data:`EVAL_REPORT_KEYS`."""
     if isinstance(value, dict):
-        return value.keys() >= CONTROL_REPORT_KEYS
+        return value.keys() >= CONTROL_REPORT_KEYS or value.keys() >= EVAL_REPORT_KEYS
     return (
         isinstance(value, list)
         and bool(value)

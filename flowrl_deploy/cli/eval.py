@@ -7,7 +7,7 @@ from typing import TYPE_CHECKING, Annotated
 
 import typer
 
-from flowrl_deploy.cli._common import user_errors
+from flowrl_deploy.cli._common import REPORT_TO_STDOUT, check_report, report_text, user_errors, write_report
 from flowrl_deploy.errors import FlowRLError, printable
 from flowrl_deploy.noise import run_seed_problem
 from flowrl_deploy.onnxfile import is_onnx_path
@@ -15,7 +15,7 @@ from flowrl_deploy.signals import interrupt_on_stop_signals, stop_name, stop_sig
 from flowrl_deploy.spec import flow_steps_problem
 
 if TYPE_CHECKING:
-    from flowrl_deploy.train.evaluate import ActFn, EvalResult
+    from flowrl_deploy.train.evaluate import ActFn, Episode, EvalResult
 
     Policy = tuple[ActFn, str, tuple[int, int], str]
     """(act_fn, env id, (obs_dim, act_dim), sampler): what `flowrl eval` runs and how it names it."""
@@ -49,13 +49,21 @@ def eval_command(
     deterministic: Annotated[
         bool, typer.Option(help="Start every ODE from a0 = 0, not sampled noise (as a --deterministic export does).")
     ] = False,
+    json_out: Annotated[
+        str | None,
+        typer.Option(
+            "--json",
+            metavar="<path>",
+            help="Also write each episode's return, length and end as JSON here ('-': on stdout, the rest on stderr).",
+        ),
+    ] = None,
 ) -> None:
     """Run POLICY for some episodes on its task and print the mean ± std return.
 
     On Ctrl-C, SIGTERM or SIGHUP it prints the completed episodes' return and exits 128 + the signal: 130, 143, 129.
     """
     from flowrl_deploy.train.envs import make_env
-    from flowrl_deploy.train.evaluate import Episode, EvalResult, check_env_fits, evaluate, other_task_warning
+    from flowrl_deploy.train.evaluate import EvalResult, check_env_fits, evaluate, other_task_warning
 
     if episodes < 1:
         raise FlowRLError(f"--episodes must be >= 1, got {episodes}")
@@ -65,6 +73,10 @@ def eval_command(
         raise FlowRLError(problem)
     if not policy.exists():
         raise FlowRLError(f"policy not found: {policy} (give a checkpoint or run directory, or an ONNX file)")
+    json_stdout = json_out == REPORT_TO_STDOUT
+    if json_out is not None and not json_stdout:
+        check_report("--json", Path(json_out), {"POLICY": policy})
+
     # SIGTERM (`timeout`, a CI cancel) and SIGHUP stop it as Ctrl-C does: one line, with the completed episodes
     with interrupt_on_stop_signals():
         if is_onnx_path(policy):
@@ -96,6 +108,7 @@ def eval_command(
         except KeyboardInterrupt as exc:
             signum = stop_signal_of(exc)
             figures = f": return {_figures(EvalResult.of(done), sampler)}" if done else ""
+            _report(json_out, _figures_of(policy, env_id, sampler, seed, done, interrupted=True))
             typer.secho(
                 f"interrupted ({stop_name(signum)}) after {len(done)} of {episodes} episodes on {env_id}{figures}",
                 err=True,
@@ -104,9 +117,40 @@ def eval_command(
         finally:
             if instance is not None:
                 instance.close()
-        typer.echo(f"{env_id}: return {_figures(result, sampler)}")
+        typer.echo(f"{env_id}: return {_figures(result, sampler)}", err=json_stdout)
         if note := result.unstable_note():
             typer.secho(f"warning: {note}", err=True, fg=typer.colors.YELLOW)
+        _report(json_out, _figures_of(policy, env_id, sampler, seed, done, interrupted=False))
+
+
+def _figures_of(
+    policy: Path, env_id: str, sampler: str, seed: int, done: list[Episode], interrupted: bool
+) -> dict[str, object]:
+    """`flowrl eval --json`'s report of the ``done`` episodes (:data:`~flowrl_deploy.cli._common.EVAL_REPORT_KEYS`)."""
+    from flowrl_deploy.train.evaluate import EvalResult
+
+    result = EvalResult.of(done) if done else None
+    return {
+        "policy": str(policy),
+        "env_id": env_id,
+        "sampler": sampler,
+        "seed": seed,
+        "mean_return": None if result is None else result.mean,
+        "std_return": None if result is None else result.std,
+        "returns": [e.total for e in done],
+        "lengths": [e.length for e in done],
+        "terminated": [e.terminated for e in done],
+        "unstable": [e.unstable for e in done],
+        "interrupted": interrupted,
+    }
+
+
+def _report(json_out: str | None, figures: dict[str, object]) -> None:
+    """Write ``figures`` as the --json report ``json_out``, or print them on stdout for ``-``."""
+    if json_out == REPORT_TO_STDOUT:
+        typer.echo(report_text(figures))
+    elif json_out is not None:
+        write_report("--json", Path(json_out), figures)
 
 
 def _figures(result: EvalResult, sampler: str) -> str:

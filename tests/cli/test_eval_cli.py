@@ -156,3 +156,40 @@ def test_an_env_that_cannot_be_run_is_refused_without_a_warning_first(pendulum_p
     assert result.exit_code == 1, result.output
     assert "warning:" not in result.output, result.output
     assert result.output.splitlines()[-1].startswith(error), result.output
+
+
+def test_json_reports_each_episode_to_a_file_or_alone_on_stdout(pendulum_policy, tmp_path, monkeypatch):
+    """A CI gate on a policy's return parsed the `-1234.56 ± 7.89` line (a cp1252 stdout shows ± as 0xB1)."""
+    import json
+
+    monkeypatch.chdir(tmp_path)
+    to_file = runner.invoke(app, ["eval", str(pendulum_policy), "--episodes", "2", "--json", "eval.json"])
+    assert to_file.exit_code == 0, to_file.output
+    report = json.loads((tmp_path / "eval.json").read_text())
+    assert to_file.stdout.startswith(f"{ENV}: return {report['mean_return']:.2f} ± {report['std_return']:.2f} over 2")
+    assert report["policy"] == str(pendulum_policy) and report["env_id"] == ENV and report["seed"] == 0
+    assert len(report["returns"]) == 2 and report["lengths"] == [200, 200] and report["terminated"] == [False] * 2
+    assert report["unstable"] == ["", ""] and report["interrupted"] is False
+
+    again = runner.invoke(app, ["eval", str(pendulum_policy), "--episodes", "2", "--json", "eval.json"])
+    assert again.exit_code == 0, again.output  # a report replaces an earlier report
+    to_stdout = runner.invoke(app, ["eval", str(pendulum_policy), "--episodes", "2", "--json", "-"])
+    assert to_stdout.exit_code == 0, to_stdout.output
+    assert json.loads(to_stdout.stdout) == report  # alone on stdout; the same seeded episodes
+    assert to_stdout.stderr.startswith(f"{ENV}: return ") and not (tmp_path / "-").exists()
+
+    (tmp_path / "notes.json").write_text('{"my": "notes"}')
+    refused = runner.invoke(app, ["eval", str(pendulum_policy), "--json", "notes.json"])
+    assert refused.exit_code == 1 and "is not a flowrl report" in refused.output
+    assert (tmp_path / "notes.json").read_text() == '{"my": "notes"}'
+
+
+def test_an_interrupted_eval_still_writes_its_json_report(pendulum_policy, tmp_path, monkeypatch):
+    import json
+
+    _ctrl_c_after(monkeypatch, 200 + 50)
+    args = ["eval", str(pendulum_policy), "--episodes", "1000", "--json", str(tmp_path / "r.json")]
+    result = runner.invoke(app, args)
+    assert result.exit_code == 130, result.output
+    report = json.loads((tmp_path / "r.json").read_text())
+    assert report["interrupted"] is True and len(report["returns"]) == 1 and report["lengths"] == [200]
