@@ -34,19 +34,30 @@ def _replace_unencodable_output() -> None:
         stream.reconfigure(errors="replace")
 
 
+NOT_PATHS = frozenset({"--token"})
+"""Options whose value is never a path: a secret given as ``~/s3cret`` stays as given (the server's and the
+client's ``FLOWRL_TOKEN``, ``PolicyClient(token=…)`` are not expanded either)."""
+
+
 def home_expanded(argv: list[str]) -> list[str]:
     """``argv`` with a leading ``~/`` (or a lone ``~``) of an argument, or of an option's ``--name=`` value,
-    expanded to the home folder, as a shell expands it unquoted: from a Makefile variable, a ``subprocess``
-    list or ``--out=~/x`` (which bash leaves alone) the path made a folder named ``~`` in the working one,
-    which ``rm -rf ~`` then takes the home folder for. ``~user`` forms are left as they are."""
+    expanded to the home folder, as a shell expands it unquoted: from a quoted ``'~/x'``, a ``subprocess`` list
+    or ``--out=~/x`` (which bash leaves alone) the path made a folder named ``~`` in the working one, which
+    ``rm -rf ~`` then takes the home folder for. ``~user`` forms, and the values of :data:`NOT_PATHS`, are left
+    as they are; so is all of it on Windows, where click expands ``~`` itself."""
+    if os.name == "nt":
+        return argv
 
     def expanded(text: str) -> str:
         return os.path.expanduser(text) if text == "~" or text.startswith("~/") else text
 
-    out = []
+    out: list[str] = []
     for arg in argv:
         name, equals, value = arg.partition("=")
-        out.append(f"{name}={expanded(value)}" if equals and name.startswith("--") else expanded(arg))
+        if (out and out[-1] in NOT_PATHS) or name in NOT_PATHS:
+            out.append(arg)
+        else:
+            out.append(f"{name}={expanded(value)}" if equals and name.startswith("--") else expanded(arg))
     return out
 
 

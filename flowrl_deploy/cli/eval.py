@@ -108,11 +108,11 @@ def eval_command(
         except KeyboardInterrupt as exc:
             signum = stop_signal_of(exc)
             figures = f": return {_figures(EvalResult.of(done), sampler)}" if done else ""
-            _report(json_out, _figures_of(policy, env_id, sampler, seed, done, interrupted=True))
-            typer.secho(
+            typer.secho(  # first: a report that cannot be written (a full disk) loses neither line nor figures
                 f"interrupted ({stop_name(signum)}) after {len(done)} of {episodes} episodes on {env_id}{figures}",
                 err=True,
             )
+            _report(json_out, _figures_of(policy, env_id, sampler, seed, done, interrupted=True))
             raise typer.Exit(128 + signum) from None
         finally:
             if instance is not None:

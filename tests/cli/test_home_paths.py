@@ -24,6 +24,19 @@ def test_other_tildes_are_left_as_they_are(monkeypatch):
     assert home_expanded(argv) == argv
 
 
+def test_a_token_is_never_expanded(monkeypatch):
+    """`--token ~/s3cret` became the home folder's path, where FLOWRL_TOKEN and PolicyClient(token=…) keep it:
+    every call of a client given it another way was refused, PERMISSION_DENIED, with no hint why."""
+    monkeypatch.setenv("HOME", "/home/robot")
+    argv = ["serve", "p.onnx", "--token", "~/s3cret", "--token=~/s3cret", "--out", "~/x"]
+    assert home_expanded(argv) == [*argv[:-1], "/home/robot/x"]
+
+
+def test_on_windows_click_expands_it(monkeypatch):
+    monkeypatch.setattr(os, "name", "nt")
+    assert home_expanded(["inspect", "~/p.onnx"]) == ["inspect", "~/p.onnx"]
+
+
 def test_flowrl_expands_it_in_its_own_command_line(tmp_path):
     ran = subprocess.run(
         [sys.executable, "-m", "flowrl_deploy", "inspect", "~/missing.onnx"],

@@ -18,7 +18,9 @@ CONTROL_REPORT = {
     "returns": [1.0], "steps": 5, "fresh_replies": 5, "deadline_misses": 0,
 }  # fmt: skip
 NEW = {"return": 2.5}
-NOT_OURS = r"exists and is not a flowrl report \(an export's, a control run's or an eval's --json\): a report may replace an"
+NOT_OURS = (
+    r"exists and is not a flowrl report \(an export's, a control run's or an eval's --json\): a report may replace an"
+)
 
 
 @pytest.mark.parametrize(

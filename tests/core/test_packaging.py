@@ -185,8 +185,9 @@ def test_the_fallback_reading_of_pyproject_agrees_with_tomllib(monkeypatch):
 
 
 @pytest.mark.slow
-def test_the_cli_runs_with_typer_at_its_lower_bound_and_the_newest_click(tmp_path):
-    """typer 0.12.0-0.12.3 cannot read `str | None` options, 0.12.4-0.15.3 crash on every command with
+def test_the_cli_runs_with_typer_at_its_lower_bound_and_the_newest_of_its_dependencies(tmp_path):
+    """The bound is 0.29, whose help the layout tests check. Before: typer 0.12.0-0.12.3 cannot read `str | None`
+    options, 0.12.4-0.15.3 crash on every command with
     click 8.2 or newer (`make_metavar() takes 1 positional argument but 2 were given`), which pip keeps
     or picks since they do not cap it, and 0.16.0-0.17.4 run a command without its required argument
     under click 8.3 or newer (`flowrl inspect` with no MODEL, then required, ended in a TypeError; `flowrl

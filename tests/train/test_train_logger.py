@@ -81,8 +81,8 @@ def test_a_new_run_removes_the_tensorboard_events_of_a_crashed_one(tmp_path):
 
 
 def test_a_resume_drops_the_rows_of_episodes_its_checkpoint_does_not_count(tmp_path):
-    # saved at step 200 counting 3 episodes; the first row is a cut episode's that an older version's resume kept
-    # (not counted); one more episode, cut right after the save, was logged at step 200 too
+    # saved at step 200 counting 2 episodes (steps 100 and 200); the first row is a cut episode's that an older
+    # version's resume kept (not counted); one more episode, cut right after the save, was logged at step 200 too
     episode, cut = {"charts/episode_return": 1.0}, {"charts/episode_return": 0.0, "charts/episode_unstable": 1.0}
     rows = [(50, cut), (100, episode), (200, episode), (200, {"charts/eval_return": 2.0}), (200, cut), (300, episode)]
     logger = MetricsLogger(tmp_path, tensorboard=False)
