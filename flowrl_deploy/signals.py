@@ -59,6 +59,20 @@ def install_stop_handlers(handler: Handler, signals: tuple[int, ...] = STOP_SIGN
     return restore
 
 
+@contextlib.contextmanager
+def held_stop_signals(received: list[int], signals: tuple[int, ...] = STOP_SIGNALS) -> Iterator[None]:
+    """Within the block, a stop signal (any of ``signals``, Ctrl-C too) is only noted in ``received``: what the
+    block does once the work is over (a report being written, milliseconds) finishes, and the caller acts on
+    the stop after it. The handlers found come back at the block's end (those of an enclosing
+    :func:`interrupt_on_stop_signals`)."""
+    main = threading.current_thread() is threading.main_thread()
+    restore = install_stop_handlers(lambda signum, _: received.append(signum), signals) if main else (lambda: None)
+    try:
+        yield
+    finally:
+        restore()
+
+
 def stop_signal_of(exc: KeyboardInterrupt) -> int:
     """The signal behind a stop: an :class:`~flowrl_deploy.errors.Interrupted`'s own, else SIGINT (a Ctrl-C)."""
     return exc.signum if isinstance(exc, Interrupted) else signal.SIGINT

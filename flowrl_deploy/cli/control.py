@@ -180,7 +180,7 @@ def control(
     from flowrl_deploy.connection import checked_timeout
     from flowrl_deploy.control_metrics import ControlTextfile
     from flowrl_deploy.session import PERIOD_MISMATCH
-    from flowrl_deploy.signals import interrupt_on_stop_signals, stop_name
+    from flowrl_deploy.signals import held_stop_signals, interrupt_on_stop_signals, stop_name
     from flowrl_deploy.train.control import run_control
 
     json_stdout = json_out == REPORT_TO_STDOUT
@@ -228,15 +228,17 @@ def control(
                 on_rate=_announce_rate(explicit=hz is not None, err=json_stdout),
                 on_session=None if textfile is None else textfile.watch,
             )
-        printed = ResultLines(on_stderr=json_stdout)  # a stdout that fails still lets the report be written
-        printed.echo(report.summary())
-        if note := report.seeded_note():  # on stderr, as export's notes: stdout's last line stays the summary's
-            typer.echo(note, err=True)
-        if json_stdout:
-            printed = ResultLines(what="the --json report")  # the report alone on stdout
-            printed.echo(report_text(report.to_dict()))
-        elif json_path is not None:
-            write_report("--json", json_path, report.to_dict())
+        # the run is over: a stop from here on (`timeout`'s, late) is noted, and the report finished first
+        with held_stop_signals(received):
+            printed = ResultLines(on_stderr=json_stdout)  # a stdout that fails still lets the report be written
+            printed.echo(report.summary())
+            if note := report.seeded_note():  # on stderr, as export's notes: stdout's last line stays the summary's
+                typer.echo(note, err=True)
+            if json_stdout:
+                printed = ResultLines(what="the --json report")  # the report alone on stdout
+                printed.echo(report_text(report.to_dict()))
+            elif json_path is not None:
+                write_report("--json", json_path, report.to_dict())
         # how the run ended comes first (its exit status too): a failed stdout is then a note on that line
         lost = (
             ""
@@ -244,12 +246,10 @@ def control(
             else f" (the {'report' if json_stdout else 'summary'} was not printed: "
             f"{printed.error.strerror or printed.error})"
         )
-        if report.interrupted:
+        if report.interrupted or received:
             signum = received[0] if received else signal.SIGINT
-            typer.secho(
-                f"interrupted ({stop_name(signum)}): the figures above cover the completed episodes and ticks{lost}",
-                err=True,
-            )
+            covered = "cover the completed episodes and ticks" if report.interrupted else "are those of the whole run"
+            typer.secho(f"interrupted ({stop_name(signum)}): the figures above {covered}{lost}", err=True)
             raise typer.Exit(128 + signum)
         if report.watchdog:
             raise FlowRLError(f"the watchdog stopped the run: {report.watchdog} (--max-misses {max_misses}){lost}")
