@@ -7,8 +7,15 @@ from typing import TYPE_CHECKING, Annotated
 
 import typer
 
-from flowrl_deploy.cli._common import REPORT_TO_STDOUT, check_report, report_text, user_errors, write_report
-from flowrl_deploy.errors import FlowRLError, printable
+from flowrl_deploy.cli._common import (
+    REPORT_TO_STDOUT,
+    ResultLines,
+    check_report,
+    report_text,
+    user_errors,
+    write_report,
+)
+from flowrl_deploy.errors import FlowRLError, counted, printable
 from flowrl_deploy.noise import run_seed_problem
 from flowrl_deploy.onnxfile import is_onnx_path
 from flowrl_deploy.signals import interrupt_on_stop_signals, stop_name, stop_signal_of
@@ -117,10 +124,13 @@ def eval_command(
         finally:
             if instance is not None:
                 instance.close()
-        typer.echo(f"{env_id}: return {_figures(result, sampler)}", err=json_stdout)
+        printed = ResultLines(on_stderr=json_stdout)  # a stdout that fails still lets the --json report be written
+        printed.echo(f"{env_id}: return {_figures(result, sampler)}")
         if note := result.unstable_note():
             typer.secho(f"warning: {note}", err=True, fg=typer.colors.YELLOW)
         _report(json_out, _figures_of(policy, env_id, sampler, seed, done, interrupted=False))
+        wrote = f" and wrote the --json report {json_out}" if json_out else ""
+        printed.check(f"evaluated {counted(len(done), 'episode')}{wrote}")
 
 
 def _figures_of(

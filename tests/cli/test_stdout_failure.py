@@ -205,3 +205,20 @@ def test_no_color_holds_for_the_line_of_a_failed_stdout(tmp_path, policy, no_col
         os.close(leader)
     assert result.returncode == 1 and b"cannot write to standard output: No space left on device" in written
     assert (b"\x1b[" in written) == (not no_color)
+
+
+@needs_dev_full
+def test_eval_on_a_full_stdout_still_writes_its_json_report_and_says_so(tmp_path):
+    pytest.importorskip("gymnasium")
+    policy = write_policy(
+        tmp_path / "pendulum.onnx", obs_dim=3, act_dim=1, action_low=(-2.0,), action_high=(2.0,),
+        obs_layout=(), action_names=(), env_id="gym:Pendulum-v1",
+    )  # fmt: skip
+    report = tmp_path / "eval.json"
+    result = flowrl(tmp_path, full_disk(), "eval", str(policy), "--episodes", "1", "--json", str(report))
+    assert result.returncode == 1
+    assert result.stderr.decode().splitlines()[-1] == (
+        f"error: evaluated 1 episode and wrote the --json report {report}, but cannot write the summary to "
+        "standard output: No space left on device"
+    )
+    assert len(json.loads(report.read_text())["returns"]) == 1
