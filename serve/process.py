@@ -17,6 +17,7 @@ import signal
 import subprocess
 import sys
 import threading
+import time
 from pathlib import Path
 from typing import TextIO
 
@@ -25,6 +26,11 @@ from flowrl_deploy.serve.server import parse_banner
 
 PARENT_PATH = "_FLOWRL_PARENT_SYS_PATH"
 """The environment variable that hands the child this process's ``sys.path`` (JSON)."""
+PARENT_PID = "_FLOWRL_STOP_WITHOUT_PARENT"
+"""The environment variable that hands the child this process's id: the child stops once it is gone
+(:func:`stop_without_parent`)."""
+PARENT_POLL_S = 0.5
+"""How often the child looks whether its parent is still there."""
 FLOWRL = (
     sys.executable,
     "-c",
@@ -47,6 +53,22 @@ STOP_SIGNAL = getattr(signal, "CTRL_BREAK_EVENT", signal.SIGTERM)
 Ctrl-Break to the child's own process group (:data:`CREATION_FLAGS`), SIGBREAK in the child."""
 CREATION_FLAGS = getattr(subprocess, "CREATE_NEW_PROCESS_GROUP", 0)
 """Windows: the child in a process group of its own, so that Ctrl-Break reaches it alone."""
+
+
+def stop_without_parent(parent: str | None) -> None:
+    """In a :class:`ServerProcess`'s child (``parent``: :data:`PARENT_PID`'s value, else None: nothing to do),
+    send this process SIGTERM, a graceful stop, once that parent is gone: killed (SIGKILL, the OOM killer,
+    ``timeout -s KILL``), it could not stop its server, which ran on for good, still listening. Not on
+    Windows, where a process's parent id stays the same when the parent ends."""
+    if parent is None or not parent.isdigit() or os.name == "nt":
+        return
+
+    def watch() -> None:
+        while os.getppid() == int(parent):
+            time.sleep(PARENT_POLL_S)
+        os.kill(os.getpid(), signal.SIGTERM)
+
+    threading.Thread(target=watch, name="flowrl-parent-watch", daemon=True).start()
 
 
 JOURNAL_LEVEL = re.compile(r"<[0-7]>")
@@ -109,6 +131,7 @@ class ServerProcess:
                     **os.environ,
                     "OMP_NUM_THREADS": os.environ.get("OMP_NUM_THREADS", "1"),
                     PARENT_PATH: json.dumps(sys.path),
+                    PARENT_PID: str(os.getpid()),
                 },
                 creationflags=CREATION_FLAGS,
             )

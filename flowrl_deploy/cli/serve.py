@@ -253,10 +253,12 @@ def serve(
         from flowrl_deploy.errors import FlowRLError
         from flowrl_deploy.export import export_for_serving
         from flowrl_deploy.serve import ServeConfig, serve_forever
+        from flowrl_deploy.serve.process import PARENT_PID, stop_without_parent
         from flowrl_deploy.serve.run import ServerFailed, log_stop_during_start_up
         from flowrl_deploy.tls import warn_if_every_user_may_read
 
         configure_logging(log_format.value, log_level.value)
+        stop_without_parent(os.environ.pop(PARENT_PID, None))  # a ServerProcess's child: its parent may be killed
         try:
             loaded.append(True)
             if received:  # one came while the libraries loaded: stop before reading any file
