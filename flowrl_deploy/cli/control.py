@@ -240,12 +240,8 @@ def control(
             elif json_path is not None:
                 write_report("--json", json_path, report.to_dict())
         # how the run ended comes first (its exit status too): a failed stdout is then a note on that line
-        lost = (
-            ""
-            if printed.error is None
-            else f" (the {'report' if json_stdout else 'summary'} was not printed: "
-            f"{printed.error.strerror or printed.error})"
-        )
+        error = printed.error
+        lost = "" if error is None else f" ({printed.what} was not printed: {error.strerror or error})"
         if report.interrupted or received:
             signum = received[0] if received else signal.SIGINT
             covered = "cover the completed episodes and ticks" if report.interrupted else "are those of the whole run"
