@@ -113,7 +113,7 @@ ort_gpu_version() {  # the onnxruntime-gpu of this checkout's .venv (else of pyt
 
 make_pieces() {  # PREFIX: fetch_wheels' wheels and onnxruntime-gpu in folders PREFIX1 .. PREFIXN of 44 MiB
     local prefix=$1 stage version rc
-    git check-ignore -q "${prefix}1"
+    git check-ignore -q "${prefix}1/"  # as a folder: the advised /.gpu*/ matches folders alone, and none exists yet
     if (($? == 1)); then  # 0: ignored; 128: not in a git tree
         echo "device_check: ${prefix}1 is not git-ignored, so every call would carry it:" \
             "add /$(basename "$prefix")*/ to .git/info/exclude"

@@ -585,3 +585,9 @@ download() {{ echo "$*" >{tmp_path}/download.log; cp {tmp_path}/fake/onnxruntime
     status, stdout, _ = run(tmp_path, stubs, 'main --pieces "$PWD/.gpu"', cwd=tmp_path)
     assert status == 1
     assert stdout.startswith(f"device_check: {tmp_path}/.gpu1 is not git-ignored, so every call would carry it")
+
+    for folder in tmp_path.glob(".gpu*"):  # the advice taken in a fresh checkout, before any folder exists
+        shutil.rmtree(folder)
+    (tmp_path / ".git" / "info" / "exclude").write_text(stdout.split("add ")[1].split()[0] + "\n")
+    status, stdout, _ = run(tmp_path, stubs, 'main --pieces "$PWD/.gpu"', cwd=tmp_path)
+    assert status == 0, stdout
