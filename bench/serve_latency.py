@@ -13,7 +13,8 @@ All in one run on one machine, each server in its own process:
 Targets: StreamAct p50 <= echo-stream p50 + in-process p50 + 150 µs; StreamAct p99 < 2 x its p50.
 ``--pin 1 0`` runs the servers on core 1 and this client (and the in-process row) on core 0.
 ``--providers cuda`` runs the graph on onnxruntime's CUDA provider: in the server, in the echo
-handler and in process alike.
+handler and in process alike, each replayed from CUDA graphs as ``flowrl serve`` replays them
+(``--no-cuda-graphs``: each node launched as a kernel of its own, in all three).
 
     .venv/bin/python bench/serve_latency.py [--quick] [--json bench/results/serve_latency.json]
 """
@@ -112,17 +113,28 @@ PROVIDERS = {"cpu": ["CPUExecutionProvider"], "cuda": [CUDA]}
 """``--providers``: the onnxruntime providers each row's graph runs on."""
 
 
-def inference_reply(model: Path, reply_size: int, providers: str):
-    """An echo handler that runs ``model`` at batch 1 before it replies (the service minus its own work)."""
+def inference_call(model: Path, providers: str, cuda_graphs: bool):
+    """call(obs, noise) -> action on ``providers``, replayed from CUDA graphs as the server does when
+    ``cuda_graphs`` (CUDA only): what the server's own inference costs, so that the floors compare like with like."""
     from flowrl_deploy.policy import OnnxPolicy
 
     policy = OnnxPolicy(model, providers=PROVIDERS[providers])
+    if not (cuda_graphs and providers == "cuda"):
+        return policy.act
+    from flowrl_deploy.serve.cuda_graphs import CudaGraphs
+
+    return CudaGraphs(model.read_bytes(), policy, threads=1, name=str(model)).run
+
+
+def inference_reply(model: Path, reply_size: int, providers: str, cuda_graphs: bool):
+    """An echo handler that runs ``model`` at batch 1 before it replies (the service minus its own work)."""
+    run = inference_call(model, providers, cuda_graphs)
     obs = np.zeros((1, DOG_RUN["obs_dim"]), np.float32)
     noise = np.zeros((1, DOG_RUN["act_dim"]), np.float32)
     payload = b"\1" * reply_size
 
     def reply(request: bytes) -> bytes:
-        policy.act(obs, noise)
+        run(obs, noise)
         return payload
 
     return reply
@@ -147,13 +159,11 @@ def bench_serve(address: str, n: int, warmup: int) -> dict:
     }
 
 
-def bench_in_process(model: Path, n: int, warmup: int, providers: str) -> dict:
-    from flowrl_deploy.policy import OnnxPolicy
-
-    policy = OnnxPolicy(model, providers=PROVIDERS[providers])
+def bench_in_process(model: Path, n: int, warmup: int, providers: str, cuda_graphs: bool) -> dict:
+    run = inference_call(model, providers, cuda_graphs)
     obs = np.random.default_rng(0).standard_normal((1, DOG_RUN["obs_dim"])).astype(np.float32)
     noise = np.zeros((1, DOG_RUN["act_dim"]), np.float32)
-    return {"onnxruntime in-process": figures(time_calls(lambda: policy.act(obs, noise), n, warmup))}
+    return {"onnxruntime in-process": figures(time_calls(lambda: run(obs, noise), n, warmup))}
 
 
 def main() -> None:
@@ -164,6 +174,12 @@ def main() -> None:
     parser.add_argument("--work", type=Path, default=Path(tempfile.gettempdir()) / "flowrl-bench")
     add_pin_option(parser)
     parser.add_argument("--providers", choices=sorted(PROVIDERS), default="cpu", help="where the graph runs")
+    parser.add_argument(
+        "--no-cuda-graphs",
+        dest="cuda_graphs",
+        action="store_false",
+        help="with --providers cuda: run each call's nodes as kernels of their own (flowrl serve --no-cuda-graphs)",
+    )
     parser.add_argument("--echo-server", type=int, metavar="REPLY_BYTES", help=argparse.SUPPRESS)
     parser.add_argument("--echo-model", type=Path, help=argparse.SUPPRESS)
     parser.add_argument("--echo-aio", action="store_true", help=argparse.SUPPRESS)
@@ -173,7 +189,7 @@ def main() -> None:
         pin_to_cpus(server_cpus)
         payload = b"\1" * args.echo_server
         reply = (
-            inference_reply(args.echo_model, args.echo_server, args.providers)
+            inference_reply(args.echo_model, args.echo_server, args.providers, args.cuda_graphs)
             if args.echo_model
             else lambda request: payload
         )
@@ -188,7 +204,8 @@ def main() -> None:
     pin_flags = [] if args.pin is None else ["--pin", *map(str, args.pin)]
     with echo_process(__file__, str(reply_size), *pin_flags) as echo:
         rows = bench_echo(echo.address, request_size, n, warmup)
-    model_flags = ["--echo-model", str(model), "--providers", args.providers]
+    graphs_flag = [] if args.cuda_graphs else ["--no-cuda-graphs"]
+    model_flags = ["--echo-model", str(model), "--providers", args.providers, *graphs_flag]
     with echo_process(__file__, str(reply_size), *model_flags, *pin_flags) as echo:
         inferring = bench_echo(echo.address, request_size, n, warmup, unary=False)
     rows["echo stream + inference"] = inferring["echo stream"]
@@ -197,11 +214,12 @@ def main() -> None:
     with echo_process(__file__, str(reply_size), "--echo-aio", *model_flags, *pin_flags) as echo:
         aio_inferring = bench_echo(echo.address, request_size, n, warmup, unary=False)
     rows["aio echo stream + inference"] = aio_inferring["echo stream"]
-    rows.update(bench_in_process(model, n, warmup, args.providers))
-    with ServerProcess(model, "--providers", args.providers, *cpus_flag) as served:
+    rows.update(bench_in_process(model, n, warmup, args.providers, args.cuda_graphs))
+    with ServerProcess(model, "--providers", args.providers, *graphs_flag, *cpus_flag) as served:
         rows.update(bench_serve(served.address, n, warmup))
     misses = rows.pop("stream_misses")
 
+    graphs = args.cuda_graphs and args.providers == "cuda"
     floor = rows["echo stream"]["p50_us"] + rows["onnxruntime in-process"]["p50_us"] + 150
     stream = rows["serve stream (StreamAct)"]
     targets = {
@@ -214,7 +232,7 @@ def main() -> None:
     }
     print(
         f"batch 1, dog-run shapes {DOG_RUN}, {args.steps} flow steps, {n} calls each; {machine()['cpu']}; "
-        f"onnxruntime providers: {args.providers}"
+        f"onnxruntime providers: {args.providers}{', CUDA graphs' if graphs else ''}"
     )
     print(f"messages: request {request_size} B, reply {reply_size} B; pinned (server, client): {args.pin}")
     print(f"{'path':32s} {'p50 µs':>9s} {'p99 µs':>9s} {'p99.9 µs':>9s} {'mean µs':>9s}")
@@ -234,6 +252,7 @@ def main() -> None:
             "calls": n,
             "pin": args.pin,
             "providers": args.providers,
+            "cuda_graphs": graphs,
             "rows": rows,
             "targets": targets,
         }

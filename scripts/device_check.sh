@@ -217,7 +217,9 @@ cuda_or_skip() {  # for infer and serving: go on (0) where onnxruntime offers CU
 step_cuda_tests() {
     local files=(tests/train/test_train_cuda.py)
     ort_cuda_offered
-    (($? != 1)) && files+=(tests/export/test_cuda_provider_on_a_gpu.py)  # fails where it ought to have run
+    (($? != 1)) && files+=(  # they fail where they ought to have run
+        tests/export/test_cuda_provider_on_a_gpu.py tests/serve/test_serve_cuda_graphs_on_a_gpu.py
+    )
     python3 -m pytest -q -p no:cacheprovider -rs --timeout 60 "${files[@]}" >"$OUT_DIR/pytest_cuda.log" 2>&1
     pytest_verdict "$OUT_DIR/pytest_cuda.log" $? ANY
 }
@@ -358,21 +360,24 @@ EOF
     return "$rc"
 }
 
-step_serving() {  # dog-run shapes, 10 steps: batch-1 inference and the served round trip, on the GPU
+step_serving() {  # dog-run shapes, 10 steps: batch-1 inference and the served round trip (CUDA graphs, then without)
     cuda_or_skip || return
     python3 bench/infer_latency.py --device cuda --quick --shapes dog-run --json "$WORK/serving_infer_latency.json" \
         >"$WORK/serving.log" 2>&1 &&
         python3 bench/serve_latency.py --providers cuda --quick --work "$WORK/serve-bench" \
-            --json "$WORK/serving_serve_latency.json" >>"$WORK/serving.log" 2>&1
+            --json "$WORK/serving_serve_latency.json" >>"$WORK/serving.log" 2>&1 &&
+        python3 bench/serve_latency.py --providers cuda --no-cuda-graphs --quick --work "$WORK/serve-bench" \
+            --json "$WORK/serving_serve_latency_no_graphs.json" >>"$WORK/serving.log" 2>&1
     local rc=$?
     ((rc == 0)) || { tail -5 "$WORK/serving.log"; note "$(tail -1 "$WORK/serving.log")"; return "$rc"; }
     note "$(python3 -c 'import json, sys
 infer = {r["steps"]: r["results"] for r in json.load(open(sys.argv[1]))["rows"]}[10]
-rows = json.load(open(sys.argv[2]))["rows"]
-print("batch-1 p50 at N=10: torch {:.0f} us, optimized ONNX {:.0f} us; StreamAct {:.0f} us (in-process {:.0f})".format(
+graphs, plain = (json.load(open(path))["rows"] for path in sys.argv[2:4])
+print("batch-1 p50 at N=10: torch {:.0f} us, optimized ONNX {:.0f} us; StreamAct {:.0f} us with CUDA graphs (in-process {:.0f}), {:.0f} us without (in-process {:.0f})".format(
     infer["torch"]["p50_ms"] * 1e3, infer["optimized"]["p50_ms"] * 1e3,
-    rows["serve stream (StreamAct)"]["p50_us"], rows["onnxruntime in-process"]["p50_us"]))' \
-        "$WORK/serving_infer_latency.json" "$WORK/serving_serve_latency.json")"
+    graphs["serve stream (StreamAct)"]["p50_us"], graphs["onnxruntime in-process"]["p50_us"],
+    plain["serve stream (StreamAct)"]["p50_us"], plain["onnxruntime in-process"]["p50_us"]))' \
+        "$WORK/serving_infer_latency.json" "$WORK/serving_serve_latency.json" "$WORK/serving_serve_latency_no_graphs.json")"
 }
 
 step_demo() {  # the README's main job on a GPU host: training on CUDA, serving from onnxruntime's CUDA provider
@@ -528,7 +533,7 @@ main() {
     wants() { [[ $parts == *" $1 "* ]]; }
     run_step install 90
     nvidia_libraries
-    wants cuda-tests && run_step cuda-tests 120
+    wants cuda-tests && run_step cuda-tests 150
     if wants bench; then
         run_step bench-graphs 45
         run_step bench-eager 45
@@ -547,7 +552,7 @@ main() {
         run_step eval-onnx 30
     fi
     wants infer && run_step infer 60
-    wants serving && run_step serving 150
+    wants serving && run_step serving 180
     wants demo && run_step demo 240
     merged serving serving.json
     wants suite && run_step suite 240  # the last step: what is left of the budget

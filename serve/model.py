@@ -10,7 +10,7 @@ import shutil
 import tempfile
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -20,8 +20,9 @@ from flowrl_deploy.affinity import normal_scheduling
 from flowrl_deploy.checkpoint import checkpoint_identity
 from flowrl_deploy.errors import FlowRLError, printable
 from flowrl_deploy.onnxfile import is_onnx_path, read_policy_file
-from flowrl_deploy.ort import ModelLoadError, onnxruntime_text
+from flowrl_deploy.ort import CUDA, ModelLoadError, onnxruntime_text
 from flowrl_deploy.policy import OnnxPolicy
+from flowrl_deploy.serve.cuda_graphs import CudaGraphs, buckets_up_to
 from flowrl_deploy.serve.errors import ContractMismatch, DeadlineExpired, NotReady
 from flowrl_deploy.serve.reload import reload_target
 
@@ -33,6 +34,8 @@ if TYPE_CHECKING:
 log = logging.getLogger("flowrl.serve")
 
 WARMUP_RUNS = 5
+GRAPH_ATOL, GRAPH_RTOL = 1e-5, 1e-4
+"""How close the CUDA graphs' actions must be to the session's (``flowrl export``'s parity bounds)."""
 
 Exporter = Callable[[Path, Path, int | None], Path]
 """Exports a checkpoint for serving: ``(checkpoint, out, steps)`` writes ``out`` at ``steps`` flow
@@ -41,9 +44,12 @@ imports the exporter (torch) itself: whoever builds the server passes one (``flo
 
 
 class ServedModel:
-    """One immutable loaded model; a reload builds a new one and swaps the reference."""
+    """One loaded model, not changed once served (its warm-up settles it): a reload builds a new one and
+    swaps the reference."""
 
-    def __init__(self, path: Path, policy: OnnxPolicy, generation: int, sha256: str) -> None:
+    def __init__(
+        self, path: Path, policy: OnnxPolicy, generation: int, sha256: str, graphs: CudaGraphs | None = None
+    ) -> None:
         self.path = path
         self.policy = policy
         self.sha256 = sha256
@@ -52,35 +58,77 @@ class ServedModel:
         self.contract = policy.contract
         self.act_dim = policy.contract.act_dim
         self.obs_dim = policy.contract.obs_dim
+        self.graphs: CudaGraphs | None = None
+        """The CUDA graphs that run the calls; None: the policy's session runs them."""
+        self._graphs_to_try = graphs
+        """CUDA graphs that :meth:`warm_up` captures, then keeps only where they give the session's actions, faster."""
 
     def run(self, obs: np.ndarray, noise: np.ndarray | None) -> tuple[np.ndarray, int]:
         """Actions for a batch and the onnxruntime time in microseconds."""
         start = time.perf_counter_ns()
-        action = self.policy.run(obs, noise)  # checked when decoded (obs) and drawn (noise)
+        action = (self.graphs or self.policy).run(obs, noise)  # checked when decoded (obs) and drawn (noise)
         return action, (time.perf_counter_ns() - start) // 1000
 
-    def warm_up(self, batches: tuple[int, ...]) -> int:
+    def warm_up(self, batches: tuple[int, ...]) -> str:
         """Run every batch size once or more so that the first client call is not the slow one; return
-        the fastest batch-1 run in microseconds (how the providers compare for one robot: a GPU's call at
-        batch 1 can be slower than the CPU's).
+        how fast a batch-1 run was, for the load's log line (how the providers compare for one robot: a
+        GPU's call at batch 1 can be slower than the CPU's). CUDA graphs to try are captured for every
+        bucket up to the largest batch, and kept only where the capture works, their actions are the
+        session's and they are faster; otherwise a warning says why they are not used.
 
         A run that fails is where a GPU provider's errors first show (no kernel for the device, out of
         memory, an old driver): it raises :class:`ModelLoadError` naming the file and the providers."""
-        batch_1_us = []
         try:
-            for batch in sorted({1, *batches}):
-                for _ in range(WARMUP_RUNS):
-                    noise = np.zeros((batch, self.act_dim), np.float32) if self.policy.takes_noise else None
-                    _, took_us = self.run(np.zeros((batch, self.obs_dim), np.float32), noise)
-                    if batch == 1:
-                        batch_1_us.append(took_us)
+            plain_us = self._fastest_batch_1(sorted({1, *batches}))
         except Exception as exc:  # onnxruntime's own untyped errors
             providers = self.policy.session.get_providers()
             hint = "; serve it on the CPU with --providers cpu" if providers != ["CPUExecutionProvider"] else ""
             raise ModelLoadError(
                 f"cannot run {self.path} on {', '.join(providers)}: {onnxruntime_text(exc)}{hint}"
             ) from exc
+        plain = f"a batch-1 call in {plain_us} µs at warm-up"
+        self.graphs, self._graphs_to_try = self._graphs_to_try, None
+        if self.graphs is None:
+            return plain
+        buckets = buckets_up_to(max(batches))
+        try:
+            graphed_us = self._fastest_batch_1(buckets)  # the first run of each bucket captures its graph
+            problem = self._graphs_differ(self.graphs, buckets)
+        except Exception as exc:  # onnxruntime's own untyped errors
+            problem = f"onnxruntime could not capture them ({onnxruntime_text(exc)})"
+        else:
+            if not problem and graphed_us >= plain_us:
+                problem = f"they are no faster ({graphed_us} µs a batch-1 call, {plain_us} µs without)"
+        if problem:
+            log.warning("%s: serving without CUDA graphs: %s", printable(str(self.path)), problem)
+            self.graphs = None
+            return plain
+        return f"CUDA graphs; a batch-1 call in {graphed_us} µs at warm-up, {plain_us} µs without graphs"
+
+    def _fastest_batch_1(self, batches: Iterable[int]) -> int:
+        """:meth:`run` :data:`WARMUP_RUNS` times at each of ``batches`` (zeros); the fastest batch-1 run in µs."""
+        batch_1_us = []
+        for batch in batches:
+            for _ in range(WARMUP_RUNS):
+                noise = np.zeros((batch, self.act_dim), np.float32) if self.policy.takes_noise else None
+                _, took_us = self.run(np.zeros((batch, self.obs_dim), np.float32), noise)
+                if batch == 1:
+                    batch_1_us.append(took_us)
         return min(batch_1_us)
+
+    def _graphs_differ(self, graphs: CudaGraphs, buckets: tuple[int, ...]) -> str:
+        """Why the graphs' actions are not the session's, at the largest batch of each bucket and one row
+        ('' when they are, to :data:`GRAPH_ATOL`/:data:`GRAPH_RTOL`): a replay must never serve actions
+        that the export's verification did not vouch for."""
+        rng = np.random.default_rng(0)
+        for rows in sorted({1, *buckets, *(b - 1 for b in buckets if b > 2)}):
+            obs = rng.standard_normal((rows, self.obs_dim)).astype(np.float32)
+            noise = rng.standard_normal((rows, self.act_dim)).astype(np.float32) if self.policy.takes_noise else None
+            graphed, plain = graphs.run(obs, noise), self.policy.run(obs, noise)
+            if not np.allclose(graphed, plain, atol=GRAPH_ATOL, rtol=GRAPH_RTOL):
+                error = float(np.max(np.abs(graphed - plain)))
+                return f"their actions differ from the session's by up to {error:.3g} at a batch of {rows}"
+        return ""
 
 
 def resolve_onnx(model: str, workdir: Path, steps: int | None, export_checkpoint: Exporter | None) -> Path:
@@ -108,11 +156,26 @@ def read_model_file(path: Path) -> tuple[bytes, str]:
 
 
 def load_model(
-    path: Path, data: bytes, sha256: str, generation: int, *, providers: list[str] | None, threads: int
+    path: Path,
+    data: bytes,
+    sha256: str,
+    generation: int,
+    *,
+    providers: list[str] | None,
+    threads: int,
+    cuda_graphs: bool = False,
 ) -> ServedModel:
-    """Load the bytes ``data`` read from ``path``; the version is ``v<generation>-<sha256 prefix>``."""
+    """Load the bytes ``data`` read from ``path``; the version is ``v<generation>-<sha256 prefix>``.
+    With ``cuda_graphs``, a model that runs on the CUDA provider with a dynamic batch axis gets
+    :class:`CudaGraphs` too, which :meth:`ServedModel.warm_up` keeps or drops."""
     policy = OnnxPolicy(data, providers=providers, threads=threads, name=str(path))
-    return ServedModel(path, policy, generation, sha256)
+    graphs = None
+    if cuda_graphs and policy.session.get_providers()[0] == CUDA and policy.fixed_batch is None:
+        try:
+            graphs = CudaGraphs(data, policy, threads=threads, name=str(path))
+        except FlowRLError as exc:
+            log.warning("%s: serving without CUDA graphs: %s", printable(str(path)), exc)
+    return ServedModel(path, policy, generation, sha256, graphs)
 
 
 def _export_note(provenance: dict[str, object], source: str) -> str:
@@ -228,12 +291,20 @@ class ModelSlot:
             return self._unchanged(source, previous, by)
         generation = self._generation + 1
         # named by its source, not its export: a refusal names the checkpoint the caller knows
-        new = load_model(Path(source), data, sha256, generation, providers=self._providers, threads=self.config.threads)
+        new = load_model(
+            Path(source),
+            data,
+            sha256,
+            generation,
+            providers=self._providers,
+            threads=self.config.threads,
+            cuda_graphs=self.config.cuda_graphs,
+        )
         if previous is not None:
             check_compatible(previous, new)
         elif self._check_first is not None:  # a reload keeps the contract, and with it the requests
             self._check_first(new.contract)
-        batch_1_us = new.warm_up((1, self.config.max_batch))
+        warm_up = new.warm_up((1, self.config.max_batch))
         if previous is not None and still_wanted is not None and not still_wanted():
             raise DeadlineExpired(
                 f"reload abandoned, still serving {previous.version}: the caller stopped waiting (its "
@@ -244,7 +315,7 @@ class ModelSlot:
         self._exported_from = exported_from
         if self.config.steps is None:  # checkpoints exported by later reloads keep the served N
             self._steps = new.contract.flow_steps
-        providers = f"{', '.join(new.policy.session.get_providers())}; a batch-1 call in {batch_1_us} µs at warm-up"
+        providers = f"{', '.join(new.policy.session.get_providers())}; {warm_up}"
         steps = f"N={new.contract.flow_steps} flow steps{_export_note(new.policy.provenance, source)}"
         if previous is not None:
             self._metrics.record_reload()

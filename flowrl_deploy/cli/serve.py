@@ -111,6 +111,13 @@ def serve(
         ),
     ] = "",
     threads: Annotated[int, typer.Option(help="onnxruntime intra-op threads per call, 1 to this machine's cores.")] = 1,
+    cuda_graphs: Annotated[
+        bool,
+        typer.Option(
+            "--cuda-graphs/--no-cuda-graphs",
+            help="On CUDA, replay calls from CUDA graphs where the warm-up finds them exact and faster (logged).",
+        ),
+    ] = True,
     max_batch: Annotated[
         int,
         typer.Option(
@@ -282,6 +289,7 @@ def serve(
                 port=port,
                 providers=parse_providers(providers),
                 threads=threads,
+                cuda_graphs=cuda_graphs,
                 max_batch=max_batch,
                 batch_window_us=batch_window_us,
                 batch_workers=batch_workers,

@@ -12,6 +12,7 @@ from dataclasses import replace
 
 import numpy as np
 import pytest
+from cuda_here import needs_cuda_provider
 from export_fixtures import SPEC, actor_tensors
 
 from flowrl_deploy import ort
@@ -24,17 +25,7 @@ from flowrl_deploy.serve import PolicyServer, ServeConfig
 CPU = "CPUExecutionProvider"
 
 
-def _why_not_here() -> str:
-    if ort.CUDA not in ort.import_onnxruntime().get_available_providers():
-        return "this onnxruntime build has no CUDA provider"
-    if not ort.cuda_device_present():
-        return "no GPU here (these run where one is present)"
-    ort.preload_cuda_libraries()
-    return ort.cuda_library_error()
-
-
-WHY_NOT = _why_not_here()
-pytestmark = pytest.mark.skipif(bool(WHY_NOT), reason=f"onnxruntime's CUDA provider cannot run here: {WHY_NOT}")
+pytestmark = needs_cuda_provider
 
 WIDE = replace(
     SPEC,

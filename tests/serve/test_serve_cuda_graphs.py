@@ -1,0 +1,124 @@
+"""`flowrl serve --cuda-graphs` without a GPU: the buckets, the bound buffers' padding and chunks (run on
+the CPU provider's buffers), and the warm-up's choice to keep the graphs or serve without them.
+tests/serve/test_serve_cuda_graphs_on_a_gpu.py runs the graphs themselves on a GPU."""
+
+from __future__ import annotations
+
+import logging
+import time
+
+import numpy as np
+import pytest
+from tiny_policy import write_policy
+
+from flowrl_deploy.policy import OnnxPolicy
+from flowrl_deploy.serve import PolicyServer, ServeConfig, cuda_graphs
+from flowrl_deploy.serve.cuda_graphs import LARGEST_BUCKET, CudaGraphs, bucket_of, buckets_up_to
+from flowrl_deploy.serve.model import ServedModel, load_model
+
+CPU = "CPUExecutionProvider"
+
+
+def test_a_call_runs_in_the_smallest_power_of_two_that_holds_its_rows():
+    assert [bucket_of(rows) for rows in (1, 2, 3, 4, 5, 63, 64, 65, 1024, 5000)] == [
+        1, 2, 4, 4, 8, 64, 64, 128, 1024, 1024,
+    ]  # fmt: skip
+    assert buckets_up_to(1) == (1,)
+    assert buckets_up_to(48) == (1, 2, 4, 8, 16, 32, 64)
+    assert buckets_up_to(4096)[-1] == LARGEST_BUCKET
+
+
+@pytest.fixture
+def on_cpu_buffers(monkeypatch):
+    """CudaGraphs with its session and buffers on the CPU: the binding, padding and chunking as on a GPU."""
+    monkeypatch.setattr(cuda_graphs, "GRAPH_PROVIDER", CPU)
+    monkeypatch.setattr(cuda_graphs, "DEVICE", "cpu")
+
+
+@pytest.mark.parametrize("deterministic", [False, True])
+def test_bound_buffers_give_each_row_the_sessions_action_at_every_batch(tmp_path, on_cpu_buffers, deterministic):
+    path = write_policy(tmp_path / "policy.onnx", deterministic=deterministic)
+    policy = OnnxPolicy(path, providers=[CPU])
+    graphs = CudaGraphs(path.read_bytes(), policy, threads=1, name=str(path))
+    rng = np.random.default_rng(0)
+    c = policy.contract
+    for rows in (1, 3, 4, 1, 7, 3, LARGEST_BUCKET + 5):  # smaller calls after larger: no stale rows
+        obs = rng.standard_normal((rows, c.obs_dim)).astype(np.float32)
+        noise = None if deterministic else rng.standard_normal((rows, c.act_dim)).astype(np.float32)
+        np.testing.assert_array_equal(graphs.run(obs, noise), policy.run(obs, noise))
+    assert sorted(graphs._buckets) == [1, 4, 8, 1024]  # one bound bucket (one graph) per size met
+
+
+class _FakeGraphs:
+    """Stands in for the replay (which needs a GPU): its actions and speed are what each test sets."""
+
+    def __init__(self, policy: OnnxPolicy, *, offset: float = 0.0, delay_s: float = 0.0, error: str = "") -> None:
+        self.session_run, self.offset, self.delay_s, self.error, self.calls = policy.run, offset, delay_s, error, 0
+
+    def run(self, obs, noise):
+        self.calls += 1
+        if self.error:
+            raise RuntimeError(self.error)
+        time.sleep(self.delay_s)
+        return self.session_run(obs, noise) + self.offset
+
+
+def _model(tmp_path, **fake) -> tuple[ServedModel, _FakeGraphs]:
+    path = write_policy(tmp_path / "policy.onnx")
+    model = load_model(path, path.read_bytes(), "0" * 64, 1, providers=[CPU], threads=1)
+    graphs = _FakeGraphs(model.policy, **fake)
+    return ServedModel(path, model.policy, 1, "0" * 64, graphs), graphs  # type: ignore[arg-type]
+
+
+def test_graphs_that_are_exact_and_faster_serve_the_calls(tmp_path, monkeypatch):
+    model, graphs = _model(tmp_path)
+    session_run = model.policy.run
+
+    def launch_bound(obs, noise):  # the session as a GPU's is at batch 1: slower than its graphs
+        time.sleep(0.002)
+        return session_run(obs, noise)
+
+    monkeypatch.setattr(model.policy, "run", launch_bound)
+    said = model.warm_up((1, 8))
+    assert model.graphs is graphs
+    assert said.startswith("CUDA graphs; a batch-1 call in ") and "µs without graphs" in said
+    before = graphs.calls
+    model.run(np.zeros((1, 3), np.float32), np.zeros((1, 2), np.float32))
+    assert graphs.calls == before + 1
+
+
+@pytest.mark.parametrize(
+    ("fake", "warning"),
+    [
+        ({"offset": 1e-3}, "their actions differ from the session's by up to 0.001 at a batch of 1"),
+        ({"delay_s": 0.01}, "they are no faster ("),
+        ({"error": "CUDA failure 700: an illegal memory access"}, "onnxruntime could not capture them (CUDA failure"),
+    ],
+)
+def test_graphs_that_differ_are_slower_or_fail_are_dropped_with_a_warning(tmp_path, caplog, fake, warning):
+    model, graphs = _model(tmp_path, **fake)
+    with caplog.at_level(logging.WARNING, logger="flowrl.serve"):
+        said = model.warm_up((1, 4))
+    assert model.graphs is None
+    assert said.startswith("a batch-1 call in ")
+    assert f"policy.onnx: serving without CUDA graphs: {warning}" in caplog.text
+    before = graphs.calls
+    action, _ = model.run(np.zeros((1, 3), np.float32), np.zeros((1, 2), np.float32))
+    assert graphs.calls == before
+    np.testing.assert_array_equal(action, model.policy.run(np.zeros((1, 3), np.float32), np.zeros((1, 2), np.float32)))
+
+
+def test_on_the_cpu_the_server_serves_without_graphs_whatever_the_flag(tmp_path):
+    path = write_policy(tmp_path / "policy.onnx")
+    for flag in (True, False):
+        with PolicyServer(ServeConfig(str(path), port=0, grace_s=0, cuda_graphs=flag)).start() as server:
+            assert server.servicer.slot.current().graphs is None
+
+
+def test_the_flag_is_a_boolean_setting(tmp_path):
+    from flowrl_deploy.errors import FlowRLError
+
+    path = write_policy(tmp_path / "policy.onnx")
+    assert ServeConfig(str(path)).cuda_graphs is True
+    with pytest.raises(FlowRLError, match="--cuda-graphs must be"):
+        ServeConfig(str(path), cuda_graphs="no")  # type: ignore[arg-type]
