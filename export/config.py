@@ -12,7 +12,7 @@ from flowrl_deploy.fieldtypes import is_int, wrong_type
 from flowrl_deploy.noise import run_seed_problem
 from flowrl_deploy.spec import SOLVERS, PolicySpec, flow_steps_problem
 
-DTYPES = ("fp32", "int8")
+DTYPES = ("fp32", "int8", "fp16")
 MIN_OPSET = 13
 """The oldest opset exported (TensorRT 8.5 parses 13; below 17, which brought LayerNormalization,
 the graph spells it out in basic ops)."""
@@ -39,7 +39,8 @@ class ExportConfig:
     deterministic: bool = False
     """Export a graph without the noise input that starts from a0 = 0."""
     dtype: str = "fp32"
-    """'fp32', or 'int8' (the wide hidden layer as 8-bit blocks in one MatMulNBits node; looser parity)."""
+    """'fp32', 'int8' (the wide hidden layer as 8-bit blocks in one MatMulNBits node; looser parity) or
+    'fp16' (the sampler in float16 behind a float32 interface, for GPU providers; looser parity)."""
     optimize: bool = True
     """Structural optimizations (observation share of layer 1 computed once, t folded into constants)."""
     verify: bool = True
@@ -66,6 +67,12 @@ class ExportConfig:
             raise FlowRLError(f"--opset must be >= {MIN_OPSET}, got {self.opset}")
         if self.dtype not in DTYPES:
             raise FlowRLError(f"unknown dtype {self.dtype!r}; choose one of {', '.join(DTYPES)}")
+        if self.dtype == "fp16" and self.opset < LAYER_NORM_OPSET:
+            raise FlowRLError(
+                f"--dtype fp16 needs --opset {LAYER_NORM_OPSET} or newer, got {self.opset}: below it "
+                "LayerNormalization is spelled out in basic ops, whose squares overflow float16 (docs/export.md, "
+                "--dtype fp16)"
+            )
         if self.samples < 1:
             raise FlowRLError(f"samples must be >= 1, got {self.samples}")
         problem = run_seed_problem("--seed", self.seed)

@@ -114,14 +114,20 @@ def schedule(steps: int, solver: str) -> list[Evaluation]:
 
 
 class _Graph:
-    """Accumulates nodes and initializers with unique names."""
+    """Accumulates nodes and initializers with unique names; floating constants are stored as
+    ``float_type`` (the sampler's arithmetic: float16 for ``dtype="fp16"``) unless ``exact``."""
 
-    def __init__(self) -> None:
+    def __init__(self, float_type: type[np.floating] = np.float32) -> None:
         self.nodes: list[onnx.NodeProto] = []
         self.initializers: list[onnx.TensorProto] = []
+        self.float_type = float_type
         self._count = 0
 
-    def const(self, name: str, value: np.ndarray) -> str:
+    def const(self, name: str, value: np.ndarray, *, exact: bool = False) -> str:
+        """``value`` as an initializer; ``exact`` keeps a float32 one float32 (outside the fp16 part)."""
+        value = np.asarray(value)
+        if not exact and np.issubdtype(value.dtype, np.floating):
+            value = value.astype(self.float_type)
         self.initializers.append(numpy_helper.from_array(np.ascontiguousarray(value), name))
         return name
 
@@ -148,16 +154,37 @@ def build_policy_graph(
     """The N-step sampler as an ONNX model: ``obs`` (+ ``noise``) → ``action`` in the spec's bounds.
 
     ``dtype="int8"`` quantizes the hidden×hidden layer (see :func:`int8_blocks`); the rest stays fp32.
+
+    ``dtype="fp16"`` runs the sampler in float16 behind the same float32 interface (inputs, output
+    and contract unchanged), for GPU providers: one Cast of ``obs`` and one of the clamped noise to
+    float16, every weight, bias and LayerNorm parameter a float16 initializer, the velocity
+    evaluations and the solver updates in float16, and one Cast of a_N back to float32 as
+    ``pre_tanh``. Chosen over casting the action at the end (the same node count): the Clip of the
+    noise, tanh and the rescale stay float32, so ``pre_tanh`` is verified as it is for fp32 and the
+    action is not rounded to a float16 step (up to 2.4e-4 × half-range near ±1, 0.03 absolute with
+    bounds of ±100). ``obs`` is first clipped to float16's range (±65504, one node per call): a larger
+    value would be cast to inf and give NaN actions. Needs ``opset`` >= 17 (ExportConfig refuses
+    less): a spelled-out LayerNorm squares its input, which overflows float16 above 256.
     """
     check_opset(opset, runtime=False)  # what onnxruntime runs is checked where the graph is verified
-    g = _Graph()
+    g = _Graph(np.float16 if dtype == "fp16" else np.float32)
     batch_dim: int | str = batch if batch is not None else "batch"
     docs = tensor_docs(spec, batch)
 
     def tensor(name: str, width: int) -> onnx.ValueInfoProto:
         return helper.make_tensor_value_info(name, TensorProto.FLOAT, [batch_dim, width], docs[name])
 
+    fp32 = g.float_type == np.float32
+
+    def computed(name: str) -> str:  # a float32 tensor in the sampler's float type
+        return name if fp32 else g.op("Cast", [name], to=TensorProto.FLOAT16)
+
     inputs = [tensor(OBS_INPUT, spec.obs_dim)] + ([] if deterministic else [tensor(NOISE_INPUT, spec.act_dim)])
+    obs = OBS_INPUT
+    if not fp32:  # saturated to float16's range, not cast to inf (then NaN actions): see the docstring
+        fp16_max = np.float32(np.finfo(np.float16).max)
+        obs = g.op("Clip", [obs, g.const("obs.min", -fp16_max, exact=True), g.const("obs.max", fp16_max, exact=True)])
+    obs = computed(obs)
     ln1 = (g.const("ln1.gamma", weights.ln1_gamma), g.const("ln1.beta", weights.ln1_beta))
     ln2 = (g.const("ln2.gamma", weights.ln2_gamma), g.const("ln2.beta", weights.ln2_beta))
     b2 = g.const("b2", weights.b2)
@@ -182,18 +209,21 @@ def build_policy_graph(
 
     a0 = None
     if not deterministic:
-        clip = spec.noise_clip
-        a0 = g.op("Clip", [NOISE_INPUT, g.const("clip.min", np.float32(-clip)), g.const("clip.max", np.float32(clip))])
+        clip = np.float32(spec.noise_clip)
+        bounds = [g.const("clip.min", -clip, exact=True), g.const("clip.max", clip, exact=True)]
+        a0 = computed(g.op("Clip", [NOISE_INPUT, *bounds]))
     build = _optimized_sampler if optimize else _plain_sampler
-    a_n = build(g, weights, spec, schedule(steps, solver), a0, hidden, w_out, b_out)
+    a_n = build(g, weights, spec, schedule(steps, solver), obs, a0, hidden, w_out, b_out, PRE_TANH if fp32 else None)
+    if not fp32:
+        a_n = g.op("Cast", [a_n], PRE_TANH, to=TensorProto.FLOAT)
 
     low = np.asarray(spec.action_low, dtype=np.float32)
     high = np.asarray(spec.action_high, dtype=np.float32)
     if np.all(low == -1) and np.all(high == 1):  # tanh·1 + 0 is tanh exactly: 2 nodes (~1 %) saved at batch 1
         g.op("Tanh", [a_n], ACTION_OUTPUT)
     else:
-        scale = g.const("action.scale", (high - low) / 2)
-        bias = g.const("action.bias", (high + low) / 2)
+        scale = g.const("action.scale", (high - low) / 2, exact=True)
+        bias = g.const("action.bias", (high + low) / 2, exact=True)
         g.op("Add", [g.op("Mul", [g.op("Tanh", [a_n]), scale]), bias], ACTION_OUTPUT)
 
     variant = "optimized" if optimize else "plain"
@@ -295,12 +325,15 @@ def _plain_sampler(
     weights: VelocityWeights,
     spec: PolicySpec,
     evaluations: list[Evaluation],
+    obs: str,
     a0: str | None,
     hidden: Callable[[str], str],
     w_out: str,
     b_out: str,
+    pre_tanh: str | None,
 ) -> str:
-    """v(concat[s, a, t]) at every evaluation, updates a ← a_k + step·v, as the torch solver does."""
+    """v(concat[s, a, t]) at every evaluation, updates a ← a_k + step·v, as the torch solver does.
+    ``pre_tanh`` names the result (None: the caller casts it, named, to float32); so in the next one."""
     w1, b1 = g.const("w1", weights.w1), g.const("b1", weights.b1)
     one = g.const("one", np.array([1]))
     batch = g.op("Slice", [g.op("Shape", [OBS_INPUT]), g.const("zero", np.array([0])), one])
@@ -311,12 +344,12 @@ def _plain_sampler(
     a_k = a_t = a0
     for i, ev in enumerate(evaluations):
         t_col = g.op("Expand", [g.const(f"t.{i}", np.full((1, 1), ev.t, np.float32)), t_shape])
-        z = g.op("Gemm", [g.op("Concat", [OBS_INPUT, a_t, t_col], axis=1), w1, b1], transB=1)
+        z = g.op("Gemm", [g.op("Concat", [obs, a_t, t_col], axis=1), w1, b1], transB=1)
         v = g.op("Gemm", [hidden(z), w_out, b_out], transB=1)
         if ev.from_step_start:
             a_k = a_t
         a_t = g.op("Add", [a_k, g.op("Mul", [v, g.const(f"step.{i}", ev.step_size)])])
-    return g.op("Identity", [a_t], PRE_TANH)
+    return a_t if pre_tanh is None else g.op("Identity", [a_t], pre_tanh)
 
 
 def _optimized_sampler(
@@ -324,15 +357,17 @@ def _optimized_sampler(
     weights: VelocityWeights,
     spec: PolicySpec,
     evaluations: list[Evaluation],
+    obs: str,
     a0: str | None,
     hidden: Callable[[str], str],
     w_out: str,
     b_out: str,
+    pre_tanh: str | None,
 ) -> str:
     """The observation's share of layer 1 once per call; one Gemm per solver update (see module doc)."""
     o = spec.obs_dim
     w_s, w_a, w_t = weights.w1[:, :o], weights.w1[:, o : o + spec.act_dim], weights.w1[:, -1]
-    h_s = g.op("Gemm", [OBS_INPUT, g.const("w1.obs", w_s), g.const("b1", weights.b1)], transB=1)
+    h_s = g.op("Gemm", [obs, g.const("w1.obs", w_s), g.const("b1", weights.b1)], transB=1)
     w_a_name = ""  # stored at its first use: a deterministic one-step Euler graph has none
     w_a_b_out = w_a.astype(np.float64) @ weights.b_out.astype(np.float64)
     a_k = a_t = a0  # shifted states ã; None means exactly zero (the deterministic a0)
@@ -349,7 +384,7 @@ def _optimized_sampler(
             a_k = a_t
         start = [] if a_k is None else [a_k]
         a_t = g.op("Gemm", [h, w_out, *start], transB=1, alpha=float(ev.step_size), beta=1.0)
-    return g.op("Add", [a_t, b_out], PRE_TANH)
+    return g.op("Add", [a_t, b_out], pre_tanh)
 
 
 def int8_blocks(w: np.ndarray, block: int = INT8_BLOCK) -> tuple[np.ndarray, np.ndarray]:

@@ -51,8 +51,8 @@ class SweepRow:
     """Of the evaluation's episodes, those an unstable simulation cut short (their return counts the steps
     before it: :attr:`~flowrl_deploy.train.evaluate.Episode.unstable`); None without an evaluation."""
     reference: SweepRow | None = None
-    """An int8 row's fp32 reference: the same N exported in fp32 to a temporary file (deleted), timed
-    and evaluated alike; None for an fp32 row."""
+    """A reduced --dtype row's (int8, fp16) fp32 reference: the same N exported in fp32 to a temporary
+    file (deleted), timed and evaluated alike; None for an fp32 row."""
 
     def to_dict(self) -> dict[str, Any]:
         return self.report.to_dict() | self._figures() | {
@@ -167,7 +167,7 @@ def _sweep_row(
     if on_file is not None:
         on_file(report)
     row = _measured(report, config, env, evaluation)
-    if config.dtype != "fp32":  # int8 is judged against fp32's error and return (docs/export.md, --dtype int8)
+    if config.dtype != "fp32":  # int8 and fp16 are judged against fp32's error and return (docs/export.md)
         with tempfile.TemporaryDirectory(prefix="flowrl-fp32-reference-") as folder:
             reference = export_checkpoint(checkpoint, Path(folder) / "fp32.onnx", replace(config, dtype="fp32"))
             row = replace(row, reference=_measured(reference, replace(config, dtype="fp32"), env, evaluation))

@@ -131,7 +131,11 @@ def export(
         bool, typer.Option("--deterministic", help="No noise input: start from a0 = 0 (one action per observation).")
     ] = DEFAULT.deterministic,
     dtype: Annotated[
-        DType, typer.Option(help="fp32, or int8 (the wide layer in 8-bit blocks; looser parity, reported).")
+        DType,
+        typer.Option(
+            help="fp32; int8 (the wide layer in 8-bit blocks) or fp16 (the sampler in float16, for GPU "
+            "providers; --opset 17+): looser parity, reported, with fp32's row beside it in --report."
+        ),
     ] = DEFAULT_DTYPE,
     optimize: Annotated[
         bool, typer.Option("--optimize/--no-optimize", help="Structural optimizations (obs share of layer 1 once).")
