@@ -71,3 +71,20 @@ def test_a_server_on_a_gpu_host_serves_from_cuda_what_the_cpu_computes(policy_fi
     local = OnnxPolicy(policy_file, providers=[CPU])
     noise = np.random.Generator(np.random.PCG64(3)).standard_normal((1, WIDE.act_dim), dtype=np.float32)
     np.testing.assert_allclose(served, local.act(obs[None], noise)[0], atol=1e-5, rtol=1e-4)
+
+
+@pytest.mark.parametrize(("dtype", "optimize"), [("fp16", True), ("fp16", False), ("fp32", True)])
+def test_the_exports_parity_holds_on_cuda(monkeypatch, dtype, optimize):
+    """The export's own verification, run on the CUDA provider: fp16's bounds were measured on the CPU
+    provider, which computes float16 nodes in float32; the GPU computes them in float16."""
+    from flowrl_deploy.export import verify
+    from flowrl_deploy.export.graph import VelocityWeights, build_policy_graph
+
+    monkeypatch.setattr(verify, "make_session", lambda model, providers: ort.make_session(model, providers=[ort.CUDA]))
+    actor = actor_tensors(WIDE)
+    model = build_policy_graph(VelocityWeights.from_actor(actor, WIDE), WIDE, steps=10, solver="midpoint",
+                               optimize=optimize, dtype=dtype)  # fmt: skip
+    report = verify.verify_parity(model, actor, WIDE, steps=10, solver="midpoint", deterministic=False, batch=None,
+                                  dtype=dtype, samples=64)  # fmt: skip
+    assert report.passed, report.summary()
+    print(f"{dtype} {'optimized' if optimize else 'plain'} on CUDA: {report.summary()}")
