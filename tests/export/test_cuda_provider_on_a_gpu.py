@@ -8,12 +8,10 @@ code paths on a machine without a GPU, with the provider's start simulated.
 
 from __future__ import annotations
 
-from dataclasses import replace
-
 import numpy as np
 import pytest
 from cuda_here import needs_cuda_provider
-from export_fixtures import SPEC, actor_tensors
+from export_fixtures import WIDE, actor_tensors
 
 from flowrl_deploy import ort
 from flowrl_deploy.checkpoint import save_checkpoint
@@ -26,18 +24,6 @@ CPU = "CPUExecutionProvider"
 
 
 pytestmark = needs_cuda_provider
-
-WIDE = replace(
-    SPEC,
-    obs_dim=40,
-    act_dim=12,
-    action_low=(-1.0,) * 12,
-    action_high=(2.0,) * 12,
-    hidden=256,
-    obs_layout=(("position", 40),),
-    action_names=tuple(f"joint_{i}" for i in range(12)),
-)
-"""Wide enough that TF32 matmuls (10-bit mantissas) would move the actions far past the tolerance."""
 
 
 @pytest.fixture(scope="module")

@@ -85,20 +85,24 @@ def test_plain_and_optimized_graphs_agree():
 
 
 @pytest.mark.parametrize("optimize", [True, False])
-def test_deterministic_graph_equals_noise_graph_fed_zeros(optimize):
+@pytest.mark.parametrize("dtype", ["fp32", "fp16"])
+def test_deterministic_graph_equals_noise_graph_fed_zeros(optimize, dtype):
     obs, _ = inputs(6)
-    deterministic = graph(deterministic=True, optimize=optimize)
+    deterministic = graph(deterministic=True, optimize=optimize, dtype=dtype)
     assert [i.name for i in deterministic.graph.input] == ["obs"]
     zeros = np.zeros((6, SPEC.act_dim), np.float32)
-    np.testing.assert_allclose(run(deterministic, obs), run(graph(optimize=optimize), obs, zeros), atol=1e-6)
+    with_noise = graph(optimize=optimize, dtype=dtype)
+    np.testing.assert_allclose(run(deterministic, obs), run(with_noise, obs, zeros), atol=1e-6)
 
 
 @pytest.mark.parametrize("optimize", [True, False])
-def test_actions_stay_in_bounds_for_extreme_observations(optimize):
+@pytest.mark.parametrize("dtype", ["fp32", "fp16"])
+def test_actions_stay_in_bounds_for_extreme_observations(optimize, dtype):
+    """fp16: observations past float16's range (±65504) are saturated, not cast to inf (NaN actions)."""
     obs, noise = inputs(8, noise_scale=100.0)
     obs[:4] *= 1e6
     obs[4:] = np.float32(-3e7)
-    action = run(graph(optimize=optimize), obs, noise)
+    action = run(graph(optimize=optimize, dtype=dtype), obs, noise)
     assert np.all(np.isfinite(action))
     assert np.all(action >= np.array(SPEC.action_low, np.float32))
     assert np.all(action <= np.array(SPEC.action_high, np.float32))

@@ -24,6 +24,20 @@ SPEC = PolicySpec(
     action_names=("hip", "knee", "ankle"),
     control_period_s=0.02,
 )
+WIDE = PolicySpec(
+    obs_dim=40,
+    act_dim=12,
+    action_low=(-1.0,) * 12,
+    action_high=(2.0,) * 12,
+    hidden=256,
+    solver="midpoint",
+    flow_steps=1,
+    env_id="dmc:test-task",
+    obs_layout=(("position", 40),),
+    action_names=tuple(f"joint_{i}" for i in range(12)),
+    control_period_s=0.02,
+)
+"""Wide enough that TF32 matmuls (10-bit mantissas) would move the actions far past 1e-5: the GPU tests' policy."""
 PERTURBATION = 0.2
 """Standard deviation of the noise added to every tensor: torch's initialisation has zero biases,
 LayerNorm gains of 1 and shifts of 0, so a graph that dropped or swapped one of them would still match."""

@@ -11,12 +11,11 @@ from __future__ import annotations
 
 import logging
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import replace
 
 import numpy as np
 import pytest
 from cuda_here import needs_cuda_provider
-from export_fixtures import SPEC, actor_tensors
+from export_fixtures import WIDE, actor_tensors
 
 from flowrl_deploy import ort
 from flowrl_deploy.checkpoint import save_checkpoint
@@ -29,16 +28,6 @@ from flowrl_deploy.serve.cuda_graphs import CudaGraphs
 pytestmark = needs_cuda_provider
 
 CPU = "CPUExecutionProvider"
-WIDE = replace(
-    SPEC,
-    obs_dim=40,
-    act_dim=12,
-    action_low=(-1.0,) * 12,
-    action_high=(2.0,) * 12,
-    hidden=256,
-    obs_layout=(("position", 40),),
-    action_names=tuple(f"joint_{i}" for i in range(12)),
-)
 
 
 @pytest.fixture(scope="module")
