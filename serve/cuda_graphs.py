@@ -9,15 +9,22 @@ onnxruntime captures a graph on the first run of each ``gpu_graph_id`` and repla
 holds only while the inputs and output stay at the same GPU addresses and shapes. So each *bucket*, a
 power of two of rows, gets buffers of its own, bound once: a call's rows are copied into its bucket's
 input buffers (the rows past them zeros), the graph replayed, and the call's rows copied back. The
-sampler computes each row alone, so the padding changes no row's action. One call runs at a time,
-since a bucket's buffers are shared; a GPU runs one at a time anyway.
+sampler computes each row alone, so the padding changes no row's action.
+
+onnxruntime keeps the graphs of each thread apart and captures in CUDA's global mode, in which a CUDA
+call from any other thread during a capture fails (microsoft/onnxruntime#18806). So every run of a
+session with graphs, and of the plain CUDA sessions served beside them, goes through one thread of the
+process, :func:`on_cuda_thread`: the graphs are captured once, and no call of another model lands in a
+capture. A GPU runs one call at a time anyway.
 """
 
 from __future__ import annotations
 
 import threading
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, TypeVar
 
 import numpy as np
 import numpy.typing as npt
@@ -33,6 +40,21 @@ LARGEST_BUCKET = 1024
 GRAPH_PROVIDER = (CUDA, {"enable_cuda_graph": "1"})
 DEVICE = "cuda"
 """Where the buffers live (onnxruntime's device name); device 0, where the provider runs by default."""
+
+
+Result = TypeVar("Result")
+_cuda_thread: ThreadPoolExecutor | None = None
+_cuda_thread_made = threading.Lock()
+
+
+def on_cuda_thread(call: Callable[..., Result], *args: Any) -> Result:
+    """``call(*args)`` run on the process's one CUDA thread (made on first use), its result or error
+    returned here."""
+    global _cuda_thread
+    with _cuda_thread_made:
+        if _cuda_thread is None:
+            _cuda_thread = ThreadPoolExecutor(max_workers=1, thread_name_prefix="flowrl-cuda")
+    return _cuda_thread.submit(call, *args).result()
 
 
 def bucket_of(rows: int) -> int:
@@ -70,17 +92,20 @@ class CudaGraphs:
         self._act_dim = contract.act_dim
         self._output = policy.output_name
         self._buckets: dict[int, _Bucket] = {}
-        self._lock = threading.Lock()
 
     def run(self, obs: npt.NDArray[np.float32], noise: npt.NDArray[np.float32] | None) -> npt.NDArray[np.float32]:
-        """Actions [B, act_dim] for inputs checked as the server checks them (see ``OnnxPolicy.run``)."""
+        """Actions [B, act_dim] for inputs checked as the server checks them (see ``OnnxPolicy.run``),
+        run on :func:`on_cuda_thread`."""
         feeds = {OBS_INPUT: obs} if noise is None else {OBS_INPUT: obs, NOISE_INPUT: noise}
-        with self._lock:
-            if len(obs) <= LARGEST_BUCKET:
-                return self._replay(feeds)
-            starts = range(0, len(obs), LARGEST_BUCKET)
-            chunks = [{k: v[i : i + LARGEST_BUCKET] for k, v in feeds.items()} for i in starts]
-            return np.concatenate([self._replay(chunk) for chunk in chunks])
+        return on_cuda_thread(self._run, feeds)
+
+    def _run(self, feeds: dict[str, npt.NDArray[np.float32]]) -> npt.NDArray[np.float32]:
+        rows = len(feeds[OBS_INPUT])
+        if rows <= LARGEST_BUCKET:
+            return self._replay(feeds)
+        starts = range(0, rows, LARGEST_BUCKET)
+        chunks = [{k: v[i : i + LARGEST_BUCKET] for k, v in feeds.items()} for i in starts]
+        return np.concatenate([self._replay(chunk) for chunk in chunks])
 
     def _replay(self, feeds: dict[str, npt.NDArray[np.float32]]) -> npt.NDArray[np.float32]:
         rows = len(feeds[OBS_INPUT])

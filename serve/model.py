@@ -22,7 +22,7 @@ from flowrl_deploy.errors import FlowRLError, printable
 from flowrl_deploy.onnxfile import is_onnx_path, read_policy_file
 from flowrl_deploy.ort import CUDA, ModelLoadError, onnxruntime_text
 from flowrl_deploy.policy import OnnxPolicy
-from flowrl_deploy.serve.cuda_graphs import CudaGraphs, buckets_up_to
+from flowrl_deploy.serve.cuda_graphs import CudaGraphs, buckets_up_to, on_cuda_thread
 from flowrl_deploy.serve.errors import ContractMismatch, DeadlineExpired, NotReady
 from flowrl_deploy.serve.reload import reload_target
 
@@ -62,18 +62,22 @@ class ServedModel:
         """The CUDA graphs that run the calls; None: the policy's session runs them."""
         self._graphs_to_try = graphs
         """CUDA graphs that :meth:`warm_up` captures, then keeps only where they give the session's actions, faster."""
+        self._session_run = policy.run if graphs is None else functools.partial(on_cuda_thread, policy.run)
+        """The session's run: on the CUDA thread beside graphs (:mod:`~flowrl_deploy.serve.cuda_graphs`)."""
 
     def run(self, obs: np.ndarray, noise: np.ndarray | None) -> tuple[np.ndarray, int]:
         """Actions for a batch and the onnxruntime time in microseconds."""
         start = time.perf_counter_ns()
-        action = (self.graphs or self.policy).run(obs, noise)  # checked when decoded (obs) and drawn (noise)
+        run = self._session_run if self.graphs is None else self.graphs.run
+        action = run(obs, noise)  # checked when decoded (obs) and drawn (noise)
         return action, (time.perf_counter_ns() - start) // 1000
 
-    def warm_up(self, batches: tuple[int, ...]) -> str:
+    def warm_up(self, batches: tuple[int, ...], graph_rows: int = 1) -> str:
         """Run every batch size once or more so that the first client call is not the slow one; return
         how fast a batch-1 run was, for the load's log line (how the providers compare for one robot: a
         GPU's call at batch 1 can be slower than the CPU's). CUDA graphs to try are captured for every
-        bucket up to the largest batch, and kept only where the capture works, their actions are the
+        bucket up to the largest of ``batches`` and ``graph_rows`` (the most rows one call can have: no
+        call captures one later), and kept only where the capture works, their actions are the
         session's and they are faster; otherwise a warning says why they are not used.
 
         A run that fails is where a GPU provider's errors first show (no kernel for the device, out of
@@ -90,7 +94,7 @@ class ServedModel:
         self.graphs, self._graphs_to_try = self._graphs_to_try, None
         if self.graphs is None:
             return plain
-        buckets = buckets_up_to(max(batches))
+        buckets = buckets_up_to(max(*batches, graph_rows))
         try:
             graphed_us = self._fastest_batch_1(buckets)  # the first run of each bucket captures its graph
             problem = self._graphs_differ(self.graphs, buckets)
@@ -124,7 +128,7 @@ class ServedModel:
         for rows in sorted({1, *buckets, *(b - 1 for b in buckets if b > 2)}):
             obs = rng.standard_normal((rows, self.obs_dim)).astype(np.float32)
             noise = rng.standard_normal((rows, self.act_dim)).astype(np.float32) if self.policy.takes_noise else None
-            graphed, plain = graphs.run(obs, noise), self.policy.run(obs, noise)
+            graphed, plain = graphs.run(obs, noise), self._session_run(obs, noise)
             if not np.allclose(graphed, plain, atol=GRAPH_ATOL, rtol=GRAPH_RTOL):
                 error = float(np.max(np.abs(graphed - plain)))
                 return f"their actions differ from the session's by up to {error:.3g} at a batch of {rows}"
@@ -173,8 +177,9 @@ def load_model(
     if cuda_graphs and policy.session.get_providers()[0] == CUDA and policy.fixed_batch is None:
         try:
             graphs = CudaGraphs(data, policy, threads=threads, name=str(path))
-        except FlowRLError as exc:
-            log.warning("%s: serving without CUDA graphs: %s", printable(str(path)), exc)
+        except FlowRLError as exc:  # ModelLoadError's "cannot load ONNX model": but it is served, without graphs
+            reason = str(exc).split(": ", 1)[-1] if isinstance(exc, ModelLoadError) else str(exc)
+            log.warning("%s: serving without CUDA graphs: onnxruntime refused them (%s)", printable(str(path)), reason)
     return ServedModel(path, policy, generation, sha256, graphs)
 
 
@@ -304,7 +309,7 @@ class ModelSlot:
             check_compatible(previous, new)
         elif self._check_first is not None:  # a reload keeps the contract, and with it the requests
             self._check_first(new.contract)
-        warm_up = new.warm_up((1, self.config.max_batch))
+        warm_up = new.warm_up((1, self.config.max_batch), graph_rows=self.config.max_request_batch)
         if previous is not None and still_wanted is not None and not still_wanted():
             raise DeadlineExpired(
                 f"reload abandoned, still serving {previous.version}: the caller stopped waiting (its "

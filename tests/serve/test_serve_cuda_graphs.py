@@ -54,34 +54,39 @@ class _FakeGraphs:
 
     def __init__(self, policy: OnnxPolicy, *, offset: float = 0.0, delay_s: float = 0.0, error: str = "") -> None:
         self.session_run, self.offset, self.delay_s, self.error, self.calls = policy.run, offset, delay_s, error, 0
+        self.rows_seen: set[int] = set()
 
     def run(self, obs, noise):
         self.calls += 1
+        self.rows_seen.add(len(obs))
         if self.error:
             raise RuntimeError(self.error)
         time.sleep(self.delay_s)
         return self.session_run(obs, noise) + self.offset
 
 
-def _model(tmp_path, **fake) -> tuple[ServedModel, _FakeGraphs]:
+def _model(tmp_path, session_delay_s: float = 0.0, **fake) -> tuple[ServedModel, _FakeGraphs]:
+    """A served model of the tiny policy with fake graphs; ``session_delay_s`` slows its session's runs
+    (as a GPU's are at batch 1, launch-bound: slower than its graphs)."""
     path = write_policy(tmp_path / "policy.onnx")
-    model = load_model(path, path.read_bytes(), "0" * 64, 1, providers=[CPU], threads=1)
-    graphs = _FakeGraphs(model.policy, **fake)
-    return ServedModel(path, model.policy, 1, "0" * 64, graphs), graphs  # type: ignore[arg-type]
+    policy = load_model(path, path.read_bytes(), "0" * 64, 1, providers=[CPU], threads=1).policy
+    graphs = _FakeGraphs(policy, **fake)
+    session_run = policy.run
 
-
-def test_graphs_that_are_exact_and_faster_serve_the_calls(tmp_path, monkeypatch):
-    model, graphs = _model(tmp_path)
-    session_run = model.policy.run
-
-    def launch_bound(obs, noise):  # the session as a GPU's is at batch 1: slower than its graphs
-        time.sleep(0.002)
+    def slowed(obs, noise):
+        time.sleep(session_delay_s)
         return session_run(obs, noise)
 
-    monkeypatch.setattr(model.policy, "run", launch_bound)
-    said = model.warm_up((1, 8))
+    policy.run = slowed  # type: ignore[method-assign]
+    return ServedModel(path, policy, 1, "0" * 64, graphs), graphs  # type: ignore[arg-type]
+
+
+def test_graphs_that_are_exact_and_faster_serve_the_calls(tmp_path):
+    model, graphs = _model(tmp_path, session_delay_s=0.002)
+    said = model.warm_up((1, 8), graph_rows=20)
     assert model.graphs is graphs
     assert said.startswith("CUDA graphs; a batch-1 call in ") and "µs without graphs" in said
+    assert graphs.rows_seen >= {1, 2, 4, 8, 16, 32}  # every bucket a call of up to 20 rows runs in, at warm-up
     before = graphs.calls
     model.run(np.zeros((1, 3), np.float32), np.zeros((1, 2), np.float32))
     assert graphs.calls == before + 1
@@ -92,7 +97,7 @@ def test_graphs_that_are_exact_and_faster_serve_the_calls(tmp_path, monkeypatch)
     [
         ({"offset": 1e-3}, "their actions differ from the session's by up to 0.001 at a batch of 1"),
         ({"delay_s": 0.01}, "they are no faster ("),
-        ({"error": "CUDA failure 700: an illegal memory access"}, "onnxruntime could not capture them (CUDA failure"),
+        ({"error": "CUDA failure 900: operation not permitted when stream is capturing"}, "onnxruntime could not"),
     ],
 )
 def test_graphs_that_differ_are_slower_or_fail_are_dropped_with_a_warning(tmp_path, caplog, fake, warning):

@@ -10,6 +10,8 @@ choice without a GPU.
 from __future__ import annotations
 
 import logging
+import threading
+import time
 from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
@@ -24,6 +26,7 @@ from flowrl_deploy.export import ExportConfig, export_checkpoint
 from flowrl_deploy.policy import OnnxPolicy
 from flowrl_deploy.serve import PolicyServer, ServeConfig
 from flowrl_deploy.serve.cuda_graphs import CudaGraphs
+from flowrl_deploy.serve.model import load_model
 
 pytestmark = needs_cuda_provider
 
@@ -32,15 +35,19 @@ CPU = "CPUExecutionProvider"
 
 @pytest.fixture(scope="module")
 def exports(tmp_path_factory):
-    """The same policy exported stochastic, deterministic (its actions depend on obs alone) and plain."""
+    """The same policy exported stochastic, deterministic (its actions depend on obs alone) and plain, and
+    another policy's weights (the same contract) exported deterministic."""
     folder = tmp_path_factory.mktemp("graphs")
     checkpoint = save_checkpoint(folder / "step_1", spec=WIDE, actor=actor_tensors(WIDE))
+    other = save_checkpoint(folder / "step_2", spec=WIDE, actor=actor_tensors(WIDE, seed=1))
     configs = {
         "stochastic": ExportConfig(steps=10, samples=8),
         "deterministic": ExportConfig(steps=10, samples=8, deterministic=True),
         "plain": ExportConfig(steps=10, samples=8, deterministic=True, optimize=False),
     }
-    return {name: export_checkpoint(checkpoint, folder / f"{name}.onnx", c).path for name, c in configs.items()}
+    files = {name: export_checkpoint(checkpoint, folder / f"{name}.onnx", c).path for name, c in configs.items()}
+    files["other"] = export_checkpoint(other, folder / "other.onnx", configs["deterministic"]).path
+    return files
 
 
 def _obs(rows: int, seed: int) -> np.ndarray:
@@ -71,15 +78,15 @@ def test_a_server_uses_graphs_by_default_and_serves_the_cpus_actions_at_each_bat
             obs = _obs(rows, rows)
             np.testing.assert_allclose(client.act(obs), local.act(obs), atol=1e-5, rtol=1e-4)
 
-        def many(seed: int) -> float:  # concurrent calls share the bound buffers: none may get another's rows
-            worst = 0.0
+        def many(seed: int) -> int:  # concurrent calls share the bound buffers: none may get another's rows
+            wrong = 0
             for i in range(20):
                 obs = _obs(1 + (seed + i) % 5, seed * 100 + i)
-                worst = max(worst, float(np.max(np.abs(client.act(obs) - local.act(obs)))))
-            return worst
+                wrong += not np.allclose(client.act(obs), local.act(obs), atol=1e-5, rtol=1e-4)
+            return wrong
 
         with ThreadPoolExecutor(8) as pool:
-            assert max(pool.map(many, range(8))) <= 1e-5
+            assert sum(pool.map(many, range(8))) == 0
 
 
 def test_a_stochastic_policys_session_gets_the_cpus_action_from_the_graphs(exports):
@@ -116,3 +123,51 @@ def test_the_plain_export_is_served_right_with_or_without_graphs(exports, caplog
         obs = _obs(3, 5)
         np.testing.assert_allclose(client.act(obs), OnnxPolicy(path, providers=[CPU]).act(obs), atol=1e-5, rtol=1e-4)
     print(f"plain export served with CUDA graphs: {used}; log: {caplog.text[-400:]}")
+
+
+def test_a_call_from_a_fresh_thread_replays_the_warm_ups_graph(exports):
+    """onnxruntime keeps CUDA graphs per thread: a handler thread must not capture graphs of its own
+    (several ms, and GPU memory, for each thread that ever calls)."""
+    path = exports["deterministic"]
+    model = load_model(path, path.read_bytes(), "0" * 64, 1, providers=[ort.CUDA], threads=1, cuda_graphs=True)
+    model.warm_up((1, 1))
+    assert model.graphs is not None
+    obs = _obs(1, 0)
+    steady_us = min(model.run(obs, None)[1] for _ in range(20))
+    firsts = []
+    for _ in range(4):
+        thread = threading.Thread(target=lambda: firsts.append(model.run(obs, None)[1]))
+        thread.start()
+        thread.join()
+    assert min(firsts) < 3 * steady_us + 200, (firsts, steady_us)
+
+
+def test_reloads_under_load_fail_no_call_and_keep_the_graphs(exports):
+    """A reload captures the new model's graphs while the old one serves: CUDA's global capture mode
+    fails a CUDA call of any other thread meanwhile, unless every call runs on the one CUDA thread."""
+    first, second = exports["deterministic"], exports["other"]
+    errors, stop = [], threading.Event()
+    with PolicyServer(ServeConfig(str(first), port=0, grace_s=0, max_batch=4)).start() as server:
+
+        def calls() -> None:
+            with PolicyClient(server.address) as client:
+                while not stop.is_set():
+                    try:
+                        client.act(_obs(1 + len(errors) % 3, 0))
+                    except Exception as exc:  # any failed call fails the test
+                        errors.append(exc)
+
+        threads = [threading.Thread(target=calls) for _ in range(4)]
+        for thread in threads:
+            thread.start()
+        try:
+            with PolicyClient(server.address) as admin:
+                for target in (second, first, second):
+                    time.sleep(0.2)
+                    admin.reload(str(target))
+                    assert server.servicer.slot.current().graphs is not None
+        finally:
+            stop.set()
+            for thread in threads:
+                thread.join()
+    assert not errors, errors[:3]
