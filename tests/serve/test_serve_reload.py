@@ -91,8 +91,8 @@ def test_a_reload_whose_caller_stopped_waiting_is_abandoned_and_the_old_keeps_se
     new = write_policy(tmp / "v2.onnx", scale=2.0)
     warm_up = ServedModel.warm_up
 
-    def slow_warm_up(self, batches):
-        fastest_us = warm_up(self, batches)
+    def slow_warm_up(self, batches, **kwargs):
+        fastest_us = warm_up(self, batches, **kwargs)
         time.sleep(0.5)
         return fastest_us
 
@@ -116,8 +116,8 @@ def test_a_reload_whose_caller_cancelled_is_abandoned_and_the_old_keeps_serving(
     new = write_policy(tmp / "v2.onnx", scale=2.0)
     warm_up, warmed = ServedModel.warm_up, threading.Event()
 
-    def slow_warm_up(self, batches):
-        fastest_us = warm_up(self, batches)
+    def slow_warm_up(self, batches, **kwargs):
+        fastest_us = warm_up(self, batches, **kwargs)
         warmed.set()
         time.sleep(0.5)
         return fastest_us
