@@ -374,10 +374,10 @@ def test_health_is_not_serving_until_the_model_is_warm(policy_path, monkeypatch)
     warming, release = threading.Event(), threading.Event()
     original = ServedModel.warm_up
 
-    def slow_warm_up(self, batches):
+    def slow_warm_up(self, batches, **kwargs):
         warming.set()
         release.wait(10)
-        return original(self, batches)
+        return original(self, batches, **kwargs)
 
     monkeypatch.setattr(ServedModel, "warm_up", slow_warm_up)
     server = PolicyServer(ServeConfig(str(policy_path), port=0, grace_s=0))
