@@ -63,7 +63,8 @@ SUITE_IGNORED=(
 
 download() {  # DIR SPEC...: wheels for the image's Python 3.12, no dependencies
     python3 -m pip download -q --no-deps --only-binary=:all: --python-version 3.12 --implementation cp \
-        --platform manylinux_2_28_x86_64 --platform manylinux_2_17_x86_64 --platform any -d "$1" "${@:2}"
+        --platform manylinux_2_28_x86_64 --platform manylinux_2_17_x86_64 --platform manylinux2014_x86_64 \
+        --platform any -d "$1" "${@:2}"  # manylinux2014 by name: else protobuf's pure-Python wheel, which imports the image's upb
 }
 
 fetch_wheels() {  # DIR: every wheel the image lacks, for its Python 3.12, but onnxruntime-gpu
@@ -73,7 +74,12 @@ fetch_wheels() {  # DIR: every wheel the image lacks, for its Python 3.12, but o
         "setuptools-scm>=9.2" vcs-versioning packaging || return  # the build's version (pyproject.toml [build-system])
     # the image's grpcio (1.84) and protobuf are older than the generated code needs: the lower bounds of pyproject.toml
     download "$dir" grpcio==1.85.1 grpcio-health-checking==1.85.1 grpcio-reflection==1.85.1 protobuf==7.35.1 || return
-    download "$dir" "typer>=0.17.5" || return  # the image's typer is of unknown age: pyproject.toml's lower bound
+    # the image's typer is of unknown age: pyproject.toml's lower bound, and what typer 0.29 needs beside the image's own
+    local pins  # pydantic pins its pydantic-core exactly: the pair of this checkout's .venv
+    pins=$(venv_python -c 'from importlib.metadata import version
+print(*(f"{name}=={version(name)}" for name in ("pydantic", "pydantic-core")))') || return
+    # shellcheck disable=SC2086  # two words
+    download "$dir" "typer>=0.29" $pins annotated-types typing-inspection typing-extensions || return
     download /tmp/device-wheels dm_control==1.0.50 || return
     # dm_control's locomotion, manipulation and blender assets (~90 MB) and its own tests' files (~5 MB)
     # are not used by the suite tasks; dropping them keeps the carried tree under the tool's 64 MiB.
@@ -101,12 +107,16 @@ make_wheels() {  # DIR: the wheels of fetch_wheels, checked to travel in one cal
     ((wheels + tree < 64 << 20)) || { echo "over the limit: the device tool will refuse the call"; return 1; }
 }
 
-ort_gpu_version() {  # the onnxruntime-gpu of this checkout's .venv (else of python3), or DEVICE_CHECK_ORT_VERSION
+venv_python() {  # ARG...: this checkout's .venv's python (else python3) with ARG...
     local python=python3
     [[ -x .venv/bin/python ]] && python=.venv/bin/python
+    "$python" "$@"
+}
+
+ort_gpu_version() {  # the onnxruntime-gpu of this checkout's .venv (else of python3), or DEVICE_CHECK_ORT_VERSION
     [[ -n ${DEVICE_CHECK_ORT_VERSION:-} ]] && { echo "$DEVICE_CHECK_ORT_VERSION"; return; }
-    "$python" -c 'from importlib.metadata import version; print(version("onnxruntime-gpu"))' 2>/dev/null || {
-        echo "device_check: no onnxruntime-gpu in $python: set DEVICE_CHECK_ORT_VERSION" >&2
+    venv_python -c 'from importlib.metadata import version; print(version("onnxruntime-gpu"))' 2>/dev/null || {
+        echo "device_check: no onnxruntime-gpu in this checkout's .venv (or python3): set DEVICE_CHECK_ORT_VERSION" >&2
         return 1
     }
 }
@@ -181,7 +191,8 @@ step_install() {
         echo "onnxruntime-gpu ${sent##*/onnxruntime_gpu-}" >"$WORK/onnxruntime-gpu-sent"
     fi
     local check
-    check=$(python3 -c 'import grpc, google.protobuf as pb, mujoco, dm_control, flowrl_deploy as f
+    check=$(python3 -c 'import grpc, google.protobuf as pb, mujoco, dm_control, flowrl_deploy as f, flowrl_deploy.cli
+import google.protobuf.json_format  # loads the protobuf runtime (upb) that the generated modules use
 print(f"flowrl-deploy {f.__version__}, grpcio {grpc.__version__}, protobuf {pb.__version__}, mujoco {mujoco.__version__}")' 2>&1)
     local rc=$?
     note "$(tail -1 <<<"$check")"
