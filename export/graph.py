@@ -156,15 +156,18 @@ def build_policy_graph(
     ``dtype="int8"`` quantizes the hidden×hidden layer (see :func:`int8_blocks`); the rest stays fp32.
 
     ``dtype="fp16"`` runs the sampler in float16 behind the same float32 interface (inputs, output
-    and contract unchanged), for GPU providers: one Cast of ``obs`` and one of the clamped noise to
-    float16, every weight, bias and LayerNorm parameter a float16 initializer, the velocity
+    and contract unchanged), for GPU providers: one Cast of the observation's part (below) and one of
+    the clamped noise to float16, every weight, bias and LayerNorm parameter a float16 initializer, the velocity
     evaluations and the solver updates in float16, and one Cast of a_N back to float32 as
     ``pre_tanh``. Chosen over casting the action at the end (the same node count): the Clip of the
     noise, tanh and the rescale stay float32, so ``pre_tanh`` is verified as it is for fp32 and the
     action is not rounded to a float16 step (up to 2.4e-4 × half-range near ±1, 0.03 absolute with
-    bounds of ±100). ``obs`` is first clipped to float16's range (±65504, one node per call): a larger
-    value would be cast to inf and give NaN actions. Needs ``opset`` >= 17 (ExportConfig refuses
-    less): a spelled-out LayerNorm squares its input, which overflows float16 above 256.
+    bounds of ±100). The optimized graph computes the observation's share of layer 1 (W_s·obs + b1,
+    once per call) in float32 and clips it to float16's range (±65504) before its Cast: an extreme
+    observation saturates layer 1 rather than overflowing to inf in float16 arithmetic (NaN actions).
+    The plain graph clips the observation itself before its Cast, so there W·obs can still overflow on
+    a provider that computes in float16. Needs ``opset`` >= 17 (ExportConfig refuses less): a
+    spelled-out LayerNorm squares its input, which overflows float16 above 256.
     """
     check_opset(opset, runtime=False)  # what onnxruntime runs is checked where the graph is verified
     g = _Graph(np.float16 if dtype == "fp16" else np.float32)
@@ -179,12 +182,14 @@ def build_policy_graph(
     def computed(name: str) -> str:  # a float32 tensor in the sampler's float type
         return name if fp32 else g.op("Cast", [name], to=TensorProto.FLOAT16)
 
-    inputs = [tensor(OBS_INPUT, spec.obs_dim)] + ([] if deterministic else [tensor(NOISE_INPUT, spec.act_dim)])
-    obs = OBS_INPUT
-    if not fp32:  # saturated to float16's range, not cast to inf (then NaN actions): see the docstring
+    def saturated(name: str) -> str:  # computed, clipped to float16's range first: not cast to inf (NaN actions)
+        if fp32:
+            return name
         fp16_max = np.float32(np.finfo(np.float16).max)
-        obs = g.op("Clip", [obs, g.const("obs.min", -fp16_max, exact=True), g.const("obs.max", fp16_max, exact=True)])
-    obs = computed(obs)
+        bounds = [g.const(f"{name}.min", -fp16_max, exact=True), g.const(f"{name}.max", fp16_max, exact=True)]
+        return computed(g.op("Clip", [name, *bounds]))
+
+    inputs = [tensor(OBS_INPUT, spec.obs_dim)] + ([] if deterministic else [tensor(NOISE_INPUT, spec.act_dim)])
     ln1 = (g.const("ln1.gamma", weights.ln1_gamma), g.const("ln1.beta", weights.ln1_beta))
     ln2 = (g.const("ln2.gamma", weights.ln2_gamma), g.const("ln2.beta", weights.ln2_beta))
     b2 = g.const("b2", weights.b2)
@@ -212,8 +217,13 @@ def build_policy_graph(
         clip = np.float32(spec.noise_clip)
         bounds = [g.const("clip.min", -clip, exact=True), g.const("clip.max", clip, exact=True)]
         a0 = computed(g.op("Clip", [NOISE_INPUT, *bounds]))
-    build = _optimized_sampler if optimize else _plain_sampler
-    a_n = build(g, weights, spec, schedule(steps, solver), obs, a0, hidden, w_out, b_out, PRE_TANH if fp32 else None)
+    if optimize:  # the observation's share of layer 1 in float32, then saturated: W·obs cannot overflow float16
+        w_s = g.const("w1.obs", weights.w1[:, : spec.obs_dim], exact=True)
+        h_s = saturated(g.op("Gemm", [OBS_INPUT, w_s, g.const("b1", weights.b1, exact=True)], transB=1))
+        build = functools.partial(_optimized_sampler, h_s=h_s)
+    else:
+        build = functools.partial(_plain_sampler, obs=saturated(OBS_INPUT))
+    a_n = build(g, weights, spec, schedule(steps, solver), a0, hidden, w_out, b_out, PRE_TANH if fp32 else None)
     if not fp32:
         a_n = g.op("Cast", [a_n], PRE_TANH, to=TensorProto.FLOAT)
 
@@ -325,15 +335,17 @@ def _plain_sampler(
     weights: VelocityWeights,
     spec: PolicySpec,
     evaluations: list[Evaluation],
-    obs: str,
     a0: str | None,
     hidden: Callable[[str], str],
     w_out: str,
     b_out: str,
     pre_tanh: str | None,
+    *,
+    obs: str,
 ) -> str:
     """v(concat[s, a, t]) at every evaluation, updates a ← a_k + step·v, as the torch solver does.
-    ``pre_tanh`` names the result (None: the caller casts it, named, to float32); so in the next one."""
+    ``obs`` is the observation in the sampler's float type. ``pre_tanh`` names the result (None: the
+    caller casts it, named, to float32); so in the next one."""
     w1, b1 = g.const("w1", weights.w1), g.const("b1", weights.b1)
     one = g.const("one", np.array([1]))
     batch = g.op("Slice", [g.op("Shape", [OBS_INPUT]), g.const("zero", np.array([0])), one])
@@ -357,17 +369,18 @@ def _optimized_sampler(
     weights: VelocityWeights,
     spec: PolicySpec,
     evaluations: list[Evaluation],
-    obs: str,
     a0: str | None,
     hidden: Callable[[str], str],
     w_out: str,
     b_out: str,
     pre_tanh: str | None,
+    *,
+    h_s: str,
 ) -> str:
-    """The observation's share of layer 1 once per call; one Gemm per solver update (see module doc)."""
+    """One Gemm per solver update (see module doc); ``h_s`` is the observation's share of layer 1,
+    W_s·obs + b1, computed once per call by the caller."""
     o = spec.obs_dim
-    w_s, w_a, w_t = weights.w1[:, :o], weights.w1[:, o : o + spec.act_dim], weights.w1[:, -1]
-    h_s = g.op("Gemm", [obs, g.const("w1.obs", w_s), g.const("b1", weights.b1)], transB=1)
+    w_a, w_t = weights.w1[:, o : o + spec.act_dim], weights.w1[:, -1]
     w_a_name = ""  # stored at its first use: a deterministic one-step Euler graph has none
     w_a_b_out = w_a.astype(np.float64) @ weights.b_out.astype(np.float64)
     a_k = a_t = a0  # shifted states ã; None means exactly zero (the deterministic a0)

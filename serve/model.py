@@ -22,7 +22,7 @@ from flowrl_deploy.errors import FlowRLError, printable
 from flowrl_deploy.onnxfile import is_onnx_path, read_policy_file
 from flowrl_deploy.ort import CUDA, ModelLoadError, onnxruntime_text
 from flowrl_deploy.policy import OnnxPolicy
-from flowrl_deploy.serve.cuda_graphs import CudaGraphs, buckets_up_to, on_cuda_thread
+from flowrl_deploy.serve.cuda_graphs import CudaGraphs, bucket_of, buckets_up_to, on_cuda_thread
 from flowrl_deploy.serve.errors import ContractMismatch, DeadlineExpired, NotReady
 from flowrl_deploy.serve.reload import reload_target
 
@@ -48,7 +48,14 @@ class ServedModel:
     swaps the reference."""
 
     def __init__(
-        self, path: Path, policy: OnnxPolicy, generation: int, sha256: str, graphs: CudaGraphs | None = None
+        self,
+        path: Path,
+        policy: OnnxPolicy,
+        generation: int,
+        sha256: str,
+        graphs: CudaGraphs | None = None,
+        *,
+        on_the_cuda_thread: bool = False,
     ) -> None:
         self.path = path
         self.policy = policy
@@ -62,8 +69,11 @@ class ServedModel:
         """The CUDA graphs that run the calls; None: the policy's session runs them."""
         self._graphs_to_try = graphs
         """CUDA graphs that :meth:`warm_up` captures, then keeps only where they give the session's actions, faster."""
-        self._session_run = policy.run if graphs is None else functools.partial(on_cuda_thread, policy.run)
-        """The session's run: on the CUDA thread beside graphs (:mod:`~flowrl_deploy.serve.cuda_graphs`)."""
+        on_the_cuda_thread = on_the_cuda_thread or graphs is not None
+        self._session_run = functools.partial(on_cuda_thread, policy.run) if on_the_cuda_thread else policy.run
+        """The session's run: on the CUDA thread in a server that captures CUDA graphs, whether this
+        model has any or not (:mod:`~flowrl_deploy.serve.cuda_graphs`: a capture fails while another
+        thread makes a CUDA call)."""
 
     def run(self, obs: np.ndarray, noise: np.ndarray | None) -> tuple[np.ndarray, int]:
         """Actions for a batch and the onnxruntime time in microseconds."""
@@ -96,7 +106,7 @@ class ServedModel:
             return plain
         buckets = buckets_up_to(max(*batches, graph_rows))
         try:
-            graphed_us = self._fastest_batch_1(buckets)  # the first run of each bucket captures its graph
+            graphed_us = self._fastest_batch_1(buckets, runs=1)  # a bucket's first run captures its graph
             problem = self._graphs_differ(self.graphs, buckets)
         except Exception as exc:  # onnxruntime's own untyped errors
             problem = f"onnxruntime could not capture them ({onnxruntime_text(exc)})"
@@ -109,11 +119,13 @@ class ServedModel:
             return plain
         return f"CUDA graphs; a batch-1 call in {graphed_us} µs at warm-up, {plain_us} µs without graphs"
 
-    def _fastest_batch_1(self, batches: Iterable[int]) -> int:
-        """:meth:`run` :data:`WARMUP_RUNS` times at each of ``batches`` (zeros); the fastest batch-1 run in µs."""
+    def _fastest_batch_1(self, batches: Iterable[int], runs: int = WARMUP_RUNS) -> int:
+        """:meth:`run` ``runs`` times at each of ``batches`` (zeros), :data:`WARMUP_RUNS` times at batch 1;
+        the fastest batch-1 run in µs. Fewer runs of the larger batches keep a reload's warm-up short on a
+        GPU, where live calls queue behind it on the CUDA thread."""
         batch_1_us = []
         for batch in batches:
-            for _ in range(WARMUP_RUNS):
+            for _ in range(WARMUP_RUNS if batch == 1 else runs):
                 noise = np.zeros((batch, self.act_dim), np.float32) if self.policy.takes_noise else None
                 _, took_us = self.run(np.zeros((batch, self.obs_dim), np.float32), noise)
                 if batch == 1:
@@ -122,13 +134,19 @@ class ServedModel:
 
     def _graphs_differ(self, graphs: CudaGraphs, buckets: tuple[int, ...]) -> str:
         """Why the graphs' actions are not the session's, at the largest batch of each bucket and one row
-        ('' when they are, to :data:`GRAPH_ATOL`/:data:`GRAPH_RTOL`): a replay must never serve actions
-        that the export's verification did not vouch for."""
+        fewer ('' when they are, to :data:`GRAPH_ATOL`/:data:`GRAPH_RTOL`): a replay must never serve
+        actions that the export's verification did not vouch for. The session runs the bucket's padded
+        rows too, so that both pick the same kernels (float16 graphs round differently at other sizes)."""
         rng = np.random.default_rng(0)
         for rows in sorted({1, *buckets, *(b - 1 for b in buckets if b > 2)}):
-            obs = rng.standard_normal((rows, self.obs_dim)).astype(np.float32)
-            noise = rng.standard_normal((rows, self.act_dim)).astype(np.float32) if self.policy.takes_noise else None
-            graphed, plain = graphs.run(obs, noise), self._session_run(obs, noise)
+            size = bucket_of(rows)
+            obs = rng.standard_normal((size, self.obs_dim)).astype(np.float32)
+            noise = rng.standard_normal((size, self.act_dim)).astype(np.float32) if self.policy.takes_noise else None
+            obs[rows:] = 0
+            if noise is not None:
+                noise[rows:] = 0
+            graphed = graphs.run(obs[:rows], None if noise is None else noise[:rows])
+            plain = self._session_run(obs, noise)[:rows]
             if not np.allclose(graphed, plain, atol=GRAPH_ATOL, rtol=GRAPH_RTOL):
                 error = float(np.max(np.abs(graphed - plain)))
                 return f"their actions differ from the session's by up to {error:.3g} at a batch of {rows}"
@@ -171,16 +189,18 @@ def load_model(
 ) -> ServedModel:
     """Load the bytes ``data`` read from ``path``; the version is ``v<generation>-<sha256 prefix>``.
     With ``cuda_graphs``, a model that runs on the CUDA provider with a dynamic batch axis gets
-    :class:`CudaGraphs` too, which :meth:`ServedModel.warm_up` keeps or drops."""
+    :class:`CudaGraphs` too, which :meth:`ServedModel.warm_up` keeps or drops, and every model on the
+    CUDA provider runs on the CUDA thread, graphs or not."""
     policy = OnnxPolicy(data, providers=providers, threads=threads, name=str(path))
     graphs = None
-    if cuda_graphs and policy.session.get_providers()[0] == CUDA and policy.fixed_batch is None:
+    on_cuda = cuda_graphs and policy.session.get_providers()[0] == CUDA
+    if on_cuda and policy.fixed_batch is None:
         try:
             graphs = CudaGraphs(data, policy, threads=threads, name=str(path))
         except FlowRLError as exc:  # ModelLoadError's "cannot load ONNX model": but it is served, without graphs
             reason = str(exc).split(": ", 1)[-1] if isinstance(exc, ModelLoadError) else str(exc)
             log.warning("%s: serving without CUDA graphs: onnxruntime refused them (%s)", printable(str(path)), reason)
-    return ServedModel(path, policy, generation, sha256, graphs)
+    return ServedModel(path, policy, generation, sha256, graphs, on_the_cuda_thread=on_cuda)
 
 
 def _export_note(provenance: dict[str, object], source: str) -> str:

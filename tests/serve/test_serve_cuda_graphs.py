@@ -5,6 +5,7 @@ tests/serve/test_serve_cuda_graphs_on_a_gpu.py runs the graphs themselves on a G
 from __future__ import annotations
 
 import logging
+import threading
 import time
 
 import numpy as np
@@ -72,8 +73,10 @@ def _model(tmp_path, session_delay_s: float = 0.0, **fake) -> tuple[ServedModel,
     policy = load_model(path, path.read_bytes(), "0" * 64, 1, providers=[CPU], threads=1).policy
     graphs = _FakeGraphs(policy, **fake)
     session_run = policy.run
+    graphs.session_threads = []  # type: ignore[attr-defined]
 
     def slowed(obs, noise):
+        graphs.session_threads.append(threading.current_thread().name)  # type: ignore[attr-defined]
         time.sleep(session_delay_s)
         return session_run(obs, noise)
 
@@ -108,8 +111,11 @@ def test_graphs_that_differ_are_slower_or_fail_are_dropped_with_a_warning(tmp_pa
     assert said.startswith("a batch-1 call in ")
     assert f"policy.onnx: serving without CUDA graphs: {warning}" in caplog.text
     before = graphs.calls
+    graphs.session_threads.clear()
     action, _ = model.run(np.zeros((1, 3), np.float32), np.zeros((1, 2), np.float32))
     assert graphs.calls == before
+    # still on the CUDA thread: another model's capture (a reload) must not meet a call of this one
+    assert graphs.session_threads == ["flowrl-cuda_0"]
     np.testing.assert_array_equal(action, model.policy.run(np.zeros((1, 3), np.float32), np.zeros((1, 2), np.float32)))
 
 
@@ -127,3 +133,30 @@ def test_the_flag_is_a_boolean_setting(tmp_path):
     assert ServeConfig(str(path)).cuda_graphs is True
     with pytest.raises(FlowRLError, match="--cuda-graphs must be"):
         ServeConfig(str(path), cuda_graphs="no")  # type: ignore[arg-type]
+
+
+def test_a_cuda_model_without_graphs_still_runs_on_the_cuda_thread(tmp_path, monkeypatch, caplog):
+    """Graphs refused (or a --batch N file, which gets none): a reload to a model with graphs captures
+    while this one serves, and CUDA's global capture mode fails a call of another thread meanwhile."""
+    from flowrl_deploy.errors import FlowRLError
+    from flowrl_deploy.serve import model as model_module
+
+    def refused(*args, **kwargs):
+        raise FlowRLError("no graphs here")
+
+    monkeypatch.setattr(model_module, "CUDA", CPU)  # the CPU provider stands in for CUDA's
+    monkeypatch.setattr(model_module, "CudaGraphs", refused)
+    seen, session_run = [], OnnxPolicy.run
+
+    def recorded(self, obs, noise):
+        seen.append(threading.current_thread().name)
+        return session_run(self, obs, noise)
+
+    monkeypatch.setattr(OnnxPolicy, "run", recorded)
+    path = write_policy(tmp_path / "policy.onnx")
+    with caplog.at_level(logging.WARNING, logger="flowrl.serve"):
+        served = load_model(path, path.read_bytes(), "0" * 64, 1, providers=[CPU], threads=1, cuda_graphs=True)
+    assert "serving without CUDA graphs: onnxruntime refused them (no graphs here)" in caplog.text
+    served.warm_up((1, 4))
+    served.run(np.zeros((2, 3), np.float32), np.zeros((2, 2), np.float32))
+    assert served.graphs is None and seen and set(seen) == {"flowrl-cuda_0"}
