@@ -16,6 +16,11 @@ from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
 import pytest
+from extras_needed import missing_extras_reason
+
+if reason := missing_extras_reason("train", "export"):  # the policies are exported here
+    pytest.skip(reason, allow_module_level=True)
+
 from cuda_here import needs_cuda_provider
 from export_fixtures import WIDE, actor_tensors
 
