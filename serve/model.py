@@ -92,6 +92,8 @@ class ServedModel:
 
         A run that fails is where a GPU provider's errors first show (no kernel for the device, out of
         memory, an old driver): it raises :class:`ModelLoadError` naming the file and the providers."""
+        candidate = self._graphs_to_try or self.graphs  # a second warm-up checks the graphs kept again
+        self.graphs = self._graphs_to_try = None
         try:
             plain_us = self._fastest_batch_1(sorted({1, *batches}))
         except Exception as exc:  # onnxruntime's own untyped errors
@@ -101,7 +103,7 @@ class ServedModel:
                 f"cannot run {self.path} on {', '.join(providers)}: {onnxruntime_text(exc)}{hint}"
             ) from exc
         plain = f"a batch-1 call in {plain_us} µs at warm-up"
-        self.graphs, self._graphs_to_try = self._graphs_to_try, None
+        self.graphs = candidate
         if self.graphs is None:
             return plain
         buckets = buckets_up_to(max(*batches, graph_rows))

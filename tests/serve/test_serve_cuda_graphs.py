@@ -160,3 +160,10 @@ def test_a_cuda_model_without_graphs_still_runs_on_the_cuda_thread(tmp_path, mon
     served.warm_up((1, 4))
     served.run(np.zeros((2, 3), np.float32), np.zeros((2, 2), np.float32))
     assert served.graphs is None and seen and set(seen) == {"flowrl-cuda_0"}
+
+
+def test_a_second_warm_up_keeps_the_graphs_it_checks_again(tmp_path):
+    model, graphs = _model(tmp_path, session_delay_s=0.002)
+    model.warm_up((1, 2))
+    assert model.warm_up((1, 2)).startswith("CUDA graphs; ")
+    assert model.graphs is graphs
