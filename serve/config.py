@@ -90,9 +90,6 @@ class ServeConfig:
     """onnxruntime execution providers; empty: CUDA when present, else CPU."""
     threads: int = 1
     """onnxruntime intra-op threads per inference call."""
-    cuda_graphs: bool = True
-    """On onnxruntime's CUDA provider, replay each batch size's calls from a CUDA graph (one kernel launch
-    instead of one per node), where the warm-up shows them as exact and faster; no effect on the CPU."""
     max_batch: int = 1
     """Concurrent requests are combined into one onnxruntime call up to this many observations;
     1 disables micro-batching. A request is never split: one with more rows (up to
@@ -155,6 +152,9 @@ class ServeConfig:
     """Where Prometheus metrics listen (with ``metrics_port``); None: ``host``. Metrics need no token:
     e.g. ``0.0.0.0`` lets Prometheus scrape them while gRPC stays on 127.0.0.1, or ``127.0.0.1`` keeps
     them local while gRPC serves the network."""
+    cuda_graphs: bool = True
+    """On onnxruntime's CUDA provider, replay each batch size's calls from a CUDA graph (one kernel launch
+    instead of one per node), where the warm-up shows them as exact and faster; no effect on the CPU."""
 
     def __post_init__(self) -> None:
         for field in fields(self):
