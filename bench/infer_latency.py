@@ -12,9 +12,9 @@ at N = 1, 5, 10, 20 midpoint steps, one thread, the serving session settings
   (e) int8       the optimized graph with the hidden×hidden layer quantized (``--dtype int8``)
   (e') fp16      the optimized graph in float16 (``--dtype fp16``), on the device timed: for GPU
                  providers (onnxruntime's CPU provider computes its float16 nodes in float32, between casts)
-  (f) cuda-graph  with ``--device cuda`` only: the optimized graph replayed from a CUDA graph that
-                 onnxruntime captures once per batch size (``enable_cuda_graph``, inputs and output
-                 bound on the GPU): what a batch-1 call costs without launching each node's kernel
+  (f) cuda-graph  with ``--device cuda`` only: the optimized graph replayed from CUDA graphs as
+                 ``flowrl serve`` replays them (``serve/cuda_graphs.py``): what a batch-1 call costs
+                 without launching each node's kernel
 
 It prints batch-1 p50/p99 latency, batch 64/256 throughput, the max action error against torch,
 and the issue's ratios. The variants are timed interleaved (in turn, each for a block of about 50 ms
@@ -185,38 +185,18 @@ def runners(actor: FlowActor, spec: PolicySpec, steps: int, solver: str, device:
 
 
 def cuda_graph_call(model: onnx.ModelProto, spec: PolicySpec):
-    """call(obs, noise) -> action through onnxruntime's CUDA graphs: one captured graph per batch size
-    (``gpu_graph_id``), each with its inputs and output bound to fixed GPU buffers, as capture requires."""
-    import onnxruntime
-
-    session = make_session(model.SerializeToString(), providers=[(CUDA, {"enable_cuda_graph": "1"})], threads=1)
-    bound: dict[int, tuple] = {}
-
-    def call(obs: np.ndarray, noise: np.ndarray) -> np.ndarray:
-        batch = len(obs)
-        if batch not in bound:
-            values = [
-                onnxruntime.OrtValue.ortvalue_from_shape_and_type([batch, dim], np.float32, "cuda", 0)
-                for dim in (spec.obs_dim, spec.act_dim, spec.act_dim)
-            ]
-            binding = session.io_binding()
-            for name, value in zip(("obs", "noise", "action"), values, strict=True):
-                (binding.bind_ortvalue_output if name == "action" else binding.bind_ortvalue_input)(name, value)
-            options = onnxruntime.RunOptions()
-            options.add_run_config_entry("gpu_graph_id", str(len(bound) + 1))
-            bound[batch] = (binding, values, options)
-        binding, (obs_value, noise_value, _), options = bound[batch]  # the output stays bound, and alive, in bound
-        obs_value.update_inplace(np.ascontiguousarray(obs))
-        noise_value.update_inplace(np.ascontiguousarray(noise))
-        session.run_with_iobinding(binding, options)
-        return binding.copy_outputs_to_cpu()[0]
+    """call(obs, noise) -> action replayed from onnxruntime's CUDA graphs as ``flowrl serve`` replays them
+    (:class:`~flowrl_deploy.serve.cuda_graphs.CudaGraphs`: a graph per bucket of rows, on the CUDA thread)."""
+    from flowrl_deploy.serve.cuda_graphs import CudaGraphs
 
     try:  # a capture onnxruntime refuses is a row missing from the table, not a failed run
-        call(np.zeros((1, spec.obs_dim), np.float32), np.zeros((1, spec.act_dim), np.float32))
+        inputs = {"obs": spec.obs_dim, "noise": spec.act_dim}
+        graphs = CudaGraphs(model.SerializeToString(), inputs, ("action", spec.act_dim), threads=1, name="optimized")
+        graphs.run(np.zeros((1, spec.obs_dim), np.float32), np.zeros((1, spec.act_dim), np.float32))
     except Exception as exc:
         print(f"cuda-graph: not measured, onnxruntime refused the capture: {' '.join(str(exc).split())[:300]}")
         return None
-    return call
+    return graphs.run
 
 
 def measure(calls: dict, spec: PolicySpec, budget_s: float, rng: np.random.Generator) -> dict:

@@ -123,7 +123,7 @@ def inference_call(model: Path, providers: str, cuda_graphs: bool):
         return policy.act
     from flowrl_deploy.serve.cuda_graphs import CudaGraphs
 
-    return CudaGraphs(model.read_bytes(), policy, threads=1, name=str(model)).run
+    return CudaGraphs.for_policy(model.read_bytes(), policy, threads=1, name=str(model)).run
 
 
 def inference_reply(model: Path, reply_size: int, providers: str, cuda_graphs: bool):

@@ -21,7 +21,7 @@ capture. A GPU runs one call at a time anyway.
 from __future__ import annotations
 
 import threading
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, TypeVar
@@ -79,19 +79,26 @@ class CudaGraphs:
     """``run(obs, noise)`` as :meth:`OnnxPolicy.run <flowrl_deploy.policy.OnnxPolicy.run>` does it, each
     bucket of rows replayed from a CUDA graph of its own (captured on its first call).
 
-    ``model`` is the policy file's bytes, ``policy`` its session on the CUDA provider, which gives the
-    input and output names and widths. Raises :class:`~flowrl_deploy.errors.FlowRLError` where
-    onnxruntime's CUDA provider does not start with graphs on."""
+    ``model`` is the policy graph's bytes, ``inputs`` the width of each of its inputs by name (``obs``,
+    and ``noise`` where it takes one), ``output`` its output's name and width. Raises
+    :class:`~flowrl_deploy.errors.FlowRLError` where onnxruntime's CUDA provider does not start with
+    graphs on."""
 
-    def __init__(self, model: bytes, policy: OnnxPolicy, *, threads: int, name: str) -> None:
+    def __init__(
+        self, model: bytes, inputs: Mapping[str, int], output: tuple[str, int], *, threads: int, name: str
+    ) -> None:
         self._ort = import_onnxruntime()
         self.session = make_session(model, providers=[GRAPH_PROVIDER], threads=threads, name=name)
-        contract = policy.contract
-        self._widths = {OBS_INPUT: contract.obs_dim, NOISE_INPUT: contract.act_dim}
-        self._inputs = list(policy.input_names)
-        self._act_dim = contract.act_dim
-        self._output = policy.output_name
+        self._widths = dict(inputs)
+        self._output, self._act_dim = output
         self._buckets: dict[int, _Bucket] = {}
+
+    @classmethod
+    def for_policy(cls, model: bytes, policy: OnnxPolicy, *, threads: int, name: str) -> CudaGraphs:
+        """The graphs of ``policy``, loaded from the file's bytes ``model``."""
+        widths = {OBS_INPUT: policy.contract.obs_dim, NOISE_INPUT: policy.contract.act_dim}
+        inputs = {input_name: widths[input_name] for input_name in policy.input_names}
+        return cls(model, inputs, (policy.output_name, policy.contract.act_dim), threads=threads, name=name)
 
     def run(self, obs: npt.NDArray[np.float32], noise: npt.NDArray[np.float32] | None) -> npt.NDArray[np.float32]:
         """Actions [B, act_dim] for inputs checked as the server checks them (see ``OnnxPolicy.run``),
@@ -127,7 +134,7 @@ class CudaGraphs:
             return ort.OrtValue.ortvalue_from_shape_and_type([size, width], np.float32, DEVICE, 0)
 
         binding = self.session.io_binding()
-        inputs = {name: on_gpu(self._widths[name]) for name in self._inputs}
+        inputs = {name: on_gpu(width) for name, width in self._widths.items()}
         for name, value in inputs.items():
             binding.bind_ortvalue_input(name, value)
         output = on_gpu(self._act_dim)

@@ -198,7 +198,7 @@ def load_model(
     on_cuda = cuda_graphs and policy.session.get_providers()[0] == CUDA
     if on_cuda and policy.fixed_batch is None:
         try:
-            graphs = CudaGraphs(data, policy, threads=threads, name=str(path))
+            graphs = CudaGraphs.for_policy(data, policy, threads=threads, name=str(path))
         except FlowRLError as exc:  # ModelLoadError's "cannot load ONNX model": but it is served, without graphs
             reason = str(exc).split(": ", 1)[-1] if isinstance(exc, ModelLoadError) else str(exc)
             log.warning("%s: serving without CUDA graphs: onnxruntime refused them (%s)", printable(str(path)), reason)

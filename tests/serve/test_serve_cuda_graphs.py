@@ -40,7 +40,7 @@ def on_cpu_buffers(monkeypatch):
 def test_bound_buffers_give_each_row_the_sessions_action_at_every_batch(tmp_path, on_cpu_buffers, deterministic):
     path = write_policy(tmp_path / "policy.onnx", deterministic=deterministic)
     policy = OnnxPolicy(path, providers=[CPU])
-    graphs = CudaGraphs(path.read_bytes(), policy, threads=1, name=str(path))
+    graphs = CudaGraphs.for_policy(path.read_bytes(), policy, threads=1, name=str(path))
     rng = np.random.default_rng(0)
     c = policy.contract
     for rows in (1, 3, 4, 1, 7, 3, LARGEST_BUCKET + 5):  # smaller calls after larger: no stale rows
@@ -145,7 +145,7 @@ def test_a_cuda_model_without_graphs_still_runs_on_the_cuda_thread(tmp_path, mon
         raise FlowRLError("no graphs here")
 
     monkeypatch.setattr(model_module, "CUDA", CPU)  # the CPU provider stands in for CUDA's
-    monkeypatch.setattr(model_module, "CudaGraphs", refused)
+    monkeypatch.setattr(CudaGraphs, "for_policy", refused)
     seen, session_run = [], OnnxPolicy.run
 
     def recorded(self, obs, noise):

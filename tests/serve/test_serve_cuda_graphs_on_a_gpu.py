@@ -63,7 +63,7 @@ def _obs(rows: int, seed: int) -> np.ndarray:
 def test_replays_give_the_cuda_sessions_actions_at_every_batch_size(exports):
     path = exports["stochastic"]
     policy = OnnxPolicy(path, providers=[ort.CUDA])
-    graphs = CudaGraphs(path.read_bytes(), policy, threads=1, name=str(path))
+    graphs = CudaGraphs.for_policy(path.read_bytes(), policy, threads=1, name=str(path))
     rng = np.random.default_rng(1)
     for rows in (1, 2, 3, 64, 1, 17, 100, 5):
         obs, noise = _obs(rows, rows), (rng.standard_normal((rows, WIDE.act_dim)) * 3).astype(np.float32)
