@@ -7,6 +7,7 @@ Standard library only, like :mod:`flowrl_deploy` itself: a Ctrl-C may have cut a
 
 from __future__ import annotations
 
+import os
 import sys
 
 BEFORE_THE_COMMAND = "interrupted (Ctrl-C) before the command began: nothing was done"
@@ -31,8 +32,34 @@ def interrupt_behind(exc: BaseException) -> KeyboardInterrupt | None:
     return None
 
 
+def reserve_standard_streams() -> None:
+    """Open the null device on each of file descriptors 0, 1 and 2 that the caller left closed
+    (``flowrl query ... >&-``, a daemon started without them), and give Python a stream on it.
+
+    Otherwise the next file opened takes the lowest free number: a checkpoint or report opened as
+    descriptor 2 would get the C libraries' warnings written into it. Standard output is opened
+    read-only, so that printing to it fails with 'Bad file descriptor' (exit 1, as ``echo hi >&-``
+    fails in a shell) instead of the command's output vanishing under exit status 0; standard error
+    and input get a writable and a readable null device (messages vanish, input is empty).
+    """
+    for fd, flags, mode in ((0, os.O_RDONLY, "r"), (1, os.O_RDONLY, "w"), (2, os.O_WRONLY, "w")):
+        try:
+            os.fstat(fd)
+            continue
+        except OSError:
+            pass
+        null = os.open(os.devnull, flags)
+        if null != fd:
+            os.dup2(null, fd)
+            os.close(null)
+        stream = open(fd, mode, closefd=False, errors="backslashreplace" if fd == 2 else "strict")  # noqa: SIM115
+        setattr(sys, ("stdin", "stdout", "stderr")[fd], stream)
+        setattr(sys, ("__stdin__", "__stdout__", "__stderr__")[fd], stream)
+
+
 def main() -> object:
     """Run the ``flowrl`` command line."""
+    reserve_standard_streams()
     try:
         from flowrl_deploy.cli import app
     except BaseException as exc:

@@ -222,3 +222,72 @@ def test_eval_on_a_full_stdout_still_writes_its_json_report_and_says_so(tmp_path
         "standard output: No space left on device"
     )
     assert len(json.loads(report.read_text())["returns"]) == 1
+
+
+def _with_closed(fds: tuple[int, ...], cwd: Path, *args: str, runner: str = "flowrl_deploy.cli"):
+    """``flowrl ARGS`` started with the descriptors ``fds`` closed (``>&-``, ``2>&-``, ``<&-``)."""
+    return subprocess.run(
+        [sys.executable, "-m", runner, *args], cwd=cwd, capture_output=True, timeout=300,
+        preexec_fn=lambda: [os.close(fd) for fd in fds],  # after the child's stdout/stderr pipes are in place
+    )  # fmt: skip
+
+
+@pytest.mark.parametrize("runner", ["flowrl_deploy.cli", "flowrl_deploy"])
+@pytest.mark.parametrize("command", COMMANDS.values(), ids=COMMANDS.keys())
+def test_a_closed_stdout_is_one_line_and_exit_1(tmp_path, policy, command, runner):
+    """`flowrl inspect p.onnx >&-` printed nothing and exited 0: Python drops what it prints to a closed
+    stdout, so a script took the missing output for a success. Now it fails as `echo hi >&-` does."""
+    result = _with_closed((1,), tmp_path, *command(policy), runner=runner)
+    assert result.returncode == 1
+    assert result.stderr.decode().splitlines() == ["error: cannot write to standard output: Bad file descriptor"]
+
+
+def test_query_on_a_closed_stdout_fails_after_its_call(tmp_path, server):
+    result = _with_closed((1,), tmp_path, "query", "--server", server, "--obs", "[0.1, 0.2, 0.3]")
+    assert result.returncode == 1
+    assert result.stderr.decode().splitlines() == ["error: cannot write to standard output: Bad file descriptor"]
+
+
+def test_a_closed_stderr_and_stdin_leave_the_output_whole(tmp_path, policy):
+    closed = _with_closed((0, 2), tmp_path, "inspect", str(policy), "--json")
+    whole = _with_closed((), tmp_path, "inspect", str(policy), "--json")
+    assert closed.returncode == whole.returncode == 0
+    assert closed.stdout == whole.stdout and json.loads(closed.stdout)["contract"]["obs_dim"] == 3
+
+
+def test_a_closed_descriptor_is_held_by_the_null_device_not_by_the_next_file(tmp_path):
+    """With 2 closed the next file opened is descriptor 2, where C libraries write their warnings."""
+    script = (
+        "import os, sys\n"
+        "from flowrl_deploy._main import reserve_standard_streams\n"
+        "reserve_standard_streams()\n"
+        "fd = os.open(sys.argv[1], os.O_WRONLY | os.O_CREAT)\n"
+        "os.write(2, b'a warning')\n"
+        "os.write(fd, b'the file')\n"
+        "print(fd, file=sys.stdout, flush=True)\n"
+    )
+    target = tmp_path / "checkpoint.bin"
+    result = subprocess.run(
+        [sys.executable, "-c", script, str(target)], capture_output=True, timeout=60, preexec_fn=lambda: os.close(2)
+    )
+    assert result.returncode == 0 and int(result.stdout) > 2
+    assert target.read_bytes() == b"the file"
+
+
+def test_serve_on_a_closed_stdout_warns_and_serves(tmp_path, policy):
+    """A server started with stdout closed serves: its 'serving …' line is the one thing lost, and said."""
+    child = subprocess.Popen(
+        [sys.executable, "-m", "flowrl_deploy.cli", "serve", str(policy), "--port", "0"],
+        cwd=tmp_path, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, preexec_fn=lambda: os.close(1),
+    )  # fmt: skip
+    try:
+        lines = []
+        while not any("serving on" in line for line in lines):
+            line = child.stderr.readline().decode()
+            assert line, "".join(lines)
+            lines.append(line)
+    finally:
+        child.terminate()
+        child.communicate(timeout=60)
+    assert "cannot write the 'serving …' line to standard output (Bad file descriptor)" in lines[-1]
+    assert child.returncode == 0
