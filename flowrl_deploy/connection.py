@@ -160,6 +160,21 @@ def connection_hint(error: str, target: str, tls_ca: str, tls_cert: str) -> str:
     return lead + (f"{hint}; or {AT_THE_CAP}" if hint else AT_THE_CAP)
 
 
+def silent_hint(connected: bool, timeout_s: float, tls_ca: str, tls_cert: str) -> str:
+    """What a call that ran out of time (DEADLINE_EXCEEDED) most likely means: with a gRPC connection
+    up (``connected``), a server slow to answer; without one, an address where nothing answers gRPC
+    (a firewall dropping packets, another kind of service, a TLS server asked in plaintext)."""
+    if connected:
+        return f"the server took the call but gave no answer within {timeout_s:g} s: it may be busy; raise --timeout"
+    lead = (
+        f"no gRPC connection came up within {timeout_s:g} s: nothing answers at that address (a firewall "
+        "dropping packets?), or what listens there is not a gRPC server"
+    )
+    if not tls_ca and not tls_cert:
+        return f"{lead}; if the server uses TLS, pass --tls-ca"
+    return lead
+
+
 TARGET_SCHEMES = ("dns", "ipv4", "ipv6", "unix", "unix-abstract")
 """gRPC's naming schemes (``scheme:…``) a target may use; any other target is ``host:port``."""
 URL_SCHEMES = ("http", "https", "grpc", "grpcs")

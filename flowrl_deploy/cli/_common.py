@@ -30,6 +30,8 @@ from flowrl_deploy.spec import SOLVERS
 from flowrl_deploy.systemd import journal_prefix
 
 if TYPE_CHECKING:
+    import grpc
+
     from flowrl_deploy.client import PolicyClient
 
 MAX_REPORT_BYTES = 64 << 20
@@ -272,7 +274,7 @@ class Connection:
         import grpc
 
         from flowrl_deploy.client import PolicyClient, ServiceError
-        from flowrl_deploy.connection import checked_timeout, connection_hint
+        from flowrl_deploy.connection import checked_timeout, connection_hint, silent_hint
 
         if timeout_s is not None:  # named by its flag here; PolicyClient would call it timeout_s
             checked_timeout(timeout_s, "--timeout")
@@ -292,9 +294,26 @@ class Connection:
                     hint = self.refused_token_hint()
                 elif exc.code == grpc.StatusCode.UNAVAILABLE:
                     hint = connection_hint(exc.details, self.server, self.tls_ca, self.tls_cert)
+                elif exc.code == grpc.StatusCode.DEADLINE_EXCEEDED and client.timeout_s is not None:
+                    connected = channel_is_ready(client.channel)
+                    hint = silent_hint(connected, client.timeout_s, self.tls_ca, self.tls_cert)
                 else:
                     hint = ""
                 raise FlowRLError(f"{exc} ({hint})" if hint else str(exc)) from None
+
+
+def channel_is_ready(channel: grpc.Channel) -> bool:
+    """Whether ``channel`` has a connection up (READY) now; asked after a call ran out of time."""
+    import grpc
+
+    ready = grpc.channel_ready_future(channel)
+    try:
+        ready.result(timeout=0.2)  # its first state arrives on gRPC's thread, at once
+        return True
+    except grpc.FutureTimeoutError:
+        return False
+    finally:
+        ready.cancel()
 
 
 _SERVER_OPTION = inspect.Parameter("server", inspect.Parameter.KEYWORD_ONLY, default=DEFAULT_SERVER, annotation=Server)
