@@ -37,6 +37,8 @@ WARMUP_RUNS = 5
 GRAPH_ATOL, GRAPH_RTOL = 1e-5, 1e-4
 """How close the CUDA graphs' actions must be to the session's (``flowrl export``'s parity bounds)."""
 
+Run = Callable[[np.ndarray, "np.ndarray | None"], np.ndarray]
+"""Actions for a batch of observations and its noise (None: a deterministic policy)."""
 Exporter = Callable[[Path, Path, int | None], Path]
 """Exports a checkpoint for serving: ``(checkpoint, out, steps)`` writes ``out`` at ``steps`` flow
 steps (None: the checkpoint's training flow steps) and returns the file to load. Serve never
@@ -44,8 +46,8 @@ imports the exporter (torch) itself: whoever builds the server passes one (``flo
 
 
 class ServedModel:
-    """One loaded model, not changed once served (its warm-up settles it): a reload builds a new one and
-    swaps the reference."""
+    """One loaded model, not changed once served (its warm-up settles it; a CUDA graph's replay that fails
+    later drops the graphs): a reload builds a new one and swaps the reference."""
 
     def __init__(
         self,
@@ -74,13 +76,35 @@ class ServedModel:
         """The session's run: on the CUDA thread in a server that captures CUDA graphs, whether this
         model has any or not (:mod:`~flowrl_deploy.serve.cuda_graphs`: a capture fails while another
         thread makes a CUDA call)."""
+        self._dropping = threading.Lock()
 
     def run(self, obs: np.ndarray, noise: np.ndarray | None) -> tuple[np.ndarray, int]:
         """Actions for a batch and the onnxruntime time in microseconds."""
         start = time.perf_counter_ns()
-        run = self._session_run if self.graphs is None else self.graphs.run
-        action = run(obs, noise)  # checked when decoded (obs) and drawn (noise)
+        graphs = self.graphs
+        if graphs is None:
+            action = self._session_run(obs, noise)  # checked when decoded (obs) and drawn (noise)
+        else:
+            try:
+                action = graphs.run(obs, noise)
+            except Exception as exc:  # onnxruntime's own untyped errors
+                self._drop_graphs(graphs, exc)
+                action = self._session_run(obs, noise)  # a CUDA error that sticks fails here too: raised
         return action, (time.perf_counter_ns() - start) // 1000
+
+    def _drop_graphs(self, graphs: CudaGraphs, exc: Exception) -> None:
+        """Serve from the session from now on: a replay failed after the warm-up kept the graphs. The
+        session's run is right there, and a robot's call must get an action whenever one can be computed."""
+        with self._dropping:
+            if self.graphs is not graphs:  # another call's failure dropped them first, and said so
+                return
+            self.graphs = None
+        log.warning(
+            "%s: a CUDA graph's replay failed (%s): serving %s without CUDA graphs from now on",
+            printable(str(self.path)),
+            onnxruntime_text(exc),
+            self.version,
+        )
 
     def warm_up(self, batches: tuple[int, ...], graph_rows: int = 1) -> str:
         """Run every batch size once or more so that the first client call is not the slow one; return
@@ -95,7 +119,7 @@ class ServedModel:
         candidate = self._graphs_to_try or self.graphs  # a second warm-up checks the graphs kept again
         self.graphs = self._graphs_to_try = None
         try:
-            plain_us = self._fastest_batch_1(sorted({1, *batches}))
+            plain_us = self._fastest_batch_1(self._session_run, sorted({1, *batches}))
         except Exception as exc:  # onnxruntime's own untyped errors
             providers = self.policy.session.get_providers()
             hint = "; serve it on the CPU with --providers cpu" if providers != ["CPUExecutionProvider"] else ""
@@ -103,13 +127,12 @@ class ServedModel:
                 f"cannot run {self.path} on {', '.join(providers)}: {onnxruntime_text(exc)}{hint}"
             ) from exc
         plain = f"a batch-1 call in {plain_us} µs at warm-up"
-        self.graphs = candidate
-        if self.graphs is None:
+        if candidate is None:
             return plain
         buckets = buckets_up_to(max(*batches, graph_rows))
         try:
-            graphed_us = self._fastest_batch_1(buckets, runs=1)  # a bucket's first run captures its graph
-            problem = self._graphs_differ(self.graphs, buckets)
+            graphed_us = self._fastest_batch_1(candidate.run, buckets, runs=1)  # a first run captures its graph
+            problem = self._graphs_differ(candidate, buckets)
         except Exception as exc:  # onnxruntime's own untyped errors
             problem = f"onnxruntime could not capture them ({onnxruntime_text(exc)})"
         else:
@@ -117,21 +140,22 @@ class ServedModel:
                 problem = f"they are no faster ({graphed_us} µs a batch-1 call, {plain_us} µs without)"
         if problem:
             log.warning("%s: serving without CUDA graphs: %s", printable(str(self.path)), problem)
-            self.graphs = None
             return plain
+        self.graphs = candidate
         return f"CUDA graphs; a batch-1 call in {graphed_us} µs at warm-up, {plain_us} µs without graphs"
 
-    def _fastest_batch_1(self, batches: Iterable[int], runs: int = WARMUP_RUNS) -> int:
-        """:meth:`run` ``runs`` times at each of ``batches`` (zeros), :data:`WARMUP_RUNS` times at batch 1;
-        the fastest batch-1 run in µs. Fewer runs of the larger batches keep a reload's warm-up short on a
-        GPU, where live calls queue behind it on the CUDA thread."""
+    def _fastest_batch_1(self, run: Run, batches: Iterable[int], runs: int = WARMUP_RUNS) -> int:
+        """``run`` ``runs`` times at each of ``batches`` (zeros), :data:`WARMUP_RUNS` times at batch 1;
+        the fastest batch-1 run in µs (its errors raised: no fallback at warm-up). Fewer runs of the larger
+        batches keep a reload's warm-up short on a GPU, where live calls queue behind it on the CUDA thread."""
         batch_1_us = []
         for batch in batches:
             for _ in range(WARMUP_RUNS if batch == 1 else runs):
                 noise = np.zeros((batch, self.act_dim), np.float32) if self.policy.takes_noise else None
-                _, took_us = self.run(np.zeros((batch, self.obs_dim), np.float32), noise)
+                start = time.perf_counter_ns()
+                run(np.zeros((batch, self.obs_dim), np.float32), noise)
                 if batch == 1:
-                    batch_1_us.append(took_us)
+                    batch_1_us.append((time.perf_counter_ns() - start) // 1000)
         return min(batch_1_us)
 
     def _graphs_differ(self, graphs: CudaGraphs, buckets: tuple[int, ...]) -> str:

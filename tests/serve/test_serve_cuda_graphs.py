@@ -167,3 +167,64 @@ def test_a_second_warm_up_keeps_the_graphs_it_checks_again(tmp_path):
     model.warm_up((1, 2))
     assert model.warm_up((1, 2)).startswith("CUDA graphs; ")
     assert model.graphs is graphs
+
+
+def test_a_replay_that_fails_after_the_warm_up_falls_back_to_the_session_once(tmp_path, caplog):
+    """A call whose replay fails still gets its action, from the session, and so does every later one:
+    the graphs are dropped with one warning (graphsreview M2: the call failed, the session right there)."""
+    model, graphs = _model(tmp_path, session_delay_s=0.002)
+    model.warm_up((1, 4))
+    assert model.graphs is graphs
+    graphs.error = "CUDA failure 700: an illegal memory access was encountered"
+    obs, noise = np.full((3, 3), 0.5, np.float32), np.full((3, 2), 0.25, np.float32)
+    with caplog.at_level(logging.WARNING, logger="flowrl.serve"):
+        results = [model.run(obs, noise)[0] for _ in range(3)]
+    for action in results:
+        np.testing.assert_array_equal(action, model.policy.run(obs, noise))
+    assert model.graphs is None and graphs.calls  # tried once, then no more
+    calls = graphs.calls
+    model.run(obs, noise)
+    assert graphs.calls == calls
+    warnings = [r.getMessage() for r in caplog.records if "replay failed" in r.getMessage()]
+    assert warnings == [
+        f"{model.path}: a CUDA graph's replay failed (CUDA failure 700: an illegal memory access was "
+        f"encountered): serving {model.version} without CUDA graphs from now on"
+    ]
+
+
+def test_a_failure_the_session_shares_is_the_calls_error(tmp_path):
+    """A CUDA error that sticks to the context fails the session too: the call fails with the session's
+    error (the servicer's INTERNAL), not with an action from nowhere."""
+    model, graphs = _model(tmp_path, session_delay_s=0.002)
+    model.warm_up((1, 2))
+    graphs.error = "CUDA failure 700"
+
+    def broken(obs, noise):
+        raise RuntimeError("CUDA failure 700 (sticky)")
+
+    model._session_run = broken
+    with pytest.raises(RuntimeError, match="sticky"):
+        model.run(np.zeros((1, 3), np.float32), np.zeros((1, 2), np.float32))
+    assert model.graphs is None
+
+
+def test_calls_of_many_threads_whose_replays_fail_all_get_actions_and_one_warning(tmp_path, caplog):
+    model, graphs = _model(tmp_path, session_delay_s=0.002)
+    model.warm_up((1, 2))
+    graphs.error = "replay failed"
+    graphs.delay_s = 0.0
+    obs, noise = np.zeros((1, 3), np.float32), np.zeros((1, 2), np.float32)
+    got, start = [], threading.Barrier(8)
+
+    def call() -> None:
+        start.wait()
+        got.append(model.run(obs, noise)[0])
+
+    with caplog.at_level(logging.WARNING, logger="flowrl.serve"):
+        threads = [threading.Thread(target=call) for _ in range(8)]
+        for thread in threads:
+            thread.start()
+        for thread in threads:
+            thread.join(timeout=30)
+    assert len(got) == 8 and all(np.array_equal(action, got[0]) for action in got)
+    assert sum("replay failed (" in r.getMessage() for r in caplog.records) == 1

@@ -66,19 +66,30 @@ def test_a_reload_whose_warm_up_fails_is_refused_with_its_reason_and_the_old_mod
 
 def test_the_load_line_gives_the_fastest_batch_1_run_of_the_warm_up(tmp_path, monkeypatch, caplog):
     """The first runs of a session are the slow ones (a GPU's especially): the figure is their minimum."""
+    import itertools
     import logging
     import re
+    import time
 
-    from flowrl_deploy.serve.model import WARMUP_RUNS, ServedModel
+    from flowrl_deploy.serve import model
+    from flowrl_deploy.serve.model import WARMUP_RUNS
 
     path = write_policy(tmp_path / "policy.onnx")
-    run, scripted = ServedModel.run, iter([900, 300, 120, 450, 610][:WARMUP_RUNS])
+    # the batch-1 runs come first (sorted batches), then max_batch's
+    durations_us = itertools.chain([900, 300, 120, 450, 610][:WARMUP_RUNS], itertools.repeat(5000))
 
-    def timed(self, obs, noise):
-        action, took_us = run(self, obs, noise)
-        return action, next(scripted) if len(obs) == 1 else took_us
+    class Clock:  # each run reads the clock before and after: the second reading is the run's duration later
+        now, reading = 0, itertools.cycle([False, True])
 
-    monkeypatch.setattr(ServedModel, "run", timed)
+        def perf_counter_ns(self) -> int:
+            if next(self.reading):
+                self.now += next(durations_us) * 1000
+            return self.now
+
+        def __getattr__(self, name: str):
+            return getattr(time, name)
+
+    monkeypatch.setattr(model, "time", Clock())
     with caplog.at_level(logging.INFO, logger="flowrl.serve"):
         PolicyServer(ServeConfig(str(path), port=0, grace_s=0, max_batch=4)).start().stop()
     (loaded,) = [r.getMessage() for r in caplog.records if r.getMessage().startswith("loaded ")]
