@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import faulthandler
 import os
+import signal
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -74,6 +75,10 @@ HANG_REPORT_FD = pytest.StashKey[int]()
 def pytest_configure(config: pytest.Config) -> None:
     # the terminal's stderr, as pytest found it: a test's own stderr is captured into a file, lost at the exit
     config.stash[HANG_REPORT_FD] = os.dup(2)
+    # A shell without job control starts `pytest ... &` with Ctrl-C ignored, which the servers, `flowrl control`
+    # and their child processes keep ignored (as `nohup` asks): a test that sends Ctrl-C waited for good
+    if signal.getsignal(signal.SIGINT) is signal.SIG_IGN:
+        signal.signal(signal.SIGINT, signal.default_int_handler)
 
 
 def pytest_unconfigure(config: pytest.Config) -> None:
