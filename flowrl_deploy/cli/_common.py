@@ -514,6 +514,35 @@ class ResultLines:
             raise OutputFailed(self.error, done, self.what)
 
 
+class JsonReport:
+    """Where a command's ``--json`` report goes: a file (``path``), standard output (``--json -``: the report
+    alone there, the command's summary lines on stderr) or nowhere. ``path_of`` makes the file's path
+    from the option's value (export's takes a folder too)."""
+
+    def __init__(self, json_out: str | None, path_of: Callable[[str], Path] = Path) -> None:
+        self.to_stdout = json_out == REPORT_TO_STDOUT
+        self.path = None if json_out is None or self.to_stdout else path_of(json_out)
+
+    def summary_lines(self) -> ResultLines:
+        """The lines of the command's summary: on stderr when standard output holds the report."""
+        return ResultLines(on_stderr=self.to_stdout)
+
+    def emit(self, report: object, printed: ResultLines | None = None) -> ResultLines:
+        """Print ``report`` on standard output or write it to its file (:func:`write_report`), after the
+        summary ``printed``; returns the lines whose :meth:`ResultLines.check` says what stdout failed to take."""
+        printed = printed or ResultLines()
+        if self.to_stdout:
+            printed = ResultLines(what="the --json report")
+            printed.echo(report_text(report))
+        elif self.path is not None:
+            write_report("--json", self.path, report)
+        return printed
+
+    def wrote(self) -> str:
+        """' and the --json report PATH' when it went to a file ('' otherwise), for a command's 'done' words."""
+        return "" if self.path is None else f" and the --json report {self.path}"
+
+
 def user_errors(command: Callable[P, R]) -> Callable[P, R]:
     """Turn a :class:`FlowRLError`, or a missing module of an optional extra (torch on a robot
     computer's base install), into a one-line message on stderr and exit status 1, and Ctrl-C (or an

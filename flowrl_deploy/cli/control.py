@@ -10,17 +10,14 @@ from typing import Annotated
 import typer
 
 from flowrl_deploy.cli._common import (
-    REPORT_TO_STDOUT,
     Connection,
-    ResultLines,
+    JsonReport,
     check_report,
     check_writable,
     client_warnings,
     connects,
     finite,
-    report_text,
     user_errors,
-    write_report,
 )
 from flowrl_deploy.contract import MAX_HZ, MAX_TIMEOUT_S, MIN_HZ
 from flowrl_deploy.control_metrics import DEFAULT_INTERVAL_S, MAX_INTERVAL_S, MIN_INTERVAL_S
@@ -183,8 +180,8 @@ def control(
     from flowrl_deploy.signals import held_stop_signals, interrupt_on_stop_signals, stop_name
     from flowrl_deploy.train.control import run_control
 
-    json_stdout = json_out == REPORT_TO_STDOUT
-    json_path = None if json_out is None or json_stdout else Path(json_out)
+    json_report = JsonReport(json_out)
+    json_path = json_report.path
     checked_timeout(connect_timeout, "--connect-timeout")  # gRPC waits forever on a deadline years away
     contract_hash = checked_contract_hash(contract_hash, "--contract-hash")
     _check_metrics_textfile(metrics_textfile, metrics_interval, json_path)
@@ -225,20 +222,16 @@ def control(
                 contract_hash=contract_hash,
                 connect_timeout_s=connect_timeout,
                 stop_on_interrupt=True,
-                on_rate=_announce_rate(explicit=hz is not None, err=json_stdout),
+                on_rate=_announce_rate(explicit=hz is not None, err=json_report.to_stdout),
                 on_session=None if textfile is None else textfile.watch,
             )
         # the run is over: a stop from here on (`timeout`'s, late) is noted, and the report finished first
         with held_stop_signals(received):
-            printed = ResultLines(on_stderr=json_stdout)  # a stdout that fails still lets the report be written
+            printed = json_report.summary_lines()  # a stdout that fails still lets the report be written
             printed.echo(report.summary())
             if note := report.seeded_note():  # on stderr, as export's notes: stdout's last line stays the summary's
                 typer.echo(note, err=True)
-            if json_stdout:
-                printed = ResultLines(what="the --json report")  # the report alone on stdout
-                printed.echo(report_text(report.to_dict()))
-            elif json_path is not None:
-                write_report("--json", json_path, report.to_dict())
+            printed = json_report.emit(report.to_dict(), printed)
         # how the run ended comes first (its exit status too): a failed stdout is then a note on that line
         error = printed.error
         lost = "" if error is None else f" ({printed.what} was not printed: {error.strerror or error})"

@@ -8,12 +8,9 @@ from typing import TYPE_CHECKING, Annotated
 import typer
 
 from flowrl_deploy.cli._common import (
-    REPORT_TO_STDOUT,
-    ResultLines,
+    JsonReport,
     check_report,
-    report_text,
     user_errors,
-    write_report,
 )
 from flowrl_deploy.errors import FlowRLError, counted, printable
 from flowrl_deploy.noise import run_seed_problem
@@ -80,9 +77,9 @@ def eval_command(
         raise FlowRLError(problem)
     if not policy.exists():
         raise FlowRLError(f"policy not found: {policy} (give a checkpoint or run directory, or an ONNX file)")
-    json_stdout = json_out == REPORT_TO_STDOUT
-    if json_out is not None and not json_stdout:
-        check_report("--json", Path(json_out), {"POLICY": policy})
+    json_report = JsonReport(json_out)
+    if json_report.path is not None:
+        check_report("--json", json_report.path, {"POLICY": policy})
 
     # SIGTERM (`timeout`, a CI cancel) and SIGHUP stop it as Ctrl-C does: one line, with the completed episodes
     with interrupt_on_stop_signals():
@@ -119,17 +116,18 @@ def eval_command(
                 f"interrupted ({stop_name(signum)}) after {len(done)} of {episodes} episodes on {env_id}{figures}",
                 err=True,
             )
-            _report(json_out, _figures_of(policy, env_id, sampler, seed, done, interrupted=True))
+            # the exit status says the run was cut short: a standard output that fails then is not said again
+            json_report.emit(_figures_of(policy, env_id, sampler, seed, done, interrupted=True))
             raise typer.Exit(128 + signum) from None
         finally:
             if instance is not None:
                 instance.close()
-        printed = ResultLines(on_stderr=json_stdout)  # a stdout that fails still lets the --json report be written
+        printed = json_report.summary_lines()  # a stdout that fails still lets the --json report be written
         printed.echo(f"{env_id}: return {_figures(result, sampler)}")
         if note := result.unstable_note():
             typer.secho(f"warning: {note}", err=True, fg=typer.colors.YELLOW)
-        _report(json_out, _figures_of(policy, env_id, sampler, seed, done, interrupted=False))
-        wrote = f" and wrote the --json report {json_out}" if json_out else ""
+        printed = json_report.emit(_figures_of(policy, env_id, sampler, seed, done, interrupted=False), printed)
+        wrote = "" if json_report.path is None else f" and wrote the --json report {json_report.path}"
         printed.check(f"evaluated {counted(len(done), 'episode')}{wrote}")
 
 
@@ -153,14 +151,6 @@ def _figures_of(
         "unstable": [e.unstable for e in done],
         "interrupted": interrupted,
     }
-
-
-def _report(json_out: str | None, figures: dict[str, object]) -> None:
-    """Write ``figures`` as the --json report ``json_out``, or print them on stdout for ``-``."""
-    if json_out == REPORT_TO_STDOUT:
-        typer.echo(report_text(figures))
-    elif json_out is not None:
-        write_report("--json", Path(json_out), figures)
 
 
 def _figures(result: EvalResult, sampler: str) -> str:

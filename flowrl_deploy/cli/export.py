@@ -11,14 +11,11 @@ import typer
 
 from flowrl_deploy.checkpoint import BEST, LAST, read_spec, resolve_checkpoint
 from flowrl_deploy.cli._common import (
-    REPORT_TO_STDOUT,
-    ResultLines,
+    JsonReport,
     Solver,
     check_report,
     check_writable,
-    report_text,
     user_errors,
-    write_report,
 )
 from flowrl_deploy.errors import FlowRLError
 from flowrl_deploy.export.config import DTYPES, MAX_BATCH, ExportConfig, sampler_notes
@@ -168,8 +165,7 @@ def export(
     from flowrl_deploy.export.sweep import sweep_paths
 
     onnx_path = output_file("--out", out, "policy.onnx")
-    json_stdout = json_out == REPORT_TO_STDOUT
-    json_path = None if json_out is None or json_stdout else output_file("--json", json_out, "report.json")
+    json_report = JsonReport(json_out, lambda value: output_file("--json", value, "report.json"))
     check_exists(checkpoint)
     checkpoint_dir = resolve_checkpoint(checkpoint)
     spec = read_spec(checkpoint_dir)
@@ -192,9 +188,9 @@ def export(
     )
     check_export_opset(config, no_verify="--no-verify")
     onnx_files = sweep_paths(onnx_path, step_list)
-    check_outputs(onnx_path, onnx_files, json_path, checkpoint_dir)
+    check_outputs(onnx_path, onnx_files, json_report.path, checkpoint_dir)
     # a stdout that fails says the files were written, and the report still is; with --json - it holds the report alone
-    printed = ResultLines(on_stderr=json_stdout)
+    printed = json_report.summary_lines()
     if sweep:
         from flowrl_deploy.export.sweep import format_sweep, sweep_steps
 
@@ -230,12 +226,8 @@ def export(
     for note in sampler_notes(spec, step_list, config.solver):
         typer.echo(note, err=True)
     files = str(onnx_path) if len(onnx_files) == 1 else f"{len(onnx_files)} files ({onnx_files[0]} … {onnx_files[-1]})"
-    if json_path is not None:
-        try:
-            write_report("--json", json_path, records)
-        except FlowRLError as exc:  # a full disk: the export itself is written and verified, which a script must know
-            raise FlowRLError(f"wrote {files}, but {exc}") from None
-    if json_stdout:
-        printed = ResultLines(what="the --json report")  # the report alone on stdout (the summary lines went to stderr)
-        printed.echo(report_text(records))
-    printed.check(f"wrote {files}" + (f" and the --json report {json_path}" if json_path is not None else ""))
+    try:
+        printed = json_report.emit(records, printed)
+    except FlowRLError as exc:  # a full disk: the export itself is written and verified, which a script must know
+        raise FlowRLError(f"wrote {files}, but {exc}") from None
+    printed.check(f"wrote {files}{json_report.wrote()}")

@@ -163,23 +163,22 @@ def test_json_dash_prints_the_report_alone_on_stdout(tmp_path, monkeypatch):
 def test_a_stop_while_the_report_is_written_lets_it_finish(tmp_path, monkeypatch):
     """A first SIGTERM (`timeout`'s) landing once the run was over, as its summary and report were written,
     ended it as 'stopped before it finished', exit 143, without the report of a run that had completed."""
-    import importlib
     import json
 
     pytest.importorskip("dm_control")
     from fatal_signals import fatal
     from tiny_policy import write_policy
 
+    from flowrl_deploy.cli import _common as common  # where every command's --json report is written
     from flowrl_deploy.serve import PolicyServer, ServeConfig
 
-    control_module = importlib.import_module("flowrl_deploy.cli.control")  # the package's `control` is the command
-    write_report = control_module.write_report
+    write_report = common.write_report
 
     def stopped_while_writing(flag, path, report):
         os.kill(os.getpid(), signal.SIGTERM)  # handled at once, in this (main) thread
         write_report(flag, path, report)
 
-    monkeypatch.setattr(control_module, "write_report", stopped_while_writing)
+    monkeypatch.setattr(common, "write_report", stopped_while_writing)
     path = write_policy(
         tmp_path / "cartpole.onnx", obs_dim=5, act_dim=1, action_low=(-1.0,), action_high=(1.0,),
         obs_layout=(), action_names=(), env_id="dmc:cartpole-swingup",

@@ -207,13 +207,18 @@ def test_no_color_holds_for_the_line_of_a_failed_stdout(tmp_path, policy, no_col
     assert (b"\x1b[" in written) == (not no_color)
 
 
-@needs_dev_full
-def test_eval_on_a_full_stdout_still_writes_its_json_report_and_says_so(tmp_path):
+def _pendulum(tmp_path: Path) -> Path:
+    """A tiny policy of gymnasium's Pendulum (a task `flowrl eval` runs without dm_control)."""
     pytest.importorskip("gymnasium")
-    policy = write_policy(
+    return write_policy(
         tmp_path / "pendulum.onnx", obs_dim=3, act_dim=1, action_low=(-2.0,), action_high=(2.0,),
         obs_layout=(), action_names=(), env_id="gym:Pendulum-v1",
     )  # fmt: skip
+
+
+@needs_dev_full
+def test_eval_on_a_full_stdout_still_writes_its_json_report_and_says_so(tmp_path):
+    policy = _pendulum(tmp_path)
     report = tmp_path / "eval.json"
     result = flowrl(tmp_path, full_disk(), "eval", str(policy), "--episodes", "1", "--json", str(report))
     assert result.returncode == 1
@@ -224,12 +229,31 @@ def test_eval_on_a_full_stdout_still_writes_its_json_report_and_says_so(tmp_path
     assert len(json.loads(report.read_text())["returns"]) == 1
 
 
+@needs_dev_full
+def test_eval_json_dash_on_a_full_stdout_names_the_report_it_could_not_print(tmp_path):
+    """As export's and control's: a report that stdout could not take is said, after what was done."""
+    policy = _pendulum(tmp_path)
+    result = flowrl(tmp_path, full_disk(), "eval", str(policy), "--episodes", "1", "--json", "-")
+    assert result.returncode == 1
+    assert result.stderr.decode().splitlines()[-1] == (
+        "error: evaluated 1 episode, but cannot write the --json report to standard output: No space left on device"
+    )
+
+
+CLOSING = {0: "<&-", 1: ">&-", 2: "2>&-"}
+
+
+def _closed(fds: tuple[int, ...], *command: str) -> list[str]:
+    """``command`` started by a shell with the descriptors ``fds`` closed (``>&-``, ``2>&-``, ``<&-``). Not a
+    preexec_fn: it runs between fork and exec, where gRPC's fork handlers (gRPC is loaded by this module's
+    server) broke the child's start."""
+    return ["sh", "-c", f'exec "$@" {" ".join(CLOSING[fd] for fd in fds)}', "sh", *command]
+
+
 def _with_closed(fds: tuple[int, ...], cwd: Path, *args: str, runner: str = "flowrl_deploy.cli"):
-    """``flowrl ARGS`` started with the descriptors ``fds`` closed (``>&-``, ``2>&-``, ``<&-``)."""
-    return subprocess.run(
-        [sys.executable, "-m", runner, *args], cwd=cwd, capture_output=True, timeout=300,
-        preexec_fn=lambda: [os.close(fd) for fd in fds],  # after the child's stdout/stderr pipes are in place
-    )  # fmt: skip
+    """``flowrl ARGS`` started with the descriptors ``fds`` closed."""
+    command = _closed(fds, sys.executable, "-m", runner, *args)
+    return subprocess.run(command, cwd=cwd, capture_output=True, timeout=300)
 
 
 @pytest.mark.parametrize("runner", ["flowrl_deploy.cli", "flowrl_deploy"])
@@ -267,19 +291,15 @@ def test_a_closed_descriptor_is_held_by_the_null_device_not_by_the_next_file(tmp
         "print(fd, file=sys.stdout, flush=True)\n"
     )
     target = tmp_path / "checkpoint.bin"
-    result = subprocess.run(
-        [sys.executable, "-c", script, str(target)], capture_output=True, timeout=60, preexec_fn=lambda: os.close(2)
-    )
+    result = subprocess.run(_closed((2,), sys.executable, "-c", script, str(target)), capture_output=True, timeout=60)
     assert result.returncode == 0 and int(result.stdout) > 2
     assert target.read_bytes() == b"the file"
 
 
 def test_serve_on_a_closed_stdout_warns_and_serves(tmp_path, policy):
     """A server started with stdout closed serves: its 'serving …' line is the one thing lost, and said."""
-    child = subprocess.Popen(
-        [sys.executable, "-m", "flowrl_deploy.cli", "serve", str(policy), "--port", "0"],
-        cwd=tmp_path, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, preexec_fn=lambda: os.close(1),
-    )  # fmt: skip
+    command = _closed((1,), sys.executable, "-m", "flowrl_deploy.cli", "serve", str(policy), "--port", "0")
+    child = subprocess.Popen(command, cwd=tmp_path, stderr=subprocess.PIPE)
     try:
         lines = []
         while not any("serving on" in line for line in lines):
