@@ -12,10 +12,19 @@ create Adam's state and do the other lazy set-up outside the capture), then capt
 set to None, so that backward writes fresh gradient buffers that belong to the graphs. Between
 replays those buffers may hold the other graph's scratch data: read gradients inside a step only.
 Copying a batch in waits for the previous replay to finish, as the eager update's copy does.
+
+Python's cyclic garbage collector is paused while a graph captures: a collection there may destroy an
+unreachable object's CUDA graph or memory (another agent's, a finished run's), a synchronizing CUDA call
+that invalidates the capture (``cudaErrorStreamCaptureInvalidated``), and the process's CUDA generator
+with it. A suite run on an H100 failed so, in a test that passed alone (session 25); that this was the
+cause is a hypothesis, which ``tests/train/test_train_cuda.py`` tests where a GPU is present.
 """
 
 from __future__ import annotations
 
+import contextlib
+import gc
+from collections.abc import Iterator
 from typing import TYPE_CHECKING
 
 import numpy as np
@@ -25,6 +34,18 @@ from flowrl_deploy.train.replay import Batch
 
 if TYPE_CHECKING:
     from flowrl_deploy.train.algorithm import FlowRL
+
+
+@contextlib.contextmanager
+def collector_paused() -> Iterator[None]:
+    """No automatic garbage collection inside the block (see the module docstring)."""
+    was_enabled = gc.isenabled()
+    gc.disable()
+    try:
+        yield
+    finally:
+        if was_enabled:
+            gc.enable()
 
 
 class CudaGraphUpdate:
@@ -75,7 +96,7 @@ class CudaGraphUpdate:
             group["capturable"] = True  # only checked at capture (fused Adam keeps its step count on the GPU)
         critic_graph, actor_graph = torch.cuda.CUDAGraph(), torch.cuda.CUDAGraph()
         try:
-            with torch.cuda.device(agent.device):  # capture runs on a stream of the current device
+            with collector_paused(), torch.cuda.device(agent.device):  # capture runs on the current device's stream
                 with torch.cuda.graph(critic_graph):
                     self.critic_metrics, self.min_q_beta = agent.critic_step(obs, action, reward, next_obs, mask)
                 # the actor graph reads min_q_beta from the critic graph's memory pool, which it shares

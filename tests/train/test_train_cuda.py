@@ -4,6 +4,8 @@ device, bf16 and torch.compile, and training state that moves between devices.
 The CUDA cases skip where torch sees no GPU (CI, with that reason); they run wherever one is present.
 """
 
+import gc
+
 import numpy as np
 import pytest
 import torch
@@ -186,3 +188,48 @@ def assert_same_networks(a: FlowRL, b: FlowRL) -> None:
         for p, q in zip(getattr(a, name).parameters(), getattr(b, name).parameters(), strict=True):
             torch.testing.assert_close(p, q, atol=1e-5, rtol=1e-4)
     assert a.updates == b.updates
+
+
+def test_the_collector_is_paused_inside_the_block_and_left_as_it_was():
+    from flowrl_deploy.train.cuda_graphs import collector_paused
+
+    was = gc.isenabled()
+    try:
+        for enabled in (True, False):
+            (gc.enable if enabled else gc.disable)()
+            with collector_paused():
+                assert not gc.isenabled()
+            assert gc.isenabled() is enabled
+    finally:
+        (gc.enable if was else gc.disable)()
+
+
+@needs_cuda
+def test_a_collection_that_would_free_another_agents_graphs_does_not_break_a_capture(monkeypatch):
+    """A finished agent's CUDA graphs, unreachable in a reference cycle, reach the collector while a new agent
+    captures (session 25's GPU suite: `cudaErrorStreamCaptureInvalidated` in a test that passed alone)."""
+    old = make_agent("cuda", seed=1)
+    for i in range(6):
+        old.update(random_batch(i))
+    assert old._graphed.critic_graph is not None
+    graveyard = [old, {"cycle": None}]
+    graveyard[1]["cycle"] = graveyard  # only a collection frees it
+    del old
+    agent = make_agent("cuda", seed=2)
+    actor_step = agent.actor_step
+
+    def dropping_the_old_agent(*args, **kwargs):
+        if torch.cuda.is_current_stream_capturing():  # the actor graph's capture, not an eager warm-up update
+            graveyard.clear()  # garbage now: the next automatic collection (any allocation, at these thresholds)
+        return actor_step(*args, **kwargs)
+
+    monkeypatch.setattr(agent, "actor_step", dropping_the_old_agent)
+    thresholds = gc.get_threshold()
+    gc.set_threshold(1, 1, 1)
+    try:
+        updates = [agent.update(random_batch(i)) for i in range(8)]
+    finally:
+        gc.set_threshold(*thresholds)
+    assert not graveyard and agent._graphed.critic_graph is not None and agent._graphed.actor_graph is not None
+    assert all(torch.isfinite(value).all() for update in updates for value in update.values())
+    torch.randn(4, device="cuda")  # the CUDA generator still works
