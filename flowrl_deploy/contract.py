@@ -42,6 +42,10 @@ MAX_CONTROL_PERIOD_S = 10.0
 MIN_HZ, MAX_HZ = 1 / MAX_CONTROL_PERIOD_S, 1 / MIN_CONTROL_PERIOD_S  # the rates a control loop may run at
 MAX_TIMEOUT_S = 86_400
 """The longest call deadline or wait a client accepts (a day): gRPC takes one centuries away as already past."""
+MAX_SESSION_ID = 256
+"""Characters a session id may have: the server keeps each open session's id (for --session-idle-s
+after a Reset), so ids of a megabyte each could take gigabytes; a client refuses a longer one when its
+session is made."""
 
 CONTRACT_HASH_FORM = re.compile(r"[0-9a-fA-F]{16}")
 """A contract hash as ``flowrl inspect`` and GetSpec give it: 16 hex digits (pinned in any case)."""

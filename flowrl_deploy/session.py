@@ -3,7 +3,7 @@ deadline per tick, fallbacks and a watchdog (:class:`WatchdogError`); and the ch
 which ``flowrl control`` shares (:func:`check_session_settings`, :func:`session_deadline`).
 
 with PolicyClient("localhost:50051") as client, client.session(period_s=0.02, seed=0, fallback="hold") as control:
-    action = control.act(obs)                  # every control tick; never later than the deadline
+    action = control.act(obs)                  # every control tick; waits at most the deadline, then falls back
 
 Its warnings go to the logger ``flowrl.client``, the client library's. :class:`ControlSession` is the
 façade of its parts, each in a module of its own: the stream, its reconnection and the exchange of a
@@ -43,7 +43,7 @@ from flowrl_deploy.client import (
 )
 from flowrl_deploy.codec import TensorError, as_float32, check_finite, decode
 from flowrl_deploy.connection import checked_timeout
-from flowrl_deploy.contract import PolicyContract
+from flowrl_deploy.contract import MAX_SESSION_ID, PolicyContract
 from flowrl_deploy.errors import FlowRLError
 from flowrl_deploy.exposition import LATENCY_BUCKETS_S, Histogram
 from flowrl_deploy.moved import moved_names
@@ -62,6 +62,7 @@ from flowrl_deploy.session_settings import (
 )
 from flowrl_deploy.session_settings import check_session_settings as check_session_settings
 from flowrl_deploy.session_settings import session_deadline as session_deadline
+from flowrl_deploy.session_stream import BACKLOG as BACKLOG
 from flowrl_deploy.session_stream import CLOSED as CLOSED
 from flowrl_deploy.session_stream import DEADLINE as DEADLINE
 from flowrl_deploy.session_stream import DISCONNECTED as DISCONNECTED
@@ -108,6 +109,8 @@ class CallTiming:
     model_version: str = ""
     reason: str = ""
     """Why the tick fell back: '' for a fresh action; 'deadline' (no reply to this tick in time),
+    'backlog' (not sent: earlier ticks still unanswered on the stream, a stalled server), 'invalid action'
+    (the server's action was not act_dim finite numbers within the bounds: a broken model),
     'disconnected' (no open stream: the server is down or the reconnection backs off), 'closed' (the
     session closed by another thread while the tick waited), or the code name of the server's refusal
     of the tick or stream ('RESOURCE_EXHAUSTED', 'UNAVAILABLE', 'DEADLINE_EXCEEDED' from the server's
@@ -186,6 +189,15 @@ class _Fixed(Generic[_T]):
             f"ControlSession.{self.name} is fixed when the session is made ({self.why}): open a new session "
             "with client.session(...) for another"
         )
+
+
+def _checked_session_id(session_id: object) -> str:
+    """``session_id`` if it is one the server takes: a string of at most MAX_SESSION_ID characters."""
+    if not isinstance(session_id, str):
+        raise FlowRLError(f"session_id must be a string, got {type(session_id).__name__} {session_id!r}")
+    if len(session_id) > MAX_SESSION_ID:
+        raise FlowRLError(f"session_id of {len(session_id)} characters: the server takes at most {MAX_SESSION_ID}")
+    return session_id
 
 
 class ControlSession:
@@ -290,7 +302,7 @@ class ControlSession:
         self.client = client
         self._period_s = float(period_s)
         self._deadline_s = deadline_s
-        self._session_id = session_id or f"control-{uuid.uuid4().hex[:12]}"
+        self._session_id = _checked_session_id(session_id) or f"control-{uuid.uuid4().hex[:12]}"
         self._seed = checked_seed(seed)
         self.max_consecutive_misses = max_consecutive_misses
         self.max_staleness_s = max_staleness_s
@@ -498,6 +510,15 @@ class ControlSession:
             raise FlowRLError(f"{why}, got shape {list(array.shape)}")
         if not np.isfinite(array).all():
             raise FlowRLError(f"{why}, got {array.tolist()}")
+        outside = np.flatnonzero((array < self.info.action_low) | (array > self.info.action_high))
+        if outside.size:
+            i = int(outside[0])
+            raise FlowRLError(
+                f"initial_action[{i}] = {array[i]:g} lies outside the action bounds [{self.info.action_low[i]:g}, "
+                f"{self.info.action_high[i]:g}] ({outside.size} of {array.size} do): the clamp would ramp from "
+                "there through actions the policy never gives; give the actuators' command in the policy's units, "
+                "or np.clip it into the bounds"
+            )
         array = array.copy()
         array.setflags(write=False)
         return array
@@ -526,9 +547,12 @@ class ControlSession:
             if not isinstance(exc, Exception) and self._link.unanswered == seq:
                 self._fallback_policy.draw()
             raise
-        noise = self._fallback_policy.draw()  # after the exchange, which may have restarted the local noise
+        # after the exchange, which may have restarted the local noise; a tick not sent draws nothing on the server
+        noise = self._fallback_policy.undrawn() if reply == BACKLOG else self._fallback_policy.draw()
+        action = None if isinstance(reply, str) else self._served_action(reply)
+        if action is None and not isinstance(reply, str):
+            reply = self._link.invalid_action()
         if not isinstance(reply, str):
-            action = decode(reply.action, name="action")
             timing = self._timing(reply, start)
             self.timings.append(timing)
             self._link.recovered(health.consecutive_misses)
@@ -551,6 +575,20 @@ class ControlSession:
             action.setflags(write=False)
         self._last_action = self._clamp_from = action  # the session's own, read-only: "hold" repeats it
         return action.copy()
+
+    def _served_action(self, reply: pb.StreamActReply) -> npt.NDArray[np.float32] | None:
+        """The reply's action, or None where it is not one to apply: not act_dim finite numbers within the
+        bounds (beyond float32 rounding), which only a broken or foreign model gives."""
+        try:
+            action = decode(reply.action, name="action")
+        except TensorError:
+            return None
+        info = self.info
+        slack = 1e-5 * (np.abs(info.action_low) + np.abs(info.action_high) + 1)
+        inside = (action >= info.action_low - slack) & (action <= info.action_high + slack)
+        if action.shape != (info.act_dim,) or not inside.all():
+            return None
+        return action
 
     def _watchdog(self) -> None:
         misses = self.health.consecutive_misses
@@ -597,9 +635,11 @@ class ControlSession:
     def reset(self, seed: Seed | None = None, *, initial_action: npt.ArrayLike | _Keep | None = LAST_ACTION) -> None:
         """A new episode: reseed the session's noise (and the local fallback's), forget the last
         action held (``hold`` falls back to the zeros until the episode's first action) and restart the
-        staleness clock. The ``max_rate`` clamp keeps its reference, the last action returned (the
-        actuators still hold it), unless ``initial_action`` gives another: the command they hold now, for
-        a robot moved between episodes (such as to a home pose; ``act_dim`` finite numbers, as the
+        staleness clock (time between episodes is not staleness); the count of misses in a row goes on,
+        as only a fresh action shows the ticks work (a ``Reset`` goes by another path). The ``max_rate``
+        clamp keeps its reference, the last action returned (the actuators still hold it), unless
+        ``initial_action`` gives another: the command they hold now, for a robot moved between episodes
+        (such as to a home pose; ``act_dim`` finite numbers within the action bounds, as the
         constructor's, and only with ``max_rate``), or None for none, the new episode's first action then
         unclamped (as v0.1.0's reset did).
 
@@ -640,12 +680,12 @@ class ControlSession:
                 )
             except ServiceError as exc:
                 raise self._link.refused(exc) from None
+            self._check_open("reset")  # closed while the server reset it: the session is gone, as is its episode
             self._seed = seed
             self._last_action = None
             if not keep:
                 self._clamp_from = reference
-            self.health.last_fresh = None
-            self.health.consecutive_misses = 0  # the server answered: a new episode starts with no misses
+            self.health.last_fresh = None  # time between episodes is no staleness; the misses in a row go on
             self._fallback_policy.reseed(seed)
         finally:
             self._busy.release()

@@ -107,6 +107,11 @@ class FallbackPolicy:
             return None
         return draw_noise(self._noise, 1, self._act_dim)
 
+    def undrawn(self) -> npt.NDArray[np.float32] | None:
+        """The local fallback's noise for a tick not sent, for which the server draws nothing: zeros (a0 = 0,
+        the policy's action from the middle of its noise), the session's noise left as it was."""
+        return None if self._noise is None else np.zeros((1, self._act_dim), np.float32)
+
     def restart_noise(self, seed: Seed | None, opening: int, seq: int) -> None:
         """Restart the local fallback's noise from the session's ``seed`` where the server restarts its
         own: with tick ``opening``'s request, which may open the session on its stream. The ticks from

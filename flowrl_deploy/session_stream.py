@@ -7,6 +7,7 @@ change of which is logged once, as a warning, to the logger ``flowrl.client``.""
 
 from __future__ import annotations
 
+import collections
 import logging
 import queue
 import random
@@ -46,6 +47,16 @@ DISCONNECTED = "disconnected"
 """The fallback reason of a tick without an open stream: the server is down, or the reconnection backs off."""
 DEADLINE = "deadline"
 """The fallback reason of a tick whose reply did not come within its deadline."""
+BACKLOG = "backlog"
+"""The fallback reason of a tick not sent: an earlier tick was still unanswered on the stream, sent more than
+:data:`BACKLOG_TICKS` ticks (periods, or deadlines where longer) before, until this tick's deadline. A stalled
+or overloaded server would otherwise work through every tick queued meanwhile, each already late, before
+answering a fresh one: after a 2 s stall, 0.3 s of misses at 200 Hz, seconds at 1 kHz."""
+BACKLOG_TICKS = 2
+INVALID_ACTION = "invalid action"
+"""The fallback reason of a tick whose reply held no action to apply: not act_dim finite numbers within the
+action bounds (a broken or foreign model; an exported graph's tanh keeps them in)."""
+
 CLOSED = "closed"
 """The fallback reason of a tick whose stream ended because another thread closed the session meanwhile
 (the session's next call raises :class:`SessionClosedError`)."""
@@ -136,6 +147,7 @@ class StreamLink:
         self._warned = ""  # the fallback reason last logged since the last fresh action
         self.stream: StreamCall | None = StreamCall(client)
         self.unanswered = 0  # the last tick sent on the stream whose reply has not come (0: none)
+        self.sent_at: collections.deque[float] = collections.deque()  # when each unanswered tick was sent, oldest first
 
     def exchange(self, obs: npt.NDArray[np.float32], seq: int, until: float) -> pb.StreamActReply | str:
         """The fresh reply to tick ``seq``, sent on the open stream (or on one opened for it), waited for
@@ -143,6 +155,13 @@ class StreamLink:
         stream = self._live_stream()
         if stream is None:
             return self._down
+        while self._behind():  # wait for the server to catch up rather than add to its queue
+            reply = _next_reply(stream, until)
+            if reply is None:
+                return BACKLOG
+            if reply is _END:
+                return self._broken()
+            self._late(reply, seq)
         session = self.session
         request = pb.StreamActRequest(
             session_id=session.session_id,
@@ -158,6 +177,7 @@ class StreamLink:
             request.contract_json = session.contract_json
         stream.requests.put(request)
         self.unanswered = seq
+        self.sent_at.append(time.perf_counter())
         if self._restart_noise:  # the server may open the session with this request, and draw for it
             self.noise.restart_noise(session.seed, seq, seq)
             self._restart_noise = False
@@ -168,9 +188,9 @@ class StreamLink:
             if reply is _END:
                 return self._broken()
             if reply.seq != seq:  # the late answer to an earlier tick
-                if self._refused_undrawn(reply):  # no draw for it: a later request opens the session
-                    self.noise.opening_refused(session.seed, reply.seq, seq)
+                self._late(reply, seq)
                 continue
+            self.sent_at.popleft()
             self.unanswered = 0
             if reply.status.code == 0:
                 self._opened = True  # only now: a refused opening is sent again with the seed and pin
@@ -184,6 +204,25 @@ class StreamLink:
             if code == grpc.StatusCode.DEADLINE_EXCEEDED:  # the server found the tick late: not logged, as "deadline"
                 return code.name
             return self._noted(code.name, f"the server refuses its ticks ({code.name}: {reply.status.message})")
+
+    def _late(self, reply: pb.StreamActReply, seq: int) -> None:
+        """Take the late reply to an earlier tick than ``seq`` (dropped): a refusal that is not
+        :data:`TRANSIENT` (a refused pin, a bad token) is raised as the current tick's would be, not
+        taken for a slow server."""
+        if self.sent_at:
+            self.sent_at.popleft()
+        if self._refused_undrawn(reply):  # no draw for it: a later request opens the session
+            self.noise.opening_refused(self.session.seed, reply.seq, seq)
+        if reply.status.code != 0:
+            code = grpc.StatusCode[_code_name(reply.status.code)]
+            if code not in TRANSIENT:
+                raise self.refused(ServiceError(code, reply.status.message))
+
+    def _behind(self) -> bool:
+        """Whether the oldest tick unanswered on the stream was sent :data:`BACKLOG_TICKS` ticks ago or more."""
+        session = self.session
+        tick_s = max(session.period_s, session.deadline_s)
+        return bool(self.sent_at) and time.perf_counter() - self.sent_at[0] >= BACKLOG_TICKS * tick_s
 
     def _refused_undrawn(self, reply: pb.StreamActReply) -> bool:
         """Whether ``reply`` refuses a request that would have opened the session, before any draw."""
@@ -206,6 +245,7 @@ class StreamLink:
         self._restart_noise = True  # the new stream's first request restarts the server's noise from the seed
         self.stream = stream = StreamCall(self.client)
         self.unanswered = 0
+        self.sent_at.clear()
         if self.closed:  # close() ran meanwhile (from another thread) and saw no stream to close
             self.close()
             raise closed_error("act")
@@ -247,6 +287,13 @@ class StreamLink:
             session = self.session
             log.warning("control session %s acts on its %s fallback: %s", session.session_id, session.fallback, why)
         return reason
+
+    def invalid_action(self) -> str:
+        """The reason of a tick whose reply held no action to apply, logged once per cause as a refusal is."""
+        return self._noted(
+            INVALID_ACTION,
+            "the server's actions are not act_dim finite numbers within the action bounds (a broken model?)",
+        )
 
     def recovered(self, misses: int) -> None:
         """A fresh action came: after a logged fallback, say so at INFO (with the ``misses`` in a row)."""
@@ -290,11 +337,14 @@ class StreamLink:
                     f"no reply to tick {seq} within reset_timeout_s {reset_timeout_s:g} s: the server may "
                     "still draw that tick's noise, so the reset was not sent (try again, or open a new session)",
                 )
+            if self.sent_at:
+                self.sent_at.popleft()
             if reply.seq == seq:
                 break
         else:
             stream.replies.put(_END)  # the stream ended: the next tick sees it, and reconnects
         self.unanswered = 0
+        self.sent_at.clear()
 
     def close(self) -> None:
         """End the stream; a closed link opens no other. Closing again does nothing."""

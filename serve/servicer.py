@@ -21,7 +21,7 @@ import numpy as np
 from google.protobuf.message import Message
 
 from flowrl_deploy.codec import TensorError, as_batch, decode, encode
-from flowrl_deploy.contract import PolicyContract, checked_contract_hash
+from flowrl_deploy.contract import MAX_SESSION_ID, PolicyContract, checked_contract_hash
 from flowrl_deploy.errors import FlowRLError, SpecError, printable
 from flowrl_deploy.noise import draw_noise, session_noise
 from flowrl_deploy.proto.flowrl.v1 import policy_pb2 as pb
@@ -89,11 +89,6 @@ def _waiting(context: grpc.ServicerContext) -> bool:
 def _status(exc: BaseException) -> pb.Status:
     code, message = status_of(exc)
     return pb.Status(code=code.value[0], message=message)
-
-
-MAX_SESSION_ID = 256
-"""Characters a session id may have: the server keeps each open session's id (for --session-idle-s
-after a Reset), so ids of a megabyte each could take gigabytes."""
 
 
 def request_floor(contract: PolicyContract) -> int:

@@ -31,7 +31,8 @@ def test_a_session_notices_a_server_that_stopped_answering_without_closing_the_c
                 time.sleep(0.5)  # a slow loop: the pings, not the ticks' deadlines, find the loss
                 control.act(OBS)
                 reasons.append(control.timings[-1].reason)
-        assert reasons[-1] == "disconnected" and set(reasons[:-1]) <= {"deadline"}
+        # the ticks after the first unanswered one are not sent, as the frozen server holds it ("backlog")
+        assert reasons[-1] == "disconnected" and set(reasons[:-1]) <= {"deadline", "backlog"}
     finally:
         os.kill(server.process.pid, signal.SIGKILL)  # a stopped process takes SIGKILL (not SIGTERM)
         server.stop(timeout_s=30)

@@ -862,14 +862,16 @@ def test_the_staleness_clock_starts_at_the_first_tick_and_again_after_a_reset(cl
     control.close()
 
 
-def test_a_reset_clears_the_misses_so_a_new_episode_starts_with_the_whole_watchdog_budget(client):
+def test_a_reset_keeps_the_misses_in_a_row_as_only_a_fresh_action_ends_them(client):
+    """A reset cleared them (session 26's sdkreview M1): its Reset succeeded while every tick missed, so a loop
+    resetting every two ticks never met max_consecutive_misses=3 (tests/core/test_session_guards.py)."""
     with client.session(period_s=0.5, deadline_s=MISS_S, max_consecutive_misses=3) as control:
         control.act(OBS)
         control.act(OBS)  # two misses in a row (the deadline is too short to answer)
         control.reset(seed=1)
-        assert control.health.consecutive_misses == 0
-        control.act(OBS)
-        control.act(OBS)  # would be the third and fourth miss in a row without the reset
+        assert control.health.consecutive_misses == 2
+        with pytest.raises(WatchdogError, match="3 control ticks in a row"):
+            control.act(OBS)
 
 
 def test_a_period_equal_to_the_served_one_up_to_float_rounding_is_not_warned_about(client, caplog):
