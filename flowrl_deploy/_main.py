@@ -52,7 +52,9 @@ def reserve_standard_streams() -> None:
         if null != fd:
             os.dup2(null, fd)
             os.close(null)
-        stream = open(fd, mode, closefd=False, errors="backslashreplace" if fd == 2 else "strict")  # noqa: SIM115
+        # the encoding matters little: the stream reads nothing, writes nothing or fails at its first write
+        errors = "backslashreplace" if fd == 2 else "strict"
+        stream = open(fd, mode, closefd=False, encoding="utf-8", errors=errors)  # noqa: SIM115
         setattr(sys, ("stdin", "stdout", "stderr")[fd], stream)
         setattr(sys, ("__stdin__", "__stdout__", "__stderr__")[fd], stream)
 
