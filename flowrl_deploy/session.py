@@ -192,11 +192,18 @@ class _Fixed(Generic[_T]):
 
 
 def _checked_session_id(session_id: object) -> str:
-    """``session_id`` if it is one the server takes: a string of at most MAX_SESSION_ID characters."""
+    """``session_id`` if it is one the server takes, a string of at most MAX_SESSION_ID characters that
+    UTF-8 encodes ('' or None: one is made up)."""
+    if session_id is None:
+        return ""
     if not isinstance(session_id, str):
         raise FlowRLError(f"session_id must be a string, got {type(session_id).__name__} {session_id!r}")
     if len(session_id) > MAX_SESSION_ID:
         raise FlowRLError(f"session_id of {len(session_id)} characters: the server takes at most {MAX_SESSION_ID}")
+    try:
+        session_id.encode()
+    except UnicodeEncodeError as exc:
+        raise FlowRLError(f"session_id {session_id!r} is not UTF-8 text: {exc.reason}") from None
     return session_id
 
 
@@ -510,16 +517,17 @@ class ControlSession:
             raise FlowRLError(f"{why}, got shape {list(array.shape)}")
         if not np.isfinite(array).all():
             raise FlowRLError(f"{why}, got {array.tolist()}")
-        outside = np.flatnonzero((array < self.info.action_low) | (array > self.info.action_high))
+        low, high = self.info.action_low, self.info.action_high
+        outside = np.flatnonzero(~self._within_bounds(array))
         if outside.size:
             i = int(outside[0])
             raise FlowRLError(
-                f"initial_action[{i}] = {array[i]:g} lies outside the action bounds [{self.info.action_low[i]:g}, "
-                f"{self.info.action_high[i]:g}] ({outside.size} of {array.size} do): the clamp would ramp from "
-                "there through actions the policy never gives; give the actuators' command in the policy's units, "
-                "or np.clip it into the bounds"
+                f"initial_action[{i}] = {float(array[i])!r} lies outside the action bounds [{float(low[i])!r}, "
+                f"{float(high[i])!r}] ({outside.size} of {array.size} do): the clamp would ramp from there through "
+                "actions the policy never gives; give the actuators' command in the policy's units, or np.clip it "
+                "into the bounds"
             )
-        array = array.copy()
+        array = np.clip(array, low, high)  # a float32 rounding past a bound is taken (and clipped), as a tick takes it
         array.setflags(write=False)
         return array
 
@@ -543,9 +551,10 @@ class ControlSession:
         try:
             reply = self._link.exchange(obs, seq, start + self._deadline_s)
         except BaseException as exc:
-            # Interrupted (a Ctrl-C) once the request was sent: the server draws for it, so must the local noise
-            if not isinstance(exc, Exception) and self._link.unanswered == seq:
-                self._fallback_policy.draw()
+            if not isinstance(exc, Exception):  # interrupted (a Ctrl-C)
+                if self._link.unanswered == seq:  # once the request was sent: the server draws for it, so must we
+                    self._fallback_policy.draw()
+                self._link.interrupted()
             raise
         # after the exchange, which may have restarted the local noise; a tick not sent draws nothing on the server
         noise = self._fallback_policy.undrawn() if reply == BACKLOG else self._fallback_policy.draw()
@@ -583,12 +592,16 @@ class ControlSession:
             action = decode(reply.action, name="action")
         except TensorError:
             return None
-        info = self.info
-        slack = 1e-5 * (np.abs(info.action_low) + np.abs(info.action_high) + 1)
-        inside = (action >= info.action_low - slack) & (action <= info.action_high + slack)
-        if action.shape != (info.act_dim,) or not inside.all():
+        if action.shape != (self.info.act_dim,) or not self._within_bounds(action).all():
             return None
         return action
+
+    def _within_bounds(self, action: npt.NDArray[np.float32]) -> npt.NDArray[np.bool_]:
+        """Which components of ``action`` lie within the action bounds, up to float32 rounding: an exported
+        graph's tanh·scale + bias puts a saturated action a few ulps past a bound (-0.30000004 for -0.3)."""
+        low, high = self.info.action_low, self.info.action_high
+        slack = 1e-5 * (np.abs(low) + np.abs(high) + 1)
+        return (action >= low - slack) & (action <= high + slack)
 
     def _watchdog(self) -> None:
         misses = self.health.consecutive_misses

@@ -49,7 +49,7 @@ class FallbackPolicy:
     ``local_model`` once, on the CPU, refuses a file whose contract is not the served one (``info``),
     warns of one that is not the served file, and runs once on zeros so that the first tick falling back
     does not pay onnxruntime's first-run costs. Its noise follows the server's session: one block drawn
-    every tick (:meth:`draw`), served or not, restarted from the seed where the server restarts its own
+    every tick sent (:meth:`draw`), answered in time or not, restarted from the seed where the server restarts its own
     (:meth:`restart_noise`, :meth:`opening_refused`) and by a reset (:meth:`reseed`)."""
 
     def __init__(self, kind: str, local_model: str | os.PathLike[str], seed: Seed | None, info: PolicyInfo) -> None:
@@ -58,8 +58,8 @@ class FallbackPolicy:
         """The local fallback's policy; None for ``hold`` and ``zeros``."""
         self._act_dim = info.act_dim
         self._noise: np.random.Generator | None = None
-        """The local fallback's noise, as the server's session draws it: one block every tick (served
-        or not), restarted from the seed by the request that opens the session on a stream, so that a
+        """The local fallback's noise, as the server's session draws it: one block every tick sent (answered
+        in time or not), restarted from the seed by the request that opens the session on a stream, so that a
         fallback at tick t acts on the server's draw for tick t."""
         self._noise_from = 0  # the tick whose request last restarted the noise
         if kind == "local":
@@ -112,23 +112,24 @@ class FallbackPolicy:
         the policy's action from the middle of its noise), the session's noise left as it was."""
         return None if self._noise is None else np.zeros((1, self._act_dim), np.float32)
 
-    def restart_noise(self, seed: Seed | None, opening: int, seq: int) -> None:
+    def restart_noise(self, seed: Seed | None, opening: int, passed: int = 0) -> None:
         """Restart the local fallback's noise from the session's ``seed`` where the server restarts its
-        own: with tick ``opening``'s request, which may open the session on its stream. The ticks from
-        ``opening`` up to ``seq``, this one (excluded), have passed, and their blocks are drawn and dropped."""
+        own: with tick ``opening``'s request, which may open the session on its stream. ``passed`` ticks sent
+        since (this one excluded) were drawn for on the server: their blocks are drawn and dropped."""
         if self._noise is None or seed is None:
             return
         self._noise = session_noise(seed)
         self._noise_from = opening
-        for _ in range(opening, seq):
+        for _ in range(passed):
             draw_noise(self._noise, 1, self._act_dim)
 
-    def opening_refused(self, seed: Seed | None, refused: int, seq: int) -> None:
+    def opening_refused(self, seed: Seed | None, refused: int, sent_after: int) -> None:
         """The server refused tick ``refused``'s request, which would have opened the session, before
-        drawing for it: a later request opens the session, so the noise restarts after ``refused``
-        (unless a later request restarted it already)."""
+        drawing for it: the next request it takes opens the session, so the noise restarts after ``refused``
+        with the ``sent_after`` ticks sent since (this one excluded) drawn (unless a later request restarted
+        it already). A tick not sent (``backlog``) draws nothing on the server."""
         if refused >= self._noise_from:
-            self.restart_noise(seed, refused + 1, seq)
+            self.restart_noise(seed, refused + 1, sent_after)
 
     def reseed(self, seed: Seed | None) -> None:
         """A reset to ``seed``: the local fallback's noise restarts from it, as the server's does."""

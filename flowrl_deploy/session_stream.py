@@ -147,7 +147,9 @@ class StreamLink:
         self._warned = ""  # the fallback reason last logged since the last fresh action
         self.stream: StreamCall | None = StreamCall(client)
         self.unanswered = 0  # the last tick sent on the stream whose reply has not come (0: none)
-        self.sent_at: collections.deque[float] = collections.deque()  # when each unanswered tick was sent, oldest first
+        self.sent: collections.deque[tuple[int, float]] = collections.deque()
+        """(seq, time.perf_counter() when sent) of the ticks sent on the stream whose replies have not been read,
+        oldest first: the stream answers in order, so a reply to tick s answers every one up to s."""
 
     def exchange(self, obs: npt.NDArray[np.float32], seq: int, until: float) -> pb.StreamActReply | str:
         """The fresh reply to tick ``seq``, sent on the open stream (or on one opened for it), waited for
@@ -177,9 +179,9 @@ class StreamLink:
             request.contract_json = session.contract_json
         stream.requests.put(request)
         self.unanswered = seq
-        self.sent_at.append(time.perf_counter())
+        self.sent.append((seq, time.perf_counter()))  # after the put: an interrupt between leaves no tick unsent here
         if self._restart_noise:  # the server may open the session with this request, and draw for it
-            self.noise.restart_noise(session.seed, seq, seq)
+            self.noise.restart_noise(session.seed, seq)
             self._restart_noise = False
         while True:
             reply = _next_reply(stream, until)
@@ -190,7 +192,7 @@ class StreamLink:
             if reply.seq != seq:  # the late answer to an earlier tick
                 self._late(reply, seq)
                 continue
-            self.sent_at.popleft()
+            self._answered(seq)
             self.unanswered = 0
             if reply.status.code == 0:
                 self._opened = True  # only now: a refused opening is sent again with the seed and pin
@@ -209,20 +211,31 @@ class StreamLink:
         """Take the late reply to an earlier tick than ``seq`` (dropped): a refusal that is not
         :data:`TRANSIENT` (a refused pin, a bad token) is raised as the current tick's would be, not
         taken for a slow server."""
-        if self.sent_at:
-            self.sent_at.popleft()
-        if self._refused_undrawn(reply):  # no draw for it: a later request opens the session
-            self.noise.opening_refused(self.session.seed, reply.seq, seq)
+        self._answered(reply.seq)
+        if self._refused_undrawn(reply):  # no draw for it: the next request the server takes opens the session
+            sent_after = sum(1 for sent, _ in self.sent if sent < seq)  # the server drew for each of them
+            self.noise.opening_refused(self.session.seed, reply.seq, sent_after)
         if reply.status.code != 0:
             code = grpc.StatusCode[_code_name(reply.status.code)]
             if code not in TRANSIENT:
                 raise self.refused(ServiceError(code, reply.status.message))
 
+    def interrupted(self) -> None:
+        """A tick was interrupted (a Ctrl-C), perhaps between reading a reply and noting it: forget the ticks
+        unanswered, or one answered already would hold back every later tick as ``backlog``. At worst a
+        tick is sent behind one still queued on the server."""
+        self.sent.clear()
+
+    def _answered(self, seq: int) -> None:
+        """The reply to tick ``seq`` was read: it and every tick sent before it are answered."""
+        while self.sent and self.sent[0][0] <= seq:
+            self.sent.popleft()
+
     def _behind(self) -> bool:
         """Whether the oldest tick unanswered on the stream was sent :data:`BACKLOG_TICKS` ticks ago or more."""
         session = self.session
         tick_s = max(session.period_s, session.deadline_s)
-        return bool(self.sent_at) and time.perf_counter() - self.sent_at[0] >= BACKLOG_TICKS * tick_s
+        return bool(self.sent) and time.perf_counter() - self.sent[0][1] >= BACKLOG_TICKS * tick_s
 
     def _refused_undrawn(self, reply: pb.StreamActReply) -> bool:
         """Whether ``reply`` refuses a request that would have opened the session, before any draw."""
@@ -245,7 +258,7 @@ class StreamLink:
         self._restart_noise = True  # the new stream's first request restarts the server's noise from the seed
         self.stream = stream = StreamCall(self.client)
         self.unanswered = 0
-        self.sent_at.clear()
+        self.sent.clear()
         if self.closed:  # close() ran meanwhile (from another thread) and saw no stream to close
             self.close()
             raise closed_error("act")
@@ -337,14 +350,13 @@ class StreamLink:
                     f"no reply to tick {seq} within reset_timeout_s {reset_timeout_s:g} s: the server may "
                     "still draw that tick's noise, so the reset was not sent (try again, or open a new session)",
                 )
-            if self.sent_at:
-                self.sent_at.popleft()
+            self._late(reply, seq + 1)  # a refusal that falling back would not mend is raised, as by a tick
             if reply.seq == seq:
                 break
         else:
             stream.replies.put(_END)  # the stream ended: the next tick sees it, and reconnects
         self.unanswered = 0
-        self.sent_at.clear()
+        self.sent.clear()
 
     def close(self) -> None:
         """End the stream; a closed link opens no other. Closing again does nothing."""
