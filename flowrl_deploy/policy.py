@@ -156,7 +156,7 @@ class SeededPolicy:
     """An exported policy as ``act(obs) -> action`` for one observation, its noise drawn as a server
     session seeded ``seed`` draws it (:func:`~flowrl_deploy.noise.session_noise`, one
     :func:`~flowrl_deploy.noise.draw_noise` block per action). ``flowrl eval`` acts through it; a
-    client's local fallback draws the same stream, one block every tick (see
+    client's local fallback draws the same stream, one block every tick sent (see
     :class:`~flowrl_deploy.session.ControlSession`), so a seeded ``flowrl control`` run reproduces
     ``flowrl eval``, fallbacks or not, while the local model computes the served actions.
 

@@ -221,8 +221,8 @@ class ControlSession:
     change it (open a new session after one). It runs on the CPU, GPU or not (a CPU server's actions, to
     the bit where docs/client.md's "Seeded runs" says so), and once on zeros when the session is made,
     so that the first tick falling back does not pay onnxruntime's first-run costs. It draws its noise
-    as the server's session does, one block every tick, served or not, so a fallback at tick t acts on
-    the server's draw for tick t (a tick the server never took, the stream down or refused, leaves the
+    as the server's session does, one block every tick sent, answered in time or not, so a fallback at tick
+    t acts on the server's draw for tick t (a tick the server never took, the stream down or refused, leaves the
     server's stream behind the ticks until the tick that opens the session on a reopened stream, which
     restarts both from the seed). Its contract must be the served one (else :class:`FlowRLError`); a
     file other than the served one (its sha256 is not the one in the served ``model_version``) and a
@@ -230,7 +230,9 @@ class ControlSession:
     ``flowrl.client``), not refused.
     The watchdog raises :class:`WatchdogError` after ``max_consecutive_misses`` misses in a row
     or when the last fresh action is older than ``max_staleness_s`` (counted from the first tick,
-    and again after each :meth:`reset`). A broken stream is reopened with exponential backoff
+    and again after each :meth:`reset`, which does not end the misses in a row). A tick is not sent while
+    one sent two ticks before is unanswered (reason ``backlog``): a stalled server then answers the first
+    tick after it, not the ticks queued meanwhile. A broken stream is reopened with exponential backoff
     (each wait drawn at random from [half, all] of it, so that robots that lost the same server do
     not retry in step; the server then restarts the session's noise from ``seed``).
     Each fallback tick's ``CallTiming.reason`` says why (also ``health.last_fallback_reason``); a
