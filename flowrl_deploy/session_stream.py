@@ -233,9 +233,11 @@ class StreamLink:
 
     def _behind(self) -> bool:
         """Whether the oldest tick unanswered on the stream was sent :data:`BACKLOG_TICKS` ticks ago or more."""
+        if not self.sent:  # as on every tick whose reply came in time: no more work on the control path
+            return False
         session = self.session
         tick_s = max(session.period_s, session.deadline_s)
-        return bool(self.sent) and time.perf_counter() - self.sent[0][1] >= BACKLOG_TICKS * tick_s
+        return time.perf_counter() - self.sent[0][1] >= BACKLOG_TICKS * tick_s
 
     def _refused_undrawn(self, reply: pb.StreamActReply) -> bool:
         """Whether ``reply`` refuses a request that would have opened the session, before any draw."""
