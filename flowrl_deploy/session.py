@@ -341,6 +341,11 @@ class ControlSession:
                 served_period_s,
                 1 / served_period_s,
             )
+        low, high = self.info.action_low, self.info.action_high
+        slack = 1e-5 * (np.abs(low) + np.abs(high) + 1)
+        self._bounds_taken = (low - slack, high + slack)
+        """The action bounds up to float32 rounding: an exported graph's tanh·scale + bias puts a saturated
+        action a few ulps past a bound (-0.30000004 for -0.3)."""
         self._fallback_policy = FallbackPolicy(fallback, local_model, self.seed, self.info)
         self._obs_shapes = ((self.info.obs_dim,), (1, self.info.obs_dim))
         self.timings: collections.deque[CallTiming] = collections.deque(maxlen=max_timings)
@@ -599,11 +604,10 @@ class ControlSession:
         return action
 
     def _within_bounds(self, action: npt.NDArray[np.float32]) -> npt.NDArray[np.bool_]:
-        """Which components of ``action`` lie within the action bounds, up to float32 rounding: an exported
-        graph's tanh·scale + bias puts a saturated action a few ulps past a bound (-0.30000004 for -0.3)."""
-        low, high = self.info.action_low, self.info.action_high
-        slack = 1e-5 * (np.abs(low) + np.abs(high) + 1)
-        return (action >= low - slack) & (action <= high + slack)
+        """Which components of ``action`` lie within the action bounds, up to float32 rounding (see
+        :attr:`_bounds_taken`)."""
+        low, high = self._bounds_taken
+        return (action >= low) & (action <= high)
 
     def _watchdog(self) -> None:
         misses = self.health.consecutive_misses
