@@ -564,7 +564,7 @@ class ControlSession:
                 self._link.interrupted()
             raise
         # after the exchange, which may have restarted the local noise; a tick not sent draws nothing on the server
-        noise = self._fallback_policy.undrawn() if reply == BACKLOG else self._fallback_policy.draw()
+        noise = self._fallback_policy.undrawn() if reply is BACKLOG else self._fallback_policy.draw()
         action = None if isinstance(reply, str) else self._served_action(reply)
         if action is None and not isinstance(reply, str):
             reply = self._link.invalid_action()
