@@ -539,8 +539,9 @@ class JsonReport:
         return printed
 
     def wrote(self) -> str:
-        """' and the --json report PATH' when it went to a file ('' otherwise), for a command's 'done' words."""
-        return "" if self.path is None else f" and the --json report {self.path}"
+        """' and wrote the --json report PATH' when it went to a file ('' otherwise), for a command's 'done'
+        words."""
+        return "" if self.path is None else f" and wrote the --json report {self.path}"
 
 
 def user_errors(command: Callable[P, R]) -> Callable[P, R]:

@@ -248,5 +248,5 @@ def control(
                 f"raise --deadline-ms or check the server{lost}"
             )
         if json_path is not None:
-            printed.check(f"ran {report.steps} steps and wrote the --json report {json_path}")
+            printed.check(f"ran {report.steps} steps{json_report.wrote()}")
         printed.check("")

@@ -127,8 +127,7 @@ def eval_command(
         if note := result.unstable_note():
             typer.secho(f"warning: {note}", err=True, fg=typer.colors.YELLOW)
         printed = json_report.emit(_figures_of(policy, env_id, sampler, seed, done, interrupted=False), printed)
-        wrote = "" if json_report.path is None else f" and wrote the --json report {json_report.path}"
-        printed.check(f"evaluated {counted(len(done), 'episode')}{wrote}")
+        printed.check(f"evaluated {counted(len(done), 'episode')}{json_report.wrote()}")
 
 
 def _figures_of(

@@ -230,4 +230,4 @@ def export(
         printed = json_report.emit(records, printed)
     except FlowRLError as exc:  # a full disk: the export itself is written and verified, which a script must know
         raise FlowRLError(f"wrote {files}, but {exc}") from None
-    printed.check(f"wrote {files}{json_report.wrote()}")
+    printed.check(f"wrote {files}" + (f" and the --json report {json_report.path}" if json_report.path else ""))
