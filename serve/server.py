@@ -281,7 +281,7 @@ class PolicyServer:
         so anyone could otherwise fill the log)."""
         self.servicer.metrics.record_untimed(method, "INVALID_ARGUMENT")
         if (more := self.servicer.metrics.held_back_note("undecodable request")) is not None:
-            log.warning("refused a %s request from %s: its bytes are no %s%s", method, peer, what, more)
+            log.warning("refused a request to %s from %s: its bytes are no %s%s", method, peer, what, more)
 
     def _model_labels(self) -> dict[str, str] | None:
         """``flowrl_model_info``'s labels of the served model (None before it is loaded): its version,

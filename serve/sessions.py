@@ -85,11 +85,7 @@ class SessionTable:
             if owner is not None and owner.ended:
                 raise ServeError("the stream has ended", grpc.StatusCode.CANCELLED)
             session = self._sessions.get(session_id)
-            if owner is not None and session is not None and session.owner is not None and session.owner is not owner:
-                log.warning(
-                    "session %s taken over by another stream (a robot's reconnect, or two robots sharing one id)",
-                    _session_shown(session_id),
-                )
+            taken_over = owner is not None and session is not None and session.owner not in (None, owner)
             if session is None:
                 self._drop_idle()
                 if len(self._sessions) >= self.max_sessions:
@@ -102,15 +98,32 @@ class SessionTable:
             if owner is not None:
                 session.owner = owner
                 owner.sessions[session_id] = session
-        if evicted is not None:  # logged outside the lock: a slow log handler must not hold up sessions
+        # logged outside the lock: a slow log handler (a stalled journal) must not hold up sessions
+        if evicted is not None:
             self._record_evicted(*evicted)
+        if taken_over and (more := self._metrics.held_back_note("session taken over")) is not None:
+            log.warning(
+                "session %s taken over by another stream (a robot's reconnect, or two robots sharing one id)%s",
+                _session_shown(session_id),
+                more,
+            )
         return session
 
     def count(self) -> int:
-        return len(self._sessions)
+        """The open sessions, those idle past ``idle_s`` dropped first (the gauges and GetStats read it)."""
+        with self._lock:
+            self._drop_idle()
+            return len(self._sessions)
 
     def get(self, session_id: str) -> Session:
+        """The open session ``session_id``; SessionNotFound for none, or one Reset opened that went unused
+        for ``idle_s`` (dropped now: the table drops the others when a session opens or is counted)."""
         session = self._sessions.get(session_id)
+        if session is not None and session.owner is None and session.last_used < time.monotonic() - self.idle_s:
+            with self._lock:
+                if self._sessions.get(session_id) is session and session.owner is None:
+                    del self._sessions[session_id]
+            session = None
         if session is None:
             raise SessionNotFound(f"unknown session {session_id!r}: open it with Reset or StreamAct")
         return session
@@ -131,7 +144,7 @@ class SessionTable:
 
     def _drop_idle(self) -> None:
         """Forget the sessions no stream owns (opened by Reset) that went unused for ``idle_s``;
-        called with the sessions lock held, whenever a new session opens."""
+        called with the sessions lock held, whenever a new session opens or the sessions are counted."""
         stale = time.monotonic() - self.idle_s
         for session_id in [k for k, s in self._sessions.items() if s.owner is None and s.last_used < stale]:
             del self._sessions[session_id]

@@ -66,7 +66,7 @@ def test_a_flood_of_undecodable_requests_logs_one_line_and_the_server_serves_on(
     assert not [r for r in caplog.records if r.name.startswith("grpc")], [r.getMessage() for r in caplog.records]
     warnings = [r.getMessage() for r in caplog.records if "its bytes are no" in r.getMessage()]
     assert len(warnings) == 1, warnings
-    assert warnings[0].startswith("refused a Check request from ") and "HealthCheckRequest message" in warnings[0]
+    assert warnings[0].startswith("refused a request to Check from ") and "HealthCheckRequest message" in warnings[0]
 
 
 def test_a_stream_answers_its_good_requests_then_ends_at_an_undecodable_one(server):
