@@ -73,13 +73,24 @@ def _base_of(described: str) -> str | None:
     return f"{major}.{minor}.{patch}" if distance == 0 else f"{major}.{minor}.{patch + 1}.dev{distance}"
 
 
+def _counted(installed: str, count: str) -> str:
+    """The version setuptools-scm builds for a commit with no ``vX.Y.Z`` tag before it, ``count`` commits
+    from the first: the installed version's base (``fallback_version``'s, 0.1.1) with the dev number
+    ``count``; the installed version as it is when it has no dev number or ``count`` is unknown."""
+    found = re.fullmatch(r"(\d+\.\d+\.\d+)\.dev\d+", installed)
+    return f"{found.group(1)}.dev{count}" if found and count.isdigit() else installed
+
+
 @functools.cache
 def release() -> str:
     """This flowrl-deploy's version. An installed wheel's is the version setuptools-scm built it as, which
-    names its commit: ``0.1.1.dev18+g80f0d66c8`` is 18 commits after the tag v0.1.0 (a tagged commit
-    builds plain ``0.2.0``). Run from a git checkout (an editable install), whose version file says what
-    it was at install time, git is asked at run time: the same version for the checkout's commit (the
-    installed one's base where git has no ``vX.Y.Z`` tag), ``.dirty`` when tracked files are modified."""
+    names its commit: after a tag vX.Y.Z, ``X.Y.(Z+1).devN+g<commit>`` is N commits after it (a tagged
+    commit builds plain ``X.Y.Z``); in a clone without tags (this repository carries none) N counts every
+    commit from the first, ``0.1.1.dev1282+g6c850797a``. Run from a git checkout (an editable install),
+    whose version file says what it was at install time, git is asked at run time: the version a build
+    of the checkout's commit gets (without a ``vX.Y.Z`` tag, the installed version's base with the dev
+    number ``git rev-list --count HEAD``, as setuptools-scm counts it), ``.dirty`` when tracked files are
+    modified."""
     checkout = _source_checkout()
     if checkout is None:
         return __version__
@@ -95,11 +106,12 @@ def release() -> str:
         commit = git("rev-parse", "--short=9", "HEAD")
         dirty = bool(git("status", "--porcelain", "--untracked-files=no"))
         described = git("describe", "--tags", "--long", "--match", "v[0-9]*", check=False)  # fails without tags
+        count = "" if described else git("rev-list", "--count", "HEAD", check=False)
     except (OSError, subprocess.SubprocessError):
         return __version__
     if not commit:
         return __version__
-    base = _base_of(described) or __version__.split("+")[0]
+    base = _base_of(described) or _counted(__version__.split("+")[0], count)
     return f"{base}+g{commit}{'.dirty' if dirty else ''}"
 
 

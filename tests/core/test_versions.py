@@ -122,12 +122,59 @@ def test_a_lightweight_tag_is_read_as_setuptools_scm_reads_it(monkeypatch, tmp_p
 
 
 @pytest.mark.usefixtures("checkout")
-def test_a_checkout_without_tags_keeps_the_installed_versions_base(monkeypatch, tmp_path):
-    """A clone made without its tags still names its commit, on the base its install was built with."""
+def test_a_checkout_without_tags_counts_its_commits_on_the_installed_versions_base(monkeypatch, tmp_path):
+    """A clone without tags (this repository has none) builds X.Y.Z.devN with N its commits from the first,
+    as setuptools-scm counts them: release() kept the dev number of its install (dev1227 in a checkout
+    whose commit builds dev1281), two versions for one commit, and exports recorded the wrong one."""
     monkeypatch.setattr(versions, "_source_checkout", lambda: tmp_path)
     monkeypatch.setattr(versions, "__version__", "0.1.1.dev18+g80f0d66c8.d20260101")
     commit = _git(tmp_path, "rev-parse", "--short=9", "HEAD")
-    assert versions.release.__wrapped__() == f"0.1.1.dev18+g{commit}"
+    assert versions.release.__wrapped__() == f"0.1.1.dev1+g{commit}"
+    for count in (2, 3):
+        _git(tmp_path, "commit", "-q", "--allow-empty", "-m", f"commit {count}")
+        commit = _git(tmp_path, "rev-parse", "--short=9", "HEAD")
+        assert versions.release.__wrapped__() == f"0.1.1.dev{count}+g{commit}"
+    (tmp_path / "pyproject.toml").write_text("[project]\nname = 'changed'\n")
+    assert versions.release.__wrapped__() == f"0.1.1.dev3+g{commit}.dirty"
+
+
+@pytest.mark.usefixtures("checkout")
+def test_a_checkout_without_tags_installed_from_a_release_keeps_its_base(monkeypatch, tmp_path):
+    """An install whose version has no dev number (built from a tagged commit) has no count to replace:
+    release() names the commit on that version, as before."""
+    monkeypatch.setattr(versions, "_source_checkout", lambda: tmp_path)
+    monkeypatch.setattr(versions, "__version__", "0.2.0")
+    commit = _git(tmp_path, "rev-parse", "--short=9", "HEAD")
+    assert versions.release.__wrapped__() == f"0.2.0+g{commit}"
+
+
+def test_a_checkout_without_tags_reports_the_version_a_build_of_its_commit_gets(monkeypatch, tmp_path):
+    """release() of a tagless checkout installed at an earlier commit equals what setuptools-scm, with this
+    repository's pyproject.toml, builds for the commit checked out now (its public part and commit)."""
+    pytest.importorskip("setuptools_scm", reason="setuptools-scm (a dev dependency) is not installed")
+    if shutil.which("git") is None:
+        pytest.skip("no git")
+    from packaging.version import Version
+
+    for name in ("SETUPTOOLS_SCM_PRETEND_VERSION", "SETUPTOOLS_SCM_PRETEND_VERSION_FOR_FLOWRL_DEPLOY"):
+        monkeypatch.delenv(name, raising=False)
+    root = tmp_path / "tree"
+    root.mkdir()
+    shutil.copy(Path(__file__).resolve().parents[2] / "pyproject.toml", root)
+    _git(root, "init", "-q")
+    _git(root, "add", "pyproject.toml")
+    _git(root, "commit", "-q", "-m", "first")
+
+    def built() -> Version:
+        command = [sys.executable, "-m", "setuptools_scm", "--root", str(root), "-c", str(root / "pyproject.toml")]
+        run = subprocess.run(command, cwd=root, check=True, capture_output=True, text=True)
+        return Version(run.stdout.strip().splitlines()[-1])
+
+    monkeypatch.setattr(versions, "_source_checkout", lambda: root)
+    monkeypatch.setattr(versions, "__version__", str(built()))  # installed at the first commit
+    for n in (2, 3):
+        _git(root, "commit", "-q", "--allow-empty", "-m", f"commit {n}")
+        assert Version(versions.release.__wrapped__()) == built()
 
 
 @pytest.mark.usefixtures("checkout")
