@@ -716,25 +716,28 @@ def test_a_stream_taking_over_a_session_another_stream_holds_is_logged(policy_pa
         return [r.getMessage() for r in caplog.records if r.levelno == logging.WARNING and "taken over" in r.message]
 
     config = ServeConfig(str(policy_path), port=0, grace_s=0)
-    with PolicyServer(config).start() as server, PolicyClient(server.address) as client:
-        with caplog.at_level(logging.WARNING, logger="flowrl.serve"):
-            first = open_stream(session_id)
-            second = open_stream(session_id)  # the first stream still holds it
-            close(first)
-            close(second)
-            client.reset("joined", seed=1)  # a session Reset opened has no stream: joining it takes nothing over
-            close(open_stream("joined"))
-            close(open_stream("joined-later"))
-            close(open_stream("joined-later"))  # its first stream had ended: nothing taken over
-            shown = "robot\\n7" + "x" * 93 + "…"
-            assert warnings() == [
-                f"session {shown} taken over by another stream (a robot's reconnect, or two robots sharing one id)"
-            ]
-            for _ in range(5):  # five more takeovers within the minute: held back, and counted
-                held = open_stream("flood")
-                close(open_stream("flood"))
-                close(held)
-            assert len(warnings()) == 1
+    with (
+        PolicyServer(config).start() as server,
+        PolicyClient(server.address) as client,
+        caplog.at_level(logging.WARNING, logger="flowrl.serve"),
+    ):
+        first = open_stream(session_id)
+        second = open_stream(session_id)  # the first stream still holds it
+        close(first)
+        close(second)
+        client.reset("joined", seed=1)  # a session Reset opened has no stream: joining it takes nothing over
+        close(open_stream("joined"))
+        close(open_stream("joined-later"))
+        close(open_stream("joined-later"))  # its first stream had ended: nothing taken over
+        shown = "robot\\n7" + "x" * 93 + "…"
+        assert warnings() == [
+            f"session {shown} taken over by another stream (a robot's reconnect, or two robots sharing one id)"
+        ]
+        for _ in range(5):  # five more takeovers within the minute: held back, and counted
+            held = open_stream("flood")
+            close(open_stream("flood"))
+            close(held)
+        assert len(warnings()) == 1
 
 
 def test_a_server_entered_without_start_is_started_and_stopped_by_the_block(policy_path):
