@@ -4,6 +4,8 @@ that a missing one's error message names. The base install (a robot computer) ha
 from __future__ import annotations
 
 import importlib.util
+import re
+from importlib import metadata
 
 EXTRAS_OF: dict[str, tuple[str, ...]] = {
     "torch": ("train", "export"),
@@ -17,8 +19,90 @@ EXTRAS_OF: dict[str, tuple[str, ...]] = {
 """Top-level module -> the extras that install it, the first one the default to name."""
 
 
+RUNTIMES = ("onnxruntime", "onnxruntime-gpu")
+"""The distributions of the module onnxruntime: pyproject.toml's base requirements pick one by platform
+(onnxruntime-gpu on Linux x86-64), and pip installs one over the other's files."""
+
+
 def install_command(extra: str) -> str:
-    return f'pip install "flowrl-deploy[{extra}]"'
+    """The command that installs ``extra`` (one extra, or several joined by commas): ``pip install
+    "flowrl-deploy[extra]"``; on an install whose onnxruntime is not the distribution the base requirements
+    pick here (docs/install.md's CPU-only and Jetson installs, made with ``--no-deps``), the extra's own
+    requirements, with why: pip would put the picked runtime over the one in place."""
+    command = f'pip install "flowrl-deploy[{extra}]"'
+    other = _other_runtime()
+    requirements = _requirements_of(extra.split(",")) if other is not None else []
+    if not requirements:
+        return command
+    picked, installed = other
+    what = "extras'" if "," in extra else "extra's"
+    adds = f"put {picked} over the {installed} installed here" if installed else f"add {picked}, left out here"
+    listed = " ".join(f'"{requirement}"' for requirement in requirements)
+    return f'pip install {listed} (the {what} requirements alone: "flowrl-deploy[{extra}]" would {adds})'
+
+
+def _requirements(extra: str) -> list[tuple[str, str]]:
+    """flowrl-deploy's installed requirements that ``extra`` adds to the base ones, as (name, requirement
+    without its marker); ``extra`` "" gives the base requirements. Empty when flowrl-deploy is not installed
+    (run from a tree) or packaging, which evaluates the markers, is missing."""
+    try:
+        from packaging.requirements import Requirement
+
+        requires = metadata.requires("flowrl-deploy") or []
+    except (ImportError, metadata.PackageNotFoundError):
+        return []
+    found = []
+    for line in requires:
+        requirement = Requirement(line)
+        marker = requirement.marker
+        if marker is not None and not marker.evaluate({"extra": extra}):
+            continue  # another platform's, or another extra's
+        if extra and (marker is None or marker.evaluate({"extra": ""})):
+            continue  # a base requirement
+        requirement.marker = None
+        found.append((requirement.name, str(requirement)))
+    return found
+
+
+def _requirements_of(extras: list[str]) -> list[str]:
+    """The requirements ``extras`` add to the base ones (an extra naming flowrl-deploy's own extras expanded),
+    each once, in pyproject.toml's order."""
+    found: dict[str, None] = {}
+    pending, seen = list(extras), set()
+    while pending:
+        extra = pending.pop(0).strip()
+        if extra in seen:
+            continue
+        seen.add(extra)
+        for name, requirement in _requirements(extra):
+            if _normalized(name) == "flowrl-deploy":
+                pending.extend(requirement.partition("[")[2].partition("]")[0].split(","))
+            else:
+                found.setdefault(requirement)
+    return list(found)
+
+
+def _other_runtime() -> tuple[str, str | None] | None:
+    """(the onnxruntime distribution the base requirements pick here, the one installed or None) when the
+    picked one is not installed; None when it is, or when which one is picked is unknown."""
+    picked = [name for name, _ in _requirements("") if _normalized(name) in RUNTIMES]
+    if len(picked) != 1:
+        return None
+    installed = []
+    for name in RUNTIMES:
+        try:
+            metadata.version(name)
+        except metadata.PackageNotFoundError:
+            continue
+        installed.append(name)
+    if _normalized(picked[0]) in installed:
+        return None
+    return picked[0], installed[0] if installed else None
+
+
+def _normalized(name: str) -> str:
+    """A distribution's name as pip compares it: onnxruntime_gpu is onnxruntime-gpu."""
+    return re.sub(r"[-_.]+", "-", name).lower()
 
 
 def missing_modules(*extras: str) -> list[str]:

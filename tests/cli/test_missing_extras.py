@@ -17,8 +17,9 @@ from fake_checkpoints import save_step
 from serve_stderr import refusal
 from tiny_policy import write_policy
 
+from flowrl_deploy import extras
 from flowrl_deploy.cli._common import user_errors
-from flowrl_deploy.extras import missing_extra_message
+from flowrl_deploy.extras import install_command, missing_extra_message
 from flowrl_deploy.serve import PolicyServer, ServeConfig
 
 WITHOUT = textwrap.dedent(
@@ -67,7 +68,7 @@ def test_control_without_dm_control_names_the_train_extra(tmp_path):
         result = run_without("dm_control", "control", "--server", server.address, "--max-steps", "10")
     assert_one_line_error(
         result,
-        'dm_control is not installed, so dmc:cartpole-swingup cannot be made: pip install "flowrl-deploy[train]"',
+        f"dm_control is not installed, so dmc:cartpole-swingup cannot be made: {install_command('train')}",
     )
 
 
@@ -77,28 +78,116 @@ def test_serve_of_a_checkpoint_without_onnx_names_the_export_extra(checkpoint_ru
     assert_one_line_error(
         result,
         f"{checkpoint_run} is not an .onnx file; serving a checkpoint exports it first, which needs onnx, not "
-        'installed here: pip install "flowrl-deploy[export]", or serve the .onnx file that `flowrl export` writes',
+        f"installed here: {install_command('export')}, or serve the .onnx file that `flowrl export` writes",
     )
 
 
 def test_eval_of_a_checkpoint_without_torch_names_the_train_extra(checkpoint_run):
     result = run_without("torch", "eval", str(checkpoint_run), "--episodes", "1")
-    assert_one_line_error(result, 'flowrl eval needs torch, which is not installed: pip install "flowrl-deploy[train]"')
+    assert_one_line_error(result, f"flowrl eval needs torch, which is not installed: {install_command('train')}")
 
 
 def test_export_without_onnx_names_the_export_extra(checkpoint_run, tmp_path):
     result = run_without("onnx", "export", str(checkpoint_run), "--out", str(tmp_path / "policy.onnx"))
-    assert_one_line_error(
-        result, 'flowrl export needs onnx, which is not installed: pip install "flowrl-deploy[export]"'
-    )
+    assert_one_line_error(result, f"flowrl export needs onnx, which is not installed: {install_command('export')}")
     assert not (tmp_path / "policy.onnx").exists()
 
 
-def test_a_module_of_two_extras_names_the_one_of_the_command():
+def test_a_module_of_two_extras_names_the_one_of_the_command(monkeypatch):
     """torch is in both [train] and [export]: `flowrl export` needs only the smaller one."""
+    installed_as_picked(monkeypatch, picked="onnxruntime-gpu", installed=("onnxruntime-gpu",))
     torch_missing = ModuleNotFoundError(name="torch.nn")
     assert missing_extra_message(torch_missing, "export").endswith('pip install "flowrl-deploy[export]"')
     assert missing_extra_message(torch_missing, "eval").endswith('pip install "flowrl-deploy[train]"')
+
+
+# The base requirements pick the runtime by marker; these markers pick the one named whatever the platform.
+ALWAYS, NEVER = 'python_version >= "3"', 'python_version < "3"'
+PICKS = {"onnxruntime-gpu": (ALWAYS, NEVER), "onnxruntime": (NEVER, ALWAYS)}  # (onnxruntime-gpu's, onnxruntime's)
+EXPORT = ('torch<2.14,>=2.4; extra == "export"', 'onnx>=1.16; extra == "export"')
+TRAIN = ('torch<2.14,>=2.4; extra == "train"', 'dm_control>=1.0.20; extra == "train"')
+
+
+def installed_as_picked(monkeypatch, picked: str, installed: tuple[str, ...]) -> None:
+    """flowrl-deploy's metadata with base requirements picking ``picked``, and ``installed`` the onnxruntime
+    distributions installed (what extras reads, faked: nothing is installed or removed)."""
+    gpu, cpu = PICKS[picked]
+    requires = ["numpy>=1.24", f"onnxruntime-gpu>=1.22; {gpu}", f"onnxruntime>=1.22; {cpu}", *EXPORT, *TRAIN]
+    real_version = extras.metadata.version
+
+    def version(name: str) -> str:
+        if extras._normalized(name) in extras.RUNTIMES:
+            if extras._normalized(name) not in installed:
+                raise extras.metadata.PackageNotFoundError(name)
+            return "1.32.0"
+        return real_version(name)
+
+    monkeypatch.setattr(extras.metadata, "requires", lambda name: requires if name == "flowrl-deploy" else None)
+    monkeypatch.setattr(extras.metadata, "version", version)
+
+
+@pytest.mark.parametrize(
+    ("picked", "installed", "adds"),
+    [
+        ("onnxruntime-gpu", ("onnxruntime",), "put onnxruntime-gpu over the onnxruntime installed here"),  # CPU-only
+        ("onnxruntime", ("onnxruntime-gpu",), "put onnxruntime over the onnxruntime-gpu installed here"),  # Jetson
+        ("onnxruntime-gpu", (), "add onnxruntime-gpu, left out here"),
+    ],
+    ids=["cpu-only x86-64", "jetson", "no runtime"],
+)
+def test_a_robot_install_with_another_runtime_is_told_the_extras_requirements(monkeypatch, picked, installed, adds):
+    """docs/install.md's CPU-only and Jetson installs (`--no-deps` with their own onnxruntime): pip installing
+    "flowrl-deploy[export]" there put the other onnxruntime distribution over the one in place (the same module;
+    removing either broke it). The message lists the extra's own requirements, without the base ones."""
+    pytest.importorskip("packaging")
+    installed_as_picked(monkeypatch, picked, installed)
+    message = missing_extra_message(ModuleNotFoundError(name="onnx"), "export")
+    assert message == (
+        'flowrl export needs onnx, which is not installed: pip install "torch<2.14,>=2.4" "onnx>=1.16" '
+        f'(the extra\'s requirements alone: "flowrl-deploy[export]" would {adds})'
+    )
+    assert install_command("train,export") == (
+        'pip install "torch<2.14,>=2.4" "dm_control>=1.0.20" "onnx>=1.16" '
+        f'(the extras\' requirements alone: "flowrl-deploy[train,export]" would {adds})'
+    )
+
+
+@pytest.mark.parametrize("installed", [("onnxruntime-gpu",), ("onnxruntime", "onnxruntime-gpu")])
+def test_an_install_with_the_runtime_its_requirements_pick_is_told_the_extra(monkeypatch, installed):
+    installed_as_picked(monkeypatch, "onnxruntime-gpu", installed)
+    message = missing_extra_message(ModuleNotFoundError(name="onnx"), "export")
+    assert message == 'flowrl export needs onnx, which is not installed: pip install "flowrl-deploy[export]"'
+
+
+def test_the_runtime_is_picked_by_the_installed_metadata_on_this_platform(monkeypatch):
+    """The real flowrl-deploy metadata, evaluated here: only the other runtime installed gets the extra's
+    requirements, the one its markers pick gets the extra."""
+    pytest.importorskip("packaging")
+    from packaging.requirements import Requirement
+
+    try:
+        requires = extras.metadata.requires("flowrl-deploy") or []
+    except extras.metadata.PackageNotFoundError:
+        pytest.skip("flowrl-deploy is not installed (run from a tree): its requirements are unknown")
+    base = [Requirement(line) for line in requires if "extra ==" not in line]
+    (picked,) = [r.name for r in base if r.name in extras.RUNTIMES and (r.marker is None or r.marker.evaluate())]
+    (other,) = set(extras.RUNTIMES) - {picked}
+    real_version = extras.metadata.version
+
+    def only(name: str):
+        def version(asked: str) -> str:
+            if extras._normalized(asked) in extras.RUNTIMES and extras._normalized(asked) != name:
+                raise extras.metadata.PackageNotFoundError(asked)
+            return "1.32.0" if extras._normalized(asked) == name else real_version(asked)
+
+        return version
+
+    monkeypatch.setattr(extras.metadata, "version", only(picked))
+    assert install_command("export") == 'pip install "flowrl-deploy[export]"'
+    monkeypatch.setattr(extras.metadata, "version", only(other))
+    command = install_command("export")
+    assert command.startswith('pip install "torch') and '"onnx>=1.16"' in command and "numpy" not in command
+    assert f"would put {picked} over the {other} installed here" in command
 
 
 def test_a_missing_module_of_no_extra_is_a_bug_and_still_raises():
@@ -117,7 +206,7 @@ def test_demo_without_onnx_or_matplotlib_says_so_before_training(tmp_path):
     assert_one_line_error(
         result,
         "flowrl demo trains, exports and plots: it needs matplotlib, onnx, not installed here: "
-        'pip install "flowrl-deploy[train,export]"',
+        f"{install_command('train,export')}",
     )
     assert not (tmp_path / "demo").exists()
 
@@ -126,7 +215,7 @@ def test_eval_on_a_gymnasium_task_without_gymnasium_names_the_train_extra(tmp_pa
     policy = write_policy(tmp_path / "policy.onnx")
     result = run_without("gymnasium", "eval", str(policy), "--env", "Pendulum-v1", "--episodes", "1")
     assert_one_line_error(
-        result, 'gymnasium is not installed, so Pendulum-v1 cannot be made: pip install "flowrl-deploy[train]"'
+        result, f"gymnasium is not installed, so Pendulum-v1 cannot be made: {install_command('train')}"
     )
 
 
