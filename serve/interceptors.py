@@ -4,6 +4,7 @@ that also ends the open streams on stop."""
 
 from __future__ import annotations
 
+import collections
 import functools
 import hmac
 import logging
@@ -294,7 +295,10 @@ class OpenStreams(grpc.ServerInterceptor):
             ),
         )
         self._open = dict.fromkeys(self._caps, 0)  # the calls in flight under each cap
+        self._workers = workers_cap
         self._overflow = {control: workers_cap}  # a cap's calls beyond it take this one's idle threads
+        self._holders: collections.Counter[str] = collections.Counter()
+        """By connection (gRPC's peer: address and port): the calls in flight on the workers' threads."""
         self._on_refused = on_refused
         self._on_undecodable = on_undecodable
         self._busy: dict[grpc.ServicerContext, bool] = {}
@@ -372,6 +376,7 @@ class OpenStreams(grpc.ServerInterceptor):
         call's end alone, while a handler ran on past its client's cancel (a Reload building a large
         model), let more calls in than there were threads, and gRPC refused the rest ("Concurrent RPC
         limit exceeded!", counted nowhere)."""
+        peer = context.peer()
         with self._lock:
             if cap is not None:
                 if self._open[cap] >= cap.most:
@@ -379,13 +384,16 @@ class OpenStreams(grpc.ServerInterceptor):
                     if cap is None or self._open[cap] >= cap.most:
                         return None
                 self._open[cap] += 1
+                if cap is self._workers:
+                    self._holders[peer] += 1
             self._in_flight += 1
         pending = {"call", "handler"}
-        if not context.add_callback(functools.partial(self._ended, cap, pending, "call")):  # False: it has ended
-            self._ended(cap, pending, "call")
-        return functools.partial(self._ended, cap, pending, "handler")
+        ended = functools.partial(self._ended, cap, peer, pending)
+        if not context.add_callback(functools.partial(ended, "call")):  # False: it has ended
+            ended("call")
+        return functools.partial(ended, "handler")
 
-    def _ended(self, cap: Cap | None, pending: set[str], end: str) -> None:
+    def _ended(self, cap: Cap | None, peer: str, pending: set[str], end: str) -> None:
         """One ``end`` of a call (``call``, ``handler``) has come, each counted once: after both, its
         slot is free."""
         with self._lock:
@@ -396,9 +404,26 @@ class OpenStreams(grpc.ServerInterceptor):
                 return
             if cap is not None:
                 self._open[cap] -= 1
+                if cap is self._workers:
+                    self._holders[peer] -= 1
+                    if not self._holders[peer]:
+                        del self._holders[peer]
             self._in_flight -= 1
             if not self._in_flight:
                 self._idle.notify_all()
+
+    def refusal_warning(self, cap: Cap) -> str:
+        """What the server logs of a call refused at ``cap``: :attr:`Cap.warning`, naming for the workers (and
+        the control calls, which overflow into them) the connection that holds the most of their threads, so
+        that a client holding them all (sessions a program opens and never closes) can be found."""
+        if cap.limit not in (self._workers.limit, "control"):
+            return cap.warning
+        with self._lock:
+            busiest = self._holders.most_common(1)
+        if not busiest:
+            return cap.warning
+        peer, held = busiest[0]
+        return f"{cap.warning} (the most by one connection: {held} of the {self._workers.most}, by {printable(peer)})"
 
     def usage(self) -> dict[str, tuple[int, int]]:
         """By cap's limit: the calls in flight under it, and its most."""

@@ -273,7 +273,7 @@ class PolicyServer:
 
     def _refused(self, method: str, cap: Cap) -> None:
         self.servicer.metrics.record_untimed(method, cap.code.name)
-        self.servicer.metrics.record_limit(cap.limit, cap.warning)
+        self.servicer.metrics.record_limit(cap.limit, self._streams.refusal_warning(cap))
 
     def _undecodable(self, method: str, what: str, peer: str) -> None:
         """A request whose bytes are no ``what`` (a message type, and why bytes may not parse as it):

@@ -21,6 +21,9 @@ class CallContext:
         self.callbacks.append(callback)
         return True
 
+    def peer(self) -> str:
+        return "ipv4:127.0.0.1:40000"
+
     def abort(self, code: grpc.StatusCode, details: str) -> None:
         raise grpc.RpcError(code, details)
 

@@ -109,6 +109,25 @@ def test_a_unary_handler_that_raised_frees_its_slot_at_the_call_end():
     assert streams.usage()["workers"] == (0, 1) and streams.wait_idle(0)
 
 
+def test_a_refusal_at_the_workers_names_the_connection_holding_the_most_of_them_while_it_does():
+    """One client holding every worker (sessions a program opens and never closes) is named by address and
+    port in the refusal's warning, with how many it holds; once its calls end it is named no more."""
+    streams = OpenStreams(workers=3, on_refused=lambda method, cap: None)
+    workers = next(cap for cap in streams._caps if cap.limit == "workers")
+    hog, other = CallContext(), CallContext()
+    other.peer = lambda: "ipv4:10.0.0.9:5000"
+    contexts = [hog, hog, other]
+    for context in contexts:
+        intercepted(streams, "Act", grpc.unary_unary_rpc_method_handler, lambda r, c: "acted")("obs", context)
+    assert streams.refusal_warning(workers) == (
+        f"{workers.warning} (the most by one connection: 2 of the 3, by ipv4:127.0.0.1:40000)"
+    )
+    hog.end()
+    assert streams.refusal_warning(workers).endswith("(the most by one connection: 1 of the 3, by ipv4:10.0.0.9:5000)")
+    other.end()
+    assert streams.refusal_warning(workers) == workers.warning and streams.wait_idle(0)
+
+
 def replies(count: int):
     yield from range(count)
 

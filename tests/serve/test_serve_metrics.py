@@ -7,6 +7,7 @@ import datetime
 import logging
 import os
 import queue
+import re
 import socket
 import threading
 import time
@@ -174,6 +175,8 @@ def test_each_limit_counts_its_refusals_and_warns_at_most_once_a_minute(tmp_path
     assert len(warned) == 2
     assert "session limit of 1 reached" in warned[0] and "--max-sessions" in warned[0]
     assert "all --workers 2 handler threads are busy" in warned[1] and "--workers" in warned[1]
+    # both held by this test's one connection: the warning names it, so that a client holding them all is found
+    assert re.search(r"\(the most by one connection: 2 of the 2, by ipv[46]:\S+:\d+\)$", warned[1]), warned[1]
 
 
 def test_a_limit_warns_again_after_a_minute_with_the_refusals_since(metrics, monkeypatch, caplog):
