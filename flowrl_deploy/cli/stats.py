@@ -106,7 +106,8 @@ def stats(
         typer.echo(json.dumps(figures, indent=2))
         return
     typer.echo(
-        f"model {reply.model_version}, up {reply.uptime_s:.0f} s, {counted(reply.sessions, 'session')}, "
+        f"model {reply.model_version or '(none yet: loading)'}, up {reply.uptime_s:.0f} s, "
+        f"{counted(reply.sessions, 'session')}, "
         f"{counted(reply.batches, 'batch', 'batches')} (mean size {reply.mean_batch_size:.2f}), "
         f"{counted(reply.reloads, 'reload')}, "
         + (

@@ -322,3 +322,12 @@ def test_stats_of_a_server_that_left_out_a_zero_before_the_field_was_optional_sa
     as_an_older_server(monkeypatch, "reload_failures")
     assert "0 reloads, 0 reloads failed," in call(server, "stats").output.splitlines()[0]
     assert json.loads(call(server, "stats", "--json").output)["reload_failures"] == 0
+
+
+def test_stats_of_a_server_still_loading_its_model_says_so(served, monkeypatch):
+    """A server asked before its model has loaded names none: the line read 'model , up 1 s'."""
+    server, _ = served
+    as_an_older_server(monkeypatch, "model_version")  # what a loading server sends: no model version yet
+    result = call(server, "stats")
+    assert result.exit_code == 0, result.output
+    assert result.output.startswith("model (none yet: loading), up ")
