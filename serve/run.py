@@ -114,6 +114,8 @@ def serve_forever(
 
     def stop_signal(sig: int, _: FrameType | None) -> None:
         signals.append(sig)
+        if len(signals) > 1 and server is not None:  # a second one: no more grace for the calls in flight
+            server.cut_stop_short()
         # once only, and not once start() has reported SERVING or begun to stop the server
         if starting and server is not None and server.starting:
             starting.clear()

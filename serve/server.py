@@ -261,6 +261,7 @@ class PolicyServer:
         self._stopped = False
         self.abandoned = 0
         """Calls still in flight when :meth:`stop` returned: their handler threads run on."""
+        self._cut_short = False  # cut_stop_short() was called: the stop cancels the calls in flight now
         self._metrics_http = None
         self._watcher: FileWatcher | None = None
         self._tls_files: ServerTLSFiles | None = None
@@ -532,7 +533,8 @@ class PolicyServer:
         if self._stopped:
             return
         self._stopped = True
-        until = time.monotonic() + grace + STOP_MARGIN_S
+        began = time.monotonic()
+        until = began + grace + STOP_MARGIN_S
         if self._server is not None:
             self._streams.close()  # first: each Watch then ends right after the NOT_SERVING below
             self._set_health(health_pb2.HealthCheckResponse.NOT_SERVING)
@@ -550,7 +552,7 @@ class PolicyServer:
                 self.servicer.close()
             else:
                 self._stop_watcher(until)  # after gRPC's stop began: the port closes at once
-                stopping.join(max(0.0, until - time.monotonic()))  # its start alone took up to a second
+                until = self._join_stopping(stopping, until)  # its start alone took up to a second
             # a call gRPC cancelled at the end of the grace period runs on until its handler returns
             self._streams.wait_idle(max(0.0, until - time.monotonic()))
             self.abandoned = self._streams.in_flight()
@@ -559,7 +561,7 @@ class PolicyServer:
                     "%d calls still in flight %.1f s after the stop began were abandoned (the grace period is "
                     "%.1f s): their clients' calls fail",
                     self.abandoned,
-                    grace + STOP_MARGIN_S,
+                    time.monotonic() - began,
                     grace,
                 )
                 self.servicer.slot.close()  # the work folder; the rest is released once gRPC's stop ends
@@ -575,6 +577,25 @@ class PolicyServer:
             else:
                 closing.join(max(0.0, until - time.monotonic()))
         self._server = None
+
+    def cut_stop_short(self) -> None:
+        """End the grace period of a stop under way, or about to begin, now: the calls still in flight are
+        cancelled (``flowrl serve``'s second Ctrl-C or SIGTERM). It only sets a flag that :meth:`stop` polls,
+        so a signal handler may call it."""
+        self._cut_short = True
+
+    def _join_stopping(self, stopping: threading.Thread, until: float) -> float:
+        """Wait for gRPC's stop (the thread ``stopping``) until ``until``; if :meth:`cut_stop_short` is
+        called meanwhile, cancel the calls in flight at once and wait :data:`STOP_MARGIN_S` more at most.
+        Returns when the stop's waits end: ``until``, or sooner once cut short."""
+        while stopping.is_alive() and (left := until - time.monotonic()) > 0:
+            if self._cut_short and self._server is not None and until > time.monotonic() + STOP_MARGIN_S:
+                log.warning("stop signal repeated: cancelling the %d calls still in flight", self._streams.in_flight())
+                self._server.stop(0)  # gRPC's stop again, with no grace: it cancels them
+                until = time.monotonic() + STOP_MARGIN_S
+                continue
+            stopping.join(min(left, 0.05))
+        return until
 
     def _stop_watcher(self, until: float) -> None:
         """Stop ``--watch``, waiting for a reload in progress (a large model's load) no later than ``until``."""

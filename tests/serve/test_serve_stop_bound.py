@@ -213,6 +213,57 @@ def test_flowrl_serve_exits_at_the_end_of_its_grace_period_with_slow_calls_in_fl
     client.close()
 
 
+def test_a_second_stop_signal_cancels_the_calls_in_flight_at_once(tmp_path):
+    """With a long --grace-s, a second SIGTERM (or Ctrl-C) during the stop cancels the calls still in
+    flight and exits: it was ignored without a word, and only SIGKILL ended the wait."""
+    policy = write_policy(tmp_path / "policy.onnx")
+    process = subprocess.Popen(
+        [sys.executable, "-c", SLOW_SERVE, "serve", str(policy), "--port", "0", "--grace-s", "60"],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        env={**os.environ, "OMP_NUM_THREADS": "1"},
+    )
+    try:
+        banner = process.stdout.readline()
+        assert banner.startswith("serving "), process.stderr.read() if process.poll() is not None else banner
+        client = PolicyClient(f"127.0.0.1:{int(banner.split()[-1].rpartition(':')[2])}", timeout_s=60)
+        failed: list[ServiceError] = []
+
+        def act() -> None:
+            try:
+                client.act(np.full(OBS_DIM, 7, np.float32))
+            except ServiceError as exc:
+                failed.append(exc)
+
+        callers = [threading.Thread(target=act) for _ in range(2)]
+        for caller in callers:
+            caller.start()
+        until = time.monotonic() + 30
+        while _workers_in_use(client) < 2 and time.monotonic() < until:
+            time.sleep(0.05)
+        assert _workers_in_use(client) == 2  # both in their 30 s inference
+        process.send_signal(signal.SIGTERM)
+        time.sleep(1.0)
+        assert process.poll() is None  # the first one waits for the calls: up to 60 s
+        start = time.monotonic()
+        process.send_signal(signal.SIGTERM)
+        returncode = process.wait(STOP_MARGIN_S + 10)
+        took = time.monotonic() - start
+        stderr = process.stderr.read()
+    finally:
+        if process.poll() is None:
+            process.kill()
+            process.wait()
+    assert returncode == 0, stderr
+    assert "stop signal repeated: cancelling the 2 calls still in flight" in stderr, stderr
+    assert took <= STOP_MARGIN_S + 3 * SLACK_S, f"exited {took:.1f} s after the second SIGTERM"
+    for caller in callers:
+        caller.join(10)
+    assert len(failed) == 2, failed
+    client.close()
+
+
 def test_a_stop_during_a_watch_reload_keeps_its_bound(tmp_path, caplog):
     """stop() joined the --watch thread for up to 5 s before gRPC's stop began (the port still open)
     while a reload loaded a large model, and the metrics endpoint's close added up to its 0.5 s poll:
