@@ -26,7 +26,7 @@ from flowrl_deploy.checkpoint import (
 from flowrl_deploy.contract import NOISE_INPUT, OBS_INPUT, PolicyContract, contract_to_metadata
 from flowrl_deploy.errors import FlowRLError, counted, printable
 from flowrl_deploy.export.config import ExportConfig
-from flowrl_deploy.extras import install_command, missing_modules
+from flowrl_deploy.extras import install_command, missing_modules, naming_the_extra
 from flowrl_deploy.spec import PolicySpec
 from flowrl_deploy.versions import library_versions
 
@@ -150,10 +150,14 @@ def export_checkpoint(
     ``out_path`` that would destroy something (:func:`check_export_output`: such as an existing file
     that is not an earlier export) is refused before any work.
     """
-    from flowrl_deploy.export.graph import VelocityWeights, build_policy_graph
-    from flowrl_deploy.export.verify import check_structure, verify_parity
-
     config = config or ExportConfig()
+    with naming_the_extra("export"):  # a base install says what to install, before any work
+        from flowrl_deploy.export.graph import VelocityWeights, build_policy_graph
+        from flowrl_deploy.export.verify import check_structure, verify_parity
+
+        if config.verify:
+            import torch  # noqa: F401  (verify_parity compares the graph with the torch sampler)
+
     out = output_file(OUT_ARG, out_path, "policy.onnx")
     checkpoint_dir = resolve_checkpoint(checkpoint_path)
     read_spec(checkpoint_dir)  # a broken checkpoint is named first, as it was before the outputs were checked

@@ -3,8 +3,10 @@ that a missing one's error message names. The base install (a robot computer) ha
 
 from __future__ import annotations
 
+import contextlib
 import importlib.util
 import re
+from collections.abc import Iterator
 from importlib import metadata
 
 EXTRAS_OF: dict[str, tuple[str, ...]] = {
@@ -121,3 +123,18 @@ def missing_extra_message(exc: ModuleNotFoundError, command: str) -> str | None:
         return None
     extra = command if command in extras else extras[0]
     return f"flowrl {command} needs {module}, which is not installed: {install_command(extra)}"
+
+
+@contextlib.contextmanager
+def naming_the_extra(extra: str) -> Iterator[None]:
+    """For the Python API's lazy imports (``from flowrl_deploy.train import train``, ``export_checkpoint``):
+    a missing optional module raises a ModuleNotFoundError whose text is :func:`missing_extra_message`'s
+    for ``extra`` (its ``name`` kept, so ``except ImportError`` and the CLI's own message are unchanged);
+    a missing module of no extra (a bug) raises as it was."""
+    try:
+        yield
+    except ModuleNotFoundError as exc:
+        message = missing_extra_message(exc, extra)
+        if message is None:
+            raise
+        raise ModuleNotFoundError(message, name=exc.name, path=exc.path) from exc

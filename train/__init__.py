@@ -13,6 +13,8 @@ from __future__ import annotations
 import importlib
 from typing import TYPE_CHECKING, Any
 
+from flowrl_deploy.extras import naming_the_extra
+
 if TYPE_CHECKING:  # what __getattr__ loads on first use, typed for mypy and pyright (its own hint is Any)
     from flowrl_deploy.train.actor import load_actor as load_actor
     from flowrl_deploy.train.config import TrainConfig as TrainConfig
@@ -39,7 +41,8 @@ if not TYPE_CHECKING:  # type checkers read the names from imports; a module __g
     def __getattr__(name: str) -> Any:
         if name not in _EXPORTS:
             raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
-        return getattr(importlib.import_module(f"{__name__}.{_EXPORTS[name]}"), name)
+        with naming_the_extra("train"):  # a base install (no torch) says what to install, not a bare traceback
+            return getattr(importlib.import_module(f"{__name__}.{_EXPORTS[name]}"), name)
 
 
 def __dir__() -> list[str]:

@@ -1,5 +1,6 @@
 """A robot computer's base install (no torch, onnx or dm_control): a command that needs an extra
-says in one line which module is missing and what to install, exit status 1, never a traceback.
+says in one line which module is missing and what to install, exit status 1, never a traceback; the
+Python API's ModuleNotFoundError says the same.
 The absence is simulated by ``sys.modules[name] = None`` in a child process running the CLI; a test
 whose message depends on the other extras being there skips where they are not."""
 
@@ -19,7 +20,7 @@ from tiny_policy import write_policy
 
 from flowrl_deploy import extras
 from flowrl_deploy.cli._common import user_errors
-from flowrl_deploy.extras import install_command, missing_extra_message
+from flowrl_deploy.extras import install_command, missing_extra_message, naming_the_extra
 from flowrl_deploy.serve import PolicyServer, ServeConfig
 
 WITHOUT = textwrap.dedent(
@@ -197,6 +198,86 @@ def test_a_missing_module_of_no_extra_is_a_bug_and_still_raises():
 
     with pytest.raises(ModuleNotFoundError, match="no_such_module"):
         broken_command()
+
+
+API_WITHOUT = textwrap.dedent(
+    """
+    import sys
+
+    for name in sys.argv[1].split(","):
+        sys.modules[name] = None
+    try:
+        exec(sys.argv[2])
+    except ImportError as exc:  # the Python API's error is still an ImportError
+        print(type(exc).__name__, exc.name, exc, sep="\\n")
+    except Exception as exc:
+        print(type(exc).__name__)
+    """
+)
+
+
+def api_without(modules: str, code: str) -> list[str]:
+    """What ``code`` raised in a child process where ``modules`` (comma-separated) cannot be imported: the
+    error's type, and for an ImportError its module's name and its message."""
+    run = subprocess.run(
+        [sys.executable, "-c", API_WITHOUT, modules, code],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        env={**os.environ, "OMP_NUM_THREADS": "1"},
+    )
+    assert run.returncode == 0, run.stderr[-2000:]
+    return run.stdout.splitlines()
+
+
+def test_the_python_api_of_training_without_torch_names_the_extra():
+    """`from flowrl_deploy.train import train` on a base install ended in a bare `No module named 'torch'`."""
+    found = api_without("torch", "from flowrl_deploy.train import train")
+    assert found == [
+        "ModuleNotFoundError",
+        "torch",
+        f"flowrl train needs torch, which is not installed: {install_command('train')}",
+    ]
+
+
+def test_the_python_api_of_export_without_onnx_names_the_extra(checkpoint_run, tmp_path):
+    out = tmp_path / "policy.onnx"
+    call = f"export_checkpoint({str(checkpoint_run)!r}, {str(out)!r})"
+    found = api_without("onnx", f"from flowrl_deploy.export import export_checkpoint; {call}")
+    assert found == [
+        "ModuleNotFoundError",
+        "onnx",
+        f"flowrl export needs onnx, which is not installed: {install_command('export')}",
+    ]
+    assert not out.exists()
+
+
+def test_the_python_api_of_export_without_torch_names_the_extra_unless_not_verifying(checkpoint_run, tmp_path):
+    """Verification compares the graph with the torch sampler: without torch it is named before any work;
+    `verify=False` needs no torch (this fake checkpoint's actor then stops it, as it would with torch)."""
+    pytest.importorskip("onnx")
+    export = "from flowrl_deploy.export import ExportConfig, export_checkpoint; "
+    export += f"export_checkpoint({str(checkpoint_run)!r}"
+    found = api_without("torch", f"{export}, {str(tmp_path / 'p.onnx')!r})")
+    assert found == [
+        "ModuleNotFoundError",
+        "torch",
+        f"flowrl export needs torch, which is not installed: {install_command('export')}",
+    ]
+    assert api_without("torch", f"{export}, {str(tmp_path / 'p.onnx')!r}, ExportConfig(verify=False))") == [
+        "CheckpointError"
+    ]
+
+
+def test_the_python_apis_error_keeps_the_module_and_its_cause():
+    with pytest.raises(ImportError) as raised, naming_the_extra("export"):
+        raise ModuleNotFoundError("No module named 'onnx'", name="onnx")
+    assert type(raised.value) is ModuleNotFoundError and raised.value.name == "onnx"
+    assert str(raised.value) == missing_extra_message(ModuleNotFoundError(name="onnx"), "export")
+    assert str(raised.value.__cause__) == "No module named 'onnx'"
+    with pytest.raises(ModuleNotFoundError, match="no_such_module") as raised, naming_the_extra("train"):
+        import flowrl_deploy.no_such_module  # noqa: F401  (a bug, not an install to complete: raised as it was)
+    assert raised.value.__cause__ is None
 
 
 @needs_extras("train", "export")
