@@ -49,7 +49,7 @@ V0_1_0_NAMES = {
         "load_actor", "actor_act_fn",
     },
 }  # fmt: skip
-"""The public names these modules held in v0.1.0 (``git show v0.1.0:<file>``), but checkpointing's
+"""The public names these modules held in 0.1.0 (``git show 67827a9:<file>``), but checkpointing's
 ``missing_config_fields``, which is gone, and the helpers session.py and noise.py imported for their
 own use (``shown``, ``is_integer``, ``encode``, ``service_error`` …: each from its own module)."""
 OLD_MODULES = {
