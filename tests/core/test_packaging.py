@@ -290,3 +290,16 @@ def test_the_install_pages_hand_lists_follow_the_base_dependencies(block):
     listed = [(r.name, r.specifier) for r in map(Requirement, quoted)]
     base = [(r.name, r.specifier) for r in map(Requirement, declared("dependencies"))]
     assert listed == [r for r in base if r[0] != "onnxruntime-gpu"]  # onnxruntime last, without its marker
+
+
+def test_install_md_writes_out_the_export_extras_own_requirements_as_pyproject_declares_them():
+    """docs/install.md's CPU-only and Jetson installs add an extra by its requirements, written out there
+    for `export` (flowrl-deploy[export] would put the other onnxruntime over theirs): raising the torch cap
+    in pyproject.toml must not leave that command behind."""
+    text = (ROOT / "docs" / "install.md").read_text(encoding="utf-8")
+    found = re.search(r'for `export`, `pip install ((?:"[^"]+" ?)+)`', text)
+    assert found, "docs/install.md no longer writes out the export extra's requirements"
+    documented = {str(Requirement(r)) for r in re.findall(r'"([^"]+)"', found.group(1))}
+    line = re.search(r"^export = \[(.*)\]$", (ROOT / "pyproject.toml").read_text(), re.M)
+    assert line, "pyproject.toml's export extra is no longer one line"
+    assert documented == {str(Requirement(r)) for r in re.findall(r'"([^"]+)"', line.group(1))}
