@@ -27,8 +27,8 @@ namespace {
 
 constexpr char kUsage[] =
     "usage: flowrl_cpp_control --server HOST:PORT [--hz HZ] [--deadline-ms MS] [--seed S] [--pin HASH]\n"
-    "                          [--session-id ID] [--max-misses N] [--token-file FILE]\n"
-    "                          [--ca FILE [--cert FILE --key FILE]]\n"
+    "                          [--session-id ID] [--max-misses N] [--max-staleness-ms MS] [--wait-s S]\n"
+    "                          [--token-file FILE] [--ca FILE [--cert FILE --key FILE]]\n"
     "Reads one observation per line from stdin, acts at HZ (default: the policy's control rate) and writes\n"
     "'fresh' or the fallback's reason, then the action, per tick.\n";
 
@@ -99,9 +99,10 @@ int Run(int argc, char** argv) {
     if (flag.rfind("--", 0) != 0 || i + 1 >= argc) throw UsageError("expected --FLAG VALUE at '" + flag + "'");
     args[flag] = argv[++i];
   }
-  static const char* const kFlags[] = {"--server",   "--hz",         "--deadline-ms", "--seed",
-                                       "--pin",      "--session-id", "--max-misses",  "--token-file",
-                                       "--ca",       "--cert",       "--key"};
+  static const char* const kFlags[] = {"--server",     "--hz",         "--deadline-ms", "--seed",
+                                       "--pin",        "--session-id", "--max-misses",  "--max-staleness-ms",
+                                       "--wait-s",     "--token-file", "--ca",          "--cert",
+                                       "--key"};
   for (const auto& [flag, value] : args)
     if (std::find(std::begin(kFlags), std::end(kFlags), flag) == std::end(kFlags))
       throw UsageError("unknown option " + flag);
@@ -119,21 +120,25 @@ int Run(int argc, char** argv) {
     options.token = ReadFile(args["--token-file"]);
     options.token.erase(options.token.find_last_not_of(" \t\r\n") + 1);
   }
+  double hz = 0, deadline_ms = 0, staleness_ms = 0, wait_s = 30;
+  if (args.count("--hz") && !((hz = Number("--hz", args["--hz"])) >= 0.01 && hz <= 10000))
+    throw UsageError("--hz must be from 0.01 to 10000");
+  if (args.count("--deadline-ms") &&
+      !((deadline_ms = Number("--deadline-ms", args["--deadline-ms"])) >= 0.001 && deadline_ms <= 1e5))
+    throw UsageError("--deadline-ms must be from 0.001 (1 µs) to 100000");
+  if (args.count("--max-staleness-ms") &&
+      !((staleness_ms = Number("--max-staleness-ms", args["--max-staleness-ms"])) >= 0.001 && staleness_ms <= 1e7))
+    throw UsageError("--max-staleness-ms must be from 0.001 to 10000000");
+  if (args.count("--wait-s") && !((wait_s = Number("--wait-s", args["--wait-s"])) >= 0 && wait_s <= 86400))
+    throw UsageError("--wait-s must be from 0 to 86400");
   flowrl::Connection server(args["--server"], tls);
-  flowrl::v1::GetSpecReply spec = flowrl::GetSpec(server.channel(), options.token, std::chrono::seconds(10));
+  flowrl::v1::GetSpecReply spec = flowrl::GetSpec(
+      server.channel(), options.token, std::chrono::milliseconds(static_cast<int64_t>(wait_s * 1e3)));
 
-  double period_s = spec.control_period_s() > 0 ? spec.control_period_s() : 0.02;
-  if (args.count("--hz")) {
-    double hz = Number("--hz", args["--hz"]);
-    if (!(hz > 0)) throw UsageError("--hz must be positive");
-    period_s = 1.0 / hz;
-  }
+  const double period_s = hz > 0 ? 1.0 / hz : spec.control_period_s() > 0 ? spec.control_period_s() : 0.02;
   options.period = std::chrono::microseconds(static_cast<int64_t>(period_s * 1e6));
-  if (args.count("--deadline-ms")) {
-    double deadline_ms = Number("--deadline-ms", args["--deadline-ms"]);
-    if (!(deadline_ms >= 0.001)) throw UsageError("--deadline-ms must be at least 0.001 (1 µs)");
-    options.deadline = std::chrono::microseconds(static_cast<int64_t>(deadline_ms * 1e3));
-  }
+  options.deadline = std::chrono::microseconds(static_cast<int64_t>(deadline_ms * 1e3));  // 0: half the period
+  options.max_staleness = std::chrono::microseconds(static_cast<int64_t>(staleness_ms * 1e3));
   if (args.count("--seed")) options.seed = Integer("--seed", args["--seed"]);
   if (args.count("--max-misses")) options.max_consecutive_misses = static_cast<int>(std::min<uint64_t>(Integer("--max-misses", args["--max-misses"]), 1u << 30));
   options.contract_hash = args.count("--pin") ? args["--pin"] : "";
@@ -142,8 +147,8 @@ int Run(int argc, char** argv) {
   flowrl::ControlSession session(server, spec, options);
   std::map<std::string, int> fallbacks;
   std::vector<double> round_trips_ms;
-  int ticks = 0;
-  std::string line;
+  int ticks = 0, overruns = 0;
+  std::string line, model_version = spec.model_version();
   auto next_tick = flowrl::Clock::now();
   for (int line_number = 1; std::getline(std::cin, line); ++line_number) {
     if (line.find_first_not_of(" \t\r") == std::string::npos) continue;
@@ -152,6 +157,7 @@ int Run(int argc, char** argv) {
     ++ticks;
     if (tick.fresh) {
       round_trips_ms.push_back(tick.round_trip.count() / 1e3);
+      model_version = tick.model_version;  // a Reload or --watch swaps the model while the loop runs
     } else {
       ++fallbacks[tick.reason];
     }
@@ -160,6 +166,11 @@ int Run(int argc, char** argv) {
     std::printf("\n");
     std::fflush(stdout);
     next_tick += options.period;
+    const auto now = flowrl::Clock::now();
+    if (now > next_tick + options.period) {  // a tick overran (the loop stalled): skip the ticks it missed
+      ++overruns;                            // rather than run them back to back, a burst of commands
+      next_tick = now;
+    }
     std::this_thread::sleep_until(next_tick);
   }
   std::fprintf(stderr, "%d ticks at %.1f Hz: %zu fresh", ticks, 1.0 / period_s, round_trips_ms.size());
@@ -167,7 +178,8 @@ int Run(int argc, char** argv) {
   if (!round_trips_ms.empty())
     std::fprintf(stderr, "; round trip p50 %.3f ms, p99 %.3f ms", Percentile(round_trips_ms, 0.5),
                  Percentile(round_trips_ms, 0.99));
-  std::fprintf(stderr, " (policy %s)\n", spec.model_version().c_str());
+  if (overruns) std::fprintf(stderr, "; %d overruns (missed ticks skipped)", overruns);
+  std::fprintf(stderr, " (policy %s)\n", model_version.c_str());
   return 0;
 }
 

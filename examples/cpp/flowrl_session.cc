@@ -3,6 +3,7 @@
 #include <algorithm>
 #include <cmath>
 #include <condition_variable>
+#include <cstdio>
 #include <cstring>
 #include <mutex>
 #include <thread>
@@ -25,6 +26,10 @@ bool Transient(grpc::StatusCode code) {
     default:
       return false;
   }
+}
+
+bool Transient(int code) {  // a code this client does not know (a newer server's) is no mistake to fix
+  return code < 0 || code > 16 || Transient(static_cast<grpc::StatusCode>(code));
 }
 
 std::string CodeName(int code) {
@@ -55,9 +60,10 @@ v1::Tensor Encode(const std::vector<float>& values) {
   return tensor;
 }
 
-// The float32 values a reply's tensor holds (packed bytes or repeated values); empty if malformed.
-std::vector<float> Decode(const v1::Tensor& tensor) {
+// The float32 values of a reply's [n] tensor (packed bytes or repeated values); empty if malformed.
+std::vector<float> Decode(const v1::Tensor& tensor, int n) {
   if (tensor.dtype() != v1::DTYPE_FLOAT32 && tensor.dtype() != v1::DTYPE_UNSPECIFIED) return {};
+  if (tensor.shape_size() != 1 || tensor.shape(0) != n) return {};
   if (tensor.values_size() > 0) return {tensor.values().begin(), tensor.values().end()};
   const std::string& data = tensor.data();
   if (data.size() % 4 != 0) return {};
@@ -108,26 +114,36 @@ std::shared_ptr<grpc::Channel> MakeChannel(const std::string& target, const Chan
 }
 
 v1::GetSpecReply GetSpec(const std::shared_ptr<grpc::Channel>& channel, const std::string& token,
-                         std::chrono::milliseconds timeout) {
+                         std::chrono::milliseconds wait) {
   auto stub = v1::PolicyService::NewStub(channel);
-  grpc::ClientContext context;
-  Authorize(context, token);
-  context.set_deadline(std::chrono::system_clock::now() + timeout);
-  v1::GetSpecReply spec;
-  grpc::Status status = stub->GetSpec(&context, v1::GetSpecRequest(), &spec);
-  if (status.ok()) return spec;
-  std::string why = Describe(status.error_code(), status.error_message());
-  if (Transient(status.error_code()))
-    throw std::runtime_error("no answer from the server (is flowrl serve running there?): " + why);
-  throw SessionRefused("the server refused GetSpec: " + why);
+  const auto until = std::chrono::system_clock::now() + wait;
+  while (true) {
+    grpc::ClientContext context;
+    Authorize(context, token);
+    context.set_deadline(until);
+    context.set_wait_for_ready(true);  // a server not listening yet is waited for, up to `until`
+    v1::GetSpecReply spec;
+    grpc::Status status = stub->GetSpec(&context, v1::GetSpecRequest(), &spec);
+    if (status.ok()) return spec;
+    std::string why = Describe(status.error_code(), status.error_message());
+    if (!Transient(status.error_code())) throw SessionRefused("the server refused GetSpec: " + why);
+    const auto retry = std::chrono::system_clock::now() + std::chrono::milliseconds(100);
+    if (status.error_code() != grpc::StatusCode::UNAVAILABLE || retry >= until) {  // UNAVAILABLE: still loading
+      char waited[32];
+      std::snprintf(waited, sizeof waited, "%g", wait.count() / 1000.0);
+      throw std::runtime_error(std::string("no answer from the server within ") + waited +
+                               " s (is flowrl serve running there? one with TLS needs --ca): " + why);
+    }
+    std::this_thread::sleep_until(retry);
+  }
 }
 
 // One open StreamAct call: Act() writes on the caller's thread, a reader thread queues the replies.
 class ControlSession::Stream {
  public:
-  Stream(v1::PolicyService::Stub& stub, const std::string& token) {
+  Stream(const std::shared_ptr<grpc::Channel>& channel, const std::string& token) {
     Authorize(context_, token);
-    call_ = stub.StreamAct(&context_);
+    call_ = v1::PolicyService::NewStub(channel)->StreamAct(&context_);  // the call holds the channel
     reader_ = std::thread([this] { Read(); });
   }
 
@@ -187,7 +203,6 @@ class ControlSession::Stream {
 
 ControlSession::ControlSession(Connection connection, v1::GetSpecReply spec, SessionOptions options)
     : connection_(std::move(connection)),
-      stub_(v1::PolicyService::NewStub(connection_.channel())),
       spec_(std::move(spec)),
       options_(std::move(options)),
       retry_in_(options_.backoff_min) {
@@ -200,9 +215,47 @@ ControlSession::ControlSession(Connection connection, v1::GetSpecReply spec, Ses
     throw std::invalid_argument("the spec's action bounds do not have act_dim entries");
   for (int i = 0; i < act_dim; ++i)  // held until the first fresh action: the middle of the bounds
     last_action_.push_back(0.5f * (spec_.action_low(i) + spec_.action_high(i)));
+  last_fresh_ = Clock::now();
+  connector_ = std::thread([this] { KeepConnected(); });  // last: nothing after it may throw
 }
 
-ControlSession::~ControlSession() = default;
+ControlSession::~ControlSession() {
+  {
+    std::lock_guard<std::mutex> lock(channel_mutex_);
+    stopping_ = true;
+  }
+  stopping_cv_.notify_all();
+  connector_.join();  // within one of its waits, 0.1 s at most
+}
+
+std::shared_ptr<grpc::Channel> ControlSession::Channel() {
+  std::lock_guard<std::mutex> lock(channel_mutex_);
+  return connection_.channel();
+}
+
+void ControlSession::KeepConnected() {
+  // gRPC's sync API moves a connection on only while a call or a wait on the channel runs: this thread's
+  // WaitForStateChange is that wait. A failed attempt (TRANSIENT_FAILURE) is followed by a new channel, after
+  // the backoff: gRPC's own reconnection (release 1.51 at least) can wait seconds after a server restart.
+  std::chrono::milliseconds backoff = options_.backoff_min;
+  std::minstd_rand jitter{std::random_device{}()};
+  while (true) {
+    std::shared_ptr<grpc::Channel> channel = Channel();
+    const grpc_connectivity_state state = channel->GetState(/*try_to_connect=*/true);
+    if (state == GRPC_CHANNEL_TRANSIENT_FAILURE) {
+      std::uniform_int_distribution<int64_t> wait(backoff.count() / 2, backoff.count());
+      backoff = std::min(backoff * 2, options_.backoff_max);
+      std::unique_lock<std::mutex> lock(channel_mutex_);
+      if (stopping_cv_.wait_for(lock, std::chrono::milliseconds(wait(jitter)), [this] { return stopping_; })) return;
+      connection_.Renew();
+      continue;
+    }
+    if (state == GRPC_CHANNEL_READY) backoff = options_.backoff_min;
+    channel->WaitForStateChange(state, std::chrono::system_clock::now() + std::chrono::milliseconds(100));
+    std::lock_guard<std::mutex> lock(channel_mutex_);
+    if (stopping_) return;
+  }
+}
 
 Tick ControlSession::Act(const std::vector<float>& obs) {
   if (static_cast<int>(obs.size()) != spec_.obs_dim())
@@ -215,13 +268,15 @@ Tick ControlSession::Act(const std::vector<float>& obs) {
   Tick tick;
   auto outcome = Exchange(obs, ++seq_, start + options_.deadline);
   if (auto* reply = std::get_if<Reply>(&outcome)) {
-    std::vector<float> action = Decode(reply->action());
+    std::vector<float> action = Decode(reply->action(), spec_.act_dim());
     if (ValidAction(action)) {
       for (int i = 0; i < spec_.act_dim(); ++i)  // within float32's rounding of the bounds: onto them
         action[i] = std::clamp(action[i], spec_.action_low(i), spec_.action_high(i));
       last_action_ = std::move(action);
+      last_fresh_ = Clock::now();
       tick.fresh = true;
-      tick.round_trip = std::chrono::duration_cast<std::chrono::microseconds>(Clock::now() - start);
+      tick.round_trip = std::chrono::duration_cast<std::chrono::microseconds>(last_fresh_ - start);
+      tick.model_version = reply->model_version();
     } else {
       tick.reason = "invalid action";
     }
@@ -231,6 +286,10 @@ Tick ControlSession::Act(const std::vector<float>& obs) {
   misses_ = tick.fresh ? 0 : misses_ + 1;
   if (options_.max_consecutive_misses > 0 && misses_ >= options_.max_consecutive_misses)
     throw WatchdogError(std::to_string(misses_) + " ticks in a row without a fresh action (the last: " +
+                        tick.reason + ")");
+  const auto stale = std::chrono::duration_cast<std::chrono::milliseconds>(Clock::now() - last_fresh_);
+  if (!tick.fresh && options_.max_staleness.count() > 0 && stale > options_.max_staleness)
+    throw WatchdogError("no fresh action for " + std::to_string(stale.count()) + " ms (the last reason: " +
                         tick.reason + ")");
   tick.action = last_action_;
   return tick;
@@ -272,7 +331,7 @@ std::variant<ControlSession::Reply, std::string> ControlSession::Exchange(const 
       retry_in_ = options_.backoff_min;
       return *std::move(reply);
     }
-    if (!Transient(static_cast<grpc::StatusCode>(code)))
+    if (!Transient(code))
       throw SessionRefused("the server refused the session: " + Describe(code, reply->status().message()));
     return CodeName(code);
   }
@@ -282,18 +341,22 @@ ControlSession::Stream* ControlSession::LiveStream() {
   if (stream_) return stream_.get();
   const Clock::time_point now = Clock::now();
   if (now < retry_at_) return nullptr;
+  // Opening a stream on a channel still connecting waits for the connection (its whole 2 s attempt against
+  // a host that never answers): only on a connected one, then (KeepConnected); meanwhile the ticks fall back.
+  std::shared_ptr<grpc::Channel> channel = Channel();
+  if (channel->GetState(/*try_to_connect=*/false) != GRPC_CHANNEL_READY) return nullptr;
+  RetryLater(now);
+  opened_ = false;
+  sent_.clear();
+  stream_ = std::make_unique<Stream>(channel, options_.token);
+  return stream_.get();
+}
+
+void ControlSession::RetryLater(Clock::time_point now) {
   // Each wait drawn from [half, all] of the backoff, so that robots that lost one server do not retry in step.
   std::uniform_int_distribution<int64_t> wait(retry_in_.count() / 2, retry_in_.count());
   retry_at_ = now + std::chrono::milliseconds(wait(jitter_));
   retry_in_ = std::min(retry_in_ * 2, options_.backoff_max);
-  opened_ = false;
-  sent_.clear();
-  if (connection_.channel()->GetState(/*try_to_connect=*/true) == GRPC_CHANNEL_TRANSIENT_FAILURE) {
-    connection_.Renew();
-    stub_ = v1::PolicyService::NewStub(connection_.channel());
-  }
-  stream_ = std::make_unique<Stream>(*stub_, options_.token);
-  return stream_.get();
 }
 
 bool ControlSession::Behind() const {
@@ -303,7 +366,7 @@ bool ControlSession::Behind() const {
 void ControlSession::Late(const Reply& reply) {
   Answered(reply.seq());
   const int code = reply.status().code();
-  if (code != 0 && !Transient(static_cast<grpc::StatusCode>(code)))
+  if (code != 0 && !Transient(code))
     throw SessionRefused("the server refused the session: " + Describe(code, reply.status().message()));
 }
 
@@ -319,6 +382,7 @@ std::string ControlSession::Broken() {
   const bool gone = status.ok() || status.error_code() == grpc::StatusCode::UNAVAILABLE ||
                     status.error_code() == grpc::StatusCode::CANCELLED;
   down_reason_ = gone ? "disconnected" : CodeName(status.error_code());
+  if (Clock::now() >= retry_at_) RetryLater(Clock::now());  // a new stream after the backoff, not at once
   return down_reason_;
 }
 

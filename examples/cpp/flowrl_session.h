@@ -6,19 +6,24 @@
 // earlier tick is dropped. Without a fresh action in time the tick holds the last action (before any,
 // the middle of the action bounds) and says why. A tick is not sent while one sent two ticks before is
 // still unanswered (a stalled server answers a stream in order). A broken stream is reopened with
-// backoff. A refusal that is a mistake to fix (a refused contract pin, a bad token, a wrong
-// observation) throws SessionRefused; too many ticks in a row without a fresh action throw
+// backoff, once its channel is connected: a thread of the session's own keeps the channel connecting
+// (a new channel after each failed attempt), as opening a stream on a channel still connecting waits for
+// the connection, which Act() never does. A refusal that is a mistake to fix (a refused contract pin, a bad token, a wrong observation)
+// throws SessionRefused; too many ticks in a row without a fresh action, or too long, throw
 // WatchdogError, so that the robot can stop.
 #pragma once
 
 #include <chrono>
+#include <condition_variable>
 #include <cstdint>
 #include <deque>
 #include <memory>
+#include <mutex>
 #include <optional>
 #include <random>
 #include <stdexcept>
 #include <string>
+#include <thread>
 #include <utility>
 #include <variant>
 #include <vector>
@@ -68,10 +73,11 @@ class Connection {
   std::shared_ptr<grpc::Channel> channel_;
 };
 
-// The served policy's spec (sizes, bounds, control period, contract hash); throws SessionRefused when
-// the server refuses the call and std::runtime_error when it cannot be reached within `timeout`.
+// The served policy's spec (sizes, bounds, control period, contract hash), waiting up to `wait` for a
+// server to listen and to load its model (as a robot started before its server needs); throws
+// SessionRefused when the server refuses the call and std::runtime_error when none answers in time.
 flowrl::v1::GetSpecReply GetSpec(const std::shared_ptr<grpc::Channel>& channel, const std::string& token,
-                                 std::chrono::milliseconds timeout);
+                                 std::chrono::milliseconds wait);
 
 struct SessionOptions {
   std::string session_id;                  // the server's name for this loop's session (<= 256 bytes)
@@ -81,6 +87,8 @@ struct SessionOptions {
   std::chrono::microseconds deadline{0};   // how long Act() waits for a fresh action (at most the
                                            // period); 0: half the period
   int max_consecutive_misses = 0;          // > 0: Act() throws WatchdogError at that many misses in a row
+  std::chrono::microseconds max_staleness{0};  // > 0: Act() throws WatchdogError when the action held is
+                                               // older than that (from the session's start before any)
   std::string token;                       // the server's --token, sent as "authorization: Bearer <token>"
   std::chrono::milliseconds backoff_min{50};
   std::chrono::milliseconds backoff_max{1000};
@@ -92,19 +100,21 @@ struct Tick {
   std::string reason;                       // why not fresh: "deadline", "backlog", "disconnected",
                                             // "invalid action", or the server's status code name
   std::chrono::microseconds round_trip{0};  // send to reply, fresh ticks only
+  std::string model_version;                // the served model that produced the action (fresh ticks only)
 };
 
 class ControlSession {
  public:
   // `spec` is GetSpec's reply. The session starts on the connection's channel (connected already by
-  // GetSpec) and renews it when it reconnects after a break and finds it in TRANSIENT_FAILURE.
+  // GetSpec), and its thread renews it after each failed connection attempt, with backoff.
   ControlSession(Connection connection, flowrl::v1::GetSpecReply spec, SessionOptions options);
   ~ControlSession();
   ControlSession(const ControlSession&) = delete;
   ControlSession& operator=(const ControlSession&) = delete;
 
-  // One control tick: blocks at most the deadline. Throws std::invalid_argument for an observation of
-  // another size than the spec's, SessionRefused and WatchdogError as above.
+  // One control tick, from one thread (the control loop's): blocks at most the deadline. Throws
+  // std::invalid_argument for an observation of another size than the spec's or not finite,
+  // SessionRefused and WatchdogError as above.
   Tick Act(const std::vector<float>& obs);
 
  private:
@@ -114,14 +124,19 @@ class ControlSession {
   // The fresh reply to tick `seq` before `until`, or the reason there is none.
   std::variant<Reply, std::string> Exchange(const std::vector<float>& obs, uint64_t seq, Clock::time_point until);
   Stream* LiveStream();
+  void RetryLater(Clock::time_point now);
+  void KeepConnected();  // the session's thread: keeps the channel connected, or connecting
+  std::shared_ptr<grpc::Channel> Channel();
   bool Behind() const;
   void Late(const Reply& reply);
   void Answered(uint64_t seq);
   std::string Broken();
   bool ValidAction(const std::vector<float>& action) const;
 
-  Connection connection_;
-  std::unique_ptr<flowrl::v1::PolicyService::Stub> stub_;
+  Connection connection_;  // its channel replaced by KeepConnected, under channel_mutex_
+  std::mutex channel_mutex_;
+  std::condition_variable stopping_cv_;
+  bool stopping_ = false;
   flowrl::v1::GetSpecReply spec_;
   SessionOptions options_;
   std::unique_ptr<Stream> stream_;
@@ -129,11 +144,13 @@ class ControlSession {
   std::deque<std::pair<uint64_t, Clock::time_point>> sent_;  // ticks sent and unanswered, oldest first
   uint64_t seq_ = 0;
   int misses_ = 0;
+  Clock::time_point last_fresh_;  // when the action held came (the session's start before any)
   std::vector<float> last_action_;
   std::string down_reason_ = "disconnected";
   std::chrono::milliseconds retry_in_;
   Clock::time_point retry_at_{};
   std::minstd_rand jitter_{std::random_device{}()};
+  std::thread connector_;
 };
 
 }  // namespace flowrl

@@ -7,8 +7,12 @@ gRPC's C++ library and protoc: ``apt install cmake g++ libgrpc++-dev protobuf-co
 
 from __future__ import annotations
 
+import collections
+import re
 import shutil
+import socket
 import subprocess
+import time
 from pathlib import Path
 
 import numpy as np
@@ -27,8 +31,9 @@ APT = "apt install cmake g++ libgrpc++-dev protobuf-compiler-grpc"
 @pytest.fixture(scope="module")
 def control(tmp_path_factory) -> Path:
     """The built ``flowrl_cpp_control``."""
-    if shutil.which("cmake") is None:
-        pytest.skip(f"cmake is not installed ({APT})")
+    missing = [tool for tool in ("cmake", "protoc", "grpc_cpp_plugin") if shutil.which(tool) is None]
+    if missing:
+        pytest.skip(f"{' and '.join(missing)} not installed ({APT})")
     build = tmp_path_factory.mktemp("cpp")
     configured = subprocess.run(["cmake", "-S", SOURCE, "-B", build], capture_output=True, text=True)
     if configured.returncode != 0 and any(text in configured.stderr for text in MISSING_PACKAGE):
@@ -105,16 +110,19 @@ def test_tls_with_the_servers_ca(control, policy_path, tmp_path):
         port = server.address.rsplit(":", 1)[1]
         secure = run(control, "--server", f"localhost:{port}", "--ca", ca, lines=["1 2 3"])
         assert secure.returncode == 0 and secure.stdout.startswith("fresh "), secure.stderr
-        plaintext = run(control, "--server", f"localhost:{port}", lines=["1 2 3"])
-    assert plaintext.returncode == 1 and "no answer from the server" in plaintext.stderr
+        plaintext = run(control, "--server", f"localhost:{port}", "--wait-s", "1", lines=["1 2 3"])
+    assert plaintext.returncode == 1 and "one with TLS needs --ca" in plaintext.stderr
 
 
 def test_a_server_that_goes_away_and_comes_back(control, policy_path):
-    """The loop holds its last action while the server is down ('disconnected'), and acts on fresh
-    actions again once a server listens on the address again; the watchdog is off."""
+    """The loop holds its last action while the server is down ('disconnected'), and never waits on a
+    reconnection: not on a port that takes connections and never answers (a hung host; opening a stream
+    there waited out a 2 s connection attempt per tick that tried), and acts on fresh actions again soon
+    once a server listens on the address again; the watchdog is off."""
     config = ServeConfig(str(policy_path), port=0, grace_s=0, providers=("CPUExecutionProvider",))
     first = PolicyServer(config).start()
     address = first.address
+    port = int(address.rsplit(":", 1)[1])
     loop = subprocess.Popen([control, "--server", address, "--hz", "100"], stdin=subprocess.PIPE,
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)  # fmt: skip
 
@@ -130,11 +138,21 @@ def test_a_server_that_goes_away_and_comes_back(control, policy_path):
         down = [tick() for _ in range(20)]
         assert "disconnected" in {reason for reason, _ in down}
         assert all(np.array_equal(action, served) for reason, action in down if reason != "fresh")
-        again = ServeConfig(str(policy_path), port=int(address.rsplit(":", 1)[1]), grace_s=0,
-                            providers=("CPUExecutionProvider",))  # fmt: skip
+        with socket.socket() as hung:  # listens, never accepts: the kernel completes connections, nobody answers
+            hung.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+            hung.bind(("127.0.0.1", port))
+            hung.listen(64)
+            slowest = 0.0
+            for _ in range(300):  # 3 s at 100 Hz: a connection attempt there takes 2 s
+                start = time.monotonic()
+                reason, action = tick()
+                slowest = max(slowest, time.monotonic() - start)
+                assert reason == "disconnected" and np.array_equal(action, served)
+        assert slowest < 0.5, f"a tick took {slowest:.2f} s"
+        again = ServeConfig(str(policy_path), port=port, grace_s=0, providers=("CPUExecutionProvider",))
         with PolicyServer(again).start():
-            back = [tick()[0] for _ in range(200)]  # the backoff waits at most 1 s: 100 ticks at 100 Hz
-            assert "fresh" in back, back
+            back = [tick()[0] for _ in range(400)]  # the backoff waits at most 1 s, then a 2 s attempt may end
+            assert "fresh" in back, collections.Counter(back)
             loop.stdin.close()
             assert loop.wait(timeout=30) == 0
     finally:
@@ -147,8 +165,11 @@ def test_the_watchdog_stops_a_loop_without_fresh_actions(control, server):
     """A server that answers no tick in time (a deadline far below its round trip) trips the watchdog."""
     done = run(control, "--server", server.address, "--deadline-ms", "0.001", "--max-misses", "3", lines=["1 2 3"] * 10)
     assert done.returncode == 3, done.stderr
-    assert [reason for reason, _ in ticks(done.stdout)] == ["deadline", "deadline"]
-    assert "watchdog: 3 ticks in a row without a fresh action (the last: deadline): stop the robot" in done.stderr
+    # late by its own clock, or by the server's (whose DEADLINE_EXCEEDED reply came first on a loaded machine)
+    late = {"deadline", "DEADLINE_EXCEEDED"}
+    assert len(ticks(done.stdout)) == 2 and {reason for reason, _ in ticks(done.stdout)} <= late
+    assert re.search(r"watchdog: 3 ticks in a row without a fresh action \(the last: (deadline|DEADLINE_EXCEEDED)\): "
+                     "stop the robot", done.stderr), done.stderr  # fmt: skip
     held = [action for _, action in ticks(done.stdout)]
     np.testing.assert_array_equal(held, np.zeros((2, 2), np.float32))  # the middle of [-1, 1] × [-2, 2]
 
@@ -160,7 +181,9 @@ def test_the_watchdog_stops_a_loop_without_fresh_actions(control, server):
         ((), ["1 2 x"], "error: line 1: 'x' is not a number"),
         ((), ["1 2 nan"], "error: observation entry 2 is not finite"),
         (("--hz", "fast"), [], "error: --hz takes a number, not 'fast'"),
-        (("--deadline-ms", "-5"), [], "error: --deadline-ms must be at least 0.001"),
+        (("--deadline-ms", "-5"), [], "error: --deadline-ms must be from 0.001 (1 µs) to 100000"),
+        (("--deadline-ms", "1e300"), [], "error: --deadline-ms must be from 0.001 (1 µs) to 100000"),
+        (("--hz", "1e9"), [], "error: --hz must be from 0.01 to 10000"),
         (("--hz", "50", "--deadline-ms", "30"), ["1 2 3"], "error: the deadline is longer than the control period"),
         (("--seed", "-1"), [], "error: --seed takes a whole number from 0 to 2^64 - 1, not '-1'"),
         (("--speed", "1"), [], "error: unknown option --speed"),
@@ -171,7 +194,26 @@ def test_bad_input_is_named(control, server, args, lines, error):
     assert done.returncode == 2 and error in done.stderr, done.stderr
 
 
-def test_a_closed_port_is_an_error_naming_the_server(control):
-    done = run(control, "--server", closed_address(), lines=["1 2 3"])
-    assert done.returncode == 1
-    assert "no answer from the server (is flowrl serve running there?): UNAVAILABLE" in done.stderr
+def test_a_closed_port_is_waited_for_then_named(control):
+    """GetSpec waits --wait-s (30 s by default) for a server to listen, as a robot started before its
+    server needs, then says what it waited for."""
+    start = time.monotonic()
+    done = run(control, "--server", closed_address(), "--wait-s", "1", lines=["1 2 3"])
+    assert done.returncode == 1 and time.monotonic() - start >= 1
+    assert "no answer from the server within 1 s (is flowrl serve running there?" in done.stderr, done.stderr
+
+
+def test_a_server_that_starts_later_is_waited_for(control, policy_path):
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    loop = subprocess.Popen([control, "--server", f"127.0.0.1:{port}"], stdin=subprocess.PIPE,
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)  # fmt: skip
+    try:
+        time.sleep(1.0)  # the program waits for GetSpec meanwhile
+        config = ServeConfig(str(policy_path), port=port, grace_s=0, providers=("CPUExecutionProvider",))
+        with PolicyServer(config).start():
+            out, err = loop.communicate("1 2 3\n", timeout=30)
+    finally:
+        loop.kill()
+    assert loop.returncode == 0 and out.startswith("fresh "), err
