@@ -99,18 +99,30 @@ def _git(path, *args: str) -> str:
 
 
 @pytest.mark.usefixtures("checkout")
-def test_a_checkout_reads_its_version_from_its_latest_tag_when_asked(monkeypatch, tmp_path):
-    """An editable install's version file says what it was at install time: the commits made since
-    must show in release() (N commits after the tag vX.Y.Z is X.Y.Z+1.devN, as a built wheel says)."""
+@pytest.mark.parametrize("tagged", [True, False], ids=["tagged", "without tags"])
+def test_a_checkout_counts_its_commits_as_a_build_does(monkeypatch, tmp_path, tagged):
+    """An editable install's version file says what it was at install time: the commits made since must
+    show in release(), as a built wheel says. N commits after the tag vX.Y.Z is X.Y.(Z+1).devN; without
+    tags (this repository has none) N counts every commit from the first, on the installed version's base:
+    release() kept the install's dev number there (dev1227 in a checkout whose commit builds dev1281), two
+    versions for one commit, and exports recorded the wrong one."""
     monkeypatch.setattr(versions, "_source_checkout", lambda: tmp_path)
-    _git(tmp_path, "tag", "-a", "v0.1.0", "-m", "0.1.0")
-    assert versions.release.__wrapped__() == f"0.1.0+g{_git(tmp_path, 'rev-parse', '--short=9', 'HEAD')}"
-    for distance in (1, 2):
-        _git(tmp_path, "commit", "-q", "--allow-empty", "-m", f"commit {distance}")
+    monkeypatch.setattr(versions, "__version__", "0.1.1.dev18+g80f0d66c8.d20260101")
+    if tagged:
+        _git(tmp_path, "tag", "-a", "v0.1.0", "-m", "0.1.0")
+
+    def expected(commits: int) -> str:  # with ``commits`` on the checkout, the first one tagged if any
+        if not tagged:
+            return f"0.1.1.dev{commits}"
+        return "0.1.0" if commits == 1 else f"0.1.1.dev{commits - 1}"
+
+    for commits in (1, 2, 3):
+        if commits > 1:
+            _git(tmp_path, "commit", "-q", "--allow-empty", "-m", f"commit {commits}")
         commit = _git(tmp_path, "rev-parse", "--short=9", "HEAD")
-        assert versions.release.__wrapped__() == f"0.1.1.dev{distance}+g{commit}"
+        assert versions.release.__wrapped__() == f"{expected(commits)}+g{commit}"
     (tmp_path / "pyproject.toml").write_text("[project]\nname = 'changed'\n")
-    assert versions.release.__wrapped__() == f"0.1.1.dev2+g{commit}.dirty"
+    assert versions.release.__wrapped__() == f"{expected(3)}+g{commit}.dirty"
 
 
 @pytest.mark.usefixtures("checkout")
@@ -119,23 +131,6 @@ def test_a_lightweight_tag_is_read_as_setuptools_scm_reads_it(monkeypatch, tmp_p
     monkeypatch.setattr(versions, "_source_checkout", lambda: tmp_path)
     _git(tmp_path, "tag", "v0.3.0")  # lightweight
     assert versions.release.__wrapped__() == f"0.3.0+g{_git(tmp_path, 'rev-parse', '--short=9', 'HEAD')}"
-
-
-@pytest.mark.usefixtures("checkout")
-def test_a_checkout_without_tags_counts_its_commits_on_the_installed_versions_base(monkeypatch, tmp_path):
-    """A clone without tags (this repository has none) builds X.Y.Z.devN with N its commits from the first,
-    as setuptools-scm counts them: release() kept the dev number of its install (dev1227 in a checkout
-    whose commit builds dev1281), two versions for one commit, and exports recorded the wrong one."""
-    monkeypatch.setattr(versions, "_source_checkout", lambda: tmp_path)
-    monkeypatch.setattr(versions, "__version__", "0.1.1.dev18+g80f0d66c8.d20260101")
-    commit = _git(tmp_path, "rev-parse", "--short=9", "HEAD")
-    assert versions.release.__wrapped__() == f"0.1.1.dev1+g{commit}"
-    for count in (2, 3):
-        _git(tmp_path, "commit", "-q", "--allow-empty", "-m", f"commit {count}")
-        commit = _git(tmp_path, "rev-parse", "--short=9", "HEAD")
-        assert versions.release.__wrapped__() == f"0.1.1.dev{count}+g{commit}"
-    (tmp_path / "pyproject.toml").write_text("[project]\nname = 'changed'\n")
-    assert versions.release.__wrapped__() == f"0.1.1.dev3+g{commit}.dirty"
 
 
 @pytest.mark.usefixtures("checkout")

@@ -7,6 +7,7 @@ thread pool joins its threads at exit)."""
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 import signal
@@ -14,6 +15,7 @@ import subprocess
 import sys
 import threading
 import time
+from collections.abc import Iterator
 
 import numpy as np
 from tiny_policy import OBS_DIM, write_policy
@@ -165,70 +167,25 @@ def _workers_in_use(client: PolicyClient) -> int:
     return next(limit.in_use for limit in client.stats().limits if limit.limit == "workers")
 
 
-def test_flowrl_serve_exits_at_the_end_of_its_grace_period_with_slow_calls_in_flight(tmp_path):
+@contextlib.contextmanager
+def _serving_slow_calls(tmp_path, grace_s: float, calls: int) -> Iterator[tuple[subprocess.Popen, list[ServiceError]]]:
+    """``flowrl serve --grace-s grace_s`` with ``calls`` calls in their 30 s inference: yields the process
+    and the list each call's ServiceError goes to, complete once the block has ended (its callers joined)."""
     policy = write_policy(tmp_path / "policy.onnx")
     process = subprocess.Popen(
-        [sys.executable, "-c", SLOW_SERVE, "serve", str(policy), "--port", "0", "--grace-s", str(GRACE_S)],
+        [sys.executable, "-c", SLOW_SERVE, "serve", str(policy), "--port", "0", "--grace-s", str(grace_s)],
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
         text=True,
         env={**os.environ, "OMP_NUM_THREADS": "1"},
     )
-    try:
-        banner = process.stdout.readline()
-        assert banner.startswith("serving "), process.stderr.read() if process.poll() is not None else banner
-        port = int(banner.split()[-1].rpartition(":")[2])
-        client = PolicyClient(f"127.0.0.1:{port}", timeout_s=60)
-        obs = np.full(OBS_DIM, 7, np.float32)
-        failed: list[ServiceError] = []
-
-        def act() -> None:
-            try:
-                client.act(obs)
-            except ServiceError as exc:
-                failed.append(exc)
-
-        callers = [threading.Thread(target=act) for _ in range(5)]
-        for caller in callers:
-            caller.start()
-        until = time.monotonic() + 30  # each handler thread's start took up to a second on a loaded machine
-        while _workers_in_use(client) < 5 and time.monotonic() < until:
-            time.sleep(0.05)
-        assert _workers_in_use(client) == 5  # the calls are in their 30 s inference
-        start = time.monotonic()
-        process.send_signal(signal.SIGTERM)
-        returncode = process.wait(GRACE_S + STOP_MARGIN_S + 10)
-        took = time.monotonic() - start
-        stderr = process.stderr.read()
-    finally:
-        if process.poll() is None:
-            process.kill()
-            process.wait()
-    assert returncode == 0, stderr
-    assert "5 calls still in flight" in stderr and "stopped in" in stderr, stderr
-    assert took <= GRACE_S + STOP_MARGIN_S + 3 * SLACK_S, f"exited {took:.1f} s after SIGTERM"
-    for caller in callers:  # the connection closed with the process: each call failed, none hangs
-        caller.join(10)
-    assert len(failed) == 5, failed
-    client.close()
-
-
-def test_a_second_stop_signal_cancels_the_calls_in_flight_at_once(tmp_path):
-    """With a long --grace-s, a second SIGTERM (or Ctrl-C) during the stop cancels the calls still in
-    flight and exits: it was ignored without a word, and only SIGKILL ended the wait."""
-    policy = write_policy(tmp_path / "policy.onnx")
-    process = subprocess.Popen(
-        [sys.executable, "-c", SLOW_SERVE, "serve", str(policy), "--port", "0", "--grace-s", "60"],
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        text=True,
-        env={**os.environ, "OMP_NUM_THREADS": "1"},
-    )
+    failed: list[ServiceError] = []
+    callers: list[threading.Thread] = []
+    client = None
     try:
         banner = process.stdout.readline()
         assert banner.startswith("serving "), process.stderr.read() if process.poll() is not None else banner
         client = PolicyClient(f"127.0.0.1:{int(banner.split()[-1].rpartition(':')[2])}", timeout_s=60)
-        failed: list[ServiceError] = []
 
         def act() -> None:
             try:
@@ -236,13 +193,41 @@ def test_a_second_stop_signal_cancels_the_calls_in_flight_at_once(tmp_path):
             except ServiceError as exc:
                 failed.append(exc)
 
-        callers = [threading.Thread(target=act) for _ in range(2)]
+        callers = [threading.Thread(target=act) for _ in range(calls)]
         for caller in callers:
             caller.start()
-        until = time.monotonic() + 30
-        while _workers_in_use(client) < 2 and time.monotonic() < until:
+        until = time.monotonic() + 30  # each handler thread's start took up to a second on a loaded machine
+        while _workers_in_use(client) < calls and time.monotonic() < until:
             time.sleep(0.05)
-        assert _workers_in_use(client) == 2  # both in their 30 s inference
+        assert _workers_in_use(client) == calls  # the calls are in their 30 s inference
+        yield process, failed
+    finally:
+        if process.poll() is None:
+            process.kill()
+            process.wait()
+        for caller in callers:  # the connection closed with the process: each call failed, none hangs
+            caller.join(10)
+        if client is not None:
+            client.close()
+
+
+def test_flowrl_serve_exits_at_the_end_of_its_grace_period_with_slow_calls_in_flight(tmp_path):
+    with _serving_slow_calls(tmp_path, GRACE_S, 5) as (process, failed):
+        start = time.monotonic()
+        process.send_signal(signal.SIGTERM)
+        returncode = process.wait(GRACE_S + STOP_MARGIN_S + 10)
+        took = time.monotonic() - start
+        stderr = process.stderr.read()
+    assert returncode == 0, stderr
+    assert "5 calls still in flight" in stderr and "stopped in" in stderr, stderr
+    assert took <= GRACE_S + STOP_MARGIN_S + 3 * SLACK_S, f"exited {took:.1f} s after SIGTERM"
+    assert len(failed) == 5, failed
+
+
+def test_a_second_stop_signal_cancels_the_calls_in_flight_at_once(tmp_path):
+    """With a long --grace-s, a second SIGTERM (or Ctrl-C) during the stop cancels the calls still in
+    flight and exits: it was ignored without a word, and only SIGKILL ended the wait."""
+    with _serving_slow_calls(tmp_path, 60, 2) as (process, failed):
         process.send_signal(signal.SIGTERM)
         time.sleep(1.0)
         assert process.poll() is None  # the first one waits for the calls: up to 60 s
@@ -251,17 +236,10 @@ def test_a_second_stop_signal_cancels_the_calls_in_flight_at_once(tmp_path):
         returncode = process.wait(STOP_MARGIN_S + 10)
         took = time.monotonic() - start
         stderr = process.stderr.read()
-    finally:
-        if process.poll() is None:
-            process.kill()
-            process.wait()
     assert returncode == 0, stderr
     assert "stop signal repeated: cancelling the 2 calls still in flight" in stderr, stderr
     assert took <= STOP_MARGIN_S + 3 * SLACK_S, f"exited {took:.1f} s after the second SIGTERM"
-    for caller in callers:
-        caller.join(10)
     assert len(failed) == 2, failed
-    client.close()
 
 
 def test_a_stop_during_a_watch_reload_keeps_its_bound(tmp_path, caplog):
