@@ -151,7 +151,8 @@ def export_checkpoint(
     that is not an earlier export) is refused before any work.
     """
     config = config or ExportConfig()
-    with naming_the_extra("export"):  # a base install says what to install, before any work
+    # a base install says what to install, before any work
+    with naming_the_extra("export", "flowrl_deploy.export.export_checkpoint"):
         from flowrl_deploy.export.graph import VelocityWeights, build_policy_graph
         from flowrl_deploy.export.verify import check_structure, verify_parity
 

@@ -40,7 +40,7 @@ def install_command(extra: str) -> str:
     what = "extras'" if "," in extra else "extra's"
     adds = f"put {picked} over the {installed} installed here" if installed else f"add {picked}, left out here"
     listed = " ".join(f'"{requirement}"' for requirement in requirements)
-    return f'pip install {listed} (the {what} requirements alone: "flowrl-deploy[{extra}]" would {adds})'
+    return f'pip install {listed}  # the {what} requirements alone: "flowrl-deploy[{extra}]" would {adds}'
 
 
 def _requirements(extra: str) -> list[tuple[str, str]]:
@@ -113,28 +113,29 @@ def missing_modules(*extras: str) -> list[str]:
     return [module for module in wanted if importlib.util.find_spec(module) is None]
 
 
-def missing_extra_message(exc: ModuleNotFoundError, command: str) -> str | None:
-    """The one-line message for ``flowrl <command>`` stopped by a missing optional module, naming
-    the module and the extra to install (the one named like the command when several install it);
-    None when the missing module is none of them (a bug, not an install to complete)."""
+def missing_extra_message(exc: ModuleNotFoundError, command: str, needed_by: str = "") -> str | None:
+    """The one-line message for ``flowrl <command>`` (or ``needed_by``, a part of the Python API) stopped
+    by a missing optional module, naming the module and the extra to install (the one named like the
+    command when several install it); None when the missing module is none of them (a bug, not an install
+    to complete)."""
     module = (exc.name or "").partition(".")[0]
     extras = EXTRAS_OF.get(module)
     if extras is None:
         return None
     extra = command if command in extras else extras[0]
-    return f"flowrl {command} needs {module}, which is not installed: {install_command(extra)}"
+    return f"{needed_by or f'flowrl {command}'} needs {module}, which is not installed: {install_command(extra)}"
 
 
 @contextlib.contextmanager
-def naming_the_extra(extra: str) -> Iterator[None]:
+def naming_the_extra(extra: str, needed_by: str) -> Iterator[None]:
     """For the Python API's lazy imports (``from flowrl_deploy.train import train``, ``export_checkpoint``):
     a missing optional module raises a ModuleNotFoundError whose text is :func:`missing_extra_message`'s
-    for ``extra`` (its ``name`` kept, so ``except ImportError`` and the CLI's own message are unchanged);
-    a missing module of no extra (a bug) raises as it was."""
+    for ``extra``, naming ``needed_by`` (its ``name`` kept, so ``except ImportError`` and the CLI's own
+    message are unchanged); a missing module of no extra (a bug) raises as it was."""
     try:
         yield
     except ModuleNotFoundError as exc:
-        message = missing_extra_message(exc, extra)
+        message = missing_extra_message(exc, extra, needed_by)
         if message is None:
             raise
         raise ModuleNotFoundError(message, name=exc.name, path=exc.path) from exc

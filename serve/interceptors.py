@@ -376,7 +376,7 @@ class OpenStreams(grpc.ServerInterceptor):
         call's end alone, while a handler ran on past its client's cancel (a Reload building a large
         model), let more calls in than there were threads, and gRPC refused the rest ("Concurrent RPC
         limit exceeded!", counted nowhere)."""
-        peer = context.peer()
+        peer = context.peer() if cap is self._workers or cap in self._overflow else ""  # holds worker threads
         with self._lock:
             if cap is not None:
                 if self._open[cap] >= cap.most:
@@ -416,7 +416,7 @@ class OpenStreams(grpc.ServerInterceptor):
         """What the server logs of a call refused at ``cap``: :attr:`Cap.warning`, naming for the workers (and
         the control calls, which overflow into them) the connection that holds the most of their threads, so
         that a client holding them all (sessions a program opens and never closes) can be found."""
-        if cap.limit not in (self._workers.limit, "control"):
+        if cap is not self._workers and self._overflow.get(cap) is not self._workers:
             return cap.warning
         with self._lock:
             busiest = self._holders.most_common(1)

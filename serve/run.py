@@ -81,8 +81,10 @@ def serve_forever(
 ) -> int:
     """Run until one of :data:`~flowrl_deploy.signals.STOP_SIGNALS` (but not one of
     :data:`~flowrl_deploy.signals.KEPT_IF_IGNORED` ignored at
-    start), then stop gracefully. Only the main thread can handle signals: from another thread it
-    raises :class:`FlowRLError` (serve there with ``PolicyServer(config).start()`` and ``stop()``).
+    start), then stop gracefully; a Ctrl-C during the stop (SIGINT after any stop signal) cancels the calls
+    still in flight at once (:meth:`PolicyServer.cut_stop_short`), a repeated SIGTERM or SIGHUP does not.
+    Only the main thread can handle signals: from another thread it raises :class:`FlowRLError` (serve
+    there with ``PolicyServer(config).start()`` and ``stop()``).
 
     Returns the calls abandoned at the end of the stop (:attr:`PolicyServer.abandoned`): their
     handler threads, still in their inference, hold the interpreter's exit (the thread pool joins
@@ -112,9 +114,13 @@ def serve_forever(
     signals: list[int] = []
     starting: list[bool] = []  # [True] while start() runs and may be interrupted
 
+    server: PolicyServer | None = None  # before the handlers are installed: one may run at once
+
     def stop_signal(sig: int, _: FrameType | None) -> None:
         signals.append(sig)
-        if len(signals) > 1 and server is not None:  # a second one: no more grace for the calls in flight
+        # A second Ctrl-C ends the grace period; a repeated SIGTERM or SIGHUP does not, as signals.py's rule
+        # has it: a scheduler may deliver its stop twice (to the process, and forwarded by srun).
+        if sig == signal.SIGINT and len(signals) > 1 and server is not None:
             server.cut_stop_short()
         # once only, and not once start() has reported SERVING or begun to stop the server
         if starting and server is not None and server.starting:
@@ -122,7 +128,6 @@ def serve_forever(
             raise _StoppedDuringStartUp
 
     restore = install_stop_handlers(stop_signal)  # an ignored SIGINT or SIGHUP stays ignored
-    server: PolicyServer | None = None
     failure = ""
     interrupted = False  # a stop signal ended start() (which stopped the server)
     try:

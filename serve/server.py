@@ -580,8 +580,8 @@ class PolicyServer:
 
     def cut_stop_short(self) -> None:
         """End the grace period of a stop under way, or about to begin, now: the calls still in flight are
-        cancelled (``flowrl serve``'s second Ctrl-C or SIGTERM). It only sets a flag that :meth:`stop` polls,
-        so a signal handler may call it."""
+        cancelled, and a ``--watch`` reload still loading is left to finish on its own (``flowrl serve``'s
+        second Ctrl-C). It only sets a flag that :meth:`stop` polls, so a signal handler may call it."""
         self._cut_short = True
 
     def _join_stopping(self, stopping: threading.Thread, until: float) -> float:
@@ -590,17 +590,24 @@ class PolicyServer:
         Returns when the stop's waits end: ``until``, or sooner once cut short."""
         while stopping.is_alive() and (left := until - time.monotonic()) > 0:
             if self._cut_short and self._server is not None and until > time.monotonic() + STOP_MARGIN_S:
-                log.warning("stop signal repeated: cancelling the %d calls still in flight", self._streams.in_flight())
-                self._server.stop(0)  # gRPC's stop again, with no grace: it cancels them
+                if in_flight := self._streams.in_flight():
+                    log.warning("stop signal repeated: cancelling the %d calls still in flight", in_flight)
+                with contextlib.suppress(RuntimeError):  # its thread could not start: the grace runs out instead
+                    self._server.stop(0)  # gRPC's stop again, with no grace: it cancels them
                 until = time.monotonic() + STOP_MARGIN_S
                 continue
             stopping.join(min(left, 0.05))
         return until
 
     def _stop_watcher(self, until: float) -> None:
-        """Stop ``--watch``, waiting for a reload in progress (a large model's load) no later than ``until``."""
-        if self._watcher is not None and not self._watcher.stop(max(0.0, until - time.monotonic())):
-            log.warning("a --watch reload still in progress at the end of the stop was left to finish on its own")
+        """Stop ``--watch``, waiting for a reload in progress (a large model's load) no later than ``until``,
+        nor once :meth:`cut_stop_short` is called."""
+        if self._watcher is None:
+            return
+        while not self._watcher.stop(min(0.05, max(0.0, until - time.monotonic()))):
+            if self._cut_short or time.monotonic() >= until:
+                log.warning("a --watch reload still in progress at the end of the stop was left to finish on its own")
+                return
 
     def _stop_grpc(self, server: grpc.Server, grace: float) -> None:
         """gRPC's stop with ``grace``, cut short once no call is in flight, then the servicer's

@@ -110,7 +110,9 @@ class SessionTable:
         return session
 
     def count(self) -> int:
-        """The open sessions, those idle past ``idle_s`` dropped first (the gauges and GetStats read it)."""
+        """The open sessions, those idle past ``idle_s`` dropped first (the gauges and GetStats read it).
+        It takes the sessions lock: the metrics call it holding theirs, so this lock is never held while
+        taking the metrics' (the warnings of :meth:`open_session` come after it is released)."""
         with self._lock:
             self._drop_idle()
             return len(self._sessions)
@@ -119,11 +121,11 @@ class SessionTable:
         """The open session ``session_id``; SessionNotFound for none, or one Reset opened that went unused
         for ``idle_s`` (dropped now: the table drops the others when a session opens or is counted)."""
         session = self._sessions.get(session_id)
-        if session is not None and session.owner is None and session.last_used < time.monotonic() - self.idle_s:
-            with self._lock:
-                if self._sessions.get(session_id) is session and session.owner is None:
+        if session is not None and session.owner is None and self._idle(session):
+            with self._lock:  # checked again: a Reset or a stream may have used or taken it meanwhile
+                if self._sessions.get(session_id) is session and session.owner is None and self._idle(session):
                     del self._sessions[session_id]
-            session = None
+                    session = None
         if session is None:
             raise SessionNotFound(f"unknown session {session_id!r}: open it with Reset or StreamAct")
         return session
@@ -145,9 +147,11 @@ class SessionTable:
     def _drop_idle(self) -> None:
         """Forget the sessions no stream owns (opened by Reset) that went unused for ``idle_s``;
         called with the sessions lock held, whenever a new session opens or the sessions are counted."""
-        stale = time.monotonic() - self.idle_s
-        for session_id in [k for k, s in self._sessions.items() if s.owner is None and s.last_used < stale]:
+        for session_id in [k for k, s in self._sessions.items() if s.owner is None and self._idle(s)]:
             del self._sessions[session_id]
+
+    def _idle(self, session: Session) -> bool:
+        return session.last_used < time.monotonic() - self.idle_s
 
     def _evict_least_recent_unowned(self) -> tuple[str, float] | None:
         """Make room in a full table (the sessions lock held) by forgetting the least recently used

@@ -41,7 +41,8 @@ if not TYPE_CHECKING:  # type checkers read the names from imports; a module __g
     def __getattr__(name: str) -> Any:
         if name not in _EXPORTS:
             raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
-        with naming_the_extra("train"):  # a base install (no torch) says what to install, not a bare traceback
+        # a base install (no torch) says what to install, not a bare traceback
+        with naming_the_extra("train", f"flowrl_deploy.train.{name}"):
             return getattr(importlib.import_module(f"{__name__}.{_EXPORTS[name]}"), name)
 
 

@@ -211,7 +211,8 @@ def serve(
         typer.Option(
             parser=finite,
             help="On a stop signal, how long calls in flight may take to finish (s, at most 86400); the process exits "
-            "within about a second more (keep it below Kubernetes' terminationGracePeriodSeconds).",
+            "within about a second more (keep it below Kubernetes' terminationGracePeriodSeconds). A second Ctrl-C "
+            "cancels them at once.",
         ),
     ] = 5.0,
     log_format: Annotated[

@@ -7,6 +7,7 @@ whose message depends on the other extras being there skips where they are not."
 from __future__ import annotations
 
 import os
+import shlex
 import subprocess
 import sys
 import textwrap
@@ -144,13 +145,15 @@ def test_a_robot_install_with_another_runtime_is_told_the_extras_requirements(mo
     installed_as_picked(monkeypatch, picked, installed)
     message = missing_extra_message(ModuleNotFoundError(name="onnx"), "export")
     assert message == (
-        'flowrl export needs onnx, which is not installed: pip install "torch<2.14,>=2.4" "onnx>=1.16" '
-        f'(the extra\'s requirements alone: "flowrl-deploy[export]" would {adds})'
+        'flowrl export needs onnx, which is not installed: pip install "torch<2.14,>=2.4" "onnx>=1.16"  '
+        f'# the extra\'s requirements alone: "flowrl-deploy[export]" would {adds}'
     )
     assert install_command("train,export") == (
-        'pip install "torch<2.14,>=2.4" "dm_control>=1.0.20" "onnx>=1.16" '
-        f'(the extras\' requirements alone: "flowrl-deploy[train,export]" would {adds})'
+        'pip install "torch<2.14,>=2.4" "dm_control>=1.0.20" "onnx>=1.16"  '
+        f'# the extras\' requirements alone: "flowrl-deploy[train,export]" would {adds}'
     )
+    # pasted into a shell as it is, the reason a comment
+    assert shlex.split(install_command("export"), comments=True) == ["pip", "install", "torch<2.14,>=2.4", "onnx>=1.16"]
 
 
 @pytest.mark.parametrize("installed", [("onnxruntime-gpu",), ("onnxruntime", "onnxruntime-gpu")])
@@ -236,7 +239,7 @@ def test_the_python_api_of_training_without_torch_names_the_extra():
     assert found == [
         "ModuleNotFoundError",
         "torch",
-        f"flowrl train needs torch, which is not installed: {install_command('train')}",
+        f"flowrl_deploy.train.train needs torch, which is not installed: {install_command('train')}",
     ]
 
 
@@ -247,7 +250,7 @@ def test_the_python_api_of_export_without_onnx_names_the_extra(checkpoint_run, t
     assert found == [
         "ModuleNotFoundError",
         "onnx",
-        f"flowrl export needs onnx, which is not installed: {install_command('export')}",
+        f"flowrl_deploy.export.export_checkpoint needs onnx, which is not installed: {install_command('export')}",
     ]
     assert not out.exists()
 
@@ -262,7 +265,7 @@ def test_the_python_api_of_export_without_torch_names_the_extra_unless_not_verif
     assert found == [
         "ModuleNotFoundError",
         "torch",
-        f"flowrl export needs torch, which is not installed: {install_command('export')}",
+        f"flowrl_deploy.export.export_checkpoint needs torch, which is not installed: {install_command('export')}",
     ]
     assert api_without("torch", f"{export}, {str(tmp_path / 'p.onnx')!r}, ExportConfig(verify=False))") == [
         "CheckpointError"
@@ -270,12 +273,16 @@ def test_the_python_api_of_export_without_torch_names_the_extra_unless_not_verif
 
 
 def test_the_python_apis_error_keeps_the_module_and_its_cause():
-    with pytest.raises(ImportError) as raised, naming_the_extra("export"):
+    with pytest.raises(ImportError) as raised, naming_the_extra("export", "export_checkpoint"):
         raise ModuleNotFoundError("No module named 'onnx'", name="onnx")
     assert type(raised.value) is ModuleNotFoundError and raised.value.name == "onnx"
-    assert str(raised.value) == missing_extra_message(ModuleNotFoundError(name="onnx"), "export")
+    assert str(raised.value) == missing_extra_message(ModuleNotFoundError(name="onnx"), "export", "export_checkpoint")
+    assert str(raised.value).startswith("export_checkpoint needs onnx, which is not installed: pip install ")
     assert str(raised.value.__cause__) == "No module named 'onnx'"
-    with pytest.raises(ModuleNotFoundError, match="no_such_module") as raised, naming_the_extra("train"):
+    with (
+        pytest.raises(ModuleNotFoundError, match="no_such_module") as raised,
+        naming_the_extra("train", "flowrl_deploy.train.train"),
+    ):
         import flowrl_deploy.no_such_module  # noqa: F401  (a bug, not an install to complete: raised as it was)
     assert raised.value.__cause__ is None
 

@@ -18,6 +18,7 @@ import time
 from collections.abc import Iterator
 
 import numpy as np
+import pytest
 from tiny_policy import OBS_DIM, write_policy
 
 from flowrl_deploy.client import PolicyClient, ServiceError
@@ -224,30 +225,36 @@ def test_flowrl_serve_exits_at_the_end_of_its_grace_period_with_slow_calls_in_fl
     assert len(failed) == 5, failed
 
 
-def test_a_second_stop_signal_cancels_the_calls_in_flight_at_once(tmp_path):
-    """With a long --grace-s, a second SIGTERM (or Ctrl-C) during the stop cancels the calls still in
-    flight and exits: it was ignored without a word, and only SIGKILL ended the wait."""
+def test_a_second_ctrl_c_cancels_the_calls_in_flight_at_once_and_a_repeated_sigterm_does_not(tmp_path):
+    """With a long --grace-s, a Ctrl-C during the stop cancels the calls still in flight and exits: it was
+    ignored without a word, and only SIGKILL ended the wait. A repeated SIGTERM keeps the grace period (a
+    scheduler may deliver its stop twice: to the process, and forwarded by srun)."""
     with _serving_slow_calls(tmp_path, 60, 2) as (process, failed):
         process.send_signal(signal.SIGTERM)
         time.sleep(1.0)
-        assert process.poll() is None  # the first one waits for the calls: up to 60 s
-        start = time.monotonic()
         process.send_signal(signal.SIGTERM)
+        time.sleep(1.0)
+        assert process.poll() is None  # the calls still have their grace period: up to 60 s
+        start = time.monotonic()
+        process.send_signal(signal.SIGINT)
         returncode = process.wait(STOP_MARGIN_S + 10)
         took = time.monotonic() - start
         stderr = process.stderr.read()
     assert returncode == 0, stderr
     assert "stop signal repeated: cancelling the 2 calls still in flight" in stderr, stderr
-    assert took <= STOP_MARGIN_S + 3 * SLACK_S, f"exited {took:.1f} s after the second SIGTERM"
+    assert took <= STOP_MARGIN_S + 3 * SLACK_S, f"exited {took:.1f} s after the Ctrl-C"
     assert len(failed) == 2, failed
 
 
-def test_a_stop_during_a_watch_reload_keeps_its_bound(tmp_path, caplog):
+@pytest.mark.parametrize("cut", [False, True], ids=["grace 0", "grace 30, cut short"])
+def test_a_stop_during_a_watch_reload_keeps_its_bound(tmp_path, caplog, cut):
     """stop() joined the --watch thread for up to 5 s before gRPC's stop began (the port still open)
     while a reload loaded a large model, and the metrics endpoint's close added up to its 0.5 s poll:
-    both now end within the stop's bound, the reload left to finish on its own."""
+    both now end within the stop's bound, the reload left to finish on its own; so does a stop whose
+    grace period a second Ctrl-C cuts short (it waited for the reload up to the grace period)."""
     path = write_policy(tmp_path / "policy.onnx")
-    config = ServeConfig(str(path), port=0, metrics_port=0, grace_s=0, watch=True, watch_interval_s=0.05)
+    grace_s = 30 if cut else 0
+    config = ServeConfig(str(path), port=0, metrics_port=0, grace_s=grace_s, watch=True, watch_interval_s=0.05)
     server = PolicyServer(config)
     load = server.servicer.slot.load
     reloading, release = threading.Event(), threading.Event()
@@ -264,10 +271,12 @@ def test_a_stop_during_a_watch_reload_keeps_its_bound(tmp_path, caplog):
         write_policy(tmp_path / "new.onnx", scale=2.0).replace(path)
         assert reloading.wait(30)
         start = time.monotonic()
+        if cut:
+            threading.Timer(0.5, server.cut_stop_short).start()
         with caplog.at_level(logging.WARNING, "flowrl.serve"):
             server.stop()
         took = time.monotonic() - start
     finally:
         release.set()
-    assert took <= STOP_MARGIN_S + 0.5, f"stop(grace=0) took {took:.1f} s"
+    assert took <= (0.5 if cut else 0) + STOP_MARGIN_S + 0.5, f"stop(grace={grace_s}) took {took:.1f} s"
     assert "a --watch reload still in progress at the end of the stop was left to finish on its own" in caplog.text
