@@ -386,10 +386,12 @@ class ModelSlot:
         except (FlowRLError, OSError):
             return None
 
-    @staticmethod
-    def _unchanged(source: str, previous: ServedModel, by: str) -> tuple[str, str]:
-        shown = printable(source)
-        log.info("%s holds the model served now (%s): nothing to reload (by %s)", shown, previous.version, by)
+    def _unchanged(self, source: str, previous: ServedModel, by: str) -> tuple[str, str]:
+        """A reload of the model served now: nothing swapped, said at most once a minute (a client calling
+        Reload in a loop wrote a line each time)."""
+        if (more := self._metrics.held_back_note("nothing to reload")) is not None:
+            held = (printable(source), previous.version, by, more)
+            log.info("%s holds the model served now (%s): nothing to reload (by %s)%s", *held)
         return previous.version, previous.version
 
     def _drop_export(self, path: Path) -> None:
