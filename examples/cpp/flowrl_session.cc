@@ -302,7 +302,7 @@ std::variant<ControlSession::Reply, std::string> ControlSession::Exchange(const 
   while (Behind()) {  // wait for the server to catch up rather than add to its queue
     std::optional<Reply> reply = stream->Next(until);
     if (!reply) return stream->Ended() ? Broken() : "backlog";
-    Late(*reply);
+    Take(*reply);
   }
   v1::StreamActRequest request;
   request.set_session_id(options_.session_id);
@@ -320,19 +320,14 @@ std::variant<ControlSession::Reply, std::string> ControlSession::Exchange(const 
   while (true) {
     std::optional<Reply> reply = stream->Next(until);
     if (!reply) return stream->Ended() ? Broken() : "deadline";
-    if (reply->seq() != seq) {  // the late answer to an earlier tick
-      Late(*reply);
-      continue;
-    }
-    Answered(seq);
+    Take(*reply);
+    if (reply->seq() != seq) continue;  // the late answer to an earlier tick
     const int code = reply->status().code();
     if (code == 0) {
       opened_ = true;
       retry_in_ = options_.backoff_min;
       return *std::move(reply);
     }
-    if (!Transient(code))
-      throw SessionRefused("the server refused the session: " + Describe(code, reply->status().message()));
     return CodeName(code);
   }
 }
@@ -363,7 +358,7 @@ bool ControlSession::Behind() const {
   return !sent_.empty() && Clock::now() - sent_.front().second >= 2 * std::max(options_.period, options_.deadline);
 }
 
-void ControlSession::Late(const Reply& reply) {
+void ControlSession::Take(const Reply& reply) {
   Answered(reply.seq());
   const int code = reply.status().code();
   if (code != 0 && !Transient(code))

@@ -128,7 +128,7 @@ class ControlSession {
   void KeepConnected();  // the session's thread: keeps the channel connected, or connecting
   std::shared_ptr<grpc::Channel> Channel();
   bool Behind() const;
-  void Late(const Reply& reply);
+  void Take(const Reply& reply);  // a reply read: its tick and earlier ones answered; a refusal thrown
   void Answered(uint64_t seq);
   std::string Broken();
   bool ValidAction(const std::vector<float>& action) const;
